@@ -1,0 +1,194 @@
+//! One error type for every handler, rendered as `application/problem+json` (RFC 9457).
+//!
+//! The status is decided by the variant. A 5xx never shows its cause to the client; the
+//! cause is logged once, here.
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use omoi_domain::common::{DomainError, ErrorKind};
+use omoi_store::CommandError;
+use serde::Serialize;
+use utoipa::ToSchema;
+
+/// An RFC 9457 problem document.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Problem {
+    /// A URI naming the kind of problem (`urn:omoi:problem:<code>`).
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// A short summary of the kind of problem.
+    pub title: String,
+    pub status: u16,
+    /// What exactly was wrong with this request.
+    pub detail: String,
+    /// The request field that was wrong, when one field is to blame.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+    /// A stable machine-readable code for the rule that refused the request.
+    pub code: String,
+}
+
+/// Everything a handler can fail with.
+#[derive(Debug)]
+pub enum ApiError {
+    /// 400: the request could not be read (malformed JSON, bad path or query value).
+    BadRequest { detail: String, field: Option<String> },
+    /// 413: the body is larger than the limit.
+    PayloadTooLarge { limit: usize },
+    /// 415: the body is not JSON.
+    UnsupportedMediaType,
+    /// 422: well-formed input that breaks a rule.
+    Invalid { code: &'static str, detail: String, field: Option<String> },
+    /// 404: the resource does not exist (or is not visible to the caller).
+    NotFound { what: &'static str },
+    /// 409: the current state forbids the request.
+    Conflict { code: &'static str, detail: String },
+    /// 503: the database cannot be reached; retry later.
+    Unavailable(String),
+    /// 500: a bug. The cause is logged, not shown.
+    Internal(String),
+}
+
+pub type ApiResult<T> = Result<T, ApiError>;
+
+impl ApiError {
+    pub fn bad_request(detail: impl Into<String>, field: Option<&str>) -> Self {
+        Self::BadRequest {
+            detail: detail.into(),
+            field: field.map(str::to_string),
+        }
+    }
+
+    pub fn invalid(code: &'static str, field: &str, detail: impl Into<String>) -> Self {
+        Self::Invalid {
+            code,
+            detail: detail.into(),
+            field: Some(field.to_string()),
+        }
+    }
+
+    fn status(&self) -> StatusCode {
+        match self {
+            Self::BadRequest { .. } => StatusCode::BAD_REQUEST,
+            Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::Invalid { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::NotFound { .. } => StatusCode::NOT_FOUND,
+            Self::Conflict { .. } => StatusCode::CONFLICT,
+            Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn problem(self) -> Problem {
+        let status = self.status();
+        let (code, detail, field) = match self {
+            Self::BadRequest { detail, field } => ("bad_request", detail, field),
+            Self::PayloadTooLarge { limit } => (
+                "payload_too_large",
+                format!("the request body is larger than {limit} bytes"),
+                None,
+            ),
+            Self::UnsupportedMediaType => (
+                "unsupported_media_type",
+                "the request body must be JSON (Content-Type: application/json)".to_string(),
+                None,
+            ),
+            Self::Invalid { code, detail, field } => (code, detail, field),
+            Self::NotFound { what } => ("not_found", format!("{what} not found"), None),
+            Self::Conflict { code, detail } => (code, detail, None),
+            Self::Unavailable(cause) => {
+                tracing::warn!(%cause, "database unavailable");
+                (
+                    "unavailable",
+                    "the database is unavailable; retry shortly".to_string(),
+                    None,
+                )
+            }
+            Self::Internal(cause) => {
+                tracing::error!(%cause, "internal error");
+                ("internal", "an internal error occurred; it has been logged".to_string(), None)
+            }
+        };
+        Problem {
+            kind: format!("urn:omoi:problem:{code}"),
+            title: status.canonical_reason().unwrap_or("Error").to_string(),
+            status: status.as_u16(),
+            detail,
+            field,
+            code: code.to_string(),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        let retry_later = matches!(self, Self::Unavailable(_));
+        let body = serde_json::to_vec(&self.problem()).unwrap_or_default();
+        let mut response = (status, body).into_response();
+        let headers = response.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
+        if retry_later {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from_static("2"));
+        }
+        response
+    }
+}
+
+impl<E: DomainError> From<CommandError<E>> for ApiError {
+    fn from(error: CommandError<E>) -> Self {
+        match error {
+            CommandError::Domain(e) => Self::from_domain(&e),
+            CommandError::Forbidden => Self::NotFound { what: "resource" },
+            CommandError::Conflict { attempts } => Self::Conflict {
+                code: "concurrent_modification",
+                detail: format!(
+                    "the resource kept changing concurrently ({attempts} attempts); try again"
+                ),
+            },
+            CommandError::Unavailable(cause) => Self::Unavailable(cause),
+            CommandError::Internal(cause) => Self::Internal(cause),
+        }
+    }
+}
+
+impl ApiError {
+    /// Maps a domain refusal by its kind: 404, 409 or 422.
+    pub fn from_domain<E: DomainError>(error: &E) -> Self {
+        let detail = error.to_string();
+        match error.kind() {
+            ErrorKind::NotFound => Self::NotFound {
+                what: entity_of(error.code()),
+            },
+            ErrorKind::Conflict => Self::Conflict {
+                code: error.code(),
+                detail,
+            },
+            ErrorKind::Invalid => Self::Invalid {
+                code: error.code(),
+                detail,
+                field: error.field().map(str::to_string),
+            },
+        }
+    }
+}
+
+/// `ticket_not_found` → `ticket`.
+fn entity_of(code: &'static str) -> &'static str {
+    code.strip_suffix("_not_found").unwrap_or("resource")
+}
+
+impl From<sqlx::Error> for ApiError {
+    fn from(error: sqlx::Error) -> Self {
+        match error {
+            sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed => {
+                Self::Unavailable(error.to_string())
+            }
+            other => Self::Internal(other.to_string()),
+        }
+    }
+}

@@ -1,0 +1,100 @@
+//! The HTTP API of omoi (axum): a POST per command, a GET per aggregate, each aggregate's
+//! history and state as of any event, the global event stream, health, metrics and the
+//! OpenAPI document.
+//!
+//! # Layout
+//!
+//! * [`app`] builds the router from one [`state::AppState`]; [`openapi`] the document.
+//!   Routes and document come from the same `utoipa-axum` router, so a route cannot
+//!   exist without its documentation.
+//! * [`error`] — `ApiError`, rendered as `application/problem+json`.
+//! * [`extract`] — JSON body, path and query extractors whose rejections are `ApiError`.
+//! * One module per resource: [`organizations`], [`projects`], [`tickets`], [`tasks`],
+//!   [`specs`], [`agents`]; [`history`] (per-aggregate history, global stream); [`system`].
+
+pub mod agents;
+pub mod error;
+pub mod extract;
+pub mod history;
+pub mod metrics;
+pub mod organizations;
+pub mod projects;
+pub mod responses;
+pub mod specs;
+pub mod state;
+pub mod system;
+pub mod tasks;
+pub mod tickets;
+
+use std::time::Instant;
+
+use axum::extract::{DefaultBodyLimit, Request};
+use axum::middleware::Next;
+use axum::response::Response;
+use axum::routing::get;
+use axum::{Json, Router};
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+
+use crate::state::AppState;
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "omoi",
+        description = "Event-sourced backend of a spec-driven, multi-agent software-engineering \
+                       orchestrator. Errors are application/problem+json (RFC 9457)."
+    ),
+    tags(
+        (name = "organizations"), (name = "projects"), (name = "tickets"), (name = "tasks"),
+        (name = "specs"), (name = "agents"), (name = "events", description = "The event log"),
+        (name = "system"),
+    )
+)]
+struct ApiDoc;
+
+fn documented_routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .merge(organizations::router())
+        .merge(projects::router())
+        .merge(tickets::router())
+        .merge(tasks::router())
+        .merge(specs::router())
+        .merge(agents::router())
+        .merge(history::router())
+        .merge(system::router())
+}
+
+/// The OpenAPI document of every route.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    documented_routes().into_openapi()
+}
+
+/// The whole application.
+pub fn app(state: AppState) -> Router {
+    let (router, document) = documented_routes().split_for_parts();
+    router
+        .route("/openapi.json", get(move || async move { Json(document) }))
+        .route("/docs", get(system::docs))
+        .fallback(system::not_found)
+        .method_not_allowed_fallback(system::method_not_allowed)
+        .layer(DefaultBodyLimit::max(extract::BODY_LIMIT))
+        .layer(axum::middleware::from_fn(log_request))
+        .with_state(state)
+}
+
+/// One log line per request; server errors at `warn`.
+async fn log_request(request: Request, next: Next) -> Response {
+    let method = request.method().clone();
+    let path = request.uri().path().to_string();
+    let started = Instant::now();
+    let response = next.run(request).await;
+    let status = response.status().as_u16();
+    let micros = started.elapsed().as_micros() as u64;
+    if status >= 500 {
+        tracing::warn!(%method, %path, status, micros, "request failed");
+    } else {
+        tracing::debug!(%method, %path, status, micros, "request");
+    }
+    response
+}

@@ -1,0 +1,26 @@
+//! The domain of omoi: aggregates, their commands and events, and the pure rules that
+//! decide which commands are legal. Nothing here performs IO — no database, no HTTP,
+//! no clock: time and randomness arrive inside commands so every rule is deterministic.
+//!
+//! # Layout
+//!
+//! * [`common`] — values shared by several aggregates (priority, phase, scope, text rules)
+//!   and the [`common::DomainError`] classification the API turns into HTTP statuses.
+//! * One folder per aggregate, each with `aggregate.rs` (state, `handle`, `apply`),
+//!   `commands.rs`, `events.rs` and `error.rs`:
+//!   [`organization`], [`project`], [`ticket`], [`task`], [`spec`], [`agent`].
+//!
+//! Every aggregate is a cqrs-es [`cqrs_es::Aggregate`] used in plain event-store mode, and
+//! implements [`common::Scoped`] so the command bus can stamp the organization and project
+//! onto every event's metadata.
+
+pub mod agent;
+pub mod common;
+pub mod organization;
+pub mod project;
+pub mod spec;
+pub mod task;
+pub mod ticket;
+
+#[cfg(test)]
+pub(crate) mod testing;

@@ -1,0 +1,6 @@
+//! The organization: the tenant that owns projects, agents and (later) a billing account.
+//! Organization events carry no project (`Scope::project_id` is `None`).
+
+mod aggregate;
+
+pub use aggregate::{Organization, OrganizationCommand, OrganizationError, OrganizationEvent};

@@ -1,0 +1,325 @@
+use chrono::{DateTime, Utc};
+use cqrs_es::event_sink::EventSink;
+use cqrs_es::{Aggregate, DomainEvent};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use crate::common::{
+    optional_text, required_text, DomainError, ErrorKind, Scope, Scoped, TextProblem,
+    MAX_TEXT_CHARS, MAX_TITLE_CHARS,
+};
+
+/// A project's current state.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, ToSchema)]
+pub struct Project {
+    pub id: Option<Uuid>,
+    pub organization_id: Option<Uuid>,
+    pub name: String,
+    pub description: String,
+    pub created_at: Option<DateTime<Utc>>,
+    pub archived_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum ProjectCommand {
+    CreateProject {
+        project_id: Uuid,
+        organization_id: Uuid,
+        name: String,
+        description: String,
+        at: DateTime<Utc>,
+    },
+    RenameProject {
+        name: String,
+    },
+    ArchiveProject {
+        at: DateTime<Utc>,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum ProjectEvent {
+    ProjectCreated {
+        project_id: Uuid,
+        organization_id: Uuid,
+        name: String,
+        description: String,
+        created_at: DateTime<Utc>,
+    },
+    ProjectRenamed {
+        name: String,
+    },
+    ProjectArchived {
+        archived_at: DateTime<Utc>,
+    },
+}
+
+impl DomainEvent for ProjectEvent {
+    fn event_type(&self) -> String {
+        match self {
+            Self::ProjectCreated { .. } => "ProjectCreated",
+            Self::ProjectRenamed { .. } => "ProjectRenamed",
+            Self::ProjectArchived { .. } => "ProjectArchived",
+        }
+        .to_string()
+    }
+
+    fn event_version(&self) -> String {
+        "1".to_string()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ProjectError {
+    #[error("project not found")]
+    NotFound,
+    #[error("a project with this id already exists")]
+    AlreadyExists,
+    #[error("name must not be empty")]
+    EmptyName,
+    #[error("name is longer than {max} characters")]
+    NameTooLong { max: usize },
+    #[error("description is longer than {max} characters")]
+    DescriptionTooLong { max: usize },
+    #[error("the project already has this name")]
+    SameName,
+    #[error("the project is archived")]
+    Archived,
+}
+
+impl From<TextProblem> for ProjectError {
+    fn from(problem: TextProblem) -> Self {
+        match problem {
+            TextProblem::Empty => Self::EmptyName,
+            TextProblem::TooLong { max } => Self::NameTooLong { max },
+        }
+    }
+}
+
+impl DomainError for ProjectError {
+    fn kind(&self) -> ErrorKind {
+        match self {
+            Self::NotFound => ErrorKind::NotFound,
+            Self::EmptyName | Self::NameTooLong { .. } | Self::DescriptionTooLong { .. } => {
+                ErrorKind::Invalid
+            }
+            Self::AlreadyExists | Self::SameName | Self::Archived => ErrorKind::Conflict,
+        }
+    }
+
+    fn field(&self) -> Option<&'static str> {
+        match self {
+            Self::EmptyName | Self::NameTooLong { .. } | Self::SameName => Some("name"),
+            Self::DescriptionTooLong { .. } => Some("description"),
+            _ => None,
+        }
+    }
+
+    fn code(&self) -> &'static str {
+        match self {
+            Self::NotFound => "project_not_found",
+            Self::AlreadyExists => "project_already_exists",
+            Self::EmptyName => "empty_name",
+            Self::NameTooLong { .. } => "name_too_long",
+            Self::DescriptionTooLong { .. } => "description_too_long",
+            Self::SameName => "same_name",
+            Self::Archived => "project_archived",
+        }
+    }
+}
+
+impl Project {
+    fn ensure_active(&self) -> Result<(), ProjectError> {
+        match (self.id, self.archived_at) {
+            (None, _) => Err(ProjectError::NotFound),
+            (Some(_), Some(_)) => Err(ProjectError::Archived),
+            (Some(_), None) => Ok(()),
+        }
+    }
+
+    /// Whether new work may be created in this project.
+    pub fn is_active(&self) -> bool {
+        self.ensure_active().is_ok()
+    }
+
+    fn decide(&self, command: ProjectCommand) -> Result<Vec<ProjectEvent>, ProjectError> {
+        match command {
+            ProjectCommand::CreateProject {
+                project_id,
+                organization_id,
+                name,
+                description,
+                at,
+            } => {
+                if self.id.is_some() {
+                    return Err(ProjectError::AlreadyExists);
+                }
+                let description = optional_text(&description, MAX_TEXT_CHARS).map_err(|_| {
+                    ProjectError::DescriptionTooLong {
+                        max: MAX_TEXT_CHARS,
+                    }
+                })?;
+                Ok(vec![ProjectEvent::ProjectCreated {
+                    project_id,
+                    organization_id,
+                    name: required_text(&name, MAX_TITLE_CHARS)?,
+                    description,
+                    created_at: at,
+                }])
+            }
+            ProjectCommand::RenameProject { name } => {
+                self.ensure_active()?;
+                let name = required_text(&name, MAX_TITLE_CHARS)?;
+                if name == self.name {
+                    return Err(ProjectError::SameName);
+                }
+                Ok(vec![ProjectEvent::ProjectRenamed { name }])
+            }
+            ProjectCommand::ArchiveProject { at } => {
+                self.ensure_active()?;
+                Ok(vec![ProjectEvent::ProjectArchived { archived_at: at }])
+            }
+        }
+    }
+}
+
+impl Aggregate for Project {
+    const TYPE: &'static str = "Project";
+    type Command = ProjectCommand;
+    type Event = ProjectEvent;
+    type Error = ProjectError;
+    type Services = ();
+
+    async fn handle(
+        &mut self,
+        command: Self::Command,
+        _services: &Self::Services,
+        sink: &EventSink<Self>,
+    ) -> Result<(), Self::Error> {
+        for event in self.decide(command)? {
+            sink.write(event, self).await;
+        }
+        Ok(())
+    }
+
+    fn apply(&mut self, event: Self::Event) {
+        match event {
+            ProjectEvent::ProjectCreated {
+                project_id,
+                organization_id,
+                name,
+                description,
+                created_at,
+            } => {
+                *self = Project {
+                    id: Some(project_id),
+                    organization_id: Some(organization_id),
+                    name,
+                    description,
+                    created_at: Some(created_at),
+                    archived_at: None,
+                }
+            }
+            ProjectEvent::ProjectRenamed { name } => self.name = name,
+            ProjectEvent::ProjectArchived { archived_at } => self.archived_at = Some(archived_at),
+        }
+    }
+}
+
+impl Scoped for Project {
+    fn scope(&self) -> Option<Scope> {
+        Some(Scope {
+            organization_id: self.organization_id?,
+            project_id: self.id,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use cqrs_es::test::TestFramework;
+
+    use super::*;
+    use crate::testing::{org_id, project_id, t0};
+
+    type ProjectTest = TestFramework<Project>;
+
+    fn created() -> ProjectEvent {
+        ProjectEvent::ProjectCreated {
+            project_id: project_id(),
+            organization_id: org_id(),
+            name: "Website".into(),
+            description: String::new(),
+            created_at: t0(),
+        }
+    }
+
+    fn create(name: &str) -> ProjectCommand {
+        ProjectCommand::CreateProject {
+            project_id: project_id(),
+            organization_id: org_id(),
+            name: name.into(),
+            description: String::new(),
+            at: t0(),
+        }
+    }
+
+    #[tokio::test]
+    async fn creating_a_project_records_its_organization() {
+        ProjectTest::with(())
+            .given_no_previous_events()
+            .when_async(create("Website"))
+            .await
+            .then_expect_events(vec![created()]);
+    }
+
+    #[tokio::test]
+    async fn creating_twice_or_without_a_name_is_refused() {
+        ProjectTest::with(())
+            .given(vec![created()])
+            .when_async(create("Website"))
+            .await
+            .then_expect_error(ProjectError::AlreadyExists);
+        ProjectTest::with(())
+            .given_no_previous_events()
+            .when_async(create(" "))
+            .await
+            .then_expect_error(ProjectError::EmptyName);
+    }
+
+    #[tokio::test]
+    async fn renaming_and_archiving_follow_the_lifecycle() {
+        ProjectTest::with(())
+            .given(vec![created()])
+            .when_async(ProjectCommand::RenameProject {
+                name: "Shop".into(),
+            })
+            .await
+            .then_expect_events(vec![ProjectEvent::ProjectRenamed {
+                name: "Shop".into(),
+            }]);
+        ProjectTest::with(())
+            .given(vec![created()])
+            .when_async(ProjectCommand::RenameProject {
+                name: "Website".into(),
+            })
+            .await
+            .then_expect_error(ProjectError::SameName);
+        ProjectTest::with(())
+            .given(vec![
+                created(),
+                ProjectEvent::ProjectArchived { archived_at: t0() },
+            ])
+            .when_async(ProjectCommand::RenameProject {
+                name: "Shop".into(),
+            })
+            .await
+            .then_expect_error(ProjectError::Archived);
+        ProjectTest::with(())
+            .given_no_previous_events()
+            .when_async(ProjectCommand::ArchiveProject { at: t0() })
+            .await
+            .then_expect_error(ProjectError::NotFound);
+    }
+}

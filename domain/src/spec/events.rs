@@ -1,0 +1,76 @@
+use chrono::{DateTime, Utc};
+use cqrs_es::DomainEvent;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use super::{Design, Requirement, SpecPhase};
+
+/// What happened to a spec. Names and payloads are stable: change them only by adding a
+/// new version and an upcaster. See the module documentation for which events move the
+/// phase.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum SpecEvent {
+    SpecCreated {
+        spec_id: Uuid,
+        organization_id: Uuid,
+        project_id: Uuid,
+        title: String,
+        description: String,
+        created_at: DateTime<Utc>,
+    },
+    SpecRequirementAdded {
+        requirement: Requirement,
+    },
+    SpecRequirementUpdated {
+        requirement: Requirement,
+    },
+    SpecRequirementRemoved {
+        requirement_id: String,
+    },
+    /// Only for `draft → requirements`; every other move has its own event.
+    SpecPhaseChanged {
+        from: SpecPhase,
+        to: SpecPhase,
+    },
+    /// Moves the spec to `design`.
+    SpecRequirementsApproved {
+        at: DateTime<Utc>,
+    },
+    SpecDesignSet {
+        design: Design,
+    },
+    /// Moves the spec to `executing`.
+    SpecDesignApproved {
+        at: DateTime<Utc>,
+    },
+    /// Moves the spec to `completed`.
+    SpecCompleted {
+        at: DateTime<Utc>,
+    },
+    /// Moves the spec to `archived`, remembering the phase it left.
+    SpecArchived {
+        at: DateTime<Utc>,
+    },
+}
+
+impl DomainEvent for SpecEvent {
+    fn event_type(&self) -> String {
+        match self {
+            Self::SpecCreated { .. } => "SpecCreated",
+            Self::SpecRequirementAdded { .. } => "SpecRequirementAdded",
+            Self::SpecRequirementUpdated { .. } => "SpecRequirementUpdated",
+            Self::SpecRequirementRemoved { .. } => "SpecRequirementRemoved",
+            Self::SpecPhaseChanged { .. } => "SpecPhaseChanged",
+            Self::SpecRequirementsApproved { .. } => "SpecRequirementsApproved",
+            Self::SpecDesignSet { .. } => "SpecDesignSet",
+            Self::SpecDesignApproved { .. } => "SpecDesignApproved",
+            Self::SpecCompleted { .. } => "SpecCompleted",
+            Self::SpecArchived { .. } => "SpecArchived",
+        }
+        .to_string()
+    }
+
+    fn event_version(&self) -> String {
+        "1".to_string()
+    }
+}

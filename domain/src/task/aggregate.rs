@@ -1,0 +1,482 @@
+use std::collections::BTreeSet;
+use std::fmt;
+
+use chrono::{DateTime, Duration, Utc};
+use cqrs_es::event_sink::EventSink;
+use cqrs_es::Aggregate;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use super::{
+    is_permanent_error, retry_backoff, FailureReason, TaskCommand, TaskError, TaskEvent,
+    DEFAULT_MAX_RETRIES, MAX_MAX_RETRIES,
+};
+use crate::common::{
+    optional_text, required_text, Phase, Priority, Scope, Scoped, MAX_TEXT_CHARS, MAX_TITLE_CHARS,
+};
+
+/// Longest task type (a free label such as `implement` or `write_tests`).
+pub const MAX_TASK_TYPE_CHARS: usize = 64;
+/// Longest required capability name.
+pub const MAX_CAPABILITY_CHARS: usize = 64;
+/// Longest progress message: progress is a status line, not a log.
+pub const MAX_PROGRESS_CHARS: usize = 2000;
+
+/// Where a task stands in its lifecycle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum TaskStatus {
+    #[default]
+    Pending,
+    Assigned,
+    Running,
+    Completed,
+    RetryScheduled,
+    PermanentlyFailed,
+    Cancelled,
+    TimedOut,
+}
+
+impl TaskStatus {
+    pub const ALL: [TaskStatus; 8] = [
+        Self::Pending,
+        Self::Assigned,
+        Self::Running,
+        Self::Completed,
+        Self::RetryScheduled,
+        Self::PermanentlyFailed,
+        Self::Cancelled,
+        Self::TimedOut,
+    ];
+
+    /// A final task never changes again.
+    pub fn is_final(self) -> bool {
+        matches!(
+            self,
+            Self::Completed | Self::PermanentlyFailed | Self::Cancelled | Self::TimedOut
+        )
+    }
+
+    /// Dependencies may change only while no agent holds the task.
+    pub fn accepts_dependency_changes(self) -> bool {
+        matches!(self, Self::Pending | Self::RetryScheduled)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        use TaskStatus::*;
+        match self {
+            Pending => "pending",
+            Assigned => "assigned",
+            Running => "running",
+            Completed => "completed",
+            RetryScheduled => "retry_scheduled",
+            PermanentlyFailed => "permanently_failed",
+            Cancelled => "cancelled",
+            TimedOut => "timed_out",
+        }
+    }
+}
+
+impl fmt::Display for TaskStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A task's current state: the fold of its events.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, ToSchema)]
+pub struct Task {
+    pub id: Option<Uuid>,
+    pub organization_id: Option<Uuid>,
+    pub project_id: Option<Uuid>,
+    pub ticket_id: Option<Uuid>,
+    pub title: String,
+    pub description: String,
+    pub task_type: String,
+    pub phase: Phase,
+    pub priority: Priority,
+    pub depends_on: BTreeSet<Uuid>,
+    pub required_capabilities: BTreeSet<String>,
+    pub max_retries: u32,
+    pub timeout_seconds: Option<u32>,
+    pub status: TaskStatus,
+    pub assigned_agent_id: Option<Uuid>,
+    /// Retries scheduled so far; never above `max_retries`.
+    pub retry_count: u32,
+    /// While `retry_scheduled`: the earliest instant the retry may be assigned.
+    pub not_before: Option<DateTime<Utc>>,
+    pub last_error: Option<String>,
+    #[schema(value_type = Option<Object>)]
+    pub result: Option<serde_json::Value>,
+    /// The latest progress message of the current attempt.
+    pub progress: Option<String>,
+    pub created_at: Option<DateTime<Utc>>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub completed_at: Option<DateTime<Utc>>,
+}
+
+impl Task {
+    fn exists(&self) -> bool {
+        self.id.is_some()
+    }
+
+    /// Refuses `action` unless the task exists and is in one of the `allowed` statuses.
+    fn ensure_in(&self, allowed: &[TaskStatus], action: &'static str) -> Result<(), TaskError> {
+        if !self.exists() {
+            return Err(TaskError::NotFound);
+        }
+        if !allowed.contains(&self.status) {
+            return Err(TaskError::IllegalTransition {
+                from: self.status,
+                action,
+            });
+        }
+        Ok(())
+    }
+
+    fn decide(&self, command: TaskCommand) -> Result<Vec<TaskEvent>, TaskError> {
+        match command {
+            TaskCommand::CreateTask {
+                task_id,
+                organization_id,
+                project_id,
+                ticket_id,
+                title,
+                description,
+                task_type,
+                phase,
+                priority,
+                depends_on,
+                required_capabilities,
+                max_retries,
+                timeout_seconds,
+                at,
+            } => {
+                if self.exists() {
+                    return Err(TaskError::AlreadyExists);
+                }
+                Ok(vec![TaskEvent::TaskCreated {
+                    task_id,
+                    organization_id,
+                    project_id,
+                    ticket_id,
+                    title: required_text(&title, MAX_TITLE_CHARS).map_err(TaskError::title)?,
+                    description: optional_text(&description, MAX_TEXT_CHARS)
+                        .map_err(|p| TaskError::text("description", p))?,
+                    task_type: required_text(&task_type, MAX_TASK_TYPE_CHARS)
+                        .map_err(TaskError::task_type)?,
+                    phase,
+                    priority,
+                    depends_on: checked_dependencies(task_id, depends_on)?,
+                    required_capabilities: checked_capabilities(required_capabilities)?,
+                    max_retries: checked_max_retries(max_retries)?,
+                    timeout_seconds: checked_timeout(timeout_seconds)?,
+                    created_at: at,
+                }])
+            }
+            TaskCommand::AssignTask { agent_id, at } => self.assign(agent_id, at),
+            TaskCommand::StartTask { at } => {
+                self.ensure_in(&[TaskStatus::Assigned], "start")?;
+                Ok(vec![TaskEvent::TaskStarted { at }])
+            }
+            TaskCommand::ReportProgress { message } => {
+                self.ensure_in(&[TaskStatus::Running], "report progress")?;
+                let message = required_text(&message, MAX_PROGRESS_CHARS)
+                    .map_err(|p| TaskError::text("message", p))?;
+                Ok(vec![TaskEvent::TaskProgressReported { message }])
+            }
+            TaskCommand::CompleteTask { result, at } => {
+                self.ensure_in(&[TaskStatus::Running], "complete")?;
+                Ok(vec![TaskEvent::TaskCompleted { result, at }])
+            }
+            TaskCommand::FailTask { error, at, jitter } => self.fail(error, at, jitter),
+            TaskCommand::TimeOutTask { at, jitter } => self.time_out(at, jitter),
+            TaskCommand::CancelTask { reason, at } => self.cancel(reason, at),
+            TaskCommand::AddDependency { depends_on } => self.add_dependency(depends_on),
+            TaskCommand::RemoveDependency { depends_on } => self.remove_dependency(depends_on),
+        }
+    }
+
+    fn assign(&self, agent_id: Uuid, at: DateTime<Utc>) -> Result<Vec<TaskEvent>, TaskError> {
+        self.ensure_in(&[TaskStatus::Pending, TaskStatus::RetryScheduled], "assign")?;
+        if let Some(not_before) = self.not_before.filter(|due| at < *due) {
+            return Err(TaskError::RetryNotDue { not_before });
+        }
+        Ok(vec![TaskEvent::TaskAssigned { agent_id, at }])
+    }
+
+    fn fail(
+        &self,
+        error: String,
+        at: DateTime<Utc>,
+        jitter: f64,
+    ) -> Result<Vec<TaskEvent>, TaskError> {
+        // An assigned task can fail before it runs, e.g. when its sandbox cannot start.
+        self.ensure_in(&[TaskStatus::Assigned, TaskStatus::Running], "fail")?;
+        let error =
+            required_text(&error, MAX_TEXT_CHARS).map_err(|p| TaskError::text("error", p))?;
+        let outcome = if is_permanent_error(&error) {
+            TaskEvent::TaskPermanentlyFailed {
+                reason: FailureReason::PermanentError,
+            }
+        } else {
+            self.retry_or_give_up(at, jitter, FailureReason::RetriesExhausted)
+        };
+        let failed = TaskEvent::TaskFailed {
+            error,
+            attempt: self.attempt(),
+            at,
+        };
+        Ok(vec![failed, outcome])
+    }
+
+    fn time_out(&self, at: DateTime<Utc>, jitter: f64) -> Result<Vec<TaskEvent>, TaskError> {
+        self.ensure_in(&[TaskStatus::Running], "time out")?;
+        let started_at = self.started_at.unwrap_or(at);
+        if let Some(deadline) = self.deadline(started_at).filter(|deadline| at <= *deadline) {
+            return Err(TaskError::NotTimedOutYet { deadline });
+        }
+        let after_seconds = u64::try_from((at - started_at).num_seconds()).unwrap_or(0);
+        Ok(vec![
+            TaskEvent::TaskTimedOut {
+                after_seconds,
+                attempt: self.attempt(),
+                at,
+            },
+            self.retry_or_give_up(at, jitter, FailureReason::TimedOut),
+        ])
+    }
+
+    /// When the running attempt exceeds its timeout; `None` when the task has no timeout
+    /// of its own (the caller then applies its default policy).
+    fn deadline(&self, started_at: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        let timeout = Duration::seconds(i64::from(self.timeout_seconds?));
+        Some(
+            started_at
+                .checked_add_signed(timeout)
+                .unwrap_or(DateTime::<Utc>::MAX_UTC),
+        )
+    }
+
+    /// The run number of the current attempt: 1 for the first run, 2 for the first retry.
+    fn attempt(&self) -> u32 {
+        self.retry_count.saturating_add(1)
+    }
+
+    /// The outcome of a failed attempt: the next retry after its backoff while retries
+    /// remain, otherwise the end of the task for `exhausted`.
+    fn retry_or_give_up(
+        &self,
+        at: DateTime<Utc>,
+        jitter: f64,
+        exhausted: FailureReason,
+    ) -> TaskEvent {
+        if self.retry_count >= self.max_retries {
+            return TaskEvent::TaskPermanentlyFailed { reason: exhausted };
+        }
+        let attempt = self.retry_count + 1;
+        let not_before = at
+            .checked_add_signed(retry_backoff(attempt, jitter))
+            .unwrap_or(DateTime::<Utc>::MAX_UTC);
+        TaskEvent::TaskRetryScheduled {
+            attempt,
+            not_before,
+        }
+    }
+
+    fn cancel(
+        &self,
+        reason: Option<String>,
+        at: DateTime<Utc>,
+    ) -> Result<Vec<TaskEvent>, TaskError> {
+        use TaskStatus::*;
+        self.ensure_in(&[Pending, Assigned, Running, RetryScheduled], "cancel")?;
+        // A blank reason says nothing, so it is stored as no reason.
+        let reason = reason
+            .map(|r| r.trim().to_string())
+            .filter(|r| !r.is_empty())
+            .map(|r| optional_text(&r, MAX_TEXT_CHARS).map_err(|p| TaskError::text("reason", p)))
+            .transpose()?;
+        Ok(vec![TaskEvent::TaskCancelled { reason, at }])
+    }
+
+    fn ensure_dependencies_open(&self) -> Result<(), TaskError> {
+        if !self.exists() {
+            return Err(TaskError::NotFound);
+        }
+        if !self.status.accepts_dependency_changes() {
+            return Err(TaskError::DependenciesFrozen(self.status));
+        }
+        Ok(())
+    }
+
+    fn add_dependency(&self, depends_on: Uuid) -> Result<Vec<TaskEvent>, TaskError> {
+        self.ensure_dependencies_open()?;
+        if self.id == Some(depends_on) {
+            return Err(TaskError::SelfDependency);
+        }
+        if self.depends_on.contains(&depends_on) {
+            return Err(TaskError::DuplicateDependency(depends_on));
+        }
+        Ok(vec![TaskEvent::TaskDependencyAdded { depends_on }])
+    }
+
+    fn remove_dependency(&self, depends_on: Uuid) -> Result<Vec<TaskEvent>, TaskError> {
+        self.ensure_dependencies_open()?;
+        if !self.depends_on.contains(&depends_on) {
+            return Err(TaskError::UnknownDependency(depends_on));
+        }
+        Ok(vec![TaskEvent::TaskDependencyRemoved { depends_on }])
+    }
+}
+
+/// Merges duplicates (sorted, so the event is the same whatever the input order) and
+/// refuses a dependency on the task itself.
+fn checked_dependencies(task_id: Uuid, depends_on: Vec<Uuid>) -> Result<Vec<Uuid>, TaskError> {
+    let set: BTreeSet<Uuid> = depends_on.into_iter().collect();
+    if set.contains(&task_id) {
+        return Err(TaskError::SelfDependency);
+    }
+    Ok(set.into_iter().collect())
+}
+
+/// Trims each capability, refuses blank or overlong ones and merges duplicates.
+fn checked_capabilities(capabilities: Vec<String>) -> Result<Vec<String>, TaskError> {
+    let set = capabilities
+        .iter()
+        .map(|c| required_text(c, MAX_CAPABILITY_CHARS).map_err(TaskError::capability))
+        .collect::<Result<BTreeSet<String>, TaskError>>()?;
+    Ok(set.into_iter().collect())
+}
+
+fn checked_max_retries(max_retries: Option<u32>) -> Result<u32, TaskError> {
+    let max_retries = max_retries.unwrap_or(DEFAULT_MAX_RETRIES);
+    if max_retries > MAX_MAX_RETRIES {
+        return Err(TaskError::TooManyRetries {
+            max: MAX_MAX_RETRIES,
+        });
+    }
+    Ok(max_retries)
+}
+
+fn checked_timeout(timeout_seconds: Option<u32>) -> Result<Option<u32>, TaskError> {
+    if timeout_seconds == Some(0) {
+        return Err(TaskError::ZeroTimeout);
+    }
+    Ok(timeout_seconds)
+}
+
+impl Aggregate for Task {
+    const TYPE: &'static str = "Task";
+    type Command = TaskCommand;
+    type Event = TaskEvent;
+    type Error = TaskError;
+    type Services = ();
+
+    async fn handle(
+        &mut self,
+        command: Self::Command,
+        _services: &Self::Services,
+        sink: &EventSink<Self>,
+    ) -> Result<(), Self::Error> {
+        for event in self.decide(command)? {
+            sink.write(event, self).await;
+        }
+        Ok(())
+    }
+
+    fn apply(&mut self, event: Self::Event) {
+        match event {
+            TaskEvent::TaskCreated {
+                task_id,
+                organization_id,
+                project_id,
+                ticket_id,
+                title,
+                description,
+                task_type,
+                phase,
+                priority,
+                depends_on,
+                required_capabilities,
+                max_retries,
+                timeout_seconds,
+                created_at,
+            } => {
+                *self = Task {
+                    id: Some(task_id),
+                    organization_id: Some(organization_id),
+                    project_id: Some(project_id),
+                    ticket_id: Some(ticket_id),
+                    title,
+                    description,
+                    task_type,
+                    phase,
+                    priority,
+                    depends_on: depends_on.into_iter().collect(),
+                    required_capabilities: required_capabilities.into_iter().collect(),
+                    max_retries,
+                    timeout_seconds,
+                    created_at: Some(created_at),
+                    ..Task::default()
+                }
+            }
+            TaskEvent::TaskAssigned { agent_id, .. } => {
+                self.status = TaskStatus::Assigned;
+                self.assigned_agent_id = Some(agent_id);
+                self.not_before = None;
+            }
+            TaskEvent::TaskStarted { at } => {
+                self.status = TaskStatus::Running;
+                self.started_at = Some(at);
+                self.progress = None;
+            }
+            TaskEvent::TaskProgressReported { message } => self.progress = Some(message),
+            TaskEvent::TaskCompleted { result, at } => {
+                self.status = TaskStatus::Completed;
+                self.result = Some(result);
+                self.completed_at = Some(at);
+            }
+            // The attempt's outcome (retry or end) follows as its own event.
+            TaskEvent::TaskFailed { error, .. } => self.last_error = Some(error),
+            TaskEvent::TaskTimedOut { after_seconds, .. } => {
+                self.last_error = Some(format!("timed out after {after_seconds}s"));
+            }
+            TaskEvent::TaskRetryScheduled {
+                attempt,
+                not_before,
+            } => {
+                // As in the original, a retry goes back to the queue without its agent.
+                self.status = TaskStatus::RetryScheduled;
+                self.retry_count = attempt;
+                self.not_before = Some(not_before);
+                self.assigned_agent_id = None;
+            }
+            TaskEvent::TaskPermanentlyFailed { reason } => self.status = reason.final_status(),
+            TaskEvent::TaskCancelled { .. } => {
+                self.status = TaskStatus::Cancelled;
+                self.not_before = None;
+            }
+            TaskEvent::TaskDependencyAdded { depends_on } => {
+                self.depends_on.insert(depends_on);
+            }
+            TaskEvent::TaskDependencyRemoved { depends_on } => {
+                self.depends_on.remove(&depends_on);
+            }
+        }
+    }
+}
+
+impl Scoped for Task {
+    fn scope(&self) -> Option<Scope> {
+        Some(Scope {
+            organization_id: self.organization_id?,
+            project_id: self.project_id,
+        })
+    }
+}
+
+#[cfg(test)]
+#[path = "tests.rs"]
+mod tests;

@@ -1,0 +1,66 @@
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+use crate::common::{Phase, Priority};
+
+/// Everything that can be asked of a task.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TaskCommand {
+    CreateTask {
+        task_id: Uuid,
+        organization_id: Uuid,
+        project_id: Uuid,
+        ticket_id: Uuid,
+        title: String,
+        description: String,
+        task_type: String,
+        phase: Phase,
+        priority: Priority,
+        /// Duplicates are merged.
+        depends_on: Vec<Uuid>,
+        /// Trimmed; duplicates are merged.
+        required_capabilities: Vec<String>,
+        /// `None` means [`super::DEFAULT_MAX_RETRIES`].
+        max_retries: Option<u32>,
+        timeout_seconds: Option<u32>,
+        at: DateTime<Utc>,
+    },
+    /// Gives a pending task (or a retry whose backoff has elapsed) to an agent.
+    AssignTask {
+        agent_id: Uuid,
+        at: DateTime<Utc>,
+    },
+    /// The assigned agent began working.
+    StartTask {
+        at: DateTime<Utc>,
+    },
+    ReportProgress {
+        message: String,
+    },
+    CompleteTask {
+        result: serde_json::Value,
+        at: DateTime<Utc>,
+    },
+    /// The attempt failed; the task is retried or ends, per the retry policy.
+    /// `jitter` is a sample of `[0, 1)` for the backoff.
+    FailTask {
+        error: String,
+        at: DateTime<Utc>,
+        jitter: f64,
+    },
+    /// The running attempt exceeded its timeout; retried or ended like a failure.
+    TimeOutTask {
+        at: DateTime<Utc>,
+        jitter: f64,
+    },
+    CancelTask {
+        reason: Option<String>,
+        at: DateTime<Utc>,
+    },
+    AddDependency {
+        depends_on: Uuid,
+    },
+    RemoveDependency {
+        depends_on: Uuid,
+    },
+}

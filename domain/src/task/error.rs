@@ -1,0 +1,147 @@
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+use super::TaskStatus;
+use crate::common::{DomainError, ErrorKind, TextProblem};
+
+/// Every rule that can refuse a task command.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum TaskError {
+    #[error("task not found")]
+    NotFound,
+    #[error("a task with this id already exists")]
+    AlreadyExists,
+    #[error("title must not be empty")]
+    EmptyTitle,
+    #[error("title is longer than {max} characters")]
+    TitleTooLong { max: usize },
+    #[error("{field} must not be empty")]
+    EmptyText { field: &'static str },
+    #[error("{field} is longer than {max} characters")]
+    TextTooLong { field: &'static str, max: usize },
+    #[error("task type must not be empty")]
+    EmptyTaskType,
+    #[error("task type is longer than {max} characters")]
+    TaskTypeTooLong { max: usize },
+    #[error("a required capability must not be empty")]
+    EmptyCapability,
+    #[error("a required capability is longer than {max} characters")]
+    CapabilityTooLong { max: usize },
+    #[error("max_retries must be at most {max}")]
+    TooManyRetries { max: u32 },
+    #[error("timeout_seconds must be greater than zero")]
+    ZeroTimeout,
+    #[error("a task cannot depend on itself")]
+    SelfDependency,
+    #[error("the task already depends on {0}")]
+    DuplicateDependency(Uuid),
+    #[error("the task does not depend on {0}")]
+    UnknownDependency(Uuid),
+    #[error("dependencies can change only while the task waits for an agent (it is {0})")]
+    DependenciesFrozen(TaskStatus),
+    #[error("a {from} task cannot {action}")]
+    IllegalTransition {
+        from: TaskStatus,
+        action: &'static str,
+    },
+    #[error("the retry is not due before {not_before}")]
+    RetryNotDue { not_before: DateTime<Utc> },
+    #[error("the task has not exceeded its timeout, due at {deadline}")]
+    NotTimedOutYet { deadline: DateTime<Utc> },
+}
+
+impl TaskError {
+    pub(crate) fn title(problem: TextProblem) -> Self {
+        match problem {
+            TextProblem::Empty => Self::EmptyTitle,
+            TextProblem::TooLong { max } => Self::TitleTooLong { max },
+        }
+    }
+
+    pub(crate) fn task_type(problem: TextProblem) -> Self {
+        match problem {
+            TextProblem::Empty => Self::EmptyTaskType,
+            TextProblem::TooLong { max } => Self::TaskTypeTooLong { max },
+        }
+    }
+
+    pub(crate) fn capability(problem: TextProblem) -> Self {
+        match problem {
+            TextProblem::Empty => Self::EmptyCapability,
+            TextProblem::TooLong { max } => Self::CapabilityTooLong { max },
+        }
+    }
+
+    pub(crate) fn text(field: &'static str, problem: TextProblem) -> Self {
+        match problem {
+            TextProblem::Empty => Self::EmptyText { field },
+            TextProblem::TooLong { max } => Self::TextTooLong { field, max },
+        }
+    }
+}
+
+impl DomainError for TaskError {
+    fn kind(&self) -> ErrorKind {
+        use TaskError::*;
+        match self {
+            NotFound => ErrorKind::NotFound,
+            EmptyTitle
+            | TitleTooLong { .. }
+            | EmptyText { .. }
+            | TextTooLong { .. }
+            | EmptyTaskType
+            | TaskTypeTooLong { .. }
+            | EmptyCapability
+            | CapabilityTooLong { .. }
+            | TooManyRetries { .. }
+            | ZeroTimeout
+            | SelfDependency => ErrorKind::Invalid,
+            AlreadyExists
+            | DuplicateDependency(_)
+            | UnknownDependency(_)
+            | DependenciesFrozen(_)
+            | IllegalTransition { .. }
+            | RetryNotDue { .. }
+            | NotTimedOutYet { .. } => ErrorKind::Conflict,
+        }
+    }
+
+    fn field(&self) -> Option<&'static str> {
+        use TaskError::*;
+        match self {
+            EmptyTitle | TitleTooLong { .. } => Some("title"),
+            EmptyText { field } | TextTooLong { field, .. } => Some(field),
+            EmptyTaskType | TaskTypeTooLong { .. } => Some("task_type"),
+            EmptyCapability | CapabilityTooLong { .. } => Some("required_capabilities"),
+            TooManyRetries { .. } => Some("max_retries"),
+            ZeroTimeout => Some("timeout_seconds"),
+            SelfDependency | DuplicateDependency(_) | UnknownDependency(_) => Some("depends_on"),
+            _ => None,
+        }
+    }
+
+    fn code(&self) -> &'static str {
+        use TaskError::*;
+        match self {
+            NotFound => "task_not_found",
+            AlreadyExists => "task_already_exists",
+            EmptyTitle => "empty_title",
+            TitleTooLong { .. } => "title_too_long",
+            EmptyText { .. } => "empty_text",
+            TextTooLong { .. } => "text_too_long",
+            EmptyTaskType => "empty_task_type",
+            TaskTypeTooLong { .. } => "task_type_too_long",
+            EmptyCapability => "empty_capability",
+            CapabilityTooLong { .. } => "capability_too_long",
+            TooManyRetries { .. } => "too_many_retries",
+            ZeroTimeout => "zero_timeout",
+            SelfDependency => "self_dependency",
+            DuplicateDependency(_) => "duplicate_dependency",
+            UnknownDependency(_) => "unknown_dependency",
+            DependenciesFrozen(_) => "dependencies_frozen",
+            IllegalTransition { .. } => "illegal_transition",
+            RetryNotDue { .. } => "retry_not_due",
+            NotTimedOutYet { .. } => "not_timed_out_yet",
+        }
+    }
+}

@@ -1,0 +1,125 @@
+use chrono::{DateTime, Utc};
+use cqrs_es::DomainEvent;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use super::TaskStatus;
+use crate::common::{Phase, Priority};
+
+/// Why a task ended without completing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum FailureReason {
+    /// The error text marks a failure no retry can fix.
+    PermanentError,
+    /// The attempt failed and every retry has been used.
+    RetriesExhausted,
+    /// The attempt timed out and every retry has been used.
+    TimedOut,
+}
+
+impl FailureReason {
+    /// The final status this reason leaves the task in: a timeout keeps its own status so
+    /// operators can tell slow work from broken work.
+    pub fn final_status(self) -> TaskStatus {
+        match self {
+            Self::PermanentError | Self::RetriesExhausted => TaskStatus::PermanentlyFailed,
+            Self::TimedOut => TaskStatus::TimedOut,
+        }
+    }
+}
+
+/// What happened to a task. Names and payloads are stable: change them only by adding a
+/// new version and an upcaster.
+///
+/// A failed or timed-out attempt is recorded by `TaskFailed`/`TaskTimedOut` (which do not
+/// change the status), always followed in the same command by the outcome:
+/// `TaskRetryScheduled` or `TaskPermanentlyFailed`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum TaskEvent {
+    TaskCreated {
+        task_id: Uuid,
+        organization_id: Uuid,
+        project_id: Uuid,
+        ticket_id: Uuid,
+        title: String,
+        description: String,
+        task_type: String,
+        phase: Phase,
+        priority: Priority,
+        depends_on: Vec<Uuid>,
+        required_capabilities: Vec<String>,
+        max_retries: u32,
+        timeout_seconds: Option<u32>,
+        created_at: DateTime<Utc>,
+    },
+    TaskAssigned {
+        agent_id: Uuid,
+        at: DateTime<Utc>,
+    },
+    TaskStarted {
+        at: DateTime<Utc>,
+    },
+    TaskProgressReported {
+        message: String,
+    },
+    TaskCompleted {
+        result: serde_json::Value,
+        at: DateTime<Utc>,
+    },
+    /// Attempt number `attempt` (1 for the first run) failed with `error`.
+    TaskFailed {
+        error: String,
+        attempt: u32,
+        at: DateTime<Utc>,
+    },
+    /// Attempt number `attempt` ran `after_seconds` without finishing.
+    TaskTimedOut {
+        after_seconds: u64,
+        attempt: u32,
+        at: DateTime<Utc>,
+    },
+    /// Retry number `attempt` may be assigned from `not_before` on.
+    TaskRetryScheduled {
+        attempt: u32,
+        not_before: DateTime<Utc>,
+    },
+    TaskPermanentlyFailed {
+        reason: FailureReason,
+    },
+    TaskCancelled {
+        reason: Option<String>,
+        at: DateTime<Utc>,
+    },
+    TaskDependencyAdded {
+        depends_on: Uuid,
+    },
+    TaskDependencyRemoved {
+        depends_on: Uuid,
+    },
+}
+
+impl DomainEvent for TaskEvent {
+    fn event_type(&self) -> String {
+        match self {
+            Self::TaskCreated { .. } => "TaskCreated",
+            Self::TaskAssigned { .. } => "TaskAssigned",
+            Self::TaskStarted { .. } => "TaskStarted",
+            Self::TaskProgressReported { .. } => "TaskProgressReported",
+            Self::TaskCompleted { .. } => "TaskCompleted",
+            Self::TaskFailed { .. } => "TaskFailed",
+            Self::TaskTimedOut { .. } => "TaskTimedOut",
+            Self::TaskRetryScheduled { .. } => "TaskRetryScheduled",
+            Self::TaskPermanentlyFailed { .. } => "TaskPermanentlyFailed",
+            Self::TaskCancelled { .. } => "TaskCancelled",
+            Self::TaskDependencyAdded { .. } => "TaskDependencyAdded",
+            Self::TaskDependencyRemoved { .. } => "TaskDependencyRemoved",
+        }
+        .to_string()
+    }
+
+    fn event_version(&self) -> String {
+        "1".to_string()
+    }
+}

@@ -1,0 +1,28 @@
+//! The task: one unit of agent work that belongs to a ticket.
+//!
+//! Status machine `pending → assigned → running → completed`. A failure (from `assigned`
+//! or `running`) or a timeout (from `running`) either schedules a retry with exponential
+//! backoff (`retry_scheduled`, assignable again once the backoff has elapsed) or ends the
+//! task: `permanently_failed` for a permanent error or exhausted retries, `timed_out` for
+//! a timeout with no retry left. `cancelled` is reachable from every non-final status.
+//! `completed`, `permanently_failed`, `cancelled` and `timed_out` are final.
+//!
+//! Time and randomness (the backoff jitter) arrive inside commands, so every rule here is
+//! deterministic.
+
+mod aggregate;
+mod commands;
+mod error;
+mod events;
+mod retry;
+
+pub use aggregate::{
+    Task, TaskStatus, MAX_CAPABILITY_CHARS, MAX_PROGRESS_CHARS, MAX_TASK_TYPE_CHARS,
+};
+pub use commands::TaskCommand;
+pub use error::TaskError;
+pub use events::{FailureReason, TaskEvent};
+pub use retry::{
+    is_permanent_error, retry_backoff, DEFAULT_MAX_RETRIES, MAX_BACKOFF_SECONDS, MAX_MAX_RETRIES,
+    PERMANENT_ERROR_MARKERS,
+};

@@ -1,0 +1,977 @@
+use chrono::Duration;
+use cqrs_es::test::TestFramework;
+use cqrs_es::DomainEvent;
+use proptest::prelude::*;
+use serde_json::json;
+
+use super::*;
+use crate::common::{DomainError, ErrorKind, Phase, Priority, MAX_TITLE_CHARS};
+use crate::task::{is_permanent_error, retry_backoff, FailureReason, PERMANENT_ERROR_MARKERS};
+use crate::testing::{fold, handle, org_id, project_id, t0};
+
+type TaskTest = TestFramework<Task>;
+
+fn task_id() -> Uuid {
+    Uuid::from_u128(0x7A)
+}
+
+fn ticket_id() -> Uuid {
+    Uuid::from_u128(0x71)
+}
+
+fn agent_id() -> Uuid {
+    Uuid::from_u128(0xA6)
+}
+
+fn dep_a() -> Uuid {
+    Uuid::from_u128(0xD1)
+}
+
+fn dep_b() -> Uuid {
+    Uuid::from_u128(0xD2)
+}
+
+/// `seconds` after the fixed test instant.
+fn t(seconds: i64) -> DateTime<Utc> {
+    t0() + Duration::seconds(seconds)
+}
+
+/// The creation input of the tests; each test changes only what it is about.
+struct NewTask {
+    title: &'static str,
+    task_type: &'static str,
+    depends_on: Vec<Uuid>,
+    capabilities: Vec<&'static str>,
+    max_retries: Option<u32>,
+    timeout_seconds: Option<u32>,
+}
+
+impl Default for NewTask {
+    fn default() -> Self {
+        NewTask {
+            title: "Write login tests",
+            task_type: "write_tests",
+            depends_on: vec![dep_a()],
+            capabilities: vec!["python"],
+            max_retries: None,
+            timeout_seconds: Some(600),
+        }
+    }
+}
+
+impl NewTask {
+    fn command(self) -> TaskCommand {
+        TaskCommand::CreateTask {
+            task_id: task_id(),
+            organization_id: org_id(),
+            project_id: project_id(),
+            ticket_id: ticket_id(),
+            title: self.title.into(),
+            description: String::new(),
+            task_type: self.task_type.into(),
+            phase: Phase::Implementation,
+            priority: Priority::High,
+            depends_on: self.depends_on,
+            required_capabilities: self.capabilities.into_iter().map(String::from).collect(),
+            max_retries: self.max_retries,
+            timeout_seconds: self.timeout_seconds,
+            at: t0(),
+        }
+    }
+}
+
+fn created_with(max_retries: u32, timeout_seconds: Option<u32>) -> TaskEvent {
+    TaskEvent::TaskCreated {
+        task_id: task_id(),
+        organization_id: org_id(),
+        project_id: project_id(),
+        ticket_id: ticket_id(),
+        title: "Write login tests".into(),
+        description: String::new(),
+        task_type: "write_tests".into(),
+        phase: Phase::Implementation,
+        priority: Priority::High,
+        depends_on: vec![dep_a()],
+        required_capabilities: vec!["python".into()],
+        max_retries,
+        timeout_seconds,
+        created_at: t0(),
+    }
+}
+
+fn created() -> TaskEvent {
+    created_with(3, Some(600))
+}
+
+fn assigned(at: DateTime<Utc>) -> TaskEvent {
+    TaskEvent::TaskAssigned {
+        agent_id: agent_id(),
+        at,
+    }
+}
+
+/// Created, assigned at t+10 and started at t+20.
+fn running_from(created: TaskEvent) -> Vec<TaskEvent> {
+    vec![created, assigned(t(10)), TaskEvent::TaskStarted { at: t(20) }]
+}
+
+fn with(mut events: Vec<TaskEvent>, more: impl IntoIterator<Item = TaskEvent>) -> Vec<TaskEvent> {
+    events.extend(more);
+    events
+}
+
+/// The events that bring a fresh task to `status` (retry due at t+31).
+fn history_at(status: TaskStatus) -> Vec<TaskEvent> {
+    use TaskStatus::*;
+    let running = running_from(created());
+    let failed = |error: &str| TaskEvent::TaskFailed {
+        error: error.into(),
+        attempt: 1,
+        at: t(30),
+    };
+    match status {
+        Pending => vec![created()],
+        Assigned => vec![created(), assigned(t(10))],
+        Running => running,
+        Completed => with(running, [completed()]),
+        RetryScheduled => with(running, [failed("boom"), retry_scheduled(1, t(31))]),
+        PermanentlyFailed => with(
+            running,
+            [failed("permission denied"), gave_up(FailureReason::PermanentError)],
+        ),
+        Cancelled => vec![created(), TaskEvent::TaskCancelled { reason: None, at: t(5) }],
+        TimedOut => with(
+            running,
+            [
+                TaskEvent::TaskTimedOut {
+                    after_seconds: 700,
+                    attempt: 1,
+                    at: t(720),
+                },
+                gave_up(FailureReason::TimedOut),
+            ],
+        ),
+    }
+}
+
+fn completed() -> TaskEvent {
+    TaskEvent::TaskCompleted {
+        result: json!({"passed": 12}),
+        at: t(30),
+    }
+}
+
+fn retry_scheduled(attempt: u32, not_before: DateTime<Utc>) -> TaskEvent {
+    TaskEvent::TaskRetryScheduled {
+        attempt,
+        not_before,
+    }
+}
+
+fn gave_up(reason: FailureReason) -> TaskEvent {
+    TaskEvent::TaskPermanentlyFailed { reason }
+}
+
+fn fail(error: &str, at: DateTime<Utc>) -> TaskCommand {
+    TaskCommand::FailTask {
+        error: error.into(),
+        at,
+        // 0.5 makes the jitter factor exactly 1, so the backoff is the base delay.
+        jitter: 0.5,
+    }
+}
+
+/// One command per lifecycle action, with inputs valid in the action's legal statuses.
+fn lifecycle_commands() -> Vec<(&'static str, TaskCommand)> {
+    vec![
+        (
+            "assign",
+            TaskCommand::AssignTask {
+                agent_id: agent_id(),
+                at: t(100),
+            },
+        ),
+        ("start", TaskCommand::StartTask { at: t(100) }),
+        (
+            "report progress",
+            TaskCommand::ReportProgress {
+                message: "half way".into(),
+            },
+        ),
+        (
+            "complete",
+            TaskCommand::CompleteTask {
+                result: json!(null),
+                at: t(100),
+            },
+        ),
+        ("fail", fail("boom", t(1000))),
+        (
+            "time out",
+            TaskCommand::TimeOutTask {
+                at: t(1000),
+                jitter: 0.5,
+            },
+        ),
+        (
+            "cancel",
+            TaskCommand::CancelTask {
+                reason: None,
+                at: t(100),
+            },
+        ),
+    ]
+}
+
+/// The lifecycle table: the status `action` leads to from `from`, `None` when illegal.
+fn lifecycle_outcome(from: TaskStatus, action: &str) -> Option<TaskStatus> {
+    use TaskStatus::*;
+    match (from, action) {
+        (Pending | RetryScheduled, "assign") => Some(Assigned),
+        (Assigned, "start") => Some(Running),
+        (Running, "report progress") => Some(Running),
+        (Running, "complete") => Some(Completed),
+        (Assigned | Running, "fail") => Some(RetryScheduled),
+        (Running, "time out") => Some(RetryScheduled),
+        (Pending | Assigned | Running | RetryScheduled, "cancel") => Some(Cancelled),
+        _ => None,
+    }
+}
+
+/// Every status change any command may cause.
+fn can_move(from: TaskStatus, to: TaskStatus) -> bool {
+    use TaskStatus::*;
+    matches!(
+        (from, to),
+        (Pending | RetryScheduled, Assigned)
+            | (Assigned, Running)
+            | (Running, Completed | TimedOut)
+            | (Assigned | Running, RetryScheduled | PermanentlyFailed)
+            | (Pending | Assigned | Running | RetryScheduled, Cancelled)
+    )
+}
+
+#[test]
+fn every_status_and_lifecycle_command_is_legal_exactly_as_the_table_says() {
+    for from in TaskStatus::ALL {
+        let state: Task = fold(&history_at(from));
+        assert_eq!(state.status, from, "history_at({from})");
+        for (action, command) in lifecycle_commands() {
+            let (handled, result) = handle(&state, command, &());
+            match lifecycle_outcome(from, action) {
+                Some(to) => {
+                    assert!(result.is_ok(), "{from} / {action}: {result:?}");
+                    assert_eq!(handled.status, to, "{from} / {action}");
+                }
+                None => {
+                    assert_eq!(
+                        result,
+                        Err(TaskError::IllegalTransition { from, action }),
+                        "{from} / {action}"
+                    );
+                    assert_eq!(handled, state, "{from} / {action} wrote nothing");
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn dependencies_change_only_while_no_agent_holds_the_task() {
+    for from in TaskStatus::ALL {
+        let state: Task = fold(&history_at(from));
+        let add = TaskCommand::AddDependency {
+            depends_on: dep_b(),
+        };
+        let remove = TaskCommand::RemoveDependency {
+            depends_on: dep_a(),
+        };
+        let (_, added) = handle(&state, add, &());
+        let (_, removed) = handle(&state, remove, &());
+        if from.accepts_dependency_changes() {
+            let expected = TaskEvent::TaskDependencyAdded {
+                depends_on: dep_b(),
+            };
+            assert_eq!(added, Ok(vec![expected]), "{from}");
+            let expected = TaskEvent::TaskDependencyRemoved {
+                depends_on: dep_a(),
+            };
+            assert_eq!(removed, Ok(vec![expected]), "{from}");
+        } else {
+            assert_eq!(added, Err(TaskError::DependenciesFrozen(from)), "{from}");
+            assert_eq!(removed, Err(TaskError::DependenciesFrozen(from)), "{from}");
+        }
+    }
+    assert_eq!(
+        TaskStatus::ALL.map(TaskStatus::accepts_dependency_changes),
+        [true, false, false, false, true, false, false, false]
+    );
+}
+
+#[test]
+fn every_command_on_a_missing_task_answers_not_found() {
+    let mut commands: Vec<TaskCommand> = lifecycle_commands().into_iter().map(|(_, c)| c).collect();
+    commands.push(TaskCommand::AddDependency {
+        depends_on: dep_a(),
+    });
+    commands.push(TaskCommand::RemoveDependency {
+        depends_on: dep_a(),
+    });
+    for command in commands {
+        let (_, result) = handle(&Task::default(), command.clone(), &());
+        assert_eq!(result, Err(TaskError::NotFound), "{command:?}");
+    }
+}
+
+#[tokio::test]
+async fn creating_a_task_records_its_details() {
+    TaskTest::with(())
+        .given_no_previous_events()
+        .when_async(
+            NewTask {
+                title: "  Write login tests ",
+                capabilities: vec![" python", "python "],
+                depends_on: vec![dep_a(), dep_a()],
+                ..NewTask::default()
+            }
+            .command(),
+        )
+        .await
+        .then_expect_events(vec![created()]);
+    let state: Task = fold(&[created()]);
+    assert_eq!(state.status, TaskStatus::Pending);
+    assert_eq!(state.max_retries, DEFAULT_MAX_RETRIES);
+    assert_eq!(state.created_at, Some(t0()));
+    assert_eq!(
+        state.scope(),
+        Some(Scope {
+            organization_id: org_id(),
+            project_id: Some(project_id()),
+        })
+    );
+    assert_eq!(Task::default().scope(), None);
+}
+
+#[tokio::test]
+async fn creating_a_task_twice_is_refused() {
+    TaskTest::with(())
+        .given(vec![created()])
+        .when_async(NewTask::default().command())
+        .await
+        .then_expect_error(TaskError::AlreadyExists);
+}
+
+#[test]
+fn invalid_creation_input_is_refused_field_by_field() {
+    let long_title: &'static str = "x".repeat(MAX_TITLE_CHARS + 1).leak();
+    let long_label: &'static str = "x".repeat(65).leak();
+    let cases = [
+        (
+            NewTask {
+                title: " ",
+                ..NewTask::default()
+            },
+            TaskError::EmptyTitle,
+            "title",
+        ),
+        (
+            NewTask {
+                title: long_title,
+                ..NewTask::default()
+            },
+            TaskError::TitleTooLong {
+                max: MAX_TITLE_CHARS,
+            },
+            "title",
+        ),
+        (
+            NewTask {
+                task_type: "",
+                ..NewTask::default()
+            },
+            TaskError::EmptyTaskType,
+            "task_type",
+        ),
+        (
+            NewTask {
+                task_type: long_label,
+                ..NewTask::default()
+            },
+            TaskError::TaskTypeTooLong { max: 64 },
+            "task_type",
+        ),
+        (
+            NewTask {
+                capabilities: vec!["python", "  "],
+                ..NewTask::default()
+            },
+            TaskError::EmptyCapability,
+            "required_capabilities",
+        ),
+        (
+            NewTask {
+                capabilities: vec![long_label],
+                ..NewTask::default()
+            },
+            TaskError::CapabilityTooLong { max: 64 },
+            "required_capabilities",
+        ),
+        (
+            NewTask {
+                max_retries: Some(21),
+                ..NewTask::default()
+            },
+            TaskError::TooManyRetries { max: 20 },
+            "max_retries",
+        ),
+        (
+            NewTask {
+                timeout_seconds: Some(0),
+                ..NewTask::default()
+            },
+            TaskError::ZeroTimeout,
+            "timeout_seconds",
+        ),
+        (
+            NewTask {
+                depends_on: vec![dep_a(), task_id()],
+                ..NewTask::default()
+            },
+            TaskError::SelfDependency,
+            "depends_on",
+        ),
+    ];
+    for (input, expected, field) in cases {
+        let (_, result) = handle(&Task::default(), input.command(), &());
+        assert_eq!(result, Err(expected.clone()));
+        assert_eq!(expected.kind(), ErrorKind::Invalid, "{expected:?}");
+        assert_eq!(expected.field(), Some(field), "{expected:?}");
+    }
+}
+
+#[test]
+fn twenty_retries_and_no_timeout_are_accepted() {
+    let command = NewTask {
+        max_retries: Some(20),
+        timeout_seconds: None,
+        ..NewTask::default()
+    }
+    .command();
+    let (state, result) = handle(&Task::default(), command, &());
+    assert!(result.is_ok());
+    assert_eq!((state.max_retries, state.timeout_seconds), (20, None));
+}
+
+#[tokio::test]
+async fn a_pending_task_is_assigned_then_started() {
+    TaskTest::with(())
+        .given(vec![created()])
+        .when_async(TaskCommand::AssignTask {
+            agent_id: agent_id(),
+            at: t(10),
+        })
+        .await
+        .then_expect_events(vec![assigned(t(10))]);
+    TaskTest::with(())
+        .given(vec![created(), assigned(t(10))])
+        .when_async(TaskCommand::StartTask { at: t(20) })
+        .await
+        .then_expect_events(vec![TaskEvent::TaskStarted { at: t(20) }]);
+    let state: Task = fold(&running_from(created()));
+    assert_eq!(state.status, TaskStatus::Running);
+    assert_eq!(state.assigned_agent_id, Some(agent_id()));
+    assert_eq!(state.started_at, Some(t(20)));
+}
+
+#[tokio::test]
+async fn progress_is_reported_while_running_and_must_be_short_text() {
+    TaskTest::with(())
+        .given(history_at(TaskStatus::Running))
+        .when_async(TaskCommand::ReportProgress {
+            message: " 3 of 12 tests written ".into(),
+        })
+        .await
+        .then_expect_events(vec![TaskEvent::TaskProgressReported {
+            message: "3 of 12 tests written".into(),
+        }]);
+    TaskTest::with(())
+        .given(history_at(TaskStatus::Running))
+        .when_async(TaskCommand::ReportProgress {
+            message: "  ".into(),
+        })
+        .await
+        .then_expect_error(TaskError::EmptyText { field: "message" });
+    TaskTest::with(())
+        .given(history_at(TaskStatus::Running))
+        .when_async(TaskCommand::ReportProgress {
+            message: "x".repeat(MAX_PROGRESS_CHARS + 1),
+        })
+        .await
+        .then_expect_error(TaskError::TextTooLong {
+            field: "message",
+            max: MAX_PROGRESS_CHARS,
+        });
+}
+
+#[tokio::test]
+async fn a_running_task_completes_with_its_result() {
+    TaskTest::with(())
+        .given(history_at(TaskStatus::Running))
+        .when_async(TaskCommand::CompleteTask {
+            result: json!({"passed": 12}),
+            at: t(30),
+        })
+        .await
+        .then_expect_events(vec![completed()]);
+    let state: Task = fold(&history_at(TaskStatus::Completed));
+    assert_eq!(state.result, Some(json!({"passed": 12})));
+    assert_eq!(state.completed_at, Some(t(30)));
+    assert!(state.status.is_final());
+}
+
+#[tokio::test]
+async fn a_failure_with_retries_left_schedules_a_retry_after_the_backoff() {
+    TaskTest::with(())
+        .given(history_at(TaskStatus::Running))
+        .when_async(fail("connection reset", t(30)))
+        .await
+        .then_expect_events(vec![
+            TaskEvent::TaskFailed {
+                error: "connection reset".into(),
+                attempt: 1,
+                at: t(30),
+            },
+            retry_scheduled(1, t(31)),
+        ]);
+    let state: Task = fold(&history_at(TaskStatus::RetryScheduled));
+    assert_eq!(state.retry_count, 1);
+    assert_eq!(state.not_before, Some(t(31)));
+    assert_eq!(state.assigned_agent_id, None, "a retry goes back without its agent");
+    assert_eq!(state.last_error.as_deref(), Some("boom"));
+}
+
+#[tokio::test]
+async fn the_second_retry_waits_twice_as_long() {
+    let events = with(
+        history_at(TaskStatus::RetryScheduled),
+        [assigned(t(40)), TaskEvent::TaskStarted { at: t(41) }],
+    );
+    TaskTest::with(())
+        .given(events)
+        .when_async(fail("boom", t(50)))
+        .await
+        .then_expect_events(vec![
+            TaskEvent::TaskFailed {
+                error: "boom".into(),
+                attempt: 2,
+                at: t(50),
+            },
+            retry_scheduled(2, t(52)),
+        ]);
+}
+
+#[tokio::test]
+async fn an_assigned_task_can_fail_before_it_runs() {
+    TaskTest::with(())
+        .given(history_at(TaskStatus::Assigned))
+        .when_async(fail("sandbox did not start", t(15)))
+        .await
+        .then_expect_events(vec![
+            TaskEvent::TaskFailed {
+                error: "sandbox did not start".into(),
+                attempt: 1,
+                at: t(15),
+            },
+            retry_scheduled(1, t(16)),
+        ]);
+}
+
+#[tokio::test]
+async fn a_permanent_error_is_never_retried_whatever_its_case() {
+    TaskTest::with(())
+        .given(history_at(TaskStatus::Running))
+        .when_async(fail("git push: PERMISSION DENIED", t(30)))
+        .await
+        .then_expect_events(vec![
+            TaskEvent::TaskFailed {
+                error: "git push: PERMISSION DENIED".into(),
+                attempt: 1,
+                at: t(30),
+            },
+            gave_up(FailureReason::PermanentError),
+        ]);
+    let state: Task = fold(&history_at(TaskStatus::PermanentlyFailed));
+    assert_eq!(state.status, TaskStatus::PermanentlyFailed);
+    assert_eq!(state.retry_count, 0);
+}
+
+#[tokio::test]
+async fn a_failure_after_the_last_retry_fails_permanently() {
+    let events = with(
+        running_from(created_with(1, None)),
+        [
+            TaskEvent::TaskFailed {
+                error: "boom".into(),
+                attempt: 1,
+                at: t(30),
+            },
+            retry_scheduled(1, t(31)),
+            assigned(t(40)),
+            TaskEvent::TaskStarted { at: t(41) },
+        ],
+    );
+    let failed = TaskEvent::TaskFailed {
+        error: "boom again".into(),
+        attempt: 2,
+        at: t(50),
+    };
+    TaskTest::with(())
+        .given(events.clone())
+        .when_async(fail("boom again", t(50)))
+        .await
+        .then_expect_events(vec![failed.clone(), gave_up(FailureReason::RetriesExhausted)]);
+    let state: Task = fold(&with(events, [failed, gave_up(FailureReason::RetriesExhausted)]));
+    assert_eq!(state.status, TaskStatus::PermanentlyFailed);
+    assert_eq!(state.retry_count, state.max_retries);
+    assert_eq!(state.last_error.as_deref(), Some("boom again"));
+}
+
+#[tokio::test]
+async fn a_failure_needs_an_error_text() {
+    TaskTest::with(())
+        .given(history_at(TaskStatus::Running))
+        .when_async(fail(" ", t(30)))
+        .await
+        .then_expect_error(TaskError::EmptyText { field: "error" });
+}
+
+#[tokio::test]
+async fn a_retry_cannot_be_assigned_before_its_backoff_elapses() {
+    TaskTest::with(())
+        .given(history_at(TaskStatus::RetryScheduled))
+        .when_async(TaskCommand::AssignTask {
+            agent_id: agent_id(),
+            at: t(30),
+        })
+        .await
+        .then_expect_error(TaskError::RetryNotDue { not_before: t(31) });
+    TaskTest::with(())
+        .given(history_at(TaskStatus::RetryScheduled))
+        .when_async(TaskCommand::AssignTask {
+            agent_id: agent_id(),
+            at: t(31),
+        })
+        .await
+        .then_expect_events(vec![assigned(t(31))]);
+    assert_eq!(TaskError::RetryNotDue { not_before: t(31) }.kind(), ErrorKind::Conflict);
+}
+
+#[tokio::test]
+async fn a_timeout_with_retries_left_schedules_a_retry() {
+    TaskTest::with(())
+        .given(history_at(TaskStatus::Running))
+        .when_async(TaskCommand::TimeOutTask {
+            at: t(621),
+            jitter: 0.0,
+        })
+        .await
+        .then_expect_events(vec![
+            TaskEvent::TaskTimedOut {
+                after_seconds: 601,
+                attempt: 1,
+                at: t(621),
+            },
+            // Jitter 0 shortens the 1 s base delay to 0.75 s.
+            retry_scheduled(1, t(621) + Duration::milliseconds(750)),
+        ]);
+}
+
+#[tokio::test]
+async fn a_timeout_with_no_retry_left_ends_timed_out() {
+    let timed_out = TaskEvent::TaskTimedOut {
+        after_seconds: 40,
+        attempt: 1,
+        at: t(60),
+    };
+    let running = running_from(created_with(0, Some(30)));
+    TaskTest::with(())
+        .given(running.clone())
+        .when_async(TaskCommand::TimeOutTask {
+            at: t(60),
+            jitter: 0.5,
+        })
+        .await
+        .then_expect_events(vec![timed_out.clone(), gave_up(FailureReason::TimedOut)]);
+    let state: Task = fold(&with(running, [timed_out, gave_up(FailureReason::TimedOut)]));
+    assert_eq!(state.status, TaskStatus::TimedOut);
+    assert!(state.status.is_final());
+    assert_eq!(state.last_error.as_deref(), Some("timed out after 40s"));
+}
+
+#[tokio::test]
+async fn a_task_cannot_time_out_before_its_timeout_has_passed() {
+    // Started at t+20 with a 600 s timeout: the deadline is t+620, inclusive.
+    TaskTest::with(())
+        .given(history_at(TaskStatus::Running))
+        .when_async(TaskCommand::TimeOutTask {
+            at: t(620),
+            jitter: 0.5,
+        })
+        .await
+        .then_expect_error(TaskError::NotTimedOutYet { deadline: t(620) });
+}
+
+#[test]
+fn a_task_without_its_own_timeout_times_out_when_the_caller_says() {
+    let state: Task = fold(&running_from(created_with(3, None)));
+    let command = TaskCommand::TimeOutTask {
+        at: t(21),
+        jitter: 0.5,
+    };
+    let (handled, result) = handle(&state, command, &());
+    assert!(result.is_ok(), "{result:?}");
+    assert_eq!(handled.status, TaskStatus::RetryScheduled);
+}
+
+#[tokio::test]
+async fn a_cancel_records_its_reason_and_drops_a_blank_one() {
+    TaskTest::with(())
+        .given(history_at(TaskStatus::Running))
+        .when_async(TaskCommand::CancelTask {
+            reason: Some(" ticket closed ".into()),
+            at: t(40),
+        })
+        .await
+        .then_expect_events(vec![TaskEvent::TaskCancelled {
+            reason: Some("ticket closed".into()),
+            at: t(40),
+        }]);
+    TaskTest::with(())
+        .given(history_at(TaskStatus::RetryScheduled))
+        .when_async(TaskCommand::CancelTask {
+            reason: Some("  ".into()),
+            at: t(40),
+        })
+        .await
+        .then_expect_events(vec![TaskEvent::TaskCancelled {
+            reason: None,
+            at: t(40),
+        }]);
+}
+
+#[tokio::test]
+async fn a_task_cannot_depend_on_itself_twice_on_one_task_or_drop_an_unknown_dependency() {
+    TaskTest::with(())
+        .given(vec![created()])
+        .when_async(TaskCommand::AddDependency {
+            depends_on: task_id(),
+        })
+        .await
+        .then_expect_error(TaskError::SelfDependency);
+    TaskTest::with(())
+        .given(vec![created()])
+        .when_async(TaskCommand::AddDependency {
+            depends_on: dep_a(),
+        })
+        .await
+        .then_expect_error(TaskError::DuplicateDependency(dep_a()));
+    TaskTest::with(())
+        .given(vec![created()])
+        .when_async(TaskCommand::RemoveDependency {
+            depends_on: dep_b(),
+        })
+        .await
+        .then_expect_error(TaskError::UnknownDependency(dep_b()));
+    let state: Task = fold(&[
+        created(),
+        TaskEvent::TaskDependencyAdded {
+            depends_on: dep_b(),
+        },
+        TaskEvent::TaskDependencyRemoved {
+            depends_on: dep_a(),
+        },
+    ]);
+    assert_eq!(state.depends_on.into_iter().collect::<Vec<_>>(), vec![dep_b()]);
+}
+
+#[test]
+fn errors_are_classified_by_rule() {
+    assert_eq!(TaskError::NotFound.kind(), ErrorKind::NotFound);
+    assert_eq!(TaskError::NotFound.code(), "task_not_found");
+    for conflict in [
+        TaskError::AlreadyExists,
+        TaskError::DuplicateDependency(dep_a()),
+        TaskError::UnknownDependency(dep_a()),
+        TaskError::DependenciesFrozen(TaskStatus::Running),
+        TaskError::IllegalTransition {
+            from: TaskStatus::Completed,
+            action: "start",
+        },
+        TaskError::NotTimedOutYet { deadline: t0() },
+    ] {
+        assert_eq!(conflict.kind(), ErrorKind::Conflict, "{conflict:?}");
+    }
+    let error = TaskError::IllegalTransition {
+        from: TaskStatus::RetryScheduled,
+        action: "start",
+    };
+    assert_eq!(error.to_string(), "a retry_scheduled task cannot start");
+}
+
+#[test]
+fn backoff_doubles_from_one_second_within_a_quarter_either_way() {
+    for (attempt, base_ms) in [(1, 1000), (2, 2000), (3, 4000), (4, 8000)] {
+        assert_eq!(retry_backoff(attempt, 0.5), Duration::milliseconds(base_ms));
+        assert_eq!(retry_backoff(attempt, 0.0), Duration::milliseconds(base_ms * 3 / 4));
+        let high = retry_backoff(attempt, 0.999_999);
+        assert!(high <= Duration::milliseconds(base_ms * 5 / 4), "{attempt}: {high}");
+        assert!(high > Duration::milliseconds(base_ms * 5 / 4 - 10), "{attempt}: {high}");
+    }
+}
+
+#[test]
+fn backoff_is_capped_at_sixty_seconds_after_jitter() {
+    // 2^6 = 64 s: 48 s with the lowest jitter, capped at 60 s otherwise.
+    assert_eq!(retry_backoff(7, 0.0), Duration::seconds(48));
+    assert_eq!(retry_backoff(7, 0.5), Duration::seconds(60));
+    assert_eq!(retry_backoff(6, 0.999), Duration::milliseconds(39_984));
+    for attempt in [8, 20, u32::MAX] {
+        assert_eq!(retry_backoff(attempt, 0.0), Duration::seconds(60));
+    }
+}
+
+#[test]
+fn backoff_clamps_a_jitter_outside_the_unit_range() {
+    assert_eq!(retry_backoff(1, -3.0), Duration::milliseconds(750));
+    assert_eq!(retry_backoff(1, 7.0), Duration::milliseconds(1250));
+    assert_eq!(retry_backoff(1, f64::NAN), Duration::milliseconds(750));
+}
+
+#[test]
+fn permanent_errors_are_recognised_case_insensitively() {
+    assert!(is_permanent_error("PERMISSION DENIED"));
+    assert!(is_permanent_error("open /etc: Read-Only file system"));
+    assert!(is_permanent_error("ERROR: duplicate key value violates unique constraint"));
+    for marker in PERMANENT_ERROR_MARKERS {
+        assert!(is_permanent_error(&marker.to_uppercase()), "{marker}");
+    }
+    assert!(!is_permanent_error("connection reset by peer"));
+    assert!(!is_permanent_error("rate limit")); // only "rate limit exceeded" is permanent
+}
+
+#[test]
+fn statuses_display_as_they_serialize_and_events_are_named_by_variant() {
+    for status in TaskStatus::ALL {
+        let json = serde_json::to_value(status).expect("a status serializes");
+        assert_eq!(json, json!(status.to_string()));
+    }
+    let mut events = history_at(TaskStatus::TimedOut);
+    events.extend(history_at(TaskStatus::PermanentlyFailed));
+    events.extend(history_at(TaskStatus::RetryScheduled));
+    events.extend(history_at(TaskStatus::Cancelled));
+    events.extend(history_at(TaskStatus::Completed));
+    events.push(TaskEvent::TaskProgressReported {
+        message: "x".into(),
+    });
+    events.push(TaskEvent::TaskDependencyAdded {
+        depends_on: dep_b(),
+    });
+    events.push(TaskEvent::TaskDependencyRemoved {
+        depends_on: dep_b(),
+    });
+    for event in events {
+        let json = serde_json::to_value(&event).expect("an event serializes");
+        let tag = json.as_object().and_then(|o| o.keys().next().cloned());
+        assert_eq!(tag, Some(event.event_type()));
+        assert_eq!(event.event_version(), "1");
+        let back: TaskEvent = serde_json::from_value(json).expect("an event deserializes");
+        assert_eq!(back, event);
+    }
+}
+
+fn any_time() -> impl Strategy<Value = DateTime<Utc>> {
+    (0_i64..200).prop_map(t)
+}
+
+fn any_dependency() -> impl Strategy<Value = Uuid> {
+    prop::sample::select(vec![task_id(), dep_a(), dep_b()])
+}
+
+fn any_create() -> impl Strategy<Value = TaskCommand> {
+    (0_u32..3, prop::option::of(Just(30_u32))).prop_map(|(retries, timeout)| {
+        NewTask {
+            max_retries: Some(retries),
+            timeout_seconds: timeout,
+            ..NewTask::default()
+        }
+        .command()
+    })
+}
+
+fn any_failure() -> impl Strategy<Value = TaskCommand> {
+    let errors = vec!["boom", "Permission denied", "", "timeout talking to git"];
+    (prop::sample::select(errors), any_time(), 0.0_f64..1.0).prop_map(|(error, at, jitter)| {
+        TaskCommand::FailTask {
+            error: error.into(),
+            at,
+            jitter,
+        }
+    })
+}
+
+fn any_command() -> impl Strategy<Value = TaskCommand> {
+    prop_oneof![
+        any_create(),
+        any_time().prop_map(|at| TaskCommand::AssignTask {
+            agent_id: agent_id(),
+            at
+        }),
+        any_time().prop_map(|at| TaskCommand::StartTask { at }),
+        "[a-z ]{0,3}".prop_map(|message| TaskCommand::ReportProgress { message }),
+        any_time().prop_map(|at| TaskCommand::CompleteTask {
+            result: json!({}),
+            at
+        }),
+        any_failure(),
+        (any_time(), 0.0_f64..1.0).prop_map(|(at, jitter)| TaskCommand::TimeOutTask { at, jitter }),
+        any_time().prop_map(|at| TaskCommand::CancelTask { reason: None, at }),
+        any_dependency().prop_map(|depends_on| TaskCommand::AddDependency { depends_on }),
+        any_dependency().prop_map(|depends_on| TaskCommand::RemoveDependency { depends_on }),
+    ]
+}
+
+proptest! {
+    /// Whatever commands arrive, the state is the fold of the accepted events, a refused
+    /// command writes nothing, retries stay within their budget, a final task never
+    /// changes, and every status change is one the lifecycle allows.
+    #[test]
+    fn state_is_the_fold_of_events_and_never_illegal(
+        commands in prop::collection::vec(any_command(), 1..60)
+    ) {
+        let mut state = Task::default();
+        let mut log = Vec::new();
+        for command in commands {
+            let before = state.clone();
+            let (handled, result) = handle(&state, command, &());
+            match result {
+                Ok(events) => {
+                    log.extend(events);
+                    state = handled;
+                }
+                Err(_) => prop_assert_eq!(&handled, &before, "a refused command wrote events"),
+            }
+            prop_assert_eq!(&state, &fold::<Task>(&log));
+            prop_assert!(state.retry_count <= state.max_retries);
+            if before.exists() && before.status.is_final() {
+                prop_assert_eq!(&state, &before, "a final task changed");
+            }
+            let (from, to) = (before.status, state.status);
+            prop_assert!(from == to || can_move(from, to), "{} -> {}", from, to);
+            let held = matches!(to, TaskStatus::Assigned | TaskStatus::Running);
+            prop_assert_eq!(held, state.assigned_agent_id.is_some() && !to.is_final()
+                && to != TaskStatus::Pending);
+            prop_assert_eq!(to == TaskStatus::RetryScheduled, state.not_before.is_some());
+            prop_assert!(state.id.is_none_or(|id| !state.depends_on.contains(&id)));
+        }
+    }
+}

@@ -1,0 +1,342 @@
+//! The command bus: the one place where a command becomes events.
+//!
+//! For each command it loads the aggregate (cqrs-es, plain event-store mode), lets the
+//! caller check the aggregate's scope before anything is decided (authorization hooks in
+//! here), handles the command, and commits the events with the request's metadata. Two
+//! things cqrs-es leaves to us are done here:
+//!
+//! * **Conflicts are retried.** cqrs-es detects a concurrent append (unique key on
+//!   `(aggregate_type, aggregate_id, sequence)`) but gives up at once; we reload and
+//!   re-handle, a bounded number of times with jittered exponential backoff.
+//! * **Contention inside one process never reaches the database.** Commands on the same
+//!   aggregate are serialized by a striped async lock, so only writers in *other*
+//!   processes can conflict.
+
+use std::collections::hash_map::DefaultHasher;
+use std::collections::HashMap;
+use std::fmt;
+use std::hash::{Hash, Hasher};
+use std::time::Duration;
+
+use chrono::Utc;
+use cqrs_es::event_sink::EventSink;
+use cqrs_es::persist::PersistedEventStore;
+use cqrs_es::{Aggregate, AggregateContext, AggregateError, EventStore};
+use omoi_domain::common::{Scope, Scoped};
+use postgres_es::PostgresEventRepository;
+use rand::Rng;
+use sqlx::PgPool;
+use tokio::sync::Mutex;
+use uuid::Uuid;
+
+/// Who caused a command. Written into every event's metadata as `kind:id`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Actor {
+    User(Uuid),
+    Agent(Uuid),
+    ApiKey(Uuid),
+    /// A part of omoi itself (`worker`, `cli`, …).
+    System(&'static str),
+    Stripe,
+    /// No principal: only until authentication lands (issue #3).
+    Anonymous,
+}
+
+impl fmt::Display for Actor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::User(id) => write!(f, "user:{id}"),
+            Self::Agent(id) => write!(f, "agent:{id}"),
+            Self::ApiKey(id) => write!(f, "api_key:{id}"),
+            Self::System(name) => write!(f, "system:{name}"),
+            Self::Stripe => f.write_str("stripe"),
+            Self::Anonymous => f.write_str("anonymous"),
+        }
+    }
+}
+
+/// Where a command comes from; becomes the metadata of every event it produces.
+#[derive(Debug, Clone)]
+pub struct CommandContext {
+    pub actor: Actor,
+    pub request_id: String,
+    /// Groups everything one user action caused, across aggregates.
+    pub correlation_id: Uuid,
+    /// The event or command that directly caused this one, if any.
+    pub causation_id: Option<Uuid>,
+}
+
+impl CommandContext {
+    pub fn new(actor: Actor, request_id: impl Into<String>) -> Self {
+        Self {
+            actor,
+            request_id: request_id.into(),
+            correlation_id: Uuid::now_v7(),
+            causation_id: None,
+        }
+    }
+
+    fn metadata(&self, scope: Option<Scope>) -> HashMap<String, String> {
+        let mut metadata = HashMap::with_capacity(8);
+        if let Some(scope) = scope {
+            metadata.insert("organization_id".into(), scope.organization_id.to_string());
+            if let Some(project_id) = scope.project_id {
+                metadata.insert("project_id".into(), project_id.to_string());
+            }
+        }
+        metadata.insert("actor".into(), self.actor.to_string());
+        metadata.insert("request_id".into(), self.request_id.clone());
+        metadata.insert("correlation_id".into(), self.correlation_id.to_string());
+        if let Some(causation_id) = self.causation_id {
+            metadata.insert("causation_id".into(), causation_id.to_string());
+        }
+        metadata.insert("occurred_at".into(), Utc::now().to_rfc3339());
+        metadata
+    }
+}
+
+/// What a successful command wrote, and the aggregate's state after it.
+#[derive(Debug, Clone)]
+pub struct Committed<A> {
+    pub aggregate_id: String,
+    /// The aggregate's sequence number after the command (its number of events).
+    pub version: usize,
+    /// How many events the command appended (0 when it had nothing to record).
+    pub events: usize,
+    pub state: A,
+}
+
+/// Why a command was not committed.
+#[derive(Debug, thiserror::Error)]
+pub enum CommandError<E: std::error::Error> {
+    /// The domain refused it; the variant says which rule.
+    #[error(transparent)]
+    Domain(E),
+    /// The caller's scope check refused the aggregate (for example another tenant's).
+    #[error("not permitted")]
+    Forbidden,
+    /// Other writers kept changing the aggregate through every retry.
+    #[error("the aggregate kept changing concurrently ({attempts} attempts); try again")]
+    Conflict { attempts: u32 },
+    /// The database could not be reached in time.
+    #[error("the database is unavailable: {0}")]
+    Unavailable(String),
+    /// Anything else: a bug or a corrupt event.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+/// How often and how patiently conflicting commands are retried.
+#[derive(Debug, Clone, Copy)]
+pub struct RetryPolicy {
+    pub max_attempts: u32,
+    pub base_delay: Duration,
+    pub max_delay: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            max_attempts: 10,
+            base_delay: Duration::from_millis(2),
+            max_delay: Duration::from_millis(250),
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// Full-jitter exponential backoff before attempt `attempt + 1`.
+    fn delay(&self, attempt: u32) -> Duration {
+        let exponential = self.base_delay.saturating_mul(1 << attempt.min(16));
+        let ceiling = exponential.min(self.max_delay);
+        ceiling.mul_f64(rand::thread_rng().gen_range(0.0..=1.0))
+    }
+}
+
+const LOCK_STRIPES: usize = 1024;
+
+/// Executes commands against the Postgres event store.
+pub struct CommandBus {
+    pool: PgPool,
+    retry: RetryPolicy,
+    stripes: Vec<Mutex<()>>,
+}
+
+/// What the scope check sees: the aggregate's scope before the command (`None` when it
+/// does not exist yet). Returning `false` refuses the command with `Forbidden`.
+pub trait ScopeCheck: Fn(Option<Scope>) -> bool + Send + Sync {}
+impl<F: Fn(Option<Scope>) -> bool + Send + Sync> ScopeCheck for F {}
+
+impl CommandBus {
+    pub fn new(pool: PgPool, retry: RetryPolicy) -> Self {
+        Self {
+            pool,
+            retry,
+            stripes: (0..LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
+        }
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    fn store<A: Aggregate>(&self) -> PersistedEventStore<PostgresEventRepository, A> {
+        PersistedEventStore::new_event_store(PostgresEventRepository::new(self.pool.clone()))
+    }
+
+    fn stripe<A: Aggregate>(&self, aggregate_id: &str) -> &Mutex<()> {
+        let mut hasher = DefaultHasher::new();
+        (A::TYPE, aggregate_id).hash(&mut hasher);
+        &self.stripes[(hasher.finish() as usize) % LOCK_STRIPES]
+    }
+
+    /// Executes `command` on aggregate `aggregate_id` with no scope restriction.
+    pub async fn execute<A>(
+        &self,
+        aggregate_id: &str,
+        command: A::Command,
+        context: &CommandContext,
+    ) -> Result<Committed<A>, CommandError<A::Error>>
+    where
+        A: Aggregate<Services = ()> + Scoped + Clone,
+        A::Command: Clone + Send,
+        A::Error: Send,
+    {
+        self.execute_checked::<A>(aggregate_id, command, context, &|_| true)
+            .await
+    }
+
+    /// Executes `command` after `check` has accepted the aggregate's current scope.
+    pub async fn execute_checked<A>(
+        &self,
+        aggregate_id: &str,
+        command: A::Command,
+        context: &CommandContext,
+        check: &dyn ScopeCheck,
+    ) -> Result<Committed<A>, CommandError<A::Error>>
+    where
+        A: Aggregate<Services = ()> + Scoped + Clone,
+        A::Command: Clone + Send,
+        A::Error: Send,
+    {
+        let _serialized = self.stripe::<A>(aggregate_id).lock().await;
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match self
+                .try_execute::<A>(aggregate_id, command.clone(), context, check)
+                .await
+            {
+                Err(AttemptError::Conflict) if attempt < self.retry.max_attempts => {
+                    tracing::debug!(aggregate = A::TYPE, aggregate_id, attempt, "conflict; retrying");
+                    tokio::time::sleep(self.retry.delay(attempt)).await;
+                }
+                Err(AttemptError::Conflict) => {
+                    return Err(CommandError::Conflict { attempts: attempt })
+                }
+                Err(AttemptError::Failed(error)) => return Err(error),
+                Ok(committed) => return Ok(committed),
+            }
+        }
+    }
+
+    async fn try_execute<A>(
+        &self,
+        aggregate_id: &str,
+        command: A::Command,
+        context: &CommandContext,
+        check: &dyn ScopeCheck,
+    ) -> Result<Committed<A>, AttemptError<A::Error>>
+    where
+        A: Aggregate<Services = ()> + Scoped + Clone,
+    {
+        let store = self.store::<A>();
+        let mut loaded = store.load_aggregate(aggregate_id).await.map_err(classify)?;
+        if !check(loaded.aggregate().scope()) {
+            return Err(AttemptError::Failed(CommandError::Forbidden));
+        }
+        let version = loaded.current_sequence;
+        let sink = EventSink::default();
+        loaded
+            .aggregate()
+            .handle(command, &(), &sink)
+            .await
+            .map_err(|e| AttemptError::Failed(CommandError::Domain(e)))?;
+        let events = sink.collect().await;
+        if events.is_empty() {
+            return Ok(Committed {
+                aggregate_id: aggregate_id.to_string(),
+                version,
+                events: 0,
+                state: loaded.aggregate().clone(),
+            });
+        }
+        // The sink has applied the new events, so a newly created aggregate has its scope.
+        let metadata = context.metadata(loaded.aggregate().scope());
+        let state = loaded.aggregate().clone();
+        let written = store.commit(events, loaded, metadata).await.map_err(classify)?;
+        Ok(Committed {
+            aggregate_id: aggregate_id.to_string(),
+            version: version + written.len(),
+            events: written.len(),
+            state,
+        })
+    }
+
+    /// The aggregate's current state and version, or `None` when it has no events.
+    pub async fn load<A>(&self, aggregate_id: &str) -> Result<Option<(A, usize)>, CommandError<A::Error>>
+    where
+        A: Aggregate,
+    {
+        let mut loaded = self
+            .store::<A>()
+            .load_aggregate(aggregate_id)
+            .await
+            .map_err(|e| match classify(e) {
+                AttemptError::Failed(error) => error,
+                AttemptError::Conflict => CommandError::Internal("conflict while reading".into()),
+            })?;
+        if loaded.current_sequence == 0 {
+            return Ok(None);
+        }
+        let version = loaded.current_sequence;
+        Ok(Some((std::mem::take(loaded.aggregate()), version)))
+    }
+}
+
+enum AttemptError<E: std::error::Error> {
+    Conflict,
+    Failed(CommandError<E>),
+}
+
+impl<E: std::error::Error> From<AggregateError<E>> for AttemptError<E> {
+    fn from(error: AggregateError<E>) -> Self {
+        classify(error)
+    }
+}
+
+/// Sorts cqrs-es's errors into what a caller can act on. postgres-es reports a pool
+/// timeout as "unexpected", so the underlying sqlx error is inspected as well.
+fn classify<E: std::error::Error>(error: AggregateError<E>) -> AttemptError<E> {
+    match error {
+        AggregateError::AggregateConflict => AttemptError::Conflict,
+        AggregateError::UserError(e) => AttemptError::Failed(CommandError::Domain(e)),
+        AggregateError::DatabaseConnectionError(e) => {
+            AttemptError::Failed(CommandError::Unavailable(e.to_string()))
+        }
+        AggregateError::UnexpectedError(e) => {
+            let unavailable = matches!(
+                e.downcast_ref::<sqlx::Error>(),
+                Some(sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed)
+            );
+            if unavailable {
+                AttemptError::Failed(CommandError::Unavailable(e.to_string()))
+            } else {
+                AttemptError::Failed(CommandError::Internal(e.to_string()))
+            }
+        }
+        AggregateError::DeserializationError(e) => {
+            AttemptError::Failed(CommandError::Internal(format!("corrupt event: {e}")))
+        }
+    }
+}

@@ -1,0 +1,20 @@
+//! The Postgres side of omoi: connecting and migrating, the command bus that turns commands
+//! into events, the readers of one aggregate's history and of the global stream, and a
+//! launcher for a PostgreSQL cluster of our own when no `DATABASE_URL` is given.
+//!
+//! # Layout
+//!
+//! * [`db`] — pool and migrations (the `migrations/` folder at the workspace root).
+//! * [`bus`] — [`bus::CommandBus`]: load, handle, commit with metadata; retry on conflicts.
+//! * [`log`] — reading the event log: per aggregate (history, state as of an event) and
+//!   globally, in the gapless `(transaction_id, global_position)` order.
+//! * [`embedded`] — initdb/pg_ctl of the machine's PostgreSQL, as the `postgres` user when
+//!   we are root.
+
+pub mod bus;
+pub mod db;
+pub mod embedded;
+pub mod log;
+
+pub use bus::{Actor, CommandBus, CommandContext, CommandError, Committed};
+pub use log::{Cursor, EventPage, StoredEvent};
