@@ -32,13 +32,20 @@ pub struct Problem {
 #[derive(Debug)]
 pub enum ApiError {
     /// 400: the request could not be read (malformed JSON, bad path or query value).
-    BadRequest { detail: String, field: Option<String> },
+    BadRequest {
+        detail: String,
+        field: Option<String>,
+    },
     /// 413: the body is larger than the limit.
     PayloadTooLarge { limit: usize },
     /// 415: the body is not JSON.
     UnsupportedMediaType,
     /// 422: well-formed input that breaks a rule.
-    Invalid { code: &'static str, detail: String, field: Option<String> },
+    Invalid {
+        code: &'static str,
+        detail: String,
+        field: Option<String>,
+    },
     /// 404: the resource does not exist (or is not visible to the caller).
     NotFound { what: &'static str },
     /// 409: the current state forbids the request.
@@ -94,7 +101,11 @@ impl ApiError {
                 "the request body must be JSON (Content-Type: application/json)".to_string(),
                 None,
             ),
-            Self::Invalid { code, detail, field } => (code, detail, field),
+            Self::Invalid {
+                code,
+                detail,
+                field,
+            } => (code, detail, field),
             Self::NotFound { what } => ("not_found", format!("{what} not found"), None),
             Self::Conflict { code, detail } => (code, detail, None),
             Self::Unavailable(cause) => {
@@ -107,7 +118,11 @@ impl ApiError {
             }
             Self::Internal(cause) => {
                 tracing::error!(%cause, "internal error");
-                ("internal", "an internal error occurred; it has been logged".to_string(), None)
+                (
+                    "internal",
+                    "an internal error occurred; it has been logged".to_string(),
+                    None,
+                )
             }
         };
         Problem {

@@ -36,7 +36,9 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Body<T> {
             return Err(ApiError::UnsupportedMediaType);
         }
         let bytes = Bytes::from_request(req, state).await.map_err(|e| match e {
-            BytesRejection::FailedToBufferBody(_) => ApiError::PayloadTooLarge { limit: BODY_LIMIT },
+            BytesRejection::FailedToBufferBody(_) => {
+                ApiError::PayloadTooLarge { limit: BODY_LIMIT }
+            }
             other => ApiError::bad_request(other.body_text(), None),
         })?;
         parse_json(&bytes).map(Body)
@@ -57,9 +59,9 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
         };
         ApiError::BadRequest { detail, field }
     })?;
-    deserializer
-        .end()
-        .map_err(|e| ApiError::bad_request(format!("trailing data after the JSON body: {e}"), None))?;
+    deserializer.end().map_err(|e| {
+        ApiError::bad_request(format!("trailing data after the JSON body: {e}"), None)
+    })?;
     Ok(value)
 }
 

@@ -30,7 +30,10 @@ pub async fn history_of<A: Aggregate>(
     as_of: Option<i64>,
 ) -> ApiResult<Json<History<A>>> {
     let events = aggregate_history(state.pool(), A::TYPE, &id.to_string()).await?;
-    let version = events.last().map(|e| e.sequence).ok_or(ApiError::NotFound { what })?;
+    let version = events
+        .last()
+        .map(|e| e.sequence)
+        .ok_or(ApiError::NotFound { what })?;
     if let Some(n) = as_of {
         if !(1..=version).contains(&n) {
             return Err(ApiError::invalid(
@@ -92,13 +95,16 @@ async fn global_stream(
 ) -> ApiResult<Json<StreamPage>> {
     let after = match query.after.as_deref() {
         None | Some("") => Cursor::default(),
-        Some(raw) => raw
-            .parse()
-            .map_err(|e: omoi_store::log::BadCursor| ApiError::bad_request(e.to_string(), Some("after")))?,
+        Some(raw) => raw.parse().map_err(|e: omoi_store::log::BadCursor| {
+            ApiError::bad_request(e.to_string(), Some("after"))
+        })?,
     };
     let limit = query.limit.unwrap_or(100);
     if !(1..=1000).contains(&limit) {
-        return Err(ApiError::bad_request("limit must be between 1 and 1000", Some("limit")));
+        return Err(ApiError::bad_request(
+            "limit must be between 1 and 1000",
+            Some("limit"),
+        ));
     }
     let page = read_global(state.pool(), after, limit).await?;
     Ok(Json(StreamPage {

@@ -2,7 +2,9 @@
 
 use std::time::Duration;
 
-use prometheus::{Encoder, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder};
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder,
+};
 
 /// The registry and the instruments the API updates.
 pub struct Metrics {
@@ -35,14 +37,20 @@ impl Metrics {
     pub fn new() -> Result<Self, prometheus::Error> {
         let registry = Registry::new_custom(Some("omoi".into()), None)?;
         let commands = IntCounterVec::new(
-            Opts::new("commands_total", "Commands executed, by command and outcome"),
+            Opts::new(
+                "commands_total",
+                "Commands executed, by command and outcome",
+            ),
             &["command", "outcome"],
         )?;
         let command_seconds = HistogramVec::new(
-            HistogramOpts::new("command_duration_seconds", "Command latency, load to commit")
-                .buckets(vec![
-                    0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
-                ]),
+            HistogramOpts::new(
+                "command_duration_seconds",
+                "Command latency, load to commit",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+            ]),
             &["command"],
         )?;
         registry.register(Box::new(commands.clone()))?;

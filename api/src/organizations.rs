@@ -58,7 +58,10 @@ async fn create_organization(
     let committed = state
         .execute::<Organization>("CreateOrganization", id, command, &ctx)
         .await?;
-    Ok((StatusCode::CREATED, Json(Versioned::committed(id, committed))))
+    Ok((
+        StatusCode::CREATED,
+        Json(Versioned::committed(id, committed)),
+    ))
 }
 
 #[utoipa::path(get, path = "/api/v1/organizations/{id}", tag = "organizations",

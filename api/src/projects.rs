@@ -1,4 +1,152 @@
-//! (being written)
+//! `/api/v1/projects`: create, read, rename, archive, history.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::Json;
+use chrono::Utc;
+use omoi_domain::organization::Organization;
+use omoi_domain::project::{Project, ProjectCommand};
+use serde::Deserialize;
+use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+use uuid::Uuid;
+
+use crate::error::{ApiError, ApiResult, Problem};
+use crate::extract::{Body, Ctx, IdPath, Query};
+use crate::history::{history_of, HistoryQuery};
+use crate::organizations::Rename;
+use crate::responses::{History, Versioned};
 use crate::state::AppState;
-pub fn router() -> OpenApiRouter<AppState> { OpenApiRouter::new() }
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(create_project))
+        .routes(routes!(get_project))
+        .routes(routes!(rename_project))
+        .routes(routes!(archive_project))
+        .routes(routes!(project_history))
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateProject {
+    pub organization_id: Uuid,
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+}
+
+/// Loads an active project that new work may be added to: 404 when it does not exist,
+/// 409 when it is archived.
+pub async fn active_project(state: &AppState, id: Uuid) -> ApiResult<Project> {
+    let (project, _) = state.load::<Project>(id, "project").await?;
+    if !project.is_active() {
+        return Err(ApiError::Conflict {
+            code: "project_archived",
+            detail: format!("project {id} is archived; no new work can be added to it"),
+        });
+    }
+    Ok(project)
+}
+
+#[utoipa::path(post, path = "/api/v1/projects", tag = "projects",
+    request_body = CreateProject,
+    responses(
+        (status = 201, body = Versioned<Project>), (status = 400, body = Problem),
+        (status = 404, body = Problem, description = "no such organization"),
+        (status = 409, body = Problem, description = "the organization is archived"),
+        (status = 422, body = Problem),
+    ))]
+async fn create_project(
+    State(state): State<AppState>,
+    Ctx(ctx): Ctx,
+    Body(body): Body<CreateProject>,
+) -> ApiResult<(StatusCode, Json<Versioned<Project>>)> {
+    let (organization, _) = state
+        .load::<Organization>(body.organization_id, "organization")
+        .await?;
+    if !organization.is_active() {
+        return Err(ApiError::Conflict {
+            code: "organization_archived",
+            detail: "the organization is archived; no project can be added to it".into(),
+        });
+    }
+    let id = Uuid::now_v7();
+    let command = ProjectCommand::CreateProject {
+        project_id: id,
+        organization_id: body.organization_id,
+        name: body.name,
+        description: body.description,
+        at: Utc::now(),
+    };
+    let committed = state
+        .execute::<Project>("CreateProject", id, command, &ctx)
+        .await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(Versioned::committed(id, committed)),
+    ))
+}
+
+#[utoipa::path(get, path = "/api/v1/projects/{id}", tag = "projects",
+    params(("id" = Uuid, Path)),
+    responses((status = 200, body = Versioned<Project>), (status = 404, body = Problem)))]
+async fn get_project(
+    State(state): State<AppState>,
+    IdPath(id): IdPath,
+) -> ApiResult<Json<Versioned<Project>>> {
+    let loaded = state.load::<Project>(id, "project").await?;
+    Ok(Json(Versioned::read(id, loaded)))
+}
+
+#[utoipa::path(post, path = "/api/v1/projects/{id}/rename", tag = "projects",
+    params(("id" = Uuid, Path)), request_body = Rename,
+    responses(
+        (status = 200, body = Versioned<Project>), (status = 404, body = Problem),
+        (status = 409, body = Problem), (status = 422, body = Problem),
+    ))]
+async fn rename_project(
+    State(state): State<AppState>,
+    Ctx(ctx): Ctx,
+    IdPath(id): IdPath,
+    Body(body): Body<Rename>,
+) -> ApiResult<Json<Versioned<Project>>> {
+    let command = ProjectCommand::RenameProject { name: body.name };
+    let committed = state
+        .execute::<Project>("RenameProject", id, command, &ctx)
+        .await?;
+    Ok(Json(Versioned::committed(id, committed)))
+}
+
+#[utoipa::path(post, path = "/api/v1/projects/{id}/archive", tag = "projects",
+    params(("id" = Uuid, Path)),
+    responses(
+        (status = 200, body = Versioned<Project>), (status = 404, body = Problem),
+        (status = 409, body = Problem),
+    ))]
+async fn archive_project(
+    State(state): State<AppState>,
+    Ctx(ctx): Ctx,
+    IdPath(id): IdPath,
+) -> ApiResult<Json<Versioned<Project>>> {
+    let command = ProjectCommand::ArchiveProject { at: Utc::now() };
+    let committed = state
+        .execute::<Project>("ArchiveProject", id, command, &ctx)
+        .await?;
+    Ok(Json(Versioned::committed(id, committed)))
+}
+
+#[utoipa::path(get, path = "/api/v1/projects/{id}/history", tag = "projects",
+    params(("id" = Uuid, Path), HistoryQuery),
+    responses(
+        (status = 200, body = History<Project>), (status = 404, body = Problem),
+        (status = 422, body = Problem),
+    ))]
+async fn project_history(
+    State(state): State<AppState>,
+    IdPath(id): IdPath,
+    Query(query): Query<HistoryQuery>,
+) -> ApiResult<Json<History<Project>>> {
+    history_of::<Project>(&state, id, "project", query.as_of).await
+}

@@ -44,14 +44,18 @@ impl AppState {
         A::Error: DomainError,
     {
         let started = Instant::now();
-        let result = self.bus.execute::<A>(&id.to_string(), command, context).await;
+        let result = self
+            .bus
+            .execute::<A>(&id.to_string(), command, context)
+            .await;
         let outcome = match &result {
             Ok(_) => Outcome::Committed,
             Err(CommandError::Domain(_) | CommandError::Forbidden) => Outcome::Refused,
             Err(CommandError::Conflict { .. }) => Outcome::Conflict,
             Err(CommandError::Unavailable(_) | CommandError::Internal(_)) => Outcome::Failed,
         };
-        self.metrics.record_command(name, outcome, started.elapsed());
+        self.metrics
+            .record_command(name, outcome, started.elapsed());
         result.map_err(ApiError::from)
     }
 

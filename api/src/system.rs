@@ -44,10 +44,7 @@ async fn metrics(State(state): State<AppState>) -> ApiResult<impl IntoResponse> 
         .metrics
         .render()
         .map_err(|e| ApiError::Internal(e.to_string()))?;
-    Ok((
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        text,
-    ))
+    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text))
 }
 
 /// Swagger UI for `/openapi.json`. The viewer's scripts come from a CDN so that the

@@ -1,4 +1,6 @@
 //! (being written)
-use utoipa_axum::router::OpenApiRouter;
 use crate::state::AppState;
-pub fn router() -> OpenApiRouter<AppState> { OpenApiRouter::new() }
+use utoipa_axum::router::OpenApiRouter;
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+}

@@ -228,7 +228,12 @@ impl CommandBus {
                 .await
             {
                 Err(AttemptError::Conflict) if attempt < self.retry.max_attempts => {
-                    tracing::debug!(aggregate = A::TYPE, aggregate_id, attempt, "conflict; retrying");
+                    tracing::debug!(
+                        aggregate = A::TYPE,
+                        aggregate_id,
+                        attempt,
+                        "conflict; retrying"
+                    );
                     tokio::time::sleep(self.retry.delay(attempt)).await;
                 }
                 Err(AttemptError::Conflict) => {
@@ -274,7 +279,10 @@ impl CommandBus {
         // The sink has applied the new events, so a newly created aggregate has its scope.
         let metadata = context.metadata(loaded.aggregate().scope());
         let state = loaded.aggregate().clone();
-        let written = store.commit(events, loaded, metadata).await.map_err(classify)?;
+        let written = store
+            .commit(events, loaded, metadata)
+            .await
+            .map_err(classify)?;
         Ok(Committed {
             aggregate_id: aggregate_id.to_string(),
             version: version + written.len(),
@@ -284,7 +292,10 @@ impl CommandBus {
     }
 
     /// The aggregate's current state and version, or `None` when it has no events.
-    pub async fn load<A>(&self, aggregate_id: &str) -> Result<Option<(A, usize)>, CommandError<A::Error>>
+    pub async fn load<A>(
+        &self,
+        aggregate_id: &str,
+    ) -> Result<Option<(A, usize)>, CommandError<A::Error>>
     where
         A: Aggregate,
     {

@@ -35,6 +35,8 @@ pub struct EmbeddedPostgres {
     pub port: u16,
     bin_dir: PathBuf,
     run_as: Option<(u32, u32)>,
+    /// Extra `-c name=value` server settings.
+    options: Vec<String>,
 }
 
 impl EmbeddedPostgres {
@@ -51,7 +53,14 @@ impl EmbeddedPostgres {
             port,
             bin_dir,
             run_as,
+            options: Vec::new(),
         })
+    }
+
+    /// Adds server settings (`name=value`), e.g. `fsync=off` for a throw-away test cluster.
+    pub fn with_options(mut self, options: &[&str]) -> Self {
+        self.options.extend(options.iter().map(|o| o.to_string()));
+        self
     }
 
     /// URL of database `name` on this cluster.
@@ -68,11 +77,15 @@ impl EmbeddedPostgres {
             return Ok(());
         }
         let log = self.data_dir.join("server.log");
-        let options = format!(
+        let mut options = format!(
             "-p {} -c listen_addresses=127.0.0.1 -c unix_socket_directories='' \
              -c max_connections=300 -c shared_buffers=128MB",
             self.port
         );
+        for option in &self.options {
+            options.push_str(" -c ");
+            options.push_str(option);
+        }
         self.run(
             "pg_ctl",
             &[
@@ -97,8 +110,18 @@ impl EmbeddedPostgres {
             return Ok(());
         }
         let dir = self.data_dir.as_os_str();
-        self.run("pg_ctl", &["-D".as_ref(), dir, "-m".as_ref(), "fast".as_ref(), "-w".as_ref(), "stop".as_ref()])
-            .map(drop)
+        self.run(
+            "pg_ctl",
+            &[
+                "-D".as_ref(),
+                dir,
+                "-m".as_ref(),
+                "fast".as_ref(),
+                "-w".as_ref(),
+                "stop".as_ref(),
+            ],
+        )
+        .map(drop)
     }
 
     /// Whether a server is running on this data directory.
@@ -215,10 +238,11 @@ fn postgres_user() -> io::Result<Option<(u32, u32)>> {
 
 /// Creates database `name` unless it exists.
 pub async fn ensure_database(pool: &sqlx::PgPool, name: &str) -> Result<(), sqlx::Error> {
-    let exists: bool = sqlx::query_scalar("select exists(select 1 from pg_database where datname = $1)")
-        .bind(name)
-        .fetch_one(pool)
-        .await?;
+    let exists: bool =
+        sqlx::query_scalar("select exists(select 1 from pg_database where datname = $1)")
+            .bind(name)
+            .fetch_one(pool)
+            .await?;
     if !exists {
         // Identifiers cannot be bound; the name is quoted and its quotes doubled.
         let quoted = name.replace('"', "\"\"");

@@ -78,7 +78,12 @@ impl FromStr for Cursor {
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let (xid, position) = s.split_once('-').ok_or(BadCursor)?;
-        let parse = |part: &str| part.parse::<i64>().ok().filter(|n| *n >= 0).ok_or(BadCursor);
+        let parse = |part: &str| {
+            part.parse::<i64>()
+                .ok()
+                .filter(|n| *n >= 0)
+                .ok_or(BadCursor)
+        };
         Ok(Self {
             transaction_id: parse(xid)?,
             global_position: parse(position)?,
@@ -99,7 +104,11 @@ const COLUMNS: &str = "aggregate_type, aggregate_id, sequence, event_type, event
      payload, metadata, global_position, transaction_id::text::bigint as transaction_id";
 
 /// Reads up to `limit` events after `after`, in the gapless global order.
-pub async fn read_global(pool: &PgPool, after: Cursor, limit: i64) -> Result<EventPage, sqlx::Error> {
+pub async fn read_global(
+    pool: &PgPool,
+    after: Cursor,
+    limit: i64,
+) -> Result<EventPage, sqlx::Error> {
     let sql = format!(
         "select {COLUMNS} from events
           where (transaction_id, global_position) > ($1::bigint::text::xid8, $2)
@@ -113,7 +122,10 @@ pub async fn read_global(pool: &PgPool, after: Cursor, limit: i64) -> Result<Eve
         .bind(limit)
         .fetch_all(pool)
         .await?;
-    let events = rows.iter().map(StoredEvent::from_row).collect::<Result<Vec<_>, _>>()?;
+    let events = rows
+        .iter()
+        .map(StoredEvent::from_row)
+        .collect::<Result<Vec<_>, _>>()?;
     let next = events.last().map_or(after, StoredEvent::cursor);
     Ok(EventPage { events, next })
 }
@@ -150,9 +162,15 @@ pub struct CorruptEvent {
 
 /// The state of an aggregate after its events up to and including sequence `as_of`
 /// (all of them when `None`): the audit view of "what did it look like then".
-pub fn fold_until<A: Aggregate>(history: &[StoredEvent], as_of: Option<i64>) -> Result<A, CorruptEvent> {
+pub fn fold_until<A: Aggregate>(
+    history: &[StoredEvent],
+    as_of: Option<i64>,
+) -> Result<A, CorruptEvent> {
     let mut state = A::default();
-    for stored in history.iter().take_while(|e| as_of.is_none_or(|n| e.sequence <= n)) {
+    for stored in history
+        .iter()
+        .take_while(|e| as_of.is_none_or(|n| e.sequence <= n))
+    {
         let event: A::Event =
             serde_json::from_value(stored.payload.clone()).map_err(|source| CorruptEvent {
                 aggregate_type: stored.aggregate_type.clone(),

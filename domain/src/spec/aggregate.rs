@@ -8,9 +8,7 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use super::{SpecCommand, SpecError, SpecEvent};
-use crate::common::{
-    optional_text, required_text, Scope, Scoped, TextProblem, MAX_TEXT_CHARS, MAX_TITLE_CHARS,
-};
+use crate::common::{optional_text, required_text, Scope, Scoped, MAX_TEXT_CHARS, MAX_TITLE_CHARS};
 
 /// Longest EARS clause (condition, action) or acceptance criterion.
 pub(crate) const MAX_CLAUSE_CHARS: usize = 2_000;
@@ -134,16 +132,12 @@ fn clause(field: &'static str, empty: SpecError, value: &str) -> Result<String, 
     required_text(value, MAX_CLAUSE_CHARS).map_err(|p| SpecError::text(field, empty, p))
 }
 
+/// Checks an optional free text. `optional_text` refuses only for length, so any
+/// problem it reports is that one.
 fn optional(field: &'static str, value: &str) -> Result<String, SpecError> {
-    optional_text(value, MAX_TEXT_CHARS).map_err(|p: TextProblem| {
-        SpecError::text(
-            field,
-            SpecError::TextTooLong {
-                field,
-                max: MAX_TEXT_CHARS,
-            },
-            p,
-        )
+    optional_text(value, MAX_TEXT_CHARS).map_err(|_| SpecError::TextTooLong {
+        field,
+        max: MAX_TEXT_CHARS,
     })
 }
 

@@ -60,8 +60,8 @@ impl SpecError {
         }
     }
 
-    /// Maps a text problem of `field`; `empty` is the rule a blank value breaks (for
-    /// optional texts, which are never reported empty, any value keeps this total).
+    /// Maps a problem with the required text `field`; `empty` is the rule a blank value
+    /// breaks.
     pub(crate) fn text(field: &'static str, empty: SpecError, problem: TextProblem) -> Self {
         match problem {
             TextProblem::Empty => empty,

@@ -233,6 +233,8 @@ impl Task {
 
     fn time_out(&self, at: DateTime<Utc>, jitter: f64) -> Result<Vec<TaskEvent>, TaskError> {
         self.ensure_in(&[TaskStatus::Running], "time out")?;
+        // A running task always has a start; falling back to `at` keeps apply-order bugs
+        // from panicking and reads as "timed out after 0 s".
         let started_at = self.started_at.unwrap_or(at);
         if let Some(deadline) = self.deadline(started_at).filter(|deadline| at <= *deadline) {
             return Err(TaskError::NotTimedOutYet { deadline });

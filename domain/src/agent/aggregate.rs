@@ -1,0 +1,330 @@
+use std::collections::BTreeSet;
+use std::fmt;
+
+use chrono::{DateTime, Utc};
+use cqrs_es::event_sink::EventSink;
+use cqrs_es::Aggregate;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use super::{AgentCommand, AgentError, AgentEvent};
+use crate::common::{optional_text, required_text, Scope, Scoped, MAX_TEXT_CHARS, MAX_TITLE_CHARS};
+
+/// Fewest tasks an agent may run at once: an agent that can take none is no agent.
+pub(crate) const MIN_CAPACITY: u32 = 1;
+/// Most tasks one agent may run at once; more is a misconfiguration, not a big machine.
+pub(crate) const MAX_CAPACITY: u32 = 100;
+/// Most capabilities one agent may declare; keeps the set (and its events) bounded.
+pub(crate) const MAX_CAPABILITIES: usize = 64;
+/// Longest capability; capabilities are short tags matched against task requirements.
+pub(crate) const MAX_CAPABILITY_CHARS: usize = 100;
+
+/// The role an agent plays (the original's four types).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum AgentType {
+    #[default]
+    Worker,
+    Monitor,
+    Watchdog,
+    Guardian,
+}
+
+impl AgentType {
+    pub const ALL: [AgentType; 4] = [Self::Worker, Self::Monitor, Self::Watchdog, Self::Guardian];
+
+    pub fn as_str(self) -> &'static str {
+        use AgentType::*;
+        match self {
+            Worker => "worker",
+            Monitor => "monitor",
+            Watchdog => "watchdog",
+            Guardian => "guardian",
+        }
+    }
+}
+
+impl fmt::Display for AgentType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// An agent's lifecycle status (the original's `AgentStatus`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum AgentStatus {
+    #[default]
+    Spawning,
+    Idle,
+    Running,
+    Degraded,
+    Failed,
+    Quarantined,
+    Terminated,
+}
+
+impl AgentStatus {
+    pub const ALL: [AgentStatus; 7] = [
+        Self::Spawning,
+        Self::Idle,
+        Self::Running,
+        Self::Degraded,
+        Self::Failed,
+        Self::Quarantined,
+        Self::Terminated,
+    ];
+
+    /// The original's transition table, verbatim. A status never "moves" to itself here;
+    /// re-recording the current status is the separate, forced case.
+    pub fn can_move_to(self, to: AgentStatus) -> bool {
+        use AgentStatus::*;
+        match self {
+            Spawning => matches!(to, Idle | Failed | Terminated),
+            Idle => matches!(to, Running | Degraded | Quarantined | Terminated),
+            Running => matches!(to, Idle | Failed | Degraded | Quarantined),
+            Degraded => matches!(to, Idle | Failed | Quarantined | Terminated),
+            Failed => matches!(to, Quarantined | Terminated),
+            Quarantined => matches!(to, Idle | Terminated),
+            Terminated => false,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        use AgentStatus::*;
+        match self {
+            Spawning => "spawning",
+            Idle => "idle",
+            Running => "running",
+            Degraded => "degraded",
+            Failed => "failed",
+            Quarantined => "quarantined",
+            Terminated => "terminated",
+        }
+    }
+}
+
+impl fmt::Display for AgentStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// An agent's current state: the fold of its events. Liveness (heartbeats, missed
+/// beats, anomaly scores) is not here; see the module documentation.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, ToSchema)]
+pub struct Agent {
+    pub id: Option<Uuid>,
+    pub organization_id: Option<Uuid>,
+    /// `None` for an agent that serves the whole organization.
+    pub project_id: Option<Uuid>,
+    pub name: String,
+    pub agent_type: AgentType,
+    pub capabilities: BTreeSet<String>,
+    /// How many tasks the agent runs at once.
+    pub capacity: u32,
+    pub status: AgentStatus,
+    /// Why the agent entered its current status, if anyone said.
+    pub status_reason: Option<String>,
+    pub status_changed_at: Option<DateTime<Utc>>,
+    pub registered_at: Option<DateTime<Utc>>,
+}
+
+impl Agent {
+    fn exists(&self) -> bool {
+        self.id.is_some()
+    }
+
+    /// Every command but registration needs an agent that exists and is not terminated.
+    fn ensure_active(&self) -> Result<(), AgentError> {
+        if !self.exists() {
+            return Err(AgentError::NotFound);
+        }
+        if self.status == AgentStatus::Terminated {
+            return Err(AgentError::Terminated);
+        }
+        Ok(())
+    }
+
+    fn decide(&self, command: AgentCommand) -> Result<Vec<AgentEvent>, AgentError> {
+        match command {
+            AgentCommand::RegisterAgent {
+                agent_id,
+                organization_id,
+                project_id,
+                name,
+                agent_type,
+                capabilities,
+                capacity,
+                at,
+            } => {
+                if self.exists() {
+                    return Err(AgentError::AlreadyExists);
+                }
+                let name = match name {
+                    Some(name) => {
+                        required_text(&name, MAX_TITLE_CHARS).map_err(AgentError::name)?
+                    }
+                    None => default_name(agent_type, agent_id),
+                };
+                let capacity = capacity.unwrap_or(MIN_CAPACITY);
+                if !(MIN_CAPACITY..=MAX_CAPACITY).contains(&capacity) {
+                    return Err(AgentError::CapacityOutOfRange {
+                        capacity,
+                        min: MIN_CAPACITY,
+                        max: MAX_CAPACITY,
+                    });
+                }
+                Ok(vec![AgentEvent::AgentRegistered {
+                    agent_id,
+                    organization_id,
+                    project_id,
+                    name,
+                    agent_type,
+                    capabilities: capability_set(capabilities)?,
+                    capacity,
+                    registered_at: at,
+                }])
+            }
+            AgentCommand::ChangeAgentStatus {
+                to,
+                reason,
+                force,
+                at,
+            } => {
+                self.ensure_active()?;
+                let from = self.status;
+                if from == to {
+                    // Forcing re-records the current status, e.g. to log why a
+                    // quarantine was extended; it is never a way around the table.
+                    if !force {
+                        return Err(AgentError::AlreadyInStatus(to));
+                    }
+                } else if !from.can_move_to(to) {
+                    return Err(AgentError::IllegalTransition { from, to });
+                }
+                Ok(vec![AgentEvent::AgentStatusChanged {
+                    from,
+                    to,
+                    reason: checked_reason(reason)?,
+                    at,
+                }])
+            }
+            AgentCommand::UpdateCapabilities { capabilities } => {
+                self.ensure_active()?;
+                let capabilities = capability_set(capabilities)?;
+                if capabilities == self.capabilities {
+                    return Err(AgentError::NothingToChange);
+                }
+                Ok(vec![AgentEvent::AgentCapabilitiesUpdated { capabilities }])
+            }
+        }
+    }
+}
+
+/// `{type}-{first 8 hex digits of the id}`. The original numbered agents with a
+/// per-type sequence, which needs a counter outside the aggregate; the id prefix is
+/// unique enough to tell agents apart in logs and needs nothing but the command.
+fn default_name(agent_type: AgentType, agent_id: Uuid) -> String {
+    let prefix: String = agent_id.simple().to_string().chars().take(8).collect();
+    format!("{agent_type}-{prefix}")
+}
+
+/// Trims every capability, refuses blank or overlong ones, and collapses duplicates:
+/// capabilities are a set, so listing one twice is not an error.
+fn capability_set(capabilities: Vec<String>) -> Result<BTreeSet<String>, AgentError> {
+    let set = capabilities
+        .iter()
+        .map(|c| required_text(c, MAX_CAPABILITY_CHARS).map_err(AgentError::capability))
+        .collect::<Result<BTreeSet<_>, _>>()?;
+    if set.len() > MAX_CAPABILITIES {
+        return Err(AgentError::TooManyCapabilities {
+            max: MAX_CAPABILITIES,
+        });
+    }
+    Ok(set)
+}
+
+/// `optional_text` refuses only for length, so any problem it reports is that one.
+fn checked_reason(reason: Option<String>) -> Result<Option<String>, AgentError> {
+    reason
+        .map(|r| {
+            optional_text(&r, MAX_TEXT_CHARS).map_err(|_| AgentError::TextTooLong {
+                field: "reason",
+                max: MAX_TEXT_CHARS,
+            })
+        })
+        .transpose()
+}
+
+impl Aggregate for Agent {
+    const TYPE: &'static str = "Agent";
+    type Command = AgentCommand;
+    type Event = AgentEvent;
+    type Error = AgentError;
+    type Services = ();
+
+    async fn handle(
+        &mut self,
+        command: Self::Command,
+        _services: &Self::Services,
+        sink: &EventSink<Self>,
+    ) -> Result<(), Self::Error> {
+        for event in self.decide(command)? {
+            sink.write(event, self).await;
+        }
+        Ok(())
+    }
+
+    fn apply(&mut self, event: Self::Event) {
+        match event {
+            AgentEvent::AgentRegistered {
+                agent_id,
+                organization_id,
+                project_id,
+                name,
+                agent_type,
+                capabilities,
+                capacity,
+                registered_at,
+            } => {
+                *self = Agent {
+                    id: Some(agent_id),
+                    organization_id: Some(organization_id),
+                    project_id,
+                    name,
+                    agent_type,
+                    capabilities,
+                    capacity,
+                    status: AgentStatus::Spawning,
+                    status_reason: None,
+                    // Registration is when the agent entered `spawning`.
+                    status_changed_at: Some(registered_at),
+                    registered_at: Some(registered_at),
+                }
+            }
+            AgentEvent::AgentStatusChanged { to, reason, at, .. } => {
+                self.status = to;
+                self.status_reason = reason;
+                self.status_changed_at = Some(at);
+            }
+            AgentEvent::AgentCapabilitiesUpdated { capabilities } => {
+                self.capabilities = capabilities
+            }
+        }
+    }
+}
+
+impl Scoped for Agent {
+    fn scope(&self) -> Option<Scope> {
+        Some(Scope {
+            organization_id: self.organization_id?,
+            project_id: self.project_id,
+        })
+    }
+}
+
+#[cfg(test)]
+#[path = "tests.rs"]
+mod tests;

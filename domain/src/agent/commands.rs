@@ -1,0 +1,32 @@
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+use super::{AgentStatus, AgentType};
+
+/// Everything that can be asked of an agent.
+#[derive(Debug, Clone, PartialEq)]
+pub enum AgentCommand {
+    RegisterAgent {
+        agent_id: Uuid,
+        organization_id: Uuid,
+        /// `None` for an agent that serves the whole organization.
+        project_id: Option<Uuid>,
+        /// `None` names it `{type}-{first 8 hex digits of the id}`.
+        name: Option<String>,
+        agent_type: AgentType,
+        capabilities: Vec<String>,
+        /// `None` means 1.
+        capacity: Option<u32>,
+        at: DateTime<Utc>,
+    },
+    /// Moves the agent along its status machine. `force` only allows re-recording the
+    /// current status; it never allows a move the table forbids.
+    ChangeAgentStatus {
+        to: AgentStatus,
+        reason: Option<String>,
+        force: bool,
+        at: DateTime<Utc>,
+    },
+    /// Replaces the whole capability set.
+    UpdateCapabilities { capabilities: Vec<String> },
+}

@@ -1,0 +1,264 @@
+//! `omoi` subcommands.
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use omoi_domain::{agent, organization, project, spec, task, ticket};
+use omoi_store::log::{aggregate_history, fold_until};
+use omoi_store::{db, StoredEvent};
+use serde::Serialize;
+
+use crate::server;
+use crate::settings::{LogFormat, Settings};
+
+/// omoi — event-sourced backend of a spec-driven, multi-agent software-engineering
+/// orchestrator.
+///
+/// Settings come from config/base.yaml → config/$OMOI_ENV.yaml → OMOI_… variables
+/// (OMOI_APPLICATION__PORT=8080); the database from DATABASE_URL.
+#[derive(Debug, Parser)]
+#[command(name = "omoi", version)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run everything in one process with nothing configured: without DATABASE_URL it starts
+    /// a PostgreSQL of its own (data kept in .omoi/pgdata), migrates and serves the API on
+    /// port 18000.
+    Dev,
+    /// Serve the API against DATABASE_URL (migrating first unless
+    /// database.migrate_on_start is false).
+    Serve,
+    /// Apply the database migrations to DATABASE_URL and exit.
+    Migrate,
+    /// Print an aggregate's events (sequence, global position, type, actor, payload) and its
+    /// state, as of any event: the audit trail of a ticket, task, spec, agent, project or
+    /// organization.
+    History(HistoryArgs),
+    /// Manage the PostgreSQL cluster `omoi dev` runs for itself.
+    Db {
+        #[command(subcommand)]
+        action: DbAction,
+    },
+    /// Benchmark the write path over HTTP against a raw pgbench of the same SQL.
+    Bench(crate::bench::BenchArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct HistoryArgs {
+    /// organization, project, ticket, task, spec or agent.
+    pub aggregate: String,
+    /// The aggregate's id.
+    pub id: String,
+    /// Show the state as it was right after this event (sequence number).
+    #[arg(long)]
+    pub as_of: Option<i64>,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DbAction {
+    /// Start the cluster (initialising it on first use) and print its URL.
+    Start {
+        /// Data directory (default: database.embedded.data_dir).
+        #[arg(long)]
+        data_dir: Option<std::path::PathBuf>,
+    },
+    /// Stop the cluster.
+    Stop {
+        #[arg(long)]
+        data_dir: Option<std::path::PathBuf>,
+    },
+}
+
+/// Runs a parsed command line; the exit code says whether it worked.
+pub fn main(cli: Cli) -> ExitCode {
+    let settings = match Settings::load() {
+        Ok(settings) => settings,
+        Err(error) => {
+            eprintln!("omoi: {error:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    init_tracing(settings.application.log_format);
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("omoi: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli.command, settings)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("omoi: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_tracing(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("OMOI_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Pretty => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
+    match command {
+        Command::Dev => serve(settings, true).await,
+        Command::Serve => serve(settings, false).await,
+        Command::Migrate => {
+            let database = server::open_database(&settings, false).await?;
+            db::migrate(&database.pool)
+                .await
+                .context("applying migrations")?;
+            println!("migrations applied");
+            Ok(())
+        }
+        Command::History(args) => history(settings, args).await,
+        Command::Db { action } => manage_db(settings, action).await,
+        Command::Bench(args) => crate::bench::run(args).await,
+    }
+}
+
+async fn serve(settings: Settings, dev: bool) -> anyhow::Result<()> {
+    let database = server::open_database(&settings, dev).await?;
+    let state = server::app_state(database.pool.clone(), &settings)?;
+    let (listener, address) = server::bind(&settings).await?;
+    tracing::info!(%address, "omoi is serving");
+    if dev {
+        println!(
+            "\nomoi is running at http://{address}\n  API docs:  http://{address}/docs\n  \
+             database:  {}\n  try:       curl -s -XPOST http://{address}/api/v1/organizations \
+             -H 'content-type: application/json' -d '{{\"name\":\"Acme\"}}'\n",
+            if database.embedded.is_some() {
+                "PostgreSQL of our own (.omoi/pgdata)"
+            } else {
+                "DATABASE_URL"
+            }
+        );
+    }
+    let served = server::serve(listener, state, server::shutdown_signal()).await;
+    database.pool.close().await;
+    if let Some(cluster) = database.embedded {
+        tokio::task::spawn_blocking(move || cluster.stop()).await??;
+        tracing::info!("PostgreSQL stopped");
+    }
+    served
+}
+
+async fn manage_db(settings: Settings, action: DbAction) -> anyhow::Result<()> {
+    let mut embedded = settings.database.embedded.clone();
+    match action {
+        DbAction::Start { data_dir } => {
+            embedded.data_dir = data_dir.unwrap_or(embedded.data_dir);
+            let cluster = server::start_embedded(&embedded).await?;
+            println!("{}", cluster.url(&embedded.database));
+        }
+        DbAction::Stop { data_dir } => {
+            let dir = data_dir.unwrap_or(embedded.data_dir);
+            let cluster = omoi_store::embedded::EmbeddedPostgres::new(dir, embedded.port)?;
+            tokio::task::spawn_blocking(move || cluster.stop()).await??;
+            println!("stopped");
+        }
+    }
+    Ok(())
+}
+
+#[derive(Serialize)]
+struct HistoryOutput {
+    events: Vec<StoredEvent>,
+    state: serde_json::Value,
+}
+
+async fn history(settings: Settings, args: HistoryArgs) -> anyhow::Result<()> {
+    let database = server::open_database(&settings, false).await?;
+    let aggregate_type = aggregate_type_of(&args.aggregate)?;
+    let events = aggregate_history(&database.pool, aggregate_type, &args.id).await?;
+    anyhow::ensure!(
+        !events.is_empty(),
+        "{} {} has no events",
+        args.aggregate,
+        args.id
+    );
+    let state = fold_state(aggregate_type, &events, args.as_of)?;
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&HistoryOutput { events, state })?
+        );
+        return Ok(());
+    }
+    for event in &events {
+        let actor = event
+            .metadata
+            .get("actor")
+            .and_then(|a| a.as_str())
+            .unwrap_or("?");
+        let at = event
+            .metadata
+            .get("occurred_at")
+            .and_then(|a| a.as_str())
+            .unwrap_or("?");
+        println!(
+            "#{:<4} pos {:<8} {:<28} {at}  {actor}\n      {}",
+            event.sequence, event.global_position, event.event_type, event.payload
+        );
+    }
+    let as_of = args
+        .as_of
+        .map_or("now".to_string(), |n| format!("after #{n}"));
+    println!(
+        "\nstate {as_of}:\n{}",
+        serde_json::to_string_pretty(&state)?
+    );
+    Ok(())
+}
+
+fn aggregate_type_of(name: &str) -> anyhow::Result<&'static str> {
+    use cqrs_es::Aggregate;
+    Ok(match name.to_ascii_lowercase().as_str() {
+        "organization" => organization::Organization::TYPE,
+        "project" => project::Project::TYPE,
+        "ticket" => ticket::Ticket::TYPE,
+        "task" => task::Task::TYPE,
+        "spec" => spec::Spec::TYPE,
+        "agent" => agent::Agent::TYPE,
+        other => anyhow::bail!(
+            "unknown aggregate {other:?}: expected organization, project, ticket, task, spec or agent"
+        ),
+    })
+}
+
+fn fold_state(
+    aggregate_type: &str,
+    events: &[StoredEvent],
+    as_of: Option<i64>,
+) -> anyhow::Result<serde_json::Value> {
+    fn folded<A: cqrs_es::Aggregate>(
+        events: &[StoredEvent],
+        as_of: Option<i64>,
+    ) -> anyhow::Result<serde_json::Value> {
+        Ok(serde_json::to_value(fold_until::<A>(events, as_of)?)?)
+    }
+    match aggregate_type {
+        "Organization" => folded::<organization::Organization>(events, as_of),
+        "Project" => folded::<project::Project>(events, as_of),
+        "Ticket" => folded::<ticket::Ticket>(events, as_of),
+        "Task" => folded::<task::Task>(events, as_of),
+        "Spec" => folded::<spec::Spec>(events, as_of),
+        _ => folded::<agent::Agent>(events, as_of),
+    }
+}

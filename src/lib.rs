@@ -1,0 +1,18 @@
+//! The `omoi` command line and the glue that assembles the crates into a running system.
+//!
+//! # Layout
+//!
+//! * [`cli`] — the subcommands (`dev`, `serve`, `migrate`, `history`, `db`, `bench`).
+//! * [`settings`] — layered configuration.
+//! * [`server`] — opening the database (our own PostgreSQL when none is configured),
+//!   migrating, serving the API until SIGTERM/ctrl-c.
+//! * [`testing`] — the harness the end-to-end tests and benchmarks share: a PostgreSQL
+//!   cluster of their own (unless `DATABASE_URL` is given), a fresh database per test, and
+//!   a server on a random port.
+//! * [`bench`] — the write-path benchmark against a raw `pgbench` of the same SQL.
+
+pub mod bench;
+pub mod cli;
+pub mod server;
+pub mod settings;
+pub mod testing;

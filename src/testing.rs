@@ -1,0 +1,277 @@
+//! The harness shared by the end-to-end tests and the benchmarks.
+//!
+//! Tests talk to a real PostgreSQL. With `OMOI_TEST_DATABASE_URL` (or `DATABASE_URL`) set,
+//! that server is used; otherwise one cluster of our own is started for the whole test run
+//! in `target/omoi-test-pg` (shared by the test processes through a file lock; stopped by
+//! `scripts/test`). Every test gets a fresh, migrated database of its own.
+
+use std::fs;
+use std::future::Future;
+use std::net::TcpListener as StdListener;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use omoi_store::embedded::EmbeddedPostgres;
+use omoi_store::{db, CommandBus};
+use reqwest::StatusCode;
+use serde_json::Value;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::PgPool;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use uuid::Uuid;
+
+use crate::settings::Settings;
+
+/// Where the shared test cluster lives.
+pub fn test_cluster_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/omoi-test-pg")
+}
+
+/// URL of a server on which test databases may be created.
+pub fn admin_url() -> anyhow::Result<String> {
+    for variable in ["OMOI_TEST_DATABASE_URL", "DATABASE_URL"] {
+        if let Some(url) = std::env::var(variable).ok().filter(|u| !u.is_empty()) {
+            return Ok(url);
+        }
+    }
+    let cluster = shared_cluster()?;
+    Ok(cluster.url("postgres"))
+}
+
+/// Starts the shared cluster unless another test process already has.
+fn shared_cluster() -> anyhow::Result<EmbeddedPostgres> {
+    let dir = test_cluster_dir();
+    fs::create_dir_all(&dir)?;
+    let lock = fs::File::create(dir.join("lock"))?;
+    lock.lock().context("locking the test cluster")?;
+    let port_file = dir.join("port");
+    let port = match fs::read_to_string(&port_file)
+        .ok()
+        .and_then(|p| p.trim().parse().ok())
+    {
+        Some(port) => port,
+        None => {
+            let port = StdListener::bind("127.0.0.1:0")?.local_addr()?.port();
+            fs::write(&port_file, port.to_string())?;
+            port
+        }
+    };
+    let cluster = EmbeddedPostgres::new(dir.join("data"), port)?.with_options(&[
+        "fsync=off",
+        "synchronous_commit=off",
+        "full_page_writes=off",
+    ]);
+    cluster.start()?;
+    lock.unlock()?;
+    Ok(cluster)
+}
+
+/// A fresh, migrated database.
+#[derive(Clone)]
+pub struct TestDatabase {
+    pub name: String,
+    pub options: PgConnectOptions,
+    pub url: String,
+    pub pool: PgPool,
+}
+
+impl TestDatabase {
+    /// Creates and migrates a database with a random name.
+    pub async fn create() -> anyhow::Result<Self> {
+        let admin_url = tokio::task::spawn_blocking(admin_url).await??;
+        let admin = db::connect(&admin_url, 1).await?;
+        let name = format!("omoi_test_{}", Uuid::new_v4().simple());
+        sqlx::query(&format!("create database {name}"))
+            .execute(&admin)
+            .await?;
+        admin.close().await;
+        let options: PgConnectOptions = admin_url.parse::<PgConnectOptions>()?.database(&name);
+        let url = replace_database(&admin_url, &name);
+        let pool = Self::pool(&options, 16).await?;
+        db::migrate(&pool).await?;
+        Ok(Self {
+            name,
+            options,
+            url,
+            pool,
+        })
+    }
+
+    /// Another pool on the same database (as a second process would have).
+    pub async fn pool(options: &PgConnectOptions, size: u32) -> anyhow::Result<PgPool> {
+        Ok(PgPoolOptions::new()
+            .max_connections(size)
+            .connect_with(options.clone())
+            .await?)
+    }
+}
+
+fn replace_database(url: &str, database: &str) -> String {
+    let (base, query) = url
+        .split_once('?')
+        .map_or((url, None), |(b, q)| (b, Some(q)));
+    let after_scheme = base.find("://").map_or(0, |i| i + 3);
+    let base = match base[after_scheme..].find('/') {
+        Some(slash) => &base[..after_scheme + slash],
+        None => base,
+    };
+    match query {
+        Some(query) => format!("{base}/{database}?{query}"),
+        None => format!("{base}/{database}"),
+    }
+}
+
+/// A running server on a random port, with a fresh database.
+pub struct TestApp {
+    pub address: String,
+    pub client: reqwest::Client,
+    pub database: TestDatabase,
+    shutdown: Option<oneshot::Sender<()>>,
+    server: Option<JoinHandle<anyhow::Result<()>>>,
+}
+
+/// Starts a server on a fresh database.
+pub async fn spawn_app() -> TestApp {
+    let database = TestDatabase::create().await.expect("a fresh test database");
+    spawn_app_on(database).await
+}
+
+/// Starts a server on an existing database (e.g. again, after a restart).
+pub async fn spawn_app_on(database: TestDatabase) -> TestApp {
+    let settings = test_settings();
+    let pool = TestDatabase::pool(&database.options, 16)
+        .await
+        .expect("a pool on the test database");
+    let state = crate::server::app_state(pool, &settings).expect("application state");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("a free port");
+    let address = format!("http://{}", listener.local_addr().expect("a local address"));
+    let (tx, rx) = oneshot::channel::<()>();
+    let server = tokio::spawn(crate::server::serve(listener, state, async {
+        let _ = rx.await;
+    }));
+    TestApp {
+        address,
+        client: reqwest::Client::new(),
+        database,
+        shutdown: Some(tx),
+        server: Some(server),
+    }
+}
+
+fn test_settings() -> Settings {
+    // SAFETY of the environment: tests only read settings; OMOI_ENV=test picks test.yaml.
+    let mut settings = Settings::load().expect("settings");
+    settings.database.max_connections = 16;
+    settings
+}
+
+impl TestApp {
+    /// Stops the server, waiting for open requests to finish.
+    pub async fn stop(mut self) -> TestDatabase {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(server) = self.server.take() {
+            server.await.expect("server task").expect("server ran");
+        }
+        self.database.clone()
+    }
+
+    /// A command bus of its own on the same database, as another process would have.
+    pub async fn second_bus(&self) -> CommandBus {
+        let pool = TestDatabase::pool(&self.database.options, 16)
+            .await
+            .expect("a second pool");
+        CommandBus::new(pool, omoi_store::bus::RetryPolicy::default())
+    }
+
+    pub async fn post(&self, path: &str, body: Value) -> (StatusCode, Value) {
+        self.send(self.client.post(self.url(path)).json(&body))
+            .await
+    }
+
+    pub async fn patch(&self, path: &str, body: Value) -> (StatusCode, Value) {
+        self.send(self.client.patch(self.url(path)).json(&body))
+            .await
+    }
+
+    /// POST with a raw body and content type, for malformed-input tests.
+    pub async fn post_raw(
+        &self,
+        path: &str,
+        content_type: &str,
+        body: Vec<u8>,
+    ) -> (StatusCode, Value) {
+        self.send(
+            self.client
+                .post(self.url(path))
+                .header("content-type", content_type)
+                .body(body),
+        )
+        .await
+    }
+
+    pub async fn get(&self, path: &str) -> (StatusCode, Value) {
+        self.send(self.client.get(self.url(path))).await
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.address)
+    }
+
+    async fn send(&self, request: reqwest::RequestBuilder) -> (StatusCode, Value) {
+        let response = request.send().await.expect("the server answers");
+        let status = response.status();
+        let text = response.text().await.expect("a readable body");
+        let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        (status, body)
+    }
+
+    /// Creates an organization and a project; returns their ids.
+    pub async fn organization_and_project(&self) -> (String, String) {
+        let (status, org) = self
+            .post("/api/v1/organizations", serde_json::json!({"name": "Acme"}))
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{org}");
+        let org_id = org["id"].as_str().expect("an id").to_string();
+        let (status, project) = self
+            .post(
+                "/api/v1/projects",
+                serde_json::json!({"organization_id": org_id, "name": "Website"}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{project}");
+        (org_id, project["id"].as_str().expect("an id").to_string())
+    }
+}
+
+/// Runs `future` to completion on a fresh multi-threaded runtime (for benchmarks).
+pub fn block_on<F: Future>(future: F) -> F::Output {
+    tokio::runtime::Runtime::new()
+        .expect("a runtime")
+        .block_on(future)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::replace_database;
+
+    #[test]
+    fn the_database_of_a_url_is_replaced() {
+        assert_eq!(
+            replace_database("postgres://u@h:1/postgres", "x"),
+            "postgres://u@h:1/x"
+        );
+        assert_eq!(
+            replace_database("postgres://u@h:1", "x"),
+            "postgres://u@h:1/x"
+        );
+        assert_eq!(
+            replace_database("postgres://u@h/db?sslmode=disable", "x"),
+            "postgres://u@h/x?sslmode=disable"
+        );
+    }
+}
