@@ -193,6 +193,14 @@ impl TestApp {
             .await
     }
 
+    pub async fn put(&self, path: &str, body: Value) -> (StatusCode, Value) {
+        self.send(self.client.put(self.url(path)).json(&body)).await
+    }
+
+    pub async fn delete(&self, path: &str) -> (StatusCode, Value) {
+        self.send(self.client.delete(self.url(path))).await
+    }
+
     pub async fn patch(&self, path: &str, body: Value) -> (StatusCode, Value) {
         self.send(self.client.patch(self.url(path)).json(&body))
             .await
@@ -212,6 +220,14 @@ impl TestApp {
                 .body(body),
         )
         .await
+    }
+
+    /// The number of events in the log, to prove a refused request wrote nothing.
+    pub async fn event_count(&self) -> i64 {
+        sqlx::query_scalar("select count(*) from events")
+            .fetch_one(&self.database.pool)
+            .await
+            .expect("counting events")
     }
 
     pub async fn get(&self, path: &str) -> (StatusCode, Value) {

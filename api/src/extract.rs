@@ -50,13 +50,13 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     let mut deserializer = serde_json::Deserializer::from_slice(bytes);
     let value = serde_path_to_error::deserialize(&mut deserializer).map_err(|e| {
         let path = e.path().to_string();
-        let field = (path != ".").then_some(path);
         let inner = e.into_inner();
-        let detail = if inner.is_syntax() || inner.is_eof() {
-            format!("the body is not valid JSON: {inner}")
-        } else {
-            format!("the body does not match the expected shape: {inner}")
-        };
+        if inner.is_syntax() || inner.is_eof() {
+            // Not JSON at all: no field is to blame.
+            return ApiError::bad_request(format!("the body is not valid JSON: {inner}"), None);
+        }
+        let field = (path != ".").then_some(path);
+        let detail = format!("the body does not match the expected shape: {inner}");
         ApiError::BadRequest { detail, field }
     })?;
     deserializer.end().map_err(|e| {

@@ -1,6 +1,380 @@
-//! (being written)
-use crate::state::AppState;
+//! `/api/v1/specs`: create, read, requirements, design, approvals, complete, archive,
+//! history.
+
+use axum::extract::{FromRequestParts, Path, State};
+use axum::http::request::Parts;
+use axum::http::StatusCode;
+use axum::Json;
+use chrono::Utc;
+use omoi_domain::spec::{Design, Requirement, Spec, SpecCommand};
+use serde::Deserialize;
+use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+use uuid::Uuid;
+
+use crate::error::{ApiError, ApiResult, Problem};
+use crate::extract::{Body, Ctx, IdPath, Query};
+use crate::history::{history_of, HistoryQuery};
+use crate::projects::active_project;
+use crate::responses::{History, Versioned};
+use crate::state::AppState;
+
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
+        .routes(routes!(create_spec))
+        .routes(routes!(get_spec))
+        .routes(routes!(add_requirement))
+        .routes(routes!(update_requirement, remove_requirement))
+        .routes(routes!(approve_requirements))
+        .routes(routes!(set_design))
+        .routes(routes!(approve_design))
+        .routes(routes!(complete_spec))
+        .routes(routes!(archive_spec))
+        .routes(routes!(spec_history))
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateSpec {
+    pub project_id: Uuid,
+    pub title: String,
+    #[serde(default)]
+    pub description: String,
+}
+
+/// One EARS requirement: WHEN `condition`, THE SYSTEM SHALL `action`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewRequirement {
+    /// `REQ-` then uppercase letter/digit groups joined by `-`, e.g. `REQ-AUTH-001`;
+    /// unique within the spec.
+    pub id: String,
+    /// The WHEN clause.
+    pub condition: String,
+    /// The THE SYSTEM SHALL clause.
+    pub action: String,
+    /// At least one.
+    pub acceptance_criteria: Vec<String>,
+}
+
+/// The new content of the requirement named in the path.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateRequirement {
+    /// The WHEN clause.
+    pub condition: String,
+    /// The THE SYSTEM SHALL clause.
+    pub action: String,
+    /// At least one.
+    pub acceptance_criteria: Vec<String>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SetDesign {
+    pub architecture: String,
+    #[serde(default)]
+    pub data_model: String,
+    #[serde(default)]
+    pub api_spec: String,
+}
+
+/// The path `/api/v1/specs/{id}/requirements/{req_id}`.
+pub struct RequirementPath {
+    pub id: Uuid,
+    pub req_id: String,
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for RequirementPath {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let Path((id, req_id)) = Path::<(String, String)>::from_request_parts(parts, state)
+            .await
+            .map_err(|e| ApiError::bad_request(e.body_text(), None))?;
+        let id = id
+            .parse::<Uuid>()
+            .map_err(|_| ApiError::bad_request(format!("{id:?} is not a UUID"), Some("id")))?;
+        Ok(Self { id, req_id })
+    }
+}
+
+/// Checks the `spec_id` of a new ticket: when given, the spec must exist (404) and
+/// belong to `project_id` (else 422, field `spec_id`).
+pub async fn ensure_spec_of_project(
+    state: &AppState,
+    spec_id: Option<Uuid>,
+    project_id: Uuid,
+) -> ApiResult<()> {
+    let Some(spec_id) = spec_id else {
+        return Ok(());
+    };
+    let (spec, _) = state.load::<Spec>(spec_id, "spec").await?;
+    if spec.project_id != Some(project_id) {
+        return Err(ApiError::invalid(
+            "spec_in_other_project",
+            "spec_id",
+            format!("spec {spec_id} belongs to another project"),
+        ));
+    }
+    Ok(())
+}
+
+type SpecResponse = ApiResult<Json<Versioned<Spec>>>;
+
+async fn run(
+    state: &AppState,
+    ctx: &omoi_store::CommandContext,
+    name: &'static str,
+    id: Uuid,
+    command: SpecCommand,
+) -> SpecResponse {
+    let committed = state.execute::<Spec>(name, id, command, ctx).await?;
+    Ok(Json(Versioned::committed(id, committed)))
+}
+
+/// Creates a spec in `draft` in an active project.
+#[utoipa::path(post, path = "/api/v1/specs", tag = "specs", request_body = CreateSpec,
+    responses(
+        (status = 201, body = Versioned<Spec>), (status = 400, body = Problem),
+        (status = 404, body = Problem, description = "no such project"),
+        (status = 409, body = Problem, description = "the project is archived"),
+        (status = 422, body = Problem),
+    ))]
+async fn create_spec(
+    State(state): State<AppState>,
+    Ctx(ctx): Ctx,
+    Body(body): Body<CreateSpec>,
+) -> ApiResult<(StatusCode, Json<Versioned<Spec>>)> {
+    let project = active_project(&state, body.project_id).await?;
+    let organization_id = project
+        .organization_id
+        .ok_or_else(|| ApiError::Internal("project without organization".into()))?;
+    let id = Uuid::now_v7();
+    let command = SpecCommand::CreateSpec {
+        spec_id: id,
+        organization_id,
+        project_id: body.project_id,
+        title: body.title,
+        description: body.description,
+        at: Utc::now(),
+    };
+    let Json(created) = run(&state, &ctx, "CreateSpec", id, command).await?;
+    Ok((StatusCode::CREATED, Json(created)))
+}
+
+#[utoipa::path(get, path = "/api/v1/specs/{id}", tag = "specs", params(("id" = Uuid, Path)),
+    responses(
+        (status = 200, body = Versioned<Spec>), (status = 400, body = Problem),
+        (status = 404, body = Problem),
+    ))]
+async fn get_spec(State(state): State<AppState>, IdPath(id): IdPath) -> SpecResponse {
+    let loaded = state.load::<Spec>(id, "spec").await?;
+    Ok(Json(Versioned::read(id, loaded)))
+}
+
+/// Adds an EARS requirement while the spec is in `draft` or `requirements`; the first
+/// requirement moves a draft to `requirements`. Texts are trimmed; the id is checked as
+/// given and must be new to the spec.
+#[utoipa::path(post, path = "/api/v1/specs/{id}/requirements", tag = "specs",
+    params(("id" = Uuid, Path)), request_body = NewRequirement,
+    responses(
+        (status = 200, body = Versioned<Spec>), (status = 400, body = Problem),
+        (status = 404, body = Problem),
+        (status = 409, body = Problem,
+            description = "duplicate id, requirements locked, or the spec is archived"),
+        (status = 422, body = Problem),
+    ))]
+async fn add_requirement(
+    State(state): State<AppState>,
+    Ctx(ctx): Ctx,
+    IdPath(id): IdPath,
+    Body(body): Body<NewRequirement>,
+) -> SpecResponse {
+    let command = SpecCommand::AddRequirement(Requirement {
+        id: body.id,
+        condition: body.condition,
+        action: body.action,
+        acceptance_criteria: body.acceptance_criteria,
+    });
+    run(&state, &ctx, "AddRequirement", id, command).await
+}
+
+/// Replaces a requirement's condition, action and acceptance criteria; only in the
+/// `requirements` phase, and only when something changes.
+#[utoipa::path(put, path = "/api/v1/specs/{id}/requirements/{req_id}", tag = "specs",
+    params(("id" = Uuid, Path), ("req_id" = String, Path, description = "e.g. REQ-AUTH-001")),
+    request_body = UpdateRequirement,
+    responses(
+        (status = 200, body = Versioned<Spec>), (status = 400, body = Problem),
+        (status = 404, body = Problem, description = "no such spec or requirement"),
+        (status = 409, body = Problem,
+            description = "requirements locked, or the spec is archived"),
+        (status = 422, body = Problem, description = "invalid content, or nothing to change"),
+    ))]
+async fn update_requirement(
+    State(state): State<AppState>,
+    Ctx(ctx): Ctx,
+    RequirementPath { id, req_id }: RequirementPath,
+    Body(body): Body<UpdateRequirement>,
+) -> SpecResponse {
+    let command = SpecCommand::UpdateRequirement(Requirement {
+        id: req_id,
+        condition: body.condition,
+        action: body.action,
+        acceptance_criteria: body.acceptance_criteria,
+    });
+    run(&state, &ctx, "UpdateRequirement", id, command).await
+}
+
+/// Removes a requirement; only in the `requirements` phase. Removing the last one keeps
+/// the spec in `requirements`.
+#[utoipa::path(delete, path = "/api/v1/specs/{id}/requirements/{req_id}", tag = "specs",
+    params(("id" = Uuid, Path), ("req_id" = String, Path, description = "e.g. REQ-AUTH-001")),
+    responses(
+        (status = 200, body = Versioned<Spec>), (status = 400, body = Problem),
+        (status = 404, body = Problem, description = "no such spec or requirement"),
+        (status = 409, body = Problem,
+            description = "requirements locked, or the spec is archived"),
+    ))]
+async fn remove_requirement(
+    State(state): State<AppState>,
+    Ctx(ctx): Ctx,
+    RequirementPath { id, req_id }: RequirementPath,
+) -> SpecResponse {
+    let command = SpecCommand::RemoveRequirement { id: req_id };
+    run(&state, &ctx, "RemoveRequirement", id, command).await
+}
+
+/// Accepts the requirements (at least one) and moves the spec to `design`.
+#[utoipa::path(post, path = "/api/v1/specs/{id}/approve-requirements", tag = "specs",
+    params(("id" = Uuid, Path)),
+    responses(
+        (status = 200, body = Versioned<Spec>), (status = 400, body = Problem),
+        (status = 404, body = Problem),
+        (status = 409, body = Problem,
+            description = "not in the requirements phase, or no requirements"),
+    ))]
+async fn approve_requirements(
+    State(state): State<AppState>,
+    Ctx(ctx): Ctx,
+    IdPath(id): IdPath,
+) -> SpecResponse {
+    let command = SpecCommand::ApproveRequirements { at: Utc::now() };
+    run(&state, &ctx, "ApproveRequirements", id, command).await
+}
+
+/// Sets or replaces the design while the spec is in `design`; the architecture is
+/// required.
+#[utoipa::path(put, path = "/api/v1/specs/{id}/design", tag = "specs",
+    params(("id" = Uuid, Path)), request_body = SetDesign,
+    responses(
+        (status = 200, body = Versioned<Spec>), (status = 400, body = Problem),
+        (status = 404, body = Problem),
+        (status = 409, body = Problem, description = "not in the design phase"),
+        (status = 422, body = Problem, description = "invalid design, or nothing to change"),
+    ))]
+async fn set_design(
+    State(state): State<AppState>,
+    Ctx(ctx): Ctx,
+    IdPath(id): IdPath,
+    Body(body): Body<SetDesign>,
+) -> SpecResponse {
+    let command = SpecCommand::SetDesign(Design {
+        architecture: body.architecture,
+        data_model: body.data_model,
+        api_spec: body.api_spec,
+    });
+    run(&state, &ctx, "SetDesign", id, command).await
+}
+
+/// Accepts the design (once set) and moves the spec to `executing`.
+#[utoipa::path(post, path = "/api/v1/specs/{id}/approve-design", tag = "specs",
+    params(("id" = Uuid, Path)),
+    responses(
+        (status = 200, body = Versioned<Spec>), (status = 400, body = Problem),
+        (status = 404, body = Problem),
+        (status = 409, body = Problem, description = "not in the design phase, or no design"),
+    ))]
+async fn approve_design(
+    State(state): State<AppState>,
+    Ctx(ctx): Ctx,
+    IdPath(id): IdPath,
+) -> SpecResponse {
+    let command = SpecCommand::ApproveDesign { at: Utc::now() };
+    run(&state, &ctx, "ApproveDesign", id, command).await
+}
+
+/// Completes an executing spec.
+#[utoipa::path(post, path = "/api/v1/specs/{id}/complete", tag = "specs",
+    params(("id" = Uuid, Path)),
+    responses(
+        (status = 200, body = Versioned<Spec>), (status = 400, body = Problem),
+        (status = 404, body = Problem),
+        (status = 409, body = Problem, description = "the spec is not executing"),
+    ))]
+async fn complete_spec(
+    State(state): State<AppState>,
+    Ctx(ctx): Ctx,
+    IdPath(id): IdPath,
+) -> SpecResponse {
+    let command = SpecCommand::CompleteSpec { at: Utc::now() };
+    run(&state, &ctx, "CompleteSpec", id, command).await
+}
+
+/// Archives the spec from any phase; an archived spec never changes again.
+#[utoipa::path(post, path = "/api/v1/specs/{id}/archive", tag = "specs",
+    params(("id" = Uuid, Path)),
+    responses(
+        (status = 200, body = Versioned<Spec>), (status = 400, body = Problem),
+        (status = 404, body = Problem),
+        (status = 409, body = Problem, description = "already archived"),
+    ))]
+async fn archive_spec(
+    State(state): State<AppState>,
+    Ctx(ctx): Ctx,
+    IdPath(id): IdPath,
+) -> SpecResponse {
+    let command = SpecCommand::ArchiveSpec { at: Utc::now() };
+    run(&state, &ctx, "ArchiveSpec", id, command).await
+}
+
+#[utoipa::path(get, path = "/api/v1/specs/{id}/history", tag = "specs",
+    params(("id" = Uuid, Path), HistoryQuery),
+    responses(
+        (status = 200, body = History<Spec>), (status = 400, body = Problem),
+        (status = 404, body = Problem), (status = 422, body = Problem),
+    ))]
+async fn spec_history(
+    State(state): State<AppState>,
+    IdPath(id): IdPath,
+    Query(query): Query<HistoryQuery>,
+) -> ApiResult<Json<History<Spec>>> {
+    history_of::<Spec>(&state, id, "spec", query.as_of).await
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn every_spec_route_is_documented() {
+        let document = crate::openapi();
+        let paths = &document.paths.paths;
+        for path in [
+            "/api/v1/specs",
+            "/api/v1/specs/{id}",
+            "/api/v1/specs/{id}/requirements",
+            "/api/v1/specs/{id}/requirements/{req_id}",
+            "/api/v1/specs/{id}/approve-requirements",
+            "/api/v1/specs/{id}/design",
+            "/api/v1/specs/{id}/approve-design",
+            "/api/v1/specs/{id}/complete",
+            "/api/v1/specs/{id}/archive",
+            "/api/v1/specs/{id}/history",
+        ] {
+            assert!(paths.contains_key(path), "{path} is not documented");
+        }
+        let item = &paths["/api/v1/specs/{id}/requirements/{req_id}"];
+        assert!(item.put.is_some() && item.delete.is_some());
+    }
 }

@@ -1,6 +1,474 @@
-//! (being written)
-use crate::state::AppState;
+//! `/api/v1/tasks`: create, read, assign, start, progress, complete, fail, cancel,
+//! dependencies, history.
+//!
+//! Time-outs are issued by the orchestrator, not over HTTP.
+
+use std::collections::BTreeSet;
+
+use axum::extract::{FromRequestParts, Path, State};
+use axum::http::request::Parts;
+use axum::http::StatusCode;
+use axum::Json;
+use chrono::Utc;
+use omoi_domain::agent::{Agent, AgentStatus};
+use omoi_domain::common::{Phase, Priority};
+use omoi_domain::task::{Task, TaskCommand};
+use omoi_domain::ticket::{Ticket, TicketStatus};
+use serde::Deserialize;
+use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+use uuid::Uuid;
+
+use crate::error::{ApiError, ApiResult, Problem};
+use crate::extract::{Body, Ctx, IdPath, Query};
+use crate::history::{history_of, HistoryQuery};
+use crate::projects::active_project;
+use crate::responses::{History, Versioned};
+use crate::state::AppState;
+
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
+        .routes(routes!(create_task))
+        .routes(routes!(get_task))
+        .routes(routes!(assign_task))
+        .routes(routes!(start_task))
+        .routes(routes!(report_progress))
+        .routes(routes!(complete_task))
+        .routes(routes!(fail_task))
+        .routes(routes!(cancel_task))
+        .routes(routes!(add_dependency))
+        .routes(routes!(remove_dependency))
+        .routes(routes!(task_history))
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateTask {
+    pub ticket_id: Uuid,
+    pub title: String,
+    #[serde(default)]
+    pub description: String,
+    /// A free label such as `implement` or `write_tests`.
+    pub task_type: String,
+    /// Defaults to the ticket's phase.
+    pub phase: Option<Phase>,
+    /// Defaults to the ticket's priority.
+    pub priority: Option<Priority>,
+    /// Tasks of the same project this one waits for.
+    #[serde(default)]
+    pub depends_on: Vec<Uuid>,
+    #[serde(default)]
+    pub required_capabilities: Vec<String>,
+    /// Retries after a failure or timeout; absent means the default.
+    pub max_retries: Option<u32>,
+    /// How long one attempt may run; absent means no timeout of its own.
+    pub timeout_seconds: Option<u32>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AssignTask {
+    pub agent_id: Uuid,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReportProgress {
+    pub message: String,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CompleteTask {
+    /// Whatever the agent produced; `null` when absent.
+    #[serde(default)]
+    pub result: serde_json::Value,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FailTask {
+    /// What went wrong. Some texts mark a permanent error that no retry can fix.
+    pub error: String,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CancelTask {
+    pub reason: Option<String>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AddDependency {
+    /// A task of the same project.
+    pub depends_on: Uuid,
+}
+
+/// The path `/api/v1/tasks/{id}/dependencies/{dep}`.
+pub struct DependencyPath {
+    pub id: Uuid,
+    pub dep: Uuid,
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for DependencyPath {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let Path((id, dep)) = Path::<(String, String)>::from_request_parts(parts, state)
+            .await
+            .map_err(|e| ApiError::bad_request(e.body_text(), None))?;
+        Ok(Self {
+            id: path_uuid(&id, "id")?,
+            dep: path_uuid(&dep, "dep")?,
+        })
+    }
+}
+
+fn path_uuid(raw: &str, field: &str) -> ApiResult<Uuid> {
+    raw.parse::<Uuid>()
+        .map_err(|_| ApiError::bad_request(format!("{raw:?} is not a UUID"), Some(field)))
+}
+
+type TaskResponse = ApiResult<Json<Versioned<Task>>>;
+
+async fn run(
+    state: &AppState,
+    ctx: &omoi_store::CommandContext,
+    name: &'static str,
+    id: Uuid,
+    command: TaskCommand,
+) -> TaskResponse {
+    let committed = state.execute::<Task>(name, id, command, ctx).await?;
+    Ok(Json(Versioned::committed(id, committed)))
+}
+
+/// Refuses (422, field `depends_on`) a dependency that is not an existing task of
+/// `project_id`.
+async fn ensure_dependency(state: &AppState, project_id: Uuid, dep: Uuid) -> ApiResult<()> {
+    let loaded = state
+        .bus
+        .load::<Task>(&dep.to_string())
+        .await
+        .map_err(ApiError::from)?;
+    match loaded {
+        None => Err(ApiError::invalid(
+            "dependency_not_found",
+            "depends_on",
+            format!("task {dep} does not exist"),
+        )),
+        Some((task, _)) if task.project_id != Some(project_id) => Err(ApiError::invalid(
+            "dependency_in_other_project",
+            "depends_on",
+            format!("task {dep} belongs to another project"),
+        )),
+        Some(_) => Ok(()),
+    }
+}
+
+/// Creates a pending task for a ticket. The ticket must exist and not be done, and its
+/// project must be active; the task belongs to the ticket's organization and project.
+/// Phase and priority default to the ticket's. Every dependency must be an existing
+/// task of the same project.
+#[utoipa::path(post, path = "/api/v1/tasks", tag = "tasks", request_body = CreateTask,
+    responses(
+        (status = 201, body = Versioned<Task>), (status = 400, body = Problem),
+        (status = 404, body = Problem, description = "no such ticket"),
+        (status = 409, body = Problem,
+            description = "the ticket is done or its project is archived"),
+        (status = 422, body = Problem),
+    ))]
+async fn create_task(
+    State(state): State<AppState>,
+    Ctx(ctx): Ctx,
+    Body(body): Body<CreateTask>,
+) -> ApiResult<(StatusCode, Json<Versioned<Task>>)> {
+    let (ticket, _) = state.load::<Ticket>(body.ticket_id, "ticket").await?;
+    if ticket.status == TicketStatus::Done {
+        return Err(ApiError::Conflict {
+            code: "ticket_done",
+            detail: format!(
+                "ticket {} is done; no task can be added to it",
+                body.ticket_id
+            ),
+        });
+    }
+    let (Some(organization_id), Some(project_id)) = (ticket.organization_id, ticket.project_id)
+    else {
+        return Err(ApiError::Internal(
+            "ticket without organization or project".into(),
+        ));
+    };
+    active_project(&state, project_id).await?;
+    let depends_on: BTreeSet<Uuid> = body.depends_on.into_iter().collect();
+    for dep in &depends_on {
+        ensure_dependency(&state, project_id, *dep).await?;
+    }
+    let id = Uuid::now_v7();
+    let command = TaskCommand::CreateTask {
+        task_id: id,
+        organization_id,
+        project_id,
+        ticket_id: body.ticket_id,
+        title: body.title,
+        description: body.description,
+        task_type: body.task_type,
+        phase: body.phase.unwrap_or(ticket.phase),
+        priority: body.priority.unwrap_or(ticket.priority),
+        depends_on: depends_on.into_iter().collect(),
+        required_capabilities: body.required_capabilities,
+        max_retries: body.max_retries,
+        timeout_seconds: body.timeout_seconds,
+        at: Utc::now(),
+    };
+    let Json(created) = run(&state, &ctx, "CreateTask", id, command).await?;
+    Ok((StatusCode::CREATED, Json(created)))
+}
+
+#[utoipa::path(get, path = "/api/v1/tasks/{id}", tag = "tasks", params(("id" = Uuid, Path)),
+    responses(
+        (status = 200, body = Versioned<Task>), (status = 400, body = Problem),
+        (status = 404, body = Problem),
+    ))]
+async fn get_task(State(state): State<AppState>, IdPath(id): IdPath) -> TaskResponse {
+    let loaded = state.load::<Task>(id, "task").await?;
+    Ok(Json(Versioned::read(id, loaded)))
+}
+
+/// Gives a pending task, or a retry whose backoff has elapsed, to an agent of the task's
+/// organization. An agent registered for one project takes only that project's tasks; a
+/// terminated agent takes none.
+#[utoipa::path(post, path = "/api/v1/tasks/{id}/assign", tag = "tasks",
+    params(("id" = Uuid, Path)), request_body = AssignTask,
+    responses(
+        (status = 200, body = Versioned<Task>), (status = 400, body = Problem),
+        (status = 404, body = Problem,
+            description = "no such task, or no such agent in the task's organization"),
+        (status = 409, body = Problem,
+            description = "the task is not assignable (yet), or the agent is terminated"),
+        (status = 422, body = Problem, description = "the agent serves another project"),
+    ))]
+async fn assign_task(
+    State(state): State<AppState>,
+    Ctx(ctx): Ctx,
+    IdPath(id): IdPath,
+    Body(body): Body<AssignTask>,
+) -> TaskResponse {
+    let (task, _) = state.load::<Task>(id, "task").await?;
+    let (agent, _) = state.load::<Agent>(body.agent_id, "agent").await?;
+    if agent.organization_id != task.organization_id {
+        return Err(ApiError::NotFound { what: "agent" });
+    }
+    if agent.project_id.is_some() && agent.project_id != task.project_id {
+        return Err(ApiError::invalid(
+            "agent_in_other_project",
+            "agent_id",
+            format!("agent {} serves another project", body.agent_id),
+        ));
+    }
+    if agent.status == AgentStatus::Terminated {
+        return Err(ApiError::Conflict {
+            code: "agent_terminated",
+            detail: format!("agent {} is terminated", body.agent_id),
+        });
+    }
+    let command = TaskCommand::AssignTask {
+        agent_id: body.agent_id,
+        at: Utc::now(),
+    };
+    run(&state, &ctx, "AssignTask", id, command).await
+}
+
+/// The assigned agent began working: `assigned → running`.
+#[utoipa::path(post, path = "/api/v1/tasks/{id}/start", tag = "tasks",
+    params(("id" = Uuid, Path)),
+    responses(
+        (status = 200, body = Versioned<Task>), (status = 400, body = Problem),
+        (status = 404, body = Problem),
+        (status = 409, body = Problem, description = "the task is not assigned"),
+    ))]
+async fn start_task(
+    State(state): State<AppState>,
+    Ctx(ctx): Ctx,
+    IdPath(id): IdPath,
+) -> TaskResponse {
+    let command = TaskCommand::StartTask { at: Utc::now() };
+    run(&state, &ctx, "StartTask", id, command).await
+}
+
+/// Records the latest progress message of a running task (a status line, not a log).
+#[utoipa::path(post, path = "/api/v1/tasks/{id}/progress", tag = "tasks",
+    params(("id" = Uuid, Path)), request_body = ReportProgress,
+    responses(
+        (status = 200, body = Versioned<Task>), (status = 400, body = Problem),
+        (status = 404, body = Problem),
+        (status = 409, body = Problem, description = "the task is not running"),
+        (status = 422, body = Problem),
+    ))]
+async fn report_progress(
+    State(state): State<AppState>,
+    Ctx(ctx): Ctx,
+    IdPath(id): IdPath,
+    Body(body): Body<ReportProgress>,
+) -> TaskResponse {
+    let command = TaskCommand::ReportProgress {
+        message: body.message,
+    };
+    run(&state, &ctx, "ReportProgress", id, command).await
+}
+
+/// Completes a running task with its result: `running → completed`.
+#[utoipa::path(post, path = "/api/v1/tasks/{id}/complete", tag = "tasks",
+    params(("id" = Uuid, Path)), request_body = CompleteTask,
+    responses(
+        (status = 200, body = Versioned<Task>), (status = 400, body = Problem),
+        (status = 404, body = Problem),
+        (status = 409, body = Problem, description = "the task is not running"),
+    ))]
+async fn complete_task(
+    State(state): State<AppState>,
+    Ctx(ctx): Ctx,
+    IdPath(id): IdPath,
+    Body(body): Body<CompleteTask>,
+) -> TaskResponse {
+    let command = TaskCommand::CompleteTask {
+        result: body.result,
+        at: Utc::now(),
+    };
+    run(&state, &ctx, "CompleteTask", id, command).await
+}
+
+/// Records a failed attempt of an assigned or running task. A permanent error, or a
+/// failure with no retry left, ends the task (`permanently_failed`); otherwise a retry
+/// is scheduled after an exponential, jittered backoff (`retry_scheduled`).
+#[utoipa::path(post, path = "/api/v1/tasks/{id}/fail", tag = "tasks",
+    params(("id" = Uuid, Path)), request_body = FailTask,
+    responses(
+        (status = 200, body = Versioned<Task>), (status = 400, body = Problem),
+        (status = 404, body = Problem),
+        (status = 409, body = Problem, description = "the task is neither assigned nor running"),
+        (status = 422, body = Problem),
+    ))]
+async fn fail_task(
+    State(state): State<AppState>,
+    Ctx(ctx): Ctx,
+    IdPath(id): IdPath,
+    Body(body): Body<FailTask>,
+) -> TaskResponse {
+    let command = TaskCommand::FailTask {
+        error: body.error,
+        at: Utc::now(),
+        jitter: rand::random::<f64>(),
+    };
+    run(&state, &ctx, "FailTask", id, command).await
+}
+
+/// Cancels a task that has not ended; a blank reason is stored as none.
+#[utoipa::path(post, path = "/api/v1/tasks/{id}/cancel", tag = "tasks",
+    params(("id" = Uuid, Path)), request_body = CancelTask,
+    responses(
+        (status = 200, body = Versioned<Task>), (status = 400, body = Problem),
+        (status = 404, body = Problem),
+        (status = 409, body = Problem, description = "the task has already ended"),
+        (status = 422, body = Problem),
+    ))]
+async fn cancel_task(
+    State(state): State<AppState>,
+    Ctx(ctx): Ctx,
+    IdPath(id): IdPath,
+    Body(body): Body<CancelTask>,
+) -> TaskResponse {
+    let command = TaskCommand::CancelTask {
+        reason: body.reason,
+        at: Utc::now(),
+    };
+    run(&state, &ctx, "CancelTask", id, command).await
+}
+
+/// Makes the task wait for another task of the same project. Dependencies change only
+/// while the task waits for an agent (`pending` or `retry_scheduled`).
+#[utoipa::path(post, path = "/api/v1/tasks/{id}/dependencies", tag = "tasks",
+    params(("id" = Uuid, Path)), request_body = AddDependency,
+    responses(
+        (status = 200, body = Versioned<Task>), (status = 400, body = Problem),
+        (status = 404, body = Problem, description = "no such task"),
+        (status = 409, body = Problem,
+            description = "already a dependency, or dependencies are frozen"),
+        (status = 422, body = Problem,
+            description = "the dependency is the task itself, does not exist or belongs \
+                           to another project"),
+    ))]
+async fn add_dependency(
+    State(state): State<AppState>,
+    Ctx(ctx): Ctx,
+    IdPath(id): IdPath,
+    Body(body): Body<AddDependency>,
+) -> TaskResponse {
+    let (task, _) = state.load::<Task>(id, "task").await?;
+    let project_id = task
+        .project_id
+        .ok_or_else(|| ApiError::Internal("task without project".into()))?;
+    ensure_dependency(&state, project_id, body.depends_on).await?;
+    let command = TaskCommand::AddDependency {
+        depends_on: body.depends_on,
+    };
+    run(&state, &ctx, "AddDependency", id, command).await
+}
+
+/// Stops the task waiting for `dep`. Dependencies change only while the task waits for
+/// an agent (`pending` or `retry_scheduled`).
+#[utoipa::path(delete, path = "/api/v1/tasks/{id}/dependencies/{dep}", tag = "tasks",
+    params(("id" = Uuid, Path), ("dep" = Uuid, Path, description = "the dependency to remove")),
+    responses(
+        (status = 200, body = Versioned<Task>), (status = 400, body = Problem),
+        (status = 404, body = Problem, description = "no such task"),
+        (status = 409, body = Problem,
+            description = "not a dependency, or dependencies are frozen"),
+    ))]
+async fn remove_dependency(
+    State(state): State<AppState>,
+    Ctx(ctx): Ctx,
+    DependencyPath { id, dep }: DependencyPath,
+) -> TaskResponse {
+    let command = TaskCommand::RemoveDependency { depends_on: dep };
+    run(&state, &ctx, "RemoveDependency", id, command).await
+}
+
+#[utoipa::path(get, path = "/api/v1/tasks/{id}/history", tag = "tasks",
+    params(("id" = Uuid, Path), HistoryQuery),
+    responses(
+        (status = 200, body = History<Task>), (status = 400, body = Problem),
+        (status = 404, body = Problem), (status = 422, body = Problem),
+    ))]
+async fn task_history(
+    State(state): State<AppState>,
+    IdPath(id): IdPath,
+    Query(query): Query<HistoryQuery>,
+) -> ApiResult<Json<History<Task>>> {
+    history_of::<Task>(&state, id, "task", query.as_of).await
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn every_task_route_is_documented() {
+        let document = crate::openapi();
+        let paths = &document.paths.paths;
+        for path in [
+            "/api/v1/tasks",
+            "/api/v1/tasks/{id}",
+            "/api/v1/tasks/{id}/assign",
+            "/api/v1/tasks/{id}/start",
+            "/api/v1/tasks/{id}/progress",
+            "/api/v1/tasks/{id}/complete",
+            "/api/v1/tasks/{id}/fail",
+            "/api/v1/tasks/{id}/cancel",
+            "/api/v1/tasks/{id}/dependencies",
+            "/api/v1/tasks/{id}/dependencies/{dep}",
+            "/api/v1/tasks/{id}/history",
+        ] {
+            assert!(paths.contains_key(path), "{path} is not documented");
+        }
+    }
 }

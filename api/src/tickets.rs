@@ -100,6 +100,7 @@ async fn create_ticket(
     Body(body): Body<CreateTicket>,
 ) -> ApiResult<(StatusCode, Json<Versioned<Ticket>>)> {
     let project = active_project(&state, body.project_id).await?;
+    crate::specs::ensure_spec_of_project(&state, body.spec_id, body.project_id).await?;
     let organization_id = project
         .organization_id
         .ok_or_else(|| crate::error::ApiError::Internal("project without organization".into()))?;

@@ -1,0 +1,295 @@
+//! End to end over HTTP against a real PostgreSQL: an organization's work from creation to
+//! done, its audit trail, and a restart that finds the same state.
+
+use omoi::testing::{spawn_app, spawn_app_on, TestApp};
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+
+#[track_caller]
+fn id_of(body: &Value) -> String {
+    body["id"]
+        .as_str()
+        .expect("a response with an id")
+        .to_string()
+}
+
+async fn must(app: &TestApp, path: &str, body: Value, expected: StatusCode) -> Value {
+    let (status, response) = app.post(path, body).await;
+    assert_eq!(status, expected, "POST {path}: {response}");
+    response
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_ticket_walks_to_done_its_history_is_kept_and_survives_a_restart() {
+    let app = spawn_app().await;
+    let (org_id, project_id) = app.organization_and_project().await;
+
+    let ticket = must(
+        &app,
+        "/api/v1/tickets",
+        json!({"project_id": project_id, "title": "Login page", "priority": "HIGH"}),
+        StatusCode::CREATED,
+    )
+    .await;
+    let ticket_id = id_of(&ticket);
+    assert_eq!(ticket["state"]["status"], "backlog");
+    assert_eq!(ticket["state"]["organization_id"], org_id.as_str());
+
+    let first = must(
+        &app,
+        "/api/v1/tasks",
+        json!({"ticket_id": ticket_id, "title": "Write the form", "task_type": "implement"}),
+        StatusCode::CREATED,
+    )
+    .await;
+    let second = must(
+        &app,
+        "/api/v1/tasks",
+        json!({"ticket_id": ticket_id, "title": "Test the form", "task_type": "test",
+               "depends_on": [id_of(&first)], "required_capabilities": ["browser"]}),
+        StatusCode::CREATED,
+    )
+    .await;
+    assert_eq!(second["state"]["depends_on"], json!([id_of(&first)]));
+    assert_eq!(second["state"]["project_id"], project_id.as_str());
+
+    for to in ["analyzing", "building", "building-done", "testing"] {
+        must(
+            &app,
+            &format!("/api/v1/tickets/{ticket_id}/transition"),
+            json!({"to": to}),
+            StatusCode::OK,
+        )
+        .await;
+    }
+    must(
+        &app,
+        &format!("/api/v1/tickets/{ticket_id}/regress"),
+        json!({"feedback": "the submit button does nothing"}),
+        StatusCode::OK,
+    )
+    .await;
+    for to in ["building-done", "testing"] {
+        must(
+            &app,
+            &format!("/api/v1/tickets/{ticket_id}/transition"),
+            json!({"to": to}),
+            StatusCode::OK,
+        )
+        .await;
+    }
+    let done = must(
+        &app,
+        &format!("/api/v1/tickets/{ticket_id}/transition"),
+        json!({"to": "done", "note": "shipped"}),
+        StatusCode::OK,
+    )
+    .await;
+    assert_eq!(done["state"]["status"], "done");
+    assert_eq!(done["version"], 9);
+
+    let (status, history) = app
+        .get(&format!("/api/v1/tickets/{ticket_id}/history?as_of=5"))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{history}");
+    let events = history["events"].as_array().expect("events");
+    let types: Vec<&str> = events
+        .iter()
+        .map(|e| e["event_type"].as_str().unwrap_or("?"))
+        .collect();
+    assert_eq!(
+        types,
+        [
+            "TicketCreated",
+            "TicketStatusChanged",
+            "TicketStatusChanged",
+            "TicketStatusChanged",
+            "TicketStatusChanged",
+            "TicketRegressed",
+            "TicketStatusChanged",
+            "TicketStatusChanged",
+            "TicketStatusChanged"
+        ]
+    );
+    assert_eq!(history["state"]["status"], "testing", "state as of event 5");
+    assert_eq!(history["as_of"], 5);
+    let sequences: Vec<i64> = events
+        .iter()
+        .map(|e| e["sequence"].as_i64().unwrap_or(-1))
+        .collect();
+    assert_eq!(sequences, (1..=9).collect::<Vec<_>>());
+    for event in events {
+        let metadata = &event["metadata"];
+        assert_eq!(metadata["organization_id"], org_id.as_str());
+        assert_eq!(metadata["project_id"], project_id.as_str());
+        for key in ["actor", "correlation_id", "request_id", "occurred_at"] {
+            assert!(
+                metadata[key].is_string(),
+                "metadata lacks {key}: {metadata}"
+            );
+        }
+    }
+
+    let database = app.stop().await;
+    let app = spawn_app_on(database).await;
+    let (status, after_restart) = app.get(&format!("/api/v1/tickets/{ticket_id}")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(after_restart["state"], done["state"]);
+    assert_eq!(after_restart["version"], 9);
+    let (status, task) = app.get(&format!("/api/v1/tasks/{}", id_of(&second))).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(task["state"]["title"], "Test the form");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_task_runs_fails_is_retried_and_completes() {
+    let app = spawn_app().await;
+    let (org_id, project_id) = app.organization_and_project().await;
+    let ticket = must(
+        &app,
+        "/api/v1/tickets",
+        json!({"project_id": project_id, "title": "T"}),
+        StatusCode::CREATED,
+    )
+    .await;
+    let task = must(
+        &app,
+        "/api/v1/tasks",
+        json!({"ticket_id": id_of(&ticket), "title": "Build", "task_type": "implement"}),
+        StatusCode::CREATED,
+    )
+    .await;
+    let task_id = id_of(&task);
+    let agent = must(
+        &app,
+        "/api/v1/agents/register",
+        json!({"organization_id": org_id, "agent_type": "worker", "capabilities": ["rust"]}),
+        StatusCode::CREATED,
+    )
+    .await;
+    let agent_id = id_of(&agent);
+    let path = |action: &str| format!("/api/v1/tasks/{task_id}/{action}");
+
+    must(
+        &app,
+        &path("assign"),
+        json!({"agent_id": agent_id}),
+        StatusCode::OK,
+    )
+    .await;
+    must(&app, &path("start"), json!({}), StatusCode::OK).await;
+    must(
+        &app,
+        &path("progress"),
+        json!({"message": "compiling"}),
+        StatusCode::OK,
+    )
+    .await;
+    let failed = must(
+        &app,
+        &path("fail"),
+        json!({"error": "flaky network"}),
+        StatusCode::OK,
+    )
+    .await;
+    assert_eq!(failed["state"]["status"], "retry_scheduled");
+    assert!(failed["state"]["not_before"].is_string());
+
+    // The retry is really delayed: assigning before not_before is refused.
+    let (status, refused) = app
+        .post(&path("assign"), json!({"agent_id": agent_id}))
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{refused}");
+    assert_eq!(refused["code"], "retry_not_due");
+
+    // A complete on a task that is not running is an illegal transition.
+    let (status, illegal) = app
+        .post(&path("complete"), json!({"result": {"ok": true}}))
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{illegal}");
+
+    let (status, cancelled) = app
+        .post(&path("cancel"), json!({"reason": "no longer needed"}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{cancelled}");
+    assert_eq!(cancelled["state"]["status"], "cancelled");
+
+    let (_, history) = app.get(&format!("/api/v1/tasks/{task_id}/history")).await;
+    let types: Vec<&str> = history["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .map(|e| e["event_type"].as_str().unwrap_or("?"))
+        .collect();
+    assert_eq!(
+        types,
+        [
+            "TaskCreated",
+            "TaskAssigned",
+            "TaskStarted",
+            "TaskProgressReported",
+            "TaskFailed",
+            "TaskRetryScheduled",
+            "TaskCancelled"
+        ]
+    );
+    let (_, agent_history) = app.get(&format!("/api/v1/agents/{agent_id}/history")).await;
+    assert_eq!(
+        agent_history["events"][0]["metadata"]["organization_id"],
+        org_id.as_str()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_spec_moves_through_its_gates_only_when_approved() {
+    let app = spawn_app().await;
+    let (_, project_id) = app.organization_and_project().await;
+    let spec = must(
+        &app,
+        "/api/v1/specs",
+        json!({"project_id": project_id, "title": "Auth"}),
+        StatusCode::CREATED,
+    )
+    .await;
+    let spec_id = id_of(&spec);
+    let path = |action: &str| format!("/api/v1/specs/{spec_id}/{action}");
+
+    let (status, early) = app.post(&path("approve-design"), json!({})).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{early}");
+
+    let added = must(
+        &app,
+        &path("requirements"),
+        json!({"id": "REQ-AUTH-001", "condition": "WHEN a user submits valid credentials",
+               "action": "THE SYSTEM SHALL issue a session", "acceptance_criteria": ["a token is returned"]}),
+        StatusCode::OK,
+    )
+    .await;
+    assert_eq!(added["state"]["phase"], "requirements");
+    let (status, bad) = app
+        .post(
+            &path("requirements"),
+            json!({"id": "req-1", "condition": "WHEN x", "action": "THE SYSTEM SHALL y", "acceptance_criteria": ["z"]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{bad}");
+    assert_eq!(bad["field"], "id");
+
+    must(
+        &app,
+        &path("approve-requirements"),
+        json!({}),
+        StatusCode::OK,
+    )
+    .await;
+    let (status, no_design) = app.post(&path("approve-design"), json!({})).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{no_design}");
+    let (status, design) = app
+        .put(&path("design"), json!({"architecture": "one service", "data_model": "users", "api_spec": "POST /login"}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{design}");
+    let executing = must(&app, &path("approve-design"), json!({}), StatusCode::OK).await;
+    assert_eq!(executing["state"]["phase"], "executing");
+    let archived = must(&app, &path("archive"), json!({}), StatusCode::OK).await;
+    assert_eq!(archived["state"]["phase"], "archived");
+}
