@@ -80,6 +80,12 @@ impl TestDatabase {
     /// Creates and migrates a database with a random name.
     pub async fn create() -> anyhow::Result<Self> {
         let admin_url = tokio::task::spawn_blocking(admin_url).await??;
+        Self::create_on(&admin_url).await
+    }
+
+    /// Creates and migrates a database with a random name on the server of `admin_url`.
+    pub async fn create_on(admin_url: &str) -> anyhow::Result<Self> {
+        let admin_url = admin_url.to_string();
         let admin = db::connect(&admin_url, 1).await?;
         let name = format!("omoi_test_{}", Uuid::new_v4().simple());
         sqlx::query(&format!("create database {name}"))
