@@ -134,21 +134,13 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
 }
 
 async fn serve(settings: Settings, dev: bool) -> anyhow::Result<()> {
+    let secret = server::signing_secret(dev)?;
     let database = server::open_database(&settings, dev).await?;
-    let state = server::app_state(database.pool.clone(), &settings)?;
+    let state = server::app_state(database.pool.clone(), &settings, &secret)?;
     let (listener, address) = server::bind(&settings).await?;
     tracing::info!(%address, "omoi is serving");
     if dev {
-        println!(
-            "\nomoi is running at http://{address}\n  API docs:  http://{address}/docs\n  \
-             database:  {}\n  try:       curl -s -XPOST http://{address}/api/v1/organizations \
-             -H 'content-type: application/json' -d '{{\"name\":\"Acme\"}}'\n",
-            if database.embedded.is_some() {
-                "PostgreSQL of our own (.omoi/pgdata)"
-            } else {
-                "DATABASE_URL"
-            }
-        );
+        print_welcome(&state, address, database.embedded.is_some()).await?;
     }
     let served = server::serve(listener, state, server::shutdown_signal()).await;
     database.pool.close().await;
@@ -157,6 +149,39 @@ async fn serve(settings: Settings, dev: bool) -> anyhow::Result<()> {
         tracing::info!("PostgreSQL stopped");
     }
     served
+}
+
+async fn print_welcome(
+    state: &omoi_api::state::AppState,
+    address: std::net::SocketAddr,
+    embedded: bool,
+) -> anyhow::Result<()> {
+    let database = if embedded {
+        "PostgreSQL of our own (.omoi/pgdata)"
+    } else {
+        "DATABASE_URL"
+    };
+    println!("\nomoi is running at http://{address}  (API docs: http://{address}/docs; database: {database})");
+    match server::bootstrap_dev(state).await? {
+        Some(created) => println!(
+            "\nFirst start: created an owner, an organization and a project.\n  \
+             log in:       {} / {}\n  \
+             owner API key (shown once): {}\n  \
+             organization: {}\n  project:      {}\n  \
+             try:          curl -s http://{address}/api/v1/projects/{} -H 'authorization: Bearer {}'\n",
+            created.email,
+            created.password,
+            created.api_key,
+            created.organization_id,
+            created.project_id,
+            created.project_id,
+            created.api_key,
+        ),
+        None => println!(
+            "  log in with POST /api/v1/auth/login (the owner created on first start is owner@omoi.dev)\n"
+        ),
+    }
+    Ok(())
 }
 
 async fn manage_db(settings: Settings, action: DbAction) -> anyhow::Result<()> {

@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 
 use anyhow::Context;
+use omoi_api::auth::tokens::TokenKeys;
 use omoi_api::metrics::Metrics;
 use omoi_api::state::AppState;
 use omoi_store::bus::RetryPolicy;
@@ -77,12 +78,135 @@ fn absolute(path: &Path) -> anyhow::Result<std::path::PathBuf> {
 }
 
 /// The application state for a pool.
-pub fn app_state(pool: PgPool, settings: &Settings) -> anyhow::Result<AppState> {
+pub fn app_state(
+    pool: PgPool,
+    settings: &Settings,
+    signing_secret: &[u8],
+) -> anyhow::Result<AppState> {
     let retry = RetryPolicy {
         max_attempts: settings.commands.max_attempts.max(1),
         ..RetryPolicy::default()
     };
-    Ok(AppState::new(CommandBus::new(pool, retry), Metrics::new()?))
+    let tokens = TokenKeys::new(signing_secret).context("OMOI_JWT_SECRET")?;
+    Ok(AppState::new(
+        CommandBus::new(pool, retry),
+        Metrics::new()?,
+        tokens,
+    ))
+}
+
+/// The token-signing secret: `OMOI_JWT_SECRET`, or — for `omoi dev` only — one generated
+/// once and kept in `.omoi/jwt-secret`.
+pub fn signing_secret(dev: bool) -> anyhow::Result<Vec<u8>> {
+    if let Some(secret) = std::env::var("OMOI_JWT_SECRET")
+        .ok()
+        .filter(|s| !s.is_empty())
+    {
+        anyhow::ensure!(
+            secret.len() >= 32,
+            "OMOI_JWT_SECRET must be at least 32 bytes"
+        );
+        return Ok(secret.into_bytes());
+    }
+    anyhow::ensure!(
+        dev,
+        "OMOI_JWT_SECRET is not set: set it to a random string of at least 32 bytes \
+         (e.g. `openssl rand -hex 32`)"
+    );
+    let path = Path::new(".omoi/jwt-secret");
+    if let Ok(secret) = std::fs::read(path) {
+        return Ok(secret);
+    }
+    let secret = omoi_api::auth::keys::generate().secret.into_bytes();
+    std::fs::create_dir_all(".omoi")?;
+    std::fs::write(path, &secret)?;
+    println!(
+        "no OMOI_JWT_SECRET given: generated a token-signing secret in {}",
+        path.display()
+    );
+    Ok(secret)
+}
+
+/// What `omoi dev` created on its first start, to print once.
+pub struct DevBootstrap {
+    pub email: String,
+    pub password: String,
+    pub api_key: String,
+    pub organization_id: uuid::Uuid,
+    pub project_id: uuid::Uuid,
+}
+
+/// On a database without users, creates an owner, an organization, a project and an
+/// owner API key so that a newcomer can call the API at once.
+pub async fn bootstrap_dev(state: &AppState) -> anyhow::Result<Option<DevBootstrap>> {
+    use omoi_domain::access::{Principal, Role};
+    use omoi_domain::organization::{Organization, OrganizationCommand};
+    use omoi_domain::project::{Project, ProjectCommand};
+    use omoi_store::accounts;
+
+    let users: i64 = sqlx::query_scalar("select count(*) from users")
+        .fetch_one(state.pool())
+        .await?;
+    if users > 0 {
+        return Ok(None);
+    }
+    let email = "owner@omoi.dev".to_string();
+    let password = format!("Dev-{}", &omoi_api::auth::keys::generate().secret[8..24]);
+    let hash = omoi_api::auth::passwords::hash(&password).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let user =
+        accounts::create_user(state.pool(), uuid::Uuid::now_v7(), &email, &hash, "Owner").await?;
+    let context =
+        omoi_store::CommandContext::new(omoi_store::Actor::User(user.id), "omoi-dev-bootstrap");
+    let now = chrono::Utc::now();
+    let organization_id = uuid::Uuid::now_v7();
+    let create_org = OrganizationCommand::CreateOrganization {
+        organization_id,
+        name: "Dev".into(),
+        owner: Principal::User(user.id),
+        at: now,
+    };
+    state
+        .bus
+        .execute::<Organization>(&organization_id.to_string(), create_org, &context)
+        .await
+        .map_err(|e| anyhow::anyhow!("creating the dev organization: {e}"))?;
+    let project_id = uuid::Uuid::now_v7();
+    let create_project = ProjectCommand::CreateProject {
+        project_id,
+        organization_id,
+        name: "Sandbox".into(),
+        description: "Created by `omoi dev` on its first start".into(),
+        at: now,
+    };
+    state
+        .bus
+        .execute::<Project>(&project_id.to_string(), create_project, &context)
+        .await
+        .map_err(|e| anyhow::anyhow!("creating the dev project: {e}"))?;
+    let key = omoi_api::auth::keys::generate();
+    accounts::insert_api_key(
+        state.pool(),
+        &accounts::ApiKeyRecord {
+            id: uuid::Uuid::now_v7(),
+            prefix: key.prefix,
+            secret_sha256: key.sha256,
+            name: "omoi dev".into(),
+            organization_id,
+            project_id: None,
+            role: Role::Owner,
+            created_by: user.id,
+            created_at: now,
+            revoked_at: None,
+        },
+    )
+    .await?;
+    Ok(Some(DevBootstrap {
+        email,
+        password,
+        api_key: key.secret,
+        organization_id,
+        project_id,
+    }))
 }
 
 /// Serves the API on `listener` until `shutdown` completes, then finishes open requests.

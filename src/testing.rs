@@ -128,20 +128,32 @@ fn replace_database(url: &str, database: &str) -> String {
     }
 }
 
-/// A running server on a random port, with a fresh database.
+/// The token-signing secret of every test server (tokens survive a restart in a test).
+pub const TEST_SIGNING_SECRET: &[u8] = b"omoi-test-signing-secret-0123456789abcdef";
+
+/// A running server on a random port, with a fresh database. Requests made through its
+/// helpers carry `token` (the owner's access token after [`spawn_app`]).
 pub struct TestApp {
     pub address: String,
     pub client: reqwest::Client,
     pub database: TestDatabase,
+    /// Sent as `Authorization: Bearer` by the request helpers.
+    pub token: Option<String>,
     shutdown: Option<oneshot::Sender<()>>,
     server: Option<JoinHandle<anyhow::Result<()>>>,
 }
 
-/// Starts a server on a fresh database.
+/// Starts a server on a fresh database, with a registered user whose token the request
+/// helpers send.
 pub async fn spawn_app() -> TestApp {
     let database = TestDatabase::create().await.expect("a fresh test database");
-    spawn_app_on(database).await
+    let mut app = spawn_app_on(database).await;
+    app.token = Some(app.register_and_login("owner@example.com").await);
+    app
 }
+
+/// The password every test user gets.
+pub const TEST_PASSWORD: &str = "Corr3ct-horse";
 
 /// Starts a server on an existing database (e.g. again, after a restart).
 pub async fn spawn_app_on(database: TestDatabase) -> TestApp {
@@ -149,7 +161,8 @@ pub async fn spawn_app_on(database: TestDatabase) -> TestApp {
     let pool = TestDatabase::pool(&database.options, 16)
         .await
         .expect("a pool on the test database");
-    let state = crate::server::app_state(pool, &settings).expect("application state");
+    let state =
+        crate::server::app_state(pool, &settings, TEST_SIGNING_SECRET).expect("application state");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("a free port");
@@ -162,6 +175,7 @@ pub async fn spawn_app_on(database: TestDatabase) -> TestApp {
         address,
         client: reqwest::Client::new(),
         database,
+        token: None,
         shutdown: Some(tx),
         server: Some(server),
     }
@@ -176,14 +190,14 @@ fn test_settings() -> Settings {
 
 impl TestApp {
     /// Stops the server, waiting for open requests to finish.
-    pub async fn stop(mut self) -> TestDatabase {
+    pub async fn stop(mut self) -> (TestDatabase, Option<String>) {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
         if let Some(server) = self.server.take() {
             server.await.expect("server task").expect("server ran");
         }
-        self.database.clone()
+        (self.database.clone(), self.token.clone())
     }
 
     /// A command bus of its own on the same database, as another process would have.
@@ -192,6 +206,57 @@ impl TestApp {
             .await
             .expect("a second pool");
         CommandBus::new(pool, omoi_store::bus::RetryPolicy::default())
+    }
+
+    /// Registers `email` and returns an access token for it.
+    pub async fn register_and_login(&self, email: &str) -> String {
+        let credentials = serde_json::json!({"email": email, "password": TEST_PASSWORD});
+        let (status, body) = self
+            .send_as(
+                None,
+                reqwest::Method::POST,
+                "/api/v1/auth/register",
+                Some(credentials),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "register: {body}");
+        self.login(email).await["access_token"]
+            .as_str()
+            .expect("a token")
+            .to_string()
+    }
+
+    /// Logs `email` in with the test password; returns the token pair.
+    pub async fn login(&self, email: &str) -> Value {
+        let credentials = serde_json::json!({"email": email, "password": TEST_PASSWORD});
+        let (status, body) = self
+            .send_as(
+                None,
+                reqwest::Method::POST,
+                "/api/v1/auth/login",
+                Some(credentials),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "login: {body}");
+        body
+    }
+
+    /// Any request with an explicit credential (or none).
+    pub async fn send_as(
+        &self,
+        token: Option<&str>,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        let mut request = self.client.request(method, self.url(path));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        self.send_raw(request).await
     }
 
     pub async fn post(&self, path: &str, body: Value) -> (StatusCode, Value) {
@@ -245,6 +310,14 @@ impl TestApp {
     }
 
     async fn send(&self, request: reqwest::RequestBuilder) -> (StatusCode, Value) {
+        let request = match &self.token {
+            Some(token) => request.bearer_auth(token),
+            None => request,
+        };
+        self.send_raw(request).await
+    }
+
+    async fn send_raw(&self, request: reqwest::RequestBuilder) -> (StatusCode, Value) {
         let response = request.send().await.expect("the server answers");
         let status = response.status();
         let text = response.text().await.expect("a readable body");

@@ -259,7 +259,11 @@ async fn the_event_log_refuses_updates_and_deletes() {
         .execute(&app.database.pool)
         .await;
     assert!(delete.is_err(), "history was deleted");
-    assert_eq!(app.event_count().await, 2);
+    assert_eq!(
+        app.event_count().await,
+        3,
+        "organization created, owner added, project created"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -44,10 +44,12 @@ async fn sixty_four_concurrent_commands_on_one_aggregate_lose_nothing() {
     for n in 0..64 {
         if n % 2 == 0 {
             let (client, address) = (app.client.clone(), app.address.clone());
+            let token = app.token.clone().expect("a token");
             handles.push(tokio::spawn(async move {
                 let r = requirement(n);
                 let response = client
                     .post(format!("{address}/api/v1/specs/{spec_id}/requirements"))
+                    .bearer_auth(&token)
                     .json(
                         &json!({"id": r.id, "condition": r.condition, "action": r.action,
                                   "acceptance_criteria": r.acceptance_criteria}),
@@ -109,14 +111,16 @@ async fn sixty_four_concurrent_commands_on_one_aggregate_lose_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_reader_of_the_global_stream_never_skips_an_event_that_commits_late() {
     let app = spawn_app().await;
-    let (_, project_id) = app.organization_and_project().await;
+    let (org_id, project_id) = app.organization_and_project().await;
 
     // A writer that takes its position first and commits last.
     let mut held = app.database.pool.begin().await.expect("a transaction");
+    // Its metadata names the organization, as every event's does: readers filter by it.
     sqlx::query(
         "insert into events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata)
-         values ('Probe', 'held', 1, 'ProbeHeld', '1', '{}', '{}')",
+         values ('Probe', 'held', 1, 'ProbeHeld', '1', '{}', jsonb_build_object('organization_id', $1::text))",
     )
+    .bind(&org_id)
     .execute(&mut *held)
     .await
     .expect("the held insert");
@@ -125,10 +129,12 @@ async fn a_reader_of_the_global_stream_never_skips_an_event_that_commits_late() 
     for w in 0..8 {
         let (client, address, project_id) =
             (app.client.clone(), app.address.clone(), project_id.clone());
+        let token = app.token.clone().expect("a token");
         writers.push(tokio::spawn(async move {
             for n in 0..15 {
                 let response = client
                     .post(format!("{address}/api/v1/tickets"))
+                    .bearer_auth(&token)
                     .json(&json!({"project_id": project_id, "title": format!("w{w} n{n}")}))
                     .send()
                     .await
@@ -170,10 +176,10 @@ async fn a_reader_of_the_global_stream_never_skips_an_event_that_commits_late() 
         cursor = page["next_cursor"].as_str().expect("cursor").to_string();
     }
     // Everything committed after the held transaction began waits behind it: lag, not loss.
-    assert!(
-        seen.len() <= 2,
-        "events behind the open transaction were exposed early: {}",
-        seen.len()
+    assert_eq!(
+        seen.len(),
+        3,
+        "only the organization's and project's events precede the open transaction"
     );
 
     held.commit().await.expect("the held commit");
@@ -193,7 +199,7 @@ async fn a_reader_of_the_global_stream_never_skips_an_event_that_commits_late() 
     .fetch_all(&app.database.pool)
     .await
     .expect("all events");
-    assert_eq!(all.len(), 2 + 1 + 8 * 15);
+    assert_eq!(all.len(), 3 + 1 + 8 * 15);
     let unique: HashSet<_> = seen.iter().cloned().collect();
     assert_eq!(unique.len(), seen.len(), "an event was read twice");
     assert_eq!(

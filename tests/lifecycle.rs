@@ -130,8 +130,9 @@ async fn a_ticket_walks_to_done_its_history_is_kept_and_survives_a_restart() {
         }
     }
 
-    let database = app.stop().await;
-    let app = spawn_app_on(database).await;
+    let (database, token) = app.stop().await;
+    let mut app = spawn_app_on(database).await;
+    app.token = token;
     let (status, after_restart) = app.get(&format!("/api/v1/tickets/{ticket_id}")).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(after_restart["state"], done["state"]);

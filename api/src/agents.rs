@@ -15,8 +15,9 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use uuid::Uuid;
 
+use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult, Problem};
-use crate::extract::{Body, Ctx, IdPath, Query};
+use crate::extract::{Body, IdPath, Query};
 use crate::history::{history_of, HistoryQuery};
 use crate::responses::{History, Versioned};
 use crate::state::AppState;
@@ -69,12 +70,15 @@ type AgentResponse = ApiResult<Json<Versioned<Agent>>>;
 
 async fn run(
     state: &AppState,
-    ctx: &omoi_store::CommandContext,
+    caller: &Caller,
+    permission: &'static str,
     name: &'static str,
     id: Uuid,
     command: AgentCommand,
 ) -> AgentResponse {
-    let committed = state.execute::<Agent>(name, id, command, ctx).await?;
+    let committed = state
+        .execute::<Agent>(caller, permission, name, id, command)
+        .await?;
     Ok(Json(Versioned::committed(id, committed)))
 }
 
@@ -126,11 +130,11 @@ async fn ensure_project_of(
     ))]
 async fn register_agent(
     State(state): State<AppState>,
-    Ctx(ctx): Ctx,
+    caller: Caller,
     Body(body): Body<RegisterAgent>,
 ) -> ApiResult<(StatusCode, Json<Versioned<Agent>>)> {
     let (organization, _) = state
-        .load::<Organization>(body.organization_id, "organization")
+        .read::<Organization>(&caller, "agent:write", body.organization_id)
         .await?;
     if !organization.is_active() {
         return Err(ApiError::Conflict {
@@ -152,7 +156,12 @@ async fn register_agent(
         capacity: body.capacity,
         at: Utc::now(),
     };
-    let Json(created) = run(&state, &ctx, "RegisterAgent", id, command).await?;
+    let created = Versioned::committed(
+        id,
+        state
+            .create::<Agent>(&caller, "RegisterAgent", id, command)
+            .await?,
+    );
     Ok((StatusCode::CREATED, Json(created)))
 }
 
@@ -161,8 +170,12 @@ async fn register_agent(
         (status = 200, body = Versioned<Agent>), (status = 400, body = Problem),
         (status = 404, body = Problem),
     ))]
-async fn get_agent(State(state): State<AppState>, IdPath(id): IdPath) -> AgentResponse {
-    let loaded = state.load::<Agent>(id, "agent").await?;
+async fn get_agent(
+    State(state): State<AppState>,
+    caller: Caller,
+    IdPath(id): IdPath,
+) -> AgentResponse {
+    let loaded = state.read::<Agent>(&caller, "agent:read", id).await?;
     Ok(Json(Versioned::read(id, loaded)))
 }
 
@@ -182,7 +195,7 @@ async fn get_agent(State(state): State<AppState>, IdPath(id): IdPath) -> AgentRe
     ))]
 async fn change_agent_status(
     State(state): State<AppState>,
-    Ctx(ctx): Ctx,
+    caller: Caller,
     IdPath(id): IdPath,
     Body(body): Body<ChangeAgentStatus>,
 ) -> AgentResponse {
@@ -192,7 +205,15 @@ async fn change_agent_status(
         force: body.force,
         at: Utc::now(),
     };
-    run(&state, &ctx, "ChangeAgentStatus", id, command).await
+    run(
+        &state,
+        &caller,
+        "agent:write",
+        "ChangeAgentStatus",
+        id,
+        command,
+    )
+    .await
 }
 
 /// Replaces the agent's whole capability set (at most 64); the new set must differ.
@@ -206,14 +227,22 @@ async fn change_agent_status(
     ))]
 async fn update_capabilities(
     State(state): State<AppState>,
-    Ctx(ctx): Ctx,
+    caller: Caller,
     IdPath(id): IdPath,
     Body(body): Body<UpdateCapabilities>,
 ) -> AgentResponse {
     let command = AgentCommand::UpdateCapabilities {
         capabilities: body.capabilities,
     };
-    run(&state, &ctx, "UpdateCapabilities", id, command).await
+    run(
+        &state,
+        &caller,
+        "agent:write",
+        "UpdateCapabilities",
+        id,
+        command,
+    )
+    .await
 }
 
 #[utoipa::path(get, path = "/api/v1/agents/{id}/history", tag = "agents",
@@ -224,10 +253,11 @@ async fn update_capabilities(
     ))]
 async fn agent_history(
     State(state): State<AppState>,
+    caller: Caller,
     IdPath(id): IdPath,
     Query(query): Query<HistoryQuery>,
 ) -> ApiResult<Json<History<Agent>>> {
-    history_of::<Agent>(&state, id, "agent", query.as_of).await
+    history_of::<Agent>(&state, &caller, "agent:read", id, query.as_of).await
 }
 
 #[cfg(test)]

@@ -6,6 +6,7 @@
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use omoi_domain::common::{DomainError, ErrorKind};
+use omoi_store::bus::Refusal;
 use omoi_store::CommandError;
 use serde::Serialize;
 use utoipa::ToSchema;
@@ -36,6 +37,15 @@ pub enum ApiError {
         detail: String,
         field: Option<String>,
     },
+    /// 401: no credential, or one that is invalid, expired or revoked.
+    Unauthorized { detail: &'static str },
+    /// 403: the caller sees the resource but its role lacks the permission.
+    Forbidden { permission: &'static str },
+    /// 429: too many attempts; retry after the given seconds.
+    TooManyRequests {
+        detail: &'static str,
+        retry_after_seconds: u32,
+    },
     /// 413: the body is larger than the limit.
     PayloadTooLarge { limit: usize },
     /// 415: the body is not JSON.
@@ -59,6 +69,14 @@ pub enum ApiError {
 pub type ApiResult<T> = Result<T, ApiError>;
 
 impl ApiError {
+    /// A copy of an `Unauthorized` error (the others are not needed twice).
+    pub fn clone_unauthorized(&self) -> Self {
+        match self {
+            Self::Unauthorized { detail } => Self::Unauthorized { detail },
+            _ => Self::Internal("clone_unauthorized on another error".into()),
+        }
+    }
+
     pub fn bad_request(detail: impl Into<String>, field: Option<&str>) -> Self {
         Self::BadRequest {
             detail: detail.into(),
@@ -77,6 +95,9 @@ impl ApiError {
     fn status(&self) -> StatusCode {
         match self {
             Self::BadRequest { .. } => StatusCode::BAD_REQUEST,
+            Self::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
+            Self::Forbidden { .. } => StatusCode::FORBIDDEN,
+            Self::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::Invalid { .. } => StatusCode::UNPROCESSABLE_ENTITY,
@@ -91,6 +112,13 @@ impl ApiError {
         let status = self.status();
         let (code, detail, field) = match self {
             Self::BadRequest { detail, field } => ("bad_request", detail, field),
+            Self::Unauthorized { detail } => ("unauthorized", detail.to_string(), None),
+            Self::Forbidden { permission } => (
+                "forbidden",
+                format!("your role does not grant `{permission}` here"),
+                None,
+            ),
+            Self::TooManyRequests { detail, .. } => ("too_many_requests", detail.to_string(), None),
             Self::PayloadTooLarge { limit } => (
                 "payload_too_large",
                 format!("the request body is larger than {limit} bytes"),
@@ -139,7 +167,15 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();
-        let retry_later = matches!(self, Self::Unavailable(_));
+        let retry_after = match &self {
+            Self::Unavailable(_) => Some(2),
+            Self::TooManyRequests {
+                retry_after_seconds,
+                ..
+            } => Some(*retry_after_seconds),
+            _ => None,
+        };
+        let challenge = matches!(self, Self::Unauthorized { .. });
         let body = serde_json::to_vec(&self.problem()).unwrap_or_default();
         let mut response = (status, body).into_response();
         let headers = response.headers_mut();
@@ -147,8 +183,11 @@ impl IntoResponse for ApiError {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/problem+json"),
         );
-        if retry_later {
-            headers.insert(header::RETRY_AFTER, HeaderValue::from_static("2"));
+        if let Some(seconds) = retry_after {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        if challenge {
+            headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
         response
     }
@@ -158,7 +197,10 @@ impl<E: DomainError> From<CommandError<E>> for ApiError {
     fn from(error: CommandError<E>) -> Self {
         match error {
             CommandError::Domain(e) => Self::from_domain(&e),
-            CommandError::Forbidden => Self::NotFound { what: "resource" },
+            CommandError::Refused(Refusal::NotVisible) => Self::NotFound { what: "resource" },
+            CommandError::Refused(Refusal::NotPermitted) => Self::Forbidden {
+                permission: "this action",
+            },
             CommandError::Conflict { attempts } => Self::Conflict {
                 code: "concurrent_modification",
                 detail: format!(

@@ -6,7 +6,6 @@ use axum::extract::rejection::BytesRejection;
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::header::CONTENT_TYPE;
 use axum::http::request::Parts;
-use omoi_store::{Actor, CommandContext};
 use serde::de::DeserializeOwned;
 use uuid::Uuid;
 
@@ -92,23 +91,5 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for Query<T> {
         axum::extract::Query::<T>::try_from_uri(&parts.uri)
             .map(|axum::extract::Query(value)| Query(value))
             .map_err(|e| ApiError::bad_request(e.body_text(), None))
-    }
-}
-
-/// The request's identity for the event metadata: its id (from `X-Request-Id` when the
-/// caller sent a sensible one) and the actor.
-pub struct Ctx(pub CommandContext);
-
-impl<S: Send + Sync> FromRequestParts<S> for Ctx {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
-        let request_id = parts
-            .headers
-            .get("x-request-id")
-            .and_then(|v| v.to_str().ok())
-            .filter(|v| !v.is_empty() && v.len() <= 128)
-            .map_or_else(|| Uuid::now_v7().to_string(), str::to_string);
-        Ok(Ctx(CommandContext::new(Actor::Anonymous, request_id)))
     }
 }

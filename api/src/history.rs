@@ -2,7 +2,8 @@
 
 use axum::Json;
 use cqrs_es::Aggregate;
-use omoi_store::log::{aggregate_history, fold_until, read_global};
+use omoi_domain::common::Scoped;
+use omoi_store::log::{aggregate_history, fold_until, read_global, Visibility};
 use omoi_store::Cursor;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
@@ -10,6 +11,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use uuid::Uuid;
 
+use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult, Problem};
 use crate::extract::Query;
 use crate::responses::{EventRecord, History};
@@ -23,33 +25,39 @@ pub struct HistoryQuery {
 }
 
 /// Loads the history of `A` `id`; 404 when it has no events.
-pub async fn history_of<A: Aggregate>(
+pub async fn history_of<A: Aggregate + Scoped>(
     state: &AppState,
+    caller: &Caller,
+    permission: &'static str,
     id: Uuid,
-    what: &'static str,
     as_of: Option<i64>,
 ) -> ApiResult<Json<History<A>>> {
+    let what = "resource";
     let events = aggregate_history(state.pool(), A::TYPE, &id.to_string()).await?;
     let version = events
         .last()
         .map(|e| e.sequence)
         .ok_or(ApiError::NotFound { what })?;
+    let fold =
+        |until| fold_until::<A>(&events, until).map_err(|e| ApiError::Internal(e.to_string()));
+    // The scope is fixed by the creation event, so the current state decides access.
+    caller.authorize(fold(None)?.scope(), permission, what)?;
     if let Some(n) = as_of {
         if !(1..=version).contains(&n) {
             return Err(ApiError::invalid(
                 "as_of_out_of_range",
                 "as_of",
-                format!("as_of must be between 1 and {version}, the {what}'s last event"),
+                format!("as_of must be between 1 and {version}, the last event's sequence"),
             ));
         }
     }
-    let folded = fold_until::<A>(&events, as_of).map_err(|e| ApiError::Internal(e.to_string()))?;
+    let state_as_of = fold(as_of)?;
     Ok(Json(History {
         aggregate_type: A::TYPE.to_string(),
         aggregate_id: id,
         version,
         as_of: as_of.unwrap_or(version),
-        state: folded,
+        state: state_as_of,
         events: events.into_iter().map(EventRecord::from).collect(),
     }))
 }
@@ -76,9 +84,9 @@ pub struct StreamPage {
     pub next_cursor: String,
 }
 
-/// Every event of every aggregate in one gapless order: a reader that follows
+/// Every event of the caller's organizations in one gapless order: a reader that follows
 /// `next_cursor` sees each committed event exactly once, even when transactions commit
-/// out of position order.
+/// out of position order. Events of other organizations are filtered out in SQL.
 #[utoipa::path(
     get,
     path = "/api/v1/events",
@@ -91,6 +99,7 @@ pub struct StreamPage {
 )]
 async fn global_stream(
     axum::extract::State(state): axum::extract::State<AppState>,
+    caller: Caller,
     Query(query): Query<StreamQuery>,
 ) -> ApiResult<Json<StreamPage>> {
     let after = match query.after.as_deref() {
@@ -106,7 +115,15 @@ async fn global_stream(
             Some("limit"),
         ));
     }
-    let page = read_global(state.pool(), after, limit).await?;
+    let visibility = if caller.is_super_admin() {
+        Visibility::Everything
+    } else {
+        Visibility::Organizations {
+            organizations: caller.visible_organizations(),
+            project: caller.project_limit(),
+        }
+    };
+    let page = read_global(state.pool(), after, limit, &visibility).await?;
     Ok(Json(StreamPage {
         next_cursor: page.next.to_string(),
         events: page.events.into_iter().map(EventRecord::from).collect(),

@@ -13,6 +13,7 @@
 //!   [`specs`], [`agents`]; [`history`] (per-aggregate history, global stream); [`system`].
 
 pub mod agents;
+pub mod auth;
 pub mod error;
 pub mod extract;
 pub mod history;
@@ -46,6 +47,7 @@ use crate::state::AppState;
                        orchestrator. Errors are application/problem+json (RFC 9457)."
     ),
     tags(
+        (name = "auth", description = "Accounts, tokens and API keys"),
         (name = "organizations"), (name = "projects"), (name = "tickets"), (name = "tasks"),
         (name = "specs"), (name = "agents"), (name = "events", description = "The event log"),
         (name = "system"),
@@ -55,6 +57,7 @@ struct ApiDoc;
 
 fn documented_routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .merge(auth::routes::router())
         .merge(organizations::router())
         .merge(projects::router())
         .merge(tickets::router())

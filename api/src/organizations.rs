@@ -4,6 +4,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
 use chrono::Utc;
+use omoi_domain::access::{Principal, Role};
 use omoi_domain::organization::{Organization, OrganizationCommand};
 use serde::Deserialize;
 use utoipa::ToSchema;
@@ -11,8 +12,9 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use uuid::Uuid;
 
-use crate::error::{ApiResult, Problem};
-use crate::extract::{Body, Ctx, IdPath, Query};
+use crate::auth::Caller;
+use crate::error::{ApiError, ApiResult, Problem};
+use crate::extract::{Body, IdPath, Query};
 use crate::history::{history_of, HistoryQuery};
 use crate::responses::{History, Versioned};
 use crate::state::AppState;
@@ -24,6 +26,8 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(rename_organization))
         .routes(routes!(archive_organization))
         .routes(routes!(organization_history))
+        .routes(routes!(add_member))
+        .routes(routes!(change_member_role, remove_member))
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -38,6 +42,7 @@ pub struct Rename {
     pub name: String,
 }
 
+/// Creates an organization whose owner is the calling user.
 #[utoipa::path(post, path = "/api/v1/organizations", tag = "organizations",
     request_body = CreateOrganization,
     responses(
@@ -46,17 +51,21 @@ pub struct Rename {
     ))]
 async fn create_organization(
     State(state): State<AppState>,
-    Ctx(ctx): Ctx,
+    caller: Caller,
     Body(body): Body<CreateOrganization>,
 ) -> ApiResult<(StatusCode, Json<Versioned<Organization>>)> {
+    let owner = caller.principal().ok_or(ApiError::Forbidden {
+        permission: "org:create (only users create organizations)",
+    })?;
     let id = Uuid::now_v7();
     let command = OrganizationCommand::CreateOrganization {
         organization_id: id,
         name: body.name,
+        owner,
         at: Utc::now(),
     };
     let committed = state
-        .execute::<Organization>("CreateOrganization", id, command, &ctx)
+        .create::<Organization>(&caller, "CreateOrganization", id, command)
         .await?;
     Ok((
         StatusCode::CREATED,
@@ -69,9 +78,10 @@ async fn create_organization(
     responses((status = 200, body = Versioned<Organization>), (status = 404, body = Problem)))]
 async fn get_organization(
     State(state): State<AppState>,
+    caller: Caller,
     IdPath(id): IdPath,
 ) -> ApiResult<Json<Versioned<Organization>>> {
-    let loaded = state.load::<Organization>(id, "organization").await?;
+    let loaded = state.read::<Organization>(&caller, "org:read", id).await?;
     Ok(Json(Versioned::read(id, loaded)))
 }
 
@@ -83,13 +93,13 @@ async fn get_organization(
     ))]
 async fn rename_organization(
     State(state): State<AppState>,
-    Ctx(ctx): Ctx,
+    caller: Caller,
     IdPath(id): IdPath,
     Body(body): Body<Rename>,
 ) -> ApiResult<Json<Versioned<Organization>>> {
     let command = OrganizationCommand::RenameOrganization { name: body.name };
     let committed = state
-        .execute::<Organization>("RenameOrganization", id, command, &ctx)
+        .execute::<Organization>(&caller, "org:write", "RenameOrganization", id, command)
         .await?;
     Ok(Json(Versioned::committed(id, committed)))
 }
@@ -102,12 +112,12 @@ async fn rename_organization(
     ))]
 async fn archive_organization(
     State(state): State<AppState>,
-    Ctx(ctx): Ctx,
+    caller: Caller,
     IdPath(id): IdPath,
 ) -> ApiResult<Json<Versioned<Organization>>> {
     let command = OrganizationCommand::ArchiveOrganization { at: Utc::now() };
     let committed = state
-        .execute::<Organization>("ArchiveOrganization", id, command, &ctx)
+        .execute::<Organization>(&caller, "org:write", "ArchiveOrganization", id, command)
         .await?;
     Ok(Json(Versioned::committed(id, committed)))
 }
@@ -120,8 +130,134 @@ async fn archive_organization(
     ))]
 async fn organization_history(
     State(state): State<AppState>,
+    caller: Caller,
     IdPath(id): IdPath,
     Query(query): Query<HistoryQuery>,
 ) -> ApiResult<Json<History<Organization>>> {
-    history_of::<Organization>(&state, id, "organization", query.as_of).await
+    history_of::<Organization>(&state, &caller, "org:read", id, query.as_of).await
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AddMember {
+    /// `user:<uuid>` or `agent:<uuid>`.
+    #[schema(value_type = String, example = "user:0196f5d2-0000-7000-8000-000000000000")]
+    pub principal: Principal,
+    pub role: Role,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ChangeRole {
+    pub role: Role,
+}
+
+/// The path `/api/v1/organizations/{id}/members/{principal}`.
+pub struct MemberPath {
+    pub id: Uuid,
+    pub principal: Principal,
+}
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for MemberPath {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        let axum::extract::Path((id, principal)) =
+            axum::extract::Path::<(String, String)>::from_request_parts(parts, state)
+                .await
+                .map_err(|e| ApiError::bad_request(e.body_text(), None))?;
+        Ok(Self {
+            id: id
+                .parse()
+                .map_err(|_| ApiError::bad_request(format!("{id:?} is not a UUID"), Some("id")))?,
+            principal: principal
+                .parse()
+                .map_err(|e: omoi_domain::access::BadPrincipal| {
+                    ApiError::bad_request(e.to_string(), Some("principal"))
+                })?,
+        })
+    }
+}
+
+/// Adds a user or agent to the organization with a role (needs `org:members:write`).
+#[utoipa::path(post, path = "/api/v1/organizations/{id}/members", tag = "organizations",
+    params(("id" = Uuid, Path)), request_body = AddMember,
+    responses(
+        (status = 200, body = Versioned<Organization>), (status = 403, body = Problem),
+        (status = 404, body = Problem), (status = 409, body = Problem, description = "already a member"),
+    ))]
+async fn add_member(
+    State(state): State<AppState>,
+    caller: Caller,
+    IdPath(id): IdPath,
+    Body(body): Body<AddMember>,
+) -> ApiResult<Json<Versioned<Organization>>> {
+    let command = OrganizationCommand::AddMember {
+        principal: body.principal,
+        role: body.role,
+    };
+    let committed = state
+        .execute::<Organization>(&caller, "org:members:write", "AddMember", id, command)
+        .await?;
+    Ok(Json(Versioned::committed(id, committed)))
+}
+
+/// Changes a member's role; the last owner keeps theirs (needs `org:members:write`).
+#[utoipa::path(put, path = "/api/v1/organizations/{id}/members/{principal}", tag = "organizations",
+    params(("id" = Uuid, Path), ("principal" = String, Path, description = "user:<uuid> or agent:<uuid>")),
+    request_body = ChangeRole,
+    responses(
+        (status = 200, body = Versioned<Organization>), (status = 403, body = Problem),
+        (status = 404, body = Problem), (status = 409, body = Problem),
+    ))]
+async fn change_member_role(
+    State(state): State<AppState>,
+    caller: Caller,
+    path: MemberPath,
+    Body(body): Body<ChangeRole>,
+) -> ApiResult<Json<Versioned<Organization>>> {
+    let command = OrganizationCommand::ChangeMemberRole {
+        principal: path.principal,
+        role: body.role,
+    };
+    let committed = state
+        .execute::<Organization>(
+            &caller,
+            "org:members:write",
+            "ChangeMemberRole",
+            path.id,
+            command,
+        )
+        .await?;
+    Ok(Json(Versioned::committed(path.id, committed)))
+}
+
+/// Removes a member; the last owner cannot leave (needs `org:members:write`).
+#[utoipa::path(delete, path = "/api/v1/organizations/{id}/members/{principal}", tag = "organizations",
+    params(("id" = Uuid, Path), ("principal" = String, Path, description = "user:<uuid> or agent:<uuid>")),
+    responses(
+        (status = 200, body = Versioned<Organization>), (status = 403, body = Problem),
+        (status = 404, body = Problem), (status = 409, body = Problem),
+    ))]
+async fn remove_member(
+    State(state): State<AppState>,
+    caller: Caller,
+    path: MemberPath,
+) -> ApiResult<Json<Versioned<Organization>>> {
+    let command = OrganizationCommand::RemoveMember {
+        principal: path.principal,
+    };
+    let committed = state
+        .execute::<Organization>(
+            &caller,
+            "org:members:write",
+            "RemoveMember",
+            path.id,
+            command,
+        )
+        .await?;
+    Ok(Json(Versioned::committed(path.id, committed)))
 }

@@ -12,8 +12,9 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use uuid::Uuid;
 
+use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult, Problem};
-use crate::extract::{Body, Ctx, IdPath, Query};
+use crate::extract::{Body, IdPath, Query};
 use crate::history::{history_of, HistoryQuery};
 use crate::organizations::Rename;
 use crate::responses::{History, Versioned};
@@ -37,10 +38,15 @@ pub struct CreateProject {
     pub description: String,
 }
 
-/// Loads an active project that new work may be added to: 404 when it does not exist,
-/// 409 when it is archived.
-pub async fn active_project(state: &AppState, id: Uuid) -> ApiResult<Project> {
-    let (project, _) = state.load::<Project>(id, "project").await?;
+/// Loads an active project that `caller` may add work to with `permission`: 404 when it
+/// does not exist (or is not visible), 403 without the permission, 409 when archived.
+pub async fn active_project(
+    state: &AppState,
+    caller: &Caller,
+    permission: &'static str,
+    id: Uuid,
+) -> ApiResult<Project> {
+    let (project, _) = state.read::<Project>(caller, permission, id).await?;
     if !project.is_active() {
         return Err(ApiError::Conflict {
             code: "project_archived",
@@ -60,11 +66,11 @@ pub async fn active_project(state: &AppState, id: Uuid) -> ApiResult<Project> {
     ))]
 async fn create_project(
     State(state): State<AppState>,
-    Ctx(ctx): Ctx,
+    caller: Caller,
     Body(body): Body<CreateProject>,
 ) -> ApiResult<(StatusCode, Json<Versioned<Project>>)> {
     let (organization, _) = state
-        .load::<Organization>(body.organization_id, "organization")
+        .read::<Organization>(&caller, "project:write", body.organization_id)
         .await?;
     if !organization.is_active() {
         return Err(ApiError::Conflict {
@@ -81,7 +87,7 @@ async fn create_project(
         at: Utc::now(),
     };
     let committed = state
-        .execute::<Project>("CreateProject", id, command, &ctx)
+        .create::<Project>(&caller, "CreateProject", id, command)
         .await?;
     Ok((
         StatusCode::CREATED,
@@ -94,9 +100,10 @@ async fn create_project(
     responses((status = 200, body = Versioned<Project>), (status = 404, body = Problem)))]
 async fn get_project(
     State(state): State<AppState>,
+    caller: Caller,
     IdPath(id): IdPath,
 ) -> ApiResult<Json<Versioned<Project>>> {
-    let loaded = state.load::<Project>(id, "project").await?;
+    let loaded = state.read::<Project>(&caller, "project:read", id).await?;
     Ok(Json(Versioned::read(id, loaded)))
 }
 
@@ -108,13 +115,13 @@ async fn get_project(
     ))]
 async fn rename_project(
     State(state): State<AppState>,
-    Ctx(ctx): Ctx,
+    caller: Caller,
     IdPath(id): IdPath,
     Body(body): Body<Rename>,
 ) -> ApiResult<Json<Versioned<Project>>> {
     let command = ProjectCommand::RenameProject { name: body.name };
     let committed = state
-        .execute::<Project>("RenameProject", id, command, &ctx)
+        .execute::<Project>(&caller, "project:write", "RenameProject", id, command)
         .await?;
     Ok(Json(Versioned::committed(id, committed)))
 }
@@ -127,12 +134,12 @@ async fn rename_project(
     ))]
 async fn archive_project(
     State(state): State<AppState>,
-    Ctx(ctx): Ctx,
+    caller: Caller,
     IdPath(id): IdPath,
 ) -> ApiResult<Json<Versioned<Project>>> {
     let command = ProjectCommand::ArchiveProject { at: Utc::now() };
     let committed = state
-        .execute::<Project>("ArchiveProject", id, command, &ctx)
+        .execute::<Project>(&caller, "project:write", "ArchiveProject", id, command)
         .await?;
     Ok(Json(Versioned::committed(id, committed)))
 }
@@ -145,8 +152,9 @@ async fn archive_project(
     ))]
 async fn project_history(
     State(state): State<AppState>,
+    caller: Caller,
     IdPath(id): IdPath,
     Query(query): Query<HistoryQuery>,
 ) -> ApiResult<Json<History<Project>>> {
-    history_of::<Project>(&state, id, "project", query.as_of).await
+    history_of::<Project>(&state, &caller, "project:read", id, query.as_of).await
 }

@@ -13,8 +13,9 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use uuid::Uuid;
 
+use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult, Problem};
-use crate::extract::{Body, Ctx, IdPath, Query};
+use crate::extract::{Body, IdPath, Query};
 use crate::history::{history_of, HistoryQuery};
 use crate::projects::active_project;
 use crate::responses::{History, Versioned};
@@ -110,7 +111,7 @@ pub async fn ensure_spec_of_project(
     let Some(spec_id) = spec_id else {
         return Ok(());
     };
-    let (spec, _) = state.load::<Spec>(spec_id, "spec").await?;
+    let (spec, _) = state.load::<Spec>(spec_id).await?;
     if spec.project_id != Some(project_id) {
         return Err(ApiError::invalid(
             "spec_in_other_project",
@@ -125,12 +126,15 @@ type SpecResponse = ApiResult<Json<Versioned<Spec>>>;
 
 async fn run(
     state: &AppState,
-    ctx: &omoi_store::CommandContext,
+    caller: &Caller,
+    permission: &'static str,
     name: &'static str,
     id: Uuid,
     command: SpecCommand,
 ) -> SpecResponse {
-    let committed = state.execute::<Spec>(name, id, command, ctx).await?;
+    let committed = state
+        .execute::<Spec>(caller, permission, name, id, command)
+        .await?;
     Ok(Json(Versioned::committed(id, committed)))
 }
 
@@ -144,10 +148,10 @@ async fn run(
     ))]
 async fn create_spec(
     State(state): State<AppState>,
-    Ctx(ctx): Ctx,
+    caller: Caller,
     Body(body): Body<CreateSpec>,
 ) -> ApiResult<(StatusCode, Json<Versioned<Spec>>)> {
-    let project = active_project(&state, body.project_id).await?;
+    let project = active_project(&state, &caller, "spec:write", body.project_id).await?;
     let organization_id = project
         .organization_id
         .ok_or_else(|| ApiError::Internal("project without organization".into()))?;
@@ -160,7 +164,12 @@ async fn create_spec(
         description: body.description,
         at: Utc::now(),
     };
-    let Json(created) = run(&state, &ctx, "CreateSpec", id, command).await?;
+    let created = Versioned::committed(
+        id,
+        state
+            .create::<Spec>(&caller, "CreateSpec", id, command)
+            .await?,
+    );
     Ok((StatusCode::CREATED, Json(created)))
 }
 
@@ -169,8 +178,12 @@ async fn create_spec(
         (status = 200, body = Versioned<Spec>), (status = 400, body = Problem),
         (status = 404, body = Problem),
     ))]
-async fn get_spec(State(state): State<AppState>, IdPath(id): IdPath) -> SpecResponse {
-    let loaded = state.load::<Spec>(id, "spec").await?;
+async fn get_spec(
+    State(state): State<AppState>,
+    caller: Caller,
+    IdPath(id): IdPath,
+) -> SpecResponse {
+    let loaded = state.read::<Spec>(&caller, "spec:read", id).await?;
     Ok(Json(Versioned::read(id, loaded)))
 }
 
@@ -188,7 +201,7 @@ async fn get_spec(State(state): State<AppState>, IdPath(id): IdPath) -> SpecResp
     ))]
 async fn add_requirement(
     State(state): State<AppState>,
-    Ctx(ctx): Ctx,
+    caller: Caller,
     IdPath(id): IdPath,
     Body(body): Body<NewRequirement>,
 ) -> SpecResponse {
@@ -198,7 +211,7 @@ async fn add_requirement(
         action: body.action,
         acceptance_criteria: body.acceptance_criteria,
     });
-    run(&state, &ctx, "AddRequirement", id, command).await
+    run(&state, &caller, "spec:write", "AddRequirement", id, command).await
 }
 
 /// Replaces a requirement's condition, action and acceptance criteria; only in the
@@ -215,7 +228,7 @@ async fn add_requirement(
     ))]
 async fn update_requirement(
     State(state): State<AppState>,
-    Ctx(ctx): Ctx,
+    caller: Caller,
     RequirementPath { id, req_id }: RequirementPath,
     Body(body): Body<UpdateRequirement>,
 ) -> SpecResponse {
@@ -225,7 +238,15 @@ async fn update_requirement(
         action: body.action,
         acceptance_criteria: body.acceptance_criteria,
     });
-    run(&state, &ctx, "UpdateRequirement", id, command).await
+    run(
+        &state,
+        &caller,
+        "spec:write",
+        "UpdateRequirement",
+        id,
+        command,
+    )
+    .await
 }
 
 /// Removes a requirement; only in the `requirements` phase. Removing the last one keeps
@@ -240,11 +261,19 @@ async fn update_requirement(
     ))]
 async fn remove_requirement(
     State(state): State<AppState>,
-    Ctx(ctx): Ctx,
+    caller: Caller,
     RequirementPath { id, req_id }: RequirementPath,
 ) -> SpecResponse {
     let command = SpecCommand::RemoveRequirement { id: req_id };
-    run(&state, &ctx, "RemoveRequirement", id, command).await
+    run(
+        &state,
+        &caller,
+        "spec:write",
+        "RemoveRequirement",
+        id,
+        command,
+    )
+    .await
 }
 
 /// Accepts the requirements (at least one) and moves the spec to `design`.
@@ -258,11 +287,19 @@ async fn remove_requirement(
     ))]
 async fn approve_requirements(
     State(state): State<AppState>,
-    Ctx(ctx): Ctx,
+    caller: Caller,
     IdPath(id): IdPath,
 ) -> SpecResponse {
     let command = SpecCommand::ApproveRequirements { at: Utc::now() };
-    run(&state, &ctx, "ApproveRequirements", id, command).await
+    run(
+        &state,
+        &caller,
+        "spec:approve",
+        "ApproveRequirements",
+        id,
+        command,
+    )
+    .await
 }
 
 /// Sets or replaces the design while the spec is in `design`; the architecture is
@@ -277,7 +314,7 @@ async fn approve_requirements(
     ))]
 async fn set_design(
     State(state): State<AppState>,
-    Ctx(ctx): Ctx,
+    caller: Caller,
     IdPath(id): IdPath,
     Body(body): Body<SetDesign>,
 ) -> SpecResponse {
@@ -286,7 +323,7 @@ async fn set_design(
         data_model: body.data_model,
         api_spec: body.api_spec,
     });
-    run(&state, &ctx, "SetDesign", id, command).await
+    run(&state, &caller, "spec:write", "SetDesign", id, command).await
 }
 
 /// Accepts the design (once set) and moves the spec to `executing`.
@@ -299,11 +336,19 @@ async fn set_design(
     ))]
 async fn approve_design(
     State(state): State<AppState>,
-    Ctx(ctx): Ctx,
+    caller: Caller,
     IdPath(id): IdPath,
 ) -> SpecResponse {
     let command = SpecCommand::ApproveDesign { at: Utc::now() };
-    run(&state, &ctx, "ApproveDesign", id, command).await
+    run(
+        &state,
+        &caller,
+        "spec:approve",
+        "ApproveDesign",
+        id,
+        command,
+    )
+    .await
 }
 
 /// Completes an executing spec.
@@ -316,11 +361,11 @@ async fn approve_design(
     ))]
 async fn complete_spec(
     State(state): State<AppState>,
-    Ctx(ctx): Ctx,
+    caller: Caller,
     IdPath(id): IdPath,
 ) -> SpecResponse {
     let command = SpecCommand::CompleteSpec { at: Utc::now() };
-    run(&state, &ctx, "CompleteSpec", id, command).await
+    run(&state, &caller, "spec:write", "CompleteSpec", id, command).await
 }
 
 /// Archives the spec from any phase; an archived spec never changes again.
@@ -333,11 +378,11 @@ async fn complete_spec(
     ))]
 async fn archive_spec(
     State(state): State<AppState>,
-    Ctx(ctx): Ctx,
+    caller: Caller,
     IdPath(id): IdPath,
 ) -> SpecResponse {
     let command = SpecCommand::ArchiveSpec { at: Utc::now() };
-    run(&state, &ctx, "ArchiveSpec", id, command).await
+    run(&state, &caller, "spec:write", "ArchiveSpec", id, command).await
 }
 
 #[utoipa::path(get, path = "/api/v1/specs/{id}/history", tag = "specs",
@@ -348,10 +393,11 @@ async fn archive_spec(
     ))]
 async fn spec_history(
     State(state): State<AppState>,
+    caller: Caller,
     IdPath(id): IdPath,
     Query(query): Query<HistoryQuery>,
 ) -> ApiResult<Json<History<Spec>>> {
-    history_of::<Spec>(&state, id, "spec", query.as_of).await
+    history_of::<Spec>(&state, &caller, "spec:read", id, query.as_of).await
 }
 
 #[cfg(test)]

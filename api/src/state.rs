@@ -5,10 +5,13 @@ use std::time::Instant;
 
 use cqrs_es::Aggregate;
 use omoi_domain::common::{DomainError, Scoped};
-use omoi_store::{CommandBus, CommandContext, CommandError, Committed};
+use omoi_store::bus::ScopeCheck;
+use omoi_store::{CommandBus, CommandError, Committed};
 use sqlx::PgPool;
 use uuid::Uuid;
 
+use crate::auth::tokens::TokenKeys;
+use crate::auth::{refused, Caller};
 use crate::error::{ApiError, ApiResult};
 use crate::metrics::{Metrics, Outcome};
 
@@ -16,13 +19,28 @@ use crate::metrics::{Metrics, Outcome};
 pub struct AppState {
     pub bus: Arc<CommandBus>,
     pub metrics: Arc<Metrics>,
+    pub tokens: Arc<TokenKeys>,
+}
+
+/// The noun for a 404 about aggregate `A`.
+fn entity<A: Aggregate>() -> &'static str {
+    match A::TYPE {
+        "Organization" => "organization",
+        "Project" => "project",
+        "Ticket" => "ticket",
+        "Task" => "task",
+        "Spec" => "spec",
+        "Agent" => "agent",
+        _ => "resource",
+    }
 }
 
 impl AppState {
-    pub fn new(bus: CommandBus, metrics: Metrics) -> Self {
+    pub fn new(bus: CommandBus, metrics: Metrics, tokens: TokenKeys) -> Self {
         Self {
             bus: Arc::new(bus),
             metrics: Arc::new(metrics),
+            tokens: Arc::new(tokens),
         }
     }
 
@@ -30,13 +48,53 @@ impl AppState {
         self.bus.pool()
     }
 
-    /// Executes a command through the bus, recording its outcome and latency.
+    /// Executes a command on an existing aggregate on which `caller` must hold
+    /// `permission`; the check runs on the state the command is decided against.
     pub async fn execute<A>(
         &self,
+        caller: &Caller,
+        permission: &'static str,
         name: &'static str,
         id: Uuid,
         command: A::Command,
-        context: &CommandContext,
+    ) -> ApiResult<Committed<A>>
+    where
+        A: Aggregate<Services = ()> + Scoped + Clone,
+        A::Command: Clone + Send,
+        A::Error: DomainError,
+    {
+        let check = |scope| caller.check(scope, permission);
+        self.run::<A>(caller, name, id, command, &check, permission)
+            .await
+    }
+
+    /// Creates aggregate `id`. The caller has been authorized on the parent the new
+    /// aggregate's scope comes from; here the id must still be unused.
+    pub async fn create<A>(
+        &self,
+        caller: &Caller,
+        name: &'static str,
+        id: Uuid,
+        command: A::Command,
+    ) -> ApiResult<Committed<A>>
+    where
+        A: Aggregate<Services = ()> + Scoped + Clone,
+        A::Command: Clone + Send,
+        A::Error: DomainError,
+    {
+        let check = |_| Ok(());
+        self.run::<A>(caller, name, id, command, &check, "create")
+            .await
+    }
+
+    async fn run<A>(
+        &self,
+        caller: &Caller,
+        name: &'static str,
+        id: Uuid,
+        command: A::Command,
+        check: &dyn ScopeCheck,
+        permission: &'static str,
     ) -> ApiResult<Committed<A>>
     where
         A: Aggregate<Services = ()> + Scoped + Clone,
@@ -44,23 +102,45 @@ impl AppState {
         A::Error: DomainError,
     {
         let started = Instant::now();
+        let context = caller.context();
         let result = self
             .bus
-            .execute::<A>(&id.to_string(), command, context)
+            .execute_checked::<A>(&id.to_string(), command, &context, check)
             .await;
         let outcome = match &result {
             Ok(_) => Outcome::Committed,
-            Err(CommandError::Domain(_) | CommandError::Forbidden) => Outcome::Refused,
+            Err(CommandError::Domain(_) | CommandError::Refused(_)) => Outcome::Refused,
             Err(CommandError::Conflict { .. }) => Outcome::Conflict,
             Err(CommandError::Unavailable(_) | CommandError::Internal(_)) => Outcome::Failed,
         };
         self.metrics
             .record_command(name, outcome, started.elapsed());
-        result.map_err(ApiError::from)
+        result.map_err(|error| match error {
+            CommandError::Refused(refusal) => refused(refusal, entity::<A>(), permission),
+            other => ApiError::from(other),
+        })
     }
 
-    /// The aggregate's current state and version; 404 naming `what` when it does not exist.
-    pub async fn load<A>(&self, id: Uuid, what: &'static str) -> ApiResult<(A, usize)>
+    /// Loads an aggregate on which `caller` holds `permission`: 404 when it does not exist
+    /// or belongs to an organization the caller cannot see, 403 when the role lacks it.
+    pub async fn read<A>(
+        &self,
+        caller: &Caller,
+        permission: &'static str,
+        id: Uuid,
+    ) -> ApiResult<(A, usize)>
+    where
+        A: Aggregate + Scoped,
+        A::Error: DomainError,
+    {
+        let (aggregate, version) = self.load::<A>(id).await?;
+        caller.authorize(aggregate.scope(), permission, entity::<A>())?;
+        Ok((aggregate, version))
+    }
+
+    /// Loads an aggregate without authorization: only for ids a handler has already tied to
+    /// a scope the caller was authorized on.
+    pub async fn load<A>(&self, id: Uuid) -> ApiResult<(A, usize)>
     where
         A: Aggregate,
         A::Error: DomainError,
@@ -69,6 +149,8 @@ impl AppState {
             .load::<A>(&id.to_string())
             .await
             .map_err(ApiError::from)?
-            .ok_or(ApiError::NotFound { what })
+            .ok_or(ApiError::NotFound {
+                what: entity::<A>(),
+            })
     }
 }

@@ -20,8 +20,9 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use uuid::Uuid;
 
+use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult, Problem};
-use crate::extract::{Body, Ctx, IdPath, Query};
+use crate::extract::{Body, IdPath, Query};
 use crate::history::{history_of, HistoryQuery};
 use crate::projects::active_project;
 use crate::responses::{History, Versioned};
@@ -135,12 +136,15 @@ type TaskResponse = ApiResult<Json<Versioned<Task>>>;
 
 async fn run(
     state: &AppState,
-    ctx: &omoi_store::CommandContext,
+    caller: &Caller,
+    permission: &'static str,
     name: &'static str,
     id: Uuid,
     command: TaskCommand,
 ) -> TaskResponse {
-    let committed = state.execute::<Task>(name, id, command, ctx).await?;
+    let committed = state
+        .execute::<Task>(caller, permission, name, id, command)
+        .await?;
     Ok(Json(Versioned::committed(id, committed)))
 }
 
@@ -181,10 +185,12 @@ async fn ensure_dependency(state: &AppState, project_id: Uuid, dep: Uuid) -> Api
     ))]
 async fn create_task(
     State(state): State<AppState>,
-    Ctx(ctx): Ctx,
+    caller: Caller,
     Body(body): Body<CreateTask>,
 ) -> ApiResult<(StatusCode, Json<Versioned<Task>>)> {
-    let (ticket, _) = state.load::<Ticket>(body.ticket_id, "ticket").await?;
+    let (ticket, _) = state
+        .read::<Ticket>(&caller, "task:write", body.ticket_id)
+        .await?;
     if ticket.status == TicketStatus::Done {
         return Err(ApiError::Conflict {
             code: "ticket_done",
@@ -200,7 +206,7 @@ async fn create_task(
             "ticket without organization or project".into(),
         ));
     };
-    active_project(&state, project_id).await?;
+    active_project(&state, &caller, "task:write", project_id).await?;
     let depends_on: BTreeSet<Uuid> = body.depends_on.into_iter().collect();
     for dep in &depends_on {
         ensure_dependency(&state, project_id, *dep).await?;
@@ -222,7 +228,12 @@ async fn create_task(
         timeout_seconds: body.timeout_seconds,
         at: Utc::now(),
     };
-    let Json(created) = run(&state, &ctx, "CreateTask", id, command).await?;
+    let created = Versioned::committed(
+        id,
+        state
+            .create::<Task>(&caller, "CreateTask", id, command)
+            .await?,
+    );
     Ok((StatusCode::CREATED, Json(created)))
 }
 
@@ -231,8 +242,12 @@ async fn create_task(
         (status = 200, body = Versioned<Task>), (status = 400, body = Problem),
         (status = 404, body = Problem),
     ))]
-async fn get_task(State(state): State<AppState>, IdPath(id): IdPath) -> TaskResponse {
-    let loaded = state.load::<Task>(id, "task").await?;
+async fn get_task(
+    State(state): State<AppState>,
+    caller: Caller,
+    IdPath(id): IdPath,
+) -> TaskResponse {
+    let loaded = state.read::<Task>(&caller, "task:read", id).await?;
     Ok(Json(Versioned::read(id, loaded)))
 }
 
@@ -251,12 +266,12 @@ async fn get_task(State(state): State<AppState>, IdPath(id): IdPath) -> TaskResp
     ))]
 async fn assign_task(
     State(state): State<AppState>,
-    Ctx(ctx): Ctx,
+    caller: Caller,
     IdPath(id): IdPath,
     Body(body): Body<AssignTask>,
 ) -> TaskResponse {
-    let (task, _) = state.load::<Task>(id, "task").await?;
-    let (agent, _) = state.load::<Agent>(body.agent_id, "agent").await?;
+    let (task, _) = state.read::<Task>(&caller, "task:execute", id).await?;
+    let (agent, _) = state.load::<Agent>(body.agent_id).await?;
     if agent.organization_id != task.organization_id {
         return Err(ApiError::NotFound { what: "agent" });
     }
@@ -277,7 +292,7 @@ async fn assign_task(
         agent_id: body.agent_id,
         at: Utc::now(),
     };
-    run(&state, &ctx, "AssignTask", id, command).await
+    run(&state, &caller, "task:execute", "AssignTask", id, command).await
 }
 
 /// The assigned agent began working: `assigned → running`.
@@ -290,11 +305,11 @@ async fn assign_task(
     ))]
 async fn start_task(
     State(state): State<AppState>,
-    Ctx(ctx): Ctx,
+    caller: Caller,
     IdPath(id): IdPath,
 ) -> TaskResponse {
     let command = TaskCommand::StartTask { at: Utc::now() };
-    run(&state, &ctx, "StartTask", id, command).await
+    run(&state, &caller, "task:execute", "StartTask", id, command).await
 }
 
 /// Records the latest progress message of a running task (a status line, not a log).
@@ -308,14 +323,22 @@ async fn start_task(
     ))]
 async fn report_progress(
     State(state): State<AppState>,
-    Ctx(ctx): Ctx,
+    caller: Caller,
     IdPath(id): IdPath,
     Body(body): Body<ReportProgress>,
 ) -> TaskResponse {
     let command = TaskCommand::ReportProgress {
         message: body.message,
     };
-    run(&state, &ctx, "ReportProgress", id, command).await
+    run(
+        &state,
+        &caller,
+        "task:execute",
+        "ReportProgress",
+        id,
+        command,
+    )
+    .await
 }
 
 /// Completes a running task with its result: `running → completed`.
@@ -328,7 +351,7 @@ async fn report_progress(
     ))]
 async fn complete_task(
     State(state): State<AppState>,
-    Ctx(ctx): Ctx,
+    caller: Caller,
     IdPath(id): IdPath,
     Body(body): Body<CompleteTask>,
 ) -> TaskResponse {
@@ -336,7 +359,7 @@ async fn complete_task(
         result: body.result,
         at: Utc::now(),
     };
-    run(&state, &ctx, "CompleteTask", id, command).await
+    run(&state, &caller, "task:execute", "CompleteTask", id, command).await
 }
 
 /// Records a failed attempt of an assigned or running task. A permanent error, or a
@@ -352,7 +375,7 @@ async fn complete_task(
     ))]
 async fn fail_task(
     State(state): State<AppState>,
-    Ctx(ctx): Ctx,
+    caller: Caller,
     IdPath(id): IdPath,
     Body(body): Body<FailTask>,
 ) -> TaskResponse {
@@ -361,7 +384,7 @@ async fn fail_task(
         at: Utc::now(),
         jitter: rand::random::<f64>(),
     };
-    run(&state, &ctx, "FailTask", id, command).await
+    run(&state, &caller, "task:execute", "FailTask", id, command).await
 }
 
 /// Cancels a task that has not ended; a blank reason is stored as none.
@@ -375,7 +398,7 @@ async fn fail_task(
     ))]
 async fn cancel_task(
     State(state): State<AppState>,
-    Ctx(ctx): Ctx,
+    caller: Caller,
     IdPath(id): IdPath,
     Body(body): Body<CancelTask>,
 ) -> TaskResponse {
@@ -383,7 +406,7 @@ async fn cancel_task(
         reason: body.reason,
         at: Utc::now(),
     };
-    run(&state, &ctx, "CancelTask", id, command).await
+    run(&state, &caller, "task:write", "CancelTask", id, command).await
 }
 
 /// Makes the task wait for another task of the same project. Dependencies change only
@@ -401,11 +424,11 @@ async fn cancel_task(
     ))]
 async fn add_dependency(
     State(state): State<AppState>,
-    Ctx(ctx): Ctx,
+    caller: Caller,
     IdPath(id): IdPath,
     Body(body): Body<AddDependency>,
 ) -> TaskResponse {
-    let (task, _) = state.load::<Task>(id, "task").await?;
+    let (task, _) = state.read::<Task>(&caller, "task:write", id).await?;
     let project_id = task
         .project_id
         .ok_or_else(|| ApiError::Internal("task without project".into()))?;
@@ -413,7 +436,7 @@ async fn add_dependency(
     let command = TaskCommand::AddDependency {
         depends_on: body.depends_on,
     };
-    run(&state, &ctx, "AddDependency", id, command).await
+    run(&state, &caller, "task:write", "AddDependency", id, command).await
 }
 
 /// Stops the task waiting for `dep`. Dependencies change only while the task waits for
@@ -428,11 +451,19 @@ async fn add_dependency(
     ))]
 async fn remove_dependency(
     State(state): State<AppState>,
-    Ctx(ctx): Ctx,
+    caller: Caller,
     DependencyPath { id, dep }: DependencyPath,
 ) -> TaskResponse {
     let command = TaskCommand::RemoveDependency { depends_on: dep };
-    run(&state, &ctx, "RemoveDependency", id, command).await
+    run(
+        &state,
+        &caller,
+        "task:write",
+        "RemoveDependency",
+        id,
+        command,
+    )
+    .await
 }
 
 #[utoipa::path(get, path = "/api/v1/tasks/{id}/history", tag = "tasks",
@@ -443,10 +474,11 @@ async fn remove_dependency(
     ))]
 async fn task_history(
     State(state): State<AppState>,
+    caller: Caller,
     IdPath(id): IdPath,
     Query(query): Query<HistoryQuery>,
 ) -> ApiResult<Json<History<Task>>> {
-    history_of::<Task>(&state, id, "task", query.as_of).await
+    history_of::<Task>(&state, &caller, "task:read", id, query.as_of).await
 }
 
 #[cfg(test)]

@@ -12,8 +12,9 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use uuid::Uuid;
 
+use crate::auth::Caller;
 use crate::error::{ApiResult, Problem};
-use crate::extract::{Body, Ctx, IdPath, Query};
+use crate::extract::{Body, IdPath, Query};
 use crate::history::{history_of, HistoryQuery};
 use crate::projects::active_project;
 use crate::responses::{History, Versioned};
@@ -78,12 +79,15 @@ type TicketResponse = ApiResult<Json<Versioned<Ticket>>>;
 
 async fn run(
     state: &AppState,
-    ctx: &omoi_store::CommandContext,
+    caller: &Caller,
+    permission: &'static str,
     name: &'static str,
     id: Uuid,
     command: TicketCommand,
 ) -> TicketResponse {
-    let committed = state.execute::<Ticket>(name, id, command, ctx).await?;
+    let committed = state
+        .execute::<Ticket>(caller, permission, name, id, command)
+        .await?;
     Ok(Json(Versioned::committed(id, committed)))
 }
 
@@ -96,10 +100,10 @@ async fn run(
     ))]
 async fn create_ticket(
     State(state): State<AppState>,
-    Ctx(ctx): Ctx,
+    caller: Caller,
     Body(body): Body<CreateTicket>,
 ) -> ApiResult<(StatusCode, Json<Versioned<Ticket>>)> {
-    let project = active_project(&state, body.project_id).await?;
+    let project = active_project(&state, &caller, "ticket:write", body.project_id).await?;
     crate::specs::ensure_spec_of_project(&state, body.spec_id, body.project_id).await?;
     let organization_id = project
         .organization_id
@@ -115,14 +119,23 @@ async fn create_ticket(
         priority: body.priority,
         phase: body.phase,
     };
-    let Json(created) = run(&state, &ctx, "CreateTicket", id, command).await?;
+    let created = Versioned::committed(
+        id,
+        state
+            .create::<Ticket>(&caller, "CreateTicket", id, command)
+            .await?,
+    );
     Ok((StatusCode::CREATED, Json(created)))
 }
 
 #[utoipa::path(get, path = "/api/v1/tickets/{id}", tag = "tickets", params(("id" = Uuid, Path)),
     responses((status = 200, body = Versioned<Ticket>), (status = 404, body = Problem)))]
-async fn get_ticket(State(state): State<AppState>, IdPath(id): IdPath) -> TicketResponse {
-    let loaded = state.load::<Ticket>(id, "ticket").await?;
+async fn get_ticket(
+    State(state): State<AppState>,
+    caller: Caller,
+    IdPath(id): IdPath,
+) -> TicketResponse {
+    let loaded = state.read::<Ticket>(&caller, "ticket:read", id).await?;
     Ok(Json(Versioned::read(id, loaded)))
 }
 
@@ -135,7 +148,7 @@ async fn get_ticket(State(state): State<AppState>, IdPath(id): IdPath) -> Ticket
     ))]
 async fn update_ticket(
     State(state): State<AppState>,
-    Ctx(ctx): Ctx,
+    caller: Caller,
     IdPath(id): IdPath,
     Body(body): Body<UpdateTicket>,
 ) -> TicketResponse {
@@ -145,7 +158,7 @@ async fn update_ticket(
         priority: body.priority,
         phase: body.phase,
     };
-    run(&state, &ctx, "UpdateTicket", id, command).await
+    run(&state, &caller, "ticket:write", "UpdateTicket", id, command).await
 }
 
 /// Moves the ticket one step: backlog → analyzing → building → building-done → testing →
@@ -158,7 +171,7 @@ async fn update_ticket(
     ))]
 async fn transition_ticket(
     State(state): State<AppState>,
-    Ctx(ctx): Ctx,
+    caller: Caller,
     IdPath(id): IdPath,
     Body(body): Body<TransitionTicket>,
 ) -> TicketResponse {
@@ -166,7 +179,15 @@ async fn transition_ticket(
         to: body.to,
         note: body.note,
     };
-    run(&state, &ctx, "TransitionTicket", id, command).await
+    run(
+        &state,
+        &caller,
+        "ticket:write",
+        "TransitionTicket",
+        id,
+        command,
+    )
+    .await
 }
 
 /// Sends a ticket in testing back to building with the feedback that explains why.
@@ -178,14 +199,22 @@ async fn transition_ticket(
     ))]
 async fn regress_ticket(
     State(state): State<AppState>,
-    Ctx(ctx): Ctx,
+    caller: Caller,
     IdPath(id): IdPath,
     Body(body): Body<RegressTicket>,
 ) -> TicketResponse {
     let command = TicketCommand::RegressTicket {
         feedback: body.feedback,
     };
-    run(&state, &ctx, "RegressTicket", id, command).await
+    run(
+        &state,
+        &caller,
+        "ticket:write",
+        "RegressTicket",
+        id,
+        command,
+    )
+    .await
 }
 
 #[utoipa::path(post, path = "/api/v1/tickets/{id}/block", tag = "tickets",
@@ -196,7 +225,7 @@ async fn regress_ticket(
     ))]
 async fn block_ticket(
     State(state): State<AppState>,
-    Ctx(ctx): Ctx,
+    caller: Caller,
     IdPath(id): IdPath,
     Body(body): Body<BlockTicket>,
 ) -> TicketResponse {
@@ -205,7 +234,7 @@ async fn block_ticket(
         note: body.note,
         at: Utc::now(),
     };
-    run(&state, &ctx, "BlockTicket", id, command).await
+    run(&state, &caller, "ticket:write", "BlockTicket", id, command).await
 }
 
 #[utoipa::path(post, path = "/api/v1/tickets/{id}/unblock", tag = "tickets",
@@ -216,12 +245,13 @@ async fn block_ticket(
     ))]
 async fn unblock_ticket(
     State(state): State<AppState>,
-    Ctx(ctx): Ctx,
+    caller: Caller,
     IdPath(id): IdPath,
 ) -> TicketResponse {
     run(
         &state,
-        &ctx,
+        &caller,
+        "ticket:write",
         "UnblockTicket",
         id,
         TicketCommand::UnblockTicket,
@@ -237,8 +267,9 @@ async fn unblock_ticket(
     ))]
 async fn ticket_history(
     State(state): State<AppState>,
+    caller: Caller,
     IdPath(id): IdPath,
     Query(query): Query<HistoryQuery>,
 ) -> ApiResult<Json<History<Ticket>>> {
-    history_of::<Ticket>(&state, id, "ticket", query.as_of).await
+    history_of::<Ticket>(&state, &caller, "ticket:read", id, query.as_of).await
 }

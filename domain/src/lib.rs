@@ -14,6 +14,7 @@
 //! implements [`common::Scoped`] so the command bus can stamp the organization and project
 //! onto every event's metadata.
 
+pub mod access;
 pub mod agent;
 pub mod common;
 pub mod organization;

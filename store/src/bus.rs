@@ -112,9 +112,9 @@ pub enum CommandError<E: std::error::Error> {
     /// The domain refused it; the variant says which rule.
     #[error(transparent)]
     Domain(E),
-    /// The caller's scope check refused the aggregate (for example another tenant's).
-    #[error("not permitted")]
-    Forbidden,
+    /// The caller's scope check refused the aggregate.
+    #[error("refused by the scope check: {0:?}")]
+    Refused(Refusal),
     /// Other writers kept changing the aggregate through every retry.
     #[error("the aggregate kept changing concurrently ({attempts} attempts); try again")]
     Conflict { attempts: u32 },
@@ -162,10 +162,19 @@ pub struct CommandBus {
     stripes: Vec<Mutex<()>>,
 }
 
+/// Why a scope check refused an aggregate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// The caller may not even know it exists (another tenant's): answer as if missing.
+    NotVisible,
+    /// The caller sees it but may not do this to it.
+    NotPermitted,
+}
+
 /// What the scope check sees: the aggregate's scope before the command (`None` when it
-/// does not exist yet). Returning `false` refuses the command with `Forbidden`.
-pub trait ScopeCheck: Fn(Option<Scope>) -> bool + Send + Sync {}
-impl<F: Fn(Option<Scope>) -> bool + Send + Sync> ScopeCheck for F {}
+/// does not exist yet).
+pub trait ScopeCheck: Fn(Option<Scope>) -> Result<(), Refusal> + Send + Sync {}
+impl<F: Fn(Option<Scope>) -> Result<(), Refusal> + Send + Sync> ScopeCheck for F {}
 
 impl CommandBus {
     pub fn new(pool: PgPool, retry: RetryPolicy) -> Self {
@@ -202,7 +211,7 @@ impl CommandBus {
         A::Command: Clone + Send,
         A::Error: Send,
     {
-        self.execute_checked::<A>(aggregate_id, command, context, &|_| true)
+        self.execute_checked::<A>(aggregate_id, command, context, &|_| Ok(()))
             .await
     }
 
@@ -257,8 +266,8 @@ impl CommandBus {
     {
         let store = self.store::<A>();
         let mut loaded = store.load_aggregate(aggregate_id).await.map_err(classify)?;
-        if !check(loaded.aggregate().scope()) {
-            return Err(AttemptError::Failed(CommandError::Forbidden));
+        if let Err(refusal) = check(loaded.aggregate().scope()) {
+            return Err(AttemptError::Failed(CommandError::Refused(refusal)));
         }
         let version = loaded.current_sequence;
         let sink = EventSink::default();

@@ -11,6 +11,7 @@
 //! * [`embedded`] — initdb/pg_ctl of the machine's PostgreSQL, as the `postgres` user when
 //!   we are root.
 
+pub mod accounts;
 pub mod bus;
 pub mod db;
 pub mod embedded;

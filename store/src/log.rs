@@ -103,16 +103,46 @@ pub struct EventPage {
 const COLUMNS: &str = "aggregate_type, aggregate_id, sequence, event_type, event_version, \
      payload, metadata, global_position, transaction_id::text::bigint as transaction_id";
 
-/// Reads up to `limit` events after `after`, in the gapless global order.
+/// Which events a reader may see.
+#[derive(Debug, Clone)]
+pub enum Visibility {
+    /// Operators and projectors.
+    Everything,
+    /// Events of these organizations, optionally only of one project.
+    Organizations {
+        organizations: Vec<uuid::Uuid>,
+        project: Option<uuid::Uuid>,
+    },
+}
+
+/// Reads up to `limit` visible events after `after`, in the gapless global order.
 pub async fn read_global(
     pool: &PgPool,
     after: Cursor,
     limit: i64,
+    visibility: &Visibility,
 ) -> Result<EventPage, sqlx::Error> {
+    let (organizations, project) = match visibility {
+        Visibility::Everything => (None, None),
+        Visibility::Organizations {
+            organizations,
+            project,
+        } => (
+            Some(
+                organizations
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>(),
+            ),
+            project.map(|p| p.to_string()),
+        ),
+    };
     let sql = format!(
         "select {COLUMNS} from events
           where (transaction_id, global_position) > ($1::bigint::text::xid8, $2)
             and transaction_id < pg_snapshot_xmin(pg_current_snapshot())
+            and ($4::text[] is null or metadata ->> 'organization_id' = any($4))
+            and ($5::text is null or metadata ->> 'project_id' = $5)
           order by transaction_id, global_position
           limit $3"
     );
@@ -120,6 +150,8 @@ pub async fn read_global(
         .bind(after.transaction_id)
         .bind(after.global_position)
         .bind(limit)
+        .bind(organizations)
+        .bind(project)
         .fetch_all(pool)
         .await?;
     let events = rows

@@ -1,3 +1,5 @@
+use std::collections::BTreeMap;
+
 use chrono::{DateTime, Utc};
 use cqrs_es::event_sink::EventSink;
 use cqrs_es::{Aggregate, DomainEvent};
@@ -5,6 +7,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
+use crate::access::{Principal, Role};
 use crate::common::{
     required_text, DomainError, ErrorKind, Scope, Scoped, TextProblem, MAX_TITLE_CHARS,
 };
@@ -16,14 +19,30 @@ pub struct Organization {
     pub name: String,
     pub created_at: Option<DateTime<Utc>>,
     pub archived_at: Option<DateTime<Utc>>,
+    /// Members by principal (`user:<id>` or `agent:<id>`) and their roles.
+    #[schema(value_type = Object)]
+    pub members: BTreeMap<Principal, Role>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum OrganizationCommand {
+    /// Creates the organization with `owner` as its first member.
     CreateOrganization {
         organization_id: Uuid,
         name: String,
+        owner: Principal,
         at: DateTime<Utc>,
+    },
+    AddMember {
+        principal: Principal,
+        role: Role,
+    },
+    ChangeMemberRole {
+        principal: Principal,
+        role: Role,
+    },
+    RemoveMember {
+        principal: Principal,
     },
     RenameOrganization {
         name: String,
@@ -46,6 +65,18 @@ pub enum OrganizationEvent {
     OrganizationArchived {
         archived_at: DateTime<Utc>,
     },
+    MemberAdded {
+        principal: Principal,
+        role: Role,
+    },
+    MemberRoleChanged {
+        principal: Principal,
+        from: Role,
+        to: Role,
+    },
+    MemberRemoved {
+        principal: Principal,
+    },
 }
 
 impl DomainEvent for OrganizationEvent {
@@ -54,6 +85,9 @@ impl DomainEvent for OrganizationEvent {
             Self::OrganizationCreated { .. } => "OrganizationCreated",
             Self::OrganizationRenamed { .. } => "OrganizationRenamed",
             Self::OrganizationArchived { .. } => "OrganizationArchived",
+            Self::MemberAdded { .. } => "MemberAdded",
+            Self::MemberRoleChanged { .. } => "MemberRoleChanged",
+            Self::MemberRemoved { .. } => "MemberRemoved",
         }
         .to_string()
     }
@@ -77,6 +111,14 @@ pub enum OrganizationError {
     SameName,
     #[error("the organization is archived")]
     Archived,
+    #[error("{0} is already a member")]
+    AlreadyMember(Principal),
+    #[error("{0} is not a member")]
+    NotMember(Principal),
+    #[error("the member already has this role")]
+    SameRole,
+    #[error("an organization keeps at least one owner")]
+    LastOwner,
 }
 
 impl From<TextProblem> for OrganizationError {
@@ -93,7 +135,13 @@ impl DomainError for OrganizationError {
         match self {
             Self::NotFound => ErrorKind::NotFound,
             Self::EmptyName | Self::NameTooLong { .. } => ErrorKind::Invalid,
-            Self::AlreadyExists | Self::SameName | Self::Archived => ErrorKind::Conflict,
+            Self::NotMember(_) => ErrorKind::NotFound,
+            Self::AlreadyExists
+            | Self::SameName
+            | Self::Archived
+            | Self::AlreadyMember(_)
+            | Self::SameRole
+            | Self::LastOwner => ErrorKind::Conflict,
         }
     }
 
@@ -112,6 +160,10 @@ impl DomainError for OrganizationError {
             Self::NameTooLong { .. } => "name_too_long",
             Self::SameName => "same_name",
             Self::Archived => "organization_archived",
+            Self::AlreadyMember(_) => "already_member",
+            Self::NotMember(_) => "member_not_found",
+            Self::SameRole => "same_role",
+            Self::LastOwner => "last_owner",
         }
     }
 }
@@ -130,6 +182,23 @@ impl Organization {
         self.ensure_active().is_ok()
     }
 
+    fn role_of(&self, principal: Principal) -> Result<Role, OrganizationError> {
+        self.members
+            .get(&principal)
+            .copied()
+            .ok_or(OrganizationError::NotMember(principal))
+    }
+
+    /// Refuses to take away the owner role of `principal` when nobody else holds it.
+    fn ensure_another_owner(&self, principal: Principal) -> Result<(), OrganizationError> {
+        let is_owner = self.members.get(&principal) == Some(&Role::Owner);
+        let owners = self.members.values().filter(|r| **r == Role::Owner).count();
+        if is_owner && owners == 1 {
+            return Err(OrganizationError::LastOwner);
+        }
+        Ok(())
+    }
+
     fn decide(
         &self,
         command: OrganizationCommand,
@@ -138,16 +207,49 @@ impl Organization {
             OrganizationCommand::CreateOrganization {
                 organization_id,
                 name,
+                owner,
                 at,
             } => {
                 if self.id.is_some() {
                     return Err(OrganizationError::AlreadyExists);
                 }
-                Ok(vec![OrganizationEvent::OrganizationCreated {
-                    organization_id,
-                    name: required_text(&name, MAX_TITLE_CHARS)?,
-                    created_at: at,
+                Ok(vec![
+                    OrganizationEvent::OrganizationCreated {
+                        organization_id,
+                        name: required_text(&name, MAX_TITLE_CHARS)?,
+                        created_at: at,
+                    },
+                    OrganizationEvent::MemberAdded {
+                        principal: owner,
+                        role: Role::Owner,
+                    },
+                ])
+            }
+            OrganizationCommand::AddMember { principal, role } => {
+                self.ensure_active()?;
+                if self.members.contains_key(&principal) {
+                    return Err(OrganizationError::AlreadyMember(principal));
+                }
+                Ok(vec![OrganizationEvent::MemberAdded { principal, role }])
+            }
+            OrganizationCommand::ChangeMemberRole { principal, role } => {
+                self.ensure_active()?;
+                let from = self.role_of(principal)?;
+                if from == role {
+                    return Err(OrganizationError::SameRole);
+                }
+                self.ensure_another_owner(principal)?;
+                Ok(vec![OrganizationEvent::MemberRoleChanged {
+                    principal,
+                    from,
+                    to: role,
                 }])
+            }
+            OrganizationCommand::RemoveMember { principal } => {
+                self.ensure_active()?;
+                self.role_of(principal)?;
+                self.ensure_another_owner(principal)?;
+                Ok(vec![OrganizationEvent::MemberRemoved { principal }])
             }
             OrganizationCommand::RenameOrganization { name } => {
                 self.ensure_active()?;
@@ -197,8 +299,17 @@ impl Aggregate for Organization {
                     id: Some(organization_id),
                     name,
                     created_at: Some(created_at),
-                    archived_at: None,
+                    ..Organization::default()
                 }
+            }
+            OrganizationEvent::MemberAdded { principal, role } => {
+                self.members.insert(principal, role);
+            }
+            OrganizationEvent::MemberRoleChanged { principal, to, .. } => {
+                self.members.insert(principal, to);
+            }
+            OrganizationEvent::MemberRemoved { principal } => {
+                self.members.remove(&principal);
             }
             OrganizationEvent::OrganizationRenamed { name } => self.name = name,
             OrganizationEvent::OrganizationArchived { archived_at } => {
@@ -226,6 +337,21 @@ mod tests {
 
     type OrganizationTest = TestFramework<Organization>;
 
+    fn owner() -> Principal {
+        Principal::User(Uuid::from_u128(0x01))
+    }
+
+    fn someone() -> Principal {
+        Principal::User(Uuid::from_u128(0x02))
+    }
+
+    fn owner_added() -> OrganizationEvent {
+        OrganizationEvent::MemberAdded {
+            principal: owner(),
+            role: Role::Owner,
+        }
+    }
+
     fn created() -> OrganizationEvent {
         OrganizationEvent::OrganizationCreated {
             organization_id: org_id(),
@@ -241,10 +367,11 @@ mod tests {
             .when_async(OrganizationCommand::CreateOrganization {
                 organization_id: org_id(),
                 name: " Acme ".into(),
+                owner: owner(),
                 at: t0(),
             })
             .await
-            .then_expect_events(vec![created()]);
+            .then_expect_events(vec![created(), owner_added()]);
     }
 
     #[tokio::test]
@@ -254,6 +381,7 @@ mod tests {
             .when_async(OrganizationCommand::CreateOrganization {
                 organization_id: org_id(),
                 name: "Acme".into(),
+                owner: owner(),
                 at: t0(),
             })
             .await
@@ -263,6 +391,7 @@ mod tests {
             .when_async(OrganizationCommand::CreateOrganization {
                 organization_id: org_id(),
                 name: "".into(),
+                owner: owner(),
                 at: t0(),
             })
             .await
@@ -311,5 +440,81 @@ mod tests {
             })
             .await
             .then_expect_error(OrganizationError::Archived);
+    }
+
+    #[tokio::test]
+    async fn members_are_added_changed_and_removed() {
+        OrganizationTest::with(())
+            .given(vec![created(), owner_added()])
+            .when_async(OrganizationCommand::AddMember {
+                principal: someone(),
+                role: Role::Viewer,
+            })
+            .await
+            .then_expect_events(vec![OrganizationEvent::MemberAdded {
+                principal: someone(),
+                role: Role::Viewer,
+            }]);
+        let with_viewer = vec![
+            created(),
+            owner_added(),
+            OrganizationEvent::MemberAdded {
+                principal: someone(),
+                role: Role::Viewer,
+            },
+        ];
+        OrganizationTest::with(())
+            .given(with_viewer.clone())
+            .when_async(OrganizationCommand::AddMember {
+                principal: someone(),
+                role: Role::Admin,
+            })
+            .await
+            .then_expect_error(OrganizationError::AlreadyMember(someone()));
+        OrganizationTest::with(())
+            .given(with_viewer.clone())
+            .when_async(OrganizationCommand::ChangeMemberRole {
+                principal: someone(),
+                role: Role::Admin,
+            })
+            .await
+            .then_expect_events(vec![OrganizationEvent::MemberRoleChanged {
+                principal: someone(),
+                from: Role::Viewer,
+                to: Role::Admin,
+            }]);
+        OrganizationTest::with(())
+            .given(with_viewer)
+            .when_async(OrganizationCommand::RemoveMember {
+                principal: someone(),
+            })
+            .await
+            .then_expect_events(vec![OrganizationEvent::MemberRemoved {
+                principal: someone(),
+            }]);
+    }
+
+    #[tokio::test]
+    async fn the_last_owner_cannot_leave_or_be_demoted() {
+        OrganizationTest::with(())
+            .given(vec![created(), owner_added()])
+            .when_async(OrganizationCommand::RemoveMember { principal: owner() })
+            .await
+            .then_expect_error(OrganizationError::LastOwner);
+        OrganizationTest::with(())
+            .given(vec![created(), owner_added()])
+            .when_async(OrganizationCommand::ChangeMemberRole {
+                principal: owner(),
+                role: Role::Admin,
+            })
+            .await
+            .then_expect_error(OrganizationError::LastOwner);
+        OrganizationTest::with(())
+            .given(vec![created(), owner_added()])
+            .when_async(OrganizationCommand::RemoveMember {
+                principal: someone(),
+            })
+            .await
+            .then_expect_error(OrganizationError::NotMember(someone()));
     }
 }

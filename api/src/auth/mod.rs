@@ -1,0 +1,271 @@
+//! Authentication and authorization.
+//!
+//! Every request but the public ones (`/health`, `/metrics`, the OpenAPI document,
+//! register/login/refresh) carries a credential: an access token (`Authorization: Bearer`,
+//! or the `omoi_access_token` cookie for browsers — the header wins) or an API key
+//! (`omoi_sk_…`, same header). The [`Caller`] extractor turns it into a principal with its
+//! organization roles, in one query; handlers then ask [`Caller::check`] whether the caller
+//! may use a permission on an aggregate's scope. Another organization's resource answers
+//! 404 (ids do not leak); a visible resource the role does not allow answers 403.
+//!
+//! # Layout
+//!
+//! * [`tokens`] — HS256 JWTs; [`passwords`] — argon2id and the password rules;
+//!   [`keys`] — API keys; [`routes`] — `/api/v1/auth/*`.
+
+pub mod keys;
+pub mod passwords;
+pub mod routes;
+pub mod tokens;
+
+use std::collections::HashMap;
+
+use axum::extract::FromRequestParts;
+use axum::http::header::{AUTHORIZATION, COOKIE};
+use axum::http::request::Parts;
+use chrono::{DateTime, Utc};
+use omoi_domain::access::{Principal, Role};
+use omoi_domain::common::Scope;
+use omoi_store::accounts;
+use omoi_store::bus::Refusal;
+use omoi_store::{Actor, CommandContext};
+use uuid::Uuid;
+
+use crate::error::ApiError;
+use crate::state::AppState;
+use tokens::TokenType;
+
+pub const ACCESS_COOKIE: &str = "omoi_access_token";
+pub const REFRESH_COOKIE: &str = "omoi_refresh_token";
+
+/// Who is calling, with what they may do.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub identity: Identity,
+    roles: HashMap<Uuid, Role>,
+    /// From `X-Request-Id` when the client sent a sensible one, else generated.
+    pub request_id: String,
+}
+
+#[derive(Debug, Clone)]
+pub enum Identity {
+    User {
+        id: Uuid,
+        super_admin: bool,
+        /// The access token used, so that logout can revoke it.
+        token: (Uuid, DateTime<Utc>),
+    },
+    ApiKey {
+        id: Uuid,
+        organization_id: Uuid,
+        /// A key limited to one project sees nothing else.
+        project_id: Option<Uuid>,
+    },
+}
+
+impl Caller {
+    /// The metadata context of the commands this request issues.
+    pub fn context(&self) -> CommandContext {
+        CommandContext::new(self.actor(), self.request_id.clone())
+    }
+
+    /// The actor written into event metadata: always the authenticated principal.
+    pub fn actor(&self) -> Actor {
+        match &self.identity {
+            Identity::User { id, .. } => Actor::User(*id),
+            Identity::ApiKey { id, .. } => Actor::ApiKey(*id),
+        }
+    }
+
+    /// The user behind the call, if it is a user.
+    pub fn user_id(&self) -> Option<Uuid> {
+        match &self.identity {
+            Identity::User { id, .. } => Some(*id),
+            Identity::ApiKey { .. } => None,
+        }
+    }
+
+    /// As which principal the caller can be made a member (API keys cannot).
+    pub fn principal(&self) -> Option<Principal> {
+        self.user_id().map(Principal::User)
+    }
+
+    /// The caller's role for a resource in `scope`, if it may see it at all.
+    pub fn role_for(&self, scope: Scope) -> Option<Role> {
+        if let Identity::User {
+            super_admin: true, ..
+        } = self.identity
+        {
+            return Some(Role::Owner);
+        }
+        if let Identity::ApiKey {
+            project_id: Some(only),
+            ..
+        } = self.identity
+        {
+            if scope.project_id != Some(only) {
+                return None;
+            }
+        }
+        self.roles.get(&scope.organization_id).copied()
+    }
+
+    /// May the caller use `permission` on a resource in `scope`? `None` (the resource does
+    /// not exist) and other organizations' resources are `NotVisible`.
+    pub fn check(&self, scope: Option<Scope>, permission: &str) -> Result<(), Refusal> {
+        let role = scope
+            .and_then(|s| self.role_for(s))
+            .ok_or(Refusal::NotVisible)?;
+        if role.allows(permission) {
+            Ok(())
+        } else {
+            Err(Refusal::NotPermitted)
+        }
+    }
+
+    /// Like [`Caller::check`], as an API error naming `what` for 404.
+    pub fn authorize(
+        &self,
+        scope: Option<Scope>,
+        permission: &'static str,
+        what: &'static str,
+    ) -> Result<(), ApiError> {
+        self.check(scope, permission)
+            .map_err(|refusal| refused(refusal, what, permission))
+    }
+
+    /// The organizations whose resources the caller may read.
+    pub fn visible_organizations(&self) -> Vec<Uuid> {
+        self.roles.keys().copied().collect()
+    }
+
+    pub fn is_super_admin(&self) -> bool {
+        matches!(
+            self.identity,
+            Identity::User {
+                super_admin: true,
+                ..
+            }
+        )
+    }
+
+    /// For an API key, the one project it is limited to.
+    pub fn project_limit(&self) -> Option<Uuid> {
+        match self.identity {
+            Identity::ApiKey { project_id, .. } => project_id,
+            Identity::User { .. } => None,
+        }
+    }
+}
+
+/// The API error for a scope refusal.
+pub fn refused(refusal: Refusal, what: &'static str, permission: &'static str) -> ApiError {
+    match refusal {
+        Refusal::NotVisible => ApiError::NotFound { what },
+        Refusal::NotPermitted => ApiError::Forbidden { permission },
+    }
+}
+
+/// The credential of a request: the Bearer header, else the access cookie.
+pub fn credential(parts: &Parts) -> Option<String> {
+    let bearer = parts
+        .headers
+        .get(AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .map(|t| t.trim().to_string());
+    bearer.or_else(|| cookie(parts, ACCESS_COOKIE))
+}
+
+/// The request's id: `X-Request-Id` when sensible, else a new UUIDv7.
+pub fn request_id(parts: &Parts) -> String {
+    parts
+        .headers
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 128)
+        .map_or_else(|| Uuid::now_v7().to_string(), str::to_string)
+}
+
+/// The value of cookie `name`.
+pub fn cookie(parts: &Parts, name: &str) -> Option<String> {
+    parts
+        .headers
+        .get_all(COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(key, _)| *key == name)
+        .map(|(_, value)| value.to_string())
+}
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let credential = credential(parts).ok_or(ApiError::Unauthorized {
+            detail: "authentication required: send `Authorization: Bearer <token or API key>`",
+        })?;
+        let mut caller = if credential.starts_with(keys::KEY_MARKER) {
+            api_key_caller(state, &credential).await?
+        } else {
+            user_caller(state, &credential).await?
+        };
+        caller.request_id = request_id(parts);
+        Ok(caller)
+    }
+}
+
+const INVALID_TOKEN: ApiError = ApiError::Unauthorized {
+    detail: "the token is invalid, expired or revoked",
+};
+
+async fn user_caller(state: &AppState, token: &str) -> Result<Caller, ApiError> {
+    let claims = state
+        .tokens
+        .verify(token, TokenType::Access)
+        .ok_or(INVALID_TOKEN)?;
+    let check = accounts::access_check(state.pool(), claims.sub, claims.jti)
+        .await?
+        .ok_or(INVALID_TOKEN)?;
+    if check.token_revoked || claims.issued_at() < check.user.tokens_valid_after {
+        return Err(INVALID_TOKEN);
+    }
+    Ok(Caller {
+        identity: Identity::User {
+            id: check.user.id,
+            super_admin: check.user.is_super_admin,
+            token: (claims.jti, claims.expires_at()),
+        },
+        roles: check.memberships.into_iter().collect(),
+        request_id: String::new(),
+    })
+}
+
+async fn api_key_caller(state: &AppState, key: &str) -> Result<Caller, ApiError> {
+    let invalid = ApiError::Unauthorized {
+        detail: "the API key is invalid or revoked",
+    };
+    let record = accounts::api_key_by_prefix(state.pool(), keys::prefix_of(key))
+        .await?
+        .filter(|r| {
+            r.revoked_at.is_none() && keys::same_digest(&keys::sha256(key), &r.secret_sha256)
+        })
+        .ok_or(invalid)?;
+    Ok(Caller {
+        identity: Identity::ApiKey {
+            id: record.id,
+            organization_id: record.organization_id,
+            project_id: record.project_id,
+        },
+        roles: HashMap::from([(record.organization_id, record.role)]),
+        request_id: String::new(),
+    })
+}

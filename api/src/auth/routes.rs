@@ -1,0 +1,535 @@
+//! `/api/v1/auth`: register, login, refresh, logout, me, API keys.
+
+use axum::extract::State;
+use axum::http::header::SET_COOKIE;
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::Json;
+use chrono::{DateTime, Duration, Utc};
+use omoi_domain::access::Role;
+use omoi_domain::organization::Organization;
+use omoi_domain::project::Project;
+use omoi_store::accounts::{self, ApiKeyRecord, CreateUserError, RefreshUse, UserRecord};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+use uuid::Uuid;
+
+use super::tokens::TokenType;
+use super::{keys, passwords, Caller, Identity, REFRESH_COOKIE};
+use crate::error::{ApiError, ApiResult, Problem};
+use crate::extract::{Body, IdPath};
+use crate::state::AppState;
+
+/// More than this many failed logins within [`LOCKOUT_WINDOW_MINUTES`] lock the account.
+pub const MAX_LOGIN_FAILURES: i64 = 5;
+pub const LOCKOUT_WINDOW_MINUTES: i64 = 15;
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(register))
+        .routes(routes!(login))
+        .routes(routes!(refresh))
+        .routes(routes!(logout))
+        .routes(routes!(me))
+        .routes(routes!(create_api_key, list_api_keys))
+        .routes(routes!(revoke_api_key))
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Register {
+    pub email: String,
+    /// At least 8 characters with upper, lower, digit and special character.
+    pub password: String,
+    pub display_name: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct User {
+    pub id: Uuid,
+    pub email: String,
+    pub display_name: String,
+    pub created_at: DateTime<Utc>,
+}
+
+impl From<UserRecord> for User {
+    fn from(user: UserRecord) -> Self {
+        Self {
+            id: user.id,
+            email: user.email,
+            display_name: user.display_name,
+            created_at: user.created_at,
+        }
+    }
+}
+
+fn normalized_email(email: &str) -> Result<String, ApiError> {
+    let email = email.trim().to_lowercase();
+    let plausible = email.len() <= 254
+        && email.split_once('@').is_some_and(|(local, domain)| {
+            !local.is_empty() && domain.contains('.') && !domain.starts_with('.')
+        });
+    if !plausible {
+        return Err(ApiError::invalid(
+            "invalid_email",
+            "email",
+            "this is not an email address",
+        ));
+    }
+    Ok(email)
+}
+
+/// Creates an account. The password is stored as an argon2id hash.
+#[utoipa::path(post, path = "/api/v1/auth/register", tag = "auth", request_body = Register,
+    security(()),
+    responses(
+        (status = 201, body = User), (status = 400, body = Problem),
+        (status = 409, body = Problem, description = "the email is taken"),
+        (status = 422, body = Problem, description = "bad email or weak password"),
+    ))]
+async fn register(
+    State(state): State<AppState>,
+    Body(body): Body<Register>,
+) -> ApiResult<(StatusCode, Json<User>)> {
+    let email = normalized_email(&body.email)?;
+    passwords::check_strength(&body.password)
+        .map_err(|weak| ApiError::invalid("weak_password", "password", weak.to_string()))?;
+    let display_name = body
+        .display_name
+        .map(|n| n.trim().to_string())
+        .filter(|n| !n.is_empty())
+        .unwrap_or_else(|| email.split('@').next().unwrap_or_default().to_string());
+    let hash = hash_password(body.password).await?;
+    let user = accounts::create_user(state.pool(), Uuid::now_v7(), &email, &hash, &display_name)
+        .await
+        .map_err(|e| match e {
+            CreateUserError::EmailTaken => ApiError::Conflict {
+                code: "email_taken",
+                detail: "an account with this email already exists".into(),
+            },
+            CreateUserError::Database(e) => ApiError::from(e),
+        })?;
+    Ok((StatusCode::CREATED, Json(user.into())))
+}
+
+/// Argon2 is deliberately slow: it runs off the async workers.
+async fn hash_password(password: String) -> ApiResult<String> {
+    tokio::task::spawn_blocking(move || passwords::hash(&password))
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?
+        .map_err(|e| ApiError::Internal(e.to_string()))
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Login {
+    pub email: String,
+    pub password: String,
+}
+
+/// A pair of tokens. The access token goes in `Authorization: Bearer`; the refresh token
+/// buys a new pair once. Both are also set as HttpOnly cookies for browsers.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TokenPair {
+    pub access_token: String,
+    pub refresh_token: String,
+    pub token_type: &'static str,
+    /// Seconds until the access token expires.
+    pub expires_in: i64,
+}
+
+type TokenResponse = ApiResult<(HeaderMap, Json<TokenPair>)>;
+
+async fn issue_pair(state: &AppState, user: Uuid) -> TokenResponse {
+    let now = Utc::now();
+    let sign = |kind| {
+        state
+            .tokens
+            .issue(user, kind, now)
+            .map_err(|e| ApiError::Internal(e.to_string()))
+    };
+    let (access, _) = sign(TokenType::Access)?;
+    let (refresh, refresh_claims) = sign(TokenType::Refresh)?;
+    accounts::store_refresh_token(
+        state.pool(),
+        refresh_claims.jti,
+        user,
+        refresh_claims.expires_at(),
+    )
+    .await?;
+    let mut headers = HeaderMap::new();
+    headers.append(
+        SET_COOKIE,
+        cookie(super::ACCESS_COOKIE, &access, state.tokens.access_ttl),
+    );
+    headers.append(
+        SET_COOKIE,
+        cookie(REFRESH_COOKIE, &refresh, state.tokens.refresh_ttl),
+    );
+    Ok((
+        headers,
+        Json(TokenPair {
+            access_token: access,
+            refresh_token: refresh,
+            token_type: "Bearer",
+            expires_in: state.tokens.access_ttl.num_seconds(),
+        }),
+    ))
+}
+
+fn cookie(name: &str, value: &str, ttl: Duration) -> HeaderValue {
+    let text = format!(
+        "{name}={value}; Path=/; HttpOnly; SameSite=Lax; Max-Age={}",
+        ttl.num_seconds()
+    );
+    HeaderValue::from_str(&text).unwrap_or_else(|_| HeaderValue::from_static(""))
+}
+
+/// Exchanges email and password for tokens. More than 5 failures within 15 minutes lock
+/// the account for the rest of that window (429).
+#[utoipa::path(post, path = "/api/v1/auth/login", tag = "auth", request_body = Login,
+    security(()),
+    responses(
+        (status = 200, body = TokenPair), (status = 400, body = Problem),
+        (status = 401, body = Problem, description = "wrong email or password"),
+        (status = 429, body = Problem, description = "too many failures"),
+    ))]
+async fn login(State(state): State<AppState>, Body(body): Body<Login>) -> TokenResponse {
+    let email = body.email.trim().to_lowercase();
+    let window = Duration::minutes(LOCKOUT_WINDOW_MINUTES);
+    if accounts::recent_login_failures(state.pool(), &email, window).await? >= MAX_LOGIN_FAILURES {
+        return Err(locked_out());
+    }
+    let user = accounts::user_by_email(state.pool(), &email).await?;
+    let hash = user.as_ref().map(|u| u.password_hash.clone());
+    let password = body.password;
+    // An unknown email still costs one verification, so timing does not reveal accounts.
+    let verified = tokio::task::spawn_blocking(move || match hash {
+        Some(hash) => passwords::verify(&password, &hash),
+        None => {
+            let _ = passwords::hash(&password);
+            false
+        }
+    })
+    .await
+    .map_err(|e| ApiError::Internal(e.to_string()))?;
+    match user {
+        Some(user) if verified => {
+            accounts::clear_login_failures(state.pool(), &email).await?;
+            issue_pair(&state, user.id).await
+        }
+        _ => {
+            accounts::record_login_failure(state.pool(), &email, window).await?;
+            Err(ApiError::Unauthorized {
+                detail: "wrong email or password",
+            })
+        }
+    }
+}
+
+fn locked_out() -> ApiError {
+    ApiError::TooManyRequests {
+        detail: "too many failed logins; try again later",
+        retry_after_seconds: (LOCKOUT_WINDOW_MINUTES * 60) as u32,
+    }
+}
+
+#[derive(Debug, Deserialize, ToSchema, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Refresh {
+    /// Absent when the refresh cookie is sent instead.
+    pub refresh_token: Option<String>,
+}
+
+/// Exchanges a refresh token for a new pair. Each refresh token works once; presenting a
+/// used one again revokes every token of the user (it was stolen or replayed).
+#[utoipa::path(post, path = "/api/v1/auth/refresh", tag = "auth", request_body = Refresh,
+    security(()),
+    responses(
+        (status = 200, body = TokenPair),
+        (status = 401, body = Problem, description = "invalid, expired, used or revoked"),
+    ))]
+async fn refresh(
+    State(state): State<AppState>,
+    parts: Parts,
+    Body(body): Body<Refresh>,
+) -> TokenResponse {
+    let invalid = ApiError::Unauthorized {
+        detail: "the refresh token is invalid, expired, used or revoked",
+    };
+    let token = body
+        .refresh_token
+        .or_else(|| super::cookie(&parts, REFRESH_COOKIE))
+        .ok_or(invalid.clone_unauthorized())?;
+    let claims = state
+        .tokens
+        .verify(&token, TokenType::Refresh)
+        .ok_or(invalid.clone_unauthorized())?;
+    match accounts::spend_refresh_token(state.pool(), claims.jti, claims.sub).await? {
+        RefreshUse::Fresh => issue_pair(&state, claims.sub).await,
+        RefreshUse::Reused => {
+            tracing::warn!(user = %claims.sub, "refresh token reused: every token of the user revoked");
+            Err(invalid)
+        }
+        RefreshUse::Unknown => Err(invalid),
+    }
+}
+
+#[derive(Debug, Deserialize, ToSchema, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Logout {
+    /// Revoked together with the access token, when given.
+    pub refresh_token: Option<String>,
+}
+
+/// Revokes the access token used for this request (and the refresh token, when given)
+/// and clears the cookies.
+#[utoipa::path(post, path = "/api/v1/auth/logout", tag = "auth", request_body = Logout,
+    responses((status = 204), (status = 401, body = Problem)))]
+async fn logout(
+    State(state): State<AppState>,
+    caller: Caller,
+    Body(body): Body<Logout>,
+) -> ApiResult<(StatusCode, HeaderMap)> {
+    let Identity::User { id, token, .. } = caller.identity else {
+        return Err(ApiError::invalid(
+            "not_a_session",
+            "authorization",
+            "API keys are revoked, not logged out",
+        ));
+    };
+    let refresh = body
+        .refresh_token
+        .and_then(|t| state.tokens.verify(&t, TokenType::Refresh))
+        .filter(|claims| claims.sub == id)
+        .map(|claims| claims.jti);
+    accounts::revoke_session(state.pool(), token, refresh).await?;
+    let mut headers = HeaderMap::new();
+    for name in [super::ACCESS_COOKIE, REFRESH_COOKIE] {
+        headers.append(SET_COOKIE, cookie(name, "", Duration::zero()));
+    }
+    Ok((StatusCode::NO_CONTENT, headers))
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Membership {
+    pub organization_id: Uuid,
+    pub role: Role,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Me {
+    /// `user` or `api_key`.
+    pub kind: &'static str,
+    pub id: Uuid,
+    pub user: Option<User>,
+    pub memberships: Vec<Membership>,
+}
+
+/// Who the credential belongs to, and its organizations and roles.
+#[utoipa::path(get, path = "/api/v1/auth/me", tag = "auth",
+    responses((status = 200, body = Me), (status = 401, body = Problem)))]
+async fn me(State(state): State<AppState>, caller: Caller) -> ApiResult<Json<Me>> {
+    let mut memberships: Vec<Membership> = caller
+        .visible_organizations()
+        .into_iter()
+        .filter_map(|organization_id| {
+            let role = caller.role_for(omoi_domain::common::Scope {
+                organization_id,
+                project_id: caller.project_limit(),
+            })?;
+            Some(Membership {
+                organization_id,
+                role,
+            })
+        })
+        .collect();
+    memberships.sort_by_key(|m| m.organization_id);
+    let (kind, id, user) = match caller.identity {
+        Identity::User { id, .. } => {
+            let user = accounts::user_by_id(state.pool(), id)
+                .await?
+                .map(User::from);
+            ("user", id, user)
+        }
+        Identity::ApiKey { id, .. } => ("api_key", id, None),
+    };
+    Ok(Json(Me {
+        kind,
+        id,
+        user,
+        memberships,
+    }))
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateApiKey {
+    pub name: String,
+    pub organization_id: Uuid,
+    /// Limit the key to one project of the organization.
+    pub project_id: Option<Uuid>,
+    pub role: Role,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ApiKey {
+    pub id: Uuid,
+    /// The first characters of the key, to recognise it.
+    pub prefix: String,
+    pub name: String,
+    pub organization_id: Uuid,
+    pub project_id: Option<Uuid>,
+    pub role: Role,
+    pub created_by: Uuid,
+    pub created_at: DateTime<Utc>,
+    pub revoked_at: Option<DateTime<Utc>>,
+}
+
+impl From<ApiKeyRecord> for ApiKey {
+    fn from(key: ApiKeyRecord) -> Self {
+        Self {
+            id: key.id,
+            prefix: key.prefix,
+            name: key.name,
+            organization_id: key.organization_id,
+            project_id: key.project_id,
+            role: key.role,
+            created_by: key.created_by,
+            created_at: key.created_at,
+            revoked_at: key.revoked_at,
+        }
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CreatedApiKey {
+    /// The key itself: shown this once, stored only as a hash.
+    pub key: String,
+    #[serde(flatten)]
+    pub details: ApiKey,
+}
+
+/// Creates an API key for agents and automation, scoped to an organization (optionally one
+/// project) and a role no higher than the creator's. Needs `apikey:write` (admin, owner).
+#[utoipa::path(post, path = "/api/v1/auth/api-keys", tag = "auth", request_body = CreateApiKey,
+    responses(
+        (status = 201, body = CreatedApiKey), (status = 400, body = Problem),
+        (status = 401, body = Problem), (status = 403, body = Problem), (status = 404, body = Problem),
+        (status = 422, body = Problem),
+    ))]
+async fn create_api_key(
+    State(state): State<AppState>,
+    caller: Caller,
+    Body(body): Body<CreateApiKey>,
+) -> ApiResult<(StatusCode, Json<CreatedApiKey>)> {
+    let created_by = caller.user_id().ok_or(ApiError::Forbidden {
+        permission: "apikey:write (only users create API keys)",
+    })?;
+    let (organization, _) = state
+        .read::<Organization>(&caller, "apikey:write", body.organization_id)
+        .await?;
+    let own_role = organization
+        .members
+        .get(&omoi_domain::access::Principal::User(created_by))
+        .copied();
+    if body.role == Role::Owner && own_role != Some(Role::Owner) && !caller.is_super_admin() {
+        return Err(ApiError::Forbidden {
+            permission: "apikey:write with role owner (only owners mint owner keys)",
+        });
+    }
+    if let Some(project_id) = body.project_id {
+        let (project, _) = state.load::<Project>(project_id).await?;
+        if project.organization_id != Some(body.organization_id) {
+            return Err(ApiError::invalid(
+                "project_in_other_organization",
+                "project_id",
+                "the project belongs to another organization",
+            ));
+        }
+    }
+    let name = body.name.trim().to_string();
+    if name.is_empty() || name.chars().count() > 200 {
+        return Err(ApiError::invalid(
+            "invalid_name",
+            "name",
+            "a name of 1 to 200 characters is needed",
+        ));
+    }
+    let new = keys::generate();
+    let record = ApiKeyRecord {
+        id: Uuid::now_v7(),
+        prefix: new.prefix,
+        secret_sha256: new.sha256,
+        name,
+        organization_id: body.organization_id,
+        project_id: body.project_id,
+        role: body.role,
+        created_by,
+        created_at: Utc::now(),
+        revoked_at: None,
+    };
+    accounts::insert_api_key(state.pool(), &record).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(CreatedApiKey {
+            key: new.secret,
+            details: record.into(),
+        }),
+    ))
+}
+
+/// The API keys of the organizations where the caller may manage keys.
+#[utoipa::path(get, path = "/api/v1/auth/api-keys", tag = "auth",
+    responses((status = 200, body = Vec<ApiKey>), (status = 401, body = Problem)))]
+async fn list_api_keys(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> ApiResult<Json<Vec<ApiKey>>> {
+    let organizations: Vec<Uuid> = caller
+        .visible_organizations()
+        .into_iter()
+        .filter(|org| {
+            caller
+                .check(
+                    Some(omoi_domain::common::Scope {
+                        organization_id: *org,
+                        project_id: caller.project_limit(),
+                    }),
+                    "apikey:read",
+                )
+                .is_ok()
+        })
+        .collect();
+    let keys = accounts::api_keys_of(state.pool(), &organizations).await?;
+    Ok(Json(keys.into_iter().map(ApiKey::from).collect()))
+}
+
+/// Revokes an API key at once (needs `apikey:write` in its organization).
+#[utoipa::path(delete, path = "/api/v1/auth/api-keys/{id}", tag = "auth",
+    params(("id" = Uuid, Path)),
+    responses(
+        (status = 200, body = ApiKey), (status = 401, body = Problem), (status = 403, body = Problem),
+        (status = 404, body = Problem),
+    ))]
+async fn revoke_api_key(
+    State(state): State<AppState>,
+    caller: Caller,
+    IdPath(id): IdPath,
+) -> ApiResult<Json<ApiKey>> {
+    let key = accounts::api_key_by_id(state.pool(), id)
+        .await?
+        .ok_or(ApiError::NotFound { what: "api key" })?;
+    let scope = omoi_domain::common::Scope {
+        organization_id: key.organization_id,
+        project_id: key.project_id,
+    };
+    caller.authorize(Some(scope), "apikey:write", "api key")?;
+    accounts::revoke_api_key(state.pool(), id).await?;
+    let revoked = accounts::api_key_by_id(state.pool(), id)
+        .await?
+        .ok_or(ApiError::NotFound { what: "api key" })?;
+    Ok(Json(revoked.into()))
+}

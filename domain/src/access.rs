@@ -1,0 +1,210 @@
+//! Who may do what: principals, organization roles and their permissions (the original's
+//! RBAC: permission strings with wildcards, roles that inherit from a parent role).
+//!
+//! A permission is `resource:action` (`ticket:write`, `org:members:write`). A granted
+//! permission matches when it is equal, when it is `*:*`, or when it ends in `:*` and the
+//! requested permission starts with what precedes the `*`.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+/// Someone who can be a member of an organization.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Principal {
+    User(Uuid),
+    Agent(Uuid),
+}
+
+impl fmt::Display for Principal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::User(id) => write!(f, "user:{id}"),
+            Self::Agent(id) => write!(f, "agent:{id}"),
+        }
+    }
+}
+
+/// Why a principal string was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("a principal is user:<uuid> or agent:<uuid>")]
+pub struct BadPrincipal;
+
+impl FromStr for Principal {
+    type Err = BadPrincipal;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (kind, id) = s.split_once(':').ok_or(BadPrincipal)?;
+        let id = id.parse::<Uuid>().map_err(|_| BadPrincipal)?;
+        match kind {
+            "user" => Ok(Self::User(id)),
+            "agent" => Ok(Self::Agent(id)),
+            _ => Err(BadPrincipal),
+        }
+    }
+}
+
+impl Serialize for Principal {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Principal {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// A member's role in an organization.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    Owner,
+    Admin,
+    Member,
+    Viewer,
+    AgentExecutor,
+}
+
+impl Role {
+    pub const ALL: [Role; 5] = [
+        Self::Owner,
+        Self::Admin,
+        Self::Member,
+        Self::Viewer,
+        Self::AgentExecutor,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Owner => "owner",
+            Self::Admin => "admin",
+            Self::Member => "member",
+            Self::Viewer => "viewer",
+            Self::AgentExecutor => "agent_executor",
+        }
+    }
+
+    /// The role whose permissions this one also has.
+    pub fn inherits_from(self) -> Option<Role> {
+        match self {
+            Self::Owner => Some(Self::Admin),
+            Self::Admin => Some(Self::Member),
+            Self::Member | Self::AgentExecutor => Some(Self::Viewer),
+            Self::Viewer => None,
+        }
+    }
+
+    /// The permissions granted by this role itself (not counting inheritance).
+    pub fn own_permissions(self) -> &'static [&'static str] {
+        match self {
+            Self::Owner => &["*:*"],
+            Self::Admin => &[
+                "org:write",
+                "org:members:*",
+                "project:*",
+                "agent:*",
+                "apikey:*",
+            ],
+            Self::Member => &["ticket:*", "task:*", "spec:*", "agent:write"],
+            Self::Viewer => &[
+                "org:read",
+                "project:read",
+                "ticket:read",
+                "task:read",
+                "spec:read",
+                "agent:read",
+                "events:read",
+            ],
+            Self::AgentExecutor => &["task:execute", "agent:heartbeat"],
+        }
+    }
+
+    /// Whether this role, or a role it inherits from, grants `permission`.
+    pub fn allows(self, permission: &str) -> bool {
+        let mut role = Some(self);
+        while let Some(current) = role {
+            if current
+                .own_permissions()
+                .iter()
+                .any(|granted| grants(granted, permission))
+            {
+                return true;
+            }
+            role = current.inherits_from();
+        }
+        false
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Role {
+    type Err = ();
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Role::ALL.into_iter().find(|r| r.as_str() == s).ok_or(())
+    }
+}
+
+/// The original's wildcard rule: exact, `*:*`, or a prefix ending in `:*`.
+pub fn grants(granted: &str, requested: &str) -> bool {
+    if granted == requested || granted == "*:*" {
+        return true;
+    }
+    match granted.strip_suffix('*') {
+        Some(prefix) if prefix.ends_with(':') => requested.starts_with(prefix),
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wildcards_match_as_the_original_did() {
+        assert!(grants("ticket:write", "ticket:write"));
+        assert!(grants("*:*", "org:members:write"));
+        assert!(grants("project:*", "project:write"));
+        assert!(grants("org:members:*", "org:members:write"));
+        assert!(!grants("org:members:*", "org:write"));
+        assert!(!grants("project:*", "projects:write"));
+        assert!(!grants("ticket:read", "ticket:write"));
+        assert!(!grants("ticket*", "ticket:write"));
+    }
+
+    #[test]
+    fn roles_inherit_their_parents_permissions() {
+        assert!(Role::Owner.allows("anything:at_all"));
+        assert!(Role::Admin.allows("ticket:write"), "admin inherits member");
+        assert!(Role::Admin.allows("events:read"), "admin inherits viewer");
+        assert!(!Role::Admin.allows("org:delete"));
+        assert!(Role::Member.allows("task:execute"));
+        assert!(!Role::Member.allows("project:write"));
+        assert!(Role::Viewer.allows("ticket:read"));
+        assert!(!Role::Viewer.allows("ticket:write"));
+        assert!(Role::AgentExecutor.allows("task:execute"));
+        assert!(Role::AgentExecutor.allows("task:read"));
+        assert!(!Role::AgentExecutor.allows("task:write"));
+    }
+
+    #[test]
+    fn principals_round_trip_through_text() {
+        let id = Uuid::from_u128(7);
+        for principal in [Principal::User(id), Principal::Agent(id)] {
+            assert_eq!(principal.to_string().parse::<Principal>(), Ok(principal));
+        }
+        assert!("robot:x".parse::<Principal>().is_err());
+        assert!("user:not-a-uuid".parse::<Principal>().is_err());
+    }
+}

@@ -1,0 +1,389 @@
+//! Accounts and credentials: users, login failures, refresh and revoked tokens, API keys,
+//! and the organization-membership index the authorization reads.
+//!
+//! Hashing and token signing happen in the API crate; this module only stores and finds.
+
+use chrono::{DateTime, Utc};
+use omoi_domain::access::{Principal, Role};
+use sqlx::{PgPool, Row};
+use uuid::Uuid;
+
+/// A user as the authentication needs it.
+#[derive(Debug, Clone)]
+pub struct UserRecord {
+    pub id: Uuid,
+    pub email: String,
+    pub password_hash: String,
+    pub display_name: String,
+    pub is_super_admin: bool,
+    pub tokens_valid_after: DateTime<Utc>,
+    pub created_at: DateTime<Utc>,
+}
+
+const USER_COLUMNS: &str =
+    "id, email, password_hash, display_name, is_super_admin, tokens_valid_after, created_at";
+
+fn user_from(row: &sqlx::postgres::PgRow) -> Result<UserRecord, sqlx::Error> {
+    Ok(UserRecord {
+        id: row.try_get("id")?,
+        email: row.try_get("email")?,
+        password_hash: row.try_get("password_hash")?,
+        display_name: row.try_get("display_name")?,
+        is_super_admin: row.try_get("is_super_admin")?,
+        tokens_valid_after: row.try_get("tokens_valid_after")?,
+        created_at: row.try_get("created_at")?,
+    })
+}
+
+/// Why a user could not be created.
+#[derive(Debug, thiserror::Error)]
+pub enum CreateUserError {
+    #[error("an account with this email already exists")]
+    EmailTaken,
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+}
+
+/// Inserts a user; the email must be lower-cased already.
+pub async fn create_user(
+    pool: &PgPool,
+    id: Uuid,
+    email: &str,
+    password_hash: &str,
+    display_name: &str,
+) -> Result<UserRecord, CreateUserError> {
+    let sql = format!(
+        "insert into users (id, email, password_hash, display_name) values ($1, $2, $3, $4)
+         returning {USER_COLUMNS}"
+    );
+    let row = sqlx::query(&sql)
+        .bind(id)
+        .bind(email)
+        .bind(password_hash)
+        .bind(display_name)
+        .fetch_one(pool)
+        .await
+        .map_err(|e| match &e {
+            sqlx::Error::Database(d) if d.is_unique_violation() => CreateUserError::EmailTaken,
+            _ => CreateUserError::Database(e),
+        })?;
+    Ok(user_from(&row)?)
+}
+
+pub async fn user_by_email(pool: &PgPool, email: &str) -> Result<Option<UserRecord>, sqlx::Error> {
+    let sql = format!("select {USER_COLUMNS} from users where email = $1");
+    sqlx::query(&sql)
+        .bind(email)
+        .fetch_optional(pool)
+        .await?
+        .as_ref()
+        .map(user_from)
+        .transpose()
+}
+
+pub async fn user_by_id(pool: &PgPool, id: Uuid) -> Result<Option<UserRecord>, sqlx::Error> {
+    let sql = format!("select {USER_COLUMNS} from users where id = $1");
+    sqlx::query(&sql)
+        .bind(id)
+        .fetch_optional(pool)
+        .await?
+        .as_ref()
+        .map(user_from)
+        .transpose()
+}
+
+/// Everything needed to accept an access token, in one round trip: the user, whether the
+/// token was revoked, and the user's memberships.
+#[derive(Debug, Clone)]
+pub struct AccessCheck {
+    pub user: UserRecord,
+    pub token_revoked: bool,
+    pub memberships: Vec<(Uuid, Role)>,
+}
+
+pub async fn access_check(
+    pool: &PgPool,
+    user_id: Uuid,
+    jti: Uuid,
+) -> Result<Option<AccessCheck>, sqlx::Error> {
+    let sql = format!(
+        "select {USER_COLUMNS},
+                exists(select 1 from revoked_access_tokens where jti = $2) as token_revoked,
+                coalesce((select array_agg(m.organization_id::text || ' ' || m.role)
+                            from organization_members m where m.principal = 'user:' || u.id::text),
+                         '{{}}') as memberships
+           from users u where u.id = $1"
+    );
+    let Some(row) = sqlx::query(&sql)
+        .bind(user_id)
+        .bind(jti)
+        .fetch_optional(pool)
+        .await?
+    else {
+        return Ok(None);
+    };
+    let raw: Vec<String> = row.try_get("memberships")?;
+    Ok(Some(AccessCheck {
+        user: user_from(&row)?,
+        token_revoked: row.try_get("token_revoked")?,
+        memberships: raw.iter().filter_map(|m| parse_membership(m)).collect(),
+    }))
+}
+
+fn parse_membership(text: &str) -> Option<(Uuid, Role)> {
+    let (organization, role) = text.split_once(' ')?;
+    Some((organization.parse().ok()?, role.parse().ok()?))
+}
+
+/// The role of `principal` in `organization_id`, from the membership index.
+pub async fn role_in(
+    pool: &PgPool,
+    organization_id: Uuid,
+    principal: Principal,
+) -> Result<Option<Role>, sqlx::Error> {
+    let role: Option<String> = sqlx::query_scalar(
+        "select role from organization_members where organization_id = $1 and principal = $2",
+    )
+    .bind(organization_id)
+    .bind(principal.to_string())
+    .fetch_optional(pool)
+    .await?;
+    Ok(role.and_then(|r| r.parse().ok()))
+}
+
+/// Records a failed login and returns how many failures the email has in `window`.
+pub async fn record_login_failure(
+    pool: &PgPool,
+    email: &str,
+    window: chrono::Duration,
+) -> Result<i64, sqlx::Error> {
+    sqlx::query("insert into login_failures (email) values ($1)")
+        .bind(email)
+        .execute(pool)
+        .await?;
+    recent_login_failures(pool, email, window).await
+}
+
+pub async fn recent_login_failures(
+    pool: &PgPool,
+    email: &str,
+    window: chrono::Duration,
+) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar(
+        "select count(*) from login_failures where email = $1 and failed_at > now() - $2",
+    )
+    .bind(email)
+    .bind(window)
+    .fetch_one(pool)
+    .await
+}
+
+pub async fn clear_login_failures(pool: &PgPool, email: &str) -> Result<(), sqlx::Error> {
+    sqlx::query("delete from login_failures where email = $1")
+        .bind(email)
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
+pub async fn store_refresh_token(
+    pool: &PgPool,
+    jti: Uuid,
+    user_id: Uuid,
+    expires_at: DateTime<Utc>,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("insert into refresh_tokens (jti, user_id, expires_at) values ($1, $2, $3)")
+        .bind(jti)
+        .bind(user_id)
+        .bind(expires_at)
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
+/// What happened when a refresh token was presented.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefreshUse {
+    /// First use: the token is now spent and may be exchanged.
+    Fresh,
+    /// Already spent (or revoked): every token of the user has now been revoked.
+    Reused,
+    /// Unknown to us.
+    Unknown,
+}
+
+/// Spends refresh token `jti` atomically; a second presentation revokes all of the
+/// user's tokens.
+pub async fn spend_refresh_token(
+    pool: &PgPool,
+    jti: Uuid,
+    user_id: Uuid,
+) -> Result<RefreshUse, sqlx::Error> {
+    let spent = sqlx::query(
+        "update refresh_tokens set used_at = now()
+          where jti = $1 and user_id = $2 and used_at is null and revoked_at is null",
+    )
+    .bind(jti)
+    .bind(user_id)
+    .execute(pool)
+    .await?
+    .rows_affected();
+    if spent == 1 {
+        return Ok(RefreshUse::Fresh);
+    }
+    let known: bool = sqlx::query_scalar(
+        "select exists(select 1 from refresh_tokens where jti = $1 and user_id = $2)",
+    )
+    .bind(jti)
+    .bind(user_id)
+    .fetch_one(pool)
+    .await?;
+    if !known {
+        return Ok(RefreshUse::Unknown);
+    }
+    revoke_all_tokens(pool, user_id).await?;
+    Ok(RefreshUse::Reused)
+}
+
+/// Voids every token of the user issued until now.
+pub async fn revoke_all_tokens(pool: &PgPool, user_id: Uuid) -> Result<(), sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("update users set tokens_valid_after = now() where id = $1")
+        .bind(user_id)
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query(
+        "update refresh_tokens set revoked_at = now() where user_id = $1 and revoked_at is null",
+    )
+    .bind(user_id)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await
+}
+
+/// Logout: revokes one access token and one refresh token (when given).
+pub async fn revoke_session(
+    pool: &PgPool,
+    access: (Uuid, DateTime<Utc>),
+    refresh: Option<Uuid>,
+) -> Result<(), sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("insert into revoked_access_tokens (jti, expires_at) values ($1, $2) on conflict do nothing")
+        .bind(access.0)
+        .bind(access.1)
+        .execute(&mut *tx)
+        .await?;
+    if let Some(jti) = refresh {
+        sqlx::query(
+            "update refresh_tokens set revoked_at = now() where jti = $1 and revoked_at is null",
+        )
+        .bind(jti)
+        .execute(&mut *tx)
+        .await?;
+    }
+    tx.commit().await
+}
+
+/// A stored API key (without its secret).
+#[derive(Debug, Clone)]
+pub struct ApiKeyRecord {
+    pub id: Uuid,
+    pub prefix: String,
+    pub secret_sha256: Vec<u8>,
+    pub name: String,
+    pub organization_id: Uuid,
+    pub project_id: Option<Uuid>,
+    pub role: Role,
+    pub created_by: Uuid,
+    pub created_at: DateTime<Utc>,
+    pub revoked_at: Option<DateTime<Utc>>,
+}
+
+const KEY_COLUMNS: &str = "id, prefix, secret_sha256, name, organization_id, project_id, role, \
+                           created_by, created_at, revoked_at";
+
+fn key_from(row: &sqlx::postgres::PgRow) -> Result<ApiKeyRecord, sqlx::Error> {
+    let role: String = row.try_get("role")?;
+    Ok(ApiKeyRecord {
+        id: row.try_get("id")?,
+        prefix: row.try_get("prefix")?,
+        secret_sha256: row.try_get("secret_sha256")?,
+        name: row.try_get("name")?,
+        organization_id: row.try_get("organization_id")?,
+        project_id: row.try_get("project_id")?,
+        role: role
+            .parse()
+            .map_err(|()| sqlx::Error::Decode(format!("unknown role {role:?}").into()))?,
+        created_by: row.try_get("created_by")?,
+        created_at: row.try_get("created_at")?,
+        revoked_at: row.try_get("revoked_at")?,
+    })
+}
+
+pub async fn insert_api_key(pool: &PgPool, key: &ApiKeyRecord) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "insert into api_keys (id, prefix, secret_sha256, name, organization_id, project_id, role, created_by)
+         values ($1, $2, $3, $4, $5, $6, $7, $8)",
+    )
+    .bind(key.id)
+    .bind(&key.prefix)
+    .bind(&key.secret_sha256)
+    .bind(&key.name)
+    .bind(key.organization_id)
+    .bind(key.project_id)
+    .bind(key.role.as_str())
+    .bind(key.created_by)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+pub async fn api_key_by_prefix(
+    pool: &PgPool,
+    prefix: &str,
+) -> Result<Option<ApiKeyRecord>, sqlx::Error> {
+    let sql = format!("select {KEY_COLUMNS} from api_keys where prefix = $1");
+    sqlx::query(&sql)
+        .bind(prefix)
+        .fetch_optional(pool)
+        .await?
+        .as_ref()
+        .map(key_from)
+        .transpose()
+}
+
+pub async fn api_key_by_id(pool: &PgPool, id: Uuid) -> Result<Option<ApiKeyRecord>, sqlx::Error> {
+    let sql = format!("select {KEY_COLUMNS} from api_keys where id = $1");
+    sqlx::query(&sql)
+        .bind(id)
+        .fetch_optional(pool)
+        .await?
+        .as_ref()
+        .map(key_from)
+        .transpose()
+}
+
+/// The keys of the given organizations, newest first.
+pub async fn api_keys_of(
+    pool: &PgPool,
+    organizations: &[Uuid],
+) -> Result<Vec<ApiKeyRecord>, sqlx::Error> {
+    let sql = format!(
+        "select {KEY_COLUMNS} from api_keys where organization_id = any($1) order by created_at desc"
+    );
+    sqlx::query(&sql)
+        .bind(organizations)
+        .fetch_all(pool)
+        .await?
+        .iter()
+        .map(key_from)
+        .collect()
+}
+
+pub async fn revoke_api_key(pool: &PgPool, id: Uuid) -> Result<(), sqlx::Error> {
+    sqlx::query("update api_keys set revoked_at = coalesce(revoked_at, now()) where id = $1")
+        .bind(id)
+        .execute(pool)
+        .await?;
+    Ok(())
+}
