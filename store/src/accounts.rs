@@ -206,8 +206,10 @@ pub async fn store_refresh_token(
 pub enum RefreshUse {
     /// First use: the token is now spent and may be exchanged.
     Fresh,
-    /// Already spent (or revoked): every token of the user has now been revoked.
+    /// Already exchanged once: every token of the user has now been revoked.
     Reused,
+    /// Revoked by a logout (or a previous reuse).
+    Revoked,
     /// Unknown to us.
     Unknown,
 }
@@ -231,18 +233,23 @@ pub async fn spend_refresh_token(
     if spent == 1 {
         return Ok(RefreshUse::Fresh);
     }
-    let known: bool = sqlx::query_scalar(
-        "select exists(select 1 from refresh_tokens where jti = $1 and user_id = $2)",
+    // Only a token that was already exchanged signals theft; one revoked by logout is
+    // merely dead.
+    let used: Option<bool> = sqlx::query_scalar(
+        "select used_at is not null from refresh_tokens where jti = $1 and user_id = $2",
     )
     .bind(jti)
     .bind(user_id)
-    .fetch_one(pool)
+    .fetch_optional(pool)
     .await?;
-    if !known {
-        return Ok(RefreshUse::Unknown);
+    match used {
+        None => Ok(RefreshUse::Unknown),
+        Some(false) => Ok(RefreshUse::Revoked),
+        Some(true) => {
+            revoke_all_tokens(pool, user_id).await?;
+            Ok(RefreshUse::Reused)
+        }
     }
-    revoke_all_tokens(pool, user_id).await?;
-    Ok(RefreshUse::Reused)
 }
 
 /// Voids every token of the user issued until now.

@@ -273,7 +273,7 @@ async fn refresh(
             tracing::warn!(user = %claims.sub, "refresh token reused: every token of the user revoked");
             Err(invalid)
         }
-        RefreshUse::Unknown => Err(invalid),
+        RefreshUse::Revoked | RefreshUse::Unknown => Err(invalid),
     }
 }
 

@@ -1,0 +1,446 @@
+//! Identity: registration, login with lockout, refresh rotation with reuse detection,
+//! logout, API keys and their scope, and the actor recorded on events.
+
+use omoi::testing::{spawn_app, TestApp, TEST_PASSWORD};
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+
+async fn me(app: &TestApp, token: &str) -> (StatusCode, Value) {
+    app.send_as(Some(token), Method::GET, "/api/v1/auth/me", None)
+        .await
+}
+
+async fn post_public(app: &TestApp, path: &str, body: Value) -> (StatusCode, Value) {
+    app.send_as(None, Method::POST, path, Some(body)).await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn registration_checks_email_password_and_uniqueness() {
+    let app = spawn_app().await;
+    let (s, b) = post_public(
+        &app,
+        "/api/v1/auth/register",
+        json!({"email": "a@example.com", "password": "weakpass"}),
+    )
+    .await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{b}");
+    assert_eq!(
+        (b["code"].as_str(), b["field"].as_str()),
+        (Some("weak_password"), Some("password"))
+    );
+    let (s, b) = post_public(
+        &app,
+        "/api/v1/auth/register",
+        json!({"email": "nobody", "password": TEST_PASSWORD}),
+    )
+    .await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{b}");
+    assert_eq!(b["field"], "email");
+    let (s, b) = post_public(
+        &app,
+        "/api/v1/auth/register",
+        json!({"email": "OWNER@example.com", "password": TEST_PASSWORD}),
+    )
+    .await;
+    assert_eq!(s, StatusCode::CONFLICT, "emails are case-insensitive: {b}");
+    let (s, b) = post_public(
+        &app,
+        "/api/v1/auth/register",
+        json!({"email": "b@example.com", "password": TEST_PASSWORD, "admin": true}),
+    )
+    .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{b}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn more_than_five_failed_logins_lock_the_account() {
+    let app = spawn_app().await;
+    for attempt in 1..=5 {
+        let (s, b) = post_public(
+            &app,
+            "/api/v1/auth/login",
+            json!({"email": "owner@example.com", "password": "Wr0ng-pass"}),
+        )
+        .await;
+        assert_eq!(s, StatusCode::UNAUTHORIZED, "attempt {attempt}: {b}");
+    }
+    // The sixth attempt is refused even with the right password.
+    let (s, b) = post_public(
+        &app,
+        "/api/v1/auth/login",
+        json!({"email": "owner@example.com", "password": TEST_PASSWORD}),
+    )
+    .await;
+    assert_eq!(s, StatusCode::TOO_MANY_REQUESTS, "{b}");
+    assert_eq!(b["code"], "too_many_requests");
+    // Another account is not affected.
+    app.register_and_login("other@example.com").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_refresh_token_works_once_and_its_reuse_revokes_every_token_of_the_user() {
+    let app = spawn_app().await;
+    let first = app.login("owner@example.com").await;
+    let first_refresh = first["refresh_token"].as_str().expect("refresh token");
+
+    let (s, second) = post_public(
+        &app,
+        "/api/v1/auth/refresh",
+        json!({"refresh_token": first_refresh}),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{second}");
+    let second_access = second["access_token"].as_str().expect("access token");
+    let second_refresh = second["refresh_token"].as_str().expect("refresh token");
+    assert_ne!(second_refresh, first_refresh, "refresh tokens rotate");
+    assert_eq!(me(&app, second_access).await.0, StatusCode::OK);
+
+    // The spent token comes back: someone replayed it.
+    let (s, b) = post_public(
+        &app,
+        "/api/v1/auth/refresh",
+        json!({"refresh_token": first_refresh}),
+    )
+    .await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED, "{b}");
+    assert_eq!(
+        me(&app, second_access).await.0,
+        StatusCode::UNAUTHORIZED,
+        "access tokens revoked"
+    );
+    let (s, _) = post_public(
+        &app,
+        "/api/v1/auth/refresh",
+        json!({"refresh_token": second_refresh}),
+    )
+    .await;
+    assert_eq!(
+        s,
+        StatusCode::UNAUTHORIZED,
+        "the newest refresh token is revoked too"
+    );
+
+    // Logging in again works at once.
+    let again = app.login("owner@example.com").await;
+    assert_eq!(
+        me(&app, again["access_token"].as_str().expect("token"))
+            .await
+            .0,
+        StatusCode::OK
+    );
+
+    let (s, _) = post_public(
+        &app,
+        "/api/v1/auth/refresh",
+        json!({"refresh_token": again["access_token"]}),
+    )
+    .await;
+    assert_eq!(
+        s,
+        StatusCode::UNAUTHORIZED,
+        "an access token is not a refresh token"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn logout_revokes_the_session_and_other_sessions_survive() {
+    let app = spawn_app().await;
+    let session = app.login("owner@example.com").await;
+    let access = session["access_token"].as_str().expect("token");
+    let other = app.token.clone().expect("the harness's own session");
+
+    let (s, b) = app
+        .send_as(
+            Some(access),
+            Method::POST,
+            "/api/v1/auth/logout",
+            Some(json!({"refresh_token": session["refresh_token"]})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::NO_CONTENT, "{b}");
+    assert_eq!(me(&app, access).await.0, StatusCode::UNAUTHORIZED);
+    let (s, _) = post_public(
+        &app,
+        "/api/v1/auth/refresh",
+        json!({"refresh_token": session["refresh_token"]}),
+    )
+    .await;
+    assert_eq!(
+        s,
+        StatusCode::UNAUTHORIZED,
+        "the session's refresh token is revoked"
+    );
+    assert_eq!(
+        me(&app, &other).await.0,
+        StatusCode::OK,
+        "another session is untouched"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_bearer_header_wins_over_the_cookie() {
+    let app = spawn_app().await;
+    let token = app.token.clone().expect("token");
+    let url = format!("{}/api/v1/auth/me", app.address);
+    let by_cookie = app
+        .client
+        .get(&url)
+        .header("cookie", format!("omoi_access_token={token}"))
+        .send()
+        .await
+        .expect("answer");
+    assert_eq!(by_cookie.status(), StatusCode::OK);
+    let both = app
+        .client
+        .get(&url)
+        .header("cookie", "omoi_access_token=garbage")
+        .bearer_auth(&token)
+        .send()
+        .await
+        .expect("answer");
+    assert_eq!(both.status(), StatusCode::OK);
+    let wrong_header = app
+        .client
+        .get(&url)
+        .header("cookie", format!("omoi_access_token={token}"))
+        .bearer_auth("garbage")
+        .send()
+        .await
+        .expect("answer");
+    assert_eq!(wrong_header.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(wrong_header.headers()["www-authenticate"], "Bearer");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_api_key_acts_within_its_organization_project_and_role_until_revoked() {
+    let app = spawn_app().await;
+    let (org_id, project_id) = app.organization_and_project().await;
+    let (_, other_project) = app
+        .post(
+            "/api/v1/projects",
+            json!({"organization_id": org_id, "name": "Other"}),
+        )
+        .await;
+    let other_project = other_project["id"].as_str().expect("id");
+    let (_, ticket) = app
+        .post(
+            "/api/v1/tickets",
+            json!({"project_id": project_id, "title": "T"}),
+        )
+        .await;
+    let ticket_id = ticket["id"].as_str().expect("id");
+    let (_, elsewhere) = app
+        .post(
+            "/api/v1/tickets",
+            json!({"project_id": other_project, "title": "T2"}),
+        )
+        .await;
+    let elsewhere = elsewhere["id"].as_str().expect("id");
+
+    let (s, created) = app
+        .post("/api/v1/auth/api-keys", json!({"name": "ci", "organization_id": org_id, "project_id": project_id, "role": "member"}))
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{created}");
+    let key = created["key"]
+        .as_str()
+        .expect("the key, shown once")
+        .to_string();
+    let key_id = created["id"].as_str().expect("id").to_string();
+    let (_, listed) = app.get("/api/v1/auth/api-keys").await;
+    assert!(
+        listed
+            .as_array()
+            .expect("list")
+            .iter()
+            .all(|k| k.get("key").is_none()),
+        "the secret is never listed"
+    );
+
+    let (s, _) = app
+        .send_as(
+            Some(&key),
+            Method::GET,
+            &format!("/api/v1/tickets/{ticket_id}"),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, _) = app
+        .send_as(
+            Some(&key),
+            Method::GET,
+            &format!("/api/v1/tickets/{elsewhere}"),
+            None,
+        )
+        .await;
+    assert_eq!(
+        s,
+        StatusCode::NOT_FOUND,
+        "a project key sees nothing of other projects"
+    );
+    let (s, moved) = app
+        .send_as(
+            Some(&key),
+            Method::POST,
+            &format!("/api/v1/tickets/{ticket_id}/transition"),
+            Some(json!({"to": "analyzing"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{moved}");
+    let (s, _) = app
+        .send_as(
+            Some(&key),
+            Method::POST,
+            &format!("/api/v1/projects/{project_id}/rename"),
+            Some(json!({"name": "Renamed"})),
+        )
+        .await;
+    assert_eq!(
+        s,
+        StatusCode::FORBIDDEN,
+        "a member key cannot rename projects"
+    );
+
+    // The actor on the event is the key, not anything the client said.
+    let (_, history) = app
+        .get(&format!("/api/v1/tickets/{ticket_id}/history"))
+        .await;
+    assert_eq!(
+        history["events"][1]["metadata"]["actor"],
+        format!("api_key:{key_id}")
+    );
+    let (_, me_body) = me(&app, app.token.as_deref().expect("token")).await;
+    assert_eq!(
+        history["events"][0]["metadata"]["actor"],
+        format!("user:{}", me_body["id"].as_str().expect("id"))
+    );
+
+    let (s, _) = app.delete(&format!("/api/v1/auth/api-keys/{key_id}")).await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, _) = app
+        .send_as(
+            Some(&key),
+            Method::GET,
+            &format!("/api/v1/tickets/{ticket_id}"),
+            None,
+        )
+        .await;
+    assert_eq!(
+        s,
+        StatusCode::UNAUTHORIZED,
+        "a revoked key is refused at once"
+    );
+
+    let (s, b) = app
+        .post(
+            "/api/v1/auth/api-keys",
+            json!({"name": "x", "organization_id": uuid::Uuid::now_v7(), "role": "viewer"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "{b}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn membership_changes_are_events_and_take_effect_at_once() {
+    let app = spawn_app().await;
+    let (org_id, project_id) = app.organization_and_project().await;
+    let viewer = app.register_and_login("viewer@example.com").await;
+    let (_, viewer_me) = me(&app, &viewer).await;
+    let principal = format!("user:{}", viewer_me["id"].as_str().expect("id"));
+
+    let (s, _) = app
+        .send_as(
+            Some(&viewer),
+            Method::GET,
+            &format!("/api/v1/projects/{project_id}"),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "not a member yet");
+
+    let (s, b) = app
+        .post(
+            &format!("/api/v1/organizations/{org_id}/members"),
+            json!({"principal": principal, "role": "viewer"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    let (s, _) = app
+        .send_as(
+            Some(&viewer),
+            Method::GET,
+            &format!("/api/v1/projects/{project_id}"),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "a viewer reads");
+    let (s, _) = app
+        .send_as(
+            Some(&viewer),
+            Method::POST,
+            "/api/v1/tickets",
+            Some(json!({"project_id": project_id, "title": "x"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "a viewer does not write");
+
+    let (s, _) = app
+        .put(
+            &format!("/api/v1/organizations/{org_id}/members/{principal}"),
+            json!({"role": "member"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, _) = app
+        .send_as(
+            Some(&viewer),
+            Method::POST,
+            "/api/v1/tickets",
+            Some(json!({"project_id": project_id, "title": "x"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "promoted to member");
+
+    let (s, _) = app
+        .delete(&format!(
+            "/api/v1/organizations/{org_id}/members/{principal}"
+        ))
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, _) = app
+        .send_as(
+            Some(&viewer),
+            Method::GET,
+            &format!("/api/v1/projects/{project_id}"),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "removed");
+
+    let (_, history) = app
+        .get(&format!("/api/v1/organizations/{org_id}/history"))
+        .await;
+    let types: Vec<&str> = history["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .map(|e| e["event_type"].as_str().unwrap_or("?"))
+        .collect();
+    assert_eq!(
+        types,
+        [
+            "OrganizationCreated",
+            "MemberAdded",
+            "MemberAdded",
+            "MemberRoleChanged",
+            "MemberRemoved"
+        ]
+    );
+
+    let (_, owner_me) = me(&app, app.token.as_deref().expect("token")).await;
+    let owner = format!("user:{}", owner_me["id"].as_str().expect("id"));
+    let (s, b) = app
+        .delete(&format!("/api/v1/organizations/{org_id}/members/{owner}"))
+        .await;
+    assert_eq!(s, StatusCode::CONFLICT, "the last owner stays: {b}");
+}
