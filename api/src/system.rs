@@ -25,7 +25,7 @@ pub struct Health {
 }
 
 /// Healthy when the database answers.
-#[utoipa::path(get, path = "/health", tag = "system",
+#[utoipa::path(get, path = "/health", tag = "system", security(()),
     responses((status = 200, body = Health), (status = 503, body = Problem)))]
 async fn health(State(state): State<AppState>) -> ApiResult<Json<Health>> {
     sqlx::query("select 1").execute(state.pool()).await?;
@@ -37,7 +37,7 @@ async fn health(State(state): State<AppState>) -> ApiResult<Json<Health>> {
 
 /// Prometheus text exposition: `omoi_commands_total{command,outcome}` and
 /// `omoi_command_duration_seconds{command}`.
-#[utoipa::path(get, path = "/metrics", tag = "system",
+#[utoipa::path(get, path = "/metrics", tag = "system", security(()),
     responses((status = 200, content_type = "text/plain", body = String)))]
 async fn metrics(State(state): State<AppState>) -> ApiResult<impl IntoResponse> {
     let text = state
