@@ -12,7 +12,7 @@ use axum::Json;
 use chrono::Utc;
 use omoi_domain::agent::{Agent, AgentStatus};
 use omoi_domain::common::{Phase, Priority};
-use omoi_domain::task::{Task, TaskCommand};
+use omoi_domain::task::{Task, TaskCommand, MAX_DEPENDENCIES};
 use omoi_domain::ticket::{Ticket, TicketStatus};
 use serde::Deserialize;
 use utoipa::ToSchema;
@@ -208,6 +208,14 @@ async fn create_task(
     };
     active_project(&state, &caller, "task:write", project_id).await?;
     let depends_on: BTreeSet<Uuid> = body.depends_on.into_iter().collect();
+    // Refused before the lookups below, so one request cannot cost thousands of reads.
+    if depends_on.len() > MAX_DEPENDENCIES {
+        return Err(ApiError::invalid(
+            "too_many_dependencies",
+            "depends_on",
+            format!("a task may depend on at most {MAX_DEPENDENCIES} tasks"),
+        ));
+    }
     for dep in &depends_on {
         ensure_dependency(&state, project_id, *dep).await?;
     }

@@ -22,6 +22,8 @@ pub const MAX_TASK_TYPE_CHARS: usize = 64;
 pub const MAX_CAPABILITY_CHARS: usize = 64;
 /// Longest progress message: progress is a status line, not a log.
 pub const MAX_PROGRESS_CHARS: usize = 2000;
+/// The most tasks one task may wait for; each dependency is looked up when it is added.
+pub const MAX_DEPENDENCIES: usize = 100;
 
 /// Where a task stands in its lifecycle.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema, Default)]
@@ -321,6 +323,11 @@ impl Task {
         if self.depends_on.contains(&depends_on) {
             return Err(TaskError::DuplicateDependency(depends_on));
         }
+        if self.depends_on.len() >= MAX_DEPENDENCIES {
+            return Err(TaskError::TooManyDependencies {
+                max: MAX_DEPENDENCIES,
+            });
+        }
         Ok(vec![TaskEvent::TaskDependencyAdded { depends_on }])
     }
 
@@ -339,6 +346,11 @@ fn checked_dependencies(task_id: Uuid, depends_on: Vec<Uuid>) -> Result<Vec<Uuid
     let set: BTreeSet<Uuid> = depends_on.into_iter().collect();
     if set.contains(&task_id) {
         return Err(TaskError::SelfDependency);
+    }
+    if set.len() > MAX_DEPENDENCIES {
+        return Err(TaskError::TooManyDependencies {
+            max: MAX_DEPENDENCIES,
+        });
     }
     Ok(set.into_iter().collect())
 }

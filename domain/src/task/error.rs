@@ -33,6 +33,8 @@ pub enum TaskError {
     ZeroTimeout,
     #[error("a task cannot depend on itself")]
     SelfDependency,
+    #[error("a task may depend on at most {max} tasks")]
+    TooManyDependencies { max: usize },
     #[error("the task already depends on {0}")]
     DuplicateDependency(Uuid),
     #[error("the task does not depend on {0}")]
@@ -95,7 +97,8 @@ impl DomainError for TaskError {
             | CapabilityTooLong { .. }
             | TooManyRetries { .. }
             | ZeroTimeout
-            | SelfDependency => ErrorKind::Invalid,
+            | SelfDependency
+            | TooManyDependencies { .. } => ErrorKind::Invalid,
             AlreadyExists
             | DuplicateDependency(_)
             | UnknownDependency(_)
@@ -115,7 +118,10 @@ impl DomainError for TaskError {
             EmptyCapability | CapabilityTooLong { .. } => Some("required_capabilities"),
             TooManyRetries { .. } => Some("max_retries"),
             ZeroTimeout => Some("timeout_seconds"),
-            SelfDependency | DuplicateDependency(_) | UnknownDependency(_) => Some("depends_on"),
+            SelfDependency
+            | TooManyDependencies { .. }
+            | DuplicateDependency(_)
+            | UnknownDependency(_) => Some("depends_on"),
             _ => None,
         }
     }
@@ -136,6 +142,7 @@ impl DomainError for TaskError {
             TooManyRetries { .. } => "too_many_retries",
             ZeroTimeout => "zero_timeout",
             SelfDependency => "self_dependency",
+            TooManyDependencies { .. } => "too_many_dependencies",
             DuplicateDependency(_) => "duplicate_dependency",
             UnknownDependency(_) => "unknown_dependency",
             DependenciesFrozen(_) => "dependencies_frozen",

@@ -17,7 +17,8 @@ mod events;
 mod retry;
 
 pub use aggregate::{
-    Task, TaskStatus, MAX_CAPABILITY_CHARS, MAX_PROGRESS_CHARS, MAX_TASK_TYPE_CHARS,
+    Task, TaskStatus, MAX_CAPABILITY_CHARS, MAX_DEPENDENCIES, MAX_PROGRESS_CHARS,
+    MAX_TASK_TYPE_CHARS,
 };
 pub use commands::TaskCommand;
 pub use error::TaskError;

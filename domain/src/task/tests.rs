@@ -1019,3 +1019,20 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn a_task_depends_on_at_most_a_hundred_tasks() {
+    let many: Vec<Uuid> = (1..=101).map(|n| Uuid::from_u128(0x1000 + n)).collect();
+    let command = NewTask {
+        depends_on: many,
+        ..NewTask::default()
+    }
+    .command();
+    let (_, result) = handle(&Task::default(), command, &());
+    assert_eq!(
+        result,
+        Err(TaskError::TooManyDependencies {
+            max: MAX_DEPENDENCIES
+        })
+    );
+}
