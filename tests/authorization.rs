@@ -792,21 +792,8 @@ async fn a_user_of_another_organization_finds_nothing_of_the_first_one() {
     findings.assert_none();
 
     // The writes that name nothing concern the caller alone; they change state, so they
-    // come last. POST /api/v1/organizations creates the intruder's own organization.
-    let route = routes
-        .iter()
-        .find(|r| r.is("POST", "/api/v1/organizations"))
-        .expect("the document has POST /api/v1/organizations");
-    let answer = call(&app, token, route).await;
-    assert_eq!(answer.status, StatusCode::CREATED, "{}", answer.body);
-    assert_ne!(answer.body["id"], first, "{}", answer.body);
-    // POST /api/v1/auth/logout ends the intruder's own session and nobody else's.
-    let route = routes
-        .iter()
-        .find(|r| r.is("POST", "/api/v1/auth/logout"))
-        .expect("the document has POST /api/v1/auth/logout");
-    let answer = call(&app, token, route).await;
-    assert_eq!(answer.status, StatusCode::NO_CONTENT, "{}", answer.body);
+    // come last.
+    own_organization_then_logout(&app, token, &routes, first).await;
     let (status, body) = app.get(&format!("/api/v1/organizations/{first}")).await;
     assert_eq!(
         status,
@@ -873,23 +860,32 @@ async fn a_viewer_reads_every_resource_but_changes_none() {
     findings.assert_none();
 
     // The exempt writes: the viewer's own organization, then the viewer's own logout.
-    let route = routes
-        .iter()
-        .find(|r| r.is("POST", "/api/v1/organizations"))
-        .expect("the document has POST /api/v1/organizations");
-    let answer = call(&app, token, route).await;
-    assert_eq!(answer.status, StatusCode::CREATED, "{}", answer.body);
-    assert_ne!(answer.body["id"], first, "{}", answer.body);
-    let route = routes
-        .iter()
-        .find(|r| r.is("POST", "/api/v1/auth/logout"))
-        .expect("the document has POST /api/v1/auth/logout");
-    let answer = call(&app, token, route).await;
-    assert_eq!(answer.status, StatusCode::NO_CONTENT, "{}", answer.body);
+    own_organization_then_logout(&app, token, &routes, first).await;
     let (status, body) = app
         .send_as(token, Method::GET, "/api/v1/auth/me", None)
         .await;
     assert_eq!(status, StatusCode::UNAUTHORIZED, "logged out: {body}");
+}
+
+/// The writes that concern the caller alone: `POST /api/v1/organizations` creates the
+/// caller's own organization, then `POST /api/v1/auth/logout` ends the caller's session.
+async fn own_organization_then_logout(
+    app: &TestApp,
+    token: Option<&str>,
+    routes: &[Route],
+    first: &str,
+) {
+    let find = |method: &str, path: &str| {
+        routes
+            .iter()
+            .find(|r| r.is(method, path))
+            .unwrap_or_else(|| panic!("the document has {method} {path}"))
+    };
+    let answer = call(app, token, find("POST", "/api/v1/organizations")).await;
+    assert_eq!(answer.status, StatusCode::CREATED, "{}", answer.body);
+    assert_ne!(answer.body["id"], first, "{}", answer.body);
+    let answer = call(app, token, find("POST", "/api/v1/auth/logout")).await;
+    assert_eq!(answer.status, StatusCode::NO_CONTENT, "{}", answer.body);
 }
 
 #[tokio::test(flavor = "multi_thread")]
