@@ -88,10 +88,12 @@ pub fn app_state(
         ..RetryPolicy::default()
     };
     let tokens = TokenKeys::new(signing_secret).context("OMOI_JWT_SECRET")?;
+    let credential_ttl = std::time::Duration::from_millis(settings.auth.credential_cache_ms);
     Ok(AppState::new(
         CommandBus::new(pool, retry),
         Metrics::new()?,
         tokens,
+        credential_ttl,
     ))
 }
 

@@ -15,6 +15,7 @@ pub struct Settings {
     pub application: ApplicationSettings,
     pub database: DatabaseSettings,
     pub commands: CommandSettings,
+    pub auth: AuthSettings,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -46,6 +47,13 @@ pub struct EmbeddedSettings {
     pub data_dir: PathBuf,
     pub port: u16,
     pub database: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct AuthSettings {
+    /// How long an accepted credential is remembered (0 disables the cache). Revocations
+    /// and membership changes made through another replica take up to this long to apply.
+    pub credential_cache_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]

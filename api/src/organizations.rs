@@ -67,6 +67,8 @@ async fn create_organization(
     let committed = state
         .create::<Organization>(&caller, "CreateOrganization", id, command)
         .await?;
+    // The creator is now an owner: their cached credential must learn it.
+    forget_member(&state, owner);
     Ok((
         StatusCode::CREATED,
         Json(Versioned::committed(id, committed)),
@@ -195,13 +197,15 @@ async fn add_member(
     IdPath(id): IdPath,
     Body(body): Body<AddMember>,
 ) -> ApiResult<Json<Versioned<Organization>>> {
+    let principal = body.principal;
     let command = OrganizationCommand::AddMember {
-        principal: body.principal,
+        principal,
         role: body.role,
     };
     let committed = state
         .execute::<Organization>(&caller, "org:members:write", "AddMember", id, command)
         .await?;
+    forget_member(&state, principal);
     Ok(Json(Versioned::committed(id, committed)))
 }
 
@@ -232,6 +236,7 @@ async fn change_member_role(
             command,
         )
         .await?;
+    forget_member(&state, path.principal);
     Ok(Json(Versioned::committed(path.id, committed)))
 }
 
@@ -259,5 +264,14 @@ async fn remove_member(
             command,
         )
         .await?;
+    forget_member(&state, path.principal);
     Ok(Json(Versioned::committed(path.id, committed)))
+}
+
+/// A member's cached credentials carry their roles: once the change has committed, drop
+/// them so that the member's next request reloads (see `auth::cache`).
+fn forget_member(state: &AppState, principal: Principal) {
+    if let Principal::User(user) = principal {
+        state.credentials.forget_user(user);
+    }
 }

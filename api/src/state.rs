@@ -1,7 +1,7 @@
 //! Shared state of the handlers and the one path every command takes.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use cqrs_es::Aggregate;
 use omoi_domain::common::{DomainError, Scoped};
@@ -10,6 +10,7 @@ use omoi_store::{CommandBus, CommandError, Committed};
 use sqlx::PgPool;
 use uuid::Uuid;
 
+use crate::auth::cache::CredentialCache;
 use crate::auth::tokens::TokenKeys;
 use crate::auth::{refused, Caller};
 use crate::error::{ApiError, ApiResult};
@@ -20,6 +21,7 @@ pub struct AppState {
     pub bus: Arc<CommandBus>,
     pub metrics: Arc<Metrics>,
     pub tokens: Arc<TokenKeys>,
+    pub credentials: Arc<CredentialCache>,
 }
 
 /// The noun for a 404 about aggregate `A`.
@@ -36,11 +38,17 @@ fn entity<A: Aggregate>() -> &'static str {
 }
 
 impl AppState {
-    pub fn new(bus: CommandBus, metrics: Metrics, tokens: TokenKeys) -> Self {
+    pub fn new(
+        bus: CommandBus,
+        metrics: Metrics,
+        tokens: TokenKeys,
+        credential_ttl: Duration,
+    ) -> Self {
         Self {
             bus: Arc::new(bus),
             metrics: Arc::new(metrics),
             tokens: Arc::new(tokens),
+            credentials: Arc::new(CredentialCache::new(credential_ttl)),
         }
     }
 

@@ -13,6 +13,7 @@
 //! * [`tokens`] — HS256 JWTs; [`passwords`] — argon2id and the password rules;
 //!   [`keys`] — API keys; [`routes`] — `/api/v1/auth/*`.
 
+pub mod cache;
 pub mod keys;
 pub mod passwords;
 pub mod routes;
@@ -33,6 +34,7 @@ use uuid::Uuid;
 
 use crate::error::ApiError;
 use crate::state::AppState;
+use cache::CredentialKey;
 use tokens::TokenType;
 
 pub const ACCESS_COOKIE: &str = "omoi_access_token";
@@ -232,13 +234,17 @@ async fn user_caller(state: &AppState, token: &str) -> Result<Caller, ApiError> 
         .tokens
         .verify(token, TokenType::Access)
         .ok_or(INVALID_TOKEN)?;
+    let key = CredentialKey::Token(claims.jti);
+    if let Some(caller) = state.credentials.get(&key) {
+        return Ok(caller);
+    }
     let check = accounts::access_check(state.pool(), claims.sub, claims.jti)
         .await?
         .ok_or(INVALID_TOKEN)?;
     if check.token_revoked || claims.issued_at() < check.user.tokens_valid_after {
         return Err(INVALID_TOKEN);
     }
-    Ok(Caller {
+    let caller = Caller {
         identity: Identity::User {
             id: check.user.id,
             super_admin: check.user.is_super_admin,
@@ -246,20 +252,25 @@ async fn user_caller(state: &AppState, token: &str) -> Result<Caller, ApiError> 
         },
         roles: check.memberships.into_iter().collect(),
         request_id: String::new(),
-    })
+    };
+    state.credentials.put(key, &caller);
+    Ok(caller)
 }
 
 async fn api_key_caller(state: &AppState, key: &str) -> Result<Caller, ApiError> {
     let invalid = ApiError::Unauthorized {
         detail: "the API key is invalid or revoked",
     };
+    let digest = keys::sha256(key);
+    let cache_key = CredentialKey::ApiKey(digest.clone());
+    if let Some(caller) = state.credentials.get(&cache_key) {
+        return Ok(caller);
+    }
     let record = accounts::api_key_by_prefix(state.pool(), keys::prefix_of(key))
         .await?
-        .filter(|r| {
-            r.revoked_at.is_none() && keys::same_digest(&keys::sha256(key), &r.secret_sha256)
-        })
+        .filter(|r| r.revoked_at.is_none() && keys::same_digest(&digest, &r.secret_sha256))
         .ok_or(invalid)?;
-    Ok(Caller {
+    let caller = Caller {
         identity: Identity::ApiKey {
             id: record.id,
             organization_id: record.organization_id,
@@ -267,5 +278,7 @@ async fn api_key_caller(state: &AppState, key: &str) -> Result<Caller, ApiError>
         },
         roles: HashMap::from([(record.organization_id, record.role)]),
         request_id: String::new(),
-    })
+    };
+    state.credentials.put(cache_key, &caller);
+    Ok(caller)
 }

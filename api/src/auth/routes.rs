@@ -270,6 +270,7 @@ async fn refresh(
     match accounts::spend_refresh_token(state.pool(), claims.jti, claims.sub).await? {
         RefreshUse::Fresh => issue_pair(&state, claims.sub).await,
         RefreshUse::Reused => {
+            state.credentials.forget_user(claims.sub);
             tracing::warn!(user = %claims.sub, "refresh token reused: every token of the user revoked");
             Err(invalid)
         }
@@ -306,6 +307,7 @@ async fn logout(
         .filter(|claims| claims.sub == id)
         .map(|claims| claims.jti);
     accounts::revoke_session(state.pool(), token, refresh).await?;
+    state.credentials.forget_user(id);
     let mut headers = HeaderMap::new();
     for name in [super::ACCESS_COOKIE, REFRESH_COOKIE] {
         headers.append(SET_COOKIE, cookie(name, "", Duration::zero()));
@@ -528,6 +530,7 @@ async fn revoke_api_key(
     };
     caller.authorize(Some(scope), "apikey:write", "api key")?;
     accounts::revoke_api_key(state.pool(), id).await?;
+    state.credentials.forget_api_keys();
     let revoked = accounts::api_key_by_id(state.pool(), id)
         .await?
         .ok_or(ApiError::NotFound { what: "api key" })?;
