@@ -44,6 +44,11 @@ pub enum Command {
         #[command(subcommand)]
         action: DbAction,
     },
+    /// Operate the read models: status, rebuild, verify, retry.
+    Projections {
+        #[command(subcommand)]
+        action: crate::operate::ProjectionsAction,
+    },
     /// Benchmark the write path over HTTP against a raw pgbench of the same SQL.
     Bench(crate::bench::BenchArgs),
 }
@@ -129,6 +134,7 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
         }
         Command::History(args) => history(settings, args).await,
         Command::Db { action } => manage_db(settings, action).await,
+        Command::Projections { action } => crate::operate::run(settings, action).await,
         Command::Bench(args) => crate::bench::run(args).await,
     }
 }
@@ -137,12 +143,26 @@ async fn serve(settings: Settings, dev: bool) -> anyhow::Result<()> {
     let secret = server::signing_secret(dev)?;
     let database = server::open_database(&settings, dev).await?;
     let state = server::app_state(database.pool.clone(), &settings, &secret)?;
+    let (trigger, shutdown) = server::Shutdown::new();
+    let (stats, projections) = server::start_projections(
+        database.pool.clone(),
+        database.url.parse()?,
+        &state.bus,
+        omoi_projections::runner::RunnerConfig::default(),
+        shutdown.clone(),
+    );
+    let state = state.with_projections(stats);
     let (listener, address) = server::bind(&settings).await?;
     tracing::info!(%address, "omoi is serving");
     if dev {
         print_welcome(&state, address, database.embedded.is_some()).await?;
     }
-    let served = server::serve(listener, state, server::shutdown_signal()).await;
+    tokio::spawn(async move {
+        server::shutdown_signal().await;
+        let _ = trigger.send(true);
+    });
+    let served = server::serve(listener, state, shutdown.wait()).await;
+    let _ = projections.await;
     database.pool.close().await;
     if let Some(cluster) = database.embedded {
         tokio::task::spawn_blocking(move || cluster.stop()).await??;

@@ -13,6 +13,7 @@
 
 pub mod bench;
 pub mod cli;
+pub mod operate;
 pub mod server;
 pub mod settings;
 pub mod testing;

@@ -5,9 +5,12 @@ use std::net::SocketAddr;
 use std::path::Path;
 
 use anyhow::Context;
+use std::sync::Arc;
+
 use omoi_api::auth::tokens::TokenKeys;
 use omoi_api::metrics::Metrics;
 use omoi_api::state::AppState;
+use omoi_projections::runner::{announce_commits, ProjectionRunner, RunnerConfig, RunnerStats};
 use omoi_store::bus::RetryPolicy;
 use omoi_store::embedded::{ensure_database, EmbeddedPostgres};
 use omoi_store::{db, CommandBus};
@@ -262,3 +265,78 @@ pub async fn shutdown_signal() {
     }
     tracing::info!("shutting down");
 }
+
+/// A shutdown signal several tasks can wait for.
+#[derive(Clone)]
+pub struct Shutdown(tokio::sync::watch::Receiver<bool>);
+
+impl Shutdown {
+    /// A signal and the trigger that fires it.
+    pub fn new() -> (tokio::sync::watch::Sender<bool>, Self) {
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        (tx, Self(rx))
+    }
+
+    /// Completes once the trigger fired (or was dropped).
+    pub async fn wait(mut self) {
+        while !*self.0.borrow() {
+            if self.0.changed().await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+/// Runs the projectors beside the API: woken by this process's commits at once, by other
+/// processes' through one coalesced NOTIFY per burst. Returns the runner's statistics and
+/// its task.
+pub fn start_projections(
+    pool: PgPool,
+    options: sqlx::postgres::PgConnectOptions,
+    bus: &CommandBus,
+    config: RunnerConfig,
+    shutdown: Shutdown,
+) -> (Arc<RunnerStats>, tokio::task::JoinHandle<()>) {
+    start_projections_with(
+        pool,
+        options,
+        bus,
+        config,
+        omoi_projections::all(),
+        shutdown,
+    )
+}
+
+/// [`start_projections`] with the given projectors (tests use probes).
+pub fn start_projections_with(
+    pool: PgPool,
+    options: sqlx::postgres::PgConnectOptions,
+    bus: &CommandBus,
+    config: RunnerConfig,
+    projectors: Vec<Arc<dyn omoi_projections::Projector>>,
+    shutdown: Shutdown,
+) -> (Arc<RunnerStats>, tokio::task::JoinHandle<()>) {
+    let runner = ProjectionRunner::new(pool.clone(), options, projectors, config);
+    let stats = runner.stats();
+    let waker = runner.waker();
+    let mut commits = bus.commits();
+    tokio::spawn(async move {
+        while commits.changed().await.is_ok() {
+            waker.send_modify(|n| *n = n.wrapping_add(1));
+        }
+    });
+    tokio::spawn(announce_commits(
+        pool,
+        bus.commits(),
+        COMMIT_ANNOUNCE_WINDOW,
+    ));
+    let task = tokio::spawn(async move {
+        if let Err(error) = runner.run(shutdown.wait()).await {
+            tracing::error!(%error, "the projection runner stopped");
+        }
+    });
+    (stats, task)
+}
+
+/// Commits within this window share one NOTIFY to other processes.
+const COMMIT_ANNOUNCE_WINDOW: std::time::Duration = std::time::Duration::from_millis(5);

@@ -17,7 +17,6 @@ use reqwest::StatusCode;
 use serde_json::Value;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::PgPool;
-use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use uuid::Uuid;
 
@@ -139,8 +138,11 @@ pub struct TestApp {
     pub database: TestDatabase,
     /// Sent as `Authorization: Bearer` by the request helpers.
     pub token: Option<String>,
-    shutdown: Option<oneshot::Sender<()>>,
+    shutdown: Option<tokio::sync::watch::Sender<bool>>,
     server: Option<JoinHandle<anyhow::Result<()>>>,
+    projections: Option<JoinHandle<()>>,
+    /// What the server's projection runner reports.
+    pub projection_stats: std::sync::Arc<omoi_projections::runner::RunnerStats>,
 }
 
 /// Starts a server on a fresh database, with a registered user whose token the request
@@ -161,23 +163,40 @@ pub async fn spawn_app_on(database: TestDatabase) -> TestApp {
     let pool = TestDatabase::pool(&database.options, 16)
         .await
         .expect("a pool on the test database");
-    let state =
-        crate::server::app_state(pool, &settings, TEST_SIGNING_SECRET).expect("application state");
+    let state = crate::server::app_state(pool.clone(), &settings, TEST_SIGNING_SECRET)
+        .expect("application state");
+    let (trigger, shutdown) = crate::server::Shutdown::new();
+    let (stats, projections) = crate::server::start_projections(
+        pool,
+        database.options.clone(),
+        &state.bus,
+        test_runner_config(),
+        shutdown.clone(),
+    );
+    let state = state.with_projections(stats.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("a free port");
     let address = format!("http://{}", listener.local_addr().expect("a local address"));
-    let (tx, rx) = oneshot::channel::<()>();
-    let server = tokio::spawn(crate::server::serve(listener, state, async {
-        let _ = rx.await;
-    }));
+    let server = tokio::spawn(crate::server::serve(listener, state, shutdown.wait()));
     TestApp {
         address,
         client: reqwest::Client::new(),
         database,
         token: None,
-        shutdown: Some(tx),
+        shutdown: Some(trigger),
         server: Some(server),
+        projections: Some(projections),
+        projection_stats: stats,
+    }
+}
+
+/// Projectors in tests poll and take over quickly, so that tests take seconds.
+pub fn test_runner_config() -> omoi_projections::runner::RunnerConfig {
+    omoi_projections::runner::RunnerConfig {
+        batch_size: 500,
+        poll_interval: std::time::Duration::from_millis(100),
+        takeover_interval: std::time::Duration::from_millis(200),
     }
 }
 
@@ -191,13 +210,49 @@ fn test_settings() -> Settings {
 impl TestApp {
     /// Stops the server, waiting for open requests to finish.
     pub async fn stop(mut self) -> (TestDatabase, Option<String>) {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
+        if let Some(trigger) = self.shutdown.take() {
+            let _ = trigger.send(true);
         }
         if let Some(server) = self.server.take() {
             server.await.expect("server task").expect("server ran");
         }
+        if let Some(projections) = self.projections.take() {
+            projections.await.expect("projection runner task");
+        }
         (self.database.clone(), self.token.clone())
+    }
+
+    /// Waits until every live projector has applied everything committed so far, so that
+    /// a test can read the read models its commands changed.
+    pub async fn caught_up(&self) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            // The newest event in the global order, (transaction_id, global_position).
+            let behind: i64 = sqlx::query_scalar(
+                "select count(*) from projector_builds b,
+                        (select transaction_id::text::bigint as xid, global_position as pos
+                           from events order by transaction_id desc, global_position desc
+                          limit 1) newest
+                  where b.state in ('live', 'building')
+                    and (b.transaction_id, b.global_position) < (newest.xid, newest.pos)",
+            )
+            .fetch_one(&self.database.pool)
+            .await
+            .expect("projector positions");
+            let builds: i64 =
+                sqlx::query_scalar("select count(*) from projector_builds where state = 'live'")
+                    .fetch_one(&self.database.pool)
+                    .await
+                    .expect("projector builds");
+            if behind == 0 && builds > 0 {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "projections did not catch up within 10 s"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
     }
 
     /// A command bus of its own on the same database, as another process would have.

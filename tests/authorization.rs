@@ -29,7 +29,12 @@ const PUBLIC: [(&str, &str); 5] = [
 /// The routes that address nothing of an organization by id (in the path or the body):
 /// a user of another organization cannot get a 404 from them. Each is checked instead for
 /// what it answers that user (method, template, why).
-const ADDRESSING_NOTHING: [(&str, &str, &str); 5] = [
+const ADDRESSING_NOTHING: [(&str, &str, &str); 6] = [
+    (
+        "GET",
+        "/api/v1/projections",
+        "the read models' positions: no organization's data, and no error details",
+    ),
     (
         "POST",
         "/api/v1/organizations",
@@ -316,6 +321,28 @@ fn entry(method: &str, template: &str, f: &Fixtures) -> (String, Option<Value>) 
 
         // The event log.
         ("GET", "/api/v1/events") => ("/api/v1/events?limit=1000".into(), None),
+
+        // Read models.
+        ("GET", "/api/v1/board/view" | "/api/v1/board/stats" | "/api/v1/board/wip-violations") => {
+            (format!("{template}?project_id={}", f.project), None)
+        }
+        ("POST", "/api/v1/board/move") => (
+            template.into(),
+            Some(json!({"ticket_id": f.ticket, "to": "analyzing"})),
+        ),
+        ("GET", "/api/v1/graph/dependency-graph/project/{id}") => (on(&f.project), None),
+        ("GET", "/api/v1/graph/dependency-graph/ticket/{id}") => (on(&f.ticket), None),
+        (
+            "GET",
+            "/api/v1/graph/dependency-graph/task/{id}/blocked"
+            | "/api/v1/graph/dependency-graph/task/{id}/blocking",
+        ) => (on(&f.second_task), None),
+        ("GET", "/api/v1/timeline") => (format!("{template}?project_id={}", f.project), None),
+        ("GET", "/api/v1/agents") => (
+            format!("{template}?organization_id={}", f.organization),
+            None,
+        ),
+        ("GET", "/api/v1/projections") => (template.into(), None),
 
         _ => panic!(
             "route {method} {template} has no entry: add one to the authorization table \
@@ -769,6 +796,15 @@ async fn a_user_of_another_organization_finds_nothing_of_the_first_one() {
                 } else {
                     None
                 }
+            }
+            "/api/v1/projections" => {
+                let builds = body.as_array().cloned().unwrap_or_default();
+                let detailed = builds.iter().any(|b| {
+                    b["error"]
+                        .as_str()
+                        .is_some_and(|e| e != "stopped at a poison event")
+                });
+                (builds.is_empty() || detailed).then(|| format!("projections: {body}"))
             }
             "/api/v1/auth/api-keys" => {
                 let keys = body.as_array().cloned().unwrap_or_default();

@@ -12,10 +12,13 @@
 //! * One module per resource: [`organizations`], [`projects`], [`tickets`], [`tasks`],
 //!   [`specs`], [`agents`]; [`history`] (per-aggregate history, global stream); [`system`].
 
+pub mod agent_views;
 pub mod agents;
 pub mod auth;
+pub mod board;
 pub mod error;
 pub mod extract;
+pub mod graph;
 pub mod history;
 pub mod metrics;
 pub mod organizations;
@@ -26,6 +29,7 @@ pub mod state;
 pub mod system;
 pub mod tasks;
 pub mod tickets;
+pub mod timeline;
 
 use std::time::Instant;
 
@@ -79,6 +83,9 @@ impl utoipa::Modify for BearerAuth {
         (name = "auth", description = "Accounts, tokens and API keys"),
         (name = "organizations"), (name = "projects"), (name = "tickets"), (name = "tasks"),
         (name = "specs"), (name = "agents"), (name = "events", description = "The event log"),
+        (name = "timeline", description = "Activity timeline of a project (read model)"),
+        (name = "board", description = "Kanban board of a project (read model)"),
+        (name = "graph", description = "Task dependency graph (read model)"),
         (name = "system"),
     )
 )]
@@ -93,6 +100,10 @@ fn documented_routes() -> OpenApiRouter<AppState> {
         .merge(tasks::router())
         .merge(specs::router())
         .merge(agents::router())
+        .merge(agent_views::router())
+        .merge(timeline::router())
+        .merge(board::router())
+        .merge(graph::router())
         .merge(history::router())
         .merge(system::router())
 }

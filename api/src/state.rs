@@ -5,6 +5,7 @@ use std::time::{Duration, Instant};
 
 use cqrs_es::Aggregate;
 use omoi_domain::common::{DomainError, Scoped};
+use omoi_projections::runner::RunnerStats;
 use omoi_store::bus::ScopeCheck;
 use omoi_store::{CommandBus, CommandError, Committed};
 use sqlx::PgPool;
@@ -22,6 +23,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     pub tokens: Arc<TokenKeys>,
     pub credentials: Arc<CredentialCache>,
+    /// Statistics of the projections this process runs, when it runs them.
+    pub projections: Option<Arc<RunnerStats>>,
 }
 
 /// The noun for a 404 about aggregate `A`.
@@ -49,7 +52,15 @@ impl AppState {
             metrics: Arc::new(metrics),
             tokens: Arc::new(tokens),
             credentials: Arc::new(CredentialCache::new(credential_ttl)),
+            projections: None,
         }
+    }
+
+    /// Reports the statistics of a projection runner in `/metrics` and
+    /// `GET /api/v1/projections`.
+    pub fn with_projections(mut self, stats: Arc<RunnerStats>) -> Self {
+        self.projections = Some(stats);
+        self
     }
 
     pub fn pool(&self) -> &PgPool {

@@ -16,6 +16,7 @@ pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(health))
         .routes(routes!(metrics))
+        .routes(routes!(projections))
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -40,11 +41,81 @@ async fn health(State(state): State<AppState>) -> ApiResult<Json<Health>> {
 #[utoipa::path(get, path = "/metrics", tag = "system", security(()),
     responses((status = 200, content_type = "text/plain", body = String)))]
 async fn metrics(State(state): State<AppState>) -> ApiResult<impl IntoResponse> {
-    let text = state
+    let mut text = state
         .metrics
         .render()
         .map_err(|e| ApiError::Internal(e.to_string()))?;
+    if let Some(projections) = &state.projections {
+        text.push_str(&projections.render_prometheus());
+    }
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text))
+}
+
+/// One projector build, as `GET /api/v1/projections` reports it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ProjectionStatus {
+    pub projector: String,
+    pub build: i64,
+    /// `live` (serving readers) or `building` (catching up beside the live build).
+    pub state: String,
+    pub code_version: i32,
+    /// The checkpoint: everything up to this cursor is applied.
+    pub cursor: String,
+    pub events_applied: i64,
+    /// Where a poison event stopped the build, and why; `omoi projections retry` resumes.
+    pub failed_at: Option<String>,
+    pub error: Option<String>,
+    /// Whether this process leads the build, and its last measured lag.
+    pub led_here: bool,
+    pub lag_events: Option<i64>,
+    pub lag_ms: Option<i64>,
+}
+
+/// Where every read model stands, and any projector a poison event stopped. The error text
+/// can name ids of any organization, so only super administrators see it.
+#[utoipa::path(get, path = "/api/v1/projections", tag = "system",
+    responses((status = 200, body = Vec<ProjectionStatus>), (status = 401, body = Problem)))]
+async fn projections(
+    State(state): State<AppState>,
+    caller: crate::auth::Caller,
+) -> ApiResult<Json<Vec<ProjectionStatus>>> {
+    let builds = omoi_projections::catalog::status(state.pool()).await?;
+    let local = state
+        .projections
+        .as_ref()
+        .map(|stats| stats.snapshot())
+        .unwrap_or_default();
+    let statuses = builds
+        .into_iter()
+        .map(|build| {
+            let here = local.iter().find(|s| s.build == build.build && s.leader);
+            let (failed_at, error) = match build.failure {
+                Some((at, error)) => (
+                    Some(at.to_string()),
+                    Some(if caller.is_super_admin() {
+                        error
+                    } else {
+                        "stopped at a poison event".to_string()
+                    }),
+                ),
+                None => (None, None),
+            };
+            ProjectionStatus {
+                projector: build.projector,
+                build: build.build,
+                state: build.state.as_str().to_string(),
+                code_version: build.code_version,
+                cursor: build.cursor.to_string(),
+                events_applied: build.events_applied,
+                failed_at,
+                error,
+                led_here: here.is_some(),
+                lag_events: here.map(|s| s.lag_events),
+                lag_ms: here.map(|s| s.lag_ms),
+            }
+        })
+        .collect();
+    Ok(Json(statuses))
 }
 
 /// Swagger UI for `/openapi.json`. The viewer's scripts come from a CDN so that the

@@ -160,6 +160,8 @@ pub struct CommandBus {
     pool: PgPool,
     retry: RetryPolicy,
     stripes: Vec<Mutex<()>>,
+    /// Bumped after every commit that appended events: wakes projectors in this process.
+    commits: tokio::sync::watch::Sender<u64>,
 }
 
 /// Why a scope check refused an aggregate.
@@ -182,7 +184,13 @@ impl CommandBus {
             pool,
             retry,
             stripes: (0..LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
+            commits: tokio::sync::watch::channel(0).0,
         }
+    }
+
+    /// Changes after every commit that appended events.
+    pub fn commits(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.commits.subscribe()
     }
 
     pub fn pool(&self) -> &PgPool {
@@ -249,7 +257,12 @@ impl CommandBus {
                     return Err(CommandError::Conflict { attempts: attempt })
                 }
                 Err(AttemptError::Failed(error)) => return Err(error),
-                Ok(committed) => return Ok(committed),
+                Ok(committed) => {
+                    if committed.events > 0 {
+                        self.commits.send_modify(|n| *n = n.wrapping_add(1));
+                    }
+                    return Ok(committed);
+                }
             }
         }
     }

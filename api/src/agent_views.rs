@@ -1,0 +1,129 @@
+//! `GET /api/v1/agents`: the agents of the caller's organizations with their status and
+//! current task (read model `agents`). One agent's own state is `GET /api/v1/agents/{id}`
+//! in [`crate::agents`].
+
+use axum::extract::State;
+use axum::Json;
+use omoi_domain::agent::AgentStatus;
+use omoi_domain::common::Scope;
+use omoi_projections::agents::{self, AgentFilter, AgentView};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+use uuid::Uuid;
+
+use crate::auth::Caller;
+use crate::error::{ApiError, ApiResult, Problem};
+use crate::extract::Query;
+use crate::state::AppState;
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(list_agents))
+}
+
+const PERMISSION: &str = "agent:read";
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct AgentsQuery {
+    /// Only this organization's agents; absent: every organization the caller may read.
+    pub organization_id: Option<Uuid>,
+    /// Only agents registered for this project (organization-wide agents have none).
+    pub project_id: Option<Uuid>,
+    #[param(inline)]
+    pub status: Option<AgentStatus>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AgentList {
+    pub agents: Vec<AgentView>,
+}
+
+/// The scope the caller reads an organization's agents in: a project-limited API key sees
+/// only its project's agents, as for `GET /api/v1/agents/{id}`.
+fn scope_in(caller: &Caller, organization_id: Uuid) -> Option<Scope> {
+    Some(Scope {
+        organization_id,
+        project_id: caller.project_limit(),
+    })
+}
+
+/// The organizations to list: the requested one (404 unless the caller may read its
+/// agents), else every one it may (`None`: all, for operators).
+fn organizations(caller: &Caller, requested: Option<Uuid>) -> ApiResult<Option<Vec<Uuid>>> {
+    if let Some(organization_id) = requested {
+        caller.authorize(
+            scope_in(caller, organization_id),
+            PERMISSION,
+            "organization",
+        )?;
+        return Ok(Some(vec![organization_id]));
+    }
+    if caller.is_super_admin() {
+        return Ok(None);
+    }
+    let readable = caller
+        .visible_organizations()
+        .into_iter()
+        .filter(|org| caller.check(scope_in(caller, *org), PERMISSION).is_ok())
+        .collect();
+    Ok(Some(readable))
+}
+
+/// The project filter: a project-limited API key is held to its project.
+fn project(caller: &Caller, requested: Option<Uuid>) -> ApiResult<Option<Uuid>> {
+    match (caller.project_limit(), requested) {
+        (Some(only), Some(asked)) if asked != only => Err(ApiError::NotFound { what: "project" }),
+        (Some(only), _) => Ok(Some(only)),
+        (None, asked) => Ok(asked),
+    }
+}
+
+/// Agents with their status, capabilities, capacity and current task, by name. Without
+/// `organization_id`, the agents of every organization the caller may read. The list
+/// follows commands shortly after they commit, once the read model has caught up.
+#[utoipa::path(
+    get,
+    path = "/api/v1/agents",
+    tag = "agents",
+    params(AgentsQuery),
+    responses(
+        (status = 200, body = AgentList),
+        (status = 400, body = Problem, description = "bad id or status"),
+        (status = 403, body = Problem),
+        (status = 404, body = Problem, description = "no such organization"),
+    )
+)]
+async fn list_agents(
+    State(state): State<AppState>,
+    caller: Caller,
+    Query(query): Query<AgentsQuery>,
+) -> ApiResult<Json<AgentList>> {
+    let filter = AgentFilter {
+        organizations: organizations(&caller, query.organization_id)?,
+        project_id: project(&caller, query.project_id)?,
+        status: query.status.map(|s| s.as_str().to_string()),
+    };
+    let agents = agents::list(state.pool(), &filter).await?;
+    Ok(Json(AgentList { agents }))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_agent_list_is_documented_beside_the_single_agent() {
+        let document = crate::openapi();
+        let paths = &document.paths.paths;
+        let list = paths.get("/api/v1/agents").expect("GET /api/v1/agents");
+        assert!(list.get.is_some());
+        assert!(paths.contains_key("/api/v1/agents/{id}"));
+        let schemas = document.components.map(|c| c.schemas).unwrap_or_default();
+        for schema in ["AgentList", "AgentView"] {
+            assert!(
+                schemas.contains_key(schema),
+                "{schema} is not in the document"
+            );
+        }
+    }
+}

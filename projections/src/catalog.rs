@@ -1,0 +1,275 @@
+//! Builds, their schemas and checkpoints, and the views readers query.
+
+use omoi_store::Cursor;
+use sqlx::{PgConnection, PgPool, Row};
+
+use crate::Projector;
+
+/// One build of a projector, as recorded in `projector_builds`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Build {
+    pub build: i64,
+    pub projector: String,
+    pub code_version: i32,
+    pub state: BuildState,
+    pub cursor: Cursor,
+    pub events_applied: i64,
+    /// Where and why the build stopped, if a poison event stopped it.
+    pub failure: Option<(Cursor, String)>,
+    pub updated_at: chrono::DateTime<chrono::Utc>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BuildState {
+    Building,
+    Live,
+    Retired,
+    Scratch,
+}
+
+impl BuildState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Building => "building",
+            Self::Live => "live",
+            Self::Retired => "retired",
+            Self::Scratch => "scratch",
+        }
+    }
+
+    fn parse(text: &str) -> Self {
+        match text {
+            "live" => Self::Live,
+            "retired" => Self::Retired,
+            "scratch" => Self::Scratch,
+            _ => Self::Building,
+        }
+    }
+}
+
+impl Build {
+    /// The schema holding this build's tables.
+    pub fn schema(&self) -> String {
+        schema_of(&self.projector, self.build)
+    }
+
+    fn from_row(row: &sqlx::postgres::PgRow) -> Result<Self, sqlx::Error> {
+        let state: String = row.try_get("state")?;
+        let failed_xid: Option<i64> = row.try_get("failed_transaction_id")?;
+        let failed_pos: Option<i64> = row.try_get("failed_global_position")?;
+        let error: Option<String> = row.try_get("error")?;
+        Ok(Self {
+            build: row.try_get("build")?,
+            projector: row.try_get("projector")?,
+            code_version: row.try_get("code_version")?,
+            state: BuildState::parse(&state),
+            cursor: Cursor {
+                transaction_id: row.try_get("transaction_id")?,
+                global_position: row.try_get("global_position")?,
+            },
+            events_applied: row.try_get("events_applied")?,
+            failure: error.map(|e| {
+                let at = Cursor {
+                    transaction_id: failed_xid.unwrap_or_default(),
+                    global_position: failed_pos.unwrap_or_default(),
+                };
+                (at, e)
+            }),
+            updated_at: row.try_get("updated_at")?,
+        })
+    }
+}
+
+/// `rm_<projector>_<build>`.
+pub fn schema_of(projector: &str, build: i64) -> String {
+    format!("rm_{projector}_{build}")
+}
+
+const BUILD_COLUMNS: &str =
+    "build, projector, code_version, state, transaction_id, global_position, \
+     events_applied, failed_transaction_id, failed_global_position, error, updated_at";
+
+/// Every build that is not retired, oldest first.
+pub async fn active_builds(pool: &PgPool) -> Result<Vec<Build>, sqlx::Error> {
+    let sql = format!(
+        "select {BUILD_COLUMNS} from projector_builds
+          where state in ('live', 'building') order by build"
+    );
+    sqlx::query(&sql)
+        .fetch_all(pool)
+        .await?
+        .iter()
+        .map(Build::from_row)
+        .collect()
+}
+
+/// One build, locked for the rest of the transaction (serializes batches, go-live, retry).
+pub async fn lock_build(conn: &mut PgConnection, build: i64) -> Result<Option<Build>, sqlx::Error> {
+    let sql = format!("select {BUILD_COLUMNS} from projector_builds where build = $1 for update");
+    sqlx::query(&sql)
+        .bind(build)
+        .fetch_optional(conn)
+        .await?
+        .as_ref()
+        .map(Build::from_row)
+        .transpose()
+}
+
+pub async fn build_by_id(pool: &PgPool, build: i64) -> Result<Option<Build>, sqlx::Error> {
+    let sql = format!("select {BUILD_COLUMNS} from projector_builds where build = $1");
+    sqlx::query(&sql)
+        .bind(build)
+        .fetch_optional(pool)
+        .await?
+        .as_ref()
+        .map(Build::from_row)
+        .transpose()
+}
+
+/// Makes sure the projector has a build for its current code version: on first start one
+/// that is live at once (so the views exist), after a version bump one that rebuilds
+/// beside the live build. Safe to call from several processes at once.
+pub async fn ensure_current_build(
+    pool: &PgPool,
+    projector: &dyn Projector,
+) -> Result<Build, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    // One process at a time decides, per projector.
+    sqlx::query("select pg_advisory_xact_lock(hashtext('omoi-catalog'), hashtext($1))")
+        .bind(projector.name())
+        .execute(&mut *tx)
+        .await?;
+    let sql = format!(
+        "select {BUILD_COLUMNS} from projector_builds
+          where projector = $1 and code_version = $2 and state in ('live', 'building')
+          order by build desc limit 1"
+    );
+    let existing = sqlx::query(&sql)
+        .bind(projector.name())
+        .bind(projector.version())
+        .fetch_optional(&mut *tx)
+        .await?;
+    if let Some(row) = existing {
+        let build = Build::from_row(&row)?;
+        tx.commit().await?;
+        return Ok(build);
+    }
+    let has_live: bool = sqlx::query_scalar(
+        "select exists(select 1 from projector_builds where projector = $1 and state = 'live')",
+    )
+    .bind(projector.name())
+    .fetch_one(&mut *tx)
+    .await?;
+    let state = if has_live {
+        BuildState::Building
+    } else {
+        BuildState::Live
+    };
+    let build = create_build(&mut tx, projector, state).await?;
+    if state == BuildState::Live {
+        point_views(&mut tx, projector, &build.schema()).await?;
+    }
+    tx.commit().await?;
+    Ok(build)
+}
+
+/// Inserts a build row and creates its schema and tables.
+pub async fn create_build(
+    conn: &mut PgConnection,
+    projector: &dyn Projector,
+    state: BuildState,
+) -> Result<Build, sqlx::Error> {
+    let sql = format!(
+        "insert into projector_builds (projector, code_version, state) values ($1, $2, $3)
+         returning {BUILD_COLUMNS}"
+    );
+    let row = sqlx::query(&sql)
+        .bind(projector.name())
+        .bind(projector.version())
+        .bind(state.as_str())
+        .fetch_one(&mut *conn)
+        .await?;
+    let build = Build::from_row(&row)?;
+    let schema = build.schema();
+    sqlx::query(&format!("create schema {schema}"))
+        .execute(&mut *conn)
+        .await?;
+    for statement in projector.create_tables(&schema) {
+        sqlx::query(&statement).execute(&mut *conn).await?;
+    }
+    Ok(build)
+}
+
+/// Points the stable views `<projector>_<table>` at `schema`.
+pub async fn point_views(
+    conn: &mut PgConnection,
+    projector: &dyn Projector,
+    schema: &str,
+) -> Result<(), sqlx::Error> {
+    for table in projector.tables() {
+        let view = format!("{}_{table}", projector.name());
+        sqlx::query(&format!("drop view if exists public.{view}"))
+            .execute(&mut *conn)
+            .await?;
+        sqlx::query(&format!(
+            "create view public.{view} as select * from {schema}.{table}"
+        ))
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(())
+}
+
+/// Switches readers to `build` (which must be locked by the caller's transaction) and
+/// retires the previous live build; returns the retired builds' schemas, to drop once
+/// committed.
+pub async fn go_live(
+    conn: &mut PgConnection,
+    projector: &dyn Projector,
+    build: &Build,
+) -> Result<Vec<String>, sqlx::Error> {
+    let retired: Vec<i64> = sqlx::query_scalar(
+        "update projector_builds set state = 'retired', updated_at = now()
+          where projector = $1 and state = 'live' and build <> $2 returning build",
+    )
+    .bind(&build.projector)
+    .bind(build.build)
+    .fetch_all(&mut *conn)
+    .await?;
+    sqlx::query("update projector_builds set state = 'live', updated_at = now() where build = $1")
+        .bind(build.build)
+        .execute(&mut *conn)
+        .await?;
+    point_views(conn, projector, &build.schema()).await?;
+    Ok(retired
+        .into_iter()
+        .map(|b| schema_of(&build.projector, b))
+        .collect())
+}
+
+/// Drops a retired or scratch build's schema.
+pub async fn drop_schema(pool: &PgPool, schema: &str) -> Result<(), sqlx::Error> {
+    sqlx::query(&format!("drop schema if exists {schema} cascade"))
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
+/// Every build that is live, building or stopped, for `status`.
+pub async fn status(pool: &PgPool) -> Result<Vec<Build>, sqlx::Error> {
+    active_builds(pool).await
+}
+
+/// Clears a build's failure so its runner tries the poison event again.
+pub async fn retry(pool: &PgPool, projector: &str) -> Result<u64, sqlx::Error> {
+    Ok(sqlx::query(
+        "update projector_builds
+            set error = null, failed_transaction_id = null, failed_global_position = null,
+                updated_at = now()
+          where projector = $1 and state in ('live', 'building') and error is not null",
+    )
+    .bind(projector)
+    .execute(pool)
+    .await?
+    .rows_affected())
+}

@@ -1,0 +1,79 @@
+//! Read models built from the global event stream.
+//!
+//! A [`Projector`] has a name, a version, the tables it owns and an `apply` that updates
+//! them for one event inside a transaction. The [`runner`] feeds each projector the global
+//! stream in its gapless order and stores the checkpoint in the same transaction as the
+//! batch (exactly once); the [`catalog`] gives every version its own schema
+//! (`rm_<name>_v<version>`) and points stable views (`<name>_<table>` in `public`) at the
+//! live one, so a rebuild happens beside the live tables and readers switch in one
+//! transaction.
+//!
+//! # Layout
+//!
+//! * [`Projector`] and [`ProjectionError`] — here.
+//! * [`catalog`] — schemas, checkpoints, views, status.
+//! * [`runner`] — leadership (advisory lock), batches, wake-ups, failure handling, metrics.
+//! * One module per read model: [`board`], [`graph`], [`timeline`], [`agents`].
+
+pub mod agents;
+pub mod board;
+pub mod catalog;
+pub mod graph;
+pub mod runner;
+pub mod timeline;
+pub mod verify;
+
+use std::sync::Arc;
+
+use futures_util::future::BoxFuture;
+use omoi_store::StoredEvent;
+use sqlx::PgConnection;
+
+/// Why a projector could not apply an event. The runner stops that projector at the event
+/// and reports the error; the others carry on.
+#[derive(Debug, thiserror::Error)]
+pub enum ProjectionError {
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("event {event_type} has an unexpected payload: {detail}")]
+    Payload { event_type: String, detail: String },
+}
+
+impl ProjectionError {
+    pub fn payload(event: &StoredEvent, detail: impl std::fmt::Display) -> Self {
+        Self::Payload {
+            event_type: event.event_type.clone(),
+            detail: detail.to_string(),
+        }
+    }
+}
+
+/// A read model fed by the global stream.
+pub trait Projector: Send + Sync {
+    /// Stable name: the schema is `rm_<name>_v<version>`, the views `<name>_<table>`.
+    fn name(&self) -> &'static str;
+    /// Bump to rebuild the read model from position zero (beside the live one).
+    fn version(&self) -> i32;
+    /// The tables this projector owns, by bare name (for views and `verify`).
+    fn tables(&self) -> &'static [&'static str];
+    /// `create table` statements for the tables, in `schema` (use `{schema}.` prefixes).
+    fn create_tables(&self, schema: &str) -> Vec<String>;
+    /// Applies one event. Runs inside the batch's transaction; an error rolls the batch
+    /// back and stops this projector at the event.
+    fn apply<'a>(
+        &'a self,
+        tx: &'a mut PgConnection,
+        schema: &'a str,
+        event: &'a StoredEvent,
+    ) -> BoxFuture<'a, Result<(), ProjectionError>>;
+}
+
+/// Every read model, in the order they are reported.
+pub fn all() -> Vec<Arc<dyn Projector>> {
+    vec![
+        Arc::new(board::BoardProjector),
+        Arc::new(graph::GraphProjector),
+        Arc::new(timeline::TimelineProjector),
+        Arc::new(agents::AgentsProjector),
+    ]
+}

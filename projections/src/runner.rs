@@ -1,0 +1,524 @@
+//! The projector runner: one task per build, exactly once, one leader per build across
+//! replicas.
+//!
+//! * **Exactly once.** A batch is read from the global stream after the build's checkpoint,
+//!   applied, and the checkpoint advanced in one transaction that starts by locking the
+//!   build's row. A crash anywhere rolls the whole batch back.
+//! * **One leader.** Each build is projected by whoever holds its session advisory lock on
+//!   a dedicated connection; when that process dies its connection closes, the lock is
+//!   released, and another replica takes over within `takeover_interval`.
+//! * **Wake-ups.** Commits in this process wake the runner at once (the command bus bumps a
+//!   counter). Commits in other processes arrive through one coalesced `NOTIFY` per burst
+//!   (never one per append: see docs/architecture.md), with a poll as the safety net.
+//! * **Poison events.** A failing `apply` rolls its batch back and stops that build at the
+//!   event, recording position and error; the other projectors carry on.
+
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use omoi_store::log::{read_global, Visibility};
+use omoi_store::StoredEvent;
+use sqlx::postgres::{PgConnectOptions, PgListener};
+use sqlx::{Connection, PgConnection, PgPool};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::catalog::{self, Build, BuildState};
+use crate::Projector;
+
+/// The channel other processes' commits are announced on.
+pub const CHANNEL: &str = "omoi_events";
+
+#[derive(Debug, Clone)]
+pub struct RunnerConfig {
+    pub batch_size: i64,
+    /// How often an idle runner looks for events it was not woken for.
+    pub poll_interval: Duration,
+    /// How often a follower tries to take a build over.
+    pub takeover_interval: Duration,
+}
+
+impl Default for RunnerConfig {
+    fn default() -> Self {
+        Self {
+            batch_size: 500,
+            poll_interval: Duration::from_millis(500),
+            takeover_interval: Duration::from_secs(1),
+        }
+    }
+}
+
+/// What `/metrics`, `GET /api/v1/projections` and tests read about each projector.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct ProjectorStats {
+    pub projector: String,
+    pub build: i64,
+    pub state: String,
+    pub cursor: String,
+    pub global_position: i64,
+    pub events_applied: i64,
+    /// Events appended after the checkpoint (from the position sequence: approximate).
+    pub lag_events: i64,
+    /// Age of the newest applied event when the batch committed; 0 when caught up.
+    pub lag_ms: i64,
+    pub last_batch_ms: f64,
+    pub leader: bool,
+    pub error: Option<String>,
+}
+
+/// A gauge's name, help text and how to read it off a projector's statistics.
+type Gauge = (&'static str, &'static str, fn(&ProjectorStats) -> f64);
+
+/// Shared, live statistics of the builds this process projects.
+#[derive(Debug, Default)]
+pub struct RunnerStats {
+    by_build: Mutex<BTreeMap<i64, ProjectorStats>>,
+}
+
+impl RunnerStats {
+    pub fn snapshot(&self) -> Vec<ProjectorStats> {
+        self.by_build
+            .lock()
+            .map(|m| m.values().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    fn update(&self, build: i64, change: impl FnOnce(&mut ProjectorStats)) {
+        if let Ok(mut map) = self.by_build.lock() {
+            change(map.entry(build).or_default());
+        }
+    }
+
+    /// Prometheus text for the builds this process leads.
+    pub fn render_prometheus(&self) -> String {
+        let mut out = String::new();
+        let gauges: [Gauge; 5] = [
+            (
+                "omoi_projector_position",
+                "Global position of the checkpoint",
+                |s| s.global_position as f64,
+            ),
+            (
+                "omoi_projector_lag_events",
+                "Events appended after the checkpoint",
+                |s| s.lag_events as f64,
+            ),
+            (
+                "omoi_projector_lag_seconds",
+                "Age of the newest applied event at commit",
+                |s| s.lag_ms as f64 / 1000.0,
+            ),
+            (
+                "omoi_projector_batch_seconds",
+                "Duration of the last batch",
+                |s| s.last_batch_ms / 1000.0,
+            ),
+            (
+                "omoi_projector_failed",
+                "1 when a poison event stopped the projector",
+                |s| f64::from(u8::from(s.error.is_some())),
+            ),
+        ];
+        let stats: Vec<ProjectorStats> = self.snapshot().into_iter().filter(|s| s.leader).collect();
+        for (name, help, value) in gauges {
+            out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} gauge\n"));
+            for s in &stats {
+                out.push_str(&format!(
+                    "{name}{{projector=\"{}\",build=\"{}\"}} {}\n",
+                    s.projector,
+                    s.build,
+                    value(s)
+                ));
+            }
+        }
+        out
+    }
+}
+
+/// Runs every projector's builds until shutdown.
+pub struct ProjectionRunner {
+    pool: PgPool,
+    options: PgConnectOptions,
+    projectors: HashMap<&'static str, Arc<dyn Projector>>,
+    config: RunnerConfig,
+    wake: watch::Sender<u64>,
+    stats: Arc<RunnerStats>,
+}
+
+impl ProjectionRunner {
+    pub fn new(
+        pool: PgPool,
+        options: PgConnectOptions,
+        projectors: Vec<Arc<dyn Projector>>,
+        config: RunnerConfig,
+    ) -> Self {
+        let (wake, _) = watch::channel(0);
+        Self {
+            pool,
+            options,
+            projectors: projectors.into_iter().map(|p| (p.name(), p)).collect(),
+            config,
+            wake,
+            stats: Arc::default(),
+        }
+    }
+
+    /// Bump it to wake the runner (the command bus does, after every commit).
+    pub fn waker(&self) -> watch::Sender<u64> {
+        self.wake.clone()
+    }
+
+    pub fn stats(&self) -> Arc<RunnerStats> {
+        self.stats.clone()
+    }
+
+    /// Projects until `shutdown` completes.
+    pub async fn run(self, shutdown: impl Future<Output = ()> + Send) -> Result<(), sqlx::Error> {
+        for projector in self.projectors.values() {
+            catalog::ensure_current_build(&self.pool, projector.as_ref()).await?;
+        }
+        let listener = tokio::spawn(listen(self.options.clone(), self.wake.clone()));
+        let mut tasks: HashMap<i64, JoinHandle<()>> = HashMap::new();
+        let (stop_tx, stop_rx) = watch::channel(false);
+        tokio::pin!(shutdown);
+        loop {
+            if let Err(error) = self.supervise(&mut tasks, &stop_rx).await {
+                tracing::warn!(%error, "projection supervisor: database error; retrying");
+            }
+            tokio::select! {
+                () = &mut shutdown => break,
+                () = tokio::time::sleep(self.config.takeover_interval) => {}
+            }
+        }
+        let _ = stop_tx.send(true);
+        listener.abort();
+        for (_, task) in tasks {
+            let _ = task.await;
+        }
+        Ok(())
+    }
+
+    /// Starts a task for every build this code can project that has none yet.
+    async fn supervise(
+        &self,
+        tasks: &mut HashMap<i64, JoinHandle<()>>,
+        stop: &watch::Receiver<bool>,
+    ) -> Result<(), sqlx::Error> {
+        tasks.retain(|_, task| !task.is_finished());
+        for build in catalog::active_builds(&self.pool).await? {
+            let Some(projector) = self.projectors.get(build.projector.as_str()) else {
+                continue;
+            };
+            // A build of an older version is frozen: this code would misread its tables.
+            if build.code_version != projector.version() || tasks.contains_key(&build.build) {
+                continue;
+            }
+            let worker = BuildWorker {
+                pool: self.pool.clone(),
+                options: self.options.clone(),
+                projector: projector.clone(),
+                build: build.build,
+                config: self.config.clone(),
+                wake: self.wake.subscribe(),
+                stats: self.stats.clone(),
+                stop: stop.clone(),
+            };
+            tasks.insert(build.build, tokio::spawn(worker.run()));
+        }
+        Ok(())
+    }
+}
+
+/// Turns other processes' `NOTIFY omoi_events` into local wake-ups.
+async fn listen(options: PgConnectOptions, wake: watch::Sender<u64>) {
+    loop {
+        let listened = async {
+            let mut listener =
+                PgListener::connect_with(&sqlx::PgPool::connect_lazy_with(options.clone())).await?;
+            listener.listen(CHANNEL).await?;
+            loop {
+                listener.recv().await?;
+                wake.send_modify(|n| *n = n.wrapping_add(1));
+            }
+            #[allow(unreachable_code)]
+            Ok::<(), sqlx::Error>(())
+        };
+        if let Err(error) = listened.await {
+            tracing::debug!(%error, "event listener lost its connection; reconnecting");
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// Announces this process's commits to other processes: at most one `NOTIFY` per
+/// `window`, sent outside every append transaction.
+pub async fn announce_commits(pool: PgPool, mut commits: watch::Receiver<u64>, window: Duration) {
+    while commits.changed().await.is_ok() {
+        tokio::time::sleep(window).await;
+        commits.mark_unchanged();
+        if let Err(error) = sqlx::query("select pg_notify($1, '')")
+            .bind(CHANNEL)
+            .execute(&pool)
+            .await
+        {
+            tracing::debug!(%error, "could not announce commits");
+        }
+    }
+}
+
+/// What one step of a build did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Step {
+    /// Applied this many events; there may be more.
+    Applied(usize),
+    /// Nothing new is visible.
+    Idle,
+    /// A poison event stopped the build.
+    Stopped,
+    /// The build was retired (a newer one went live).
+    Retired,
+}
+
+struct BuildWorker {
+    pool: PgPool,
+    options: PgConnectOptions,
+    projector: Arc<dyn Projector>,
+    build: i64,
+    config: RunnerConfig,
+    wake: watch::Receiver<u64>,
+    stats: Arc<RunnerStats>,
+    stop: watch::Receiver<bool>,
+}
+
+impl BuildWorker {
+    async fn run(mut self) {
+        while !*self.stop.borrow() {
+            match self.lead().await {
+                Ok(true) => return,
+                Ok(false) => {}
+                Err(error) => {
+                    tracing::warn!(projector = self.projector.name(), %error, "projection: database error")
+                }
+            }
+            self.stats.update(self.build, |s| s.leader = false);
+            let mut stop = self.stop.clone();
+            tokio::select! {
+                _ = stop.changed() => {}
+                () = tokio::time::sleep(self.config.takeover_interval) => {}
+            }
+        }
+    }
+
+    /// Takes the build's lock if free and projects while it holds it. `Ok(true)` when the
+    /// build is retired and the worker should end.
+    async fn lead(&mut self) -> Result<bool, sqlx::Error> {
+        let mut conn = PgConnection::connect_with(&self.options).await?;
+        let locked: bool =
+            sqlx::query_scalar("select pg_try_advisory_lock(hashtext('omoi-projector'), $1::int)")
+                .bind(self.build as i32)
+                .fetch_one(&mut conn)
+                .await?;
+        if !locked {
+            return Ok(false);
+        }
+        tracing::info!(
+            projector = self.projector.name(),
+            build = self.build,
+            "leading projection"
+        );
+        self.stats.update(self.build, |s| s.leader = true);
+        loop {
+            if *self.stop.borrow() {
+                return Ok(false);
+            }
+            let step = step(
+                &self.pool,
+                &mut conn,
+                self.projector.as_ref(),
+                self.build,
+                self.config.batch_size,
+                &self.stats,
+            )
+            .await?;
+            match step {
+                Step::Applied(_) => {}
+                Step::Retired => return Ok(true),
+                Step::Idle | Step::Stopped => self.wait().await,
+            }
+        }
+    }
+
+    async fn wait(&mut self) {
+        let mut stop = self.stop.clone();
+        tokio::select! {
+            _ = self.wake.changed() => {}
+            _ = stop.changed() => {}
+            () = tokio::time::sleep(self.config.poll_interval) => {}
+        }
+    }
+}
+
+/// One batch of one build, in one transaction on `conn`.
+pub async fn step(
+    pool: &PgPool,
+    conn: &mut PgConnection,
+    projector: &dyn Projector,
+    build_id: i64,
+    batch_size: i64,
+    stats: &RunnerStats,
+) -> Result<Step, sqlx::Error> {
+    let started = Instant::now();
+    let mut tx = conn.begin().await?;
+    let Some(build) = catalog::lock_build(&mut tx, build_id).await? else {
+        return Ok(Step::Retired);
+    };
+    if build.state == BuildState::Retired {
+        return Ok(Step::Retired);
+    }
+    record_state(stats, &build);
+    if build.failure.is_some() {
+        return Ok(Step::Stopped);
+    }
+    let page = read_global(pool, build.cursor, batch_size, &Visibility::Everything).await?;
+    if page.events.is_empty() {
+        if build.state == BuildState::Building {
+            let retired = catalog::go_live(&mut tx, projector, &build).await?;
+            tx.commit().await?;
+            tracing::info!(
+                projector = projector.name(),
+                build = build.build,
+                "caught up: now live"
+            );
+            for schema in retired {
+                catalog::drop_schema(pool, &schema).await?;
+            }
+            return Ok(Step::Applied(0));
+        }
+        stats.update(build.build, |s| s.lag_ms = 0);
+        return Ok(Step::Idle);
+    }
+    let schema = build.schema();
+    for event in &page.events {
+        if let Err(error) = projector.apply(&mut tx, &schema, event).await {
+            tx.rollback().await?;
+            record_failure(pool, &build, event, &error.to_string()).await?;
+            return Ok(Step::Stopped);
+        }
+    }
+    let applied = page.events.len();
+    sqlx::query(
+        "update projector_builds
+            set transaction_id = $2, global_position = $3, events_applied = events_applied + $4,
+                updated_at = now()
+          where build = $1",
+    )
+    .bind(build.build)
+    .bind(page.next.transaction_id)
+    .bind(page.next.global_position)
+    .bind(applied as i64)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    record_batch(pool, stats, &build, &page.events, started).await;
+    Ok(Step::Applied(applied))
+}
+
+fn record_state(stats: &RunnerStats, build: &Build) {
+    stats.update(build.build, |s| {
+        s.projector = build.projector.clone();
+        s.build = build.build;
+        s.state = build.state.as_str().to_string();
+        s.cursor = build.cursor.to_string();
+        s.global_position = build.cursor.global_position;
+        s.events_applied = build.events_applied;
+        s.error = build.failure.as_ref().map(|(_, e)| e.clone());
+    });
+}
+
+async fn record_batch(
+    pool: &PgPool,
+    stats: &RunnerStats,
+    build: &Build,
+    events: &[StoredEvent],
+    started: Instant,
+) {
+    let Some(last) = events.last() else { return };
+    let newest: Option<i64> =
+        sqlx::query_scalar("select last_value from events_global_position_seq")
+            .fetch_one(pool)
+            .await
+            .ok();
+    let occurred = last
+        .metadata
+        .get("occurred_at")
+        .and_then(|v| v.as_str())
+        .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok());
+    let lag_ms = occurred.map_or(0, |at| {
+        (chrono::Utc::now() - at.with_timezone(&chrono::Utc))
+            .num_milliseconds()
+            .max(0)
+    });
+    stats.update(build.build, |s| {
+        s.cursor = last.cursor().to_string();
+        s.global_position = last.global_position;
+        s.events_applied += events.len() as i64;
+        s.lag_events = newest.map_or(0, |n| (n - last.global_position).max(0));
+        s.lag_ms = lag_ms;
+        s.last_batch_ms = started.elapsed().as_secs_f64() * 1000.0;
+    });
+}
+
+async fn record_failure(
+    pool: &PgPool,
+    build: &Build,
+    event: &StoredEvent,
+    error: &str,
+) -> Result<(), sqlx::Error> {
+    tracing::error!(
+        projector = %build.projector,
+        build = build.build,
+        position = %event.cursor(),
+        event_type = %event.event_type,
+        %error,
+        "projector stopped at a poison event; fix it and run `omoi projections retry`"
+    );
+    sqlx::query(
+        "update projector_builds
+            set failed_transaction_id = $2, failed_global_position = $3, error = $4, updated_at = now()
+          where build = $1",
+    )
+    .bind(build.build)
+    .bind(event.transaction_id)
+    .bind(event.global_position)
+    .bind(format!("{} at {} ({}): {error}", event.event_type, event.cursor(), event.aggregate_id))
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// Projects `build` until it has caught up with the stream (for rebuilds and verify);
+/// calls `progress` after every batch.
+pub async fn catch_up(
+    pool: &PgPool,
+    options: &PgConnectOptions,
+    projector: &dyn Projector,
+    build: i64,
+    batch_size: i64,
+    mut progress: impl FnMut(&Build),
+) -> Result<Build, sqlx::Error> {
+    let mut conn = PgConnection::connect_with(options).await?;
+    let stats = RunnerStats::default();
+    loop {
+        let step = step(pool, &mut conn, projector, build, batch_size, &stats).await?;
+        let current = catalog::build_by_id(pool, build)
+            .await?
+            .ok_or(sqlx::Error::RowNotFound)?;
+        progress(&current);
+        match step {
+            Step::Applied(n) if n > 0 => {}
+            _ => return Ok(current),
+        }
+    }
+}

@@ -1,0 +1,308 @@
+//! The projector runner on its own, with probe projectors: exactly once, out-of-order
+//! commits, poison events, and a second runner taking over.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::future::BoxFuture;
+use omoi::server::Shutdown;
+use omoi::testing::{test_runner_config, TestDatabase};
+use omoi_domain::ticket::{BlockReason, Ticket, TicketCommand};
+use omoi_projections::{ProjectionError, Projector};
+use omoi_store::bus::RetryPolicy;
+use omoi_store::{Actor, CommandBus, CommandContext, StoredEvent};
+use sqlx::PgConnection;
+use uuid::Uuid;
+
+/// Records every event it is given; a second application of one event violates the
+/// primary key, so "applied twice" cannot go unnoticed.
+struct Probe;
+
+impl Projector for Probe {
+    fn name(&self) -> &'static str {
+        "probe"
+    }
+    fn version(&self) -> i32 {
+        1
+    }
+    fn tables(&self) -> &'static [&'static str] {
+        &["seen"]
+    }
+    fn create_tables(&self, schema: &str) -> Vec<String> {
+        vec![format!(
+            "create table {schema}.seen (aggregate_type text, aggregate_id text, sequence bigint,
+                                         primary key (aggregate_type, aggregate_id, sequence))"
+        )]
+    }
+    fn apply<'a>(
+        &'a self,
+        tx: &'a mut PgConnection,
+        schema: &'a str,
+        event: &'a StoredEvent,
+    ) -> BoxFuture<'a, Result<(), ProjectionError>> {
+        Box::pin(async move {
+            sqlx::query(&format!("insert into {schema}.seen values ($1, $2, $3)"))
+                .bind(&event.aggregate_type)
+                .bind(&event.aggregate_id)
+                .bind(event.sequence)
+                .execute(&mut *tx)
+                .await?;
+            Ok(())
+        })
+    }
+}
+
+/// Fails on every `TicketBlocked` until it is "fixed".
+struct Poisoned {
+    fixed: Arc<AtomicBool>,
+}
+
+impl Projector for Poisoned {
+    fn name(&self) -> &'static str {
+        "poisoned"
+    }
+    fn version(&self) -> i32 {
+        1
+    }
+    fn tables(&self) -> &'static [&'static str] {
+        &["blocked"]
+    }
+    fn create_tables(&self, schema: &str) -> Vec<String> {
+        vec![format!(
+            "create table {schema}.blocked (ticket text primary key)"
+        )]
+    }
+    fn apply<'a>(
+        &'a self,
+        tx: &'a mut PgConnection,
+        schema: &'a str,
+        event: &'a StoredEvent,
+    ) -> BoxFuture<'a, Result<(), ProjectionError>> {
+        Box::pin(async move {
+            if event.event_type != "TicketBlocked" {
+                return Ok(());
+            }
+            if !self.fixed.load(Ordering::SeqCst) {
+                return Err(ProjectionError::payload(event, "cannot read this block"));
+            }
+            sqlx::query(&format!("insert into {schema}.blocked values ($1)"))
+                .bind(&event.aggregate_id)
+                .execute(&mut *tx)
+                .await?;
+            Ok(())
+        })
+    }
+}
+
+async fn create_tickets(bus: &CommandBus, n: usize) -> Vec<Uuid> {
+    let context = CommandContext::new(Actor::System("test"), "runner-test");
+    let mut ids = Vec::new();
+    for i in 0..n {
+        let id = Uuid::now_v7();
+        let command = TicketCommand::CreateTicket {
+            ticket_id: id,
+            organization_id: Uuid::nil(),
+            project_id: Uuid::nil(),
+            spec_id: None,
+            title: format!("ticket {i}"),
+            description: String::new(),
+            priority: Default::default(),
+            phase: Default::default(),
+        };
+        bus.execute::<Ticket>(&id.to_string(), command, &context)
+            .await
+            .expect("created");
+        ids.push(id);
+    }
+    ids
+}
+
+fn start(
+    database: &TestDatabase,
+    projectors: Vec<Arc<dyn Projector>>,
+    bus: &CommandBus,
+) -> (
+    tokio::sync::watch::Sender<bool>,
+    tokio::task::JoinHandle<()>,
+) {
+    let (trigger, shutdown) = Shutdown::new();
+    let (_, task) = omoi::server::start_projections_with(
+        database.pool.clone(),
+        database.options.clone(),
+        bus,
+        test_runner_config(),
+        projectors,
+        shutdown,
+    );
+    (trigger, task)
+}
+
+async fn seen(database: &TestDatabase) -> i64 {
+    sqlx::query_scalar("select count(*) from probe_seen")
+        .fetch_one(&database.pool)
+        .await
+        .unwrap_or(0)
+}
+
+async fn events(database: &TestDatabase) -> i64 {
+    sqlx::query_scalar("select count(*) from events")
+        .fetch_one(&database.pool)
+        .await
+        .expect("events")
+}
+
+/// Waits until `condition` holds, for at most ten seconds.
+async fn eventually<F, Fut>(what: &str, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !condition().await {
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn events_committed_behind_an_open_transaction_are_projected_once_it_commits() {
+    let database = TestDatabase::create().await.expect("database");
+    let bus = CommandBus::new(database.pool.clone(), RetryPolicy::default());
+    let (trigger, task) = start(&database, vec![Arc::new(Probe)], &bus);
+
+    let mut held = database.pool.begin().await.expect("a transaction");
+    sqlx::query(
+        "insert into events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata)
+         values ('Probe', 'held', 1, 'ProbeHeld', '1', '{}', '{}')",
+    )
+    .execute(&mut *held)
+    .await
+    .expect("the held insert");
+    create_tickets(&bus, 40).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        seen(&database).await,
+        0,
+        "nothing behind the open transaction is projected yet"
+    );
+
+    held.commit().await.expect("commit");
+    eventually("every event projected", || async {
+        seen(&database).await == events(&database).await
+    })
+    .await;
+    assert_eq!(seen(&database).await, 41);
+    let _ = trigger.send(true);
+    task.await.expect("runner");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_poison_event_stops_only_its_projector_and_a_retry_resumes_from_it() {
+    let database = TestDatabase::create().await.expect("database");
+    let bus = CommandBus::new(database.pool.clone(), RetryPolicy::default());
+    let fixed = Arc::new(AtomicBool::new(false));
+    let projectors: Vec<Arc<dyn Projector>> = vec![
+        Arc::new(Probe),
+        Arc::new(Poisoned {
+            fixed: fixed.clone(),
+        }),
+    ];
+    let (trigger, task) = start(&database, projectors, &bus);
+
+    let tickets = create_tickets(&bus, 5).await;
+    let context = CommandContext::new(Actor::System("test"), "poison");
+    let block = TicketCommand::BlockTicket {
+        reason: BlockReason::Environment,
+        note: None,
+        at: chrono::Utc::now(),
+    };
+    bus.execute::<Ticket>(&tickets[2].to_string(), block, &context)
+        .await
+        .expect("blocked");
+    create_tickets(&bus, 5).await;
+
+    eventually("the probe carries on", || async {
+        seen(&database).await == 11
+    })
+    .await;
+    let stopped = || async {
+        omoi_projections::catalog::status(&database.pool)
+            .await
+            .expect("status")
+            .into_iter()
+            .find(|b| b.projector == "poisoned")
+            .and_then(|b| b.failure)
+    };
+    eventually("the poisoned projector reports its failure", || async {
+        stopped().await.is_some()
+    })
+    .await;
+    let (at, error) = stopped().await.expect("a failure");
+    assert!(
+        error.contains("TicketBlocked") && error.contains("cannot read this block"),
+        "{error}"
+    );
+    let blocked_position: i64 =
+        sqlx::query_scalar("select global_position from events where event_type = 'TicketBlocked'")
+            .fetch_one(&database.pool)
+            .await
+            .expect("position");
+    assert_eq!(
+        at.global_position, blocked_position,
+        "stopped exactly at the poison event"
+    );
+
+    fixed.store(true, Ordering::SeqCst);
+    omoi_projections::catalog::retry(&database.pool, "poisoned")
+        .await
+        .expect("retry");
+    eventually(
+        "the fixed projector resumes from the poison event",
+        || async {
+            sqlx::query_scalar::<_, i64>("select count(*) from poisoned_blocked")
+                .fetch_one(&database.pool)
+                .await
+                .unwrap_or(0)
+                == 1
+        },
+    )
+    .await;
+    assert!(stopped().await.is_none());
+    let _ = trigger.send(true);
+    task.await.expect("runner");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_second_runner_takes_over_when_the_leader_stops_and_nothing_is_applied_twice() {
+    let database = TestDatabase::create().await.expect("database");
+    let bus = CommandBus::new(database.pool.clone(), RetryPolicy::default());
+    let (first_trigger, first) = start(&database, vec![Arc::new(Probe)], &bus);
+    create_tickets(&bus, 20).await;
+    eventually("the first runner projects", || async {
+        seen(&database).await == 20
+    })
+    .await;
+
+    let (second_trigger, second) = start(&database, vec![Arc::new(Probe)], &bus);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let _ = first_trigger.send(true);
+    first.await.expect("first runner");
+
+    create_tickets(&bus, 20).await;
+    eventually("the second runner took over", || async {
+        seen(&database).await == 40
+    })
+    .await;
+    let failures: i64 =
+        sqlx::query_scalar("select count(*) from projector_builds where error is not null")
+            .fetch_one(&database.pool)
+            .await
+            .expect("failures");
+    assert_eq!(
+        failures, 0,
+        "an event applied twice would have violated the probe's key"
+    );
+    let _ = second_trigger.send(true);
+    second.await.expect("second runner");
+}

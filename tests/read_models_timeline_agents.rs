@@ -1,0 +1,492 @@
+//! End to end: the activity timeline and the agents view follow the commands issued over
+//! HTTP (through the projection runner), filter in SQL, page both ways without missing or
+//! repeating an entry, and show nothing of other organizations.
+
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use omoi::testing::{spawn_app, TestApp};
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+
+/// How long a read model may take to reflect a committed command.
+const PATIENCE: Duration = Duration::from_secs(10);
+
+#[track_caller]
+fn id_of(body: &Value) -> String {
+    body["id"]
+        .as_str()
+        .expect("a response with an id")
+        .to_string()
+}
+
+async fn must(app: &TestApp, path: &str, body: Value, expected: StatusCode) -> Value {
+    let (status, response) = app.post(path, body).await;
+    assert_eq!(status, expected, "POST {path}: {response}");
+    response
+}
+
+/// GETs `path` until `done` holds for the answer, at most [`PATIENCE`].
+async fn eventually(app: &TestApp, path: &str, done: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let (status, body) = app.get(path).await;
+        assert_eq!(status, StatusCode::OK, "GET {path}: {body}");
+        if done(&body) {
+            return body;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "GET {path} did not get there in time; last answer: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn entries(page: &Value) -> Vec<Value> {
+    page["entries"].as_array().cloned().unwrap_or_default()
+}
+
+fn event_types(page: &Value) -> Vec<String> {
+    entries(page)
+        .iter()
+        .map(|e| e["event_type"].as_str().unwrap_or_default().to_string())
+        .collect()
+}
+
+fn cursors(list: &[Value]) -> Vec<String> {
+    list.iter()
+        .map(|e| e["cursor"].as_str().unwrap_or_default().to_string())
+        .collect()
+}
+
+fn position(entry: &Value) -> (i64, i64) {
+    (
+        entry["transaction_id"].as_i64().expect("a transaction id"),
+        entry["global_position"].as_i64().expect("a position"),
+    )
+}
+
+async fn my_actor(app: &TestApp) -> String {
+    let (status, me) = app.get("/api/v1/auth/me").await;
+    assert_eq!(status, StatusCode::OK, "{me}");
+    format!("user:{}", me["id"].as_str().expect("my id"))
+}
+
+/// A ticket moved twice, a task run to completion by a project agent (with a progress
+/// report, which is not an entry). Returns (ticket, task, agent).
+async fn a_small_story(app: &TestApp, project_id: &str, org_id: &str) -> (String, String, String) {
+    let ticket = must(
+        app,
+        "/api/v1/tickets",
+        json!({"project_id": project_id, "title": "Login page"}),
+        StatusCode::CREATED,
+    )
+    .await;
+    let ticket_id = id_of(&ticket);
+    for to in ["analyzing", "building"] {
+        let path = format!("/api/v1/tickets/{ticket_id}/transition");
+        must(app, &path, json!({"to": to}), StatusCode::OK).await;
+    }
+    let task = must(
+        app,
+        "/api/v1/tasks",
+        json!({"ticket_id": ticket_id, "title": "Write the form", "task_type": "implement"}),
+        StatusCode::CREATED,
+    )
+    .await;
+    let task_id = id_of(&task);
+    let agent = must(
+        app,
+        "/api/v1/agents/register",
+        json!({"organization_id": org_id, "project_id": project_id, "name": "worker-1",
+               "agent_type": "worker"}),
+        StatusCode::CREATED,
+    )
+    .await;
+    let agent_id = id_of(&agent);
+    let task_path = format!("/api/v1/tasks/{task_id}");
+    must(
+        app,
+        &format!("{task_path}/assign"),
+        json!({"agent_id": agent_id}),
+        StatusCode::OK,
+    )
+    .await;
+    must(
+        app,
+        &format!("{task_path}/start"),
+        json!({}),
+        StatusCode::OK,
+    )
+    .await;
+    let progress = json!({"message": "half way"});
+    must(
+        app,
+        &format!("{task_path}/progress"),
+        progress,
+        StatusCode::OK,
+    )
+    .await;
+    must(
+        app,
+        &format!("{task_path}/complete"),
+        json!({"result": {}}),
+        StatusCode::OK,
+    )
+    .await;
+    (ticket_id, task_id, agent_id)
+}
+
+const STORY: [&str; 9] = [
+    "TaskCompleted",
+    "TaskStarted",
+    "TaskAssigned",
+    "AgentRegistered",
+    "TaskCreated",
+    "TicketStatusChanged",
+    "TicketStatusChanged",
+    "TicketCreated",
+    "ProjectCreated",
+];
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_timeline_tells_a_projects_story_newest_first_with_human_summaries() {
+    let app = spawn_app().await;
+    let (org_id, project_id) = app.organization_and_project().await;
+    let (_, task_id, _) = a_small_story(&app, &project_id, &org_id).await;
+    let base = format!("/api/v1/timeline?project_id={project_id}");
+
+    let page = eventually(&app, &format!("{base}&limit=200"), |p| {
+        event_types(p).first().map(String::as_str) == Some("TaskCompleted")
+    })
+    .await;
+    assert_eq!(event_types(&page), STORY, "{page}");
+    let all = entries(&page);
+    let positions: Vec<_> = all.iter().map(position).collect();
+    assert!(
+        positions.windows(2).all(|w| w[0] > w[1]),
+        "newest first: {positions:?}"
+    );
+    let actor = my_actor(&app).await;
+    for entry in &all {
+        assert_eq!(entry["organization_id"], org_id.as_str());
+        assert_eq!(entry["project_id"], project_id.as_str());
+        assert_eq!(entry["actor"], actor.as_str());
+        assert!(entry["occurred_at"].is_string(), "{entry}");
+    }
+    let summaries: Vec<&str> = all.iter().filter_map(|e| e["summary"].as_str()).collect();
+    for expected in [
+        "Ticket \"Login page\" moved analyzing → building",
+        "Task \"Write the form\" assigned to Agent \"worker-1\"",
+        "Task \"Write the form\" completed",
+        "Project \"Website\" created",
+    ] {
+        assert!(
+            summaries.contains(&expected),
+            "{expected:?} in {summaries:?}"
+        );
+    }
+    assert_eq!(page["next_before"], Value::Null, "nothing is older: {page}");
+    assert_eq!(page["next_after"], all[0]["cursor"]);
+
+    let count = |query: String| {
+        let app = &app;
+        async move {
+            let (status, page) = app.get(&query).await;
+            assert_eq!(status, StatusCode::OK, "{query}: {page}");
+            entries(&page).len()
+        }
+    };
+    assert_eq!(
+        count(format!("{base}&event_type=TicketStatusChanged")).await,
+        2
+    );
+    assert_eq!(
+        count(format!("{base}&entity_type=task&entity_id={task_id}")).await,
+        4
+    );
+    assert_eq!(count(format!("{base}&entity_type=agent")).await, 1);
+    assert_eq!(
+        count(format!("{base}&entity_type=ticket&event_type=TaskCreated")).await,
+        0
+    );
+    assert_eq!(count(format!("{base}&actor={actor}")).await, STORY.len());
+    let nobody = "user:00000000-0000-0000-0000-000000000000";
+    assert_eq!(count(format!("{base}&actor={nobody}")).await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn paging_the_timeline_either_way_misses_and_repeats_nothing() {
+    let app = spawn_app().await;
+    let (org_id, project_id) = app.organization_and_project().await;
+    let (ticket_id, _, _) = a_small_story(&app, &project_id, &org_id).await;
+    let base = format!("/api/v1/timeline?project_id={project_id}");
+    let full = eventually(&app, &format!("{base}&limit=200"), |p| {
+        entries(p).len() == STORY.len()
+    })
+    .await;
+    let newest_first = cursors(&entries(&full));
+
+    // Older and older, from the newest page.
+    let mut seen = Vec::new();
+    let mut query = format!("{base}&limit=2");
+    loop {
+        let (status, page) = app.get(&query).await;
+        assert_eq!(status, StatusCode::OK, "{page}");
+        seen.extend(cursors(&entries(&page)));
+        match page["next_before"].as_str() {
+            Some(before) => query = format!("{base}&limit=2&before={before}"),
+            None => break,
+        }
+    }
+    assert_eq!(seen, newest_first);
+
+    // Newer and newer, from the beginning; each page is itself newest first.
+    let mut seen = Vec::new();
+    let mut after = "0-0".to_string();
+    loop {
+        let (status, page) = app.get(&format!("{base}&limit=2&after={after}")).await;
+        assert_eq!(status, StatusCode::OK, "{page}");
+        let mut batch = cursors(&entries(&page));
+        after = page["next_after"].as_str().expect("next_after").to_string();
+        if batch.is_empty() {
+            break;
+        }
+        batch.reverse();
+        seen.extend(batch);
+    }
+    let mut oldest_first = newest_first.clone();
+    oldest_first.reverse();
+    assert_eq!(seen, oldest_first);
+    assert_eq!(after, newest_first[0], "an empty page keeps its cursor");
+
+    // Following `next_after` picks up what happens next, and only that.
+    let path = format!("/api/v1/tickets/{ticket_id}/transition");
+    must(&app, &path, json!({"to": "building-done"}), StatusCode::OK).await;
+    let newer = eventually(&app, &format!("{base}&after={after}"), |p| {
+        !entries(p).is_empty()
+    })
+    .await;
+    let news = entries(&newer);
+    assert_eq!(news.len(), 1, "{newer}");
+    assert_eq!(
+        news[0]["summary"],
+        "Ticket \"Login page\" moved building → building-done"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn timeline_requests_are_checked_and_other_organizations_see_nothing() {
+    let app = spawn_app().await;
+    let (_, project_id) = app.organization_and_project().await;
+    let base = format!("/api/v1/timeline?project_id={project_id}");
+    for (query, field) in [
+        ("/api/v1/timeline".to_string(), "project_id"),
+        (format!("{base}&before=1-1&after=0-0"), "after"),
+        (format!("{base}&before=yesterday"), "before"),
+        (format!("{base}&limit=0"), "limit"),
+        (format!("{base}&limit=201"), "limit"),
+    ] {
+        let (status, problem) = app.get(&query).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{query}: {problem}");
+        assert_eq!(problem["field"], field, "{query}: {problem}");
+    }
+    let (status, _) = app.get(&format!("{base}&entity_type=spaceship")).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+
+    let stranger = app.register_and_login("stranger@example.com").await;
+    let (status, problem) = app
+        .send_as(Some(&stranger), reqwest::Method::GET, &base, None)
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{problem}");
+}
+
+fn agent<'a>(list: &'a Value, id: &str) -> Option<&'a Value> {
+    list["agents"]
+        .as_array()?
+        .iter()
+        .find(|a| a["agent_id"] == id)
+}
+
+fn names(list: &Value) -> Vec<String> {
+    list["agents"]
+        .as_array()
+        .map(|agents| {
+            agents
+                .iter()
+                .filter_map(|a| a["name"].as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[track_caller]
+fn time(value: &Value) -> DateTime<Utc> {
+    value
+        .as_str()
+        .and_then(|t| t.parse().ok())
+        .expect("an RFC 3339 time")
+}
+
+/// Waits until agent `id` in `GET path` satisfies `done`; returns it.
+async fn agent_until(app: &TestApp, path: &str, id: &str, done: impl Fn(&Value) -> bool) -> Value {
+    let list = eventually(app, path, |list| agent(list, id).is_some_and(&done)).await;
+    agent(&list, id).cloned().unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_agents_view_shows_status_and_the_task_each_agent_is_working_on() {
+    let app = spawn_app().await;
+    let (org_id, project_id) = app.organization_and_project().await;
+    let worker = must(
+        &app,
+        "/api/v1/agents/register",
+        json!({"organization_id": org_id, "project_id": project_id, "name": "worker-1",
+               "agent_type": "worker", "capabilities": ["rust", "browser"], "capacity": 2}),
+        StatusCode::CREATED,
+    )
+    .await;
+    let worker_id = id_of(&worker);
+    must(
+        &app,
+        "/api/v1/agents/register",
+        json!({"organization_id": org_id, "name": "monitor-1", "agent_type": "monitor"}),
+        StatusCode::CREATED,
+    )
+    .await;
+    let status_path = format!("/api/v1/agents/{worker_id}/status");
+    must(&app, &status_path, json!({"to": "idle"}), StatusCode::OK).await;
+    let ticket = must(
+        &app,
+        "/api/v1/tickets",
+        json!({"project_id": project_id, "title": "Login page"}),
+        StatusCode::CREATED,
+    )
+    .await;
+    let new_task = |title: &'static str| {
+        let body = json!({"ticket_id": id_of(&ticket), "title": title, "task_type": "implement"});
+        let app = &app;
+        async move { id_of(&must(app, "/api/v1/tasks", body, StatusCode::CREATED).await) }
+    };
+    let first = new_task("Write the form").await;
+    let assign = json!({"agent_id": worker_id});
+    must(
+        &app,
+        &format!("/api/v1/tasks/{first}/assign"),
+        assign.clone(),
+        StatusCode::OK,
+    )
+    .await;
+
+    let list = "/api/v1/agents";
+    let seen = agent_until(&app, list, &worker_id, |a| {
+        a["current_task_id"] == first.as_str()
+    })
+    .await;
+    assert_eq!(seen["status"], "idle");
+    assert_eq!(seen["name"], "worker-1");
+    assert_eq!(seen["agent_type"], "worker");
+    assert_eq!(seen["capabilities"], json!(["browser", "rust"]));
+    assert_eq!(seen["capacity"], 2);
+    assert_eq!(seen["organization_id"], org_id.as_str());
+    assert_eq!(seen["project_id"], project_id.as_str());
+    assert!(time(&seen["last_status_change"]) >= time(&seen["registered_at"]));
+
+    let (_, all) = app.get(list).await;
+    assert_eq!(names(&all), ["monitor-1", "worker-1"]);
+    for (query, expected) in [
+        (
+            format!("{list}?organization_id={org_id}"),
+            vec!["monitor-1", "worker-1"],
+        ),
+        (format!("{list}?project_id={project_id}"), vec!["worker-1"]),
+        (format!("{list}?status=idle"), vec!["worker-1"]),
+        (
+            format!("{list}?status=spawning&organization_id={org_id}"),
+            vec!["monitor-1"],
+        ),
+        (format!("{list}?status=running"), vec![]),
+    ] {
+        let (status, body) = app.get(&query).await;
+        assert_eq!(status, StatusCode::OK, "{query}: {body}");
+        assert_eq!(names(&body), expected, "{query}");
+    }
+    let (status, _) = app.get(&format!("{list}?status=asleep")).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+
+    // Completing frees the agent.
+    must(
+        &app,
+        &format!("/api/v1/tasks/{first}/start"),
+        json!({}),
+        StatusCode::OK,
+    )
+    .await;
+    must(
+        &app,
+        &format!("/api/v1/tasks/{first}/complete"),
+        json!({}),
+        StatusCode::OK,
+    )
+    .await;
+    agent_until(&app, list, &worker_id, |a| a["current_task_id"].is_null()).await;
+
+    // So does a failed attempt, though the task will be retried.
+    let second = new_task("Test the form").await;
+    must(
+        &app,
+        &format!("/api/v1/tasks/{second}/assign"),
+        assign,
+        StatusCode::OK,
+    )
+    .await;
+    agent_until(&app, list, &worker_id, |a| {
+        a["current_task_id"] == second.as_str()
+    })
+    .await;
+    must(
+        &app,
+        &format!("/api/v1/tasks/{second}/start"),
+        json!({}),
+        StatusCode::OK,
+    )
+    .await;
+    let failure = json!({"error": "the build broke"});
+    must(
+        &app,
+        &format!("/api/v1/tasks/{second}/fail"),
+        failure,
+        StatusCode::OK,
+    )
+    .await;
+    agent_until(&app, list, &worker_id, |a| a["current_task_id"].is_null()).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn other_organizations_agents_are_not_listed() {
+    let app = spawn_app().await;
+    let (org_id, _) = app.organization_and_project().await;
+    must(
+        &app,
+        "/api/v1/agents/register",
+        json!({"organization_id": org_id, "name": "worker-1", "agent_type": "worker"}),
+        StatusCode::CREATED,
+    )
+    .await;
+    eventually(&app, "/api/v1/agents", |list| names(list) == ["worker-1"]).await;
+
+    let stranger = app.register_and_login("stranger@example.com").await;
+    let get = |path: String| {
+        let (app, stranger) = (&app, stranger.clone());
+        async move {
+            app.send_as(Some(&stranger), reqwest::Method::GET, &path, None)
+                .await
+        }
+    };
+    let (status, list) = get("/api/v1/agents".into()).await;
+    assert_eq!(status, StatusCode::OK, "{list}");
+    assert_eq!(list["agents"], json!([]));
+    let (status, problem) = get(format!("/api/v1/agents?organization_id={org_id}")).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{problem}");
+}
