@@ -306,3 +306,84 @@ async fn a_second_runner_takes_over_when_the_leader_stops_and_nothing_is_applied
     let _ = second_trigger.send(true);
     second.await.expect("second runner");
 }
+
+/// The probe at another version, as after a code change.
+struct ProbeAt(i32);
+
+impl Projector for ProbeAt {
+    fn name(&self) -> &'static str {
+        Probe.name()
+    }
+    fn version(&self) -> i32 {
+        self.0
+    }
+    fn tables(&self) -> &'static [&'static str] {
+        Probe.tables()
+    }
+    fn create_tables(&self, schema: &str) -> Vec<String> {
+        Probe.create_tables(schema)
+    }
+    fn apply<'a>(
+        &'a self,
+        tx: &'a mut PgConnection,
+        schema: &'a str,
+        event: &'a StoredEvent,
+    ) -> BoxFuture<'a, Result<(), ProjectionError>> {
+        Probe.apply(tx, schema, event)
+    }
+}
+
+async fn builds(database: &TestDatabase) -> Vec<(i64, i32, String)> {
+    sqlx::query_as("select build, code_version, state from projector_builds where projector = 'probe' order by build")
+        .fetch_all(&database.pool)
+        .await
+        .expect("builds")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn bumping_a_version_rebuilds_beside_the_live_build_and_switches_readers_when_caught_up() {
+    let database = TestDatabase::create().await.expect("database");
+    let bus = CommandBus::new(database.pool.clone(), RetryPolicy::default());
+    let (trigger, task) = start(&database, vec![Arc::new(ProbeAt(1))], &bus);
+    create_tickets(&bus, 30).await;
+    eventually("version 1 projects", || async {
+        seen(&database).await == 30
+    })
+    .await;
+    let _ = trigger.send(true);
+    task.await.expect("runner");
+
+    let (trigger, task) = start(&database, vec![Arc::new(ProbeAt(2))], &bus);
+    // Readers keep answering from version 1 while version 2 catches up, then from version 2.
+    eventually("version 2 is live", || async {
+        assert_eq!(
+            seen(&database).await,
+            30,
+            "the view always answers, with every event"
+        );
+        builds(&database)
+            .await
+            .iter()
+            .any(|(_, version, state)| *version == 2 && state == "live")
+    })
+    .await;
+    let all = builds(&database).await;
+    assert_eq!(all.len(), 2, "{all:?}");
+    assert_eq!((all[0].1, all[0].2.as_str()), (1, "retired"));
+    let old_schema = format!("rm_probe_{}", all[0].0);
+    let old_exists: bool = sqlx::query_scalar(
+        "select exists(select 1 from information_schema.schemata where schema_name = $1)",
+    )
+    .bind(&old_schema)
+    .fetch_one(&database.pool)
+    .await
+    .expect("schema");
+    assert!(!old_exists, "the retired build's tables are dropped");
+    create_tickets(&bus, 5).await;
+    eventually("version 2 keeps projecting", || async {
+        seen(&database).await == 35
+    })
+    .await;
+    let _ = trigger.send(true);
+    task.await.expect("runner");
+}

@@ -534,3 +534,65 @@ async fn the_graph_counts_unfinished_dependencies_and_answers_blocked_and_blocki
         .await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn queries_answer_during_a_rebuild_and_from_the_new_build_afterwards() {
+    let app = omoi::testing::spawn_app().await;
+    let (_, project_id) = app.organization_and_project().await;
+    for n in 0..40 {
+        let (status, body) = app
+            .post(
+                "/api/v1/tickets",
+                serde_json::json!({"project_id": project_id, "title": format!("t{n}")}),
+            )
+            .await;
+        assert_eq!(status, reqwest::StatusCode::CREATED, "{body}");
+    }
+    app.caught_up().await;
+    let path = format!("/api/v1/board/view?project_id={project_id}");
+    let (_, before) = app.get(&path).await;
+
+    let board = omoi_projections::all()
+        .into_iter()
+        .find(|p| p.name() == "board")
+        .expect("board");
+    let pool = app.database.pool.clone();
+    let options = app.database.options.clone();
+    let rebuild = tokio::spawn(async move {
+        let mut conn = pool.acquire().await.expect("connection");
+        let build = omoi_projections::catalog::create_build(
+            &mut conn,
+            board.as_ref(),
+            omoi_projections::catalog::BuildState::Building,
+        )
+        .await
+        .expect("a new build");
+        drop(conn);
+        // Small batches, so that the rebuild lasts while the queries run.
+        omoi_projections::runner::catch_up(&pool, &options, board.as_ref(), build.build, 5, |_| {})
+            .await
+            .expect("caught up");
+        build.build
+    });
+    while !rebuild.is_finished() {
+        let (status, during) = app.get(&path).await;
+        assert_eq!(status, reqwest::StatusCode::OK, "{during}");
+        assert_eq!(
+            during, before,
+            "the live build answers, unchanged, during the rebuild"
+        );
+    }
+    let new_build = rebuild.await.expect("rebuild");
+    let definition: String =
+        sqlx::query_scalar("select definition from pg_views where viewname = 'board_cards'")
+            .fetch_one(&app.database.pool)
+            .await
+            .expect("the view");
+    assert!(
+        definition.contains(&format!("rm_board_{new_build}")),
+        "{definition}"
+    );
+    let (status, after) = app.get(&path).await;
+    assert_eq!(status, reqwest::StatusCode::OK);
+    assert_eq!(after, before, "the new build answers the same");
+}

@@ -582,9 +582,21 @@ async fn replace_edges(
 // Queries (through the stable views)
 // ---------------------------------------------------------------------------------------
 
+/// A read-only transaction in which nodes and edges are read from one snapshot: read one
+/// after the other outside it, a batch committed in between would tear the graph.
+async fn snapshot(
+    pool: &PgPool,
+) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, ProjectionError> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("set transaction isolation level repeatable read, read only")
+        .execute(&mut *tx)
+        .await?;
+    Ok(tx)
+}
+
 /// Adds the nodes selected by `condition` (on `graph_nodes`, binding `$1`).
 async fn load_nodes_where<T>(
-    pool: &PgPool,
+    conn: &mut PgConnection,
     model: &mut GraphModel,
     condition: &str,
     bind: T,
@@ -593,7 +605,7 @@ where
     T: for<'q> sqlx::Encode<'q, sqlx::Postgres> + sqlx::Type<sqlx::Postgres> + Send,
 {
     let sql = format!("select {NODE_COLUMNS} from graph_nodes where {condition}");
-    for row in sqlx::query(&sql).bind(bind).fetch_all(pool).await? {
+    for row in sqlx::query(&sql).bind(bind).fetch_all(&mut *conn).await? {
         model.insert_node(node_from_row(&row)?);
     }
     Ok(())
@@ -601,7 +613,7 @@ where
 
 /// Adds the edges selected by `condition` (on `graph_edges`, binding `$1`).
 async fn load_edges_where<T>(
-    pool: &PgPool,
+    conn: &mut PgConnection,
     model: &mut GraphModel,
     condition: &str,
     bind: T,
@@ -610,7 +622,7 @@ where
     T: for<'q> sqlx::Encode<'q, sqlx::Postgres> + sqlx::Type<sqlx::Postgres> + Send,
 {
     let sql = format!("select from_id, to_id from graph_edges where {condition}");
-    for row in sqlx::query(&sql).bind(bind).fetch_all(pool).await? {
+    for row in sqlx::query(&sql).bind(bind).fetch_all(&mut *conn).await? {
         let edge = edge_from_row(&row)?;
         model.insert_edge(edge.from, edge.to);
     }
@@ -620,14 +632,14 @@ where
 /// Adds every edge leaving `tasks` and the nodes those edges reach, so that the unfinished
 /// counts of `tasks` are complete.
 async fn with_dependencies(
-    pool: &PgPool,
+    conn: &mut PgConnection,
     model: &mut GraphModel,
     tasks: &[Uuid],
 ) -> Result<(), ProjectionError> {
     if tasks.is_empty() {
         return Ok(());
     }
-    load_edges_where(pool, model, "from_id = any($1)", tasks.to_vec()).await?;
+    load_edges_where(conn, model, "from_id = any($1)", tasks.to_vec()).await?;
     let unknown: Vec<Uuid> = tasks
         .iter()
         .flat_map(|t| model.dependencies(*t))
@@ -636,7 +648,7 @@ async fn with_dependencies(
         .into_iter()
         .collect();
     if !unknown.is_empty() {
-        load_nodes_where(pool, model, "id = any($1)", unknown).await?;
+        load_nodes_where(conn, model, "id = any($1)", unknown).await?;
     }
     Ok(())
 }
@@ -644,8 +656,9 @@ async fn with_dependencies(
 /// A project's graph, as projected so far.
 pub async fn project_graph(pool: &PgPool, project_id: Uuid) -> Result<GraphView, ProjectionError> {
     let mut model = GraphModel::default();
-    load_nodes_where(pool, &mut model, "project_id = $1", project_id).await?;
-    load_edges_where(pool, &mut model, "project_id = $1", project_id).await?;
+    let mut snapshot = snapshot(pool).await?;
+    load_nodes_where(&mut snapshot, &mut model, "project_id = $1", project_id).await?;
+    load_edges_where(&mut snapshot, &mut model, "project_id = $1", project_id).await?;
     let scope = GraphScope {
         project_id,
         ticket_id: None,
@@ -682,14 +695,21 @@ pub async fn ticket_graph(
     ticket_id: Uuid,
 ) -> Result<GraphView, ProjectionError> {
     let mut model = GraphModel::default();
-    load_nodes_where(pool, &mut model, "id = $1 or ticket_id = $1", ticket_id).await?;
+    let mut snapshot = snapshot(pool).await?;
+    load_nodes_where(
+        &mut snapshot,
+        &mut model,
+        "id = $1 or ticket_id = $1",
+        ticket_id,
+    )
+    .await?;
     let tasks: Vec<Uuid> = model
         .nodes
         .values()
         .filter(|n| n.ticket_id == Some(ticket_id))
         .map(|n| n.id)
         .collect();
-    with_dependencies(pool, &mut model, &tasks).await?;
+    with_dependencies(&mut snapshot, &mut model, &tasks).await?;
     let scope = GraphScope {
         project_id,
         ticket_id: Some(ticket_id),
@@ -703,22 +723,24 @@ pub async fn ticket_graph(
 /// The unfinished dependencies of `task_id`.
 pub async fn blocked_by(pool: &PgPool, task_id: Uuid) -> Result<TaskRelations, ProjectionError> {
     let mut model = GraphModel::default();
-    with_dependencies(pool, &mut model, &[task_id]).await?;
+    let mut snapshot = snapshot(pool).await?;
+    with_dependencies(&mut snapshot, &mut model, &[task_id]).await?;
     // Each blocker is shown with its own count, so its dependencies are needed too.
     let blockers = model.unfinished_dependencies(task_id);
-    with_dependencies(pool, &mut model, &blockers).await?;
+    with_dependencies(&mut snapshot, &mut model, &blockers).await?;
     Ok(model.blocked_by(task_id))
 }
 
 /// The unfinished tasks that depend on `task_id`, while it is unfinished itself.
 pub async fn blocking(pool: &PgPool, task_id: Uuid) -> Result<TaskRelations, ProjectionError> {
     let mut model = GraphModel::default();
-    load_edges_where(pool, &mut model, "to_id = $1", task_id).await?;
+    let mut snapshot = snapshot(pool).await?;
+    load_edges_where(&mut snapshot, &mut model, "to_id = $1", task_id).await?;
     let mut wanted = model.dependents(task_id);
     wanted.push(task_id);
-    load_nodes_where(pool, &mut model, "id = any($1)", wanted).await?;
+    load_nodes_where(&mut snapshot, &mut model, "id = any($1)", wanted).await?;
     let dependents = model.dependents(task_id);
-    with_dependencies(pool, &mut model, &dependents).await?;
+    with_dependencies(&mut snapshot, &mut model, &dependents).await?;
     Ok(model.blocking(task_id))
 }
 
