@@ -157,8 +157,32 @@ pub async fn spawn_app() -> TestApp {
 /// The password every test user gets.
 pub const TEST_PASSWORD: &str = "Corr3ct-horse";
 
+/// [`spawn_app`] with live-delivery (WebSocket) tunables of the test's choosing.
+pub async fn spawn_app_with(live: omoi_api::live::LiveConfig) -> TestApp {
+    let database = TestDatabase::create().await.expect("a fresh test database");
+    let mut app = spawn_app_on_with(database, live).await;
+    app.token = Some(app.register_and_login("owner@example.com").await);
+    app
+}
+
 /// Starts a server on an existing database (e.g. again, after a restart).
 pub async fn spawn_app_on(database: TestDatabase) -> TestApp {
+    spawn_app_on_with(database, test_live_config()).await
+}
+
+/// Live delivery in tests: production's tunables, but a quicker poll.
+pub fn test_live_config() -> omoi_api::live::LiveConfig {
+    omoi_api::live::LiveConfig {
+        poll_interval: std::time::Duration::from_millis(100),
+        ..omoi_api::live::LiveConfig::default()
+    }
+}
+
+/// [`spawn_app_on`] with live-delivery tunables of the test's choosing.
+pub async fn spawn_app_on_with(
+    database: TestDatabase,
+    live: omoi_api::live::LiveConfig,
+) -> TestApp {
     let settings = test_settings();
     let pool = TestDatabase::pool(&database.options, 16)
         .await
@@ -173,7 +197,7 @@ pub async fn spawn_app_on(database: TestDatabase) -> TestApp {
         test_runner_config(),
         shutdown.clone(),
     );
-    let state = state.with_projections(stats.clone());
+    let state = state.with_projections(stats.clone()).with_live(live);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("a free port");

@@ -11,6 +11,7 @@
 //! * [`extract`] — JSON body, path and query extractors whose rejections are `ApiError`.
 //! * One module per resource: [`organizations`], [`projects`], [`tickets`], [`tasks`],
 //!   [`specs`], [`agents`]; [`history`] (per-aggregate history, global stream); [`system`].
+//! * [`live`] — WebSocket delivery: `/api/v1/ws` and the original's `/api/v1/ws/events`.
 
 pub mod agent_views;
 pub mod agents;
@@ -20,6 +21,7 @@ pub mod error;
 pub mod extract;
 pub mod graph;
 pub mod history;
+pub mod live;
 pub mod metrics;
 pub mod organizations;
 pub mod projects;
@@ -77,7 +79,12 @@ impl utoipa::Modify for BearerAuth {
     info(
         title = "omoi",
         description = "Event-sourced backend of a spec-driven, multi-agent software-engineering \
-                       orchestrator. Errors are application/problem+json (RFC 9457)."
+                       orchestrator. Errors are application/problem+json (RFC 9457). \
+                       Live delivery is a WebSocket: `GET /api/v1/ws` (subscribe to a \
+                       project's `events` stream: a snapshot with its position, then ordered \
+                       deltas; resume with `after`) and the original's feed \
+                       `GET /api/v1/ws/events`; the protocol — message types, fields, \
+                       examples, close codes — is in docs/websocket.md."
     ),
     tags(
         (name = "auth", description = "Accounts, tokens and API keys"),
@@ -86,6 +93,7 @@ impl utoipa::Modify for BearerAuth {
         (name = "timeline", description = "Activity timeline of a project (read model)"),
         (name = "board", description = "Kanban board of a project (read model)"),
         (name = "graph", description = "Task dependency graph (read model)"),
+        (name = "live", description = "WebSocket delivery of events (docs/websocket.md)"),
         (name = "system"),
     )
 )]
@@ -105,6 +113,7 @@ fn documented_routes() -> OpenApiRouter<AppState> {
         .merge(board::router())
         .merge(graph::router())
         .merge(history::router())
+        .merge(live::router())
         .merge(system::router())
 }
 

@@ -15,6 +15,7 @@ use crate::auth::cache::CredentialCache;
 use crate::auth::tokens::TokenKeys;
 use crate::auth::{refused, Caller};
 use crate::error::{ApiError, ApiResult};
+use crate::live::{Hub, LiveConfig};
 use crate::metrics::{Metrics, Outcome};
 
 #[derive(Clone)]
@@ -25,6 +26,8 @@ pub struct AppState {
     pub credentials: Arc<CredentialCache>,
     /// Statistics of the projections this process runs, when it runs them.
     pub projections: Option<Arc<RunnerStats>>,
+    /// Live delivery (WebSocket): follows the event log once a client connects.
+    pub live: Arc<Hub>,
 }
 
 /// The noun for a 404 about aggregate `A`.
@@ -47,7 +50,9 @@ impl AppState {
         tokens: TokenKeys,
         credential_ttl: Duration,
     ) -> Self {
+        let live = Hub::new(bus.pool().clone(), bus.commits(), LiveConfig::default());
         Self {
+            live: Arc::new(live),
             bus: Arc::new(bus),
             metrics: Arc::new(metrics),
             tokens: Arc::new(tokens),
@@ -60,6 +65,12 @@ impl AppState {
     /// `GET /api/v1/projections`.
     pub fn with_projections(mut self, stats: Arc<RunnerStats>) -> Self {
         self.projections = Some(stats);
+        self
+    }
+
+    /// Live delivery with other tunables (tests shorten intervals and shrink buffers).
+    pub fn with_live(mut self, config: LiveConfig) -> Self {
+        self.live = Arc::new(Hub::new(self.pool().clone(), self.bus.commits(), config));
         self
     }
 

@@ -370,34 +370,51 @@ pub async fn step(
     stats: &RunnerStats,
 ) -> Result<Step, sqlx::Error> {
     let started = Instant::now();
-    let mut tx = conn.begin().await?;
-    let Some(build) = catalog::lock_build(&mut tx, build_id).await? else {
+    // Read before opening a transaction: locking the build's row takes a transaction id,
+    // and while it is open every reader of the gapless stream (this one included) is held
+    // below it. The lock is taken only to apply, and the checkpoint re-checked under it.
+    let Some(seen) = catalog::build_by_id(pool, build_id).await? else {
         return Ok(Step::Retired);
     };
-    if build.state == BuildState::Retired {
+    record_state(stats, &seen);
+    if seen.state == BuildState::Retired {
         return Ok(Step::Retired);
     }
-    record_state(stats, &build);
-    if build.failure.is_some() {
+    if seen.failure.is_some() {
         return Ok(Step::Stopped);
     }
-    let page = read_global(pool, build.cursor, batch_size, &Visibility::Everything).await?;
-    if page.events.is_empty() {
-        if build.state == BuildState::Building {
-            let retired = catalog::go_live(&mut tx, projector, &build).await?;
-            tx.commit().await?;
-            tracing::info!(
-                projector = projector.name(),
-                build = build.build,
-                "caught up: now live"
-            );
-            for schema in retired {
-                catalog::drop_schema(pool, &schema).await?;
-            }
+    let page = read_global(pool, seen.cursor, batch_size, &Visibility::Everything).await?;
+    if page.events.is_empty() && seen.state != BuildState::Building {
+        stats.update(seen.build, |s| s.lag_ms = 0);
+        return Ok(Step::Idle);
+    }
+    let mut tx = conn.begin().await?;
+    let build = match catalog::lock_build(&mut tx, build_id).await? {
+        Some(build)
+            if build.cursor == seen.cursor
+                && build.state == seen.state
+                && build.failure.is_none() =>
+        {
+            build
+        }
+        // Someone else moved it meanwhile (another leader, a retry, a go-live): look again.
+        _ => {
+            tx.rollback().await?;
             return Ok(Step::Applied(0));
         }
-        stats.update(build.build, |s| s.lag_ms = 0);
-        return Ok(Step::Idle);
+    };
+    if page.events.is_empty() {
+        let retired = catalog::go_live(&mut tx, projector, &build).await?;
+        tx.commit().await?;
+        tracing::info!(
+            projector = projector.name(),
+            build = build.build,
+            "caught up: now live"
+        );
+        for schema in retired {
+            catalog::drop_schema(pool, &schema).await?;
+        }
+        return Ok(Step::Applied(0));
     }
     let schema = build.schema();
     for event in &page.events {
@@ -518,6 +535,8 @@ pub async fn catch_up(
         progress(&current);
         match step {
             Step::Applied(n) if n > 0 => {}
+            // Nothing applied but still building: another process moved it; look again.
+            Step::Applied(_) if current.state == BuildState::Building => {}
             _ => return Ok(current),
         }
     }

@@ -1,0 +1,346 @@
+//! The hub: one per process, following the global stream from "now".
+//!
+//! It reads new events in the gapless global order (`read_global`), keeps the most recent
+//! ones in a ring for cheap resumption, and broadcasts each to every subscriber. Appending
+//! to the ring, moving `head` and broadcasting happen under one lock, and a subscriber
+//! taps (reads `head`, subscribes to the broadcast, copies from the ring) under the same
+//! lock: everything up to `head` is in the ring or older, everything after it arrives on
+//! the receiver — no gap, no double.
+//!
+//! Memory is bounded: the ring holds `replay_buffer` events and the broadcast channel
+//! `broadcast_capacity`, shared by all subscribers; a subscriber that falls behind gets
+//! `Lagged` instead of making the channel grow.
+//!
+//! The hub starts on first use (so a process that never serves a WebSocket reads
+//! nothing) and stops once the application state that owns it is gone.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::time::Duration;
+
+use omoi_projections::runner::CHANNEL;
+use omoi_store::log::{read_global, Visibility};
+use omoi_store::{Cursor, StoredEvent};
+use sqlx::postgres::{PgConnectOptions, PgListener};
+use sqlx::PgPool;
+use tokio::sync::{broadcast, watch, OnceCell};
+
+use super::{AbortOnDrop, LiveConfig};
+
+/// An event as the hub shares it: one copy for the ring and every subscriber.
+pub type SharedEvent = Arc<StoredEvent>;
+
+pub struct Hub {
+    shared: Arc<Shared>,
+    pool: PgPool,
+    commits: watch::Receiver<u64>,
+    config: LiveConfig,
+    started: OnceCell<()>,
+}
+
+struct Shared {
+    ring: Mutex<Ring>,
+    sender: broadcast::Sender<SharedEvent>,
+}
+
+/// The ring holds exactly the events with a cursor in `(floor, head]`.
+struct Ring {
+    events: VecDeque<SharedEvent>,
+    capacity: usize,
+    floor: Cursor,
+    head: Cursor,
+}
+
+impl Ring {
+    fn push(&mut self, event: SharedEvent) {
+        self.head = event.cursor();
+        if self.capacity == 0 {
+            self.floor = self.head;
+            return;
+        }
+        while self.events.len() >= self.capacity {
+            if let Some(oldest) = self.events.pop_front() {
+                self.floor = oldest.cursor();
+            }
+        }
+        self.events.push_back(event);
+    }
+}
+
+/// A subscriber's start: the position it starts after and the events that follow it.
+pub struct Tap {
+    pub head: Cursor,
+    pub events: broadcast::Receiver<SharedEvent>,
+}
+
+/// A resumption from a client's cursor.
+pub struct Resume {
+    pub tap: Tap,
+    /// Kept events after the client's cursor, up to `tap.head`.
+    pub buffered: Vec<SharedEvent>,
+    /// When the cursor is older than the ring: the ring's floor. Events in
+    /// `(cursor, floor]` are no longer in memory and must come from the database.
+    pub older_than_buffer: Option<Cursor>,
+}
+
+impl Hub {
+    pub fn new(pool: PgPool, commits: watch::Receiver<u64>, config: LiveConfig) -> Self {
+        let (sender, _) = broadcast::channel(config.broadcast_capacity.max(1));
+        let ring = Ring {
+            events: VecDeque::new(),
+            capacity: config.replay_buffer,
+            floor: Cursor::default(),
+            head: Cursor::default(),
+        };
+        Self {
+            shared: Arc::new(Shared {
+                ring: Mutex::new(ring),
+                sender,
+            }),
+            pool,
+            commits,
+            config,
+            started: OnceCell::new(),
+        }
+    }
+
+    pub fn config(&self) -> &LiveConfig {
+        &self.config
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// Starts following the stream from now: every event after the returned head arrives
+    /// on the receiver.
+    pub async fn tap(&self) -> Result<Tap, sqlx::Error> {
+        self.start().await?;
+        let ring = self.shared.lock();
+        Ok(self.shared.tap(&ring))
+    }
+
+    /// Like [`Hub::tap`], with the kept events after `after` that `keep` accepts.
+    pub async fn resume(
+        &self,
+        after: Cursor,
+        keep: impl Fn(&StoredEvent) -> bool,
+    ) -> Result<Resume, sqlx::Error> {
+        self.start().await?;
+        let ring = self.shared.lock();
+        let buffered = ring
+            .events
+            .iter()
+            .filter(|e| e.cursor() > after && keep(e))
+            .cloned()
+            .collect();
+        Ok(Resume {
+            tap: self.shared.tap(&ring),
+            buffered,
+            older_than_buffer: (after < ring.floor).then_some(ring.floor),
+        })
+    }
+
+    /// Reads the newest position once and spawns the follower; concurrent first callers
+    /// wait for the same start, and a failed start is retried by the next caller.
+    async fn start(&self) -> Result<(), sqlx::Error> {
+        self.started
+            .get_or_try_init(|| async {
+                let head = newest_cursor(&self.pool).await?;
+                {
+                    let mut ring = self.shared.lock();
+                    ring.head = head;
+                    ring.floor = head;
+                }
+                let follower = Follower {
+                    shared: Arc::downgrade(&self.shared),
+                    pool: self.pool.clone(),
+                    commits: self.commits.clone(),
+                    cursor: head,
+                    batch_size: self.config.batch_size.max(1),
+                    poll_interval: self.config.poll_interval,
+                };
+                tokio::spawn(follower.run());
+                Ok(())
+            })
+            .await
+            .map(|_| ())
+    }
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Ring> {
+        // The ring is consistent after every statement that changes it, so a panic
+        // elsewhere while the lock was held leaves nothing half-done.
+        self.ring.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn tap(&self, ring: &Ring) -> Tap {
+        Tap {
+            head: ring.head,
+            events: self.sender.subscribe(),
+        }
+    }
+
+    fn publish(&self, events: Vec<StoredEvent>) {
+        let mut ring = self.lock();
+        for event in events {
+            let event = Arc::new(event);
+            ring.push(event.clone());
+            // No subscriber is not an error: the ring still keeps the event.
+            let _ = self.sender.send(event);
+        }
+    }
+}
+
+/// The newest position every future event will come after: the last visible event.
+/// Anything not yet visible belongs to a transaction at or above `xmin`, so its cursor is
+/// greater.
+async fn newest_cursor(pool: &PgPool) -> Result<Cursor, sqlx::Error> {
+    let row: Option<(i64, i64)> = sqlx::query_as(
+        "select transaction_id::text::bigint, global_position from events
+          where transaction_id < pg_snapshot_xmin(pg_current_snapshot())
+          order by transaction_id desc, global_position desc
+          limit 1",
+    )
+    .fetch_optional(pool)
+    .await?;
+    Ok(
+        row.map_or_else(Cursor::default, |(transaction_id, global_position)| {
+            Cursor {
+                transaction_id,
+                global_position,
+            }
+        }),
+    )
+}
+
+struct Follower {
+    /// Weak, so that the follower ends once the application state is dropped.
+    shared: Weak<Shared>,
+    pool: PgPool,
+    commits: watch::Receiver<u64>,
+    cursor: Cursor,
+    batch_size: i64,
+    poll_interval: Duration,
+}
+
+impl Follower {
+    async fn run(mut self) {
+        let (wake, mut notified) = watch::channel(0u64);
+        let options = (*self.pool.connect_options()).clone();
+        let _listener = AbortOnDrop(tokio::spawn(listen(options, wake)));
+        loop {
+            let Some(shared) = self.shared.upgrade() else {
+                return;
+            };
+            let full = self.step(&shared).await;
+            drop(shared);
+            if full {
+                continue;
+            }
+            tokio::select! {
+                changed = self.commits.changed() => if changed.is_err() { return },
+                _ = notified.changed() => {}
+                () = tokio::time::sleep(self.poll_interval) => {}
+            }
+        }
+    }
+
+    /// Reads and publishes one batch; true when the batch was full (more may wait).
+    async fn step(&mut self, shared: &Shared) -> bool {
+        match read_global(
+            &self.pool,
+            self.cursor,
+            self.batch_size,
+            &Visibility::Everything,
+        )
+        .await
+        {
+            Ok(page) => {
+                let full = page.events.len() as i64 == self.batch_size;
+                self.cursor = page.next;
+                shared.publish(page.events);
+                full
+            }
+            Err(error) => {
+                tracing::warn!(%error, "live hub: cannot read the event stream; retrying");
+                false
+            }
+        }
+    }
+}
+
+/// Turns other processes' `NOTIFY omoi_events` (one per burst of commits, sent by
+/// `announce_commits`) into wake-ups. A pool of its own, so that the listening connection
+/// does not take one of the application's.
+async fn listen(options: PgConnectOptions, wake: watch::Sender<u64>) {
+    loop {
+        let listened = async {
+            let pool = PgPool::connect_lazy_with(options.clone());
+            let mut listener = PgListener::connect_with(&pool).await?;
+            listener.listen(CHANNEL).await?;
+            loop {
+                listener.recv().await?;
+                wake.send_modify(|n| *n = n.wrapping_add(1));
+            }
+            #[allow(unreachable_code)]
+            Ok::<(), sqlx::Error>(())
+        };
+        if let Err(error) = listened.await {
+            tracing::debug!(%error, "live hub: listener lost its connection; reconnecting");
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(transaction_id: i64, global_position: i64) -> SharedEvent {
+        Arc::new(StoredEvent {
+            aggregate_type: "Ticket".into(),
+            aggregate_id: "t".into(),
+            sequence: 1,
+            global_position,
+            transaction_id,
+            event_type: "TicketCreated".into(),
+            event_version: "1".into(),
+            payload: serde_json::Value::Null,
+            metadata: serde_json::Value::Null,
+        })
+    }
+
+    #[test]
+    fn the_ring_keeps_the_newest_events_and_moves_its_floor() {
+        let mut ring = Ring {
+            events: VecDeque::new(),
+            capacity: 2,
+            floor: Cursor::default(),
+            head: Cursor::default(),
+        };
+        for position in 1..=3 {
+            ring.push(event(10, position));
+        }
+        assert_eq!(ring.events.len(), 2);
+        assert_eq!(ring.floor.to_string(), "10-1");
+        assert_eq!(ring.head.to_string(), "10-3");
+    }
+
+    #[test]
+    fn a_ring_of_no_capacity_only_moves() {
+        let mut ring = Ring {
+            events: VecDeque::new(),
+            capacity: 0,
+            floor: Cursor::default(),
+            head: Cursor::default(),
+        };
+        ring.push(event(3, 7));
+        assert!(ring.events.is_empty());
+        assert_eq!(
+            (ring.floor, ring.head),
+            (event(3, 7).cursor(), event(3, 7).cursor())
+        );
+    }
+}

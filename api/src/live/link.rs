@@ -1,0 +1,383 @@
+//! One WebSocket connection, whichever endpoint: a reader and a writer joined by
+//! `select!`, so that the connection ends as soon as either does.
+//!
+//! * **Bounded outgoing queue.** Everything for the client goes through one `mpsc` of
+//!   `queue_capacity` messages. Replies to the client's own messages wait for room (which
+//!   stops reading the client's frames: back-pressure, not memory); a live delta that finds
+//!   the queue full for `slow_client_grace` ends its subscription with `resync` instead
+//!   ([`Link::offer`]).
+//! * **Resync always gets through.** It travels on a small side channel the writer serves
+//!   first, and queued messages of an ended subscription are skipped, so the client never
+//!   sees a delta of a subscription after its `resync` or `unsubscribed`.
+//! * **Liveness.** Every `ping_interval` the writer sends a WebSocket ping (and a JSON
+//!   `{"type":"ping"}` when the client has sent no message for that long); a peer from
+//!   which no frame at all arrived for two intervals is closed (4408). A write that blocks
+//!   that long means the peer stopped reading: the connection is dropped.
+//! * **Revocation.** Every `recheck_interval` the credential is verified again; when it is
+//!   no longer valid the socket is closed with 4401. The refreshed caller (memberships may
+//!   have changed) is what subscriptions authorize their events against.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
+use futures_util::stream::{SplitSink, SplitStream};
+use futures_util::{SinkExt, StreamExt};
+use omoi_domain::common::Scope;
+use tokio::sync::mpsc::error::SendTimeoutError;
+use tokio::sync::{mpsc, watch, Notify};
+use tokio::time::MissedTickBehavior;
+
+use super::handlers::verify;
+use super::protocol::{encode, ServerMessage, WsError};
+use super::LiveConfig;
+use crate::auth::Caller;
+use crate::error::ApiError;
+use crate::state::AppState;
+
+/// What a connection does with the client's text frames.
+pub trait Session: Send + 'static {
+    /// Before the first frame is read.
+    fn on_open(&mut self, _link: &Link) -> impl Future<Output = ()> + Send {
+        async {}
+    }
+
+    fn on_text(&mut self, link: &Link, text: &str) -> impl Future<Output = ()> + Send;
+}
+
+/// Whether a subscription still runs; its queued messages are skipped once it does not.
+#[derive(Debug, Clone)]
+pub struct Alive(Arc<AtomicBool>);
+
+impl Alive {
+    pub fn new() -> Self {
+        Self(Arc::new(AtomicBool::new(true)))
+    }
+
+    pub fn get(&self) -> bool {
+        self.0.load(Ordering::Acquire)
+    }
+
+    pub fn end(&self) {
+        self.0.store(false, Ordering::Release);
+    }
+}
+
+impl Default for Alive {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+struct Outgoing {
+    text: String,
+    /// The subscription the message belongs to, if any.
+    of: Option<Alive>,
+}
+
+/// What a live delta met.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Offer {
+    Queued,
+    Full,
+    Closed,
+}
+
+/// The handle sessions and their subscriptions talk to the client through.
+#[derive(Clone)]
+pub struct Link {
+    pub state: AppState,
+    queue: mpsc::Sender<Outgoing>,
+    resyncs: mpsc::Sender<String>,
+    overwhelmed: Arc<Notify>,
+    caller: watch::Receiver<Caller>,
+    grace: Duration,
+}
+
+impl Link {
+    /// The caller as last verified.
+    pub fn caller(&self) -> Caller {
+        self.caller.borrow().clone()
+    }
+
+    /// May the caller (as last verified) read events of `scope`? Events without a scope
+    /// are for super-admins only.
+    pub fn may_read(&self, scope: Option<Scope>) -> bool {
+        let caller = self.caller.borrow();
+        match scope {
+            Some(scope) => caller.check(Some(scope), "events:read").is_ok(),
+            None => caller.is_super_admin(),
+        }
+    }
+
+    /// Queues a reply, waiting for room. False when the connection is gone.
+    pub async fn send(&self, message: &ServerMessage<'_>) -> bool {
+        let text = encode(message);
+        self.queue.send(Outgoing { text, of: None }).await.is_ok()
+    }
+
+    pub async fn send_error(&self, error: &WsError) -> bool {
+        self.send(&error.message()).await
+    }
+
+    /// Queues a message of a subscription, waiting for room (snapshots and replays, which
+    /// may be longer than the queue).
+    pub async fn send_for(&self, alive: &Alive, message: &ServerMessage<'_>) -> bool {
+        let outgoing = Outgoing {
+            text: encode(message),
+            of: Some(alive.clone()),
+        };
+        self.queue.send(outgoing).await.is_ok()
+    }
+
+    /// Queues a live delta if room appears within the grace period.
+    pub async fn offer(&self, alive: &Alive, message: &ServerMessage<'_>) -> Offer {
+        let outgoing = Outgoing {
+            text: encode(message),
+            of: Some(alive.clone()),
+        };
+        match self.queue.send_timeout(outgoing, self.grace).await {
+            Ok(()) => Offer::Queued,
+            Err(SendTimeoutError::Timeout(_)) => Offer::Full,
+            Err(SendTimeoutError::Closed(_)) => Offer::Closed,
+        }
+    }
+
+    /// Ends a subscription the client did not keep up with and tells it so. Resyncs are
+    /// bounded by the number of subscriptions; a client that exceeds even that is dropped.
+    pub fn resync(&self, alive: &Alive, id: Option<&str>) {
+        alive.end();
+        let text = encode(&ServerMessage::Resync {
+            id,
+            reason: "slow consumer",
+        });
+        if self.resyncs.try_send(text).is_err() {
+            self.overwhelmed.notify_one();
+        }
+    }
+}
+
+/// Runs one connection until the client leaves, is dropped, or its credential is revoked.
+pub async fn drive(
+    socket: WebSocket,
+    state: AppState,
+    caller: Caller,
+    credential: String,
+    session: impl Session,
+) {
+    let config = state.live.config().clone();
+    let (sink, stream) = socket.split();
+    let (queue, queue_rx) = mpsc::channel(config.queue_capacity.max(1));
+    let (resyncs, resyncs_rx) = mpsc::channel(config.max_subscriptions + 1);
+    let (caller_tx, caller_rx) = watch::channel(caller);
+    let overwhelmed = Arc::new(Notify::new());
+    let activity = Arc::new(Activity::new());
+    let link = Link {
+        state: state.clone(),
+        queue,
+        resyncs,
+        overwhelmed: overwhelmed.clone(),
+        caller: caller_rx,
+        grace: config.slow_client_grace,
+    };
+    let writer = Writer {
+        sink,
+        queue: queue_rx,
+        resyncs: resyncs_rx,
+        activity: activity.clone(),
+        caller: caller_tx,
+        credential,
+        state,
+        config: config.clone(),
+    };
+    tokio::select! {
+        () = writer.run() => {}
+        () = read(stream, session, link, activity, config.max_text_bytes) => {}
+        () = overwhelmed.notified() => {
+            tracing::debug!("live: a client fell behind on every subscription; dropped");
+        }
+    }
+}
+
+/// Reads the client's frames and hands text to the session.
+async fn read(
+    mut stream: SplitStream<WebSocket>,
+    mut session: impl Session,
+    link: Link,
+    activity: Arc<Activity>,
+    max_text_bytes: usize,
+) {
+    session.on_open(&link).await;
+    while let Some(Ok(frame)) = stream.next().await {
+        activity.frame();
+        match frame {
+            Message::Text(text) => {
+                activity.message();
+                if text.len() > max_text_bytes {
+                    let detail = format!("a frame may hold at most {max_text_bytes} bytes");
+                    link.send_error(&WsError::new("too_large", detail)).await;
+                } else {
+                    session.on_text(&link, text.as_str()).await;
+                }
+            }
+            Message::Binary(_) => {
+                activity.message();
+                let error = WsError::new("binary_not_supported", "send JSON text frames");
+                link.send_error(&error).await;
+            }
+            Message::Close(_) => return,
+            // Pings are answered by the WebSocket layer; both count as signs of life.
+            Message::Ping(_) | Message::Pong(_) => {}
+        }
+    }
+}
+
+/// When the client was last heard from.
+struct Activity {
+    since: Instant,
+    last_frame_ms: AtomicU64,
+    last_message_ms: AtomicU64,
+}
+
+impl Activity {
+    fn new() -> Self {
+        Self {
+            since: Instant::now(),
+            last_frame_ms: AtomicU64::new(0),
+            last_message_ms: AtomicU64::new(0),
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.since.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    fn frame(&self) {
+        self.last_frame_ms.store(self.now_ms(), Ordering::Relaxed);
+    }
+
+    fn message(&self) {
+        self.last_message_ms.store(self.now_ms(), Ordering::Relaxed);
+    }
+
+    fn silent_for(&self, last: &AtomicU64) -> Duration {
+        Duration::from_millis(self.now_ms().saturating_sub(last.load(Ordering::Relaxed)))
+    }
+}
+
+/// Why the writer stopped.
+enum End {
+    /// The peer is gone or stopped reading: nothing more can be written.
+    Gone,
+    /// Close with this code and reason.
+    Close(u16, &'static str),
+}
+
+/// How long a closing server waits for the client's close reply before hanging up (so
+/// that the close frame is read rather than lost in a reset).
+const CLOSE_GRACE: Duration = Duration::from_secs(2);
+
+struct Writer {
+    sink: SplitSink<WebSocket, Message>,
+    queue: mpsc::Receiver<Outgoing>,
+    resyncs: mpsc::Receiver<String>,
+    activity: Arc<Activity>,
+    caller: watch::Sender<Caller>,
+    credential: String,
+    state: AppState,
+    config: LiveConfig,
+}
+
+impl Writer {
+    async fn run(mut self) {
+        let mut ping = every(self.config.ping_interval);
+        let mut recheck = every(self.config.recheck_interval);
+        loop {
+            let step = tokio::select! {
+                biased;
+                Some(text) = self.resyncs.recv() => self.write(Message::Text(text.into())).await,
+                outgoing = self.queue.recv() => match outgoing {
+                    Some(outgoing) => self.write_outgoing(outgoing).await,
+                    None => Err(End::Gone),
+                },
+                _ = ping.tick() => self.keepalive().await,
+                _ = recheck.tick() => self.recheck().await,
+            };
+            if let Err(end) = step {
+                self.finish(end).await;
+                return;
+            }
+        }
+    }
+
+    async fn write_outgoing(&mut self, outgoing: Outgoing) -> Result<(), End> {
+        if outgoing.of.as_ref().is_some_and(|alive| !alive.get()) {
+            return Ok(());
+        }
+        self.write(Message::Text(outgoing.text.into())).await
+    }
+
+    async fn write(&mut self, message: Message) -> Result<(), End> {
+        let patience = self.config.ping_interval.saturating_mul(2);
+        match tokio::time::timeout(patience, self.sink.send(message)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) | Err(_) => Err(End::Gone),
+        }
+    }
+
+    async fn keepalive(&mut self) -> Result<(), End> {
+        let interval = self.config.ping_interval;
+        if self.activity.silent_for(&self.activity.last_frame_ms) >= interval.saturating_mul(2) {
+            return Err(End::Close(4408, "no answer to pings"));
+        }
+        self.write(Message::Ping(Bytes::new())).await?;
+        if self.activity.silent_for(&self.activity.last_message_ms) >= interval {
+            self.write(Message::Text(encode(&ServerMessage::Ping).into()))
+                .await?;
+        }
+        Ok(())
+    }
+
+    async fn recheck(&mut self) -> Result<(), End> {
+        match verify(&self.state, &self.credential).await {
+            Ok(caller) => {
+                self.caller.send_replace(caller);
+                Ok(())
+            }
+            Err(ApiError::Unauthorized { .. }) => Err(End::Close(
+                4401,
+                "the credential was revoked or has expired",
+            )),
+            // A database hiccup is no reason to drop the client; the next check decides.
+            Err(error) => {
+                tracing::debug!(?error, "live: could not verify a credential again");
+                Ok(())
+            }
+        }
+    }
+
+    async fn finish(&mut self, end: End) {
+        let End::Close(code, reason) = end else {
+            return;
+        };
+        let frame = CloseFrame {
+            code,
+            reason: Utf8Bytes::from_static(reason),
+        };
+        if self.write(Message::Close(Some(frame))).await.is_ok() {
+            // The reader keeps running meanwhile and ends the connection at the reply.
+            tokio::time::sleep(CLOSE_GRACE).await;
+        }
+    }
+}
+
+/// An interval whose first tick is one period away (not immediate).
+fn every(period: Duration) -> tokio::time::Interval {
+    let period = period.max(Duration::from_millis(1));
+    let mut interval = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    interval.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    interval
+}

@@ -1,0 +1,108 @@
+//! Live delivery over WebSocket (protocol: docs/websocket.md).
+//!
+//! * `GET /api/v1/ws` — subscriptions: a snapshot carrying its position, then deltas in the
+//!   global order, each with its position; resumption with `after`; one socket, many
+//!   subscriptions.
+//! * `GET /api/v1/ws/events` — the original's feed: every visible event, filtered.
+//!
+//! Both are fed by one [`hub::Hub`] per process that follows the global stream — woken by
+//! this process's commits, by other processes' coalesced `NOTIFY omoi_events`, and by a
+//! poll — so a client on any replica sees every replica's commands, in the same order.
+//!
+//! # Layout
+//!
+//! * [`hub`] — follows the stream, keeps recent events for resumption, broadcasts new ones.
+//! * [`link`] — one connection: the bounded outgoing queue, pings, the credential re-check.
+//! * [`protocol`] — the messages and their errors.
+//! * [`stream`] — the subscriptions of `/api/v1/ws` (the `events` stream).
+//! * [`feed`] — `/api/v1/ws/events`.
+//! * [`handlers`] — authentication at upgrade (`?token=`) and the two routes.
+
+pub mod feed;
+pub mod handlers;
+pub mod hub;
+pub mod link;
+pub mod protocol;
+pub mod stream;
+
+use std::time::Duration;
+
+use tokio::task::JoinHandle;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::state::AppState;
+
+pub use hub::Hub;
+
+/// Tunables of live delivery. The defaults are production's; tests shorten the intervals
+/// and shrink the buffers so that pings, revocation and slow clients show in seconds.
+#[derive(Debug, Clone)]
+pub struct LiveConfig {
+    /// The server pings this often; a peer silent for two intervals is dropped.
+    pub ping_interval: Duration,
+    /// A connection's credential is verified again this often: revoked → closed (4401).
+    pub recheck_interval: Duration,
+    /// Messages waiting to be written to one connection.
+    pub queue_capacity: usize,
+    /// How long a live delta waits for room in a full queue before its subscription ends
+    /// with `resync`: long enough for a reading client to absorb a burst, short enough
+    /// that a stuck one is cut off quickly.
+    pub slow_client_grace: Duration,
+    /// New events held for subscribers that have not taken them yet (shared by all).
+    pub broadcast_capacity: usize,
+    /// Recent events kept in memory, so that a reconnecting client resumes cheaply.
+    pub replay_buffer: usize,
+    /// Most events of a project read back from the database for a resumption older than
+    /// the buffer; beyond it the client gets a fresh, `stale` snapshot.
+    pub replay_limit: usize,
+    /// How often the hub looks for events it was not woken for.
+    pub poll_interval: Duration,
+    /// Events the hub reads per query.
+    pub batch_size: i64,
+    /// Largest text frame handled; larger ones get a `too_large` error.
+    pub max_text_bytes: usize,
+    /// Subscriptions one socket may hold at once.
+    pub max_subscriptions: usize,
+}
+
+impl Default for LiveConfig {
+    fn default() -> Self {
+        Self {
+            ping_interval: Duration::from_secs(30),
+            recheck_interval: Duration::from_secs(5),
+            queue_capacity: 256,
+            slow_client_grace: Duration::from_secs(1),
+            broadcast_capacity: 4096,
+            replay_buffer: 10_000,
+            replay_limit: 10_000,
+            poll_interval: Duration::from_millis(500),
+            batch_size: 500,
+            max_text_bytes: 64 * 1024,
+            max_subscriptions: 32,
+        }
+    }
+}
+
+/// The two WebSocket routes.
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(handlers::live))
+        .routes(routes!(handlers::feed))
+}
+
+/// A spawned task that ends with its owner (a subscription, a connection, the hub).
+#[derive(Debug)]
+pub(crate) struct AbortOnDrop(pub JoinHandle<()>);
+
+impl AbortOnDrop {
+    pub fn is_finished(&self) -> bool {
+        self.0.is_finished()
+    }
+}
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}

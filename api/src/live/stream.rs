@@ -1,0 +1,372 @@
+//! The subscriptions of `GET /api/v1/ws`. Only the `events` stream exists so far: the raw
+//! events of one project, optionally filtered. The read-model streams (board, graph,
+//! timeline, agents) are refused with `unsupported_stream` until they are built.
+//!
+//! A subscription is a task: it sends its snapshot, replays what a resuming client
+//! missed (from the hub's ring, or the database when older), then forwards live events.
+//! Every event is authorized against the caller as last verified, so a membership removed
+//! while the socket is open ends the subscription.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use omoi_domain::common::{Scope, Scoped};
+use omoi_domain::project::Project;
+use omoi_store::log::{read_global, Visibility};
+use omoi_store::{Cursor, StoredEvent};
+use serde_json::Value;
+use tokio::sync::broadcast::error::RecvError;
+use uuid::Uuid;
+
+use super::hub::{SharedEvent, Tap};
+use super::link::{Alive, Link, Offer, Session};
+use super::protocol::{
+    Empty, Envelope, EventView, Filters, ServerMessage, Subscribe, Unsubscribe, WsError,
+};
+use super::AbortOnDrop;
+use crate::error::ApiError;
+
+/// Streams announced in the protocol but not served yet.
+const COMING_STREAMS: [&str; 4] = ["board", "graph", "timeline", "agents"];
+
+/// Longest subscription id accepted.
+const MAX_ID_CHARS: usize = 128;
+
+/// The subscriptions of one socket, by the client's ids.
+#[derive(Default)]
+pub struct Subscriptions {
+    running: HashMap<String, Running>,
+}
+
+struct Running {
+    alive: Alive,
+    _task: AbortOnDrop,
+}
+
+impl Session for Subscriptions {
+    async fn on_text(&mut self, link: &Link, text: &str) {
+        if let Err(error) = self.handle(link, text).await {
+            link.send_error(&error).await;
+        }
+    }
+}
+
+impl Subscriptions {
+    async fn handle(&mut self, link: &Link, text: &str) -> Result<(), WsError> {
+        let envelope = Envelope::parse(text)?;
+        match envelope.kind.as_str() {
+            "subscribe" => {
+                let id = envelope.id();
+                let request = envelope.into_fields::<Subscribe>()?;
+                self.subscribe(link, request)
+                    .await
+                    .map_err(|e| e.with_id(id))
+            }
+            "unsubscribe" => {
+                let Unsubscribe { id } = envelope.into_fields()?;
+                self.unsubscribe(link, id).await
+            }
+            "ping" => {
+                envelope.into_fields::<Empty>()?;
+                link.send(&ServerMessage::Pong).await;
+                Ok(())
+            }
+            // A client answering the server's JSON ping: its frame already counted as life.
+            "pong" => Ok(()),
+            other => Err(WsError::new(
+                "unknown_type",
+                format!("unknown message type {other:?}: subscribe, unsubscribe or ping"),
+            )
+            .with_id(envelope.id())),
+        }
+    }
+
+    async fn subscribe(&mut self, link: &Link, request: Subscribe) -> Result<(), WsError> {
+        let plan = Plan::check(link, request).await?;
+        // Subscribing again under a used id replaces that subscription.
+        if let Some(old) = self.running.remove(&plan.id) {
+            old.alive.end();
+        }
+        self.running.retain(|_, running| running.alive.get());
+        let limit = link.state.live.config().max_subscriptions;
+        if self.running.len() >= limit {
+            return Err(WsError::new(
+                "too_many_subscriptions",
+                format!("a socket holds at most {limit} subscriptions; unsubscribe first"),
+            ));
+        }
+        let alive = Alive::new();
+        let id = plan.id.clone();
+        let task = tokio::spawn(plan.run(link.clone(), alive.clone()));
+        self.running.insert(
+            id,
+            Running {
+                alive,
+                _task: AbortOnDrop(task),
+            },
+        );
+        Ok(())
+    }
+
+    async fn unsubscribe(&mut self, link: &Link, id: String) -> Result<(), WsError> {
+        let Some(running) = self.running.remove(&id) else {
+            return Err(WsError::new(
+                "unknown_subscription",
+                format!("no subscription has the id {id:?}"),
+            )
+            .with_id(Some(id)));
+        };
+        running.alive.end();
+        link.send(&ServerMessage::Unsubscribed { id: &id }).await;
+        Ok(())
+    }
+}
+
+/// An authorized subscription to the `events` stream, ready to run.
+struct Plan {
+    id: String,
+    project_id: Uuid,
+    scope: Scope,
+    filters: Filters,
+    after: Option<Cursor>,
+}
+
+impl Plan {
+    /// Validates the request and authorizes the project (`events:read`): a project of
+    /// another organization is `not_found`, as over HTTP.
+    async fn check(link: &Link, request: Subscribe) -> Result<Self, WsError> {
+        if request.id.is_empty() || request.id.chars().count() > MAX_ID_CHARS {
+            return Err(WsError::new(
+                "invalid_message",
+                format!("`id` must be 1 to {MAX_ID_CHARS} characters"),
+            ));
+        }
+        match request.stream.as_str() {
+            "events" => {}
+            coming if COMING_STREAMS.contains(&coming) => {
+                return Err(WsError::new(
+                    "unsupported_stream",
+                    format!("the {coming:?} stream is not served yet; use \"events\""),
+                ))
+            }
+            other => {
+                return Err(WsError::new(
+                    "unknown_stream",
+                    format!("unknown stream {other:?}: events, board, graph, timeline or agents"),
+                ))
+            }
+        }
+        let project_id = request
+            .project_id
+            .ok_or_else(|| WsError::new("invalid_message", "`project_id` is required"))?;
+        let after = request
+            .after
+            .as_deref()
+            .map(str::parse::<Cursor>)
+            .transpose()
+            .map_err(|e| WsError::new("invalid_cursor", format!("`after`: {e}")))?;
+        let caller = link.caller();
+        let (project, _) = link
+            .state
+            .read::<Project>(&caller, "events:read", project_id)
+            .await
+            .map_err(refusal)?;
+        let scope = project
+            .scope()
+            .ok_or_else(|| WsError::new("not_found", "project not found"))?;
+        Ok(Self {
+            id: request.id,
+            project_id,
+            scope,
+            filters: Filters::new(
+                request.event_types,
+                request.entity_types,
+                request.entity_ids,
+            ),
+            after,
+        })
+    }
+
+    fn keeps(&self, event: &StoredEvent) -> bool {
+        let project = event.metadata.get("project_id").and_then(Value::as_str);
+        project.and_then(|p| p.parse::<Uuid>().ok()) == Some(self.project_id)
+            && self.filters.matches(event)
+    }
+
+    async fn run(self, link: Link, alive: Alive) {
+        let start = match self.start(&link).await {
+            Ok(start) => start,
+            Err(error) => {
+                tracing::warn!(%error, "live: cannot start a subscription");
+                alive.end();
+                let error = WsError::new("unavailable", "the event log is unavailable; retry")
+                    .with_id(Some(self.id.clone()));
+                link.send_error(&error).await;
+                return;
+            }
+        };
+        let snapshot = ServerMessage::Snapshot {
+            id: &self.id,
+            stream: "events",
+            project_id: self.project_id,
+            position: start.position.to_string(),
+            resumed: start.resumed,
+            stale: start.stale,
+            events: Vec::new(),
+        };
+        if !link.send_for(&alive, &snapshot).await {
+            return;
+        }
+        let mut last = start.position;
+        for event in &start.replay {
+            last = event.cursor();
+            if !link.send_for(&alive, &self.delta(event)).await {
+                return;
+            }
+        }
+        self.forward(&link, &alive, start.tap, last).await;
+    }
+
+    /// Live events after `last`, until the subscription ends.
+    async fn forward(&self, link: &Link, alive: &Alive, mut tap: Tap, mut last: Cursor) {
+        while alive.get() {
+            let event = match tap.events.recv().await {
+                Ok(event) => event,
+                Err(RecvError::Lagged(_)) => return link.resync(alive, Some(&self.id)),
+                Err(RecvError::Closed) => return,
+            };
+            // A resumption from a cursor this replica has not reached yet skips up to it.
+            if event.cursor() <= last {
+                continue;
+            }
+            last = event.cursor();
+            if !self.keeps(&event) {
+                continue;
+            }
+            if !link.may_read(Some(self.scope)) {
+                alive.end();
+                let error = WsError::new("not_found", "the project is no longer visible to you")
+                    .with_id(Some(self.id.clone()));
+                link.send_error(&error).await;
+                return;
+            }
+            match link.offer(alive, &self.delta(&event)).await {
+                Offer::Queued => {}
+                Offer::Full => return link.resync(alive, Some(&self.id)),
+                Offer::Closed => return,
+            }
+        }
+    }
+
+    fn delta<'a>(&'a self, event: &'a StoredEvent) -> ServerMessage<'a> {
+        ServerMessage::Delta {
+            id: &self.id,
+            position: event.cursor().to_string(),
+            event: EventView::from(event),
+        }
+    }
+
+    /// Where the subscription starts and what it replays first.
+    async fn start(&self, link: &Link) -> Result<Start, sqlx::Error> {
+        let hub = &link.state.live;
+        let Some(after) = self.after else {
+            let tap = hub.tap().await?;
+            return Ok(Start::fresh(tap, false));
+        };
+        let resume = hub.resume(after, |e| self.keeps(e)).await?;
+        let mut replay = Vec::new();
+        if let Some(floor) = resume.older_than_buffer {
+            let limit = hub.config().replay_limit;
+            match self.read_older(link, after, floor, limit).await? {
+                Some(older) => replay = older,
+                None => return Ok(Start::fresh(resume.tap, true)),
+            }
+        }
+        replay.extend(resume.buffered);
+        Ok(Start {
+            position: after,
+            resumed: true,
+            stale: false,
+            replay,
+            tap: resume.tap,
+        })
+    }
+
+    /// The project's events in `(after, until]` from the database, or `None` when there
+    /// are more than `limit`: too many to replay cheaply.
+    async fn read_older(
+        &self,
+        link: &Link,
+        after: Cursor,
+        until: Cursor,
+        limit: usize,
+    ) -> Result<Option<Vec<SharedEvent>>, sqlx::Error> {
+        let visibility = Visibility::Organizations {
+            organizations: vec![self.scope.organization_id],
+            project: Some(self.project_id),
+        };
+        let batch = link.state.live.config().batch_size.max(1);
+        let mut cursor = after;
+        let mut found = Vec::new();
+        let mut read = 0usize;
+        loop {
+            let page = read_global(link.state.pool(), cursor, batch, &visibility).await?;
+            if page.events.is_empty() {
+                return Ok(Some(found));
+            }
+            for event in page.events {
+                if event.cursor() > until {
+                    return Ok(Some(found));
+                }
+                read += 1;
+                if read > limit {
+                    return Ok(None);
+                }
+                if self.keeps(&event) {
+                    found.push(Arc::new(event));
+                }
+            }
+            cursor = page.next;
+        }
+    }
+}
+
+/// How a subscription begins.
+struct Start {
+    position: Cursor,
+    resumed: bool,
+    stale: bool,
+    replay: Vec<SharedEvent>,
+    tap: Tap,
+}
+
+impl Start {
+    fn fresh(tap: Tap, stale: bool) -> Self {
+        Self {
+            position: tap.head,
+            resumed: false,
+            stale,
+            replay: Vec::new(),
+            tap,
+        }
+    }
+}
+
+/// The error message for a refused or failed project lookup.
+fn refusal(error: ApiError) -> WsError {
+    match error {
+        ApiError::NotFound { .. } => WsError::new("not_found", "project not found"),
+        ApiError::Forbidden { permission } => WsError::new(
+            "forbidden",
+            format!("your role does not grant `{permission}` on this project"),
+        ),
+        ApiError::Unavailable(cause) => {
+            tracing::warn!(%cause, "live: database unavailable");
+            WsError::new("unavailable", "the database is unavailable; retry shortly")
+        }
+        other => {
+            tracing::error!(?other, "live: a subscription could not be checked");
+            WsError::new("internal", "an internal error occurred; it has been logged")
+        }
+    }
+}

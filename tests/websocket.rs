@@ -1,0 +1,1012 @@
+//! Live delivery over WebSocket, end to end against a real server (docs/websocket.md):
+//! snapshots and ordered deltas, resumption with `after` (from memory, from the database,
+//! and stale), slow clients, two replicas on one database, the original's feed and its
+//! filters, malformed frames, pings, and authorization (another organization's project,
+//! revoked tokens, removed members).
+
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use omoi::testing::{spawn_app, spawn_app_on, spawn_app_with, TestApp};
+use omoi_api::live::LiveConfig;
+use omoi_store::Cursor;
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// How long any expected message may take.
+const PATIENCE: Duration = Duration::from_secs(10);
+
+fn ws_url(app: &TestApp, path: &str) -> String {
+    format!("{}{path}", app.address.replacen("http://", "ws://", 1))
+}
+
+/// Opens a WebSocket with `Authorization: Bearer <token>`.
+async fn connect(app: &TestApp, path: &str, token: &str) -> Socket {
+    let mut request = ws_url(app, path)
+        .into_client_request()
+        .expect("a WebSocket request");
+    let bearer = format!("Bearer {token}").parse().expect("a header value");
+    request.headers_mut().insert("authorization", bearer);
+    let (socket, _) = tokio_tungstenite::connect_async(request)
+        .await
+        .expect("the server upgrades");
+    socket
+}
+
+/// The owner's socket on `/api/v1/ws`.
+async fn owner_socket(app: &TestApp) -> Socket {
+    connect(app, "/api/v1/ws", app.token.as_deref().expect("a token")).await
+}
+
+async fn send(socket: &mut Socket, message: Value) {
+    socket
+        .send(Message::text(message.to_string()))
+        .await
+        .expect("the frame is sent");
+}
+
+/// The next JSON message, skipping the server's pings.
+async fn next(socket: &mut Socket) -> Value {
+    loop {
+        let frame = tokio::time::timeout(PATIENCE, socket.next())
+            .await
+            .expect("a message in time")
+            .expect("the socket is open")
+            .expect("a frame");
+        match frame {
+            Message::Text(text) => {
+                let value: Value = serde_json::from_str(text.as_str()).expect("JSON");
+                if value["type"] != "ping" {
+                    return value;
+                }
+            }
+            Message::Ping(_) | Message::Pong(_) => {}
+            other => panic!("unexpected frame {other:?}"),
+        }
+    }
+}
+
+/// Reads until the message of `kind` (for subscription `id`), failing on any other
+/// message for that subscription.
+async fn next_of(socket: &mut Socket, kind: &str, id: &str) -> Value {
+    let message = next(socket).await;
+    assert_eq!(
+        message["type"], kind,
+        "expected a {kind} for {id}: {message}"
+    );
+    assert_eq!(message["id"], id, "{message}");
+    message
+}
+
+fn subscribe(id: &str, project: &str) -> Value {
+    json!({"type": "subscribe", "id": id, "stream": "events", "project_id": project})
+}
+
+fn cursor(value: &Value) -> Cursor {
+    value
+        .as_str()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("a cursor: {value}"))
+}
+
+/// Reads `count` deltas of `id`; checks positions rise and match their events.
+async fn deltas(socket: &mut Socket, id: &str, count: usize) -> Vec<Value> {
+    let mut out: Vec<Value> = Vec::new();
+    while out.len() < count {
+        let delta = next_of(socket, "delta", id).await;
+        assert_eq!(delta["position"], delta["event"]["cursor"], "{delta}");
+        if let Some(previous) = out.last() {
+            assert!(
+                cursor(&delta["position"]) > cursor(&previous["position"]),
+                "positions rise: {previous} then {delta}"
+            );
+        }
+        out.push(delta);
+    }
+    out
+}
+
+fn ids_of(deltas: &[Value]) -> Vec<String> {
+    deltas
+        .iter()
+        .map(|d| {
+            d["event"]["aggregate_id"]
+                .as_str()
+                .expect("an id")
+                .to_string()
+        })
+        .collect()
+}
+
+/// Creates a ticket in `project`; returns its id.
+async fn ticket(app: &TestApp, project: &str, title: &str) -> String {
+    let (status, body) = app
+        .post(
+            "/api/v1/tickets",
+            json!({"project_id": project, "title": title}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    body["id"].as_str().expect("an id").to_string()
+}
+
+async fn tickets(app: &TestApp, project: &str, count: usize) -> Vec<String> {
+    let mut ids = Vec::new();
+    for n in 0..count {
+        ids.push(ticket(app, project, &format!("Ticket {n}")).await);
+    }
+    ids
+}
+
+/// The project's events after `after` as `GET /api/v1/events` pages them, once the
+/// events of every aggregate in `ids` are among them.
+///
+/// A position is exact but "now" is not: an event committed just before a subscription
+/// may still be behind a running transaction, and then it comes after the snapshot's
+/// position, as a delta. So tests compare deltas with the HTTP stream by position rather
+/// than with the commands they sent.
+async fn http_events(app: &TestApp, after: &str, project: &str, ids: &[String]) -> Vec<Value> {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let (status, page) = app
+            .get(&format!("/api/v1/events?after={after}&limit=1000"))
+            .await;
+        assert_eq!(status, StatusCode::OK, "{page}");
+        let events: Vec<Value> = page["events"]
+            .as_array()
+            .expect("events")
+            .iter()
+            .filter(|e| e["metadata"]["project_id"] == project)
+            .cloned()
+            .collect();
+        if ids
+            .iter()
+            .all(|id| events.iter().any(|e| e["aggregate_id"] == id.as_str()))
+        {
+            return events;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "events of {ids:?} in time"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The deltas of `id` are exactly the project's events after `after`, through those of
+/// `ids`: same events, positions and order as the HTTP stream; nothing missing or doubled.
+async fn expect_deltas(
+    app: &TestApp,
+    socket: &mut Socket,
+    id: &str,
+    project: &str,
+    after: &str,
+    ids: &[String],
+) -> Vec<Value> {
+    let expected = http_events(app, after, project, ids).await;
+    let received = deltas(socket, id, expected.len()).await;
+    let events: Vec<&Value> = received.iter().map(|d| &d["event"]).collect();
+    assert_eq!(events, expected.iter().collect::<Vec<_>>());
+    assert!(cursor(&received[0]["position"]) > cursor(&json!(after)));
+    received
+}
+
+fn position(message: &Value) -> String {
+    message["position"]
+        .as_str()
+        .expect("a position")
+        .to_string()
+}
+
+/// After `after`, the next deltas of `id` end with a new ticket's: nothing doubled, nothing
+/// missing, nothing else.
+async fn then_only(app: &TestApp, socket: &mut Socket, id: &str, project: &str, after: &str) {
+    let sentinel = ticket(app, project, "Sentinel").await;
+    let received = expect_deltas(
+        app,
+        socket,
+        id,
+        project,
+        after,
+        std::slice::from_ref(&sentinel),
+    )
+    .await;
+    let last = received.last().expect("a delta");
+    assert_eq!(last["event"]["aggregate_id"], sentinel.as_str(), "{last}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_subscription_gets_a_snapshot_then_every_event_of_its_project_in_order() {
+    let app = spawn_app().await;
+    let (organization, project) = app.organization_and_project().await;
+    let (status, other) = app
+        .post(
+            "/api/v1/projects",
+            json!({"organization_id": organization, "name": "Other"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{other}");
+    let other = other["id"].as_str().expect("an id").to_string();
+    let mut socket = owner_socket(&app).await;
+
+    send(&mut socket, subscribe("board-1", &project)).await;
+    let snapshot = next_of(&mut socket, "snapshot", "board-1").await;
+    assert_eq!(snapshot["stream"], "events");
+    assert_eq!(snapshot["project_id"], project.as_str());
+    assert_eq!(snapshot["resumed"], false);
+    assert_eq!(snapshot["stale"], false);
+    assert_eq!(snapshot["events"], json!([]));
+    let start = position(&snapshot);
+
+    let mut created = Vec::new();
+    for n in 0..5 {
+        created.push(ticket(&app, &project, &format!("Mine {n}")).await);
+        ticket(&app, &other, &format!("Not mine {n}")).await;
+    }
+    let received = expect_deltas(&app, &mut socket, "board-1", &project, &start, &created).await;
+    let ids = ids_of(&received);
+    assert!(ids.ends_with(&created), "{ids:?}");
+    for delta in &received {
+        assert_eq!(delta["event"]["metadata"]["project_id"], project.as_str());
+    }
+    let last = position(received.last().expect("a delta"));
+    then_only(&app, &mut socket, "board-1", &project, &last).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn filters_pick_event_types_entity_types_and_ids_together() {
+    let app = spawn_app().await;
+    let (_, project) = app.organization_and_project().await;
+    let mut socket = owner_socket(&app).await;
+    let first = ticket(&app, &project, "First").await;
+    let second = ticket(&app, &project, "Second").await;
+    let filtered = |id: &str, filters: Value| {
+        let mut message = subscribe(id, &project);
+        for (key, value) in filters.as_object().expect("filters") {
+            message[key] = value.clone();
+        }
+        message
+    };
+    send(
+        &mut socket,
+        filtered("updates", json!({"event_types": ["TicketUpdated"]})),
+    )
+    .await;
+    next_of(&mut socket, "snapshot", "updates").await;
+    send(
+        &mut socket,
+        filtered("tasks", json!({"entity_types": ["TASK"]})),
+    )
+    .await;
+    next_of(&mut socket, "snapshot", "tasks").await;
+    let both = json!({"event_types": ["TicketUpdated"], "entity_ids": [first.to_uppercase()]});
+    send(&mut socket, filtered("first", both)).await;
+    next_of(&mut socket, "snapshot", "first").await;
+
+    for id in [&second, &first] {
+        let (status, body) = app
+            .patch(
+                &format!("/api/v1/tickets/{id}"),
+                json!({"priority": "HIGH"}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+    let (status, task) = app
+        .post(
+            "/api/v1/tasks",
+            json!({"ticket_id": first, "title": "Build it", "task_type": "implement"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{task}");
+
+    let mut by_id: std::collections::BTreeMap<String, Vec<Value>> = Default::default();
+    for _ in 0..4 {
+        let delta = next(&mut socket).await;
+        assert_eq!(delta["type"], "delta", "{delta}");
+        let id = delta["id"].as_str().expect("an id").to_string();
+        by_id.entry(id).or_default().push(delta);
+    }
+    assert_eq!(
+        ids_of(&by_id["updates"]),
+        vec![second.clone(), first.clone()]
+    );
+    assert_eq!(by_id["tasks"].len(), 1);
+    assert_eq!(by_id["tasks"][0]["event"]["event_type"], "TaskCreated");
+    assert_eq!(ids_of(&by_id["first"]), vec![first.clone()]);
+    assert_eq!(by_id["first"][0]["event"]["event_type"], "TicketUpdated");
+    // Unsubscribing stops a subscription; the others carry on.
+    send(&mut socket, json!({"type": "unsubscribe", "id": "updates"})).await;
+    next_of(&mut socket, "unsubscribed", "updates").await;
+    let (status, body) = app
+        .patch(
+            &format!("/api/v1/tickets/{first}"),
+            json!({"priority": "LOW"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let delta = next_of(&mut socket, "delta", "first").await;
+    assert_eq!(delta["event"]["aggregate_id"], first.as_str());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_that_reconnects_with_after_misses_nothing_and_gets_nothing_twice() {
+    let app = spawn_app().await;
+    let (_, project) = app.organization_and_project().await;
+    let mut socket = owner_socket(&app).await;
+    send(&mut socket, subscribe("s", &project)).await;
+    let start = position(&next_of(&mut socket, "snapshot", "s").await);
+    let created = tickets(&app, &project, 3).await;
+    // The client has read all but the last delta when its connection drops.
+    let pending = http_events(&app, &start, &project, &created).await;
+    let seen = deltas(&mut socket, "s", pending.len() - 1).await;
+    let last = position(seen.last().expect("a delta"));
+    drop(socket);
+    let more = tickets(&app, &project, 3).await;
+
+    let mut socket = owner_socket(&app).await;
+    let mut resume = subscribe("s", &project);
+    resume["after"] = json!(last);
+    send(&mut socket, resume).await;
+    let snapshot = next_of(&mut socket, "snapshot", "s").await;
+    assert_eq!(snapshot["resumed"], true, "{snapshot}");
+    assert_eq!(snapshot["stale"], false, "{snapshot}");
+    assert_eq!(snapshot["position"], last.as_str());
+    let missed = expect_deltas(&app, &mut socket, "s", &project, &last, &more).await;
+    let mut expected = vec![created[2].clone()];
+    expected.extend(more);
+    assert_eq!(ids_of(&missed), expected);
+    // Live deltas continue after the replay, without doubles.
+    let last = position(missed.last().expect("a delta"));
+    then_only(&app, &mut socket, "s", &project, &last).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_resumption_older_than_memory_is_read_back_from_the_database_or_is_stale() {
+    // Two events in memory; up to five read back from the database.
+    let app = spawn_app_with(LiveConfig {
+        replay_buffer: 2,
+        replay_limit: 5,
+        ..LiveConfig::default()
+    })
+    .await;
+    let (_, project) = app.organization_and_project().await;
+    let mut socket = owner_socket(&app).await;
+    send(&mut socket, subscribe("s", &project)).await;
+    let start = position(&next_of(&mut socket, "snapshot", "s").await);
+    let created = tickets(&app, &project, 3).await;
+    let live = expect_deltas(&app, &mut socket, "s", &project, &start, &created).await;
+
+    // Some from the database, two from memory.
+    let mut resume = subscribe("s", &project);
+    resume["after"] = json!(start);
+    send(&mut socket, resume).await;
+    let snapshot = next_of(&mut socket, "snapshot", "s").await;
+    assert_eq!(
+        (&snapshot["resumed"], &snapshot["stale"]),
+        (&json!(true), &json!(false))
+    );
+    assert_eq!(snapshot["position"], start.as_str());
+    let replayed = expect_deltas(&app, &mut socket, "s", &project, &start, &created).await;
+    assert_eq!(replayed, live);
+
+    // Beyond the limit: a fresh start, flagged stale, at the newest position (the hub
+    // has read the new events once the running subscription got them).
+    let newer = tickets(&app, &project, 6).await;
+    let last = position(live.last().expect("a delta"));
+    let got = expect_deltas(&app, &mut socket, "s", &project, &last, &newer).await;
+    let newest = position(got.last().expect("a delta"));
+    let mut resume = subscribe("s", &project);
+    resume["after"] = json!(start);
+    send(&mut socket, resume).await;
+    let snapshot = next_of(&mut socket, "snapshot", "s").await;
+    assert_eq!(
+        (&snapshot["resumed"], &snapshot["stale"]),
+        (&json!(false), &json!(true))
+    );
+    assert!(
+        cursor(&snapshot["position"]) >= cursor(&json!(newest)),
+        "{snapshot}"
+    );
+    then_only(&app, &mut socket, "s", &project, &position(&snapshot)).await;
+
+    // A cursor that is no cursor is refused.
+    let mut bad = subscribe("s", &project);
+    bad["after"] = json!("yesterday");
+    send(&mut socket, bad).await;
+    assert_eq!(next(&mut socket).await["code"], "invalid_cursor");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_that_does_not_read_gets_resync_while_others_get_everything() {
+    let app = spawn_app_with(LiveConfig {
+        queue_capacity: 4,
+        slow_client_grace: Duration::from_millis(200),
+        ..LiveConfig::default()
+    })
+    .await;
+    let (_, project) = app.organization_and_project().await;
+    let token = app.token.clone().expect("a token");
+    let mut fast = owner_socket(&app).await;
+    let mut slow = slow_socket(&app, &token).await;
+    send(&mut fast, subscribe("fast", &project)).await;
+    next_of(&mut fast, "snapshot", "fast").await;
+    send(&mut slow, subscribe("slow", &project)).await;
+    next_of(&mut slow, "snapshot", "slow").await;
+
+    // Big events, so that the slow client's socket buffers fill (the kernel buffers up to
+    // 4 MiB per socket on its own) and then its queue.
+    let description = "x".repeat(19_000);
+    let count = 288;
+    let reader = tokio::spawn(async move {
+        // Earlier events may precede them (see `http_events`); the big ones are counted.
+        let mut received = Vec::new();
+        while received.len() < count {
+            let delta = next_of(&mut fast, "delta", "fast").await;
+            let title = &delta["event"]["payload"]["TicketCreated"]["title"];
+            if title.as_str().is_some_and(|t| t.starts_with("Big")) {
+                received.push(delta);
+            }
+        }
+        (fast, received)
+    });
+    let mut created = Vec::new();
+    for chunk in 0..count / 16 {
+        let batch = (0..16).map(|n| {
+            let body = json!({"project_id": project, "title": format!("Big {chunk}-{n}"),
+                              "description": description});
+            app.post("/api/v1/tickets", body)
+        });
+        for (status, body) in futures_util::future::join_all(batch).await {
+            assert_eq!(status, StatusCode::CREATED, "{body}");
+            created.push(body["id"].as_str().expect("an id").to_string());
+        }
+    }
+    let (mut fast, received) = reader.await.expect("the fast reader");
+    let last_fast = position(received.last().expect("a delta"));
+    let mut received = ids_of(&received);
+    received.sort();
+    created.sort();
+    assert_eq!(received, created, "the fast client got every event");
+
+    // The slow client finally reads: ordered deltas, then resync, then nothing more.
+    let mut got = 0;
+    let resync = loop {
+        let message = next(&mut slow).await;
+        if message["type"] == "resync" {
+            break message;
+        }
+        assert_eq!(message["type"], "delta", "{message}");
+        got += 1;
+    };
+    assert_eq!(resync["id"], "slow");
+    assert_eq!(resync["reason"], "slow consumer");
+    assert!(
+        got < count,
+        "the slow client was resynced after {got} deltas"
+    );
+    // Subscribing again works, and the old subscription sends nothing more.
+    send(&mut slow, subscribe("again", &project)).await;
+    let again = position(&next_of(&mut slow, "snapshot", "again").await);
+    then_only(&app, &mut slow, "again", &project, &again).await;
+    // The fast client is still subscribed: its next deltas end with the same sentinel.
+    let got = expect_deltas(&app, &mut fast, "fast", &project, &last_fast, &[]).await;
+    assert_eq!(
+        got.last()
+            .map(|d| &d["event"]["payload"]["TicketCreated"]["title"]),
+        Some(&json!("Sentinel"))
+    );
+}
+
+/// A socket whose receive buffer is tiny, so that an unread stream backs up quickly.
+async fn slow_socket(app: &TestApp, token: &str) -> Socket {
+    let address = app
+        .address
+        .trim_start_matches("http://")
+        .parse()
+        .expect("an address");
+    let tcp = tokio::net::TcpSocket::new_v4().expect("a socket");
+    tcp.set_recv_buffer_size(4096).expect("a small buffer");
+    let stream = tcp.connect(address).await.expect("connected");
+    let mut request = ws_url(app, "/api/v1/ws")
+        .into_client_request()
+        .expect("a request");
+    let bearer = format!("Bearer {token}").parse().expect("a header value");
+    request.headers_mut().insert("authorization", bearer);
+    let (socket, _) = tokio_tungstenite::client_async(request, MaybeTlsStream::Plain(stream))
+        .await
+        .expect("the server upgrades");
+    socket
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_on_one_replica_gets_the_commands_sent_to_another_in_order() {
+    let first = spawn_app().await;
+    let (_, project) = first.organization_and_project().await;
+    let mut second = spawn_app_on(first.database.clone()).await;
+    second.token = first.token.clone();
+    let mut socket = owner_socket(&second).await;
+    send(&mut socket, subscribe("s", &project)).await;
+    let start = position(&next_of(&mut socket, "snapshot", "s").await);
+
+    let created = tickets(&first, &project, 6).await;
+    let received = expect_deltas(&first, &mut socket, "s", &project, &start, &created).await;
+    assert!(ids_of(&received).ends_with(&created));
+
+    // Commands on both replicas arrive on either, in one order.
+    let last = position(received.last().expect("a delta"));
+    let mut other = owner_socket(&first).await;
+    let mut resume = subscribe("o", &project);
+    resume["after"] = json!(last);
+    send(&mut other, resume).await;
+    next_of(&mut other, "snapshot", "o").await;
+    let mut mixed = Vec::new();
+    for n in 0..3 {
+        mixed.push(ticket(&first, &project, &format!("A{n}")).await);
+        mixed.push(ticket(&second, &project, &format!("B{n}")).await);
+    }
+    let on_second = expect_deltas(&second, &mut socket, "s", &project, &last, &mixed).await;
+    let on_first = expect_deltas(&first, &mut other, "o", &project, &last, &mixed).await;
+    assert_eq!(ids_of(&on_second), mixed);
+    assert_eq!(on_second, {
+        let mut renamed = on_first.clone();
+        for delta in &mut renamed {
+            delta["id"] = json!("s");
+        }
+        renamed
+    });
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_original_feed_filters_by_query_and_changes_filters_at_runtime() {
+    let app = spawn_app().await;
+    let (_, project) = app.organization_and_project().await;
+    let token = app.token.clone().expect("a token");
+    let first = ticket(&app, &project, "First").await;
+    let second = ticket(&app, &project, "Second").await;
+    // Everything after this position is caused once the feeds are connected; events up to
+    // it may still come (see `http_events`) and are skipped.
+    let known = http_events(&app, "0-0", &project, std::slice::from_ref(&second)).await;
+    let before = cursor(&known.last().expect("an event")["cursor"]);
+    // Browsers authenticate with ?token=.
+    let url = |query: &str| format!("/api/v1/ws/events?{query}&token={token}");
+    let open = |query: String| {
+        let url = ws_url(&app, &query);
+        async move {
+            tokio_tungstenite::connect_async(url)
+                .await
+                .expect("the server upgrades")
+                .0
+        }
+    };
+    let mut everything = open(url("")).await;
+    let mut updates = open(url("event_types=TicketUpdated,TicketBlocked")).await;
+    let mut tasks = open(url("entity_types=task")).await;
+    let mut one = open(url(&format!(
+        "entity_ids={first}&event_types=TicketUpdated"
+    )))
+    .await;
+
+    // Another organization's events reach none of them.
+    let intruder = app.register_and_login("intruder@example.com").await;
+    let (status, body) = app
+        .send_as(
+            Some(&intruder),
+            Method::POST,
+            "/api/v1/organizations",
+            Some(json!({"name": "Elsewhere"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    for id in [&second, &first] {
+        let (status, body) = app
+            .patch(
+                &format!("/api/v1/tickets/{id}"),
+                json!({"priority": "HIGH"}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+    let (status, task) = app
+        .post(
+            "/api/v1/tasks",
+            json!({"ticket_id": first, "title": "Build it", "task_type": "implement"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{task}");
+    let task = task["id"].as_str().expect("an id").to_string();
+
+    let kinds = |events: &[Value]| -> Vec<(String, String)> {
+        events
+            .iter()
+            .map(|e| {
+                assert_eq!(e["type"], "event", "{e}");
+                assert!(e["position"].is_string(), "{e}");
+                assert!(e["payload"].is_object(), "{e}");
+                (
+                    e["event_type"].as_str().expect("a type").to_string(),
+                    e["entity_id"].as_str().expect("an id").to_string(),
+                )
+            })
+            .collect()
+    };
+    let all = read_n(&mut everything, before, 3).await;
+    assert_eq!(
+        kinds(&all),
+        vec![
+            ("TicketUpdated".into(), second.clone()),
+            ("TicketUpdated".into(), first.clone()),
+            ("TaskCreated".into(), task.clone()),
+        ]
+    );
+    assert_eq!(all[2]["entity_type"], "task");
+    let got = read_n(&mut updates, before, 2).await;
+    assert_eq!(kinds(&got)[1], ("TicketUpdated".into(), first.clone()));
+    assert_eq!(
+        kinds(&read_n(&mut tasks, before, 1).await),
+        vec![("TaskCreated".into(), task.clone())]
+    );
+    assert_eq!(
+        kinds(&read_n(&mut one, before, 1).await),
+        vec![("TicketUpdated".into(), first.clone())]
+    );
+
+    // A runtime subscribe replaces the filters.
+    send(
+        &mut one,
+        json!({"type": "subscribe", "entity_types": ["ticket"],
+                          "event_types": ["TicketCreated"]}),
+    )
+    .await;
+    let answer = next(&mut one).await;
+    assert_eq!(answer["status"], "subscribed", "{answer}");
+    assert_eq!(answer["event_types"], json!(["TicketCreated"]));
+    let (status, body) = app
+        .patch(
+            &format!("/api/v1/tickets/{first}"),
+            json!({"priority": "LOW"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let third = ticket(&app, &project, "Third").await;
+    assert_eq!(
+        kinds(&read_n(&mut one, before, 1).await),
+        vec![("TicketCreated".into(), third.clone())]
+    );
+    // The unfiltered feed saw both, in order.
+    let both = kinds(&read_n(&mut everything, before, 2).await);
+    assert_eq!(
+        both,
+        vec![
+            ("TicketUpdated".into(), first),
+            ("TicketCreated".into(), third)
+        ]
+    );
+    // The feed answers ping and reports bad frames without closing.
+    send(&mut one, json!({"type": "ping"})).await;
+    assert_eq!(next(&mut one).await["type"], "pong");
+    send(&mut one, json!({"type": "subscribe", "colour": "red"})).await;
+    assert_eq!(next(&mut one).await["code"], "invalid_message");
+}
+
+/// The next `count` messages, skipping feed events at or before position `before`.
+async fn read_n(socket: &mut Socket, before: Cursor, count: usize) -> Vec<Value> {
+    let mut out = Vec::new();
+    while out.len() < count {
+        let message = next(socket).await;
+        if message["type"] != "event" || cursor(&message["position"]) > before {
+            out.push(message);
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn malformed_frames_get_an_error_and_the_socket_keeps_working() {
+    let app = spawn_app().await;
+    let (_, project) = app.organization_and_project().await;
+    let intruder = app.register_and_login("intruder@example.com").await;
+    let (status, organization) = app
+        .send_as(
+            Some(&intruder),
+            Method::POST,
+            "/api/v1/organizations",
+            Some(json!({"name": "Elsewhere"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{organization}");
+    let (status, foreign) = app
+        .send_as(
+            Some(&intruder),
+            Method::POST,
+            "/api/v1/projects",
+            Some(json!({"organization_id": organization["id"], "name": "Secret"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{foreign}");
+    let foreign = foreign["id"].as_str().expect("an id").to_string();
+    let mut socket = owner_socket(&app).await;
+
+    let with = |changes: Value| {
+        let mut message = subscribe("x", &project);
+        for (key, value) in changes.as_object().expect("changes") {
+            message[key] = value.clone();
+        }
+        message
+    };
+    let cases: Vec<(&str, Message, &str)> = vec![
+        (
+            "invalid JSON",
+            Message::text("{\"type\": subscribe"),
+            "invalid_json",
+        ),
+        ("not an object", Message::text("[1, 2]"), "invalid_message"),
+        (
+            "no type",
+            Message::text("{\"id\": \"x\"}"),
+            "invalid_message",
+        ),
+        (
+            "unknown type",
+            Message::text(json!({"type": "dance"}).to_string()),
+            "unknown_type",
+        ),
+        (
+            "unknown stream",
+            Message::text(with(json!({"stream": "weather"})).to_string()),
+            "unknown_stream",
+        ),
+        (
+            "coming stream",
+            Message::text(with(json!({"stream": "board"})).to_string()),
+            "unsupported_stream",
+        ),
+        (
+            "unknown project",
+            Message::text(with(json!({"project_id": uuid::Uuid::now_v7()})).to_string()),
+            "not_found",
+        ),
+        (
+            "another organization's project",
+            Message::text(with(json!({"project_id": foreign})).to_string()),
+            "not_found",
+        ),
+        (
+            "not a UUID",
+            Message::text(with(json!({"project_id": "nope"})).to_string()),
+            "invalid_message",
+        ),
+        (
+            "no project",
+            Message::text(json!({"type": "subscribe", "id": "x", "stream": "events"}).to_string()),
+            "invalid_message",
+        ),
+        (
+            "unknown field",
+            Message::text(with(json!({"colour": "red"})).to_string()),
+            "invalid_message",
+        ),
+        (
+            "bad cursor",
+            Message::text(with(json!({"after": "yesterday"})).to_string()),
+            "invalid_cursor",
+        ),
+        (
+            "unknown subscription",
+            Message::text(json!({"type": "unsubscribe", "id": "nope"}).to_string()),
+            "unknown_subscription",
+        ),
+        (
+            "too large",
+            Message::text(format!(
+                "{{\"type\":\"ping\",\"pad\":\"{}\"}}",
+                "x".repeat(70_000)
+            )),
+            "too_large",
+        ),
+        (
+            "binary",
+            Message::binary(vec![1u8, 2, 3]),
+            "binary_not_supported",
+        ),
+    ];
+    for (case, frame, code) in cases {
+        socket.send(frame).await.expect("the frame is sent");
+        let error = next(&mut socket).await;
+        assert_eq!(error["type"], "error", "{case}: {error}");
+        assert_eq!(error["code"], code, "{case}: {error}");
+        assert!(
+            error["detail"].as_str().is_some_and(|d| !d.is_empty()),
+            "{case}: {error}"
+        );
+    }
+    // Errors about a subscription name it.
+    send(&mut socket, with(json!({"project_id": foreign}))).await;
+    assert_eq!(next(&mut socket).await["id"], "x");
+
+    // Still usable: ping, subscribe, deltas.
+    send(&mut socket, json!({"type": "ping"})).await;
+    assert_eq!(next(&mut socket).await["type"], "pong");
+    send(&mut socket, subscribe("x", &project)).await;
+    let start = position(&next_of(&mut socket, "snapshot", "x").await);
+    then_only(&app, &mut socket, "x", &project, &start).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn upgrading_needs_a_valid_credential_by_header_or_query() {
+    let app = spawn_app().await;
+    let (_, project) = app.organization_and_project().await;
+    for path in ["/api/v1/ws", "/api/v1/ws/events", "/api/v1/ws?token=forged"] {
+        match tokio_tungstenite::connect_async(ws_url(&app, path)).await {
+            Err(WsError::Http(response)) => {
+                assert_eq!(response.status(), StatusCode::UNAUTHORIZED, "{path}");
+            }
+            other => panic!("{path}: expected 401, got {:?}", other.map(|(_, r)| r)),
+        }
+    }
+    // Both routes are in the OpenAPI document, pointing at the protocol.
+    let (status, document) = app.get("/openapi.json").await;
+    assert_eq!(status, StatusCode::OK);
+    for path in ["/api/v1/ws", "/api/v1/ws/events"] {
+        let operation = &document["paths"][path]["get"];
+        for code in ["101", "401"] {
+            assert!(
+                operation["responses"][code].is_object(),
+                "{path} {code}: {operation}"
+            );
+        }
+        let parameters = operation["parameters"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        assert!(
+            parameters
+                .iter()
+                .all(|p| p["in"] == "query" && p["required"] != true),
+            "{path}: {operation}"
+        );
+        let description = operation["description"].as_str().unwrap_or_default();
+        assert!(
+            description.contains("docs/websocket.md"),
+            "{path}: {operation}"
+        );
+    }
+    let info = document["info"]["description"].as_str().unwrap_or_default();
+    assert!(
+        info.contains("/api/v1/ws") && info.contains("docs/websocket.md"),
+        "{info}"
+    );
+    // A plain GET that is no upgrade is refused with a problem document.
+    let (status, body) = app.get("/api/v1/ws").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    // The token as a query parameter, as browsers must send it.
+    let token = app.token.clone().expect("a token");
+    let url = ws_url(&app, &format!("/api/v1/ws?token={token}"));
+    let (mut socket, _) = tokio_tungstenite::connect_async(url)
+        .await
+        .expect("the server upgrades");
+    send(&mut socket, subscribe("q", &project)).await;
+    next_of(&mut socket, "snapshot", "q").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_revoked_token_closes_its_socket() {
+    let app = spawn_app_with(LiveConfig {
+        recheck_interval: Duration::from_millis(200),
+        ..LiveConfig::default()
+    })
+    .await;
+    let (_, project) = app.organization_and_project().await;
+    let session = app.login("owner@example.com").await["access_token"]
+        .as_str()
+        .expect("a token")
+        .to_string();
+    let mut socket = connect(&app, "/api/v1/ws", &session).await;
+    send(&mut socket, subscribe("s", &project)).await;
+    next_of(&mut socket, "snapshot", "s").await;
+    let (status, body) = app
+        .send_as(
+            Some(&session),
+            Method::POST,
+            "/api/v1/auth/logout",
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
+    assert_eq!(close_code(&mut socket).await, Some(CloseCode::from(4401)));
+}
+
+/// Reads until the server closes; the close code, if a close frame came.
+async fn close_code(socket: &mut Socket) -> Option<CloseCode> {
+    loop {
+        let frame = tokio::time::timeout(PATIENCE, socket.next())
+            .await
+            .expect("the server closes in time");
+        match frame {
+            Some(Ok(Message::Close(frame))) => return frame.map(|f| f.code),
+            Some(Ok(_)) => {}
+            Some(Err(_)) | None => return None,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_removed_member_stops_receiving_the_organizations_events() {
+    let app = spawn_app_with(LiveConfig {
+        recheck_interval: Duration::from_millis(100),
+        ..LiveConfig::default()
+    })
+    .await;
+    let (organization, project) = app.organization_and_project().await;
+    let viewer = app.register_and_login("viewer@example.com").await;
+    let (status, me) = app
+        .send_as(Some(&viewer), Method::GET, "/api/v1/auth/me", None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{me}");
+    let member = format!("user:{}", me["id"].as_str().expect("an id"));
+    let (status, body) = app
+        .post(
+            &format!("/api/v1/organizations/{organization}/members"),
+            json!({"principal": member, "role": "viewer"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let mut socket = connect(&app, "/api/v1/ws", &viewer).await;
+    send(&mut socket, subscribe("s", &project)).await;
+    let start = position(&next_of(&mut socket, "snapshot", "s").await);
+    then_only(&app, &mut socket, "s", &project, &start).await;
+
+    let (status, body) = app
+        .delete(&format!(
+            "/api/v1/organizations/{organization}/members/{member}"
+        ))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let secret = ticket(&app, &project, "After the removal").await;
+    let error = next(&mut socket).await;
+    assert_eq!(
+        (&error["type"], &error["code"], &error["id"]),
+        (&json!("error"), &json!("not_found"), &json!("s")),
+        "{error} (not {secret})"
+    );
+    // Subscribing again is refused like any other organization's project.
+    send(&mut socket, subscribe("s", &project)).await;
+    assert_eq!(next(&mut socket).await["code"], "not_found");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_server_pings_and_drops_a_peer_that_does_not_answer() {
+    let app = spawn_app_with(LiveConfig {
+        ping_interval: Duration::from_millis(200),
+        ..LiveConfig::default()
+    })
+    .await;
+    let token = app.token.clone().expect("a token");
+    // A reading client answers pings (tungstenite does) and gets JSON pings when quiet.
+    let mut lively = connect(&app, "/api/v1/ws/events", &token).await;
+    let mut silent = connect(&app, "/api/v1/ws", &token).await;
+    let mut json_pings = 0;
+    let mut protocol_pings = 0;
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(1500);
+    while let Ok(frame) = tokio::time::timeout_at(deadline, lively.next()).await {
+        match frame.expect("open").expect("a frame") {
+            Message::Ping(_) => protocol_pings += 1,
+            Message::Text(text) if text.as_str() == r#"{"type":"ping"}"# => json_pings += 1,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert!(protocol_pings >= 3, "{protocol_pings} pings");
+    assert!(json_pings >= 3, "{json_pings} JSON pings");
+    // The silent client read nothing for 1.5 s, so it answered no ping: it was closed.
+    assert_eq!(close_code(&mut silent).await, Some(CloseCode::from(4408)));
+    send(&mut lively, json!({"type": "ping"})).await;
+    assert_eq!(next(&mut lively).await["type"], "pong");
+}
