@@ -295,6 +295,22 @@ async fn health_metrics_and_the_openapi_document_are_served() {
     let (status, document) = app.get("/openapi.json").await;
     assert_eq!(status, StatusCode::OK);
     let paths = document["paths"].as_object().expect("paths");
+    // A path parameter must appear in its path, and a query parameter must not: the
+    // document is what clients are generated from.
+    for (path, operations) in paths {
+        for (method, operation) in operations.as_object().expect("operations") {
+            for parameter in operation["parameters"].as_array().into_iter().flatten() {
+                let name = parameter["name"].as_str().expect("a parameter name");
+                let in_path = path.contains(&format!("{{{name}}}"));
+                let declared = parameter["in"].as_str().expect("a parameter location");
+                assert_eq!(
+                    declared == "path",
+                    in_path,
+                    "{method} {path}: parameter {name} is declared in {declared}"
+                );
+            }
+        }
+    }
     for path in [
         "/api/v1/tickets",
         "/api/v1/tickets/{id}/history",

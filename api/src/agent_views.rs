@@ -25,6 +25,7 @@ pub fn router() -> OpenApiRouter<AppState> {
 const PERMISSION: &str = "agent:read";
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct AgentsQuery {
     /// Only this organization's agents; absent: every organization the caller may read.

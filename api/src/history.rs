@@ -18,6 +18,7 @@ use crate::responses::{EventRecord, History};
 use crate::state::AppState;
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct HistoryQuery {
     /// Also return the state as it was right after the event with this sequence number.
@@ -67,6 +68,7 @@ pub fn router() -> OpenApiRouter<AppState> {
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct StreamQuery {
     /// Cursor returned by the previous page (`next_cursor`); `0-0` or absent for the start.
