@@ -38,8 +38,6 @@ pub enum Actor {
     /// A part of omoi itself (`worker`, `cli`, …).
     System(&'static str),
     Stripe,
-    /// No principal: only until authentication lands (issue #3).
-    Anonymous,
 }
 
 impl fmt::Display for Actor {
@@ -50,7 +48,6 @@ impl fmt::Display for Actor {
             Self::ApiKey(id) => write!(f, "api_key:{id}"),
             Self::System(name) => write!(f, "system:{name}"),
             Self::Stripe => f.write_str("stripe"),
-            Self::Anonymous => f.write_str("anonymous"),
         }
     }
 }
