@@ -98,7 +98,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
 
 /// A cluster with PostgreSQL's default (durable) settings in `target/omoi-bench-pg`, so that
 /// the figures resemble a real deployment; its port is 15433.
-async fn bench_cluster() -> anyhow::Result<String> {
+pub(crate) async fn bench_cluster() -> anyhow::Result<String> {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/omoi-bench-pg");
     eprintln!(
         "no DATABASE_URL: using a PostgreSQL of our own in {}",

@@ -51,6 +51,9 @@ pub enum Command {
     },
     /// Benchmark the write path over HTTP against a raw pgbench of the same SQL.
     Bench(crate::bench::BenchArgs),
+    /// Benchmark the read models: rebuild rate over generated events, and projection lag
+    /// while commands arrive at a steady rate.
+    BenchProjections(crate::bench_projections::Args),
 }
 
 #[derive(Debug, Args)]
@@ -136,6 +139,7 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
         Command::Db { action } => manage_db(settings, action).await,
         Command::Projections { action } => crate::operate::run(settings, action).await,
         Command::Bench(args) => crate::bench::run(args).await,
+        Command::BenchProjections(args) => crate::bench_projections::run(args).await,
     }
 }
 

@@ -2,7 +2,8 @@
 //!
 //! # Layout
 //!
-//! * [`cli`] — the subcommands (`dev`, `serve`, `migrate`, `history`, `db`, `bench`).
+//! * [`cli`] — the subcommands (`dev`, `serve`, `migrate`, `history`, `db`, `bench`,
+//!   `bench-projections`).
 //! * [`settings`] — layered configuration.
 //! * [`server`] — opening the database (our own PostgreSQL when none is configured),
 //!   migrating, serving the API until SIGTERM/ctrl-c.
@@ -10,8 +11,10 @@
 //!   cluster of their own (unless `DATABASE_URL` is given), a fresh database per test, and
 //!   a server on a random port.
 //! * [`bench`] — the write-path benchmark against a raw `pgbench` of the same SQL.
+//! * [`bench_projections`] — the read models' rebuild rate and projection lag.
 
 pub mod bench;
+pub mod bench_projections;
 pub mod cli;
 pub mod operate;
 pub mod server;
