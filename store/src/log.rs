@@ -143,7 +143,9 @@ pub async fn read_global(
             and transaction_id < pg_snapshot_xmin(pg_current_snapshot())
             and ($4::text[] is null or metadata ->> 'organization_id' = any($4))
             and ($5::text is null or metadata ->> 'project_id' = $5)
-          order by transaction_id, global_position
+          -- Qualified: bare `transaction_id` would name the bigint output column, and
+          -- sorting by it scans and sorts the whole log instead of walking the index.
+          order by events.transaction_id, events.global_position
           limit $3"
     );
     let rows = sqlx::query(&sql)
