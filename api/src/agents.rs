@@ -68,20 +68,6 @@ pub struct UpdateCapabilities {
 
 type AgentResponse = ApiResult<Json<Versioned<Agent>>>;
 
-async fn run(
-    state: &AppState,
-    caller: &Caller,
-    permission: &'static str,
-    name: &'static str,
-    id: Uuid,
-    command: AgentCommand,
-) -> AgentResponse {
-    let committed = state
-        .execute::<Agent>(caller, permission, name, id, command)
-        .await?;
-    Ok(Json(Versioned::committed(id, committed)))
-}
-
 /// Refuses (422, field `project_id`) a project that does not exist or belongs to another
 /// organization, and (409) an archived one.
 async fn ensure_project_of(
@@ -205,15 +191,9 @@ async fn change_agent_status(
         force: body.force,
         at: Utc::now(),
     };
-    run(
-        &state,
-        &caller,
-        "agent:write",
-        "ChangeAgentStatus",
-        id,
-        command,
-    )
-    .await
+    state
+        .answer::<Agent>(&caller, "agent:write", "ChangeAgentStatus", id, command)
+        .await
 }
 
 /// Replaces the agent's whole capability set (at most 64); the new set must differ.
@@ -234,15 +214,9 @@ async fn update_capabilities(
     let command = AgentCommand::UpdateCapabilities {
         capabilities: body.capabilities,
     };
-    run(
-        &state,
-        &caller,
-        "agent:write",
-        "UpdateCapabilities",
-        id,
-        command,
-    )
-    .await
+    state
+        .answer::<Agent>(&caller, "agent:write", "UpdateCapabilities", id, command)
+        .await
 }
 
 #[utoipa::path(get, path = "/api/v1/agents/{id}/history", tag = "agents",

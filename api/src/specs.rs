@@ -124,20 +124,6 @@ pub async fn ensure_spec_of_project(
 
 type SpecResponse = ApiResult<Json<Versioned<Spec>>>;
 
-async fn run(
-    state: &AppState,
-    caller: &Caller,
-    permission: &'static str,
-    name: &'static str,
-    id: Uuid,
-    command: SpecCommand,
-) -> SpecResponse {
-    let committed = state
-        .execute::<Spec>(caller, permission, name, id, command)
-        .await?;
-    Ok(Json(Versioned::committed(id, committed)))
-}
-
 /// Creates a spec in `draft` in an active project.
 #[utoipa::path(post, path = "/api/v1/specs", tag = "specs", request_body = CreateSpec,
     responses(
@@ -211,7 +197,9 @@ async fn add_requirement(
         action: body.action,
         acceptance_criteria: body.acceptance_criteria,
     });
-    run(&state, &caller, "spec:write", "AddRequirement", id, command).await
+    state
+        .answer::<Spec>(&caller, "spec:write", "AddRequirement", id, command)
+        .await
 }
 
 /// Replaces a requirement's condition, action and acceptance criteria; only in the
@@ -238,15 +226,9 @@ async fn update_requirement(
         action: body.action,
         acceptance_criteria: body.acceptance_criteria,
     });
-    run(
-        &state,
-        &caller,
-        "spec:write",
-        "UpdateRequirement",
-        id,
-        command,
-    )
-    .await
+    state
+        .answer::<Spec>(&caller, "spec:write", "UpdateRequirement", id, command)
+        .await
 }
 
 /// Removes a requirement; only in the `requirements` phase. Removing the last one keeps
@@ -265,15 +247,9 @@ async fn remove_requirement(
     RequirementPath { id, req_id }: RequirementPath,
 ) -> SpecResponse {
     let command = SpecCommand::RemoveRequirement { id: req_id };
-    run(
-        &state,
-        &caller,
-        "spec:write",
-        "RemoveRequirement",
-        id,
-        command,
-    )
-    .await
+    state
+        .answer::<Spec>(&caller, "spec:write", "RemoveRequirement", id, command)
+        .await
 }
 
 /// Accepts the requirements (at least one) and moves the spec to `design`.
@@ -291,15 +267,9 @@ async fn approve_requirements(
     IdPath(id): IdPath,
 ) -> SpecResponse {
     let command = SpecCommand::ApproveRequirements { at: Utc::now() };
-    run(
-        &state,
-        &caller,
-        "spec:approve",
-        "ApproveRequirements",
-        id,
-        command,
-    )
-    .await
+    state
+        .answer::<Spec>(&caller, "spec:approve", "ApproveRequirements", id, command)
+        .await
 }
 
 /// Sets or replaces the design while the spec is in `design`; the architecture is
@@ -323,7 +293,9 @@ async fn set_design(
         data_model: body.data_model,
         api_spec: body.api_spec,
     });
-    run(&state, &caller, "spec:write", "SetDesign", id, command).await
+    state
+        .answer::<Spec>(&caller, "spec:write", "SetDesign", id, command)
+        .await
 }
 
 /// Accepts the design (once set) and moves the spec to `executing`.
@@ -340,15 +312,9 @@ async fn approve_design(
     IdPath(id): IdPath,
 ) -> SpecResponse {
     let command = SpecCommand::ApproveDesign { at: Utc::now() };
-    run(
-        &state,
-        &caller,
-        "spec:approve",
-        "ApproveDesign",
-        id,
-        command,
-    )
-    .await
+    state
+        .answer::<Spec>(&caller, "spec:approve", "ApproveDesign", id, command)
+        .await
 }
 
 /// Completes an executing spec.
@@ -365,7 +331,9 @@ async fn complete_spec(
     IdPath(id): IdPath,
 ) -> SpecResponse {
     let command = SpecCommand::CompleteSpec { at: Utc::now() };
-    run(&state, &caller, "spec:write", "CompleteSpec", id, command).await
+    state
+        .answer::<Spec>(&caller, "spec:write", "CompleteSpec", id, command)
+        .await
 }
 
 /// Archives the spec from any phase; an archived spec never changes again.
@@ -382,7 +350,9 @@ async fn archive_spec(
     IdPath(id): IdPath,
 ) -> SpecResponse {
     let command = SpecCommand::ArchiveSpec { at: Utc::now() };
-    run(&state, &caller, "spec:write", "ArchiveSpec", id, command).await
+    state
+        .answer::<Spec>(&caller, "spec:write", "ArchiveSpec", id, command)
+        .await
 }
 
 #[utoipa::path(get, path = "/api/v1/specs/{id}/history", tag = "specs",

@@ -17,6 +17,8 @@ use crate::auth::{refused, Caller};
 use crate::error::{ApiError, ApiResult};
 use crate::live::{Hub, LiveConfig};
 use crate::metrics::{Metrics, Outcome};
+use crate::responses::Versioned;
+use axum::Json;
 
 #[derive(Clone)]
 pub struct AppState {
@@ -96,6 +98,26 @@ impl AppState {
         let check = |scope| caller.check(scope, permission);
         self.run::<A>(caller, name, id, command, &check, permission)
             .await
+    }
+
+    /// [`AppState::execute`], answered with the aggregate's id, version and new state.
+    pub async fn answer<A>(
+        &self,
+        caller: &Caller,
+        permission: &'static str,
+        name: &'static str,
+        id: Uuid,
+        command: A::Command,
+    ) -> ApiResult<Json<Versioned<A>>>
+    where
+        A: Aggregate<Services = ()> + Scoped + Clone,
+        A::Command: Clone + Send,
+        A::Error: DomainError,
+    {
+        let committed = self
+            .execute::<A>(caller, permission, name, id, command)
+            .await?;
+        Ok(Json(Versioned::committed(id, committed)))
     }
 
     /// Creates aggregate `id`. The caller has been authorized on the parent the new

@@ -134,20 +134,6 @@ fn path_uuid(raw: &str, field: &str) -> ApiResult<Uuid> {
 
 type TaskResponse = ApiResult<Json<Versioned<Task>>>;
 
-async fn run(
-    state: &AppState,
-    caller: &Caller,
-    permission: &'static str,
-    name: &'static str,
-    id: Uuid,
-    command: TaskCommand,
-) -> TaskResponse {
-    let committed = state
-        .execute::<Task>(caller, permission, name, id, command)
-        .await?;
-    Ok(Json(Versioned::committed(id, committed)))
-}
-
 /// Refuses (422, field `depends_on`) a dependency that is not an existing task of
 /// `project_id`.
 async fn ensure_dependency(state: &AppState, project_id: Uuid, dep: Uuid) -> ApiResult<()> {
@@ -300,7 +286,9 @@ async fn assign_task(
         agent_id: body.agent_id,
         at: Utc::now(),
     };
-    run(&state, &caller, "task:execute", "AssignTask", id, command).await
+    state
+        .answer::<Task>(&caller, "task:execute", "AssignTask", id, command)
+        .await
 }
 
 /// The assigned agent began working: `assigned → running`.
@@ -317,7 +305,9 @@ async fn start_task(
     IdPath(id): IdPath,
 ) -> TaskResponse {
     let command = TaskCommand::StartTask { at: Utc::now() };
-    run(&state, &caller, "task:execute", "StartTask", id, command).await
+    state
+        .answer::<Task>(&caller, "task:execute", "StartTask", id, command)
+        .await
 }
 
 /// Records the latest progress message of a running task (a status line, not a log).
@@ -338,15 +328,9 @@ async fn report_progress(
     let command = TaskCommand::ReportProgress {
         message: body.message,
     };
-    run(
-        &state,
-        &caller,
-        "task:execute",
-        "ReportProgress",
-        id,
-        command,
-    )
-    .await
+    state
+        .answer::<Task>(&caller, "task:execute", "ReportProgress", id, command)
+        .await
 }
 
 /// Completes a running task with its result: `running → completed`.
@@ -367,7 +351,9 @@ async fn complete_task(
         result: body.result,
         at: Utc::now(),
     };
-    run(&state, &caller, "task:execute", "CompleteTask", id, command).await
+    state
+        .answer::<Task>(&caller, "task:execute", "CompleteTask", id, command)
+        .await
 }
 
 /// Records a failed attempt of an assigned or running task. A permanent error, or a
@@ -392,7 +378,9 @@ async fn fail_task(
         at: Utc::now(),
         jitter: rand::random::<f64>(),
     };
-    run(&state, &caller, "task:execute", "FailTask", id, command).await
+    state
+        .answer::<Task>(&caller, "task:execute", "FailTask", id, command)
+        .await
 }
 
 /// Cancels a task that has not ended; a blank reason is stored as none.
@@ -414,7 +402,9 @@ async fn cancel_task(
         reason: body.reason,
         at: Utc::now(),
     };
-    run(&state, &caller, "task:write", "CancelTask", id, command).await
+    state
+        .answer::<Task>(&caller, "task:write", "CancelTask", id, command)
+        .await
 }
 
 /// Makes the task wait for another task of the same project. Dependencies change only
@@ -444,7 +434,9 @@ async fn add_dependency(
     let command = TaskCommand::AddDependency {
         depends_on: body.depends_on,
     };
-    run(&state, &caller, "task:write", "AddDependency", id, command).await
+    state
+        .answer::<Task>(&caller, "task:write", "AddDependency", id, command)
+        .await
 }
 
 /// Stops the task waiting for `dep`. Dependencies change only while the task waits for
@@ -463,15 +455,9 @@ async fn remove_dependency(
     DependencyPath { id, dep }: DependencyPath,
 ) -> TaskResponse {
     let command = TaskCommand::RemoveDependency { depends_on: dep };
-    run(
-        &state,
-        &caller,
-        "task:write",
-        "RemoveDependency",
-        id,
-        command,
-    )
-    .await
+    state
+        .answer::<Task>(&caller, "task:write", "RemoveDependency", id, command)
+        .await
 }
 
 #[utoipa::path(get, path = "/api/v1/tasks/{id}/history", tag = "tasks",

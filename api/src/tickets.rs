@@ -77,20 +77,6 @@ pub struct BlockTicket {
 
 type TicketResponse = ApiResult<Json<Versioned<Ticket>>>;
 
-async fn run(
-    state: &AppState,
-    caller: &Caller,
-    permission: &'static str,
-    name: &'static str,
-    id: Uuid,
-    command: TicketCommand,
-) -> TicketResponse {
-    let committed = state
-        .execute::<Ticket>(caller, permission, name, id, command)
-        .await?;
-    Ok(Json(Versioned::committed(id, committed)))
-}
-
 #[utoipa::path(post, path = "/api/v1/tickets", tag = "tickets", request_body = CreateTicket,
     responses(
         (status = 201, body = Versioned<Ticket>), (status = 400, body = Problem),
@@ -158,7 +144,9 @@ async fn update_ticket(
         priority: body.priority,
         phase: body.phase,
     };
-    run(&state, &caller, "ticket:write", "UpdateTicket", id, command).await
+    state
+        .answer::<Ticket>(&caller, "ticket:write", "UpdateTicket", id, command)
+        .await
 }
 
 /// Moves the ticket one step: backlog → analyzing → building → building-done → testing →
@@ -179,15 +167,9 @@ async fn transition_ticket(
         to: body.to,
         note: body.note,
     };
-    run(
-        &state,
-        &caller,
-        "ticket:write",
-        "TransitionTicket",
-        id,
-        command,
-    )
-    .await
+    state
+        .answer::<Ticket>(&caller, "ticket:write", "TransitionTicket", id, command)
+        .await
 }
 
 /// Sends a ticket in testing back to building with the feedback that explains why.
@@ -206,15 +188,9 @@ async fn regress_ticket(
     let command = TicketCommand::RegressTicket {
         feedback: body.feedback,
     };
-    run(
-        &state,
-        &caller,
-        "ticket:write",
-        "RegressTicket",
-        id,
-        command,
-    )
-    .await
+    state
+        .answer::<Ticket>(&caller, "ticket:write", "RegressTicket", id, command)
+        .await
 }
 
 #[utoipa::path(post, path = "/api/v1/tickets/{id}/block", tag = "tickets",
@@ -234,7 +210,9 @@ async fn block_ticket(
         note: body.note,
         at: Utc::now(),
     };
-    run(&state, &caller, "ticket:write", "BlockTicket", id, command).await
+    state
+        .answer::<Ticket>(&caller, "ticket:write", "BlockTicket", id, command)
+        .await
 }
 
 #[utoipa::path(post, path = "/api/v1/tickets/{id}/unblock", tag = "tickets",
@@ -248,15 +226,15 @@ async fn unblock_ticket(
     caller: Caller,
     IdPath(id): IdPath,
 ) -> TicketResponse {
-    run(
-        &state,
-        &caller,
-        "ticket:write",
-        "UnblockTicket",
-        id,
-        TicketCommand::UnblockTicket,
-    )
-    .await
+    state
+        .answer::<Ticket>(
+            &caller,
+            "ticket:write",
+            "UnblockTicket",
+            id,
+            TicketCommand::UnblockTicket,
+        )
+        .await
 }
 
 #[utoipa::path(get, path = "/api/v1/tickets/{id}/history", tag = "tickets",
