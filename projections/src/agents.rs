@@ -12,6 +12,8 @@
 //! * [`task_effect`] — the pure part: what a task event does to assignments.
 //! * [`list`], [`AgentFilter`] — the query on the `agents_agents` view.
 
+use std::collections::{BTreeSet, HashMap};
+
 use chrono::{DateTime, Utc};
 use futures_util::future::BoxFuture;
 use omoi_domain::agent::AgentEvent;
@@ -85,15 +87,9 @@ impl Projector for AgentsProjector {
         &'a self,
         tx: &'a mut PgConnection,
         schema: &'a str,
-        event: &'a StoredEvent,
+        events: &'a [StoredEvent],
     ) -> BoxFuture<'a, Result<(), ProjectionError>> {
-        Box::pin(async move {
-            match event.aggregate_type.as_str() {
-                "Agent" => apply_agent_event(tx, schema, event).await,
-                "Task" => apply_task_event(tx, schema, event).await,
-                _ => Ok(()),
-            }
-        })
+        Box::pin(apply_events(tx, schema, events))
     }
 }
 
@@ -126,157 +122,374 @@ pub fn task_effect(event: &TaskEvent) -> Option<TaskEffect> {
     }
 }
 
-async fn apply_agent_event(
-    tx: &mut PgConnection,
-    schema: &str,
-    event: &StoredEvent,
-) -> Result<(), ProjectionError> {
-    let parsed =
-        AgentEvent::deserialize(&event.payload).map_err(|e| ProjectionError::payload(event, e))?;
-    let agent_id = entity_id(event)?;
-    match parsed {
-        AgentEvent::AgentRegistered { .. } => insert_agent(tx, schema, &parsed).await?,
-        AgentEvent::AgentStatusChanged { to, at, .. } => {
-            sqlx::query(&format!(
-                "update {schema}.agents set status = $2, last_status_change = $3
-                  where agent_id = $1"
-            ))
-            .bind(agent_id)
-            .bind(to.as_str())
-            .bind(at)
-            .execute(tx)
-            .await?;
-        }
-        AgentEvent::AgentCapabilitiesUpdated { capabilities } => {
-            sqlx::query(&format!(
-                "update {schema}.agents set capabilities = $2 where agent_id = $1"
-            ))
-            .bind(agent_id)
-            .bind(capabilities.into_iter().collect::<Vec<_>>())
-            .execute(tx)
-            .await?;
-        }
-    }
-    Ok(())
+/// An event of the batch that changes agents or assignments.
+enum Change<'a> {
+    Agent {
+        id: Uuid,
+        event: AgentEvent,
+    },
+    Task {
+        id: Uuid,
+        effect: TaskEffect,
+        event: &'a StoredEvent,
+    },
 }
 
-async fn insert_agent(
-    tx: &mut PgConnection,
-    schema: &str,
-    event: &AgentEvent,
-) -> Result<(), sqlx::Error> {
-    let AgentEvent::AgentRegistered {
-        agent_id,
-        organization_id,
-        project_id,
-        name,
-        agent_type,
-        capabilities,
-        capacity,
-        registered_at,
-    } = event
-    else {
-        return Ok(());
-    };
-    sqlx::query(&format!(
-        "insert into {schema}.agents (agent_id, organization_id, project_id, name, agent_type,
-             status, capabilities, capacity, current_task_id, last_status_change, registered_at)
-         values ($1, $2, $3, $4, $5, 'spawning', $6, $7, null, $8, $8)
-         on conflict (agent_id) do nothing"
-    ))
-    .bind(agent_id)
-    .bind(organization_id)
-    .bind(project_id)
-    .bind(name)
-    .bind(agent_type.as_str())
-    .bind(capabilities.iter().cloned().collect::<Vec<_>>())
-    .bind(i64::from(*capacity))
-    .bind(registered_at)
-    .execute(tx)
-    .await?;
-    Ok(())
-}
-
-async fn apply_task_event(
-    tx: &mut PgConnection,
-    schema: &str,
-    event: &StoredEvent,
-) -> Result<(), ProjectionError> {
-    let parsed =
-        TaskEvent::deserialize(&event.payload).map_err(|e| ProjectionError::payload(event, e))?;
-    let Some(effect) = task_effect(&parsed) else {
-        return Ok(());
-    };
-    let task_id = entity_id(event)?;
-    // A reassignment first frees the previous holder, should an attempt's end be missing.
-    if let Some(previous) = release(tx, schema, task_id).await? {
-        refresh_current_task(tx, schema, previous).await?;
-    }
-    if let TaskEffect::Assign(agent_id) = effect {
-        let meta = EventMeta::of(event)?;
-        assign(tx, schema, event, task_id, agent_id, &meta).await?;
-        refresh_current_task(tx, schema, agent_id).await?;
-    }
-    Ok(())
-}
-
-/// Forgets the task's assignment; returns the agent that held it.
-async fn release(
-    tx: &mut PgConnection,
-    schema: &str,
-    task_id: Uuid,
-) -> Result<Option<Uuid>, sqlx::Error> {
-    sqlx::query_scalar(&format!(
-        "delete from {schema}.task_agents where task_id = $1 returning agent_id"
-    ))
-    .bind(task_id)
-    .fetch_optional(tx)
-    .await
-}
-
-async fn assign(
-    tx: &mut PgConnection,
-    schema: &str,
-    event: &StoredEvent,
+/// An open assignment, as `task_agents` keeps it.
+#[derive(Debug, Clone, sqlx::FromRow)]
+struct Assignment {
     task_id: Uuid,
     agent_id: Uuid,
-    meta: &EventMeta,
-) -> Result<(), sqlx::Error> {
-    sqlx::query(&format!(
-        "insert into {schema}.task_agents (task_id, agent_id, organization_id, project_id,
-             assigned_transaction_id, assigned_global_position)
-         values ($1, $2, $3, $4, $5, $6)"
-    ))
-    .bind(task_id)
-    .bind(agent_id)
-    .bind(meta.organization_id)
-    .bind(meta.project_id)
-    .bind(event.transaction_id)
-    .bind(event.global_position)
-    .execute(tx)
-    .await?;
-    Ok(())
+    organization_id: Uuid,
+    project_id: Option<Uuid>,
+    assigned_transaction_id: i64,
+    assigned_global_position: i64,
 }
 
-/// Sets the agent's current task to its most recently assigned open task (or none).
-async fn refresh_current_task(
+impl Assignment {
+    fn order(&self) -> (i64, i64) {
+        (self.assigned_transaction_id, self.assigned_global_position)
+    }
+}
+
+/// The rows a batch reads and changes.
+#[derive(Default)]
+struct Rows {
+    agents: HashMap<Uuid, AgentView>,
+    assignments: HashMap<Uuid, Assignment>,
+    changed_agents: BTreeSet<Uuid>,
+    changed_tasks: BTreeSet<Uuid>,
+    /// Agents whose current task must be recomputed from their open assignments.
+    refresh: BTreeSet<Uuid>,
+}
+
+/// Loads the agents and open assignments the batch can touch (two queries), applies the
+/// events in memory, and writes each changed row once.
+async fn apply_events(
     tx: &mut PgConnection,
     schema: &str,
-    agent_id: Uuid,
-) -> Result<(), sqlx::Error> {
-    sqlx::query(&format!(
-        "update {schema}.agents
-            set current_task_id = (
-                select task_id from {schema}.task_agents
-                 where agent_id = $1
-                 order by assigned_transaction_id desc, assigned_global_position desc
-                 limit 1)
-          where agent_id = $1"
+    events: &[StoredEvent],
+) -> Result<(), ProjectionError> {
+    let changes = decode(events)?;
+    if changes.is_empty() {
+        return Ok(());
+    }
+    let mut rows = load(tx, schema, &changes).await?;
+    for change in changes {
+        match change {
+            Change::Agent { id, event } => rows.apply_agent_event(id, event),
+            Change::Task { id, effect, event } => rows.apply_task_effect(id, effect, event)?,
+        }
+    }
+    rows.refresh_current_tasks();
+    rows.save(tx, schema).await
+}
+
+fn decode(events: &[StoredEvent]) -> Result<Vec<Change<'_>>, ProjectionError> {
+    let mut changes = Vec::new();
+    for event in events {
+        match event.aggregate_type.as_str() {
+            "Agent" => changes.push(Change::Agent {
+                id: entity_id(event)?,
+                event: AgentEvent::deserialize(&event.payload)
+                    .map_err(|e| ProjectionError::payload(event, e))?,
+            }),
+            "Task" => {
+                let parsed = TaskEvent::deserialize(&event.payload)
+                    .map_err(|e| ProjectionError::payload(event, e))?;
+                if let Some(effect) = task_effect(&parsed) {
+                    changes.push(Change::Task {
+                        id: entity_id(event)?,
+                        effect,
+                        event,
+                    });
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(changes)
+}
+
+/// The assignments of the batch's tasks and every open assignment of the agents
+/// involved (those named by the batch and those holding its tasks), then those agents.
+async fn load(
+    tx: &mut PgConnection,
+    schema: &str,
+    changes: &[Change<'_>],
+) -> Result<Rows, ProjectionError> {
+    let mut tasks = BTreeSet::new();
+    let mut agents = BTreeSet::new();
+    for change in changes {
+        match change {
+            Change::Agent { id, event } => {
+                agents.insert(*id);
+                if let AgentEvent::AgentRegistered { agent_id, .. } = event {
+                    agents.insert(*agent_id);
+                }
+            }
+            Change::Task { id, effect, .. } => {
+                tasks.insert(*id);
+                if let TaskEffect::Assign(agent_id) = effect {
+                    agents.insert(*agent_id);
+                }
+            }
+        }
+    }
+    let tasks: Vec<Uuid> = tasks.into_iter().collect();
+    let assignments: Vec<Assignment> = sqlx::query_as(&format!(
+        "select task_id, agent_id, organization_id, project_id, assigned_transaction_id,
+                assigned_global_position
+           from {schema}.task_agents
+          where task_id = any($1) or agent_id = any($2)
+             or agent_id in (select agent_id from {schema}.task_agents where task_id = any($1))"
     ))
-    .bind(agent_id)
-    .execute(tx)
+    .bind(&tasks)
+    .bind(agents.iter().copied().collect::<Vec<_>>())
+    .fetch_all(&mut *tx)
     .await?;
-    Ok(())
+    agents.extend(assignments.iter().map(|a| a.agent_id));
+    let loaded: Vec<AgentView> = sqlx::query_as(&format!(
+        "select {AGENT_COLUMNS} from {schema}.agents where agent_id = any($1)"
+    ))
+    .bind(agents.into_iter().collect::<Vec<_>>())
+    .fetch_all(&mut *tx)
+    .await?;
+    Ok(Rows {
+        agents: loaded.into_iter().map(|a| (a.agent_id, a)).collect(),
+        assignments: assignments.into_iter().map(|a| (a.task_id, a)).collect(),
+        ..Rows::default()
+    })
+}
+
+const AGENT_COLUMNS: &str = "agent_id, organization_id, project_id, name, agent_type, status, \
+     capabilities, capacity, current_task_id, last_status_change, registered_at";
+
+impl Rows {
+    fn apply_agent_event(&mut self, id: Uuid, event: AgentEvent) {
+        match event {
+            AgentEvent::AgentRegistered {
+                agent_id,
+                organization_id,
+                project_id,
+                name,
+                agent_type,
+                capabilities,
+                capacity,
+                registered_at,
+            } => {
+                // A second registration of one agent changes nothing.
+                if self.agents.contains_key(&agent_id) {
+                    return;
+                }
+                self.agents.insert(
+                    agent_id,
+                    AgentView {
+                        agent_id,
+                        organization_id,
+                        project_id,
+                        name,
+                        agent_type: agent_type.as_str().to_string(),
+                        status: "spawning".to_string(),
+                        capabilities: capabilities.into_iter().collect(),
+                        capacity: i64::from(capacity),
+                        current_task_id: None,
+                        last_status_change: registered_at,
+                        registered_at,
+                    },
+                );
+                self.changed_agents.insert(agent_id);
+            }
+            AgentEvent::AgentStatusChanged { to, at, .. } => {
+                if let Some(agent) = self.agents.get_mut(&id) {
+                    agent.status = to.as_str().to_string();
+                    agent.last_status_change = at;
+                    self.changed_agents.insert(id);
+                }
+            }
+            AgentEvent::AgentCapabilitiesUpdated { capabilities } => {
+                if let Some(agent) = self.agents.get_mut(&id) {
+                    agent.capabilities = capabilities.into_iter().collect();
+                    self.changed_agents.insert(id);
+                }
+            }
+        }
+    }
+
+    fn apply_task_effect(
+        &mut self,
+        task_id: Uuid,
+        effect: TaskEffect,
+        event: &StoredEvent,
+    ) -> Result<(), ProjectionError> {
+        self.changed_tasks.insert(task_id);
+        // A reassignment first frees the previous holder, should an attempt's end be
+        // missing.
+        if let Some(previous) = self.assignments.remove(&task_id) {
+            self.needs_refresh(previous.agent_id);
+        }
+        if let TaskEffect::Assign(agent_id) = effect {
+            let meta = EventMeta::of(event)?;
+            self.assignments.insert(
+                task_id,
+                Assignment {
+                    task_id,
+                    agent_id,
+                    organization_id: meta.organization_id,
+                    project_id: meta.project_id,
+                    assigned_transaction_id: event.transaction_id,
+                    assigned_global_position: event.global_position,
+                },
+            );
+            self.needs_refresh(agent_id);
+        }
+        Ok(())
+    }
+
+    /// An agent without a row yet is not refreshed: its registration, should it come
+    /// later, starts it with no current task.
+    fn needs_refresh(&mut self, agent_id: Uuid) {
+        if self.agents.contains_key(&agent_id) {
+            self.refresh.insert(agent_id);
+        }
+    }
+
+    /// Sets each refreshed agent's current task to its most recently assigned open task
+    /// (or none). Every later change of its assignments would refresh it again, so the
+    /// assignments as they stand at the end of the batch decide.
+    fn refresh_current_tasks(&mut self) {
+        let mut latest: HashMap<Uuid, &Assignment> = HashMap::new();
+        for assignment in self.assignments.values() {
+            if !self.refresh.contains(&assignment.agent_id) {
+                continue;
+            }
+            let slot = latest.entry(assignment.agent_id).or_insert(assignment);
+            if assignment.order() > slot.order() {
+                *slot = assignment;
+            }
+        }
+        for agent_id in &self.refresh {
+            if let Some(agent) = self.agents.get_mut(agent_id) {
+                agent.current_task_id = latest.get(agent_id).map(|a| a.task_id);
+                self.changed_agents.insert(*agent_id);
+            }
+        }
+    }
+
+    async fn save(&self, tx: &mut PgConnection, schema: &str) -> Result<(), ProjectionError> {
+        self.save_assignments(tx, schema).await?;
+        self.save_agents(tx, schema).await
+    }
+
+    /// Deletes the changed tasks' rows and inserts those still assigned.
+    async fn save_assignments(
+        &self,
+        tx: &mut PgConnection,
+        schema: &str,
+    ) -> Result<(), ProjectionError> {
+        if self.changed_tasks.is_empty() {
+            return Ok(());
+        }
+        sqlx::query(&format!(
+            "delete from {schema}.task_agents where task_id = any($1)"
+        ))
+        .bind(self.changed_tasks.iter().copied().collect::<Vec<_>>())
+        .execute(&mut *tx)
+        .await?;
+        let open: Vec<&Assignment> = self
+            .changed_tasks
+            .iter()
+            .filter_map(|id| self.assignments.get(id))
+            .collect();
+        if open.is_empty() {
+            return Ok(());
+        }
+        sqlx::query(&format!(
+            "insert into {schema}.task_agents (task_id, agent_id, organization_id, project_id,
+                 assigned_transaction_id, assigned_global_position)
+             select * from unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::uuid[], $5::bigint[],
+                                  $6::bigint[])"
+        ))
+        .bind(open.iter().map(|a| a.task_id).collect::<Vec<_>>())
+        .bind(open.iter().map(|a| a.agent_id).collect::<Vec<_>>())
+        .bind(open.iter().map(|a| a.organization_id).collect::<Vec<_>>())
+        .bind(open.iter().map(|a| a.project_id).collect::<Vec<_>>())
+        .bind(
+            open.iter()
+                .map(|a| a.assigned_transaction_id)
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            open.iter()
+                .map(|a| a.assigned_global_position)
+                .collect::<Vec<_>>(),
+        )
+        .execute(&mut *tx)
+        .await?;
+        Ok(())
+    }
+
+    async fn save_agents(
+        &self,
+        tx: &mut PgConnection,
+        schema: &str,
+    ) -> Result<(), ProjectionError> {
+        let agents: Vec<&AgentView> = self
+            .changed_agents
+            .iter()
+            .filter_map(|id| self.agents.get(id))
+            .collect();
+        if agents.is_empty() {
+            return Ok(());
+        }
+        // `text[][]` cannot be ragged: capabilities travel as one JSON array per agent.
+        let capabilities = agents
+            .iter()
+            .map(|a| serde_json::to_string(&a.capabilities))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| sqlx::Error::Encode(e.into()))?;
+        sqlx::query(&format!(
+            "insert into {schema}.agents ({AGENT_COLUMNS})
+             select agent_id, organization_id, project_id, name, agent_type, status,
+                    array(select c from jsonb_array_elements_text(capabilities::jsonb)
+                          with ordinality as e(c, n) order by n), capacity,
+                    current_task_id, last_status_change, registered_at
+               from unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::text[], $5::text[],
+                           $6::text[], $7::text[], $8::bigint[], $9::uuid[],
+                           $10::timestamptz[], $11::timestamptz[])
+                    as rows(agent_id, organization_id, project_id, name, agent_type, status,
+                            capabilities, capacity, current_task_id, last_status_change,
+                            registered_at)
+             on conflict (agent_id) do update set
+                    status = excluded.status, capabilities = excluded.capabilities,
+                    current_task_id = excluded.current_task_id,
+                    last_status_change = excluded.last_status_change"
+        ))
+        .bind(agents.iter().map(|a| a.agent_id).collect::<Vec<_>>())
+        .bind(agents.iter().map(|a| a.organization_id).collect::<Vec<_>>())
+        .bind(agents.iter().map(|a| a.project_id).collect::<Vec<_>>())
+        .bind(agents.iter().map(|a| a.name.as_str()).collect::<Vec<_>>())
+        .bind(
+            agents
+                .iter()
+                .map(|a| a.agent_type.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(agents.iter().map(|a| a.status.as_str()).collect::<Vec<_>>())
+        .bind(capabilities)
+        .bind(agents.iter().map(|a| a.capacity).collect::<Vec<_>>())
+        .bind(agents.iter().map(|a| a.current_task_id).collect::<Vec<_>>())
+        .bind(
+            agents
+                .iter()
+                .map(|a| a.last_status_change)
+                .collect::<Vec<_>>(),
+        )
+        .bind(agents.iter().map(|a| a.registered_at).collect::<Vec<_>>())
+        .execute(&mut *tx)
+        .await?;
+        Ok(())
+    }
 }
 
 /// One agent as served.

@@ -15,7 +15,7 @@
 //! The helpers shared with the other read models of work ([`WorkEvent`], [`replay_project`])
 //! live here too.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use chrono::{DateTime, SubsecRound, Utc};
 use cqrs_es::Aggregate;
@@ -77,7 +77,7 @@ impl WorkEvent {
 }
 
 fn payload<E: DeserializeOwned>(stored: &StoredEvent) -> Result<E, ProjectionError> {
-    serde_json::from_value(stored.payload.clone()).map_err(|e| ProjectionError::payload(stored, e))
+    E::deserialize(&stored.payload).map_err(|e| ProjectionError::payload(stored, e))
 }
 
 /// The status a task event leaves the task in, when it changes it. The same rule as the
@@ -762,131 +762,209 @@ impl Projector for BoardProjector {
         &'a self,
         tx: &'a mut PgConnection,
         schema: &'a str,
-        event: &'a StoredEvent,
+        events: &'a [StoredEvent],
     ) -> BoxFuture<'a, Result<(), ProjectionError>> {
-        Box::pin(apply_to_tables(tx, schema, event))
+        Box::pin(apply_to_tables(tx, schema, events))
     }
 }
 
-/// Loads the rows `event` can touch, applies the pure transition, writes them back.
+/// Loads every row the batch can touch (two queries), applies the pure transitions in
+/// order, and writes each changed row once (two statements): the cost of a batch does not
+/// grow with round trips per event.
 async fn apply_to_tables(
     tx: &mut PgConnection,
     schema: &str,
-    event: &StoredEvent,
+    events: &[StoredEvent],
 ) -> Result<(), ProjectionError> {
-    let Some(work) = WorkEvent::decode(event)? else {
-        return Ok(());
-    };
-    if !BoardModel::is_relevant(&work) {
+    let mut work = Vec::with_capacity(events.len());
+    for event in events {
+        if let Some(decoded) = WorkEvent::decode(event)? {
+            if BoardModel::is_relevant(&decoded) {
+                work.push((decoded, event.global_position));
+            }
+        }
+    }
+    if work.is_empty() {
         return Ok(());
     }
     let mut model = BoardModel::default();
     load_rows(tx, schema, &work, &mut model).await?;
-    let touched = model.apply_work(work, event.global_position);
-    save_rows(tx, schema, &model, touched).await
+    let mut cards = BTreeSet::new();
+    let mut tasks = BTreeSet::new();
+    for (decoded, position) in work {
+        let touched = model.apply_work(decoded, position);
+        cards.extend(touched.card);
+        tasks.extend(touched.task);
+    }
+    let cards: Vec<&Card> = cards.iter().filter_map(|id| model.cards.get(id)).collect();
+    let tasks: Vec<&TaskCard> = tasks.iter().filter_map(|id| model.tasks.get(id)).collect();
+    upsert_cards(tx, schema, &cards).await?;
+    upsert_tasks(tx, schema, &tasks).await
 }
 
+/// The task rows of the batch's task events, then the cards of their tickets and of the
+/// batch's ticket events.
 async fn load_rows(
     tx: &mut PgConnection,
     schema: &str,
-    work: &WorkEvent,
+    work: &[(WorkEvent, i64)],
     model: &mut BoardModel,
 ) -> Result<(), ProjectionError> {
-    let ticket_id = match work {
-        WorkEvent::Ticket { id, .. } => Some(*id),
-        WorkEvent::Task { id, event } => {
-            let sql = format!("select {TASK_COLUMNS} from {schema}.task_cards where task_id = $1");
-            if let Some(row) = sqlx::query(&sql).bind(id).fetch_optional(&mut *tx).await? {
-                model.tasks.insert(*id, task_from_row(&row)?);
-            }
-            match event {
-                TaskEvent::TaskCreated { ticket_id, .. } => Some(*ticket_id),
-                _ => model.tasks.get(id).map(|t| t.ticket_id),
-            }
+    let task_ids: BTreeSet<Uuid> = work
+        .iter()
+        .filter_map(|(w, _)| match w {
+            WorkEvent::Task { id, .. } => Some(*id),
+            WorkEvent::Ticket { .. } => None,
+        })
+        .collect();
+    if !task_ids.is_empty() {
+        let sql = format!("select {TASK_COLUMNS} from {schema}.task_cards where task_id = any($1)");
+        let ids: Vec<Uuid> = task_ids.into_iter().collect();
+        for row in sqlx::query(&sql).bind(ids).fetch_all(&mut *tx).await? {
+            let task = task_from_row(&row)?;
+            model.tasks.insert(task.task_id, task);
         }
-    };
-    if let Some(ticket_id) = ticket_id {
-        let sql = format!("select {CARD_COLUMNS} from {schema}.cards where ticket_id = $1");
-        if let Some(row) = sqlx::query(&sql)
-            .bind(ticket_id)
-            .fetch_optional(&mut *tx)
-            .await?
-        {
-            model.cards.insert(ticket_id, card_from_row(&row)?);
+    }
+    let mut ticket_ids: BTreeSet<Uuid> = model.tasks.values().map(|t| t.ticket_id).collect();
+    for (decoded, _) in work {
+        match decoded {
+            WorkEvent::Ticket { id, .. } => {
+                ticket_ids.insert(*id);
+            }
+            WorkEvent::Task {
+                event: TaskEvent::TaskCreated { ticket_id, .. },
+                ..
+            } => {
+                ticket_ids.insert(*ticket_id);
+            }
+            WorkEvent::Task { .. } => {}
         }
+    }
+    let sql = format!("select {CARD_COLUMNS} from {schema}.cards where ticket_id = any($1)");
+    let ids: Vec<Uuid> = ticket_ids.into_iter().collect();
+    for row in sqlx::query(&sql).bind(ids).fetch_all(&mut *tx).await? {
+        let card = card_from_row(&row)?;
+        model.cards.insert(card.ticket_id, card);
     }
     Ok(())
 }
 
-async fn save_rows(
+/// Writes `cards` in one statement (one array per column).
+async fn upsert_cards(
     tx: &mut PgConnection,
     schema: &str,
-    model: &BoardModel,
-    touched: Touched,
+    cards: &[&Card],
 ) -> Result<(), ProjectionError> {
-    if let Some(card) = touched.card.and_then(|id| model.cards.get(&id)) {
-        upsert_card(tx, schema, card).await?;
+    if cards.is_empty() {
+        return Ok(());
     }
-    if let Some(task) = touched.task.and_then(|id| model.tasks.get(&id)) {
-        upsert_task(tx, schema, task).await?;
+    let mut columns = CardColumns::default();
+    for card in cards {
+        columns.push(card)?;
     }
-    Ok(())
-}
-
-async fn upsert_card(
-    tx: &mut PgConnection,
-    schema: &str,
-    card: &Card,
-) -> Result<(), ProjectionError> {
     let sql = format!(
-        "insert into {schema}.cards (ticket_id, organization_id, project_id, title, priority,
-                phase, status, blocked_reason, blocked_note, blocked_at, regressions, tasks,
-                last_position)
-         values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
+        "insert into {schema}.cards ({CARD_COLUMNS})
+         select ticket_id, organization_id, project_id, title, priority, phase, status,
+                blocked_reason, blocked_note, blocked_at, regressions, tasks::jsonb,
+                last_position
+           from unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::text[], $5::text[], $6::text[],
+                       $7::text[], $8::text[], $9::text[], $10::timestamptz[], $11::bigint[],
+                       $12::text[], $13::bigint[])
+                as rows(ticket_id, organization_id, project_id, title, priority, phase, status,
+                        blocked_reason, blocked_note, blocked_at, regressions, tasks,
+                        last_position)
          on conflict (ticket_id) do update set
+                organization_id = excluded.organization_id, project_id = excluded.project_id,
                 title = excluded.title, priority = excluded.priority, phase = excluded.phase,
                 status = excluded.status, blocked_reason = excluded.blocked_reason,
                 blocked_note = excluded.blocked_note, blocked_at = excluded.blocked_at,
                 regressions = excluded.regressions, tasks = excluded.tasks,
                 last_position = excluded.last_position"
     );
-    let blocked = card.blocked.as_ref();
     sqlx::query(&sql)
-        .bind(card.ticket_id)
-        .bind(card.organization_id)
-        .bind(card.project_id)
-        .bind(&card.title)
-        .bind(to_text(&card.priority)?)
-        .bind(to_text(&card.phase)?)
-        .bind(card.status.as_str())
-        .bind(blocked.map(|b| to_text(&b.reason)).transpose()?)
-        .bind(blocked.and_then(|b| b.note.as_deref()))
-        .bind(blocked.map(|b| b.blocked_at))
-        .bind(i64::from(card.regressions))
-        .bind(Json(&card.tasks))
-        .bind(card.last_position)
+        .bind(columns.ticket_id)
+        .bind(columns.organization_id)
+        .bind(columns.project_id)
+        .bind(columns.title)
+        .bind(columns.priority)
+        .bind(columns.phase)
+        .bind(columns.status)
+        .bind(columns.blocked_reason)
+        .bind(columns.blocked_note)
+        .bind(columns.blocked_at)
+        .bind(columns.regressions)
+        .bind(columns.tasks)
+        .bind(columns.last_position)
         .execute(&mut *tx)
         .await?;
     Ok(())
 }
 
-async fn upsert_task(
+/// The `cards` rows of a batch, column by column, as `unnest` takes them.
+#[derive(Default)]
+struct CardColumns {
+    ticket_id: Vec<Uuid>,
+    organization_id: Vec<Uuid>,
+    project_id: Vec<Uuid>,
+    title: Vec<String>,
+    priority: Vec<String>,
+    phase: Vec<String>,
+    status: Vec<&'static str>,
+    blocked_reason: Vec<Option<String>>,
+    blocked_note: Vec<Option<String>>,
+    blocked_at: Vec<Option<DateTime<Utc>>>,
+    regressions: Vec<i64>,
+    tasks: Vec<String>,
+    last_position: Vec<i64>,
+}
+
+impl CardColumns {
+    fn push(&mut self, card: &Card) -> Result<(), ProjectionError> {
+        let blocked = card.blocked.as_ref();
+        self.ticket_id.push(card.ticket_id);
+        self.organization_id.push(card.organization_id);
+        self.project_id.push(card.project_id);
+        self.title.push(card.title.clone());
+        self.priority.push(to_text(&card.priority)?);
+        self.phase.push(to_text(&card.phase)?);
+        self.status.push(card.status.as_str());
+        self.blocked_reason
+            .push(blocked.map(|b| to_text(&b.reason)).transpose()?);
+        self.blocked_note.push(blocked.and_then(|b| b.note.clone()));
+        self.blocked_at.push(blocked.map(|b| b.blocked_at));
+        self.regressions.push(i64::from(card.regressions));
+        self.tasks
+            .push(serde_json::to_string(&card.tasks).map_err(encode_error)?);
+        self.last_position.push(card.last_position);
+        Ok(())
+    }
+}
+
+/// Writes `tasks` in one statement.
+async fn upsert_tasks(
     tx: &mut PgConnection,
     schema: &str,
-    task: &TaskCard,
+    tasks: &[&TaskCard],
 ) -> Result<(), ProjectionError> {
+    if tasks.is_empty() {
+        return Ok(());
+    }
     let sql = format!(
-        "insert into {schema}.task_cards ({TASK_COLUMNS}) values ($1, $2, $3, $4, $5, $6)
+        "insert into {schema}.task_cards ({TASK_COLUMNS})
+         select * from unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::uuid[], $5::text[],
+                              $6::bigint[])
          on conflict (task_id) do update set
-                status = excluded.status, last_position = excluded.last_position"
+                ticket_id = excluded.ticket_id, organization_id = excluded.organization_id,
+                project_id = excluded.project_id, status = excluded.status,
+                last_position = excluded.last_position"
     );
     sqlx::query(&sql)
-        .bind(task.task_id)
-        .bind(task.ticket_id)
-        .bind(task.organization_id)
-        .bind(task.project_id)
-        .bind(task.status.as_str())
-        .bind(task.last_position)
+        .bind(tasks.iter().map(|t| t.task_id).collect::<Vec<_>>())
+        .bind(tasks.iter().map(|t| t.ticket_id).collect::<Vec<_>>())
+        .bind(tasks.iter().map(|t| t.organization_id).collect::<Vec<_>>())
+        .bind(tasks.iter().map(|t| t.project_id).collect::<Vec<_>>())
+        .bind(tasks.iter().map(|t| t.status.as_str()).collect::<Vec<_>>())
+        .bind(tasks.iter().map(|t| t.last_position).collect::<Vec<_>>())
         .execute(&mut *tx)
         .await?;
     Ok(())

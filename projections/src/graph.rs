@@ -4,7 +4,7 @@
 //! task look ready).
 //!
 //! As for the board, the rule is pure ([`GraphModel::apply`]): the projector loads the
-//! rows of the event's aggregate, applies it and writes them back; time travel folds the
+//! rows a batch of events touches, applies them and writes them back; time travel folds the
 //! project's log in memory. Queries load the rows they need into a [`GraphModel`] and
 //! render with the same code, so the unfinished counts are computed in one place.
 //!
@@ -478,101 +478,142 @@ impl Projector for GraphProjector {
         &'a self,
         tx: &'a mut PgConnection,
         schema: &'a str,
-        event: &'a StoredEvent,
+        events: &'a [StoredEvent],
     ) -> BoxFuture<'a, Result<(), ProjectionError>> {
-        Box::pin(apply_to_tables(tx, schema, event))
+        Box::pin(apply_to_tables(tx, schema, events))
     }
 }
 
-/// Loads the rows of the event's aggregate, applies the pure transition, writes them back.
+/// Loads the nodes of the batch's aggregates and the edges of the tasks whose
+/// dependencies it edits, applies the pure transitions in order, and writes each changed
+/// node and edge set once.
 async fn apply_to_tables(
     tx: &mut PgConnection,
     schema: &str,
-    event: &StoredEvent,
+    events: &[StoredEvent],
 ) -> Result<(), ProjectionError> {
-    let Some(work) = WorkEvent::decode(event)? else {
-        return Ok(());
-    };
-    if !GraphModel::is_relevant(&work) {
+    let mut work = Vec::with_capacity(events.len());
+    for event in events {
+        if let Some(decoded) = WorkEvent::decode(event)? {
+            if GraphModel::is_relevant(&decoded) {
+                work.push((decoded, event.global_position));
+            }
+        }
+    }
+    if work.is_empty() {
         return Ok(());
     }
-    let id = work.id();
+    let ids: BTreeSet<Uuid> = work.iter().map(|(w, _)| w.id()).collect();
+    // Only dependency edits need the current edges; a creation starts from none.
+    let editing: BTreeSet<Uuid> = work
+        .iter()
+        .filter_map(|(w, _)| match w {
+            WorkEvent::Task { id, event } if GraphModel::changes_edges(event) => Some(*id),
+            _ => None,
+        })
+        .collect();
     let mut model = GraphModel::default();
-    let sql = format!("select {NODE_COLUMNS} from {schema}.nodes where id = $1");
-    if let Some(row) = sqlx::query(&sql).bind(id).fetch_optional(&mut *tx).await? {
+    let sql = format!("select {NODE_COLUMNS} from {schema}.nodes where id = any($1)");
+    let bind: Vec<Uuid> = ids.into_iter().collect();
+    for row in sqlx::query(&sql).bind(bind).fetch_all(&mut *tx).await? {
         model.insert_node(node_from_row(&row)?);
     }
-    // Only dependency edits need the current edges; a creation starts from none.
-    if matches!(&work, WorkEvent::Task { event, .. } if GraphModel::changes_edges(event)) {
-        let sql = format!("select from_id, to_id from {schema}.edges where from_id = $1");
-        for row in sqlx::query(&sql).bind(id).fetch_all(&mut *tx).await? {
+    let editing: Vec<Uuid> = editing.into_iter().collect();
+    if !editing.is_empty() {
+        let sql = format!("select from_id, to_id from {schema}.edges where from_id = any($1)");
+        for row in sqlx::query(&sql).bind(&editing).fetch_all(&mut *tx).await? {
             let edge = edge_from_row(&row)?;
             model.insert_edge(edge.from, edge.to);
         }
     }
-    let touched = model.apply_work(work, event.global_position);
-    save_rows(tx, schema, &model, touched).await
-}
-
-async fn save_rows(
-    tx: &mut PgConnection,
-    schema: &str,
-    model: &GraphModel,
-    touched: Touched,
-) -> Result<(), ProjectionError> {
-    if let Some(node) = touched.node.and_then(|id| model.node(id)) {
-        upsert_node(tx, schema, node).await?;
-        if touched.edges_of == Some(node.id) {
-            let targets: Vec<Uuid> = model.dependencies(node.id).collect();
-            replace_edges(tx, schema, node, &targets).await?;
-        }
+    let mut nodes = BTreeSet::new();
+    let mut edges_of = BTreeSet::new();
+    for (decoded, position) in work {
+        let touched = model.apply_work(decoded, position);
+        nodes.extend(touched.node);
+        edges_of.extend(touched.edges_of);
     }
-    Ok(())
+    let nodes: Vec<&Node> = nodes.iter().filter_map(|id| model.node(*id)).collect();
+    upsert_nodes(tx, schema, &nodes).await?;
+    let rewritten: Vec<&Node> = edges_of.iter().filter_map(|id| model.node(*id)).collect();
+    replace_edges(tx, schema, &model, &rewritten).await
 }
 
-async fn upsert_node(
+/// Writes `nodes` in one statement (one array per column).
+async fn upsert_nodes(
     tx: &mut PgConnection,
     schema: &str,
-    node: &Node,
+    nodes: &[&Node],
 ) -> Result<(), ProjectionError> {
+    if nodes.is_empty() {
+        return Ok(());
+    }
+    let kinds = nodes
+        .iter()
+        .map(|n| to_text(&n.kind))
+        .collect::<Result<Vec<_>, _>>()?;
     let sql = format!(
-        "insert into {schema}.nodes ({NODE_COLUMNS}) values ($1, $2, $3, $4, $5, $6, $7, $8)
+        "insert into {schema}.nodes ({NODE_COLUMNS})
+         select * from unnest($1::uuid[], $2::text[], $3::uuid[], $4::uuid[], $5::uuid[],
+                              $6::text[], $7::text[], $8::bigint[])
          on conflict (id) do update set
+                kind = excluded.kind, organization_id = excluded.organization_id,
+                project_id = excluded.project_id, ticket_id = excluded.ticket_id,
                 title = excluded.title, status = excluded.status,
                 last_position = excluded.last_position"
     );
     sqlx::query(&sql)
-        .bind(node.id)
-        .bind(to_text(&node.kind)?)
-        .bind(node.organization_id)
-        .bind(node.project_id)
-        .bind(node.ticket_id)
-        .bind(&node.title)
-        .bind(&node.status)
-        .bind(node.last_position)
+        .bind(nodes.iter().map(|n| n.id).collect::<Vec<_>>())
+        .bind(kinds)
+        .bind(nodes.iter().map(|n| n.organization_id).collect::<Vec<_>>())
+        .bind(nodes.iter().map(|n| n.project_id).collect::<Vec<_>>())
+        .bind(nodes.iter().map(|n| n.ticket_id).collect::<Vec<_>>())
+        .bind(nodes.iter().map(|n| n.title.as_str()).collect::<Vec<_>>())
+        .bind(nodes.iter().map(|n| n.status.as_str()).collect::<Vec<_>>())
+        .bind(nodes.iter().map(|n| n.last_position).collect::<Vec<_>>())
         .execute(&mut *tx)
         .await?;
     Ok(())
 }
 
-/// Rewrites the outgoing edges of `task` (at most a hundred, the domain's limit).
+/// Rewrites the outgoing edges of `tasks` (each has at most a hundred, the domain's
+/// limit): one delete and one insert for the whole batch.
 async fn replace_edges(
     tx: &mut PgConnection,
     schema: &str,
-    task: &Node,
-    targets: &[Uuid],
+    model: &GraphModel,
+    tasks: &[&Node],
 ) -> Result<(), ProjectionError> {
-    let delete = format!("delete from {schema}.edges where from_id = $1");
-    sqlx::query(&delete).bind(task.id).execute(&mut *tx).await?;
+    if tasks.is_empty() {
+        return Ok(());
+    }
+    let delete = format!("delete from {schema}.edges where from_id = any($1)");
+    sqlx::query(&delete)
+        .bind(tasks.iter().map(|t| t.id).collect::<Vec<_>>())
+        .execute(&mut *tx)
+        .await?;
+    let (mut from, mut to, mut organization, mut project) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for task in tasks {
+        for target in model.dependencies(task.id) {
+            from.push(task.id);
+            to.push(target);
+            organization.push(task.organization_id);
+            project.push(task.project_id);
+        }
+    }
+    if from.is_empty() {
+        return Ok(());
+    }
     let insert = format!(
         "insert into {schema}.edges (from_id, to_id, organization_id, project_id)
-         select $1, to_id, $3, $4 from unnest($2::uuid[]) as targets(to_id)"
+         select * from unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::uuid[])"
     );
     sqlx::query(&insert)
-        .bind(task.id)
-        .bind(targets)
-        .bind(task.organization_id)
-        .bind(task.project_id)
+        .bind(from)
+        .bind(to)
+        .bind(organization)
+        .bind(project)
         .execute(&mut *tx)
         .await?;
     Ok(())

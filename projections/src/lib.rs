@@ -1,7 +1,8 @@
 //! Read models built from the global event stream.
 //!
 //! A [`Projector`] has a name, a version, the tables it owns and an `apply` that updates
-//! them for one event inside a transaction. The [`runner`] feeds each projector the global
+//! them for a batch of events inside a transaction (set-based: a few statements per
+//! batch, not per event). The [`runner`] feeds each projector the global
 //! stream in its gapless order and stores the checkpoint in the same transaction as the
 //! batch (exactly once); the [`catalog`] gives every version its own schema
 //! (`rm_<name>_v<version>`) and points stable views (`<name>_<table>` in `public`) at the
@@ -58,13 +59,15 @@ pub trait Projector: Send + Sync {
     fn tables(&self) -> &'static [&'static str];
     /// `create table` statements for the tables, in `schema` (use `{schema}.` prefixes).
     fn create_tables(&self, schema: &str) -> Vec<String>;
-    /// Applies one event. Runs inside the batch's transaction; an error rolls the batch
-    /// back and stops this projector at the event.
+    /// Applies a batch of events, in the stream's order, with the same result as applying
+    /// them one at a time (the runner relies on it: on an error it re-applies the batch
+    /// event by event to stop at the exact poison event). Runs inside the batch's
+    /// transaction; an error rolls the batch back.
     fn apply<'a>(
         &'a self,
         tx: &'a mut PgConnection,
         schema: &'a str,
-        event: &'a StoredEvent,
+        events: &'a [StoredEvent],
     ) -> BoxFuture<'a, Result<(), ProjectionError>>;
 }
 

@@ -10,8 +10,9 @@
 //! * **Wake-ups.** Commits in this process wake the runner at once (the command bus bumps a
 //!   counter). Commits in other processes arrive through one coalesced `NOTIFY` per burst
 //!   (never one per append: see docs/architecture.md), with a poll as the safety net.
-//! * **Poison events.** A failing `apply` rolls its batch back and stops that build at the
-//!   event, recording position and error; the other projectors carry on.
+//! * **Poison events.** A failing batch is rolled back and its events re-applied one at a
+//!   time: those before the failing event are committed and the build stops at that event,
+//!   recording position and error; the other projectors carry on.
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
@@ -19,7 +20,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use omoi_store::log::{read_global, Visibility};
-use omoi_store::StoredEvent;
+use omoi_store::{Cursor, StoredEvent};
 use sqlx::postgres::{PgConnectOptions, PgListener};
 use sqlx::{Connection, PgConnection, PgPool};
 use tokio::sync::watch;
@@ -417,14 +418,30 @@ pub async fn step(
         return Ok(Step::Applied(0));
     }
     let schema = build.schema();
-    for event in &page.events {
-        if let Err(error) = projector.apply(&mut tx, &schema, event).await {
-            tx.rollback().await?;
-            record_failure(pool, &build, event, &error.to_string()).await?;
-            return Ok(Step::Stopped);
-        }
+    if let Err(error) = projector.apply(&mut tx, &schema, &page.events).await {
+        tx.rollback().await?;
+        tracing::debug!(projector = projector.name(), %error, "batch failed; applying its events one by one");
+        let batch = Batch {
+            from: build.cursor,
+            events: &page.events,
+            started,
+        };
+        return isolate_poison(pool, conn, projector, build_id, batch, stats).await;
     }
     let applied = page.events.len();
+    advance(&mut tx, &build, page.next, applied).await?;
+    tx.commit().await?;
+    record_batch(pool, stats, &build, &page.events, started).await;
+    Ok(Step::Applied(applied))
+}
+
+/// Moves the build's checkpoint to `to`, past `applied` more events.
+async fn advance(
+    tx: &mut PgConnection,
+    build: &Build,
+    to: Cursor,
+    applied: usize,
+) -> Result<(), sqlx::Error> {
     sqlx::query(
         "update projector_builds
             set transaction_id = $2, global_position = $3, events_applied = events_applied + $4,
@@ -432,14 +449,78 @@ pub async fn step(
           where build = $1",
     )
     .bind(build.build)
-    .bind(page.next.transaction_id)
-    .bind(page.next.global_position)
+    .bind(to.transaction_id)
+    .bind(to.global_position)
     .bind(applied as i64)
     .execute(&mut *tx)
     .await?;
+    Ok(())
+}
+
+/// A page of the stream and where it starts.
+struct Batch<'a> {
+    from: Cursor,
+    events: &'a [StoredEvent],
+    started: Instant,
+}
+
+/// After a batch failed: applies its events one at a time (each under a savepoint),
+/// commits those before the first that fails, and stops the build at that one. When none
+/// fails on its own (the batch's failure was not the events'), everything is committed.
+async fn isolate_poison(
+    pool: &PgPool,
+    conn: &mut PgConnection,
+    projector: &dyn Projector,
+    build_id: i64,
+    batch: Batch<'_>,
+    stats: &RunnerStats,
+) -> Result<Step, sqlx::Error> {
+    let Batch {
+        from,
+        events,
+        started,
+    } = batch;
+    let mut tx = conn.begin().await?;
+    let build = match catalog::lock_build(&mut tx, build_id).await? {
+        Some(build) if build.cursor == from && build.failure.is_none() => build,
+        // Moved by someone else meanwhile: not ours to advance.
+        _ => {
+            tx.rollback().await?;
+            return Ok(Step::Applied(0));
+        }
+    };
+    let schema = build.schema();
+    let mut applied: usize = 0;
+    let mut poison = None;
+    for event in events {
+        let mut savepoint = tx.begin().await?;
+        match projector
+            .apply(&mut savepoint, &schema, std::slice::from_ref(event))
+            .await
+        {
+            Ok(()) => savepoint.commit().await?,
+            Err(error) => {
+                savepoint.rollback().await?;
+                poison = Some((event, error));
+                break;
+            }
+        }
+        applied += 1;
+    }
+    if let Some(last) = applied.checked_sub(1).and_then(|i| events.get(i)) {
+        advance(&mut tx, &build, last.cursor(), applied).await?;
+    }
     tx.commit().await?;
-    record_batch(pool, stats, &build, &page.events, started).await;
-    Ok(Step::Applied(applied))
+    if let Some(done) = events.get(..applied) {
+        record_batch(pool, stats, &build, done, started).await;
+    }
+    match poison {
+        Some((event, error)) => {
+            record_failure(pool, &build, event, &error.to_string()).await?;
+            Ok(Step::Stopped)
+        }
+        None => Ok(Step::Applied(applied)),
+    }
 }
 
 fn record_state(stats: &RunnerStats, build: &Build) {

@@ -16,6 +16,8 @@
 //! * [`Change`] and [`summary`] — the pure part: which events are entries and their text.
 //! * [`read`], [`TimelineFilter`], [`Page`] — the paged query on the `timeline_entries` view.
 
+use std::collections::{BTreeSet, HashMap};
+
 use chrono::{DateTime, SecondsFormat, Utc};
 use futures_util::future::BoxFuture;
 use omoi_domain::agent::AgentEvent;
@@ -30,6 +32,7 @@ use sqlx::{PgConnection, PgPool, Postgres, QueryBuilder};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
+use crate::board::decode_error;
 use crate::{ProjectionError, Projector};
 
 /// Builds the `timeline` read model.
@@ -95,14 +98,16 @@ impl Projector for TimelineProjector {
         &'a self,
         tx: &'a mut PgConnection,
         schema: &'a str,
-        event: &'a StoredEvent,
+        events: &'a [StoredEvent],
     ) -> BoxFuture<'a, Result<(), ProjectionError>> {
-        Box::pin(apply_event(tx, schema, event))
+        Box::pin(apply_events(tx, schema, events))
     }
 }
 
 /// What an entry is about.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, ToSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum EntityType {
     Ticket,
@@ -123,6 +128,19 @@ impl EntityType {
             "Agent" => Self::Agent,
             "Project" => Self::Project,
             "Organization" => Self::Organization,
+            _ => return None,
+        })
+    }
+
+    /// The entity type of its wire name.
+    pub fn parse(name: &str) -> Option<Self> {
+        Some(match name {
+            "ticket" => Self::Ticket,
+            "task" => Self::Task,
+            "spec" => Self::Spec,
+            "agent" => Self::Agent,
+            "project" => Self::Project,
+            "organization" => Self::Organization,
             _ => return None,
         })
     }
@@ -507,113 +525,204 @@ fn organization_summary(event: &OrganizationEvent, this: &str, id: Uuid) -> Stri
     }
 }
 
-async fn apply_event(
+/// An event that becomes an entry, decoded.
+struct Decoded<'a> {
+    event: &'a StoredEvent,
+    kind: EntityType,
+    id: Uuid,
+    change: Change,
+    meta: EventMeta,
+}
+
+/// A title as the `titles` table keeps it.
+struct Title {
+    text: String,
+    /// Set for a title this batch writes: the scope of the row, from the event that first
+    /// named the entity (a row keeps the scope it was created with).
+    scope: Option<(Uuid, Option<Uuid>)>,
+}
+
+type TitleKey = (EntityType, Uuid);
+
+/// Looks up every title the batch names (one query), writes the entries in order with
+/// the titles as each event saw them (one insert), then the titles the batch set (one
+/// upsert).
+async fn apply_events(
     tx: &mut PgConnection,
     schema: &str,
-    event: &StoredEvent,
+    events: &[StoredEvent],
 ) -> Result<(), ProjectionError> {
-    let Some(kind) = EntityType::of_aggregate(&event.aggregate_type) else {
-        return Ok(());
-    };
-    let change =
-        Change::parse(kind, &event.payload).map_err(|e| ProjectionError::payload(event, e))?;
-    if !change.is_entry() {
+    let mut decoded = Vec::with_capacity(events.len());
+    for event in events {
+        let Some(kind) = EntityType::of_aggregate(&event.aggregate_type) else {
+            continue;
+        };
+        let change =
+            Change::parse(kind, &event.payload).map_err(|e| ProjectionError::payload(event, e))?;
+        if !change.is_entry() {
+            continue;
+        }
+        decoded.push(Decoded {
+            event,
+            kind,
+            id: entity_id(event)?,
+            change,
+            meta: EventMeta::of(event)?,
+        });
+    }
+    if decoded.is_empty() {
         return Ok(());
     }
-    let id = entity_id(event)?;
-    let meta = EventMeta::of(event)?;
-    let title = title_of(tx, schema, kind, id).await?;
-    let other = match change.reference() {
-        Some((other_kind, other_id)) => title_of(tx, schema, other_kind, other_id).await?,
-        None => None,
-    };
-    let names = Names {
-        id,
-        title: title.as_deref(),
-        other: other.as_deref(),
-    };
-    let entry = NewEntry {
-        kind,
-        id,
-        meta: &meta,
-        summary: summary(&change, &names),
-    };
-    insert_entry(tx, schema, event, &entry).await?;
-    if let Some(title) = change.new_title() {
-        remember_title(tx, schema, kind, id, &meta, title).await?;
+    let wanted: BTreeSet<TitleKey> = decoded
+        .iter()
+        .flat_map(|d| std::iter::once((d.kind, d.id)).chain(d.change.reference()))
+        .collect();
+    let mut titles = load_titles(tx, schema, &wanted).await?;
+    let mut entries = EntryColumns::default();
+    for d in &decoded {
+        let title_of = |key: TitleKey| titles.get(&key).map(|t| t.text.as_str());
+        let names = Names {
+            id: d.id,
+            title: title_of((d.kind, d.id)),
+            other: d.change.reference().and_then(title_of),
+        };
+        let summary = summary(&d.change, &names);
+        entries.push(d, summary);
+        if let Some(text) = d.change.new_title() {
+            let scope = (d.meta.organization_id, d.meta.project_id);
+            titles
+                .entry((d.kind, d.id))
+                .and_modify(|t| {
+                    t.text = text.to_string();
+                    t.scope.get_or_insert(scope);
+                })
+                .or_insert_with(|| Title {
+                    text: text.to_string(),
+                    scope: Some(scope),
+                });
+        }
     }
+    insert_entries(tx, schema, entries).await?;
+    save_titles(tx, schema, &titles).await?;
     Ok(())
 }
 
-async fn title_of(
+async fn load_titles(
     tx: &mut PgConnection,
     schema: &str,
-    kind: EntityType,
-    id: Uuid,
-) -> Result<Option<String>, sqlx::Error> {
-    sqlx::query_scalar(&format!(
-        "select title from {schema}.titles where entity_type = $1 and entity_id = $2"
+    wanted: &BTreeSet<TitleKey>,
+) -> Result<HashMap<TitleKey, Title>, ProjectionError> {
+    let (kinds, ids): (Vec<&str>, Vec<Uuid>) =
+        wanted.iter().map(|(kind, id)| (kind.as_str(), *id)).unzip();
+    let rows: Vec<(String, Uuid, String)> = sqlx::query_as(&format!(
+        "select t.entity_type, t.entity_id, t.title
+           from {schema}.titles t
+           join unnest($1::text[], $2::uuid[]) as wanted(entity_type, entity_id)
+             using (entity_type, entity_id)"
     ))
-    .bind(kind.as_str())
-    .bind(id)
-    .fetch_optional(tx)
-    .await
+    .bind(kinds)
+    .bind(ids)
+    .fetch_all(&mut *tx)
+    .await?;
+    let mut titles = HashMap::with_capacity(rows.len());
+    for (kind, id, text) in rows {
+        let kind = EntityType::parse(&kind)
+            .ok_or_else(|| decode_error(format!("unknown entity type {kind:?} in titles")))?;
+        titles.insert((kind, id), Title { text, scope: None });
+    }
+    Ok(titles)
 }
 
-async fn remember_title(
+/// Creates or renames the titles this batch set; an existing row keeps its scope.
+async fn save_titles(
     tx: &mut PgConnection,
     schema: &str,
-    kind: EntityType,
-    id: Uuid,
-    meta: &EventMeta,
-    title: &str,
+    titles: &HashMap<TitleKey, Title>,
 ) -> Result<(), sqlx::Error> {
+    let (mut kinds, mut ids, mut organizations, mut projects, mut texts) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for ((kind, id), title) in titles {
+        let Some((organization, project)) = title.scope else {
+            continue;
+        };
+        kinds.push(kind.as_str());
+        ids.push(*id);
+        organizations.push(organization);
+        projects.push(project);
+        texts.push(title.text.as_str());
+    }
+    if kinds.is_empty() {
+        return Ok(());
+    }
     sqlx::query(&format!(
         "insert into {schema}.titles (entity_type, entity_id, organization_id, project_id, title)
-         values ($1, $2, $3, $4, $5)
+         select * from unnest($1::text[], $2::uuid[], $3::uuid[], $4::uuid[], $5::text[])
          on conflict (entity_type, entity_id) do update set title = excluded.title"
     ))
-    .bind(kind.as_str())
-    .bind(id)
-    .bind(meta.organization_id)
-    .bind(meta.project_id)
-    .bind(title)
+    .bind(kinds)
+    .bind(ids)
+    .bind(organizations)
+    .bind(projects)
+    .bind(texts)
     .execute(tx)
     .await?;
     Ok(())
 }
 
-/// What `apply` worked out for one entry.
-struct NewEntry<'a> {
-    kind: EntityType,
-    id: Uuid,
-    meta: &'a EventMeta,
-    summary: String,
+/// The entries of a batch, column by column, as `unnest` takes them.
+#[derive(Default)]
+struct EntryColumns {
+    transaction_id: Vec<i64>,
+    global_position: Vec<i64>,
+    organization_id: Vec<Uuid>,
+    project_id: Vec<Option<Uuid>>,
+    entity_type: Vec<&'static str>,
+    entity_id: Vec<Uuid>,
+    event_type: Vec<String>,
+    actor: Vec<Option<String>>,
+    summary: Vec<String>,
+    occurred_at: Vec<DateTime<Utc>>,
 }
 
-async fn insert_entry(
+impl EntryColumns {
+    fn push(&mut self, d: &Decoded<'_>, summary: String) {
+        self.transaction_id.push(d.event.transaction_id);
+        self.global_position.push(d.event.global_position);
+        self.organization_id.push(d.meta.organization_id);
+        self.project_id.push(d.meta.project_id);
+        self.entity_type.push(d.kind.as_str());
+        self.entity_id.push(d.id);
+        self.event_type.push(d.event.event_type.clone());
+        self.actor.push(d.meta.actor.clone());
+        self.summary.push(summary);
+        self.occurred_at.push(d.meta.occurred_at);
+    }
+}
+
+async fn insert_entries(
     tx: &mut PgConnection,
     schema: &str,
-    event: &StoredEvent,
-    entry: &NewEntry<'_>,
+    entries: EntryColumns,
 ) -> Result<(), sqlx::Error> {
     // The key is the event's place in the stream, so applying an event twice is harmless.
     sqlx::query(&format!(
         "insert into {schema}.entries (transaction_id, global_position, organization_id,
              project_id, entity_type, entity_id, event_type, actor, summary, occurred_at)
-         values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+         select * from unnest($1::bigint[], $2::bigint[], $3::uuid[], $4::uuid[], $5::text[],
+                              $6::uuid[], $7::text[], $8::text[], $9::text[],
+                              $10::timestamptz[])
          on conflict (transaction_id, global_position) do nothing"
     ))
-    .bind(event.transaction_id)
-    .bind(event.global_position)
-    .bind(entry.meta.organization_id)
-    .bind(entry.meta.project_id)
-    .bind(entry.kind.as_str())
-    .bind(entry.id)
-    .bind(&event.event_type)
-    .bind(entry.meta.actor.as_deref())
-    .bind(&entry.summary)
-    .bind(entry.meta.occurred_at)
+    .bind(entries.transaction_id)
+    .bind(entries.global_position)
+    .bind(entries.organization_id)
+    .bind(entries.project_id)
+    .bind(entries.entity_type)
+    .bind(entries.entity_id)
+    .bind(entries.event_type)
+    .bind(entries.actor)
+    .bind(entries.summary)
+    .bind(entries.occurred_at)
     .execute(tx)
     .await?;
     Ok(())
