@@ -60,11 +60,6 @@ impl Projector for AgentsProjector {
                     registered_at timestamptz not null
                 )"
             ),
-            // Lists are per organization, usually narrowed by status.
-            format!(
-                "create index if not exists agents_by_organization
-                    on {schema}.agents (organization_id, status)"
-            ),
             format!(
                 "create table if not exists {schema}.task_agents (
                     task_id uuid primary key,
@@ -81,6 +76,14 @@ impl Projector for AgentsProjector {
                     on {schema}.task_agents (agent_id)"
             ),
         ]
+    }
+
+    fn create_indexes(&self, schema: &str) -> Vec<String> {
+        // Lists are per organization, usually narrowed by status.
+        vec![format!(
+            "create index if not exists agents_by_organization
+                    on {schema}.agents (organization_id, status)"
+        )]
     }
 
     fn apply<'a>(

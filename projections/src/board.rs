@@ -743,7 +743,6 @@ impl Projector for BoardProjector {
                     last_position   bigint not null
                 )"
             ),
-            format!("create index cards_by_project on {schema}.cards (project_id, status)"),
             format!(
                 "create table {schema}.task_cards (
                     task_id         uuid primary key,
@@ -754,6 +753,12 @@ impl Projector for BoardProjector {
                     last_position   bigint not null
                 )"
             ),
+        ]
+    }
+
+    fn create_indexes(&self, schema: &str) -> Vec<String> {
+        vec![
+            format!("create index cards_by_project on {schema}.cards (project_id, status)"),
             format!("create index task_cards_by_ticket on {schema}.task_cards (ticket_id)"),
         ]
     }

@@ -197,7 +197,22 @@ pub async fn create_build(
     for statement in projector.create_tables(&schema) {
         sqlx::query(&statement).execute(&mut *conn).await?;
     }
+    if state == BuildState::Live {
+        create_indexes(conn, projector, &schema).await?;
+    }
     Ok(build)
+}
+
+/// The indexes readers need, on a build about to serve them.
+async fn create_indexes(
+    conn: &mut PgConnection,
+    projector: &dyn Projector,
+    schema: &str,
+) -> Result<(), sqlx::Error> {
+    for statement in projector.create_indexes(schema) {
+        sqlx::query(&statement).execute(&mut *conn).await?;
+    }
+    Ok(())
 }
 
 /// Points the stable views `<projector>_<table>` at `schema`.
@@ -240,6 +255,7 @@ pub async fn go_live(
         .bind(build.build)
         .execute(&mut *conn)
         .await?;
+    create_indexes(conn, projector, &build.schema()).await?;
     point_views(conn, projector, &build.schema()).await?;
     Ok(retired
         .into_iter()

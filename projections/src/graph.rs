@@ -458,8 +458,6 @@ impl Projector for GraphProjector {
                     last_position   bigint not null
                 )"
             ),
-            format!("create index nodes_by_project on {schema}.nodes (project_id)"),
-            format!("create index nodes_by_ticket on {schema}.nodes (ticket_id)"),
             format!(
                 "create table {schema}.edges (
                     from_id         uuid not null,
@@ -469,6 +467,13 @@ impl Projector for GraphProjector {
                     primary key (from_id, to_id)
                 )"
             ),
+        ]
+    }
+
+    fn create_indexes(&self, schema: &str) -> Vec<String> {
+        vec![
+            format!("create index nodes_by_project on {schema}.nodes (project_id)"),
+            format!("create index nodes_by_ticket on {schema}.nodes (ticket_id)"),
             format!("create index edges_by_target on {schema}.edges (to_id)"),
             format!("create index edges_by_project on {schema}.edges (project_id)"),
         ]

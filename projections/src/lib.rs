@@ -57,8 +57,15 @@ pub trait Projector: Send + Sync {
     fn version(&self) -> i32;
     /// The tables this projector owns, by bare name (for views and `verify`).
     fn tables(&self) -> &'static [&'static str];
-    /// `create table` statements for the tables, in `schema` (use `{schema}.` prefixes).
+    /// `create table` statements for the tables, in `schema` (use `{schema}.` prefixes),
+    /// with the indexes `apply` itself needs.
     fn create_tables(&self, schema: &str) -> Vec<String>;
+    /// Indexes only the queries need. A build projected from position zero beside the live
+    /// one gets them when it goes live — one bulk build per index instead of upkeep on
+    /// every row written during the rebuild; a build live from the start gets them at once.
+    fn create_indexes(&self, _schema: &str) -> Vec<String> {
+        Vec::new()
+    }
     /// Applies a batch of events, in the stream's order, with the same result as applying
     /// them one at a time (the runner relies on it: on an error it re-applies the batch
     /// event by event to stop at the exact poison event). Runs inside the batch's

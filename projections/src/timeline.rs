@@ -68,7 +68,22 @@ impl Projector for TimelineProjector {
                     primary key (transaction_id, global_position)
                 )"
             ),
-            // Newest-first pages walk these backwards, one per way of scoping a page.
+            format!(
+                "create table if not exists {schema}.titles (
+                    entity_type text not null,
+                    entity_id uuid not null,
+                    organization_id uuid not null,
+                    project_id uuid,
+                    title text not null,
+                    primary key (entity_type, entity_id)
+                )"
+            ),
+        ]
+    }
+
+    fn create_indexes(&self, schema: &str) -> Vec<String> {
+        // Newest-first pages walk these backwards, one per way of scoping a page.
+        vec![
             format!(
                 "create index if not exists entries_by_project
                     on {schema}.entries (project_id, transaction_id, global_position)"
@@ -80,16 +95,6 @@ impl Projector for TimelineProjector {
             format!(
                 "create index if not exists entries_by_entity
                     on {schema}.entries (entity_id, transaction_id, global_position)"
-            ),
-            format!(
-                "create table if not exists {schema}.titles (
-                    entity_type text not null,
-                    entity_id uuid not null,
-                    organization_id uuid not null,
-                    project_id uuid,
-                    title text not null,
-                    primary key (entity_type, entity_id)
-                )"
             ),
         ]
     }
