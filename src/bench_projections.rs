@@ -65,7 +65,7 @@ pub struct Args {
 const REBUILD_TARGET: f64 = 50_000.0;
 const LAG_TARGET_MS: f64 = 50.0;
 /// The batch `omoi projections rebuild` uses.
-const REBUILD_BATCH: i64 = 2000;
+const REBUILD_BATCH: i64 = omoi_projections::runner::CATCH_UP_BATCH;
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
     anyhow::ensure!(
@@ -400,7 +400,9 @@ async fn rebuild(admin_url: &str, target: i64) -> anyhow::Result<()> {
     );
     println!(
         "  {:<32} {:>9} {:>12}",
-        "projector (batch 2000)", "seconds", "events/s"
+        format!("projector (batch {REBUILD_BATCH})"),
+        "seconds",
+        "events/s"
     );
     let read = read_everything(pool).await?;
     print_rate("(reading the log alone)", generated.events, read);

@@ -6,7 +6,7 @@ use std::time::Instant;
 use anyhow::Context;
 use clap::Subcommand;
 use omoi_projections::catalog::{self, BuildState};
-use omoi_projections::runner::catch_up;
+use omoi_projections::runner::{catch_up, CATCH_UP_BATCH};
 use omoi_projections::verify::verify;
 use omoi_projections::Projector;
 
@@ -98,9 +98,16 @@ async fn rebuild(
         build.build
     );
     let started = Instant::now();
-    let done = catch_up(pool, options, projector.as_ref(), build.build, 2000, |b| {
-        progress(b.events_applied, total, started);
-    })
+    let done = catch_up(
+        pool,
+        options,
+        projector.as_ref(),
+        build.build,
+        CATCH_UP_BATCH,
+        |b| {
+            progress(b.events_applied, total, started);
+        },
+    )
     .await?;
     println!();
     match done.failure {
