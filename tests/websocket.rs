@@ -4,6 +4,7 @@
 //! filters, malformed frames, pings, and authorization (another organization's project,
 //! revoked tokens, removed members).
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
@@ -765,8 +766,13 @@ async fn malformed_frames_get_an_error_and_the_socket_keeps_working() {
         ),
         (
             "coming stream",
-            Message::text(with(json!({"stream": "board"})).to_string()),
+            Message::text(with(json!({"stream": "graph"})).to_string()),
             "unsupported_stream",
+        ),
+        (
+            "filters on a read-model stream",
+            Message::text(with(json!({"stream": "board", "event_types": ["X"]})).to_string()),
+            "invalid_message",
         ),
         (
             "unknown project",
@@ -1009,4 +1015,174 @@ async fn the_server_pings_and_drops_a_peer_that_does_not_answer() {
     assert_eq!(close_code(&mut silent).await, Some(CloseCode::from(4408)));
     send(&mut lively, json!({"type": "ping"})).await;
     assert_eq!(next(&mut lively).await["type"], "pong");
+}
+
+// ---------------------------------------------------------------------------------------
+// The board stream
+// ---------------------------------------------------------------------------------------
+
+fn board_subscription(id: &str, project: &str) -> Value {
+    json!({"type": "subscribe", "id": id, "stream": "board", "project_id": project})
+}
+
+/// The cards of a board view (or a board snapshot's `data`), by ticket id.
+fn cards_of(view: &Value) -> BTreeMap<String, Value> {
+    let mut cards = BTreeMap::new();
+    for column in view["columns"].as_array().expect("columns") {
+        for card in column["cards"].as_array().expect("cards") {
+            let id = card["ticket_id"].as_str().expect("a ticket id").to_string();
+            cards.insert(id, card.clone());
+        }
+    }
+    cards
+}
+
+/// Folds `count` board deltas of `id` into `cards`; checks positions rise; returns the
+/// ticket of each delta, in order, and the last position.
+async fn fold_board(
+    socket: &mut Socket,
+    id: &str,
+    count: usize,
+    cards: &mut BTreeMap<String, Value>,
+    mut last: Cursor,
+) -> (Vec<String>, Cursor) {
+    let mut order = Vec::new();
+    for _ in 0..count {
+        let delta = next_of(socket, "delta", id).await;
+        let position = cursor(&delta["position"]);
+        assert!(position > last, "positions rise: {last} then {delta}");
+        last = position;
+        let card = &delta["change"]["card"];
+        let ticket = card["ticket_id"].as_str().expect("a card").to_string();
+        order.push(ticket.clone());
+        cards.insert(ticket, card.clone());
+    }
+    (order, last)
+}
+
+/// The board as `GET /api/v1/board/view` shows it once the projectors caught up.
+async fn board_view(app: &TestApp, project: &str) -> BTreeMap<String, Value> {
+    app.caught_up().await;
+    let (status, view) = app
+        .get(&format!("/api/v1/board/view?project_id={project}"))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{view}");
+    cards_of(&view)
+}
+
+/// Commands that each change one card: a move, a block, a new task, a rename.
+async fn change_cards(app: &TestApp, tickets: &[String]) {
+    for (path, body, expected) in [
+        (
+            "/api/v1/board/move".to_string(),
+            json!({"ticket_id": tickets[0], "to": "analyzing"}),
+            StatusCode::OK,
+        ),
+        (
+            format!("/api/v1/tickets/{}/block", tickets[1]),
+            json!({"reason": "environment", "note": "CI is down"}),
+            StatusCode::OK,
+        ),
+        (
+            "/api/v1/tasks".to_string(),
+            json!({"ticket_id": tickets[2], "title": "Form", "task_type": "implement"}),
+            StatusCode::CREATED,
+        ),
+    ] {
+        let (status, body) = app.post(&path, body).await;
+        assert_eq!(status, expected, "{path}: {body}");
+    }
+    let (status, body) = app
+        .patch(
+            &format!("/api/v1/tickets/{}", tickets[0]),
+            json!({"title": "Renamed"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_board_subscriber_gets_a_delta_per_change_in_order_and_folds_into_the_board_view() {
+    let app = spawn_app().await;
+    let (_, project) = app.organization_and_project().await;
+    let created = tickets(&app, &project, 2).await;
+    let mut socket = owner_socket(&app).await;
+    send(&mut socket, board_subscription("b", &project)).await;
+    let snapshot = next_of(&mut socket, "snapshot", "b").await;
+    assert_eq!(snapshot["stream"], "board");
+    assert_eq!(snapshot["resumed"], false);
+    let mut folded = cards_of(&snapshot["data"]);
+    let mut last = cursor(&snapshot["position"]);
+    // A ticket committed just before the subscription may come as a delta instead.
+    let early = created.len() - folded.len();
+    let (order, at) = fold_board(&mut socket, "b", early, &mut folded, last).await;
+    assert_eq!(order, created[created.len() - early..]);
+    last = at;
+
+    let mut all = created.clone();
+    all.push(ticket(&app, &project, "Third").await);
+    change_cards(&app, &all).await;
+    let (order, _) = fold_board(&mut socket, "b", 5, &mut folded, last).await;
+    assert_eq!(
+        order,
+        vec![
+            all[2].clone(),
+            all[0].clone(),
+            all[1].clone(),
+            all[2].clone(),
+            all[0].clone()
+        ],
+        "one delta per command, in the order they committed"
+    );
+    assert_eq!(folded, board_view(&app, &project).await);
+    assert_eq!(folded[&all[0]]["title"], "Renamed");
+    assert_eq!(folded[&all[0]]["status"], "analyzing");
+    assert_eq!(folded[&all[1]]["blocked"]["reason"], "environment");
+    assert_eq!(folded[&all[2]]["tasks"]["total"], 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_board_subscriber_that_reconnects_with_after_gets_exactly_what_it_missed() {
+    let app = spawn_app().await;
+    let (_, project) = app.organization_and_project().await;
+    let mut socket = owner_socket(&app).await;
+    send(&mut socket, board_subscription("b", &project)).await;
+    let snapshot = next_of(&mut socket, "snapshot", "b").await;
+    let mut folded = cards_of(&snapshot["data"]);
+    let created = tickets(&app, &project, 3).await;
+    let (_, last) = fold_board(
+        &mut socket,
+        "b",
+        3,
+        &mut folded,
+        cursor(&snapshot["position"]),
+    )
+    .await;
+    drop(socket);
+    change_cards(&app, &created).await;
+
+    let mut socket = owner_socket(&app).await;
+    let mut resume = board_subscription("b", &project);
+    resume["after"] = json!(last.to_string());
+    send(&mut socket, resume).await;
+    let snapshot = next_of(&mut socket, "snapshot", "b").await;
+    assert_eq!(snapshot["resumed"], true, "{snapshot}");
+    assert_eq!(snapshot["stale"], false, "{snapshot}");
+    assert!(snapshot.get("data").is_none(), "{snapshot}");
+    let (order, last) = fold_board(&mut socket, "b", 4, &mut folded, last).await;
+    assert_eq!(order.len(), 4);
+    assert_eq!(folded, board_view(&app, &project).await);
+    // Nothing doubled: the next delta is the next command's.
+    let fourth = ticket(&app, &project, "Fourth").await;
+    let (order, _) = fold_board(&mut socket, "b", 1, &mut folded, last).await;
+    assert_eq!(order, vec![fourth]);
+
+    // A position the server no longer remembers gets a fresh snapshot, flagged stale.
+    let mut ancient = board_subscription("old", &project);
+    ancient["after"] = json!("0-0");
+    send(&mut socket, ancient).await;
+    let stale = next_of(&mut socket, "snapshot", "old").await;
+    assert_eq!(stale["stale"], true, "{stale}");
+    assert_eq!(stale["resumed"], false, "{stale}");
+    assert_eq!(cards_of(&stale["data"]), board_view(&app, &project).await);
 }

@@ -59,7 +59,7 @@ pub struct MoveCard {
 }
 
 /// The columns of every board, until they come from configuration.
-fn columns() -> Vec<ColumnConfig> {
+pub(crate) fn columns() -> Vec<ColumnConfig> {
     board::default_columns()
 }
 

@@ -338,6 +338,11 @@ impl BoardModel {
     }
 
     /// Every card, by ticket id.
+    pub fn cards(&self) -> impl Iterator<Item = &Card> {
+        self.cards.values()
+    }
+
+    /// Every card, by ticket id.
     pub fn into_cards(self) -> Vec<Card> {
         self.cards.into_values().collect()
     }

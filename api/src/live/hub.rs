@@ -25,6 +25,7 @@ use sqlx::postgres::{PgConnectOptions, PgListener};
 use sqlx::PgPool;
 use tokio::sync::{broadcast, watch, OnceCell};
 
+use super::views::Followers;
 use super::{AbortOnDrop, LiveConfig};
 
 /// An event as the hub shares it: one copy for the ring and every subscriber.
@@ -36,6 +37,7 @@ pub struct Hub {
     commits: watch::Receiver<u64>,
     config: LiveConfig,
     started: OnceCell<()>,
+    followers: Followers,
 }
 
 struct Shared {
@@ -101,6 +103,7 @@ impl Hub {
             commits,
             config,
             started: OnceCell::new(),
+            followers: Followers::default(),
         }
     }
 
@@ -110,6 +113,11 @@ impl Hub {
 
     pub fn pool(&self) -> &PgPool {
         &self.pool
+    }
+
+    /// The read-model followers of this process (`board`, …).
+    pub fn followers(&self) -> &Followers {
+        &self.followers
     }
 
     /// Starts following the stream from now: every event after the returned head arrives

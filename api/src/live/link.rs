@@ -126,8 +126,13 @@ impl Link {
     /// Queues a message of a subscription, waiting for room (snapshots and replays, which
     /// may be longer than the queue).
     pub async fn send_for(&self, alive: &Alive, message: &ServerMessage<'_>) -> bool {
+        self.send_text_for(alive, encode(message)).await
+    }
+
+    /// [`Link::send_for`] of a message already encoded.
+    pub async fn send_text_for(&self, alive: &Alive, text: String) -> bool {
         let outgoing = Outgoing {
-            text: encode(message),
+            text,
             of: Some(alive.clone()),
         };
         self.queue.send(outgoing).await.is_ok()
@@ -135,8 +140,13 @@ impl Link {
 
     /// Queues a live delta if room appears within the grace period.
     pub async fn offer(&self, alive: &Alive, message: &ServerMessage<'_>) -> Offer {
+        self.offer_text(alive, encode(message)).await
+    }
+
+    /// [`Link::offer`] of a message already encoded.
+    pub async fn offer_text(&self, alive: &Alive, text: String) -> Offer {
         let outgoing = Outgoing {
-            text: encode(message),
+            text,
             of: Some(alive.clone()),
         };
         match self.queue.send_timeout(outgoing, self.grace).await {

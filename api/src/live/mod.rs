@@ -14,7 +14,9 @@
 //! * [`hub`] — follows the stream, keeps recent events for resumption, broadcasts new ones.
 //! * [`link`] — one connection: the bounded outgoing queue, pings, the credential re-check.
 //! * [`protocol`] — the messages and their errors.
-//! * [`stream`] — the subscriptions of `/api/v1/ws` (the `events` stream).
+//! * [`stream`] — the subscriptions of `/api/v1/ws`.
+//! * [`views`] — the read models streamed as snapshot and deltas (`board`), one shared
+//!   follower per project.
 //! * [`feed`] — `/api/v1/ws/events`.
 //! * [`handlers`] — authentication at upgrade (`?token=`) and the two routes.
 
@@ -24,6 +26,7 @@ pub mod hub;
 pub mod link;
 pub mod protocol;
 pub mod stream;
+pub mod views;
 
 use std::time::Duration;
 

@@ -242,6 +242,9 @@ pub enum ServerMessage<'a> {
         stale: bool,
         /// Empty for `events`: its deltas are the stream.
         events: Vec<EventView<'a>>,
+        /// The read model of a read-model stream (`board`: the board view).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        data: Option<Value>,
     },
     Delta {
         id: &'a str,
@@ -281,6 +284,12 @@ pub enum ServerMessage<'a> {
     },
 }
 
+/// A read-model stream's delta: `change` is JSON text encoded once for every subscriber.
+pub fn view_delta(id: &str, position: omoi_store::Cursor, change: &str) -> String {
+    let id = serde_json::Value::String(id.to_string());
+    format!(r#"{{"type":"delta","id":{id},"position":"{position}","change":{change}}}"#)
+}
+
 /// The JSON text of a message.
 pub fn encode(message: &ServerMessage<'_>) -> String {
     serde_json::to_string(message).unwrap_or_else(|error| {
@@ -317,6 +326,21 @@ mod tests {
         let view = serde_json::to_value(EventView::from(&event)).expect("a view");
         let record = serde_json::to_value(EventRecord::from(event)).expect("a record");
         assert_eq!(view, record);
+    }
+
+    #[test]
+    fn a_view_delta_is_one_json_object_with_the_id_escaped() {
+        let position = omoi_store::Cursor {
+            transaction_id: 7,
+            global_position: 9,
+        };
+        let text = view_delta("a\"b", position, r#"{"card":{"title":"x"}}"#);
+        let value: Value = serde_json::from_str(&text).expect("JSON");
+        assert_eq!(
+            value,
+            json!({"type": "delta", "id": "a\"b", "position": "7-9",
+                   "change": {"card": {"title": "x"}}})
+        );
     }
 
     #[test]

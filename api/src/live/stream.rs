@@ -1,9 +1,11 @@
-//! The subscriptions of `GET /api/v1/ws`. Only the `events` stream exists so far: the raw
-//! events of one project, optionally filtered. The read-model streams (board, graph,
-//! timeline, agents) are refused with `unsupported_stream` until they are built.
+//! The subscriptions of `GET /api/v1/ws`: `events` (the raw events of one project,
+//! optionally filtered) and `board` (the project's Kanban board: its view, then each card
+//! that changes, from a shared [`views`](super::views) follower). The graph, timeline and
+//! agents streams are refused with `unsupported_stream` until they are built.
 //!
 //! A subscription is a task: it sends its snapshot, replays what a resuming client
-//! missed (from the hub's ring, or the database when older), then forwards live events.
+//! missed (from the hub's ring, the database, or the follower's recent deltas), then
+//! forwards live changes.
 //! Every event is authorized against the caller as last verified, so a membership removed
 //! while the socket is open ends the subscription.
 
@@ -21,13 +23,14 @@ use uuid::Uuid;
 use super::hub::{SharedEvent, Tap};
 use super::link::{Alive, Link, Offer, Session};
 use super::protocol::{
-    Empty, Envelope, EventView, Filters, ServerMessage, Subscribe, Unsubscribe, WsError,
+    view_delta, Empty, Envelope, EventView, Filters, ServerMessage, Subscribe, Unsubscribe, WsError,
 };
+use super::views::{BoardLive, Delta, LiveView, ProjectRef, Start as ViewStart};
 use super::AbortOnDrop;
 use crate::error::ApiError;
 
 /// Streams announced in the protocol but not served yet.
-const COMING_STREAMS: [&str; 4] = ["board", "graph", "timeline", "agents"];
+const COMING_STREAMS: [&str; 3] = ["graph", "timeline", "agents"];
 
 /// Longest subscription id accepted.
 const MAX_ID_CHARS: usize = 128;
@@ -122,9 +125,11 @@ impl Subscriptions {
     }
 }
 
-/// An authorized subscription to the `events` stream, ready to run.
+/// An authorized subscription, ready to run.
 struct Plan {
     id: String,
+    /// `events` or `board`.
+    stream: &'static str,
     project_id: Uuid,
     scope: Scope,
     filters: Filters,
@@ -141,8 +146,9 @@ impl Plan {
                 format!("`id` must be 1 to {MAX_ID_CHARS} characters"),
             ));
         }
-        match request.stream.as_str() {
-            "events" => {}
+        let (stream, permission) = match request.stream.as_str() {
+            "events" => ("events", "events:read"),
+            "board" => ("board", "ticket:read"),
             coming if COMING_STREAMS.contains(&coming) => {
                 return Err(WsError::new(
                     "unsupported_stream",
@@ -155,6 +161,15 @@ impl Plan {
                     format!("unknown stream {other:?}: events, board, graph, timeline or agents"),
                 ))
             }
+        };
+        let filtered = !(request.event_types.is_empty()
+            && request.entity_types.is_empty()
+            && request.entity_ids.is_empty());
+        if stream != "events" && filtered {
+            return Err(WsError::new(
+                "invalid_message",
+                "`event_types`, `entity_types` and `entity_ids` filter the events stream only",
+            ));
         }
         let project_id = request
             .project_id
@@ -168,7 +183,7 @@ impl Plan {
         let caller = link.caller();
         let (project, _) = link
             .state
-            .read::<Project>(&caller, "events:read", project_id)
+            .read::<Project>(&caller, permission, project_id)
             .await
             .map_err(refusal)?;
         let scope = project
@@ -176,6 +191,7 @@ impl Plan {
             .ok_or_else(|| WsError::new("not_found", "project not found"))?;
         Ok(Self {
             id: request.id,
+            stream,
             project_id,
             scope,
             filters: Filters::new(
@@ -194,6 +210,9 @@ impl Plan {
     }
 
     async fn run(self, link: Link, alive: Alive) {
+        if self.stream == "board" {
+            return self.run_view(link, alive).await;
+        }
         let start = match self.start(&link).await {
             Ok(start) => start,
             Err(error) => {
@@ -213,6 +232,7 @@ impl Plan {
             resumed: start.resumed,
             stale: start.stale,
             events: Vec::new(),
+            data: None,
         };
         if !link.send_for(&alive, &snapshot).await {
             return;
@@ -253,6 +273,93 @@ impl Plan {
             match link.offer(alive, &self.delta(&event)).await {
                 Offer::Queued => {}
                 Offer::Full => return link.resync(alive, Some(&self.id)),
+                Offer::Closed => return,
+            }
+        }
+    }
+
+    /// A read-model stream: the follower's snapshot (or the deltas a resuming client
+    /// missed), then its deltas.
+    async fn run_view(self, link: Link, alive: Alive) {
+        let hub = &link.state.live;
+        let project_id = self.project_id;
+        let view = || -> Box<dyn LiveView> {
+            Box::new(BoardLive::new(project_id, crate::board::columns()))
+        };
+        let project = ProjectRef {
+            organization_id: self.scope.organization_id,
+            project_id,
+        };
+        let follower = match hub
+            .followers()
+            .follow(hub, self.stream, project, view)
+            .await
+        {
+            Ok(follower) => follower,
+            Err(error) => {
+                tracing::warn!(%error, "live: cannot follow a read model");
+                alive.end();
+                let error = WsError::new("unavailable", "the event log is unavailable; retry")
+                    .with_id(Some(self.id.clone()));
+                link.send_error(&error).await;
+                return;
+            }
+        };
+        let (start, mut deltas) = follower.join(self.after);
+        let (position, resumed, stale, data, missed) = match start {
+            ViewStart::Snapshot {
+                position,
+                data,
+                stale,
+            } => (position, false, stale, Some(data), Vec::new()),
+            ViewStart::Resumed { position, missed } => (position, true, false, None, missed),
+        };
+        let snapshot = ServerMessage::Snapshot {
+            id: &self.id,
+            stream: self.stream,
+            project_id,
+            position: position.to_string(),
+            resumed,
+            stale,
+            events: Vec::new(),
+            data,
+        };
+        if !link.send_for(&alive, &snapshot).await {
+            return;
+        }
+        for delta in missed {
+            if let Delta::Change { position, change } = delta.as_ref() {
+                if !link
+                    .send_text_for(&alive, view_delta(&self.id, *position, change))
+                    .await
+                {
+                    return;
+                }
+            }
+        }
+        while alive.get() {
+            let delta = match deltas.recv().await {
+                Ok(delta) => delta,
+                Err(RecvError::Lagged(_)) | Err(RecvError::Closed) => {
+                    return link.resync(&alive, Some(&self.id))
+                }
+            };
+            let Delta::Change { position, change } = delta.as_ref() else {
+                return link.resync(&alive, Some(&self.id));
+            };
+            if !link.may_read(Some(self.scope)) {
+                alive.end();
+                let error = WsError::new("not_found", "the project is no longer visible to you")
+                    .with_id(Some(self.id.clone()));
+                link.send_error(&error).await;
+                return;
+            }
+            match link
+                .offer_text(&alive, view_delta(&self.id, *position, change))
+                .await
+            {
+                Offer::Queued => {}
+                Offer::Full => return link.resync(&alive, Some(&self.id)),
                 Offer::Closed => return,
             }
         }

@@ -1,0 +1,310 @@
+//! Read-model streams (`board`, …): one shared [`Follower`] per (stream, project) per
+//! process keeps the read model of the project in memory, folded from the log with the
+//! projector's own pure rule, and turns each event that changes it into one delta.
+//!
+//! A follower starts by tapping the hub (position `head`, then every later event) and
+//! replaying the project's events up to `head` from the database; from then on it applies
+//! what the hub broadcasts. Under one lock it applies an event, records the delta in a
+//! ring (for resumption) and broadcasts it; a subscriber takes its snapshot and its
+//! receiver under the same lock — so a snapshot at position `p` plus the deltas after `p`
+//! is exactly the model, with no gap and no double.
+//!
+//! Deltas are computed and encoded once per follower, not once per subscriber: a thousand
+//! dashboards on one board cost one fold. A follower no subscriber has used for
+//! `follower_idle` ends (a reconnect within that time still resumes from its ring).
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use omoi_projections::board::{render_board, BoardModel, Card, ColumnConfig};
+use omoi_projections::ProjectionError;
+use omoi_store::log::{read_global, Visibility};
+use omoi_store::{Cursor, StoredEvent};
+use serde_json::Value;
+use tokio::sync::broadcast::{self, error::RecvError};
+use tokio::sync::OnceCell;
+use uuid::Uuid;
+
+use super::hub::{Hub, Tap};
+
+/// A read model a follower keeps: the projector's pure rule, plus its rendering.
+pub trait LiveView: Send + 'static {
+    /// Applies one event of the project; the change to send, if the model changed.
+    fn apply(&mut self, event: &StoredEvent) -> Result<Option<Value>, ProjectionError>;
+    /// The whole model, as the snapshot of a new subscription.
+    fn snapshot(&self) -> Value;
+}
+
+/// The Kanban board of one project: a delta is the whole card that changed (a client
+/// replaces its card by `ticket_id`; the card's `status` is its column).
+pub struct BoardLive {
+    project_id: Uuid,
+    columns: Vec<ColumnConfig>,
+    model: BoardModel,
+}
+
+impl BoardLive {
+    pub fn new(project_id: Uuid, columns: Vec<ColumnConfig>) -> Self {
+        Self {
+            project_id,
+            columns,
+            model: BoardModel::default(),
+        }
+    }
+}
+
+impl LiveView for BoardLive {
+    fn apply(&mut self, event: &StoredEvent) -> Result<Option<Value>, ProjectionError> {
+        let touched = self.model.apply(event)?;
+        Ok(touched
+            .card
+            .and_then(|id| self.model.card(id))
+            .map(|card| serde_json::json!({ "card": card })))
+    }
+
+    fn snapshot(&self) -> Value {
+        let cards: Vec<Card> = self.model.cards().cloned().collect();
+        let view = render_board(self.project_id, &self.columns, cards, None);
+        serde_json::to_value(view).unwrap_or(Value::Null)
+    }
+}
+
+/// One change of a followed model, encoded once.
+#[derive(Debug)]
+pub enum Delta {
+    Change {
+        position: Cursor,
+        /// The change as JSON text.
+        change: String,
+    },
+    /// The follower could not keep up with the hub (or the log failed): every subscriber
+    /// must subscribe again.
+    Resync,
+}
+
+/// What a subscription starts from.
+pub enum Start {
+    Snapshot {
+        position: Cursor,
+        data: Value,
+        /// The client asked to resume from a position older than the follower's memory.
+        stale: bool,
+    },
+    Resumed {
+        position: Cursor,
+        missed: Vec<Arc<Delta>>,
+    },
+}
+
+struct State {
+    view: Box<dyn LiveView>,
+    position: Cursor,
+    /// Recent deltas; exactly those with a position in `(floor, position]`.
+    recent: VecDeque<Arc<Delta>>,
+    floor: Cursor,
+    capacity: usize,
+}
+
+pub struct Follower {
+    state: Mutex<State>,
+    sender: broadcast::Sender<Arc<Delta>>,
+    /// Set when its task ends: the next subscriber starts a new follower.
+    ended: AtomicBool,
+}
+
+impl Follower {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The subscription's start and its receiver of later deltas, taken together.
+    pub fn join(&self, after: Option<Cursor>) -> (Start, broadcast::Receiver<Arc<Delta>>) {
+        let state = self.lock();
+        let receiver = self.sender.subscribe();
+        let start = match after {
+            Some(after) if after >= state.floor => Start::Resumed {
+                position: after,
+                missed: state
+                    .recent
+                    .iter()
+                    .filter(|d| matches!(***d, Delta::Change { position, .. } if position > after))
+                    .cloned()
+                    .collect(),
+            },
+            _ => Start::Snapshot {
+                position: state.position,
+                data: state.view.snapshot(),
+                stale: after.is_some(),
+            },
+        };
+        (start, receiver)
+    }
+
+    fn is_running(&self) -> bool {
+        !self.ended.load(Ordering::Acquire)
+    }
+}
+
+/// A project and its organization.
+#[derive(Debug, Clone, Copy)]
+pub struct ProjectRef {
+    pub organization_id: Uuid,
+    pub project_id: Uuid,
+}
+
+/// The key of a follower.
+type Key = (&'static str, Uuid);
+
+/// The followers of one process.
+#[derive(Default)]
+pub struct Followers {
+    running: Mutex<HashMap<Key, Arc<OnceCell<Arc<Follower>>>>>,
+}
+
+/// Deltas kept per follower for resumption.
+const RECENT_DELTAS: usize = 1_000;
+/// How long a follower with no subscriber lives on.
+const FOLLOWER_IDLE: Duration = Duration::from_secs(60);
+
+impl Followers {
+    /// The running follower of `stream` for `project`, started (and the project
+    /// replayed) on first use.
+    pub async fn follow(
+        &self,
+        hub: &Hub,
+        stream: &'static str,
+        project: ProjectRef,
+        view: impl FnOnce() -> Box<dyn LiveView>,
+    ) -> Result<Arc<Follower>, sqlx::Error> {
+        let key = (stream, project.project_id);
+        let cell = {
+            let mut running = self.running.lock().unwrap_or_else(PoisonError::into_inner);
+            let cell = running.entry(key).or_default();
+            if cell.get().is_some_and(|f| !f.is_running()) {
+                *cell = Arc::default();
+            }
+            cell.clone()
+        };
+        cell.get_or_try_init(|| start(hub, project, view()))
+            .await
+            .cloned()
+    }
+}
+
+/// Taps the hub, replays the project up to the tap's head, and starts following.
+async fn start(
+    hub: &Hub,
+    project: ProjectRef,
+    mut view: Box<dyn LiveView>,
+) -> Result<Arc<Follower>, sqlx::Error> {
+    let tap = hub.tap().await?;
+    let visibility = Visibility::Organizations {
+        organizations: vec![project.organization_id],
+        project: Some(project.project_id),
+    };
+    let batch = hub.config().batch_size.max(1);
+    let mut cursor = Cursor::default();
+    'replay: loop {
+        let page = read_global(hub.pool(), cursor, batch, &visibility).await?;
+        if page.events.is_empty() {
+            break;
+        }
+        for event in &page.events {
+            if event.cursor() > tap.head {
+                break 'replay;
+            }
+            view.apply(event).map_err(replay_error)?;
+        }
+        cursor = page.next;
+    }
+    let (sender, _) = broadcast::channel(hub.config().broadcast_capacity.max(1));
+    let follower = Arc::new(Follower {
+        state: Mutex::new(State {
+            view,
+            position: tap.head,
+            recent: VecDeque::new(),
+            floor: tap.head,
+            capacity: RECENT_DELTAS,
+        }),
+        sender,
+        ended: AtomicBool::new(false),
+    });
+    // The task owns a reference: it ends on its own (idle, behind, or the hub gone).
+    tokio::spawn(follow(follower.clone(), tap, project.project_id));
+    Ok(follower)
+}
+
+fn replay_error(error: ProjectionError) -> sqlx::Error {
+    match error {
+        ProjectionError::Database(e) => e,
+        other => sqlx::Error::Protocol(other.to_string()),
+    }
+}
+
+/// Applies the hub's events to the follower until it falls behind, fails, or is idle.
+async fn follow(follower: Arc<Follower>, mut tap: Tap, project_id: Uuid) {
+    let project = project_id.to_string();
+    let mut idle_checks = 0u32;
+    loop {
+        let received = tokio::time::timeout(FOLLOWER_IDLE / 2, tap.events.recv()).await;
+        let event = match received {
+            Ok(Ok(event)) => event,
+            Ok(Err(RecvError::Lagged(_))) | Ok(Err(RecvError::Closed)) => break,
+            Err(_) => {
+                idle_checks = if follower.sender.receiver_count() == 0 {
+                    idle_checks + 1
+                } else {
+                    0
+                };
+                if idle_checks >= 2 {
+                    return end(&follower, false);
+                }
+                continue;
+            }
+        };
+        let mut state = follower.lock();
+        if event.cursor() <= state.position {
+            continue;
+        }
+        state.position = event.cursor();
+        let in_project =
+            event.metadata.get("project_id").and_then(Value::as_str) == Some(project.as_str());
+        if !in_project {
+            continue;
+        }
+        match state.view.apply(&event) {
+            Ok(Some(change)) => {
+                let delta = Arc::new(Delta::Change {
+                    position: event.cursor(),
+                    change: change.to_string(),
+                });
+                while state.recent.len() >= state.capacity {
+                    if let Some(Delta::Change { position, .. }) =
+                        state.recent.pop_front().as_deref()
+                    {
+                        state.floor = *position;
+                    }
+                }
+                state.recent.push_back(delta.clone());
+                let _ = follower.sender.send(delta);
+            }
+            Ok(None) => {}
+            Err(error) => {
+                tracing::error!(%error, position = %event.cursor(), "live view cannot apply an event");
+                drop(state);
+                return end(&follower, true);
+            }
+        }
+    }
+    end(&follower, true);
+}
+
+/// Ends a follower; its subscribers are told to resync when it ends abnormally.
+fn end(follower: &Follower, resync: bool) {
+    follower.ended.store(true, Ordering::Release);
+    if resync {
+        let _ = follower.sender.send(Arc::new(Delta::Resync));
+    }
+}
