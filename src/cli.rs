@@ -54,6 +54,8 @@ pub enum Command {
     /// Benchmark the read models: rebuild rate over generated events, and projection lag
     /// while commands arrive at a steady rate.
     BenchProjections(crate::bench_projections::Args),
+    /// Benchmark board deltas delivered over WebSocket to many clients (latency, memory).
+    BenchLive(crate::bench_live::Args),
 }
 
 #[derive(Debug, Args)]
@@ -140,6 +142,7 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
         Command::Projections { action } => crate::operate::run(settings, action).await,
         Command::Bench(args) => crate::bench::run(args).await,
         Command::BenchProjections(args) => crate::bench_projections::run(args).await,
+        Command::BenchLive(args) => crate::bench_live::run(args).await,
     }
 }
 

@@ -14,6 +14,7 @@
 //! * [`bench_projections`] — the read models' rebuild rate and projection lag.
 
 pub mod bench;
+pub mod bench_live;
 pub mod bench_projections;
 pub mod cli;
 pub mod operate;

@@ -232,6 +232,20 @@ fn test_settings() -> Settings {
 }
 
 impl TestApp {
+    /// The request helpers for a server running in another process at `address`.
+    pub fn remote(address: String, database: TestDatabase) -> Self {
+        Self {
+            address,
+            client: reqwest::Client::new(),
+            database,
+            token: None,
+            shutdown: None,
+            server: None,
+            projections: None,
+            projection_stats: Default::default(),
+        }
+    }
+
     /// Stops the server, waiting for open requests to finish.
     pub async fn stop(mut self) -> (TestDatabase, Option<String>) {
         if let Some(trigger) = self.shutdown.take() {

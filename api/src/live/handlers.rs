@@ -188,7 +188,14 @@ fn accept(
     // Frames above our own limit get a `too_large` error; only far larger ones (which we
     // refuse to even buffer) end the connection.
     let hard_limit = config.max_text_bytes.saturating_mul(16).max(1 << 20);
+    // tungstenite allocates its read buffer up front (128 KiB by default): most frames
+    // are small, so a small one keeps an idle connection cheap and grows when needed.
     Ok(upgrade
+        .read_buffer_size(READ_BUFFER_BYTES)
+        .write_buffer_size(0)
         .max_message_size(hard_limit)
         .max_frame_size(hard_limit))
 }
+
+/// The read buffer of a connection (`omoi bench-live` measures the memory per connection).
+const READ_BUFFER_BYTES: usize = 4 * 1024;

@@ -1,0 +1,329 @@
+//! `omoi bench-live`: board deltas delivered to many WebSocket clients.
+//!
+//! Runs `omoi serve` as a child process (so that its resident memory is its own), connects
+//! N clients to one project's `board` stream, then changes tickets' titles at a steady rate
+//! over HTTP and measures, for every client and every command, the time from the command's
+//! HTTP answer to the delta carrying the new title. Memory per idle connection is the
+//! growth of the server's resident set while the N clients connect and take their
+//! snapshots, divided by N.
+
+use std::collections::HashMap;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use reqwest::StatusCode;
+use serde_json::json;
+use tokio::process::{Child, Command};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::bench::bench_cluster;
+use crate::testing::{TestApp, TestDatabase, TEST_SIGNING_SECRET};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Client counts to measure, one after another (comma-separated).
+    #[arg(long, value_delimiter = ',', default_value = "100,1000")]
+    pub clients: Vec<usize>,
+    /// Commands per second.
+    #[arg(long, default_value_t = 200)]
+    pub rate: u64,
+    /// Seconds of commands per client count.
+    #[arg(long, default_value_t = 10)]
+    pub seconds: u64,
+}
+
+const LATENCY_TARGET_MS: f64 = 100.0;
+const MEMORY_TARGET_KIB: f64 = 64.0;
+/// Tickets on the board; commands rename them in turn.
+const TICKETS: usize = 100;
+/// Concurrent command senders (each sends `rate / LANES` per second).
+const LANES: u64 = 8;
+
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        args.rate > 0 && args.seconds > 0 && args.clients.iter().all(|&n| n > 0),
+        "--clients, --rate and --seconds must be positive"
+    );
+    let admin_url = match std::env::var("DATABASE_URL").ok().filter(|u| !u.is_empty()) {
+        Some(url) => url,
+        None => bench_cluster().await?,
+    };
+    let database = TestDatabase::create_on(&admin_url).await?;
+    let port = free_port()?;
+    let mut server = serve(&database, port)?;
+    let mut app = TestApp::remote(format!("http://127.0.0.1:{port}"), database.clone());
+    wait_for_health(&app).await?;
+    let token = app.register_and_login("bench@example.com").await;
+    app.token = Some(token.clone());
+    let (_, project) = app.organization_and_project().await;
+    let mut tickets = Vec::with_capacity(TICKETS);
+    for n in 0..TICKETS {
+        let (status, body) = app
+            .post(
+                "/api/v1/tickets",
+                json!({"project_id": project, "title": format!("seed {n}")}),
+            )
+            .await;
+        anyhow::ensure!(status == StatusCode::CREATED, "seeding: {body}");
+        tickets.push(body["id"].as_str().unwrap_or_default().to_string());
+    }
+    let pid = server.id().unwrap_or_default();
+    println!(
+        "live: board of {TICKETS} tickets, {} commands/s for {} s per client count; server pid {pid} (load average {})",
+        args.rate,
+        args.seconds,
+        load_average()
+    );
+    println!(
+        "  {:>7} {:>10} {:>9} {:>9} {:>9} {:>12} {:>14}",
+        "clients", "commands", "p50 ms", "p99 ms", "max ms", "missing", "KiB/idle conn"
+    );
+    let mut sequence = 0u64;
+    for &count in &args.clients {
+        let before = resident_kib(pid)?;
+        let clients = connect(&app, &token, &project, count).await?;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let after = resident_kib(pid)?;
+        let per_connection = (after.saturating_sub(before)) as f64 / count as f64;
+        let acks = drive(&app, &tickets, args.rate, args.seconds, &mut sequence).await?;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let report = collect(clients, &acks).await;
+        println!(
+            "  {count:>7} {:>10} {:>9.1} {:>9.1} {:>9.1} {:>12} {:>14.1}",
+            acks.len(),
+            report.p50,
+            report.p99,
+            report.max,
+            report.missing,
+            per_connection
+        );
+    }
+    println!(
+        "  targets: p99 ≤ {LATENCY_TARGET_MS} ms at 1,000 clients and 200 commands/s; ≤ {MEMORY_TARGET_KIB} KiB per idle connection"
+    );
+    server.kill().await.ok();
+    database.pool.close().await;
+    Ok(())
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+fn serve(database: &TestDatabase, port: u16) -> anyhow::Result<Child> {
+    Ok(Command::new(std::env::current_exe()?)
+        .arg("serve")
+        .env("DATABASE_URL", &database.url)
+        .env(
+            "OMOI_JWT_SECRET",
+            std::str::from_utf8(TEST_SIGNING_SECRET)?,
+        )
+        .env("OMOI_APPLICATION__PORT", port.to_string())
+        .env("OMOI_LOG", "warn")
+        .stdout(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()?)
+}
+
+async fn wait_for_health(app: &TestApp) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        if let Ok(response) = app.client.get(format!("{}/health", app.address)).send().await {
+            if response.status().is_success() {
+                return Ok(());
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    anyhow::bail!("the server did not become healthy")
+}
+
+/// The resident set of a process, from /proc.
+fn resident_kib(pid: u32) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("no VmRSS for process {pid}"))
+}
+
+/// When each client saw each command's delta.
+type Seen = Arc<Mutex<Vec<(u64, Instant)>>>;
+
+struct Client {
+    seen: Seen,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// Connects `count` clients, each subscribed to the board and past its snapshot.
+async fn connect(
+    app: &TestApp,
+    token: &str,
+    project: &str,
+    count: usize,
+) -> anyhow::Result<Vec<Client>> {
+    let url = format!("{}/api/v1/ws", app.address.replacen("http://", "ws://", 1));
+    let mut clients = Vec::with_capacity(count);
+    for n in 0..count {
+        let mut request = url.as_str().into_client_request()?;
+        request
+            .headers_mut()
+            .insert("authorization", format!("Bearer {token}").parse()?);
+        let (mut socket, _) = tokio_tungstenite::connect_async(request).await?;
+        let subscribe =
+            json!({"type": "subscribe", "id": format!("c{n}"), "stream": "board", "project_id": project});
+        socket.send(Message::text(subscribe.to_string())).await?;
+        loop {
+            let Some(frame) = socket.next().await else {
+                anyhow::bail!("client {n}: the socket closed before its snapshot");
+            };
+            if let Message::Text(text) = frame? {
+                anyhow::ensure!(
+                    text.as_str().contains(r#""type":"snapshot""#),
+                    "client {n}: expected a snapshot, got {text}"
+                );
+                break;
+            }
+        }
+        let seen: Seen = Arc::default();
+        let record = seen.clone();
+        let task = tokio::spawn(async move {
+            while let Some(Ok(frame)) = socket.next().await {
+                if let Message::Text(text) = frame {
+                    if let Some(sequence) = bench_sequence(text.as_str()) {
+                        if let Ok(mut seen) = record.lock() {
+                            seen.push((sequence, Instant::now()));
+                        }
+                    }
+                }
+            }
+        });
+        clients.push(Client { seen, task });
+    }
+    Ok(clients)
+}
+
+/// The command number a delta's title carries (`"title":"bench <n>"`), found without
+/// parsing the frame: a thousand clients parsing every delta would measure the clients.
+fn bench_sequence(text: &str) -> Option<u64> {
+    let start = text.find(r#""title":"bench "#)? + r#""title":"bench "#.len();
+    let digits = text.get(start..)?.split('"').next()?;
+    digits.parse().ok()
+}
+
+/// Renames tickets at `rate` per second for `seconds`; returns when each command was
+/// answered, by its number.
+async fn drive(
+    app: &TestApp,
+    tickets: &[String],
+    rate: u64,
+    seconds: u64,
+    sequence: &mut u64,
+) -> anyhow::Result<HashMap<u64, Instant>> {
+    let total = rate * seconds;
+    let first = *sequence;
+    *sequence += total;
+    let interval = Duration::from_secs_f64(LANES as f64 / rate as f64);
+    let started = Instant::now();
+    let mut lanes = Vec::new();
+    for lane in 0..LANES {
+        let client = app.client.clone();
+        let address = app.address.clone();
+        let token = app.token.clone().unwrap_or_default();
+        let tickets = tickets.to_vec();
+        lanes.push(tokio::spawn(async move {
+            let mut acks = Vec::new();
+            let offset = interval.mul_f64(lane as f64 / LANES as f64);
+            let mut k = 0u64;
+            loop {
+                let n = lane + k * LANES;
+                if n >= total {
+                    return acks;
+                }
+                tokio::time::sleep_until((started + offset + interval.mul_f64(k as f64)).into())
+                    .await;
+                let number = first + n;
+                let ticket = &tickets[(number as usize) % tickets.len()];
+                let sent = client
+                    .patch(format!("{address}/api/v1/tickets/{ticket}"))
+                    .bearer_auth(&token)
+                    .json(&json!({"title": format!("bench {number}")}))
+                    .send()
+                    .await;
+                if sent.is_ok_and(|r| r.status().is_success()) {
+                    acks.push((number, Instant::now()));
+                }
+                k += 1;
+            }
+        }));
+    }
+    let mut acks = HashMap::new();
+    for lane in lanes {
+        acks.extend(lane.await?);
+    }
+    Ok(acks)
+}
+
+struct Report {
+    p50: f64,
+    p99: f64,
+    max: f64,
+    missing: usize,
+}
+
+/// Delivery latencies of every (client, command), and the deliveries that never came.
+async fn collect(clients: Vec<Client>, acks: &HashMap<u64, Instant>) -> Report {
+    let mut latencies = Vec::new();
+    let mut missing = 0;
+    for client in clients {
+        client.task.abort();
+        let _ = client.task.await;
+        let seen = client.seen.lock().map(|s| s.clone()).unwrap_or_default();
+        let mut delivered = 0;
+        for (number, at) in seen {
+            if let Some(acked) = acks.get(&number) {
+                delivered += 1;
+                // A delta may beat the HTTP answer to the sender: that is no delay.
+                latencies.push(at.saturating_duration_since(*acked).as_secs_f64() * 1000.0);
+            }
+        }
+        missing += acks.len().saturating_sub(delivered);
+    }
+    latencies.sort_by(f64::total_cmp);
+    let at = |q: f64| {
+        latencies
+            .get(((latencies.len() as f64 - 1.0) * q).round() as usize)
+            .copied()
+            .unwrap_or(f64::NAN)
+    };
+    Report {
+        p50: at(0.50),
+        p99: at(0.99),
+        max: latencies.last().copied().unwrap_or(f64::NAN),
+        missing,
+    }
+}
+
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::bench_sequence;
+
+    #[test]
+    fn the_command_number_is_read_off_a_delta() {
+        let delta = r#"{"type":"delta","id":"c1","position":"1-2","change":{"card":{"title":"bench 42","x":1}}}"#;
+        assert_eq!(bench_sequence(delta), Some(42));
+        assert_eq!(bench_sequence(r#"{"title":"seed 1"}"#), None);
+    }
+}
