@@ -119,10 +119,7 @@ fn serve(database: &TestDatabase, port: u16) -> anyhow::Result<Child> {
     Ok(Command::new(std::env::current_exe()?)
         .arg("serve")
         .env("DATABASE_URL", &database.url)
-        .env(
-            "OMOI_JWT_SECRET",
-            std::str::from_utf8(TEST_SIGNING_SECRET)?,
-        )
+        .env("OMOI_JWT_SECRET", std::str::from_utf8(TEST_SIGNING_SECRET)?)
         .env("OMOI_APPLICATION__PORT", port.to_string())
         .env("OMOI_LOG", "warn")
         .stdout(Stdio::null())
@@ -133,7 +130,12 @@ fn serve(database: &TestDatabase, port: u16) -> anyhow::Result<Child> {
 async fn wait_for_health(app: &TestApp) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(30);
     while Instant::now() < deadline {
-        if let Ok(response) = app.client.get(format!("{}/health", app.address)).send().await {
+        if let Ok(response) = app
+            .client
+            .get(format!("{}/health", app.address))
+            .send()
+            .await
+        {
             if response.status().is_success() {
                 return Ok(());
             }
@@ -176,8 +178,7 @@ async fn connect(
             .headers_mut()
             .insert("authorization", format!("Bearer {token}").parse()?);
         let (mut socket, _) = tokio_tungstenite::connect_async(request).await?;
-        let subscribe =
-            json!({"type": "subscribe", "id": format!("c{n}"), "stream": "board", "project_id": project});
+        let subscribe = json!({"type": "subscribe", "id": format!("c{n}"), "stream": "board", "project_id": project});
         socket.send(Message::text(subscribe.to_string())).await?;
         loop {
             let Some(frame) = socket.next().await else {
