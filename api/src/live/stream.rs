@@ -327,8 +327,10 @@ impl Plan {
         if !link.send_for(&alive, &snapshot).await {
             return;
         }
+        let mut last = position;
         for delta in missed {
             if let Delta::Change { position, change } = delta.as_ref() {
+                last = *position;
                 if !link
                     .send_text_for(&alive, view_delta(&self.id, *position, change))
                     .await
@@ -347,6 +349,11 @@ impl Plan {
             let Delta::Change { position, change } = delta.as_ref() else {
                 return link.resync(&alive, Some(&self.id));
             };
+            // A resumption from a position this replica has not reached yet skips up to it.
+            if *position <= last {
+                continue;
+            }
+            last = *position;
             if !link.may_read(Some(self.scope)) {
                 alive.end();
                 let error = WsError::new("not_found", "the project is no longer visible to you")

@@ -246,23 +246,18 @@ fn replay_error(error: ProjectionError) -> sqlx::Error {
 /// Applies the hub's events to the follower until it falls behind, fails, or is idle.
 async fn follow(follower: Arc<Follower>, mut tap: Tap, project_id: Uuid) {
     let project = project_id.to_string();
-    let mut idle_checks = 0u32;
+    let mut last_used = tokio::time::Instant::now();
     loop {
-        let received = tokio::time::timeout(FOLLOWER_IDLE / 2, tap.events.recv()).await;
-        let event = match received {
+        // Busy or quiet, a follower nobody has subscribed to for a while ends.
+        if follower.sender.receiver_count() > 0 {
+            last_used = tokio::time::Instant::now();
+        } else if last_used.elapsed() >= FOLLOWER_IDLE {
+            return end(&follower, false);
+        }
+        let event = match tokio::time::timeout(FOLLOWER_IDLE / 2, tap.events.recv()).await {
             Ok(Ok(event)) => event,
             Ok(Err(RecvError::Lagged(_))) | Ok(Err(RecvError::Closed)) => break,
-            Err(_) => {
-                idle_checks = if follower.sender.receiver_count() == 0 {
-                    idle_checks + 1
-                } else {
-                    0
-                };
-                if idle_checks >= 2 {
-                    return end(&follower, false);
-                }
-                continue;
-            }
+            Err(_) => continue,
         };
         let mut state = follower.lock();
         if event.cursor() <= state.position {
