@@ -290,22 +290,33 @@ impl Plan {
             organization_id: self.scope.organization_id,
             project_id,
         };
-        let follower = match hub
-            .followers()
-            .follow(hub, self.stream, project, view)
-            .await
-        {
-            Ok(follower) => follower,
-            Err(error) => {
-                tracing::warn!(%error, "live: cannot follow a read model");
-                alive.end();
-                let error = WsError::new("unavailable", "the event log is unavailable; retry")
-                    .with_id(Some(self.id.clone()));
-                link.send_error(&error).await;
-                return;
+        // A follower may end (idle) just as it is joined: then a new one is started.
+        let mut joined = None;
+        for _ in 0..3 {
+            match hub
+                .followers()
+                .follow(hub, self.stream, project, view)
+                .await
+            {
+                Ok(follower) => {
+                    joined = follower.join(self.after);
+                    if joined.is_some() {
+                        break;
+                    }
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "live: cannot follow a read model");
+                    break;
+                }
             }
+        }
+        let Some((start, mut deltas)) = joined else {
+            alive.end();
+            let error = WsError::new("unavailable", "the event log is unavailable; retry")
+                .with_id(Some(self.id.clone()));
+            link.send_error(&error).await;
+            return;
         };
-        let (start, mut deltas) = follower.join(self.after);
         let (position, resumed, stale, data, missed) = match start {
             ViewStart::Snapshot {
                 position,

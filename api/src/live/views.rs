@@ -119,9 +119,13 @@ impl Follower {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// The subscription's start and its receiver of later deltas, taken together.
-    pub fn join(&self, after: Option<Cursor>) -> (Start, broadcast::Receiver<Arc<Delta>>) {
+    /// The subscription's start and its receiver of later deltas, taken together; `None`
+    /// when the follower has just ended (follow again for a new one).
+    pub fn join(&self, after: Option<Cursor>) -> Option<(Start, broadcast::Receiver<Arc<Delta>>)> {
         let state = self.lock();
+        if !self.is_running() {
+            return None;
+        }
         let receiver = self.sender.subscribe();
         let start = match after {
             Some(after) if after >= state.floor => Start::Resumed {
@@ -139,7 +143,7 @@ impl Follower {
                 stale: after.is_some(),
             },
         };
-        (start, receiver)
+        Some((start, receiver))
     }
 
     fn is_running(&self) -> bool {
@@ -298,6 +302,8 @@ async fn follow(follower: Arc<Follower>, mut tap: Tap, project_id: Uuid) {
 
 /// Ends a follower; its subscribers are told to resync when it ends abnormally.
 fn end(follower: &Follower, resync: bool) {
+    // Under the lock `join` takes: nobody joins a follower that has ended.
+    let _state = follower.lock();
     follower.ended.store(true, Ordering::Release);
     if resync {
         let _ = follower.sender.send(Arc::new(Delta::Resync));
