@@ -20,6 +20,7 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::bench::bench_cluster;
+use crate::bench_projections::load_average;
 use crate::testing::{TestApp, TestDatabase, TEST_SIGNING_SECRET};
 
 #[derive(Debug, clap::Args)]
@@ -309,12 +310,6 @@ async fn collect(clients: Vec<Client>, acks: &HashMap<u64, Instant>) -> Report {
         max: latencies.last().copied().unwrap_or(f64::NAN),
         missing,
     }
-}
-
-fn load_average() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_default()
 }
 
 #[cfg(test)]

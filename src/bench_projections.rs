@@ -912,7 +912,7 @@ async fn drop_database(admin_url: &str, name: &str) {
 }
 
 /// The 1, 5 and 15 minute load averages (Linux), to judge how quiet the machine was.
-fn load_average() -> String {
+pub(crate) fn load_average() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .map(|text| {
             text.split_whitespace()

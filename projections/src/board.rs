@@ -68,6 +68,20 @@ impl WorkEvent {
         Ok(None)
     }
 
+    /// The events of a batch `keep` wants, decoded, with their global positions.
+    pub fn decode_batch(
+        events: &[StoredEvent],
+        keep: fn(&WorkEvent) -> bool,
+    ) -> Result<Vec<(Self, i64)>, ProjectionError> {
+        let mut work = Vec::with_capacity(events.len());
+        for event in events {
+            if let Some(decoded) = Self::decode(event)?.filter(keep) {
+                work.push((decoded, event.global_position));
+            }
+        }
+        Ok(work)
+    }
+
     /// The aggregate the event belongs to.
     pub fn id(&self) -> Uuid {
         match self {
@@ -786,14 +800,7 @@ async fn apply_to_tables(
     schema: &str,
     events: &[StoredEvent],
 ) -> Result<(), ProjectionError> {
-    let mut work = Vec::with_capacity(events.len());
-    for event in events {
-        if let Some(decoded) = WorkEvent::decode(event)? {
-            if BoardModel::is_relevant(&decoded) {
-                work.push((decoded, event.global_position));
-            }
-        }
-    }
+    let work = WorkEvent::decode_batch(events, BoardModel::is_relevant)?;
     if work.is_empty() {
         return Ok(());
     }

@@ -497,14 +497,7 @@ async fn apply_to_tables(
     schema: &str,
     events: &[StoredEvent],
 ) -> Result<(), ProjectionError> {
-    let mut work = Vec::with_capacity(events.len());
-    for event in events {
-        if let Some(decoded) = WorkEvent::decode(event)? {
-            if GraphModel::is_relevant(&decoded) {
-                work.push((decoded, event.global_position));
-            }
-        }
-    }
+    let work = WorkEvent::decode_batch(events, GraphModel::is_relevant)?;
     if work.is_empty() {
         return Ok(());
     }
