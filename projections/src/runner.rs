@@ -32,7 +32,7 @@ use crate::Projector;
 /// Events per batch while catching up (a rebuild, or a leader behind the stream). Events
 /// of one entity spread over the log, so the larger the batch, the more of them collapse
 /// into one row write: `omoi bench-projections` measured the board's rebuild at 36,000
-/// events/s in batches of 2,000 and RESULT in batches of 10,000.
+/// events/s in batches of 2,000 and 67,900 in batches of 10,000 (300,000 events).
 pub const CATCH_UP_BATCH: i64 = 10_000;
 
 /// The channel other processes' commits are announced on.
