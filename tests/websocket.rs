@@ -765,11 +765,6 @@ async fn malformed_frames_get_an_error_and_the_socket_keeps_working() {
             "unknown_stream",
         ),
         (
-            "coming stream",
-            Message::text(with(json!({"stream": "graph"})).to_string()),
-            "unsupported_stream",
-        ),
-        (
             "filters on a read-model stream",
             Message::text(with(json!({"stream": "board", "event_types": ["X"]})).to_string()),
             "invalid_message",
@@ -1185,4 +1180,298 @@ async fn a_board_subscriber_that_reconnects_with_after_gets_exactly_what_it_miss
     assert_eq!(stale["stale"], true, "{stale}");
     assert_eq!(stale["resumed"], false, "{stale}");
     assert_eq!(cards_of(&stale["data"]), board_view(&app, &project).await);
+}
+
+// ---------------------------------------------------------------------------------------
+// The graph, timeline and agents streams
+// ---------------------------------------------------------------------------------------
+
+fn stream_subscription(id: &str, stream: &str, project: &str) -> Value {
+    json!({"type": "subscribe", "id": id, "stream": stream, "project_id": project})
+}
+
+/// Reads deltas of subscription `id`, folding each into `state`, until `state` equals
+/// `expected` (a delta too many or too few never gets there: `next_of` gives up). Checks
+/// the positions rise; returns the last one.
+async fn fold_until<S: PartialEq + std::fmt::Debug>(
+    socket: &mut Socket,
+    id: &str,
+    state: &mut S,
+    expected: &S,
+    mut last: Cursor,
+    fold: impl Fn(&mut S, &Value),
+) -> Cursor {
+    while state != expected {
+        let delta = next_of(socket, "delta", id).await;
+        let position = cursor(&delta["position"]);
+        assert!(position > last, "positions rise: {last} then {delta}");
+        last = position;
+        fold(state, &delta["change"]);
+    }
+    last
+}
+
+/// A dependency graph as a client keeps it: nodes by id, edges by task.
+#[derive(Debug, Default, PartialEq)]
+struct Graph {
+    nodes: BTreeMap<String, Value>,
+    edges: BTreeMap<String, Vec<String>>,
+}
+
+impl Graph {
+    fn of(view: &Value) -> Self {
+        let mut graph = Graph::default();
+        for node in view["nodes"].as_array().expect("nodes") {
+            graph.put_node(node);
+        }
+        for edge in view["edges"].as_array().expect("edges") {
+            let from = edge["from"].as_str().expect("from").to_string();
+            let to = edge["to"].as_str().expect("to").to_string();
+            graph.edges.entry(from).or_default().push(to);
+        }
+        graph
+    }
+
+    fn put_node(&mut self, node: &Value) {
+        let id = node["id"].as_str().expect("a node id").to_string();
+        self.nodes.insert(id, node.clone());
+    }
+
+    fn fold(&mut self, change: &Value) {
+        for node in change["nodes"].as_array().expect("nodes") {
+            self.put_node(node);
+        }
+        if let Some(edges) = change.get("edges_of") {
+            let task = edges["task_id"].as_str().expect("a task").to_string();
+            let to: Vec<String> = edges["depends_on"]
+                .as_array()
+                .expect("depends_on")
+                .iter()
+                .map(|t| t.as_str().expect("a task id").to_string())
+                .collect();
+            if to.is_empty() {
+                self.edges.remove(&task);
+            } else {
+                self.edges.insert(task, to);
+            }
+        }
+    }
+}
+
+async fn task(app: &TestApp, ticket: &str, title: &str, depends_on: &[&str]) -> String {
+    let (status, body) = app
+        .post(
+            "/api/v1/tasks",
+            json!({"ticket_id": ticket, "title": title, "task_type": "implement",
+                   "depends_on": depends_on}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    body["id"].as_str().expect("an id").to_string()
+}
+
+async fn agent(app: &TestApp, organization: &str, project: Option<&str>, name: &str) -> String {
+    let (status, body) = app
+        .post(
+            "/api/v1/agents/register",
+            json!({"organization_id": organization, "project_id": project, "name": name,
+                   "agent_type": "worker"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    body["id"].as_str().expect("an id").to_string()
+}
+
+/// Assigns, starts and completes `task` on `agent`.
+async fn run_task(app: &TestApp, task: &str, agent: &str) {
+    for (path, body) in [
+        (
+            format!("/api/v1/tasks/{task}/assign"),
+            json!({"agent_id": agent}),
+        ),
+        (format!("/api/v1/tasks/{task}/start"), json!({})),
+        (
+            format!("/api/v1/tasks/{task}/complete"),
+            json!({"result": {"ok": true}}),
+        ),
+    ] {
+        let (status, answer) = app.post(&path, body).await;
+        assert_eq!(status, StatusCode::OK, "{path}: {answer}");
+    }
+}
+
+async fn get_ok(app: &TestApp, path: &str) -> Value {
+    app.caught_up().await;
+    let (status, body) = app.get(path).await;
+    assert_eq!(status, StatusCode::OK, "{path}: {body}");
+    body
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_graph_subscriber_folds_nodes_and_edges_into_the_graph_view() {
+    let app = spawn_app().await;
+    let (organization, project) = app.organization_and_project().await;
+    let ticket = ticket(&app, &project, "Checkout").await;
+    let mut socket = owner_socket(&app).await;
+    send(&mut socket, stream_subscription("g", "graph", &project)).await;
+    let snapshot = next_of(&mut socket, "snapshot", "g").await;
+    assert_eq!(snapshot["stream"], "graph");
+    let mut folded = Graph::of(&snapshot["data"]);
+    let last = cursor(&snapshot["position"]);
+
+    let a = task(&app, &ticket, "A", &[]).await;
+    let b = task(&app, &ticket, "B", &[&a]).await;
+    let c = task(&app, &ticket, "C", &[&a]).await;
+    let (status, body) = app
+        .post(
+            &format!("/api/v1/tasks/{c}/dependencies"),
+            json!({"depends_on": b}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, body) = app
+        .delete(&format!("/api/v1/tasks/{c}/dependencies/{a}"))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let worker = agent(&app, &organization, Some(&project), "w").await;
+    run_task(&app, &a, &worker).await;
+
+    let path = format!("/api/v1/graph/dependency-graph/project/{project}");
+    let expected = Graph::of(&get_ok(&app, &path).await);
+    fold_until(&mut socket, "g", &mut folded, &expected, last, Graph::fold).await;
+    // A's completion reached B through the delta of A: B waits for nothing now.
+    assert_eq!(folded.nodes[&b]["unfinished_dependencies"], 0);
+    assert_eq!(folded.nodes[&c]["unfinished_dependencies"], 1);
+    assert_eq!(folded.edges[&c], vec![b.clone()]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_timeline_subscriber_gets_each_new_entry_with_the_summary_the_timeline_shows() {
+    let app = spawn_app().await;
+    let (organization, project) = app.organization_and_project().await;
+    let first = ticket(&app, &project, "Login").await;
+    let mut socket = owner_socket(&app).await;
+    send(&mut socket, stream_subscription("t", "timeline", &project)).await;
+    let snapshot = next_of(&mut socket, "snapshot", "t").await;
+    assert_eq!(snapshot["stream"], "timeline");
+    let mut folded: Vec<Value> = snapshot["data"]["entries"]
+        .as_array()
+        .expect("entries")
+        .clone();
+    let last = cursor(&snapshot["position"]);
+
+    let (status, body) = app
+        .patch(
+            &format!("/api/v1/tickets/{first}"),
+            json!({"title": "Sign-in"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let work = task(&app, &first, "Form", &[]).await;
+    // An organization-wide agent: its registration is not the project's, its name is.
+    let helper = agent(&app, &organization, None, "Ada").await;
+    run_task(&app, &work, &helper).await;
+
+    let page = get_ok(&app, &format!("/api/v1/timeline?project_id={project}")).await;
+    let expected = page["entries"].as_array().expect("entries").clone();
+    fold_until(
+        &mut socket,
+        "t",
+        &mut folded,
+        &expected,
+        last,
+        |entries, change| {
+            entries.insert(0, change["entry"].clone());
+        },
+    )
+    .await;
+    let assigned = folded
+        .iter()
+        .find(|e| e["event_type"] == "TaskAssigned")
+        .expect("the assignment is an entry");
+    assert!(
+        assigned["summary"]
+            .as_str()
+            .expect("a summary")
+            .contains("Ada"),
+        "{assigned}"
+    );
+}
+
+/// Agents by id, as a client keeps them.
+fn agents_of(list: &Value) -> BTreeMap<String, Value> {
+    list.as_array()
+        .expect("agents")
+        .iter()
+        .map(|a| {
+            (
+                a["agent_id"].as_str().expect("an id").to_string(),
+                a.clone(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_agents_subscriber_sees_the_projects_and_the_organizations_agents_change() {
+    let app = spawn_app().await;
+    let (organization, project) = app.organization_and_project().await;
+    let (status, other) = app
+        .post(
+            "/api/v1/projects",
+            json!({"organization_id": organization, "name": "Elsewhere"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{other}");
+    let other = other["id"].as_str().expect("an id").to_string();
+    let mut socket = owner_socket(&app).await;
+    send(&mut socket, stream_subscription("a", "agents", &project)).await;
+    let snapshot = next_of(&mut socket, "snapshot", "a").await;
+    assert_eq!(snapshot["stream"], "agents");
+    let mut folded = agents_of(&snapshot["data"]["agents"]);
+    let last = cursor(&snapshot["position"]);
+
+    let wide = agent(&app, &organization, None, "wide").await;
+    let own = agent(&app, &organization, Some(&project), "own").await;
+    let elsewhere = agent(&app, &organization, Some(&other), "elsewhere").await;
+    let ticket = ticket(&app, &project, "Work").await;
+    let held = task(&app, &ticket, "Held", &[]).await;
+    let (status, body) = app
+        .post(
+            &format!("/api/v1/tasks/{held}/assign"),
+            json!({"agent_id": wide}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, body) = app
+        .post(
+            &format!("/api/v1/agents/{own}/status"),
+            json!({"to": "idle"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+
+    let list = get_ok(
+        &app,
+        &format!("/api/v1/agents?organization_id={organization}"),
+    )
+    .await;
+    let expected: BTreeMap<String, Value> = agents_of(&list["agents"])
+        .into_iter()
+        .filter(|(_, a)| a["project_id"].is_null() || a["project_id"] == json!(project))
+        .collect();
+    fold_until(
+        &mut socket,
+        "a",
+        &mut folded,
+        &expected,
+        last,
+        |agents, change| {
+            agents.extend(agents_of(&change["agents"]));
+        },
+    )
+    .await;
+    assert_eq!(folded[&wide]["current_task_id"], json!(held));
+    assert_eq!(folded[&own]["status"], "idle");
+    assert!(!folded.contains_key(&elsewhere), "another project's agent");
 }

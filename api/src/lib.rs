@@ -93,7 +93,7 @@ impl utoipa::Modify for BearerAuth {
         (name = "timeline", description = "Activity timeline of a project (read model)"),
         (name = "board", description = "Kanban board of a project (read model)"),
         (name = "graph", description = "Task dependency graph (read model)"),
-        (name = "live", description = "WebSocket delivery of events (docs/websocket.md)"),
+        (name = "live", description = "WebSocket delivery of events and read models (docs/websocket.md)"),
         (name = "system"),
     )
 )]

@@ -14,7 +14,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, SubsecRound, Utc};
 use futures_util::future::BoxFuture;
 use omoi_domain::agent::AgentEvent;
 use omoi_domain::task::TaskEvent;
@@ -297,8 +297,8 @@ impl Rows {
                         capabilities: capabilities.into_iter().collect(),
                         capacity: i64::from(capacity),
                         current_task_id: None,
-                        last_status_change: registered_at,
-                        registered_at,
+                        last_status_change: as_stored(registered_at),
+                        registered_at: as_stored(registered_at),
                     },
                 );
                 self.changed_agents.insert(agent_id);
@@ -306,7 +306,7 @@ impl Rows {
             AgentEvent::AgentStatusChanged { to, at, .. } => {
                 if let Some(agent) = self.agents.get_mut(&id) {
                     agent.status = to.as_str().to_string();
-                    agent.last_status_change = at;
+                    agent.last_status_change = as_stored(at);
                     self.changed_agents.insert(id);
                 }
             }
@@ -492,6 +492,50 @@ impl Rows {
         .execute(&mut *tx)
         .await?;
         Ok(())
+    }
+}
+
+/// A time as a `timestamptz` column keeps it (microseconds), so that a row folded in
+/// memory equals the row read back.
+fn as_stored(at: DateTime<Utc>) -> DateTime<Utc> {
+    at.trunc_subsecs(6)
+}
+
+/// The agents of an organization as one process folds them from the log (the live
+/// `agents` stream), with the projector's own rule.
+#[derive(Default)]
+pub struct AgentsModel {
+    rows: Rows,
+}
+
+impl AgentsModel {
+    /// Applies one event; the agents whose row it changed, by id.
+    pub fn apply(&mut self, event: &StoredEvent) -> Result<BTreeSet<Uuid>, ProjectionError> {
+        for change in decode(std::slice::from_ref(event))? {
+            match change {
+                Change::Agent { id, event } => self.rows.apply_agent_event(id, event),
+                Change::Task { id, effect, event } => {
+                    self.rows.apply_task_effect(id, effect, event)?
+                }
+            }
+        }
+        self.rows.refresh_current_tasks();
+        let rows = &mut self.rows;
+        rows.refresh.clear();
+        rows.changed_tasks.clear();
+        // Closed assignments are gone from `assignments` already; nothing else grows.
+        Ok(std::mem::take(&mut rows.changed_agents))
+    }
+
+    pub fn agent(&self, id: Uuid) -> Option<&AgentView> {
+        self.rows.agents.get(&id)
+    }
+
+    /// Every agent, in the order `GET /api/v1/agents` lists them (name, then id).
+    pub fn agents(&self) -> Vec<&AgentView> {
+        let mut agents: Vec<&AgentView> = self.rows.agents.values().collect();
+        agents.sort_by(|a, b| (&a.name, a.agent_id).cmp(&(&b.name, b.agent_id)));
+        agents
     }
 }
 

@@ -18,7 +18,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::{DateTime, SecondsFormat, SubsecRound, Utc};
 use futures_util::future::BoxFuture;
 use omoi_domain::agent::AgentEvent;
 use omoi_domain::organization::OrganizationEvent;
@@ -731,6 +731,55 @@ async fn insert_entries(
     .execute(tx)
     .await?;
     Ok(())
+}
+
+/// The timeline as one process folds it from the log (the live `timeline` stream): the
+/// titles every entry's summary names, and the entry each event becomes — the same entry
+/// the projector writes.
+#[derive(Debug, Default)]
+pub struct TimelineModel {
+    titles: HashMap<TitleKey, String>,
+}
+
+impl TimelineModel {
+    /// Applies one event: the entry it adds to the timeline, if any.
+    pub fn apply(&mut self, event: &StoredEvent) -> Result<Option<TimelineEntry>, ProjectionError> {
+        let Some(kind) = EntityType::of_aggregate(&event.aggregate_type) else {
+            return Ok(None);
+        };
+        let change =
+            Change::parse(kind, &event.payload).map_err(|e| ProjectionError::payload(event, e))?;
+        let id = entity_id(event)?;
+        let entry = if change.is_entry() {
+            let meta = EventMeta::of(event)?;
+            let title_of = |key: TitleKey| self.titles.get(&key).map(String::as_str);
+            let names = Names {
+                id,
+                title: title_of((kind, id)),
+                other: change.reference().and_then(title_of),
+            };
+            Some(TimelineEntry {
+                cursor: event.cursor().to_string(),
+                transaction_id: event.transaction_id,
+                global_position: event.global_position,
+                organization_id: meta.organization_id,
+                project_id: meta.project_id,
+                entity_type: kind.as_str().to_string(),
+                entity_id: id,
+                event_type: event.event_type.clone(),
+                actor: meta.actor,
+                summary: summary(&change, &names),
+                // As stored: `timestamptz` keeps microseconds.
+                occurred_at: meta.occurred_at.trunc_subsecs(6),
+            })
+        } else {
+            None
+        };
+        if let Some(text) = change.new_title() {
+            self.titles.insert((kind, id), text.to_string());
+        }
+        Ok(entry)
+    }
 }
 
 /// One timeline entry as served.

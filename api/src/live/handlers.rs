@@ -85,8 +85,9 @@ pub struct LiveQuery {
 
 /// Live subscriptions over WebSocket.
 ///
-/// JSON text frames. Subscribe to a stream of a project (`events`: its raw events, filtered by `event_types`, `entity_types`,
-/// `entity_ids`); the server answers with a snapshot carrying its position, then deltas in
+/// JSON text frames. Subscribe to a stream of a project — `events` (its raw events,
+/// filtered by `event_types`, `entity_types`, `entity_ids`), or the read models `board`,
+/// `graph`, `timeline` and `agents`; the server answers with a snapshot carrying its position, then deltas in
 /// the global order, each with its position. Reconnect with `after` to receive exactly
 /// what was missed. Slow clients get `resync`; bad frames get an `error` and the socket
 /// stays usable. The protocol (message types, fields, examples, close codes) is in

@@ -15,8 +15,9 @@
 //! * [`link`] — one connection: the bounded outgoing queue, pings, the credential re-check.
 //! * [`protocol`] — the messages and their errors.
 //! * [`stream`] — the subscriptions of `/api/v1/ws`.
-//! * [`views`] — the read models streamed as snapshot and deltas (`board`), one shared
-//!   follower per project.
+//! * [`views`] — the read-model streams: one shared follower per (stream, project) folds
+//!   the project's model and fans its deltas out.
+//! * [`models`] — the read models followed: board, graph, timeline, agents.
 //! * [`feed`] — `/api/v1/ws/events`.
 //! * [`handlers`] — authentication at upgrade (`?token=`) and the two routes.
 
@@ -24,6 +25,7 @@ pub mod feed;
 pub mod handlers;
 pub mod hub;
 pub mod link;
+pub mod models;
 pub mod protocol;
 pub mod stream;
 pub mod views;

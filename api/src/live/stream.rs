@@ -1,7 +1,6 @@
 //! The subscriptions of `GET /api/v1/ws`: `events` (the raw events of one project,
-//! optionally filtered) and `board` (the project's Kanban board: its view, then each card
-//! that changes, from a shared [`views`](super::views) follower). The graph, timeline and
-//! agents streams are refused with `unsupported_stream` until they are built.
+//! optionally filtered) and the read models `board`, `graph`, `timeline` and `agents`
+//! (the model's view, then each change, from a shared [`views`](super::views) follower).
 //!
 //! A subscription is a task: it sends its snapshot, replays what a resuming client
 //! missed (from the hub's ring, the database, or the follower's recent deltas), then
@@ -22,15 +21,13 @@ use uuid::Uuid;
 
 use super::hub::{SharedEvent, Tap};
 use super::link::{Alive, Link, Offer, Session};
+use super::models::view_of;
 use super::protocol::{
     view_delta, Empty, Envelope, EventView, Filters, ServerMessage, Subscribe, Unsubscribe, WsError,
 };
-use super::views::{BoardLive, Delta, LiveView, ProjectRef, Start as ViewStart};
+use super::views::{Delta, ProjectRef, Start as ViewStart};
 use super::AbortOnDrop;
 use crate::error::ApiError;
-
-/// Streams announced in the protocol but not served yet.
-const COMING_STREAMS: [&str; 3] = ["graph", "timeline", "agents"];
 
 /// Longest subscription id accepted.
 const MAX_ID_CHARS: usize = 128;
@@ -128,7 +125,7 @@ impl Subscriptions {
 /// An authorized subscription, ready to run.
 struct Plan {
     id: String,
-    /// `events` or `board`.
+    /// `events`, or a read model: `board`, `graph`, `timeline` or `agents`.
     stream: &'static str,
     project_id: Uuid,
     scope: Scope,
@@ -148,13 +145,11 @@ impl Plan {
         }
         let (stream, permission) = match request.stream.as_str() {
             "events" => ("events", "events:read"),
+            // The permissions of the read models' HTTP views.
             "board" => ("board", "ticket:read"),
-            coming if COMING_STREAMS.contains(&coming) => {
-                return Err(WsError::new(
-                    "unsupported_stream",
-                    format!("the {coming:?} stream is not served yet; use \"events\""),
-                ))
-            }
+            "graph" => ("graph", "task:read"),
+            "timeline" => ("timeline", "ticket:read"),
+            "agents" => ("agents", "agent:read"),
             other => {
                 return Err(WsError::new(
                     "unknown_stream",
@@ -210,7 +205,7 @@ impl Plan {
     }
 
     async fn run(self, link: Link, alive: Alive) {
-        if self.stream == "board" {
+        if self.stream != "events" {
             return self.run_view(link, alive).await;
         }
         let start = match self.start(&link).await {
@@ -283,9 +278,8 @@ impl Plan {
     async fn run_view(self, link: Link, alive: Alive) {
         let hub = &link.state.live;
         let project_id = self.project_id;
-        let view = || -> Box<dyn LiveView> {
-            Box::new(BoardLive::new(project_id, crate::board::columns()))
-        };
+        let stream = self.stream;
+        let view = || view_of(stream, project_id);
         let project = ProjectRef {
             organization_id: self.scope.organization_id,
             project_id,

@@ -18,58 +18,16 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use omoi_projections::board::{render_board, BoardModel, Card, ColumnConfig};
 use omoi_projections::ProjectionError;
 use omoi_store::log::{read_global, Visibility};
-use omoi_store::{Cursor, StoredEvent};
+use omoi_store::Cursor;
 use serde_json::Value;
 use tokio::sync::broadcast::{self, error::RecvError};
 use tokio::sync::OnceCell;
 use uuid::Uuid;
 
 use super::hub::{Hub, Tap};
-
-/// A read model a follower keeps: the projector's pure rule, plus its rendering.
-pub trait LiveView: Send + 'static {
-    /// Applies one event of the project; the change to send, if the model changed.
-    fn apply(&mut self, event: &StoredEvent) -> Result<Option<Value>, ProjectionError>;
-    /// The whole model, as the snapshot of a new subscription.
-    fn snapshot(&self) -> Value;
-}
-
-/// The Kanban board of one project: a delta is the whole card that changed (a client
-/// replaces its card by `ticket_id`; the card's `status` is its column).
-pub struct BoardLive {
-    project_id: Uuid,
-    columns: Vec<ColumnConfig>,
-    model: BoardModel,
-}
-
-impl BoardLive {
-    pub fn new(project_id: Uuid, columns: Vec<ColumnConfig>) -> Self {
-        Self {
-            project_id,
-            columns,
-            model: BoardModel::default(),
-        }
-    }
-}
-
-impl LiveView for BoardLive {
-    fn apply(&mut self, event: &StoredEvent) -> Result<Option<Value>, ProjectionError> {
-        let touched = self.model.apply(event)?;
-        Ok(touched
-            .card
-            .and_then(|id| self.model.card(id))
-            .map(|card| serde_json::json!({ "card": card })))
-    }
-
-    fn snapshot(&self) -> Value {
-        let cards: Vec<Card> = self.model.cards().cloned().collect();
-        let view = render_board(self.project_id, &self.columns, cards, None);
-        serde_json::to_value(view).unwrap_or(Value::Null)
-    }
-}
+use super::models::{LiveView, Reach};
 
 /// One change of a followed model, encoded once.
 #[derive(Debug)]
@@ -180,7 +138,7 @@ impl Followers {
         hub: &Hub,
         stream: &'static str,
         project: ProjectRef,
-        view: impl FnOnce() -> Box<dyn LiveView>,
+        view: impl FnOnce() -> Option<Box<dyn LiveView>>,
     ) -> Result<Arc<Follower>, sqlx::Error> {
         let key = (stream, project.project_id);
         let cell = {
@@ -191,9 +149,14 @@ impl Followers {
             }
             cell.clone()
         };
-        cell.get_or_try_init(|| start(hub, project, view()))
-            .await
-            .cloned()
+        cell.get_or_try_init(|| async {
+            let view = view().ok_or_else(|| {
+                sqlx::Error::Protocol(format!("{stream:?} is not a read-model stream"))
+            })?;
+            start(hub, project, view).await
+        })
+        .await
+        .cloned()
     }
 }
 
@@ -204,9 +167,10 @@ async fn start(
     mut view: Box<dyn LiveView>,
 ) -> Result<Arc<Follower>, sqlx::Error> {
     let tap = hub.tap().await?;
+    let reach = view.reach();
     let visibility = Visibility::Organizations {
         organizations: vec![project.organization_id],
-        project: Some(project.project_id),
+        project: (reach == Reach::Project).then_some(project.project_id),
     };
     let batch = hub.config().batch_size.max(1);
     let mut cursor = Cursor::default();
@@ -236,7 +200,7 @@ async fn start(
         ended: AtomicBool::new(false),
     });
     // The task owns a reference: it ends on its own (idle, behind, or the hub gone).
-    tokio::spawn(follow(follower.clone(), tap, project.project_id));
+    tokio::spawn(follow(follower.clone(), tap, project, reach));
     Ok(follower)
 }
 
@@ -248,8 +212,11 @@ fn replay_error(error: ProjectionError) -> sqlx::Error {
 }
 
 /// Applies the hub's events to the follower until it falls behind, fails, or is idle.
-async fn follow(follower: Arc<Follower>, mut tap: Tap, project_id: Uuid) {
-    let project = project_id.to_string();
+async fn follow(follower: Arc<Follower>, mut tap: Tap, project: ProjectRef, reach: Reach) {
+    let (key, id) = match reach {
+        Reach::Project => ("project_id", project.project_id.to_string()),
+        Reach::Organization => ("organization_id", project.organization_id.to_string()),
+    };
     let mut last_used = tokio::time::Instant::now();
     loop {
         // Busy or quiet, a follower nobody has subscribed to for a while ends.
@@ -268,9 +235,8 @@ async fn follow(follower: Arc<Follower>, mut tap: Tap, project_id: Uuid) {
             continue;
         }
         state.position = event.cursor();
-        let in_project =
-            event.metadata.get("project_id").and_then(Value::as_str) == Some(project.as_str());
-        if !in_project {
+        let in_reach = event.metadata.get(key).and_then(Value::as_str) == Some(id.as_str());
+        if !in_reach {
             continue;
         }
         match state.view.apply(&event) {
