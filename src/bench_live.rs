@@ -6,6 +6,9 @@
 //! HTTP answer to the delta carrying the new title. Memory per idle connection is the
 //! growth of the server's resident set while the N clients connect and take their
 //! snapshots, divided by N.
+//!
+//! `OMOI_BENCH_WRAP="valgrind --tool=massif"` runs the server under that command (a
+//! profiler), and stops it with SIGINT at the end so the profiler writes its report.
 
 use std::collections::HashMap;
 use std::process::Stdio;
@@ -105,9 +108,28 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     println!(
         "  targets: p99 ≤ {LATENCY_TARGET_MS} ms at 1,000 clients and 200 commands/s; ≤ {MEMORY_TARGET_KIB} KiB per idle connection"
     );
+    if wrapper().is_some() {
+        // A graceful stop: a profiler writes its report on exit.
+        std::process::Command::new("kill")
+            .args(["-INT", &pid.to_string()])
+            .status()?;
+        tokio::time::timeout(Duration::from_secs(60), server.wait())
+            .await
+            .ok();
+    }
     server.kill().await.ok();
     database.pool.close().await;
     Ok(())
+}
+
+/// The command `OMOI_BENCH_WRAP` runs the server under, word by word.
+fn wrapper() -> Option<Vec<String>> {
+    let words: Vec<String> = std::env::var("OMOI_BENCH_WRAP")
+        .ok()?
+        .split_whitespace()
+        .map(str::to_string)
+        .collect();
+    (!words.is_empty()).then_some(words)
 }
 
 fn free_port() -> anyhow::Result<u16> {
@@ -117,7 +139,16 @@ fn free_port() -> anyhow::Result<u16> {
 }
 
 fn serve(database: &TestDatabase, port: u16) -> anyhow::Result<Child> {
-    Ok(Command::new(std::env::current_exe()?)
+    let exe = std::env::current_exe()?;
+    let mut command = match wrapper() {
+        Some(words) => {
+            let mut wrapped = Command::new(&words[0]);
+            wrapped.args(&words[1..]).arg(exe);
+            wrapped
+        }
+        None => Command::new(exe),
+    };
+    Ok(command
         .arg("serve")
         .env("DATABASE_URL", &database.url)
         .env("OMOI_JWT_SECRET", std::str::from_utf8(TEST_SIGNING_SECRET)?)

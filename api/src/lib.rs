@@ -39,7 +39,7 @@ use axum::extract::{DefaultBodyLimit, Request};
 use axum::middleware::Next;
 use axum::response::Response;
 use axum::routing::get;
-use axum::{Json, Router};
+use axum::Router;
 use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 
@@ -125,8 +125,19 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
 /// The whole application.
 pub fn app(state: AppState) -> Router {
     let (router, document) = documented_routes().split_for_parts();
+    // Encoded once: axum clones every route's handler for each new connection, and the
+    // document is hundreds of kilobytes as a tree.
+    let document = axum::body::Bytes::from(serde_json::to_vec(&document).unwrap_or_default());
     router
-        .route("/openapi.json", get(move || async move { Json(document) }))
+        .route(
+            "/openapi.json",
+            get(move || async move {
+                (
+                    [(axum::http::header::CONTENT_TYPE, "application/json")],
+                    document,
+                )
+            }),
+        )
         .route("/docs", get(system::docs))
         .fallback(system::not_found)
         .method_not_allowed_fallback(system::method_not_allowed)

@@ -3,6 +3,7 @@
 //! client applies to its copy (the shapes are in docs/websocket.md).
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 
 use omoi_projections::agents::{AgentView, AgentsModel};
 use omoi_projections::board::{render_board, BoardModel, Card, ColumnConfig};
@@ -10,6 +11,8 @@ use omoi_projections::graph::{GraphModel, GraphNode, GraphScope, NodeKind};
 use omoi_projections::timeline::{TimelineEntry, TimelineModel};
 use omoi_projections::ProjectionError;
 use omoi_store::StoredEvent;
+use serde::Serialize;
+use serde_json::value::RawValue;
 use serde_json::{json, Value};
 use uuid::Uuid;
 
@@ -31,8 +34,9 @@ pub trait LiveView: Send + 'static {
     /// Applies one event; the change to send, if the part of the model the stream shows
     /// changed.
     fn apply(&mut self, event: &StoredEvent) -> Result<Option<Value>, ProjectionError>;
-    /// The whole model, as the snapshot of a new subscription.
-    fn snapshot(&self) -> Value;
+    /// The whole model as JSON, the `data` of a new subscription's snapshot (encoded
+    /// straight from the view: no `Value` tree for a large model).
+    fn snapshot(&self) -> Snapshot;
 }
 
 /// The view a stream serves for `project_id`; `None` for a stream that is not a read model.
@@ -56,8 +60,16 @@ pub fn view_of(stream: &str, project_id: Uuid) -> Option<Box<dyn LiveView>> {
     })
 }
 
-fn to_value(value: impl serde::Serialize) -> Value {
-    serde_json::to_value(value).unwrap_or(Value::Null)
+/// A model encoded once, shared by every subscriber that joins at its position.
+pub type Snapshot = Arc<RawValue>;
+
+fn encode(value: impl Serialize) -> Snapshot {
+    let raw = serde_json::value::to_raw_value(&value).unwrap_or_else(|error| {
+        // Only a bug can get here (every view is plain data); say so rather than hide it.
+        tracing::error!(%error, "a read model could not be encoded");
+        RawValue::NULL.to_owned()
+    });
+    Arc::from(raw)
 }
 
 /// The Kanban board of one project (`GET /api/v1/board/view`): a delta is the whole card
@@ -88,9 +100,9 @@ impl LiveView for BoardLive {
             .map(|card| json!({ "card": card })))
     }
 
-    fn snapshot(&self) -> Value {
+    fn snapshot(&self) -> Snapshot {
         let cards: Vec<Card> = self.model.cards().cloned().collect();
-        to_value(render_board(self.project_id, &self.columns, cards, None))
+        encode(render_board(self.project_id, &self.columns, cards, None))
     }
 }
 
@@ -128,14 +140,14 @@ impl LiveView for GraphLive {
         Ok(Some(change))
     }
 
-    fn snapshot(&self) -> Value {
+    fn snapshot(&self) -> Snapshot {
         let scope = GraphScope {
             project_id: self.project_id,
             ticket_id: None,
             as_of: None,
         };
         let project_id = self.project_id;
-        to_value(
+        encode(
             self.model
                 .render(scope, |node| node.project_id == project_id),
         )
@@ -174,10 +186,19 @@ impl LiveView for TimelineLive {
         Ok(Some(change))
     }
 
-    fn snapshot(&self) -> Value {
+    fn snapshot(&self) -> Snapshot {
         let entries: Vec<&TimelineEntry> = self.newest.iter().rev().collect();
-        json!({ "project_id": self.project_id, "entries": entries })
+        encode(TimelineSnapshot {
+            project_id: self.project_id,
+            entries,
+        })
     }
+}
+
+#[derive(Serialize)]
+struct TimelineSnapshot<'a> {
+    project_id: Uuid,
+    entries: Vec<&'a TimelineEntry>,
 }
 
 /// The agents that may work on one project — its own and its organization's
@@ -186,6 +207,12 @@ impl LiveView for TimelineLive {
 pub struct AgentsLive {
     project_id: Uuid,
     model: AgentsModel,
+}
+
+#[derive(Serialize)]
+struct AgentsSnapshot<'a> {
+    project_id: Uuid,
+    agents: Vec<&'a AgentView>,
 }
 
 impl AgentsLive {
@@ -209,13 +236,16 @@ impl LiveView for AgentsLive {
         Ok((!agents.is_empty()).then(|| json!({ "agents": agents })))
     }
 
-    fn snapshot(&self) -> Value {
+    fn snapshot(&self) -> Snapshot {
         let agents: Vec<&AgentView> = self
             .model
             .agents()
             .into_iter()
             .filter(|agent| self.serves_project(agent))
             .collect();
-        json!({ "project_id": self.project_id, "agents": agents })
+        encode(AgentsSnapshot {
+            project_id: self.project_id,
+            agents,
+        })
     }
 }

@@ -4,6 +4,7 @@
 use omoi_store::StoredEvent;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 use uuid::Uuid;
 
@@ -244,7 +245,7 @@ pub enum ServerMessage<'a> {
         events: Vec<EventView<'a>>,
         /// The read model of a read-model stream (`board`: the board view).
         #[serde(skip_serializing_if = "Option::is_none")]
-        data: Option<Value>,
+        data: Option<&'a RawValue>,
     },
     Delta {
         id: &'a str,

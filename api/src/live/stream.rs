@@ -23,7 +23,8 @@ use super::hub::{SharedEvent, Tap};
 use super::link::{Alive, Link, Offer, Session};
 use super::models::view_of;
 use super::protocol::{
-    view_delta, Empty, Envelope, EventView, Filters, ServerMessage, Subscribe, Unsubscribe, WsError,
+    encode, view_delta, Empty, Envelope, EventView, Filters, ServerMessage, Subscribe, Unsubscribe,
+    WsError,
 };
 use super::views::{Delta, ProjectRef, Start as ViewStart};
 use super::AbortOnDrop;
@@ -319,7 +320,7 @@ impl Plan {
             } => (position, false, stale, Some(data), Vec::new()),
             ViewStart::Resumed { position, missed } => (position, true, false, None, missed),
         };
-        let snapshot = ServerMessage::Snapshot {
+        let snapshot = encode(&ServerMessage::Snapshot {
             id: &self.id,
             stream: self.stream,
             project_id,
@@ -327,9 +328,11 @@ impl Plan {
             resumed,
             stale,
             events: Vec::new(),
-            data,
-        };
-        if !link.send_for(&alive, &snapshot).await {
+            data: data.as_deref(),
+        });
+        // Neither the model nor its message outlive their sending.
+        drop(data);
+        if !link.send_text_for(&alive, snapshot).await {
             return;
         }
         let mut last = position;

@@ -27,7 +27,7 @@ use tokio::sync::OnceCell;
 use uuid::Uuid;
 
 use super::hub::{Hub, Tap};
-use super::models::{LiveView, Reach};
+use super::models::{LiveView, Reach, Snapshot};
 
 /// One change of a followed model, encoded once.
 #[derive(Debug)]
@@ -46,7 +46,7 @@ pub enum Delta {
 pub enum Start {
     Snapshot {
         position: Cursor,
-        data: Value,
+        data: Snapshot,
         /// The client asked to resume from a position older than the follower's memory.
         stale: bool,
     },
@@ -63,6 +63,17 @@ struct State {
     recent: VecDeque<Arc<Delta>>,
     floor: Cursor,
     capacity: usize,
+    /// The model as last encoded, until it changes: a thousand dashboards opening at
+    /// once cost one encoding.
+    encoded: Option<Snapshot>,
+}
+
+impl State {
+    fn snapshot(&mut self) -> Snapshot {
+        self.encoded
+            .get_or_insert_with(|| self.view.snapshot())
+            .clone()
+    }
 }
 
 pub struct Follower {
@@ -80,7 +91,7 @@ impl Follower {
     /// The subscription's start and its receiver of later deltas, taken together; `None`
     /// when the follower has just ended (follow again for a new one).
     pub fn join(&self, after: Option<Cursor>) -> Option<(Start, broadcast::Receiver<Arc<Delta>>)> {
-        let state = self.lock();
+        let mut state = self.lock();
         if !self.is_running() {
             return None;
         }
@@ -97,7 +108,7 @@ impl Follower {
             },
             _ => Start::Snapshot {
                 position: state.position,
-                data: state.view.snapshot(),
+                data: state.snapshot(),
                 stale: after.is_some(),
             },
         };
@@ -195,6 +206,7 @@ async fn start(
             recent: VecDeque::new(),
             floor: tap.head,
             capacity: RECENT_DELTAS,
+            encoded: None,
         }),
         sender,
         ended: AtomicBool::new(false),
@@ -241,6 +253,7 @@ async fn follow(follower: Arc<Follower>, mut tap: Tap, project: ProjectRef, reac
         }
         match state.view.apply(&event) {
             Ok(Some(change)) => {
+                state.encoded = None;
                 let delta = Arc::new(Delta::Change {
                     position: event.cursor(),
                     change: change.to_string(),
