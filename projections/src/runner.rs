@@ -19,9 +19,10 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use omoi_store::wakeup::listen;
 use omoi_store::log::{read_global, EventPage, Visibility};
 use omoi_store::{Cursor, StoredEvent};
-use sqlx::postgres::{PgConnectOptions, PgListener};
+use sqlx::postgres::PgConnectOptions;
 use sqlx::{Connection, PgConnection, PgPool};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -34,9 +35,6 @@ use crate::Projector;
 /// into one row write: `omoi bench-projections` measured the board's rebuild at 36,000
 /// events/s in batches of 2,000 and 67,900 in batches of 10,000 (300,000 events).
 pub const CATCH_UP_BATCH: i64 = 10_000;
-
-/// The channel other processes' commits are announced on.
-pub const CHANNEL: &str = "omoi_events";
 
 #[derive(Debug, Clone)]
 pub struct RunnerConfig {
@@ -235,43 +233,6 @@ impl ProjectionRunner {
             tasks.insert(build.build, tokio::spawn(worker.run()));
         }
         Ok(())
-    }
-}
-
-/// Turns other processes' `NOTIFY omoi_events` into local wake-ups.
-async fn listen(options: PgConnectOptions, wake: watch::Sender<u64>) {
-    loop {
-        let listened = async {
-            let mut listener =
-                PgListener::connect_with(&sqlx::PgPool::connect_lazy_with(options.clone())).await?;
-            listener.listen(CHANNEL).await?;
-            loop {
-                listener.recv().await?;
-                wake.send_modify(|n| *n = n.wrapping_add(1));
-            }
-            #[allow(unreachable_code)]
-            Ok::<(), sqlx::Error>(())
-        };
-        if let Err(error) = listened.await {
-            tracing::debug!(%error, "event listener lost its connection; reconnecting");
-        }
-        tokio::time::sleep(Duration::from_secs(1)).await;
-    }
-}
-
-/// Announces this process's commits to other processes: at most one `NOTIFY` per
-/// `window`, sent outside every append transaction.
-pub async fn announce_commits(pool: PgPool, mut commits: watch::Receiver<u64>, window: Duration) {
-    while commits.changed().await.is_ok() {
-        tokio::time::sleep(window).await;
-        commits.mark_unchanged();
-        if let Err(error) = sqlx::query("select pg_notify($1, '')")
-            .bind(CHANNEL)
-            .execute(&pool)
-            .await
-        {
-            tracing::debug!(%error, "could not announce commits");
-        }
     }
 }
 

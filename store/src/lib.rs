@@ -8,6 +8,7 @@
 //! * [`bus`] — [`bus::CommandBus`]: load, handle, commit with metadata; retry on conflicts.
 //! * [`log`] — reading the event log: per aggregate (history, state as of an event) and
 //!   globally, in the gapless `(transaction_id, global_position)` order.
+//! * [`wakeup`] — coalesced cross-process wake-ups (`NOTIFY omoi_events`).
 //! * [`embedded`] — initdb/pg_ctl of the machine's PostgreSQL, as the `postgres` user when
 //!   we are root.
 
@@ -16,6 +17,7 @@ pub mod bus;
 pub mod db;
 pub mod embedded;
 pub mod log;
+pub mod wakeup;
 
 pub use bus::{Actor, CommandBus, CommandContext, CommandError, Committed};
 pub use log::{Cursor, EventPage, StoredEvent};

@@ -18,10 +18,9 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::Duration;
 
-use omoi_projections::runner::CHANNEL;
+use omoi_store::wakeup::listen;
 use omoi_store::log::{read_global, Visibility};
 use omoi_store::{Cursor, StoredEvent};
-use sqlx::postgres::{PgConnectOptions, PgListener};
 use sqlx::PgPool;
 use tokio::sync::{broadcast, watch, OnceCell};
 
@@ -276,29 +275,6 @@ impl Follower {
                 false
             }
         }
-    }
-}
-
-/// Turns other processes' `NOTIFY omoi_events` (one per burst of commits, sent by
-/// `announce_commits`) into wake-ups. A pool of its own, so that the listening connection
-/// does not take one of the application's.
-async fn listen(options: PgConnectOptions, wake: watch::Sender<u64>) {
-    loop {
-        let listened = async {
-            let pool = PgPool::connect_lazy_with(options.clone());
-            let mut listener = PgListener::connect_with(&pool).await?;
-            listener.listen(CHANNEL).await?;
-            loop {
-                listener.recv().await?;
-                wake.send_modify(|n| *n = n.wrapping_add(1));
-            }
-            #[allow(unreachable_code)]
-            Ok::<(), sqlx::Error>(())
-        };
-        if let Err(error) = listened.await {
-            tracing::debug!(%error, "live hub: listener lost its connection; reconnecting");
-        }
-        tokio::time::sleep(Duration::from_secs(1)).await;
     }
 }
 

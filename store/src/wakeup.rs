@@ -1,0 +1,53 @@
+//! Cross-process wake-ups: a process announces its commits with at most one
+//! `NOTIFY omoi_events` per window (never one per appended event: a NOTIFY inside the
+//! append transaction serializes every commit on the notification queue's lock), and the
+//! readers of the log in every process listen for it — and poll, since a notification is
+//! a hint, not a delivery.
+
+use std::time::Duration;
+
+use sqlx::postgres::{PgConnectOptions, PgListener};
+use sqlx::PgPool;
+use tokio::sync::watch;
+
+/// The channel commits are announced on.
+pub const CHANNEL: &str = "omoi_events";
+
+/// Bumps `wake` on every announcement of another process's commits, reconnecting when the
+/// connection is lost. A pool of its own, so that the listening connection does not take
+/// one of the application's.
+pub async fn listen(options: PgConnectOptions, wake: watch::Sender<u64>) {
+    loop {
+        let listened = async {
+            let pool = PgPool::connect_lazy_with(options.clone());
+            let mut listener = PgListener::connect_with(&pool).await?;
+            listener.listen(CHANNEL).await?;
+            loop {
+                listener.recv().await?;
+                wake.send_modify(|n| *n = n.wrapping_add(1));
+            }
+            #[allow(unreachable_code)]
+            Ok::<(), sqlx::Error>(())
+        };
+        if let Err(error) = listened.await {
+            tracing::debug!(%error, "event listener lost its connection; reconnecting");
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// Announces this process's commits to other processes: at most one `NOTIFY` per
+/// `window`, sent outside every append transaction.
+pub async fn announce_commits(pool: PgPool, mut commits: watch::Receiver<u64>, window: Duration) {
+    while commits.changed().await.is_ok() {
+        tokio::time::sleep(window).await;
+        commits.mark_unchanged();
+        if let Err(error) = sqlx::query("select pg_notify($1, '')")
+            .bind(CHANNEL)
+            .execute(&pool)
+            .await
+        {
+            tracing::debug!(%error, "could not announce commits");
+        }
+    }
+}
