@@ -33,6 +33,10 @@ pub enum Command {
     /// Serve the API against DATABASE_URL (migrating first unless
     /// database.migrate_on_start is false).
     Serve,
+    /// Run the orchestrator against DATABASE_URL: assign ready tasks to in-process agents
+    /// that run the configured command (settings `worker:`), fail silent agents, time out
+    /// and retry tasks.
+    Worker,
     /// Apply the database migrations to DATABASE_URL and exit.
     Migrate,
     /// Print an aggregate's events (sequence, global position, type, actor, payload) and its
@@ -129,6 +133,7 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
     match command {
         Command::Dev => serve(settings, true).await,
         Command::Serve => serve(settings, false).await,
+        Command::Worker => worker(settings).await,
         Command::Migrate => {
             let database = server::open_database(&settings, false).await?;
             db::migrate(&database.pool)
@@ -159,6 +164,9 @@ async fn serve(settings: Settings, dev: bool) -> anyhow::Result<()> {
         shutdown.clone(),
     );
     let state = state.with_projections(stats);
+    // `omoi dev` is the whole system: the orchestrator runs beside the API.
+    let worker = dev
+        .then(|| omoi_orchestrator::Worker::start(database.pool.clone(), settings.worker.clone()));
     let (listener, address) = server::bind(&settings).await?;
     tracing::info!(%address, "omoi is serving");
     if dev {
@@ -169,6 +177,9 @@ async fn serve(settings: Settings, dev: bool) -> anyhow::Result<()> {
         let _ = trigger.send(true);
     });
     let served = server::serve(listener, state, shutdown.wait()).await;
+    if let Some(worker) = worker {
+        worker.stop().await;
+    }
     let _ = projections.await;
     database.pool.close().await;
     if let Some(cluster) = database.embedded {
@@ -176,6 +187,16 @@ async fn serve(settings: Settings, dev: bool) -> anyhow::Result<()> {
         tracing::info!("PostgreSQL stopped");
     }
     served
+}
+
+async fn worker(settings: Settings) -> anyhow::Result<()> {
+    let database = server::open_database(&settings, false).await?;
+    let worker = omoi_orchestrator::Worker::start(database.pool.clone(), settings.worker.clone());
+    tracing::info!("omoi worker is running");
+    server::shutdown_signal().await;
+    worker.stop().await;
+    database.pool.close().await;
+    Ok(())
 }
 
 async fn print_welcome(

@@ -16,6 +16,9 @@ pub struct Settings {
     pub database: DatabaseSettings,
     pub commands: CommandSettings,
     pub auth: AuthSettings,
+    /// The orchestrator (`omoi worker`, and part of `omoi dev`).
+    #[serde(default)]
+    pub worker: omoi_orchestrator::WorkerConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -1,6 +1,7 @@
 //! `/api/v1/agents`: register, read, change status, replace capabilities, history.
 //!
-//! Heartbeats are not events and are not served here.
+//! Heartbeats are not events: `POST /api/v1/agents/{id}/heartbeat` renews the agent's
+//! lease (`agent_leases`); the worker fails an agent whose lease goes stale.
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -27,6 +28,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(register_agent))
         .routes(routes!(get_agent))
         .routes(routes!(change_agent_status))
+        .routes(routes!(heartbeat))
         .routes(routes!(update_capabilities))
         .routes(routes!(agent_history))
 }
@@ -194,6 +196,47 @@ async fn change_agent_status(
     state
         .answer::<Agent>(&caller, "agent:write", "ChangeAgentStatus", id, command)
         .await
+}
+
+/// The answer to a heartbeat: the agent's status as recorded.
+#[derive(Debug, serde::Serialize, ToSchema)]
+pub struct Heartbeat {
+    pub agent_id: Uuid,
+    pub status: AgentStatus,
+}
+
+/// Renews the agent's lease. An agent silent longer than the worker's stale threshold
+/// (90 s by default) is failed and its tasks go back to the queue; a terminated agent's
+/// heartbeat is refused.
+#[utoipa::path(post, path = "/api/v1/agents/{id}/heartbeat", tag = "agents",
+    params(("id" = Uuid, Path)),
+    responses(
+        (status = 200, body = Heartbeat), (status = 400, body = Problem),
+        (status = 404, body = Problem),
+        (status = 409, body = Problem, description = "the agent is terminated"),
+    ))]
+async fn heartbeat(
+    State(state): State<AppState>,
+    caller: Caller,
+    IdPath(id): IdPath,
+) -> ApiResult<Json<Heartbeat>> {
+    let (agent, _) = state.read::<Agent>(&caller, "agent:write", id).await?;
+    if agent.status == AgentStatus::Terminated {
+        return Err(ApiError::Conflict {
+            code: "agent_terminated",
+            detail: format!("agent {id} is terminated"),
+        });
+    }
+    let organization_id = agent
+        .organization_id
+        .ok_or_else(|| ApiError::Internal("agent without organization".into()))?;
+    omoi_orchestrator::leases::renew(state.pool(), id, organization_id)
+        .await
+        .map_err(ApiError::from)?;
+    Ok(Json(Heartbeat {
+        agent_id: id,
+        status: agent.status,
+    }))
 }
 
 /// Replaces the agent's whole capability set (at most 64); the new set must differ.

@@ -14,6 +14,7 @@ use omoi_domain::agent::{Agent, AgentStatus};
 use omoi_domain::common::{Phase, Priority};
 use omoi_domain::task::{Task, TaskCommand, MAX_DEPENDENCIES};
 use omoi_domain::ticket::{Ticket, TicketStatus};
+use omoi_orchestrator::cycles;
 use serde::Deserialize;
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
@@ -417,8 +418,9 @@ async fn cancel_task(
         (status = 409, body = Problem,
             description = "already a dependency, or dependencies are frozen"),
         (status = 422, body = Problem,
-            description = "the dependency is the task itself, does not exist or belongs \
-                           to another project"),
+            description = "the dependency is the task itself, does not exist, belongs to \
+                           another project, or would close a cycle (`dependency_cycle`, \
+                           the path in `detail`)"),
     ))]
 async fn add_dependency(
     State(state): State<AppState>,
@@ -431,6 +433,21 @@ async fn add_dependency(
         .project_id
         .ok_or_else(|| ApiError::Internal("task without project".into()))?;
     ensure_dependency(&state, project_id, body.depends_on).await?;
+    // Held until the edge has committed: a concurrent addition closing a cycle with this
+    // one waits, then sees this edge.
+    let _lock = cycles::lock_project(state.pool(), project_id)
+        .await
+        .map_err(ApiError::from)?;
+    if let Some(path) = cycles::cycle_through(&state.bus, id, body.depends_on)
+        .await
+        .map_err(ApiError::from)?
+    {
+        return Err(ApiError::invalid(
+            "dependency_cycle",
+            "depends_on",
+            format!("circular dependency: {}", cycles::describe(&path)),
+        ));
+    }
     let command = TaskCommand::AddDependency {
         depends_on: body.depends_on,
     };

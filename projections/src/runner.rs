@@ -19,8 +19,8 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use omoi_store::wakeup::listen;
 use omoi_store::log::{read_global, EventPage, Visibility};
+use omoi_store::wakeup::listen;
 use omoi_store::{Cursor, StoredEvent};
 use sqlx::postgres::PgConnectOptions;
 use sqlx::{Connection, PgConnection, PgPool};

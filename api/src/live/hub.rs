@@ -18,8 +18,8 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::Duration;
 
-use omoi_store::wakeup::listen;
 use omoi_store::log::{read_global, Visibility};
+use omoi_store::wakeup::listen;
 use omoi_store::{Cursor, StoredEvent};
 use sqlx::PgPool;
 use tokio::sync::{broadcast, watch, OnceCell};

@@ -1,0 +1,228 @@
+//! The built-in executor: runs a configured shell command for one task, in a fresh
+//! working directory, with the task in environment variables and in `task.json`. Its
+//! output lines become progress (at most one report per interval), its exit status the
+//! task's completion or failure; a timeout or a cancellation kills it.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use omoi_domain::task::MAX_PROGRESS_CHARS;
+use serde_json::json;
+use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+use tokio::process::Command;
+use tokio::sync::{mpsc, watch};
+
+use crate::queue::QueuedTask;
+
+/// How a run ended.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    Completed {
+        output: Vec<String>,
+    },
+    Failed {
+        error: String,
+    },
+    TimedOut {
+        after_seconds: u64,
+    },
+    /// Cancelled from outside: the process was stopped; nothing to record.
+    Stopped,
+}
+
+/// Lines kept from each stream for the result or the error.
+const TAIL_LINES: usize = 20;
+
+/// What a run needs besides the task.
+#[derive(Debug, Clone)]
+pub struct Run {
+    pub command: String,
+    pub directory: PathBuf,
+    pub progress_interval: Duration,
+    pub attempt: u32,
+}
+
+fn tail(lines: &mut Vec<String>, line: String) {
+    if lines.len() == TAIL_LINES {
+        lines.remove(0);
+    }
+    lines.push(line);
+}
+
+fn truncated(line: &str) -> String {
+    line.chars().take(MAX_PROGRESS_CHARS).collect()
+}
+
+async fn prepare(directory: &Path, task: &QueuedTask, attempt: u32) -> std::io::Result<PathBuf> {
+    tokio::fs::create_dir_all(directory).await?;
+    let file = directory.join("task.json");
+    let document = json!({
+        "id": task.id,
+        "organization_id": task.organization_id,
+        "project_id": task.project_id,
+        "title": task.title,
+        "description": task.description,
+        "task_type": task.task_type,
+        "priority": task.priority,
+        "required_capabilities": task.required_capabilities,
+        "attempt": attempt,
+        "timeout_seconds": task.timeout_seconds,
+    });
+    tokio::fs::write(&file, serde_json::to_vec_pretty(&document)?).await?;
+    Ok(file)
+}
+
+/// Runs the command for `task`. `progress` receives coalesced progress lines; `cancel`
+/// turning true stops the process.
+pub async fn execute(
+    task: &QueuedTask,
+    run: &Run,
+    progress: mpsc::Sender<String>,
+    mut cancel: watch::Receiver<bool>,
+) -> Outcome {
+    let file = match prepare(&run.directory, task, run.attempt).await {
+        Ok(file) => file,
+        Err(error) => {
+            return Outcome::Failed {
+                error: format!("cannot prepare the working directory: {error}"),
+            }
+        }
+    };
+    let spawned = Command::new("sh")
+        .arg("-c")
+        .arg(&run.command)
+        .current_dir(&run.directory)
+        .env("OMOI_TASK_ID", task.id.to_string())
+        .env("OMOI_TASK_TITLE", &task.title)
+        .env("OMOI_TASK_DESCRIPTION", &task.description)
+        .env("OMOI_TASK_TYPE", &task.task_type)
+        .env("OMOI_TASK_FILE", &file)
+        .env("OMOI_TASK_ATTEMPT", run.attempt.to_string())
+        .env("OMOI_PROJECT_ID", task.project_id.to_string())
+        .env("OMOI_ORGANIZATION_ID", task.organization_id.to_string())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .process_group(0)
+        .spawn();
+    let mut child = match spawned {
+        Ok(child) => child,
+        Err(error) => {
+            return Outcome::Failed {
+                error: format!("cannot start `{}`: {error}", run.command),
+            }
+        }
+    };
+    let (Some(stdout), Some(stderr)) = (child.stdout.take(), child.stderr.take()) else {
+        return Outcome::Failed {
+            error: "the command's output could not be captured".into(),
+        };
+    };
+    let stdout_lines = tokio::spawn(forward_lines(
+        stdout,
+        Some((progress, run.progress_interval)),
+    ));
+    let stderr_lines = tokio::spawn(forward_lines(stderr, None));
+    let limit = task
+        .timeout_seconds
+        .map(|s| Duration::from_secs(u64::from(s)));
+    let deadline = async {
+        match limit {
+            Some(limit) => tokio::time::sleep(limit).await,
+            None => std::future::pending().await,
+        }
+    };
+    let cancelled = async {
+        while !*cancel.borrow_and_update() {
+            if cancel.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    let ended = tokio::select! {
+        status = child.wait() => Ok(status),
+        () = deadline => Err(Outcome::TimedOut {
+            after_seconds: limit.map_or(0, |l| l.as_secs()),
+        }),
+        () = cancelled => Err(Outcome::Stopped),
+    };
+    let status = match ended {
+        Ok(status) => status,
+        Err(outcome) => {
+            kill_group(&mut child).await;
+            return outcome;
+        }
+    };
+    let output = stdout_lines.await.unwrap_or_default();
+    let errors = stderr_lines.await.unwrap_or_default();
+    match status {
+        Ok(status) if status.success() => Outcome::Completed { output },
+        Ok(status) => {
+            let detail = errors.last().or(output.last()).cloned().unwrap_or_default();
+            Outcome::Failed {
+                error: format!("`{}` exited with {status}: {detail}", run.command),
+            }
+        }
+        Err(error) => Outcome::Failed {
+            error: format!("waiting for `{}`: {error}", run.command),
+        },
+    }
+}
+
+/// Kills the command and everything it started (it leads its own process group).
+async fn kill_group(child: &mut tokio::process::Child) {
+    if let Some(pid) = child.id() {
+        // `kill -KILL -<pgid>` reaches the grandchildren a plain kill would orphan.
+        let _ = Command::new("kill")
+            .args(["-KILL", "--", &format!("-{pid}")])
+            .status()
+            .await;
+    }
+    let _ = child.kill().await;
+}
+
+/// Reads lines until the stream ends; keeps the last few; sends at most one progress
+/// line per interval (the newest seen).
+async fn forward_lines(
+    stream: impl AsyncRead + Unpin,
+    progress: Option<(mpsc::Sender<String>, Duration)>,
+) -> Vec<String> {
+    let mut lines = BufReader::new(stream).lines();
+    let mut kept = Vec::new();
+    let mut last_sent: Option<tokio::time::Instant> = None;
+    let mut pending: Option<String> = None;
+    loop {
+        let wait = match (&pending, &progress, last_sent) {
+            (Some(_), Some((_, interval)), Some(sent)) => Some(sent + *interval),
+            _ => None,
+        };
+        let next = async {
+            match wait {
+                Some(at) => tokio::time::timeout_at(at, lines.next_line()).await.ok(),
+                None => Some(lines.next_line().await),
+            }
+        };
+        match next.await {
+            Some(Ok(Some(line))) => {
+                let line = truncated(&line);
+                tail(&mut kept, line.clone());
+                if !line.trim().is_empty() {
+                    pending = Some(line);
+                }
+            }
+            Some(Ok(None)) | Some(Err(_)) => break,
+            None => {}
+        }
+        if let (Some((sender, interval)), Some(line)) = (&progress, &pending) {
+            if last_sent.is_none_or(|sent| sent.elapsed() >= *interval) {
+                let _ = sender.try_send(line.clone());
+                pending = None;
+                last_sent = Some(tokio::time::Instant::now());
+            }
+        }
+    }
+    // A last line within the interval is not reported: it is in the result's output.
+    kept
+}

@@ -1,0 +1,61 @@
+//! Heartbeats as leases: one row per agent in `agent_leases`, renewed by each heartbeat.
+
+use sqlx::PgPool;
+use uuid::Uuid;
+
+/// Records a heartbeat of `agent_id` now (in the database's clock, which every replica
+/// shares).
+pub async fn renew(pool: &PgPool, agent_id: Uuid, organization_id: Uuid) -> sqlx::Result<()> {
+    sqlx::query(
+        "insert into agent_leases (agent_id, organization_id, heartbeat_at)
+         values ($1, $2, now())
+         on conflict (agent_id) do update set heartbeat_at = now(), expired_at = null",
+    )
+    .bind(agent_id)
+    .bind(organization_id)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// Renews many leases at once (a worker's in-process agents).
+pub async fn renew_all(pool: &PgPool, agents: &[(Uuid, Uuid)]) -> sqlx::Result<()> {
+    if agents.is_empty() {
+        return Ok(());
+    }
+    let (ids, organizations): (Vec<Uuid>, Vec<Uuid>) = agents.iter().copied().unzip();
+    sqlx::query(
+        "insert into agent_leases (agent_id, organization_id, heartbeat_at)
+         select id, organization_id, now() from unnest($1::uuid[], $2::uuid[])
+                as t(id, organization_id)
+         on conflict (agent_id) do update set heartbeat_at = now(), expired_at = null",
+    )
+    .bind(ids)
+    .bind(organizations)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// Claims the leases silent for longer than `threshold_ms`: each is marked expired by
+/// exactly one caller (several workers may sweep at once), which then fails the agent.
+pub async fn expire_stale(pool: &PgPool, threshold_ms: u64) -> sqlx::Result<Vec<Uuid>> {
+    sqlx::query_scalar(
+        "update agent_leases set expired_at = now()
+          where expired_at is null
+            and heartbeat_at < now() - make_interval(secs => $1::float8 / 1000)
+          returning agent_id",
+    )
+    .bind(threshold_ms as f64)
+    .fetch_all(pool)
+    .await
+}
+
+/// Forgets an agent's lease (it was terminated).
+pub async fn release(pool: &PgPool, agent_id: Uuid) -> sqlx::Result<()> {
+    sqlx::query("delete from agent_leases where agent_id = $1")
+        .bind(agent_id)
+        .execute(pool)
+        .await?;
+    Ok(())
+}

@@ -1,0 +1,21 @@
+//! The task orchestrator (`omoi worker`): assigns ready work to agents by score,
+//! dependencies and capabilities; heartbeats as leases; stale agents, timeouts, retries
+//! with real backoff, cancellation; a built-in executor that runs a command per task.
+//!
+//! # Layout
+//!
+//! * [`score`] — the original's score formula, weights and thresholds from config.
+//! * [`queue`] — the tasks folded from the log: readiness, order, caps, overdue tasks.
+//! * [`leases`] — `agent_leases`: heartbeats and their expiry.
+//! * [`executor`] — one task's command: working directory, environment, progress, kill.
+//! * [`worker`] — the loop tying them together.
+//! * [`cycles`] — refusing a dependency that would close a cycle, race-free.
+
+pub mod cycles;
+pub mod executor;
+pub mod leases;
+pub mod queue;
+pub mod score;
+pub mod worker;
+
+pub use worker::{Work, Worker, WorkerConfig};

@@ -1,0 +1,540 @@
+//! The worker: follows the log into a [`Queue`], keeps its in-process agents' leases,
+//! sweeps silent agents and overdue tasks, and assigns the best ready task to a free agent
+//! of its organization whose capabilities cover the task's — then runs it.
+//!
+//! Several workers may run on one database: each assigns through the task aggregate,
+//! whose optimistic concurrency lets exactly one assignment of a task commit; the loser's
+//! retry finds the task taken and moves on. Leases are expired by one `UPDATE … RETURNING`,
+//! so one worker fails a silent agent.
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use omoi_domain::agent::{Agent, AgentCommand, AgentStatus, AgentType};
+use omoi_domain::task::{Task, TaskCommand, MAX_PROGRESS_CHARS};
+use omoi_store::log::{read_global, Visibility};
+use omoi_store::wakeup::listen;
+use omoi_store::{Actor, CommandBus, CommandContext, CommandError, Cursor};
+use rand::Rng;
+use serde::Deserialize;
+use serde_json::json;
+use sqlx::PgPool;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use uuid::Uuid;
+
+use crate::executor::{execute, Outcome, Run};
+use crate::leases;
+use crate::queue::{Change, Queue, QueuedTask};
+use crate::score::ScoreConfig;
+
+/// What a worker's agents do with a task.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Work {
+    /// Run this shell command (`sh -c`) per task.
+    Command(String),
+    /// Complete every task at once (benchmarks, smoke tests).
+    Nothing,
+}
+
+/// How a worker runs; every duration is configurable so tests run in seconds.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WorkerConfig {
+    pub work: Work,
+    /// Organizations served; empty serves every organization.
+    pub organizations: Vec<Uuid>,
+    /// In-process agents per organization, registered when its first task is ready.
+    pub agents_per_organization: usize,
+    pub capabilities: Vec<String>,
+    /// Tasks held by agents at once, per project.
+    pub project_concurrency: usize,
+    /// Tasks held by agents at once, per organization (until plans supply it).
+    pub organization_concurrency: usize,
+    /// An agent silent this long is failed and its tasks go back to the queue.
+    pub stale_after_ms: u64,
+    /// How often leases and timeouts are checked.
+    pub check_interval_ms: u64,
+    /// How often a worker looks at the log when nothing woke it.
+    pub poll_interval_ms: u64,
+    pub progress_interval_ms: u64,
+    /// Working directories are made under it, one per attempt.
+    pub work_dir: PathBuf,
+    pub score: ScoreConfig,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        Self {
+            work: Work::Command("echo \"$OMOI_TASK_TITLE\"".into()),
+            organizations: Vec::new(),
+            agents_per_organization: 4,
+            capabilities: Vec::new(),
+            project_concurrency: 5,
+            organization_concurrency: 10,
+            stale_after_ms: 90_000,
+            check_interval_ms: 5_000,
+            poll_interval_ms: 500,
+            progress_interval_ms: 1_000,
+            work_dir: std::env::temp_dir().join("omoi-worker"),
+            score: ScoreConfig::default(),
+        }
+    }
+}
+
+/// A running worker.
+pub struct Worker {
+    shutdown: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+impl Worker {
+    pub fn start(pool: PgPool, config: WorkerConfig) -> Self {
+        let (shutdown, stop) = watch::channel(false);
+        let bus = Arc::new(CommandBus::new(pool.clone(), Default::default()));
+        let (done, finished) = mpsc::unbounded_channel();
+        let runtime = Runtime {
+            pool,
+            bus,
+            config: Arc::new(config),
+            queue: Queue::default(),
+            cursor: Cursor::default(),
+            agents: HashMap::new(),
+            running: HashMap::new(),
+            done,
+            last_heartbeat: None,
+            last_sweep: None,
+        };
+        Self {
+            shutdown,
+            task: tokio::spawn(runtime.run(stop, finished)),
+        }
+    }
+
+    /// Stops dispatching and kills the commands still running (their tasks stay with
+    /// agents that no longer heartbeat, so a sweep puts them back).
+    pub async fn stop(self) {
+        let _ = self.shutdown.send(true);
+        let _ = self.task.await;
+    }
+}
+
+struct LocalAgent {
+    organization_id: Uuid,
+    capabilities: BTreeSet<String>,
+    task: Option<Uuid>,
+}
+
+struct Runtime {
+    pool: PgPool,
+    bus: Arc<CommandBus>,
+    config: Arc<WorkerConfig>,
+    queue: Queue,
+    cursor: Cursor,
+    agents: HashMap<Uuid, LocalAgent>,
+    /// Tasks run here → their cancel switch.
+    running: HashMap<Uuid, watch::Sender<bool>>,
+    done: mpsc::UnboundedSender<(Uuid, Uuid)>,
+    last_heartbeat: Option<Instant>,
+    last_sweep: Option<Instant>,
+}
+
+const PAGE: i64 = 10_000;
+
+fn context(actor: Actor, what: &str) -> CommandContext {
+    CommandContext::new(actor, format!("worker:{what}:{}", Uuid::now_v7()))
+}
+
+fn jitter() -> f64 {
+    rand::thread_rng().gen_range(0.0..1.0)
+}
+
+impl Runtime {
+    async fn run(
+        mut self,
+        mut stop: watch::Receiver<bool>,
+        mut finished: mpsc::UnboundedReceiver<(Uuid, Uuid)>,
+    ) {
+        let (wake, mut woken) = watch::channel(0u64);
+        let listener = tokio::spawn(listen((*self.pool.connect_options()).clone(), wake));
+        let mut commits = self.bus.commits();
+        while !*stop.borrow() {
+            self.catch_up().await;
+            self.heartbeat().await;
+            self.sweep().await;
+            self.dispatch().await;
+            let pause = self.pause();
+            tokio::select! {
+                _ = stop.changed() => {}
+                Some((agent, task)) = finished.recv() => self.free(agent, task),
+                _ = commits.changed() => {}
+                _ = woken.changed() => {}
+                () = tokio::time::sleep(pause) => {}
+            }
+            while let Ok((agent, task)) = finished.try_recv() {
+                self.free(agent, task);
+            }
+        }
+        listener.abort();
+        for cancel in self.running.values() {
+            let _ = cancel.send(true);
+        }
+    }
+
+    fn free(&mut self, agent: Uuid, task: Uuid) {
+        self.running.remove(&task);
+        if let Some(agent) = self.agents.get_mut(&agent) {
+            if agent.task == Some(task) {
+                agent.task = None;
+            }
+        }
+    }
+
+    /// Until the next poll, retry due, heartbeat or sweep.
+    fn pause(&self) -> Duration {
+        let mut pause = Duration::from_millis(self.config.poll_interval_ms);
+        let now = Utc::now();
+        if let Some(due) = self.queue.next_retry(now) {
+            let wait = (due - now).to_std().unwrap_or_default();
+            pause = pause.min(wait + Duration::from_millis(1));
+        }
+        pause.min(Duration::from_millis(self.config.check_interval_ms))
+    }
+
+    async fn catch_up(&mut self) {
+        loop {
+            let page =
+                match read_global(&self.pool, self.cursor, PAGE, &Visibility::Everything).await {
+                    Ok(page) => page,
+                    Err(error) => {
+                        tracing::warn!(%error, "worker: cannot read the log");
+                        return;
+                    }
+                };
+            for event in &page.events {
+                if let Change::Cancelled(task) = self.queue.apply(event) {
+                    if let Some(cancel) = self.running.get(&task) {
+                        let _ = cancel.send(true);
+                    }
+                }
+            }
+            self.cursor = page.next;
+            if (page.events.len() as i64) < PAGE {
+                return;
+            }
+        }
+    }
+
+    fn due(last: &mut Option<Instant>, every: Duration) -> bool {
+        if last.is_some_and(|at| at.elapsed() < every) {
+            return false;
+        }
+        *last = Some(Instant::now());
+        true
+    }
+
+    /// Renews the leases of this worker's agents, three times per stale threshold.
+    async fn heartbeat(&mut self) {
+        let every = Duration::from_millis(self.config.stale_after_ms / 3);
+        if !Self::due(&mut self.last_heartbeat, every) {
+            return;
+        }
+        let agents: Vec<(Uuid, Uuid)> = self
+            .agents
+            .iter()
+            .map(|(id, agent)| (*id, agent.organization_id))
+            .collect();
+        if let Err(error) = leases::renew_all(&self.pool, &agents).await {
+            tracing::warn!(%error, "worker: cannot renew its agents' leases");
+        }
+    }
+
+    /// Fails silent agents (their tasks go back to the queue) and times out running tasks
+    /// no process of this worker watches (an HTTP agent's).
+    async fn sweep(&mut self) {
+        let every = Duration::from_millis(self.config.check_interval_ms);
+        if !Self::due(&mut self.last_sweep, every) {
+            return;
+        }
+        let stale = match leases::expire_stale(&self.pool, self.config.stale_after_ms).await {
+            Ok(stale) => stale,
+            Err(error) => {
+                tracing::warn!(%error, "worker: cannot check leases");
+                Vec::new()
+            }
+        };
+        let now = Utc::now();
+        for agent_id in stale {
+            let silent = format!(
+                "agent {agent_id} sent no heartbeat for {} s",
+                self.config.stale_after_ms / 1000
+            );
+            tracing::warn!(%agent_id, "worker: {silent}; failing it");
+            let command = AgentCommand::ChangeAgentStatus {
+                to: AgentStatus::Failed,
+                reason: Some(silent.clone()),
+                force: false,
+                at: now,
+            };
+            let context = context(Actor::System("worker"), "stale");
+            if let Err(error) = self
+                .bus
+                .execute::<Agent>(&agent_id.to_string(), command, &context)
+                .await
+            {
+                tracing::info!(%agent_id, %error, "worker: stale agent not failed");
+            }
+            let held: Vec<Uuid> = self.queue.held_by(agent_id).iter().map(|t| t.id).collect();
+            for task_id in held {
+                let command = TaskCommand::FailTask {
+                    error: silent.clone(),
+                    at: now,
+                    jitter: jitter(),
+                };
+                self.task_command(task_id, command, &context).await;
+            }
+            self.agents.remove(&agent_id);
+        }
+        let overdue: Vec<Uuid> = self
+            .queue
+            .overdue(now)
+            .into_iter()
+            .filter(|t| !self.running.contains_key(&t.id))
+            .map(|t| t.id)
+            .collect();
+        for task_id in overdue {
+            let command = TaskCommand::TimeOutTask {
+                at: now,
+                jitter: jitter(),
+            };
+            let context = context(Actor::System("worker"), "timeout");
+            self.task_command(task_id, command, &context).await;
+        }
+    }
+
+    async fn task_command(&self, task_id: Uuid, command: TaskCommand, context: &CommandContext) {
+        if let Err(error) = self
+            .bus
+            .execute::<Task>(&task_id.to_string(), command, context)
+            .await
+        {
+            // Another worker or the agent itself got there first.
+            tracing::info!(%task_id, %error, "worker: task command not applied");
+        }
+    }
+
+    fn serves(&self, organization_id: Uuid) -> bool {
+        self.config.organizations.is_empty() || self.config.organizations.contains(&organization_id)
+    }
+
+    /// Assigns ready tasks, best first, to free capable agents within the caps.
+    async fn dispatch(&mut self) {
+        let now = Utc::now();
+        let candidates = self.queue.ready(now, &self.config.score);
+        if candidates.is_empty() {
+            return;
+        }
+        let (mut per_project, mut per_organization) = self.queue.active_counts();
+        for candidate in candidates {
+            let Some(task) = self.queue.task(candidate.task_id).cloned() else {
+                continue;
+            };
+            if !self.serves(task.organization_id)
+                || per_project.get(&task.project_id).copied().unwrap_or(0)
+                    >= self.config.project_concurrency
+                || per_organization
+                    .get(&task.organization_id)
+                    .copied()
+                    .unwrap_or(0)
+                    >= self.config.organization_concurrency
+            {
+                continue;
+            }
+            let Some(agent_id) = self.free_agent(&task).await else {
+                continue;
+            };
+            let command = TaskCommand::AssignTask { agent_id, at: now };
+            let context = context(Actor::System("worker"), "assign");
+            match self
+                .bus
+                .execute::<Task>(&task.id.to_string(), command, &context)
+                .await
+            {
+                Ok(committed) => {
+                    *per_project.entry(task.project_id).or_insert(0) += 1;
+                    *per_organization.entry(task.organization_id).or_insert(0) += 1;
+                    let attempt = committed.state.retry_count + 1;
+                    self.launch(agent_id, task, attempt);
+                }
+                // Taken by another worker, cancelled, or its retry is not due after all.
+                Err(CommandError::Domain(error)) => {
+                    tracing::debug!(task_id = %task.id, %error, "worker: not assigned");
+                }
+                Err(error) => {
+                    tracing::warn!(task_id = %task.id, %error, "worker: cannot assign");
+                    return;
+                }
+            }
+        }
+    }
+
+    /// A free agent of the task's organization able to run it, registering one while the
+    /// organization has fewer than `agents_per_organization`.
+    async fn free_agent(&mut self, task: &QueuedTask) -> Option<Uuid> {
+        let able = |agent: &LocalAgent| {
+            agent.organization_id == task.organization_id
+                && task.required_capabilities.is_subset(&agent.capabilities)
+        };
+        if let Some((id, _)) = self
+            .agents
+            .iter()
+            .find(|(_, agent)| agent.task.is_none() && able(agent))
+        {
+            return Some(*id);
+        }
+        let own = self
+            .agents
+            .values()
+            .filter(|a| a.organization_id == task.organization_id)
+            .count();
+        let capabilities: BTreeSet<String> = self.config.capabilities.iter().cloned().collect();
+        if own >= self.config.agents_per_organization
+            || !task.required_capabilities.is_subset(&capabilities)
+        {
+            return None;
+        }
+        let id = self.register(task.organization_id, own + 1).await?;
+        self.agents.insert(
+            id,
+            LocalAgent {
+                organization_id: task.organization_id,
+                capabilities,
+                task: None,
+            },
+        );
+        // A new agent's lease starts now.
+        self.last_heartbeat = None;
+        self.heartbeat().await;
+        Some(id)
+    }
+
+    async fn register(&self, organization_id: Uuid, number: usize) -> Option<Uuid> {
+        let id = Uuid::now_v7();
+        let now = Utc::now();
+        let context = context(Actor::System("worker"), "register");
+        let register = AgentCommand::RegisterAgent {
+            agent_id: id,
+            organization_id,
+            project_id: None,
+            name: Some(format!("worker-{}-{number}", &id.simple().to_string()[..8])),
+            agent_type: AgentType::Worker,
+            capabilities: self.config.capabilities.clone(),
+            capacity: Some(1),
+            at: now,
+        };
+        let ready = AgentCommand::ChangeAgentStatus {
+            to: AgentStatus::Idle,
+            reason: Some("in-process agent of a worker".into()),
+            force: false,
+            at: now,
+        };
+        for command in [register, ready] {
+            if let Err(error) = self
+                .bus
+                .execute::<Agent>(&id.to_string(), command, &context)
+                .await
+            {
+                tracing::warn!(%error, %organization_id, "worker: cannot register an agent");
+                return None;
+            }
+        }
+        Some(id)
+    }
+
+    fn launch(&mut self, agent_id: Uuid, task: QueuedTask, attempt: u32) {
+        if let Some(agent) = self.agents.get_mut(&agent_id) {
+            agent.task = Some(task.id);
+        }
+        let (cancel, cancelled) = watch::channel(false);
+        self.running.insert(task.id, cancel);
+        let run = Run {
+            command: match &self.config.work {
+                Work::Command(command) => command.clone(),
+                Work::Nothing => String::new(),
+            },
+            directory: self.config.work_dir.join(format!("{}-{attempt}", task.id)),
+            progress_interval: Duration::from_millis(self.config.progress_interval_ms),
+            attempt,
+        };
+        let bus = self.bus.clone();
+        let nothing = self.config.work == Work::Nothing;
+        let done = self.done.clone();
+        tokio::spawn(async move {
+            run_task(&bus, agent_id, &task, &run, nothing, cancelled).await;
+            let _ = done.send((agent_id, task.id));
+        });
+    }
+}
+
+/// Starts the task, runs it, and records how it ended — as its agent.
+async fn run_task(
+    bus: &CommandBus,
+    agent_id: Uuid,
+    task: &QueuedTask,
+    run: &Run,
+    nothing: bool,
+    cancelled: watch::Receiver<bool>,
+) {
+    let id = task.id.to_string();
+    let context = context(Actor::Agent(agent_id), "run");
+    let start = TaskCommand::StartTask { at: Utc::now() };
+    if let Err(error) = bus.execute::<Task>(&id, start, &context).await {
+        tracing::info!(task_id = %task.id, %error, "worker: task not started");
+        return;
+    }
+    let outcome = if nothing {
+        Outcome::Completed { output: Vec::new() }
+    } else {
+        let (progress, mut lines) = mpsc::channel::<String>(4);
+        let reporter = async {
+            while let Some(message) = lines.recv().await {
+                let command = TaskCommand::ReportProgress { message };
+                if let Err(error) = bus.execute::<Task>(&id, command, &context).await {
+                    tracing::debug!(task_id = %task.id, %error, "worker: progress not recorded");
+                }
+            }
+        };
+        let (outcome, ()) = tokio::join!(execute(task, run, progress, cancelled), reporter);
+        outcome
+    };
+    let at = Utc::now();
+    let command = match outcome {
+        Outcome::Completed { output } => {
+            if !nothing {
+                let _ = tokio::fs::remove_dir_all(&run.directory).await;
+            }
+            TaskCommand::CompleteTask {
+                result: json!({ "exit_code": 0, "output": output }),
+                at,
+            }
+        }
+        Outcome::Failed { error } => TaskCommand::FailTask {
+            error: error.chars().take(MAX_PROGRESS_CHARS).collect(),
+            at,
+            jitter: jitter(),
+        },
+        Outcome::TimedOut { .. } => TaskCommand::TimeOutTask {
+            at,
+            jitter: jitter(),
+        },
+        Outcome::Stopped => return,
+    };
+    if let Err(error) = bus.execute::<Task>(&id, command, &context).await {
+        tracing::info!(task_id = %task.id, %error, "worker: outcome not recorded");
+    }
+}

@@ -1,0 +1,464 @@
+//! The orchestrator end to end, against a real server and PostgreSQL: workers running real
+//! shell commands, dependency order, exactly-once assignment across two workers, race-free
+//! cycle refusal, stale agents, timeouts that kill, retries that really wait, permanent
+//! errors, cancellation that stops the process.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use omoi::testing::{spawn_app, TestApp, TestDatabase};
+use omoi_orchestrator::{Work, Worker, WorkerConfig};
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+
+const PATIENCE: Duration = Duration::from_secs(30);
+
+/// A worker that checks often, so the tests take seconds.
+fn config(work: Work, directory: &Path) -> WorkerConfig {
+    WorkerConfig {
+        work,
+        agents_per_organization: 4,
+        stale_after_ms: 1_500,
+        check_interval_ms: 200,
+        poll_interval_ms: 100,
+        progress_interval_ms: 1_000,
+        work_dir: directory.join("work"),
+        ..WorkerConfig::default()
+    }
+}
+
+fn command(text: &str) -> Work {
+    Work::Command(text.to_string())
+}
+
+fn scratch() -> std::path::PathBuf {
+    let directory = std::env::temp_dir().join(format!("omoi-test-{}", uuid::Uuid::now_v7()));
+    std::fs::create_dir_all(&directory).expect("a scratch directory");
+    directory
+}
+
+async fn ticket(app: &TestApp, project: &str) -> String {
+    let (status, body) = app
+        .post(
+            "/api/v1/tickets",
+            json!({"project_id": project, "title": "Work"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    body["id"].as_str().expect("an id").to_string()
+}
+
+async fn task(app: &TestApp, ticket: &str, title: &str, extra: Value) -> String {
+    let mut body = json!({"ticket_id": ticket, "title": title, "task_type": "implement"});
+    if let (Some(body), Some(extra)) = (body.as_object_mut(), extra.as_object()) {
+        body.extend(extra.clone());
+    }
+    let (status, answer) = app.post("/api/v1/tasks", body).await;
+    assert_eq!(status, StatusCode::CREATED, "{answer}");
+    answer["id"].as_str().expect("an id").to_string()
+}
+
+async fn task_state(app: &TestApp, id: &str) -> Value {
+    let (status, body) = app.get(&format!("/api/v1/tasks/{id}")).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    body["state"].clone()
+}
+
+/// Waits until the task's status is `status`; returns its state.
+async fn until_status(app: &TestApp, id: &str, status: &str) -> Value {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let state = task_state(app, id).await;
+        if state["status"] == status {
+            return state;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "task {id} never became {status}: {state}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The task's events, oldest first: (type, payload, recorded at).
+async fn history(app: &TestApp, id: &str) -> Vec<(String, Value)> {
+    let (status, body) = app.get(&format!("/api/v1/tasks/{id}/history")).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    body["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .map(|e| {
+            let kind = e["event_type"].as_str().expect("a type").to_string();
+            (kind.clone(), e["payload"][&kind].clone())
+        })
+        .collect()
+}
+
+fn at(payload: &Value, field: &str) -> chrono::DateTime<chrono::Utc> {
+    payload[field]
+        .as_str()
+        .and_then(|t| t.parse().ok())
+        .unwrap_or_else(|| panic!("no time `{field}` in {payload}"))
+}
+
+async fn until_file(path: &Path) -> String {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        if let Ok(text) = std::fs::read_to_string(path) {
+            if text.ends_with('\n') {
+                return text;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} never written",
+            path.display()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn alive(pid: &str) -> bool {
+    Path::new(&format!("/proc/{}", pid.trim())).exists()
+}
+
+async fn until_dead(pid: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while alive(pid) {
+        assert!(Instant::now() < deadline, "process {pid} still runs");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_diamond_of_tasks_runs_in_dependency_order_through_a_real_command() {
+    let app = spawn_app().await;
+    let (_, project) = app.organization_and_project().await;
+    let directory = scratch();
+    let log = directory.join("order.log");
+    let ticket = ticket(&app, &project).await;
+    let a = task(&app, &ticket, "a", json!({})).await;
+    let b = task(&app, &ticket, "b", json!({"depends_on": [a]})).await;
+    let c = task(&app, &ticket, "c", json!({"depends_on": [a]})).await;
+    let d = task(&app, &ticket, "d", json!({"depends_on": [b, c]})).await;
+    // Each task checks it was given its own directory and file, then logs its title.
+    let script = format!(
+        "test \"$(basename \"$PWD\")\" = \"$OMOI_TASK_ID-1\" && grep -q \"$OMOI_TASK_ID\" \"$OMOI_TASK_FILE\" \
+         && echo \"$OMOI_TASK_TITLE\" >> {} && echo done",
+        log.display()
+    );
+    let worker = Worker::start(
+        app.database.pool.clone(),
+        config(command(&script), &directory),
+    );
+    for id in [&a, &b, &c, &d] {
+        let state = until_status(&app, id, "completed").await;
+        assert_eq!(state["result"]["exit_code"], 0, "{state}");
+        assert_eq!(state["result"]["output"], json!(["done"]), "{state}");
+    }
+    worker.stop().await;
+    let order: Vec<String> = std::fs::read_to_string(&log)
+        .expect("the log")
+        .lines()
+        .map(str::to_string)
+        .collect();
+    assert_eq!(order.len(), 4, "{order:?}");
+    assert_eq!(order[0], "a");
+    assert_eq!(order[3], "d");
+    let mut middle = vec![order[1].clone(), order[2].clone()];
+    middle.sort();
+    assert_eq!(middle, ["b", "c"]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_workers_assign_each_task_exactly_once() {
+    let app = spawn_app().await;
+    let (_, project) = app.organization_and_project().await;
+    let directory = scratch();
+    let mut tickets = Vec::new();
+    for _ in 0..4 {
+        tickets.push(ticket(&app, &project).await);
+    }
+    let mut tasks = Vec::new();
+    for n in 0..120 {
+        tasks.push(task(&app, &tickets[n % 4], &format!("t{n}"), json!({})).await);
+    }
+    let busy = WorkerConfig {
+        agents_per_organization: 6,
+        project_concurrency: 100,
+        organization_concurrency: 100,
+        ..config(Work::Nothing, &directory)
+    };
+    let other_pool = TestDatabase::pool(&app.database.options, 4)
+        .await
+        .expect("a second pool");
+    let first = Worker::start(app.database.pool.clone(), busy.clone());
+    let second = Worker::start(other_pool, busy);
+    for id in &tasks {
+        until_status(&app, id, "completed").await;
+    }
+    first.stop().await;
+    second.stop().await;
+    let assignments: Vec<(String, i64)> = sqlx::query_as(
+        "select aggregate_id, count(*) from events
+          where aggregate_type = 'Task' and event_type = 'TaskAssigned' group by aggregate_id",
+    )
+    .fetch_all(&app.database.pool)
+    .await
+    .expect("the assignments");
+    let assignments: HashMap<String, i64> = assignments.into_iter().collect();
+    assert_eq!(assignments.len(), tasks.len());
+    for id in &tasks {
+        assert_eq!(
+            assignments[id], 1,
+            "task {id} assigned {} times",
+            assignments[id]
+        );
+    }
+    // Both workers took part (each registered its own agents).
+    let agents: Vec<(String,)> = sqlx::query_as(
+        "select distinct payload->'TaskAssigned'->>'agent_id' from events
+          where event_type = 'TaskAssigned'",
+    )
+    .fetch_all(&app.database.pool)
+    .await
+    .expect("the agents");
+    assert!(agents.len() > 6, "only {} agents worked", agents.len());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_additions_closing_a_cycle_do_not_both_succeed() {
+    let app = spawn_app().await;
+    let (_, project) = app.organization_and_project().await;
+    let ticket = ticket(&app, &project).await;
+    for _ in 0..10 {
+        let a = task(&app, &ticket, "a", json!({})).await;
+        let b = task(&app, &ticket, "b", json!({})).await;
+        let (on_a, on_b) = (
+            format!("/api/v1/tasks/{a}/dependencies"),
+            format!("/api/v1/tasks/{b}/dependencies"),
+        );
+        let (first, second) = tokio::join!(
+            app.post(&on_a, json!({"depends_on": b})),
+            app.post(&on_b, json!({"depends_on": a})),
+        );
+        let succeeded = [&first, &second]
+            .iter()
+            .filter(|(status, _)| *status == StatusCode::OK)
+            .count();
+        assert_eq!(succeeded, 1, "{first:?} {second:?}");
+        let (_, refused) = if first.0 == StatusCode::OK {
+            second
+        } else {
+            first
+        };
+        assert_eq!(refused["code"], "dependency_cycle", "{refused}");
+    }
+    // The refusal names the cycle's path.
+    let a = task(&app, &ticket, "a", json!({})).await;
+    let b = task(&app, &ticket, "b", json!({"depends_on": [a]})).await;
+    let c = task(&app, &ticket, "c", json!({"depends_on": [b]})).await;
+    let (status, body) = app
+        .post(
+            &format!("/api/v1/tasks/{a}/dependencies"),
+            json!({"depends_on": c}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert!(
+        body["detail"]
+            .as_str()
+            .expect("a detail")
+            .contains(&format!("{a} -> {c} -> {b} -> {a}")),
+        "{body}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stale_agents_task_is_reassigned_and_completes() {
+    let app = spawn_app().await;
+    let (organization, project) = app.organization_and_project().await;
+    let directory = scratch();
+    let (status, agent) = app
+        .post(
+            "/api/v1/agents/register",
+            json!({"organization_id": organization, "agent_type": "worker"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{agent}");
+    let agent = agent["id"].as_str().expect("an id").to_string();
+    let (status, body) = app
+        .post(&format!("/api/v1/agents/{agent}/heartbeat"), json!({}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let ticket = ticket(&app, &project).await;
+    let id = task(&app, &ticket, "held", json!({})).await;
+    for (path, body) in [
+        (
+            format!("/api/v1/tasks/{id}/assign"),
+            json!({"agent_id": agent}),
+        ),
+        (format!("/api/v1/tasks/{id}/start"), json!({})),
+    ] {
+        let (status, answer) = app.post(&path, body).await;
+        assert_eq!(status, StatusCode::OK, "{answer}");
+    }
+    // The HTTP agent goes silent; the worker's own agents are the others.
+    let worker = Worker::start(
+        app.database.pool.clone(),
+        config(command("echo rescued"), &directory),
+    );
+    let state = until_status(&app, &id, "completed").await;
+    worker.stop().await;
+    assert_eq!(state["result"]["output"], json!(["rescued"]), "{state}");
+    assert_ne!(state["assigned_agent_id"], json!(agent), "{state}");
+    let events = history(&app, &id).await;
+    let failed = events
+        .iter()
+        .find(|(kind, _)| kind == "TaskFailed")
+        .expect("the silent agent's attempt failed");
+    assert!(
+        failed.1["error"]
+            .as_str()
+            .expect("an error")
+            .contains("heartbeat"),
+        "{failed:?}"
+    );
+    let (status, stale) = app.get(&format!("/api/v1/agents/{agent}")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(stale["state"]["status"], "failed", "{stale}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_timed_out_task_has_its_process_killed() {
+    let app = spawn_app().await;
+    let (_, project) = app.organization_and_project().await;
+    let directory = scratch();
+    let pid = directory.join("pid");
+    let ticket = ticket(&app, &project).await;
+    let id = task(
+        &app,
+        &ticket,
+        "slow",
+        json!({"timeout_seconds": 1, "max_retries": 0}),
+    )
+    .await;
+    let script = format!("echo $$ > {}; exec sleep 60", pid.display());
+    let worker = Worker::start(
+        app.database.pool.clone(),
+        config(command(&script), &directory),
+    );
+    let pid = until_file(&pid).await;
+    assert!(alive(&pid));
+    until_status(&app, &id, "timed_out").await;
+    until_dead(&pid).await;
+    worker.stop().await;
+    let events = history(&app, &id).await;
+    assert!(events.iter().any(|(kind, _)| kind == "TaskTimedOut"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failed_task_is_retried_only_after_its_backoff() {
+    let app = spawn_app().await;
+    let (_, project) = app.organization_and_project().await;
+    let directory = scratch();
+    let ticket = ticket(&app, &project).await;
+    let id = task(&app, &ticket, "flaky", json!({"max_retries": 2})).await;
+    // Fails on its first attempt, succeeds on the second.
+    let script = "test \"$OMOI_TASK_ATTEMPT\" -ge 2 || { echo 'flaky network' >&2; exit 3; }";
+    let worker = Worker::start(
+        app.database.pool.clone(),
+        config(command(script), &directory),
+    );
+    until_status(&app, &id, "completed").await;
+    worker.stop().await;
+    let events = history(&app, &id).await;
+    let kinds: Vec<&str> = events.iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(
+        kinds,
+        [
+            "TaskCreated",
+            "TaskAssigned",
+            "TaskStarted",
+            "TaskFailed",
+            "TaskRetryScheduled",
+            "TaskAssigned",
+            "TaskStarted",
+            "TaskCompleted"
+        ]
+    );
+    let failed_at = at(&events[3].1, "at");
+    let not_before = at(&events[4].1, "not_before");
+    let reassigned_at = at(&events[5].1, "at");
+    let backoff = (not_before - failed_at).num_milliseconds();
+    // The first retry waits 1 s ± 25 %.
+    assert!((750..=1250).contains(&backoff), "backoff {backoff} ms");
+    assert!(
+        reassigned_at >= not_before,
+        "reassigned at {reassigned_at}, before {not_before}"
+    );
+    assert!(events[3].1["error"]
+        .as_str()
+        .expect("an error")
+        .contains("flaky network"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_permanent_error_is_not_retried() {
+    let app = spawn_app().await;
+    let (_, project) = app.organization_and_project().await;
+    let directory = scratch();
+    let ticket = ticket(&app, &project).await;
+    let id = task(&app, &ticket, "doomed", json!({"max_retries": 3})).await;
+    let script = "echo 'Permission denied: /etc/shadow' >&2; exit 1";
+    let worker = Worker::start(
+        app.database.pool.clone(),
+        config(command(script), &directory),
+    );
+    let state = until_status(&app, &id, "permanently_failed").await;
+    worker.stop().await;
+    assert_eq!(state["retry_count"], 0, "{state}");
+    let events = history(&app, &id).await;
+    let assigned = events
+        .iter()
+        .filter(|(kind, _)| kind == "TaskAssigned")
+        .count();
+    assert_eq!(assigned, 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cancelling_a_running_task_stops_its_process() {
+    let app = spawn_app().await;
+    let (_, project) = app.organization_and_project().await;
+    let directory = scratch();
+    let pid = directory.join("pid");
+    let ticket = ticket(&app, &project).await;
+    let id = task(&app, &ticket, "long", json!({})).await;
+    let script = format!("echo started; echo $$ > {}; exec sleep 60", pid.display());
+    let worker = Worker::start(
+        app.database.pool.clone(),
+        config(command(&script), &directory),
+    );
+    let pid = until_file(&pid).await;
+    until_status(&app, &id, "running").await;
+    let (status, body) = app
+        .post(
+            &format!("/api/v1/tasks/{id}/cancel"),
+            json!({"reason": "changed my mind"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    until_dead(&pid).await;
+    // Nothing records an outcome after the cancellation.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    worker.stop().await;
+    let state = task_state(&app, &id).await;
+    assert_eq!(state["status"], "cancelled", "{state}");
+    let events = history(&app, &id).await;
+    assert_eq!(
+        events.last().map(|(k, _)| k.as_str()),
+        Some("TaskCancelled")
+    );
+}
