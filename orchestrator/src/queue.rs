@@ -309,3 +309,128 @@ impl Queue {
             .collect()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use chrono::Duration;
+    use serde_json::json;
+
+    use super::*;
+
+    fn created(
+        id: Uuid,
+        priority: Priority,
+        age_seconds: i64,
+        depends_on: Vec<Uuid>,
+    ) -> StoredEvent {
+        let organization_id = Uuid::from_u128(1);
+        let event = TaskEvent::TaskCreated {
+            task_id: id,
+            organization_id,
+            project_id: Uuid::from_u128(2),
+            ticket_id: Uuid::from_u128(3),
+            title: "t".into(),
+            description: String::new(),
+            task_type: "implement".into(),
+            phase: Default::default(),
+            priority,
+            depends_on,
+            required_capabilities: Vec::new(),
+            max_retries: 3,
+            timeout_seconds: None,
+            created_at: Utc::now() - Duration::seconds(age_seconds),
+        };
+        stored(id, event, json!({"organization_id": organization_id}))
+    }
+
+    fn stored(id: Uuid, event: TaskEvent, metadata: serde_json::Value) -> StoredEvent {
+        StoredEvent {
+            aggregate_type: "Task".into(),
+            aggregate_id: id.to_string(),
+            sequence: 1,
+            global_position: 1,
+            transaction_id: 1,
+            event_type: "TaskCreated".into(),
+            event_version: "1".into(),
+            payload: serde_json::to_value(event).expect("an event"),
+            metadata,
+        }
+    }
+
+    #[test]
+    fn ready_tasks_come_out_by_score() {
+        let mut queue = Queue::default();
+        let (low, critical, starving, medium) = (
+            Uuid::from_u128(10),
+            Uuid::from_u128(11),
+            Uuid::from_u128(12),
+            Uuid::from_u128(13),
+        );
+        queue.apply(&created(low, Priority::Low, 0, vec![]));
+        queue.apply(&created(critical, Priority::Critical, 0, vec![]));
+        queue.apply(&created(starving, Priority::Low, 7300, vec![]));
+        queue.apply(&created(medium, Priority::Medium, 1800, vec![]));
+        let order: Vec<Uuid> = queue
+            .ready(Utc::now(), &ScoreConfig::default())
+            .into_iter()
+            .map(|c| c.task_id)
+            .collect();
+        // 0.6 (floored), 0.5, 0.225 + 0.1 + 0.05 = 0.375, 0.1625.
+        assert_eq!(order, vec![starving, critical, medium, low]);
+    }
+
+    #[test]
+    fn a_task_waits_for_every_dependency_to_complete_and_for_its_retry() {
+        let mut queue = Queue::default();
+        let (first, second, missing) = (
+            Uuid::from_u128(20),
+            Uuid::from_u128(21),
+            Uuid::from_u128(99),
+        );
+        queue.apply(&created(first, Priority::High, 0, vec![]));
+        queue.apply(&created(second, Priority::High, 0, vec![first, missing]));
+        let ready = |queue: &Queue| -> Vec<Uuid> {
+            queue
+                .ready(Utc::now(), &ScoreConfig::default())
+                .into_iter()
+                .map(|c| c.task_id)
+                .collect()
+        };
+        assert_eq!(ready(&queue), vec![first]);
+        let meta = json!({});
+        queue.apply(&stored(
+            first,
+            TaskEvent::TaskCompleted {
+                result: json!(null),
+                at: Utc::now(),
+            },
+            meta.clone(),
+        ));
+        // An unknown dependency never completes.
+        assert!(ready(&queue).is_empty());
+        queue.apply(&stored(
+            second,
+            TaskEvent::TaskDependencyRemoved {
+                depends_on: missing,
+            },
+            meta.clone(),
+        ));
+        assert_eq!(ready(&queue), vec![second]);
+        let later = Utc::now() + Duration::seconds(30);
+        queue.apply(&stored(
+            second,
+            TaskEvent::TaskRetryScheduled {
+                attempt: 1,
+                not_before: later,
+            },
+            meta,
+        ));
+        assert!(ready(&queue).is_empty());
+        assert_eq!(queue.next_retry(Utc::now()), Some(later));
+        assert_eq!(
+            queue.ready(later, &ScoreConfig::default()).len(),
+            1,
+            "due at its not-before time"
+        );
+    }
+}
