@@ -60,6 +60,9 @@ pub enum Command {
     BenchProjections(crate::bench_projections::Args),
     /// Benchmark board deltas delivered over WebSocket to many clients (latency, memory).
     BenchLive(crate::bench_live::Args),
+    /// Benchmark the orchestrator: tasks/s through the whole lifecycle with M in-process
+    /// agents, and ready → assigned latency.
+    BenchWorker(crate::bench_worker::Args),
 }
 
 #[derive(Debug, Args)]
@@ -148,6 +151,7 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
         Command::Bench(args) => crate::bench::run(args).await,
         Command::BenchProjections(args) => crate::bench_projections::run(args).await,
         Command::BenchLive(args) => crate::bench_live::run(args).await,
+        Command::BenchWorker(args) => crate::bench_worker::run(args).await,
     }
 }
 

@@ -16,6 +16,7 @@
 pub mod bench;
 pub mod bench_live;
 pub mod bench_projections;
+pub mod bench_worker;
 pub mod cli;
 pub mod operate;
 pub mod server;

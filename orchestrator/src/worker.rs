@@ -332,7 +332,9 @@ impl Runtime {
         self.config.organizations.is_empty() || self.config.organizations.contains(&organization_id)
     }
 
-    /// Assigns ready tasks, best first, to free capable agents within the caps.
+    /// Assigns ready tasks, best first, to free capable agents within the caps. The
+    /// pairs are chosen first, then assigned concurrently: one round trip per pass
+    /// rather than one per task.
     async fn dispatch(&mut self) {
         let now = Utc::now();
         let candidates = self.queue.ready(now, &self.config.score);
@@ -340,6 +342,7 @@ impl Runtime {
             return;
         }
         let (mut per_project, mut per_organization) = self.queue.active_counts();
+        let mut picks: Vec<(Uuid, QueuedTask)> = Vec::new();
         for candidate in candidates {
             let Some(task) = self.queue.task(candidate.task_id).cloned() else {
                 continue;
@@ -358,26 +361,45 @@ impl Runtime {
             let Some(agent_id) = self.free_agent(&task).await else {
                 continue;
             };
-            let command = TaskCommand::AssignTask { agent_id, at: now };
-            let context = context(Actor::System("worker"), "assign");
-            match self
-                .bus
-                .execute::<Task>(&task.id.to_string(), command, &context)
-                .await
-            {
+            // Reserved while its assignment is in flight.
+            if let Some(agent) = self.agents.get_mut(&agent_id) {
+                agent.task = Some(task.id);
+            }
+            *per_project.entry(task.project_id).or_insert(0) += 1;
+            *per_organization.entry(task.organization_id).or_insert(0) += 1;
+            picks.push((agent_id, task));
+        }
+        let bus = &self.bus;
+        let assigned =
+            futures_util::future::join_all(picks.into_iter().map(|(agent_id, task)| async move {
+                let command = TaskCommand::AssignTask { agent_id, at: now };
+                let context = context(Actor::System("worker"), "assign");
+                let result = bus
+                    .execute::<Task>(&task.id.to_string(), command, &context)
+                    .await;
+                (agent_id, task, result)
+            }))
+            .await;
+        for (agent_id, task, result) in assigned {
+            match result {
                 Ok(committed) => {
-                    *per_project.entry(task.project_id).or_insert(0) += 1;
-                    *per_organization.entry(task.organization_id).or_insert(0) += 1;
                     let attempt = committed.state.retry_count + 1;
                     self.launch(agent_id, task, attempt);
                 }
-                // Taken by another worker, cancelled, or its retry is not due after all.
-                Err(CommandError::Domain(error)) => {
-                    tracing::debug!(task_id = %task.id, %error, "worker: not assigned");
-                }
                 Err(error) => {
-                    tracing::warn!(task_id = %task.id, %error, "worker: cannot assign");
-                    return;
+                    // Taken by another worker, cancelled, or its retry is not due after
+                    // all (a domain refusal); or the database is in trouble.
+                    match error {
+                        CommandError::Domain(error) => {
+                            tracing::debug!(task_id = %task.id, %error, "worker: not assigned");
+                        }
+                        error => {
+                            tracing::warn!(task_id = %task.id, %error, "worker: cannot assign");
+                        }
+                    }
+                    if let Some(agent) = self.agents.get_mut(&agent_id) {
+                        agent.task = None;
+                    }
                 }
             }
         }

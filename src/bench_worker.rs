@@ -1,0 +1,183 @@
+//! `omoi bench-worker`: tasks pushed through the whole lifecycle by a worker's in-process
+//! agents doing trivial work.
+//!
+//! Two phases on one fresh database, API and worker in this process:
+//! * **throughput** — N tasks created while no worker runs, then a worker with M agents
+//!   starts; tasks completed per second from its start to the last completion (each task
+//!   is three commands: assign, start, complete);
+//! * **latency** — the worker running, tasks created at a steady rate; for each, the time
+//!   from its creation's commit (when it became ready) to its assignment, from the events'
+//!   own timestamps.
+
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use omoi_orchestrator::{Work, Worker, WorkerConfig};
+use reqwest::StatusCode;
+use serde_json::json;
+
+use crate::bench::bench_cluster;
+use crate::bench_projections::load_average;
+use crate::testing::{spawn_app_on, TestApp, TestDatabase};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// In-process agents.
+    #[arg(long, default_value_t = 50)]
+    pub agents: usize,
+    /// Tasks in the throughput phase.
+    #[arg(long, default_value_t = 5_000)]
+    pub tasks: usize,
+    /// Tasks created per second in the latency phase.
+    #[arg(long, default_value_t = 200)]
+    pub rate: u64,
+    /// Seconds of the latency phase.
+    #[arg(long, default_value_t = 10)]
+    pub seconds: u64,
+}
+
+const THROUGHPUT_TARGET: f64 = 1_000.0;
+const LATENCY_TARGET_MS: f64 = 50.0;
+
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        args.agents > 0 && args.tasks > 0 && args.rate > 0 && args.seconds > 0,
+        "--agents, --tasks, --rate and --seconds must be positive"
+    );
+    let admin_url = match std::env::var("DATABASE_URL").ok().filter(|u| !u.is_empty()) {
+        Some(url) => url,
+        None => bench_cluster().await?,
+    };
+    let database = TestDatabase::create_on(&admin_url).await?;
+    let mut app = spawn_app_on(database).await;
+    app.token = Some(app.register_and_login("bench@example.com").await);
+    let (_, project) = app.organization_and_project().await;
+    let (status, ticket) = app
+        .post(
+            "/api/v1/tickets",
+            json!({"project_id": project, "title": "bench"}),
+        )
+        .await;
+    anyhow::ensure!(status == StatusCode::CREATED, "ticket: {ticket}");
+    let ticket = ticket["id"].as_str().unwrap_or_default().to_string();
+    let config = WorkerConfig {
+        work: Work::Nothing,
+        agents_per_organization: args.agents,
+        project_concurrency: args.agents,
+        organization_concurrency: args.agents,
+        poll_interval_ms: 100,
+        ..WorkerConfig::default()
+    };
+    println!(
+        "worker: {} in-process agents, trivial work (load average {})",
+        args.agents,
+        load_average()
+    );
+
+    // Throughput: a backlog of N tasks.
+    create_tasks(&app, &ticket, args.tasks, 32).await?;
+    let started = Instant::now();
+    let worker = Worker::start(app.database.pool.clone(), config);
+    wait_for_completed(&app, args.tasks as i64).await?;
+    let elapsed = started.elapsed().as_secs_f64();
+    println!(
+        "  throughput: {} tasks completed in {elapsed:.2} s = {:.0} tasks/s (target ≥ {THROUGHPUT_TARGET:.0})",
+        args.tasks,
+        args.tasks as f64 / elapsed
+    );
+
+    // Latency: tasks arriving at a steady rate.
+    let before: i64 = position(&app).await?;
+    let total = (args.rate * args.seconds) as usize;
+    let interval = Duration::from_secs_f64(1.0 / args.rate as f64);
+    let mut ticker = tokio::time::interval(interval);
+    for _ in 0..total {
+        ticker.tick().await;
+        let app = &app;
+        let ticket = ticket.clone();
+        create_tasks(app, &ticket, 1, 1).await?;
+    }
+    wait_for_completed(&app, (args.tasks + total) as i64).await?;
+    worker.stop().await;
+    let mut latencies: Vec<f64> = sqlx::query_scalar(
+        "select (extract(epoch from ((a.payload->'TaskAssigned'->>'at')::timestamptz
+                                   - (c.metadata->>'occurred_at')::timestamptz)) * 1000)::float8
+           from events c
+           join events a on a.aggregate_id = c.aggregate_id and a.aggregate_type = 'Task'
+                        and a.event_type = 'TaskAssigned'
+          where c.aggregate_type = 'Task' and c.event_type = 'TaskCreated'
+            and c.global_position > $1",
+    )
+    .bind(before)
+    .fetch_all(&app.database.pool)
+    .await?;
+    latencies.sort_by(f64::total_cmp);
+    let quantile = |q: f64| -> f64 {
+        let index = ((latencies.len() as f64 - 1.0) * q).round() as usize;
+        latencies.get(index).copied().unwrap_or(f64::NAN)
+    };
+    println!(
+        "  latency at {} tasks/s for {} s ({} tasks): ready → assigned p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms (target p99 ≤ {LATENCY_TARGET_MS:.0} ms)",
+        args.rate,
+        args.seconds,
+        latencies.len(),
+        quantile(0.5),
+        quantile(0.99),
+        quantile(1.0)
+    );
+    Ok(())
+}
+
+/// Creates `count` tasks, `parallel` requests at a time.
+async fn create_tasks(
+    app: &TestApp,
+    ticket: &str,
+    count: usize,
+    parallel: usize,
+) -> anyhow::Result<()> {
+    let results: Vec<StatusCode> = futures_util::stream::iter(0..count)
+        .map(|n| async move {
+            let (status, _) = app
+                .post(
+                    "/api/v1/tasks",
+                    json!({"ticket_id": ticket, "title": format!("t{n}"), "task_type": "bench"}),
+                )
+                .await;
+            status
+        })
+        .buffer_unordered(parallel)
+        .collect()
+        .await;
+    anyhow::ensure!(
+        results.iter().all(|s| *s == StatusCode::CREATED),
+        "a task was not created"
+    );
+    Ok(())
+}
+
+async fn position(app: &TestApp) -> anyhow::Result<i64> {
+    Ok(
+        sqlx::query_scalar("select coalesce(max(global_position), 0) from events")
+            .fetch_one(&app.database.pool)
+            .await?,
+    )
+}
+
+async fn wait_for_completed(app: &TestApp, count: i64) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(600);
+    loop {
+        let completed: i64 = sqlx::query_scalar(
+            "select count(*) from events where aggregate_type = 'Task' and event_type = 'TaskCompleted'",
+        )
+        .fetch_one(&app.database.pool)
+        .await?;
+        if completed >= count {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "only {completed} of {count} tasks completed"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
