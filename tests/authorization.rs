@@ -329,6 +329,7 @@ fn entry(method: &str, template: &str, f: &Fixtures) -> (String, Option<Value>) 
         ("PUT", "/api/v1/agents/{id}/capabilities") => {
             (on(&f.agent), Some(json!({"capabilities": ["rust", "sql"]})))
         }
+        ("POST", "/api/v1/agents/{id}/heartbeat") => (on(&f.agent), Some(json!({}))),
 
         // The event log.
         ("GET", "/api/v1/events") => ("/api/v1/events?limit=1000".into(), None),
