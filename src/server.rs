@@ -93,12 +93,18 @@ pub fn app_state(
     };
     let tokens = TokenKeys::new(signing_secret).context("OMOI_JWT_SECRET")?;
     let credential_ttl = std::time::Duration::from_millis(settings.auth.credential_cache_ms);
+    let claims = omoi_api::claims::ClaimRules {
+        score: settings.worker.score.clone(),
+        project_concurrency: settings.worker.project_concurrency,
+        organization_concurrency: settings.worker.organization_concurrency,
+    };
     Ok(AppState::new(
         CommandBus::new(pool, retry),
         Metrics::new()?,
         tokens,
         credential_ttl,
-    ))
+    )
+    .with_claim_rules(claims))
 }
 
 /// The token-signing secret: `OMOI_JWT_SECRET`, or — for `omoi dev` only — one generated

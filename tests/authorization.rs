@@ -330,6 +330,7 @@ fn entry(method: &str, template: &str, f: &Fixtures) -> (String, Option<Value>) 
             (on(&f.agent), Some(json!({"capabilities": ["rust", "sql"]})))
         }
         ("POST", "/api/v1/agents/{id}/heartbeat") => (on(&f.agent), Some(json!({}))),
+        ("POST", "/api/v1/agents/{id}/claim") => (on(&f.agent), Some(json!({"wait_seconds": 0}))),
 
         // The event log.
         ("GET", "/api/v1/events") => ("/api/v1/events?limit=1000".into(), None),

@@ -462,3 +462,115 @@ async fn cancelling_a_running_task_stops_its_process() {
         Some("TaskCancelled")
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_http_agent_registers_claims_runs_and_completes_tasks_with_its_credential() {
+    let mut app = spawn_app().await;
+    let (organization, project) = app.organization_and_project().await;
+    let (status, registered) = app
+        .post(
+            "/api/v1/agents/register",
+            json!({"organization_id": organization, "project_id": project,
+                   "agent_type": "worker", "capabilities": ["rust"]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{registered}");
+    let agent = registered["id"].as_str().expect("an id").to_string();
+    let credential = registered["credential"]
+        .as_str()
+        .expect("a credential")
+        .to_string();
+    let ticket = ticket(&app, &project).await;
+    let plain = task(&app, &ticket, "plain", json!({"priority": "LOW"})).await;
+    let urgent = task(&app, &ticket, "urgent", json!({"priority": "CRITICAL"})).await;
+    let beyond = task(
+        &app,
+        &ticket,
+        "gpu",
+        json!({"required_capabilities": ["gpu"]}),
+    )
+    .await;
+
+    // From here on the agent speaks for itself.
+    let owner = app.token.replace(credential);
+    let (status, body) = app
+        .post(&format!("/api/v1/agents/{agent}/heartbeat"), json!({}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let mut done = Vec::new();
+    for _ in 0..2 {
+        let (status, claimed) = app
+            .post(
+                &format!("/api/v1/agents/{agent}/claim"),
+                json!({"wait_seconds": 5}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{claimed}");
+        let id = claimed["id"].as_str().expect("a task").to_string();
+        assert_eq!(claimed["state"]["assigned_agent_id"], json!(agent));
+        for (path, body) in [
+            (format!("/api/v1/tasks/{id}/start"), json!({})),
+            (
+                format!("/api/v1/tasks/{id}/progress"),
+                json!({"message": "half way"}),
+            ),
+            (
+                format!("/api/v1/tasks/{id}/complete"),
+                json!({"result": {"ok": true}}),
+            ),
+        ] {
+            let (status, answer) = app.post(&path, body).await;
+            assert_eq!(status, StatusCode::OK, "{path}: {answer}");
+        }
+        done.push(id);
+    }
+    // Best score first; the task needing a capability the agent lacks is never offered.
+    assert_eq!(done, vec![urgent, plain]);
+    let started = Instant::now();
+    let (status, body) = app
+        .post(
+            &format!("/api/v1/agents/{agent}/claim"),
+            json!({"wait_seconds": 1}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
+    assert!(started.elapsed() >= Duration::from_millis(900), "it waited");
+    // A long poll is answered as soon as a task becomes ready.
+    let waiting = {
+        let app = &app;
+        let agent = agent.clone();
+        async move {
+            app.post(
+                &format!("/api/v1/agents/{agent}/claim"),
+                json!({"wait_seconds": 20}),
+            )
+            .await
+        }
+    };
+    let later = async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let (status, body) = app
+            .send_as(
+                owner.as_deref(),
+                reqwest::Method::POST,
+                "/api/v1/tasks",
+                Some(json!({"ticket_id": ticket, "title": "late", "task_type": "implement"})),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        body["id"].as_str().expect("an id").to_string()
+    };
+    let ((status, claimed), late) = tokio::join!(waiting, later);
+    assert_eq!(status, StatusCode::OK, "{claimed}");
+    assert_eq!(claimed["id"], json!(late));
+    // The credential cannot do what a member does.
+    let (status, _) = app
+        .post(
+            "/api/v1/tasks",
+            json!({"ticket_id": ticket, "title": "x", "task_type": "implement"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let state = task_state(&app, &beyond).await;
+    assert_eq!(state["status"], "pending");
+}

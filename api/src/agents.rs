@@ -5,11 +5,15 @@
 
 use axum::extract::State;
 use axum::http::StatusCode;
+use std::time::Duration;
+
+use axum::response::IntoResponse;
 use axum::Json;
 use chrono::Utc;
 use omoi_domain::agent::{Agent, AgentCommand, AgentStatus, AgentType};
 use omoi_domain::organization::Organization;
 use omoi_domain::project::Project;
+use omoi_domain::task::{Task, TaskCommand};
 use serde::Deserialize;
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
@@ -17,6 +21,7 @@ use utoipa_axum::routes;
 use uuid::Uuid;
 
 use crate::auth::Caller;
+use crate::claims::{ClaimError, Claimant};
 use crate::error::{ApiError, ApiResult, Problem};
 use crate::extract::{Body, IdPath, Query};
 use crate::history::{history_of, HistoryQuery};
@@ -29,6 +34,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(get_agent))
         .routes(routes!(change_agent_status))
         .routes(routes!(heartbeat))
+        .routes(routes!(claim))
         .routes(routes!(update_capabilities))
         .routes(routes!(agent_history))
 }
@@ -110,7 +116,7 @@ async fn ensure_project_of(
 #[utoipa::path(post, path = "/api/v1/agents/register", tag = "agents",
     request_body = RegisterAgent,
     responses(
-        (status = 201, body = Versioned<Agent>), (status = 400, body = Problem),
+        (status = 201, body = RegisteredAgent), (status = 400, body = Problem),
         (status = 404, body = Problem, description = "no such organization"),
         (status = 409, body = Problem,
             description = "the organization or the project is archived"),
@@ -120,7 +126,7 @@ async fn register_agent(
     State(state): State<AppState>,
     caller: Caller,
     Body(body): Body<RegisterAgent>,
-) -> ApiResult<(StatusCode, Json<Versioned<Agent>>)> {
+) -> ApiResult<(StatusCode, Json<RegisteredAgent>)> {
     let (organization, _) = state
         .read::<Organization>(&caller, "agent:write", body.organization_id)
         .await?;
@@ -150,7 +156,158 @@ async fn register_agent(
             .create::<Agent>(&caller, "RegisterAgent", id, command)
             .await?,
     );
-    Ok((StatusCode::CREATED, Json(created)))
+    let credential = match caller.user_id() {
+        Some(user) => Some(agent_credential(&state, &created, user).await?),
+        None => None,
+    };
+    Ok((
+        StatusCode::CREATED,
+        Json(RegisteredAgent {
+            agent: created,
+            credential,
+        }),
+    ))
+}
+
+/// An API key with the `agent_executor` role (claim, run and heartbeat; read the rest),
+/// scoped to the agent's organization and, for a project's agent, its project.
+async fn agent_credential(
+    state: &AppState,
+    agent: &Versioned<Agent>,
+    created_by: Uuid,
+) -> ApiResult<String> {
+    let organization_id = agent
+        .state
+        .organization_id
+        .ok_or_else(|| ApiError::Internal("agent without organization".into()))?;
+    let new = crate::auth::keys::generate();
+    let record = omoi_store::accounts::ApiKeyRecord {
+        id: Uuid::now_v7(),
+        prefix: new.prefix,
+        secret_sha256: new.sha256,
+        name: format!("agent {} ({})", agent.state.name, agent.id),
+        organization_id,
+        project_id: agent.state.project_id,
+        role: omoi_domain::access::Role::AgentExecutor,
+        created_by,
+        created_at: Utc::now(),
+        revoked_at: None,
+    };
+    omoi_store::accounts::insert_api_key(state.pool(), &record).await?;
+    Ok(new.secret)
+}
+
+/// A registered agent and, when a user registered it, the credential it runs with.
+#[derive(Debug, serde::Serialize, ToSchema)]
+pub struct RegisteredAgent {
+    #[serde(flatten)]
+    pub agent: Versioned<Agent>,
+    /// An `agent_executor` API key for the agent (`Authorization: Bearer <key>`): it may
+    /// heartbeat, claim, start, report progress, complete and fail tasks, and read its
+    /// organization. Shown once. Absent when an API key registered the agent.
+    pub credential: Option<String>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Claim {
+    /// Seconds to wait for a task when none is ready, 0 to 60 (default 30).
+    pub wait_seconds: Option<u64>,
+}
+
+/// Longest claim wait: long polls past a minute fall foul of proxies.
+const MAX_CLAIM_WAIT_SECONDS: u64 = 60;
+
+/// Assigns the agent the best ready task it may run — of its organization (and its
+/// project, if it has one), needing no capability it lacks, within the concurrency caps —
+/// waiting up to `wait_seconds` for one. 204 when none came. The agent then starts it
+/// (`POST /api/v1/tasks/{id}/start`), reports progress, and completes or fails it.
+#[utoipa::path(post, path = "/api/v1/agents/{id}/claim", tag = "agents",
+    params(("id" = Uuid, Path)), request_body = Claim,
+    responses(
+        (status = 200, body = Versioned<Task>, description = "the task now assigned to the agent"),
+        (status = 204, description = "no task became ready in time"),
+        (status = 400, body = Problem), (status = 404, body = Problem),
+        (status = 409, body = Problem,
+            description = "the agent is failed, quarantined or terminated, or holds as many \
+                           tasks as its capacity"),
+        (status = 422, body = Problem, description = "wait_seconds above 60"),
+    ))]
+async fn claim(
+    State(state): State<AppState>,
+    caller: Caller,
+    IdPath(id): IdPath,
+    Body(Claim { wait_seconds }): Body<Claim>,
+) -> ApiResult<axum::response::Response> {
+    let wait = wait_seconds.unwrap_or(30);
+    if wait > MAX_CLAIM_WAIT_SECONDS {
+        return Err(ApiError::invalid(
+            "wait_too_long",
+            "wait_seconds",
+            format!("wait at most {MAX_CLAIM_WAIT_SECONDS} seconds"),
+        ));
+    }
+    let (agent, _) = state.read::<Agent>(&caller, "task:execute", id).await?;
+    if matches!(
+        agent.status,
+        AgentStatus::Failed | AgentStatus::Quarantined | AgentStatus::Terminated
+    ) {
+        return Err(ApiError::Conflict {
+            code: "agent_unavailable",
+            detail: format!(
+                "agent {id} is {}; it may not take work",
+                agent.status.as_str()
+            ),
+        });
+    }
+    let claimant = Claimant {
+        agent_id: id,
+        organization_id: agent
+            .organization_id
+            .ok_or_else(|| ApiError::Internal("agent without organization".into()))?,
+        project_id: agent.project_id,
+        capabilities: agent.capabilities.iter().cloned().collect(),
+        capacity: agent.capacity as usize,
+    };
+    if state.claims.at_capacity(&claimant) {
+        return Err(ApiError::Conflict {
+            code: "agent_at_capacity",
+            detail: format!(
+                "agent {id} holds {} task(s), its capacity; finish one first",
+                agent.capacity
+            ),
+        });
+    }
+    let assign = |task_id: Uuid| {
+        let (state, caller) = (&state, &caller);
+        async move {
+            let command = TaskCommand::AssignTask {
+                agent_id: id,
+                at: Utc::now(),
+            };
+            match state
+                .execute::<Task>(caller, "task:execute", "AssignTask", task_id, command)
+                .await
+            {
+                Ok(committed) => Ok(Some(Versioned::committed(task_id, committed))),
+                // Taken by someone else meanwhile (or no longer assignable): next one.
+                Err(ApiError::Conflict { .. }) => Ok(None),
+                Err(other) => Err(other),
+            }
+        }
+    };
+    let claimed = state
+        .claims
+        .claim(&state.live, &claimant, Duration::from_secs(wait), assign)
+        .await
+        .map_err(|error| match error {
+            ClaimError::Log(e) => ApiError::from(e),
+            ClaimError::Assign(e) => e,
+        })?;
+    Ok(match claimed {
+        Some(task) => Json(task).into_response(),
+        None => StatusCode::NO_CONTENT.into_response(),
+    })
 }
 
 #[utoipa::path(get, path = "/api/v1/agents/{id}", tag = "agents", params(("id" = Uuid, Path)),
@@ -220,7 +377,7 @@ async fn heartbeat(
     caller: Caller,
     IdPath(id): IdPath,
 ) -> ApiResult<Json<Heartbeat>> {
-    let (agent, _) = state.read::<Agent>(&caller, "agent:write", id).await?;
+    let (agent, _) = state.read::<Agent>(&caller, "agent:heartbeat", id).await?;
     if agent.status == AgentStatus::Terminated {
         return Err(ApiError::Conflict {
             code: "agent_terminated",

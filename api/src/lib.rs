@@ -17,6 +17,7 @@ pub mod agent_views;
 pub mod agents;
 pub mod auth;
 pub mod board;
+pub mod claims;
 pub mod error;
 pub mod extract;
 pub mod graph;

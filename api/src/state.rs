@@ -14,6 +14,7 @@ use uuid::Uuid;
 use crate::auth::cache::CredentialCache;
 use crate::auth::tokens::TokenKeys;
 use crate::auth::{refused, Caller};
+use crate::claims::{ClaimRules, Claims};
 use crate::error::{ApiError, ApiResult};
 use crate::live::{Hub, LiveConfig};
 use crate::metrics::{Metrics, Outcome};
@@ -30,6 +31,8 @@ pub struct AppState {
     pub projections: Option<Arc<RunnerStats>>,
     /// Live delivery (WebSocket): follows the event log once a client connects.
     pub live: Arc<Hub>,
+    /// Tasks claimed by HTTP agents: follows the log once an agent claims.
+    pub claims: Arc<Claims>,
 }
 
 /// The noun for a 404 about aggregate `A`.
@@ -60,7 +63,14 @@ impl AppState {
             tokens: Arc::new(tokens),
             credentials: Arc::new(CredentialCache::new(credential_ttl)),
             projections: None,
+            claims: Arc::new(Claims::default()),
         }
+    }
+
+    /// Claims follow these rules (the worker's settings).
+    pub fn with_claim_rules(mut self, rules: ClaimRules) -> Self {
+        self.claims = Arc::new(Claims::new(rules));
+        self
     }
 
     /// Reports the statistics of a projection runner in `/metrics` and

@@ -111,7 +111,13 @@ impl Role {
                 "agent:*",
                 "apikey:*",
             ],
-            Self::Member => &["ticket:*", "task:*", "spec:*", "agent:write"],
+            Self::Member => &[
+                "ticket:*",
+                "task:*",
+                "spec:*",
+                "agent:write",
+                "agent:heartbeat",
+            ],
             Self::Viewer => &[
                 "org:read",
                 "project:read",

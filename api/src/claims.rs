@@ -1,0 +1,224 @@
+//! Tasks claimed by HTTP agents (`POST /api/v1/agents/{id}/claim`): the process keeps the
+//! orchestrator's [`Queue`] folded from the hub's events (started on the first claim), and
+//! a claim assigns the best ready task the agent may run — its organization, its project
+//! if it has one, capabilities covering the task's, within the concurrency caps —
+//! waiting up to the claim's time for one to become ready.
+//!
+//! The assignment is a command on the task aggregate, so a claim racing a worker (or
+//! another replica's claim) for one task loses cleanly and tries the next.
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::time::Duration;
+
+use chrono::Utc;
+use omoi_orchestrator::queue::{Queue, QueuedTask};
+use omoi_orchestrator::score::ScoreConfig;
+use omoi_store::log::{read_global, Visibility};
+use omoi_store::Cursor;
+use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::{Notify, OnceCell};
+use uuid::Uuid;
+
+use crate::live::Hub;
+
+/// The rules claims follow (the worker's: settings `worker.*`).
+#[derive(Debug, Clone)]
+pub struct ClaimRules {
+    pub score: ScoreConfig,
+    pub project_concurrency: usize,
+    pub organization_concurrency: usize,
+}
+
+impl Default for ClaimRules {
+    fn default() -> Self {
+        let worker = omoi_orchestrator::WorkerConfig::default();
+        Self {
+            score: worker.score,
+            project_concurrency: worker.project_concurrency,
+            organization_concurrency: worker.organization_concurrency,
+        }
+    }
+}
+
+/// Who claims.
+#[derive(Debug, Clone)]
+pub struct Claimant {
+    pub agent_id: Uuid,
+    pub organization_id: Uuid,
+    pub project_id: Option<Uuid>,
+    pub capabilities: BTreeSet<String>,
+    pub capacity: usize,
+}
+
+#[derive(Default)]
+pub struct Claims {
+    rules: ClaimRules,
+    queue: Arc<Mutex<Queue>>,
+    /// Notified whenever the queue changes: waiting claims look again.
+    changed: Arc<Notify>,
+    started: OnceCell<()>,
+}
+
+/// How many ready tasks one look tries to assign before waiting again.
+const TRIES_PER_LOOK: usize = 8;
+
+impl Claims {
+    pub fn new(rules: ClaimRules) -> Self {
+        Self {
+            rules,
+            ..Self::default()
+        }
+    }
+
+    fn queue(&self) -> MutexGuard<'_, Queue> {
+        self.queue.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Starts following the log on first use.
+    async fn start(&self, hub: &Arc<Hub>) -> Result<(), sqlx::Error> {
+        self.started
+            .get_or_try_init(|| async {
+                let queue = self.queue.clone();
+                let changed = self.changed.clone();
+                let first = follow_once(hub, &queue, &changed).await?;
+                tokio::spawn(follow(Arc::downgrade(hub), queue, changed, first));
+                Ok::<(), sqlx::Error>(())
+            })
+            .await
+            .map(|_| ())
+    }
+
+    /// Whether the agent already holds as many tasks as it may.
+    pub fn at_capacity(&self, claimant: &Claimant) -> bool {
+        self.queue().held_by(claimant.agent_id).len() >= claimant.capacity
+    }
+
+    /// The ready tasks `claimant` may run now, best first.
+    fn candidates(&self, claimant: &Claimant) -> Vec<QueuedTask> {
+        let queue = self.queue();
+        let (per_project, per_organization) = queue.active_counts();
+        if per_organization
+            .get(&claimant.organization_id)
+            .copied()
+            .unwrap_or(0)
+            >= self.rules.organization_concurrency
+        {
+            return Vec::new();
+        }
+        queue
+            .ready(Utc::now(), &self.rules.score)
+            .into_iter()
+            .filter_map(|c| queue.task(c.task_id))
+            .filter(|task| {
+                task.organization_id == claimant.organization_id
+                    && claimant.project_id.is_none_or(|p| p == task.project_id)
+                    && task.required_capabilities.is_subset(&claimant.capabilities)
+                    && per_project.get(&task.project_id).copied().unwrap_or(0)
+                        < self.rules.project_concurrency
+            })
+            .take(TRIES_PER_LOOK)
+            .cloned()
+            .collect()
+    }
+
+    /// Assigns a task to the claimant with `assign` (which answers whether the
+    /// assignment committed), waiting up to `wait` for one; `None` when none came.
+    pub async fn claim<F, Fut, T, E>(
+        &self,
+        hub: &Arc<Hub>,
+        claimant: &Claimant,
+        wait: Duration,
+        assign: F,
+    ) -> Result<Option<T>, ClaimError<E>>
+    where
+        F: Fn(Uuid) -> Fut,
+        Fut: std::future::Future<Output = Result<Option<T>, E>>,
+    {
+        self.start(hub).await.map_err(ClaimError::Log)?;
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            // Registered before looking, so a change during the look is not missed.
+            let changed = self.changed.notified();
+            for task in self.candidates(claimant) {
+                if let Some(assigned) = assign(task.id).await.map_err(ClaimError::Assign)? {
+                    return Ok(Some(assigned));
+                }
+            }
+            if tokio::time::timeout_at(deadline, changed).await.is_err() {
+                return Ok(None);
+            }
+        }
+    }
+}
+
+/// Why a claim failed.
+#[derive(Debug)]
+pub enum ClaimError<E> {
+    Log(sqlx::Error),
+    Assign(E),
+}
+
+/// Taps the hub and replays the log up to the tap; returns the tap.
+async fn follow_once(
+    hub: &Hub,
+    queue: &Mutex<Queue>,
+    changed: &Notify,
+) -> Result<crate::live::hub::Tap, sqlx::Error> {
+    let tap = hub.tap().await?;
+    let mut fresh = Queue::default();
+    let mut cursor = Cursor::default();
+    'replay: loop {
+        let page = read_global(hub.pool(), cursor, 10_000, &Visibility::Everything).await?;
+        if page.events.is_empty() {
+            break;
+        }
+        for event in &page.events {
+            if event.cursor() > tap.head {
+                break 'replay;
+            }
+            fresh.apply(event);
+        }
+        cursor = page.next;
+    }
+    *queue.lock().unwrap_or_else(PoisonError::into_inner) = fresh;
+    changed.notify_waiters();
+    Ok(tap)
+}
+
+/// Applies the hub's events; replays anew when it falls behind. Ends with the hub (a
+/// weak reference: the follower does not keep the application alive).
+async fn follow(
+    hub: Weak<Hub>,
+    queue: Arc<Mutex<Queue>>,
+    changed: Arc<Notify>,
+    mut tap: crate::live::hub::Tap,
+) {
+    loop {
+        match tap.events.recv().await {
+            Ok(event) => {
+                let mut current = queue.lock().unwrap_or_else(PoisonError::into_inner);
+                if current.apply(&event) != omoi_orchestrator::queue::Change::None {
+                    drop(current);
+                    changed.notify_waiters();
+                }
+            }
+            Err(RecvError::Lagged(_)) => loop {
+                let Some(hub) = hub.upgrade() else {
+                    return;
+                };
+                match follow_once(&hub, &queue, &changed).await {
+                    Ok(fresh) => {
+                        tap = fresh;
+                        break;
+                    }
+                    Err(error) => {
+                        tracing::warn!(%error, "claims: cannot replay the log; retrying");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                }
+            },
+            Err(RecvError::Closed) => return,
+        }
+    }
+}
