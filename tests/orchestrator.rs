@@ -574,3 +574,25 @@ async fn an_http_agent_registers_claims_runs_and_completes_tasks_with_its_creden
     let state = task_state(&app, &beyond).await;
     assert_eq!(state["status"], "pending");
 }
+
+/// The README's agent (examples/agent.py) joins with a user's token and runs a task.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_example_agent_script_runs_a_task() {
+    let app = spawn_app().await;
+    let (organization, project) = app.organization_and_project().await;
+    let ticket = ticket(&app, &project).await;
+    let id = task(&app, &ticket, "scripted", json!({})).await;
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/agent.py");
+    let output = tokio::process::Command::new("python3")
+        .args([script, "--once", "echo \"did $OMOI_TASK_TITLE\""])
+        .env("OMOI_URL", &app.address)
+        .env("OMOI_TOKEN", app.token.as_deref().expect("a token"))
+        .env("OMOI_ORGANIZATION_ID", &organization)
+        .output()
+        .await
+        .expect("python3 runs");
+    assert!(output.status.success(), "{output:?}");
+    let state = until_status(&app, &id, "completed").await;
+    assert_eq!(state["result"]["output"], json!(["did scripted"]), "{state}");
+    assert_eq!(state["progress"], "did scripted", "{state}");
+}

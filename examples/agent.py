@@ -1,0 +1,88 @@
+#!/usr/bin/env python3
+"""A whole omoi agent over HTTP, standard library only.
+
+Registers (or reuses) an agent, then loops: heartbeat, claim a task (long poll), start it,
+run a shell command for it, report its output as progress, complete or fail it.
+
+    OMOI_URL=http://127.0.0.1:18000 OMOI_TOKEN=<a user's access token or API key> \
+    OMOI_ORGANIZATION_ID=<id> python3 examples/agent.py 'make test'
+
+With OMOI_AGENT_ID and OMOI_CREDENTIAL set it skips registration. --once stops after one
+task (or one empty claim).
+"""
+
+import json
+import os
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+
+URL = os.environ.get("OMOI_URL", "http://127.0.0.1:18000")
+
+
+def call(token, path, body=None):
+    request = urllib.request.Request(
+        URL + path,
+        data=json.dumps(body if body is not None else {}).encode(),
+        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+        method="POST",
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=90) as response:
+            text = response.read()
+            return response.status, json.loads(text) if text else None
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read() or b"null")
+
+
+def register():
+    status, agent = call(
+        os.environ["OMOI_TOKEN"],
+        "/api/v1/agents/register",
+        {"organization_id": os.environ["OMOI_ORGANIZATION_ID"], "agent_type": "worker"},
+    )
+    if status != 201:
+        sys.exit(f"registration refused ({status}): {agent}")
+    return agent["id"], agent["credential"]
+
+
+def main():
+    once = "--once" in sys.argv
+    command = " ".join(a for a in sys.argv[1:] if a != "--once") or "echo done"
+    agent = os.environ.get("OMOI_AGENT_ID")
+    credential = os.environ.get("OMOI_CREDENTIAL")
+    if not (agent and credential):
+        agent, credential = register()
+    while True:
+        call(credential, f"/api/v1/agents/{agent}/heartbeat")
+        status, task = call(credential, f"/api/v1/agents/{agent}/claim", {"wait_seconds": 20})
+        if status == 204:
+            if once:
+                return
+            continue
+        if status != 200:
+            sys.exit(f"claim refused ({status}): {task}")
+        task_id = task["id"]
+        call(credential, f"/api/v1/tasks/{task_id}/start")
+        run = subprocess.run(
+            command,
+            shell=True,
+            capture_output=True,
+            text=True,
+            env={**os.environ, "OMOI_TASK_ID": task_id, "OMOI_TASK_TITLE": task["state"]["title"]},
+        )
+        lines = run.stdout.strip().splitlines()
+        if lines:
+            call(credential, f"/api/v1/tasks/{task_id}/progress", {"message": lines[-1][:2000]})
+        if run.returncode == 0:
+            call(credential, f"/api/v1/tasks/{task_id}/complete", {"result": {"output": lines[-20:]}})
+        else:
+            error = (run.stderr.strip().splitlines() or [f"exit status {run.returncode}"])[-1]
+            call(credential, f"/api/v1/tasks/{task_id}/fail", {"error": error[:2000]})
+        if once:
+            return
+
+
+if __name__ == "__main__":
+    main()
