@@ -343,10 +343,24 @@ impl Runtime {
         }
         let (mut per_project, mut per_organization) = self.queue.active_counts();
         let mut picks: Vec<(Uuid, QueuedTask)> = Vec::new();
+        // With every agent busy, only an organization that may still get agents is worth
+        // looking at: the rest of the candidates are skipped without a scan.
+        let mut free = self.agents.values().filter(|a| a.task.is_none()).count();
+        let mut agents_of: HashMap<Uuid, usize> = HashMap::new();
+        for agent in self.agents.values() {
+            *agents_of.entry(agent.organization_id).or_insert(0) += 1;
+        }
         for candidate in candidates {
-            let Some(task) = self.queue.task(candidate.task_id).cloned() else {
+            let Some(task) = self.queue.task(candidate.task_id) else {
                 continue;
             };
+            if free == 0
+                && agents_of.get(&task.organization_id).copied().unwrap_or(0)
+                    >= self.config.agents_per_organization
+            {
+                continue;
+            }
+            let task = task.clone();
             if !self.serves(task.organization_id)
                 || per_project.get(&task.project_id).copied().unwrap_or(0)
                     >= self.config.project_concurrency
@@ -358,9 +372,15 @@ impl Runtime {
             {
                 continue;
             }
+            let known = self.agents.len();
             let Some(agent_id) = self.free_agent(&task).await else {
                 continue;
             };
+            if self.agents.len() > known {
+                *agents_of.entry(task.organization_id).or_insert(0) += 1;
+            } else {
+                free = free.saturating_sub(1);
+            }
             // Reserved while its assignment is in flight.
             if let Some(agent) = self.agents.get_mut(&agent_id) {
                 agent.task = Some(task.id);
@@ -372,10 +392,15 @@ impl Runtime {
         let bus = &self.bus;
         let assigned =
             futures_util::future::join_all(picks.into_iter().map(|(agent_id, task)| async move {
-                let command = TaskCommand::AssignTask { agent_id, at: now };
+                // An in-process agent starts at once: assignment and start are one
+                // transaction, not two.
+                let commands = [
+                    TaskCommand::AssignTask { agent_id, at: now },
+                    TaskCommand::StartTask { at: now },
+                ];
                 let context = context(Actor::System("worker"), "assign");
                 let result = bus
-                    .execute::<Task>(&task.id.to_string(), command, &context)
+                    .execute_all::<Task>(&task.id.to_string(), &commands, &context, &|_| Ok(()))
                     .await;
                 (agent_id, task, result)
             }))
@@ -503,7 +528,7 @@ impl Runtime {
     }
 }
 
-/// Starts the task, runs it, and records how it ended — as its agent.
+/// Runs the (started) task and records how it ended — as its agent.
 async fn run_task(
     bus: &CommandBus,
     agent_id: Uuid,
@@ -514,11 +539,6 @@ async fn run_task(
 ) {
     let id = task.id.to_string();
     let context = context(Actor::Agent(agent_id), "run");
-    let start = TaskCommand::StartTask { at: Utc::now() };
-    if let Err(error) = bus.execute::<Task>(&id, start, &context).await {
-        tracing::info!(task_id = %task.id, %error, "worker: task not started");
-        return;
-    }
     let outcome = if nothing {
         Outcome::Completed { output: Vec::new() }
     } else {

@@ -233,12 +233,31 @@ impl CommandBus {
         A::Command: Clone + Send,
         A::Error: Send,
     {
+        self.execute_all::<A>(aggregate_id, std::slice::from_ref(&command), context, check)
+            .await
+    }
+
+    /// Executes `commands` one after the other on one aggregate and commits all their
+    /// events in one transaction, or none: each command is decided on the state the
+    /// previous ones left (an in-process agent is assigned a task and starts it at once).
+    pub async fn execute_all<A>(
+        &self,
+        aggregate_id: &str,
+        commands: &[A::Command],
+        context: &CommandContext,
+        check: &dyn ScopeCheck,
+    ) -> Result<Committed<A>, CommandError<A::Error>>
+    where
+        A: Aggregate<Services = ()> + Scoped + Clone,
+        A::Command: Clone + Send,
+        A::Error: Send,
+    {
         let _serialized = self.stripe::<A>(aggregate_id).lock().await;
         let mut attempt = 0;
         loop {
             attempt += 1;
             match self
-                .try_execute::<A>(aggregate_id, command.clone(), context, check)
+                .try_execute::<A>(aggregate_id, commands, context, check)
                 .await
             {
                 Err(AttemptError::Conflict) if attempt < self.retry.max_attempts => {
@@ -267,12 +286,13 @@ impl CommandBus {
     async fn try_execute<A>(
         &self,
         aggregate_id: &str,
-        command: A::Command,
+        commands: &[A::Command],
         context: &CommandContext,
         check: &dyn ScopeCheck,
     ) -> Result<Committed<A>, AttemptError<A::Error>>
     where
         A: Aggregate<Services = ()> + Scoped + Clone,
+        A::Command: Clone,
     {
         let store = self.store::<A>();
         let mut loaded = store.load_aggregate(aggregate_id).await.map_err(classify)?;
@@ -281,11 +301,13 @@ impl CommandBus {
         }
         let version = loaded.current_sequence;
         let sink = EventSink::default();
-        loaded
-            .aggregate()
-            .handle(command, &(), &sink)
-            .await
-            .map_err(|e| AttemptError::Failed(CommandError::Domain(e)))?;
+        for command in commands {
+            loaded
+                .aggregate()
+                .handle(command.clone(), &(), &sink)
+                .await
+                .map_err(|e| AttemptError::Failed(CommandError::Domain(e)))?;
+        }
         let events = sink.collect().await;
         if events.is_empty() {
             return Ok(Committed {
