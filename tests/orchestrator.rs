@@ -593,6 +593,10 @@ async fn the_example_agent_script_runs_a_task() {
         .expect("python3 runs");
     assert!(output.status.success(), "{output:?}");
     let state = until_status(&app, &id, "completed").await;
-    assert_eq!(state["result"]["output"], json!(["did scripted"]), "{state}");
+    assert_eq!(
+        state["result"]["output"],
+        json!(["did scripted"]),
+        "{state}"
+    );
     assert_eq!(state["progress"], "did scripted", "{state}");
 }

@@ -29,7 +29,7 @@ use uuid::Uuid;
 
 use crate::executor::{execute, Outcome, Run};
 use crate::leases;
-use crate::queue::{Change, Queue, QueuedTask};
+use crate::queue::{Candidate, Change, Queue, QueuedTask};
 use crate::score::ScoreConfig;
 
 /// What a worker's agents do with a task.
@@ -341,26 +341,17 @@ impl Runtime {
         if candidates.is_empty() {
             return;
         }
+        self.ensure_agents(&candidates).await;
         let (mut per_project, mut per_organization) = self.queue.active_counts();
         let mut picks: Vec<(Uuid, QueuedTask)> = Vec::new();
-        // With every agent busy, only an organization that may still get agents is worth
-        // looking at: the rest of the candidates are skipped without a scan.
         let mut free = self.agents.values().filter(|a| a.task.is_none()).count();
-        let mut agents_of: HashMap<Uuid, usize> = HashMap::new();
-        for agent in self.agents.values() {
-            *agents_of.entry(agent.organization_id).or_insert(0) += 1;
-        }
         for candidate in candidates {
+            if free == 0 {
+                break;
+            }
             let Some(task) = self.queue.task(candidate.task_id) else {
                 continue;
             };
-            if free == 0
-                && agents_of.get(&task.organization_id).copied().unwrap_or(0)
-                    >= self.config.agents_per_organization
-            {
-                continue;
-            }
-            let task = task.clone();
             if !self.serves(task.organization_id)
                 || per_project.get(&task.project_id).copied().unwrap_or(0)
                     >= self.config.project_concurrency
@@ -372,15 +363,11 @@ impl Runtime {
             {
                 continue;
             }
-            let known = self.agents.len();
-            let Some(agent_id) = self.free_agent(&task).await else {
+            let Some(agent_id) = self.free_agent(task) else {
                 continue;
             };
-            if self.agents.len() > known {
-                *agents_of.entry(task.organization_id).or_insert(0) += 1;
-            } else {
-                free = free.saturating_sub(1);
-            }
+            let task = task.clone();
+            free -= 1;
             // Reserved while its assignment is in flight.
             if let Some(agent) = self.agents.get_mut(&agent_id) {
                 agent.task = Some(task.id);
@@ -430,44 +417,70 @@ impl Runtime {
         }
     }
 
-    /// A free agent of the task's organization able to run it, registering one while the
-    /// organization has fewer than `agents_per_organization`.
-    async fn free_agent(&mut self, task: &QueuedTask) -> Option<Uuid> {
-        let able = |agent: &LocalAgent| {
-            agent.organization_id == task.organization_id
-                && task.required_capabilities.is_subset(&agent.capabilities)
-        };
-        if let Some((id, _)) = self
-            .agents
+    /// A free agent of the task's organization able to run it.
+    fn free_agent(&self, task: &QueuedTask) -> Option<Uuid> {
+        self.agents
             .iter()
-            .find(|(_, agent)| agent.task.is_none() && able(agent))
-        {
-            return Some(*id);
-        }
-        let own = self
-            .agents
-            .values()
-            .filter(|a| a.organization_id == task.organization_id)
-            .count();
+            .find(|(_, agent)| {
+                agent.task.is_none()
+                    && agent.organization_id == task.organization_id
+                    && task.required_capabilities.is_subset(&agent.capabilities)
+            })
+            .map(|(id, _)| *id)
+    }
+
+    /// Registers agents for organizations with more ready tasks they could run than
+    /// agents, up to `agents_per_organization` each, concurrently.
+    async fn ensure_agents(&mut self, candidates: &[Candidate]) {
         let capabilities: BTreeSet<String> = self.config.capabilities.iter().cloned().collect();
-        if own >= self.config.agents_per_organization
-            || !task.required_capabilities.is_subset(&capabilities)
-        {
-            return None;
+        let mut wanted: HashMap<Uuid, usize> = HashMap::new();
+        for candidate in candidates {
+            if let Some(task) = self.queue.task(candidate.task_id) {
+                if self.serves(task.organization_id)
+                    && task.required_capabilities.is_subset(&capabilities)
+                {
+                    *wanted.entry(task.organization_id).or_insert(0) += 1;
+                }
+            }
         }
-        let id = self.register(task.organization_id, own + 1).await?;
-        self.agents.insert(
-            id,
-            LocalAgent {
-                organization_id: task.organization_id,
-                capabilities,
-                task: None,
+        let mut registrations = Vec::new();
+        for (organization_id, ready) in wanted {
+            let own = self
+                .agents
+                .values()
+                .filter(|a| a.organization_id == organization_id)
+                .count();
+            let target = ready.min(self.config.agents_per_organization);
+            registrations.extend((own..target).map(|n| (organization_id, n + 1)));
+        }
+        if registrations.is_empty() {
+            return;
+        }
+        let this = &*self;
+        let registered = futures_util::future::join_all(registrations.into_iter().map(
+            |(organization_id, number)| async move {
+                (
+                    organization_id,
+                    this.register(organization_id, number).await,
+                )
             },
-        );
-        // A new agent's lease starts now.
+        ))
+        .await;
+        for (organization_id, id) in registered {
+            if let Some(id) = id {
+                self.agents.insert(
+                    id,
+                    LocalAgent {
+                        organization_id,
+                        capabilities: capabilities.clone(),
+                        task: None,
+                    },
+                );
+            }
+        }
+        // New agents' leases start now.
         self.last_heartbeat = None;
         self.heartbeat().await;
-        Some(id)
     }
 
     async fn register(&self, organization_id: Uuid, number: usize) -> Option<Uuid> {
@@ -490,15 +503,13 @@ impl Runtime {
             force: false,
             at: now,
         };
-        for command in [register, ready] {
-            if let Err(error) = self
-                .bus
-                .execute::<Agent>(&id.to_string(), command, &context)
-                .await
-            {
-                tracing::warn!(%error, %organization_id, "worker: cannot register an agent");
-                return None;
-            }
+        if let Err(error) = self
+            .bus
+            .execute_all::<Agent>(&id.to_string(), &[register, ready], &context, &|_| Ok(()))
+            .await
+        {
+            tracing::warn!(%error, %organization_id, "worker: cannot register an agent");
+            return None;
         }
         Some(id)
     }
