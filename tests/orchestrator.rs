@@ -600,3 +600,38 @@ async fn the_example_agent_script_runs_a_task() {
     );
     assert_eq!(state["progress"], "did scripted", "{state}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn output_lines_become_progress_at_most_once_a_second() {
+    let app = spawn_app().await;
+    let (_, project) = app.organization_and_project().await;
+    let directory = scratch();
+    let ticket = ticket(&app, &project).await;
+    let id = task(&app, &ticket, "chatty", json!({})).await;
+    // 40 lines over about two seconds.
+    let script = "for i in $(seq 1 40); do echo \"line $i\"; sleep 0.05; done";
+    let worker = Worker::start(
+        app.database.pool.clone(),
+        config(command(script), &directory),
+    );
+    let state = until_status(&app, &id, "completed").await;
+    worker.stop().await;
+    assert_eq!(
+        state["result"]["output"].as_array().map(Vec::len),
+        Some(20),
+        "the last 20 lines are the result: {state}"
+    );
+    let events = history(&app, &id).await;
+    let reports: Vec<&Value> = events
+        .iter()
+        .filter(|(kind, _)| kind == "TaskProgressReported")
+        .map(|(_, payload)| payload)
+        .collect();
+    // About two seconds of output: one report at once, then one per second at most.
+    assert!(
+        (1..=3).contains(&reports.len()),
+        "{} reports: {reports:?}",
+        reports.len()
+    );
+    assert_eq!(reports[0]["message"], "line 1");
+}
