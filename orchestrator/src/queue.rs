@@ -3,15 +3,17 @@
 //! sweeper ask of it — the ready tasks by score, running counts per project and
 //! organization, running tasks past their timeout.
 //!
-//! A task is **ready** when it is pending, or its retry's not-before time has passed, and
+//! A task is **ready** when it is pending, or its retry's not-before time has passed,
 //! every task it depends on is completed (a dependency the queue has never seen counts as
-//! unfinished).
+//! unfinished), and the spec of its ticket, if any, is not archived.
 
 use std::collections::{BTreeSet, HashMap};
 
 use chrono::{DateTime, Utc};
 use omoi_domain::common::Priority;
+use omoi_domain::spec::SpecEvent;
 use omoi_domain::task::{TaskEvent, TaskStatus};
+use omoi_domain::ticket::TicketEvent;
 use omoi_store::StoredEvent;
 use serde::Deserialize;
 use uuid::Uuid;
@@ -24,6 +26,7 @@ pub struct QueuedTask {
     pub id: Uuid,
     pub organization_id: Uuid,
     pub project_id: Uuid,
+    pub ticket_id: Uuid,
     pub title: String,
     pub description: String,
     pub task_type: String,
@@ -69,6 +72,9 @@ pub struct Queue {
     tasks: HashMap<Uuid, QueuedTask>,
     /// Task → the tasks waiting for it (pending or retrying).
     dependents: HashMap<Uuid, BTreeSet<Uuid>>,
+    /// Ticket → the spec it implements.
+    specs_of_tickets: HashMap<Uuid, Uuid>,
+    archived_specs: BTreeSet<Uuid>,
 }
 
 #[derive(Deserialize)]
@@ -91,8 +97,11 @@ impl Queue {
 
     /// Applies one event of the log (events of other aggregates change nothing).
     pub fn apply(&mut self, stored: &StoredEvent) -> Change {
-        if stored.aggregate_type != "Task" {
-            return Change::None;
+        match stored.aggregate_type.as_str() {
+            "Task" => {}
+            "Ticket" => return self.apply_ticket(stored),
+            "Spec" => return self.apply_spec(stored),
+            _ => return Change::None,
         }
         let (Ok(event), Ok(id)) = (
             TaskEvent::deserialize(&stored.payload),
@@ -164,10 +173,40 @@ impl Queue {
         Change::Queue
     }
 
+    fn apply_ticket(&mut self, stored: &StoredEvent) -> Change {
+        if let (
+            Ok(TicketEvent::TicketCreated {
+                spec_id: Some(spec),
+                ..
+            }),
+            Ok(ticket),
+        ) = (
+            TicketEvent::deserialize(&stored.payload),
+            stored.aggregate_id.parse::<Uuid>(),
+        ) {
+            self.specs_of_tickets.insert(ticket, spec);
+        }
+        Change::None
+    }
+
+    fn apply_spec(&mut self, stored: &StoredEvent) -> Change {
+        match (
+            SpecEvent::deserialize(&stored.payload),
+            stored.aggregate_id.parse::<Uuid>(),
+        ) {
+            (Ok(SpecEvent::SpecArchived { .. }), Ok(spec)) => {
+                self.archived_specs.insert(spec);
+                Change::Queue
+            }
+            _ => Change::None,
+        }
+    }
+
     fn create(&mut self, id: Uuid, event: TaskEvent, organization: Option<Uuid>) -> Change {
         let TaskEvent::TaskCreated {
             organization_id,
             project_id,
+            ticket_id,
             title,
             description,
             task_type,
@@ -189,6 +228,7 @@ impl Queue {
             id,
             organization_id: organization.unwrap_or(organization_id),
             project_id,
+            ticket_id,
             title,
             description,
             task_type,
@@ -220,7 +260,12 @@ impl Queue {
             TaskStatus::RetryScheduled => task.not_before.is_none_or(|at| at <= now),
             _ => false,
         };
-        waiting && task.depends_on.iter().all(|d| self.is_completed(d))
+        waiting
+            && task.depends_on.iter().all(|d| self.is_completed(d))
+            && !self
+                .specs_of_tickets
+                .get(&task.ticket_id)
+                .is_some_and(|spec| self.archived_specs.contains(spec))
     }
 
     /// The earliest not-before time of a retry still waiting for it: the dispatcher's
@@ -432,5 +477,35 @@ mod tests {
             1,
             "due at its not-before time"
         );
+    }
+
+    #[test]
+    fn a_task_of_an_archived_specs_ticket_is_not_ready() {
+        let mut queue = Queue::default();
+        let (ticket, spec, id) = (Uuid::from_u128(3), Uuid::from_u128(30), Uuid::from_u128(31));
+        let mut created_ticket =
+            stored(ticket, TaskEvent::TaskStarted { at: Utc::now() }, json!({}));
+        created_ticket.aggregate_type = "Ticket".into();
+        created_ticket.payload = serde_json::to_value(TicketEvent::TicketCreated {
+            ticket_id: ticket,
+            organization_id: Uuid::from_u128(1),
+            project_id: Uuid::from_u128(2),
+            spec_id: Some(spec),
+            title: "t".into(),
+            description: String::new(),
+            priority: Priority::Medium,
+            phase: Default::default(),
+        })
+        .expect("an event");
+        queue.apply(&created_ticket);
+        queue.apply(&created(id, Priority::High, 0, vec![]));
+        assert_eq!(queue.ready(Utc::now(), &ScoreConfig::default()).len(), 1);
+        let mut archived = created_ticket.clone();
+        archived.aggregate_type = "Spec".into();
+        archived.aggregate_id = spec.to_string();
+        archived.payload =
+            serde_json::to_value(SpecEvent::SpecArchived { at: Utc::now() }).expect("an event");
+        assert_eq!(queue.apply(&archived), Change::Queue);
+        assert!(queue.ready(Utc::now(), &ScoreConfig::default()).is_empty());
     }
 }
