@@ -60,6 +60,9 @@ pub enum ApiError {
     NotFound { what: &'static str },
     /// 409: the current state forbids the request.
     Conflict { code: &'static str, detail: String },
+    /// 402: the organization's plan does not allow it; `detail` says which limit and how
+    /// to lift it.
+    PaymentRequired { code: &'static str, detail: String },
     /// 503: the database cannot be reached; retry later.
     Unavailable(String),
     /// 500: a bug. The cause is logged, not shown.
@@ -103,6 +106,7 @@ impl ApiError {
             Self::Invalid { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             Self::NotFound { .. } => StatusCode::NOT_FOUND,
             Self::Conflict { .. } => StatusCode::CONFLICT,
+            Self::PaymentRequired { .. } => StatusCode::PAYMENT_REQUIRED,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -136,6 +140,7 @@ impl ApiError {
             } => (code, detail, field),
             Self::NotFound { what } => ("not_found", format!("{what} not found"), None),
             Self::Conflict { code, detail } => (code, detail, None),
+            Self::PaymentRequired { code, detail } => (code, detail, None),
             Self::Unavailable(cause) => {
                 tracing::warn!(%cause, "database unavailable");
                 (
@@ -214,7 +219,7 @@ impl<E: DomainError> From<CommandError<E>> for ApiError {
 }
 
 impl ApiError {
-    /// Maps a domain refusal by its kind: 404, 409 or 422.
+    /// Maps a domain refusal by its kind: 404, 409, 422 or 402.
     pub fn from_domain<E: DomainError>(error: &E) -> Self {
         let detail = error.to_string();
         match error.kind() {
@@ -229,6 +234,10 @@ impl ApiError {
                 code: error.code(),
                 detail,
                 field: error.field().map(str::to_string),
+            },
+            ErrorKind::PaymentRequired => Self::PaymentRequired {
+                code: error.code(),
+                detail,
             },
         }
     }

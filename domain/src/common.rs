@@ -14,6 +14,8 @@ pub enum ErrorKind {
     Conflict,
     /// The command's input breaks a rule regardless of state: 422.
     Invalid,
+    /// The organization's plan does not allow it (quota, suspension): 402.
+    PaymentRequired,
 }
 
 /// Implemented by every aggregate's error enum.

@@ -16,6 +16,7 @@
 
 pub mod access;
 pub mod agent;
+pub mod billing;
 pub mod common;
 pub mod organization;
 pub mod project;

@@ -1,0 +1,560 @@
+use std::collections::BTreeSet;
+use std::fmt;
+
+use chrono::{DateTime, Utc};
+use cqrs_es::event_sink::EventSink;
+use cqrs_es::Aggregate;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use super::{BillingCommand, BillingError, BillingEvent, Effect, StripeChange};
+use crate::common::{Scope, Scoped};
+
+/// A plan tier; its limits and price live in the plans table of the configuration.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Default,
+    Serialize,
+    Deserialize,
+    ToSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum Tier {
+    #[default]
+    Free,
+    Pro,
+    Team,
+    Enterprise,
+    Lifetime,
+}
+
+impl Tier {
+    pub const ALL: [Tier; 5] = [
+        Self::Free,
+        Self::Pro,
+        Self::Team,
+        Self::Enterprise,
+        Self::Lifetime,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Free => "free",
+            Self::Pro => "pro",
+            Self::Team => "team",
+            Self::Enterprise => "enterprise",
+            Self::Lifetime => "lifetime",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<Self> {
+        Self::ALL
+            .into_iter()
+            .find(|t| t.as_str().eq_ignore_ascii_case(name.trim()))
+    }
+}
+
+impl fmt::Display for Tier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A subscription's status, as Stripe reports it (`unpaid` counts as past due,
+/// `incomplete_expired` as canceled).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum SubscriptionStatus {
+    #[default]
+    Active,
+    Trialing,
+    PastDue,
+    Canceled,
+    Paused,
+    Incomplete,
+}
+
+impl SubscriptionStatus {
+    pub fn from_stripe(status: &str) -> Option<Self> {
+        Some(match status {
+            "active" => Self::Active,
+            "trialing" => Self::Trialing,
+            "past_due" | "unpaid" => Self::PastDue,
+            "canceled" | "incomplete_expired" => Self::Canceled,
+            "paused" => Self::Paused,
+            "incomplete" => Self::Incomplete,
+            _ => return None,
+        })
+    }
+
+    /// Whether the plan's limits apply (otherwise the free tier's do).
+    pub fn grants_plan(self) -> bool {
+        matches!(self, Self::Active | Self::Trialing | Self::PastDue)
+    }
+}
+
+/// An organization's billing account: the fold of its events.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, ToSchema)]
+pub struct BillingAccount {
+    pub organization_id: Option<Uuid>,
+    pub tier: Tier,
+    pub status: SubscriptionStatus,
+    pub period_start: Option<DateTime<Utc>>,
+    pub period_end: Option<DateTime<Utc>>,
+    pub stripe_customer_id: Option<String>,
+    pub stripe_subscription_id: Option<String>,
+    pub credits_cents: i64,
+    /// A payment failed: the organization may read but not start work.
+    pub suspended: bool,
+    /// Workflows started since the last paid invoice.
+    pub workflows_used: u32,
+    /// Stripe's time of the newest subscription change applied.
+    pub subscription_as_of: Option<i64>,
+    /// Every Stripe event applied, so none applies twice.
+    #[schema(value_type = Vec<String>)]
+    pub stripe_events: BTreeSet<String>,
+}
+
+impl BillingAccount {
+    /// The tier whose limits apply now.
+    pub fn effective_tier(&self) -> Tier {
+        if self.tier == Tier::Lifetime || self.status.grants_plan() {
+            self.tier
+        } else {
+            Tier::Free
+        }
+    }
+
+    fn decide(&self, command: BillingCommand) -> Result<Vec<BillingEvent>, BillingError> {
+        match command {
+            BillingCommand::ApplyStripeEvent {
+                organization_id,
+                stripe_event_id,
+                stripe_created,
+                change,
+                at,
+            } => {
+                self.ensure_organization(organization_id)?;
+                if self.stripe_events.contains(&stripe_event_id) {
+                    return Ok(Vec::new());
+                }
+                let effect = self.effect_of(change, stripe_created)?;
+                Ok(vec![BillingEvent::StripeEventApplied {
+                    organization_id,
+                    stripe_event_id,
+                    stripe_created,
+                    effect,
+                    at,
+                }])
+            }
+            BillingCommand::StartWorkflow {
+                organization_id,
+                spec_id,
+                quota,
+                price_cents,
+                at,
+            } => {
+                self.ensure_organization(organization_id)?;
+                if self.suspended {
+                    return Err(BillingError::Suspended);
+                }
+                let credits_spent_cents = match quota {
+                    Some(quota) if self.workflows_used >= quota => {
+                        if self.credits_cents < price_cents {
+                            return Err(BillingError::QuotaExceeded {
+                                quota,
+                                credits_cents: self.credits_cents,
+                                price_cents,
+                            });
+                        }
+                        price_cents
+                    }
+                    _ => 0,
+                };
+                Ok(vec![BillingEvent::WorkflowStarted {
+                    organization_id,
+                    spec_id,
+                    credits_spent_cents,
+                    at,
+                }])
+            }
+        }
+    }
+
+    fn ensure_organization(&self, organization_id: Uuid) -> Result<(), BillingError> {
+        match self.organization_id {
+            Some(own) if own != organization_id => Err(BillingError::WrongOrganization),
+            _ => Ok(()),
+        }
+    }
+
+    fn effect_of(&self, change: StripeChange, stripe_created: i64) -> Result<Effect, BillingError> {
+        Ok(match change {
+            StripeChange::SubscriptionCheckout {
+                customer_id,
+                subscription_id,
+                tier,
+            } => Effect::Subscribed {
+                tier,
+                customer_id,
+                subscription_id,
+            },
+            StripeChange::LifetimePurchase { customer_id } => {
+                Effect::LifetimePurchased { customer_id }
+            }
+            StripeChange::CreditPurchase {
+                customer_id,
+                amount_cents,
+            } => {
+                if amount_cents <= 0 {
+                    return Err(BillingError::NonPositiveCredits);
+                }
+                Effect::CreditsAdded {
+                    amount_cents,
+                    customer_id,
+                }
+            }
+            StripeChange::SubscriptionChanged {
+                customer_id,
+                subscription_id,
+                tier,
+                status,
+                period_start,
+                period_end,
+            } => {
+                if self
+                    .subscription_as_of
+                    .is_some_and(|seen| stripe_created < seen)
+                {
+                    return Ok(Effect::Ignored {
+                        reason: "older than the subscription change already applied".into(),
+                    });
+                }
+                if self.tier == Tier::Lifetime {
+                    return Ok(Effect::Ignored {
+                        reason: "the account has the lifetime plan".into(),
+                    });
+                }
+                Effect::SubscriptionUpdated {
+                    subscription_id,
+                    customer_id,
+                    tier: tier.unwrap_or(self.tier),
+                    status,
+                    period_start,
+                    period_end,
+                }
+            }
+            StripeChange::SubscriptionDeleted { subscription_id } => {
+                if self.stripe_subscription_id.as_deref() != Some(subscription_id.as_str()) {
+                    Effect::Ignored {
+                        reason: format!("{subscription_id} is not the account's subscription"),
+                    }
+                } else {
+                    Effect::SubscriptionCanceled { subscription_id }
+                }
+            }
+            StripeChange::InvoicePaid => Effect::InvoicePaid,
+            StripeChange::InvoicePaymentFailed => Effect::PaymentFailed,
+        })
+    }
+
+    fn apply_effect(&mut self, effect: Effect, stripe_created: i64) {
+        match effect {
+            Effect::Subscribed {
+                tier,
+                customer_id,
+                subscription_id,
+            } => {
+                self.tier = tier;
+                self.status = SubscriptionStatus::Active;
+                self.stripe_customer_id = customer_id.or(self.stripe_customer_id.take());
+                self.stripe_subscription_id =
+                    subscription_id.or(self.stripe_subscription_id.take());
+            }
+            Effect::LifetimePurchased { customer_id } => {
+                self.tier = Tier::Lifetime;
+                self.status = SubscriptionStatus::Active;
+                self.stripe_customer_id = customer_id.or(self.stripe_customer_id.take());
+                self.period_end = None;
+            }
+            Effect::CreditsAdded {
+                amount_cents,
+                customer_id,
+            } => {
+                self.credits_cents = self.credits_cents.saturating_add(amount_cents);
+                self.stripe_customer_id = customer_id.or(self.stripe_customer_id.take());
+            }
+            Effect::SubscriptionUpdated {
+                subscription_id,
+                customer_id,
+                tier,
+                status,
+                period_start,
+                period_end,
+            } => {
+                self.stripe_subscription_id = Some(subscription_id);
+                self.stripe_customer_id = customer_id.or(self.stripe_customer_id.take());
+                self.tier = tier;
+                self.status = status;
+                self.period_start = period_start.or(self.period_start);
+                self.period_end = period_end.or(self.period_end);
+                self.subscription_as_of = Some(stripe_created);
+            }
+            Effect::SubscriptionCanceled { .. } => {
+                self.tier = Tier::Free;
+                self.status = SubscriptionStatus::Canceled;
+                self.stripe_subscription_id = None;
+                self.subscription_as_of = Some(stripe_created);
+            }
+            Effect::InvoicePaid => {
+                self.workflows_used = 0;
+                self.suspended = false;
+                if self.status == SubscriptionStatus::PastDue {
+                    self.status = SubscriptionStatus::Active;
+                }
+            }
+            Effect::PaymentFailed => {
+                self.suspended = true;
+                self.status = SubscriptionStatus::PastDue;
+            }
+            Effect::Ignored { .. } => {}
+        }
+    }
+}
+
+impl Aggregate for BillingAccount {
+    const TYPE: &'static str = "BillingAccount";
+    type Command = BillingCommand;
+    type Event = BillingEvent;
+    type Error = BillingError;
+    type Services = ();
+
+    async fn handle(
+        &mut self,
+        command: Self::Command,
+        _services: &Self::Services,
+        sink: &EventSink<Self>,
+    ) -> Result<(), Self::Error> {
+        for event in self.decide(command)? {
+            sink.write(event, self).await;
+        }
+        Ok(())
+    }
+
+    fn apply(&mut self, event: Self::Event) {
+        match event {
+            BillingEvent::StripeEventApplied {
+                organization_id,
+                stripe_event_id,
+                stripe_created,
+                effect,
+                ..
+            } => {
+                self.organization_id.get_or_insert(organization_id);
+                self.stripe_events.insert(stripe_event_id);
+                self.apply_effect(effect, stripe_created);
+            }
+            BillingEvent::WorkflowStarted {
+                organization_id,
+                credits_spent_cents,
+                ..
+            } => {
+                self.organization_id.get_or_insert(organization_id);
+                self.workflows_used = self.workflows_used.saturating_add(1);
+                self.credits_cents -= credits_spent_cents;
+            }
+        }
+    }
+}
+
+impl Scoped for BillingAccount {
+    fn scope(&self) -> Option<Scope> {
+        Some(Scope {
+            organization_id: self.organization_id?,
+            project_id: None,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn org() -> Uuid {
+        Uuid::from_u128(1)
+    }
+
+    fn at() -> DateTime<Utc> {
+        DateTime::from_timestamp(1_800_000_000, 0).expect("a time")
+    }
+
+    fn apply(account: &mut BillingAccount, command: BillingCommand) -> Vec<BillingEvent> {
+        let events = account.decide(command).expect("accepted");
+        for event in events.clone() {
+            account.apply(event);
+        }
+        events
+    }
+
+    fn stripe(id: &str, created: i64, change: StripeChange) -> BillingCommand {
+        BillingCommand::ApplyStripeEvent {
+            organization_id: org(),
+            stripe_event_id: id.into(),
+            stripe_created: created,
+            change,
+            at: at(),
+        }
+    }
+
+    fn updated(status: SubscriptionStatus, tier: Tier) -> StripeChange {
+        StripeChange::SubscriptionChanged {
+            customer_id: Some("cus_1".into()),
+            subscription_id: "sub_1".into(),
+            tier: Some(tier),
+            status,
+            period_start: None,
+            period_end: None,
+        }
+    }
+
+    #[test]
+    fn a_stripe_event_applies_once() {
+        let mut account = BillingAccount::default();
+        let credits = StripeChange::CreditPurchase {
+            customer_id: None,
+            amount_cents: 5_000,
+        };
+        assert_eq!(
+            apply(&mut account, stripe("evt_1", 10, credits.clone())).len(),
+            1
+        );
+        assert!(apply(&mut account, stripe("evt_1", 10, credits)).is_empty());
+        assert_eq!(account.credits_cents, 5_000);
+    }
+
+    #[test]
+    fn an_older_subscription_update_does_not_roll_back() {
+        let mut account = BillingAccount::default();
+        apply(
+            &mut account,
+            stripe(
+                "evt_new",
+                200,
+                updated(SubscriptionStatus::Active, Tier::Team),
+            ),
+        );
+        let events = apply(
+            &mut account,
+            stripe(
+                "evt_old",
+                100,
+                updated(SubscriptionStatus::PastDue, Tier::Pro),
+            ),
+        );
+        assert!(matches!(
+            &events[0],
+            BillingEvent::StripeEventApplied {
+                effect: Effect::Ignored { .. },
+                ..
+            }
+        ));
+        assert_eq!(
+            (account.tier, account.status),
+            (Tier::Team, SubscriptionStatus::Active)
+        );
+        assert!(
+            account.stripe_events.contains("evt_old"),
+            "recorded all the same"
+        );
+    }
+
+    #[test]
+    fn the_quota_then_credits_then_refusal() {
+        let mut account = BillingAccount::default();
+        apply(
+            &mut account,
+            stripe(
+                "evt_c",
+                1,
+                StripeChange::CreditPurchase {
+                    customer_id: None,
+                    amount_cents: 1_000,
+                },
+            ),
+        );
+        let start = |n: u128| BillingCommand::StartWorkflow {
+            organization_id: org(),
+            spec_id: Uuid::from_u128(n),
+            quota: Some(1),
+            price_cents: 1_000,
+            at: at(),
+        };
+        apply(&mut account, start(1));
+        apply(&mut account, start(2));
+        assert_eq!(account.credits_cents, 0);
+        assert_eq!(
+            account.decide(start(3)),
+            Err(BillingError::QuotaExceeded {
+                quota: 1,
+                credits_cents: 0,
+                price_cents: 1_000
+            })
+        );
+        apply(
+            &mut account,
+            stripe("evt_paid", 5, StripeChange::InvoicePaid),
+        );
+        apply(&mut account, start(3));
+    }
+
+    #[test]
+    fn a_failed_payment_suspends_until_an_invoice_is_paid() {
+        let mut account = BillingAccount::default();
+        apply(
+            &mut account,
+            stripe("evt_f", 1, StripeChange::InvoicePaymentFailed),
+        );
+        let start = BillingCommand::StartWorkflow {
+            organization_id: org(),
+            spec_id: Uuid::from_u128(1),
+            quota: None,
+            price_cents: 0,
+            at: at(),
+        };
+        assert_eq!(account.decide(start.clone()), Err(BillingError::Suspended));
+        apply(&mut account, stripe("evt_p", 2, StripeChange::InvoicePaid));
+        apply(&mut account, start);
+    }
+
+    #[test]
+    fn a_canceled_subscription_falls_back_to_free() {
+        let mut account = BillingAccount::default();
+        apply(
+            &mut account,
+            stripe("evt_1", 1, updated(SubscriptionStatus::Active, Tier::Pro)),
+        );
+        assert_eq!(account.effective_tier(), Tier::Pro);
+        let other = StripeChange::SubscriptionDeleted {
+            subscription_id: "sub_other".into(),
+        };
+        apply(&mut account, stripe("evt_2", 2, other));
+        assert_eq!(
+            account.tier,
+            Tier::Pro,
+            "another subscription's end changes nothing"
+        );
+        let own = StripeChange::SubscriptionDeleted {
+            subscription_id: "sub_1".into(),
+        };
+        apply(&mut account, stripe("evt_3", 3, own));
+        assert_eq!(account.effective_tier(), Tier::Free);
+    }
+}

@@ -1,0 +1,61 @@
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+use super::{SubscriptionStatus, Tier};
+
+/// What a Stripe event asks of an account (decoded from the webhook by the API).
+#[derive(Debug, Clone, PartialEq)]
+pub enum StripeChange {
+    /// `checkout.session.completed` of a subscription checkout.
+    SubscriptionCheckout {
+        customer_id: Option<String>,
+        subscription_id: Option<String>,
+        tier: Tier,
+    },
+    /// `checkout.session.completed` of the lifetime plan.
+    LifetimePurchase { customer_id: Option<String> },
+    /// `checkout.session.completed` of prepaid credits.
+    CreditPurchase {
+        customer_id: Option<String>,
+        amount_cents: i64,
+    },
+    /// `customer.subscription.created` / `.updated`.
+    SubscriptionChanged {
+        customer_id: Option<String>,
+        subscription_id: String,
+        /// From the subscription's metadata; `None` keeps the current tier.
+        tier: Option<Tier>,
+        status: SubscriptionStatus,
+        period_start: Option<DateTime<Utc>>,
+        period_end: Option<DateTime<Utc>>,
+    },
+    /// `customer.subscription.deleted`.
+    SubscriptionDeleted { subscription_id: String },
+    /// `invoice.paid`: a new period's usage starts from zero; a suspension ends.
+    InvoicePaid,
+    /// `invoice.payment_failed`: past due, and suspended.
+    InvoicePaymentFailed,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum BillingCommand {
+    /// Applies one Stripe event (at most once per `stripe_event_id`).
+    ApplyStripeEvent {
+        organization_id: Uuid,
+        stripe_event_id: String,
+        /// The Stripe event's `created` (Unix seconds): orders subscription changes.
+        stripe_created: i64,
+        change: StripeChange,
+        at: DateTime<Utc>,
+    },
+    /// Counts one workflow against the period's quota, or pays for it with credits.
+    /// `quota` is the plan's monthly workflows (`None`: unlimited); `price_cents` what a
+    /// workflow beyond the quota costs in credits.
+    StartWorkflow {
+        organization_id: Uuid,
+        spec_id: Uuid,
+        quota: Option<u32>,
+        price_cents: i64,
+        at: DateTime<Utc>,
+    },
+}

@@ -1,0 +1,75 @@
+use chrono::{DateTime, Utc};
+use cqrs_es::DomainEvent;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use super::{SubscriptionStatus, Tier};
+
+/// What one Stripe event did to the account.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "kind")]
+pub enum Effect {
+    Subscribed {
+        tier: Tier,
+        customer_id: Option<String>,
+        subscription_id: Option<String>,
+    },
+    LifetimePurchased {
+        customer_id: Option<String>,
+    },
+    CreditsAdded {
+        amount_cents: i64,
+        customer_id: Option<String>,
+    },
+    SubscriptionUpdated {
+        subscription_id: String,
+        customer_id: Option<String>,
+        tier: Tier,
+        status: SubscriptionStatus,
+        period_start: Option<DateTime<Utc>>,
+        period_end: Option<DateTime<Utc>>,
+    },
+    /// The subscription ended; the account falls back to the free tier.
+    SubscriptionCanceled {
+        subscription_id: String,
+    },
+    InvoicePaid,
+    PaymentFailed,
+    /// Recorded, changing nothing: an older subscription change than one already
+    /// applied, or an event about another subscription.
+    Ignored {
+        reason: String,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum BillingEvent {
+    StripeEventApplied {
+        organization_id: Uuid,
+        stripe_event_id: String,
+        stripe_created: i64,
+        effect: Effect,
+        at: DateTime<Utc>,
+    },
+    WorkflowStarted {
+        organization_id: Uuid,
+        spec_id: Uuid,
+        /// Paid from credits (beyond the quota), in cents; 0 within the quota.
+        credits_spent_cents: i64,
+        at: DateTime<Utc>,
+    },
+}
+
+impl DomainEvent for BillingEvent {
+    fn event_type(&self) -> String {
+        match self {
+            Self::StripeEventApplied { .. } => "StripeEventApplied",
+            Self::WorkflowStarted { .. } => "WorkflowStarted",
+        }
+        .to_string()
+    }
+
+    fn event_version(&self) -> String {
+        "1".to_string()
+    }
+}
