@@ -16,8 +16,10 @@ mod aggregate;
 mod commands;
 mod error;
 mod events;
+mod plans;
 
 pub use aggregate::{BillingAccount, SubscriptionStatus, Tier};
 pub use commands::{BillingCommand, StripeChange};
 pub use error::BillingError;
 pub use events::{BillingEvent, Effect};
+pub use plans::{Plan, Plans};

@@ -1,0 +1,223 @@
+//! The Stripe API calls omoi makes: a Checkout Session (subscription, lifetime plan or
+//! credits) and a customer-portal session, each form-encoded with an idempotency key, to
+//! a configurable base URL (tests point it at a fake Stripe on loopback).
+
+use std::time::Duration;
+
+use omoi_domain::billing::{Plan, Tier};
+use serde::Deserialize;
+use uuid::Uuid;
+
+use crate::webhook::{CREDIT_PURCHASE, LIFETIME_PURCHASE, SUBSCRIPTION_CHECKOUT};
+
+/// Where and how to reach Stripe.
+#[derive(Debug, Clone)]
+pub struct StripeApi {
+    pub base_url: String,
+    pub secret_key: String,
+    pub success_url: String,
+    pub cancel_url: String,
+    pub portal_return_url: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StripeError {
+    #[error("no Stripe secret key is configured (OMOI_STRIPE_SECRET_KEY)")]
+    NotConfigured,
+    #[error("Stripe could not be reached: {0}")]
+    Unreachable(String),
+    #[error("Stripe refused ({status}): {message}")]
+    Refused { status: u16, message: String },
+}
+
+/// What to buy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Purchase {
+    /// A monthly subscription to the plan (the lifetime plan is paid once).
+    Plan(Plan),
+    Credits {
+        amount_cents: i64,
+    },
+}
+
+#[derive(Deserialize)]
+struct Session {
+    id: String,
+    url: String,
+}
+
+/// A created session: its id and the URL to send the customer to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Created {
+    pub id: String,
+    pub url: String,
+}
+
+/// The idempotency key of a checkout: one session per organization and purchase per
+/// 30 minutes, so a double click or a retried request does not create two.
+pub fn checkout_key(organization_id: Uuid, purchase: &Purchase, unix_now: i64) -> String {
+    let what = match purchase {
+        Purchase::Plan(plan) => format!("plan:{}", plan.tier),
+        Purchase::Credits { amount_cents } => format!("credits:{amount_cents}"),
+    };
+    let window = unix_now / 1800;
+    let digest = ring::digest::digest(
+        &ring::digest::SHA256,
+        format!("{organization_id}:{what}:{window}").as_bytes(),
+    );
+    let hex: String = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+    format!("checkout-{hex}")
+}
+
+/// The form fields of a Checkout Session.
+pub fn checkout_form(
+    api: &StripeApi,
+    organization_id: Uuid,
+    customer_id: Option<&str>,
+    purchase: &Purchase,
+) -> Vec<(String, String)> {
+    let organization = organization_id.to_string();
+    let mut form: Vec<(String, String)> = vec![
+        ("client_reference_id".into(), organization.clone()),
+        ("metadata[organization_id]".into(), organization.clone()),
+        ("success_url".into(), api.success_url.clone()),
+        ("cancel_url".into(), api.cancel_url.clone()),
+        ("line_items[0][quantity]".into(), "1".into()),
+        ("line_items[0][price_data][currency]".into(), "usd".into()),
+    ];
+    match purchase {
+        Purchase::Plan(plan) if plan.tier == Tier::Lifetime => {
+            form.extend([
+                ("mode".into(), "payment".into()),
+                ("metadata[purpose]".into(), LIFETIME_PURCHASE.into()),
+                ("metadata[tier]".into(), plan.tier.to_string()),
+                (
+                    "line_items[0][price_data][unit_amount]".into(),
+                    plan.price_cents.to_string(),
+                ),
+                (
+                    "line_items[0][price_data][product_data][name]".into(),
+                    "omoi lifetime".into(),
+                ),
+            ]);
+        }
+        Purchase::Plan(plan) => {
+            form.extend([
+                ("mode".into(), "subscription".into()),
+                ("metadata[purpose]".into(), SUBSCRIPTION_CHECKOUT.into()),
+                ("metadata[tier]".into(), plan.tier.to_string()),
+                (
+                    "subscription_data[metadata][organization_id]".into(),
+                    organization,
+                ),
+                (
+                    "subscription_data[metadata][tier]".into(),
+                    plan.tier.to_string(),
+                ),
+                (
+                    "line_items[0][price_data][unit_amount]".into(),
+                    plan.price_cents.to_string(),
+                ),
+                (
+                    "line_items[0][price_data][recurring][interval]".into(),
+                    "month".into(),
+                ),
+                (
+                    "line_items[0][price_data][product_data][name]".into(),
+                    format!("omoi {}", plan.tier),
+                ),
+            ]);
+        }
+        Purchase::Credits { amount_cents } => {
+            form.extend([
+                ("mode".into(), "payment".into()),
+                ("metadata[purpose]".into(), CREDIT_PURCHASE.into()),
+                ("metadata[credits_cents]".into(), amount_cents.to_string()),
+                (
+                    "line_items[0][price_data][unit_amount]".into(),
+                    amount_cents.to_string(),
+                ),
+                (
+                    "line_items[0][price_data][product_data][name]".into(),
+                    "omoi credits".into(),
+                ),
+            ]);
+        }
+    }
+    if let Some(customer) = customer_id {
+        form.push(("customer".into(), customer.to_string()));
+    }
+    form
+}
+
+impl StripeApi {
+    async fn post(
+        &self,
+        path: &str,
+        form: &[(String, String)],
+        idempotency_key: &str,
+    ) -> Result<Created, StripeError> {
+        if self.secret_key.is_empty() {
+            return Err(StripeError::NotConfigured);
+        }
+        let response = reqwest::Client::new()
+            .post(format!("{}{path}", self.base_url.trim_end_matches('/')))
+            .bearer_auth(&self.secret_key)
+            .header("Idempotency-Key", idempotency_key)
+            .form(form)
+            .timeout(Duration::from_secs(20))
+            .send()
+            .await
+            .map_err(|e| StripeError::Unreachable(e.to_string()))?;
+        let status = response.status();
+        let body = response
+            .text()
+            .await
+            .map_err(|e| StripeError::Unreachable(e.to_string()))?;
+        if !status.is_success() {
+            let message = serde_json::from_str::<serde_json::Value>(&body)
+                .ok()
+                .and_then(|v| v.pointer("/error/message")?.as_str().map(str::to_string))
+                .unwrap_or(body);
+            return Err(StripeError::Refused {
+                status: status.as_u16(),
+                message,
+            });
+        }
+        let session: Session = serde_json::from_str(&body).map_err(|e| StripeError::Refused {
+            status: status.as_u16(),
+            message: format!("unexpected answer: {e}"),
+        })?;
+        Ok(Created {
+            id: session.id,
+            url: session.url,
+        })
+    }
+
+    /// Creates a Checkout Session for `purchase`.
+    pub async fn checkout(
+        &self,
+        organization_id: Uuid,
+        customer_id: Option<&str>,
+        purchase: &Purchase,
+        idempotency_key: &str,
+    ) -> Result<Created, StripeError> {
+        let form = checkout_form(self, organization_id, customer_id, purchase);
+        self.post("/v1/checkout/sessions", &form, idempotency_key)
+            .await
+    }
+
+    /// Creates a customer-portal session for `customer_id`.
+    pub async fn portal(
+        &self,
+        customer_id: &str,
+        idempotency_key: &str,
+    ) -> Result<Created, StripeError> {
+        let form = vec![
+            ("customer".to_string(), customer_id.to_string()),
+            ("return_url".to_string(), self.portal_return_url.clone()),
+        ];
+        self.post("/v1/billing_portal/sessions", &form, idempotency_key)
+            .await
+    }
+}

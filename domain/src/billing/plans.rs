@@ -1,0 +1,88 @@
+//! The one table of plans: every limit and price of a tier comes from here (the original
+//! had three disagreeing tables). The defaults are the original's `TIER_LIMITS`; the
+//! configuration (`billing.plans`) may replace them.
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use super::Tier;
+
+/// One tier's limits and price.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Plan {
+    pub tier: Tier,
+    /// Workflows per billing period; `None`: unlimited.
+    pub monthly_workflows: Option<u32>,
+    /// Tasks agents may hold at once for the organization; `None`: unlimited.
+    pub concurrent_agents: Option<u32>,
+    /// Monthly price (one-time for `lifetime`), in cents.
+    pub price_cents: i64,
+}
+
+/// Every tier's plan, and what a workflow beyond the quota costs in credits.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct Plans {
+    pub plans: Vec<Plan>,
+    pub workflow_price_cents: i64,
+}
+
+impl Default for Plans {
+    fn default() -> Self {
+        let plan = |tier, monthly_workflows, concurrent_agents, price_cents| Plan {
+            tier,
+            monthly_workflows,
+            concurrent_agents,
+            price_cents,
+        };
+        Self {
+            plans: vec![
+                plan(Tier::Free, Some(5), Some(1), 0),
+                plan(Tier::Pro, Some(50), Some(3), 29_900),
+                plan(Tier::Team, None, Some(10), 99_900),
+                plan(Tier::Enterprise, None, None, 0),
+                plan(Tier::Lifetime, Some(50), Some(5), 49_900),
+            ],
+            workflow_price_cents: 1_000,
+        }
+    }
+}
+
+impl Plans {
+    /// The plan of `tier`; a tier missing from a configured table gets the free plan's
+    /// limits (never more than was paid for).
+    pub fn of(&self, tier: Tier) -> Plan {
+        self.plans
+            .iter()
+            .find(|p| p.tier == tier)
+            .or_else(|| self.plans.iter().find(|p| p.tier == Tier::Free))
+            .cloned()
+            .unwrap_or(Plan {
+                tier,
+                monthly_workflows: Some(0),
+                concurrent_agents: Some(1),
+                price_cents: 0,
+            })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_tier_has_one_plan() {
+        let plans = Plans::default();
+        for tier in Tier::ALL {
+            assert_eq!(
+                plans.plans.iter().filter(|p| p.tier == tier).count(),
+                1,
+                "{tier}"
+            );
+            assert_eq!(plans.of(tier).tier, tier);
+        }
+        assert_eq!(plans.of(Tier::Pro).monthly_workflows, Some(50));
+        assert_eq!(plans.of(Tier::Team).concurrent_agents, Some(10));
+    }
+}
