@@ -193,9 +193,17 @@ async fn serve(settings: Settings, dev: bool) -> anyhow::Result<()> {
     served
 }
 
+/// The worker's settings, with the organizations' caps taken from the billing plans.
+fn worker_config(settings: &Settings) -> omoi_orchestrator::WorkerConfig {
+    omoi_orchestrator::WorkerConfig {
+        plans: Some(settings.billing.plans()),
+        ..settings.worker.clone()
+    }
+}
+
 async fn worker(settings: Settings) -> anyhow::Result<()> {
     let database = server::open_database(&settings, false).await?;
-    let worker = omoi_orchestrator::Worker::start(database.pool.clone(), settings.worker.clone());
+    let worker = omoi_orchestrator::Worker::start(database.pool.clone(), worker_config(&settings));
     tracing::info!("omoi worker is running");
     server::shutdown_signal().await;
     worker.stop().await;

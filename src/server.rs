@@ -96,7 +96,6 @@ pub fn app_state(
     let claims = omoi_api::claims::ClaimRules {
         score: settings.worker.score.clone(),
         project_concurrency: settings.worker.project_concurrency,
-        organization_concurrency: settings.worker.organization_concurrency,
     };
     Ok(AppState::new(
         CommandBus::new(pool, retry),
@@ -104,7 +103,8 @@ pub fn app_state(
         tokens,
         credential_ttl,
     )
-    .with_claim_rules(claims))
+    .with_claim_rules(claims)
+    .with_billing(settings.billing.config()))
 }
 
 /// The token-signing secret: `OMOI_JWT_SECRET`, or — for `omoi dev` only — one generated

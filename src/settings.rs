@@ -19,6 +19,66 @@ pub struct Settings {
     /// The orchestrator (`omoi worker`, and part of `omoi dev`).
     #[serde(default)]
     pub worker: omoi_orchestrator::WorkerConfig,
+    #[serde(default)]
+    pub billing: BillingSettings,
+}
+
+/// Plans and Stripe. The secrets come from the environment only: `OMOI_STRIPE_SECRET_KEY`
+/// and `OMOI_STRIPE_WEBHOOK_SECRET` (comma-separated while a secret rotates).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BillingSettings {
+    pub plans: Vec<omoi_domain::billing::Plan>,
+    pub workflow_price_cents: i64,
+    pub stripe_api_base: String,
+    pub success_url: String,
+    pub cancel_url: String,
+    pub portal_return_url: String,
+}
+
+impl Default for BillingSettings {
+    fn default() -> Self {
+        let plans = omoi_domain::billing::Plans::default();
+        let stripe = omoi_api::billing::BillingConfig::default().stripe;
+        Self {
+            plans: plans.plans,
+            workflow_price_cents: plans.workflow_price_cents,
+            stripe_api_base: stripe.base_url,
+            success_url: stripe.success_url,
+            cancel_url: stripe.cancel_url,
+            portal_return_url: stripe.portal_return_url,
+        }
+    }
+}
+
+impl BillingSettings {
+    /// With the secrets from the environment.
+    pub fn config(&self) -> omoi_api::billing::BillingConfig {
+        let env = |name: &str| std::env::var(name).unwrap_or_default();
+        omoi_api::billing::BillingConfig {
+            plans: self.plans(),
+            stripe: omoi_billing::stripe::StripeApi {
+                base_url: self.stripe_api_base.clone(),
+                secret_key: env("OMOI_STRIPE_SECRET_KEY"),
+                success_url: self.success_url.clone(),
+                cancel_url: self.cancel_url.clone(),
+                portal_return_url: self.portal_return_url.clone(),
+            },
+            webhook_secrets: env("OMOI_STRIPE_WEBHOOK_SECRET")
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(str::to_string)
+                .collect(),
+        }
+    }
+
+    pub fn plans(&self) -> omoi_domain::billing::Plans {
+        omoi_domain::billing::Plans {
+            plans: self.plans.clone(),
+            workflow_price_cents: self.workflow_price_cents,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -183,6 +183,22 @@ pub async fn spawn_app_on_with(
     database: TestDatabase,
     live: omoi_api::live::LiveConfig,
 ) -> TestApp {
+    spawn_configured(database, live, None).await
+}
+
+/// [`spawn_app`] with billing (plans, Stripe's address and secrets) of the test's choosing.
+pub async fn spawn_app_with_billing(billing: omoi_api::billing::BillingConfig) -> TestApp {
+    let database = TestDatabase::create().await.expect("a fresh test database");
+    let mut app = spawn_configured(database, test_live_config(), Some(billing)).await;
+    app.token = Some(app.register_and_login("owner@example.com").await);
+    app
+}
+
+async fn spawn_configured(
+    database: TestDatabase,
+    live: omoi_api::live::LiveConfig,
+    billing: Option<omoi_api::billing::BillingConfig>,
+) -> TestApp {
     let settings = test_settings();
     let pool = TestDatabase::pool(&database.options, 16)
         .await
@@ -197,7 +213,10 @@ pub async fn spawn_app_on_with(
         test_runner_config(),
         shutdown.clone(),
     );
-    let state = state.with_projections(stats.clone()).with_live(live);
+    let mut state = state.with_projections(stats.clone()).with_live(live);
+    if let Some(billing) = billing {
+        state = state.with_billing(billing);
+    }
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("a free port");

@@ -260,11 +260,20 @@ async fn claim(
             ),
         });
     }
+    let organization_id = agent
+        .organization_id
+        .ok_or_else(|| ApiError::Internal("agent without organization".into()))?;
+    let account = crate::billing::account_of(&state, organization_id).await?;
+    let organization_cap = state
+        .billing
+        .plans
+        .of(account.effective_tier())
+        .concurrent_agents
+        .map_or(usize::MAX, |n| n as usize);
     let claimant = Claimant {
         agent_id: id,
-        organization_id: agent
-            .organization_id
-            .ok_or_else(|| ApiError::Internal("agent without organization".into()))?,
+        organization_id,
+        organization_cap,
         project_id: agent.project_id,
         capabilities: agent.capabilities.iter().cloned().collect(),
         capacity: agent.capacity as usize,

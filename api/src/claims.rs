@@ -22,12 +22,12 @@ use uuid::Uuid;
 
 use crate::live::Hub;
 
-/// The rules claims follow (the worker's: settings `worker.*`).
+/// The rules claims follow (the worker's: settings `worker.*`; the organization's cap
+/// comes from its plan).
 #[derive(Debug, Clone)]
 pub struct ClaimRules {
     pub score: ScoreConfig,
     pub project_concurrency: usize,
-    pub organization_concurrency: usize,
 }
 
 impl Default for ClaimRules {
@@ -36,7 +36,6 @@ impl Default for ClaimRules {
         Self {
             score: worker.score,
             project_concurrency: worker.project_concurrency,
-            organization_concurrency: worker.organization_concurrency,
         }
     }
 }
@@ -49,6 +48,8 @@ pub struct Claimant {
     pub project_id: Option<Uuid>,
     pub capabilities: BTreeSet<String>,
     pub capacity: usize,
+    /// Tasks the organization's agents may hold at once (its plan's limit).
+    pub organization_cap: usize,
 }
 
 #[derive(Default)]
@@ -102,7 +103,7 @@ impl Claims {
             .get(&claimant.organization_id)
             .copied()
             .unwrap_or(0)
-            >= self.rules.organization_concurrency
+            >= claimant.organization_cap
         {
             return Vec::new();
         }

@@ -63,6 +63,13 @@ pub enum ApiError {
     /// 402: the organization's plan does not allow it; `detail` says which limit and how
     /// to lift it.
     PaymentRequired { code: &'static str, detail: String },
+    /// Another status with its own code: a refused webhook delivery (400), a delivery to
+    /// retry later (503), Stripe refusing or unreachable (502/503).
+    Status {
+        status: StatusCode,
+        code: &'static str,
+        detail: String,
+    },
     /// 503: the database cannot be reached; retry later.
     Unavailable(String),
     /// 500: a bug. The cause is logged, not shown.
@@ -107,6 +114,7 @@ impl ApiError {
             Self::NotFound { .. } => StatusCode::NOT_FOUND,
             Self::Conflict { .. } => StatusCode::CONFLICT,
             Self::PaymentRequired { .. } => StatusCode::PAYMENT_REQUIRED,
+            Self::Status { status, .. } => *status,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -141,6 +149,7 @@ impl ApiError {
             Self::NotFound { what } => ("not_found", format!("{what} not found"), None),
             Self::Conflict { code, detail } => (code, detail, None),
             Self::PaymentRequired { code, detail } => (code, detail, None),
+            Self::Status { code, detail, .. } => (code, detail, None),
             Self::Unavailable(cause) => {
                 tracing::warn!(%cause, "database unavailable");
                 (

@@ -16,6 +16,7 @@
 pub mod agent_views;
 pub mod agents;
 pub mod auth;
+pub mod billing;
 pub mod board;
 pub mod claims;
 pub mod error;
@@ -94,6 +95,7 @@ impl utoipa::Modify for BearerAuth {
         (name = "timeline", description = "Activity timeline of a project (read model)"),
         (name = "board", description = "Kanban board of a project (read model)"),
         (name = "graph", description = "Task dependency graph (read model)"),
+        (name = "billing", description = "Stripe webhooks, plans and limits, checkout and portal"),
         (name = "live", description = "WebSocket delivery of events and read models (docs/websocket.md)"),
         (name = "system"),
     )
@@ -112,6 +114,7 @@ fn documented_routes() -> OpenApiRouter<AppState> {
         .merge(agent_views::router())
         .merge(timeline::router())
         .merge(board::router())
+        .merge(billing::router())
         .merge(graph::router())
         .merge(history::router())
         .merge(live::router())

@@ -298,12 +298,16 @@ async fn set_design(
         .await
 }
 
-/// Accepts the design (once set) and moves the spec to `executing`.
+/// Accepts the design (once set) and moves the spec to `executing`: a workflow, counted
+/// against the organization's plan.
 #[utoipa::path(post, path = "/api/v1/specs/{id}/approve-design", tag = "specs",
     params(("id" = Uuid, Path)),
     responses(
         (status = 200, body = Versioned<Spec>), (status = 400, body = Problem),
         (status = 404, body = Problem),
+        (status = 402, body = Problem,
+            description = "the organization's plan allows no more workflows this period (and its \
+                           credits do not cover one), or its account is suspended"),
         (status = 409, body = Problem, description = "not in the design phase, or no design"),
     ))]
 async fn approve_design(
@@ -311,10 +315,31 @@ async fn approve_design(
     caller: Caller,
     IdPath(id): IdPath,
 ) -> SpecResponse {
+    let (spec, _) = state.read::<Spec>(&caller, "spec:approve", id).await?;
     let command = SpecCommand::ApproveDesign { at: Utc::now() };
-    state
+    // The spec's own rules first, on a copy: a refusal there must not count a workflow.
+    let mut trial = spec.clone();
+    cqrs_es::Aggregate::handle(
+        &mut trial,
+        command.clone(),
+        &(),
+        &cqrs_es::event_sink::EventSink::default(),
+    )
+    .await
+    .map_err(|e| ApiError::from_domain(&e))?;
+    let organization_id = spec
+        .organization_id
+        .ok_or_else(|| ApiError::Internal("spec without organization".into()))?;
+    // Executing a spec is a workflow: the plan must allow it (402 otherwise).
+    crate::billing::start_workflow(&state, organization_id, id).await?;
+    let approved = state
         .answer::<Spec>(&caller, "spec:approve", "ApproveDesign", id, command)
-        .await
+        .await;
+    if approved.is_err() {
+        // Changed concurrently after the trial: the workflow did not start after all.
+        crate::billing::cancel_workflow(&state, organization_id, id).await;
+    }
+    approved
 }
 
 /// Completes an executing spec.

@@ -14,6 +14,7 @@ use uuid::Uuid;
 use crate::auth::cache::CredentialCache;
 use crate::auth::tokens::TokenKeys;
 use crate::auth::{refused, Caller};
+use crate::billing::BillingConfig;
 use crate::claims::{ClaimRules, Claims};
 use crate::error::{ApiError, ApiResult};
 use crate::live::{Hub, LiveConfig};
@@ -33,6 +34,8 @@ pub struct AppState {
     pub live: Arc<Hub>,
     /// Tasks claimed by HTTP agents: follows the log once an agent claims.
     pub claims: Arc<Claims>,
+    /// Plans and Stripe.
+    pub billing: Arc<BillingConfig>,
 }
 
 /// The noun for a 404 about aggregate `A`.
@@ -64,7 +67,14 @@ impl AppState {
             credentials: Arc::new(CredentialCache::new(credential_ttl)),
             projections: None,
             claims: Arc::new(Claims::default()),
+            billing: Arc::new(BillingConfig::default()),
         }
+    }
+
+    /// Billing with these plans and this Stripe.
+    pub fn with_billing(mut self, config: BillingConfig) -> Self {
+        self.billing = Arc::new(config);
+        self
     }
 
     /// Claims follow these rules (the worker's settings).

@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use chrono::Utc;
 use omoi_domain::agent::{Agent, AgentCommand, AgentStatus, AgentType};
+use omoi_domain::billing::{BillingAccount, Plans};
 use omoi_domain::task::{Task, TaskCommand, MAX_PROGRESS_CHARS};
 use omoi_store::log::{read_global, Visibility};
 use omoi_store::wakeup::listen;
@@ -54,8 +55,12 @@ pub struct WorkerConfig {
     pub capabilities: Vec<String>,
     /// Tasks held by agents at once, per project.
     pub project_concurrency: usize,
-    /// Tasks held by agents at once, per organization (until plans supply it).
+    /// Tasks held by agents at once, per organization, when no plans are given.
     pub organization_concurrency: usize,
+    /// The billing plans: when given, an organization's cap is its plan's
+    /// `concurrent_agents` (set from `billing.plans` by `omoi worker` and `omoi dev`).
+    #[serde(skip)]
+    pub plans: Option<Plans>,
     /// An agent silent this long is failed and its tasks go back to the queue.
     pub stale_after_ms: u64,
     /// How often leases and timeouts are checked.
@@ -83,6 +88,7 @@ impl Default for WorkerConfig {
             progress_interval_ms: 1_000,
             work_dir: std::env::temp_dir().join("omoi-worker"),
             score: ScoreConfig::default(),
+            plans: None,
         }
     }
 }
@@ -109,6 +115,7 @@ impl Worker {
             done,
             last_heartbeat: None,
             last_sweep: None,
+            caps: HashMap::new(),
         };
         Self {
             shutdown,
@@ -142,6 +149,8 @@ struct Runtime {
     done: mpsc::UnboundedSender<(Uuid, Uuid)>,
     last_heartbeat: Option<Instant>,
     last_sweep: Option<Instant>,
+    /// Organizations' concurrency caps from their plans, until their account changes.
+    caps: HashMap<Uuid, usize>,
 }
 
 const PAGE: i64 = 10_000;
@@ -217,6 +226,11 @@ impl Runtime {
                     }
                 };
             for event in &page.events {
+                if event.aggregate_type == "BillingAccount" {
+                    if let Ok(organization) = event.aggregate_id.parse::<Uuid>() {
+                        self.caps.remove(&organization);
+                    }
+                }
                 if let Change::Cancelled(task) = self.queue.apply(event) {
                     if let Some(cancel) = self.running.get(&task) {
                         let _ = cancel.send(true);
@@ -342,6 +356,15 @@ impl Runtime {
             return;
         }
         self.ensure_agents(&candidates).await;
+        let organizations: BTreeSet<Uuid> = candidates
+            .iter()
+            .filter_map(|c| self.queue.task(c.task_id))
+            .map(|t| t.organization_id)
+            .collect();
+        let mut caps = HashMap::new();
+        for organization in organizations {
+            caps.insert(organization, self.organization_cap(organization).await);
+        }
         let (mut per_project, mut per_organization) = self.queue.active_counts();
         let mut picks: Vec<(Uuid, QueuedTask)> = Vec::new();
         let mut free = self.agents.values().filter(|a| a.task.is_none()).count();
@@ -359,7 +382,7 @@ impl Runtime {
                     .get(&task.organization_id)
                     .copied()
                     .unwrap_or(0)
-                    >= self.config.organization_concurrency
+                    >= caps.get(&task.organization_id).copied().unwrap_or(0)
             {
                 continue;
             }
@@ -415,6 +438,36 @@ impl Runtime {
                 }
             }
         }
+    }
+
+    /// How many tasks the organization's agents may hold at once: its plan's
+    /// `concurrent_agents`, or the configured cap without plans.
+    async fn organization_cap(&mut self, organization_id: Uuid) -> usize {
+        let Some(plans) = &self.config.plans else {
+            return self.config.organization_concurrency;
+        };
+        if let Some(cap) = self.caps.get(&organization_id) {
+            return *cap;
+        }
+        let tier = match self
+            .bus
+            .load::<BillingAccount>(&organization_id.to_string())
+            .await
+        {
+            Ok(loaded) => loaded
+                .map(|(account, _)| account.effective_tier())
+                .unwrap_or_default(),
+            Err(error) => {
+                tracing::warn!(%error, %organization_id, "worker: cannot read the billing account");
+                return 0;
+            }
+        };
+        let cap = plans
+            .of(tier)
+            .concurrent_agents
+            .map_or(usize::MAX, |n| n as usize);
+        self.caps.insert(organization_id, cap);
+        cap
     }
 
     /// A free agent of the task's organization able to run it.

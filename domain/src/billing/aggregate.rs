@@ -116,6 +116,9 @@ pub struct BillingAccount {
     pub suspended: bool,
     /// Workflows started since the last paid invoice.
     pub workflows_used: u32,
+    /// Workflows counted this period and not given back, with the credits each took.
+    #[schema(value_type = Object)]
+    pub open_workflows: std::collections::BTreeMap<Uuid, i64>,
     /// Stripe's time of the newest subscription change applied.
     pub subscription_as_of: Option<i64>,
     /// Every Stripe event applied, so none applies twice.
@@ -186,7 +189,30 @@ impl BillingAccount {
                     at,
                 }])
             }
+            BillingCommand::CancelWorkflow {
+                organization_id,
+                spec_id,
+                at,
+            } => self.cancel_workflow(organization_id, spec_id, at),
         }
+    }
+
+    fn cancel_workflow(
+        &self,
+        organization_id: Uuid,
+        spec_id: Uuid,
+        at: DateTime<Utc>,
+    ) -> Result<Vec<BillingEvent>, BillingError> {
+        self.ensure_organization(organization_id)?;
+        Ok(match self.open_workflows.get(&spec_id) {
+            Some(credits) => vec![BillingEvent::WorkflowCancelled {
+                organization_id,
+                spec_id,
+                credits_refunded_cents: *credits,
+                at,
+            }],
+            None => Vec::new(),
+        })
     }
 
     fn ensure_organization(&self, organization_id: Uuid) -> Result<(), BillingError> {
@@ -316,6 +342,7 @@ impl BillingAccount {
             }
             Effect::InvoicePaid => {
                 self.workflows_used = 0;
+                self.open_workflows.clear();
                 self.suspended = false;
                 if self.status == SubscriptionStatus::PastDue {
                     self.status = SubscriptionStatus::Active;
@@ -364,12 +391,23 @@ impl Aggregate for BillingAccount {
             }
             BillingEvent::WorkflowStarted {
                 organization_id,
+                spec_id,
                 credits_spent_cents,
                 ..
             } => {
                 self.organization_id.get_or_insert(organization_id);
                 self.workflows_used = self.workflows_used.saturating_add(1);
                 self.credits_cents -= credits_spent_cents;
+                self.open_workflows.insert(spec_id, credits_spent_cents);
+            }
+            BillingEvent::WorkflowCancelled {
+                spec_id,
+                credits_refunded_cents,
+                ..
+            } => {
+                self.workflows_used = self.workflows_used.saturating_sub(1);
+                self.credits_cents += credits_refunded_cents;
+                self.open_workflows.remove(&spec_id);
             }
         }
     }

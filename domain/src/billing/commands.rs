@@ -58,4 +58,11 @@ pub enum BillingCommand {
         price_cents: i64,
         at: DateTime<Utc>,
     },
+    /// Gives back a workflow whose start failed after it was counted (its usage and any
+    /// credits it took).
+    CancelWorkflow {
+        organization_id: Uuid,
+        spec_id: Uuid,
+        at: DateTime<Utc>,
+    },
 }

@@ -58,6 +58,12 @@ pub enum BillingEvent {
         credits_spent_cents: i64,
         at: DateTime<Utc>,
     },
+    WorkflowCancelled {
+        organization_id: Uuid,
+        spec_id: Uuid,
+        credits_refunded_cents: i64,
+        at: DateTime<Utc>,
+    },
 }
 
 impl DomainEvent for BillingEvent {
@@ -65,6 +71,7 @@ impl DomainEvent for BillingEvent {
         match self {
             Self::StripeEventApplied { .. } => "StripeEventApplied",
             Self::WorkflowStarted { .. } => "WorkflowStarted",
+            Self::WorkflowCancelled { .. } => "WorkflowCancelled",
         }
         .to_string()
     }

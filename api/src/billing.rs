@@ -1,0 +1,583 @@
+//! `/api/v1/billing`: Stripe's webhook, the billing account with its plan's limits, and
+//! checkout / portal sessions.
+//!
+//! A webhook delivery is answered 2xx only once its effect is durable: the signature is
+//! checked on the raw body (400 and nothing written when it fails), the event becomes one
+//! command on the organization's `BillingAccount` (which applies each Stripe event once),
+//! and a delivery that cannot be applied yet answers 5xx so that Stripe retries.
+
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::Json;
+use chrono::{DateTime, Utc};
+use omoi_billing::stripe::{checkout_key, Purchase, StripeApi, StripeError};
+use omoi_billing::webhook::{self, Decoded, Rejection};
+use omoi_domain::billing::{
+    BillingAccount, BillingCommand, BillingError, Effect, Plan, Plans, SubscriptionStatus, Tier,
+};
+use omoi_domain::organization::Organization;
+use omoi_store::{Actor, CommandContext, CommandError};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+use uuid::Uuid;
+
+use crate::auth::Caller;
+use crate::error::{ApiError, ApiResult, Problem};
+use crate::extract::{Body, Query};
+use crate::state::AppState;
+
+/// Billing's settings: the plans and how to reach Stripe.
+#[derive(Debug, Clone)]
+pub struct BillingConfig {
+    pub plans: Plans,
+    pub stripe: StripeApi,
+    /// Signing secrets of the webhook endpoint; more than one while a secret rotates.
+    pub webhook_secrets: Vec<String>,
+}
+
+impl Default for BillingConfig {
+    fn default() -> Self {
+        Self {
+            plans: Plans::default(),
+            stripe: StripeApi {
+                base_url: "https://api.stripe.com".into(),
+                secret_key: String::new(),
+                success_url: "http://127.0.0.1:18000/billing/success".into(),
+                cancel_url: "http://127.0.0.1:18000/billing/cancel".into(),
+                portal_return_url: "http://127.0.0.1:18000/billing".into(),
+            },
+            webhook_secrets: Vec::new(),
+        }
+    }
+}
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(stripe_webhook))
+        .routes(routes!(get_account))
+        .routes(routes!(checkout))
+        .routes(routes!(portal))
+}
+
+// ---------------------------------------------------------------------------------------
+// The webhook
+// ---------------------------------------------------------------------------------------
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct WebhookReceipt {
+    pub received: bool,
+    /// `applied`, `duplicate`, `ignored` (recorded, no effect: an older subscription change,
+    /// another subscription), `unhandled` (a type omoi does not act on), or `rejected` (the
+    /// account refused it; logged).
+    pub outcome: &'static str,
+}
+
+fn refused(rejection: &Rejection) -> ApiError {
+    tracing::warn!(code = rejection.code(), %rejection, "stripe webhook refused");
+    ApiError::Status {
+        status: StatusCode::BAD_REQUEST,
+        code: rejection.code(),
+        detail: rejection.to_string(),
+    }
+}
+
+fn retry_later(code: &'static str, detail: impl Into<String>) -> ApiError {
+    let detail = detail.into();
+    tracing::warn!(code, %detail, "stripe webhook not applied; Stripe will retry");
+    ApiError::Status {
+        status: StatusCode::SERVICE_UNAVAILABLE,
+        code,
+        detail,
+    }
+}
+
+/// Stripe's webhook (public: authenticated by its signature). Verified on the raw body
+/// with `OMOI_STRIPE_WEBHOOK_SECRET` (comma-separated while rotating), ±300 s.
+#[utoipa::path(post, path = "/api/v1/billing/webhooks/stripe", tag = "billing",
+    request_body(content = String, description = "the Stripe event, exactly as Stripe sent it"),
+    params(("Stripe-Signature" = String, Header)),
+    security(()),
+    responses(
+        (status = 200, body = WebhookReceipt, description = "durable (or nothing to do)"),
+        (status = 400, body = Problem,
+            description = "bad or missing signature, stale timestamp, malformed event: nothing written"),
+        (status = 503, body = Problem,
+            description = "not applied yet (unknown customer, database trouble): Stripe retries"),
+    ))]
+async fn stripe_webhook(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: String,
+) -> ApiResult<Json<WebhookReceipt>> {
+    let config = &state.billing;
+    let signature = headers
+        .get("stripe-signature")
+        .and_then(|v| v.to_str().ok())
+        .ok_or_else(|| refused(&Rejection::MissingSignature))?;
+    webhook::verify(
+        &body,
+        signature,
+        &config.webhook_secrets,
+        Utc::now().timestamp(),
+    )
+    .map_err(|r| refused(&r))?;
+    let decoded = webhook::decode(&body).map_err(|r| refused(&r))?;
+    let payload: serde_json::Value =
+        serde_json::from_str(&body).map_err(|e| refused(&Rejection::Malformed(e.to_string())))?;
+    let pool = state.pool();
+    let organization = match decoded.organization_id {
+        Some(id) => Some(id),
+        None => match &decoded.customer_id {
+            Some(customer) => {
+                sqlx::query_scalar(
+                    "select organization_id from billing_customers where customer_id = $1",
+                )
+                .bind(customer)
+                .fetch_optional(pool)
+                .await?
+            }
+            None => None,
+        },
+    };
+    let Some(change) = decoded.change.clone() else {
+        record(&state, &decoded, organization, "unhandled", &payload).await?;
+        return Ok(Json(WebhookReceipt {
+            received: true,
+            outcome: "unhandled",
+        }));
+    };
+    let Some(organization_id) = organization else {
+        record(&state, &decoded, None, "unresolved", &payload).await?;
+        return Err(retry_later(
+            "organization_unresolved",
+            format!(
+                "{} names no organization and its customer is not known yet",
+                decoded.id
+            ),
+        ));
+    };
+    if state
+        .bus
+        .load::<Organization>(&organization_id.to_string())
+        .await
+        .map_err(ApiError::from)?
+        .is_none()
+    {
+        // No retry can make it exist: acknowledged, recorded, logged.
+        tracing::warn!(event = %decoded.id, %organization_id, "stripe event for an unknown organization");
+        record(
+            &state,
+            &decoded,
+            Some(organization_id),
+            "rejected",
+            &payload,
+        )
+        .await?;
+        return Ok(Json(WebhookReceipt {
+            received: true,
+            outcome: "rejected",
+        }));
+    }
+    if let Some(customer) = &decoded.customer_id {
+        sqlx::query(
+            "insert into billing_customers (customer_id, organization_id) values ($1, $2)
+             on conflict (customer_id) do nothing",
+        )
+        .bind(customer)
+        .bind(organization_id)
+        .execute(pool)
+        .await?;
+    }
+    let command = BillingCommand::ApplyStripeEvent {
+        organization_id,
+        stripe_event_id: decoded.id.clone(),
+        stripe_created: decoded.created,
+        change,
+        at: Utc::now(),
+    };
+    let context = CommandContext::new(Actor::Stripe, format!("stripe:{}", decoded.id));
+    let outcome = match state
+        .bus
+        .execute::<BillingAccount>(&organization_id.to_string(), command, &context)
+        .await
+    {
+        Ok(committed) if committed.events == 0 => "duplicate",
+        Ok(_) if is_ignored(&state, organization_id, &decoded.id).await => "ignored",
+        Ok(_) => "applied",
+        Err(CommandError::Domain(error)) => {
+            tracing::warn!(event = %decoded.id, %error, "stripe event refused by the account");
+            "rejected"
+        }
+        Err(CommandError::Refused(_)) => "rejected",
+        Err(error) => return Err(retry_later("not_applied", error.to_string())),
+    };
+    record(&state, &decoded, Some(organization_id), outcome, &payload).await?;
+    Ok(Json(WebhookReceipt {
+        received: true,
+        outcome,
+    }))
+}
+
+/// Whether the account recorded `stripe_event_id` without effect (for the receipt).
+async fn is_ignored(state: &AppState, organization_id: Uuid, stripe_event_id: &str) -> bool {
+    let effect: Option<serde_json::Value> = sqlx::query_scalar(
+        "select payload->'StripeEventApplied'->'effect' from events
+          where aggregate_type = 'BillingAccount' and aggregate_id = $1
+            and payload->'StripeEventApplied'->>'stripe_event_id' = $2",
+    )
+    .bind(organization_id.to_string())
+    .bind(stripe_event_id)
+    .fetch_optional(state.pool())
+    .await
+    .ok()
+    .flatten();
+    effect
+        .and_then(|e| serde_json::from_value::<Effect>(e).ok())
+        .is_some_and(|e| matches!(e, Effect::Ignored { .. }))
+}
+
+/// Records a delivery (the first outcome that settled it stays; later deliveries count).
+async fn record(
+    state: &AppState,
+    decoded: &Decoded,
+    organization_id: Option<Uuid>,
+    outcome: &str,
+    payload: &serde_json::Value,
+) -> ApiResult<()> {
+    sqlx::query(
+        "insert into stripe_webhook_events
+                (id, event_type, stripe_created, organization_id, outcome, payload)
+         values ($1, $2, $3, $4, $5, $6)
+         on conflict (id) do update set
+                deliveries = stripe_webhook_events.deliveries + 1,
+                organization_id = coalesce(stripe_webhook_events.organization_id,
+                                           excluded.organization_id),
+                outcome = case when stripe_webhook_events.outcome = 'unresolved'
+                               then excluded.outcome else stripe_webhook_events.outcome end",
+    )
+    .bind(&decoded.id)
+    .bind(&decoded.event_type)
+    .bind(decoded.created)
+    .bind(organization_id)
+    .bind(outcome)
+    .bind(payload)
+    .execute(state.pool())
+    .await?;
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------
+// The account
+// ---------------------------------------------------------------------------------------
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct AccountQuery {
+    pub organization_id: Uuid,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Usage {
+    /// Workflows started this period.
+    pub workflows_used: u32,
+    /// Workflows left within the plan; absent when unlimited.
+    pub workflows_left: Option<u32>,
+}
+
+/// The billing read model of an organization.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AccountView {
+    pub organization_id: Uuid,
+    /// The tier paid for.
+    pub tier: Tier,
+    /// The tier whose limits apply (free unless the subscription is in good standing).
+    pub effective_tier: Tier,
+    pub status: SubscriptionStatus,
+    pub period_start: Option<DateTime<Utc>>,
+    pub period_end: Option<DateTime<Utc>>,
+    /// The effective tier's limits.
+    pub limits: Plan,
+    pub usage: Usage,
+    pub credits_cents: i64,
+    /// What a workflow beyond the quota costs in credits.
+    pub workflow_price_cents: i64,
+    pub suspended: bool,
+    pub stripe_customer_id: Option<String>,
+}
+
+/// The account of an organization, or a new (free) one.
+pub async fn account_of(state: &AppState, organization_id: Uuid) -> ApiResult<BillingAccount> {
+    Ok(state
+        .bus
+        .load::<BillingAccount>(&organization_id.to_string())
+        .await
+        .map_err(ApiError::from)?
+        .map(|(account, _)| account)
+        .unwrap_or_else(|| BillingAccount {
+            organization_id: Some(organization_id),
+            ..BillingAccount::default()
+        }))
+}
+
+fn view(account: BillingAccount, organization_id: Uuid, plans: &Plans) -> AccountView {
+    let limits = plans.of(account.effective_tier());
+    AccountView {
+        organization_id,
+        tier: account.tier,
+        effective_tier: account.effective_tier(),
+        status: account.status,
+        period_start: account.period_start,
+        period_end: account.period_end,
+        usage: Usage {
+            workflows_used: account.workflows_used,
+            workflows_left: limits
+                .monthly_workflows
+                .map(|quota| quota.saturating_sub(account.workflows_used)),
+        },
+        limits,
+        credits_cents: account.credits_cents,
+        workflow_price_cents: plans.workflow_price_cents,
+        suspended: account.suspended,
+        stripe_customer_id: account.stripe_customer_id,
+    }
+}
+
+/// Tier, status, limits, usage and credits of an organization.
+#[utoipa::path(get, path = "/api/v1/billing/account", tag = "billing", params(AccountQuery),
+    responses(
+        (status = 200, body = AccountView), (status = 400, body = Problem),
+        (status = 404, body = Problem),
+    ))]
+async fn get_account(
+    State(state): State<AppState>,
+    caller: Caller,
+    Query(query): Query<AccountQuery>,
+) -> ApiResult<Json<AccountView>> {
+    state
+        .read::<Organization>(&caller, "org:read", query.organization_id)
+        .await?;
+    let account = account_of(&state, query.organization_id).await?;
+    Ok(Json(view(
+        account,
+        query.organization_id,
+        &state.billing.plans,
+    )))
+}
+
+/// Counts a workflow (a spec's execution) against the organization's plan: 402 when the
+/// account is suspended, or the quota is used and the credits do not cover another.
+pub async fn start_workflow(
+    state: &AppState,
+    organization_id: Uuid,
+    spec_id: Uuid,
+) -> ApiResult<()> {
+    let plans = &state.billing.plans;
+    let account = account_of(state, organization_id).await?;
+    let plan = plans.of(account.effective_tier());
+    let command = BillingCommand::StartWorkflow {
+        organization_id,
+        spec_id,
+        quota: plan.monthly_workflows,
+        price_cents: plans.workflow_price_cents,
+        at: Utc::now(),
+    };
+    let context = CommandContext::new(Actor::System("billing"), format!("workflow:{spec_id}"));
+    match state
+        .bus
+        .execute::<BillingAccount>(&organization_id.to_string(), command, &context)
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(CommandError::Domain(error)) => Err(payment_required(&error, &plan)),
+        Err(error) => Err(ApiError::from(error)),
+    }
+}
+
+/// Gives a counted workflow back (its start failed after it was counted).
+pub async fn cancel_workflow(state: &AppState, organization_id: Uuid, spec_id: Uuid) {
+    let command = BillingCommand::CancelWorkflow {
+        organization_id,
+        spec_id,
+        at: Utc::now(),
+    };
+    let context = CommandContext::new(Actor::System("billing"), format!("workflow:{spec_id}"));
+    if let Err(error) = state
+        .bus
+        .execute::<BillingAccount>(&organization_id.to_string(), command, &context)
+        .await
+    {
+        tracing::error!(%error, %organization_id, %spec_id, "a counted workflow could not be given back");
+    }
+}
+
+fn payment_required(error: &BillingError, plan: &Plan) -> ApiError {
+    let how = match error {
+        BillingError::Suspended => {
+            "pay the open invoice (POST /api/v1/billing/portal) to lift the suspension"
+        }
+        BillingError::QuotaExceeded { .. } => {
+            "upgrade the plan or buy credits (POST /api/v1/billing/checkout)"
+        }
+        _ => return ApiError::from_domain(error),
+    };
+    ApiError::PaymentRequired {
+        code: omoi_domain::common::DomainError::code(error),
+        detail: format!("{error} — limit of the {} plan; {how}", plan.tier),
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Checkout and portal
+// ---------------------------------------------------------------------------------------
+
+/// Largest credit purchase in one checkout, in cents.
+const MAX_CREDITS_CENTS: i64 = 10_000_000;
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CheckoutRequest {
+    pub organization_id: Uuid,
+    /// A plan to subscribe to (`pro`, `team`, `enterprise`) or buy (`lifetime`)…
+    pub tier: Option<Tier>,
+    /// …or credits to buy, in cents.
+    pub credits_cents: Option<i64>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PortalRequest {
+    pub organization_id: Uuid,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SessionCreated {
+    pub id: String,
+    /// Where to send the customer.
+    pub url: String,
+}
+
+fn stripe_error(error: StripeError) -> ApiError {
+    tracing::warn!(%error, "stripe call failed");
+    let (status, code) = match &error {
+        StripeError::NotConfigured => (StatusCode::SERVICE_UNAVAILABLE, "billing_not_configured"),
+        StripeError::Unreachable(_) => (StatusCode::SERVICE_UNAVAILABLE, "stripe_unreachable"),
+        StripeError::Refused { .. } => (StatusCode::BAD_GATEWAY, "stripe_refused"),
+    };
+    ApiError::Status {
+        status,
+        code,
+        detail: error.to_string(),
+    }
+}
+
+/// Creates a Stripe Checkout Session for a plan or for credits (owners and admins) and
+/// returns its URL. One session per organization and purchase per 30 minutes (Stripe
+/// idempotency key).
+#[utoipa::path(post, path = "/api/v1/billing/checkout", tag = "billing",
+    request_body = CheckoutRequest,
+    responses(
+        (status = 200, body = SessionCreated), (status = 400, body = Problem),
+        (status = 403, body = Problem), (status = 404, body = Problem),
+        (status = 422, body = Problem,
+            description = "neither or both of tier and credits_cents, the free tier, or credits out of range"),
+        (status = 502, body = Problem, description = "Stripe refused"),
+        (status = 503, body = Problem, description = "Stripe unreachable or not configured"),
+    ))]
+async fn checkout(
+    State(state): State<AppState>,
+    caller: Caller,
+    Body(body): Body<CheckoutRequest>,
+) -> ApiResult<Json<SessionCreated>> {
+    state
+        .read::<Organization>(&caller, "org:write", body.organization_id)
+        .await?;
+    let purchase = match (body.tier, body.credits_cents) {
+        (Some(Tier::Free), None) => {
+            return Err(ApiError::invalid(
+                "free_tier",
+                "tier",
+                "the free tier needs no checkout",
+            ))
+        }
+        (Some(tier), None) => Purchase::Plan(state.billing.plans.of(tier)),
+        (None, Some(amount)) if (100..=MAX_CREDITS_CENTS).contains(&amount) => Purchase::Credits {
+            amount_cents: amount,
+        },
+        (None, Some(_)) => {
+            return Err(ApiError::invalid(
+                "credits_out_of_range",
+                "credits_cents",
+                format!("buy between 100 and {MAX_CREDITS_CENTS} cents of credits"),
+            ))
+        }
+        _ => {
+            return Err(ApiError::invalid(
+                "tier_or_credits",
+                "tier",
+                "give either `tier` or `credits_cents`",
+            ))
+        }
+    };
+    let account = account_of(&state, body.organization_id).await?;
+    let key = checkout_key(body.organization_id, &purchase, Utc::now().timestamp());
+    let created = state
+        .billing
+        .stripe
+        .checkout(
+            body.organization_id,
+            account.stripe_customer_id.as_deref(),
+            &purchase,
+            &key,
+        )
+        .await
+        .map_err(stripe_error)?;
+    Ok(Json(SessionCreated {
+        id: created.id,
+        url: created.url,
+    }))
+}
+
+/// A Stripe customer-portal session (payment methods, invoices, cancellation) for an
+/// organization that has paid before.
+#[utoipa::path(post, path = "/api/v1/billing/portal", tag = "billing",
+    request_body = PortalRequest,
+    responses(
+        (status = 200, body = SessionCreated), (status = 400, body = Problem),
+        (status = 403, body = Problem), (status = 404, body = Problem),
+        (status = 409, body = Problem, description = "the organization has no Stripe customer yet"),
+        (status = 502, body = Problem), (status = 503, body = Problem),
+    ))]
+async fn portal(
+    State(state): State<AppState>,
+    caller: Caller,
+    Body(body): Body<PortalRequest>,
+) -> ApiResult<Json<SessionCreated>> {
+    state
+        .read::<Organization>(&caller, "org:write", body.organization_id)
+        .await?;
+    let account = account_of(&state, body.organization_id).await?;
+    let Some(customer) = account.stripe_customer_id else {
+        return Err(ApiError::Conflict {
+            code: "no_stripe_customer",
+            detail: "the organization has not paid through Stripe yet; check out first".into(),
+        });
+    };
+    let key = format!(
+        "portal-{}-{}",
+        body.organization_id,
+        Utc::now().timestamp() / 60
+    );
+    let created = state
+        .billing
+        .stripe
+        .portal(&customer, &key)
+        .await
+        .map_err(stripe_error)?;
+    Ok(Json(SessionCreated {
+        id: created.id,
+        url: created.url,
+    }))
+}

@@ -1,0 +1,861 @@
+//! Billing end to end: Stripe webhooks signed as Stripe signs them (in Stripe's JSON
+//! shape, API version 2026-09-30), applied exactly once, in order, or refused; plan
+//! limits enforced and lifted; checkout and portal against a fake Stripe on loopback.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::routing::post;
+use axum::{Json, Router};
+use chrono::Utc;
+use omoi::testing::{spawn_app_with_billing, TestApp};
+use omoi_api::billing::BillingConfig;
+use omoi_billing::stripe::StripeApi;
+use omoi_domain::billing::{Plan, Plans, Tier};
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use stripe_webhook::Webhook;
+
+const SECRET: &str = "whsec_test_omoi_signing_secret";
+const OLD_SECRET: &str = "whsec_test_omoi_previous_secret";
+
+/// Plans with small numbers, so limits bite quickly.
+fn plans() -> Plans {
+    let plan = |tier, monthly_workflows, concurrent_agents, price_cents| Plan {
+        tier,
+        monthly_workflows,
+        concurrent_agents,
+        price_cents,
+    };
+    Plans {
+        plans: vec![
+            plan(Tier::Free, Some(1), Some(1), 0),
+            plan(Tier::Pro, Some(50), Some(3), 29_900),
+            plan(Tier::Team, None, Some(10), 99_900),
+            plan(Tier::Enterprise, None, None, 0),
+            plan(Tier::Lifetime, Some(50), Some(5), 49_900),
+        ],
+        workflow_price_cents: 1_000,
+    }
+}
+
+/// What the fake Stripe received: path, headers of interest, form fields.
+#[derive(Debug, Clone)]
+struct Received {
+    path: String,
+    idempotency_key: Option<String>,
+    authorization: Option<String>,
+    form: BTreeMap<String, String>,
+}
+
+type Log = Arc<Mutex<Vec<Received>>>;
+
+async fn fake_stripe() -> (String, Log) {
+    let log: Log = Arc::default();
+    async fn session(
+        State((log, path, answer)): State<(Log, &'static str, Value)>,
+        headers: HeaderMap,
+        body: String,
+    ) -> Json<Value> {
+        let header = |name: &str| {
+            headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        };
+        let form = url_form(&body);
+        log.lock().expect("the log").push(Received {
+            path: path.to_string(),
+            idempotency_key: header("idempotency-key"),
+            authorization: header("authorization"),
+            form,
+        });
+        Json(answer)
+    }
+    let app = Router::new()
+        .route(
+            "/v1/checkout/sessions",
+            post(session).with_state((
+                log.clone(),
+                "/v1/checkout/sessions",
+                json!({"id": "cs_test_a1", "object": "checkout.session",
+                       "url": "https://checkout.stripe.com/c/pay/cs_test_a1"}),
+            )),
+        )
+        .route(
+            "/v1/billing_portal/sessions",
+            post(session).with_state((
+                log.clone(),
+                "/v1/billing_portal/sessions",
+                json!({"id": "bps_test_1", "object": "billing_portal.session",
+                       "url": "https://billing.stripe.com/p/session/test_1"}),
+            )),
+        );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("a port");
+    let address = format!("http://{}", listener.local_addr().expect("an address"));
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (address, log)
+}
+
+/// `a=1&b%5Bc%5D=2` → {a: 1, b[c]: 2}.
+fn url_form(body: &str) -> BTreeMap<String, String> {
+    body.split('&')
+        .filter(|pair| !pair.is_empty())
+        .map(|pair| {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            (decode(key), decode(value))
+        })
+        .collect()
+}
+
+fn decode(text: &str) -> String {
+    let bytes = text.replace('+', " ").into_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' && i + 2 < bytes.len() {
+            let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).expect("hex");
+            out.push(u8::from_str_radix(hex, 16).expect("a byte"));
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).expect("UTF-8")
+}
+
+async fn app_with_stripe() -> (TestApp, String, Log) {
+    let (stripe, log) = fake_stripe().await;
+    let billing = BillingConfig {
+        plans: plans(),
+        stripe: StripeApi {
+            base_url: stripe,
+            secret_key: "sk_test_omoi".into(),
+            success_url: "https://omoi.test/billing/done".into(),
+            cancel_url: "https://omoi.test/billing/cancel".into(),
+            portal_return_url: "https://omoi.test/billing".into(),
+        },
+        webhook_secrets: vec![SECRET.into(), OLD_SECRET.into()],
+    };
+    let app = spawn_app_with_billing(billing).await;
+    let (organization, _) = app.organization_and_project().await;
+    (app, organization, log)
+}
+
+fn envelope(id: &str, kind: &str, created: i64, object: Value) -> String {
+    json!({
+        "id": id,
+        "object": "event",
+        "api_version": "2026-09-30.clover",
+        "created": created,
+        "data": {"object": object},
+        "livemode": false,
+        "pending_webhooks": 1,
+        "request": {"id": null, "idempotency_key": null},
+        "type": kind
+    })
+    .to_string()
+}
+
+fn checkout_session(organization: &str, metadata: Value, subscription: Option<&str>) -> Value {
+    json!({
+        "id": "cs_test_a1", "object": "checkout.session", "amount_subtotal": 29900,
+        "amount_total": 29900, "client_reference_id": organization, "currency": "usd",
+        "customer": "cus_test_1", "customer_details": {"email": "owner@example.com"},
+        "livemode": false, "metadata": metadata,
+        "mode": if subscription.is_some() { "subscription" } else { "payment" },
+        "payment_status": "paid", "status": "complete", "subscription": subscription,
+        "success_url": "https://omoi.test/billing/done", "url": null
+    })
+}
+
+fn subscription(organization: &str, tier: &str, status: &str, period_start: i64) -> Value {
+    json!({
+        "id": "sub_test_1", "object": "subscription", "cancel_at_period_end": false,
+        "created": period_start, "currency": "usd", "customer": "cus_test_1",
+        "items": {"object": "list", "data": [{
+            "id": "si_test_1", "object": "subscription_item",
+            "current_period_start": period_start, "current_period_end": period_start + 2_592_000,
+            "price": {"id": "price_test", "object": "price", "unit_amount": 29900,
+                      "recurring": {"interval": "month"}},
+            "quantity": 1}], "has_more": false},
+        "livemode": false, "metadata": {"organization_id": organization, "tier": tier},
+        "status": status
+    })
+}
+
+fn invoice(customer: &str, organization: Option<&str>) -> Value {
+    let metadata = organization.map_or(json!({}), |o| json!({"organization_id": o}));
+    json!({
+        "id": "in_test_1", "object": "invoice", "amount_due": 29900, "amount_paid": 29900,
+        "currency": "usd", "customer": customer, "livemode": false,
+        "parent": {"type": "subscription_details",
+                   "subscription_details": {"subscription": "sub_test_1", "metadata": metadata}},
+        "status": "paid"
+    })
+}
+
+async fn deliver_signed(app: &TestApp, payload: &str, header: &str) -> (StatusCode, Value) {
+    let response = app
+        .client
+        .post(format!("{}/api/v1/billing/webhooks/stripe", app.address))
+        .header("stripe-signature", header)
+        .header("content-type", "application/json")
+        .body(payload.to_string())
+        .send()
+        .await
+        .expect("the server answers");
+    let status = response.status();
+    let body = response.json().await.unwrap_or(Value::Null);
+    (status, body)
+}
+
+async fn deliver(app: &TestApp, payload: &str) -> (StatusCode, Value) {
+    let header = Webhook::generate_test_header(payload, SECRET, None);
+    deliver_signed(app, payload, &header).await
+}
+
+async fn account(app: &TestApp, organization: &str) -> Value {
+    let (status, body) = app
+        .get(&format!(
+            "/api/v1/billing/account?organization_id={organization}"
+        ))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    body
+}
+
+async fn billing_events(app: &TestApp) -> i64 {
+    sqlx::query_scalar("select count(*) from events where aggregate_type = 'BillingAccount'")
+        .fetch_one(&app.database.pool)
+        .await
+        .expect("a count")
+}
+
+fn now() -> i64 {
+    Utc::now().timestamp()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn each_handled_event_type_changes_the_account() {
+    let (app, org, _) = app_with_stripe().await;
+    let fresh = account(&app, &org).await;
+    assert_eq!(fresh["tier"], "free");
+    assert_eq!(fresh["limits"]["monthly_workflows"], 1);
+
+    let checkout = checkout_session(
+        &org,
+        json!({"organization_id": org, "purpose": "subscription_checkout", "tier": "team"}),
+        Some("sub_test_1"),
+    );
+    let (status, receipt) = deliver(
+        &app,
+        &envelope("evt_1", "checkout.session.completed", now(), checkout),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{receipt}");
+    assert_eq!(receipt["outcome"], "applied");
+    let team = account(&app, &org).await;
+    assert_eq!(
+        (&team["tier"], &team["status"], &team["stripe_customer_id"]),
+        (&json!("team"), &json!("active"), &json!("cus_test_1"))
+    );
+    assert_eq!(team["limits"]["concurrent_agents"], 10);
+
+    let created = now();
+    for (id, kind, status) in [
+        ("evt_2", "customer.subscription.created", "trialing"),
+        ("evt_3", "customer.subscription.updated", "past_due"),
+    ] {
+        let object = subscription(&org, "pro", status, created);
+        let (code, receipt) = deliver(&app, &envelope(id, kind, created, object)).await;
+        assert_eq!(code, StatusCode::OK, "{receipt}");
+        let state = account(&app, &org).await;
+        assert_eq!(
+            (&state["tier"], &state["status"]),
+            (&json!("pro"), &json!(status))
+        );
+    }
+    let state = account(&app, &org).await;
+    assert!(state["period_end"].is_string(), "{state}");
+
+    // Invoices name only the customer: the organization is the one it was linked to.
+    let (code, _) = deliver(
+        &app,
+        &envelope(
+            "evt_4",
+            "invoice.payment_failed",
+            now(),
+            invoice("cus_test_1", None),
+        ),
+    )
+    .await;
+    assert_eq!(code, StatusCode::OK);
+    assert_eq!(account(&app, &org).await["suspended"], true);
+    let (code, _) = deliver(
+        &app,
+        &envelope("evt_5", "invoice.paid", now(), invoice("cus_test_1", None)),
+    )
+    .await;
+    assert_eq!(code, StatusCode::OK);
+    let paid = account(&app, &org).await;
+    assert_eq!(
+        (&paid["suspended"], &paid["status"]),
+        (&json!(false), &json!("active"))
+    );
+
+    let (code, _) = deliver(
+        &app,
+        &envelope(
+            "evt_6",
+            "customer.subscription.deleted",
+            now() + 1,
+            subscription(&org, "pro", "canceled", created),
+        ),
+    )
+    .await;
+    assert_eq!(code, StatusCode::OK);
+    let canceled = account(&app, &org).await;
+    assert_eq!(
+        (
+            &canceled["tier"],
+            &canceled["effective_tier"],
+            &canceled["status"]
+        ),
+        (&json!("free"), &json!("free"), &json!("canceled"))
+    );
+
+    let credits = checkout_session(
+        &org,
+        json!({"organization_id": org, "purpose": "credit_purchase", "credits_cents": "5000"}),
+        None,
+    );
+    deliver(
+        &app,
+        &envelope("evt_7", "checkout.session.completed", now(), credits),
+    )
+    .await;
+    assert_eq!(account(&app, &org).await["credits_cents"], 5000);
+    let lifetime = checkout_session(
+        &org,
+        json!({"organization_id": org, "purpose": "lifetime_purchase", "tier": "lifetime"}),
+        None,
+    );
+    deliver(
+        &app,
+        &envelope("evt_8", "checkout.session.completed", now(), lifetime),
+    )
+    .await;
+    let forever = account(&app, &org).await;
+    assert_eq!(forever["tier"], "lifetime");
+    assert_eq!(
+        forever["credits_cents"], 5000,
+        "credits stay with the same account"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stripe_event_has_one_effect_however_often_it_arrives() {
+    let (app, org, _) = app_with_stripe().await;
+    let credits = |id: &str| {
+        envelope(
+            id,
+            "checkout.session.completed",
+            now(),
+            checkout_session(
+                &org,
+                json!({"organization_id": org, "purpose": "credit_purchase", "credits_cents": "2500"}),
+                None,
+            ),
+        )
+    };
+    let once = credits("evt_dup_seq");
+    let (_, first) = deliver(&app, &once).await;
+    let (status, second) = deliver(&app, &once).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        (&first["outcome"], &second["outcome"]),
+        (&json!("applied"), &json!("duplicate"))
+    );
+    assert_eq!(account(&app, &org).await["credits_cents"], 2500);
+
+    let payload = credits("evt_dup_concurrent");
+    let header = Webhook::generate_test_header(&payload, SECRET, None);
+    let answers =
+        futures_util::future::join_all((0..20).map(|_| deliver_signed(&app, &payload, &header)))
+            .await;
+    assert!(
+        answers.iter().all(|(s, _)| *s == StatusCode::OK),
+        "{answers:?}"
+    );
+    let applied = answers
+        .iter()
+        .filter(|(_, r)| r["outcome"] == "applied")
+        .count();
+    assert_eq!(applied, 1, "{answers:?}");
+    assert_eq!(account(&app, &org).await["credits_cents"], 5000);
+    let deliveries: i32 = sqlx::query_scalar(
+        "select deliveries from stripe_webhook_events where id = 'evt_dup_concurrent'",
+    )
+    .fetch_one(&app.database.pool)
+    .await
+    .expect("recorded");
+    assert_eq!(deliveries, 20);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_older_subscription_update_does_not_roll_back() {
+    let (app, org, _) = app_with_stripe().await;
+    let at = now();
+    let newer = envelope(
+        "evt_new",
+        "customer.subscription.updated",
+        at,
+        subscription(&org, "team", "active", at),
+    );
+    let older = envelope(
+        "evt_old",
+        "customer.subscription.updated",
+        at - 60,
+        subscription(&org, "pro", "past_due", at - 60),
+    );
+    deliver(&app, &newer).await;
+    let (status, receipt) = deliver(&app, &older).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(receipt["outcome"], "ignored");
+    let state = account(&app, &org).await;
+    assert_eq!(
+        (&state["tier"], &state["status"]),
+        (&json!("team"), &json!("active"))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn forged_stale_altered_and_malformed_deliveries_are_refused_and_write_nothing() {
+    let (app, org, _) = app_with_stripe().await;
+    let payload = envelope(
+        "evt_x",
+        "invoice.paid",
+        now(),
+        invoice("cus_test_1", Some(&org)),
+    );
+    let wrong = Webhook::generate_test_header(&payload, "whsec_someone_else", None);
+    let stale = Webhook::generate_test_header(&payload, SECRET, Some(now() - 301));
+    let altered = payload.replace("29900", "1");
+    let good = Webhook::generate_test_header(&payload, SECRET, None);
+    let garbage = "{not json";
+    let garbage_header = Webhook::generate_test_header(garbage, SECRET, None);
+    for (name, body, header, code) in [
+        (
+            "bad signature",
+            payload.as_str(),
+            wrong.as_str(),
+            "bad_signature",
+        ),
+        (
+            "expired timestamp",
+            payload.as_str(),
+            stale.as_str(),
+            "stale_timestamp",
+        ),
+        (
+            "altered body",
+            altered.as_str(),
+            good.as_str(),
+            "bad_signature",
+        ),
+        (
+            "malformed body",
+            garbage,
+            garbage_header.as_str(),
+            "malformed_event",
+        ),
+        (
+            "no signature scheme",
+            payload.as_str(),
+            "nonsense",
+            "bad_signature",
+        ),
+    ] {
+        let (status, body) = deliver_signed(&app, body, header).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{name}: {body}");
+        assert_eq!(body["code"], code, "{name}: {body}");
+    }
+    let response = app
+        .client
+        .post(format!("{}/api/v1/billing/webhooks/stripe", app.address))
+        .body(payload.clone())
+        .send()
+        .await
+        .expect("an answer");
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST, "no header");
+    let recorded: i64 = sqlx::query_scalar("select count(*) from stripe_webhook_events")
+        .fetch_one(&app.database.pool)
+        .await
+        .expect("a count");
+    assert_eq!(recorded, 0);
+    assert_eq!(billing_events(&app).await, 0);
+    // A rotated secret: signed with the old one, still configured, it is accepted.
+    let old = Webhook::generate_test_header(&payload, OLD_SECRET, None);
+    let (status, _) = deliver_signed(&app, &payload, &old).await;
+    assert_eq!(status, StatusCode::OK);
+    // Stripe signs with both during a rotation: several v1 signatures, one matching.
+    let t = now();
+    let both = format!(
+        "{},v1={}",
+        Webhook::generate_test_header(&altered, "whsec_unknown", Some(t)),
+        Webhook::generate_test_header(&altered, SECRET, Some(t))
+            .split("v1=")
+            .nth(1)
+            .expect("a v1")
+    );
+    let (status, body) = deliver_signed(&app, &altered, &both).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unknown_type_is_recorded_without_effect() {
+    let (app, org, _) = app_with_stripe().await;
+    let payload = envelope(
+        "evt_refund",
+        "charge.refunded",
+        now(),
+        json!({"id": "ch_1", "object": "charge", "customer": "cus_test_1",
+               "metadata": {"organization_id": org}}),
+    );
+    let (status, receipt) = deliver(&app, &payload).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(receipt["outcome"], "unhandled");
+    let outcome: String =
+        sqlx::query_scalar("select outcome from stripe_webhook_events where id = 'evt_refund'")
+            .fetch_one(&app.database.pool)
+            .await
+            .expect("recorded");
+    assert_eq!(outcome, "unhandled");
+    assert_eq!(billing_events(&app).await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_delivery_that_fails_answers_5xx_and_its_retry_succeeds() {
+    let (app, org, _) = app_with_stripe().await;
+    // An invoice of a customer not linked to any organization yet.
+    let early = envelope(
+        "evt_early",
+        "invoice.payment_failed",
+        now(),
+        invoice("cus_test_1", None),
+    );
+    let (status, body) = deliver(&app, &early).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(
+        account(&app, &org).await["suspended"],
+        false,
+        "nothing applied"
+    );
+    let checkout = checkout_session(
+        &org,
+        json!({"organization_id": org, "purpose": "subscription_checkout", "tier": "pro"}),
+        Some("sub_test_1"),
+    );
+    deliver(
+        &app,
+        &envelope(
+            "evt_checkout",
+            "checkout.session.completed",
+            now(),
+            checkout,
+        ),
+    )
+    .await;
+    // Stripe's retry of the same event now applies.
+    let (status, receipt) = deliver(&app, &early).await;
+    assert_eq!(status, StatusCode::OK, "{receipt}");
+    assert_eq!(receipt["outcome"], "applied");
+    assert_eq!(account(&app, &org).await["suspended"], true);
+}
+
+async fn executable_spec(app: &TestApp, project: &str) -> String {
+    let (status, spec) = app
+        .post(
+            "/api/v1/specs",
+            json!({"project_id": project, "title": "Auth"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{spec}");
+    let id = spec["id"].as_str().expect("an id").to_string();
+    let path = |action: &str| format!("/api/v1/specs/{id}/{action}");
+    let (status, body) = app
+        .post(
+            &path("requirements"),
+            json!({"id": "REQ-AUTH-001", "condition": "WHEN a user signs in",
+                   "action": "THE SYSTEM SHALL issue a session", "acceptance_criteria": ["a token"]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, body) = app.post(&path("approve-requirements"), json!({})).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, body) = app
+        .put(
+            &path("design"),
+            json!({"architecture": "one service", "data_model": "users", "api_spec": "POST /login"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    id
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_workflow_quota_is_enforced_with_402_and_lifted_by_an_upgrade() {
+    let (app, org, _) = app_with_stripe().await;
+    let (status, project) = app
+        .post(
+            "/api/v1/projects",
+            json!({"organization_id": org, "name": "Billing"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{project}");
+    let project = project["id"].as_str().expect("an id").to_string();
+    let first = executable_spec(&app, &project).await;
+    let second = executable_spec(&app, &project).await;
+    let (status, body) = app
+        .post(&format!("/api/v1/specs/{first}/approve-design"), json!({}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, refused) = app
+        .post(&format!("/api/v1/specs/{second}/approve-design"), json!({}))
+        .await;
+    assert_eq!(status, StatusCode::PAYMENT_REQUIRED, "{refused}");
+    assert_eq!(refused["code"], "workflow_quota_exceeded");
+    let detail = refused["detail"].as_str().expect("a detail");
+    assert!(
+        detail.contains("free plan") && detail.contains("/api/v1/billing/checkout"),
+        "{detail}"
+    );
+    let (_, spec) = app.get(&format!("/api/v1/specs/{second}")).await;
+    assert_eq!(spec["state"]["phase"], "design", "nothing half-written");
+    assert_eq!(account(&app, &org).await["usage"]["workflows_used"], 1);
+
+    let checkout = checkout_session(
+        &org,
+        json!({"organization_id": org, "purpose": "subscription_checkout", "tier": "pro"}),
+        Some("sub_test_1"),
+    );
+    deliver(
+        &app,
+        &envelope("evt_up", "checkout.session.completed", now(), checkout),
+    )
+    .await;
+    let (status, body) = app
+        .post(&format!("/api/v1/specs/{second}/approve-design"), json!({}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(account(&app, &org).await["usage"]["workflows_used"], 2);
+
+    // A failed payment suspends: reading works, starting work does not.
+    deliver(
+        &app,
+        &envelope(
+            "evt_fail",
+            "invoice.payment_failed",
+            now(),
+            invoice("cus_test_1", None),
+        ),
+    )
+    .await;
+    let third = executable_spec(&app, &project).await;
+    let (status, refused) = app
+        .post(&format!("/api/v1/specs/{third}/approve-design"), json!({}))
+        .await;
+    assert_eq!(status, StatusCode::PAYMENT_REQUIRED, "{refused}");
+    assert_eq!(refused["code"], "account_suspended");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_plans_concurrency_cap_limits_claims_until_an_upgrade() {
+    let (app, org, _) = app_with_stripe().await;
+    let (status, project) = app
+        .post(
+            "/api/v1/projects",
+            json!({"organization_id": org, "name": "Agents"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let project = project["id"].as_str().expect("an id").to_string();
+    let (status, ticket) = app
+        .post(
+            "/api/v1/tickets",
+            json!({"project_id": project, "title": "Work"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let ticket = ticket["id"].as_str().expect("an id").to_string();
+    for n in 0..3 {
+        let (status, body) = app
+            .post(
+                "/api/v1/tasks",
+                json!({"ticket_id": ticket, "title": format!("t{n}"), "task_type": "implement"}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+    }
+    let (status, agent) = app
+        .post(
+            "/api/v1/agents/register",
+            json!({"organization_id": org, "agent_type": "worker", "capacity": 3}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{agent}");
+    let claim = format!(
+        "/api/v1/agents/{}/claim",
+        agent["id"].as_str().expect("an id")
+    );
+    let (status, body) = app.post(&claim, json!({"wait_seconds": 5})).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    // The free plan allows one task held at a time.
+    let (status, body) = app.post(&claim, json!({"wait_seconds": 0})).await;
+    assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
+    let upgrade = subscription(&org, "team", "active", now());
+    deliver(
+        &app,
+        &envelope("evt_team", "customer.subscription.created", now(), upgrade),
+    )
+    .await;
+    let (status, body) = app.post(&claim, json!({"wait_seconds": 5})).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn checkout_and_portal_call_stripe_with_the_exact_fields_and_idempotency_key() {
+    let (app, org, log) = app_with_stripe().await;
+    let (status, none) = app
+        .post("/api/v1/billing/portal", json!({"organization_id": org}))
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{none}");
+    assert_eq!(none["code"], "no_stripe_customer");
+
+    let (status, session) = app
+        .post(
+            "/api/v1/billing/checkout",
+            json!({"organization_id": org, "tier": "pro"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{session}");
+    assert_eq!(
+        session["url"],
+        "https://checkout.stripe.com/c/pay/cs_test_a1"
+    );
+    let (status, again) = app
+        .post(
+            "/api/v1/billing/checkout",
+            json!({"organization_id": org, "tier": "pro"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{again}");
+    let (status, credits) = app
+        .post(
+            "/api/v1/billing/checkout",
+            json!({"organization_id": org, "credits_cents": 2500}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{credits}");
+    for (body, code) in [
+        (json!({"organization_id": org}), "tier_or_credits"),
+        (json!({"organization_id": org, "tier": "free"}), "free_tier"),
+        (
+            json!({"organization_id": org, "credits_cents": 5}),
+            "credits_out_of_range",
+        ),
+        (
+            json!({"organization_id": org, "tier": "pro", "credits_cents": 500}),
+            "tier_or_credits",
+        ),
+    ] {
+        let (status, answer) = app.post("/api/v1/billing/checkout", body).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{answer}");
+        assert_eq!(answer["code"], code);
+    }
+
+    let received = log.lock().expect("the log").clone();
+    assert_eq!(received.len(), 3, "{received:?}");
+    let pro = &received[0];
+    assert_eq!(pro.path, "/v1/checkout/sessions");
+    assert_eq!(pro.authorization.as_deref(), Some("Bearer sk_test_omoi"));
+    let expected: BTreeMap<String, String> = [
+        ("client_reference_id", org.as_str()),
+        ("metadata[organization_id]", org.as_str()),
+        ("metadata[purpose]", "subscription_checkout"),
+        ("metadata[tier]", "pro"),
+        ("mode", "subscription"),
+        ("success_url", "https://omoi.test/billing/done"),
+        ("cancel_url", "https://omoi.test/billing/cancel"),
+        ("subscription_data[metadata][organization_id]", org.as_str()),
+        ("subscription_data[metadata][tier]", "pro"),
+        ("line_items[0][quantity]", "1"),
+        ("line_items[0][price_data][currency]", "usd"),
+        ("line_items[0][price_data][unit_amount]", "29900"),
+        ("line_items[0][price_data][recurring][interval]", "month"),
+        ("line_items[0][price_data][product_data][name]", "omoi pro"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    assert_eq!(pro.form, expected);
+    let key = pro.idempotency_key.clone().expect("an idempotency key");
+    assert!(key.starts_with("checkout-") && key.len() > 40, "{key}");
+    assert_eq!(
+        received[1].idempotency_key,
+        Some(key.clone()),
+        "a retry reuses the key"
+    );
+    assert_ne!(
+        received[2].idempotency_key,
+        Some(key),
+        "another purchase has its own"
+    );
+    assert_eq!(received[2].form["mode"], "payment");
+    assert_eq!(received[2].form["metadata[purpose]"], "credit_purchase");
+    assert_eq!(received[2].form["metadata[credits_cents]"], "2500");
+    assert_eq!(
+        received[2].form["line_items[0][price_data][unit_amount]"],
+        "2500"
+    );
+
+    // Once Stripe has told us the customer, the portal opens for it.
+    let checkout = checkout_session(
+        &org,
+        json!({"organization_id": org, "purpose": "subscription_checkout", "tier": "pro"}),
+        Some("sub_test_1"),
+    );
+    deliver(
+        &app,
+        &envelope("evt_paid", "checkout.session.completed", now(), checkout),
+    )
+    .await;
+    let (status, portal) = app
+        .post("/api/v1/billing/portal", json!({"organization_id": org}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{portal}");
+    assert_eq!(portal["url"], "https://billing.stripe.com/p/session/test_1");
+    let received = log.lock().expect("the log").clone();
+    let portal_call = received.last().expect("a portal call");
+    assert_eq!(portal_call.path, "/v1/billing_portal/sessions");
+    assert_eq!(portal_call.form["customer"], "cus_test_1");
+    assert_eq!(portal_call.form["return_url"], "https://omoi.test/billing");
+    assert!(portal_call.idempotency_key.is_some());
+    // The checkout of a paying customer names it.
+    app.post(
+        "/api/v1/billing/checkout",
+        json!({"organization_id": org, "tier": "team"}),
+    )
+    .await;
+    let received = log.lock().expect("the log").clone();
+    assert_eq!(
+        received.last().map(|r| r.form.get("customer").cloned()),
+        Some(Some("cus_test_1".to_string()))
+    );
+}
