@@ -34,6 +34,8 @@ pub struct BillingSettings {
     pub success_url: String,
     pub cancel_url: String,
     pub portal_return_url: String,
+    /// Hours after a failed payment before the organization is suspended.
+    pub payment_grace_hours: i64,
 }
 
 impl Default for BillingSettings {
@@ -47,6 +49,7 @@ impl Default for BillingSettings {
             success_url: stripe.success_url,
             cancel_url: stripe.cancel_url,
             portal_return_url: stripe.portal_return_url,
+            payment_grace_hours: 168,
         }
     }
 }
@@ -70,6 +73,7 @@ impl BillingSettings {
                 .filter(|s| !s.is_empty())
                 .map(str::to_string)
                 .collect(),
+            payment_grace_seconds: self.payment_grace_hours.saturating_mul(3600),
         }
     }
 

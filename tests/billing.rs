@@ -141,6 +141,8 @@ async fn app_with_stripe() -> (TestApp, String, Log) {
             portal_return_url: "https://omoi.test/billing".into(),
         },
         webhook_secrets: vec![SECRET.into(), OLD_SECRET.into()],
+        // Suspended at the first failed payment, so the tests need not wait a week.
+        payment_grace_seconds: 0,
     };
     let app = spawn_app_with_billing(billing).await;
     let (organization, _) = app.organization_and_project().await;

@@ -635,3 +635,45 @@ async fn output_lines_become_progress_at_most_once_a_second() {
     );
     assert_eq!(reports[0]["message"], "line 1");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_worker_holds_no_more_of_an_organizations_tasks_than_its_plan_allows() {
+    let app = spawn_app().await;
+    let (_, project) = app.organization_and_project().await;
+    let directory = scratch();
+    let ticket = ticket(&app, &project).await;
+    let mut ids = Vec::new();
+    for n in 0..3 {
+        ids.push(task(&app, &ticket, &format!("t{n}"), json!({})).await);
+    }
+    // The free plan: one task at a time, whatever the worker's own caps.
+    let limited = WorkerConfig {
+        plans: Some(omoi_domain::billing::Plans::default()),
+        organization_concurrency: 100,
+        ..config(command("sleep 0.3"), &directory)
+    };
+    let worker = Worker::start(app.database.pool.clone(), limited);
+    for id in &ids {
+        until_status(&app, id, "completed").await;
+    }
+    worker.stop().await;
+    let mut spans = Vec::new();
+    for id in &ids {
+        let events = history(&app, id).await;
+        let assigned = events
+            .iter()
+            .find(|(k, _)| k == "TaskAssigned")
+            .map(|(_, p)| at(p, "at"))
+            .expect("assigned");
+        let completed = events
+            .iter()
+            .find(|(k, _)| k == "TaskCompleted")
+            .map(|(_, p)| at(p, "at"))
+            .expect("completed");
+        spans.push((assigned, completed));
+    }
+    spans.sort();
+    for pair in spans.windows(2) {
+        assert!(pair[1].0 >= pair[0].1, "held at once: {spans:?}");
+    }
+}

@@ -264,12 +264,7 @@ async fn claim(
         .organization_id
         .ok_or_else(|| ApiError::Internal("agent without organization".into()))?;
     let account = crate::billing::account_of(&state, organization_id).await?;
-    let organization_cap = state
-        .billing
-        .plans
-        .of(account.effective_tier())
-        .concurrent_agents
-        .map_or(usize::MAX, |n| n as usize);
+    let organization_cap = crate::billing::concurrency_cap(&account, &state.billing.plans);
     let claimant = Claimant {
         agent_id: id,
         organization_id,

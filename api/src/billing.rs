@@ -35,6 +35,8 @@ pub struct BillingConfig {
     pub stripe: StripeApi,
     /// Signing secrets of the webhook endpoint; more than one while a secret rotates.
     pub webhook_secrets: Vec<String>,
+    /// How long after a failed payment the account is suspended.
+    pub payment_grace_seconds: i64,
 }
 
 impl Default for BillingConfig {
@@ -49,6 +51,8 @@ impl Default for BillingConfig {
                 portal_return_url: "http://127.0.0.1:18000/billing".into(),
             },
             webhook_secrets: Vec::new(),
+            // Stripe's default smart retries span about a week.
+            payment_grace_seconds: 7 * 24 * 3600,
         }
     }
 }
@@ -195,6 +199,7 @@ async fn stripe_webhook(
         stripe_event_id: decoded.id.clone(),
         stripe_created: decoded.created,
         change,
+        payment_grace_seconds: state.billing.payment_grace_seconds,
         at: Utc::now(),
     };
     let context = CommandContext::new(Actor::Stripe, format!("stripe:{}", decoded.id));
@@ -304,8 +309,24 @@ pub struct AccountView {
     pub credits_cents: i64,
     /// What a workflow beyond the quota costs in credits.
     pub workflow_price_cents: i64,
+    /// A payment failed and its grace is over: reading works, starting work does not.
     pub suspended: bool,
+    /// When a failed payment suspends (or suspended) the account, unless an invoice is
+    /// paid first.
+    pub suspend_at: Option<DateTime<Utc>>,
     pub stripe_customer_id: Option<String>,
+}
+
+/// Tasks the organization's agents may hold at once: its plan's limit, none while
+/// suspended.
+pub fn concurrency_cap(account: &BillingAccount, plans: &Plans) -> usize {
+    if account.is_suspended(Utc::now()) {
+        return 0;
+    }
+    plans
+        .of(account.effective_tier())
+        .concurrent_agents
+        .map_or(usize::MAX, |n| n as usize)
 }
 
 /// The account of an organization, or a new (free) one.
@@ -340,7 +361,8 @@ fn view(account: BillingAccount, organization_id: Uuid, plans: &Plans) -> Accoun
         limits,
         credits_cents: account.credits_cents,
         workflow_price_cents: plans.workflow_price_cents,
-        suspended: account.suspended,
+        suspended: account.is_suspended(Utc::now()),
+        suspend_at: account.suspend_at,
         stripe_customer_id: account.stripe_customer_id,
     }
 }

@@ -449,23 +449,26 @@ impl Runtime {
         if let Some(cap) = self.caps.get(&organization_id) {
             return *cap;
         }
-        let tier = match self
+        let account = match self
             .bus
             .load::<BillingAccount>(&organization_id.to_string())
             .await
         {
-            Ok(loaded) => loaded
-                .map(|(account, _)| account.effective_tier())
-                .unwrap_or_default(),
+            Ok(loaded) => loaded.map(|(account, _)| account).unwrap_or_default(),
             Err(error) => {
                 tracing::warn!(%error, %organization_id, "worker: cannot read the billing account");
                 return 0;
             }
         };
-        let cap = plans
-            .of(tier)
-            .concurrent_agents
-            .map_or(usize::MAX, |n| n as usize);
+        // A suspended organization may not start work.
+        let cap = if account.is_suspended(Utc::now()) {
+            0
+        } else {
+            plans
+                .of(account.effective_tier())
+                .concurrent_agents
+                .map_or(usize::MAX, |n| n as usize)
+        };
         self.caps.insert(organization_id, cap);
         cap
     }

@@ -112,8 +112,9 @@ pub struct BillingAccount {
     pub stripe_customer_id: Option<String>,
     pub stripe_subscription_id: Option<String>,
     pub credits_cents: i64,
-    /// A payment failed: the organization may read but not start work.
-    pub suspended: bool,
+    /// A payment failed: from this instant (its grace over) the organization may read but
+    /// not start work, until an invoice is paid.
+    pub suspend_at: Option<DateTime<Utc>>,
     /// Workflows started since the last paid invoice.
     pub workflows_used: u32,
     /// Workflows counted this period and not given back, with the credits each took.
@@ -127,6 +128,11 @@ pub struct BillingAccount {
 }
 
 impl BillingAccount {
+    /// Whether the organization may start no work at `now`.
+    pub fn is_suspended(&self, now: DateTime<Utc>) -> bool {
+        self.suspend_at.is_some_and(|at| now >= at)
+    }
+
     /// The tier whose limits apply now.
     pub fn effective_tier(&self) -> Tier {
         if self.tier == Tier::Lifetime || self.status.grants_plan() {
@@ -143,13 +149,15 @@ impl BillingAccount {
                 stripe_event_id,
                 stripe_created,
                 change,
+                payment_grace_seconds,
                 at,
             } => {
                 self.ensure_organization(organization_id)?;
                 if self.stripe_events.contains(&stripe_event_id) {
                     return Ok(Vec::new());
                 }
-                let effect = self.effect_of(change, stripe_created)?;
+                let grace = chrono::Duration::seconds(payment_grace_seconds.max(0));
+                let effect = self.effect_of(change, stripe_created, at + grace)?;
                 Ok(vec![BillingEvent::StripeEventApplied {
                     organization_id,
                     stripe_event_id,
@@ -166,7 +174,7 @@ impl BillingAccount {
                 at,
             } => {
                 self.ensure_organization(organization_id)?;
-                if self.suspended {
+                if self.is_suspended(at) {
                     return Err(BillingError::Suspended);
                 }
                 let credits_spent_cents = match quota {
@@ -222,7 +230,12 @@ impl BillingAccount {
         }
     }
 
-    fn effect_of(&self, change: StripeChange, stripe_created: i64) -> Result<Effect, BillingError> {
+    fn effect_of(
+        &self,
+        change: StripeChange,
+        stripe_created: i64,
+        suspend_at: DateTime<Utc>,
+    ) -> Result<Effect, BillingError> {
         Ok(match change {
             StripeChange::SubscriptionCheckout {
                 customer_id,
@@ -288,7 +301,12 @@ impl BillingAccount {
                 }
             }
             StripeChange::InvoicePaid => Effect::InvoicePaid,
-            StripeChange::InvoicePaymentFailed => Effect::PaymentFailed,
+            // A later failure does not postpone a suspension already due.
+            StripeChange::InvoicePaymentFailed => Effect::PaymentFailed {
+                suspend_at: self
+                    .suspend_at
+                    .map_or(suspend_at, |due| due.min(suspend_at)),
+            },
         })
     }
 
@@ -343,13 +361,13 @@ impl BillingAccount {
             Effect::InvoicePaid => {
                 self.workflows_used = 0;
                 self.open_workflows.clear();
-                self.suspended = false;
+                self.suspend_at = None;
                 if self.status == SubscriptionStatus::PastDue {
                     self.status = SubscriptionStatus::Active;
                 }
             }
-            Effect::PaymentFailed => {
-                self.suspended = true;
+            Effect::PaymentFailed { suspend_at } => {
+                self.suspend_at = Some(suspend_at);
                 self.status = SubscriptionStatus::PastDue;
             }
             Effect::Ignored { .. } => {}
@@ -448,6 +466,7 @@ mod tests {
             stripe_event_id: id.into(),
             stripe_created: created,
             change,
+            payment_grace_seconds: 0,
             at: at(),
         }
     }
@@ -594,5 +613,34 @@ mod tests {
         };
         apply(&mut account, stripe("evt_3", 3, own));
         assert_eq!(account.effective_tier(), Tier::Free);
+    }
+
+    #[test]
+    fn a_failed_payment_suspends_only_after_its_grace() {
+        let mut account = BillingAccount::default();
+        let failed = BillingCommand::ApplyStripeEvent {
+            organization_id: org(),
+            stripe_event_id: "evt_f".into(),
+            stripe_created: 1,
+            change: StripeChange::InvoicePaymentFailed,
+            payment_grace_seconds: 3_600,
+            at: at(),
+        };
+        apply(&mut account, failed);
+        assert_eq!(account.status, SubscriptionStatus::PastDue);
+        assert!(!account.is_suspended(at()));
+        assert!(account.is_suspended(at() + chrono::Duration::seconds(3_600)));
+        let start = |when| BillingCommand::StartWorkflow {
+            organization_id: org(),
+            spec_id: Uuid::from_u128(9),
+            quota: None,
+            price_cents: 0,
+            at: when,
+        };
+        assert!(account.decide(start(at())).is_ok(), "within the grace");
+        assert_eq!(
+            account.decide(start(at() + chrono::Duration::hours(2))),
+            Err(BillingError::Suspended)
+        );
     }
 }

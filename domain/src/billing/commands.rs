@@ -33,7 +33,7 @@ pub enum StripeChange {
     SubscriptionDeleted { subscription_id: String },
     /// `invoice.paid`: a new period's usage starts from zero; a suspension ends.
     InvoicePaid,
-    /// `invoice.payment_failed`: past due, and suspended.
+    /// `invoice.payment_failed`: past due, and suspended once the grace has passed.
     InvoicePaymentFailed,
 }
 
@@ -46,6 +46,8 @@ pub enum BillingCommand {
         /// The Stripe event's `created` (Unix seconds): orders subscription changes.
         stripe_created: i64,
         change: StripeChange,
+        /// How long after a failed payment the account is suspended (dunning).
+        payment_grace_seconds: i64,
         at: DateTime<Utc>,
     },
     /// Counts one workflow against the period's quota, or pays for it with credits.

@@ -34,7 +34,10 @@ pub enum Effect {
         subscription_id: String,
     },
     InvoicePaid,
-    PaymentFailed,
+    /// Past due; suspended from `suspend_at` unless an invoice is paid first.
+    PaymentFailed {
+        suspend_at: DateTime<Utc>,
+    },
     /// Recorded, changing nothing: an older subscription change than one already
     /// applied, or an event about another subscription.
     Ignored {
