@@ -220,7 +220,8 @@ const MAX_CLAIM_WAIT_SECONDS: u64 = 60;
 
 /// Assigns the agent the best ready task it may run — of its organization (and its
 /// project, if it has one), needing no capability it lacks, within the concurrency caps —
-/// waiting up to `wait_seconds` for one. 204 when none came. The agent then starts it
+/// waiting up to `wait_seconds` for one (also while it holds as many tasks as its
+/// capacity). 204 when none came. The agent then starts it
 /// (`POST /api/v1/tasks/{id}/start`), reports progress, and completes or fails it.
 #[utoipa::path(post, path = "/api/v1/agents/{id}/claim", tag = "agents",
     params(("id" = Uuid, Path)), request_body = Claim,
@@ -229,8 +230,7 @@ const MAX_CLAIM_WAIT_SECONDS: u64 = 60;
         (status = 204, description = "no task became ready in time"),
         (status = 400, body = Problem), (status = 404, body = Problem),
         (status = 409, body = Problem,
-            description = "the agent is failed, quarantined or terminated, or holds as many \
-                           tasks as its capacity"),
+            description = "the agent is failed, quarantined or terminated"),
         (status = 422, body = Problem, description = "wait_seconds above 60"),
     ))]
 async fn claim(
@@ -273,15 +273,6 @@ async fn claim(
         capabilities: agent.capabilities.iter().cloned().collect(),
         capacity: agent.capacity as usize,
     };
-    if state.claims.at_capacity(&claimant) {
-        return Err(ApiError::Conflict {
-            code: "agent_at_capacity",
-            detail: format!(
-                "agent {id} holds {} task(s), its capacity; finish one first",
-                agent.capacity
-            ),
-        });
-    }
     let assign = |task_id: Uuid| {
         let (state, caller) = (&state, &caller);
         async move {

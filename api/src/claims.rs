@@ -90,14 +90,14 @@ impl Claims {
             .map(|_| ())
     }
 
-    /// Whether the agent already holds as many tasks as it may.
-    pub fn at_capacity(&self, claimant: &Claimant) -> bool {
-        self.queue().held_by(claimant.agent_id).len() >= claimant.capacity
-    }
-
     /// The ready tasks `claimant` may run now, best first.
     fn candidates(&self, claimant: &Claimant) -> Vec<QueuedTask> {
         let queue = self.queue();
+        // An agent holding as many tasks as its capacity waits (the queue may also not
+        // have seen its last completion yet: it follows the log a moment behind).
+        if queue.held_by(claimant.agent_id).len() >= claimant.capacity {
+            return Vec::new();
+        }
         let (per_project, per_organization) = queue.active_counts();
         if per_organization
             .get(&claimant.organization_id)
