@@ -288,6 +288,8 @@ pub struct AccountQuery {
 pub struct Usage {
     /// Workflows started this period.
     pub workflows_used: u32,
+    /// When this usage period began: the subscription's period, or the calendar month.
+    pub period_start: Option<DateTime<Utc>>,
     /// Workflows left within the plan; absent when unlimited.
     pub workflows_left: Option<u32>,
 }
@@ -345,6 +347,8 @@ pub async fn account_of(state: &AppState, organization_id: Uuid) -> ApiResult<Bi
 
 fn view(account: BillingAccount, organization_id: Uuid, plans: &Plans) -> AccountView {
     let limits = plans.of(account.effective_tier());
+    let now = Utc::now();
+    let used = account.workflows_used_at(now);
     AccountView {
         organization_id,
         tier: account.tier,
@@ -353,15 +357,16 @@ fn view(account: BillingAccount, organization_id: Uuid, plans: &Plans) -> Accoun
         period_start: account.period_start,
         period_end: account.period_end,
         usage: Usage {
-            workflows_used: account.workflows_used,
+            workflows_used: used,
             workflows_left: limits
                 .monthly_workflows
-                .map(|quota| quota.saturating_sub(account.workflows_used)),
+                .map(|quota| quota.saturating_sub(used)),
+            period_start: DateTime::from_timestamp(account.period_start_at(now), 0),
         },
         limits,
         credits_cents: account.credits_cents,
         workflow_price_cents: plans.workflow_price_cents,
-        suspended: account.is_suspended(Utc::now()),
+        suspended: account.is_suspended(now),
         suspend_at: account.suspend_at,
         stripe_customer_id: account.stripe_customer_id,
     }

@@ -5,13 +5,17 @@
 //! waiting up to the claim's time for one to become ready.
 //!
 //! The assignment is a command on the task aggregate, so a claim racing a worker (or
-//! another replica's claim) for one task loses cleanly and tries the next.
+//! another replica's claim) for one task loses cleanly and tries the next. Within a
+//! process, claims decide one at a time and count their own assignments until the queue
+//! shows them, so the caps hold; across replicas (or beside a worker) a cap may be
+//! overshot by the assignments racing in the same instant.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::Duration;
 
 use chrono::Utc;
+use omoi_domain::task::TaskStatus;
 use omoi_orchestrator::queue::{Queue, QueuedTask};
 use omoi_orchestrator::score::ScoreConfig;
 use omoi_store::log::{read_global, Visibility};
@@ -59,6 +63,19 @@ pub struct Claims {
     /// Notified whenever the queue changes: waiting claims look again.
     changed: Arc<Notify>,
     started: OnceCell<()>,
+    /// Claims of this process decide one at a time, so two cannot both take the last
+    /// place under a cap.
+    deciding: tokio::sync::Mutex<()>,
+    /// Assignments made here that the queue has not seen yet (it follows the log a
+    /// moment behind): counted against the caps meanwhile.
+    unseen: Mutex<HashMap<Uuid, Unseen>>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Unseen {
+    organization_id: Uuid,
+    project_id: Uuid,
+    agent_id: Uuid,
 }
 
 /// How many ready tasks one look tries to assign before waiting again.
@@ -93,12 +110,31 @@ impl Claims {
     /// The ready tasks `claimant` may run now, best first.
     fn candidates(&self, claimant: &Claimant) -> Vec<QueuedTask> {
         let queue = self.queue();
+        let mut unseen = self.unseen.lock().unwrap_or_else(PoisonError::into_inner);
+        // Once the queue shows an assignment, it counts it itself.
+        unseen.retain(|task, _| {
+            queue.task(*task).is_some_and(|t| {
+                matches!(t.status, TaskStatus::Pending | TaskStatus::RetryScheduled)
+            })
+        });
+        let held = queue.held_by(claimant.agent_id).len()
+            + unseen
+                .values()
+                .filter(|u| u.agent_id == claimant.agent_id)
+                .count();
         // An agent holding as many tasks as its capacity waits (the queue may also not
-        // have seen its last completion yet: it follows the log a moment behind).
-        if queue.held_by(claimant.agent_id).len() >= claimant.capacity {
+        // have seen its last completion yet).
+        if held >= claimant.capacity {
             return Vec::new();
         }
-        let (per_project, per_organization) = queue.active_counts();
+        let (mut per_project, mut per_organization) = queue.active_counts();
+        for reserved in unseen.values() {
+            *per_project.entry(reserved.project_id).or_insert(0) += 1;
+            *per_organization
+                .entry(reserved.organization_id)
+                .or_insert(0) += 1;
+        }
+        drop(unseen);
         if per_organization
             .get(&claimant.organization_id)
             .copied()
@@ -112,7 +148,12 @@ impl Claims {
             .into_iter()
             .filter_map(|c| queue.task(c.task_id))
             .filter(|task| {
-                task.organization_id == claimant.organization_id
+                !self
+                    .unseen
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .contains_key(&task.id)
+                    && task.organization_id == claimant.organization_id
                     && claimant.project_id.is_none_or(|p| p == task.project_id)
                     && task.required_capabilities.is_subset(&claimant.capabilities)
                     && per_project.get(&task.project_id).copied().unwrap_or(0)
@@ -141,9 +182,23 @@ impl Claims {
         loop {
             // Registered before looking, so a change during the look is not missed.
             let changed = self.changed.notified();
-            for task in self.candidates(claimant) {
-                if let Some(assigned) = assign(task.id).await.map_err(ClaimError::Assign)? {
-                    return Ok(Some(assigned));
+            {
+                let _turn = self.deciding.lock().await;
+                for task in self.candidates(claimant) {
+                    if let Some(assigned) = assign(task.id).await.map_err(ClaimError::Assign)? {
+                        self.unseen
+                            .lock()
+                            .unwrap_or_else(PoisonError::into_inner)
+                            .insert(
+                                task.id,
+                                Unseen {
+                                    organization_id: task.organization_id,
+                                    project_id: task.project_id,
+                                    agent_id: claimant.agent_id,
+                                },
+                            );
+                        return Ok(Some(assigned));
+                    }
                 }
             }
             if tokio::time::timeout_at(deadline, changed).await.is_err() {

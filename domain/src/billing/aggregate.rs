@@ -115,8 +115,11 @@ pub struct BillingAccount {
     /// A payment failed: from this instant (its grace over) the organization may read but
     /// not start work, until an invoice is paid.
     pub suspend_at: Option<DateTime<Utc>>,
-    /// Workflows started since the last paid invoice.
+    /// Workflows started in the usage period `usage_period` (see [`Self::workflows_used_at`]).
     pub workflows_used: u32,
+    /// The start (Unix seconds) of the period `workflows_used` counts: the subscription's
+    /// current period, or the calendar month (UTC) without one.
+    pub usage_period: Option<i64>,
     /// Workflows counted this period and not given back, with the credits each took.
     #[schema(value_type = Object)]
     pub open_workflows: std::collections::BTreeMap<Uuid, i64>,
@@ -128,6 +131,30 @@ pub struct BillingAccount {
 }
 
 impl BillingAccount {
+    /// The start of the usage period `at` falls in: the subscription's period when `at` is
+    /// within it, otherwise the calendar month (so a free organization's quota renews
+    /// monthly without any invoice).
+    pub fn period_start_at(&self, at: DateTime<Utc>) -> i64 {
+        match (self.period_start, self.period_end) {
+            (Some(start), Some(end)) if start <= at && at < end => start.timestamp(),
+            _ => {
+                use chrono::{Datelike, TimeZone};
+                Utc.with_ymd_and_hms(at.year(), at.month(), 1, 0, 0, 0)
+                    .single()
+                    .map_or(0, |month| month.timestamp())
+            }
+        }
+    }
+
+    /// Workflows counted in the usage period of `at`.
+    pub fn workflows_used_at(&self, at: DateTime<Utc>) -> u32 {
+        if self.usage_period == Some(self.period_start_at(at)) {
+            self.workflows_used
+        } else {
+            0
+        }
+    }
+
     /// Whether the organization may start no work at `now`.
     pub fn is_suspended(&self, now: DateTime<Utc>) -> bool {
         self.suspend_at.is_some_and(|at| now >= at)
@@ -178,7 +205,7 @@ impl BillingAccount {
                     return Err(BillingError::Suspended);
                 }
                 let credits_spent_cents = match quota {
-                    Some(quota) if self.workflows_used >= quota => {
+                    Some(quota) if self.workflows_used_at(at) >= quota => {
                         if self.credits_cents < price_cents {
                             return Err(BillingError::QuotaExceeded {
                                 quota,
@@ -411,9 +438,14 @@ impl Aggregate for BillingAccount {
                 organization_id,
                 spec_id,
                 credits_spent_cents,
-                ..
+                at,
             } => {
                 self.organization_id.get_or_insert(organization_id);
+                let period = self.period_start_at(at);
+                if self.usage_period != Some(period) {
+                    self.usage_period = Some(period);
+                    self.workflows_used = 0;
+                }
                 self.workflows_used = self.workflows_used.saturating_add(1);
                 self.credits_cents -= credits_spent_cents;
                 self.open_workflows.insert(spec_id, credits_spent_cents);
@@ -613,6 +645,27 @@ mod tests {
         };
         apply(&mut account, stripe("evt_3", 3, own));
         assert_eq!(account.effective_tier(), Tier::Free);
+    }
+
+    #[test]
+    fn a_free_organizations_quota_renews_each_month() {
+        let mut account = BillingAccount::default();
+        let start = |n: u128, at| BillingCommand::StartWorkflow {
+            organization_id: org(),
+            spec_id: Uuid::from_u128(n),
+            quota: Some(1),
+            price_cents: 1_000,
+            at,
+        };
+        let november = DateTime::parse_from_rfc3339("2026-11-30T23:00:00Z")
+            .expect("a time")
+            .with_timezone(&Utc);
+        apply(&mut account, start(1, november));
+        assert!(account.decide(start(2, november)).is_err());
+        let december = november + chrono::Duration::hours(2);
+        assert_eq!(account.workflows_used_at(december), 0);
+        apply(&mut account, start(2, december));
+        assert_eq!(account.workflows_used_at(december), 1);
     }
 
     #[test]
