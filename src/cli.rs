@@ -170,7 +170,7 @@ async fn serve(settings: Settings, dev: bool) -> anyhow::Result<()> {
     let state = state.with_projections(stats);
     // `omoi dev` is the whole system: the orchestrator runs beside the API.
     let worker = dev
-        .then(|| omoi_orchestrator::Worker::start(database.pool.clone(), settings.worker.clone()));
+        .then(|| omoi_orchestrator::Worker::start(database.pool.clone(), worker_config(&settings)));
     let (listener, address) = server::bind(&settings).await?;
     tracing::info!(%address, "omoi is serving");
     if dev {

@@ -740,23 +740,27 @@ async fn checkout_and_portal_call_stripe_with_the_exact_fields_and_idempotency_k
     assert_eq!(status, StatusCode::CONFLICT, "{none}");
     assert_eq!(none["code"], "no_stripe_customer");
 
-    let (status, session) = app
-        .post(
-            "/api/v1/billing/checkout",
-            json!({"organization_id": org, "tier": "pro"}),
-        )
-        .await;
+    // The client's idempotency key, sent twice (a retry), then not at all.
+    let checkout_with_key = || async {
+        let response = app
+            .client
+            .post(format!("{}/api/v1/billing/checkout", app.address))
+            .bearer_auth(app.token.as_deref().expect("a token"))
+            .header("idempotency-key", "order-42")
+            .json(&json!({"organization_id": org, "tier": "pro"}))
+            .send()
+            .await
+            .expect("an answer");
+        let status = response.status();
+        (status, response.json::<Value>().await.expect("JSON"))
+    };
+    let (status, session) = checkout_with_key().await;
     assert_eq!(status, StatusCode::OK, "{session}");
     assert_eq!(
         session["url"],
         "https://checkout.stripe.com/c/pay/cs_test_a1"
     );
-    let (status, again) = app
-        .post(
-            "/api/v1/billing/checkout",
-            json!({"organization_id": org, "tier": "pro"}),
-        )
-        .await;
+    let (status, again) = checkout_with_key().await;
     assert_eq!(status, StatusCode::OK, "{again}");
     let (status, credits) = app
         .post(
@@ -767,7 +771,14 @@ async fn checkout_and_portal_call_stripe_with_the_exact_fields_and_idempotency_k
     assert_eq!(status, StatusCode::OK, "{credits}");
     for (body, code) in [
         (json!({"organization_id": org}), "tier_or_credits"),
-        (json!({"organization_id": org, "tier": "free"}), "free_tier"),
+        (
+            json!({"organization_id": org, "tier": "free"}),
+            "tier_not_purchasable",
+        ),
+        (
+            json!({"organization_id": org, "tier": "enterprise"}),
+            "tier_not_purchasable",
+        ),
         (
             json!({"organization_id": org, "credits_cents": 5}),
             "credits_out_of_range",
@@ -814,11 +825,8 @@ async fn checkout_and_portal_call_stripe_with_the_exact_fields_and_idempotency_k
         Some(key.clone()),
         "a retry reuses the key"
     );
-    assert_ne!(
-        received[2].idempotency_key,
-        Some(key),
-        "another purchase has its own"
-    );
+    let other = received[2].idempotency_key.clone().expect("a key");
+    assert_ne!(other, key, "another purchase has its own");
     assert_eq!(received[2].form["mode"], "payment");
     assert_eq!(received[2].form["metadata[purpose]"], "credit_purchase");
     assert_eq!(received[2].form["metadata[credits_cents]"], "2500");

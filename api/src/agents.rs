@@ -300,7 +300,14 @@ async fn claim(
             ClaimError::Assign(e) => e,
         })?;
     Ok(match claimed {
-        Some(task) => Json(task).into_response(),
+        Some(task) => {
+            // Holding work starts the agent's lease: one that dies before its first
+            // heartbeat still has its task put back.
+            omoi_orchestrator::leases::renew(state.pool(), id, organization_id)
+                .await
+                .map_err(ApiError::from)?;
+            Json(task).into_response()
+        }
         None => StatusCode::NO_CONTENT.into_response(),
     })
 }

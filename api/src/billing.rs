@@ -10,7 +10,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
 use chrono::{DateTime, Utc};
-use omoi_billing::stripe::{checkout_key, Purchase, StripeApi, StripeError};
+use omoi_billing::stripe::{Purchase, StripeApi, StripeError};
 use omoi_billing::webhook::{self, Decoded, Rejection};
 use omoi_domain::billing::{
     BillingAccount, BillingCommand, BillingError, Effect, Plan, Plans, SubscriptionStatus, Tier,
@@ -467,7 +467,7 @@ const MAX_CREDITS_CENTS: i64 = 10_000_000;
 #[serde(deny_unknown_fields)]
 pub struct CheckoutRequest {
     pub organization_id: Uuid,
-    /// A plan to subscribe to (`pro`, `team`, `enterprise`) or buy (`lifetime`)…
+    /// A plan to subscribe to (`pro`, `team`) or buy (`lifetime`) — a plan with a price…
     pub tier: Option<Tier>,
     /// …or credits to buy, in cents.
     pub credits_cents: Option<i64>,
@@ -486,6 +486,20 @@ pub struct SessionCreated {
     pub url: String,
 }
 
+/// The caller's `Idempotency-Key` (1 to 255 visible ASCII characters), if it sent one.
+fn client_key(headers: &HeaderMap) -> ApiResult<Option<&str>> {
+    let Some(value) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    match value.to_str() {
+        Ok(key) if (1..=255).contains(&key.len()) => Ok(Some(key)),
+        _ => Err(ApiError::bad_request(
+            "Idempotency-Key must be 1 to 255 visible ASCII characters",
+            Some("Idempotency-Key"),
+        )),
+    }
+}
+
 fn stripe_error(error: StripeError) -> ApiError {
     tracing::warn!(%error, "stripe call failed");
     let (status, code) = match &error {
@@ -501,35 +515,42 @@ fn stripe_error(error: StripeError) -> ApiError {
 }
 
 /// Creates a Stripe Checkout Session for a plan or for credits (owners and admins) and
-/// returns its URL. One session per organization and purchase per 30 minutes (Stripe
-/// idempotency key).
+/// returns its URL. Send an `Idempotency-Key` header to make retries return the same
+/// session; without one, identical requests within a minute do.
 #[utoipa::path(post, path = "/api/v1/billing/checkout", tag = "billing",
     request_body = CheckoutRequest,
+    params(("Idempotency-Key" = Option<String>, Header,
+        description = "your key for this purchase: retries with it return the same session")),
     responses(
         (status = 200, body = SessionCreated), (status = 400, body = Problem),
         (status = 403, body = Problem), (status = 404, body = Problem),
         (status = 422, body = Problem,
-            description = "neither or both of tier and credits_cents, the free tier, or credits out of range"),
+            description = "neither or both of tier and credits_cents, a plan without a price (free, enterprise), or credits out of range"),
         (status = 502, body = Problem, description = "Stripe refused"),
         (status = 503, body = Problem, description = "Stripe unreachable or not configured"),
     ))]
 async fn checkout(
     State(state): State<AppState>,
     caller: Caller,
+    headers: HeaderMap,
     Body(body): Body<CheckoutRequest>,
 ) -> ApiResult<Json<SessionCreated>> {
     state
         .read::<Organization>(&caller, "org:write", body.organization_id)
         .await?;
     let purchase = match (body.tier, body.credits_cents) {
-        (Some(Tier::Free), None) => {
-            return Err(ApiError::invalid(
-                "free_tier",
-                "tier",
-                "the free tier needs no checkout",
-            ))
+        (Some(tier), None) => {
+            let plan = state.billing.plans.of(tier);
+            if plan.price_cents <= 0 {
+                // Free, or priced by contract (enterprise): not sold through checkout.
+                return Err(ApiError::invalid(
+                    "tier_not_purchasable",
+                    "tier",
+                    format!("the {tier} plan is not sold through checkout"),
+                ));
+            }
+            Purchase::Plan(plan)
         }
-        (Some(tier), None) => Purchase::Plan(state.billing.plans.of(tier)),
         (None, Some(amount)) if (100..=MAX_CREDITS_CENTS).contains(&amount) => Purchase::Credits {
             amount_cents: amount,
         },
@@ -549,7 +570,6 @@ async fn checkout(
         }
     };
     let account = account_of(&state, body.organization_id).await?;
-    let key = checkout_key(body.organization_id, &purchase, Utc::now().timestamp());
     let created = state
         .billing
         .stripe
@@ -557,7 +577,8 @@ async fn checkout(
             body.organization_id,
             account.stripe_customer_id.as_deref(),
             &purchase,
-            &key,
+            client_key(&headers)?,
+            Utc::now().timestamp(),
         )
         .await
         .map_err(stripe_error)?;
@@ -580,6 +601,7 @@ async fn checkout(
 async fn portal(
     State(state): State<AppState>,
     caller: Caller,
+    headers: HeaderMap,
     Body(body): Body<PortalRequest>,
 ) -> ApiResult<Json<SessionCreated>> {
     state
@@ -592,15 +614,15 @@ async fn portal(
             detail: "the organization has not paid through Stripe yet; check out first".into(),
         });
     };
-    let key = format!(
-        "portal-{}-{}",
-        body.organization_id,
-        Utc::now().timestamp() / 60
-    );
     let created = state
         .billing
         .stripe
-        .portal(&customer, &key)
+        .portal(
+            body.organization_id,
+            &customer,
+            client_key(&headers)?,
+            Utc::now().timestamp(),
+        )
         .await
         .map_err(stripe_error)?;
     Ok(Json(SessionCreated {

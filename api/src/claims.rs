@@ -201,7 +201,16 @@ impl Claims {
                     }
                 }
             }
-            if tokio::time::timeout_at(deadline, changed).await.is_err() {
+            // A retry falling due changes no event: wake for it too.
+            let retry_due = self
+                .queue()
+                .next_retry(Utc::now())
+                .and_then(|at| (at - Utc::now()).to_std().ok())
+                .map(|wait| tokio::time::Instant::now() + wait + Duration::from_millis(1));
+            let wake = retry_due.map_or(deadline, |due| due.min(deadline));
+            if tokio::time::timeout_at(wake, changed).await.is_err()
+                && tokio::time::Instant::now() >= deadline
+            {
                 return Ok(None);
             }
         }

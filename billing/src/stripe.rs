@@ -53,20 +53,27 @@ pub struct Created {
     pub url: String,
 }
 
-/// The idempotency key of a checkout: one session per organization and purchase per
-/// 30 minutes, so a double click or a retried request does not create two.
-pub fn checkout_key(organization_id: Uuid, purchase: &Purchase, unix_now: i64) -> String {
-    let what = match purchase {
-        Purchase::Plan(plan) => format!("plan:{}", plan.tier),
-        Purchase::Credits { amount_cents } => format!("credits:{amount_cents}"),
+/// The idempotency key of a Stripe call: the client's own key for the request when it
+/// sent one (so its retries reuse the session), else a digest of everything sent within
+/// the same minute (so a double click does not create two sessions, while a later,
+/// deliberate repeat purchase is a new one).
+pub fn idempotency_key(
+    what: &str,
+    organization_id: Uuid,
+    client_key: Option<&str>,
+    form: &[(String, String)],
+    unix_now: i64,
+) -> String {
+    let material = match client_key {
+        Some(key) => format!("{organization_id}:client:{key}"),
+        None => {
+            let fields: Vec<String> = form.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            format!("{organization_id}:{}:{}", fields.join("&"), unix_now / 60)
+        }
     };
-    let window = unix_now / 1800;
-    let digest = ring::digest::digest(
-        &ring::digest::SHA256,
-        format!("{organization_id}:{what}:{window}").as_bytes(),
-    );
+    let digest = ring::digest::digest(&ring::digest::SHA256, material.as_bytes());
     let hex: String = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
-    format!("checkout-{hex}")
+    format!("{what}-{hex}")
 }
 
 /// The form fields of a Checkout Session.
@@ -194,30 +201,34 @@ impl StripeApi {
         })
     }
 
-    /// Creates a Checkout Session for `purchase`.
+    /// Creates a Checkout Session for `purchase`; `client_key` is the caller's
+    /// `Idempotency-Key`, if it sent one.
     pub async fn checkout(
         &self,
         organization_id: Uuid,
         customer_id: Option<&str>,
         purchase: &Purchase,
-        idempotency_key: &str,
+        client_key: Option<&str>,
+        unix_now: i64,
     ) -> Result<Created, StripeError> {
         let form = checkout_form(self, organization_id, customer_id, purchase);
-        self.post("/v1/checkout/sessions", &form, idempotency_key)
-            .await
+        let key = idempotency_key("checkout", organization_id, client_key, &form, unix_now);
+        self.post("/v1/checkout/sessions", &form, &key).await
     }
 
     /// Creates a customer-portal session for `customer_id`.
     pub async fn portal(
         &self,
+        organization_id: Uuid,
         customer_id: &str,
-        idempotency_key: &str,
+        client_key: Option<&str>,
+        unix_now: i64,
     ) -> Result<Created, StripeError> {
         let form = vec![
             ("customer".to_string(), customer_id.to_string()),
             ("return_url".to_string(), self.portal_return_url.clone()),
         ];
-        self.post("/v1/billing_portal/sessions", &form, idempotency_key)
-            .await
+        let key = idempotency_key("portal", organization_id, client_key, &form, unix_now);
+        self.post("/v1/billing_portal/sessions", &form, &key).await
     }
 }

@@ -152,11 +152,23 @@ fn change_of(
     meta: Option<&Value>,
     customer_id: Option<String>,
 ) -> Result<Option<StripeChange>, Rejection> {
+    // What was bought is on the object's own metadata, whether or not it also names the
+    // organization (a session may name it by `client_reference_id` alone).
+    let meta = object.get("metadata").filter(|m| m.is_object()).or(meta);
     let tier = meta
         .and_then(|m| text(m, "tier"))
         .and_then(|t| Tier::parse(&t));
     Ok(Some(match event_type {
-        "checkout.session.completed" => {
+        // A session paid by a delayed method completes unpaid; its payment arrives as
+        // `checkout.session.async_payment_succeeded`, which grants it then.
+        "checkout.session.completed" | "checkout.session.async_payment_succeeded" => {
+            let paid = matches!(
+                object.get("payment_status").and_then(Value::as_str),
+                Some("paid" | "no_payment_required")
+            );
+            if !paid {
+                return Ok(None);
+            }
             let purpose = meta.and_then(|m| text(m, "purpose"));
             match purpose.as_deref() {
                 Some(CREDIT_PURCHASE) => {
@@ -251,6 +263,30 @@ mod tests {
         assert_eq!(decoded.organization_id, Some(Uuid::from_u128(7)));
         assert_eq!(decoded.customer_id.as_deref(), Some("cus_1"));
         assert_eq!(decoded.change, Some(StripeChange::InvoicePaymentFailed));
+    }
+
+    #[test]
+    fn an_unpaid_checkout_grants_nothing_until_its_payment_succeeds() {
+        let session = |status: &str| {
+            json!({"object": "checkout.session", "id": "cs_1", "customer": "cus_1",
+                   "payment_status": status, "client_reference_id": "00000000-0000-0000-0000-000000000007",
+                   "metadata": {"purpose": "credit_purchase", "credits_cents": "900"}})
+        };
+        let unpaid =
+            decode(&event("checkout.session.completed", session("unpaid"))).expect("decoded");
+        assert_eq!(unpaid.change, None);
+        let paid = decode(&event(
+            "checkout.session.async_payment_succeeded",
+            session("paid"),
+        ))
+        .expect("decoded");
+        assert_eq!(
+            paid.change,
+            Some(StripeChange::CreditPurchase {
+                customer_id: Some("cus_1".into()),
+                amount_cents: 900
+            })
+        );
     }
 
     #[test]

@@ -115,6 +115,9 @@ pub async fn execute(
             }
         }
     };
+    // Known only until the child is waited for; the group outlives it when it starts
+    // processes of its own in the background.
+    let group = child.id();
     let (Some(stdout), Some(stderr)) = (child.stdout.take(), child.stderr.take()) else {
         return Outcome::Failed {
             error: "the command's output could not be captured".into(),
@@ -151,12 +154,16 @@ pub async fn execute(
     let status = match ended {
         Ok(status) => status,
         Err(outcome) => {
-            kill_group(&mut child).await;
+            kill_group(group).await;
+            let _ = child.kill().await;
             return outcome;
         }
     };
-    let output = stdout_lines.await.unwrap_or_default();
-    let errors = stderr_lines.await.unwrap_or_default();
+    // What the command left running in the background would hold its output open (and
+    // the task with it): the attempt is over, so its whole group goes.
+    kill_group(group).await;
+    let output = collect(stdout_lines).await;
+    let errors = collect(stderr_lines).await;
     match status {
         Ok(status) if status.success() => Outcome::Completed { output },
         Ok(status) => {
@@ -172,15 +179,27 @@ pub async fn execute(
 }
 
 /// Kills the command and everything it started (it leads its own process group).
-async fn kill_group(child: &mut tokio::process::Child) {
-    if let Some(pid) = child.id() {
+async fn kill_group(group: Option<u32>) {
+    if let Some(pid) = group {
         // `kill -KILL -<pgid>` reaches the grandchildren a plain kill would orphan.
         let _ = Command::new("kill")
             .args(["-KILL", "--", &format!("-{pid}")])
             .status()
             .await;
     }
-    let _ = child.kill().await;
+}
+
+/// The lines a reader kept, once its stream has ended (briefly waited for: a process
+/// that escaped its group may still hold the pipe).
+async fn collect(reader: tokio::task::JoinHandle<Vec<String>>) -> Vec<String> {
+    let abort = reader.abort_handle();
+    match tokio::time::timeout(Duration::from_secs(2), reader).await {
+        Ok(lines) => lines.unwrap_or_default(),
+        Err(_) => {
+            abort.abort();
+            Vec::new()
+        }
+    }
 }
 
 /// Reads lines until the stream ends; keeps the last few; sends at most one progress

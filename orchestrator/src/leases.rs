@@ -51,6 +51,13 @@ pub async fn expire_stale(pool: &PgPool, threshold_ms: u64) -> sqlx::Result<Vec<
     .await
 }
 
+/// Every agent whose lease has expired and not been renewed since.
+pub async fn expired(pool: &PgPool) -> sqlx::Result<Vec<Uuid>> {
+    sqlx::query_scalar("select agent_id from agent_leases where expired_at is not null")
+        .fetch_all(pool)
+        .await
+}
+
 /// Forgets an agent's lease (it was terminated).
 pub async fn release(pool: &PgPool, agent_id: Uuid) -> sqlx::Result<()> {
     sqlx::query("delete from agent_leases where agent_id = $1")

@@ -149,8 +149,9 @@ struct Runtime {
     done: mpsc::UnboundedSender<(Uuid, Uuid)>,
     last_heartbeat: Option<Instant>,
     last_sweep: Option<Instant>,
-    /// Organizations' concurrency caps from their plans, until their account changes.
-    caps: HashMap<Uuid, usize>,
+    /// Organizations' concurrency caps from their plans, until their account changes or
+    /// (a pending suspension) until the instant it would change by itself.
+    caps: HashMap<Uuid, (usize, Option<chrono::DateTime<Utc>>)>,
 }
 
 const PAGE: i64 = 10_000;
@@ -275,7 +276,7 @@ impl Runtime {
         if !Self::due(&mut self.last_sweep, every) {
             return;
         }
-        let stale = match leases::expire_stale(&self.pool, self.config.stale_after_ms).await {
+        let newly = match leases::expire_stale(&self.pool, self.config.stale_after_ms).await {
             Ok(stale) => stale,
             Err(error) => {
                 tracing::warn!(%error, "worker: cannot check leases");
@@ -283,36 +284,56 @@ impl Runtime {
             }
         };
         let now = Utc::now();
-        for agent_id in stale {
-            let silent = format!(
+        let silent = |agent_id: Uuid| {
+            format!(
                 "agent {agent_id} sent no heartbeat for {} s",
                 self.config.stale_after_ms / 1000
-            );
-            tracing::warn!(%agent_id, "worker: {silent}; failing it");
+            )
+        };
+        let stale_context = context(Actor::System("worker"), "stale");
+        for agent_id in &newly {
+            tracing::warn!(%agent_id, "worker: {}; failing it", silent(*agent_id));
             let command = AgentCommand::ChangeAgentStatus {
                 to: AgentStatus::Failed,
-                reason: Some(silent.clone()),
+                reason: Some(silent(*agent_id)),
                 force: false,
                 at: now,
             };
-            let context = context(Actor::System("worker"), "stale");
             if let Err(error) = self
                 .bus
-                .execute::<Agent>(&agent_id.to_string(), command, &context)
+                .execute::<Agent>(&agent_id.to_string(), command, &stale_context)
                 .await
             {
                 tracing::info!(%agent_id, %error, "worker: stale agent not failed");
             }
-            let held: Vec<Uuid> = self.queue.held_by(agent_id).iter().map(|t| t.id).collect();
+            self.agents.remove(agent_id);
+        }
+        // Every silent agent's tasks go back, also those a failed command or a lagging
+        // queue left behind in an earlier sweep.
+        let expired = match leases::expired(&self.pool).await {
+            Ok(expired) => expired,
+            Err(error) => {
+                tracing::warn!(%error, "worker: cannot read expired leases");
+                newly
+            }
+        };
+        for agent_id in expired {
+            // A task this worker still runs finishes here (its outcome is recorded).
+            let held: Vec<Uuid> = self
+                .queue
+                .held_by(agent_id)
+                .iter()
+                .map(|t| t.id)
+                .filter(|id| !self.running.contains_key(id))
+                .collect();
             for task_id in held {
                 let command = TaskCommand::FailTask {
-                    error: silent.clone(),
+                    error: silent(agent_id),
                     at: now,
                     jitter: jitter(),
                 };
-                self.task_command(task_id, command, &context).await;
+                self.task_command(task_id, command, &stale_context).await;
             }
-            self.agents.remove(&agent_id);
         }
         let overdue: Vec<Uuid> = self
             .queue
@@ -446,8 +467,10 @@ impl Runtime {
         let Some(plans) = &self.config.plans else {
             return self.config.organization_concurrency;
         };
-        if let Some(cap) = self.caps.get(&organization_id) {
-            return *cap;
+        if let Some((cap, until)) = self.caps.get(&organization_id) {
+            if until.is_none_or(|until| Utc::now() < until) {
+                return *cap;
+            }
         }
         let account = match self
             .bus
@@ -469,7 +492,8 @@ impl Runtime {
                 .concurrent_agents
                 .map_or(usize::MAX, |n| n as usize)
         };
-        self.caps.insert(organization_id, cap);
+        let until = account.suspend_at.filter(|at| *at > Utc::now());
+        self.caps.insert(organization_id, (cap, until));
         cap
     }
 

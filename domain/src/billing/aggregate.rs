@@ -123,6 +123,8 @@ pub struct BillingAccount {
     /// Workflows counted this period and not given back, with the credits each took.
     #[schema(value_type = Object)]
     pub open_workflows: std::collections::BTreeMap<Uuid, i64>,
+    /// Stripe's time of the newest invoice event (paid or failed) applied.
+    pub invoice_as_of: Option<i64>,
     /// Stripe's time of the newest subscription change applied.
     pub subscription_as_of: Option<i64>,
     /// Every Stripe event applied, so none applies twice.
@@ -268,11 +270,21 @@ impl BillingAccount {
                 customer_id,
                 subscription_id,
                 tier,
-            } => Effect::Subscribed {
-                tier,
-                customer_id,
-                subscription_id,
-            },
+            } => {
+                if self
+                    .subscription_as_of
+                    .is_some_and(|seen| stripe_created < seen)
+                {
+                    return Ok(Effect::Ignored {
+                        reason: "older than the subscription change already applied".into(),
+                    });
+                }
+                Effect::Subscribed {
+                    tier,
+                    customer_id,
+                    subscription_id,
+                }
+            }
             StripeChange::LifetimePurchase { customer_id } => {
                 Effect::LifetimePurchased { customer_id }
             }
@@ -327,6 +339,13 @@ impl BillingAccount {
                     Effect::SubscriptionCanceled { subscription_id }
                 }
             }
+            StripeChange::InvoicePaid | StripeChange::InvoicePaymentFailed
+                if self.invoice_as_of.is_some_and(|seen| stripe_created < seen) =>
+            {
+                Effect::Ignored {
+                    reason: "older than the invoice event already applied".into(),
+                }
+            }
             StripeChange::InvoicePaid => Effect::InvoicePaid,
             // A later failure does not postpone a suspension already due.
             StripeChange::InvoicePaymentFailed => Effect::PaymentFailed {
@@ -344,6 +363,7 @@ impl BillingAccount {
                 customer_id,
                 subscription_id,
             } => {
+                self.subscription_as_of = Some(stripe_created);
                 self.tier = tier;
                 self.status = SubscriptionStatus::Active;
                 self.stripe_customer_id = customer_id.or(self.stripe_customer_id.take());
@@ -386,14 +406,16 @@ impl BillingAccount {
                 self.subscription_as_of = Some(stripe_created);
             }
             Effect::InvoicePaid => {
-                self.workflows_used = 0;
-                self.open_workflows.clear();
+                // Usage is counted per period already: a mid-period invoice (a retried
+                // renewal, a proration) grants no second quota.
+                self.invoice_as_of = Some(stripe_created);
                 self.suspend_at = None;
                 if self.status == SubscriptionStatus::PastDue {
                     self.status = SubscriptionStatus::Active;
                 }
             }
             Effect::PaymentFailed { suspend_at } => {
+                self.invoice_as_of = Some(stripe_created);
                 self.suspend_at = Some(suspend_at);
                 self.status = SubscriptionStatus::PastDue;
             }
@@ -597,11 +619,32 @@ mod tests {
                 price_cents: 1_000
             })
         );
+        // Credits bought later pay for the next one.
+        let more = StripeChange::CreditPurchase {
+            customer_id: None,
+            amount_cents: 1_000,
+        };
+        apply(&mut account, stripe("evt_c2", 5, more));
+        apply(&mut account, start(3));
+    }
+
+    #[test]
+    fn a_late_payment_failure_does_not_undo_a_later_payment() {
+        let mut account = BillingAccount::default();
         apply(
             &mut account,
-            stripe("evt_paid", 5, StripeChange::InvoicePaid),
+            stripe("evt_paid", 200, StripeChange::InvoicePaid),
         );
-        apply(&mut account, start(3));
+        let failed = stripe("evt_failed", 100, StripeChange::InvoicePaymentFailed);
+        let events = apply(&mut account, failed);
+        assert!(matches!(
+            &events[0],
+            BillingEvent::StripeEventApplied {
+                effect: Effect::Ignored { .. },
+                ..
+            }
+        ));
+        assert_eq!(account.suspend_at, None);
     }
 
     #[test]
