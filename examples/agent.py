@@ -4,17 +4,20 @@
 Registers (or reuses) an agent, then loops: heartbeat, claim a task (long poll), start it,
 run a shell command for it, report its output as progress, complete or fail it.
 
-    OMOI_URL=http://127.0.0.1:18000 OMOI_TOKEN=<a user's access token or API key> \
+    OMOI_URL=http://127.0.0.1:18000 OMOI_TOKEN=<a user's access token> \
     OMOI_ORGANIZATION_ID=<id> python3 examples/agent.py 'make test'
 
-With OMOI_AGENT_ID and OMOI_CREDENTIAL set it skips registration. --once stops after one
-task (or one empty claim).
+Registering as a user returns the agent's own credential, used from then on. With
+OMOI_AGENT_ID and OMOI_CREDENTIAL set (an agent registered before, or any key allowed to
+run tasks) it skips registration. It heartbeats every 20 s, also while a task runs.
+--once stops after one task (or one empty claim).
 """
 
 import json
 import os
 import subprocess
 import sys
+import threading
 import urllib.error
 import urllib.request
 
@@ -42,9 +45,15 @@ def register():
         "/api/v1/agents/register",
         {"organization_id": os.environ["OMOI_ORGANIZATION_ID"], "agent_type": "worker"},
     )
-    if status != 201:
-        sys.exit(f"registration refused ({status}): {agent}")
+    if status != 201 or not agent.get("credential"):
+        sys.exit(f"registration refused or no credential ({status}): {agent}")
     return agent["id"], agent["credential"]
+
+
+def heartbeat(credential, agent, stop):
+    """Beats until stopped: the worker fails an agent silent for 90 s."""
+    while not stop.wait(20):
+        call(credential, f"/api/v1/agents/{agent}/heartbeat")
 
 
 def main():
@@ -54,8 +63,17 @@ def main():
     credential = os.environ.get("OMOI_CREDENTIAL")
     if not (agent and credential):
         agent, credential = register()
+    call(credential, f"/api/v1/agents/{agent}/heartbeat")
+    stop = threading.Event()
+    threading.Thread(target=heartbeat, args=(credential, agent, stop), daemon=True).start()
+    try:
+        work(agent, credential, command, once)
+    finally:
+        stop.set()
+
+
+def work(agent, credential, command, once):
     while True:
-        call(credential, f"/api/v1/agents/{agent}/heartbeat")
         status, task = call(credential, f"/api/v1/agents/{agent}/claim", {"wait_seconds": 20})
         if status == 204:
             if once:

@@ -677,3 +677,24 @@ async fn a_worker_holds_no_more_of_an_organizations_tasks_than_its_plan_allows()
         assert!(pair[1].0 >= pair[0].1, "held at once: {spans:?}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_command_that_leaves_a_background_process_still_completes_and_the_process_goes() {
+    let app = spawn_app().await;
+    let (_, project) = app.organization_and_project().await;
+    let directory = scratch();
+    let pid = directory.join("pid");
+    let ticket = ticket(&app, &project).await;
+    let id = task(&app, &ticket, "daemon", json!({})).await;
+    // The background sleep inherits the output pipes: waiting for their end would hang.
+    let script = format!("sleep 600 & echo $! > {}; echo started", pid.display());
+    let worker = Worker::start(
+        app.database.pool.clone(),
+        config(command(&script), &directory),
+    );
+    let state = until_status(&app, &id, "completed").await;
+    worker.stop().await;
+    assert_eq!(state["result"]["output"], json!(["started"]), "{state}");
+    let pid = until_file(&pid).await;
+    until_dead(&pid).await;
+}

@@ -438,10 +438,17 @@ async fn add_dependency(
     let _lock = cycles::lock_project(state.pool(), project_id)
         .await
         .map_err(ApiError::from)?;
-    if let Some(path) = cycles::cycle_through(&state.bus, id, body.depends_on)
+    let found = cycles::cycle_through(&state.bus, id, body.depends_on)
         .await
-        .map_err(ApiError::from)?
-    {
+        .map_err(|error| match error {
+            cycles::CycleCheckError::Load(e) => ApiError::from(e),
+            too_large @ cycles::CycleCheckError::TooLarge => ApiError::invalid(
+                "dependency_graph_too_large",
+                "depends_on",
+                too_large.to_string(),
+            ),
+        })?;
+    if let Some(path) = found {
         return Err(ApiError::invalid(
             "dependency_cycle",
             "depends_on",

@@ -5,6 +5,7 @@
 //! serialized: the second sees the first's edge.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, LazyLock, Mutex, PoisonError};
 
 use omoi_domain::task::Task;
 use omoi_store::{CommandBus, CommandError};
@@ -18,10 +19,24 @@ const MAX_VISITS: usize = 100_000;
 /// (the transaction rolls back, which is all it ever does).
 pub struct ProjectLock {
     _transaction: Transaction<'static, Postgres>,
+    _in_process: tokio::sync::OwnedMutexGuard<()>,
 }
 
-/// Waits for the project's dependency lock.
+/// This process's turn per project: waiters queue here, not on a pooled connection each
+/// (a crowd of them would starve the pool the lock holder needs).
+static TURNS: LazyLock<Mutex<HashMap<Uuid, Arc<tokio::sync::Mutex<()>>>>> =
+    LazyLock::new(Mutex::default);
+
+/// Waits for the project's dependency lock: this process's turn, then the database's
+/// (other processes).
 pub async fn lock_project(pool: &PgPool, project_id: Uuid) -> sqlx::Result<ProjectLock> {
+    let turn = TURNS
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .entry(project_id)
+        .or_default()
+        .clone();
+    let in_process = turn.lock_owned().await;
     let mut transaction = pool.begin().await?;
     // Two 32-bit keys: a namespace for dependency locks, and the project's hash.
     let (high, low) = project_id.as_u64_pair();
@@ -32,7 +47,17 @@ pub async fn lock_project(pool: &PgPool, project_id: Uuid) -> sqlx::Result<Proje
         .await?;
     Ok(ProjectLock {
         _transaction: transaction,
+        _in_process: in_process,
     })
+}
+
+/// Why a cycle check could not conclude.
+#[derive(Debug, thiserror::Error)]
+pub enum CycleCheckError {
+    #[error(transparent)]
+    Load(#[from] CommandError<omoi_domain::task::TaskError>),
+    #[error("the dependency graph has more than {MAX_VISITS} tasks reachable from here")]
+    TooLarge,
 }
 
 /// The cycle `task → dependency → … → task` that adding the edge would close, or `None`.
@@ -40,7 +65,7 @@ pub async fn cycle_through(
     bus: &CommandBus,
     task: Uuid,
     dependency: Uuid,
-) -> Result<Option<Vec<Uuid>>, CommandError<omoi_domain::task::TaskError>> {
+) -> Result<Option<Vec<Uuid>>, CycleCheckError> {
     // Depth-first from the dependency, remembering how each task was reached.
     let mut reached_from: HashMap<Uuid, Uuid> = HashMap::new();
     let mut seen: HashSet<Uuid> = HashSet::from([dependency]);
@@ -58,8 +83,9 @@ pub async fn cycle_through(
             path.reverse();
             return Ok(Some(path));
         }
+        // Never accept an edge without a complete check.
         if seen.len() > MAX_VISITS {
-            break;
+            return Err(CycleCheckError::TooLarge);
         }
         let Some((state, _)) = bus.load::<Task>(&current.to_string()).await? else {
             continue;
