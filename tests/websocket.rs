@@ -1172,14 +1172,35 @@ async fn a_board_subscriber_that_reconnects_with_after_gets_exactly_what_it_miss
     let (order, _) = fold_board(&mut socket, "b", 1, &mut folded, last).await;
     assert_eq!(order, vec![fourth]);
 
-    // A position the server no longer remembers gets a fresh snapshot, flagged stale.
+    // A position the server no longer remembers gets a fresh snapshot, flagged stale. (The
+    // follower's memory starts where the hub's visible head was when it started; on a
+    // cluster shared with busy databases that head can lag to the very beginning, and then
+    // the follower does remember everything since "0-0": it answers with every change.)
     let mut ancient = board_subscription("old", &project);
     ancient["after"] = json!("0-0");
     send(&mut socket, ancient).await;
-    let stale = next_of(&mut socket, "snapshot", "old").await;
-    assert_eq!(stale["stale"], true, "{stale}");
-    assert_eq!(stale["resumed"], false, "{stale}");
-    assert_eq!(cards_of(&stale["data"]), board_view(&app, &project).await);
+    let reply = next_of(&mut socket, "snapshot", "old").await;
+    let expected = board_view(&app, &project).await;
+    if reply["stale"] == true {
+        assert_eq!(reply["resumed"], false, "{reply}");
+        assert_eq!(cards_of(&reply["data"]), expected);
+    } else {
+        assert_eq!(reply["resumed"], true, "{reply}");
+        let mut replayed = BTreeMap::new();
+        fold_until(
+            &mut socket,
+            "old",
+            &mut replayed,
+            &expected,
+            Cursor::default(),
+            |cards, change| {
+                let card = &change["card"];
+                let id = card["ticket_id"].as_str().expect("a card").to_string();
+                cards.insert(id, card.clone());
+            },
+        )
+        .await;
+    }
 }
 
 // ---------------------------------------------------------------------------------------
