@@ -209,6 +209,7 @@ pub async fn bootstrap_dev(state: &AppState) -> anyhow::Result<Option<DevBootstr
             created_by: user.id,
             created_at: now,
             revoked_at: None,
+            agent_id: None,
         },
     )
     .await?;

@@ -698,3 +698,88 @@ async fn a_command_that_leaves_a_background_process_still_completes_and_the_proc
     let pid = until_file(&pid).await;
     until_dead(&pid).await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_agents_credential_speaks_for_that_agent_only_and_dies_with_it() {
+    let app = spawn_app().await;
+    let (organization, project) = app.organization_and_project().await;
+    let register = || async {
+        let (status, body) = app
+            .post(
+                "/api/v1/agents/register",
+                json!({"organization_id": organization, "agent_type": "worker"}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        (
+            body["id"].as_str().expect("an id").to_string(),
+            body["credential"]
+                .as_str()
+                .expect("a credential")
+                .to_string(),
+        )
+    };
+    let (first, first_key) = register().await;
+    let (second, second_key) = register().await;
+    let ticket = ticket(&app, &project).await;
+    let id = task(&app, &ticket, "theirs", json!({})).await;
+    let as_agent = |key: &str, path: String, body: Value| {
+        let key = key.to_string();
+        let app = &app;
+        async move {
+            app.send_as(Some(&key), reqwest::Method::POST, &path, Some(body))
+                .await
+        }
+    };
+    // The second agent claims the task.
+    let (status, claimed) = as_agent(
+        &second_key,
+        format!("/api/v1/agents/{second}/claim"),
+        json!({"wait_seconds": 5}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{claimed}");
+    assert_eq!(claimed["id"], json!(id));
+    for (path, body) in [
+        (format!("/api/v1/agents/{second}/heartbeat"), json!({})),
+        (
+            format!("/api/v1/agents/{second}/claim"),
+            json!({"wait_seconds": 0}),
+        ),
+        (format!("/api/v1/tasks/{id}/start"), json!({})),
+        (
+            format!("/api/v1/tasks/{id}/fail"),
+            json!({"error": "sabotage"}),
+        ),
+    ] {
+        let (status, answer) = as_agent(&first_key, path.clone(), body).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{path}: {answer}");
+    }
+    let (status, answer) =
+        as_agent(&second_key, format!("/api/v1/tasks/{id}/start"), json!({})).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    // Its history names the agent, not a key.
+    let events = history(&app, &id).await;
+    assert_eq!(events.last().map(|(k, _)| k.as_str()), Some("TaskStarted"));
+    let (_, full) = app.get(&format!("/api/v1/tasks/{id}/history")).await;
+    let actor = full["events"]
+        .as_array()
+        .and_then(|e| e.last())
+        .map(|e| e["metadata"]["actor"].clone());
+    assert_eq!(actor, Some(json!(format!("agent:{second}"))));
+    // Terminated, the first agent's credential no longer works.
+    let (status, body) = app
+        .post(
+            &format!("/api/v1/agents/{first}/status"),
+            json!({"to": "terminated", "reason": "retired"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, _) = as_agent(
+        &first_key,
+        format!("/api/v1/agents/{first}/heartbeat"),
+        json!({}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+}

@@ -192,6 +192,7 @@ async fn agent_credential(
         created_by,
         created_at: Utc::now(),
         revoked_at: None,
+        agent_id: Some(agent.id),
     };
     omoi_store::accounts::insert_api_key(state.pool(), &record).await?;
     Ok(new.secret)
@@ -247,6 +248,7 @@ async fn claim(
             format!("wait at most {MAX_CLAIM_WAIT_SECONDS} seconds"),
         ));
     }
+    caller.ensure_speaks_for(id)?;
     let (agent, _) = state.read::<Agent>(&caller, "task:execute", id).await?;
     if matches!(
         agent.status,
@@ -346,15 +348,22 @@ async fn change_agent_status(
     IdPath(id): IdPath,
     Body(body): Body<ChangeAgentStatus>,
 ) -> AgentResponse {
+    let terminating = body.to == AgentStatus::Terminated;
     let command = AgentCommand::ChangeAgentStatus {
         to: body.to,
         reason: body.reason,
         force: body.force,
         at: Utc::now(),
     };
-    state
+    let answer = state
         .answer::<Agent>(&caller, "agent:write", "ChangeAgentStatus", id, command)
-        .await
+        .await?;
+    if terminating {
+        // A terminated agent's own credential dies with it.
+        omoi_store::accounts::revoke_agent_keys(state.pool(), id).await?;
+        state.credentials.forget_api_keys();
+    }
+    Ok(answer)
 }
 
 /// The answer to a heartbeat: the agent's status as recorded.
@@ -379,6 +388,7 @@ async fn heartbeat(
     caller: Caller,
     IdPath(id): IdPath,
 ) -> ApiResult<Json<Heartbeat>> {
+    caller.ensure_speaks_for(id)?;
     let (agent, _) = state.read::<Agent>(&caller, "agent:heartbeat", id).await?;
     if agent.status == AgentStatus::Terminated {
         return Err(ApiError::Conflict {

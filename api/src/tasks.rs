@@ -158,6 +158,21 @@ async fn ensure_dependency(state: &AppState, project_id: Uuid, dep: Uuid) -> Api
     }
 }
 
+/// An agent's own credential acts only on the tasks assigned to its agent (403 otherwise);
+/// other callers are checked by their role alone.
+async fn ensure_holder(state: &AppState, caller: &Caller, id: Uuid) -> ApiResult<()> {
+    let Some(agent) = caller.agent_id() else {
+        return Ok(());
+    };
+    let (task, _) = state.read::<Task>(caller, "task:execute", id).await?;
+    if task.assigned_agent_id != Some(agent) {
+        return Err(ApiError::Forbidden {
+            permission: "task:execute on a task assigned to another agent",
+        });
+    }
+    Ok(())
+}
+
 /// Creates a pending task for a ticket. The ticket must exist and not be done, and its
 /// project must be active; the task belongs to the ticket's organization and project.
 /// Phase and priority default to the ticket's. Every dependency must be an existing
@@ -265,6 +280,7 @@ async fn assign_task(
     IdPath(id): IdPath,
     Body(body): Body<AssignTask>,
 ) -> TaskResponse {
+    caller.ensure_speaks_for(body.agent_id)?;
     let (task, _) = state.read::<Task>(&caller, "task:execute", id).await?;
     let (agent, _) = state.load::<Agent>(body.agent_id).await?;
     if agent.organization_id != task.organization_id {
@@ -306,6 +322,7 @@ async fn start_task(
     IdPath(id): IdPath,
 ) -> TaskResponse {
     let command = TaskCommand::StartTask { at: Utc::now() };
+    ensure_holder(&state, &caller, id).await?;
     state
         .answer::<Task>(&caller, "task:execute", "StartTask", id, command)
         .await
@@ -329,6 +346,7 @@ async fn report_progress(
     let command = TaskCommand::ReportProgress {
         message: body.message,
     };
+    ensure_holder(&state, &caller, id).await?;
     state
         .answer::<Task>(&caller, "task:execute", "ReportProgress", id, command)
         .await
@@ -352,6 +370,7 @@ async fn complete_task(
         result: body.result,
         at: Utc::now(),
     };
+    ensure_holder(&state, &caller, id).await?;
     state
         .answer::<Task>(&caller, "task:execute", "CompleteTask", id, command)
         .await
@@ -379,6 +398,7 @@ async fn fail_task(
         at: Utc::now(),
         jitter: rand::random::<f64>(),
     };
+    ensure_holder(&state, &caller, id).await?;
     state
         .answer::<Task>(&caller, "task:execute", "FailTask", id, command)
         .await

@@ -304,10 +304,12 @@ pub struct ApiKeyRecord {
     pub created_by: Uuid,
     pub created_at: DateTime<Utc>,
     pub revoked_at: Option<DateTime<Utc>>,
+    /// Set for the credential an agent got at registration: it speaks for that agent only.
+    pub agent_id: Option<Uuid>,
 }
 
 const KEY_COLUMNS: &str = "id, prefix, secret_sha256, name, organization_id, project_id, role, \
-                           created_by, created_at, revoked_at";
+                           created_by, created_at, revoked_at, agent_id";
 
 fn key_from(row: &sqlx::postgres::PgRow) -> Result<ApiKeyRecord, sqlx::Error> {
     let role: String = row.try_get("role")?;
@@ -324,13 +326,15 @@ fn key_from(row: &sqlx::postgres::PgRow) -> Result<ApiKeyRecord, sqlx::Error> {
         created_by: row.try_get("created_by")?,
         created_at: row.try_get("created_at")?,
         revoked_at: row.try_get("revoked_at")?,
+        agent_id: row.try_get("agent_id")?,
     })
 }
 
 pub async fn insert_api_key(pool: &PgPool, key: &ApiKeyRecord) -> Result<(), sqlx::Error> {
     sqlx::query(
-        "insert into api_keys (id, prefix, secret_sha256, name, organization_id, project_id, role, created_by)
-         values ($1, $2, $3, $4, $5, $6, $7, $8)",
+        "insert into api_keys (id, prefix, secret_sha256, name, organization_id, project_id, role,
+                               created_by, agent_id)
+         values ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
     )
     .bind(key.id)
     .bind(&key.prefix)
@@ -340,6 +344,18 @@ pub async fn insert_api_key(pool: &PgPool, key: &ApiKeyRecord) -> Result<(), sql
     .bind(key.project_id)
     .bind(key.role.as_str())
     .bind(key.created_by)
+    .bind(key.agent_id)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// Revokes the credentials bound to an agent (it was terminated).
+pub async fn revoke_agent_keys(pool: &PgPool, agent_id: Uuid) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "update api_keys set revoked_at = now() where agent_id = $1 and revoked_at is null",
+    )
+    .bind(agent_id)
     .execute(pool)
     .await?;
     Ok(())

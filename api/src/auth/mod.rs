@@ -62,6 +62,8 @@ pub enum Identity {
         organization_id: Uuid,
         /// A key limited to one project sees nothing else.
         project_id: Option<Uuid>,
+        /// An agent's own credential speaks for that agent only.
+        agent_id: Option<Uuid>,
     },
 }
 
@@ -75,7 +77,29 @@ impl Caller {
     pub fn actor(&self) -> Actor {
         match &self.identity {
             Identity::User { id, .. } => Actor::User(*id),
+            Identity::ApiKey {
+                agent_id: Some(agent),
+                ..
+            } => Actor::Agent(*agent),
             Identity::ApiKey { id, .. } => Actor::ApiKey(*id),
+        }
+    }
+
+    /// The agent whose own credential this is, if it is one.
+    pub fn agent_id(&self) -> Option<Uuid> {
+        match &self.identity {
+            Identity::ApiKey { agent_id, .. } => *agent_id,
+            Identity::User { .. } => None,
+        }
+    }
+
+    /// Refuses (403) an agent's credential acting for another agent.
+    pub fn ensure_speaks_for(&self, agent: Uuid) -> Result<(), ApiError> {
+        match self.agent_id() {
+            Some(own) if own != agent => Err(ApiError::Forbidden {
+                permission: "acting for another agent (this credential is another agent's)",
+            }),
+            _ => Ok(()),
         }
     }
 
@@ -275,6 +299,7 @@ async fn api_key_caller(state: &AppState, key: &str) -> Result<Caller, ApiError>
             id: record.id,
             organization_id: record.organization_id,
             project_id: record.project_id,
+            agent_id: record.agent_id,
         },
         roles: HashMap::from([(record.organization_id, record.role)]),
         request_id: String::new(),

@@ -472,6 +472,7 @@ async fn create_api_key(
         created_by,
         created_at: Utc::now(),
         revoked_at: None,
+        agent_id: None,
     };
     accounts::insert_api_key(state.pool(), &record).await?;
     Ok((
