@@ -289,6 +289,13 @@ impl Queue {
         })
     }
 
+    /// Whether some ready task satisfies `wanted` (no scoring, no allocation).
+    pub fn any_ready(&self, now: DateTime<Utc>, wanted: impl Fn(&QueuedTask) -> bool) -> bool {
+        self.tasks
+            .values()
+            .any(|task| wanted(task) && self.is_ready(task, now))
+    }
+
     /// Every ready task, best score first (ties: the older task first).
     pub fn ready(&self, now: DateTime<Utc>, config: &ScoreConfig) -> Vec<Candidate> {
         let mut ready: Vec<(Candidate, DateTime<Utc>)> = self

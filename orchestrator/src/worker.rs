@@ -372,6 +372,22 @@ impl Runtime {
     /// rather than one per task.
     async fn dispatch(&mut self) {
         let now = Utc::now();
+        // With every agent busy, a pass can only register agents for an organization
+        // that has fewer than it may: look for one cheaply before scoring the queue.
+        if self.agents.values().all(|a| a.task.is_some()) {
+            let mut agents_of: HashMap<Uuid, usize> = HashMap::new();
+            for agent in self.agents.values() {
+                *agents_of.entry(agent.organization_id).or_insert(0) += 1;
+            }
+            let most = self.config.agents_per_organization;
+            let short = |task: &QueuedTask| {
+                self.serves(task.organization_id)
+                    && agents_of.get(&task.organization_id).copied().unwrap_or(0) < most
+            };
+            if !self.queue.any_ready(now, short) {
+                return;
+            }
+        }
         let candidates = self.queue.ready(now, &self.config.score);
         if candidates.is_empty() {
             return;
