@@ -65,7 +65,7 @@ async fn fake_stripe() -> (String, Log) {
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_string)
         };
-        let form = url_form(&body);
+        let form = serde_urlencoded::from_str(&body).expect("a form body");
         log.lock().expect("the log").push(Received {
             path: path.to_string(),
             idempotency_key: header("idempotency-key"),
@@ -99,34 +99,6 @@ async fn fake_stripe() -> (String, Log) {
     let address = format!("http://{}", listener.local_addr().expect("an address"));
     tokio::spawn(async move { axum::serve(listener, app).await });
     (address, log)
-}
-
-/// `a=1&b%5Bc%5D=2` → {a: 1, b[c]: 2}.
-fn url_form(body: &str) -> BTreeMap<String, String> {
-    body.split('&')
-        .filter(|pair| !pair.is_empty())
-        .map(|pair| {
-            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-            (decode(key), decode(value))
-        })
-        .collect()
-}
-
-fn decode(text: &str) -> String {
-    let bytes = text.replace('+', " ").into_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' && i + 2 < bytes.len() {
-            let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).expect("hex");
-            out.push(u8::from_str_radix(hex, 16).expect("a byte"));
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).expect("UTF-8")
 }
 
 async fn app_with_stripe() -> (TestApp, String, Log) {
@@ -202,6 +174,21 @@ fn invoice(customer: &str, organization: Option<&str>) -> Value {
     })
 }
 
+/// Delivers a completed subscription checkout of `tier` for `org` (customer
+/// `cus_test_1`, subscription `sub_test_1`).
+async fn subscribe(app: &TestApp, org: &str, event_id: &str, tier: &str) -> (StatusCode, Value) {
+    let checkout = checkout_session(
+        org,
+        json!({"organization_id": org, "purpose": "subscription_checkout", "tier": tier}),
+        Some("sub_test_1"),
+    );
+    deliver(
+        app,
+        &envelope(event_id, "checkout.session.completed", now(), checkout),
+    )
+    .await
+}
+
 async fn deliver_signed(app: &TestApp, payload: &str, header: &str) -> (StatusCode, Value) {
     let response = app
         .client
@@ -250,16 +237,7 @@ async fn each_handled_event_type_changes_the_account() {
     assert_eq!(fresh["tier"], "free");
     assert_eq!(fresh["limits"]["monthly_workflows"], 1);
 
-    let checkout = checkout_session(
-        &org,
-        json!({"organization_id": org, "purpose": "subscription_checkout", "tier": "team"}),
-        Some("sub_test_1"),
-    );
-    let (status, receipt) = deliver(
-        &app,
-        &envelope("evt_1", "checkout.session.completed", now(), checkout),
-    )
-    .await;
+    let (status, receipt) = subscribe(&app, &org, "evt_1", "team").await;
     assert_eq!(status, StatusCode::OK, "{receipt}");
     assert_eq!(receipt["outcome"], "applied");
     let team = account(&app, &org).await;
@@ -559,21 +537,7 @@ async fn a_delivery_that_fails_answers_5xx_and_its_retry_succeeds() {
         false,
         "nothing applied"
     );
-    let checkout = checkout_session(
-        &org,
-        json!({"organization_id": org, "purpose": "subscription_checkout", "tier": "pro"}),
-        Some("sub_test_1"),
-    );
-    deliver(
-        &app,
-        &envelope(
-            "evt_checkout",
-            "checkout.session.completed",
-            now(),
-            checkout,
-        ),
-    )
-    .await;
+    subscribe(&app, &org, "evt_checkout", "pro").await;
     // Stripe's retry of the same event now applies.
     let (status, receipt) = deliver(&app, &early).await;
     assert_eq!(status, StatusCode::OK, "{receipt}");
@@ -642,16 +606,7 @@ async fn the_workflow_quota_is_enforced_with_402_and_lifted_by_an_upgrade() {
     assert_eq!(spec["state"]["phase"], "design", "nothing half-written");
     assert_eq!(account(&app, &org).await["usage"]["workflows_used"], 1);
 
-    let checkout = checkout_session(
-        &org,
-        json!({"organization_id": org, "purpose": "subscription_checkout", "tier": "pro"}),
-        Some("sub_test_1"),
-    );
-    deliver(
-        &app,
-        &envelope("evt_up", "checkout.session.completed", now(), checkout),
-    )
-    .await;
+    subscribe(&app, &org, "evt_up", "pro").await;
     let (status, body) = app
         .post(&format!("/api/v1/specs/{second}/approve-design"), json!({}))
         .await;
@@ -836,16 +791,7 @@ async fn checkout_and_portal_call_stripe_with_the_exact_fields_and_idempotency_k
     );
 
     // Once Stripe has told us the customer, the portal opens for it.
-    let checkout = checkout_session(
-        &org,
-        json!({"organization_id": org, "purpose": "subscription_checkout", "tier": "pro"}),
-        Some("sub_test_1"),
-    );
-    deliver(
-        &app,
-        &envelope("evt_paid", "checkout.session.completed", now(), checkout),
-    )
-    .await;
+    subscribe(&app, &org, "evt_paid", "pro").await;
     let (status, portal) = app
         .post("/api/v1/billing/portal", json!({"organization_id": org}))
         .await;

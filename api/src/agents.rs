@@ -266,7 +266,7 @@ async fn claim(
         .organization_id
         .ok_or_else(|| ApiError::Internal("agent without organization".into()))?;
     let account = crate::billing::account_of(&state, organization_id).await?;
-    let organization_cap = crate::billing::concurrency_cap(&account, &state.billing.plans);
+    let organization_cap = state.billing.plans.concurrency_cap(&account, Utc::now());
     let claimant = Claimant {
         agent_id: id,
         organization_id,

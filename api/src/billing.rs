@@ -319,18 +319,6 @@ pub struct AccountView {
     pub stripe_customer_id: Option<String>,
 }
 
-/// Tasks the organization's agents may hold at once: its plan's limit, none while
-/// suspended.
-pub fn concurrency_cap(account: &BillingAccount, plans: &Plans) -> usize {
-    if account.is_suspended(Utc::now()) {
-        return 0;
-    }
-    plans
-        .of(account.effective_tier())
-        .concurrent_agents
-        .map_or(usize::MAX, |n| n as usize)
-}
-
 /// The account of an organization, or a new (free) one.
 pub async fn account_of(state: &AppState, organization_id: Uuid) -> ApiResult<BillingAccount> {
     Ok(state

@@ -18,8 +18,7 @@ use chrono::Utc;
 use omoi_domain::task::TaskStatus;
 use omoi_orchestrator::queue::{Queue, QueuedTask};
 use omoi_orchestrator::score::ScoreConfig;
-use omoi_store::log::{read_global, Visibility};
-use omoi_store::Cursor;
+use omoi_store::log::Visibility;
 use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::{Notify, OnceCell};
 use uuid::Uuid;
@@ -230,22 +229,13 @@ async fn follow_once(
     queue: &Mutex<Queue>,
     changed: &Notify,
 ) -> Result<crate::live::hub::Tap, sqlx::Error> {
-    let tap = hub.tap().await?;
     let mut fresh = Queue::default();
-    let mut cursor = Cursor::default();
-    'replay: loop {
-        let page = read_global(hub.pool(), cursor, 10_000, &Visibility::Everything).await?;
-        if page.events.is_empty() {
-            break;
-        }
-        for event in &page.events {
-            if event.cursor() > tap.head {
-                break 'replay;
-            }
+    let tap = hub
+        .tap_after_replay(&Visibility::Everything, |event| {
             fresh.apply(event);
-        }
-        cursor = page.next;
-    }
+            Ok::<(), sqlx::Error>(())
+        })
+        .await?;
     *queue.lock().unwrap_or_else(PoisonError::into_inner) = fresh;
     changed.notify_waiters();
     Ok(tap)

@@ -499,15 +499,7 @@ impl Runtime {
                 return 0;
             }
         };
-        // A suspended organization may not start work.
-        let cap = if account.is_suspended(Utc::now()) {
-            0
-        } else {
-            plans
-                .of(account.effective_tier())
-                .concurrent_agents
-                .map_or(usize::MAX, |n| n as usize)
-        };
+        let cap = plans.concurrency_cap(&account, Utc::now());
         let until = account.suspend_at.filter(|at| *at > Utc::now());
         self.caps.insert(organization_id, (cap, until));
         cap

@@ -119,6 +119,32 @@ impl Hub {
         &self.followers
     }
 
+    /// Taps the stream and reads the log up to the tap's head, handing each visible event
+    /// to `apply`: a model built this way, then fed the tap's events, misses nothing and
+    /// sees nothing twice. Stops at `apply`'s first error.
+    pub async fn tap_after_replay<E: From<sqlx::Error>>(
+        &self,
+        visibility: &Visibility,
+        mut apply: impl FnMut(&StoredEvent) -> Result<(), E>,
+    ) -> Result<Tap, E> {
+        let tap = self.tap().await?;
+        let batch = self.config.batch_size.max(1);
+        let mut cursor = Cursor::default();
+        loop {
+            let page = read_global(&self.pool, cursor, batch, visibility).await?;
+            if page.events.is_empty() {
+                return Ok(tap);
+            }
+            for event in &page.events {
+                if event.cursor() > tap.head {
+                    return Ok(tap);
+                }
+                apply(event)?;
+            }
+            cursor = page.next;
+        }
+    }
+
     /// Starts following the stream from now: every event after the returned head arrives
     /// on the receiver.
     pub async fn tap(&self) -> Result<Tap, sqlx::Error> {

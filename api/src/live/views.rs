@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use omoi_projections::ProjectionError;
-use omoi_store::log::{read_global, Visibility};
+use omoi_store::log::Visibility;
 use omoi_store::Cursor;
 use serde_json::Value;
 use tokio::sync::broadcast::{self, error::RecvError};
@@ -177,27 +177,16 @@ async fn start(
     project: ProjectRef,
     mut view: Box<dyn LiveView>,
 ) -> Result<Arc<Follower>, sqlx::Error> {
-    let tap = hub.tap().await?;
     let reach = view.reach();
     let visibility = Visibility::Organizations {
         organizations: vec![project.organization_id],
         project: (reach == Reach::Project).then_some(project.project_id),
     };
-    let batch = hub.config().batch_size.max(1);
-    let mut cursor = Cursor::default();
-    'replay: loop {
-        let page = read_global(hub.pool(), cursor, batch, &visibility).await?;
-        if page.events.is_empty() {
-            break;
-        }
-        for event in &page.events {
-            if event.cursor() > tap.head {
-                break 'replay;
-            }
-            view.apply(event).map_err(replay_error)?;
-        }
-        cursor = page.next;
-    }
+    let tap = hub
+        .tap_after_replay(&visibility, |event| {
+            view.apply(event).map(|_| ()).map_err(replay_error)
+        })
+        .await?;
     let (sender, _) = broadcast::channel(hub.config().broadcast_capacity.max(1));
     let follower = Arc::new(Follower {
         state: Mutex::new(State {

@@ -5,7 +5,9 @@
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::Tier;
+use chrono::{DateTime, Utc};
+
+use super::{BillingAccount, Tier};
 
 /// One tier's limits and price.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -50,6 +52,17 @@ impl Default for Plans {
 }
 
 impl Plans {
+    /// Tasks an organization's agents may hold at once at `now`: its plan's
+    /// `concurrent_agents` (unlimited: `usize::MAX`), none while it is suspended.
+    pub fn concurrency_cap(&self, account: &BillingAccount, now: DateTime<Utc>) -> usize {
+        if account.is_suspended(now) {
+            return 0;
+        }
+        self.of(account.effective_tier())
+            .concurrent_agents
+            .map_or(usize::MAX, |n| n as usize)
+    }
+
     /// The plan of `tier`; a tier missing from a configured table gets the free plan's
     /// limits (never more than was paid for).
     pub fn of(&self, tier: Tier) -> Plan {
