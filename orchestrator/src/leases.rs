@@ -57,12 +57,3 @@ pub async fn expired(pool: &PgPool) -> sqlx::Result<Vec<Uuid>> {
         .fetch_all(pool)
         .await
 }
-
-/// Forgets an agent's lease (it was terminated).
-pub async fn release(pool: &PgPool, agent_id: Uuid) -> sqlx::Result<()> {
-    sqlx::query("delete from agent_leases where agent_id = $1")
-        .bind(agent_id)
-        .execute(pool)
-        .await?;
-    Ok(())
-}

@@ -87,14 +87,6 @@ impl Queue {
         self.tasks.get(&id)
     }
 
-    pub fn len(&self) -> usize {
-        self.tasks.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.tasks.is_empty()
-    }
-
     /// Applies one event of the log (events of other aggregates change nothing).
     pub fn apply(&mut self, stored: &StoredEvent) -> Change {
         match stored.aggregate_type.as_str() {
