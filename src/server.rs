@@ -96,6 +96,7 @@ pub fn app_state(
     let claims = omoi_api::claims::ClaimRules {
         score: settings.worker.score.clone(),
         project_concurrency: settings.worker.project_concurrency,
+        claims_per_agent: settings.worker.claims_per_agent.max(1),
     };
     Ok(AppState::new(
         CommandBus::new(pool, retry),

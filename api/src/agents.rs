@@ -233,6 +233,8 @@ const MAX_CLAIM_WAIT_SECONDS: u64 = 60;
         (status = 409, body = Problem,
             description = "the agent is failed, quarantined or terminated"),
         (status = 422, body = Problem, description = "wait_seconds above 60"),
+        (status = 429, body = Problem,
+            description = "the agent already has as many claims waiting as it may (4)"),
     ))]
 async fn claim(
     State(state): State<AppState>,
@@ -286,7 +288,10 @@ async fn claim(
                 .execute::<Task>(caller, "task:execute", "AssignTask", task_id, command)
                 .await
             {
-                Ok(committed) => Ok(Some(Versioned::committed(task_id, committed))),
+                Ok(committed) => {
+                    let version = committed.version as u64;
+                    Ok(Some((Versioned::committed(task_id, committed), version)))
+                }
                 // Taken by someone else meanwhile (or no longer assignable): next one.
                 Err(ApiError::Conflict { .. }) => Ok(None),
                 Err(other) => Err(other),
@@ -300,6 +305,11 @@ async fn claim(
         .map_err(|error| match error {
             ClaimError::Log(e) => ApiError::from(e),
             ClaimError::Assign(e) => e,
+            ClaimError::TooManyWaiting { .. } => ApiError::TooManyRequests {
+                detail: "this agent already has as many claims waiting as it may; \
+                         wait for one to answer",
+                retry_after_seconds: 1,
+            },
         })?;
     Ok(match claimed {
         Some(task) => {

@@ -7,15 +7,16 @@
 //! The assignment is a command on the task aggregate, so a claim racing a worker (or
 //! another replica's claim) for one task loses cleanly and tries the next. Within a
 //! process, claims decide one at a time and count their own assignments until the queue
-//! shows them, so the caps hold; across replicas (or beside a worker) a cap may be
-//! overshot by the assignments racing in the same instant.
+//! has applied them (it follows the log a moment behind; the assignment's version tells
+//! when), so the caps hold; across replicas (or beside a worker) a cap may be overshot by
+//! the assignments racing in the same instant. An agent may have only a few claims
+//! waiting at once ([`ClaimRules::claims_per_agent`]): each holds a request open.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::Duration;
 
 use chrono::Utc;
-use omoi_domain::task::TaskStatus;
 use omoi_orchestrator::queue::{Queue, QueuedTask};
 use omoi_orchestrator::score::ScoreConfig;
 use omoi_store::log::Visibility;
@@ -31,6 +32,8 @@ use crate::live::Hub;
 pub struct ClaimRules {
     pub score: ScoreConfig,
     pub project_concurrency: usize,
+    /// Claims one agent may have waiting at once; more are refused (429).
+    pub claims_per_agent: usize,
 }
 
 impl Default for ClaimRules {
@@ -39,6 +42,7 @@ impl Default for ClaimRules {
         Self {
             score: worker.score,
             project_concurrency: worker.project_concurrency,
+            claims_per_agent: worker.claims_per_agent,
         }
     }
 }
@@ -65,9 +69,11 @@ pub struct Claims {
     /// Claims of this process decide one at a time, so two cannot both take the last
     /// place under a cap.
     deciding: tokio::sync::Mutex<()>,
-    /// Assignments made here that the queue has not seen yet (it follows the log a
+    /// Assignments made here that the queue has not applied yet (it follows the log a
     /// moment behind): counted against the caps meanwhile.
     unseen: Mutex<HashMap<Uuid, Unseen>>,
+    /// Claims waiting, per agent.
+    waiting: Mutex<HashMap<Uuid, usize>>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -75,6 +81,9 @@ struct Unseen {
     organization_id: Uuid,
     project_id: Uuid,
     agent_id: Uuid,
+    /// The task's version after the assignment: once the queue has applied it, the queue
+    /// counts the assignment itself (or its later failure, retry or end).
+    version: u64,
 }
 
 /// How many ready tasks one look tries to assign before waiting again.
@@ -110,12 +119,7 @@ impl Claims {
     fn candidates(&self, claimant: &Claimant) -> Vec<QueuedTask> {
         let queue = self.queue();
         let mut unseen = self.unseen.lock().unwrap_or_else(PoisonError::into_inner);
-        // Once the queue shows an assignment, it counts it itself.
-        unseen.retain(|task, _| {
-            queue.task(*task).is_some_and(|t| {
-                matches!(t.status, TaskStatus::Pending | TaskStatus::RetryScheduled)
-            })
-        });
+        unseen.retain(|task, reserved| !queue.has_seen(*task, reserved.version));
         let held = queue.held_by(claimant.agent_id).len()
             + unseen
                 .values()
@@ -133,6 +137,7 @@ impl Claims {
                 .entry(reserved.organization_id)
                 .or_insert(0) += 1;
         }
+        let reserved: Vec<Uuid> = unseen.keys().copied().collect();
         drop(unseen);
         if per_organization
             .get(&claimant.organization_id)
@@ -143,16 +148,11 @@ impl Claims {
             return Vec::new();
         }
         queue
-            .ready(Utc::now(), &self.rules.score)
+            .ready_in(claimant.organization_id, Utc::now(), &self.rules.score)
             .into_iter()
             .filter_map(|c| queue.task(c.task_id))
             .filter(|task| {
-                !self
-                    .unseen
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .contains_key(&task.id)
-                    && task.organization_id == claimant.organization_id
+                !reserved.contains(&task.id)
                     && claimant.project_id.is_none_or(|p| p == task.project_id)
                     && task.required_capabilities.is_subset(&claimant.capabilities)
                     && per_project.get(&task.project_id).copied().unwrap_or(0)
@@ -163,8 +163,9 @@ impl Claims {
             .collect()
     }
 
-    /// Assigns a task to the claimant with `assign` (which answers whether the
-    /// assignment committed), waiting up to `wait` for one; `None` when none came.
+    /// Assigns a task to the claimant with `assign` (which answers the assignment and the
+    /// task's version after it when it committed), waiting up to `wait` for one; `None`
+    /// when none came.
     pub async fn claim<F, Fut, T, E>(
         &self,
         hub: &Arc<Hub>,
@@ -174,8 +175,13 @@ impl Claims {
     ) -> Result<Option<T>, ClaimError<E>>
     where
         F: Fn(Uuid) -> Fut,
-        Fut: std::future::Future<Output = Result<Option<T>, E>>,
+        Fut: std::future::Future<Output = Result<Option<(T, u64)>, E>>,
     {
+        let _waiting = self
+            .wait_turn(claimant.agent_id)
+            .ok_or(ClaimError::TooManyWaiting {
+                allowed: self.rules.claims_per_agent,
+            })?;
         self.start(hub).await.map_err(ClaimError::Log)?;
         let deadline = tokio::time::Instant::now() + wait;
         loop {
@@ -184,7 +190,9 @@ impl Claims {
             {
                 let _turn = self.deciding.lock().await;
                 for task in self.candidates(claimant) {
-                    if let Some(assigned) = assign(task.id).await.map_err(ClaimError::Assign)? {
+                    if let Some((assigned, version)) =
+                        assign(task.id).await.map_err(ClaimError::Assign)?
+                    {
                         self.unseen
                             .lock()
                             .unwrap_or_else(PoisonError::into_inner)
@@ -194,6 +202,7 @@ impl Claims {
                                     organization_id: task.organization_id,
                                     project_id: task.project_id,
                                     agent_id: claimant.agent_id,
+                                    version,
                                 },
                             );
                         return Ok(Some(assigned));
@@ -216,11 +225,59 @@ impl Claims {
     }
 }
 
+impl Claims {
+    /// Counts a claim of `agent` as waiting until the guard drops (the request ended or
+    /// its client went away); refuses one beyond the agent's allowance.
+    fn wait_turn(&self, agent: Uuid) -> Option<WaitingClaim<'_>> {
+        let mut waiting = self.waiting.lock().unwrap_or_else(PoisonError::into_inner);
+        let count = waiting.entry(agent).or_insert(0);
+        if *count >= self.rules.claims_per_agent {
+            return None;
+        }
+        *count += 1;
+        Some(WaitingClaim {
+            waiting: &self.waiting,
+            agent,
+        })
+    }
+
+    /// Claims waiting now, per agent (for tests and metrics).
+    pub fn waiting(&self, agent: Uuid) -> usize {
+        self.waiting
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&agent)
+            .copied()
+            .unwrap_or(0)
+    }
+}
+
+struct WaitingClaim<'a> {
+    waiting: &'a Mutex<HashMap<Uuid, usize>>,
+    agent: Uuid,
+}
+
+impl Drop for WaitingClaim<'_> {
+    fn drop(&mut self) {
+        let mut waiting = self.waiting.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(count) = waiting.get_mut(&self.agent) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                waiting.remove(&self.agent);
+            }
+        }
+    }
+}
+
 /// Why a claim failed.
 #[derive(Debug)]
 pub enum ClaimError<E> {
     Log(sqlx::Error),
     Assign(E),
+    /// The agent already has this many claims waiting.
+    TooManyWaiting {
+        allowed: usize,
+    },
 }
 
 /// Taps the hub and replays the log up to the tap; returns the tap.

@@ -158,19 +158,27 @@ async fn ensure_dependency(state: &AppState, project_id: Uuid, dep: Uuid) -> Api
     }
 }
 
-/// An agent's own credential acts only on the tasks assigned to its agent (403 otherwise);
-/// other callers are checked by their role alone.
+/// An agent's own credential acts only on the tasks assigned to its agent: 403 for
+/// another agent's task, 409 for a task nobody holds (it must be claimed first); other
+/// callers are checked by their role alone.
 async fn ensure_holder(state: &AppState, caller: &Caller, id: Uuid) -> ApiResult<()> {
     let Some(agent) = caller.agent_id() else {
         return Ok(());
     };
     let (task, _) = state.read::<Task>(caller, "task:execute", id).await?;
-    if task.assigned_agent_id != Some(agent) {
-        return Err(ApiError::Forbidden {
+    match task.assigned_agent_id {
+        Some(holder) if holder == agent => Ok(()),
+        Some(_) => Err(ApiError::Forbidden {
             permission: "task:execute on a task assigned to another agent",
-        });
+        }),
+        None => Err(ApiError::Conflict {
+            code: "task_not_assigned",
+            detail: format!(
+                "task {id} is assigned to no agent ({}); claim it first",
+                task.status.as_str()
+            ),
+        }),
     }
-    Ok(())
 }
 
 /// Creates a pending task for a ticket. The ticket must exist and not be done, and its
@@ -262,17 +270,22 @@ async fn get_task(
 }
 
 /// Gives a pending task, or a retry whose backoff has elapsed, to an agent of the task's
-/// organization. An agent registered for one project takes only that project's tasks; a
-/// terminated agent takes none.
+/// organization whose capabilities cover the task's. An agent registered for one project
+/// takes only that project's tasks; a terminated agent takes none. This is a person's
+/// decision: an agent's own credential takes work through `POST /api/v1/agents/{id}/claim`,
+/// which keeps to the plan's caps, and is refused here.
 #[utoipa::path(post, path = "/api/v1/tasks/{id}/assign", tag = "tasks",
     params(("id" = Uuid, Path)), request_body = AssignTask,
     responses(
         (status = 200, body = Versioned<Task>), (status = 400, body = Problem),
+        (status = 403, body = Problem,
+            description = "an agent's credential (agents claim), or the role lacks task:execute"),
         (status = 404, body = Problem,
             description = "no such task, or no such agent in the task's organization"),
         (status = 409, body = Problem,
             description = "the task is not assignable (yet), or the agent is terminated"),
-        (status = 422, body = Problem, description = "the agent serves another project"),
+        (status = 422, body = Problem,
+            description = "the agent serves another project or lacks a capability the task requires"),
     ))]
 async fn assign_task(
     State(state): State<AppState>,
@@ -280,7 +293,11 @@ async fn assign_task(
     IdPath(id): IdPath,
     Body(body): Body<AssignTask>,
 ) -> TaskResponse {
-    caller.ensure_speaks_for(body.agent_id)?;
+    if caller.agent_id().is_some() {
+        return Err(ApiError::Forbidden {
+            permission: "task:assign (an agent takes work through POST /api/v1/agents/{id}/claim)",
+        });
+    }
     let (task, _) = state.read::<Task>(&caller, "task:execute", id).await?;
     let (agent, _) = state.load::<Agent>(body.agent_id).await?;
     if agent.organization_id != task.organization_id {
@@ -298,6 +315,23 @@ async fn assign_task(
             code: "agent_terminated",
             detail: format!("agent {} is terminated", body.agent_id),
         });
+    }
+    let missing: Vec<&str> = task
+        .required_capabilities
+        .iter()
+        .filter(|c| !agent.capabilities.contains(*c))
+        .map(String::as_str)
+        .collect();
+    if !missing.is_empty() {
+        return Err(ApiError::invalid(
+            "missing_capabilities",
+            "agent_id",
+            format!(
+                "agent {} lacks capabilities the task requires: {}",
+                body.agent_id,
+                missing.join(", ")
+            ),
+        ));
     }
     let command = TaskCommand::AssignTask {
         agent_id: body.agent_id,

@@ -1,13 +1,17 @@
 //! The task queue as one process folds it from the log: every task that is not final,
-//! the completed ones (dependencies point at them), and what the dispatcher and the
-//! sweeper ask of it — the ready tasks by score, running counts per project and
-//! organization, running tasks past their timeout.
+//! the ids of the completed ones (dependencies point at them), and what the dispatcher
+//! and the sweeper ask of it — the ready tasks by score (of all organizations or of one),
+//! running counts per project and organization, running tasks past their timeout.
+//!
+//! A task leaves the queue when it reaches a final state: every process keeps only the
+//! open tasks in full, so memory follows the work in flight, not the log's length (a
+//! completed task costs its id).
 //!
 //! A task is **ready** when it is pending, or its retry's not-before time has passed,
 //! every task it depends on is completed (a dependency the queue has never seen counts as
 //! unfinished), and the spec of its ticket, if any, is not archived.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
 use omoi_domain::common::Priority;
@@ -41,6 +45,9 @@ pub struct QueuedTask {
     pub agent_id: Option<Uuid>,
     pub created_at: DateTime<Utc>,
     pub started_at: Option<DateTime<Utc>>,
+    /// The task aggregate's sequence after the last event applied: whoever made a change
+    /// knows from it when the queue has seen that change.
+    pub version: u64,
 }
 
 impl QueuedTask {
@@ -69,8 +76,15 @@ pub enum Change {
 
 #[derive(Debug, Default)]
 pub struct Queue {
+    /// The open tasks (not final).
     tasks: HashMap<Uuid, QueuedTask>,
-    /// Task → the tasks waiting for it (pending or retrying).
+    /// Organization → its open tasks.
+    by_organization: HashMap<Uuid, BTreeSet<Uuid>>,
+    /// Tasks that completed: their dependents may run.
+    completed: HashSet<Uuid>,
+    /// Tasks that ended otherwise (cancelled, failed for good): their dependents never run.
+    ended: HashSet<Uuid>,
+    /// Task → the open tasks waiting for it.
     dependents: HashMap<Uuid, BTreeSet<Uuid>>,
     /// Ticket → the spec it implements.
     specs_of_tickets: HashMap<Uuid, Uuid>,
@@ -109,28 +123,35 @@ impl Queue {
             let organization_id = Metadata::deserialize(&stored.metadata)
                 .map(|m| m.organization_id)
                 .ok();
-            return self.create(id, event, organization_id);
+            let version = u64::try_from(stored.sequence).unwrap_or(0);
+            return self.create(id, version, event, organization_id);
         }
         let Some(task) = self.tasks.get_mut(&id) else {
             return Change::None;
         };
-        match event {
-            TaskEvent::TaskCreated { .. } => return Change::None,
+        task.version = u64::try_from(stored.sequence).unwrap_or(0);
+        let change = match event {
+            TaskEvent::TaskCreated { .. } | TaskEvent::TaskProgressReported { .. } => Change::None,
             TaskEvent::TaskAssigned { agent_id, .. } => {
                 task.status = TaskStatus::Assigned;
                 task.agent_id = Some(agent_id);
                 task.not_before = None;
+                Change::Queue
             }
             TaskEvent::TaskStarted { at } => {
                 task.status = TaskStatus::Running;
                 task.started_at = Some(at);
+                Change::Queue
             }
-            TaskEvent::TaskProgressReported { .. } => return Change::None,
-            TaskEvent::TaskCompleted { .. } => task.status = TaskStatus::Completed,
+            TaskEvent::TaskCompleted { .. } => {
+                task.status = TaskStatus::Completed;
+                Change::Queue
+            }
             TaskEvent::TaskFailed { .. } | TaskEvent::TaskTimedOut { .. } => {
                 // The outcome (retry or final failure) follows in the same command.
                 task.agent_id = None;
                 task.started_at = None;
+                Change::Queue
             }
             TaskEvent::TaskRetryScheduled {
                 attempt,
@@ -141,28 +162,79 @@ impl Queue {
                 task.not_before = Some(not_before);
                 task.agent_id = None;
                 task.started_at = None;
+                Change::Queue
             }
             TaskEvent::TaskPermanentlyFailed { reason } => {
                 task.status = reason.final_status();
                 task.agent_id = None;
+                Change::Queue
             }
             TaskEvent::TaskCancelled { .. } => {
                 task.status = TaskStatus::Cancelled;
                 task.agent_id = None;
-                return Change::Cancelled(id);
+                Change::Cancelled(id)
             }
             TaskEvent::TaskDependencyAdded { depends_on } => {
                 task.depends_on.insert(depends_on);
                 self.dependents.entry(depends_on).or_default().insert(id);
+                Change::Queue
             }
             TaskEvent::TaskDependencyRemoved { depends_on } => {
                 task.depends_on.remove(&depends_on);
-                if let Some(waiting) = self.dependents.get_mut(&depends_on) {
-                    waiting.remove(&id);
-                }
+                self.forget_dependent(depends_on, id);
+                Change::Queue
+            }
+        };
+        if self.tasks.get(&id).is_some_and(|t| t.status.is_final()) {
+            self.finish(id);
+        }
+        change
+    }
+
+    /// A task reached a final state: it leaves the queue, remembered by its id only.
+    fn finish(&mut self, id: Uuid) {
+        let Some(task) = self.tasks.remove(&id) else {
+            return;
+        };
+        if task.status == TaskStatus::Completed {
+            self.completed.insert(id);
+        } else {
+            self.ended.insert(id);
+        }
+        if let Some(open) = self.by_organization.get_mut(&task.organization_id) {
+            open.remove(&id);
+            if open.is_empty() {
+                self.by_organization.remove(&task.organization_id);
             }
         }
-        Change::Queue
+        for dependency in &task.depends_on {
+            self.forget_dependent(*dependency, id);
+        }
+        // Its own dependents keep waiting or run; nobody asks how many wait for it now.
+        self.dependents.remove(&id);
+    }
+
+    fn forget_dependent(&mut self, dependency: Uuid, dependent: Uuid) {
+        if let Some(waiting) = self.dependents.get_mut(&dependency) {
+            waiting.remove(&dependent);
+            if waiting.is_empty() {
+                self.dependents.remove(&dependency);
+            }
+        }
+    }
+
+    /// Whether the queue has applied the task's events up to `version`: true once it shows
+    /// that version or a later one, or the task has ended.
+    pub fn has_seen(&self, id: Uuid, version: u64) -> bool {
+        match self.tasks.get(&id) {
+            Some(task) => task.version >= version,
+            None => self.completed.contains(&id) || self.ended.contains(&id),
+        }
+    }
+
+    /// Whether the task was ever created here (open or ended).
+    fn is_known(&self, id: Uuid) -> bool {
+        self.tasks.contains_key(&id) || self.completed.contains(&id) || self.ended.contains(&id)
     }
 
     fn apply_ticket(&mut self, stored: &StoredEvent) -> Change {
@@ -194,7 +266,13 @@ impl Queue {
         }
     }
 
-    fn create(&mut self, id: Uuid, event: TaskEvent, organization: Option<Uuid>) -> Change {
+    fn create(
+        &mut self,
+        id: Uuid,
+        version: u64,
+        event: TaskEvent,
+        organization: Option<Uuid>,
+    ) -> Change {
         let TaskEvent::TaskCreated {
             organization_id,
             project_id,
@@ -213,36 +291,46 @@ impl Queue {
         else {
             return Change::None;
         };
+        if self.is_known(id) {
+            return Change::None;
+        }
         for dependency in &depends_on {
             self.dependents.entry(*dependency).or_default().insert(id);
         }
-        self.tasks.entry(id).or_insert(QueuedTask {
+        let organization_id = organization.unwrap_or(organization_id);
+        self.by_organization
+            .entry(organization_id)
+            .or_default()
+            .insert(id);
+        self.tasks.insert(
             id,
-            organization_id: organization.unwrap_or(organization_id),
-            project_id,
-            ticket_id,
-            title,
-            description,
-            task_type,
-            priority,
-            status: TaskStatus::Pending,
-            depends_on: depends_on.into_iter().collect(),
-            required_capabilities: required_capabilities.into_iter().collect(),
-            retry_count: 0,
-            max_retries,
-            timeout_seconds,
-            not_before: None,
-            agent_id: None,
-            created_at,
-            started_at: None,
-        });
+            QueuedTask {
+                id,
+                organization_id,
+                project_id,
+                ticket_id,
+                title,
+                description,
+                task_type,
+                priority,
+                status: TaskStatus::Pending,
+                depends_on: depends_on.into_iter().collect(),
+                required_capabilities: required_capabilities.into_iter().collect(),
+                retry_count: 0,
+                max_retries,
+                timeout_seconds,
+                not_before: None,
+                agent_id: None,
+                created_at,
+                started_at: None,
+                version,
+            },
+        );
         Change::Queue
     }
 
     fn is_completed(&self, id: &Uuid) -> bool {
-        self.tasks
-            .get(id)
-            .is_some_and(|t| t.status == TaskStatus::Completed)
+        self.completed.contains(id)
     }
 
     /// Whether `task` waits for an agent now.
@@ -275,8 +363,7 @@ impl Queue {
         self.dependents.get(&id).map_or(0, |waiting| {
             waiting
                 .iter()
-                .filter_map(|d| self.tasks.get(d))
-                .filter(|t| !t.status.is_final())
+                .filter(|d| self.tasks.contains_key(d))
                 .count()
         })
     }
@@ -290,9 +377,33 @@ impl Queue {
 
     /// Every ready task, best score first (ties: the older task first).
     pub fn ready(&self, now: DateTime<Utc>, config: &ScoreConfig) -> Vec<Candidate> {
-        let mut ready: Vec<(Candidate, DateTime<Utc>)> = self
-            .tasks
-            .values()
+        self.rank(self.tasks.values(), now, config)
+    }
+
+    /// The ready tasks of one organization, best first (from its own index: a claim does
+    /// not look at other organizations' work).
+    pub fn ready_in(
+        &self,
+        organization_id: Uuid,
+        now: DateTime<Utc>,
+        config: &ScoreConfig,
+    ) -> Vec<Candidate> {
+        let open = self
+            .by_organization
+            .get(&organization_id)
+            .into_iter()
+            .flatten()
+            .filter_map(|id| self.tasks.get(id));
+        self.rank(open, now, config)
+    }
+
+    fn rank<'a>(
+        &self,
+        tasks: impl Iterator<Item = &'a QueuedTask>,
+        now: DateTime<Utc>,
+        config: &ScoreConfig,
+    ) -> Vec<Candidate> {
+        let mut ready: Vec<(Candidate, DateTime<Utc>)> = tasks
             .filter(|task| self.is_ready(task, now))
             .map(|task| {
                 let input = ScoreInput {
@@ -319,6 +430,11 @@ impl Queue {
                 .then(a.task_id.cmp(&b.task_id))
         });
         ready.into_iter().map(|(candidate, _)| candidate).collect()
+    }
+
+    /// How many tasks are open (not final): what the queue holds in full.
+    pub fn open_tasks(&self) -> usize {
+        self.tasks.len()
     }
 
     /// Tasks held by agents, per project and per organization.
@@ -506,5 +622,91 @@ mod tests {
             serde_json::to_value(SpecEvent::SpecArchived { at: Utc::now() }).expect("an event");
         assert_eq!(queue.apply(&archived), Change::Queue);
         assert!(queue.ready(Utc::now(), &ScoreConfig::default()).is_empty());
+    }
+
+    #[test]
+    fn a_finished_task_leaves_the_queue_and_its_dependents_still_run() {
+        let mut queue = Queue::default();
+        let (done, dropped, after_done, after_dropped) = (
+            Uuid::from_u128(40),
+            Uuid::from_u128(41),
+            Uuid::from_u128(42),
+            Uuid::from_u128(43),
+        );
+        for (id, depends_on) in [
+            (done, vec![]),
+            (dropped, vec![]),
+            (after_done, vec![done]),
+            (after_dropped, vec![dropped]),
+        ] {
+            queue.apply(&created(id, Priority::Medium, 0, depends_on));
+        }
+        let mut completed = stored(
+            done,
+            TaskEvent::TaskCompleted {
+                result: json!(null),
+                at: Utc::now(),
+            },
+            json!({}),
+        );
+        completed.sequence = 4;
+        queue.apply(&completed);
+        let mut cancelled = stored(
+            dropped,
+            TaskEvent::TaskCancelled {
+                reason: Some("not needed".into()),
+                at: Utc::now(),
+            },
+            json!({}),
+        );
+        cancelled.sequence = 2;
+        assert_eq!(queue.apply(&cancelled), Change::Cancelled(dropped));
+        assert_eq!(queue.open_tasks(), 2, "only the waiting two are kept whole");
+        assert!(queue.task(done).is_none() && queue.task(dropped).is_none());
+        let ready: Vec<Uuid> = queue
+            .ready(Utc::now(), &ScoreConfig::default())
+            .into_iter()
+            .map(|c| c.task_id)
+            .collect();
+        assert_eq!(
+            ready,
+            vec![after_done],
+            "a cancelled dependency never completes"
+        );
+        // Whoever changed them knows the queue has seen it, at any version up to theirs.
+        assert!(queue.has_seen(done, 4) && queue.has_seen(dropped, 99));
+        assert!(queue.has_seen(after_done, 1) && !queue.has_seen(after_done, 2));
+        assert!(
+            !queue.has_seen(Uuid::from_u128(44), 1),
+            "never created here"
+        );
+        // A creation read again (a replay) does not bring a finished task back.
+        queue.apply(&created(done, Priority::Medium, 0, vec![]));
+        assert!(queue.task(done).is_none());
+    }
+
+    #[test]
+    fn an_organizations_ready_tasks_come_from_its_own_index() {
+        let mut queue = Queue::default();
+        let (ours, theirs) = (Uuid::from_u128(50), Uuid::from_u128(51));
+        queue.apply(&created(ours, Priority::Low, 0, vec![]));
+        let mut other = created(theirs, Priority::Critical, 0, vec![]);
+        other.metadata = json!({"organization_id": Uuid::from_u128(9)});
+        queue.apply(&other);
+        let ids = |organization: u128| -> Vec<Uuid> {
+            queue
+                .ready_in(
+                    Uuid::from_u128(organization),
+                    Utc::now(),
+                    &ScoreConfig::default(),
+                )
+                .into_iter()
+                .map(|c| c.task_id)
+                .collect()
+        };
+        assert_eq!(ids(1), vec![ours]);
+        assert_eq!(ids(9), vec![theirs]);
+        assert!(ids(7).is_empty());
+        assert_eq!(queue.ready(Utc::now(), &ScoreConfig::default()).len(), 2);
     }
 }

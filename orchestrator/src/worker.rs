@@ -57,6 +57,8 @@ pub struct WorkerConfig {
     pub project_concurrency: usize,
     /// Tasks held by agents at once, per organization, when no plans are given.
     pub organization_concurrency: usize,
+    /// Claims (`POST /api/v1/agents/{id}/claim`) one HTTP agent may have waiting at once.
+    pub claims_per_agent: usize,
     /// The billing plans: when given, an organization's cap is its plan's
     /// `concurrent_agents` (set from `billing.plans` by `omoi worker` and `omoi dev`).
     #[serde(skip)]
@@ -82,6 +84,7 @@ impl Default for WorkerConfig {
             capabilities: Vec::new(),
             project_concurrency: 5,
             organization_concurrency: 10,
+            claims_per_agent: 4,
             stale_after_ms: 90_000,
             check_interval_ms: 5_000,
             poll_interval_ms: 500,

@@ -1,0 +1,291 @@
+//! The claim cycle of HTTP agents through its failure paths, against a real server and
+//! PostgreSQL: a claimed task that fails, times out or is cancelled frees its agent and
+//! its organization's place under the plan's cap, and comes back to be claimed again
+//! once its retry falls due. The organization of every test is on the free plan (one
+//! task held at a time) and its agents have capacity 1, so a place that is never given
+//! back shows at once as a claim answered 204.
+
+use std::time::{Duration, Instant};
+
+use omoi::testing::TestApp;
+use omoi_orchestrator::{Work, Worker, WorkerConfig};
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+use uuid::Uuid;
+
+/// Long enough for any retry backoff of a first or second attempt (at most 2.5 s).
+const WAIT_SECONDS: u64 = 10;
+
+struct Agent {
+    id: String,
+    credential: String,
+}
+
+async fn register(app: &TestApp, organization: &str) -> Agent {
+    let (status, body) = app
+        .post(
+            "/api/v1/agents/register",
+            json!({"organization_id": organization, "agent_type": "worker"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    Agent {
+        id: body["id"].as_str().expect("an id").to_string(),
+        credential: body["credential"]
+            .as_str()
+            .expect("a credential")
+            .to_string(),
+    }
+}
+
+async fn ticket(app: &TestApp, project: &str) -> String {
+    let (status, body) = app
+        .post(
+            "/api/v1/tickets",
+            json!({"project_id": project, "title": "Work"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    body["id"].as_str().expect("an id").to_string()
+}
+
+async fn task(app: &TestApp, ticket: &str, title: &str, extra: Value) -> String {
+    let mut body = json!({"ticket_id": ticket, "title": title, "task_type": "implement"});
+    if let (Some(body), Some(extra)) = (body.as_object_mut(), extra.as_object()) {
+        body.extend(extra.clone());
+    }
+    let (status, answer) = app.post("/api/v1/tasks", body).await;
+    assert_eq!(status, StatusCode::CREATED, "{answer}");
+    answer["id"].as_str().expect("an id").to_string()
+}
+
+impl Agent {
+    async fn send(&self, app: &TestApp, path: &str, body: Value) -> (StatusCode, Value) {
+        app.send_as(Some(&self.credential), Method::POST, path, Some(body))
+            .await
+    }
+
+    /// Claims, waiting up to `wait_seconds`: the task's id, or `None` on 204.
+    async fn claim(&self, app: &TestApp, wait_seconds: u64) -> Option<String> {
+        let (status, body) = self
+            .send(
+                app,
+                &format!("/api/v1/agents/{}/claim", self.id),
+                json!({"wait_seconds": wait_seconds}),
+            )
+            .await;
+        match status {
+            StatusCode::OK => Some(body["id"].as_str().expect("a task id").to_string()),
+            StatusCode::NO_CONTENT => None,
+            other => panic!("claim answered {other}: {body}"),
+        }
+    }
+
+    async fn step(&self, app: &TestApp, task: &str, action: &str, body: Value) {
+        let path = format!("/api/v1/tasks/{task}/{action}");
+        let (status, answer) = self.send(app, &path, body).await;
+        assert_eq!(status, StatusCode::OK, "{path}: {answer}");
+    }
+}
+
+async fn status_of(app: &TestApp, task: &str) -> String {
+    let (status, body) = app.get(&format!("/api/v1/tasks/{task}")).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    body["state"]["status"]
+        .as_str()
+        .expect("a status")
+        .to_string()
+}
+
+async fn until_status(app: &TestApp, task: &str, wanted: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let status = status_of(app, task).await;
+        if status == wanted {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "task {task} stayed {status}, never {wanted}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_agent_whose_claimed_task_failed_claims_the_next_task_and_then_the_retry() {
+    let app = omoi::testing::spawn_app().await;
+    let (organization, project) = app.organization_and_project().await;
+    let agent = register(&app, &organization).await;
+    let ticket = ticket(&app, &project).await;
+    let first = task(&app, &ticket, "first", json!({})).await;
+    let second = task(&app, &ticket, "second", json!({})).await;
+
+    assert_eq!(agent.claim(&app, 5).await, Some(first.clone()));
+    agent.step(&app, &first, "start", json!({})).await;
+    agent
+        .step(
+            &app,
+            &first,
+            "fail",
+            json!({"error": "the network blinked"}),
+        )
+        .await;
+    assert_eq!(status_of(&app, &first).await, "retry_scheduled");
+
+    // The failed task's place is free again: the pending one is claimed at once.
+    assert_eq!(agent.claim(&app, WAIT_SECONDS).await, Some(second.clone()));
+    agent.step(&app, &second, "start", json!({})).await;
+    agent
+        .step(&app, &second, "complete", json!({"result": {"ok": true}}))
+        .await;
+    // And the retry, once due.
+    assert_eq!(agent.claim(&app, WAIT_SECONDS).await, Some(first.clone()));
+    agent.step(&app, &first, "start", json!({})).await;
+    agent
+        .step(&app, &first, "complete", json!({"result": {"ok": true}}))
+        .await;
+    assert_eq!(status_of(&app, &first).await, "completed");
+    assert_eq!(agent.claim(&app, 0).await, None, "nothing is left");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_claimed_task_that_timed_out_is_claimed_again() {
+    let app = omoi::testing::spawn_app().await;
+    let (organization, project) = app.organization_and_project().await;
+    // A worker serving no organization of this test: it only sweeps timeouts.
+    let sweeper = Worker::start(
+        app.database.pool.clone(),
+        WorkerConfig {
+            work: Work::Nothing,
+            organizations: vec![Uuid::now_v7()],
+            check_interval_ms: 100,
+            poll_interval_ms: 100,
+            ..WorkerConfig::default()
+        },
+    );
+    let agent = register(&app, &organization).await;
+    let ticket = ticket(&app, &project).await;
+    let slow = task(&app, &ticket, "slow", json!({"timeout_seconds": 1})).await;
+
+    assert_eq!(agent.claim(&app, 5).await, Some(slow.clone()));
+    agent.step(&app, &slow, "start", json!({})).await;
+    until_status(&app, &slow, "retry_scheduled").await;
+    assert_eq!(agent.claim(&app, WAIT_SECONDS).await, Some(slow.clone()));
+    agent.step(&app, &slow, "start", json!({})).await;
+    agent
+        .step(&app, &slow, "complete", json!({"result": {"ok": true}}))
+        .await;
+    assert_eq!(status_of(&app, &slow).await, "completed");
+    sweeper.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_claimed_task_that_was_cancelled_frees_its_agent() {
+    let app = omoi::testing::spawn_app().await;
+    let (organization, project) = app.organization_and_project().await;
+    let agent = register(&app, &organization).await;
+    let ticket = ticket(&app, &project).await;
+    let dropped = task(&app, &ticket, "dropped", json!({"priority": "HIGH"})).await;
+    let next = task(&app, &ticket, "next", json!({"priority": "LOW"})).await;
+
+    assert_eq!(agent.claim(&app, 5).await, Some(dropped.clone()));
+    agent.step(&app, &dropped, "start", json!({})).await;
+    let (status, body) = app
+        .post(
+            &format!("/api/v1/tasks/{dropped}/cancel"),
+            json!({"reason": "not needed"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(agent.claim(&app, WAIT_SECONDS).await, Some(next));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_organization_at_its_cap_gets_its_place_back_when_a_claimed_task_fails() {
+    let app = omoi::testing::spawn_app().await;
+    let (organization, project) = app.organization_and_project().await;
+    let (one, other) = (
+        register(&app, &organization).await,
+        register(&app, &organization).await,
+    );
+    let ticket = ticket(&app, &project).await;
+    let first = task(&app, &ticket, "first", json!({})).await;
+    let second = task(&app, &ticket, "second", json!({})).await;
+
+    assert_eq!(one.claim(&app, 5).await, Some(first.clone()));
+    // The free plan holds one task at a time.
+    assert_eq!(other.claim(&app, 1).await, None);
+    one.step(&app, &first, "start", json!({})).await;
+    one.step(&app, &first, "fail", json!({"error": "flaky test"}))
+        .await;
+    assert_eq!(other.claim(&app, WAIT_SECONDS).await, Some(second.clone()));
+    assert_eq!(one.claim(&app, 1).await, None, "the cap holds again");
+    other.step(&app, &second, "start", json!({})).await;
+    other
+        .step(&app, &second, "complete", json!({"result": {}}))
+        .await;
+    assert_eq!(one.claim(&app, WAIT_SECONDS).await, Some(first));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_agent_may_have_only_a_few_claims_waiting() {
+    let app = omoi::testing::spawn_app().await;
+    let (organization, _) = app.organization_and_project().await;
+    let agent = register(&app, &organization).await;
+    let path = format!("/api/v1/agents/{}/claim", agent.id);
+    let waiting = (0..4).map(|_| agent.send(&app, &path, json!({"wait_seconds": 3})));
+    let one_more = async {
+        // The four are waiting by now.
+        tokio::time::sleep(Duration::from_millis(1_000)).await;
+        agent.send(&app, &path, json!({"wait_seconds": 3})).await
+    };
+    let (answers, (status, body)) = tokio::join!(futures_util::future::join_all(waiting), one_more);
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{body}");
+    assert_eq!(body["code"], "too_many_requests", "{body}");
+    for (status, body) in answers {
+        assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
+    }
+    // Once they have answered, the agent claims again.
+    assert_eq!(agent.claim(&app, 0).await, None);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_agent_cannot_start_an_unassigned_task_nor_assign_itself_one() {
+    let app = omoi::testing::spawn_app().await;
+    let (organization, project) = app.organization_and_project().await;
+    let agent = register(&app, &organization).await;
+    let ticket = ticket(&app, &project).await;
+    let id = task(
+        &app,
+        &ticket,
+        "gpu work",
+        json!({"required_capabilities": ["gpu"]}),
+    )
+    .await;
+
+    let (status, body) = agent
+        .send(&app, &format!("/api/v1/tasks/{id}/start"), json!({}))
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert_eq!(body["code"], "task_not_assigned", "{body}");
+    // Assigning itself would skip the capabilities and the plan's cap that claims keep to.
+    let (status, body) = agent
+        .send(
+            &app,
+            &format!("/api/v1/tasks/{id}/assign"),
+            json!({"agent_id": agent.id}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    // A person is refused too while the agent lacks the capability.
+    let (status, body) = app
+        .post(
+            &format!("/api/v1/tasks/{id}/assign"),
+            json!({"agent_id": agent.id}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert_eq!(body["code"], "missing_capabilities", "{body}");
+    assert_eq!(status_of(&app, &id).await, "pending");
+}
