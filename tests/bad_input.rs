@@ -331,3 +331,74 @@ async fn health_metrics_and_the_openapi_document_are_served() {
     assert_eq!(docs.status(), StatusCode::OK);
     assert!(docs.text().await.expect("html").contains("/openapi.json"));
 }
+
+/// PostgreSQL stores no U+0000 in text or jsonb: such input is refused up front, naming
+/// the field, wherever it hides (a title, a nested result, a query parameter).
+#[tokio::test(flavor = "multi_thread")]
+async fn text_holding_a_nul_character_is_refused_and_nothing_is_written() {
+    let app = spawn_app().await;
+    let (_, project_id) = app.organization_and_project().await;
+    let (status, ticket) = app
+        .post(
+            "/api/v1/tickets",
+            json!({"project_id": project_id, "title": "Plain"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{ticket}");
+    let before = app.event_count().await;
+
+    let (s, b) = app
+        .post(
+            "/api/v1/tickets",
+            json!({"project_id": project_id, "title": "bad\u{0}title"}),
+        )
+        .await;
+    assert_problem(
+        s,
+        &b,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "nul_character",
+        Some("title"),
+    );
+    let ticket_id = ticket["id"].as_str().expect("an id");
+    let (s, b) = app
+        .patch(
+            &format!("/api/v1/tickets/{ticket_id}"),
+            json!({"title": "fine", "description": "x\u{0}"}),
+        )
+        .await;
+    assert_problem(
+        s,
+        &b,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "nul_character",
+        Some("description"),
+    );
+    let (s, b) = app
+        .get(&format!(
+            "/api/v1/timeline?project_id={project_id}&actor=user%00x"
+        ))
+        .await;
+    assert_problem(
+        s,
+        &b,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "nul_character",
+        Some("actor"),
+    );
+    // An escaped backslash before `u0000` is ordinary text.
+    let (s, b) = app
+        .post_raw(
+            "/api/v1/tickets",
+            "application/json",
+            format!(r#"{{"project_id": "{project_id}", "title": "C:\\u0000 path"}}"#).into_bytes(),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{b}");
+    assert_eq!(b["state"]["title"], "C:\\u0000 path");
+    assert_eq!(
+        app.event_count().await,
+        before + 1,
+        "only the last one wrote"
+    );
+}

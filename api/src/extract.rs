@@ -61,7 +61,64 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     deserializer.end().map_err(|e| {
         ApiError::bad_request(format!("trailing data after the JSON body: {e}"), None)
     })?;
+    refuse_nul_in_json(bytes)?;
     Ok(value)
+}
+
+/// PostgreSQL cannot store U+0000 in text or `jsonb`: a body carrying one is refused here,
+/// naming the field, instead of failing at the append. In JSON the character can only
+/// arrive escaped, so bodies without `\u0000` are not looked at twice.
+fn refuse_nul_in_json(bytes: &[u8]) -> Result<(), ApiError> {
+    const ESCAPED_NUL: &[u8] = b"\\u0000";
+    if !bytes.windows(ESCAPED_NUL.len()).any(|w| w == ESCAPED_NUL) {
+        return Ok(());
+    }
+    let value: serde_json::Value = serde_json::from_slice(bytes)
+        .map_err(|e| ApiError::bad_request(format!("the body is not valid JSON: {e}"), None))?;
+    match nul_path(&value, String::new()) {
+        Some(field) => Err(nul_refused(&field)),
+        None => Ok(()),
+    }
+}
+
+/// The path (`.a.b[2]`) of the first key or string holding U+0000.
+fn nul_path(value: &serde_json::Value, path: String) -> Option<String> {
+    use serde_json::Value;
+    match value {
+        Value::String(text) => text.contains('\0').then_some(path),
+        Value::Array(items) => items
+            .iter()
+            .enumerate()
+            .find_map(|(i, item)| nul_path(item, format!("{path}[{i}]"))),
+        Value::Object(fields) => fields.iter().find_map(|(key, item)| {
+            let here = format!("{path}.{key}");
+            if key.contains('\0') {
+                Some(here)
+            } else {
+                nul_path(item, here)
+            }
+        }),
+        _ => None,
+    }
+}
+
+fn nul_refused(field: &str) -> ApiError {
+    ApiError::invalid(
+        "nul_character",
+        field.trim_start_matches('.'),
+        "text may not contain the NUL character (U+0000)",
+    )
+}
+
+/// The first query parameter whose value holds U+0000 (sent as `%00`).
+fn parameter_with_nul(query: &str) -> Option<String> {
+    query
+        .split('&')
+        .find(|pair| pair.contains("%00"))
+        .map(|pair| {
+            let name = pair.split_once('=').map_or(pair, |(name, _)| name);
+            name.replace("%00", "")
+        })
 }
 
 /// A path holding one id, e.g. `/api/v1/tickets/{id}`.
@@ -88,6 +145,9 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for Query<T> {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        if let Some(name) = parameter_with_nul(parts.uri.query().unwrap_or_default()) {
+            return Err(nul_refused(&name));
+        }
         axum::extract::Query::<T>::try_from_uri(&parts.uri)
             .map(|axum::extract::Query(value)| Query(value))
             .map_err(|e| ApiError::bad_request(e.body_text(), None))
