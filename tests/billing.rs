@@ -815,3 +815,47 @@ async fn checkout_and_portal_call_stripe_with_the_exact_fields_and_idempotency_k
         Some(Some("cus_test_1".to_string()))
     );
 }
+
+/// Approving a design and counting its workflow are one transaction: concurrent approvals
+/// of one spec count one workflow, and the losers are told the spec moved on (409), not
+/// that the plan is spent (402) by counts that were about to be given back.
+#[tokio::test(flavor = "multi_thread")]
+async fn approving_a_design_and_counting_its_workflow_commit_together() {
+    let (app, org, _) = app_with_stripe().await;
+    let (status, project) = app
+        .post(
+            "/api/v1/projects",
+            json!({"organization_id": org, "name": "Together"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{project}");
+    let project = project["id"].as_str().expect("an id").to_string();
+    let spec = executable_spec(&app, &project).await;
+    let path = format!("/api/v1/specs/{spec}/approve-design");
+    let answers = futures_util::future::join_all((0..8).map(|_| app.post(&path, json!({})))).await;
+    let mut statuses: Vec<u16> = answers.iter().map(|(s, _)| s.as_u16()).collect();
+    statuses.sort_unstable();
+    assert_eq!(
+        statuses,
+        vec![200, 409, 409, 409, 409, 409, 409, 409],
+        "{answers:?}"
+    );
+    assert_eq!(account(&app, &org).await["usage"]["workflows_used"], 1);
+    let (together, billing_events): (i64, i64) = sqlx::query_as(
+        "select count(distinct transaction_id)
+                    filter (where event_type in ('SpecDesignApproved', 'WorkflowStarted')),
+                count(*) filter (where event_type in ('WorkflowStarted', 'WorkflowCancelled'))
+           from events
+          where aggregate_id in ($1, $2)",
+    )
+    .bind(&spec)
+    .bind(&org)
+    .fetch_one(&app.database.pool)
+    .await
+    .expect("the log");
+    assert_eq!(
+        together, 1,
+        "the approval and the count share a transaction"
+    );
+    assert_eq!(billing_events, 1, "nothing counted and given back");
+}

@@ -16,7 +16,9 @@ use omoi_domain::billing::{
     BillingAccount, BillingCommand, BillingError, Effect, Plan, Plans, SubscriptionStatus, Tier,
 };
 use omoi_domain::organization::Organization;
-use omoi_store::{Actor, CommandContext, CommandError};
+use omoi_domain::spec::{Spec, SpecCommand, SpecError};
+use omoi_store::bus::{PairError, Part};
+use omoi_store::{Actor, CommandContext, CommandError, Committed};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
@@ -26,6 +28,7 @@ use uuid::Uuid;
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult, Problem};
 use crate::extract::{Body, Query};
+use crate::metrics::Outcome;
 use crate::state::AppState;
 
 /// Billing's settings: the plans and how to reach Stripe.
@@ -382,49 +385,71 @@ async fn get_account(
     )))
 }
 
-/// Counts a workflow (a spec's execution) against the organization's plan: 402 when the
-/// account is suspended, or the quota is used and the credits do not cover another.
-pub async fn start_workflow(
+/// Runs `command` on spec `spec_id` and counts the workflow it starts on the
+/// organization's billing account in one transaction: both commit or neither (a refusal
+/// of the plan, 402, writes nothing on the spec; a refusal of the spec counts nothing).
+pub async fn with_workflow(
     state: &AppState,
-    organization_id: Uuid,
+    caller: &Caller,
+    permission: &'static str,
+    name: &'static str,
     spec_id: Uuid,
-) -> ApiResult<()> {
+    organization_id: Uuid,
+    command: SpecCommand,
+) -> ApiResult<Committed<Spec>> {
+    let started = std::time::Instant::now();
     let plans = &state.billing.plans;
     let account = account_of(state, organization_id).await?;
     let plan = plans.of(account.effective_tier());
-    let command = BillingCommand::StartWorkflow {
+    let count = BillingCommand::StartWorkflow {
         organization_id,
         spec_id,
         quota: plan.monthly_workflows,
         price_cents: plans.workflow_price_cents,
         at: Utc::now(),
     };
-    let context = CommandContext::new(Actor::System("billing"), format!("workflow:{spec_id}"));
-    match state
+    let (spec_key, account_key) = (spec_id.to_string(), organization_id.to_string());
+    let check = |scope| caller.check(scope, permission);
+    let result = state
         .bus
-        .execute::<BillingAccount>(&organization_id.to_string(), command, &context)
-        .await
-    {
-        Ok(_) => Ok(()),
-        Err(CommandError::Domain(error)) => Err(payment_required(&error, &plan)),
-        Err(error) => Err(ApiError::from(error)),
-    }
-}
-
-/// Gives a counted workflow back (its start failed after it was counted).
-pub async fn cancel_workflow(state: &AppState, organization_id: Uuid, spec_id: Uuid) {
-    let command = BillingCommand::CancelWorkflow {
-        organization_id,
-        spec_id,
-        at: Utc::now(),
+        .execute_pair::<Spec, BillingAccount>(
+            Part {
+                aggregate_id: &spec_key,
+                command,
+                check: &check,
+            },
+            Part {
+                aggregate_id: &account_key,
+                command: count,
+                check: &|_| Ok(()),
+            },
+            &caller.context(),
+        )
+        .await;
+    let outcome = match &result {
+        Ok(_) => Outcome::Committed,
+        Err(PairError::First(_) | PairError::Second(_)) => Outcome::Refused,
+        Err(PairError::Conflict { .. }) => Outcome::Conflict,
+        Err(PairError::Unavailable(_) | PairError::Internal(_)) => Outcome::Failed,
     };
-    let context = CommandContext::new(Actor::System("billing"), format!("workflow:{spec_id}"));
-    if let Err(error) = state
-        .bus
-        .execute::<BillingAccount>(&organization_id.to_string(), command, &context)
-        .await
-    {
-        tracing::error!(%error, %organization_id, %spec_id, "a counted workflow could not be given back");
+    state
+        .metrics
+        .record_command(name, outcome, started.elapsed());
+    match result {
+        Ok((spec, _)) => Ok(spec),
+        Err(PairError::First(CommandError::Refused(refusal))) => {
+            Err(crate::auth::refused(refusal, "spec", permission))
+        }
+        Err(PairError::First(error)) => Err(ApiError::from(error)),
+        Err(PairError::Second(CommandError::Domain(error))) => Err(payment_required(&error, &plan)),
+        Err(PairError::Second(error)) => Err(ApiError::from(error)),
+        Err(PairError::Conflict { attempts }) => {
+            Err(ApiError::from(CommandError::<SpecError>::Conflict {
+                attempts,
+            }))
+        }
+        Err(PairError::Unavailable(cause)) => Err(ApiError::Unavailable(cause)),
+        Err(PairError::Internal(cause)) => Err(ApiError::Internal(cause)),
     }
 }
 

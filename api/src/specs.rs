@@ -316,30 +316,23 @@ async fn approve_design(
     IdPath(id): IdPath,
 ) -> SpecResponse {
     let (spec, _) = state.read::<Spec>(&caller, "spec:approve", id).await?;
-    let command = SpecCommand::ApproveDesign { at: Utc::now() };
-    // The spec's own rules first, on a copy: a refusal there must not count a workflow.
-    let mut trial = spec.clone();
-    cqrs_es::Aggregate::handle(
-        &mut trial,
-        command.clone(),
-        &(),
-        &cqrs_es::event_sink::EventSink::default(),
-    )
-    .await
-    .map_err(|e| ApiError::from_domain(&e))?;
     let organization_id = spec
         .organization_id
         .ok_or_else(|| ApiError::Internal("spec without organization".into()))?;
-    // Executing a spec is a workflow: the plan must allow it (402 otherwise).
-    crate::billing::start_workflow(&state, organization_id, id).await?;
-    let approved = state
-        .answer::<Spec>(&caller, "spec:approve", "ApproveDesign", id, command)
-        .await;
-    if approved.is_err() {
-        // Changed concurrently after the trial: the workflow did not start after all.
-        crate::billing::cancel_workflow(&state, organization_id, id).await;
-    }
-    approved
+    // Executing a spec is a workflow: the plan must allow it (402 otherwise), and the
+    // approval and the count commit together.
+    let command = SpecCommand::ApproveDesign { at: Utc::now() };
+    let approved = crate::billing::with_workflow(
+        &state,
+        &caller,
+        "spec:approve",
+        "ApproveDesign",
+        id,
+        organization_id,
+        command,
+    )
+    .await?;
+    Ok(Json(Versioned::committed(id, approved)))
 }
 
 /// Completes an executing spec.

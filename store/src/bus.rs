@@ -21,6 +21,8 @@ use std::time::Duration;
 use chrono::Utc;
 use cqrs_es::event_sink::EventSink;
 use cqrs_es::persist::PersistedEventStore;
+
+use crate::append::{AppendError, Rows};
 use cqrs_es::{Aggregate, AggregateContext, AggregateError, EventStore};
 use omoi_domain::common::{Scope, Scoped};
 use postgres_es::PostgresEventRepository;
@@ -199,9 +201,13 @@ impl CommandBus {
     }
 
     fn stripe<A: Aggregate>(&self, aggregate_id: &str) -> &Mutex<()> {
+        &self.stripes[self.stripe_index::<A>(aggregate_id)]
+    }
+
+    fn stripe_index<A: Aggregate>(&self, aggregate_id: &str) -> usize {
         let mut hasher = DefaultHasher::new();
         (A::TYPE, aggregate_id).hash(&mut hasher);
-        &self.stripes[(hasher.finish() as usize) % LOCK_STRIPES]
+        (hasher.finish() as usize) % LOCK_STRIPES
     }
 
     /// Executes `command` on aggregate `aggregate_id` with no scope restriction.
@@ -294,12 +300,35 @@ impl CommandBus {
         A: Aggregate<Services = ()> + Scoped + Clone,
         A::Command: Clone,
     {
-        let store = self.store::<A>();
-        let mut loaded = store.load_aggregate(aggregate_id).await.map_err(classify)?;
+        let decided = self.decide::<A>(aggregate_id, commands, check).await?;
+        let mut rows = Rows::new();
+        decided.add_to(&mut rows, context).map_err(append_failure)?;
+        self.append(&rows).await.map_err(append_failure)?;
+        Ok(decided.committed())
+    }
+
+    /// Loads the aggregate, lets `check` see its scope, and decides `commands` in turn:
+    /// the events they would append, and the state after them. Nothing is written.
+    async fn decide<A>(
+        &self,
+        aggregate_id: &str,
+        commands: &[A::Command],
+        check: &dyn ScopeCheck,
+    ) -> Result<Decided<A>, AttemptError<A::Error>>
+    where
+        A: Aggregate<Services = ()> + Scoped + Clone,
+        A::Command: Clone,
+    {
+        let mut loaded = self
+            .store::<A>()
+            .load_aggregate(aggregate_id)
+            .await
+            .map_err(classify)?;
         if let Err(refusal) = check(loaded.aggregate().scope()) {
             return Err(AttemptError::Failed(CommandError::Refused(refusal)));
         }
         let version = loaded.current_sequence;
+        // The sink applies each event as it is written, so the state is the new one.
         let sink = EventSink::default();
         for command in commands {
             loaded
@@ -308,28 +337,101 @@ impl CommandBus {
                 .await
                 .map_err(|e| AttemptError::Failed(CommandError::Domain(e)))?;
         }
-        let events = sink.collect().await;
-        if events.is_empty() {
-            return Ok(Committed {
-                aggregate_id: aggregate_id.to_string(),
-                version,
-                events: 0,
-                state: loaded.aggregate().clone(),
-            });
-        }
-        // The sink has applied the new events, so a newly created aggregate has its scope.
-        let metadata = context.metadata(loaded.aggregate().scope());
-        let state = loaded.aggregate().clone();
-        let written = store
-            .commit(events, loaded, metadata)
-            .await
-            .map_err(classify)?;
-        Ok(Committed {
+        Ok(Decided {
             aggregate_id: aggregate_id.to_string(),
-            version: version + written.len(),
-            events: written.len(),
-            state,
+            version,
+            events: sink.collect().await,
+            state: loaded.aggregate().clone(),
         })
+    }
+
+    /// Appends `rows` in one transaction; wakes this process's readers when it wrote any.
+    async fn append(&self, rows: &Rows) -> Result<(), AppendError> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let mut transaction = self.pool.begin().await?;
+        rows.insert(&mut transaction).await?;
+        transaction.commit().await?;
+        Ok(())
+    }
+
+    /// Executes one command on each of two aggregates and commits both commands' events in
+    /// one transaction, or neither: e.g. approving a spec's design and counting the
+    /// workflow it starts on the organization's billing account. A conflict on either
+    /// retries both; a refusal of either writes nothing.
+    pub async fn execute_pair<A, B>(
+        &self,
+        first: Part<'_, A>,
+        second: Part<'_, B>,
+        context: &CommandContext,
+    ) -> Result<(Committed<A>, Committed<B>), PairError<A::Error, B::Error>>
+    where
+        A: Aggregate<Services = ()> + Scoped + Clone,
+        A::Command: Clone + Send,
+        B: Aggregate<Services = ()> + Scoped + Clone,
+        B::Command: Clone + Send,
+    {
+        let (low, high) = {
+            let one = self.stripe_index::<A>(first.aggregate_id);
+            let two = self.stripe_index::<B>(second.aggregate_id);
+            (one.min(two), one.max(two))
+        };
+        let _low = self.stripes[low].lock().await;
+        let _high = match high == low {
+            true => None,
+            false => Some(self.stripes[high].lock().await),
+        };
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let one = self
+                .decide::<A>(
+                    first.aggregate_id,
+                    std::slice::from_ref(&first.command),
+                    first.check,
+                )
+                .await
+                .map_err(|e| e.into_pair(PairError::First))?;
+            let two = self
+                .decide::<B>(
+                    second.aggregate_id,
+                    std::slice::from_ref(&second.command),
+                    second.check,
+                )
+                .await
+                .map_err(|e| e.into_pair(PairError::Second))?;
+            let mut rows = Rows::new();
+            let appended = match one
+                .add_to(&mut rows, context)
+                .and_then(|()| two.add_to(&mut rows, context))
+            {
+                Ok(()) => self.append(&rows).await,
+                Err(error) => Err(error),
+            };
+            match appended {
+                Ok(()) => {
+                    if !rows.is_empty() {
+                        self.commits.send_modify(|n| *n = n.wrapping_add(1));
+                    }
+                    return Ok((one.committed(), two.committed()));
+                }
+                Err(AppendError::Conflict) if attempt < self.retry.max_attempts => {
+                    tokio::time::sleep(self.retry.delay(attempt)).await;
+                }
+                Err(AppendError::Conflict) => {
+                    return Err(PairError::Conflict { attempts: attempt })
+                }
+                Err(other) => {
+                    return Err(match append_failure::<A::Error>(other) {
+                        AttemptError::Failed(CommandError::Unavailable(cause)) => {
+                            PairError::Unavailable(cause)
+                        }
+                        _ => PairError::Internal("the pair could not be appended".into()),
+                    })
+                }
+            }
+        }
     }
 
     /// The aggregate's current state and version, or `None` when it has no events.
@@ -359,6 +461,91 @@ impl CommandBus {
 enum AttemptError<E: std::error::Error> {
     Conflict,
     Failed(CommandError<E>),
+}
+
+impl<E: std::error::Error> AttemptError<E> {
+    /// As the error of one side of a pair (a conflict while loading cannot happen: loads
+    /// do not conflict).
+    fn into_pair<P>(self, side: impl FnOnce(CommandError<E>) -> P) -> P {
+        match self {
+            Self::Failed(error) => side(error),
+            Self::Conflict => side(CommandError::Conflict { attempts: 1 }),
+        }
+    }
+}
+
+/// A failed append, for the retry loop: a conflict retries; the rest end the command.
+fn append_failure<E: std::error::Error>(error: AppendError) -> AttemptError<E> {
+    match error {
+        AppendError::Conflict => AttemptError::Conflict,
+        AppendError::Encoding(e) => {
+            AttemptError::Failed(CommandError::Internal(format!("unencodable event: {e}")))
+        }
+        AppendError::Database(e) => {
+            let unavailable = matches!(
+                e,
+                sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed
+            );
+            AttemptError::Failed(if unavailable {
+                CommandError::Unavailable(e.to_string())
+            } else {
+                CommandError::Internal(e.to_string())
+            })
+        }
+    }
+}
+
+/// What a command decided, before it is appended.
+struct Decided<A: Aggregate> {
+    aggregate_id: String,
+    /// Events before the command.
+    version: usize,
+    events: Vec<A::Event>,
+    /// The state after the events.
+    state: A,
+}
+
+impl<A: Aggregate + Scoped + Clone> Decided<A> {
+    /// Adds the events to `rows` with the context's metadata (the scope is the new state's,
+    /// so a creation has one).
+    fn add_to(&self, rows: &mut Rows, context: &CommandContext) -> Result<(), AppendError> {
+        let metadata = context.metadata(self.state.scope());
+        rows.push::<A>(&self.aggregate_id, self.version, &self.events, &metadata)
+    }
+
+    fn committed(self) -> Committed<A> {
+        Committed {
+            version: self.version + self.events.len(),
+            events: self.events.len(),
+            aggregate_id: self.aggregate_id,
+            state: self.state,
+        }
+    }
+}
+
+/// One side of [`CommandBus::execute_pair`].
+pub struct Part<'a, A: Aggregate> {
+    pub aggregate_id: &'a str,
+    pub command: A::Command,
+    pub check: &'a dyn ScopeCheck,
+}
+
+/// Why a pair of commands was not committed.
+#[derive(Debug, thiserror::Error)]
+pub enum PairError<EA: std::error::Error, EB: std::error::Error> {
+    /// The first command was refused (or its aggregate could not be loaded).
+    #[error("first command: {0}")]
+    First(CommandError<EA>),
+    /// The second command was refused (or its aggregate could not be loaded).
+    #[error("second command: {0}")]
+    Second(CommandError<EB>),
+    /// Other writers kept changing one of the aggregates through every retry.
+    #[error("the aggregates kept changing concurrently ({attempts} attempts); try again")]
+    Conflict { attempts: u32 },
+    #[error("the database is unavailable: {0}")]
+    Unavailable(String),
+    #[error("internal error: {0}")]
+    Internal(String),
 }
 
 impl<E: std::error::Error> From<AggregateError<E>> for AttemptError<E> {

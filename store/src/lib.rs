@@ -5,7 +5,9 @@
 //! # Layout
 //!
 //! * [`db`] — pool and migrations (the `migrations/` folder at the workspace root).
-//! * [`bus`] — [`bus::CommandBus`]: load, handle, commit with metadata; retry on conflicts.
+//! * [`bus`] — [`bus::CommandBus`]: load, handle, commit with metadata; retry on conflicts;
+//!   two aggregates' commands in one transaction (`execute_pair`).
+//! * [`append`] — the one `INSERT` of decided events (several aggregates' in one statement).
 //! * [`log`] — reading the event log: per aggregate (history, state as of an event) and
 //!   globally, in the gapless `(transaction_id, global_position)` order.
 //! * [`wakeup`] — coalesced cross-process wake-ups (`NOTIFY omoi_events`).
@@ -13,6 +15,7 @@
 //!   we are root.
 
 pub mod accounts;
+pub mod append;
 pub mod bus;
 pub mod db;
 pub mod embedded;
