@@ -783,3 +783,51 @@ async fn an_agents_credential_speaks_for_that_agent_only_and_dies_with_it() {
     .await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
 }
+
+/// Whoever terminates an agent — here another process, as the worker or a supervisor
+/// would — its credential is revoked in the termination's own transaction.
+#[tokio::test(flavor = "multi_thread")]
+async fn terminating_an_agent_anywhere_revokes_its_credential_in_the_same_transaction() {
+    let app = spawn_app().await;
+    let (organization, _) = app.organization_and_project().await;
+    let (status, body) = app
+        .post(
+            "/api/v1/agents/register",
+            json!({"organization_id": organization, "agent_type": "worker"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let agent: uuid::Uuid = body["id"].as_str().expect("an id").parse().expect("a uuid");
+    let credential = body["credential"]
+        .as_str()
+        .expect("a credential")
+        .to_string();
+    let other_process = app.second_bus().await;
+    let context = omoi_store::CommandContext::new(omoi_store::Actor::System("test"), "t");
+    let command = omoi_domain::agent::AgentCommand::ChangeAgentStatus {
+        to: omoi_domain::agent::AgentStatus::Terminated,
+        reason: Some("retired".into()),
+        force: false,
+        at: chrono::Utc::now(),
+    };
+    other_process
+        .execute::<omoi_domain::agent::Agent>(&agent.to_string(), command, &context)
+        .await
+        .expect("terminated");
+    let (revoked,): (bool,) =
+        sqlx::query_as("select bool_and(revoked_at is not null) from api_keys where agent_id = $1")
+            .bind(agent)
+            .fetch_one(&app.database.pool)
+            .await
+            .expect("the key");
+    assert!(revoked, "the key was revoked with the termination");
+    let (status, _) = app
+        .send_as(
+            Some(&credential),
+            reqwest::Method::POST,
+            &format!("/api/v1/agents/{agent}/heartbeat"),
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+}

@@ -369,8 +369,8 @@ async fn change_agent_status(
         .answer::<Agent>(&caller, "agent:write", "ChangeAgentStatus", id, command)
         .await?;
     if terminating {
-        // A terminated agent's own credential dies with it.
-        omoi_store::accounts::revoke_agent_keys(state.pool(), id).await?;
+        // The termination's transaction revoked the agent's own credential (a trigger on
+        // the log); this process's cache forgets it at once.
         state.credentials.forget_api_keys();
     }
     Ok(answer)
