@@ -492,10 +492,10 @@ async fn add_dependency(
     let _lock = cycles::lock_project(state.pool(), project_id)
         .await
         .map_err(ApiError::from)?;
-    let found = cycles::cycle_through(&state.bus, id, body.depends_on)
+    let found = cycles::cycle_through(state.pool(), project_id, id, body.depends_on)
         .await
         .map_err(|error| match error {
-            cycles::CycleCheckError::Load(e) => ApiError::from(e),
+            cycles::CycleCheckError::Read(e) => ApiError::from(e),
             too_large @ cycles::CycleCheckError::TooLarge => ApiError::invalid(
                 "dependency_graph_too_large",
                 "depends_on",
