@@ -41,6 +41,10 @@ pub enum ApiError {
     Unauthorized { detail: &'static str },
     /// 403: the caller sees the resource but its role lacks the permission.
     Forbidden { permission: &'static str },
+    /// 403: the role has the permission, but a rule about who may do what to whom refuses
+    /// this use of it (granting a role above one's own, changing one's own role, touching
+    /// a member of a higher role); `code` names the rule.
+    Denied { code: &'static str, detail: String },
     /// 429: too many attempts; retry after the given seconds.
     TooManyRequests {
         detail: &'static str,
@@ -106,7 +110,7 @@ impl ApiError {
         match self {
             Self::BadRequest { .. } => StatusCode::BAD_REQUEST,
             Self::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
-            Self::Forbidden { .. } => StatusCode::FORBIDDEN,
+            Self::Forbidden { .. } | Self::Denied { .. } => StatusCode::FORBIDDEN,
             Self::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -130,6 +134,7 @@ impl ApiError {
                 format!("your role does not grant `{permission}` here"),
                 None,
             ),
+            Self::Denied { code, detail } => (code, detail, None),
             Self::TooManyRequests { detail, .. } => ("too_many_requests", detail.to_string(), None),
             Self::PayloadTooLarge { limit } => (
                 "payload_too_large",
@@ -228,7 +233,7 @@ impl<E: DomainError> From<CommandError<E>> for ApiError {
 }
 
 impl ApiError {
-    /// Maps a domain refusal by its kind: 404, 409, 422 or 402.
+    /// Maps a domain refusal by its kind: 404, 409, 422, 402 or 403.
     pub fn from_domain<E: DomainError>(error: &E) -> Self {
         let detail = error.to_string();
         match error.kind() {
@@ -245,6 +250,10 @@ impl ApiError {
                 field: error.field().map(str::to_string),
             },
             ErrorKind::PaymentRequired => Self::PaymentRequired {
+                code: error.code(),
+                detail,
+            },
+            ErrorKind::Forbidden => Self::Denied {
                 code: error.code(),
                 detail,
             },

@@ -5,7 +5,7 @@ use axum::http::StatusCode;
 use axum::Json;
 use chrono::Utc;
 use omoi_domain::access::{Principal, Role};
-use omoi_domain::organization::{Organization, OrganizationCommand};
+use omoi_domain::organization::{Grantor, Organization, OrganizationCommand, MANAGE_MEMBERS};
 use serde::Deserialize;
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
@@ -184,11 +184,22 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for MemberPath {
     }
 }
 
-/// Adds a user or agent to the organization with a role (needs `org:members:write`).
+/// The caller as the membership rules see it, on organization `id`: 404 when it may not
+/// see the organization (as the permission check would answer).
+fn grantor(caller: &Caller, id: Uuid) -> ApiResult<Grantor> {
+    caller.grantor(id).ok_or(ApiError::NotFound {
+        what: "organization",
+    })
+}
+
+/// Adds a user or agent to the organization with a role no higher than the caller's (needs
+/// `org:members:write`: admins and owners; only owners add owners).
 #[utoipa::path(post, path = "/api/v1/organizations/{id}/members", tag = "organizations",
     params(("id" = Uuid, Path)), request_body = AddMember,
     responses(
-        (status = 200, body = Versioned<Organization>), (status = 403, body = Problem),
+        (status = 200, body = Versioned<Organization>),
+        (status = 403, body = Problem, description = "`forbidden`: the role lacks \
+            `org:members:write`; `role_above_own`: the role is above the caller's"),
         (status = 404, body = Problem), (status = 409, body = Problem, description = "already a member"),
     ))]
 async fn add_member(
@@ -201,21 +212,30 @@ async fn add_member(
     let command = OrganizationCommand::AddMember {
         principal,
         role: body.role,
+        by: grantor(&caller, id)?,
     };
     let committed = state
-        .execute::<Organization>(&caller, "org:members:write", "AddMember", id, command)
+        .execute::<Organization>(&caller, MANAGE_MEMBERS, "AddMember", id, command)
         .await?;
     forget_member(&state, principal);
     Ok(Json(Versioned::committed(id, committed)))
 }
 
-/// Changes a member's role; the last owner keeps theirs (needs `org:members:write`).
+/// Changes another member's role (needs `org:members:write`). Neither the member's current
+/// role nor the new one may be above the caller's (only owners grant, change or remove the
+/// owner role); nobody changes their own role; the last owner keeps theirs. A demotion
+/// also lowers the member's API keys: a key acts with at most its creator's role.
 #[utoipa::path(put, path = "/api/v1/organizations/{id}/members/{principal}", tag = "organizations",
     params(("id" = Uuid, Path), ("principal" = String, Path, description = "user:<uuid> or agent:<uuid>")),
     request_body = ChangeRole,
     responses(
-        (status = 200, body = Versioned<Organization>), (status = 403, body = Problem),
-        (status = 404, body = Problem), (status = 409, body = Problem),
+        (status = 200, body = Versioned<Organization>),
+        (status = 403, body = Problem, description = "`forbidden`: the role lacks \
+            `org:members:write`; `own_role`: the caller's own membership; \
+            `member_outranks_you`: the member's role is above the caller's; \
+            `role_above_own`: the new role is above the caller's"),
+        (status = 404, body = Problem),
+        (status = 409, body = Problem, description = "`same_role`, `last_owner`"),
     ))]
 async fn change_member_role(
     State(state): State<AppState>,
@@ -226,11 +246,12 @@ async fn change_member_role(
     let command = OrganizationCommand::ChangeMemberRole {
         principal: path.principal,
         role: body.role,
+        by: grantor(&caller, path.id)?,
     };
     let committed = state
         .execute::<Organization>(
             &caller,
-            "org:members:write",
+            MANAGE_MEMBERS,
             "ChangeMemberRole",
             path.id,
             command,
@@ -240,12 +261,18 @@ async fn change_member_role(
     Ok(Json(Versioned::committed(path.id, committed)))
 }
 
-/// Removes a member; the last owner cannot leave (needs `org:members:write`).
+/// Removes a member whose role is not above the caller's, or the caller itself (leaving);
+/// the last owner cannot leave (needs `org:members:write`). A removed user's API keys in
+/// the organization, and the credentials of the agents they registered, are revoked in the
+/// same transaction.
 #[utoipa::path(delete, path = "/api/v1/organizations/{id}/members/{principal}", tag = "organizations",
     params(("id" = Uuid, Path), ("principal" = String, Path, description = "user:<uuid> or agent:<uuid>")),
     responses(
-        (status = 200, body = Versioned<Organization>), (status = 403, body = Problem),
-        (status = 404, body = Problem), (status = 409, body = Problem),
+        (status = 200, body = Versioned<Organization>),
+        (status = 403, body = Problem, description = "`forbidden`: the role lacks \
+            `org:members:write`; `member_outranks_you`: the member's role is above the caller's"),
+        (status = 404, body = Problem),
+        (status = 409, body = Problem, description = "`last_owner`"),
     ))]
 async fn remove_member(
     State(state): State<AppState>,
@@ -254,22 +281,18 @@ async fn remove_member(
 ) -> ApiResult<Json<Versioned<Organization>>> {
     let command = OrganizationCommand::RemoveMember {
         principal: path.principal,
+        by: grantor(&caller, path.id)?,
     };
     let committed = state
-        .execute::<Organization>(
-            &caller,
-            "org:members:write",
-            "RemoveMember",
-            path.id,
-            command,
-        )
+        .execute::<Organization>(&caller, MANAGE_MEMBERS, "RemoveMember", path.id, command)
         .await?;
     forget_member(&state, path.principal);
     Ok(Json(Versioned::committed(path.id, committed)))
 }
 
-/// A member's cached credentials carry their roles: once the change has committed, drop
-/// them so that the member's next request reloads (see `auth::cache`).
+/// A member's cached credentials carry their roles, and so do the API keys they created
+/// (at most their role; none once they have left): once the change has committed, drop
+/// them so that the next request reloads (see `auth::cache`).
 fn forget_member(state: &AppState, principal: Principal) {
     if let Principal::User(user) = principal {
         state.credentials.forget_user(user);

@@ -131,6 +131,34 @@ impl Role {
         }
     }
 
+    /// The role's place in the chain the permissions form, lowest first: viewer (0),
+    /// agent_executor, member, admin, owner (4). Each role allows every permission of the
+    /// roles below it (`Role::covers`; proptested below against the permission strings), so
+    /// "at most my role" is a comparison of ranks.
+    pub fn rank(self) -> u8 {
+        match self {
+            Self::Viewer => 0,
+            Self::AgentExecutor => 1,
+            Self::Member => 2,
+            Self::Admin => 3,
+            Self::Owner => 4,
+        }
+    }
+
+    /// Whether this role is at least `other`: it allows everything `other` allows.
+    pub fn covers(self, other: Role) -> bool {
+        self.rank() >= other.rank()
+    }
+
+    /// The lower of the two roles (an API key acts with at most its creator's role).
+    pub fn at_most(self, cap: Role) -> Role {
+        if cap.covers(self) {
+            self
+        } else {
+            cap
+        }
+    }
+
     /// Whether this role, or a role it inherits from, grants `permission`.
     pub fn allows(self, permission: &str) -> bool {
         let mut role = Some(self);
@@ -175,6 +203,8 @@ pub fn grants(granted: &str, requested: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
 
     #[test]
@@ -202,6 +232,124 @@ mod tests {
         assert!(Role::AgentExecutor.allows("task:execute"));
         assert!(Role::AgentExecutor.allows("task:read"));
         assert!(!Role::AgentExecutor.allows("task:write"));
+    }
+
+    /// Every permission string the code base grants or asks for.
+    const KNOWN_PERMISSIONS: [&str; 20] = [
+        "org:read",
+        "org:write",
+        "org:delete",
+        "org:members:write",
+        "project:read",
+        "project:write",
+        "ticket:read",
+        "ticket:write",
+        "task:read",
+        "task:write",
+        "task:execute",
+        "spec:read",
+        "spec:write",
+        "spec:approve",
+        "agent:read",
+        "agent:write",
+        "agent:heartbeat",
+        "apikey:read",
+        "apikey:write",
+        "events:read",
+    ];
+
+    /// Known permissions, the granted patterns themselves, and random `resource:action`s
+    /// built from the known resources and actions and from arbitrary words.
+    fn permission() -> impl Strategy<Value = String> {
+        let granted: Vec<String> = Role::ALL
+            .iter()
+            .flat_map(|r| r.own_permissions().iter().map(|p| p.to_string()))
+            .collect();
+        let known: Vec<String> = KNOWN_PERMISSIONS.iter().map(|p| p.to_string()).collect();
+        let word = || {
+            prop_oneof![
+                prop::sample::select(vec![
+                    "org",
+                    "members",
+                    "project",
+                    "ticket",
+                    "task",
+                    "spec",
+                    "agent",
+                    "apikey",
+                    "events",
+                    "read",
+                    "write",
+                    "execute",
+                    "heartbeat",
+                    "approve",
+                    "delete",
+                    "*",
+                ])
+                .prop_map(str::to_string),
+                "[a-z*]{0,6}",
+            ]
+        };
+        prop_oneof![
+            prop::sample::select(known),
+            prop::sample::select(granted),
+            prop::collection::vec(word(), 1..4).prop_map(|words| words.join(":")),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn a_role_that_covers_another_allows_all_it_allows(
+            a in prop::sample::select(Role::ALL.to_vec()),
+            b in prop::sample::select(Role::ALL.to_vec()),
+            permission in permission(),
+        ) {
+            if a.covers(b) && b.allows(&permission) {
+                prop_assert!(a.allows(&permission), "{a} covers {b} but not {permission}");
+            }
+        }
+    }
+
+    #[test]
+    fn the_roles_form_one_chain_by_permissions() {
+        // Each role strictly above the next: something it allows that the next does not.
+        let chain = [
+            Role::Owner,
+            Role::Admin,
+            Role::Member,
+            Role::AgentExecutor,
+            Role::Viewer,
+        ];
+        for pair in chain.windows(2) {
+            let (upper, lower) = (pair[0], pair[1]);
+            assert!(
+                upper.covers(lower) && !lower.covers(upper),
+                "{upper} > {lower}"
+            );
+            let beyond = KNOWN_PERMISSIONS
+                .iter()
+                .chain(["anything:at_all"].iter())
+                .find(|p| upper.allows(p) && !lower.allows(p));
+            assert!(
+                beyond.is_some(),
+                "{upper} allows something {lower} does not"
+            );
+            // Everything the lower role grants, the upper one allows.
+            for granted in lower.own_permissions() {
+                assert!(upper.allows(granted), "{upper} allows {granted} of {lower}");
+            }
+        }
+        for role in Role::ALL {
+            assert!(role.covers(role));
+            assert_eq!(role.at_most(Role::Owner), role);
+            assert_eq!(Role::Owner.at_most(role), role);
+            assert_eq!(role.at_most(Role::Viewer), Role::Viewer);
+        }
+        assert_eq!(Role::Admin.at_most(Role::Member), Role::Member);
+        assert_eq!(
+            Role::AgentExecutor.at_most(Role::Member),
+            Role::AgentExecutor
+        );
     }
 
     #[test]

@@ -16,6 +16,10 @@ pub enum ErrorKind {
     Invalid,
     /// The organization's plan does not allow it (quota, suspension): 402.
     PaymentRequired,
+    /// The actor may issue this kind of command, but not this one: a rule about who may
+    /// do what to whom refuses it (granting a role above one's own, changing one's own
+    /// role): 403.
+    Forbidden,
 }
 
 /// Implemented by every aggregate's error enum.

@@ -361,18 +361,57 @@ pub async fn revoke_agent_keys(pool: &PgPool, agent_id: Uuid) -> Result<(), sqlx
     Ok(())
 }
 
+/// A key as authentication needs it: the row, and what its creator is now.
+#[derive(Debug, Clone)]
+pub struct KeyCheck {
+    pub key: ApiKeyRecord,
+    /// The creator's current role in the key's organization (from the membership index);
+    /// `None` when they are no longer a member.
+    pub creator_role: Option<Role>,
+    /// The creator is a super admin, who acts as an owner of every organization.
+    pub creator_is_super_admin: bool,
+}
+
+impl KeyCheck {
+    /// The role the key acts with: its own, but at most its creator's current one (an
+    /// owner's for a super admin). `None` when the creator is neither a member nor a super
+    /// admin any more: the key is refused. A removal also revokes the key (the membership
+    /// trigger); a demotion only lowers what the key may do, until a promotion restores it.
+    pub fn effective_role(&self) -> Option<Role> {
+        let creator = if self.creator_is_super_admin {
+            Some(Role::Owner)
+        } else {
+            self.creator_role
+        };
+        creator.map(|cap| self.key.role.at_most(cap))
+    }
+}
+
+/// The key with `prefix`, and its creator's current standing, in one round trip.
 pub async fn api_key_by_prefix(
     pool: &PgPool,
     prefix: &str,
-) -> Result<Option<ApiKeyRecord>, sqlx::Error> {
-    let sql = format!("select {KEY_COLUMNS} from api_keys where prefix = $1");
-    sqlx::query(&sql)
-        .bind(prefix)
-        .fetch_optional(pool)
-        .await?
-        .as_ref()
-        .map(key_from)
-        .transpose()
+) -> Result<Option<KeyCheck>, sqlx::Error> {
+    let sql = format!(
+        "select {KEY_COLUMNS},
+                (select u.is_super_admin from users u where u.id = k.created_by)
+                    as creator_is_super_admin,
+                (select m.role from organization_members m
+                  where m.organization_id = k.organization_id
+                    and m.principal = 'user:' || k.created_by::text) as creator_role
+           from api_keys k where k.prefix = $1"
+    );
+    let Some(row) = sqlx::query(&sql).bind(prefix).fetch_optional(pool).await? else {
+        return Ok(None);
+    };
+    let creator_role: Option<String> = row.try_get("creator_role")?;
+    Ok(Some(KeyCheck {
+        key: key_from(&row)?,
+        creator_role: creator_role.and_then(|r| r.parse().ok()),
+        creator_is_super_admin: row
+            .try_get::<Option<bool>, _>("creator_is_super_admin")?
+            .unwrap_or(false),
+    }))
 }
 
 pub async fn api_key_by_id(pool: &PgPool, id: Uuid) -> Result<Option<ApiKeyRecord>, sqlx::Error> {
@@ -409,4 +448,52 @@ pub async fn revoke_api_key(pool: &PgPool, id: Uuid) -> Result<(), sqlx::Error> 
         .execute(pool)
         .await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(role: Role, creator_role: Option<Role>, super_admin: bool) -> KeyCheck {
+        KeyCheck {
+            key: ApiKeyRecord {
+                id: Uuid::nil(),
+                prefix: String::new(),
+                secret_sha256: Vec::new(),
+                name: String::new(),
+                organization_id: Uuid::nil(),
+                project_id: None,
+                role,
+                created_by: Uuid::nil(),
+                created_at: DateTime::<Utc>::UNIX_EPOCH,
+                revoked_at: None,
+                agent_id: None,
+            },
+            creator_role,
+            creator_is_super_admin: super_admin,
+        }
+    }
+
+    #[test]
+    fn a_key_acts_with_at_most_its_creators_current_role() {
+        use Role::*;
+        assert_eq!(
+            check(Admin, Some(Owner), false).effective_role(),
+            Some(Admin)
+        );
+        assert_eq!(
+            check(Admin, Some(Member), false).effective_role(),
+            Some(Member)
+        );
+        assert_eq!(
+            check(AgentExecutor, Some(Viewer), false).effective_role(),
+            Some(Viewer)
+        );
+        assert_eq!(check(Viewer, None, false).effective_role(), None, "left");
+        assert_eq!(check(Owner, None, true).effective_role(), Some(Owner));
+        assert_eq!(
+            check(Member, Some(Viewer), true).effective_role(),
+            Some(Member)
+        );
+    }
 }

@@ -4,8 +4,9 @@
 //! revocation and the memberships), which measured as a third of the write path's
 //! throughput. An accepted credential is remembered for `ttl` (1 s by default). Changes made
 //! through this process — logout, refresh-token reuse, API-key revocation, membership
-//! changes — drop the affected entries at once; changes made through another replica take
-//! effect here within `ttl`. A `ttl` of zero disables the cache.
+//! changes (which also drop the API keys the member created) — drop the affected entries at
+//! once; changes made through another replica take effect here within `ttl`. A `ttl` of
+//! zero disables the cache.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -65,10 +66,13 @@ impl CredentialCache {
         entries.insert(key, (Instant::now(), caller.clone()));
     }
 
-    /// Forgets every credential of `user` (logout, token reuse, a membership change).
+    /// Forgets every credential whose authority rests on `user` — their tokens and the
+    /// API keys they created, agent credentials included (logout, token reuse, a
+    /// membership change: a key acts with at most its creator's role, and not at all once
+    /// they have left).
     pub fn forget_user(&self, user: Uuid) {
         if let Ok(mut entries) = self.entries.lock() {
-            entries.retain(|_, (_, caller)| caller.user_id() != Some(user));
+            entries.retain(|_, (_, caller)| !caller.rests_on(user));
         }
     }
 

@@ -27,6 +27,7 @@ use axum::http::request::Parts;
 use chrono::{DateTime, Utc};
 use omoi_domain::access::{Principal, Role};
 use omoi_domain::common::Scope;
+use omoi_domain::organization::Grantor;
 use omoi_store::accounts;
 use omoi_store::bus::Refusal;
 use omoi_store::{Actor, CommandContext};
@@ -64,6 +65,11 @@ pub enum Identity {
         project_id: Option<Uuid>,
         /// An agent's own credential speaks for that agent only.
         agent_id: Option<Uuid>,
+        /// The user who created the key (or registered the agent): the key acts on their
+        /// authority, with at most their current role, and dies with their membership.
+        created_by: Uuid,
+        /// The creator is a super admin (who acts as an owner everywhere).
+        creator_is_super_admin: bool,
     },
 }
 
@@ -114,6 +120,39 @@ impl Caller {
     /// As which principal the caller can be made a member (API keys cannot).
     pub fn principal(&self) -> Option<Principal> {
         self.user_id().map(Principal::User)
+    }
+
+    /// Whether this credential's authority rests on `user`: it is the user's own token, or
+    /// an API key the user created. A change to the user's memberships concerns it.
+    pub fn rests_on(&self, user: Uuid) -> bool {
+        match self.identity {
+            Identity::User { id, .. } => id == user,
+            Identity::ApiKey { created_by, .. } => created_by == user,
+        }
+    }
+
+    /// Who the caller is to the membership rules of `organization_id`, with its role there;
+    /// `None` when it may not see the organization. A user acts as a member, an API key
+    /// as a member too — its creator, with the key's role — so that the rules about one's
+    /// own membership hold for both; a super admin (or a key of one) acts as an owner.
+    pub fn grantor(&self, organization_id: Uuid) -> Option<Grantor> {
+        let role = self.role_for(Scope {
+            organization_id,
+            project_id: None,
+        })?;
+        Some(match self.identity {
+            Identity::User {
+                super_admin: true, ..
+            }
+            | Identity::ApiKey {
+                creator_is_super_admin: true,
+                ..
+            } => Grantor::with_role(role),
+            Identity::User { id, .. } => Grantor::member(Principal::User(id), role),
+            Identity::ApiKey { created_by, .. } => {
+                Grantor::member(Principal::User(created_by), role)
+            }
+        })
     }
 
     /// The caller's role for a resource in `scope`, if it may see it at all.
@@ -281,27 +320,36 @@ async fn user_caller(state: &AppState, token: &str) -> Result<Caller, ApiError> 
     Ok(caller)
 }
 
+/// An API key acts with the lower of its own role and its creator's current role in its
+/// organization, both read by the one query that finds the key; a key whose creator is no
+/// longer a member (nor a super admin) is refused like a revoked one.
 async fn api_key_caller(state: &AppState, key: &str) -> Result<Caller, ApiError> {
     let invalid = ApiError::Unauthorized {
-        detail: "the API key is invalid or revoked",
+        detail: "the API key is invalid or revoked, or its creator is no longer a member",
     };
     let digest = keys::sha256(key);
     let cache_key = CredentialKey::ApiKey(digest.clone());
     if let Some(caller) = state.credentials.get(&cache_key) {
         return Ok(caller);
     }
-    let record = accounts::api_key_by_prefix(state.pool(), keys::prefix_of(key))
+    let found = accounts::api_key_by_prefix(state.pool(), keys::prefix_of(key))
         .await?
-        .filter(|r| r.revoked_at.is_none() && keys::same_digest(&digest, &r.secret_sha256))
-        .ok_or(invalid)?;
+        .filter(|found| {
+            found.key.revoked_at.is_none() && keys::same_digest(&digest, &found.key.secret_sha256)
+        })
+        .ok_or(invalid.clone_unauthorized())?;
+    let role = found.effective_role().ok_or(invalid)?;
+    let record = found.key;
     let caller = Caller {
         identity: Identity::ApiKey {
             id: record.id,
             organization_id: record.organization_id,
             project_id: record.project_id,
             agent_id: record.agent_id,
+            created_by: record.created_by,
+            creator_is_super_admin: found.creator_is_super_admin,
         },
-        roles: HashMap::from([(record.organization_id, record.role)]),
+        roles: HashMap::from([(record.organization_id, role)]),
         request_id: String::new(),
     };
     state.credentials.put(cache_key, &caller);

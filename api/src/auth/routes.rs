@@ -416,11 +416,16 @@ pub struct CreatedApiKey {
 
 /// Creates an API key for agents and automation, scoped to an organization (optionally one
 /// project) and a role no higher than the creator's. Needs `apikey:write` (admin, owner).
+/// The key acts with at most its creator's current role (a demotion lowers it) and is
+/// revoked when its creator leaves or is removed from the organization.
 #[utoipa::path(post, path = "/api/v1/auth/api-keys", tag = "auth", request_body = CreateApiKey,
     responses(
         (status = 201, body = CreatedApiKey), (status = 400, body = Problem),
-        (status = 401, body = Problem), (status = 403, body = Problem), (status = 404, body = Problem),
-        (status = 422, body = Problem),
+        (status = 401, body = Problem),
+        (status = 403, body = Problem, description = "`forbidden`: the role lacks \
+            `apikey:write`, or the caller is an API key; `role_above_own`: the key's role is \
+            above the caller's"),
+        (status = 404, body = Problem), (status = 422, body = Problem),
     ))]
 async fn create_api_key(
     State(state): State<AppState>,
@@ -433,14 +438,31 @@ async fn create_api_key(
     let (organization, _) = state
         .read::<Organization>(&caller, "apikey:write", body.organization_id)
         .await?;
-    let own_role = organization
-        .members
-        .get(&omoi_domain::access::Principal::User(created_by))
-        .copied();
-    if body.role == Role::Owner && own_role != Some(Role::Owner) && !caller.is_super_admin() {
-        return Err(ApiError::Forbidden {
-            permission: "apikey:write with role owner (only owners mint owner keys)",
-        });
+    // The creator's role as the organization records it now (a super admin's: owner).
+    let own_role = if caller.is_super_admin() {
+        Some(Role::Owner)
+    } else {
+        organization
+            .members
+            .get(&omoi_domain::access::Principal::User(created_by))
+            .copied()
+    };
+    match own_role {
+        Some(own) if own.covers(body.role) => {}
+        Some(own) => {
+            return Err(ApiError::Denied {
+                code: "role_above_own",
+                detail: format!(
+                    "the role {} is above your own ({own}): a key's role is at most its creator's",
+                    body.role
+                ),
+            })
+        }
+        None => {
+            return Err(ApiError::Forbidden {
+                permission: "apikey:write (you are no longer a member)",
+            })
+        }
     }
     if let Some(project_id) = body.project_id {
         let (project, _) = state.load::<Project>(project_id).await?;

@@ -24,6 +24,43 @@ pub struct Organization {
     pub members: BTreeMap<Principal, Role>,
 }
 
+/// The permission that adding, changing and removing members needs.
+pub const MANAGE_MEMBERS: &str = "org:members:write";
+
+/// Who issues a membership command, as the API authenticated them. The membership rules
+/// weigh the new role and the target's current role against the grantor's role.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Grantor {
+    /// The member whose membership the command runs on: a user with their own token, or
+    /// the user who created the API key used. The rules about one's own membership apply
+    /// to them, and they act with at most the role this organization records for them now
+    /// (a credential cached before a demotion cannot act on the old role; one whose member
+    /// has left is refused). `None` when the authority is not a membership: a super admin,
+    /// or an API key a super admin created.
+    pub principal: Option<Principal>,
+    /// The role the credential carries in this organization (for an API key, already at
+    /// most its creator's current role).
+    pub role: Role,
+}
+
+impl Grantor {
+    /// A member acting with `role` (their own, or their API key's).
+    pub fn member(principal: Principal, role: Role) -> Self {
+        Self {
+            principal: Some(principal),
+            role,
+        }
+    }
+
+    /// Someone whose authority is not a membership here (a super admin acts as an owner).
+    pub fn with_role(role: Role) -> Self {
+        Self {
+            principal: None,
+            role,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub enum OrganizationCommand {
     /// Creates the organization with `owner` as its first member.
@@ -33,16 +70,23 @@ pub enum OrganizationCommand {
         owner: Principal,
         at: DateTime<Utc>,
     },
+    /// Adds `principal` with `role`, which must not be above the grantor's.
     AddMember {
         principal: Principal,
         role: Role,
+        by: Grantor,
     },
+    /// Changes the role of `principal`, who must not be the grantor, nor above the grantor;
+    /// neither may the new role.
     ChangeMemberRole {
         principal: Principal,
         role: Role,
+        by: Grantor,
     },
+    /// Removes `principal`, who must not be above the grantor, unless they leave themselves.
     RemoveMember {
         principal: Principal,
+        by: Grantor,
     },
     RenameOrganization {
         name: String,
@@ -119,6 +163,23 @@ pub enum OrganizationError {
     SameRole,
     #[error("an organization keeps at least one owner")]
     LastOwner,
+    #[error("the role {granted} is above your own ({own}): nobody grants a role above their own")]
+    RoleAboveOwn { granted: Role, own: Role },
+    #[error(
+        "{principal} is {role}, above your own role ({own}): only a member of that role or \
+         above changes or removes them"
+    )]
+    MemberOutranksYou {
+        principal: Principal,
+        role: Role,
+        own: Role,
+    },
+    #[error("your role ({0}) does not manage members")]
+    CannotManageMembers(Role),
+    #[error("nobody changes their own role: another member must (leaving is allowed)")]
+    OwnRole,
+    #[error("{0} is no longer a member of this organization")]
+    GrantorNotMember(Principal),
 }
 
 impl From<TextProblem> for OrganizationError {
@@ -142,6 +203,11 @@ impl DomainError for OrganizationError {
             | Self::AlreadyMember(_)
             | Self::SameRole
             | Self::LastOwner => ErrorKind::Conflict,
+            Self::CannotManageMembers(_)
+            | Self::RoleAboveOwn { .. }
+            | Self::MemberOutranksYou { .. }
+            | Self::OwnRole
+            | Self::GrantorNotMember(_) => ErrorKind::Forbidden,
         }
     }
 
@@ -164,6 +230,11 @@ impl DomainError for OrganizationError {
             Self::NotMember(_) => "member_not_found",
             Self::SameRole => "same_role",
             Self::LastOwner => "last_owner",
+            Self::CannotManageMembers(_) => "cannot_manage_members",
+            Self::RoleAboveOwn { .. } => "role_above_own",
+            Self::MemberOutranksYou { .. } => "member_outranks_you",
+            Self::OwnRole => "own_role",
+            Self::GrantorNotMember(_) => "grantor_not_member",
         }
     }
 }
@@ -187,6 +258,52 @@ impl Organization {
             .get(&principal)
             .copied()
             .ok_or(OrganizationError::NotMember(principal))
+    }
+
+    /// The role `by` acts with here: its credential's role, but at most the role this
+    /// organization records for its member (who must still be one); a role that manages
+    /// members (the API checks the same permission before; this holds against a credential
+    /// cached across a demotion).
+    fn authority(&self, by: Grantor) -> Result<Role, OrganizationError> {
+        let own = match by.principal {
+            None => by.role,
+            Some(member) => self
+                .members
+                .get(&member)
+                .map(|recorded| by.role.at_most(*recorded))
+                .ok_or(OrganizationError::GrantorNotMember(member))?,
+        };
+        if !own.allows(MANAGE_MEMBERS) {
+            return Err(OrganizationError::CannotManageMembers(own));
+        }
+        Ok(own)
+    }
+
+    /// Refuses granting `role` to someone acting with `own`.
+    fn ensure_may_grant(own: Role, role: Role) -> Result<(), OrganizationError> {
+        if own.covers(role) {
+            Ok(())
+        } else {
+            Err(OrganizationError::RoleAboveOwn { granted: role, own })
+        }
+    }
+
+    /// Refuses touching `principal`, of `role`, for someone acting with `own`: only owners
+    /// change or remove owners, and so on down.
+    fn ensure_may_manage(
+        own: Role,
+        principal: Principal,
+        role: Role,
+    ) -> Result<(), OrganizationError> {
+        if own.covers(role) {
+            Ok(())
+        } else {
+            Err(OrganizationError::MemberOutranksYou {
+                principal,
+                role,
+                own,
+            })
+        }
     }
 
     /// Refuses to take away the owner role of `principal` when nobody else holds it.
@@ -225,16 +342,32 @@ impl Organization {
                     },
                 ])
             }
-            OrganizationCommand::AddMember { principal, role } => {
+            OrganizationCommand::AddMember {
+                principal,
+                role,
+                by,
+            } => {
                 self.ensure_active()?;
+                let own = self.authority(by)?;
+                Self::ensure_may_grant(own, role)?;
                 if self.members.contains_key(&principal) {
                     return Err(OrganizationError::AlreadyMember(principal));
                 }
                 Ok(vec![OrganizationEvent::MemberAdded { principal, role }])
             }
-            OrganizationCommand::ChangeMemberRole { principal, role } => {
+            OrganizationCommand::ChangeMemberRole {
+                principal,
+                role,
+                by,
+            } => {
                 self.ensure_active()?;
+                let own = self.authority(by)?;
                 let from = self.role_of(principal)?;
+                if by.principal == Some(principal) {
+                    return Err(OrganizationError::OwnRole);
+                }
+                Self::ensure_may_manage(own, principal, from)?;
+                Self::ensure_may_grant(own, role)?;
                 if from == role {
                     return Err(OrganizationError::SameRole);
                 }
@@ -245,9 +378,14 @@ impl Organization {
                     to: role,
                 }])
             }
-            OrganizationCommand::RemoveMember { principal } => {
+            OrganizationCommand::RemoveMember { principal, by } => {
                 self.ensure_active()?;
-                self.role_of(principal)?;
+                let own = self.authority(by)?;
+                let role = self.role_of(principal)?;
+                // Leaving is always allowed (but for the last owner, below).
+                if by.principal != Some(principal) {
+                    Self::ensure_may_manage(own, principal, role)?;
+                }
                 self.ensure_another_owner(principal)?;
                 Ok(vec![OrganizationEvent::MemberRemoved { principal }])
             }
@@ -442,6 +580,41 @@ mod tests {
             .then_expect_error(OrganizationError::Archived);
     }
 
+    fn by_owner() -> Grantor {
+        Grantor::member(owner(), Role::Owner)
+    }
+
+    fn admin() -> Principal {
+        Principal::User(Uuid::from_u128(0x03))
+    }
+
+    fn plain() -> Principal {
+        Principal::User(Uuid::from_u128(0x04))
+    }
+
+    fn second_owner() -> Principal {
+        Principal::User(Uuid::from_u128(0x05))
+    }
+
+    fn added(principal: Principal, role: Role) -> OrganizationEvent {
+        OrganizationEvent::MemberAdded { principal, role }
+    }
+
+    /// The owner, a second owner, an admin and a member.
+    fn staffed() -> Vec<OrganizationEvent> {
+        vec![
+            created(),
+            owner_added(),
+            added(second_owner(), Role::Owner),
+            added(admin(), Role::Admin),
+            added(plain(), Role::Member),
+        ]
+    }
+
+    fn by_admin() -> Grantor {
+        Grantor::member(admin(), Role::Admin)
+    }
+
     #[tokio::test]
     async fn members_are_added_changed_and_removed() {
         OrganizationTest::with(())
@@ -449,25 +622,17 @@ mod tests {
             .when_async(OrganizationCommand::AddMember {
                 principal: someone(),
                 role: Role::Viewer,
+                by: by_owner(),
             })
             .await
-            .then_expect_events(vec![OrganizationEvent::MemberAdded {
-                principal: someone(),
-                role: Role::Viewer,
-            }]);
-        let with_viewer = vec![
-            created(),
-            owner_added(),
-            OrganizationEvent::MemberAdded {
-                principal: someone(),
-                role: Role::Viewer,
-            },
-        ];
+            .then_expect_events(vec![added(someone(), Role::Viewer)]);
+        let with_viewer = vec![created(), owner_added(), added(someone(), Role::Viewer)];
         OrganizationTest::with(())
             .given(with_viewer.clone())
             .when_async(OrganizationCommand::AddMember {
                 principal: someone(),
                 role: Role::Admin,
+                by: by_owner(),
             })
             .await
             .then_expect_error(OrganizationError::AlreadyMember(someone()));
@@ -476,6 +641,7 @@ mod tests {
             .when_async(OrganizationCommand::ChangeMemberRole {
                 principal: someone(),
                 role: Role::Admin,
+                by: by_owner(),
             })
             .await
             .then_expect_events(vec![OrganizationEvent::MemberRoleChanged {
@@ -487,6 +653,7 @@ mod tests {
             .given(with_viewer)
             .when_async(OrganizationCommand::RemoveMember {
                 principal: someone(),
+                by: by_owner(),
             })
             .await
             .then_expect_events(vec![OrganizationEvent::MemberRemoved {
@@ -498,14 +665,19 @@ mod tests {
     async fn the_last_owner_cannot_leave_or_be_demoted() {
         OrganizationTest::with(())
             .given(vec![created(), owner_added()])
-            .when_async(OrganizationCommand::RemoveMember { principal: owner() })
+            .when_async(OrganizationCommand::RemoveMember {
+                principal: owner(),
+                by: by_owner(),
+            })
             .await
             .then_expect_error(OrganizationError::LastOwner);
+        // Nobody changes their own role; a super admin (no membership) meets the last owner.
         OrganizationTest::with(())
             .given(vec![created(), owner_added()])
             .when_async(OrganizationCommand::ChangeMemberRole {
                 principal: owner(),
                 role: Role::Admin,
+                by: Grantor::with_role(Role::Owner),
             })
             .await
             .then_expect_error(OrganizationError::LastOwner);
@@ -513,8 +685,368 @@ mod tests {
             .given(vec![created(), owner_added()])
             .when_async(OrganizationCommand::RemoveMember {
                 principal: someone(),
+                by: by_owner(),
             })
             .await
             .then_expect_error(OrganizationError::NotMember(someone()));
+    }
+
+    #[tokio::test]
+    async fn nobody_grants_a_role_above_their_own() {
+        // An admin adds an owner, raises a member to owner.
+        OrganizationTest::with(())
+            .given(staffed())
+            .when_async(OrganizationCommand::AddMember {
+                principal: someone(),
+                role: Role::Owner,
+                by: by_admin(),
+            })
+            .await
+            .then_expect_error(OrganizationError::RoleAboveOwn {
+                granted: Role::Owner,
+                own: Role::Admin,
+            });
+        OrganizationTest::with(())
+            .given(staffed())
+            .when_async(OrganizationCommand::ChangeMemberRole {
+                principal: plain(),
+                role: Role::Owner,
+                by: by_admin(),
+            })
+            .await
+            .then_expect_error(OrganizationError::RoleAboveOwn {
+                granted: Role::Owner,
+                own: Role::Admin,
+            });
+        // Refused before "already a member": a refusal says nothing of the state.
+        OrganizationTest::with(())
+            .given(staffed())
+            .when_async(OrganizationCommand::AddMember {
+                principal: owner(),
+                role: Role::Owner,
+                by: by_admin(),
+            })
+            .await
+            .then_expect_error(OrganizationError::RoleAboveOwn {
+                granted: Role::Owner,
+                own: Role::Admin,
+            });
+        // Up to their own role, they may.
+        OrganizationTest::with(())
+            .given(staffed())
+            .when_async(OrganizationCommand::AddMember {
+                principal: someone(),
+                role: Role::Admin,
+                by: by_admin(),
+            })
+            .await
+            .then_expect_events(vec![added(someone(), Role::Admin)]);
+        OrganizationTest::with(())
+            .given(staffed())
+            .when_async(OrganizationCommand::ChangeMemberRole {
+                principal: plain(),
+                role: Role::Admin,
+                by: by_admin(),
+            })
+            .await
+            .then_expect_events(vec![OrganizationEvent::MemberRoleChanged {
+                principal: plain(),
+                from: Role::Member,
+                to: Role::Admin,
+            }]);
+        // An owner grants owner.
+        OrganizationTest::with(())
+            .given(staffed())
+            .when_async(OrganizationCommand::AddMember {
+                principal: someone(),
+                role: Role::Owner,
+                by: by_owner(),
+            })
+            .await
+            .then_expect_events(vec![added(someone(), Role::Owner)]);
+    }
+
+    #[tokio::test]
+    async fn only_owners_change_or_remove_owners() {
+        for command in [
+            OrganizationCommand::ChangeMemberRole {
+                principal: owner(),
+                role: Role::Viewer,
+                by: by_admin(),
+            },
+            OrganizationCommand::RemoveMember {
+                principal: owner(),
+                by: by_admin(),
+            },
+        ] {
+            OrganizationTest::with(())
+                .given(staffed())
+                .when_async(command)
+                .await
+                .then_expect_error(OrganizationError::MemberOutranksYou {
+                    principal: owner(),
+                    role: Role::Owner,
+                    own: Role::Admin,
+                });
+        }
+        // Even to the role the owner already has: the refusal comes first.
+        OrganizationTest::with(())
+            .given(staffed())
+            .when_async(OrganizationCommand::ChangeMemberRole {
+                principal: owner(),
+                role: Role::Owner,
+                by: by_admin(),
+            })
+            .await
+            .then_expect_error(OrganizationError::MemberOutranksYou {
+                principal: owner(),
+                role: Role::Owner,
+                own: Role::Admin,
+            });
+        OrganizationTest::with(())
+            .given(staffed())
+            .when_async(OrganizationCommand::RemoveMember {
+                principal: owner(),
+                by: Grantor::member(second_owner(), Role::Owner),
+            })
+            .await
+            .then_expect_events(vec![OrganizationEvent::MemberRemoved {
+                principal: owner(),
+            }]);
+        OrganizationTest::with(())
+            .given(staffed())
+            .when_async(OrganizationCommand::ChangeMemberRole {
+                principal: second_owner(),
+                role: Role::Admin,
+                by: by_owner(),
+            })
+            .await
+            .then_expect_events(vec![OrganizationEvent::MemberRoleChanged {
+                principal: second_owner(),
+                from: Role::Owner,
+                to: Role::Admin,
+            }]);
+        // An admin manages its peers and those below.
+        OrganizationTest::with(())
+            .given(vec![
+                created(),
+                owner_added(),
+                added(admin(), Role::Admin),
+                added(someone(), Role::Admin),
+            ])
+            .when_async(OrganizationCommand::RemoveMember {
+                principal: someone(),
+                by: by_admin(),
+            })
+            .await
+            .then_expect_events(vec![OrganizationEvent::MemberRemoved {
+                principal: someone(),
+            }]);
+    }
+
+    #[tokio::test]
+    async fn nobody_changes_their_own_role_but_anyone_may_leave() {
+        for (me, role, to) in [
+            (admin(), Role::Admin, Role::Owner),
+            (admin(), Role::Admin, Role::Viewer),
+            (owner(), Role::Owner, Role::Admin),
+        ] {
+            OrganizationTest::with(())
+                .given(staffed())
+                .when_async(OrganizationCommand::ChangeMemberRole {
+                    principal: me,
+                    role: to,
+                    by: Grantor::member(me, role),
+                })
+                .await
+                .then_expect_error(OrganizationError::OwnRole);
+        }
+        for (me, role) in [(admin(), Role::Admin), (owner(), Role::Owner)] {
+            OrganizationTest::with(())
+                .given(staffed())
+                .when_async(OrganizationCommand::RemoveMember {
+                    principal: me,
+                    by: Grantor::member(me, role),
+                })
+                .await
+                .then_expect_events(vec![OrganizationEvent::MemberRemoved { principal: me }]);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_grantor_acts_with_at_most_the_role_recorded_for_them() {
+        // A credential still saying admin, of a member demoted since.
+        let demoted = {
+            let mut events = staffed();
+            events.push(OrganizationEvent::MemberRoleChanged {
+                principal: admin(),
+                from: Role::Admin,
+                to: Role::Member,
+            });
+            events
+        };
+        OrganizationTest::with(())
+            .given(demoted)
+            .when_async(OrganizationCommand::AddMember {
+                principal: someone(),
+                role: Role::Viewer,
+                by: by_admin(),
+            })
+            .await
+            .then_expect_error(OrganizationError::CannotManageMembers(Role::Member));
+        // ... of a member removed since.
+        let removed = {
+            let mut events = staffed();
+            events.push(OrganizationEvent::MemberRemoved { principal: admin() });
+            events
+        };
+        OrganizationTest::with(())
+            .given(removed)
+            .when_async(OrganizationCommand::AddMember {
+                principal: someone(),
+                role: Role::Viewer,
+                by: by_admin(),
+            })
+            .await
+            .then_expect_error(OrganizationError::GrantorNotMember(admin()));
+        // A key of the owner's with the admin role acts as an admin.
+        OrganizationTest::with(())
+            .given(staffed())
+            .when_async(OrganizationCommand::AddMember {
+                principal: someone(),
+                role: Role::Owner,
+                by: Grantor::member(owner(), Role::Admin),
+            })
+            .await
+            .then_expect_error(OrganizationError::RoleAboveOwn {
+                granted: Role::Owner,
+                own: Role::Admin,
+            });
+        // A super admin, no member, acts as an owner.
+        OrganizationTest::with(())
+            .given(staffed())
+            .when_async(OrganizationCommand::AddMember {
+                principal: someone(),
+                role: Role::Owner,
+                by: Grantor::with_role(Role::Owner),
+            })
+            .await
+            .then_expect_events(vec![added(someone(), Role::Owner)]);
+    }
+
+    /// Whether `a` allows every permission `b` allows, over the permissions the code base
+    /// uses: the membership rules' oracle, independent of `Role::rank`.
+    fn allows_all_of(a: Role, b: Role) -> bool {
+        [
+            "org:read",
+            "org:write",
+            "org:delete",
+            "org:members:write",
+            "project:read",
+            "project:write",
+            "ticket:write",
+            "task:write",
+            "task:execute",
+            "spec:approve",
+            "agent:write",
+            "agent:heartbeat",
+            "apikey:write",
+            "events:read",
+            "anything:at_all",
+        ]
+        .iter()
+        .all(|p| !b.allows(p) || a.allows(p))
+    }
+
+    #[test]
+    fn every_grantor_target_and_role_is_decided_by_the_permissions() {
+        let grantor = Principal::User(Uuid::from_u128(0x10));
+        let target = Principal::User(Uuid::from_u128(0x11));
+        for own in Role::ALL {
+            for current in Role::ALL {
+                let mut organization = Organization::default();
+                for event in [
+                    created(),
+                    owner_added(),
+                    added(grantor, own),
+                    added(target, current),
+                ] {
+                    organization.apply(event);
+                }
+                let by = Grantor::member(grantor, own);
+                let manages = own.allows(MANAGE_MEMBERS);
+                for new in Role::ALL {
+                    let change = organization.decide(OrganizationCommand::ChangeMemberRole {
+                        principal: target,
+                        role: new,
+                        by,
+                    });
+                    let expected = manages
+                        && allows_all_of(own, current)
+                        && allows_all_of(own, new)
+                        && current != new;
+                    assert_eq!(change.is_ok(), expected, "{own} sets {current} to {new}");
+                    let add = organization.decide(OrganizationCommand::AddMember {
+                        principal: someone(),
+                        role: new,
+                        by,
+                    });
+                    assert_eq!(
+                        add.is_ok(),
+                        manages && allows_all_of(own, new),
+                        "{own} adds {new}"
+                    );
+                    // And the same credential of the grantor's, with a lower role.
+                    let key = Grantor::member(grantor, new);
+                    let add = organization.decide(OrganizationCommand::AddMember {
+                        principal: someone(),
+                        role: current,
+                        by: key,
+                    });
+                    let acting = if allows_all_of(own, new) { new } else { own };
+                    assert_eq!(
+                        add.is_ok(),
+                        acting.allows(MANAGE_MEMBERS) && allows_all_of(acting, current),
+                        "{own}'s {new} key adds {current}"
+                    );
+                }
+                let remove = organization.decide(OrganizationCommand::RemoveMember {
+                    principal: target,
+                    by,
+                });
+                assert_eq!(
+                    remove.is_ok(),
+                    manages && allows_all_of(own, current),
+                    "{own} removes {current}"
+                );
+                let own_change = organization.decide(OrganizationCommand::ChangeMemberRole {
+                    principal: grantor,
+                    role: Role::Viewer,
+                    by,
+                });
+                assert!(own_change.is_err(), "{own} changes their own role");
+            }
+        }
+    }
+
+    #[test]
+    fn the_refusals_of_who_may_do_what_are_403s() {
+        for error in [
+            OrganizationError::RoleAboveOwn {
+                granted: Role::Owner,
+                own: Role::Admin,
+            },
+            OrganizationError::MemberOutranksYou {
+                principal: owner(),
+                role: Role::Owner,
+                own: Role::Admin,
+            },
+            OrganizationError::OwnRole,
+            OrganizationError::GrantorNotMember(owner()),
+            OrganizationError::CannotManageMembers(Role::Member),
+        ] {
+            assert_eq!(error.kind(), ErrorKind::Forbidden, "{error:?}");
+        }
+        assert_eq!(OrganizationError::LastOwner.kind(), ErrorKind::Conflict);
     }
 }

@@ -3,4 +3,7 @@
 
 mod aggregate;
 
-pub use aggregate::{Organization, OrganizationCommand, OrganizationError, OrganizationEvent};
+pub use aggregate::{
+    Grantor, Organization, OrganizationCommand, OrganizationError, OrganizationEvent,
+    MANAGE_MEMBERS,
+};
