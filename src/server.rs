@@ -105,7 +105,16 @@ pub fn app_state(
         credential_ttl,
     )
     .with_claim_rules(claims)
+    .with_replays(replays(&settings.application))
     .with_billing(settings.billing.config()))
+}
+
+fn replays(application: &crate::settings::ApplicationSettings) -> omoi_api::state::Replays {
+    let concurrent = match application.concurrent_replays {
+        0 => std::thread::available_parallelism().map_or(2, usize::from),
+        n => n,
+    };
+    omoi_api::state::Replays::new(concurrent, application.max_replay_events)
 }
 
 /// The token-signing secret: `OMOI_JWT_SECRET`, or — for `omoi dev` only — one generated

@@ -90,6 +90,10 @@ pub struct ApplicationSettings {
     pub host: String,
     pub port: u16,
     pub log_format: LogFormat,
+    /// Most events one view `as_of` a past position may replay (else 422).
+    pub max_replay_events: usize,
+    /// Views `as_of` rebuilt at once (more wait, then 429); 0 means one per core.
+    pub concurrent_replays: usize,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]

@@ -596,3 +596,53 @@ async fn queries_answer_during_a_rebuild_and_from_the_new_build_afterwards() {
     assert_eq!(status, reqwest::StatusCode::OK);
     assert_eq!(after, before, "the new build answers the same");
 }
+
+/// A view `as_of` a past position replays the project's log, within a bound: one request
+/// cannot make the server fold a whole long history.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_past_view_beyond_the_replay_bound_is_refused() {
+    let app = omoi::testing::spawn_app_tuned(|settings| {
+        settings.application.max_replay_events = 3;
+    })
+    .await;
+    let (_, project) = app.organization_and_project().await;
+    let mut positions = Vec::new();
+    for n in 0..6 {
+        let (status, body) = app
+            .post(
+                "/api/v1/tickets",
+                json!({"project_id": project, "title": format!("T{n}")}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        let (_, history) = app
+            .get(&format!(
+                "/api/v1/tickets/{}/history",
+                body["id"].as_str().expect("an id")
+            ))
+            .await;
+        positions.push(
+            history["events"][0]["global_position"]
+                .as_i64()
+                .expect("a position"),
+        );
+    }
+    let view = format!("/api/v1/board/view?project_id={project}");
+    let graph = format!("/api/v1/graph/dependency-graph/project/{project}");
+    // At most the project's creation and two tickets: within the bound.
+    let (status, early) = app.get(&format!("{view}&as_of={}", positions[1])).await;
+    assert_eq!(status, StatusCode::OK, "{early}");
+    for path in [
+        format!("{view}&as_of={}", positions[5]),
+        format!("{graph}?as_of={}", positions[5]),
+    ] {
+        let (status, problem) = app.get(&path).await;
+        assert_eq!(
+            status,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "{path}: {problem}"
+        );
+        assert_eq!(problem["code"], "as_of_replay_too_long", "{problem}");
+        assert_eq!(problem["field"], "as_of", "{problem}");
+    }
+}

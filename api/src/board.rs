@@ -68,7 +68,27 @@ pub(crate) fn columns() -> Vec<ColumnConfig> {
 pub(crate) fn read_error(error: ProjectionError) -> ApiError {
     match error {
         ProjectionError::Database(e) => ApiError::from(e),
+        too_long @ ProjectionError::ReplayTooLong { .. } => {
+            ApiError::invalid("as_of_replay_too_long", "as_of", too_long.to_string())
+        }
         other => ApiError::Internal(other.to_string()),
+    }
+}
+
+/// How long a view `as_of` waits for a turn to replay before it is turned away.
+const REPLAY_PATIENCE: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// A turn to replay the log for a view `as_of` a past position (429 when every turn stays
+/// taken for [`REPLAY_PATIENCE`]).
+pub(crate) async fn replay_turn(state: &AppState) -> ApiResult<tokio::sync::OwnedSemaphorePermit> {
+    let acquire = state.replays.turns.clone().acquire_owned();
+    match tokio::time::timeout(REPLAY_PATIENCE, acquire).await {
+        Ok(Ok(permit)) => Ok(permit),
+        Ok(Err(_closed)) => Err(ApiError::Internal("the replay limiter was closed".into())),
+        Err(_elapsed) => Err(ApiError::TooManyRequests {
+            detail: "too many views of past states are being rebuilt; try again shortly",
+            retry_after_seconds: 1,
+        }),
     }
 }
 
@@ -107,7 +127,11 @@ pub(crate) fn checked_as_of(as_of: Option<i64>) -> ApiResult<Option<i64>> {
     responses(
         (status = 200, body = BoardView), (status = 400, body = Problem),
         (status = 403, body = Problem), (status = 404, body = Problem, description = "no such project"),
-        (status = 422, body = Problem, description = "negative as_of"),
+        (status = 422, body = Problem,
+            description = "negative as_of, or more events to replay up to it than \
+                           `application.max_replay_events` (100,000)"),
+        (status = 429, body = Problem,
+            description = "too many past views being rebuilt at once (Retry-After)"),
     ))]
 async fn board_view(
     State(state): State<AppState>,
@@ -119,11 +143,13 @@ async fn board_view(
         project_organization(&state, &caller, "ticket:read", query.project_id).await?;
     let view = match as_of {
         Some(as_of) => {
+            let _turn = replay_turn(&state).await?;
             board::board_view_as_of(
                 state.pool(),
                 organization_id,
                 query.project_id,
                 as_of,
+                state.replays.max_events,
                 &columns(),
             )
             .await

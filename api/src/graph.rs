@@ -16,7 +16,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::auth::Caller;
-use crate::board::{checked_as_of, project_organization, read_error};
+use crate::board::{checked_as_of, project_organization, read_error, replay_turn};
 use crate::error::{ApiError, ApiResult, Problem};
 use crate::extract::{IdPath, Query};
 use crate::state::AppState;
@@ -45,7 +45,11 @@ pub struct AsOfQuery {
     responses(
         (status = 200, body = GraphView), (status = 400, body = Problem),
         (status = 403, body = Problem), (status = 404, body = Problem, description = "no such project"),
-        (status = 422, body = Problem, description = "negative as_of"),
+        (status = 422, body = Problem,
+            description = "negative as_of, or more events to replay up to it than \
+                           `application.max_replay_events` (100,000)"),
+        (status = 429, body = Problem,
+            description = "too many past views being rebuilt at once (Retry-After)"),
     ))]
 async fn project_graph(
     State(state): State<AppState>,
@@ -57,7 +61,10 @@ async fn project_graph(
     let organization_id = project_organization(&state, &caller, "task:read", project_id).await?;
     let view = match as_of {
         Some(as_of) => {
-            graph::project_graph_as_of(state.pool(), organization_id, project_id, as_of).await
+            let _turn = replay_turn(&state).await?;
+            let max_events = state.replays.max_events;
+            graph::project_graph_as_of(state.pool(), organization_id, project_id, as_of, max_events)
+                .await
         }
         None => graph::project_graph(state.pool(), project_id).await,
     };

@@ -36,6 +36,33 @@ pub struct AppState {
     pub claims: Arc<Claims>,
     /// Plans and Stripe.
     pub billing: Arc<BillingConfig>,
+    /// Views `as_of` a past position replay the log: a few at a time, each at most so many
+    /// events, so that a crowd of them cannot take every core and connection.
+    pub replays: Arc<Replays>,
+}
+
+/// The bounds of rebuilding past views (`?as_of=`).
+pub struct Replays {
+    pub turns: Arc<tokio::sync::Semaphore>,
+    pub max_events: usize,
+}
+
+impl Replays {
+    pub fn new(concurrent: usize, max_events: usize) -> Self {
+        Self {
+            turns: Arc::new(tokio::sync::Semaphore::new(concurrent.max(1))),
+            max_events,
+        }
+    }
+}
+
+impl Default for Replays {
+    fn default() -> Self {
+        Self::new(
+            std::thread::available_parallelism().map_or(2, usize::from),
+            omoi_projections::board::MAX_REPLAY_EVENTS,
+        )
+    }
 }
 
 /// The noun for a 404 about aggregate `A`.
@@ -68,12 +95,19 @@ impl AppState {
             projections: None,
             claims: Arc::new(Claims::default()),
             billing: Arc::new(BillingConfig::default()),
+            replays: Arc::new(Replays::default()),
         }
     }
 
     /// Billing with these plans and this Stripe.
     pub fn with_billing(mut self, config: BillingConfig) -> Self {
         self.billing = Arc::new(config);
+        self
+    }
+
+    /// Past views are rebuilt within these bounds.
+    pub fn with_replays(mut self, replays: Replays) -> Self {
+        self.replays = Arc::new(replays);
         self
     }
 

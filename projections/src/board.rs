@@ -117,6 +117,10 @@ pub fn task_status_after(event: &TaskEvent) -> Option<TaskStatus> {
 /// Events of a project are read in pages of this size when a past state is rebuilt.
 const REPLAY_PAGE: i64 = 1000;
 
+/// Most events one view `as_of` a past position replays by default: it bounds the time
+/// and memory a single request may take (a project's whole history, in the worst case).
+pub const MAX_REPLAY_EVENTS: usize = 100_000;
+
 /// Feeds `apply` the events of one project in the log's gapless order, up to `as_of`.
 ///
 /// It stops at the first event whose global position is above `as_of`, so what `apply`
@@ -128,6 +132,7 @@ pub async fn replay_project(
     organization_id: Uuid,
     project_id: Uuid,
     as_of: i64,
+    max_events: usize,
     mut apply: impl FnMut(&StoredEvent) -> Result<(), ProjectionError>,
 ) -> Result<(), ProjectionError> {
     let visibility = Visibility::Organizations {
@@ -135,11 +140,16 @@ pub async fn replay_project(
         project: Some(project_id),
     };
     let mut cursor = Cursor::default();
+    let mut replayed = 0;
     loop {
         let page = read_global(pool, cursor, REPLAY_PAGE, &visibility).await?;
         for event in &page.events {
             if event.global_position > as_of {
                 return Ok(());
+            }
+            replayed += 1;
+            if replayed > max_events {
+                return Err(ProjectionError::ReplayTooLong { max: max_events });
             }
             apply(event)?;
         }
@@ -1015,12 +1025,18 @@ pub async fn board_view_as_of(
     organization_id: Uuid,
     project_id: Uuid,
     as_of: i64,
+    max_events: usize,
     columns: &[ColumnConfig],
 ) -> Result<BoardView, ProjectionError> {
     let mut model = BoardModel::default();
-    replay_project(pool, organization_id, project_id, as_of, |event| {
-        model.apply(event).map(|_| ())
-    })
+    replay_project(
+        pool,
+        organization_id,
+        project_id,
+        as_of,
+        max_events,
+        |event| model.apply(event).map(|_| ()),
+    )
     .await?;
     let cards = model
         .into_cards()

@@ -713,11 +713,17 @@ pub async fn project_graph_as_of(
     organization_id: Uuid,
     project_id: Uuid,
     as_of: i64,
+    max_events: usize,
 ) -> Result<GraphView, ProjectionError> {
     let mut model = GraphModel::default();
-    replay_project(pool, organization_id, project_id, as_of, |event| {
-        model.apply(event).map(|_| ())
-    })
+    replay_project(
+        pool,
+        organization_id,
+        project_id,
+        as_of,
+        max_events,
+        |event| model.apply(event).map(|_| ()),
+    )
     .await?;
     let scope = GraphScope {
         project_id,

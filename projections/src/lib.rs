@@ -38,6 +38,9 @@ pub enum ProjectionError {
     Database(#[from] sqlx::Error),
     #[error("event {event_type} has an unexpected payload: {detail}")]
     Payload { event_type: String, detail: String },
+    /// A view as of a past position would replay more events than one request may.
+    #[error("the project's history up to this position has more than {max} events to replay")]
+    ReplayTooLong { max: usize },
 }
 
 impl ProjectionError {
