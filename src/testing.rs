@@ -183,13 +183,24 @@ pub async fn spawn_app_on_with(
     database: TestDatabase,
     live: omoi_api::live::LiveConfig,
 ) -> TestApp {
-    spawn_configured(database, live, None).await
+    spawn_configured(database, live, None, test_settings()).await
 }
 
 /// [`spawn_app`] with billing (plans, Stripe's address and secrets) of the test's choosing.
 pub async fn spawn_app_with_billing(billing: omoi_api::billing::BillingConfig) -> TestApp {
     let database = TestDatabase::create().await.expect("a fresh test database");
-    let mut app = spawn_configured(database, test_live_config(), Some(billing)).await;
+    let mut app =
+        spawn_configured(database, test_live_config(), Some(billing), test_settings()).await;
+    app.token = Some(app.register_and_login("owner@example.com").await);
+    app
+}
+
+/// [`spawn_app`] with the test settings changed by `adjust` (e.g. small rate limits).
+pub async fn spawn_app_with_settings(adjust: impl FnOnce(&mut Settings)) -> TestApp {
+    let database = TestDatabase::create().await.expect("a fresh test database");
+    let mut settings = test_settings();
+    adjust(&mut settings);
+    let mut app = spawn_configured(database, test_live_config(), None, settings).await;
     app.token = Some(app.register_and_login("owner@example.com").await);
     app
 }
@@ -198,8 +209,8 @@ async fn spawn_configured(
     database: TestDatabase,
     live: omoi_api::live::LiveConfig,
     billing: Option<omoi_api::billing::BillingConfig>,
+    settings: Settings,
 ) -> TestApp {
-    let settings = test_settings();
     let pool = TestDatabase::pool(&database.options, 16)
         .await
         .expect("a pool on the test database");

@@ -12,6 +12,7 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::auth::cache::CredentialCache;
+use crate::auth::guard::{Guard, GuardConfig};
 use crate::auth::tokens::TokenKeys;
 use crate::auth::{refused, Caller};
 use crate::billing::BillingConfig;
@@ -36,6 +37,8 @@ pub struct AppState {
     pub claims: Arc<Claims>,
     /// Plans and Stripe.
     pub billing: Arc<BillingConfig>,
+    /// Hash slots, rate limits and cookie policy of the public auth routes.
+    pub guard: Arc<Guard>,
 }
 
 /// The noun for a 404 about aggregate `A`.
@@ -68,7 +71,14 @@ impl AppState {
             projections: None,
             claims: Arc::new(Claims::default()),
             billing: Arc::new(BillingConfig::default()),
+            guard: Arc::new(Guard::new(GuardConfig::default())),
         }
+    }
+
+    /// The auth routes' hash slots, rate limits and cookies as configured.
+    pub fn with_guard(mut self, config: GuardConfig) -> Self {
+        self.guard = Arc::new(Guard::new(config));
+        self
     }
 
     /// Billing with these plans and this Stripe.
