@@ -8,8 +8,11 @@
 //!   core by default). A request that cannot get a slot within `hash_wait` is answered
 //!   **503** `busy` with `Retry-After` instead of queueing: the slots are shared by every
 //!   client, so being full is the server's state, not this client's fault (429 would
-//!   say "you sent too many"). The slot is held by the blocking work itself, so a client
-//!   that hangs up does not free it before the hash is done.
+//!   say "you sent too many"). The slot is held by the hash itself, so a client that hangs
+//!   up does not free it before the hash is done. The hashes run on `hash_slots` threads of
+//!   their own, not on tokio's blocking pool, each keeping its argon2 working memory
+//!   (`passwords`): memory is then slots × 19 MiB, allocated once. (On the blocking pool,
+//!   allocating per hash, 300 logins two at a time still peaked at 882 MiB.)
 //! * **Rate limits** (the `governor` crate's GCRA, keyed): per client address on all
 //!   three routes, before the body is read, and per account (the email) on register and
 //!   login, before anything is hashed. Beyond the quota: **429** with `Retry-After`. An
@@ -22,7 +25,7 @@
 
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::num::NonZeroU32;
-use std::sync::Arc;
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 
 use axum::extract::{ConnectInfo, FromRequestParts};
@@ -93,7 +96,9 @@ impl Default for GuardConfig {
 /// Hash slots and rate limits shared by every request of this process.
 pub struct Guard {
     pub config: GuardConfig,
+    /// One permit per hashing thread.
     hashing: Arc<Semaphore>,
+    hashers: mpsc::Sender<Job>,
     addresses: DefaultKeyedRateLimiter<IpAddr>,
     accounts: DefaultKeyedRateLimiter<String>,
 }
@@ -104,8 +109,10 @@ impl Guard {
             0 => std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get),
             n => n,
         };
+        let (hashers, started) = start_hashers(slots);
         Self {
-            hashing: Arc::new(Semaphore::new(slots)),
+            hashing: Arc::new(Semaphore::new(started)),
+            hashers,
             addresses: DefaultKeyedRateLimiter::keyed(config.per_address.quota()),
             accounts: DefaultKeyedRateLimiter::keyed(config.per_account.quota()),
             config,
@@ -122,7 +129,7 @@ impl Guard {
         check(&self.accounts, &email.to_string())
     }
 
-    /// Runs `work` (a hash or a verification) on the blocking pool in one of the slots,
+    /// Runs `work` (a hash or a verification) on a hashing thread once a slot is free,
     /// or refuses with 503 when none frees up within the configured wait.
     pub async fn hashing<T: Send + 'static>(
         &self,
@@ -136,12 +143,18 @@ impl Guard {
                 retry_after_seconds: whole_seconds(wait),
             })?
             .map_err(|e| ApiError::Internal(e.to_string()))?;
-        tokio::task::spawn_blocking(move || {
-            let _slot = permit;
-            work()
-        })
-        .await
-        .map_err(|e| ApiError::Internal(e.to_string()))
+        let (answer, answered) = tokio::sync::oneshot::channel();
+        let job: Job = Box::new(move || {
+            let output = work();
+            drop(permit);
+            let _ = answer.send(output);
+        });
+        self.hashers
+            .send(job)
+            .map_err(|_| ApiError::Internal("the hashing threads are gone".into()))?;
+        answered
+            .await
+            .map_err(|_| ApiError::Internal("a password hash panicked".into()))
     }
 
     /// Drops the rate-limit state of keys that are back at a full burst, so memory does
@@ -150,6 +163,38 @@ impl Guard {
         for limiter in [&self.addresses as &dyn Sweep, &self.accounts] {
             limiter.sweep();
         }
+    }
+}
+
+type Job = Box<dyn FnOnce() + Send>;
+
+/// `count` threads running jobs until the sender is dropped; returns the sender and how
+/// many threads started (the slots: none started means every hash is refused as busy).
+fn start_hashers(count: usize) -> (mpsc::Sender<Job>, usize) {
+    let (jobs, queue) = mpsc::channel::<Job>();
+    let queue = Arc::new(Mutex::new(queue));
+    let started = (0..count)
+        .filter(|n| {
+            let queue = queue.clone();
+            std::thread::Builder::new()
+                .name(format!("omoi-hash-{n}"))
+                .spawn(move || run_jobs(&queue))
+                .inspect_err(|error| tracing::error!(%error, "cannot start a hashing thread"))
+                .is_ok()
+        })
+        .count();
+    (jobs, started)
+}
+
+fn run_jobs(queue: &Mutex<mpsc::Receiver<Job>>) {
+    loop {
+        let job = match queue.lock() {
+            Ok(queue) => queue.recv(),
+            Err(_) => return,
+        };
+        let Ok(job) = job else { return };
+        // A panicking job drops its answer (the request gets a 500); the thread stays.
+        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
     }
 }
 
