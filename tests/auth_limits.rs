@@ -323,6 +323,21 @@ async fn the_account_quota_refuses_that_account_only_right_password_or_not() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn an_email_no_account_can_have_costs_no_quota_key_row_or_hash() {
+    let app = spawn_app().await;
+    let huge = format!("{}@example.com", "a".repeat(100_000));
+    for email in [huge.as_str(), "no-at-sign"] {
+        let refused = login(&app, email, TEST_PASSWORD, &[]).await;
+        assert_eq!(refused.status, StatusCode::UNAUTHORIZED, "{}", refused.body);
+    }
+    let failures: i64 = sqlx::query_scalar("select count(*) from login_failures")
+        .fetch_one(&app.database.pool)
+        .await
+        .expect("counted");
+    assert_eq!(failures, 0, "nothing was recorded for them");
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn hashes_beyond_the_slots_are_refused_with_503_and_are_not_counted_as_failures() {
     let app = spawn_app_with_settings(|s| {
         s.auth.password_hashing.concurrency = 1;

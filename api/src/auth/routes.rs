@@ -218,7 +218,9 @@ async fn login(
     _quota: AddressQuota,
     Body(body): Body<Login>,
 ) -> TokenResponse {
-    let email = body.email.trim().to_lowercase();
+    // No account has such an email: refused before it costs a quota key, a row or a hash
+    // (it could be 256 KiB long).
+    let email = normalized_email(&body.email).map_err(|_| wrong_credentials())?;
     state.guard.check_account(&email)?;
     let window = Duration::minutes(LOCKOUT_WINDOW_MINUTES);
     let ticket =
@@ -232,10 +234,14 @@ async fn login(
             issue_pair(&state, user.id).await
         }
         // The attempt stays counted as a failure.
-        Ok(None) => Err(ApiError::Unauthorized {
-            detail: "wrong email or password",
-        }),
+        Ok(None) => Err(wrong_credentials()),
         Err(error) => Err(withdrawn(&state, &ticket, error).await),
+    }
+}
+
+fn wrong_credentials() -> ApiError {
+    ApiError::Unauthorized {
+        detail: "wrong email or password",
     }
 }
 
