@@ -106,7 +106,8 @@ pub fn app_state(
     )
     .with_claim_rules(claims)
     .with_replays(replays(&settings.application))
-    .with_billing(settings.billing.config()))
+    .with_billing(settings.billing.config())
+    .with_guard(settings.auth.guard()?))
 }
 
 fn replays(application: &crate::settings::ApplicationSettings) -> omoi_api::state::Replays {
@@ -233,16 +234,21 @@ pub async fn bootstrap_dev(state: &AppState) -> anyhow::Result<Option<DevBootstr
 }
 
 /// Serves the API on `listener` until `shutdown` completes, then finishes open requests.
+/// The pruning of expired credentials runs as long as the server does.
 pub async fn serve(
     listener: TcpListener,
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let app = omoi_api::app(state);
-    axum::serve(listener, app)
+    let housekeeping = tokio::spawn(omoi_api::auth::housekeeping::run(state.clone()));
+    // The peer address keys the rate limits of the public auth routes.
+    let app = omoi_api::app(state).into_make_service_with_connect_info::<SocketAddr>();
+    let served = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await
-        .context("serving HTTP")
+        .context("serving HTTP");
+    housekeeping.abort();
+    served
 }
 
 /// Binds the configured address.

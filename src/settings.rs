@@ -125,6 +125,49 @@ pub struct AuthSettings {
     /// How long an accepted credential is remembered (0 disables the cache). Revocations
     /// and membership changes made through another replica take up to this long to apply.
     pub credential_cache_ms: u64,
+    /// Adds `Secure` to the session cookies: set when clients reach the API over https.
+    pub secure_cookies: bool,
+    pub password_hashing: HashingSettings,
+    pub rate_limits: RateLimitSettings,
+    /// How often expired credentials are deleted (0: never, e.g. on all replicas but one).
+    pub prune_interval_seconds: u64,
+}
+
+/// Argon2 hashes at once, and how long a request waits for a slot before a 503.
+#[derive(Debug, Clone, Deserialize)]
+pub struct HashingSettings {
+    /// 0: one per available core.
+    pub concurrency: usize,
+    pub max_wait_ms: u64,
+}
+
+/// Quotas of register, login and refresh.
+#[derive(Debug, Clone, Deserialize)]
+pub struct RateLimitSettings {
+    pub per_address: omoi_api::auth::guard::RateQuota,
+    pub per_account: omoi_api::auth::guard::RateQuota,
+    /// The header a trusted reverse proxy names the client in; empty: the peer address.
+    pub client_address_header: String,
+}
+
+impl AuthSettings {
+    /// The API's guard of the public auth routes.
+    pub fn guard(&self) -> anyhow::Result<omoi_api::auth::guard::GuardConfig> {
+        let header = self.rate_limits.client_address_header.trim();
+        let client_address_header = (!header.is_empty())
+            .then(|| axum::http::HeaderName::from_bytes(header.as_bytes()))
+            .transpose()
+            .context("auth.rate_limits.client_address_header is not a header name")?;
+        Ok(omoi_api::auth::guard::GuardConfig {
+            hash_slots: self.password_hashing.concurrency,
+            hash_wait: std::time::Duration::from_millis(self.password_hashing.max_wait_ms),
+            per_address: self.rate_limits.per_address,
+            per_account: self.rate_limits.per_account,
+            client_address_header,
+            secure_cookies: self.secure_cookies,
+            prune_every: std::time::Duration::from_secs(self.prune_interval_seconds),
+        })
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]

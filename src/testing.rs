@@ -195,11 +195,11 @@ pub async fn spawn_app_with_billing(billing: omoi_api::billing::BillingConfig) -
     app
 }
 
-/// [`spawn_app`] with settings the test changes from the test configuration.
-pub async fn spawn_app_tuned(tune: impl FnOnce(&mut Settings)) -> TestApp {
+/// [`spawn_app`] with the test settings changed by `adjust` (e.g. small rate limits).
+pub async fn spawn_app_with_settings(adjust: impl FnOnce(&mut Settings)) -> TestApp {
     let database = TestDatabase::create().await.expect("a fresh test database");
     let mut settings = test_settings();
-    tune(&mut settings);
+    adjust(&mut settings);
     let mut app = spawn_configured(database, test_live_config(), None, settings).await;
     app.token = Some(app.register_and_login("owner@example.com").await);
     app

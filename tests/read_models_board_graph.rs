@@ -601,7 +601,7 @@ async fn queries_answer_during_a_rebuild_and_from_the_new_build_afterwards() {
 /// cannot make the server fold a whole long history.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_past_view_beyond_the_replay_bound_is_refused() {
-    let app = omoi::testing::spawn_app_tuned(|settings| {
+    let app = omoi::testing::spawn_app_with_settings(|settings| {
         settings.application.max_replay_events = 3;
     })
     .await;

@@ -76,6 +76,12 @@ pub enum ApiError {
     },
     /// 503: the database cannot be reached; retry later.
     Unavailable(String),
+    /// 503 `busy`: a resource shared by all clients (password hashing) is saturated;
+    /// retry after the given seconds.
+    Overloaded {
+        detail: &'static str,
+        retry_after_seconds: u32,
+    },
     /// 500: a bug. The cause is logged, not shown.
     Internal(String),
 }
@@ -119,7 +125,7 @@ impl ApiError {
             Self::Conflict { .. } => StatusCode::CONFLICT,
             Self::PaymentRequired { .. } => StatusCode::PAYMENT_REQUIRED,
             Self::Status { status, .. } => *status,
-            Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Unavailable(_) | Self::Overloaded { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -155,6 +161,7 @@ impl ApiError {
             Self::Conflict { code, detail } => (code, detail, None),
             Self::PaymentRequired { code, detail } => (code, detail, None),
             Self::Status { code, detail, .. } => (code, detail, None),
+            Self::Overloaded { detail, .. } => ("busy", detail.to_string(), None),
             Self::Unavailable(cause) => {
                 tracing::warn!(%cause, "database unavailable");
                 (
@@ -189,6 +196,10 @@ impl IntoResponse for ApiError {
         let retry_after = match &self {
             Self::Unavailable(_) => Some(2),
             Self::TooManyRequests {
+                retry_after_seconds,
+                ..
+            }
+            | Self::Overloaded {
                 retry_after_seconds,
                 ..
             } => Some(*retry_after_seconds),

@@ -12,6 +12,7 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::auth::cache::CredentialCache;
+use crate::auth::guard::{Guard, GuardConfig};
 use crate::auth::tokens::TokenKeys;
 use crate::auth::{refused, Caller};
 use crate::billing::BillingConfig;
@@ -39,6 +40,8 @@ pub struct AppState {
     /// Views `as_of` a past position replay the log: a few at a time, each at most so many
     /// events, so that a crowd of them cannot take every core and connection.
     pub replays: Arc<Replays>,
+    /// Hash slots, rate limits and cookie policy of the public auth routes.
+    pub guard: Arc<Guard>,
 }
 
 /// The bounds of rebuilding past views (`?as_of=`).
@@ -96,7 +99,14 @@ impl AppState {
             claims: Arc::new(Claims::default()),
             billing: Arc::new(BillingConfig::default()),
             replays: Arc::new(Replays::default()),
+            guard: Arc::new(Guard::new(GuardConfig::default())),
         }
+    }
+
+    /// The auth routes' hash slots, rate limits and cookies as configured.
+    pub fn with_guard(mut self, config: GuardConfig) -> Self {
+        self.guard = Arc::new(Guard::new(config));
+        self
     }
 
     /// Billing with these plans and this Stripe.

@@ -151,39 +151,157 @@ pub async fn role_in(
     Ok(role.and_then(|r| r.parse().ok()))
 }
 
-/// Records a failed login and returns how many failures the email has in `window`.
-pub async fn record_login_failure(
-    pool: &PgPool,
-    email: &str,
-    window: chrono::Duration,
-) -> Result<i64, sqlx::Error> {
-    sqlx::query("insert into login_failures (email) values ($1)")
-        .bind(email)
-        .execute(pool)
-        .await?;
-    recent_login_failures(pool, email, window).await
+/// The lockout's decision about one login attempt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LoginAdmission {
+    /// The password may be checked. The attempt already counts as a failure until
+    /// [`login_succeeded`] or [`withdraw_login`] says otherwise.
+    Admitted(LoginTicket),
+    /// `max_failures` failures within the window; the oldest leaves it after this long.
+    LockedOut { retry_after: chrono::Duration },
 }
 
-pub async fn recent_login_failures(
+/// One admitted attempt: its row in `login_failures`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoginTicket {
+    email: String,
+    counted_at: DateTime<Utc>,
+}
+
+/// Admits a login attempt for `email` unless it has `max_failures` failures within
+/// `window`, counting it at once. Check and count are one step under a per-email lock:
+/// checking first and recording after the (slow) password check let every parallel guess
+/// pass the check.
+pub async fn admit_login(
     pool: &PgPool,
     email: &str,
     window: chrono::Duration,
-) -> Result<i64, sqlx::Error> {
-    sqlx::query_scalar(
-        "select count(*) from login_failures where email = $1 and failed_at > now() - $2",
+    max_failures: i64,
+) -> Result<LoginAdmission, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    // Held to the end of the transaction; the two-key form keeps it apart from the other
+    // advisory locks (projectors, cycle checks).
+    sqlx::query("select pg_advisory_xact_lock(hashtext('omoi-login'), hashtext($1))")
+        .bind(email)
+        .execute(&mut *tx)
+        .await?;
+    // A statement after the lock: its snapshot sees every attempt committed before.
+    let row = sqlx::query(
+        "with recent as (
+             select count(*) as failures, min(failed_at) as oldest
+               from login_failures where email = $1 and failed_at > now() - $2),
+         counted as (
+             insert into login_failures (email) select $1 from recent where failures < $3
+             returning failed_at)
+         select (select failed_at from counted) as counted_at,
+                ceil(extract(epoch from recent.oldest + $2 - now()))::int8 as retry_after
+           from recent",
     )
     .bind(email)
     .bind(window)
-    .fetch_one(pool)
-    .await
+    .bind(max_failures)
+    .fetch_one(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    let counted_at: Option<DateTime<Utc>> = row.try_get("counted_at")?;
+    Ok(match counted_at {
+        Some(counted_at) => LoginAdmission::Admitted(LoginTicket {
+            email: email.to_string(),
+            counted_at,
+        }),
+        None => LoginAdmission::LockedOut {
+            retry_after: chrono::Duration::seconds(
+                row.try_get::<Option<i64>, _>("retry_after")?.unwrap_or(0),
+            ),
+        },
+    })
 }
 
-pub async fn clear_login_failures(pool: &PgPool, email: &str) -> Result<(), sqlx::Error> {
-    sqlx::query("delete from login_failures where email = $1")
-        .bind(email)
+/// The password was right: the failures counted up to this attempt (itself included)
+/// are forgotten.
+pub async fn login_succeeded(pool: &PgPool, ticket: &LoginTicket) -> Result<(), sqlx::Error> {
+    sqlx::query("delete from login_failures where email = $1 and failed_at <= $2")
+        .bind(&ticket.email)
+        .bind(ticket.counted_at)
         .execute(pool)
         .await?;
     Ok(())
+}
+
+/// The password was never checked (the server was busy): the attempt is no failure.
+pub async fn withdraw_login(pool: &PgPool, ticket: &LoginTicket) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "delete from login_failures where ctid = (
+             select ctid from login_failures where email = $1 and failed_at = $2 limit 1)",
+    )
+    .bind(&ticket.email)
+    .bind(ticket.counted_at)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// Rows deleted by one [`prune_expired`] pass.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Pruned {
+    pub login_failures: u64,
+    pub refresh_tokens: u64,
+    pub revoked_access_tokens: u64,
+}
+
+impl Pruned {
+    /// Whether some table may have more to delete than one pass's `limit`.
+    pub fn reached(&self, limit: i64) -> bool {
+        let limit = u64::try_from(limit).unwrap_or(0);
+        [
+            self.login_failures,
+            self.refresh_tokens,
+            self.revoked_access_tokens,
+        ]
+        .into_iter()
+        .any(|n| n >= limit)
+    }
+}
+
+/// Deletes at most `limit` rows from each credential table that nothing reads any more:
+/// login failures older than the lockout `window`, and refresh tokens and revoked access
+/// tokens expired over an hour ago. The hour is margin for clocks: an expired token is
+/// refused by its signature check before these tables are read, but the expiry stored
+/// was computed by an application server whose clock may differ from the database's.
+pub async fn prune_expired(
+    pool: &PgPool,
+    window: chrono::Duration,
+    limit: i64,
+) -> Result<Pruned, sqlx::Error> {
+    let delete = |sql: &'static str, age: chrono::Duration| async move {
+        sqlx::query(sql)
+            .bind(age)
+            .bind(limit)
+            .execute(pool)
+            .await
+            .map(|done| done.rows_affected())
+    };
+    let margin = chrono::Duration::hours(1);
+    Ok(Pruned {
+        login_failures: delete(
+            "delete from login_failures where ctid = any(array(
+                 select ctid from login_failures where failed_at < now() - $1 limit $2))",
+            window,
+        )
+        .await?,
+        refresh_tokens: delete(
+            "delete from refresh_tokens where jti = any(array(
+                 select jti from refresh_tokens where expires_at < now() - $1 limit $2))",
+            margin,
+        )
+        .await?,
+        revoked_access_tokens: delete(
+            "delete from revoked_access_tokens where jti = any(array(
+                 select jti from revoked_access_tokens where expires_at < now() - $1 limit $2))",
+            margin,
+        )
+        .await?,
+    })
 }
 
 pub async fn store_refresh_token(
@@ -268,18 +386,23 @@ pub async fn revoke_all_tokens(pool: &PgPool, user_id: Uuid) -> Result<(), sqlx:
     tx.commit().await
 }
 
-/// Logout: revokes one access token and one refresh token (when given).
+/// Logout: revokes an access token and a refresh token (each when given).
 pub async fn revoke_session(
     pool: &PgPool,
-    access: (Uuid, DateTime<Utc>),
+    access: Option<(Uuid, DateTime<Utc>)>,
     refresh: Option<Uuid>,
 ) -> Result<(), sqlx::Error> {
     let mut tx = pool.begin().await?;
-    sqlx::query("insert into revoked_access_tokens (jti, expires_at) values ($1, $2) on conflict do nothing")
-        .bind(access.0)
-        .bind(access.1)
+    if let Some((jti, expires_at)) = access {
+        sqlx::query(
+            "insert into revoked_access_tokens (jti, expires_at) values ($1, $2)
+             on conflict do nothing",
+        )
+        .bind(jti)
+        .bind(expires_at)
         .execute(&mut *tx)
         .await?;
+    }
     if let Some(jti) = refresh {
         sqlx::query(
             "update refresh_tokens set revoked_at = now() where jti = $1 and revoked_at is null",

@@ -11,9 +11,12 @@
 //! # Layout
 //!
 //! * [`tokens`] — HS256 JWTs; [`passwords`] — argon2id and the password rules;
-//!   [`keys`] — API keys; [`routes`] — `/api/v1/auth/*`.
+//!   [`keys`] — API keys; [`routes`] — `/api/v1/auth/*`; [`guard`] — hash slots, rate
+//!   limits and cookie policy of the public routes; [`housekeeping`] — pruning.
 
 pub mod cache;
+pub mod guard;
+pub mod housekeeping;
 pub mod keys;
 pub mod passwords;
 pub mod routes;

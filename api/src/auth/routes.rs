@@ -9,13 +9,16 @@ use chrono::{DateTime, Duration, Utc};
 use omoi_domain::access::Role;
 use omoi_domain::organization::Organization;
 use omoi_domain::project::Project;
-use omoi_store::accounts::{self, ApiKeyRecord, CreateUserError, RefreshUse, UserRecord};
+use omoi_store::accounts::{
+    self, ApiKeyRecord, CreateUserError, LoginAdmission, LoginTicket, RefreshUse, UserRecord,
+};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use uuid::Uuid;
 
+use super::guard::AddressQuota;
 use super::tokens::TokenType;
 use super::{keys, passwords, Caller, Identity, REFRESH_COOKIE};
 use crate::error::{ApiError, ApiResult, Problem};
@@ -88,12 +91,18 @@ fn normalized_email(email: &str) -> Result<String, ApiError> {
         (status = 201, body = User), (status = 400, body = Problem),
         (status = 409, body = Problem, description = "the email is taken"),
         (status = 422, body = Problem, description = "bad email or weak password"),
+        (status = 429, body = Problem,
+            description = "over the quota of the client address or the email (`Retry-After`)"),
+        (status = 503, body = Problem,
+            description = "`busy`: every password-hashing slot is taken (`Retry-After`)"),
     ))]
 async fn register(
     State(state): State<AppState>,
+    _quota: AddressQuota,
     Body(body): Body<Register>,
 ) -> ApiResult<(StatusCode, Json<User>)> {
     let email = normalized_email(&body.email)?;
+    state.guard.check_account(&email)?;
     passwords::check_strength(&body.password)
         .map_err(|weak| ApiError::invalid("weak_password", "password", weak.to_string()))?;
     let display_name = body
@@ -101,7 +110,12 @@ async fn register(
         .map(|n| n.trim().to_string())
         .filter(|n| !n.is_empty())
         .unwrap_or_else(|| email.split('@').next().unwrap_or_default().to_string());
-    let hash = hash_password(body.password).await?;
+    let password = body.password;
+    let hash = state
+        .guard
+        .hashing(move || passwords::hash(&password))
+        .await?
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
     let user = accounts::create_user(state.pool(), Uuid::now_v7(), &email, &hash, &display_name)
         .await
         .map_err(|e| match e {
@@ -112,14 +126,6 @@ async fn register(
             CreateUserError::Database(e) => ApiError::from(e),
         })?;
     Ok((StatusCode::CREATED, Json(user.into())))
-}
-
-/// Argon2 is deliberately slow: it runs off the async workers.
-async fn hash_password(password: String) -> ApiResult<String> {
-    tokio::task::spawn_blocking(move || passwords::hash(&password))
-        .await
-        .map_err(|e| ApiError::Internal(e.to_string()))?
-        .map_err(|e| ApiError::Internal(e.to_string()))
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -159,14 +165,20 @@ async fn issue_pair(state: &AppState, user: Uuid) -> TokenResponse {
         refresh_claims.expires_at(),
     )
     .await?;
+    let secure = state.guard.config.secure_cookies;
     let mut headers = HeaderMap::new();
     headers.append(
         SET_COOKIE,
-        cookie(super::ACCESS_COOKIE, &access, state.tokens.access_ttl),
+        cookie(
+            super::ACCESS_COOKIE,
+            &access,
+            state.tokens.access_ttl,
+            secure,
+        ),
     );
     headers.append(
         SET_COOKIE,
-        cookie(REFRESH_COOKIE, &refresh, state.tokens.refresh_ttl),
+        cookie(REFRESH_COOKIE, &refresh, state.tokens.refresh_ttl, secure),
     );
     Ok((
         headers,
@@ -179,9 +191,11 @@ async fn issue_pair(state: &AppState, user: Uuid) -> TokenResponse {
     ))
 }
 
-fn cookie(name: &str, value: &str, ttl: Duration) -> HeaderValue {
+/// `secure`: browsers then send it over https only (setting `auth.secure_cookies`).
+fn cookie(name: &str, value: &str, ttl: Duration, secure: bool) -> HeaderValue {
+    let secure = if secure { "; Secure" } else { "" };
     let text = format!(
-        "{name}={value}; Path=/; HttpOnly; SameSite=Lax; Max-Age={}",
+        "{name}={value}; Path=/; HttpOnly; SameSite=Lax; Max-Age={}{secure}",
         ttl.num_seconds()
     );
     HeaderValue::from_str(&text).unwrap_or_else(|_| HeaderValue::from_static(""))
@@ -194,45 +208,80 @@ fn cookie(name: &str, value: &str, ttl: Duration) -> HeaderValue {
     responses(
         (status = 200, body = TokenPair), (status = 400, body = Problem),
         (status = 401, body = Problem, description = "wrong email or password"),
-        (status = 429, body = Problem, description = "too many failures"),
+        (status = 429, body = Problem, description = "too many failures for the account, or \
+            over the quota of the client address or the email (`Retry-After`)"),
+        (status = 503, body = Problem,
+            description = "`busy`: every password-hashing slot is taken (`Retry-After`)"),
     ))]
-async fn login(State(state): State<AppState>, Body(body): Body<Login>) -> TokenResponse {
-    let email = body.email.trim().to_lowercase();
+async fn login(
+    State(state): State<AppState>,
+    _quota: AddressQuota,
+    Body(body): Body<Login>,
+) -> TokenResponse {
+    // No account has such an email: refused before it costs a quota key, a row or a hash
+    // (it could be 256 KiB long).
+    let email = normalized_email(&body.email).map_err(|_| wrong_credentials())?;
+    state.guard.check_account(&email)?;
     let window = Duration::minutes(LOCKOUT_WINDOW_MINUTES);
-    if accounts::recent_login_failures(state.pool(), &email, window).await? >= MAX_LOGIN_FAILURES {
-        return Err(locked_out());
-    }
-    let user = accounts::user_by_email(state.pool(), &email).await?;
-    let hash = user.as_ref().map(|u| u.password_hash.clone());
-    let password = body.password;
-    // An unknown email still costs one verification, so timing does not reveal accounts.
-    let verified = tokio::task::spawn_blocking(move || match hash {
-        Some(hash) => passwords::verify(&password, &hash),
-        None => {
-            let _ = passwords::hash(&password);
-            false
-        }
-    })
-    .await
-    .map_err(|e| ApiError::Internal(e.to_string()))?;
-    match user {
-        Some(user) if verified => {
-            accounts::clear_login_failures(state.pool(), &email).await?;
+    let ticket =
+        match accounts::admit_login(state.pool(), &email, window, MAX_LOGIN_FAILURES).await? {
+            LoginAdmission::Admitted(ticket) => ticket,
+            LoginAdmission::LockedOut { retry_after } => return Err(locked_out(retry_after)),
+        };
+    match checked_user(&state, &email, body.password).await {
+        Ok(Some(user)) => {
+            accounts::login_succeeded(state.pool(), &ticket).await?;
             issue_pair(&state, user.id).await
         }
-        _ => {
-            accounts::record_login_failure(state.pool(), &email, window).await?;
-            Err(ApiError::Unauthorized {
-                detail: "wrong email or password",
-            })
-        }
+        // The attempt stays counted as a failure.
+        Ok(None) => Err(wrong_credentials()),
+        Err(error) => Err(withdrawn(&state, &ticket, error).await),
     }
 }
 
-fn locked_out() -> ApiError {
+fn wrong_credentials() -> ApiError {
+    ApiError::Unauthorized {
+        detail: "wrong email or password",
+    }
+}
+
+/// The user of `email` if `password` is theirs. An unknown email costs one hash too, in
+/// the same slots, so neither timing nor refusals reveal which accounts exist.
+async fn checked_user(
+    state: &AppState,
+    email: &str,
+    password: String,
+) -> ApiResult<Option<UserRecord>> {
+    let user = accounts::user_by_email(state.pool(), email).await?;
+    let hash = user.as_ref().map(|u| u.password_hash.clone());
+    let verified = state
+        .guard
+        .hashing(move || match hash {
+            Some(hash) => passwords::verify(&password, &hash),
+            None => {
+                let _ = passwords::hash(&password);
+                false
+            }
+        })
+        .await?;
+    Ok(user.filter(|_| verified))
+}
+
+/// An attempt whose password was never checked (busy, database error) is no failure.
+async fn withdrawn(state: &AppState, ticket: &LoginTicket, error: ApiError) -> ApiError {
+    if let Err(cause) = accounts::withdraw_login(state.pool(), ticket).await {
+        tracing::warn!(%cause, "an unchecked login attempt stays counted as a failure");
+    }
+    error
+}
+
+fn locked_out(retry_after: Duration) -> ApiError {
+    let seconds = retry_after
+        .num_seconds()
+        .clamp(1, LOCKOUT_WINDOW_MINUTES * 60);
     ApiError::TooManyRequests {
         detail: "too many failed logins; try again later",
-        retry_after_seconds: (LOCKOUT_WINDOW_MINUTES * 60) as u32,
+        retry_after_seconds: u32::try_from(seconds).unwrap_or(u32::MAX),
     }
 }
 
@@ -250,9 +299,12 @@ pub struct Refresh {
     responses(
         (status = 200, body = TokenPair),
         (status = 401, body = Problem, description = "invalid, expired, used or revoked"),
+        (status = 429, body = Problem,
+            description = "over the quota of the client address (`Retry-After`)"),
     ))]
 async fn refresh(
     State(state): State<AppState>,
+    _quota: AddressQuota,
     parts: Parts,
     Body(body): Body<Refresh>,
 ) -> TokenResponse {
@@ -281,36 +333,53 @@ async fn refresh(
 #[derive(Debug, Deserialize, ToSchema, Default)]
 #[serde(deny_unknown_fields)]
 pub struct Logout {
-    /// Revoked together with the access token, when given.
+    /// Revoked together with the access token; absent: the refresh cookie's.
     pub refresh_token: Option<String>,
 }
 
-/// Revokes the access token used for this request (and the refresh token, when given)
-/// and clears the cookies.
+/// Ends a session: revokes the access token used for this request and the refresh token
+/// (from the body, else the refresh cookie) and clears both cookies. The refresh token
+/// alone is enough: a browser whose access token expired still holds the refresh cookie,
+/// and must be able to end the session it keeps alive.
 #[utoipa::path(post, path = "/api/v1/auth/logout", tag = "auth", request_body = Logout,
-    responses((status = 204), (status = 401, body = Problem)))]
+    security(("bearer" = []), ()),
+    responses(
+        (status = 204), (status = 401, body = Problem, description = "neither a valid access \
+            token nor a valid refresh token"),
+        (status = 422, body = Problem, description = "`not_a_session`: an API key"),
+    ))]
 async fn logout(
     State(state): State<AppState>,
-    caller: Caller,
+    caller: Result<Caller, ApiError>,
+    parts: Parts,
     Body(body): Body<Logout>,
 ) -> ApiResult<(StatusCode, HeaderMap)> {
-    let Identity::User { id, token, .. } = caller.identity else {
-        return Err(ApiError::invalid(
-            "not_a_session",
-            "authorization",
-            "API keys are revoked, not logged out",
-        ));
-    };
     let refresh = body
         .refresh_token
-        .and_then(|t| state.tokens.verify(&t, TokenType::Refresh))
-        .filter(|claims| claims.sub == id)
-        .map(|claims| claims.jti);
-    accounts::revoke_session(state.pool(), token, refresh).await?;
-    state.credentials.forget_user(id);
+        .or_else(|| super::cookie(&parts, REFRESH_COOKIE))
+        .and_then(|t| state.tokens.verify(&t, TokenType::Refresh));
+    let (user, access) = match (caller, &refresh) {
+        (Ok(caller), _) => match caller.identity {
+            Identity::User { id, token, .. } => (id, Some(token)),
+            Identity::ApiKey { .. } => {
+                return Err(ApiError::invalid(
+                    "not_a_session",
+                    "authorization",
+                    "API keys are revoked, not logged out",
+                ))
+            }
+        },
+        (Err(_), Some(claims)) => (claims.sub, None),
+        (Err(refused), None) => return Err(refused),
+    };
+    // Another user's refresh token is not this session's to end.
+    let refresh = refresh.filter(|c| c.sub == user).map(|c| c.jti);
+    accounts::revoke_session(state.pool(), access, refresh).await?;
+    state.credentials.forget_user(user);
+    let secure = state.guard.config.secure_cookies;
     let mut headers = HeaderMap::new();
     for name in [super::ACCESS_COOKIE, REFRESH_COOKIE] {
-        headers.append(SET_COOKIE, cookie(name, "", Duration::zero()));
+        headers.append(SET_COOKIE, cookie(name, "", Duration::zero(), secure));
     }
     Ok((StatusCode::NO_CONTENT, headers))
 }
