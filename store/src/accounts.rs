@@ -4,7 +4,7 @@
 //! Hashing and token signing happen in the API crate; this module only stores and finds.
 
 use chrono::{DateTime, Utc};
-use omoi_domain::access::{Principal, Role};
+use omoi_domain::access::Role;
 use sqlx::{PgPool, Row};
 use uuid::Uuid;
 
@@ -133,22 +133,6 @@ pub async fn access_check(
 fn parse_membership(text: &str) -> Option<(Uuid, Role)> {
     let (organization, role) = text.split_once(' ')?;
     Some((organization.parse().ok()?, role.parse().ok()?))
-}
-
-/// The role of `principal` in `organization_id`, from the membership index.
-pub async fn role_in(
-    pool: &PgPool,
-    organization_id: Uuid,
-    principal: Principal,
-) -> Result<Option<Role>, sqlx::Error> {
-    let role: Option<String> = sqlx::query_scalar(
-        "select role from organization_members where organization_id = $1 and principal = $2",
-    )
-    .bind(organization_id)
-    .bind(principal.to_string())
-    .fetch_optional(pool)
-    .await?;
-    Ok(role.and_then(|r| r.parse().ok()))
 }
 
 /// The lockout's decision about one login attempt.
@@ -468,17 +452,6 @@ pub async fn insert_api_key(pool: &PgPool, key: &ApiKeyRecord) -> Result<(), sql
     .bind(key.role.as_str())
     .bind(key.created_by)
     .bind(key.agent_id)
-    .execute(pool)
-    .await?;
-    Ok(())
-}
-
-/// Revokes the credentials bound to an agent (it was terminated).
-pub async fn revoke_agent_keys(pool: &PgPool, agent_id: Uuid) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "update api_keys set revoked_at = now() where agent_id = $1 and revoked_at is null",
-    )
-    .bind(agent_id)
     .execute(pool)
     .await?;
     Ok(())
