@@ -36,7 +36,7 @@ pub async fn open_database(settings: &Settings, allow_embedded: bool) -> anyhow:
         (None, true) => {
             let cluster = start_embedded(&settings.database.embedded).await?;
             (
-                cluster.url(&settings.database.embedded.database),
+                cluster.url(&settings.database.embedded.database)?,
                 Some(cluster),
             )
         }
@@ -60,25 +60,17 @@ pub async fn open_database(settings: &Settings, allow_embedded: bool) -> anyhow:
 /// Starts (initialising if needed) the cluster in `settings.data_dir` and creates its
 /// database.
 pub async fn start_embedded(settings: &EmbeddedSettings) -> anyhow::Result<EmbeddedPostgres> {
-    let data_dir = absolute(&settings.data_dir)?;
-    let cluster = EmbeddedPostgres::new(&data_dir, settings.port)?;
+    let cluster = EmbeddedPostgres::new(&settings.data_dir, settings.port)?;
+    let data_dir = cluster.data_dir.clone();
     let starting = cluster.clone();
     tokio::task::spawn_blocking(move || starting.start())
         .await
         .context("starting PostgreSQL")??;
     tracing::info!(data_dir = %data_dir.display(), port = settings.port, "PostgreSQL of our own is running");
-    let admin = db::connect(&cluster.url("postgres"), 1).await?;
+    let admin = db::connect(&cluster.url("postgres")?, 1).await?;
     ensure_database(&admin, &settings.database).await?;
     admin.close().await;
     Ok(cluster)
-}
-
-fn absolute(path: &Path) -> anyhow::Result<std::path::PathBuf> {
-    Ok(if path.is_absolute() {
-        path.to_path_buf()
-    } else {
-        std::env::current_dir()?.join(path)
-    })
 }
 
 /// The application state for a pool.
