@@ -107,7 +107,7 @@ pub(crate) async fn bench_cluster() -> anyhow::Result<String> {
     let cluster = EmbeddedPostgres::new(dir, 15433)?;
     let starting = cluster.clone();
     tokio::task::spawn_blocking(move || starting.start()).await??;
-    Ok(cluster.url("postgres"))
+    Ok(cluster.url("postgres")?)
 }
 
 fn ms(d: Duration) -> f64 {

@@ -87,8 +87,13 @@ pub enum DbAction {
         #[arg(long)]
         data_dir: Option<std::path::PathBuf>,
     },
-    /// Stop the cluster.
+    /// Stop the cluster; fails unless its server is gone.
     Stop {
+        #[arg(long)]
+        data_dir: Option<std::path::PathBuf>,
+    },
+    /// Say whether the cluster's server runs (exit status 0) or not (3).
+    Status {
         #[arg(long)]
         data_dir: Option<std::path::PathBuf>,
     },
@@ -250,13 +255,25 @@ async fn manage_db(settings: Settings, action: DbAction) -> anyhow::Result<()> {
         DbAction::Start { data_dir } => {
             embedded.data_dir = data_dir.unwrap_or(embedded.data_dir);
             let cluster = server::start_embedded(&embedded).await?;
-            println!("{}", cluster.url(&embedded.database));
+            println!("{}", cluster.url(&embedded.database)?);
         }
         DbAction::Stop { data_dir } => {
             let dir = data_dir.unwrap_or(embedded.data_dir);
             let cluster = omoi_store::embedded::EmbeddedPostgres::new(dir, embedded.port)?;
             tokio::task::spawn_blocking(move || cluster.stop()).await??;
             println!("stopped");
+        }
+        DbAction::Status { data_dir } => {
+            let dir = data_dir.unwrap_or(embedded.data_dir);
+            let cluster = omoi_store::embedded::EmbeddedPostgres::new(dir, embedded.port)?;
+            let data_dir = cluster.data_dir.clone();
+            if tokio::task::spawn_blocking(move || cluster.is_running()).await?? {
+                println!("running ({})", data_dir.display());
+            } else {
+                println!("not running ({})", data_dir.display());
+                // pg_ctl's convention, so that scripts can tell "not running" from a failure.
+                std::process::exit(3);
+            }
         }
     }
     Ok(())

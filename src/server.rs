@@ -36,7 +36,7 @@ pub async fn open_database(settings: &Settings, allow_embedded: bool) -> anyhow:
         (None, true) => {
             let cluster = start_embedded(&settings.database.embedded).await?;
             (
-                cluster.url(&settings.database.embedded.database),
+                cluster.url(&settings.database.embedded.database)?,
                 Some(cluster),
             )
         }
@@ -60,25 +60,17 @@ pub async fn open_database(settings: &Settings, allow_embedded: bool) -> anyhow:
 /// Starts (initialising if needed) the cluster in `settings.data_dir` and creates its
 /// database.
 pub async fn start_embedded(settings: &EmbeddedSettings) -> anyhow::Result<EmbeddedPostgres> {
-    let data_dir = absolute(&settings.data_dir)?;
-    let cluster = EmbeddedPostgres::new(&data_dir, settings.port)?;
+    let cluster = EmbeddedPostgres::new(&settings.data_dir, settings.port)?;
+    let data_dir = cluster.data_dir.clone();
     let starting = cluster.clone();
     tokio::task::spawn_blocking(move || starting.start())
         .await
         .context("starting PostgreSQL")??;
     tracing::info!(data_dir = %data_dir.display(), port = settings.port, "PostgreSQL of our own is running");
-    let admin = db::connect(&cluster.url("postgres"), 1).await?;
+    let admin = db::connect(&cluster.url("postgres")?, 1).await?;
     ensure_database(&admin, &settings.database).await?;
     admin.close().await;
     Ok(cluster)
-}
-
-fn absolute(path: &Path) -> anyhow::Result<std::path::PathBuf> {
-    Ok(if path.is_absolute() {
-        path.to_path_buf()
-    } else {
-        std::env::current_dir()?.join(path)
-    })
 }
 
 /// The application state for a pool.
@@ -136,18 +128,67 @@ pub fn signing_secret(dev: bool) -> anyhow::Result<Vec<u8>> {
         "OMOI_JWT_SECRET is not set: set it to a random string of at least 32 bytes \
          (e.g. `openssl rand -hex 32`)"
     );
-    let path = Path::new(".omoi/jwt-secret");
-    if let Ok(secret) = std::fs::read(path) {
+    dev_signing_secret(Path::new(DEV_SECRET_FILE))
+}
+
+/// Where `omoi dev` keeps the token-signing secret it generated.
+const DEV_SECRET_FILE: &str = ".omoi/jwt-secret";
+
+/// The secret kept in `path`, or a new one written there. The file is created readable
+/// by its owner only (not chmod-ed afterwards: there would be a moment when others could
+/// read it), and one left readable by others by an older version is tightened.
+fn dev_signing_secret(path: &Path) -> anyhow::Result<Vec<u8>> {
+    use std::io::Write;
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+
+    if let Some(secret) = read_dev_secret(path)? {
         return Ok(secret);
     }
+    if let Some(dir) = path.parent() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)?;
+    }
     let secret = omoi_api::auth::keys::generate().secret.into_bytes();
-    std::fs::create_dir_all(".omoi")?;
-    std::fs::write(path, &secret)?;
+    let created = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path);
+    let mut file = match created {
+        Ok(file) => file,
+        // Another `omoi dev` starting at the same moment wrote it first: use that one.
+        Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => {
+            return read_dev_secret(path)?.context("the token-signing secret file is empty");
+        }
+        Err(error) => return Err(error).context(format!("creating {}", path.display())),
+    };
+    file.write_all(&secret)?;
+    file.sync_all()?;
     println!(
         "no OMOI_JWT_SECRET given: generated a token-signing secret in {}",
         path.display()
     );
     Ok(secret)
+}
+
+/// The secret in `path` if there is one, tightening the file's permissions to 0600.
+fn read_dev_secret(path: &Path) -> anyhow::Result<Option<Vec<u8>>> {
+    use std::os::unix::fs::PermissionsExt;
+
+    let secret = match std::fs::read(path) {
+        Ok(secret) if !secret.is_empty() => secret,
+        Ok(_) => return Ok(None),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(error) => return Err(error).context(format!("reading {}", path.display())),
+    };
+    let mode = std::fs::metadata(path)?.permissions().mode();
+    if mode & 0o077 != 0 {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+        tracing::warn!(file = %path.display(), "the token-signing secret was readable by others; now 0600");
+    }
+    Ok(Some(secret))
 }
 
 /// What `omoi dev` created on its first start, to print once.
@@ -364,3 +405,45 @@ pub fn start_projections_with(
 
 /// Commits within this window share one NOTIFY to other processes.
 const COMMIT_ANNOUNCE_WINDOW: std::time::Duration = std::time::Duration::from_millis(5);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn scratch() -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!("omoi-server-test-{}", uuid::Uuid::now_v7()));
+        std::fs::create_dir_all(&dir).expect("a scratch directory");
+        dir
+    }
+
+    fn mode(path: &Path) -> u32 {
+        std::fs::metadata(path)
+            .expect("metadata")
+            .permissions()
+            .mode()
+            & 0o777
+    }
+
+    #[test]
+    fn the_generated_signing_secret_is_readable_by_its_owner_only() {
+        let dir = scratch();
+        let path = dir.join(".omoi/jwt-secret");
+        let secret = dev_signing_secret(&path).expect("a secret");
+        assert_eq!(mode(&path), 0o600);
+        assert_eq!(mode(&dir.join(".omoi")), 0o700);
+        assert_eq!(dev_signing_secret(&path).expect("the same secret"), secret);
+        std::fs::remove_dir_all(dir).expect("cleaned up");
+    }
+
+    #[test]
+    fn a_signing_secret_left_readable_by_others_is_tightened() {
+        let dir = scratch();
+        let path = dir.join("jwt-secret");
+        std::fs::write(&path, "an older version's secret, 32 bytes long").expect("written");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        dev_signing_secret(&path).expect("the secret");
+        assert_eq!(mode(&path), 0o600);
+        std::fs::remove_dir_all(dir).expect("cleaned up");
+    }
+}

@@ -62,7 +62,7 @@ impl BillingSettings {
             plans: self.plans(),
             stripe: omoi_billing::stripe::StripeApi {
                 base_url: self.stripe_api_base.clone(),
-                secret_key: env("OMOI_STRIPE_SECRET_KEY"),
+                secret_key: env("OMOI_STRIPE_SECRET_KEY").into(),
                 success_url: self.success_url.clone(),
                 cancel_url: self.cancel_url.clone(),
                 portal_return_url: self.portal_return_url.clone(),
@@ -71,7 +71,7 @@ impl BillingSettings {
                 .split(',')
                 .map(str::trim)
                 .filter(|s| !s.is_empty())
-                .map(str::to_string)
+                .map(SecretString::from)
                 .collect(),
             payment_grace_seconds: self.payment_grace_hours.saturating_mul(3600),
         }

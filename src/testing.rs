@@ -35,7 +35,7 @@ pub fn admin_url() -> anyhow::Result<String> {
         }
     }
     let cluster = shared_cluster()?;
-    Ok(cluster.url("postgres"))
+    Ok(cluster.url("postgres")?)
 }
 
 /// Starts the shared cluster unless another test process already has.

@@ -19,6 +19,7 @@ use omoi_domain::organization::Organization;
 use omoi_domain::spec::{Spec, SpecCommand, SpecError};
 use omoi_store::bus::{PairError, Part};
 use omoi_store::{Actor, CommandContext, CommandError, Committed};
+use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
@@ -37,7 +38,7 @@ pub struct BillingConfig {
     pub plans: Plans,
     pub stripe: StripeApi,
     /// Signing secrets of the webhook endpoint; more than one while a secret rotates.
-    pub webhook_secrets: Vec<String>,
+    pub webhook_secrets: Vec<SecretString>,
     /// How long after a failed payment the account is suspended.
     pub payment_grace_seconds: i64,
 }
@@ -48,7 +49,7 @@ impl Default for BillingConfig {
             plans: Plans::default(),
             stripe: StripeApi {
                 base_url: "https://api.stripe.com".into(),
-                secret_key: String::new(),
+                secret_key: SecretString::default(),
                 success_url: "http://127.0.0.1:18000/billing/success".into(),
                 cancel_url: "http://127.0.0.1:18000/billing/cancel".into(),
                 portal_return_url: "http://127.0.0.1:18000/billing".into(),
@@ -642,4 +643,18 @@ async fn portal(
         id: created.id,
         url: created.url,
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_billing_configs_debug_output_shows_no_stripe_secret() {
+        let mut config = BillingConfig::default();
+        config.stripe.secret_key = "sk_live_never_print_me".into();
+        config.webhook_secrets = vec!["whsec_never_print_me".into()];
+        let printed = format!("{config:?} {:?}", config.stripe);
+        assert!(!printed.contains("never_print_me"), "{printed}");
+    }
 }

@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use omoi_domain::billing::{Plan, Tier};
+use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use uuid::Uuid;
 
@@ -14,7 +15,9 @@ use crate::webhook::{CREDIT_PURCHASE, LIFETIME_PURCHASE, SUBSCRIPTION_CHECKOUT};
 #[derive(Debug, Clone)]
 pub struct StripeApi {
     pub base_url: String,
-    pub secret_key: String,
+    /// Empty when not configured. A `SecretString` so that no `Debug` print (a log line,
+    /// a panic message) can show it.
+    pub secret_key: SecretString,
     pub success_url: String,
     pub cancel_url: String,
     pub portal_return_url: String,
@@ -164,12 +167,13 @@ impl StripeApi {
         form: &[(String, String)],
         idempotency_key: &str,
     ) -> Result<Created, StripeError> {
-        if self.secret_key.is_empty() {
+        let secret_key = self.secret_key.expose_secret();
+        if secret_key.is_empty() {
             return Err(StripeError::NotConfigured);
         }
         let response = reqwest::Client::new()
             .post(format!("{}{path}", self.base_url.trim_end_matches('/')))
-            .bearer_auth(&self.secret_key)
+            .bearer_auth(secret_key)
             .header("Idempotency-Key", idempotency_key)
             .form(form)
             .timeout(Duration::from_secs(20))

@@ -10,6 +10,7 @@
 
 use chrono::{DateTime, Utc};
 use omoi_domain::billing::{StripeChange, SubscriptionStatus, Tier};
+use secrecy::{ExposeSecret, SecretString};
 use serde_json::Value;
 use stripe_webhook::{Webhook, WebhookError};
 use uuid::Uuid;
@@ -42,13 +43,19 @@ impl Rejection {
 }
 
 /// Checks `header` against the raw `payload` with any of `secrets`, at Unix time `now`.
-pub fn verify(payload: &str, header: &str, secrets: &[String], now: i64) -> Result<(), Rejection> {
+pub fn verify(
+    payload: &str,
+    header: &str,
+    secrets: &[SecretString],
+    now: i64,
+) -> Result<(), Rejection> {
     if secrets.is_empty() {
         return Err(Rejection::NoSecret);
     }
     let mut refusal = Rejection::BadSignature;
     for secret in secrets {
-        match Webhook::construct_event_with_timestamp(payload, header, secret, now) {
+        match Webhook::construct_event_with_timestamp(payload, header, secret.expose_secret(), now)
+        {
             Ok(_) => return Ok(()),
             Err(WebhookError::BadTimestamp(_)) => refusal = Rejection::StaleTimestamp,
             // The crate parses only after the signature and the timestamp passed: the
@@ -239,7 +246,7 @@ mod tests {
     fn a_rotated_secret_still_verifies() {
         let payload = event("invoice.paid", json!({"object": "invoice", "id": "in_1"}));
         let header = Webhook::generate_test_header(&payload, "whsec_new", Some(1_800_000_000));
-        let secrets = vec!["whsec_old".to_string(), "whsec_new".to_string()];
+        let secrets: Vec<SecretString> = vec!["whsec_old".into(), "whsec_new".into()];
         assert_eq!(verify(&payload, &header, &secrets, 1_800_000_100), Ok(()));
         assert_eq!(
             verify(&payload, &header, &secrets, 1_800_000_301),

@@ -2,7 +2,14 @@
 //! working directory, with the task in environment variables and in `task.json`. Its
 //! output lines become progress (at most one report per interval), its exit status the
 //! task's completion or failure; a timeout or a cancellation kills it.
+//!
+//! What a failure records is read by every member of the organization (history, events,
+//! WebSocket), while the command line and the worker's environment are the operator's and
+//! may hold credentials: an error says what went wrong (exit status, the last line the
+//! command wrote, a spawn error) and never repeats the command line, and the command does
+//! not inherit the worker's own secrets.
 
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
@@ -55,7 +62,11 @@ fn truncated(line: &str) -> String {
 }
 
 async fn prepare(directory: &Path, task: &QueuedTask, attempt: u32) -> std::io::Result<PathBuf> {
-    tokio::fs::create_dir_all(directory).await?;
+    tokio::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(directory)
+        .await?;
     let file = directory.join("task.json");
     let document = json!({
         "id": task.id,
@@ -89,10 +100,20 @@ pub async fn execute(
             }
         }
     };
-    let spawned = Command::new("sh")
+    let mut command = Command::new("sh");
+    command
         .arg("-c")
         .arg(&run.command)
         .current_dir(&run.directory)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .process_group(0);
+    for name in operator_variables(std::env::vars_os().map(|(name, _)| name)) {
+        command.env_remove(name);
+    }
+    command
         .env("OMOI_TASK_ID", task.id.to_string())
         .env("OMOI_TASK_TITLE", &task.title)
         .env("OMOI_TASK_DESCRIPTION", &task.description)
@@ -100,18 +121,12 @@ pub async fn execute(
         .env("OMOI_TASK_FILE", &file)
         .env("OMOI_TASK_ATTEMPT", run.attempt.to_string())
         .env("OMOI_PROJECT_ID", task.project_id.to_string())
-        .env("OMOI_ORGANIZATION_ID", task.organization_id.to_string())
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .process_group(0)
-        .spawn();
-    let mut child = match spawned {
+        .env("OMOI_ORGANIZATION_ID", task.organization_id.to_string());
+    let mut child = match command.spawn() {
         Ok(child) => child,
         Err(error) => {
             return Outcome::Failed {
-                error: format!("cannot start `{}`: {error}", run.command),
+                error: format!("cannot start the command: {error}"),
             }
         }
     };
@@ -166,16 +181,74 @@ pub async fn execute(
     let errors = collect(stderr_lines).await;
     match status {
         Ok(status) if status.success() => Outcome::Completed { output },
-        Ok(status) => {
-            let detail = errors.last().or(output.last()).cloned().unwrap_or_default();
-            Outcome::Failed {
-                error: format!("`{}` exited with {status}: {detail}", run.command),
-            }
-        }
+        Ok(status) => Outcome::Failed {
+            error: failure(status, &errors, &output, &run.command),
+        },
         Err(error) => Outcome::Failed {
-            error: format!("waiting for `{}`: {error}", run.command),
+            error: format!("lost the command while waiting for it: {error}"),
         },
     }
+}
+
+/// The variables among `names` that configure omoi itself or reach its database
+/// (`DATABASE_URL`, `OMOI_*` — `OMOI_JWT_SECRET`, `OMOI_STRIPE_*` —, libpq's `PG*`): a
+/// task's command runs code the tenant influences and must not inherit them.
+fn operator_variables(names: impl Iterator<Item = OsString>) -> Vec<OsString> {
+    names
+        .filter(|name| {
+            let name = name.to_string_lossy();
+            name == "DATABASE_URL" || name.starts_with("OMOI_") || name.starts_with("PG")
+        })
+        .collect()
+}
+
+/// The error of an attempt that exited unsuccessfully: its status and the last line it
+/// wrote (stderr first), with every word of the command line taken out of that line.
+fn failure(
+    status: impl std::fmt::Display,
+    errors: &[String],
+    output: &[String],
+    command: &str,
+) -> String {
+    let detail = errors
+        .last()
+        .or(output.last())
+        .map(|line| redacted(line, command))
+        .filter(|line| !line.trim().is_empty());
+    match detail {
+        Some(detail) => format!("the command exited with {status}: {detail}"),
+        None => format!("the command exited with {status}"),
+    }
+}
+
+/// A word of the command line shorter than this is not taken for a credential.
+const SHORTEST_CREDENTIAL: usize = 8;
+
+/// Whether a word of the command line looks like a credential: long enough, mixing
+/// letters and digits (keys, tokens, generated passwords do; the words of a message the
+/// command echoes mostly do not, and hiding those would hide what went wrong — e.g. the
+/// "permission denied" that makes an error permanent).
+fn looks_like_a_credential(word: &str) -> bool {
+    word.chars().count() >= SHORTEST_CREDENTIAL
+        && word.chars().any(|c| c.is_ascii_digit())
+        && word.chars().any(|c| c.is_alphabetic())
+}
+
+/// `line` without the words of `command` that look like credentials. The shell repeats
+/// pieces of its command line in what it writes (`set -x` traces, `sh: 1: <word>: not
+/// found`), as do programs complaining about their arguments, and a command line may
+/// carry a credential (`--token=…`, a URL with a password).
+fn redacted(line: &str, command: &str) -> String {
+    let separators = |c: char| c.is_whitespace() || "'\"`;|&<>(){}$=,:@".contains(c);
+    let mut words: Vec<&str> = command
+        .split(separators)
+        .filter(|word| looks_like_a_credential(word))
+        .collect();
+    // A longer word first, so that no part of it survives a shorter one's replacement.
+    words.sort_by_key(|word| std::cmp::Reverse(word.len()));
+    words.into_iter().fold(line.to_string(), |line, word| {
+        line.replace(word, "[redacted]")
+    })
 }
 
 /// Kills the command and everything it started (it leads its own process group).
@@ -244,4 +317,75 @@ async fn forward_lines(
     }
     // A last line within the interval is not reported: it is in the result's output.
     kept
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const COMMAND: &str =
+        "set -x; deploy --token=sk_live_51HxSecretToken https://ops:hunter2hunter2@db.internal/x";
+
+    #[test]
+    fn a_failure_names_the_status_and_the_last_error_line_but_not_the_command() {
+        let errors = vec!["compiling".to_string(), "error: tests failed".to_string()];
+        let error = failure("exit status: 3", &errors, &["ok".into()], COMMAND);
+        assert_eq!(
+            error,
+            "the command exited with exit status: 3: error: tests failed"
+        );
+        assert_eq!(
+            failure("exit status: 1", &[], &[], COMMAND),
+            "the command exited with exit status: 1"
+        );
+    }
+
+    #[test]
+    fn a_line_repeating_the_command_line_has_its_words_redacted() {
+        let traced =
+            "+ deploy --token=sk_live_51HxSecretToken https://ops:hunter2hunter2@db.internal/x";
+        let error = failure("exit status: 2", &[traced.into()], &[], COMMAND);
+        assert!(!error.contains("sk_live_51HxSecretToken"), "{error}");
+        assert!(!error.contains("hunter2hunter2"), "{error}");
+        assert!(error.contains("[redacted]"), "{error}");
+    }
+
+    #[test]
+    fn a_message_the_command_echoes_is_not_redacted() {
+        let command = "echo 'Permission denied: /etc/shadow' >&2; exit 1";
+        let error = failure(
+            "exit status: 1",
+            &["Permission denied: /etc/shadow".into()],
+            &[],
+            command,
+        );
+        assert_eq!(
+            error,
+            "the command exited with exit status: 1: Permission denied: /etc/shadow"
+        );
+    }
+
+    #[test]
+    fn the_workers_own_secrets_are_not_passed_to_a_task() {
+        let names = [
+            "DATABASE_URL",
+            "OMOI_JWT_SECRET",
+            "OMOI_STRIPE_SECRET_KEY",
+            "PGPASSWORD",
+            "PATH",
+            "HOME",
+            "ANTHROPIC_API_KEY",
+        ];
+        let removed = operator_variables(names.iter().map(OsString::from));
+        assert_eq!(
+            removed,
+            [
+                "DATABASE_URL",
+                "OMOI_JWT_SECRET",
+                "OMOI_STRIPE_SECRET_KEY",
+                "PGPASSWORD"
+            ]
+            .map(OsString::from)
+        );
+    }
 }

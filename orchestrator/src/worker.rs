@@ -8,7 +8,7 @@
 //! so one worker fails a silent agent.
 
 use std::collections::{BTreeSet, HashMap};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -70,8 +70,13 @@ pub struct WorkerConfig {
     /// How often a worker looks at the log when nothing woke it.
     pub poll_interval_ms: u64,
     pub progress_interval_ms: u64,
-    /// Working directories are made under it, one per attempt.
+    /// Each worker makes a private directory under it (mode 0700, a random name) and runs
+    /// every attempt in a directory of its own inside that one. The worker removes it
+    /// when it stops.
     pub work_dir: PathBuf,
+    /// How long the directory of a failed, timed out or cancelled attempt is kept, to be
+    /// looked into, before it is removed (a completed attempt's goes at once).
+    pub keep_failed_for_ms: u64,
     pub score: ScoreConfig,
 }
 
@@ -89,7 +94,8 @@ impl Default for WorkerConfig {
             check_interval_ms: 5_000,
             poll_interval_ms: 500,
             progress_interval_ms: 1_000,
-            work_dir: std::env::temp_dir().join("omoi-worker"),
+            work_dir: std::env::temp_dir(),
+            keep_failed_for_ms: 3_600_000,
             score: ScoreConfig::default(),
             plans: None,
         }
@@ -100,10 +106,40 @@ impl Default for WorkerConfig {
 pub struct Worker {
     shutdown: watch::Sender<bool>,
     task: JoinHandle<()>,
+    work_dir: Option<PathBuf>,
+}
+
+/// A task run by this worker has ended; its directory is kept when it failed.
+struct Finished {
+    agent: Uuid,
+    task: Uuid,
+    kept: Option<PathBuf>,
+}
+
+/// Makes a directory only this user can enter, under a name nobody can guess: no other
+/// local user can read a task's files, or plant a directory or link of their own where
+/// the worker will write (`mkdir` refuses a path that exists, so none is reused).
+fn private_directory(parent: &Path) -> std::io::Result<PathBuf> {
+    use std::os::unix::fs::DirBuilderExt;
+
+    std::fs::create_dir_all(parent)?;
+    let path = parent.join(format!("omoi-worker-{}", Uuid::new_v4().simple()));
+    std::fs::DirBuilder::new().mode(0o700).create(&path)?;
+    Ok(path)
 }
 
 impl Worker {
+    /// Starts the worker. One that cannot make its private directory logs why and
+    /// takes no task (other workers still can).
     pub fn start(pool: PgPool, config: WorkerConfig) -> Self {
+        let work_dir = match private_directory(&config.work_dir) {
+            Ok(dir) => Some(dir),
+            Err(error) => {
+                tracing::error!(%error, parent = %config.work_dir.display(),
+                    "worker: cannot make its working directory; it will take no task");
+                None
+            }
+        };
         let (shutdown, stop) = watch::channel(false);
         let bus = Arc::new(CommandBus::new(pool.clone(), Default::default()));
         let (done, finished) = mpsc::unbounded_channel();
@@ -119,11 +155,19 @@ impl Worker {
             last_heartbeat: None,
             last_sweep: None,
             caps: HashMap::new(),
+            work_dir: work_dir.clone(),
+            kept: Vec::new(),
         };
         Self {
             shutdown,
             task: tokio::spawn(runtime.run(stop, finished)),
+            work_dir,
         }
+    }
+
+    /// The worker's private directory (none when it could not be made).
+    pub fn work_dir(&self) -> Option<&Path> {
+        self.work_dir.as_deref()
     }
 
     /// Stops dispatching and kills the commands still running (their tasks stay with
@@ -149,12 +193,16 @@ struct Runtime {
     agents: HashMap<Uuid, LocalAgent>,
     /// Tasks run here → their cancel switch.
     running: HashMap<Uuid, watch::Sender<bool>>,
-    done: mpsc::UnboundedSender<(Uuid, Uuid)>,
+    done: mpsc::UnboundedSender<Finished>,
     last_heartbeat: Option<Instant>,
     last_sweep: Option<Instant>,
     /// Organizations' concurrency caps from their plans, until their account changes or
     /// (a pending suspension) until the instant it would change by itself.
     caps: HashMap<Uuid, (usize, Option<chrono::DateTime<Utc>>)>,
+    /// This worker's private directory; `None` when it could not be made.
+    work_dir: Option<PathBuf>,
+    /// Directories of failed attempts, and when they failed.
+    kept: Vec<(PathBuf, Instant)>,
 }
 
 const PAGE: i64 = 10_000;
@@ -171,7 +219,7 @@ impl Runtime {
     async fn run(
         mut self,
         mut stop: watch::Receiver<bool>,
-        mut finished: mpsc::UnboundedReceiver<(Uuid, Uuid)>,
+        mut finished: mpsc::UnboundedReceiver<Finished>,
     ) {
         let (wake, mut woken) = watch::channel(0u64);
         let listener = tokio::spawn(listen((*self.pool.connect_options()).clone(), wake));
@@ -184,26 +232,62 @@ impl Runtime {
             let pause = self.pause();
             tokio::select! {
                 _ = stop.changed() => {}
-                Some((agent, task)) = finished.recv() => self.free(agent, task),
+                Some(done) = finished.recv() => self.free(done),
                 _ = commits.changed() => {}
                 _ = woken.changed() => {}
                 () = tokio::time::sleep(pause) => {}
             }
-            while let Ok((agent, task)) = finished.try_recv() {
-                self.free(agent, task);
+            while let Ok(done) = finished.try_recv() {
+                self.free(done);
             }
+            self.remove_expired_directories().await;
         }
         listener.abort();
-        for cancel in self.running.values() {
-            let _ = cancel.send(true);
+        self.stop_running(&mut finished).await;
+        if let Some(dir) = &self.work_dir {
+            if let Err(error) = tokio::fs::remove_dir_all(dir).await {
+                tracing::warn!(%error, dir = %dir.display(), "worker: cannot remove its directory");
+            }
         }
     }
 
-    fn free(&mut self, agent: Uuid, task: Uuid) {
-        self.running.remove(&task);
-        if let Some(agent) = self.agents.get_mut(&agent) {
-            if agent.task == Some(task) {
+    /// Kills the commands still running and waits (briefly) until they are gone, so that
+    /// none writes into the directory being removed.
+    async fn stop_running(&mut self, finished: &mut mpsc::UnboundedReceiver<Finished>) {
+        for cancel in self.running.values() {
+            let _ = cancel.send(true);
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !self.running.is_empty() {
+            match tokio::time::timeout_at(deadline, finished.recv()).await {
+                Ok(Some(done)) => self.free(done),
+                _ => return,
+            }
+        }
+    }
+
+    fn free(&mut self, done: Finished) {
+        self.running.remove(&done.task);
+        if let Some(agent) = self.agents.get_mut(&done.agent) {
+            if agent.task == Some(done.task) {
                 agent.task = None;
+            }
+        }
+        if let Some(dir) = done.kept {
+            self.kept.push((dir, Instant::now()));
+        }
+    }
+
+    /// Removes failed attempts' directories kept for `keep_failed_for_ms`.
+    async fn remove_expired_directories(&mut self) {
+        let keep = Duration::from_millis(self.config.keep_failed_for_ms);
+        let (expired, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut self.kept)
+            .into_iter()
+            .partition(|(_, failed_at)| failed_at.elapsed() >= keep);
+        self.kept = kept;
+        for (dir, _) in expired {
+            if let Err(error) = tokio::fs::remove_dir_all(&dir).await {
+                tracing::warn!(%error, dir = %dir.display(), "worker: cannot remove a failed attempt's directory");
             }
         }
     }
@@ -374,6 +458,9 @@ impl Runtime {
     /// pairs are chosen first, then assigned concurrently: one round trip per pass
     /// rather than one per task.
     async fn dispatch(&mut self) {
+        if self.work_dir.is_none() {
+            return;
+        }
         let now = Utc::now();
         // With every agent busy, a pass can only register agents for an organization
         // that has fewer than it may: look for one cheaply before scoring the queue.
@@ -606,6 +693,10 @@ impl Runtime {
     }
 
     fn launch(&mut self, agent_id: Uuid, task: QueuedTask, attempt: u32) {
+        let Some(work_dir) = &self.work_dir else {
+            return;
+        };
+        let directory = work_dir.join(format!("{}-{attempt}", task.id));
         if let Some(agent) = self.agents.get_mut(&agent_id) {
             agent.task = Some(task.id);
         }
@@ -616,7 +707,7 @@ impl Runtime {
                 Work::Command(command) => command.clone(),
                 Work::Nothing => String::new(),
             },
-            directory: self.config.work_dir.join(format!("{}-{attempt}", task.id)),
+            directory,
             progress_interval: Duration::from_millis(self.config.progress_interval_ms),
             attempt,
         };
@@ -624,13 +715,18 @@ impl Runtime {
         let nothing = self.config.work == Work::Nothing;
         let done = self.done.clone();
         tokio::spawn(async move {
-            run_task(&bus, agent_id, &task, &run, nothing, cancelled).await;
-            let _ = done.send((agent_id, task.id));
+            let kept = run_task(&bus, agent_id, &task, &run, nothing, cancelled).await;
+            let _ = done.send(Finished {
+                agent: agent_id,
+                task: task.id,
+                kept,
+            });
         });
     }
 }
 
-/// Runs the (started) task and records how it ended — as its agent.
+/// Runs the (started) task and records how it ended — as its agent. Returns the
+/// attempt's directory when it is kept (the attempt did not complete).
 async fn run_task(
     bus: &CommandBus,
     agent_id: Uuid,
@@ -638,7 +734,7 @@ async fn run_task(
     run: &Run,
     nothing: bool,
     cancelled: watch::Receiver<bool>,
-) {
+) -> Option<PathBuf> {
     let id = task.id.to_string();
     let context = context(Actor::Agent(agent_id), "run");
     let outcome = if nothing {
@@ -657,6 +753,8 @@ async fn run_task(
         outcome
     };
     let at = Utc::now();
+    let kept =
+        (!nothing && !matches!(outcome, Outcome::Completed { .. })).then(|| run.directory.clone());
     let command = match outcome {
         Outcome::Completed { output } => {
             if !nothing {
@@ -676,9 +774,10 @@ async fn run_task(
             at,
             jitter: jitter(),
         },
-        Outcome::Stopped => return,
+        Outcome::Stopped => return kept,
     };
     if let Err(error) = bus.execute::<Task>(&id, command, &context).await {
         tracing::info!(task_id = %task.id, %error, "worker: outcome not recorded");
     }
+    kept
 }

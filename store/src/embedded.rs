@@ -3,13 +3,25 @@
 //! `omoi dev` and the test harness use it when no `DATABASE_URL` is given. The data
 //! directory is kept between runs. PostgreSQL refuses to run as root, so when we are root
 //! its programs run as the `postgres` user (looked up in `/etc/passwd`).
+//!
+//! Only the cluster's owner may connect: the server listens on 127.0.0.1 and on no Unix
+//! socket, and asks for the superuser's password (SCRAM), generated when the cluster is
+//! made and kept in the data directory (see [`access`]). A cluster made before it had a
+//! password (when it trusted every local connection) gets one at its next start, in
+//! single-user mode, before it listens again.
+//!
+//! The data directory is made absolute first: as root, the programs run with the data
+//! directory as their working directory, where a relative path names nothing.
+
+mod access;
 
 use std::fs;
-use std::io;
+use std::io::{self, Write};
 use std::os::unix::fs::{chown, PermissionsExt};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
 /// Why the cluster could not be started.
 #[derive(Debug, thiserror::Error)]
@@ -24,6 +36,10 @@ pub enum EmbeddedError {
     NoPostgresUser,
     #[error("{program} failed: {detail}")]
     CommandFailed { program: String, detail: String },
+    #[error("the PostgreSQL server of {data_dir} (pid {pid}) still runs after being stopped")]
+    StillRunning { data_dir: PathBuf, pid: u32 },
+    #[error("the cluster's password cannot be read from {path}: {source}")]
+    NoPassword { path: PathBuf, source: io::Error },
     #[error("{0}")]
     Io(#[from] io::Error),
 }
@@ -31,6 +47,7 @@ pub enum EmbeddedError {
 /// A cluster in `data_dir`, listening on 127.0.0.1:`port`.
 #[derive(Debug, Clone)]
 pub struct EmbeddedPostgres {
+    /// Always absolute.
     pub data_dir: PathBuf,
     pub port: u16,
     bin_dir: PathBuf,
@@ -40,8 +57,10 @@ pub struct EmbeddedPostgres {
 }
 
 impl EmbeddedPostgres {
-    /// Finds the server binaries and decides which user runs them.
+    /// Finds the server binaries and decides which user runs them. A relative
+    /// `data_dir` is taken from the current directory.
     pub fn new(data_dir: impl Into<PathBuf>, port: u16) -> Result<Self, EmbeddedError> {
+        let data_dir = std::path::absolute(data_dir.into())?;
         let bin_dir = find_bin_dir().ok_or(EmbeddedError::BinariesNotFound)?;
         let run_as = if is_root()? {
             Some(postgres_user()?.ok_or(EmbeddedError::NoPostgresUser)?)
@@ -49,7 +68,7 @@ impl EmbeddedPostgres {
             None
         };
         Ok(Self {
-            data_dir: data_dir.into(),
+            data_dir,
             port,
             bin_dir,
             run_as,
@@ -63,15 +82,37 @@ impl EmbeddedPostgres {
         self
     }
 
-    /// URL of database `name` on this cluster.
-    pub fn url(&self, database: &str) -> String {
-        format!("postgres://postgres@127.0.0.1:{}/{database}", self.port)
+    /// URL of database `name` on this cluster, with the superuser's password (known once
+    /// the cluster has been started).
+    pub fn url(&self, database: &str) -> Result<String, EmbeddedError> {
+        let password =
+            access::read_password(&self.data_dir).map_err(|source| EmbeddedError::NoPassword {
+                path: self.password_file(),
+                source,
+            })?;
+        Ok(format!(
+            "postgres://postgres:{password}@127.0.0.1:{}/{database}",
+            self.port
+        ))
     }
 
-    /// Initialises the data directory if needed and starts the server unless it runs.
+    /// The file holding the superuser's password (0600, inside the data directory).
+    pub fn password_file(&self) -> PathBuf {
+        access::password_file(&self.data_dir)
+    }
+
+    /// Initialises the data directory if needed, gives the cluster a password if it has
+    /// none, and starts the server unless it runs.
     pub fn start(&self) -> Result<(), EmbeddedError> {
         if !self.data_dir.join("PG_VERSION").exists() {
             self.init()?;
+        }
+        if !self.password_file().exists() {
+            // Made just now, or before clusters had passwords (a running one is stopped:
+            // single-user mode needs the server down).
+            tracing::info!(data_dir = %self.data_dir.display(), "giving the PostgreSQL cluster a password");
+            self.stop()?;
+            self.set_password()?;
         }
         if self.is_running()? {
             return Ok(());
@@ -79,6 +120,7 @@ impl EmbeddedPostgres {
         let log = self.data_dir.join("server.log");
         let mut options = format!(
             "-p {} -c listen_addresses=127.0.0.1 -c unix_socket_directories='' \
+             -c password_encryption=scram-sha-256 \
              -c max_connections=300 -c shared_buffers=128MB",
             self.port
         );
@@ -104,27 +146,49 @@ impl EmbeddedPostgres {
         .map(drop)
     }
 
-    /// Stops the server (fast shutdown: open sessions are rolled back).
+    /// Stops the server (fast shutdown: open sessions are rolled back) and returns once
+    /// its process is gone — an error if it is not.
     pub fn stop(&self) -> Result<(), EmbeddedError> {
-        if !self.is_running()? {
+        let Some(pid) = access::server_pid(&self.data_dir) else {
             return Ok(());
+        };
+        if self.is_running()? {
+            let dir = self.data_dir.as_os_str();
+            self.run(
+                "pg_ctl",
+                &[
+                    "-D".as_ref(),
+                    dir,
+                    "-m".as_ref(),
+                    "fast".as_ref(),
+                    "-w".as_ref(),
+                    "-t".as_ref(),
+                    "60".as_ref(),
+                    "stop".as_ref(),
+                ],
+            )?;
         }
-        let dir = self.data_dir.as_os_str();
-        self.run(
-            "pg_ctl",
-            &[
-                "-D".as_ref(),
-                dir,
-                "-m".as_ref(),
-                "fast".as_ref(),
-                "-w".as_ref(),
-                "stop".as_ref(),
-            ],
-        )
-        .map(drop)
+        self.until_gone(pid)
     }
 
-    /// Whether a server is running on this data directory.
+    /// Waits a little for process `pid` to end: `pg_ctl stop -w` returns when the pid
+    /// file is removed, which the server does just before it exits.
+    fn until_gone(&self, pid: u32) -> Result<(), EmbeddedError> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while access::serves(pid, &self.data_dir) {
+            if Instant::now() >= deadline {
+                return Err(EmbeddedError::StillRunning {
+                    data_dir: self.data_dir.clone(),
+                    pid,
+                });
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(())
+    }
+
+    /// Whether a server is running on this data directory (`pg_ctl status`; an answer
+    /// other than "running" or "not running" is an error, not a "no").
     pub fn is_running(&self) -> Result<bool, EmbeddedError> {
         if !self.data_dir.join("postmaster.pid").exists() {
             return Ok(false);
@@ -135,7 +199,61 @@ impl EmbeddedPostgres {
             .arg(&self.data_dir)
             .arg("status")
             .output()?;
-        Ok(status.status.success())
+        match status.status.code() {
+            Some(0) => Ok(true),
+            Some(3) => Ok(false),
+            _ => Err(EmbeddedError::CommandFailed {
+                program: "pg_ctl status".into(),
+                detail: String::from_utf8_lossy(&status.stderr).trim().to_string(),
+            }),
+        }
+    }
+
+    /// Sets a new superuser password in single-user mode (no connection is possible
+    /// meanwhile), makes every connection ask for it, then keeps it: the password file
+    /// comes last, so a start interrupted before it does all this again.
+    fn set_password(&self) -> Result<(), EmbeddedError> {
+        let password = access::generate_password();
+        self.single_user(&format!(
+            "alter role postgres with password '{password}';\n"
+        ))
+        .map_err(|error| match error {
+            EmbeddedError::CommandFailed { program, detail } => EmbeddedError::CommandFailed {
+                program,
+                detail: detail.replace(&password, "[password]"),
+            },
+            error => error,
+        })?;
+        access::require_passwords(&self.data_dir.join("pg_hba.conf"), self.run_as)?;
+        access::write_password(&self.data_dir, &password, self.run_as)?;
+        Ok(())
+    }
+
+    /// Runs `statements` in a single-user backend (the server must be stopped). It exits
+    /// 0 even when a statement fails, so its log is read for errors.
+    fn single_user(&self, statements: &str) -> Result<(), EmbeddedError> {
+        let mut child = self
+            .command("postgres")
+            .arg("--single")
+            .arg("-D")
+            .arg(&self.data_dir)
+            .args(["-c", "password_encryption=scram-sha-256", "postgres"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()?;
+        if let Some(mut stdin) = child.stdin.take() {
+            stdin.write_all(statements.as_bytes())?;
+        }
+        let output = child.wait_with_output()?;
+        let log = String::from_utf8_lossy(&output.stderr);
+        if output.status.success() && !log.contains("ERROR:") && !log.contains("FATAL:") {
+            return Ok(());
+        }
+        Err(EmbeddedError::CommandFailed {
+            program: "postgres --single".into(),
+            detail: log.trim().to_string(),
+        })
     }
 
     fn init(&self) -> Result<(), EmbeddedError> {

@@ -1,0 +1,208 @@
+//! The PostgreSQL cluster `omoi dev`, `omoi db` and the test harness run for themselves,
+//! each test with a cluster of its own in a scratch directory: only its password opens it,
+//! a cluster made before passwords is given one, and `omoi db stop` with a relative data
+//! directory really stops the server.
+
+use std::net::TcpListener;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use omoi_store::embedded::EmbeddedPostgres;
+use sqlx::{Connection, PgConnection};
+
+/// A scratch directory the `postgres` user can reach (when the tests run as root, the
+/// server runs as that user).
+fn scratch() -> PathBuf {
+    let directory = std::env::temp_dir().join(format!("omoi-pg-test-{}", uuid::Uuid::now_v7()));
+    std::fs::create_dir_all(&directory).expect("a scratch directory");
+    std::fs::set_permissions(&directory, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    directory
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        !stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'))
+    })
+}
+
+fn server_pid(data_dir: &Path) -> u32 {
+    std::fs::read_to_string(data_dir.join("postmaster.pid"))
+        .expect("a pid file")
+        .lines()
+        .next()
+        .and_then(|line| line.trim().parse().ok())
+        .expect("a pid")
+}
+
+/// Stops the cluster and removes its directory however the test ends.
+struct Scratch {
+    directory: PathBuf,
+    cluster: EmbeddedPostgres,
+}
+
+impl Scratch {
+    fn new() -> Self {
+        let directory = scratch();
+        let cluster = EmbeddedPostgres::new(directory.join("data"), free_port())
+            .expect("the server binaries");
+        Self { directory, cluster }
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = self.cluster.stop();
+        let _ = std::fs::remove_dir_all(&self.directory);
+    }
+}
+
+fn without_password(url: &str) -> String {
+    let (scheme, rest) = url.split_once("://").expect("a URL");
+    let (_, host) = rest.split_once('@').expect("credentials");
+    format!("{scheme}://postgres@{host}")
+}
+
+fn with_password(url: &str, password: &str) -> String {
+    let (scheme, rest) = url.split_once("://").expect("a URL");
+    let (_, host) = rest.split_once('@').expect("credentials");
+    format!("{scheme}://postgres:{password}@{host}")
+}
+
+#[tokio::test]
+async fn only_the_clusters_password_opens_it() {
+    let scratch = Scratch::new();
+    let cluster = scratch.cluster.clone();
+    tokio::task::spawn_blocking(move || cluster.start())
+        .await
+        .expect("joined")
+        .expect("started");
+    let url = scratch.cluster.url("postgres").expect("a URL");
+    let mut connection = PgConnection::connect(&url).await.expect("the URL opens it");
+    let one: i32 = sqlx::query_scalar("select 1")
+        .fetch_one(&mut connection)
+        .await
+        .expect("a query");
+    assert_eq!(one, 1);
+    connection.close().await.expect("closed");
+    assert!(
+        PgConnection::connect(&without_password(&url))
+            .await
+            .is_err(),
+        "a connection without the password was accepted"
+    );
+    assert!(
+        PgConnection::connect(&with_password(&url, "guessed"))
+            .await
+            .is_err(),
+        "a wrong password was accepted"
+    );
+    let file = scratch.cluster.password_file();
+    let mode = std::fs::metadata(&file)
+        .expect("the password file")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600, "{}", file.display());
+}
+
+#[tokio::test]
+async fn a_cluster_made_before_passwords_is_given_one_and_keeps_its_data() {
+    let scratch = Scratch::new();
+    let cluster = scratch.cluster.clone();
+    tokio::task::spawn_blocking(move || cluster.start())
+        .await
+        .expect("joined")
+        .expect("started");
+    let url = scratch.cluster.url("postgres").expect("a URL");
+    let mut connection = PgConnection::connect(&url).await.expect("connected");
+    sqlx::query("create database kept")
+        .execute(&mut connection)
+        .await
+        .expect("a database");
+    connection.close().await.expect("closed");
+    // What an older omoi left: no password file, and rules that trust every connection.
+    let cluster = scratch.cluster.clone();
+    tokio::task::spawn_blocking(move || cluster.stop())
+        .await
+        .expect("joined")
+        .expect("stopped");
+    let data_dir = &scratch.cluster.data_dir;
+    std::fs::remove_file(scratch.cluster.password_file()).expect("removed");
+    let hba = data_dir.join("pg_hba.conf");
+    let rules = std::fs::read_to_string(&hba).expect("pg_hba.conf");
+    std::fs::write(&hba, rules.replace("scram-sha-256", "trust")).expect("trusting again");
+
+    let cluster = scratch.cluster.clone();
+    tokio::task::spawn_blocking(move || cluster.start())
+        .await
+        .expect("joined")
+        .expect("started again");
+    let url = scratch.cluster.url("kept").expect("a new password");
+    PgConnection::connect(&url)
+        .await
+        .expect("the data is still there, behind the new password")
+        .close()
+        .await
+        .expect("closed");
+    assert!(
+        PgConnection::connect(&without_password(&url))
+            .await
+            .is_err(),
+        "the old cluster still trusts every connection"
+    );
+}
+
+fn omoi(directory: &Path, port: u16, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_omoi"))
+        .args(args)
+        .current_dir(directory)
+        .env("OMOI_DATABASE__EMBEDDED__PORT", port.to_string())
+        .env_remove("DATABASE_URL")
+        .output()
+        .expect("omoi runs")
+}
+
+#[track_caller]
+fn succeeded(output: &Output) -> String {
+    assert!(output.status.success(), "{output:?}");
+    String::from_utf8_lossy(&output.stdout).to_string()
+}
+
+#[test]
+fn omoi_db_stop_with_a_relative_data_dir_stops_the_server() {
+    let scratch = Scratch::new();
+    let (directory, port) = (&scratch.directory, scratch.cluster.port);
+    let url = succeeded(&omoi(
+        directory,
+        port,
+        &["db", "start", "--data-dir", "data"],
+    ));
+    assert!(url.starts_with("postgres://postgres:"), "{url}");
+    let pid = server_pid(&directory.join("data"));
+    assert!(alive(pid));
+    let status = omoi(directory, port, &["db", "status", "--data-dir", "data"]);
+    assert!(succeeded(&status).starts_with("running"));
+
+    let stopped = succeeded(&omoi(
+        directory,
+        port,
+        &["db", "stop", "--data-dir", "data"],
+    ));
+    assert_eq!(stopped.trim(), "stopped");
+    assert!(
+        !alive(pid),
+        "the server (pid {pid}) still runs after `omoi db stop`"
+    );
+    assert!(!directory.join("data/postmaster.pid").exists());
+    let status = omoi(directory, port, &["db", "status", "--data-dir", "data"]);
+    assert_eq!(status.status.code(), Some(3), "{status:?}");
+}
