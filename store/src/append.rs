@@ -12,7 +12,6 @@ use std::collections::HashMap;
 
 use cqrs_es::{Aggregate, DomainEvent};
 use serde_json::Value;
-use sqlx::PgConnection;
 
 /// One aggregate's events as they will be stored.
 #[derive(Debug, Clone)]
@@ -94,9 +93,14 @@ impl Rows {
         self.sequences.is_empty()
     }
 
-    /// Inserts every row in one statement on `connection` (inside the caller's
-    /// transaction). Rows get their global positions in the order they were pushed.
-    pub async fn insert(&self, connection: &mut PgConnection) -> Result<(), AppendError> {
+    /// Inserts every row in one statement. One statement is one transaction by itself, so
+    /// the rows of several aggregates commit together without `begin`/`commit` round
+    /// trips; inside a caller's transaction they commit with it. Rows get their global
+    /// positions in the order they were pushed.
+    pub async fn insert<'c>(
+        &self,
+        executor: impl sqlx::Executor<'c, Database = sqlx::Postgres>,
+    ) -> Result<(), AppendError> {
         if self.is_empty() {
             return Ok(());
         }
@@ -118,7 +122,7 @@ impl Rows {
         .bind(&self.event_versions)
         .bind(&self.payloads)
         .bind(&self.metadata)
-        .execute(connection)
+        .execute(executor)
         .await?;
         Ok(())
     }

@@ -345,15 +345,9 @@ impl CommandBus {
         })
     }
 
-    /// Appends `rows` in one transaction; wakes this process's readers when it wrote any.
+    /// Appends `rows` atomically (one statement: one round trip, one transaction).
     async fn append(&self, rows: &Rows) -> Result<(), AppendError> {
-        if rows.is_empty() {
-            return Ok(());
-        }
-        let mut transaction = self.pool.begin().await?;
-        rows.insert(&mut transaction).await?;
-        transaction.commit().await?;
-        Ok(())
+        rows.insert(&self.pool).await
     }
 
     /// Executes one command on each of two aggregates and commits both commands' events in
