@@ -627,6 +627,8 @@ async fn a_past_view_beyond_the_replay_bound_is_refused() {
                 .expect("a position"),
         );
     }
+    // The log is read below the oldest running transaction: wait until all is visible.
+    app.caught_up().await;
     let view = format!("/api/v1/board/view?project_id={project}");
     let graph = format!("/api/v1/graph/dependency-graph/project/{project}");
     // At most the project's creation and two tickets: within the bound.

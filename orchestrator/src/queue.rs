@@ -130,23 +130,21 @@ impl Queue {
             return Change::None;
         };
         task.version = u64::try_from(stored.sequence).unwrap_or(0);
+        if let Some(status) = event.status_after() {
+            task.status = status;
+        }
         let change = match event {
             TaskEvent::TaskCreated { .. } | TaskEvent::TaskProgressReported { .. } => Change::None,
             TaskEvent::TaskAssigned { agent_id, .. } => {
-                task.status = TaskStatus::Assigned;
                 task.agent_id = Some(agent_id);
                 task.not_before = None;
                 Change::Queue
             }
             TaskEvent::TaskStarted { at } => {
-                task.status = TaskStatus::Running;
                 task.started_at = Some(at);
                 Change::Queue
             }
-            TaskEvent::TaskCompleted { .. } => {
-                task.status = TaskStatus::Completed;
-                Change::Queue
-            }
+            TaskEvent::TaskCompleted { .. } => Change::Queue,
             TaskEvent::TaskFailed { .. } | TaskEvent::TaskTimedOut { .. } => {
                 // The outcome (retry or final failure) follows in the same command.
                 task.agent_id = None;
@@ -157,20 +155,17 @@ impl Queue {
                 attempt,
                 not_before,
             } => {
-                task.status = TaskStatus::RetryScheduled;
                 task.retry_count = attempt;
                 task.not_before = Some(not_before);
                 task.agent_id = None;
                 task.started_at = None;
                 Change::Queue
             }
-            TaskEvent::TaskPermanentlyFailed { reason } => {
-                task.status = reason.final_status();
+            TaskEvent::TaskPermanentlyFailed { .. } => {
                 task.agent_id = None;
                 Change::Queue
             }
             TaskEvent::TaskCancelled { .. } => {
-                task.status = TaskStatus::Cancelled;
                 task.agent_id = None;
                 Change::Cancelled(id)
             }

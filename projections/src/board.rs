@@ -94,26 +94,6 @@ fn payload<E: DeserializeOwned>(stored: &StoredEvent) -> Result<E, ProjectionErr
     E::deserialize(&stored.payload).map_err(|e| ProjectionError::payload(stored, e))
 }
 
-/// The status a task event leaves the task in, when it changes it. The same rule as the
-/// task aggregate's `apply`; `TaskFailed`/`TaskTimedOut` change nothing by themselves
-/// (their outcome follows as its own event).
-pub fn task_status_after(event: &TaskEvent) -> Option<TaskStatus> {
-    match event {
-        TaskEvent::TaskCreated { .. } => Some(TaskStatus::Pending),
-        TaskEvent::TaskAssigned { .. } => Some(TaskStatus::Assigned),
-        TaskEvent::TaskStarted { .. } => Some(TaskStatus::Running),
-        TaskEvent::TaskCompleted { .. } => Some(TaskStatus::Completed),
-        TaskEvent::TaskRetryScheduled { .. } => Some(TaskStatus::RetryScheduled),
-        TaskEvent::TaskPermanentlyFailed { reason } => Some(reason.final_status()),
-        TaskEvent::TaskCancelled { .. } => Some(TaskStatus::Cancelled),
-        TaskEvent::TaskProgressReported { .. }
-        | TaskEvent::TaskFailed { .. }
-        | TaskEvent::TaskTimedOut { .. }
-        | TaskEvent::TaskDependencyAdded { .. }
-        | TaskEvent::TaskDependencyRemoved { .. } => None,
-    }
-}
-
 /// Events of a project are read in pages of this size when a past state is rebuilt.
 const REPLAY_PAGE: i64 = 1000;
 
@@ -338,7 +318,7 @@ impl BoardModel {
     pub fn is_relevant(work: &WorkEvent) -> bool {
         match work {
             WorkEvent::Ticket { .. } => true,
-            WorkEvent::Task { event, .. } => task_status_after(event).is_some(),
+            WorkEvent::Task { event, .. } => event.status_after().is_some(),
         }
     }
 
@@ -435,7 +415,7 @@ impl BoardModel {
                 task: Some(id),
             };
         }
-        let (Some(to), Some(task)) = (task_status_after(&event), self.tasks.get_mut(&id)) else {
+        let (Some(to), Some(task)) = (event.status_after(), self.tasks.get_mut(&id)) else {
             return Touched::default();
         };
         let from = std::mem::replace(&mut task.status, to);

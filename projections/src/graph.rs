@@ -28,7 +28,7 @@ use sqlx::{PgConnection, PgPool, Row};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use crate::board::{from_text, replay_project, task_status_after, to_text, WorkEvent};
+use crate::board::{from_text, replay_project, to_text, WorkEvent};
 use crate::{ProjectionError, Projector};
 
 // ---------------------------------------------------------------------------------------
@@ -102,7 +102,7 @@ impl GraphModel {
                 | TicketEvent::TicketRegressed { .. } => true,
             },
             WorkEvent::Task { event, .. } => {
-                Self::changes_edges(event) || task_status_after(event).is_some()
+                Self::changes_edges(event) || event.status_after().is_some()
             }
         }
     }
@@ -215,7 +215,7 @@ impl GraphModel {
                 self.depends_on.entry(id).or_default().remove(&depends_on);
             }
             other => {
-                if let Some(status) = task_status_after(&other) {
+                if let Some(status) = other.status_after() {
                     node.status = status.as_str().to_string();
                 }
             }

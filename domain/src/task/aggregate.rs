@@ -401,6 +401,17 @@ impl Aggregate for Task {
     }
 
     fn apply(&mut self, event: Self::Event) {
+        let status = event.status_after();
+        self.apply_fields(event);
+        if let Some(status) = status {
+            self.status = status;
+        }
+    }
+}
+
+impl Task {
+    /// Everything an event changes but the status (which [`TaskEvent::status_after`] says).
+    fn apply_fields(&mut self, event: TaskEvent) {
         match event {
             TaskEvent::TaskCreated {
                 task_id,
@@ -437,18 +448,15 @@ impl Aggregate for Task {
                 }
             }
             TaskEvent::TaskAssigned { agent_id, .. } => {
-                self.status = TaskStatus::Assigned;
                 self.assigned_agent_id = Some(agent_id);
                 self.not_before = None;
             }
             TaskEvent::TaskStarted { at } => {
-                self.status = TaskStatus::Running;
                 self.started_at = Some(at);
                 self.progress = None;
             }
             TaskEvent::TaskProgressReported { message } => self.progress = Some(message),
             TaskEvent::TaskCompleted { result, at } => {
-                self.status = TaskStatus::Completed;
                 self.result = Some(result);
                 self.completed_at = Some(at);
             }
@@ -462,16 +470,12 @@ impl Aggregate for Task {
                 not_before,
             } => {
                 // As in the original, a retry goes back to the queue without its agent.
-                self.status = TaskStatus::RetryScheduled;
                 self.retry_count = attempt;
                 self.not_before = Some(not_before);
                 self.assigned_agent_id = None;
             }
-            TaskEvent::TaskPermanentlyFailed { reason } => self.status = reason.final_status(),
-            TaskEvent::TaskCancelled { .. } => {
-                self.status = TaskStatus::Cancelled;
-                self.not_before = None;
-            }
+            TaskEvent::TaskPermanentlyFailed { .. } => {}
+            TaskEvent::TaskCancelled { .. } => self.not_before = None,
             TaskEvent::TaskDependencyAdded { depends_on } => {
                 self.depends_on.insert(depends_on);
             }

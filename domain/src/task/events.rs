@@ -100,6 +100,29 @@ pub enum TaskEvent {
     },
 }
 
+impl TaskEvent {
+    /// The status this event leaves the task in, when it changes it: the one rule the
+    /// aggregate, the orchestrator's queue and the read models all follow.
+    /// `TaskFailed`/`TaskTimedOut` change nothing by themselves (their outcome, a retry or
+    /// an end, follows in the same command as its own event).
+    pub fn status_after(&self) -> Option<TaskStatus> {
+        match self {
+            Self::TaskCreated { .. } => Some(TaskStatus::Pending),
+            Self::TaskAssigned { .. } => Some(TaskStatus::Assigned),
+            Self::TaskStarted { .. } => Some(TaskStatus::Running),
+            Self::TaskCompleted { .. } => Some(TaskStatus::Completed),
+            Self::TaskRetryScheduled { .. } => Some(TaskStatus::RetryScheduled),
+            Self::TaskPermanentlyFailed { reason } => Some(reason.final_status()),
+            Self::TaskCancelled { .. } => Some(TaskStatus::Cancelled),
+            Self::TaskProgressReported { .. }
+            | Self::TaskFailed { .. }
+            | Self::TaskTimedOut { .. }
+            | Self::TaskDependencyAdded { .. }
+            | Self::TaskDependencyRemoved { .. } => None,
+        }
+    }
+}
+
 impl DomainEvent for TaskEvent {
     fn event_type(&self) -> String {
         match self {
