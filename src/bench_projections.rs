@@ -35,6 +35,7 @@ use uuid::Uuid;
 use omoi_domain::access::Principal;
 use omoi_domain::agent::AgentEvent;
 use omoi_domain::common::{Phase, Priority};
+use omoi_domain::kind::AggregateKind;
 use omoi_domain::organization::{Organization, OrganizationCommand, OrganizationEvent};
 use omoi_domain::project::{Project, ProjectCommand, ProjectEvent};
 use omoi_domain::task::TaskEvent;
@@ -367,13 +368,13 @@ fn round_trip(
         let event: E = serde_json::from_value(payload.clone())?;
         Ok(serde_json::to_value(event)?)
     }
-    match aggregate_type {
-        "Organization" => through::<OrganizationEvent>(payload),
-        "Project" => through::<ProjectEvent>(payload),
-        "Agent" => through::<AgentEvent>(payload),
-        "Ticket" => through::<TicketEvent>(payload),
-        "Task" => through::<TaskEvent>(payload),
-        other => anyhow::bail!("the generator wrote an unexpected aggregate type {other}"),
+    match AggregateKind::of_type(aggregate_type) {
+        Some(AggregateKind::Organization) => through::<OrganizationEvent>(payload),
+        Some(AggregateKind::Project) => through::<ProjectEvent>(payload),
+        Some(AggregateKind::Agent) => through::<AgentEvent>(payload),
+        Some(AggregateKind::Ticket) => through::<TicketEvent>(payload),
+        Some(AggregateKind::Task) => through::<TaskEvent>(payload),
+        _ => anyhow::bail!("the generator wrote an unexpected aggregate type {aggregate_type}"),
     }
 }
 

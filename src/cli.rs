@@ -4,6 +4,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
+use omoi_domain::kind::AggregateKind;
 use omoi_domain::{agent, organization, project, spec, task, ticket};
 use omoi_store::log::{aggregate_history, fold_until};
 use omoi_store::{db, StoredEvent};
@@ -67,7 +68,7 @@ pub enum Command {
 
 #[derive(Debug, Args)]
 pub struct HistoryArgs {
-    /// organization, project, ticket, task, spec or agent.
+    /// organization, project, ticket, task, spec, agent or billing_account.
     pub aggregate: String,
     /// The aggregate's id.
     pub id: String,
@@ -330,18 +331,14 @@ async fn history(settings: Settings, args: HistoryArgs) -> anyhow::Result<()> {
 }
 
 fn aggregate_type_of(name: &str) -> anyhow::Result<&'static str> {
-    use cqrs_es::Aggregate;
-    Ok(match name.to_ascii_lowercase().as_str() {
-        "organization" => organization::Organization::TYPE,
-        "project" => project::Project::TYPE,
-        "ticket" => ticket::Ticket::TYPE,
-        "task" => task::Task::TYPE,
-        "spec" => spec::Spec::TYPE,
-        "agent" => agent::Agent::TYPE,
-        other => anyhow::bail!(
-            "unknown aggregate {other:?}: expected organization, project, ticket, task, spec or agent"
-        ),
-    })
+    AggregateKind::of_noun(name)
+        .map(AggregateKind::type_name)
+        .with_context(|| {
+            format!(
+                "unknown aggregate {name:?}: expected one of {}",
+                AggregateKind::nouns()
+            )
+        })
 }
 
 fn fold_state(
@@ -355,12 +352,17 @@ fn fold_state(
     ) -> anyhow::Result<serde_json::Value> {
         Ok(serde_json::to_value(fold_until::<A>(events, as_of)?)?)
     }
-    match aggregate_type {
-        "Organization" => folded::<organization::Organization>(events, as_of),
-        "Project" => folded::<project::Project>(events, as_of),
-        "Ticket" => folded::<ticket::Ticket>(events, as_of),
-        "Task" => folded::<task::Task>(events, as_of),
-        "Spec" => folded::<spec::Spec>(events, as_of),
-        _ => folded::<agent::Agent>(events, as_of),
+    let kind = AggregateKind::of_type(aggregate_type)
+        .with_context(|| format!("no aggregate is stored as {aggregate_type:?}"))?;
+    match kind {
+        AggregateKind::Organization => folded::<organization::Organization>(events, as_of),
+        AggregateKind::Project => folded::<project::Project>(events, as_of),
+        AggregateKind::Ticket => folded::<ticket::Ticket>(events, as_of),
+        AggregateKind::Task => folded::<task::Task>(events, as_of),
+        AggregateKind::Spec => folded::<spec::Spec>(events, as_of),
+        AggregateKind::Agent => folded::<agent::Agent>(events, as_of),
+        AggregateKind::BillingAccount => {
+            folded::<omoi_domain::billing::BillingAccount>(events, as_of)
+        }
     }
 }

@@ -5,6 +5,7 @@ use std::time::{Duration, Instant};
 
 use cqrs_es::Aggregate;
 use omoi_domain::common::{DomainError, Scoped};
+use omoi_domain::kind::AggregateKind;
 use omoi_projections::runner::RunnerStats;
 use omoi_store::bus::ScopeCheck;
 use omoi_store::{CommandBus, CommandError, Committed};
@@ -70,15 +71,7 @@ impl Default for Replays {
 
 /// The noun for a 404 about aggregate `A`.
 fn entity<A: Aggregate>() -> &'static str {
-    match A::TYPE {
-        "Organization" => "organization",
-        "Project" => "project",
-        "Ticket" => "ticket",
-        "Task" => "task",
-        "Spec" => "spec",
-        "Agent" => "agent",
-        _ => "resource",
-    }
+    AggregateKind::of_type(A::TYPE).map_or("resource", AggregateKind::noun)
 }
 
 impl AppState {

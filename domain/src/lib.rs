@@ -4,11 +4,14 @@
 //!
 //! # Layout
 //!
+//! * [`access`] — principals, organization roles and their permissions.
 //! * [`common`] — values shared by several aggregates (priority, phase, scope, text rules)
 //!   and the [`common::DomainError`] classification the API turns into HTTP statuses.
+//! * [`kind`] — [`kind::AggregateKind`]: each aggregate's type in the log and its noun.
 //! * One folder per aggregate, each with `aggregate.rs` (state, `handle`, `apply`),
 //!   `commands.rs`, `events.rs` and `error.rs`:
-//!   [`organization`], [`project`], [`ticket`], [`task`], [`spec`], [`agent`].
+//!   [`organization`], [`project`], [`ticket`], [`task`], [`spec`], [`agent`],
+//!   [`billing`] (the organization's billing account and the plans table).
 //!
 //! Every aggregate is a cqrs-es [`cqrs_es::Aggregate`] used in plain event-store mode, and
 //! implements [`common::Scoped`] so the command bus can stamp the organization and project
@@ -18,6 +21,7 @@ pub mod access;
 pub mod agent;
 pub mod billing;
 pub mod common;
+pub mod kind;
 pub mod organization;
 pub mod project;
 pub mod spec;

@@ -21,6 +21,7 @@ use std::collections::{BTreeSet, HashMap};
 use chrono::{DateTime, SecondsFormat, SubsecRound, Utc};
 use futures_util::future::BoxFuture;
 use omoi_domain::agent::AgentEvent;
+use omoi_domain::kind::AggregateKind;
 use omoi_domain::organization::OrganizationEvent;
 use omoi_domain::project::ProjectEvent;
 use omoi_domain::spec::SpecEvent;
@@ -126,50 +127,46 @@ pub enum EntityType {
 impl EntityType {
     /// The entity of an aggregate type; `None` for aggregates the timeline does not show.
     pub fn of_aggregate(aggregate_type: &str) -> Option<Self> {
-        Some(match aggregate_type {
-            "Ticket" => Self::Ticket,
-            "Task" => Self::Task,
-            "Spec" => Self::Spec,
-            "Agent" => Self::Agent,
-            "Project" => Self::Project,
-            "Organization" => Self::Organization,
-            _ => return None,
-        })
+        AggregateKind::of_type(aggregate_type).and_then(Self::of_kind)
     }
 
     /// The entity type of its wire name.
     pub fn parse(name: &str) -> Option<Self> {
-        Some(match name {
-            "ticket" => Self::Ticket,
-            "task" => Self::Task,
-            "spec" => Self::Spec,
-            "agent" => Self::Agent,
-            "project" => Self::Project,
-            "organization" => Self::Organization,
-            _ => return None,
+        AggregateKind::ALL
+            .into_iter()
+            .find(|kind| kind.noun() == name)
+            .and_then(Self::of_kind)
+    }
+
+    fn of_kind(kind: AggregateKind) -> Option<Self> {
+        Some(match kind {
+            AggregateKind::Ticket => Self::Ticket,
+            AggregateKind::Task => Self::Task,
+            AggregateKind::Spec => Self::Spec,
+            AggregateKind::Agent => Self::Agent,
+            AggregateKind::Project => Self::Project,
+            AggregateKind::Organization => Self::Organization,
+            AggregateKind::BillingAccount => return None,
         })
     }
 
-    pub fn as_str(self) -> &'static str {
+    fn kind(self) -> AggregateKind {
         match self {
-            Self::Ticket => "ticket",
-            Self::Task => "task",
-            Self::Spec => "spec",
-            Self::Agent => "agent",
-            Self::Project => "project",
-            Self::Organization => "organization",
+            Self::Ticket => AggregateKind::Ticket,
+            Self::Task => AggregateKind::Task,
+            Self::Spec => AggregateKind::Spec,
+            Self::Agent => AggregateKind::Agent,
+            Self::Project => AggregateKind::Project,
+            Self::Organization => AggregateKind::Organization,
         }
     }
 
+    pub fn as_str(self) -> &'static str {
+        self.kind().noun()
+    }
+
     fn noun(self) -> &'static str {
-        match self {
-            Self::Ticket => "Ticket",
-            Self::Task => "Task",
-            Self::Spec => "Spec",
-            Self::Agent => "Agent",
-            Self::Project => "Project",
-            Self::Organization => "Organization",
-        }
+        self.kind().type_name()
     }
 }
 
