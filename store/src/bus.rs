@@ -542,12 +542,6 @@ pub enum PairError<EA: std::error::Error, EB: std::error::Error> {
     Internal(String),
 }
 
-impl<E: std::error::Error> From<AggregateError<E>> for AttemptError<E> {
-    fn from(error: AggregateError<E>) -> Self {
-        classify(error)
-    }
-}
-
 /// Sorts cqrs-es's errors into what a caller can act on. postgres-es reports a pool
 /// timeout as "unexpected", so the underlying sqlx error is inspected as well.
 fn classify<E: std::error::Error>(error: AggregateError<E>) -> AttemptError<E> {

@@ -18,6 +18,7 @@ pub const CHANNEL: &str = "omoi_events";
 /// one of the application's.
 pub async fn listen(options: PgConnectOptions, wake: watch::Sender<u64>) {
     loop {
+        // Ends only with the error that lost the connection.
         let listened = async {
             let pool = PgPool::connect_lazy_with(options.clone());
             let mut listener = PgListener::connect_with(&pool).await?;
@@ -26,12 +27,10 @@ pub async fn listen(options: PgConnectOptions, wake: watch::Sender<u64>) {
                 listener.recv().await?;
                 wake.send_modify(|n| *n = n.wrapping_add(1));
             }
-            #[allow(unreachable_code)]
-            Ok::<(), sqlx::Error>(())
         };
-        if let Err(error) = listened.await {
-            tracing::debug!(%error, "event listener lost its connection; reconnecting");
-        }
+        let result: Result<std::convert::Infallible, sqlx::Error> = listened.await;
+        let Err(error) = result;
+        tracing::debug!(%error, "event listener lost its connection; reconnecting");
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
 }
