@@ -104,7 +104,8 @@ pub fn app_state(
         credential_ttl,
     )
     .with_claim_rules(claims)
-    .with_billing(settings.billing.config()))
+    .with_billing(settings.billing.config())
+    .with_live(settings.live.config()))
 }
 
 /// The token-signing secret: `OMOI_JWT_SECRET`, or — for `omoi dev` only — one generated
