@@ -410,6 +410,16 @@ mod tests {
     }
 
     #[test]
+    fn an_events_messages_are_encoded_once_and_shared_by_every_subscriber() {
+        let shared = event(10, 1);
+        let (first, second) = (shared.delta_body(), shared.delta_body());
+        assert_eq!(first.as_str().as_ptr(), second.as_str().as_ptr());
+        assert!(first.as_str().starts_with(r#""position":"10-1","event":{"#));
+        let (first, second) = (shared.feed_message(), shared.feed_message());
+        assert_eq!(first.as_str().as_ptr(), second.as_str().as_ptr());
+    }
+
+    #[test]
     fn a_ring_of_no_capacity_only_moves() {
         let mut ring = Ring {
             events: VecDeque::new(),
