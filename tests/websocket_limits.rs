@@ -175,7 +175,6 @@ async fn gauge(app: &TestApp, name: &str) -> i64 {
 }
 
 /// Waits until gauge `name` reads `expected`.
-#[track_caller]
 async fn gauge_becomes(app: &TestApp, name: &str, expected: i64) {
     let deadline = tokio::time::Instant::now() + PATIENCE;
     loop {
