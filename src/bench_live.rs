@@ -57,7 +57,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     };
     let database = TestDatabase::create_on(&admin_url).await?;
     let port = free_port()?;
-    let mut server = serve(&database, port)?;
+    // One principal opens every client: let it hold them all (the default cap is 32).
+    let sockets: usize = args.clients.iter().sum();
+    let mut server = serve(&database, port, sockets + 1)?;
     let mut app = TestApp::remote(format!("http://127.0.0.1:{port}"), database.clone());
     wait_for_health(&app).await?;
     let token = app.register_and_login("bench@example.com").await;
@@ -138,7 +140,7 @@ fn free_port() -> anyhow::Result<u16> {
         .port())
 }
 
-fn serve(database: &TestDatabase, port: u16) -> anyhow::Result<Child> {
+fn serve(database: &TestDatabase, port: u16, sockets: usize) -> anyhow::Result<Child> {
     let exe = std::env::current_exe()?;
     let mut command = match wrapper() {
         Some(words) => {
@@ -153,6 +155,7 @@ fn serve(database: &TestDatabase, port: u16) -> anyhow::Result<Child> {
         .env("DATABASE_URL", &database.url)
         .env("OMOI_JWT_SECRET", std::str::from_utf8(TEST_SIGNING_SECRET)?)
         .env("OMOI_APPLICATION__PORT", port.to_string())
+        .env("OMOI_LIVE__MAX_SOCKETS_PER_PRINCIPAL", sockets.to_string())
         .env("OMOI_LOG", "warn")
         .stdout(Stdio::null())
         .kill_on_drop(true)

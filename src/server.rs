@@ -99,7 +99,8 @@ pub fn app_state(
     .with_claim_rules(claims)
     .with_replays(replays(&settings.application))
     .with_billing(settings.billing.config())
-    .with_guard(settings.auth.guard()?))
+    .with_guard(settings.auth.guard()?)
+    .with_live(settings.live.config()))
 }
 
 fn replays(application: &crate::settings::ApplicationSettings) -> omoi_api::state::Replays {

@@ -21,6 +21,46 @@ pub struct Settings {
     pub worker: omoi_orchestrator::WorkerConfig,
     #[serde(default)]
     pub billing: BillingSettings,
+    /// Limits of live delivery (WebSocket).
+    #[serde(default)]
+    pub live: LiveSettings,
+}
+
+/// The limits of live delivery that operators set; its other tunables are code defaults
+/// (`omoi_api::live::LiveConfig`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LiveSettings {
+    /// Bytes waiting to be written to one connection before its live deltas wait (and,
+    /// after the slow-client grace, its subscription gets `resync`).
+    pub queue_bytes: usize,
+    /// WebSockets one user or API key may hold open at once per process.
+    pub max_sockets_per_principal: usize,
+    /// Origins besides the server's own whose pages may open a cookie-authenticated
+    /// WebSocket (`https://dash.example`).
+    pub allowed_origins: Vec<String>,
+}
+
+impl Default for LiveSettings {
+    fn default() -> Self {
+        let live = omoi_api::live::LiveConfig::default();
+        Self {
+            queue_bytes: live.queue_bytes,
+            max_sockets_per_principal: live.max_sockets_per_principal,
+            allowed_origins: live.allowed_origins,
+        }
+    }
+}
+
+impl LiveSettings {
+    pub fn config(&self) -> omoi_api::live::LiveConfig {
+        omoi_api::live::LiveConfig {
+            queue_bytes: self.queue_bytes,
+            max_sockets_per_principal: self.max_sockets_per_principal,
+            allowed_origins: self.allowed_origins.clone(),
+            ..omoi_api::live::LiveConfig::default()
+        }
+    }
 }
 
 /// Plans and Stripe. The secrets come from the environment only: `OMOI_STRIPE_SECRET_KEY`

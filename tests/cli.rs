@@ -41,7 +41,10 @@ async fn history_shows_a_billing_account_as_a_billing_account() {
     let output = history(&database, "billing_account", organization);
     assert!(output.status.success(), "{output:?}");
     let shown: Value = serde_json::from_slice(&output.stdout).expect("JSON");
-    assert_eq!(shown["events"][0]["event_type"], "WorkflowStarted", "{shown}");
+    assert_eq!(
+        shown["events"][0]["event_type"], "WorkflowStarted",
+        "{shown}"
+    );
     assert_eq!(
         shown["state"]["organization_id"],
         organization.to_string(),
@@ -51,5 +54,8 @@ async fn history_shows_a_billing_account_as_a_billing_account() {
     let output = history(&database, "invoice", organization);
     assert!(!output.status.success());
     let said = String::from_utf8_lossy(&output.stderr);
-    assert!(said.contains("billing_account"), "names what is accepted: {said}");
+    assert!(
+        said.contains("billing_account"),
+        "names what is accepted: {said}"
+    );
 }

@@ -36,8 +36,9 @@ async fn health(State(state): State<AppState>) -> ApiResult<Json<Health>> {
     }))
 }
 
-/// Prometheus text exposition: `omoi_commands_total{command,outcome}` and
-/// `omoi_command_duration_seconds{command}`.
+/// Prometheus text exposition: `omoi_commands_total{command,outcome}`,
+/// `omoi_command_duration_seconds{command}`, the projectors' gauges, and
+/// `omoi_live_sockets` / `omoi_live_followers`.
 #[utoipa::path(get, path = "/metrics", tag = "system", security(()),
     responses((status = 200, content_type = "text/plain", body = String)))]
 async fn metrics(State(state): State<AppState>) -> ApiResult<impl IntoResponse> {
@@ -48,6 +49,7 @@ async fn metrics(State(state): State<AppState>) -> ApiResult<impl IntoResponse> 
     if let Some(projections) = &state.projections {
         text.push_str(&projections.render_prometheus());
     }
+    text.push_str(&state.live.render_prometheus());
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text))
 }
 

@@ -115,6 +115,22 @@ pub enum Visibility {
     },
 }
 
+impl Visibility {
+    /// The organizations and the project a query filters on (`None`: any).
+    fn bindings(&self) -> (Option<Vec<String>>, Option<String>) {
+        match self {
+            Self::Everything => (None, None),
+            Self::Organizations {
+                organizations,
+                project,
+            } => (
+                Some(organizations.iter().map(ToString::to_string).collect()),
+                project.map(|p| p.to_string()),
+            ),
+        }
+    }
+}
+
 /// Reads up to `limit` visible events after `after`, in the gapless global order.
 pub async fn read_global(
     pool: &PgPool,
@@ -122,21 +138,7 @@ pub async fn read_global(
     limit: i64,
     visibility: &Visibility,
 ) -> Result<EventPage, sqlx::Error> {
-    let (organizations, project) = match visibility {
-        Visibility::Everything => (None, None),
-        Visibility::Organizations {
-            organizations,
-            project,
-        } => (
-            Some(
-                organizations
-                    .iter()
-                    .map(ToString::to_string)
-                    .collect::<Vec<_>>(),
-            ),
-            project.map(|p| p.to_string()),
-        ),
-    };
+    let (organizations, project) = visibility.bindings();
     let sql = format!(
         "select {COLUMNS} from events
           where (transaction_id, global_position) > ($1::bigint::text::xid8, $2)
@@ -162,6 +164,39 @@ pub async fn read_global(
         .collect::<Result<Vec<_>, _>>()?;
     let next = events.last().map_or(after, StoredEvent::cursor);
     Ok(EventPage { events, next })
+}
+
+/// How many visible events lie in `(after, until]`, counting no further than `limit`: a
+/// reader that must not take more than `limit` of them learns so without reading them.
+pub async fn count_global(
+    pool: &PgPool,
+    after: Cursor,
+    until: Cursor,
+    limit: i64,
+    visibility: &Visibility,
+) -> Result<i64, sqlx::Error> {
+    let (organizations, project) = visibility.bindings();
+    // Ordered like `read_global`, so that the limit stops a walk of the index rather
+    // than a scan of the log.
+    sqlx::query_scalar(
+        "select count(*) from (
+           select 1 from events
+            where (transaction_id, global_position) > ($1::bigint::text::xid8, $2)
+              and (transaction_id, global_position) <= ($3::bigint::text::xid8, $4)
+              and ($6::text[] is null or metadata ->> 'organization_id' = any($6))
+              and ($7::text is null or metadata ->> 'project_id' = $7)
+            order by events.transaction_id, events.global_position
+            limit $5) counted",
+    )
+    .bind(after.transaction_id)
+    .bind(after.global_position)
+    .bind(until.transaction_id)
+    .bind(until.global_position)
+    .bind(limit)
+    .bind(organizations)
+    .bind(project)
+    .fetch_one(pool)
+    .await
 }
 
 /// Every event of one aggregate, by sequence.

@@ -12,6 +12,7 @@ use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::watch;
 use uuid::Uuid;
 
+use super::frame::Frame;
 use super::hub::Tap;
 use super::link::{Alive, Link, Offer, Session};
 use super::protocol::{Empty, Envelope, FeedSubscribe, Filters, ServerMessage, WsError};
@@ -119,22 +120,15 @@ async fn forward(link: Link, alive: Alive, mut tap: Tap, filters: watch::Receive
         if !filters.borrow().matches(&event) || !link.may_read(scope_of(&event)) {
             continue;
         }
-        match link.offer(&alive, &message(&event)).await {
+        // One encoding for every client of the feed.
+        match link
+            .offer(&alive, Frame::Shared(event.feed_message()))
+            .await
+        {
             Offer::Queued => {}
             Offer::Full => return link.resync(&alive, None),
             Offer::Closed => return,
         }
-    }
-}
-
-/// The original's event message, with the position added.
-fn message(event: &StoredEvent) -> ServerMessage<'_> {
-    ServerMessage::Event {
-        event_type: &event.event_type,
-        entity_type: event.aggregate_type.to_lowercase(),
-        entity_id: &event.aggregate_id,
-        payload: &event.payload,
-        position: event.cursor().to_string(),
     }
 }
 

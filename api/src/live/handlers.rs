@@ -2,24 +2,33 @@
 //!
 //! The credential is checked before upgrading (401 otherwise), like every other route.
 //! Browsers cannot set headers on a WebSocket, so here — and only here — the credential
-//! may also come as `?token=`.
+//! may also come as `?token=`. The header wins, then `?token=`, then the cookie.
+//!
+//! The cookie is the one credential a browser sends by itself, whichever page opens the
+//! socket: an upgrade it authenticates must come from an allowed `Origin` (the server's
+//! own, or one of `allowed_origins`), else any site a user visits could open a socket in
+//! their name (cross-site WebSocket hijacking). Clients that send a token chose to.
+//!
+//! A user or API key holds at most `max_sockets_per_principal` sockets in a process
+//! ([`sockets`](super::sockets)); one more is refused with 429.
 
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{FromRequestParts, State};
-use axum::http::header::AUTHORIZATION;
+use axum::http::header::{AUTHORIZATION, HOST, ORIGIN};
 use axum::http::request::Parts;
-use axum::http::HeaderValue;
+use axum::http::{HeaderValue, StatusCode};
 use axum::response::Response;
 use serde::Deserialize;
 use utoipa::IntoParams;
 
 use super::feed::Feed;
-use super::link::drive;
+use super::link::{drive, Session};
 use super::protocol::Filters;
+use super::sockets::{Principal, TooManySockets};
 use super::stream::Subscriptions;
 use super::LiveConfig;
-use crate::auth::{credential, Caller};
+use crate::auth::{cookie, Caller, ACCESS_COOKIE};
 use crate::error::{ApiError, ApiResult, Problem};
 use crate::extract::Query;
 use crate::state::AppState;
@@ -36,6 +45,36 @@ struct TokenOnly {
     token: Option<String>,
 }
 
+/// Why an authenticated upgrade is refused; one variant per rule.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UpgradeRefusal {
+    /// 403: a cookie-authenticated upgrade without an allowed `Origin`.
+    #[error(
+        "a WebSocket authenticated by the cookie must come from the server's own origin or \
+         an allowed one (live.allowed_origins); this one came from {0}"
+    )]
+    OriginNotAllowed(String),
+    /// 429: the principal holds the most sockets allowed already.
+    #[error("{0}; close one first")]
+    TooManySockets(#[from] TooManySockets),
+}
+
+impl From<UpgradeRefusal> for ApiError {
+    fn from(refusal: UpgradeRefusal) -> Self {
+        let (status, code) = match refusal {
+            UpgradeRefusal::OriginNotAllowed(_) => (StatusCode::FORBIDDEN, "origin_not_allowed"),
+            UpgradeRefusal::TooManySockets(_) => {
+                (StatusCode::TOO_MANY_REQUESTS, "too_many_sockets")
+            }
+        };
+        ApiError::Status {
+            status,
+            code,
+            detail: refusal.to_string(),
+        }
+    }
+}
+
 impl FromRequestParts<AppState> for WsCaller {
     type Rejection = ApiError;
 
@@ -43,16 +82,31 @@ impl FromRequestParts<AppState> for WsCaller {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        let credential =
-            credential(parts)
-                .or_else(|| query_token(parts))
-                .ok_or(ApiError::Unauthorized {
-                    detail: "authentication required: send `Authorization: Bearer <token or API \
-                         key>` or, from a browser, `?token=<token>`",
+        let credential = match (bearer(parts), query_token(parts)) {
+            (Some(token), _) | (None, Some(token)) => token,
+            (None, None) => {
+                let token = cookie(parts, ACCESS_COOKIE).ok_or(ApiError::Unauthorized {
+                    detail: "authentication required: send `Authorization: Bearer <token or \
+                             API key>` or, from a browser, `?token=<token>`",
                 })?;
+                // Before any database work: a foreign page learns nothing but this.
+                check_origin(parts, &state.live.config().allowed_origins)?;
+                token
+            }
+        };
         let caller = verify(state, &credential).await?;
         Ok(Self { caller, credential })
     }
+}
+
+/// The `Authorization: Bearer` credential alone (`auth::credential` falls back to the
+/// cookie, and here it matters which one was sent).
+fn bearer(parts: &Parts) -> Option<String> {
+    let header = parts.headers.get(AUTHORIZATION)?.to_str().ok()?;
+    let token = header
+        .strip_prefix("Bearer ")
+        .or_else(|| header.strip_prefix("bearer "))?;
+    Some(token.trim().to_string()).filter(|token| !token.is_empty())
 }
 
 fn query_token(parts: &Parts) -> Option<String> {
@@ -60,6 +114,42 @@ fn query_token(parts: &Parts) -> Option<String> {
         .ok()
         .and_then(|axum::extract::Query(q)| q.token)
         .filter(|token| !token.is_empty())
+}
+
+/// Refuses an `Origin` that is neither the server's own nor allowed. Browsers always send
+/// it on a WebSocket upgrade, so a missing one is refused too.
+fn check_origin(parts: &Parts, allowed: &[String]) -> Result<(), UpgradeRefusal> {
+    let origin = parts.headers.get(ORIGIN).and_then(|v| v.to_str().ok());
+    let Some(origin) = origin.map(|o| o.trim_end_matches('/')) else {
+        return Err(UpgradeRefusal::OriginNotAllowed("no origin".to_string()));
+    };
+    let own = is_own_origin(parts, origin);
+    if own
+        || allowed
+            .iter()
+            .any(|a| a.trim_end_matches('/').eq_ignore_ascii_case(origin))
+    {
+        Ok(())
+    } else {
+        Err(UpgradeRefusal::OriginNotAllowed(
+            origin.chars().take(200).collect(),
+        ))
+    }
+}
+
+/// Whether `origin` names the host the request was sent to (the page was served by this
+/// server). The browser sets both headers, so a foreign page cannot make them agree.
+fn is_own_origin(parts: &Parts, origin: &str) -> bool {
+    let host = parts
+        .headers
+        .get(HOST)
+        .and_then(|v| v.to_str().ok())
+        // HTTP/2 WebSockets carry the host as the URI's authority instead.
+        .or_else(|| parts.uri.authority().map(|a| a.as_str()));
+    let authority = origin
+        .strip_prefix("https://")
+        .or_else(|| origin.strip_prefix("http://"));
+    matches!((authority, host), (Some(a), Some(h)) if a.eq_ignore_ascii_case(h))
 }
 
 /// Verifies a credential exactly as the `Caller` extractor does for a request.
@@ -101,6 +191,8 @@ pub struct LiveQuery {
         (status = 101, description = "Switching Protocols: the WebSocket of docs/websocket.md"),
         (status = 400, body = Problem, description = "not a WebSocket upgrade request"),
         (status = 401, body = Problem, description = "no credential, or an invalid one"),
+        (status = 403, body = Problem, description = "`origin_not_allowed`: authenticated by the cookie from an origin that is not allowed"),
+        (status = 429, body = Problem, description = "`too_many_sockets`: the user or API key holds the most WebSockets allowed (`live.max_sockets_per_principal`)"),
     )
 )]
 pub async fn live(
@@ -110,15 +202,7 @@ pub async fn live(
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> ApiResult<Response> {
     let upgrade = accept(upgrade, state.live.config())?;
-    Ok(upgrade.on_upgrade(move |socket| {
-        drive(
-            socket,
-            state,
-            caller.caller,
-            caller.credential,
-            Subscriptions::default(),
-        )
-    }))
+    Ok(open(upgrade, state, caller, Subscriptions::default())?)
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -151,6 +235,8 @@ pub struct FeedQuery {
         (status = 101, description = "Switching Protocols: the feed of docs/websocket.md"),
         (status = 400, body = Problem, description = "not a WebSocket upgrade request"),
         (status = 401, body = Problem, description = "no credential, or an invalid one"),
+        (status = 403, body = Problem, description = "`origin_not_allowed`: authenticated by the cookie from an origin that is not allowed"),
+        (status = 429, body = Problem, description = "`too_many_sockets`: the user or API key holds the most WebSockets allowed (`live.max_sockets_per_principal`)"),
     )
 )]
 pub async fn feed(
@@ -167,9 +253,22 @@ pub async fn feed(
     );
     // Tapped before answering 101: whatever the client causes once connected is delivered.
     let tap = state.live.tap().await?;
-    let session = Feed::new(filters, tap);
-    Ok(upgrade
-        .on_upgrade(move |socket| drive(socket, state, caller.caller, caller.credential, session)))
+    Ok(open(upgrade, state, caller, Feed::new(filters, tap))?)
+}
+
+/// Takes a socket slot of the caller (429 when it holds the most) and upgrades; the slot
+/// is given back when the connection ends, or when the upgrade never completes.
+fn open(
+    upgrade: WebSocketUpgrade,
+    state: AppState,
+    caller: WsCaller,
+    session: impl Session,
+) -> Result<Response, UpgradeRefusal> {
+    let slot = state.live.sockets().open(Principal::of(&caller.caller))?;
+    Ok(upgrade.on_upgrade(move |socket| async move {
+        drive(socket, state, caller.caller, caller.credential, session).await;
+        drop(slot);
+    }))
 }
 
 /// The upgrade, or a problem document for a plain HTTP request.

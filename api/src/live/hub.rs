@@ -15,20 +15,66 @@
 //! nothing) and stops once the application state that owns it is gone.
 
 use std::collections::VecDeque;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::ops::Deref;
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError, Weak};
 use std::time::Duration;
 
+use axum::extract::ws::Utf8Bytes;
 use omoi_store::log::{read_global, Visibility};
 use omoi_store::wakeup::listen;
 use omoi_store::{Cursor, StoredEvent};
 use sqlx::PgPool;
 use tokio::sync::{broadcast, watch, OnceCell};
 
+use super::protocol;
+use super::sockets::Sockets;
 use super::views::Followers;
 use super::{AbortOnDrop, LiveConfig};
 
 /// An event as the hub shares it: one copy for the ring and every subscriber.
-pub type SharedEvent = Arc<StoredEvent>;
+pub type SharedEvent = Arc<LiveEvent>;
+
+/// An event, and the message bodies that carry it to clients: each is encoded by the
+/// first subscriber that sends it and shared by every other (and kept with the event in
+/// the ring, so a resumption from memory encodes nothing).
+#[derive(Debug)]
+pub struct LiveEvent {
+    event: StoredEvent,
+    delta: OnceLock<Utf8Bytes>,
+    feed: OnceLock<Utf8Bytes>,
+}
+
+impl LiveEvent {
+    pub fn new(event: StoredEvent) -> Self {
+        Self {
+            event,
+            delta: OnceLock::new(),
+            feed: OnceLock::new(),
+        }
+    }
+
+    /// The body of an `/api/v1/ws` delta ([`protocol::delta_frame`]).
+    pub fn delta_body(&self) -> Utf8Bytes {
+        self.delta
+            .get_or_init(|| protocol::event_delta_body(&self.event))
+            .clone()
+    }
+
+    /// The whole `/api/v1/ws/events` message: the same for every client.
+    pub fn feed_message(&self) -> Utf8Bytes {
+        self.feed
+            .get_or_init(|| protocol::feed_message(&self.event))
+            .clone()
+    }
+}
+
+impl Deref for LiveEvent {
+    type Target = StoredEvent;
+
+    fn deref(&self) -> &StoredEvent {
+        &self.event
+    }
+}
 
 pub struct Hub {
     shared: Arc<Shared>,
@@ -37,6 +83,7 @@ pub struct Hub {
     config: LiveConfig,
     started: OnceCell<()>,
     followers: Followers,
+    sockets: Arc<Sockets>,
 }
 
 struct Shared {
@@ -100,9 +147,10 @@ impl Hub {
             }),
             pool,
             commits,
-            config,
             started: OnceCell::new(),
             followers: Followers::default(),
+            sockets: Sockets::new(config.max_sockets_per_principal),
+            config,
         }
     }
 
@@ -117,6 +165,29 @@ impl Hub {
     /// The read-model followers of this process (`board`, …).
     pub fn followers(&self) -> &Followers {
         &self.followers
+    }
+
+    /// The open WebSockets of this process, per principal.
+    pub fn sockets(&self) -> &Arc<Sockets> {
+        &self.sockets
+    }
+
+    /// Gauges for `/metrics`: open sockets and read-model followers held in memory.
+    pub fn render_prometheus(&self) -> String {
+        let gauges = [
+            ("omoi_live_sockets", "Open WebSockets", self.sockets.total()),
+            (
+                "omoi_live_followers",
+                "Read-model followers held in memory (one per stream and project)",
+                self.followers.count(),
+            ),
+        ];
+        gauges
+            .iter()
+            .map(|(name, help, value)| {
+                format!("# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}\n")
+            })
+            .collect()
     }
 
     /// Taps the stream and reads the log up to the tap's head, handing each visible event
@@ -218,7 +289,7 @@ impl Shared {
     fn publish(&self, events: Vec<StoredEvent>) {
         let mut ring = self.lock();
         for event in events {
-            let event = Arc::new(event);
+            let event = Arc::new(LiveEvent::new(event));
             ring.push(event.clone());
             // No subscriber is not an error: the ring still keeps the event.
             let _ = self.sender.send(event);
@@ -309,7 +380,7 @@ mod tests {
     use super::*;
 
     fn event(transaction_id: i64, global_position: i64) -> SharedEvent {
-        Arc::new(StoredEvent {
+        Arc::new(LiveEvent::new(StoredEvent {
             aggregate_type: "Ticket".into(),
             aggregate_id: "t".into(),
             sequence: 1,
@@ -319,7 +390,7 @@ mod tests {
             event_version: "1".into(),
             payload: serde_json::Value::Null,
             metadata: serde_json::Value::Null,
-        })
+        }))
     }
 
     #[test]
@@ -336,6 +407,16 @@ mod tests {
         assert_eq!(ring.events.len(), 2);
         assert_eq!(ring.floor.to_string(), "10-1");
         assert_eq!(ring.head.to_string(), "10-3");
+    }
+
+    #[test]
+    fn an_events_messages_are_encoded_once_and_shared_by_every_subscriber() {
+        let shared = event(10, 1);
+        let (first, second) = (shared.delta_body(), shared.delta_body());
+        assert_eq!(first.as_str().as_ptr(), second.as_str().as_ptr());
+        assert!(first.as_str().starts_with(r#""position":"10-1","event":{"#));
+        let (first, second) = (shared.feed_message(), shared.feed_message());
+        assert_eq!(first.as_str().as_ptr(), second.as_str().as_ptr());
     }
 
     #[test]

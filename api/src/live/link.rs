@@ -1,11 +1,13 @@
 //! One WebSocket connection, whichever endpoint: a reader and a writer joined by
 //! `select!`, so that the connection ends as soon as either does.
 //!
-//! * **Bounded outgoing queue.** Everything for the client goes through one `mpsc` of
-//!   `queue_capacity` messages. Replies to the client's own messages wait for room (which
-//!   stops reading the client's frames: back-pressure, not memory); a live delta that finds
-//!   the queue full for `slow_client_grace` ends its subscription with `resync` instead
-//!   ([`Link::offer`]).
+//! * **Bounded outgoing queue.** Everything for the client goes through one `mpsc` of at
+//!   most `queue_capacity` messages and `queue_bytes` bytes (a semaphore of bytes: a
+//!   message holds its length until it is written). Replies to the client's own messages
+//!   wait for room (which stops reading the client's frames: back-pressure, not memory); a
+//!   live delta that finds the queue full for `slow_client_grace` ends its subscription
+//!   with `resync` instead ([`Link::offer`]). Counting bytes, not messages, is what bounds
+//!   memory: 256 queued events of 256 KiB each would otherwise be 64 MiB for one client.
 //! * **Resync always gets through.** It travels on a small side channel the writer serves
 //!   first, and queued messages of an ended subscription are skipped, so the client never
 //!   sees a delta of a subscription after its `resync` or `unsubscribed`.
@@ -27,10 +29,10 @@ use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use omoi_domain::common::Scope;
-use tokio::sync::mpsc::error::SendTimeoutError;
-use tokio::sync::{mpsc, watch, Notify};
+use tokio::sync::{mpsc, watch, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::time::MissedTickBehavior;
 
+use super::frame::Frame;
 use super::handlers::verify;
 use super::protocol::{encode, ServerMessage, WsError};
 use super::LiveConfig;
@@ -73,10 +75,17 @@ impl Default for Alive {
 }
 
 struct Outgoing {
-    text: String,
+    /// Boxed: the channel allocates room for 32 messages up front, so every byte of this
+    /// struct is 32 bytes of each idle connection.
+    frame: Box<Frame>,
     /// The subscription the message belongs to, if any.
     of: Option<Alive>,
+    /// Its bytes of the connection's budget, given back once it is written (or skipped).
+    room: OwnedSemaphorePermit,
 }
+
+/// The connection is gone: nothing more can be queued.
+struct Closed;
 
 /// What a live delta met.
 #[derive(Debug, PartialEq, Eq)]
@@ -91,6 +100,10 @@ pub enum Offer {
 pub struct Link {
     pub state: AppState,
     queue: mpsc::Sender<Outgoing>,
+    /// Free bytes of the queue's budget.
+    room: Arc<Semaphore>,
+    /// The budget: the most bytes one message waits for.
+    budget: usize,
     resyncs: mpsc::Sender<String>,
     overwhelmed: Arc<Notify>,
     caller: watch::Receiver<Caller>,
@@ -115,8 +128,9 @@ impl Link {
 
     /// Queues a reply, waiting for room. False when the connection is gone.
     pub async fn send(&self, message: &ServerMessage<'_>) -> bool {
-        let text = encode(message);
-        self.queue.send(Outgoing { text, of: None }).await.is_ok()
+        Box::pin(self.enqueue(Frame::Own(encode(message)), None))
+            .await
+            .is_ok()
     }
 
     pub async fn send_error(&self, error: &WsError) -> bool {
@@ -125,35 +139,42 @@ impl Link {
 
     /// Queues a message of a subscription, waiting for room (snapshots and replays, which
     /// may be longer than the queue).
-    pub async fn send_for(&self, alive: &Alive, message: &ServerMessage<'_>) -> bool {
-        self.send_text_for(alive, encode(message)).await
-    }
-
-    /// [`Link::send_for`] of a message already encoded.
-    pub async fn send_text_for(&self, alive: &Alive, text: String) -> bool {
-        let outgoing = Outgoing {
-            text,
-            of: Some(alive.clone()),
-        };
-        self.queue.send(outgoing).await.is_ok()
+    pub async fn send_for(&self, alive: &Alive, frame: Frame) -> bool {
+        Box::pin(self.enqueue(frame, Some(alive.clone())))
+            .await
+            .is_ok()
     }
 
     /// Queues a live delta if room appears within the grace period.
-    pub async fn offer(&self, alive: &Alive, message: &ServerMessage<'_>) -> Offer {
-        self.offer_text(alive, encode(message)).await
+    pub async fn offer(&self, alive: &Alive, frame: Frame) -> Offer {
+        let queued = self.enqueue(frame, Some(alive.clone()));
+        match Box::pin(tokio::time::timeout(self.grace, queued)).await {
+            Ok(Ok(())) => Offer::Queued,
+            Ok(Err(Closed)) => Offer::Closed,
+            Err(_) => Offer::Full,
+        }
     }
 
-    /// [`Link::offer`] of a message already encoded.
-    pub async fn offer_text(&self, alive: &Alive, text: String) -> Offer {
+    /// Waits for room in bytes, then in messages, and queues the frame.
+    ///
+    /// Callers box this future: a subscription's task is as large as the largest future it
+    /// awaits, for all its life, and this one (two waits, the frame) is a few hundred
+    /// bytes — per idle subscription, were it inline (`omoi bench-live` measures it).
+    async fn enqueue(&self, frame: Frame, of: Option<Alive>) -> Result<(), Closed> {
+        // A message larger than the whole budget waits for an empty queue and goes alone.
+        let bytes = u32::try_from(frame.len().min(self.budget)).unwrap_or(u32::MAX);
+        let room = self
+            .room
+            .clone()
+            .acquire_many_owned(bytes)
+            .await
+            .map_err(|_| Closed)?;
         let outgoing = Outgoing {
-            text,
-            of: Some(alive.clone()),
+            frame: Box::new(frame),
+            of,
+            room,
         };
-        match self.queue.send_timeout(outgoing, self.grace).await {
-            Ok(()) => Offer::Queued,
-            Err(SendTimeoutError::Timeout(_)) => Offer::Full,
-            Err(SendTimeoutError::Closed(_)) => Offer::Closed,
-        }
+        self.queue.send(outgoing).await.map_err(|_| Closed)
     }
 
     /// Ends a subscription the client did not keep up with and tells it so. Resyncs are
@@ -181,6 +202,7 @@ pub async fn drive(
     let config = state.live.config().clone();
     let (sink, stream) = socket.split();
     let (queue, queue_rx) = mpsc::channel(config.queue_capacity.max(1));
+    let budget = queue_budget(config.queue_bytes);
     let (resyncs, resyncs_rx) = mpsc::channel(config.max_subscriptions + 1);
     let (caller_tx, caller_rx) = watch::channel(caller);
     let overwhelmed = Arc::new(Notify::new());
@@ -188,6 +210,8 @@ pub async fn drive(
     let link = Link {
         state: state.clone(),
         queue,
+        room: Arc::new(Semaphore::new(budget)),
+        budget,
         resyncs,
         overwhelmed: overwhelmed.clone(),
         caller: caller_rx,
@@ -210,6 +234,13 @@ pub async fn drive(
             tracing::debug!("live: a client fell behind on every subscription; dropped");
         }
     }
+}
+
+/// The bytes a connection's queue may hold: at least one, and no more than a semaphore
+/// (and one message's wait, a `u32`) can count.
+fn queue_budget(configured: usize) -> usize {
+    let most = Semaphore::MAX_PERMITS.min(u32::MAX as usize);
+    configured.clamp(1, most)
 }
 
 /// Reads the client's frames and hands text to the session.
@@ -324,10 +355,14 @@ impl Writer {
     }
 
     async fn write_outgoing(&mut self, outgoing: Outgoing) -> Result<(), End> {
-        if outgoing.of.as_ref().is_some_and(|alive| !alive.get()) {
+        let Outgoing { frame, of, room } = outgoing;
+        if of.is_some_and(|alive| !alive.get()) {
             return Ok(());
         }
-        self.write(Message::Text(outgoing.text.into())).await
+        let written = self.write(Message::Text((*frame).into_text())).await;
+        // The bytes count until they are written: a stuck write still holds them.
+        drop(room);
+        written
     }
 
     async fn write(&mut self, message: Message) -> Result<(), End> {
@@ -390,4 +425,15 @@ fn every(period: Duration) -> tokio::time::Interval {
     let mut interval = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
     interval.set_missed_tick_behavior(MissedTickBehavior::Delay);
     interval
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_queued_message_takes_no_more_room_than_a_string_and_a_subscription() {
+        // An idle connection's channel holds room for 32 of them.
+        assert!(std::mem::size_of::<Outgoing>() <= 32);
+    }
 }

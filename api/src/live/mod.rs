@@ -12,21 +12,28 @@
 //! # Layout
 //!
 //! * [`hub`] — follows the stream, keeps recent events for resumption, broadcasts new ones.
-//! * [`link`] — one connection: the bounded outgoing queue, pings, the credential re-check.
+//! * [`link`] — one connection: the byte-bounded outgoing queue, pings, the credential
+//!   re-check.
+//! * [`frame`] — queued messages, whose heavy part is encoded once and shared.
 //! * [`protocol`] — the messages and their errors.
-//! * [`stream`] — the subscriptions of `/api/v1/ws`.
+//! * [`stream`] — the subscriptions of `/api/v1/ws`; [`replay`] — what a resuming
+//!   `events` subscription missed, from memory or page by page from the database.
 //! * [`views`] — the read-model streams: one shared follower per (stream, project) folds
 //!   the project's model and fans its deltas out.
 //! * [`models`] — the read models followed: board, graph, timeline, agents.
 //! * [`feed`] — `/api/v1/ws/events`.
-//! * [`handlers`] — authentication at upgrade (`?token=`) and the two routes.
+//! * [`handlers`] — authentication at upgrade (`?token=`, the cookie's `Origin` check),
+//!   the per-principal socket cap ([`sockets`]) and the two routes.
 
 pub mod feed;
+pub mod frame;
 pub mod handlers;
 pub mod hub;
 pub mod link;
 pub mod models;
 pub mod protocol;
+pub mod replay;
+pub mod sockets;
 pub mod stream;
 pub mod views;
 
@@ -50,6 +57,9 @@ pub struct LiveConfig {
     pub recheck_interval: Duration,
     /// Messages waiting to be written to one connection.
     pub queue_capacity: usize,
+    /// Bytes waiting to be written to one connection (its queued messages' lengths; a
+    /// message shared with other clients counts in full). Reached, it is a full queue.
+    pub queue_bytes: usize,
     /// How long a live delta waits for room in a full queue before its subscription ends
     /// with `resync`: long enough for a reading client to absorb a burst, short enough
     /// that a stuck one is cut off quickly.
@@ -69,6 +79,15 @@ pub struct LiveConfig {
     pub max_text_bytes: usize,
     /// Subscriptions one socket may hold at once.
     pub max_subscriptions: usize,
+    /// WebSockets one user or API key may hold open at once in this process; more are
+    /// refused at upgrade (429).
+    pub max_sockets_per_principal: usize,
+    /// Origins (`https://dash.example`) besides the server's own from which a browser
+    /// may open a WebSocket authenticated by the cookie.
+    pub allowed_origins: Vec<String>,
+    /// How long a read-model follower nobody subscribes to lives on (a reconnect within
+    /// it resumes from the follower's memory) before it is freed.
+    pub follower_idle: Duration,
 }
 
 impl Default for LiveConfig {
@@ -77,6 +96,7 @@ impl Default for LiveConfig {
             ping_interval: Duration::from_secs(30),
             recheck_interval: Duration::from_secs(5),
             queue_capacity: 256,
+            queue_bytes: 1 << 20,
             slow_client_grace: Duration::from_secs(1),
             broadcast_capacity: 4096,
             replay_buffer: 10_000,
@@ -85,6 +105,9 @@ impl Default for LiveConfig {
             batch_size: 500,
             max_text_bytes: 64 * 1024,
             max_subscriptions: 32,
+            max_sockets_per_principal: 32,
+            allowed_origins: Vec::new(),
+            follower_idle: Duration::from_secs(60),
         }
     }
 }

@@ -3,8 +3,8 @@
 //! client applies to its copy (the shapes are in docs/websocket.md).
 
 use std::collections::VecDeque;
-use std::sync::Arc;
 
+use axum::extract::ws::Utf8Bytes;
 use omoi_projections::agents::{AgentView, AgentsModel};
 use omoi_projections::board::{render_board, BoardModel, Card, ColumnConfig};
 use omoi_projections::graph::{GraphModel, GraphNode, GraphScope, NodeKind};
@@ -12,7 +12,6 @@ use omoi_projections::timeline::{TimelineEntry, TimelineModel};
 use omoi_projections::ProjectionError;
 use omoi_store::StoredEvent;
 use serde::Serialize;
-use serde_json::value::RawValue;
 use serde_json::{json, Value};
 use uuid::Uuid;
 
@@ -60,16 +59,17 @@ pub fn view_of(stream: &str, project_id: Uuid) -> Option<Box<dyn LiveView>> {
     })
 }
 
-/// A model encoded once, shared by every subscriber that joins at its position.
-pub type Snapshot = Arc<RawValue>;
+/// A model encoded once as JSON text, shared (not copied) by every subscriber that joins
+/// at its position, down to the frames written to them.
+pub type Snapshot = Utf8Bytes;
 
 fn encode(value: impl Serialize) -> Snapshot {
-    let raw = serde_json::value::to_raw_value(&value).unwrap_or_else(|error| {
+    let text = serde_json::to_string(&value).unwrap_or_else(|error| {
         // Only a bug can get here (every view is plain data); say so rather than hide it.
         tracing::error!(%error, "a read model could not be encoded");
-        RawValue::NULL.to_owned()
+        "null".to_string()
     });
-    Arc::from(raw)
+    Utf8Bytes::from(text)
 }
 
 /// The Kanban board of one project (`GET /api/v1/board/view`): a delta is the whole card

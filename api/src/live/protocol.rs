@@ -1,12 +1,14 @@
 //! The messages of both WebSocket endpoints (JSON text frames) and their errors.
 //! docs/websocket.md describes them for clients; keep the two in step.
 
-use omoi_store::StoredEvent;
+use axum::extract::ws::Utf8Bytes;
+use omoi_store::{Cursor, StoredEvent};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 use uuid::Uuid;
+
+use super::frame::Frame;
 
 /// A client message, split into its `type` and its other fields.
 #[derive(Debug)]
@@ -241,11 +243,9 @@ pub enum ServerMessage<'a> {
         resumed: bool,
         /// `after` was too old to replay: a fresh start; reload over HTTP.
         stale: bool,
-        /// Empty for `events`: its deltas are the stream.
+        /// Empty for `events`: its deltas are the stream. A read-model stream's model
+        /// follows as `data` ([`snapshot_frame`]).
         events: Vec<EventView<'a>>,
-        /// The read model of a read-model stream (`board`: the board view).
-        #[serde(skip_serializing_if = "Option::is_none")]
-        data: Option<&'a RawValue>,
     },
     Delta {
         id: &'a str,
@@ -285,12 +285,6 @@ pub enum ServerMessage<'a> {
     },
 }
 
-/// A read-model stream's delta: `change` is JSON text encoded once for every subscriber.
-pub fn view_delta(id: &str, position: omoi_store::Cursor, change: &str) -> String {
-    let id = serde_json::Value::String(id.to_string());
-    format!(r#"{{"type":"delta","id":{id},"position":"{position}","change":{change}}}"#)
-}
-
 /// The JSON text of a message.
 pub fn encode(message: &ServerMessage<'_>) -> String {
     serde_json::to_string(message).unwrap_or_else(|error| {
@@ -299,6 +293,64 @@ pub fn encode(message: &ServerMessage<'_>) -> String {
         r#"{"type":"error","code":"internal","detail":"a message could not be encoded"}"#
             .to_string()
     })
+}
+
+/// A delta of subscription `id` whose body (everything after the id) is shared by every
+/// subscriber: the bytes of [`ServerMessage::Delta`], or of a read model's delta.
+pub fn delta_frame(id: &str, body: Utf8Bytes) -> Frame {
+    let id = serde_json::to_string(id).unwrap_or_else(|_| "\"\"".to_string());
+    Frame::Wrapped {
+        head: format!(r#"{{"type":"delta","id":{id},"#),
+        body,
+        tail: "",
+    }
+}
+
+/// The body of an `events` delta, encoded once for every subscriber ([`delta_frame`]).
+pub fn event_delta_body(event: &StoredEvent) -> Utf8Bytes {
+    let view = serde_json::to_string(&EventView::from(event)).unwrap_or_else(|error| {
+        tracing::error!(%error, "an event could not be encoded");
+        "null".to_string()
+    });
+    format!(r#""position":"{}","event":{view}}}"#, event.cursor()).into()
+}
+
+/// The original feed's message for an event (its shape, plus the position): the same
+/// for every client.
+pub fn feed_message(event: &StoredEvent) -> Utf8Bytes {
+    encode(&ServerMessage::Event {
+        event_type: &event.event_type,
+        entity_type: event.aggregate_type.to_lowercase(),
+        entity_id: &event.aggregate_id,
+        payload: &event.payload,
+        position: event.cursor().to_string(),
+    })
+    .into()
+}
+
+/// The body of a read model's delta: `change` is JSON text, encoded once for every
+/// subscriber ([`delta_frame`]).
+pub fn view_delta_body(position: Cursor, change: &str) -> Utf8Bytes {
+    format!(r#""position":"{position}","change":{change}}}"#).into()
+}
+
+/// A snapshot (`message` is a [`ServerMessage::Snapshot`]) with a read model's `data`,
+/// shared by every subscriber, as its last field.
+pub fn snapshot_frame(message: &ServerMessage<'_>, data: Option<Utf8Bytes>) -> Frame {
+    let text = encode(message);
+    let Some(body) = data else {
+        return Frame::Own(text);
+    };
+    // The object's closing brace makes way for the data, so that the model is not copied
+    // into every subscriber's message.
+    match text.strip_suffix('}') {
+        Some(open) => Frame::Wrapped {
+            head: format!(r#"{open},"data":"#),
+            body,
+            tail: "}",
+        },
+        None => Frame::Own(text),
+    }
 }
 
 #[cfg(test)]
@@ -331,17 +383,51 @@ mod tests {
 
     #[test]
     fn a_view_delta_is_one_json_object_with_the_id_escaped() {
-        let position = omoi_store::Cursor {
+        let position = Cursor {
             transaction_id: 7,
             global_position: 9,
         };
-        let text = view_delta("a\"b", position, r#"{"card":{"title":"x"}}"#);
-        let value: Value = serde_json::from_str(&text).expect("JSON");
+        let body = view_delta_body(position, r#"{"card":{"title":"x"}}"#);
+        let text = delta_frame("a\"b", body).into_text();
+        let value: Value = serde_json::from_str(text.as_str()).expect("JSON");
         assert_eq!(
             value,
             json!({"type": "delta", "id": "a\"b", "position": "7-9",
                    "change": {"card": {"title": "x"}}})
         );
+    }
+
+    #[test]
+    fn a_shared_event_delta_has_the_bytes_of_the_delta_message() {
+        let event = stored();
+        let shared = delta_frame("s\u{e9}", event_delta_body(&event)).into_text();
+        let message = encode(&ServerMessage::Delta {
+            id: "s\u{e9}",
+            position: event.cursor().to_string(),
+            event: EventView::from(&event),
+        });
+        assert_eq!(shared.as_str(), message);
+    }
+
+    #[test]
+    fn a_snapshot_frame_carries_the_shared_model_as_its_last_field() {
+        let message = ServerMessage::Snapshot {
+            id: "b",
+            stream: "board",
+            project_id: Uuid::nil(),
+            position: "1-2".into(),
+            resumed: false,
+            stale: true,
+            events: Vec::new(),
+        };
+        let data = Utf8Bytes::from(r#"{"columns":[]}"#);
+        let text = snapshot_frame(&message, Some(data)).into_text();
+        assert_eq!(
+            text.as_str(),
+            r#"{"type":"snapshot","id":"b","stream":"board","project_id":"00000000-0000-0000-0000-000000000000","position":"1-2","resumed":false,"stale":true,"events":[],"data":{"columns":[]}}"#
+        );
+        let bare = snapshot_frame(&message, None).into_text();
+        assert_eq!(bare.as_str(), encode(&message));
     }
 
     #[test]

@@ -10,14 +10,19 @@
 //! is exactly the model, with no gap and no double.
 //!
 //! Deltas are computed and encoded once per follower, not once per subscriber: a thousand
-//! dashboards on one board cost one fold. A follower no subscriber has used for
-//! `follower_idle` ends (a reconnect within that time still resumes from its ring).
+//! dashboards on one board cost one fold, and one copy of each delta and snapshot (the
+//! subscribers' frames share its bytes). A follower no subscriber has used for
+//! `follower_idle` ends (a reconnect within that time still resumes from its ring) and is
+//! removed from the registry with its model, so the memory of the followers is that of the
+//! (stream, project) pairs somebody watches, not of every pair ever watched.
 
 use std::collections::{HashMap, VecDeque};
+use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::Duration;
 
+use axum::extract::ws::Utf8Bytes;
 use omoi_projections::ProjectionError;
 use omoi_store::log::Visibility;
 use omoi_store::Cursor;
@@ -28,14 +33,17 @@ use uuid::Uuid;
 
 use super::hub::{Hub, Tap};
 use super::models::{LiveView, Reach, Snapshot};
+use super::protocol::view_delta_body;
 
 /// One change of a followed model, encoded once.
 #[derive(Debug)]
 pub enum Delta {
     Change {
         position: Cursor,
-        /// The change as JSON text.
-        change: String,
+        /// The delta's body after the subscription's id
+        /// ([`delta_frame`](super::protocol::delta_frame)), shared by every
+        /// subscriber.
+        body: Utf8Bytes,
     },
     /// The follower could not keep up with the hub (or the log failed): every subscriber
     /// must subscribe again.
@@ -130,16 +138,17 @@ pub struct ProjectRef {
 /// The key of a follower.
 type Key = (&'static str, Uuid);
 
+/// The followers by key; a cell is filled once its follower has replayed the project.
+type Registry = Mutex<HashMap<Key, Arc<OnceCell<Arc<Follower>>>>>;
+
 /// The followers of one process.
 #[derive(Default)]
 pub struct Followers {
-    running: Mutex<HashMap<Key, Arc<OnceCell<Arc<Follower>>>>>,
+    running: Arc<Registry>,
 }
 
 /// Deltas kept per follower for resumption.
 const RECENT_DELTAS: usize = 1_000;
-/// How long a follower with no subscriber lives on.
-const FOLLOWER_IDLE: Duration = Duration::from_secs(60);
 
 impl Followers {
     /// The running follower of `stream` for `project`, started (and the project
@@ -153,29 +162,65 @@ impl Followers {
     ) -> Result<Arc<Follower>, sqlx::Error> {
         let key = (stream, project.project_id);
         let cell = {
-            let mut running = self.running.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut running = lock(&self.running);
             let cell = running.entry(key).or_default();
             if cell.get().is_some_and(|f| !f.is_running()) {
                 *cell = Arc::default();
             }
             cell.clone()
         };
-        cell.get_or_try_init(|| async {
-            let view = view().ok_or_else(|| {
-                sqlx::Error::Protocol(format!("{stream:?} is not a read-model stream"))
-            })?;
-            start(hub, project, view).await
-        })
-        .await
-        .cloned()
+        let started = cell
+            .get_or_try_init(|| async {
+                let view = view().ok_or_else(|| {
+                    sqlx::Error::Protocol(format!("{stream:?} is not a read-model stream"))
+                })?;
+                let registry = Arc::downgrade(&self.running);
+                start(hub, project, view, (registry, key)).await
+            })
+            .await
+            .cloned();
+        if started.is_err() {
+            // Nothing started: leave no empty entry behind (the next subscriber retries).
+            forget(&self.running, key, |entry| {
+                Arc::ptr_eq(entry, &cell) && entry.get().is_none()
+            });
+        }
+        started
+    }
+
+    /// Followers held in memory (running, or ended and not yet removed).
+    pub fn count(&self) -> usize {
+        lock(&self.running).len()
     }
 }
+
+fn lock(registry: &Registry) -> MutexGuard<'_, HashMap<Key, Arc<OnceCell<Arc<Follower>>>>> {
+    // Every change is one statement: a panic elsewhere leaves the map whole.
+    registry.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Removes the entry of `key` if `which` says it is the one meant (a newer follower may
+/// have replaced it meanwhile).
+fn forget(
+    registry: &Registry,
+    key: Key,
+    which: impl FnOnce(&Arc<OnceCell<Arc<Follower>>>) -> bool,
+) {
+    let mut running = lock(registry);
+    if running.get(&key).is_some_and(which) {
+        running.remove(&key);
+    }
+}
+
+/// Where a follower is registered, so that it removes itself when it ends.
+type Entry = (Weak<Registry>, Key);
 
 /// Taps the hub, replays the project up to the tap's head, and starts following.
 async fn start(
     hub: &Hub,
     project: ProjectRef,
     mut view: Box<dyn LiveView>,
+    entry: Entry,
 ) -> Result<Arc<Follower>, sqlx::Error> {
     let reach = view.reach();
     let visibility = Visibility::Organizations {
@@ -200,8 +245,12 @@ async fn start(
         sender,
         ended: AtomicBool::new(false),
     });
-    // The task owns a reference: it ends on its own (idle, behind, or the hub gone).
-    tokio::spawn(follow(follower.clone(), tap, project, reach));
+    // The task owns a reference: it ends on its own (idle, behind, or the hub gone), and
+    // then removes the follower from the registry.
+    // Never zero: the task wakes every half of it.
+    let idle = hub.config().follower_idle.max(Duration::from_millis(10));
+    let task = follow(follower.clone(), tap, project, reach, idle);
+    tokio::spawn(finally_forget(task, follower.clone(), entry));
     Ok(follower)
 }
 
@@ -212,8 +261,26 @@ fn replay_error(error: ProjectionError) -> sqlx::Error {
     }
 }
 
+/// Runs a follower's task, then removes the follower from the registry (unless a newer
+/// one has taken its place already).
+async fn finally_forget(task: impl Future<Output = ()>, follower: Arc<Follower>, entry: Entry) {
+    task.await;
+    let (registry, key) = entry;
+    if let Some(registry) = registry.upgrade() {
+        forget(&registry, key, |cell| {
+            cell.get().is_some_and(|f| Arc::ptr_eq(f, &follower))
+        });
+    }
+}
+
 /// Applies the hub's events to the follower until it falls behind, fails, or is idle.
-async fn follow(follower: Arc<Follower>, mut tap: Tap, project: ProjectRef, reach: Reach) {
+async fn follow(
+    follower: Arc<Follower>,
+    mut tap: Tap,
+    project: ProjectRef,
+    reach: Reach,
+    idle: Duration,
+) {
     let (key, id) = match reach {
         Reach::Project => ("project_id", project.project_id.to_string()),
         Reach::Organization => ("organization_id", project.organization_id.to_string()),
@@ -223,10 +290,10 @@ async fn follow(follower: Arc<Follower>, mut tap: Tap, project: ProjectRef, reac
         // Busy or quiet, a follower nobody has subscribed to for a while ends.
         if follower.sender.receiver_count() > 0 {
             last_used = tokio::time::Instant::now();
-        } else if last_used.elapsed() >= FOLLOWER_IDLE {
+        } else if last_used.elapsed() >= idle {
             return end(&follower, false);
         }
-        let event = match tokio::time::timeout(FOLLOWER_IDLE / 2, tap.events.recv()).await {
+        let event = match tokio::time::timeout(idle / 2, tap.events.recv()).await {
             Ok(Ok(event)) => event,
             Ok(Err(RecvError::Lagged(_))) | Ok(Err(RecvError::Closed)) => break,
             Err(_) => continue,
@@ -245,7 +312,7 @@ async fn follow(follower: Arc<Follower>, mut tap: Tap, project: ProjectRef, reac
                 state.encoded = None;
                 let delta = Arc::new(Delta::Change {
                     position: event.cursor(),
-                    change: change.to_string(),
+                    body: view_delta_body(event.cursor(), &change.to_string()),
                 });
                 while state.recent.len() >= state.capacity {
                     if let Some(Delta::Change { position, .. }) =
