@@ -1,0 +1,273 @@
+//! Dashboard clients: each follows one project's `board` stream over WebSocket, folding
+//! the snapshot and then every delta into its own board, and when its replica dies
+//! reconnects to another one with the last position it processed (`after`). Positions
+//! must only rise, across reconnections too (a delta seen twice, or an older one after a
+//! newer, would show as a position that does not). Once the faults stop, each resumes a
+//! last time and must fold to exactly the board `GET /api/v1/board/view` shows.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use futures_util::{SinkExt, StreamExt};
+use omoi_store::Cursor;
+use serde_json::{json, Value};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+use super::client::Client;
+
+type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// Cards by ticket id.
+pub type Board = BTreeMap<String, Value>;
+
+/// A subscriber's board and what happened to it.
+#[derive(Debug, Default, Clone)]
+pub struct Subscriber {
+    pub project: String,
+    pub board: Board,
+    pub last: Option<Cursor>,
+    pub connections: usize,
+    pub deltas: usize,
+    /// Snapshots answering `after` with the deltas missed.
+    pub resumed: usize,
+    /// Snapshots answering `after` with a fresh board (the position was too old there).
+    pub stale: usize,
+    pub resyncs: usize,
+    /// Broken rules seen while following (positions not rising, unexpected messages).
+    pub violations: Vec<String>,
+}
+
+/// Why one connection ended.
+enum Ended {
+    /// The socket broke or closed (its replica died): connect again.
+    Lost,
+    /// `stop` was set.
+    Stopped,
+    /// The board equals the expected one.
+    Matched,
+}
+
+impl Subscriber {
+    pub fn new(project: String) -> Self {
+        Self {
+            project,
+            ..Self::default()
+        }
+    }
+
+    /// Follows the board until `stop`, reconnecting to a random replica whenever the
+    /// connection is lost.
+    pub async fn follow(mut self, client: Client, token: String, stop: Arc<AtomicBool>) -> Self {
+        while !stop.load(Ordering::Relaxed) {
+            if let Ok(mut socket) = connect(client.replica(), &token).await {
+                self.connections += 1;
+                match self.session(&mut socket, &stop, None).await {
+                    Ended::Stopped | Ended::Matched => break,
+                    Ended::Lost => {}
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        self
+    }
+
+    /// Resumes on a random replica and folds until the board equals `expected`, within
+    /// `patience`; then waits a moment to see that nothing more arrives.
+    pub async fn settle(
+        &mut self,
+        client: &Client,
+        token: &str,
+        expected: &Board,
+        patience: Duration,
+    ) -> anyhow::Result<()> {
+        let deadline = Instant::now() + patience;
+        let never = AtomicBool::new(false);
+        while Instant::now() < deadline {
+            let Ok(mut socket) = connect(client.replica(), token).await else {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            };
+            self.connections += 1;
+            let session = self.session(&mut socket, &never, Some((expected, deadline)));
+            if let Ended::Matched = session.await {
+                let quiet = tokio::time::timeout(Duration::from_millis(500), socket.next()).await;
+                if let Ok(Some(Ok(Message::Text(text)))) = quiet {
+                    self.violations
+                        .push(format!("a message after the board settled: {text}"));
+                }
+                return Ok(());
+            }
+        }
+        anyhow::bail!("the board did not fold to the HTTP view in time")
+    }
+
+    /// Subscribes (resuming after the last position) and handles messages until the
+    /// connection ends, `stop` is set, or the board equals `expected`.
+    async fn session(
+        &mut self,
+        socket: &mut Socket,
+        stop: &AtomicBool,
+        expected: Option<(&Board, Instant)>,
+    ) -> Ended {
+        let mut subscribe = json!({"type": "subscribe", "id": "board", "stream": "board",
+                                   "project_id": self.project});
+        if let Some(last) = self.last {
+            subscribe["after"] = json!(last.to_string());
+        }
+        if socket
+            .send(Message::text(subscribe.to_string()))
+            .await
+            .is_err()
+        {
+            return Ended::Lost;
+        }
+        let mut snapshot_seen = false;
+        loop {
+            if stop.load(Ordering::Relaxed) {
+                return Ended::Stopped;
+            }
+            if let Some((board, _)) = expected {
+                if snapshot_seen && &self.board == board {
+                    return Ended::Matched;
+                }
+            }
+            let wait = expected.map_or(Duration::from_millis(250), |(_, deadline)| {
+                deadline.saturating_duration_since(Instant::now())
+            });
+            let frame = match tokio::time::timeout(wait, socket.next()).await {
+                Err(_) if expected.is_some() => return Ended::Lost,
+                Err(_) => continue,
+                Ok(Some(Ok(frame))) => frame,
+                Ok(_) => return Ended::Lost,
+            };
+            let Message::Text(text) = frame else {
+                continue;
+            };
+            let Ok(message) = serde_json::from_str::<Value>(text.as_str()) else {
+                self.violations.push(format!("not JSON: {text}"));
+                continue;
+            };
+            match self.handle(&message, socket).await {
+                Some(true) => snapshot_seen = true,
+                Some(false) => {}
+                None => return Ended::Lost,
+            }
+        }
+    }
+
+    /// Applies one message; `Some(true)` for a snapshot, `None` when the subscription
+    /// must start again on a new connection.
+    async fn handle(&mut self, message: &Value, socket: &mut Socket) -> Option<bool> {
+        match message["type"].as_str() {
+            Some("snapshot") => {
+                self.snapshot(message);
+                Some(true)
+            }
+            Some("delta") => {
+                self.delta(message);
+                Some(false)
+            }
+            Some("resync") => {
+                // Subscribing again on this socket resumes after the last position.
+                self.resyncs += 1;
+                let mut again = json!({"type": "subscribe", "id": "board", "stream": "board",
+                                       "project_id": self.project});
+                if let Some(last) = self.last {
+                    again["after"] = json!(last.to_string());
+                }
+                socket.send(Message::text(again.to_string())).await.ok()?;
+                Some(false)
+            }
+            Some("ping") | Some("pong") => Some(false),
+            // `unavailable` (its database was out of reach): try elsewhere.
+            Some("error") => None,
+            _ => {
+                self.violations
+                    .push(format!("unexpected message {message}"));
+                Some(false)
+            }
+        }
+    }
+
+    fn snapshot(&mut self, message: &Value) {
+        let position = cursor(&message["position"]);
+        let resumed = message["resumed"] == true;
+        if self.last.is_some() {
+            if resumed {
+                self.resumed += 1;
+            } else {
+                self.stale += 1;
+            }
+        }
+        if resumed {
+            if position != self.last {
+                self.violations.push(format!(
+                    "a resumed snapshot at {position:?}, asked after {:?}",
+                    self.last
+                ));
+            }
+            return;
+        }
+        self.board = cards_of(&message["data"]);
+        self.last = position;
+    }
+
+    fn delta(&mut self, message: &Value) {
+        let Some(position) = cursor(&message["position"]) else {
+            self.violations
+                .push(format!("a delta without position: {message}"));
+            return;
+        };
+        if self.last.is_some_and(|last| position <= last) {
+            self.violations.push(format!(
+                "delta at {position} after {} (doubled or out of order)",
+                self.last.unwrap_or_default()
+            ));
+        }
+        self.deltas += 1;
+        self.last = Some(position);
+        let card = &message["change"]["card"];
+        if let Some(ticket) = card["ticket_id"].as_str() {
+            self.board.insert(ticket.to_string(), card.clone());
+        } else {
+            self.violations
+                .push(format!("a delta without card: {message}"));
+        }
+    }
+}
+
+fn cursor(value: &Value) -> Option<Cursor> {
+    value.as_str()?.parse().ok()
+}
+
+/// The cards of a board view (or a board snapshot's `data`), by ticket id.
+pub fn cards_of(view: &Value) -> Board {
+    let mut cards = Board::new();
+    for column in view["columns"].as_array().into_iter().flatten() {
+        for card in column["cards"].as_array().into_iter().flatten() {
+            if let Some(id) = card["ticket_id"].as_str() {
+                cards.insert(id.to_string(), card.clone());
+            }
+        }
+    }
+    cards
+}
+
+async fn connect(replica: &str, token: &str) -> anyhow::Result<Socket> {
+    let url = format!("{}/api/v1/ws", replica.replacen("http://", "ws://", 1));
+    let mut request = url.into_client_request()?;
+    request
+        .headers_mut()
+        .insert("authorization", format!("Bearer {token}").parse()?);
+    let connecting = tokio_tungstenite::connect_async(request);
+    let (socket, _) = tokio::time::timeout(Duration::from_secs(5), connecting)
+        .await
+        .context("connecting in time")??;
+    Ok(socket)
+}
