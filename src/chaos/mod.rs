@@ -73,6 +73,11 @@ pub struct Args {
     /// settle.
     #[arg(long, default_value_t = 120)]
     pub settle_seconds: u64,
+    /// Keep the run's database when every invariant held (it is always kept when one
+    /// broke). Dropping a database makes the server checkpoint, which can take long on a
+    /// busy one.
+    #[arg(long)]
+    pub keep_database: bool,
 }
 
 /// Command lanes; the rate is shared among them.
@@ -122,7 +127,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     })?;
     let outcome = drive(&args, seed, &database, &mut fleet, webhook_secret).await;
     fleet.stop().await;
-    finish(outcome, database, &admin_url, &scratch).await
+    let drop_database = (!args.keep_database).then_some(admin_url.as_str());
+    finish(outcome, database, drop_database, &scratch).await
 }
 
 /// What every process of the fleet is given.
@@ -137,6 +143,8 @@ fn environment(args: &Args, scratch: &Path, webhook_secret: &str) -> Vec<(String
         ("OMOI_WORKER__STALE_AFTER_MS", STALE_AFTER_MS.to_string()),
         ("OMOI_WORKER__CHECK_INTERVAL_MS", "300".into()),
         ("OMOI_WORKER__POLL_INTERVAL_MS", "200".into()),
+        // A claim whose answer died with its replica gives its task back this soon.
+        ("OMOI_WORKER__START_WITHIN_MS", "3000".into()),
         ("OMOI_WORKER__PROJECT_CONCURRENCY", "10".into()),
         (
             "OMOI_WORKER__WORK_DIR",
@@ -423,12 +431,12 @@ async fn caught_up(pool: &sqlx::PgPool, deadline: Instant) -> anyhow::Result<()>
     }
 }
 
-/// Prints the verdicts; removes the database and the logs when all held, keeps them
-/// (and says where) otherwise.
+/// Prints the verdicts; removes the logs and (through `drop_database`, the server's
+/// admin URL) the database when all held, keeps them (and says where) otherwise.
 async fn finish(
     outcome: anyhow::Result<Outcome>,
     database: TestDatabase,
-    admin_url: &str,
+    drop_database: Option<&str>,
     scratch: &Path,
 ) -> anyhow::Result<()> {
     let outcome = match outcome {
@@ -455,16 +463,14 @@ async fn finish(
         anyhow::bail!("{violations} invariant violation(s)");
     }
     println!("every invariant held");
-    database.pool.close().await;
-    let admin = omoi_store::db::connect(admin_url, 1).await?;
-    sqlx::query(&format!(
-        "drop database if exists {} with (force)",
-        database.name
-    ))
-    .execute(&admin)
-    .await?;
-    admin.close().await;
     std::fs::remove_dir_all(scratch).ok();
+    database.pool.close().await;
+    if let Some(admin_url) = drop_database {
+        let admin = omoi_store::db::connect(admin_url, 1).await?;
+        let drop = format!("drop database if exists {} with (force)", database.name);
+        sqlx::query(&drop).execute(&admin).await?;
+        admin.close().await;
+    }
     Ok(())
 }
 
