@@ -70,8 +70,24 @@ pub async fn run(
         work(&client, &agent, &stop, &mut stats).await;
         alive.store(false, Ordering::Relaxed);
         let _ = beating.await;
+        if stop.load(Ordering::Relaxed) {
+            terminate(&client, &setup, &agent).await;
+        }
     }
     stats
+}
+
+/// Retires the agent when the run is over, as a runtime shutting down does (a silent
+/// agent would be failed by the sweep a few seconds later, while the checks run).
+async fn terminate(client: &Client, setup: &Setup, agent: &Agent) {
+    let path = format!("/api/v1/agents/{}/status", agent.id);
+    let body = json!({"to": "terminated", "reason": "the chaos run is over"});
+    client
+        .command(
+            "terminate agent",
+            request(Method::POST, path, body, &setup.token),
+        )
+        .await;
 }
 
 async fn register(client: &Client, setup: &Setup) -> Option<Agent> {

@@ -5,7 +5,7 @@
 //! already holds every command carrying a `causation_id` to one commit per aggregate and
 //! cause, which is the process managers' rule (docs: design "Process managers").
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use omoi_domain::billing::BillingAccount;
 use omoi_store::CommandBus;
@@ -13,7 +13,7 @@ use sqlx::postgres::PgConnectOptions;
 use sqlx::{PgPool, Row};
 
 use super::client::{Seen, Sent};
-use super::subscribers::Subscriber;
+use super::subscribers::{Stream, Subscriber};
 use super::workload::CREDITS_PER_EVENT;
 
 /// What one check found.
@@ -21,6 +21,8 @@ use super::workload::CREDITS_PER_EVENT;
 pub struct Verdict {
     pub name: &'static str,
     pub counts: Vec<(String, i64)>,
+    /// Lines printed under the counts (what is worth knowing, not wrong).
+    pub details: Vec<String>,
     pub violations: Vec<String>,
 }
 
@@ -83,6 +85,7 @@ async fn commands(inputs: &Inputs<'_>) -> anyhow::Result<Verdict> {
     }
     let mut verdict = Verdict::new("commands");
     let (mut acknowledged, mut refused, mut ambiguous, mut committed, mut unsent) = (0, 0, 0, 0, 0);
+    let mut unclear: BTreeMap<(&str, &str), i64> = BTreeMap::new();
     for sent in inputs.ledger {
         let n = commits.get(&sent.request_id).copied().unwrap_or(0);
         let wrong = match sent.seen {
@@ -92,6 +95,7 @@ async fn commands(inputs: &Inputs<'_>) -> anyhow::Result<Verdict> {
             }
             Seen::Refused => {
                 refused += 1;
+                *unclear.entry(("refused", sent.kind)).or_default() += 1;
                 n != 0
             }
             Seen::Unsent => {
@@ -101,6 +105,12 @@ async fn commands(inputs: &Inputs<'_>) -> anyhow::Result<Verdict> {
             Seen::Ambiguous => {
                 ambiguous += 1;
                 committed += n.min(1);
+                let outcome = if n == 0 {
+                    "ambiguous, not committed"
+                } else {
+                    "ambiguous, committed"
+                };
+                *unclear.entry((outcome, sent.kind)).or_default() += 1;
                 n > 1
             }
         };
@@ -117,6 +127,18 @@ async fn commands(inputs: &Inputs<'_>) -> anyhow::Result<Verdict> {
     verdict.count("ambiguous", ambiguous);
     verdict.count("of which committed", committed);
     verdict.count("never sent", unsent);
+    let mut kinds: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+    for ((outcome, kind), n) in unclear {
+        kinds
+            .entry(outcome)
+            .or_default()
+            .push(format!("{kind} {n}"));
+    }
+    for (outcome, kinds) in kinds {
+        verdict
+            .details
+            .push(format!("{outcome}: {}", kinds.join(", ")));
+    }
     Ok(verdict)
 }
 
@@ -317,7 +339,13 @@ pub(super) fn subscribers(subscribers: &[Subscriber], settled: &[anyhow::Result<
             verdict.violation(format!("subscriber {n}: {error:#}"));
         }
     }
-    verdict.count("subscribers", subscribers.len());
+    let events = || subscribers.iter().filter(|s| s.stream == Stream::Events);
+    verdict.count("board", subscribers.len() - events().count());
+    verdict.count("events", events().count());
+    verdict.count(
+        "events received",
+        events().map(|s| s.events.len()).sum::<usize>(),
+    );
     verdict.count("connections", sum(|s| s.connections));
     verdict.count("deltas", sum(|s| s.deltas));
     verdict.count("resumed", sum(|s| s.resumed));

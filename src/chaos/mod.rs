@@ -36,7 +36,7 @@ use crate::testing::TestDatabase;
 use checks::Verdict;
 use client::{Client, Ledger};
 use fleet::{Fleet, FleetConfig};
-use subscribers::Subscriber;
+use subscribers::{Expected, Stream, Subscriber};
 use workload::{Driven, Setup};
 
 #[derive(Debug, Clone, clap::Args)]
@@ -63,7 +63,8 @@ pub struct Args {
     /// HTTP agents (they run the tasks needing capability `http`, and any other).
     #[arg(long, default_value_t = 3)]
     pub agents: usize,
-    /// WebSocket board subscribers.
+    /// WebSocket subscribers of the projects' boards; besides, one per project follows
+    /// its raw events.
     #[arg(long, default_value_t = 4)]
     pub subscribers: usize,
     /// What the workers' in-process agents run per task (`nothing`: complete at once).
@@ -262,10 +263,14 @@ impl Running {
                 tokio::spawn(agents::run(c, s, ids, stop_agents.clone()))
             })
             .collect();
-        let subscribers = (0..args.subscribers)
-            .map(|n| {
+        let events = args.subscribers.min(setup.projects.len());
+        let streams = std::iter::repeat_n(Stream::Board, args.subscribers)
+            .chain(std::iter::repeat_n(Stream::Events, events));
+        let subscribers = streams
+            .enumerate()
+            .map(|(n, stream)| {
                 let project = setup.projects[n % setup.projects.len()].clone();
-                let subscriber = Subscriber::new(project);
+                let subscriber = Subscriber::new(project, stream);
                 let (c, token) = (client.clone(), setup.token.clone());
                 tokio::spawn(subscriber.follow(c, token, stop_subscribers.clone()))
             })
@@ -318,9 +323,7 @@ impl Running {
         let mut settled = Vec::new();
         for subscriber in self.subscribers {
             let mut subscriber = subscriber.await?;
-            let path = format!("/api/v1/board/view?project_id={}", subscriber.project);
-            let view = client.read(&path, &setup.token).await?;
-            let expected = subscribers::cards_of(&view);
+            let expected = expected(&subscriber, client, setup, &database.pool).await?;
             let patience = deadline
                 .saturating_duration_since(Instant::now())
                 .max(Duration::from_secs(10));
@@ -343,6 +346,42 @@ impl Running {
             subscribers: checks::subscribers(&subscribers, &settled),
         })
     }
+}
+
+/// What a subscriber must end with: the HTTP board view, or the project's events after
+/// its first snapshot as the log holds them.
+async fn expected(
+    subscriber: &Subscriber,
+    client: &Client,
+    setup: &Setup,
+    pool: &sqlx::PgPool,
+) -> anyhow::Result<Expected> {
+    if subscriber.stream == Stream::Board {
+        let path = format!("/api/v1/board/view?project_id={}", subscriber.project);
+        let view = client.read(&path, &setup.token).await?;
+        return Ok(Expected::Board(subscribers::cards_of(&view)));
+    }
+    let start = subscriber.start.unwrap_or_default();
+    let positions: Vec<(i64, i64)> = sqlx::query_as(
+        "select transaction_id::text::bigint, global_position from events
+          where metadata->>'project_id' = $1
+            and (transaction_id::text::bigint, global_position) > ($2, $3)
+          order by 1, 2",
+    )
+    .bind(&subscriber.project)
+    .bind(start.transaction_id)
+    .bind(start.global_position)
+    .fetch_all(pool)
+    .await?;
+    Ok(Expected::Events(
+        positions
+            .into_iter()
+            .map(|(transaction_id, global_position)| omoi_store::Cursor {
+                transaction_id,
+                global_position,
+            })
+            .collect(),
+    ))
 }
 
 /// SIGKILLs a random process every `kill_every` seconds for `seconds`, starting it again
@@ -486,6 +525,9 @@ fn print(verdict: &Verdict) {
         "VIOLATED"
     };
     println!("  {:<16} {:<8} {}", verdict.name, status, counts.join(", "));
+    for detail in &verdict.details {
+        println!("      {detail}");
+    }
     for violation in verdict.violations.iter().take(20) {
         println!("      {violation}");
     }

@@ -1,9 +1,11 @@
-//! Dashboard clients: each follows one project's `board` stream over WebSocket, folding
-//! the snapshot and then every delta into its own board, and when its replica dies
+//! Dashboard clients: each follows one project's `board` stream (or its raw `events`)
+//! over WebSocket, folding the snapshot and then every delta, and when its replica dies
 //! reconnects to another one with the last position it processed (`after`). Positions
 //! must only rise, across reconnections too (a delta seen twice, or an older one after a
 //! newer, would show as a position that does not). Once the faults stop, each resumes a
-//! last time and must fold to exactly the board `GET /api/v1/board/view` shows.
+//! last time and must fold to exactly the board `GET /api/v1/board/view` shows — or, for
+//! `events`, must have received exactly the project's events in the log after its first
+//! snapshot, in order, none missing, none twice.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -26,11 +28,30 @@ type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 /// Cards by ticket id.
 pub type Board = BTreeMap<String, Value>;
 
-/// A subscriber's board and what happened to it.
+/// Which stream a subscriber follows.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub enum Stream {
+    #[default]
+    Board,
+    Events,
+}
+
+/// What a subscriber must end with.
+pub enum Expected {
+    Board(Board),
+    /// The positions of the project's events after the subscriber's first snapshot.
+    Events(Vec<Cursor>),
+}
+
+/// A subscriber's board (or events) and what happened to it.
 #[derive(Debug, Default, Clone)]
 pub struct Subscriber {
     pub project: String,
+    pub stream: Stream,
     pub board: Board,
+    /// Where an `events` subscriber started, and the positions of the events since.
+    pub start: Option<Cursor>,
+    pub events: Vec<Cursor>,
     pub last: Option<Cursor>,
     pub connections: usize,
     pub deltas: usize,
@@ -54,10 +75,35 @@ enum Ended {
 }
 
 impl Subscriber {
-    pub fn new(project: String) -> Self {
+    pub fn new(project: String, stream: Stream) -> Self {
         Self {
             project,
+            stream,
             ..Self::default()
+        }
+    }
+
+    fn stream_name(&self) -> &'static str {
+        match self.stream {
+            Stream::Board => "board",
+            Stream::Events => "events",
+        }
+    }
+
+    fn subscription(&self) -> Value {
+        let mut subscribe = json!({"type": "subscribe", "id": "chaos", "project_id": self.project,
+                                   "stream": self.stream_name()});
+        if let Some(last) = self.last {
+            subscribe["after"] = json!(last.to_string());
+        }
+        subscribe
+    }
+
+    /// Whether what was folded is what is expected.
+    fn matches(&self, expected: &Expected) -> bool {
+        match expected {
+            Expected::Board(board) => &self.board == board,
+            Expected::Events(positions) => self.last >= positions.last().copied().or(self.start),
         }
     }
 
@@ -77,13 +123,13 @@ impl Subscriber {
         self
     }
 
-    /// Resumes on a random replica and folds until the board equals `expected`, within
+    /// Resumes on a random replica and folds until it has what is `expected`, within
     /// `patience`; then waits a moment to see that nothing more arrives.
     pub async fn settle(
         &mut self,
         client: &Client,
         token: &str,
-        expected: &Board,
+        expected: &Expected,
         patience: Duration,
     ) -> anyhow::Result<()> {
         let deadline = Instant::now() + patience;
@@ -99,12 +145,33 @@ impl Subscriber {
                 let quiet = tokio::time::timeout(Duration::from_millis(500), socket.next()).await;
                 if let Ok(Some(Ok(Message::Text(text)))) = quiet {
                     self.violations
-                        .push(format!("a message after the board settled: {text}"));
+                        .push(format!("a message after the stream settled: {text}"));
+                }
+                if let Expected::Events(positions) = expected {
+                    self.compare_events(positions);
                 }
                 return Ok(());
             }
         }
-        anyhow::bail!("the board did not fold to the HTTP view in time")
+        anyhow::bail!(
+            "the {} stream did not reach the expected state in time",
+            self.stream_name()
+        )
+    }
+
+    /// The events received are exactly the expected ones.
+    fn compare_events(&mut self, expected: &[Cursor]) {
+        if self.events == expected {
+            return;
+        }
+        let received: std::collections::BTreeSet<_> = self.events.iter().collect();
+        let missing = expected.iter().filter(|c| !received.contains(c)).count();
+        self.violations.push(format!(
+            "received {} events, the log has {} after {:?} ({missing} missing)",
+            self.events.len(),
+            expected.len(),
+            self.start
+        ));
     }
 
     /// Subscribes (resuming after the last position) and handles messages until the
@@ -113,15 +180,10 @@ impl Subscriber {
         &mut self,
         socket: &mut Socket,
         stop: &AtomicBool,
-        expected: Option<(&Board, Instant)>,
+        expected: Option<(&Expected, Instant)>,
     ) -> Ended {
-        let mut subscribe = json!({"type": "subscribe", "id": "board", "stream": "board",
-                                   "project_id": self.project});
-        if let Some(last) = self.last {
-            subscribe["after"] = json!(last.to_string());
-        }
         if socket
-            .send(Message::text(subscribe.to_string()))
+            .send(Message::text(self.subscription().to_string()))
             .await
             .is_err()
         {
@@ -132,8 +194,8 @@ impl Subscriber {
             if stop.load(Ordering::Relaxed) {
                 return Ended::Stopped;
             }
-            if let Some((board, _)) = expected {
-                if snapshot_seen && &self.board == board {
+            if let Some((expected, _)) = expected {
+                if snapshot_seen && self.matches(expected) {
                     return Ended::Matched;
                 }
             }
@@ -176,11 +238,7 @@ impl Subscriber {
             Some("resync") => {
                 // Subscribing again on this socket resumes after the last position.
                 self.resyncs += 1;
-                let mut again = json!({"type": "subscribe", "id": "board", "stream": "board",
-                                       "project_id": self.project});
-                if let Some(last) = self.last {
-                    again["after"] = json!(last.to_string());
-                }
+                let again = self.subscription();
                 socket.send(Message::text(again.to_string())).await.ok()?;
                 Some(false)
             }
@@ -214,7 +272,16 @@ impl Subscriber {
             }
             return;
         }
-        self.board = cards_of(&message["data"]);
+        match self.stream {
+            Stream::Board => self.board = cards_of(&message["data"]),
+            // Only past 10,000 of the project's events may a resumption of the raw stream
+            // come back stale: here it would be a gap.
+            Stream::Events if self.last.is_some() => self.violations.push(format!(
+                "events resumed after {:?} came back stale: {message}",
+                self.last
+            )),
+            Stream::Events => self.start = position,
+        }
         self.last = position;
     }
 
@@ -232,6 +299,14 @@ impl Subscriber {
         }
         self.deltas += 1;
         self.last = Some(position);
+        if self.stream == Stream::Events {
+            if cursor(&message["event"]["cursor"]) != Some(position) {
+                self.violations
+                    .push(format!("an event not at its position: {message}"));
+            }
+            self.events.push(position);
+            return;
+        }
         let card = &message["change"]["card"];
         if let Some(ticket) = card["ticket_id"].as_str() {
             self.board.insert(ticket.to_string(), card.clone());
