@@ -346,3 +346,62 @@ async fn connect(replica: &str, token: &str) -> anyhow::Result<Socket> {
         .context("connecting in time")??;
     Ok(socket)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn delta(position: &str, ticket: &str) -> Value {
+        json!({"type": "delta", "id": "chaos", "position": position,
+               "change": {"card": {"ticket_id": ticket, "title": position}}})
+    }
+
+    #[test]
+    fn a_delta_seen_twice_or_out_of_order_is_reported_and_the_board_folds_the_rest() {
+        let mut subscriber = Subscriber::new("p".into(), Stream::Board);
+        subscriber.snapshot(
+            &json!({"type": "snapshot", "position": "10-5", "resumed": false,
+                                    "data": {"columns": [{"cards": [{"ticket_id": "a"}]}]}}),
+        );
+        subscriber.delta(&delta("10-6", "a"));
+        subscriber.delta(&delta("11-7", "b"));
+        assert!(
+            subscriber.violations.is_empty(),
+            "{:?}",
+            subscriber.violations
+        );
+        subscriber.delta(&delta("11-7", "b"));
+        subscriber.delta(&delta("10-9", "a"));
+        assert_eq!(
+            subscriber.violations.len(),
+            2,
+            "{:?}",
+            subscriber.violations
+        );
+        assert_eq!(subscriber.board["b"]["title"], "11-7");
+        assert_eq!(subscriber.board.len(), 2);
+    }
+
+    #[test]
+    fn an_events_subscriber_that_missed_an_event_is_reported() {
+        let mut subscriber = Subscriber::new("p".into(), Stream::Events);
+        subscriber.snapshot(&json!({"type": "snapshot", "position": "1-1", "resumed": false}));
+        for position in ["1-2", "3-4"] {
+            subscriber.delta(&json!({"type": "delta", "position": position,
+                                     "event": {"cursor": position}}));
+        }
+        let log: Vec<Cursor> = ["1-2", "2-3", "3-4"]
+            .iter()
+            .map(|c| c.parse().expect("a cursor"))
+            .collect();
+        assert!(subscriber.matches(&Expected::Events(log.clone())));
+        subscriber.compare_events(&log);
+        assert_eq!(
+            subscriber.violations.len(),
+            1,
+            "{:?}",
+            subscriber.violations
+        );
+        assert!(subscriber.violations[0].contains("1 missing"));
+    }
+}
