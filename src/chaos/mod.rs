@@ -93,13 +93,15 @@ impl Args {
             (1..=600).contains(&self.seconds),
             "--seconds must be 1 to 600"
         );
+        anyhow::ensure!(
+            (1..=600).contains(&self.settle_seconds),
+            "--settle-seconds must be 1 to 600"
+        );
         anyhow::ensure!(self.kill_every >= 0.1, "--kill-every must be at least 0.1");
         anyhow::ensure!(self.serve >= 1, "--serve must be at least 1");
         anyhow::ensure!(self.rate >= 1, "--rate must be at least 1");
-        anyhow::ensure!(
-            self.workers + self.agents >= 1,
-            "some agent must run the tasks"
-        );
+        // Workers also sweep: they give back the tasks of silent agents and of lost claims.
+        anyhow::ensure!(self.workers >= 1, "--workers must be at least 1");
         Ok(())
     }
 }
