@@ -143,16 +143,19 @@ impl Fleet {
         }
     }
 
-    /// Members whose process has exited by itself (none should have).
-    pub fn exited(&mut self) -> Vec<String> {
-        self.members
-            .iter_mut()
-            .filter_map(|m| match m.child.try_wait() {
-                Ok(None) => None,
-                Ok(Some(status)) => Some(format!("{} exited ({status})", m.name)),
-                Err(error) => Some(format!("{}: {error}", m.name)),
-            })
-            .collect()
+    /// Starts again the members whose process exited by itself (none should have), and
+    /// says which did.
+    pub fn revive(&mut self) -> anyhow::Result<Vec<String>> {
+        let mut exited = Vec::new();
+        for index in 0..self.members.len() {
+            let member = &mut self.members[index];
+            if let Some(status) = member.child.try_wait()? {
+                exited.push(format!("{} exited by itself ({status})", member.name));
+                let (name, role) = (member.name.clone(), member.role);
+                self.members[index] = spawn(&self.config, name, role)?;
+            }
+        }
+        Ok(exited)
     }
 
     /// Kills every process (the run is over).
