@@ -64,6 +64,13 @@ pub enum Command {
     /// Benchmark the orchestrator: tasks/s through the whole lifecycle with M in-process
     /// agents, and ready → assigned latency.
     BenchWorker(crate::bench_worker::Args),
+    /// Run replicas and workers on one fresh database under load, SIGKILL a random one
+    /// every few seconds (restarting it), then check that no event was lost or doubled,
+    /// every read model equals a rebuild, every task ran once per attempt and finished,
+    /// and every WebSocket subscriber folds to the HTTP board. Prints the counts; exits
+    /// non-zero when an invariant broke. Loopback only; DATABASE_URL names the server
+    /// (else a PostgreSQL of its own in target/omoi-bench-pg).
+    Chaos(crate::chaos::Args),
 }
 
 #[derive(Debug, Args)]
@@ -158,6 +165,7 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
         Command::BenchProjections(args) => crate::bench_projections::run(args).await,
         Command::BenchLive(args) => crate::bench_live::run(args).await,
         Command::BenchWorker(args) => crate::bench_worker::run(args).await,
+        Command::Chaos(args) => crate::chaos::run(args).await,
     }
 }
 

@@ -12,11 +12,13 @@
 //!   a server on a random port.
 //! * [`bench`] — the write-path benchmark against a raw `pgbench` of the same SQL.
 //! * [`bench_projections`] — the read models' rebuild rate and projection lag.
+//! * [`chaos`] — replicas and workers SIGKILLed under load, then the invariants checked.
 
 pub mod bench;
 pub mod bench_live;
 pub mod bench_projections;
 pub mod bench_worker;
+pub mod chaos;
 pub mod cli;
 pub mod operate;
 pub mod server;

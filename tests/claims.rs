@@ -180,6 +180,53 @@ async fn a_claimed_task_that_timed_out_is_claimed_again() {
     sweeper.stop().await;
 }
 
+/// Found by `omoi chaos`: a replica SIGKILLed after a claim's assignment committed and
+/// before its answer was sent left the task assigned to an agent that never heard of it,
+/// heartbeating on, with its capacity taken: held for ever. Here the agent "loses" the
+/// answer by ignoring it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_claimed_task_whose_answer_was_lost_goes_back_to_the_queue_and_is_claimed_again() {
+    let app = omoi::testing::spawn_app().await;
+    let (organization, project) = app.organization_and_project().await;
+    // A worker serving no organization of this test: it only sweeps.
+    let sweeper = Worker::start(
+        app.database.pool.clone(),
+        WorkerConfig {
+            work: Work::Nothing,
+            organizations: vec![Uuid::now_v7()],
+            start_within_ms: 500,
+            check_interval_ms: 100,
+            poll_interval_ms: 100,
+            ..WorkerConfig::default()
+        },
+    );
+    let agent = register(&app, &organization).await;
+    let ticket = ticket(&app, &project).await;
+    let lost = task(&app, &ticket, "lost", json!({})).await;
+
+    assert_eq!(agent.claim(&app, 5).await, Some(lost.clone()));
+    until_status(&app, &lost, "retry_scheduled").await;
+    assert_eq!(agent.claim(&app, WAIT_SECONDS).await, Some(lost.clone()));
+    agent.step(&app, &lost, "start", json!({})).await;
+    agent
+        .step(&app, &lost, "complete", json!({"result": {"ok": true}}))
+        .await;
+    assert_eq!(status_of(&app, &lost).await, "completed");
+    let (status, history) = app.get(&format!("/api/v1/tasks/{lost}/history")).await;
+    assert_eq!(status, StatusCode::OK, "{history}");
+    let failed = history["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .find(|e| e["event_type"] == "TaskFailed")
+        .expect("the first attempt failed");
+    let error = failed["payload"]["TaskFailed"]["error"]
+        .as_str()
+        .expect("an error");
+    assert!(error.contains("did not start it within 500 ms"), "{error}");
+    sweeper.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_claimed_task_that_was_cancelled_frees_its_agent() {
     let app = omoi::testing::spawn_app().await;

@@ -255,8 +255,11 @@ fn redacted(line: &str, command: &str) -> String {
 async fn kill_group(group: Option<u32>) {
     if let Some(pid) = group {
         // `kill -KILL -<pgid>` reaches the grandchildren a plain kill would orphan.
+        // A group already gone is the usual case (nothing was left behind): kill's
+        // "No such process" would fill the worker's log, one line per task.
         let _ = Command::new("kill")
             .args(["-KILL", "--", &format!("-{pid}")])
+            .stderr(std::process::Stdio::null())
             .status()
             .await;
     }

@@ -44,6 +44,8 @@ pub struct QueuedTask {
     pub not_before: Option<DateTime<Utc>>,
     pub agent_id: Option<Uuid>,
     pub created_at: DateTime<Utc>,
+    /// When the current assignment was made (until the attempt ends).
+    pub assigned_at: Option<DateTime<Utc>>,
     pub started_at: Option<DateTime<Utc>>,
     /// The task aggregate's sequence after the last event applied: whoever made a change
     /// knows from it when the queue has seen that change.
@@ -135,8 +137,9 @@ impl Queue {
         }
         let change = match event {
             TaskEvent::TaskCreated { .. } | TaskEvent::TaskProgressReported { .. } => Change::None,
-            TaskEvent::TaskAssigned { agent_id, .. } => {
+            TaskEvent::TaskAssigned { agent_id, at } => {
                 task.agent_id = Some(agent_id);
+                task.assigned_at = Some(at);
                 task.not_before = None;
                 Change::Queue
             }
@@ -148,6 +151,7 @@ impl Queue {
             TaskEvent::TaskFailed { .. } | TaskEvent::TaskTimedOut { .. } => {
                 // The outcome (retry or final failure) follows in the same command.
                 task.agent_id = None;
+                task.assigned_at = None;
                 task.started_at = None;
                 Change::Queue
             }
@@ -158,6 +162,7 @@ impl Queue {
                 task.retry_count = attempt;
                 task.not_before = Some(not_before);
                 task.agent_id = None;
+                task.assigned_at = None;
                 task.started_at = None;
                 Change::Queue
             }
@@ -317,6 +322,7 @@ impl Queue {
                 not_before: None,
                 agent_id: None,
                 created_at,
+                assigned_at: None,
                 started_at: None,
                 version,
             },
@@ -456,6 +462,19 @@ impl Queue {
             .collect()
     }
 
+    /// Tasks assigned more than `within_ms` ago and still not started.
+    pub fn unstarted(&self, now: DateTime<Utc>, within_ms: u64) -> Vec<&QueuedTask> {
+        let within = i64::try_from(within_ms).unwrap_or(i64::MAX);
+        self.tasks
+            .values()
+            .filter(|t| t.status == TaskStatus::Assigned)
+            .filter(|t| {
+                t.assigned_at
+                    .is_some_and(|at| (now - at).num_milliseconds() > within)
+            })
+            .collect()
+    }
+
     /// The tasks an agent holds.
     pub fn held_by(&self, agent_id: Uuid) -> Vec<&QueuedTask> {
         self.tasks
@@ -587,6 +606,41 @@ mod tests {
             1,
             "due at its not-before time"
         );
+    }
+
+    #[test]
+    fn an_assignment_not_started_in_time_is_unstarted_until_its_attempt_ends() {
+        let mut queue = Queue::default();
+        let (slow, prompt) = (Uuid::from_u128(40), Uuid::from_u128(41));
+        let assigned_at = Utc::now();
+        let meta = json!({});
+        for id in [slow, prompt] {
+            queue.apply(&created(id, Priority::High, 0, vec![]));
+            let assigned = TaskEvent::TaskAssigned {
+                agent_id: Uuid::from_u128(7),
+                at: assigned_at,
+            };
+            queue.apply(&stored(id, assigned, meta.clone()));
+        }
+        let started = TaskEvent::TaskStarted { at: assigned_at };
+        queue.apply(&stored(prompt, started, meta.clone()));
+        let ids = |queue: &Queue, now| -> Vec<Uuid> {
+            queue.unstarted(now, 1_000).iter().map(|t| t.id).collect()
+        };
+        assert!(ids(&queue, assigned_at + Duration::milliseconds(1_000)).is_empty());
+        let later = assigned_at + Duration::milliseconds(1_001);
+        assert_eq!(
+            ids(&queue, later),
+            vec![slow],
+            "a started task is not held back"
+        );
+        let failed = TaskEvent::TaskFailed {
+            error: "given back".into(),
+            attempt: 1,
+            at: later,
+        };
+        queue.apply(&stored(slow, failed, meta));
+        assert!(ids(&queue, later).is_empty());
     }
 
     #[test]

@@ -65,6 +65,10 @@ pub struct WorkerConfig {
     pub plans: Option<Plans>,
     /// An agent silent this long is failed and its tasks go back to the queue.
     pub stale_after_ms: u64,
+    /// A task assigned this long ago and still not started goes back to the queue: its
+    /// agent never learned of it (the answer to its claim was lost with the replica
+    /// that gave it), or will not run it.
+    pub start_within_ms: u64,
     /// How often leases and timeouts are checked.
     pub check_interval_ms: u64,
     /// How often a worker looks at the log when nothing woke it.
@@ -91,6 +95,7 @@ impl Default for WorkerConfig {
             organization_concurrency: 10,
             claims_per_agent: 4,
             stale_after_ms: 90_000,
+            start_within_ms: 300_000,
             check_interval_ms: 5_000,
             poll_interval_ms: 500,
             progress_interval_ms: 1_000,
@@ -435,6 +440,30 @@ impl Runtime {
                 jitter: jitter(),
             };
             let context = context(Actor::System("worker"), "timeout");
+            self.task_command(task_id, command, &context).await;
+        }
+        self.give_back_unstarted(now).await;
+    }
+
+    /// Fails (to be retried) the tasks assigned longer than `start_within_ms` ago and not
+    /// started. An agent that heartbeats but never heard of its assignment — the answer
+    /// to its claim died with its replica — would otherwise hold the task for ever.
+    async fn give_back_unstarted(&self, now: chrono::DateTime<Utc>) {
+        let within = self.config.start_within_ms;
+        let unstarted: Vec<Uuid> = self
+            .queue
+            .unstarted(now, within)
+            .into_iter()
+            .filter(|t| !self.running.contains_key(&t.id))
+            .map(|t| t.id)
+            .collect();
+        for task_id in unstarted {
+            let command = TaskCommand::FailTask {
+                error: format!("the agent did not start it within {within} ms of its assignment"),
+                at: now,
+                jitter: jitter(),
+            };
+            let context = context(Actor::System("worker"), "unstarted");
             self.task_command(task_id, command, &context).await;
         }
     }
