@@ -6,10 +6,8 @@
 
 use axum::extract::State;
 use axum::Json;
-use omoi_domain::project::Project;
 use omoi_domain::ticket::{Ticket, TicketCommand, TicketStatus};
 use omoi_projections::board::{self, BoardStats, BoardView, ColumnConfig, WipViolations};
-use omoi_projections::ProjectionError;
 use serde::Deserialize;
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
@@ -19,6 +17,7 @@ use uuid::Uuid;
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult, Problem};
 use crate::extract::{Body, Query};
+use crate::read::{checked_as_of, project_organization, read_error, replay_turn};
 use crate::responses::Versioned;
 use crate::state::AppState;
 
@@ -61,63 +60,6 @@ pub struct MoveCard {
 /// The columns of every board, until they come from configuration.
 pub(crate) fn columns() -> Vec<ColumnConfig> {
     board::default_columns()
-}
-
-/// A read-model failure as an API error: database trouble keeps its status (503 when
-/// unreachable), anything else is a bug (500).
-pub(crate) fn read_error(error: ProjectionError) -> ApiError {
-    match error {
-        ProjectionError::Database(e) => ApiError::from(e),
-        too_long @ ProjectionError::ReplayTooLong { .. } => {
-            ApiError::invalid("as_of_replay_too_long", "as_of", too_long.to_string())
-        }
-        other => ApiError::Internal(other.to_string()),
-    }
-}
-
-/// How long a view `as_of` waits for a turn to replay before it is turned away.
-const REPLAY_PATIENCE: std::time::Duration = std::time::Duration::from_secs(2);
-
-/// A turn to replay the log for a view `as_of` a past position (429 when every turn stays
-/// taken for [`REPLAY_PATIENCE`]).
-pub(crate) async fn replay_turn(state: &AppState) -> ApiResult<tokio::sync::OwnedSemaphorePermit> {
-    let acquire = state.replays.turns.clone().acquire_owned();
-    match tokio::time::timeout(REPLAY_PATIENCE, acquire).await {
-        Ok(Ok(permit)) => Ok(permit),
-        Ok(Err(_closed)) => Err(ApiError::Internal("the replay limiter was closed".into())),
-        Err(_elapsed) => Err(ApiError::TooManyRequests {
-            detail: "too many views of past states are being rebuilt; try again shortly",
-            retry_after_seconds: 1,
-        }),
-    }
-}
-
-/// The organization of a project the caller may use with `permission` (404 when it does
-/// not exist or is another organization's, 403 without the permission).
-pub(crate) async fn project_organization(
-    state: &AppState,
-    caller: &Caller,
-    permission: &'static str,
-    project_id: Uuid,
-) -> ApiResult<Uuid> {
-    let (project, _) = state
-        .read::<Project>(caller, permission, project_id)
-        .await?;
-    project
-        .organization_id
-        .ok_or_else(|| ApiError::Internal("project without organization".into()))
-}
-
-/// Refuses a negative `as_of`: positions start at 1 (0 is the empty log).
-pub(crate) fn checked_as_of(as_of: Option<i64>) -> ApiResult<Option<i64>> {
-    match as_of {
-        Some(n) if n < 0 => Err(ApiError::invalid(
-            "as_of_out_of_range",
-            "as_of",
-            "as_of is a global position: 0 or more",
-        )),
-        other => Ok(other),
-    }
 }
 
 /// The columns in order, each with its WIP limit and its cards (by priority, then title);
@@ -259,8 +201,6 @@ async fn ensure_room(state: &AppState, ticket: &Ticket, to: TicketStatus) -> Api
 
 #[cfg(test)]
 mod tests {
-    use super::*;
-
     #[test]
     fn the_board_routes_are_documented() {
         let document = crate::openapi();
@@ -272,12 +212,5 @@ mod tests {
         ] {
             assert!(document.paths.paths.contains_key(path), "{path}");
         }
-    }
-
-    #[test]
-    fn a_negative_as_of_is_refused() {
-        assert!(checked_as_of(Some(-1)).is_err());
-        assert_eq!(checked_as_of(Some(0)).ok(), Some(Some(0)));
-        assert_eq!(checked_as_of(None).ok(), Some(None));
     }
 }

@@ -16,9 +16,9 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::auth::Caller;
-use crate::board::{checked_as_of, project_organization, read_error, replay_turn};
 use crate::error::{ApiError, ApiResult, Problem};
 use crate::extract::{IdPath, Query};
+use crate::read::{checked_as_of, project_organization, read_error, replay_turn};
 use crate::state::AppState;
 
 pub fn router() -> OpenApiRouter<AppState> {

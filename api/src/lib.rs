@@ -7,10 +7,17 @@
 //! * [`app`] builds the router from one [`state::AppState`]; [`openapi`] the document.
 //!   Routes and document come from the same `utoipa-axum` router, so a route cannot
 //!   exist without its documentation.
+//! * [`state`] — shared state and the one path every command takes.
+//! * [`auth`] — callers, tokens, API keys and their routes.
 //! * [`error`] — `ApiError`, rendered as `application/problem+json`.
 //! * [`extract`] — JSON body, path and query extractors whose rejections are `ApiError`.
+//! * [`responses`] — response bodies shared by several resources.
 //! * One module per resource: [`organizations`], [`projects`], [`tickets`], [`tasks`],
-//!   [`specs`], [`agents`]; [`history`] (per-aggregate history, global stream); [`system`].
+//!   [`specs`], [`agents`], [`claims`], [`billing`]; [`history`] (per-aggregate history,
+//!   global stream); [`system`].
+//! * [`metrics`] — Prometheus counters and latency of commands.
+//! * One module per read model: [`board`], [`graph`], [`timeline`], [`agent_views`];
+//!   [`read`] — what their routes share (read errors, project scope, views `as_of`).
 //! * [`live`] — WebSocket delivery: `/api/v1/ws` and the original's `/api/v1/ws/events`.
 
 pub mod agent_views;
@@ -27,6 +34,7 @@ pub mod live;
 pub mod metrics;
 pub mod organizations;
 pub mod projects;
+pub mod read;
 pub mod responses;
 pub mod specs;
 pub mod state;

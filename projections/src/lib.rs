@@ -14,13 +14,25 @@
 //! * [`Projector`] and [`ProjectionError`] — here.
 //! * [`catalog`] — schemas, checkpoints, views, status.
 //! * [`runner`] — leadership (advisory lock), batches, wake-ups, failure handling, metrics.
-//! * One module per read model: [`board`], [`graph`], [`timeline`], [`agents`].
+//! * [`verify`] — a scratch rebuild compared with the live build, row by row.
+//! * One folder per read model: [`board`], [`graph`], [`timeline`], [`agents`], each with
+//!   `model.rs` (the pure state and the transition one event makes), `projector.rs`
+//!   (tables, rows, the set-based `apply`) and `query.rs` (reads through the stable views);
+//!   the board and the graph add `view.rs` (what a model renders), the timeline
+//!   `summary.rs` (the text of an entry).
+//! * What the read models share: [`codec`] (decoding events, enums stored as text) and
+//!   [`replay`] (one project's log folded up to a past position).
+//! * `testing` (tests only) — a log of ticket and task events for the models' tests.
 
 pub mod agents;
 pub mod board;
 pub mod catalog;
+pub mod codec;
 pub mod graph;
+pub mod replay;
 pub mod runner;
+#[cfg(test)]
+pub(crate) mod testing;
 pub mod timeline;
 pub mod verify;
 

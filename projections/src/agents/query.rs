@@ -1,0 +1,38 @@
+//! Reading the agents view: a filtered list from the `agents_agents` view.
+
+use sqlx::{PgPool, Postgres, QueryBuilder};
+use uuid::Uuid;
+
+use super::model::AgentView;
+
+/// Which agents to list; all given filters must match.
+#[derive(Debug, Clone, Default)]
+pub struct AgentFilter {
+    /// `None` only for operators, who see every organization.
+    pub organizations: Option<Vec<Uuid>>,
+    /// Agents registered for this project (organization-wide agents have none).
+    pub project_id: Option<Uuid>,
+    pub status: Option<String>,
+}
+
+/// Reads agents from the `agents_agents` view, by name.
+pub async fn list(pool: &PgPool, filter: &AgentFilter) -> Result<Vec<AgentView>, sqlx::Error> {
+    let mut sql = QueryBuilder::<Postgres>::new(
+        "select agent_id, organization_id, project_id, name, agent_type, status, capabilities,
+                capacity, current_task_id, last_status_change, registered_at
+           from agents_agents where true",
+    );
+    if let Some(organizations) = &filter.organizations {
+        sql.push(" and organization_id = any(")
+            .push_bind(organizations.clone())
+            .push(")");
+    }
+    if let Some(project_id) = filter.project_id {
+        sql.push(" and project_id = ").push_bind(project_id);
+    }
+    if let Some(status) = &filter.status {
+        sql.push(" and status = ").push_bind(status.clone());
+    }
+    sql.push(" order by name, agent_id");
+    sql.build_query_as().fetch_all(pool).await
+}

@@ -1,0 +1,55 @@
+//! Rebuilding a past state: the board and the graph `as_of` a position fold one project's
+//! events, read from the log in its gapless order, with their projectors' own rules.
+
+use omoi_store::log::{read_global, Visibility};
+use omoi_store::{Cursor, StoredEvent};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use crate::ProjectionError;
+
+/// Events of a project are read in pages of this size when a past state is rebuilt.
+const REPLAY_PAGE: i64 = 1000;
+
+/// Most events one view `as_of` a past position replays by default: it bounds the time
+/// and memory a single request may take (a project's whole history, in the worst case).
+pub const MAX_REPLAY_EVENTS: usize = 100_000;
+
+/// Feeds `apply` the events of one project in the log's gapless order, up to `as_of`.
+///
+/// It stops at the first event whose global position is above `as_of`, so what `apply`
+/// sees is always a prefix of the log — a state a projector really had. (Positions are
+/// taken at insert and may commit out of order: an event numbered below `as_of` whose
+/// transaction committed after one numbered above it is not part of that prefix.)
+pub async fn replay_project(
+    pool: &PgPool,
+    organization_id: Uuid,
+    project_id: Uuid,
+    as_of: i64,
+    max_events: usize,
+    mut apply: impl FnMut(&StoredEvent) -> Result<(), ProjectionError>,
+) -> Result<(), ProjectionError> {
+    let visibility = Visibility::Organizations {
+        organizations: vec![organization_id],
+        project: Some(project_id),
+    };
+    let mut cursor = Cursor::default();
+    let mut replayed = 0;
+    loop {
+        let page = read_global(pool, cursor, REPLAY_PAGE, &visibility).await?;
+        for event in &page.events {
+            if event.global_position > as_of {
+                return Ok(());
+            }
+            replayed += 1;
+            if replayed > max_events {
+                return Err(ProjectionError::ReplayTooLong { max: max_events });
+            }
+            apply(event)?;
+        }
+        if (page.events.len() as i64) < REPLAY_PAGE {
+            return Ok(());
+        }
+        cursor = page.next;
+    }
+}
