@@ -466,6 +466,87 @@ impl TestApp {
     }
 }
 
+/// How long a test waits for what happens eventually (a projector catching up, a worker
+/// running a task) before it fails, showing the last answer.
+pub const PATIENCE: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// The `id` of a command's answer.
+#[track_caller]
+pub fn id_of(body: &Value) -> String {
+    body["id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("an answer with an id: {body}"))
+        .to_string()
+}
+
+/// Requests the tests share, so that each test file says only what it is about.
+impl TestApp {
+    /// POSTs `body` to `path`, asserting the answer's status; returns the answer.
+    pub async fn must(&self, path: &str, body: Value, expected: StatusCode) -> Value {
+        let (status, answer) = self.post(path, body).await;
+        assert_eq!(status, expected, "POST {path}: {answer}");
+        answer
+    }
+
+    /// POSTs a creation to `path` (201 expected); returns the new aggregate's id.
+    pub async fn create(&self, path: &str, body: Value) -> String {
+        id_of(&self.must(path, body, StatusCode::CREATED).await)
+    }
+
+    /// A ticket of `project` titled `title`.
+    pub async fn ticket(&self, project: &str, title: &str) -> String {
+        self.create(
+            "/api/v1/tickets",
+            serde_json::json!({"project_id": project, "title": title}),
+        )
+        .await
+    }
+
+    /// A task of `ticket` titled `title` (`implement`), with the fields of `extra` added.
+    pub async fn task(&self, ticket: &str, title: &str, extra: Value) -> String {
+        let mut body =
+            serde_json::json!({"ticket_id": ticket, "title": title, "task_type": "implement"});
+        if let (Some(body), Some(extra)) = (body.as_object_mut(), extra.as_object()) {
+            body.extend(extra.clone());
+        }
+        self.create("/api/v1/tasks", body).await
+    }
+
+    /// GETs `path` until it answers 200 and `ready` holds for the answer; fails with the
+    /// last answer after [`PATIENCE`].
+    pub async fn eventually(&self, path: &str, ready: impl Fn(&Value) -> bool) -> Value {
+        let deadline = std::time::Instant::now() + PATIENCE;
+        loop {
+            let (status, body) = self.get(path).await;
+            if status == StatusCode::OK && ready(&body) {
+                return body;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "GET {path} did not get there in {PATIENCE:?}; last answer: {status} {body}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The state of task `id`.
+    pub async fn task_state(&self, id: &str) -> Value {
+        let (status, body) = self.get(&format!("/api/v1/tasks/{id}")).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        body["state"].clone()
+    }
+
+    /// Waits until task `id` is in `status`; returns its state.
+    pub async fn until_task_status(&self, id: &str, status: &str) -> Value {
+        let answer = self
+            .eventually(&format!("/api/v1/tasks/{id}"), |body| {
+                body["state"]["status"] == status
+            })
+            .await;
+        answer["state"].clone()
+    }
+}
+
 /// Runs `future` to completion on a fresh multi-threaded runtime (for benchmarks).
 pub fn block_on<F: Future>(future: F) -> F::Output {
     tokio::runtime::Runtime::new()

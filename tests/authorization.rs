@@ -10,7 +10,7 @@
 use std::collections::BTreeSet;
 
 use chrono::Utc;
-use omoi::testing::{spawn_app, TestApp, TEST_PASSWORD, TEST_SIGNING_SECRET};
+use omoi::testing::{id_of, spawn_app, TestApp, TEST_PASSWORD, TEST_SIGNING_SECRET};
 use omoi_api::auth::tokens::{TokenKeys, TokenType};
 use reqwest::header::CONTENT_TYPE;
 use reqwest::{Method, StatusCode};
@@ -525,14 +525,6 @@ async fn probe(
         findings.push(case, route, format!("{written} event(s) were written"));
     }
     answer
-}
-
-#[track_caller]
-fn id_of(body: &Value) -> String {
-    body["id"]
-        .as_str()
-        .unwrap_or_else(|| panic!("a response with an id: {body}"))
-        .to_string()
 }
 
 /// POSTs `body` as `token`, expecting `expected`; returns the response.

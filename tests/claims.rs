@@ -5,7 +5,7 @@
 //! task held at a time) and its agents have capacity 1, so a place that is never given
 //! back shows at once as a claim answered 204.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use omoi::testing::TestApp;
 use omoi_orchestrator::{Work, Worker, WorkerConfig};
@@ -38,27 +38,6 @@ async fn register(app: &TestApp, organization: &str) -> Agent {
     }
 }
 
-async fn ticket(app: &TestApp, project: &str) -> String {
-    let (status, body) = app
-        .post(
-            "/api/v1/tickets",
-            json!({"project_id": project, "title": "Work"}),
-        )
-        .await;
-    assert_eq!(status, StatusCode::CREATED, "{body}");
-    body["id"].as_str().expect("an id").to_string()
-}
-
-async fn task(app: &TestApp, ticket: &str, title: &str, extra: Value) -> String {
-    let mut body = json!({"ticket_id": ticket, "title": title, "task_type": "implement"});
-    if let (Some(body), Some(extra)) = (body.as_object_mut(), extra.as_object()) {
-        body.extend(extra.clone());
-    }
-    let (status, answer) = app.post("/api/v1/tasks", body).await;
-    assert_eq!(status, StatusCode::CREATED, "{answer}");
-    answer["id"].as_str().expect("an id").to_string()
-}
-
 impl Agent {
     async fn send(&self, app: &TestApp, path: &str, body: Value) -> (StatusCode, Value) {
         app.send_as(Some(&self.credential), Method::POST, path, Some(body))
@@ -88,38 +67,14 @@ impl Agent {
     }
 }
 
-async fn status_of(app: &TestApp, task: &str) -> String {
-    let (status, body) = app.get(&format!("/api/v1/tasks/{task}")).await;
-    assert_eq!(status, StatusCode::OK, "{body}");
-    body["state"]["status"]
-        .as_str()
-        .expect("a status")
-        .to_string()
-}
-
-async fn until_status(app: &TestApp, task: &str, wanted: &str) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let status = status_of(app, task).await;
-        if status == wanted {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "task {task} stayed {status}, never {wanted}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn an_agent_whose_claimed_task_failed_claims_the_next_task_and_then_the_retry() {
     let app = omoi::testing::spawn_app().await;
     let (organization, project) = app.organization_and_project().await;
     let agent = register(&app, &organization).await;
-    let ticket = ticket(&app, &project).await;
-    let first = task(&app, &ticket, "first", json!({})).await;
-    let second = task(&app, &ticket, "second", json!({})).await;
+    let ticket = app.ticket(&project, "Work").await;
+    let first = app.task(&ticket, "first", json!({})).await;
+    let second = app.task(&ticket, "second", json!({})).await;
 
     assert_eq!(agent.claim(&app, 5).await, Some(first.clone()));
     agent.step(&app, &first, "start", json!({})).await;
@@ -131,7 +86,7 @@ async fn an_agent_whose_claimed_task_failed_claims_the_next_task_and_then_the_re
             json!({"error": "the network blinked"}),
         )
         .await;
-    assert_eq!(status_of(&app, &first).await, "retry_scheduled");
+    assert_eq!(app.task_state(&first).await["status"], "retry_scheduled");
 
     // The failed task's place is free again: the pending one is claimed at once.
     assert_eq!(agent.claim(&app, WAIT_SECONDS).await, Some(second.clone()));
@@ -145,7 +100,7 @@ async fn an_agent_whose_claimed_task_failed_claims_the_next_task_and_then_the_re
     agent
         .step(&app, &first, "complete", json!({"result": {"ok": true}}))
         .await;
-    assert_eq!(status_of(&app, &first).await, "completed");
+    assert_eq!(app.task_state(&first).await["status"], "completed");
     assert_eq!(agent.claim(&app, 0).await, None, "nothing is left");
 }
 
@@ -165,18 +120,20 @@ async fn a_claimed_task_that_timed_out_is_claimed_again() {
         },
     );
     let agent = register(&app, &organization).await;
-    let ticket = ticket(&app, &project).await;
-    let slow = task(&app, &ticket, "slow", json!({"timeout_seconds": 1})).await;
+    let ticket = app.ticket(&project, "Work").await;
+    let slow = app
+        .task(&ticket, "slow", json!({"timeout_seconds": 1}))
+        .await;
 
     assert_eq!(agent.claim(&app, 5).await, Some(slow.clone()));
     agent.step(&app, &slow, "start", json!({})).await;
-    until_status(&app, &slow, "retry_scheduled").await;
+    app.until_task_status(&slow, "retry_scheduled").await;
     assert_eq!(agent.claim(&app, WAIT_SECONDS).await, Some(slow.clone()));
     agent.step(&app, &slow, "start", json!({})).await;
     agent
         .step(&app, &slow, "complete", json!({"result": {"ok": true}}))
         .await;
-    assert_eq!(status_of(&app, &slow).await, "completed");
+    assert_eq!(app.task_state(&slow).await["status"], "completed");
     sweeper.stop().await;
 }
 
@@ -201,17 +158,17 @@ async fn a_claimed_task_whose_answer_was_lost_goes_back_to_the_queue_and_is_clai
         },
     );
     let agent = register(&app, &organization).await;
-    let ticket = ticket(&app, &project).await;
-    let lost = task(&app, &ticket, "lost", json!({})).await;
+    let ticket = app.ticket(&project, "Work").await;
+    let lost = app.task(&ticket, "lost", json!({})).await;
 
     assert_eq!(agent.claim(&app, 5).await, Some(lost.clone()));
-    until_status(&app, &lost, "retry_scheduled").await;
+    app.until_task_status(&lost, "retry_scheduled").await;
     assert_eq!(agent.claim(&app, WAIT_SECONDS).await, Some(lost.clone()));
     agent.step(&app, &lost, "start", json!({})).await;
     agent
         .step(&app, &lost, "complete", json!({"result": {"ok": true}}))
         .await;
-    assert_eq!(status_of(&app, &lost).await, "completed");
+    assert_eq!(app.task_state(&lost).await["status"], "completed");
     let (status, history) = app.get(&format!("/api/v1/tasks/{lost}/history")).await;
     assert_eq!(status, StatusCode::OK, "{history}");
     let failed = history["events"]
@@ -232,9 +189,11 @@ async fn a_claimed_task_that_was_cancelled_frees_its_agent() {
     let app = omoi::testing::spawn_app().await;
     let (organization, project) = app.organization_and_project().await;
     let agent = register(&app, &organization).await;
-    let ticket = ticket(&app, &project).await;
-    let dropped = task(&app, &ticket, "dropped", json!({"priority": "HIGH"})).await;
-    let next = task(&app, &ticket, "next", json!({"priority": "LOW"})).await;
+    let ticket = app.ticket(&project, "Work").await;
+    let dropped = app
+        .task(&ticket, "dropped", json!({"priority": "HIGH"}))
+        .await;
+    let next = app.task(&ticket, "next", json!({"priority": "LOW"})).await;
 
     assert_eq!(agent.claim(&app, 5).await, Some(dropped.clone()));
     agent.step(&app, &dropped, "start", json!({})).await;
@@ -256,9 +215,9 @@ async fn an_organization_at_its_cap_gets_its_place_back_when_a_claimed_task_fail
         register(&app, &organization).await,
         register(&app, &organization).await,
     );
-    let ticket = ticket(&app, &project).await;
-    let first = task(&app, &ticket, "first", json!({})).await;
-    let second = task(&app, &ticket, "second", json!({})).await;
+    let ticket = app.ticket(&project, "Work").await;
+    let first = app.task(&ticket, "first", json!({})).await;
+    let second = app.task(&ticket, "second", json!({})).await;
 
     assert_eq!(one.claim(&app, 5).await, Some(first.clone()));
     // The free plan holds one task at a time.
@@ -302,14 +261,14 @@ async fn an_agent_cannot_start_an_unassigned_task_nor_assign_itself_one() {
     let app = omoi::testing::spawn_app().await;
     let (organization, project) = app.organization_and_project().await;
     let agent = register(&app, &organization).await;
-    let ticket = ticket(&app, &project).await;
-    let id = task(
-        &app,
-        &ticket,
-        "gpu work",
-        json!({"required_capabilities": ["gpu"]}),
-    )
-    .await;
+    let ticket = app.ticket(&project, "Work").await;
+    let id = app
+        .task(
+            &ticket,
+            "gpu work",
+            json!({"required_capabilities": ["gpu"]}),
+        )
+        .await;
 
     let (status, body) = agent
         .send(&app, &format!("/api/v1/tasks/{id}/start"), json!({}))
@@ -334,5 +293,5 @@ async fn an_agent_cannot_start_an_unassigned_task_nor_assign_itself_one() {
         .await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
     assert_eq!(body["code"], "missing_capabilities", "{body}");
-    assert_eq!(status_of(&app, &id).await, "pending");
+    assert_eq!(app.task_state(&id).await["status"], "pending");
 }

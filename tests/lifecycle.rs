@@ -1,90 +1,73 @@
 //! End to end over HTTP against a real PostgreSQL: an organization's work from creation to
 //! done, its audit trail, and a restart that finds the same state.
 
-use omoi::testing::{spawn_app, spawn_app_on, TestApp};
+use omoi::testing::{id_of, spawn_app, spawn_app_on};
 use reqwest::StatusCode;
-use serde_json::{json, Value};
-
-#[track_caller]
-fn id_of(body: &Value) -> String {
-    body["id"]
-        .as_str()
-        .expect("a response with an id")
-        .to_string()
-}
-
-async fn must(app: &TestApp, path: &str, body: Value, expected: StatusCode) -> Value {
-    let (status, response) = app.post(path, body).await;
-    assert_eq!(status, expected, "POST {path}: {response}");
-    response
-}
+use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_ticket_walks_to_done_its_history_is_kept_and_survives_a_restart() {
     let app = spawn_app().await;
     let (org_id, project_id) = app.organization_and_project().await;
 
-    let ticket = must(
-        &app,
-        "/api/v1/tickets",
-        json!({"project_id": project_id, "title": "Login page", "priority": "HIGH"}),
-        StatusCode::CREATED,
-    )
-    .await;
+    let ticket = app
+        .must(
+            "/api/v1/tickets",
+            json!({"project_id": project_id, "title": "Login page", "priority": "HIGH"}),
+            StatusCode::CREATED,
+        )
+        .await;
     let ticket_id = id_of(&ticket);
     assert_eq!(ticket["state"]["status"], "backlog");
     assert_eq!(ticket["state"]["organization_id"], org_id.as_str());
 
-    let first = must(
-        &app,
-        "/api/v1/tasks",
-        json!({"ticket_id": ticket_id, "title": "Write the form", "task_type": "implement"}),
-        StatusCode::CREATED,
-    )
-    .await;
-    let second = must(
-        &app,
-        "/api/v1/tasks",
-        json!({"ticket_id": ticket_id, "title": "Test the form", "task_type": "test",
+    let first = app
+        .must(
+            "/api/v1/tasks",
+            json!({"ticket_id": ticket_id, "title": "Write the form", "task_type": "implement"}),
+            StatusCode::CREATED,
+        )
+        .await;
+    let second = app
+        .must(
+            "/api/v1/tasks",
+            json!({"ticket_id": ticket_id, "title": "Test the form", "task_type": "test",
                "depends_on": [id_of(&first)], "required_capabilities": ["browser"]}),
-        StatusCode::CREATED,
-    )
-    .await;
+            StatusCode::CREATED,
+        )
+        .await;
     assert_eq!(second["state"]["depends_on"], json!([id_of(&first)]));
     assert_eq!(second["state"]["project_id"], project_id.as_str());
 
     for to in ["analyzing", "building", "building-done", "testing"] {
-        must(
-            &app,
+        app.must(
             &format!("/api/v1/tickets/{ticket_id}/transition"),
             json!({"to": to}),
             StatusCode::OK,
         )
         .await;
     }
-    must(
-        &app,
+    app.must(
         &format!("/api/v1/tickets/{ticket_id}/regress"),
         json!({"feedback": "the submit button does nothing"}),
         StatusCode::OK,
     )
     .await;
     for to in ["building-done", "testing"] {
-        must(
-            &app,
+        app.must(
             &format!("/api/v1/tickets/{ticket_id}/transition"),
             json!({"to": to}),
             StatusCode::OK,
         )
         .await;
     }
-    let done = must(
-        &app,
-        &format!("/api/v1/tickets/{ticket_id}/transition"),
-        json!({"to": "done", "note": "shipped"}),
-        StatusCode::OK,
-    )
-    .await;
+    let done = app
+        .must(
+            &format!("/api/v1/tickets/{ticket_id}/transition"),
+            json!({"to": "done", "note": "shipped"}),
+            StatusCode::OK,
+        )
+        .await;
     assert_eq!(done["state"]["status"], "done");
     assert_eq!(done["version"], 9);
 
@@ -146,53 +129,51 @@ async fn a_ticket_walks_to_done_its_history_is_kept_and_survives_a_restart() {
 async fn a_task_runs_fails_is_retried_and_completes() {
     let app = spawn_app().await;
     let (org_id, project_id) = app.organization_and_project().await;
-    let ticket = must(
-        &app,
-        "/api/v1/tickets",
-        json!({"project_id": project_id, "title": "T"}),
-        StatusCode::CREATED,
-    )
-    .await;
-    let task = must(
-        &app,
-        "/api/v1/tasks",
-        json!({"ticket_id": id_of(&ticket), "title": "Build", "task_type": "implement"}),
-        StatusCode::CREATED,
-    )
-    .await;
+    let ticket = app
+        .must(
+            "/api/v1/tickets",
+            json!({"project_id": project_id, "title": "T"}),
+            StatusCode::CREATED,
+        )
+        .await;
+    let task = app
+        .must(
+            "/api/v1/tasks",
+            json!({"ticket_id": id_of(&ticket), "title": "Build", "task_type": "implement"}),
+            StatusCode::CREATED,
+        )
+        .await;
     let task_id = id_of(&task);
-    let agent = must(
-        &app,
-        "/api/v1/agents/register",
-        json!({"organization_id": org_id, "agent_type": "worker", "capabilities": ["rust"]}),
-        StatusCode::CREATED,
-    )
-    .await;
+    let agent = app
+        .must(
+            "/api/v1/agents/register",
+            json!({"organization_id": org_id, "agent_type": "worker", "capabilities": ["rust"]}),
+            StatusCode::CREATED,
+        )
+        .await;
     let agent_id = id_of(&agent);
     let path = |action: &str| format!("/api/v1/tasks/{task_id}/{action}");
 
-    must(
-        &app,
+    app.must(
         &path("assign"),
         json!({"agent_id": agent_id}),
         StatusCode::OK,
     )
     .await;
-    must(&app, &path("start"), json!({}), StatusCode::OK).await;
-    must(
-        &app,
+    app.must(&path("start"), json!({}), StatusCode::OK).await;
+    app.must(
         &path("progress"),
         json!({"message": "compiling"}),
         StatusCode::OK,
     )
     .await;
-    let failed = must(
-        &app,
-        &path("fail"),
-        json!({"error": "flaky network"}),
-        StatusCode::OK,
-    )
-    .await;
+    let failed = app
+        .must(
+            &path("fail"),
+            json!({"error": "flaky network"}),
+            StatusCode::OK,
+        )
+        .await;
     assert_eq!(failed["state"]["status"], "retry_scheduled");
     assert!(failed["state"]["not_before"].is_string());
 
@@ -245,22 +226,20 @@ async fn a_task_runs_fails_is_retried_and_completes() {
 async fn a_spec_moves_through_its_gates_only_when_approved() {
     let app = spawn_app().await;
     let (_, project_id) = app.organization_and_project().await;
-    let spec = must(
-        &app,
-        "/api/v1/specs",
-        json!({"project_id": project_id, "title": "Auth"}),
-        StatusCode::CREATED,
-    )
-    .await;
+    let spec = app
+        .must(
+            "/api/v1/specs",
+            json!({"project_id": project_id, "title": "Auth"}),
+            StatusCode::CREATED,
+        )
+        .await;
     let spec_id = id_of(&spec);
     let path = |action: &str| format!("/api/v1/specs/{spec_id}/{action}");
 
     let (status, early) = app.post(&path("approve-design"), json!({})).await;
     assert_eq!(status, StatusCode::CONFLICT, "{early}");
 
-    let added = must(
-        &app,
-        &path("requirements"),
+    let added = app.must(&path("requirements"),
         json!({"id": "REQ-AUTH-001", "condition": "WHEN a user submits valid credentials",
                "action": "THE SYSTEM SHALL issue a session", "acceptance_criteria": ["a token is returned"]}),
         StatusCode::OK,
@@ -276,21 +255,18 @@ async fn a_spec_moves_through_its_gates_only_when_approved() {
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{bad}");
     assert_eq!(bad["field"], "id");
 
-    must(
-        &app,
-        &path("approve-requirements"),
-        json!({}),
-        StatusCode::OK,
-    )
-    .await;
+    app.must(&path("approve-requirements"), json!({}), StatusCode::OK)
+        .await;
     let (status, no_design) = app.post(&path("approve-design"), json!({})).await;
     assert_eq!(status, StatusCode::CONFLICT, "{no_design}");
     let (status, design) = app
         .put(&path("design"), json!({"architecture": "one service", "data_model": "users", "api_spec": "POST /login"}))
         .await;
     assert_eq!(status, StatusCode::OK, "{design}");
-    let executing = must(&app, &path("approve-design"), json!({}), StatusCode::OK).await;
+    let executing = app
+        .must(&path("approve-design"), json!({}), StatusCode::OK)
+        .await;
     assert_eq!(executing["state"]["phase"], "executing");
-    let archived = must(&app, &path("archive"), json!({}), StatusCode::OK).await;
+    let archived = app.must(&path("archive"), json!({}), StatusCode::OK).await;
     assert_eq!(archived["state"]["phase"], "archived");
 }

@@ -38,49 +38,6 @@ fn scratch() -> std::path::PathBuf {
     directory
 }
 
-async fn ticket(app: &TestApp, project: &str) -> String {
-    let (status, body) = app
-        .post(
-            "/api/v1/tickets",
-            json!({"project_id": project, "title": "Work"}),
-        )
-        .await;
-    assert_eq!(status, StatusCode::CREATED, "{body}");
-    body["id"].as_str().expect("an id").to_string()
-}
-
-async fn task(app: &TestApp, ticket: &str, title: &str, extra: Value) -> String {
-    let mut body = json!({"ticket_id": ticket, "title": title, "task_type": "implement"});
-    if let (Some(body), Some(extra)) = (body.as_object_mut(), extra.as_object()) {
-        body.extend(extra.clone());
-    }
-    let (status, answer) = app.post("/api/v1/tasks", body).await;
-    assert_eq!(status, StatusCode::CREATED, "{answer}");
-    answer["id"].as_str().expect("an id").to_string()
-}
-
-async fn task_state(app: &TestApp, id: &str) -> Value {
-    let (status, body) = app.get(&format!("/api/v1/tasks/{id}")).await;
-    assert_eq!(status, StatusCode::OK, "{body}");
-    body["state"].clone()
-}
-
-/// Waits until the task's status is `status`; returns its state.
-async fn until_status(app: &TestApp, id: &str, status: &str) -> Value {
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        let state = task_state(app, id).await;
-        if state["status"] == status {
-            return state;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "task {id} never became {status}: {state}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 /// The task's events, oldest first: (type, payload, recorded at).
 async fn history(app: &TestApp, id: &str) -> Vec<(String, Value)> {
     let (status, body) = app.get(&format!("/api/v1/tasks/{id}/history")).await;
@@ -138,11 +95,11 @@ async fn a_diamond_of_tasks_runs_in_dependency_order_through_a_real_command() {
     let (_, project) = app.organization_and_project().await;
     let directory = scratch();
     let log = directory.join("order.log");
-    let ticket = ticket(&app, &project).await;
-    let a = task(&app, &ticket, "a", json!({})).await;
-    let b = task(&app, &ticket, "b", json!({"depends_on": [a]})).await;
-    let c = task(&app, &ticket, "c", json!({"depends_on": [a]})).await;
-    let d = task(&app, &ticket, "d", json!({"depends_on": [b, c]})).await;
+    let ticket = app.ticket(&project, "Work").await;
+    let a = app.task(&ticket, "a", json!({})).await;
+    let b = app.task(&ticket, "b", json!({"depends_on": [a]})).await;
+    let c = app.task(&ticket, "c", json!({"depends_on": [a]})).await;
+    let d = app.task(&ticket, "d", json!({"depends_on": [b, c]})).await;
     // Each task checks it was given its own directory and file, then logs its title.
     let script = format!(
         "test \"$(basename \"$PWD\")\" = \"$OMOI_TASK_ID-1\" && grep -q \"$OMOI_TASK_ID\" \"$OMOI_TASK_FILE\" \
@@ -154,7 +111,7 @@ async fn a_diamond_of_tasks_runs_in_dependency_order_through_a_real_command() {
         config(command(&script), &directory),
     );
     for id in [&a, &b, &c, &d] {
-        let state = until_status(&app, id, "completed").await;
+        let state = app.until_task_status(id, "completed").await;
         assert_eq!(state["result"]["exit_code"], 0, "{state}");
         assert_eq!(state["result"]["output"], json!(["done"]), "{state}");
     }
@@ -179,11 +136,11 @@ async fn two_workers_assign_each_task_exactly_once() {
     let directory = scratch();
     let mut tickets = Vec::new();
     for _ in 0..4 {
-        tickets.push(ticket(&app, &project).await);
+        tickets.push(app.ticket(&project, "Work").await);
     }
     let mut tasks = Vec::new();
     for n in 0..120 {
-        tasks.push(task(&app, &tickets[n % 4], &format!("t{n}"), json!({})).await);
+        tasks.push(app.task(&tickets[n % 4], &format!("t{n}"), json!({})).await);
     }
     let busy = WorkerConfig {
         agents_per_organization: 6,
@@ -197,7 +154,7 @@ async fn two_workers_assign_each_task_exactly_once() {
     let first = Worker::start(app.database.pool.clone(), busy.clone());
     let second = Worker::start(other_pool, busy);
     for id in &tasks {
-        until_status(&app, id, "completed").await;
+        app.until_task_status(id, "completed").await;
     }
     first.stop().await;
     second.stop().await;
@@ -232,10 +189,10 @@ async fn two_workers_assign_each_task_exactly_once() {
 async fn concurrent_additions_closing_a_cycle_do_not_both_succeed() {
     let app = spawn_app().await;
     let (_, project) = app.organization_and_project().await;
-    let ticket = ticket(&app, &project).await;
+    let ticket = app.ticket(&project, "Work").await;
     for _ in 0..10 {
-        let a = task(&app, &ticket, "a", json!({})).await;
-        let b = task(&app, &ticket, "b", json!({})).await;
+        let a = app.task(&ticket, "a", json!({})).await;
+        let b = app.task(&ticket, "b", json!({})).await;
         let (on_a, on_b) = (
             format!("/api/v1/tasks/{a}/dependencies"),
             format!("/api/v1/tasks/{b}/dependencies"),
@@ -257,9 +214,9 @@ async fn concurrent_additions_closing_a_cycle_do_not_both_succeed() {
         assert_eq!(refused["code"], "dependency_cycle", "{refused}");
     }
     // The refusal names the cycle's path.
-    let a = task(&app, &ticket, "a", json!({})).await;
-    let b = task(&app, &ticket, "b", json!({"depends_on": [a]})).await;
-    let c = task(&app, &ticket, "c", json!({"depends_on": [b]})).await;
+    let a = app.task(&ticket, "a", json!({})).await;
+    let b = app.task(&ticket, "b", json!({"depends_on": [a]})).await;
+    let c = app.task(&ticket, "c", json!({"depends_on": [b]})).await;
     let (status, body) = app
         .post(
             &format!("/api/v1/tasks/{a}/dependencies"),
@@ -293,8 +250,8 @@ async fn a_stale_agents_task_is_reassigned_and_completes() {
         .post(&format!("/api/v1/agents/{agent}/heartbeat"), json!({}))
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
-    let ticket = ticket(&app, &project).await;
-    let id = task(&app, &ticket, "held", json!({})).await;
+    let ticket = app.ticket(&project, "Work").await;
+    let id = app.task(&ticket, "held", json!({})).await;
     for (path, body) in [
         (
             format!("/api/v1/tasks/{id}/assign"),
@@ -310,7 +267,7 @@ async fn a_stale_agents_task_is_reassigned_and_completes() {
         app.database.pool.clone(),
         config(command("echo rescued"), &directory),
     );
-    let state = until_status(&app, &id, "completed").await;
+    let state = app.until_task_status(&id, "completed").await;
     worker.stop().await;
     assert_eq!(state["result"]["output"], json!(["rescued"]), "{state}");
     assert_ne!(state["assigned_agent_id"], json!(agent), "{state}");
@@ -337,14 +294,14 @@ async fn a_timed_out_task_has_its_process_killed() {
     let (_, project) = app.organization_and_project().await;
     let directory = scratch();
     let pid = directory.join("pid");
-    let ticket = ticket(&app, &project).await;
-    let id = task(
-        &app,
-        &ticket,
-        "slow",
-        json!({"timeout_seconds": 1, "max_retries": 0}),
-    )
-    .await;
+    let ticket = app.ticket(&project, "Work").await;
+    let id = app
+        .task(
+            &ticket,
+            "slow",
+            json!({"timeout_seconds": 1, "max_retries": 0}),
+        )
+        .await;
     let script = format!("echo $$ > {}; exec sleep 60", pid.display());
     let worker = Worker::start(
         app.database.pool.clone(),
@@ -352,7 +309,7 @@ async fn a_timed_out_task_has_its_process_killed() {
     );
     let pid = until_file(&pid).await;
     assert!(alive(&pid));
-    until_status(&app, &id, "timed_out").await;
+    app.until_task_status(&id, "timed_out").await;
     until_dead(&pid).await;
     worker.stop().await;
     let events = history(&app, &id).await;
@@ -364,15 +321,15 @@ async fn a_failed_task_is_retried_only_after_its_backoff() {
     let app = spawn_app().await;
     let (_, project) = app.organization_and_project().await;
     let directory = scratch();
-    let ticket = ticket(&app, &project).await;
-    let id = task(&app, &ticket, "flaky", json!({"max_retries": 2})).await;
+    let ticket = app.ticket(&project, "Work").await;
+    let id = app.task(&ticket, "flaky", json!({"max_retries": 2})).await;
     // Fails on its first attempt, succeeds on the second.
     let script = "test \"$OMOI_TASK_ATTEMPT\" -ge 2 || { echo 'flaky network' >&2; exit 3; }";
     let worker = Worker::start(
         app.database.pool.clone(),
         config(command(script), &directory),
     );
-    until_status(&app, &id, "completed").await;
+    app.until_task_status(&id, "completed").await;
     worker.stop().await;
     let events = history(&app, &id).await;
     let kinds: Vec<&str> = events.iter().map(|(k, _)| k.as_str()).collect();
@@ -410,14 +367,14 @@ async fn a_permanent_error_is_not_retried() {
     let app = spawn_app().await;
     let (_, project) = app.organization_and_project().await;
     let directory = scratch();
-    let ticket = ticket(&app, &project).await;
-    let id = task(&app, &ticket, "doomed", json!({"max_retries": 3})).await;
+    let ticket = app.ticket(&project, "Work").await;
+    let id = app.task(&ticket, "doomed", json!({"max_retries": 3})).await;
     let script = "echo 'Permission denied: /etc/shadow' >&2; exit 1";
     let worker = Worker::start(
         app.database.pool.clone(),
         config(command(script), &directory),
     );
-    let state = until_status(&app, &id, "permanently_failed").await;
+    let state = app.until_task_status(&id, "permanently_failed").await;
     worker.stop().await;
     assert_eq!(state["retry_count"], 0, "{state}");
     let events = history(&app, &id).await;
@@ -434,15 +391,15 @@ async fn cancelling_a_running_task_stops_its_process() {
     let (_, project) = app.organization_and_project().await;
     let directory = scratch();
     let pid = directory.join("pid");
-    let ticket = ticket(&app, &project).await;
-    let id = task(&app, &ticket, "long", json!({})).await;
+    let ticket = app.ticket(&project, "Work").await;
+    let id = app.task(&ticket, "long", json!({})).await;
     let script = format!("echo started; echo $$ > {}; exec sleep 60", pid.display());
     let worker = Worker::start(
         app.database.pool.clone(),
         config(command(&script), &directory),
     );
     let pid = until_file(&pid).await;
-    until_status(&app, &id, "running").await;
+    app.until_task_status(&id, "running").await;
     let (status, body) = app
         .post(
             &format!("/api/v1/tasks/{id}/cancel"),
@@ -454,7 +411,7 @@ async fn cancelling_a_running_task_stops_its_process() {
     // Nothing records an outcome after the cancellation.
     tokio::time::sleep(Duration::from_millis(300)).await;
     worker.stop().await;
-    let state = task_state(&app, &id).await;
+    let state = app.task_state(&id).await;
     assert_eq!(state["status"], "cancelled", "{state}");
     let events = history(&app, &id).await;
     assert_eq!(
@@ -480,16 +437,14 @@ async fn an_http_agent_registers_claims_runs_and_completes_tasks_with_its_creden
         .as_str()
         .expect("a credential")
         .to_string();
-    let ticket = ticket(&app, &project).await;
-    let plain = task(&app, &ticket, "plain", json!({"priority": "LOW"})).await;
-    let urgent = task(&app, &ticket, "urgent", json!({"priority": "CRITICAL"})).await;
-    let beyond = task(
-        &app,
-        &ticket,
-        "gpu",
-        json!({"required_capabilities": ["gpu"]}),
-    )
-    .await;
+    let ticket = app.ticket(&project, "Work").await;
+    let plain = app.task(&ticket, "plain", json!({"priority": "LOW"})).await;
+    let urgent = app
+        .task(&ticket, "urgent", json!({"priority": "CRITICAL"}))
+        .await;
+    let beyond = app
+        .task(&ticket, "gpu", json!({"required_capabilities": ["gpu"]}))
+        .await;
 
     // From here on the agent speaks for itself.
     let owner = app.token.replace(credential);
@@ -571,7 +526,7 @@ async fn an_http_agent_registers_claims_runs_and_completes_tasks_with_its_creden
         )
         .await;
     assert_eq!(status, StatusCode::FORBIDDEN);
-    let state = task_state(&app, &beyond).await;
+    let state = app.task_state(&beyond).await;
     assert_eq!(state["status"], "pending");
 }
 
@@ -580,8 +535,8 @@ async fn an_http_agent_registers_claims_runs_and_completes_tasks_with_its_creden
 async fn the_example_agent_script_runs_a_task() {
     let app = spawn_app().await;
     let (organization, project) = app.organization_and_project().await;
-    let ticket = ticket(&app, &project).await;
-    let id = task(&app, &ticket, "scripted", json!({})).await;
+    let ticket = app.ticket(&project, "Work").await;
+    let id = app.task(&ticket, "scripted", json!({})).await;
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/agent.py");
     let output = tokio::process::Command::new("python3")
         .args([script, "--once", "echo \"did $OMOI_TASK_TITLE\""])
@@ -592,7 +547,7 @@ async fn the_example_agent_script_runs_a_task() {
         .await
         .expect("python3 runs");
     assert!(output.status.success(), "{output:?}");
-    let state = until_status(&app, &id, "completed").await;
+    let state = app.until_task_status(&id, "completed").await;
     assert_eq!(
         state["result"]["output"],
         json!(["did scripted"]),
@@ -606,15 +561,15 @@ async fn output_lines_become_progress_at_most_once_a_second() {
     let app = spawn_app().await;
     let (_, project) = app.organization_and_project().await;
     let directory = scratch();
-    let ticket = ticket(&app, &project).await;
-    let id = task(&app, &ticket, "chatty", json!({})).await;
+    let ticket = app.ticket(&project, "Work").await;
+    let id = app.task(&ticket, "chatty", json!({})).await;
     // 40 lines over about two seconds.
     let script = "for i in $(seq 1 40); do echo \"line $i\"; sleep 0.05; done";
     let worker = Worker::start(
         app.database.pool.clone(),
         config(command(script), &directory),
     );
-    let state = until_status(&app, &id, "completed").await;
+    let state = app.until_task_status(&id, "completed").await;
     worker.stop().await;
     assert_eq!(
         state["result"]["output"].as_array().map(Vec::len),
@@ -641,10 +596,10 @@ async fn a_worker_holds_no_more_of_an_organizations_tasks_than_its_plan_allows()
     let app = spawn_app().await;
     let (_, project) = app.organization_and_project().await;
     let directory = scratch();
-    let ticket = ticket(&app, &project).await;
+    let ticket = app.ticket(&project, "Work").await;
     let mut ids = Vec::new();
     for n in 0..3 {
-        ids.push(task(&app, &ticket, &format!("t{n}"), json!({})).await);
+        ids.push(app.task(&ticket, &format!("t{n}"), json!({})).await);
     }
     // The free plan: one task at a time, whatever the worker's own caps.
     let limited = WorkerConfig {
@@ -654,7 +609,7 @@ async fn a_worker_holds_no_more_of_an_organizations_tasks_than_its_plan_allows()
     };
     let worker = Worker::start(app.database.pool.clone(), limited);
     for id in &ids {
-        until_status(&app, id, "completed").await;
+        app.until_task_status(id, "completed").await;
     }
     worker.stop().await;
     let mut spans = Vec::new();
@@ -684,15 +639,15 @@ async fn a_command_that_leaves_a_background_process_still_completes_and_the_proc
     let (_, project) = app.organization_and_project().await;
     let directory = scratch();
     let pid = directory.join("pid");
-    let ticket = ticket(&app, &project).await;
-    let id = task(&app, &ticket, "daemon", json!({})).await;
+    let ticket = app.ticket(&project, "Work").await;
+    let id = app.task(&ticket, "daemon", json!({})).await;
     // The background sleep inherits the output pipes: waiting for their end would hang.
     let script = format!("sleep 600 & echo $! > {}; echo started", pid.display());
     let worker = Worker::start(
         app.database.pool.clone(),
         config(command(&script), &directory),
     );
-    let state = until_status(&app, &id, "completed").await;
+    let state = app.until_task_status(&id, "completed").await;
     worker.stop().await;
     assert_eq!(state["result"]["output"], json!(["started"]), "{state}");
     let pid = until_file(&pid).await;
@@ -721,8 +676,8 @@ async fn an_agents_credential_speaks_for_that_agent_only_and_dies_with_it() {
     };
     let (first, first_key) = register().await;
     let (second, second_key) = register().await;
-    let ticket = ticket(&app, &project).await;
-    let id = task(&app, &ticket, "theirs", json!({})).await;
+    let ticket = app.ticket(&project, "Work").await;
+    let id = app.task(&ticket, "theirs", json!({})).await;
     let as_agent = |key: &str, path: String, body: Value| {
         let key = key.to_string();
         let app = &app;

@@ -3,46 +3,11 @@
 //! the authorization of every route.
 //!
 //! Read models follow the log within milliseconds, so every read after a command polls
-//! (at most 10 s) until the view reflects it.
+//! (at most `testing::PATIENCE`) until the view reflects it.
 
-use std::time::{Duration, Instant};
-
-use omoi::testing::{spawn_app, TestApp};
+use omoi::testing::{id_of, spawn_app, TestApp};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
-
-const PATIENCE: Duration = Duration::from_secs(10);
-
-#[track_caller]
-fn id_of(body: &Value) -> String {
-    body["id"]
-        .as_str()
-        .expect("a response with an id")
-        .to_string()
-}
-
-async fn must(app: &TestApp, path: &str, body: Value, expected: StatusCode) -> Value {
-    let (status, response) = app.post(path, body).await;
-    assert_eq!(status, expected, "POST {path}: {response}");
-    response
-}
-
-/// GETs `path` until `ready` holds for a 200 answer; panics with the last answer after
-/// [`PATIENCE`].
-async fn eventually(app: &TestApp, path: &str, ready: impl Fn(&Value) -> bool) -> Value {
-    let started = Instant::now();
-    loop {
-        let (status, body) = app.get(path).await;
-        if status == StatusCode::OK && ready(&body) {
-            return body;
-        }
-        assert!(
-            started.elapsed() < PATIENCE,
-            "GET {path} did not get there in {PATIENCE:?}: {status} {body}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
 
 fn column<'a>(view: &'a Value, name: &str) -> &'a Value {
     view["columns"]
@@ -91,8 +56,7 @@ fn sorted(mut ids: Vec<&String>) -> Vec<String> {
 
 async fn ticket(app: &TestApp, project: &str, title: &str, priority: &str) -> String {
     id_of(
-        &must(
-            app,
+        &app.must(
             "/api/v1/tickets",
             json!({"project_id": project, "title": title, "priority": priority}),
             StatusCode::CREATED,
@@ -103,8 +67,7 @@ async fn ticket(app: &TestApp, project: &str, title: &str, priority: &str) -> St
 
 async fn task(app: &TestApp, ticket: &str, title: &str, depends_on: &[&String]) -> String {
     id_of(
-        &must(
-            app,
+        &app.must(
             "/api/v1/tasks",
             json!({"ticket_id": ticket, "title": title, "task_type": "implement",
                    "depends_on": depends_on}),
@@ -116,16 +79,10 @@ async fn task(app: &TestApp, ticket: &str, title: &str, depends_on: &[&String]) 
 
 async fn complete(app: &TestApp, task: &str, agent: &str) {
     let path = |action: &str| format!("/api/v1/tasks/{task}/{action}");
-    must(
-        app,
-        &path("assign"),
-        json!({"agent_id": agent}),
-        StatusCode::OK,
-    )
-    .await;
-    must(app, &path("start"), json!({}), StatusCode::OK).await;
-    must(
-        app,
+    app.must(&path("assign"), json!({"agent_id": agent}), StatusCode::OK)
+        .await;
+    app.must(&path("start"), json!({}), StatusCode::OK).await;
+    app.must(
         &path("complete"),
         json!({"result": {"ok": true}}),
         StatusCode::OK,
@@ -141,8 +98,7 @@ async fn other_user(app: &TestApp, email: &str, viewer_of: Option<&str>) -> Stri
             .send_as(Some(&token), Method::GET, "/api/v1/auth/me", None)
             .await;
         assert_eq!(status, StatusCode::OK, "{me}");
-        must(
-            app,
+        app.must(
             &format!("/api/v1/organizations/{organization}/members"),
             json!({"principal": format!("user:{}", id_of(&me)), "role": "viewer"}),
             StatusCode::OK,
@@ -164,7 +120,9 @@ async fn the_board_follows_tickets_and_tasks_enforces_wip_limits_and_travels_in_
     let signup = ticket(&app, &project, "Signup", "CRITICAL").await;
     ticket(&app, &project, "About", "LOW").await;
     ticket(&app, &project, "Admin", "LOW").await;
-    let before = eventually(&app, &view, |v| column(v, "backlog")["count"] == 4).await;
+    let before = app
+        .eventually(&view, |v| column(v, "backlog")["count"] == 4)
+        .await;
     assert_eq!(
         titles(column(&before, "backlog")),
         ["Signup", "Login", "About", "Admin"],
@@ -193,16 +151,15 @@ async fn the_board_follows_tickets_and_tasks_enforces_wip_limits_and_travels_in_
     assert!(past > 0);
 
     // A move, a block, tasks with progress on the card.
-    let moved = must(
-        &app,
-        "/api/v1/board/move",
-        json!({"ticket_id": login, "to": "analyzing", "note": "picked up"}),
-        StatusCode::OK,
-    )
-    .await;
+    let moved = app
+        .must(
+            "/api/v1/board/move",
+            json!({"ticket_id": login, "to": "analyzing", "note": "picked up"}),
+            StatusCode::OK,
+        )
+        .await;
     assert_eq!(moved["state"]["status"], "analyzing");
-    must(
-        &app,
+    app.must(
         &format!("/api/v1/tickets/{signup}/block"),
         json!({"reason": "waiting_on_clarification", "note": "which provider?"}),
         StatusCode::OK,
@@ -211,8 +168,7 @@ async fn the_board_follows_tickets_and_tasks_enforces_wip_limits_and_travels_in_
     let first = task(&app, &login, "Form", &[]).await;
     task(&app, &login, "Tests", &[&first]).await;
     let agent = id_of(
-        &must(
-            &app,
+        &app.must(
             "/api/v1/agents/register",
             json!({"organization_id": org, "agent_type": "worker"}),
             StatusCode::CREATED,
@@ -220,11 +176,12 @@ async fn the_board_follows_tickets_and_tasks_enforces_wip_limits_and_travels_in_
         .await,
     );
     complete(&app, &first, &agent).await;
-    let now = eventually(&app, &view, |v| {
-        column(v, "analyzing")["cards"][0]["tasks"]["completed"] == 1
-            && column(v, "backlog")["cards"][0]["blocked"].is_object()
-    })
-    .await;
+    let now = app
+        .eventually(&view, |v| {
+            column(v, "analyzing")["cards"][0]["tasks"]["completed"] == 1
+                && column(v, "backlog")["cards"][0]["blocked"].is_object()
+        })
+        .await;
     let card = &column(&now, "analyzing")["cards"][0];
     assert_eq!(card["ticket_id"], login.as_str());
     assert_eq!(card["organization_id"], org.as_str());
@@ -252,7 +209,7 @@ async fn the_board_follows_tickets_and_tasks_enforces_wip_limits_and_travels_in_
     for title in ["A", "B", "C", "D", "E"] {
         let id = ticket(&app, &project, title, "MEDIUM").await;
         if title == "E" {
-            eventually(&app, &stats, |s| s["total"] == 9).await;
+            app.eventually(&stats, |s| s["total"] == 9).await;
             let (status, refused) = app
                 .post(
                     "/api/v1/board/move",
@@ -267,16 +224,14 @@ async fn the_board_follows_tickets_and_tasks_enforces_wip_limits_and_travels_in_
                 json!([]),
                 "at the limit is no violation"
             );
-            must(
-                &app,
+            app.must(
                 "/api/v1/board/move",
                 json!({"ticket_id": id, "to": "analyzing", "force": true}),
                 StatusCode::OK,
             )
             .await;
         } else {
-            must(
-                &app,
+            app.must(
                 "/api/v1/board/move",
                 json!({"ticket_id": id, "to": "analyzing"}),
                 StatusCode::OK,
@@ -287,21 +242,22 @@ async fn the_board_follows_tickets_and_tasks_enforces_wip_limits_and_travels_in_
                 .iter()
                 .position(|t| *t == title)
                 .map_or(0, |i| i + 2);
-            eventually(&app, &view, |v| column(v, "analyzing")["count"] == expected).await;
+            app.eventually(&view, |v| column(v, "analyzing")["count"] == expected)
+                .await;
         }
     }
-    let over = eventually(&app, &violations, |v| {
-        v["violations"].as_array().is_some_and(|a| !a.is_empty())
-    })
-    .await;
+    let over = app
+        .eventually(&violations, |v| {
+            v["violations"].as_array().is_some_and(|a| !a.is_empty())
+        })
+        .await;
     assert_eq!(
         over["violations"],
         json!([{"name": "analyzing", "wip_limit": 5, "count": 6}])
     );
-    let live = eventually(&app, &view, |v| {
-        column(v, "analyzing")["over_limit"] == true
-    })
-    .await;
+    let live = app
+        .eventually(&view, |v| column(v, "analyzing")["over_limit"] == true)
+        .await;
 
     // Time travel: the board as it was, and the present rebuilt from the log is the live one.
     let (status, then) = app.get(&format!("{view}&as_of={past}")).await;
@@ -388,10 +344,11 @@ async fn the_graph_counts_unfinished_dependencies_and_answers_blocked_and_blocki
     let c = task(&app, &login, "c", &[&a, &b]).await;
     let d = task(&app, &signup, "d", &[&a]).await;
 
-    let before = eventually(&app, &graph, |g| {
-        g["nodes"].as_array().is_some_and(|n| n.len() == 6)
-    })
-    .await;
+    let before = app
+        .eventually(&graph, |g| {
+            g["nodes"].as_array().is_some_and(|n| n.len() == 6)
+        })
+        .await;
     assert_eq!(before["project_id"], project.as_str());
     assert_eq!(node(&before, &c)["unfinished_dependencies"], 2);
     assert_eq!(node(&before, &a)["unfinished_dependencies"], 0);
@@ -446,8 +403,7 @@ async fn the_graph_counts_unfinished_dependencies_and_answers_blocked_and_blocki
 
     // Completing a unblocks b and d and half of c.
     let agent = id_of(
-        &must(
-            &app,
+        &app.must(
             "/api/v1/agents/register",
             json!({"organization_id": org, "agent_type": "worker"}),
             StatusCode::CREATED,
@@ -455,7 +411,9 @@ async fn the_graph_counts_unfinished_dependencies_and_answers_blocked_and_blocki
         .await,
     );
     complete(&app, &a, &agent).await;
-    let after = eventually(&app, &graph, |g| node(g, &a)["status"] == "completed").await;
+    let after = app
+        .eventually(&graph, |g| node(g, &a)["status"] == "completed")
+        .await;
     assert_eq!(node(&after, &c)["unfinished_dependencies"], 1);
     assert_eq!(node(&after, &b)["unfinished_dependencies"], 0);
     assert_eq!(node(&after, &d)["unfinished_dependencies"], 0);
@@ -472,8 +430,7 @@ async fn the_graph_counts_unfinished_dependencies_and_answers_blocked_and_blocki
     assert_eq!(ids(&blocking["tasks"]), vec![c.clone()]);
 
     // Dependency edits move edges.
-    must(
-        &app,
+    app.must(
         &format!("/api/v1/tasks/{d}/dependencies"),
         json!({"depends_on": b}),
         StatusCode::OK,
@@ -483,10 +440,9 @@ async fn the_graph_counts_unfinished_dependencies_and_answers_blocked_and_blocki
         .delete(&format!("/api/v1/tasks/{c}/dependencies/{b}"))
         .await;
     assert_eq!(status, StatusCode::OK, "{removed}");
-    let edited = eventually(&app, &graph, |g| {
-        node(g, &c)["unfinished_dependencies"] == 0
-    })
-    .await;
+    let edited = app
+        .eventually(&graph, |g| node(g, &c)["unfinished_dependencies"] == 0)
+        .await;
     assert_eq!(node(&edited, &d)["unfinished_dependencies"], 1);
     let (_, blocking) = app.get(&task_path(&b, "blocking")).await;
     assert_eq!(ids(&blocking["tasks"]), vec![d.clone()]);

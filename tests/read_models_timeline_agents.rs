@@ -2,46 +2,10 @@
 //! HTTP (through the projection runner), filter in SQL, page both ways without missing or
 //! repeating an entry, and show nothing of other organizations.
 
-use std::time::{Duration, Instant};
-
 use chrono::{DateTime, Utc};
-use omoi::testing::{spawn_app, TestApp};
+use omoi::testing::{id_of, spawn_app, TestApp};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
-
-/// How long a read model may take to reflect a committed command.
-const PATIENCE: Duration = Duration::from_secs(10);
-
-#[track_caller]
-fn id_of(body: &Value) -> String {
-    body["id"]
-        .as_str()
-        .expect("a response with an id")
-        .to_string()
-}
-
-async fn must(app: &TestApp, path: &str, body: Value, expected: StatusCode) -> Value {
-    let (status, response) = app.post(path, body).await;
-    assert_eq!(status, expected, "POST {path}: {response}");
-    response
-}
-
-/// GETs `path` until `done` holds for the answer, at most [`PATIENCE`].
-async fn eventually(app: &TestApp, path: &str, done: impl Fn(&Value) -> bool) -> Value {
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        let (status, body) = app.get(path).await;
-        assert_eq!(status, StatusCode::OK, "GET {path}: {body}");
-        if done(&body) {
-            return body;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "GET {path} did not get there in time; last answer: {body}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
 
 fn entries(page: &Value) -> Vec<Value> {
     page["entries"].as_array().cloned().unwrap_or_default()
@@ -76,60 +40,48 @@ async fn my_actor(app: &TestApp) -> String {
 /// A ticket moved twice, a task run to completion by a project agent (with a progress
 /// report, which is not an entry). Returns (ticket, task, agent).
 async fn a_small_story(app: &TestApp, project_id: &str, org_id: &str) -> (String, String, String) {
-    let ticket = must(
-        app,
-        "/api/v1/tickets",
-        json!({"project_id": project_id, "title": "Login page"}),
-        StatusCode::CREATED,
-    )
-    .await;
+    let ticket = app
+        .must(
+            "/api/v1/tickets",
+            json!({"project_id": project_id, "title": "Login page"}),
+            StatusCode::CREATED,
+        )
+        .await;
     let ticket_id = id_of(&ticket);
     for to in ["analyzing", "building"] {
         let path = format!("/api/v1/tickets/{ticket_id}/transition");
-        must(app, &path, json!({"to": to}), StatusCode::OK).await;
+        app.must(&path, json!({"to": to}), StatusCode::OK).await;
     }
-    let task = must(
-        app,
-        "/api/v1/tasks",
-        json!({"ticket_id": ticket_id, "title": "Write the form", "task_type": "implement"}),
-        StatusCode::CREATED,
-    )
-    .await;
+    let task = app
+        .must(
+            "/api/v1/tasks",
+            json!({"ticket_id": ticket_id, "title": "Write the form", "task_type": "implement"}),
+            StatusCode::CREATED,
+        )
+        .await;
     let task_id = id_of(&task);
-    let agent = must(
-        app,
-        "/api/v1/agents/register",
-        json!({"organization_id": org_id, "project_id": project_id, "name": "worker-1",
+    let agent = app
+        .must(
+            "/api/v1/agents/register",
+            json!({"organization_id": org_id, "project_id": project_id, "name": "worker-1",
                "agent_type": "worker"}),
-        StatusCode::CREATED,
-    )
-    .await;
+            StatusCode::CREATED,
+        )
+        .await;
     let agent_id = id_of(&agent);
     let task_path = format!("/api/v1/tasks/{task_id}");
-    must(
-        app,
+    app.must(
         &format!("{task_path}/assign"),
         json!({"agent_id": agent_id}),
         StatusCode::OK,
     )
     .await;
-    must(
-        app,
-        &format!("{task_path}/start"),
-        json!({}),
-        StatusCode::OK,
-    )
-    .await;
+    app.must(&format!("{task_path}/start"), json!({}), StatusCode::OK)
+        .await;
     let progress = json!({"message": "half way"});
-    must(
-        app,
-        &format!("{task_path}/progress"),
-        progress,
-        StatusCode::OK,
-    )
-    .await;
-    must(
-        app,
+    app.must(&format!("{task_path}/progress"), progress, StatusCode::OK)
+        .await;
+    app.must(
         &format!("{task_path}/complete"),
         json!({"result": {}}),
         StatusCode::OK,
@@ -157,10 +109,11 @@ async fn the_timeline_tells_a_projects_story_newest_first_with_human_summaries()
     let (_, task_id, _) = a_small_story(&app, &project_id, &org_id).await;
     let base = format!("/api/v1/timeline?project_id={project_id}");
 
-    let page = eventually(&app, &format!("{base}&limit=200"), |p| {
-        event_types(p).first().map(String::as_str) == Some("TaskCompleted")
-    })
-    .await;
+    let page = app
+        .eventually(&format!("{base}&limit=200"), |p| {
+            event_types(p).first().map(String::as_str) == Some("TaskCompleted")
+        })
+        .await;
     assert_eq!(event_types(&page), STORY, "{page}");
     let all = entries(&page);
     let positions: Vec<_> = all.iter().map(position).collect();
@@ -222,10 +175,11 @@ async fn paging_the_timeline_either_way_misses_and_repeats_nothing() {
     let (org_id, project_id) = app.organization_and_project().await;
     let (ticket_id, _, _) = a_small_story(&app, &project_id, &org_id).await;
     let base = format!("/api/v1/timeline?project_id={project_id}");
-    let full = eventually(&app, &format!("{base}&limit=200"), |p| {
-        entries(p).len() == STORY.len()
-    })
-    .await;
+    let full = app
+        .eventually(&format!("{base}&limit=200"), |p| {
+            entries(p).len() == STORY.len()
+        })
+        .await;
     let newest_first = cursors(&entries(&full));
 
     // Older and older, from the newest page.
@@ -263,11 +217,11 @@ async fn paging_the_timeline_either_way_misses_and_repeats_nothing() {
 
     // Following `next_after` picks up what happens next, and only that.
     let path = format!("/api/v1/tickets/{ticket_id}/transition");
-    must(&app, &path, json!({"to": "building-done"}), StatusCode::OK).await;
-    let newer = eventually(&app, &format!("{base}&after={after}"), |p| {
-        !entries(p).is_empty()
-    })
-    .await;
+    app.must(&path, json!({"to": "building-done"}), StatusCode::OK)
+        .await;
+    let newer = app
+        .eventually(&format!("{base}&after={after}"), |p| !entries(p).is_empty())
+        .await;
     let news = entries(&newer);
     assert_eq!(news.len(), 1, "{newer}");
     assert_eq!(
@@ -331,7 +285,9 @@ fn time(value: &Value) -> DateTime<Utc> {
 
 /// Waits until agent `id` in `GET path` satisfies `done`; returns it.
 async fn agent_until(app: &TestApp, path: &str, id: &str, done: impl Fn(&Value) -> bool) -> Value {
-    let list = eventually(app, path, |list| agent(list, id).is_some_and(&done)).await;
+    let list = app
+        .eventually(path, |list| agent(list, id).is_some_and(&done))
+        .await;
     agent(&list, id).cloned().unwrap_or_default()
 }
 
@@ -339,40 +295,39 @@ async fn agent_until(app: &TestApp, path: &str, id: &str, done: impl Fn(&Value) 
 async fn the_agents_view_shows_status_and_the_task_each_agent_is_working_on() {
     let app = spawn_app().await;
     let (org_id, project_id) = app.organization_and_project().await;
-    let worker = must(
-        &app,
-        "/api/v1/agents/register",
-        json!({"organization_id": org_id, "project_id": project_id, "name": "worker-1",
+    let worker = app
+        .must(
+            "/api/v1/agents/register",
+            json!({"organization_id": org_id, "project_id": project_id, "name": "worker-1",
                "agent_type": "worker", "capabilities": ["rust", "browser"], "capacity": 2}),
-        StatusCode::CREATED,
-    )
-    .await;
+            StatusCode::CREATED,
+        )
+        .await;
     let worker_id = id_of(&worker);
-    must(
-        &app,
+    app.must(
         "/api/v1/agents/register",
         json!({"organization_id": org_id, "name": "monitor-1", "agent_type": "monitor"}),
         StatusCode::CREATED,
     )
     .await;
     let status_path = format!("/api/v1/agents/{worker_id}/status");
-    must(&app, &status_path, json!({"to": "idle"}), StatusCode::OK).await;
-    let ticket = must(
-        &app,
-        "/api/v1/tickets",
-        json!({"project_id": project_id, "title": "Login page"}),
-        StatusCode::CREATED,
-    )
-    .await;
+    app.must(&status_path, json!({"to": "idle"}), StatusCode::OK)
+        .await;
+    let ticket = app
+        .must(
+            "/api/v1/tickets",
+            json!({"project_id": project_id, "title": "Login page"}),
+            StatusCode::CREATED,
+        )
+        .await;
     let new_task = |title: &'static str| {
         let body = json!({"ticket_id": id_of(&ticket), "title": title, "task_type": "implement"});
         let app = &app;
-        async move { id_of(&must(app, "/api/v1/tasks", body, StatusCode::CREATED).await) }
+        async move { id_of(&app.must("/api/v1/tasks", body, StatusCode::CREATED).await) }
     };
     let first = new_task("Write the form").await;
     let assign = json!({"agent_id": worker_id});
-    must(
-        &app,
+    app.must(
         &format!("/api/v1/tasks/{first}/assign"),
         assign.clone(),
         StatusCode::OK,
@@ -416,15 +371,13 @@ async fn the_agents_view_shows_status_and_the_task_each_agent_is_working_on() {
     assert_eq!(status, StatusCode::BAD_REQUEST);
 
     // Completing frees the agent.
-    must(
-        &app,
+    app.must(
         &format!("/api/v1/tasks/{first}/start"),
         json!({}),
         StatusCode::OK,
     )
     .await;
-    must(
-        &app,
+    app.must(
         &format!("/api/v1/tasks/{first}/complete"),
         json!({}),
         StatusCode::OK,
@@ -434,8 +387,7 @@ async fn the_agents_view_shows_status_and_the_task_each_agent_is_working_on() {
 
     // So does a failed attempt, though the task will be retried.
     let second = new_task("Test the form").await;
-    must(
-        &app,
+    app.must(
         &format!("/api/v1/tasks/{second}/assign"),
         assign,
         StatusCode::OK,
@@ -445,16 +397,14 @@ async fn the_agents_view_shows_status_and_the_task_each_agent_is_working_on() {
         a["current_task_id"] == second.as_str()
     })
     .await;
-    must(
-        &app,
+    app.must(
         &format!("/api/v1/tasks/{second}/start"),
         json!({}),
         StatusCode::OK,
     )
     .await;
     let failure = json!({"error": "the build broke"});
-    must(
-        &app,
+    app.must(
         &format!("/api/v1/tasks/{second}/fail"),
         failure,
         StatusCode::OK,
@@ -467,14 +417,14 @@ async fn the_agents_view_shows_status_and_the_task_each_agent_is_working_on() {
 async fn other_organizations_agents_are_not_listed() {
     let app = spawn_app().await;
     let (org_id, _) = app.organization_and_project().await;
-    must(
-        &app,
+    app.must(
         "/api/v1/agents/register",
         json!({"organization_id": org_id, "name": "worker-1", "agent_type": "worker"}),
         StatusCode::CREATED,
     )
     .await;
-    eventually(&app, "/api/v1/agents", |list| names(list) == ["worker-1"]).await;
+    app.eventually("/api/v1/agents", |list| names(list) == ["worker-1"])
+        .await;
 
     let stranger = app.register_and_login("stranger@example.com").await;
     let get = |path: String| {
