@@ -163,6 +163,8 @@ async fn a_claimed_task_whose_answer_was_lost_goes_back_to_the_queue_and_is_clai
 
     assert_eq!(agent.claim(&app, 5).await, Some(lost.clone()));
     app.until_task_status(&lost, "retry_scheduled").await;
+    // The second attempt is started at once; no sweep can race it.
+    sweeper.stop().await;
     assert_eq!(agent.claim(&app, WAIT_SECONDS).await, Some(lost.clone()));
     agent.step(&app, &lost, "start", json!({})).await;
     agent
@@ -181,7 +183,6 @@ async fn a_claimed_task_whose_answer_was_lost_goes_back_to_the_queue_and_is_clai
         .as_str()
         .expect("an error");
     assert!(error.contains("did not start it within 500 ms"), "{error}");
-    sweeper.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

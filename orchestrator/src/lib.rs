@@ -8,9 +8,11 @@
 //! * [`queue`] — the tasks folded from the log: readiness, order, caps, overdue tasks.
 //! * [`leases`] — `agent_leases`: heartbeats and their expiry.
 //! * [`executor`] — one task's command: working directory, environment, progress, kill.
+//! * [`choose`] — a dispatch pass's choice of (agent, task) pairs, pure.
 //! * [`worker`] — the loop tying them together.
 //! * [`cycles`] — refusing a dependency that would close a cycle, race-free.
 
+pub mod choose;
 pub mod cycles;
 pub mod executor;
 pub mod leases;
@@ -18,4 +20,4 @@ pub mod queue;
 pub mod score;
 pub mod worker;
 
-pub use worker::{Work, Worker, WorkerConfig};
+pub use worker::{SteppedWorker, Work, Worker, WorkerConfig};

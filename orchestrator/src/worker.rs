@@ -28,6 +28,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use uuid::Uuid;
 
+use crate::choose::{choose, FreeAgent, Limits, Pick};
 use crate::executor::{execute, Outcome, Run};
 use crate::leases;
 use crate::queue::{Candidate, Change, Queue, QueuedTask};
@@ -137,37 +138,21 @@ impl Worker {
     /// Starts the worker. One that cannot make its private directory logs why and
     /// takes no task (other workers still can).
     pub fn start(pool: PgPool, config: WorkerConfig) -> Self {
-        let work_dir = match private_directory(&config.work_dir) {
-            Ok(dir) => Some(dir),
-            Err(error) => {
-                tracing::error!(%error, parent = %config.work_dir.display(),
-                    "worker: cannot make its working directory; it will take no task");
-                None
-            }
-        };
+        let (runtime, finished) = Runtime::new(pool, config);
+        let work_dir = runtime.work_dir.clone();
         let (shutdown, stop) = watch::channel(false);
-        let bus = Arc::new(CommandBus::new(pool.clone(), Default::default()));
-        let (done, finished) = mpsc::unbounded_channel();
-        let runtime = Runtime {
-            pool,
-            bus,
-            config: Arc::new(config),
-            queue: Queue::default(),
-            cursor: Cursor::default(),
-            agents: HashMap::new(),
-            running: HashMap::new(),
-            done,
-            last_heartbeat: None,
-            last_sweep: None,
-            caps: HashMap::new(),
-            work_dir: work_dir.clone(),
-            kept: Vec::new(),
-        };
         Self {
             shutdown,
             task: tokio::spawn(runtime.run(stop, finished)),
             work_dir,
         }
+    }
+
+    /// A worker its caller drives one pass at a time ([`SteppedWorker::step`]): no loop,
+    /// no timers, no wake-ups — what a test needs to say exactly what one pass does.
+    pub fn stepped(pool: PgPool, config: WorkerConfig) -> SteppedWorker {
+        let (runtime, finished) = Runtime::new(pool, config);
+        SteppedWorker { runtime, finished }
     }
 
     /// The worker's private directory (none when it could not be made).
@@ -180,6 +165,29 @@ impl Worker {
     pub async fn stop(self) {
         let _ = self.shutdown.send(true);
         let _ = self.task.await;
+    }
+}
+
+/// A worker driven by its caller (see [`Worker::stepped`]).
+pub struct SteppedWorker {
+    runtime: Runtime,
+    finished: mpsc::UnboundedReceiver<Finished>,
+}
+
+impl SteppedWorker {
+    /// One pass: the attempts that finished since the last pass free their agents; then
+    /// the log is read, leases renewed and swept when due, and ready tasks dispatched.
+    /// Tasks it starts run on (their outcome is recorded when they end).
+    pub async fn step(&mut self) {
+        while let Ok(done) = self.finished.try_recv() {
+            self.runtime.free(done);
+        }
+        self.runtime.step().await;
+    }
+
+    /// Kills the commands still running and removes the worker's directory.
+    pub async fn stop(mut self) {
+        self.runtime.stop(&mut self.finished).await;
     }
 }
 
@@ -221,6 +229,46 @@ fn jitter() -> f64 {
 }
 
 impl Runtime {
+    /// A worker's state, with the channel on which its attempts report their end. One that
+    /// cannot make its private directory logs why and takes no task (other workers still
+    /// can).
+    fn new(pool: PgPool, config: WorkerConfig) -> (Self, mpsc::UnboundedReceiver<Finished>) {
+        let work_dir = match private_directory(&config.work_dir) {
+            Ok(dir) => Some(dir),
+            Err(error) => {
+                tracing::error!(%error, parent = %config.work_dir.display(),
+                    "worker: cannot make its working directory; it will take no task");
+                None
+            }
+        };
+        let bus = Arc::new(CommandBus::new(pool.clone(), Default::default()));
+        let (done, finished) = mpsc::unbounded_channel();
+        let runtime = Runtime {
+            pool,
+            bus,
+            config: Arc::new(config),
+            queue: Queue::default(),
+            cursor: Cursor::default(),
+            agents: HashMap::new(),
+            running: HashMap::new(),
+            done,
+            last_heartbeat: None,
+            last_sweep: None,
+            caps: HashMap::new(),
+            work_dir,
+            kept: Vec::new(),
+        };
+        (runtime, finished)
+    }
+
+    /// One pass: read the log, renew leases and sweep (when due), dispatch.
+    async fn step(&mut self) {
+        self.catch_up().await;
+        self.heartbeat().await;
+        self.sweep().await;
+        self.dispatch().await;
+    }
+
     async fn run(
         mut self,
         mut stop: watch::Receiver<bool>,
@@ -230,10 +278,7 @@ impl Runtime {
         let listener = tokio::spawn(listen((*self.pool.connect_options()).clone(), wake));
         let mut commits = self.bus.commits();
         while !*stop.borrow() {
-            self.catch_up().await;
-            self.heartbeat().await;
-            self.sweep().await;
-            self.dispatch().await;
+            self.step().await;
             let pause = self.pause();
             tokio::select! {
                 _ = stop.changed() => {}
@@ -248,7 +293,12 @@ impl Runtime {
             self.remove_expired_directories().await;
         }
         listener.abort();
-        self.stop_running(&mut finished).await;
+        self.stop(&mut finished).await;
+    }
+
+    /// Kills the commands still running and removes the worker's directory.
+    async fn stop(&mut self, finished: &mut mpsc::UnboundedReceiver<Finished>) {
+        self.stop_running(finished).await;
         if let Some(dir) = &self.work_dir {
             if let Err(error) = tokio::fs::remove_dir_all(dir).await {
                 tracing::warn!(%error, dir = %dir.display(), "worker: cannot remove its directory");
@@ -483,9 +533,8 @@ impl Runtime {
         self.config.organizations.is_empty() || self.config.organizations.contains(&organization_id)
     }
 
-    /// Assigns ready tasks, best first, to free capable agents within the caps. The
-    /// pairs are chosen first, then assigned concurrently: one round trip per pass
-    /// rather than one per task.
+    /// Assigns ready tasks, best first, to free capable agents within the caps: the pairs
+    /// are chosen ([`choose`]), then committed.
     async fn dispatch(&mut self) {
         if self.work_dir.is_none() {
             return;
@@ -517,47 +566,46 @@ impl Runtime {
             .filter_map(|c| self.queue.task(c.task_id))
             .map(|t| t.organization_id)
             .collect();
-        let mut caps = HashMap::new();
+        let mut organization_caps = HashMap::new();
         for organization in organizations {
-            caps.insert(organization, self.organization_cap(organization).await);
+            organization_caps.insert(organization, self.organization_cap(organization).await);
         }
-        let (mut per_project, mut per_organization) = self.queue.active_counts();
-        let mut picks: Vec<(Uuid, QueuedTask)> = Vec::new();
-        let mut free = self.agents.values().filter(|a| a.task.is_none()).count();
-        for candidate in candidates {
-            if free == 0 {
-                break;
-            }
-            let Some(task) = self.queue.task(candidate.task_id) else {
+        let limits = Limits {
+            project_concurrency: self.config.project_concurrency,
+            organization_caps,
+        };
+        let free: Vec<FreeAgent> = self
+            .agents
+            .iter()
+            .filter(|(_, agent)| agent.task.is_none())
+            .map(|(id, agent)| FreeAgent {
+                id: *id,
+                organization_id: agent.organization_id,
+                capabilities: agent.capabilities.clone(),
+            })
+            .collect();
+        let picks = choose(&self.queue, &candidates, &free, &limits, |organization| {
+            self.serves(organization)
+        });
+        self.commit(picks, now).await;
+    }
+
+    /// Assigns and starts each pick, concurrently: one round trip per pass rather than
+    /// one per task. Each agent is reserved while its assignment is in flight.
+    async fn commit(&mut self, picks: Vec<Pick>, now: chrono::DateTime<Utc>) {
+        let mut picked = Vec::with_capacity(picks.len());
+        for pick in picks {
+            let Some(task) = self.queue.task(pick.task_id).cloned() else {
                 continue;
             };
-            if !self.serves(task.organization_id)
-                || per_project.get(&task.project_id).copied().unwrap_or(0)
-                    >= self.config.project_concurrency
-                || per_organization
-                    .get(&task.organization_id)
-                    .copied()
-                    .unwrap_or(0)
-                    >= caps.get(&task.organization_id).copied().unwrap_or(0)
-            {
-                continue;
-            }
-            let Some(agent_id) = self.free_agent(task) else {
-                continue;
-            };
-            let task = task.clone();
-            free -= 1;
-            // Reserved while its assignment is in flight.
-            if let Some(agent) = self.agents.get_mut(&agent_id) {
+            if let Some(agent) = self.agents.get_mut(&pick.agent_id) {
                 agent.task = Some(task.id);
             }
-            *per_project.entry(task.project_id).or_insert(0) += 1;
-            *per_organization.entry(task.organization_id).or_insert(0) += 1;
-            picks.push((agent_id, task));
+            picked.push((pick.agent_id, task));
         }
         let bus = &self.bus;
         let assigned =
-            futures_util::future::join_all(picks.into_iter().map(|(agent_id, task)| async move {
+            futures_util::future::join_all(picked.into_iter().map(|(agent_id, task)| async move {
                 // An in-process agent starts at once: assignment and start are one
                 // transaction, not two.
                 let commands = [
@@ -622,18 +670,6 @@ impl Runtime {
         let until = account.suspend_at.filter(|at| *at > Utc::now());
         self.caps.insert(organization_id, (cap, until));
         cap
-    }
-
-    /// A free agent of the task's organization able to run it.
-    fn free_agent(&self, task: &QueuedTask) -> Option<Uuid> {
-        self.agents
-            .iter()
-            .find(|(_, agent)| {
-                agent.task.is_none()
-                    && agent.organization_id == task.organization_id
-                    && task.required_capabilities.is_subset(&agent.capabilities)
-            })
-            .map(|(id, _)| *id)
     }
 
     /// Registers agents for organizations with more ready tasks they could run than
