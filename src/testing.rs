@@ -574,3 +574,65 @@ mod tests {
         );
     }
 }
+
+/// One request the fake Stripe of [`fake_stripe`] received.
+#[derive(Debug, Clone)]
+pub struct StripeRequest {
+    pub path: String,
+    pub idempotency_key: Option<String>,
+    pub authorization: Option<String>,
+    /// The form body, as sent.
+    pub body: String,
+}
+
+/// Every request the fake Stripe has received, in order.
+pub type StripeLog = std::sync::Arc<std::sync::Mutex<Vec<StripeRequest>>>;
+
+/// A local stand-in for Stripe's API: it answers the checkout and billing-portal session
+/// calls as Stripe does and records them. Returns its base URL.
+pub async fn fake_stripe() -> (String, StripeLog) {
+    use axum::extract::State;
+    use axum::http::HeaderMap;
+    use axum::routing::post;
+    use axum::{Json, Router};
+
+    async fn session(
+        State((log, path, answer)): State<(StripeLog, &'static str, Value)>,
+        headers: HeaderMap,
+        body: String,
+    ) -> Json<Value> {
+        let header = |name: &str| {
+            headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        };
+        log.lock().expect("the log").push(StripeRequest {
+            path: path.to_string(),
+            idempotency_key: header("idempotency-key"),
+            authorization: header("authorization"),
+            body,
+        });
+        Json(answer)
+    }
+    let log = StripeLog::default();
+    let checkout = serde_json::json!({"id": "cs_test_a1", "object": "checkout.session",
+                                      "url": "https://checkout.stripe.com/c/pay/cs_test_a1"});
+    let portal = serde_json::json!({"id": "bps_test_1", "object": "billing_portal.session",
+                                    "url": "https://billing.stripe.com/p/session/test_1"});
+    let app = Router::new()
+        .route(
+            "/v1/checkout/sessions",
+            post(session).with_state((log.clone(), "/v1/checkout/sessions", checkout)),
+        )
+        .route(
+            "/v1/billing_portal/sessions",
+            post(session).with_state((log.clone(), "/v1/billing_portal/sessions", portal)),
+        );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("a port");
+    let address = format!("http://{}", listener.local_addr().expect("an address"));
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (address, log)
+}

@@ -50,6 +50,23 @@ async fn registration_checks_email_password_and_uniqueness() {
     )
     .await;
     assert_eq!(s, StatusCode::BAD_REQUEST, "{b}");
+    // The special character may be any but an ASCII letter or digit, a non-ASCII one too.
+    let (s, b) = post_public(
+        &app,
+        "/api/v1/auth/register",
+        json!({"email": "c@example.com", "password": "Passwort9ß"}),
+    )
+    .await;
+    assert_eq!(s, StatusCode::CREATED, "{b}");
+    let (s, b) = post_public(
+        &app,
+        "/api/v1/auth/register",
+        json!({"email": "d@example.com", "password": TEST_PASSWORD,
+               "display_name": "x".repeat(201)}),
+    )
+    .await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{b}");
+    assert_eq!(b["code"], "display_name_too_long");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -314,6 +331,27 @@ async fn an_api_key_acts_within_its_organization_project_and_role_until_revoked(
         history["events"][0]["metadata"]["actor"],
         format!("user:{}", me_body["id"].as_str().expect("id"))
     );
+
+    // A key is no session: logging out with it is refused and leaves it working.
+    let (s, b) = app
+        .send_as(
+            Some(&key),
+            Method::POST,
+            "/api/v1/auth/logout",
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "{b}");
+    assert_eq!(b["code"], "not_a_session", "{b}");
+    let (s, _) = app
+        .send_as(
+            Some(&key),
+            Method::GET,
+            &format!("/api/v1/tickets/{ticket_id}"),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "the key still works");
 
     let (s, _) = app.delete(&format!("/api/v1/auth/api-keys/{key_id}")).await;
     assert_eq!(s, StatusCode::OK);

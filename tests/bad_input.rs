@@ -229,7 +229,7 @@ async fn illegal_transitions_answer_conflict_and_history_bounds_are_checked() {
     assert_problem(s, &b, StatusCode::CONFLICT, "not_blocked", None);
 
     let (s, b) = app
-        .get(&format!("/api/v1/tickets/{id}/history?as_of=2"))
+        .get(&format!("/api/v1/tickets/{id}/history?as_of=0"))
         .await;
     assert_problem(
         s,
@@ -238,6 +238,10 @@ async fn illegal_transitions_answer_conflict_and_history_bounds_are_checked() {
         "as_of_out_of_range",
         Some("as_of"),
     );
+    let (s, b) = app
+        .get(&format!("/api/v1/tickets/{id}/history?as_of=9"))
+        .await;
+    assert_problem(s, &b, StatusCode::NOT_FOUND, "no_such_event", None);
 
     let (s, b) = app
         .get(&format!("/api/v1/tickets/{id}/history?as_of=one"))

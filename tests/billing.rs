@@ -3,14 +3,9 @@
 //! limits enforced and lifted; checkout and portal against a fake Stripe on loopback.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
 
-use axum::extract::State;
-use axum::http::HeaderMap;
-use axum::routing::post;
-use axum::{Json, Router};
 use chrono::Utc;
-use omoi::testing::{spawn_app_with_billing, TestApp};
+use omoi::testing::{fake_stripe, spawn_app_with_billing, StripeLog, TestApp};
 use omoi_api::billing::BillingConfig;
 use omoi_billing::stripe::StripeApi;
 use omoi_domain::billing::{Plan, Plans, Tier};
@@ -41,7 +36,7 @@ fn plans() -> Plans {
     }
 }
 
-/// What the fake Stripe received: path, headers of interest, form fields.
+/// What the fake Stripe received, its form body read.
 #[derive(Debug, Clone)]
 struct Received {
     path: String,
@@ -50,58 +45,21 @@ struct Received {
     form: BTreeMap<String, String>,
 }
 
-type Log = Arc<Mutex<Vec<Received>>>;
-
-async fn fake_stripe() -> (String, Log) {
-    let log: Log = Arc::default();
-    async fn session(
-        State((log, path, answer)): State<(Log, &'static str, Value)>,
-        headers: HeaderMap,
-        body: String,
-    ) -> Json<Value> {
-        let header = |name: &str| {
-            headers
-                .get(name)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_string)
-        };
-        let form = serde_urlencoded::from_str(&body).expect("a form body");
-        log.lock().expect("the log").push(Received {
-            path: path.to_string(),
-            idempotency_key: header("idempotency-key"),
-            authorization: header("authorization"),
-            form,
-        });
-        Json(answer)
-    }
-    let app = Router::new()
-        .route(
-            "/v1/checkout/sessions",
-            post(session).with_state((
-                log.clone(),
-                "/v1/checkout/sessions",
-                json!({"id": "cs_test_a1", "object": "checkout.session",
-                       "url": "https://checkout.stripe.com/c/pay/cs_test_a1"}),
-            )),
-        )
-        .route(
-            "/v1/billing_portal/sessions",
-            post(session).with_state((
-                log.clone(),
-                "/v1/billing_portal/sessions",
-                json!({"id": "bps_test_1", "object": "billing_portal.session",
-                       "url": "https://billing.stripe.com/p/session/test_1"}),
-            )),
-        );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("a port");
-    let address = format!("http://{}", listener.local_addr().expect("an address"));
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    (address, log)
+/// Everything the fake Stripe has received so far.
+fn requests_to(log: &StripeLog) -> Vec<Received> {
+    log.lock()
+        .expect("the log")
+        .iter()
+        .map(|request| Received {
+            path: request.path.clone(),
+            idempotency_key: request.idempotency_key.clone(),
+            authorization: request.authorization.clone(),
+            form: serde_urlencoded::from_str(&request.body).expect("a form body"),
+        })
+        .collect()
 }
 
-async fn app_with_stripe() -> (TestApp, String, Log) {
+async fn app_with_stripe() -> (TestApp, String, StripeLog) {
     let (stripe, log) = fake_stripe().await;
     let billing = BillingConfig {
         plans: plans(),
@@ -463,7 +421,12 @@ async fn forged_stale_altered_and_malformed_deliveries_are_refused_and_write_not
         ),
     ] {
         let (status, body) = deliver_signed(&app, body, header).await;
-        assert_eq!(status, StatusCode::BAD_REQUEST, "{name}: {body}");
+        // Not from Stripe is a 401; from Stripe but not an event, a 400.
+        let expected = match code {
+            "malformed_event" => StatusCode::BAD_REQUEST,
+            _ => StatusCode::UNAUTHORIZED,
+        };
+        assert_eq!(status, expected, "{name}: {body}");
         assert_eq!(body["code"], code, "{name}: {body}");
     }
     let response = app
@@ -473,7 +436,7 @@ async fn forged_stale_altered_and_malformed_deliveries_are_refused_and_write_not
         .send()
         .await
         .expect("an answer");
-    assert_eq!(response.status(), StatusCode::BAD_REQUEST, "no header");
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED, "no header");
     let recorded: i64 = sqlx::query_scalar("select count(*) from stripe_webhook_events")
         .fetch_one(&app.database.pool)
         .await
@@ -496,6 +459,18 @@ async fn forged_stale_altered_and_malformed_deliveries_are_refused_and_write_not
     );
     let (status, body) = deliver_signed(&app, &altered, &both).await;
     assert_eq!(status, StatusCode::OK, "{body}");
+}
+
+/// Without a signing secret no delivery can be verified: each is answered 503 (Stripe
+/// retries it once the secret is configured), nothing written.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_server_without_a_signing_secret_asks_stripe_to_retry() {
+    let app = omoi::testing::spawn_app().await;
+    let payload = envelope("evt_early", "charge.refunded", now(), json!({"id": "ch_1"}));
+    let (status, body) = deliver(&app, &payload).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(body["code"], "webhook_not_configured");
+    assert_eq!(billing_events(&app).await, 0);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -748,7 +723,7 @@ async fn checkout_and_portal_call_stripe_with_the_exact_fields_and_idempotency_k
         assert_eq!(answer["code"], code);
     }
 
-    let received = log.lock().expect("the log").clone();
+    let received = requests_to(&log);
     assert_eq!(received.len(), 3, "{received:?}");
     let pro = &received[0];
     assert_eq!(pro.path, "/v1/checkout/sessions");
@@ -797,7 +772,7 @@ async fn checkout_and_portal_call_stripe_with_the_exact_fields_and_idempotency_k
         .await;
     assert_eq!(status, StatusCode::OK, "{portal}");
     assert_eq!(portal["url"], "https://billing.stripe.com/p/session/test_1");
-    let received = log.lock().expect("the log").clone();
+    let received = requests_to(&log);
     let portal_call = received.last().expect("a portal call");
     assert_eq!(portal_call.path, "/v1/billing_portal/sessions");
     assert_eq!(portal_call.form["customer"], "cus_test_1");
@@ -809,7 +784,7 @@ async fn checkout_and_portal_call_stripe_with_the_exact_fields_and_idempotency_k
         json!({"organization_id": org, "tier": "team"}),
     )
     .await;
-    let received = log.lock().expect("the log").clone();
+    let received = requests_to(&log);
     assert_eq!(
         received.last().map(|r| r.form.get("customer").cloned()),
         Some(Some("cus_test_1".to_string()))

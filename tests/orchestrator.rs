@@ -223,7 +223,7 @@ async fn concurrent_additions_closing_a_cycle_do_not_both_succeed() {
             json!({"depends_on": c}),
         )
         .await;
-    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
     assert!(
         body["detail"]
             .as_str()

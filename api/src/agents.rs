@@ -47,12 +47,15 @@ pub struct RegisterAgent {
     /// organization.
     pub project_id: Option<Uuid>,
     /// Absent names the agent `{type}-{first 8 hex digits of its id}`.
+    #[schema(schema_with = crate::schemas::title_or_null)]
     pub name: Option<String>,
     pub agent_type: AgentType,
     /// Trimmed; duplicates are merged.
     #[serde(default)]
+    #[schema(schema_with = crate::schemas::agent_capabilities)]
     pub capabilities: Vec<String>,
     /// Tasks the agent runs at once, 1 to 100 (default 1).
+    #[schema(minimum = 1, maximum = 100)]
     pub capacity: Option<u32>,
 }
 
@@ -60,6 +63,7 @@ pub struct RegisterAgent {
 #[serde(deny_unknown_fields)]
 pub struct ChangeAgentStatus {
     pub to: AgentStatus,
+    #[schema(schema_with = crate::schemas::text_or_null)]
     pub reason: Option<String>,
     /// Re-record the current status (e.g. to log a fresh reason). Never allows a move
     /// the status table forbids.
@@ -71,6 +75,7 @@ pub struct ChangeAgentStatus {
 #[serde(deny_unknown_fields)]
 pub struct UpdateCapabilities {
     /// The whole new set; trimmed, duplicates merged.
+    #[schema(schema_with = crate::schemas::agent_capabilities)]
     pub capabilities: Vec<String>,
 }
 
@@ -213,6 +218,7 @@ pub struct RegisteredAgent {
 #[serde(deny_unknown_fields)]
 pub struct Claim {
     /// Seconds to wait for a task when none is ready, 0 to 60 (default 30).
+    #[schema(maximum = 60)]
     pub wait_seconds: Option<u64>,
 }
 

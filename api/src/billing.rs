@@ -82,10 +82,20 @@ pub struct WebhookReceipt {
     pub outcome: &'static str,
 }
 
+/// A delivery refused before anything is written. A signature that does not verify is a
+/// request not authenticated as Stripe (401); a server without a signing secret cannot
+/// verify any delivery yet, and Stripe retries a 503 until it can.
 fn refused(rejection: &Rejection) -> ApiError {
     tracing::warn!(code = rejection.code(), %rejection, "stripe webhook refused");
+    let status = match rejection {
+        Rejection::NoSecret => StatusCode::SERVICE_UNAVAILABLE,
+        Rejection::MissingSignature | Rejection::BadSignature | Rejection::StaleTimestamp => {
+            StatusCode::UNAUTHORIZED
+        }
+        Rejection::Malformed(_) => StatusCode::BAD_REQUEST,
+    };
     ApiError::Status {
-        status: StatusCode::BAD_REQUEST,
+        status,
         code: rejection.code(),
         detail: rejection.to_string(),
     }
@@ -110,9 +120,12 @@ fn retry_later(code: &'static str, detail: impl Into<String>) -> ApiError {
     responses(
         (status = 200, body = WebhookReceipt, description = "durable (or nothing to do)"),
         (status = 400, body = Problem,
-            description = "bad or missing signature, stale timestamp, malformed event: nothing written"),
+            description = "`malformed_event`: a signed body that is not a Stripe event: nothing written"),
+        (status = 401, body = Problem,
+            description = "`missing_signature`, `bad_signature`, `stale_timestamp`: not from Stripe, nothing written"),
         (status = 503, body = Problem,
-            description = "not applied yet (unknown customer, database trouble): Stripe retries"),
+            description = "not applied yet (unknown customer, database trouble), or \
+                `webhook_not_configured`: no signing secret; Stripe retries"),
     ))]
 async fn stripe_webhook(
     State(state): State<AppState>,
@@ -474,18 +487,63 @@ fn payment_required(error: &BillingError, plan: &Plan) -> ApiError {
 // Checkout and portal
 // ---------------------------------------------------------------------------------------
 
+/// Smallest credit purchase in one checkout, in cents.
+const MIN_CREDITS_CENTS: i64 = 100;
 /// Largest credit purchase in one checkout, in cents.
 const MAX_CREDITS_CENTS: i64 = 10_000_000;
 
-#[derive(Debug, Deserialize, ToSchema)]
+/// A plan to subscribe to (`pro`, `team`) or buy (`lifetime`) — a plan with a price — or
+/// credits to buy, in cents: exactly one of `tier` and `credits_cents`.
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CheckoutRequest {
     pub organization_id: Uuid,
-    /// A plan to subscribe to (`pro`, `team`) or buy (`lifetime`) — a plan with a price…
     pub tier: Option<Tier>,
-    /// …or credits to buy, in cents.
     pub credits_cents: Option<i64>,
 }
+
+impl utoipa::PartialSchema for CheckoutRequest {
+    /// The fields, and `oneOf` saying that exactly one of `tier` and `credits_cents` is
+    /// given (and not `null`), which the derive cannot state.
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::AdditionalProperties;
+        use utoipa::openapi::schema::{AllOfBuilder, ObjectBuilder, OneOfBuilder, Type};
+        use utoipa::openapi::{KnownFormat, SchemaFormat};
+        // Present with a value of its own type: `null` does not count.
+        let given = |field: &str, kind: Type| {
+            ObjectBuilder::new()
+                .required(field)
+                .property(field, ObjectBuilder::new().schema_type(kind))
+        };
+        let fields = ObjectBuilder::new()
+            .property(
+                "organization_id",
+                ObjectBuilder::new()
+                    .schema_type(Type::String)
+                    .format(Some(SchemaFormat::KnownFormat(KnownFormat::Uuid))),
+            )
+            .required("organization_id")
+            .property("tier", <Option<Tier>>::schema())
+            .property(
+                "credits_cents",
+                ObjectBuilder::new()
+                    .schema_type(utoipa::openapi::schema::SchemaType::from_iter([
+                        Type::Integer,
+                        Type::Null,
+                    ]))
+                    .format(Some(SchemaFormat::KnownFormat(KnownFormat::Int64)))
+                    .minimum(Some(MIN_CREDITS_CENTS as f64))
+                    .maximum(Some(MAX_CREDITS_CENTS as f64)),
+            )
+            .additional_properties(Some(AdditionalProperties::FreeForm(false)));
+        let exactly_one = OneOfBuilder::new()
+            .item(given("tier", Type::String))
+            .item(given("credits_cents", Type::Integer));
+        AllOfBuilder::new().item(fields).item(exactly_one).into()
+    }
+}
+
+impl ToSchema for CheckoutRequest {}
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -506,7 +564,9 @@ fn client_key(headers: &HeaderMap) -> ApiResult<Option<&str>> {
         return Ok(None);
     };
     match value.to_str() {
-        Ok(key) if (1..=255).contains(&key.len()) => Ok(Some(key)),
+        Ok(key) if (1..=255).contains(&key.len()) && key.bytes().all(|b| b.is_ascii_graphic()) => {
+            Ok(Some(key))
+        }
         _ => Err(ApiError::bad_request(
             "Idempotency-Key must be 1 to 255 visible ASCII characters",
             Some("Idempotency-Key"),
@@ -533,13 +593,16 @@ fn stripe_error(error: StripeError) -> ApiError {
 /// session; without one, identical requests within a minute do.
 #[utoipa::path(post, path = "/api/v1/billing/checkout", tag = "billing",
     request_body = CheckoutRequest,
-    params(("Idempotency-Key" = Option<String>, Header,
-        description = "your key for this purchase: retries with it return the same session")),
+    params(("Idempotency-Key" = Option<String>, Header, pattern = "^[!-~]{1,255}$",
+        description = "your key for this purchase (1 to 255 visible ASCII characters): \
+                       retries with it return the same session")),
     responses(
         (status = 200, body = SessionCreated), (status = 400, body = Problem),
         (status = 403, body = Problem), (status = 404, body = Problem),
         (status = 422, body = Problem,
-            description = "neither or both of tier and credits_cents, a plan without a price (free, enterprise), or credits out of range"),
+            description = "neither or both of tier and credits_cents, or credits out of range"),
+        (status = 409, body = Problem,
+            description = "`tier_not_purchasable`: a plan without a price (free, enterprise)"),
         (status = 502, body = Problem, description = "Stripe refused"),
         (status = 503, body = Problem, description = "Stripe unreachable or not configured"),
     ))]
@@ -556,23 +619,25 @@ async fn checkout(
         (Some(tier), None) => {
             let plan = state.billing.plans.of(tier);
             if plan.price_cents <= 0 {
-                // Free, or priced by contract (enterprise): not sold through checkout.
-                return Err(ApiError::invalid(
-                    "tier_not_purchasable",
-                    "tier",
-                    format!("the {tier} plan is not sold through checkout"),
-                ));
+                // Free, or priced by contract (enterprise): not sold through checkout, as
+                // the configured plans stand.
+                return Err(ApiError::Conflict {
+                    code: "tier_not_purchasable",
+                    detail: format!("the {tier} plan is not sold through checkout"),
+                });
             }
             Purchase::Plan(plan)
         }
-        (None, Some(amount)) if (100..=MAX_CREDITS_CENTS).contains(&amount) => Purchase::Credits {
-            amount_cents: amount,
-        },
+        (None, Some(amount)) if (MIN_CREDITS_CENTS..=MAX_CREDITS_CENTS).contains(&amount) => {
+            Purchase::Credits {
+                amount_cents: amount,
+            }
+        }
         (None, Some(_)) => {
             return Err(ApiError::invalid(
                 "credits_out_of_range",
                 "credits_cents",
-                format!("buy between 100 and {MAX_CREDITS_CENTS} cents of credits"),
+                format!("buy between {MIN_CREDITS_CENTS} and {MAX_CREDITS_CENTS} cents of credits"),
             ))
         }
         _ => {

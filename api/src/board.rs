@@ -35,6 +35,7 @@ pub fn router() -> OpenApiRouter<AppState> {
 pub struct BoardQuery {
     pub project_id: Uuid,
     /// Show the board as it was right after this global position (rebuilt from the log).
+    #[param(minimum = 0)]
     pub as_of: Option<i64>,
 }
 
@@ -54,6 +55,7 @@ pub struct MoveCard {
     /// Move even when the target column is at its WIP limit.
     #[serde(default)]
     pub force: bool,
+    #[schema(schema_with = crate::schemas::text_or_null)]
     pub note: Option<String>,
 }
 

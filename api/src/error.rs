@@ -67,8 +67,9 @@ pub enum ApiError {
     /// 402: the organization's plan does not allow it; `detail` says which limit and how
     /// to lift it.
     PaymentRequired { code: &'static str, detail: String },
-    /// Another status with its own code: a refused webhook delivery (400), a delivery to
-    /// retry later (503), Stripe refusing or unreachable (502/503).
+    /// Another status with its own code: a refused webhook delivery (400, 401), a
+    /// delivery to retry later (503), Stripe refusing or unreachable (502/503), an event
+    /// past the end of a history (404).
     Status {
         status: StatusCode,
         code: &'static str,

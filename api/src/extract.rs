@@ -47,22 +47,65 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Body<T> {
 /// Deserializes `bytes`, naming the offending field on failure.
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     let mut deserializer = serde_json::Deserializer::from_slice(bytes);
-    let value = serde_path_to_error::deserialize(&mut deserializer).map_err(|e| {
-        let path = e.path().to_string();
-        let inner = e.into_inner();
-        if inner.is_syntax() || inner.is_eof() {
-            // Not JSON at all: no field is to blame.
-            return ApiError::bad_request(format!("the body is not valid JSON: {inner}"), None);
+    let parsed = serde_path_to_error::deserialize(&mut deserializer);
+    let value = match parsed {
+        Ok(value) => {
+            deserializer.end().map_err(|e| {
+                ApiError::bad_request(format!("trailing data after the JSON body: {e}"), None)
+            })?;
+            value
         }
-        let field = (path != ".").then_some(path);
-        let detail = format!("the body does not match the expected shape: {inner}");
-        ApiError::BadRequest { detail, field }
-    })?;
-    deserializer.end().map_err(|e| {
-        ApiError::bad_request(format!("trailing data after the JSON body: {e}"), None)
-    })?;
+        Err(e) if e.inner().is_syntax() || e.inner().is_eof() => {
+            // Not JSON at all: no field is to blame.
+            let inner = e.into_inner();
+            return Err(ApiError::bad_request(
+                format!("the body is not valid JSON: {inner}"),
+                None,
+            ));
+        }
+        Err(e) => with_integral_numbers(bytes).ok_or_else(|| shape_error(e))?,
+    };
     refuse_nul_in_json(bytes)?;
     Ok(value)
+}
+
+fn shape_error(error: serde_path_to_error::Error<serde_json::Error>) -> ApiError {
+    let path = error.path().to_string();
+    let field = (path != ".").then_some(path);
+    let detail = format!(
+        "the body does not match the expected shape: {}",
+        error.into_inner()
+    );
+    ApiError::BadRequest { detail, field }
+}
+
+/// The body read again with every integral number written as a fraction (`3.0`, `1e3`)
+/// taken as the integer it is: JSON does not tell them apart (nor does JSON Schema's
+/// `integer`), but serde refuses a float where it expects an integer. Only tried once the
+/// strict read failed, so that the common body is parsed once.
+fn with_integral_numbers<T: DeserializeOwned>(bytes: &[u8]) -> Option<T> {
+    fn integral(value: &mut serde_json::Value) -> bool {
+        use serde_json::Value;
+        match value {
+            Value::Number(number) if number.is_f64() => {
+                let float = number.as_f64().unwrap_or(f64::NAN);
+                // Within ±2^53 a float holds integers exactly; beyond, it is no count.
+                let exact = float.fract() == 0.0 && float.abs() <= 9_007_199_254_740_992.0;
+                if exact {
+                    *value = Value::from(float as i64);
+                }
+                exact
+            }
+            Value::Array(items) => items.iter_mut().fold(false, |any, v| integral(v) | any),
+            Value::Object(fields) => fields.values_mut().fold(false, |any, v| integral(v) | any),
+            _ => false,
+        }
+    }
+    let mut value: serde_json::Value = serde_json::from_slice(bytes).ok()?;
+    if !integral(&mut value) {
+        return None;
+    }
+    serde_path_to_error::deserialize(value).ok()
 }
 
 /// PostgreSQL cannot store U+0000 in text or `jsonb`: a body carrying one is refused here,
@@ -151,5 +194,53 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for Query<T> {
         axum::extract::Query::<T>::try_from_uri(&parts.uri)
             .map(|axum::extract::Query(value)| Query(value))
             .map_err(|e| ApiError::bad_request(e.body_text(), None))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, serde::Deserialize, PartialEq)]
+    #[serde(deny_unknown_fields)]
+    struct Counts {
+        capacity: u32,
+        retries: Vec<u8>,
+    }
+
+    fn field_of(error: ApiError) -> Option<String> {
+        match error {
+            ApiError::BadRequest { field, .. } => field,
+            other => panic!("not a 400: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn an_integral_number_written_as_a_fraction_is_that_integer() {
+        let counts: Counts =
+            parse_json(br#"{"capacity": 4.0, "retries": [1e1, 2]}"#).expect("integral numbers");
+        assert_eq!(
+            counts,
+            Counts {
+                capacity: 4,
+                retries: vec![10, 2]
+            }
+        );
+    }
+
+    #[test]
+    fn a_fraction_or_an_out_of_range_number_is_refused_naming_its_field() {
+        let fraction = parse_json::<Counts>(br#"{"capacity": 4.5, "retries": []}"#);
+        assert_eq!(
+            field_of(fraction.expect_err("4.5")),
+            Some("capacity".into())
+        );
+        let too_large = parse_json::<Counts>(br#"{"capacity": 1, "retries": [256.0]}"#);
+        assert_eq!(
+            field_of(too_large.expect_err("256")),
+            Some("retries[0]".into())
+        );
+        let not_json = parse_json::<Counts>(br#"{"capacity": "#);
+        assert_eq!(field_of(not_json.expect_err("not JSON")), None);
     }
 }

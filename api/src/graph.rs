@@ -34,6 +34,7 @@ pub fn router() -> OpenApiRouter<AppState> {
 #[serde(deny_unknown_fields)]
 pub struct AsOfQuery {
     /// Show the graph as it was right after this global position (rebuilt from the log).
+    #[param(minimum = 0)]
     pub as_of: Option<i64>,
 }
 

@@ -21,7 +21,9 @@ use crate::state::AppState;
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct HistoryQuery {
-    /// Also return the state as it was right after the event with this sequence number.
+    /// Also return the state as it was right after the event with this sequence number
+    /// (404 `no_such_event` past the last one).
+    #[param(minimum = 1)]
     pub as_of: Option<i64>,
 }
 
@@ -43,14 +45,23 @@ pub async fn history_of<A: Aggregate + Scoped>(
         |until| fold_until::<A>(&events, until).map_err(|e| ApiError::Internal(e.to_string()));
     // The scope is fixed by the creation event, so the current state decides access.
     caller.authorize(fold(None)?.scope(), permission, what)?;
-    if let Some(n) = as_of {
-        if !(1..=version).contains(&n) {
+    match as_of {
+        Some(n) if n < 1 => {
             return Err(ApiError::invalid(
                 "as_of_out_of_range",
                 "as_of",
-                format!("as_of must be between 1 and {version}, the last event's sequence"),
-            ));
+                "as_of is an event's sequence: 1 or more",
+            ))
         }
+        // A well-formed sequence that names no event of this history (yet).
+        Some(n) if n > version => {
+            return Err(ApiError::Status {
+                status: axum::http::StatusCode::NOT_FOUND,
+                code: "no_such_event",
+                detail: format!("the history has {version} events; as_of {n} names none"),
+            })
+        }
+        _ => {}
     }
     let state_as_of = fold(as_of)?;
     Ok(Json(History {
@@ -72,8 +83,10 @@ pub fn router() -> OpenApiRouter<AppState> {
 #[serde(deny_unknown_fields)]
 pub struct StreamQuery {
     /// Cursor returned by the previous page (`next_cursor`); `0-0` or absent for the start.
+    #[param(schema_with = crate::openapi::cursor)]
     pub after: Option<String>,
     /// Page size, 1 to 1000 (default 100).
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<i64>,
 }
 

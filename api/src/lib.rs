@@ -4,14 +4,16 @@
 //!
 //! # Layout
 //!
-//! * [`app`] builds the router from one [`state::AppState`]; [`openapi`] the document.
+//! * [`app`] builds the router from one [`state::AppState`]; [`mod@openapi`] the document.
 //!   Routes and document come from the same `utoipa-axum` router, so a route cannot
-//!   exist without its documentation.
+//!   exist without its documentation; the statuses every route shares are added in one
+//!   place.
 //! * [`state`] — shared state and the one path every command takes.
 //! * [`auth`] — callers, tokens, API keys and their routes.
 //! * [`error`] — `ApiError`, rendered as `application/problem+json`.
 //! * [`extract`] — JSON body, path and query extractors whose rejections are `ApiError`.
-//! * [`responses`] — response bodies shared by several resources.
+//! * [`responses`] — response bodies shared by several resources; [`schemas`] — the
+//!   documented rules of request fields (lengths, patterns, counts).
 //! * One module per resource: [`organizations`], [`projects`], [`tickets`], [`tasks`],
 //!   [`specs`], [`agents`], [`claims`], [`billing`]; [`history`] (per-aggregate history,
 //!   global stream); [`system`].
@@ -32,10 +34,12 @@ pub mod graph;
 pub mod history;
 pub mod live;
 pub mod metrics;
+pub mod openapi;
 pub mod organizations;
 pub mod projects;
 pub mod read;
 pub mod responses;
+pub mod schemas;
 pub mod specs;
 pub mod state;
 pub mod system;
@@ -50,93 +54,18 @@ use axum::middleware::Next;
 use axum::response::Response;
 use axum::routing::get;
 use axum::Router;
-use utoipa::OpenApi;
-use utoipa_axum::router::OpenApiRouter;
 
 use crate::state::AppState;
 
-/// Declares the bearer credential (access token or API key) required by every route that
-/// does not opt out with `security(())`.
-struct BearerAuth;
-
-impl utoipa::Modify for BearerAuth {
-    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
-        use utoipa::openapi::security::{
-            HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme,
-        };
-        let components = openapi.components.get_or_insert_with(Default::default);
-        components.add_security_scheme(
-            "bearer",
-            SecurityScheme::Http(
-                HttpBuilder::new()
-                    .scheme(HttpAuthScheme::Bearer)
-                    .description(Some(
-                        "An access token from /api/v1/auth/login or an API key (omoi_sk_…)",
-                    ))
-                    .build(),
-            ),
-        );
-        openapi.security = Some(vec![SecurityRequirement::new(
-            "bearer",
-            Vec::<String>::new(),
-        )]);
-    }
-}
-
-#[derive(OpenApi)]
-#[openapi(
-    modifiers(&BearerAuth),
-    info(
-        title = "omoi",
-        description = "Event-sourced backend of a spec-driven, multi-agent software-engineering \
-                       orchestrator. Errors are application/problem+json (RFC 9457). \
-                       Live delivery is a WebSocket: `GET /api/v1/ws` (subscribe to a \
-                       project's `events` stream: a snapshot with its position, then ordered \
-                       deltas; resume with `after`) and the original's feed \
-                       `GET /api/v1/ws/events`; the protocol — message types, fields, \
-                       examples, close codes — is in docs/websocket.md."
-    ),
-    tags(
-        (name = "auth", description = "Accounts, tokens and API keys"),
-        (name = "organizations"), (name = "projects"), (name = "tickets"), (name = "tasks"),
-        (name = "specs"), (name = "agents"), (name = "events", description = "The event log"),
-        (name = "timeline", description = "Activity timeline of a project (read model)"),
-        (name = "board", description = "Kanban board of a project (read model)"),
-        (name = "graph", description = "Task dependency graph (read model)"),
-        (name = "billing", description = "Stripe webhooks, plans and limits, checkout and portal"),
-        (name = "live", description = "WebSocket delivery of events and read models (docs/websocket.md)"),
-        (name = "system"),
-    )
-)]
-struct ApiDoc;
-
-fn documented_routes() -> OpenApiRouter<AppState> {
-    OpenApiRouter::with_openapi(ApiDoc::openapi())
-        .merge(auth::routes::router())
-        .merge(organizations::router())
-        .merge(projects::router())
-        .merge(tickets::router())
-        .merge(tasks::router())
-        .merge(specs::router())
-        .merge(agents::router())
-        .merge(agent_views::router())
-        .merge(timeline::router())
-        .merge(board::router())
-        .merge(billing::router())
-        .merge(graph::router())
-        .merge(history::router())
-        .merge(live::router())
-        .merge(system::router())
-}
-
 /// The OpenAPI document of every route.
 pub fn openapi() -> utoipa::openapi::OpenApi {
-    documented_routes().into_openapi()
+    openapi::document()
 }
 
 /// The whole application.
 pub fn app(state: AppState) -> Router {
-    let (router, document) = documented_routes().split_for_parts();
+    let (router, document) = openapi::documented_routes().split_for_parts();
+    let document = openapi::served(document);
     // Encoded once: axum clones every route's handler for each new connection, and the
     // document is hundreds of kilobytes as a tree.
     let document = axum::body::Bytes::from(serde_json::to_vec(&document).unwrap_or_default());

@@ -33,12 +33,14 @@ pub fn router() -> OpenApiRouter<AppState> {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateOrganization {
+    #[schema(schema_with = crate::schemas::title)]
     pub name: String,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Rename {
+    #[schema(schema_with = crate::schemas::title)]
     pub name: String,
 }
 
@@ -142,8 +144,6 @@ async fn organization_history(
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AddMember {
-    /// `user:<uuid>` or `agent:<uuid>`.
-    #[schema(value_type = String, example = "user:0196f5d2-0000-7000-8000-000000000000")]
     pub principal: Principal,
     pub role: Role,
 }
@@ -226,7 +226,7 @@ async fn add_member(
 /// owner role); nobody changes their own role; the last owner keeps theirs. A demotion
 /// also lowers the member's API keys: a key acts with at most its creator's role.
 #[utoipa::path(put, path = "/api/v1/organizations/{id}/members/{principal}", tag = "organizations",
-    params(("id" = Uuid, Path), ("principal" = String, Path, description = "user:<uuid> or agent:<uuid>")),
+    params(("id" = Uuid, Path), ("principal" = Principal, Path)),
     request_body = ChangeRole,
     responses(
         (status = 200, body = Versioned<Organization>),
@@ -266,7 +266,7 @@ async fn change_member_role(
 /// the organization, and the credentials of the agents they registered, are revoked in the
 /// same transaction.
 #[utoipa::path(delete, path = "/api/v1/organizations/{id}/members/{principal}", tag = "organizations",
-    params(("id" = Uuid, Path), ("principal" = String, Path, description = "user:<uuid> or agent:<uuid>")),
+    params(("id" = Uuid, Path), ("principal" = Principal, Path)),
     responses(
         (status = 200, body = Versioned<Organization>),
         (status = 403, body = Problem, description = "`forbidden`: the role lacks \

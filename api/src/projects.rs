@@ -33,8 +33,10 @@ pub fn router() -> OpenApiRouter<AppState> {
 #[serde(deny_unknown_fields)]
 pub struct CreateProject {
     pub organization_id: Uuid,
+    #[schema(schema_with = crate::schemas::title)]
     pub name: String,
     #[serde(default)]
+    #[schema(schema_with = crate::schemas::text)]
     pub description: String,
 }
 

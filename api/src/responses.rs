@@ -51,7 +51,8 @@ pub struct EventRecord {
     pub cursor: String,
     pub event_type: String,
     pub event_version: String,
-    #[schema(value_type = Object)]
+    /// The event's fields, as the aggregate wrote them (an object, or a string for an
+    /// event without fields).
     pub payload: serde_json::Value,
     /// organization_id, project_id, actor, correlation_id, causation_id, request_id,
     /// occurred_at.

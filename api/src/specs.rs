@@ -39,8 +39,10 @@ pub fn router() -> OpenApiRouter<AppState> {
 #[serde(deny_unknown_fields)]
 pub struct CreateSpec {
     pub project_id: Uuid,
+    #[schema(schema_with = crate::schemas::title)]
     pub title: String,
     #[serde(default)]
+    #[schema(schema_with = crate::schemas::text)]
     pub description: String,
 }
 
@@ -50,12 +52,16 @@ pub struct CreateSpec {
 pub struct NewRequirement {
     /// `REQ-` then uppercase letter/digit groups joined by `-`, e.g. `REQ-AUTH-001`;
     /// unique within the spec.
+    #[schema(schema_with = crate::schemas::requirement_id)]
     pub id: String,
     /// The WHEN clause.
+    #[schema(schema_with = crate::schemas::clause)]
     pub condition: String,
     /// The THE SYSTEM SHALL clause.
+    #[schema(schema_with = crate::schemas::clause)]
     pub action: String,
     /// At least one.
+    #[schema(schema_with = crate::schemas::acceptance_criteria)]
     pub acceptance_criteria: Vec<String>,
 }
 
@@ -64,20 +70,26 @@ pub struct NewRequirement {
 #[serde(deny_unknown_fields)]
 pub struct UpdateRequirement {
     /// The WHEN clause.
+    #[schema(schema_with = crate::schemas::clause)]
     pub condition: String,
     /// The THE SYSTEM SHALL clause.
+    #[schema(schema_with = crate::schemas::clause)]
     pub action: String,
     /// At least one.
+    #[schema(schema_with = crate::schemas::acceptance_criteria)]
     pub acceptance_criteria: Vec<String>,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SetDesign {
+    #[schema(schema_with = crate::schemas::statement)]
     pub architecture: String,
     #[serde(default)]
+    #[schema(schema_with = crate::schemas::text)]
     pub data_model: String,
     #[serde(default)]
+    #[schema(schema_with = crate::schemas::text)]
     pub api_spec: String,
 }
 

@@ -48,10 +48,13 @@ pub fn router() -> OpenApiRouter<AppState> {
 #[serde(deny_unknown_fields)]
 pub struct CreateTask {
     pub ticket_id: Uuid,
+    #[schema(schema_with = crate::schemas::title)]
     pub title: String,
     #[serde(default)]
+    #[schema(schema_with = crate::schemas::text)]
     pub description: String,
     /// A free label such as `implement` or `write_tests`.
+    #[schema(schema_with = crate::schemas::task_type)]
     pub task_type: String,
     /// Defaults to the ticket's phase.
     pub phase: Option<Phase>,
@@ -59,12 +62,16 @@ pub struct CreateTask {
     pub priority: Option<Priority>,
     /// Tasks of the same project this one waits for.
     #[serde(default)]
+    #[schema(schema_with = crate::schemas::depends_on)]
     pub depends_on: Vec<Uuid>,
     #[serde(default)]
+    #[schema(schema_with = crate::schemas::required_capabilities)]
     pub required_capabilities: Vec<String>,
     /// Retries after a failure or timeout; absent means the default.
+    #[schema(maximum = 20)]
     pub max_retries: Option<u32>,
     /// How long one attempt may run; absent means no timeout of its own.
+    #[schema(minimum = 1)]
     pub timeout_seconds: Option<u32>,
 }
 
@@ -77,6 +84,7 @@ pub struct AssignTask {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ReportProgress {
+    #[schema(schema_with = crate::schemas::progress)]
     pub message: String,
 }
 
@@ -92,12 +100,14 @@ pub struct CompleteTask {
 #[serde(deny_unknown_fields)]
 pub struct FailTask {
     /// What went wrong. Some texts mark a permanent error that no retry can fix.
+    #[schema(schema_with = crate::schemas::statement)]
     pub error: String,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CancelTask {
+    #[schema(schema_with = crate::schemas::text_or_null)]
     pub reason: Option<String>,
 }
 
@@ -144,16 +154,15 @@ async fn ensure_dependency(state: &AppState, project_id: Uuid, dep: Uuid) -> Api
         .await
         .map_err(ApiError::from)?;
     match loaded {
-        None => Err(ApiError::invalid(
-            "dependency_not_found",
-            "depends_on",
-            format!("task {dep} does not exist"),
-        )),
-        Some((task, _)) if task.project_id != Some(project_id) => Err(ApiError::invalid(
-            "dependency_in_other_project",
-            "depends_on",
-            format!("task {dep} belongs to another project"),
-        )),
+        None => Err(ApiError::Status {
+            status: StatusCode::NOT_FOUND,
+            code: "dependency_not_found",
+            detail: format!("task {dep} (in depends_on) does not exist"),
+        }),
+        Some((task, _)) if task.project_id != Some(project_id) => Err(ApiError::Conflict {
+            code: "dependency_in_other_project",
+            detail: format!("task {dep} belongs to another project"),
+        }),
         Some(_) => Ok(()),
     }
 }
@@ -468,13 +477,13 @@ async fn cancel_task(
     params(("id" = Uuid, Path)), request_body = AddDependency,
     responses(
         (status = 200, body = Versioned<Task>), (status = 400, body = Problem),
-        (status = 404, body = Problem, description = "no such task"),
+        (status = 404, body = Problem,
+            description = "no such task, or `dependency_not_found`"),
         (status = 409, body = Problem,
-            description = "already a dependency, or dependencies are frozen"),
-        (status = 422, body = Problem,
-            description = "the dependency is the task itself, does not exist, belongs to \
-                           another project, or would close a cycle (`dependency_cycle`, \
-                           the path in `detail`)"),
+            description = "the graph refuses the edge: already a dependency, dependencies \
+                           frozen, the task itself (`self_dependency`), another project's \
+                           task, too many, or a cycle (`dependency_cycle`, the path in \
+                           `detail`)"),
     ))]
 async fn add_dependency(
     State(state): State<AppState>,
@@ -496,18 +505,16 @@ async fn add_dependency(
         .await
         .map_err(|error| match error {
             cycles::CycleCheckError::Read(e) => ApiError::from(e),
-            too_large @ cycles::CycleCheckError::TooLarge => ApiError::invalid(
-                "dependency_graph_too_large",
-                "depends_on",
-                too_large.to_string(),
-            ),
+            too_large @ cycles::CycleCheckError::TooLarge => ApiError::Conflict {
+                code: "dependency_graph_too_large",
+                detail: too_large.to_string(),
+            },
         })?;
     if let Some(path) = found {
-        return Err(ApiError::invalid(
-            "dependency_cycle",
-            "depends_on",
-            format!("circular dependency: {}", cycles::describe(&path)),
-        ));
+        return Err(ApiError::Conflict {
+            code: "dependency_cycle",
+            detail: format!("circular dependency: {}", cycles::describe(&path)),
+        });
     }
     let command = TaskCommand::AddDependency {
         depends_on: body.depends_on,

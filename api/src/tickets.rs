@@ -35,8 +35,10 @@ pub fn router() -> OpenApiRouter<AppState> {
 #[serde(deny_unknown_fields)]
 pub struct CreateTicket {
     pub project_id: Uuid,
+    #[schema(schema_with = crate::schemas::title)]
     pub title: String,
     #[serde(default)]
+    #[schema(schema_with = crate::schemas::text)]
     pub description: String,
     #[serde(default)]
     pub priority: Priority,
@@ -48,7 +50,9 @@ pub struct CreateTicket {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateTicket {
+    #[schema(schema_with = crate::schemas::title_or_null)]
     pub title: Option<String>,
+    #[schema(schema_with = crate::schemas::text_or_null)]
     pub description: Option<String>,
     pub priority: Option<Priority>,
     pub phase: Option<Phase>,
@@ -58,6 +62,7 @@ pub struct UpdateTicket {
 #[serde(deny_unknown_fields)]
 pub struct TransitionTicket {
     pub to: TicketStatus,
+    #[schema(schema_with = crate::schemas::text_or_null)]
     pub note: Option<String>,
 }
 
@@ -65,6 +70,7 @@ pub struct TransitionTicket {
 #[serde(deny_unknown_fields)]
 pub struct RegressTicket {
     /// What failed in testing; kept in the ticket's regressions.
+    #[schema(schema_with = crate::schemas::statement)]
     pub feedback: String,
 }
 
@@ -72,6 +78,7 @@ pub struct RegressTicket {
 #[serde(deny_unknown_fields)]
 pub struct BlockTicket {
     pub reason: BlockReason,
+    #[schema(schema_with = crate::schemas::text_or_null)]
     pub note: Option<String>,
 }
 

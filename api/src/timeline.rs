@@ -36,10 +36,14 @@ pub struct TimelineQuery {
     /// Only entries caused by this actor (`user:<id>`, `api_key:<id>`, `system:worker`, …).
     pub actor: Option<String>,
     /// A cursor (`next_before` of a page): entries older than it.
+    #[param(schema_with = crate::openapi::cursor)]
     pub before: Option<String>,
     /// A cursor (`next_after` of a page): the entries right after it, still newest first.
+    /// With `before` too: the entries between the two, newest first.
+    #[param(schema_with = crate::openapi::cursor)]
     pub after: Option<String>,
     /// Page size, 1 to 200 (default 50).
+    #[param(minimum = 1, maximum = 200)]
     pub limit: Option<i64>,
 }
 
@@ -57,10 +61,10 @@ async fn scope(
         if caller.is_super_admin() {
             return Ok(None);
         }
-        return Err(ApiError::bad_request(
-            "project_id is required",
-            Some("project_id"),
-        ));
+        return Err(ApiError::Denied {
+            code: "project_required",
+            detail: "only operators read every organization's timeline: give project_id".into(),
+        });
     };
     let (project, _) = state
         .read::<Project>(caller, "ticket:read", project_id)
@@ -83,8 +87,9 @@ async fn scope(
     params(TimelineQuery),
     responses(
         (status = 200, body = TimelinePage),
-        (status = 400, body = Problem,
-            description = "missing project_id, bad cursor, both cursors, or bad limit"),
+        (status = 400, body = Problem, description = "a bad cursor or limit"),
+        (status = 403, body = Problem,
+            description = "`project_required`: no project_id, and the caller is no operator"),
         (status = 404, body = Problem, description = "no such project"),
     )
 )]

@@ -33,11 +33,23 @@ impl fmt::Display for Principal {
 #[error("a principal is user:<uuid> or agent:<uuid>")]
 pub struct BadPrincipal;
 
+impl Principal {
+    /// The text form as a regular expression: `user:` or `agent:` and a hyphenated UUID.
+    pub const PATTERN: &'static str =
+        "^(user|agent):[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$";
+}
+
 impl FromStr for Principal {
     type Err = BadPrincipal;
 
+    /// Exactly [`Principal::PATTERN`]: the UUID's other spellings (braced, simple, URN)
+    /// are refused, so that the documented form is the only one.
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let (kind, id) = s.split_once(':').ok_or(BadPrincipal)?;
+        let hyphenated = id.len() == 36 && id.bytes().filter(|b| *b == b'-').count() == 4;
+        if !hyphenated {
+            return Err(BadPrincipal);
+        }
         let id = id.parse::<Uuid>().map_err(|_| BadPrincipal)?;
         match kind {
             "user" => Ok(Self::User(id)),
@@ -46,6 +58,20 @@ impl FromStr for Principal {
         }
     }
 }
+
+impl utoipa::PartialSchema for Principal {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{ObjectBuilder, Type};
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .pattern(Some(Self::PATTERN))
+            .description(Some("`user:<uuid>` or `agent:<uuid>`"))
+            .examples(["user:0196f5d2-0000-7000-8000-000000000000"])
+            .into()
+    }
+}
+
+impl ToSchema for Principal {}
 
 impl Serialize for Principal {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
@@ -360,5 +386,28 @@ mod tests {
         }
         assert!("robot:x".parse::<Principal>().is_err());
         assert!("user:not-a-uuid".parse::<Principal>().is_err());
+    }
+
+    /// The parser accepts what the documented pattern matches and nothing else.
+    #[test]
+    fn principals_parse_exactly_the_documented_pattern() {
+        let pattern = regex_lite::Regex::new(Principal::PATTERN).expect("a valid pattern");
+        let id = Uuid::from_u128(0xABCD);
+        for text in [
+            format!("user:{id}"),
+            format!("agent:{}", id.hyphenated().to_string().to_uppercase()),
+            format!("user:{}", id.simple()),
+            format!("user:{}", id.braced()),
+            format!("user:{}", id.urn()),
+            format!("user:{id} "),
+            format!("User:{id}"),
+            "user:".to_string(),
+        ] {
+            assert_eq!(
+                text.parse::<Principal>().is_ok(),
+                pattern.is_match(&text),
+                "{text}"
+            );
+        }
     }
 }

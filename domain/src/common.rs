@@ -137,13 +137,15 @@ pub enum TextProblem {
     TooLong { max: usize },
 }
 
-/// Trims a required single-line text and checks its length.
+/// Checks the length of a required single-line text as given (white space counts, so
+/// that the documented `maxLength` is the rule), then trims it.
 pub fn required_text(value: &str, max: usize) -> Result<String, TextProblem> {
+    optional_text(value, max)?;
     let trimmed = value.trim();
     if trimmed.is_empty() {
         return Err(TextProblem::Empty);
     }
-    optional_text(trimmed, max)
+    Ok(trimmed.to_string())
 }
 
 /// Checks the length of a text that may be empty.
@@ -173,6 +175,11 @@ mod tests {
     fn required_text_is_trimmed_and_bounded() {
         assert_eq!(required_text("  a ", 5), Ok("a".to_string()));
         assert_eq!(required_text("   ", 5), Err(TextProblem::Empty));
+        // The length is the text's as given: padding counts.
+        assert_eq!(
+            required_text(" abcde ", 5),
+            Err(TextProblem::TooLong { max: 5 })
+        );
         assert_eq!(
             required_text("abcdef", 5),
             Err(TextProblem::TooLong { max: 5 })

@@ -73,15 +73,24 @@ impl fmt::Display for Cursor {
 #[error("a cursor is two non-negative integers joined by '-', like 0-0 or 7411-52")]
 pub struct BadCursor;
 
+impl Cursor {
+    /// The text form as a regular expression, the empty string included (read as the
+    /// start by the routes that take a cursor). Eighteen digits are more than any
+    /// position or transaction id reaches, and always fit an `i64`.
+    pub const PATTERN: &'static str = "^([0-9]{1,18}-[0-9]{1,18})?$";
+}
+
 impl FromStr for Cursor {
     type Err = BadCursor;
 
+    /// Exactly the non-empty strings of [`Cursor::PATTERN`].
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let (xid, position) = s.split_once('-').ok_or(BadCursor)?;
         let parse = |part: &str| {
-            part.parse::<i64>()
-                .ok()
-                .filter(|n| *n >= 0)
+            let digits = (1..=18).contains(&part.len()) && part.bytes().all(|b| b.is_ascii_digit());
+            digits
+                .then(|| part.parse::<i64>().ok())
+                .flatten()
                 .ok_or(BadCursor)
         };
         Ok(Self {
@@ -261,8 +270,21 @@ mod tests {
         let cursor: Cursor = "7411-52".parse().expect("a valid cursor");
         assert_eq!(cursor.to_string(), "7411-52");
         assert_eq!("0-0".parse::<Cursor>(), Ok(Cursor::default()));
-        for bad in ["", "7", "a-b", "-1-2", "1-", "1-2-3"] {
+        for bad in ["", "7", "a-b", "-1-2", "1-", "1-2-3", "+1-2", "1- 2"] {
             assert_eq!(bad.parse::<Cursor>(), Err(BadCursor), "{bad:?}");
+        }
+    }
+
+    proptest::proptest! {
+        /// The parser accepts what the documented pattern matches (but the empty string,
+        /// which routes read as the start) and nothing else.
+        #[test]
+        fn cursors_parse_exactly_the_documented_pattern(
+            text in "[0-9+ -]{0,3}[0-9]{0,20}[-+]?[0-9]{0,20}"
+        ) {
+            let pattern = regex_lite::Regex::new(Cursor::PATTERN).expect("a valid pattern");
+            let documented = pattern.is_match(&text) && !text.is_empty();
+            proptest::prop_assert_eq!(text.parse::<Cursor>().is_ok(), documented, "{}", text);
         }
     }
 }

@@ -27,7 +27,9 @@ pub enum WeakPassword {
     MissingCharacterClass,
 }
 
-/// At least 8 characters with upper, lower, digit and special character.
+/// At least 8 characters with an upper-case and a lower-case ASCII letter, a digit, and a
+/// special character: anything but an ASCII letter or digit (as documented by
+/// `schemas::new_password`).
 pub fn check_strength(password: &str) -> Result<(), WeakPassword> {
     let length = password.chars().count();
     if length < 8 {
@@ -40,7 +42,7 @@ pub fn check_strength(password: &str) -> Result<(), WeakPassword> {
     let complete = has(char::is_ascii_uppercase)
         && has(char::is_ascii_lowercase)
         && has(char::is_ascii_digit)
-        && has(|c| !c.is_alphanumeric());
+        && has(|c| !c.is_ascii_alphanumeric());
     if !complete {
         return Err(WeakPassword::MissingCharacterClass);
     }

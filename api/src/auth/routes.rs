@@ -7,6 +7,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::Json;
 use chrono::{DateTime, Duration, Utc};
 use omoi_domain::access::Role;
+use omoi_domain::common::MAX_TITLE_CHARS;
 use omoi_domain::organization::Organization;
 use omoi_domain::project::Project;
 use omoi_store::accounts::{
@@ -43,9 +44,13 @@ pub fn router() -> OpenApiRouter<AppState> {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Register {
+    #[schema(schema_with = crate::schemas::email)]
     pub email: String,
     /// At least 8 characters with upper, lower, digit and special character.
+    #[schema(schema_with = crate::schemas::new_password)]
     pub password: String,
+    /// Blank or absent: the part of the email before `@`.
+    #[schema(schema_with = crate::schemas::name_or_null)]
     pub display_name: Option<String>,
 }
 
@@ -68,9 +73,9 @@ impl From<UserRecord> for User {
     }
 }
 
-fn normalized_email(email: &str) -> Result<String, ApiError> {
-    let email = email.trim().to_lowercase();
-    let plausible = email.len() <= 254
+fn normalized_email(raw: &str) -> Result<String, ApiError> {
+    let email = raw.trim().to_lowercase();
+    let plausible = raw.chars().count() <= 254
         && email.split_once('@').is_some_and(|(local, domain)| {
             !local.is_empty() && domain.contains('.') && !domain.starts_with('.')
         });
@@ -105,11 +110,24 @@ async fn register(
     state.guard.check_account(&email)?;
     passwords::check_strength(&body.password)
         .map_err(|weak| ApiError::invalid("weak_password", "password", weak.to_string()))?;
-    let display_name = body
-        .display_name
-        .map(|n| n.trim().to_string())
-        .filter(|n| !n.is_empty())
-        .unwrap_or_else(|| email.split('@').next().unwrap_or_default().to_string());
+    let display_name = match body.display_name.as_deref().map(str::trim) {
+        Some(name) if name.chars().count() > MAX_TITLE_CHARS => {
+            return Err(ApiError::invalid(
+                "display_name_too_long",
+                "display_name",
+                format!("a display name has at most {MAX_TITLE_CHARS} characters"),
+            ))
+        }
+        Some(name) if !name.is_empty() => name.to_string(),
+        // The part of the email before `@`, as long as a name may be.
+        _ => email
+            .split('@')
+            .next()
+            .unwrap_or_default()
+            .chars()
+            .take(MAX_TITLE_CHARS)
+            .collect(),
+    };
     let password = body.password;
     let hash = state
         .guard
@@ -346,7 +364,8 @@ pub struct Logout {
     responses(
         (status = 204), (status = 401, body = Problem, description = "neither a valid access \
             token nor a valid refresh token"),
-        (status = 422, body = Problem, description = "`not_a_session`: an API key"),
+        (status = 403, body = Problem, description = "`not_a_session`: an API key (revoke it \
+            with `DELETE /api/v1/auth/api-keys/{id}`)"),
     ))]
 async fn logout(
     State(state): State<AppState>,
@@ -362,11 +381,13 @@ async fn logout(
         (Ok(caller), _) => match caller.identity {
             Identity::User { id, token, .. } => (id, Some(token)),
             Identity::ApiKey { .. } => {
-                return Err(ApiError::invalid(
-                    "not_a_session",
-                    "authorization",
-                    "API keys are revoked, not logged out",
-                ))
+                // A valid credential that this action does not apply to.
+                return Err(ApiError::Denied {
+                    code: "not_a_session",
+                    detail: "API keys are revoked (DELETE /api/v1/auth/api-keys/{id}), \
+                             not logged out"
+                        .into(),
+                });
             }
         },
         (Err(_), Some(claims)) => (claims.sub, None),
@@ -438,6 +459,7 @@ async fn me(State(state): State<AppState>, caller: Caller) -> ApiResult<Json<Me>
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateApiKey {
+    #[schema(schema_with = crate::schemas::title)]
     pub name: String,
     pub organization_id: Uuid,
     /// Limit the key to one project of the organization.

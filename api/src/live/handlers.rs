@@ -173,6 +173,27 @@ pub struct LiveQuery {
     pub token: Option<String>,
 }
 
+/// The opening handshake of a WebSocket (RFC 6455 §4.1), as the server checks it: the
+/// `Connection` header names `upgrade`, `Upgrade` is `websocket` and the version is 13,
+/// each compared without regard to case. Documentation only; axum's `WebSocketUpgrade`
+/// reads them.
+#[derive(IntoParams)]
+#[into_params(parameter_in = Header)]
+#[allow(dead_code)]
+pub struct Handshake {
+    /// Contains `upgrade` (`Upgrade`, `keep-alive, Upgrade`).
+    #[param(rename = "Connection", pattern = "[Uu][Pp][Gg][Rr][Aa][Dd][Ee]")]
+    connection: String,
+    #[param(rename = "Upgrade", pattern = "^[Ww][Ee][Bb][Ss][Oo][Cc][Kk][Ee][Tt]$")]
+    upgrade: String,
+    #[param(rename = "Sec-WebSocket-Version", pattern = "^13$")]
+    sec_websocket_version: String,
+    /// A base64-encoded random 16-byte nonce; the answer's `Sec-WebSocket-Accept` is
+    /// derived from it.
+    #[param(rename = "Sec-WebSocket-Key", example = "dGhlIHNhbXBsZSBub25jZQ==")]
+    sec_websocket_key: String,
+}
+
 /// Live subscriptions over WebSocket.
 ///
 /// JSON text frames. Subscribe to a stream of a project — `events` (its raw events,
@@ -186,10 +207,10 @@ pub struct LiveQuery {
     get,
     path = "/api/v1/ws",
     tag = "live",
-    params(LiveQuery),
+    params(LiveQuery, Handshake),
     responses(
         (status = 101, description = "Switching Protocols: the WebSocket of docs/websocket.md"),
-        (status = 400, body = Problem, description = "not a WebSocket upgrade request"),
+        (status = 400, body = Problem, description = "not a WebSocket opening handshake"),
         (status = 401, body = Problem, description = "no credential, or an invalid one"),
         (status = 403, body = Problem, description = "`origin_not_allowed`: authenticated by the cookie from an origin that is not allowed"),
         (status = 429, body = Problem, description = "`too_many_sockets`: the user or API key holds the most WebSockets allowed (`live.max_sockets_per_principal`)"),
@@ -230,10 +251,10 @@ pub struct FeedQuery {
     get,
     path = "/api/v1/ws/events",
     tag = "live",
-    params(FeedQuery),
+    params(FeedQuery, Handshake),
     responses(
         (status = 101, description = "Switching Protocols: the feed of docs/websocket.md"),
-        (status = 400, body = Problem, description = "not a WebSocket upgrade request"),
+        (status = 400, body = Problem, description = "not a WebSocket opening handshake"),
         (status = 401, body = Problem, description = "no credential, or an invalid one"),
         (status = 403, body = Problem, description = "`origin_not_allowed`: authenticated by the cookie from an origin that is not allowed"),
         (status = 429, body = Problem, description = "`too_many_sockets`: the user or API key holds the most WebSockets allowed (`live.max_sockets_per_principal`)"),

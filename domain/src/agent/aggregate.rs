@@ -12,13 +12,13 @@ use super::{AgentCommand, AgentError, AgentEvent};
 use crate::common::{optional_text, required_text, Scope, Scoped, MAX_TEXT_CHARS, MAX_TITLE_CHARS};
 
 /// Fewest tasks an agent may run at once: an agent that can take none is no agent.
-pub(crate) const MIN_CAPACITY: u32 = 1;
+pub const MIN_CAPACITY: u32 = 1;
 /// Most tasks one agent may run at once; more is a misconfiguration, not a big machine.
-pub(crate) const MAX_CAPACITY: u32 = 100;
+pub const MAX_CAPACITY: u32 = 100;
 /// Most capabilities one agent may declare; keeps the set (and its events) bounded.
-pub(crate) const MAX_CAPABILITIES: usize = 64;
+pub const MAX_CAPABILITIES: usize = 64;
 /// Longest capability; capabilities are short tags matched against task requirements.
-pub(crate) const MAX_CAPABILITY_CHARS: usize = 100;
+pub const MAX_CAPABILITY_CHARS: usize = 100;
 
 /// The role an agent plays (the original's four types).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema, Default)]
@@ -215,7 +215,7 @@ impl Agent {
                 self.ensure_active()?;
                 let capabilities = capability_set(capabilities)?;
                 if capabilities == self.capabilities {
-                    return Err(AgentError::NothingToChange);
+                    return Ok(vec![]);
                 }
                 Ok(vec![AgentEvent::AgentCapabilitiesUpdated { capabilities }])
             }

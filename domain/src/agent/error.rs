@@ -26,8 +26,6 @@ pub enum AgentError {
     AlreadyInStatus(AgentStatus),
     #[error("an agent cannot move from {from} to {to}")]
     IllegalTransition { from: AgentStatus, to: AgentStatus },
-    #[error("the capabilities are already exactly these")]
-    NothingToChange,
     #[error("a terminated agent cannot change")]
     Terminated,
 }
@@ -59,8 +57,7 @@ impl DomainError for AgentError {
             | CapabilityTooLong { .. }
             | TooManyCapabilities { .. }
             | CapacityOutOfRange { .. }
-            | TextTooLong { .. }
-            | NothingToChange => ErrorKind::Invalid,
+            | TextTooLong { .. } => ErrorKind::Invalid,
             AlreadyExists | AlreadyInStatus(_) | IllegalTransition { .. } | Terminated => {
                 ErrorKind::Conflict
             }
@@ -95,7 +92,6 @@ impl DomainError for AgentError {
             TextTooLong { .. } => "text_too_long",
             AlreadyInStatus(_) => "already_in_status",
             IllegalTransition { .. } => "illegal_transition",
-            NothingToChange => "nothing_to_change",
             Terminated => "agent_terminated",
         }
     }

@@ -26,7 +26,10 @@ mod commands;
 mod error;
 mod events;
 
-pub use aggregate::{Agent, AgentStatus, AgentType};
+pub use aggregate::{
+    Agent, AgentStatus, AgentType, MAX_CAPABILITIES, MAX_CAPABILITY_CHARS, MAX_CAPACITY,
+    MIN_CAPACITY,
+};
 pub use commands::AgentCommand;
 pub use error::AgentError;
 pub use events::AgentEvent;

@@ -396,14 +396,14 @@ async fn capabilities_are_replaced_as_a_trimmed_set() {
 }
 
 #[tokio::test]
-async fn updating_capabilities_to_the_same_set_is_refused() {
+async fn updating_capabilities_to_the_same_set_records_nothing() {
     AgentTest::with(())
         .given(vec![registered()])
         .when_async(AgentCommand::UpdateCapabilities {
             capabilities: vec!["rust".into(), "python".into()],
         })
         .await
-        .then_expect_error(AgentError::NothingToChange);
+        .then_expect_events(vec![]);
 }
 
 #[tokio::test]
@@ -455,7 +455,6 @@ fn every_error_has_a_unique_code() {
             from: AgentStatus::Idle,
             to: AgentStatus::Spawning,
         },
-        NothingToChange,
         Terminated,
     ];
     let codes: BTreeSet<_> = errors.iter().map(|e| e.code()).collect();

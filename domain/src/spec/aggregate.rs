@@ -11,11 +11,11 @@ use super::{SpecCommand, SpecError, SpecEvent};
 use crate::common::{optional_text, required_text, Scope, Scoped, MAX_TEXT_CHARS, MAX_TITLE_CHARS};
 
 /// Longest EARS clause (condition, action) or acceptance criterion.
-pub(crate) const MAX_CLAUSE_CHARS: usize = 2_000;
+pub const MAX_CLAUSE_CHARS: usize = 2_000;
 /// Most acceptance criteria one requirement may carry; keeps a single event bounded.
-pub(crate) const MAX_ACCEPTANCE_CRITERIA: usize = 50;
+pub const MAX_ACCEPTANCE_CRITERIA: usize = 50;
 /// Longest requirement id; ids are keys in URLs and exports, not prose.
-pub(crate) const MAX_REQUIREMENT_ID_CHARS: usize = 64;
+pub const MAX_REQUIREMENT_ID_CHARS: usize = 64;
 
 /// Where a spec stands in the spec-driven workflow (the original's `Spec.status`, plus
 /// its `archived` flag made a phase of its own so nothing can happen to an archived spec).
@@ -250,7 +250,8 @@ impl Spec {
                 let requirement = requirement.validated()?;
                 match self.requirement(&requirement.id) {
                     None => Err(SpecError::RequirementNotFound(requirement.id)),
-                    Some(current) if *current == requirement => Err(SpecError::NothingToChange),
+                    // Already so: nothing to record.
+                    Some(current) if *current == requirement => Ok(vec![]),
                     Some(_) => Ok(vec![SpecEvent::SpecRequirementUpdated { requirement }]),
                 }
             }
@@ -280,7 +281,7 @@ impl Spec {
                 }
                 let design = design.validated()?;
                 if self.design.as_ref() == Some(&design) {
-                    return Err(SpecError::NothingToChange);
+                    return Ok(vec![]);
                 }
                 Ok(vec![SpecEvent::SpecDesignSet { design }])
             }

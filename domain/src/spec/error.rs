@@ -32,8 +32,6 @@ pub enum SpecError {
     TooManyAcceptanceCriteria { max: usize },
     #[error("the design's architecture must not be empty")]
     EmptyArchitecture,
-    #[error("the change would leave everything as it is")]
-    NothingToChange,
     #[error("requirements cannot change while the spec is {phase}")]
     RequirementsLocked { phase: SpecPhase },
     #[error("requirements can be approved only in the requirements phase (the spec is {phase})")]
@@ -84,8 +82,7 @@ impl DomainError for SpecError {
             | NoAcceptanceCriteria
             | EmptyAcceptanceCriterion
             | TooManyAcceptanceCriteria { .. }
-            | EmptyArchitecture
-            | NothingToChange => ErrorKind::Invalid,
+            | EmptyArchitecture => ErrorKind::Invalid,
             AlreadyExists
             | DuplicateRequirementId(_)
             | RequirementsLocked { .. }
@@ -132,7 +129,6 @@ impl DomainError for SpecError {
             EmptyAcceptanceCriterion => "empty_acceptance_criterion",
             TooManyAcceptanceCriteria { .. } => "too_many_acceptance_criteria",
             EmptyArchitecture => "empty_architecture",
-            NothingToChange => "nothing_to_change",
             RequirementsLocked { .. } => "requirements_locked",
             NotAwaitingRequirementsApproval { .. } => "not_awaiting_requirements_approval",
             NoRequirements => "no_requirements",

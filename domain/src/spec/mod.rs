@@ -31,7 +31,10 @@ mod commands;
 mod error;
 mod events;
 
-pub use aggregate::{Design, Requirement, Spec, SpecPhase};
+pub use aggregate::{
+    Design, Requirement, Spec, SpecPhase, MAX_ACCEPTANCE_CRITERIA, MAX_CLAUSE_CHARS,
+    MAX_REQUIREMENT_ID_CHARS,
+};
 pub use commands::SpecCommand;
 pub use error::SpecError;
 pub use events::SpecEvent;

@@ -96,10 +96,12 @@ impl DomainError for TaskError {
             | EmptyCapability
             | CapabilityTooLong { .. }
             | TooManyRetries { .. }
-            | ZeroTimeout
-            | SelfDependency
-            | TooManyDependencies { .. } => ErrorKind::Invalid,
-            AlreadyExists
+            | ZeroTimeout => ErrorKind::Invalid,
+            // The graph as it stands refuses the edge: a task waiting for itself is the
+            // shortest cycle, and the limit counts the dependencies it already has.
+            SelfDependency
+            | TooManyDependencies { .. }
+            | AlreadyExists
             | DuplicateDependency(_)
             | UnknownDependency(_)
             | DependenciesFrozen(_)

@@ -204,8 +204,10 @@ impl Ticket {
                 });
             }
         }
+        // Setting what is already set succeeds and records nothing: a retried or
+        // repeated update is harmless.
         if title.is_none() && description.is_none() && priority.is_none() && phase.is_none() {
-            return Err(TicketError::NothingToChange);
+            return Ok(vec![]);
         }
         Ok(vec![TicketEvent::TicketUpdated {
             title,

@@ -14,8 +14,6 @@ pub enum TicketError {
     TitleTooLong { max: usize },
     #[error("text is longer than {max} characters")]
     TextTooLong { field: &'static str, max: usize },
-    #[error("an update must change at least one detail")]
-    NothingToChange,
     #[error("a ticket cannot move from {from} to {to}")]
     IllegalTransition {
         from: TicketStatus,
@@ -62,11 +60,9 @@ impl DomainError for TicketError {
         use TicketError::*;
         match self {
             NotFound => ErrorKind::NotFound,
-            EmptyTitle
-            | TitleTooLong { .. }
-            | TextTooLong { .. }
-            | NothingToChange
-            | EmptyFeedback => ErrorKind::Invalid,
+            EmptyTitle | TitleTooLong { .. } | TextTooLong { .. } | EmptyFeedback => {
+                ErrorKind::Invalid
+            }
             AlreadyExists
             | IllegalTransition { .. }
             | IllegalPhaseChange { .. }
@@ -102,7 +98,6 @@ impl DomainError for TicketError {
             EmptyTitle => "empty_title",
             TitleTooLong { .. } => "title_too_long",
             TextTooLong { .. } => "text_too_long",
-            NothingToChange => "nothing_to_change",
             IllegalTransition { .. } => "illegal_transition",
             IllegalPhaseChange { .. } => "illegal_phase_change",
             AlreadyInStatus(_) => "already_in_status",

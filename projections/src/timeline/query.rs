@@ -29,6 +29,9 @@ pub enum Page {
     /// The oldest entries newer than the cursor (still returned newest first), so that
     /// following `next_after` walks forward without a gap.
     After(Cursor),
+    /// The newest entries older than `before` and newer than `after`: a window, paged
+    /// backwards with `next_before` (and the same `after`).
+    Between { after: Cursor, before: Cursor },
 }
 
 /// Why paging parameters were refused.
@@ -39,8 +42,6 @@ pub enum PageError {
         field: &'static str,
         source: omoi_store::log::BadCursor,
     },
-    #[error("give either before or after, not both")]
-    BothDirections,
     #[error("limit must be between 1 and {MAX_LIMIT}")]
     Limit,
 }
@@ -50,7 +51,6 @@ impl PageError {
     pub fn field(&self) -> &'static str {
         match self {
             Self::BadCursor { field, .. } => field,
-            Self::BothDirections => "after",
             Self::Limit => "limit",
         }
     }
@@ -69,7 +69,7 @@ impl Page {
                 .map_err(|source| PageError::BadCursor { field, source })
         };
         match (cursor("before", before)?, cursor("after", after)?) {
-            (Some(_), Some(_)) => Err(PageError::BothDirections),
+            (Some(before), Some(after)) => Ok(Self::Between { after, before }),
             (Some(c), None) => Ok(Self::Before(c)),
             (None, Some(c)) => Ok(Self::After(c)),
             (None, None) => Ok(Self::Newest),
@@ -149,12 +149,13 @@ fn push_filters(sql: &mut QueryBuilder<'_, Postgres>, filter: &TimelineFilter) {
     if let Some(actor) = &filter.actor {
         sql.push(" and actor = ").push_bind(actor.clone());
     }
-    let (comparison, order) = match filter.page {
-        Page::Newest => (None, "desc"),
-        Page::Before(c) => (Some(("<", c)), "desc"),
-        Page::After(c) => (Some((">", c)), "asc"),
+    let (comparisons, order) = match filter.page {
+        Page::Newest => (vec![], "desc"),
+        Page::Before(c) => (vec![("<", c)], "desc"),
+        Page::After(c) => (vec![(">", c)], "asc"),
+        Page::Between { after, before } => (vec![(">", after), ("<", before)], "desc"),
     };
-    if let Some((operator, cursor)) = comparison {
+    for (operator, cursor) in comparisons {
         sql.push(format!(
             " and (transaction_id, global_position) {operator} ("
         ))
@@ -177,13 +178,13 @@ pub fn next_cursors(
     more: bool,
 ) -> (Option<Cursor>, Cursor) {
     let next_before = match page {
-        Page::Newest | Page::Before(_) => oldest.filter(|_| more),
+        Page::Newest | Page::Before(_) | Page::Between { .. } => oldest.filter(|_| more),
         // Read forwards, so older entries exist whenever the cursor came from one.
         Page::After(c) => oldest.or(Some(c)).filter(|c| *c != Cursor::default()),
     };
     let next_after = match page {
         Page::Newest => newest.unwrap_or_default(),
-        Page::Before(c) | Page::After(c) => newest.unwrap_or(c),
+        Page::Before(c) | Page::After(c) | Page::Between { after: c, .. } => newest.unwrap_or(c),
     };
     (next_before, next_after)
 }
@@ -212,8 +213,11 @@ mod tests {
             Ok(Page::After(cursor(0, 0)))
         );
         assert_eq!(
-            Page::parse(Some("1-1"), Some("2-2")),
-            Err(PageError::BothDirections)
+            Page::parse(Some("9-9"), Some("2-2")),
+            Ok(Page::Between {
+                after: cursor(2, 2),
+                before: cursor(9, 9)
+            })
         );
         let bad = Page::parse(Some("x"), None).expect_err("a bad cursor");
         assert_eq!(bad.field(), "before");
@@ -255,6 +259,19 @@ mod tests {
         assert_eq!(
             next_cursors(Page::After(Cursor::default()), newest, oldest, true),
             (oldest, cursor(9, 9))
+        ); // A window: older entries within it when the extra row came back; newer ones
+           // than its newest entry after that.
+        let window = Page::Between {
+            after: cursor(1, 1),
+            before: cursor(20, 20),
+        };
+        assert_eq!(
+            next_cursors(window, newest, oldest, true),
+            (oldest, cursor(9, 9))
+        );
+        assert_eq!(
+            next_cursors(window, None, None, false),
+            (None, cursor(1, 1))
         );
     }
 }
