@@ -715,8 +715,8 @@ async fn every_route_but_the_public_ones_refuses_a_request_without_a_credential(
         let expected = if route.is("POST", "/api/v1/auth/register") {
             StatusCode::CREATED
         } else if route.is("POST", "/api/v1/billing/webhooks/stripe") {
-            // Unsigned: refused, nothing written.
-            StatusCode::BAD_REQUEST
+            // Unsigned: not from Stripe, refused, nothing written.
+            StatusCode::UNAUTHORIZED
         } else {
             StatusCode::OK
         };

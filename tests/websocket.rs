@@ -863,6 +863,7 @@ async fn upgrading_needs_a_valid_credential_by_header_or_query() {
                 "{path} {code}: {operation}"
             );
         }
+        // Query parameters are optional; the required headers are the opening handshake.
         let parameters = operation["parameters"]
             .as_array()
             .cloned()
@@ -870,8 +871,23 @@ async fn upgrading_needs_a_valid_credential_by_header_or_query() {
         assert!(
             parameters
                 .iter()
-                .all(|p| p["in"] == "query" && p["required"] != true),
+                .all(|p| p["in"] == "header" || p["required"] != true),
             "{path}: {operation}"
+        );
+        let headers: Vec<_> = parameters
+            .iter()
+            .filter(|p| p["in"] == "header")
+            .map(|p| p["name"].as_str().unwrap_or_default())
+            .collect();
+        assert_eq!(
+            headers,
+            [
+                "Connection",
+                "Upgrade",
+                "Sec-WebSocket-Version",
+                "Sec-WebSocket-Key"
+            ],
+            "{path}"
         );
         let description = operation["description"].as_str().unwrap_or_default();
         assert!(

@@ -92,7 +92,7 @@ pub fn acceptance_criteria() -> Array {
 pub fn requirement_id() -> Object {
     ObjectBuilder::new()
         .schema_type(Type::String)
-        .pattern(Some("^REQ(-[A-Z0-9]+)+$"))
+        .pattern(Some(spec::REQUIREMENT_ID_PATTERN))
         .max_length(Some(spec::MAX_REQUIREMENT_ID_CHARS))
         .examples(["REQ-AUTH-001"])
         .build()

@@ -217,7 +217,8 @@ async fn add_requirement(
 /// Replaces a requirement's condition, action and acceptance criteria; only in the
 /// `requirements` phase, and only when something changes.
 #[utoipa::path(put, path = "/api/v1/specs/{id}/requirements/{req_id}", tag = "specs",
-    params(("id" = Uuid, Path), ("req_id" = String, Path, description = "e.g. REQ-AUTH-001")),
+    params(("id" = Uuid, Path), ("req_id" = String, Path, pattern = "^REQ(-[A-Z0-9]+)+$", max_length = 64,
+        description = "e.g. REQ-AUTH-001")),
     request_body = UpdateRequirement,
     responses(
         (status = 200, body = Versioned<Spec>), (status = 400, body = Problem),
@@ -246,7 +247,8 @@ async fn update_requirement(
 /// Removes a requirement; only in the `requirements` phase. Removing the last one keeps
 /// the spec in `requirements`.
 #[utoipa::path(delete, path = "/api/v1/specs/{id}/requirements/{req_id}", tag = "specs",
-    params(("id" = Uuid, Path), ("req_id" = String, Path, description = "e.g. REQ-AUTH-001")),
+    params(("id" = Uuid, Path), ("req_id" = String, Path, pattern = "^REQ(-[A-Z0-9]+)+$", max_length = 64,
+        description = "e.g. REQ-AUTH-001")),
     responses(
         (status = 200, body = Versioned<Spec>), (status = 400, body = Problem),
         (status = 404, body = Problem, description = "no such spec or requirement"),

@@ -110,6 +110,9 @@ impl Requirement {
     }
 }
 
+/// [`is_requirement_id`] as a regular expression (for documents and clients).
+pub const REQUIREMENT_ID_PATTERN: &str = "^REQ(-[A-Z0-9]+)+$";
+
 /// Whether `id` is `REQ-` followed by one or more groups of uppercase ASCII letters and
 /// digits separated by single `-` (the original's `REQ-XXX-CAT-NNN`, without tying the
 /// number of groups down, since `REQ-AUTH-001` is just as common). Hand-written so the

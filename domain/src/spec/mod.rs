@@ -33,7 +33,7 @@ mod events;
 
 pub use aggregate::{
     Design, Requirement, Spec, SpecPhase, MAX_ACCEPTANCE_CRITERIA, MAX_CLAUSE_CHARS,
-    MAX_REQUIREMENT_ID_CHARS,
+    MAX_REQUIREMENT_ID_CHARS, REQUIREMENT_ID_PATTERN,
 };
 pub use commands::SpecCommand;
 pub use error::SpecError;

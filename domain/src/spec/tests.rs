@@ -335,6 +335,16 @@ fn requirement_ids_follow_the_req_pattern() {
     assert!(is_requirement_id(&format!("REQ-{}", "A".repeat(60))));
 }
 
+proptest! {
+    /// The hand-written check and the documented pattern (with its length bound) agree.
+    #[test]
+    fn requirement_ids_are_exactly_the_documented_pattern(id in "(REQ|req|RE)?(-[A-Z0-9a-z]{0,4}){0,4}-?") {
+        let pattern = regex_lite::Regex::new(REQUIREMENT_ID_PATTERN).expect("a valid pattern");
+        let documented = pattern.is_match(&id) && id.len() <= MAX_REQUIREMENT_ID_CHARS;
+        prop_assert_eq!(is_requirement_id(&id), documented, "{}", id);
+    }
+}
+
 #[test]
 fn ears_clauses_and_acceptance_criteria_are_required_and_bounded() {
     let draft: Spec = fold(&[created()]);
