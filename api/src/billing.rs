@@ -2,23 +2,25 @@
 //! checkout / portal sessions.
 //!
 //! A webhook delivery is answered 2xx only once its effect is durable: the signature is
-//! checked on the raw body (400 and nothing written when it fails), the event becomes one
-//! command on the organization's `BillingAccount` (which applies each Stripe event once),
-//! and a delivery that cannot be applied yet answers 5xx so that Stripe retries.
+//! checked on the raw body (401 and nothing written when it fails), then
+//! `omoi_billing::deliveries` applies it as one command on the organization's
+//! `BillingAccount` (which applies each Stripe event once); a delivery that cannot be
+//! applied yet answers 503 so that Stripe retries.
 
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
 use chrono::{DateTime, Utc};
+use omoi_billing::deliveries::{self, DeliveryError};
 use omoi_billing::stripe::{Purchase, StripeApi, StripeError};
-use omoi_billing::webhook::{self, Decoded, Rejection};
+use omoi_billing::webhook::{self, Rejection};
 use omoi_domain::billing::{
-    BillingAccount, BillingCommand, BillingError, Effect, Plan, Plans, SubscriptionStatus, Tier,
+    BillingAccount, BillingCommand, BillingError, Plan, Plans, SubscriptionStatus, Tier,
 };
 use omoi_domain::organization::Organization;
 use omoi_domain::spec::{Spec, SpecCommand, SpecError};
 use omoi_store::bus::{PairError, Part};
-use omoi_store::{Actor, CommandContext, CommandError, Committed};
+use omoi_store::{CommandError, Committed};
 use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
@@ -147,147 +149,20 @@ async fn stripe_webhook(
     let decoded = webhook::decode(&body).map_err(|r| refused(&r))?;
     let payload: serde_json::Value =
         serde_json::from_str(&body).map_err(|e| refused(&Rejection::Malformed(e.to_string())))?;
-    let pool = state.pool();
-    let organization = match decoded.organization_id {
-        Some(id) => Some(id),
-        None => match &decoded.customer_id {
-            Some(customer) => {
-                sqlx::query_scalar(
-                    "select organization_id from billing_customers where customer_id = $1",
-                )
-                .bind(customer)
-                .fetch_optional(pool)
-                .await?
+    let grace = config.payment_grace_seconds;
+    let outcome = deliveries::deliver(&state.bus, state.pool(), &decoded, &payload, grace)
+        .await
+        .map_err(|error| match error {
+            DeliveryError::OrganizationUnresolved { .. } => {
+                retry_later("organization_unresolved", error.to_string())
             }
-            None => None,
-        },
-    };
-    let Some(change) = decoded.change.clone() else {
-        record(&state, &decoded, organization, "unhandled", &payload).await?;
-        return Ok(Json(WebhookReceipt {
-            received: true,
-            outcome: "unhandled",
-        }));
-    };
-    let Some(organization_id) = organization else {
-        record(&state, &decoded, None, "unresolved", &payload).await?;
-        return Err(retry_later(
-            "organization_unresolved",
-            format!(
-                "{} names no organization and its customer is not known yet",
-                decoded.id
-            ),
-        ));
-    };
-    if state
-        .bus
-        .load::<Organization>(&organization_id.to_string())
-        .await
-        .map_err(ApiError::from)?
-        .is_none()
-    {
-        // No retry can make it exist: acknowledged, recorded, logged.
-        tracing::warn!(event = %decoded.id, %organization_id, "stripe event for an unknown organization");
-        record(
-            &state,
-            &decoded,
-            Some(organization_id),
-            "rejected",
-            &payload,
-        )
-        .await?;
-        return Ok(Json(WebhookReceipt {
-            received: true,
-            outcome: "rejected",
-        }));
-    }
-    if let Some(customer) = &decoded.customer_id {
-        sqlx::query(
-            "insert into billing_customers (customer_id, organization_id) values ($1, $2)
-             on conflict (customer_id) do nothing",
-        )
-        .bind(customer)
-        .bind(organization_id)
-        .execute(pool)
-        .await?;
-    }
-    let command = BillingCommand::ApplyStripeEvent {
-        organization_id,
-        stripe_event_id: decoded.id.clone(),
-        stripe_created: decoded.created,
-        change,
-        payment_grace_seconds: state.billing.payment_grace_seconds,
-        at: Utc::now(),
-    };
-    let context = CommandContext::new(Actor::Stripe, format!("stripe:{}", decoded.id));
-    let outcome = match state
-        .bus
-        .execute::<BillingAccount>(&organization_id.to_string(), command, &context)
-        .await
-    {
-        Ok(committed) if committed.events == 0 => "duplicate",
-        Ok(_) if is_ignored(&state, organization_id, &decoded.id).await => "ignored",
-        Ok(_) => "applied",
-        Err(CommandError::Domain(error)) => {
-            tracing::warn!(event = %decoded.id, %error, "stripe event refused by the account");
-            "rejected"
-        }
-        Err(CommandError::Refused(_)) => "rejected",
-        Err(error) => return Err(retry_later("not_applied", error.to_string())),
-    };
-    record(&state, &decoded, Some(organization_id), outcome, &payload).await?;
+            DeliveryError::NotApplied(_) => retry_later("not_applied", error.to_string()),
+            DeliveryError::Database(e) => ApiError::from(e),
+        })?;
     Ok(Json(WebhookReceipt {
         received: true,
-        outcome,
+        outcome: outcome.as_str(),
     }))
-}
-
-/// Whether the account recorded `stripe_event_id` without effect (for the receipt).
-async fn is_ignored(state: &AppState, organization_id: Uuid, stripe_event_id: &str) -> bool {
-    let effect: Option<serde_json::Value> = sqlx::query_scalar(
-        "select payload->'StripeEventApplied'->'effect' from events
-          where aggregate_type = 'BillingAccount' and aggregate_id = $1
-            and payload->'StripeEventApplied'->>'stripe_event_id' = $2",
-    )
-    .bind(organization_id.to_string())
-    .bind(stripe_event_id)
-    .fetch_optional(state.pool())
-    .await
-    .ok()
-    .flatten();
-    effect
-        .and_then(|e| serde_json::from_value::<Effect>(e).ok())
-        .is_some_and(|e| matches!(e, Effect::Ignored { .. }))
-}
-
-/// Records a delivery (the first outcome that settled it stays; later deliveries count).
-async fn record(
-    state: &AppState,
-    decoded: &Decoded,
-    organization_id: Option<Uuid>,
-    outcome: &str,
-    payload: &serde_json::Value,
-) -> ApiResult<()> {
-    sqlx::query(
-        "insert into stripe_webhook_events
-                (id, event_type, stripe_created, organization_id, outcome, payload)
-         values ($1, $2, $3, $4, $5, $6)
-         on conflict (id) do update set
-                deliveries = stripe_webhook_events.deliveries + 1,
-                organization_id = coalesce(stripe_webhook_events.organization_id,
-                                           excluded.organization_id),
-                outcome = case when stripe_webhook_events.outcome = 'unresolved'
-                               then excluded.outcome else stripe_webhook_events.outcome end",
-    )
-    .bind(&decoded.id)
-    .bind(&decoded.event_type)
-    .bind(decoded.created)
-    .bind(organization_id)
-    .bind(outcome)
-    .bind(payload)
-    .execute(state.pool())
-    .await?;
-    Ok(())
 }
 
 // ---------------------------------------------------------------------------------------
