@@ -4,6 +4,7 @@
 
 use axum::extract::State;
 use axum::Json;
+use omoi_domain::access::Permission;
 use omoi_domain::agent::AgentStatus;
 use omoi_domain::common::Scope;
 use omoi_projections::agents::{self, AgentFilter, AgentView};
@@ -22,7 +23,7 @@ pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(list_agents))
 }
 
-const PERMISSION: &str = "agent:read";
+const PERMISSION: Permission = Permission::AgentRead;
 
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]

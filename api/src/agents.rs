@@ -5,6 +5,7 @@
 
 use axum::extract::State;
 use axum::http::StatusCode;
+use omoi_domain::access::Permission;
 use std::time::Duration;
 
 use axum::response::IntoResponse;
@@ -133,7 +134,7 @@ async fn register_agent(
     Body(body): Body<RegisterAgent>,
 ) -> ApiResult<(StatusCode, Json<RegisteredAgent>)> {
     let (organization, _) = state
-        .read::<Organization>(&caller, "agent:write", body.organization_id)
+        .read::<Organization>(&caller, Permission::AgentWrite, body.organization_id)
         .await?;
     if !organization.is_active() {
         return Err(ApiError::Conflict {
@@ -257,7 +258,9 @@ async fn claim(
         ));
     }
     caller.ensure_speaks_for(id)?;
-    let (agent, _) = state.read::<Agent>(&caller, "task:execute", id).await?;
+    let (agent, _) = state
+        .read::<Agent>(&caller, Permission::TaskExecute, id)
+        .await?;
     if matches!(
         agent.status,
         AgentStatus::Failed | AgentStatus::Quarantined | AgentStatus::Terminated
@@ -291,7 +294,13 @@ async fn claim(
                 at: Utc::now(),
             };
             match state
-                .execute::<Task>(caller, "task:execute", "AssignTask", task_id, command)
+                .execute::<Task>(
+                    caller,
+                    Permission::TaskExecute,
+                    "AssignTask",
+                    task_id,
+                    command,
+                )
                 .await
             {
                 Ok(committed) => {
@@ -340,7 +349,9 @@ async fn get_agent(
     caller: Caller,
     IdPath(id): IdPath,
 ) -> AgentResponse {
-    let loaded = state.read::<Agent>(&caller, "agent:read", id).await?;
+    let loaded = state
+        .read::<Agent>(&caller, Permission::AgentRead, id)
+        .await?;
     Ok(Json(Versioned::read(id, loaded)))
 }
 
@@ -372,7 +383,13 @@ async fn change_agent_status(
         at: Utc::now(),
     };
     let answer = state
-        .answer::<Agent>(&caller, "agent:write", "ChangeAgentStatus", id, command)
+        .execute_versioned::<Agent>(
+            &caller,
+            Permission::AgentWrite,
+            "ChangeAgentStatus",
+            id,
+            command,
+        )
         .await?;
     if terminating {
         // The termination's transaction revoked the agent's own credential (a trigger on
@@ -405,7 +422,9 @@ async fn heartbeat(
     IdPath(id): IdPath,
 ) -> ApiResult<Json<Heartbeat>> {
     caller.ensure_speaks_for(id)?;
-    let (agent, _) = state.read::<Agent>(&caller, "agent:heartbeat", id).await?;
+    let (agent, _) = state
+        .read::<Agent>(&caller, Permission::AgentHeartbeat, id)
+        .await?;
     if agent.status == AgentStatus::Terminated {
         return Err(ApiError::Conflict {
             code: "agent_terminated",
@@ -443,7 +462,13 @@ async fn update_capabilities(
         capabilities: body.capabilities,
     };
     state
-        .answer::<Agent>(&caller, "agent:write", "UpdateCapabilities", id, command)
+        .execute_versioned::<Agent>(
+            &caller,
+            Permission::AgentWrite,
+            "UpdateCapabilities",
+            id,
+            command,
+        )
         .await
 }
 
@@ -459,7 +484,7 @@ async fn agent_history(
     IdPath(id): IdPath,
     Query(query): Query<HistoryQuery>,
 ) -> ApiResult<Json<History<Agent>>> {
-    history_of::<Agent>(&state, &caller, "agent:read", id, query.as_of).await
+    history_of::<Agent>(&state, &caller, Permission::AgentRead, id, query.as_of).await
 }
 
 #[cfg(test)]

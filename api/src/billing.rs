@@ -14,6 +14,7 @@ use chrono::{DateTime, Utc};
 use omoi_billing::deliveries::{self, DeliveryError};
 use omoi_billing::stripe::{Purchase, StripeApi, StripeError};
 use omoi_billing::webhook::{self, Rejection};
+use omoi_domain::access::Permission;
 use omoi_domain::billing::{
     BillingAccount, BillingCommand, BillingError, Plan, Plans, SubscriptionStatus, Tier,
 };
@@ -264,7 +265,7 @@ async fn get_account(
     Query(query): Query<AccountQuery>,
 ) -> ApiResult<Json<AccountView>> {
     state
-        .read::<Organization>(&caller, "org:read", query.organization_id)
+        .read::<Organization>(&caller, Permission::OrgRead, query.organization_id)
         .await?;
     let account = account_of(&state, query.organization_id).await?;
     Ok(Json(view(
@@ -280,7 +281,7 @@ async fn get_account(
 pub async fn with_workflow(
     state: &AppState,
     caller: &Caller,
-    permission: &'static str,
+    permission: Permission,
     name: &'static str,
     spec_id: Uuid,
     organization_id: Uuid,
@@ -327,7 +328,7 @@ pub async fn with_workflow(
     match result {
         Ok((spec, _)) => Ok(spec),
         Err(PairError::First(CommandError::Refused(refusal))) => {
-            Err(crate::auth::refused(refusal, "spec", permission))
+            Err(crate::auth::refused(refusal, "spec", permission.as_str()))
         }
         Err(PairError::First(error)) => Err(ApiError::from(error)),
         Err(PairError::Second(CommandError::Domain(error))) => Err(payment_required(&error, &plan)),
@@ -488,7 +489,7 @@ async fn checkout(
     Body(body): Body<CheckoutRequest>,
 ) -> ApiResult<Json<SessionCreated>> {
     state
-        .read::<Organization>(&caller, "org:write", body.organization_id)
+        .read::<Organization>(&caller, Permission::OrgWrite, body.organization_id)
         .await?;
     let purchase = match (body.tier, body.credits_cents) {
         (Some(tier), None) => {
@@ -559,7 +560,7 @@ async fn portal(
     Body(body): Body<PortalRequest>,
 ) -> ApiResult<Json<SessionCreated>> {
     state
-        .read::<Organization>(&caller, "org:write", body.organization_id)
+        .read::<Organization>(&caller, Permission::OrgWrite, body.organization_id)
         .await?;
     let account = account_of(&state, body.organization_id).await?;
     let Some(customer) = account.stripe_customer_id else {

@@ -6,6 +6,7 @@
 
 use axum::extract::State;
 use axum::Json;
+use omoi_domain::access::Permission;
 use omoi_domain::ticket::{Ticket, TicketCommand, TicketStatus};
 use omoi_projections::board::{self, BoardStats, BoardView, ColumnConfig, WipViolations};
 use serde::Deserialize;
@@ -84,7 +85,7 @@ async fn board_view(
 ) -> ApiResult<Json<BoardView>> {
     let as_of = checked_as_of(query.as_of)?;
     let organization_id =
-        project_organization(&state, &caller, "ticket:read", query.project_id).await?;
+        project_organization(&state, &caller, Permission::TicketRead, query.project_id).await?;
     let view = match as_of {
         Some(as_of) => {
             let _turn = replay_turn(&state).await?;
@@ -114,7 +115,7 @@ async fn board_stats(
     caller: Caller,
     Query(query): Query<ProjectQuery>,
 ) -> ApiResult<Json<BoardStats>> {
-    project_organization(&state, &caller, "ticket:read", query.project_id).await?;
+    project_organization(&state, &caller, Permission::TicketRead, query.project_id).await?;
     board::board_stats(state.pool(), query.project_id, &columns())
         .await
         .map(Json)
@@ -132,7 +133,7 @@ async fn wip_violations(
     caller: Caller,
     Query(query): Query<ProjectQuery>,
 ) -> ApiResult<Json<WipViolations>> {
-    project_organization(&state, &caller, "ticket:read", query.project_id).await?;
+    project_organization(&state, &caller, Permission::TicketRead, query.project_id).await?;
     board::wip_violations(state.pool(), query.project_id, &columns())
         .await
         .map(Json)
@@ -157,7 +158,7 @@ async fn move_card(
     Body(body): Body<MoveCard>,
 ) -> ApiResult<Json<Versioned<Ticket>>> {
     let (ticket, _) = state
-        .read::<Ticket>(&caller, "ticket:write", body.ticket_id)
+        .read::<Ticket>(&caller, Permission::TicketWrite, body.ticket_id)
         .await?;
     if !body.force && ticket.status != body.to {
         ensure_room(&state, &ticket, body.to).await?;
@@ -169,7 +170,7 @@ async fn move_card(
     let committed = state
         .execute::<Ticket>(
             &caller,
-            "ticket:write",
+            Permission::TicketWrite,
             "TransitionTicket",
             body.ticket_id,
             command,

@@ -90,14 +90,6 @@ pub enum ApiError {
 pub type ApiResult<T> = Result<T, ApiError>;
 
 impl ApiError {
-    /// A copy of an `Unauthorized` error (the others are not needed twice).
-    pub fn clone_unauthorized(&self) -> Self {
-        match self {
-            Self::Unauthorized { detail } => Self::Unauthorized { detail },
-            _ => Self::Internal("clone_unauthorized on another error".into()),
-        }
-    }
-
     pub fn bad_request(detail: impl Into<String>, field: Option<&str>) -> Self {
         Self::BadRequest {
             detail: detail.into(),

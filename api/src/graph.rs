@@ -7,6 +7,7 @@
 
 use axum::extract::State;
 use axum::Json;
+use omoi_domain::access::Permission;
 use omoi_domain::task::Task;
 use omoi_domain::ticket::Ticket;
 use omoi_projections::graph::{self, GraphView, TaskRelations};
@@ -59,7 +60,8 @@ async fn project_graph(
     Query(query): Query<AsOfQuery>,
 ) -> ApiResult<Json<GraphView>> {
     let as_of = checked_as_of(query.as_of)?;
-    let organization_id = project_organization(&state, &caller, "task:read", project_id).await?;
+    let organization_id =
+        project_organization(&state, &caller, Permission::TaskRead, project_id).await?;
     let view = match as_of {
         Some(as_of) => {
             let _turn = replay_turn(&state).await?;
@@ -86,7 +88,7 @@ async fn ticket_graph(
     IdPath(ticket_id): IdPath,
 ) -> ApiResult<Json<GraphView>> {
     let (ticket, _) = state
-        .read::<Ticket>(&caller, "task:read", ticket_id)
+        .read::<Ticket>(&caller, Permission::TaskRead, ticket_id)
         .await?;
     let project_id = ticket
         .project_id
@@ -110,7 +112,9 @@ async fn blocked_by(
     caller: Caller,
     IdPath(task_id): IdPath,
 ) -> ApiResult<Json<TaskRelations>> {
-    state.read::<Task>(&caller, "task:read", task_id).await?;
+    state
+        .read::<Task>(&caller, Permission::TaskRead, task_id)
+        .await?;
     graph::blocked_by(state.pool(), task_id)
         .await
         .map(Json)
@@ -130,7 +134,9 @@ async fn blocking(
     caller: Caller,
     IdPath(task_id): IdPath,
 ) -> ApiResult<Json<TaskRelations>> {
-    state.read::<Task>(&caller, "task:read", task_id).await?;
+    state
+        .read::<Task>(&caller, Permission::TaskRead, task_id)
+        .await?;
     graph::blocking(state.pool(), task_id)
         .await
         .map(Json)

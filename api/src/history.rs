@@ -2,6 +2,7 @@
 
 use axum::Json;
 use cqrs_es::Aggregate;
+use omoi_domain::access::Permission;
 use omoi_domain::common::Scoped;
 use omoi_store::log::{aggregate_history, fold_until, read_global, Visibility};
 use omoi_store::Cursor;
@@ -31,7 +32,7 @@ pub struct HistoryQuery {
 pub async fn history_of<A: Aggregate + Scoped>(
     state: &AppState,
     caller: &Caller,
-    permission: &'static str,
+    permission: Permission,
     id: Uuid,
     as_of: Option<i64>,
 ) -> ApiResult<Json<History<A>>> {

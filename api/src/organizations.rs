@@ -4,8 +4,9 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
 use chrono::Utc;
+use omoi_domain::access::Permission;
 use omoi_domain::access::{Principal, Role};
-use omoi_domain::organization::{Grantor, Organization, OrganizationCommand, MANAGE_MEMBERS};
+use omoi_domain::organization::{Grantor, Organization, OrganizationCommand};
 use serde::Deserialize;
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
@@ -85,7 +86,9 @@ async fn get_organization(
     caller: Caller,
     IdPath(id): IdPath,
 ) -> ApiResult<Json<Versioned<Organization>>> {
-    let loaded = state.read::<Organization>(&caller, "org:read", id).await?;
+    let loaded = state
+        .read::<Organization>(&caller, Permission::OrgRead, id)
+        .await?;
     Ok(Json(Versioned::read(id, loaded)))
 }
 
@@ -103,7 +106,13 @@ async fn rename_organization(
 ) -> ApiResult<Json<Versioned<Organization>>> {
     let command = OrganizationCommand::RenameOrganization { name: body.name };
     let committed = state
-        .execute::<Organization>(&caller, "org:write", "RenameOrganization", id, command)
+        .execute::<Organization>(
+            &caller,
+            Permission::OrgWrite,
+            "RenameOrganization",
+            id,
+            command,
+        )
         .await?;
     Ok(Json(Versioned::committed(id, committed)))
 }
@@ -121,7 +130,13 @@ async fn archive_organization(
 ) -> ApiResult<Json<Versioned<Organization>>> {
     let command = OrganizationCommand::ArchiveOrganization { at: Utc::now() };
     let committed = state
-        .execute::<Organization>(&caller, "org:write", "ArchiveOrganization", id, command)
+        .execute::<Organization>(
+            &caller,
+            Permission::OrgWrite,
+            "ArchiveOrganization",
+            id,
+            command,
+        )
         .await?;
     Ok(Json(Versioned::committed(id, committed)))
 }
@@ -138,7 +153,7 @@ async fn organization_history(
     IdPath(id): IdPath,
     Query(query): Query<HistoryQuery>,
 ) -> ApiResult<Json<History<Organization>>> {
-    history_of::<Organization>(&state, &caller, "org:read", id, query.as_of).await
+    history_of::<Organization>(&state, &caller, Permission::OrgRead, id, query.as_of).await
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -215,7 +230,13 @@ async fn add_member(
         by: grantor(&caller, id)?,
     };
     let committed = state
-        .execute::<Organization>(&caller, MANAGE_MEMBERS, "AddMember", id, command)
+        .execute::<Organization>(
+            &caller,
+            Permission::OrgMembersWrite,
+            "AddMember",
+            id,
+            command,
+        )
         .await?;
     forget_member(&state, principal);
     Ok(Json(Versioned::committed(id, committed)))
@@ -251,7 +272,7 @@ async fn change_member_role(
     let committed = state
         .execute::<Organization>(
             &caller,
-            MANAGE_MEMBERS,
+            Permission::OrgMembersWrite,
             "ChangeMemberRole",
             path.id,
             command,
@@ -284,7 +305,13 @@ async fn remove_member(
         by: grantor(&caller, path.id)?,
     };
     let committed = state
-        .execute::<Organization>(&caller, MANAGE_MEMBERS, "RemoveMember", path.id, command)
+        .execute::<Organization>(
+            &caller,
+            Permission::OrgMembersWrite,
+            "RemoveMember",
+            path.id,
+            command,
+        )
         .await?;
     forget_member(&state, path.principal);
     Ok(Json(Versioned::committed(path.id, committed)))

@@ -4,6 +4,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
 use chrono::Utc;
+use omoi_domain::access::Permission;
 use omoi_domain::organization::Organization;
 use omoi_domain::project::{Project, ProjectCommand};
 use serde::Deserialize;
@@ -45,7 +46,7 @@ pub struct CreateProject {
 pub async fn active_project(
     state: &AppState,
     caller: &Caller,
-    permission: &'static str,
+    permission: Permission,
     id: Uuid,
 ) -> ApiResult<Project> {
     let (project, _) = state.read::<Project>(caller, permission, id).await?;
@@ -72,7 +73,7 @@ async fn create_project(
     Body(body): Body<CreateProject>,
 ) -> ApiResult<(StatusCode, Json<Versioned<Project>>)> {
     let (organization, _) = state
-        .read::<Organization>(&caller, "project:write", body.organization_id)
+        .read::<Organization>(&caller, Permission::ProjectWrite, body.organization_id)
         .await?;
     if !organization.is_active() {
         return Err(ApiError::Conflict {
@@ -105,7 +106,9 @@ async fn get_project(
     caller: Caller,
     IdPath(id): IdPath,
 ) -> ApiResult<Json<Versioned<Project>>> {
-    let loaded = state.read::<Project>(&caller, "project:read", id).await?;
+    let loaded = state
+        .read::<Project>(&caller, Permission::ProjectRead, id)
+        .await?;
     Ok(Json(Versioned::read(id, loaded)))
 }
 
@@ -123,7 +126,13 @@ async fn rename_project(
 ) -> ApiResult<Json<Versioned<Project>>> {
     let command = ProjectCommand::RenameProject { name: body.name };
     let committed = state
-        .execute::<Project>(&caller, "project:write", "RenameProject", id, command)
+        .execute::<Project>(
+            &caller,
+            Permission::ProjectWrite,
+            "RenameProject",
+            id,
+            command,
+        )
         .await?;
     Ok(Json(Versioned::committed(id, committed)))
 }
@@ -141,7 +150,13 @@ async fn archive_project(
 ) -> ApiResult<Json<Versioned<Project>>> {
     let command = ProjectCommand::ArchiveProject { at: Utc::now() };
     let committed = state
-        .execute::<Project>(&caller, "project:write", "ArchiveProject", id, command)
+        .execute::<Project>(
+            &caller,
+            Permission::ProjectWrite,
+            "ArchiveProject",
+            id,
+            command,
+        )
         .await?;
     Ok(Json(Versioned::committed(id, committed)))
 }
@@ -158,5 +173,5 @@ async fn project_history(
     IdPath(id): IdPath,
     Query(query): Query<HistoryQuery>,
 ) -> ApiResult<Json<History<Project>>> {
-    history_of::<Project>(&state, &caller, "project:read", id, query.as_of).await
+    history_of::<Project>(&state, &caller, Permission::ProjectRead, id, query.as_of).await
 }

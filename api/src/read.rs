@@ -1,6 +1,7 @@
 //! What every read route shares: a read-model failure as an API error, the project a read
 //! is scoped to, and the checks and turns of a view `as_of` a past position.
 
+use omoi_domain::access::Permission;
 use omoi_domain::project::Project;
 use omoi_projections::ProjectionError;
 use uuid::Uuid;
@@ -43,7 +44,7 @@ pub(crate) async fn replay_turn(state: &AppState) -> ApiResult<tokio::sync::Owne
 pub(crate) async fn project_organization(
     state: &AppState,
     caller: &Caller,
-    permission: &'static str,
+    permission: Permission,
     project_id: Uuid,
 ) -> ApiResult<Uuid> {
     let (project, _) = state

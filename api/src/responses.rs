@@ -31,7 +31,7 @@ impl<T> Versioned<T> {
         Self {
             id,
             version: committed.version,
-            appended: Some(committed.events),
+            appended: Some(committed.appended),
             state: committed.state,
         }
     }

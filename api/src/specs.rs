@@ -6,6 +6,7 @@ use axum::http::request::Parts;
 use axum::http::StatusCode;
 use axum::Json;
 use chrono::Utc;
+use omoi_domain::access::Permission;
 use omoi_domain::spec::{Design, Requirement, Spec, SpecCommand};
 use serde::Deserialize;
 use utoipa::ToSchema;
@@ -149,7 +150,7 @@ async fn create_spec(
     caller: Caller,
     Body(body): Body<CreateSpec>,
 ) -> ApiResult<(StatusCode, Json<Versioned<Spec>>)> {
-    let project = active_project(&state, &caller, "spec:write", body.project_id).await?;
+    let project = active_project(&state, &caller, Permission::SpecWrite, body.project_id).await?;
     let organization_id = project
         .organization_id
         .ok_or_else(|| ApiError::Internal("project without organization".into()))?;
@@ -181,7 +182,9 @@ async fn get_spec(
     caller: Caller,
     IdPath(id): IdPath,
 ) -> SpecResponse {
-    let loaded = state.read::<Spec>(&caller, "spec:read", id).await?;
+    let loaded = state
+        .read::<Spec>(&caller, Permission::SpecRead, id)
+        .await?;
     Ok(Json(Versioned::read(id, loaded)))
 }
 
@@ -210,7 +213,13 @@ async fn add_requirement(
         acceptance_criteria: body.acceptance_criteria,
     });
     state
-        .answer::<Spec>(&caller, "spec:write", "AddRequirement", id, command)
+        .execute_versioned::<Spec>(
+            &caller,
+            Permission::SpecWrite,
+            "AddRequirement",
+            id,
+            command,
+        )
         .await
 }
 
@@ -240,7 +249,13 @@ async fn update_requirement(
         acceptance_criteria: body.acceptance_criteria,
     });
     state
-        .answer::<Spec>(&caller, "spec:write", "UpdateRequirement", id, command)
+        .execute_versioned::<Spec>(
+            &caller,
+            Permission::SpecWrite,
+            "UpdateRequirement",
+            id,
+            command,
+        )
         .await
 }
 
@@ -262,7 +277,13 @@ async fn remove_requirement(
 ) -> SpecResponse {
     let command = SpecCommand::RemoveRequirement { id: req_id };
     state
-        .answer::<Spec>(&caller, "spec:write", "RemoveRequirement", id, command)
+        .execute_versioned::<Spec>(
+            &caller,
+            Permission::SpecWrite,
+            "RemoveRequirement",
+            id,
+            command,
+        )
         .await
 }
 
@@ -282,7 +303,13 @@ async fn approve_requirements(
 ) -> SpecResponse {
     let command = SpecCommand::ApproveRequirements { at: Utc::now() };
     state
-        .answer::<Spec>(&caller, "spec:approve", "ApproveRequirements", id, command)
+        .execute_versioned::<Spec>(
+            &caller,
+            Permission::SpecApprove,
+            "ApproveRequirements",
+            id,
+            command,
+        )
         .await
 }
 
@@ -308,7 +335,7 @@ async fn set_design(
         api_spec: body.api_spec,
     });
     state
-        .answer::<Spec>(&caller, "spec:write", "SetDesign", id, command)
+        .execute_versioned::<Spec>(&caller, Permission::SpecWrite, "SetDesign", id, command)
         .await
 }
 
@@ -329,7 +356,9 @@ async fn approve_design(
     caller: Caller,
     IdPath(id): IdPath,
 ) -> SpecResponse {
-    let (spec, _) = state.read::<Spec>(&caller, "spec:approve", id).await?;
+    let (spec, _) = state
+        .read::<Spec>(&caller, Permission::SpecApprove, id)
+        .await?;
     let organization_id = spec
         .organization_id
         .ok_or_else(|| ApiError::Internal("spec without organization".into()))?;
@@ -339,7 +368,7 @@ async fn approve_design(
     let approved = crate::billing::with_workflow(
         &state,
         &caller,
-        "spec:approve",
+        Permission::SpecApprove,
         "ApproveDesign",
         id,
         organization_id,
@@ -364,7 +393,7 @@ async fn complete_spec(
 ) -> SpecResponse {
     let command = SpecCommand::CompleteSpec { at: Utc::now() };
     state
-        .answer::<Spec>(&caller, "spec:write", "CompleteSpec", id, command)
+        .execute_versioned::<Spec>(&caller, Permission::SpecWrite, "CompleteSpec", id, command)
         .await
 }
 
@@ -383,7 +412,7 @@ async fn archive_spec(
 ) -> SpecResponse {
     let command = SpecCommand::ArchiveSpec { at: Utc::now() };
     state
-        .answer::<Spec>(&caller, "spec:write", "ArchiveSpec", id, command)
+        .execute_versioned::<Spec>(&caller, Permission::SpecWrite, "ArchiveSpec", id, command)
         .await
 }
 
@@ -399,7 +428,7 @@ async fn spec_history(
     IdPath(id): IdPath,
     Query(query): Query<HistoryQuery>,
 ) -> ApiResult<Json<History<Spec>>> {
-    history_of::<Spec>(&state, &caller, "spec:read", id, query.as_of).await
+    history_of::<Spec>(&state, &caller, Permission::SpecRead, id, query.as_of).await
 }
 
 #[cfg(test)]

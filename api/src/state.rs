@@ -1,5 +1,6 @@
 //! Shared state of the handlers and the one path every command takes.
 
+use omoi_domain::access::Permission;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -142,7 +143,7 @@ impl AppState {
     pub async fn execute<A>(
         &self,
         caller: &Caller,
-        permission: &'static str,
+        permission: Permission,
         name: &'static str,
         id: Uuid,
         command: A::Command,
@@ -153,15 +154,15 @@ impl AppState {
         A::Error: DomainError,
     {
         let check = |scope| caller.check(scope, permission);
-        self.run::<A>(caller, name, id, command, &check, permission)
+        self.run::<A>(caller, name, id, command, &check, permission.as_str())
             .await
     }
 
     /// [`AppState::execute`], answered with the aggregate's id, version and new state.
-    pub async fn answer<A>(
+    pub async fn execute_versioned<A>(
         &self,
         caller: &Caller,
-        permission: &'static str,
+        permission: Permission,
         name: &'static str,
         id: Uuid,
         command: A::Command,
@@ -203,7 +204,7 @@ impl AppState {
         id: Uuid,
         command: A::Command,
         check: &dyn ScopeCheck,
-        permission: &'static str,
+        refused_as: &'static str,
     ) -> ApiResult<Committed<A>>
     where
         A: Aggregate<Services = ()> + Scoped + Clone,
@@ -225,7 +226,7 @@ impl AppState {
         self.metrics
             .record_command(name, outcome, started.elapsed());
         result.map_err(|error| match error {
-            CommandError::Refused(refusal) => refused(refusal, entity::<A>(), permission),
+            CommandError::Refused(refusal) => refused(refusal, entity::<A>(), refused_as),
             other => ApiError::from(other),
         })
     }
@@ -235,7 +236,7 @@ impl AppState {
     pub async fn read<A>(
         &self,
         caller: &Caller,
-        permission: &'static str,
+        permission: Permission,
         id: Uuid,
     ) -> ApiResult<(A, usize)>
     where

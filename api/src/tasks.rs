@@ -3,6 +3,7 @@
 //!
 //! Time-outs are issued by the orchestrator, not over HTTP.
 
+use omoi_domain::access::Permission;
 use std::collections::BTreeSet;
 
 use axum::extract::{FromRequestParts, Path, State};
@@ -174,7 +175,9 @@ async fn ensure_holder(state: &AppState, caller: &Caller, id: Uuid) -> ApiResult
     let Some(agent) = caller.agent_id() else {
         return Ok(());
     };
-    let (task, _) = state.read::<Task>(caller, "task:execute", id).await?;
+    let (task, _) = state
+        .read::<Task>(caller, Permission::TaskExecute, id)
+        .await?;
     match task.assigned_agent_id {
         Some(holder) if holder == agent => Ok(()),
         Some(_) => Err(ApiError::Forbidden {
@@ -208,7 +211,7 @@ async fn create_task(
     Body(body): Body<CreateTask>,
 ) -> ApiResult<(StatusCode, Json<Versioned<Task>>)> {
     let (ticket, _) = state
-        .read::<Ticket>(&caller, "task:write", body.ticket_id)
+        .read::<Ticket>(&caller, Permission::TaskWrite, body.ticket_id)
         .await?;
     if ticket.status == TicketStatus::Done {
         return Err(ApiError::Conflict {
@@ -225,7 +228,7 @@ async fn create_task(
             "ticket without organization or project".into(),
         ));
     };
-    active_project(&state, &caller, "task:write", project_id).await?;
+    active_project(&state, &caller, Permission::TaskWrite, project_id).await?;
     let depends_on: BTreeSet<Uuid> = body.depends_on.into_iter().collect();
     // Refused before the lookups below, so one request cannot cost thousands of reads.
     if depends_on.len() > MAX_DEPENDENCIES {
@@ -274,7 +277,9 @@ async fn get_task(
     caller: Caller,
     IdPath(id): IdPath,
 ) -> TaskResponse {
-    let loaded = state.read::<Task>(&caller, "task:read", id).await?;
+    let loaded = state
+        .read::<Task>(&caller, Permission::TaskRead, id)
+        .await?;
     Ok(Json(Versioned::read(id, loaded)))
 }
 
@@ -307,7 +312,9 @@ async fn assign_task(
             permission: "task:assign (an agent takes work through POST /api/v1/agents/{id}/claim)",
         });
     }
-    let (task, _) = state.read::<Task>(&caller, "task:execute", id).await?;
+    let (task, _) = state
+        .read::<Task>(&caller, Permission::TaskExecute, id)
+        .await?;
     let (agent, _) = state.load::<Agent>(body.agent_id).await?;
     if agent.organization_id != task.organization_id {
         return Err(ApiError::NotFound { what: "agent" });
@@ -347,7 +354,7 @@ async fn assign_task(
         at: Utc::now(),
     };
     state
-        .answer::<Task>(&caller, "task:execute", "AssignTask", id, command)
+        .execute_versioned::<Task>(&caller, Permission::TaskExecute, "AssignTask", id, command)
         .await
 }
 
@@ -367,7 +374,7 @@ async fn start_task(
     let command = TaskCommand::StartTask { at: Utc::now() };
     ensure_holder(&state, &caller, id).await?;
     state
-        .answer::<Task>(&caller, "task:execute", "StartTask", id, command)
+        .execute_versioned::<Task>(&caller, Permission::TaskExecute, "StartTask", id, command)
         .await
 }
 
@@ -391,7 +398,13 @@ async fn report_progress(
     };
     ensure_holder(&state, &caller, id).await?;
     state
-        .answer::<Task>(&caller, "task:execute", "ReportProgress", id, command)
+        .execute_versioned::<Task>(
+            &caller,
+            Permission::TaskExecute,
+            "ReportProgress",
+            id,
+            command,
+        )
         .await
 }
 
@@ -415,7 +428,13 @@ async fn complete_task(
     };
     ensure_holder(&state, &caller, id).await?;
     state
-        .answer::<Task>(&caller, "task:execute", "CompleteTask", id, command)
+        .execute_versioned::<Task>(
+            &caller,
+            Permission::TaskExecute,
+            "CompleteTask",
+            id,
+            command,
+        )
         .await
 }
 
@@ -443,7 +462,7 @@ async fn fail_task(
     };
     ensure_holder(&state, &caller, id).await?;
     state
-        .answer::<Task>(&caller, "task:execute", "FailTask", id, command)
+        .execute_versioned::<Task>(&caller, Permission::TaskExecute, "FailTask", id, command)
         .await
 }
 
@@ -467,7 +486,7 @@ async fn cancel_task(
         at: Utc::now(),
     };
     state
-        .answer::<Task>(&caller, "task:write", "CancelTask", id, command)
+        .execute_versioned::<Task>(&caller, Permission::TaskWrite, "CancelTask", id, command)
         .await
 }
 
@@ -491,7 +510,9 @@ async fn add_dependency(
     IdPath(id): IdPath,
     Body(body): Body<AddDependency>,
 ) -> TaskResponse {
-    let (task, _) = state.read::<Task>(&caller, "task:write", id).await?;
+    let (task, _) = state
+        .read::<Task>(&caller, Permission::TaskWrite, id)
+        .await?;
     let project_id = task
         .project_id
         .ok_or_else(|| ApiError::Internal("task without project".into()))?;
@@ -520,7 +541,7 @@ async fn add_dependency(
         depends_on: body.depends_on,
     };
     state
-        .answer::<Task>(&caller, "task:write", "AddDependency", id, command)
+        .execute_versioned::<Task>(&caller, Permission::TaskWrite, "AddDependency", id, command)
         .await
 }
 
@@ -541,7 +562,13 @@ async fn remove_dependency(
 ) -> TaskResponse {
     let command = TaskCommand::RemoveDependency { depends_on: dep };
     state
-        .answer::<Task>(&caller, "task:write", "RemoveDependency", id, command)
+        .execute_versioned::<Task>(
+            &caller,
+            Permission::TaskWrite,
+            "RemoveDependency",
+            id,
+            command,
+        )
         .await
 }
 
@@ -557,7 +584,7 @@ async fn task_history(
     IdPath(id): IdPath,
     Query(query): Query<HistoryQuery>,
 ) -> ApiResult<Json<History<Task>>> {
-    history_of::<Task>(&state, &caller, "task:read", id, query.as_of).await
+    history_of::<Task>(&state, &caller, Permission::TaskRead, id, query.as_of).await
 }
 
 #[cfg(test)]

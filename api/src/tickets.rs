@@ -4,6 +4,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
 use chrono::Utc;
+use omoi_domain::access::Permission;
 use omoi_domain::common::{Phase, Priority};
 use omoi_domain::ticket::{BlockReason, Ticket, TicketCommand, TicketStatus};
 use serde::Deserialize;
@@ -96,7 +97,7 @@ async fn create_ticket(
     caller: Caller,
     Body(body): Body<CreateTicket>,
 ) -> ApiResult<(StatusCode, Json<Versioned<Ticket>>)> {
-    let project = active_project(&state, &caller, "ticket:write", body.project_id).await?;
+    let project = active_project(&state, &caller, Permission::TicketWrite, body.project_id).await?;
     crate::specs::ensure_spec_of_project(&state, body.spec_id, body.project_id).await?;
     let organization_id = project
         .organization_id
@@ -128,7 +129,9 @@ async fn get_ticket(
     caller: Caller,
     IdPath(id): IdPath,
 ) -> TicketResponse {
-    let loaded = state.read::<Ticket>(&caller, "ticket:read", id).await?;
+    let loaded = state
+        .read::<Ticket>(&caller, Permission::TicketRead, id)
+        .await?;
     Ok(Json(Versioned::read(id, loaded)))
 }
 
@@ -152,7 +155,13 @@ async fn update_ticket(
         phase: body.phase,
     };
     state
-        .answer::<Ticket>(&caller, "ticket:write", "UpdateTicket", id, command)
+        .execute_versioned::<Ticket>(
+            &caller,
+            Permission::TicketWrite,
+            "UpdateTicket",
+            id,
+            command,
+        )
         .await
 }
 
@@ -175,7 +184,13 @@ async fn transition_ticket(
         note: body.note,
     };
     state
-        .answer::<Ticket>(&caller, "ticket:write", "TransitionTicket", id, command)
+        .execute_versioned::<Ticket>(
+            &caller,
+            Permission::TicketWrite,
+            "TransitionTicket",
+            id,
+            command,
+        )
         .await
 }
 
@@ -196,7 +211,13 @@ async fn regress_ticket(
         feedback: body.feedback,
     };
     state
-        .answer::<Ticket>(&caller, "ticket:write", "RegressTicket", id, command)
+        .execute_versioned::<Ticket>(
+            &caller,
+            Permission::TicketWrite,
+            "RegressTicket",
+            id,
+            command,
+        )
         .await
 }
 
@@ -218,7 +239,7 @@ async fn block_ticket(
         at: Utc::now(),
     };
     state
-        .answer::<Ticket>(&caller, "ticket:write", "BlockTicket", id, command)
+        .execute_versioned::<Ticket>(&caller, Permission::TicketWrite, "BlockTicket", id, command)
         .await
 }
 
@@ -234,9 +255,9 @@ async fn unblock_ticket(
     IdPath(id): IdPath,
 ) -> TicketResponse {
     state
-        .answer::<Ticket>(
+        .execute_versioned::<Ticket>(
             &caller,
-            "ticket:write",
+            Permission::TicketWrite,
             "UnblockTicket",
             id,
             TicketCommand::UnblockTicket,
@@ -256,5 +277,5 @@ async fn ticket_history(
     IdPath(id): IdPath,
     Query(query): Query<HistoryQuery>,
 ) -> ApiResult<Json<History<Ticket>>> {
-    history_of::<Ticket>(&state, &caller, "ticket:read", id, query.as_of).await
+    history_of::<Ticket>(&state, &caller, Permission::TicketRead, id, query.as_of).await
 }

@@ -3,6 +3,7 @@
 
 use axum::extract::State;
 use axum::Json;
+use omoi_domain::access::Permission;
 use omoi_domain::project::Project;
 use omoi_projections::timeline::{self, EntityType, Page, PageError, TimelineFilter, TimelinePage};
 use serde::Deserialize;
@@ -67,7 +68,7 @@ async fn scope(
         });
     };
     let (project, _) = state
-        .read::<Project>(caller, "ticket:read", project_id)
+        .read::<Project>(caller, Permission::TicketRead, project_id)
         .await?;
     let organization_id = project
         .organization_id

@@ -102,7 +102,7 @@ pub async fn deliver(
         .execute::<BillingAccount>(&organization_id.to_string(), command, &context)
         .await
     {
-        Ok(committed) if committed.events == 0 => Outcome::Duplicate,
+        Ok(committed) if committed.appended == 0 => Outcome::Duplicate,
         Ok(_) if was_ignored(pool, organization_id, &decoded.id).await => Outcome::Ignored,
         Ok(_) => Outcome::Applied,
         Err(CommandError::Domain(error)) => {

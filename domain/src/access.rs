@@ -86,6 +86,89 @@ impl<'de> Deserialize<'de> for Principal {
     }
 }
 
+/// Something a role may allow: the original's `resource:action` permissions, named once.
+/// Roles grant them through the wildcard patterns of [`Role::own_permissions`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Permission {
+    OrgRead,
+    OrgWrite,
+    OrgMembersWrite,
+    ProjectRead,
+    ProjectWrite,
+    TicketRead,
+    TicketWrite,
+    TaskRead,
+    TaskWrite,
+    /// Run a task: start, report progress, complete, fail (agents and members).
+    TaskExecute,
+    SpecRead,
+    SpecWrite,
+    /// Approve a spec's requirements or design (and so start billed work).
+    SpecApprove,
+    AgentRead,
+    AgentWrite,
+    AgentHeartbeat,
+    ApiKeyRead,
+    ApiKeyWrite,
+    /// Read the raw event log and the live event streams.
+    EventsRead,
+}
+
+impl Permission {
+    pub const ALL: [Permission; 19] = [
+        Self::OrgRead,
+        Self::OrgWrite,
+        Self::OrgMembersWrite,
+        Self::ProjectRead,
+        Self::ProjectWrite,
+        Self::TicketRead,
+        Self::TicketWrite,
+        Self::TaskRead,
+        Self::TaskWrite,
+        Self::TaskExecute,
+        Self::SpecRead,
+        Self::SpecWrite,
+        Self::SpecApprove,
+        Self::AgentRead,
+        Self::AgentWrite,
+        Self::AgentHeartbeat,
+        Self::ApiKeyRead,
+        Self::ApiKeyWrite,
+        Self::EventsRead,
+    ];
+
+    /// The original's spelling, which the grant patterns match.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::OrgRead => "org:read",
+            Self::OrgWrite => "org:write",
+            Self::OrgMembersWrite => "org:members:write",
+            Self::ProjectRead => "project:read",
+            Self::ProjectWrite => "project:write",
+            Self::TicketRead => "ticket:read",
+            Self::TicketWrite => "ticket:write",
+            Self::TaskRead => "task:read",
+            Self::TaskWrite => "task:write",
+            Self::TaskExecute => "task:execute",
+            Self::SpecRead => "spec:read",
+            Self::SpecWrite => "spec:write",
+            Self::SpecApprove => "spec:approve",
+            Self::AgentRead => "agent:read",
+            Self::AgentWrite => "agent:write",
+            Self::AgentHeartbeat => "agent:heartbeat",
+            Self::ApiKeyRead => "apikey:read",
+            Self::ApiKeyWrite => "apikey:write",
+            Self::EventsRead => "events:read",
+        }
+    }
+}
+
+impl fmt::Display for Permission {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// A member's role in an organization.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
@@ -186,7 +269,13 @@ impl Role {
     }
 
     /// Whether this role, or a role it inherits from, grants `permission`.
-    pub fn allows(self, permission: &str) -> bool {
+    pub fn allows(self, permission: Permission) -> bool {
+        self.allows_text(permission.as_str())
+    }
+
+    /// [`Role::allows`] for any `resource:action` string: the grant tables are patterns,
+    /// and their rules are tested on strings no [`Permission`] names.
+    pub fn allows_text(self, permission: &str) -> bool {
         let mut role = Some(self);
         while let Some(current) = role {
             if current
@@ -246,18 +335,37 @@ mod tests {
     }
 
     #[test]
+    fn every_permission_is_known_and_the_owner_has_them_all() {
+        for permission in Permission::ALL {
+            assert!(
+                KNOWN_PERMISSIONS.contains(&permission.as_str()),
+                "{permission}"
+            );
+            assert!(Role::Owner.allows(permission), "{permission}");
+        }
+        assert!(Role::Viewer.allows(Permission::TicketRead));
+        assert!(!Role::Viewer.allows(Permission::TicketWrite));
+    }
+
+    #[test]
     fn roles_inherit_their_parents_permissions() {
-        assert!(Role::Owner.allows("anything:at_all"));
-        assert!(Role::Admin.allows("ticket:write"), "admin inherits member");
-        assert!(Role::Admin.allows("events:read"), "admin inherits viewer");
-        assert!(!Role::Admin.allows("org:delete"));
-        assert!(Role::Member.allows("task:execute"));
-        assert!(!Role::Member.allows("project:write"));
-        assert!(Role::Viewer.allows("ticket:read"));
-        assert!(!Role::Viewer.allows("ticket:write"));
-        assert!(Role::AgentExecutor.allows("task:execute"));
-        assert!(Role::AgentExecutor.allows("task:read"));
-        assert!(!Role::AgentExecutor.allows("task:write"));
+        assert!(Role::Owner.allows_text("anything:at_all"));
+        assert!(
+            Role::Admin.allows_text("ticket:write"),
+            "admin inherits member"
+        );
+        assert!(
+            Role::Admin.allows_text("events:read"),
+            "admin inherits viewer"
+        );
+        assert!(!Role::Admin.allows_text("org:delete"));
+        assert!(Role::Member.allows_text("task:execute"));
+        assert!(!Role::Member.allows_text("project:write"));
+        assert!(Role::Viewer.allows_text("ticket:read"));
+        assert!(!Role::Viewer.allows_text("ticket:write"));
+        assert!(Role::AgentExecutor.allows_text("task:execute"));
+        assert!(Role::AgentExecutor.allows_text("task:read"));
+        assert!(!Role::AgentExecutor.allows_text("task:write"));
     }
 
     /// Every permission string the code base grants or asks for.
@@ -330,8 +438,8 @@ mod tests {
             b in prop::sample::select(Role::ALL.to_vec()),
             permission in permission(),
         ) {
-            if a.covers(b) && b.allows(&permission) {
-                prop_assert!(a.allows(&permission), "{a} covers {b} but not {permission}");
+            if a.covers(b) && b.allows_text(&permission) {
+                prop_assert!(a.allows_text(&permission), "{a} covers {b} but not {permission}");
             }
         }
     }
@@ -355,14 +463,17 @@ mod tests {
             let beyond = KNOWN_PERMISSIONS
                 .iter()
                 .chain(["anything:at_all"].iter())
-                .find(|p| upper.allows(p) && !lower.allows(p));
+                .find(|p| upper.allows_text(p) && !lower.allows_text(p));
             assert!(
                 beyond.is_some(),
                 "{upper} allows something {lower} does not"
             );
             // Everything the lower role grants, the upper one allows.
             for granted in lower.own_permissions() {
-                assert!(upper.allows(granted), "{upper} allows {granted} of {lower}");
+                assert!(
+                    upper.allows_text(granted),
+                    "{upper} allows {granted} of {lower}"
+                );
             }
         }
         for role in Role::ALL {

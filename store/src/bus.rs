@@ -101,7 +101,7 @@ pub struct Committed<A> {
     /// The aggregate's sequence number after the command (its number of events).
     pub version: usize,
     /// How many events the command appended (0 when it had nothing to record).
-    pub events: usize,
+    pub appended: usize,
     pub state: A,
 }
 
@@ -280,7 +280,7 @@ impl CommandBus {
                 }
                 Err(AttemptError::Failed(error)) => return Err(error),
                 Ok(committed) => {
-                    if committed.events > 0 {
+                    if committed.appended > 0 {
                         self.commits.send_modify(|n| *n = n.wrapping_add(1));
                     }
                     return Ok(committed);
@@ -510,7 +510,7 @@ impl<A: Aggregate + Scoped + Clone> Decided<A> {
     fn committed(self) -> Committed<A> {
         Committed {
             version: self.version + self.events.len(),
-            events: self.events.len(),
+            appended: self.events.len(),
             aggregate_id: self.aggregate_id,
             state: self.state,
         }

@@ -22,6 +22,7 @@ pub mod passwords;
 pub mod routes;
 pub mod tokens;
 
+use omoi_domain::access::Permission;
 use std::collections::HashMap;
 
 use axum::extract::FromRequestParts;
@@ -180,7 +181,7 @@ impl Caller {
 
     /// May the caller use `permission` on a resource in `scope`? `None` (the resource does
     /// not exist) and other organizations' resources are `NotVisible`.
-    pub fn check(&self, scope: Option<Scope>, permission: &str) -> Result<(), Refusal> {
+    pub fn check(&self, scope: Option<Scope>, permission: Permission) -> Result<(), Refusal> {
         let role = scope
             .and_then(|s| self.role_for(s))
             .ok_or(Refusal::NotVisible)?;
@@ -195,11 +196,11 @@ impl Caller {
     pub fn authorize(
         &self,
         scope: Option<Scope>,
-        permission: &'static str,
+        permission: Permission,
         what: &'static str,
     ) -> Result<(), ApiError> {
         self.check(scope, permission)
-            .map_err(|refusal| refused(refusal, what, permission))
+            .map_err(|refusal| refused(refusal, what, permission.as_str()))
     }
 
     /// The organizations whose resources the caller may read.
@@ -226,7 +227,7 @@ impl Caller {
     }
 }
 
-/// The API error for a scope refusal.
+/// The API error for a scope refusal; `permission` names what was missing.
 pub fn refused(refusal: Refusal, what: &'static str, permission: &'static str) -> ApiError {
     match refusal {
         Refusal::NotVisible => ApiError::NotFound { what },
@@ -327,7 +328,7 @@ async fn user_caller(state: &AppState, token: &str) -> Result<Caller, ApiError> 
 /// organization, both read by the one query that finds the key; a key whose creator is no
 /// longer a member (nor a super admin) is refused like a revoked one.
 async fn api_key_caller(state: &AppState, key: &str) -> Result<Caller, ApiError> {
-    let invalid = ApiError::Unauthorized {
+    let invalid = || ApiError::Unauthorized {
         detail: "the API key is invalid or revoked, or its creator is no longer a member",
     };
     let digest = keys::sha256(key);
@@ -340,8 +341,8 @@ async fn api_key_caller(state: &AppState, key: &str) -> Result<Caller, ApiError>
         .filter(|found| {
             found.key.revoked_at.is_none() && keys::same_digest(&digest, &found.key.secret_sha256)
         })
-        .ok_or(invalid.clone_unauthorized())?;
-    let role = found.effective_role().ok_or(invalid)?;
+        .ok_or_else(invalid)?;
+    let role = found.effective_role().ok_or_else(invalid)?;
     let record = found.key;
     let caller = Caller {
         identity: Identity::ApiKey {

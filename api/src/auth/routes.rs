@@ -6,6 +6,7 @@ use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::Json;
 use chrono::{DateTime, Duration, Utc};
+use omoi_domain::access::Permission;
 use omoi_domain::access::Role;
 use omoi_domain::common::MAX_TITLE_CHARS;
 use omoi_domain::organization::Organization;
@@ -326,25 +327,25 @@ async fn refresh(
     parts: Parts,
     Body(body): Body<Refresh>,
 ) -> TokenResponse {
-    let invalid = ApiError::Unauthorized {
+    let invalid = || ApiError::Unauthorized {
         detail: "the refresh token is invalid, expired, used or revoked",
     };
     let token = body
         .refresh_token
         .or_else(|| super::cookie(&parts, REFRESH_COOKIE))
-        .ok_or(invalid.clone_unauthorized())?;
+        .ok_or_else(invalid)?;
     let claims = state
         .tokens
         .verify(&token, TokenType::Refresh)
-        .ok_or(invalid.clone_unauthorized())?;
+        .ok_or_else(invalid)?;
     match accounts::spend_refresh_token(state.pool(), claims.jti, claims.sub).await? {
         RefreshUse::Fresh => issue_pair(&state, claims.sub).await,
         RefreshUse::Reused => {
             state.credentials.forget_user(claims.sub);
             tracing::warn!(user = %claims.sub, "refresh token reused: every token of the user revoked");
-            Err(invalid)
+            Err(invalid())
         }
-        RefreshUse::Revoked | RefreshUse::Unknown => Err(invalid),
+        RefreshUse::Revoked | RefreshUse::Unknown => Err(invalid()),
     }
 }
 
@@ -527,7 +528,7 @@ async fn create_api_key(
         permission: "apikey:write (only users create API keys)",
     })?;
     let (organization, _) = state
-        .read::<Organization>(&caller, "apikey:write", body.organization_id)
+        .read::<Organization>(&caller, Permission::ApiKeyWrite, body.organization_id)
         .await?;
     // The creator's role as the organization records it now (a super admin's: owner).
     let own_role = if caller.is_super_admin() {
@@ -614,7 +615,7 @@ async fn list_api_keys(
                         organization_id: *org,
                         project_id: caller.project_limit(),
                     }),
-                    "apikey:read",
+                    Permission::ApiKeyRead,
                 )
                 .is_ok()
         })
@@ -642,7 +643,7 @@ async fn revoke_api_key(
         organization_id: key.organization_id,
         project_id: key.project_id,
     };
-    caller.authorize(Some(scope), "apikey:write", "api key")?;
+    caller.authorize(Some(scope), Permission::ApiKeyWrite, "api key")?;
     accounts::revoke_api_key(state.pool(), id).await?;
     state.credentials.forget_api_keys();
     let revoked = accounts::api_key_by_id(state.pool(), id)

@@ -19,6 +19,7 @@
 //!   no longer valid the socket is closed with 4401. The refreshed caller (memberships may
 //!   have changed) is what subscriptions authorize their events against.
 
+use omoi_domain::access::Permission;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -121,7 +122,7 @@ impl Link {
     pub fn may_read(&self, scope: Option<Scope>) -> bool {
         let caller = self.caller.borrow();
         match scope {
-            Some(scope) => caller.check(Some(scope), "events:read").is_ok(),
+            Some(scope) => caller.check(Some(scope), Permission::EventsRead).is_ok(),
             None => caller.is_super_admin(),
         }
     }

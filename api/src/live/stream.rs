@@ -9,6 +9,7 @@
 //! Every event is authorized against the caller as last verified, so a membership removed
 //! while the socket is open ends the subscription.
 
+use omoi_domain::access::Permission;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -148,12 +149,12 @@ impl Plan {
             ));
         }
         let (stream, permission) = match request.stream.as_str() {
-            "events" => ("events", "events:read"),
+            "events" => ("events", Permission::EventsRead),
             // The permissions of the read models' HTTP views.
-            "board" => ("board", "ticket:read"),
-            "graph" => ("graph", "task:read"),
-            "timeline" => ("timeline", "ticket:read"),
-            "agents" => ("agents", "agent:read"),
+            "board" => ("board", Permission::TicketRead),
+            "graph" => ("graph", Permission::TaskRead),
+            "timeline" => ("timeline", Permission::TicketRead),
+            "agents" => ("agents", Permission::AgentRead),
             other => {
                 return Err(WsError::new(
                     "unknown_stream",

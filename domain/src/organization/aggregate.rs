@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use crate::access::{Principal, Role};
+use crate::access::{Permission, Principal, Role};
 use crate::common::{
     required_text, DomainError, ErrorKind, Scope, Scoped, TextProblem, MAX_TITLE_CHARS,
 };
@@ -23,9 +23,6 @@ pub struct Organization {
     #[schema(value_type = Object)]
     pub members: BTreeMap<Principal, Role>,
 }
-
-/// The permission that adding, changing and removing members needs.
-pub const MANAGE_MEMBERS: &str = "org:members:write";
 
 /// Who issues a membership command, as the API authenticated them. The membership rules
 /// weigh the new role and the target's current role against the grantor's role.
@@ -273,7 +270,7 @@ impl Organization {
                 .map(|recorded| by.role.at_most(*recorded))
                 .ok_or(OrganizationError::GrantorNotMember(member))?,
         };
-        if !own.allows(MANAGE_MEMBERS) {
+        if !own.allows(Permission::OrgMembersWrite) {
             return Err(OrganizationError::CannotManageMembers(own));
         }
         Ok(own)
@@ -955,7 +952,7 @@ mod tests {
             "anything:at_all",
         ]
         .iter()
-        .all(|p| !b.allows(p) || a.allows(p))
+        .all(|p| !b.allows_text(p) || a.allows_text(p))
     }
 
     #[test]
@@ -974,7 +971,7 @@ mod tests {
                     organization.apply(event);
                 }
                 let by = Grantor::member(grantor, own);
-                let manages = own.allows(MANAGE_MEMBERS);
+                let manages = own.allows(Permission::OrgMembersWrite);
                 for new in Role::ALL {
                     let change = organization.decide(OrganizationCommand::ChangeMemberRole {
                         principal: target,
@@ -1006,7 +1003,8 @@ mod tests {
                     let acting = if allows_all_of(own, new) { new } else { own };
                     assert_eq!(
                         add.is_ok(),
-                        acting.allows(MANAGE_MEMBERS) && allows_all_of(acting, current),
+                        acting.allows(Permission::OrgMembersWrite)
+                            && allows_all_of(acting, current),
                         "{own}'s {new} key adds {current}"
                     );
                 }

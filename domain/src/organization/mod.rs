@@ -5,5 +5,4 @@ mod aggregate;
 
 pub use aggregate::{
     Grantor, Organization, OrganizationCommand, OrganizationError, OrganizationEvent,
-    MANAGE_MEMBERS,
 };
