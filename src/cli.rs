@@ -54,23 +54,6 @@ pub enum Command {
         #[command(subcommand)]
         action: crate::operate::ProjectionsAction,
     },
-    /// Benchmark the write path over HTTP against a raw pgbench of the same SQL.
-    Bench(crate::bench::BenchArgs),
-    /// Benchmark the read models: rebuild rate over generated events, and projection lag
-    /// while commands arrive at a steady rate.
-    BenchProjections(crate::bench_projections::Args),
-    /// Benchmark board deltas delivered over WebSocket to many clients (latency, memory).
-    BenchLive(crate::bench_live::Args),
-    /// Benchmark the orchestrator: tasks/s through the whole lifecycle with M in-process
-    /// agents, and ready → assigned latency.
-    BenchWorker(crate::bench_worker::Args),
-    /// Run replicas and workers on one fresh database under load, SIGKILL a random one
-    /// every few seconds (restarting it), then check that no event was lost or doubled,
-    /// every read model equals a rebuild, every task ran once per attempt and finished,
-    /// and every WebSocket subscriber folds to the HTTP board. Prints the counts; exits
-    /// non-zero when an invariant broke. Loopback only; DATABASE_URL names the server
-    /// (else a PostgreSQL of its own in target/omoi-bench-pg).
-    Chaos(crate::chaos::Args),
 }
 
 #[derive(Debug, Args)]
@@ -133,7 +116,8 @@ pub fn main(cli: Cli) -> ExitCode {
     }
 }
 
-fn init_tracing(format: LogFormat) {
+/// Logs to stderr, filtered by `OMOI_LOG` (`info,sqlx=warn` by default).
+pub fn init_tracing(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("OMOI_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn"));
     let builder = tracing_subscriber::fmt()
@@ -161,11 +145,6 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
         Command::History(args) => history(settings, args).await,
         Command::Db { action } => manage_db(settings, action).await,
         Command::Projections { action } => crate::operate::run(settings, action).await,
-        Command::Bench(args) => crate::bench::run(args).await,
-        Command::BenchProjections(args) => crate::bench_projections::run(args).await,
-        Command::BenchLive(args) => crate::bench_live::run(args).await,
-        Command::BenchWorker(args) => crate::bench_worker::run(args).await,
-        Command::Chaos(args) => crate::chaos::run(args).await,
     }
 }
 

@@ -1,7 +1,7 @@
 //! Identity: registration, login with lockout, refresh rotation with reuse detection,
 //! logout, API keys and their scope, and the actor recorded on events.
 
-use omoi::testing::{spawn_app, TestApp, TEST_PASSWORD};
+use omoi_testing::{spawn_app, TestApp, TEST_PASSWORD};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 

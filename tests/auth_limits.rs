@@ -3,8 +3,8 @@
 //! revoking the refresh cookie, `Secure` cookies, and the pruning of expired credentials.
 
 use futures_util::future::join_all;
-use omoi::testing::{spawn_app, spawn_app_with_settings, TestApp, TEST_PASSWORD};
 use omoi_api::auth::guard::RateQuota;
+use omoi_testing::{spawn_app, spawn_app_with_settings, TestApp, TEST_PASSWORD};
 use reqwest::header::{HeaderMap, RETRY_AFTER, SET_COOKIE};
 use reqwest::StatusCode;
 use serde_json::{json, Value};

@@ -10,8 +10,8 @@
 use std::collections::BTreeSet;
 
 use chrono::Utc;
-use omoi::testing::{id_of, spawn_app, TestApp, TEST_PASSWORD, TEST_SIGNING_SECRET};
 use omoi_api::auth::tokens::{TokenKeys, TokenType};
+use omoi_testing::{id_of, spawn_app, TestApp, TEST_PASSWORD, TEST_SIGNING_SECRET};
 use reqwest::header::CONTENT_TYPE;
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};

@@ -1,6 +1,6 @@
 //! Bad input gets a clear problem document with the right status, and writes nothing.
 
-use omoi::testing::spawn_app;
+use omoi_testing::spawn_app;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 

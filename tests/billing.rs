@@ -5,10 +5,10 @@
 use std::collections::BTreeMap;
 
 use chrono::Utc;
-use omoi::testing::{fake_stripe, spawn_app_with_billing, StripeLog, TestApp};
 use omoi_api::billing::BillingConfig;
 use omoi_billing::stripe::StripeApi;
 use omoi_domain::billing::{Plan, Plans, Tier};
+use omoi_testing::{fake_stripe, spawn_app_with_billing, StripeLog, TestApp};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use stripe_webhook::Webhook;
@@ -465,7 +465,7 @@ async fn forged_stale_altered_and_malformed_deliveries_are_refused_and_write_not
 /// retries it once the secret is configured), nothing written.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_server_without_a_signing_secret_asks_stripe_to_retry() {
-    let app = omoi::testing::spawn_app().await;
+    let app = omoi_testing::spawn_app().await;
     let payload = envelope("evt_early", "charge.refunded", now(), json!({"id": "ch_1"}));
     let (status, body) = deliver(&app, &payload).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");

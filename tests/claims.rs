@@ -7,8 +7,8 @@
 
 use std::time::Duration;
 
-use omoi::testing::TestApp;
 use omoi_orchestrator::{Work, Worker, WorkerConfig};
+use omoi_testing::TestApp;
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 use uuid::Uuid;
@@ -69,7 +69,7 @@ impl Agent {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_agent_whose_claimed_task_failed_claims_the_next_task_and_then_the_retry() {
-    let app = omoi::testing::spawn_app().await;
+    let app = omoi_testing::spawn_app().await;
     let (organization, project) = app.organization_and_project().await;
     let agent = register(&app, &organization).await;
     let ticket = app.ticket(&project, "Work").await;
@@ -106,7 +106,7 @@ async fn an_agent_whose_claimed_task_failed_claims_the_next_task_and_then_the_re
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_claimed_task_that_timed_out_is_claimed_again() {
-    let app = omoi::testing::spawn_app().await;
+    let app = omoi_testing::spawn_app().await;
     let (organization, project) = app.organization_and_project().await;
     // A worker serving no organization of this test: it only sweeps timeouts.
     let sweeper = Worker::start(
@@ -137,13 +137,13 @@ async fn a_claimed_task_that_timed_out_is_claimed_again() {
     sweeper.stop().await;
 }
 
-/// Found by `omoi chaos`: a replica SIGKILLed after a claim's assignment committed and
+/// Found by `omoi-bench chaos`: a replica SIGKILLed after a claim's assignment committed and
 /// before its answer was sent left the task assigned to an agent that never heard of it,
 /// heartbeating on, with its capacity taken: held for ever. Here the agent "loses" the
 /// answer by ignoring it.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_claimed_task_whose_answer_was_lost_goes_back_to_the_queue_and_is_claimed_again() {
-    let app = omoi::testing::spawn_app().await;
+    let app = omoi_testing::spawn_app().await;
     let (organization, project) = app.organization_and_project().await;
     // A worker serving no organization of this test: it only sweeps.
     let sweeper = Worker::start(
@@ -187,7 +187,7 @@ async fn a_claimed_task_whose_answer_was_lost_goes_back_to_the_queue_and_is_clai
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_claimed_task_that_was_cancelled_frees_its_agent() {
-    let app = omoi::testing::spawn_app().await;
+    let app = omoi_testing::spawn_app().await;
     let (organization, project) = app.organization_and_project().await;
     let agent = register(&app, &organization).await;
     let ticket = app.ticket(&project, "Work").await;
@@ -210,7 +210,7 @@ async fn a_claimed_task_that_was_cancelled_frees_its_agent() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_organization_at_its_cap_gets_its_place_back_when_a_claimed_task_fails() {
-    let app = omoi::testing::spawn_app().await;
+    let app = omoi_testing::spawn_app().await;
     let (organization, project) = app.organization_and_project().await;
     let (one, other) = (
         register(&app, &organization).await,
@@ -237,7 +237,7 @@ async fn an_organization_at_its_cap_gets_its_place_back_when_a_claimed_task_fail
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_agent_may_have_only_a_few_claims_waiting() {
-    let app = omoi::testing::spawn_app().await;
+    let app = omoi_testing::spawn_app().await;
     let (organization, _) = app.organization_and_project().await;
     let agent = register(&app, &organization).await;
     let path = format!("/api/v1/agents/{}/claim", agent.id);
@@ -259,7 +259,7 @@ async fn an_agent_may_have_only_a_few_claims_waiting() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_agent_cannot_start_an_unassigned_task_nor_assign_itself_one() {
-    let app = omoi::testing::spawn_app().await;
+    let app = omoi_testing::spawn_app().await;
     let (organization, project) = app.organization_and_project().await;
     let agent = register(&app, &organization).await;
     let ticket = app.ticket(&project, "Work").await;

@@ -4,10 +4,10 @@
 use std::process::Command;
 
 use chrono::Utc;
-use omoi::testing::TestDatabase;
 use omoi_domain::billing::{BillingAccount, BillingCommand};
 use omoi_store::bus::RetryPolicy;
 use omoi_store::{Actor, CommandBus, CommandContext};
+use omoi_testing::TestDatabase;
 use serde_json::Value;
 use uuid::Uuid;
 

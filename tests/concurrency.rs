@@ -4,9 +4,9 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use omoi::testing::spawn_app;
 use omoi_domain::spec::{Requirement, Spec, SpecCommand, SpecError};
 use omoi_store::{Actor, CommandContext, CommandError};
+use omoi_testing::spawn_app;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use uuid::Uuid;

@@ -1,7 +1,7 @@
 //! End to end over HTTP against a real PostgreSQL: an organization's work from creation to
 //! done, its audit trail, and a restart that finds the same state.
 
-use omoi::testing::{id_of, spawn_app, spawn_app_on};
+use omoi_testing::{id_of, spawn_app, spawn_app_on};
 use reqwest::StatusCode;
 use serde_json::json;
 

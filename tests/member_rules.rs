@@ -8,7 +8,7 @@
 //! own role and its creator's current role, and dies with its creator's membership; so do
 //! the agent credentials its creator minted.
 
-use omoi::testing::{spawn_app, TestApp};
+use omoi_testing::{spawn_app, TestApp};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 use uuid::Uuid;

@@ -12,9 +12,9 @@ use std::fmt::Write as _;
 use std::path::Path;
 use std::process::Command;
 
-use omoi::testing::{fake_stripe, spawn_app_with_billing, TestApp};
 use omoi_api::billing::BillingConfig;
 use omoi_billing::stripe::StripeApi;
+use omoi_testing::{fake_stripe, spawn_app_with_billing, TestApp};
 use reqwest::StatusCode;
 use serde_json::json;
 

@@ -7,8 +7,8 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use omoi::testing::{spawn_app, TestApp, TestDatabase};
 use omoi_orchestrator::{Work, Worker, WorkerConfig};
+use omoi_testing::{spawn_app, TestApp, TestDatabase};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 

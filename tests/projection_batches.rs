@@ -7,7 +7,6 @@ use std::collections::HashMap;
 
 use chrono::{DateTime, TimeZone, Utc};
 use cqrs_es::DomainEvent;
-use omoi::testing::TestDatabase;
 use omoi_domain::agent::{AgentEvent, AgentStatus, AgentType};
 use omoi_domain::common::{Phase, Priority};
 use omoi_domain::task::{FailureReason, TaskEvent};
@@ -15,6 +14,7 @@ use omoi_domain::ticket::{BlockReason, TicketEvent, TicketStatus};
 use omoi_projections::verify::diff_schemas;
 use omoi_projections::Projector;
 use omoi_store::StoredEvent;
+use omoi_testing::TestDatabase;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
 use rand::rngs::StdRng;

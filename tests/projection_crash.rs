@@ -7,7 +7,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use omoi::testing::TestDatabase;
 use omoi_domain::access::Principal;
 use omoi_domain::organization::{Organization, OrganizationCommand};
 use omoi_domain::project::{Project, ProjectCommand};
@@ -15,6 +14,7 @@ use omoi_domain::task::{Task, TaskCommand};
 use omoi_domain::ticket::{BlockReason, Ticket, TicketCommand, TicketStatus};
 use omoi_store::bus::RetryPolicy;
 use omoi_store::{Actor, CommandBus, CommandContext};
+use omoi_testing::TestDatabase;
 use rand::Rng;
 use uuid::Uuid;
 

@@ -7,11 +7,11 @@ use std::time::{Duration, Instant};
 
 use futures_util::future::BoxFuture;
 use omoi::server::Shutdown;
-use omoi::testing::{test_runner_config, TestDatabase};
 use omoi_domain::ticket::{BlockReason, Ticket, TicketCommand};
 use omoi_projections::{ProjectionError, Projector};
 use omoi_store::bus::RetryPolicy;
 use omoi_store::{Actor, CommandBus, CommandContext, StoredEvent};
+use omoi_testing::{test_runner_config, TestDatabase};
 use sqlx::PgConnection;
 use uuid::Uuid;
 

@@ -5,7 +5,7 @@
 //! Read models follow the log within milliseconds, so every read after a command polls
 //! (at most `testing::PATIENCE`) until the view reflects it.
 
-use omoi::testing::{id_of, spawn_app, TestApp};
+use omoi_testing::{id_of, spawn_app, TestApp};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
@@ -493,7 +493,7 @@ async fn the_graph_counts_unfinished_dependencies_and_answers_blocked_and_blocki
 
 #[tokio::test(flavor = "multi_thread")]
 async fn queries_answer_during_a_rebuild_and_from_the_new_build_afterwards() {
-    let app = omoi::testing::spawn_app().await;
+    let app = omoi_testing::spawn_app().await;
     let (_, project_id) = app.organization_and_project().await;
     for n in 0..40 {
         let (status, body) = app
@@ -557,7 +557,7 @@ async fn queries_answer_during_a_rebuild_and_from_the_new_build_afterwards() {
 /// cannot make the server fold a whole long history.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_past_view_beyond_the_replay_bound_is_refused() {
-    let app = omoi::testing::spawn_app_with_settings(|settings| {
+    let app = omoi_testing::spawn_app_with_settings(|settings| {
         settings.application.max_replay_events = 3;
     })
     .await;

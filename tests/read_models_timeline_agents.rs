@@ -3,7 +3,7 @@
 //! repeating an entry, and show nothing of other organizations.
 
 use chrono::{DateTime, Utc};
-use omoi::testing::{id_of, spawn_app, TestApp};
+use omoi_testing::{id_of, spawn_app, TestApp};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 

@@ -8,9 +8,9 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use omoi::testing::{spawn_app, spawn_app_on, spawn_app_with, TestApp};
 use omoi_api::live::LiveConfig;
 use omoi_store::Cursor;
+use omoi_testing::{spawn_app, spawn_app_on, spawn_app_with, TestApp};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 use tokio::net::TcpStream;

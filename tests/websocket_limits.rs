@@ -7,8 +7,8 @@
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use omoi::testing::{spawn_app_with, test_live_config, TestApp};
 use omoi_api::live::LiveConfig;
+use omoi_testing::{spawn_app_with, test_live_config, TestApp};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 use tokio::net::TcpStream;

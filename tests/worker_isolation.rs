@@ -8,8 +8,8 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use omoi::testing::{spawn_app, TestApp};
 use omoi_orchestrator::{Work, Worker, WorkerConfig};
+use omoi_testing::{spawn_app, TestApp};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 

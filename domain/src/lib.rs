@@ -12,6 +12,7 @@
 //!   `commands.rs`, `events.rs` and `error.rs`:
 //!   [`organization`], [`project`], [`ticket`], [`task`], [`spec`], [`agent`],
 //!   [`billing`] (the organization's billing account and the plans table).
+//! * `testing` (tests only) — folding and handling helpers the aggregates' tests share.
 //!
 //! Every aggregate is a cqrs-es [`cqrs_es::Aggregate`] used in plain event-store mode, and
 //! implements [`common::Scoped`] so the command bus can stamp the organization and project

@@ -32,7 +32,7 @@ use crate::Projector;
 
 /// Events per batch while catching up (a rebuild, or a leader behind the stream). Events
 /// of one entity spread over the log, so the larger the batch, the more of them collapse
-/// into one row write: `omoi bench-projections` measured the board's rebuild at 36,000
+/// into one row write: `omoi-bench bench-projections` measured the board's rebuild at 36,000
 /// events/s in batches of 2,000 and 67,900 in batches of 10,000 (300,000 events).
 pub const CATCH_UP_BATCH: i64 = 10_000;
 
@@ -332,7 +332,7 @@ impl BuildWorker {
 
 /// The next page of the stream, read while the current one is applied: reading and
 /// applying each keep a backend busy, so overlapping them uses both cores during a
-/// catch-up (measured by `omoi bench-projections`; a third of the CPU sat idle without).
+/// catch-up (measured by `omoi-bench bench-projections`; a third of the CPU sat idle without).
 #[derive(Default)]
 pub struct ReadAhead {
     pending: Option<(Cursor, JoinHandle<Result<EventPage, sqlx::Error>>)>,

@@ -13,6 +13,9 @@
 //! * [`wakeup`] — coalesced cross-process wake-ups (`NOTIFY omoi_events`).
 //! * [`embedded`] — initdb/pg_ctl of the machine's PostgreSQL, as the `postgres` user when
 //!   we are root.
+//! * [`accounts`] — users, login failures, refresh and revoked tokens, API keys and the
+//!   membership index authorization reads (stored and found here; hashed and signed in
+//!   the API).
 
 pub mod accounts;
 pub mod append;

@@ -318,5 +318,5 @@ fn accept(
         .max_frame_size(hard_limit))
 }
 
-/// The read buffer of a connection (`omoi bench-live` measures the memory per connection).
+/// The read buffer of a connection (`omoi-bench bench-live` measures the memory per connection).
 const READ_BUFFER_BYTES: usize = 4 * 1024;

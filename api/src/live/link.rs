@@ -160,7 +160,7 @@ impl Link {
     ///
     /// Callers box this future: a subscription's task is as large as the largest future it
     /// awaits, for all its life, and this one (two waits, the frame) is a few hundred
-    /// bytes — per idle subscription, were it inline (`omoi bench-live` measures it).
+    /// bytes — per idle subscription, were it inline (`omoi-bench bench-live` measures it).
     async fn enqueue(&self, frame: Frame, of: Option<Alive>) -> Result<(), Closed> {
         // A message larger than the whole budget waits for an empty queue and goes alone.
         let bytes = u32::try_from(frame.len().min(self.budget)).unwrap_or(u32::MAX);

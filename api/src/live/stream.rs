@@ -212,7 +212,7 @@ impl Plan {
     //
     // The futures of a subscription's start (database reads) are boxed: a task is as large
     // as the largest future it ever awaits, for all its life, and most of its life is the
-    // forwarding loop (`omoi bench-live` measures the memory per subscriber).
+    // forwarding loop (`omoi-bench bench-live` measures the memory per subscriber).
     async fn run_events(self, link: Link, alive: Alive) {
         let start = match Box::pin(Start::of(&link, self.after, &self.selection)).await {
             Ok(start) => start,

@@ -1,4 +1,4 @@
-//! `omoi bench-live`: board deltas delivered to many WebSocket clients.
+//! `omoi-bench bench-live`: board deltas delivered to many WebSocket clients.
 //!
 //! Runs `omoi serve` as a child process (so that its resident memory is its own), connects
 //! N clients to one project's `board` stream, then changes tickets' titles at a steady rate
@@ -22,9 +22,10 @@ use tokio::process::{Child, Command};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::bench::bench_cluster;
-use crate::bench_projections::load_average;
-use crate::testing::{TestApp, TestDatabase, TEST_SIGNING_SECRET};
+use omoi_testing::{TestApp, TestDatabase, TEST_SIGNING_SECRET};
+
+use crate::setup::{bench_cluster, load_average};
+use crate::stats::Latencies;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -141,7 +142,7 @@ fn free_port() -> anyhow::Result<u16> {
 }
 
 fn serve(database: &TestDatabase, port: u16, sockets: usize) -> anyhow::Result<Child> {
-    let exe = std::env::current_exe()?;
+    let exe = crate::setup::omoi_binary()?;
     let mut command = match wrapper() {
         Some(words) => {
             let mut wrapped = Command::new(&words[0]);
@@ -331,17 +332,11 @@ async fn collect(clients: Vec<Client>, acks: &HashMap<u64, Instant>) -> Report {
         }
         missing += acks.len().saturating_sub(delivered);
     }
-    latencies.sort_by(f64::total_cmp);
-    let at = |q: f64| {
-        latencies
-            .get(((latencies.len() as f64 - 1.0) * q).round() as usize)
-            .copied()
-            .unwrap_or(f64::NAN)
-    };
+    let summary = Latencies::of_ms(&latencies);
     Report {
-        p50: at(0.50),
-        p99: at(0.99),
-        max: latencies.last().copied().unwrap_or(f64::NAN),
+        p50: summary.p50,
+        p99: summary.p99,
+        max: summary.max,
         missing,
     }
 }

@@ -1,4 +1,4 @@
-//! `omoi bench-projections`: how fast the read models rebuild, and how far behind the log
+//! `omoi-bench bench-projections`: how fast the read models rebuild, and how far behind the log
 //! they are while commands arrive at a steady rate.
 //!
 //! 1. **Rebuild.** A fresh database gets ~`--events` generated events that the projectors
@@ -32,6 +32,7 @@ use tokio::task::JoinSet;
 use tokio::time::MissedTickBehavior;
 use uuid::Uuid;
 
+use crate::stats::Latencies;
 use omoi_domain::access::Principal;
 use omoi_domain::agent::AgentEvent;
 use omoi_domain::common::{Phase, Priority};
@@ -48,7 +49,7 @@ use omoi_store::bus::RetryPolicy;
 use omoi_store::log::{read_global, Visibility};
 use omoi_store::{Actor, CommandBus, CommandContext, Cursor};
 
-use crate::testing::TestDatabase;
+use omoi_testing::TestDatabase;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -75,12 +76,12 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     );
     let admin_url = match std::env::var("DATABASE_URL").ok().filter(|u| !u.is_empty()) {
         Some(url) => url,
-        None => crate::bench::bench_cluster().await?,
+        None => crate::setup::bench_cluster().await?,
     };
     let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
     println!(
         "machine: {cpus} CPUs, load average {} (anything else running skews every figure)",
-        load_average()
+        crate::setup::load_average()
     );
     rebuild(&admin_url, args.events).await?;
     lag(&admin_url, args.rate, args.seconds).await
@@ -397,7 +398,7 @@ async fn rebuild(admin_url: &str, target: i64) -> anyhow::Result<()> {
         generated.elapsed.as_secs_f64(),
         thousands(generated.tickets as f64),
         thousands((generated.tickets * TASKS_PER_TICKET) as f64),
-        load_average(),
+        crate::setup::load_average(),
     );
     println!(
         "  {:<32} {:>9} {:>12}",
@@ -534,9 +535,9 @@ async fn lag(admin_url: &str, rate: u64, seconds: u64) -> anyhow::Result<()> {
     let database = TestDatabase::create_on(admin_url).await?;
     let pool = TestDatabase::pool(&database.options, SERVER_POOL).await?;
     let bus = Arc::new(CommandBus::new(pool.clone(), RetryPolicy::default()));
-    let (trigger, shutdown) = crate::server::Shutdown::new();
+    let (trigger, shutdown) = omoi::server::Shutdown::new();
     // Exactly as `omoi serve` wires them: woken by this bus's commits, production config.
-    let (stats, projections) = crate::server::start_projections(
+    let (stats, projections) = omoi::server::start_projections(
         pool.clone(),
         database.options.clone(),
         &bus,
@@ -813,9 +814,9 @@ fn report_lag(
         WARMUP.as_secs(),
         thousands(measured.len() as f64),
         measured.len() as f64 / span.max(f64::EPSILON),
-        load_average(),
+        crate::setup::load_average(),
     );
-    let (p50, p99, max) = percentiles(latency);
+    let Latencies { p50, p99, max } = Latencies::of(&latency);
     println!(
         "  command latency (schedule → commit): p50 {p50:.1} ms, p99 {p99:.1} ms, max {max:.1} ms"
     );
@@ -870,26 +871,14 @@ fn print_by_second(measured: &[&Sample], slowest: &[Duration]) {
     }
     let medians: Vec<String> = seconds
         .into_values()
-        .map(|lags| format!("{:.0}", percentiles(lags).0))
+        .map(|lags| format!("{:.0}", Latencies::of(&lags).p50))
         .collect();
     println!("  {:<32} {}", "all four, p50 per second", medians.join(" "));
 }
 
 fn print_lags(label: &str, lags: Vec<Duration>) {
-    let (p50, p99, max) = percentiles(lags);
+    let Latencies { p50, p99, max } = Latencies::of(&lags);
     println!("  {label:<32} {p50:>8.1} {p99:>8.1} {max:>8.1}");
-}
-
-/// p50, p99 and max in milliseconds (nearest rank).
-fn percentiles(mut values: Vec<Duration>) -> (f64, f64, f64) {
-    values.sort();
-    let at = |q: f64| {
-        let rank = ((values.len() as f64 * q).ceil() as usize).clamp(1, values.len().max(1));
-        values
-            .get(rank - 1)
-            .map_or(0.0, |d| d.as_secs_f64() * 1000.0)
-    };
-    (at(0.50), at(0.99), at(1.0))
 }
 
 // ---------------------------------------------------------------------------------------
@@ -910,18 +899,6 @@ async fn drop_database(admin_url: &str, name: &str) {
     if let Err(error) = dropped.await {
         eprintln!("  could not drop the bench database {name}: {error:#}");
     }
-}
-
-/// The 1, 5 and 15 minute load averages (Linux), to judge how quiet the machine was.
-pub(crate) fn load_average() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .map(|text| {
-            text.split_whitespace()
-                .take(3)
-                .collect::<Vec<_>>()
-                .join(" ")
-        })
-        .unwrap_or_else(|_| "unknown".into())
 }
 
 /// `1234567.8` → `1,234,568`.

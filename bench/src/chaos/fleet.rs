@@ -169,7 +169,7 @@ impl Fleet {
 
 fn spawn(config: &FleetConfig, name: String, role: Role) -> anyhow::Result<Member> {
     let log = open_log(&config.logs, &name)?;
-    let mut command = Command::new(std::env::current_exe().context("this executable")?);
+    let mut command = Command::new(crate::setup::omoi_binary()?);
     command
         .arg(match role {
             Role::Serve { .. } => "serve",

@@ -20,11 +20,12 @@ use sqlx::PgPool;
 use tokio::task::JoinHandle;
 use uuid::Uuid;
 
-use crate::settings::Settings;
+use omoi::settings::Settings;
 
 /// Where the shared test cluster lives.
 pub fn test_cluster_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/omoi-test-pg")
+    // The workspace's `target/`, which `scripts/test` stops and removes.
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/omoi-test-pg")
 }
 
 /// URL of a server on which test databases may be created.
@@ -214,10 +215,10 @@ async fn spawn_configured(
     let pool = TestDatabase::pool(&database.options, 16)
         .await
         .expect("a pool on the test database");
-    let state = crate::server::app_state(pool.clone(), &settings, TEST_SIGNING_SECRET)
+    let state = omoi::server::app_state(pool.clone(), &settings, TEST_SIGNING_SECRET)
         .expect("application state");
-    let (trigger, shutdown) = crate::server::Shutdown::new();
-    let (stats, projections) = crate::server::start_projections(
+    let (trigger, shutdown) = omoi::server::Shutdown::new();
+    let (stats, projections) = omoi::server::start_projections(
         pool,
         database.options.clone(),
         &state.bus,
@@ -232,7 +233,7 @@ async fn spawn_configured(
         .await
         .expect("a free port");
     let address = format!("http://{}", listener.local_addr().expect("a local address"));
-    let server = tokio::spawn(crate::server::serve(listener, state, shutdown.wait()));
+    let server = tokio::spawn(omoi::server::serve(listener, state, shutdown.wait()));
     TestApp {
         address,
         client: reqwest::Client::new(),

@@ -1,4 +1,4 @@
-//! `omoi bench-worker`: tasks pushed through the whole lifecycle by a worker's in-process
+//! `omoi-bench bench-worker`: tasks pushed through the whole lifecycle by a worker's in-process
 //! agents doing trivial work.
 //!
 //! Two phases on one fresh database, API and worker in this process:
@@ -18,9 +18,10 @@ use omoi_store::Cursor;
 use reqwest::StatusCode;
 use serde_json::json;
 
-use crate::bench::bench_cluster;
-use crate::bench_projections::load_average;
-use crate::testing::{spawn_app_on, TestApp, TestDatabase};
+use omoi_testing::{spawn_app_on, TestApp, TestDatabase};
+
+use crate::setup::{bench_cluster, load_average};
+use crate::stats::Latencies;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -101,7 +102,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     }
     wait_for_completed(&app, (args.tasks + total) as i64).await?;
     worker.stop().await;
-    let mut latencies: Vec<f64> = sqlx::query_scalar(
+    let latencies: Vec<f64> = sqlx::query_scalar(
         "select (extract(epoch from ((a.payload->'TaskAssigned'->>'at')::timestamptz
                                    - (c.metadata->>'occurred_at')::timestamptz)) * 1000)::float8
            from events c
@@ -113,19 +114,15 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     .bind(before)
     .fetch_all(&app.database.pool)
     .await?;
-    latencies.sort_by(f64::total_cmp);
-    let quantile = |q: f64| -> f64 {
-        let index = ((latencies.len() as f64 - 1.0) * q).round() as usize;
-        latencies.get(index).copied().unwrap_or(f64::NAN)
-    };
+    let summary = Latencies::of_ms(&latencies);
     println!(
         "  latency at {} tasks/s for {} s ({} tasks): ready → assigned p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms (target p99 ≤ {LATENCY_TARGET_MS:.0} ms)",
         args.rate,
         args.seconds,
         latencies.len(),
-        quantile(0.5),
-        quantile(0.99),
-        quantile(1.0)
+        summary.p50,
+        summary.p99,
+        summary.max
     );
     Ok(())
 }

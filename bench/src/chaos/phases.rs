@@ -15,7 +15,7 @@ use super::client::Client;
 use super::subscribers::{self, Expected, Stream, Subscriber};
 use super::workload::{self, Driven, Setup};
 use super::{agents, Args, LANES};
-use crate::testing::TestDatabase;
+use omoi_testing::TestDatabase;
 
 /// The driver's tasks while the faults run.
 pub(super) struct Running {

@@ -1,4 +1,4 @@
-//! Replicas under faults (issue #12): `omoi chaos` runs three `omoi serve` replicas and
+//! Replicas under faults (issue #12): `omoi-bench chaos` runs three `omoi serve` replicas and
 //! two `omoi worker`s on one database, drives commands, HTTP agents, WebSocket board
 //! subscribers and Stripe deliveries at them, SIGKILLs a random process every few seconds
 //! and checks the invariants afterwards. Here it runs for 20 s with a kill every 3 s (the
@@ -8,11 +8,11 @@
 use std::collections::HashSet;
 use std::process::Command;
 
-use omoi::chaos::checks::{self, Inputs, Verdict};
-use omoi::chaos::client::{Seen, Sent};
-use omoi::testing::{spawn_app, TestApp};
+use omoi_bench::chaos::checks::{self, Inputs, Verdict};
+use omoi_bench::chaos::client::{Seen, Sent};
 use omoi_domain::ticket::{Ticket, TicketCommand};
 use omoi_store::{Actor, CommandContext};
+use omoi_testing::{spawn_app, TestApp};
 use reqwest::StatusCode;
 use serde_json::json;
 use uuid::Uuid;
@@ -36,8 +36,8 @@ fn count(output: &str, verdict: &str, label: &str) -> i64 {
 
 #[test]
 fn replicas_and_workers_killed_every_three_seconds_lose_double_and_diverge_nothing() {
-    let admin_url = omoi::testing::admin_url().expect("a PostgreSQL for tests");
-    let output = Command::new(env!("CARGO_BIN_EXE_omoi"))
+    let admin_url = omoi_testing::admin_url().expect("a PostgreSQL for tests");
+    let output = Command::new(env!("CARGO_BIN_EXE_omoi-bench"))
         // The test cluster is thrown away whole; dropping the database would make the
         // server checkpoint (seconds to tens of seconds on a busy one).
         .args([
@@ -51,7 +51,7 @@ fn replicas_and_workers_killed_every_three_seconds_lose_double_and_diverge_nothi
         .env("DATABASE_URL", admin_url)
         .env("OMOI_ENV", "test")
         .output()
-        .expect("omoi chaos runs");
+        .expect("omoi-bench chaos runs");
     let stdout = String::from_utf8_lossy(&output.stdout);
     println!("{stdout}");
     eprintln!("{}", String::from_utf8_lossy(&output.stderr));

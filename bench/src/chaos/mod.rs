@@ -1,4 +1,4 @@
-//! `omoi chaos`: replicas under faults. Runs `omoi serve` replicas and `omoi worker`s on
+//! `omoi-bench chaos`: replicas under faults. Runs `omoi serve` replicas and `omoi worker`s on
 //! one fresh database (all on loopback), drives commands, HTTP agents, WebSocket board
 //! subscribers and Stripe deliveries at them, and SIGKILLs a random process every few
 //! seconds (starting it again at once). When the faults stop it lets the work finish,
@@ -30,10 +30,10 @@ use std::time::{Duration, Instant};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use crate::testing::TestDatabase;
 use checks::Verdict;
 use client::{Client, Ledger};
 use fleet::{Fleet, FleetConfig};
+use omoi_testing::TestDatabase;
 use phases::Running;
 use workload::{Driven, Setup};
 
@@ -109,7 +109,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let seed = args.seed.unwrap_or_else(|| rand::thread_rng().gen());
     let admin_url = match std::env::var("DATABASE_URL").ok().filter(|u| !u.is_empty()) {
         Some(url) => url,
-        None => crate::bench::bench_cluster().await?,
+        None => crate::setup::bench_cluster().await?,
     };
     let database = TestDatabase::create_on(&admin_url).await?;
     let scratch = std::env::temp_dir().join(format!("omoi-chaos-{}", database.name));

@@ -1,4 +1,4 @@
-//! `omoi bench`: the write path over HTTP against a raw `pgbench` of the same SQL, side by
+//! `omoi-bench bench`: the write path over HTTP against a raw `pgbench` of the same SQL, side by
 //! side on the same PostgreSQL, so that the ratio — not a noisy absolute number — is the
 //! figure to watch.
 //!
@@ -16,9 +16,9 @@ use clap::Args;
 use serde_json::json;
 use tokio::process::Command;
 
-use omoi_store::embedded::EmbeddedPostgres;
+use omoi_testing::{spawn_app_on, TestApp, TestDatabase};
 
-use crate::testing::{spawn_app_on, TestApp, TestDatabase};
+use crate::stats::{median, Latencies};
 
 #[derive(Debug, Args)]
 pub struct BenchArgs {
@@ -38,8 +38,9 @@ pub struct BenchArgs {
 
 struct RunResult {
     per_second: f64,
-    p50: Duration,
-    p99: Duration,
+    /// Milliseconds.
+    p50: f64,
+    p99: f64,
     errors: u64,
 }
 
@@ -50,7 +51,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     );
     let admin_url = match std::env::var("DATABASE_URL").ok().filter(|u| !u.is_empty()) {
         Some(url) => url,
-        None => bench_cluster().await?,
+        None => crate::setup::bench_cluster().await?,
     };
     let database = TestDatabase::create_on(&admin_url).await?;
     let mut app = spawn_app_on(database).await;
@@ -74,49 +75,26 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         let r = pgbench(&app, args.clients, args.seconds).await?;
         println!(
             "  run {run}: omoi {:>7.0} commands/s (p50 {:.1} ms, p99 {:.1} ms, {} errors) | pgbench {:>7.0} tx/s | ratio {:.2}",
-            o.per_second, ms(o.p50), ms(o.p99), o.errors, r, o.per_second / r
+            o.per_second, o.p50, o.p99, o.errors, r, o.per_second / r
         );
         ours.push(o);
         raw.push(r);
     }
-    let median_ours = median(ours.iter().map(|o| o.per_second).collect());
-    let ratio = median(
-        ours.iter()
-            .zip(&raw)
-            .map(|(o, r)| o.per_second / r)
-            .collect(),
-    );
-    let median_raw = median(raw);
-    let p50 = median(ours.iter().map(|o| ms(o.p50)).collect());
-    let p99 = median(ours.iter().map(|o| ms(o.p99)).collect());
+    let of = |field: fn(&RunResult) -> f64| median(&ours.iter().map(field).collect::<Vec<_>>());
+    let median_ours = of(|o| o.per_second);
+    let ratios: Vec<f64> = ours
+        .iter()
+        .zip(&raw)
+        .map(|(o, r)| o.per_second / r)
+        .collect();
+    let ratio = median(&ratios);
+    let median_raw = median(&raw);
+    let (p50, p99) = (of(|o| o.p50), of(|o| o.p99));
     // Each run's ratio compares two measurements taken back to back; its median is the
     // figure that survives a noisy machine.
     println!("median: omoi {median_ours:.0} commands/s (p50 {p50:.1} ms, p99 {p99:.1} ms), pgbench {median_raw:.0} tx/s, ratio {ratio:.2}");
     app.stop().await;
     Ok(())
-}
-
-/// A cluster with PostgreSQL's default (durable) settings in `target/omoi-bench-pg`, so that
-/// the figures resemble a real deployment; its port is 15433.
-pub(crate) async fn bench_cluster() -> anyhow::Result<String> {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/omoi-bench-pg");
-    eprintln!(
-        "no DATABASE_URL: using a PostgreSQL of our own in {}",
-        dir.display()
-    );
-    let cluster = EmbeddedPostgres::new(dir, 15433)?;
-    let starting = cluster.clone();
-    tokio::task::spawn_blocking(move || starting.start()).await??;
-    Ok(cluster.url("postgres")?)
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
-}
-
-fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(f64::total_cmp);
-    values[values.len() / 2]
 }
 
 /// Creates the tickets and the lookup table pgbench uses to address them.
@@ -214,17 +192,11 @@ async fn drive(
         latencies.extend(handle.await?);
     }
     let elapsed = started.elapsed();
-    latencies.sort();
-    let at = |q: f64| {
-        latencies
-            .get(((latencies.len() as f64 * q) as usize).min(latencies.len().saturating_sub(1)))
-            .copied()
-            .unwrap_or_default()
-    };
+    let summary = Latencies::of(&latencies);
     Ok(RunResult {
         per_second: latencies.len() as f64 / elapsed.as_secs_f64(),
-        p50: at(0.50),
-        p99: at(0.99),
+        p50: summary.p50,
+        p99: summary.p99,
         errors: errors.load(Ordering::Relaxed),
     })
 }

@@ -1,0 +1,24 @@
+//! omoi's benchmarks and its chaos run, out of the shipped binary: `omoi-bench <command>`.
+//! Each prints its figures as ratios measured side by side in one run (these machines are
+//! noisy), with medians over repeated runs.
+//!
+//! # Layout
+//!
+//! * [`write`] — `bench`: the write path over HTTP against a raw `pgbench` of the same SQL.
+//! * [`projections`] — `bench-projections`: the read models' rebuild rate and projection
+//!   lag.
+//! * [`live`] — `bench-live`: board deltas over WebSocket to many clients (latency,
+//!   memory per connection).
+//! * [`worker`] — `bench-worker`: the orchestrator's tasks/s and ready → assigned latency.
+//! * [`chaos`] — `chaos`: replicas and workers SIGKILLed under load, then the invariants
+//!   checked.
+//! * [`setup`] — what they share: the benchmark cluster, the `omoi` binary they start,
+//!   the machine's load; [`stats`] — percentiles and medians, computed one way.
+
+pub mod chaos;
+pub mod live;
+pub mod projections;
+pub mod setup;
+pub mod stats;
+pub mod worker;
+pub mod write;

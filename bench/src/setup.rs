@@ -1,0 +1,61 @@
+//! What the benchmarks share: the cluster they measure on, the `omoi` binary they start,
+//! and the machine's load printed beside their figures.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use omoi_store::embedded::EmbeddedPostgres;
+
+/// The workspace's `target/` folder.
+fn target_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap_or(Path::new("."))
+        .join("target")
+}
+
+/// A cluster with PostgreSQL's default (durable) settings in `target/omoi-bench-pg`, so that
+/// the figures resemble a real deployment; its port is 15433.
+pub async fn bench_cluster() -> anyhow::Result<String> {
+    let dir = target_dir().join("omoi-bench-pg");
+    eprintln!(
+        "no DATABASE_URL: using a PostgreSQL of our own in {}",
+        dir.display()
+    );
+    let cluster = EmbeddedPostgres::new(dir, 15433)?;
+    let starting = cluster.clone();
+    tokio::task::spawn_blocking(move || starting.start()).await??;
+    Ok(cluster.url("postgres")?)
+}
+
+/// The `omoi` binary the benchmarks start as servers and workers: `OMOI_BIN`, else the one
+/// beside this executable (both are built into the same folder).
+pub fn omoi_binary() -> anyhow::Result<PathBuf> {
+    if let Some(path) = std::env::var_os("OMOI_BIN") {
+        return Ok(PathBuf::from(path));
+    }
+    let here = std::env::current_exe().context("this executable")?;
+    let beside = here.with_file_name("omoi");
+    // Test binaries live one folder further down (`deps/`).
+    let above = here
+        .parent()
+        .and_then(Path::parent)
+        .map(|dir| dir.join("omoi"));
+    [Some(beside), above]
+        .into_iter()
+        .flatten()
+        .find(|path| path.is_file())
+        .context("no omoi binary beside omoi-bench: run `cargo build --bins` (or set OMOI_BIN)")
+}
+
+/// The 1, 5 and 15 minute load averages (Linux), to judge how quiet the machine was.
+pub fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|text| {
+            text.split_whitespace()
+                .take(3)
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .unwrap_or_else(|_| "unknown".into())
+}
