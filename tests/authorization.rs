@@ -312,9 +312,15 @@ fn entry(method: &str, template: &str, f: &Fixtures) -> (String, Option<Value>) 
             on(&f.spec),
             Some(json!({"architecture": "a token service in front of the API"})),
         ),
+        ("PUT", "/api/v1/specs/{id}/plan") => (
+            on(&f.spec),
+            Some(json!({"tickets": [{"key": "TKT-1", "title": "Tokens",
+                                     "tasks": [{"key": "TSK-1", "title": "Issue", "task_type": "implement"}]}]})),
+        ),
         (
             "POST",
             "/api/v1/specs/{id}/approve-design"
+            | "/api/v1/specs/{id}/approve-plan"
             | "/api/v1/specs/{id}/complete"
             | "/api/v1/specs/{id}/archive",
         ) => (on(&f.spec), None),

@@ -547,6 +547,16 @@ async fn executable_spec(app: &TestApp, project: &str) -> String {
         )
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, body) = app.post(&path("approve-design"), json!({})).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, body) = app
+        .put(
+            &path("plan"),
+            json!({"tickets": [{"key": "TKT-1", "title": "Login form",
+                                 "tasks": [{"key": "TSK-1", "title": "Form", "task_type": "implement"}]}]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
     id
 }
 
@@ -564,11 +574,11 @@ async fn the_workflow_quota_is_enforced_with_402_and_lifted_by_an_upgrade() {
     let first = executable_spec(&app, &project).await;
     let second = executable_spec(&app, &project).await;
     let (status, body) = app
-        .post(&format!("/api/v1/specs/{first}/approve-design"), json!({}))
+        .post(&format!("/api/v1/specs/{first}/approve-plan"), json!({}))
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
     let (status, refused) = app
-        .post(&format!("/api/v1/specs/{second}/approve-design"), json!({}))
+        .post(&format!("/api/v1/specs/{second}/approve-plan"), json!({}))
         .await;
     assert_eq!(status, StatusCode::PAYMENT_REQUIRED, "{refused}");
     assert_eq!(refused["code"], "workflow_quota_exceeded");
@@ -578,12 +588,12 @@ async fn the_workflow_quota_is_enforced_with_402_and_lifted_by_an_upgrade() {
         "{detail}"
     );
     let (_, spec) = app.get(&format!("/api/v1/specs/{second}")).await;
-    assert_eq!(spec["state"]["phase"], "design", "nothing half-written");
+    assert_eq!(spec["state"]["phase"], "tasks", "nothing half-written");
     assert_eq!(account(&app, &org).await["usage"]["workflows_used"], 1);
 
     subscribe(&app, &org, "evt_up", "pro").await;
     let (status, body) = app
-        .post(&format!("/api/v1/specs/{second}/approve-design"), json!({}))
+        .post(&format!("/api/v1/specs/{second}/approve-plan"), json!({}))
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(account(&app, &org).await["usage"]["workflows_used"], 2);
@@ -601,7 +611,7 @@ async fn the_workflow_quota_is_enforced_with_402_and_lifted_by_an_upgrade() {
     .await;
     let third = executable_spec(&app, &project).await;
     let (status, refused) = app
-        .post(&format!("/api/v1/specs/{third}/approve-design"), json!({}))
+        .post(&format!("/api/v1/specs/{third}/approve-plan"), json!({}))
         .await;
     assert_eq!(status, StatusCode::PAYMENT_REQUIRED, "{refused}");
     assert_eq!(refused["code"], "account_suspended");
@@ -797,11 +807,11 @@ async fn checkout_and_portal_call_stripe_with_the_exact_fields_and_idempotency_k
     );
 }
 
-/// Approving a design and counting its workflow are one transaction: concurrent approvals
+/// Approving a plan and counting its workflow are one transaction: concurrent approvals
 /// of one spec count one workflow, and the losers are told the spec moved on (409), not
 /// that the plan is spent (402) by counts that were about to be given back.
 #[tokio::test(flavor = "multi_thread")]
-async fn approving_a_design_and_counting_its_workflow_commit_together() {
+async fn approving_a_plan_and_counting_its_workflow_commit_together() {
     let (app, org, _) = app_with_stripe().await;
     let (status, project) = app
         .post(
@@ -812,7 +822,7 @@ async fn approving_a_design_and_counting_its_workflow_commit_together() {
     assert_eq!(status, StatusCode::CREATED, "{project}");
     let project = project["id"].as_str().expect("an id").to_string();
     let spec = executable_spec(&app, &project).await;
-    let path = format!("/api/v1/specs/{spec}/approve-design");
+    let path = format!("/api/v1/specs/{spec}/approve-plan");
     let answers = futures_util::future::join_all((0..8).map(|_| app.post(&path, json!({})))).await;
     let mut statuses: Vec<u16> = answers.iter().map(|(s, _)| s.as_u16()).collect();
     statuses.sort_unstable();
@@ -824,7 +834,7 @@ async fn approving_a_design_and_counting_its_workflow_commit_together() {
     assert_eq!(account(&app, &org).await["usage"]["workflows_used"], 1);
     let (together, billing_events): (i64, i64) = sqlx::query_as(
         "select count(distinct transaction_id)
-                    filter (where event_type in ('SpecDesignApproved', 'WorkflowStarted')),
+                    filter (where event_type in ('SpecPlanApproved', 'WorkflowStarted')),
                 count(*) filter (where event_type in ('WorkflowStarted', 'WorkflowCancelled'))
            from events
           where aggregate_id in ($1, $2)",

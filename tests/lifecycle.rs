@@ -263,8 +263,42 @@ async fn a_spec_moves_through_its_gates_only_when_approved() {
         .put(&path("design"), json!({"architecture": "one service", "data_model": "users", "api_spec": "POST /login"}))
         .await;
     assert_eq!(status, StatusCode::OK, "{design}");
-    let executing = app
+    let tasks = app
         .must(&path("approve-design"), json!({}), StatusCode::OK)
+        .await;
+    assert_eq!(tasks["state"]["phase"], "tasks");
+    let (status, early) = app.post(&path("approve-plan"), json!({})).await;
+    assert_eq!(status, StatusCode::CONFLICT, "no plan yet: {early}");
+    // A plan naming a task that is not in it is refused, naming the place.
+    let (status, bad) = app
+        .put(
+            &path("plan"),
+            json!({"tickets": [{"key": "TKT-1", "title": "Login form", "requirement_ids": ["REQ-AUTH-001"],
+                                 "tasks": [{"key": "TSK-1", "title": "Form", "task_type": "implement",
+                                            "depends_on": ["TSK-9"]}]}]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{bad}");
+    assert_eq!(bad["code"], "unknown_plan_key", "{bad}");
+    assert_eq!(bad["field"], "tickets[0].tasks[0].depends_on[0]", "{bad}");
+    let (status, planned) = app
+        .put(
+            &path("plan"),
+            json!({"tickets": [
+                {"key": "TKT-1", "title": "Login form", "requirement_ids": ["REQ-AUTH-001"],
+                 "tasks": [{"key": "TSK-1", "title": "Form", "task_type": "implement", "estimate": "M"}]},
+                {"key": "TKT-2", "title": "Sessions", "priority": "HIGH",
+                 "tasks": [{"key": "TSK-2", "title": "Tokens", "task_type": "implement",
+                            "depends_on": ["TSK-1"], "requirement_ids": ["REQ-AUTH-001"]}]}]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{planned}");
+    assert_eq!(
+        planned["state"]["plan"]["tickets"][1]["tasks"][0]["depends_on"],
+        json!(["TSK-1"])
+    );
+    let executing = app
+        .must(&path("approve-plan"), json!({}), StatusCode::OK)
         .await;
     assert_eq!(executing["state"]["phase"], "executing");
     let archived = app.must(&path("archive"), json!({}), StatusCode::OK).await;

@@ -251,7 +251,7 @@ impl ApiError {
             ErrorKind::Invalid => Self::Invalid {
                 code: error.code(),
                 detail,
-                field: error.field().map(str::to_string),
+                field: error.field_path(),
             },
             ErrorKind::PaymentRequired => Self::PaymentRequired {
                 code: error.code(),

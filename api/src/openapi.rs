@@ -486,6 +486,15 @@ mod tests {
         );
     }
 
+    /// Two types of one name would share one schema, the later one winning.
+    #[test]
+    fn billing_plans_and_spec_plans_have_schemas_of_their_own() {
+        let served = served(documented_routes().into_openapi());
+        let schemas = &served["components"]["schemas"];
+        assert!(schemas["Plan"]["properties"]["tier"].is_object());
+        assert!(schemas["SpecPlan"]["properties"]["tickets"].is_object());
+    }
+
     /// Bounds written as literals in attributes are the domain's constants.
     #[test]
     fn documented_bounds_are_the_domains() {

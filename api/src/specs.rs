@@ -7,7 +7,7 @@ use axum::http::StatusCode;
 use axum::Json;
 use chrono::Utc;
 use omoi_domain::access::Permission;
-use omoi_domain::spec::{Design, Requirement, Spec, SpecCommand};
+use omoi_domain::spec::{Design, Plan, Requirement, Spec, SpecCommand};
 use serde::Deserialize;
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
@@ -31,6 +31,8 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(approve_requirements))
         .routes(routes!(set_design))
         .routes(routes!(approve_design))
+        .routes(routes!(set_plan))
+        .routes(routes!(approve_plan))
         .routes(routes!(complete_spec))
         .routes(routes!(archive_spec))
         .routes(routes!(spec_history))
@@ -339,19 +341,66 @@ async fn set_design(
         .await
 }
 
-/// Accepts the design (once set) and moves the spec to `executing`: a workflow, counted
-/// against the organization's plan.
+/// Accepts the design (once set) and moves the spec to `tasks`, where its plan is written.
 #[utoipa::path(post, path = "/api/v1/specs/{id}/approve-design", tag = "specs",
     params(("id" = Uuid, Path)),
     responses(
-        (status = 200, body = Versioned<Spec>), (status = 400, body = Problem),
-        (status = 404, body = Problem),
-        (status = 402, body = Problem,
-            description = "the organization's plan allows no more workflows this period (and its \
-                           credits do not cover one), or its account is suspended"),
+        (status = 200, body = Versioned<Spec>), (status = 404, body = Problem),
         (status = 409, body = Problem, description = "not in the design phase, or no design"),
     ))]
 async fn approve_design(
+    State(state): State<AppState>,
+    caller: Caller,
+    IdPath(id): IdPath,
+) -> SpecResponse {
+    let command = SpecCommand::ApproveDesign { at: Utc::now() };
+    state
+        .execute_versioned::<Spec>(
+            &caller,
+            Permission::SpecApprove,
+            "ApproveDesign",
+            id,
+            command,
+        )
+        .await
+}
+
+/// Sets (or replaces) the spec's plan while it is in `tasks`: tickets with keys, each
+/// with its tasks; a task waits for tasks of the plan by key (any ticket), and tickets
+/// and tasks name the spec's requirements they serve. Keys are unique in the plan; a
+/// cycle, an unknown key or an unknown requirement is a 422 naming the place
+/// (`tickets[1].tasks[0].depends_on[0]`). Setting the same plan again records nothing.
+#[utoipa::path(put, path = "/api/v1/specs/{id}/plan", tag = "specs",
+    params(("id" = Uuid, Path)), request_body = Plan,
+    responses(
+        (status = 200, body = Versioned<Spec>), (status = 404, body = Problem),
+        (status = 409, body = Problem, description = "`plan_locked`: not in the tasks phase"),
+        (status = 422, body = Problem, description = "a rule of the plan, `field` naming the place"),
+    ))]
+async fn set_plan(
+    State(state): State<AppState>,
+    caller: Caller,
+    IdPath(id): IdPath,
+    Body(plan): Body<Plan>,
+) -> SpecResponse {
+    let command = SpecCommand::SetPlan(plan);
+    state
+        .execute_versioned::<Spec>(&caller, Permission::SpecWrite, "SetPlan", id, command)
+        .await
+}
+
+/// Accepts the plan (once set) and moves the spec to `executing`: a workflow, counted
+/// against the organization's plan; approval and count commit together.
+#[utoipa::path(post, path = "/api/v1/specs/{id}/approve-plan", tag = "specs",
+    params(("id" = Uuid, Path)),
+    responses(
+        (status = 200, body = Versioned<Spec>), (status = 404, body = Problem),
+        (status = 402, body = Problem,
+            description = "the organization's plan allows no more workflows this period (and its \
+                           credits do not cover one), or its account is suspended"),
+        (status = 409, body = Problem, description = "not in the tasks phase, or no plan"),
+    ))]
+async fn approve_plan(
     State(state): State<AppState>,
     caller: Caller,
     IdPath(id): IdPath,
@@ -364,12 +413,12 @@ async fn approve_design(
         .ok_or_else(|| ApiError::Internal("spec without organization".into()))?;
     // Executing a spec is a workflow: the plan must allow it (402 otherwise), and the
     // approval and the count commit together.
-    let command = SpecCommand::ApproveDesign { at: Utc::now() };
+    let command = SpecCommand::ApprovePlan { at: Utc::now() };
     let approved = crate::billing::with_workflow(
         &state,
         &caller,
         Permission::SpecApprove,
-        "ApproveDesign",
+        "ApprovePlan",
         id,
         organization_id,
         command,

@@ -31,6 +31,11 @@ pub trait DomainError: std::error::Error + Send + Sync + 'static {
     }
     /// A stable machine-readable code for the rule that refused the command.
     fn code(&self) -> &'static str;
+    /// The field to blame as a path into the input (`tickets[1].tasks[0].key`), where one
+    /// static name is not enough; [`DomainError::field`] otherwise.
+    fn field_path(&self) -> Option<String> {
+        self.field().map(str::to_string)
+    }
 }
 
 /// The organization and project an aggregate belongs to. The command bus copies it into

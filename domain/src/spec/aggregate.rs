@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use super::{SpecCommand, SpecError, SpecEvent};
+use super::{Plan, SpecCommand, SpecError, SpecEvent};
 use crate::common::{optional_text, required_text, Scope, Scoped, MAX_TEXT_CHARS, MAX_TITLE_CHARS};
 
 /// Longest EARS clause (condition, action) or acceptance criterion.
@@ -26,16 +26,19 @@ pub enum SpecPhase {
     Draft,
     Requirements,
     Design,
+    /// The plan (tickets and tasks) is written and awaits approval.
+    Tasks,
     Executing,
     Completed,
     Archived,
 }
 
 impl SpecPhase {
-    pub const ALL: [SpecPhase; 6] = [
+    pub const ALL: [SpecPhase; 7] = [
         Self::Draft,
         Self::Requirements,
         Self::Design,
+        Self::Tasks,
         Self::Executing,
         Self::Completed,
         Self::Archived,
@@ -47,6 +50,7 @@ impl SpecPhase {
             Draft => "draft",
             Requirements => "requirements",
             Design => "design",
+            Tasks => "tasks",
             Executing => "executing",
             Completed => "completed",
             Archived => "archived",
@@ -177,6 +181,9 @@ pub struct Spec {
     pub requirements_approved_at: Option<DateTime<Utc>>,
     pub design: Option<Design>,
     pub design_approved_at: Option<DateTime<Utc>>,
+    /// The tickets and tasks that carry the spec out (set in `tasks`).
+    pub plan: Option<Plan>,
+    pub plan_approved_at: Option<DateTime<Utc>>,
     pub completed_at: Option<DateTime<Utc>>,
     pub archived_at: Option<DateTime<Utc>>,
     /// The phase the spec was in when it was archived, so a read model can still say how
@@ -296,7 +303,32 @@ impl Spec {
                 if self.design.is_none() {
                     return Err(SpecError::NoDesign);
                 }
-                Ok(vec![SpecEvent::SpecDesignApproved { at }])
+                Ok(vec![SpecEvent::SpecDesignApproved {
+                    at,
+                    next_phase: Some(P::Tasks),
+                }])
+            }
+            SpecCommand::SetPlan(plan) => {
+                self.ensure_live()?;
+                if self.phase != P::Tasks {
+                    return Err(SpecError::PlanLocked { phase: self.phase });
+                }
+                let requirements = self.requirements.iter().map(|r| r.id.as_str()).collect();
+                let plan = plan.validated(&requirements).map_err(SpecError::Plan)?;
+                if self.plan.as_ref() == Some(&plan) {
+                    return Ok(vec![]);
+                }
+                Ok(vec![SpecEvent::SpecPlanSet { plan }])
+            }
+            SpecCommand::ApprovePlan { at } => {
+                self.ensure_live()?;
+                if self.phase != P::Tasks {
+                    return Err(SpecError::NotAwaitingPlanApproval { phase: self.phase });
+                }
+                if self.plan.is_none() {
+                    return Err(SpecError::NoPlan);
+                }
+                Ok(vec![SpecEvent::SpecPlanApproved { at }])
             }
             SpecCommand::CompleteSpec { at } => {
                 self.ensure_live()?;
@@ -383,8 +415,14 @@ impl Aggregate for Spec {
                 self.phase = SpecPhase::Design;
             }
             SpecEvent::SpecDesignSet { design } => self.design = Some(design),
-            SpecEvent::SpecDesignApproved { at } => {
+            SpecEvent::SpecDesignApproved { at, next_phase } => {
                 self.design_approved_at = Some(at);
+                // Approvals written before specs had a plan went straight to executing.
+                self.phase = next_phase.unwrap_or(SpecPhase::Executing);
+            }
+            SpecEvent::SpecPlanSet { plan } => self.plan = Some(plan),
+            SpecEvent::SpecPlanApproved { at } => {
+                self.plan_approved_at = Some(at);
                 self.phase = SpecPhase::Executing;
             }
             SpecEvent::SpecCompleted { at } => {

@@ -1,7 +1,7 @@
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
-use super::{Design, Requirement};
+use super::{Design, Plan, Requirement};
 
 /// Everything that can be asked of a spec.
 #[derive(Debug, Clone, PartialEq)]
@@ -27,8 +27,14 @@ pub enum SpecCommand {
     },
     /// Sets (or replaces) the design while the spec is in `design`.
     SetDesign(Design),
-    /// Accepts the design and moves the spec to `executing`.
+    /// Accepts the design and moves the spec to `tasks`.
     ApproveDesign {
+        at: DateTime<Utc>,
+    },
+    /// Sets (or replaces) the plan while the spec is in `tasks`.
+    SetPlan(Plan),
+    /// Accepts the plan and moves the spec to `executing`.
+    ApprovePlan {
         at: DateTime<Utc>,
     },
     CompleteSpec {

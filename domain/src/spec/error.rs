@@ -1,4 +1,4 @@
-use super::SpecPhase;
+use super::{PlanError, SpecPhase};
 use crate::common::{DomainError, ErrorKind, TextProblem};
 
 /// Every rule that can refuse a spec command.
@@ -44,6 +44,14 @@ pub enum SpecError {
     NotAwaitingDesignApproval { phase: SpecPhase },
     #[error("a spec without a design cannot have it approved")]
     NoDesign,
+    #[error("the plan can be set only in the tasks phase (the spec is {phase})")]
+    PlanLocked { phase: SpecPhase },
+    #[error("the plan can be approved only in the tasks phase (the spec is {phase})")]
+    NotAwaitingPlanApproval { phase: SpecPhase },
+    #[error("a spec without a plan cannot have it approved")]
+    NoPlan,
+    #[error("the plan is refused: {0}")]
+    Plan(PlanError),
     #[error("only an executing spec can be completed (the spec is {phase})")]
     NotExecuting { phase: SpecPhase },
     #[error("an archived spec cannot change")]
@@ -82,7 +90,8 @@ impl DomainError for SpecError {
             | NoAcceptanceCriteria
             | EmptyAcceptanceCriterion
             | TooManyAcceptanceCriteria { .. }
-            | EmptyArchitecture => ErrorKind::Invalid,
+            | EmptyArchitecture
+            | Plan(_) => ErrorKind::Invalid,
             AlreadyExists
             | DuplicateRequirementId(_)
             | RequirementsLocked { .. }
@@ -91,6 +100,9 @@ impl DomainError for SpecError {
             | DesignLocked { .. }
             | NotAwaitingDesignApproval { .. }
             | NoDesign
+            | PlanLocked { .. }
+            | NotAwaitingPlanApproval { .. }
+            | NoPlan
             | NotExecuting { .. }
             | Archived => ErrorKind::Conflict,
         }
@@ -108,7 +120,15 @@ impl DomainError for SpecError {
                 Some("acceptance_criteria")
             }
             EmptyArchitecture => Some("architecture"),
+            Plan(_) => Some("tickets"),
             _ => None,
+        }
+    }
+
+    fn field_path(&self) -> Option<String> {
+        match self {
+            Self::Plan(error) => Some(error.field.clone()),
+            other => other.field().map(str::to_string),
         }
     }
 
@@ -135,6 +155,10 @@ impl DomainError for SpecError {
             DesignLocked { .. } => "design_locked",
             NotAwaitingDesignApproval { .. } => "not_awaiting_design_approval",
             NoDesign => "no_design",
+            PlanLocked { .. } => "plan_locked",
+            NotAwaitingPlanApproval { .. } => "not_awaiting_plan_approval",
+            NoPlan => "no_plan",
+            Plan(error) => error.problem.code(),
             NotExecuting { .. } => "spec_not_executing",
             Archived => "spec_archived",
         }

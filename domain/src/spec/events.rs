@@ -3,7 +3,7 @@ use cqrs_es::DomainEvent;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use super::{Design, Requirement, SpecPhase};
+use super::{Design, Plan, Requirement, SpecPhase};
 
 /// What happened to a spec. Names and payloads are stable: change them only by adding a
 /// new version and an upcaster. See the module documentation for which events move the
@@ -39,8 +39,20 @@ pub enum SpecEvent {
     SpecDesignSet {
         design: Design,
     },
-    /// Moves the spec to `executing`.
+    /// Moves the spec to `next_phase`: `tasks`, where its plan is written. Absent in
+    /// approvals written before specs had a plan, which moved the spec to `executing`
+    /// (an added field with a default keeps those payloads readable as they are).
     SpecDesignApproved {
+        at: DateTime<Utc>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        next_phase: Option<SpecPhase>,
+    },
+    /// Sets (or replaces) the plan while the spec is in `tasks`.
+    SpecPlanSet {
+        plan: Plan,
+    },
+    /// Moves the spec to `executing`: its plan's tickets and tasks are created.
+    SpecPlanApproved {
         at: DateTime<Utc>,
     },
     /// Moves the spec to `completed`.
@@ -64,6 +76,8 @@ impl DomainEvent for SpecEvent {
             Self::SpecRequirementsApproved { .. } => "SpecRequirementsApproved",
             Self::SpecDesignSet { .. } => "SpecDesignSet",
             Self::SpecDesignApproved { .. } => "SpecDesignApproved",
+            Self::SpecPlanSet { .. } => "SpecPlanSet",
+            Self::SpecPlanApproved { .. } => "SpecPlanApproved",
             Self::SpecCompleted { .. } => "SpecCompleted",
             Self::SpecArchived { .. } => "SpecArchived",
         }

@@ -1,13 +1,15 @@
 //! The spec: a spec-driven piece of work, from EARS requirements through an approved
-//! design to execution.
+//! design and plan to execution.
 //!
-//! Phase machine `draft → requirements → design → executing → completed`, plus
+//! Phase machine `draft → requirements → design → tasks → executing → completed`, plus
 //! `archived`, reachable from every other phase and final. A spec enters `requirements`
 //! with its first requirement; requirements may be added, updated and removed only
 //! while it is there (adding is also allowed in `draft`, which is what moves it on).
 //! Approving the requirements (at least one) moves it to `design`; the design may be set
-//! only there, and approving it (once set) moves it to `executing`. Completing moves it
-//! to `completed`. A completed spec can still be archived.
+//! only there, and approving it (once set) moves it to `tasks`. The plan ([`Plan`]:
+//! tickets and tasks by key) may be set only there, and approving it (once set) moves the
+//! spec to `executing`. Completing moves it to `completed`. A completed spec can still be
+//! archived.
 //!
 //! # Phase-change convention
 //!
@@ -19,7 +21,9 @@
 //!   [`SpecEvent::SpecRequirementAdded`] that caused it, so every event applies to a
 //!   state in which it is legal.
 //! * [`SpecEvent::SpecRequirementsApproved`] (→ `design`),
-//!   [`SpecEvent::SpecDesignApproved`] (→ `executing`), [`SpecEvent::SpecCompleted`]
+//!   [`SpecEvent::SpecDesignApproved`] (→ `tasks`; → `executing` in approvals written
+//!   before specs had a plan), [`SpecEvent::SpecPlanApproved`] (→ `executing`),
+//!   [`SpecEvent::SpecCompleted`]
 //!   (→ `completed`) and [`SpecEvent::SpecArchived`] (→ `archived`) each move the phase
 //!   themselves; no `SpecPhaseChanged` accompanies them.
 //!
@@ -30,6 +34,7 @@ mod aggregate;
 mod commands;
 mod error;
 mod events;
+mod plan;
 
 pub use aggregate::{
     Design, Requirement, Spec, SpecPhase, MAX_ACCEPTANCE_CRITERIA, MAX_CLAUSE_CHARS,
@@ -38,3 +43,7 @@ pub use aggregate::{
 pub use commands::SpecCommand;
 pub use error::SpecError;
 pub use events::SpecEvent;
+pub use plan::{
+    is_plan_key, Estimate, Plan, PlanError, PlanProblem, PlannedTask, PlannedTicket,
+    MAX_PLAN_KEY_CHARS, MAX_PLAN_TASKS, MAX_PLAN_TICKETS, PLAN_KEY_PATTERN,
+};

@@ -4,6 +4,7 @@ use proptest::prelude::*;
 
 use super::*;
 use crate::common::{DomainError, ErrorKind, Scope, Scoped};
+use crate::spec::{PlanError, PlanProblem, PlannedTask, PlannedTicket};
 use crate::testing::{fold, handle, org_id, project_id, t0};
 
 type SpecTest = TestFramework<Spec>;
@@ -55,6 +56,40 @@ fn design(architecture: &str) -> Design {
     }
 }
 
+/// A plan of two tickets whose tasks wait for each other across them.
+fn plan(first_title: &str) -> Plan {
+    let task = |key: &str, depends_on: &[&str]| PlannedTask {
+        key: key.into(),
+        title: format!("{first_title} {key}"),
+        description: String::new(),
+        task_type: "implement".into(),
+        depends_on: depends_on.iter().map(|d| d.to_string()).collect(),
+        required_capabilities: vec![],
+        estimate: None,
+        requirement_ids: vec!["REQ-AUTH-001".into()],
+    };
+    Plan {
+        tickets: vec![
+            PlannedTicket {
+                key: "TKT-1".into(),
+                title: format!("{first_title} form"),
+                description: String::new(),
+                priority: crate::common::Priority::High,
+                requirement_ids: vec!["REQ-AUTH-001".into()],
+                tasks: vec![task("TSK-1", &[])],
+            },
+            PlannedTicket {
+                key: "TKT-2".into(),
+                title: "Session".into(),
+                description: String::new(),
+                priority: crate::common::Priority::Medium,
+                requirement_ids: vec![],
+                tasks: vec![task("TSK-2", &["TSK-1"])],
+            },
+        ],
+    }
+}
+
 fn added(id: &str) -> SpecEvent {
     SpecEvent::SpecRequirementAdded {
         requirement: requirement(id),
@@ -69,7 +104,8 @@ fn to_requirements() -> SpecEvent {
 }
 
 /// The events that walk a fresh spec to `phase` along the happy path. The spec reaches
-/// `design` without a design set; `archived` is archived straight from `draft`.
+/// `design` without a design set and `tasks` without a plan; `archived` is archived
+/// straight from `draft`.
 fn history_at(phase: SpecPhase) -> Vec<SpecEvent> {
     let mut events = vec![created()];
     let steps = [
@@ -82,12 +118,24 @@ fn history_at(phase: SpecPhase) -> Vec<SpecEvent> {
             vec![SpecEvent::SpecRequirementsApproved { at: at(1) }],
         ),
         (
-            SpecPhase::Executing,
+            SpecPhase::Tasks,
             vec![
                 SpecEvent::SpecDesignSet {
                     design: design("monolith"),
                 },
-                SpecEvent::SpecDesignApproved { at: at(2) },
+                SpecEvent::SpecDesignApproved {
+                    at: at(2),
+                    next_phase: Some(SpecPhase::Tasks),
+                },
+            ],
+        ),
+        (
+            SpecPhase::Executing,
+            vec![
+                SpecEvent::SpecPlanSet {
+                    plan: plan("Login"),
+                },
+                SpecEvent::SpecPlanApproved { at: at(2) },
             ],
         ),
         (
@@ -170,11 +218,13 @@ enum Kind {
     ApproveRequirements,
     SetDesign,
     ApproveDesign,
+    SetPlan,
+    ApprovePlan,
     Complete,
     Archive,
 }
 
-const KINDS: [Kind; 9] = [
+const KINDS: [Kind; 11] = [
     Kind::Create,
     Kind::Add,
     Kind::Update,
@@ -182,6 +232,8 @@ const KINDS: [Kind; 9] = [
     Kind::ApproveRequirements,
     Kind::SetDesign,
     Kind::ApproveDesign,
+    Kind::SetPlan,
+    Kind::ApprovePlan,
     Kind::Complete,
     Kind::Archive,
 ];
@@ -204,6 +256,8 @@ fn command(kind: Kind) -> SpecCommand {
         Kind::ApproveRequirements => SpecCommand::ApproveRequirements { at: at(5) },
         Kind::SetDesign => SpecCommand::SetDesign(design("services")),
         Kind::ApproveDesign => SpecCommand::ApproveDesign { at: at(5) },
+        Kind::SetPlan => SpecCommand::SetPlan(plan("Sign-in")),
+        Kind::ApprovePlan => SpecCommand::ApprovePlan { at: at(5) },
         Kind::Complete => SpecCommand::CompleteSpec { at: at(5) },
         Kind::Archive => SpecCommand::ArchiveSpec { at: at(5) },
     }
@@ -239,6 +293,13 @@ fn expected(phase: SpecPhase, kind: Kind) -> Result<Vec<SpecEvent>, SpecError> {
         // `history_at(Design)` has no design yet; approving one is covered below.
         (Kind::ApproveDesign, P::Design) => Err(SpecError::NoDesign),
         (Kind::ApproveDesign, phase) => Err(SpecError::NotAwaitingDesignApproval { phase }),
+        (Kind::SetPlan, P::Tasks) => Ok(vec![SpecEvent::SpecPlanSet {
+            plan: plan("Sign-in"),
+        }]),
+        (Kind::SetPlan, phase) => Err(SpecError::PlanLocked { phase }),
+        // `history_at(Tasks)` has no plan yet; approving one is covered below.
+        (Kind::ApprovePlan, P::Tasks) => Err(SpecError::NoPlan),
+        (Kind::ApprovePlan, phase) => Err(SpecError::NotAwaitingPlanApproval { phase }),
         (Kind::Complete, P::Executing) => Ok(vec![SpecEvent::SpecCompleted { at: at(5) }]),
         (Kind::Complete, phase) => Err(SpecError::NotExecuting { phase }),
         (Kind::Archive, _) => Ok(vec![SpecEvent::SpecArchived { at: at(5) }]),
@@ -534,11 +595,80 @@ async fn approving_a_set_design_moves_the_spec_to_executing() {
         .given(events)
         .when_async(SpecCommand::ApproveDesign { at: at(2) })
         .await
-        .then_expect_events(vec![SpecEvent::SpecDesignApproved { at: at(2) }]);
-    let state: Spec = fold(&history_at(SpecPhase::Executing));
-    assert_eq!(state.phase, SpecPhase::Executing);
+        .then_expect_events(vec![SpecEvent::SpecDesignApproved {
+            at: at(2),
+            next_phase: Some(SpecPhase::Tasks),
+        }]);
+    let state: Spec = fold(&history_at(SpecPhase::Tasks));
+    assert_eq!(state.phase, SpecPhase::Tasks);
     assert_eq!(state.design, Some(design("monolith")));
     assert_eq!(state.design_approved_at, Some(at(2)));
+}
+
+/// An approval written before specs had a plan (no `next_phase`) still means what it
+/// meant then: the spec went to executing.
+#[test]
+fn a_design_approval_from_before_plans_still_moves_to_executing() {
+    let mut events = history_at(SpecPhase::Design);
+    let legacy: SpecEvent = serde_json::from_value(serde_json::json!(
+        {"SpecDesignApproved": {"at": "2026-01-01T00:00:02Z"}}
+    ))
+    .expect("a stored legacy payload");
+    events.extend([
+        SpecEvent::SpecDesignSet {
+            design: design("monolith"),
+        },
+        legacy,
+    ]);
+    assert_eq!(fold::<Spec>(&events).phase, SpecPhase::Executing);
+}
+
+// ---------------------------------------------------------------- the plan
+
+#[tokio::test]
+async fn a_plan_is_set_in_tasks_and_its_approval_moves_the_spec_to_executing() {
+    SpecTest::with(())
+        .given(history_at(SpecPhase::Tasks))
+        .when_async(SpecCommand::SetPlan(plan("Login")))
+        .await
+        .then_expect_events(vec![SpecEvent::SpecPlanSet {
+            plan: plan("Login"),
+        }]);
+    let mut events = history_at(SpecPhase::Tasks);
+    events.push(SpecEvent::SpecPlanSet {
+        plan: plan("Login"),
+    });
+    // The same plan again records nothing.
+    SpecTest::with(())
+        .given(events.clone())
+        .when_async(SpecCommand::SetPlan(plan("Login")))
+        .await
+        .then_expect_events(vec![]);
+    SpecTest::with(())
+        .given(events)
+        .when_async(SpecCommand::ApprovePlan { at: at(4) })
+        .await
+        .then_expect_events(vec![SpecEvent::SpecPlanApproved { at: at(4) }]);
+    let state: Spec = fold(&history_at(SpecPhase::Executing));
+    assert_eq!(state.plan, Some(plan("Login")));
+    assert_eq!(state.plan_approved_at, Some(at(2)));
+}
+
+#[test]
+fn a_plan_naming_an_unknown_requirement_is_refused_naming_the_place() {
+    let mut broken = plan("Login");
+    broken.tickets[1].requirement_ids = vec!["REQ-AUTH-404".into()];
+    let (_, result) = handle(
+        &fold::<Spec>(&history_at(SpecPhase::Tasks)),
+        SpecCommand::SetPlan(broken),
+        &(),
+    );
+    let error = result.expect_err("refused");
+    assert_eq!(error.code(), "unknown_requirement");
+    assert_eq!(
+        error.field_path().as_deref(),
+        Some("tickets[1].requirement_ids[0]")
+    );
 }
 
 // ---------------------------------------------------------------- completion and archive
@@ -596,6 +726,17 @@ fn every_error() -> Vec<SpecError> {
             phase: SpecPhase::Draft,
         },
         NoDesign,
+        PlanLocked {
+            phase: SpecPhase::Draft,
+        },
+        NotAwaitingPlanApproval {
+            phase: SpecPhase::Draft,
+        },
+        NoPlan,
+        Plan(PlanError {
+            field: "tickets[0].tasks[0].depends_on[0]".into(),
+            problem: PlanProblem::Cycle("TSK-1 -> TSK-1".into()),
+        }),
         NotExecuting {
             phase: SpecPhase::Draft,
         },
@@ -700,6 +841,9 @@ fn any_command() -> impl Strategy<Value = SpecCommand> {
         3 => prop::sample::select(vec!["", "a", "b"])
             .prop_map(|a| SpecCommand::SetDesign(design(a))),
         3 => Just(SpecCommand::ApproveDesign { at: t0() }),
+        3 => prop::sample::select(vec!["", "a", "b"])
+            .prop_map(|a| SpecCommand::SetPlan(plan(a))),
+        3 => Just(SpecCommand::ApprovePlan { at: t0() }),
         2 => Just(SpecCommand::CompleteSpec { at: t0() }),
         1 => Just(SpecCommand::ArchiveSpec { at: t0() }),
     ]
@@ -713,7 +857,8 @@ fn legal_move(from: SpecPhase, to: SpecPhase) -> bool {
             (from, to),
             (P::Draft, P::Requirements)
                 | (P::Requirements, P::Design)
-                | (P::Design, P::Executing)
+                | (P::Design, P::Tasks)
+                | (P::Tasks, P::Executing)
                 | (P::Executing, P::Completed)
         )
         || (from != P::Archived && to == P::Archived)
@@ -731,7 +876,7 @@ fn check_invariants(state: &Spec) -> Result<(), TestCaseError> {
     if phase == P::Draft {
         prop_assert!(state.requirements.is_empty());
     }
-    let past_requirements = matches!(phase, P::Design | P::Executing | P::Completed);
+    let past_requirements = matches!(phase, P::Design | P::Tasks | P::Executing | P::Completed);
     prop_assert_eq!(state.requirements_approved_at.is_some(), past_requirements);
     if past_requirements {
         prop_assert!(
@@ -739,13 +884,24 @@ fn check_invariants(state: &Spec) -> Result<(), TestCaseError> {
             "approved without requirements"
         );
     }
-    let past_design = matches!(phase, P::Executing | P::Completed);
+    let past_design = matches!(phase, P::Tasks | P::Executing | P::Completed);
     prop_assert_eq!(state.design_approved_at.is_some(), past_design);
     if past_design {
-        prop_assert!(state.design.is_some(), "executing without a design");
+        prop_assert!(state.design.is_some(), "past design without a design");
     }
     if state.design.is_some() {
-        prop_assert!(matches!(phase, P::Design | P::Executing | P::Completed));
+        prop_assert!(matches!(
+            phase,
+            P::Design | P::Tasks | P::Executing | P::Completed
+        ));
+    }
+    let past_plan = matches!(phase, P::Executing | P::Completed);
+    prop_assert_eq!(state.plan_approved_at.is_some(), past_plan);
+    if past_plan {
+        prop_assert!(state.plan.is_some(), "executing without a plan");
+    }
+    if state.plan.is_some() {
+        prop_assert!(matches!(phase, P::Tasks | P::Executing | P::Completed));
     }
     let mut ids = std::collections::BTreeSet::new();
     for requirement in &state.requirements {

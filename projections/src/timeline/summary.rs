@@ -189,6 +189,14 @@ fn spec_summary(event: &SpecEvent, this: &str, id: Uuid) -> String {
         SpecEvent::SpecRequirementsApproved { .. } => format!("{this}: requirements approved"),
         SpecEvent::SpecDesignSet { .. } => format!("{this}: design set"),
         SpecEvent::SpecDesignApproved { .. } => format!("{this}: design approved"),
+        SpecEvent::SpecPlanSet { plan } => {
+            let tasks = plan.tasks().count();
+            format!(
+                "{this}: plan set ({} tickets, {tasks} tasks)",
+                plan.tickets.len()
+            )
+        }
+        SpecEvent::SpecPlanApproved { .. } => format!("{this}: plan approved"),
         SpecEvent::SpecCompleted { .. } => format!("{this} completed"),
         SpecEvent::SpecArchived { .. } => format!("{this} archived"),
     }
@@ -543,9 +551,19 @@ mod tests {
                 ": design set",
             ),
             (
-                SpecEvent::SpecDesignApproved { at: at() },
+                SpecEvent::SpecDesignApproved {
+                    at: at(),
+                    next_phase: Some(omoi_domain::spec::SpecPhase::Tasks),
+                },
                 ": design approved",
             ),
+            (
+                SpecEvent::SpecPlanSet {
+                    plan: omoi_domain::spec::Plan { tickets: vec![] },
+                },
+                ": plan set (0 tickets, 0 tasks)",
+            ),
+            (SpecEvent::SpecPlanApproved { at: at() }, ": plan approved"),
             (SpecEvent::SpecCompleted { at: at() }, " completed"),
             (SpecEvent::SpecArchived { at: at() }, " archived"),
         ] {
