@@ -368,7 +368,11 @@ pub fn start_projections(
         options,
         bus,
         config,
-        omoi_projections::all(),
+        // The read models, and the process managers, which run the same way.
+        omoi_projections::all()
+            .into_iter()
+            .chain(omoi_workflow::all())
+            .collect(),
         shutdown,
     )
 }

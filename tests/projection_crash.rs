@@ -226,7 +226,9 @@ async fn caught_up(database: &TestDatabase) {
                 .fetch_one(&database.pool)
                 .await
                 .expect("builds");
-        if behind == 0 && live == 4 {
+        // Every read model and every process manager.
+        let expected = (omoi_projections::all().len() + omoi_workflow::all().len()) as i64;
+        if behind == 0 && live == expected {
             return;
         }
         assert!(

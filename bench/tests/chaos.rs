@@ -153,7 +153,7 @@ async fn the_checks_catch_doubled_and_lost_commands_double_assignments_and_diver
     // Two commits on one aggregate caused by the same event.
     let bus = app.second_bus().await;
     let mut context = CommandContext::new(Actor::System("probe"), "probe");
-    context.causation_id = Some(Uuid::now_v7());
+    context.causation_id = Some(format!("Ticket/{}/1", Uuid::now_v7()));
     for title in ["first effect", "second effect"] {
         let rename = TicketCommand::UpdateTicket {
             title: Some(title.into()),

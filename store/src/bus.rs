@@ -23,6 +23,7 @@ use cqrs_es::event_sink::EventSink;
 use cqrs_es::persist::PersistedEventStore;
 
 use crate::append::{AppendError, Rows};
+use crate::log::StoredEvent;
 use cqrs_es::{Aggregate, AggregateContext, AggregateError, EventStore};
 use omoi_domain::common::{Scope, Scoped};
 use postgres_es::PostgresEventRepository;
@@ -61,8 +62,9 @@ pub struct CommandContext {
     pub request_id: String,
     /// Groups everything one user action caused, across aggregates.
     pub correlation_id: Uuid,
-    /// The event or command that directly caused this one, if any.
-    pub causation_id: Option<Uuid>,
+    /// The event that directly caused this command, as [`StoredEvent::reference`]
+    /// (`Spec/<id>/<sequence>`), if an event did.
+    pub causation_id: Option<String>,
 }
 
 impl CommandContext {
@@ -72,6 +74,24 @@ impl CommandContext {
             request_id: request_id.into(),
             correlation_id: Uuid::now_v7(),
             causation_id: None,
+        }
+    }
+
+    /// The context of a command `event` caused (a process manager's): the event as its
+    /// cause, the event's correlation carried on, and the cause as the request id.
+    pub fn caused_by(actor: Actor, event: &StoredEvent) -> Self {
+        let correlation_id = event
+            .metadata
+            .get("correlation_id")
+            .and_then(|v| v.as_str())
+            .and_then(|text| text.parse().ok())
+            .unwrap_or_else(Uuid::now_v7);
+        let cause = event.reference();
+        Self {
+            actor,
+            request_id: cause.clone(),
+            correlation_id,
+            causation_id: Some(cause),
         }
     }
 
@@ -86,8 +106,8 @@ impl CommandContext {
         metadata.insert("actor".into(), self.actor.to_string());
         metadata.insert("request_id".into(), self.request_id.clone());
         metadata.insert("correlation_id".into(), self.correlation_id.to_string());
-        if let Some(causation_id) = self.causation_id {
-            metadata.insert("causation_id".into(), causation_id.to_string());
+        if let Some(causation_id) = &self.causation_id {
+            metadata.insert("causation_id".into(), causation_id.clone());
         }
         metadata.insert("occurred_at".into(), Utc::now().to_rfc3339());
         metadata
@@ -566,4 +586,45 @@ fn classify<E: std::error::Error>(error: AggregateError<E>) -> AttemptError<E> {
             AttemptError::Failed(CommandError::Internal(format!("corrupt event: {e}")))
         }
     }
+}
+
+/// Decides `command` on aggregate `aggregate_id` as it stands in `conn`'s transaction
+/// and appends its events there: they commit with the caller's transaction, or not at
+/// all (a process manager's effects and its checkpoint). No retry and no lock: a conflict
+/// fails the caller's unit, which the caller retries whole.
+pub async fn execute_in<A>(
+    conn: &mut sqlx::PgConnection,
+    aggregate_id: &str,
+    command: A::Command,
+    context: &CommandContext,
+) -> Result<Committed<A>, CommandError<A::Error>>
+where
+    A: Aggregate<Services = ()> + Scoped + Clone,
+{
+    let database = |e: sqlx::Error| CommandError::Internal(e.to_string());
+    let history = crate::log::aggregate_history(&mut *conn, A::TYPE, aggregate_id)
+        .await
+        .map_err(database)?;
+    let mut state: A = crate::log::fold_until(&history, None)
+        .map_err(|e| CommandError::Internal(e.to_string()))?;
+    let sink = EventSink::default();
+    state
+        .handle(command, &(), &sink)
+        .await
+        .map_err(CommandError::Domain)?;
+    let decided = Decided {
+        aggregate_id: aggregate_id.to_string(),
+        version: history.len(),
+        events: sink.collect().await,
+        state,
+    };
+    let mut rows = Rows::new();
+    decided
+        .add_to(&mut rows, context)
+        .map_err(|e| CommandError::Internal(e.to_string()))?;
+    rows.insert(&mut *conn).await.map_err(|e| match e {
+        AppendError::Conflict => CommandError::Conflict { attempts: 1 },
+        other => CommandError::Internal(other.to_string()),
+    })?;
+    Ok(decided.committed())
 }

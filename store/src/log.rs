@@ -31,6 +31,15 @@ pub struct StoredEvent {
 }
 
 impl StoredEvent {
+    /// The event's name as a cause: `<aggregate type>/<aggregate id>/<sequence>`, what a
+    /// command it caused records as its `causation_id`.
+    pub fn reference(&self) -> String {
+        format!(
+            "{}/{}/{}",
+            self.aggregate_type, self.aggregate_id, self.sequence
+        )
+    }
+
     /// The cursor that points just after this event in the global stream.
     pub fn cursor(&self) -> Cursor {
         Cursor {
@@ -209,8 +218,8 @@ pub async fn count_global(
 }
 
 /// Every event of one aggregate, by sequence.
-pub async fn aggregate_history(
-    pool: &PgPool,
+pub async fn aggregate_history<'c>(
+    executor: impl sqlx::Executor<'c, Database = sqlx::Postgres>,
     aggregate_type: &str,
     aggregate_id: &str,
 ) -> Result<Vec<StoredEvent>, sqlx::Error> {
@@ -222,7 +231,7 @@ pub async fn aggregate_history(
     let rows = sqlx::query(&sql)
         .bind(aggregate_type)
         .bind(aggregate_id)
-        .fetch_all(pool)
+        .fetch_all(executor)
         .await?;
     rows.iter().map(StoredEvent::from_row).collect()
 }

@@ -1,0 +1,103 @@
+//! `spec_completion`: an executing spec completes when every ticket of its approved plan
+//! is `done`, whoever moved the last one there.
+
+use futures_util::future::BoxFuture;
+use omoi_domain::spec::{Spec, SpecCommand, SpecPhase};
+use omoi_domain::ticket::{Ticket, TicketEvent, TicketStatus};
+use omoi_projections::ProjectionError;
+use omoi_store::bus::execute_in;
+use omoi_store::log::{aggregate_history, fold_until};
+use omoi_store::{Actor, CommandContext, StoredEvent};
+use sqlx::PgConnection;
+
+use crate::execution::created_by;
+use crate::ProcessManager;
+
+/// The process manager's name: its build in the catalog and its actor (`system:…`).
+pub const NAME: &str = "spec_completion";
+
+pub struct SpecCompletion;
+
+impl ProcessManager for SpecCompletion {
+    const NAME: &'static str = NAME;
+
+    fn reacts_to(event: &StoredEvent) -> bool {
+        event.aggregate_type == "Ticket" && event.event_type == "TicketStatusChanged"
+    }
+
+    fn react<'a>(
+        tx: &'a mut PgConnection,
+        event: &'a StoredEvent,
+    ) -> BoxFuture<'a, Result<(), ProjectionError>> {
+        Box::pin(ticket_moved(tx, event))
+    }
+}
+
+/// Completes the ticket's spec when `event` moved the ticket to `done` and every other
+/// ticket of the spec's plan is done too.
+async fn ticket_moved(tx: &mut PgConnection, event: &StoredEvent) -> Result<(), ProjectionError> {
+    let moved: TicketEvent = serde_json::from_value(event.payload.clone())
+        .map_err(|e| ProjectionError::payload(event, e))?;
+    if !matches!(
+        moved,
+        TicketEvent::TicketStatusChanged {
+            to: TicketStatus::Done,
+            ..
+        }
+    ) {
+        return Ok(());
+    }
+    let ticket: Ticket = load(tx, event, "Ticket", &event.aggregate_id).await?;
+    let Some(spec_id) = ticket.spec_id else {
+        return Ok(());
+    };
+    let spec_history = aggregate_history(&mut *tx, "Spec", &spec_id.to_string()).await?;
+    let spec: Spec =
+        fold_until(&spec_history, None).map_err(|e| ProjectionError::payload(event, e))?;
+    let (SpecPhase::Executing, Some(plan)) = (spec.phase, spec.plan.as_ref()) else {
+        return Ok(());
+    };
+    // The plan's tickets are named after the approval that created them.
+    let Some(approval) = spec_history
+        .iter()
+        .rev()
+        .find(|e| e.event_type == "SpecPlanApproved")
+    else {
+        return Ok(());
+    };
+    let approval = approval.reference();
+    for planned in &plan.tickets {
+        let id = created_by(&approval, &planned.key).to_string();
+        let ticket: Ticket = load(tx, event, "Ticket", &id).await?;
+        if ticket.status != TicketStatus::Done {
+            return Ok(());
+        }
+    }
+    let at = event
+        .metadata
+        .get("occurred_at")
+        .and_then(|v| v.as_str())
+        .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+        .map_or_else(chrono::Utc::now, |t| t.with_timezone(&chrono::Utc));
+    let context = CommandContext::caused_by(Actor::System(NAME), event);
+    execute_in::<Spec>(
+        tx,
+        &spec_id.to_string(),
+        SpecCommand::CompleteSpec { at },
+        &context,
+    )
+    .await
+    .map_err(|e| ProjectionError::payload(event, format!("completing spec {spec_id}: {e}")))?;
+    tracing::info!(spec = %spec_id, "every ticket of the plan is done: spec completed");
+    Ok(())
+}
+
+async fn load<A: cqrs_es::Aggregate>(
+    tx: &mut PgConnection,
+    event: &StoredEvent,
+    aggregate_type: &str,
+    id: &str,
+) -> Result<A, ProjectionError> {
+    let history = aggregate_history(&mut *tx, aggregate_type, id).await?;
+    fold_until(&history, None).map_err(|e| ProjectionError::payload(event, e))
+}

@@ -1,0 +1,173 @@
+//! `plan_execution`: on `SpecPlanApproved`, every ticket and task of the spec's plan is
+//! created — tickets with the spec's id, tasks in their ticket with their dependencies
+//! translated from keys to task ids — in plan order, dependencies first.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use futures_util::future::BoxFuture;
+use omoi_domain::common::Phase;
+use omoi_domain::spec::{Plan, PlannedTask, Spec, SpecEvent};
+use omoi_domain::task::{Task, TaskCommand};
+use omoi_domain::ticket::{Ticket, TicketCommand};
+use omoi_projections::ProjectionError;
+use omoi_store::bus::execute_in;
+use omoi_store::log::{aggregate_history, fold_until};
+use omoi_store::{Actor, CommandContext, StoredEvent};
+use sqlx::PgConnection;
+use uuid::Uuid;
+
+use crate::ProcessManager;
+
+/// The process manager's name: its build in the catalog and its actor (`system:…`).
+pub const NAME: &str = "plan_execution";
+
+pub struct PlanExecution;
+
+impl ProcessManager for PlanExecution {
+    const NAME: &'static str = NAME;
+
+    fn reacts_to(event: &StoredEvent) -> bool {
+        event.aggregate_type == "Spec" && event.event_type == "SpecPlanApproved"
+    }
+
+    fn react<'a>(
+        tx: &'a mut PgConnection,
+        event: &'a StoredEvent,
+    ) -> BoxFuture<'a, Result<(), ProjectionError>> {
+        Box::pin(execute(tx, event))
+    }
+}
+
+/// The id of what `event` creates for plan key `key`: the same on every replay.
+pub fn created_id(event: &StoredEvent, key: &str) -> Uuid {
+    created_by(&event.reference(), key)
+}
+
+/// [`created_id`] from the approval's reference (`Spec/<id>/<sequence>`).
+pub fn created_by(approval: &str, key: &str) -> Uuid {
+    Uuid::new_v5(
+        &Uuid::NAMESPACE_OID,
+        format!("omoi/{NAME}/{approval}/{key}").as_bytes(),
+    )
+}
+
+/// Creates the tickets and tasks of the plan the spec had when `event` approved it.
+async fn execute(tx: &mut PgConnection, event: &StoredEvent) -> Result<(), ProjectionError> {
+    let history = aggregate_history(&mut *tx, "Spec", &event.aggregate_id).await?;
+    let spec: Spec = fold_until(&history, Some(event.sequence))
+        .map_err(|e| ProjectionError::payload(event, e))?;
+    let (Some(plan), Some(spec_id), Some(organization_id), Some(project_id)) = (
+        spec.plan.as_ref(),
+        spec.id,
+        spec.organization_id,
+        spec.project_id,
+    ) else {
+        return Err(ProjectionError::payload(
+            event,
+            "a plan approved without a plan",
+        ));
+    };
+    let at = approved_at(event)?;
+    let context = CommandContext::caused_by(Actor::System(NAME), event);
+    let task_ids: BTreeMap<&str, Uuid> = plan
+        .tasks()
+        .map(|(_, task)| (task.key.as_str(), created_id(event, &task.key)))
+        .collect();
+    for ticket in &plan.tickets {
+        let ticket_id = created_id(event, &ticket.key);
+        let command = TicketCommand::CreateTicket {
+            ticket_id,
+            organization_id,
+            project_id,
+            spec_id: Some(spec_id),
+            title: ticket.title.clone(),
+            description: ticket.description.clone(),
+            priority: ticket.priority,
+            phase: Phase::default(),
+        };
+        create::<Ticket>(tx, event, ticket_id, command, &context).await?;
+    }
+    for task in in_dependency_order(plan) {
+        let (ticket, _) = plan
+            .tasks()
+            .find(|(_, t)| t.key == task.key)
+            .ok_or_else(|| ProjectionError::payload(event, "a task outside the plan"))?;
+        let task_id = task_ids[task.key.as_str()];
+        let command = TaskCommand::CreateTask {
+            task_id,
+            organization_id,
+            project_id,
+            ticket_id: created_id(event, &ticket.key),
+            title: task.title.clone(),
+            description: task.description.clone(),
+            task_type: task.task_type.clone(),
+            phase: Phase::default(),
+            priority: ticket.priority,
+            depends_on: task
+                .depends_on
+                .iter()
+                .filter_map(|key| task_ids.get(key.as_str()).copied())
+                .collect(),
+            required_capabilities: task.required_capabilities.clone(),
+            max_retries: None,
+            timeout_seconds: None,
+            at,
+        };
+        create::<Task>(tx, event, task_id, command, &context).await?;
+    }
+    tracing::info!(spec = %spec_id, tickets = plan.tickets.len(), "plan executed");
+    Ok(())
+}
+
+/// Creates aggregate `id` unless it exists (a replay of the causing event).
+async fn create<A>(
+    tx: &mut PgConnection,
+    event: &StoredEvent,
+    id: Uuid,
+    command: A::Command,
+    context: &CommandContext,
+) -> Result<(), ProjectionError>
+where
+    A: cqrs_es::Aggregate<Services = ()> + omoi_domain::common::Scoped + Clone,
+{
+    let id = id.to_string();
+    if !aggregate_history(&mut *tx, A::TYPE, &id).await?.is_empty() {
+        return Ok(());
+    }
+    execute_in::<A>(tx, &id, command, context)
+        .await
+        .map(drop)
+        .map_err(|e| ProjectionError::payload(event, format!("creating {} {id}: {e}", A::TYPE)))
+}
+
+/// The tasks of `plan`, each after the tasks it waits for (the plan is acyclic).
+fn in_dependency_order(plan: &Plan) -> Vec<&PlannedTask> {
+    let tasks: Vec<&PlannedTask> = plan.tasks().map(|(_, task)| task).collect();
+    let mut placed: Vec<&PlannedTask> = Vec::with_capacity(tasks.len());
+    let mut done = std::collections::BTreeSet::new();
+    while placed.len() < tasks.len() {
+        let before = placed.len();
+        for task in &tasks {
+            let ready = task.depends_on.iter().all(|d| done.contains(d.as_str()));
+            if !done.contains(task.key.as_str()) && ready {
+                done.insert(task.key.as_str());
+                placed.push(task);
+            }
+        }
+        if placed.len() == before {
+            // Not reachable for a validated plan; keep the rest in plan order.
+            placed.extend(tasks.iter().filter(|t| !done.contains(t.key.as_str())));
+            break;
+        }
+    }
+    placed
+}
+
+fn approved_at(event: &StoredEvent) -> Result<DateTime<Utc>, ProjectionError> {
+    match serde_json::from_value::<SpecEvent>(event.payload.clone()) {
+        Ok(SpecEvent::SpecPlanApproved { at }) => Ok(at),
+        Ok(_) => Err(ProjectionError::payload(event, "not a plan approval")),
+        Err(e) => Err(ProjectionError::payload(event, e)),
+    }
+}

@@ -1,0 +1,93 @@
+//! Process managers: the rules that span aggregates (a spec's approved plan becomes
+//! tickets and tasks, …), run as consumers of the global event stream rather than as code
+//! in HTTP handlers.
+//!
+//! Each is a [`Projector`] of the projection runner, so it has what read models have: one
+//! leader across replicas, a checkpoint, a poison event that stops it visibly
+//! (`omoi projections status`, `GET /api/v1/projections`). Its effects are commands
+//! decided and appended *inside the batch's transaction* (`omoi_store::bus::execute_in`):
+//! effects and checkpoint commit together, so a crash never applies an event's
+//! consequences twice or skips them. The ids of what a process manager creates derive
+//! from the causing event, and it skips what exists already, so replaying an event
+//! (a rebuild from position zero) appends nothing new. Every command carries the event as
+//! its `causation_id`, the event's `correlation_id`, and `system:<name>` as its actor.
+//!
+//! # Layout
+//!
+//! * [`execution`] — a spec's approved plan becomes its tickets and tasks.
+//! * [`completion`] — a spec completes when every ticket of its plan is done.
+
+pub mod completion;
+pub mod execution;
+
+use std::marker::PhantomData;
+use std::sync::Arc;
+
+use futures_util::future::BoxFuture;
+use omoi_projections::{ProjectionError, Projector};
+use omoi_store::StoredEvent;
+use sqlx::PgConnection;
+
+/// A rule run on the global stream: the events it reacts to, and its reaction to one,
+/// inside the batch's transaction.
+pub trait ProcessManager: Send + Sync + 'static {
+    /// Its build in the projection catalog, and its actor (`system:<name>`).
+    const NAME: &'static str;
+    /// Bump to run it over the whole log again (it skips effects that exist).
+    const VERSION: i32 = 1;
+
+    fn reacts_to(event: &StoredEvent) -> bool;
+
+    fn react<'a>(
+        tx: &'a mut PgConnection,
+        event: &'a StoredEvent,
+    ) -> BoxFuture<'a, Result<(), ProjectionError>>;
+}
+
+/// A process manager as the projection runner runs it: a projector with no tables.
+struct Run<P>(PhantomData<P>);
+
+impl<P: ProcessManager> Projector for Run<P> {
+    fn name(&self) -> &'static str {
+        P::NAME
+    }
+
+    fn version(&self) -> i32 {
+        P::VERSION
+    }
+
+    fn tables(&self) -> &'static [&'static str] {
+        &[]
+    }
+
+    fn create_tables(&self, _schema: &str) -> Vec<String> {
+        Vec::new()
+    }
+
+    fn apply<'a>(
+        &'a self,
+        tx: &'a mut PgConnection,
+        _schema: &'a str,
+        events: &'a [StoredEvent],
+    ) -> BoxFuture<'a, Result<(), ProjectionError>> {
+        Box::pin(async move {
+            for event in events.iter().filter(|e| P::reacts_to(e)) {
+                P::react(tx, event).await?;
+            }
+            Ok(())
+        })
+    }
+}
+
+/// `P`, to run beside the read models.
+pub fn run<P: ProcessManager>() -> Arc<dyn Projector> {
+    Arc::new(Run::<P>(PhantomData))
+}
+
+/// Every process manager, to run beside the read models.
+pub fn all() -> Vec<Arc<dyn Projector>> {
+    vec![
+        run::<execution::PlanExecution>(),
+        run::<completion::SpecCompletion>(),
+    ]
+}
