@@ -229,6 +229,9 @@ fn entry(method: &str, template: &str, f: &Fixtures) -> (String, Option<Value>) 
             (on(&f.project), Some(json!({"name": "Renamed"})))
         }
         ("POST", "/api/v1/projects/{id}/archive") => (on(&f.project), None),
+        ("PATCH", "/api/v1/projects/{id}/settings") => {
+            (on(&f.project), Some(json!({"auto_advance": false})))
+        }
 
         // Tickets.
         ("POST", "/api/v1/tickets") => (

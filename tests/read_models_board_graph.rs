@@ -111,7 +111,7 @@ async fn other_user(app: &TestApp, email: &str, viewer_of: Option<&str>) -> Stri
 #[tokio::test(flavor = "multi_thread")]
 async fn the_board_follows_tickets_and_tasks_enforces_wip_limits_and_travels_in_time() {
     let app = spawn_app().await;
-    let (org, project) = app.organization_and_project().await;
+    let (org, project) = app.organization_and_manual_project().await;
     let view = format!("/api/v1/board/view?project_id={project}");
     let stats = format!("/api/v1/board/stats?project_id={project}");
     let violations = format!("/api/v1/board/wip-violations?project_id={project}");

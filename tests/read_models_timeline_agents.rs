@@ -90,7 +90,9 @@ async fn a_small_story(app: &TestApp, project_id: &str, org_id: &str) -> (String
     (ticket_id, task_id, agent_id)
 }
 
-const STORY: [&str; 9] = [
+/// Newest first. The project's tickets move by hand only (`auto_advance` off): the story
+/// is the person's.
+const STORY: [&str; 10] = [
     "TaskCompleted",
     "TaskStarted",
     "TaskAssigned",
@@ -99,13 +101,14 @@ const STORY: [&str; 9] = [
     "TicketStatusChanged",
     "TicketStatusChanged",
     "TicketCreated",
+    "ProjectSettingsChanged",
     "ProjectCreated",
 ];
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_timeline_tells_a_projects_story_newest_first_with_human_summaries() {
     let app = spawn_app().await;
-    let (org_id, project_id) = app.organization_and_project().await;
+    let (org_id, project_id) = app.organization_and_manual_project().await;
     let (_, task_id, _) = a_small_story(&app, &project_id, &org_id).await;
     let base = format!("/api/v1/timeline?project_id={project_id}");
 
@@ -172,7 +175,7 @@ async fn the_timeline_tells_a_projects_story_newest_first_with_human_summaries()
 #[tokio::test(flavor = "multi_thread")]
 async fn paging_the_timeline_either_way_misses_and_repeats_nothing() {
     let app = spawn_app().await;
-    let (org_id, project_id) = app.organization_and_project().await;
+    let (org_id, project_id) = app.organization_and_manual_project().await;
     let (ticket_id, _, _) = a_small_story(&app, &project_id, &org_id).await;
     let base = format!("/api/v1/timeline?project_id={project_id}");
     let full = app
@@ -313,8 +316,9 @@ async fn agent_until(app: &TestApp, path: &str, id: &str, done: impl Fn(&Value) 
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_agents_view_shows_status_and_the_task_each_agent_is_working_on() {
+    // Tasks are added to a ticket whose first task completed: it must stay open.
     let app = spawn_app().await;
-    let (org_id, project_id) = app.organization_and_project().await;
+    let (org_id, project_id) = app.organization_and_manual_project().await;
     let worker = app
         .must(
             "/api/v1/agents/register",

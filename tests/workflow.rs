@@ -165,7 +165,7 @@ async fn replaying_an_approval_creates_nothing_twice() {
 
     let mut conn = app.database.pool.acquire().await.expect("a connection");
     let mut tx = conn.begin().await.expect("a transaction");
-    PlanExecution::react(&mut tx, &approval)
+    PlanExecution::react(&mut tx, "unused", &approval)
         .await
         .expect("a replay succeeds");
     tx.commit().await.expect("commit");
@@ -248,4 +248,195 @@ async fn a_spec_completes_when_every_ticket_of_its_plan_is_done() {
             .count(),
         1
     );
+}
+
+/// Runs task `id` to completion as agent `agent`: assign, start, complete.
+async fn run_task(app: &TestApp, agent: &str, id: &str) {
+    let path = |action: &str| format!("/api/v1/tasks/{id}/{action}");
+    app.must(&path("assign"), json!({"agent_id": agent}), StatusCode::OK)
+        .await;
+    app.must(&path("start"), json!({}), StatusCode::OK).await;
+    app.must(
+        &path("complete"),
+        json!({"result": {"ok": true}}),
+        StatusCode::OK,
+    )
+    .await;
+}
+
+async fn ticket_status(app: &TestApp, ticket: &str) -> Value {
+    app.caught_up().await;
+    let (_, state) = app.get(&format!("/api/v1/tickets/{ticket}")).await;
+    state["state"]["status"].clone()
+}
+
+/// The whole loop: a plan approved, its tasks run by an agent, every ticket walks its
+/// statuses in order by itself and the spec completes.
+#[tokio::test(flavor = "multi_thread")]
+async fn tasks_move_their_tickets_and_the_last_one_completes_the_spec() {
+    let app = spawn_app().await;
+    let (organization, project) = app.organization_and_project().await;
+    let spec = executing_spec(&app, &project).await;
+    let approval = log(&app)
+        .await
+        .into_iter()
+        .find(|e| e.event_type == "SpecPlanApproved")
+        .expect("the approval");
+    let id = |key: &str| created_id(&approval, key).to_string();
+    let agent = app
+        .create(
+            "/api/v1/agents/register",
+            json!({"organization_id": organization, "agent_type": "worker",
+                   "capabilities": ["rust"], "capacity": 4}),
+        )
+        .await;
+
+    // Assigning the first task puts its ticket to work.
+    app.must(
+        &format!("/api/v1/tasks/{}/assign", id("TSK-1")),
+        json!({"agent_id": agent}),
+        StatusCode::OK,
+    )
+    .await;
+    assert_eq!(ticket_status(&app, &id("TKT-1")).await, "building");
+    assert_eq!(ticket_status(&app, &id("TKT-2")).await, "backlog");
+    for action in ["start", "complete"] {
+        app.must(
+            &format!("/api/v1/tasks/{}/{action}", id("TSK-1")),
+            json!({}),
+            StatusCode::OK,
+        )
+        .await;
+    }
+    assert_eq!(
+        ticket_status(&app, &id("TKT-1")).await,
+        "building",
+        "TSK-2 is open"
+    );
+    run_task(&app, &agent, &id("TSK-2")).await;
+    assert_eq!(ticket_status(&app, &id("TKT-1")).await, "done");
+    run_task(&app, &agent, &id("TSK-3")).await;
+    run_task(&app, &agent, &id("TSK-4")).await;
+    assert_eq!(ticket_status(&app, &id("TKT-2")).await, "done");
+    let (_, state) = app.get(&format!("/api/v1/specs/{spec}")).await;
+    assert_eq!(state["state"]["phase"], "completed");
+
+    // Each ticket walked every status in order, each move caused by a task's event.
+    let moves: Vec<(String, String)> = log(&app)
+        .await
+        .into_iter()
+        .filter(|e| e.aggregate_id == id("TKT-1") && e.event_type == "TicketStatusChanged")
+        .map(|e| {
+            (
+                e.payload["TicketStatusChanged"]["to"]
+                    .as_str()
+                    .unwrap_or("")
+                    .to_string(),
+                e.metadata["causation_id"]
+                    .as_str()
+                    .unwrap_or("")
+                    .to_string(),
+            )
+        })
+        .collect();
+    let statuses: Vec<&str> = moves.iter().map(|(to, _)| to.as_str()).collect();
+    assert_eq!(
+        statuses,
+        ["analyzing", "building", "building-done", "testing", "done"]
+    );
+    assert!(
+        moves.iter().all(|(_, cause)| cause.starts_with("Task/")),
+        "{moves:?}"
+    );
+}
+
+/// A task that fails for good blocks its ticket with the reason; a ticket a person moved
+/// ahead by hand is not moved back.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_task_failing_for_good_blocks_its_ticket_and_hand_moves_stand() {
+    let app = spawn_app().await;
+    let (organization, project) = app.organization_and_project().await;
+    let ticket = app.ticket(&project, "Payments").await;
+    let doomed = app.task(&ticket, "Charge", json!({"max_retries": 0})).await;
+    let agent = app
+        .create(
+            "/api/v1/agents/register",
+            json!({"organization_id": organization, "agent_type": "worker"}),
+        )
+        .await;
+    let path = |action: &str| format!("/api/v1/tasks/{doomed}/{action}");
+    app.must(&path("assign"), json!({"agent_id": agent}), StatusCode::OK)
+        .await;
+    app.must(&path("start"), json!({}), StatusCode::OK).await;
+    app.must(
+        &path("fail"),
+        json!({"error": "card declined"}),
+        StatusCode::OK,
+    )
+    .await;
+    app.caught_up().await;
+    let (_, state) = app.get(&format!("/api/v1/tickets/{ticket}")).await;
+    assert_eq!(
+        state["state"]["blocked"]["reason"], "failing_checks",
+        "{state}"
+    );
+    assert!(
+        state["state"]["blocked"]["note"]
+            .as_str()
+            .is_some_and(|note| note.contains(&doomed)),
+        "{state}"
+    );
+
+    // Moved ahead by hand, then a task is assigned: the ticket stays where it was put.
+    let other = app.ticket(&project, "Refunds").await;
+    for to in ["analyzing", "building", "building-done", "testing"] {
+        app.must(
+            &format!("/api/v1/tickets/{other}/transition"),
+            json!({"to": to}),
+            StatusCode::OK,
+        )
+        .await;
+    }
+    let late = app.task(&other, "Refund", json!({})).await;
+    app.must(
+        &format!("/api/v1/tasks/{late}/assign"),
+        json!({"agent_id": agent}),
+        StatusCode::OK,
+    )
+    .await;
+    assert_eq!(ticket_status(&app, &other).await, "testing");
+}
+
+/// With the project's `auto_advance` off, tickets move only by hand.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_project_without_auto_advance_leaves_its_tickets_where_people_put_them() {
+    let app = spawn_app().await;
+    let (organization, project) = app.organization_and_manual_project().await;
+    let ticket = app.ticket(&project, "Exports").await;
+    let task = app.task(&ticket, "CSV", json!({})).await;
+    let agent = app
+        .create(
+            "/api/v1/agents/register",
+            json!({"organization_id": organization, "agent_type": "worker"}),
+        )
+        .await;
+    run_task(&app, &agent, &task).await;
+    assert_eq!(ticket_status(&app, &ticket).await, "backlog");
+    // Turned back on, the next task's assignment moves it.
+    let (status, body) = app
+        .patch(
+            &format!("/api/v1/projects/{project}/settings"),
+            json!({"auto_advance": true}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["state"]["settings"]["auto_advance"], true);
+    let next = app.task(&ticket, "JSON", json!({})).await;
+    app.must(
+        &format!("/api/v1/tasks/{next}/assign"),
+        json!({"agent_id": agent}),
+        StatusCode::OK,
+    )
+    .await;
+    assert_eq!(ticket_status(&app, &ticket).await, "building");
 }

@@ -27,6 +27,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(get_project))
         .routes(routes!(rename_project))
         .routes(routes!(archive_project))
+        .routes(routes!(change_settings))
         .routes(routes!(project_history))
 }
 
@@ -110,6 +111,41 @@ async fn get_project(
         .read::<Project>(&caller, Permission::ProjectRead, id)
         .await?;
     Ok(Json(Versioned::read(id, loaded)))
+}
+
+/// The settings to change; an absent one stays as it is.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ChangeSettings {
+    /// Tickets move by themselves as their tasks do (default on).
+    pub auto_advance: Option<bool>,
+}
+
+/// Changes the project's workflow settings. Setting what is already set records nothing.
+#[utoipa::path(patch, path = "/api/v1/projects/{id}/settings", tag = "projects",
+    params(("id" = Uuid, Path)), request_body = ChangeSettings,
+    responses(
+        (status = 200, body = Versioned<Project>), (status = 404, body = Problem),
+        (status = 409, body = Problem, description = "the project is archived"),
+    ))]
+async fn change_settings(
+    State(state): State<AppState>,
+    caller: Caller,
+    IdPath(id): IdPath,
+    Body(body): Body<ChangeSettings>,
+) -> ApiResult<Json<Versioned<Project>>> {
+    let command = ProjectCommand::ChangeSettings {
+        auto_advance: body.auto_advance,
+    };
+    state
+        .execute_versioned::<Project>(
+            &caller,
+            Permission::ProjectWrite,
+            "ChangeSettings",
+            id,
+            command,
+        )
+        .await
 }
 
 #[utoipa::path(post, path = "/api/v1/projects/{id}/rename", tag = "projects",

@@ -465,6 +465,20 @@ impl TestApp {
         assert_eq!(status, StatusCode::CREATED, "{project}");
         (org_id, project["id"].as_str().expect("an id").to_string())
     }
+
+    /// [`TestApp::organization_and_project`] whose tickets only people move (its
+    /// `auto_advance` off): for tests that walk tickets by hand while tasks run.
+    pub async fn organization_and_manual_project(&self) -> (String, String) {
+        let (organization, project) = self.organization_and_project().await;
+        let (status, body) = self
+            .patch(
+                &format!("/api/v1/projects/{project}/settings"),
+                serde_json::json!({"auto_advance": false}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        (organization, project)
+    }
 }
 
 /// How long a test waits for what happens eventually (a projector catching up, a worker

@@ -27,6 +27,7 @@ impl ProcessManager for SpecCompletion {
 
     fn react<'a>(
         tx: &'a mut PgConnection,
+        _schema: &'a str,
         event: &'a StoredEvent,
     ) -> BoxFuture<'a, Result<(), ProjectionError>> {
         Box::pin(ticket_moved(tx, event))
@@ -73,12 +74,7 @@ async fn ticket_moved(tx: &mut PgConnection, event: &StoredEvent) -> Result<(), 
             return Ok(());
         }
     }
-    let at = event
-        .metadata
-        .get("occurred_at")
-        .and_then(|v| v.as_str())
-        .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
-        .map_or_else(chrono::Utc::now, |t| t.with_timezone(&chrono::Utc));
+    let at = crate::occurred_at(event);
     let context = CommandContext::caused_by(Actor::System(NAME), event);
     execute_in::<Spec>(
         tx,

@@ -33,6 +33,7 @@ impl ProcessManager for PlanExecution {
 
     fn react<'a>(
         tx: &'a mut PgConnection,
+        _schema: &'a str,
         event: &'a StoredEvent,
     ) -> BoxFuture<'a, Result<(), ProjectionError>> {
         Box::pin(execute(tx, event))

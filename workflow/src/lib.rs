@@ -16,9 +16,12 @@
 //!
 //! * [`execution`] — a spec's approved plan becomes its tickets and tasks.
 //! * [`completion`] — a spec completes when every ticket of its plan is done.
+//! * [`progress`] — a ticket moves with its tasks: building once one is assigned, done
+//!   once all completed, blocked when one fails for good.
 
 pub mod completion;
 pub mod execution;
+pub mod progress;
 
 use std::marker::PhantomData;
 use std::sync::Arc;
@@ -36,15 +39,26 @@ pub trait ProcessManager: Send + Sync + 'static {
     /// Bump to run it over the whole log again (it skips effects that exist).
     const VERSION: i32 = 1;
 
+    /// The tables of its own state, in its schema (by bare name).
+    const TABLES: &'static [&'static str] = &[];
+
+    /// `create table` statements for [`ProcessManager::TABLES`] in `schema`.
+    fn create_tables(_schema: &str) -> Vec<String> {
+        Vec::new()
+    }
+
     fn reacts_to(event: &StoredEvent) -> bool;
 
+    /// Its reaction to `event`; its own tables are in `schema`.
     fn react<'a>(
         tx: &'a mut PgConnection,
+        schema: &'a str,
         event: &'a StoredEvent,
     ) -> BoxFuture<'a, Result<(), ProjectionError>>;
 }
 
-/// A process manager as the projection runner runs it: a projector with no tables.
+/// A process manager as the projection runner runs it: a projector whose tables are its
+/// own state (none for most).
 struct Run<P>(PhantomData<P>);
 
 impl<P: ProcessManager> Projector for Run<P> {
@@ -57,26 +71,36 @@ impl<P: ProcessManager> Projector for Run<P> {
     }
 
     fn tables(&self) -> &'static [&'static str] {
-        &[]
+        P::TABLES
     }
 
-    fn create_tables(&self, _schema: &str) -> Vec<String> {
-        Vec::new()
+    fn create_tables(&self, schema: &str) -> Vec<String> {
+        P::create_tables(schema)
     }
 
     fn apply<'a>(
         &'a self,
         tx: &'a mut PgConnection,
-        _schema: &'a str,
+        schema: &'a str,
         events: &'a [StoredEvent],
     ) -> BoxFuture<'a, Result<(), ProjectionError>> {
         Box::pin(async move {
             for event in events.iter().filter(|e| P::reacts_to(e)) {
-                P::react(tx, event).await?;
+                P::react(tx, schema, event).await?;
             }
             Ok(())
         })
     }
+}
+
+/// When `event` was recorded (its metadata's `occurred_at`), for the time of an effect.
+pub fn occurred_at(event: &StoredEvent) -> chrono::DateTime<chrono::Utc> {
+    event
+        .metadata
+        .get("occurred_at")
+        .and_then(|v| v.as_str())
+        .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+        .map_or_else(chrono::Utc::now, |t| t.with_timezone(&chrono::Utc))
 }
 
 /// `P`, to run beside the read models.
@@ -89,5 +113,6 @@ pub fn all() -> Vec<Arc<dyn Projector>> {
     vec![
         run::<execution::PlanExecution>(),
         run::<completion::SpecCompletion>(),
+        run::<progress::TicketProgress>(),
     ]
 }

@@ -19,6 +19,21 @@ pub struct Project {
     pub description: String,
     pub created_at: Option<DateTime<Utc>>,
     pub archived_at: Option<DateTime<Utc>>,
+    pub settings: ProjectSettings,
+}
+
+/// How the workflow treats a project's work.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ProjectSettings {
+    /// Tickets move by themselves as their tasks do (the `ticket_progress` process
+    /// manager); off, only people move them.
+    pub auto_advance: bool,
+}
+
+impl Default for ProjectSettings {
+    fn default() -> Self {
+        Self { auto_advance: true }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -35,6 +50,10 @@ pub enum ProjectCommand {
     },
     ArchiveProject {
         at: DateTime<Utc>,
+    },
+    /// Changes the given settings; `None` leaves one as it is.
+    ChangeSettings {
+        auto_advance: Option<bool>,
     },
 }
 
@@ -53,6 +72,10 @@ pub enum ProjectEvent {
     ProjectArchived {
         archived_at: DateTime<Utc>,
     },
+    /// The project's settings after the change, whole.
+    ProjectSettingsChanged {
+        settings: ProjectSettings,
+    },
 }
 
 impl DomainEvent for ProjectEvent {
@@ -61,6 +84,7 @@ impl DomainEvent for ProjectEvent {
             Self::ProjectCreated { .. } => "ProjectCreated",
             Self::ProjectRenamed { .. } => "ProjectRenamed",
             Self::ProjectArchived { .. } => "ProjectArchived",
+            Self::ProjectSettingsChanged { .. } => "ProjectSettingsChanged",
         }
         .to_string()
     }
@@ -180,6 +204,17 @@ impl Project {
                 self.ensure_active()?;
                 Ok(vec![ProjectEvent::ProjectArchived { archived_at: at }])
             }
+            ProjectCommand::ChangeSettings { auto_advance } => {
+                self.ensure_active()?;
+                let settings = ProjectSettings {
+                    auto_advance: auto_advance.unwrap_or(self.settings.auto_advance),
+                };
+                // Already so: nothing to record.
+                if settings == self.settings {
+                    return Ok(vec![]);
+                }
+                Ok(vec![ProjectEvent::ProjectSettingsChanged { settings }])
+            }
         }
     }
 }
@@ -219,8 +254,10 @@ impl Aggregate for Project {
                     description,
                     created_at: Some(created_at),
                     archived_at: None,
+                    settings: ProjectSettings::default(),
                 }
             }
+            ProjectEvent::ProjectSettingsChanged { settings } => self.settings = settings,
             ProjectEvent::ProjectRenamed { name } => self.name = name,
             ProjectEvent::ProjectArchived { archived_at } => self.archived_at = Some(archived_at),
         }

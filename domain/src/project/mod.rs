@@ -2,4 +2,4 @@
 
 mod aggregate;
 
-pub use aggregate::{Project, ProjectCommand, ProjectError, ProjectEvent};
+pub use aggregate::{Project, ProjectCommand, ProjectError, ProjectEvent, ProjectSettings};

@@ -244,6 +244,10 @@ fn project_summary(event: &ProjectEvent, this: &str, id: Uuid) -> String {
             format!("{this} renamed to \"{}\"", one_line(name, TITLE_CHARS))
         }
         ProjectEvent::ProjectArchived { .. } => format!("{this} archived"),
+        ProjectEvent::ProjectSettingsChanged { settings } => {
+            let advance = if settings.auto_advance { "on" } else { "off" };
+            format!("{this}: tickets move with their tasks {advance}")
+        }
     }
 }
 

@@ -1,0 +1,194 @@
+//! `ticket_progress`: a ticket with tasks moves by itself as its tasks do — to `building`
+//! once one of them is assigned, through `building-done` and `testing` to `done` once all
+//! of them completed (cancelled ones aside), and blocked (`failing_checks`, naming the
+//! task and its error) when one fails for good. It only ever moves a ticket forward, so a
+//! move a person made by hand is never undone; a move the ticket refuses (it is blocked,
+//! say) is skipped. A project whose setting `auto_advance` is off is left alone.
+//!
+//! Its state, in its own table: every task's ticket and status, as the events left them.
+
+use futures_util::future::BoxFuture;
+use omoi_domain::project::Project;
+use omoi_domain::task::{TaskEvent, TaskStatus};
+use omoi_domain::ticket::{BlockReason, Ticket, TicketCommand, TicketStatus};
+use omoi_projections::ProjectionError;
+use omoi_store::bus::execute_in;
+use omoi_store::log::{aggregate_history, fold_until};
+use omoi_store::{Actor, CommandContext, CommandError, StoredEvent};
+use sqlx::PgConnection;
+
+use crate::{occurred_at, ProcessManager};
+
+/// The process manager's name: its build in the catalog and its actor (`system:…`).
+pub const NAME: &str = "ticket_progress";
+
+pub struct TicketProgress;
+
+impl ProcessManager for TicketProgress {
+    const NAME: &'static str = NAME;
+    const TABLES: &'static [&'static str] = &["tasks"];
+
+    fn create_tables(schema: &str) -> Vec<String> {
+        vec![
+            format!(
+                "create table {schema}.tasks (
+                    task_id   text primary key,
+                    ticket_id text not null,
+                    status    text not null
+                )"
+            ),
+            format!("create index on {schema}.tasks (ticket_id)"),
+        ]
+    }
+
+    fn reacts_to(event: &StoredEvent) -> bool {
+        event.aggregate_type == "Task"
+    }
+
+    fn react<'a>(
+        tx: &'a mut PgConnection,
+        schema: &'a str,
+        event: &'a StoredEvent,
+    ) -> BoxFuture<'a, Result<(), ProjectionError>> {
+        Box::pin(task_changed(tx, schema, event))
+    }
+}
+
+fn text(status: TaskStatus) -> &'static str {
+    status.as_str()
+}
+
+async fn task_changed(
+    tx: &mut PgConnection,
+    schema: &str,
+    event: &StoredEvent,
+) -> Result<(), ProjectionError> {
+    let change: TaskEvent = serde_json::from_value(event.payload.clone())
+        .map_err(|e| ProjectionError::payload(event, e))?;
+    if let TaskEvent::TaskCreated { ticket_id, .. } = &change {
+        sqlx::query(&format!(
+            "insert into {schema}.tasks (task_id, ticket_id, status) values ($1, $2, $3)
+             on conflict (task_id) do nothing"
+        ))
+        .bind(&event.aggregate_id)
+        .bind(ticket_id.to_string())
+        .bind(text(TaskStatus::Pending))
+        .execute(&mut *tx)
+        .await?;
+        return Ok(());
+    }
+    let Some(status) = change.status_after() else {
+        return Ok(());
+    };
+    let ticket: Option<String> = sqlx::query_scalar(&format!(
+        "update {schema}.tasks set status = $2 where task_id = $1 returning ticket_id"
+    ))
+    .bind(&event.aggregate_id)
+    .bind(text(status))
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some(ticket) = ticket else {
+        return Ok(());
+    };
+    if !auto_advance(tx, event).await? {
+        return Ok(());
+    }
+    let context = CommandContext::caused_by(Actor::System(NAME), event);
+    match status {
+        TaskStatus::Assigned => advance(tx, event, &ticket, TicketStatus::Building, &context).await,
+        TaskStatus::Completed | TaskStatus::Cancelled => {
+            let (open, completed): (i64, i64) = sqlx::query_as(&format!(
+                "select count(*) filter (where status not in ($2, $3)),
+                        count(*) filter (where status = $2)
+                   from {schema}.tasks where ticket_id = $1"
+            ))
+            .bind(&ticket)
+            .bind(text(TaskStatus::Completed))
+            .bind(text(TaskStatus::Cancelled))
+            .fetch_one(&mut *tx)
+            .await?;
+            if open == 0 && completed > 0 {
+                advance(tx, event, &ticket, TicketStatus::Done, &context).await?;
+            }
+            Ok(())
+        }
+        TaskStatus::PermanentlyFailed | TaskStatus::TimedOut => {
+            let note = format!("task {} failed for good", event.aggregate_id);
+            let block = TicketCommand::BlockTicket {
+                reason: BlockReason::FailingChecks,
+                note: Some(note),
+                at: occurred_at(event),
+            };
+            command(tx, event, &ticket, block, &context).await
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Whether the task's project lets tickets move by themselves (its `auto_advance`).
+async fn auto_advance(tx: &mut PgConnection, event: &StoredEvent) -> Result<bool, ProjectionError> {
+    let Some(project_id) = event.metadata.get("project_id").and_then(|v| v.as_str()) else {
+        return Ok(false);
+    };
+    let history = aggregate_history(&mut *tx, "Project", project_id).await?;
+    let project: Project =
+        fold_until(&history, None).map_err(|e| ProjectionError::payload(event, e))?;
+    Ok(project.settings.auto_advance)
+}
+
+/// Moves the ticket forward, one step at a time, until it is `to`; never backwards.
+async fn advance(
+    tx: &mut PgConnection,
+    event: &StoredEvent,
+    ticket_id: &str,
+    to: TicketStatus,
+    context: &CommandContext,
+) -> Result<(), ProjectionError> {
+    let rank = |status: TicketStatus| TicketStatus::ALL.iter().position(|s| *s == status);
+    loop {
+        let history = aggregate_history(&mut *tx, "Ticket", ticket_id).await?;
+        let ticket: Ticket =
+            fold_until(&history, None).map_err(|e| ProjectionError::payload(event, e))?;
+        if history.is_empty() || rank(ticket.status) >= rank(to) {
+            return Ok(());
+        }
+        let Some(next) = ticket.status.next() else {
+            return Ok(());
+        };
+        let step = TicketCommand::TransitionTicket {
+            to: next,
+            note: Some(format!("tasks moved on ({})", event.reference())),
+        };
+        let before = history.len();
+        command(tx, event, ticket_id, step, context).await?;
+        let after = aggregate_history(&mut *tx, "Ticket", ticket_id)
+            .await?
+            .len();
+        if after == before {
+            // The ticket refused the step (it is blocked, say): leave it where it is.
+            return Ok(());
+        }
+    }
+}
+
+/// Runs `command` on the ticket in the batch's transaction; a refusal of the ticket is
+/// logged and skipped, anything else fails the batch.
+async fn command(
+    tx: &mut PgConnection,
+    event: &StoredEvent,
+    ticket_id: &str,
+    command: TicketCommand,
+    context: &CommandContext,
+) -> Result<(), ProjectionError> {
+    match execute_in::<Ticket>(tx, ticket_id, command, context).await {
+        Ok(_) => Ok(()),
+        Err(CommandError::Domain(refusal)) => {
+            tracing::debug!(ticket = ticket_id, %refusal, "ticket_progress: the ticket refused");
+            Ok(())
+        }
+        Err(other) => Err(ProjectionError::payload(
+            event,
+            format!("moving ticket {ticket_id}: {other}"),
+        )),
+    }
+}
