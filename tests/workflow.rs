@@ -440,3 +440,52 @@ async fn a_project_without_auto_advance_leaves_its_tickets_where_people_put_them
     .await;
     assert_eq!(ticket_status(&app, &ticket).await, "building");
 }
+
+/// Archiving an executing spec stops its work and gives its workflow back.
+#[tokio::test(flavor = "multi_thread")]
+async fn archiving_an_executing_spec_cancels_its_open_tasks_and_gives_the_workflow_back() {
+    let app = spawn_app().await;
+    let (organization, project) = app.organization_and_manual_project().await;
+    let spec = executing_spec(&app, &project).await;
+    let approval = log(&app)
+        .await
+        .into_iter()
+        .find(|e| e.event_type == "SpecPlanApproved")
+        .expect("the approval");
+    let id = |key: &str| created_id(&approval, key).to_string();
+    let account = format!("/api/v1/billing/account?organization_id={organization}");
+    let used = || {
+        let (app, account) = (&app, &account);
+        async move { app.get(account).await.1["usage"]["workflows_used"].clone() }
+    };
+    assert_eq!(used().await, 1);
+    let agent = app
+        .create(
+            "/api/v1/agents/register",
+            json!({"organization_id": organization, "agent_type": "worker"}),
+        )
+        .await;
+    run_task(&app, &agent, &id("TSK-1")).await;
+
+    app.must(
+        &format!("/api/v1/specs/{spec}/archive"),
+        json!({}),
+        StatusCode::OK,
+    )
+    .await;
+    app.caught_up().await;
+    let status = |key: &'static str| {
+        let app = &app;
+        let path = format!("/api/v1/tasks/{}", id(key));
+        async move { app.get(&path).await.1["state"]["status"].clone() }
+    };
+    assert_eq!(
+        status("TSK-1").await,
+        "completed",
+        "finished work stays finished"
+    );
+    for key in ["TSK-2", "TSK-3", "TSK-4"] {
+        assert_eq!(status(key).await, "cancelled", "{key}");
+    }
+    assert_eq!(used().await, 0, "the workflow is given back");
+}

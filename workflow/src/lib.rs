@@ -16,9 +16,12 @@
 //!
 //! * [`execution`] — a spec's approved plan becomes its tickets and tasks.
 //! * [`completion`] — a spec completes when every ticket of its plan is done.
+//! * [`archival`] — archiving an executing spec cancels its open tasks and gives its
+//!   workflow back.
 //! * [`progress`] — a ticket moves with its tasks: building once one is assigned, done
 //!   once all completed, blocked when one fails for good.
 
+pub mod archival;
 pub mod completion;
 pub mod execution;
 pub mod progress;
@@ -114,5 +117,6 @@ pub fn all() -> Vec<Arc<dyn Projector>> {
         run::<execution::PlanExecution>(),
         run::<completion::SpecCompletion>(),
         run::<progress::TicketProgress>(),
+        run::<archival::SpecArchival>(),
     ]
 }

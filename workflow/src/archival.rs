@@ -1,0 +1,104 @@
+//! `spec_archival`: archiving an executing spec stops its work — every open task of its
+//! plan is cancelled — and gives its workflow back to the organization's billing account
+//! (its usage and any credits it took), as a workflow whose start failed is given back.
+
+use futures_util::future::BoxFuture;
+use omoi_domain::billing::{BillingAccount, BillingCommand};
+use omoi_domain::spec::{Spec, SpecPhase};
+use omoi_domain::task::{Task, TaskCommand};
+use omoi_projections::ProjectionError;
+use omoi_store::bus::execute_in;
+use omoi_store::log::{aggregate_history, fold_until};
+use omoi_store::{Actor, CommandContext, CommandError, StoredEvent};
+use sqlx::PgConnection;
+
+use crate::execution::created_by;
+use crate::{occurred_at, ProcessManager};
+
+/// The process manager's name: its build in the catalog and its actor (`system:…`).
+pub const NAME: &str = "spec_archival";
+
+pub struct SpecArchival;
+
+impl ProcessManager for SpecArchival {
+    const NAME: &'static str = NAME;
+
+    fn reacts_to(event: &StoredEvent) -> bool {
+        event.aggregate_type == "Spec" && event.event_type == "SpecArchived"
+    }
+
+    fn react<'a>(
+        tx: &'a mut PgConnection,
+        _schema: &'a str,
+        event: &'a StoredEvent,
+    ) -> BoxFuture<'a, Result<(), ProjectionError>> {
+        Box::pin(archived(tx, event))
+    }
+}
+
+async fn archived(tx: &mut PgConnection, event: &StoredEvent) -> Result<(), ProjectionError> {
+    let history = aggregate_history(&mut *tx, "Spec", &event.aggregate_id).await?;
+    let spec: Spec = fold_until(&history, Some(event.sequence))
+        .map_err(|e| ProjectionError::payload(event, e))?;
+    let (Some(SpecPhase::Executing), Some(plan), Some(spec_id), Some(organization_id)) = (
+        spec.phase_before_archive,
+        spec.plan.as_ref(),
+        spec.id,
+        spec.organization_id,
+    ) else {
+        return Ok(());
+    };
+    let Some(approval) = history
+        .iter()
+        .take_while(|e| e.sequence <= event.sequence)
+        .filter(|e| e.event_type == "SpecPlanApproved")
+        .last()
+    else {
+        return Ok(());
+    };
+    let approval = approval.reference();
+    let at = occurred_at(event);
+    let context = CommandContext::caused_by(Actor::System(NAME), event);
+    for (_, planned) in plan.tasks() {
+        let id = created_by(&approval, &planned.key).to_string();
+        let task_history = aggregate_history(&mut *tx, "Task", &id).await?;
+        let task: Task =
+            fold_until(&task_history, None).map_err(|e| ProjectionError::payload(event, e))?;
+        if task_history.is_empty() || task.status.is_final() {
+            continue;
+        }
+        let cancel = TaskCommand::CancelTask {
+            reason: Some("its spec was archived".into()),
+            at,
+        };
+        settle(execute_in::<Task>(tx, &id, cancel, &context).await, event)?;
+    }
+    let give_back = BillingCommand::CancelWorkflow {
+        organization_id,
+        spec_id,
+        at,
+    };
+    let account = organization_id.to_string();
+    settle(
+        execute_in::<BillingAccount>(tx, &account, give_back, &context).await,
+        event,
+    )?;
+    tracing::info!(spec = %spec_id, "executing spec archived: its work stopped, its workflow given back");
+    Ok(())
+}
+
+/// A refusal by the aggregate is logged and skipped (nothing to do); anything else fails
+/// the batch, to be retried whole.
+fn settle<T, E: std::error::Error>(
+    result: Result<T, CommandError<E>>,
+    event: &StoredEvent,
+) -> Result<(), ProjectionError> {
+    match result {
+        Ok(_) => Ok(()),
+        Err(CommandError::Domain(refusal)) => {
+            tracing::debug!(%refusal, "spec_archival: refused, skipped");
+            Ok(())
+        }
+        Err(other) => Err(ProjectionError::payload(event, other)),
+    }
+}
