@@ -445,7 +445,7 @@ async fn a_project_without_auto_advance_leaves_its_tickets_where_people_put_them
 #[tokio::test(flavor = "multi_thread")]
 async fn archiving_an_executing_spec_cancels_its_open_tasks_and_gives_the_workflow_back() {
     let app = spawn_app().await;
-    let (organization, project) = app.organization_and_manual_project().await;
+    let (organization, project) = app.organization_and_project().await;
     let spec = executing_spec(&app, &project).await;
     let approval = log(&app)
         .await
@@ -488,4 +488,7 @@ async fn archiving_an_executing_spec_cancels_its_open_tasks_and_gives_the_workfl
         assert_eq!(status(key).await, "cancelled", "{key}");
     }
     assert_eq!(used().await, 0, "the workflow is given back");
+    // Its tickets stay where they were: cancelled work finishes nothing.
+    let (_, ticket) = app.get(&format!("/api/v1/tickets/{}", id("TKT-1"))).await;
+    assert_eq!(ticket["state"]["status"], "building", "{ticket}");
 }

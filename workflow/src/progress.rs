@@ -9,6 +9,7 @@
 
 use futures_util::future::BoxFuture;
 use omoi_domain::project::Project;
+use omoi_domain::spec::{Spec, SpecPhase};
 use omoi_domain::task::{TaskEvent, TaskStatus};
 use omoi_domain::ticket::{BlockReason, Ticket, TicketCommand, TicketStatus};
 use omoi_projections::ProjectionError;
@@ -107,7 +108,7 @@ async fn task_changed(
             .bind(text(TaskStatus::Cancelled))
             .fetch_one(&mut *tx)
             .await?;
-            if open == 0 && completed > 0 {
+            if open == 0 && completed > 0 && !of_archived_spec(tx, event, &ticket).await? {
                 advance(tx, event, &ticket, TicketStatus::Done, &context).await?;
             }
             Ok(())
@@ -123,6 +124,24 @@ async fn task_changed(
         }
         _ => Ok(()),
     }
+}
+
+/// Whether the ticket belongs to an archived spec: its tasks were cancelled with it, which
+/// finishes nothing.
+async fn of_archived_spec(
+    tx: &mut PgConnection,
+    event: &StoredEvent,
+    ticket_id: &str,
+) -> Result<bool, ProjectionError> {
+    let history = aggregate_history(&mut *tx, "Ticket", ticket_id).await?;
+    let ticket: Ticket =
+        fold_until(&history, None).map_err(|e| ProjectionError::payload(event, e))?;
+    let Some(spec_id) = ticket.spec_id else {
+        return Ok(false);
+    };
+    let history = aggregate_history(&mut *tx, "Spec", &spec_id.to_string()).await?;
+    let spec: Spec = fold_until(&history, None).map_err(|e| ProjectionError::payload(event, e))?;
+    Ok(spec.phase == SpecPhase::Archived)
 }
 
 /// Whether the task's project lets tickets move by themselves (its `auto_advance`).
