@@ -2,7 +2,7 @@
 //! processes are SIGKILLed while commands stream in, and afterwards every read model equals
 //! a rebuild from the log (`verify`), with no event applied twice or skipped.
 
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -20,20 +20,7 @@ use uuid::Uuid;
 
 /// Starts `omoi serve` (API and projectors) on `database`.
 fn serve(database: &TestDatabase) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_omoi"))
-        .arg("serve")
-        .env("DATABASE_URL", &database.url)
-        .env(
-            "OMOI_JWT_SECRET",
-            "a-test-secret-that-is-long-enough-0123456789",
-        )
-        .env("OMOI_APPLICATION__PORT", "0")
-        .env("OMOI_ENV", "test")
-        .env("OMOI_LOG", "error")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("omoi serve starts")
+    omoi_testing::serve_process(env!("CARGO_BIN_EXE_omoi"), database)
 }
 
 /// SIGKILL: no shutdown code runs.

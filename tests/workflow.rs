@@ -157,11 +157,7 @@ async fn replaying_an_approval_creates_nothing_twice() {
     let (_, project) = app.organization_and_project().await;
     executing_spec(&app, &project).await;
     let before = app.event_count().await;
-    let approval = log(&app)
-        .await
-        .into_iter()
-        .find(|e| e.event_type == "SpecPlanApproved")
-        .expect("the approval");
+    let approval = the_approval(&app).await;
 
     let mut conn = app.database.pool.acquire().await.expect("a connection");
     let mut tx = conn.begin().await.expect("a transaction");
@@ -210,11 +206,7 @@ async fn a_spec_completes_when_every_ticket_of_its_plan_is_done() {
     let app = spawn_app().await;
     let (_, project) = app.organization_and_project().await;
     let spec = executing_spec(&app, &project).await;
-    let approval = log(&app)
-        .await
-        .into_iter()
-        .find(|e| e.event_type == "SpecPlanApproved")
-        .expect("the approval");
+    let approval = the_approval(&app).await;
     let ticket = |key: &str| created_id(&approval, key).to_string();
 
     finish(&app, &ticket("TKT-1")).await;
@@ -250,11 +242,39 @@ async fn a_spec_completes_when_every_ticket_of_its_plan_is_done() {
     );
 }
 
+/// A worker agent of `organization`.
+async fn worker(app: &TestApp, organization: &str) -> String {
+    app.create(
+        "/api/v1/agents/register",
+        json!({"organization_id": organization, "agent_type": "worker",
+               "capabilities": ["rust"], "capacity": 4}),
+    )
+    .await
+}
+
+/// Gives task `id` to agent `agent`.
+async fn assign(app: &TestApp, agent: &str, id: &str) {
+    app.must(
+        &format!("/api/v1/tasks/{id}/assign"),
+        json!({"agent_id": agent}),
+        StatusCode::OK,
+    )
+    .await;
+}
+
+/// The log's plan approval (the one spec of the test).
+async fn the_approval(app: &TestApp) -> StoredEvent {
+    log(app)
+        .await
+        .into_iter()
+        .find(|e| e.event_type == "SpecPlanApproved")
+        .expect("the approval")
+}
+
 /// Runs task `id` to completion as agent `agent`: assign, start, complete.
 async fn run_task(app: &TestApp, agent: &str, id: &str) {
     let path = |action: &str| format!("/api/v1/tasks/{id}/{action}");
-    app.must(&path("assign"), json!({"agent_id": agent}), StatusCode::OK)
-        .await;
+    assign(app, agent, id).await;
     app.must(&path("start"), json!({}), StatusCode::OK).await;
     app.must(
         &path("complete"),
@@ -277,27 +297,12 @@ async fn tasks_move_their_tickets_and_the_last_one_completes_the_spec() {
     let app = spawn_app().await;
     let (organization, project) = app.organization_and_project().await;
     let spec = executing_spec(&app, &project).await;
-    let approval = log(&app)
-        .await
-        .into_iter()
-        .find(|e| e.event_type == "SpecPlanApproved")
-        .expect("the approval");
+    let approval = the_approval(&app).await;
     let id = |key: &str| created_id(&approval, key).to_string();
-    let agent = app
-        .create(
-            "/api/v1/agents/register",
-            json!({"organization_id": organization, "agent_type": "worker",
-                   "capabilities": ["rust"], "capacity": 4}),
-        )
-        .await;
+    let agent = worker(&app, &organization).await;
 
     // Assigning the first task puts its ticket to work.
-    app.must(
-        &format!("/api/v1/tasks/{}/assign", id("TSK-1")),
-        json!({"agent_id": agent}),
-        StatusCode::OK,
-    )
-    .await;
+    assign(&app, &agent, &id("TSK-1")).await;
     assert_eq!(ticket_status(&app, &id("TKT-1")).await, "building");
     assert_eq!(ticket_status(&app, &id("TKT-2")).await, "backlog");
     for action in ["start", "complete"] {
@@ -358,12 +363,7 @@ async fn a_task_failing_for_good_blocks_its_ticket_and_hand_moves_stand() {
     let (organization, project) = app.organization_and_project().await;
     let ticket = app.ticket(&project, "Payments").await;
     let doomed = app.task(&ticket, "Charge", json!({"max_retries": 0})).await;
-    let agent = app
-        .create(
-            "/api/v1/agents/register",
-            json!({"organization_id": organization, "agent_type": "worker"}),
-        )
-        .await;
+    let agent = worker(&app, &organization).await;
     let path = |action: &str| format!("/api/v1/tasks/{doomed}/{action}");
     app.must(&path("assign"), json!({"agent_id": agent}), StatusCode::OK)
         .await;
@@ -398,12 +398,7 @@ async fn a_task_failing_for_good_blocks_its_ticket_and_hand_moves_stand() {
         .await;
     }
     let late = app.task(&other, "Refund", json!({})).await;
-    app.must(
-        &format!("/api/v1/tasks/{late}/assign"),
-        json!({"agent_id": agent}),
-        StatusCode::OK,
-    )
-    .await;
+    assign(&app, &agent, &late).await;
     assert_eq!(ticket_status(&app, &other).await, "testing");
 }
 
@@ -414,12 +409,7 @@ async fn a_project_without_auto_advance_leaves_its_tickets_where_people_put_them
     let (organization, project) = app.organization_and_manual_project().await;
     let ticket = app.ticket(&project, "Exports").await;
     let task = app.task(&ticket, "CSV", json!({})).await;
-    let agent = app
-        .create(
-            "/api/v1/agents/register",
-            json!({"organization_id": organization, "agent_type": "worker"}),
-        )
-        .await;
+    let agent = worker(&app, &organization).await;
     run_task(&app, &agent, &task).await;
     assert_eq!(ticket_status(&app, &ticket).await, "backlog");
     // Turned back on, the next task's assignment moves it.
@@ -432,12 +422,7 @@ async fn a_project_without_auto_advance_leaves_its_tickets_where_people_put_them
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["state"]["settings"]["auto_advance"], true);
     let next = app.task(&ticket, "JSON", json!({})).await;
-    app.must(
-        &format!("/api/v1/tasks/{next}/assign"),
-        json!({"agent_id": agent}),
-        StatusCode::OK,
-    )
-    .await;
+    assign(&app, &agent, &next).await;
     assert_eq!(ticket_status(&app, &ticket).await, "building");
 }
 
@@ -447,11 +432,7 @@ async fn archiving_an_executing_spec_cancels_its_open_tasks_and_gives_the_workfl
     let app = spawn_app().await;
     let (organization, project) = app.organization_and_project().await;
     let spec = executing_spec(&app, &project).await;
-    let approval = log(&app)
-        .await
-        .into_iter()
-        .find(|e| e.event_type == "SpecPlanApproved")
-        .expect("the approval");
+    let approval = the_approval(&app).await;
     let id = |key: &str| created_id(&approval, key).to_string();
     let account = format!("/api/v1/billing/account?organization_id={organization}");
     let used = || {
@@ -459,12 +440,7 @@ async fn archiving_an_executing_spec_cancels_its_open_tasks_and_gives_the_workfl
         async move { app.get(account).await.1["usage"]["workflows_used"].clone() }
     };
     assert_eq!(used().await, 1);
-    let agent = app
-        .create(
-            "/api/v1/agents/register",
-            json!({"organization_id": organization, "agent_type": "worker"}),
-        )
-        .await;
+    let agent = worker(&app, &organization).await;
     run_task(&app, &agent, &id("TSK-1")).await;
 
     app.must(

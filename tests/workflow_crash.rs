@@ -3,7 +3,7 @@
 //! ten times at random moments, and in the end every ticket and task of every plan exists,
 //! once.
 
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::{Duration, Instant};
 
 use omoi_domain::access::Principal;
@@ -22,20 +22,7 @@ const TICKETS: usize = 10;
 const TASKS: usize = 5;
 
 fn serve(database: &TestDatabase) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_omoi"))
-        .arg("serve")
-        .env("DATABASE_URL", &database.url)
-        .env(
-            "OMOI_JWT_SECRET",
-            "a-test-secret-that-is-long-enough-0123456789",
-        )
-        .env("OMOI_APPLICATION__PORT", "0")
-        .env("OMOI_ENV", "test")
-        .env("OMOI_LOG", "error")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("omoi serve starts")
+    omoi_testing::serve_process(env!("CARGO_BIN_EXE_omoi"), database)
 }
 
 /// Ten tickets of five tasks; each task waits for the one before it, and the first task

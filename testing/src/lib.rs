@@ -651,3 +651,24 @@ pub async fn fake_stripe() -> (String, StripeLog) {
     tokio::spawn(async move { axum::serve(listener, app).await });
     (address, log)
 }
+
+/// Starts `binary` (the `omoi` under test: `env!("CARGO_BIN_EXE_omoi")`) as `omoi serve`
+/// on `database` — API, read models and process managers — quiet and on a free port, as a
+/// child process a test may SIGKILL.
+pub fn serve_process(binary: &str, database: &TestDatabase) -> std::process::Child {
+    use std::process::{Command, Stdio};
+    Command::new(binary)
+        .arg("serve")
+        .env("DATABASE_URL", &database.url)
+        .env(
+            "OMOI_JWT_SECRET",
+            std::str::from_utf8(TEST_SIGNING_SECRET).expect("a text secret"),
+        )
+        .env("OMOI_APPLICATION__PORT", "0")
+        .env("OMOI_ENV", "test")
+        .env("OMOI_LOG", "error")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("omoi serve starts")
+}
