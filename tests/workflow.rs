@@ -41,10 +41,13 @@ async fn spec_in_tasks(app: &TestApp, project: &str) -> String {
 /// A spec of `project` with [`two_ticket_plan`] approved, once the process managers have
 /// caught up.
 async fn executing_spec(app: &TestApp, project: &str) -> String {
+    executing_spec_with(app, project, two_ticket_plan()).await
+}
+
+/// [`executing_spec`] with the given plan.
+async fn executing_spec_with(app: &TestApp, project: &str, plan: Value) -> String {
     let spec = spec_in_tasks(app, project).await;
-    let (status, body) = app
-        .put(&format!("/api/v1/specs/{spec}/plan"), two_ticket_plan())
-        .await;
+    let (status, body) = app.put(&format!("/api/v1/specs/{spec}/plan"), plan).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     app.must(
         &format!("/api/v1/specs/{spec}/approve-plan"),
@@ -467,4 +470,66 @@ async fn archiving_an_executing_spec_cancels_its_open_tasks_and_gives_the_workfl
     // Its tickets stay where they were: cancelled work finishes nothing.
     let (_, ticket) = app.get(&format!("/api/v1/tickets/{}", id("TKT-1"))).await;
     assert_eq!(ticket["state"]["status"], "building", "{ticket}");
+}
+
+/// The whole loop with in-process agents, as `omoi dev` runs it: a spec's plan approved,
+/// nothing else done by hand — the worker runs every task as its dependencies allow, the
+/// tickets walk their statuses in order, and the spec completes.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_approved_plan_runs_to_a_completed_spec_with_in_process_agents() {
+    use omoi_orchestrator::{Work, Worker, WorkerConfig};
+    let app = spawn_app().await;
+    let (_, project) = app.organization_and_project().await;
+    let mut plan = two_ticket_plan();
+    // In-process agents declare no capabilities.
+    if let Some(task) = plan["tickets"][1]["tasks"][0].as_object_mut() {
+        task.remove("required_capabilities");
+    }
+    let directory = std::env::temp_dir().join(format!("omoi-loop-{}", uuid::Uuid::now_v7()));
+    let worker = Worker::start(
+        app.database.pool.clone(),
+        WorkerConfig {
+            work: Work::Command("true".into()),
+            poll_interval_ms: 100,
+            check_interval_ms: 200,
+            work_dir: directory.join("work"),
+            ..WorkerConfig::default()
+        },
+    );
+    let spec = executing_spec_with(&app, &project, plan).await;
+    app.eventually(&format!("/api/v1/specs/{spec}"), |s| {
+        s["state"]["phase"] == "completed"
+    })
+    .await;
+    worker.stop().await;
+    let _ = std::fs::remove_dir_all(&directory);
+
+    let approval = the_approval(&app).await;
+    let events = log(&app).await;
+    for key in ["TKT-1", "TKT-2"] {
+        let ticket = created_id(&approval, key).to_string();
+        let moves: Vec<&str> = events
+            .iter()
+            .filter(|e| e.aggregate_id == ticket && e.event_type == "TicketStatusChanged")
+            .filter_map(|e| e.payload["TicketStatusChanged"]["to"].as_str())
+            .collect();
+        assert_eq!(
+            moves,
+            ["analyzing", "building", "building-done", "testing", "done"],
+            "{key}"
+        );
+    }
+    // Every task ran once, after the tasks it waited for.
+    let completed: Vec<String> = events
+        .iter()
+        .filter(|e| e.event_type == "TaskCompleted")
+        .map(|e| e.aggregate_id.clone())
+        .collect();
+    assert_eq!(completed.len(), 4, "{completed:?}");
+    let at = |key: &str| {
+        let id = created_id(&approval, key).to_string();
+        completed.iter().position(|c| *c == id).expect("completed")
+    };
+    assert!(at("TSK-1") < at("TSK-2") && at("TSK-1") < at("TSK-3"));
+    assert!(at("TSK-3") < at("TSK-4") && at("TSK-2") < at("TSK-4"));
 }
