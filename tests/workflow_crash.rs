@@ -177,3 +177,61 @@ async fn every_planned_ticket_and_task_exists_once_whenever_the_process_was_kill
     server.wait().expect("reaped");
     println!("killed before the plans were carried out: {killed_before_done} times of 10");
 }
+
+/// A process manager's effects belong to the batch's transaction: rolled back, nothing
+/// stays; committed, everything does — and the runner is told to announce them.
+#[tokio::test(flavor = "multi_thread")]
+async fn effects_commit_or_roll_back_with_the_batch_and_are_announced() {
+    use omoi_store::log::{read_global, Visibility};
+    use omoi_store::Cursor;
+    use sqlx::Connection;
+
+    let database = TestDatabase::create().await.expect("a database");
+    let bus = CommandBus::new(database.pool.clone(), RetryPolicy::default());
+    approved_specs(&bus).await;
+    let page = read_global(
+        &database.pool,
+        Cursor::default(),
+        10_000,
+        &Visibility::Everything,
+    )
+    .await
+    .expect("the log");
+    let execution = omoi_workflow::run::<omoi_workflow::execution::PlanExecution>();
+    let mut conn = database.pool.acquire().await.expect("a connection");
+
+    let mut tx = conn.begin().await.expect("a transaction");
+    execution
+        .apply(&mut tx, "unused", &page.events)
+        .await
+        .expect("applied");
+    assert!(execution.take_appended(), "effects are reported");
+    assert!(!execution.take_appended(), "reading clears it");
+    tx.rollback().await.expect("rolled back");
+    assert_eq!(
+        created(&database, "TicketCreated").await.0,
+        0,
+        "nothing stays"
+    );
+
+    let mut tx = conn.begin().await.expect("a transaction");
+    execution
+        .apply(&mut tx, "unused", &page.events)
+        .await
+        .expect("applied");
+    tx.commit().await.expect("committed");
+    assert!(execution.take_appended());
+    assert_eq!(
+        created(&database, "TicketCreated").await.0,
+        (SPECS * TICKETS) as i64
+    );
+
+    // Applied again: nothing to create, nothing to announce.
+    let mut tx = conn.begin().await.expect("a transaction");
+    execution
+        .apply(&mut tx, "unused", &page.events)
+        .await
+        .expect("applied");
+    tx.commit().await.expect("committed");
+    assert!(!execution.take_appended());
+}

@@ -91,6 +91,13 @@ pub trait Projector: Send + Sync {
         schema: &'a str,
         events: &'a [StoredEvent],
     ) -> BoxFuture<'a, Result<(), ProjectionError>>;
+
+    /// Whether the batch last applied appended events to the log (process managers do):
+    /// the runner then announces them once the batch commits, so that readers in every
+    /// process see them at once instead of at their next poll. Reading clears it.
+    fn take_appended(&self) -> bool {
+        false
+    }
 }
 
 /// Every read model, in the order they are reported.

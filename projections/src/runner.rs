@@ -454,6 +454,16 @@ pub async fn step(
     let applied = page.events.len();
     advance(&mut tx, &build, page.next, applied).await?;
     tx.commit().await?;
+    if projector.take_appended() {
+        // One announcement per batch, after its commit (never inside an append).
+        if let Err(error) = sqlx::query("select pg_notify($1, '')")
+            .bind(omoi_store::wakeup::CHANNEL)
+            .execute(pool)
+            .await
+        {
+            tracing::debug!(%error, "could not announce a process manager's effects");
+        }
+    }
     record_batch(pool, stats, &build, &page.events, started).await;
     Ok(Step::Applied(applied))
 }

@@ -27,6 +27,7 @@ pub mod execution;
 pub mod progress;
 
 use std::marker::PhantomData;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use futures_util::future::BoxFuture;
@@ -62,7 +63,11 @@ pub trait ProcessManager: Send + Sync + 'static {
 
 /// A process manager as the projection runner runs it: a projector whose tables are its
 /// own state (none for most).
-struct Run<P>(PhantomData<P>);
+struct Run<P> {
+    manager: PhantomData<P>,
+    /// Whether the last batch appended events (see [`Projector::take_appended`]).
+    appended: AtomicBool,
+}
 
 impl<P: ProcessManager> Projector for Run<P> {
     fn name(&self) -> &'static str {
@@ -91,8 +96,20 @@ impl<P: ProcessManager> Projector for Run<P> {
             for event in events.iter().filter(|e| P::reacts_to(e)) {
                 P::react(tx, schema, event).await?;
             }
+            // The batch's own appends carry its transaction's id.
+            let appended: bool = sqlx::query_scalar(
+                "select exists (select 1 from events
+                                 where transaction_id = pg_current_xact_id_if_assigned())",
+            )
+            .fetch_one(&mut *tx)
+            .await?;
+            self.appended.store(appended, Ordering::Relaxed);
             Ok(())
         })
+    }
+
+    fn take_appended(&self) -> bool {
+        self.appended.swap(false, Ordering::Relaxed)
     }
 }
 
@@ -108,7 +125,10 @@ pub fn occurred_at(event: &StoredEvent) -> chrono::DateTime<chrono::Utc> {
 
 /// `P`, to run beside the read models.
 pub fn run<P: ProcessManager>() -> Arc<dyn Projector> {
-    Arc::new(Run::<P>(PhantomData))
+    Arc::new(Run::<P> {
+        manager: PhantomData,
+        appended: AtomicBool::new(false),
+    })
 }
 
 /// Every process manager, to run beside the read models.
