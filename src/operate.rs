@@ -54,13 +54,17 @@ fn projector(name: &str) -> anyhow::Result<std::sync::Arc<dyn Projector>> {
         .into_iter()
         .find(|p| p.name() == name)
         .with_context(|| {
-            format!("no projector {name:?}: expected board, graph, timeline or agents")
+            format!(
+                "no read model {name:?}: expected board, graph, timeline or agents (a process \
+                 manager is not rebuilt: its effects are events in the log, and running it \
+                 again from the start would act on today's state)"
+            )
         })
 }
 
 async fn status(pool: &sqlx::PgPool) -> anyhow::Result<()> {
     println!(
-        "{:<10} {:>6} {:<9} {:>7} {:>16} {:>10}  error",
+        "{:<16} {:>6} {:<9} {:>7} {:>16} {:>10}  error",
         "projector", "build", "state", "version", "cursor", "applied"
     );
     for build in catalog::status(pool).await? {
@@ -69,7 +73,7 @@ async fn status(pool: &sqlx::PgPool) -> anyhow::Result<()> {
             .map(|(at, error)| format!("stopped at {at}: {error}"))
             .unwrap_or_default();
         println!(
-            "{:<10} {:>6} {:<9} {:>7} {:>16} {:>10}  {error}",
+            "{:<16} {:>6} {:<9} {:>7} {:>16} {:>10}  {error}",
             build.projector,
             build.build,
             build.state.as_str(),
