@@ -386,7 +386,7 @@ async fn a_task_failing_for_good_blocks_its_ticket_and_hand_moves_stand() {
     assert!(
         state["state"]["blocked"]["note"]
             .as_str()
-            .is_some_and(|note| note.contains(&doomed)),
+            .is_some_and(|note| note.contains(&doomed) && note.contains("card declined")),
         "{state}"
     );
 

@@ -10,7 +10,7 @@
 use futures_util::future::BoxFuture;
 use omoi_domain::project::Project;
 use omoi_domain::spec::{Spec, SpecPhase};
-use omoi_domain::task::{TaskEvent, TaskStatus};
+use omoi_domain::task::{Task, TaskEvent, TaskStatus};
 use omoi_domain::ticket::{BlockReason, Ticket, TicketCommand, TicketStatus};
 use omoi_projections::ProjectionError;
 use omoi_store::bus::execute_in;
@@ -114,7 +114,14 @@ async fn task_changed(
             Ok(())
         }
         TaskStatus::PermanentlyFailed | TaskStatus::TimedOut => {
-            let note = format!("task {} failed for good", event.aggregate_id);
+            // The task's own last error says why.
+            let history = aggregate_history(&mut *tx, "Task", &event.aggregate_id).await?;
+            let task: Task =
+                fold_until(&history, None).map_err(|e| ProjectionError::payload(event, e))?;
+            let note = match task.last_error {
+                Some(error) => format!("task {} failed for good: {error}", event.aggregate_id),
+                None => format!("task {} failed for good", event.aggregate_id),
+            };
             let block = TicketCommand::BlockTicket {
                 reason: BlockReason::FailingChecks,
                 note: Some(note),
