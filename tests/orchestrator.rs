@@ -445,9 +445,8 @@ async fn an_http_agent_registers_claims_runs_and_completes_tasks_with_its_creden
     let beyond = app
         .task(&ticket, "gpu", json!({"required_capabilities": ["gpu"]}))
         .await;
-    // A claim chooses among the tasks its process has read from the log: let the readers
-    // reach these three first, so that the order below is the score's.
-    app.caught_up().await;
+    // Claimed at once: a claim first lets its queue read what was committed before it, so
+    // the order below is the score's.
 
     // From here on the agent speaks for itself.
     let owner = app.token.replace(credential);

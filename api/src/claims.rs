@@ -20,6 +20,7 @@ use chrono::Utc;
 use omoi_orchestrator::queue::{Queue, QueuedTask};
 use omoi_orchestrator::score::ScoreConfig;
 use omoi_store::log::Visibility;
+use omoi_store::Cursor;
 use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::{Notify, OnceCell};
 use uuid::Uuid;
@@ -74,7 +75,12 @@ pub struct Claims {
     unseen: Mutex<HashMap<Uuid, Unseen>>,
     /// Claims waiting, per agent.
     waiting: Mutex<HashMap<Uuid, usize>>,
+    /// How far in the log the queue has read.
+    read: Arc<Mutex<Cursor>>,
 }
+
+/// How long a claim waits for its queue to read the tasks committed before it.
+const READ_UP_WAIT: Duration = Duration::from_millis(250);
 
 #[derive(Debug, Clone, Copy)]
 struct Unseen {
@@ -107,8 +113,9 @@ impl Claims {
             .get_or_try_init(|| async {
                 let queue = self.queue.clone();
                 let changed = self.changed.clone();
-                let first = follow_once(hub, &queue, &changed).await?;
-                tokio::spawn(follow(Arc::downgrade(hub), queue, changed, first));
+                let read = self.read.clone();
+                let first = follow_once(hub, &queue, &changed, &read).await?;
+                tokio::spawn(follow(Arc::downgrade(hub), queue, changed, read, first));
                 Ok::<(), sqlx::Error>(())
             })
             .await
@@ -183,6 +190,7 @@ impl Claims {
                 allowed: self.rules.claims_per_agent,
             })?;
         self.start(hub).await.map_err(ClaimError::Log)?;
+        self.read_up(hub).await.map_err(ClaimError::Log)?;
         let deadline = tokio::time::Instant::now() + wait;
         loop {
             // Registered before looking, so a change during the look is not missed.
@@ -226,6 +234,20 @@ impl Claims {
 }
 
 impl Claims {
+    /// Waits (at most [`READ_UP_WAIT`]) until the queue has read every event visible now,
+    /// so that a claim chooses among every task committed before it — "best score first"
+    /// is then the score's, not the order the queue happened to read.
+    async fn read_up(&self, hub: &Hub) -> Result<(), sqlx::Error> {
+        let head = crate::live::hub::newest_cursor(hub.pool()).await?;
+        let until = tokio::time::Instant::now() + READ_UP_WAIT;
+        while *self.read.lock().unwrap_or_else(PoisonError::into_inner) < head
+            && tokio::time::Instant::now() < until
+        {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        Ok(())
+    }
+
     /// Counts a claim of `agent` as waiting until the guard drops (the request ended or
     /// its client went away); refuses one beyond the agent's allowance.
     fn wait_turn(&self, agent: Uuid) -> Option<WaitingClaim<'_>> {
@@ -285,6 +307,7 @@ async fn follow_once(
     hub: &Hub,
     queue: &Mutex<Queue>,
     changed: &Notify,
+    read: &Mutex<Cursor>,
 ) -> Result<crate::live::hub::Tap, sqlx::Error> {
     let mut fresh = Queue::default();
     let tap = hub
@@ -294,6 +317,7 @@ async fn follow_once(
         })
         .await?;
     *queue.lock().unwrap_or_else(PoisonError::into_inner) = fresh;
+    *read.lock().unwrap_or_else(PoisonError::into_inner) = tap.head;
     changed.notify_waiters();
     Ok(tap)
 }
@@ -304,14 +328,17 @@ async fn follow(
     hub: Weak<Hub>,
     queue: Arc<Mutex<Queue>>,
     changed: Arc<Notify>,
+    read: Arc<Mutex<Cursor>>,
     mut tap: crate::live::hub::Tap,
 ) {
     loop {
         match tap.events.recv().await {
             Ok(event) => {
                 let mut current = queue.lock().unwrap_or_else(PoisonError::into_inner);
-                if current.apply(&event) != omoi_orchestrator::queue::Change::None {
-                    drop(current);
+                let change = current.apply(&event);
+                drop(current);
+                *read.lock().unwrap_or_else(PoisonError::into_inner) = event.cursor();
+                if change != omoi_orchestrator::queue::Change::None {
                     changed.notify_waiters();
                 }
             }
@@ -319,7 +346,7 @@ async fn follow(
                 let Some(hub) = hub.upgrade() else {
                     return;
                 };
-                match follow_once(&hub, &queue, &changed).await {
+                match follow_once(&hub, &queue, &changed, &read).await {
                     Ok(fresh) => {
                         tap = fresh;
                         break;

@@ -300,7 +300,7 @@ impl Shared {
 /// The newest position every future event will come after: the last visible event.
 /// Anything not yet visible belongs to a transaction at or above `xmin`, so its cursor is
 /// greater.
-async fn newest_cursor(pool: &PgPool) -> Result<Cursor, sqlx::Error> {
+pub(crate) async fn newest_cursor(pool: &PgPool) -> Result<Cursor, sqlx::Error> {
     let row: Option<(i64, i64)> = sqlx::query_as(
         "select transaction_id::text::bigint, global_position from events
           where transaction_id < pg_snapshot_xmin(pg_current_snapshot())
