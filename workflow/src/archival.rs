@@ -13,7 +13,7 @@ use omoi_store::{Actor, CommandContext, CommandError, StoredEvent};
 use sqlx::PgConnection;
 
 use crate::execution::created_by;
-use crate::{occurred_at, ProcessManager};
+use crate::{load, occurred_at, ProcessManager};
 
 /// The process manager's name: its build in the catalog and its actor (`system:…`).
 pub const NAME: &str = "spec_archival";
@@ -61,10 +61,8 @@ async fn archived(tx: &mut PgConnection, event: &StoredEvent) -> Result<(), Proj
     let context = CommandContext::caused_by(Actor::System(NAME), event);
     for (_, planned) in plan.tasks() {
         let id = created_by(&approval, &planned.key).to_string();
-        let task_history = aggregate_history(&mut *tx, "Task", &id).await?;
-        let task: Task =
-            fold_until(&task_history, None).map_err(|e| ProjectionError::payload(event, e))?;
-        if task_history.is_empty() || task.status.is_final() {
+        let (task, events) = load::<Task>(tx, event, &id).await?;
+        if events == 0 || task.status.is_final() {
             continue;
         }
         let cancel = TaskCommand::CancelTask {

@@ -11,7 +11,7 @@ use omoi_store::{Actor, CommandContext, StoredEvent};
 use sqlx::PgConnection;
 
 use crate::execution::created_by;
-use crate::ProcessManager;
+use crate::{load, ProcessManager};
 
 /// The process manager's name: its build in the catalog and its actor (`system:…`).
 pub const NAME: &str = "spec_completion";
@@ -48,7 +48,7 @@ async fn ticket_moved(tx: &mut PgConnection, event: &StoredEvent) -> Result<(), 
     ) {
         return Ok(());
     }
-    let ticket: Ticket = load(tx, event, "Ticket", &event.aggregate_id).await?;
+    let (ticket, _) = load::<Ticket>(tx, event, &event.aggregate_id).await?;
     let Some(spec_id) = ticket.spec_id else {
         return Ok(());
     };
@@ -69,7 +69,7 @@ async fn ticket_moved(tx: &mut PgConnection, event: &StoredEvent) -> Result<(), 
     let approval = approval.reference();
     for planned in &plan.tickets {
         let id = created_by(&approval, &planned.key).to_string();
-        let ticket: Ticket = load(tx, event, "Ticket", &id).await?;
+        let (ticket, _) = load::<Ticket>(tx, event, &id).await?;
         if ticket.status != TicketStatus::Done {
             return Ok(());
         }
@@ -86,14 +86,4 @@ async fn ticket_moved(tx: &mut PgConnection, event: &StoredEvent) -> Result<(), 
     .map_err(|e| ProjectionError::payload(event, format!("completing spec {spec_id}: {e}")))?;
     tracing::info!(spec = %spec_id, "every ticket of the plan is done: spec completed");
     Ok(())
-}
-
-async fn load<A: cqrs_es::Aggregate>(
-    tx: &mut PgConnection,
-    event: &StoredEvent,
-    aggregate_type: &str,
-    id: &str,
-) -> Result<A, ProjectionError> {
-    let history = aggregate_history(&mut *tx, aggregate_type, id).await?;
-    fold_until(&history, None).map_err(|e| ProjectionError::payload(event, e))
 }

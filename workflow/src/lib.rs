@@ -93,16 +93,20 @@ impl<P: ProcessManager> Projector for Run<P> {
         events: &'a [StoredEvent],
     ) -> BoxFuture<'a, Result<(), ProjectionError>> {
         Box::pin(async move {
+            let mut reacted = false;
             for event in events.iter().filter(|e| P::reacts_to(e)) {
                 P::react(tx, schema, event).await?;
+                reacted = true;
             }
-            // The batch's own appends carry its transaction's id.
-            let appended: bool = sqlx::query_scalar(
-                "select exists (select 1 from events
-                                 where transaction_id = pg_current_xact_id_if_assigned())",
-            )
-            .fetch_one(&mut *tx)
-            .await?;
+            // The batch's own appends carry its transaction's id (asked only when it
+            // reacted: most batches hold nothing for a given process manager).
+            let appended = reacted
+                && sqlx::query_scalar::<_, bool>(
+                    "select exists (select 1 from events
+                                     where transaction_id = pg_current_xact_id_if_assigned())",
+                )
+                .fetch_one(&mut *tx)
+                .await?;
             self.appended.store(appended, Ordering::Relaxed);
             Ok(())
         })
@@ -111,6 +115,19 @@ impl<P: ProcessManager> Projector for Run<P> {
     fn take_appended(&self) -> bool {
         self.appended.swap(false, Ordering::Relaxed)
     }
+}
+
+/// Aggregate `id` as it stands in the batch's transaction (the batch's own effects
+/// included), and its number of events: 0 when it does not exist.
+pub(crate) async fn load<A: cqrs_es::Aggregate>(
+    tx: &mut PgConnection,
+    event: &StoredEvent,
+    id: &str,
+) -> Result<(A, usize), ProjectionError> {
+    let history = omoi_store::log::aggregate_history(&mut *tx, A::TYPE, id).await?;
+    let state = omoi_store::log::fold_until(&history, None)
+        .map_err(|e| ProjectionError::payload(event, e))?;
+    Ok((state, history.len()))
 }
 
 /// When `event` was recorded (its metadata's `occurred_at`), for the time of an effect.

@@ -14,11 +14,10 @@ use omoi_domain::task::{Task, TaskEvent, TaskStatus};
 use omoi_domain::ticket::{BlockReason, Ticket, TicketCommand, TicketStatus};
 use omoi_projections::ProjectionError;
 use omoi_store::bus::execute_in;
-use omoi_store::log::{aggregate_history, fold_until};
 use omoi_store::{Actor, CommandContext, CommandError, StoredEvent};
 use sqlx::PgConnection;
 
-use crate::{occurred_at, ProcessManager};
+use crate::{load, occurred_at, ProcessManager};
 
 /// The process manager's name: its build in the catalog and its actor (`system:…`).
 pub const NAME: &str = "ticket_progress";
@@ -115,9 +114,7 @@ async fn task_changed(
         }
         TaskStatus::PermanentlyFailed | TaskStatus::TimedOut => {
             // The task's own last error says why.
-            let history = aggregate_history(&mut *tx, "Task", &event.aggregate_id).await?;
-            let task: Task =
-                fold_until(&history, None).map_err(|e| ProjectionError::payload(event, e))?;
+            let (task, _) = load::<Task>(tx, event, &event.aggregate_id).await?;
             let note = match task.last_error {
                 Some(error) => format!("task {} failed for good: {error}", event.aggregate_id),
                 None => format!("task {} failed for good", event.aggregate_id),
@@ -127,7 +124,7 @@ async fn task_changed(
                 note: Some(note),
                 at: occurred_at(event),
             };
-            command(tx, event, &ticket, block, &context).await
+            command(tx, event, &ticket, block, &context).await.map(drop)
         }
         _ => Ok(()),
     }
@@ -140,14 +137,11 @@ async fn of_archived_spec(
     event: &StoredEvent,
     ticket_id: &str,
 ) -> Result<bool, ProjectionError> {
-    let history = aggregate_history(&mut *tx, "Ticket", ticket_id).await?;
-    let ticket: Ticket =
-        fold_until(&history, None).map_err(|e| ProjectionError::payload(event, e))?;
+    let (ticket, _) = load::<Ticket>(tx, event, ticket_id).await?;
     let Some(spec_id) = ticket.spec_id else {
         return Ok(false);
     };
-    let history = aggregate_history(&mut *tx, "Spec", &spec_id.to_string()).await?;
-    let spec: Spec = fold_until(&history, None).map_err(|e| ProjectionError::payload(event, e))?;
+    let (spec, _) = load::<Spec>(tx, event, &spec_id.to_string()).await?;
     Ok(spec.phase == SpecPhase::Archived)
 }
 
@@ -156,9 +150,7 @@ async fn auto_advance(tx: &mut PgConnection, event: &StoredEvent) -> Result<bool
     let Some(project_id) = event.metadata.get("project_id").and_then(|v| v.as_str()) else {
         return Ok(false);
     };
-    let history = aggregate_history(&mut *tx, "Project", project_id).await?;
-    let project: Project =
-        fold_until(&history, None).map_err(|e| ProjectionError::payload(event, e))?;
+    let (project, _) = load::<Project>(tx, event, project_id).await?;
     Ok(project.settings.auto_advance)
 }
 
@@ -171,46 +163,43 @@ async fn advance(
     context: &CommandContext,
 ) -> Result<(), ProjectionError> {
     let rank = |status: TicketStatus| TicketStatus::ALL.iter().position(|s| *s == status);
-    loop {
-        let history = aggregate_history(&mut *tx, "Ticket", ticket_id).await?;
-        let ticket: Ticket =
-            fold_until(&history, None).map_err(|e| ProjectionError::payload(event, e))?;
-        if history.is_empty() || rank(ticket.status) >= rank(to) {
-            return Ok(());
-        }
+    let (mut ticket, events) = load::<Ticket>(tx, event, ticket_id).await?;
+    if events == 0 {
+        return Ok(());
+    }
+    while rank(ticket.status) < rank(to) {
         let Some(next) = ticket.status.next() else {
-            return Ok(());
+            break;
         };
         let step = TicketCommand::TransitionTicket {
             to: next,
             note: Some(format!("tasks moved on ({})", event.reference())),
         };
-        let before = history.len();
-        command(tx, event, ticket_id, step, context).await?;
-        let after = aggregate_history(&mut *tx, "Ticket", ticket_id)
-            .await?
-            .len();
-        if after == before {
+        match command(tx, event, ticket_id, step, context).await? {
+            Some(moved) => ticket = moved,
             // The ticket refused the step (it is blocked, say): leave it where it is.
-            return Ok(());
+            None => break,
         }
     }
+    Ok(())
 }
 
-/// Runs `command` on the ticket in the batch's transaction; a refusal of the ticket is
-/// logged and skipped, anything else fails the batch.
+/// Runs `command` on the ticket in the batch's transaction: the ticket after it, or
+/// `None` when the ticket refused it (logged and skipped) or it changed nothing; anything
+/// else fails the batch.
 async fn command(
     tx: &mut PgConnection,
     event: &StoredEvent,
     ticket_id: &str,
     command: TicketCommand,
     context: &CommandContext,
-) -> Result<(), ProjectionError> {
+) -> Result<Option<Ticket>, ProjectionError> {
     match execute_in::<Ticket>(tx, ticket_id, command, context).await {
-        Ok(_) => Ok(()),
+        Ok(committed) if committed.appended > 0 => Ok(Some(committed.state)),
+        Ok(_) => Ok(None),
         Err(CommandError::Domain(refusal)) => {
             tracing::debug!(ticket = ticket_id, %refusal, "ticket_progress: the ticket refused");
-            Ok(())
+            Ok(None)
         }
         Err(other) => Err(ProjectionError::payload(
             event,
