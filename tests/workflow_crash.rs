@@ -189,14 +189,32 @@ async fn effects_commit_or_roll_back_with_the_batch_and_are_announced() {
     let database = TestDatabase::create().await.expect("a database");
     let bus = CommandBus::new(database.pool.clone(), RetryPolicy::default());
     approved_specs(&bus).await;
-    let page = read_global(
-        &database.pool,
-        Cursor::default(),
-        10_000,
-        &Visibility::Everything,
-    )
-    .await
-    .expect("the log");
+    // The gapless stream shows an event once every older transaction of the cluster has
+    // ended (other tests' included): read until all the approvals are visible.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let page = loop {
+        let page = read_global(
+            &database.pool,
+            Cursor::default(),
+            10_000,
+            &Visibility::Everything,
+        )
+        .await
+        .expect("the log");
+        let approvals = page
+            .events
+            .iter()
+            .filter(|e| e.event_type == "SpecPlanApproved")
+            .count();
+        if approvals == SPECS {
+            break page;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "only {approvals} approvals visible"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     let execution = omoi_workflow::run::<omoi_workflow::execution::PlanExecution>();
     let mut conn = database.pool.acquire().await.expect("a connection");
 
