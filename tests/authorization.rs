@@ -31,7 +31,7 @@ const PUBLIC: [(&str, &str); 6] = [
 /// The routes that address nothing of an organization by id (in the path or the body):
 /// a user of another organization cannot get a 404 from them. Each is checked instead for
 /// what it answers that user (method, template, why).
-const ADDRESSING_NOTHING: [(&str, &str, &str); 6] = [
+const ADDRESSING_NOTHING: [(&str, &str, &str); 12] = [
     (
         "GET",
         "/api/v1/projections",
@@ -61,6 +61,36 @@ const ADDRESSING_NOTHING: [(&str, &str, &str); 6] = [
         "GET",
         "/api/v1/auth/api-keys",
         "the keys the caller manages: none of the first organization",
+    ),
+    (
+        "GET",
+        "/api/v1/organizations",
+        "the caller's organizations: not the first one",
+    ),
+    (
+        "GET",
+        "/api/v1/projects",
+        "the projects of the caller's organizations: none of the first",
+    ),
+    (
+        "GET",
+        "/api/v1/specs",
+        "the specs of the caller's organizations: none of the first",
+    ),
+    (
+        "GET",
+        "/api/v1/tickets",
+        "the tickets of the caller's organizations: none of the first",
+    ),
+    (
+        "GET",
+        "/api/v1/tasks",
+        "the tasks of the caller's organizations: none of the first",
+    ),
+    (
+        "GET",
+        "/api/v1/search",
+        "a search for the first organization's words: none of its rows",
     ),
 ];
 
@@ -382,6 +412,18 @@ fn entry(method: &str, template: &str, f: &Fixtures) -> (String, Option<Value>) 
             None,
         ),
         ("GET", "/api/v1/projections") => (template.into(), None),
+
+        // Lists and search (they name nothing: see ADDRESSING_NOTHING).
+        (
+            "GET",
+            "/api/v1/organizations"
+            | "/api/v1/projects"
+            | "/api/v1/specs"
+            | "/api/v1/tickets"
+            | "/api/v1/tasks",
+        ) => (template.into(), None),
+        // Words of the first organization's ticket, task and spec titles.
+        ("GET", "/api/v1/search") => (format!("{template}?q=form"), None),
 
         // Live delivery (WebSocket; see UPGRADE_ONLY).
         ("GET", "/api/v1/ws" | "/api/v1/ws/events") => (template.into(), None),
@@ -853,6 +895,38 @@ async fn a_user_of_another_organization_finds_nothing_of_the_first_one() {
                     .iter()
                     .any(|k| k["organization_id"] == first || k["id"] == fixtures.api_key.as_str());
                 (!own || leaked).then(|| format!("keys: {body}"))
+            }
+            "/api/v1/organizations"
+            | "/api/v1/projects"
+            | "/api/v1/specs"
+            | "/api/v1/tickets"
+            | "/api/v1/tasks"
+            | "/api/v1/search" => {
+                let rows = body["items"]
+                    .as_array()
+                    .or_else(|| body["results"].as_array())
+                    .cloned()
+                    .unwrap_or_default();
+                let ids = fixtures.first_organization_ids();
+                let leaked: Vec<&Value> = rows
+                    .iter()
+                    .filter(|row| {
+                        row["organization_id"] == first
+                            || ["id", "project_id"].iter().any(|field| {
+                                row[*field].as_str().is_some_and(|id| ids.contains(id))
+                            })
+                    })
+                    .collect();
+                let own = rows
+                    .iter()
+                    .any(|row| row["id"] == fixtures.intruder_organization.as_str());
+                if route.template == "/api/v1/organizations" && !own {
+                    Some(format!("not even the caller's own organization: {body}"))
+                } else if !leaked.is_empty() {
+                    Some(format!("rows of the first organization: {leaked:?}"))
+                } else {
+                    None
+                }
             }
             other => panic!(
                 "GET {other} addresses nothing of an organization: say what it must not \

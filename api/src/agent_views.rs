@@ -6,7 +6,6 @@ use axum::extract::State;
 use axum::Json;
 use omoi_domain::access::Permission;
 use omoi_domain::agent::AgentStatus;
-use omoi_domain::common::Scope;
 use omoi_projections::agents::{self, AgentFilter, AgentView};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
@@ -15,8 +14,9 @@ use utoipa_axum::routes;
 use uuid::Uuid;
 
 use crate::auth::Caller;
-use crate::error::{ApiError, ApiResult, Problem};
+use crate::error::{ApiResult, Problem};
 use crate::extract::Query;
+use crate::read::{project_filter, readable_organizations};
 use crate::state::AppState;
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -42,46 +42,6 @@ pub struct AgentList {
     pub agents: Vec<AgentView>,
 }
 
-/// The scope the caller reads an organization's agents in: a project-limited API key sees
-/// only its project's agents, as for `GET /api/v1/agents/{id}`.
-fn scope_in(caller: &Caller, organization_id: Uuid) -> Option<Scope> {
-    Some(Scope {
-        organization_id,
-        project_id: caller.project_limit(),
-    })
-}
-
-/// The organizations to list: the requested one (404 unless the caller may read its
-/// agents), else every one it may (`None`: all, for operators).
-fn organizations(caller: &Caller, requested: Option<Uuid>) -> ApiResult<Option<Vec<Uuid>>> {
-    if let Some(organization_id) = requested {
-        caller.authorize(
-            scope_in(caller, organization_id),
-            PERMISSION,
-            "organization",
-        )?;
-        return Ok(Some(vec![organization_id]));
-    }
-    if caller.is_super_admin() {
-        return Ok(None);
-    }
-    let readable = caller
-        .visible_organizations()
-        .into_iter()
-        .filter(|org| caller.check(scope_in(caller, *org), PERMISSION).is_ok())
-        .collect();
-    Ok(Some(readable))
-}
-
-/// The project filter: a project-limited API key is held to its project.
-fn project(caller: &Caller, requested: Option<Uuid>) -> ApiResult<Option<Uuid>> {
-    match (caller.project_limit(), requested) {
-        (Some(only), Some(asked)) if asked != only => Err(ApiError::NotFound { what: "project" }),
-        (Some(only), _) => Ok(Some(only)),
-        (None, asked) => Ok(asked),
-    }
-}
-
 /// Agents with their status, capabilities, capacity and current task, by name. Without
 /// `organization_id`, the agents of every organization the caller may read. The list
 /// follows commands shortly after they commit, once the read model has caught up.
@@ -103,8 +63,8 @@ async fn list_agents(
     Query(query): Query<AgentsQuery>,
 ) -> ApiResult<Json<AgentList>> {
     let filter = AgentFilter {
-        organizations: organizations(&caller, query.organization_id)?,
-        project_id: project(&caller, query.project_id)?,
+        organizations: readable_organizations(&caller, PERMISSION, query.organization_id)?,
+        project_id: project_filter(&caller, query.project_id)?,
         status: query.status.map(|s| s.as_str().to_string()),
     };
     let agents = agents::list(state.pool(), &filter).await?;

@@ -18,7 +18,8 @@
 //!   [`specs`], [`agents`], [`claims`], [`billing`]; [`history`] (per-aggregate history,
 //!   global stream); [`system`].
 //! * [`metrics`] — Prometheus counters and latency of commands.
-//! * One module per read model: [`board`], [`graph`], [`timeline`], [`agent_views`];
+//! * One module per read model: [`board`], [`graph`], [`timeline`], [`agent_views`],
+//!   [`lists`] (lists and search of the directory);
 //!   [`read`] — what their routes share (read errors, project scope, views `as_of`).
 //! * [`live`] — WebSocket delivery: `/api/v1/ws` and the original's `/api/v1/ws/events`.
 
@@ -32,6 +33,7 @@ pub mod error;
 pub mod extract;
 pub mod graph;
 pub mod history;
+pub mod lists;
 pub mod live;
 pub mod metrics;
 pub mod openapi;

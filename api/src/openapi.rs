@@ -87,6 +87,7 @@ impl utoipa::Modify for BearerAuth {
         (name = "auth", description = "Accounts, tokens and API keys"),
         (name = "organizations"), (name = "projects"), (name = "tickets"), (name = "tasks"),
         (name = "specs"), (name = "agents"), (name = "events", description = "The event log"),
+        (name = "search", description = "Full-text search over specs, tickets and tasks (read model)"),
         (name = "timeline", description = "Activity timeline of a project (read model)"),
         (name = "board", description = "Kanban board of a project (read model)"),
         (name = "graph", description = "Task dependency graph (read model)"),
@@ -109,6 +110,7 @@ pub(crate) fn documented_routes() -> OpenApiRouter<AppState> {
         .merge(specs::router())
         .merge(agents::router())
         .merge(agent_views::router())
+        .merge(lists::router())
         .merge(timeline::router())
         .merge(board::router())
         .merge(billing::router())

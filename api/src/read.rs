@@ -2,6 +2,7 @@
 //! is scoped to, and the checks and turns of a view `as_of` a past position.
 
 use omoi_domain::access::Permission;
+use omoi_domain::common::Scope;
 use omoi_domain::project::Project;
 use omoi_projections::ProjectionError;
 use uuid::Uuid;
@@ -53,6 +54,50 @@ pub(crate) async fn project_organization(
     project
         .organization_id
         .ok_or_else(|| ApiError::Internal("project without organization".into()))
+}
+
+/// The scope the caller reads an organization's resources in: a project-limited API key
+/// sees only its project's.
+fn scope_in(caller: &Caller, organization_id: Uuid) -> Option<Scope> {
+    Some(Scope {
+        organization_id,
+        project_id: caller.project_limit(),
+    })
+}
+
+/// The organizations a list reads with `permission`: the requested one (404 unless the
+/// caller may read it), else every one the caller may (`None`: all, for operators).
+pub(crate) fn readable_organizations(
+    caller: &Caller,
+    permission: Permission,
+    requested: Option<Uuid>,
+) -> ApiResult<Option<Vec<Uuid>>> {
+    if let Some(organization_id) = requested {
+        caller.authorize(
+            scope_in(caller, organization_id),
+            permission,
+            "organization",
+        )?;
+        return Ok(Some(vec![organization_id]));
+    }
+    if caller.is_super_admin() {
+        return Ok(None);
+    }
+    let readable = caller
+        .visible_organizations()
+        .into_iter()
+        .filter(|org| caller.check(scope_in(caller, *org), permission).is_ok())
+        .collect();
+    Ok(Some(readable))
+}
+
+/// The project filter of a list: a project-limited API key is held to its project.
+pub(crate) fn project_filter(caller: &Caller, requested: Option<Uuid>) -> ApiResult<Option<Uuid>> {
+    match (caller.project_limit(), requested) {
+        (Some(only), Some(asked)) if asked != only => Err(ApiError::NotFound { what: "project" }),
+        (Some(only), _) => Ok(Some(only)),
+        (None, asked) => Ok(asked),
+    }
 }
 
 /// Refuses a negative `as_of`: positions start at 1 (0 is the empty log).

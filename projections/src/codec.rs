@@ -72,7 +72,8 @@ impl WorkEvent {
     }
 }
 
-fn payload<E: DeserializeOwned>(stored: &StoredEvent) -> Result<E, ProjectionError> {
+/// An event's payload as its aggregate's event type; a mismatch is a poison event.
+pub(crate) fn payload<E: DeserializeOwned>(stored: &StoredEvent) -> Result<E, ProjectionError> {
     E::deserialize(&stored.payload).map_err(|e| ProjectionError::payload(stored, e))
 }
 

@@ -15,7 +15,8 @@
 //! * [`catalog`] — schemas, checkpoints, views, status.
 //! * [`runner`] — leadership (advisory lock), batches, wake-ups, failure handling, metrics.
 //! * [`verify`] — a scratch rebuild compared with the live build, row by row.
-//! * One folder per read model: [`board`], [`graph`], [`timeline`], [`agents`], each with
+//! * One folder per read model: [`board`], [`graph`], [`timeline`], [`agents`],
+//!   [`directory`], each with
 //!   `model.rs` (the pure state and the transition one event makes), `projector.rs`
 //!   (tables, rows, the set-based `apply`) and `query.rs` (reads through the stable views);
 //!   the board and the graph add `view.rs` (what a model renders), the timeline
@@ -28,6 +29,7 @@ pub mod agents;
 pub mod board;
 pub mod catalog;
 pub mod codec;
+pub mod directory;
 pub mod graph;
 pub mod replay;
 pub mod runner;
@@ -107,5 +109,6 @@ pub fn all() -> Vec<Arc<dyn Projector>> {
         Arc::new(graph::GraphProjector),
         Arc::new(timeline::TimelineProjector),
         Arc::new(agents::AgentsProjector),
+        Arc::new(directory::DirectoryProjector),
     ]
 }

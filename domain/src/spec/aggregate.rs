@@ -375,6 +375,7 @@ impl Aggregate for Spec {
     }
 
     fn apply(&mut self, event: Self::Event) {
+        let phase_after = event.phase_after().unwrap_or(self.phase);
         match event {
             SpecEvent::SpecCreated {
                 spec_id,
@@ -409,30 +410,29 @@ impl Aggregate for Spec {
             SpecEvent::SpecRequirementRemoved { requirement_id } => {
                 self.requirements.retain(|r| r.id != requirement_id)
             }
-            SpecEvent::SpecPhaseChanged { to, .. } => self.phase = to,
+            SpecEvent::SpecPhaseChanged { .. } => self.phase = phase_after,
             SpecEvent::SpecRequirementsApproved { at } => {
                 self.requirements_approved_at = Some(at);
-                self.phase = SpecPhase::Design;
+                self.phase = phase_after;
             }
             SpecEvent::SpecDesignSet { design } => self.design = Some(design),
-            SpecEvent::SpecDesignApproved { at, next_phase } => {
+            SpecEvent::SpecDesignApproved { at, .. } => {
                 self.design_approved_at = Some(at);
-                // Approvals written before specs had a plan went straight to executing.
-                self.phase = next_phase.unwrap_or(SpecPhase::Executing);
+                self.phase = phase_after;
             }
             SpecEvent::SpecPlanSet { plan } => self.plan = Some(plan),
             SpecEvent::SpecPlanApproved { at } => {
                 self.plan_approved_at = Some(at);
-                self.phase = SpecPhase::Executing;
+                self.phase = phase_after;
             }
             SpecEvent::SpecCompleted { at } => {
                 self.completed_at = Some(at);
-                self.phase = SpecPhase::Completed;
+                self.phase = phase_after;
             }
             SpecEvent::SpecArchived { at } => {
                 self.archived_at = Some(at);
                 self.phase_before_archive = Some(self.phase);
-                self.phase = SpecPhase::Archived;
+                self.phase = phase_after;
             }
         }
     }

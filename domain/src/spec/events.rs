@@ -65,6 +65,30 @@ pub enum SpecEvent {
     },
 }
 
+impl SpecEvent {
+    /// The spec's phase after this event, when the event moves it: the one rule the
+    /// aggregate and the read models follow.
+    pub fn phase_after(&self) -> Option<SpecPhase> {
+        match self {
+            Self::SpecCreated { .. } => Some(SpecPhase::Draft),
+            Self::SpecPhaseChanged { to, .. } => Some(*to),
+            Self::SpecRequirementsApproved { .. } => Some(SpecPhase::Design),
+            // Approvals written before specs had a plan went straight to executing.
+            Self::SpecDesignApproved { next_phase, .. } => {
+                Some(next_phase.unwrap_or(SpecPhase::Executing))
+            }
+            Self::SpecPlanApproved { .. } => Some(SpecPhase::Executing),
+            Self::SpecCompleted { .. } => Some(SpecPhase::Completed),
+            Self::SpecArchived { .. } => Some(SpecPhase::Archived),
+            Self::SpecRequirementAdded { .. }
+            | Self::SpecRequirementUpdated { .. }
+            | Self::SpecRequirementRemoved { .. }
+            | Self::SpecDesignSet { .. }
+            | Self::SpecPlanSet { .. } => None,
+        }
+    }
+}
+
 impl DomainEvent for SpecEvent {
     fn event_type(&self) -> String {
         match self {

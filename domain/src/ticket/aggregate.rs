@@ -274,6 +274,7 @@ impl Aggregate for Ticket {
     }
 
     fn apply(&mut self, event: Self::Event) {
+        let status_after = event.status_after().unwrap_or(self.status);
         match event {
             TicketEvent::TicketCreated {
                 ticket_id,
@@ -318,7 +319,7 @@ impl Aggregate for Ticket {
             }
             TicketEvent::TicketStatusChanged { to, .. } => self.status = to,
             TicketEvent::TicketRegressed { feedback } => {
-                self.status = TicketStatus::Building;
+                self.status = status_after;
                 self.regressions.push(Regression {
                     validation_feedback: feedback,
                 });

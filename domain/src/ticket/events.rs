@@ -53,6 +53,20 @@ pub enum TicketEvent {
     TicketUnblocked,
 }
 
+impl TicketEvent {
+    /// The ticket's status after this event, when the event sets one: the one rule the
+    /// aggregate and every read model follow.
+    pub fn status_after(&self) -> Option<TicketStatus> {
+        match self {
+            Self::TicketCreated { .. } => Some(TicketStatus::Backlog),
+            Self::TicketStatusChanged { to, .. } => Some(*to),
+            // A regression sends the ticket back to be built again.
+            Self::TicketRegressed { .. } => Some(TicketStatus::Building),
+            Self::TicketUpdated { .. } | Self::TicketBlocked { .. } | Self::TicketUnblocked => None,
+        }
+    }
+}
+
 impl DomainEvent for TicketEvent {
     fn event_type(&self) -> String {
         match self {

@@ -252,6 +252,7 @@ impl BoardModel {
 
 /// The card after a ticket event other than its creation.
 fn update_card(card: &mut Card, event: TicketEvent) {
+    let event_status = event.status_after().unwrap_or(card.status);
     match event {
         TicketEvent::TicketUpdated {
             title,
@@ -269,9 +270,9 @@ fn update_card(card: &mut Card, event: TicketEvent) {
                 card.phase = phase;
             }
         }
-        TicketEvent::TicketStatusChanged { to, .. } => card.status = to,
+        TicketEvent::TicketStatusChanged { .. } => card.status = event_status,
         TicketEvent::TicketRegressed { .. } => {
-            card.status = TicketStatus::Building;
+            card.status = event_status;
             card.regressions += 1;
         }
         TicketEvent::TicketBlocked {

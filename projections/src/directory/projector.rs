@@ -1,0 +1,216 @@
+//! The SQL side of the directory: the `entries` table (schema `rm_directory_<build>`) and
+//! the set-based `apply` that loads the rows a batch touches (one query), runs the pure
+//! transitions and writes each changed row once (one statement).
+
+use std::collections::HashMap;
+
+use futures_util::future::BoxFuture;
+use omoi_domain::kind::AggregateKind;
+use omoi_store::StoredEvent;
+use sqlx::postgres::PgRow;
+use sqlx::{PgConnection, Row};
+use uuid::Uuid;
+
+use super::model::{Entry, Located};
+use crate::codec::decode_error;
+use crate::{ProjectionError, Projector};
+
+/// The text a search matches: title and description, stemmed as English. The index and
+/// the query must spell it the same for the index to be used.
+pub(crate) const SEARCH_DOCUMENT: &str =
+    "to_tsvector('english'::regconfig, title || ' ' || description)";
+
+pub(crate) const ENTRY_COLUMNS: &str = "id, kind, organization_id, project_id, parent_id, title, \
+     description, status, priority, phase, task_type, agent_id, created_at, updated_at, \
+     created_transaction_id, created_position, last_position";
+
+/// Builds the `directory` read model.
+pub struct DirectoryProjector;
+
+impl Projector for DirectoryProjector {
+    fn name(&self) -> &'static str {
+        "directory"
+    }
+
+    fn version(&self) -> i32 {
+        1
+    }
+
+    fn tables(&self) -> &'static [&'static str] {
+        &["entries"]
+    }
+
+    fn create_tables(&self, schema: &str) -> Vec<String> {
+        vec![format!(
+            "create table if not exists {schema}.entries (
+                id                     uuid primary key,
+                kind                   text not null,
+                organization_id        uuid not null,
+                project_id             uuid,
+                parent_id              uuid,
+                title                  text not null,
+                description            text not null,
+                status                 text not null,
+                priority               text,
+                phase                  text,
+                task_type              text,
+                agent_id               uuid,
+                created_at             timestamptz not null,
+                updated_at             timestamptz not null,
+                created_transaction_id bigint not null,
+                created_position       bigint not null,
+                last_position          bigint not null
+            )"
+        )]
+    }
+
+    fn create_indexes(&self, schema: &str) -> Vec<String> {
+        // Lists are per kind, newest first, within organizations, a project, a parent or
+        // an agent; search is full text over the work items.
+        vec![
+            format!(
+                "create index if not exists entries_by_organization on {schema}.entries
+                    (kind, organization_id, created_transaction_id desc, created_position desc)"
+            ),
+            format!(
+                "create index if not exists entries_by_project on {schema}.entries
+                    (project_id, kind, created_transaction_id desc, created_position desc)"
+            ),
+            format!(
+                "create index if not exists entries_by_parent on {schema}.entries (parent_id)
+                    where parent_id is not null"
+            ),
+            format!(
+                "create index if not exists entries_by_agent on {schema}.entries (agent_id)
+                    where agent_id is not null"
+            ),
+            format!(
+                "create index if not exists entries_search on {schema}.entries
+                    using gin ({SEARCH_DOCUMENT})
+                    where kind in ('spec', 'ticket', 'task')"
+            ),
+        ]
+    }
+
+    fn apply<'a>(
+        &'a self,
+        tx: &'a mut PgConnection,
+        schema: &'a str,
+        events: &'a [StoredEvent],
+    ) -> BoxFuture<'a, Result<(), ProjectionError>> {
+        Box::pin(apply_to_table(tx, schema, events))
+    }
+}
+
+async fn apply_to_table(
+    tx: &mut PgConnection,
+    schema: &str,
+    events: &[StoredEvent],
+) -> Result<(), ProjectionError> {
+    let mut located = Vec::with_capacity(events.len());
+    for event in events {
+        located.extend(Located::decode(event)?);
+    }
+    if located.is_empty() {
+        return Ok(());
+    }
+    let mut ids: Vec<Uuid> = located.iter().map(|l| l.id).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    let sql = format!("select {ENTRY_COLUMNS} from {schema}.entries where id = any($1)");
+    let mut entries: HashMap<Uuid, Entry> = HashMap::with_capacity(ids.len());
+    for row in sqlx::query(&sql).bind(&ids).fetch_all(&mut *tx).await? {
+        let entry = entry_from_row(&row)?;
+        entries.insert(entry.id, entry);
+    }
+    let mut changed = Vec::with_capacity(ids.len());
+    for event in &located {
+        if let Some(entry) = event.apply(entries.remove(&event.id))? {
+            entries.insert(event.id, entry);
+            changed.push(event.id);
+        }
+    }
+    changed.sort_unstable();
+    changed.dedup();
+    let rows: Vec<&Entry> = changed.iter().filter_map(|id| entries.get(id)).collect();
+    upsert(tx, schema, &rows).await
+}
+
+pub(crate) fn entry_from_row(row: &PgRow) -> Result<Entry, ProjectionError> {
+    let kind: String = row.try_get("kind")?;
+    Ok(Entry {
+        kind: AggregateKind::of_noun(&kind)
+            .ok_or_else(|| decode_error(format!("{kind} is not a kind")))?,
+        id: row.try_get("id")?,
+        organization_id: row.try_get("organization_id")?,
+        project_id: row.try_get("project_id")?,
+        parent_id: row.try_get("parent_id")?,
+        title: row.try_get("title")?,
+        description: row.try_get("description")?,
+        status: row.try_get("status")?,
+        priority: row.try_get("priority")?,
+        phase: row.try_get("phase")?,
+        task_type: row.try_get("task_type")?,
+        agent_id: row.try_get("agent_id")?,
+        created_at: row.try_get("created_at")?,
+        updated_at: row.try_get("updated_at")?,
+        created_transaction_id: row.try_get("created_transaction_id")?,
+        created_position: row.try_get("created_position")?,
+        last_position: row.try_get("last_position")?,
+    })
+}
+
+/// Writes `rows` in one statement (one array per column), overwriting every column: a
+/// row is always the model's state.
+async fn upsert(
+    tx: &mut PgConnection,
+    schema: &str,
+    rows: &[&Entry],
+) -> Result<(), ProjectionError> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    fn column<T>(rows: &[&Entry], f: impl Fn(&Entry) -> T) -> Vec<T> {
+        rows.iter().map(|e| f(e)).collect()
+    }
+    let sql = format!(
+        "insert into {schema}.entries ({ENTRY_COLUMNS})
+         select * from unnest($1::uuid[], $2::text[], $3::uuid[], $4::uuid[], $5::uuid[],
+                              $6::text[], $7::text[], $8::text[], $9::text[], $10::text[],
+                              $11::text[], $12::uuid[], $13::timestamptz[],
+                              $14::timestamptz[], $15::bigint[], $16::bigint[],
+                              $17::bigint[])
+         on conflict (id) do update set
+                kind = excluded.kind, organization_id = excluded.organization_id,
+                project_id = excluded.project_id, parent_id = excluded.parent_id,
+                title = excluded.title, description = excluded.description,
+                status = excluded.status, priority = excluded.priority,
+                phase = excluded.phase, task_type = excluded.task_type,
+                agent_id = excluded.agent_id, created_at = excluded.created_at,
+                updated_at = excluded.updated_at,
+                created_transaction_id = excluded.created_transaction_id,
+                created_position = excluded.created_position,
+                last_position = excluded.last_position"
+    );
+    sqlx::query(&sql)
+        .bind(column(rows, |e| e.id))
+        .bind(column(rows, |e| e.kind.noun()))
+        .bind(column(rows, |e| e.organization_id))
+        .bind(column(rows, |e| e.project_id))
+        .bind(column(rows, |e| e.parent_id))
+        .bind(column(rows, |e| e.title.clone()))
+        .bind(column(rows, |e| e.description.clone()))
+        .bind(column(rows, |e| e.status.clone()))
+        .bind(column(rows, |e| e.priority.clone()))
+        .bind(column(rows, |e| e.phase.clone()))
+        .bind(column(rows, |e| e.task_type.clone()))
+        .bind(column(rows, |e| e.agent_id))
+        .bind(column(rows, |e| e.created_at))
+        .bind(column(rows, |e| e.updated_at))
+        .bind(column(rows, |e| e.created_transaction_id))
+        .bind(column(rows, |e| e.created_position))
+        .bind(column(rows, |e| e.last_position))
+        .execute(&mut *tx)
+        .await?;
+    Ok(())
+}

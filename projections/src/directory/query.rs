@@ -1,0 +1,181 @@
+//! Reading the directory: lists (cursor-paged, newest first) and full-text search (best
+//! match first) on the `directory_entries` view.
+
+use omoi_domain::kind::AggregateKind;
+use omoi_store::log::Cursor;
+use sqlx::{PgPool, Postgres, QueryBuilder, Row};
+use uuid::Uuid;
+
+use super::model::Entry;
+use super::projector::{entry_from_row, ENTRY_COLUMNS, SEARCH_DOCUMENT};
+use crate::ProjectionError;
+
+/// Which entries of one kind to list; all given filters must match.
+#[derive(Debug, Clone)]
+pub struct ListFilter {
+    pub kind: AggregateKind,
+    /// `None` only for operators, who see every organization.
+    pub organizations: Option<Vec<Uuid>>,
+    pub organization_id: Option<Uuid>,
+    pub project_id: Option<Uuid>,
+    /// A ticket's spec, a task's ticket.
+    pub parent_id: Option<Uuid>,
+    pub status: Option<String>,
+    pub agent_id: Option<Uuid>,
+    /// Only entries created before this cursor (a previous page's `next_before`).
+    pub before: Option<Cursor>,
+    pub limit: i64,
+}
+
+/// A page of a list, newest first.
+#[derive(Debug, Clone)]
+pub struct ListPage {
+    pub entries: Vec<Entry>,
+    /// Where the next (older) page starts; `None` on the last page.
+    pub next_before: Option<Cursor>,
+}
+
+/// One page of entries of `filter.kind`, newest first.
+pub async fn list(pool: &PgPool, filter: &ListFilter) -> Result<ListPage, ProjectionError> {
+    let mut sql = QueryBuilder::<Postgres>::new(format!(
+        "select {ENTRY_COLUMNS} from directory_entries where kind = "
+    ));
+    sql.push_bind(filter.kind.noun());
+    if let Some(organizations) = &filter.organizations {
+        sql.push(" and organization_id = any(")
+            .push_bind(organizations.clone())
+            .push(")");
+    }
+    for (column, value) in [
+        ("organization_id", filter.organization_id),
+        ("project_id", filter.project_id),
+        ("parent_id", filter.parent_id),
+        ("agent_id", filter.agent_id),
+    ] {
+        if let Some(value) = value {
+            sql.push(format!(" and {column} = ")).push_bind(value);
+        }
+    }
+    if let Some(status) = &filter.status {
+        sql.push(" and status = ").push_bind(status.clone());
+    }
+    if let Some(before) = filter.before {
+        sql.push(" and (created_transaction_id, created_position) < (")
+            .push_bind(before.transaction_id)
+            .push(", ")
+            .push_bind(before.global_position)
+            .push(")");
+    }
+    sql.push(" order by created_transaction_id desc, created_position desc limit ")
+        .push_bind(filter.limit + 1);
+    let rows = sql.build().fetch_all(pool).await?;
+    let mut entries = rows
+        .iter()
+        .map(entry_from_row)
+        .collect::<Result<Vec<_>, _>>()?;
+    let next_before = if entries.len() as i64 > filter.limit {
+        entries.truncate(filter.limit as usize);
+        entries.last().map(|last| Cursor {
+            transaction_id: last.created_transaction_id,
+            global_position: last.created_position,
+        })
+    } else {
+        None
+    };
+    Ok(ListPage {
+        entries,
+        next_before,
+    })
+}
+
+/// The most results one search returns.
+pub const MAX_SEARCH_RESULTS: i64 = 50;
+
+/// A search result: the entry and how well it matched (higher is better).
+#[derive(Debug, Clone)]
+pub struct SearchHit {
+    pub entry: Entry,
+    pub rank: f32,
+}
+
+/// Specs, tickets and tasks whose title or description contain every word of `words`
+/// (each as a prefix, so that a palette finds "authentication" while "auth" is typed),
+/// best match first. `words` are plain alphanumeric words (see [`query_words`]).
+pub async fn search(
+    pool: &PgPool,
+    words: &[String],
+    organizations: Option<&[Uuid]>,
+    project_id: Option<Uuid>,
+    limit: i64,
+) -> Result<Vec<SearchHit>, ProjectionError> {
+    let Some(query) = prefix_query(words) else {
+        return Ok(Vec::new());
+    };
+    let mut sql = QueryBuilder::<Postgres>::new(format!(
+        "select {ENTRY_COLUMNS}, ts_rank({SEARCH_DOCUMENT}, q) as rank
+           from directory_entries, to_tsquery('english'::regconfig, "
+    ));
+    sql.push_bind(query).push(format!(
+        ") q where kind in ('spec', 'ticket', 'task') and {SEARCH_DOCUMENT} @@ q"
+    ));
+    if let Some(organizations) = organizations {
+        sql.push(" and organization_id = any(")
+            .push_bind(organizations.to_vec())
+            .push(")");
+    }
+    if let Some(project_id) = project_id {
+        sql.push(" and project_id = ").push_bind(project_id);
+    }
+    sql.push(" order by rank desc, created_transaction_id desc, created_position desc limit ")
+        .push_bind(limit.clamp(1, MAX_SEARCH_RESULTS));
+    let rows = sql.build().fetch_all(pool).await?;
+    rows.iter()
+        .map(|row| {
+            Ok(SearchHit {
+                entry: entry_from_row(row)?,
+                rank: row.try_get("rank")?,
+            })
+        })
+        .collect()
+}
+
+/// The words of a typed query: runs of letters and digits, at most 16 of at most 64
+/// characters each. Punctuation separates words, so nothing typed reaches the
+/// `tsquery` syntax.
+pub fn query_words(typed: &str) -> Vec<String> {
+    typed
+        .split(|c: char| !c.is_alphanumeric())
+        .filter(|w| !w.is_empty())
+        .map(|w| w.chars().take(64).collect::<String>().to_lowercase())
+        .take(16)
+        .collect()
+}
+
+/// `word:* & word:*`: every word, each as a prefix.
+fn prefix_query(words: &[String]) -> Option<String> {
+    let parts: Vec<String> = words
+        .iter()
+        .filter(|w| !w.is_empty() && w.chars().all(char::is_alphanumeric))
+        .map(|w| format!("{w}:*"))
+        .collect();
+    (!parts.is_empty()).then(|| parts.join(" & "))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn typed_text_becomes_plain_prefix_words() {
+        assert_eq!(query_words("Auth login"), vec!["auth", "login"]);
+        assert_eq!(query_words("a&b|!c:*'d'"), vec!["a", "b", "c", "d"]);
+        assert_eq!(query_words("  ,;  "), Vec::<String>::new());
+        assert_eq!(query_words(&"x ".repeat(40)).len(), 16);
+        assert_eq!(query_words(&"y".repeat(100))[0].len(), 64);
+        assert_eq!(
+            prefix_query(&query_words("auth: login")).as_deref(),
+            Some("auth:* & login:*")
+        );
+        assert_eq!(prefix_query(&[]), None);
+    }
+}
