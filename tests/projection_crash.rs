@@ -124,6 +124,7 @@ impl Workload {
                 required_capabilities: vec![],
                 max_retries: None,
                 timeout_seconds: None,
+                discovery: None,
                 at: chrono::Utc::now(),
             };
             let task_id = task.to_string();

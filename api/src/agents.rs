@@ -82,8 +82,9 @@ pub struct UpdateCapabilities {
 
 type AgentResponse = ApiResult<Json<Versioned<Agent>>>;
 
-/// Refuses (422, field `project_id`) a project that does not exist or belongs to another
-/// organization, and (409) an archived one.
+/// Refuses (404) a project that does not exist or belongs to another organization — the
+/// same answer, so that another organization's projects cannot be probed — and (409) an
+/// archived one.
 async fn ensure_project_of(
     state: &AppState,
     organization_id: Uuid,
@@ -94,20 +95,10 @@ async fn ensure_project_of(
         .load::<Project>(&project_id.to_string())
         .await
         .map_err(ApiError::from)?;
-    let Some((project, _)) = loaded else {
-        return Err(ApiError::invalid(
-            "project_not_found",
-            "project_id",
-            format!("project {project_id} does not exist"),
-        ));
+    let Some((project, _)) = loaded.filter(|(p, _)| p.organization_id == Some(organization_id))
+    else {
+        return Err(ApiError::NotFound { what: "project" });
     };
-    if project.organization_id != Some(organization_id) {
-        return Err(ApiError::invalid(
-            "project_in_other_organization",
-            "project_id",
-            format!("project {project_id} belongs to another organization"),
-        ));
-    }
     if !project.is_active() {
         return Err(ApiError::Conflict {
             code: "project_archived",
@@ -123,7 +114,8 @@ async fn ensure_project_of(
     request_body = RegisterAgent,
     responses(
         (status = 201, body = RegisteredAgent), (status = 400, body = Problem),
-        (status = 404, body = Problem, description = "no such organization"),
+        (status = 404, body = Problem,
+            description = "no such organization, or no such project in it"),
         (status = 409, body = Problem,
             description = "the organization or the project is archived"),
         (status = 422, body = Problem),

@@ -19,7 +19,7 @@ use omoi_domain::billing::{
     BillingAccount, BillingCommand, BillingError, Plan, Plans, SubscriptionStatus, Tier,
 };
 use omoi_domain::organization::Organization;
-use omoi_domain::spec::{Spec, SpecCommand, SpecError};
+use omoi_domain::spec::{Spec, SpecCommand};
 use omoi_store::bus::{PairError, Part};
 use omoi_store::{CommandError, Committed};
 use secrecy::SecretString;
@@ -330,16 +330,8 @@ pub async fn with_workflow(
         Err(PairError::First(CommandError::Refused(refusal))) => {
             Err(crate::auth::refused(refusal, "spec", permission.as_str()))
         }
-        Err(PairError::First(error)) => Err(ApiError::from(error)),
         Err(PairError::Second(CommandError::Domain(error))) => Err(payment_required(&error, &plan)),
-        Err(PairError::Second(error)) => Err(ApiError::from(error)),
-        Err(PairError::Conflict { attempts }) => {
-            Err(ApiError::from(CommandError::<SpecError>::Conflict {
-                attempts,
-            }))
-        }
-        Err(PairError::Unavailable(cause)) => Err(ApiError::Unavailable(cause)),
-        Err(PairError::Internal(cause)) => Err(ApiError::Internal(cause)),
+        Err(other) => Err(ApiError::from(other)),
     }
 }
 

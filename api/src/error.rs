@@ -6,7 +6,7 @@
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use omoi_domain::common::{DomainError, ErrorKind};
-use omoi_store::bus::Refusal;
+use omoi_store::bus::{PairError, Refusal};
 use omoi_store::CommandError;
 use serde::Serialize;
 use utoipa::ToSchema;
@@ -232,6 +232,20 @@ impl<E: DomainError> From<CommandError<E>> for ApiError {
             },
             CommandError::Unavailable(cause) => Self::Unavailable(cause),
             CommandError::Internal(cause) => Self::Internal(cause),
+        }
+    }
+}
+
+impl<EA: DomainError, EB: DomainError> From<PairError<EA, EB>> for ApiError {
+    fn from(error: PairError<EA, EB>) -> Self {
+        match error {
+            PairError::First(error) => Self::from(error),
+            PairError::Second(error) => Self::from(error),
+            PairError::Conflict { attempts } => {
+                Self::from(CommandError::<EA>::Conflict { attempts })
+            }
+            PairError::Unavailable(cause) => Self::Unavailable(cause),
+            PairError::Internal(cause) => Self::Internal(cause),
         }
     }
 }

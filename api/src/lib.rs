@@ -15,7 +15,7 @@
 //! * [`responses`] — response bodies shared by several resources; [`schemas`] — the
 //!   documented rules of request fields (lengths, patterns, counts).
 //! * One module per resource: [`organizations`], [`projects`], [`tickets`], [`tasks`],
-//!   [`specs`], [`agents`], [`claims`], [`billing`]; [`history`] (per-aggregate history,
+//!   [`specs`], [`agents`], [`claims`], [`discoveries`], [`billing`]; [`history`] (per-aggregate history,
 //!   global stream); [`system`].
 //! * [`metrics`] — Prometheus counters and latency of commands.
 //! * One module per read model: [`board`], [`graph`], [`timeline`], [`agent_views`],
@@ -29,6 +29,7 @@ pub mod auth;
 pub mod billing;
 pub mod board;
 pub mod claims;
+pub mod discoveries;
 pub mod error;
 pub mod extract;
 pub mod graph;

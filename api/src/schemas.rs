@@ -103,6 +103,11 @@ pub fn task_type() -> Object {
     text_of(task::MAX_TASK_TYPE_CHARS, true, false)
 }
 
+/// [`task_type`], or `null` for the default.
+pub fn task_type_or_null() -> Object {
+    text_of(task::MAX_TASK_TYPE_CHARS, true, true)
+}
+
 /// The capabilities a task requires (duplicates merged).
 pub fn required_capabilities() -> Array {
     ArrayBuilder::new()

@@ -171,7 +171,7 @@ async fn ensure_dependency(state: &AppState, project_id: Uuid, dep: Uuid) -> Api
 /// An agent's own credential acts only on the tasks assigned to its agent: 403 for
 /// another agent's task, 409 for a task nobody holds (it must be claimed first); other
 /// callers are checked by their role alone.
-async fn ensure_holder(state: &AppState, caller: &Caller, id: Uuid) -> ApiResult<()> {
+pub(crate) async fn ensure_holder(state: &AppState, caller: &Caller, id: Uuid) -> ApiResult<()> {
     let Some(agent) = caller.agent_id() else {
         return Ok(());
     };
@@ -256,6 +256,7 @@ async fn create_task(
         required_capabilities: body.required_capabilities,
         max_retries: body.max_retries,
         timeout_seconds: body.timeout_seconds,
+        discovery: None,
         at: Utc::now(),
     };
     let created = Versioned::committed(

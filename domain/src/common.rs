@@ -65,6 +65,15 @@ pub enum Priority {
 
 impl Priority {
     pub const ALL: [Priority; 4] = [Self::Critical, Self::High, Self::Medium, Self::Low];
+
+    /// One level more urgent; critical stays critical.
+    pub fn raised(self) -> Self {
+        match self {
+            Self::Low => Self::Medium,
+            Self::Medium => Self::High,
+            Self::High | Self::Critical => Self::Critical,
+        }
+    }
 }
 
 /// Delivery phase of a ticket or task (the original's `PHASE_*` identifiers).

@@ -136,7 +136,12 @@ impl Queue {
             task.status = status;
         }
         let change = match event {
-            TaskEvent::TaskCreated { .. } | TaskEvent::TaskProgressReported { .. } => Change::None,
+            // Discoveries change who may complete, not who may be assigned.
+            TaskEvent::TaskCreated { .. }
+            | TaskEvent::TaskProgressReported { .. }
+            | TaskEvent::TaskDiscovered { .. }
+            | TaskEvent::TaskDiscoveryReported { .. }
+            | TaskEvent::TaskDiscoveryResolved { .. } => Change::None,
             TaskEvent::TaskAssigned { agent_id, at } => {
                 task.agent_id = Some(agent_id);
                 task.assigned_at = Some(at);

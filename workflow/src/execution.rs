@@ -113,6 +113,7 @@ async fn execute(tx: &mut PgConnection, event: &StoredEvent) -> Result<(), Proje
             required_capabilities: task.required_capabilities.clone(),
             max_retries: None,
             timeout_seconds: None,
+            discovery: None,
             at,
         };
         create::<Task>(tx, event, task_id, command, &context).await?;

@@ -20,9 +20,12 @@
 //!   workflow back.
 //! * [`progress`] — a ticket moves with its tasks: building once one is assigned, done
 //!   once all completed, blocked when one fails for good.
+//! * [`discovery`] — a discovered task that blocks its parent releases it when it
+//!   completes or is cancelled.
 
 pub mod archival;
 pub mod completion;
+pub mod discovery;
 pub mod execution;
 pub mod progress;
 
@@ -155,5 +158,6 @@ pub fn all() -> Vec<Arc<dyn Projector>> {
         run::<completion::SpecCompletion>(),
         run::<progress::TicketProgress>(),
         run::<archival::SpecArchival>(),
+        run::<discovery::DiscoveryResolution>(),
     ]
 }

@@ -9,7 +9,7 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use super::{
-    is_permanent_error, retry_backoff, FailureReason, TaskCommand, TaskError, TaskEvent,
+    is_permanent_error, retry_backoff, Discovery, FailureReason, TaskCommand, TaskError, TaskEvent,
     DEFAULT_MAX_RETRIES, MAX_MAX_RETRIES,
 };
 use crate::common::{
@@ -116,6 +116,10 @@ pub struct Task {
     pub created_at: Option<DateTime<Utc>>,
     pub started_at: Option<DateTime<Utc>>,
     pub completed_at: Option<DateTime<Utc>>,
+    /// Where the task came from, when an agent discovered it while running another.
+    pub discovery: Option<Discovery>,
+    /// Discovered tasks that block this one until they complete or are cancelled.
+    pub open_discoveries: BTreeSet<Uuid>,
 }
 
 impl Task {
@@ -153,12 +157,13 @@ impl Task {
                 required_capabilities,
                 max_retries,
                 timeout_seconds,
+                discovery,
                 at,
             } => {
                 if self.exists() {
                     return Err(TaskError::AlreadyExists);
                 }
-                Ok(vec![TaskEvent::TaskCreated {
+                let mut events = vec![TaskEvent::TaskCreated {
                     task_id,
                     organization_id,
                     project_id,
@@ -175,6 +180,28 @@ impl Task {
                     max_retries: checked_max_retries(max_retries)?,
                     timeout_seconds: checked_timeout(timeout_seconds)?,
                     created_at: at,
+                }];
+                events.extend(discovery.map(|discovery| TaskEvent::TaskDiscovered { discovery }));
+                Ok(events)
+            }
+            TaskCommand::ReportDiscovery {
+                discovered_task_id,
+                kind,
+                blocks_parent,
+            } => {
+                self.ensure_in(&[TaskStatus::Running], "report a discovery")?;
+                Ok(vec![TaskEvent::TaskDiscoveryReported {
+                    discovered_task_id,
+                    kind,
+                    blocks_parent,
+                }])
+            }
+            TaskCommand::ResolveDiscovery { discovered_task_id } => {
+                if !self.open_discoveries.contains(&discovered_task_id) {
+                    return Ok(vec![]);
+                }
+                Ok(vec![TaskEvent::TaskDiscoveryResolved {
+                    discovered_task_id,
                 }])
             }
             TaskCommand::AssignTask { agent_id, at } => self.assign(agent_id, at),
@@ -190,6 +217,11 @@ impl Task {
             }
             TaskCommand::CompleteTask { result, at } => {
                 self.ensure_in(&[TaskStatus::Running], "complete")?;
+                if !self.open_discoveries.is_empty() {
+                    return Err(TaskError::DiscoveriesOpen(
+                        self.open_discoveries.iter().copied().collect(),
+                    ));
+                }
                 Ok(vec![TaskEvent::TaskCompleted { result, at }])
             }
             TaskCommand::FailTask { error, at, jitter } => self.fail(error, at, jitter),
@@ -481,6 +513,19 @@ impl Task {
             }
             TaskEvent::TaskDependencyRemoved { depends_on } => {
                 self.depends_on.remove(&depends_on);
+            }
+            TaskEvent::TaskDiscovered { discovery } => self.discovery = Some(discovery),
+            TaskEvent::TaskDiscoveryReported {
+                discovered_task_id,
+                blocks_parent,
+                ..
+            } => {
+                if blocks_parent {
+                    self.open_discoveries.insert(discovered_task_id);
+                }
+            }
+            TaskEvent::TaskDiscoveryResolved { discovered_task_id } => {
+                self.open_discoveries.remove(&discovered_task_id);
             }
         }
     }

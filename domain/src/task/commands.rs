@@ -1,6 +1,7 @@
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
+use super::{Discovery, DiscoveryKind};
 use crate::common::{Phase, Priority};
 
 /// Everything that can be asked of a task.
@@ -23,7 +24,20 @@ pub enum TaskCommand {
         /// `None` means [`super::DEFAULT_MAX_RETRIES`].
         max_retries: Option<u32>,
         timeout_seconds: Option<u32>,
+        /// Set when an agent discovered this work while running another task.
+        discovery: Option<Discovery>,
         at: DateTime<Utc>,
+    },
+    /// The running task's agent found work, created as task `discovered_task_id`.
+    ReportDiscovery {
+        discovered_task_id: Uuid,
+        kind: DiscoveryKind,
+        blocks_parent: bool,
+    },
+    /// Discovered task `discovered_task_id` ended: it no longer holds this task back.
+    /// Nothing happens unless it did.
+    ResolveDiscovery {
+        discovered_task_id: Uuid,
     },
     /// Gives a pending task (or a retry whose backoff has elapsed) to an agent.
     AssignTask {

@@ -50,6 +50,15 @@ pub enum TaskError {
     RetryNotDue { not_before: DateTime<Utc> },
     #[error("the task has not exceeded its timeout, due at {deadline}")]
     NotTimedOutYet { deadline: DateTime<Utc> },
+    #[error("the task waits for the work it discovered: {}", list(.0))]
+    DiscoveriesOpen(Vec<Uuid>),
+}
+
+fn list(ids: &[Uuid]) -> String {
+    ids.iter()
+        .map(Uuid::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 impl TaskError {
@@ -107,7 +116,8 @@ impl DomainError for TaskError {
             | DependenciesFrozen(_)
             | IllegalTransition { .. }
             | RetryNotDue { .. }
-            | NotTimedOutYet { .. } => ErrorKind::Conflict,
+            | NotTimedOutYet { .. }
+            | DiscoveriesOpen(_) => ErrorKind::Conflict,
         }
     }
 
@@ -151,6 +161,7 @@ impl DomainError for TaskError {
             IllegalTransition { .. } => "illegal_transition",
             RetryNotDue { .. } => "retry_not_due",
             NotTimedOutYet { .. } => "not_timed_out_yet",
+            DiscoveriesOpen(_) => "discoveries_open",
         }
     }
 }

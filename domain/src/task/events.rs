@@ -4,7 +4,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use super::TaskStatus;
+use super::{Discovery, DiscoveryKind, TaskStatus};
 use crate::common::{Phase, Priority};
 
 /// Why a task ended without completing.
@@ -98,6 +98,20 @@ pub enum TaskEvent {
     TaskDependencyRemoved {
         depends_on: Uuid,
     },
+    /// On a task created from a discovery, right after its creation: where it came from.
+    TaskDiscovered {
+        discovery: Discovery,
+    },
+    /// On the running task whose agent found work.
+    TaskDiscoveryReported {
+        discovered_task_id: Uuid,
+        kind: DiscoveryKind,
+        blocks_parent: bool,
+    },
+    /// A blocking discovery ended (completed or cancelled).
+    TaskDiscoveryResolved {
+        discovered_task_id: Uuid,
+    },
 }
 
 impl TaskEvent {
@@ -118,7 +132,10 @@ impl TaskEvent {
             | Self::TaskFailed { .. }
             | Self::TaskTimedOut { .. }
             | Self::TaskDependencyAdded { .. }
-            | Self::TaskDependencyRemoved { .. } => None,
+            | Self::TaskDependencyRemoved { .. }
+            | Self::TaskDiscovered { .. }
+            | Self::TaskDiscoveryReported { .. }
+            | Self::TaskDiscoveryResolved { .. } => None,
         }
     }
 }
@@ -138,6 +155,9 @@ impl DomainEvent for TaskEvent {
             Self::TaskCancelled { .. } => "TaskCancelled",
             Self::TaskDependencyAdded { .. } => "TaskDependencyAdded",
             Self::TaskDependencyRemoved { .. } => "TaskDependencyRemoved",
+            Self::TaskDiscovered { .. } => "TaskDiscovered",
+            Self::TaskDiscoveryReported { .. } => "TaskDiscoveryReported",
+            Self::TaskDiscoveryResolved { .. } => "TaskDiscoveryResolved",
         }
         .to_string()
     }

@@ -7,11 +7,16 @@
 //! a timeout with no retry left. `cancelled` is reachable from every non-final status.
 //! `completed`, `permanently_failed`, `cancelled` and `timed_out` are final.
 //!
+//! A running task may report work it discovered ([`Discovery`]): a new task of the same
+//! ticket; one that blocks its parent keeps the parent from completing until it is
+//! resolved (completed or cancelled — `workflow`'s `discovery_resolution` says so).
+//!
 //! Time and randomness (the backoff jitter) arrive inside commands, so every rule here is
 //! deterministic.
 
 mod aggregate;
 mod commands;
+mod discovery;
 mod error;
 mod events;
 mod retry;
@@ -21,6 +26,7 @@ pub use aggregate::{
     MAX_TASK_TYPE_CHARS,
 };
 pub use commands::TaskCommand;
+pub use discovery::{Discovery, DiscoveryKind};
 pub use error::TaskError;
 pub use events::{FailureReason, TaskEvent};
 pub use retry::{

@@ -75,6 +75,7 @@ impl NewTask {
             required_capabilities: self.capabilities.into_iter().map(String::from).collect(),
             max_retries: self.max_retries,
             timeout_seconds: self.timeout_seconds,
+            discovery: None,
             at: t0(),
         }
     }
@@ -1040,4 +1041,95 @@ fn a_task_depends_on_at_most_a_hundred_tasks() {
             max: MAX_DEPENDENCIES
         })
     );
+}
+
+mod discoveries {
+    use super::*;
+    use crate::task::{Discovery, DiscoveryKind};
+
+    fn running() -> Vec<TaskEvent> {
+        running_from(created())
+    }
+
+    fn report(child: u128, blocks_parent: bool) -> TaskCommand {
+        TaskCommand::ReportDiscovery {
+            discovered_task_id: Uuid::from_u128(child),
+            kind: DiscoveryKind::Bug,
+            blocks_parent,
+        }
+    }
+
+    fn reported(child: u128, blocks_parent: bool) -> TaskEvent {
+        TaskEvent::TaskDiscoveryReported {
+            discovered_task_id: Uuid::from_u128(child),
+            kind: DiscoveryKind::Bug,
+            blocks_parent,
+        }
+    }
+
+    #[test]
+    fn only_a_running_task_reports_a_discovery() {
+        TaskTest::with(())
+            .given(vec![created()])
+            .when(report(9, false))
+            .then_expect_error(TaskError::IllegalTransition {
+                from: TaskStatus::Pending,
+                action: "report a discovery",
+            });
+        TaskTest::with(())
+            .given(running())
+            .when(report(9, true))
+            .then_expect_events(vec![reported(9, true)]);
+    }
+
+    #[test]
+    fn a_blocking_discovery_holds_completion_until_resolved() {
+        let mut history = running();
+        history.push(reported(9, true));
+        history.push(reported(10, false));
+        let complete = TaskCommand::CompleteTask {
+            result: serde_json::Value::Null,
+            at: t(30),
+        };
+        TaskTest::with(())
+            .given(history.clone())
+            .when(complete.clone())
+            .then_expect_error(TaskError::DiscoveriesOpen(vec![Uuid::from_u128(9)]));
+        // Resolving one that does not block (or no longer does) changes nothing.
+        TaskTest::with(())
+            .given(history.clone())
+            .when(TaskCommand::ResolveDiscovery {
+                discovered_task_id: Uuid::from_u128(10),
+            })
+            .then_expect_events(vec![]);
+        history.push(TaskEvent::TaskDiscoveryResolved {
+            discovered_task_id: Uuid::from_u128(9),
+        });
+        TaskTest::with(())
+            .given(history.clone())
+            .when(TaskCommand::ResolveDiscovery {
+                discovered_task_id: Uuid::from_u128(9),
+            })
+            .then_expect_events(vec![]);
+        TaskTest::with(())
+            .given(history)
+            .when(complete)
+            .then_expect_events(vec![TaskEvent::TaskCompleted {
+                result: serde_json::Value::Null,
+                at: t(30),
+            }]);
+    }
+
+    #[test]
+    fn a_discovered_task_records_where_it_came_from() {
+        let discovery = Discovery {
+            parent_task_id: Uuid::from_u128(3),
+            kind: DiscoveryKind::FollowUp,
+            discovered_by: Some(Uuid::from_u128(7)),
+            blocks_parent: true,
+        };
+        let task: Task = fold(&[created(), TaskEvent::TaskDiscovered { discovery }]);
+        assert_eq!(task.discovery, Some(discovery));
+        assert_eq!(task.status, TaskStatus::Pending);
+    }
 }

@@ -40,7 +40,10 @@ pub fn task_effect(event: &TaskEvent) -> Option<TaskEffect> {
         | TaskEvent::TaskStarted { .. }
         | TaskEvent::TaskProgressReported { .. }
         | TaskEvent::TaskDependencyAdded { .. }
-        | TaskEvent::TaskDependencyRemoved { .. } => None,
+        | TaskEvent::TaskDependencyRemoved { .. }
+        | TaskEvent::TaskDiscovered { .. }
+        | TaskEvent::TaskDiscoveryReported { .. }
+        | TaskEvent::TaskDiscoveryResolved { .. } => None,
     }
 }
 

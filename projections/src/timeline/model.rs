@@ -153,6 +153,15 @@ impl Change {
             | Self::Task(TaskEvent::TaskDependencyRemoved { depends_on }) => {
                 Some((EntityType::Task, *depends_on))
             }
+            Self::Task(TaskEvent::TaskDiscovered { discovery }) => {
+                Some((EntityType::Task, discovery.parent_task_id))
+            }
+            Self::Task(TaskEvent::TaskDiscoveryReported {
+                discovered_task_id, ..
+            })
+            | Self::Task(TaskEvent::TaskDiscoveryResolved { discovered_task_id }) => {
+                Some((EntityType::Task, *discovered_task_id))
+            }
             _ => None,
         }
     }

@@ -168,6 +168,34 @@ fn task_summary(event: &TaskEvent, this: &str, names: &Names) -> String {
             "{this} no longer depends on {}",
             label(EntityType::Task, *depends_on, names.other)
         ),
+        TaskEvent::TaskDiscovered { discovery } => format!(
+            "{this} discovered ({}) while running {}{}",
+            discovery.kind.as_str().replace('_', " "),
+            label(EntityType::Task, discovery.parent_task_id, names.other),
+            if discovery.blocks_parent {
+                ", which waits for it"
+            } else {
+                ""
+            }
+        ),
+        TaskEvent::TaskDiscoveryReported {
+            discovered_task_id,
+            kind,
+            blocks_parent,
+        } => format!(
+            "{this} reported a discovery ({}): {}{}",
+            kind.as_str().replace('_', " "),
+            label(EntityType::Task, *discovered_task_id, names.other),
+            if *blocks_parent {
+                ", and waits for it"
+            } else {
+                ""
+            }
+        ),
+        TaskEvent::TaskDiscoveryResolved { discovered_task_id } => format!(
+            "{this} no longer waits for {}",
+            label(EntityType::Task, *discovered_task_id, names.other)
+        ),
     }
 }
 
