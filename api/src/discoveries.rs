@@ -98,12 +98,12 @@ async fn report_discovery(
         required_capabilities: Vec::new(),
         max_retries: None,
         timeout_seconds: None,
-        discovery: Some(Discovery {
+        discovery: Some(Box::new(Discovery {
             parent_task_id: parent_id,
             kind: body.kind,
             discovered_by: caller.agent_id(),
             blocks_parent: body.blocks_parent,
-        }),
+        })),
         at: Utc::now(),
     };
     let report = TaskCommand::ReportDiscovery {

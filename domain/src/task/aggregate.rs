@@ -181,7 +181,9 @@ impl Task {
                     timeout_seconds: checked_timeout(timeout_seconds)?,
                     created_at: at,
                 }];
-                events.extend(discovery.map(|discovery| TaskEvent::TaskDiscovered { discovery }));
+                events.extend(discovery.map(|discovery| TaskEvent::TaskDiscovered {
+                    discovery: *discovery,
+                }));
                 Ok(events)
             }
             TaskCommand::ReportDiscovery {

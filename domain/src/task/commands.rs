@@ -25,7 +25,7 @@ pub enum TaskCommand {
         max_retries: Option<u32>,
         timeout_seconds: Option<u32>,
         /// Set when an agent discovered this work while running another task.
-        discovery: Option<Discovery>,
+        discovery: Option<Box<Discovery>>,
         at: DateTime<Utc>,
     },
     /// The running task's agent found work, created as task `discovered_task_id`.
