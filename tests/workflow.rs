@@ -203,7 +203,7 @@ async fn finish(app: &TestApp, ticket: &str) {
 }
 
 /// The spec completes when the last ticket of its plan is done — not before — and the
-/// completion names that ticket's move as its cause.
+/// completion (and the workflow's finish in billing) names that ticket's move as its cause.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_spec_completes_when_every_ticket_of_its_plan_is_done() {
     let app = spawn_app().await;
@@ -243,6 +243,29 @@ async fn a_spec_completes_when_every_ticket_of_its_plan_is_done() {
             .count(),
         1
     );
+
+    // Its workflow is finished in billing, by the same cause; archiving the completed spec
+    // afterwards gives nothing back.
+    let finished: Vec<&StoredEvent> = events
+        .iter()
+        .filter(|e| e.event_type == "WorkflowFinished")
+        .collect();
+    assert_eq!(finished.len(), 1, "{finished:?}");
+    assert_eq!(finished[0].metadata["causation_id"], last_move.reference());
+    assert_eq!(finished[0].payload["WorkflowFinished"]["spec_id"], spec.as_str());
+    app.must(
+        &format!("/api/v1/specs/{spec}/archive"),
+        json!({}),
+        StatusCode::OK,
+    )
+    .await;
+    app.caught_up().await;
+    let refunds = log(&app)
+        .await
+        .into_iter()
+        .filter(|e| e.event_type == "WorkflowCancelled")
+        .count();
+    assert_eq!(refunds, 0, "a finished workflow is not given back");
 }
 
 /// A worker agent of `organization`.

@@ -1,7 +1,9 @@
 //! `spec_completion`: an executing spec completes when every ticket of its approved plan
-//! is `done`, whoever moved the last one there.
+//! is `done`, whoever moved the last one there; its workflow is then finished in billing
+//! (counted for good: archiving the completed spec gives nothing back).
 
 use futures_util::future::BoxFuture;
+use omoi_domain::billing::{BillingAccount, BillingCommand};
 use omoi_domain::spec::{Spec, SpecCommand, SpecPhase};
 use omoi_domain::ticket::{Ticket, TicketEvent, TicketStatus};
 use omoi_projections::ProjectionError;
@@ -84,6 +86,18 @@ async fn ticket_moved(tx: &mut PgConnection, event: &StoredEvent) -> Result<(), 
     )
     .await
     .map_err(|e| ProjectionError::payload(event, format!("completing spec {spec_id}: {e}")))?;
-    tracing::info!(spec = %spec_id, "every ticket of the plan is done: spec completed");
+    if let Some(organization_id) = spec.organization_id {
+        let finish = BillingCommand::FinishWorkflow {
+            organization_id,
+            spec_id,
+            at,
+        };
+        execute_in::<BillingAccount>(tx, &organization_id.to_string(), finish, &context)
+            .await
+            .map_err(|e| {
+                ProjectionError::payload(event, format!("finishing the workflow of {spec_id}: {e}"))
+            })?;
+    }
+    tracing::info!(spec = %spec_id, "every ticket of the plan is done: spec completed, workflow finished");
     Ok(())
 }

@@ -231,6 +231,21 @@ impl BillingAccount {
                 spec_id,
                 at,
             } => self.cancel_workflow(organization_id, spec_id, at),
+            BillingCommand::FinishWorkflow {
+                organization_id,
+                spec_id,
+                at,
+            } => {
+                self.ensure_organization(organization_id)?;
+                Ok(match self.open_workflows.contains_key(&spec_id) {
+                    true => vec![BillingEvent::WorkflowFinished {
+                        organization_id,
+                        spec_id,
+                        at,
+                    }],
+                    false => Vec::new(),
+                })
+            }
         }
     }
 
@@ -479,6 +494,9 @@ impl Aggregate for BillingAccount {
             } => {
                 self.workflows_used = self.workflows_used.saturating_sub(1);
                 self.credits_cents += credits_refunded_cents;
+                self.open_workflows.remove(&spec_id);
+            }
+            BillingEvent::WorkflowFinished { spec_id, .. } => {
                 self.open_workflows.remove(&spec_id);
             }
         }

@@ -67,4 +67,11 @@ pub enum BillingCommand {
         spec_id: Uuid,
         at: DateTime<Utc>,
     },
+    /// Closes a workflow whose spec completed: it stays counted, and can no longer be
+    /// given back. Nothing happens for a workflow that is not open.
+    FinishWorkflow {
+        organization_id: Uuid,
+        spec_id: Uuid,
+        at: DateTime<Utc>,
+    },
 }

@@ -67,6 +67,12 @@ pub enum BillingEvent {
         credits_refunded_cents: i64,
         at: DateTime<Utc>,
     },
+    /// The spec completed: the workflow is paid for and closed.
+    WorkflowFinished {
+        organization_id: Uuid,
+        spec_id: Uuid,
+        at: DateTime<Utc>,
+    },
 }
 
 impl DomainEvent for BillingEvent {
@@ -75,6 +81,7 @@ impl DomainEvent for BillingEvent {
             Self::StripeEventApplied { .. } => "StripeEventApplied",
             Self::WorkflowStarted { .. } => "WorkflowStarted",
             Self::WorkflowCancelled { .. } => "WorkflowCancelled",
+            Self::WorkflowFinished { .. } => "WorkflowFinished",
         }
         .to_string()
     }
