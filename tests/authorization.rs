@@ -323,7 +323,10 @@ fn entry(method: &str, template: &str, f: &Fixtures) -> (String, Option<Value>) 
             template.into(),
             Some(json!({"project_id": f.project, "title": "Billing"})),
         ),
-        ("GET", "/api/v1/specs/{id}" | "/api/v1/specs/{id}/history") => (on(&f.spec), None),
+        (
+            "GET",
+            "/api/v1/specs/{id}" | "/api/v1/specs/{id}/history" | "/api/v1/specs/{id}/export",
+        ) => (on(&f.spec), None),
         ("POST", "/api/v1/specs/{id}/requirements") => (
             on(&f.spec),
             Some(json!({

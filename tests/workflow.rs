@@ -252,7 +252,10 @@ async fn a_spec_completes_when_every_ticket_of_its_plan_is_done() {
         .collect();
     assert_eq!(finished.len(), 1, "{finished:?}");
     assert_eq!(finished[0].metadata["causation_id"], last_move.reference());
-    assert_eq!(finished[0].payload["WorkflowFinished"]["spec_id"], spec.as_str());
+    assert_eq!(
+        finished[0].payload["WorkflowFinished"]["spec_id"],
+        spec.as_str()
+    );
     app.must(
         &format!("/api/v1/specs/{spec}/archive"),
         json!({}),
@@ -555,4 +558,161 @@ async fn an_approved_plan_runs_to_a_completed_spec_with_in_process_agents() {
     };
     assert!(at("TSK-1") < at("TSK-2") && at("TSK-1") < at("TSK-3"));
     assert!(at("TSK-3") < at("TSK-4") && at("TSK-2") < at("TSK-4"));
+}
+
+/// The export of a spec through its run: criteria ticked as the tasks serving their
+/// requirement complete, the same document as of an earlier position, and Markdown,
+/// YAML and JSON of the completed spec.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_specs_export_ticks_criteria_as_their_tasks_complete() {
+    let app = spawn_app().await;
+    let (organization, project) = app.organization_and_manual_project().await;
+    let spec = app
+        .create(
+            "/api/v1/specs",
+            json!({"project_id": project, "title": "Sign-in",
+                   "description": "People sign in | out."}),
+        )
+        .await;
+    let path = |action: &str| format!("/api/v1/specs/{spec}/{action}");
+    for (id, condition, action, criterion) in [
+        (
+            "REQ-AUTH-001",
+            "WHEN a user signs in",
+            "THE SYSTEM SHALL issue a session",
+            "a token is returned",
+        ),
+        (
+            "REQ-AUTH-002",
+            "a session expires",
+            "refresh it once",
+            "a refresh works once",
+        ),
+    ] {
+        app.must(
+            &path("requirements"),
+            json!({"id": id, "condition": condition, "action": action,
+                   "acceptance_criteria": [criterion]}),
+            StatusCode::OK,
+        )
+        .await;
+    }
+    app.must(&path("approve-requirements"), json!({}), StatusCode::OK)
+        .await;
+    let (status, body) = app
+        .put(
+            &path("design"),
+            json!({"architecture": "one token service"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    app.must(&path("approve-design"), json!({}), StatusCode::OK)
+        .await;
+    let mut plan = two_ticket_plan();
+    plan["tickets"][1]["tasks"][0]["requirement_ids"] = json!(["REQ-AUTH-002"]);
+    plan["tickets"][1]["tasks"][0]["estimate"] = json!("XL");
+    let (status, body) = app.put(&path("plan"), plan).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+
+    let markdown = |body: Value| body.as_str().expect("a Markdown text").to_string();
+    let (status, before) = app.get(&path("export")).await;
+    assert_eq!(status, StatusCode::OK, "{before}");
+    let before = markdown(before);
+    assert!(before.contains("# Sign-in"), "{before}");
+    assert!(before.contains("**WHEN** a user signs in **THE SYSTEM SHALL** issue a session"));
+    assert!(before.contains("**WHEN** a session expires **THE SYSTEM SHALL** refresh it once"));
+    assert!(before.contains("- [ ] a token is returned"), "{before}");
+    assert!(before.contains("_Not approved yet._"), "{before}");
+
+    app.must(&path("approve-plan"), json!({}), StatusCode::OK)
+        .await;
+    app.caught_up().await;
+    let approval = the_approval(&app).await;
+    let id = |key: &str| created_id(&approval, key).to_string();
+    let agent = worker(&app, &organization).await;
+    run_task(&app, &agent, &id("TSK-1")).await;
+    let half_way: i64 = sqlx::query_scalar("select max(global_position) from events")
+        .fetch_one(&app.database.pool)
+        .await
+        .expect("a position");
+    let (_, partial) = app.get(&path("export")).await;
+    assert!(
+        markdown(partial).contains("- [ ] a token is returned"),
+        "TSK-2 serves it too"
+    );
+
+    run_task(&app, &agent, &id("TSK-2")).await;
+    let (_, served) = app.get(&path("export")).await;
+    let served = markdown(served);
+    assert!(served.contains("- [x] a token is returned"), "{served}");
+    assert!(served.contains("- [ ] a refresh works once"), "{served}");
+    assert!(served.contains("Served by: TSK-3"), "{served}");
+
+    // As of the position before TSK-2 ran, the criterion is open again.
+    let (status, earlier) = app
+        .get(&format!("/api/v1/specs/{spec}/export?as_of={half_way}"))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{earlier}");
+    assert!(markdown(earlier).contains("- [ ] a token is returned"));
+    let (status, body) = app
+        .get(&format!("/api/v1/specs/{spec}/export?as_of=1"))
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::NOT_FOUND,
+        "before the spec existed: {body}"
+    );
+
+    run_task(&app, &agent, &id("TSK-3")).await;
+    run_task(&app, &agent, &id("TSK-4")).await;
+    for ticket in ["TKT-1", "TKT-2"] {
+        finish(&app, &id(ticket)).await;
+    }
+    app.caught_up().await;
+    app.eventually(&format!("/api/v1/specs/{spec}"), |s| {
+        s["state"]["phase"] == "completed"
+    })
+    .await;
+
+    let (_, done) = app.get(&path("export?format=markdown")).await;
+    let done = markdown(done);
+    assert!(done.contains("phase **completed**"), "{done}");
+    assert!(done.contains("- [x] a refresh works once"), "{done}");
+    assert!(
+        done.contains("| TSK-3 | Tokens | implement | TSK-1 | XL | completed |"),
+        "{done}"
+    );
+    assert!(done.contains("Result of TSK-4: `{\"ok\":true}`"), "{done}");
+    assert!(done.contains("People sign in | out."), "{done}");
+
+    let response = app
+        .client
+        .get(app.url(&path("export?format=yaml")))
+        .bearer_auth(app.token.as_deref().expect("a token"))
+        .send()
+        .await
+        .expect("an answer");
+    assert_eq!(
+        response.headers()["content-type"],
+        "application/yaml; charset=utf-8"
+    );
+    let yaml = response.text().await.expect("a text");
+    let front = format!("---\nid: \"{spec}\"\ntitle: \"Sign-in\"\nphase: \"completed\"\nversion: ");
+    assert!(yaml.starts_with(&front), "{yaml}");
+    assert!(yaml.contains("\n---\n"), "{yaml}");
+    assert!(yaml.contains("\"met\": true"), "{yaml}");
+    assert!(!yaml.contains("\"met\": false"), "{yaml}");
+
+    let (status, json) = app.get(&path("export?format=json")).await;
+    assert_eq!(status, StatusCode::OK, "{json}");
+    assert_eq!(json["phase"], "completed");
+    assert_eq!(json["plan"]["approved"], true);
+    assert_eq!(json["plan"]["tickets"][0]["status"], "done");
+    assert_eq!(json["plan"]["tickets"][1]["tasks"][0]["id"], id("TSK-3"));
+    assert_eq!(json["requirements"][1]["tasks"], json!(["TSK-3"]));
+
+    let (status, body) = app.get(&path("export?format=pdf")).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    let (status, body) = app.get(&path("export?as_of=-1")).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
 }

@@ -15,7 +15,7 @@
 //! * [`responses`] — response bodies shared by several resources; [`schemas`] — the
 //!   documented rules of request fields (lengths, patterns, counts).
 //! * One module per resource: [`organizations`], [`projects`], [`tickets`], [`tasks`],
-//!   [`specs`], [`agents`], [`claims`], [`discoveries`], [`billing`]; [`history`] (per-aggregate history,
+//!   [`specs`] (and [`spec_export`]), [`agents`], [`claims`], [`discoveries`], [`billing`]; [`history`] (per-aggregate history,
 //!   global stream); [`system`].
 //! * [`metrics`] — Prometheus counters and latency of commands.
 //! * One module per read model: [`board`], [`graph`], [`timeline`], [`agent_views`],
@@ -43,6 +43,7 @@ pub mod projects;
 pub mod read;
 pub mod responses;
 pub mod schemas;
+pub mod spec_export;
 pub mod specs;
 pub mod state;
 pub mod system;

@@ -109,6 +109,7 @@ pub(crate) fn documented_routes() -> OpenApiRouter<AppState> {
         .merge(tasks::router())
         .merge(discoveries::router())
         .merge(specs::router())
+        .merge(spec_export::router())
         .merge(agents::router())
         .merge(agent_views::router())
         .merge(lists::router())

@@ -236,6 +236,25 @@ pub async fn aggregate_history<'c>(
     rows.iter().map(StoredEvent::from_row).collect()
 }
 
+/// Every event of several aggregates of one type, by aggregate id and sequence (one query).
+pub async fn histories<'c>(
+    executor: impl sqlx::Executor<'c, Database = sqlx::Postgres>,
+    aggregate_type: &str,
+    aggregate_ids: &[String],
+) -> Result<Vec<StoredEvent>, sqlx::Error> {
+    let sql = format!(
+        "select {COLUMNS} from events
+          where aggregate_type = $1 and aggregate_id = any($2)
+          order by aggregate_id, sequence"
+    );
+    let rows = sqlx::query(&sql)
+        .bind(aggregate_type)
+        .bind(aggregate_ids)
+        .fetch_all(executor)
+        .await?;
+    rows.iter().map(StoredEvent::from_row).collect()
+}
+
 /// An event whose payload no longer matches its type: a bug or a missing upcaster.
 #[derive(Debug, thiserror::Error)]
 #[error("event {aggregate_type}/{aggregate_id}#{sequence} cannot be read: {source}")]

@@ -472,7 +472,8 @@ impl TestApp {
         self.send(self.client.get(self.url(path))).await
     }
 
-    fn url(&self, path: &str) -> String {
+    /// The full URL of `path` on this server.
+    pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.address)
     }
 

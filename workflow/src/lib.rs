@@ -20,6 +20,8 @@
 //!   workflow back.
 //! * [`progress`] — a ticket moves with its tasks: building once one is assigned, done
 //!   once all completed, blocked when one fails for good.
+//! * [`export`] — a spec as one document (JSON, Markdown, YAML), now or as of a position:
+//!   a read over the histories of the spec and of its plan's tickets and tasks.
 //! * [`discovery`] — a discovered task that blocks its parent releases it when it
 //!   completes or is cancelled.
 
@@ -27,6 +29,7 @@ pub mod archival;
 pub mod completion;
 pub mod discovery;
 pub mod execution;
+pub mod export;
 pub mod progress;
 
 use std::marker::PhantomData;
