@@ -158,6 +158,7 @@ async fn serve(settings: Settings, dev: bool) -> anyhow::Result<()> {
         database.url.parse()?,
         &state.bus,
         omoi_projections::runner::RunnerConfig::default(),
+        &settings.workflow,
         shutdown.clone(),
     );
     let state = state.with_projections(stats);

@@ -241,6 +241,7 @@ pub async fn bootstrap_dev(state: &AppState) -> anyhow::Result<Option<DevBootstr
         organization_id,
         name: "Sandbox".into(),
         description: "Created by `omoi dev` on its first start".into(),
+        settings: Default::default(),
         at: now,
     };
     state
@@ -361,6 +362,7 @@ pub fn start_projections(
     options: sqlx::postgres::PgConnectOptions,
     bus: &CommandBus,
     config: RunnerConfig,
+    workflow: &omoi_workflow::WorkflowConfig,
     shutdown: Shutdown,
 ) -> (Arc<RunnerStats>, tokio::task::JoinHandle<()>) {
     start_projections_with(
@@ -371,7 +373,7 @@ pub fn start_projections(
         // The read models, and the process managers, which run the same way.
         omoi_projections::all()
             .into_iter()
-            .chain(omoi_workflow::all())
+            .chain(omoi_workflow::all(workflow))
             .collect(),
         shutdown,
     )

@@ -24,6 +24,9 @@ pub struct Settings {
     /// Limits of live delivery (WebSocket).
     #[serde(default)]
     pub live: LiveSettings,
+    /// The process managers' tables (the task of each phase of a hand-made ticket).
+    #[serde(default)]
+    pub workflow: omoi_workflow::WorkflowConfig,
 }
 
 /// The limits of live delivery that operators set; its other tunables are code defaults
@@ -244,5 +247,26 @@ impl Settings {
             .filter(|url| !url.is_empty())
             .map(SecretString::from);
         Ok(settings)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_base_settings_hold_the_default_phase_table() {
+        let settings: Settings = Config::builder()
+            .add_source(File::from_str(
+                include_str!("../config/base.yaml"),
+                FileFormat::Yaml,
+            ))
+            .build()
+            .and_then(Config::try_deserialize)
+            .expect("the base settings");
+        assert_eq!(
+            settings.workflow.phase_tasks,
+            omoi_workflow::spawn::PhaseTaskTable::default()
+        );
     }
 }

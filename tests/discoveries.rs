@@ -99,7 +99,7 @@ async fn a_discovery_becomes_a_task_of_the_ticket_naming_its_parent_and_discover
     assert_eq!(found["ticket_id"], ticket.as_str());
     assert_eq!(found["status"], "pending");
     assert_eq!(found["priority"], "HIGH", "one level above MEDIUM: {found}");
-    assert_eq!(found["task_type"], "implement");
+    assert_eq!(found["task_type"], "discovery_bug");
     assert_eq!(
         found["discovery"],
         json!({"parent_task_id": task, "kind": "bug", "discovered_by": agent.id,

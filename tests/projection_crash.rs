@@ -54,6 +54,7 @@ impl Workload {
             organization_id: organization,
             name: "Crash".into(),
             description: String::new(),
+            settings: Default::default(),
             at: chrono::Utc::now(),
         };
         bus.execute::<Project>(&project.to_string(), create, &context)
@@ -215,7 +216,8 @@ async fn caught_up(database: &TestDatabase) {
                 .await
                 .expect("builds");
         // Every read model and every process manager.
-        let expected = (omoi_projections::all().len() + omoi_workflow::all().len()) as i64;
+        let expected =
+            (omoi_projections::all().len() + omoi_workflow::all(&Default::default()).len()) as i64;
         if behind == 0 && live == expected {
             return;
         }

@@ -164,7 +164,8 @@ async fn replaying_an_approval_creates_nothing_twice() {
 
     let mut conn = app.database.pool.acquire().await.expect("a connection");
     let mut tx = conn.begin().await.expect("a transaction");
-    PlanExecution::react(&mut tx, "unused", &approval)
+    PlanExecution
+        .react(&mut tx, "unused", &approval)
         .await
         .expect("a replay succeeds");
     tx.commit().await.expect("commit");
@@ -715,4 +716,93 @@ async fn a_specs_export_ticks_criteria_as_their_tasks_complete() {
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
     let (status, body) = app.get(&path("export?as_of=-1")).await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+}
+
+/// The tasks of `ticket`, from the lists (once the read models caught up).
+async fn tasks_of(app: &TestApp, ticket: &str) -> Vec<Value> {
+    app.caught_up().await;
+    let (status, page) = app.get(&format!("/api/v1/tasks?ticket_id={ticket}")).await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    page["items"].as_array().cloned().expect("items")
+}
+
+/// A ticket made by hand gets the task of its phase, caused by its creation; a plan's
+/// tickets, a done phase and a project that turned it off get none; a replay adds nothing.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_hand_made_ticket_gets_the_task_of_its_phase() {
+    let app = spawn_app().await;
+    let (_, project) = app.organization_and_spawning_project().await;
+    let backlog = app.ticket(&project, "Login page").await;
+    let implementation = app
+        .create(
+            "/api/v1/tickets",
+            json!({"project_id": project, "title": "Password reset",
+                   "description": "by email", "priority": "HIGH",
+                   "phase": "PHASE_IMPLEMENTATION"}),
+        )
+        .await;
+    let done = app
+        .create(
+            "/api/v1/tickets",
+            json!({"project_id": project, "title": "Old work", "phase": "PHASE_DONE"}),
+        )
+        .await;
+
+    let analyze = tasks_of(&app, &backlog).await;
+    assert_eq!(analyze.len(), 1, "{analyze:?}");
+    assert_eq!(analyze[0]["task_type"], "analyze");
+    assert_eq!(analyze[0]["title"], "Analyze: Login page");
+    let implement = tasks_of(&app, &implementation).await;
+    assert_eq!(implement.len(), 1, "{implement:?}");
+    assert_eq!(implement[0]["task_type"], "implement");
+    assert_eq!(implement[0]["priority"], "HIGH");
+    assert_eq!(implement[0]["phase"], "PHASE_IMPLEMENTATION");
+    assert_eq!(implement[0]["description"], "by email");
+    assert_eq!(tasks_of(&app, &done).await, Vec::<Value>::new());
+
+    // The spawned task names the ticket's creation as its cause.
+    let events = log(&app).await;
+    let created = events
+        .iter()
+        .find(|e| e.aggregate_id == backlog && e.event_type == "TicketCreated")
+        .expect("the ticket's creation");
+    let spawned = events
+        .iter()
+        .find(|e| e.aggregate_id == analyze[0]["id"].as_str().unwrap_or_default())
+        .expect("the task's creation");
+    assert_eq!(spawned.metadata["causation_id"], created.reference());
+    assert_eq!(spawned.metadata["actor"], "system:phase_tasks");
+
+    // Replaying the creation appends nothing.
+    let before = app.event_count().await;
+    let mut conn = app.database.pool.acquire().await.expect("a connection");
+    let mut tx = conn.begin().await.expect("a transaction");
+    let manager = omoi_workflow::spawn::PhaseTasks {
+        table: Default::default(),
+    };
+    manager
+        .react(&mut tx, "unused", created)
+        .await
+        .expect("a replay succeeds");
+    tx.commit().await.expect("commit");
+    assert_eq!(app.event_count().await, before, "a replay appended events");
+
+    // A plan's tickets come with their own tasks only.
+    let spec = executing_spec(&app, &project).await;
+    app.caught_up().await;
+    let approval = the_approval(&app).await;
+    assert_eq!(
+        tasks_of(&app, &created_id(&approval, "TKT-1").to_string())
+            .await
+            .len(),
+        2
+    );
+    let (_, spec_state) = app.get(&format!("/api/v1/specs/{spec}")).await;
+    assert_eq!(spec_state["state"]["phase"], "executing");
+
+    // Off, a hand-made ticket gets nothing.
+    app.project_settings(&project, json!({"auto_spawn_tasks": false}))
+        .await;
+    let quiet = app.ticket(&project, "No automatic task").await;
+    assert_eq!(tasks_of(&app, &quiet).await, Vec::<Value>::new());
 }

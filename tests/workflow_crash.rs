@@ -77,6 +77,7 @@ async fn approved_specs(bus: &CommandBus) {
         organization_id: organization,
         name: "Crash".into(),
         description: String::new(),
+        settings: Default::default(),
         at: now(),
     };
     bus.execute::<Project>(&project.to_string(), create, &context)
@@ -215,7 +216,7 @@ async fn effects_commit_or_roll_back_with_the_batch_and_are_announced() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
-    let execution = omoi_workflow::run::<omoi_workflow::execution::PlanExecution>();
+    let execution = omoi_workflow::run(omoi_workflow::execution::PlanExecution);
     let mut conn = database.pool.acquire().await.expect("a connection");
 
     let mut tx = conn.begin().await.expect("a transaction");

@@ -25,9 +25,6 @@ pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(report_discovery))
 }
 
-/// The task type of discovered work when the report names none.
-const DEFAULT_TASK_TYPE: &str = "implement";
-
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ReportDiscovery {
@@ -37,7 +34,7 @@ pub struct ReportDiscovery {
     #[serde(default)]
     #[schema(schema_with = crate::schemas::text)]
     pub description: String,
-    /// The new task's type (default `implement`).
+    /// The new task's type (default `discovery_<kind>`, as the original named them).
     #[schema(schema_with = crate::schemas::task_type_or_null)]
     pub task_type: Option<String>,
     /// The new task one priority level above the running task's (critical stays critical).
@@ -88,7 +85,7 @@ async fn report_discovery(
         description: body.description,
         task_type: body
             .task_type
-            .unwrap_or_else(|| DEFAULT_TASK_TYPE.to_string()),
+            .unwrap_or_else(|| format!("discovery_{}", body.kind.as_str())),
         phase: parent.phase,
         priority: match body.priority_boost {
             true => parent.priority.raised(),

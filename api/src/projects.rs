@@ -6,7 +6,7 @@ use axum::Json;
 use chrono::Utc;
 use omoi_domain::access::Permission;
 use omoi_domain::organization::Organization;
-use omoi_domain::project::{Project, ProjectCommand};
+use omoi_domain::project::{Project, ProjectCommand, ProjectSettings, SettingsChange};
 use serde::Deserialize;
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
@@ -40,6 +40,8 @@ pub struct CreateProject {
     #[serde(default)]
     #[schema(schema_with = crate::schemas::text)]
     pub description: String,
+    /// Settings to start with; an absent one takes its default.
+    pub settings: Option<ChangeSettings>,
 }
 
 /// Loads an active project that `caller` may add work to with `permission`: 404 when it
@@ -88,6 +90,11 @@ async fn create_project(
         organization_id: body.organization_id,
         name: body.name,
         description: body.description,
+        settings: body
+            .settings
+            .map(SettingsChange::from)
+            .unwrap_or_default()
+            .over(ProjectSettings::default()),
         at: Utc::now(),
     };
     let committed = state
@@ -119,6 +126,17 @@ async fn get_project(
 pub struct ChangeSettings {
     /// Tickets move by themselves as their tasks do (default on).
     pub auto_advance: Option<bool>,
+    /// A ticket made by hand gets the task of its phase (default on).
+    pub auto_spawn_tasks: Option<bool>,
+}
+
+impl From<ChangeSettings> for SettingsChange {
+    fn from(body: ChangeSettings) -> Self {
+        Self {
+            auto_advance: body.auto_advance,
+            auto_spawn_tasks: body.auto_spawn_tasks,
+        }
+    }
 }
 
 /// Changes the project's workflow settings. Setting what is already set records nothing.
@@ -135,7 +153,7 @@ async fn change_settings(
     Body(body): Body<ChangeSettings>,
 ) -> ApiResult<Json<Versioned<Project>>> {
     let command = ProjectCommand::ChangeSettings {
-        auto_advance: body.auto_advance,
+        change: body.into(),
     };
     state
         .execute_versioned::<Project>(

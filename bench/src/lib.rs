@@ -10,6 +10,8 @@
 //! * [`live`] — `bench-live`: board deltas over WebSocket to many clients (latency,
 //!   memory per connection).
 //! * [`worker`] — `bench-worker`: the orchestrator's tasks/s and ready → assigned latency.
+//! * [`workflow`] — `bench-workflow`: specs run end to end by the process managers (specs/s,
+//!   task completion → ticket move latency).
 //! * [`chaos`] — `chaos`: replicas and workers SIGKILLed under load, then the invariants
 //!   checked.
 //! * [`setup`] — what they share: the benchmark cluster, the `omoi` binary they start,
@@ -21,4 +23,5 @@ pub mod projections;
 pub mod setup;
 pub mod stats;
 pub mod worker;
+pub mod workflow;
 pub mod write;

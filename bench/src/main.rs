@@ -26,6 +26,9 @@ enum Command {
     /// Benchmark the orchestrator: tasks/s through the whole lifecycle with M in-process
     /// agents, and ready → assigned latency.
     BenchWorker(omoi_bench::worker::Args),
+    /// Benchmark the spec workflow: N specs' plans approved at once and run by the process
+    /// managers and in-process agents (specs/s; task completion → ticket move latency).
+    BenchWorkflow(omoi_bench::workflow::Args),
     /// Run replicas and workers on one fresh database under load, SIGKILL a random one
     /// every few seconds (restarting it), then check that no event was lost or doubled,
     /// every read model equals a rebuild, every task ran once per attempt and finished,
@@ -53,6 +56,7 @@ fn main() -> ExitCode {
             Command::BenchProjections(args) => omoi_bench::projections::run(args).await,
             Command::BenchLive(args) => omoi_bench::live::run(args).await,
             Command::BenchWorker(args) => omoi_bench::worker::run(args).await,
+            Command::BenchWorkflow(args) => omoi_bench::workflow::run(args).await,
             Command::Chaos(args) => omoi_bench::chaos::run(args).await,
         }
     });

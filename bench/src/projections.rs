@@ -542,6 +542,7 @@ async fn lag(admin_url: &str, rate: u64, seconds: u64) -> anyhow::Result<()> {
         database.options.clone(),
         &bus,
         RunnerConfig::default(),
+        &omoi_workflow::WorkflowConfig::default(),
         shutdown,
     );
     leaders(&stats).await?;
@@ -601,6 +602,7 @@ async fn organization_and_project(bus: &CommandBus) -> anyhow::Result<(Uuid, Uui
         organization_id: organization,
         name: "Lag".into(),
         description: String::new(),
+        settings: Default::default(),
         at: Utc::now(),
     };
     bus.execute::<Project>(&project.to_string(), create, &context())

@@ -239,6 +239,17 @@ pub async fn spawn_app_with_billing(billing: omoi_api::billing::BillingConfig) -
     app
 }
 
+/// [`spawn_app_on`] with the test settings changed by `adjust` (benchmarks: plans without
+/// limits, say).
+pub async fn spawn_app_on_with_settings(
+    database: TestDatabase,
+    adjust: impl FnOnce(&mut Settings),
+) -> TestApp {
+    let mut settings = test_settings();
+    adjust(&mut settings);
+    spawn_configured(database, test_live_config(), None, settings).await
+}
+
 /// [`spawn_app`] with the test settings changed by `adjust` (e.g. small rate limits).
 pub async fn spawn_app_with_settings(adjust: impl FnOnce(&mut Settings)) -> TestApp {
     let database = TestDatabase::create().await.expect("a fresh test database");
@@ -266,6 +277,7 @@ async fn spawn_configured(
         database.options.clone(),
         &state.bus,
         test_runner_config(),
+        &settings.workflow,
         shutdown.clone(),
     );
     let mut state = state.with_projections(stats.clone()).with_live(live);
@@ -493,8 +505,22 @@ impl TestApp {
         (status, body)
     }
 
-    /// Creates an organization and a project; returns their ids.
+    /// Creates an organization and a project whose tickets get only the tasks the test
+    /// creates (created with `auto_spawn_tasks` off); returns their ids.
     pub async fn organization_and_project(&self) -> (String, String) {
+        self.organization_and_project_with(serde_json::json!({"auto_spawn_tasks": false}))
+            .await
+    }
+
+    /// Creates an organization and a project with the default settings: a ticket made by
+    /// hand gets the task of its phase (`phase_tasks`); returns their ids.
+    pub async fn organization_and_spawning_project(&self) -> (String, String) {
+        self.organization_and_project_with(serde_json::json!({}))
+            .await
+    }
+
+    /// Creates an organization and a project created with `settings`; returns their ids.
+    pub async fn organization_and_project_with(&self, settings: Value) -> (String, String) {
         let (status, org) = self
             .post("/api/v1/organizations", serde_json::json!({"name": "Acme"}))
             .await;
@@ -503,24 +529,28 @@ impl TestApp {
         let (status, project) = self
             .post(
                 "/api/v1/projects",
-                serde_json::json!({"organization_id": org_id, "name": "Website"}),
+                serde_json::json!({"organization_id": org_id, "name": "Website",
+                                   "settings": settings}),
             )
             .await;
         assert_eq!(status, StatusCode::CREATED, "{project}");
         (org_id, project["id"].as_str().expect("an id").to_string())
     }
 
+    /// Changes `project`'s settings.
+    pub async fn project_settings(&self, project: &str, settings: Value) {
+        let (status, body) = self
+            .patch(&format!("/api/v1/projects/{project}/settings"), settings)
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+
     /// [`TestApp::organization_and_project`] whose tickets only people move (its
     /// `auto_advance` off): for tests that walk tickets by hand while tasks run.
     pub async fn organization_and_manual_project(&self) -> (String, String) {
         let (organization, project) = self.organization_and_project().await;
-        let (status, body) = self
-            .patch(
-                &format!("/api/v1/projects/{project}/settings"),
-                serde_json::json!({"auto_advance": false}),
-            )
+        self.project_settings(&project, serde_json::json!({"auto_advance": false}))
             .await;
-        assert_eq!(status, StatusCode::OK, "{body}");
         (organization, project)
     }
 }

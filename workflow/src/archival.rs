@@ -23,11 +23,12 @@ pub struct SpecArchival;
 impl ProcessManager for SpecArchival {
     const NAME: &'static str = NAME;
 
-    fn reacts_to(event: &StoredEvent) -> bool {
+    fn reacts_to(&self, event: &StoredEvent) -> bool {
         event.aggregate_type == "Spec" && event.event_type == "SpecArchived"
     }
 
     fn react<'a>(
+        &'a self,
         tx: &'a mut PgConnection,
         _schema: &'a str,
         event: &'a StoredEvent,

@@ -23,11 +23,12 @@ pub struct SpecCompletion;
 impl ProcessManager for SpecCompletion {
     const NAME: &'static str = NAME;
 
-    fn reacts_to(event: &StoredEvent) -> bool {
+    fn reacts_to(&self, event: &StoredEvent) -> bool {
         event.aggregate_type == "Ticket" && event.event_type == "TicketStatusChanged"
     }
 
     fn react<'a>(
+        &'a self,
         tx: &'a mut PgConnection,
         _schema: &'a str,
         event: &'a StoredEvent,

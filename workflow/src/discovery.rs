@@ -19,12 +19,13 @@ pub struct DiscoveryResolution;
 impl ProcessManager for DiscoveryResolution {
     const NAME: &'static str = NAME;
 
-    fn reacts_to(event: &StoredEvent) -> bool {
+    fn reacts_to(&self, event: &StoredEvent) -> bool {
         event.aggregate_type == "Task"
             && matches!(event.event_type.as_str(), "TaskCompleted" | "TaskCancelled")
     }
 
     fn react<'a>(
+        &'a self,
         tx: &'a mut PgConnection,
         _schema: &'a str,
         event: &'a StoredEvent,

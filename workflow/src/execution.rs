@@ -27,11 +27,12 @@ pub struct PlanExecution;
 impl ProcessManager for PlanExecution {
     const NAME: &'static str = NAME;
 
-    fn reacts_to(event: &StoredEvent) -> bool {
+    fn reacts_to(&self, event: &StoredEvent) -> bool {
         event.aggregate_type == "Spec" && event.event_type == "SpecPlanApproved"
     }
 
     fn react<'a>(
+        &'a self,
         tx: &'a mut PgConnection,
         _schema: &'a str,
         event: &'a StoredEvent,
@@ -123,7 +124,7 @@ async fn execute(tx: &mut PgConnection, event: &StoredEvent) -> Result<(), Proje
 }
 
 /// Creates aggregate `id` unless it exists (a replay of the causing event).
-async fn create<A>(
+pub(crate) async fn create<A>(
     tx: &mut PgConnection,
     event: &StoredEvent,
     id: Uuid,

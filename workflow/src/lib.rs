@@ -22,6 +22,7 @@
 //!   once all completed, blocked when one fails for good.
 //! * [`export`] — a spec as one document (JSON, Markdown, YAML), now or as of a position:
 //!   a read over the histories of the spec and of its plan's tickets and tasks.
+//! * [`spawn`] — a ticket made by hand gets the task of its phase.
 //! * [`discovery`] — a discovered task that blocks its parent releases it when it
 //!   completes or is cancelled.
 
@@ -31,8 +32,8 @@ pub mod discovery;
 pub mod execution;
 pub mod export;
 pub mod progress;
+pub mod spawn;
 
-use std::marker::PhantomData;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -57,10 +58,11 @@ pub trait ProcessManager: Send + Sync + 'static {
         Vec::new()
     }
 
-    fn reacts_to(event: &StoredEvent) -> bool;
+    fn reacts_to(&self, event: &StoredEvent) -> bool;
 
     /// Its reaction to `event`; its own tables are in `schema`.
     fn react<'a>(
+        &'a self,
         tx: &'a mut PgConnection,
         schema: &'a str,
         event: &'a StoredEvent,
@@ -70,7 +72,7 @@ pub trait ProcessManager: Send + Sync + 'static {
 /// A process manager as the projection runner runs it: a projector whose tables are its
 /// own state (none for most).
 struct Run<P> {
-    manager: PhantomData<P>,
+    manager: P,
     /// Whether the last batch appended events (see [`Projector::take_appended`]).
     appended: AtomicBool,
 }
@@ -100,8 +102,8 @@ impl<P: ProcessManager> Projector for Run<P> {
     ) -> BoxFuture<'a, Result<(), ProjectionError>> {
         Box::pin(async move {
             let mut reacted = false;
-            for event in events.iter().filter(|e| P::reacts_to(e)) {
-                P::react(tx, schema, event).await?;
+            for event in events.iter().filter(|e| self.manager.reacts_to(e)) {
+                self.manager.react(tx, schema, event).await?;
                 reacted = true;
             }
             // The batch's own appends carry its transaction's id (asked only when it
@@ -147,20 +149,31 @@ pub fn occurred_at(event: &StoredEvent) -> chrono::DateTime<chrono::Utc> {
 }
 
 /// `P`, to run beside the read models.
-pub fn run<P: ProcessManager>() -> Arc<dyn Projector> {
-    Arc::new(Run::<P> {
-        manager: PhantomData,
+pub fn run<P: ProcessManager>(manager: P) -> Arc<dyn Projector> {
+    Arc::new(Run {
+        manager,
         appended: AtomicBool::new(false),
     })
 }
 
+/// What the process managers take from the settings (`workflow` in `config/*.yaml`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(default)]
+pub struct WorkflowConfig {
+    /// The task type a hand-made ticket of each phase gets (`phase_tasks`).
+    pub phase_tasks: spawn::PhaseTaskTable,
+}
+
 /// Every process manager, to run beside the read models.
-pub fn all() -> Vec<Arc<dyn Projector>> {
+pub fn all(config: &WorkflowConfig) -> Vec<Arc<dyn Projector>> {
     vec![
-        run::<execution::PlanExecution>(),
-        run::<completion::SpecCompletion>(),
-        run::<progress::TicketProgress>(),
-        run::<archival::SpecArchival>(),
-        run::<discovery::DiscoveryResolution>(),
+        run(execution::PlanExecution),
+        run(completion::SpecCompletion),
+        run(progress::TicketProgress),
+        run(archival::SpecArchival),
+        run(discovery::DiscoveryResolution),
+        run(spawn::PhaseTasks {
+            table: config.phase_tasks.clone(),
+        }),
     ]
 }

@@ -41,11 +41,12 @@ impl ProcessManager for TicketProgress {
         ]
     }
 
-    fn reacts_to(event: &StoredEvent) -> bool {
+    fn reacts_to(&self, event: &StoredEvent) -> bool {
         event.aggregate_type == "Task"
     }
 
     fn react<'a>(
+        &'a self,
         tx: &'a mut PgConnection,
         schema: &'a str,
         event: &'a StoredEvent,

@@ -22,17 +22,42 @@ pub struct Project {
     pub settings: ProjectSettings,
 }
 
-/// How the workflow treats a project's work.
+/// How the workflow treats a project's work. A setting added later reads as its default
+/// in the events written before it existed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(default)]
 pub struct ProjectSettings {
     /// Tickets move by themselves as their tasks do (the `ticket_progress` process
     /// manager); off, only people move them.
     pub auto_advance: bool,
+    /// A ticket made by hand (not from a spec's plan) gets the task of its phase (the
+    /// `phase_tasks` process manager), so that every ticket flows through agents.
+    pub auto_spawn_tasks: bool,
 }
 
 impl Default for ProjectSettings {
     fn default() -> Self {
-        Self { auto_advance: true }
+        Self {
+            auto_advance: true,
+            auto_spawn_tasks: true,
+        }
+    }
+}
+
+/// Some settings to set; `None` leaves one as it is.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SettingsChange {
+    pub auto_advance: Option<bool>,
+    pub auto_spawn_tasks: Option<bool>,
+}
+
+impl SettingsChange {
+    /// `settings` with the given ones changed.
+    pub fn over(self, settings: ProjectSettings) -> ProjectSettings {
+        ProjectSettings {
+            auto_advance: self.auto_advance.unwrap_or(settings.auto_advance),
+            auto_spawn_tasks: self.auto_spawn_tasks.unwrap_or(settings.auto_spawn_tasks),
+        }
     }
 }
 
@@ -43,6 +68,7 @@ pub enum ProjectCommand {
         organization_id: Uuid,
         name: String,
         description: String,
+        settings: ProjectSettings,
         at: DateTime<Utc>,
     },
     RenameProject {
@@ -51,9 +77,9 @@ pub enum ProjectCommand {
     ArchiveProject {
         at: DateTime<Utc>,
     },
-    /// Changes the given settings; `None` leaves one as it is.
+    /// Changes the given settings; the others stay as they are.
     ChangeSettings {
-        auto_advance: Option<bool>,
+        change: SettingsChange,
     },
 }
 
@@ -65,6 +91,10 @@ pub enum ProjectEvent {
         name: String,
         description: String,
         created_at: DateTime<Utc>,
+        /// The settings it starts with (projects created before settings existed: the
+        /// defaults).
+        #[serde(default)]
+        settings: ProjectSettings,
     },
     ProjectRenamed {
         name: String,
@@ -174,6 +204,7 @@ impl Project {
                 organization_id,
                 name,
                 description,
+                settings,
                 at,
             } => {
                 if self.id.is_some() {
@@ -190,6 +221,7 @@ impl Project {
                     name: required_text(&name, MAX_TITLE_CHARS)?,
                     description,
                     created_at: at,
+                    settings,
                 }])
             }
             ProjectCommand::RenameProject { name } => {
@@ -204,11 +236,9 @@ impl Project {
                 self.ensure_active()?;
                 Ok(vec![ProjectEvent::ProjectArchived { archived_at: at }])
             }
-            ProjectCommand::ChangeSettings { auto_advance } => {
+            ProjectCommand::ChangeSettings { change } => {
                 self.ensure_active()?;
-                let settings = ProjectSettings {
-                    auto_advance: auto_advance.unwrap_or(self.settings.auto_advance),
-                };
+                let settings = change.over(self.settings);
                 // Already so: nothing to record.
                 if settings == self.settings {
                     return Ok(vec![]);
@@ -246,6 +276,7 @@ impl Aggregate for Project {
                 name,
                 description,
                 created_at,
+                settings,
             } => {
                 *self = Project {
                     id: Some(project_id),
@@ -254,7 +285,7 @@ impl Aggregate for Project {
                     description,
                     created_at: Some(created_at),
                     archived_at: None,
-                    settings: ProjectSettings::default(),
+                    settings,
                 }
             }
             ProjectEvent::ProjectSettingsChanged { settings } => self.settings = settings,
@@ -289,6 +320,7 @@ mod tests {
             name: "Website".into(),
             description: String::new(),
             created_at: t0(),
+            settings: ProjectSettings::default(),
         }
     }
 
@@ -298,6 +330,7 @@ mod tests {
             organization_id: org_id(),
             name: name.into(),
             description: String::new(),
+            settings: ProjectSettings::default(),
             at: t0(),
         }
     }

@@ -2,4 +2,6 @@
 
 mod aggregate;
 
-pub use aggregate::{Project, ProjectCommand, ProjectError, ProjectEvent, ProjectSettings};
+pub use aggregate::{
+    Project, ProjectCommand, ProjectError, ProjectEvent, ProjectSettings, SettingsChange,
+};

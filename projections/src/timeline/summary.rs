@@ -273,8 +273,12 @@ fn project_summary(event: &ProjectEvent, this: &str, id: Uuid) -> String {
         }
         ProjectEvent::ProjectArchived { .. } => format!("{this} archived"),
         ProjectEvent::ProjectSettingsChanged { settings } => {
-            let advance = if settings.auto_advance { "on" } else { "off" };
-            format!("{this}: tickets move with their tasks {advance}")
+            let on_off = |on: bool| if on { "on" } else { "off" };
+            format!(
+                "{this}: tickets move with their tasks {}, hand-made tickets get their phase's task {}",
+                on_off(settings.auto_advance),
+                on_off(settings.auto_spawn_tasks)
+            )
         }
     }
 }
@@ -667,6 +671,7 @@ mod tests {
                 name: "Website".into(),
                 description: String::new(),
                 created_at: at(),
+                settings: Default::default(),
             }),
             None,
             None,

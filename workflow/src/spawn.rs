@@ -1,0 +1,177 @@
+//! `phase_tasks`: a ticket made by hand — not from a spec's plan — gets the task of its
+//! phase (an `analyze` task in the backlog, an `implement` task in implementation, …; the
+//! table is `workflow.phase_tasks` in the settings), as the original split every ticket
+//! into phase tasks, so that every ticket flows through agents. The project setting
+//! `auto_spawn_tasks` (default on) turns it off.
+
+use std::collections::HashMap;
+
+use futures_util::future::BoxFuture;
+use omoi_domain::common::Phase;
+use omoi_domain::project::Project;
+use omoi_domain::task::{Task, TaskCommand};
+use omoi_domain::ticket::{Ticket, TicketStatus};
+use omoi_projections::ProjectionError;
+use omoi_store::log::{aggregate_history, fold_until};
+use omoi_store::{Actor, CommandContext, StoredEvent};
+use serde::Deserialize;
+use sqlx::PgConnection;
+use uuid::Uuid;
+
+use crate::execution::create;
+use crate::{load, occurred_at, ProcessManager};
+
+/// The process manager's name: its build in the catalog and its actor (`system:…`).
+pub const NAME: &str = "phase_tasks";
+
+/// The task type each phase's ticket gets; a phase absent from the table gets none.
+/// Written in the settings as a list of `{phase, task_type}` (keys of a map would be
+/// lower-cased by the settings loader; `PHASE_*` values are not).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(from = "Vec<PhaseTask>")]
+pub struct PhaseTaskTable(pub HashMap<Phase, String>);
+
+/// One row of [`PhaseTaskTable`].
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PhaseTask {
+    pub phase: Phase,
+    pub task_type: String,
+}
+
+impl From<Vec<PhaseTask>> for PhaseTaskTable {
+    fn from(rows: Vec<PhaseTask>) -> Self {
+        Self(rows.into_iter().map(|r| (r.phase, r.task_type)).collect())
+    }
+}
+
+impl Default for PhaseTaskTable {
+    /// The original's phases of work: analysis, design, implementation, testing,
+    /// deployment; done and blocked tickets get nothing.
+    fn default() -> Self {
+        Self(
+            [
+                (Phase::Backlog, "analyze"),
+                (Phase::Requirements, "analyze"),
+                (Phase::Design, "design"),
+                (Phase::Implementation, "implement"),
+                (Phase::Testing, "test"),
+                (Phase::Deployment, "deploy"),
+            ]
+            .into_iter()
+            .map(|(phase, task_type)| (phase, task_type.to_string()))
+            .collect(),
+        )
+    }
+}
+
+pub struct PhaseTasks {
+    pub table: PhaseTaskTable,
+}
+
+impl ProcessManager for PhaseTasks {
+    const NAME: &'static str = NAME;
+
+    fn reacts_to(&self, event: &StoredEvent) -> bool {
+        event.aggregate_type == "Ticket" && event.event_type == "TicketCreated"
+    }
+
+    fn react<'a>(
+        &'a self,
+        tx: &'a mut PgConnection,
+        _schema: &'a str,
+        event: &'a StoredEvent,
+    ) -> BoxFuture<'a, Result<(), ProjectionError>> {
+        Box::pin(self.ticket_created(tx, event))
+    }
+}
+
+/// The id of the task `event` (a ticket's creation) spawns: the same on every replay.
+pub fn spawned_id(event: &StoredEvent) -> Uuid {
+    Uuid::new_v5(
+        &Uuid::NAMESPACE_OID,
+        format!("omoi/{NAME}/{}", event.reference()).as_bytes(),
+    )
+}
+
+impl PhaseTasks {
+    async fn ticket_created(
+        &self,
+        tx: &mut PgConnection,
+        event: &StoredEvent,
+    ) -> Result<(), ProjectionError> {
+        // A ticket another event caused (a plan's) comes with its own tasks.
+        if event
+            .metadata
+            .get("causation_id")
+            .is_some_and(|cause| !cause.is_null())
+        {
+            return Ok(());
+        }
+        let (ticket, _) = load::<Ticket>(tx, event, &event.aggregate_id).await?;
+        let (Some(organization_id), Some(project_id)) = (ticket.organization_id, ticket.project_id)
+        else {
+            return Ok(());
+        };
+        // The project's settings as they were when the ticket was made, so that a replay
+        // decides as the first run did.
+        let project_history = aggregate_history(&mut *tx, "Project", &project_id.to_string())
+            .await?
+            .into_iter()
+            .filter(|e| e.global_position <= event.global_position)
+            .collect::<Vec<_>>();
+        let project: Project =
+            fold_until(&project_history, None).map_err(|e| ProjectionError::payload(event, e))?;
+        if !project.settings.auto_spawn_tasks || ticket.status == TicketStatus::Done {
+            return Ok(());
+        }
+        let Some(task_type) = self.table.0.get(&ticket.phase) else {
+            return Ok(());
+        };
+        let task_id = spawned_id(event);
+        let command = TaskCommand::CreateTask {
+            task_id,
+            organization_id,
+            project_id,
+            ticket_id: ticket.id.unwrap_or_default(),
+            title: format!("{}: {}", capitalized(task_type), ticket.title),
+            description: ticket.description.clone(),
+            task_type: task_type.clone(),
+            phase: ticket.phase,
+            priority: ticket.priority,
+            depends_on: Vec::new(),
+            required_capabilities: Vec::new(),
+            max_retries: None,
+            timeout_seconds: None,
+            discovery: None,
+            at: occurred_at(event),
+        };
+        let context = CommandContext::caused_by(Actor::System(NAME), event);
+        create::<Task>(tx, event, task_id, command, &context).await
+    }
+}
+
+/// `implement` → `Implement`, for the spawned task's title.
+fn capitalized(word: &str) -> String {
+    let mut chars = word.chars();
+    chars
+        .next()
+        .map(|first| first.to_uppercase().chain(chars).collect())
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_phase_with_work_has_a_task_type() {
+        let table = PhaseTaskTable::default();
+        for phase in Phase::ALL {
+            let expected = !matches!(phase, Phase::Done | Phase::Blocked);
+            assert_eq!(table.0.contains_key(&phase), expected, "{phase:?}");
+        }
+        assert_eq!(capitalized("analyze"), "Analyze");
+        assert_eq!(capitalized(""), "");
+    }
+}
