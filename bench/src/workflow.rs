@@ -139,6 +139,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         summary.p99,
         summary.max
     );
+    // The server and its process managers stop before their database is dropped.
+    app.stop().await;
     Ok(())
 }
 

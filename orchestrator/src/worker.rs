@@ -138,7 +138,14 @@ impl Worker {
     /// Starts the worker. One that cannot make its private directory logs why and
     /// takes no task (other workers still can).
     pub fn start(pool: PgPool, config: WorkerConfig) -> Self {
-        let (runtime, finished) = Runtime::new(pool, config);
+        let (runtime, finished) = Runtime::new(pool.clone(), config);
+        // The worker's commits wake the read models and process managers of every process
+        // at once (`omoi worker` is a process of its own), not at their next poll.
+        tokio::spawn(omoi_store::wakeup::announce_commits(
+            pool,
+            runtime.bus.commits(),
+            COMMIT_ANNOUNCE_WINDOW,
+        ));
         let work_dir = runtime.work_dir.clone();
         let (shutdown, stop) = watch::channel(false);
         Self {
@@ -167,6 +174,9 @@ impl Worker {
         let _ = self.task.await;
     }
 }
+
+/// Commits within this window share one `NOTIFY` to other processes (as the API's).
+const COMMIT_ANNOUNCE_WINDOW: Duration = Duration::from_millis(5);
 
 /// A worker driven by its caller (see [`Worker::stepped`]).
 pub struct SteppedWorker {
