@@ -6,8 +6,9 @@
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use omoi_domain::common::{DomainError, ErrorKind};
-use omoi_store::bus::{PairError, Refusal};
+use omoi_store::bus::{PairError, Refusal as ScopeRefusal};
 use omoi_store::CommandError;
+use omoi_workflow::admission::{AdmissionError, Refusal};
 use serde::Serialize;
 use utoipa::ToSchema;
 
@@ -220,8 +221,8 @@ impl<E: DomainError> From<CommandError<E>> for ApiError {
     fn from(error: CommandError<E>) -> Self {
         match error {
             CommandError::Domain(e) => Self::from_domain(&e),
-            CommandError::Refused(Refusal::NotVisible) => Self::NotFound { what: "resource" },
-            CommandError::Refused(Refusal::NotPermitted) => Self::Forbidden {
+            CommandError::Refused(ScopeRefusal::NotVisible) => Self::NotFound { what: "resource" },
+            CommandError::Refused(ScopeRefusal::NotPermitted) => Self::Forbidden {
                 permission: "this action",
             },
             CommandError::Conflict { attempts } => Self::Conflict {
@@ -232,6 +233,45 @@ impl<E: DomainError> From<CommandError<E>> for ApiError {
             },
             CommandError::Unavailable(cause) => Self::Unavailable(cause),
             CommandError::Internal(cause) => Self::Internal(cause),
+        }
+    }
+}
+
+impl From<AdmissionError> for ApiError {
+    fn from(error: AdmissionError) -> Self {
+        let refusal = match error {
+            AdmissionError::Refused(refusal) => refusal,
+            AdmissionError::Database(e) => return Self::from(e),
+            AdmissionError::Unavailable(cause) => return Self::Unavailable(cause),
+            AdmissionError::Internal(cause) => return Self::Internal(cause),
+        };
+        let detail = refusal.to_string();
+        match refusal {
+            Refusal::DependencyNotFound(_) => Self::Status {
+                status: StatusCode::NOT_FOUND,
+                code: "dependency_not_found",
+                detail,
+            },
+            Refusal::SpecNotFound(_) => Self::NotFound { what: "spec" },
+            Refusal::SpecInOtherProject(_) => {
+                Self::invalid("spec_in_other_project", "spec_id", detail)
+            }
+            Refusal::TicketDone(_) => Self::Conflict {
+                code: "ticket_done",
+                detail,
+            },
+            Refusal::DependencyInOtherProject(_) => Self::Conflict {
+                code: "dependency_in_other_project",
+                detail,
+            },
+            Refusal::Cycle(_) => Self::Conflict {
+                code: "dependency_cycle",
+                detail,
+            },
+            Refusal::GraphTooLarge => Self::Conflict {
+                code: "dependency_graph_too_large",
+                detail,
+            },
         }
     }
 }

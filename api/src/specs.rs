@@ -116,27 +116,6 @@ impl<S: Send + Sync> FromRequestParts<S> for RequirementPath {
     }
 }
 
-/// Checks the `spec_id` of a new ticket: when given, the spec must exist (404) and
-/// belong to `project_id` (else 422, field `spec_id`).
-pub async fn ensure_spec_of_project(
-    state: &AppState,
-    spec_id: Option<Uuid>,
-    project_id: Uuid,
-) -> ApiResult<()> {
-    let Some(spec_id) = spec_id else {
-        return Ok(());
-    };
-    let (spec, _) = state.load::<Spec>(spec_id).await?;
-    if spec.project_id != Some(project_id) {
-        return Err(ApiError::invalid(
-            "spec_in_other_project",
-            "spec_id",
-            format!("spec {spec_id} belongs to another project"),
-        ));
-    }
-    Ok(())
-}
-
 type SpecResponse = ApiResult<Json<Versioned<Spec>>>;
 
 /// Creates a spec in `draft` in an active project.

@@ -14,8 +14,8 @@ use chrono::Utc;
 use omoi_domain::agent::{Agent, AgentStatus};
 use omoi_domain::common::{Phase, Priority};
 use omoi_domain::task::{Task, TaskCommand, MAX_DEPENDENCIES};
-use omoi_domain::ticket::{Ticket, TicketStatus};
-use omoi_orchestrator::cycles;
+use omoi_domain::ticket::Ticket;
+use omoi_workflow::admission::{self, AdmissionError};
 use serde::Deserialize;
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
@@ -146,28 +146,6 @@ fn path_uuid(raw: &str, field: &str) -> ApiResult<Uuid> {
 
 type TaskResponse = ApiResult<Json<Versioned<Task>>>;
 
-/// Refuses (422, field `depends_on`) a dependency that is not an existing task of
-/// `project_id`.
-async fn ensure_dependency(state: &AppState, project_id: Uuid, dep: Uuid) -> ApiResult<()> {
-    let loaded = state
-        .bus
-        .load::<Task>(&dep.to_string())
-        .await
-        .map_err(ApiError::from)?;
-    match loaded {
-        None => Err(ApiError::Status {
-            status: StatusCode::NOT_FOUND,
-            code: "dependency_not_found",
-            detail: format!("task {dep} (in depends_on) does not exist"),
-        }),
-        Some((task, _)) if task.project_id != Some(project_id) => Err(ApiError::Conflict {
-            code: "dependency_in_other_project",
-            detail: format!("task {dep} belongs to another project"),
-        }),
-        Some(_) => Ok(()),
-    }
-}
-
 /// An agent's own credential acts only on the tasks assigned to its agent: 403 for
 /// another agent's task, 409 for a task nobody holds (it must be claimed first); other
 /// callers are checked by their role alone.
@@ -213,15 +191,7 @@ async fn create_task(
     let (ticket, _) = state
         .read::<Ticket>(&caller, Permission::TaskWrite, body.ticket_id)
         .await?;
-    if ticket.status == TicketStatus::Done {
-        return Err(ApiError::Conflict {
-            code: "ticket_done",
-            detail: format!(
-                "ticket {} is done; no task can be added to it",
-                body.ticket_id
-            ),
-        });
-    }
+    admission::ticket_takes_tasks(body.ticket_id, &ticket).map_err(AdmissionError::from)?;
     let (Some(organization_id), Some(project_id)) = (ticket.organization_id, ticket.project_id)
     else {
         return Err(ApiError::Internal(
@@ -238,9 +208,7 @@ async fn create_task(
             format!("a task may depend on at most {MAX_DEPENDENCIES} tasks"),
         ));
     }
-    for dep in &depends_on {
-        ensure_dependency(&state, project_id, *dep).await?;
-    }
+    admission::dependencies_in_project(&state.bus, project_id, &depends_on).await?;
     let id = Uuid::now_v7();
     let command = TaskCommand::CreateTask {
         task_id: id,
@@ -517,27 +485,11 @@ async fn add_dependency(
     let project_id = task
         .project_id
         .ok_or_else(|| ApiError::Internal("task without project".into()))?;
-    ensure_dependency(&state, project_id, body.depends_on).await?;
     // Held until the edge has committed: a concurrent addition closing a cycle with this
     // one waits, then sees this edge.
-    let _lock = cycles::lock_project(state.pool(), project_id)
-        .await
-        .map_err(ApiError::from)?;
-    let found = cycles::cycle_through(state.pool(), project_id, id, body.depends_on)
-        .await
-        .map_err(|error| match error {
-            cycles::CycleCheckError::Read(e) => ApiError::from(e),
-            too_large @ cycles::CycleCheckError::TooLarge => ApiError::Conflict {
-                code: "dependency_graph_too_large",
-                detail: too_large.to_string(),
-            },
-        })?;
-    if let Some(path) = found {
-        return Err(ApiError::Conflict {
-            code: "dependency_cycle",
-            detail: format!("circular dependency: {}", cycles::describe(&path)),
-        });
-    }
+    let _lock =
+        admission::new_dependency(&state.bus, state.pool(), project_id, id, body.depends_on)
+            .await?;
     let command = TaskCommand::AddDependency {
         depends_on: body.depends_on,
     };

@@ -13,6 +13,8 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use uuid::Uuid;
 
+use omoi_workflow::admission;
+
 use crate::auth::Caller;
 use crate::error::{ApiResult, Problem};
 use crate::extract::{Body, IdPath, Query};
@@ -98,7 +100,7 @@ async fn create_ticket(
     Body(body): Body<CreateTicket>,
 ) -> ApiResult<(StatusCode, Json<Versioned<Ticket>>)> {
     let project = active_project(&state, &caller, Permission::TicketWrite, body.project_id).await?;
-    crate::specs::ensure_spec_of_project(&state, body.spec_id, body.project_id).await?;
+    admission::spec_in_project(&state.bus, body.spec_id, body.project_id).await?;
     let organization_id = project
         .organization_id
         .ok_or_else(|| crate::error::ApiError::Internal("project without organization".into()))?;

@@ -10,10 +10,8 @@
 //! * [`executor`] — one task's command: working directory, environment, progress, kill.
 //! * [`choose`] — a dispatch pass's choice of (agent, task) pairs, pure.
 //! * [`worker`] — the loop tying them together.
-//! * [`cycles`] — refusing a dependency that would close a cycle, race-free.
 
 pub mod choose;
-pub mod cycles;
 pub mod executor;
 pub mod leases;
 pub mod queue;

@@ -14,6 +14,9 @@
 //!
 //! # Layout
 //!
+//! * [`admission`] — the rules a person's new work meets (a done ticket takes no task,
+//!   dependencies stay within a project and never close a circle, a ticket's spec is of
+//!   its project), decided before the command; [`cycles`] — the race-free cycle check.
 //! * [`execution`] — a spec's approved plan becomes its tickets and tasks.
 //! * [`completion`] — a spec completes when every ticket of its plan is done.
 //! * [`archival`] — archiving an executing spec cancels its open tasks and gives its
@@ -26,8 +29,10 @@
 //! * [`discovery`] — a discovered task that blocks its parent releases it when it
 //!   completes or is cancelled.
 
+pub mod admission;
 pub mod archival;
 pub mod completion;
+pub mod cycles;
 pub mod discovery;
 pub mod execution;
 pub mod export;

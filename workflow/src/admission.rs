@@ -1,0 +1,126 @@
+//! Admission: whether new work may join the work that exists — the rules spanning
+//! aggregates that a person's request meets before its command is decided. A task joins
+//! only a ticket that is not done; a task waits only for tasks of its own project, and
+//! never in a circle; a ticket names only a spec of its own project. Handlers load what
+//! the caller may see (authorization is theirs) and translate a [`Refusal`] to HTTP; the
+//! rules themselves live here, beside the process managers that apply the others.
+
+use std::collections::BTreeSet;
+
+use omoi_domain::spec::Spec;
+use omoi_domain::task::Task;
+use omoi_domain::ticket::{Ticket, TicketStatus};
+use omoi_store::{CommandBus, CommandError};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use crate::cycles::{self, CycleCheckError, ProjectLock};
+
+/// A rule that refuses the new work, one variant per rule.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    #[error("ticket {0} is done; no task can be added to it")]
+    TicketDone(Uuid),
+    #[error("task {0} (in depends_on) does not exist")]
+    DependencyNotFound(Uuid),
+    #[error("task {0} belongs to another project")]
+    DependencyInOtherProject(Uuid),
+    #[error("spec {0} does not exist")]
+    SpecNotFound(Uuid),
+    #[error("spec {0} belongs to another project")]
+    SpecInOtherProject(Uuid),
+    #[error("circular dependency: {0}")]
+    Cycle(String),
+    #[error(
+        "the project has more than {} dependency changes to check",
+        cycles::MAX_EDGE_EVENTS
+    )]
+    GraphTooLarge,
+}
+
+/// Why admission could not be decided, or was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum AdmissionError {
+    #[error(transparent)]
+    Refused(#[from] Refusal),
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("the database is unavailable: {0}")]
+    Unavailable(String),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl<E: std::error::Error> From<CommandError<E>> for AdmissionError {
+    fn from(error: CommandError<E>) -> Self {
+        match error {
+            CommandError::Unavailable(cause) => Self::Unavailable(cause),
+            other => Self::Internal(other.to_string()),
+        }
+    }
+}
+
+/// A task may join ticket `ticket_id` unless the ticket is done.
+pub fn ticket_takes_tasks(ticket_id: Uuid, ticket: &Ticket) -> Result<(), Refusal> {
+    match ticket.status {
+        TicketStatus::Done => Err(Refusal::TicketDone(ticket_id)),
+        _ => Ok(()),
+    }
+}
+
+/// Every task of `depends_on` exists and belongs to project `project_id`.
+pub async fn dependencies_in_project(
+    bus: &CommandBus,
+    project_id: Uuid,
+    depends_on: &BTreeSet<Uuid>,
+) -> Result<(), AdmissionError> {
+    for dependency in depends_on {
+        match bus.load::<Task>(&dependency.to_string()).await? {
+            None => return Err(Refusal::DependencyNotFound(*dependency).into()),
+            Some((task, _)) if task.project_id != Some(project_id) => {
+                return Err(Refusal::DependencyInOtherProject(*dependency).into())
+            }
+            Some(_) => {}
+        }
+    }
+    Ok(())
+}
+
+/// A ticket of project `project_id` may name spec `spec_id` (or none).
+pub async fn spec_in_project(
+    bus: &CommandBus,
+    spec_id: Option<Uuid>,
+    project_id: Uuid,
+) -> Result<(), AdmissionError> {
+    let Some(spec_id) = spec_id else {
+        return Ok(());
+    };
+    match bus.load::<Spec>(&spec_id.to_string()).await? {
+        None => Err(Refusal::SpecNotFound(spec_id).into()),
+        Some((spec, _)) if spec.project_id != Some(project_id) => {
+            Err(Refusal::SpecInOtherProject(spec_id).into())
+        }
+        Some(_) => Ok(()),
+    }
+}
+
+/// Task `task_id` of project `project_id` may wait for `dependency`: it is a task of the
+/// same project, and the new edge closes no circle. Returns the project's dependency
+/// lock, which the caller holds until the edge has committed, so that two additions that
+/// would together close a circle are decided one after the other.
+pub async fn new_dependency(
+    bus: &CommandBus,
+    pool: &PgPool,
+    project_id: Uuid,
+    task_id: Uuid,
+    dependency: Uuid,
+) -> Result<ProjectLock, AdmissionError> {
+    dependencies_in_project(bus, project_id, &BTreeSet::from([dependency])).await?;
+    let lock = cycles::lock_project(pool, project_id).await?;
+    match cycles::cycle_through(pool, project_id, task_id, dependency).await {
+        Ok(None) => Ok(lock),
+        Ok(Some(path)) => Err(Refusal::Cycle(cycles::describe(&path)).into()),
+        Err(CycleCheckError::Read(error)) => Err(error.into()),
+        Err(CycleCheckError::TooLarge) => Err(Refusal::GraphTooLarge.into()),
+    }
+}
