@@ -757,4 +757,36 @@ mod tests {
             Err(BillingError::Suspended)
         );
     }
+
+    #[test]
+    fn a_finished_workflow_stays_counted_and_is_given_back_no_more() {
+        let mut account = BillingAccount::default();
+        let spec = Uuid::from_u128(9);
+        apply(
+            &mut account,
+            BillingCommand::StartWorkflow {
+                organization_id: org(),
+                spec_id: spec,
+                quota: Some(5),
+                price_cents: 1_000,
+                at: at(),
+            },
+        );
+        let finish = BillingCommand::FinishWorkflow {
+            organization_id: org(),
+            spec_id: spec,
+            at: at(),
+        };
+        assert_eq!(apply(&mut account, finish.clone()).len(), 1);
+        assert_eq!(account.workflows_used, 1);
+        // Finishing again, or cancelling afterwards, records nothing.
+        assert_eq!(apply(&mut account, finish), vec![]);
+        let cancel = BillingCommand::CancelWorkflow {
+            organization_id: org(),
+            spec_id: spec,
+            at: at(),
+        };
+        assert_eq!(apply(&mut account, cancel), vec![]);
+        assert_eq!(account.workflows_used, 1);
+    }
 }

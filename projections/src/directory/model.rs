@@ -312,3 +312,98 @@ fn ticket_status(event: &TicketEvent) -> Result<Option<String>, ProjectionError>
 fn task_status(event: &TaskEvent) -> Result<Option<String>, ProjectionError> {
     event.status_after().map(|s| to_text(&s)).transpose()
 }
+
+#[cfg(test)]
+mod tests {
+    use chrono::Utc;
+    use omoi_domain::common::Priority;
+    use omoi_domain::task::TaskEvent;
+    use omoi_domain::ticket::{TicketEvent, TicketStatus};
+    use serde_json::json;
+    use uuid::Uuid;
+
+    use super::*;
+    use crate::testing::{at, created_task, created_ticket, Log};
+
+    /// Every event of `log` folded into the directory, by id.
+    fn fold(log: &mut Log) -> std::collections::HashMap<Uuid, Entry> {
+        let mut entries = std::collections::HashMap::new();
+        for event in &mut log.events {
+            event.metadata = json!({"organization_id": Uuid::from_u128(1),
+                                    "occurred_at": at().to_rfc3339()});
+            let Some(located) = Located::decode(event).expect("decodes") else {
+                continue;
+            };
+            let before = entries.remove(&located.id);
+            if let Some(after) = located.apply(before).expect("applies") {
+                entries.insert(located.id, after);
+            }
+        }
+        entries
+    }
+
+    #[test]
+    fn tickets_and_tasks_are_listed_with_the_domains_status() {
+        let (org, project) = (Uuid::from_u128(1), Uuid::from_u128(2));
+        let (ticket, task, agent) = (Uuid::from_u128(3), Uuid::from_u128(4), Uuid::from_u128(5));
+        let mut log = Log::default();
+        log.ticket(
+            ticket,
+            created_ticket(org, project, ticket, "Login", Priority::High),
+        );
+        log.ticket(
+            ticket,
+            TicketEvent::TicketUpdated {
+                title: Some("Sign-in".into()),
+                description: None,
+                priority: None,
+                phase: None,
+            },
+        );
+        log.ticket(
+            ticket,
+            TicketEvent::TicketRegressed {
+                feedback: "broken".into(),
+            },
+        );
+        log.task(task, created_task(org, project, ticket, task, vec![]));
+        log.task(
+            task,
+            TaskEvent::TaskAssigned {
+                agent_id: agent,
+                at: Utc::now(),
+            },
+        );
+        log.task(
+            task,
+            TaskEvent::TaskProgressReported {
+                message: "halfway".into(),
+            },
+        );
+        let entries = fold(&mut log);
+
+        let listed = &entries[&ticket];
+        assert_eq!(listed.kind, AggregateKind::Ticket);
+        assert_eq!(listed.title, "Sign-in");
+        assert_eq!(listed.status, TicketStatus::Building.as_str());
+        assert_eq!(listed.priority.as_deref(), Some("HIGH"));
+        assert_eq!(listed.created_position, 1);
+        assert_eq!(listed.last_position, 3);
+
+        let listed = &entries[&task];
+        assert_eq!(listed.parent_id, Some(ticket));
+        assert_eq!(listed.status, "assigned");
+        assert_eq!(listed.agent_id, Some(agent));
+        assert_eq!(listed.task_type.as_deref(), Some("implement"));
+        // The progress report changed nothing listed: not even the last position.
+        assert_eq!(listed.last_position, 5);
+    }
+
+    #[test]
+    fn an_event_before_its_creation_lists_nothing() {
+        let task = Uuid::from_u128(9);
+        let mut log = Log::default();
+        log.task(task, TaskEvent::TaskStarted { at: at() });
+        assert!(fold(&mut log).is_empty());
+    }
+}
