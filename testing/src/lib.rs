@@ -3,7 +3,8 @@
 //! Tests talk to a real PostgreSQL. With `OMOI_TEST_DATABASE_URL` (or `DATABASE_URL`) set,
 //! that server is used; otherwise one cluster of our own is started for the whole test run
 //! in `target/omoi-test-pg` (shared by the test processes through a file lock; stopped by
-//! `scripts/test`). Every test gets a fresh, migrated database of its own.
+//! `scripts/test`). Every test gets a fresh, migrated database of its own, dropped when the
+//! test passes (a failed test's database is kept, its name printed).
 
 use std::fs;
 use std::future::Future;
