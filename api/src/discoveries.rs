@@ -19,7 +19,7 @@ use crate::error::{ApiError, ApiResult, Problem};
 use crate::extract::{Body, IdPath};
 use crate::responses::Versioned;
 use crate::state::AppState;
-use crate::tasks::ensure_holder;
+use crate::tasks::check_holder;
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(report_discovery))
@@ -66,10 +66,10 @@ async fn report_discovery(
     IdPath(parent_id): IdPath,
     Body(body): Body<ReportDiscovery>,
 ) -> ApiResult<(StatusCode, Json<Versioned<Task>>)> {
-    ensure_holder(&state, &caller, parent_id).await?;
     let (parent, _) = state
         .read::<Task>(&caller, Permission::TaskExecute, parent_id)
         .await?;
+    check_holder(&caller, &parent, parent_id)?;
     let (Some(organization_id), Some(project_id), Some(ticket_id)) =
         (parent.organization_id, parent.project_id, parent.ticket_id)
     else {

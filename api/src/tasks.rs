@@ -150,12 +150,20 @@ type TaskResponse = ApiResult<Json<Versioned<Task>>>;
 /// another agent's task, 409 for a task nobody holds (it must be claimed first); other
 /// callers are checked by their role alone.
 pub(crate) async fn ensure_holder(state: &AppState, caller: &Caller, id: Uuid) -> ApiResult<()> {
-    let Some(agent) = caller.agent_id() else {
+    if caller.agent_id().is_none() {
         return Ok(());
-    };
+    }
     let (task, _) = state
         .read::<Task>(caller, Permission::TaskExecute, id)
         .await?;
+    check_holder(caller, &task, id)
+}
+
+/// [`ensure_holder`] on task `id` already read.
+pub(crate) fn check_holder(caller: &Caller, task: &Task, id: Uuid) -> ApiResult<()> {
+    let Some(agent) = caller.agent_id() else {
+        return Ok(());
+    };
     match task.assigned_agent_id {
         Some(holder) if holder == agent => Ok(()),
         Some(_) => Err(ApiError::Forbidden {

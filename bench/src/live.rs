@@ -24,7 +24,7 @@ use tokio_tungstenite::tungstenite::Message;
 
 use omoi_testing::{TestApp, TestDatabase, TEST_SIGNING_SECRET};
 
-use crate::setup::{bench_cluster, load_average};
+use crate::setup::load_average;
 use crate::stats::Latencies;
 
 #[derive(Debug, clap::Args)]
@@ -52,10 +52,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         args.rate > 0 && args.seconds > 0 && args.clients.iter().all(|&n| n > 0),
         "--clients, --rate and --seconds must be positive"
     );
-    let admin_url = match std::env::var("DATABASE_URL").ok().filter(|u| !u.is_empty()) {
-        Some(url) => url,
-        None => bench_cluster().await?,
-    };
+    let admin_url = crate::setup::admin_url().await?;
     let database = TestDatabase::create_on(&admin_url).await?;
     let port = free_port()?;
     // One principal opens every client: let it hold them all (the default cap is 32).

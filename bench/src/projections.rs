@@ -74,10 +74,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         args.events > 0 && args.rate > 0 && args.seconds > 0,
         "--events, --rate and --seconds must be positive"
     );
-    let admin_url = match std::env::var("DATABASE_URL").ok().filter(|u| !u.is_empty()) {
-        Some(url) => url,
-        None => crate::setup::bench_cluster().await?,
-    };
+    let admin_url = crate::setup::admin_url().await?;
     let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
     println!(
         "machine: {cpus} CPUs, load average {} (anything else running skews every figure)",

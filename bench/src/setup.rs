@@ -14,9 +14,18 @@ fn target_dir() -> PathBuf {
         .join("target")
 }
 
+/// The server the benchmarks create their databases on: the one `DATABASE_URL` names,
+/// else [`bench_cluster`].
+pub async fn admin_url() -> anyhow::Result<String> {
+    match std::env::var("DATABASE_URL").ok().filter(|u| !u.is_empty()) {
+        Some(url) => Ok(url),
+        None => bench_cluster().await,
+    }
+}
+
 /// A cluster with PostgreSQL's default (durable) settings in `target/omoi-bench-pg`, so that
 /// the figures resemble a real deployment; its port is 15433.
-pub async fn bench_cluster() -> anyhow::Result<String> {
+async fn bench_cluster() -> anyhow::Result<String> {
     let dir = target_dir().join("omoi-bench-pg");
     eprintln!(
         "no DATABASE_URL: using a PostgreSQL of our own in {}",

@@ -20,7 +20,7 @@ use serde_json::json;
 
 use omoi_testing::{spawn_app_on, TestApp, TestDatabase};
 
-use crate::setup::{bench_cluster, load_average};
+use crate::setup::load_average;
 use crate::stats::Latencies;
 
 #[derive(Debug, clap::Args)]
@@ -47,10 +47,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         args.agents > 0 && args.tasks > 0 && args.rate > 0 && args.seconds > 0,
         "--agents, --tasks, --rate and --seconds must be positive"
     );
-    let admin_url = match std::env::var("DATABASE_URL").ok().filter(|u| !u.is_empty()) {
-        Some(url) => url,
-        None => bench_cluster().await?,
-    };
+    let admin_url = crate::setup::admin_url().await?;
     let database = TestDatabase::create_on(&admin_url).await?;
     let mut app = spawn_app_on(database).await;
     app.token = Some(app.register_and_login("bench@example.com").await);

@@ -18,7 +18,7 @@ use serde_json::{json, Value};
 
 use omoi_testing::{spawn_app_on_with_settings, TestApp, TestDatabase};
 
-use crate::setup::{bench_cluster, load_average};
+use crate::setup::load_average;
 use crate::stats::Latencies;
 
 #[derive(Debug, clap::Args)]
@@ -45,10 +45,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         args.specs > 0 && args.tickets > 0 && args.tasks > 0 && args.agents > 0,
         "--specs, --tickets, --tasks and --agents must be positive"
     );
-    let admin_url = match std::env::var("DATABASE_URL").ok().filter(|u| !u.is_empty()) {
-        Some(url) => url,
-        None => bench_cluster().await?,
-    };
+    let admin_url = crate::setup::admin_url().await?;
     let database = TestDatabase::create_on(&admin_url).await?;
     // Plans without limits: the benchmark measures the workflow, not the quota.
     let mut app = spawn_app_on_with_settings(database, |settings| {

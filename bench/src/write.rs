@@ -49,10 +49,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         args.clients > 0 && args.seconds > 0 && args.runs > 0,
         "all counts must be positive"
     );
-    let admin_url = match std::env::var("DATABASE_URL").ok().filter(|u| !u.is_empty()) {
-        Some(url) => url,
-        None => crate::setup::bench_cluster().await?,
-    };
+    let admin_url = crate::setup::admin_url().await?;
     let database = TestDatabase::create_on(&admin_url).await?;
     let mut app = spawn_app_on(database).await;
     app.token = Some(app.register_and_login("bench@example.com").await);

@@ -12,7 +12,7 @@ use omoi_store::log::{aggregate_history, fold_until};
 use omoi_store::{Actor, CommandContext, CommandError, StoredEvent};
 use sqlx::PgConnection;
 
-use crate::execution::created_by;
+use crate::execution::{created_by, last_approval};
 use crate::{load, occurred_at, ProcessManager};
 
 /// The process manager's name: its build in the catalog and its actor (`system:…`).
@@ -49,15 +49,13 @@ async fn archived(tx: &mut PgConnection, event: &StoredEvent) -> Result<(), Proj
     ) else {
         return Ok(());
     };
-    let Some(approval) = history
+    let up_to_archival = history
         .iter()
-        .take_while(|e| e.sequence <= event.sequence)
-        .filter(|e| e.event_type == "SpecPlanApproved")
-        .last()
-    else {
+        .position(|e| e.sequence > event.sequence)
+        .unwrap_or(history.len());
+    let Some(approval) = last_approval(&history[..up_to_archival]) else {
         return Ok(());
     };
-    let approval = approval.reference();
     let at = occurred_at(event);
     let context = CommandContext::caused_by(Actor::System(NAME), event);
     for (_, planned) in plan.tasks() {

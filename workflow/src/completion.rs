@@ -12,7 +12,7 @@ use omoi_store::log::{aggregate_history, fold_until};
 use omoi_store::{Actor, CommandContext, StoredEvent};
 use sqlx::PgConnection;
 
-use crate::execution::created_by;
+use crate::execution::{created_by, last_approval};
 use crate::{load, ProcessManager};
 
 /// The process manager's name: its build in the catalog and its actor (`system:…`).
@@ -62,14 +62,9 @@ async fn ticket_moved(tx: &mut PgConnection, event: &StoredEvent) -> Result<(), 
         return Ok(());
     };
     // The plan's tickets are named after the approval that created them.
-    let Some(approval) = spec_history
-        .iter()
-        .rev()
-        .find(|e| e.event_type == "SpecPlanApproved")
-    else {
+    let Some(approval) = last_approval(&spec_history) else {
         return Ok(());
     };
-    let approval = approval.reference();
     for planned in &plan.tickets {
         let id = created_by(&approval, &planned.key).to_string();
         let (ticket, _) = load::<Ticket>(tx, event, &id).await?;

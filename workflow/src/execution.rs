@@ -54,6 +54,16 @@ pub fn created_by(approval: &str, key: &str) -> Uuid {
     )
 }
 
+/// The reference of the last plan approval in a spec's `history` (its whole history, or
+/// a prefix of it): what the ids of the plan's tickets and tasks derive from.
+pub fn last_approval(history: &[StoredEvent]) -> Option<String> {
+    history
+        .iter()
+        .rev()
+        .find(|e| e.event_type == "SpecPlanApproved")
+        .map(StoredEvent::reference)
+}
+
 /// Creates the tickets and tasks of the plan the spec had when `event` approved it.
 async fn execute(tx: &mut PgConnection, event: &StoredEvent) -> Result<(), ProjectionError> {
     let history = aggregate_history(&mut *tx, "Spec", &event.aggregate_id).await?;

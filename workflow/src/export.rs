@@ -23,7 +23,7 @@ use sqlx::PgPool;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use crate::execution::created_by;
+use crate::execution::{created_by, last_approval};
 
 /// Why a spec could not be exported.
 #[derive(Debug, thiserror::Error)]
@@ -129,11 +129,7 @@ pub async fn document(
         return Err(ExportError::NotYet(as_of.unwrap_or(0)));
     }
     let spec: Spec = fold_until(&history, None)?;
-    let approval = history
-        .iter()
-        .rev()
-        .find(|e| e.event_type == "SpecPlanApproved")
-        .map(StoredEvent::reference);
+    let approval = last_approval(&history);
     let mut tickets = BTreeMap::new();
     let mut tasks = BTreeMap::new();
     if let (Some(plan), Some(approval)) = (spec.plan.as_ref(), approval.as_deref()) {

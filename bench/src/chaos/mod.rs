@@ -107,10 +107,7 @@ impl Args {
 pub async fn run(args: Args) -> anyhow::Result<()> {
     args.validate()?;
     let seed = args.seed.unwrap_or_else(|| rand::thread_rng().gen());
-    let admin_url = match std::env::var("DATABASE_URL").ok().filter(|u| !u.is_empty()) {
-        Some(url) => url,
-        None => crate::setup::bench_cluster().await?,
-    };
+    let admin_url = crate::setup::admin_url().await?;
     let database = TestDatabase::create_on(&admin_url).await?;
     let scratch = std::env::temp_dir().join(format!("omoi-chaos-{}", database.name));
     std::fs::create_dir_all(scratch.join("work"))?;
