@@ -68,3 +68,36 @@ pub fn load_average() -> String {
         })
         .unwrap_or_else(|_| "unknown".into())
 }
+
+/// Waits until the log holds `count` events of type `event_type`, reading it forward as any
+/// follower does (so watching does not scan the whole log every few milliseconds and
+/// compete with what it measures); fails after ten minutes.
+pub async fn wait_for_events(
+    pool: &sqlx::PgPool,
+    event_type: &str,
+    count: i64,
+) -> anyhow::Result<()> {
+    use omoi_store::log::{read_global, Visibility};
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(600);
+    let mut cursor = omoi_store::Cursor::default();
+    let mut seen = 0i64;
+    loop {
+        let page = read_global(pool, cursor, 10_000, &Visibility::Everything).await?;
+        cursor = page.next;
+        seen += page
+            .events
+            .iter()
+            .filter(|e| e.event_type == event_type)
+            .count() as i64;
+        if seen >= count {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "only {seen} of {count} {event_type} events"
+        );
+        if page.events.is_empty() {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+}

@@ -13,14 +13,12 @@ use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use omoi_orchestrator::{Work, Worker, WorkerConfig};
-use omoi_store::log::{read_global, Visibility};
-use omoi_store::Cursor;
 use reqwest::StatusCode;
 use serde_json::json;
 
 use omoi_testing::{spawn_app_on, TestApp, TestDatabase};
 
-use crate::setup::load_average;
+use crate::setup::{load_average, wait_for_events};
 use crate::stats::Latencies;
 
 #[derive(Debug, clap::Args)]
@@ -51,7 +49,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let database = TestDatabase::create_on(&admin_url).await?;
     let mut app = spawn_app_on(database).await;
     app.token = Some(app.register_and_login("bench@example.com").await);
-    let (_, project) = app.organization_and_project().await;
+    // Tickets stay where they are: with `auto_advance` on, the ticket would be done once
+    // the first phase's tasks completed and refuse the latency phase's tasks.
+    let (_, project) = app.organization_and_manual_project().await;
     let (status, ticket) = app
         .post(
             "/api/v1/tickets",
@@ -78,7 +78,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     create_tasks(&app, &ticket, args.tasks, 32).await?;
     let started = Instant::now();
     let worker = Worker::start(app.database.pool.clone(), config);
-    wait_for_completed(&app, args.tasks as i64).await?;
+    wait_for_events(&app.database.pool, "TaskCompleted", args.tasks as i64).await?;
     let elapsed = started.elapsed().as_secs_f64();
     println!(
         "  throughput: {} tasks completed in {elapsed:.2} s = {:.0} tasks/s (target ≥ {THROUGHPUT_TARGET:.0})",
@@ -97,7 +97,12 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         let ticket = ticket.clone();
         create_tasks(app, &ticket, 1, 1).await?;
     }
-    wait_for_completed(&app, (args.tasks + total) as i64).await?;
+    wait_for_events(
+        &app.database.pool,
+        "TaskCompleted",
+        (args.tasks + total) as i64,
+    )
+    .await?;
     worker.stop().await;
     let latencies: Vec<f64> = sqlx::query_scalar(
         "select (extract(epoch from ((a.payload->'TaskAssigned'->>'at')::timestamptz
@@ -121,6 +126,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         summary.p99,
         summary.max
     );
+    // The server and its projectors stop before their database is dropped.
+    app.stop().await;
     Ok(())
 }
 
@@ -157,32 +164,4 @@ async fn position(app: &TestApp) -> anyhow::Result<i64> {
             .fetch_one(&app.database.pool)
             .await?,
     )
-}
-
-/// Waits until `count` tasks have completed in all, reading the log forward as any
-/// follower does (so watching does not scan the whole log every few milliseconds and
-/// compete with what it measures).
-async fn wait_for_completed(app: &TestApp, count: i64) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(600);
-    let mut cursor = Cursor::default();
-    let mut completed = 0i64;
-    loop {
-        let page = read_global(&app.database.pool, cursor, 10_000, &Visibility::Everything).await?;
-        cursor = page.next;
-        completed += page
-            .events
-            .iter()
-            .filter(|e| e.aggregate_type == "Task" && e.event_type == "TaskCompleted")
-            .count() as i64;
-        if completed >= count {
-            return Ok(());
-        }
-        anyhow::ensure!(
-            Instant::now() < deadline,
-            "only {completed} of {count} tasks completed"
-        );
-        if page.events.is_empty() {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
 }

@@ -8,7 +8,7 @@
 //! completion's append to the move's append (what the process managers add, from the
 //! events' own timestamps).
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use futures_util::StreamExt;
 use omoi_domain::billing::Plan;
@@ -18,7 +18,7 @@ use serde_json::{json, Value};
 
 use omoi_testing::{spawn_app_on_with_settings, TestApp, TestDatabase};
 
-use crate::setup::load_average;
+use crate::setup::{load_average, wait_for_events};
 use crate::stats::Latencies;
 
 #[derive(Debug, clap::Args)]
@@ -104,7 +104,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         "a plan was not approved: {approvals:?}"
     );
     let worker = Worker::start(app.database.pool.clone(), config);
-    wait_for_completed_specs(&app, args.specs as i64, before).await?;
+    // No spec had completed before: the log's completions are this run's.
+    wait_for_events(&app.database.pool, "SpecCompleted", args.specs as i64).await?;
     let elapsed = started.elapsed().as_secs_f64();
     worker.stop().await;
     println!(
@@ -214,29 +215,6 @@ async fn position(app: &TestApp) -> anyhow::Result<i64> {
             .fetch_one(&app.database.pool)
             .await?,
     )
-}
-
-/// Waits until `count` specs completed after position `after`.
-async fn wait_for_completed_specs(app: &TestApp, count: i64, after: i64) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(900);
-    loop {
-        let completed: i64 = sqlx::query_scalar(
-            "select count(*) from events
-              where aggregate_type = 'Spec' and event_type = 'SpecCompleted'
-                and global_position > $1",
-        )
-        .bind(after)
-        .fetch_one(&app.database.pool)
-        .await?;
-        if completed >= count {
-            return Ok(());
-        }
-        anyhow::ensure!(
-            Instant::now() < deadline,
-            "only {completed} of {count} specs completed"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 #[cfg(test)]
