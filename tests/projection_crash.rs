@@ -126,6 +126,8 @@ impl Workload {
                 max_retries: None,
                 timeout_seconds: None,
                 discovery: None,
+                validation: None,
+                validates: None,
                 at: chrono::Utc::now(),
             };
             let task_id = task.to_string();

@@ -161,7 +161,11 @@ impl Claims {
             .filter(|task| {
                 !reserved.contains(&task.id)
                     && claimant.project_id.is_none_or(|p| p == task.project_id)
-                    && task.required_capabilities.is_subset(&claimant.capabilities)
+                    && task.suits(
+                        claimant.organization_id,
+                        Some(claimant.agent_id),
+                        &claimant.capabilities,
+                    )
                     && per_project.get(&task.project_id).copied().unwrap_or(0)
                         < self.rules.project_concurrency
             })

@@ -95,6 +95,8 @@ async fn report_discovery(
         required_capabilities: Vec::new(),
         max_retries: None,
         timeout_seconds: None,
+        validation: None,
+        validates: None,
         discovery: Some(Box::new(Discovery {
             parent_task_id: parent_id,
             kind: body.kind,

@@ -128,6 +128,8 @@ pub struct ChangeSettings {
     pub auto_advance: Option<bool>,
     /// A ticket made by hand gets the task of its phase (default on).
     pub auto_spawn_tasks: Option<bool>,
+    /// Every `implement` task of a spec's plan must pass validation (default on).
+    pub validation_required: Option<bool>,
 }
 
 impl From<ChangeSettings> for SettingsChange {
@@ -135,6 +137,7 @@ impl From<ChangeSettings> for SettingsChange {
         Self {
             auto_advance: body.auto_advance,
             auto_spawn_tasks: body.auto_spawn_tasks,
+            validation_required: body.validation_required,
         }
     }
 }

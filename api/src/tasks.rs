@@ -13,7 +13,9 @@ use axum::Json;
 use chrono::Utc;
 use omoi_domain::agent::{Agent, AgentStatus};
 use omoi_domain::common::{Phase, Priority};
-use omoi_domain::task::{Task, TaskCommand, MAX_DEPENDENCIES};
+use omoi_domain::task::{
+    Task, TaskCommand, ValidationPolicy, Verdict, DEFAULT_MAX_REVISIONS, MAX_DEPENDENCIES,
+};
 use omoi_domain::ticket::Ticket;
 use omoi_workflow::admission::{self, AdmissionError};
 use serde::Deserialize;
@@ -38,6 +40,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(start_task))
         .routes(routes!(report_progress))
         .routes(routes!(complete_task))
+        .routes(routes!(give_verdict))
         .routes(routes!(fail_task))
         .routes(routes!(cancel_task))
         .routes(routes!(add_dependency))
@@ -74,6 +77,41 @@ pub struct CreateTask {
     /// How long one attempt may run; absent means no timeout of its own.
     #[schema(minimum = 1)]
     pub timeout_seconds: Option<u32>,
+    /// The work must pass another agent's validation before it completes: `complete`
+    /// submits it (`pending_validation`) and a `validate` task judges it.
+    #[serde(default)]
+    pub validation: bool,
+    /// With `validation`: how many times rejected work goes back for revision before a
+    /// further rejection fails it for good (default 3).
+    #[schema(maximum = 10)]
+    pub max_revisions: Option<u32>,
+}
+
+impl CreateTask {
+    /// The validation policy asked for; `max_revisions` alone is a mistake worth naming.
+    fn validation(&self) -> ApiResult<Option<ValidationPolicy>> {
+        match (self.validation, self.max_revisions) {
+            (false, None) => Ok(None),
+            (false, Some(_)) => Err(ApiError::invalid(
+                "max_revisions_without_validation",
+                "max_revisions",
+                "max_revisions applies only to a task created with \"validation\": true",
+            )),
+            (true, max_revisions) => Ok(Some(ValidationPolicy {
+                max_revisions: max_revisions.unwrap_or(DEFAULT_MAX_REVISIONS),
+            })),
+        }
+    }
+}
+
+/// A validator's finding on the work its validation task checks.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct GiveVerdict {
+    pub passed: bool,
+    /// What must change (required when `passed` is false), or remarks on work that passed.
+    #[schema(schema_with = crate::schemas::text_or_null)]
+    pub feedback: Option<String>,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -207,6 +245,7 @@ async fn create_task(
         ));
     };
     active_project(&state, &caller, Permission::TaskWrite, project_id).await?;
+    let validation = body.validation()?;
     let depends_on: BTreeSet<Uuid> = body.depends_on.into_iter().collect();
     // Refused before the lookups below, so one request cannot cost thousands of reads.
     if depends_on.len() > MAX_DEPENDENCIES {
@@ -233,6 +272,8 @@ async fn create_task(
         max_retries: body.max_retries,
         timeout_seconds: body.timeout_seconds,
         discovery: None,
+        validation,
+        validates: None,
         at: Utc::now(),
     };
     let created = Versioned::committed(
@@ -385,13 +426,17 @@ async fn report_progress(
         .await
 }
 
-/// Completes a running task with its result: `running → completed`.
+/// Completes a running task with its result: `running → completed`, or
+/// `running → pending_validation` for work that must pass validation (a `validate` task
+/// is then queued for another agent). A validation task completes by its verdict instead.
 #[utoipa::path(post, path = "/api/v1/tasks/{id}/complete", tag = "tasks",
     params(("id" = Uuid, Path)), request_body = CompleteTask,
     responses(
         (status = 200, body = Versioned<Task>), (status = 400, body = Problem),
         (status = 404, body = Problem),
-        (status = 409, body = Problem, description = "the task is not running"),
+        (status = 409, body = Problem,
+            description = "the task is not running, waits for its discoveries, or is a \
+                           validation task (`verdict_required`)"),
     ))]
 async fn complete_task(
     State(state): State<AppState>,
@@ -412,6 +457,39 @@ async fn complete_task(
             id,
             command,
         )
+        .await
+}
+
+/// The verdict of a running validation task on the work it checks: the validation task
+/// completes with it as its result, and the work completes (passed) or goes back for
+/// revision with the feedback (`needs_revision`), failing for good once its revisions
+/// are spent — applied by the `validation` process manager.
+#[utoipa::path(post, path = "/api/v1/tasks/{id}/verdict", tag = "tasks",
+    params(("id" = Uuid, Path)), request_body = GiveVerdict,
+    responses(
+        (status = 200, body = Versioned<Task>), (status = 400, body = Problem),
+        (status = 404, body = Problem),
+        (status = 409, body = Problem,
+            description = "the task is not running or is not a validation task \
+                           (`not_a_validation`)"),
+        (status = 422, body = Problem, description = "a rejection without feedback"),
+    ))]
+async fn give_verdict(
+    State(state): State<AppState>,
+    caller: Caller,
+    IdPath(id): IdPath,
+    Body(body): Body<GiveVerdict>,
+) -> TaskResponse {
+    let command = TaskCommand::GiveVerdict {
+        verdict: Verdict {
+            passed: body.passed,
+            feedback: body.feedback,
+        },
+        at: Utc::now(),
+    };
+    ensure_holder(&state, &caller, id).await?;
+    state
+        .execute_versioned::<Task>(&caller, Permission::TaskExecute, "GiveVerdict", id, command)
         .await
 }
 

@@ -34,7 +34,8 @@ pub struct Pick {
 }
 
 /// The pass's assignments: the candidates in order (best first), each to the first free
-/// agent of its organization whose capabilities cover the task's, as long as neither the
+/// agent that suits it ([`crate::queue::QueuedTask::suits`]: of its organization, with
+/// its capabilities, not the author of the work it validates), as long as neither the
 /// task's project nor its organization holds as many tasks as it may. Tasks of
 /// organizations `serves` refuses are skipped.
 pub fn choose(
@@ -70,9 +71,7 @@ pub fn choose(
             continue;
         }
         let able = free.iter().enumerate().position(|(i, agent)| {
-            !taken[i]
-                && agent.organization_id == task.organization_id
-                && task.required_capabilities.is_subset(&agent.capabilities)
+            !taken[i] && task.suits(agent.organization_id, Some(agent.id), &agent.capabilities)
         });
         let Some(index) = able else {
             continue;

@@ -28,7 +28,12 @@ pub enum Outcome {
     Completed {
         output: Vec<String>,
     },
+    /// The command could not run (or be followed) to its end.
     Failed {
+        error: String,
+    },
+    /// The command ran and exited unsuccessfully.
+    Exited {
         error: String,
     },
     TimedOut {
@@ -79,6 +84,8 @@ async fn prepare(directory: &Path, task: &QueuedTask, attempt: u32) -> std::io::
         "required_capabilities": task.required_capabilities,
         "attempt": attempt,
         "timeout_seconds": task.timeout_seconds,
+        "validates": task.validates,
+        "feedback": task.feedback,
     });
     tokio::fs::write(&file, serde_json::to_vec_pretty(&document)?).await?;
     Ok(file)
@@ -120,6 +127,10 @@ pub async fn execute(
         .env("OMOI_TASK_TYPE", &task.task_type)
         .env("OMOI_TASK_FILE", &file)
         .env("OMOI_TASK_ATTEMPT", run.attempt.to_string())
+        .env(
+            "OMOI_TASK_FEEDBACK",
+            task.feedback.as_deref().unwrap_or_default(),
+        )
         .env("OMOI_PROJECT_ID", task.project_id.to_string())
         .env("OMOI_ORGANIZATION_ID", task.organization_id.to_string());
     let mut child = match command.spawn() {
@@ -181,7 +192,7 @@ pub async fn execute(
     let errors = collect(stderr_lines).await;
     match status {
         Ok(status) if status.success() => Outcome::Completed { output },
-        Ok(status) => Outcome::Failed {
+        Ok(status) => Outcome::Exited {
             error: failure(status, &errors, &output, &run.command),
         },
         Err(error) => Outcome::Failed {

@@ -7,7 +7,8 @@
 //! open tasks in full, so memory follows the work in flight, not the log's length (a
 //! completed task costs its id).
 //!
-//! A task is **ready** when it is pending, or its retry's not-before time has passed,
+//! A task is **ready** when it waits for an agent (pending, to be revised, or a retry
+//! whose not-before time has passed),
 //! every task it depends on is completed (a dependency the queue has never seen counts as
 //! unfinished), and the spec of its ticket, if any, is not archived.
 
@@ -16,7 +17,7 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use chrono::{DateTime, Utc};
 use omoi_domain::common::Priority;
 use omoi_domain::spec::SpecEvent;
-use omoi_domain::task::{TaskEvent, TaskStatus};
+use omoi_domain::task::{TaskEvent, TaskStatus, ValidationTarget};
 use omoi_domain::ticket::TicketEvent;
 use omoi_store::StoredEvent;
 use serde::Deserialize;
@@ -50,12 +51,30 @@ pub struct QueuedTask {
     /// The task aggregate's sequence after the last event applied: whoever made a change
     /// knows from it when the queue has seen that change.
     pub version: u64,
+    /// On a validation task: the submission it checks (whose implementer may not run it).
+    pub validates: Option<ValidationTarget>,
+    /// What the last validation of this task's work asked to revise.
+    pub feedback: Option<String>,
 }
 
 impl QueuedTask {
     /// Held by an agent: assigned or running.
     pub fn is_active(&self) -> bool {
         matches!(self.status, TaskStatus::Assigned | TaskStatus::Running)
+    }
+
+    /// Whether an agent of `organization_id` with `capabilities` may run this task: the
+    /// one matching rule of the dispatcher, the claims and the in-process worker. `agent_id`
+    /// is `None` for an agent yet to be registered (which did no work to validate).
+    pub fn suits(
+        &self,
+        organization_id: Uuid,
+        agent_id: Option<Uuid>,
+        capabilities: &BTreeSet<String>,
+    ) -> bool {
+        self.organization_id == organization_id
+            && self.required_capabilities.is_subset(capabilities)
+            && agent_id.is_none_or(|agent| self.validates.is_none_or(|v| v.allows(agent)))
     }
 }
 
@@ -141,7 +160,27 @@ impl Queue {
             | TaskEvent::TaskProgressReported { .. }
             | TaskEvent::TaskDiscovered { .. }
             | TaskEvent::TaskDiscoveryReported { .. }
-            | TaskEvent::TaskDiscoveryResolved { .. } => Change::None,
+            | TaskEvent::TaskDiscoveryResolved { .. }
+            | TaskEvent::TaskValidationRequired { .. }
+            | TaskEvent::TaskVerdictGiven { .. }
+            | TaskEvent::TaskValidationPassed { .. }
+            | TaskEvent::TaskValidationAbandoned { .. } => Change::None,
+            TaskEvent::TaskValidationRejected { feedback, .. } => {
+                task.feedback = Some(feedback);
+                Change::None
+            }
+            TaskEvent::TaskValidates { target } => {
+                task.validates = Some(target);
+                Change::None
+            }
+            // The work waits for its verdict (or an agent to revise it): the agent is free.
+            TaskEvent::TaskSubmittedForValidation { .. }
+            | TaskEvent::TaskRevisionRequested { .. } => {
+                task.agent_id = None;
+                task.assigned_at = None;
+                task.started_at = None;
+                Change::Queue
+            }
             TaskEvent::TaskAssigned { agent_id, at } => {
                 task.agent_id = Some(agent_id);
                 task.assigned_at = Some(at);
@@ -330,6 +369,8 @@ impl Queue {
                 assigned_at: None,
                 started_at: None,
                 version,
+                validates: None,
+                feedback: None,
             },
         );
         Change::Queue
@@ -341,11 +382,7 @@ impl Queue {
 
     /// Whether `task` waits for an agent now.
     pub fn is_ready(&self, task: &QueuedTask, now: DateTime<Utc>) -> bool {
-        let waiting = match task.status {
-            TaskStatus::Pending => true,
-            TaskStatus::RetryScheduled => task.not_before.is_none_or(|at| at <= now),
-            _ => false,
-        };
+        let waiting = task.status.is_assignable() && task.not_before.is_none_or(|at| at <= now);
         waiting
             && task.depends_on.iter().all(|d| self.is_completed(d))
             && !self

@@ -15,7 +15,8 @@ use std::time::Duration;
 use chrono::Utc;
 use omoi_domain::agent::{Agent, AgentCommand, AgentStatus, AgentType};
 use omoi_domain::billing::{BillingAccount, Plans};
-use omoi_domain::task::{Task, TaskCommand, MAX_PROGRESS_CHARS};
+use omoi_domain::common::MAX_TEXT_CHARS;
+use omoi_domain::task::{Task, TaskCommand, Verdict, MAX_PROGRESS_CHARS};
 use omoi_store::log::{read_global, Visibility};
 use omoi_store::wakeup::listen;
 use omoi_store::{Actor, CommandBus, CommandContext, CommandError, Cursor};
@@ -49,6 +50,10 @@ pub enum Work {
 #[serde(default, deny_unknown_fields)]
 pub struct WorkerConfig {
     pub work: Work,
+    /// What the agents run for a validation task (type `validate`): exit 0 passes the
+    /// work it checks, another exit status rejects it with the command's last line as
+    /// the feedback; `nothing` passes at once.
+    pub validate: Work,
     /// Organizations served; empty serves every organization.
     pub organizations: Vec<Uuid>,
     /// In-process agents per organization, registered when its first task is ready.
@@ -89,6 +94,7 @@ impl Default for WorkerConfig {
     fn default() -> Self {
         Self {
             work: Work::Command("echo \"$OMOI_TASK_TITLE\"".into()),
+            validate: Work::Command("exit 0".into()),
             organizations: Vec::new(),
             agents_per_organization: 4,
             capabilities: Vec::new(),
@@ -686,24 +692,33 @@ impl Runtime {
     /// agents, up to `agents_per_organization` each, concurrently.
     async fn ensure_agents(&mut self, candidates: &[Candidate]) {
         let capabilities: BTreeSet<String> = self.config.capabilities.iter().cloned().collect();
-        let mut wanted: HashMap<Uuid, usize> = HashMap::new();
+        // Per organization: the ready tasks a new agent could run, and whether one of them
+        // suits none of the agents it has (a validation whose implementer is its only one).
+        let mut wanted: HashMap<Uuid, (usize, bool)> = HashMap::new();
         for candidate in candidates {
-            if let Some(task) = self.queue.task(candidate.task_id) {
-                if self.serves(task.organization_id)
-                    && task.required_capabilities.is_subset(&capabilities)
-                {
-                    *wanted.entry(task.organization_id).or_insert(0) += 1;
-                }
+            let Some(task) = self.queue.task(candidate.task_id) else {
+                continue;
+            };
+            let organization_id = task.organization_id;
+            if self.serves(organization_id) && task.suits(organization_id, None, &capabilities) {
+                let unsuited = !self
+                    .agents
+                    .iter()
+                    .any(|(id, agent)| task.suits(agent.organization_id, Some(*id), &capabilities));
+                let entry = wanted.entry(organization_id).or_insert((0, false));
+                entry.0 += 1;
+                entry.1 |= unsuited;
             }
         }
         let mut registrations = Vec::new();
-        for (organization_id, ready) in wanted {
+        for (organization_id, (ready, unsuited)) in wanted {
             let own = self
                 .agents
                 .values()
                 .filter(|a| a.organization_id == organization_id)
                 .count();
-            let target = ready.min(self.config.agents_per_organization);
+            let needed = if unsuited { ready.max(own + 1) } else { ready };
+            let target = needed.min(self.config.agents_per_organization);
             registrations.extend((own..target).map(|n| (organization_id, n + 1)));
         }
         if registrations.is_empty() {
@@ -777,8 +792,12 @@ impl Runtime {
         }
         let (cancel, cancelled) = watch::channel(false);
         self.running.insert(task.id, cancel);
+        let work = match task.validates {
+            Some(_) => &self.config.validate,
+            None => &self.config.work,
+        };
         let run = Run {
-            command: match &self.config.work {
+            command: match work {
                 Work::Command(command) => command.clone(),
                 Work::Nothing => String::new(),
             },
@@ -787,7 +806,7 @@ impl Runtime {
             attempt,
         };
         let bus = self.bus.clone();
-        let nothing = self.config.work == Work::Nothing;
+        let nothing = *work == Work::Nothing;
         let done = self.done.clone();
         tokio::spawn(async move {
             let kept = run_task(&bus, agent_id, &task, &run, nothing, cancelled).await;
@@ -830,7 +849,29 @@ async fn run_task(
     let at = Utc::now();
     let kept =
         (!nothing && !matches!(outcome, Outcome::Completed { .. })).then(|| run.directory.clone());
+    let validation = task.validates.is_some();
     let command = match outcome {
+        Outcome::Completed { output } if validation => {
+            if !nothing {
+                let _ = tokio::fs::remove_dir_all(&run.directory).await;
+            }
+            let feedback = output.last().map(|line| truncated(line, MAX_TEXT_CHARS));
+            TaskCommand::GiveVerdict {
+                verdict: Verdict {
+                    passed: true,
+                    feedback,
+                },
+                at,
+            }
+        }
+        // The check ran and said no: the work goes back with what it said.
+        Outcome::Exited { error } if validation => TaskCommand::GiveVerdict {
+            verdict: Verdict {
+                passed: false,
+                feedback: Some(truncated(&error, MAX_TEXT_CHARS)),
+            },
+            at,
+        },
         Outcome::Completed { output } => {
             if !nothing {
                 let _ = tokio::fs::remove_dir_all(&run.directory).await;
@@ -840,8 +881,8 @@ async fn run_task(
                 at,
             }
         }
-        Outcome::Failed { error } => TaskCommand::FailTask {
-            error: error.chars().take(MAX_PROGRESS_CHARS).collect(),
+        Outcome::Failed { error } | Outcome::Exited { error } => TaskCommand::FailTask {
+            error: truncated(&error, MAX_PROGRESS_CHARS),
             at,
             jitter: jitter(),
         },
@@ -855,4 +896,8 @@ async fn run_task(
         tracing::info!(task_id = %task.id, %error, "worker: outcome not recorded");
     }
     kept
+}
+
+fn truncated(text: &str, max: usize) -> String {
+    text.chars().take(max).collect()
 }

@@ -151,6 +151,9 @@ pub async fn ensure_current_build(
         .await?;
     if let Some(row) = existing {
         let build = Build::from_row(&row)?;
+        for statement in projector.upgrade_tables(&build.schema()) {
+            sqlx::query(&statement).execute(&mut *tx).await?;
+        }
         tx.commit().await?;
         return Ok(build);
     }

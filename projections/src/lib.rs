@@ -77,6 +77,14 @@ pub trait Projector: Send + Sync {
     /// `create table` statements for the tables, in `schema` (use `{schema}.` prefixes),
     /// with the indexes `apply` itself needs.
     fn create_tables(&self, schema: &str) -> Vec<String>;
+    /// Additive changes to the tables of a build of this same version — idempotent
+    /// statements such as `alter table {schema}.t add column if not exists …` — applied
+    /// when a process starts on an existing build, so that a column added in place needs
+    /// no rebuild (a rebuild re-runs a process manager's reactions). `create_tables`
+    /// states the whole shape for new builds.
+    fn upgrade_tables(&self, _schema: &str) -> Vec<String> {
+        Vec::new()
+    }
     /// Indexes only the queries need. A build projected from position zero beside the live
     /// one gets them when it goes live — one bulk build per index instead of upkeep on
     /// every row written during the rebuild; a build live from the start gets them at once.

@@ -1,14 +1,16 @@
 //! `plan_execution`: on `SpecPlanApproved`, every ticket and task of the spec's plan is
 //! created — tickets with the spec's id, tasks in their ticket with their dependencies
-//! translated from keys to task ids — in plan order, dependencies first.
+//! translated from keys to task ids — in plan order, dependencies first. Its `implement`
+//! tasks must pass validation unless the project's `validation_required` is off.
 
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
 use futures_util::future::BoxFuture;
 use omoi_domain::common::Phase;
+use omoi_domain::project::Project;
 use omoi_domain::spec::{Plan, PlannedTask, Spec, SpecEvent};
-use omoi_domain::task::{Task, TaskCommand};
+use omoi_domain::task::{Task, TaskCommand, ValidationPolicy};
 use omoi_domain::ticket::{Ticket, TicketCommand};
 use omoi_projections::ProjectionError;
 use omoi_store::bus::execute_in;
@@ -17,10 +19,14 @@ use omoi_store::{Actor, CommandContext, StoredEvent};
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-use crate::ProcessManager;
+use crate::{load, ProcessManager};
 
 /// The process manager's name: its build in the catalog and its actor (`system:…`).
 pub const NAME: &str = "plan_execution";
+
+/// The plan's task type whose work must pass validation, unless the project's
+/// `validation_required` is off.
+pub const IMPLEMENT: &str = "implement";
 
 pub struct PlanExecution;
 
@@ -81,6 +87,11 @@ async fn execute(tx: &mut PgConnection, event: &StoredEvent) -> Result<(), Proje
         ));
     };
     let at = approved_at(event)?;
+    let (project, _) = load::<Project>(tx, event, &project_id.to_string()).await?;
+    let validation = |task: &PlannedTask| {
+        (project.settings.validation_required && task.task_type == IMPLEMENT)
+            .then(ValidationPolicy::default)
+    };
     let context = CommandContext::caused_by(Actor::System(NAME), event);
     let task_ids: BTreeMap<&str, Uuid> = plan
         .tasks()
@@ -125,6 +136,8 @@ async fn execute(tx: &mut PgConnection, event: &StoredEvent) -> Result<(), Proje
             max_retries: None,
             timeout_seconds: None,
             discovery: None,
+            validation: validation(task),
+            validates: None,
             at,
         };
         create::<Task>(tx, event, task_id, command, &context).await?;

@@ -28,6 +28,8 @@
 //! * [`spawn`] — a ticket made by hand gets the task of its phase.
 //! * [`discovery`] — a discovered task that blocks its parent releases it when it
 //!   completes or is cancelled.
+//! * [`validation`] — submitted work gets a validation task; its verdict completes the
+//!   work or sends it back for revision.
 
 pub mod admission;
 pub mod archival;
@@ -38,6 +40,7 @@ pub mod execution;
 pub mod export;
 pub mod progress;
 pub mod spawn;
+pub mod validation;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -60,6 +63,12 @@ pub trait ProcessManager: Send + Sync + 'static {
 
     /// `create table` statements for [`ProcessManager::TABLES`] in `schema`.
     fn create_tables(_schema: &str) -> Vec<String> {
+        Vec::new()
+    }
+
+    /// Idempotent additive changes to those tables in an existing build
+    /// ([`Projector::upgrade_tables`]).
+    fn upgrade_tables(_schema: &str) -> Vec<String> {
         Vec::new()
     }
 
@@ -97,6 +106,10 @@ impl<P: ProcessManager> Projector for Run<P> {
 
     fn create_tables(&self, schema: &str) -> Vec<String> {
         P::create_tables(schema)
+    }
+
+    fn upgrade_tables(&self, schema: &str) -> Vec<String> {
+        P::upgrade_tables(schema)
     }
 
     fn apply<'a>(
@@ -177,6 +190,7 @@ pub fn all(config: &WorkflowConfig) -> Vec<Arc<dyn Projector>> {
         run(progress::TicketProgress),
         run(archival::SpecArchival),
         run(discovery::DiscoveryResolution),
+        run(validation::Validation),
         run(spawn::PhaseTasks {
             table: config.phase_tasks.clone(),
         }),

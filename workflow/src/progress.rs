@@ -1,11 +1,13 @@
 //! `ticket_progress`: a ticket with tasks moves by itself as its tasks do — to `building`
-//! once one of them is assigned, through `building-done` and `testing` to `done` once all
-//! of them completed (cancelled ones aside), and blocked (`failing_checks`, naming the
+//! once one of them is assigned, to `building-done` once all its work that is not a
+//! validation completed or was submitted for validation, to `testing` when a validation
+//! starts, to `done` once all of its tasks completed (cancelled ones aside), and blocked (`failing_checks`, naming the
 //! task and its error) when one fails for good. It only ever moves a ticket forward, so a
 //! move a person made by hand is never undone; a move the ticket refuses (it is blocked,
 //! say) is skipped. A project whose setting `auto_advance` is off is left alone.
 //!
-//! Its state, in its own table: every task's ticket and status, as the events left them.
+//! Its state, in its own table: every task's ticket and status, as the events left them,
+//! and whether it is a validation task.
 
 use futures_util::future::BoxFuture;
 use omoi_domain::project::Project;
@@ -32,13 +34,21 @@ impl ProcessManager for TicketProgress {
         vec![
             format!(
                 "create table {schema}.tasks (
-                    task_id   text primary key,
-                    ticket_id text not null,
-                    status    text not null
+                    task_id    text primary key,
+                    ticket_id  text not null,
+                    status     text not null,
+                    validation boolean not null default false
                 )"
             ),
             format!("create index on {schema}.tasks (ticket_id)"),
         ]
+    }
+
+    fn upgrade_tables(schema: &str) -> Vec<String> {
+        vec![format!(
+            "alter table {schema}.tasks
+               add column if not exists validation boolean not null default false"
+        )]
     }
 
     fn reacts_to(&self, event: &StoredEvent) -> bool {
@@ -78,17 +88,27 @@ async fn task_changed(
         .await?;
         return Ok(());
     }
+    if let TaskEvent::TaskValidates { .. } = &change {
+        sqlx::query(&format!(
+            "update {schema}.tasks set validation = true where task_id = $1"
+        ))
+        .bind(&event.aggregate_id)
+        .execute(&mut *tx)
+        .await?;
+        return Ok(());
+    }
     let Some(status) = change.status_after() else {
         return Ok(());
     };
-    let ticket: Option<String> = sqlx::query_scalar(&format!(
-        "update {schema}.tasks set status = $2 where task_id = $1 returning ticket_id"
+    let row: Option<(String, bool)> = sqlx::query_as(&format!(
+        "update {schema}.tasks set status = $2 where task_id = $1
+         returning ticket_id, validation"
     ))
     .bind(&event.aggregate_id)
     .bind(text(status))
     .fetch_optional(&mut *tx)
     .await?;
-    let Some(ticket) = ticket else {
+    let Some((ticket, validation)) = row else {
         return Ok(());
     };
     if !auto_advance(tx, event).await? {
@@ -97,19 +117,15 @@ async fn task_changed(
     let context = CommandContext::caused_by(Actor::System(NAME), event);
     match status {
         TaskStatus::Assigned => advance(tx, event, &ticket, TicketStatus::Building, &context).await,
-        TaskStatus::Completed | TaskStatus::Cancelled => {
-            let (open, completed): (i64, i64) = sqlx::query_as(&format!(
-                "select count(*) filter (where status not in ($2, $3)),
-                        count(*) filter (where status = $2)
-                   from {schema}.tasks where ticket_id = $1"
-            ))
-            .bind(&ticket)
-            .bind(text(TaskStatus::Completed))
-            .bind(text(TaskStatus::Cancelled))
-            .fetch_one(&mut *tx)
-            .await?;
-            if open == 0 && completed > 0 && !of_archived_spec(tx, event, &ticket).await? {
-                advance(tx, event, &ticket, TicketStatus::Done, &context).await?;
+        TaskStatus::Running if validation => {
+            advance(tx, event, &ticket, TicketStatus::Testing, &context).await
+        }
+        TaskStatus::Completed | TaskStatus::Cancelled | TaskStatus::PendingValidation => {
+            let Some(to) = finished_step(tx, schema, &ticket).await? else {
+                return Ok(());
+            };
+            if !of_archived_spec(tx, event, &ticket).await? {
+                advance(tx, event, &ticket, to, &context).await?;
             }
             Ok(())
         }
@@ -129,6 +145,34 @@ async fn task_changed(
         }
         _ => Ok(()),
     }
+}
+
+/// How far a ticket's finished work takes it: `done` once every task completed
+/// (cancelled ones aside), `building-done` once all its work that is not a validation
+/// completed or waits for its verdict; `None` while work is left.
+async fn finished_step(
+    tx: &mut PgConnection,
+    schema: &str,
+    ticket: &str,
+) -> Result<Option<TicketStatus>, ProjectionError> {
+    let (open, open_work, finished): (i64, i64, i64) = sqlx::query_as(&format!(
+        "select count(*) filter (where status not in ($2, $3)),
+                count(*) filter (where not validation and status not in ($2, $3, $4)),
+                count(*) filter (where status in ($2, $4))
+           from {schema}.tasks where ticket_id = $1"
+    ))
+    .bind(ticket)
+    .bind(text(TaskStatus::Completed))
+    .bind(text(TaskStatus::Cancelled))
+    .bind(text(TaskStatus::PendingValidation))
+    .fetch_one(&mut *tx)
+    .await?;
+    Ok(match (open, open_work, finished) {
+        (_, _, 0) => None,
+        (0, _, _) => Some(TicketStatus::Done),
+        (_, 0, _) => Some(TicketStatus::BuildingDone),
+        _ => None,
+    })
 }
 
 /// Whether the ticket belongs to an archived spec: its tasks were cancelled with it, which

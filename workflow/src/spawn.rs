@@ -144,6 +144,8 @@ impl PhaseTasks {
             max_retries: None,
             timeout_seconds: None,
             discovery: None,
+            validation: None,
+            validates: None,
             at: occurred_at(event),
         };
         let context = CommandContext::caused_by(Actor::System(NAME), event);

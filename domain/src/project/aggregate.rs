@@ -33,6 +33,9 @@ pub struct ProjectSettings {
     /// A ticket made by hand (not from a spec's plan) gets the task of its phase (the
     /// `phase_tasks` process manager), so that every ticket flows through agents.
     pub auto_spawn_tasks: bool,
+    /// Every `implement` task of a spec's plan must pass another agent's validation
+    /// before it completes.
+    pub validation_required: bool,
 }
 
 impl Default for ProjectSettings {
@@ -40,6 +43,7 @@ impl Default for ProjectSettings {
         Self {
             auto_advance: true,
             auto_spawn_tasks: true,
+            validation_required: true,
         }
     }
 }
@@ -49,6 +53,7 @@ impl Default for ProjectSettings {
 pub struct SettingsChange {
     pub auto_advance: Option<bool>,
     pub auto_spawn_tasks: Option<bool>,
+    pub validation_required: Option<bool>,
 }
 
 impl SettingsChange {
@@ -57,6 +62,9 @@ impl SettingsChange {
         ProjectSettings {
             auto_advance: self.auto_advance.unwrap_or(settings.auto_advance),
             auto_spawn_tasks: self.auto_spawn_tasks.unwrap_or(settings.auto_spawn_tasks),
+            validation_required: self
+                .validation_required
+                .unwrap_or(settings.validation_required),
         }
     }
 }

@@ -10,7 +10,8 @@ use uuid::Uuid;
 
 use super::{
     is_permanent_error, retry_backoff, Discovery, FailureReason, TaskCommand, TaskError, TaskEvent,
-    DEFAULT_MAX_RETRIES, MAX_MAX_RETRIES,
+    ValidationPolicy, ValidationTarget, Verdict, DEFAULT_MAX_RETRIES, MAX_MAX_RETRIES,
+    MAX_MAX_REVISIONS,
 };
 use crate::common::{
     optional_text, required_text, Phase, Priority, Scope, Scoped, MAX_TEXT_CHARS, MAX_TITLE_CHARS,
@@ -38,10 +39,14 @@ pub enum TaskStatus {
     PermanentlyFailed,
     Cancelled,
     TimedOut,
+    /// The work is submitted and waits for a validation task's verdict.
+    PendingValidation,
+    /// Validation rejected the work: it waits for an agent to revise it.
+    NeedsRevision,
 }
 
 impl TaskStatus {
-    pub const ALL: [TaskStatus; 8] = [
+    pub const ALL: [TaskStatus; 10] = [
         Self::Pending,
         Self::Assigned,
         Self::Running,
@@ -50,6 +55,8 @@ impl TaskStatus {
         Self::PermanentlyFailed,
         Self::Cancelled,
         Self::TimedOut,
+        Self::PendingValidation,
+        Self::NeedsRevision,
     ];
 
     /// A final task never changes again.
@@ -60,9 +67,17 @@ impl TaskStatus {
         )
     }
 
+    /// Waits for an agent: what the dispatcher may assign (a retry once it is due).
+    pub fn is_assignable(self) -> bool {
+        matches!(
+            self,
+            Self::Pending | Self::RetryScheduled | Self::NeedsRevision
+        )
+    }
+
     /// Dependencies may change only while no agent holds the task.
     pub fn accepts_dependency_changes(self) -> bool {
-        matches!(self, Self::Pending | Self::RetryScheduled)
+        self.is_assignable()
     }
 
     pub fn as_str(self) -> &'static str {
@@ -76,6 +91,8 @@ impl TaskStatus {
             PermanentlyFailed => "permanently_failed",
             Cancelled => "cancelled",
             TimedOut => "timed_out",
+            PendingValidation => "pending_validation",
+            NeedsRevision => "needs_revision",
         }
     }
 }
@@ -120,6 +137,21 @@ pub struct Task {
     pub discovery: Option<Discovery>,
     /// Discovered tasks that block this one until they complete or are cancelled.
     pub open_discoveries: BTreeSet<Uuid>,
+    /// Set when the task's work must pass validation to complete.
+    pub validation: Option<ValidationPolicy>,
+    /// The submission under way: 0 until validation first rejects the work.
+    pub revision: u32,
+    /// While `pending_validation`: the submitted result, which completion keeps.
+    #[schema(value_type = Option<Object>)]
+    pub submitted_result: Option<serde_json::Value>,
+    /// The agent that did the submitted work.
+    pub implementer_agent_id: Option<Uuid>,
+    /// The last validator's feedback, for the revision.
+    pub feedback: Option<String>,
+    /// On a validation task: the submission it checks.
+    pub validates: Option<ValidationTarget>,
+    /// On a validation task: its finding, once given.
+    pub verdict: Option<Verdict>,
 }
 
 impl Task {
@@ -158,10 +190,20 @@ impl Task {
                 max_retries,
                 timeout_seconds,
                 discovery,
+                validation,
+                validates,
                 at,
             } => {
                 if self.exists() {
                     return Err(TaskError::AlreadyExists);
+                }
+                if validation.is_some() && validates.is_some() {
+                    return Err(TaskError::ValidationOfValidation);
+                }
+                if validation.is_some_and(|p| p.max_revisions > MAX_MAX_REVISIONS) {
+                    return Err(TaskError::TooManyRevisions {
+                        max: MAX_MAX_REVISIONS,
+                    });
                 }
                 let mut events = vec![TaskEvent::TaskCreated {
                     task_id,
@@ -184,6 +226,9 @@ impl Task {
                 events.extend(discovery.map(|discovery| TaskEvent::TaskDiscovered {
                     discovery: *discovery,
                 }));
+                events
+                    .extend(validation.map(|policy| TaskEvent::TaskValidationRequired { policy }));
+                events.extend(validates.map(|target| TaskEvent::TaskValidates { target }));
                 Ok(events)
             }
             TaskCommand::ReportDiscovery {
@@ -217,14 +262,25 @@ impl Task {
                     .map_err(|p| TaskError::text("message", p))?;
                 Ok(vec![TaskEvent::TaskProgressReported { message }])
             }
-            TaskCommand::CompleteTask { result, at } => {
-                self.ensure_in(&[TaskStatus::Running], "complete")?;
-                if !self.open_discoveries.is_empty() {
-                    return Err(TaskError::DiscoveriesOpen(
-                        self.open_discoveries.iter().copied().collect(),
-                    ));
-                }
-                Ok(vec![TaskEvent::TaskCompleted { result, at }])
+            TaskCommand::CompleteTask { result, at } => self.complete(result, at),
+            TaskCommand::GiveVerdict { verdict, at } => self.give_verdict(verdict, at),
+            TaskCommand::ApplyVerdict {
+                validation_task_id,
+                revision,
+                verdict,
+                at,
+            } => self.apply_verdict(validation_task_id, revision, verdict, at),
+            TaskCommand::AbandonValidation {
+                validation_task_id,
+                revision,
+            } => {
+                self.ensure_awaiting_verdict(revision)?;
+                Ok(vec![
+                    TaskEvent::TaskValidationAbandoned { validation_task_id },
+                    TaskEvent::TaskPermanentlyFailed {
+                        reason: FailureReason::ValidationAbandoned,
+                    },
+                ])
             }
             TaskCommand::FailTask { error, at, jitter } => self.fail(error, at, jitter),
             TaskCommand::TimeOutTask { at, jitter } => self.time_out(at, jitter),
@@ -235,11 +291,126 @@ impl Task {
     }
 
     fn assign(&self, agent_id: Uuid, at: DateTime<Utc>) -> Result<Vec<TaskEvent>, TaskError> {
-        self.ensure_in(&[TaskStatus::Pending, TaskStatus::RetryScheduled], "assign")?;
+        use TaskStatus::*;
+        self.ensure_in(&[Pending, RetryScheduled, NeedsRevision], "assign")?;
         if let Some(not_before) = self.not_before.filter(|due| at < *due) {
             return Err(TaskError::RetryNotDue { not_before });
         }
+        if self
+            .validates
+            .is_some_and(|target| !target.allows(agent_id))
+        {
+            return Err(TaskError::ImplementerCannotValidate);
+        }
         Ok(vec![TaskEvent::TaskAssigned { agent_id, at }])
+    }
+
+    /// The agent finished: the task completes, or submits its work when it must pass
+    /// validation first. A validation task completes by its verdict instead.
+    fn complete(
+        &self,
+        result: serde_json::Value,
+        at: DateTime<Utc>,
+    ) -> Result<Vec<TaskEvent>, TaskError> {
+        self.ensure_in(&[TaskStatus::Running], "complete")?;
+        if !self.open_discoveries.is_empty() {
+            return Err(TaskError::DiscoveriesOpen(
+                self.open_discoveries.iter().copied().collect(),
+            ));
+        }
+        if self.validates.is_some() {
+            return Err(TaskError::VerdictRequired);
+        }
+        if self.validation.is_some() {
+            return Ok(vec![TaskEvent::TaskSubmittedForValidation {
+                result,
+                revision: self.revision,
+                implementer_agent_id: self.assigned_agent_id,
+                at,
+            }]);
+        }
+        Ok(vec![TaskEvent::TaskCompleted { result, at }])
+    }
+
+    fn give_verdict(
+        &self,
+        verdict: Verdict,
+        at: DateTime<Utc>,
+    ) -> Result<Vec<TaskEvent>, TaskError> {
+        self.ensure_in(&[TaskStatus::Running], "give a verdict")?;
+        if self.validates.is_none() {
+            return Err(TaskError::NotAValidation);
+        }
+        let feedback = verdict
+            .feedback
+            .as_deref()
+            .map(str::trim)
+            .filter(|f| !f.is_empty())
+            .map(|f| optional_text(f, MAX_TEXT_CHARS).map_err(|p| TaskError::text("feedback", p)))
+            .transpose()?;
+        if !verdict.passed && feedback.is_none() {
+            return Err(TaskError::FeedbackRequired);
+        }
+        let verdict = Verdict {
+            passed: verdict.passed,
+            feedback,
+        };
+        let result = serde_json::json!({ "passed": verdict.passed, "feedback": verdict.feedback });
+        Ok(vec![
+            TaskEvent::TaskVerdictGiven { verdict },
+            TaskEvent::TaskCompleted { result, at },
+        ])
+    }
+
+    /// Refuses unless the task waits for the verdict on submission `revision`.
+    fn ensure_awaiting_verdict(&self, revision: u32) -> Result<(), TaskError> {
+        self.ensure_in(&[TaskStatus::PendingValidation], "take a verdict")?;
+        if revision != self.revision {
+            return Err(TaskError::StaleVerdict {
+                given: revision,
+                current: self.revision,
+            });
+        }
+        Ok(())
+    }
+
+    fn apply_verdict(
+        &self,
+        validation_task_id: Uuid,
+        revision: u32,
+        verdict: Verdict,
+        at: DateTime<Utc>,
+    ) -> Result<Vec<TaskEvent>, TaskError> {
+        self.ensure_awaiting_verdict(revision)?;
+        if verdict.passed {
+            let result = self.submitted_result.clone().unwrap_or_default();
+            return Ok(vec![
+                TaskEvent::TaskValidationPassed {
+                    validation_task_id,
+                    feedback: verdict.feedback,
+                },
+                TaskEvent::TaskCompleted { result, at },
+            ]);
+        }
+        let feedback = verdict.feedback.ok_or(TaskError::FeedbackRequired)?;
+        let max_revisions = self.validation.map_or(0, |p| p.max_revisions);
+        let outcome = if self.revision >= max_revisions {
+            TaskEvent::TaskPermanentlyFailed {
+                reason: FailureReason::RevisionsExhausted,
+            }
+        } else {
+            TaskEvent::TaskRevisionRequested {
+                revision: self.revision + 1,
+            }
+        };
+        Ok(vec![
+            TaskEvent::TaskValidationRejected {
+                validation_task_id,
+                revision,
+                feedback,
+            },
+            outcome,
+        ])
     }
 
     fn fail(
@@ -329,7 +500,17 @@ impl Task {
         at: DateTime<Utc>,
     ) -> Result<Vec<TaskEvent>, TaskError> {
         use TaskStatus::*;
-        self.ensure_in(&[Pending, Assigned, Running, RetryScheduled], "cancel")?;
+        self.ensure_in(
+            &[
+                Pending,
+                Assigned,
+                Running,
+                RetryScheduled,
+                PendingValidation,
+                NeedsRevision,
+            ],
+            "cancel",
+        )?;
         // A blank reason says nothing, so it is stored as no reason.
         let reason = reason
             .map(|r| r.trim().to_string())
@@ -528,6 +709,33 @@ impl Task {
             }
             TaskEvent::TaskDiscoveryResolved { discovered_task_id } => {
                 self.open_discoveries.remove(&discovered_task_id);
+            }
+            TaskEvent::TaskValidationRequired { policy } => self.validation = Some(policy),
+            TaskEvent::TaskValidates { target } => self.validates = Some(target),
+            TaskEvent::TaskSubmittedForValidation {
+                result,
+                implementer_agent_id,
+                ..
+            } => {
+                self.submitted_result = Some(result);
+                self.implementer_agent_id = implementer_agent_id;
+                self.assigned_agent_id = None;
+            }
+            TaskEvent::TaskVerdictGiven { verdict } => self.verdict = Some(verdict),
+            TaskEvent::TaskValidationPassed { feedback, .. } => self.feedback = feedback,
+            TaskEvent::TaskValidationRejected { feedback, .. } => {
+                self.last_error = Some(format!("validation rejected the work: {feedback}"));
+                self.feedback = Some(feedback);
+            }
+            TaskEvent::TaskRevisionRequested { revision } => {
+                self.revision = revision;
+                self.submitted_result = None;
+                self.progress = None;
+            }
+            TaskEvent::TaskValidationAbandoned { validation_task_id } => {
+                self.last_error = Some(format!(
+                    "validation task {validation_task_id} ended without a verdict"
+                ));
             }
         }
     }

@@ -1,7 +1,7 @@
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
-use super::{Discovery, DiscoveryKind};
+use super::{Discovery, DiscoveryKind, ValidationPolicy, ValidationTarget, Verdict};
 use crate::common::{Phase, Priority};
 
 /// Everything that can be asked of a task.
@@ -26,6 +26,10 @@ pub enum TaskCommand {
         timeout_seconds: Option<u32>,
         /// Set when an agent discovered this work while running another task.
         discovery: Option<Box<Discovery>>,
+        /// Set when the task's work must pass another agent's validation to complete.
+        validation: Option<ValidationPolicy>,
+        /// Set on a validation task: the submission it checks.
+        validates: Option<ValidationTarget>,
         at: DateTime<Utc>,
     },
     /// The running task's agent found work, created as task `discovered_task_id`.
@@ -66,6 +70,25 @@ pub enum TaskCommand {
     TimeOutTask {
         at: DateTime<Utc>,
         jitter: f64,
+    },
+    /// The running validation task's agent judged the work it checks; the validation task
+    /// completes with the verdict as its result.
+    GiveVerdict {
+        verdict: Verdict,
+        at: DateTime<Utc>,
+    },
+    /// Validation task `validation_task_id` judged submission `revision` of this task.
+    ApplyVerdict {
+        validation_task_id: Uuid,
+        revision: u32,
+        verdict: Verdict,
+        at: DateTime<Utc>,
+    },
+    /// Validation task `validation_task_id` of submission `revision` ended without a
+    /// verdict (cancelled, failed for good): the work cannot be validated.
+    AbandonValidation {
+        validation_task_id: Uuid,
+        revision: u32,
     },
     CancelTask {
         reason: Option<String>,

@@ -52,6 +52,20 @@ pub enum TaskError {
     NotTimedOutYet { deadline: DateTime<Utc> },
     #[error("the task waits for the work it discovered: {}", list(.0))]
     DiscoveriesOpen(Vec<Uuid>),
+    #[error("max_revisions must be at most {max}")]
+    TooManyRevisions { max: u32 },
+    #[error("a validation task is never validated itself")]
+    ValidationOfValidation,
+    #[error("a validation task completes by its verdict (POST …/verdict)")]
+    VerdictRequired,
+    #[error("only a validation task gives a verdict")]
+    NotAValidation,
+    #[error("a rejection must say what to revise (feedback)")]
+    FeedbackRequired,
+    #[error("the agent that did the work cannot validate it")]
+    ImplementerCannotValidate,
+    #[error("the verdict is on submission {given}, the task waits for the verdict on submission {current}")]
+    StaleVerdict { given: u32, current: u32 },
 }
 
 fn list(ids: &[Uuid]) -> String {
@@ -105,7 +119,10 @@ impl DomainError for TaskError {
             | EmptyCapability
             | CapabilityTooLong { .. }
             | TooManyRetries { .. }
-            | ZeroTimeout => ErrorKind::Invalid,
+            | ZeroTimeout
+            | TooManyRevisions { .. }
+            | ValidationOfValidation
+            | FeedbackRequired => ErrorKind::Invalid,
             // The graph as it stands refuses the edge: a task waiting for itself is the
             // shortest cycle, and the limit counts the dependencies it already has.
             SelfDependency
@@ -117,7 +134,11 @@ impl DomainError for TaskError {
             | IllegalTransition { .. }
             | RetryNotDue { .. }
             | NotTimedOutYet { .. }
-            | DiscoveriesOpen(_) => ErrorKind::Conflict,
+            | DiscoveriesOpen(_)
+            | VerdictRequired
+            | NotAValidation
+            | ImplementerCannotValidate
+            | StaleVerdict { .. } => ErrorKind::Conflict,
         }
     }
 
@@ -130,6 +151,9 @@ impl DomainError for TaskError {
             EmptyCapability | CapabilityTooLong { .. } => Some("required_capabilities"),
             TooManyRetries { .. } => Some("max_retries"),
             ZeroTimeout => Some("timeout_seconds"),
+            TooManyRevisions { .. } => Some("max_revisions"),
+            ValidationOfValidation => Some("validation"),
+            FeedbackRequired => Some("feedback"),
             SelfDependency
             | TooManyDependencies { .. }
             | DuplicateDependency(_)
@@ -162,6 +186,13 @@ impl DomainError for TaskError {
             RetryNotDue { .. } => "retry_not_due",
             NotTimedOutYet { .. } => "not_timed_out_yet",
             DiscoveriesOpen(_) => "discoveries_open",
+            TooManyRevisions { .. } => "too_many_revisions",
+            ValidationOfValidation => "validation_of_validation",
+            VerdictRequired => "verdict_required",
+            NotAValidation => "not_a_validation",
+            FeedbackRequired => "feedback_required",
+            ImplementerCannotValidate => "implementer_cannot_validate",
+            StaleVerdict { .. } => "stale_verdict",
         }
     }
 }

@@ -4,7 +4,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use super::{Discovery, DiscoveryKind, TaskStatus};
+use super::{Discovery, DiscoveryKind, TaskStatus, ValidationPolicy, ValidationTarget, Verdict};
 use crate::common::{Phase, Priority};
 
 /// Why a task ended without completing.
@@ -17,6 +17,10 @@ pub enum FailureReason {
     RetriesExhausted,
     /// The attempt timed out and every retry has been used.
     TimedOut,
+    /// Validation rejected the work once more than the task's revisions allow.
+    RevisionsExhausted,
+    /// The validation of the work ended without a verdict.
+    ValidationAbandoned,
 }
 
 impl FailureReason {
@@ -24,7 +28,10 @@ impl FailureReason {
     /// operators can tell slow work from broken work.
     pub fn final_status(self) -> TaskStatus {
         match self {
-            Self::PermanentError | Self::RetriesExhausted => TaskStatus::PermanentlyFailed,
+            Self::PermanentError
+            | Self::RetriesExhausted
+            | Self::RevisionsExhausted
+            | Self::ValidationAbandoned => TaskStatus::PermanentlyFailed,
             Self::TimedOut => TaskStatus::TimedOut,
         }
     }
@@ -112,6 +119,45 @@ pub enum TaskEvent {
     TaskDiscoveryResolved {
         discovered_task_id: Uuid,
     },
+    /// Right after its creation: the task's work must pass validation to complete.
+    TaskValidationRequired {
+        policy: ValidationPolicy,
+    },
+    /// Right after its creation: this task validates another's submission.
+    TaskValidates {
+        target: ValidationTarget,
+    },
+    /// The agent finished submission `revision`; it waits for a validation task's verdict.
+    TaskSubmittedForValidation {
+        result: serde_json::Value,
+        revision: u32,
+        implementer_agent_id: Option<Uuid>,
+        at: DateTime<Utc>,
+    },
+    /// On a validation task, before its completion: what it found.
+    TaskVerdictGiven {
+        verdict: Verdict,
+    },
+    /// The submission passed; `TaskCompleted` with the submitted result follows.
+    TaskValidationPassed {
+        validation_task_id: Uuid,
+        feedback: Option<String>,
+    },
+    /// Submission `revision` was rejected; its outcome (`TaskRevisionRequested` or
+    /// `TaskPermanentlyFailed`) follows in the same command.
+    TaskValidationRejected {
+        validation_task_id: Uuid,
+        revision: u32,
+        feedback: String,
+    },
+    /// The work goes back to an agent as submission `revision`, with the feedback.
+    TaskRevisionRequested {
+        revision: u32,
+    },
+    /// The validation ended without a verdict; `TaskPermanentlyFailed` follows.
+    TaskValidationAbandoned {
+        validation_task_id: Uuid,
+    },
 }
 
 impl TaskEvent {
@@ -128,7 +174,15 @@ impl TaskEvent {
             Self::TaskRetryScheduled { .. } => Some(TaskStatus::RetryScheduled),
             Self::TaskPermanentlyFailed { reason } => Some(reason.final_status()),
             Self::TaskCancelled { .. } => Some(TaskStatus::Cancelled),
+            Self::TaskSubmittedForValidation { .. } => Some(TaskStatus::PendingValidation),
+            Self::TaskRevisionRequested { .. } => Some(TaskStatus::NeedsRevision),
             Self::TaskProgressReported { .. }
+            | Self::TaskValidationRequired { .. }
+            | Self::TaskValidates { .. }
+            | Self::TaskVerdictGiven { .. }
+            | Self::TaskValidationPassed { .. }
+            | Self::TaskValidationRejected { .. }
+            | Self::TaskValidationAbandoned { .. }
             | Self::TaskFailed { .. }
             | Self::TaskTimedOut { .. }
             | Self::TaskDependencyAdded { .. }
@@ -158,6 +212,14 @@ impl DomainEvent for TaskEvent {
             Self::TaskDiscovered { .. } => "TaskDiscovered",
             Self::TaskDiscoveryReported { .. } => "TaskDiscoveryReported",
             Self::TaskDiscoveryResolved { .. } => "TaskDiscoveryResolved",
+            Self::TaskValidationRequired { .. } => "TaskValidationRequired",
+            Self::TaskValidates { .. } => "TaskValidates",
+            Self::TaskSubmittedForValidation { .. } => "TaskSubmittedForValidation",
+            Self::TaskVerdictGiven { .. } => "TaskVerdictGiven",
+            Self::TaskValidationPassed { .. } => "TaskValidationPassed",
+            Self::TaskValidationRejected { .. } => "TaskValidationRejected",
+            Self::TaskRevisionRequested { .. } => "TaskRevisionRequested",
+            Self::TaskValidationAbandoned { .. } => "TaskValidationAbandoned",
         }
         .to_string()
     }

@@ -11,6 +11,11 @@
 //! ticket; one that blocks its parent keeps the parent from completing until it is
 //! resolved (completed or cancelled — `workflow`'s `discovery_resolution` says so).
 //!
+//! A task under a validation policy ([`ValidationPolicy`]) does not complete when its
+//! agent finishes: `complete` submits the work (`pending_validation`), a validation task
+//! run by another agent judges it, and a rejection sends it to `needs_revision`
+//! (assignable again, with the feedback) until its revisions are spent.
+//!
 //! Time and randomness (the backoff jitter) arrive inside commands, so every rule here is
 //! deterministic.
 
@@ -20,6 +25,7 @@ mod discovery;
 mod error;
 mod events;
 mod retry;
+mod validation;
 
 pub use aggregate::{
     Task, TaskStatus, MAX_CAPABILITY_CHARS, MAX_DEPENDENCIES, MAX_PROGRESS_CHARS,
@@ -32,4 +38,8 @@ pub use events::{FailureReason, TaskEvent};
 pub use retry::{
     is_permanent_error, retry_backoff, DEFAULT_MAX_RETRIES, MAX_BACKOFF_SECONDS, MAX_MAX_RETRIES,
     PERMANENT_ERROR_MARKERS,
+};
+pub use validation::{
+    ValidationPolicy, ValidationTarget, Verdict, DEFAULT_MAX_REVISIONS, MAX_MAX_REVISIONS,
+    VALIDATION_TASK_TYPE,
 };

@@ -44,6 +44,8 @@ struct NewTask {
     capabilities: Vec<&'static str>,
     max_retries: Option<u32>,
     timeout_seconds: Option<u32>,
+    validation: Option<ValidationPolicy>,
+    validates: Option<ValidationTarget>,
 }
 
 impl Default for NewTask {
@@ -55,6 +57,8 @@ impl Default for NewTask {
             capabilities: vec!["python"],
             max_retries: None,
             timeout_seconds: Some(600),
+            validation: None,
+            validates: None,
         }
     }
 }
@@ -76,6 +80,8 @@ impl NewTask {
             max_retries: self.max_retries,
             timeout_seconds: self.timeout_seconds,
             discovery: None,
+            validation: self.validation,
+            validates: self.validates,
             at: t0(),
         }
     }
@@ -165,6 +171,68 @@ fn history_at(status: TaskStatus) -> Vec<TaskEvent> {
                 gave_up(FailureReason::TimedOut),
             ],
         ),
+        PendingValidation => with(validated_running(), [submitted(0)]),
+        NeedsRevision => with(
+            validated_running(),
+            [
+                submitted(0),
+                rejected(0, "tests fail"),
+                revision_requested(1),
+            ],
+        ),
+    }
+}
+
+/// A task under validation (two revisions at most), running on `agent_id()`.
+fn validated_running() -> Vec<TaskEvent> {
+    vec![
+        created(),
+        TaskEvent::TaskValidationRequired {
+            policy: ValidationPolicy { max_revisions: 2 },
+        },
+        assigned(t(10)),
+        TaskEvent::TaskStarted { at: t(20) },
+    ]
+}
+
+fn submitted(revision: u32) -> TaskEvent {
+    TaskEvent::TaskSubmittedForValidation {
+        result: json!({"revision": revision}),
+        revision,
+        implementer_agent_id: Some(agent_id()),
+        at: t(30),
+    }
+}
+
+fn validator_id() -> Uuid {
+    Uuid::from_u128(0xB7)
+}
+
+fn validation_task_id(revision: u32) -> Uuid {
+    ValidationTarget::task_id_for(task_id(), revision)
+}
+
+fn rejected(revision: u32, feedback: &str) -> TaskEvent {
+    TaskEvent::TaskValidationRejected {
+        validation_task_id: validation_task_id(revision),
+        revision,
+        feedback: feedback.into(),
+    }
+}
+
+fn revision_requested(revision: u32) -> TaskEvent {
+    TaskEvent::TaskRevisionRequested { revision }
+}
+
+fn verdict(revision: u32, passed: bool, feedback: Option<&str>) -> TaskCommand {
+    TaskCommand::ApplyVerdict {
+        validation_task_id: validation_task_id(revision),
+        revision,
+        verdict: Verdict {
+            passed,
+            feedback: feedback.map(String::from),
+        },
+        at: t(40),
     }
 }
 
@@ -241,13 +309,16 @@ fn lifecycle_commands() -> Vec<(&'static str, TaskCommand)> {
 fn lifecycle_outcome(from: TaskStatus, action: &str) -> Option<TaskStatus> {
     use TaskStatus::*;
     match (from, action) {
-        (Pending | RetryScheduled, "assign") => Some(Assigned),
+        (Pending | RetryScheduled | NeedsRevision, "assign") => Some(Assigned),
         (Assigned, "start") => Some(Running),
         (Running, "report progress") => Some(Running),
         (Running, "complete") => Some(Completed),
         (Assigned | Running, "fail") => Some(RetryScheduled),
         (Running, "time out") => Some(RetryScheduled),
-        (Pending | Assigned | Running | RetryScheduled, "cancel") => Some(Cancelled),
+        (
+            Pending | Assigned | Running | RetryScheduled | PendingValidation | NeedsRevision,
+            "cancel",
+        ) => Some(Cancelled),
         _ => None,
     }
 }
@@ -257,11 +328,18 @@ fn can_move(from: TaskStatus, to: TaskStatus) -> bool {
     use TaskStatus::*;
     matches!(
         (from, to),
-        (Pending | RetryScheduled, Assigned)
+        (Pending | RetryScheduled | NeedsRevision, Assigned)
             | (Assigned, Running)
-            | (Running, Completed | TimedOut)
+            | (Running, Completed | TimedOut | PendingValidation)
             | (Assigned | Running, RetryScheduled | PermanentlyFailed)
-            | (Pending | Assigned | Running | RetryScheduled, Cancelled)
+            | (
+                PendingValidation,
+                Completed | NeedsRevision | PermanentlyFailed
+            )
+            | (
+                Pending | Assigned | Running | RetryScheduled | PendingValidation | NeedsRevision,
+                Cancelled
+            )
     )
 }
 
@@ -318,7 +396,7 @@ fn dependencies_change_only_while_no_agent_holds_the_task() {
     }
     assert_eq!(
         TaskStatus::ALL.map(TaskStatus::accepts_dependency_changes),
-        [true, false, false, false, true, false, false, false]
+        [true, false, false, false, true, false, false, false, false, true]
     );
 }
 
@@ -918,6 +996,27 @@ fn statuses_display_as_they_serialize_and_events_are_named_by_variant() {
     events.extend(history_at(TaskStatus::RetryScheduled));
     events.extend(history_at(TaskStatus::Cancelled));
     events.extend(history_at(TaskStatus::Completed));
+    events.extend(history_at(TaskStatus::NeedsRevision));
+    events.push(TaskEvent::TaskValidates {
+        target: ValidationTarget {
+            task_id: dep_a(),
+            revision: 0,
+            implementer_agent_id: None,
+        },
+    });
+    events.push(TaskEvent::TaskVerdictGiven {
+        verdict: Verdict {
+            passed: true,
+            feedback: None,
+        },
+    });
+    events.push(TaskEvent::TaskValidationPassed {
+        validation_task_id: validation_task_id(0),
+        feedback: None,
+    });
+    events.push(TaskEvent::TaskValidationAbandoned {
+        validation_task_id: validation_task_id(0),
+    });
     events.push(TaskEvent::TaskProgressReported {
         message: "x".into(),
     });
@@ -945,15 +1044,34 @@ fn any_dependency() -> impl Strategy<Value = Uuid> {
     prop::sample::select(vec![task_id(), dep_a(), dep_b()])
 }
 
+/// Plain tasks, tasks under validation, and validation tasks of `agent_id()`'s work.
 fn any_create() -> impl Strategy<Value = TaskCommand> {
-    (0_u32..3, prop::option::of(Just(30_u32))).prop_map(|(retries, timeout)| {
-        NewTask {
-            max_retries: Some(retries),
-            timeout_seconds: timeout,
-            ..NewTask::default()
-        }
-        .command()
-    })
+    let target = ValidationTarget {
+        task_id: dep_a(),
+        revision: 0,
+        implementer_agent_id: Some(agent_id()),
+    };
+    (
+        0_u32..3,
+        prop::option::of(Just(30_u32)),
+        prop::option::of((0_u32..3).prop_map(|max_revisions| ValidationPolicy { max_revisions })),
+        prop::option::of(Just(target)),
+    )
+        .prop_map(|(retries, timeout, validation, validates)| {
+            NewTask {
+                max_retries: Some(retries),
+                timeout_seconds: timeout,
+                validation,
+                validates,
+                ..NewTask::default()
+            }
+            .command()
+        })
+}
+
+fn any_verdict() -> impl Strategy<Value = Verdict> {
+    (any::<bool>(), prop::option::of("[a-z ]{0,3}"))
+        .prop_map(|(passed, feedback)| Verdict { passed, feedback })
 }
 
 fn any_failure() -> impl Strategy<Value = TaskCommand> {
@@ -971,9 +1089,23 @@ fn any_command() -> impl Strategy<Value = TaskCommand> {
     // Cancelling ends a task from almost anywhere, so it is rarer to let runs go deep.
     prop_oneof![
         3 => any_create(),
-        3 => any_time().prop_map(|at| TaskCommand::AssignTask {
-            agent_id: agent_id(),
+        3 => (any_time(), prop::sample::select(vec![agent_id(), validator_id()]))
+            .prop_map(|(at, agent_id)| TaskCommand::AssignTask { agent_id, at }),
+        2 => (any_verdict(), any_time()).prop_map(|(verdict, at)| TaskCommand::GiveVerdict {
+            verdict,
             at
+        }),
+        3 => (0_u32..4, any_verdict(), any_time()).prop_map(|(revision, verdict, at)| {
+            TaskCommand::ApplyVerdict {
+                validation_task_id: validation_task_id(revision),
+                revision,
+                verdict,
+                at,
+            }
+        }),
+        1 => (0_u32..4).prop_map(|revision| TaskCommand::AbandonValidation {
+            validation_task_id: validation_task_id(revision),
+            revision,
         }),
         3 => any_time().prop_map(|at| TaskCommand::StartTask { at }),
         3 => "[a-z ]{0,3}".prop_map(|message| TaskCommand::ReportProgress { message }),
@@ -1021,6 +1153,23 @@ proptest! {
                 prop_assert!(state.assigned_agent_id.is_some());
             }
             prop_assert_eq!(to == TaskStatus::RetryScheduled, state.not_before.is_some());
+            prop_assert!(state.revision <= state.validation.map_or(0, |p| p.max_revisions));
+            if to == TaskStatus::PendingValidation {
+                prop_assert!(state.submitted_result.is_some());
+            }
+            if let (Some(target), Some(agent)) = (state.validates, state.assigned_agent_id) {
+                prop_assert!(target.allows(agent), "the implementer validates its own work");
+            }
+            if to == TaskStatus::Completed && from != TaskStatus::Completed {
+                // Work under validation completes only through a passing verdict, and a
+                // validation task only through its verdict.
+                if state.validation.is_some() {
+                    prop_assert_eq!(from, TaskStatus::PendingValidation);
+                }
+                if state.validates.is_some() {
+                    prop_assert!(state.verdict.is_some());
+                }
+            }
             prop_assert!(state.id.is_none_or(|id| !state.depends_on.contains(&id)));
         }
     }
@@ -1131,5 +1280,235 @@ mod discoveries {
         let task: Task = fold(&[created(), TaskEvent::TaskDiscovered { discovery }]);
         assert_eq!(task.discovery, Some(discovery));
         assert_eq!(task.status, TaskStatus::Pending);
+    }
+}
+
+mod validation {
+    use super::*;
+
+    fn check(state: &Task, command: TaskCommand) -> Result<Vec<TaskEvent>, TaskError> {
+        handle(state, command, &()).1
+    }
+
+    #[test]
+    fn completing_work_under_validation_submits_it_and_frees_the_agent() {
+        let state: Task = fold(&validated_running());
+        let complete = TaskCommand::CompleteTask {
+            result: json!({"revision": 0}),
+            at: t(30),
+        };
+        assert_eq!(check(&state, complete), Ok(vec![submitted(0)]));
+        let submitted: Task = fold(&history_at(TaskStatus::PendingValidation));
+        assert_eq!(submitted.assigned_agent_id, None);
+        assert_eq!(submitted.implementer_agent_id, Some(agent_id()));
+        assert_eq!(submitted.submitted_result, Some(json!({"revision": 0})));
+    }
+
+    #[test]
+    fn a_passing_verdict_completes_with_the_submitted_result() {
+        let state: Task = fold(&history_at(TaskStatus::PendingValidation));
+        let events = check(&state, verdict(0, true, Some("clean"))).expect("passes");
+        assert_eq!(
+            events,
+            vec![
+                TaskEvent::TaskValidationPassed {
+                    validation_task_id: validation_task_id(0),
+                    feedback: Some("clean".into()),
+                },
+                TaskEvent::TaskCompleted {
+                    result: json!({"revision": 0}),
+                    at: t(40),
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn rejections_send_the_work_back_until_revisions_are_spent() {
+        // Two revisions allowed: rejected at submissions 0 and 1, failed at 2.
+        let mut log = validated_running();
+        for revision in 0..2 {
+            log.push(submitted(revision));
+            let state: Task = fold(&log);
+            let events = check(&state, verdict(revision, false, Some("still red"))).expect("ok");
+            assert_eq!(
+                events,
+                vec![
+                    rejected(revision, "still red"),
+                    revision_requested(revision + 1)
+                ]
+            );
+            log.extend(events);
+            let state: Task = fold(&log);
+            assert_eq!(state.status, TaskStatus::NeedsRevision);
+            assert_eq!(state.feedback.as_deref(), Some("still red"));
+            // The revision goes back to the queue and anyone may take it again.
+            log.extend([assigned(t(50)), TaskEvent::TaskStarted { at: t(60) }]);
+        }
+        log.push(submitted(2));
+        let state: Task = fold(&log);
+        let events = check(&state, verdict(2, false, Some("gave up"))).expect("ok");
+        assert_eq!(
+            events,
+            vec![
+                rejected(2, "gave up"),
+                gave_up(FailureReason::RevisionsExhausted)
+            ]
+        );
+        let failed: Task = fold(&with(log, events));
+        assert_eq!(failed.status, TaskStatus::PermanentlyFailed);
+        assert_eq!(
+            failed.last_error.as_deref(),
+            Some("validation rejected the work: gave up")
+        );
+    }
+
+    #[test]
+    fn a_verdict_on_another_submission_or_status_is_refused() {
+        let state: Task = fold(&history_at(TaskStatus::NeedsRevision));
+        assert_eq!(
+            check(&state, verdict(0, true, None)),
+            Err(TaskError::IllegalTransition {
+                from: TaskStatus::NeedsRevision,
+                action: "take a verdict"
+            })
+        );
+        let resubmitted: Task = fold(&with(
+            history_at(TaskStatus::NeedsRevision),
+            [
+                assigned(t(50)),
+                TaskEvent::TaskStarted { at: t(60) },
+                submitted(1),
+            ],
+        ));
+        assert_eq!(
+            check(&resubmitted, verdict(0, true, None)),
+            Err(TaskError::StaleVerdict {
+                given: 0,
+                current: 1
+            })
+        );
+        assert!(check(&resubmitted, verdict(1, true, None)).is_ok());
+    }
+
+    #[test]
+    fn abandoned_validation_fails_the_work_for_good() {
+        let state: Task = fold(&history_at(TaskStatus::PendingValidation));
+        let abandon = TaskCommand::AbandonValidation {
+            validation_task_id: validation_task_id(0),
+            revision: 0,
+        };
+        let events = check(&state, abandon).expect("abandons");
+        let failed: Task = fold(&with(history_at(TaskStatus::PendingValidation), events));
+        assert_eq!(failed.status, TaskStatus::PermanentlyFailed);
+        assert!(failed
+            .last_error
+            .is_some_and(|e| e.contains("ended without a verdict")));
+    }
+
+    fn validation_task() -> Vec<TaskEvent> {
+        vec![
+            created(),
+            TaskEvent::TaskValidates {
+                target: ValidationTarget {
+                    task_id: dep_b(),
+                    revision: 0,
+                    implementer_agent_id: Some(agent_id()),
+                },
+            },
+        ]
+    }
+
+    #[test]
+    fn the_implementer_never_runs_its_own_validation() {
+        let state: Task = fold(&validation_task());
+        let by = |agent_id| TaskCommand::AssignTask { agent_id, at: t(5) };
+        assert_eq!(
+            check(&state, by(agent_id())),
+            Err(TaskError::ImplementerCannotValidate)
+        );
+        assert!(check(&state, by(validator_id())).is_ok());
+    }
+
+    #[test]
+    fn a_validation_task_completes_by_its_verdict_only() {
+        let running: Task = fold(&with(
+            validation_task(),
+            [
+                TaskEvent::TaskAssigned {
+                    agent_id: validator_id(),
+                    at: t(10),
+                },
+                TaskEvent::TaskStarted { at: t(20) },
+            ],
+        ));
+        let complete = TaskCommand::CompleteTask {
+            result: json!({}),
+            at: t(30),
+        };
+        assert_eq!(check(&running, complete), Err(TaskError::VerdictRequired));
+        let give = |passed, feedback: Option<&str>| TaskCommand::GiveVerdict {
+            verdict: Verdict {
+                passed,
+                feedback: feedback.map(String::from),
+            },
+            at: t(30),
+        };
+        assert_eq!(
+            check(&running, give(false, Some("  "))),
+            Err(TaskError::FeedbackRequired)
+        );
+        let events = check(&running, give(false, Some(" fix the tests "))).expect("judged");
+        assert_eq!(
+            events,
+            vec![
+                TaskEvent::TaskVerdictGiven {
+                    verdict: Verdict {
+                        passed: false,
+                        feedback: Some("fix the tests".into()),
+                    },
+                },
+                TaskEvent::TaskCompleted {
+                    result: json!({"passed": false, "feedback": "fix the tests"}),
+                    at: t(30),
+                },
+            ]
+        );
+        // Work that is not a validation gives no verdict.
+        let plain: Task = fold(&history_at(TaskStatus::Running));
+        assert_eq!(
+            check(&plain, give(true, None)),
+            Err(TaskError::NotAValidation)
+        );
+    }
+
+    #[test]
+    fn creation_refuses_a_validated_validation_and_too_many_revisions() {
+        let target = ValidationTarget {
+            task_id: dep_b(),
+            revision: 0,
+            implementer_agent_id: None,
+        };
+        let both = NewTask {
+            validation: Some(ValidationPolicy::default()),
+            validates: Some(target),
+            ..NewTask::default()
+        };
+        assert_eq!(
+            check(&Task::default(), both.command()),
+            Err(TaskError::ValidationOfValidation)
+        );
+        let many = NewTask {
+            validation: Some(ValidationPolicy {
+                max_revisions: MAX_MAX_REVISIONS + 1,
+            }),
+            ..NewTask::default()
+        };
+        assert_eq!(
+            check(&Task::default(), many.command()),
+            Err(TaskError::TooManyRevisions {
+                max: MAX_MAX_REVISIONS
+            })
+        );
     }
 }

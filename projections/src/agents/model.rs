@@ -31,6 +31,7 @@ pub fn task_effect(event: &TaskEvent) -> Option<TaskEffect> {
         // `TaskFailed`/`TaskTimedOut` already end the attempt; the outcome that follows
         // in the same command releases again, harmlessly.
         TaskEvent::TaskCompleted { .. }
+        | TaskEvent::TaskSubmittedForValidation { .. }
         | TaskEvent::TaskFailed { .. }
         | TaskEvent::TaskTimedOut { .. }
         | TaskEvent::TaskRetryScheduled { .. }
@@ -43,7 +44,14 @@ pub fn task_effect(event: &TaskEvent) -> Option<TaskEffect> {
         | TaskEvent::TaskDependencyRemoved { .. }
         | TaskEvent::TaskDiscovered { .. }
         | TaskEvent::TaskDiscoveryReported { .. }
-        | TaskEvent::TaskDiscoveryResolved { .. } => None,
+        | TaskEvent::TaskDiscoveryResolved { .. }
+        | TaskEvent::TaskValidationRequired { .. }
+        | TaskEvent::TaskValidates { .. }
+        | TaskEvent::TaskVerdictGiven { .. }
+        | TaskEvent::TaskValidationPassed { .. }
+        | TaskEvent::TaskValidationRejected { .. }
+        | TaskEvent::TaskRevisionRequested { .. }
+        | TaskEvent::TaskValidationAbandoned { .. } => None,
     }
 }
 
@@ -340,6 +348,12 @@ mod tests {
             },
             TaskEvent::TaskCancelled {
                 reason: None,
+                at: at(),
+            },
+            TaskEvent::TaskSubmittedForValidation {
+                result: json!(null),
+                revision: 0,
+                implementer_agent_id: None,
                 at: at(),
             },
         ] {

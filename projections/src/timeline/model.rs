@@ -162,6 +162,18 @@ impl Change {
             | Self::Task(TaskEvent::TaskDiscoveryResolved { discovered_task_id }) => {
                 Some((EntityType::Task, *discovered_task_id))
             }
+            Self::Task(TaskEvent::TaskValidates { target }) => {
+                Some((EntityType::Task, target.task_id))
+            }
+            Self::Task(TaskEvent::TaskValidationPassed {
+                validation_task_id, ..
+            })
+            | Self::Task(TaskEvent::TaskValidationRejected {
+                validation_task_id, ..
+            })
+            | Self::Task(TaskEvent::TaskValidationAbandoned { validation_task_id }) => {
+                Some((EntityType::Task, *validation_task_id))
+            }
             _ => None,
         }
     }

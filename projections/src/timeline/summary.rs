@@ -196,6 +196,46 @@ fn task_summary(event: &TaskEvent, this: &str, names: &Names) -> String {
             "{this} no longer waits for {}",
             label(EntityType::Task, *discovered_task_id, names.other)
         ),
+        TaskEvent::TaskValidationRequired { policy } => format!(
+            "{this} must pass validation (at most {} revisions)",
+            policy.max_revisions
+        ),
+        TaskEvent::TaskValidates { target } => format!(
+            "{this} validates submission {} of {}",
+            target.revision + 1,
+            label(EntityType::Task, target.task_id, names.other)
+        ),
+        TaskEvent::TaskSubmittedForValidation { revision, .. } => format!(
+            "{this} submitted for validation (submission {})",
+            revision + 1
+        ),
+        TaskEvent::TaskVerdictGiven { verdict } => format!(
+            "{this} verdict: {}{}",
+            if verdict.passed { "passed" } else { "rejected" },
+            because(verdict.feedback.as_ref())
+        ),
+        TaskEvent::TaskValidationPassed {
+            validation_task_id, ..
+        } => format!(
+            "{this} passed validation by {}",
+            label(EntityType::Task, *validation_task_id, names.other)
+        ),
+        TaskEvent::TaskValidationRejected {
+            validation_task_id,
+            feedback,
+            ..
+        } => format!(
+            "{this} rejected by {}: {}",
+            label(EntityType::Task, *validation_task_id, names.other),
+            one_line(feedback, TEXT_CHARS)
+        ),
+        TaskEvent::TaskRevisionRequested { revision } => {
+            format!("{this} back for revision {revision}")
+        }
+        TaskEvent::TaskValidationAbandoned { validation_task_id } => format!(
+            "{this} lost its validation: {} ended without a verdict",
+            label(EntityType::Task, *validation_task_id, names.other)
+        ),
     }
 }
 
