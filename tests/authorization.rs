@@ -306,6 +306,10 @@ fn entry(method: &str, template: &str, f: &Fixtures) -> (String, Option<Value>) 
         ("POST", "/api/v1/tasks/{id}/cancel") => {
             (on(&f.first_task), Some(json!({"reason": "not needed"})))
         }
+        ("POST", "/api/v1/tasks/{id}/verdict") => (
+            on(&f.first_task),
+            Some(json!({"passed": false, "feedback": "the form loses its input"})),
+        ),
         ("POST", "/api/v1/tasks/{id}/discoveries") => (
             on(&f.first_task),
             Some(json!({"kind": "bug", "title": "The form loses its input"})),

@@ -506,7 +506,10 @@ async fn archiving_an_executing_spec_cancels_its_open_tasks_and_gives_the_workfl
 async fn an_approved_plan_runs_to_a_completed_spec_with_in_process_agents() {
     use omoi_orchestrator::{Work, Worker, WorkerConfig};
     let app = spawn_app().await;
-    let (_, project) = app.organization_and_project().await;
+    // Validation on, as by default: every `implement` task is judged by another agent.
+    let (_, project) = app
+        .organization_and_project_with(json!({"auto_spawn_tasks": false}))
+        .await;
     let mut plan = two_ticket_plan();
     // In-process agents declare no capabilities.
     if let Some(task) = plan["tickets"][1]["tasks"][0].as_object_mut() {
@@ -546,13 +549,19 @@ async fn an_approved_plan_runs_to_a_completed_spec_with_in_process_agents() {
             "{key}"
         );
     }
-    // Every task ran once, after the tasks it waited for.
+    // Every task ran once, after the tasks it waited for; each of the three `implement`
+    // tasks completed by its validation's verdict.
     let completed: Vec<String> = events
         .iter()
         .filter(|e| e.event_type == "TaskCompleted")
         .map(|e| e.aggregate_id.clone())
         .collect();
-    assert_eq!(completed.len(), 4, "{completed:?}");
+    assert_eq!(completed.len(), 4 + 3, "{completed:?}");
+    let validated = events
+        .iter()
+        .filter(|e| e.event_type == "TaskValidationPassed")
+        .count();
+    assert_eq!(validated, 3);
     let at = |key: &str| {
         let id = created_id(&approval, key).to_string();
         completed.iter().position(|c| *c == id).expect("completed")

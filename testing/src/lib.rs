@@ -507,10 +507,13 @@ impl TestApp {
     }
 
     /// Creates an organization and a project whose tickets get only the tasks the test
-    /// creates (created with `auto_spawn_tasks` off); returns their ids.
+    /// creates (created with `auto_spawn_tasks` off) and whose plans' tasks complete when
+    /// their agents say so (`validation_required` off); returns their ids.
     pub async fn organization_and_project(&self) -> (String, String) {
-        self.organization_and_project_with(serde_json::json!({"auto_spawn_tasks": false}))
-            .await
+        self.organization_and_project_with(
+            serde_json::json!({"auto_spawn_tasks": false, "validation_required": false}),
+        )
+        .await
     }
 
     /// Creates an organization and a project with the default settings: a ticket made by
