@@ -82,6 +82,7 @@ impl Workload {
             description: String::new(),
             priority: Default::default(),
             phase: Default::default(),
+            plan_key: None,
         };
         self.run::<Ticket>(&id, create, &context).await;
         self.run::<Ticket>(
@@ -129,6 +130,7 @@ impl Workload {
                 validation: None,
                 validates: None,
                 at: chrono::Utc::now(),
+                plan_key: None,
             };
             let task_id = task.to_string();
             self.run::<Task>(&task_id, create, &context).await;

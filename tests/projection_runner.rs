@@ -110,6 +110,7 @@ async fn create_tickets(bus: &CommandBus, n: usize) -> Vec<Uuid> {
             description: String::new(),
             priority: Default::default(),
             phase: Default::default(),
+            plan_key: None,
         };
         bus.execute::<Ticket>(&id.to_string(), command, &context)
             .await

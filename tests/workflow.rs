@@ -117,8 +117,15 @@ async fn an_approved_plan_becomes_its_tickets_and_tasks_each_caused_by_the_appro
         .collect();
     let created = |kind: &str| caused.iter().filter(|e| e.event_type == kind).count();
     assert_eq!((created("TicketCreated"), created("TaskCreated")), (2, 4));
+    assert_eq!((created("TicketPlanned"), created("TaskPlanned")), (2, 4));
     for event in &caused {
-        assert_eq!(event.sequence, 1, "only creations: {}", event.event_type);
+        // Only creations, each with its key in the same command.
+        let expected = if event.event_type.ends_with("Planned") {
+            2
+        } else {
+            1
+        };
+        assert_eq!(event.sequence, expected, "{}", event.event_type);
         assert_eq!(event.metadata["actor"], "system:plan_execution");
         assert_eq!(
             event.metadata["correlation_id"], approval.metadata["correlation_id"],
@@ -136,8 +143,10 @@ async fn an_approved_plan_becomes_its_tickets_and_tasks_each_caused_by_the_appro
     assert_eq!(status, StatusCode::OK, "{first}");
     assert_eq!(first["state"]["spec_id"], spec.as_str());
     assert_eq!(first["state"]["priority"], "HIGH");
+    assert_eq!(first["state"]["plan_key"], "TKT-1");
     let (_, refresh) = app.get(&format!("/api/v1/tasks/{}", task("TSK-4"))).await;
     assert_eq!(refresh["state"]["ticket_id"], ticket("TKT-2").as_str());
+    assert_eq!(refresh["state"]["plan_key"], "TSK-4");
     let mut waits: Vec<String> = refresh["state"]["depends_on"]
         .as_array()
         .expect("dependencies")

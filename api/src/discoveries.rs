@@ -104,6 +104,7 @@ async fn report_discovery(
             blocks_parent: body.blocks_parent,
         })),
         at: Utc::now(),
+        plan_key: None,
     };
     let report = TaskCommand::ReportDiscovery {
         discovered_task_id: id,

@@ -275,6 +275,7 @@ async fn create_task(
         validation,
         validates: None,
         at: Utc::now(),
+        plan_key: None,
     };
     let created = Versioned::committed(
         id,

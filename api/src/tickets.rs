@@ -114,6 +114,7 @@ async fn create_ticket(
         description: body.description,
         priority: body.priority,
         phase: body.phase,
+        plan_key: None,
     };
     let created = Versioned::committed(
         id,

@@ -654,6 +654,7 @@ impl Load {
                 description: String::new(),
                 priority: Priority::Medium,
                 phase: Phase::Backlog,
+                plan_key: None,
             },
             k => TicketCommand::TransitionTicket {
                 to: STATUSES[k.min(STATUSES.len() - 1)],

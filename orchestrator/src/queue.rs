@@ -164,7 +164,8 @@ impl Queue {
             | TaskEvent::TaskValidationRequired { .. }
             | TaskEvent::TaskVerdictGiven { .. }
             | TaskEvent::TaskValidationPassed { .. }
-            | TaskEvent::TaskValidationAbandoned { .. } => Change::None,
+            | TaskEvent::TaskValidationAbandoned { .. }
+            | TaskEvent::TaskPlanned { .. } => Change::None,
             TaskEvent::TaskValidationRejected { feedback, .. } => {
                 task.feedback = Some(feedback);
                 Change::None

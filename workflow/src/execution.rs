@@ -108,6 +108,7 @@ async fn execute(tx: &mut PgConnection, event: &StoredEvent) -> Result<(), Proje
             description: ticket.description.clone(),
             priority: ticket.priority,
             phase: Phase::default(),
+            plan_key: Some(ticket.key.clone()),
         };
         create::<Ticket>(tx, event, ticket_id, command, &context).await?;
     }
@@ -138,6 +139,7 @@ async fn execute(tx: &mut PgConnection, event: &StoredEvent) -> Result<(), Proje
             discovery: None,
             validation: validation(task),
             validates: None,
+            plan_key: Some(task.key.clone()),
             at,
         };
         create::<Task>(tx, event, task_id, command, &context).await?;

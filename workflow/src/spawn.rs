@@ -147,6 +147,7 @@ impl PhaseTasks {
             validation: None,
             validates: None,
             at: occurred_at(event),
+            plan_key: None,
         };
         let context = CommandContext::caused_by(Actor::System(NAME), event);
         create::<Task>(tx, event, task_id, command, &context).await

@@ -156,6 +156,7 @@ fn validation_task(
         validation: None,
         validates: Some(target),
         at: occurred_at(event),
+        plan_key: None,
     })
 }
 

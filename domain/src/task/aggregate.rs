@@ -152,6 +152,8 @@ pub struct Task {
     pub validates: Option<ValidationTarget>,
     /// On a validation task: its finding, once given.
     pub verdict: Option<Verdict>,
+    /// Its key in the spec's plan (`TSK-001`), when a plan made it.
+    pub plan_key: Option<String>,
 }
 
 impl Task {
@@ -192,6 +194,7 @@ impl Task {
                 discovery,
                 validation,
                 validates,
+                plan_key,
                 at,
             } => {
                 if self.exists() {
@@ -229,6 +232,7 @@ impl Task {
                 events
                     .extend(validation.map(|policy| TaskEvent::TaskValidationRequired { policy }));
                 events.extend(validates.map(|target| TaskEvent::TaskValidates { target }));
+                events.extend(plan_key.map(|key| TaskEvent::TaskPlanned { key }));
                 Ok(events)
             }
             TaskCommand::ReportDiscovery {
@@ -732,6 +736,7 @@ impl Task {
                 self.submitted_result = None;
                 self.progress = None;
             }
+            TaskEvent::TaskPlanned { key } => self.plan_key = Some(key),
             TaskEvent::TaskValidationAbandoned { validation_task_id } => {
                 self.last_error = Some(format!(
                     "validation task {validation_task_id} ended without a verdict"

@@ -30,6 +30,8 @@ pub enum TaskCommand {
         validation: Option<ValidationPolicy>,
         /// Set on a validation task: the submission it checks.
         validates: Option<ValidationTarget>,
+        /// Its key in the spec's plan, when a plan made it.
+        plan_key: Option<String>,
         at: DateTime<Utc>,
     },
     /// The running task's agent found work, created as task `discovered_task_id`.

@@ -158,6 +158,10 @@ pub enum TaskEvent {
     TaskValidationAbandoned {
         validation_task_id: Uuid,
     },
+    /// Right after its creation from a spec's plan: its key there.
+    TaskPlanned {
+        key: String,
+    },
 }
 
 impl TaskEvent {
@@ -183,6 +187,7 @@ impl TaskEvent {
             | Self::TaskValidationPassed { .. }
             | Self::TaskValidationRejected { .. }
             | Self::TaskValidationAbandoned { .. }
+            | Self::TaskPlanned { .. }
             | Self::TaskFailed { .. }
             | Self::TaskTimedOut { .. }
             | Self::TaskDependencyAdded { .. }
@@ -220,6 +225,7 @@ impl DomainEvent for TaskEvent {
             Self::TaskValidationRejected { .. } => "TaskValidationRejected",
             Self::TaskRevisionRequested { .. } => "TaskRevisionRequested",
             Self::TaskValidationAbandoned { .. } => "TaskValidationAbandoned",
+            Self::TaskPlanned { .. } => "TaskPlanned",
         }
         .to_string()
     }

@@ -83,6 +83,7 @@ impl NewTask {
             validation: self.validation,
             validates: self.validates,
             at: t0(),
+            plan_key: None,
         }
     }
 }
@@ -1016,6 +1017,9 @@ fn statuses_display_as_they_serialize_and_events_are_named_by_variant() {
     });
     events.push(TaskEvent::TaskValidationAbandoned {
         validation_task_id: validation_task_id(0),
+    });
+    events.push(TaskEvent::TaskPlanned {
+        key: "TSK-001".into(),
     });
     events.push(TaskEvent::TaskProgressReported {
         message: "x".into(),

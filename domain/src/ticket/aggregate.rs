@@ -95,6 +95,8 @@ pub struct Ticket {
     pub status: TicketStatus,
     pub blocked: Option<Block>,
     pub regressions: Vec<Regression>,
+    /// Its key in the spec's plan (`TKT-001`), when a plan made it.
+    pub plan_key: Option<String>,
 }
 
 impl Ticket {
@@ -123,11 +125,13 @@ impl Ticket {
                 description,
                 priority,
                 phase,
+                plan_key,
             } => {
                 if self.exists() {
                     return Err(TicketError::AlreadyExists);
                 }
-                Ok(vec![TicketEvent::TicketCreated {
+                let planned = plan_key.map(|key| TicketEvent::TicketPlanned { key });
+                let created = TicketEvent::TicketCreated {
                     ticket_id,
                     organization_id,
                     project_id,
@@ -137,7 +141,8 @@ impl Ticket {
                         .map_err(|p| TicketError::text("description", p))?,
                     priority,
                     phase,
-                }])
+                };
+                Ok(std::iter::once(created).chain(planned).collect())
             }
             TicketCommand::UpdateTicket {
                 title,
@@ -336,6 +341,7 @@ impl Aggregate for Ticket {
                 })
             }
             TicketEvent::TicketUnblocked => self.blocked = None,
+            TicketEvent::TicketPlanned { key } => self.plan_key = Some(key),
         }
     }
 }

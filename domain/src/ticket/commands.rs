@@ -17,6 +17,8 @@ pub enum TicketCommand {
         description: String,
         priority: Priority,
         phase: Phase,
+        /// Its key in the spec's plan, when a plan made it.
+        plan_key: Option<String>,
     },
     /// Changes any of the given details; `None` leaves a detail as it is.
     UpdateTicket {

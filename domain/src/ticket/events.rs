@@ -51,6 +51,10 @@ pub enum TicketEvent {
         blocked_at: DateTime<Utc>,
     },
     TicketUnblocked,
+    /// Right after its creation from a spec's plan: its key there.
+    TicketPlanned {
+        key: String,
+    },
 }
 
 impl TicketEvent {
@@ -62,7 +66,10 @@ impl TicketEvent {
             Self::TicketStatusChanged { to, .. } => Some(*to),
             // A regression sends the ticket back to be built again.
             Self::TicketRegressed { .. } => Some(TicketStatus::Building),
-            Self::TicketUpdated { .. } | Self::TicketBlocked { .. } | Self::TicketUnblocked => None,
+            Self::TicketUpdated { .. }
+            | Self::TicketBlocked { .. }
+            | Self::TicketUnblocked
+            | Self::TicketPlanned { .. } => None,
         }
     }
 }
@@ -76,6 +83,7 @@ impl DomainEvent for TicketEvent {
             Self::TicketRegressed { .. } => "TicketRegressed",
             Self::TicketBlocked { .. } => "TicketBlocked",
             Self::TicketUnblocked => "TicketUnblocked",
+            Self::TicketPlanned { .. } => "TicketPlanned",
         }
         .to_string()
     }

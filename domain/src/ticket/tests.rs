@@ -34,6 +34,7 @@ fn create_command(title: &str) -> TicketCommand {
         description: String::new(),
         priority: Priority::High,
         phase: Phase::Backlog,
+        plan_key: None,
     }
 }
 

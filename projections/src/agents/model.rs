@@ -51,7 +51,8 @@ pub fn task_effect(event: &TaskEvent) -> Option<TaskEffect> {
         | TaskEvent::TaskValidationPassed { .. }
         | TaskEvent::TaskValidationRejected { .. }
         | TaskEvent::TaskRevisionRequested { .. }
-        | TaskEvent::TaskValidationAbandoned { .. } => None,
+        | TaskEvent::TaskValidationAbandoned { .. }
+        | TaskEvent::TaskPlanned { .. } => None,
     }
 }
 

@@ -289,8 +289,8 @@ fn update_card(card: &mut Card, event: TicketEvent) {
             });
         }
         TicketEvent::TicketUnblocked => card.blocked = None,
-        // Creation builds the card; it never reaches here.
-        TicketEvent::TicketCreated { .. } => {}
+        // Creation builds the card; it never reaches here. A plan's key is not on the card.
+        TicketEvent::TicketCreated { .. } | TicketEvent::TicketPlanned { .. } => {}
     }
 }
 

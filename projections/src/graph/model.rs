@@ -75,7 +75,9 @@ impl GraphModel {
         match work {
             WorkEvent::Ticket { event, .. } => match event {
                 TicketEvent::TicketUpdated { title, .. } => title.is_some(),
-                TicketEvent::TicketBlocked { .. } | TicketEvent::TicketUnblocked => false,
+                TicketEvent::TicketBlocked { .. }
+                | TicketEvent::TicketUnblocked
+                | TicketEvent::TicketPlanned { .. } => false,
                 TicketEvent::TicketCreated { .. }
                 | TicketEvent::TicketStatusChanged { .. }
                 | TicketEvent::TicketRegressed { .. } => true,

@@ -114,6 +114,12 @@ fn ticket_summary(event: &TicketEvent, this: &str, id: Uuid) -> String {
             format!("{this} blocked ({})", wire(reason).replace('_', " "))
         }
         TicketEvent::TicketUnblocked => format!("{this} unblocked"),
+        TicketEvent::TicketPlanned { key } => {
+            format!(
+                "{this} is {} of its spec's plan",
+                one_line(key, TITLE_CHARS)
+            )
+        }
     }
 }
 
@@ -231,6 +237,12 @@ fn task_summary(event: &TaskEvent, this: &str, names: &Names) -> String {
         ),
         TaskEvent::TaskRevisionRequested { revision } => {
             format!("{this} back for revision {revision}")
+        }
+        TaskEvent::TaskPlanned { key } => {
+            format!(
+                "{this} is {} of its spec's plan",
+                one_line(key, TITLE_CHARS)
+            )
         }
         TaskEvent::TaskValidationAbandoned { validation_task_id } => format!(
             "{this} lost its validation: {} ended without a verdict",
