@@ -193,7 +193,8 @@ async fn created_work_belongs_to_the_specs_project() {
         .into_iter()
         .filter(|e| e.metadata.get("causation_id").is_some())
         .collect();
-    assert_eq!(caused.len(), 6);
+    // 2 tickets and 4 tasks, each created with its plan key.
+    assert_eq!(caused.len(), 2 * 6);
     for event in caused {
         assert_eq!(event.metadata["organization_id"], organization.as_str());
         assert_eq!(event.metadata["project_id"], project.as_str());

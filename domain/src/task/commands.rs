@@ -5,6 +5,9 @@ use super::{Discovery, DiscoveryKind, ValidationPolicy, ValidationTarget, Verdic
 use crate::common::{Phase, Priority};
 
 /// Everything that can be asked of a task.
+// A command lives for one decision and is moved, not stored: the size of its largest
+// variant costs nothing worth a box.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum TaskCommand {
     CreateTask {
