@@ -304,3 +304,38 @@ async fn a_spec_moves_through_its_gates_only_when_approved() {
     let archived = app.must(&path("archive"), json!({}), StatusCode::OK).await;
     assert_eq!(archived["state"]["phase"], "archived");
 }
+
+/// An archived project takes no new work: tickets, tasks and specs are refused with 409
+/// `project_archived` and nothing is written.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_archived_project_refuses_new_work_and_writes_nothing() {
+    let app = spawn_app().await;
+    let (_, project) = app.organization_and_project().await;
+    let ticket = app.ticket(&project, "Before the archive").await;
+    app.must(
+        &format!("/api/v1/projects/{project}/archive"),
+        json!({}),
+        StatusCode::OK,
+    )
+    .await;
+    let before = app.event_count().await;
+    for (path, body) in [
+        (
+            "/api/v1/tickets",
+            json!({"project_id": project, "title": "After"}),
+        ),
+        (
+            "/api/v1/tasks",
+            json!({"ticket_id": ticket, "title": "After", "task_type": "implement"}),
+        ),
+        (
+            "/api/v1/specs",
+            json!({"project_id": project, "title": "After"}),
+        ),
+    ] {
+        let (status, answer) = app.post(path, body).await;
+        assert_eq!(status, StatusCode::CONFLICT, "{path}: {answer}");
+        assert_eq!(answer["code"], "project_archived", "{path}");
+    }
+    assert_eq!(app.event_count().await, before);
+}

@@ -256,6 +256,10 @@ impl From<AdmissionError> for ApiError {
             Refusal::SpecInOtherProject(_) => {
                 Self::invalid("spec_in_other_project", "spec_id", detail)
             }
+            Refusal::ProjectArchived(_) => Self::Conflict {
+                code: "project_archived",
+                detail,
+            },
             Refusal::TicketDone(_) => Self::Conflict {
                 code: "ticket_done",
                 detail,

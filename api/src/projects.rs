@@ -7,6 +7,7 @@ use chrono::Utc;
 use omoi_domain::access::Permission;
 use omoi_domain::organization::Organization;
 use omoi_domain::project::{Project, ProjectCommand, ProjectSettings, SettingsChange};
+use omoi_workflow::admission::{self, AdmissionError};
 use serde::Deserialize;
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
@@ -44,8 +45,9 @@ pub struct CreateProject {
     pub settings: Option<ChangeSettings>,
 }
 
-/// Loads an active project that `caller` may add work to with `permission`: 404 when it
-/// does not exist (or is not visible), 403 without the permission, 409 when archived.
+/// Loads a project that `caller` may add work to with `permission`: 404 when it does not
+/// exist (or is not visible), 403 without the permission, 409 when admission refuses it
+/// (archived: `admission::project_takes_work`).
 pub async fn active_project(
     state: &AppState,
     caller: &Caller,
@@ -53,12 +55,7 @@ pub async fn active_project(
     id: Uuid,
 ) -> ApiResult<Project> {
     let (project, _) = state.read::<Project>(caller, permission, id).await?;
-    if !project.is_active() {
-        return Err(ApiError::Conflict {
-            code: "project_archived",
-            detail: format!("project {id} is archived; no new work can be added to it"),
-        });
-    }
+    admission::project_takes_work(id, &project).map_err(AdmissionError::from)?;
     Ok(project)
 }
 

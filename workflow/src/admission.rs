@@ -1,12 +1,13 @@
 //! Admission: whether new work may join the work that exists — the rules spanning
-//! aggregates that a person's request meets before its command is decided. A task joins
-//! only a ticket that is not done; a task waits only for tasks of its own project, and
+//! aggregates that a person's request meets before its command is decided. New work joins
+//! only a project that is not archived; a task joins only a ticket that is not done; a task waits only for tasks of its own project, and
 //! never in a circle; a ticket names only a spec of its own project. Handlers load what
 //! the caller may see (authorization is theirs) and translate a [`Refusal`] to HTTP; the
 //! rules themselves live here, beside the process managers that apply the others.
 
 use std::collections::BTreeSet;
 
+use omoi_domain::project::Project;
 use omoi_domain::spec::Spec;
 use omoi_domain::task::Task;
 use omoi_domain::ticket::{Ticket, TicketStatus};
@@ -19,6 +20,8 @@ use crate::cycles::{self, CycleCheckError, ProjectLock};
 /// A rule that refuses the new work, one variant per rule.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Refusal {
+    #[error("project {0} is archived; no new work can be added to it")]
+    ProjectArchived(Uuid),
     #[error("ticket {0} is done; no task can be added to it")]
     TicketDone(Uuid),
     #[error("task {0} (in depends_on) does not exist")]
@@ -57,6 +60,15 @@ impl<E: std::error::Error> From<CommandError<E>> for AdmissionError {
             CommandError::Unavailable(cause) => Self::Unavailable(cause),
             other => Self::Internal(other.to_string()),
         }
+    }
+}
+
+/// New work (a ticket, a task, a spec, an agent of the project) may join project
+/// `project_id` unless it is archived.
+pub fn project_takes_work(project_id: Uuid, project: &Project) -> Result<(), Refusal> {
+    match project.is_active() {
+        true => Ok(()),
+        false => Err(Refusal::ProjectArchived(project_id)),
     }
 }
 
