@@ -282,7 +282,9 @@ impl BuildWorker {
     /// Takes the build's lock if free and projects while it holds it. `Ok(true)` when the
     /// build is retired and the worker should end.
     async fn lead(&mut self) -> Result<bool, sqlx::Error> {
-        let mut conn = PgConnection::connect_with(&self.options).await?;
+        // Named after its projector, so that `pg_stat_activity` tells whose batch is open.
+        let options = self.options.clone().application_name(self.projector.name());
+        let mut conn = PgConnection::connect_with(&options).await?;
         let locked: bool =
             sqlx::query_scalar("select pg_try_advisory_lock(hashtext('omoi-projector'), $1::int)")
                 .bind(self.build as i32)
