@@ -81,23 +81,6 @@ pub trait ProcessManager: Send + Sync + 'static {
         schema: &'a str,
         event: &'a StoredEvent,
     ) -> BoxFuture<'a, Result<(), ProjectionError>>;
-
-    /// Its reaction to a batch's events it reacts to, in the stream's order: one at a
-    /// time unless it decides a batch at once (set-based, as read models do), with the
-    /// same effects.
-    fn react_batch<'a>(
-        &'a self,
-        tx: &'a mut PgConnection,
-        schema: &'a str,
-        events: &'a [&'a StoredEvent],
-    ) -> BoxFuture<'a, Result<(), ProjectionError>> {
-        Box::pin(async move {
-            for event in events {
-                self.react(&mut *tx, schema, event).await?;
-            }
-            Ok(())
-        })
-    }
 }
 
 /// A process manager as the projection runner runs it: a projector whose tables are its
@@ -136,13 +119,10 @@ impl<P: ProcessManager> Projector for Run<P> {
         events: &'a [StoredEvent],
     ) -> BoxFuture<'a, Result<(), ProjectionError>> {
         Box::pin(async move {
-            let relevant: Vec<&StoredEvent> = events
-                .iter()
-                .filter(|e| self.manager.reacts_to(e))
-                .collect();
-            let reacted = !relevant.is_empty();
-            if reacted {
-                self.manager.react_batch(tx, schema, &relevant).await?;
+            let mut reacted = false;
+            for event in events.iter().filter(|e| self.manager.reacts_to(e)) {
+                self.manager.react(tx, schema, event).await?;
+                reacted = true;
             }
             // The batch's own appends carry its transaction's id (asked only when it
             // reacted: most batches hold nothing for a given process manager).

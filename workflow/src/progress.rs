@@ -1,19 +1,13 @@
 //! `ticket_progress`: a ticket with tasks moves by itself as its tasks do — to `building`
 //! once one of them is assigned, to `building-done` once all its work that is not a
 //! validation completed or was submitted for validation, to `testing` when a validation
-//! starts, to `done` once all of its tasks completed (cancelled ones aside), and blocked
-//! (`failing_checks`, naming the task and its error) when one fails for good. It only
-//! ever moves a ticket forward, so a move a person made by hand is never undone; a move
-//! the ticket refuses (it is blocked, say) is skipped. A project whose setting
-//! `auto_advance` is off is left alone.
+//! starts, to `done` once all of its tasks completed (cancelled ones aside), and blocked (`failing_checks`, naming the
+//! task and its error) when one fails for good. It only ever moves a ticket forward, so a
+//! move a person made by hand is never undone; a move the ticket refuses (it is blocked,
+//! say) is skipped. A project whose setting `auto_advance` is off is left alone.
 //!
 //! Its state, in its own table: every task's ticket and status, as the events left them,
-//! and whether it is a validation task. A batch is decided at once: the table written
-//! with one statement per kind of change, then each ticket that changed moved to the
-//! furthest status its changes ask (one statement per event had kept it saturated under
-//! load, half a second behind the log: `omoi-bench bench-workflow`).
-
-use std::collections::{BTreeMap, HashMap};
+//! and whether it is a validation task.
 
 use futures_util::future::BoxFuture;
 use omoi_domain::project::Project;
@@ -67,16 +61,7 @@ impl ProcessManager for TicketProgress {
         schema: &'a str,
         event: &'a StoredEvent,
     ) -> BoxFuture<'a, Result<(), ProjectionError>> {
-        Box::pin(async move { tasks_changed(tx, schema, &[event]).await })
-    }
-
-    fn react_batch<'a>(
-        &'a self,
-        tx: &'a mut PgConnection,
-        schema: &'a str,
-        events: &'a [&'a StoredEvent],
-    ) -> BoxFuture<'a, Result<(), ProjectionError>> {
-        Box::pin(tasks_changed(tx, schema, events))
+        Box::pin(task_changed(tx, schema, event))
     }
 }
 
@@ -84,262 +69,110 @@ fn text(status: TaskStatus) -> &'static str {
     status.as_str()
 }
 
-/// A status change of a task, as the batch's events leave it.
-struct Change<'a> {
-    task_id: &'a str,
-    status: TaskStatus,
-    event: &'a StoredEvent,
-}
-
-/// What a batch asks of one ticket: the furthest status its tasks' changes take it to,
-/// and the event that asked it (the moves' cause).
-struct Ask<'a> {
-    to: TicketStatus,
-    cause: &'a StoredEvent,
-}
-
-/// The batch's task events, decided at once: the table's rows written set-based (a
-/// statement per kind of change, not one per event), then every ticket that changed asked
-/// where its tasks take it — moved forward to the furthest status any of its changes asks
-/// (each step caused by that change's event), or blocked by a task failing for good. The
-/// project's setting and the ticket are read only for tickets asked to move.
-async fn tasks_changed(
+async fn task_changed(
     tx: &mut PgConnection,
     schema: &str,
-    events: &[&StoredEvent],
+    event: &StoredEvent,
 ) -> Result<(), ProjectionError> {
-    let mut created: (Vec<&str>, Vec<String>) = (Vec::new(), Vec::new());
-    let mut validations: Vec<&str> = Vec::new();
-    let mut changes: Vec<Change> = Vec::new();
-    for event in events {
-        let change: TaskEvent = serde_json::from_value(event.payload.clone())
-            .map_err(|e| ProjectionError::payload(event, e))?;
-        let task_id = event.aggregate_id.as_str();
-        match change {
-            TaskEvent::TaskCreated { ticket_id, .. } => {
-                created.0.push(task_id);
-                created.1.push(ticket_id.to_string());
-            }
-            TaskEvent::TaskValidates { .. } => validations.push(task_id),
-            other => {
-                if let Some(status) = other.status_after() {
-                    changes.push(Change {
-                        task_id,
-                        status,
-                        event,
-                    });
-                }
-            }
-        }
-    }
-    if !created.0.is_empty() {
+    let change: TaskEvent = serde_json::from_value(event.payload.clone())
+        .map_err(|e| ProjectionError::payload(event, e))?;
+    if let TaskEvent::TaskCreated { ticket_id, .. } = &change {
         sqlx::query(&format!(
-            "insert into {schema}.tasks (task_id, ticket_id, status)
-             select task_id, ticket_id, $3 from unnest($1::text[], $2::text[]) as n(task_id, ticket_id)
+            "insert into {schema}.tasks (task_id, ticket_id, status) values ($1, $2, $3)
              on conflict (task_id) do nothing"
         ))
-        .bind(&created.0)
-        .bind(&created.1)
+        .bind(&event.aggregate_id)
+        .bind(ticket_id.to_string())
         .bind(text(TaskStatus::Pending))
         .execute(&mut *tx)
         .await?;
-    }
-    if !validations.is_empty() {
-        sqlx::query(&format!(
-            "update {schema}.tasks set validation = true where task_id = any($1)"
-        ))
-        .bind(&validations)
-        .execute(&mut *tx)
-        .await?;
-    }
-    if changes.is_empty() {
         return Ok(());
     }
-    // Each task's last status of the batch; the rows say each task's ticket.
-    let mut last: BTreeMap<&str, TaskStatus> = BTreeMap::new();
-    for change in &changes {
-        last.insert(change.task_id, change.status);
+    if let TaskEvent::TaskValidates { .. } = &change {
+        sqlx::query(&format!(
+            "update {schema}.tasks set validation = true where task_id = $1"
+        ))
+        .bind(&event.aggregate_id)
+        .execute(&mut *tx)
+        .await?;
+        return Ok(());
     }
-    let (ids, statuses): (Vec<&str>, Vec<&str>) =
-        last.iter().map(|(id, status)| (*id, text(*status))).unzip();
-    let rows: Vec<(String, String, bool)> = sqlx::query_as(&format!(
-        "update {schema}.tasks t set status = u.status
-           from unnest($1::text[], $2::text[]) as u(task_id, status)
-          where t.task_id = u.task_id
-      returning t.task_id, t.ticket_id, t.validation"
+    let Some(status) = change.status_after() else {
+        return Ok(());
+    };
+    let row: Option<(String, bool)> = sqlx::query_as(&format!(
+        "update {schema}.tasks set status = $2 where task_id = $1
+         returning ticket_id, validation"
     ))
-    .bind(&ids)
-    .bind(&statuses)
-    .fetch_all(&mut *tx)
+    .bind(&event.aggregate_id)
+    .bind(text(status))
+    .fetch_optional(&mut *tx)
     .await?;
-    let tasks: HashMap<String, (String, bool)> = rows
-        .into_iter()
-        .map(|(task, ticket, validation)| (task, (ticket, validation)))
-        .collect();
-
-    let mut asks: BTreeMap<&str, Ask> = BTreeMap::new();
-    let mut finishing: BTreeMap<&str, &StoredEvent> = BTreeMap::new();
-    let mut failures: Vec<(&str, &StoredEvent)> = Vec::new();
-    for change in &changes {
-        let Some((ticket, validation)) = tasks.get(change.task_id) else {
-            continue;
-        };
-        let ticket = ticket.as_str();
-        let to = match change.status {
-            TaskStatus::Assigned => TicketStatus::Building,
-            TaskStatus::Running if *validation => TicketStatus::Testing,
-            TaskStatus::Completed | TaskStatus::Cancelled | TaskStatus::PendingValidation => {
-                finishing.insert(ticket, change.event);
-                continue;
-            }
-            TaskStatus::PermanentlyFailed | TaskStatus::TimedOut => {
-                failures.push((ticket, change.event));
-                continue;
-            }
-            _ => continue,
-        };
-        ask(&mut asks, ticket, to, change.event);
-    }
-    for (ticket, to) in finished_steps(tx, schema, finishing.keys().copied()).await? {
-        if let Some((ticket, cause)) = finishing.get_key_value(ticket.as_str()) {
-            let finished = Ask { to, cause };
-            if asks
-                .get(ticket)
-                .is_none_or(|a| rank(a.to) <= rank(finished.to))
-            {
-                asks.insert(ticket, finished);
-            }
-        }
-    }
-
-    let mut settings = ProjectSettingsCache::default();
-    for (ticket, Ask { to, cause }) in asks {
-        let (state, events) = load::<Ticket>(tx, cause, ticket).await?;
-        if events == 0
-            || rank(state.status) >= rank(to)
-            || !settings.auto_advance(tx, cause).await?
-        {
-            continue;
-        }
-        // An archived spec's tasks were cancelled with it, which finishes nothing.
-        let finishes = matches!(to, TicketStatus::BuildingDone | TicketStatus::Done);
-        if finishes && of_archived_spec(tx, cause, &state).await? {
-            continue;
-        }
-        let context = CommandContext::caused_by(Actor::System(NAME), cause);
-        advance(tx, cause, ticket, state, to, &context).await?;
-    }
-    for (ticket, event) in failures {
-        if settings.auto_advance(tx, event).await? {
-            block(tx, event, ticket).await?;
-        }
-    }
-    Ok(())
-}
-
-/// Records that `cause` asks `ticket` to go to `to`, unless another change of the batch
-/// asks it further.
-fn ask<'a>(
-    asks: &mut BTreeMap<&'a str, Ask<'a>>,
-    ticket: &'a str,
-    to: TicketStatus,
-    cause: &'a StoredEvent,
-) {
-    if asks.get(ticket).is_none_or(|a| rank(a.to) <= rank(to)) {
-        asks.insert(ticket, Ask { to, cause });
-    }
-}
-
-/// Blocks `ticket` (`failing_checks`) for the task of `event`, which failed for good; its
-/// own last error says why.
-async fn block(
-    tx: &mut PgConnection,
-    event: &StoredEvent,
-    ticket: &str,
-) -> Result<(), ProjectionError> {
-    let (task, _) = load::<Task>(tx, event, &event.aggregate_id).await?;
-    let note = match task.last_error {
-        Some(error) => format!("task {} failed for good: {error}", event.aggregate_id),
-        None => format!("task {} failed for good", event.aggregate_id),
+    let Some((ticket, validation)) = row else {
+        return Ok(());
     };
-    let block = TicketCommand::BlockTicket {
-        reason: BlockReason::FailingChecks,
-        note: Some(note),
-        at: occurred_at(event),
-    };
+    if !auto_advance(tx, event).await? {
+        return Ok(());
+    }
     let context = CommandContext::caused_by(Actor::System(NAME), event);
-    command(tx, event, ticket, block, &context).await.map(drop)
-}
-
-/// The projects' `auto_advance` as the batch reads them, each project read once.
-#[derive(Default)]
-struct ProjectSettingsCache {
-    auto_advance: HashMap<String, bool>,
-}
-
-impl ProjectSettingsCache {
-    /// Whether the project of `event`'s task lets tickets move by themselves.
-    async fn auto_advance(
-        &mut self,
-        tx: &mut PgConnection,
-        event: &StoredEvent,
-    ) -> Result<bool, ProjectionError> {
-        let Some(project_id) = event.metadata.get("project_id").and_then(|v| v.as_str()) else {
-            return Ok(false);
-        };
-        if let Some(on) = self.auto_advance.get(project_id) {
-            return Ok(*on);
+    match status {
+        TaskStatus::Assigned => advance(tx, event, &ticket, TicketStatus::Building, &context).await,
+        TaskStatus::Running if validation => {
+            advance(tx, event, &ticket, TicketStatus::Testing, &context).await
         }
-        let (project, _) = load::<Project>(tx, event, project_id).await?;
-        let on = project.settings.auto_advance;
-        self.auto_advance.insert(project_id.to_string(), on);
-        Ok(on)
+        TaskStatus::Completed | TaskStatus::Cancelled | TaskStatus::PendingValidation => {
+            let Some(to) = finished_step(tx, schema, &ticket).await? else {
+                return Ok(());
+            };
+            if !of_archived_spec(tx, event, &ticket).await? {
+                advance(tx, event, &ticket, to, &context).await?;
+            }
+            Ok(())
+        }
+        TaskStatus::PermanentlyFailed | TaskStatus::TimedOut => {
+            // The task's own last error says why.
+            let (task, _) = load::<Task>(tx, event, &event.aggregate_id).await?;
+            let note = match task.last_error {
+                Some(error) => format!("task {} failed for good: {error}", event.aggregate_id),
+                None => format!("task {} failed for good", event.aggregate_id),
+            };
+            let block = TicketCommand::BlockTicket {
+                reason: BlockReason::FailingChecks,
+                note: Some(note),
+                at: occurred_at(event),
+            };
+            command(tx, event, &ticket, block, &context).await.map(drop)
+        }
+        _ => Ok(()),
     }
 }
 
-/// A ticket status's place in the walk `backlog → … → done`.
-fn rank(status: TicketStatus) -> Option<usize> {
-    TicketStatus::ALL.iter().position(|s| *s == status)
-}
-
-/// How far each of `tickets` has come by its finished work: `done` once every task
-/// completed (cancelled ones aside), `building-done` once all its work that is not a
-/// validation completed or waits for its verdict; tickets with work left are not named.
-async fn finished_steps(
+/// How far a ticket's finished work takes it: `done` once every task completed
+/// (cancelled ones aside), `building-done` once all its work that is not a validation
+/// completed or waits for its verdict; `None` while work is left.
+async fn finished_step(
     tx: &mut PgConnection,
     schema: &str,
-    tickets: impl Iterator<Item = &str>,
-) -> Result<Vec<(String, TicketStatus)>, ProjectionError> {
-    let tickets: Vec<&str> = tickets.collect();
-    if tickets.is_empty() {
-        return Ok(Vec::new());
-    }
-    let counts: Vec<(String, i64, i64, i64)> = sqlx::query_as(&format!(
-        "select ticket_id,
-                count(*) filter (where status not in ($2, $3)),
+    ticket: &str,
+) -> Result<Option<TicketStatus>, ProjectionError> {
+    let (open, open_work, finished): (i64, i64, i64) = sqlx::query_as(&format!(
+        "select count(*) filter (where status not in ($2, $3)),
                 count(*) filter (where not validation and status not in ($2, $3, $4)),
                 count(*) filter (where status in ($2, $4))
-           from {schema}.tasks where ticket_id = any($1)
-          group by ticket_id"
+           from {schema}.tasks where ticket_id = $1"
     ))
-    .bind(&tickets)
+    .bind(ticket)
     .bind(text(TaskStatus::Completed))
     .bind(text(TaskStatus::Cancelled))
     .bind(text(TaskStatus::PendingValidation))
-    .fetch_all(&mut *tx)
+    .fetch_one(&mut *tx)
     .await?;
-    Ok(counts
-        .into_iter()
-        .filter_map(|(ticket, open, open_work, finished)| {
-            let to = match (open, open_work, finished) {
-                (_, _, 0) => return None,
-                (0, _, _) => TicketStatus::Done,
-                (_, 0, _) => TicketStatus::BuildingDone,
-                _ => return None,
-            };
-            Some((ticket, to))
-        })
-        .collect())
+    Ok(match (open, open_work, finished) {
+        (_, _, 0) => None,
+        (0, _, _) => Some(TicketStatus::Done),
+        (_, 0, _) => Some(TicketStatus::BuildingDone),
+        _ => None,
+    })
 }
 
 /// Whether the ticket belongs to an archived spec: its tasks were cancelled with it, which
@@ -347,8 +180,9 @@ async fn finished_steps(
 async fn of_archived_spec(
     tx: &mut PgConnection,
     event: &StoredEvent,
-    ticket: &Ticket,
+    ticket_id: &str,
 ) -> Result<bool, ProjectionError> {
+    let (ticket, _) = load::<Ticket>(tx, event, ticket_id).await?;
     let Some(spec_id) = ticket.spec_id else {
         return Ok(false);
     };
@@ -356,16 +190,28 @@ async fn of_archived_spec(
     Ok(spec.phase == SpecPhase::Archived)
 }
 
-/// Moves `ticket` (as it stands in the batch) forward, one step at a time, until it is
-/// `to`; never backwards.
+/// Whether the task's project lets tickets move by themselves (its `auto_advance`).
+async fn auto_advance(tx: &mut PgConnection, event: &StoredEvent) -> Result<bool, ProjectionError> {
+    let Some(project_id) = event.metadata.get("project_id").and_then(|v| v.as_str()) else {
+        return Ok(false);
+    };
+    let (project, _) = load::<Project>(tx, event, project_id).await?;
+    Ok(project.settings.auto_advance)
+}
+
+/// Moves the ticket forward, one step at a time, until it is `to`; never backwards.
 async fn advance(
     tx: &mut PgConnection,
     event: &StoredEvent,
     ticket_id: &str,
-    mut ticket: Ticket,
     to: TicketStatus,
     context: &CommandContext,
 ) -> Result<(), ProjectionError> {
+    let rank = |status: TicketStatus| TicketStatus::ALL.iter().position(|s| *s == status);
+    let (mut ticket, events) = load::<Ticket>(tx, event, ticket_id).await?;
+    if events == 0 {
+        return Ok(());
+    }
     while rank(ticket.status) < rank(to) {
         let Some(next) = ticket.status.next() else {
             break;
