@@ -111,25 +111,22 @@ async fn task_changed(
     let Some((ticket, validation)) = row else {
         return Ok(());
     };
-    if !auto_advance(tx, event).await? {
-        return Ok(());
-    }
     let context = CommandContext::caused_by(Actor::System(NAME), event);
-    match status {
-        TaskStatus::Assigned => advance(tx, event, &ticket, TicketStatus::Building, &context).await,
-        TaskStatus::Running if validation => {
-            advance(tx, event, &ticket, TicketStatus::Testing, &context).await
-        }
+    // What the change asks of the ticket; the project's setting and the ticket itself are
+    // read only when it asks something (most events of a running ticket ask nothing).
+    let to = match status {
+        TaskStatus::Assigned => TicketStatus::Building,
+        TaskStatus::Running if validation => TicketStatus::Testing,
         TaskStatus::Completed | TaskStatus::Cancelled | TaskStatus::PendingValidation => {
-            let Some(to) = finished_step(tx, schema, &ticket).await? else {
-                return Ok(());
-            };
-            if !of_archived_spec(tx, event, &ticket).await? {
-                advance(tx, event, &ticket, to, &context).await?;
+            match finished_step(tx, schema, &ticket).await? {
+                Some(to) => to,
+                None => return Ok(()),
             }
-            Ok(())
         }
         TaskStatus::PermanentlyFailed | TaskStatus::TimedOut => {
+            if !auto_advance(tx, event).await? {
+                return Ok(());
+            }
             // The task's own last error says why.
             let (task, _) = load::<Task>(tx, event, &event.aggregate_id).await?;
             let note = match task.last_error {
@@ -141,10 +138,25 @@ async fn task_changed(
                 note: Some(note),
                 at: occurred_at(event),
             };
-            command(tx, event, &ticket, block, &context).await.map(drop)
+            return command(tx, event, &ticket, block, &context).await.map(drop);
         }
-        _ => Ok(()),
+        _ => return Ok(()),
+    };
+    let (state, events) = load::<Ticket>(tx, event, &ticket).await?;
+    if events == 0 || rank(state.status) >= rank(to) || !auto_advance(tx, event).await? {
+        return Ok(());
     }
+    // An archived spec's tasks were cancelled with it, which finishes nothing.
+    let finishing = matches!(to, TicketStatus::BuildingDone | TicketStatus::Done);
+    if finishing && of_archived_spec(tx, event, &state).await? {
+        return Ok(());
+    }
+    advance(tx, event, &ticket, state, to, &context).await
+}
+
+/// A ticket status's place in the walk `backlog → … → done`.
+fn rank(status: TicketStatus) -> Option<usize> {
+    TicketStatus::ALL.iter().position(|s| *s == status)
 }
 
 /// How far a ticket's finished work takes it: `done` once every task completed
@@ -180,9 +192,8 @@ async fn finished_step(
 async fn of_archived_spec(
     tx: &mut PgConnection,
     event: &StoredEvent,
-    ticket_id: &str,
+    ticket: &Ticket,
 ) -> Result<bool, ProjectionError> {
-    let (ticket, _) = load::<Ticket>(tx, event, ticket_id).await?;
     let Some(spec_id) = ticket.spec_id else {
         return Ok(false);
     };
@@ -199,19 +210,16 @@ async fn auto_advance(tx: &mut PgConnection, event: &StoredEvent) -> Result<bool
     Ok(project.settings.auto_advance)
 }
 
-/// Moves the ticket forward, one step at a time, until it is `to`; never backwards.
+/// Moves `ticket` (as it stands in the batch) forward, one step at a time, until it is
+/// `to`; never backwards.
 async fn advance(
     tx: &mut PgConnection,
     event: &StoredEvent,
     ticket_id: &str,
+    mut ticket: Ticket,
     to: TicketStatus,
     context: &CommandContext,
 ) -> Result<(), ProjectionError> {
-    let rank = |status: TicketStatus| TicketStatus::ALL.iter().position(|s| *s == status);
-    let (mut ticket, events) = load::<Ticket>(tx, event, ticket_id).await?;
-    if events == 0 {
-        return Ok(());
-    }
     while rank(ticket.status) < rank(to) {
         let Some(next) = ticket.status.next() else {
             break;
