@@ -825,3 +825,51 @@ async fn a_hand_made_ticket_gets_the_task_of_its_phase() {
     let quiet = app.ticket(&project, "No automatic task").await;
     assert_eq!(tasks_of(&app, &quiet).await, Vec::<Value>::new());
 }
+
+/// A process manager's table that gained a column in place (`upgrade_tables`) gets it on
+/// an existing build when a process starts on it — without a rebuild, which would re-run
+/// its reactions — and keeps its rows.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_existing_build_gains_a_new_column_in_place_and_keeps_its_rows() {
+    use omoi_projections::catalog::ensure_current_build;
+    use omoi_workflow::progress::TicketProgress;
+    let app = spawn_app().await;
+    let (_, project) = app.organization_and_project().await;
+    let ticket = app.ticket(&project, "Old rows").await;
+    app.task(&ticket, "Before the column", json!({})).await;
+    app.caught_up().await;
+    let progress = omoi_workflow::run(TicketProgress);
+    let build = ensure_current_build(&app.database.pool, progress.as_ref())
+        .await
+        .expect("the build");
+    let table = format!("{}.tasks", build.schema());
+    // The table and its view as they were before validation existed.
+    for statement in [
+        "drop view public.ticket_progress_tasks".to_string(),
+        format!("alter table {table} drop column validation"),
+        format!("create view public.ticket_progress_tasks as select * from {table}"),
+    ] {
+        sqlx::query(&statement)
+            .execute(&app.database.pool)
+            .await
+            .expect("the old shape");
+    }
+
+    let again = ensure_current_build(&app.database.pool, progress.as_ref())
+        .await
+        .expect("the same build");
+    assert_eq!(again.build, build.build, "no rebuild");
+    let rows: Vec<(String, bool)> = sqlx::query_as(&format!(
+        "select status, validation from {table} order by task_id"
+    ))
+    .fetch_all(&app.database.pool)
+    .await
+    .expect("the column is back");
+    assert_eq!(rows, [("pending".to_string(), false)]);
+    let through_view: Vec<bool> =
+        sqlx::query_scalar("select validation from public.ticket_progress_tasks")
+            .fetch_all(&app.database.pool)
+            .await
+            .expect("the view shows the new column");
+    assert_eq!(through_view, [false]);
+}

@@ -151,8 +151,14 @@ pub async fn ensure_current_build(
         .await?;
     if let Some(row) = existing {
         let build = Build::from_row(&row)?;
-        for statement in projector.upgrade_tables(&build.schema()) {
-            sqlx::query(&statement).execute(&mut *tx).await?;
+        let upgrades = projector.upgrade_tables(&build.schema());
+        for statement in &upgrades {
+            sqlx::query(statement).execute(&mut *tx).await?;
+        }
+        // A view selects the columns its table had when it was made: made again, it shows
+        // the new ones.
+        if !upgrades.is_empty() && build.state == BuildState::Live {
+            point_views(&mut tx, projector, &build.schema()).await?;
         }
         tx.commit().await?;
         return Ok(build);
