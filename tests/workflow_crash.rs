@@ -1,7 +1,8 @@
 //! The process managers survive their process being killed at any instant: plans are
-//! approved, then the `omoi serve` running the process managers is SIGKILLed and restarted
-//! ten times at random moments, and in the end every ticket and task of every plan exists,
-//! once.
+//! approved, in-process agents run the work, and the `omoi serve` running the process
+//! managers is SIGKILLed and restarted ten times at random moments; in the end every spec
+//! completed, every ticket and task of every plan exists once, every task was validated
+//! once, and every ticket walked its statuses once, in order.
 
 use std::process::Child;
 use std::time::{Duration, Instant};
@@ -128,11 +129,40 @@ async fn created(database: &TestDatabase, kind: &str) -> (i64, i64) {
     .expect("a count")
 }
 
+/// Events of `kind` in the log: (count, distinct aggregates).
+async fn counted(database: &TestDatabase, kind: &str) -> (i64, i64) {
+    sqlx::query_as(
+        "select count(*), count(distinct aggregate_id) from events where event_type = $1",
+    )
+    .bind(kind)
+    .fetch_one(&database.pool)
+    .await
+    .expect("a count")
+}
+
 #[tokio::test(flavor = "multi_thread")]
-async fn every_planned_ticket_and_task_exists_once_whenever_the_process_was_killed() {
+async fn every_plan_runs_to_completion_once_whenever_the_process_was_killed() {
+    use omoi_orchestrator::{Work, Worker, WorkerConfig};
     let database = TestDatabase::create().await.expect("a database");
     let bus = CommandBus::new(database.pool.clone(), RetryPolicy::default());
     approved_specs(&bus).await;
+    // In-process agents (in this test's process, which is not killed) run every task and
+    // every validation as soon as it is ready.
+    let directory = std::env::temp_dir().join(format!("omoi-crash-{}", Uuid::now_v7()));
+    let worker = Worker::start(
+        database.pool.clone(),
+        WorkerConfig {
+            work: Work::Nothing,
+            validate: Work::Nothing,
+            agents_per_organization: 16,
+            project_concurrency: 16,
+            organization_concurrency: 16,
+            poll_interval_ms: 100,
+            check_interval_ms: 200,
+            work_dir: directory.join("work"),
+            ..WorkerConfig::default()
+        },
+    );
 
     let mut rng = rand::thread_rng();
     // Kills that came before the plans were carried out (the effects commit with the
@@ -152,30 +182,66 @@ async fn every_planned_ticket_and_task_exists_once_whenever_the_process_was_kill
             killed_before_done += 1;
         }
     }
-    // The last one runs until the plans are carried out.
+    // The last one runs until every spec completed.
     let mut server = serve(&database);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let expected = ((SPECS * TICKETS) as i64, (SPECS * TICKETS * TASKS) as i64);
+    let deadline = Instant::now() + Duration::from_secs(180);
     loop {
-        let tickets = created(&database, "TicketCreated").await;
-        let tasks = created(&database, "TaskCreated").await;
-        if (tickets.0, tasks.0) == expected {
-            // Each aggregate created once: as many distinct ids as creations.
-            assert_eq!((tickets.1, tasks.1), expected);
+        let (completed, _) = counted(&database, "SpecCompleted").await;
+        if completed >= SPECS as i64 {
             break;
         }
         assert!(
-            tickets.0 <= expected.0 && tasks.0 <= expected.1,
-            "more created than planned: {tickets:?} {tasks:?}"
-        );
-        assert!(
             Instant::now() < deadline,
-            "the plans were not carried out: {tickets:?} {tasks:?}"
+            "{completed} of {SPECS} specs completed; tasks completed: {:?}",
+            counted(&database, "TaskCompleted").await
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     server.kill().expect("SIGKILL");
     server.wait().expect("reaped");
+    worker.stop().await;
+    let _ = std::fs::remove_dir_all(&directory);
+
+    // Each planned ticket and task created once; each spec completed once.
+    let expected = ((SPECS * TICKETS) as i64, (SPECS * TICKETS * TASKS) as i64);
+    let (tickets, tasks) = (
+        created(&database, "TicketCreated").await,
+        created(&database, "TaskCreated").await,
+    );
+    assert_eq!((tickets.0, tasks.0), expected);
+    assert_eq!((tickets.1, tasks.1), expected, "an aggregate created twice");
+    assert_eq!(
+        counted(&database, "SpecCompleted").await,
+        (SPECS as i64, SPECS as i64)
+    );
+    // Every task was validated once and completed once; every validation task was made
+    // once per submission.
+    let plan_tasks = (SPECS * TICKETS * TASKS) as i64;
+    assert_eq!(
+        counted(&database, "TaskValidationPassed").await,
+        (plan_tasks, plan_tasks)
+    );
+    assert_eq!(
+        counted(&database, "TaskValidates").await,
+        counted(&database, "TaskSubmittedForValidation").await,
+    );
+    // Every ticket walked each status once, in order: no move was made twice.
+    let walks: Vec<(String, Vec<String>)> = sqlx::query_as(
+        "select aggregate_id, array_agg(payload->'TicketStatusChanged'->>'to' order by sequence)
+           from events where event_type = 'TicketStatusChanged'
+          group by aggregate_id",
+    )
+    .fetch_all(&database.pool)
+    .await
+    .expect("the walks");
+    assert_eq!(walks.len(), SPECS * TICKETS);
+    for (ticket, walk) in walks {
+        assert_eq!(
+            walk,
+            ["analyzing", "building", "building-done", "testing", "done"],
+            "{ticket}"
+        );
+    }
     println!("killed before the plans were carried out: {killed_before_done} times of 10");
 }
 
