@@ -151,7 +151,7 @@ async fn task_changed(
     if finishing && of_archived_spec(tx, event, &state).await? {
         return Ok(());
     }
-    advance(tx, event, &ticket, state, to, &context).await
+    advance(tx, event, &ticket, to, &context).await
 }
 
 /// A ticket status's place in the walk `backlog → … → done`.
@@ -210,31 +210,20 @@ async fn auto_advance(tx: &mut PgConnection, event: &StoredEvent) -> Result<bool
     Ok(project.settings.auto_advance)
 }
 
-/// Moves `ticket` (as it stands in the batch) forward, one step at a time, until it is
-/// `to`; never backwards.
+/// Moves the ticket forward toward `to`, every step in one command (as far as the ticket
+/// allows); never backwards.
 async fn advance(
     tx: &mut PgConnection,
     event: &StoredEvent,
     ticket_id: &str,
-    mut ticket: Ticket,
     to: TicketStatus,
     context: &CommandContext,
 ) -> Result<(), ProjectionError> {
-    while rank(ticket.status) < rank(to) {
-        let Some(next) = ticket.status.next() else {
-            break;
-        };
-        let step = TicketCommand::TransitionTicket {
-            to: next,
-            note: Some(format!("tasks moved on ({})", event.reference())),
-        };
-        match command(tx, event, ticket_id, step, context).await? {
-            Some(moved) => ticket = moved,
-            // The ticket refused the step (it is blocked, say): leave it where it is.
-            None => break,
-        }
-    }
-    Ok(())
+    let walk = TicketCommand::AdvanceTicket {
+        to,
+        note: Some(format!("tasks moved on ({})", event.reference())),
+    };
+    command(tx, event, ticket_id, walk, context).await.map(drop)
 }
 
 /// Runs `command` on the ticket in the batch's transaction: the ticket after it, or

@@ -151,6 +151,7 @@ impl Ticket {
                 phase,
             } => self.update(title, description, priority, phase),
             TicketCommand::TransitionTicket { to, note } => self.transition(to, note),
+            TicketCommand::AdvanceTicket { to, note } => self.advance(to, note),
             TicketCommand::RegressTicket { feedback } => {
                 self.ensure_open()?;
                 if self.status != TicketStatus::Testing {
@@ -250,6 +251,52 @@ impl Ticket {
             to,
             note: checked_note(note)?,
         });
+        Ok(events)
+    }
+}
+
+impl Ticket {
+    /// The steps toward `to` that [`Ticket::transition`] allows, each decided on the ticket
+    /// as the steps before left it; the first refusal ends the walk (and is the answer
+    /// when it is the first step).
+    fn advance(
+        &self,
+        to: TicketStatus,
+        note: Option<String>,
+    ) -> Result<Vec<TicketEvent>, TicketError> {
+        let rank = |status: TicketStatus| TicketStatus::ALL.iter().position(|s| *s == status);
+        if rank(to) <= rank(self.status) {
+            return Err(match to == self.status {
+                true => TicketError::AlreadyInStatus(to),
+                false => TicketError::IllegalTransition {
+                    from: self.status,
+                    to,
+                },
+            });
+        }
+        let mut walked = self.clone();
+        let mut events = Vec::new();
+        while walked.status != to {
+            let Some(next) = walked.status.next() else {
+                break;
+            };
+            match walked.transition(next, note.clone()) {
+                Ok(step) => {
+                    for event in &step {
+                        walked.apply(event.clone());
+                    }
+                    events.extend(step);
+                }
+                Err(refusal) if events.is_empty() => return Err(refusal),
+                Err(_) => break,
+            }
+        }
+        if events.is_empty() {
+            return Err(TicketError::IllegalTransition {
+                from: self.status,
+                to,
+            });
+        }
         Ok(events)
     }
 }

@@ -32,6 +32,12 @@ pub enum TicketCommand {
         to: TicketStatus,
         note: Option<String>,
     },
+    /// Moves the ticket forward one step at a time toward `to`, as far as the steps are
+    /// allowed (one event per step, in one command); refused only when no step is.
+    AdvanceTicket {
+        to: TicketStatus,
+        note: Option<String>,
+    },
     /// Sends a ticket under test back to building, recording why.
     RegressTicket {
         feedback: String,

@@ -287,6 +287,7 @@ fn any_command() -> impl Strategy<Value = TicketCommand> {
     prop_oneof![
         Just(create_command("t")),
         any_status().prop_map(transition),
+        any_status().prop_map(|to| TicketCommand::AdvanceTicket { to, note: None }),
         "[a-z ]{0,3}".prop_map(|feedback| TicketCommand::RegressTicket { feedback }),
         Just(TicketCommand::BlockTicket {
             reason: BlockReason::Dependency,
@@ -326,9 +327,62 @@ proptest! {
             prop_assert_eq!(&state, &fold::<Ticket>(&log));
             prop_assert!(!(state.status == TicketStatus::Done && state.blocked.is_some()));
             let moved = state.status != before;
-            let legal = before.next() == Some(state.status)
+            let rank = |s: TicketStatus| TicketStatus::ALL.iter().position(|x| *x == s);
+            // Forward (one step, or several by `AdvanceTicket`), or a regression.
+            let legal = rank(state.status) > rank(before)
                 || (before == TicketStatus::Testing && state.status == TicketStatus::Building);
             prop_assert!(!moved || legal, "{} -> {}", before, state.status);
+            // Every recorded move is one step.
+            for event in &log {
+                if let TicketEvent::TicketStatusChanged { from, to, .. } = event {
+                    prop_assert_eq!(from.next(), Some(*to));
+                }
+            }
         }
     }
+}
+
+#[test]
+fn advancing_walks_every_step_in_one_command_as_far_as_allowed() {
+    use TicketStatus::*;
+    let building: Ticket = fold(&history_at(Building));
+    let advance = |to| TicketCommand::AdvanceTicket { to, note: None };
+    let (walked, events) = handle(&building, advance(Done), &());
+    let events = events.expect("advanced");
+    assert_eq!(walked.status, Done);
+    let steps: Vec<(TicketStatus, TicketStatus)> = events
+        .iter()
+        .filter_map(|e| match e {
+            TicketEvent::TicketStatusChanged { from, to, .. } => Some((*from, *to)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        steps,
+        [
+            (Building, BuildingDone),
+            (BuildingDone, Testing),
+            (Testing, Done)
+        ]
+    );
+    // Blocked: every step but the last (a blocked ticket cannot be done) — the first
+    // step unblocks it, as a transition does.
+    let blocked_building: Ticket = fold(&[history_at(Building), vec![blocked()]].concat());
+    let (walked, events) = handle(&blocked_building, advance(Done), &());
+    assert!(events.is_ok());
+    assert_eq!(walked.status, Done, "the first step unblocked it");
+    let blocked_testing: Ticket = fold(&[history_at(Testing), vec![blocked()]].concat());
+    let (_, refused) = handle(&blocked_testing, advance(Done), &());
+    assert_eq!(refused, Err(TicketError::BlockedCannotBeDone));
+    // Never backwards, never where it is.
+    let (_, back) = handle(&building, advance(Analyzing), &());
+    assert_eq!(
+        back,
+        Err(TicketError::IllegalTransition {
+            from: Building,
+            to: Analyzing
+        })
+    );
+    let (_, same) = handle(&building, advance(Building), &());
+    assert_eq!(same, Err(TicketError::AlreadyInStatus(Building)));
 }
