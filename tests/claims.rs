@@ -8,78 +8,26 @@
 use std::time::Duration;
 
 use omoi_orchestrator::{Work, Worker, WorkerConfig};
-use omoi_testing::TestApp;
-use reqwest::{Method, StatusCode};
-use serde_json::{json, Value};
+use reqwest::StatusCode;
+use serde_json::json;
 use uuid::Uuid;
 
 /// Long enough for any retry backoff of a first or second attempt (at most 2.5 s).
 const WAIT_SECONDS: u64 = 10;
 
-struct Agent {
-    id: String,
-    credential: String,
-}
-
-async fn register(app: &TestApp, organization: &str) -> Agent {
-    let (status, body) = app
-        .post(
-            "/api/v1/agents/register",
-            json!({"organization_id": organization, "agent_type": "worker"}),
-        )
-        .await;
-    assert_eq!(status, StatusCode::CREATED, "{body}");
-    Agent {
-        id: body["id"].as_str().expect("an id").to_string(),
-        credential: body["credential"]
-            .as_str()
-            .expect("a credential")
-            .to_string(),
-    }
-}
-
-impl Agent {
-    async fn send(&self, app: &TestApp, path: &str, body: Value) -> (StatusCode, Value) {
-        app.send_as(Some(&self.credential), Method::POST, path, Some(body))
-            .await
-    }
-
-    /// Claims, waiting up to `wait_seconds`: the task's id, or `None` on 204.
-    async fn claim(&self, app: &TestApp, wait_seconds: u64) -> Option<String> {
-        let (status, body) = self
-            .send(
-                app,
-                &format!("/api/v1/agents/{}/claim", self.id),
-                json!({"wait_seconds": wait_seconds}),
-            )
-            .await;
-        match status {
-            StatusCode::OK => Some(body["id"].as_str().expect("a task id").to_string()),
-            StatusCode::NO_CONTENT => None,
-            other => panic!("claim answered {other}: {body}"),
-        }
-    }
-
-    async fn step(&self, app: &TestApp, task: &str, action: &str, body: Value) {
-        let path = format!("/api/v1/tasks/{task}/{action}");
-        let (status, answer) = self.send(app, &path, body).await;
-        assert_eq!(status, StatusCode::OK, "{path}: {answer}");
-    }
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn an_agent_whose_claimed_task_failed_claims_the_next_task_and_then_the_retry() {
     let app = omoi_testing::spawn_app().await;
     let (organization, project) = app.organization_and_project().await;
-    let agent = register(&app, &organization).await;
+    let agent = app.register_agent(&organization).await;
     let ticket = app.ticket(&project, "Work").await;
     let first = app.task(&ticket, "first", json!({})).await;
     let second = app.task(&ticket, "second", json!({})).await;
 
     assert_eq!(agent.claim(&app, 5).await, Some(first.clone()));
-    agent.step(&app, &first, "start", json!({})).await;
+    agent.must(&app, &first, "start", json!({})).await;
     agent
-        .step(
+        .must(
             &app,
             &first,
             "fail",
@@ -90,15 +38,15 @@ async fn an_agent_whose_claimed_task_failed_claims_the_next_task_and_then_the_re
 
     // The failed task's place is free again: the pending one is claimed at once.
     assert_eq!(agent.claim(&app, WAIT_SECONDS).await, Some(second.clone()));
-    agent.step(&app, &second, "start", json!({})).await;
+    agent.must(&app, &second, "start", json!({})).await;
     agent
-        .step(&app, &second, "complete", json!({"result": {"ok": true}}))
+        .must(&app, &second, "complete", json!({"result": {"ok": true}}))
         .await;
     // And the retry, once due.
     assert_eq!(agent.claim(&app, WAIT_SECONDS).await, Some(first.clone()));
-    agent.step(&app, &first, "start", json!({})).await;
+    agent.must(&app, &first, "start", json!({})).await;
     agent
-        .step(&app, &first, "complete", json!({"result": {"ok": true}}))
+        .must(&app, &first, "complete", json!({"result": {"ok": true}}))
         .await;
     assert_eq!(app.task_state(&first).await["status"], "completed");
     assert_eq!(agent.claim(&app, 0).await, None, "nothing is left");
@@ -119,19 +67,19 @@ async fn a_claimed_task_that_timed_out_is_claimed_again() {
             ..WorkerConfig::default()
         },
     );
-    let agent = register(&app, &organization).await;
+    let agent = app.register_agent(&organization).await;
     let ticket = app.ticket(&project, "Work").await;
     let slow = app
         .task(&ticket, "slow", json!({"timeout_seconds": 1}))
         .await;
 
     assert_eq!(agent.claim(&app, 5).await, Some(slow.clone()));
-    agent.step(&app, &slow, "start", json!({})).await;
+    agent.must(&app, &slow, "start", json!({})).await;
     app.until_task_status(&slow, "retry_scheduled").await;
     assert_eq!(agent.claim(&app, WAIT_SECONDS).await, Some(slow.clone()));
-    agent.step(&app, &slow, "start", json!({})).await;
+    agent.must(&app, &slow, "start", json!({})).await;
     agent
-        .step(&app, &slow, "complete", json!({"result": {"ok": true}}))
+        .must(&app, &slow, "complete", json!({"result": {"ok": true}}))
         .await;
     assert_eq!(app.task_state(&slow).await["status"], "completed");
     sweeper.stop().await;
@@ -157,7 +105,7 @@ async fn a_claimed_task_whose_answer_was_lost_goes_back_to_the_queue_and_is_clai
             ..WorkerConfig::default()
         },
     );
-    let agent = register(&app, &organization).await;
+    let agent = app.register_agent(&organization).await;
     let ticket = app.ticket(&project, "Work").await;
     let lost = app.task(&ticket, "lost", json!({})).await;
 
@@ -166,9 +114,9 @@ async fn a_claimed_task_whose_answer_was_lost_goes_back_to_the_queue_and_is_clai
     // The second attempt is started at once; no sweep can race it.
     sweeper.stop().await;
     assert_eq!(agent.claim(&app, WAIT_SECONDS).await, Some(lost.clone()));
-    agent.step(&app, &lost, "start", json!({})).await;
+    agent.must(&app, &lost, "start", json!({})).await;
     agent
-        .step(&app, &lost, "complete", json!({"result": {"ok": true}}))
+        .must(&app, &lost, "complete", json!({"result": {"ok": true}}))
         .await;
     assert_eq!(app.task_state(&lost).await["status"], "completed");
     let (status, history) = app.get(&format!("/api/v1/tasks/{lost}/history")).await;
@@ -189,7 +137,7 @@ async fn a_claimed_task_whose_answer_was_lost_goes_back_to_the_queue_and_is_clai
 async fn a_claimed_task_that_was_cancelled_frees_its_agent() {
     let app = omoi_testing::spawn_app().await;
     let (organization, project) = app.organization_and_project().await;
-    let agent = register(&app, &organization).await;
+    let agent = app.register_agent(&organization).await;
     let ticket = app.ticket(&project, "Work").await;
     let dropped = app
         .task(&ticket, "dropped", json!({"priority": "HIGH"}))
@@ -197,7 +145,7 @@ async fn a_claimed_task_that_was_cancelled_frees_its_agent() {
     let next = app.task(&ticket, "next", json!({"priority": "LOW"})).await;
 
     assert_eq!(agent.claim(&app, 5).await, Some(dropped.clone()));
-    agent.step(&app, &dropped, "start", json!({})).await;
+    agent.must(&app, &dropped, "start", json!({})).await;
     let (status, body) = app
         .post(
             &format!("/api/v1/tasks/{dropped}/cancel"),
@@ -213,8 +161,8 @@ async fn an_organization_at_its_cap_gets_its_place_back_when_a_claimed_task_fail
     let app = omoi_testing::spawn_app().await;
     let (organization, project) = app.organization_and_project().await;
     let (one, other) = (
-        register(&app, &organization).await,
-        register(&app, &organization).await,
+        app.register_agent(&organization).await,
+        app.register_agent(&organization).await,
     );
     let ticket = app.ticket(&project, "Work").await;
     let first = app.task(&ticket, "first", json!({})).await;
@@ -223,14 +171,14 @@ async fn an_organization_at_its_cap_gets_its_place_back_when_a_claimed_task_fail
     assert_eq!(one.claim(&app, 5).await, Some(first.clone()));
     // The free plan holds one task at a time.
     assert_eq!(other.claim(&app, 1).await, None);
-    one.step(&app, &first, "start", json!({})).await;
-    one.step(&app, &first, "fail", json!({"error": "flaky test"}))
+    one.must(&app, &first, "start", json!({})).await;
+    one.must(&app, &first, "fail", json!({"error": "flaky test"}))
         .await;
     assert_eq!(other.claim(&app, WAIT_SECONDS).await, Some(second.clone()));
     assert_eq!(one.claim(&app, 1).await, None, "the cap holds again");
-    other.step(&app, &second, "start", json!({})).await;
+    other.must(&app, &second, "start", json!({})).await;
     other
-        .step(&app, &second, "complete", json!({"result": {}}))
+        .must(&app, &second, "complete", json!({"result": {}}))
         .await;
     assert_eq!(one.claim(&app, WAIT_SECONDS).await, Some(first));
 }
@@ -239,13 +187,13 @@ async fn an_organization_at_its_cap_gets_its_place_back_when_a_claimed_task_fail
 async fn an_agent_may_have_only_a_few_claims_waiting() {
     let app = omoi_testing::spawn_app().await;
     let (organization, _) = app.organization_and_project().await;
-    let agent = register(&app, &organization).await;
+    let agent = app.register_agent(&organization).await;
     let path = format!("/api/v1/agents/{}/claim", agent.id);
-    let waiting = (0..4).map(|_| agent.send(&app, &path, json!({"wait_seconds": 3})));
+    let waiting = (0..4).map(|_| agent.post(&app, &path, json!({"wait_seconds": 3})));
     let one_more = async {
         // The four are waiting by now.
         tokio::time::sleep(Duration::from_millis(1_000)).await;
-        agent.send(&app, &path, json!({"wait_seconds": 3})).await
+        agent.post(&app, &path, json!({"wait_seconds": 3})).await
     };
     let (answers, (status, body)) = tokio::join!(futures_util::future::join_all(waiting), one_more);
     assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{body}");
@@ -261,7 +209,7 @@ async fn an_agent_may_have_only_a_few_claims_waiting() {
 async fn an_agent_cannot_start_an_unassigned_task_nor_assign_itself_one() {
     let app = omoi_testing::spawn_app().await;
     let (organization, project) = app.organization_and_project().await;
-    let agent = register(&app, &organization).await;
+    let agent = app.register_agent(&organization).await;
     let ticket = app.ticket(&project, "Work").await;
     let id = app
         .task(
@@ -272,13 +220,13 @@ async fn an_agent_cannot_start_an_unassigned_task_nor_assign_itself_one() {
         .await;
 
     let (status, body) = agent
-        .send(&app, &format!("/api/v1/tasks/{id}/start"), json!({}))
+        .post(&app, &format!("/api/v1/tasks/{id}/start"), json!({}))
         .await;
     assert_eq!(status, StatusCode::CONFLICT, "{body}");
     assert_eq!(body["code"], "task_not_assigned", "{body}");
     // Assigning itself would skip the capabilities and the plan's cap that claims keep to.
     let (status, body) = agent
-        .send(
+        .post(
             &app,
             &format!("/api/v1/tasks/{id}/assign"),
             json!({"agent_id": agent.id}),

@@ -3,38 +3,18 @@
 //! completion until it completes or is cancelled, released by the `discovery_resolution`
 //! process manager on the log.
 
-use omoi_testing::{id_of, spawn_app, TestApp};
-use reqwest::{Method, StatusCode};
+use omoi_testing::{id_of, spawn_app, Agent, TestApp};
+use reqwest::StatusCode;
 use serde_json::{json, Value};
 
-struct Agent {
-    id: String,
-    credential: String,
+/// What these tests ask of an agent beyond the shared helpers.
+trait Discoverer {
+    async fn run(&self, app: &TestApp, task: &str);
+    async fn complete(&self, app: &TestApp, task: &str) -> (StatusCode, Value);
+    async fn discover(&self, app: &TestApp, task: &str, report: Value) -> (StatusCode, Value);
 }
 
-async fn register(app: &TestApp, organization: &str) -> Agent {
-    let (status, body) = app
-        .post(
-            "/api/v1/agents/register",
-            json!({"organization_id": organization, "agent_type": "worker"}),
-        )
-        .await;
-    assert_eq!(status, StatusCode::CREATED, "{body}");
-    Agent {
-        id: id_of(&body),
-        credential: body["credential"]
-            .as_str()
-            .expect("a credential")
-            .to_string(),
-    }
-}
-
-impl Agent {
-    async fn post(&self, app: &TestApp, path: &str, body: Value) -> (StatusCode, Value) {
-        app.send_as(Some(&self.credential), Method::POST, path, Some(body))
-            .await
-    }
-
+impl Discoverer for Agent {
     /// Has the owner give `task` to this agent, and starts it.
     async fn run(&self, app: &TestApp, task: &str) {
         app.must(
@@ -43,10 +23,7 @@ impl Agent {
             StatusCode::OK,
         )
         .await;
-        let (status, body) = self
-            .post(app, &format!("/api/v1/tasks/{task}/start"), json!({}))
-            .await;
-        assert_eq!(status, StatusCode::OK, "{body}");
+        self.must(app, task, "start", json!({})).await;
     }
 
     async fn complete(&self, app: &TestApp, task: &str) -> (StatusCode, Value) {
@@ -69,7 +46,7 @@ async fn running_task(app: &TestApp) -> (String, String, String, Agent) {
     let (organization, project) = app.organization_and_manual_project().await;
     let ticket = app.ticket(&project, "Checkout").await;
     let task = app.task(&ticket, "Payment form", json!({})).await;
-    let agent = register(app, &organization).await;
+    let agent = app.register_agent(&organization).await;
     agent.run(app, &task).await;
     (organization, ticket, task, agent)
 }
@@ -146,7 +123,7 @@ async fn a_discovery_becomes_a_task_of_the_ticket_naming_its_parent_and_discover
 async fn a_blocking_discovery_holds_its_parent_until_it_completes_or_is_cancelled() {
     let app = spawn_app().await;
     let (organization, _, task, agent) = running_task(&app).await;
-    let helper = register(&app, &organization).await;
+    let helper = app.register_agent(&organization).await;
 
     let (status, created) = agent
         .discover(
@@ -223,7 +200,7 @@ async fn a_blocking_discovery_holds_its_parent_until_it_completes_or_is_cancelle
 async fn only_the_agent_running_the_task_reports_and_bad_reports_write_nothing() {
     let app = spawn_app().await;
     let (organization, ticket, task, agent) = running_task(&app).await;
-    let other = register(&app, &organization).await;
+    let other = app.register_agent(&organization).await;
     let report = json!({"kind": "follow_up", "title": "Receipts"});
     let before = app.event_count().await;
 

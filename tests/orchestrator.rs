@@ -660,24 +660,14 @@ async fn a_command_that_leaves_a_background_process_still_completes_and_the_proc
 async fn an_agents_credential_speaks_for_that_agent_only_and_dies_with_it() {
     let app = spawn_app().await;
     let (organization, project) = app.organization_and_project().await;
-    let register = || async {
-        let (status, body) = app
-            .post(
-                "/api/v1/agents/register",
-                json!({"organization_id": organization, "agent_type": "worker"}),
-            )
-            .await;
-        assert_eq!(status, StatusCode::CREATED, "{body}");
-        (
-            body["id"].as_str().expect("an id").to_string(),
-            body["credential"]
-                .as_str()
-                .expect("a credential")
-                .to_string(),
-        )
-    };
-    let (first, first_key) = register().await;
-    let (second, second_key) = register().await;
+    let omoi_testing::Agent {
+        id: first,
+        credential: first_key,
+    } = app.register_agent(&organization).await;
+    let omoi_testing::Agent {
+        id: second,
+        credential: second_key,
+    } = app.register_agent(&organization).await;
     let ticket = app.ticket(&project, "Work").await;
     let id = app.task(&ticket, "theirs", json!({})).await;
     let as_agent = |key: &str, path: String, body: Value| {

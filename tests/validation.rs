@@ -4,47 +4,19 @@
 //! through the `validation` process manager on the log.
 
 use omoi_domain::task::ValidationTarget;
-use omoi_testing::{id_of, spawn_app, TestApp};
-use reqwest::{Method, StatusCode};
+use omoi_testing::{spawn_app, Agent, TestApp};
+use reqwest::StatusCode;
 use serde_json::{json, Value};
 use uuid::Uuid;
 
-struct Agent {
-    id: String,
-    credential: String,
+/// What these tests ask of an agent beyond the shared helpers.
+trait AgentSteps {
+    async fn take(&self, app: &TestApp, task: &str) -> (StatusCode, Value);
+    async fn finish(&self, app: &TestApp, task: &str, result: Value) -> Value;
+    async fn judge(&self, app: &TestApp, task: &str, verdict: Value) -> Value;
 }
 
-async fn register(app: &TestApp, organization: &str) -> Agent {
-    let (status, body) = app
-        .post(
-            "/api/v1/agents/register",
-            json!({"organization_id": organization, "agent_type": "worker"}),
-        )
-        .await;
-    assert_eq!(status, StatusCode::CREATED, "{body}");
-    Agent {
-        id: id_of(&body),
-        credential: body["credential"]
-            .as_str()
-            .expect("a credential")
-            .to_string(),
-    }
-}
-
-impl Agent {
-    async fn post(&self, app: &TestApp, path: &str, body: Value) -> (StatusCode, Value) {
-        app.send_as(Some(&self.credential), Method::POST, path, Some(body))
-            .await
-    }
-
-    async fn must(&self, app: &TestApp, task: &str, action: &str, body: Value) -> Value {
-        let (status, answer) = self
-            .post(app, &format!("/api/v1/tasks/{task}/{action}"), body)
-            .await;
-        assert_eq!(status, StatusCode::OK, "{action} {task}: {answer}");
-        answer
-    }
-
+impl AgentSteps for Agent {
     /// Has the owner give `task` to this agent; the answer to the assignment.
     async fn take(&self, app: &TestApp, task: &str) -> (StatusCode, Value) {
         app.post(
@@ -69,22 +41,6 @@ impl Agent {
         assert_eq!(status, StatusCode::OK, "{body}");
         self.must(app, task, "start", json!({})).await;
         self.must(app, task, "verdict", verdict).await
-    }
-
-    /// Claims, waiting up to `wait_seconds`: the task's id, or `None` on 204.
-    async fn claim(&self, app: &TestApp, wait_seconds: u64) -> Option<String> {
-        let (status, body) = self
-            .post(
-                app,
-                &format!("/api/v1/agents/{}/claim", self.id),
-                json!({"wait_seconds": wait_seconds}),
-            )
-            .await;
-        match status {
-            StatusCode::OK => Some(body["id"].as_str().expect("a task id").to_string()),
-            StatusCode::NO_CONTENT => None,
-            other => panic!("claim answered {other}: {body}"),
-        }
     }
 }
 
@@ -117,8 +73,8 @@ async fn fixture() -> Fixture {
         .organization_and_project_with(json!({"auto_spawn_tasks": false}))
         .await;
     let ticket = app.ticket(&project, "Checkout").await;
-    let implementer = register(&app, &organization).await;
-    let validator = register(&app, &organization).await;
+    let implementer = app.register_agent(&organization).await;
+    let validator = app.register_agent(&organization).await;
     Fixture {
         app,
         ticket,
@@ -282,8 +238,8 @@ async fn rejected_twice_the_work_is_revised_with_the_feedback_and_then_passes() 
     let done = app.until_task_status(&task, "completed").await;
     assert_eq!(done["result"], json!({"try": 2}), "the last submission's");
 
-    // A stale verdict (on an earlier submission) changes nothing: the earlier
-    // validation tasks are completed, and the work's history has exactly the rounds.
+    // The work's history has exactly its rounds, each verdict applied once (a verdict on
+    // an earlier submission is refused by the task: the domain's tests).
     let events: Vec<String> = history(&app, &task)
         .await
         .into_iter()

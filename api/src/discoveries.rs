@@ -97,12 +97,12 @@ async fn report_discovery(
         timeout_seconds: None,
         validation: None,
         validates: None,
-        discovery: Some(Box::new(Discovery {
+        discovery: Some(Discovery {
             parent_task_id: parent_id,
             kind: body.kind,
             discovered_by: caller.agent_id(),
             blocks_parent: body.blocks_parent,
-        })),
+        }),
         at: Utc::now(),
         plan_key: None,
     };

@@ -162,6 +162,12 @@ pub fn required_text(value: &str, max: usize) -> Result<String, TextProblem> {
     Ok(trimmed.to_string())
 }
 
+/// `text` cut to its first `max` characters: for text made by the system (a command's
+/// output, a derived title) that must fit a limit rather than be refused by it.
+pub fn clipped(text: &str, max: usize) -> String {
+    text.chars().take(max).collect()
+}
+
 /// Checks the length of a text that may be empty.
 pub fn optional_text(value: &str, max: usize) -> Result<String, TextProblem> {
     if value.chars().count() > max {

@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
+use omoi_domain::common::clipped;
 use omoi_domain::task::MAX_PROGRESS_CHARS;
 use serde_json::json;
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
@@ -60,10 +61,6 @@ fn tail(lines: &mut Vec<String>, line: String) {
         lines.remove(0);
     }
     lines.push(line);
-}
-
-fn truncated(line: &str) -> String {
-    line.chars().take(MAX_PROGRESS_CHARS).collect()
 }
 
 async fn prepare(directory: &Path, task: &QueuedTask, attempt: u32) -> std::io::Result<PathBuf> {
@@ -312,7 +309,7 @@ async fn forward_lines(
         };
         match next.await {
             Some(Ok(Some(line))) => {
-                let line = truncated(&line);
+                let line = clipped(&line, MAX_PROGRESS_CHARS);
                 tail(&mut kept, line.clone());
                 if !line.trim().is_empty() {
                     pending = Some(line);

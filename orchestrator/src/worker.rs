@@ -15,7 +15,7 @@ use std::time::Duration;
 use chrono::Utc;
 use omoi_domain::agent::{Agent, AgentCommand, AgentStatus, AgentType};
 use omoi_domain::billing::{BillingAccount, Plans};
-use omoi_domain::common::MAX_TEXT_CHARS;
+use omoi_domain::common::{clipped, MAX_TEXT_CHARS};
 use omoi_domain::task::{Task, TaskCommand, Verdict, MAX_PROGRESS_CHARS};
 use omoi_store::log::{read_global, Visibility};
 use omoi_store::wakeup::listen;
@@ -701,10 +701,12 @@ impl Runtime {
             };
             let organization_id = task.organization_id;
             if self.serves(organization_id) && task.suits(organization_id, None, &capabilities) {
-                let unsuited = !self
-                    .agents
-                    .iter()
-                    .any(|(id, agent)| task.suits(agent.organization_id, Some(*id), &capabilities));
+                // Only a validation can refuse an agent the organization has (its
+                // implementer): asked of those alone, on the worker's hot path.
+                let unsuited = task.validates.is_some()
+                    && !self.agents.iter().any(|(id, agent)| {
+                        task.suits(agent.organization_id, Some(*id), &capabilities)
+                    });
                 let entry = wanted.entry(organization_id).or_insert((0, false));
                 entry.0 += 1;
                 entry.1 |= unsuited;
@@ -855,7 +857,7 @@ async fn run_task(
             if !nothing {
                 let _ = tokio::fs::remove_dir_all(&run.directory).await;
             }
-            let feedback = output.last().map(|line| truncated(line, MAX_TEXT_CHARS));
+            let feedback = output.last().map(|line| clipped(line, MAX_TEXT_CHARS));
             TaskCommand::GiveVerdict {
                 verdict: Verdict {
                     passed: true,
@@ -868,7 +870,7 @@ async fn run_task(
         Outcome::Exited { error } if validation => TaskCommand::GiveVerdict {
             verdict: Verdict {
                 passed: false,
-                feedback: Some(truncated(&error, MAX_TEXT_CHARS)),
+                feedback: Some(clipped(&error, MAX_TEXT_CHARS)),
             },
             at,
         },
@@ -882,7 +884,7 @@ async fn run_task(
             }
         }
         Outcome::Failed { error } | Outcome::Exited { error } => TaskCommand::FailTask {
-            error: truncated(&error, MAX_PROGRESS_CHARS),
+            error: clipped(&error, MAX_PROGRESS_CHARS),
             at,
             jitter: jitter(),
         },
@@ -896,8 +898,4 @@ async fn run_task(
         tracing::info!(task_id = %task.id, %error, "worker: outcome not recorded");
     }
     kept
-}
-
-fn truncated(text: &str, max: usize) -> String {
-    text.chars().take(max).collect()
 }

@@ -563,6 +563,70 @@ impl TestApp {
 /// running a task) before it fails, showing the last answer.
 pub const PATIENCE: std::time::Duration = std::time::Duration::from_secs(30);
 
+/// An agent registered over HTTP, acting with its own credential.
+pub struct Agent {
+    pub id: String,
+    pub credential: String,
+}
+
+impl TestApp {
+    /// Registers a worker agent of `organization` (as the signed-in user).
+    pub async fn register_agent(&self, organization: &str) -> Agent {
+        let (status, body) = self
+            .post(
+                "/api/v1/agents/register",
+                serde_json::json!({"organization_id": organization, "agent_type": "worker"}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        Agent {
+            id: id_of(&body),
+            credential: body["credential"]
+                .as_str()
+                .expect("a credential")
+                .to_string(),
+        }
+    }
+}
+
+impl Agent {
+    /// `POST path` with this agent's credential.
+    pub async fn post(&self, app: &TestApp, path: &str, body: Value) -> (StatusCode, Value) {
+        app.send_as(
+            Some(&self.credential),
+            reqwest::Method::POST,
+            path,
+            Some(body),
+        )
+        .await
+    }
+
+    /// `POST /api/v1/tasks/{task}/{action}` as this agent, which must answer 200; the
+    /// answer.
+    pub async fn must(&self, app: &TestApp, task: &str, action: &str, body: Value) -> Value {
+        let path = format!("/api/v1/tasks/{task}/{action}");
+        let (status, answer) = self.post(app, &path, body).await;
+        assert_eq!(status, StatusCode::OK, "{path}: {answer}");
+        answer
+    }
+
+    /// Claims a task, waiting up to `wait_seconds`: its id, or `None` on 204.
+    pub async fn claim(&self, app: &TestApp, wait_seconds: u64) -> Option<String> {
+        let (status, body) = self
+            .post(
+                app,
+                &format!("/api/v1/agents/{}/claim", self.id),
+                serde_json::json!({"wait_seconds": wait_seconds}),
+            )
+            .await;
+        match status {
+            StatusCode::OK => Some(id_of(&body)),
+            StatusCode::NO_CONTENT => None,
+            other => panic!("claim answered {other}: {body}"),
+        }
+    }
+}
+
 /// The `id` of a command's answer.
 #[track_caller]
 pub fn id_of(body: &Value) -> String {

@@ -7,13 +7,12 @@ use omoi_domain::billing::{BillingAccount, BillingCommand};
 use omoi_domain::spec::{Spec, SpecPhase};
 use omoi_domain::task::{Task, TaskCommand};
 use omoi_projections::ProjectionError;
-use omoi_store::bus::execute_in;
 use omoi_store::log::{aggregate_history, fold_until};
-use omoi_store::{Actor, CommandContext, CommandError, StoredEvent};
+use omoi_store::{Actor, CommandContext, StoredEvent};
 use sqlx::PgConnection;
 
 use crate::execution::{created_by, last_approval};
-use crate::{load, occurred_at, ProcessManager};
+use crate::{effect, load, occurred_at, ProcessManager};
 
 /// The process manager's name: its build in the catalog and its actor (`system:…`).
 pub const NAME: &str = "spec_archival";
@@ -68,7 +67,7 @@ async fn archived(tx: &mut PgConnection, event: &StoredEvent) -> Result<(), Proj
             reason: Some("its spec was archived".into()),
             at,
         };
-        settle(execute_in::<Task>(tx, &id, cancel, &context).await, event)?;
+        effect::<Task>(tx, event, &id, cancel, &context).await?;
     }
     let give_back = BillingCommand::CancelWorkflow {
         organization_id,
@@ -76,26 +75,7 @@ async fn archived(tx: &mut PgConnection, event: &StoredEvent) -> Result<(), Proj
         at,
     };
     let account = organization_id.to_string();
-    settle(
-        execute_in::<BillingAccount>(tx, &account, give_back, &context).await,
-        event,
-    )?;
+    effect::<BillingAccount>(tx, event, &account, give_back, &context).await?;
     tracing::info!(spec = %spec_id, "executing spec archived: its work stopped, its workflow given back");
     Ok(())
-}
-
-/// A refusal by the aggregate is logged and skipped (nothing to do); anything else fails
-/// the batch, to be retried whole.
-fn settle<T, E: std::error::Error>(
-    result: Result<T, CommandError<E>>,
-    event: &StoredEvent,
-) -> Result<(), ProjectionError> {
-    match result {
-        Ok(_) => Ok(()),
-        Err(CommandError::Domain(refusal)) => {
-            tracing::debug!(%refusal, "spec_archival: refused, skipped");
-            Ok(())
-        }
-        Err(other) => Err(ProjectionError::payload(event, other)),
-    }
 }

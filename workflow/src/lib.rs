@@ -156,6 +156,33 @@ pub(crate) async fn load<A: cqrs_es::Aggregate>(
     Ok((state, history.len()))
 }
 
+/// Runs `command` on aggregate `id` in the batch's transaction, as an effect of `event`.
+/// A refusal by the aggregate means the world moved on (the task was cancelled, the
+/// ticket is blocked, the verdict came already): it is logged and skipped. Anything else
+/// fails the batch, to be retried whole.
+pub(crate) async fn effect<A>(
+    tx: &mut PgConnection,
+    event: &StoredEvent,
+    id: &str,
+    command: A::Command,
+    context: &omoi_store::CommandContext,
+) -> Result<(), ProjectionError>
+where
+    A: cqrs_es::Aggregate<Services = ()> + omoi_domain::common::Scoped + Clone,
+{
+    match omoi_store::bus::execute_in::<A>(tx, id, command, context).await {
+        Ok(_) => Ok(()),
+        Err(omoi_store::CommandError::Domain(refusal)) => {
+            tracing::debug!(actor = %context.actor, aggregate = A::TYPE, id, %refusal, "an effect was refused; skipped");
+            Ok(())
+        }
+        Err(other) => Err(ProjectionError::payload(
+            event,
+            format!("{} {id}: {other}", A::TYPE),
+        )),
+    }
+}
+
 /// When `event` was recorded (its metadata's `occurred_at`), for the time of an effect.
 pub fn occurred_at(event: &StoredEvent) -> chrono::DateTime<chrono::Utc> {
     event

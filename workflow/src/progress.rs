@@ -15,11 +15,10 @@ use omoi_domain::spec::{Spec, SpecPhase};
 use omoi_domain::task::{Task, TaskEvent, TaskStatus};
 use omoi_domain::ticket::{BlockReason, Ticket, TicketCommand, TicketStatus};
 use omoi_projections::ProjectionError;
-use omoi_store::bus::execute_in;
-use omoi_store::{Actor, CommandContext, CommandError, StoredEvent};
+use omoi_store::{Actor, CommandContext, StoredEvent};
 use sqlx::PgConnection;
 
-use crate::{load, occurred_at, ProcessManager};
+use crate::{effect, load, occurred_at, ProcessManager};
 
 /// The process manager's name: its build in the catalog and its actor (`system:…`).
 pub const NAME: &str = "ticket_progress";
@@ -138,12 +137,12 @@ async fn task_changed(
                 note: Some(note),
                 at: occurred_at(event),
             };
-            return command(tx, event, &ticket, block, &context).await.map(drop);
+            return effect::<Ticket>(tx, event, &ticket, block, &context).await;
         }
         _ => return Ok(()),
     };
     let (state, events) = load::<Ticket>(tx, event, &ticket).await?;
-    if events == 0 || rank(state.status) >= rank(to) || !auto_advance(tx, event).await? {
+    if events == 0 || state.status.rank() >= to.rank() || !auto_advance(tx, event).await? {
         return Ok(());
     }
     // An archived spec's tasks were cancelled with it, which finishes nothing.
@@ -152,11 +151,6 @@ async fn task_changed(
         return Ok(());
     }
     advance(tx, event, &ticket, to, &context).await
-}
-
-/// A ticket status's place in the walk `backlog → … → done`.
-fn rank(status: TicketStatus) -> Option<usize> {
-    TicketStatus::ALL.iter().position(|s| *s == status)
 }
 
 /// How far a ticket's finished work takes it: `done` once every task completed
@@ -223,29 +217,5 @@ async fn advance(
         to,
         note: Some(format!("tasks moved on ({})", event.reference())),
     };
-    command(tx, event, ticket_id, walk, context).await.map(drop)
-}
-
-/// Runs `command` on the ticket in the batch's transaction: the ticket after it, or
-/// `None` when the ticket refused it (logged and skipped) or it changed nothing; anything
-/// else fails the batch.
-async fn command(
-    tx: &mut PgConnection,
-    event: &StoredEvent,
-    ticket_id: &str,
-    command: TicketCommand,
-    context: &CommandContext,
-) -> Result<Option<Ticket>, ProjectionError> {
-    match execute_in::<Ticket>(tx, ticket_id, command, context).await {
-        Ok(committed) if committed.appended > 0 => Ok(Some(committed.state)),
-        Ok(_) => Ok(None),
-        Err(CommandError::Domain(refusal)) => {
-            tracing::debug!(ticket = ticket_id, %refusal, "ticket_progress: the ticket refused");
-            Ok(None)
-        }
-        Err(other) => Err(ProjectionError::payload(
-            event,
-            format!("moving ticket {ticket_id}: {other}"),
-        )),
-    }
+    effect::<Ticket>(tx, event, ticket_id, walk, context).await
 }

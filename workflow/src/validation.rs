@@ -13,17 +13,16 @@
 //! judged already) is skipped; a replay finds every effect done and appends nothing.
 
 use futures_util::future::BoxFuture;
-use omoi_domain::common::{MAX_TEXT_CHARS, MAX_TITLE_CHARS};
+use omoi_domain::common::{clipped, MAX_TEXT_CHARS, MAX_TITLE_CHARS};
 use omoi_domain::task::{
     Task, TaskCommand, TaskEvent, TaskStatus, ValidationTarget, VALIDATION_TASK_TYPE,
 };
 use omoi_projections::ProjectionError;
-use omoi_store::bus::execute_in;
-use omoi_store::{Actor, CommandContext, CommandError, StoredEvent};
+use omoi_store::{Actor, CommandContext, StoredEvent};
 use sqlx::PgConnection;
 
 use crate::execution::create;
-use crate::{load, occurred_at, ProcessManager};
+use crate::{effect, load, occurred_at, ProcessManager};
 
 /// The process manager's name: its build in the catalog and its actor (`system:…`).
 pub const NAME: &str = "validation";
@@ -83,7 +82,7 @@ async fn react(tx: &mut PgConnection, event: &StoredEvent) -> Result<(), Project
                 verdict,
                 at: occurred_at(event),
             };
-            command(tx, event, &target.task_id.to_string(), apply, &context).await
+            effect::<Task>(tx, event, &target.task_id.to_string(), apply, &context).await
         }
         TaskEvent::TaskPermanentlyFailed { .. } | TaskEvent::TaskCancelled { .. } => {
             if let Some(target) = task.validates.filter(|_| task.verdict.is_none()) {
@@ -91,7 +90,8 @@ async fn react(tx: &mut PgConnection, event: &StoredEvent) -> Result<(), Project
                     validation_task_id: task_id,
                     revision: target.revision,
                 };
-                return command(tx, event, &target.task_id.to_string(), abandon, &context).await;
+                return effect::<Task>(tx, event, &target.task_id.to_string(), abandon, &context)
+                    .await;
             }
             let waited = task.validation.is_some() && task.submitted_result.is_some();
             if waited && task.status == TaskStatus::Cancelled {
@@ -102,7 +102,8 @@ async fn react(tx: &mut PgConnection, event: &StoredEvent) -> Result<(), Project
                     )),
                     at: occurred_at(event),
                 };
-                return command(tx, event, &validation_id.to_string(), cancel, &context).await;
+                return effect::<Task>(tx, event, &validation_id.to_string(), cancel, &context)
+                    .await;
             }
             Ok(())
         }
@@ -158,30 +159,4 @@ fn validation_task(
         at: occurred_at(event),
         plan_key: None,
     })
-}
-
-fn clipped(text: &str, max: usize) -> String {
-    text.chars().take(max).collect()
-}
-
-/// Runs `command` on task `id` in the batch's transaction; a refusal (the task moved on)
-/// is logged and skipped, anything else fails the batch.
-async fn command(
-    tx: &mut PgConnection,
-    event: &StoredEvent,
-    id: &str,
-    command: TaskCommand,
-    context: &CommandContext,
-) -> Result<(), ProjectionError> {
-    match execute_in::<Task>(tx, id, command, context).await {
-        Ok(_) => Ok(()),
-        Err(CommandError::Domain(refusal)) => {
-            tracing::debug!(task = id, %refusal, "validation: the task refused");
-            Ok(())
-        }
-        Err(other) => Err(ProjectionError::payload(
-            event,
-            format!("task {id}: {other}"),
-        )),
-    }
 }

@@ -226,9 +226,7 @@ impl Task {
                     timeout_seconds: checked_timeout(timeout_seconds)?,
                     created_at: at,
                 }];
-                events.extend(discovery.map(|discovery| TaskEvent::TaskDiscovered {
-                    discovery: *discovery,
-                }));
+                events.extend(discovery.map(|discovery| TaskEvent::TaskDiscovered { discovery }));
                 events
                     .extend(validation.map(|policy| TaskEvent::TaskValidationRequired { policy }));
                 events.extend(validates.map(|target| TaskEvent::TaskValidates { target }));

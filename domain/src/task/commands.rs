@@ -28,7 +28,7 @@ pub enum TaskCommand {
         max_retries: Option<u32>,
         timeout_seconds: Option<u32>,
         /// Set when an agent discovered this work while running another task.
-        discovery: Option<Box<Discovery>>,
+        discovery: Option<Discovery>,
         /// Set when the task's work must pass another agent's validation to complete.
         validation: Option<ValidationPolicy>,
         /// Set on a validation task: the submission it checks.

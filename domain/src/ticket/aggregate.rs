@@ -35,6 +35,11 @@ impl TicketStatus {
         Self::Done,
     ];
 
+    /// Its place in the walk `backlog → … → done` (the declaration order).
+    pub fn rank(self) -> usize {
+        self as usize
+    }
+
     /// The one status a plain transition may reach from this one.
     pub fn next(self) -> Option<TicketStatus> {
         use TicketStatus::*;
@@ -264,8 +269,7 @@ impl Ticket {
         to: TicketStatus,
         note: Option<String>,
     ) -> Result<Vec<TicketEvent>, TicketError> {
-        let rank = |status: TicketStatus| TicketStatus::ALL.iter().position(|s| *s == status);
-        if rank(to) <= rank(self.status) {
+        if to.rank() <= self.status.rank() {
             return Err(match to == self.status {
                 true => TicketError::AlreadyInStatus(to),
                 false => TicketError::IllegalTransition {

@@ -327,9 +327,8 @@ proptest! {
             prop_assert_eq!(&state, &fold::<Ticket>(&log));
             prop_assert!(!(state.status == TicketStatus::Done && state.blocked.is_some()));
             let moved = state.status != before;
-            let rank = |s: TicketStatus| TicketStatus::ALL.iter().position(|x| *x == s);
             // Forward (one step, or several by `AdvanceTicket`), or a regression.
-            let legal = rank(state.status) > rank(before)
+            let legal = state.status.rank() > before.rank()
                 || (before == TicketStatus::Testing && state.status == TicketStatus::Building);
             prop_assert!(!moved || legal, "{} -> {}", before, state.status);
             // Every recorded move is one step.
