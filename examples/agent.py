@@ -2,7 +2,8 @@
 """A whole omoi agent over HTTP, standard library only.
 
 Registers (or reuses) an agent, then loops: heartbeat, claim a task (long poll), start it,
-run a shell command for it, report its output as progress, complete or fail it.
+run a shell command for it, keep its output as the task's transcript and its last line as
+progress, complete or fail it.
 
     OMOI_URL=http://127.0.0.1:18000 OMOI_TOKEN=<a user's access token> \
     OMOI_ORGANIZATION_ID=<id> python3 examples/agent.py 'make test'
@@ -91,6 +92,9 @@ def work(agent, credential, command, once):
             env={**os.environ, "OMOI_TASK_ID": task_id, "OMOI_TASK_TITLE": task["state"]["title"]},
         )
         lines = run.stdout.strip().splitlines()
+        transcript = [line[:4000] for line in lines + run.stderr.strip().splitlines()]
+        for start in range(0, len(transcript), 1000):
+            call(credential, f"/api/v1/tasks/{task_id}/logs", {"lines": transcript[start:start + 1000]})
         if lines:
             call(credential, f"/api/v1/tasks/{task_id}/progress", {"message": lines[-1][:2000]})
         if run.returncode == 0:

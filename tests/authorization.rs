@@ -289,7 +289,14 @@ fn entry(method: &str, template: &str, f: &Fixtures) -> (String, Option<Value>) 
                 json!({"ticket_id": f.ticket, "title": "Style the form", "task_type": "implement"}),
             ),
         ),
-        ("GET", "/api/v1/tasks/{id}" | "/api/v1/tasks/{id}/history") => (on(&f.first_task), None),
+        (
+            "GET",
+            "/api/v1/tasks/{id}" | "/api/v1/tasks/{id}/history" | "/api/v1/tasks/{id}/logs",
+        ) => (on(&f.first_task), None),
+        ("POST", "/api/v1/tasks/{id}/logs") => (
+            on(&f.first_task),
+            Some(json!({"lines": ["cargo build", "ok"]})),
+        ),
         ("POST", "/api/v1/tasks/{id}/assign") => {
             (on(&f.first_task), Some(json!({"agent_id": f.agent})))
         }

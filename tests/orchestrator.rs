@@ -556,6 +556,13 @@ async fn the_example_agent_script_runs_a_task() {
         "{state}"
     );
     assert_eq!(state["progress"], "did scripted", "{state}");
+    let (status, transcript) = app.get(&format!("/api/v1/tasks/{id}/logs")).await;
+    assert_eq!(status, StatusCode::OK, "{transcript}");
+    assert_eq!(
+        transcript["lines"],
+        json!([{"number": 1, "text": "did scripted"}]),
+        "{transcript}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

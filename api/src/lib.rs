@@ -15,7 +15,8 @@
 //! * [`responses`] — response bodies shared by several resources; [`schemas`] — the
 //!   documented rules of request fields (lengths, patterns, counts).
 //! * One module per resource: [`organizations`], [`projects`], [`tickets`], [`tasks`],
-//!   [`specs`] (and [`spec_export`]), [`agents`], [`claims`], [`discoveries`], [`billing`]; [`history`] (per-aggregate history,
+//!   [`specs`] (and [`spec_export`]), [`agents`], [`claims`], [`discoveries`], [`billing`],
+//!   [`transcripts`] (task logs); [`history`] (per-aggregate history,
 //!   global stream); [`system`].
 //! * [`metrics`] — Prometheus counters and latency of commands.
 //! * One module per read model: [`board`], [`graph`], [`timeline`], [`agent_views`],
@@ -50,6 +51,7 @@ pub mod system;
 pub mod tasks;
 pub mod tickets;
 pub mod timeline;
+pub mod transcripts;
 
 use std::time::Instant;
 

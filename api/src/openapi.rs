@@ -107,6 +107,7 @@ pub(crate) fn documented_routes() -> OpenApiRouter<AppState> {
         .merge(projects::router())
         .merge(tickets::router())
         .merge(tasks::router())
+        .merge(transcripts::router())
         .merge(discoveries::router())
         .merge(specs::router())
         .merge(spec_export::router())

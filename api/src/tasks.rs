@@ -645,6 +645,7 @@ mod tests {
             "/api/v1/tasks/{id}/dependencies",
             "/api/v1/tasks/{id}/dependencies/{dep}",
             "/api/v1/tasks/{id}/history",
+            "/api/v1/tasks/{id}/logs",
         ] {
             assert!(paths.contains_key(path), "{path} is not documented");
         }

@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use omoi_domain::common::clipped;
 use omoi_domain::task::MAX_PROGRESS_CHARS;
+use omoi_store::transcripts::MAX_LINE_CHARS;
 use serde_json::json;
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::process::Command;
@@ -88,12 +89,21 @@ async fn prepare(directory: &Path, task: &QueuedTask, attempt: u32) -> std::io::
     Ok(file)
 }
 
-/// Runs the command for `task`. `progress` receives coalesced progress lines; `cancel`
-/// turning true stops the process.
+/// Where a run's output goes besides its outcome.
+pub struct Sinks {
+    /// Coalesced progress lines (at most one per `Run::progress_interval`).
+    pub progress: mpsc::Sender<String>,
+    /// Every line of both streams, in the order read (the transcript). Bounded: a slow
+    /// reader slows the command down instead of piling its output up in memory.
+    pub transcript: mpsc::Sender<String>,
+}
+
+/// Runs the command for `task`, its output to `sinks`; `cancel` turning true stops the
+/// process.
 pub async fn execute(
     task: &QueuedTask,
     run: &Run,
-    progress: mpsc::Sender<String>,
+    sinks: Sinks,
     mut cancel: watch::Receiver<bool>,
 ) -> Outcome {
     let file = match prepare(&run.directory, task, run.attempt).await {
@@ -148,9 +158,10 @@ pub async fn execute(
     };
     let stdout_lines = tokio::spawn(forward_lines(
         stdout,
-        Some((progress, run.progress_interval)),
+        sinks.transcript.clone(),
+        Some((sinks.progress, run.progress_interval)),
     ));
-    let stderr_lines = tokio::spawn(forward_lines(stderr, None));
+    let stderr_lines = tokio::spawn(forward_lines(stderr, sinks.transcript, None));
     let limit = task
         .timeout_seconds
         .map(|s| Duration::from_secs(u64::from(s)));
@@ -286,10 +297,11 @@ async fn collect(reader: tokio::task::JoinHandle<Vec<String>>) -> Vec<String> {
     }
 }
 
-/// Reads lines until the stream ends; keeps the last few; sends at most one progress
-/// line per interval (the newest seen).
+/// Reads lines until the stream ends; sends each to the transcript; keeps the last few;
+/// sends at most one progress line per interval (the newest seen).
 async fn forward_lines(
     stream: impl AsyncRead + Unpin,
+    transcript: mpsc::Sender<String>,
     progress: Option<(mpsc::Sender<String>, Duration)>,
 ) -> Vec<String> {
     let mut lines = BufReader::new(stream).lines();
@@ -309,6 +321,9 @@ async fn forward_lines(
         };
         match next.await {
             Some(Ok(Some(line))) => {
+                // A transcript that stopped reading (its writer gave up) loses lines;
+                // the run goes on.
+                let _ = transcript.send(clipped(&line, MAX_LINE_CHARS)).await;
                 let line = clipped(&line, MAX_PROGRESS_CHARS);
                 tail(&mut kept, line.clone());
                 if !line.trim().is_empty() {

@@ -18,6 +18,7 @@ use omoi_domain::billing::{BillingAccount, Plans};
 use omoi_domain::common::{clipped, MAX_TEXT_CHARS};
 use omoi_domain::task::{Task, TaskCommand, Verdict, MAX_PROGRESS_CHARS};
 use omoi_store::log::{read_global, Visibility};
+use omoi_store::transcripts;
 use omoi_store::wakeup::listen;
 use omoi_store::{Actor, CommandBus, CommandContext, CommandError, Cursor};
 use rand::Rng;
@@ -30,7 +31,7 @@ use tokio::time::Instant;
 use uuid::Uuid;
 
 use crate::choose::{choose, FreeAgent, Limits, Pick};
-use crate::executor::{execute, Outcome, Run};
+use crate::executor::{execute, Outcome, Run, Sinks};
 use crate::leases;
 use crate::queue::{Candidate, Change, Queue, QueuedTask};
 use crate::score::ScoreConfig;
@@ -87,6 +88,8 @@ pub struct WorkerConfig {
     /// How long the directory of a failed, timed out or cancelled attempt is kept, to be
     /// looked into, before it is removed (a completed attempt's goes at once).
     pub keep_failed_for_ms: u64,
+    /// A transcript (an attempt's lines) is deleted this long after its last line.
+    pub transcript_retention_hours: u64,
     pub score: ScoreConfig,
 }
 
@@ -108,6 +111,7 @@ impl Default for WorkerConfig {
             progress_interval_ms: 1_000,
             work_dir: std::env::temp_dir(),
             keep_failed_for_ms: 3_600_000,
+            transcript_retention_hours: 720,
             score: ScoreConfig::default(),
             plans: None,
         }
@@ -433,6 +437,13 @@ impl Runtime {
         let every = Duration::from_millis(self.config.check_interval_ms);
         if !Self::due(&mut self.last_sweep, every) {
             return;
+        }
+        // A century is "forever" and keeps the duration in range.
+        let hours = self.config.transcript_retention_hours.min(876_000) as i64;
+        let retention = chrono::Duration::hours(hours);
+        // Bounded per sweep; what is left goes at the next one. Every worker may do it.
+        if let Err(error) = transcripts::prune(&self.pool, retention, 1_000).await {
+            tracing::warn!(%error, "worker: cannot prune transcripts");
         }
         let newly = match leases::expire_stale(&self.pool, self.config.stale_after_ms).await {
             Ok(stale) => stale,
@@ -821,6 +832,29 @@ impl Runtime {
     }
 }
 
+/// Writes the lines of an attempt to its transcript as they come: whatever has piled up
+/// since the last write (up to a write's worth) goes in one statement. Ends when the run
+/// has closed its side, after the last line is written.
+async fn transcribe(
+    pool: &PgPool,
+    attempt: transcripts::Attempt,
+    mut lines: mpsc::Receiver<String>,
+) {
+    let mut batch = Vec::with_capacity(transcripts::MAX_WRITE_LINES);
+    while lines
+        .recv_many(&mut batch, transcripts::MAX_WRITE_LINES)
+        .await
+        > 0
+    {
+        if let Err(error) = transcripts::append(pool, attempt, &batch).await {
+            // The run matters more than its transcript: say so and keep draining.
+            tracing::warn!(task_id = %attempt.task_id, %error, lines = batch.len(),
+                "worker: transcript lines not written");
+        }
+        batch.clear();
+    }
+}
+
 /// Runs the (started) task and records how it ended — as its agent. Returns the
 /// attempt's directory when it is kept (the attempt did not complete).
 async fn run_task(
@@ -837,6 +871,7 @@ async fn run_task(
         Outcome::Completed { output: Vec::new() }
     } else {
         let (progress, mut lines) = mpsc::channel::<String>(4);
+        let (transcript, written) = mpsc::channel::<String>(transcripts::MAX_WRITE_LINES);
         let reporter = async {
             while let Some(message) = lines.recv().await {
                 let command = TaskCommand::ReportProgress { message };
@@ -845,7 +880,20 @@ async fn run_task(
                 }
             }
         };
-        let (outcome, ()) = tokio::join!(execute(task, run, progress, cancelled), reporter);
+        let attempt = transcripts::Attempt {
+            task_id: task.id,
+            attempt: run.attempt,
+            organization_id: task.organization_id,
+        };
+        let sinks = Sinks {
+            progress,
+            transcript,
+        };
+        let (outcome, (), ()) = tokio::join!(
+            execute(task, run, sinks, cancelled),
+            reporter,
+            transcribe(bus.pool(), attempt, written)
+        );
         outcome
     };
     let at = Utc::now();

@@ -13,6 +13,7 @@
 //! * [`wakeup`] — coalesced cross-process wake-ups (`NOTIFY omoi_events`).
 //! * [`embedded`] — initdb/pg_ctl of the machine's PostgreSQL, as the `postgres` user when
 //!   we are root.
+//! * [`transcripts`] — task transcripts (`task_logs`): every line of every attempt, in order.
 //! * [`accounts`] — users, login failures, refresh and revoked tokens, API keys and the
 //!   membership index authorization reads (stored and found here; hashed and signed in
 //!   the API).
@@ -23,6 +24,7 @@ pub mod bus;
 pub mod db;
 pub mod embedded;
 pub mod log;
+pub mod transcripts;
 pub mod wakeup;
 
 pub use bus::{Actor, CommandBus, CommandContext, CommandError, Committed};

@@ -471,7 +471,7 @@ impl Task {
     }
 
     /// The run number of the current attempt: 1 for the first run, 2 for the first retry.
-    fn attempt(&self) -> u32 {
+    pub fn attempt(&self) -> u32 {
         self.retry_count.saturating_add(1)
     }
 
