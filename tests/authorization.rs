@@ -381,7 +381,10 @@ fn entry(method: &str, template: &str, f: &Fixtures) -> (String, Option<Value>) 
             template.into(),
             Some(json!({"organization_id": f.organization, "agent_type": "monitor"})),
         ),
-        ("GET", "/api/v1/agents/{id}" | "/api/v1/agents/{id}/history") => (on(&f.agent), None),
+        (
+            "GET",
+            "/api/v1/agents/{id}" | "/api/v1/agents/{id}/history" | "/api/v1/agents/{id}/activity",
+        ) => (on(&f.agent), None),
         ("POST", "/api/v1/agents/{id}/status") => {
             (on(&f.agent), Some(json!({"to": "idle", "reason": "ready"})))
         }

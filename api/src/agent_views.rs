@@ -1,11 +1,13 @@
 //! `GET /api/v1/agents`: the agents of the caller's organizations with their status and
-//! current task (read model `agents`). One agent's own state is `GET /api/v1/agents/{id}`
-//! in [`crate::agents`].
+//! current task (read model `agents`); `GET /api/v1/agents/{id}/activity`: everything one
+//! agent did or had done to it (read model `activity`). One agent's own state is
+//! `GET /api/v1/agents/{id}` in [`crate::agents`].
 
 use axum::extract::State;
 use axum::Json;
 use omoi_domain::access::Permission;
-use omoi_domain::agent::AgentStatus;
+use omoi_domain::agent::{Agent, AgentStatus};
+use omoi_projections::activity::{self, ActivityScope};
 use omoi_projections::agents::{self, AgentFilter, AgentView};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
@@ -14,13 +16,17 @@ use utoipa_axum::routes;
 use uuid::Uuid;
 
 use crate::auth::Caller;
-use crate::error::{ApiResult, Problem};
-use crate::extract::Query;
+use crate::error::{ApiError, ApiResult, Problem};
+use crate::extract::{IdPath, Query};
+use crate::history::StreamQuery;
 use crate::read::{project_filter, readable_organizations};
+use crate::responses::EventRecord;
 use crate::state::AppState;
 
 pub fn router() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new().routes(routes!(list_agents))
+    OpenApiRouter::new()
+        .routes(routes!(list_agents))
+        .routes(routes!(agent_activity))
 }
 
 const PERMISSION: Permission = Permission::AgentRead;
@@ -69,6 +75,55 @@ async fn list_agents(
     };
     let agents = agents::list(state.pool(), &filter).await?;
     Ok(Json(AgentList { agents }))
+}
+
+/// A page of one agent's activity.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ActivityPage {
+    pub agent_id: Uuid,
+    pub events: Vec<EventRecord>,
+    /// Pass as `after` for the next page; the request's cursor again when nothing is new.
+    pub next_cursor: String,
+}
+
+/// Every event the agent caused (actor `agent:<id>`) or that names it (its own status
+/// changes, assignments to it, a validation of its work, interventions on it …), across
+/// the projects of its organization, in the global order, a page at a time. A key
+/// limited to one project sees that project's events only. Follows commands shortly
+/// after they commit, once the read model has caught up.
+#[utoipa::path(
+    get,
+    path = "/api/v1/agents/{id}/activity",
+    tag = "agents",
+    params(("id" = Uuid, Path), StreamQuery),
+    responses(
+        (status = 200, body = ActivityPage),
+        (status = 400, body = Problem, description = "bad id, cursor or limit"),
+        (status = 404, body = Problem, description = "no such agent"),
+    )
+)]
+async fn agent_activity(
+    State(state): State<AppState>,
+    caller: Caller,
+    IdPath(id): IdPath,
+    Query(query): Query<StreamQuery>,
+) -> ApiResult<Json<ActivityPage>> {
+    let (after, limit) = query.checked()?;
+    let (agent, _) = state.read::<Agent>(&caller, PERMISSION, id).await?;
+    let Some(organization_id) = agent.organization_id else {
+        return Err(ApiError::NotFound { what: "agent" });
+    };
+    let scope = ActivityScope {
+        organization_id,
+        project_id: caller.project_limit(),
+    };
+    let events = activity::page(state.pool(), id, scope, after, limit).await?;
+    let next_cursor = events.last().map_or(after, |e| e.cursor()).to_string();
+    Ok(Json(ActivityPage {
+        agent_id: id,
+        events: events.into_iter().map(EventRecord::from).collect(),
+        next_cursor,
+    }))
 }
 
 #[cfg(test)]

@@ -91,6 +91,26 @@ pub struct StreamQuery {
     pub limit: Option<i64>,
 }
 
+impl StreamQuery {
+    /// The cursor (the start when absent) and the page size, checked.
+    pub fn checked(&self) -> ApiResult<(Cursor, i64)> {
+        let after = match self.after.as_deref() {
+            None | Some("") => Cursor::default(),
+            Some(raw) => raw.parse().map_err(|e: omoi_store::log::BadCursor| {
+                ApiError::bad_request(e.to_string(), Some("after"))
+            })?,
+        };
+        let limit = self.limit.unwrap_or(100);
+        if !(1..=1000).contains(&limit) {
+            return Err(ApiError::bad_request(
+                "limit must be between 1 and 1000",
+                Some("limit"),
+            ));
+        }
+        Ok((after, limit))
+    }
+}
+
 /// A page of the global event stream.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct StreamPage {
@@ -118,19 +138,7 @@ async fn global_stream(
     caller: Caller,
     Query(query): Query<StreamQuery>,
 ) -> ApiResult<Json<StreamPage>> {
-    let after = match query.after.as_deref() {
-        None | Some("") => Cursor::default(),
-        Some(raw) => raw.parse().map_err(|e: omoi_store::log::BadCursor| {
-            ApiError::bad_request(e.to_string(), Some("after"))
-        })?,
-    };
-    let limit = query.limit.unwrap_or(100);
-    if !(1..=1000).contains(&limit) {
-        return Err(ApiError::bad_request(
-            "limit must be between 1 and 1000",
-            Some("limit"),
-        ));
-    }
+    let (after, limit) = query.checked()?;
     let visibility = if caller.is_super_admin() {
         Visibility::Everything
     } else {

@@ -634,12 +634,13 @@ impl Runtime {
         let assigned =
             futures_util::future::join_all(picked.into_iter().map(|(agent_id, task)| async move {
                 // An in-process agent starts at once: assignment and start are one
-                // transaction, not two.
+                // transaction, not two. It takes the task as itself, as an HTTP agent's
+                // claim does, so the audit of the agent shows every step it took.
                 let commands = [
                     TaskCommand::AssignTask { agent_id, at: now },
                     TaskCommand::StartTask { at: now },
                 ];
-                let context = context(Actor::System("worker"), "assign");
+                let context = context(Actor::Agent(agent_id), "claim");
                 let result = bus
                     .execute_all::<Task>(&task.id.to_string(), &commands, &context, &|_| Ok(()))
                     .await;

@@ -16,7 +16,7 @@
 //! * [`runner`] — leadership (advisory lock), batches, wake-ups, failure handling, metrics.
 //! * [`verify`] — a scratch rebuild compared with the live build, row by row.
 //! * One folder per read model: [`board`], [`graph`], [`timeline`], [`agents`],
-//!   [`directory`], each with
+//!   [`directory`], [`activity`], each with
 //!   `model.rs` (the pure state and the transition one event makes), `projector.rs`
 //!   (tables, rows, the set-based `apply`) and `query.rs` (reads through the stable views);
 //!   the board and the graph add `view.rs` (what a model renders), the timeline
@@ -25,6 +25,7 @@
 //!   [`replay`] (one project's log folded up to a past position).
 //! * `testing` (tests only) — a log of ticket and task events for the models' tests.
 
+pub mod activity;
 pub mod agents;
 pub mod board;
 pub mod catalog;
@@ -118,5 +119,6 @@ pub fn all() -> Vec<Arc<dyn Projector>> {
         Arc::new(timeline::TimelineProjector),
         Arc::new(agents::AgentsProjector),
         Arc::new(directory::DirectoryProjector),
+        Arc::new(activity::ActivityProjector),
     ]
 }

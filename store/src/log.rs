@@ -184,6 +184,36 @@ pub async fn read_global(
     Ok(EventPage { events, next })
 }
 
+/// The events at `positions` (each an event's own place, as [`StoredEvent::cursor`]
+/// gives it), in the order asked; positions naming no event are left out.
+pub async fn events_at(
+    pool: &PgPool,
+    positions: &[Cursor],
+) -> Result<Vec<StoredEvent>, sqlx::Error> {
+    if positions.is_empty() {
+        return Ok(Vec::new());
+    }
+    let (transactions, globals): (Vec<i64>, Vec<i64>) = positions
+        .iter()
+        .map(|p| (p.transaction_id, p.global_position))
+        .unzip();
+    // `e.*` names the columns of COLUMNS without the pair `wanted` also has.
+    let sql = "select e.aggregate_type, e.aggregate_id, e.sequence, e.event_type,
+                      e.event_version, e.payload, e.metadata, e.global_position,
+                      e.transaction_id::text::bigint as transaction_id
+                 from unnest($1::bigint[], $2::bigint[]) with ordinality
+                      as wanted(transaction_id, global_position, place)
+                 join events e on e.transaction_id = wanted.transaction_id::text::xid8
+                              and e.global_position = wanted.global_position
+                order by wanted.place";
+    let rows = sqlx::query(sql)
+        .bind(transactions)
+        .bind(globals)
+        .fetch_all(pool)
+        .await?;
+    rows.iter().map(StoredEvent::from_row).collect()
+}
+
 /// How many visible events lie in `(after, until]`, counting no further than `limit`: a
 /// reader that must not take more than `limit` of them learns so without reading them.
 pub async fn count_global(

@@ -1,0 +1,222 @@
+//! The agent audit: `GET /api/v1/agents/{id}/activity` lists exactly the events an agent
+//! caused or that name it, across the projects of its organization, in the global order,
+//! page by page — checked against the global stream read independently.
+
+use omoi_orchestrator::{Work, Worker, WorkerConfig};
+use omoi_testing::{spawn_app, Agent, TestApp};
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+
+/// Every event of the global stream (as the owner sees it), oldest first.
+async fn whole_stream(app: &TestApp) -> Vec<Value> {
+    let mut events = Vec::new();
+    let mut after = String::from("0-0");
+    loop {
+        let (status, page) = app
+            .get(&format!("/api/v1/events?after={after}&limit=1000"))
+            .await;
+        assert_eq!(status, StatusCode::OK, "{page}");
+        let got = page["events"].as_array().expect("events").clone();
+        if got.is_empty() {
+            return events;
+        }
+        events.extend(got);
+        after = page["next_cursor"].as_str().expect("a cursor").to_string();
+    }
+}
+
+/// The oracle: an event concerns `agent` when the agent caused it, it is the agent's own,
+/// or its payload mentions the agent's id anywhere.
+fn concerns(event: &Value, agent: &str) -> bool {
+    event["metadata"]["actor"] == format!("agent:{agent}")
+        || (event["aggregate_type"] == "Agent" && event["aggregate_id"] == agent)
+        || event["payload"].to_string().contains(agent)
+}
+
+/// Every event of `agent`'s activity, read with pages of `limit` (as `token`, or the owner).
+async fn activity(app: &TestApp, token: Option<&str>, agent: &str, limit: u32) -> Vec<Value> {
+    let mut events = Vec::new();
+    let mut after = String::new();
+    loop {
+        let path = format!("/api/v1/agents/{agent}/activity?after={after}&limit={limit}");
+        let (status, page) = app.send_as(token, reqwest::Method::GET, &path, None).await;
+        assert_eq!(status, StatusCode::OK, "{page}");
+        let got = page["events"].as_array().expect("events").clone();
+        if got.is_empty() {
+            let unchanged = if after.is_empty() {
+                "0-0"
+            } else {
+                after.as_str()
+            };
+            assert_eq!(page["next_cursor"], unchanged, "{page}");
+            return events;
+        }
+        events.extend(got);
+        after = page["next_cursor"].as_str().expect("a cursor").to_string();
+    }
+}
+
+fn cursors(events: &[Value]) -> Vec<String> {
+    events
+        .iter()
+        .map(|e| e["cursor"].as_str().expect("a cursor").to_string())
+        .collect()
+}
+
+/// Has the owner give `task` to `agent`, which runs and completes it.
+async fn run(app: &TestApp, agent: &Agent, task: &str) {
+    let (status, body) = app
+        .post(
+            &format!("/api/v1/tasks/{task}/assign"),
+            json!({"agent_id": agent.id}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    agent.must(app, task, "start", json!({})).await;
+    agent
+        .must(app, task, "progress", json!({"message": "halfway"}))
+        .await;
+    agent
+        .must(app, task, "complete", json!({"result": {"ok": true}}))
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_activity_of_an_agent_is_exactly_its_events_across_two_projects() {
+    let app = spawn_app().await;
+    let (organization, first_project) = app.organization_and_project().await;
+    let second_project = app
+        .create(
+            "/api/v1/projects",
+            json!({"organization_id": organization, "name": "Mobile",
+                   "settings": {"auto_spawn_tasks": false, "validation_required": false}}),
+        )
+        .await;
+    let watched = app.register_agent(&organization).await;
+    let bystander = app.register_agent(&organization).await;
+    for project in [&first_project, &second_project] {
+        let ticket = app.ticket(project, "Work").await;
+        let mine = app.task(&ticket, "Mine", json!({})).await;
+        let theirs = app.task(&ticket, "Theirs", json!({})).await;
+        run(&app, &watched, &mine).await;
+        run(&app, &bystander, &theirs).await;
+    }
+    // A person acts on the agent: the event names it without the agent causing it.
+    let (status, body) = app
+        .post(
+            &format!("/api/v1/agents/{}/status", watched.id),
+            json!({"to": "failed", "reason": "audit"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    app.caught_up().await;
+
+    let stream = whole_stream(&app).await;
+    let expected: Vec<Value> = stream
+        .iter()
+        .filter(|e| concerns(e, &watched.id))
+        .cloned()
+        .collect();
+    let got = activity(&app, app.token.as_deref(), &watched.id, 1000).await;
+    assert_eq!(cursors(&got), cursors(&expected));
+    assert_eq!(got, expected, "the events are served whole");
+    let projects: std::collections::BTreeSet<&str> = got
+        .iter()
+        .filter_map(|e| e["metadata"]["project_id"].as_str())
+        .collect();
+    assert_eq!(projects.len(), 2, "both projects' events: {projects:?}");
+    let kinds: Vec<&str> = got
+        .iter()
+        .filter_map(|e| e["event_type"].as_str())
+        .collect();
+    for kind in [
+        "AgentRegistered",
+        "TaskAssigned",
+        "TaskStarted",
+        "TaskProgressReported",
+        "TaskCompleted",
+        "AgentStatusChanged",
+    ] {
+        assert!(kinds.contains(&kind), "{kind} missing from {kinds:?}");
+    }
+    // Page by page: the same events, in the same order.
+    assert_eq!(
+        cursors(&activity(&app, app.token.as_deref(), &watched.id, 2).await),
+        cursors(&expected)
+    );
+    // The bystander's activity shares none of them but the events naming both.
+    let others = activity(&app, app.token.as_deref(), &bystander.id, 1000).await;
+    assert!(others.iter().all(|e| concerns(e, &bystander.id)));
+    assert!(others.iter().all(|e| !concerns(e, &watched.id)));
+    // The agent reads its own audit with its own credential.
+    let own = activity(&app, Some(&watched.credential), &watched.id, 1000).await;
+    assert_eq!(cursors(&own), cursors(&expected));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn in_process_agents_act_as_themselves_and_strangers_see_nothing() {
+    let app = spawn_app().await;
+    let (_, project) = app.organization_and_project().await;
+    let ticket = app.ticket(&project, "Work").await;
+    let task = app.task(&ticket, "Echo", json!({})).await;
+    let directory = std::env::temp_dir().join(format!("omoi-test-{}", uuid::Uuid::now_v7()));
+    let worker = Worker::start(
+        app.database.pool.clone(),
+        WorkerConfig {
+            work: Work::Command("echo hello".into()),
+            check_interval_ms: 200,
+            poll_interval_ms: 100,
+            work_dir: directory.join("work"),
+            ..WorkerConfig::default()
+        },
+    );
+    app.until_task_status(&task, "completed").await;
+    worker.stop().await;
+    let (_, history) = app.get(&format!("/api/v1/tasks/{task}/history")).await;
+    let events = history["events"].as_array().expect("events");
+    let assigned = events
+        .iter()
+        .find(|e| e["event_type"] == "TaskAssigned")
+        .expect("an assignment");
+    let agent_id = assigned["payload"]["TaskAssigned"]["agent_id"]
+        .as_str()
+        .expect("the agent")
+        .to_string();
+    // Every step of the run, from the assignment on, is the agent's own.
+    for event in events
+        .iter()
+        .skip_while(|e| e["event_type"] != "TaskAssigned")
+    {
+        assert_eq!(
+            event["metadata"]["actor"],
+            format!("agent:{agent_id}"),
+            "{event}"
+        );
+    }
+    app.caught_up().await;
+    let own = activity(&app, app.token.as_deref(), &agent_id, 100).await;
+    let kinds: Vec<&str> = own
+        .iter()
+        .filter_map(|e| e["event_type"].as_str())
+        .collect();
+    assert!(kinds.contains(&"TaskCompleted"), "{kinds:?}");
+
+    // A user of another organization: as if the agent did not exist.
+    let stranger = app.register_and_login("stranger@example.com").await;
+    let (status, body) = app
+        .send_as(
+            Some(&stranger),
+            reqwest::Method::GET,
+            &format!("/api/v1/agents/{agent_id}/activity"),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    for query in ["after=x", "limit=0", "limit=1001"] {
+        let (status, body) = app
+            .get(&format!("/api/v1/agents/{agent_id}/activity?{query}"))
+            .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{query}: {body}");
+    }
+    let _ = std::fs::remove_dir_all(directory);
+}
