@@ -100,7 +100,11 @@ pub fn app_state(
     .with_replays(replays(&settings.application))
     .with_billing(settings.billing.config())
     .with_guard(settings.auth.guard()?)
-    .with_live(settings.live.config()))
+    .with_live(settings.live.config())
+    .with_liveness(omoi_api::state::Liveness {
+        monitoring: settings.monitoring,
+        stale_after_ms: settings.worker.stale_after_ms,
+    }))
 }
 
 fn replays(application: &crate::settings::ApplicationSettings) -> omoi_api::state::Replays {

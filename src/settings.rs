@@ -27,6 +27,9 @@ pub struct Settings {
     /// The process managers' tables (the task of each phase of a hand-made ticket).
     #[serde(default)]
     pub workflow: omoi_workflow::WorkflowConfig,
+    /// Supervision: heartbeat escalation and stalled tasks.
+    #[serde(default)]
+    pub monitoring: omoi_orchestrator::MonitoringConfig,
 }
 
 /// The limits of live delivery that operators set; its other tunables are code defaults

@@ -383,7 +383,10 @@ fn entry(method: &str, template: &str, f: &Fixtures) -> (String, Option<Value>) 
         ),
         (
             "GET",
-            "/api/v1/agents/{id}" | "/api/v1/agents/{id}/history" | "/api/v1/agents/{id}/activity",
+            "/api/v1/agents/{id}"
+            | "/api/v1/agents/{id}/history"
+            | "/api/v1/agents/{id}/activity"
+            | "/api/v1/agents/{id}/health",
         ) => (on(&f.agent), None),
         ("POST", "/api/v1/agents/{id}/status") => {
             (on(&f.agent), Some(json!({"to": "idle", "reason": "ready"})))
@@ -393,6 +396,11 @@ fn entry(method: &str, template: &str, f: &Fixtures) -> (String, Option<Value>) 
         }
         ("POST", "/api/v1/agents/{id}/heartbeat") => (on(&f.agent), Some(json!({}))),
         ("POST", "/api/v1/agents/{id}/claim") => (on(&f.agent), Some(json!({"wait_seconds": 0}))),
+        ("POST", "/api/v1/guardian/interventions") => (
+            template.into(),
+            Some(json!({"kind": "priority_override", "task_id": f.first_task,
+                        "priority": "HIGH", "reason": "it blocks the release"})),
+        ),
 
         // Billing.
         ("POST", "/api/v1/billing/webhooks/stripe") => (template.into(), Some(json!({}))),

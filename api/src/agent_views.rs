@@ -5,8 +5,10 @@
 
 use axum::extract::State;
 use axum::Json;
+use chrono::{DateTime, Utc};
 use omoi_domain::access::Permission;
 use omoi_domain::agent::{Agent, AgentStatus};
+use omoi_domain::task::{Task, TaskStatus};
 use omoi_projections::activity::{self, ActivityScope};
 use omoi_projections::agents::{self, AgentFilter, AgentView};
 use serde::{Deserialize, Serialize};
@@ -27,6 +29,7 @@ pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(list_agents))
         .routes(routes!(agent_activity))
+        .routes(routes!(agent_health))
 }
 
 const PERMISSION: Permission = Permission::AgentRead;
@@ -123,6 +126,99 @@ async fn agent_activity(
         agent_id: id,
         events: events.into_iter().map(EventRecord::from).collect(),
         next_cursor,
+    }))
+}
+
+/// An agent's liveness and the state of the work it holds.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AgentHealth {
+    pub agent_id: Uuid,
+    pub status: AgentStatus,
+    /// Why the agent entered its status, if anyone said.
+    pub status_reason: Option<String>,
+    /// `None` before the agent's first heartbeat (or claim).
+    pub last_heartbeat_at: Option<DateTime<Utc>>,
+    /// Heartbeat intervals (`monitoring.heartbeat_interval_ms`) missed since then.
+    pub missed_heartbeats: u64,
+    /// At least one interval missed: two degrade the agent.
+    pub warning: bool,
+    /// When the agent is failed if it stays silent (`worker.stale_after_ms`).
+    pub lease_expires_at: Option<DateTime<Utc>>,
+    /// The tasks it holds (assigned or running).
+    pub tasks: Vec<HeldTask>,
+    /// Those of them marked stalled (no progress for `monitoring.stuck_after_ms`).
+    pub stalled_tasks: Vec<Uuid>,
+}
+
+/// A task an agent holds, as supervision sees it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct HeldTask {
+    pub task_id: Uuid,
+    pub status: TaskStatus,
+    /// Set while stalled: since when it reported nothing.
+    pub stalled_since: Option<DateTime<Utc>>,
+    /// Steering messages not yet handed to the agent.
+    pub pending_steering: usize,
+}
+
+/// The agent's heartbeats (last one, intervals missed, when it would be failed) and the
+/// work it holds, with stalled tasks and undelivered steering.
+#[utoipa::path(
+    get,
+    path = "/api/v1/agents/{id}/health",
+    tag = "agents",
+    params(("id" = Uuid, Path)),
+    responses(
+        (status = 200, body = AgentHealth),
+        (status = 400, body = Problem, description = "bad id"),
+        (status = 404, body = Problem, description = "no such agent"),
+    )
+)]
+async fn agent_health(
+    State(state): State<AppState>,
+    caller: Caller,
+    IdPath(id): IdPath,
+) -> ApiResult<Json<AgentHealth>> {
+    let (agent, _) = state.read::<Agent>(&caller, PERMISSION, id).await?;
+    let liveness = state.liveness;
+    let lease = omoi_orchestrator::leases::lease(state.pool(), id).await?;
+    let missed_heartbeats = lease.as_ref().map_or(0, |lease| {
+        let silent = (lease.now - lease.heartbeat_at).num_milliseconds();
+        liveness.monitoring.missed_heartbeats(silent)
+    });
+    let stale_after = chrono::Duration::milliseconds(
+        i64::try_from(liveness.stale_after_ms).unwrap_or(i64::MAX / 2),
+    );
+    let mut tasks = Vec::new();
+    for task_id in agents::held_tasks(state.pool(), id).await? {
+        let (task, _) = state.load::<Task>(task_id).await?;
+        if task.assigned_agent_id != Some(id) {
+            continue;
+        }
+        tasks.push(HeldTask {
+            task_id,
+            status: task.status,
+            stalled_since: task.stalled_since,
+            pending_steering: task.pending_steering.len(),
+        });
+    }
+    let stalled_tasks = tasks
+        .iter()
+        .filter(|t| t.stalled_since.is_some())
+        .map(|t| t.task_id)
+        .collect();
+    Ok(Json(AgentHealth {
+        agent_id: id,
+        status: agent.status,
+        status_reason: agent.status_reason,
+        last_heartbeat_at: lease.as_ref().map(|l| l.heartbeat_at),
+        missed_heartbeats,
+        warning: missed_heartbeats >= 1,
+        lease_expires_at: lease
+            .as_ref()
+            .and_then(|l| l.heartbeat_at.checked_add_signed(stale_after)),
+        tasks,
+        stalled_tasks,
     }))
 }
 

@@ -12,9 +12,10 @@ use axum::response::IntoResponse;
 use axum::Json;
 use chrono::Utc;
 use omoi_domain::agent::{Agent, AgentCommand, AgentStatus, AgentType};
+use omoi_domain::common::Scoped;
 use omoi_domain::organization::Organization;
 use omoi_domain::project::Project;
-use omoi_domain::task::{Task, TaskCommand};
+use omoi_domain::task::{Steering, Task, TaskCommand};
 use serde::Deserialize;
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
@@ -133,6 +134,15 @@ async fn register_agent(
             code: "organization_archived",
             detail: "the organization is archived; no agent can be registered in it".into(),
         });
+    }
+    // A guardian agent may intervene in the organization's work: only those who may
+    // intervene themselves give that power to an agent.
+    if body.agent_type == AgentType::Guardian {
+        caller.authorize(
+            organization.scope(),
+            Permission::GuardianIntervene,
+            "organization",
+        )?;
     }
     if let Some(project_id) = body.project_id {
         ensure_project_of(&state, body.organization_id, project_id).await?;
@@ -253,10 +263,7 @@ async fn claim(
     let (agent, _) = state
         .read::<Agent>(&caller, Permission::TaskExecute, id)
         .await?;
-    if matches!(
-        agent.status,
-        AgentStatus::Failed | AgentStatus::Quarantined | AgentStatus::Terminated
-    ) {
+    if !agent.status.takes_work() {
         return Err(ApiError::Conflict {
             code: "agent_unavailable",
             detail: format!(
@@ -391,16 +398,29 @@ async fn change_agent_status(
     Ok(answer)
 }
 
-/// The answer to a heartbeat: the agent's status as recorded.
+/// The answer to a heartbeat: the agent's status as recorded, and the steering messages
+/// for the tasks it runs that it had not been given yet (now recorded as delivered).
 #[derive(Debug, serde::Serialize, ToSchema)]
 pub struct Heartbeat {
     pub agent_id: Uuid,
     pub status: AgentStatus,
+    pub steering: Vec<SteeringMessage>,
 }
 
-/// Renews the agent's lease. An agent silent longer than the worker's stale threshold
-/// (90 s by default) is failed and its tasks go back to the queue; a terminated agent's
-/// heartbeat is refused.
+/// A steering message for one of the agent's tasks.
+#[derive(Debug, serde::Serialize, ToSchema)]
+pub struct SteeringMessage {
+    pub task_id: Uuid,
+    #[serde(flatten)]
+    pub steering: Steering,
+}
+
+/// Renews the agent's lease. A spawning agent's first heartbeat, and a degraded agent's
+/// next one, make it `idle` (an event). An agent silent for two heartbeat intervals
+/// (`monitoring.heartbeat_interval_ms`) is degraded; one silent longer than the stale
+/// threshold (`worker.stale_after_ms`) is failed and its tasks go back to the queue. A
+/// terminated agent's heartbeat is refused. The answer carries the steering messages
+/// waiting for the agent's running tasks, once each.
 #[utoipa::path(post, path = "/api/v1/agents/{id}/heartbeat", tag = "agents",
     params(("id" = Uuid, Path)),
     responses(
@@ -429,10 +449,97 @@ async fn heartbeat(
     omoi_orchestrator::leases::renew(state.pool(), id, organization_id)
         .await
         .map_err(ApiError::from)?;
+    let status = revive(&state, &caller, id, agent.status).await?;
+    let steering = deliver_steering(&state, &caller, id).await?;
     Ok(Json(Heartbeat {
         agent_id: id,
-        status: agent.status,
+        status,
+        steering,
     }))
+}
+
+/// A heartbeat shows a spawning or degraded agent alive: it becomes idle. Another
+/// command having moved it meanwhile is not an error; its status then is the answer.
+async fn revive(
+    state: &AppState,
+    caller: &Caller,
+    id: Uuid,
+    status: AgentStatus,
+) -> ApiResult<AgentStatus> {
+    let reason = match status {
+        AgentStatus::Spawning => "first heartbeat",
+        AgentStatus::Degraded => "heartbeats resumed",
+        other => return Ok(other),
+    };
+    let command = AgentCommand::ChangeAgentStatus {
+        to: AgentStatus::Idle,
+        reason: Some(reason.into()),
+        force: false,
+        at: Utc::now(),
+    };
+    match state
+        .execute::<Agent>(
+            caller,
+            Permission::AgentHeartbeat,
+            "ChangeAgentStatus",
+            id,
+            command,
+        )
+        .await
+    {
+        Ok(committed) => Ok(committed.state.status),
+        Err(ApiError::Conflict { .. }) => Ok(state.load::<Agent>(id).await?.0.status),
+        Err(other) => Err(other),
+    }
+}
+
+/// The steering messages waiting on the tasks the agent holds, each recorded as
+/// delivered (`SteeringDelivered`) as it is handed over.
+async fn deliver_steering(
+    state: &AppState,
+    caller: &Caller,
+    id: Uuid,
+) -> ApiResult<Vec<SteeringMessage>> {
+    let mut delivered = Vec::new();
+    for task_id in omoi_projections::agents::held_tasks(state.pool(), id).await? {
+        let (task, _) = state.load::<Task>(task_id).await?;
+        let waiting: Vec<Steering> = task
+            .pending_steering
+            .into_iter()
+            .filter(|_| task.assigned_agent_id == Some(id))
+            .collect();
+        if waiting.is_empty() {
+            continue;
+        }
+        let command = TaskCommand::AcknowledgeSteering {
+            steering_ids: waiting.iter().map(|s| s.steering_id).collect(),
+            at: Utc::now(),
+        };
+        // Only what this command recorded as delivered is handed over: a concurrent
+        // heartbeat that delivered a message first keeps it from being given twice.
+        let committed = state
+            .execute::<Task>(
+                caller,
+                Permission::TaskExecute,
+                "AcknowledgeSteering",
+                task_id,
+                command,
+            )
+            .await?;
+        let still_pending: Vec<Uuid> = committed
+            .state
+            .pending_steering
+            .iter()
+            .map(|s| s.steering_id)
+            .collect();
+        delivered.extend(
+            waiting
+                .into_iter()
+                .filter(|s| !still_pending.contains(&s.steering_id))
+                .map(|steering| SteeringMessage { task_id, steering }),
+        );
+    }
+    Ok(delivered)
 }
 
 /// Replaces the agent's whole capability set (at most 64); the new set must differ.

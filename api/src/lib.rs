@@ -16,7 +16,7 @@
 //!   documented rules of request fields (lengths, patterns, counts).
 //! * One module per resource: [`organizations`], [`projects`], [`tickets`], [`tasks`],
 //!   [`specs`] (and [`spec_export`]), [`agents`], [`claims`], [`discoveries`], [`billing`],
-//!   [`transcripts`] (task logs); [`history`] (per-aggregate history,
+//!   [`transcripts`] (task logs), [`guardian`] (interventions); [`history`] (per-aggregate history,
 //!   global stream); [`system`].
 //! * [`metrics`] — Prometheus counters and latency of commands.
 //! * One module per read model: [`board`], [`graph`], [`timeline`], [`agent_views`],
@@ -34,6 +34,7 @@ pub mod discoveries;
 pub mod error;
 pub mod extract;
 pub mod graph;
+pub mod guardian;
 pub mod history;
 pub mod lists;
 pub mod live;

@@ -113,6 +113,7 @@ pub(crate) fn documented_routes() -> OpenApiRouter<AppState> {
         .merge(spec_export::router())
         .merge(agents::router())
         .merge(agent_views::router())
+        .merge(guardian::router())
         .merge(lists::router())
         .merge(timeline::router())
         .merge(board::router())
@@ -138,6 +139,9 @@ pub fn complete(document: &mut OpenApi) {
             // A problem's detail quotes the input it refuses, NUL characters included.
             if name != "Problem" {
                 forbid_nul_in(schema);
+            }
+            if CLOSED_UNIONS.contains(&name.as_str()) {
+                close_variants(schema);
             }
         }
     }
@@ -248,6 +252,22 @@ fn link_created_resources(document: &mut serde_json::Value) {
 /// Text never holds U+0000: PostgreSQL cannot store it, and [`crate::extract`] refuses it
 /// in bodies and query strings with a 422. Every free-form string says so.
 pub const NO_NUL: &str = "^[^\\u0000]*$";
+
+/// Request bodies that are tagged unions whose variants refuse unknown fields
+/// (`#[serde(tag = …, deny_unknown_fields)]`): utoipa closes a struct's schema for
+/// `deny_unknown_fields`, not an enum's variants, so they are closed here.
+const CLOSED_UNIONS: [&str; 1] = ["Intervention"];
+
+fn close_variants(schema: &mut RefOr<Schema>) {
+    if let RefOr::T(Schema::OneOf(one_of)) = schema {
+        for variant in &mut one_of.items {
+            if let RefOr::T(Schema::Object(object)) = variant {
+                object.additional_properties =
+                    Some(Box::new(AdditionalProperties::FreeForm(false)));
+            }
+        }
+    }
+}
 
 fn forbid_nul_in(schema: &mut RefOr<Schema>) {
     if let RefOr::T(schema) = schema {
@@ -489,6 +509,20 @@ mod tests {
             project["links"]["board_view"]["parameters"]["project_id"],
             "$response.body#/id"
         );
+    }
+
+    #[test]
+    fn each_kind_of_intervention_refuses_fields_of_another() {
+        let served = served(crate::openapi());
+        let variants = served["components"]["schemas"]["Intervention"]["oneOf"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        assert_eq!(variants.len(), 6, "{variants:?}");
+        for variant in variants {
+            assert_eq!(variant["additionalProperties"], false, "{variant}");
+            assert!(variant["properties"]["kind"].is_object(), "{variant}");
+        }
     }
 
     /// Two types of one name would share one schema, the later one winning.

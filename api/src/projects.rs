@@ -6,7 +6,7 @@ use axum::Json;
 use chrono::Utc;
 use omoi_domain::access::Permission;
 use omoi_domain::organization::Organization;
-use omoi_domain::project::{Project, ProjectCommand, ProjectSettings, SettingsChange};
+use omoi_domain::project::{Project, ProjectCommand, ProjectSettings, SettingsChange, StallPolicy};
 use omoi_workflow::admission::{self, AdmissionError};
 use serde::Deserialize;
 use utoipa::ToSchema;
@@ -127,6 +127,11 @@ pub struct ChangeSettings {
     pub auto_spawn_tasks: Option<bool>,
     /// Every `implement` task of a spec's plan must pass validation (default on).
     pub validation_required: Option<bool>,
+    /// What is done about a running task with no progress for `monitoring.stuck_after_ms`:
+    /// `nudge` (a steering message to its agent; the default), `restart` (the attempt
+    /// fails and is retried), `escalate` (its ticket is blocked `failing_checks`).
+    #[schema(inline)]
+    pub stall_policy: Option<StallPolicy>,
 }
 
 impl From<ChangeSettings> for SettingsChange {
@@ -135,6 +140,7 @@ impl From<ChangeSettings> for SettingsChange {
             auto_advance: body.auto_advance,
             auto_spawn_tasks: body.auto_spawn_tasks,
             validation_required: body.validation_required,
+            stall_policy: body.stall_policy,
         }
     }
 }

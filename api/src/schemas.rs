@@ -69,6 +69,11 @@ pub fn statement() -> Object {
     text_of(MAX_TEXT_CHARS, true, false)
 }
 
+/// A steering message for an agent: not blank, at most [`task::MAX_STEERING_CHARS`].
+pub fn steering() -> Object {
+    text_of(task::MAX_STEERING_CHARS, true, false)
+}
+
 /// A progress report.
 pub fn progress() -> Object {
     text_of(task::MAX_PROGRESS_CHARS, true, false)
@@ -120,6 +125,22 @@ pub fn agent_capabilities() -> Array {
     ArrayBuilder::new()
         .items(text_of(agent::MAX_CAPABILITY_CHARS, true, false))
         .max_items(Some(agent::MAX_CAPABILITIES))
+        .build()
+}
+
+/// Lines of a transcript: 1 to [`transcripts::MAX_WRITE_LINES`], each at most
+/// [`transcripts::MAX_LINE_CHARS`], without a line break or NUL.
+pub fn log_lines() -> Array {
+    use omoi_store::transcripts;
+    ArrayBuilder::new()
+        .items(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .max_length(Some(transcripts::MAX_LINE_CHARS))
+                .pattern(Some("^[^\\u0000\\n\\r]*$")),
+        )
+        .min_items(Some(1))
+        .max_items(Some(transcripts::MAX_WRITE_LINES))
         .build()
 }
 

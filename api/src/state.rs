@@ -44,6 +44,25 @@ pub struct AppState {
     pub replays: Arc<Replays>,
     /// Hash slots, rate limits and cookie policy of the public auth routes.
     pub guard: Arc<Guard>,
+    /// How agents' heartbeats are judged (for their health).
+    pub liveness: Liveness,
+}
+
+/// The thresholds an agent's heartbeats are judged by, as the worker judges them.
+#[derive(Debug, Clone, Copy)]
+pub struct Liveness {
+    pub monitoring: omoi_orchestrator::MonitoringConfig,
+    /// `worker.stale_after_ms`: silent this long, an agent is failed.
+    pub stale_after_ms: u64,
+}
+
+impl Default for Liveness {
+    fn default() -> Self {
+        Self {
+            monitoring: omoi_orchestrator::MonitoringConfig::default(),
+            stale_after_ms: omoi_orchestrator::WorkerConfig::default().stale_after_ms,
+        }
+    }
 }
 
 /// The bounds of rebuilding past views (`?as_of=`).
@@ -94,7 +113,14 @@ impl AppState {
             billing: Arc::new(BillingConfig::default()),
             replays: Arc::new(Replays::default()),
             guard: Arc::new(Guard::new(GuardConfig::default())),
+            liveness: Liveness::default(),
         }
+    }
+
+    /// The heartbeat thresholds as configured.
+    pub fn with_liveness(mut self, liveness: Liveness) -> Self {
+        self.liveness = liveness;
+        self
     }
 
     /// The auth routes' hash slots, rate limits and cookies as configured.
@@ -194,6 +220,26 @@ impl AppState {
     {
         let check = |_| Ok(());
         self.run::<A>(caller, name, id, command, &check, "create")
+            .await
+    }
+
+    /// Executes a command authorized by `check` — a rule that is not one permission (a
+    /// guardian agent's reach, for one) — refused with `refused_as` named as missing.
+    pub async fn run_checked<A>(
+        &self,
+        caller: &Caller,
+        name: &'static str,
+        id: Uuid,
+        command: A::Command,
+        check: &dyn ScopeCheck,
+        refused_as: &'static str,
+    ) -> ApiResult<Committed<A>>
+    where
+        A: Aggregate<Services = ()> + Scoped + Clone,
+        A::Command: Clone + Send,
+        A::Error: DomainError,
+    {
+        self.run::<A>(caller, name, id, command, check, refused_as)
             .await
     }
 

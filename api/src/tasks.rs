@@ -316,7 +316,8 @@ async fn get_task(
         (status = 404, body = Problem,
             description = "no such task, or no such agent in the task's organization"),
         (status = 409, body = Problem,
-            description = "the task is not assignable (yet), or the agent is terminated"),
+            description = "the task is not assignable (yet), or the agent is terminated, \
+                           failed or quarantined"),
         (status = 422, body = Problem,
             description = "the agent serves another project or lacks a capability the task requires"),
     ))]
@@ -349,6 +350,16 @@ async fn assign_task(
         return Err(ApiError::Conflict {
             code: "agent_terminated",
             detail: format!("agent {} is terminated", body.agent_id),
+        });
+    }
+    if !agent.status.takes_work() {
+        return Err(ApiError::Conflict {
+            code: "agent_unavailable",
+            detail: format!(
+                "agent {} is {}; it may not take work",
+                body.agent_id,
+                agent.status.as_str()
+            ),
         });
     }
     let missing: Vec<&str> = task

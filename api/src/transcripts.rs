@@ -26,6 +26,9 @@ pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(read_logs, write_logs))
 }
 
+/// Above any attempt a task can reach (retries are bounded far below).
+const MAX_ATTEMPT: u32 = 1_000;
+
 /// Lines a page holds when no `limit` is asked for.
 const DEFAULT_PAGE_LINES: i64 = 1_000;
 
@@ -34,6 +37,7 @@ const DEFAULT_PAGE_LINES: i64 = 1_000;
 pub struct WriteLogs {
     /// 1 to 1,000 lines, in the order written; each at most 4,000 characters and without
     /// a line break.
+    #[schema(schema_with = crate::schemas::log_lines)]
     pub lines: Vec<String>,
 }
 
@@ -51,7 +55,7 @@ pub struct LogsWritten {
 #[serde(deny_unknown_fields)]
 pub struct LogsQuery {
     /// Which attempt (from 1); default: the newest one with lines, else the current one.
-    #[param(minimum = 1)]
+    #[param(minimum = 1, maximum = 1000)]
     pub attempt: Option<u32>,
     /// Lines after this number (default 0: from the first).
     #[param(minimum = 0)]
@@ -212,9 +216,12 @@ async fn read_logs(
             Some("limit"),
         ));
     }
-    if query.attempt == Some(0) {
+    if query
+        .attempt
+        .is_some_and(|a| !(1..=MAX_ATTEMPT).contains(&a))
+    {
         return Err(ApiError::bad_request(
-            "attempts are numbered from 1",
+            format!("attempts are numbered from 1 to at most {MAX_ATTEMPT}"),
             Some("attempt"),
         ));
     }

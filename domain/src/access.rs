@@ -112,10 +112,13 @@ pub enum Permission {
     ApiKeyWrite,
     /// Read the raw event log and the live event streams.
     EventsRead,
+    /// Intervene as a Guardian: cancel, reassign or re-prioritize any task, steer its
+    /// agent, quarantine and release agents; register agents of type `guardian`.
+    GuardianIntervene,
 }
 
 impl Permission {
-    pub const ALL: [Permission; 19] = [
+    pub const ALL: [Permission; 20] = [
         Self::OrgRead,
         Self::OrgWrite,
         Self::OrgMembersWrite,
@@ -135,6 +138,7 @@ impl Permission {
         Self::ApiKeyRead,
         Self::ApiKeyWrite,
         Self::EventsRead,
+        Self::GuardianIntervene,
     ];
 
     /// The original's spelling, which the grant patterns match.
@@ -159,6 +163,7 @@ impl Permission {
             Self::ApiKeyRead => "apikey:read",
             Self::ApiKeyWrite => "apikey:write",
             Self::EventsRead => "events:read",
+            Self::GuardianIntervene => "guardian:intervene",
         }
     }
 }
@@ -219,6 +224,7 @@ impl Role {
                 "project:*",
                 "agent:*",
                 "apikey:*",
+                "guardian:*",
             ],
             Self::Member => &[
                 "ticket:*",
@@ -369,7 +375,7 @@ mod tests {
     }
 
     /// Every permission string the code base grants or asks for.
-    const KNOWN_PERMISSIONS: [&str; 20] = [
+    const KNOWN_PERMISSIONS: [&str; 21] = [
         "org:read",
         "org:write",
         "org:delete",
@@ -390,6 +396,7 @@ mod tests {
         "apikey:read",
         "apikey:write",
         "events:read",
+        "guardian:intervene",
     ];
 
     /// Known permissions, the granted patterns themselves, and random `resource:action`s

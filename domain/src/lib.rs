@@ -7,6 +7,7 @@
 //! * [`access`] — principals, organization roles and their permissions.
 //! * [`common`] — values shared by several aggregates (priority, phase, scope, text rules)
 //!   and the [`common::DomainError`] classification the API turns into HTTP statuses.
+//! * [`guardian`] — the kinds of Guardian intervention, recorded on their targets.
 //! * [`kind`] — [`kind::AggregateKind`]: each aggregate's type in the log and its noun.
 //! * One folder per aggregate, each with `aggregate.rs` (state, `handle`, `apply`),
 //!   `commands.rs`, `events.rs` and `error.rs`:
@@ -22,6 +23,7 @@ pub mod access;
 pub mod agent;
 pub mod billing;
 pub mod common;
+pub mod guardian;
 pub mod kind;
 pub mod organization;
 pub mod project;

@@ -45,6 +45,10 @@ pub enum Outcome {
     Stopped,
 }
 
+/// The file in an attempt's directory where steering messages for its agent arrive, one
+/// JSON object per line (`$OMOI_STEERING_FILE`).
+pub const STEERING_FILE: &str = "steering.jsonl";
+
 /// Lines kept from each stream for the result or the error.
 const TAIL_LINES: usize = 20;
 
@@ -86,6 +90,8 @@ async fn prepare(directory: &Path, task: &QueuedTask, attempt: u32) -> std::io::
         "feedback": task.feedback,
     });
     tokio::fs::write(&file, serde_json::to_vec_pretty(&document)?).await?;
+    // There from the start, so a command may watch it before anything arrives.
+    tokio::fs::write(directory.join(STEERING_FILE), b"").await?;
     Ok(file)
 }
 
@@ -133,6 +139,7 @@ pub async fn execute(
         .env("OMOI_TASK_DESCRIPTION", &task.description)
         .env("OMOI_TASK_TYPE", &task.task_type)
         .env("OMOI_TASK_FILE", &file)
+        .env("OMOI_STEERING_FILE", run.directory.join(STEERING_FILE))
         .env("OMOI_TASK_ATTEMPT", run.attempt.to_string())
         .env(
             "OMOI_TASK_FEEDBACK",

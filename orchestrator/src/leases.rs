@@ -9,7 +9,8 @@ pub async fn renew(pool: &PgPool, agent_id: Uuid, organization_id: Uuid) -> sqlx
     sqlx::query(
         "insert into agent_leases (agent_id, organization_id, heartbeat_at)
          values ($1, $2, now())
-         on conflict (agent_id) do update set heartbeat_at = now(), expired_at = null",
+         on conflict (agent_id) do update
+             set heartbeat_at = now(), expired_at = null, degraded_at = null",
     )
     .bind(agent_id)
     .bind(organization_id)
@@ -28,7 +29,8 @@ pub async fn renew_all(pool: &PgPool, agents: &[(Uuid, Uuid)]) -> sqlx::Result<(
         "insert into agent_leases (agent_id, organization_id, heartbeat_at)
          select id, organization_id, now() from unnest($1::uuid[], $2::uuid[])
                 as t(id, organization_id)
-         on conflict (agent_id) do update set heartbeat_at = now(), expired_at = null",
+         on conflict (agent_id) do update
+             set heartbeat_at = now(), expired_at = null, degraded_at = null",
     )
     .bind(ids)
     .bind(organizations)
@@ -48,6 +50,41 @@ pub async fn expire_stale(pool: &PgPool, threshold_ms: u64) -> sqlx::Result<Vec<
     )
     .bind(threshold_ms as f64)
     .fetch_all(pool)
+    .await
+}
+
+/// Claims the leases silent for longer than `threshold_ms` and neither degraded nor
+/// expired yet: each is marked degraded by exactly one caller, which then degrades the
+/// agent. A heartbeat clears the mark.
+pub async fn degrade_silent(pool: &PgPool, threshold_ms: u64) -> sqlx::Result<Vec<Uuid>> {
+    sqlx::query_scalar(
+        "update agent_leases set degraded_at = now()
+          where expired_at is null and degraded_at is null
+            and heartbeat_at < now() - make_interval(secs => $1::float8 / 1000)
+          returning agent_id",
+    )
+    .bind(threshold_ms as f64)
+    .fetch_all(pool)
+    .await
+}
+
+/// An agent's lease: its last heartbeat and whether it was degraded or expired since.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Lease {
+    pub heartbeat_at: chrono::DateTime<chrono::Utc>,
+    pub degraded_at: Option<chrono::DateTime<chrono::Utc>>,
+    pub expired_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// The database's clock when read, to measure the silence by.
+    pub now: chrono::DateTime<chrono::Utc>,
+}
+
+pub async fn lease(pool: &PgPool, agent_id: Uuid) -> sqlx::Result<Option<Lease>> {
+    sqlx::query_as(
+        "select heartbeat_at, degraded_at, expired_at, now() as now
+           from agent_leases where agent_id = $1",
+    )
+    .bind(agent_id)
+    .fetch_optional(pool)
     .await
 }
 

@@ -6,7 +6,8 @@
 //!
 //! * [`score`] — the original's score formula, weights and thresholds from config.
 //! * [`queue`] — the tasks folded from the log: readiness, order, caps, overdue tasks.
-//! * [`leases`] — `agent_leases`: heartbeats and their expiry.
+//! * [`leases`] — `agent_leases`: heartbeats, degradation and expiry.
+//! * [`monitor`] — supervision's settings and clock (the sweeps are the worker's).
 //! * [`executor`] — one task's command: working directory, environment, progress, kill.
 //! * [`choose`] — a dispatch pass's choice of (agent, task) pairs, pure.
 //! * [`worker`] — the loop tying them together.
@@ -14,8 +15,10 @@
 pub mod choose;
 pub mod executor;
 pub mod leases;
+pub mod monitor;
 pub mod queue;
 pub mod score;
 pub mod worker;
 
+pub use monitor::{Clock, MonitoringConfig};
 pub use worker::{SteppedWorker, Work, Worker, WorkerConfig};

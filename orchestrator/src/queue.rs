@@ -55,6 +55,11 @@ pub struct QueuedTask {
     pub validates: Option<ValidationTarget>,
     /// What the last validation of this task's work asked to revise.
     pub feedback: Option<String>,
+    /// While running: when its agent last showed progress (the start, or the newest
+    /// progress report).
+    pub last_progress_at: Option<DateTime<Utc>>,
+    /// While running: marked stalled since its last progress.
+    pub stalled: bool,
 }
 
 impl QueuedTask {
@@ -91,8 +96,11 @@ pub enum Change {
     None,
     /// Something that may make a task ready or free an agent.
     Queue,
-    /// This task was cancelled: stop whoever runs it.
-    Cancelled(Uuid),
+    /// This task's attempt ended from outside (cancelled, failed or timed out by someone
+    /// else than its command): stop whoever runs it.
+    Stop(Uuid),
+    /// A steering message for this task's agent was recorded.
+    Steered(Uuid),
 }
 
 #[derive(Debug, Default)]
@@ -115,6 +123,15 @@ pub struct Queue {
 #[derive(Deserialize)]
 struct Metadata {
     organization_id: Uuid,
+}
+
+/// When an event was recorded, from its metadata (`None` if it says nothing usable).
+fn occurred_at(stored: &StoredEvent) -> Option<DateTime<Utc>> {
+    stored
+        .metadata
+        .get("occurred_at")
+        .and_then(|v| v.as_str())
+        .and_then(|text| text.parse().ok())
 }
 
 impl Queue {
@@ -156,8 +173,31 @@ impl Queue {
         }
         let change = match event {
             // Discoveries change who may complete, not who may be assigned.
+            TaskEvent::TaskProgressReported { .. } => {
+                task.last_progress_at = occurred_at(stored).or(task.last_progress_at);
+                task.stalled = false;
+                Change::None
+            }
+            TaskEvent::TaskStalled { .. } => {
+                task.stalled = true;
+                Change::None
+            }
+            TaskEvent::TaskSteered { .. } => Change::Steered(id),
+            TaskEvent::TaskPriorityChanged { priority } => {
+                task.priority = priority;
+                Change::Queue
+            }
+            // Taken from its agent by a guardian: back in the queue, its command stopped.
+            TaskEvent::TaskUnassigned { .. } => {
+                task.agent_id = None;
+                task.assigned_at = None;
+                task.started_at = None;
+                task.last_progress_at = None;
+                Change::Stop(id)
+            }
             TaskEvent::TaskCreated { .. }
-            | TaskEvent::TaskProgressReported { .. }
+            | TaskEvent::GuardianIntervened { .. }
+            | TaskEvent::SteeringDelivered { .. }
             | TaskEvent::TaskDiscovered { .. }
             | TaskEvent::TaskDiscoveryReported { .. }
             | TaskEvent::TaskDiscoveryResolved { .. }
@@ -190,15 +230,19 @@ impl Queue {
             }
             TaskEvent::TaskStarted { at } => {
                 task.started_at = Some(at);
+                task.last_progress_at = Some(at);
+                task.stalled = false;
                 Change::Queue
             }
             TaskEvent::TaskCompleted { .. } => Change::Queue,
             TaskEvent::TaskFailed { .. } | TaskEvent::TaskTimedOut { .. } => {
-                // The outcome (retry or final failure) follows in the same command.
+                // The outcome (retry or final failure) follows in the same command. A
+                // command still running (the failure came from elsewhere: a restart of a
+                // stalled task, an intervention) is stopped; one that ended ignores it.
                 task.agent_id = None;
                 task.assigned_at = None;
                 task.started_at = None;
-                Change::Queue
+                Change::Stop(id)
             }
             TaskEvent::TaskRetryScheduled {
                 attempt,
@@ -217,7 +261,7 @@ impl Queue {
             }
             TaskEvent::TaskCancelled { .. } => {
                 task.agent_id = None;
-                Change::Cancelled(id)
+                Change::Stop(id)
             }
             TaskEvent::TaskDependencyAdded { depends_on } => {
                 task.depends_on.insert(depends_on);
@@ -372,6 +416,8 @@ impl Queue {
                 version,
                 validates: None,
                 feedback: None,
+                last_progress_at: None,
+                stalled: false,
             },
         );
         Change::Queue
@@ -501,6 +547,20 @@ impl Queue {
                     (now - started).num_milliseconds() > i64::from(limit) * 1000
                 }
                 _ => false,
+            })
+            .collect()
+    }
+
+    /// Running tasks not marked stalled whose agent showed no progress for more than
+    /// `after_ms`, with the instant of their last progress.
+    pub fn stalled(&self, now: DateTime<Utc>, after_ms: u64) -> Vec<(Uuid, DateTime<Utc>)> {
+        let after = i64::try_from(after_ms).unwrap_or(i64::MAX);
+        self.tasks
+            .values()
+            .filter(|t| t.status == TaskStatus::Running && !t.stalled)
+            .filter_map(|t| {
+                let since = t.last_progress_at?;
+                ((now - since).num_milliseconds() > after).then_some((t.id, since))
             })
             .collect()
     }
@@ -752,7 +812,7 @@ mod tests {
             json!({}),
         );
         cancelled.sequence = 2;
-        assert_eq!(queue.apply(&cancelled), Change::Cancelled(dropped));
+        assert_eq!(queue.apply(&cancelled), Change::Stop(dropped));
         assert_eq!(queue.open_tasks(), 2, "only the waiting two are kept whole");
         assert!(queue.task(done).is_none() && queue.task(dropped).is_none());
         let ready: Vec<Uuid> = queue

@@ -13,14 +13,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
-use omoi_domain::agent::{Agent, AgentCommand, AgentStatus, AgentType};
+use omoi_domain::agent::{Agent, AgentCommand, AgentEvent, AgentStatus, AgentType};
 use omoi_domain::billing::{BillingAccount, Plans};
 use omoi_domain::common::{clipped, MAX_TEXT_CHARS};
 use omoi_domain::task::{Task, TaskCommand, Verdict, MAX_PROGRESS_CHARS};
 use omoi_store::log::{read_global, Visibility};
 use omoi_store::transcripts;
 use omoi_store::wakeup::listen;
-use omoi_store::{Actor, CommandBus, CommandContext, CommandError, Cursor};
+use omoi_store::{Actor, CommandBus, CommandContext, CommandError, Cursor, StoredEvent};
 use rand::Rng;
 use serde::Deserialize;
 use serde_json::json;
@@ -31,8 +31,9 @@ use tokio::time::Instant;
 use uuid::Uuid;
 
 use crate::choose::{choose, FreeAgent, Limits, Pick};
-use crate::executor::{execute, Outcome, Run, Sinks};
+use crate::executor::{execute, Outcome, Run, Sinks, STEERING_FILE};
 use crate::leases;
+use crate::monitor::{Clock, MonitoringConfig};
 use crate::queue::{Candidate, Change, Queue, QueuedTask};
 use crate::score::ScoreConfig;
 
@@ -91,6 +92,13 @@ pub struct WorkerConfig {
     /// A transcript (an attempt's lines) is deleted this long after its last line.
     pub transcript_retention_hours: u64,
     pub score: ScoreConfig,
+    /// Heartbeat escalation and stalled tasks (set from `monitoring` by `omoi worker` and
+    /// `omoi dev`).
+    #[serde(skip)]
+    pub monitoring: MonitoringConfig,
+    /// What the sweeps take as now (tests move it forward).
+    #[serde(skip)]
+    pub clock: Clock,
 }
 
 impl Default for WorkerConfig {
@@ -113,6 +121,8 @@ impl Default for WorkerConfig {
             keep_failed_for_ms: 3_600_000,
             transcript_retention_hours: 720,
             score: ScoreConfig::default(),
+            monitoring: MonitoringConfig::default(),
+            clock: Clock::default(),
             plans: None,
         }
     }
@@ -123,6 +133,15 @@ pub struct Worker {
     shutdown: watch::Sender<bool>,
     task: JoinHandle<()>,
     work_dir: Option<PathBuf>,
+}
+
+/// A task this worker runs.
+struct Running {
+    /// Turning true stops the command.
+    cancel: watch::Sender<bool>,
+    agent_id: Uuid,
+    /// Where steering messages for the agent are appended (`OMOI_STEERING_FILE`).
+    steering_file: PathBuf,
 }
 
 /// A task run by this worker has ended; its directory is kept when it failed.
@@ -215,6 +234,8 @@ struct LocalAgent {
     organization_id: Uuid,
     capabilities: BTreeSet<String>,
     task: Option<Uuid>,
+    /// Quarantined by a guardian: takes nothing new until released.
+    quarantined: bool,
 }
 
 struct Runtime {
@@ -225,7 +246,7 @@ struct Runtime {
     cursor: Cursor,
     agents: HashMap<Uuid, LocalAgent>,
     /// Tasks run here → their cancel switch.
-    running: HashMap<Uuid, watch::Sender<bool>>,
+    running: HashMap<Uuid, Running>,
     done: mpsc::UnboundedSender<Finished>,
     last_heartbeat: Option<Instant>,
     last_sweep: Option<Instant>,
@@ -329,8 +350,8 @@ impl Runtime {
     /// Kills the commands still running and waits (briefly) until they are gone, so that
     /// none writes into the directory being removed.
     async fn stop_running(&mut self, finished: &mut mpsc::UnboundedReceiver<Finished>) {
-        for cancel in self.running.values() {
-            let _ = cancel.send(true);
+        for run in self.running.values() {
+            let _ = run.cancel.send(true);
         }
         let deadline = Instant::now() + Duration::from_secs(5);
         while !self.running.is_empty() {
@@ -394,16 +415,39 @@ impl Runtime {
                         self.caps.remove(&organization);
                     }
                 }
-                if let Change::Cancelled(task) = self.queue.apply(event) {
-                    if let Some(cancel) = self.running.get(&task) {
-                        let _ = cancel.send(true);
+                if event.aggregate_type == "Agent" {
+                    self.follow_agent(event);
+                }
+                match self.queue.apply(event) {
+                    Change::Stop(task) => {
+                        if let Some(run) = self.running.get(&task) {
+                            let _ = run.cancel.send(true);
+                        }
                     }
+                    Change::Steered(task) => self.deliver_steering(task).await,
+                    Change::None | Change::Queue => {}
                 }
             }
             self.cursor = page.next;
             if (page.events.len() as i64) < PAGE {
                 return;
             }
+        }
+    }
+
+    /// Keeps this worker's agents' quarantine as the log says: a quarantined agent takes
+    /// nothing new until it is released.
+    fn follow_agent(&mut self, event: &StoredEvent) {
+        let Ok(id) = event.aggregate_id.parse::<Uuid>() else {
+            return;
+        };
+        let Some(agent) = self.agents.get_mut(&id) else {
+            return;
+        };
+        if let Ok(AgentEvent::AgentStatusChanged { to, .. }) =
+            AgentEvent::deserialize(&event.payload)
+        {
+            agent.quarantined = to == AgentStatus::Quarantined;
         }
     }
 
@@ -445,6 +489,8 @@ impl Runtime {
         if let Err(error) = transcripts::prune(&self.pool, retention, 1_000).await {
             tracing::warn!(%error, "worker: cannot prune transcripts");
         }
+        let now = self.config.clock.now();
+        self.degrade_silent_agents(now).await;
         let newly = match leases::expire_stale(&self.pool, self.config.stale_after_ms).await {
             Ok(stale) => stale,
             Err(error) => {
@@ -452,7 +498,6 @@ impl Runtime {
                 Vec::new()
             }
         };
-        let now = Utc::now();
         let silent = |agent_id: Uuid| {
             format!(
                 "agent {agent_id} sent no heartbeat for {} s",
@@ -462,19 +507,8 @@ impl Runtime {
         let stale_context = context(Actor::System("worker"), "stale");
         for agent_id in &newly {
             tracing::warn!(%agent_id, "worker: {}; failing it", silent(*agent_id));
-            let command = AgentCommand::ChangeAgentStatus {
-                to: AgentStatus::Failed,
-                reason: Some(silent(*agent_id)),
-                force: false,
-                at: now,
-            };
-            if let Err(error) = self
-                .bus
-                .execute::<Agent>(&agent_id.to_string(), command, &stale_context)
-                .await
-            {
-                tracing::info!(%agent_id, %error, "worker: stale agent not failed");
-            }
+            self.fail_agent(*agent_id, silent(*agent_id), now, &stale_context)
+                .await;
             self.agents.remove(agent_id);
         }
         // Every silent agent's tasks go back, also those a failed command or a lagging
@@ -520,6 +554,97 @@ impl Runtime {
             self.task_command(task_id, command, &context).await;
         }
         self.give_back_unstarted(now).await;
+        self.mark_stalled(now).await;
+    }
+
+    /// Fails the agent, walking the status table there (an idle agent by way of
+    /// `degraded`, in one transaction); an agent the table cannot fail stays as it is.
+    async fn fail_agent(
+        &self,
+        agent_id: Uuid,
+        reason: String,
+        now: chrono::DateTime<Utc>,
+        context: &CommandContext,
+    ) {
+        let id = agent_id.to_string();
+        let status = match self.bus.load::<Agent>(&id).await {
+            Ok(Some((agent, _))) => agent.status,
+            Ok(None) => return,
+            Err(error) => {
+                tracing::info!(%agent_id, %error, "worker: stale agent not read");
+                return;
+            }
+        };
+        let Some(steps) = status.steps_to_failed() else {
+            return;
+        };
+        let commands: Vec<AgentCommand> = steps
+            .into_iter()
+            .map(|to| AgentCommand::ChangeAgentStatus {
+                to,
+                reason: Some(reason.clone()),
+                force: false,
+                at: now,
+            })
+            .collect();
+        if commands.is_empty() {
+            return;
+        }
+        if let Err(error) = self
+            .bus
+            .execute_all::<Agent>(&id, &commands, context, &|_| Ok(()))
+            .await
+        {
+            tracing::info!(%agent_id, %error, "worker: stale agent not failed");
+        }
+    }
+
+    /// Degrades the agents silent for two heartbeat intervals (each claimed by one
+    /// sweeper); a failed or spawning agent stays as it is (the table has no such move).
+    async fn degrade_silent_agents(&self, now: chrono::DateTime<Utc>) {
+        let after = self.config.monitoring.degraded_after_ms();
+        let silent = match leases::degrade_silent(&self.pool, after).await {
+            Ok(silent) => silent,
+            Err(error) => {
+                tracing::warn!(%error, "worker: cannot check heartbeats");
+                return;
+            }
+        };
+        let context = context(Actor::System("monitor"), "heartbeats");
+        for agent_id in silent {
+            let reason = format!("missed 2 heartbeats: none for {} s", after / 1000);
+            tracing::warn!(%agent_id, "worker: {reason}; degrading it");
+            let command = AgentCommand::ChangeAgentStatus {
+                to: AgentStatus::Degraded,
+                reason: Some(reason),
+                force: false,
+                at: now,
+            };
+            if let Err(error) = self
+                .bus
+                .execute::<Agent>(&agent_id.to_string(), command, &context)
+                .await
+            {
+                tracing::info!(%agent_id, %error, "worker: silent agent not degraded");
+            }
+        }
+    }
+
+    /// Marks stalled the running tasks whose agents showed no progress for
+    /// `monitoring.stuck_after_ms`; the `stall_policy` process manager takes it from
+    /// there. A task already marked (by another sweeper) is refused by the domain.
+    async fn mark_stalled(&self, now: chrono::DateTime<Utc>) {
+        let stalled = self
+            .queue
+            .stalled(now, self.config.monitoring.stuck_after_ms);
+        let context = context(Actor::System("monitor"), "stalled");
+        for (task_id, idle_since) in stalled {
+            let command = TaskCommand::MarkStalled {
+                idle_since,
+                at: now,
+            };
+            self.task_command(task_id, command, &context).await;
+        }
     }
 
     /// Fails (to be retried) the tasks assigned longer than `start_within_ms` ago and not
@@ -543,6 +668,61 @@ impl Runtime {
             let context = context(Actor::System("worker"), "unstarted");
             self.task_command(task_id, command, &context).await;
         }
+    }
+
+    /// Hands the steering messages waiting on a task this worker runs to its command —
+    /// one JSON line each in `$OMOI_STEERING_FILE` — and records their delivery, as the
+    /// agent. Messages not written stay pending (and are tried again at the next one).
+    async fn deliver_steering(&self, task_id: Uuid) {
+        let Some(run) = self.running.get(&task_id) else {
+            return;
+        };
+        let id = task_id.to_string();
+        let task = match self.bus.load::<Task>(&id).await {
+            Ok(Some((task, _))) => task,
+            Ok(None) => return,
+            Err(error) => {
+                tracing::warn!(%task_id, %error, "worker: steering not read");
+                return;
+            }
+        };
+        if task.pending_steering.is_empty() || task.assigned_agent_id != Some(run.agent_id) {
+            return;
+        }
+        let mut lines = String::new();
+        for steering in &task.pending_steering {
+            match serde_json::to_string(steering) {
+                Ok(line) => {
+                    lines.push_str(&line);
+                    lines.push('\n');
+                }
+                Err(error) => tracing::warn!(%error, "worker: steering not encoded"),
+            }
+        }
+        let written = async {
+            use tokio::io::AsyncWriteExt;
+            let mut file = tokio::fs::OpenOptions::new()
+                .append(true)
+                .create(true)
+                .open(&run.steering_file)
+                .await?;
+            file.write_all(lines.as_bytes()).await?;
+            file.flush().await
+        };
+        if let Err(error) = written.await {
+            tracing::warn!(%task_id, %error, "worker: steering not written");
+            return;
+        }
+        let command = TaskCommand::AcknowledgeSteering {
+            steering_ids: task
+                .pending_steering
+                .iter()
+                .map(|s| s.steering_id)
+                .collect(),
+            at: Utc::now(),
+        };
+        let context = context(Actor::Agent(run.agent_id), "steering");
+        self.task_command(task_id, command, &context).await;
     }
 
     async fn task_command(&self, task_id: Uuid, command: TaskCommand, context: &CommandContext) {
@@ -569,7 +749,11 @@ impl Runtime {
         let now = Utc::now();
         // With every agent busy, a pass can only register agents for an organization
         // that has fewer than it may: look for one cheaply before scoring the queue.
-        if self.agents.values().all(|a| a.task.is_some()) {
+        if self
+            .agents
+            .values()
+            .all(|a| a.task.is_some() || a.quarantined)
+        {
             let mut agents_of: HashMap<Uuid, usize> = HashMap::new();
             for agent in self.agents.values() {
                 *agents_of.entry(agent.organization_id).or_insert(0) += 1;
@@ -604,7 +788,7 @@ impl Runtime {
         let free: Vec<FreeAgent> = self
             .agents
             .iter()
-            .filter(|(_, agent)| agent.task.is_none())
+            .filter(|(_, agent)| agent.task.is_none() && !agent.quarantined)
             .map(|(id, agent)| FreeAgent {
                 id: *id,
                 organization_id: agent.organization_id,
@@ -756,6 +940,7 @@ impl Runtime {
                         organization_id,
                         capabilities: capabilities.clone(),
                         task: None,
+                        quarantined: false,
                     },
                 );
             }
@@ -805,7 +990,14 @@ impl Runtime {
             agent.task = Some(task.id);
         }
         let (cancel, cancelled) = watch::channel(false);
-        self.running.insert(task.id, cancel);
+        self.running.insert(
+            task.id,
+            Running {
+                cancel,
+                agent_id,
+                steering_file: directory.join(STEERING_FILE),
+            },
+        );
         let work = match task.validates {
             Some(_) => &self.config.validate,
             None => &self.config.work,

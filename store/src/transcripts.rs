@@ -101,7 +101,7 @@ pub async fn read(
           where l.task_id = $1 and l.attempt = $2
             and l.first_line >= coalesce(
                 (select max(first_line) from task_logs
-                  where task_id = $1 and attempt = $2 and first_line <= $3 + 1), 1)
+                  where task_id = $1 and attempt = $2 and first_line - 1 <= $3), 1)
             and l.first_line + u.offset_in_chunk - 1 > $3
           order by l.first_line, u.offset_in_chunk
           limit $4",

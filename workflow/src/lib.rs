@@ -30,6 +30,8 @@
 //!   completes or is cancelled.
 //! * [`validation`] — submitted work gets a validation task; its verdict completes the
 //!   work or sends it back for revision.
+//! * [`stall`] — a stalled task gets its project's stall policy: nudge, restart or
+//!   escalate.
 
 pub mod admission;
 pub mod archival;
@@ -40,6 +42,7 @@ pub mod execution;
 pub mod export;
 pub mod progress;
 pub mod spawn;
+pub mod stall;
 pub mod validation;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -218,6 +221,7 @@ pub fn all(config: &WorkflowConfig) -> Vec<Arc<dyn Projector>> {
         run(archival::SpecArchival),
         run(discovery::DiscoveryResolution),
         run(validation::Validation),
+        run(stall::StallPolicyManager),
         run(spawn::PhaseTasks {
             table: config.phase_tasks.clone(),
         }),

@@ -9,7 +9,10 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use super::{AgentCommand, AgentError, AgentEvent};
-use crate::common::{optional_text, required_text, Scope, Scoped, MAX_TEXT_CHARS, MAX_TITLE_CHARS};
+use crate::common::{
+    optional_text, required_text, Scope, Scoped, TextProblem, MAX_TEXT_CHARS, MAX_TITLE_CHARS,
+};
+use crate::guardian::{self, InterventionKind};
 
 /// Fewest tasks an agent may run at once: an agent that can take none is no agent.
 pub const MIN_CAPACITY: u32 = 1;
@@ -88,6 +91,30 @@ impl AgentStatus {
             Failed => matches!(to, Quarantined | Terminated),
             Quarantined => matches!(to, Idle | Terminated),
             Terminated => false,
+        }
+    }
+
+    /// Whether an agent in this status may be given new work: not once failed,
+    /// quarantined (until released) or terminated. The claims and a person's assignment
+    /// ask the same question.
+    pub fn takes_work(self) -> bool {
+        !matches!(self, Self::Failed | Self::Quarantined | Self::Terminated)
+    }
+
+    /// The statuses a silent agent is moved through to `failed`: straight there where the
+    /// table allows it, else by way of `degraded` (an idle agent); `None` for one the
+    /// table cannot fail that way (quarantined, terminated — a walk through `idle` would
+    /// release a quarantine) and empty for one already failed.
+    pub fn steps_to_failed(self) -> Option<Vec<AgentStatus>> {
+        use AgentStatus::*;
+        if self == Failed {
+            Some(vec![])
+        } else if self.can_move_to(Failed) {
+            Some(vec![Failed])
+        } else if self.can_move_to(Degraded) && Degraded.can_move_to(Failed) {
+            Some(vec![Degraded, Failed])
+        } else {
+            None
         }
     }
 
@@ -211,6 +238,48 @@ impl Agent {
                     at,
                 }])
             }
+            AgentCommand::Intervene {
+                quarantine,
+                reason,
+                at,
+            } => {
+                self.ensure_active()?;
+                let reason = guardian::reason(&reason).map_err(|problem| match problem {
+                    TextProblem::Empty => AgentError::ReasonRequired,
+                    TextProblem::TooLong { max } => AgentError::TextTooLong {
+                        field: "reason",
+                        max,
+                    },
+                })?;
+                let (kind, to) = if quarantine {
+                    (InterventionKind::Quarantine, AgentStatus::Quarantined)
+                } else {
+                    (InterventionKind::Release, AgentStatus::Idle)
+                };
+                let from = self.status;
+                if !quarantine && from != AgentStatus::Quarantined {
+                    return Err(AgentError::NotQuarantined(from));
+                }
+                if from == to {
+                    return Err(AgentError::AlreadyInStatus(to));
+                }
+                if !from.can_move_to(to) {
+                    return Err(AgentError::IllegalTransition { from, to });
+                }
+                Ok(vec![
+                    AgentEvent::GuardianIntervened {
+                        kind,
+                        reason: reason.clone(),
+                        at,
+                    },
+                    AgentEvent::AgentStatusChanged {
+                        from,
+                        to,
+                        reason: Some(reason),
+                        at,
+                    },
+                ])
+            }
             AgentCommand::UpdateCapabilities { capabilities } => {
                 self.ensure_active()?;
                 let capabilities = capability_set(capabilities)?;
@@ -312,6 +381,7 @@ impl Aggregate for Agent {
             AgentEvent::AgentCapabilitiesUpdated { capabilities } => {
                 self.capabilities = capabilities
             }
+            AgentEvent::GuardianIntervened { .. } => {}
         }
     }
 }

@@ -27,6 +27,13 @@ pub enum AgentCommand {
         force: bool,
         at: DateTime<Utc>,
     },
+    /// A guardian quarantines or releases the agent (`GuardianIntervened`, then the
+    /// status change).
+    Intervene {
+        quarantine: bool,
+        reason: String,
+        at: DateTime<Utc>,
+    },
     /// Replaces the whole capability set.
     UpdateCapabilities { capabilities: Vec<String> },
 }

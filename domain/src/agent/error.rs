@@ -28,6 +28,10 @@ pub enum AgentError {
     IllegalTransition { from: AgentStatus, to: AgentStatus },
     #[error("a terminated agent cannot change")]
     Terminated,
+    #[error("an intervention must say why (reason)")]
+    ReasonRequired,
+    #[error("only a quarantined agent is released (it is {0})")]
+    NotQuarantined(AgentStatus),
 }
 
 impl AgentError {
@@ -57,10 +61,13 @@ impl DomainError for AgentError {
             | CapabilityTooLong { .. }
             | TooManyCapabilities { .. }
             | CapacityOutOfRange { .. }
-            | TextTooLong { .. } => ErrorKind::Invalid,
-            AlreadyExists | AlreadyInStatus(_) | IllegalTransition { .. } | Terminated => {
-                ErrorKind::Conflict
-            }
+            | TextTooLong { .. }
+            | ReasonRequired => ErrorKind::Invalid,
+            AlreadyExists
+            | AlreadyInStatus(_)
+            | IllegalTransition { .. }
+            | Terminated
+            | NotQuarantined(_) => ErrorKind::Conflict,
         }
     }
 
@@ -73,6 +80,7 @@ impl DomainError for AgentError {
             }
             CapacityOutOfRange { .. } => Some("capacity"),
             TextTooLong { field, .. } => Some(field),
+            ReasonRequired => Some("reason"),
             AlreadyInStatus(_) | IllegalTransition { .. } => Some("to"),
             _ => None,
         }
@@ -93,6 +101,8 @@ impl DomainError for AgentError {
             AlreadyInStatus(_) => "already_in_status",
             IllegalTransition { .. } => "illegal_transition",
             Terminated => "agent_terminated",
+            ReasonRequired => "reason_required",
+            NotQuarantined(_) => "not_quarantined",
         }
     }
 }

@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::{AgentStatus, AgentType};
+use crate::guardian::InterventionKind;
 
 /// What happened to an agent. Names and payloads are stable: change them only by adding
 /// a new version and an upcaster.
@@ -32,6 +33,12 @@ pub enum AgentEvent {
     AgentCapabilitiesUpdated {
         capabilities: BTreeSet<String>,
     },
+    /// A guardian acted on the agent; the status change follows.
+    GuardianIntervened {
+        kind: InterventionKind,
+        reason: String,
+        at: DateTime<Utc>,
+    },
 }
 
 impl DomainEvent for AgentEvent {
@@ -40,6 +47,7 @@ impl DomainEvent for AgentEvent {
             Self::AgentRegistered { .. } => "AgentRegistered",
             Self::AgentStatusChanged { .. } => "AgentStatusChanged",
             Self::AgentCapabilitiesUpdated { .. } => "AgentCapabilitiesUpdated",
+            Self::GuardianIntervened { .. } => "GuardianIntervened",
         }
         .to_string()
     }

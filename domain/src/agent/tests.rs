@@ -571,3 +571,23 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn a_silent_idle_agent_is_failed_by_way_of_degraded_and_a_quarantined_one_stays() {
+    use AgentStatus::*;
+    assert_eq!(Idle.steps_to_failed(), Some(vec![Degraded, Failed]));
+    assert_eq!(Running.steps_to_failed(), Some(vec![Failed]));
+    assert_eq!(Degraded.steps_to_failed(), Some(vec![Failed]));
+    assert_eq!(Spawning.steps_to_failed(), Some(vec![Failed]));
+    assert_eq!(Failed.steps_to_failed(), Some(vec![]));
+    assert_eq!(Quarantined.steps_to_failed(), None);
+    assert_eq!(Terminated.steps_to_failed(), None);
+    // Every walk is one the table allows.
+    for from in AgentStatus::ALL {
+        let mut at = from;
+        for next in from.steps_to_failed().unwrap_or_default() {
+            assert!(at.can_move_to(next), "{at} -> {next}");
+            at = next;
+        }
+    }
+}

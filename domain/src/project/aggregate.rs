@@ -36,6 +36,22 @@ pub struct ProjectSettings {
     /// Every `implement` task of a spec's plan must pass another agent's validation
     /// before it completes.
     pub validation_required: bool,
+    /// What happens to a running task that reports no progress for
+    /// `monitoring.stuck_after_ms` (the `stall_policy` process manager).
+    pub stall_policy: StallPolicy,
+}
+
+/// What is done about a stalled task (no progress report for `monitoring.stuck_after_ms`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum StallPolicy {
+    /// A steering message asks the agent to report progress or say what blocks it.
+    #[default]
+    Nudge,
+    /// The attempt fails (and is retried after its backoff, while retries remain).
+    Restart,
+    /// The ticket is blocked (`failing_checks`) for a person to look at.
+    Escalate,
 }
 
 impl Default for ProjectSettings {
@@ -44,6 +60,7 @@ impl Default for ProjectSettings {
             auto_advance: true,
             auto_spawn_tasks: true,
             validation_required: true,
+            stall_policy: StallPolicy::Nudge,
         }
     }
 }
@@ -54,6 +71,7 @@ pub struct SettingsChange {
     pub auto_advance: Option<bool>,
     pub auto_spawn_tasks: Option<bool>,
     pub validation_required: Option<bool>,
+    pub stall_policy: Option<StallPolicy>,
 }
 
 impl SettingsChange {
@@ -65,6 +83,7 @@ impl SettingsChange {
             validation_required: self
                 .validation_required
                 .unwrap_or(settings.validation_required),
+            stall_policy: self.stall_policy.unwrap_or(settings.stall_policy),
         }
     }
 }

@@ -4,4 +4,5 @@ mod aggregate;
 
 pub use aggregate::{
     Project, ProjectCommand, ProjectError, ProjectEvent, ProjectSettings, SettingsChange,
+    StallPolicy,
 };

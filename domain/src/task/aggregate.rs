@@ -9,13 +9,15 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use super::{
-    is_permanent_error, retry_backoff, Discovery, FailureReason, TaskCommand, TaskError, TaskEvent,
-    ValidationPolicy, ValidationTarget, Verdict, DEFAULT_MAX_RETRIES, MAX_MAX_RETRIES,
-    MAX_MAX_REVISIONS,
+    is_permanent_error, retry_backoff, Discovery, FailureReason, Steering, SteeringSource,
+    TaskCommand, TaskError, TaskEvent, TaskIntervention, ValidationPolicy, ValidationTarget,
+    Verdict, DEFAULT_MAX_RETRIES, MAX_MAX_RETRIES, MAX_MAX_REVISIONS, MAX_PENDING_STEERING,
+    MAX_STEERING_CHARS, REMEMBERED_STEERING,
 };
 use crate::common::{
     optional_text, required_text, Phase, Priority, Scope, Scoped, MAX_TEXT_CHARS, MAX_TITLE_CHARS,
 };
+use crate::guardian;
 
 /// Longest task type (a free label such as `implement` or `write_tests`).
 pub const MAX_TASK_TYPE_CHARS: usize = 64;
@@ -154,6 +156,13 @@ pub struct Task {
     pub verdict: Option<Verdict>,
     /// Its key in the spec's plan (`TSK-001`), when a plan made it.
     pub plan_key: Option<String>,
+    /// Set while the running attempt is stalled: since when it reported nothing.
+    pub stalled_since: Option<DateTime<Utc>>,
+    /// Steering messages for the agent, not yet handed to it.
+    pub pending_steering: Vec<Steering>,
+    /// The newest steering ids recorded (pending or delivered), oldest first.
+    #[serde(default)]
+    pub recent_steering_ids: Vec<Uuid>,
 }
 
 impl Task {
@@ -264,6 +273,46 @@ impl Task {
                     .map_err(|p| TaskError::text("message", p))?;
                 Ok(vec![TaskEvent::TaskProgressReported { message }])
             }
+            TaskCommand::MarkStalled { idle_since, at } => {
+                self.ensure_in(&[TaskStatus::Running], "stall")?;
+                let agent_id = self.assigned_agent_id.ok_or(TaskError::NotAssigned)?;
+                if self.stalled_since.is_some() {
+                    return Err(TaskError::AlreadyStalled);
+                }
+                Ok(vec![TaskEvent::TaskStalled {
+                    agent_id,
+                    idle_since,
+                    at,
+                }])
+            }
+            TaskCommand::SteerTask {
+                steering_id,
+                message,
+                source,
+                at,
+            } => self.steer(steering_id, message, source, at),
+            TaskCommand::Intervene {
+                intervention,
+                reason,
+                at,
+            } => self.intervene(intervention, reason, at),
+            TaskCommand::AcknowledgeSteering { steering_ids, at } => {
+                if !self.exists() {
+                    return Err(TaskError::NotFound);
+                }
+                Ok(self
+                    .pending_steering
+                    .iter()
+                    .filter(|s| steering_ids.contains(&s.steering_id))
+                    .filter_map(|s| {
+                        Some(TaskEvent::SteeringDelivered {
+                            steering_id: s.steering_id,
+                            agent_id: self.assigned_agent_id?,
+                            at,
+                        })
+                    })
+                    .collect())
+            }
             TaskCommand::CompleteTask { result, at } => self.complete(result, at),
             TaskCommand::GiveVerdict { verdict, at } => self.give_verdict(verdict, at),
             TaskCommand::ApplyVerdict {
@@ -290,6 +339,85 @@ impl Task {
             TaskCommand::AddDependency { depends_on } => self.add_dependency(depends_on),
             TaskCommand::RemoveDependency { depends_on } => self.remove_dependency(depends_on),
         }
+    }
+
+    /// A guardian's intervention: `GuardianIntervened`, then the events of its effect,
+    /// decided by the same rules as the ordinary commands.
+    fn intervene(
+        &self,
+        intervention: TaskIntervention,
+        reason: String,
+        at: DateTime<Utc>,
+    ) -> Result<Vec<TaskEvent>, TaskError> {
+        let reason = guardian::reason(&reason).map_err(|p| TaskError::text("reason", p))?;
+        let kind = intervention.kind();
+        let effect = match intervention {
+            TaskIntervention::EmergencyCancel => self.cancel(Some(reason.clone()), at)?,
+            TaskIntervention::Reassign => {
+                use TaskStatus::*;
+                self.ensure_in(&[Assigned, Running], "be reassigned")?;
+                let agent_id = self.assigned_agent_id.ok_or(TaskError::NotAssigned)?;
+                vec![TaskEvent::TaskUnassigned { agent_id, at }]
+            }
+            TaskIntervention::PriorityOverride { priority } => {
+                if !self.exists() {
+                    return Err(TaskError::NotFound);
+                }
+                if self.status.is_final() {
+                    return Err(TaskError::IllegalTransition {
+                        from: self.status,
+                        action: "change priority",
+                    });
+                }
+                if priority == self.priority {
+                    return Err(TaskError::PriorityUnchanged(priority));
+                }
+                vec![TaskEvent::TaskPriorityChanged { priority }]
+            }
+            TaskIntervention::Steer {
+                steering_id,
+                message,
+            } => {
+                let steered = self.steer(steering_id, message, SteeringSource::Guardian, at)?;
+                if steered.is_empty() {
+                    // Sent before under this id: the intervention is recorded once too.
+                    return Ok(vec![]);
+                }
+                steered
+            }
+        };
+        let mut events = vec![TaskEvent::GuardianIntervened { kind, reason, at }];
+        events.extend(effect);
+        Ok(events)
+    }
+
+    /// A message for the running task's agent; an id seen before records nothing.
+    fn steer(
+        &self,
+        steering_id: Uuid,
+        message: String,
+        source: SteeringSource,
+        at: DateTime<Utc>,
+    ) -> Result<Vec<TaskEvent>, TaskError> {
+        if self.recent_steering_ids.contains(&steering_id) {
+            return Ok(vec![]);
+        }
+        self.ensure_in(&[TaskStatus::Running], "be steered")?;
+        let agent_id = self.assigned_agent_id.ok_or(TaskError::NotAssigned)?;
+        let message = required_text(&message, MAX_STEERING_CHARS)
+            .map_err(|p| TaskError::text("message", p))?;
+        if self.pending_steering.len() >= MAX_PENDING_STEERING {
+            return Err(TaskError::TooMuchSteering {
+                max: MAX_PENDING_STEERING,
+            });
+        }
+        Ok(vec![TaskEvent::TaskSteered {
+            steering_id,
+            agent_id,
+            message,
+            source,
+            at,
+        }])
     }
 
     fn assign(&self, agent_id: Uuid, at: DateTime<Utc>) -> Result<Vec<TaskEvent>, TaskError> {
@@ -671,8 +799,46 @@ impl Task {
             TaskEvent::TaskStarted { at } => {
                 self.started_at = Some(at);
                 self.progress = None;
+                // A new attempt: what was said to the last one is moot.
+                self.stalled_since = None;
+                self.pending_steering.clear();
             }
-            TaskEvent::TaskProgressReported { message } => self.progress = Some(message),
+            TaskEvent::TaskProgressReported { message } => {
+                self.progress = Some(message);
+                self.stalled_since = None;
+            }
+            TaskEvent::TaskStalled { idle_since, .. } => self.stalled_since = Some(idle_since),
+            TaskEvent::TaskSteered {
+                steering_id,
+                message,
+                source,
+                at,
+                ..
+            } => {
+                self.pending_steering.push(Steering {
+                    steering_id,
+                    message,
+                    source,
+                    at,
+                });
+                self.recent_steering_ids.push(steering_id);
+                if self.recent_steering_ids.len() > REMEMBERED_STEERING {
+                    self.recent_steering_ids.remove(0);
+                }
+            }
+            TaskEvent::GuardianIntervened { .. } => {}
+            TaskEvent::TaskUnassigned { .. } => {
+                self.assigned_agent_id = None;
+                self.started_at = None;
+                self.progress = None;
+                self.stalled_since = None;
+                self.pending_steering.clear();
+            }
+            TaskEvent::TaskPriorityChanged { priority } => self.priority = priority,
+            TaskEvent::SteeringDelivered { steering_id, .. } => {
+                self.pending_steering
+                    .retain(|s| s.steering_id != steering_id);
+            }
             TaskEvent::TaskCompleted { result, at } => {
                 self.result = Some(result);
                 self.completed_at = Some(at);

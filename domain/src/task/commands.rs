@@ -1,8 +1,35 @@
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
-use super::{Discovery, DiscoveryKind, ValidationPolicy, ValidationTarget, Verdict};
+use super::{
+    Discovery, DiscoveryKind, SteeringSource, ValidationPolicy, ValidationTarget, Verdict,
+};
 use crate::common::{Phase, Priority};
+use crate::guardian::InterventionKind;
+
+/// What a guardian does to a task.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TaskIntervention {
+    /// Cancelled at once.
+    EmergencyCancel,
+    /// Taken from its agent, back to the queue (`pending`), the attempt not counted.
+    Reassign,
+    /// Its priority set.
+    PriorityOverride { priority: Priority },
+    /// A steering message for its agent.
+    Steer { steering_id: Uuid, message: String },
+}
+
+impl TaskIntervention {
+    pub fn kind(&self) -> InterventionKind {
+        match self {
+            Self::EmergencyCancel => InterventionKind::EmergencyCancel,
+            Self::Reassign => InterventionKind::Reassign,
+            Self::PriorityOverride { .. } => InterventionKind::PriorityOverride,
+            Self::Steer { .. } => InterventionKind::Steer,
+        }
+    }
+}
 
 /// Everything that can be asked of a task.
 // A command lives for one decision and is moved, not stored: the size of its largest
@@ -59,6 +86,29 @@ pub enum TaskCommand {
     },
     ReportProgress {
         message: String,
+    },
+    /// Supervision found the running task without progress since `idle_since`.
+    MarkStalled {
+        idle_since: DateTime<Utc>,
+        at: DateTime<Utc>,
+    },
+    /// A message for the agent running the task. An id already recorded records nothing.
+    SteerTask {
+        steering_id: Uuid,
+        message: String,
+        source: SteeringSource,
+        at: DateTime<Utc>,
+    },
+    /// A guardian acts on the task (`GuardianIntervened`, then its effect).
+    Intervene {
+        intervention: TaskIntervention,
+        reason: String,
+        at: DateTime<Utc>,
+    },
+    /// The agent was handed these steering messages; ids not pending are ignored.
+    AcknowledgeSteering {
+        steering_ids: Vec<Uuid>,
+        at: DateTime<Utc>,
     },
     CompleteTask {
         result: serde_json::Value,

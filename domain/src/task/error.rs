@@ -2,7 +2,7 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use super::TaskStatus;
-use crate::common::{DomainError, ErrorKind, TextProblem};
+use crate::common::{DomainError, ErrorKind, Priority, TextProblem};
 
 /// Every rule that can refuse a task command.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -64,6 +64,14 @@ pub enum TaskError {
     FeedbackRequired,
     #[error("the agent that did the work cannot validate it")]
     ImplementerCannotValidate,
+    #[error("the task has no agent")]
+    NotAssigned,
+    #[error("the task's priority is already {0:?}")]
+    PriorityUnchanged(Priority),
+    #[error("the task is already marked stalled; progress clears it")]
+    AlreadyStalled,
+    #[error("{max} steering messages already wait for the agent")]
+    TooMuchSteering { max: usize },
     #[error("the verdict is on submission {given}, the task waits for the verdict on submission {current}")]
     StaleVerdict { given: u32, current: u32 },
 }
@@ -138,7 +146,11 @@ impl DomainError for TaskError {
             | VerdictRequired
             | NotAValidation
             | ImplementerCannotValidate
-            | StaleVerdict { .. } => ErrorKind::Conflict,
+            | StaleVerdict { .. }
+            | NotAssigned
+            | PriorityUnchanged(_)
+            | AlreadyStalled
+            | TooMuchSteering { .. } => ErrorKind::Conflict,
         }
     }
 
@@ -193,6 +205,10 @@ impl DomainError for TaskError {
             FeedbackRequired => "feedback_required",
             ImplementerCannotValidate => "implementer_cannot_validate",
             StaleVerdict { .. } => "stale_verdict",
+            NotAssigned => "task_not_assigned",
+            PriorityUnchanged(_) => "priority_unchanged",
+            AlreadyStalled => "already_stalled",
+            TooMuchSteering { .. } => "too_much_steering",
         }
     }
 }

@@ -4,8 +4,12 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use super::{Discovery, DiscoveryKind, TaskStatus, ValidationPolicy, ValidationTarget, Verdict};
+use super::{
+    Discovery, DiscoveryKind, SteeringSource, TaskStatus, ValidationPolicy, ValidationTarget,
+    Verdict,
+};
 use crate::common::{Phase, Priority};
+use crate::guardian::InterventionKind;
 
 /// Why a task ended without completing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
@@ -70,6 +74,42 @@ pub enum TaskEvent {
     },
     TaskProgressReported {
         message: String,
+    },
+    /// The running task reported no progress since `idle_since`; progress clears it.
+    TaskStalled {
+        agent_id: Uuid,
+        idle_since: DateTime<Utc>,
+        at: DateTime<Utc>,
+    },
+    /// A steering message for the agent running the task, waiting for delivery.
+    TaskSteered {
+        steering_id: Uuid,
+        agent_id: Uuid,
+        message: String,
+        source: SteeringSource,
+        at: DateTime<Utc>,
+    },
+    /// A guardian acted on the task; the events of the effect follow.
+    GuardianIntervened {
+        kind: InterventionKind,
+        reason: String,
+        at: DateTime<Utc>,
+    },
+    /// Taken from its agent (a guardian's reassignment): back to `pending`, the attempt
+    /// not counted.
+    TaskUnassigned {
+        agent_id: Uuid,
+        at: DateTime<Utc>,
+    },
+    /// Its priority was set.
+    TaskPriorityChanged {
+        priority: Priority,
+    },
+    /// The agent was handed the steering message.
+    SteeringDelivered {
+        steering_id: Uuid,
+        agent_id: Uuid,
+        at: DateTime<Utc>,
     },
     TaskCompleted {
         result: serde_json::Value,
@@ -178,9 +218,15 @@ impl TaskEvent {
             Self::TaskRetryScheduled { .. } => Some(TaskStatus::RetryScheduled),
             Self::TaskPermanentlyFailed { reason } => Some(reason.final_status()),
             Self::TaskCancelled { .. } => Some(TaskStatus::Cancelled),
+            Self::TaskUnassigned { .. } => Some(TaskStatus::Pending),
             Self::TaskSubmittedForValidation { .. } => Some(TaskStatus::PendingValidation),
             Self::TaskRevisionRequested { .. } => Some(TaskStatus::NeedsRevision),
             Self::TaskProgressReported { .. }
+            | Self::TaskStalled { .. }
+            | Self::TaskSteered { .. }
+            | Self::SteeringDelivered { .. }
+            | Self::GuardianIntervened { .. }
+            | Self::TaskPriorityChanged { .. }
             | Self::TaskValidationRequired { .. }
             | Self::TaskValidates { .. }
             | Self::TaskVerdictGiven { .. }
@@ -206,6 +252,12 @@ impl DomainEvent for TaskEvent {
             Self::TaskAssigned { .. } => "TaskAssigned",
             Self::TaskStarted { .. } => "TaskStarted",
             Self::TaskProgressReported { .. } => "TaskProgressReported",
+            Self::TaskStalled { .. } => "TaskStalled",
+            Self::TaskSteered { .. } => "TaskSteered",
+            Self::SteeringDelivered { .. } => "SteeringDelivered",
+            Self::GuardianIntervened { .. } => "GuardianIntervened",
+            Self::TaskUnassigned { .. } => "TaskUnassigned",
+            Self::TaskPriorityChanged { .. } => "TaskPriorityChanged",
             Self::TaskCompleted { .. } => "TaskCompleted",
             Self::TaskFailed { .. } => "TaskFailed",
             Self::TaskTimedOut { .. } => "TaskTimedOut",

@@ -16,6 +16,10 @@
 //! run by another agent judges it, and a rejection sends it to `needs_revision`
 //! (assignable again, with the feedback) until its revisions are spent.
 //!
+//! Supervision marks a running task that reports no progress for too long as stalled
+//! (once per stall: progress clears it) and records steering messages for its agent
+//! ([`Steering`]) and their delivery.
+//!
 //! Time and randomness (the backoff jitter) arrive inside commands, so every rule here is
 //! deterministic.
 
@@ -25,19 +29,23 @@ mod discovery;
 mod error;
 mod events;
 mod retry;
+mod supervision;
 mod validation;
 
 pub use aggregate::{
     Task, TaskStatus, MAX_CAPABILITY_CHARS, MAX_DEPENDENCIES, MAX_PROGRESS_CHARS,
     MAX_TASK_TYPE_CHARS,
 };
-pub use commands::TaskCommand;
+pub use commands::{TaskCommand, TaskIntervention};
 pub use discovery::{Discovery, DiscoveryKind};
 pub use error::TaskError;
 pub use events::{FailureReason, TaskEvent};
 pub use retry::{
     is_permanent_error, retry_backoff, DEFAULT_MAX_RETRIES, MAX_BACKOFF_SECONDS, MAX_MAX_RETRIES,
     PERMANENT_ERROR_MARKERS,
+};
+pub use supervision::{
+    Steering, SteeringSource, MAX_PENDING_STEERING, MAX_STEERING_CHARS, REMEMBERED_STEERING,
 };
 pub use validation::{
     ValidationPolicy, ValidationTarget, Verdict, DEFAULT_MAX_REVISIONS, MAX_MAX_REVISIONS,

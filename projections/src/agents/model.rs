@@ -36,10 +36,16 @@ pub fn task_effect(event: &TaskEvent) -> Option<TaskEffect> {
         | TaskEvent::TaskTimedOut { .. }
         | TaskEvent::TaskRetryScheduled { .. }
         | TaskEvent::TaskPermanentlyFailed { .. }
-        | TaskEvent::TaskCancelled { .. } => Some(TaskEffect::Release),
+        | TaskEvent::TaskCancelled { .. }
+        | TaskEvent::TaskUnassigned { .. } => Some(TaskEffect::Release),
         TaskEvent::TaskCreated { .. }
         | TaskEvent::TaskStarted { .. }
         | TaskEvent::TaskProgressReported { .. }
+        | TaskEvent::TaskStalled { .. }
+        | TaskEvent::TaskSteered { .. }
+        | TaskEvent::SteeringDelivered { .. }
+        | TaskEvent::GuardianIntervened { .. }
+        | TaskEvent::TaskPriorityChanged { .. }
         | TaskEvent::TaskDependencyAdded { .. }
         | TaskEvent::TaskDependencyRemoved { .. }
         | TaskEvent::TaskDiscovered { .. }
@@ -171,6 +177,8 @@ impl Rows {
                     self.changed_agents.insert(id);
                 }
             }
+            // Its effect, a status change, follows as its own event.
+            AgentEvent::GuardianIntervened { .. } => {}
         }
     }
 

@@ -36,3 +36,14 @@ pub async fn list(pool: &PgPool, filter: &AgentFilter) -> Result<Vec<AgentView>,
     sql.push(" order by name, agent_id");
     sql.build_query_as().fetch_all(pool).await
 }
+
+/// The tasks `agent_id` holds (assigned or running), per the `agents_task_agents` view.
+pub async fn held_tasks(pool: &PgPool, agent_id: Uuid) -> Result<Vec<Uuid>, sqlx::Error> {
+    sqlx::query_scalar(
+        "select task_id from agents_task_agents where agent_id = $1
+          order by assigned_transaction_id, assigned_global_position",
+    )
+    .bind(agent_id)
+    .fetch_all(pool)
+    .await
+}

@@ -146,7 +146,10 @@ impl Change {
     /// Another entity the summary names, whose title must be looked up.
     pub fn reference(&self) -> Option<(EntityType, Uuid)> {
         match self {
-            Self::Task(TaskEvent::TaskAssigned { agent_id, .. }) => {
+            Self::Task(TaskEvent::TaskAssigned { agent_id, .. })
+            | Self::Task(TaskEvent::TaskSteered { agent_id, .. })
+            | Self::Task(TaskEvent::SteeringDelivered { agent_id, .. })
+            | Self::Task(TaskEvent::TaskUnassigned { agent_id, .. }) => {
                 Some((EntityType::Agent, *agent_id))
             }
             Self::Task(TaskEvent::TaskDependencyAdded { depends_on })

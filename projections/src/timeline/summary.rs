@@ -137,6 +137,38 @@ fn task_summary(event: &TaskEvent, this: &str, names: &Names) -> String {
             label(EntityType::Agent, *agent_id, names.other)
         ),
         TaskEvent::TaskStarted { .. } => format!("{this} started"),
+        TaskEvent::TaskStalled { idle_since, .. } => format!(
+            "{this} stalled: no progress since {}",
+            idle_since.format("%Y-%m-%d %H:%M:%S UTC")
+        ),
+        TaskEvent::TaskSteered {
+            agent_id,
+            message,
+            source,
+            ..
+        } => format!(
+            "{this} steering for {} ({}): {}",
+            label(EntityType::Agent, *agent_id, names.other),
+            crate::codec::to_text(source).unwrap_or_default(),
+            one_line(message, TITLE_CHARS)
+        ),
+        TaskEvent::GuardianIntervened { kind, reason, .. } => format!(
+            "guardian: {} of {this}: {}",
+            kind.as_str(),
+            one_line(reason, TEXT_CHARS)
+        ),
+        TaskEvent::TaskUnassigned { agent_id, .. } => format!(
+            "{this} taken from {}, back to the queue",
+            label(EntityType::Agent, *agent_id, names.other)
+        ),
+        TaskEvent::TaskPriorityChanged { priority } => format!(
+            "{this} priority set to {}",
+            crate::codec::to_text(priority).unwrap_or_default()
+        ),
+        TaskEvent::SteeringDelivered { agent_id, .. } => format!(
+            "{this} steering delivered to {}",
+            label(EntityType::Agent, *agent_id, names.other)
+        ),
         TaskEvent::TaskProgressReported { message } => {
             format!("{this}: {}", one_line(message, TEXT_CHARS))
         }
@@ -312,6 +344,11 @@ fn agent_summary(event: &AgentEvent, this: &str, id: Uuid) -> String {
             };
             format!("{this} capabilities set to {}", one_line(&list, TEXT_CHARS))
         }
+        AgentEvent::GuardianIntervened { kind, reason, .. } => format!(
+            "guardian: {} of {this}: {}",
+            kind.as_str(),
+            one_line(reason, TEXT_CHARS)
+        ),
     }
 }
 

@@ -1,0 +1,368 @@
+//! Supervision, driven pass by pass (stepped workers) with time injected — leases
+//! backdated, the worker's clock moved forward — never by waiting: silent agents are
+//! degraded, then failed, and a heartbeat brings a degraded one back; a task without
+//! progress is stalled once, and its project's policy (nudge, restart, escalate) does what
+//! it says; steering reaches an HTTP agent's heartbeat answer and an in-process agent's
+//! file, once; two replicas sweeping together act once.
+
+use std::time::Duration;
+
+use omoi_orchestrator::{Clock, MonitoringConfig, SteppedWorker, Work, Worker, WorkerConfig};
+use omoi_testing::{spawn_app, Agent, TestApp, TestDatabase};
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+
+const INTERVAL_MS: u64 = 30_000;
+const STALE_MS: u64 = 90_000;
+const STUCK_MS: u64 = 60_000;
+
+fn config(clock: &Clock, directory: &std::path::Path) -> WorkerConfig {
+    WorkerConfig {
+        work: Work::Nothing,
+        stale_after_ms: STALE_MS,
+        check_interval_ms: 0,
+        monitoring: MonitoringConfig {
+            heartbeat_interval_ms: INTERVAL_MS,
+            stuck_after_ms: STUCK_MS,
+        },
+        clock: clock.clone(),
+        work_dir: directory.join("work"),
+        ..WorkerConfig::default()
+    }
+}
+
+fn scratch() -> std::path::PathBuf {
+    let directory = std::env::temp_dir().join(format!("omoi-test-{}", uuid::Uuid::now_v7()));
+    std::fs::create_dir_all(&directory).expect("a scratch directory");
+    directory
+}
+
+/// Moves the agent's last heartbeat `seconds` further into the past.
+async fn backdate_heartbeat(app: &TestApp, agent: &str, seconds: i64) {
+    let agent: uuid::Uuid = agent.parse().expect("an agent id");
+    let updated = sqlx::query(
+        "update agent_leases set heartbeat_at = heartbeat_at - make_interval(secs => $2)
+          where agent_id = $1",
+    )
+    .bind(agent)
+    .bind(seconds as f64)
+    .execute(&app.database.pool)
+    .await
+    .expect("the lease is backdated");
+    assert_eq!(updated.rows_affected(), 1, "the agent has a lease");
+}
+
+async fn heartbeat(app: &TestApp, agent: &Agent) -> Value {
+    let (status, body) = agent
+        .post(
+            app,
+            &format!("/api/v1/agents/{}/heartbeat", agent.id),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    body
+}
+
+/// The events of an aggregate's history: (type, payload, actor).
+async fn history(app: &TestApp, path: &str) -> Vec<(String, Value, String)> {
+    let (status, body) = app.get(&format!("{path}/history")).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    body["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .map(|e| {
+            let kind = e["event_type"].as_str().expect("a type").to_string();
+            let actor = e["metadata"]["actor"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+            (kind.clone(), e["payload"][&kind].clone(), actor)
+        })
+        .collect()
+}
+
+/// The statuses an agent was moved to, in order, with their reasons.
+async fn status_changes(app: &TestApp, agent: &str) -> Vec<(String, String)> {
+    history(app, &format!("/api/v1/agents/{agent}"))
+        .await
+        .into_iter()
+        .filter(|(kind, _, _)| kind == "AgentStatusChanged")
+        .map(|(_, payload, _)| {
+            (
+                payload["to"].as_str().unwrap_or_default().to_string(),
+                payload["reason"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect()
+}
+
+async fn health(app: &TestApp, agent: &str) -> Value {
+    let (status, body) = app.get(&format!("/api/v1/agents/{agent}/health")).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    body
+}
+
+/// A pass once every event so far is readable in the global order (an open batch of a
+/// process manager holds the log's horizon back for a moment).
+async fn settled_step(app: &TestApp, worker: &mut SteppedWorker) {
+    app.caught_up().await;
+    worker.step().await;
+}
+
+async fn step_all(workers: &mut [SteppedWorker]) {
+    for worker in workers.iter_mut() {
+        worker.step().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn silent_agents_are_degraded_then_failed_once_and_a_heartbeat_brings_one_back() {
+    let app = spawn_app().await;
+    let (organization, project) = app.organization_and_project().await;
+    let agent = app.register_agent(&organization).await;
+    let ticket = app.ticket(&project, "Work").await;
+    let task = app.task(&ticket, "Held", json!({})).await;
+    assert_eq!(agent.claim(&app, 5).await, Some(task.clone()));
+    let answer = heartbeat(&app, &agent).await;
+    assert_eq!(answer["status"], "idle", "the first heartbeat: {answer}");
+    agent.must(&app, &task, "start", json!({})).await;
+
+    // Two replicas sweep the same leases.
+    let directory = scratch();
+    let clock = Clock::default();
+    let other = TestDatabase::pool(&app.database.options, 2)
+        .await
+        .expect("a second pool");
+    let mut workers = vec![
+        Worker::stepped(app.database.pool.clone(), config(&clock, &directory)),
+        Worker::stepped(other, config(&clock, &directory)),
+    ];
+    step_all(&mut workers).await;
+    let fresh = health(&app, &agent.id).await;
+    assert_eq!(fresh["missed_heartbeats"], 0, "{fresh}");
+    assert_eq!(fresh["warning"], false, "{fresh}");
+    assert_eq!(fresh["tasks"][0]["task_id"], task.as_str(), "{fresh}");
+
+    // One interval missed: a warning, nothing recorded.
+    backdate_heartbeat(&app, &agent.id, 31).await;
+    step_all(&mut workers).await;
+    let warned = health(&app, &agent.id).await;
+    assert_eq!(warned["missed_heartbeats"], 1, "{warned}");
+    assert_eq!(warned["warning"], true, "{warned}");
+    assert_eq!(warned["status"], "idle", "{warned}");
+
+    // Two: degraded, once, whatever the number of sweepers and sweeps.
+    backdate_heartbeat(&app, &agent.id, 30).await;
+    step_all(&mut workers).await;
+    step_all(&mut workers).await;
+    let changes = status_changes(&app, &agent.id).await;
+    assert_eq!(changes.len(), 2, "{changes:?}");
+    assert_eq!(changes[1].0, "degraded");
+    assert!(changes[1].1.contains("missed 2 heartbeats"), "{changes:?}");
+    assert_eq!(health(&app, &agent.id).await["status"], "degraded");
+
+    // A heartbeat brings it back.
+    let answer = heartbeat(&app, &agent).await;
+    assert_eq!(answer["status"], "idle", "{answer}");
+    let changes = status_changes(&app, &agent.id).await;
+    assert_eq!(
+        changes.last(),
+        Some(&("idle".into(), "heartbeats resumed".into()))
+    );
+    assert_eq!(health(&app, &agent.id).await["missed_heartbeats"], 0);
+
+    // Silent again: degraded, then failed once stale, and its task goes back.
+    backdate_heartbeat(&app, &agent.id, 61).await;
+    step_all(&mut workers).await;
+    backdate_heartbeat(&app, &agent.id, 30).await;
+    step_all(&mut workers).await;
+    step_all(&mut workers).await;
+    let changes = status_changes(&app, &agent.id).await;
+    let tail: Vec<&str> = changes[3..].iter().map(|(to, _)| to.as_str()).collect();
+    assert_eq!(tail, ["degraded", "failed"], "{changes:?}");
+    app.until_task_status(&task, "retry_scheduled").await;
+    for worker in workers {
+        worker.stop().await;
+    }
+    let _ = std::fs::remove_dir_all(directory);
+}
+
+/// A project with `policy`, a task of it started by an HTTP agent, and a stepped worker
+/// whose clock the test moves: (ticket, task, agent, worker, clock).
+async fn stalling(
+    app: &TestApp,
+    policy: &str,
+    directory: &std::path::Path,
+) -> (String, String, Agent, SteppedWorker, Clock) {
+    let (organization, project) = app.organization_and_project().await;
+    app.project_settings(&project, json!({"stall_policy": policy}))
+        .await;
+    let agent = app.register_agent(&organization).await;
+    let ticket = app.ticket(&project, "Work").await;
+    let task = app.task(&ticket, "Quiet", json!({"max_retries": 2})).await;
+    assert_eq!(agent.claim(app, 5).await, Some(task.clone()));
+    agent.must(app, &task, "start", json!({})).await;
+    let clock = Clock::default();
+    let mut worker = Worker::stepped(app.database.pool.clone(), config(&clock, directory));
+    settled_step(app, &mut worker).await;
+    (ticket, task, agent, worker, clock)
+}
+
+fn count(events: &[(String, Value, String)], kind: &str) -> usize {
+    events.iter().filter(|(k, _, _)| k == kind).count()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_quiet_task_is_nudged_once_per_stall_and_the_nudge_reaches_its_agent_once() {
+    let app = spawn_app().await;
+    let directory = scratch();
+    let (_, task, agent, mut worker, clock) = stalling(&app, "nudge", &directory).await;
+    let path = format!("/api/v1/tasks/{task}");
+
+    // Quiet for less than stuck_after_ms: nothing.
+    clock.advance(Duration::from_millis(STUCK_MS - 5_000));
+    worker.step().await;
+    assert_eq!(count(&history(&app, &path).await, "TaskStalled"), 0);
+
+    clock.advance(Duration::from_millis(10_000));
+    worker.step().await;
+    worker.step().await;
+    app.caught_up().await;
+    let events = history(&app, &path).await;
+    assert_eq!(count(&events, "TaskStalled"), 1);
+    let steered: Vec<_> = events
+        .iter()
+        .filter(|(k, _, _)| k == "TaskSteered")
+        .collect();
+    assert_eq!(steered.len(), 1, "{events:?}");
+    assert_eq!(steered[0].1["source"], "nudge");
+    assert_eq!(steered[0].2, "system:stall_policy");
+    let health = health(&app, &agent.id).await;
+    assert_eq!(health["stalled_tasks"], json!([task]), "{health}");
+    assert_eq!(health["tasks"][0]["pending_steering"], 1, "{health}");
+
+    // The next heartbeat hands it over, once.
+    let answer = heartbeat(&app, &agent).await;
+    let steering = answer["steering"].as_array().expect("steering");
+    assert_eq!(steering.len(), 1, "{answer}");
+    assert_eq!(steering[0]["task_id"], task.as_str());
+    assert_eq!(steering[0]["source"], "nudge");
+    assert!(steering[0]["message"]
+        .as_str()
+        .is_some_and(|m| m.contains("No progress")));
+    assert_eq!(heartbeat(&app, &agent).await["steering"], json!([]));
+    let events = history(&app, &path).await;
+    let delivered: Vec<_> = events
+        .iter()
+        .filter(|(k, _, _)| k == "SteeringDelivered")
+        .collect();
+    assert_eq!(delivered.len(), 1, "{events:?}");
+    assert_eq!(delivered[0].2, format!("agent:{}", agent.id));
+
+    // Progress clears the stall; quiet again, it stalls again. (The progress is stamped
+    // by the server's clock: a sweeper with a clock of its own, not moved yet, judges it.)
+    agent
+        .must(&app, &task, "progress", json!({"message": "back at it"}))
+        .await;
+    worker.stop().await;
+    let clock = Clock::default();
+    let mut worker = Worker::stepped(app.database.pool.clone(), config(&clock, &directory));
+    settled_step(&app, &mut worker).await;
+    clock.advance(Duration::from_millis(STUCK_MS / 2));
+    worker.step().await;
+    assert_eq!(count(&history(&app, &path).await, "TaskStalled"), 1);
+    clock.advance(Duration::from_millis(STUCK_MS));
+    worker.step().await;
+    app.caught_up().await;
+    let events = history(&app, &path).await;
+    assert_eq!(count(&events, "TaskStalled"), 2);
+    assert_eq!(count(&events, "TaskSteered"), 2);
+    worker.stop().await;
+    let _ = std::fs::remove_dir_all(directory);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_quiet_task_is_restarted_or_its_ticket_escalated_as_its_project_says() {
+    let app = spawn_app().await;
+    let directory = scratch();
+
+    let (_, task, _, mut worker, clock) = stalling(&app, "restart", &directory).await;
+    clock.advance(Duration::from_millis(STUCK_MS + 1_000));
+    worker.step().await;
+    let state = app.until_task_status(&task, "retry_scheduled").await;
+    assert!(
+        state["last_error"]
+            .as_str()
+            .is_some_and(|e| e.starts_with("stalled: no progress")),
+        "{state}"
+    );
+    let events = history(&app, &format!("/api/v1/tasks/{task}")).await;
+    let failed = events
+        .iter()
+        .find(|(k, _, _)| k == "TaskFailed")
+        .expect("the attempt failed");
+    assert_eq!(failed.2, "system:stall_policy");
+    worker.stop().await;
+
+    let (ticket, task, _, mut worker, clock) = stalling(&app, "escalate", &directory).await;
+    clock.advance(Duration::from_millis(STUCK_MS + 1_000));
+    worker.step().await;
+    let blocked = app
+        .eventually(&format!("/api/v1/tickets/{ticket}"), |body| {
+            body["state"]["blocked"].is_object()
+        })
+        .await;
+    assert!(blocked.to_string().contains("failing_checks"), "{blocked}");
+    assert!(
+        blocked.to_string().contains(&task),
+        "the note names the task: {blocked}"
+    );
+    // Escalation leaves the attempt running, for a person to decide.
+    assert_eq!(app.task_state(&task).await["status"], "running");
+    worker.stop().await;
+    let _ = std::fs::remove_dir_all(directory);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_in_process_agent_reads_its_steering_from_its_file() {
+    let app = spawn_app().await;
+    let (_, project) = app.organization_and_project().await;
+    app.project_settings(&project, json!({"stall_policy": "nudge"}))
+        .await;
+    let ticket = app.ticket(&project, "Work").await;
+    let task = app.task(&ticket, "Listen", json!({})).await;
+    let directory = scratch();
+    let clock = Clock::default();
+    // The command waits (silently) for steering and prints it.
+    let script = "for i in $(seq 1 600); do \
+                    if [ -s \"$OMOI_STEERING_FILE\" ]; then cat \"$OMOI_STEERING_FILE\"; exit 0; fi; \
+                    sleep 0.05; done; exit 1";
+    let mut worker = Worker::stepped(
+        app.database.pool.clone(),
+        WorkerConfig {
+            work: Work::Command(script.into()),
+            ..config(&clock, &directory)
+        },
+    );
+    settled_step(&app, &mut worker).await;
+    app.until_task_status(&task, "running").await;
+    app.caught_up().await;
+    worker.step().await;
+    clock.advance(Duration::from_millis(STUCK_MS + 1_000));
+    worker.step().await;
+    // The worker sees the steering in the log and writes it for the command.
+    settled_step(&app, &mut worker).await;
+    let state = app.until_task_status(&task, "completed").await;
+    let output = state["result"]["output"].to_string();
+    assert!(output.contains("\\\"source\\\":\\\"nudge\\\""), "{state}");
+    let events = history(&app, &format!("/api/v1/tasks/{task}")).await;
+    let delivered = events
+        .iter()
+        .find(|(k, _, _)| k == "SteeringDelivered")
+        .expect("delivered");
+    assert!(delivered.2.starts_with("agent:"), "{delivered:?}");
+    worker.stop().await;
+    let _ = std::fs::remove_dir_all(directory);
+}
