@@ -3,7 +3,8 @@
 //! degraded, then failed, and a heartbeat brings a degraded one back; a task without
 //! progress is stalled once, and its project's policy (nudge, restart, escalate) does what
 //! it says; steering reaches an HTTP agent's heartbeat answer and an in-process agent's
-//! file, once; two replicas sweeping together act once.
+//! file, once; two replicas sweeping together act once; the Conductor flags open tasks
+//! whose text is near-identical (≥ 0.85) and no others.
 
 use std::time::Duration;
 
@@ -24,6 +25,8 @@ fn config(clock: &Clock, directory: &std::path::Path) -> WorkerConfig {
         monitoring: MonitoringConfig {
             heartbeat_interval_ms: INTERVAL_MS,
             stuck_after_ms: STUCK_MS,
+            conductor_interval_ms: 0,
+            ..MonitoringConfig::default()
         },
         clock: clock.clone(),
         work_dir: directory.join("work"),
@@ -364,5 +367,113 @@ async fn an_in_process_agent_reads_its_steering_from_its_file() {
         .expect("delivered");
     assert!(delivered.2.starts_with("agent:"), "{delivered:?}");
     worker.stop().await;
+    let _ = std::fs::remove_dir_all(directory);
+}
+
+/// The trigram similarity PostgreSQL computes for two texts.
+async fn similarity(app: &TestApp, a: &str, b: &str) -> f64 {
+    sqlx::query_scalar("select similarity($1, $2)::float8")
+        .bind(a)
+        .bind(b)
+        .fetch_one(&app.database.pool)
+        .await
+        .expect("pg_trgm is installed")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn near_identical_open_tasks_are_flagged_once_and_others_not() {
+    let app = spawn_app().await;
+    let (_, project) = app.organization_and_project().await;
+    let (_, elsewhere) = app.organization_and_project().await;
+    let ticket = app.ticket(&project, "Sign-in").await;
+    let other_ticket = app.ticket(&elsewhere, "Sign-in").await;
+    let title = "Add the login form with email and password validation";
+    let description = "Render the form, validate both fields on submit, show errors inline";
+    let near = "Add the login form with e-mail and password validation";
+    let related = "Add the signup form with email, password and name validation";
+    let text = |t: &str| format!("{t} {description}");
+    // The fixtures straddle the threshold, as PostgreSQL measures them.
+    assert!(similarity(&app, &text(title), &text(near)).await >= 0.85);
+    let related_similarity = similarity(&app, &text(title), &text(related)).await;
+    assert!(
+        (0.5..0.85).contains(&related_similarity),
+        "{related_similarity}"
+    );
+
+    let original = app
+        .task(&ticket, title, json!({"description": description}))
+        .await;
+    let copy = app
+        .task(&ticket, near, json!({"description": description}))
+        .await;
+    let cousin = app
+        .task(&ticket, related, json!({"description": description}))
+        .await;
+    // The same text in another project is not this project's duplicate.
+    let foreign = app
+        .task(&other_ticket, title, json!({"description": description}))
+        .await;
+    // Nor is a task that is no longer open.
+    let finished = app
+        .task(&ticket, title, json!({"description": description}))
+        .await;
+    let (status, body) = app
+        .post(
+            &format!("/api/v1/tasks/{finished}/cancel"),
+            json!({"reason": "done elsewhere"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    app.caught_up().await;
+
+    let directory = scratch();
+    let clock = Clock::default();
+    let other = TestDatabase::pool(&app.database.options, 2)
+        .await
+        .expect("a second pool");
+    // Workers that run nobody's tasks (they serve another organization): the tasks stay
+    // open for the Conductor to compare.
+    let sweeping = WorkerConfig {
+        organizations: vec![uuid::Uuid::now_v7()],
+        ..config(&clock, &directory)
+    };
+    let mut workers = vec![
+        Worker::stepped(app.database.pool.clone(), sweeping.clone()),
+        Worker::stepped(other, sweeping),
+    ];
+    step_all(&mut workers).await;
+    step_all(&mut workers).await;
+
+    let flagged = history(&app, &format!("/api/v1/tasks/{copy}")).await;
+    let suspected: Vec<_> = flagged
+        .iter()
+        .filter(|(kind, _, _)| kind == "DuplicateSuspected")
+        .collect();
+    assert_eq!(
+        suspected.len(),
+        1,
+        "once, whatever the sweepers: {flagged:?}"
+    );
+    assert_eq!(suspected[0].1["duplicate_of"], original.as_str());
+    assert!(suspected[0].1["similarity"]
+        .as_f64()
+        .is_some_and(|s| s >= 0.85));
+    assert_eq!(suspected[0].2, "system:conductor");
+    for task in [&original, &cousin, &foreign, &finished] {
+        let events = history(&app, &format!("/api/v1/tasks/{task}")).await;
+        assert!(
+            events
+                .iter()
+                .all(|(kind, _, _)| kind != "DuplicateSuspected"),
+            "{task} flagged: {events:?}"
+        );
+    }
+    assert_eq!(
+        app.task_state(&copy).await["suspected_duplicates"],
+        json!([original])
+    );
+    for worker in workers {
+        worker.stop().await;
+    }
     let _ = std::fs::remove_dir_all(directory);
 }

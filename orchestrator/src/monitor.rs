@@ -3,7 +3,9 @@
 //! The sweeps themselves are part of the worker's (`worker.rs`): a silent agent is
 //! degraded after two missed heartbeat intervals and failed once stale; a running task
 //! with no progress for `stuck_after_ms` is marked stalled (`TaskStalled`), and the
-//! `stall_policy` process manager applies its project's policy. Every sweep step is
+//! `stall_policy` process manager applies its project's policy; every
+//! `conductor_interval_ms`, open tasks of a project whose text is near-identical are
+//! flagged (`DuplicateSuspected`) on the newer one. Every sweep step is
 //! claimed (a lease's mark, a command the domain refuses twice), so replicas sweeping
 //! together act once.
 
@@ -14,7 +16,7 @@ use chrono::{DateTime, Utc};
 use serde::Deserialize;
 
 /// `monitoring` in the settings.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct MonitoringConfig {
     /// How often agents are expected to heartbeat: one interval missed is a warning on
@@ -22,6 +24,11 @@ pub struct MonitoringConfig {
     pub heartbeat_interval_ms: u64,
     /// A running task with no progress report for this long is stalled.
     pub stuck_after_ms: u64,
+    /// How often the Conductor looks for duplicate work.
+    pub conductor_interval_ms: u64,
+    /// Open tasks of one project whose titles and descriptions are at least this similar
+    /// (`pg_trgm`, 0 to 1) are flagged as duplicates (the original's task threshold).
+    pub duplicate_similarity: f64,
 }
 
 impl Default for MonitoringConfig {
@@ -29,6 +36,8 @@ impl Default for MonitoringConfig {
         Self {
             heartbeat_interval_ms: 30_000,
             stuck_after_ms: 1_800_000,
+            conductor_interval_ms: 300_000,
+            duplicate_similarity: 0.85,
         }
     }
 }

@@ -197,6 +197,7 @@ impl Queue {
             }
             TaskEvent::TaskCreated { .. }
             | TaskEvent::GuardianIntervened { .. }
+            | TaskEvent::DuplicateSuspected { .. }
             | TaskEvent::SteeringDelivered { .. }
             | TaskEvent::TaskDiscovered { .. }
             | TaskEvent::TaskDiscoveryReported { .. }

@@ -7,7 +7,7 @@
 //! retry finds the task taken and moves on. Leases are expired by one `UPDATE … RETURNING`,
 //! so one worker fails a silent agent.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -250,6 +250,10 @@ struct Runtime {
     done: mpsc::UnboundedSender<Finished>,
     last_heartbeat: Option<Instant>,
     last_sweep: Option<Instant>,
+    last_conductor: Option<Instant>,
+    /// Duplicate pairs this worker has flagged (each is flagged once by the task itself;
+    /// this saves asking again every pass).
+    flagged: HashSet<(Uuid, Uuid)>,
     /// Organizations' concurrency caps from their plans, until their account changes or
     /// (a pending suspension) until the instant it would change by itself.
     caps: HashMap<Uuid, (usize, Option<chrono::DateTime<Utc>>)>,
@@ -260,6 +264,10 @@ struct Runtime {
 }
 
 const PAGE: i64 = 10_000;
+/// Duplicate pairs looked at per Conductor pass (the most similar first).
+const DUPLICATES_PER_PASS: i64 = 1_000;
+/// Flagged pairs remembered before the memory starts over.
+const MAX_REMEMBERED_PAIRS: usize = 100_000;
 
 fn context(actor: Actor, what: &str) -> CommandContext {
     CommandContext::new(actor, format!("worker:{what}:{}", Uuid::now_v7()))
@@ -295,6 +303,8 @@ impl Runtime {
             done,
             last_heartbeat: None,
             last_sweep: None,
+            last_conductor: None,
+            flagged: HashSet::new(),
             caps: HashMap::new(),
             work_dir,
             kept: Vec::new(),
@@ -555,6 +565,45 @@ impl Runtime {
         }
         self.give_back_unstarted(now).await;
         self.mark_stalled(now).await;
+        self.flag_duplicates(now).await;
+    }
+
+    /// The Conductor's duplicate work: open tasks of a project whose titles and
+    /// descriptions are near-identical get `DuplicateSuspected` on the newer one.
+    async fn flag_duplicates(&mut self, now: chrono::DateTime<Utc>) {
+        let every = Duration::from_millis(self.config.monitoring.conductor_interval_ms);
+        if !Self::due(&mut self.last_conductor, every) {
+            return;
+        }
+        let threshold = self.config.monitoring.duplicate_similarity;
+        let pairs = match omoi_projections::directory::suspected_duplicates(
+            &self.pool,
+            threshold,
+            DUPLICATES_PER_PASS,
+        )
+        .await
+        {
+            Ok(pairs) => pairs,
+            Err(error) => {
+                tracing::warn!(%error, "worker: cannot look for duplicate work");
+                return;
+            }
+        };
+        if self.flagged.len() > MAX_REMEMBERED_PAIRS {
+            self.flagged.clear();
+        }
+        let context = context(Actor::System("conductor"), "duplicates");
+        for pair in pairs {
+            if !self.flagged.insert((pair.task_id, pair.duplicate_of)) {
+                continue;
+            }
+            let command = TaskCommand::FlagDuplicate {
+                duplicate_of: pair.duplicate_of,
+                similarity: pair.similarity,
+                at: now,
+            };
+            self.task_command(pair.task_id, command, &context).await;
+        }
     }
 
     /// Fails the agent, walking the status table there (an idle agent by way of

@@ -163,6 +163,9 @@ pub struct Task {
     /// The newest steering ids recorded (pending or delivered), oldest first.
     #[serde(default)]
     pub recent_steering_ids: Vec<Uuid>,
+    /// Older tasks this one looks like a duplicate of (the Conductor's finding).
+    #[serde(default)]
+    pub suspected_duplicates: BTreeSet<Uuid>,
 }
 
 impl Task {
@@ -291,6 +294,32 @@ impl Task {
                 source,
                 at,
             } => self.steer(steering_id, message, source, at),
+            TaskCommand::FlagDuplicate {
+                duplicate_of,
+                similarity,
+                at,
+            } => {
+                if !self.exists() {
+                    return Err(TaskError::NotFound);
+                }
+                if self.status.is_final() {
+                    return Err(TaskError::IllegalTransition {
+                        from: self.status,
+                        action: "be flagged as a duplicate",
+                    });
+                }
+                if Some(duplicate_of) == self.id {
+                    return Err(TaskError::DuplicateOfItself);
+                }
+                if self.suspected_duplicates.contains(&duplicate_of) {
+                    return Ok(vec![]);
+                }
+                Ok(vec![TaskEvent::DuplicateSuspected {
+                    duplicate_of,
+                    similarity: similarity.clamp(0.0, 1.0),
+                    at,
+                }])
+            }
             TaskCommand::Intervene {
                 intervention,
                 reason,
@@ -827,6 +856,9 @@ impl Task {
                 }
             }
             TaskEvent::GuardianIntervened { .. } => {}
+            TaskEvent::DuplicateSuspected { duplicate_of, .. } => {
+                self.suspected_duplicates.insert(duplicate_of);
+            }
             TaskEvent::TaskUnassigned { .. } => {
                 self.assigned_agent_id = None;
                 self.started_at = None;

@@ -99,6 +99,13 @@ pub enum TaskCommand {
         source: SteeringSource,
         at: DateTime<Utc>,
     },
+    /// The Conductor found this open task's text near-identical to an older open task's
+    /// of the same project. A pair already flagged records nothing.
+    FlagDuplicate {
+        duplicate_of: Uuid,
+        similarity: f64,
+        at: DateTime<Utc>,
+    },
     /// A guardian acts on the task (`GuardianIntervened`, then its effect).
     Intervene {
         intervention: TaskIntervention,

@@ -66,6 +66,8 @@ pub enum TaskError {
     ImplementerCannotValidate,
     #[error("the task has no agent")]
     NotAssigned,
+    #[error("a task is not a duplicate of itself")]
+    DuplicateOfItself,
     #[error("the task's priority is already {0:?}")]
     PriorityUnchanged(Priority),
     #[error("the task is already marked stalled; progress clears it")]
@@ -148,6 +150,7 @@ impl DomainError for TaskError {
             | ImplementerCannotValidate
             | StaleVerdict { .. }
             | NotAssigned
+            | DuplicateOfItself
             | PriorityUnchanged(_)
             | AlreadyStalled
             | TooMuchSteering { .. } => ErrorKind::Conflict,
@@ -206,6 +209,7 @@ impl DomainError for TaskError {
             ImplementerCannotValidate => "implementer_cannot_validate",
             StaleVerdict { .. } => "stale_verdict",
             NotAssigned => "task_not_assigned",
+            DuplicateOfItself => "duplicate_of_itself",
             PriorityUnchanged(_) => "priority_unchanged",
             AlreadyStalled => "already_stalled",
             TooMuchSteering { .. } => "too_much_steering",

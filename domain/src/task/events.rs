@@ -89,6 +89,13 @@ pub enum TaskEvent {
         source: SteeringSource,
         at: DateTime<Utc>,
     },
+    /// This task looks like a duplicate of `duplicate_of` (trigram similarity of their
+    /// titles and descriptions, 0 to 1).
+    DuplicateSuspected {
+        duplicate_of: Uuid,
+        similarity: f64,
+        at: DateTime<Utc>,
+    },
     /// A guardian acted on the task; the events of the effect follow.
     GuardianIntervened {
         kind: InterventionKind,
@@ -226,6 +233,7 @@ impl TaskEvent {
             | Self::TaskSteered { .. }
             | Self::SteeringDelivered { .. }
             | Self::GuardianIntervened { .. }
+            | Self::DuplicateSuspected { .. }
             | Self::TaskPriorityChanged { .. }
             | Self::TaskValidationRequired { .. }
             | Self::TaskValidates { .. }
@@ -256,6 +264,7 @@ impl DomainEvent for TaskEvent {
             Self::TaskSteered { .. } => "TaskSteered",
             Self::SteeringDelivered { .. } => "SteeringDelivered",
             Self::GuardianIntervened { .. } => "GuardianIntervened",
+            Self::DuplicateSuspected { .. } => "DuplicateSuspected",
             Self::TaskUnassigned { .. } => "TaskUnassigned",
             Self::TaskPriorityChanged { .. } => "TaskPriorityChanged",
             Self::TaskCompleted { .. } => "TaskCompleted",

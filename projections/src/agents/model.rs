@@ -45,6 +45,7 @@ pub fn task_effect(event: &TaskEvent) -> Option<TaskEffect> {
         | TaskEvent::TaskSteered { .. }
         | TaskEvent::SteeringDelivered { .. }
         | TaskEvent::GuardianIntervened { .. }
+        | TaskEvent::DuplicateSuspected { .. }
         | TaskEvent::TaskPriorityChanged { .. }
         | TaskEvent::TaskDependencyAdded { .. }
         | TaskEvent::TaskDependencyRemoved { .. }

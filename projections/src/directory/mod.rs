@@ -15,4 +15,7 @@ mod query;
 
 pub use model::{DirectoryEvent, Entry};
 pub use projector::DirectoryProjector;
-pub use query::{list, query_words, search, ListFilter, ListPage, SearchHit, MAX_SEARCH_RESULTS};
+pub use query::{
+    list, query_words, search, suspected_duplicates, ListFilter, ListPage, SearchHit,
+    SuspectedDuplicate, MAX_SEARCH_RESULTS,
+};

@@ -2,12 +2,13 @@
 //! match first) on the `directory_entries` view.
 
 use omoi_domain::kind::AggregateKind;
+use omoi_domain::task::TaskStatus;
 use omoi_store::log::Cursor;
 use sqlx::{PgPool, Postgres, QueryBuilder, Row};
 use uuid::Uuid;
 
 use super::model::Entry;
-use super::projector::{entry_from_row, ENTRY_COLUMNS, SEARCH_DOCUMENT};
+use super::projector::{entry_from_row, task_text, ENTRY_COLUMNS, SEARCH_DOCUMENT};
 use crate::ProjectionError;
 
 /// Which entries of one kind to list; all given filters must match.
@@ -178,4 +179,65 @@ mod tests {
         );
         assert_eq!(prefix_query(&[]), None);
     }
+}
+
+/// Two open tasks of one project whose text is near-identical: `task_id` was created
+/// after `duplicate_of`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SuspectedDuplicate {
+    pub task_id: Uuid,
+    pub duplicate_of: Uuid,
+    pub similarity: f64,
+}
+
+/// Every pair of open tasks of one project whose titles and descriptions are at least
+/// `threshold` similar (`pg_trgm`), the newer named as the duplicate of the older; at most
+/// `limit`, most similar first. The trigram index narrows each task's candidates.
+pub async fn suspected_duplicates(
+    pool: &PgPool,
+    threshold: f64,
+    limit: i64,
+) -> Result<Vec<SuspectedDuplicate>, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    // `%` (what the index serves) compares with this threshold.
+    sqlx::query("select set_config('pg_trgm.similarity_threshold', $1, true)")
+        .bind(threshold.to_string())
+        .execute(&mut *tx)
+        .await?;
+    // The statuses of work still to be done, as the domain says and the directory spells.
+    let open: Vec<&str> = TaskStatus::ALL
+        .iter()
+        .filter(|status| !status.is_final())
+        .map(|status| status.as_str())
+        .collect();
+    let (newer, older) = (task_text("newer"), task_text("older"));
+    let sql = format!(
+        "select newer.id, older.id, similarity({newer}, {older})::float8
+           from directory_entries newer
+           join directory_entries older
+             on older.kind = 'task' and older.project_id = newer.project_id
+            and {older} % {newer}
+            and (older.created_transaction_id, older.created_position)
+                < (newer.created_transaction_id, newer.created_position)
+            and older.status = any($1)
+          where newer.kind = 'task' and newer.status = any($1)
+            and similarity({newer}, {older}) >= $2
+          order by 3 desc, newer.id, older.id
+          limit $3"
+    );
+    let rows: Vec<(Uuid, Uuid, f64)> = sqlx::query_as(&sql)
+        .bind(&open)
+        .bind(threshold)
+        .bind(limit)
+        .fetch_all(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(rows
+        .into_iter()
+        .map(|(task_id, duplicate_of, similarity)| SuspectedDuplicate {
+            task_id,
+            duplicate_of,
+            similarity,
+        })
+        .collect())
 }

@@ -165,6 +165,9 @@ impl Change {
             | Self::Task(TaskEvent::TaskDiscoveryResolved { discovered_task_id }) => {
                 Some((EntityType::Task, *discovered_task_id))
             }
+            Self::Task(TaskEvent::DuplicateSuspected { duplicate_of, .. }) => {
+                Some((EntityType::Task, *duplicate_of))
+            }
             Self::Task(TaskEvent::TaskValidates { target }) => {
                 Some((EntityType::Task, target.task_id))
             }

@@ -157,6 +157,15 @@ fn task_summary(event: &TaskEvent, this: &str, names: &Names) -> String {
             kind.as_str(),
             one_line(reason, TEXT_CHARS)
         ),
+        TaskEvent::DuplicateSuspected {
+            duplicate_of,
+            similarity,
+            ..
+        } => format!(
+            "{this} looks like a duplicate of {} ({:.0} % similar)",
+            label(EntityType::Task, *duplicate_of, names.other),
+            similarity * 100.0
+        ),
         TaskEvent::TaskUnassigned { agent_id, .. } => format!(
             "{this} taken from {}, back to the queue",
             label(EntityType::Agent, *agent_id, names.other)
