@@ -95,6 +95,17 @@ async fn only_owners_admins_and_their_guardian_agents_intervene() {
             "{body}"
         );
     }
+    // Nor by the plain status route: in or out of quarantine is a guardian's move.
+    let (status, body) = app
+        .send_as(
+            Some(&member_token),
+            Method::POST,
+            &format!("/api/v1/agents/{}/status", worker.id),
+            Some(json!({"to": "quarantined", "reason": "mine now"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert_eq!(body["code"], "guardian_required");
     // A member cannot raise itself by registering a guardian agent.
     let (status, body) = register(&app, &member_token, &organization, "guardian").await;
     assert_eq!(status, StatusCode::FORBIDDEN, "{body}");

@@ -762,6 +762,7 @@ async fn terminating_an_agent_anywhere_revokes_its_credential_in_the_same_transa
         to: omoi_domain::agent::AgentStatus::Terminated,
         reason: Some("retired".into()),
         force: false,
+        guardian: false,
         at: chrono::Utc::now(),
     };
     other_process

@@ -358,11 +358,16 @@ async fn get_agent(
 /// idle → running | degraded | quarantined | terminated; running → idle | failed |
 /// degraded | quarantined; degraded → idle | failed | quarantined | terminated;
 /// failed → quarantined | terminated; quarantined → idle | terminated. Moving to the
-/// current status needs `force`. A terminated agent never changes.
+/// current status needs `force`. A terminated agent never changes. Into or out of
+/// quarantine (but for terminating) needs `guardian:intervene`, as the Guardian's
+/// interventions do.
 #[utoipa::path(post, path = "/api/v1/agents/{id}/status", tag = "agents",
     params(("id" = Uuid, Path)), request_body = ChangeAgentStatus,
     responses(
         (status = 200, body = Versioned<Agent>), (status = 400, body = Problem),
+        (status = 403, body = Problem,
+            description = "the role lacks agent:write, or the move enters or leaves quarantine \
+                           without guardian:intervene (`guardian_required`)"),
         (status = 404, body = Problem),
         (status = 409, body = Problem,
             description = "illegal move, already in that status, or the agent is terminated"),
@@ -375,10 +380,19 @@ async fn change_agent_status(
     Body(body): Body<ChangeAgentStatus>,
 ) -> AgentResponse {
     let terminating = body.to == AgentStatus::Terminated;
+    // Into or out of quarantine only as a Guardian (the domain's rule; the role is
+    // read here).
+    let (agent, _) = state
+        .read::<Agent>(&caller, Permission::AgentRead, id)
+        .await?;
+    let guardian = caller
+        .check(agent.scope(), Permission::GuardianIntervene)
+        .is_ok();
     let command = AgentCommand::ChangeAgentStatus {
         to: body.to,
         reason: body.reason,
         force: body.force,
+        guardian,
         at: Utc::now(),
     };
     let answer = state
@@ -475,6 +489,7 @@ async fn revive(
         to: AgentStatus::Idle,
         reason: Some(reason.into()),
         force: false,
+        guardian: false,
         at: Utc::now(),
     };
     match state

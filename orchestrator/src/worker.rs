@@ -633,6 +633,7 @@ impl Runtime {
                 to,
                 reason: Some(reason.clone()),
                 force: false,
+                guardian: false,
                 at: now,
             })
             .collect();
@@ -667,6 +668,7 @@ impl Runtime {
                 to: AgentStatus::Degraded,
                 reason: Some(reason),
                 force: false,
+                guardian: false,
                 at: now,
             };
             if let Err(error) = self
@@ -1017,6 +1019,7 @@ impl Runtime {
             to: AgentStatus::Idle,
             reason: Some("in-process agent of a worker".into()),
             force: false,
+            guardian: false,
             at: now,
         };
         if let Err(error) = self

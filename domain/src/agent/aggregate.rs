@@ -218,10 +218,18 @@ impl Agent {
                 to,
                 reason,
                 force,
+                guardian,
                 at,
             } => {
                 self.ensure_active()?;
                 let from = self.status;
+                // Quarantine is a Guardian's decision, both ways; ending the agent is not
+                // a way out of it that gives the agent work.
+                let touches_quarantine = to == AgentStatus::Quarantined
+                    || (from == AgentStatus::Quarantined && to != AgentStatus::Terminated);
+                if touches_quarantine && !guardian {
+                    return Err(AgentError::GuardianRequired);
+                }
                 if from == to {
                     // Forcing re-records the current status, e.g. to log why a
                     // quarantine was extended; it is never a way around the table.

@@ -25,6 +25,9 @@ pub enum AgentCommand {
         to: AgentStatus,
         reason: Option<String>,
         force: bool,
+        /// The issuer may intervene as a Guardian: only then may the move enter or leave
+        /// quarantine (terminating a quarantined agent aside).
+        guardian: bool,
         at: DateTime<Utc>,
     },
     /// A guardian quarantines or releases the agent (`GuardianIntervened`, then the

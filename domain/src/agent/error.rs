@@ -32,6 +32,8 @@ pub enum AgentError {
     ReasonRequired,
     #[error("only a quarantined agent is released (it is {0})")]
     NotQuarantined(AgentStatus),
+    #[error("only a guardian (guardian:intervene) puts an agent in or out of quarantine")]
+    GuardianRequired,
 }
 
 impl AgentError {
@@ -68,6 +70,7 @@ impl DomainError for AgentError {
             | IllegalTransition { .. }
             | Terminated
             | NotQuarantined(_) => ErrorKind::Conflict,
+            GuardianRequired => ErrorKind::Forbidden,
         }
     }
 
@@ -103,6 +106,7 @@ impl DomainError for AgentError {
             Terminated => "agent_terminated",
             ReasonRequired => "reason_required",
             NotQuarantined(_) => "not_quarantined",
+            GuardianRequired => "guardian_required",
         }
     }
 }

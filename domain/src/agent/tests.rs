@@ -55,6 +55,7 @@ fn change(to: AgentStatus, force: bool) -> AgentCommand {
         to,
         reason: None,
         force,
+        guardian: true,
         at: at(1),
     }
 }
@@ -314,6 +315,7 @@ async fn a_status_change_records_its_reason_and_time() {
             to: AgentStatus::Degraded,
             reason: reason.clone(),
             force: false,
+            guardian: true,
             at: at(7),
         })
         .await
@@ -340,6 +342,7 @@ async fn a_forced_same_status_change_is_recorded_with_its_new_reason() {
             to: AgentStatus::Quarantined,
             reason: Some("still suspicious".into()),
             force: true,
+            guardian: true,
             at: at(9),
         })
         .await
@@ -371,6 +374,7 @@ async fn an_overlong_reason_is_refused() {
             to: AgentStatus::Idle,
             reason: Some("r".repeat(20_001)),
             force: false,
+            guardian: true,
             at: at(1),
         })
         .await
@@ -523,6 +527,7 @@ fn any_command() -> impl Strategy<Value = AgentCommand> {
                 to,
                 reason,
                 force,
+                guardian: true,
                 at: t0(),
             }
         ),
@@ -590,4 +595,33 @@ fn a_silent_idle_agent_is_failed_by_way_of_degraded_and_a_quarantined_one_stays(
             at = next;
         }
     }
+}
+
+#[test]
+fn only_a_guardian_moves_an_agent_into_or_out_of_quarantine() {
+    use AgentStatus::*;
+    let by_member = |to: AgentStatus| AgentCommand::ChangeAgentStatus {
+        to,
+        reason: None,
+        force: false,
+        guardian: false,
+        at: at(1),
+    };
+    for (from, to) in [
+        (Idle, Quarantined),
+        (Quarantined, Idle),
+        (Failed, Quarantined),
+    ] {
+        let agent = crate::testing::fold::<Agent>(&history_at(from));
+        assert_eq!(
+            agent.decide(by_member(to)),
+            Err(AgentError::GuardianRequired),
+            "{from} -> {to}"
+        );
+    }
+    // Ending a quarantined agent gives it no work: any agent:write may.
+    let quarantined = crate::testing::fold::<Agent>(&history_at(Quarantined));
+    assert!(quarantined.decide(by_member(Terminated)).is_ok());
+    let idle = crate::testing::fold::<Agent>(&history_at(Idle));
+    assert!(idle.decide(by_member(Running)).is_ok());
 }
