@@ -440,6 +440,9 @@ fn entry(method: &str, template: &str, f: &Fixtures) -> (String, Option<Value>) 
             format!("{template}?organization_id={}", f.organization),
             None,
         ),
+        ("GET", "/api/v1/monitoring/overview") => {
+            (format!("{template}?project_id={}", f.project), None)
+        }
         ("GET", "/api/v1/projections") => (template.into(), None),
 
         // Lists and search (they name nothing: see ADDRESSING_NOTHING).

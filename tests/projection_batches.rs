@@ -68,7 +68,7 @@ fn event_of(op: Op, i: usize) -> (&'static str, Uuid, serde_json::Value, String)
     fn encode<E: DomainEvent + Serialize>(e: E) -> (serde_json::Value, String) {
         (serde_json::to_value(&e).expect("an event"), e.event_type())
     }
-    let (aggregate, id, (payload, event_type)) = match op.kind % 21 {
+    let (aggregate, id, (payload, event_type)) = match op.kind % 23 {
         0 => (
             "Ticket",
             ticket(a),
@@ -261,6 +261,24 @@ fn event_of(op: Op, i: usize) -> (&'static str, Uuid, serde_json::Value, String)
                 at: now,
             }),
         ),
+        20 => (
+            "Task",
+            task(a),
+            encode(TaskEvent::TaskStalled {
+                agent_id: agent(b),
+                idle_since: at(i.saturating_sub(usize::from(b))),
+                at: now,
+            }),
+        ),
+        21 => (
+            "Task",
+            task(a),
+            encode(TaskEvent::DuplicateSuspected {
+                duplicate_of: task(b),
+                similarity: 0.85 + f64::from(b % 16) / 100.0,
+                at: now,
+            }),
+        ),
         _ => (
             "Agent",
             agent(a),
@@ -392,7 +410,7 @@ fn batches_build_the_same_tables_as_single_events() {
 }
 
 /// The generator reaches every projector's interesting paths, so the property above is
-/// not vacuous: a long log fills every table.
+/// not vacuous: every table holds rows at the end of one of a few long logs.
 #[test]
 fn the_generated_logs_fill_every_table() {
     let runtime = tokio::runtime::Runtime::new().expect("a runtime");
@@ -401,27 +419,40 @@ fn the_generated_logs_fill_every_table() {
         let mut conn = PgConnection::connect_with(&database.options)
             .await
             .expect("a connection");
-        let mut rng = StdRng::seed_from_u64(7);
-        let ops: Vec<Op> = (0..2_000)
-            .map(|_| Op {
-                kind: rng.gen(),
-                a: rng.gen(),
-                b: rng.gen(),
-            })
-            .collect();
-        let log = log_of(&ops);
-        let found = differences(&mut conn, &log, 50).await.expect("applied");
-        assert!(found.is_empty(), "{}", found.join("\n"));
+        // A table of what is open (a held task, a stall) may end a log empty: each must
+        // hold rows at the end of at least one of the logs.
+        let mut filled = std::collections::BTreeSet::new();
+        for seed in [7, 11, 13] {
+            let mut rng = StdRng::seed_from_u64(seed);
+            let ops: Vec<Op> = (0..2_000)
+                .map(|_| Op {
+                    kind: rng.gen(),
+                    a: rng.gen(),
+                    b: rng.gen(),
+                })
+                .collect();
+            let log = log_of(&ops);
+            let found = differences(&mut conn, &log, 50).await.expect("applied");
+            assert!(found.is_empty(), "{}", found.join("\n"));
+            for projector in omoi_projections::all() {
+                for table in projector.tables() {
+                    let rows: i64 = sqlx::query_scalar(&format!(
+                        "select count(*) from many_{}.{table}",
+                        projector.name()
+                    ))
+                    .fetch_one(&mut conn)
+                    .await
+                    .expect("counted");
+                    if rows > 0 {
+                        filled.insert(format!("{}.{table}", projector.name()));
+                    }
+                }
+            }
+        }
         for projector in omoi_projections::all() {
             for table in projector.tables() {
-                let rows: i64 = sqlx::query_scalar(&format!(
-                    "select count(*) from many_{}.{table}",
-                    projector.name()
-                ))
-                .fetch_one(&mut conn)
-                .await
-                .expect("counted");
-                assert!(rows > 0, "{}.{table} stayed empty", projector.name());
+                let name = format!("{}.{table}", projector.name());
+                assert!(filled.contains(&name), "{name} stayed empty");
             }
         }
     });

@@ -165,6 +165,16 @@ async fn silent_agents_are_degraded_then_failed_once_and_a_heartbeat_brings_one_
     assert_eq!(changes[1].0, "degraded");
     assert!(changes[1].1.contains("missed 2 heartbeats"), "{changes:?}");
     assert_eq!(health(&app, &agent.id).await["status"], "degraded");
+    app.caught_up().await;
+    let (_, overview) = app
+        .get(&format!("/api/v1/monitoring/overview?project_id={project}"))
+        .await;
+    assert_eq!(
+        overview["agents_in_trouble"][0]["agent_id"],
+        agent.id.as_str(),
+        "{overview}"
+    );
+    assert_eq!(overview["agents_in_trouble"][0]["status"], "degraded");
 
     // A heartbeat brings it back.
     let answer = heartbeat(&app, &agent).await;
@@ -244,6 +254,18 @@ async fn a_quiet_task_is_nudged_once_per_stall_and_the_nudge_reaches_its_agent_o
     assert_eq!(steered[0].2, "system:stall_policy");
     let health = health(&app, &agent.id).await;
     assert_eq!(health["stalled_tasks"], json!([task]), "{health}");
+    let project = app.task_state(&task).await["project_id"].clone();
+    let overview_path = format!(
+        "/api/v1/monitoring/overview?project_id={}",
+        project.as_str().expect("a project")
+    );
+    let (_, overview) = app.get(&overview_path).await;
+    assert_eq!(
+        overview["stalled_tasks"][0]["task_id"],
+        task.as_str(),
+        "{overview}"
+    );
+    assert_eq!(overview["stalled_tasks"][0]["agent_id"], agent.id.as_str());
     assert_eq!(health["tasks"][0]["pending_steering"], 1, "{health}");
 
     // The next heartbeat hands it over, once.
@@ -269,6 +291,13 @@ async fn a_quiet_task_is_nudged_once_per_stall_and_the_nudge_reaches_its_agent_o
     agent
         .must(&app, &task, "progress", json!({"message": "back at it"}))
         .await;
+    app.caught_up().await;
+    let (_, overview) = app.get(&overview_path).await;
+    assert_eq!(
+        overview["stalled_tasks"],
+        json!([]),
+        "progress ends the stall: {overview}"
+    );
     worker.stop().await;
     let clock = Clock::default();
     let mut worker = Worker::stepped(app.database.pool.clone(), config(&clock, &directory));
@@ -472,6 +501,26 @@ async fn near_identical_open_tasks_are_flagged_once_and_others_not() {
         app.task_state(&copy).await["suspected_duplicates"],
         json!([original])
     );
+    app.caught_up().await;
+    let overview_path = format!("/api/v1/monitoring/overview?project_id={project}");
+    let (_, overview) = app.get(&overview_path).await;
+    assert_eq!(
+        overview["duplicates"],
+        json!([{"task_id": copy, "duplicate_of": original,
+                "similarity": suspected[0].1["similarity"]}]),
+        "{overview}"
+    );
+    // Ending the older task closes the finding.
+    let (status, body) = app
+        .post(
+            &format!("/api/v1/tasks/{original}/cancel"),
+            json!({"reason": "merged"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    app.caught_up().await;
+    let (_, overview) = app.get(&overview_path).await;
+    assert_eq!(overview["duplicates"], json!([]), "{overview}");
     for worker in workers {
         worker.stop().await;
     }

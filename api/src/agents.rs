@@ -464,7 +464,16 @@ async fn heartbeat(
         .await
         .map_err(ApiError::from)?;
     let status = revive(&state, &caller, id, agent.status).await?;
-    let steering = deliver_steering(&state, &caller, id).await?;
+    // Steering rides on the heartbeat, which must not fail for it: messages that cannot
+    // be handed over now (the agents read model not built yet, say) stay pending for the
+    // next heartbeat.
+    let steering = match deliver_steering(&state, &caller, id).await {
+        Ok(steering) => steering,
+        Err(error) => {
+            tracing::warn!(agent_id = %id, ?error, "heartbeat: steering not delivered this time");
+            Vec::new()
+        }
+    };
     Ok(Json(Heartbeat {
         agent_id: id,
         status,

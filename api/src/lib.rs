@@ -16,7 +16,8 @@
 //!   documented rules of request fields (lengths, patterns, counts).
 //! * One module per resource: [`organizations`], [`projects`], [`tickets`], [`tasks`],
 //!   [`specs`] (and [`spec_export`]), [`agents`], [`claims`], [`discoveries`], [`billing`],
-//!   [`transcripts`] (task logs), [`guardian`] (interventions); [`history`] (per-aggregate history,
+//!   [`transcripts`] (task logs), [`guardian`] (interventions), [`monitoring`] (a
+//!   project's supervision findings); [`history`] (per-aggregate history,
 //!   global stream); [`system`].
 //! * [`metrics`] — Prometheus counters and latency of commands.
 //! * One module per read model: [`board`], [`graph`], [`timeline`], [`agent_views`],
@@ -39,6 +40,7 @@ pub mod history;
 pub mod lists;
 pub mod live;
 pub mod metrics;
+pub mod monitoring;
 pub mod openapi;
 pub mod organizations;
 pub mod projects;

@@ -114,6 +114,7 @@ pub(crate) fn documented_routes() -> OpenApiRouter<AppState> {
         .merge(agents::router())
         .merge(agent_views::router())
         .merge(guardian::router())
+        .merge(monitoring::router())
         .merge(lists::router())
         .merge(timeline::router())
         .merge(board::router())

@@ -16,7 +16,7 @@
 //! * [`runner`] — leadership (advisory lock), batches, wake-ups, failure handling, metrics.
 //! * [`verify`] — a scratch rebuild compared with the live build, row by row.
 //! * One folder per read model: [`board`], [`graph`], [`timeline`], [`agents`],
-//!   [`directory`], [`activity`], each with
+//!   [`directory`], [`activity`], [`monitoring`], each with
 //!   `model.rs` (the pure state and the transition one event makes), `projector.rs`
 //!   (tables, rows, the set-based `apply`) and `query.rs` (reads through the stable views);
 //!   the board and the graph add `view.rs` (what a model renders), the timeline
@@ -32,6 +32,7 @@ pub mod catalog;
 pub mod codec;
 pub mod directory;
 pub mod graph;
+pub mod monitoring;
 pub mod replay;
 pub mod runner;
 #[cfg(test)]
@@ -120,5 +121,6 @@ pub fn all() -> Vec<Arc<dyn Projector>> {
         Arc::new(agents::AgentsProjector),
         Arc::new(directory::DirectoryProjector),
         Arc::new(activity::ActivityProjector),
+        Arc::new(monitoring::MonitoringProjector),
     ]
 }

@@ -1,0 +1,223 @@
+//! The SQL side of supervision's findings: two tables, a handful of statements a batch.
+
+use std::collections::{BTreeSet, HashMap};
+
+use chrono::{DateTime, Utc};
+use futures_util::future::BoxFuture;
+use omoi_domain::task::TaskEvent;
+use omoi_store::StoredEvent;
+use serde::Deserialize;
+use sqlx::PgConnection;
+use uuid::Uuid;
+
+use super::model::{finding, Finding};
+use crate::codec::{entity_id, EventMeta};
+use crate::{ProjectionError, Projector};
+
+/// Builds the `monitoring` read model.
+pub struct MonitoringProjector;
+
+impl Projector for MonitoringProjector {
+    fn name(&self) -> &'static str {
+        "monitoring"
+    }
+
+    fn version(&self) -> i32 {
+        1
+    }
+
+    fn tables(&self) -> &'static [&'static str] {
+        &["stalled", "duplicates"]
+    }
+
+    fn create_tables(&self, schema: &str) -> Vec<String> {
+        vec![
+            format!(
+                "create table if not exists {schema}.stalled (
+                    task_id uuid primary key,
+                    organization_id uuid not null,
+                    project_id uuid,
+                    agent_id uuid not null,
+                    idle_since timestamptz not null,
+                    stalled_at timestamptz not null
+                )"
+            ),
+            format!(
+                "create table if not exists {schema}.duplicates (
+                    task_id uuid not null,
+                    duplicate_of uuid not null,
+                    organization_id uuid not null,
+                    project_id uuid,
+                    similarity float8 not null,
+                    primary key (task_id, duplicate_of)
+                )"
+            ),
+            // An ending task closes the pairs that name it as the older one too.
+            format!(
+                "create index if not exists duplicates_by_older
+                    on {schema}.duplicates (duplicate_of)"
+            ),
+        ]
+    }
+
+    fn create_indexes(&self, schema: &str) -> Vec<String> {
+        vec![
+            format!(
+                "create index if not exists stalled_by_project
+                    on {schema}.stalled (project_id)"
+            ),
+            format!(
+                "create index if not exists duplicates_by_project
+                    on {schema}.duplicates (project_id)"
+            ),
+        ]
+    }
+
+    fn apply<'a>(
+        &'a self,
+        tx: &'a mut PgConnection,
+        schema: &'a str,
+        events: &'a [StoredEvent],
+    ) -> BoxFuture<'a, Result<(), ProjectionError>> {
+        Box::pin(apply_events(tx, schema, events))
+    }
+}
+
+struct Stall {
+    organization_id: Uuid,
+    project_id: Option<Uuid>,
+    agent_id: Uuid,
+    idle_since: DateTime<Utc>,
+    at: DateTime<Utc>,
+}
+
+struct Pair {
+    organization_id: Uuid,
+    project_id: Option<Uuid>,
+    similarity: f64,
+}
+
+/// Folds the batch's findings in memory (each task's last word wins), then writes: the
+/// stalls of every task touched replaced, the pairs naming an ended task deleted, the new
+/// pairs inserted.
+async fn apply_events(
+    tx: &mut PgConnection,
+    schema: &str,
+    events: &[StoredEvent],
+) -> Result<(), ProjectionError> {
+    let mut stalls: HashMap<Uuid, Option<Stall>> = HashMap::new();
+    let mut pairs: HashMap<(Uuid, Uuid), Pair> = HashMap::new();
+    let mut ended: BTreeSet<Uuid> = BTreeSet::new();
+    for event in events.iter().filter(|e| e.aggregate_type == "Task") {
+        let decoded = TaskEvent::deserialize(&event.payload)
+            .map_err(|e| ProjectionError::payload(event, e))?;
+        let Some(found) = finding(&decoded) else {
+            continue;
+        };
+        let task = entity_id(event)?;
+        match found {
+            Finding::Stalled {
+                agent_id,
+                idle_since,
+                at,
+            } => {
+                let meta = EventMeta::of(event)?;
+                stalls.insert(
+                    task,
+                    Some(Stall {
+                        organization_id: meta.organization_id,
+                        project_id: meta.project_id,
+                        agent_id,
+                        idle_since,
+                        at,
+                    }),
+                );
+            }
+            Finding::Unstalled => {
+                stalls.insert(task, None);
+            }
+            Finding::Duplicate {
+                duplicate_of,
+                similarity,
+            } => {
+                // A pair is recorded once: the first finding stands (as the insert's
+                // `on conflict do nothing` keeps the row already there).
+                let meta = EventMeta::of(event)?;
+                pairs.entry((task, duplicate_of)).or_insert(Pair {
+                    organization_id: meta.organization_id,
+                    project_id: meta.project_id,
+                    similarity,
+                });
+            }
+            Finding::Ended => {
+                stalls.insert(task, None);
+                pairs.retain(|(newer, older), _| *newer != task && *older != task);
+                ended.insert(task);
+            }
+        }
+    }
+    if !stalls.is_empty() {
+        let touched: Vec<Uuid> = stalls.keys().copied().collect();
+        sqlx::query(&format!(
+            "delete from {schema}.stalled where task_id = any($1)"
+        ))
+        .bind(&touched)
+        .execute(&mut *tx)
+        .await?;
+        let open: Vec<(Uuid, Stall)> = stalls
+            .into_iter()
+            .filter_map(|(task, stall)| Some((task, stall?)))
+            .collect();
+        if !open.is_empty() {
+            sqlx::query(&format!(
+                "insert into {schema}.stalled
+                     (task_id, organization_id, project_id, agent_id, idle_since, stalled_at)
+                 select * from unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::uuid[],
+                                      $5::timestamptz[], $6::timestamptz[])"
+            ))
+            .bind(open.iter().map(|(t, _)| *t).collect::<Vec<_>>())
+            .bind(
+                open.iter()
+                    .map(|(_, s)| s.organization_id)
+                    .collect::<Vec<_>>(),
+            )
+            .bind(open.iter().map(|(_, s)| s.project_id).collect::<Vec<_>>())
+            .bind(open.iter().map(|(_, s)| s.agent_id).collect::<Vec<_>>())
+            .bind(open.iter().map(|(_, s)| s.idle_since).collect::<Vec<_>>())
+            .bind(open.iter().map(|(_, s)| s.at).collect::<Vec<_>>())
+            .execute(&mut *tx)
+            .await?;
+        }
+    }
+    if !ended.is_empty() {
+        let ended: Vec<Uuid> = ended.into_iter().collect();
+        sqlx::query(&format!(
+            "delete from {schema}.duplicates where task_id = any($1) or duplicate_of = any($1)"
+        ))
+        .bind(&ended)
+        .execute(&mut *tx)
+        .await?;
+    }
+    if !pairs.is_empty() {
+        let pairs: Vec<((Uuid, Uuid), Pair)> = pairs.into_iter().collect();
+        sqlx::query(&format!(
+            "insert into {schema}.duplicates
+                 (task_id, duplicate_of, organization_id, project_id, similarity)
+             select * from unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::uuid[], $5::float8[])
+             on conflict do nothing"
+        ))
+        .bind(pairs.iter().map(|((t, _), _)| *t).collect::<Vec<_>>())
+        .bind(pairs.iter().map(|((_, d), _)| *d).collect::<Vec<_>>())
+        .bind(
+            pairs
+                .iter()
+                .map(|(_, p)| p.organization_id)
+                .collect::<Vec<_>>(),
+        )
+        .bind(pairs.iter().map(|(_, p)| p.project_id).collect::<Vec<_>>())
+        .bind(pairs.iter().map(|(_, p)| p.similarity).collect::<Vec<_>>())
+        .execute(&mut *tx)
+        .await?;
+    }
+    Ok(())
+}
