@@ -1,6 +1,6 @@
 //! Transcripts: every line a task's attempts wrote, kept in order — by the in-process
 //! worker for the commands it runs, posted by an HTTP agent for its own — and read page
-//! by page with `GET /api/v1/tasks/{id}/logs`.
+//! by page with `GET /api/v1/tasks/{id}/logs`, until the retention removes them.
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
@@ -259,4 +259,49 @@ async fn only_the_holder_writes_while_it_runs_and_bad_lines_write_nothing() {
         .get("/api/v1/tasks/00000000-0000-0000-0000-000000000000/logs")
         .await;
     assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_transcript_goes_after_its_retention_and_a_recent_one_stays() {
+    let app = spawn_app().await;
+    let (_, _, old_task, old_agent) = running_task(&app).await;
+    let (_, _, new_task, new_agent) = running_task(&app).await;
+    for (agent, task) in [(&old_agent, &old_task), (&new_agent, &new_task)] {
+        let (status, body) = post_lines(&app, agent, task, json!(["a", "b"])).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+    // The old one's last line was written 25 hours ago (the retention here is a day).
+    let old: uuid::Uuid = old_task.parse().expect("an id");
+    sqlx::query(
+        "update task_log_heads set updated_at = now() - interval '25 hours' where task_id = $1",
+    )
+    .bind(old)
+    .execute(&app.database.pool)
+    .await
+    .expect("backdated");
+    let directory = scratch();
+    let mut worker = Worker::stepped(
+        app.database.pool.clone(),
+        WorkerConfig {
+            work: Work::Nothing,
+            check_interval_ms: 0,
+            transcript_retention_hours: 24,
+            organizations: vec![uuid::Uuid::now_v7()],
+            work_dir: directory.join("work"),
+            ..WorkerConfig::default()
+        },
+    );
+    worker.step().await;
+    worker.stop().await;
+    let (_, page) = app.get(&format!("/api/v1/tasks/{old_task}/logs")).await;
+    assert_eq!(page["attempts"], json!([]), "{page}");
+    assert_eq!(page["lines"], json!([]), "{page}");
+    let left: i64 = sqlx::query_scalar("select count(*) from task_logs where task_id = $1")
+        .bind(old)
+        .fetch_one(&app.database.pool)
+        .await
+        .expect("counted");
+    assert_eq!(left, 0, "its chunks go with it");
+    assert_eq!(every_line(&app, &new_task, 1, 10).await.len(), 2);
+    let _ = std::fs::remove_dir_all(directory);
 }
