@@ -220,3 +220,66 @@ async fn in_process_agents_act_as_themselves_and_strangers_see_nothing() {
     }
     let _ = std::fs::remove_dir_all(directory);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_agents_list_shows_every_agent_as_it_was_at_a_position() {
+    let app = spawn_app().await;
+    let (organization, _) = app.organization_and_project().await;
+    let agent = app.register_agent(&organization).await;
+    let (status, beat) = agent
+        .post(
+            &app,
+            &format!("/api/v1/agents/{}/heartbeat", agent.id),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{beat}");
+    let (_, history) = app
+        .get(&format!("/api/v1/agents/{}/history", agent.id))
+        .await;
+    let idle_at = history["events"][1]["global_position"]
+        .as_i64()
+        .expect("the move to idle");
+    let (status, body) = app
+        .post(
+            "/api/v1/guardian/interventions",
+            json!({"kind": "quarantine", "agent_id": agent.id, "reason": "audit"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let later = app.register_agent(&organization).await;
+    app.caught_up().await;
+
+    let list = |query: String| {
+        let app = &app;
+        async move {
+            let (status, body) = app.get(&format!("/api/v1/agents?{query}")).await;
+            assert_eq!(status, StatusCode::OK, "{query}: {body}");
+            body["agents"]
+                .as_array()
+                .expect("agents")
+                .iter()
+                .map(|a| {
+                    (
+                        a["agent_id"].as_str().unwrap_or_default().to_string(),
+                        a["status"].as_str().unwrap_or_default().to_string(),
+                    )
+                })
+                .collect::<Vec<_>>()
+        }
+    };
+    let now = list(format!("organization_id={organization}")).await;
+    assert!(
+        now.contains(&(agent.id.clone(), "quarantined".into())),
+        "{now:?}"
+    );
+    assert!(now.iter().any(|(id, _)| *id == later.id), "{now:?}");
+    let then = list(format!("organization_id={organization}&as_of={idle_at}")).await;
+    assert_eq!(then, vec![(agent.id.clone(), "idle".to_string())]);
+    // As of the very end, the replay agrees with the read model.
+    let end = list(format!("organization_id={organization}&as_of=999999999")).await;
+    assert_eq!(end, now);
+    let (status, body) = app.get(&format!("/api/v1/agents?as_of={idle_at}")).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert_eq!(body["code"], "as_of_needs_organization");
+}

@@ -21,7 +21,7 @@ use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult, Problem};
 use crate::extract::{IdPath, Query};
 use crate::history::StreamQuery;
-use crate::read::{project_filter, readable_organizations};
+use crate::read::{checked_as_of, project_filter, read_error, readable_organizations, replay_turn};
 use crate::responses::EventRecord;
 use crate::state::AppState;
 
@@ -44,6 +44,10 @@ pub struct AgentsQuery {
     pub project_id: Option<Uuid>,
     #[param(inline)]
     pub status: Option<AgentStatus>,
+    /// The agents as they were right after this global position (with `organization_id`:
+    /// that organization's log is replayed, at most `application.max_replay_events`).
+    #[param(minimum = 0)]
+    pub as_of: Option<i64>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -52,7 +56,8 @@ pub struct AgentList {
 }
 
 /// Agents with their status, capabilities, capacity and current task, by name. Without
-/// `organization_id`, the agents of every organization the caller may read. The list
+/// `organization_id`, the agents of every organization the caller may read. With `as_of`
+/// (and `organization_id`), as they were right after that global position. The list
 /// follows commands shortly after they commit, once the read model has caught up.
 #[utoipa::path(
     get,
@@ -61,9 +66,12 @@ pub struct AgentList {
     params(AgentsQuery),
     responses(
         (status = 200, body = AgentList),
-        (status = 400, body = Problem, description = "bad id or status"),
+        (status = 400, body = Problem, description = "bad id, status or as_of"),
         (status = 403, body = Problem),
         (status = 404, body = Problem, description = "no such organization"),
+        (status = 422, body = Problem,
+            description = "as_of without organization_id (`as_of_needs_organization`), \
+                           negative, or past the replay bound"),
     )
 )]
 async fn list_agents(
@@ -76,7 +84,28 @@ async fn list_agents(
         project_id: project_filter(&caller, query.project_id)?,
         status: query.status.map(|s| s.as_str().to_string()),
     };
-    let agents = agents::list(state.pool(), &filter).await?;
+    let Some(as_of) = checked_as_of(query.as_of)? else {
+        let agents = agents::list(state.pool(), &filter).await?;
+        return Ok(Json(AgentList { agents }));
+    };
+    // The past is one organization's log replayed: which one must be said.
+    let organization_id = query.organization_id.ok_or_else(|| {
+        ApiError::invalid(
+            "as_of_needs_organization",
+            "organization_id",
+            "a list as_of a past position is one organization's: give organization_id",
+        )
+    })?;
+    let _turn = replay_turn(&state).await?;
+    let agents = agents::list_as_of(
+        state.pool(),
+        organization_id,
+        &filter,
+        as_of,
+        state.replays.max_events,
+    )
+    .await
+    .map_err(read_error)?;
     Ok(Json(AgentList { agents }))
 }
 

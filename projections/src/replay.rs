@@ -27,11 +27,41 @@ pub async fn replay_project(
     project_id: Uuid,
     as_of: i64,
     max_events: usize,
+    apply: impl FnMut(&StoredEvent) -> Result<(), ProjectionError>,
+) -> Result<(), ProjectionError> {
+    replay(
+        pool,
+        organization_id,
+        Some(project_id),
+        as_of,
+        max_events,
+        apply,
+    )
+    .await
+}
+
+/// [`replay_project`] over a whole organization's events (its agents' among them).
+pub async fn replay_organization(
+    pool: &PgPool,
+    organization_id: Uuid,
+    as_of: i64,
+    max_events: usize,
+    apply: impl FnMut(&StoredEvent) -> Result<(), ProjectionError>,
+) -> Result<(), ProjectionError> {
+    replay(pool, organization_id, None, as_of, max_events, apply).await
+}
+
+async fn replay(
+    pool: &PgPool,
+    organization_id: Uuid,
+    project_id: Option<Uuid>,
+    as_of: i64,
+    max_events: usize,
     mut apply: impl FnMut(&StoredEvent) -> Result<(), ProjectionError>,
 ) -> Result<(), ProjectionError> {
     let visibility = Visibility::Organizations {
         organizations: vec![organization_id],
-        project: Some(project_id),
+        project: project_id,
     };
     let mut cursor = Cursor::default();
     let mut replayed = 0;

@@ -19,4 +19,4 @@ mod query;
 
 pub use model::{task_effect, AgentView, AgentsModel, TaskEffect};
 pub use projector::AgentsProjector;
-pub use query::{held_tasks, list, AgentFilter};
+pub use query::{held_tasks, list, list_as_of, AgentFilter};

@@ -47,3 +47,29 @@ pub async fn held_tasks(pool: &PgPool, agent_id: Uuid) -> Result<Vec<Uuid>, sqlx
     .fetch_all(pool)
     .await
 }
+
+/// The agents of `organization_id` as they were right after global position `as_of`,
+/// filtered as [`list`] filters (organizations aside) and in its order: the organization's
+/// log replayed (at most `max_events`) through the projector's own rules.
+pub async fn list_as_of(
+    pool: &PgPool,
+    organization_id: Uuid,
+    filter: &AgentFilter,
+    as_of: i64,
+    max_events: usize,
+) -> Result<Vec<AgentView>, crate::ProjectionError> {
+    let mut model = super::AgentsModel::default();
+    crate::replay::replay_organization(pool, organization_id, as_of, max_events, |event| {
+        model.apply(event).map(|_| ())
+    })
+    .await?;
+    let mut agents: Vec<AgentView> = model
+        .agents()
+        .into_iter()
+        .filter(|a| filter.project_id.is_none_or(|p| a.project_id == Some(p)))
+        .filter(|a| filter.status.as_ref().is_none_or(|s| &a.status == s))
+        .cloned()
+        .collect();
+    agents.sort_by(|a, b| (&a.name, a.agent_id).cmp(&(&b.name, b.agent_id)));
+    Ok(agents)
+}
