@@ -3,7 +3,7 @@
 //! page by page — checked against the global stream read independently.
 
 use omoi_orchestrator::{Work, Worker, WorkerConfig};
-use omoi_testing::{spawn_app, Agent, TestApp};
+use omoi_testing::{scratch_dir, spawn_app, Agent, TestApp};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
@@ -159,7 +159,7 @@ async fn in_process_agents_act_as_themselves_and_strangers_see_nothing() {
     let (_, project) = app.organization_and_project().await;
     let ticket = app.ticket(&project, "Work").await;
     let task = app.task(&ticket, "Echo", json!({})).await;
-    let directory = std::env::temp_dir().join(format!("omoi-test-{}", uuid::Uuid::now_v7()));
+    let directory = scratch_dir();
     let worker = Worker::start(
         app.database.pool.clone(),
         WorkerConfig {

@@ -5,7 +5,7 @@
 //! it says, on the timeline and in the target's history.
 
 use omoi_orchestrator::{Work, Worker, WorkerConfig};
-use omoi_testing::{spawn_app, Agent, TestApp};
+use omoi_testing::{scratch_dir, spawn_app, Agent, TestApp};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
@@ -205,6 +205,8 @@ async fn each_intervention_does_what_it_says() {
     )
     .await;
     assert_eq!(status, StatusCode::OK, "{body}");
+    // Delivered at the first heartbeat after the read models have seen it.
+    app.caught_up().await;
     let (_, beat) = second
         .post(
             &app,
@@ -407,7 +409,7 @@ async fn malformed_interventions_are_refused_naming_the_field_and_write_nothing(
 async fn a_quarantined_in_process_agent_takes_nothing_until_released() {
     let app = spawn_app().await;
     let (_, project) = app.organization_and_project().await;
-    let directory = std::env::temp_dir().join(format!("omoi-test-{}", uuid::Uuid::now_v7()));
+    let directory = scratch_dir();
     let mut worker = Worker::stepped(
         app.database.pool.clone(),
         WorkerConfig {

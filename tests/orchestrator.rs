@@ -8,7 +8,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use omoi_orchestrator::{Work, Worker, WorkerConfig};
-use omoi_testing::{spawn_app, TestApp, TestDatabase};
+use omoi_testing::{scratch_dir, spawn_app, TestApp, TestDatabase};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
@@ -30,12 +30,6 @@ fn config(work: Work, directory: &Path) -> WorkerConfig {
 
 fn command(text: &str) -> Work {
     Work::Command(text.to_string())
-}
-
-fn scratch() -> std::path::PathBuf {
-    let directory = std::env::temp_dir().join(format!("omoi-test-{}", uuid::Uuid::now_v7()));
-    std::fs::create_dir_all(&directory).expect("a scratch directory");
-    directory
 }
 
 /// The task's events, oldest first: (type, payload, recorded at).
@@ -93,7 +87,7 @@ async fn until_dead(pid: &str) {
 async fn a_diamond_of_tasks_runs_in_dependency_order_through_a_real_command() {
     let app = spawn_app().await;
     let (_, project) = app.organization_and_project().await;
-    let directory = scratch();
+    let directory = scratch_dir();
     let log = directory.join("order.log");
     let ticket = app.ticket(&project, "Work").await;
     let a = app.task(&ticket, "a", json!({})).await;
@@ -133,7 +127,7 @@ async fn a_diamond_of_tasks_runs_in_dependency_order_through_a_real_command() {
 async fn two_workers_assign_each_task_exactly_once() {
     let app = spawn_app().await;
     let (_, project) = app.organization_and_project().await;
-    let directory = scratch();
+    let directory = scratch_dir();
     let mut tickets = Vec::new();
     for _ in 0..4 {
         tickets.push(app.ticket(&project, "Work").await);
@@ -237,7 +231,7 @@ async fn concurrent_additions_closing_a_cycle_do_not_both_succeed() {
 async fn a_stale_agents_task_is_reassigned_and_completes() {
     let app = spawn_app().await;
     let (organization, project) = app.organization_and_project().await;
-    let directory = scratch();
+    let directory = scratch_dir();
     let (status, agent) = app
         .post(
             "/api/v1/agents/register",
@@ -292,7 +286,7 @@ async fn a_stale_agents_task_is_reassigned_and_completes() {
 async fn a_timed_out_task_has_its_process_killed() {
     let app = spawn_app().await;
     let (_, project) = app.organization_and_project().await;
-    let directory = scratch();
+    let directory = scratch_dir();
     let pid = directory.join("pid");
     let ticket = app.ticket(&project, "Work").await;
     let id = app
@@ -320,7 +314,7 @@ async fn a_timed_out_task_has_its_process_killed() {
 async fn a_failed_task_is_retried_only_after_its_backoff() {
     let app = spawn_app().await;
     let (_, project) = app.organization_and_project().await;
-    let directory = scratch();
+    let directory = scratch_dir();
     let ticket = app.ticket(&project, "Work").await;
     let id = app.task(&ticket, "flaky", json!({"max_retries": 2})).await;
     // Fails on its first attempt, succeeds on the second.
@@ -366,7 +360,7 @@ async fn a_failed_task_is_retried_only_after_its_backoff() {
 async fn a_permanent_error_is_not_retried() {
     let app = spawn_app().await;
     let (_, project) = app.organization_and_project().await;
-    let directory = scratch();
+    let directory = scratch_dir();
     let ticket = app.ticket(&project, "Work").await;
     let id = app.task(&ticket, "doomed", json!({"max_retries": 3})).await;
     let script = "echo 'Permission denied: /etc/shadow' >&2; exit 1";
@@ -389,7 +383,7 @@ async fn a_permanent_error_is_not_retried() {
 async fn cancelling_a_running_task_stops_its_process() {
     let app = spawn_app().await;
     let (_, project) = app.organization_and_project().await;
-    let directory = scratch();
+    let directory = scratch_dir();
     let pid = directory.join("pid");
     let ticket = app.ticket(&project, "Work").await;
     let id = app.task(&ticket, "long", json!({})).await;
@@ -569,7 +563,7 @@ async fn the_example_agent_script_runs_a_task() {
 async fn output_lines_become_progress_at_most_once_a_second() {
     let app = spawn_app().await;
     let (_, project) = app.organization_and_project().await;
-    let directory = scratch();
+    let directory = scratch_dir();
     let ticket = app.ticket(&project, "Work").await;
     let id = app.task(&ticket, "chatty", json!({})).await;
     // 40 lines over about two seconds.
@@ -604,7 +598,7 @@ async fn output_lines_become_progress_at_most_once_a_second() {
 async fn a_worker_holds_no_more_of_an_organizations_tasks_than_its_plan_allows() {
     let app = spawn_app().await;
     let (_, project) = app.organization_and_project().await;
-    let directory = scratch();
+    let directory = scratch_dir();
     let ticket = app.ticket(&project, "Work").await;
     let mut ids = Vec::new();
     for n in 0..3 {
@@ -646,7 +640,7 @@ async fn a_worker_holds_no_more_of_an_organizations_tasks_than_its_plan_allows()
 async fn a_command_that_leaves_a_background_process_still_completes_and_the_process_goes() {
     let app = spawn_app().await;
     let (_, project) = app.organization_and_project().await;
-    let directory = scratch();
+    let directory = scratch_dir();
     let pid = directory.join("pid");
     let ticket = app.ticket(&project, "Work").await;
     let id = app.task(&ticket, "daemon", json!({})).await;

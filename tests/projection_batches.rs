@@ -9,7 +9,7 @@ use chrono::{DateTime, TimeZone, Utc};
 use cqrs_es::DomainEvent;
 use omoi_domain::agent::{AgentEvent, AgentStatus, AgentType};
 use omoi_domain::common::{Phase, Priority};
-use omoi_domain::task::{FailureReason, TaskEvent};
+use omoi_domain::task::{FailureReason, SteeringSource, TaskEvent};
 use omoi_domain::ticket::{BlockReason, TicketEvent, TicketStatus};
 use omoi_projections::verify::diff_schemas;
 use omoi_projections::Projector;
@@ -68,7 +68,7 @@ fn event_of(op: Op, i: usize) -> (&'static str, Uuid, serde_json::Value, String)
     fn encode<E: DomainEvent + Serialize>(e: E) -> (serde_json::Value, String) {
         (serde_json::to_value(&e).expect("an event"), e.event_type())
     }
-    let (aggregate, id, (payload, event_type)) = match op.kind % 23 {
+    let (aggregate, id, (payload, event_type)) = match op.kind % 25 {
         0 => (
             "Ticket",
             ticket(a),
@@ -276,6 +276,26 @@ fn event_of(op: Op, i: usize) -> (&'static str, Uuid, serde_json::Value, String)
             encode(TaskEvent::DuplicateSuspected {
                 duplicate_of: task(b),
                 similarity: 0.85 + f64::from(b % 16) / 100.0,
+                at: now,
+            }),
+        ),
+        22 => (
+            "Task",
+            task(a),
+            encode(TaskEvent::TaskSteered {
+                steering_id: id(5, b % 8),
+                agent_id: agent(b),
+                message: format!("steer {b}"),
+                source: SteeringSource::Nudge,
+                at: now,
+            }),
+        ),
+        23 => (
+            "Task",
+            task(a),
+            encode(TaskEvent::SteeringDelivered {
+                steering_id: id(5, b % 8),
+                agent_id: agent(b),
                 at: now,
             }),
         ),

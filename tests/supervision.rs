@@ -9,7 +9,7 @@
 use std::time::Duration;
 
 use omoi_orchestrator::{Clock, MonitoringConfig, SteppedWorker, Work, Worker, WorkerConfig};
-use omoi_testing::{spawn_app, Agent, TestApp, TestDatabase};
+use omoi_testing::{scratch_dir, spawn_app, Agent, TestApp, TestDatabase};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
@@ -32,12 +32,6 @@ fn config(clock: &Clock, directory: &std::path::Path) -> WorkerConfig {
         work_dir: directory.join("work"),
         ..WorkerConfig::default()
     }
-}
-
-fn scratch() -> std::path::PathBuf {
-    let directory = std::env::temp_dir().join(format!("omoi-test-{}", uuid::Uuid::now_v7()));
-    std::fs::create_dir_all(&directory).expect("a scratch directory");
-    directory
 }
 
 /// Moves the agent's last heartbeat `seconds` further into the past.
@@ -133,7 +127,7 @@ async fn silent_agents_are_degraded_then_failed_once_and_a_heartbeat_brings_one_
     agent.must(&app, &task, "start", json!({})).await;
 
     // Two replicas sweep the same leases.
-    let directory = scratch();
+    let directory = scratch_dir();
     let clock = Clock::default();
     let other = TestDatabase::pool(&app.database.options, 2)
         .await
@@ -230,7 +224,7 @@ fn count(events: &[(String, Value, String)], kind: &str) -> usize {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_quiet_task_is_nudged_once_per_stall_and_the_nudge_reaches_its_agent_once() {
     let app = spawn_app().await;
-    let directory = scratch();
+    let directory = scratch_dir();
     let (_, task, agent, mut worker, clock) = stalling(&app, "nudge", &directory).await;
     let path = format!("/api/v1/tasks/{task}");
 
@@ -318,7 +312,7 @@ async fn a_quiet_task_is_nudged_once_per_stall_and_the_nudge_reaches_its_agent_o
 #[tokio::test(flavor = "multi_thread")]
 async fn a_quiet_task_is_restarted_or_its_ticket_escalated_as_its_project_says() {
     let app = spawn_app().await;
-    let directory = scratch();
+    let directory = scratch_dir();
 
     let (_, task, _, mut worker, clock) = stalling(&app, "restart", &directory).await;
     clock.advance(Duration::from_millis(STUCK_MS + 1_000));
@@ -365,7 +359,7 @@ async fn an_in_process_agent_reads_its_steering_from_its_file() {
         .await;
     let ticket = app.ticket(&project, "Work").await;
     let task = app.task(&ticket, "Listen", json!({})).await;
-    let directory = scratch();
+    let directory = scratch_dir();
     let clock = Clock::default();
     // The command waits (silently) for steering and prints it.
     let script = "for i in $(seq 1 600); do \
@@ -455,7 +449,7 @@ async fn near_identical_open_tasks_are_flagged_once_and_others_not() {
     assert_eq!(status, StatusCode::OK, "{body}");
     app.caught_up().await;
 
-    let directory = scratch();
+    let directory = scratch_dir();
     let clock = Clock::default();
     let other = TestDatabase::pool(&app.database.options, 2)
         .await

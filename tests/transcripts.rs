@@ -3,18 +3,11 @@
 //! by page with `GET /api/v1/tasks/{id}/logs`, until the retention removes them.
 
 use std::collections::BTreeSet;
-use std::path::PathBuf;
 
 use omoi_orchestrator::{Work, Worker, WorkerConfig};
-use omoi_testing::{spawn_app, Agent, TestApp};
+use omoi_testing::{scratch_dir, spawn_app, Agent, TestApp};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
-
-fn scratch() -> PathBuf {
-    let directory = std::env::temp_dir().join(format!("omoi-test-{}", uuid::Uuid::now_v7()));
-    std::fs::create_dir_all(&directory).expect("a scratch directory");
-    directory
-}
 
 /// Every line of `attempt` of `task`, read with pages of `limit`; the numbers and texts.
 async fn every_line(app: &TestApp, task: &str, attempt: u32, limit: u32) -> Vec<(i64, String)> {
@@ -46,7 +39,7 @@ async fn every_line_of_a_command_writing_100000_lines_is_kept_in_order() {
     let (_, project) = app.organization_and_project().await;
     let ticket = app.ticket(&project, "Chatty").await;
     let task = app.task(&ticket, "Count", json!({})).await;
-    let directory = scratch();
+    let directory = scratch_dir();
     let worker = Worker::start(
         app.database.pool.clone(),
         WorkerConfig {
@@ -85,7 +78,7 @@ async fn each_attempt_has_its_own_transcript() {
     let task = app
         .task(&ticket, "Retry me", json!({"max_retries": 1}))
         .await;
-    let directory = scratch();
+    let directory = scratch_dir();
     // The first attempt fails after two lines (one on stderr); the retry succeeds.
     let script = "echo \"attempt $OMOI_TASK_ATTEMPT\"; \
                   if [ \"$OMOI_TASK_ATTEMPT\" = 1 ]; then echo broken >&2; exit 3; fi";
@@ -279,7 +272,7 @@ async fn a_transcript_goes_after_its_retention_and_a_recent_one_stays() {
     .execute(&app.database.pool)
     .await
     .expect("backdated");
-    let directory = scratch();
+    let directory = scratch_dir();
     let mut worker = Worker::stepped(
         app.database.pool.clone(),
         WorkerConfig {

@@ -5,11 +5,11 @@
 //! removed after the retention.
 
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use omoi_orchestrator::{Work, Worker, WorkerConfig};
-use omoi_testing::{spawn_app, TestApp};
+use omoi_testing::{scratch_dir, spawn_app, TestApp};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
@@ -27,12 +27,6 @@ fn config(work: Work, parent: &Path) -> WorkerConfig {
         work_dir: parent.to_path_buf(),
         ..WorkerConfig::default()
     }
-}
-
-fn scratch() -> PathBuf {
-    let directory = std::env::temp_dir().join(format!("omoi-test-{}", uuid::Uuid::now_v7()));
-    std::fs::create_dir_all(&directory).expect("a scratch directory");
-    directory
 }
 
 fn mode(path: &Path) -> u32 {
@@ -92,7 +86,7 @@ async fn until_gone(path: &Path) {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_failed_commands_error_shows_neither_its_command_line_nor_the_token_in_it() {
     let app = spawn_app().await;
-    let parent = scratch();
+    let parent = scratch_dir();
     let id = task(&app, "deploy", json!({"max_retries": 0})).await;
     // `set -x` makes the shell itself write the command line, token and all, to stderr.
     let script = format!("set -x; deploy_token={TOKEN}; false --token \"$deploy_token\"");
@@ -126,7 +120,7 @@ async fn a_failed_commands_error_shows_neither_its_command_line_nor_the_token_in
 #[tokio::test(flavor = "multi_thread")]
 async fn a_tasks_command_inherits_none_of_the_workers_own_secrets() {
     let app = spawn_app().await;
-    let parent = scratch();
+    let parent = scratch_dir();
     let seen = parent.join("environment");
     let id = task(&app, "inspect", json!({})).await;
     let script = format!("env > {}", seen.display());
@@ -160,7 +154,7 @@ async fn a_tasks_command_inherits_none_of_the_workers_own_secrets() {
 #[tokio::test(flavor = "multi_thread")]
 async fn each_worker_runs_its_tasks_in_a_private_directory_with_a_name_of_its_own() {
     let app = spawn_app().await;
-    let parent = scratch();
+    let parent = scratch_dir();
     let seen = parent.join("pwd");
     let id = task(&app, "where", json!({})).await;
     let script = format!("pwd > {}", seen.display());
@@ -202,7 +196,7 @@ async fn each_worker_runs_its_tasks_in_a_private_directory_with_a_name_of_its_ow
 #[tokio::test(flavor = "multi_thread")]
 async fn a_failed_attempts_directory_is_kept_for_the_retention_then_removed() {
     let app = spawn_app().await;
-    let parent = scratch();
+    let parent = scratch_dir();
     let id = task(&app, "broken", json!({"max_retries": 0})).await;
     let worker = Worker::start(
         app.database.pool.clone(),

@@ -525,7 +525,9 @@ async fn deliver_steering(
     id: Uuid,
 ) -> ApiResult<Vec<SteeringMessage>> {
     let mut delivered = Vec::new();
-    for task_id in omoi_projections::agents::held_tasks(state.pool(), id).await? {
+    // The read model says which tasks have something waiting (usually none), so a
+    // heartbeat loads no task aggregate for nothing.
+    for task_id in omoi_projections::monitoring::steered_tasks(state.pool(), id).await? {
         let (task, _) = state.load::<Task>(task_id).await?;
         let waiting: Vec<Steering> = task
             .pending_steering

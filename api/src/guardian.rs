@@ -125,31 +125,22 @@ async fn intervene(
         }
     };
     let at = Utc::now();
-    let (kind, task_id, intervention, reason) = match body {
+    let (task_id, intervention, reason) = match body {
         Intervention::Quarantine { agent_id, reason } => {
             return on_agent(&state, &caller, &check, agent_id, true, reason).await
         }
         Intervention::Release { agent_id, reason } => {
             return on_agent(&state, &caller, &check, agent_id, false, reason).await
         }
-        Intervention::EmergencyCancel { task_id, reason } => (
-            InterventionKind::EmergencyCancel,
-            task_id,
-            TaskIntervention::EmergencyCancel,
-            reason,
-        ),
-        Intervention::Reassign { task_id, reason } => (
-            InterventionKind::Reassign,
-            task_id,
-            TaskIntervention::Reassign,
-            reason,
-        ),
+        Intervention::EmergencyCancel { task_id, reason } => {
+            (task_id, TaskIntervention::EmergencyCancel, reason)
+        }
+        Intervention::Reassign { task_id, reason } => (task_id, TaskIntervention::Reassign, reason),
         Intervention::PriorityOverride {
             task_id,
             priority,
             reason,
         } => (
-            InterventionKind::PriorityOverride,
             task_id,
             TaskIntervention::PriorityOverride { priority },
             reason,
@@ -159,7 +150,6 @@ async fn intervene(
             message,
             reason,
         } => (
-            InterventionKind::Steer,
             task_id,
             TaskIntervention::Steer {
                 steering_id: Uuid::now_v7(),
@@ -168,6 +158,7 @@ async fn intervene(
             reason,
         ),
     };
+    let kind = intervention.kind();
     let command = TaskCommand::Intervene {
         intervention,
         reason,

@@ -28,20 +28,6 @@ pub enum InterventionKind {
 }
 
 impl InterventionKind {
-    pub const ALL: [InterventionKind; 6] = [
-        Self::EmergencyCancel,
-        Self::Reassign,
-        Self::PriorityOverride,
-        Self::Steer,
-        Self::Quarantine,
-        Self::Release,
-    ];
-
-    /// Whether it acts on an agent (else on a task).
-    pub fn targets_agent(self) -> bool {
-        matches!(self, Self::Quarantine | Self::Release)
-    }
-
     pub fn as_str(self) -> &'static str {
         match self {
             Self::EmergencyCancel => "emergency_cancel",

@@ -125,15 +125,6 @@ struct Metadata {
     organization_id: Uuid,
 }
 
-/// When an event was recorded, from its metadata (`None` if it says nothing usable).
-fn occurred_at(stored: &StoredEvent) -> Option<DateTime<Utc>> {
-    stored
-        .metadata
-        .get("occurred_at")
-        .and_then(|v| v.as_str())
-        .and_then(|text| text.parse().ok())
-}
-
 impl Queue {
     pub fn task(&self, id: Uuid) -> Option<&QueuedTask> {
         self.tasks.get(&id)
@@ -174,7 +165,7 @@ impl Queue {
         let change = match event {
             // Discoveries change who may complete, not who may be assigned.
             TaskEvent::TaskProgressReported { .. } => {
-                task.last_progress_at = occurred_at(stored).or(task.last_progress_at);
+                task.last_progress_at = stored.occurred_at().or(task.last_progress_at);
                 task.stalled = false;
                 Change::None
             }

@@ -583,16 +583,9 @@ async fn record_batch(
             .fetch_one(pool)
             .await
             .ok();
-    let occurred = last
-        .metadata
-        .get("occurred_at")
-        .and_then(|v| v.as_str())
-        .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok());
-    let lag_ms = occurred.map_or(0, |at| {
-        (chrono::Utc::now() - at.with_timezone(&chrono::Utc))
-            .num_milliseconds()
-            .max(0)
-    });
+    let lag_ms = last
+        .occurred_at()
+        .map_or(0, |at| (chrono::Utc::now() - at).num_milliseconds().max(0));
     stats.update(build.build, |s| {
         s.cursor = last.cursor().to_string();
         s.global_position = last.global_position;

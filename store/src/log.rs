@@ -40,6 +40,16 @@ impl StoredEvent {
         )
     }
 
+    /// When the event was recorded (its metadata's `occurred_at`, written by the command
+    /// bus); `None` if the metadata says nothing usable.
+    pub fn occurred_at(&self) -> Option<chrono::DateTime<chrono::Utc>> {
+        self.metadata
+            .get("occurred_at")
+            .and_then(|v| v.as_str())
+            .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+            .map(|t| t.with_timezone(&chrono::Utc))
+    }
+
     /// The cursor that points just after this event in the global stream.
     pub fn cursor(&self) -> Cursor {
         Cursor {

@@ -704,6 +704,14 @@ impl TestApp {
     }
 }
 
+/// A fresh, empty directory of the test's own under the system's temporary directory
+/// (a worker's `work_dir`, files a test writes); the test removes it when it is done.
+pub fn scratch_dir() -> std::path::PathBuf {
+    let directory = std::env::temp_dir().join(format!("omoi-test-{}", uuid::Uuid::now_v7()));
+    std::fs::create_dir_all(&directory).expect("a scratch directory");
+    directory
+}
+
 /// Runs `future` to completion on a fresh multi-threaded runtime (for benchmarks).
 pub fn block_on<F: Future>(future: F) -> F::Output {
     tokio::runtime::Runtime::new()

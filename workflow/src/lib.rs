@@ -188,12 +188,7 @@ where
 
 /// When `event` was recorded (its metadata's `occurred_at`), for the time of an effect.
 pub fn occurred_at(event: &StoredEvent) -> chrono::DateTime<chrono::Utc> {
-    event
-        .metadata
-        .get("occurred_at")
-        .and_then(|v| v.as_str())
-        .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
-        .map_or_else(chrono::Utc::now, |t| t.with_timezone(&chrono::Utc))
+    event.occurred_at().unwrap_or_else(chrono::Utc::now)
 }
 
 /// `P`, to run beside the read models.

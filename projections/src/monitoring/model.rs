@@ -56,6 +56,45 @@ pub fn finding(event: &TaskEvent) -> Option<Finding> {
     }
 }
 
+/// The effect of one task event on the steering waiting for delivery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SteeringEffect {
+    /// A message for the agent holding the task now.
+    Pending { steering_id: Uuid, agent_id: Uuid },
+    /// Handed over.
+    Delivered { steering_id: Uuid },
+    /// The attempt is over or another begins: what waited for it can no longer be handed
+    /// to its agent.
+    AttemptOver,
+}
+
+/// The steering effect of `event`, if any.
+pub fn steering_effect(event: &TaskEvent) -> Option<SteeringEffect> {
+    match event {
+        TaskEvent::TaskSteered {
+            steering_id,
+            agent_id,
+            ..
+        } => Some(SteeringEffect::Pending {
+            steering_id: *steering_id,
+            agent_id: *agent_id,
+        }),
+        TaskEvent::SteeringDelivered { steering_id, .. } => Some(SteeringEffect::Delivered {
+            steering_id: *steering_id,
+        }),
+        TaskEvent::TaskStarted { .. }
+        | TaskEvent::TaskUnassigned { .. }
+        | TaskEvent::TaskFailed { .. }
+        | TaskEvent::TaskTimedOut { .. }
+        | TaskEvent::TaskRetryScheduled { .. }
+        | TaskEvent::TaskSubmittedForValidation { .. }
+        | TaskEvent::TaskCompleted { .. }
+        | TaskEvent::TaskCancelled { .. }
+        | TaskEvent::TaskPermanentlyFailed { .. } => Some(SteeringEffect::AttemptOver),
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -89,5 +128,15 @@ mod tests {
             priority: omoi_domain::common::Priority::Low,
         };
         assert_eq!(finding(&priority), None);
+        assert_eq!(steering_effect(&priority), None);
+        assert_eq!(
+            steering_effect(&progress),
+            None,
+            "progress keeps the steering"
+        );
+        assert_eq!(
+            steering_effect(&cancelled),
+            Some(SteeringEffect::AttemptOver)
+        );
     }
 }

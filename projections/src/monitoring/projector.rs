@@ -10,7 +10,7 @@ use serde::Deserialize;
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-use super::model::{finding, Finding};
+use super::model::{finding, steering_effect, Finding, SteeringEffect};
 use crate::codec::{entity_id, EventMeta};
 use crate::{ProjectionError, Projector};
 
@@ -23,11 +23,11 @@ impl Projector for MonitoringProjector {
     }
 
     fn version(&self) -> i32 {
-        1
+        2
     }
 
     fn tables(&self) -> &'static [&'static str] {
-        &["stalled", "duplicates"]
+        &["stalled", "duplicates", "steering"]
     }
 
     fn create_tables(&self, schema: &str) -> Vec<String> {
@@ -57,11 +57,22 @@ impl Projector for MonitoringProjector {
                 "create index if not exists duplicates_by_older
                     on {schema}.duplicates (duplicate_of)"
             ),
+            format!(
+                "create table if not exists {schema}.steering (
+                    steering_id uuid primary key,
+                    task_id uuid not null,
+                    agent_id uuid not null
+                )"
+            ),
+            // An attempt's end clears its task's messages.
+            format!("create index if not exists steering_by_task on {schema}.steering (task_id)"),
         ]
     }
 
     fn create_indexes(&self, schema: &str) -> Vec<String> {
         vec![
+            // Every heartbeat asks for its agent's.
+            format!("create index if not exists steering_by_agent on {schema}.steering (agent_id)"),
             format!(
                 "create index if not exists stalled_by_project
                     on {schema}.stalled (project_id)"
@@ -97,6 +108,68 @@ struct Pair {
     similarity: f64,
 }
 
+/// The batch's steering, folded in memory: the messages it leaves waiting, and what it
+/// removes of the rows already written (delivered messages, ended attempts' tasks).
+#[derive(Default)]
+struct Steering {
+    waiting: HashMap<Uuid, (Uuid, Uuid)>,
+    delivered: Vec<Uuid>,
+    attempts_over: BTreeSet<Uuid>,
+}
+
+impl Steering {
+    fn apply(&mut self, task: Uuid, effect: SteeringEffect) {
+        match effect {
+            SteeringEffect::Pending {
+                steering_id,
+                agent_id,
+            } => {
+                // The first row of an id stands, as the insert's `on conflict do nothing`.
+                self.waiting.entry(steering_id).or_insert((task, agent_id));
+            }
+            SteeringEffect::Delivered { steering_id } => {
+                self.waiting.remove(&steering_id);
+                self.delivered.push(steering_id);
+            }
+            SteeringEffect::AttemptOver => {
+                self.waiting
+                    .retain(|_, (waiting_task, _)| *waiting_task != task);
+                self.attempts_over.insert(task);
+            }
+        }
+    }
+
+    /// Deletes what the batch removed (rows of earlier batches), then inserts what it
+    /// leaves waiting.
+    async fn write(self, tx: &mut PgConnection, schema: &str) -> Result<(), ProjectionError> {
+        if !self.delivered.is_empty() || !self.attempts_over.is_empty() {
+            let over: Vec<Uuid> = self.attempts_over.into_iter().collect();
+            sqlx::query(&format!(
+                "delete from {schema}.steering where steering_id = any($1) or task_id = any($2)"
+            ))
+            .bind(&self.delivered)
+            .bind(&over)
+            .execute(&mut *tx)
+            .await?;
+        }
+        if !self.waiting.is_empty() {
+            let (ids, rows): (Vec<Uuid>, Vec<(Uuid, Uuid)>) = self.waiting.into_iter().unzip();
+            let (tasks, agents): (Vec<Uuid>, Vec<Uuid>) = rows.into_iter().unzip();
+            sqlx::query(&format!(
+                "insert into {schema}.steering (steering_id, task_id, agent_id)
+                 select * from unnest($1::uuid[], $2::uuid[], $3::uuid[])
+                 on conflict do nothing"
+            ))
+            .bind(&ids)
+            .bind(&tasks)
+            .bind(&agents)
+            .execute(&mut *tx)
+            .await?;
+        }
+        Ok(())
+    }
+}
+
 /// Folds the batch's findings in memory (each task's last word wins), then writes: the
 /// stalls of every task touched replaced, the pairs naming an ended task deleted, the new
 /// pairs inserted.
@@ -108,9 +181,13 @@ async fn apply_events(
     let mut stalls: HashMap<Uuid, Option<Stall>> = HashMap::new();
     let mut pairs: HashMap<(Uuid, Uuid), Pair> = HashMap::new();
     let mut ended: BTreeSet<Uuid> = BTreeSet::new();
+    let mut steering = Steering::default();
     for event in events.iter().filter(|e| e.aggregate_type == "Task") {
         let decoded = TaskEvent::deserialize(&event.payload)
             .map_err(|e| ProjectionError::payload(event, e))?;
+        if let Some(effect) = steering_effect(&decoded) {
+            steering.apply(entity_id(event)?, effect);
+        }
         let Some(found) = finding(&decoded) else {
             continue;
         };
@@ -198,6 +275,7 @@ async fn apply_events(
         .execute(&mut *tx)
         .await?;
     }
+    steering.write(tx, schema).await?;
     if !pairs.is_empty() {
         let pairs: Vec<((Uuid, Uuid), Pair)> = pairs.into_iter().collect();
         sqlx::query(&format!(

@@ -56,3 +56,13 @@ pub async fn overview(pool: &PgPool, project_id: Uuid, limit: i64) -> sqlx::Resu
         duplicates,
     })
 }
+
+/// The tasks with steering waiting for `agent_id` (usually none: one index probe).
+pub async fn steered_tasks(pool: &PgPool, agent_id: Uuid) -> sqlx::Result<Vec<Uuid>> {
+    sqlx::query_scalar(
+        "select distinct task_id from monitoring_steering where agent_id = $1 order by task_id",
+    )
+    .bind(agent_id)
+    .fetch_all(pool)
+    .await
+}
