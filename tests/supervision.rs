@@ -520,3 +520,176 @@ async fn near_identical_open_tasks_are_flagged_once_and_others_not() {
     }
     let _ = std::fs::remove_dir_all(directory);
 }
+
+/// The events of `kind` in an aggregate's history.
+fn of_kind<'a>(
+    events: &'a [(String, Value, String)],
+    kind: &str,
+) -> Vec<&'a (String, Value, String)> {
+    events.iter().filter(|(k, _, _)| k == kind).collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_agent_whose_work_keeps_failing_is_quarantined_once_and_gets_nothing_until_released() {
+    let app = spawn_app().await;
+    let (organization, project) = app.organization_and_project().await;
+    let steady = app.register_agent(&organization).await;
+    let failing = app.register_agent(&organization).await;
+    for agent in [&steady, &failing] {
+        assert_eq!(heartbeat(&app, agent).await["status"], "idle");
+    }
+    // The steady agent's quick work makes the type's median.
+    for n in 0..3 {
+        let ticket = app.ticket(&project, &format!("Quick {n}")).await;
+        let task = app.task(&ticket, &format!("Quick {n}"), json!({})).await;
+        assert_eq!(steady.claim(&app, 5).await, Some(task.clone()));
+        steady.must(&app, &task, "start", json!({})).await;
+        steady
+            .must(&app, &task, "complete", json!({"result": {}}))
+            .await;
+    }
+    // The other's keeps failing…
+    for n in 0..3 {
+        let ticket = app.ticket(&project, &format!("Flaky {n}")).await;
+        let task = app
+            .task(&ticket, &format!("Flaky {n}"), json!({"max_retries": 0}))
+            .await;
+        assert_eq!(failing.claim(&app, 5).await, Some(task.clone()));
+        failing.must(&app, &task, "start", json!({})).await;
+        failing
+            .must(&app, &task, "fail", json!({"error": "segfault"}))
+            .await;
+    }
+    // …and it now sits on the project's only running task, ten others waiting for it.
+    let ticket = app.ticket(&project, "Foundations").await;
+    let blocker = app.task(&ticket, "Blocker", json!({})).await;
+    assert_eq!(failing.claim(&app, 5).await, Some(blocker.clone()));
+    failing.must(&app, &blocker, "start", json!({})).await;
+    for n in 0..10 {
+        app.task(
+            &ticket,
+            &format!("After {n}"),
+            json!({"depends_on": [blocker]}),
+        )
+        .await;
+    }
+
+    // Two replicas read every agent each minute; the clock says the blocker has run for
+    // an hour (the type's median: milliseconds).
+    let directory = scratch_dir();
+    let clock = Clock::default();
+    let reading = |clock: &Clock| WorkerConfig {
+        monitoring: MonitoringConfig {
+            anomaly_interval_ms: 60_000,
+            ..config(clock, &directory).monitoring
+        },
+        ..config(clock, &directory)
+    };
+    let other = TestDatabase::pool(&app.database.options, 2)
+        .await
+        .expect("a second pool");
+    let mut workers = vec![
+        Worker::stepped(app.database.pool.clone(), reading(&clock)),
+        Worker::stepped(other, reading(&clock)),
+    ];
+    clock.advance(Duration::from_secs(3600));
+    let agent_path = format!("/api/v1/agents/{}", failing.id);
+    for pass in 1..=2 {
+        app.caught_up().await;
+        step_all(&mut workers).await;
+        let events = history(&app, &agent_path).await;
+        let detected = of_kind(&events, "AnomalyDetected");
+        assert_eq!(detected.len(), pass, "one reading a pass: {events:?}");
+        assert_eq!(detected[pass - 1].1["streak"], pass);
+        assert_eq!(detected[pass - 1].2, "system:guardian");
+        assert_eq!(health(&app, &failing.id).await["status"], "idle");
+        clock.advance(Duration::from_secs(61));
+    }
+    let read = health(&app, &failing.id).await;
+    let anomaly = &read["anomaly"];
+    assert!(anomaly["score"].as_f64().expect("a score") >= 0.8, "{read}");
+    assert_eq!(anomaly["parts"]["latency"], 1.0, "{read}");
+    assert_eq!(anomaly["parts"]["resource_skew"], 1.0, "{read}");
+    assert_eq!(anomaly["parts"]["queue_impact"], 1.0, "{read}");
+    let errors = anomaly["parts"]["errors"].as_f64().expect("errors");
+    assert!((errors - 0.657).abs() < 1e-9, "1 − 0.7³: {read}");
+    let steady_read = health(&app, &steady.id).await;
+    assert!(steady_read["anomaly"]["score"].as_f64().expect("a score") < 0.1);
+
+    // The third anomalous reading in a row: quarantined, once.
+    app.caught_up().await;
+    step_all(&mut workers).await;
+    step_all(&mut workers).await;
+    let events = history(&app, &agent_path).await;
+    assert_eq!(of_kind(&events, "AnomalyDetected").len(), 3, "{events:?}");
+    let intervened = of_kind(&events, "GuardianIntervened");
+    assert_eq!(intervened.len(), 1, "{events:?}");
+    assert_eq!(intervened[0].1["kind"], "quarantine");
+    assert_eq!(intervened[0].2, "system:guardian");
+    let reason = intervened[0].1["reason"].as_str().expect("a reason");
+    assert!(reason.contains("3 readings in a row"), "{reason}");
+    let quarantined = health(&app, &failing.id).await;
+    assert_eq!(quarantined["status"], "quarantined");
+    app.caught_up().await;
+    let quarantined = health(&app, &failing.id).await;
+    let alerts = quarantined["alerts"].as_array().expect("alerts");
+    assert_eq!(alerts.len(), 1, "{quarantined}");
+    assert_eq!(alerts[0]["kind"], "agent_quarantined");
+    assert_eq!(alerts[0]["raised_by"], "system:guardian");
+    assert_eq!(alerts[0]["reason"], reason);
+    let (_, overview) = app
+        .get(&format!("/api/v1/monitoring/overview?project_id={project}"))
+        .await;
+    let kinds: Vec<&str> = overview["alerts"]
+        .as_array()
+        .expect("alerts")
+        .iter()
+        .filter_map(|a| a["kind"].as_str())
+        .collect();
+    assert!(kinds.contains(&"agent_quarantined"), "{overview}");
+    assert_eq!(overview["coherence"]["status"], "warning", "{overview}");
+
+    // Quarantined, it takes nothing; the steady agent may.
+    let (status, body) = failing
+        .post(
+            &app,
+            &format!("/api/v1/agents/{}/claim", failing.id),
+            json!({"wait_seconds": 0}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert_eq!(body["code"], "agent_unavailable");
+    // Further passes leave a quarantined agent alone.
+    clock.advance(Duration::from_secs(61));
+    step_all(&mut workers).await;
+    let events = history(&app, &agent_path).await;
+    assert_eq!(of_kind(&events, "AnomalyDetected").len(), 3, "{events:?}");
+
+    // Released by a person: the alert closes and the agent may claim again.
+    let (status, body) = app
+        .post(
+            "/api/v1/guardian/interventions",
+            json!({"kind": "release", "agent_id": failing.id, "reason": "fixed its toolchain"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    app.caught_up().await;
+    assert_eq!(health(&app, &failing.id).await["alerts"], json!([]));
+    failing
+        .must(&app, &blocker, "complete", json!({"result": {}}))
+        .await;
+    let (status, body) = failing
+        .post(
+            &app,
+            &format!("/api/v1/agents/{}/claim", failing.id),
+            json!({"wait_seconds": 5}),
+        )
+        .await;
+    // (The blocker done, its ten dependents are ready.)
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["state"]["depends_on"], json!([blocker]), "{body}");
+    for worker in workers {
+        worker.stop().await;
+    }
+    let _ = std::fs::remove_dir_all(directory);
+}

@@ -9,8 +9,10 @@ use chrono::{DateTime, Utc};
 use omoi_domain::access::Permission;
 use omoi_domain::agent::{Agent, AgentStatus};
 use omoi_domain::task::{Task, TaskStatus};
+use omoi_orchestrator::anomaly::{self, RecordedReading};
 use omoi_projections::activity::{self, ActivityScope};
 use omoi_projections::agents::{self, AgentFilter, AgentView};
+use omoi_projections::monitoring::{self, AlertRow};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
@@ -177,6 +179,11 @@ pub struct AgentHealth {
     pub tasks: Vec<HeldTask>,
     /// Those of them marked stalled (no progress for `monitoring.stuck_after_ms`).
     pub stalled_tasks: Vec<Uuid>,
+    /// The Guardian's latest anomaly reading (every `monitoring.anomaly_interval_ms`);
+    /// `None` before the first.
+    pub anomaly: Option<RecordedReading>,
+    /// Open alerts about the agent (quarantined, failed), newest first.
+    pub alerts: Vec<AlertRow>,
 }
 
 /// A task an agent holds, as supervision sees it.
@@ -190,8 +197,9 @@ pub struct HeldTask {
     pub pending_steering: usize,
 }
 
-/// The agent's heartbeats (last one, intervals missed, when it would be failed) and the
-/// work it holds, with stalled tasks and undelivered steering.
+/// The agent's heartbeats (last one, intervals missed, when it would be failed), its
+/// latest anomaly reading and open alerts, and the work it holds, with stalled tasks and
+/// undelivered steering.
 #[utoipa::path(
     get,
     path = "/api/v1/agents/{id}/health",
@@ -248,6 +256,8 @@ async fn agent_health(
             .and_then(|l| l.heartbeat_at.checked_add_signed(stale_after)),
         tasks,
         stalled_tasks,
+        anomaly: anomaly::latest(state.pool(), id).await?,
+        alerts: monitoring::alerts_about(state.pool(), id).await?,
     }))
 }
 

@@ -1,15 +1,20 @@
 //! `GET /api/v1/monitoring/overview?project_id=`: what supervision found in a project and
-//! has not been resolved — stalled tasks, suspected duplicate work — and the agents that
-//! serve it in trouble (degraded, quarantined or failed). Read models `monitoring` and
-//! `agents`; follows commands once they have caught up.
+//! has not been resolved — the Conductor's coherence score and status, open alerts,
+//! stalled tasks, suspected duplicate work — and the agents that serve it in trouble
+//! (degraded, quarantined or failed). Read models `monitoring`, `agents` and `directory`
+//! and the Guardian's latest anomaly readings; follows commands once they have caught up.
 
 use axum::extract::State;
 use axum::Json;
 use omoi_domain::access::Permission;
 use omoi_domain::agent::AgentStatus;
 use omoi_domain::project::Project;
+use omoi_domain::task::TaskStatus;
 use omoi_projections::agents::{self, AgentFilter, AgentView};
-use omoi_projections::monitoring::{self, DuplicateRow, StalledRow};
+use omoi_projections::directory;
+use omoi_projections::monitoring::{
+    self, AlertRow, Coherence, CoherenceInputs, DuplicateRow, StalledRow,
+};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
@@ -38,6 +43,11 @@ pub struct OverviewQuery {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct MonitoringOverview {
     pub project_id: Uuid,
+    /// The Conductor's score (0..1) and status of the project.
+    pub coherence: Coherence,
+    /// Open alerts about the project's tickets and the agents serving it, newest first
+    /// (at most 500).
+    pub alerts: Vec<AlertRow>,
     /// Running tasks without progress for `monitoring.stuck_after_ms`, oldest stall first
     /// (at most 500).
     pub stalled_tasks: Vec<StalledRow>,
@@ -49,7 +59,18 @@ pub struct MonitoringOverview {
     pub agents_in_trouble: Vec<AgentView>,
 }
 
-/// A project's open supervision findings and its agents in trouble.
+fn in_trouble(agent: &AgentView) -> bool {
+    [
+        AgentStatus::Degraded,
+        AgentStatus::Quarantined,
+        AgentStatus::Failed,
+    ]
+    .iter()
+    .any(|s| s.as_str() == agent.status)
+}
+
+/// A project's coherence, open alerts and supervision findings, and its agents in
+/// trouble.
 #[utoipa::path(
     get,
     path = "/api/v1/monitoring/overview",
@@ -73,24 +94,58 @@ async fn overview(
     let organization_id = project
         .organization_id
         .ok_or(ApiError::NotFound { what: "project" })?;
-    let found = monitoring::overview(state.pool(), project_id, MAX_FINDINGS).await?;
-    let trouble = [
-        AgentStatus::Degraded,
-        AgentStatus::Quarantined,
-        AgentStatus::Failed,
-    ];
+    let pool = state.pool();
+    let found = monitoring::overview(pool, project_id, MAX_FINDINGS).await?;
+    let alerts =
+        monitoring::project_alerts(pool, organization_id, project_id, MAX_FINDINGS).await?;
     let filter = AgentFilter {
         organizations: Some(vec![organization_id]),
         ..AgentFilter::default()
     };
-    let agents_in_trouble = agents::list(state.pool(), &filter)
+    let serving: Vec<AgentView> = agents::list(pool, &filter)
         .await?
         .into_iter()
         .filter(|agent| agent.project_id.is_none_or(|p| p == project_id))
-        .filter(|agent| trouble.iter().any(|s| s.as_str() == agent.status))
+        .filter(|agent| agent.status != AgentStatus::Terminated.as_str())
         .collect();
+    let ids: Vec<Uuid> = serving.iter().map(|a| a.agent_id).collect();
+    let scores = omoi_orchestrator::anomaly::scores(pool, &ids).await?;
+    let counts = directory::task_status_counts(pool, project_id).await?;
+    let count = |wanted: fn(TaskStatus) -> bool| -> usize {
+        counts
+            .iter()
+            .filter(|(status, _)| wanted(*status))
+            .map(|(_, n)| n)
+            .sum()
+    };
+    let (agents_in_trouble, working): (Vec<AgentView>, Vec<AgentView>) =
+        serving.into_iter().partition(in_trouble);
+    let inputs = CoherenceInputs {
+        anomaly_scores: working
+            .iter()
+            .map(|a| scores.get(&a.agent_id).copied().unwrap_or(0.0))
+            .collect(),
+        agents_in_trouble: agents_in_trouble.len(),
+        agents: agents_in_trouble.len() + working.len(),
+        busy_agents: working
+            .iter()
+            .filter(|a| a.current_task_id.is_some())
+            .count(),
+        idle_agents: working
+            .iter()
+            .filter(|a| a.current_task_id.is_none())
+            .count(),
+        waiting_tasks: count(TaskStatus::is_assignable),
+        held_tasks: count(|s| matches!(s, TaskStatus::Assigned | TaskStatus::Running)),
+        open_tasks: count(|s| !s.is_final()),
+        stalled_tasks: found.stalled_tasks.len(),
+        duplicates: found.duplicates.len(),
+        open_alerts: alerts.len(),
+    };
     Ok(Json(MonitoringOverview {
         project_id,
+        coherence: inputs.coherence(),
+        alerts,
         stalled_tasks: found.stalled_tasks,
         duplicates: found.duplicates,
         agents_in_trouble,

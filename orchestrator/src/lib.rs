@@ -6,12 +6,14 @@
 //!
 //! * [`score`] — the original's score formula, weights and thresholds from config.
 //! * [`queue`] — the tasks folded from the log: readiness, order, caps, overdue tasks.
+//! * [`anomaly`] — the Guardian's anomaly readings, folded from the log.
 //! * [`leases`] — `agent_leases`: heartbeats, degradation and expiry.
 //! * [`monitor`] — supervision's settings and clock (the sweeps are the worker's).
 //! * [`executor`] — one task's command: working directory, environment, progress, kill.
 //! * [`choose`] — a dispatch pass's choice of (agent, task) pairs, pure.
 //! * [`worker`] — the loop tying them together.
 
+pub mod anomaly;
 pub mod choose;
 pub mod executor;
 pub mod leases;

@@ -5,7 +5,9 @@
 //! with no progress for `stuck_after_ms` is marked stalled (`TaskStalled`), and the
 //! `stall_policy` process manager applies its project's policy; every
 //! `conductor_interval_ms`, open tasks of a project whose text is near-identical are
-//! flagged (`DuplicateSuspected`) on the newer one. Every sweep step is
+//! flagged (`DuplicateSuspected`) on the newer one; every `anomaly_interval_ms` each
+//! agent's anomaly score is read (`anomaly`), and an anomalous reading recorded on the
+//! agent, whose third in a row quarantines it. Every sweep step is
 //! claimed (a lease's mark, a command the domain refuses twice), so replicas sweeping
 //! together act once.
 
@@ -26,6 +28,8 @@ pub struct MonitoringConfig {
     pub stuck_after_ms: u64,
     /// How often the Conductor looks for duplicate work.
     pub conductor_interval_ms: u64,
+    /// How often the Guardian reads every agent's anomaly score (the original's 60 s).
+    pub anomaly_interval_ms: u64,
     /// Open tasks of one project whose titles and descriptions are at least this similar
     /// (`pg_trgm`, 0 to 1) are flagged as duplicates (the original's task threshold).
     pub duplicate_similarity: f64,
@@ -37,6 +41,7 @@ impl Default for MonitoringConfig {
             heartbeat_interval_ms: 30_000,
             stuck_after_ms: 1_800_000,
             conductor_interval_ms: 300_000,
+            anomaly_interval_ms: 60_000,
             duplicate_similarity: 0.85,
         }
     }
@@ -46,6 +51,12 @@ impl MonitoringConfig {
     /// Silence after which an agent is degraded: two missed intervals.
     pub fn degraded_after_ms(&self) -> u64 {
         self.heartbeat_interval_ms.saturating_mul(2)
+    }
+
+    /// Closest two anomalous readings of one agent may be: nine tenths of the interval,
+    /// so replicas reading in the same interval record one reading.
+    pub fn min_reading_gap_ms(&self) -> u64 {
+        self.anomaly_interval_ms / 10 * 9
     }
 
     /// Heartbeat intervals missed by an agent silent for `silent_ms`.

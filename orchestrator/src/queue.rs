@@ -441,7 +441,8 @@ impl Queue {
             .min()
     }
 
-    fn waiting_dependents(&self, id: Uuid) -> usize {
+    /// How many open tasks wait for `id`.
+    pub fn waiting_dependents(&self, id: Uuid) -> usize {
         self.dependents.get(&id).map_or(0, |waiting| {
             waiting
                 .iter()
@@ -568,6 +569,11 @@ impl Queue {
                     .is_some_and(|at| (now - at).num_milliseconds() > within)
             })
             .collect()
+    }
+
+    /// Every task held by an agent (assigned or running).
+    pub fn active(&self) -> impl Iterator<Item = &QueuedTask> {
+        self.tasks.values().filter(|t| t.is_active())
     }
 
     /// The tasks an agent holds.

@@ -30,6 +30,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use uuid::Uuid;
 
+use crate::anomaly::{self, AnomalyTracker};
 use crate::choose::{choose, FreeAgent, Limits, Pick};
 use crate::executor::{execute, Outcome, Run, Sinks, STEERING_FILE};
 use crate::leases;
@@ -251,6 +252,9 @@ struct Runtime {
     last_heartbeat: Option<Instant>,
     last_sweep: Option<Instant>,
     last_conductor: Option<Instant>,
+    /// When the Guardian last read the agents (in the worker's clock, which tests move).
+    last_reading: Option<chrono::DateTime<Utc>>,
+    anomalies: AnomalyTracker,
     /// Duplicate pairs this worker has flagged (each is flagged once by the task itself;
     /// this saves asking again every pass).
     flagged: HashSet<(Uuid, Uuid)>,
@@ -304,6 +308,8 @@ impl Runtime {
             last_heartbeat: None,
             last_sweep: None,
             last_conductor: None,
+            last_reading: None,
+            anomalies: AnomalyTracker::default(),
             flagged: HashSet::new(),
             caps: HashMap::new(),
             work_dir,
@@ -428,6 +434,7 @@ impl Runtime {
                 if event.aggregate_type == "Agent" {
                     self.follow_agent(event);
                 }
+                self.anomalies.apply(event, &self.queue);
                 match self.queue.apply(event) {
                     Change::Stop(task) => {
                         if let Some(run) = self.running.get(&task) {
@@ -565,7 +572,45 @@ impl Runtime {
         }
         self.give_back_unstarted(now).await;
         self.mark_stalled(now).await;
+        self.read_anomalies(now).await;
         self.flag_duplicates(now).await;
+    }
+
+    /// The Guardian's pass: every agent's anomaly score is read and kept for the health
+    /// route; an anomalous reading (or a normal one ending a run) is recorded on the agent,
+    /// whose third anomalous one in a row quarantines it. Another replica's reading of the
+    /// same interval is refused by the agent (`reading_too_soon`).
+    async fn read_anomalies(&mut self, now: chrono::DateTime<Utc>) {
+        let every = chrono::Duration::milliseconds(
+            i64::try_from(self.config.monitoring.anomaly_interval_ms).unwrap_or(i64::MAX),
+        );
+        if self.last_reading.is_some_and(|last| now - last < every) {
+            return;
+        }
+        self.last_reading = Some(now);
+        let readings = self
+            .anomalies
+            .readings(&self.queue, now, |organization| self.serves(organization));
+        if let Err(error) = anomaly::record(&self.pool, &readings, now).await {
+            tracing::warn!(%error, "worker: cannot record anomaly readings");
+        }
+        let context = context(Actor::System("guardian"), "anomaly");
+        let min_gap_ms = self.config.monitoring.min_reading_gap_ms();
+        for reading in readings.iter().filter(|r| r.matters()) {
+            let command = AgentCommand::RecordAnomalyReading {
+                parts: reading.parts,
+                min_gap_ms,
+                at: now,
+            };
+            let outcome = self
+                .bus
+                .execute::<Agent>(&reading.agent_id.to_string(), command, &context)
+                .await;
+            if let Err(error) = outcome {
+                tracing::info!(agent_id = %reading.agent_id, %error,
+                    "worker: anomaly reading not recorded");
+            }
+        }
     }
 
     /// The Conductor's duplicate work: open tasks of a project whose titles and

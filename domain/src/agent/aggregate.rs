@@ -12,7 +12,7 @@ use super::{AgentCommand, AgentError, AgentEvent};
 use crate::common::{
     optional_text, required_text, Scope, Scoped, TextProblem, MAX_TEXT_CHARS, MAX_TITLE_CHARS,
 };
-use crate::guardian::{self, InterventionKind};
+use crate::guardian::{self, AnomalyParts, InterventionKind, ANOMALY_READINGS, ANOMALY_THRESHOLD};
 
 /// Fewest tasks an agent may run at once: an agent that can take none is no agent.
 pub const MIN_CAPACITY: u32 = 1;
@@ -156,6 +156,12 @@ pub struct Agent {
     pub status_reason: Option<String>,
     pub status_changed_at: Option<DateTime<Utc>>,
     pub registered_at: Option<DateTime<Utc>>,
+    /// Anomalous readings in a row (0 after a normal one or a quarantine).
+    #[serde(default)]
+    pub anomaly_streak: u32,
+    /// When the last reading was recorded.
+    #[serde(default)]
+    pub last_reading_at: Option<DateTime<Utc>>,
 }
 
 impl Agent {
@@ -288,6 +294,14 @@ impl Agent {
                     },
                 ])
             }
+            AgentCommand::RecordAnomalyReading {
+                parts,
+                min_gap_ms,
+                at,
+            } => {
+                self.ensure_active()?;
+                self.read_anomaly(parts, min_gap_ms, at)
+            }
             AgentCommand::UpdateCapabilities { capabilities } => {
                 self.ensure_active()?;
                 let capabilities = capability_set(capabilities)?;
@@ -297,6 +311,59 @@ impl Agent {
                 Ok(vec![AgentEvent::AgentCapabilitiesUpdated { capabilities }])
             }
         }
+    }
+}
+
+impl Agent {
+    /// An agent out of work already (quarantined, failed) is not read; a normal reading
+    /// matters only when it ends a run of anomalous ones.
+    fn read_anomaly(
+        &self,
+        parts: AnomalyParts,
+        min_gap_ms: u64,
+        at: DateTime<Utc>,
+    ) -> Result<Vec<AgentEvent>, AgentError> {
+        if !self.status.takes_work() {
+            return Ok(vec![]);
+        }
+        let score = parts.score();
+        if !parts.is_anomalous() {
+            return Ok(match self.anomaly_streak {
+                0 => vec![],
+                _ => vec![AgentEvent::AnomalySubsided { score, at }],
+            });
+        }
+        let gap = chrono::Duration::milliseconds(i64::try_from(min_gap_ms).unwrap_or(i64::MAX));
+        if self.last_reading_at.is_some_and(|last| at - last < gap) {
+            return Err(AgentError::ReadingTooSoon { min_gap_ms });
+        }
+        let streak = self.anomaly_streak + 1;
+        let mut events = vec![AgentEvent::AnomalyDetected {
+            score,
+            parts,
+            streak,
+            at,
+        }];
+        let from = self.status;
+        if streak >= ANOMALY_READINGS && from.can_move_to(AgentStatus::Quarantined) {
+            let reason = format!(
+                "anomaly score {score:.2} ≥ {ANOMALY_THRESHOLD} in {streak} readings in a row \
+                 (latency {:.2}, errors {:.2}, resource skew {:.2}, queue impact {:.2})",
+                parts.latency, parts.errors, parts.resource_skew, parts.queue_impact
+            );
+            events.push(AgentEvent::GuardianIntervened {
+                kind: InterventionKind::Quarantine,
+                reason: reason.clone(),
+                at,
+            });
+            events.push(AgentEvent::AgentStatusChanged {
+                from,
+                to: AgentStatus::Quarantined,
+                reason: Some(reason),
+                at,
+            });
+        }
+        Ok(events)
     }
 }
 
@@ -379,9 +446,15 @@ impl Aggregate for Agent {
                     // Registration is when the agent entered `spawning`.
                     status_changed_at: Some(registered_at),
                     registered_at: Some(registered_at),
+                    anomaly_streak: 0,
+                    last_reading_at: None,
                 }
             }
             AgentEvent::AgentStatusChanged { to, reason, at, .. } => {
+                if to == AgentStatus::Quarantined {
+                    // Released, it starts over.
+                    self.anomaly_streak = 0;
+                }
                 self.status = to;
                 self.status_reason = reason;
                 self.status_changed_at = Some(at);
@@ -390,6 +463,14 @@ impl Aggregate for Agent {
                 self.capabilities = capabilities
             }
             AgentEvent::GuardianIntervened { .. } => {}
+            AgentEvent::AnomalyDetected { streak, at, .. } => {
+                self.anomaly_streak = streak;
+                self.last_reading_at = Some(at);
+            }
+            AgentEvent::AnomalySubsided { at, .. } => {
+                self.anomaly_streak = 0;
+                self.last_reading_at = Some(at);
+            }
         }
     }
 }

@@ -2,6 +2,7 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use super::{AgentStatus, AgentType};
+use crate::guardian::AnomalyParts;
 
 /// Everything that can be asked of an agent.
 #[derive(Debug, Clone, PartialEq)]
@@ -35,6 +36,15 @@ pub enum AgentCommand {
     Intervene {
         quarantine: bool,
         reason: String,
+        at: DateTime<Utc>,
+    },
+    /// The monitor's reading of the agent's anomaly score. An anomalous one (≥ 0.8) is
+    /// recorded and, the third in a row, makes the Guardian quarantine the agent; a normal
+    /// one ends a run of anomalous ones. A second anomalous reading within `min_gap_ms` of
+    /// the last (another replica's of the same pass) is refused.
+    RecordAnomalyReading {
+        parts: AnomalyParts,
+        min_gap_ms: u64,
         at: DateTime<Utc>,
     },
     /// Replaces the whole capability set.

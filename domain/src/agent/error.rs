@@ -34,6 +34,8 @@ pub enum AgentError {
     NotQuarantined(AgentStatus),
     #[error("only a guardian (guardian:intervene) puts an agent in or out of quarantine")]
     GuardianRequired,
+    #[error("an anomalous reading was recorded less than {min_gap_ms} ms ago")]
+    ReadingTooSoon { min_gap_ms: u64 },
 }
 
 impl AgentError {
@@ -69,7 +71,8 @@ impl DomainError for AgentError {
             | AlreadyInStatus(_)
             | IllegalTransition { .. }
             | Terminated
-            | NotQuarantined(_) => ErrorKind::Conflict,
+            | NotQuarantined(_)
+            | ReadingTooSoon { .. } => ErrorKind::Conflict,
             GuardianRequired => ErrorKind::Forbidden,
         }
     }
@@ -107,6 +110,7 @@ impl DomainError for AgentError {
             ReasonRequired => "reason_required",
             NotQuarantined(_) => "not_quarantined",
             GuardianRequired => "guardian_required",
+            ReadingTooSoon { .. } => "reading_too_soon",
         }
     }
 }

@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::{AgentStatus, AgentType};
-use crate::guardian::InterventionKind;
+use crate::guardian::{AnomalyParts, InterventionKind};
 
 /// What happened to an agent. Names and payloads are stable: change them only by adding
 /// a new version and an upcaster.
@@ -39,6 +39,19 @@ pub enum AgentEvent {
         reason: String,
         at: DateTime<Utc>,
     },
+    /// An anomalous reading (score ≥ 0.8), the `streak`-th in a row; the third is
+    /// followed by the Guardian's quarantine.
+    AnomalyDetected {
+        score: f64,
+        parts: AnomalyParts,
+        streak: u32,
+        at: DateTime<Utc>,
+    },
+    /// A normal reading after anomalous ones: the run is over.
+    AnomalySubsided {
+        score: f64,
+        at: DateTime<Utc>,
+    },
 }
 
 impl DomainEvent for AgentEvent {
@@ -48,6 +61,8 @@ impl DomainEvent for AgentEvent {
             Self::AgentStatusChanged { .. } => "AgentStatusChanged",
             Self::AgentCapabilitiesUpdated { .. } => "AgentCapabilitiesUpdated",
             Self::GuardianIntervened { .. } => "GuardianIntervened",
+            Self::AnomalyDetected { .. } => "AnomalyDetected",
+            Self::AnomalySubsided { .. } => "AnomalySubsided",
         }
         .to_string()
     }

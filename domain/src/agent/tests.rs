@@ -460,6 +460,10 @@ fn every_error_has_a_unique_code() {
             to: AgentStatus::Spawning,
         },
         Terminated,
+        ReasonRequired,
+        NotQuarantined(AgentStatus::Idle),
+        GuardianRequired,
+        ReadingTooSoon { min_gap_ms: 1 },
     ];
     let codes: BTreeSet<_> = errors.iter().map(|e| e.code()).collect();
     assert_eq!(codes.len(), errors.len());
@@ -533,6 +537,11 @@ fn any_command() -> impl Strategy<Value = AgentCommand> {
         ),
         2 => capabilities
             .prop_map(|capabilities| AgentCommand::UpdateCapabilities { capabilities }),
+        4 => (0.0f64..=1.0, 0i64..200).prop_map(|(level, minute)| AgentCommand::RecordAnomalyReading {
+            parts: uniform(level),
+            min_gap_ms: 54_000,
+            at: at(minute),
+        }),
     ]
 }
 
@@ -624,4 +633,129 @@ fn only_a_guardian_moves_an_agent_into_or_out_of_quarantine() {
     assert!(quarantined.decide(by_member(Terminated)).is_ok());
     let idle = crate::testing::fold::<Agent>(&history_at(Idle));
     assert!(idle.decide(by_member(Running)).is_ok());
+}
+
+// ---------------------------------------------------------------- anomaly readings
+
+/// Parts all at `level`: the score is `level`.
+fn uniform(level: f64) -> crate::guardian::AnomalyParts {
+    crate::guardian::AnomalyParts {
+        latency: level,
+        errors: level,
+        resource_skew: level,
+        queue_impact: level,
+    }
+}
+
+fn reading(level: f64, minute: i64) -> AgentCommand {
+    AgentCommand::RecordAnomalyReading {
+        parts: uniform(level),
+        min_gap_ms: 54_000,
+        at: at(minute),
+    }
+}
+
+/// Handles `commands` in order from `state`, every one accepted; returns the state and
+/// the type of each event.
+fn run(mut state: Agent, commands: Vec<AgentCommand>) -> (Agent, Vec<String>) {
+    use cqrs_es::DomainEvent;
+    let mut kinds = Vec::new();
+    for command in commands {
+        let (handled, result) = handle(&state, command, &());
+        let events = result.expect("the reading is taken");
+        kinds.extend(events.iter().map(|e| e.event_type()));
+        state = handled;
+    }
+    (state, kinds)
+}
+
+#[test]
+fn three_anomalous_readings_in_a_row_quarantine_the_agent_with_the_guardians_reason() {
+    let idle = fold::<Agent>(&history_at(AgentStatus::Idle));
+    let (state, kinds) = run(
+        idle,
+        vec![reading(0.9, 1), reading(0.85, 2), reading(0.8, 3)],
+    );
+    assert_eq!(
+        kinds,
+        [
+            "AnomalyDetected",
+            "AnomalyDetected",
+            "AnomalyDetected",
+            "GuardianIntervened",
+            "AgentStatusChanged"
+        ]
+    );
+    assert_eq!(state.status, AgentStatus::Quarantined);
+    assert_eq!(
+        state.anomaly_streak, 0,
+        "the run starts over after a quarantine"
+    );
+    let reason = state.status_reason.clone().expect("a reason");
+    assert!(reason.contains("3 readings in a row"), "{reason}");
+    // Quarantined, the agent is no longer read.
+    let (_, after) = run(state, vec![reading(1.0, 4)]);
+    assert!(after.is_empty());
+}
+
+#[test]
+fn a_normal_reading_ends_the_run_and_only_then_is_recorded() {
+    let idle = fold::<Agent>(&history_at(AgentStatus::Running));
+    let (state, kinds) = run(
+        idle,
+        vec![
+            reading(0.1, 1),
+            reading(0.95, 2),
+            reading(0.95, 3),
+            reading(0.79, 4),
+            reading(0.5, 5),
+            reading(0.9, 6),
+            reading(0.9, 7),
+        ],
+    );
+    assert_eq!(
+        kinds,
+        [
+            "AnomalyDetected",
+            "AnomalyDetected",
+            "AnomalySubsided",
+            "AnomalyDetected",
+            "AnomalyDetected"
+        ]
+    );
+    assert_eq!(state.anomaly_streak, 2);
+    assert_eq!(state.status, AgentStatus::Running);
+}
+
+#[test]
+fn a_second_anomalous_reading_within_the_gap_is_refused() {
+    let idle = fold::<Agent>(&history_at(AgentStatus::Idle));
+    let (state, _) = run(idle, vec![reading(0.9, 1)]);
+    let again = AgentCommand::RecordAnomalyReading {
+        parts: uniform(0.9),
+        min_gap_ms: 54_000,
+        at: at(1) + Duration::seconds(30),
+    };
+    assert_eq!(
+        state.decide(again),
+        Err(AgentError::ReadingTooSoon { min_gap_ms: 54_000 })
+    );
+}
+
+#[test]
+fn a_spawning_agent_is_read_but_not_quarantined_and_a_failed_one_is_not_read() {
+    let spawning = fold::<Agent>(&history_at(AgentStatus::Spawning));
+    let (state, kinds) = run(
+        spawning,
+        vec![reading(1.0, 1), reading(1.0, 2), reading(1.0, 3)],
+    );
+    assert_eq!(kinds.len(), 3, "{kinds:?}");
+    assert_eq!(
+        state.status,
+        AgentStatus::Spawning,
+        "spawning cannot be quarantined"
+    );
+    let failed = fold::<Agent>(&history_at(AgentStatus::Failed));
+    let (_, kinds) = run(failed, vec![reading(1.0, 1)]);
+    assert!(kinds.is_empty());
 }

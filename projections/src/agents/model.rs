@@ -178,8 +178,11 @@ impl Rows {
                     self.changed_agents.insert(id);
                 }
             }
-            // Its effect, a status change, follows as its own event.
-            AgentEvent::GuardianIntervened { .. } => {}
+            // Its effect, a status change, follows as its own event; readings are the
+            // health route's.
+            AgentEvent::GuardianIntervened { .. }
+            | AgentEvent::AnomalyDetected { .. }
+            | AgentEvent::AnomalySubsided { .. } => {}
         }
     }
 

@@ -241,3 +241,24 @@ pub async fn suspected_duplicates(
         })
         .collect())
 }
+
+/// How many tasks of `project_id` are in each status (statuses with none left out).
+pub async fn task_status_counts(
+    pool: &PgPool,
+    project_id: Uuid,
+) -> Result<Vec<(TaskStatus, usize)>, sqlx::Error> {
+    let rows: Vec<(String, i64)> = sqlx::query_as(
+        "select status, count(*) from directory_entries
+          where project_id = $1 and kind = 'task' group by status",
+    )
+    .bind(project_id)
+    .fetch_all(pool)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .filter_map(|(status, count)| {
+            let status = TaskStatus::ALL.into_iter().find(|s| s.as_str() == status)?;
+            Some((status, usize::try_from(count).unwrap_or(0)))
+        })
+        .collect())
+}

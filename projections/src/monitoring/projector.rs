@@ -4,13 +4,18 @@ use std::collections::{BTreeSet, HashMap};
 
 use chrono::{DateTime, Utc};
 use futures_util::future::BoxFuture;
+use omoi_domain::agent::AgentEvent;
 use omoi_domain::task::TaskEvent;
+use omoi_domain::ticket::TicketEvent;
 use omoi_store::StoredEvent;
 use serde::Deserialize;
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-use super::model::{finding, steering_effect, Finding, SteeringEffect};
+use super::model::{
+    agent_alerts, finding, steering_effect, ticket_alert, AlertEffect, AlertKind, Finding,
+    SteeringEffect,
+};
 use crate::codec::{entity_id, EventMeta};
 use crate::{ProjectionError, Projector};
 
@@ -23,11 +28,11 @@ impl Projector for MonitoringProjector {
     }
 
     fn version(&self) -> i32 {
-        2
+        3
     }
 
     fn tables(&self) -> &'static [&'static str] {
-        &["stalled", "duplicates", "steering"]
+        &["stalled", "duplicates", "steering", "alerts"]
     }
 
     fn create_tables(&self, schema: &str) -> Vec<String> {
@@ -66,11 +71,29 @@ impl Projector for MonitoringProjector {
             ),
             // An attempt's end clears its task's messages.
             format!("create index if not exists steering_by_task on {schema}.steering (task_id)"),
+            format!(
+                "create table if not exists {schema}.alerts (
+                    kind text not null,
+                    subject_id uuid not null,
+                    organization_id uuid not null,
+                    project_id uuid,
+                    reason text not null,
+                    raised_by text,
+                    raised_at timestamptz not null,
+                    position bigint not null,
+                    primary key (kind, subject_id)
+                )"
+            ),
         ]
     }
 
     fn create_indexes(&self, schema: &str) -> Vec<String> {
         vec![
+            format!(
+                "create index if not exists alerts_by_organization
+                    on {schema}.alerts (organization_id, position)"
+            ),
+            format!("create index if not exists alerts_by_subject on {schema}.alerts (subject_id)"),
             // Every heartbeat asks for its agent's.
             format!("create index if not exists steering_by_agent on {schema}.steering (agent_id)"),
             format!(
@@ -100,6 +123,104 @@ struct Stall {
     agent_id: Uuid,
     idle_since: DateTime<Utc>,
     at: DateTime<Utc>,
+}
+
+struct Alert {
+    organization_id: Uuid,
+    project_id: Option<Uuid>,
+    reason: String,
+    raised_by: Option<String>,
+    raised_at: DateTime<Utc>,
+    position: i64,
+}
+
+/// The batch's alerts, folded in memory: each (kind, subject)'s last word, `None` for
+/// resolved.
+#[derive(Default)]
+struct Alerts(HashMap<(AlertKind, Uuid), Option<Alert>>);
+
+impl Alerts {
+    fn apply(&mut self, event: &StoredEvent, effect: AlertEffect) -> Result<(), ProjectionError> {
+        let subject = entity_id(event)?;
+        match effect {
+            AlertEffect::Raise { kind, reason } => {
+                let meta = EventMeta::of(event)?;
+                self.0.insert(
+                    (kind, subject),
+                    Some(Alert {
+                        organization_id: meta.organization_id,
+                        project_id: meta.project_id,
+                        reason,
+                        raised_by: meta.actor,
+                        raised_at: meta.occurred_at,
+                        position: event.global_position,
+                    }),
+                );
+            }
+            AlertEffect::Resolve(kind) => {
+                self.0.insert((kind, subject), None);
+            }
+        }
+        Ok(())
+    }
+
+    /// Deletes every alert the batch touched, then inserts those it leaves open.
+    async fn write(self, tx: &mut PgConnection, schema: &str) -> Result<(), ProjectionError> {
+        if self.0.is_empty() {
+            return Ok(());
+        }
+        let (kinds, subjects): (Vec<&str>, Vec<Uuid>) =
+            self.0.keys().map(|(k, s)| (k.as_str(), *s)).unzip();
+        sqlx::query(&format!(
+            "delete from {schema}.alerts a using unnest($1::text[], $2::uuid[]) t(kind, subject)
+              where a.kind = t.kind and a.subject_id = t.subject"
+        ))
+        .bind(&kinds)
+        .bind(&subjects)
+        .execute(&mut *tx)
+        .await?;
+        let open: Vec<((AlertKind, Uuid), Alert)> = self
+            .0
+            .into_iter()
+            .filter_map(|(key, alert)| Some((key, alert?)))
+            .collect();
+        if open.is_empty() {
+            return Ok(());
+        }
+        sqlx::query(&format!(
+            "insert into {schema}.alerts (kind, subject_id, organization_id, project_id, reason,
+                                          raised_by, raised_at, position)
+             select * from unnest($1::text[], $2::uuid[], $3::uuid[], $4::uuid[], $5::text[],
+                                  $6::text[], $7::timestamptz[], $8::int8[])"
+        ))
+        .bind(
+            open.iter()
+                .map(|((k, _), _)| k.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(open.iter().map(|((_, s), _)| *s).collect::<Vec<_>>())
+        .bind(
+            open.iter()
+                .map(|(_, a)| a.organization_id)
+                .collect::<Vec<_>>(),
+        )
+        .bind(open.iter().map(|(_, a)| a.project_id).collect::<Vec<_>>())
+        .bind(
+            open.iter()
+                .map(|(_, a)| a.reason.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            open.iter()
+                .map(|(_, a)| a.raised_by.as_deref())
+                .collect::<Vec<_>>(),
+        )
+        .bind(open.iter().map(|(_, a)| a.raised_at).collect::<Vec<_>>())
+        .bind(open.iter().map(|(_, a)| a.position).collect::<Vec<_>>())
+        .execute(&mut *tx)
+        .await?;
+        Ok(())
+    }
 }
 
 struct Pair {
@@ -182,7 +303,28 @@ async fn apply_events(
     let mut pairs: HashMap<(Uuid, Uuid), Pair> = HashMap::new();
     let mut ended: BTreeSet<Uuid> = BTreeSet::new();
     let mut steering = Steering::default();
-    for event in events.iter().filter(|e| e.aggregate_type == "Task") {
+    let mut alerts = Alerts::default();
+    for event in events {
+        match event.aggregate_type.as_str() {
+            "Task" => {}
+            "Agent" => {
+                let decoded = AgentEvent::deserialize(&event.payload)
+                    .map_err(|e| ProjectionError::payload(event, e))?;
+                for effect in agent_alerts(&decoded) {
+                    alerts.apply(event, effect)?;
+                }
+                continue;
+            }
+            "Ticket" => {
+                let decoded = TicketEvent::deserialize(&event.payload)
+                    .map_err(|e| ProjectionError::payload(event, e))?;
+                if let Some(effect) = ticket_alert(&decoded) {
+                    alerts.apply(event, effect)?;
+                }
+                continue;
+            }
+            _ => continue,
+        }
         let decoded = TaskEvent::deserialize(&event.payload)
             .map_err(|e| ProjectionError::payload(event, e))?;
         if let Some(effect) = steering_effect(&decoded) {
@@ -276,6 +418,7 @@ async fn apply_events(
         .await?;
     }
     steering.write(tx, schema).await?;
+    alerts.write(tx, schema).await?;
     if !pairs.is_empty() {
         let pairs: Vec<((Uuid, Uuid), Pair)> = pairs.into_iter().collect();
         sqlx::query(&format!(

@@ -6,6 +6,8 @@ use sqlx::PgPool;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
+use super::model::AlertKind;
+
 /// A stalled task.
 #[derive(Debug, Clone, Serialize, ToSchema, sqlx::FromRow)]
 pub struct StalledRow {
@@ -23,6 +25,84 @@ pub struct DuplicateRow {
     pub task_id: Uuid,
     pub duplicate_of: Uuid,
     pub similarity: f64,
+}
+
+/// An open alert.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct AlertRow {
+    pub kind: AlertKind,
+    /// The agent or ticket it is about.
+    pub subject_id: Uuid,
+    /// `None` for an organization-wide agent's.
+    pub project_id: Option<Uuid>,
+    pub reason: String,
+    /// Who raised it: the actor of the event (`system:guardian`, `user:…`, …).
+    pub raised_by: Option<String>,
+    pub raised_at: DateTime<Utc>,
+    /// The raising event's place in the global stream.
+    pub position: i64,
+}
+
+type AlertTuple = (
+    String,
+    Uuid,
+    Option<Uuid>,
+    String,
+    Option<String>,
+    DateTime<Utc>,
+    i64,
+);
+
+fn alert_rows(rows: Vec<AlertTuple>) -> Vec<AlertRow> {
+    rows.into_iter()
+        .filter_map(
+            |(kind, subject_id, project_id, reason, raised_by, raised_at, position)| {
+                Some(AlertRow {
+                    kind: AlertKind::parse(&kind)?,
+                    subject_id,
+                    project_id,
+                    reason,
+                    raised_by,
+                    raised_at,
+                    position,
+                })
+            },
+        )
+        .collect()
+}
+
+/// The open alerts of `project_id` and of its organization's organization-wide agents,
+/// newest first, at most `limit`.
+pub async fn project_alerts(
+    pool: &PgPool,
+    organization_id: Uuid,
+    project_id: Uuid,
+    limit: i64,
+) -> sqlx::Result<Vec<AlertRow>> {
+    let rows = sqlx::query_as(
+        "select kind, subject_id, project_id, reason, raised_by, raised_at, position
+           from monitoring_alerts
+          where organization_id = $1 and (project_id = $2 or project_id is null)
+          order by position desc limit $3",
+    )
+    .bind(organization_id)
+    .bind(project_id)
+    .bind(limit)
+    .fetch_all(pool)
+    .await?;
+    Ok(alert_rows(rows))
+}
+
+/// The open alerts about `subject_id` (an agent or a ticket), newest first.
+pub async fn alerts_about(pool: &PgPool, subject_id: Uuid) -> sqlx::Result<Vec<AlertRow>> {
+    let rows = sqlx::query_as(
+        "select kind, subject_id, project_id, reason, raised_by, raised_at, position
+           from monitoring_alerts where subject_id = $1 order by position desc",
+    )
+    .bind(subject_id)
+    .fetch_all(pool)
+    .await?;
+    Ok(alert_rows(rows))
 }
 
 /// A project's open findings.

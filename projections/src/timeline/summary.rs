@@ -358,6 +358,12 @@ fn agent_summary(event: &AgentEvent, this: &str, id: Uuid) -> String {
             kind.as_str(),
             one_line(reason, TEXT_CHARS)
         ),
+        AgentEvent::AnomalyDetected { score, streak, .. } => {
+            format!("{this} anomalous: score {score:.2} ({streak} in a row)")
+        }
+        AgentEvent::AnomalySubsided { score, .. } => {
+            format!("{this} back to normal: score {score:.2}")
+        }
     }
 }
 
