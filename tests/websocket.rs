@@ -1514,3 +1514,203 @@ async fn an_agents_subscriber_sees_the_projects_and_the_organizations_agents_cha
     assert_eq!(folded[&own]["status"], "idle");
     assert!(!folded.contains_key(&elsewhere), "another project's agent");
 }
+
+/// Reads `logs` messages of `id` until line `last`; the lines' numbers and texts.
+async fn log_lines(socket: &mut Socket, id: &str, last: i64) -> Vec<(i64, String)> {
+    let mut lines: Vec<(i64, String)> = Vec::new();
+    while lines.last().map_or(0, |(n, _)| *n) < last {
+        let message = next_of(socket, "logs", id).await;
+        let batch = message["lines"].as_array().expect("lines");
+        assert!(!batch.is_empty(), "{message}");
+        assert_eq!(
+            message["position"],
+            batch.last().expect("a line")["number"].to_string(),
+            "{message}"
+        );
+        for line in batch {
+            lines.push((
+                line["number"].as_i64().expect("a number"),
+                line["text"].as_str().expect("a text").to_string(),
+            ));
+        }
+    }
+    lines
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_tasks_logs_stream_sends_every_line_in_order_as_it_is_written_and_resumes() {
+    let app = spawn_app().await;
+    let (organization, project) = app.organization_and_project().await;
+    let agent = app.register_agent(&organization).await;
+    let ticket = app.ticket(&project, "Work").await;
+    let task = app.task(&ticket, "Chatty", json!({})).await;
+    assert_eq!(agent.claim(&app, 5).await, Some(task.clone()));
+    agent.must(&app, &task, "start", json!({})).await;
+    let write = |from: usize, to: usize| {
+        let lines: Vec<String> = (from..=to).map(|n| format!("line {n}")).collect();
+        json!({ "lines": lines })
+    };
+    agent.must(&app, &task, "logs", write(1, 3)).await;
+
+    let mut socket = owner_socket(&app).await;
+    send(
+        &mut socket,
+        json!({"type": "subscribe", "id": "log", "stream": "logs", "task_id": task}),
+    )
+    .await;
+    let snapshot = next_of(&mut socket, "snapshot", "log").await;
+    assert_eq!(snapshot["stream"], "logs");
+    assert_eq!(snapshot["position"], "0");
+    assert_eq!(snapshot["project_id"], project.as_str());
+    let first = log_lines(&mut socket, "log", 3).await;
+    assert_eq!(
+        first,
+        vec![
+            (1, "line 1".to_string()),
+            (2, "line 2".to_string()),
+            (3, "line 3".to_string())
+        ]
+    );
+    // Two thousand more, as they are written.
+    agent.must(&app, &task, "logs", write(4, 1003)).await;
+    agent.must(&app, &task, "logs", write(1004, 2003)).await;
+    let more = log_lines(&mut socket, "log", 2003).await;
+    let expected: Vec<(i64, String)> = (4..=2003).map(|n| (n, format!("line {n}"))).collect();
+    assert_eq!(more, expected);
+
+    // Resumed after line 1,000 on another socket: exactly the rest.
+    let mut again = owner_socket(&app).await;
+    send(
+        &mut again,
+        json!({"type": "subscribe", "id": "rest", "stream": "logs", "task_id": task,
+               "attempt": 1, "after": "1000"}),
+    )
+    .await;
+    let snapshot = next_of(&mut again, "snapshot", "rest").await;
+    assert_eq!(snapshot["resumed"], true);
+    let rest = log_lines(&mut again, "rest", 2003).await;
+    assert_eq!(rest, expected[997..].to_vec());
+
+    // Refusals name what was wrong; the socket goes on.
+    let (_, other_project) = app.organization_and_project().await;
+    for (request, code) in [
+        (json!({"stream": "logs"}), "invalid_message"),
+        (
+            json!({"stream": "logs", "task_id": task, "after": "x"}),
+            "invalid_cursor",
+        ),
+        (
+            json!({"stream": "logs", "task_id": task, "after": "-1"}),
+            "invalid_cursor",
+        ),
+        (
+            json!({"stream": "logs", "task_id": task, "attempt": 0}),
+            "invalid_message",
+        ),
+        (
+            json!({"stream": "logs", "task_id": task, "event_types": ["TaskStarted"]}),
+            "invalid_message",
+        ),
+        (
+            json!({"stream": "logs", "task_id": task, "project_id": other_project}),
+            "not_found",
+        ),
+        (
+            json!({"stream": "logs", "task_id": uuid::Uuid::now_v7()}),
+            "not_found",
+        ),
+        (
+            json!({"stream": "events", "project_id": project, "task_id": task}),
+            "invalid_message",
+        ),
+        (
+            json!({"stream": "steering", "agent_id": agent.id}),
+            "forbidden",
+        ),
+        (json!({"stream": "steering"}), "invalid_message"),
+    ] {
+        let mut message = request.clone();
+        message["type"] = json!("subscribe");
+        message["id"] = json!("bad");
+        send(&mut socket, message).await;
+        let error = next_of(&mut socket, "error", "bad").await;
+        assert_eq!(error["code"], code, "{request}: {error}");
+    }
+    // A stranger cannot follow it.
+    let stranger = app.register_and_login("stranger@example.com").await;
+    let mut theirs = connect(&app, "/api/v1/ws", &stranger).await;
+    send(
+        &mut theirs,
+        json!({"type": "subscribe", "id": "peek", "stream": "logs", "task_id": task}),
+    )
+    .await;
+    let error = next_of(&mut theirs, "error", "peek").await;
+    assert_eq!(error["code"], "not_found", "{error}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn steering_reaches_an_agent_on_its_socket_once_and_is_recorded_as_delivered() {
+    let app = spawn_app().await;
+    let (organization, project) = app.organization_and_project().await;
+    let agent = app.register_agent(&organization).await;
+    let ticket = app.ticket(&project, "Work").await;
+    let task = app.task(&ticket, "Steered", json!({})).await;
+    assert_eq!(agent.claim(&app, 5).await, Some(task.clone()));
+    agent.must(&app, &task, "start", json!({})).await;
+    let steer = |message: &str| json!({"kind": "steer", "task_id": task, "reason": "drifting", "message": message});
+    // One waits before the agent connects…
+    let (status, body) = app
+        .post(
+            "/api/v1/guardian/interventions",
+            steer("Fix the failing test first."),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    app.caught_up().await;
+
+    let mut socket = connect(&app, "/api/v1/ws", &agent.credential).await;
+    send(
+        &mut socket,
+        json!({"type": "subscribe", "id": "steer", "stream": "steering", "agent_id": agent.id}),
+    )
+    .await;
+    next_of(&mut socket, "snapshot", "steer").await;
+    let waiting = next_of(&mut socket, "steering", "steer").await;
+    assert_eq!(waiting["task_id"], task.as_str());
+    assert_eq!(waiting["message"], "Fix the failing test first.");
+    assert_eq!(waiting["source"], "guardian");
+
+    // …and one arrives while it is connected.
+    let (status, body) = app
+        .post("/api/v1/guardian/interventions", steer("Then rebase."))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let live = next_of(&mut socket, "steering", "steer").await;
+    assert_eq!(live["message"], "Then rebase.");
+
+    // Both recorded as delivered, by the agent, and not handed over again.
+    let (_, history) = app.get(&format!("/api/v1/tasks/{task}/history")).await;
+    let delivered: Vec<&Value> = history["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .filter(|e| e["event_type"] == "SteeringDelivered")
+        .collect();
+    assert_eq!(delivered.len(), 2, "{history}");
+    for event in delivered {
+        assert_eq!(
+            event["metadata"]["actor"],
+            format!("agent:{}", agent.id),
+            "{event}"
+        );
+    }
+    app.caught_up().await;
+    let (_, beat) = agent
+        .post(
+            &app,
+            &format!("/api/v1/agents/{}/heartbeat", agent.id),
+            json!({}),
+        )
+        .await;
+    assert_eq!(beat["steering"], json!([]), "{beat}");
+}

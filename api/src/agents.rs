@@ -524,10 +524,23 @@ async fn deliver_steering(
     caller: &Caller,
     id: Uuid,
 ) -> ApiResult<Vec<SteeringMessage>> {
-    let mut delivered = Vec::new();
     // The read model says which tasks have something waiting (usually none), so a
     // heartbeat loads no task aggregate for nothing.
-    for task_id in omoi_projections::monitoring::steered_tasks(state.pool(), id).await? {
+    let tasks = omoi_projections::monitoring::steered_tasks(state.pool(), id).await?;
+    deliver_task_steering(state, caller, id, &tasks).await
+}
+
+/// The steering messages waiting for agent `id` on `tasks`, each recorded as delivered
+/// (`SteeringDelivered`) as it is handed over: the heartbeat's and the WebSocket's
+/// `steering` stream's one way of handing steering over.
+pub(crate) async fn deliver_task_steering(
+    state: &AppState,
+    caller: &Caller,
+    id: Uuid,
+    tasks: &[Uuid],
+) -> ApiResult<Vec<SteeringMessage>> {
+    let mut delivered = Vec::new();
+    for &task_id in tasks {
         let (task, _) = state.load::<Task>(task_id).await?;
         let waiting: Vec<Steering> = task
             .pending_steering

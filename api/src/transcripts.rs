@@ -139,6 +139,7 @@ async fn write_logs(
         &body.lines,
     )
     .await?;
+    state.live.transcript_written();
     Ok(Json(LogsWritten {
         task_id: id,
         attempt,

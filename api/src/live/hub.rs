@@ -84,6 +84,9 @@ pub struct Hub {
     started: OnceCell<()>,
     followers: Followers,
     sockets: Arc<Sockets>,
+    /// Woken when this process writes a transcript: its `logs` subscriptions read at once
+    /// (those of other processes' writes find them at their next poll).
+    transcripts: tokio::sync::Notify,
 }
 
 struct Shared {
@@ -150,12 +153,23 @@ impl Hub {
             started: OnceCell::new(),
             followers: Followers::default(),
             sockets: Sockets::new(config.max_sockets_per_principal),
+            transcripts: tokio::sync::Notify::new(),
             config,
         }
     }
 
     pub fn config(&self) -> &LiveConfig {
         &self.config
+    }
+
+    /// What `logs` subscriptions wait on between polls.
+    pub fn transcripts(&self) -> &tokio::sync::Notify {
+        &self.transcripts
+    }
+
+    /// Tells this process's `logs` subscriptions that a transcript grew.
+    pub fn transcript_written(&self) {
+        self.transcripts.notify_waiters();
     }
 
     pub fn pool(&self) -> &PgPool {

@@ -18,6 +18,8 @@
 //! * [`protocol`] — the messages and their errors.
 //! * [`stream`] — the subscriptions of `/api/v1/ws`; [`replay`] — what a resuming
 //!   `events` subscription missed, from memory or page by page from the database.
+//! * [`task_streams`] — the `logs` (a task's transcript) and `steering` (an agent's
+//!   messages) streams.
 //! * [`views`] — the read-model streams: one shared follower per (stream, project) folds
 //!   the project's model and fans its deltas out.
 //! * [`models`] — the read models followed: board, graph, timeline, agents.
@@ -35,6 +37,7 @@ pub mod protocol;
 pub mod replay;
 pub mod sockets;
 pub mod stream;
+pub mod task_streams;
 pub mod views;
 
 use std::time::Duration;

@@ -79,6 +79,12 @@ pub struct Subscribe {
     pub entity_types: Vec<String>,
     #[serde(default)]
     pub entity_ids: Vec<String>,
+    /// The task whose transcript a `logs` subscription follows.
+    pub task_id: Option<Uuid>,
+    /// The attempt a `logs` subscription follows (the newest by default).
+    pub attempt: Option<u32>,
+    /// The agent whose steering a `steering` subscription receives (its own credential).
+    pub agent_id: Option<Uuid>,
 }
 
 /// `{"type":"unsubscribe","id":…}`.
@@ -229,6 +235,13 @@ impl<'a> From<&'a StoredEvent> for EventView<'a> {
     }
 }
 
+/// One transcript line.
+#[derive(Debug, Serialize)]
+pub struct LineView<'a> {
+    pub number: i64,
+    pub text: &'a str,
+}
+
 /// Everything the server sends.
 #[derive(Debug, Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -269,6 +282,23 @@ pub enum ServerMessage<'a> {
     },
     Ping,
     Pong,
+    /// Lines of a task's transcript (`logs` stream), in order; `position` is the last
+    /// line's number, the `after` to resume with.
+    Logs {
+        id: &'a str,
+        task_id: Uuid,
+        attempt: u32,
+        position: String,
+        lines: Vec<LineView<'a>>,
+    },
+    /// A steering message for a task the agent holds (`steering` stream), recorded as
+    /// delivered as it is sent.
+    Steering {
+        id: &'a str,
+        task_id: Uuid,
+        #[serde(flatten)]
+        steering: &'a omoi_domain::task::Steering,
+    },
     /// The feed's event (the original's shape, plus its position).
     Event {
         event_type: &'a str,

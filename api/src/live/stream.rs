@@ -26,6 +26,7 @@ use super::protocol::{
     WsError,
 };
 use super::replay::{Selection, Start};
+use super::task_streams::{LogsPlan, SteeringPlan};
 use super::views::{Delta, ProjectRef, Start as ViewStart};
 use super::AbortOnDrop;
 use crate::error::ApiError;
@@ -83,9 +84,14 @@ impl Subscriptions {
     }
 
     async fn subscribe(&mut self, link: &Link, request: Subscribe) -> Result<(), WsError> {
-        let plan = Plan::check(link, request).await?;
+        let plan = match request.stream.as_str() {
+            "logs" => Checked::Logs(LogsPlan::check(link, request).await?),
+            "steering" => Checked::Steering(SteeringPlan::check(link, request).await?),
+            _ => Checked::Project(Plan::check(link, request).await?),
+        };
+        let id = plan.id().to_string();
         // Subscribing again under a used id replaces that subscription.
-        if let Some(old) = self.running.remove(&plan.id) {
+        if let Some(old) = self.running.remove(&id) {
             old.alive.end();
         }
         self.running.retain(|_, running| running.alive.get());
@@ -97,12 +103,15 @@ impl Subscriptions {
             ));
         }
         let alive = Alive::new();
-        let id = plan.id.clone();
         // One task per kind, each as large as its own awaits need.
-        let task = if plan.stream == "events" {
-            tokio::spawn(plan.run_events(link.clone(), alive.clone()))
-        } else {
-            tokio::spawn(plan.run_view(link.clone(), alive.clone()))
+        let (link, alive_task) = (link.clone(), alive.clone());
+        let task = match plan {
+            Checked::Project(plan) if plan.stream == "events" => {
+                tokio::spawn(plan.run_events(link, alive_task))
+            }
+            Checked::Project(plan) => tokio::spawn(plan.run_view(link, alive_task)),
+            Checked::Logs(plan) => tokio::spawn(plan.run(link, alive_task)),
+            Checked::Steering(plan) => tokio::spawn(plan.run(link, alive_task)),
         };
         self.running.insert(
             id,
@@ -128,7 +137,24 @@ impl Subscriptions {
     }
 }
 
-/// An authorized subscription, ready to run.
+/// A checked subscription of any stream.
+enum Checked {
+    Project(Plan),
+    Logs(LogsPlan),
+    Steering(SteeringPlan),
+}
+
+impl Checked {
+    fn id(&self) -> &str {
+        match self {
+            Self::Project(plan) => &plan.id,
+            Self::Logs(plan) => plan.id(),
+            Self::Steering(plan) => plan.id(),
+        }
+    }
+}
+
+/// An authorized subscription of a project's stream, ready to run.
 struct Plan {
     id: String,
     /// `events`, or a read model: `board`, `graph`, `timeline` or `agents`.
@@ -158,13 +184,22 @@ impl Plan {
             other => {
                 return Err(WsError::new(
                     "unknown_stream",
-                    format!("unknown stream {other:?}: events, board, graph, timeline or agents"),
+                    format!(
+                        "unknown stream {other:?}: events, board, graph, timeline, agents, \
+                         logs or steering"
+                    ),
                 ))
             }
         };
         let filtered = !(request.event_types.is_empty()
             && request.entity_types.is_empty()
             && request.entity_ids.is_empty());
+        if request.task_id.is_some() || request.attempt.is_some() || request.agent_id.is_some() {
+            return Err(WsError::new(
+                "invalid_message",
+                "`task_id` and `attempt` are fields of the logs stream, `agent_id` of steering",
+            ));
+        }
         if stream != "events" && filtered {
             return Err(WsError::new(
                 "invalid_message",
@@ -185,7 +220,7 @@ impl Plan {
             .state
             .read::<Project>(&caller, permission, project_id)
             .await
-            .map_err(refusal)?;
+            .map_err(|e| refusal(e, "project"))?;
         let scope = project
             .scope()
             .ok_or_else(|| WsError::new("not_found", "project not found"))?;
@@ -390,13 +425,13 @@ impl Plan {
     }
 }
 
-/// The error message for a refused or failed project lookup.
-fn refusal(error: ApiError) -> WsError {
+/// The error message for a refused or failed lookup of `what` (`project`, `task`).
+pub(super) fn refusal(error: ApiError, what: &str) -> WsError {
     match error {
-        ApiError::NotFound { .. } => WsError::new("not_found", "project not found"),
+        ApiError::NotFound { .. } => WsError::new("not_found", format!("{what} not found")),
         ApiError::Forbidden { permission } => WsError::new(
             "forbidden",
-            format!("your role does not grant `{permission}` on this project"),
+            format!("your role does not grant `{permission}` on this {what}"),
         ),
         ApiError::Unavailable(cause) => {
             tracing::warn!(%cause, "live: database unavailable");
@@ -427,5 +462,7 @@ mod tests {
         // boxed so that it is not sized by them (2,816 bytes when they were inline).
         assert!(size_of_task(Plan::run_events) <= 2048);
         assert!(size_of_task(Plan::run_view) <= 2048);
+        assert!(size_of_task(LogsPlan::run) <= 2048);
+        assert!(size_of_task(SteeringPlan::run) <= 2048);
     }
 }

@@ -1,0 +1,320 @@
+//! The streams of `GET /api/v1/ws` about one task or one agent rather than a project:
+//!
+//! * `logs` — a task's transcript as it grows (`task:read`): a snapshot at the line the
+//!   client resumes after (`after`, a line number; 0 by default), then `logs` messages of
+//!   the lines that follow, in order, each carrying the last line's number. Transcripts
+//!   are not events: lines are read from `task_logs` when this process writes some and,
+//!   for another process's writes, at the hub's poll interval.
+//! * `steering` — an agent's steering messages (its own credential only, since handing one
+//!   over records it as delivered): those waiting at once, then each new one as it is
+//!   recorded, as `steering` messages — the same delivery as the heartbeat's answer.
+
+use std::time::Duration;
+
+use omoi_domain::access::Permission;
+use omoi_domain::common::{Scope, Scoped};
+use omoi_domain::task::{Task, TaskEvent};
+use omoi_store::transcripts;
+use serde::Deserialize;
+use tokio::sync::broadcast::error::RecvError;
+use uuid::Uuid;
+
+use super::frame::Frame;
+use super::link::{Alive, Link, Offer};
+use super::protocol::{encode, snapshot_frame, LineView, ServerMessage, Subscribe, WsError};
+use super::stream::refusal;
+use crate::agents::deliver_task_steering;
+
+/// Lines one `logs` message carries at most.
+const LINES_PER_MESSAGE: i64 = 1_000;
+
+/// A checked `logs` subscription.
+pub struct LogsPlan {
+    id: String,
+    task_id: Uuid,
+    attempt: u32,
+    scope: Scope,
+    after: i64,
+}
+
+/// A checked `steering` subscription.
+pub struct SteeringPlan {
+    id: String,
+    agent_id: Uuid,
+}
+
+fn invalid(detail: impl Into<String>) -> WsError {
+    WsError::new("invalid_message", detail)
+}
+
+/// Refuses the fields of the project streams on a task or agent stream.
+fn only_own_fields(request: &Subscribe, allowed_project: bool) -> Result<(), WsError> {
+    let filtered = !(request.event_types.is_empty()
+        && request.entity_types.is_empty()
+        && request.entity_ids.is_empty());
+    if filtered {
+        return Err(invalid(format!(
+            "`event_types`, `entity_types` and `entity_ids` filter the events stream only, \
+             not {}",
+            request.stream
+        )));
+    }
+    if !allowed_project && request.project_id.is_some() {
+        return Err(invalid(format!(
+            "`project_id` is not a field of {}",
+            request.stream
+        )));
+    }
+    Ok(())
+}
+
+impl LogsPlan {
+    pub async fn check(link: &Link, request: Subscribe) -> Result<Self, WsError> {
+        only_own_fields(&request, true)?;
+        if request.agent_id.is_some() {
+            return Err(invalid("`agent_id` is a field of the steering stream"));
+        }
+        let task_id = request
+            .task_id
+            .ok_or_else(|| invalid("`task_id` is required for logs"))?;
+        let after = match request.after.as_deref() {
+            None => 0,
+            Some(text) => text
+                .parse::<i64>()
+                .ok()
+                .filter(|n| *n >= 0)
+                .ok_or_else(|| {
+                    WsError::new(
+                        "invalid_cursor",
+                        "`after` of logs is a line number (0 or more)",
+                    )
+                })?,
+        };
+        if request.attempt.is_some_and(|a| a == 0 || a > 1_000) {
+            return Err(invalid("`attempt` is between 1 and 1000"));
+        }
+        let (task, _) = link
+            .state
+            .read::<Task>(&link.caller(), Permission::TaskRead, task_id)
+            .await
+            .map_err(|e| refusal(e, "task"))?;
+        let scope = task
+            .scope()
+            .ok_or_else(|| WsError::new("not_found", "task not found"))?;
+        if request
+            .project_id
+            .is_some_and(|p| Some(p) != scope.project_id)
+        {
+            return Err(WsError::new("not_found", "no such task in that project"));
+        }
+        Ok(Self {
+            id: request.id,
+            task_id,
+            attempt: request.attempt.unwrap_or_else(|| task.attempt()),
+            scope,
+            after,
+        })
+    }
+
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The snapshot, then the lines after `after` as they are written.
+    pub async fn run(self, link: Link, alive: Alive) {
+        let snapshot = ServerMessage::Snapshot {
+            id: &self.id,
+            stream: "logs",
+            project_id: self.scope.project_id.unwrap_or_default(),
+            position: self.after.to_string(),
+            resumed: self.after > 0,
+            stale: false,
+            events: Vec::new(),
+        };
+        if !link.send_for(&alive, snapshot_frame(&snapshot, None)).await {
+            return;
+        }
+        let hub = link.state.live.clone();
+        let poll = hub.config().poll_interval.max(Duration::from_millis(10));
+        let mut last = self.after;
+        while alive.get() {
+            // Registered before the read, so a write during it is not missed.
+            let written = hub.transcripts().notified();
+            let read = transcripts::read(
+                link.state.pool(),
+                self.task_id,
+                self.attempt,
+                last,
+                LINES_PER_MESSAGE,
+            );
+            let lines = match Box::pin(read).await {
+                Ok(lines) => lines,
+                Err(error) => {
+                    tracing::warn!(%error, "live: a logs subscription cannot read");
+                    alive.end();
+                    let error = WsError::new("unavailable", "transcripts are unavailable; retry")
+                        .with_id(Some(self.id.clone()));
+                    link.send_error(&error).await;
+                    return;
+                }
+            };
+            if !link.may_read(Some(self.scope)) {
+                alive.end();
+                let error = WsError::new("not_found", "the task is no longer visible to you")
+                    .with_id(Some(self.id.clone()));
+                link.send_error(&error).await;
+                return;
+            }
+            if let Some(newest) = lines.last() {
+                last = newest.number;
+                let message = ServerMessage::Logs {
+                    id: &self.id,
+                    task_id: self.task_id,
+                    attempt: self.attempt,
+                    position: last.to_string(),
+                    lines: lines
+                        .iter()
+                        .map(|line| LineView {
+                            number: line.number,
+                            text: &line.text,
+                        })
+                        .collect(),
+                };
+                match link.offer(&alive, Frame::Own(encode(&message))).await {
+                    Offer::Queued => continue,
+                    Offer::Full => return link.resync(&alive, Some(&self.id)),
+                    Offer::Closed => return,
+                }
+            }
+            tokio::select! {
+                _ = written => {}
+                _ = tokio::time::sleep(poll) => {}
+            }
+        }
+    }
+}
+
+impl SteeringPlan {
+    pub async fn check(link: &Link, request: Subscribe) -> Result<Self, WsError> {
+        only_own_fields(&request, false)?;
+        if request.task_id.is_some() || request.attempt.is_some() || request.after.is_some() {
+            return Err(invalid(
+                "the steering stream takes `agent_id` only (no task_id, attempt or after)",
+            ));
+        }
+        let agent_id = request
+            .agent_id
+            .ok_or_else(|| invalid("`agent_id` is required for steering"))?;
+        // Handing a message over records it as delivered: only the agent may take it.
+        if link.caller().agent_id() != Some(agent_id) {
+            return Err(WsError::new(
+                "forbidden",
+                "only the agent itself (its API key) receives its steering",
+            ));
+        }
+        Ok(Self {
+            id: request.id,
+            agent_id,
+        })
+    }
+
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// What waits now, then each message recorded for a task the agent holds.
+    pub async fn run(self, link: Link, alive: Alive) {
+        let hub = link.state.live.clone();
+        let mut tap = match hub.tap().await {
+            Ok(tap) => tap,
+            Err(error) => {
+                tracing::warn!(%error, "live: a steering subscription cannot follow the log");
+                return self.unavailable(&link, &alive).await;
+            }
+        };
+        let snapshot = ServerMessage::Snapshot {
+            id: &self.id,
+            stream: "steering",
+            project_id: Uuid::nil(),
+            position: tap.head.to_string(),
+            resumed: false,
+            stale: false,
+            events: Vec::new(),
+        };
+        if !link.send_for(&alive, snapshot_frame(&snapshot, None)).await {
+            return;
+        }
+        let waiting = omoi_projections::monitoring::steered_tasks(link.state.pool(), self.agent_id);
+        let tasks = match Box::pin(waiting).await {
+            Ok(tasks) => tasks,
+            Err(error) => {
+                tracing::warn!(%error, "live: steering waiting for an agent unreadable");
+                return self.unavailable(&link, &alive).await;
+            }
+        };
+        if !self.deliver(&link, &alive, &tasks).await {
+            return;
+        }
+        while alive.get() {
+            let event = match tap.events.recv().await {
+                Ok(event) => event,
+                Err(RecvError::Lagged(_)) => return link.resync(&alive, Some(&self.id)),
+                Err(RecvError::Closed) => return,
+            };
+            if event.event_type != "TaskSteered" {
+                continue;
+            }
+            let for_this_agent = matches!(
+                TaskEvent::deserialize(&event.payload),
+                Ok(TaskEvent::TaskSteered { agent_id, .. }) if agent_id == self.agent_id
+            );
+            let Ok(task_id) = event.aggregate_id.parse::<Uuid>() else {
+                continue;
+            };
+            if for_this_agent && !self.deliver(&link, &alive, &[task_id]).await {
+                return;
+            }
+        }
+    }
+
+    /// Hands over what waits on `tasks`; false once the subscription is over.
+    async fn deliver(&self, link: &Link, alive: &Alive, tasks: &[Uuid]) -> bool {
+        if tasks.is_empty() {
+            return true;
+        }
+        let caller = link.caller();
+        let handed = deliver_task_steering(&link.state, &caller, self.agent_id, tasks);
+        let messages = match Box::pin(handed).await {
+            Ok(messages) => messages,
+            Err(error) => {
+                // Left pending: the next heartbeat hands it over.
+                tracing::warn!(?error, agent_id = %self.agent_id,
+                    "live: steering not delivered over the socket");
+                return true;
+            }
+        };
+        for message in &messages {
+            let frame = Frame::Own(encode(&ServerMessage::Steering {
+                id: &self.id,
+                task_id: message.task_id,
+                steering: &message.steering,
+            }));
+            match link.offer(alive, frame).await {
+                Offer::Queued => {}
+                Offer::Full => {
+                    link.resync(alive, Some(&self.id));
+                    return false;
+                }
+                Offer::Closed => return false,
+            }
+        }
+        true
+    }
+
+    async fn unavailable(&self, link: &Link, alive: &Alive) {
+        alive.end();
+        let error = WsError::new("unavailable", "the event log is unavailable; retry")
+            .with_id(Some(self.id.clone()));
+        link.send_error(&error).await;
+    }
+}
