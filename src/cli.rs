@@ -191,7 +191,7 @@ async fn serve(settings: Settings, dev: bool) -> anyhow::Result<()> {
 fn worker_config(settings: &Settings) -> omoi_orchestrator::WorkerConfig {
     omoi_orchestrator::WorkerConfig {
         plans: Some(settings.billing.plans()),
-        monitoring: settings.monitoring,
+        monitoring: settings.monitoring.clone(),
         ..settings.worker.clone()
     }
 }

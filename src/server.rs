@@ -102,7 +102,7 @@ pub fn app_state(
     .with_guard(settings.auth.guard()?)
     .with_live(settings.live.config())
     .with_liveness(omoi_api::state::Liveness {
-        monitoring: settings.monitoring,
+        monitoring: settings.monitoring.clone(),
         stale_after_ms: settings.worker.stale_after_ms,
     }))
 }

@@ -9,7 +9,7 @@
 use std::time::Duration;
 
 use omoi_orchestrator::{Clock, MonitoringConfig, SteppedWorker, Work, Worker, WorkerConfig};
-use omoi_testing::{scratch_dir, spawn_app, Agent, TestApp, TestDatabase};
+use omoi_testing::{fake_llm, scratch_dir, spawn_app, Agent, TestApp, TestDatabase};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
@@ -691,5 +691,209 @@ async fn an_agent_whose_work_keeps_failing_is_quarantined_once_and_gets_nothing_
     for worker in workers {
         worker.stop().await;
     }
+    let _ = std::fs::remove_dir_all(directory);
+}
+
+// ---------------------------------------------------------------- LLM trajectory analysis
+
+fn llm(base_url: &str) -> omoi_orchestrator::trajectory::LlmConfig {
+    omoi_orchestrator::trajectory::LlmConfig {
+        base_url: Some(base_url.to_string()),
+        model: "fake-4".into(),
+        interval_ms: 60_000,
+        timeout_ms: 300,
+        max_retries: 2,
+        retry_backoff_ms: 10,
+        calls_per_hour: 60,
+        transcript_lines: 2,
+    }
+}
+
+fn with_llm(base: WorkerConfig, base_url: &str) -> WorkerConfig {
+    WorkerConfig {
+        monitoring: MonitoringConfig {
+            llm: llm(base_url),
+            ..base.monitoring.clone()
+        },
+        ..base
+    }
+}
+
+fn steer_answer(message: &str) -> omoi_testing::LlmReply {
+    omoi_testing::LlmReply::Answer(json!({
+        "alignment_score": 0.35, "needs_steering": true,
+        "steering_message": message, "reason": "it is rewriting the build instead"
+    }))
+}
+
+/// Waits (up to 10 s) until the task's history has an event of `kind`.
+async fn until_event(app: &TestApp, task: &str, kind: &str) -> Vec<(String, Value, String)> {
+    for _ in 0..200 {
+        let events = history(app, &format!("/api/v1/tasks/{task}")).await;
+        if count(&events, kind) > 0 {
+            return events;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("no {kind} on task {task}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_llms_steering_reaches_an_http_agents_heartbeat_after_a_500_and_a_malformed_answer() {
+    use omoi_testing::LlmReply;
+    let app = spawn_app().await;
+    let (organization, project) = app.organization_and_project().await;
+    let agent = app.register_agent(&organization).await;
+    let ticket = app.ticket(&project, "Build").await;
+    let task = app.task(&ticket, "Fix the flaky test", json!({})).await;
+    assert_eq!(agent.claim(&app, 5).await, Some(task.clone()));
+    agent.must(&app, &task, "start", json!({})).await;
+    agent
+        .must(
+            &app,
+            &task,
+            "logs",
+            json!({"lines": ["reading the test", "rewriting the build system", "still rewriting"]}),
+        )
+        .await;
+    let (base_url, requests) = fake_llm(vec![
+        LlmReply::Status(500),
+        LlmReply::Malformed,
+        steer_answer("Leave the build alone; fix the test."),
+    ])
+    .await;
+    let directory = scratch_dir();
+    let clock = Clock::default();
+    let mut worker = Worker::stepped(
+        app.database.pool.clone(),
+        with_llm(config(&clock, &directory), &base_url),
+    );
+    settled_step(&app, &mut worker).await;
+    let events = until_event(&app, &task, "TaskSteered").await;
+
+    // Three calls (two retried failures), the last one's answer recorded with its cost.
+    let sent = requests.lock().expect("the log").clone();
+    assert_eq!(sent.len(), 3, "{sent:?}");
+    let request = &sent[0];
+    assert_eq!(request["model"], "fake-4");
+    assert_eq!(request["response_format"]["type"], "json_schema");
+    let prompt = request["messages"][1]["content"]
+        .as_str()
+        .expect("a prompt");
+    assert!(prompt.contains("Fix the flaky test"), "{prompt}");
+    assert!(
+        prompt.contains("rewriting the build system") && !prompt.contains("reading the test"),
+        "the newest two lines: {prompt}"
+    );
+    let assessed = &of_kind(&events, "TrajectoryAssessed")[0];
+    assert_eq!(assessed.2, "system:trajectory");
+    assert_eq!(assessed.1["assessment"]["alignment_score"], 0.35);
+    assert_eq!(assessed.1["assessment"]["prompt_tokens"], 321);
+    assert_eq!(assessed.1["assessment"]["completion_tokens"], 42);
+    assert_eq!(assessed.1["assessment"]["model"], "fake-4");
+    let steered = &of_kind(&events, "TaskSteered")[0];
+    assert_eq!(steered.1["source"], "trajectory");
+    let calls: i32 = sqlx::query_scalar("select calls from llm_usage")
+        .fetch_one(&app.database.pool)
+        .await
+        .expect("the budget");
+    assert_eq!(calls, 3);
+
+    // The agent gets it at its next heartbeat, once.
+    app.caught_up().await;
+    let answer = heartbeat(&app, &agent).await;
+    assert_eq!(
+        answer["steering"][0]["message"], "Leave the build alone; fix the test.",
+        "{answer}"
+    );
+    assert_eq!(answer["steering"][0]["source"], "trajectory");
+    assert_eq!(heartbeat(&app, &agent).await["steering"], json!([]));
+
+    // Within the interval the task is not assessed again, whatever the passes; after it,
+    // it is.
+    worker.step().await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(requests.lock().expect("the log").len(), 3);
+    clock.advance(Duration::from_secs(61));
+    settled_step(&app, &mut worker).await;
+    for _ in 0..200 {
+        if requests.lock().expect("the log").len() > 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(requests.lock().expect("the log").len(), 4);
+    worker.stop().await;
+    let _ = std::fs::remove_dir_all(directory);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_silent_llm_holds_no_monitoring_back_and_a_spent_budget_stops_the_calls() {
+    use omoi_testing::LlmReply;
+    let app = spawn_app().await;
+    let directory = scratch_dir();
+    let (_, task, _agent, _, clock) = stalling(&app, "nudge", &directory).await;
+    // Every call times out (300 ms) and the organization may make two an hour.
+    let (base_url, requests) = fake_llm(vec![LlmReply::Silence(Duration::from_secs(5))]).await;
+    let mut limited = with_llm(config(&clock, &directory), &base_url);
+    limited.monitoring.llm.calls_per_hour = 2;
+    let mut worker = Worker::stepped(app.database.pool.clone(), limited);
+    clock.advance(Duration::from_millis(STUCK_MS + 1_000));
+    settled_step(&app, &mut worker).await;
+    // The stall was found in the pass that started the LLM's, which is still waiting.
+    let events = history(&app, &format!("/api/v1/tasks/{task}")).await;
+    assert_eq!(count(&events, "TaskStalled"), 1, "{events:?}");
+    assert!(requests.lock().expect("the log").len() <= 1);
+    // Two calls (the third retry is over the budget), and nothing recorded.
+    for _ in 0..100 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        if requests.lock().expect("the log").len() >= 2 {
+            break;
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(requests.lock().expect("the log").len(), 2);
+    let events = history(&app, &format!("/api/v1/tasks/{task}")).await;
+    assert_eq!(count(&events, "TrajectoryAssessed"), 0, "{events:?}");
+    worker.stop().await;
+    let _ = std::fs::remove_dir_all(directory);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_in_process_agent_reads_the_llms_steering_from_its_file() {
+    let app = spawn_app().await;
+    let (_, project) = app.organization_and_project().await;
+    let ticket = app.ticket(&project, "Work").await;
+    let task = app.task(&ticket, "Listen", json!({})).await;
+    let (base_url, _) = fake_llm(vec![steer_answer("Write the test first.")]).await;
+    let directory = scratch_dir();
+    let clock = Clock::default();
+    let script = "for i in $(seq 1 600); do \
+                    if [ -s \"$OMOI_STEERING_FILE\" ]; then cat \"$OMOI_STEERING_FILE\"; exit 0; fi; \
+                    sleep 0.05; done; exit 1";
+    let mut worker = Worker::stepped(
+        app.database.pool.clone(),
+        with_llm(
+            WorkerConfig {
+                work: Work::Command(script.into()),
+                ..config(&clock, &directory)
+            },
+            &base_url,
+        ),
+    );
+    settled_step(&app, &mut worker).await;
+    app.until_task_status(&task, "running").await;
+    settled_step(&app, &mut worker).await;
+    until_event(&app, &task, "TaskSteered").await;
+    // The worker sees the steering in the log and writes it for the command.
+    settled_step(&app, &mut worker).await;
+    let state = app.until_task_status(&task, "completed").await;
+    let output = state["result"]["output"].to_string();
+    assert!(output.contains("Write the test first."), "{state}");
+    assert!(
+        output.contains("\\\"source\\\":\\\"trajectory\\\""),
+        "{state}"
+    );
+    worker.stop().await;
     let _ = std::fs::remove_dir_all(directory);
 }

@@ -217,7 +217,7 @@ async fn agent_health(
     IdPath(id): IdPath,
 ) -> ApiResult<Json<AgentHealth>> {
     let (agent, _) = state.read::<Agent>(&caller, PERMISSION, id).await?;
-    let liveness = state.liveness;
+    let liveness = &state.liveness;
     let lease = omoi_orchestrator::leases::lease(state.pool(), id).await?;
     let missed_heartbeats = lease.as_ref().map_or(0, |lease| {
         let silent = (lease.now - lease.heartbeat_at).num_milliseconds();

@@ -49,7 +49,7 @@ pub struct AppState {
 }
 
 /// The thresholds an agent's heartbeats are judged by, as the worker judges them.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Liveness {
     pub monitoring: omoi_orchestrator::MonitoringConfig,
     /// `worker.stale_after_ms`: silent this long, an agent is failed.

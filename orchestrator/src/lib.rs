@@ -11,6 +11,7 @@
 //! * [`monitor`] — supervision's settings and clock (the sweeps are the worker's).
 //! * [`executor`] — one task's command: working directory, environment, progress, kill.
 //! * [`choose`] — a dispatch pass's choice of (agent, task) pairs, pure.
+//! * [`trajectory`] — optional LLM trajectory analysis of running tasks.
 //! * [`worker`] — the loop tying them together.
 
 pub mod anomaly;
@@ -20,6 +21,7 @@ pub mod leases;
 pub mod monitor;
 pub mod queue;
 pub mod score;
+pub mod trajectory;
 pub mod worker;
 
 pub use monitor::{Clock, MonitoringConfig};

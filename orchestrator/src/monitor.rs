@@ -17,8 +17,10 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
 
+use crate::trajectory::LlmConfig;
+
 /// `monitoring` in the settings.
-#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct MonitoringConfig {
     /// How often agents are expected to heartbeat: one interval missed is a warning on
@@ -33,6 +35,8 @@ pub struct MonitoringConfig {
     /// Open tasks of one project whose titles and descriptions are at least this similar
     /// (`pg_trgm`, 0 to 1) are flagged as duplicates (the original's task threshold).
     pub duplicate_similarity: f64,
+    /// LLM trajectory analysis; off unless `base_url` is set.
+    pub llm: LlmConfig,
 }
 
 impl Default for MonitoringConfig {
@@ -43,6 +47,7 @@ impl Default for MonitoringConfig {
             conductor_interval_ms: 300_000,
             anomaly_interval_ms: 60_000,
             duplicate_similarity: 0.85,
+            llm: LlmConfig::default(),
         }
     }
 }

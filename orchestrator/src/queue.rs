@@ -189,6 +189,7 @@ impl Queue {
             TaskEvent::TaskCreated { .. }
             | TaskEvent::GuardianIntervened { .. }
             | TaskEvent::DuplicateSuspected { .. }
+            | TaskEvent::TrajectoryAssessed { .. }
             | TaskEvent::SteeringDelivered { .. }
             | TaskEvent::TaskDiscovered { .. }
             | TaskEvent::TaskDiscoveryReported { .. }

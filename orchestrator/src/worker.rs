@@ -16,7 +16,7 @@ use chrono::Utc;
 use omoi_domain::agent::{Agent, AgentCommand, AgentEvent, AgentStatus, AgentType};
 use omoi_domain::billing::{BillingAccount, Plans};
 use omoi_domain::common::{clipped, MAX_TEXT_CHARS};
-use omoi_domain::task::{Task, TaskCommand, Verdict, MAX_PROGRESS_CHARS};
+use omoi_domain::task::{Task, TaskCommand, TaskStatus, Verdict, MAX_PROGRESS_CHARS};
 use omoi_store::log::{read_global, Visibility};
 use omoi_store::transcripts;
 use omoi_store::wakeup::listen;
@@ -37,6 +37,7 @@ use crate::leases;
 use crate::monitor::{Clock, MonitoringConfig};
 use crate::queue::{Candidate, Change, Queue, QueuedTask};
 use crate::score::ScoreConfig;
+use crate::trajectory::{self, Assessor, TaskContext};
 
 /// What a worker's agents do with a task.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -255,6 +256,9 @@ struct Runtime {
     /// When the Guardian last read the agents (in the worker's clock, which tests move).
     last_reading: Option<chrono::DateTime<Utc>>,
     anomalies: AnomalyTracker,
+    /// LLM trajectory analysis, when configured, and its pass in flight.
+    assessor: Option<Arc<Assessor>>,
+    trajectory_pass: Option<JoinHandle<()>>,
     /// Duplicate pairs this worker has flagged (each is flagged once by the task itself;
     /// this saves asking again every pass).
     flagged: HashSet<(Uuid, Uuid)>,
@@ -296,6 +300,7 @@ impl Runtime {
         };
         let bus = Arc::new(CommandBus::new(pool.clone(), Default::default()));
         let (done, finished) = mpsc::unbounded_channel();
+        let assessor = Assessor::new(&config.monitoring.llm).map(Arc::new);
         let runtime = Runtime {
             pool,
             bus,
@@ -310,6 +315,8 @@ impl Runtime {
             last_conductor: None,
             last_reading: None,
             anomalies: AnomalyTracker::default(),
+            assessor,
+            trajectory_pass: None,
             flagged: HashSet::new(),
             caps: HashMap::new(),
             work_dir,
@@ -574,6 +581,46 @@ impl Runtime {
         self.mark_stalled(now).await;
         self.read_anomalies(now).await;
         self.flag_duplicates(now).await;
+        self.assess_trajectories(now);
+    }
+
+    /// Starts a pass of LLM trajectory analysis over the running tasks of the
+    /// organizations this worker serves, unless the last one is still going: it runs
+    /// beside the worker, which never waits for the LLM.
+    fn assess_trajectories(&mut self, now: chrono::DateTime<Utc>) {
+        let Some(assessor) = &self.assessor else {
+            return;
+        };
+        if self
+            .trajectory_pass
+            .as_ref()
+            .is_some_and(|p| !p.is_finished())
+        {
+            return;
+        }
+        let tasks: Vec<TaskContext> = self
+            .queue
+            .active()
+            .filter(|t| t.status == TaskStatus::Running && self.serves(t.organization_id))
+            .map(|t| TaskContext {
+                task_id: t.id,
+                organization_id: t.organization_id,
+                title: t.title.clone(),
+                description: t.description.clone(),
+                task_type: t.task_type.clone(),
+                attempt: t.retry_count + 1,
+            })
+            .collect();
+        if tasks.is_empty() {
+            return;
+        }
+        self.trajectory_pass = Some(tokio::spawn(trajectory::assess_all(
+            assessor.clone(),
+            self.pool.clone(),
+            self.bus.clone(),
+            tasks,
+            now,
+        )));
     }
 
     /// The Guardian's pass: every agent's anomaly score is read and kept for the health

@@ -802,6 +802,73 @@ pub async fn fake_stripe() -> (String, StripeLog) {
     (address, log)
 }
 
+/// How the fake LLM of [`fake_llm`] answers one request.
+#[derive(Debug, Clone)]
+pub enum LlmReply {
+    /// A `/chat/completions` answer whose message content is this JSON (as text).
+    Answer(Value),
+    /// A 200 whose message content is not JSON.
+    Malformed,
+    /// An error status.
+    Status(u16),
+    /// Nothing for this long, then a 500.
+    Silence(std::time::Duration),
+}
+
+/// The bodies the fake LLM received, in order.
+pub type LlmLog = std::sync::Arc<std::sync::Mutex<Vec<Value>>>;
+
+/// A local OpenAI-compatible `/v1/chat/completions` answering with `replies` in turn (the
+/// last one again once they run out). Returns its base URL (`…/v1`) and its log.
+pub async fn fake_llm(replies: Vec<LlmReply>) -> (String, LlmLog) {
+    use axum::extract::State;
+    use axum::http::StatusCode as Status;
+    use axum::response::{IntoResponse, Response};
+    use axum::routing::post;
+    use axum::{Json, Router};
+
+    type Script = std::sync::Arc<(LlmLog, Vec<LlmReply>)>;
+    async fn complete(State(script): State<Script>, Json(body): Json<Value>) -> Response {
+        let reply = {
+            let mut log = script.0.lock().expect("the log");
+            log.push(body);
+            let turn = (log.len() - 1).min(script.1.len().saturating_sub(1));
+            script.1.get(turn).cloned().unwrap_or(LlmReply::Status(500))
+        };
+        let content = match reply {
+            LlmReply::Answer(answer) => answer.to_string(),
+            LlmReply::Malformed => "I think the agent is fine.".to_string(),
+            LlmReply::Status(code) => {
+                let status = Status::from_u16(code).unwrap_or(Status::INTERNAL_SERVER_ERROR);
+                return (status, "upstream trouble").into_response();
+            }
+            LlmReply::Silence(duration) => {
+                tokio::time::sleep(duration).await;
+                return Status::INTERNAL_SERVER_ERROR.into_response();
+            }
+        };
+        Json(serde_json::json!({
+            "id": "chatcmpl-1",
+            "object": "chat.completion",
+            "choices": [{"index": 0, "finish_reason": "stop",
+                         "message": {"role": "assistant", "content": content}}],
+            "usage": {"prompt_tokens": 321, "completion_tokens": 42, "total_tokens": 363}
+        }))
+        .into_response()
+    }
+    let log = LlmLog::default();
+    let script: Script = std::sync::Arc::new((log.clone(), replies));
+    let app = Router::new()
+        .route("/v1/chat/completions", post(complete))
+        .with_state(script);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("a port");
+    let address = format!("http://{}/v1", listener.local_addr().expect("an address"));
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (address, log)
+}
+
 /// Starts `binary` (the `omoi` under test: `env!("CARGO_BIN_EXE_omoi")`) as `omoi serve`
 /// on `database` — API, read models and process managers — quiet and on a free port, as a
 /// child process a test may SIGKILL.

@@ -10,12 +10,13 @@ use uuid::Uuid;
 
 use super::{
     is_permanent_error, retry_backoff, Discovery, FailureReason, Steering, SteeringSource,
-    TaskCommand, TaskError, TaskEvent, TaskIntervention, ValidationPolicy, ValidationTarget,
-    Verdict, DEFAULT_MAX_RETRIES, MAX_MAX_RETRIES, MAX_MAX_REVISIONS, MAX_PENDING_STEERING,
-    MAX_STEERING_CHARS, REMEMBERED_STEERING,
+    TaskCommand, TaskError, TaskEvent, TaskIntervention, TrajectoryAssessment, ValidationPolicy,
+    ValidationTarget, Verdict, DEFAULT_MAX_RETRIES, MAX_MAX_RETRIES, MAX_MAX_REVISIONS,
+    MAX_PENDING_STEERING, MAX_STEERING_CHARS, REMEMBERED_STEERING,
 };
 use crate::common::{
-    optional_text, required_text, Phase, Priority, Scope, Scoped, MAX_TEXT_CHARS, MAX_TITLE_CHARS,
+    clipped, optional_text, required_text, Phase, Priority, Scope, Scoped, MAX_TEXT_CHARS,
+    MAX_TITLE_CHARS,
 };
 use crate::guardian;
 
@@ -294,6 +295,11 @@ impl Task {
                 source,
                 at,
             } => self.steer(steering_id, message, source, at),
+            TaskCommand::AssessTrajectory {
+                assessment,
+                steering_id,
+                at,
+            } => self.assess(assessment, steering_id, at),
             TaskCommand::FlagDuplicate {
                 duplicate_of,
                 similarity,
@@ -447,6 +453,38 @@ impl Task {
             source,
             at,
         }])
+    }
+
+    /// Records an assessment of a running task, clamped and clipped to the domain's
+    /// bounds; its steering message follows as `TaskSteered` when it asked for steering
+    /// and the task can take one (an empty message or a full inbox records the
+    /// assessment alone).
+    fn assess(
+        &self,
+        mut assessment: TrajectoryAssessment,
+        steering_id: Uuid,
+        at: DateTime<Utc>,
+    ) -> Result<Vec<TaskEvent>, TaskError> {
+        self.ensure_in(&[TaskStatus::Running], "be assessed")?;
+        assessment.alignment_score = if assessment.alignment_score.is_nan() {
+            0.0
+        } else {
+            assessment.alignment_score.clamp(0.0, 1.0)
+        };
+        assessment.reason = clipped(&assessment.reason, MAX_TEXT_CHARS);
+        assessment.model = clipped(&assessment.model, MAX_TITLE_CHARS);
+        assessment.steering_message = assessment
+            .steering_message
+            .map(|m| clipped(&m, MAX_STEERING_CHARS));
+        let steering = match (&assessment.steering_message, assessment.needs_steering) {
+            (Some(message), true) => self
+                .steer(steering_id, message.clone(), SteeringSource::Trajectory, at)
+                .unwrap_or_default(),
+            _ => vec![],
+        };
+        let mut events = vec![TaskEvent::TrajectoryAssessed { assessment, at }];
+        events.extend(steering);
+        Ok(events)
     }
 
     fn assign(&self, agent_id: Uuid, at: DateTime<Utc>) -> Result<Vec<TaskEvent>, TaskError> {
@@ -855,7 +893,7 @@ impl Task {
                     self.recent_steering_ids.remove(0);
                 }
             }
-            TaskEvent::GuardianIntervened { .. } => {}
+            TaskEvent::GuardianIntervened { .. } | TaskEvent::TrajectoryAssessed { .. } => {}
             TaskEvent::DuplicateSuspected { duplicate_of, .. } => {
                 self.suspected_duplicates.insert(duplicate_of);
             }

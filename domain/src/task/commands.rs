@@ -2,7 +2,8 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use super::{
-    Discovery, DiscoveryKind, SteeringSource, ValidationPolicy, ValidationTarget, Verdict,
+    Discovery, DiscoveryKind, SteeringSource, TrajectoryAssessment, ValidationPolicy,
+    ValidationTarget, Verdict,
 };
 use crate::common::{Phase, Priority};
 use crate::guardian::InterventionKind;
@@ -97,6 +98,13 @@ pub enum TaskCommand {
         steering_id: Uuid,
         message: String,
         source: SteeringSource,
+        at: DateTime<Utc>,
+    },
+    /// An LLM's assessment of the running task's trajectory, recorded; when it asks for
+    /// steering, its message goes to the agent (`steering_id`, source `trajectory`).
+    AssessTrajectory {
+        assessment: TrajectoryAssessment,
+        steering_id: Uuid,
         at: DateTime<Utc>,
     },
     /// The Conductor found this open task's text near-identical to an older open task's

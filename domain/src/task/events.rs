@@ -5,8 +5,8 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use super::{
-    Discovery, DiscoveryKind, SteeringSource, TaskStatus, ValidationPolicy, ValidationTarget,
-    Verdict,
+    Discovery, DiscoveryKind, SteeringSource, TaskStatus, TrajectoryAssessment, ValidationPolicy,
+    ValidationTarget, Verdict,
 };
 use crate::common::{Phase, Priority};
 use crate::guardian::InterventionKind;
@@ -94,6 +94,12 @@ pub enum TaskEvent {
     DuplicateSuspected {
         duplicate_of: Uuid,
         similarity: f64,
+        at: DateTime<Utc>,
+    },
+    /// An LLM assessed the running task's trajectory (a `TaskSteered` follows when it
+    /// asked for steering).
+    TrajectoryAssessed {
+        assessment: TrajectoryAssessment,
         at: DateTime<Utc>,
     },
     /// A guardian acted on the task; the events of the effect follow.
@@ -234,6 +240,7 @@ impl TaskEvent {
             | Self::SteeringDelivered { .. }
             | Self::GuardianIntervened { .. }
             | Self::DuplicateSuspected { .. }
+            | Self::TrajectoryAssessed { .. }
             | Self::TaskPriorityChanged { .. }
             | Self::TaskValidationRequired { .. }
             | Self::TaskValidates { .. }
@@ -265,6 +272,7 @@ impl DomainEvent for TaskEvent {
             Self::SteeringDelivered { .. } => "SteeringDelivered",
             Self::GuardianIntervened { .. } => "GuardianIntervened",
             Self::DuplicateSuspected { .. } => "DuplicateSuspected",
+            Self::TrajectoryAssessed { .. } => "TrajectoryAssessed",
             Self::TaskUnassigned { .. } => "TaskUnassigned",
             Self::TaskPriorityChanged { .. } => "TaskPriorityChanged",
             Self::TaskCompleted { .. } => "TaskCompleted",

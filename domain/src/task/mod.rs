@@ -45,7 +45,8 @@ pub use retry::{
     PERMANENT_ERROR_MARKERS,
 };
 pub use supervision::{
-    Steering, SteeringSource, MAX_PENDING_STEERING, MAX_STEERING_CHARS, REMEMBERED_STEERING,
+    Steering, SteeringSource, TrajectoryAssessment, MAX_PENDING_STEERING, MAX_STEERING_CHARS,
+    REMEMBERED_STEERING,
 };
 pub use validation::{
     ValidationPolicy, ValidationTarget, Verdict, DEFAULT_MAX_REVISIONS, MAX_MAX_REVISIONS,

@@ -27,6 +27,21 @@ pub enum SteeringSource {
     Trajectory,
 }
 
+/// What an LLM judged of a running task's trajectory (its recent transcript against its
+/// task and spec), with what the call cost.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct TrajectoryAssessment {
+    /// 0 (off course) to 1 (on course).
+    pub alignment_score: f64,
+    pub needs_steering: bool,
+    /// What to tell the agent when it needs steering.
+    pub steering_message: Option<String>,
+    pub reason: String,
+    pub model: String,
+    pub prompt_tokens: u32,
+    pub completion_tokens: u32,
+}
+
 /// A steering message waiting for its agent.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Steering {

@@ -1516,3 +1516,52 @@ mod validation {
         );
     }
 }
+
+// ---------------------------------------------------------------- trajectory assessments
+
+fn assessment(score: f64, message: Option<&str>) -> TaskCommand {
+    TaskCommand::AssessTrajectory {
+        assessment: TrajectoryAssessment {
+            alignment_score: score,
+            needs_steering: message.is_some(),
+            steering_message: message.map(str::to_string),
+            reason: "why".into(),
+            model: "m".into(),
+            prompt_tokens: 10,
+            completion_tokens: 2,
+        },
+        steering_id: Uuid::from_u128(77),
+        at: t(60),
+    }
+}
+
+#[test]
+fn an_assessment_is_recorded_on_a_running_task_and_its_steering_follows() {
+    let running = crate::testing::fold::<Task>(&history_at(TaskStatus::Running));
+    let events = running
+        .decide(assessment(1.7, Some("Back to the test.")))
+        .expect("assessed");
+    match &events[..] {
+        [TaskEvent::TrajectoryAssessed { assessment, .. }, TaskEvent::TaskSteered {
+            source, message, ..
+        }] => {
+            assert_eq!(assessment.alignment_score, 1.0, "clamped");
+            assert_eq!(*source, SteeringSource::Trajectory);
+            assert_eq!(message, "Back to the test.");
+        }
+        other => panic!("{other:?}"),
+    }
+    // No steering asked (or an empty message): the assessment alone.
+    let events = running.decide(assessment(0.9, None)).expect("assessed");
+    assert_eq!(events.len(), 1);
+    let events = running
+        .decide(assessment(0.2, Some(" ")))
+        .expect("assessed");
+    assert_eq!(events.len(), 1);
+    // Only a running task is assessed.
+    let pending = crate::testing::fold::<Task>(&history_at(TaskStatus::Pending));
+    assert!(matches!(
+        pending.decide(assessment(0.5, None)),
+        Err(TaskError::IllegalTransition { .. })
+    ));
+}

@@ -46,6 +46,7 @@ pub fn task_effect(event: &TaskEvent) -> Option<TaskEffect> {
         | TaskEvent::SteeringDelivered { .. }
         | TaskEvent::GuardianIntervened { .. }
         | TaskEvent::DuplicateSuspected { .. }
+        | TaskEvent::TrajectoryAssessed { .. }
         | TaskEvent::TaskPriorityChanged { .. }
         | TaskEvent::TaskDependencyAdded { .. }
         | TaskEvent::TaskDependencyRemoved { .. }

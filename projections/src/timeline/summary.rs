@@ -166,6 +166,15 @@ fn task_summary(event: &TaskEvent, this: &str, names: &Names) -> String {
             label(EntityType::Task, *duplicate_of, names.other),
             similarity * 100.0
         ),
+        TaskEvent::TrajectoryAssessed { assessment, .. } => format!(
+            "{this} trajectory assessed: alignment {:.2}{}",
+            assessment.alignment_score,
+            if assessment.needs_steering {
+                ", needs steering"
+            } else {
+                ""
+            }
+        ),
         TaskEvent::TaskUnassigned { agent_id, .. } => format!(
             "{this} taken from {}, back to the queue",
             label(EntityType::Agent, *agent_id, names.other)
