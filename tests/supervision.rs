@@ -466,6 +466,11 @@ async fn near_identical_open_tasks_are_flagged_once_and_others_not() {
     ];
     step_all(&mut workers).await;
     step_all(&mut workers).await;
+    // The Conductor's passes run beside the workers: wait for the flag, then give the
+    // other replica's pass time to have tried too.
+    until_event(&app, &copy, "DuplicateSuspected").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    step_all(&mut workers).await;
 
     let flagged = history(&app, &format!("/api/v1/tasks/{copy}")).await;
     let suspected: Vec<_> = flagged

@@ -9,6 +9,8 @@
 //!   lag.
 //! * [`live`] — `bench-live`: board deltas over WebSocket to many clients (latency,
 //!   memory per connection).
+//! * [`monitoring`] — `bench-monitoring`: one supervision pass at 1,000 agents and 50,000
+//!   open tasks, and ready → assigned with and without it.
 //! * [`worker`] — `bench-worker`: the orchestrator's tasks/s and ready → assigned latency.
 //! * [`workflow`] — `bench-workflow`: specs run end to end by the process managers (specs/s,
 //!   task completion → ticket move latency).
@@ -19,6 +21,7 @@
 
 pub mod chaos;
 pub mod live;
+pub mod monitoring;
 pub mod projections;
 pub mod setup;
 pub mod stats;

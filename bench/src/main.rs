@@ -26,6 +26,9 @@ enum Command {
     /// Benchmark the orchestrator: tasks/s through the whole lifecycle with M in-process
     /// agents, and ready → assigned latency.
     BenchWorker(omoi_bench::worker::Args),
+    /// Benchmark supervision: one monitoring pass over many agents and open tasks, the
+    /// Conductor's overview, and ready → assigned with and without monitoring.
+    BenchMonitoring(omoi_bench::monitoring::Args),
     /// Benchmark the spec workflow: N specs' plans approved at once and run by the process
     /// managers and in-process agents (specs/s; task completion → ticket move latency).
     BenchWorkflow(omoi_bench::workflow::Args),
@@ -57,6 +60,7 @@ fn main() -> ExitCode {
             Command::BenchLive(args) => omoi_bench::live::run(args).await,
             Command::BenchWorker(args) => omoi_bench::worker::run(args).await,
             Command::BenchWorkflow(args) => omoi_bench::workflow::run(args).await,
+            Command::BenchMonitoring(args) => omoi_bench::monitoring::run(args).await,
             Command::Chaos(args) => omoi_bench::chaos::run(args).await,
         }
     });

@@ -10,12 +10,14 @@
 //! * [`leases`] — `agent_leases`: heartbeats, degradation and expiry.
 //! * [`monitor`] — supervision's settings and clock (the sweeps are the worker's).
 //! * [`executor`] — one task's command: working directory, environment, progress, kill.
+//! * [`conductor`] — the Conductor's duplicate work, compared as tasks arrive.
 //! * [`choose`] — a dispatch pass's choice of (agent, task) pairs, pure.
 //! * [`trajectory`] — optional LLM trajectory analysis of running tasks.
 //! * [`worker`] — the loop tying them together.
 
 pub mod anomaly;
 pub mod choose;
+pub mod conductor;
 pub mod executor;
 pub mod leases;
 pub mod monitor;

@@ -7,16 +7,18 @@
 //! retry finds the task taken and moves on. Leases are expired by one `UPDATE … RETURNING`,
 //! so one worker fails a silent agent.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
+use futures_util::FutureExt;
 use omoi_domain::agent::{Agent, AgentCommand, AgentEvent, AgentStatus, AgentType};
 use omoi_domain::billing::{BillingAccount, Plans};
 use omoi_domain::common::{clipped, MAX_TEXT_CHARS};
 use omoi_domain::task::{Task, TaskCommand, TaskStatus, Verdict, MAX_PROGRESS_CHARS};
+use omoi_projections::directory::DuplicatesCursor;
 use omoi_store::log::{read_global, Visibility};
 use omoi_store::transcripts;
 use omoi_store::wakeup::listen;
@@ -32,6 +34,7 @@ use uuid::Uuid;
 
 use crate::anomaly::{self, AnomalyTracker};
 use crate::choose::{choose, FreeAgent, Limits, Pick};
+use crate::conductor;
 use crate::executor::{execute, Outcome, Run, Sinks, STEERING_FILE};
 use crate::leases;
 use crate::monitor::{Clock, MonitoringConfig};
@@ -259,9 +262,10 @@ struct Runtime {
     /// LLM trajectory analysis, when configured, and its pass in flight.
     assessor: Option<Arc<Assessor>>,
     trajectory_pass: Option<JoinHandle<()>>,
-    /// Duplicate pairs this worker has flagged (each is flagged once by the task itself;
-    /// this saves asking again every pass).
-    flagged: HashSet<(Uuid, Uuid)>,
+    /// Where the Conductor's comparison of new open tasks has got to, and its pass in
+    /// flight.
+    duplicates_after: DuplicatesCursor,
+    conductor_pass: Option<JoinHandle<DuplicatesCursor>>,
     /// Organizations' concurrency caps from their plans, until their account changes or
     /// (a pending suspension) until the instant it would change by itself.
     caps: HashMap<Uuid, (usize, Option<chrono::DateTime<Utc>>)>,
@@ -272,10 +276,6 @@ struct Runtime {
 }
 
 const PAGE: i64 = 10_000;
-/// Duplicate pairs looked at per Conductor pass (the most similar first).
-const DUPLICATES_PER_PASS: i64 = 1_000;
-/// Flagged pairs remembered before the memory starts over.
-const MAX_REMEMBERED_PAIRS: usize = 100_000;
 
 fn context(actor: Actor, what: &str) -> CommandContext {
     CommandContext::new(actor, format!("worker:{what}:{}", Uuid::now_v7()))
@@ -317,7 +317,8 @@ impl Runtime {
             anomalies: AnomalyTracker::default(),
             assessor,
             trajectory_pass: None,
-            flagged: HashSet::new(),
+            duplicates_after: (0, 0),
+            conductor_pass: None,
             caps: HashMap::new(),
             work_dir,
             kept: Vec::new(),
@@ -362,6 +363,13 @@ impl Runtime {
 
     /// Kills the commands still running and removes the worker's directory.
     async fn stop(&mut self, finished: &mut mpsc::UnboundedReceiver<Finished>) {
+        // The supervision passes beside the worker end with it.
+        if let Some(pass) = self.conductor_pass.take() {
+            pass.abort();
+        }
+        if let Some(pass) = self.trajectory_pass.take() {
+            pass.abort();
+        }
         self.stop_running(finished).await;
         if let Some(dir) = &self.work_dir {
             if let Err(error) = tokio::fs::remove_dir_all(dir).await {
@@ -580,7 +588,7 @@ impl Runtime {
         self.give_back_unstarted(now).await;
         self.mark_stalled(now).await;
         self.read_anomalies(now).await;
-        self.flag_duplicates(now).await;
+        self.flag_duplicates(now);
         self.assess_trajectories(now);
     }
 
@@ -660,42 +668,29 @@ impl Runtime {
         }
     }
 
-    /// The Conductor's duplicate work: open tasks of a project whose titles and
-    /// descriptions are near-identical get `DuplicateSuspected` on the newer one.
-    async fn flag_duplicates(&mut self, now: chrono::DateTime<Utc>) {
+    /// Starts a Conductor pass over the open tasks created since the last one
+    /// ([`conductor`]), unless one is still going; it runs beside the worker.
+    fn flag_duplicates(&mut self, now: chrono::DateTime<Utc>) {
+        if let Some(pass) = self.conductor_pass.take() {
+            if !pass.is_finished() {
+                self.conductor_pass = Some(pass);
+                return;
+            }
+            if let Some(Ok(after)) = pass.now_or_never() {
+                self.duplicates_after = after;
+            }
+        }
         let every = Duration::from_millis(self.config.monitoring.conductor_interval_ms);
         if !Self::due(&mut self.last_conductor, every) {
             return;
         }
-        let threshold = self.config.monitoring.duplicate_similarity;
-        let pairs = match omoi_projections::directory::suspected_duplicates(
-            &self.pool,
-            threshold,
-            DUPLICATES_PER_PASS,
-        )
-        .await
-        {
-            Ok(pairs) => pairs,
-            Err(error) => {
-                tracing::warn!(%error, "worker: cannot look for duplicate work");
-                return;
-            }
-        };
-        if self.flagged.len() > MAX_REMEMBERED_PAIRS {
-            self.flagged.clear();
-        }
-        let context = context(Actor::System("conductor"), "duplicates");
-        for pair in pairs {
-            if !self.flagged.insert((pair.task_id, pair.duplicate_of)) {
-                continue;
-            }
-            let command = TaskCommand::FlagDuplicate {
-                duplicate_of: pair.duplicate_of,
-                similarity: pair.similarity,
-                at: now,
-            };
-            self.task_command(pair.task_id, command, &context).await;
-        }
+        self.conductor_pass = Some(tokio::spawn(conductor::flag_new_duplicates(
+            self.pool.clone(),
+            self.bus.clone(),
+            self.config.monitoring.duplicate_similarity,
+            self.duplicates_after,
+            now,
+        )));
     }
 
     /// Fails the agent, walking the status table there (an idle agent by way of

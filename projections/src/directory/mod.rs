@@ -16,6 +16,6 @@ mod query;
 pub use model::{DirectoryEvent, Entry};
 pub use projector::DirectoryProjector;
 pub use query::{
-    list, query_words, search, suspected_duplicates, task_status_counts, ListFilter, ListPage,
-    SearchHit, SuspectedDuplicate, MAX_SEARCH_RESULTS,
+    list, query_words, search, suspected_duplicates, task_status_counts, DuplicatesBatch,
+    DuplicatesCursor, ListFilter, ListPage, SearchHit, SuspectedDuplicate, MAX_SEARCH_RESULTS,
 };

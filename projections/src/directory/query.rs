@@ -190,14 +190,32 @@ pub struct SuspectedDuplicate {
     pub similarity: f64,
 }
 
-/// Every pair of open tasks of one project whose titles and descriptions are at least
-/// `threshold` similar (`pg_trgm`), the newer named as the duplicate of the older; at most
-/// `limit`, most similar first. The trigram index narrows each task's candidates.
+/// Where the Conductor's comparison has got to: the creation position of the last open
+/// task it compared with the older ones.
+pub type DuplicatesCursor = (i64, i64);
+
+/// A batch of the Conductor's comparison: the pairs found and how far it got.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct DuplicatesBatch {
+    pub pairs: Vec<SuspectedDuplicate>,
+    /// Where the next batch starts; the batch's own start when it found no newer task.
+    pub next: DuplicatesCursor,
+    /// Open tasks compared (fewer than asked: the comparison has caught up).
+    pub compared: usize,
+}
+
+/// The open tasks created after `after`, at most `batch` of them in creation order, each
+/// compared with the older open tasks of its project: every pair whose titles and
+/// descriptions are at least `threshold` similar (`pg_trgm`), the newer named as the
+/// duplicate of the older. Each task is compared once, when it is new, so a pass costs
+/// the tasks created since the last one (the trigram index narrows each one's
+/// candidates), not the square of the open tasks.
 pub async fn suspected_duplicates(
     pool: &PgPool,
     threshold: f64,
-    limit: i64,
-) -> Result<Vec<SuspectedDuplicate>, sqlx::Error> {
+    after: DuplicatesCursor,
+    batch: i64,
+) -> Result<DuplicatesBatch, sqlx::Error> {
     let mut tx = pool.begin().await?;
     // `%` (what the index serves) compares with this threshold.
     sqlx::query("select set_config('pg_trgm.similarity_threshold', $1, true)")
@@ -210,6 +228,27 @@ pub async fn suspected_duplicates(
         .filter(|status| !status.is_final())
         .map(|status| status.as_str())
         .collect();
+    let newest: Vec<(Uuid, i64, i64)> = sqlx::query_as(
+        "select id, created_transaction_id, created_position from directory_entries
+          where kind = 'task' and status = any($1)
+            and (created_transaction_id, created_position) > ($2, $3)
+          order by created_transaction_id, created_position
+          limit $4",
+    )
+    .bind(&open)
+    .bind(after.0)
+    .bind(after.1)
+    .bind(batch)
+    .fetch_all(&mut *tx)
+    .await?;
+    let Some(&(_, transaction, position)) = newest.last() else {
+        tx.commit().await?;
+        return Ok(DuplicatesBatch {
+            next: after,
+            ..DuplicatesBatch::default()
+        });
+    };
+    let ids: Vec<Uuid> = newest.iter().map(|(id, _, _)| *id).collect();
     let (newer, older) = (task_text("newer"), task_text("older"));
     let sql = format!(
         "select newer.id, older.id, similarity({newer}, {older})::float8
@@ -220,26 +259,29 @@ pub async fn suspected_duplicates(
             and (older.created_transaction_id, older.created_position)
                 < (newer.created_transaction_id, newer.created_position)
             and older.status = any($1)
-          where newer.kind = 'task' and newer.status = any($1)
+          where newer.id = any($3)
             and similarity({newer}, {older}) >= $2
-          order by 3 desc, newer.id, older.id
-          limit $3"
+          order by 3 desc, newer.id, older.id"
     );
     let rows: Vec<(Uuid, Uuid, f64)> = sqlx::query_as(&sql)
         .bind(&open)
         .bind(threshold)
-        .bind(limit)
+        .bind(&ids)
         .fetch_all(&mut *tx)
         .await?;
     tx.commit().await?;
-    Ok(rows
-        .into_iter()
-        .map(|(task_id, duplicate_of, similarity)| SuspectedDuplicate {
-            task_id,
-            duplicate_of,
-            similarity,
-        })
-        .collect())
+    Ok(DuplicatesBatch {
+        pairs: rows
+            .into_iter()
+            .map(|(task_id, duplicate_of, similarity)| SuspectedDuplicate {
+                task_id,
+                duplicate_of,
+                similarity,
+            })
+            .collect(),
+        next: (transaction, position),
+        compared: ids.len(),
+    })
 }
 
 /// How many tasks of `project_id` are in each status (statuses with none left out).
