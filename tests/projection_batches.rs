@@ -68,7 +68,7 @@ fn event_of(op: Op, i: usize) -> (&'static str, Uuid, serde_json::Value, String)
     fn encode<E: DomainEvent + Serialize>(e: E) -> (serde_json::Value, String) {
         (serde_json::to_value(&e).expect("an event"), e.event_type())
     }
-    let (aggregate, id, (payload, event_type)) = match op.kind % 25 {
+    let (aggregate, id, (payload, event_type)) = match op.kind % 27 {
         0 => (
             "Ticket",
             ticket(a),
@@ -296,6 +296,37 @@ fn event_of(op: Op, i: usize) -> (&'static str, Uuid, serde_json::Value, String)
             encode(TaskEvent::SteeringDelivered {
                 steering_id: id(5, b % 8),
                 agent_id: agent(b),
+                at: now,
+            }),
+        ),
+        24 => (
+            "Agent",
+            agent(a),
+            encode(AgentEvent::AnomalyDetected {
+                score: 0.8 + f64::from(b % 20) / 100.0,
+                parts: omoi_domain::guardian::AnomalyParts {
+                    latency: 1.0,
+                    errors: f64::from(b % 10) / 10.0,
+                    resource_skew: 1.0,
+                    queue_impact: 1.0,
+                },
+                streak: u32::from(b % 3) + 1,
+                at: now,
+            }),
+        ),
+        25 => (
+            "Task",
+            task(a),
+            encode(TaskEvent::TrajectoryAssessed {
+                assessment: omoi_domain::task::TrajectoryAssessment {
+                    alignment_score: f64::from(b % 10) / 10.0,
+                    needs_steering: b % 2 == 0,
+                    steering_message: None,
+                    reason: format!("reason {b}"),
+                    model: "m".into(),
+                    prompt_tokens: u32::from(b),
+                    completion_tokens: 1,
+                },
                 at: now,
             }),
         ),

@@ -345,8 +345,20 @@ async fn a_quiet_task_is_restarted_or_its_ticket_escalated_as_its_project_says()
         blocked.to_string().contains(&task),
         "the note names the task: {blocked}"
     );
-    // Escalation leaves the attempt running, for a person to decide.
+    // Escalation leaves the attempt running, for a person to decide, and raises an alert.
     assert_eq!(app.task_state(&task).await["status"], "running");
+    app.caught_up().await;
+    let project = app.task_state(&task).await["project_id"].clone();
+    let project = project.as_str().expect("a project");
+    let (_, overview) = app
+        .get(&format!("/api/v1/monitoring/overview?project_id={project}"))
+        .await;
+    let alert = &overview["alerts"][0];
+    assert_eq!(alert["kind"], "ticket_failing_checks", "{overview}");
+    assert_eq!(alert["subject_id"], ticket.as_str());
+    assert_eq!(alert["raised_by"], "system:stall_policy");
+    assert!(alert["reason"].as_str().is_some_and(|r| r.contains(&task)));
+    assert_eq!(overview["coherence"]["status"], "warning", "{overview}");
     worker.stop().await;
     let _ = std::fs::remove_dir_all(directory);
 }

@@ -79,7 +79,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let (organization, projects) = large_organization(&app).await?;
     let started = Instant::now();
     generate(&app, organization, &projects, &args).await?;
-    app.caught_up().await;
+    crate::projections::caught_up(&app.database.pool, Duration::from_secs(900)).await?;
     // As autovacuum would after such a load: the planner needs the tables' statistics.
     sqlx::query("analyze").execute(&app.database.pool).await?;
     println!(
@@ -281,6 +281,9 @@ async fn passes(app: &TestApp, args: &Args) -> anyhow::Result<()> {
         .await?;
     // The Conductor's comparison runs beside the worker (and ended with it): timed alone,
     // from the first open task.
+    sqlx::query("update conductor_cursor set transaction_id = 0, position = 0")
+        .execute(&app.database.pool)
+        .await?;
     let bus = std::sync::Arc::new(omoi_store::CommandBus::new(
         app.database.pool.clone(),
         Default::default(),
@@ -290,7 +293,6 @@ async fn passes(app: &TestApp, args: &Args) -> anyhow::Result<()> {
         app.database.pool.clone(),
         bus,
         MonitoringConfig::default().duplicate_similarity,
-        (0, 0),
         chrono::Utc::now(),
     )
     .await;

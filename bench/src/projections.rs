@@ -553,7 +553,7 @@ async fn lag(admin_url: &str, rate: u64, seconds: u64) -> anyhow::Result<()> {
         rate,
     };
     let (samples, errors) = load.drive(WARMUP + Duration::from_secs(seconds)).await?;
-    caught_up(&database.pool).await?;
+    caught_up(&database.pool, Duration::from_secs(60)).await?;
     stop.store(true, Ordering::Relaxed);
     let tracks = watcher.await??;
     let cursors = ticket_cursors(&database.pool).await?;
@@ -738,9 +738,10 @@ async fn watch_checkpoints(
     Ok(tracks)
 }
 
-/// Waits until every live build has applied the whole log (or stopped: an error).
-async fn caught_up(pool: &PgPool) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(60);
+/// Waits until every live build has applied the whole log (or stopped: an error), at
+/// most `within`.
+pub(crate) async fn caught_up(pool: &PgPool, within: Duration) -> anyhow::Result<()> {
+    let deadline = Instant::now() + within;
     loop {
         let (behind, failed): (i64, i64) = sqlx::query_as(
             "select count(*) filter (where (b.transaction_id, b.global_position) < (newest.xid, newest.pos)),
@@ -761,7 +762,8 @@ async fn caught_up(pool: &PgPool) -> anyhow::Result<()> {
         }
         anyhow::ensure!(
             Instant::now() < deadline,
-            "the projectors did not catch up within 60 s after the load"
+            "the projectors did not catch up within {} s after the load",
+            within.as_secs()
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }

@@ -3,15 +3,17 @@
 //!
 //! Each open task is compared once, when it is new, with the older open tasks of its
 //! project (`directory::suspected_duplicates`, batch by batch until caught up), so a pass
-//! costs the tasks created since the last one. A pass runs beside the worker, which never
-//! waits for it; after a restart the comparison starts over from the first open task, and
-//! the pairs already flagged append nothing (the task refuses a pair twice).
+//! costs the tasks created since the last one. How far the comparison got is kept in
+//! `conductor_cursor`, and one replica at a time runs a pass (a session advisory lock,
+//! released with its connection if the process dies), so a task is compared once in the
+//! whole cluster, restarts included. A pass runs beside the worker, which never waits for
+//! it; a pair flagged twice appends nothing (the task refuses it).
 
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use omoi_domain::task::{Task, TaskCommand};
-use omoi_projections::directory::{self, DuplicatesCursor};
+use omoi_projections::directory;
 use omoi_store::{Actor, CommandBus, CommandContext};
 use sqlx::PgPool;
 use uuid::Uuid;
@@ -19,27 +21,62 @@ use uuid::Uuid;
 /// Open tasks compared per query.
 const BATCH: i64 = 500;
 
-/// Compares the open tasks created after `after` and flags the pairs found; returns
-/// where the comparison got to (where it started, when the directory cannot be read).
+/// The advisory lock a pass holds (one pass at a time in the cluster).
+const PASS_LOCK: i64 = 0x6f6d_6f69_636f_6e64; // "omoicond"
+
+/// Compares the open tasks created since the last pass (of any replica) and flags the
+/// pairs found, unless another replica's pass is running.
 pub async fn flag_new_duplicates(
     pool: PgPool,
     bus: Arc<CommandBus>,
     threshold: f64,
-    mut after: DuplicatesCursor,
     now: DateTime<Utc>,
-) -> DuplicatesCursor {
+) {
+    if let Err(error) = pass(&pool, &bus, threshold, now).await {
+        tracing::warn!(%error, "conductor: cannot look for duplicate work");
+    }
+}
+
+async fn pass(
+    pool: &PgPool,
+    bus: &CommandBus,
+    threshold: f64,
+    now: DateTime<Utc>,
+) -> sqlx::Result<()> {
+    let mut lock = pool.acquire().await?;
+    let leading: bool = sqlx::query_scalar("select pg_try_advisory_lock($1)")
+        .bind(PASS_LOCK)
+        .fetch_one(&mut *lock)
+        .await?;
+    if !leading {
+        return Ok(());
+    }
+    let outcome = compare(pool, bus, threshold, now).await;
+    // Released with the connection also when the process dies.
+    sqlx::query("select pg_advisory_unlock($1)")
+        .bind(PASS_LOCK)
+        .execute(&mut *lock)
+        .await?;
+    outcome
+}
+
+/// Batch by batch from the shared cursor until caught up, the cursor moved after each.
+async fn compare(
+    pool: &PgPool,
+    bus: &CommandBus,
+    threshold: f64,
+    now: DateTime<Utc>,
+) -> sqlx::Result<()> {
     let context = CommandContext::new(
         Actor::System("conductor"),
         format!("worker:duplicates:{}", Uuid::now_v7()),
     );
+    let mut after: (i64, i64) =
+        sqlx::query_as("select transaction_id, position from conductor_cursor")
+            .fetch_one(pool)
+            .await?;
     loop {
-        let batch = match directory::suspected_duplicates(&pool, threshold, after, BATCH).await {
-            Ok(batch) => batch,
-            Err(error) => {
-                tracing::warn!(%error, "conductor: cannot look for duplicate work");
-                return after;
-            }
-        };
+        let batch = directory::suspected_duplicates(pool, threshold, after, BATCH).await?;
         for pair in &batch.pairs {
             let command = TaskCommand::FlagDuplicate {
                 duplicate_of: pair.duplicate_of,
@@ -54,8 +91,13 @@ pub async fn flag_new_duplicates(
             }
         }
         after = batch.next;
+        sqlx::query("update conductor_cursor set transaction_id = $1, position = $2")
+            .bind(after.0)
+            .bind(after.1)
+            .execute(pool)
+            .await?;
         if batch.compared < BATCH as usize {
-            return after;
+            return Ok(());
         }
     }
 }

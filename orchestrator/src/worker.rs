@@ -13,12 +13,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
-use futures_util::FutureExt;
 use omoi_domain::agent::{Agent, AgentCommand, AgentEvent, AgentStatus, AgentType};
 use omoi_domain::billing::{BillingAccount, Plans};
 use omoi_domain::common::{clipped, MAX_TEXT_CHARS};
 use omoi_domain::task::{Task, TaskCommand, TaskStatus, Verdict, MAX_PROGRESS_CHARS};
-use omoi_projections::directory::DuplicatesCursor;
 use omoi_store::log::{read_global, Visibility};
 use omoi_store::transcripts;
 use omoi_store::wakeup::listen;
@@ -262,10 +260,8 @@ struct Runtime {
     /// LLM trajectory analysis, when configured, and its pass in flight.
     assessor: Option<Arc<Assessor>>,
     trajectory_pass: Option<JoinHandle<()>>,
-    /// Where the Conductor's comparison of new open tasks has got to, and its pass in
-    /// flight.
-    duplicates_after: DuplicatesCursor,
-    conductor_pass: Option<JoinHandle<DuplicatesCursor>>,
+    /// The Conductor's pass in flight.
+    conductor_pass: Option<JoinHandle<()>>,
     /// Organizations' concurrency caps from their plans, until their account changes or
     /// (a pending suspension) until the instant it would change by itself.
     caps: HashMap<Uuid, (usize, Option<chrono::DateTime<Utc>>)>,
@@ -317,7 +313,6 @@ impl Runtime {
             anomalies: AnomalyTracker::default(),
             assessor,
             trajectory_pass: None,
-            duplicates_after: (0, 0),
             conductor_pass: None,
             caps: HashMap::new(),
             work_dir,
@@ -671,14 +666,12 @@ impl Runtime {
     /// Starts a Conductor pass over the open tasks created since the last one
     /// ([`conductor`]), unless one is still going; it runs beside the worker.
     fn flag_duplicates(&mut self, now: chrono::DateTime<Utc>) {
-        if let Some(pass) = self.conductor_pass.take() {
-            if !pass.is_finished() {
-                self.conductor_pass = Some(pass);
-                return;
-            }
-            if let Some(Ok(after)) = pass.now_or_never() {
-                self.duplicates_after = after;
-            }
+        if self
+            .conductor_pass
+            .as_ref()
+            .is_some_and(|p| !p.is_finished())
+        {
+            return;
         }
         let every = Duration::from_millis(self.config.monitoring.conductor_interval_ms);
         if !Self::due(&mut self.last_conductor, every) {
@@ -688,7 +681,6 @@ impl Runtime {
             self.pool.clone(),
             self.bus.clone(),
             self.config.monitoring.duplicate_similarity,
-            self.duplicates_after,
             now,
         )));
     }
