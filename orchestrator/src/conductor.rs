@@ -15,7 +15,7 @@ use chrono::{DateTime, Utc};
 use omoi_domain::task::{Task, TaskCommand};
 use omoi_projections::directory;
 use omoi_store::{Actor, CommandBus, CommandContext};
-use sqlx::PgPool;
+use sqlx::{Connection, PgPool};
 use uuid::Uuid;
 
 /// Open tasks compared per query.
@@ -43,20 +43,22 @@ async fn pass(
     threshold: f64,
     now: DateTime<Utc>,
 ) -> sqlx::Result<()> {
-    let mut lock = pool.acquire().await?;
+    // A connection of its own, closed when dropped: an aborted pass (its worker stopped)
+    // must not leave the lock held by a pooled connection for ever.
+    let mut lock = pool.acquire().await?.detach();
     let leading: bool = sqlx::query_scalar("select pg_try_advisory_lock($1)")
         .bind(PASS_LOCK)
-        .fetch_one(&mut *lock)
+        .fetch_one(&mut lock)
         .await?;
     if !leading {
         return Ok(());
     }
     let outcome = compare(pool, bus, threshold, now).await;
-    // Released with the connection also when the process dies.
     sqlx::query("select pg_advisory_unlock($1)")
         .bind(PASS_LOCK)
-        .execute(&mut *lock)
+        .execute(&mut lock)
         .await?;
+    lock.close().await?;
     outcome
 }
 
