@@ -129,6 +129,9 @@ async fn generate(
     let options = app.database.options.clone().disable_statement_logging();
     let mut conn = PgConnection::connect_with(&options).await?;
     let (project_ids, ticket_ids): (Vec<Uuid>, Vec<Uuid>) = projects.iter().copied().unzip();
+    sqlx::raw_sql(crate::projections::HELPERS)
+        .execute(&mut conn)
+        .await?;
     sqlx::raw_sql(HELPERS).execute(&mut conn).await?;
     sqlx::query(AGENTS_SQL)
         .bind(organization)
@@ -147,27 +150,18 @@ async fn generate(
     Ok(())
 }
 
-/// `ts(minutes_ago)`: a timestamp as chrono writes it; `agent_id(n)`, `task_id(n)`: ids by
-/// number; `meta(…)`: an event's metadata.
+/// `mon_ts(minutes_ago)`: a timestamp as chrono writes it; ids and metadata are made by
+/// `bench-projections`' helpers (`bench_id`, `bench_meta`).
 const HELPERS: &str = r#"
 create function mon_ts(minutes_ago bigint) returns text language sql stable as $$
     select to_char((now() - make_interval(mins => minutes_ago::int)) at time zone 'UTC',
                    'YYYY-MM-DD"T"HH24:MI:SS"Z"')
 $$;
-create function mon_id(kind int, n bigint) returns uuid language sql immutable as $$
-    select ('00000000-0000-7000-' || to_hex(kind) || '-' || lpad(to_hex(n), 12, '0'))::uuid
-$$;
-create function mon_meta(org uuid, project uuid, actor text, at text, correlation uuid)
-    returns jsonb language sql stable as $$
-    select jsonb_strip_nulls(jsonb_build_object(
-        'organization_id', org, 'project_id', project, 'actor', actor,
-        'request_id', 'bench-monitoring', 'correlation_id', correlation, 'occurred_at', at))
-$$;
 "#;
 
 const AGENTS_SQL: &str = "
     with agent as (
-        select a, mon_id(x'9004'::int, a) as id from generate_series(0, $2 - 1) as a
+        select a, bench_id(x'9004'::int, a) as id from generate_series(0, $2 - 1) as a
     ), rows as (
         select 0 as step, a, 'Agent' as aggregate_type, id, 1 as sequence,
                'AgentRegistered' as event_type,
@@ -176,13 +170,13 @@ const AGENTS_SQL: &str = "
                    'name', 'agent-' || a, 'agent_type', 'worker',
                    'capabilities', jsonb_build_array('gpu'), 'capacity', 5,
                    'registered_at', mon_ts(120))) as payload,
-               mon_meta($1, null, 'system:bench', mon_ts(120), id) as metadata
+               bench_meta($1, null, 'system:bench', mon_ts(120), id) as metadata
           from agent
         union all
         select 1, a, 'Agent', id, 2, 'AgentStatusChanged',
                jsonb_build_object('AgentStatusChanged', jsonb_build_object(
                    'from', 'spawning', 'to', 'idle', 'reason', null, 'at', mon_ts(120))),
-               mon_meta($1, null, 'agent:' || id, mon_ts(120), id)
+               bench_meta($1, null, 'agent:' || id, mon_ts(120), id)
           from agent
     )
     insert into events (aggregate_type, aggregate_id, sequence, event_type, event_version,
@@ -195,13 +189,13 @@ const AGENTS_SQL: &str = "
 /// the task a hundred before (the same project) with a word more (near-duplicates).
 const TASKS_SQL: &str = "
     with task as (
-        select n, mon_id(x'9006'::int, n) as id,
+        select n, bench_id(x'9006'::int, n) as id,
                ($2::uuid[])[1 + n % array_length($2::uuid[], 1)] as project,
                ($3::uuid[])[1 + n % array_length($3::uuid[], 1)] as ticket,
                case when n between $5 + 100 and $5 + 149
                     then 'Implement ' || encode(sha256((n - 100)::text::bytea), 'base64') || ' again'
                     else 'Implement ' || encode(sha256(n::text::bytea), 'base64') end as title,
-               mon_id(x'9004'::int, n / 5) as agent,
+               bench_id(x'9004'::int, n / 5) as agent,
                case when n % 50 = 0 then 45 else n % 20 end as minutes_ago
           from generate_series(0, $4 - 1) as n
     ), rows as (
@@ -213,18 +207,18 @@ const TASKS_SQL: &str = "
                    'priority', 'MEDIUM', 'depends_on', '[]'::jsonb,
                    'required_capabilities', jsonb_build_array('gpu'), 'max_retries', 3,
                    'timeout_seconds', null, 'created_at', mon_ts(90))) as payload,
-               mon_meta($1, project, 'system:bench', mon_ts(90), id) as metadata
+               bench_meta($1, project, 'system:bench', mon_ts(90), id) as metadata
           from task
         union all
         select 1, n, id, 2, 'TaskAssigned',
                jsonb_build_object('TaskAssigned', jsonb_build_object(
                    'agent_id', agent, 'at', mon_ts(minutes_ago))),
-               mon_meta($1, project, 'agent:' || agent, mon_ts(minutes_ago), id)
+               bench_meta($1, project, 'agent:' || agent, mon_ts(minutes_ago), id)
           from task where n < $5
         union all
         select 2, n, id, 3, 'TaskStarted',
                jsonb_build_object('TaskStarted', jsonb_build_object('at', mon_ts(minutes_ago))),
-               mon_meta($1, project, 'agent:' || agent, mon_ts(minutes_ago), id)
+               bench_meta($1, project, 'agent:' || agent, mon_ts(minutes_ago), id)
           from task where n < $5
     )
     insert into events (aggregate_type, aggregate_id, sequence, event_type, event_version,
@@ -392,19 +386,9 @@ async fn assignment(app: &TestApp, args: &Args) -> anyhow::Result<()> {
         )
         .await?;
         worker.stop().await;
-        let latencies: Vec<f64> = sqlx::query_scalar(
-            "select (extract(epoch from ((a.payload->'TaskAssigned'->>'at')::timestamptz
-                                       - (c.metadata->>'occurred_at')::timestamptz)) * 1000)::float8
-               from events c
-               join events a on a.aggregate_id = c.aggregate_id and a.aggregate_type = 'Task'
-                            and a.event_type = 'TaskAssigned'
-              where c.aggregate_type = 'Task' and c.event_type = 'TaskCreated'
-                and c.global_position > $1 and c.metadata->>'organization_id' = $2",
-        )
-        .bind(before)
-        .bind(&organization)
-        .fetch_all(&app.database.pool)
-        .await?;
+        let latencies =
+            crate::worker::ready_to_assigned_ms(&app.database.pool, before, Some(&organization))
+                .await?;
         let summary = Latencies::of_ms(&latencies);
         println!(
             "  ready → assigned at {} tasks/s, {label}: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms ({} tasks)",

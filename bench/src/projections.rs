@@ -102,7 +102,7 @@ const TICKETS_PER_CHUNK: i64 = 2000;
 /// Helpers for the generating statements, kept in the throw-away bench database: ids are
 /// `00000000-0000-7000-<kind>-<n>` so every statement can name any entity by number, and
 /// timestamps are whole UTC seconds written as chrono writes them (so payloads round-trip).
-const HELPERS: &str = r#"
+pub(crate) const HELPERS: &str = r#"
 create function bench_id(kind int, n bigint) returns uuid language sql immutable as $$
     select ('00000000-0000-7000-' || to_hex(kind) || '-' || lpad(to_hex(n), 12, '0'))::uuid
 $$;

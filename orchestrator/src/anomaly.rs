@@ -73,11 +73,6 @@ pub struct AnomalyTracker {
     durations: HashMap<(Uuid, String), VecDeque<f64>>,
 }
 
-#[derive(Deserialize)]
-struct Metadata {
-    organization_id: Uuid,
-}
-
 fn median(samples: &VecDeque<f64>) -> Option<f64> {
     if samples.len() < MIN_SAMPLES {
         return None;
@@ -113,7 +108,7 @@ impl AnomalyTracker {
             }
             "Task" => {
                 if let Ok(event) = TaskEvent::deserialize(&stored.payload) {
-                    self.apply_task(id, &event, stored, queue);
+                    self.apply_task(id, &event, queue);
                 }
             }
             _ => {}
@@ -161,7 +156,7 @@ impl AnomalyTracker {
         }
     }
 
-    fn apply_task(&mut self, id: Uuid, event: &TaskEvent, stored: &StoredEvent, queue: &Queue) {
+    fn apply_task(&mut self, id: Uuid, event: &TaskEvent, queue: &Queue) {
         let (ended_at, failed) = match event {
             TaskEvent::TaskCompleted { at, .. }
             | TaskEvent::TaskSubmittedForValidation { at, .. } => (*at, false),
@@ -174,8 +169,7 @@ impl AnomalyTracker {
         let (Some(agent_id), Some(started_at)) = (task.agent_id, task.started_at) else {
             return;
         };
-        let organization_id = serde_json::from_value::<Metadata>(stored.metadata.clone())
-            .map_or(task.organization_id, |m| m.organization_id);
+        let organization_id = task.organization_id;
         let duration = (ended_at - started_at).num_milliseconds().max(0) as f64;
         let samples = self
             .durations
