@@ -267,6 +267,7 @@ async fn spawn_configured(
     billing: Option<omoi_api::billing::BillingConfig>,
     settings: Settings,
 ) -> TestApp {
+    log_to_test_output();
     let pool = TestDatabase::pool(&database.options, 16)
         .await
         .expect("a pool on the test database");
@@ -300,6 +301,18 @@ async fn spawn_configured(
         projections: Some(projections),
         projection_stats: stats,
     }
+}
+
+/// Sends the server's warnings and errors (or what `RUST_LOG` asks for) to the test's
+/// output, which the runner shows when the test fails: a 500's cause is logged, not sent.
+fn log_to_test_output() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    // A second server in the same test finds the subscriber already installed.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_test_writer()
+        .try_init();
 }
 
 /// Projectors in tests poll and take over quickly, so that tests take seconds.
