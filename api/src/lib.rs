@@ -24,6 +24,7 @@
 //!   [`lists`] (lists and search of the directory);
 //!   [`read`] — what their routes share (read errors, project scope, views `as_of`).
 //! * [`live`] — WebSocket delivery: `/api/v1/ws` and the original's `/api/v1/ws/events`.
+//! * [`dashboard`] — the web app (`omoi-web`'s embedded files) at `/`.
 
 pub mod agent_views;
 pub mod agents;
@@ -31,6 +32,7 @@ pub mod auth;
 pub mod billing;
 pub mod board;
 pub mod claims;
+pub mod dashboard;
 pub mod discoveries;
 pub mod error;
 pub mod extract;
@@ -89,6 +91,7 @@ pub fn app(state: AppState) -> Router {
             }),
         )
         .route("/docs", get(system::docs))
+        .merge(dashboard::routes())
         .fallback(system::not_found)
         .method_not_allowed_fallback(system::method_not_allowed)
         .layer(DefaultBodyLimit::max(extract::BODY_LIMIT))

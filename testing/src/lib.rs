@@ -23,10 +23,20 @@ use uuid::Uuid;
 
 use omoi::settings::Settings;
 
+pub mod browser;
+
 /// Where the shared test cluster lives.
 pub fn test_cluster_dir() -> PathBuf {
     // The workspace's `target/`, which `scripts/test` stops and removes.
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/omoi-test-pg")
+}
+
+/// A TCP port of the loopback that was free a moment ago.
+pub fn free_port() -> u16 {
+    StdListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .map(|address| address.port())
+        .expect("a free port on 127.0.0.1")
 }
 
 /// URL of a server on which test databases may be created.
@@ -53,7 +63,7 @@ fn shared_cluster() -> anyhow::Result<EmbeddedPostgres> {
     {
         Some(port) => port,
         None => {
-            let port = StdListener::bind("127.0.0.1:0")?.local_addr()?.port();
+            let port = free_port();
             fs::write(&port_file, port.to_string())?;
             port
         }
@@ -267,6 +277,19 @@ async fn spawn_configured(
     billing: Option<omoi_api::billing::BillingConfig>,
     settings: Settings,
 ) -> TestApp {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("a free port");
+    serve_configured(listener, database, live, billing, settings).await
+}
+
+async fn serve_configured(
+    listener: tokio::net::TcpListener,
+    database: TestDatabase,
+    live: omoi_api::live::LiveConfig,
+    billing: Option<omoi_api::billing::BillingConfig>,
+    settings: Settings,
+) -> TestApp {
     log_to_test_output();
     let pool = TestDatabase::pool(&database.options, 16)
         .await
@@ -286,9 +309,6 @@ async fn spawn_configured(
     if let Some(billing) = billing {
         state = state.with_billing(billing);
     }
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("a free port");
     let address = format!("http://{}", listener.local_addr().expect("a local address"));
     let server = tokio::spawn(omoi::server::serve(listener, state, shutdown.wait()));
     TestApp {
@@ -358,6 +378,40 @@ impl TestApp {
             projections.await.expect("projection runner task");
         }
         (self.database.clone(), self.token.clone())
+    }
+
+    /// Stops the server and starts it again on the same address and database (a browser
+    /// or client connected to it sees a restart); the token is kept.
+    pub async fn restart(self) -> TestApp {
+        let address = self
+            .address
+            .trim_start_matches("http://")
+            .parse::<std::net::SocketAddr>()
+            .expect("the server's address");
+        let (database, token) = self.stop().await;
+        // The port is free once the old listener is dropped; a moment's retry covers the
+        // kernel's bookkeeping.
+        let mut tries = 0;
+        let listener = loop {
+            match tokio::net::TcpListener::bind(address).await {
+                Ok(listener) => break listener,
+                Err(_) if tries < 100 => {
+                    tries += 1;
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+                Err(error) => panic!("rebinding {address}: {error}"),
+            }
+        };
+        let mut app = serve_configured(
+            listener,
+            database,
+            test_live_config(),
+            None,
+            test_settings(),
+        )
+        .await;
+        app.token = token;
+        app
     }
 
     /// Waits until every live projector has applied everything committed so far, so that

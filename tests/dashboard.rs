@@ -1,0 +1,551 @@
+//! The dashboard end to end, in a real headless Chromium driven over WebDriver, against a
+//! real server and PostgreSQL: sign-in, the project switcher, the live board with drag and
+//! drop and the WIP refusal, the graph, the timeline, the task drawer's replay, the command
+//! palette, and the socket's recovery after a server restart. Every test leaves
+//! screenshots under `target/screenshots/` (and one named `failed-…` where it stopped).
+
+use std::time::Instant;
+
+use omoi_testing::browser::{screenshot_dir, Browser, PATIENCE};
+use omoi_testing::{id_of, spawn_app, TestApp, TEST_PASSWORD};
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+
+/// The WebDriver code of the Control key.
+const CONTROL: &str = "\u{E009}";
+
+async fn shot(browser: &Browser, name: &str) {
+    let path = screenshot_dir().join(format!("{name}.png"));
+    browser.screenshot(&path).await.expect("a screenshot");
+}
+
+/// Waits for `condition` (a JavaScript expression); on a timeout, a screenshot named
+/// `failed-<name>` is kept and the test fails saying what it waited for.
+async fn expect(browser: &Browser, name: &str, condition: &str) {
+    if let Err(error) = browser.wait_for(condition, PATIENCE).await {
+        shot(browser, &format!("failed-{name}")).await;
+        panic!("{name}: {error:#}");
+    }
+}
+
+fn card_in(column: &str, ticket: &str) -> String {
+    format!("document.querySelector('[data-column=\"{column}\"] [data-ticket-id=\"{ticket}\"]')")
+}
+
+async fn ticket(app: &TestApp, project: &str, title: &str) -> String {
+    id_of(
+        &app.must(
+            "/api/v1/tickets",
+            json!({"project_id": project, "title": title}),
+            StatusCode::CREATED,
+        )
+        .await,
+    )
+}
+
+async fn move_over_http(app: &TestApp, ticket: &str, to: &str) {
+    app.must(
+        "/api/v1/board/move",
+        json!({"ticket_id": ticket, "to": to}),
+        StatusCode::OK,
+    )
+    .await;
+}
+
+async fn task(app: &TestApp, ticket: &str, title: &str, depends_on: &[&str]) -> String {
+    id_of(
+        &app.must(
+            "/api/v1/tasks",
+            json!({"ticket_id": ticket, "title": title, "task_type": "implement",
+                   "depends_on": depends_on}),
+            StatusCode::CREATED,
+        )
+        .await,
+    )
+}
+
+async fn agent(app: &TestApp, organization: &str) -> String {
+    id_of(
+        &app.must(
+            "/api/v1/agents/register",
+            json!({"organization_id": organization, "agent_type": "worker"}),
+            StatusCode::CREATED,
+        )
+        .await,
+    )
+}
+
+async fn task_action(app: &TestApp, task: &str, action: &str, body: Value) {
+    app.must(
+        &format!("/api/v1/tasks/{task}/{action}"),
+        body,
+        StatusCode::OK,
+    )
+    .await;
+}
+
+/// A browser signed in as the test owner, showing `path`.
+async fn signed_in(app: &TestApp, path: &str) -> anyhow::Result<Browser> {
+    let browser = Browser::start().await.expect("a headless Chromium");
+    browser.goto(&app.url(path)).await.expect("the app");
+    let email = browser
+        .find("input[name=email]")
+        .await
+        .expect("the sign-in form");
+    browser.type_into(&email, "owner@example.com").await?;
+    let password = browser.find("input[name=password]").await?;
+    browser.type_into(&password, TEST_PASSWORD).await?;
+    let submit = browser.find("form.signin button[type=submit]").await?;
+    browser.click(&submit).await?;
+    expect(
+        &browser,
+        "signed-in",
+        "document.querySelector('header.topbar')",
+    )
+    .await;
+    Ok(browser)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_person_signs_in_sees_the_board_in_its_columns_and_switches_project() -> anyhow::Result<()>
+{
+    let app = spawn_app().await;
+    let (organization, project) = app.organization_and_project().await;
+    let login = ticket(&app, &project, "Login page").await;
+    let signup = ticket(&app, &project, "Signup").await;
+    move_over_http(&app, &signup, "analyzing").await;
+    let other = id_of(
+        &app.must(
+            "/api/v1/projects",
+            json!({"organization_id": organization, "name": "Docs"}),
+            StatusCode::CREATED,
+        )
+        .await,
+    );
+    let guide = ticket(&app, &other, "User guide").await;
+
+    let browser = Browser::start().await.expect("a headless Chromium");
+    // The shared address of a board, before signing in: sign-in comes first, then the board.
+    browser
+        .goto(&app.url(&format!("/p/{project}/board")))
+        .await?;
+    let email = browser.find("input[name=email]").await?;
+    browser.type_into(&email, "owner@example.com").await?;
+    let password = browser.find("input[name=password]").await?;
+    browser.type_into(&password, "not-the-password").await?;
+    let submit = browser.find("form.signin button[type=submit]").await?;
+    browser.click(&submit).await?;
+    expect(
+        &browser,
+        "wrong-password-refused",
+        "document.querySelector('.form-error:not([hidden])')?.textContent.includes('wrong email or password')",
+    )
+    .await;
+    shot(&browser, "signin-refused").await;
+    browser.clear(&password).await?;
+    browser.type_into(&password, TEST_PASSWORD).await?;
+    browser.click(&submit).await?;
+
+    expect(&browser, "board-backlog", &card_in("backlog", &login)).await;
+    expect(&browser, "board-analyzing", &card_in("analyzing", &signup)).await;
+    assert!(browser
+        .current_url()
+        .await?
+        .ends_with(&format!("/p/{project}/board")));
+    expect(
+        &browser,
+        "connection-live",
+        "document.getElementById('connection')?.dataset.state === 'live'",
+    )
+    .await;
+    shot(&browser, "board").await;
+
+    // A reload keeps the session (the refresh cookie) and the address.
+    browser
+        .goto(&app.url(&format!("/p/{project}/board")))
+        .await?;
+    expect(&browser, "reloaded", &card_in("analyzing", &signup)).await;
+
+    let option = browser
+        .find(&format!("#project-switcher option[value=\"{other}\"]"))
+        .await?;
+    browser.click(&option).await?;
+    expect(&browser, "switched", &card_in("backlog", &guide)).await;
+    assert!(browser
+        .current_url()
+        .await?
+        .ends_with(&format!("/p/{other}/board")));
+    let stale = browser
+        .execute(
+            &format!("return Boolean({});", card_in("backlog", &login)),
+            vec![],
+        )
+        .await?;
+    assert_eq!(
+        stale,
+        Value::Bool(false),
+        "the other project's cards are gone"
+    );
+    browser.quit().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cards_move_live_by_drag_and_drop_and_a_move_past_the_wip_limit_is_offered_with_force(
+) -> anyhow::Result<()> {
+    let app = spawn_app().await;
+    let (_, project) = app.organization_and_project().await;
+    let mut tickets = Vec::new();
+    for title in ["Alpha", "Bravo", "Charlie", "Delta", "Echo", "Foxtrot"] {
+        tickets.push(ticket(&app, &project, title).await);
+    }
+    let browser = signed_in(&app, &format!("/p/{project}/board")).await?;
+    expect(&browser, "board", &card_in("backlog", &tickets[0])).await;
+
+    // Another client moves a card: it changes column without a reload.
+    let moved_at = Instant::now();
+    move_over_http(&app, &tickets[0], "analyzing").await;
+    expect(&browser, "live-move", &card_in("analyzing", &tickets[0])).await;
+    println!(
+        "a move over HTTP appeared on the board after {:?}",
+        moved_at.elapsed()
+    );
+
+    // Dragging a card moves it, and the server's board agrees.
+    let card = browser
+        .find(&format!("[data-ticket-id=\"{}\"]", tickets[1]))
+        .await?;
+    let column = browser.find("[data-column=\"analyzing\"]").await?;
+    browser.drag(&card, &column).await?;
+    expect(&browser, "dragged", &card_in("analyzing", &tickets[1])).await;
+    app.caught_up().await;
+    let (status, view) = app
+        .get(&format!("/api/v1/board/view?project_id={project}"))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{view}");
+    let analyzing = view["columns"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["name"] == "analyzing"))
+        .expect("an analyzing column");
+    let cards: Vec<&str> = analyzing["cards"]
+        .as_array()
+        .expect("cards")
+        .iter()
+        .filter_map(|c| c["ticket_id"].as_str())
+        .collect();
+    assert!(cards.contains(&tickets[1].as_str()), "{view}");
+
+    // Analyzing holds at most 5: fill it, then drag a sixth card there.
+    for ticket in &tickets[2..5] {
+        move_over_http(&app, ticket, "analyzing").await;
+    }
+    expect(&browser, "filled", &card_in("analyzing", &tickets[4])).await;
+    let card = browser
+        .find(&format!("[data-ticket-id=\"{}\"]", tickets[5]))
+        .await?;
+    let column = browser.find("[data-column=\"analyzing\"]").await?;
+    browser.drag(&card, &column).await?;
+    expect(
+        &browser,
+        "wip-refused",
+        "document.querySelector('dialog[open] .dialog-message')?.textContent.includes('WIP limit is 5')",
+    )
+    .await;
+    expect(&browser, "put-back", &card_in("backlog", &tickets[5])).await;
+    shot(&browser, "board-wip-refusal").await;
+    let force = browser.find("dialog[open] button[value=confirm]").await?;
+    browser.click(&force).await?;
+    expect(&browser, "forced", &card_in("analyzing", &tickets[5])).await;
+    expect(
+        &browser,
+        "over-limit",
+        "document.querySelector('[data-column=\"analyzing\"]').classList.contains('over-limit')",
+    )
+    .await;
+    app.caught_up().await;
+    let (_, ticket) = app.get(&format!("/api/v1/tickets/{}", tickets[5])).await;
+    assert_eq!(ticket["state"]["status"], "analyzing", "{ticket}");
+    browser.quit().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_graph_shows_a_dependency_and_a_node_changes_live_when_its_task_completes(
+) -> anyhow::Result<()> {
+    let app = spawn_app().await;
+    let (organization, project) = app.organization_and_project().await;
+    let ticket = ticket(&app, &project, "Checkout").await;
+    let first = task(&app, &ticket, "Schema", &[]).await;
+    let second = task(&app, &ticket, "Endpoint", &[&first]).await;
+    let browser = signed_in(&app, &format!("/p/{project}/graph")).await?;
+    let node = |id: &str, status: &str| {
+        format!("document.querySelector('[data-node-id=\"{id}\"][data-status=\"{status}\"]')")
+    };
+    expect(&browser, "graph", &node(&first, "pending")).await;
+    expect(
+        &browser,
+        "blocked",
+        &format!(
+            "document.querySelector('[data-node-id=\"{second}\"]').classList.contains('blocked')"
+        ),
+    )
+    .await;
+    expect(
+        &browser,
+        "edge",
+        "document.querySelectorAll('.graph-canvas path.edge').length === 1",
+    )
+    .await;
+    shot(&browser, "graph").await;
+
+    let agent = agent(&app, &organization).await;
+    task_action(&app, &first, "assign", json!({"agent_id": agent})).await;
+    task_action(&app, &first, "start", json!({})).await;
+    expect(&browser, "running", &node(&first, "running")).await;
+    task_action(&app, &first, "complete", json!({"result": {"ok": true}})).await;
+    expect(&browser, "completed", &node(&first, "completed")).await;
+    expect(
+        &browser,
+        "unblocked",
+        &format!(
+            "!document.querySelector('[data-node-id=\"{second}\"]').classList.contains('blocked')"
+        ),
+    )
+    .await;
+    shot(&browser, "graph-completed").await;
+
+    // A node opens its task.
+    let second_node = browser
+        .find(&format!("[data-node-id=\"{second}\"]"))
+        .await?;
+    browser.click(&second_node).await?;
+    expect(
+        &browser,
+        "drawer",
+        "document.querySelector('aside.drawer h2')?.textContent === 'Endpoint'",
+    )
+    .await;
+    assert!(browser
+        .current_url()
+        .await?
+        .contains(&format!("task={second}")));
+    browser.quit().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_timeline_receives_entries_live_and_filters_by_event_type() -> anyhow::Result<()> {
+    let app = spawn_app().await;
+    let (_, project) = app.organization_and_project().await;
+    let first = ticket(&app, &project, "Search").await;
+    move_over_http(&app, &first, "analyzing").await;
+    let browser = signed_in(&app, &format!("/p/{project}/timeline")).await?;
+    expect(
+        &browser,
+        "timeline",
+        "document.querySelectorAll('li.entry').length >= 2",
+    )
+    .await;
+
+    ticket(&app, &project, "Live entry").await;
+    expect(
+        &browser,
+        "live-entry",
+        "document.querySelector('li.entry')?.textContent.includes('Live entry')",
+    )
+    .await;
+    shot(&browser, "timeline").await;
+
+    let filter = browser.find("input[name=event_type]").await?;
+    browser.type_into(&filter, "TicketCreated\n").await?;
+    expect(
+        &browser,
+        "filtered",
+        "[...document.querySelectorAll('li.entry')].length === 2 && \
+         [...document.querySelectorAll('li.entry')].every(e => e.dataset.eventType === 'TicketCreated')",
+    )
+    .await;
+    assert!(browser
+        .current_url()
+        .await?
+        .contains("event_type=TicketCreated"));
+    // Newest first, each with its position.
+    let positions = browser
+        .execute(
+            "return [...document.querySelectorAll('li.entry')].map(e => e.dataset.position);",
+            vec![],
+        )
+        .await?;
+    assert_eq!(positions.as_array().map(Vec::len), Some(2), "{positions}");
+    // A new entry of another type does not enter the filtered list; one of the type does.
+    move_over_http(&app, &first, "building").await;
+    ticket(&app, &project, "Another").await;
+    expect(
+        &browser,
+        "filtered-live",
+        "document.querySelector('li.entry')?.textContent.includes('Another') && \
+         [...document.querySelectorAll('li.entry')].every(e => e.dataset.eventType === 'TicketCreated')",
+    )
+    .await;
+    browser.quit().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_task_drawer_replays_the_task_as_it_was_at_an_earlier_event() -> anyhow::Result<()> {
+    let app = spawn_app().await;
+    let (organization, project) = app.organization_and_project().await;
+    let ticket = ticket(&app, &project, "Billing").await;
+    let work = task(&app, &ticket, "Invoice PDF", &[]).await;
+    let agent = agent(&app, &organization).await;
+    task_action(&app, &work, "assign", json!({"agent_id": agent})).await;
+    task_action(&app, &work, "start", json!({})).await;
+    let browser = signed_in(&app, &format!("/p/{project}/board?task={work}")).await?;
+    let status =
+        |s: &str| format!("document.getElementById('task-status')?.dataset.status === '{s}'");
+    expect(&browser, "drawer-now", &status("running")).await;
+    shot(&browser, "task-drawer").await;
+
+    browser
+        .execute(
+            "const slider = document.getElementById('replay'); slider.value = '1'; \
+             slider.dispatchEvent(new Event('input'));",
+            vec![],
+        )
+        .await?;
+    expect(&browser, "replayed", &status("pending")).await;
+    expect(
+        &browser,
+        "replay-notice",
+        "document.querySelector('aside.drawer .notice')?.textContent.includes('Replaying')",
+    )
+    .await;
+    shot(&browser, "task-drawer-replay").await;
+
+    // Back to now, then the task completes live.
+    browser
+        .execute(
+            "const slider = document.getElementById('replay'); slider.value = slider.max; \
+             slider.dispatchEvent(new Event('input'));",
+            vec![],
+        )
+        .await?;
+    expect(&browser, "back-to-now", &status("running")).await;
+    task_action(&app, &work, "complete", json!({"result": {"pages": 2}})).await;
+    expect(&browser, "completed-live", &status("completed")).await;
+    browser.quit().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_command_palette_jumps_to_a_ticket_found_by_search() -> anyhow::Result<()> {
+    let app = spawn_app().await;
+    let (_, project) = app.organization_and_project().await;
+    let wanted = ticket(&app, &project, "Password reset email").await;
+    ticket(&app, &project, "Unrelated").await;
+    let browser = signed_in(&app, &format!("/p/{project}/timeline")).await?;
+    expect(&browser, "timeline", "document.querySelector('li.entry')").await;
+    app.caught_up().await;
+    browser.press(&[CONTROL, "k"]).await?;
+    let input = browser.find("dialog.palette input").await?;
+    browser.type_into(&input, "password reset").await?;
+    expect(
+        &browser,
+        "found",
+        "[...document.querySelectorAll('.palette-results li')].some(li => li.dataset.kind === 'ticket' && li.textContent.includes('Password reset email'))",
+    )
+    .await;
+    shot(&browser, "palette").await;
+    browser
+        .execute(
+            "[...document.querySelectorAll('.palette-results li')].find(li => li.dataset.kind === 'ticket').click();",
+            vec![],
+        )
+        .await
+        ?;
+    expect(
+        &browser,
+        "ticket-drawer",
+        "document.querySelector('aside.drawer h2')?.textContent === 'Password reset email'",
+    )
+    .await;
+    let url = browser.current_url().await?;
+    assert!(
+        url.contains(&format!("/p/{project}/board?ticket={wanted}")),
+        "{url}"
+    );
+    browser.quit().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn after_a_server_restart_the_socket_reconnects_and_the_board_catches_up(
+) -> anyhow::Result<()> {
+    let app = spawn_app().await;
+    let (_, project) = app.organization_and_project().await;
+    let first = ticket(&app, &project, "Before the restart").await;
+    let browser = signed_in(&app, &format!("/p/{project}/board")).await?;
+    expect(&browser, "board", &card_in("backlog", &first)).await;
+    expect(
+        &browser,
+        "live",
+        "document.getElementById('connection').dataset.state === 'live'",
+    )
+    .await;
+
+    let app = app.restart().await;
+    // Changes made while the page reconnects arrive through the resumption (`after`).
+    move_over_http(&app, &first, "analyzing").await;
+    let second = ticket(&app, &project, "After the restart").await;
+    expect(&browser, "caught-up-move", &card_in("analyzing", &first)).await;
+    expect(&browser, "caught-up-new", &card_in("backlog", &second)).await;
+    expect(
+        &browser,
+        "live-again",
+        "document.getElementById('connection').dataset.state === 'live'",
+    )
+    .await;
+    shot(&browser, "board-after-restart").await;
+    browser.quit().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_screen_renders_without_an_error_and_is_photographed() -> anyhow::Result<()> {
+    let app = spawn_app().await;
+    let (organization, project) = app.organization_and_project().await;
+    let ticket = ticket(&app, &project, "Screens").await;
+    task(&app, &ticket, "Render", &[]).await;
+    agent(&app, &organization).await;
+    app.must(
+        "/api/v1/specs",
+        json!({"project_id": project, "title": "Onboarding", "description": "New users"}),
+        StatusCode::CREATED,
+    )
+    .await;
+    let browser = signed_in(&app, &format!("/p/{project}/board")).await?;
+    for (screen, ready) in [
+        ("agents", "document.querySelector('tr[data-agent-id]')"),
+        (
+            "specs",
+            "document.querySelector('select[aria-label=Spec] option[value]:not([value=\"\"])')",
+        ),
+        ("timeline", "document.querySelector('li.entry')"),
+        ("graph", "document.querySelector('[data-node-id]')"),
+        ("board", "document.querySelector('[data-ticket-id]')"),
+    ] {
+        let link = browser
+            .find(&format!("nav a[href=\"/p/{project}/{screen}\"]"))
+            .await?;
+        browser.click(&link).await?;
+        expect(&browser, screen, ready).await;
+        let errors = browser
+            .execute("return document.querySelectorAll('.toast-error, .form-error:not([hidden])').length;", vec![])
+            .await
+            ?;
+        assert_eq!(errors, json!(0), "{screen} shows an error");
+        shot(&browser, &format!("screen-{screen}")).await;
+    }
+    browser.quit().await;
+    Ok(())
+}

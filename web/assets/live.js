@@ -1,0 +1,138 @@
+// One WebSocket to /api/v1/ws for the whole page, shared by every screen's subscriptions.
+// Each subscription remembers the last position it applied; after a disconnect every one
+// is sent again with `after` = that position, so the server replays exactly what was
+// missed. A `resync` (or a stale resumption) starts the subscription over from a fresh
+// snapshot. No polling: when the socket is down the indicator says so and a reconnection
+// is tried with a growing delay.
+
+import { token, refresh } from "./api.js";
+import { comparePositions } from "./dom.js";
+
+const subscriptions = new Map();
+const stateListeners = new Set();
+let socket = null;
+let state = "offline";
+let attempts = 0;
+let reconnectTimer = null;
+let wanted = false;
+
+/** "connecting" | "live" | "reconnecting" | "offline" */
+export function connectionState() {
+  return state;
+}
+
+export function onConnectionState(listener) {
+  stateListeners.add(listener);
+  listener(state);
+  return () => stateListeners.delete(listener);
+}
+
+function setState(next) {
+  state = next;
+  for (const listener of stateListeners) listener(next);
+}
+
+/** Opens the socket (once signed in). */
+export function connect() {
+  wanted = true;
+  if (socket) return;
+  open();
+}
+
+/** Closes the socket and forgets every subscription (signing out). */
+export function disconnect() {
+  wanted = false;
+  subscriptions.clear();
+  clearTimeout(reconnectTimer);
+  if (socket) socket.close(1000);
+  socket = null;
+  setState("offline");
+}
+
+function open() {
+  const scheme = location.protocol === "https:" ? "wss" : "ws";
+  const address = `${scheme}://${location.host}/api/v1/ws?token=${encodeURIComponent(token() || "")}`;
+  setState(attempts === 0 ? "connecting" : "reconnecting");
+  const current = new WebSocket(address);
+  socket = current;
+  current.onopen = () => {
+    attempts = 0;
+    setState("live");
+    for (const subscription of subscriptions.values()) sendSubscribe(subscription);
+  };
+  current.onmessage = (message) => receive(JSON.parse(message.data));
+  current.onclose = async (closed) => {
+    if (socket !== current) return;
+    socket = null;
+    if (!wanted) return;
+    setState("reconnecting");
+    // 4401: the token expired or was revoked; a fresh one may still be had.
+    if (closed.code === 4401) await refresh().catch(() => {});
+    attempts += 1;
+    const delay = Math.min(5000, 250 * 2 ** Math.min(attempts, 5));
+    reconnectTimer = setTimeout(open, delay);
+  };
+}
+
+/**
+ * Subscribes `id` to `params` (`stream`, `project_id`, …). `handlers.snapshot(message)`
+ * receives every fresh snapshot (after a resync too), `handlers.delta(message)` each
+ * change in order. Returns the function that unsubscribes.
+ */
+export function subscribe(id, params, handlers) {
+  const subscription = { id, params, handlers, position: null };
+  // Subscribing again under an id in use replaces that subscription, here and on the server.
+  subscriptions.set(id, subscription);
+  if (socket?.readyState === WebSocket.OPEN) sendSubscribe(subscription);
+  return () => {
+    if (subscriptions.get(id) !== subscription) return;
+    subscriptions.delete(id);
+    if (socket?.readyState === WebSocket.OPEN) {
+      socket.send(JSON.stringify({ type: "unsubscribe", id }));
+    }
+  };
+}
+
+function sendSubscribe(subscription) {
+  const message = { type: "subscribe", id: subscription.id, ...subscription.params };
+  if (subscription.position) message.after = subscription.position;
+  socket.send(JSON.stringify(message));
+}
+
+function receive(message) {
+  if (message.type === "ping") {
+    socket?.send(JSON.stringify({ type: "pong" }));
+    return;
+  }
+  const subscription = subscriptions.get(message.id);
+  if (!subscription) return;
+  switch (message.type) {
+    case "snapshot":
+      subscription.position = message.position;
+      // A resumption without data: the missed deltas follow.
+      if (!message.resumed) subscription.handlers.snapshot?.(message);
+      break;
+    case "delta":
+    case "logs":
+      // A delta the snapshot already reflects (committed just before subscribing).
+      if (
+        message.type === "delta" &&
+        subscription.position &&
+        comparePositions(message.position, subscription.position) <= 0
+      ) {
+        return;
+      }
+      subscription.position = message.position;
+      subscription.handlers.delta?.(message);
+      break;
+    case "resync":
+      subscription.position = null;
+      if (socket?.readyState === WebSocket.OPEN) sendSubscribe(subscription);
+      break;
+    case "error":
+      subscription.handlers.error?.(message);
+      break;
+    default:
+      break;
+  }
+}
