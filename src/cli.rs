@@ -216,11 +216,11 @@ async fn print_welcome(
     } else {
         "DATABASE_URL"
     };
-    println!("\nomoi is running at http://{address}  (API docs: http://{address}/docs; database: {database})");
+    println!("\nomoi is running: the dashboard at http://{address}/  (API docs: http://{address}/docs; database: {database})");
     match server::bootstrap_dev(state).await? {
         Some(created) => println!(
             "\nFirst start: created an owner, an organization and a project.\n  \
-             log in:       {} / {}\n  \
+             sign in:      {} / {}  (dashboard and POST /api/v1/auth/login)\n  \
              owner API key (shown once): {}\n  \
              organization: {}\n  project:      {}\n  \
              try:          curl -s http://{address}/api/v1/projects/{} -H 'authorization: Bearer {}'\n",
@@ -233,7 +233,7 @@ async fn print_welcome(
             created.api_key,
         ),
         None => println!(
-            "  log in with POST /api/v1/auth/login (the owner created on first start is owner@omoi.dev)\n"
+            "  sign in at http://{address}/ (the owner created on first start is owner@omoi.dev)\n"
         ),
     }
     Ok(())

@@ -549,3 +549,86 @@ async fn every_screen_renders_without_an_error_and_is_photographed() -> anyhow::
     browser.quit().await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pages_are_revalidated_modules_are_immutable_and_another_builds_are_gone(
+) -> anyhow::Result<()> {
+    let app = spawn_app().await;
+    let client = reqwest::Client::new();
+    for page in [
+        "/",
+        "/signin",
+        "/p/0190a4e8-0000-7000-8000-000000000000/board",
+    ] {
+        let response = client.get(app.url(page)).send().await?;
+        assert_eq!(response.status(), StatusCode::OK, "{page}");
+        let headers = response.headers().clone();
+        assert_eq!(headers["cache-control"], "no-cache", "{page}");
+        assert!(headers["content-security-policy"]
+            .to_str()?
+            .contains("script-src 'self'"));
+        let body = response.text().await?;
+        assert!(
+            body.contains(&format!("/app/{}/main.js", omoi_web::BUILD)),
+            "{body}"
+        );
+    }
+    let module = app.url(&format!("/app/{}/board.js", omoi_web::BUILD));
+    let response = client.get(&module).send().await?;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(
+        response.headers()["content-type"],
+        "text/javascript; charset=utf-8"
+    );
+    assert!(response.headers()["cache-control"]
+        .to_str()?
+        .contains("immutable"));
+    let etag = response.headers()["etag"].clone();
+    let again = client
+        .get(&module)
+        .header("if-none-match", etag)
+        .send()
+        .await?;
+    assert_eq!(again.status(), StatusCode::NOT_MODIFIED);
+    // Another build's files, the page template and unknown files: 404 problems.
+    for path in [
+        "/app/0000000000000000/board.js".to_string(),
+        format!("/app/{}/index.html", omoi_web::BUILD),
+        format!("/app/{}/nothing.js", omoi_web::BUILD),
+    ] {
+        let response = client.get(app.url(&path)).send().await?;
+        assert_eq!(response.status(), StatusCode::NOT_FOUND, "{path}");
+        assert_eq!(
+            response.headers()["content-type"],
+            "application/problem+json"
+        );
+    }
+    // API paths are not pages.
+    let (status, body) = app.get("/api/v1/nothing").await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_api_docs_render_from_our_own_files() -> anyhow::Result<()> {
+    let app = spawn_app().await;
+    let browser = Browser::start().await?;
+    browser.goto(&app.url("/docs")).await?;
+    expect(
+        &browser,
+        "swagger-ui",
+        "document.querySelectorAll('.swagger-ui .opblock').length > 50",
+    )
+    .await;
+    let foreign = browser
+        .execute(
+            "return performance.getEntriesByType('resource').map(r => r.name)\
+             .filter(name => !name.startsWith(location.origin));",
+            vec![],
+        )
+        .await?;
+    assert_eq!(foreign, json!([]), "everything comes from omoi");
+    shot(&browser, "api-docs").await;
+    browser.quit().await;
+    Ok(())
+}

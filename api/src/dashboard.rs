@@ -1,6 +1,6 @@
 //! The dashboard, served from the files `omoi-web` embeds: every page of the app (`/`,
 //! `/signin`, `/p/{project}/…`) answers with the same HTML, which loads the modules of
-//! this build from `/app/{build}/…`. The HTML is revalidated on every load; the modules
+//! this build from `/app/{build}/…`; `/docs` is Swagger UI from the same files. The HTML is revalidated on every load; the modules
 //! are immutable under their build's hash.
 
 use axum::extract::Path;
@@ -17,8 +17,14 @@ const CONTENT_SECURITY_POLICY: &str = "default-src 'self'; script-src 'self'; \
      style-src 'self'; img-src 'self' data:; connect-src 'self' ws: wss:; \
      frame-ancestors 'none'; base-uri 'none'; form-action 'self'";
 
+/// `/docs` also loads Swagger UI's stylesheet, whose React components set inline styles.
+const DOCS_CONTENT_SECURITY_POLICY: &str = "default-src 'self'; script-src 'self'; \
+     style-src 'self' 'unsafe-inline'; img-src 'self' data:; connect-src 'self'; \
+     frame-ancestors 'none'; base-uri 'none'; form-action 'self'";
+
 pub fn routes() -> Router<AppState> {
     Router::new()
+        .route("/docs", get(docs))
         .route("/", get(page))
         .route("/signin", get(page))
         .route("/p/{*view}", get(page))
@@ -28,7 +34,16 @@ pub fn routes() -> Router<AppState> {
 /// The app's page. `no-cache`: a new build's page (and so its modules) is picked up at
 /// the next load.
 async fn page() -> Response {
-    let mut response = (StatusCode::OK, omoi_web::index_html()).into_response();
+    html(omoi_web::index_html(), CONTENT_SECURITY_POLICY)
+}
+
+/// Swagger UI for `/openapi.json`, from the vendored files: no CDN.
+async fn docs() -> Response {
+    html(omoi_web::docs_html(), DOCS_CONTENT_SECURITY_POLICY)
+}
+
+fn html(body: String, policy: &'static str) -> Response {
+    let mut response = (StatusCode::OK, body).into_response();
     let headers = response.headers_mut();
     headers.insert(
         header::CONTENT_TYPE,
@@ -37,7 +52,7 @@ async fn page() -> Response {
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     headers.insert(
         header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static(CONTENT_SECURITY_POLICY),
+        HeaderValue::from_static(policy),
     );
     headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
     headers.insert(
@@ -54,7 +69,7 @@ async fn page() -> Response {
 /// One file of build `build`; another build's files are gone (404), as after a deploy.
 async fn file(Path((build, name)): Path<(String, String)>, request: HeaderMap) -> Response {
     let asset = match omoi_web::asset(&name) {
-        Some(asset) if build == omoi_web::BUILD && name != "index.html" => asset,
+        Some(asset) if build == omoi_web::BUILD && !omoi_web::is_page(&name) => asset,
         _ => return ApiError::NotFound { what: "file" }.into_response(),
     };
     let etag = format!("\"{}\"", omoi_web::BUILD);

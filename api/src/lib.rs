@@ -90,7 +90,6 @@ pub fn app(state: AppState) -> Router {
                 )
             }),
         )
-        .route("/docs", get(system::docs))
         .merge(dashboard::routes())
         .fallback(system::not_found)
         .method_not_allowed_fallback(system::method_not_allowed)

@@ -2,7 +2,7 @@
 
 use axum::extract::State;
 use axum::http::{header, StatusCode};
-use axum::response::{Html, IntoResponse};
+use axum::response::IntoResponse;
 use axum::Json;
 use serde::Serialize;
 use utoipa::ToSchema;
@@ -118,26 +118,6 @@ async fn projections(
         })
         .collect();
     Ok(Json(statuses))
-}
-
-/// Swagger UI for `/openapi.json`. The viewer's scripts come from a CDN so that the
-/// binary stays small; the document itself is served by us.
-pub async fn docs() -> Html<&'static str> {
-    Html(
-        r##"<!doctype html>
-<html lang="en">
-<head>
-  <meta charset="utf-8">
-  <title>omoi API</title>
-  <link rel="stylesheet" href="https://unpkg.com/swagger-ui-dist@5/swagger-ui.css">
-</head>
-<body>
-  <div id="ui"></div>
-  <script src="https://unpkg.com/swagger-ui-dist@5/swagger-ui-bundle.js"></script>
-  <script>SwaggerUIBundle({ url: "/openapi.json", dom_id: "#ui" });</script>
-</body>
-</html>"##,
-    )
 }
 
 /// Any path no route matches.

@@ -14,12 +14,15 @@
 //! * [`worker`] — `bench-worker`: the orchestrator's tasks/s and ready → assigned latency.
 //! * [`workflow`] — `bench-workflow`: specs run end to end by the process managers (specs/s,
 //!   task completion → ticket move latency).
+//! * [`dashboard`] — `bench-dashboard`: the first load of a 500-card board in headless
+//!   Chromium (first paint, live) and the JavaScript the app ships.
 //! * [`chaos`] — `chaos`: replicas and workers SIGKILLed under load, then the invariants
 //!   checked.
 //! * [`setup`] — what they share: the benchmark cluster, the `omoi` binary they start,
 //!   the machine's load; [`stats`] — percentiles and medians, computed one way.
 
 pub mod chaos;
+pub mod dashboard;
 pub mod live;
 pub mod monitoring;
 pub mod projections;

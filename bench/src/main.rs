@@ -32,6 +32,9 @@ enum Command {
     /// Benchmark the spec workflow: N specs' plans approved at once and run by the process
     /// managers and in-process agents (specs/s; task completion → ticket move latency).
     BenchWorkflow(omoi_bench::workflow::Args),
+    /// Benchmark the dashboard's first load of a large board in headless Chromium (first
+    /// paint, live) and the JavaScript it ships.
+    BenchDashboard(omoi_bench::dashboard::Args),
     /// Run replicas and workers on one fresh database under load, SIGKILL a random one
     /// every few seconds (restarting it), then check that no event was lost or doubled,
     /// every read model equals a rebuild, every task ran once per attempt and finished,
@@ -61,6 +64,7 @@ fn main() -> ExitCode {
             Command::BenchWorker(args) => omoi_bench::worker::run(args).await,
             Command::BenchWorkflow(args) => omoi_bench::workflow::run(args).await,
             Command::BenchMonitoring(args) => omoi_bench::monitoring::run(args).await,
+            Command::BenchDashboard(args) => omoi_bench::dashboard::run(args).await,
             Command::Chaos(args) => omoi_bench::chaos::run(args).await,
         }
     });

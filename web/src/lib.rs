@@ -28,10 +28,30 @@ pub fn names() -> impl Iterator<Item = &'static str> {
     FILES.iter().map(|(name, _)| *name)
 }
 
+/// The dashboard's own modules: what a page of the app loads (not `/docs`' files).
+pub fn app_modules() -> impl Iterator<Item = &'static str> {
+    names().filter(|n| n.ends_with(".js") && !n.starts_with("vendor/") && *n != "docs.js")
+}
+
 /// The page every route of the app answers with: it loads the modules of this build.
 pub fn index_html() -> String {
-    let template = asset("index.html").map_or("", |a| std::str::from_utf8(a.bytes).unwrap_or(""));
+    page("index.html")
+}
+
+/// `/docs`: Swagger UI (vendored under `vendor/swagger-ui/`) over `/openapi.json`.
+pub fn docs_html() -> String {
+    page("docs.html")
+}
+
+/// A page template with this build's address for `{{BUILD}}`.
+fn page(name: &str) -> String {
+    let template = asset(name).map_or("", |a| std::str::from_utf8(a.bytes).unwrap_or(""));
     template.replace("{{BUILD}}", BUILD)
+}
+
+/// Whether `name` is one of the app's pages (sent by the page routes, not under `/app/`).
+pub fn is_page(name: &str) -> bool {
+    name.ends_with(".html")
 }
 
 fn content_type(name: &str) -> &'static str {
@@ -59,6 +79,20 @@ mod tests {
     }
 
     #[test]
+    fn the_docs_page_loads_the_vendored_swagger_ui_of_this_build() {
+        let page = docs_html();
+        for file in [
+            "vendor/swagger-ui/swagger-ui-bundle.js",
+            "vendor/swagger-ui/swagger-ui.css",
+            "docs.js",
+        ] {
+            assert!(page.contains(&format!("/app/{BUILD}/{file}")), "{page}");
+            assert!(asset(file).is_some(), "{file}");
+        }
+        assert!(!page.contains("https://"), "nothing from elsewhere: {page}");
+    }
+
+    #[test]
     fn every_module_the_app_imports_is_embedded() {
         let import = regex_free_imports();
         for (module, imported) in import {
@@ -72,7 +106,7 @@ mod tests {
     /// `(module, imported file)` for every relative `import … from "./x.js"` of every module.
     fn regex_free_imports() -> Vec<(String, String)> {
         let mut found = Vec::new();
-        for name in names().filter(|n| n.ends_with(".js")) {
+        for name in app_modules() {
             let text = std::str::from_utf8(asset(name).map_or(&[][..], |a| a.bytes)).unwrap_or("");
             for line in text.lines() {
                 let line = line.trim();
