@@ -632,3 +632,193 @@ async fn the_api_docs_render_from_our_own_files() -> anyhow::Result<()> {
     browser.quit().await;
     Ok(())
 }
+
+/// Clicks the button whose text is `text` (the first one), or fails naming it.
+async fn click_button(browser: &Browser, text: &str) -> anyhow::Result<()> {
+    let present = format!(
+        "[...document.querySelectorAll('button')].some(b => b.textContent.trim() === {})",
+        json!(text)
+    );
+    browser.wait_for(&present, PATIENCE).await?;
+    let clicked = browser
+        .execute(
+            "const button = [...document.querySelectorAll('button')]\
+             .find(b => b.textContent.trim() === arguments[0]);\
+             if (button) button.click(); return Boolean(button);",
+            vec![json!(text)],
+        )
+        .await?;
+    anyhow::ensure!(clicked == json!(true), "no button {text:?}");
+    Ok(())
+}
+
+/// Sets a form field's value as typing would (an `input` event follows).
+async fn set_field(browser: &Browser, css: &str, value: &str) -> anyhow::Result<()> {
+    browser.find(css).await?;
+    let set = browser
+        .execute(
+            "const field = document.querySelector(arguments[0]); if (!field) return false;\
+             field.value = arguments[1]; field.dispatchEvent(new Event('input')); return true;",
+            vec![json!(css), json!(value)],
+        )
+        .await?;
+    anyhow::ensure!(set == json!(true), "no field {css}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_spec_is_written_approved_gate_by_gate_and_its_plan_runs_in_the_execution_tab(
+) -> anyhow::Result<()> {
+    let app = spawn_app().await;
+    let (_, project) = app.organization_and_project().await;
+    let browser = signed_in(&app, &format!("/p/{project}/specs")).await?;
+    let title = browser.find("form input[name=title]").await?;
+    browser.type_into(&title, "Sign-in").await?;
+    click_button(&browser, "Create spec").await?;
+    expect(
+        &browser,
+        "created",
+        "location.pathname.endsWith('/requirements')",
+    )
+    .await;
+    let spec = browser
+        .execute("return location.pathname.split('/')[4];", vec![])
+        .await?;
+    let spec = spec.as_str().unwrap_or_default().to_string();
+
+    for (name, value) in [
+        ("id", "REQ-AUTH-001"),
+        ("condition", "a user submits valid credentials"),
+        ("action", "issue a session"),
+        ("criteria", "a token is returned\nthe token expires"),
+    ] {
+        set_field(&browser, &format!(".requirement-form [name={name}]"), value).await?;
+    }
+    click_button(&browser, "Add requirement").await?;
+    expect(
+        &browser,
+        "requirement",
+        "document.querySelectorAll('[data-requirement-id=\"REQ-AUTH-001\"] ul li').length === 2",
+    )
+    .await;
+    shot(&browser, "spec-requirements").await;
+    click_button(&browser, "Approve requirements").await?;
+    let phase = |p: &str| {
+        format!("document.querySelector('.spec-header .badge')?.dataset.status === '{p}'")
+    };
+    expect(&browser, "design-phase", &phase("design")).await;
+
+    let design = browser
+        .find(&format!("a[href=\"/p/{project}/specs/{spec}/design\"]"))
+        .await?;
+    browser.click(&design).await?;
+    for (name, value) in [
+        ("architecture", "one service"),
+        ("data_model", "users"),
+        ("api_spec", "POST /login"),
+    ] {
+        set_field(&browser, &format!("textarea[name={name}]"), value).await?;
+    }
+    click_button(&browser, "Save design").await?;
+    expect(
+        &browser,
+        "design-saved",
+        "document.querySelector('textarea[name=architecture]')?.value === 'one service' && \
+         [...document.querySelectorAll('button')].some(b => b.textContent === 'Approve design')",
+    )
+    .await;
+    click_button(&browser, "Approve design").await?;
+    expect(&browser, "tasks-phase", &phase("tasks")).await;
+
+    let plan = browser
+        .find(&format!("a[href=\"/p/{project}/specs/{spec}/plan\"]"))
+        .await?;
+    browser.click(&plan).await?;
+    // A plan with a mistake: the server's answer names the place.
+    let wrong = json!({"tickets": [{"key": "TKT-1", "title": "Login form",
+        "tasks": [{"key": "TSK-1", "title": "Form", "task_type": "implement", "depends_on": ["TSK-9"]}]}]});
+    set_field(&browser, "textarea.code", &wrong.to_string()).await?;
+    click_button(&browser, "Save plan").await?;
+    expect(
+        &browser,
+        "plan-refused",
+        "document.querySelector('.toast-error')?.textContent.includes('tickets[0].tasks[0].depends_on[0]')",
+    )
+    .await;
+    let right = json!({"tickets": [
+        {"key": "TKT-1", "title": "Login form", "requirement_ids": ["REQ-AUTH-001"],
+         "tasks": [{"key": "TSK-1", "title": "Form", "task_type": "implement"}]},
+        {"key": "TKT-2", "title": "Sessions",
+         "tasks": [{"key": "TSK-2", "title": "Tokens", "task_type": "implement", "depends_on": ["TSK-1"]}]}]});
+    set_field(&browser, "textarea.code", &right.to_string()).await?;
+    click_button(&browser, "Save plan").await?;
+    expect(
+        &browser,
+        "plan-saved",
+        "document.querySelectorAll('ul.plan li').length === 2",
+    )
+    .await;
+    click_button(&browser, "Approve plan").await?;
+    expect(&browser, "executing", &phase("executing")).await;
+
+    let execution = browser
+        .find(&format!("a[href=\"/p/{project}/specs/{spec}/execution\"]"))
+        .await?;
+    browser.click(&execution).await?;
+    // The plan's process manager creates the tickets and tasks; the tab shows them live.
+    expect(
+        &browser,
+        "execution",
+        "document.querySelectorAll('article.execution-ticket').length === 2 && \
+         document.querySelectorAll('article.execution-ticket li').length === 2",
+    )
+    .await;
+    shot(&browser, "spec-execution").await;
+    browser.quit().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_board_shows_a_past_position_and_signing_out_ends_the_session() -> anyhow::Result<()> {
+    let app = spawn_app().await;
+    let (_, project) = app.organization_and_project().await;
+    let card = ticket(&app, &project, "Time travel").await;
+    move_over_http(&app, &card, "analyzing").await;
+    let browser = signed_in(&app, &format!("/p/{project}/board")).await?;
+    expect(&browser, "now", &card_in("analyzing", &card)).await;
+    click_button(&browser, "As of…").await?;
+    // One event back: before the move.
+    browser
+        .execute(
+            "const slider = document.querySelector('.as-of input[type=range]');\
+             slider.value = String(Number(slider.max) - 1);\
+             slider.dispatchEvent(new Event('change'));",
+            vec![],
+        )
+        .await?;
+    expect(&browser, "past", &card_in("backlog", &card)).await;
+    shot(&browser, "board-as-of").await;
+    click_button(&browser, "As of…").await?;
+    expect(&browser, "back-to-now", &card_in("analyzing", &card)).await;
+
+    click_button(&browser, "Sign out").await?;
+    expect(
+        &browser,
+        "signed-out",
+        "document.querySelector('input[name=email]')",
+    )
+    .await;
+    // The refresh cookie was revoked: a reload does not sign in again.
+    browser
+        .goto(&app.url(&format!("/p/{project}/board")))
+        .await?;
+    expect(
+        &browser,
+        "still-signed-out",
+        "document.querySelector('input[name=email]')",
+    )
+    .await;
+    assert!(browser.current_url().await?.contains("/signin?next="));
+    browser.quit().await;
+    Ok(())
+}

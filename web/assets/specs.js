@@ -80,7 +80,8 @@ export function mountSpecs(container, context) {
   }
 
   function requirements(panel, spec) {
-    const editable = spec.phase === "requirements";
+    // A new spec is a draft; its first requirement moves it to the requirements phase.
+    const editable = spec.phase === "draft" || spec.phase === "requirements";
     const form = h("form", { class: "stacked requirement-form", onsubmit: async (event) => {
       event.preventDefault();
       const data = new FormData(form);
