@@ -1,5 +1,6 @@
 // The agents serving the project (its own and its organization's): status, current task,
-// heartbeat age and missed heartbeats, and the supervision findings — open alerts, stalled
+// heartbeat age and missed heartbeats, the Guardian's anomaly score and the agent's open
+// alerts, and the project's supervision findings — open alerts, stalled
 // tasks and the Conductor's coherence. Live from the `agents` stream; an agent's health
 // is read again whenever the stream reports a change of it.
 
@@ -18,7 +19,7 @@ export function mountAgents(container, context) {
     h("div", { class: "toolbar" }, h("h1", {}, "Agents"), h("span", { class: "spacer" }),
       h("button", { class: "ghost", onclick: () => refreshAll() }, "Refresh health")),
     h("table", { class: "agents" },
-      h("thead", {}, h("tr", {}, ["Agent", "Type", "Status", "Current task", "Heartbeat", "Capabilities"].map((c) => h("th", { scope: "col" }, c)))),
+      h("thead", {}, h("tr", {}, ["Agent", "Type", "Status", "Current task", "Heartbeat", "Anomaly", "Alerts", "Capabilities"].map((c) => h("th", { scope: "col" }, c)))),
       table),
     findings,
   );
@@ -78,8 +79,13 @@ export function mountAgents(container, context) {
             ? h("time", { datetime: known.last_heartbeat_at, "data-heartbeat": known.last_heartbeat_at }, ago(known.last_heartbeat_at))
             : "—",
           known?.missed_heartbeats ? ` (${known.missed_heartbeats} missed)` : ""),
+        h("td", { class: (known?.anomaly?.score ?? 0) >= 0.8 ? "warning" : "", title: "The Guardian's latest anomaly score (0 healthy, ≥ 0.8 three times in a row: quarantine)" },
+          known?.anomaly ? known.anomaly.score.toFixed(2) : "—"),
+        h("td", {}, known?.alerts?.length
+          ? h("span", { class: "badge", "data-status": "failed", title: known.alerts.map((a) => a.reason).join("\n") }, String(known.alerts.length))
+          : "—"),
         h("td", { class: "muted" }, agent.capabilities.join(", ")));
-    }) : h("tr", {}, h("td", { colspan: 6, class: "muted" }, "No agents serve this project yet.")));
+    }) : h("tr", {}, h("td", { colspan: 8, class: "muted" }, "No agents serve this project yet.")));
   }
 
   // Heartbeat ages grow between changes without asking the server.
