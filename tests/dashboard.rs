@@ -701,6 +701,22 @@ async fn a_spec_is_written_approved_gate_by_gate_and_its_plan_runs_in_the_execut
         "document.querySelectorAll('[data-requirement-id=\"REQ-AUTH-001\"] ul li').length === 2",
     )
     .await;
+    // Changed in place: the form takes the requirement, its id fixed.
+    click_button(&browser, "Edit").await?;
+    set_field(
+        &browser,
+        ".requirement-form [name=action]",
+        "issue a session token",
+    )
+    .await?;
+    click_button(&browser, "Save requirement").await?;
+    expect(
+        &browser,
+        "requirement-changed",
+        "document.querySelector('[data-requirement-id=\"REQ-AUTH-001\"]')?.textContent\
+         .includes('THE SYSTEM SHALL issue a session token')",
+    )
+    .await;
     shot(&browser, "spec-requirements").await;
     click_button(&browser, "Approve requirements").await?;
     let phase = |p: &str| {

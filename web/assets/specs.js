@@ -82,28 +82,46 @@ export function mountSpecs(container, context) {
   function requirements(panel, spec) {
     // A new spec is a draft; its first requirement moves it to the requirements phase.
     const editable = spec.phase === "draft" || spec.phase === "requirements";
+    // The form adds a requirement, or changes the one whose "Edit" was pressed.
+    let editing = null;
+    const heading = h("h3", {}, "Add a requirement");
+    const submit = h("button", { class: "primary" }, "Add requirement");
     const form = h("form", { class: "stacked requirement-form", onsubmit: async (event) => {
       event.preventDefault();
       const data = new FormData(form);
-      const ok = await act(`/api/v1/specs/${specId}/requirements`, {
-        id: data.get("id"),
+      const written = {
         condition: data.get("condition"),
         action: data.get("action"),
         acceptance_criteria: String(data.get("criteria")).split("\n").map((l) => l.trim()).filter(Boolean),
-      });
+      };
+      const ok = editing
+        ? await act(`/api/v1/specs/${specId}/requirements/${encodeURIComponent(editing)}`, written, "PUT")
+        : await act(`/api/v1/specs/${specId}/requirements`, { id: data.get("id"), ...written });
       if (ok) form.reset();
     } },
-    h("h3", {}, "Add a requirement"),
+    heading,
     h("label", {}, "Id", h("input", { name: "id", required: true, placeholder: "REQ-AUTH-001", pattern: "REQ(-[A-Z0-9]+)+" })),
     h("label", {}, "WHEN", h("input", { name: "condition", required: true, placeholder: "a user submits valid credentials" })),
     h("label", {}, "THE SYSTEM SHALL", h("input", { name: "action", required: true, placeholder: "issue a session token" })),
     h("label", {}, "Acceptance criteria (one per line)", h("textarea", { name: "criteria", rows: 3 })),
-    h("button", { class: "primary" }, "Add requirement"));
+    submit);
+    const edit = (requirement) => {
+      editing = requirement.id;
+      heading.textContent = `Change ${requirement.id}`;
+      submit.textContent = "Save requirement";
+      form.elements.id.value = requirement.id;
+      form.elements.id.readOnly = true;
+      form.elements.condition.value = requirement.condition;
+      form.elements.action.value = requirement.action;
+      form.elements.criteria.value = requirement.acceptance_criteria.join("\n");
+      form.elements.condition.focus();
+    };
     fill(panel,
       spec.requirements.length
         ? h("ol", { class: "requirements" }, spec.requirements.map((r) => h("li", { "data-requirement-id": r.id },
             h("strong", {}, r.id), " WHEN ", r.condition, ", THE SYSTEM SHALL ", r.action,
             r.acceptance_criteria.length ? h("ul", {}, r.acceptance_criteria.map((c) => h("li", {}, h("input", { type: "checkbox", disabled: true, "aria-label": "criterion" }), " ", c))) : null,
+            editable ? h("button", { class: "ghost", onclick: () => edit(r) }, "Edit") : null,
             editable ? h("button", { class: "ghost", onclick: () => act(`/api/v1/specs/${specId}/requirements/${encodeURIComponent(r.id)}`, undefined, "DELETE") }, "Remove") : null)))
         : h("p", { class: "muted" }, "No requirements yet."),
       editable ? form : h("p", { class: "muted" }, "Requirements were approved."),
