@@ -160,7 +160,8 @@ async fn serve(settings: Settings, dev: bool) -> anyhow::Result<()> {
         omoi_projections::runner::RunnerConfig::default(),
         &settings.workflow,
         shutdown.clone(),
-    );
+    )
+    .await?;
     let state = state.with_projections(stats);
     // `omoi dev` is the whole system: the orchestrator runs beside the API.
     let worker = dev

@@ -359,16 +359,16 @@ impl Shutdown {
 }
 
 /// Runs the projectors beside the API: woken by this process's commits at once, by other
-/// processes' through one coalesced NOTIFY per burst. Returns the runner's statistics and
-/// its task.
-pub fn start_projections(
+/// processes' through one coalesced NOTIFY per burst. Returns once every read model's
+/// views exist (so the API may serve), with the runner's statistics and its task.
+pub async fn start_projections(
     pool: PgPool,
     options: sqlx::postgres::PgConnectOptions,
     bus: &CommandBus,
     config: RunnerConfig,
     workflow: &omoi_workflow::WorkflowConfig,
     shutdown: Shutdown,
-) -> (Arc<RunnerStats>, tokio::task::JoinHandle<()>) {
+) -> Result<(Arc<RunnerStats>, tokio::task::JoinHandle<()>), sqlx::Error> {
     start_projections_with(
         pool,
         options,
@@ -381,18 +381,22 @@ pub fn start_projections(
             .collect(),
         shutdown,
     )
+    .await
 }
 
 /// [`start_projections`] with the given projectors (tests use probes).
-pub fn start_projections_with(
+pub async fn start_projections_with(
     pool: PgPool,
     options: sqlx::postgres::PgConnectOptions,
     bus: &CommandBus,
     config: RunnerConfig,
     projectors: Vec<Arc<dyn omoi_projections::Projector>>,
     shutdown: Shutdown,
-) -> (Arc<RunnerStats>, tokio::task::JoinHandle<()>) {
+) -> Result<(Arc<RunnerStats>, tokio::task::JoinHandle<()>), sqlx::Error> {
     let runner = ProjectionRunner::new(pool.clone(), options, projectors, config);
+    // A request must not find a read model's views missing (the first start of a
+    // database: a board move's WIP check read `board_cards` before it existed).
+    runner.prepare().await?;
     let stats = runner.stats();
     let waker = runner.waker();
     let mut commits = bus.commits();
@@ -411,7 +415,7 @@ pub fn start_projections_with(
             tracing::error!(%error, "the projection runner stopped");
         }
     });
-    (stats, task)
+    Ok((stats, task))
 }
 
 /// Commits within this window share one NOTIFY to other processes.

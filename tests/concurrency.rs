@@ -219,3 +219,81 @@ fn key(event: &Value) -> (String, String, i64) {
         event["sequence"].as_i64().expect("sequence"),
     )
 }
+
+/// The server's bus keeps the aggregates it commits; another process (a second bus on the
+/// same database) appends to one meanwhile. The server's next command decides on the
+/// aggregate with those events, at the right sequence — a kept state falls behind the
+/// log but is never used as if it were current — and a refusal that depends on them
+/// (the ticket was blocked elsewhere) is made.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_kept_aggregate_catches_up_with_what_another_process_appended() {
+    use omoi_domain::ticket::{BlockReason, Ticket, TicketCommand};
+
+    let app = spawn_app().await;
+    let (_, project) = app.organization_and_project().await;
+    let (status, ticket) = app
+        .post(
+            "/api/v1/tickets",
+            json!({"project_id": project, "title": "Kept"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{ticket}");
+    let id = ticket["id"].as_str().expect("an id").to_string();
+    // Read once more through the server, so its bus certainly holds version 1.
+    let (status, read) = app.get(&format!("/api/v1/tickets/{id}")).await;
+    assert_eq!(
+        (status, read["version"].clone()),
+        (StatusCode::OK, json!(1))
+    );
+
+    let other = app.second_bus().await;
+    let context = CommandContext::new(Actor::System("other-process"), "elsewhere");
+    for title in ["One", "Two"] {
+        let rename = TicketCommand::UpdateTicket {
+            title: Some(title.into()),
+            description: None,
+            priority: None,
+            phase: None,
+        };
+        other
+            .execute::<Ticket>(&id, rename, &context)
+            .await
+            .expect("renamed elsewhere");
+    }
+    let block = TicketCommand::BlockTicket {
+        reason: BlockReason::Environment,
+        note: None,
+        at: chrono::Utc::now(),
+    };
+    other
+        .execute::<Ticket>(&id, block, &context)
+        .await
+        .expect("blocked elsewhere");
+
+    let (status, renamed) = app
+        .patch(&format!("/api/v1/tickets/{id}"), json!({"title": "Three"}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{renamed}");
+    assert_eq!(
+        renamed["version"], 5,
+        "after the other process's three events: {renamed}"
+    );
+    assert_eq!(renamed["state"]["title"], "Three");
+    assert!(renamed["state"]["blocked"].is_object(), "{renamed}");
+    // Blocked elsewhere: blocking again is refused here, on the caught-up state.
+    let (status, again) = app
+        .post(
+            &format!("/api/v1/tickets/{id}/block"),
+            json!({"reason": "environment"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{again}");
+    let (_, history) = app.get(&format!("/api/v1/tickets/{id}/history")).await;
+    let sequences: Vec<i64> = history["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .filter_map(|e| e["sequence"].as_i64())
+        .collect();
+    assert_eq!(sequences, vec![1, 2, 3, 4, 5]);
+}

@@ -175,7 +175,7 @@ impl Workload {
 
     async fn run<A>(&self, id: &str, command: A::Command, context: &CommandContext)
     where
-        A: cqrs_es::Aggregate<Services = ()> + omoi_domain::common::Scoped + Clone,
+        A: cqrs_es::Aggregate<Services = ()> + omoi_domain::common::Scoped + Clone + 'static,
         A::Command: Clone + Send,
         A::Error: Send,
     {

@@ -120,7 +120,7 @@ async fn create_tickets(bus: &CommandBus, n: usize) -> Vec<Uuid> {
     ids
 }
 
-fn start(
+async fn start(
     database: &TestDatabase,
     projectors: Vec<Arc<dyn Projector>>,
     bus: &CommandBus,
@@ -136,7 +136,9 @@ fn start(
         test_runner_config(),
         projectors,
         shutdown,
-    );
+    )
+    .await
+    .expect("the probes' builds");
     (trigger, task)
 }
 
@@ -171,7 +173,7 @@ where
 async fn events_committed_behind_an_open_transaction_are_projected_once_it_commits() {
     let database = TestDatabase::create().await.expect("database");
     let bus = CommandBus::new(database.pool.clone(), RetryPolicy::default());
-    let (trigger, task) = start(&database, vec![Arc::new(Probe)], &bus);
+    let (trigger, task) = start(&database, vec![Arc::new(Probe)], &bus).await;
 
     let mut held = database.pool.begin().await.expect("a transaction");
     sqlx::query(
@@ -223,7 +225,7 @@ async fn a_poison_event_stops_only_its_projector_and_a_retry_resumes_from_it() {
         .await
         .expect("blocked");
     create_tickets(&bus, 5).await;
-    let (trigger, task) = start(&database, projectors, &bus);
+    let (trigger, task) = start(&database, projectors, &bus).await;
 
     eventually("the probe carries on", || async {
         seen(&database).await == 11
@@ -292,14 +294,14 @@ async fn a_poison_event_stops_only_its_projector_and_a_retry_resumes_from_it() {
 async fn a_second_runner_takes_over_when_the_leader_stops_and_nothing_is_applied_twice() {
     let database = TestDatabase::create().await.expect("database");
     let bus = CommandBus::new(database.pool.clone(), RetryPolicy::default());
-    let (first_trigger, first) = start(&database, vec![Arc::new(Probe)], &bus);
+    let (first_trigger, first) = start(&database, vec![Arc::new(Probe)], &bus).await;
     create_tickets(&bus, 20).await;
     eventually("the first runner projects", || async {
         seen(&database).await == 20
     })
     .await;
 
-    let (second_trigger, second) = start(&database, vec![Arc::new(Probe)], &bus);
+    let (second_trigger, second) = start(&database, vec![Arc::new(Probe)], &bus).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let _ = first_trigger.send(true);
     first.await.expect("first runner");
@@ -359,7 +361,7 @@ async fn builds(database: &TestDatabase) -> Vec<(i64, i32, String)> {
 async fn bumping_a_version_rebuilds_beside_the_live_build_and_switches_readers_when_caught_up() {
     let database = TestDatabase::create().await.expect("database");
     let bus = CommandBus::new(database.pool.clone(), RetryPolicy::default());
-    let (trigger, task) = start(&database, vec![Arc::new(ProbeAt(1))], &bus);
+    let (trigger, task) = start(&database, vec![Arc::new(ProbeAt(1))], &bus).await;
     create_tickets(&bus, 30).await;
     eventually("version 1 projects", || async {
         seen(&database).await == 30
@@ -368,7 +370,7 @@ async fn bumping_a_version_rebuilds_beside_the_live_build_and_switches_readers_w
     let _ = trigger.send(true);
     task.await.expect("runner");
 
-    let (trigger, task) = start(&database, vec![Arc::new(ProbeAt(2))], &bus);
+    let (trigger, task) = start(&database, vec![Arc::new(ProbeAt(2))], &bus).await;
     // Readers keep answering from version 1 while version 2 catches up, then from version 2.
     eventually("version 2 is live", || async {
         assert_eq!(

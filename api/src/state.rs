@@ -175,7 +175,7 @@ impl AppState {
         command: A::Command,
     ) -> ApiResult<Committed<A>>
     where
-        A: Aggregate<Services = ()> + Scoped + Clone,
+        A: Aggregate<Services = ()> + Scoped + Clone + 'static,
         A::Command: Clone + Send,
         A::Error: DomainError,
     {
@@ -194,7 +194,7 @@ impl AppState {
         command: A::Command,
     ) -> ApiResult<Json<Versioned<A>>>
     where
-        A: Aggregate<Services = ()> + Scoped + Clone,
+        A: Aggregate<Services = ()> + Scoped + Clone + 'static,
         A::Command: Clone + Send,
         A::Error: DomainError,
     {
@@ -214,7 +214,7 @@ impl AppState {
         command: A::Command,
     ) -> ApiResult<Committed<A>>
     where
-        A: Aggregate<Services = ()> + Scoped + Clone,
+        A: Aggregate<Services = ()> + Scoped + Clone + 'static,
         A::Command: Clone + Send,
         A::Error: DomainError,
     {
@@ -235,7 +235,7 @@ impl AppState {
         refused_as: &'static str,
     ) -> ApiResult<Committed<A>>
     where
-        A: Aggregate<Services = ()> + Scoped + Clone,
+        A: Aggregate<Services = ()> + Scoped + Clone + 'static,
         A::Command: Clone + Send,
         A::Error: DomainError,
     {
@@ -253,7 +253,7 @@ impl AppState {
         refused_as: &'static str,
     ) -> ApiResult<Committed<A>>
     where
-        A: Aggregate<Services = ()> + Scoped + Clone,
+        A: Aggregate<Services = ()> + Scoped + Clone + 'static,
         A::Command: Clone + Send,
         A::Error: DomainError,
     {
@@ -286,7 +286,7 @@ impl AppState {
         id: Uuid,
     ) -> ApiResult<(A, usize)>
     where
-        A: Aggregate + Scoped,
+        A: Aggregate + Scoped + Clone + 'static,
         A::Error: DomainError,
     {
         let (aggregate, version) = self.load::<A>(id).await?;
@@ -298,7 +298,7 @@ impl AppState {
     /// a scope the caller was authorized on.
     pub async fn load<A>(&self, id: Uuid) -> ApiResult<(A, usize)>
     where
-        A: Aggregate,
+        A: Aggregate + Clone + 'static,
         A::Error: DomainError,
     {
         self.bus

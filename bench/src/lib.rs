@@ -14,6 +14,8 @@
 //! * [`worker`] — `bench-worker`: the orchestrator's tasks/s and ready → assigned latency.
 //! * [`workflow`] — `bench-workflow`: specs run end to end by the process managers (specs/s,
 //!   task completion → ticket move latency).
+//! * [`aggregate`] — `bench-aggregate`: a command on an aggregate of 10,000 events against
+//!   one of 10, with and without the bus's aggregate cache.
 //! * [`dashboard`] — `bench-dashboard`: the first load of a 500-card board in headless
 //!   Chromium (first paint, live) and the JavaScript the app ships.
 //! * [`chaos`] — `chaos`: replicas and workers SIGKILLed under load, then the invariants
@@ -21,6 +23,7 @@
 //! * [`setup`] — what they share: the benchmark cluster, the `omoi` binary they start,
 //!   the machine's load; [`stats`] — percentiles and medians, computed one way.
 
+pub mod aggregate;
 pub mod chaos;
 pub mod dashboard;
 pub mod live;

@@ -35,6 +35,9 @@ enum Command {
     /// Benchmark the dashboard's first load of a large board in headless Chromium (first
     /// paint, live) and the JavaScript it ships.
     BenchDashboard(omoi_bench::dashboard::Args),
+    /// Benchmark a command's cost as its aggregate's history grows (10,000 events against
+    /// 10), with and without the bus's aggregate cache.
+    BenchAggregate(omoi_bench::aggregate::Args),
     /// Run replicas and workers on one fresh database under load, SIGKILL a random one
     /// every few seconds (restarting it), then check that no event was lost or doubled,
     /// every read model equals a rebuild, every task ran once per attempt and finished,
@@ -65,6 +68,7 @@ fn main() -> ExitCode {
             Command::BenchWorkflow(args) => omoi_bench::workflow::run(args).await,
             Command::BenchMonitoring(args) => omoi_bench::monitoring::run(args).await,
             Command::BenchDashboard(args) => omoi_bench::dashboard::run(args).await,
+            Command::BenchAggregate(args) => omoi_bench::aggregate::run(args).await,
             Command::Chaos(args) => omoi_bench::chaos::run(args).await,
         }
     });

@@ -541,7 +541,8 @@ async fn lag(admin_url: &str, rate: u64, seconds: u64) -> anyhow::Result<()> {
         RunnerConfig::default(),
         &omoi_workflow::WorkflowConfig::default(),
         shutdown,
-    );
+    )
+    .await?;
     leaders(&stats).await?;
     let (organization, project) = organization_and_project(&bus).await?;
     let stop = Arc::new(AtomicBool::new(false));

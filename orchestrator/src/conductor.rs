@@ -32,9 +32,22 @@ pub async fn flag_new_duplicates(
     threshold: f64,
     now: DateTime<Utc>,
 ) {
-    if let Err(error) = pass(&pool, &bus, threshold, now).await {
-        tracing::warn!(%error, "conductor: cannot look for duplicate work");
+    match pass(&pool, &bus, threshold, now).await {
+        Ok(()) => {}
+        // A first start: the directory's projector has not created its table yet. Nothing
+        // was compared and the cursor did not move; the next pass finds the table.
+        Err(error) if is_undefined_table(&error) => {
+            tracing::debug!(%error, "conductor: the directory is not built yet");
+        }
+        Err(error) => tracing::warn!(%error, "conductor: cannot look for duplicate work"),
     }
+}
+
+fn is_undefined_table(error: &sqlx::Error) -> bool {
+    error
+        .as_database_error()
+        .and_then(|e| e.code())
+        .is_some_and(|code| code == "42P01")
 }
 
 async fn pass(

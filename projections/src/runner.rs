@@ -179,11 +179,19 @@ impl ProjectionRunner {
         self.stats.clone()
     }
 
-    /// Projects until `shutdown` completes.
-    pub async fn run(self, shutdown: impl Future<Output = ()> + Send) -> Result<(), sqlx::Error> {
+    /// Makes sure every projector has its build for this code version, so that its
+    /// views exist: a server calls it before it answers requests (a read of a view that
+    /// does not exist yet would fail), and [`ProjectionRunner::run`] calls it again.
+    pub async fn prepare(&self) -> Result<(), sqlx::Error> {
         for projector in self.projectors.values() {
             catalog::ensure_current_build(&self.pool, projector.as_ref()).await?;
         }
+        Ok(())
+    }
+
+    /// Projects until `shutdown` completes.
+    pub async fn run(self, shutdown: impl Future<Output = ()> + Send) -> Result<(), sqlx::Error> {
+        self.prepare().await?;
         let listener = tokio::spawn(listen(self.options.clone(), self.wake.clone()));
         let mut tasks: HashMap<i64, JoinHandle<()>> = HashMap::new();
         let (stop_tx, stop_rx) = watch::channel(false);

@@ -1,9 +1,13 @@
 //! The command bus: the one place where a command becomes events.
 //!
-//! For each command it loads the aggregate (cqrs-es, plain event-store mode), lets the
-//! caller check the aggregate's scope before anything is decided (authorization hooks in
-//! here), handles the command, and commits the events with the request's metadata. Two
-//! things cqrs-es leaves to us are done here:
+//! For each command it loads the aggregate, lets the caller check the aggregate's scope
+//! before anything is decided (authorization hooks in here), handles the command (the
+//! aggregates are cqrs-es aggregates), and commits the events with the request's metadata.
+//! Three things cqrs-es leaves to us are done here:
+//!
+//! * **Aggregates come from memory.** A command does not fold the aggregate's whole
+//!   history: the bus keeps recently used aggregates ([`crate::cache`]) and reads only the
+//!   events after the kept version, so a command's cost does not grow with the history.
 //!
 //! * **Conflicts are retried.** cqrs-es detects a concurrent append (unique key on
 //!   `(aggregate_type, aggregate_id, sequence)`) but gives up at once; we reload and
@@ -20,13 +24,12 @@ use std::time::Duration;
 
 use chrono::Utc;
 use cqrs_es::event_sink::EventSink;
-use cqrs_es::persist::PersistedEventStore;
 
 use crate::append::{AppendError, Rows};
+use crate::cache::{self, AggregateCache};
 use crate::log::StoredEvent;
-use cqrs_es::{Aggregate, AggregateContext, AggregateError, EventStore};
+use cqrs_es::Aggregate;
 use omoi_domain::common::{Scope, Scoped};
-use postgres_es::PostgresEventRepository;
 use rand::Rng;
 use sqlx::PgPool;
 use tokio::sync::Mutex;
@@ -181,6 +184,8 @@ pub struct CommandBus {
     stripes: Vec<Mutex<()>>,
     /// Bumped after every commit that appended events: wakes projectors in this process.
     commits: tokio::sync::watch::Sender<u64>,
+    /// Aggregates as this process last committed or loaded them.
+    cache: AggregateCache,
 }
 
 /// Why a scope check refused an aggregate.
@@ -199,11 +204,18 @@ impl<F: Fn(Option<Scope>) -> Result<(), Refusal> + Send + Sync> ScopeCheck for F
 
 impl CommandBus {
     pub fn new(pool: PgPool, retry: RetryPolicy) -> Self {
+        Self::with_cache(pool, retry, cache::DEFAULT_CAPACITY)
+    }
+
+    /// A bus keeping at most `cached` aggregates in memory (0: none, every command folds
+    /// its aggregate's whole history — the benchmark's "before").
+    pub fn with_cache(pool: PgPool, retry: RetryPolicy, cached: usize) -> Self {
         Self {
             pool,
             retry,
             stripes: (0..LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
             commits: tokio::sync::watch::channel(0).0,
+            cache: AggregateCache::new(cached),
         }
     }
 
@@ -214,10 +226,6 @@ impl CommandBus {
 
     pub fn pool(&self) -> &PgPool {
         &self.pool
-    }
-
-    fn store<A: Aggregate>(&self) -> PersistedEventStore<PostgresEventRepository, A> {
-        PersistedEventStore::new_event_store(PostgresEventRepository::new(self.pool.clone()))
     }
 
     fn stripe<A: Aggregate>(&self, aggregate_id: &str) -> &Mutex<()> {
@@ -238,7 +246,7 @@ impl CommandBus {
         context: &CommandContext,
     ) -> Result<Committed<A>, CommandError<A::Error>>
     where
-        A: Aggregate<Services = ()> + Scoped + Clone,
+        A: Aggregate<Services = ()> + Scoped + Clone + 'static,
         A::Command: Clone + Send,
         A::Error: Send,
     {
@@ -255,7 +263,7 @@ impl CommandBus {
         check: &dyn ScopeCheck,
     ) -> Result<Committed<A>, CommandError<A::Error>>
     where
-        A: Aggregate<Services = ()> + Scoped + Clone,
+        A: Aggregate<Services = ()> + Scoped + Clone + 'static,
         A::Command: Clone + Send,
         A::Error: Send,
     {
@@ -274,7 +282,7 @@ impl CommandBus {
         check: &dyn ScopeCheck,
     ) -> Result<Committed<A>, CommandError<A::Error>>
     where
-        A: Aggregate<Services = ()> + Scoped + Clone,
+        A: Aggregate<Services = ()> + Scoped + Clone + 'static,
         A::Command: Clone + Send,
         A::Error: Send,
     {
@@ -317,13 +325,14 @@ impl CommandBus {
         check: &dyn ScopeCheck,
     ) -> Result<Committed<A>, AttemptError<A::Error>>
     where
-        A: Aggregate<Services = ()> + Scoped + Clone,
+        A: Aggregate<Services = ()> + Scoped + Clone + 'static,
         A::Command: Clone,
     {
         let decided = self.decide::<A>(aggregate_id, commands, check).await?;
         let mut rows = Rows::new();
         decided.add_to(&mut rows, context).map_err(append_failure)?;
         self.append(&rows).await.map_err(append_failure)?;
+        self.keep(&decided);
         Ok(decided.committed())
     }
 
@@ -336,23 +345,20 @@ impl CommandBus {
         check: &dyn ScopeCheck,
     ) -> Result<Decided<A>, AttemptError<A::Error>>
     where
-        A: Aggregate<Services = ()> + Scoped + Clone,
+        A: Aggregate<Services = ()> + Scoped + Clone + 'static,
         A::Command: Clone,
     {
-        let mut loaded = self
-            .store::<A>()
-            .load_aggregate(aggregate_id)
+        let (mut state, version) = self
+            .current::<A>(aggregate_id)
             .await
-            .map_err(classify)?;
-        if let Err(refusal) = check(loaded.aggregate().scope()) {
+            .map_err(AttemptError::Failed)?;
+        if let Err(refusal) = check(state.scope()) {
             return Err(AttemptError::Failed(CommandError::Refused(refusal)));
         }
-        let version = loaded.current_sequence;
         // The sink applies each event as it is written, so the state is the new one.
         let sink = EventSink::default();
         for command in commands {
-            loaded
-                .aggregate()
+            state
                 .handle(command.clone(), &(), &sink)
                 .await
                 .map_err(|e| AttemptError::Failed(CommandError::Domain(e)))?;
@@ -361,8 +367,57 @@ impl CommandBus {
             aggregate_id: aggregate_id.to_string(),
             version,
             events: sink.collect().await,
-            state: loaded.aggregate().clone(),
+            state,
         })
+    }
+
+    /// The aggregate and its version as the log has them now: the kept state (if any)
+    /// with the events after it folded on, kept again when they moved it.
+    async fn current<A>(&self, aggregate_id: &str) -> Result<(A, usize), CommandError<A::Error>>
+    where
+        A: Aggregate + Clone + 'static,
+    {
+        let (mut state, mut version) = self
+            .cache
+            .get::<A>(A::TYPE, aggregate_id)
+            .unwrap_or_default();
+        let tail = crate::log::aggregate_tail(
+            &self.pool,
+            A::TYPE,
+            aggregate_id,
+            i64::try_from(version).unwrap_or(i64::MAX),
+        )
+        .await
+        .map_err(database_failure)?;
+        let moved = !tail.is_empty();
+        for (sequence, payload) in tail {
+            let event: A::Event = serde_json::from_value(payload).map_err(|e| {
+                CommandError::Internal(format!(
+                    "corrupt event {}/{aggregate_id}/{sequence}: {e}",
+                    A::TYPE
+                ))
+            })?;
+            state.apply(event);
+            version = usize::try_from(sequence).unwrap_or(usize::MAX);
+        }
+        if moved {
+            self.cache
+                .put(A::TYPE, aggregate_id, state.clone(), version);
+        }
+        Ok((state, version))
+    }
+
+    /// Keeps what a command committed: the next command on the aggregate reads no history.
+    fn keep<A: Aggregate + Clone + 'static>(&self, decided: &Decided<A>) {
+        if !decided.events.is_empty() {
+            let version = decided.version + decided.events.len();
+            self.cache.put(
+                A::TYPE,
+                &decided.aggregate_id,
+                decided.state.clone(),
+                version,
+            );
+        }
     }
 
     /// Appends `rows` atomically (one statement: one round trip, one transaction).
@@ -381,9 +436,9 @@ impl CommandBus {
         context: &CommandContext,
     ) -> Result<(Committed<A>, Committed<B>), PairError<A::Error, B::Error>>
     where
-        A: Aggregate<Services = ()> + Scoped + Clone,
+        A: Aggregate<Services = ()> + Scoped + Clone + 'static,
         A::Command: Clone + Send,
-        B: Aggregate<Services = ()> + Scoped + Clone,
+        B: Aggregate<Services = ()> + Scoped + Clone + 'static,
         B::Command: Clone + Send,
     {
         let (low, high) = {
@@ -428,6 +483,8 @@ impl CommandBus {
                     if !rows.is_empty() {
                         self.commits.send_modify(|n| *n = n.wrapping_add(1));
                     }
+                    self.keep(&one);
+                    self.keep(&two);
                     return Ok((one.committed(), two.committed()));
                 }
                 Err(AppendError::Conflict) if attempt < self.retry.max_attempts => {
@@ -454,21 +511,10 @@ impl CommandBus {
         aggregate_id: &str,
     ) -> Result<Option<(A, usize)>, CommandError<A::Error>>
     where
-        A: Aggregate,
+        A: Aggregate + Clone + 'static,
     {
-        let mut loaded = self
-            .store::<A>()
-            .load_aggregate(aggregate_id)
-            .await
-            .map_err(|e| match classify(e) {
-                AttemptError::Failed(error) => error,
-                AttemptError::Conflict => CommandError::Internal("conflict while reading".into()),
-            })?;
-        if loaded.current_sequence == 0 {
-            return Ok(None);
-        }
-        let version = loaded.current_sequence;
-        Ok(Some((std::mem::take(loaded.aggregate()), version)))
+        let (state, version) = self.current::<A>(aggregate_id).await?;
+        Ok((version > 0).then_some((state, version)))
     }
 }
 
@@ -488,6 +534,18 @@ impl<E: std::error::Error> AttemptError<E> {
     }
 }
 
+/// A database error of a command: the database is away (503) or it failed (500).
+fn database_failure<E: std::error::Error>(error: sqlx::Error) -> CommandError<E> {
+    if matches!(
+        error,
+        sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed
+    ) {
+        CommandError::Unavailable(error.to_string())
+    } else {
+        CommandError::Internal(error.to_string())
+    }
+}
+
 /// A failed append, for the retry loop: a conflict retries; the rest end the command.
 fn append_failure<E: std::error::Error>(error: AppendError) -> AttemptError<E> {
     match error {
@@ -495,17 +553,7 @@ fn append_failure<E: std::error::Error>(error: AppendError) -> AttemptError<E> {
         AppendError::Encoding(e) => {
             AttemptError::Failed(CommandError::Internal(format!("unencodable event: {e}")))
         }
-        AppendError::Database(e) => {
-            let unavailable = matches!(
-                e,
-                sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed
-            );
-            AttemptError::Failed(if unavailable {
-                CommandError::Unavailable(e.to_string())
-            } else {
-                CommandError::Internal(e.to_string())
-            })
-        }
+        AppendError::Database(e) => AttemptError::Failed(database_failure(e)),
     }
 }
 
@@ -560,32 +608,6 @@ pub enum PairError<EA: std::error::Error, EB: std::error::Error> {
     Unavailable(String),
     #[error("internal error: {0}")]
     Internal(String),
-}
-
-/// Sorts cqrs-es's errors into what a caller can act on. postgres-es reports a pool
-/// timeout as "unexpected", so the underlying sqlx error is inspected as well.
-fn classify<E: std::error::Error>(error: AggregateError<E>) -> AttemptError<E> {
-    match error {
-        AggregateError::AggregateConflict => AttemptError::Conflict,
-        AggregateError::UserError(e) => AttemptError::Failed(CommandError::Domain(e)),
-        AggregateError::DatabaseConnectionError(e) => {
-            AttemptError::Failed(CommandError::Unavailable(e.to_string()))
-        }
-        AggregateError::UnexpectedError(e) => {
-            let unavailable = matches!(
-                e.downcast_ref::<sqlx::Error>(),
-                Some(sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed)
-            );
-            if unavailable {
-                AttemptError::Failed(CommandError::Unavailable(e.to_string()))
-            } else {
-                AttemptError::Failed(CommandError::Internal(e.to_string()))
-            }
-        }
-        AggregateError::DeserializationError(e) => {
-            AttemptError::Failed(CommandError::Internal(format!("corrupt event: {e}")))
-        }
-    }
 }
 
 /// Decides `command` on aggregate `aggregate_id` as it stands in `conn`'s transaction

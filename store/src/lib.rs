@@ -7,6 +7,7 @@
 //! * [`db`] — pool and migrations (the `migrations/` folder at the workspace root).
 //! * [`bus`] — [`bus::CommandBus`]: load, handle, commit with metadata; retry on conflicts;
 //!   two aggregates' commands in one transaction (`execute_pair`).
+//! * [`cache`] — recently used aggregates, brought up to date by the events after them.
 //! * [`append`] — the one `INSERT` of decided events (several aggregates' in one statement).
 //! * [`log`] — reading the event log: per aggregate (history, state as of an event) and
 //!   globally, in the gapless `(transaction_id, global_position)` order.
@@ -21,6 +22,7 @@
 pub mod accounts;
 pub mod append;
 pub mod bus;
+pub mod cache;
 pub mod db;
 pub mod embedded;
 pub mod log;

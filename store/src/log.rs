@@ -276,6 +276,26 @@ pub async fn aggregate_history<'c>(
     rows.iter().map(StoredEvent::from_row).collect()
 }
 
+/// The sequence and payload of every event of one aggregate after its first `after`
+/// (what a kept state lacks; usually nothing).
+pub async fn aggregate_tail<'c>(
+    executor: impl sqlx::Executor<'c, Database = sqlx::Postgres>,
+    aggregate_type: &str,
+    aggregate_id: &str,
+    after: i64,
+) -> Result<Vec<(i64, serde_json::Value)>, sqlx::Error> {
+    sqlx::query_as(
+        "select sequence, payload from events
+          where aggregate_type = $1 and aggregate_id = $2 and sequence > $3
+          order by sequence",
+    )
+    .bind(aggregate_type)
+    .bind(aggregate_id)
+    .bind(after)
+    .fetch_all(executor)
+    .await
+}
+
 /// Every event of several aggregates of one type, by aggregate id and sequence (one query).
 pub async fn histories<'c>(
     executor: impl sqlx::Executor<'c, Database = sqlx::Postgres>,

@@ -304,7 +304,9 @@ async fn serve_configured(
         test_runner_config(),
         &settings.workflow,
         shutdown.clone(),
-    );
+    )
+    .await
+    .expect("the read models' views");
     let mut state = state.with_projections(stats.clone()).with_live(live);
     if let Some(billing) = billing {
         state = state.with_billing(billing);
