@@ -96,6 +96,52 @@ impl Projector for Poisoned {
     }
 }
 
+/// Refuses the block event, transiently (a process manager's effect whose aggregate another
+/// writer changed first), as many times as `failures` says, then applies it.
+struct Contended {
+    failures: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Projector for Contended {
+    fn name(&self) -> &'static str {
+        "contended"
+    }
+    fn version(&self) -> i32 {
+        1
+    }
+    fn tables(&self) -> &'static [&'static str] {
+        &["blocked"]
+    }
+    fn create_tables(&self, schema: &str) -> Vec<String> {
+        vec![format!(
+            "create table {schema}.blocked (ticket text primary key)"
+        )]
+    }
+    fn apply<'a>(
+        &'a self,
+        tx: &'a mut PgConnection,
+        schema: &'a str,
+        events: &'a [StoredEvent],
+    ) -> BoxFuture<'a, Result<(), ProjectionError>> {
+        Box::pin(async move {
+            for event in events.iter().filter(|e| e.event_type == "TicketBlocked") {
+                let left = self.failures.load(Ordering::SeqCst);
+                if left > 0 {
+                    self.failures.store(left - 1, Ordering::SeqCst);
+                    return Err(ProjectionError::Transient(
+                        "the aggregate kept changing concurrently".into(),
+                    ));
+                }
+                sqlx::query(&format!("insert into {schema}.blocked values ($1)"))
+                    .bind(&event.aggregate_id)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            Ok(())
+        })
+    }
+}
+
 async fn create_tickets(bus: &CommandBus, n: usize) -> Vec<Uuid> {
     let context = CommandContext::new(Actor::System("test"), "runner-test");
     let mut ids = Vec::new();
@@ -403,6 +449,62 @@ async fn bumping_a_version_rebuilds_beside_the_live_build_and_switches_readers_w
     create_tickets(&bus, 5).await;
     eventually("version 2 keeps projecting", || async {
         seen(&database).await == 35
+    })
+    .await;
+    let _ = trigger.send(true);
+    task.await.expect("runner");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_transient_failure_is_applied_again_and_never_stops_the_projector() {
+    let database = TestDatabase::create().await.expect("database");
+    let bus = CommandBus::new(database.pool.clone(), RetryPolicy::default());
+    // Fails in the batch, then again alone (the poison search), then succeeds.
+    let failures = Arc::new(std::sync::atomic::AtomicUsize::new(3));
+    let tickets = create_tickets(&bus, 3).await;
+    let context = CommandContext::new(Actor::System("test"), "contended");
+    let block = TicketCommand::BlockTicket {
+        reason: BlockReason::Environment,
+        note: None,
+        at: chrono::Utc::now(),
+    };
+    bus.execute::<Ticket>(&tickets[1].to_string(), block, &context)
+        .await
+        .expect("blocked");
+    create_tickets(&bus, 3).await;
+    let projectors: Vec<Arc<dyn Projector>> = vec![Arc::new(Contended {
+        failures: failures.clone(),
+    })];
+    let (trigger, task) = start(&database, projectors, &bus).await;
+    let blocked = || async {
+        sqlx::query_scalar::<_, i64>("select count(*) from contended_blocked")
+            .fetch_one(&database.pool)
+            .await
+            .unwrap_or(0)
+    };
+    eventually("the block applied once the contention passed", || async {
+        blocked().await == 1
+    })
+    .await;
+    assert_eq!(
+        failures.load(Ordering::SeqCst),
+        0,
+        "it was tried until it succeeded"
+    );
+    let build = omoi_projections::catalog::status(&database.pool)
+        .await
+        .expect("status")
+        .into_iter()
+        .find(|b| b.projector == "contended")
+        .expect("the build");
+    assert!(build.failure.is_none(), "not stopped: {:?}", build.failure);
+    eventually("every event applied", || async {
+        omoi_projections::catalog::status(&database.pool)
+            .await
+            .expect("status")
+            .into_iter()
+            .find(|b| b.projector == "contended")
+            .is_some_and(|b| b.events_applied == 7)
     })
     .await;
     let _ = trigger.send(true);

@@ -57,9 +57,27 @@ pub enum ProjectionError {
     /// A view as of a past position would replay more events than one request may.
     #[error("the project's history up to this position has more than {max} events to replay")]
     ReplayTooLong { max: usize },
+    /// Not the event's fault and not lasting: a process manager's effect found its
+    /// aggregate changed by a concurrent writer, or the database was away. The runner
+    /// rolls the batch back and applies it again; it never stops the projector.
+    #[error("to be applied again: {0}")]
+    Transient(String),
 }
 
 impl ProjectionError {
+    /// Whether applying the same events again later may succeed: a [`Self::Transient`]
+    /// error, or a database that could not be reached.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Self::Transient(_) => true,
+            Self::Database(error) => matches!(
+                error,
+                sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed
+            ),
+            Self::Payload { .. } | Self::ReplayTooLong { .. } => false,
+        }
+    }
+
     pub fn payload(event: &StoredEvent, detail: impl std::fmt::Display) -> Self {
         Self::Payload {
             event_type: event.event_type.clone(),

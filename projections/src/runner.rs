@@ -453,6 +453,11 @@ pub async fn step(
     let schema = build.schema();
     if let Err(error) = projector.apply(&mut tx, &schema, &page.events).await {
         tx.rollback().await?;
+        if error.is_transient() {
+            // Applied again at the next step, from the same checkpoint.
+            tracing::debug!(projector = projector.name(), %error, "batch rolled back; applying it again");
+            return Ok(Step::Applied(0));
+        }
         tracing::debug!(projector = projector.name(), %error, "batch failed; applying its events one by one");
         let batch = Batch {
             from: build.cursor,
@@ -508,8 +513,10 @@ struct Batch<'a> {
 }
 
 /// After a batch failed: applies its events one at a time (each under a savepoint),
-/// commits those before the first that fails, and stops the build at that one. When none
-/// fails on its own (the batch's failure was not the events'), everything is committed.
+/// commits those before the first that fails, and stops the build at that one — unless
+/// its failure is transient (a concurrent writer, the database away): then the rest is
+/// applied again at a later step. When none fails on its own (the batch's failure was not
+/// the events'), everything is committed.
 async fn isolate_poison(
     pool: &PgPool,
     conn: &mut PgConnection,
@@ -544,7 +551,10 @@ async fn isolate_poison(
             Ok(()) => savepoint.commit().await?,
             Err(error) => {
                 savepoint.rollback().await?;
-                poison = Some((event, error));
+                // The events before it are kept; it and the rest are applied again later.
+                if !error.is_transient() {
+                    poison = Some((event, error));
+                }
                 break;
             }
         }

@@ -179,6 +179,15 @@ where
             tracing::debug!(actor = %context.actor, aggregate = A::TYPE, id, %refusal, "an effect was refused; skipped");
             Ok(())
         }
+        // Another writer appended to the aggregate first (the unit's optimistic check), or
+        // the database was away: the runner applies the batch again, reading it anew.
+        Err(
+            conflict @ (omoi_store::CommandError::Conflict { .. }
+            | omoi_store::CommandError::Unavailable(_)),
+        ) => Err(ProjectionError::Transient(format!(
+            "{} {id}: {conflict}",
+            A::TYPE
+        ))),
         Err(other) => Err(ProjectionError::payload(
             event,
             format!("{} {id}: {other}", A::TYPE),
