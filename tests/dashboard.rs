@@ -11,8 +11,12 @@ use omoi_testing::{id_of, spawn_app, TestApp, TEST_PASSWORD};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
-/// The WebDriver code of the Control key.
+/// WebDriver's codes of the keys the tests press.
 const CONTROL: &str = "\u{E009}";
+const ALT: &str = "\u{E00A}";
+const ENTER: &str = "\u{E007}";
+const ESCAPE: &str = "\u{E00C}";
+const ARROW_RIGHT: &str = "\u{E014}";
 
 async fn shot(browser: &Browser, name: &str) {
     let path = screenshot_dir().join(format!("{name}.png"));
@@ -835,6 +839,51 @@ async fn the_board_shows_a_past_position_and_signing_out_ends_the_session() -> a
     )
     .await;
     assert!(browser.current_url().await?.contains("/signin?next="));
+    browser.quit().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_card_moves_from_the_keyboard_and_enter_opens_its_ticket() -> anyhow::Result<()> {
+    let app = spawn_app().await;
+    let (_, project) = app.organization_and_project().await;
+    let card = ticket(&app, &project, "Keyboard").await;
+    let browser = signed_in(&app, &format!("/p/{project}/board")).await?;
+    expect(&browser, "board", &card_in("backlog", &card)).await;
+    browser
+        .execute(
+            &format!("document.querySelector('[data-ticket-id=\"{card}\"]').focus();"),
+            vec![],
+        )
+        .await?;
+    // Alt+→ moves the focused card one column right.
+    browser.press(&[ALT, ARROW_RIGHT]).await?;
+    expect(&browser, "moved", &card_in("analyzing", &card)).await;
+    app.caught_up().await;
+    let (_, moved) = app.get(&format!("/api/v1/tickets/{card}")).await;
+    assert_eq!(moved["state"]["status"], "analyzing", "{moved}");
+    browser
+        .execute(
+            &format!("document.querySelector('[data-ticket-id=\"{card}\"]').focus();"),
+            vec![],
+        )
+        .await?;
+    browser.press(&[ENTER]).await?;
+    expect(
+        &browser,
+        "ticket-drawer",
+        "document.querySelector('aside.drawer h2')?.textContent === 'Keyboard'",
+    )
+    .await;
+    // Escape closes it.
+    browser.press(&[ESCAPE]).await?;
+    expect(
+        &browser,
+        "closed",
+        "!document.querySelector('aside.drawer')",
+    )
+    .await;
+    assert!(!browser.current_url().await?.contains("ticket="));
     browser.quit().await;
     Ok(())
 }
