@@ -66,14 +66,20 @@ pub enum ProjectionError {
 
 impl ProjectionError {
     /// Whether applying the same events again later may succeed: a [`Self::Transient`]
-    /// error, or a database that could not be reached.
+    /// error, a database that could not be reached, a serialization failure or a deadlock.
     pub fn is_transient(&self) -> bool {
         match self {
             Self::Transient(_) => true,
-            Self::Database(error) => matches!(
-                error,
-                sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed
-            ),
+            Self::Database(error) => {
+                matches!(
+                    error,
+                    sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed
+                ) || error
+                    .as_database_error()
+                    .and_then(|e| e.code())
+                    // A serialization failure or a deadlock: the other transaction won.
+                    .is_some_and(|code| code == "40001" || code == "40P01")
+            }
             Self::Payload { .. } | Self::ReplayTooLong { .. } => false,
         }
     }

@@ -255,6 +255,9 @@ pub enum Step {
     Stopped,
     /// The build was retired (a newer one went live).
     Retired,
+    /// A transient failure (a process manager's effect met a concurrent writer, the
+    /// database was away) rolled the batch back: try again after [`RETRY_PAUSE`].
+    Retry,
 }
 
 struct BuildWorker {
@@ -308,6 +311,7 @@ impl BuildWorker {
         );
         self.stats.update(self.build, |s| s.leader = true);
         let mut read_ahead = ReadAhead::default();
+        let mut retries: u32 = 0;
         loop {
             if *self.stop.borrow() {
                 return Ok(false);
@@ -322,10 +326,24 @@ impl BuildWorker {
                 &mut read_ahead,
             )
             .await?;
+            if !matches!(step, Step::Retry) {
+                retries = 0;
+            }
             match step {
                 Step::Applied(_) => {}
                 Step::Retired => return Ok(true),
                 Step::Idle | Step::Stopped => self.wait().await,
+                Step::Retry => {
+                    retries += 1;
+                    if retries.is_multiple_of(RETRIES_BEFORE_WARNING) {
+                        tracing::warn!(
+                            projector = self.projector.name(),
+                            retries,
+                            "a batch keeps failing transiently; still retrying"
+                        );
+                    }
+                    tokio::time::sleep(RETRY_PAUSE).await;
+                }
             }
         }
     }
@@ -387,6 +405,12 @@ impl Drop for ReadAhead {
         }
     }
 }
+
+/// The pause before a batch that failed transiently is applied again.
+pub const RETRY_PAUSE: Duration = Duration::from_millis(50);
+
+/// Consecutive transient failures of one build between two warnings (a second's worth).
+const RETRIES_BEFORE_WARNING: u32 = 20;
 
 /// One batch of one build, in one transaction on `conn`.
 pub async fn step(
@@ -456,7 +480,7 @@ pub async fn step(
         if error.is_transient() {
             // Applied again at the next step, from the same checkpoint.
             tracing::debug!(projector = projector.name(), %error, "batch rolled back; applying it again");
-            return Ok(Step::Applied(0));
+            return Ok(Step::Retry);
         }
         tracing::debug!(projector = projector.name(), %error, "batch failed; applying its events one by one");
         let batch = Batch {
@@ -469,18 +493,24 @@ pub async fn step(
     let applied = page.events.len();
     advance(&mut tx, &build, page.next, applied).await?;
     tx.commit().await?;
-    if projector.take_appended() {
-        // One announcement per batch, after its commit (never inside an append).
-        if let Err(error) = sqlx::query("select pg_notify($1, '')")
-            .bind(omoi_store::wakeup::CHANNEL)
-            .execute(pool)
-            .await
-        {
-            tracing::debug!(%error, "could not announce a process manager's effects");
-        }
-    }
+    announce_effects(pool, projector).await;
     record_batch(pool, stats, &build, &page.events, started).await;
     Ok(Step::Applied(applied))
+}
+
+/// Tells other processes, once per committed batch (never inside an append), that a
+/// process manager appended effects.
+async fn announce_effects(pool: &PgPool, projector: &dyn Projector) {
+    if !projector.take_appended() {
+        return;
+    }
+    if let Err(error) = sqlx::query("select pg_notify($1, '')")
+        .bind(omoi_store::wakeup::CHANNEL)
+        .execute(pool)
+        .await
+    {
+        tracing::debug!(%error, "could not announce a process manager's effects");
+    }
 }
 
 /// Moves the build's checkpoint to `to`, past `applied` more events.
@@ -542,6 +572,7 @@ async fn isolate_poison(
     let schema = build.schema();
     let mut applied: usize = 0;
     let mut poison = None;
+    let mut transient = false;
     for event in events {
         let mut savepoint = tx.begin().await?;
         match projector
@@ -552,7 +583,9 @@ async fn isolate_poison(
             Err(error) => {
                 savepoint.rollback().await?;
                 // The events before it are kept; it and the rest are applied again later.
-                if !error.is_transient() {
+                if error.is_transient() {
+                    transient = true;
+                } else {
                     poison = Some((event, error));
                 }
                 break;
@@ -564,6 +597,7 @@ async fn isolate_poison(
         advance(&mut tx, &build, last.cursor(), applied).await?;
     }
     tx.commit().await?;
+    announce_effects(pool, projector).await;
     if let Some(done) = events.get(..applied) {
         record_batch(pool, stats, &build, done, started).await;
     }
@@ -572,6 +606,7 @@ async fn isolate_poison(
             record_failure(pool, &build, event, &error.to_string()).await?;
             Ok(Step::Stopped)
         }
+        None if transient && applied == 0 => Ok(Step::Retry),
         None => Ok(Step::Applied(applied)),
     }
 }
@@ -674,6 +709,7 @@ pub async fn catch_up(
             Step::Applied(n) if n > 0 => {}
             // Nothing applied but still building: another process moved it; look again.
             Step::Applied(_) if current.state == BuildState::Building => {}
+            Step::Retry => tokio::time::sleep(RETRY_PAUSE).await,
             _ => return Ok(current),
         }
     }

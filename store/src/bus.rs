@@ -623,10 +623,9 @@ pub async fn execute_in<A>(
 where
     A: Aggregate<Services = ()> + Scoped + Clone,
 {
-    let database = |e: sqlx::Error| CommandError::Internal(e.to_string());
     let history = crate::log::aggregate_history(&mut *conn, A::TYPE, aggregate_id)
         .await
-        .map_err(database)?;
+        .map_err(database_failure)?;
     let mut state: A = crate::log::fold_until(&history, None)
         .map_err(|e| CommandError::Internal(e.to_string()))?;
     let sink = EventSink::default();
@@ -646,6 +645,7 @@ where
         .map_err(|e| CommandError::Internal(e.to_string()))?;
     rows.insert(&mut *conn).await.map_err(|e| match e {
         AppendError::Conflict => CommandError::Conflict { attempts: 1 },
+        AppendError::Database(e) => database_failure(e),
         other => CommandError::Internal(other.to_string()),
     })?;
     Ok(decided.committed())
