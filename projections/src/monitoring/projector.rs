@@ -28,7 +28,9 @@ impl Projector for MonitoringProjector {
     }
 
     fn version(&self) -> i32 {
-        3
+        // 4: a steering id's last `TaskSteered` stands (was its first), so that batches
+        // and single events build the same rows whatever the ids.
+        4
     }
 
     fn tables(&self) -> &'static [&'static str] {
@@ -230,11 +232,13 @@ struct Pair {
 }
 
 /// The batch's steering, folded in memory: the messages it leaves waiting, and what it
-/// removes of the rows already written (delivered messages, ended attempts' tasks).
+/// removes of the rows already written (messages delivered or dropped, ended attempts'
+/// tasks). Written as deletions first, then the messages left waiting: the same rows as
+/// applying the events one by one (a message's last `TaskSteered` stands).
 #[derive(Default)]
 struct Steering {
     waiting: HashMap<Uuid, (Uuid, Uuid)>,
-    delivered: Vec<Uuid>,
+    removed: Vec<Uuid>,
     attempts_over: BTreeSet<Uuid>,
 }
 
@@ -245,16 +249,23 @@ impl Steering {
                 steering_id,
                 agent_id,
             } => {
-                // The first row of an id stands, as the insert's `on conflict do nothing`.
-                self.waiting.entry(steering_id).or_insert((task, agent_id));
+                // The last row of an id stands, as the insert's `on conflict do update`.
+                self.waiting.insert(steering_id, (task, agent_id));
             }
             SteeringEffect::Delivered { steering_id } => {
                 self.waiting.remove(&steering_id);
-                self.delivered.push(steering_id);
+                self.removed.push(steering_id);
             }
             SteeringEffect::AttemptOver => {
-                self.waiting
-                    .retain(|_, (waiting_task, _)| *waiting_task != task);
+                // What waited for this task is dropped, here and (by id) in earlier rows.
+                let removed = &mut self.removed;
+                self.waiting.retain(|id, (waiting_task, _)| {
+                    let keep = *waiting_task != task;
+                    if !keep {
+                        removed.push(*id);
+                    }
+                    keep
+                });
                 self.attempts_over.insert(task);
             }
         }
@@ -263,12 +274,12 @@ impl Steering {
     /// Deletes what the batch removed (rows of earlier batches), then inserts what it
     /// leaves waiting.
     async fn write(self, tx: &mut PgConnection, schema: &str) -> Result<(), ProjectionError> {
-        if !self.delivered.is_empty() || !self.attempts_over.is_empty() {
+        if !self.removed.is_empty() || !self.attempts_over.is_empty() {
             let over: Vec<Uuid> = self.attempts_over.into_iter().collect();
             sqlx::query(&format!(
                 "delete from {schema}.steering where steering_id = any($1) or task_id = any($2)"
             ))
-            .bind(&self.delivered)
+            .bind(&self.removed)
             .bind(&over)
             .execute(&mut *tx)
             .await?;
@@ -279,7 +290,8 @@ impl Steering {
             sqlx::query(&format!(
                 "insert into {schema}.steering (steering_id, task_id, agent_id)
                  select * from unnest($1::uuid[], $2::uuid[], $3::uuid[])
-                 on conflict do nothing"
+                 on conflict (steering_id) do update
+                    set task_id = excluded.task_id, agent_id = excluded.agent_id"
             ))
             .bind(&ids)
             .bind(&tasks)
