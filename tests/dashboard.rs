@@ -36,17 +36,6 @@ fn card_in(column: &str, ticket: &str) -> String {
     format!("document.querySelector('[data-column=\"{column}\"] [data-ticket-id=\"{ticket}\"]')")
 }
 
-async fn ticket(app: &TestApp, project: &str, title: &str) -> String {
-    id_of(
-        &app.must(
-            "/api/v1/tickets",
-            json!({"project_id": project, "title": title}),
-            StatusCode::CREATED,
-        )
-        .await,
-    )
-}
-
 async fn move_over_http(app: &TestApp, ticket: &str, to: &str) {
     app.must(
         "/api/v1/board/move",
@@ -54,29 +43,6 @@ async fn move_over_http(app: &TestApp, ticket: &str, to: &str) {
         StatusCode::OK,
     )
     .await;
-}
-
-async fn task(app: &TestApp, ticket: &str, title: &str, depends_on: &[&str]) -> String {
-    id_of(
-        &app.must(
-            "/api/v1/tasks",
-            json!({"ticket_id": ticket, "title": title, "task_type": "implement",
-                   "depends_on": depends_on}),
-            StatusCode::CREATED,
-        )
-        .await,
-    )
-}
-
-async fn agent(app: &TestApp, organization: &str) -> String {
-    id_of(
-        &app.must(
-            "/api/v1/agents/register",
-            json!({"organization_id": organization, "agent_type": "worker"}),
-            StatusCode::CREATED,
-        )
-        .await,
-    )
 }
 
 async fn task_action(app: &TestApp, task: &str, action: &str, body: Value) {
@@ -115,8 +81,8 @@ async fn a_person_signs_in_sees_the_board_in_its_columns_and_switches_project() 
 {
     let app = spawn_app().await;
     let (organization, project) = app.organization_and_project().await;
-    let login = ticket(&app, &project, "Login page").await;
-    let signup = ticket(&app, &project, "Signup").await;
+    let login = app.ticket(&project, "Login page").await;
+    let signup = app.ticket(&project, "Signup").await;
     move_over_http(&app, &signup, "analyzing").await;
     let other = id_of(
         &app.must(
@@ -126,7 +92,7 @@ async fn a_person_signs_in_sees_the_board_in_its_columns_and_switches_project() 
         )
         .await,
     );
-    let guide = ticket(&app, &other, "User guide").await;
+    let guide = app.ticket(&other, "User guide").await;
 
     let browser = Browser::start().await.expect("a headless Chromium");
     // The shared address of a board, before signing in: sign-in comes first, then the board.
@@ -201,7 +167,7 @@ async fn cards_move_live_by_drag_and_drop_and_a_move_past_the_wip_limit_is_offer
     let (_, project) = app.organization_and_project().await;
     let mut tickets = Vec::new();
     for title in ["Alpha", "Bravo", "Charlie", "Delta", "Echo", "Foxtrot"] {
-        tickets.push(ticket(&app, &project, title).await);
+        tickets.push(app.ticket(&project, title).await);
     }
     let browser = signed_in(&app, &format!("/p/{project}/board")).await?;
     expect(&browser, "board", &card_in("backlog", &tickets[0])).await;
@@ -278,9 +244,11 @@ async fn the_graph_shows_a_dependency_and_a_node_changes_live_when_its_task_comp
 ) -> anyhow::Result<()> {
     let app = spawn_app().await;
     let (organization, project) = app.organization_and_project().await;
-    let ticket = ticket(&app, &project, "Checkout").await;
-    let first = task(&app, &ticket, "Schema", &[]).await;
-    let second = task(&app, &ticket, "Endpoint", &[&first]).await;
+    let ticket = app.ticket(&project, "Checkout").await;
+    let first = app.task(&ticket, "Schema", json!({})).await;
+    let second = app
+        .task(&ticket, "Endpoint", json!({"depends_on": [first]}))
+        .await;
     let browser = signed_in(&app, &format!("/p/{project}/graph")).await?;
     let node = |id: &str, status: &str| {
         format!("document.querySelector('[data-node-id=\"{id}\"][data-status=\"{status}\"]')")
@@ -302,7 +270,7 @@ async fn the_graph_shows_a_dependency_and_a_node_changes_live_when_its_task_comp
     .await;
     shot(&browser, "graph").await;
 
-    let agent = agent(&app, &organization).await;
+    let agent = app.register_agent(&organization).await.id;
     task_action(&app, &first, "assign", json!({"agent_id": agent})).await;
     task_action(&app, &first, "start", json!({})).await;
     expect(&browser, "running", &node(&first, "running")).await;
@@ -341,7 +309,7 @@ async fn the_graph_shows_a_dependency_and_a_node_changes_live_when_its_task_comp
 async fn the_timeline_receives_entries_live_and_filters_by_event_type() -> anyhow::Result<()> {
     let app = spawn_app().await;
     let (_, project) = app.organization_and_project().await;
-    let first = ticket(&app, &project, "Search").await;
+    let first = app.ticket(&project, "Search").await;
     move_over_http(&app, &first, "analyzing").await;
     let browser = signed_in(&app, &format!("/p/{project}/timeline")).await?;
     expect(
@@ -351,7 +319,7 @@ async fn the_timeline_receives_entries_live_and_filters_by_event_type() -> anyho
     )
     .await;
 
-    ticket(&app, &project, "Live entry").await;
+    app.ticket(&project, "Live entry").await;
     expect(
         &browser,
         "live-entry",
@@ -383,7 +351,7 @@ async fn the_timeline_receives_entries_live_and_filters_by_event_type() -> anyho
     assert_eq!(positions.as_array().map(Vec::len), Some(2), "{positions}");
     // A new entry of another type does not enter the filtered list; one of the type does.
     move_over_http(&app, &first, "building").await;
-    ticket(&app, &project, "Another").await;
+    app.ticket(&project, "Another").await;
     expect(
         &browser,
         "filtered-live",
@@ -399,9 +367,9 @@ async fn the_timeline_receives_entries_live_and_filters_by_event_type() -> anyho
 async fn the_task_drawer_replays_the_task_as_it_was_at_an_earlier_event() -> anyhow::Result<()> {
     let app = spawn_app().await;
     let (organization, project) = app.organization_and_project().await;
-    let ticket = ticket(&app, &project, "Billing").await;
-    let work = task(&app, &ticket, "Invoice PDF", &[]).await;
-    let agent = agent(&app, &organization).await;
+    let ticket = app.ticket(&project, "Billing").await;
+    let work = app.task(&ticket, "Invoice PDF", json!({})).await;
+    let agent = app.register_agent(&organization).await.id;
     task_action(&app, &work, "assign", json!({"agent_id": agent})).await;
     task_action(&app, &work, "start", json!({})).await;
     let browser = signed_in(&app, &format!("/p/{project}/board?task={work}")).await?;
@@ -445,8 +413,8 @@ async fn the_task_drawer_replays_the_task_as_it_was_at_an_earlier_event() -> any
 async fn the_command_palette_jumps_to_a_ticket_found_by_search() -> anyhow::Result<()> {
     let app = spawn_app().await;
     let (_, project) = app.organization_and_project().await;
-    let wanted = ticket(&app, &project, "Password reset email").await;
-    ticket(&app, &project, "Unrelated").await;
+    let wanted = app.ticket(&project, "Password reset email").await;
+    app.ticket(&project, "Unrelated").await;
     let browser = signed_in(&app, &format!("/p/{project}/timeline")).await?;
     expect(&browser, "timeline", "document.querySelector('li.entry')").await;
     app.caught_up().await;
@@ -487,7 +455,7 @@ async fn after_a_server_restart_the_socket_reconnects_and_the_board_catches_up(
 ) -> anyhow::Result<()> {
     let app = spawn_app().await;
     let (_, project) = app.organization_and_project().await;
-    let first = ticket(&app, &project, "Before the restart").await;
+    let first = app.ticket(&project, "Before the restart").await;
     let browser = signed_in(&app, &format!("/p/{project}/board")).await?;
     expect(&browser, "board", &card_in("backlog", &first)).await;
     expect(
@@ -500,7 +468,7 @@ async fn after_a_server_restart_the_socket_reconnects_and_the_board_catches_up(
     let app = app.restart().await;
     // Changes made while the page reconnects arrive through the resumption (`after`).
     move_over_http(&app, &first, "analyzing").await;
-    let second = ticket(&app, &project, "After the restart").await;
+    let second = app.ticket(&project, "After the restart").await;
     expect(&browser, "caught-up-move", &card_in("analyzing", &first)).await;
     expect(&browser, "caught-up-new", &card_in("backlog", &second)).await;
     expect(
@@ -518,9 +486,9 @@ async fn after_a_server_restart_the_socket_reconnects_and_the_board_catches_up(
 async fn every_screen_renders_without_an_error_and_is_photographed() -> anyhow::Result<()> {
     let app = spawn_app().await;
     let (organization, project) = app.organization_and_project().await;
-    let ticket = ticket(&app, &project, "Screens").await;
-    task(&app, &ticket, "Render", &[]).await;
-    agent(&app, &organization).await;
+    let ticket = app.ticket(&project, "Screens").await;
+    app.task(&ticket, "Render", json!({})).await;
+    app.register_agent(&organization).await;
     app.must(
         "/api/v1/specs",
         json!({"project_id": project, "title": "Onboarding", "description": "New users"}),
@@ -802,7 +770,7 @@ async fn a_spec_is_written_approved_gate_by_gate_and_its_plan_runs_in_the_execut
 async fn the_board_shows_a_past_position_and_signing_out_ends_the_session() -> anyhow::Result<()> {
     let app = spawn_app().await;
     let (_, project) = app.organization_and_project().await;
-    let card = ticket(&app, &project, "Time travel").await;
+    let card = app.ticket(&project, "Time travel").await;
     move_over_http(&app, &card, "analyzing").await;
     let browser = signed_in(&app, &format!("/p/{project}/board")).await?;
     expect(&browser, "now", &card_in("analyzing", &card)).await;
@@ -847,7 +815,7 @@ async fn the_board_shows_a_past_position_and_signing_out_ends_the_session() -> a
 async fn a_card_moves_from_the_keyboard_and_enter_opens_its_ticket() -> anyhow::Result<()> {
     let app = spawn_app().await;
     let (_, project) = app.organization_and_project().await;
-    let card = ticket(&app, &project, "Keyboard").await;
+    let card = app.ticket(&project, "Keyboard").await;
     let browser = signed_in(&app, &format!("/p/{project}/board")).await?;
     expect(&browser, "board", &card_in("backlog", &card)).await;
     browser

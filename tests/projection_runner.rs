@@ -1,7 +1,7 @@
 //! The projector runner on its own, with probe projectors: exactly once, out-of-order
 //! commits, poison events, and a second runner taking over.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -55,14 +55,39 @@ impl Projector for Probe {
     }
 }
 
-/// Fails on every `TicketBlocked` until it is "fixed".
-struct Poisoned {
-    fixed: Arc<AtomicBool>,
+/// How [`Blocks`] refuses a `TicketBlocked`.
+enum Refusal {
+    /// A poison event, until it is "fixed".
+    Poison { fixed: Arc<AtomicBool> },
+    /// Transiently (a process manager's effect whose aggregate another writer changed
+    /// first), this many times, then applied.
+    Transient { left: Arc<AtomicUsize> },
 }
 
-impl Projector for Poisoned {
+/// Records every blocked ticket, refusing the block event as `refusal` says.
+struct Blocks {
+    name: &'static str,
+    refusal: Refusal,
+}
+
+impl Blocks {
+    fn refuse(&self, event: &StoredEvent) -> Option<ProjectionError> {
+        match &self.refusal {
+            Refusal::Poison { fixed } => (!fixed.load(Ordering::SeqCst))
+                .then(|| ProjectionError::payload(event, "cannot read this block")),
+            Refusal::Transient { left } => left
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .ok()
+                .map(|_| {
+                    ProjectionError::Transient("the aggregate kept changing concurrently".into())
+                }),
+        }
+    }
+}
+
+impl Projector for Blocks {
     fn name(&self) -> &'static str {
-        "poisoned"
+        self.name
     }
     fn version(&self) -> i32 {
         1
@@ -83,54 +108,8 @@ impl Projector for Poisoned {
     ) -> BoxFuture<'a, Result<(), ProjectionError>> {
         Box::pin(async move {
             for event in events.iter().filter(|e| e.event_type == "TicketBlocked") {
-                if !self.fixed.load(Ordering::SeqCst) {
-                    return Err(ProjectionError::payload(event, "cannot read this block"));
-                }
-                sqlx::query(&format!("insert into {schema}.blocked values ($1)"))
-                    .bind(&event.aggregate_id)
-                    .execute(&mut *tx)
-                    .await?;
-            }
-            Ok(())
-        })
-    }
-}
-
-/// Refuses the block event, transiently (a process manager's effect whose aggregate another
-/// writer changed first), as many times as `failures` says, then applies it.
-struct Contended {
-    failures: Arc<std::sync::atomic::AtomicUsize>,
-}
-
-impl Projector for Contended {
-    fn name(&self) -> &'static str {
-        "contended"
-    }
-    fn version(&self) -> i32 {
-        1
-    }
-    fn tables(&self) -> &'static [&'static str] {
-        &["blocked"]
-    }
-    fn create_tables(&self, schema: &str) -> Vec<String> {
-        vec![format!(
-            "create table {schema}.blocked (ticket text primary key)"
-        )]
-    }
-    fn apply<'a>(
-        &'a self,
-        tx: &'a mut PgConnection,
-        schema: &'a str,
-        events: &'a [StoredEvent],
-    ) -> BoxFuture<'a, Result<(), ProjectionError>> {
-        Box::pin(async move {
-            for event in events.iter().filter(|e| e.event_type == "TicketBlocked") {
-                let left = self.failures.load(Ordering::SeqCst);
-                if left > 0 {
-                    self.failures.store(left - 1, Ordering::SeqCst);
-                    return Err(ProjectionError::Transient(
-                        "the aggregate kept changing concurrently".into(),
-                    ));
+                if let Some(refusal) = self.refuse(event) {
+                    return Err(refusal);
                 }
                 sqlx::query(&format!("insert into {schema}.blocked values ($1)"))
                     .bind(&event.aggregate_id)
@@ -254,8 +233,11 @@ async fn a_poison_event_stops_only_its_projector_and_a_retry_resumes_from_it() {
     let fixed = Arc::new(AtomicBool::new(false));
     let projectors: Vec<Arc<dyn Projector>> = vec![
         Arc::new(Probe),
-        Arc::new(Poisoned {
-            fixed: fixed.clone(),
+        Arc::new(Blocks {
+            name: "poisoned",
+            refusal: Refusal::Poison {
+                fixed: fixed.clone(),
+            },
         }),
     ];
     // Written before the runner starts, so that its first batch holds good events on
@@ -460,7 +442,7 @@ async fn a_transient_failure_is_applied_again_and_never_stops_the_projector() {
     let database = TestDatabase::create().await.expect("database");
     let bus = CommandBus::new(database.pool.clone(), RetryPolicy::default());
     // Fails in the batch, then again alone (the poison search), then succeeds.
-    let failures = Arc::new(std::sync::atomic::AtomicUsize::new(3));
+    let failures = Arc::new(AtomicUsize::new(3));
     let tickets = create_tickets(&bus, 3).await;
     let context = CommandContext::new(Actor::System("test"), "contended");
     let block = TicketCommand::BlockTicket {
@@ -472,8 +454,11 @@ async fn a_transient_failure_is_applied_again_and_never_stops_the_projector() {
         .await
         .expect("blocked");
     create_tickets(&bus, 3).await;
-    let projectors: Vec<Arc<dyn Projector>> = vec![Arc::new(Contended {
-        failures: failures.clone(),
+    let projectors: Vec<Arc<dyn Projector>> = vec![Arc::new(Blocks {
+        name: "contended",
+        refusal: Refusal::Transient {
+            left: failures.clone(),
+        },
     })];
     let (trigger, task) = start(&database, projectors, &bus).await;
     let blocked = || async {

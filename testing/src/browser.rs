@@ -215,17 +215,6 @@ impl Browser {
             .map(drop)
     }
 
-    pub async fn text(&self, element: &Element) -> anyhow::Result<String> {
-        let value = self
-            .call(
-                reqwest::Method::GET,
-                &format!("/element/{}/text", element.0),
-                None,
-            )
-            .await?;
-        Ok(value.as_str().unwrap_or_default().to_string())
-    }
-
     /// Presses a key combination: `keys` are WebDriver key codes or characters, pressed in
     /// order and released in reverse (e.g. `["\u{E009}", "k"]` for Ctrl+K).
     pub async fn press(&self, keys: &[&str]) -> anyhow::Result<()> {
