@@ -56,23 +56,15 @@ async fn task_action(app: &TestApp, task: &str, action: &str, body: Value) {
 
 /// A browser signed in as the test owner, showing `path`.
 async fn signed_in(app: &TestApp, path: &str) -> anyhow::Result<Browser> {
-    let browser = Browser::start().await.expect("a headless Chromium");
-    browser.goto(&app.url(path)).await.expect("the app");
-    let email = browser
-        .find("input[name=email]")
+    let browser = Browser::start().await?;
+    browser.goto(&app.url(path)).await?;
+    if let Err(error) = browser
+        .sign_in("owner@example.com", TEST_PASSWORD, PATIENCE)
         .await
-        .expect("the sign-in form");
-    browser.type_into(&email, "owner@example.com").await?;
-    let password = browser.find("input[name=password]").await?;
-    browser.type_into(&password, TEST_PASSWORD).await?;
-    let submit = browser.find("form.signin button[type=submit]").await?;
-    browser.click(&submit).await?;
-    expect(
-        &browser,
-        "signed-in",
-        "document.querySelector('header.topbar')",
-    )
-    .await;
+    {
+        shot(&browser, "failed-signed-in").await;
+        return Err(error);
+    }
     Ok(browser)
 }
 

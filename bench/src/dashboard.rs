@@ -78,17 +78,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
 
     let browser = Browser::start().await?;
     browser.goto(&app.url("/signin")).await?;
-    let field = browser.find("input[name=email]").await?;
-    browser.type_into(&field, email).await?;
-    let field = browser.find("input[name=password]").await?;
-    browser.type_into(&field, TEST_PASSWORD).await?;
-    let submit = browser.find("form.signin button[type=submit]").await?;
-    browser.click(&submit).await?;
     browser
-        .wait_for(
-            "document.querySelector('header.topbar')",
-            Duration::from_secs(30),
-        )
+        .sign_in(email, TEST_PASSWORD, Duration::from_secs(30))
         .await?;
 
     let board = app.url(&format!("/p/{project}/board"));

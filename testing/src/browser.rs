@@ -194,6 +194,24 @@ impl Browser {
         }
     }
 
+    /// Signs in through the app's form on the page it shows (the sign-in page, or the one
+    /// any address of the app redirects to) and waits, up to `patience`, for the app.
+    pub async fn sign_in(
+        &self,
+        email: &str,
+        password: &str,
+        patience: Duration,
+    ) -> anyhow::Result<()> {
+        let field = self.find("input[name=email]").await?;
+        self.type_into(&field, email).await?;
+        let field = self.find("input[name=password]").await?;
+        self.type_into(&field, password).await?;
+        let submit = self.find("form.signin button[type=submit]").await?;
+        self.click(&submit).await?;
+        self.wait_for("document.querySelector('header.topbar')", patience)
+            .await
+    }
+
     pub async fn click(&self, element: &Element) -> anyhow::Result<()> {
         self.post(&format!("/element/{}/click", element.0), json!({}))
             .await
