@@ -11,7 +11,6 @@ use omoi_api::auth::tokens::TokenKeys;
 use omoi_api::metrics::Metrics;
 use omoi_api::state::AppState;
 use omoi_projections::runner::{ProjectionRunner, RunnerConfig, RunnerStats};
-use omoi_store::bus::RetryPolicy;
 use omoi_store::embedded::{ensure_database, EmbeddedPostgres};
 use omoi_store::wakeup::announce_commits;
 use omoi_store::{db, CommandBus};
@@ -79,10 +78,6 @@ pub fn app_state(
     settings: &Settings,
     signing_secret: &[u8],
 ) -> anyhow::Result<AppState> {
-    let retry = RetryPolicy {
-        max_attempts: settings.commands.max_attempts.max(1),
-        ..RetryPolicy::default()
-    };
     let tokens = TokenKeys::new(signing_secret).context("OMOI_JWT_SECRET")?;
     let credential_ttl = std::time::Duration::from_millis(settings.auth.credential_cache_ms);
     let claims = omoi_api::claims::ClaimRules {
@@ -91,7 +86,7 @@ pub fn app_state(
         claims_per_agent: settings.worker.claims_per_agent.max(1),
     };
     Ok(AppState::new(
-        CommandBus::new(pool, retry),
+        CommandBus::configured(pool, settings.commands.bus()),
         Metrics::new()?,
         tokens,
         credential_ttl,

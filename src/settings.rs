@@ -219,6 +219,35 @@ impl AuthSettings {
 #[derive(Debug, Clone, Deserialize)]
 pub struct CommandSettings {
     pub max_attempts: u32,
+    pub cached_aggregates: usize,
+    pub trust_kept: bool,
+    pub group_commit: GroupCommitSettings,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct GroupCommitSettings {
+    pub max_commands: usize,
+    pub in_flight: usize,
+    pub max_wait_us: u64,
+}
+
+impl CommandSettings {
+    /// The command bus these settings describe.
+    pub fn bus(&self) -> omoi_store::BusConfig {
+        omoi_store::BusConfig {
+            retry: omoi_store::bus::RetryPolicy {
+                max_attempts: self.max_attempts.max(1),
+                ..omoi_store::bus::RetryPolicy::default()
+            },
+            cached: self.cached_aggregates,
+            trust_kept: self.trust_kept,
+            group: omoi_store::group::GroupCommitConfig {
+                max_commands: self.group_commit.max_commands.max(1),
+                in_flight: self.group_commit.in_flight.max(1),
+                max_wait: std::time::Duration::from_micros(self.group_commit.max_wait_us),
+            },
+        }
+    }
 }
 
 impl Settings {

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use omoi_domain::common::{Phase, Priority};
 use omoi_domain::ticket::{Ticket, TicketCommand};
-use omoi_store::bus::RetryPolicy;
+use omoi_store::bus::{BusConfig, RetryPolicy};
 use omoi_store::{Actor, CommandBus, CommandContext};
 use omoi_testing::TestDatabase;
 use uuid::Uuid;
@@ -54,7 +54,13 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let buses = [
         (
             "no cache (before)",
-            CommandBus::with_cache(pool.clone(), RetryPolicy::default(), 0),
+            CommandBus::configured(
+                pool.clone(),
+                BusConfig {
+                    cached: 0,
+                    ..BusConfig::default()
+                },
+            ),
         ),
         (
             "cache",

@@ -1,12 +1,13 @@
-//! Appending decided events: the one `INSERT` every command's events go through.
+//! Appending decided events: the `INSERT`s every command's events go through.
 //!
-//! postgres-es writes one aggregate's events per transaction, one statement per event.
-//! Commands that must stand or fall together across aggregates (a spec's approval and the
-//! workflow it counts on the billing account) need their events in *one* transaction, so
-//! the bus appends with its own statement: every row of a unit in one multi-row `INSERT`,
-//! in the order given (positions follow it). The optimistic check is postgres-es's: the
-//! primary key `(aggregate_type, aggregate_id, sequence)` refuses a second writer of the
-//! same sequence, reported here as [`AppendError::Conflict`].
+//! The bus appends with its own statements (not postgres-es's, which writes one aggregate's
+//! events per transaction, one statement per event): commands that must stand or fall
+//! together across aggregates (a spec's approval and the workflow it counts on the billing
+//! account) need their events in *one* transaction, and concurrent commands on different
+//! aggregates are appended together ([`crate::group`]). Every row of a unit goes in one
+//! multi-row `INSERT`, in the order given (positions follow it). The optimistic check is
+//! the primary key `(aggregate_type, aggregate_id, sequence)`, which refuses a second writer
+//! of the same sequence, reported here as [`AppendError::Conflict`].
 
 use std::collections::HashMap;
 
@@ -33,6 +34,10 @@ pub enum AppendError {
     Conflict,
     #[error("an event could not be encoded: {0}")]
     Encoding(#[from] serde_json::Error),
+    /// The database could not be reached, or went away before answering: whether the
+    /// events were committed is unknown.
+    #[error("the database is unavailable: {0}")]
+    Unavailable(String),
     #[error(transparent)]
     Database(sqlx::Error),
 }
@@ -44,6 +49,11 @@ impl From<sqlx::Error> for AppendError {
             .is_some_and(|e| e.is_unique_violation());
         if duplicate {
             Self::Conflict
+        } else if matches!(
+            error,
+            sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed
+        ) {
+            Self::Unavailable(error.to_string())
         } else {
             Self::Database(error)
         }
@@ -93,6 +103,30 @@ impl Rows {
         self.sequences.is_empty()
     }
 
+    /// Moves every row of `other` to the end of these.
+    pub fn append(&mut self, other: &mut Rows) {
+        self.aggregate_types.append(&mut other.aggregate_types);
+        self.aggregate_ids.append(&mut other.aggregate_ids);
+        self.sequences.append(&mut other.sequences);
+        self.event_types.append(&mut other.event_types);
+        self.event_versions.append(&mut other.event_versions);
+        self.payloads.append(&mut other.payloads);
+        self.metadata.append(&mut other.metadata);
+    }
+
+    /// The rows from `at` on, taken out of these.
+    pub fn split_off(&mut self, at: usize) -> Rows {
+        Rows {
+            aggregate_types: self.aggregate_types.split_off(at),
+            aggregate_ids: self.aggregate_ids.split_off(at),
+            sequences: self.sequences.split_off(at),
+            event_types: self.event_types.split_off(at),
+            event_versions: self.event_versions.split_off(at),
+            payloads: self.payloads.split_off(at),
+            metadata: self.metadata.split_off(at),
+        }
+    }
+
     /// Inserts every row in one statement. One statement is one transaction by itself, so
     /// the rows of several aggregates commit together without `begin`/`commit` round
     /// trips; inside a caller's transaction they commit with it. Rows get their global
@@ -125,6 +159,59 @@ impl Rows {
         .execute(executor)
         .await?;
         Ok(())
+    }
+
+    /// Inserts the rows of several units in one statement, except the units one of whose
+    /// sequences is already taken: `units[i]` is the unit of row `i`. Returns those units
+    /// (each one's optimistic check failed: its aggregate moved on since it was decided),
+    /// so that a unit decided on an out-of-date copy fails alone. A sequence another
+    /// transaction holds uncommitted is not seen by the check: the insert waits for it and
+    /// fails as a whole with [`AppendError::Conflict`] if it commits.
+    pub async fn insert_units<'c>(
+        &self,
+        executor: impl sqlx::Executor<'c, Database = sqlx::Postgres>,
+        units: &[i32],
+    ) -> Result<Vec<i32>, AppendError> {
+        if self.is_empty() {
+            return Ok(Vec::new());
+        }
+        // A data-modifying WITH runs whether or not the outer select reads it.
+        let taken = sqlx::query_scalar(
+            "with batch as (
+                 select * from unnest($1::text[], $2::text[], $3::bigint[], $4::text[],
+                                      $5::text[], $6::jsonb[], $7::jsonb[], $8::int[])
+                        with ordinality
+                        as batch (aggregate_type, aggregate_id, sequence, event_type,
+                                  event_version, payload, metadata, unit, position)
+             ), taken as (
+                 select distinct unit from batch
+                  where exists (select from events e
+                                 where e.aggregate_type = batch.aggregate_type
+                                   and e.aggregate_id = batch.aggregate_id
+                                   and e.sequence = batch.sequence)
+             ), appended as (
+                 insert into events
+                     (aggregate_type, aggregate_id, sequence, event_type, event_version,
+                      payload, metadata)
+                 select aggregate_type, aggregate_id, sequence, event_type, event_version,
+                        payload, metadata
+                   from batch
+                  where unit not in (select unit from taken)
+                  order by position
+             )
+             select unit from taken",
+        )
+        .bind(&self.aggregate_types)
+        .bind(&self.aggregate_ids)
+        .bind(&self.sequences)
+        .bind(&self.event_types)
+        .bind(&self.event_versions)
+        .bind(&self.payloads)
+        .bind(&self.metadata)
+        .bind(units)
+        .fetch_all(executor)
+        .await?;
+        Ok(taken)
     }
 }
 

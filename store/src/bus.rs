@@ -6,9 +6,16 @@
 //! Three things cqrs-es leaves to us are done here:
 //!
 //! * **Aggregates come from memory.** A command does not fold the aggregate's whole
-//!   history: the bus keeps recently used aggregates ([`crate::cache`]) and reads only the
-//!   events after the kept version, so a command's cost does not grow with the history.
-//!
+//!   history: the bus keeps recently used aggregates ([`crate::cache`]) and decides on the
+//!   kept copy without reading the log first (`trust_kept`). The append's sequence check
+//!   proves the copy was current; when another process had moved the aggregate on, the
+//!   append is refused and the command is decided again, at once, on the copy brought up
+//!   to date by the events after it. A refusal or a command with nothing to record
+//!   proves nothing, so those are decided again on the log's state before they are
+//!   answered. Either way a command's cost does not grow with the history.
+//! * **Concurrent commands share a transaction.** Appends go through [`crate::group`]:
+//!   commands on different aggregates that arrive together commit in one statement, each
+//!   with its own optimistic check and outcome.
 //! * **Conflicts are retried.** cqrs-es detects a concurrent append (unique key on
 //!   `(aggregate_type, aggregate_id, sequence)`) but gives up at once; we reload and
 //!   re-handle, a bounded number of times with jittered exponential backoff.
@@ -27,6 +34,7 @@ use cqrs_es::event_sink::EventSink;
 
 use crate::append::{AppendError, Rows};
 use crate::cache::{self, AggregateCache};
+use crate::group::{GroupCommit, GroupCommitConfig};
 use crate::log::StoredEvent;
 use cqrs_es::Aggregate;
 use omoi_domain::common::{Scope, Scoped};
@@ -177,15 +185,41 @@ impl RetryPolicy {
 
 const LOCK_STRIPES: usize = 1024;
 
+/// How a [`CommandBus`] works; the default is what `omoi serve` runs.
+#[derive(Debug, Clone, Copy)]
+pub struct BusConfig {
+    pub retry: RetryPolicy,
+    /// Aggregates kept in memory (0: none; every command folds its aggregate's history).
+    pub cached: usize,
+    /// Decide on a kept aggregate without reading the events other processes appended
+    /// since (the append checks it); `false` reads them first, one more round trip per
+    /// command.
+    pub trust_kept: bool,
+    pub group: GroupCommitConfig,
+}
+
+impl Default for BusConfig {
+    fn default() -> Self {
+        Self {
+            retry: RetryPolicy::default(),
+            cached: cache::DEFAULT_CAPACITY,
+            trust_kept: true,
+            group: GroupCommitConfig::default(),
+        }
+    }
+}
+
 /// Executes commands against the Postgres event store.
 pub struct CommandBus {
     pool: PgPool,
     retry: RetryPolicy,
+    trust_kept: bool,
     stripes: Vec<Mutex<()>>,
     /// Bumped after every commit that appended events: wakes projectors in this process.
     commits: tokio::sync::watch::Sender<u64>,
     /// Aggregates as this process last committed or loaded them.
     cache: AggregateCache,
+    appender: GroupCommit,
 }
 
 /// Why a scope check refused an aggregate.
@@ -204,18 +238,24 @@ impl<F: Fn(Option<Scope>) -> Result<(), Refusal> + Send + Sync> ScopeCheck for F
 
 impl CommandBus {
     pub fn new(pool: PgPool, retry: RetryPolicy) -> Self {
-        Self::with_cache(pool, retry, cache::DEFAULT_CAPACITY)
+        Self::configured(
+            pool,
+            BusConfig {
+                retry,
+                ..BusConfig::default()
+            },
+        )
     }
 
-    /// A bus keeping at most `cached` aggregates in memory (0: none, every command folds
-    /// its aggregate's whole history — the benchmark's "before").
-    pub fn with_cache(pool: PgPool, retry: RetryPolicy, cached: usize) -> Self {
+    pub fn configured(pool: PgPool, config: BusConfig) -> Self {
         Self {
+            appender: GroupCommit::new(pool.clone(), config.group),
             pool,
-            retry,
+            retry: config.retry,
+            trust_kept: config.trust_kept,
             stripes: (0..LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
             commits: tokio::sync::watch::channel(0).0,
-            cache: AggregateCache::new(cached),
+            cache: AggregateCache::new(config.cached),
         }
     }
 
@@ -288,22 +328,28 @@ impl CommandBus {
     {
         let _serialized = self.stripe::<A>(aggregate_id).lock().await;
         let mut attempt = 0;
+        let mut trust = self.trust_kept;
         loop {
             attempt += 1;
             match self
-                .try_execute::<A>(aggregate_id, commands, context, check)
+                .try_execute::<A>(aggregate_id, commands, context, check, trust)
                 .await
             {
-                Err(AttemptError::Conflict) if attempt < self.retry.max_attempts => {
+                Err(AttemptError::Conflict { kept }) if attempt < self.retry.max_attempts => {
                     tracing::debug!(
                         aggregate = A::TYPE,
                         aggregate_id,
                         attempt,
+                        kept,
                         "conflict; retrying"
                     );
-                    tokio::time::sleep(self.retry.delay(attempt)).await;
+                    trust = false;
+                    // A kept copy that fell behind is not contention: decide again at once.
+                    if !kept {
+                        tokio::time::sleep(self.retry.delay(attempt)).await;
+                    }
                 }
-                Err(AttemptError::Conflict) => {
+                Err(AttemptError::Conflict { .. }) => {
                     return Err(CommandError::Conflict { attempts: attempt })
                 }
                 Err(AttemptError::Failed(error)) => return Err(error),
@@ -323,24 +369,69 @@ impl CommandBus {
         commands: &[A::Command],
         context: &CommandContext,
         check: &dyn ScopeCheck,
+        trust: bool,
     ) -> Result<Committed<A>, AttemptError<A::Error>>
     where
         A: Aggregate<Services = ()> + Scoped + Clone + 'static,
         A::Command: Clone,
     {
-        let decided = self.decide::<A>(aggregate_id, commands, check).await?;
+        let decided = self
+            .decide::<A>(aggregate_id, commands, check, trust)
+            .await?;
         let mut rows = Rows::new();
-        decided.add_to(&mut rows, context).map_err(append_failure)?;
-        self.append(&rows).await.map_err(append_failure)?;
+        decided
+            .add_to(&mut rows, context)
+            .map_err(|e| append_failure(e, decided.kept))?;
+        self.appender
+            .append(rows)
+            .await
+            .map_err(|e| append_failure(e, decided.kept))?;
         self.keep(&decided);
         Ok(decided.committed())
     }
 
     /// Loads the aggregate, lets `check` see its scope, and decides `commands` in turn:
     /// the events they would append, and the state after them. Nothing is written.
+    ///
+    /// With `trust`, a kept copy is used as it is when it leads to events (the append will
+    /// prove it current); a refusal or no events on it are decided again on the log's
+    /// state, which the append cannot check.
     async fn decide<A>(
         &self,
         aggregate_id: &str,
+        commands: &[A::Command],
+        check: &dyn ScopeCheck,
+        trust: bool,
+    ) -> Result<Decided<A>, AttemptError<A::Error>>
+    where
+        A: Aggregate<Services = ()> + Scoped + Clone + 'static,
+        A::Command: Clone,
+    {
+        if trust {
+            if let Some((state, version)) = self.cache.get::<A>(A::TYPE, aggregate_id) {
+                match Self::decide_on(aggregate_id, state, version, commands, check).await {
+                    Ok(decided) if !decided.events.is_empty() => {
+                        return Ok(Decided {
+                            kept: true,
+                            ..decided
+                        })
+                    }
+                    _ => {}
+                }
+            }
+        }
+        let (state, version) = self
+            .current::<A>(aggregate_id)
+            .await
+            .map_err(AttemptError::Failed)?;
+        Self::decide_on(aggregate_id, state, version, commands, check).await
+    }
+
+    /// Decides `commands` in turn on `state`, the aggregate after its first `version` events.
+    async fn decide_on<A>(
+        aggregate_id: &str,
+        mut state: A,
+        version: usize,
         commands: &[A::Command],
         check: &dyn ScopeCheck,
     ) -> Result<Decided<A>, AttemptError<A::Error>>
@@ -348,10 +439,6 @@ impl CommandBus {
         A: Aggregate<Services = ()> + Scoped + Clone + 'static,
         A::Command: Clone,
     {
-        let (mut state, version) = self
-            .current::<A>(aggregate_id)
-            .await
-            .map_err(AttemptError::Failed)?;
         if let Err(refusal) = check(state.scope()) {
             return Err(AttemptError::Failed(CommandError::Refused(refusal)));
         }
@@ -368,6 +455,7 @@ impl CommandBus {
             version,
             events: sink.collect().await,
             state,
+            kept: false,
         })
     }
 
@@ -420,11 +508,6 @@ impl CommandBus {
         }
     }
 
-    /// Appends `rows` atomically (one statement: one round trip, one transaction).
-    async fn append(&self, rows: &Rows) -> Result<(), AppendError> {
-        rows.insert(&self.pool).await
-    }
-
     /// Executes one command on each of two aggregates and commits both commands' events in
     /// one transaction, or neither: e.g. approving a spec's design and counting the
     /// workflow it starts on the organization's billing account. A conflict on either
@@ -452,6 +535,7 @@ impl CommandBus {
             false => Some(self.stripes[high].lock().await),
         };
         let mut attempt = 0;
+        let mut trust = self.trust_kept;
         loop {
             attempt += 1;
             let one = self
@@ -459,6 +543,7 @@ impl CommandBus {
                     first.aggregate_id,
                     std::slice::from_ref(&first.command),
                     first.check,
+                    trust,
                 )
                 .await
                 .map_err(|e| e.into_pair(PairError::First))?;
@@ -467,6 +552,7 @@ impl CommandBus {
                     second.aggregate_id,
                     std::slice::from_ref(&second.command),
                     second.check,
+                    trust,
                 )
                 .await
                 .map_err(|e| e.into_pair(PairError::Second))?;
@@ -475,12 +561,13 @@ impl CommandBus {
                 .add_to(&mut rows, context)
                 .and_then(|()| two.add_to(&mut rows, context))
             {
-                Ok(()) => self.append(&rows).await,
+                Ok(()) if rows.is_empty() => Ok(false),
+                Ok(()) => self.appender.append(rows).await.map(|()| true),
                 Err(error) => Err(error),
             };
             match appended {
-                Ok(()) => {
-                    if !rows.is_empty() {
+                Ok(appended) => {
+                    if appended {
                         self.commits.send_modify(|n| *n = n.wrapping_add(1));
                     }
                     self.keep(&one);
@@ -488,13 +575,16 @@ impl CommandBus {
                     return Ok((one.committed(), two.committed()));
                 }
                 Err(AppendError::Conflict) if attempt < self.retry.max_attempts => {
-                    tokio::time::sleep(self.retry.delay(attempt)).await;
+                    trust = false;
+                    if !(one.kept || two.kept) {
+                        tokio::time::sleep(self.retry.delay(attempt)).await;
+                    }
                 }
                 Err(AppendError::Conflict) => {
                     return Err(PairError::Conflict { attempts: attempt })
                 }
                 Err(other) => {
-                    return Err(match append_failure::<A::Error>(other) {
+                    return Err(match append_failure::<A::Error>(other, false) {
                         AttemptError::Failed(CommandError::Unavailable(cause)) => {
                             PairError::Unavailable(cause)
                         }
@@ -519,7 +609,10 @@ impl CommandBus {
 }
 
 enum AttemptError<E: std::error::Error> {
-    Conflict,
+    /// Another writer appended first; `kept`: the command was decided on a kept copy.
+    Conflict {
+        kept: bool,
+    },
     Failed(CommandError<E>),
 }
 
@@ -529,7 +622,7 @@ impl<E: std::error::Error> AttemptError<E> {
     fn into_pair<P>(self, side: impl FnOnce(CommandError<E>) -> P) -> P {
         match self {
             Self::Failed(error) => side(error),
-            Self::Conflict => side(CommandError::Conflict { attempts: 1 }),
+            Self::Conflict { .. } => side(CommandError::Conflict { attempts: 1 }),
         }
     }
 }
@@ -547,12 +640,13 @@ fn database_failure<E: std::error::Error>(error: sqlx::Error) -> CommandError<E>
 }
 
 /// A failed append, for the retry loop: a conflict retries; the rest end the command.
-fn append_failure<E: std::error::Error>(error: AppendError) -> AttemptError<E> {
+fn append_failure<E: std::error::Error>(error: AppendError, kept: bool) -> AttemptError<E> {
     match error {
-        AppendError::Conflict => AttemptError::Conflict,
+        AppendError::Conflict => AttemptError::Conflict { kept },
         AppendError::Encoding(e) => {
             AttemptError::Failed(CommandError::Internal(format!("unencodable event: {e}")))
         }
+        AppendError::Unavailable(cause) => AttemptError::Failed(CommandError::Unavailable(cause)),
         AppendError::Database(e) => AttemptError::Failed(database_failure(e)),
     }
 }
@@ -565,6 +659,8 @@ struct Decided<A: Aggregate> {
     events: Vec<A::Event>,
     /// The state after the events.
     state: A,
+    /// Decided on a kept copy without reading the log (only the append can prove it current).
+    kept: bool,
 }
 
 impl<A: Aggregate + Scoped + Clone> Decided<A> {
@@ -638,6 +734,7 @@ where
         version: history.len(),
         events: sink.collect().await,
         state,
+        kept: false,
     };
     let mut rows = Rows::new();
     decided
@@ -646,6 +743,7 @@ where
     rows.insert(&mut *conn).await.map_err(|e| match e {
         AppendError::Conflict => CommandError::Conflict { attempts: 1 },
         AppendError::Database(e) => database_failure(e),
+        AppendError::Unavailable(cause) => CommandError::Unavailable(cause),
         other => CommandError::Internal(other.to_string()),
     })?;
     Ok(decided.committed())

@@ -8,7 +8,8 @@
 //! * [`bus`] — [`bus::CommandBus`]: load, handle, commit with metadata; retry on conflicts;
 //!   two aggregates' commands in one transaction (`execute_pair`).
 //! * [`cache`] — recently used aggregates, brought up to date by the events after them.
-//! * [`append`] — the one `INSERT` of decided events (several aggregates' in one statement).
+//! * [`append`] — the `INSERT`s of decided events (several aggregates' in one statement).
+//! * [`group`] — group commit: concurrent commands' appends in one transaction.
 //! * [`log`] — reading the event log: per aggregate (history, state as of an event) and
 //!   globally, in the gapless `(transaction_id, global_position)` order.
 //! * [`wakeup`] — coalesced cross-process wake-ups (`NOTIFY omoi_events`).
@@ -25,9 +26,10 @@ pub mod bus;
 pub mod cache;
 pub mod db;
 pub mod embedded;
+pub mod group;
 pub mod log;
 pub mod transcripts;
 pub mod wakeup;
 
-pub use bus::{Actor, CommandBus, CommandContext, CommandError, Committed};
+pub use bus::{Actor, BusConfig, CommandBus, CommandContext, CommandError, Committed};
 pub use log::{Cursor, EventPage, StoredEvent};
