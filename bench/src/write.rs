@@ -3,8 +3,13 @@
 //! figure to watch.
 //!
 //! Each command is `PATCH /api/v1/tickets/{id}` (a new title): the server loads the
-//! ticket's events, appends one event and commits. The pgbench script does the same on
-//! the same tickets: select the aggregate's events, insert one event, commit.
+//! ticket, appends one event and commits. The pgbench script does what a command did
+//! before omoi kept aggregates and grouped commits: select the aggregate's events, insert
+//! one event, commit.
+//!
+//! Several builds of the write path run side by side (`--variants`): each is a server of
+//! its own in this process, on the same database, with its own tickets (so one's kept
+//! aggregates are never made stale by another's writes), driven in turn in every run.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -16,7 +21,7 @@ use clap::Args;
 use serde_json::json;
 use tokio::process::Command;
 
-use omoi_testing::{spawn_app_on, TestApp, TestDatabase};
+use omoi_testing::{spawn_app_on_with_settings, TestApp, TestDatabase};
 
 use crate::stats::{median, Latencies};
 
@@ -31,9 +36,54 @@ pub struct BenchArgs {
     /// Measured runs of each side; medians are reported.
     #[arg(long, default_value_t = 3)]
     pub runs: usize,
-    /// Tickets written to (round-robin), so histories stay short as in real use.
+    /// Tickets written to (round-robin) by each variant, so histories stay short as in
+    /// real use.
     #[arg(long, default_value_t = 2000)]
     pub tickets: usize,
+    /// The write paths compared, in the order driven: `before` (reads the aggregate's new
+    /// events before each command, one transaction per command), `kept` (decides on the
+    /// kept aggregate, one transaction per command), `group` (kept, and group commit as
+    /// configured by default); `group:N` writes at most N batches at once.
+    #[arg(long, default_value = "before,kept,group")]
+    pub variants: String,
+}
+
+/// One build of the write path, as the command settings that make it.
+struct Variant {
+    name: String,
+    trust_kept: bool,
+    /// Commands per transaction at most (1: no group commit), and transactions at once.
+    group: Option<usize>,
+}
+
+impl Variant {
+    fn parse(name: &str) -> anyhow::Result<Self> {
+        let (kind, in_flight) = match name.split_once(':') {
+            Some((kind, n)) => (kind, Some(n.parse().context("group:N takes a number")?)),
+            None => (name, None),
+        };
+        let (trust_kept, group) = match (kind, in_flight) {
+            ("before", None) => (false, None),
+            ("kept", None) => (true, None),
+            ("group", n) => (true, Some(n.unwrap_or(0))),
+            _ => anyhow::bail!("unknown variant {name:?} (before, kept, group, group:N)"),
+        };
+        Ok(Self {
+            name: name.to_string(),
+            trust_kept,
+            group,
+        })
+    }
+
+    fn adjust(&self, settings: &mut omoi::settings::Settings) {
+        let commands = &mut settings.commands;
+        commands.trust_kept = self.trust_kept;
+        match self.group {
+            None => commands.group_commit.max_commands = 1,
+            Some(0) => {}
+            Some(in_flight) => commands.group_commit.in_flight = in_flight,
+        }
+    }
 }
 
 struct RunResult {
@@ -49,58 +99,122 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         args.clients > 0 && args.seconds > 0 && args.runs > 0,
         "all counts must be positive"
     );
+    let variants = args
+        .variants
+        .split(',')
+        .map(|name| Variant::parse(name.trim()))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    anyhow::ensure!(!variants.is_empty(), "--variants names none");
     let admin_url = crate::setup::admin_url().await?;
     let database = TestDatabase::create_on(&admin_url).await?;
-    let mut app = spawn_app_on(database).await;
-    app.token = Some(app.register_and_login("bench@example.com").await);
-    let tickets = seed(&app, args.tickets).await?;
-    println!(
-        "write path: {} clients, {} s per run, {} runs, {} tickets",
-        args.clients, args.seconds, args.runs, args.tickets
+    // Every server holds its own pools and projection runners: PostgreSQL's default 100
+    // connections take about five.
+    let mut servers: Vec<(&Variant, TestApp, Vec<String>)> = Vec::new();
+    let mut signed_in = None;
+    for variant in &variants {
+        let mut app =
+            spawn_app_on_with_settings(database.clone(), |settings| variant.adjust(settings)).await;
+        let (token, project) = match &signed_in {
+            Some(known) => known,
+            None => {
+                app.token = Some(app.register_and_login("bench@example.com").await);
+                let (_, project) = app.organization_and_project().await;
+                signed_in.insert((app.token.clone().unwrap_or_default(), project))
+            }
+        };
+        app.token = Some(token.clone());
+        let tickets = seed(&app, project, args.tickets).await?;
+        servers.push((variant, app, tickets));
+    }
+    let (first, project) = match (servers.first(), &signed_in) {
+        (Some((_, app, _)), Some((_, project))) => (app, project),
+        _ => anyhow::bail!("no server started"),
+    };
+    // pgbench's own tickets: its appends never make a server's kept aggregate stale.
+    let raw_tickets = seed(first, project, args.tickets).await?;
+    register_for_pgbench(first, &raw_tickets).await?;
+    let (in_use, most): (i64, i64) = sqlx::query_as(
+        "select (select count(*) from pg_stat_activity), current_setting('max_connections')::bigint",
+    )
+    .fetch_one(&first.database.pool)
+    .await?;
+    anyhow::ensure!(
+        in_use + args.clients as i64 + 16 <= most,
+        "{} servers hold {in_use} of the database's {most} connections: pgbench's {} clients \
+         would not fit (fewer --variants, or a server with more max_connections — the \
+         benchmarks' own cluster, used without DATABASE_URL, allows 300)",
+        servers.len(),
+        args.clients
     );
-    drive(&app, &tickets, args.clients, Duration::from_secs(2)).await?; // warm-up
-    let mut ours = Vec::new();
+    println!(
+        "write path: {} clients, {} s per run, {} runs, {} tickets per variant (load average {})",
+        args.clients,
+        args.seconds,
+        args.runs,
+        args.tickets,
+        crate::setup::load_average()
+    );
+    for (_, app, tickets) in &servers {
+        drive(app, tickets, args.clients, Duration::from_secs(2)).await?; // warm-up
+    }
+    let mut ours: Vec<Vec<RunResult>> = servers.iter().map(|_| Vec::new()).collect();
     let mut raw = Vec::new();
     for run in 1..=args.runs {
-        let o = drive(
-            &app,
-            &tickets,
-            args.clients,
-            Duration::from_secs(args.seconds),
-        )
-        .await?;
-        let r = pgbench(&app, args.clients, args.seconds).await?;
-        println!(
-            "  run {run}: omoi {:>7.0} commands/s (p50 {:.1} ms, p99 {:.1} ms, {} errors) | pgbench {:>7.0} tx/s | ratio {:.2}",
-            o.per_second, o.p50, o.p99, o.errors, r, o.per_second / r
-        );
-        ours.push(o);
+        let mut measured = Vec::new();
+        for (_, app, tickets) in &servers {
+            let duration = Duration::from_secs(args.seconds);
+            measured.push(drive(app, tickets, args.clients, duration).await?);
+        }
+        let r = pgbench(first, args.clients, args.seconds).await?;
+        println!("  run {run}: pgbench {r:>7.0} tx/s");
+        for (((variant, _, _), o), results) in servers.iter().zip(measured).zip(&mut ours) {
+            println!(
+                "    {:<10} {:>7.0} commands/s (p50 {:.1} ms, p99 {:.1} ms, {} errors) | ratio {:.2}",
+                variant.name, o.per_second, o.p50, o.p99, o.errors, o.per_second / r
+            );
+            results.push(o);
+        }
         raw.push(r);
     }
-    let of = |field: fn(&RunResult) -> f64| median(&ours.iter().map(field).collect::<Vec<_>>());
-    let median_ours = of(|o| o.per_second);
-    let ratios: Vec<f64> = ours
-        .iter()
-        .zip(&raw)
-        .map(|(o, r)| o.per_second / r)
-        .collect();
-    let ratio = median(&ratios);
-    let median_raw = median(&raw);
-    let (p50, p99) = (of(|o| o.p50), of(|o| o.p99));
-    // Each run's ratio compares two measurements taken back to back; its median is the
-    // figure that survives a noisy machine.
-    println!("median: omoi {median_ours:.0} commands/s (p50 {p50:.1} ms, p99 {p99:.1} ms), pgbench {median_raw:.0} tx/s, ratio {ratio:.2}");
-    app.stop().await;
+    // Each run's ratio compares measurements taken back to back; its median is the figure
+    // that survives a noisy machine.
+    println!(
+        "medians of {} runs (pgbench {:.0} tx/s):",
+        args.runs,
+        median(&raw)
+    );
+    for ((variant, _, _), results) in servers.iter().zip(&ours) {
+        let of =
+            |field: fn(&RunResult) -> f64| median(&results.iter().map(field).collect::<Vec<_>>());
+        let ratios: Vec<f64> = results
+            .iter()
+            .zip(&raw)
+            .map(|(o, r)| o.per_second / r)
+            .collect();
+        println!(
+            "  {:<10} {:>7.0} commands/s (p50 {:.1} ms, p99 {:.1} ms), ratio {:.2} ({:.2}–{:.2})",
+            variant.name,
+            of(|o| o.per_second),
+            of(|o| o.p50),
+            of(|o| o.p99),
+            median(&ratios),
+            ratios.iter().copied().fold(f64::INFINITY, f64::min),
+            ratios.iter().copied().fold(0.0, f64::max),
+        );
+    }
+    for (_, app, _) in servers {
+        app.stop().await;
+    }
     Ok(())
 }
 
-/// Creates the tickets and the lookup table pgbench uses to address them.
-async fn seed(app: &TestApp, count: usize) -> anyhow::Result<Vec<String>> {
+/// Creates `count` tickets in `project` through `app`.
+async fn seed(app: &TestApp, project: &str, count: usize) -> anyhow::Result<Vec<String>> {
     const SEEDERS: usize = 16;
-    let (_, project) = app.organization_and_project().await;
     let mut seeders = Vec::new();
     for seeder in 0..SEEDERS {
-        let (client, base, project) = (app.client.clone(), app.address.clone(), project.clone());
+        let (client, base, project) =
+            (app.client.clone(), app.address.clone(), project.to_string());
         let token = app.token.clone().unwrap_or_default();
         seeders.push(tokio::spawn(async move {
             let mut ids = Vec::new();
@@ -123,15 +237,20 @@ async fn seed(app: &TestApp, count: usize) -> anyhow::Result<Vec<String>> {
     for seeder in seeders {
         ids.extend(seeder.await??);
     }
+    Ok(ids)
+}
+
+/// The lookup table pgbench addresses its tickets by.
+async fn register_for_pgbench(app: &TestApp, ids: &[String]) -> anyhow::Result<()> {
     let pool = &app.database.pool;
     sqlx::query("create table bench_aggregates (n int primary key, id text not null)")
         .execute(pool)
         .await?;
     sqlx::query("insert into bench_aggregates select row_number() over (), id from unnest($1::text[]) as id")
-        .bind(&ids)
+        .bind(ids)
         .execute(pool)
         .await?;
-    Ok(ids)
+    Ok(())
 }
 
 /// Numbers every command of the process, so that each PATCH sets a title the ticket has

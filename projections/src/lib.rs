@@ -128,6 +128,15 @@ pub trait Projector: Send + Sync {
         events: &'a [StoredEvent],
     ) -> BoxFuture<'a, Result<(), ProjectionError>>;
 
+    /// Whether `event` can change this projector's tables (or, for a process manager, cause
+    /// a command). A batch with no such event is passed over without a transaction: the
+    /// runner keeps the position in memory and writes it with the next batch it applies,
+    /// or when it has nothing more to read. Saying `true` is always safe; saying `false`
+    /// for an event `apply` would use loses it.
+    fn concerns(&self, _event: &StoredEvent) -> bool {
+        true
+    }
+
     /// Whether the batch last applied appended events to the log (process managers do):
     /// the runner then announces them once the batch commits, so that readers in every
     /// process see them at once instead of at their next poll. Reading clears it.

@@ -13,8 +13,16 @@
 //! * **Poison events.** A failing batch is rolled back and its events re-applied one at a
 //!   time: those before the failing event are committed and the build stops at that event,
 //!   recording position and error; the other projectors carry on.
+//! * **One read for all.** The builds of a process woken by the same commit read the same
+//!   page of the stream: [`SharedReads`] reads it once and hands every one the same
+//!   decoded events. A live build with no concern in a page ([`Projector::concerns`])
+//!   passes it by without a transaction and keeps the position in memory, written with
+//!   its next batch or when it has nothing more to read (a crash only re-reads events it
+//!   has no concern with).
 
 use std::collections::{BTreeMap, HashMap};
+
+use futures_util::future::{BoxFuture, FutureExt, Shared};
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -150,6 +158,7 @@ pub struct ProjectionRunner {
     config: RunnerConfig,
     wake: watch::Sender<u64>,
     stats: Arc<RunnerStats>,
+    reads: Arc<SharedReads>,
 }
 
 impl ProjectionRunner {
@@ -167,6 +176,7 @@ impl ProjectionRunner {
             config,
             wake,
             stats: Arc::default(),
+            reads: Arc::default(),
         }
     }
 
@@ -237,6 +247,7 @@ impl ProjectionRunner {
                 wake: self.wake.subscribe(),
                 stats: self.stats.clone(),
                 stop: stop.clone(),
+                reads: self.reads.clone(),
             };
             tasks.insert(build.build, tokio::spawn(worker.run()));
         }
@@ -269,6 +280,7 @@ struct BuildWorker {
     wake: watch::Receiver<u64>,
     stats: Arc<RunnerStats>,
     stop: watch::Receiver<bool>,
+    reads: Arc<SharedReads>,
 }
 
 impl BuildWorker {
@@ -310,7 +322,7 @@ impl BuildWorker {
             "leading projection"
         );
         self.stats.update(self.build, |s| s.leader = true);
-        let mut read_ahead = ReadAhead::default();
+        let mut reading = Reading::shared(self.reads.clone());
         let mut retries: u32 = 0;
         loop {
             if *self.stop.borrow() {
@@ -323,7 +335,7 @@ impl BuildWorker {
                 self.build,
                 self.config.batch_size,
                 &self.stats,
-                &mut read_ahead,
+                &mut reading,
             )
             .await?;
             if !matches!(step, Step::Retry) {
@@ -332,7 +344,12 @@ impl BuildWorker {
             match step {
                 Step::Applied(_) => {}
                 Step::Retired => return Ok(true),
-                Step::Idle | Step::Stopped => self.wait().await,
+                Step::Idle | Step::Stopped => {
+                    // Woken by a commit: a page another build read since it is as new as
+                    // one of our own. Woken by the poll: read anew.
+                    let generation = self.wait().await;
+                    reading.generation = generation;
+                }
                 Step::Retry => {
                     retries += 1;
                     if retries.is_multiple_of(RETRIES_BEFORE_WARNING) {
@@ -348,12 +365,13 @@ impl BuildWorker {
         }
     }
 
-    async fn wait(&mut self) {
+    /// Waits for a wake-up; returns the commit count it saw when a commit woke it.
+    async fn wait(&mut self) -> Option<u64> {
         let mut stop = self.stop.clone();
         tokio::select! {
-            _ = self.wake.changed() => {}
-            _ = stop.changed() => {}
-            () = tokio::time::sleep(self.config.poll_interval) => {}
+            changed = self.wake.changed() => changed.ok().map(|()| *self.wake.borrow_and_update()),
+            _ = stop.changed() => None,
+            () = tokio::time::sleep(self.config.poll_interval) => None,
         }
     }
 }
@@ -368,22 +386,15 @@ pub struct ReadAhead {
 
 impl ReadAhead {
     /// The page after `from`: the one read ahead when it starts there, else a fresh read.
-    async fn page(
-        &mut self,
-        pool: &PgPool,
-        from: Cursor,
-        batch_size: i64,
-    ) -> Result<EventPage, sqlx::Error> {
-        if let Some((at, pending)) = self.pending.take() {
-            if at == from {
-                if let Ok(read) = pending.await {
-                    return read;
-                }
-            } else {
-                pending.abort();
-            }
+    /// The page read ahead from `from`, if it was.
+    async fn take(&mut self, from: Cursor) -> Option<Result<EventPage, sqlx::Error>> {
+        let (at, pending) = self.pending.take()?;
+        if at == from {
+            pending.await.ok()
+        } else {
+            pending.abort();
+            None
         }
-        read_global(pool, from, batch_size, &Visibility::Everything).await
     }
 
     /// Starts reading the page after `from`.
@@ -406,6 +417,127 @@ impl Drop for ReadAhead {
     }
 }
 
+/// Pages of the stream read once for every build of a process that asks for the same one
+/// at about the same time (all are woken by the same commit).
+///
+/// A page is shared with a build that asks for it with a commit count (`generation`) no
+/// newer than the one the read started under: the read began after the commit that woke
+/// that build, so it holds everything that build could have read itself. A build woken by
+/// its poll (no generation) reads anew — events can become visible without a commit of
+/// this process (an older transaction elsewhere ended). Sharing is only ever a saving: a
+/// page read earlier than it could have been is shorter, never wrong, and the build reads
+/// on from its end.
+#[derive(Default)]
+pub struct SharedReads {
+    pages: Mutex<HashMap<(Cursor, i64), (u64, SharedPage)>>,
+}
+
+type SharedPage = Shared<BoxFuture<'static, Option<Arc<EventPage>>>>;
+
+/// Pages kept for sharing; past it, those of older generations go.
+const SHARED_PAGES: usize = 64;
+
+impl SharedReads {
+    async fn page(
+        &self,
+        pool: &PgPool,
+        from: Cursor,
+        limit: i64,
+        generation: Option<u64>,
+    ) -> Result<Arc<EventPage>, sqlx::Error> {
+        let read = {
+            let mut pages = self.pages.lock().unwrap_or_else(|e| e.into_inner());
+            let shared = match (generation, pages.get(&(from, limit))) {
+                (Some(wanted), Some((read_at, page))) if *read_at >= wanted => Some(page.clone()),
+                _ => None,
+            };
+            match shared {
+                Some(page) => page,
+                None => {
+                    let pool = pool.clone();
+                    let page: SharedPage = async move {
+                        read_global(&pool, from, limit, &Visibility::Everything)
+                            .await
+                            .ok()
+                            .map(Arc::new)
+                    }
+                    .boxed()
+                    .shared();
+                    let newest = generation
+                        .unwrap_or(0)
+                        .max(pages.values().map(|(at, _)| *at).max().unwrap_or(0));
+                    if pages.len() >= SHARED_PAGES {
+                        pages.retain(|_, (at, _)| *at >= newest);
+                    }
+                    pages.insert((from, limit), (generation.unwrap_or(0), page.clone()));
+                    page
+                }
+            }
+        };
+        match read.await {
+            Some(page) => Ok(page),
+            // The shared read failed: this build's own read says why.
+            None => Ok(Arc::new(
+                read_global(pool, from, limit, &Visibility::Everything).await?,
+            )),
+        }
+    }
+}
+
+/// How a build reads the stream: pages read ahead while catching up, pages shared with
+/// the process's other builds, and the position past events it has no concern with.
+#[derive(Default)]
+pub struct Reading {
+    read_ahead: ReadAhead,
+    shared: Option<Arc<SharedReads>>,
+    /// The commit count that last woke the build (`None`: woken by its poll).
+    generation: Option<u64>,
+    unsaved: Option<Unsaved>,
+}
+
+impl Reading {
+    fn shared(reads: Arc<SharedReads>) -> Self {
+        Self {
+            shared: Some(reads),
+            ..Self::default()
+        }
+    }
+
+    async fn page(
+        &mut self,
+        pool: &PgPool,
+        from: Cursor,
+        limit: i64,
+    ) -> Result<Arc<EventPage>, sqlx::Error> {
+        if let Some(read) = self.read_ahead.take(from).await {
+            return Ok(Arc::new(read?));
+        }
+        match &self.shared {
+            Some(shared) => shared.page(pool, from, limit, self.generation).await,
+            None => Ok(Arc::new(
+                read_global(pool, from, limit, &Visibility::Everything).await?,
+            )),
+        }
+    }
+}
+
+/// Events a live build passed by (none of its concern) beyond its written checkpoint.
+#[derive(Debug, Clone, Copy)]
+struct Unsaved {
+    /// The checkpoint in the table when they were passed.
+    saved: Cursor,
+    /// The position after them.
+    at: Cursor,
+    events: usize,
+    since: Instant,
+}
+
+/// A position passed by is written at the latest after this many events or this long
+/// (or at the first poll that finds nothing new), so that `omoi projections status` stays
+/// near the truth under steady load.
+const UNSAVED_EVENTS: usize = 10_000;
+const UNSAVED_FOR: Duration = Duration::from_secs(1);
+
 /// The pause before a batch that failed transiently is applied again.
 pub const RETRY_PAUSE: Duration = Duration::from_millis(50);
 
@@ -420,7 +552,7 @@ pub async fn step(
     build_id: i64,
     batch_size: i64,
     stats: &RunnerStats,
-    read_ahead: &mut ReadAhead,
+    reading: &mut Reading,
 ) -> Result<Step, sqlx::Error> {
     let started = Instant::now();
     // Read before opening a transaction: locking the build's row takes a transaction id,
@@ -436,15 +568,53 @@ pub async fn step(
     if seen.failure.is_some() {
         return Ok(Step::Stopped);
     }
-    let page = read_ahead.page(pool, seen.cursor, batch_size).await?;
+    // Events passed by since the checkpoint was written count only while nobody else
+    // has moved the checkpoint (a retry, a takeover).
+    let unsaved = reading.unsaved.take().filter(|u| u.saved == seen.cursor);
+    let from = unsaved.map_or(seen.cursor, |u| u.at);
+    let page = reading.page(pool, from, batch_size).await?;
     // A full page means more is waiting (a rebuild, or a leader behind): read the next,
     // larger page while this one is applied.
     if page.events.len() as i64 >= batch_size {
-        read_ahead.start(pool, page.next, batch_size.max(CATCH_UP_BATCH));
+        reading
+            .read_ahead
+            .start(pool, page.next, batch_size.max(CATCH_UP_BATCH));
     }
-    if page.events.is_empty() && seen.state != BuildState::Building {
+    let live = seen.state == BuildState::Live;
+    if page.events.is_empty() && live && unsaved.is_none() {
         stats.update(seen.build, |s| s.lag_ms = 0);
         return Ok(Step::Idle);
+    }
+    if live && !page.events.iter().any(|e| projector.concerns(e)) {
+        let passed = Unsaved {
+            saved: seen.cursor,
+            at: page.next,
+            events: unsaved.map_or(0, |u| u.events) + page.events.len(),
+            since: unsaved.map_or(started, |u| u.since),
+        };
+        let idle = page.events.is_empty();
+        // Written once kept long enough, or when a poll (not a commit) found nothing new:
+        // the stream has been quiet for a while.
+        let due = passed.events >= UNSAVED_EVENTS
+            || passed.since.elapsed() >= UNSAVED_FOR
+            || (idle && reading.generation.is_none());
+        if !due {
+            reading.unsaved = Some(passed);
+            record_passed(stats, &seen, &page.events);
+            return Ok(match idle {
+                true => Step::Idle,
+                false => Step::Applied(page.events.len()),
+            });
+        }
+        let saved = save_position(conn, build_id, &seen, passed).await?;
+        if !saved {
+            return Ok(Step::Applied(0));
+        }
+        record_passed(stats, &seen, &page.events);
+        return Ok(match idle {
+            true => Step::Idle,
+            false => Step::Applied(page.events.len()),
+        });
     }
     let mut tx = conn.begin().await?;
     let build = match catalog::lock_build(&mut tx, build_id).await? {
@@ -486,12 +656,14 @@ pub async fn step(
         let batch = Batch {
             from: build.cursor,
             events: &page.events,
+            passed: unsaved.map_or(0, |u| u.events),
             started,
         };
         return isolate_poison(pool, conn, projector, build_id, batch, stats).await;
     }
     let applied = page.events.len();
-    advance(&mut tx, &build, page.next, applied).await?;
+    let passed = unsaved.map_or(0, |u| u.events);
+    advance(&mut tx, &build, page.next, applied + passed).await?;
     tx.commit().await?;
     announce_effects(pool, projector).await;
     record_batch(pool, stats, &build, &page.events, started).await;
@@ -535,10 +707,12 @@ async fn advance(
     Ok(())
 }
 
-/// A page of the stream and where it starts.
+/// A page of the stream and where the build's checkpoint is.
 struct Batch<'a> {
     from: Cursor,
     events: &'a [StoredEvent],
+    /// Events of no concern between the checkpoint and the page.
+    passed: usize,
     started: Instant,
 }
 
@@ -558,6 +732,7 @@ async fn isolate_poison(
     let Batch {
         from,
         events,
+        passed,
         started,
     } = batch;
     let mut tx = conn.begin().await?;
@@ -594,7 +769,7 @@ async fn isolate_poison(
         applied += 1;
     }
     if let Some(last) = applied.checked_sub(1).and_then(|i| events.get(i)) {
-        advance(&mut tx, &build, last.cursor(), applied).await?;
+        advance(&mut tx, &build, last.cursor(), applied + passed).await?;
     }
     tx.commit().await?;
     announce_effects(pool, projector).await;
@@ -609,6 +784,39 @@ async fn isolate_poison(
         None if transient && applied == 0 => Ok(Step::Retry),
         None => Ok(Step::Applied(applied)),
     }
+}
+
+/// Writes the position after events a build passed by, if its checkpoint is still where
+/// it was read (`false`: someone else moved it; look again).
+async fn save_position(
+    conn: &mut PgConnection,
+    build_id: i64,
+    seen: &Build,
+    passed: Unsaved,
+) -> Result<bool, sqlx::Error> {
+    let mut tx = conn.begin().await?;
+    match catalog::lock_build(&mut tx, build_id).await? {
+        Some(build) if build.cursor == seen.cursor && build.failure.is_none() => {
+            advance(&mut tx, &build, passed.at, passed.events).await?;
+            tx.commit().await?;
+            Ok(true)
+        }
+        _ => {
+            tx.rollback().await?;
+            Ok(false)
+        }
+    }
+}
+
+/// The statistics after a page passed by.
+fn record_passed(stats: &RunnerStats, build: &Build, events: &[StoredEvent]) {
+    let Some(last) = events.last() else { return };
+    stats.update(build.build, |s| {
+        s.cursor = last.cursor().to_string();
+        s.global_position = last.global_position;
+        s.events_applied += events.len() as i64;
+        s.lag_ms = 0;
+    });
 }
 
 fn record_state(stats: &RunnerStats, build: &Build) {
@@ -689,7 +897,7 @@ pub async fn catch_up(
 ) -> Result<Build, sqlx::Error> {
     let mut conn = PgConnection::connect_with(options).await?;
     let stats = RunnerStats::default();
-    let mut read_ahead = ReadAhead::default();
+    let mut reading = Reading::default();
     loop {
         let step = step(
             pool,
@@ -698,7 +906,7 @@ pub async fn catch_up(
             build,
             batch_size,
             &stats,
-            &mut read_ahead,
+            &mut reading,
         )
         .await?;
         let current = catalog::build_by_id(pool, build)

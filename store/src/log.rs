@@ -75,7 +75,7 @@ impl StoredEvent {
 
 /// A place in the global stream: everything up to and including this pair has been read.
 /// Written as `<transaction_id>-<global_position>`; `0-0` is the beginning.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Cursor {
     pub transaction_id: i64,
     pub global_position: i64,

@@ -141,6 +141,10 @@ impl<P: ProcessManager> Projector for Run<P> {
         })
     }
 
+    fn concerns(&self, event: &StoredEvent) -> bool {
+        self.manager.reacts_to(event)
+    }
+
     fn take_appended(&self) -> bool {
         self.appended.swap(false, Ordering::Relaxed)
     }

@@ -25,6 +25,11 @@ impl Projector for AgentsProjector {
         1
     }
 
+    /// What `apply` decodes; every other aggregate's events pass it by.
+    fn concerns(&self, event: &StoredEvent) -> bool {
+        matches!(event.aggregate_type.as_str(), "Agent" | "Task")
+    }
+
     fn tables(&self) -> &'static [&'static str] {
         &["agents", "task_agents"]
     }

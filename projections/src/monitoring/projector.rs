@@ -33,6 +33,11 @@ impl Projector for MonitoringProjector {
         4
     }
 
+    /// What `apply` decodes; every other aggregate's events pass it by.
+    fn concerns(&self, event: &StoredEvent) -> bool {
+        matches!(event.aggregate_type.as_str(), "Agent" | "Task" | "Ticket")
+    }
+
     fn tables(&self) -> &'static [&'static str] {
         &["stalled", "duplicates", "steering", "alerts"]
     }
