@@ -493,6 +493,8 @@ pub struct Reading {
     /// The commit count that last woke the build (`None`: woken by its poll).
     generation: Option<u64>,
     unsaved: Option<Unsaved>,
+    /// The build's row as this leader last read or wrote it, and when it was read.
+    known: Option<(Build, Instant)>,
 }
 
 impl Reading {
@@ -538,6 +540,10 @@ struct Unsaved {
 const UNSAVED_EVENTS: usize = 10_000;
 const UNSAVED_FOR: Duration = Duration::from_secs(1);
 
+/// How long a leader trusts the build's row as it left it before reading it again (an
+/// operator's retry or retirement is seen within it).
+const KNOWN_FOR: Duration = Duration::from_secs(1);
+
 /// The pause before a batch that failed transiently is applied again.
 pub const RETRY_PAUSE: Duration = Duration::from_millis(50);
 
@@ -558,10 +564,24 @@ pub async fn step(
     // Read before opening a transaction: locking the build's row takes a transaction id,
     // and while it is open every reader of the gapless stream (this one included) is held
     // below it. The lock is taken only to apply, and the checkpoint re-checked under it.
-    let Some(seen) = catalog::build_by_id(pool, build_id).await? else {
-        return Ok(Step::Retired);
+    //
+    // The leader's own row changes only by its own hand (others — a retry, a go-live
+    // elsewhere, a takeover — are caught under the lock, which compares), so the row as it
+    // left it is used for a while instead of read at every step.
+    let known = reading
+        .known
+        .take()
+        .filter(|(_, read_at)| read_at.elapsed() < KNOWN_FOR);
+    let (seen, read_at) = match known {
+        Some(known) => known,
+        None => {
+            let Some(seen) = catalog::build_by_id(pool, build_id).await? else {
+                return Ok(Step::Retired);
+            };
+            record_state(stats, &seen);
+            (seen, started)
+        }
     };
-    record_state(stats, &seen);
     if seen.state == BuildState::Retired {
         return Ok(Step::Retired);
     }
@@ -583,6 +603,7 @@ pub async fn step(
     let live = seen.state == BuildState::Live;
     if page.events.is_empty() && live && unsaved.is_none() {
         stats.update(seen.build, |s| s.lag_ms = 0);
+        reading.known = Some((seen, read_at));
         return Ok(Step::Idle);
     }
     if live && !page.events.iter().any(|e| projector.concerns(e)) {
@@ -601,6 +622,7 @@ pub async fn step(
         if !due {
             reading.unsaved = Some(passed);
             record_passed(stats, &seen, &page.events);
+            reading.known = Some((seen, read_at));
             return Ok(match idle {
                 true => Step::Idle,
                 false => Step::Applied(page.events.len()),
@@ -611,6 +633,14 @@ pub async fn step(
             return Ok(Step::Applied(0));
         }
         record_passed(stats, &seen, &page.events);
+        reading.known = Some((
+            Build {
+                cursor: passed.at,
+                events_applied: seen.events_applied + passed.events as i64,
+                ..seen
+            },
+            Instant::now(),
+        ));
         return Ok(match idle {
             true => Step::Idle,
             false => Step::Applied(page.events.len()),
@@ -665,6 +695,14 @@ pub async fn step(
     let passed = unsaved.map_or(0, |u| u.events);
     advance(&mut tx, &build, page.next, applied + passed).await?;
     tx.commit().await?;
+    reading.known = Some((
+        Build {
+            cursor: page.next,
+            events_applied: build.events_applied + (applied + passed) as i64,
+            ..build.clone()
+        },
+        Instant::now(),
+    ));
     announce_effects(pool, projector).await;
     record_batch(pool, stats, &build, &page.events, started).await;
     Ok(Step::Applied(applied))
@@ -796,7 +834,11 @@ async fn save_position(
 ) -> Result<bool, sqlx::Error> {
     let mut tx = conn.begin().await?;
     match catalog::lock_build(&mut tx, build_id).await? {
-        Some(build) if build.cursor == seen.cursor && build.failure.is_none() => {
+        Some(build)
+            if build.cursor == seen.cursor
+                && build.state == seen.state
+                && build.failure.is_none() =>
+        {
             advance(&mut tx, &build, passed.at, passed.events).await?;
             tx.commit().await?;
             Ok(true)
