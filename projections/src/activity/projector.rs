@@ -20,6 +20,11 @@ impl Projector for ActivityProjector {
         1
     }
 
+    /// Events that name an agent (the only ones `apply` records).
+    fn concerns(&self, event: &StoredEvent) -> bool {
+        !agents_named(event).is_empty()
+    }
+
     fn tables(&self) -> &'static [&'static str] {
         &["entries"]
     }

@@ -33,9 +33,17 @@ impl Projector for MonitoringProjector {
         4
     }
 
-    /// What `apply` decodes; every other aggregate's events pass it by.
+    /// What `apply` decodes: agents' and tasks' events, and the tickets' that can raise or
+    /// resolve an alert (`ticket_alert`).
     fn concerns(&self, event: &StoredEvent) -> bool {
-        matches!(event.aggregate_type.as_str(), "Agent" | "Task" | "Ticket")
+        match event.aggregate_type.as_str() {
+            "Agent" | "Task" => true,
+            "Ticket" => matches!(
+                event.event_type.as_str(),
+                "TicketBlocked" | "TicketUnblocked"
+            ),
+            _ => false,
+        }
     }
 
     fn tables(&self) -> &'static [&'static str] {
