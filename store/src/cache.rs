@@ -1,12 +1,13 @@
 //! Recently used aggregates, kept in memory by the command bus so that a command does not
 //! read and fold the aggregate's whole history every time.
 //!
-//! An entry is an aggregate's state after its first `version` events. A load reads only
-//! the events after `version` (usually none: one indexed query that returns no rows) and
-//! folds them on. Events are never changed and a sequence number names exactly one event,
-//! so an entry can fall behind the log — another process appended — but never be wrong;
-//! the tail read brings it up to date. A conflict at append time needs no special care:
-//! the retry loads again, reading the other writer's events.
+//! An entry is an aggregate's state after its first `version` events. The bus decides a
+//! command on it as it is, and the append's sequence check proves it current; a load that
+//! must be current reads only the events after `version` (usually none: one indexed query
+//! that returns no rows) and folds them on. Events are never changed and a sequence number
+//! names exactly one event, so an entry can fall behind the log — another process
+//! appended — but never be wrong: a command decided on it is refused at append time and
+//! decided again on the entry brought up to date.
 //!
 //! Bounded: past `capacity` entries the least recently used eighth is dropped at once
 //! (one pass over the entries per `capacity / 8` insertions).
