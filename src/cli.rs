@@ -193,6 +193,7 @@ fn worker_config(settings: &Settings) -> omoi_orchestrator::WorkerConfig {
     omoi_orchestrator::WorkerConfig {
         plans: Some(settings.billing.plans()),
         monitoring: settings.monitoring.clone(),
+        bus: settings.commands.bus(),
         ..settings.worker.clone()
     }
 }

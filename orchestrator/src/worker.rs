@@ -102,6 +102,9 @@ pub struct WorkerConfig {
     /// What the sweeps take as now (tests move it forward).
     #[serde(skip)]
     pub clock: Clock,
+    /// The worker's command bus (set from `commands` by `omoi worker` and `omoi dev`).
+    #[serde(skip)]
+    pub bus: omoi_store::BusConfig,
 }
 
 impl Default for WorkerConfig {
@@ -127,6 +130,7 @@ impl Default for WorkerConfig {
             monitoring: MonitoringConfig::default(),
             clock: Clock::default(),
             plans: None,
+            bus: omoi_store::BusConfig::default(),
         }
     }
 }
@@ -294,7 +298,7 @@ impl Runtime {
                 None
             }
         };
-        let bus = Arc::new(CommandBus::new(pool.clone(), Default::default()));
+        let bus = Arc::new(CommandBus::configured(pool.clone(), config.bus));
         let (done, finished) = mpsc::unbounded_channel();
         let assessor = Assessor::new(&config.monitoring.llm).map(Arc::new);
         let runtime = Runtime {
