@@ -4,6 +4,10 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+/// The servers it starts in-process allocate as `omoi` does.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// omoi's benchmarks and chaos run. DATABASE_URL names the PostgreSQL to use; without it
 /// one of our own runs in target/omoi-bench-pg. Build the `omoi` binary first (`cargo
 /// build --release --bins`): the benchmarks that start servers run it from beside this one.
