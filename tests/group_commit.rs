@@ -14,7 +14,7 @@ use omoi_domain::ticket::{Ticket, TicketCommand, TicketError};
 use omoi_store::group::GroupCommitConfig;
 use omoi_store::log::{read_global, Cursor, Visibility};
 use omoi_store::{Actor, BusConfig, CommandBus, CommandContext, CommandError};
-use omoi_testing::TestDatabase;
+use omoi_testing::{held_append, TestDatabase};
 use uuid::Uuid;
 
 fn gathering_bus(pool: &sqlx::PgPool, max_commands: usize) -> CommandBus {
@@ -110,14 +110,7 @@ async fn sixty_four_commands_on_sixty_four_aggregates_share_transactions_with_th
     let bus = Arc::new(gathering_bus(&database.pool, 64));
     let ids = create_tickets(&bus, 64).await;
 
-    let mut held = database.pool.begin().await.expect("a transaction");
-    sqlx::query(
-        "insert into events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata)
-         values ('Probe', 'held', 1, 'ProbeHeld', '1', '{}', '{}')",
-    )
-    .execute(&mut *held)
-    .await
-    .expect("the held insert");
+    let held = held_append(&database.pool).await;
 
     let mut commands = Vec::new();
     for (n, id) in ids.iter().enumerate() {
@@ -213,26 +206,12 @@ async fn a_member_decided_on_an_overtaken_copy_retries_alone() {
         .await
         .expect("renamed by the other process");
 
-    let mut commands = Vec::new();
-    for id in ids.clone() {
-        let bus = bus.clone();
-        commands.push(tokio::spawn(async move {
-            bus.execute::<Ticket>(&id, rename("Here"), &context("here"))
-                .await
-                .expect("every rename commits")
-        }));
-    }
-    let mut versions = Vec::new();
-    for command in commands {
-        versions.push(command.await.expect("a command task").version);
-    }
+    let commands = rename_each(&bus, &ids);
+    let versions = committed_versions(commands).await;
     assert_eq!(versions, vec![3, 2, 2]);
 
     let by_ticket = sequences(&database.pool, &ids).await;
-    let numbers = |id: &str| -> Vec<i64> { by_ticket[id].iter().map(|(s, _)| *s).collect() };
-    assert_eq!(numbers(&ids[0]), vec![1, 2, 3]);
-    assert_eq!(numbers(&ids[1]), vec![1, 2]);
-    assert_eq!(numbers(&ids[2]), vec![1, 2]);
+    assert_one_overtaken(&by_ticket, &ids);
     assert_eq!(
         by_ticket[&ids[1]][1].1, by_ticket[&ids[2]][1].1,
         "the two current members did not share their transaction"
@@ -271,14 +250,7 @@ async fn a_member_meeting_an_uncommitted_append_does_not_fail_its_batch() {
     .await
     .expect("the held append");
 
-    let mut commands = Vec::new();
-    for id in ids.clone() {
-        let bus = bus.clone();
-        commands.push(tokio::spawn(async move {
-            bus.execute::<Ticket>(&id, rename("Here"), &context("here"))
-                .await
-        }));
-    }
+    let commands = rename_each(&bus, &ids);
     // Let the batch reach the held row and wait on it, then let the holder commit.
     tokio::time::sleep(Duration::from_millis(1_500)).await;
     assert!(
@@ -286,17 +258,44 @@ async fn a_member_meeting_an_uncommitted_append_does_not_fail_its_batch() {
         "the batch did not wait for the held append"
     );
     held.commit().await.expect("the held commit");
+    let versions = committed_versions(commands).await;
+    assert_eq!(versions, vec![3, 2, 2]);
+    let by_ticket = sequences(&database.pool, &ids).await;
+    assert_one_overtaken(&by_ticket, &ids);
+}
+
+type Rename =
+    tokio::task::JoinHandle<Result<omoi_store::Committed<Ticket>, CommandError<TicketError>>>;
+
+/// Renames every ticket to "Here" at once.
+fn rename_each(bus: &Arc<CommandBus>, ids: &[String]) -> Vec<Rename> {
+    ids.iter()
+        .map(|id| {
+            let (bus, id) = (bus.clone(), id.clone());
+            tokio::spawn(async move {
+                bus.execute::<Ticket>(&id, rename("Here"), &context("here"))
+                    .await
+            })
+        })
+        .collect()
+}
+
+/// Each rename's version, in order; every one must have committed as asked.
+async fn committed_versions(renames: Vec<Rename>) -> Vec<usize> {
     let mut versions = Vec::new();
-    for command in commands {
-        let committed = command
+    for rename in renames {
+        let committed = rename
             .await
             .expect("a command task")
             .expect("every rename commits");
         assert_eq!(committed.state.title, "Here");
         versions.push(committed.version);
     }
-    assert_eq!(versions, vec![3, 2, 2]);
-    let by_ticket = sequences(&database.pool, &ids).await;
+    versions
+}
+
+/// The first ticket got another writer's event and then ours; the others ours alone.
+fn assert_one_overtaken(by_ticket: &HashMap<String, Vec<(i64, i64)>>, ids: &[String]) {
     let numbers = |id: &str| -> Vec<i64> { by_ticket[id].iter().map(|(s, _)| *s).collect() };
     assert_eq!(numbers(&ids[0]), vec![1, 2, 3]);
     assert_eq!(numbers(&ids[1]), vec![1, 2]);

@@ -11,7 +11,7 @@ use omoi_domain::ticket::{BlockReason, Ticket, TicketCommand};
 use omoi_projections::{ProjectionError, Projector};
 use omoi_store::bus::RetryPolicy;
 use omoi_store::{Actor, CommandBus, CommandContext, StoredEvent};
-use omoi_testing::{test_runner_config, TestDatabase};
+use omoi_testing::{held_append, test_runner_config, TestDatabase};
 use sqlx::PgConnection;
 use uuid::Uuid;
 
@@ -200,14 +200,7 @@ async fn events_committed_behind_an_open_transaction_are_projected_once_it_commi
     let bus = CommandBus::new(database.pool.clone(), RetryPolicy::default());
     let (trigger, task) = start(&database, vec![Arc::new(Probe)], &bus).await;
 
-    let mut held = database.pool.begin().await.expect("a transaction");
-    sqlx::query(
-        "insert into events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata)
-         values ('Probe', 'held', 1, 'ProbeHeld', '1', '{}', '{}')",
-    )
-    .execute(&mut *held)
-    .await
-    .expect("the held insert");
+    let held = held_append(&database.pool).await;
     create_tickets(&bus, 40).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(

@@ -109,29 +109,25 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let database = TestDatabase::create_on(&admin_url).await?;
     // Every server holds its own pools and projection runners: PostgreSQL's default 100
     // connections take about five.
-    let mut servers: Vec<(&Variant, TestApp, Vec<String>)> = Vec::new();
-    let mut signed_in = None;
+    let mut apps = Vec::new();
     for variant in &variants {
-        let mut app =
-            spawn_app_on_with_settings(database.clone(), |settings| variant.adjust(settings)).await;
-        let (token, project) = match &signed_in {
-            Some(known) => known,
-            None => {
-                app.token = Some(app.register_and_login("bench@example.com").await);
-                let (_, project) = app.organization_and_project().await;
-                signed_in.insert((app.token.clone().unwrap_or_default(), project))
-            }
-        };
+        apps.push(
+            spawn_app_on_with_settings(database.clone(), |settings| variant.adjust(settings)).await,
+        );
+    }
+    let first = apps.first_mut().context("--variants names none")?;
+    let token = first.register_and_login("bench@example.com").await;
+    first.token = Some(token.clone());
+    let (_, project) = first.organization_and_project().await;
+    let mut servers = Vec::new();
+    for (variant, mut app) in variants.iter().zip(apps) {
         app.token = Some(token.clone());
-        let tickets = seed(&app, project, args.tickets).await?;
+        let tickets = seed(&app, &project, args.tickets).await?;
         servers.push((variant, app, tickets));
     }
-    let (first, project) = match (servers.first(), &signed_in) {
-        (Some((_, app, _)), Some((_, project))) => (app, project),
-        _ => anyhow::bail!("no server started"),
-    };
+    let (_, first, _) = servers.first().context("--variants names none")?;
     // pgbench's own tickets: its appends never make a server's kept aggregate stale.
-    let raw_tickets = seed(first, project, args.tickets).await?;
+    let raw_tickets = seed(first, &project, args.tickets).await?;
     register_for_pgbench(first, &raw_tickets).await?;
     let (in_use, most): (i64, i64) = sqlx::query_as(
         "select (select count(*) from pg_stat_activity), current_setting('max_connections')::bigint",

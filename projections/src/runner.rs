@@ -21,11 +21,11 @@
 //!   has no concern with).
 
 use std::collections::{BTreeMap, HashMap};
-
-use futures_util::future::{BoxFuture, FutureExt, Shared};
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+use futures_util::future::{BoxFuture, FutureExt, Shared};
 
 use omoi_store::log::{read_global, EventPage, Visibility};
 use omoi_store::wakeup::listen;
@@ -385,7 +385,6 @@ pub struct ReadAhead {
 }
 
 impl ReadAhead {
-    /// The page after `from`: the one read ahead when it starts there, else a fresh read.
     /// The page read ahead from `from`, if it was.
     async fn take(&mut self, from: Cursor) -> Option<Result<EventPage, sqlx::Error>> {
         let (at, pending) = self.pending.take()?;
@@ -614,6 +613,10 @@ pub async fn step(
             since: unsaved.map_or(started, |u| u.since),
         };
         let idle = page.events.is_empty();
+        let outcome = match idle {
+            true => Step::Idle,
+            false => Step::Applied(page.events.len()),
+        };
         // Written once kept long enough, or when a poll (not a commit) found nothing new:
         // the stream has been quiet for a while.
         let due = passed.events >= UNSAVED_EVENTS
@@ -623,10 +626,7 @@ pub async fn step(
             reading.unsaved = Some(passed);
             record_passed(stats, &seen, &page.events);
             reading.known = Some((seen, read_at));
-            return Ok(match idle {
-                true => Step::Idle,
-                false => Step::Applied(page.events.len()),
-            });
+            return Ok(outcome);
         }
         let saved = save_position(conn, build_id, &seen, passed).await?;
         if !saved {
@@ -641,10 +641,7 @@ pub async fn step(
             },
             Instant::now(),
         ));
-        return Ok(match idle {
-            true => Step::Idle,
-            false => Step::Applied(page.events.len()),
-        });
+        return Ok(outcome);
     }
     let mut tx = conn.begin().await?;
     let build = match catalog::lock_build(&mut tx, build_id).await? {

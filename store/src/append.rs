@@ -127,38 +127,20 @@ impl Rows {
         }
     }
 
-    /// Inserts every row in one statement. One statement is one transaction by itself, so
-    /// the rows of several aggregates commit together without `begin`/`commit` round
-    /// trips; inside a caller's transaction they commit with it. Rows get their global
-    /// positions in the order they were pushed.
+    /// Inserts every row in one statement, as one unit: all or none. One statement is one
+    /// transaction by itself, so the rows of several aggregates commit together without
+    /// `begin`/`commit` round trips; inside a caller's transaction they commit with it.
+    /// Rows get their global positions in the order they were pushed. A taken sequence is
+    /// [`AppendError::Conflict`].
     pub async fn insert<'c>(
         &self,
         executor: impl sqlx::Executor<'c, Database = sqlx::Postgres>,
     ) -> Result<(), AppendError> {
-        if self.is_empty() {
-            return Ok(());
+        let taken = self.insert_units(executor, &vec![0; self.len()]).await?;
+        match taken.is_empty() {
+            true => Ok(()),
+            false => Err(AppendError::Conflict),
         }
-        sqlx::query(
-            "insert into events
-                 (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata)
-             select aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata
-               from unnest($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[],
-                           $6::jsonb[], $7::jsonb[])
-                    with ordinality
-                    as row (aggregate_type, aggregate_id, sequence, event_type, event_version,
-                            payload, metadata, position)
-              order by position",
-        )
-        .bind(&self.aggregate_types)
-        .bind(&self.aggregate_ids)
-        .bind(&self.sequences)
-        .bind(&self.event_types)
-        .bind(&self.event_versions)
-        .bind(&self.payloads)
-        .bind(&self.metadata)
-        .execute(executor)
-        .await?;
-        Ok(())
     }
 
     /// Inserts the rows of several units in one statement, except the units one of whose

@@ -209,6 +209,20 @@ pub async fn spawn_app() -> TestApp {
     app
 }
 
+/// A writer that took its place in the log first and commits last: a transaction that
+/// appended one `Probe` event and stays open until the caller commits or drops it.
+pub async fn held_append(pool: &PgPool) -> sqlx::Transaction<'static, sqlx::Postgres> {
+    let mut held = pool.begin().await.expect("a transaction");
+    sqlx::query(
+        "insert into events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata)
+         values ('Probe', 'held', 1, 'ProbeHeld', '1', '{}', '{}')",
+    )
+    .execute(&mut *held)
+    .await
+    .expect("the held insert");
+    held
+}
+
 /// The password every test user gets.
 pub const TEST_PASSWORD: &str = "Corr3ct-horse";
 
