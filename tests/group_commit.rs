@@ -158,10 +158,19 @@ async fn sixty_four_commands_on_sixty_four_aggregates_share_transactions_with_th
 
     // The renames committed while the held writer (an older transaction) is open: a
     // reader sees none of them yet, then everything once it commits.
+    // (The horizon is the cluster's: a transaction of a test running beside this one may
+    // hold the creations back a moment too, never past the held writer.)
     let everything = Visibility::Everything;
-    let before = read_global(&database.pool, Cursor::default(), 1_000, &everything)
-        .await
-        .expect("a page");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let before = loop {
+        let page = read_global(&database.pool, Cursor::default(), 1_000, &everything)
+            .await
+            .expect("a page");
+        if page.events.len() >= 64 || std::time::Instant::now() > deadline {
+            break page;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
     assert_eq!(
         before.events.len(),
         64,

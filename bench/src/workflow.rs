@@ -177,7 +177,7 @@ async fn spec_in_tasks(
             json!({"architecture": "none"}),
         ),
         (reqwest::Method::POST, path("approve-design"), json!({})),
-        (reqwest::Method::PUT, path("plan"), plan(tickets, tasks)),
+        (reqwest::Method::PUT, path("plan"), plan(n, tickets, tasks)),
     ];
     for (method, path, body) in steps {
         let (status, answer) = app
@@ -188,8 +188,10 @@ async fn spec_in_tasks(
     Ok(spec)
 }
 
-/// `tickets` tickets of `tasks` tasks each, each task waiting for the one before it.
-fn plan(tickets: usize, tasks: usize) -> Value {
+/// Spec `n`'s plan: `tickets` tickets of `tasks` tasks each, each task waiting for the one
+/// before it. Titles differ as real work's do: tasks titled alike are duplicates to the
+/// Conductor, which would flag the whole run.
+fn plan(n: usize, tickets: usize, tasks: usize) -> Value {
     let tickets: Vec<Value> = (0..tickets)
         .map(|t| {
             let tasks: Vec<Value> = (0..tasks)
@@ -198,7 +200,7 @@ fn plan(tickets: usize, tasks: usize) -> Value {
                         .then(|| format!("TSK-{t}-{}", k - 1))
                         .into_iter()
                         .collect();
-                    json!({"key": format!("TSK-{t}-{k}"), "title": format!("task {k}"),
+                    json!({"key": format!("TSK-{t}-{k}"), "title": title(n, t, k),
                            "task_type": "bench", "depends_on": depends_on,
                            "requirement_ids": ["REQ-BENCH-001"]})
                 })
@@ -207,6 +209,15 @@ fn plan(tickets: usize, tasks: usize) -> Value {
         })
         .collect();
     json!({ "tickets": tickets })
+}
+
+/// A title of its own for task `k` of ticket `t` of spec `n`.
+fn title(n: usize, t: usize, k: usize) -> String {
+    let seed = ((n as u64) << 32) ^ ((t as u64) << 16) ^ k as u64;
+    format!(
+        "task {k}: {:016x}",
+        seed.wrapping_mul(0x9E37_79B9_7F4A_7C15)
+    )
 }
 
 async fn position(app: &TestApp) -> anyhow::Result<i64> {
@@ -223,10 +234,11 @@ mod tests {
 
     #[test]
     fn the_plan_chains_each_tickets_tasks() {
-        let plan = plan(2, 3);
+        let plan = plan(7, 2, 3);
         assert_eq!(plan["tickets"].as_array().map(Vec::len), Some(2));
         let second = &plan["tickets"][1]["tasks"];
         assert_eq!(second[0]["depends_on"], json!([]));
         assert_eq!(second[2]["depends_on"], json!(["TSK-1-1"]));
+        assert_ne!(second[0]["title"], plan["tickets"][0]["tasks"][0]["title"]);
     }
 }

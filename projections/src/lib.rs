@@ -137,6 +137,16 @@ pub trait Projector: Send + Sync {
         true
     }
 
+    /// Whether its batches append events to the log (a process manager's effects). Those
+    /// commit durably, as every command does. A read model's batch holds nothing the log
+    /// does not: it commits without waiting for its WAL flush (`synchronous_commit = off`),
+    /// since a crash can only lose a tail of batches together with their checkpoint, which
+    /// are then applied again — and an open batch holds every reader's horizon until its
+    /// commit returns.
+    fn appends_events(&self) -> bool {
+        false
+    }
+
     /// Whether the batch last applied appended events to the log (process managers do):
     /// the runner then announces them once the batch commits, so that readers in every
     /// process see them at once instead of at their next poll. Reading clears it.

@@ -628,7 +628,7 @@ pub async fn step(
             reading.known = Some((seen, read_at));
             return Ok(outcome);
         }
-        let saved = save_position(conn, build_id, &seen, passed).await?;
+        let saved = save_position(conn, &seen, passed).await?;
         if !saved {
             return Ok(Step::Applied(0));
         }
@@ -643,35 +643,19 @@ pub async fn step(
         ));
         return Ok(outcome);
     }
-    let mut tx = conn.begin().await?;
-    let build = match catalog::lock_build(&mut tx, build_id).await? {
-        Some(build)
-            if build.cursor == seen.cursor
-                && build.state == seen.state
-                && build.failure.is_none() =>
-        {
-            build
-        }
-        // Someone else moved it meanwhile (another leader, a retry, a go-live): look again.
-        _ => {
-            tx.rollback().await?;
-            return Ok(Step::Applied(0));
-        }
-    };
     if page.events.is_empty() {
-        let retired = catalog::go_live(&mut tx, projector, &build).await?;
-        tx.commit().await?;
-        tracing::info!(
-            projector = projector.name(),
-            build = build.build,
-            "caught up: now live"
-        );
-        for schema in retired {
-            catalog::drop_schema(pool, &schema).await?;
-        }
-        return Ok(Step::Applied(0));
+        // A build that is not live read to the end of the stream: it goes live.
+        return go_live(pool, conn, projector, &seen).await;
     }
-    let schema = build.schema();
+    // The build's row is claimed at the end, compared with the row as it was read while it
+    // is updated: the batch takes a transaction id only at its first write, so it holds
+    // every reader's horizon for as short as it can. Under an older claim (a stale leader,
+    // an operator's retry) the update waits for it, then finds the row changed.
+    let mut tx = match projector.appends_events() {
+        true => conn.begin().await?,
+        false => conn.begin_with(ASYNCHRONOUS_BATCH).await?,
+    };
+    let schema = seen.schema();
     if let Err(error) = projector.apply(&mut tx, &schema, &page.events).await {
         tx.rollback().await?;
         if error.is_transient() {
@@ -681,7 +665,7 @@ pub async fn step(
         }
         tracing::debug!(projector = projector.name(), %error, "batch failed; applying its events one by one");
         let batch = Batch {
-            from: build.cursor,
+            from: seen.cursor,
             events: &page.events,
             passed: unsaved.map_or(0, |u| u.events),
             started,
@@ -690,19 +674,62 @@ pub async fn step(
     }
     let applied = page.events.len();
     let passed = unsaved.map_or(0, |u| u.events);
-    advance(&mut tx, &build, page.next, applied + passed).await?;
+    if !claim(&mut tx, &seen, page.next, applied + passed).await? {
+        // Someone else moved it meanwhile (another leader, a retry): look again.
+        tx.rollback().await?;
+        return Ok(Step::Applied(0));
+    }
     tx.commit().await?;
     reading.known = Some((
         Build {
             cursor: page.next,
-            events_applied: build.events_applied + (applied + passed) as i64,
-            ..build.clone()
+            events_applied: seen.events_applied + (applied + passed) as i64,
+            ..seen.clone()
         },
         Instant::now(),
     ));
     announce_effects(pool, projector).await;
-    record_batch(pool, stats, &build, &page.events, started).await;
+    record_batch(pool, stats, &seen, &page.events, started).await;
     Ok(Step::Applied(applied))
+}
+
+/// A read model's batch: its commit does not wait for the WAL flush (see
+/// [`Projector::appends_events`]).
+const ASYNCHRONOUS_BATCH: &str = "begin; set local synchronous_commit = off";
+
+/// Points the projector's views at a build that caught up and retires the one before.
+async fn go_live(
+    pool: &PgPool,
+    conn: &mut PgConnection,
+    projector: &dyn Projector,
+    seen: &Build,
+) -> Result<Step, sqlx::Error> {
+    let mut tx = conn.begin().await?;
+    let build = match catalog::lock_build(&mut tx, seen.build).await? {
+        Some(build)
+            if build.cursor == seen.cursor
+                && build.state == seen.state
+                && build.failure.is_none() =>
+        {
+            build
+        }
+        // Someone else moved it meanwhile (another leader, a retry): look again.
+        _ => {
+            tx.rollback().await?;
+            return Ok(Step::Applied(0));
+        }
+    };
+    let retired = catalog::go_live(&mut tx, projector, &build).await?;
+    tx.commit().await?;
+    tracing::info!(
+        projector = projector.name(),
+        build = build.build,
+        "caught up: now live"
+    );
+    for schema in retired {
+        catalog::drop_schema(pool, &schema).await?;
+    }
+    Ok(Step::Applied(0))
 }
 
 /// Tells other processes, once per committed batch (never inside an append), that a
@@ -740,6 +767,33 @@ async fn advance(
     .execute(&mut *tx)
     .await?;
     Ok(())
+}
+
+/// Moves the build's checkpoint to `to`, past `applied` more events, if its row is still
+/// as `seen` (`false`: someone else moved it — another leader, a retry, a go-live).
+async fn claim(
+    conn: &mut PgConnection,
+    seen: &Build,
+    to: Cursor,
+    applied: usize,
+) -> Result<bool, sqlx::Error> {
+    let claimed = sqlx::query(
+        "update projector_builds
+            set transaction_id = $2, global_position = $3, events_applied = events_applied + $4,
+                updated_at = now()
+          where build = $1 and transaction_id = $5 and global_position = $6 and state = $7
+            and error is null",
+    )
+    .bind(seen.build)
+    .bind(to.transaction_id)
+    .bind(to.global_position)
+    .bind(applied as i64)
+    .bind(seen.cursor.transaction_id)
+    .bind(seen.cursor.global_position)
+    .bind(seen.state.as_str())
+    .execute(&mut *conn)
+    .await?;
+    Ok(claimed.rows_affected() == 1)
 }
 
 /// A page of the stream and where the build's checkpoint is.
@@ -825,26 +879,10 @@ async fn isolate_poison(
 /// it was read (`false`: someone else moved it; look again).
 async fn save_position(
     conn: &mut PgConnection,
-    build_id: i64,
     seen: &Build,
     passed: Unsaved,
 ) -> Result<bool, sqlx::Error> {
-    let mut tx = conn.begin().await?;
-    match catalog::lock_build(&mut tx, build_id).await? {
-        Some(build)
-            if build.cursor == seen.cursor
-                && build.state == seen.state
-                && build.failure.is_none() =>
-        {
-            advance(&mut tx, &build, passed.at, passed.events).await?;
-            tx.commit().await?;
-            Ok(true)
-        }
-        _ => {
-            tx.rollback().await?;
-            Ok(false)
-        }
-    }
+    claim(conn, seen, passed.at, passed.events).await
 }
 
 /// The statistics after a page passed by.

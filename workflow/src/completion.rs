@@ -2,18 +2,20 @@
 //! is `done`, whoever moved the last one there; its workflow is then finished in billing
 //! (counted for good: archiving the completed spec gives nothing back).
 
+use std::collections::{BTreeSet, HashMap};
+
 use futures_util::future::BoxFuture;
 use omoi_domain::billing::{BillingAccount, BillingCommand};
 use omoi_domain::spec::{Spec, SpecCommand, SpecPhase};
 use omoi_domain::ticket::{Ticket, TicketEvent, TicketStatus};
 use omoi_projections::ProjectionError;
-use omoi_store::bus::execute_in;
-use omoi_store::log::{aggregate_history, fold_until};
+use omoi_store::log::histories;
 use omoi_store::{Actor, CommandContext, StoredEvent};
 use sqlx::PgConnection;
 
+use crate::aggregates::{Aggregates, Effects};
 use crate::execution::{created_by, last_approval};
-use crate::{load, ProcessManager};
+use crate::ProcessManager;
 
 /// The process manager's name: its build in the catalog and its actor (`system:…`).
 pub const NAME: &str = "spec_completion";
@@ -30,70 +32,121 @@ impl ProcessManager for SpecCompletion {
     fn react<'a>(
         &'a self,
         tx: &'a mut PgConnection,
-        _schema: &'a str,
+        schema: &'a str,
         event: &'a StoredEvent,
     ) -> BoxFuture<'a, Result<(), ProjectionError>> {
-        Box::pin(ticket_moved(tx, event))
+        self.react_all(tx, schema, vec![event])
+    }
+
+    fn react_all<'a>(
+        &'a self,
+        tx: &'a mut PgConnection,
+        _schema: &'a str,
+        events: Vec<&'a StoredEvent>,
+    ) -> BoxFuture<'a, Result<(), ProjectionError>> {
+        Box::pin(tickets_moved(tx, events))
     }
 }
 
-/// Completes the ticket's spec when `event` moved the ticket to `done` and every other
-/// ticket of the spec's plan is done too.
-async fn ticket_moved(tx: &mut PgConnection, event: &StoredEvent) -> Result<(), ProjectionError> {
-    let moved: TicketEvent = serde_json::from_value(event.payload.clone())
-        .map_err(|e| ProjectionError::payload(event, e))?;
-    if !matches!(
-        moved,
-        TicketEvent::TicketStatusChanged {
-            to: TicketStatus::Done,
-            ..
-        }
-    ) {
-        return Ok(());
-    }
-    let (ticket, _) = load::<Ticket>(tx, event, &event.aggregate_id).await?;
-    let Some(spec_id) = ticket.spec_id else {
-        return Ok(());
-    };
-    let spec_history = aggregate_history(&mut *tx, "Spec", &spec_id.to_string()).await?;
-    let spec: Spec =
-        fold_until(&spec_history, None).map_err(|e| ProjectionError::payload(event, e))?;
-    let (SpecPhase::Executing, Some(plan)) = (spec.phase, spec.plan.as_ref()) else {
-        return Ok(());
-    };
-    // The plan's tickets are named after the approval that created them.
-    let Some(approval) = last_approval(&spec_history) else {
-        return Ok(());
-    };
-    for planned in &plan.tickets {
-        let id = created_by(&approval, &planned.key).to_string();
-        let (ticket, _) = load::<Ticket>(tx, event, &id).await?;
-        if ticket.status != TicketStatus::Done {
-            return Ok(());
+/// Completes the spec of every ticket the batch moved to `done` once every other ticket
+/// of its plan is done too. The moved tickets, their specs and the specs' plan tickets are
+/// read with one query each.
+async fn tickets_moved(
+    tx: &mut PgConnection,
+    events: Vec<&StoredEvent>,
+) -> Result<(), ProjectionError> {
+    let mut done = Vec::new();
+    for event in events {
+        let moved: TicketEvent = serde_json::from_value(event.payload.clone())
+            .map_err(|e| ProjectionError::payload(event, e))?;
+        if matches!(
+            moved,
+            TicketEvent::TicketStatusChanged {
+                to: TicketStatus::Done,
+                ..
+            }
+        ) {
+            done.push(event);
         }
     }
-    let at = crate::occurred_at(event);
-    let context = CommandContext::caused_by(Actor::System(NAME), event);
-    execute_in::<Spec>(
-        tx,
-        &spec_id.to_string(),
-        SpecCommand::CompleteSpec { at },
-        &context,
-    )
-    .await
-    .map_err(|e| ProjectionError::payload(event, format!("completing spec {spec_id}: {e}")))?;
-    if let Some(organization_id) = spec.organization_id {
-        let finish = BillingCommand::FinishWorkflow {
-            organization_id,
-            spec_id,
-            at,
+    let Some(&first) = done.first() else {
+        return Ok(());
+    };
+    let mut tickets = Aggregates::<Ticket>::new();
+    tickets
+        .read(tx, first, done.iter().map(|e| e.aggregate_id.clone()))
+        .await?;
+    let spec_ids: BTreeSet<String> = done
+        .iter()
+        .filter_map(|e| tickets.get(&e.aggregate_id)?.spec_id)
+        .map(|id| id.to_string())
+        .collect();
+    // Each spec's state and the approval its plan's tickets are named after.
+    let spec_ids: Vec<String> = spec_ids.into_iter().collect();
+    let mut specs = Aggregates::<Spec>::new();
+    let mut plans = HashMap::new();
+    for history in histories(&mut *tx, "Spec", &spec_ids)
+        .await?
+        .chunk_by(|a, b| a.aggregate_id == b.aggregate_id)
+    {
+        specs.know(first, history)?;
+        let Some((spec_id, approval)) = history.first().zip(last_approval(history)) else {
+            continue;
         };
-        execute_in::<BillingAccount>(tx, &organization_id.to_string(), finish, &context)
-            .await
-            .map_err(|e| {
-                ProjectionError::payload(event, format!("finishing the workflow of {spec_id}: {e}"))
-            })?;
+        let Some(plan) = specs
+            .get(&spec_id.aggregate_id)
+            .and_then(|s| s.plan.as_ref())
+        else {
+            continue;
+        };
+        let planned: Vec<String> = plan
+            .tickets
+            .iter()
+            .map(|t| created_by(&approval, &t.key).to_string())
+            .collect();
+        plans.insert(spec_id.aggregate_id.clone(), planned);
     }
-    tracing::info!(spec = %spec_id, "every ticket of the plan is done: spec completed, workflow finished");
-    Ok(())
+    tickets
+        .read(tx, first, plans.values().flatten().cloned())
+        .await?;
+    let mut accounts = Aggregates::<BillingAccount>::new();
+    let mut effects = Effects::default();
+    for event in done {
+        let Some(spec_id) = tickets.get(&event.aggregate_id).and_then(|t| t.spec_id) else {
+            continue;
+        };
+        let id = spec_id.to_string();
+        let (Some(spec), Some(planned)) = (specs.get(&id), plans.get(&id)) else {
+            continue;
+        };
+        let all_done = planned.iter().all(|t| {
+            tickets
+                .get(t)
+                .is_some_and(|t| t.status == TicketStatus::Done)
+        });
+        // Once completed, a second ticket of the same batch finds it so.
+        if spec.phase != SpecPhase::Executing || !all_done {
+            continue;
+        }
+        let organization_id = spec.organization_id;
+        let at = crate::occurred_at(event);
+        let context = CommandContext::caused_by(Actor::System(NAME), event);
+        let complete = SpecCommand::CompleteSpec { at };
+        specs
+            .decide(&mut effects, tx, event, &id, complete, &context)
+            .await?;
+        if let Some(organization_id) = organization_id {
+            let finish = BillingCommand::FinishWorkflow {
+                organization_id,
+                spec_id,
+                at,
+            };
+            let account = organization_id.to_string();
+            accounts
+                .decide(&mut effects, tx, event, &account, finish, &context)
+                .await?;
+        }
+        tracing::info!(spec = %spec_id, "every ticket of the plan is done: spec completed, workflow finished");
+    }
+    effects.append(tx, first).await
 }

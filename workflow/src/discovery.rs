@@ -5,11 +5,11 @@
 use futures_util::future::BoxFuture;
 use omoi_domain::task::{Task, TaskCommand};
 use omoi_projections::ProjectionError;
-use omoi_store::bus::execute_in;
 use omoi_store::{Actor, CommandContext, StoredEvent};
 use sqlx::PgConnection;
 
-use crate::{load, ProcessManager};
+use crate::aggregates::{Aggregates, Effects};
+use crate::ProcessManager;
 
 /// The process manager's name: its build in the catalog and its actor (`system:…`).
 pub const NAME: &str = "discovery_resolution";
@@ -27,34 +27,54 @@ impl ProcessManager for DiscoveryResolution {
     fn react<'a>(
         &'a self,
         tx: &'a mut PgConnection,
-        _schema: &'a str,
+        schema: &'a str,
         event: &'a StoredEvent,
     ) -> BoxFuture<'a, Result<(), ProjectionError>> {
-        Box::pin(discovered_task_ended(tx, event))
+        self.react_all(tx, schema, vec![event])
+    }
+
+    fn react_all<'a>(
+        &'a self,
+        tx: &'a mut PgConnection,
+        _schema: &'a str,
+        events: Vec<&'a StoredEvent>,
+    ) -> BoxFuture<'a, Result<(), ProjectionError>> {
+        Box::pin(discovered_tasks_ended(tx, events))
     }
 }
 
-async fn discovered_task_ended(
+/// Releases the parent of every ended task that was a discovery blocking it. The ended
+/// tasks are read with one query (most were no discovery).
+async fn discovered_tasks_ended(
     tx: &mut PgConnection,
-    event: &StoredEvent,
+    events: Vec<&StoredEvent>,
 ) -> Result<(), ProjectionError> {
-    let (task, _) = load::<Task>(tx, event, &event.aggregate_id).await?;
-    let Some(discovery) = task.discovery.filter(|d| d.blocks_parent) else {
+    let Some(&first) = events.first() else {
         return Ok(());
     };
-    let Some(discovered_task_id) = task.id else {
-        return Ok(());
-    };
-    let parent = discovery.parent_task_id.to_string();
-    let context = CommandContext::caused_by(Actor::System(NAME), event);
-    // Resolving what is not open appends nothing: a replay after a crash is harmless.
-    execute_in::<Task>(
-        tx,
-        &parent,
-        TaskCommand::ResolveDiscovery { discovered_task_id },
-        &context,
-    )
-    .await
-    .map_err(|e| ProjectionError::payload(event, format!("releasing task {parent}: {e}")))?;
-    Ok(())
+    let mut ended = Aggregates::<Task>::new();
+    ended
+        .read(tx, first, events.iter().map(|e| e.aggregate_id.clone()))
+        .await?;
+    let mut parents = Aggregates::<Task>::new();
+    let mut effects = Effects::default();
+    for event in events {
+        let Some(task) = ended.get(&event.aggregate_id) else {
+            continue;
+        };
+        let Some(discovery) = task.discovery.as_ref().filter(|d| d.blocks_parent) else {
+            continue;
+        };
+        let Some(discovered_task_id) = task.id else {
+            continue;
+        };
+        let parent = discovery.parent_task_id.to_string();
+        let context = CommandContext::caused_by(Actor::System(NAME), event);
+        // Resolving what is not open appends nothing: a replay after a crash is harmless.
+        let resolve = TaskCommand::ResolveDiscovery { discovered_task_id };
+        parents
+            .decide(&mut effects, tx, event, &parent, resolve, &context)
+            .await?;
+    }
+    effects.append(tx, first).await
 }

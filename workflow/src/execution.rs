@@ -3,7 +3,7 @@
 //! translated from keys to task ids — in plan order, dependencies first. Its `implement`
 //! tasks must pass validation unless the project's `validation_required` is off.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use chrono::{DateTime, Utc};
 use futures_util::future::BoxFuture;
@@ -13,13 +13,13 @@ use omoi_domain::spec::{Plan, PlannedTask, Spec, SpecEvent};
 use omoi_domain::task::{Task, TaskCommand, ValidationPolicy};
 use omoi_domain::ticket::{Ticket, TicketCommand};
 use omoi_projections::ProjectionError;
-use omoi_store::bus::execute_in;
-use omoi_store::log::{aggregate_history, fold_until};
+use omoi_store::log::{fold_until, histories};
 use omoi_store::{Actor, CommandContext, StoredEvent};
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-use crate::{load, ProcessManager};
+use crate::aggregates::{Aggregates, Effects};
+use crate::ProcessManager;
 
 /// The process manager's name: its build in the catalog and its actor (`system:…`).
 pub const NAME: &str = "plan_execution";
@@ -40,10 +40,19 @@ impl ProcessManager for PlanExecution {
     fn react<'a>(
         &'a self,
         tx: &'a mut PgConnection,
-        _schema: &'a str,
+        schema: &'a str,
         event: &'a StoredEvent,
     ) -> BoxFuture<'a, Result<(), ProjectionError>> {
-        Box::pin(execute(tx, event))
+        self.react_all(tx, schema, vec![event])
+    }
+
+    fn react_all<'a>(
+        &'a self,
+        tx: &'a mut PgConnection,
+        _schema: &'a str,
+        events: Vec<&'a StoredEvent>,
+    ) -> BoxFuture<'a, Result<(), ProjectionError>> {
+        Box::pin(execute_all(tx, events))
     }
 }
 
@@ -70,11 +79,59 @@ pub fn last_approval(history: &[StoredEvent]) -> Option<String> {
         .map(StoredEvent::reference)
 }
 
-/// Creates the tickets and tasks of the plan the spec had when `event` approved it.
-async fn execute(tx: &mut PgConnection, event: &StoredEvent) -> Result<(), ProjectionError> {
-    let history = aggregate_history(&mut *tx, "Spec", &event.aggregate_id).await?;
-    let spec: Spec = fold_until(&history, Some(event.sequence))
-        .map_err(|e| ProjectionError::payload(event, e))?;
+/// Creates the tickets and tasks of every plan the batch approved: the specs and their
+/// projects are read with one query each, and everything is created with one statement.
+async fn execute_all(
+    tx: &mut PgConnection,
+    events: Vec<&StoredEvent>,
+) -> Result<(), ProjectionError> {
+    let Some(&first) = events.first() else {
+        return Ok(());
+    };
+    let spec_ids: Vec<String> = events
+        .iter()
+        .map(|e| e.aggregate_id.clone())
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let spec_events = histories(&mut *tx, "Spec", &spec_ids).await?;
+    let mut approved = Vec::with_capacity(events.len());
+    for event in events {
+        let history: Vec<StoredEvent> = spec_events
+            .iter()
+            .filter(|e| e.aggregate_id == event.aggregate_id)
+            .cloned()
+            .collect();
+        let spec: Spec = fold_until(&history, Some(event.sequence))
+            .map_err(|e| ProjectionError::payload(event, e))?;
+        approved.push((event, spec));
+    }
+    let mut projects = Aggregates::<Project>::new();
+    projects
+        .read(
+            tx,
+            first,
+            approved
+                .iter()
+                .filter_map(|(_, spec)| spec.project_id)
+                .map(|id| id.to_string()),
+        )
+        .await?;
+    let mut effects = Effects::default();
+    for (event, spec) in approved {
+        execute(event, &spec, &projects, &mut effects).await?;
+    }
+    effects.append(tx, first).await
+}
+
+/// Decides the creations of the tickets and tasks of the plan `spec` had when `event`
+/// approved it.
+async fn execute(
+    event: &StoredEvent,
+    spec: &Spec,
+    projects: &Aggregates<Project>,
+    effects: &mut Effects,
+) -> Result<(), ProjectionError> {
     let (Some(plan), Some(spec_id), Some(organization_id), Some(project_id)) = (
         spec.plan.as_ref(),
         spec.id,
@@ -87,10 +144,12 @@ async fn execute(tx: &mut PgConnection, event: &StoredEvent) -> Result<(), Proje
         ));
     };
     let at = approved_at(event)?;
-    let (project, _) = load::<Project>(tx, event, &project_id.to_string()).await?;
+    let validation_required = projects
+        .state(&project_id.to_string())
+        .settings
+        .validation_required;
     let validation = |task: &PlannedTask| {
-        (project.settings.validation_required && task.task_type == IMPLEMENT)
-            .then(ValidationPolicy::default)
+        (validation_required && task.task_type == IMPLEMENT).then(ValidationPolicy::default)
     };
     let context = CommandContext::caused_by(Actor::System(NAME), event);
     let task_ids: BTreeMap<&str, Uuid> = plan
@@ -110,7 +169,9 @@ async fn execute(tx: &mut PgConnection, event: &StoredEvent) -> Result<(), Proje
             phase: Phase::default(),
             plan_key: Some(ticket.key.clone()),
         };
-        create::<Ticket>(tx, event, ticket_id, command, &context).await?;
+        effects
+            .create::<Ticket>(event, ticket_id, command, &context)
+            .await?;
     }
     for task in in_dependency_order(plan) {
         let (ticket, _) = plan
@@ -142,13 +203,16 @@ async fn execute(tx: &mut PgConnection, event: &StoredEvent) -> Result<(), Proje
             plan_key: Some(task.key.clone()),
             at,
         };
-        create::<Task>(tx, event, task_id, command, &context).await?;
+        effects
+            .create::<Task>(event, task_id, command, &context)
+            .await?;
     }
     tracing::info!(spec = %spec_id, tickets = plan.tickets.len(), "plan executed");
     Ok(())
 }
 
-/// Creates aggregate `id` unless it exists (a replay of the causing event).
+/// Creates aggregate `id` unless it exists (a replay of the causing event), in one
+/// statement.
 pub(crate) async fn create<A>(
     tx: &mut PgConnection,
     event: &StoredEvent,
@@ -159,14 +223,9 @@ pub(crate) async fn create<A>(
 where
     A: cqrs_es::Aggregate<Services = ()> + omoi_domain::common::Scoped + Clone,
 {
-    let id = id.to_string();
-    if !aggregate_history(&mut *tx, A::TYPE, &id).await?.is_empty() {
-        return Ok(());
-    }
-    execute_in::<A>(tx, &id, command, context)
-        .await
-        .map(drop)
-        .map_err(|e| ProjectionError::payload(event, format!("creating {} {id}: {e}", A::TYPE)))
+    let mut effects = Effects::default();
+    effects.create::<A>(event, id, command, context).await?;
+    effects.append(tx, event).await
 }
 
 /// The tasks of `plan`, each after the tasks it waits for (the plan is acyclic).

@@ -34,6 +34,7 @@
 //!   escalate.
 
 pub mod admission;
+mod aggregates;
 pub mod archival;
 pub mod completion;
 pub mod cycles;
@@ -52,6 +53,8 @@ use futures_util::future::BoxFuture;
 use omoi_projections::{ProjectionError, Projector};
 use omoi_store::StoredEvent;
 use sqlx::PgConnection;
+
+use aggregates::{Aggregates, Effects};
 
 /// A rule run on the global stream: the events it reacts to, and its reaction to one,
 /// inside the batch's transaction.
@@ -84,6 +87,24 @@ pub trait ProcessManager: Send + Sync + 'static {
         schema: &'a str,
         event: &'a StoredEvent,
     ) -> BoxFuture<'a, Result<(), ProjectionError>>;
+
+    /// Its reactions to a batch's events it reacts to, in order; the same as reacting to
+    /// each in turn. By default one at a time; a manager that reacts to many events reads
+    /// what they need once for all ([`Aggregates`]), so that its batch — which holds
+    /// every reader of the log while it is open — stays short.
+    fn react_all<'a>(
+        &'a self,
+        tx: &'a mut PgConnection,
+        schema: &'a str,
+        events: Vec<&'a StoredEvent>,
+    ) -> BoxFuture<'a, Result<(), ProjectionError>> {
+        Box::pin(async move {
+            for event in events {
+                self.react(tx, schema, event).await?;
+            }
+            Ok(())
+        })
+    }
 }
 
 /// A process manager as the projection runner runs it: a projector whose tables are its
@@ -122,11 +143,12 @@ impl<P: ProcessManager> Projector for Run<P> {
         events: &'a [StoredEvent],
     ) -> BoxFuture<'a, Result<(), ProjectionError>> {
         Box::pin(async move {
-            let mut reacted = false;
-            for event in events.iter().filter(|e| self.manager.reacts_to(e)) {
-                self.manager.react(tx, schema, event).await?;
-                reacted = true;
-            }
+            let mine: Vec<&StoredEvent> = events
+                .iter()
+                .filter(|e| self.manager.reacts_to(e))
+                .collect();
+            let reacted = !mine.is_empty();
+            self.manager.react_all(tx, schema, mine).await?;
             // The batch's own appends carry its transaction's id (asked only when it
             // reacted: most batches hold nothing for a given process manager).
             let appended = reacted
@@ -143,6 +165,10 @@ impl<P: ProcessManager> Projector for Run<P> {
 
     fn concerns(&self, event: &StoredEvent) -> bool {
         self.manager.reacts_to(event)
+    }
+
+    fn appends_events(&self) -> bool {
+        true
     }
 
     fn take_appended(&self) -> bool {
@@ -163,10 +189,9 @@ pub(crate) async fn load<A: cqrs_es::Aggregate>(
     Ok((state, history.len()))
 }
 
-/// Runs `command` on aggregate `id` in the batch's transaction, as an effect of `event`.
-/// A refusal by the aggregate means the world moved on (the task was cancelled, the
-/// ticket is blocked, the verdict came already): it is logged and skipped. Anything else
-/// fails the batch, to be retried whole.
+/// Runs `command` on aggregate `id` in the batch's transaction, as an effect of `event`
+/// (see [`Aggregates::decide`] and [`Effects::append`]: a refusal is skipped, a concurrent
+/// writer has the batch applied again).
 pub(crate) async fn effect<A>(
     tx: &mut PgConnection,
     event: &StoredEvent,
@@ -177,26 +202,11 @@ pub(crate) async fn effect<A>(
 where
     A: cqrs_es::Aggregate<Services = ()> + omoi_domain::common::Scoped + Clone,
 {
-    match omoi_store::bus::execute_in::<A>(tx, id, command, context).await {
-        Ok(_) => Ok(()),
-        Err(omoi_store::CommandError::Domain(refusal)) => {
-            tracing::debug!(actor = %context.actor, aggregate = A::TYPE, id, %refusal, "an effect was refused; skipped");
-            Ok(())
-        }
-        // Another writer appended to the aggregate first (the unit's optimistic check), or
-        // the database was away: the runner applies the batch again, reading it anew.
-        Err(
-            conflict @ (omoi_store::CommandError::Conflict { .. }
-            | omoi_store::CommandError::Unavailable(_)),
-        ) => Err(ProjectionError::Transient(format!(
-            "{} {id}: {conflict}",
-            A::TYPE
-        ))),
-        Err(other) => Err(ProjectionError::payload(
-            event,
-            format!("{} {id}: {other}", A::TYPE),
-        )),
-    }
+    let mut effects = Effects::default();
+    Aggregates::<A>::new()
+        .decide(&mut effects, tx, event, id, command, context)
+        .await?;
+    effects.append(tx, event).await
 }
 
 /// When `event` was recorded (its metadata's `occurred_at`), for the time of an effect.

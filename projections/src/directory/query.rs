@@ -194,6 +194,9 @@ pub struct SuspectedDuplicate {
 /// task it compared with the older ones.
 pub type DuplicatesCursor = (i64, i64);
 
+/// How many of the most similar older tasks a new task is named a duplicate of.
+pub const CLOSEST_DUPLICATES: i64 = 3;
+
 /// A batch of the Conductor's comparison: the pairs found and how far it got.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct DuplicatesBatch {
@@ -205,9 +208,9 @@ pub struct DuplicatesBatch {
 }
 
 /// The open tasks created after `after`, at most `batch` of them in creation order, each
-/// compared with the older open tasks of its project: every pair whose titles and
+/// compared with the older open tasks of its project: the pairs whose titles and
 /// descriptions are at least `threshold` similar (`pg_trgm`), the newer named as the
-/// duplicate of the older. Each task is compared once, when it is new, so a pass costs
+/// duplicate of the older — of its [`CLOSEST_DUPLICATES`] most similar older tasks. Each task is compared once, when it is new, so a pass costs
 /// the tasks created since the last one (the trigram index narrows each one's
 /// candidates), not the square of the open tasks.
 pub async fn suspected_duplicates(
@@ -255,26 +258,35 @@ pub async fn suspected_duplicates(
     // rather walk the project's index and compare every open task of the project: 9 ms a
     // task at 50,000 open tasks (`omoi-bench bench-monitoring`), against well under one
     // through the trigram index.
+    // Only each task's closest few are named: a task like hundreds of others needs a
+    // pointer to the nearest, not hundreds of flags.
     let sql = format!(
-        "select newer.id, older.id, older.similarity
-           from directory_entries newer
-           cross join lateral (
-               select id, project_id, created_transaction_id, created_position,
-                      similarity({newer}, {older})::float8 as similarity
-                 from directory_entries older
-                where older.kind = 'task' and {older} % {newer} and older.status = any($1)
-               offset 0) older
-          where newer.id = any($3)
-            and older.project_id = newer.project_id
-            and (older.created_transaction_id, older.created_position)
-                < (newer.created_transaction_id, newer.created_position)
-            and older.similarity >= $2
-          order by 3 desc, newer.id, older.id"
+        "select newer_id, older_id, similarity from (
+             select newer.id as newer_id, older.id as older_id, older.similarity,
+                    row_number() over (partition by newer.id
+                                       order by older.similarity desc,
+                                                older.created_transaction_id,
+                                                older.created_position) as closeness
+               from directory_entries newer
+               cross join lateral (
+                   select id, project_id, created_transaction_id, created_position,
+                          similarity({newer}, {older})::float8 as similarity
+                     from directory_entries older
+                    where older.kind = 'task' and {older} % {newer} and older.status = any($1)
+                   offset 0) older
+              where newer.id = any($3)
+                and older.project_id = newer.project_id
+                and (older.created_transaction_id, older.created_position)
+                    < (newer.created_transaction_id, newer.created_position)
+                and older.similarity >= $2) closest
+          where closeness <= $4
+          order by 3 desc, 1, 2"
     );
     let rows: Vec<(Uuid, Uuid, f64)> = sqlx::query_as(&sql)
         .bind(&open)
         .bind(threshold)
         .bind(&ids)
+        .bind(CLOSEST_DUPLICATES)
         .fetch_all(&mut *tx)
         .await?;
     tx.commit().await?;
