@@ -357,6 +357,7 @@ pub fn test_runner_config() -> omoi_projections::runner::RunnerConfig {
         batch_size: 500,
         poll_interval: std::time::Duration::from_millis(100),
         takeover_interval: std::time::Duration::from_millis(200),
+        ..omoi_projections::runner::RunnerConfig::default()
     }
 }
 
