@@ -54,10 +54,10 @@ pub struct RunnerConfig {
     /// How long a read model that caught up under load waits before its next batch, so
     /// that the commits arriving meanwhile are applied by one transaction rather than one
     /// each. Each batch holds every reader's horizon for its last statements and costs
-    /// CPU the writers and process managers need (`omoi-bench bench-workflow`, side by
-    /// side: 17.4–18.1 specs/s without it, 21.8–22.0 with 30 ms in most runs; its noisy
-    /// latency figures are in the README). The first commit after a quiet spell is
-    /// applied at once.
+    /// CPU the writers and process managers need (`omoi-bench bench-workflow`, a build
+    /// reading the pause from the environment: 17.7 and 18.1 specs/s without it, 23.2 and
+    /// 23.2 with 30 ms; the noisy latency figures are in the README). The first commit
+    /// after a quiet spell is applied at once.
     pub read_model_pause: Duration,
 }
 

@@ -706,56 +706,12 @@ pub enum PairError<EA: std::error::Error, EB: std::error::Error> {
     Internal(String),
 }
 
-/// Decides `command` on aggregate `aggregate_id` as it stands in `conn`'s transaction
-/// and appends its events there: they commit with the caller's transaction, or not at
-/// all (a process manager's effects and its checkpoint). No retry and no lock: a conflict
-/// fails the caller's unit, which the caller retries whole.
-pub async fn execute_in<A>(
-    conn: &mut sqlx::PgConnection,
-    aggregate_id: &str,
-    command: A::Command,
-    context: &CommandContext,
-) -> Result<Committed<A>, CommandError<A::Error>>
-where
-    A: Aggregate<Services = ()> + Scoped + Clone,
-{
-    let history = crate::log::aggregate_history(&mut *conn, A::TYPE, aggregate_id)
-        .await
-        .map_err(database_failure)?;
-    let state: A = crate::log::fold_until(&history, None)
-        .map_err(|e| CommandError::Internal(e.to_string()))?;
-    execute_on(conn, aggregate_id, state, history.len(), command, context).await
-}
-
-/// [`execute_in`] on the aggregate as the caller read it in the same transaction: `state`
-/// after its first `version` events. Had anyone appended since, the append's sequence
-/// check refuses it (`Conflict`), as for any unit.
-pub async fn execute_on<A>(
-    conn: &mut sqlx::PgConnection,
-    aggregate_id: &str,
-    state: A,
-    version: usize,
-    command: A::Command,
-    context: &CommandContext,
-) -> Result<Committed<A>, CommandError<A::Error>>
-where
-    A: Aggregate<Services = ()> + Scoped + Clone,
-{
-    let mut rows = Rows::new();
-    let committed = decide_into(&mut rows, aggregate_id, state, version, command, context).await?;
-    rows.insert(&mut *conn).await.map_err(|e| match e {
-        AppendError::Conflict => CommandError::Conflict { attempts: 1 },
-        AppendError::Database(e) => database_failure(e),
-        AppendError::Unavailable(cause) => CommandError::Unavailable(cause),
-        other => CommandError::Internal(other.to_string()),
-    })?;
-    Ok(committed)
-}
-
 /// Decides `command` on aggregate `aggregate_id` — `state` after its first `version`
 /// events — and adds the events it decided to `rows` with `context`'s metadata, to be
-/// appended later with others in one statement ([`Rows::insert_units`]). Returns the
-/// state they lead to; nothing is stored yet.
+/// appended later with others in one statement ([`Rows::insert_units`]): how a process
+/// manager's effects join its batch's transaction. Returns the state they lead to;
+/// nothing is stored yet, and the append's sequence check refuses the rows if the
+/// aggregate moved on meanwhile.
 pub async fn decide_into<A>(
     rows: &mut Rows,
     aggregate_id: &str,

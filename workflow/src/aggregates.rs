@@ -20,9 +20,9 @@ use uuid::Uuid;
 /// Aggregates of type `A` as they stand in the batch's transaction, with the batch's own
 /// decided effects applied.
 pub(crate) struct Aggregates<A> {
-    /// Each read aggregate's state and number of events (absent: never read, or none).
+    /// Each read aggregate's state and number of events (one without events: its empty
+    /// state and 0).
     known: HashMap<String, (A, usize)>,
-    read: BTreeSet<String>,
 }
 
 impl<A> Aggregates<A>
@@ -32,7 +32,6 @@ where
     pub(crate) fn new() -> Self {
         Self {
             known: HashMap::new(),
-            read: BTreeSet::new(),
         }
     }
 
@@ -47,7 +46,7 @@ where
     ) -> Result<(), ProjectionError> {
         let wanted: Vec<String> = ids
             .into_iter()
-            .filter(|id| !self.read.contains(id))
+            .filter(|id| !self.known.contains_key(id))
             .collect::<BTreeSet<_>>()
             .into_iter()
             .collect();
@@ -58,7 +57,9 @@ where
         for history in events.chunk_by(|a, b| a.aggregate_id == b.aggregate_id) {
             self.know(event, history)?;
         }
-        self.read.extend(wanted);
+        for id in wanted {
+            self.known.entry(id).or_insert_with(|| (A::default(), 0));
+        }
         Ok(())
     }
 
@@ -74,13 +75,15 @@ where
         let state: A = fold_until(history, None).map_err(|e| ProjectionError::payload(event, e))?;
         self.known
             .insert(first.aggregate_id.clone(), (state, history.len()));
-        self.read.insert(first.aggregate_id.clone());
         Ok(())
     }
 
     /// Aggregate `id` (read before), `None` when it has no events.
     pub(crate) fn get(&self, id: &str) -> Option<&A> {
-        self.known.get(id).map(|(state, _)| state)
+        self.known
+            .get(id)
+            .filter(|(_, version)| *version > 0)
+            .map(|(state, _)| state)
     }
 
     /// Aggregate `id` (read before) as folding its events gives: the empty state when it

@@ -3,7 +3,7 @@
 //! translated from keys to task ids — in plan order, dependencies first. Its `implement`
 //! tasks must pass validation unless the project's `validation_required` is off.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use chrono::{DateTime, Utc};
 use futures_util::future::BoxFuture;
@@ -95,14 +95,17 @@ async fn execute_all(
         .into_iter()
         .collect();
     let spec_events = histories(&mut *tx, "Spec", &spec_ids).await?;
+    let by_spec: HashMap<&str, &[StoredEvent]> = spec_events
+        .chunk_by(|a, b| a.aggregate_id == b.aggregate_id)
+        .filter_map(|history| Some((history.first()?.aggregate_id.as_str(), history)))
+        .collect();
     let mut approved = Vec::with_capacity(events.len());
     for event in events {
-        let history: Vec<StoredEvent> = spec_events
-            .iter()
-            .filter(|e| e.aggregate_id == event.aggregate_id)
-            .cloned()
-            .collect();
-        let spec: Spec = fold_until(&history, Some(event.sequence))
+        let history = by_spec
+            .get(event.aggregate_id.as_str())
+            .copied()
+            .unwrap_or_default();
+        let spec: Spec = fold_until(history, Some(event.sequence))
             .map_err(|e| ProjectionError::payload(event, e))?;
         approved.push((event, spec));
     }

@@ -5,7 +5,7 @@
 //! Each is a [`Projector`] of the projection runner, so it has what read models have: one
 //! leader across replicas, a checkpoint, a poison event that stops it visibly
 //! (`omoi projections status`, `GET /api/v1/projections`). Its effects are commands
-//! decided and appended *inside the batch's transaction* (`omoi_store::bus::execute_in`):
+//! decided and appended *inside the batch's transaction* ([`aggregates`]):
 //! effects and checkpoint commit together, so a crash never applies an event's
 //! consequences twice or skips them. The ids of what a process manager creates derive
 //! from the causing event, and it skips what exists already, so replaying an event
