@@ -1154,6 +1154,39 @@ async fn a_board_subscriber_gets_a_delta_per_change_in_order_and_folds_into_the_
     assert_eq!(folded[&all[2]]["tasks"]["total"], 1);
 }
 
+/// The server writes a message longer than 2 KiB as fragments (so that no connection keeps
+/// a write buffer the size of its largest message): the client receives one message.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_snapshot_longer_than_a_fragment_arrives_whole_and_the_socket_goes_on() {
+    let app = spawn_app().await;
+    let (_, project) = app.organization_and_project().await;
+    let created = tickets(&app, &project, 60).await;
+    let expected = board_view(&app, &project).await;
+    let mut socket = owner_socket(&app).await;
+    send(&mut socket, board_subscription("big", &project)).await;
+    let snapshot = next_of(&mut socket, "snapshot", "big").await;
+    let length = snapshot.to_string().len();
+    assert!(
+        length > 3 * 4096,
+        "a snapshot of several fragments: {length} bytes"
+    );
+    assert_eq!(cards_of(&snapshot["data"]), expected);
+    assert_eq!(expected.len(), created.len());
+    // The next message of the socket is whole too.
+    let (status, body) = app
+        .patch(
+            &format!("/api/v1/tickets/{}", created[7]),
+            json!({"title": "After the snapshot"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let delta = next_of(&mut socket, "delta", "big").await;
+    assert_eq!(
+        delta["change"]["card"]["title"], "After the snapshot",
+        "{delta}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_board_subscriber_that_reconnects_with_after_gets_exactly_what_it_missed() {
     let app = spawn_app().await;

@@ -5,7 +5,9 @@
 //! over HTTP and measures, for every client and every command, the time from the command's
 //! HTTP answer to the delta carrying the new title. Memory per idle connection is the
 //! growth of the server's resident set while the N clients connect and take their
-//! snapshots, divided by N.
+//! snapshots, divided by N (one client connected before them made the board's follower,
+//! which is the project's); `--cards` sets the board's size, so the snapshot each client
+//! was sent (3,000 cards: about a megabyte).
 //!
 //! `OMOI_BENCH_WRAP="valgrind --tool=massif"` runs the server under that command (a
 //! profiler), and stops it with SIGINT at the end so the profiler writes its report.
@@ -38,19 +40,22 @@ pub struct Args {
     /// Seconds of commands per client count.
     #[arg(long, default_value_t = 10)]
     pub seconds: u64,
+    /// Cards on the board (its snapshot takes ~340 bytes a card); commands rename them in
+    /// turn.
+    #[arg(long, default_value_t = 100)]
+    pub cards: usize,
 }
 
 const LATENCY_TARGET_MS: f64 = 100.0;
-const MEMORY_TARGET_KIB: f64 = 64.0;
-/// Tickets on the board; commands rename them in turn.
-const TICKETS: usize = 100;
-/// Concurrent command senders (each sends `rate / LANES` per second).
+/// Issue #15's, also after a snapshot of a megabyte.
+const MEMORY_TARGET_KIB: f64 = 16.0;
+/// Concurrent command senders (each sends `rate / LANES` per second), and seeders.
 const LANES: u64 = 8;
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
     anyhow::ensure!(
-        args.rate > 0 && args.seconds > 0 && args.clients.iter().all(|&n| n > 0),
-        "--clients, --rate and --seconds must be positive"
+        args.rate > 0 && args.seconds > 0 && args.cards > 0 && args.clients.iter().all(|&n| n > 0),
+        "--clients, --rate, --seconds and --cards must be positive"
     );
     let admin_url = crate::setup::admin_url().await?;
     let database = TestDatabase::create_on(&admin_url).await?;
@@ -63,32 +68,33 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let token = app.register_and_login("bench@example.com").await;
     app.token = Some(token.clone());
     let (_, project) = app.organization_and_project().await;
-    let mut tickets = Vec::with_capacity(TICKETS);
-    for n in 0..TICKETS {
-        let (status, body) = app
-            .post(
-                "/api/v1/tickets",
-                json!({"project_id": project, "title": format!("seed {n}")}),
-            )
-            .await;
-        anyhow::ensure!(status == StatusCode::CREATED, "seeding: {body}");
-        tickets.push(body["id"].as_str().unwrap_or_default().to_string());
-    }
+    let tickets = seed(&app, &project, args.cards).await?;
     let pid = server.id().unwrap_or_default();
     println!(
-        "live: board of {TICKETS} tickets, {} commands/s for {} s per client count; server pid {pid} (load average {})",
+        "live: board of {} tickets, {} commands/s for {} s per client count; server pid {pid} (load average {})",
+        args.cards,
         args.rate,
         args.seconds,
         load_average()
     );
     println!(
-        "  {:>7} {:>10} {:>9} {:>9} {:>9} {:>12} {:>14}",
-        "clients", "commands", "p50 ms", "p99 ms", "max ms", "missing", "KiB/idle conn"
+        "  {:>7} {:>10} {:>9} {:>9} {:>9} {:>12} {:>14} {:>14}",
+        "clients",
+        "commands",
+        "p50 ms",
+        "p99 ms",
+        "max ms",
+        "missing",
+        "KiB/idle conn",
+        "snapshot KiB"
     );
+    // The board's follower (its model, its encoded snapshot) is the project's, not a
+    // connection's: one client makes it before connections are counted.
+    let (warm, _) = connect(&app, &token, &project, 1).await?;
     let mut sequence = 0u64;
     for &count in &args.clients {
         let before = resident_kib(pid)?;
-        let clients = connect(&app, &token, &project, count).await?;
+        let (clients, snapshot_bytes) = connect(&app, &token, &project, count).await?;
         tokio::time::sleep(Duration::from_secs(1)).await;
         let after = resident_kib(pid)?;
         let per_connection = (after.saturating_sub(before)) as f64 / count as f64;
@@ -96,14 +102,18 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_secs(2)).await;
         let report = collect(clients, &acks).await;
         println!(
-            "  {count:>7} {:>10} {:>9.1} {:>9.1} {:>9.1} {:>12} {:>14.1}",
+            "  {count:>7} {:>10} {:>9.1} {:>9.1} {:>9.1} {:>12} {:>14.1} {:>14.1}",
             acks.len(),
             report.p50,
             report.p99,
             report.max,
             report.missing,
-            per_connection
+            per_connection,
+            snapshot_bytes as f64 / 1024.0
         );
+    }
+    for client in warm {
+        client.task.abort();
     }
     println!(
         "  targets: p99 ≤ {LATENCY_TARGET_MS} ms at 1,000 clients and 200 commands/s; ≤ {MEMORY_TARGET_KIB} KiB per idle connection"
@@ -120,6 +130,31 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     server.kill().await.ok();
     database.pool.close().await;
     Ok(())
+}
+
+/// Creates the board's tickets, `LANES` at a time; their ids in order.
+async fn seed(app: &TestApp, project: &str, cards: usize) -> anyhow::Result<Vec<String>> {
+    let lanes = (0..LANES as usize).map(|lane| async move {
+        let mut created = Vec::new();
+        for n in (lane..cards).step_by(LANES as usize) {
+            let title = format!("seed {n}");
+            let (status, body) = app
+                .post(
+                    "/api/v1/tickets",
+                    json!({"project_id": project, "title": title}),
+                )
+                .await;
+            anyhow::ensure!(status == StatusCode::CREATED, "seeding: {body}");
+            created.push((n, body["id"].as_str().unwrap_or_default().to_string()));
+        }
+        Ok(created)
+    });
+    let mut tickets: Vec<(usize, String)> = Vec::with_capacity(cards);
+    for lane in futures_util::future::join_all(lanes).await {
+        tickets.extend(lane?);
+    }
+    tickets.sort_unstable();
+    Ok(tickets.into_iter().map(|(_, id)| id).collect())
 }
 
 /// The command `OMOI_BENCH_WRAP` runs the server under, word by word.
@@ -196,15 +231,17 @@ struct Client {
     task: tokio::task::JoinHandle<()>,
 }
 
-/// Connects `count` clients, each subscribed to the board and past its snapshot.
+/// Connects `count` clients, each subscribed to the board and past its snapshot; with the
+/// snapshot's length in bytes.
 async fn connect(
     app: &TestApp,
     token: &str,
     project: &str,
     count: usize,
-) -> anyhow::Result<Vec<Client>> {
+) -> anyhow::Result<(Vec<Client>, usize)> {
     let url = format!("{}/api/v1/ws", app.address.replacen("http://", "ws://", 1));
     let mut clients = Vec::with_capacity(count);
+    let mut snapshot_bytes = 0;
     for n in 0..count {
         let mut request = url.as_str().into_client_request()?;
         request
@@ -222,6 +259,7 @@ async fn connect(
                     text.as_str().contains(r#""type":"snapshot""#),
                     "client {n}: expected a snapshot, got {text}"
                 );
+                snapshot_bytes = text.len();
                 break;
             }
         }
@@ -240,7 +278,7 @@ async fn connect(
         });
         clients.push(Client { seen, task });
     }
-    Ok(clients)
+    Ok((clients, snapshot_bytes))
 }
 
 /// The command number a delta's title carries (`"title":"bench <n>"`), found without

@@ -4,10 +4,14 @@
 //! same for every subscriber; only the subscription's `id` differs. So it is encoded once
 //! (by the hub or the follower) into a reference-counted [`Utf8Bytes`], and a queued frame
 //! holds a small head of its own plus that shared body: a thousand subscribers of one
-//! board cost one copy of a delta, not a thousand. The frame is joined into one text only
-//! as it is written.
+//! board cost one copy of a delta, not a thousand. A short frame is joined into one text as
+//! it is written; a long one is written as a fragmented message straight from its parts
+//! ([`Frame::fragments`]).
 
-use axum::extract::ws::Utf8Bytes;
+use axum::body::Bytes;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+use tokio_tungstenite::tungstenite::protocol::frame::Frame as WireFrame;
+use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 /// One text message for a client.
 #[derive(Debug, Clone)]
@@ -53,6 +57,40 @@ impl Frame {
             }
         }
     }
+
+    /// The text as one fragmented message (RFC 6455 §5.4): frames of at most `most` bytes
+    /// each, sliced from the frame's own parts without a copy; the client receives one
+    /// message. The cut may fall inside a character: only the whole message must be UTF-8.
+    pub fn fragments(self, most: usize) -> Vec<WireFrame> {
+        let most = most.max(1);
+        let parts = match self {
+            Self::Own(text) => [Bytes::from(text), Bytes::new(), Bytes::new()],
+            Self::Shared(body) => [Bytes::from(body), Bytes::new(), Bytes::new()],
+            Self::Wrapped { head, body, tail } => [
+                Bytes::from(head),
+                Bytes::from(body),
+                Bytes::from_static(tail.as_bytes()),
+            ],
+        };
+        let mut pieces = Vec::new();
+        for mut part in parts {
+            while !part.is_empty() {
+                pieces.push(part.split_to(part.len().min(most)));
+            }
+        }
+        if pieces.is_empty() {
+            pieces.push(Bytes::new());
+        }
+        let last = pieces.len() - 1;
+        pieces
+            .into_iter()
+            .enumerate()
+            .map(|(n, piece)| {
+                let opcode = if n == 0 { Data::Text } else { Data::Continue };
+                WireFrame::message(piece, OpCode::Data(opcode), n == last)
+            })
+            .collect()
+    }
 }
 
 #[cfg(test)]
@@ -68,6 +106,44 @@ mod tests {
         };
         assert_eq!(frame.len(), r#"{"id":"a","data":[1,2]}"#.len());
         assert_eq!(frame.into_text().as_str(), r#"{"id":"a","data":[1,2]}"#);
+    }
+
+    #[test]
+    fn a_long_frame_is_one_message_of_fragments_no_longer_than_asked() {
+        let body = "é".repeat(4000);
+        let frame = Frame::Wrapped {
+            head: r#"{"data":""#.to_string(),
+            body: Utf8Bytes::from(body.clone()),
+            tail: r#""}"#,
+        };
+        let fragments = frame.fragments(1000);
+        assert!(fragments.iter().all(|f| f.payload().len() <= 1000));
+        assert_eq!(fragments[0].header().opcode, OpCode::Data(Data::Text));
+        assert!(fragments[1..]
+            .iter()
+            .all(|f| f.header().opcode == OpCode::Data(Data::Continue)));
+        let (last, rest) = fragments.split_last().expect("fragments");
+        assert!(last.header().is_final && rest.iter().all(|f| !f.header().is_final));
+        let joined: Vec<u8> = fragments
+            .iter()
+            .flat_map(|f| f.payload().to_vec())
+            .collect();
+        assert_eq!(joined, format!(r#"{{"data":"{body}"}}"#).into_bytes());
+    }
+
+    #[test]
+    fn a_shared_frame_is_fragmented_from_the_shared_bytes() {
+        let body = Utf8Bytes::from("x".repeat(10));
+        let fragments = Frame::Shared(body.clone()).fragments(4);
+        assert_eq!(fragments.len(), 3);
+        assert_eq!(fragments[0].payload().as_ptr(), body.as_str().as_ptr());
+    }
+
+    #[test]
+    fn an_empty_frame_is_one_final_fragment() {
+        let fragments = Frame::Own(String::new()).fragments(4);
+        assert_eq!(fragments.len(), 1);
+        assert!(fragments[0].header().is_final);
     }
 
     #[test]

@@ -12,14 +12,13 @@
 //! A user or API key holds at most `max_sockets_per_principal` sockets in a process
 //! ([`sockets`](super::sockets)); one more is refused with 429.
 
-use axum::extract::ws::rejection::WebSocketUpgradeRejection;
-use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{FromRequestParts, State};
 use axum::http::header::{AUTHORIZATION, HOST, ORIGIN};
 use axum::http::request::Parts;
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::Response;
 use serde::Deserialize;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use utoipa::IntoParams;
 
 use super::feed::Feed;
@@ -27,6 +26,7 @@ use super::link::{drive, Session};
 use super::protocol::Filters;
 use super::sockets::{Principal, TooManySockets};
 use super::stream::Subscriptions;
+use super::upgrade::Upgrade;
 use super::LiveConfig;
 use crate::auth::{cookie, Caller, ACCESS_COOKIE};
 use crate::error::{ApiError, ApiResult, Problem};
@@ -175,14 +175,17 @@ pub struct LiveQuery {
 
 /// The opening handshake of a WebSocket (RFC 6455 §4.1), as the server checks it: the
 /// `Connection` header names `upgrade`, `Upgrade` is `websocket` and the version is 13,
-/// each compared without regard to case. Documentation only; axum's `WebSocketUpgrade`
-/// reads them.
+/// each compared without regard to case. Documentation only; [`Upgrade`] reads them.
 #[derive(IntoParams)]
 #[into_params(parameter_in = Header)]
 #[allow(dead_code)]
 pub struct Handshake {
-    /// Contains `upgrade` (`Upgrade`, `keep-alive, Upgrade`).
-    #[param(rename = "Connection", pattern = "[Uu][Pp][Gg][Rr][Aa][Dd][Ee]")]
+    /// A comma-separated list of tokens, one of them `upgrade` (`Upgrade`, `keep-alive,
+    /// Upgrade`).
+    #[param(
+        rename = "Connection",
+        pattern = "^([A-Za-z-]+, ?)*[Uu][Pp][Gg][Rr][Aa][Dd][Ee](, ?[A-Za-z-]+)*$"
+    )]
     connection: String,
     #[param(rename = "Upgrade", pattern = "^[Ww][Ee][Bb][Ss][Oo][Cc][Kk][Ee][Tt]$")]
     upgrade: String,
@@ -220,9 +223,8 @@ pub async fn live(
     State(state): State<AppState>,
     caller: WsCaller,
     Query(_query): Query<LiveQuery>,
-    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+    upgrade: Upgrade,
 ) -> ApiResult<Response> {
-    let upgrade = accept(upgrade, state.live.config())?;
     Ok(open(upgrade, state, caller, Subscriptions::default())?)
 }
 
@@ -264,9 +266,8 @@ pub async fn feed(
     State(state): State<AppState>,
     caller: WsCaller,
     Query(query): Query<FeedQuery>,
-    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+    upgrade: Upgrade,
 ) -> ApiResult<Response> {
-    let upgrade = accept(upgrade, state.live.config())?;
     let filters = Filters::from_query(
         query.event_types.as_deref(),
         query.entity_types.as_deref(),
@@ -280,43 +281,34 @@ pub async fn feed(
 /// Takes a socket slot of the caller (429 when it holds the most) and upgrades; the slot
 /// is given back when the connection ends, or when the upgrade never completes.
 fn open(
-    upgrade: WebSocketUpgrade,
+    upgrade: Upgrade,
     state: AppState,
     caller: WsCaller,
     session: impl Session,
 ) -> Result<Response, UpgradeRefusal> {
     let slot = state.live.sockets().open(Principal::of(&caller.caller))?;
-    Ok(upgrade.on_upgrade(move |socket| async move {
+    let config = socket_config(state.live.config());
+    Ok(upgrade.on_upgrade(config, move |socket| async move {
         drive(socket, state, caller.caller, caller.credential, session).await;
         drop(slot);
     }))
 }
 
-/// The upgrade, or a problem document for a plain HTTP request.
-fn accept(
-    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
-    config: &LiveConfig,
-) -> ApiResult<WebSocketUpgrade> {
-    let upgrade = upgrade.map_err(|rejection| {
-        ApiError::bad_request(
-            format!(
-                "this endpoint only speaks WebSocket ({})",
-                rejection.body_text()
-            ),
-            None,
-        )
-    })?;
+/// The settings of a socket.
+fn socket_config(config: &LiveConfig) -> WebSocketConfig {
     // Frames above our own limit get a `too_large` error; only far larger ones (which we
     // refuse to even buffer) end the connection.
     let hard_limit = config.max_text_bytes.saturating_mul(16).max(1 << 20);
     // tungstenite allocates its read buffer up front (128 KiB by default): most frames
     // are small, so a small one keeps an idle connection cheap and grows when needed.
-    Ok(upgrade
+    // Nothing is buffered past a write: the writer sends a frame at a time.
+    WebSocketConfig::default()
         .read_buffer_size(READ_BUFFER_BYTES)
         .write_buffer_size(0)
-        .max_message_size(hard_limit)
-        .max_frame_size(hard_limit))
+        .max_message_size(Some(hard_limit))
+        .max_frame_size(Some(hard_limit))
 }
 
 /// The read buffer of a connection (`omoi-bench bench-live` measures the memory per connection).
-const READ_BUFFER_BYTES: usize = 4 * 1024;
+/// A client's frames are short (subscriptions, pings); a longer one grows it.
+const READ_BUFFER_BYTES: usize = 2 * 1024;

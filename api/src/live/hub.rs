@@ -19,12 +19,12 @@ use std::ops::Deref;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError, Weak};
 use std::time::Duration;
 
-use axum::extract::ws::Utf8Bytes;
 use omoi_store::log::{read_global, Visibility};
 use omoi_store::wakeup::listen;
 use omoi_store::{Cursor, StoredEvent};
 use sqlx::PgPool;
 use tokio::sync::{broadcast, watch, OnceCell};
+use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use super::protocol;
 use super::sockets::Sockets;

@@ -26,16 +26,18 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use omoi_domain::common::Scope;
 use tokio::sync::{mpsc, watch, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::time::MissedTickBehavior;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
 use super::frame::Frame;
 use super::handlers::verify;
 use super::protocol::{encode, ServerMessage, WsError};
+use super::upgrade::Socket;
 use super::LiveConfig;
 use crate::auth::Caller;
 use crate::error::ApiError;
@@ -194,7 +196,7 @@ impl Link {
 
 /// Runs one connection until the client leaves, is dropped, or its credential is revoked.
 pub async fn drive(
-    socket: WebSocket,
+    socket: Socket,
     state: AppState,
     caller: Caller,
     credential: String,
@@ -246,7 +248,7 @@ fn queue_budget(configured: usize) -> usize {
 
 /// Reads the client's frames and hands text to the session.
 async fn read(
-    mut stream: SplitStream<WebSocket>,
+    mut stream: SplitStream<Socket>,
     mut session: impl Session,
     link: Link,
     activity: Arc<Activity>,
@@ -271,8 +273,9 @@ async fn read(
                 link.send_error(&error).await;
             }
             Message::Close(_) => return,
-            // Pings are answered by the WebSocket layer; both count as signs of life.
-            Message::Ping(_) | Message::Pong(_) => {}
+            // Pings are answered by the WebSocket layer; both count as signs of life (and
+            // reading yields whole messages, never raw frames).
+            Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {}
         }
     }
 }
@@ -318,12 +321,21 @@ enum End {
     Close(u16, &'static str),
 }
 
+/// The longest frame payload the writer formats. tungstenite formats a frame into a buffer
+/// of the connection that keeps its capacity for the connection's life, so a message
+/// longer than this (a board's snapshot: ~35 KB for 100 cards, a megabyte for 3,000) is
+/// sent as a fragmented message: an idle connection keeps this much, not its largest
+/// message (`omoi-bench bench-live --cards` measures it). With its 4-byte header a full
+/// frame is 2 KiB, an allocator size class; a board's delta fits in one. Each fragment is
+/// one write.
+const FRAGMENT_BYTES: usize = 2 * 1024 - 4;
+
 /// How long a closing server waits for the client's close reply before hanging up (so
 /// that the close frame is read rather than lost in a reset).
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
 
 struct Writer {
-    sink: SplitSink<WebSocket, Message>,
+    sink: SplitSink<Socket, Message>,
     queue: mpsc::Receiver<Outgoing>,
     resyncs: mpsc::Receiver<String>,
     activity: Arc<Activity>,
@@ -360,10 +372,22 @@ impl Writer {
         if of.is_some_and(|alive| !alive.get()) {
             return Ok(());
         }
-        let written = self.write(Message::Text((*frame).into_text())).await;
+        let written = self.write_frame(*frame).await;
         // The bytes count until they are written: a stuck write still holds them.
         drop(room);
         written
+    }
+
+    /// A message no longer than [`FRAGMENT_BYTES`] is written whole; a longer one as
+    /// fragments of that size, each written out before the next is formatted.
+    async fn write_frame(&mut self, frame: Frame) -> Result<(), End> {
+        if frame.len() <= FRAGMENT_BYTES {
+            return self.write(Message::Text(frame.into_text())).await;
+        }
+        for fragment in frame.fragments(FRAGMENT_BYTES) {
+            self.write(Message::Frame(fragment)).await?;
+        }
+        Ok(())
     }
 
     async fn write(&mut self, message: Message) -> Result<(), End> {
@@ -410,7 +434,7 @@ impl Writer {
             return;
         };
         let frame = CloseFrame {
-            code,
+            code: code.into(),
             reason: Utf8Bytes::from_static(reason),
         };
         if self.write(Message::Close(Some(frame))).await.is_ok() {

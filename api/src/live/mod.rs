@@ -38,6 +38,7 @@ pub mod replay;
 pub mod sockets;
 pub mod stream;
 pub mod task_streams;
+pub mod upgrade;
 pub mod views;
 
 use std::time::Duration;

@@ -4,7 +4,6 @@
 
 use std::collections::VecDeque;
 
-use axum::extract::ws::Utf8Bytes;
 use omoi_projections::agents::{AgentView, AgentsModel};
 use omoi_projections::board::{render_board, BoardModel, Card, ColumnConfig};
 use omoi_projections::graph::{GraphModel, GraphNode, GraphScope, NodeKind};
@@ -13,6 +12,7 @@ use omoi_projections::ProjectionError;
 use omoi_store::StoredEvent;
 use serde::Serialize;
 use serde_json::{json, Value};
+use tokio_tungstenite::tungstenite::Utf8Bytes;
 use uuid::Uuid;
 
 /// Which events a read model of a project needs.

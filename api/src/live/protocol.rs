@@ -1,11 +1,11 @@
 //! The messages of both WebSocket endpoints (JSON text frames) and their errors.
 //! docs/websocket.md describes them for clients; keep the two in step.
 
-use axum::extract::ws::Utf8Bytes;
 use omoi_store::{Cursor, StoredEvent};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
+use tokio_tungstenite::tungstenite::Utf8Bytes;
 use uuid::Uuid;
 
 use super::frame::Frame;

@@ -22,13 +22,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::Duration;
 
-use axum::extract::ws::Utf8Bytes;
 use omoi_projections::ProjectionError;
 use omoi_store::log::Visibility;
 use omoi_store::Cursor;
 use serde_json::Value;
 use tokio::sync::broadcast::{self, error::RecvError};
 use tokio::sync::OnceCell;
+use tokio_tungstenite::tungstenite::Utf8Bytes;
 use uuid::Uuid;
 
 use super::hub::{Hub, Tap};
