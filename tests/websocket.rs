@@ -138,6 +138,16 @@ async fn ticket(app: &TestApp, project: &str, title: &str) -> String {
     body["id"].as_str().expect("an id").to_string()
 }
 
+async fn rename(app: &TestApp, ticket: &str, title: &str) {
+    let (status, body) = app
+        .patch(
+            &format!("/api/v1/tickets/{ticket}"),
+            json!({"title": title}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+}
+
 async fn tickets(app: &TestApp, project: &str, count: usize) -> Vec<String> {
     let mut ids = Vec::new();
     for n in 0..count {
@@ -1105,13 +1115,7 @@ async fn change_cards(app: &TestApp, tickets: &[String]) {
         let (status, body) = app.post(&path, body).await;
         assert_eq!(status, expected, "{path}: {body}");
     }
-    let (status, body) = app
-        .patch(
-            &format!("/api/v1/tickets/{}", tickets[0]),
-            json!({"title": "Renamed"}),
-        )
-        .await;
-    assert_eq!(status, StatusCode::OK, "{body}");
+    rename(app, &tickets[0], "Renamed").await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -1173,13 +1177,7 @@ async fn a_snapshot_longer_than_a_fragment_arrives_whole_and_the_socket_goes_on(
     assert_eq!(cards_of(&snapshot["data"]), expected);
     assert_eq!(expected.len(), created.len());
     // The next message of the socket is whole too.
-    let (status, body) = app
-        .patch(
-            &format!("/api/v1/tickets/{}", created[7]),
-            json!({"title": "After the snapshot"}),
-        )
-        .await;
-    assert_eq!(status, StatusCode::OK, "{body}");
+    rename(&app, &created[7], "After the snapshot").await;
     let delta = next_of(&mut socket, "delta", "big").await;
     assert_eq!(
         delta["change"]["card"]["title"], "After the snapshot",
@@ -1432,13 +1430,7 @@ async fn a_timeline_subscriber_gets_each_new_entry_with_the_summary_the_timeline
         .clone();
     let last = cursor(&snapshot["position"]);
 
-    let (status, body) = app
-        .patch(
-            &format!("/api/v1/tickets/{first}"),
-            json!({"title": "Sign-in"}),
-        )
-        .await;
-    assert_eq!(status, StatusCode::OK, "{body}");
+    rename(&app, &first, "Sign-in").await;
     let work = task(&app, &first, "Form", &[]).await;
     // An organization-wide agent: its registration is not the project's, its name is.
     let helper = agent(&app, &organization, None, "Ada").await;
