@@ -12,7 +12,7 @@ use std::time::Duration;
 use omoi_domain::common::{Phase, Priority};
 use omoi_domain::ticket::{Ticket, TicketCommand, TicketError};
 use omoi_store::group::GroupCommitConfig;
-use omoi_store::log::{read_global, Cursor, Visibility};
+use omoi_store::log::{read_global, Cursor, StoredEvent, Visibility};
 use omoi_store::{Actor, BusConfig, CommandBus, CommandContext, CommandError};
 use omoi_testing::{held_append, TestDatabase};
 use uuid::Uuid;
@@ -100,6 +100,24 @@ async fn sequences(pool: &sqlx::PgPool, ids: &[String]) -> HashMap<String, Vec<(
     by_ticket
 }
 
+/// The global stream after `cursor`, read page by page until `count` events arrived or
+/// ten seconds passed (then whatever arrived, for the caller's assertion to show).
+async fn read_until(pool: &sqlx::PgPool, mut cursor: Cursor, count: usize) -> Vec<StoredEvent> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let mut events = Vec::new();
+    while events.len() < count && std::time::Instant::now() < deadline {
+        let page = read_global(pool, cursor, 1_000, &Visibility::Everything)
+            .await
+            .expect("a page");
+        if page.events.is_empty() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        cursor = page.next;
+        events.extend(page.events);
+    }
+    events
+}
+
 /// 64 renames of 64 tickets at once, every other one refused by the domain (a blank
 /// title), while another writer holds a transaction open: the valid ones commit in fewer
 /// transactions than commands, each caller hears its own ticket's outcome, and a reader of
@@ -157,33 +175,21 @@ async fn sixty_four_commands_on_sixty_four_aggregates_share_transactions_with_th
     );
 
     // The renames committed while the held writer (an older transaction) is open: a
-    // reader sees none of them yet, then everything once it commits.
-    // (The horizon is the cluster's: a transaction of a test running beside this one may
-    // hold the creations back a moment too, never past the held writer.)
-    let everything = Visibility::Everything;
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    let before = loop {
-        let page = read_global(&database.pool, Cursor::default(), 1_000, &everything)
-            .await
-            .expect("a page");
-        if page.events.len() >= 64 || std::time::Instant::now() > deadline {
-            break page;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    };
+    // reader sees none of them yet, then everything once it commits. The horizon is the
+    // cluster's, so a transaction of a test running beside this one may hold events back a
+    // moment (the reader lags), never past the held writer and never for good (it never
+    // skips): each read keeps reading until it has what it waits for.
+    let before = read_until(&database.pool, Cursor::default(), 64).await;
     assert_eq!(
-        before.events.len(),
+        before.len(),
         64,
         "only the creations precede the open transaction"
     );
     held.commit().await.expect("the held commit");
-    let after = read_global(&database.pool, before.next, 1_000, &everything)
-        .await
-        .expect("a page");
+    let after = read_until(&database.pool, before[63].cursor(), 1 + 32).await;
     let read: Vec<(String, i64)> = before
-        .events
         .iter()
-        .chain(&after.events)
+        .chain(&after)
         .map(|e| (e.aggregate_id.clone(), e.sequence))
         .collect();
     let all: Vec<(String, i64)> = sqlx::query_as(
