@@ -488,3 +488,137 @@ async fn a_transient_failure_is_applied_again_and_never_stops_the_projector() {
     let _ = trigger.send(true);
     task.await.expect("runner");
 }
+
+/// Records the order events are applied in: a second application of one event violates
+/// the unique position, and `n` keeps the order they came in.
+struct Order;
+
+impl Projector for Order {
+    fn name(&self) -> &'static str {
+        "order"
+    }
+    fn version(&self) -> i32 {
+        1
+    }
+    fn tables(&self) -> &'static [&'static str] {
+        &["applied"]
+    }
+    fn create_tables(&self, schema: &str) -> Vec<String> {
+        vec![format!(
+            "create table {schema}.applied (n bigserial primary key, transaction_id bigint,
+                                            global_position bigint,
+                                            unique (transaction_id, global_position))"
+        )]
+    }
+    fn apply<'a>(
+        &'a self,
+        tx: &'a mut PgConnection,
+        schema: &'a str,
+        events: &'a [StoredEvent],
+    ) -> BoxFuture<'a, Result<(), ProjectionError>> {
+        Box::pin(async move {
+            let (transactions, positions): (Vec<i64>, Vec<i64>) = events
+                .iter()
+                .map(|e| (e.transaction_id, e.global_position))
+                .unzip();
+            sqlx::query(&format!(
+                "insert into {schema}.applied (transaction_id, global_position)
+                 select t, g from unnest($1::bigint[], $2::bigint[]) with ordinality as e(t, g, o)
+                  order by o"
+            ))
+            .bind(transactions)
+            .bind(positions)
+            .execute(&mut *tx)
+            .await?;
+            Ok(())
+        })
+    }
+}
+
+/// Appends `count` probe events in one transaction, set-based.
+async fn append_probes(executor: impl sqlx::PgExecutor<'_>, batch: &str, count: i64) {
+    sqlx::query(
+        "insert into events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata)
+         select 'Probe', $1 || '-' || n, 1, 'ProbeStreamed', '1', '{}', '{}'
+           from generate_series(1, $2) n",
+    )
+    .bind(batch)
+    .bind(count)
+    .execute(executor)
+    .await
+    .expect("probe events");
+}
+
+/// A catch-up longer than a page streams the log with one query (pages of
+/// `CATCH_UP_BATCH`), stops where an open transaction holds the log, and reads on once it
+/// commits: every event applied once, in the log's order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_long_catch_up_streams_the_log_and_applies_every_event_once_in_order() {
+    use omoi_projections::catalog::{self, BuildState};
+    use omoi_projections::runner::{catch_up, CATCH_UP_BATCH};
+
+    let database = TestDatabase::create().await.expect("database");
+    let before_the_hold = CATCH_UP_BATCH + CATCH_UP_BATCH / 5;
+    append_probes(&database.pool, "first", before_the_hold).await;
+    let mut held = database.pool.begin().await.expect("a transaction");
+    append_probes(&mut *held, "held", 3).await;
+    append_probes(&database.pool, "after", CATCH_UP_BATCH).await;
+
+    let mut conn = database.pool.acquire().await.expect("a connection");
+    let build = catalog::create_build(&mut conn, &Order, BuildState::Building)
+        .await
+        .expect("a build");
+    drop(conn);
+    // The log's horizon is the cluster's: a transaction of a test running beside this one
+    // may end a catch-up early (it lags, never skips), so each is repeated until the
+    // events it waits for arrived.
+    let catch_up_to = |count: i64| {
+        let database = &database;
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(20);
+            loop {
+                let done = catch_up(
+                    &database.pool,
+                    &database.options,
+                    &Order,
+                    build.build,
+                    100,
+                    |_| {},
+                )
+                .await
+                .expect("a catch-up");
+                assert!(done.failure.is_none(), "stopped: {:?}", done.failure);
+                if done.events_applied >= count || Instant::now() > deadline {
+                    return done.events_applied;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+
+    assert_eq!(
+        catch_up_to(before_the_hold).await,
+        before_the_hold,
+        "the open transaction holds back what follows it"
+    );
+    held.commit().await.expect("the held commit");
+    let everything = before_the_hold + 3 + CATCH_UP_BATCH;
+    assert_eq!(catch_up_to(everything).await, everything);
+
+    let applied: Vec<(i64, i64)> = sqlx::query_as(&format!(
+        "select transaction_id, global_position from {}.applied order by n",
+        build.schema()
+    ))
+    .fetch_all(&database.pool)
+    .await
+    .expect("the applied order");
+    let log: Vec<(i64, i64)> = sqlx::query_as(
+        "select transaction_id::text::bigint, global_position from events
+          order by transaction_id, global_position",
+    )
+    .fetch_all(&database.pool)
+    .await
+    .expect("the log");
+    assert_eq!(applied.len() as i64, everything);
+    assert!(applied == log, "applied out of the log's order");
+}

@@ -414,6 +414,13 @@ async fn rebuild(admin_url: &str, target: i64) -> anyhow::Result<()> {
         copied,
         None,
     );
+    let paged = read_pages(pool).await?;
+    print_rate(
+        "(reading it a page at a time)",
+        generated.events,
+        paged,
+        None,
+    );
     let read = read_everything(pool).await?;
     print_rate("(reading the log alone)", generated.events, read, None);
     let mut total = Duration::ZERO;
@@ -462,8 +469,9 @@ async fn copy_everything(pool: &PgPool) -> anyhow::Result<Duration> {
     Ok(started.elapsed())
 }
 
-/// The floor under every rebuild: the same pages `catch_up` reads, applied to nothing.
-async fn read_everything(pool: &PgPool) -> anyhow::Result<Duration> {
+/// The log read a page of `REBUILD_BATCH` at a time, each a query of its own (how a
+/// catch-up read it before it streamed).
+async fn read_pages(pool: &PgPool) -> anyhow::Result<Duration> {
     let started = Instant::now();
     let mut cursor = Cursor::default();
     loop {
@@ -473,6 +481,22 @@ async fn read_everything(pool: &PgPool) -> anyhow::Result<Duration> {
         }
         cursor = page.next;
     }
+}
+
+/// The floor under every rebuild: the log as `catch_up` reads it — one streaming query,
+/// in pages of `REBUILD_BATCH` — applied to nothing.
+async fn read_everything(pool: &PgPool) -> anyhow::Result<Duration> {
+    let started = Instant::now();
+    let (pages, mut received) = tokio::sync::mpsc::channel(2);
+    let stream = tokio::spawn(omoi_store::log::stream_global(
+        pool.clone(),
+        Cursor::default(),
+        REBUILD_BATCH as usize,
+        pages,
+    ));
+    while received.recv().await.is_some() {}
+    stream.await??;
+    Ok(started.elapsed())
 }
 
 /// Rebuilds one projector from position zero into a new build; fails if the build

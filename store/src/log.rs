@@ -159,15 +159,11 @@ impl Visibility {
     }
 }
 
-/// Reads up to `limit` visible events after `after`, in the gapless global order.
-pub async fn read_global(
-    pool: &PgPool,
-    after: Cursor,
-    limit: i64,
-    visibility: &Visibility,
-) -> Result<EventPage, sqlx::Error> {
-    let (organizations, project) = visibility.bindings();
-    let sql = format!(
+/// The visible events after `$1-$2` of the organizations `$4` and project `$5` (either
+/// null: any), in the gapless global order; `limited` adds `limit $3`.
+fn global_query(limited: bool) -> String {
+    let limit = if limited { "limit $3" } else { "" };
+    format!(
         "select {COLUMNS} from events
           where (transaction_id, global_position) > ($1::bigint::text::xid8, $2)
             and transaction_id < pg_snapshot_xmin(pg_current_snapshot())
@@ -176,8 +172,19 @@ pub async fn read_global(
           -- Qualified: bare `transaction_id` would name the bigint output column, and
           -- sorting by it scans and sorts the whole log instead of walking the index.
           order by events.transaction_id, events.global_position
-          limit $3"
-    );
+          {limit}"
+    )
+}
+
+/// Reads up to `limit` visible events after `after`, in the gapless global order.
+pub async fn read_global(
+    pool: &PgPool,
+    after: Cursor,
+    limit: i64,
+    visibility: &Visibility,
+) -> Result<EventPage, sqlx::Error> {
+    let (organizations, project) = visibility.bindings();
+    let sql = global_query(true);
     let rows = sqlx::query(&sql)
         .bind(after.transaction_id)
         .bind(after.global_position)
@@ -192,6 +199,48 @@ pub async fn read_global(
         .collect::<Result<Vec<_>, _>>()?;
     let next = events.last().map_or(after, StoredEvent::cursor);
     Ok(EventPage { events, next })
+}
+
+/// Every event visible now after `after`, in the gapless global order, handed to `pages`
+/// in pages of `page_size` as one query streams them: the server produces rows while the
+/// pages before are decoded and used, where [`read_global`]'s pages each wait for the
+/// other side (a catch-up reads the log this way). Ends at the end of what the query's
+/// snapshot saw (read on from the last page's `next`), or early once `pages` is closed.
+/// The pages are [`EventPage`]s whose `next` follows their last event.
+pub async fn stream_global(
+    pool: PgPool,
+    after: Cursor,
+    page_size: usize,
+    pages: tokio::sync::mpsc::Sender<EventPage>,
+) -> Result<(), sqlx::Error> {
+    use futures_util::TryStreamExt;
+
+    let sql = global_query(false);
+    let mut rows = sqlx::query(&sql)
+        .bind(after.transaction_id)
+        .bind(after.global_position)
+        .bind(None::<i64>)
+        .bind(None::<Vec<String>>)
+        .bind(None::<String>)
+        .fetch(&pool);
+    let page_size = page_size.max(1);
+    let mut events = Vec::with_capacity(page_size);
+    let mut next = after;
+    while let Some(row) = rows.try_next().await? {
+        let event = StoredEvent::from_row(&row)?;
+        next = event.cursor();
+        events.push(event);
+        if events.len() == page_size {
+            let full = std::mem::replace(&mut events, Vec::with_capacity(page_size));
+            if pages.send(EventPage { events: full, next }).await.is_err() {
+                return Ok(());
+            }
+        }
+    }
+    if !events.is_empty() {
+        let _ = pages.send(EventPage { events, next }).await;
+    }
+    Ok(())
 }
 
 /// The events at `positions` (each an event's own place, as [`StoredEvent::cursor`]
