@@ -155,7 +155,7 @@ async fn serve(settings: Settings, dev: bool) -> anyhow::Result<()> {
     let (trigger, shutdown) = server::Shutdown::new();
     let (stats, projections) = server::start_projections(
         database.pool.clone(),
-        database.url.parse()?,
+        (*database.pool.connect_options()).clone(),
         &state.bus,
         omoi_projections::runner::RunnerConfig::default(),
         &settings.workflow,

@@ -35,7 +35,8 @@ pub enum ProjectionsAction {
 
 pub async fn run(settings: Settings, action: ProjectionsAction) -> anyhow::Result<()> {
     let database = server::open_database(&settings, false).await?;
-    let options: sqlx::postgres::PgConnectOptions = database.url.parse()?;
+    // The pool's own session settings (JIT off, named `omoi`) for the dedicated connections.
+    let options = (*database.pool.connect_options()).clone();
     let pool = &database.pool;
     match action {
         ProjectionsAction::Status => status(pool).await,

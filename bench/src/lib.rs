@@ -29,6 +29,7 @@ pub mod dashboard;
 pub mod live;
 pub mod monitoring;
 pub mod projections;
+pub mod scale;
 pub mod setup;
 pub mod stats;
 pub mod worker;

@@ -39,6 +39,10 @@ enum Command {
     /// Benchmark the dashboard's first load of a large board in headless Chromium (first
     /// paint, live) and the JavaScript it ships.
     BenchDashboard(omoi_bench::dashboard::Args),
+    /// Benchmark a small organization's requests (append, board, timeline, global stream)
+    /// on a log of 100,000 events against one of 10,000,000, and a large project's past
+    /// board.
+    BenchScale(omoi_bench::scale::Args),
     /// Benchmark a command's cost as its aggregate's history grows (10,000 events against
     /// 10), with and without the bus's aggregate cache.
     BenchAggregate(omoi_bench::aggregate::Args),
@@ -67,6 +71,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Bench(args) => omoi_bench::write::run(args).await,
             Command::BenchProjections(args) => omoi_bench::projections::run(args).await,
+            Command::BenchScale(args) => omoi_bench::scale::run(args).await,
             Command::BenchLive(args) => omoi_bench::live::run(args).await,
             Command::BenchWorker(args) => omoi_bench::worker::run(args).await,
             Command::BenchWorkflow(args) => omoi_bench::workflow::run(args).await,

@@ -277,15 +277,24 @@ fn agents_sql() -> String {
     )
 }
 
+/// The organization and the id of generated project `n` (`n` < 12; each holds about a
+/// twelfth of the generated events).
+pub(crate) fn generated_project(n: i64) -> (Uuid, Uuid) {
+    let id = |kind: i64, n: i64| {
+        Uuid::from_u64_pair(0x0000_0000_0000_7000, ((kind as u64) << 48) | n as u64)
+    };
+    (id(ORG, n / PROJECTS_PER_ORGANIZATION), id(PROJECT, n))
+}
+
 /// What was generated.
-struct Generated {
-    events: i64,
-    tickets: i64,
-    elapsed: Duration,
+pub(crate) struct Generated {
+    pub(crate) events: i64,
+    pub(crate) tickets: i64,
+    pub(crate) elapsed: Duration,
 }
 
 /// Writes about `target` events; prints progress on one line of stderr.
-async fn generate(options: &PgConnectOptions, target: i64) -> anyhow::Result<Generated> {
+pub(crate) async fn generate(options: &PgConnectOptions, target: i64) -> anyhow::Result<Generated> {
     let started = Instant::now();
     // A chunk takes about a second: sqlx would log every one as a slow statement.
     let mut conn = PgConnection::connect_with(&options.clone().disable_statement_logging()).await?;
@@ -647,11 +656,11 @@ async fn leaders(stats: &RunnerStats) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn context() -> CommandContext {
+pub(crate) fn context() -> CommandContext {
     CommandContext::new(Actor::System("bench"), "bench-projections")
 }
 
-async fn organization_and_project(bus: &CommandBus) -> anyhow::Result<(Uuid, Uuid)> {
+pub(crate) async fn organization_and_project(bus: &CommandBus) -> anyhow::Result<(Uuid, Uuid)> {
     let (organization, project) = (Uuid::now_v7(), Uuid::now_v7());
     let create = OrganizationCommand::CreateOrganization {
         organization_id: organization,
@@ -956,7 +965,7 @@ fn print_lags(label: &str, lags: Vec<Duration>) {
 
 /// Drops a bench database: a million events and four read models are gigabytes, and
 /// nothing reads them afterwards. A failure only warns: the figures are already printed.
-async fn drop_database(admin_url: &str, name: &str) {
+pub(crate) async fn drop_database(admin_url: &str, name: &str) {
     let dropped = async {
         let admin = omoi_store::db::connect(admin_url, 1).await?;
         sqlx::query(&format!("drop database if exists {name} with (force)"))
@@ -971,7 +980,7 @@ async fn drop_database(admin_url: &str, name: &str) {
 }
 
 /// `1234567.8` → `1,234,568`.
-fn thousands(n: f64) -> String {
+pub(crate) fn thousands(n: f64) -> String {
     let digits = format!("{:.0}", n.max(0.0));
     let mut out = String::with_capacity(digits.len() + digits.len() / 3);
     for (i, c) in digits.chars().enumerate() {

@@ -446,16 +446,24 @@ mod tests {
                 capacity: 10,
                 registered_at: self.t0,
             };
-            self.append("Agent", id, serde_json::to_value(registered).unwrap());
+            self.append(
+                "Agent",
+                id,
+                serde_json::to_value(registered).expect("an event serializes"),
+            );
             if status != "spawning" {
-                let to: AgentStatus = serde_json::from_value(json!(status)).unwrap();
+                let to: AgentStatus = serde_json::from_value(json!(status)).expect("a status");
                 let changed = AgentEvent::AgentStatusChanged {
                     from: AgentStatus::Spawning,
                     to,
                     reason: None,
                     at: self.t0,
                 };
-                self.append("Agent", id, serde_json::to_value(changed).unwrap());
+                self.append(
+                    "Agent",
+                    id,
+                    serde_json::to_value(changed).expect("an event serializes"),
+                );
             }
             id
         }
@@ -478,7 +486,11 @@ mod tests {
                 timeout_seconds: None,
                 created_at: self.t0,
             };
-            self.append("Task", id, serde_json::to_value(created).unwrap());
+            self.append(
+                "Task",
+                id,
+                serde_json::to_value(created).expect("an event serializes"),
+            );
             id
         }
 
@@ -487,11 +499,19 @@ mod tests {
                 agent_id: agent,
                 at: self.at(second),
             };
-            self.append("Task", task, serde_json::to_value(assigned).unwrap());
+            self.append(
+                "Task",
+                task,
+                serde_json::to_value(assigned).expect("an event serializes"),
+            );
             let started = TaskEvent::TaskStarted {
                 at: self.at(second),
             };
-            self.append("Task", task, serde_json::to_value(started).unwrap());
+            self.append(
+                "Task",
+                task,
+                serde_json::to_value(started).expect("an event serializes"),
+            );
         }
 
         /// A task run by `agent` from `from` to `to` seconds, completed or failed.
@@ -510,7 +530,11 @@ mod tests {
                     at: self.at(to),
                 }
             };
-            self.append("Task", task, serde_json::to_value(end).unwrap());
+            self.append(
+                "Task",
+                task,
+                serde_json::to_value(end).expect("an event serializes"),
+            );
             task
         }
 

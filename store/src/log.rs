@@ -157,18 +157,41 @@ impl Visibility {
             ),
         }
     }
+
+    /// The conditions of a query reading the log as this reader may, over the parameters
+    /// `$<organizations>` (`text[]`) and the one after it (`text`) that [`Self::bindings`]
+    /// binds. Written out per case, not as `$n is null or …`: the planner then walks the
+    /// organization's or the project's index (`events_by_organization`,
+    /// `events_by_project`) in every plan, generic ones included.
+    fn conditions(&self, organizations: usize) -> String {
+        let project = organizations + 1;
+        match self {
+            Self::Everything => {
+                format!("${organizations}::text[] is null and ${project}::text is null")
+            }
+            Self::Organizations { project: None, .. } => format!(
+                "metadata ->> 'organization_id' = any(${organizations}) and ${project}::text is null"
+            ),
+            Self::Organizations {
+                project: Some(_), ..
+            } => format!(
+                "metadata ->> 'organization_id' = any(${organizations})
+                 and metadata ? 'project_id' and metadata ->> 'project_id' = ${project}"
+            ),
+        }
+    }
 }
 
-/// The visible events after `$1-$2` of the organizations `$4` and project `$5` (either
-/// null: any), in the gapless global order; `limited` adds `limit $3`.
-fn global_query(limited: bool) -> String {
+/// The visible events after `$1-$2` that `visibility` shows (its organizations `$4`, its
+/// project `$5`), in the gapless global order; `limited` adds `limit $3`.
+fn global_query(visibility: &Visibility, limited: bool) -> String {
     let limit = if limited { "limit $3" } else { "" };
+    let visible = visibility.conditions(4);
     format!(
         "select {COLUMNS} from events
           where (transaction_id, global_position) > ($1::bigint::text::xid8, $2)
             and transaction_id < pg_snapshot_xmin(pg_current_snapshot())
-            and ($4::text[] is null or metadata ->> 'organization_id' = any($4))
-            and ($5::text is null or metadata ->> 'project_id' = $5)
+            and {visible}
           -- Qualified: bare `transaction_id` would name the bigint output column, and
           -- sorting by it scans and sorts the whole log instead of walking the index.
           order by events.transaction_id, events.global_position
@@ -184,7 +207,7 @@ pub async fn read_global(
     visibility: &Visibility,
 ) -> Result<EventPage, sqlx::Error> {
     let (organizations, project) = visibility.bindings();
-    let sql = global_query(true);
+    let sql = global_query(visibility, true);
     let rows = sqlx::query(&sql)
         .bind(after.transaction_id)
         .bind(after.global_position)
@@ -215,7 +238,7 @@ pub async fn stream_global(
 ) -> Result<(), sqlx::Error> {
     use futures_util::TryStreamExt;
 
-    let sql = global_query(false);
+    let sql = global_query(&Visibility::Everything, false);
     let mut rows = sqlx::query(&sql)
         .bind(after.transaction_id)
         .bind(after.global_position)
@@ -285,25 +308,26 @@ pub async fn count_global(
     let (organizations, project) = visibility.bindings();
     // Ordered like `read_global`, so that the limit stops a walk of the index rather
     // than a scan of the log.
-    sqlx::query_scalar(
+    let visible = visibility.conditions(6);
+    let sql = format!(
         "select count(*) from (
            select 1 from events
             where (transaction_id, global_position) > ($1::bigint::text::xid8, $2)
               and (transaction_id, global_position) <= ($3::bigint::text::xid8, $4)
-              and ($6::text[] is null or metadata ->> 'organization_id' = any($6))
-              and ($7::text is null or metadata ->> 'project_id' = $7)
+              and {visible}
             order by events.transaction_id, events.global_position
-            limit $5) counted",
-    )
-    .bind(after.transaction_id)
-    .bind(after.global_position)
-    .bind(until.transaction_id)
-    .bind(until.global_position)
-    .bind(limit)
-    .bind(organizations)
-    .bind(project)
-    .fetch_one(pool)
-    .await
+            limit $5) counted"
+    );
+    sqlx::query_scalar(&sql)
+        .bind(after.transaction_id)
+        .bind(after.global_position)
+        .bind(until.transaction_id)
+        .bind(until.global_position)
+        .bind(limit)
+        .bind(organizations)
+        .bind(project)
+        .fetch_one(pool)
+        .await
 }
 
 /// Every event of one aggregate, by sequence.

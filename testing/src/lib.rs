@@ -142,7 +142,7 @@ impl TestDatabase {
             .execute(&admin)
             .await?;
         admin.close().await;
-        let options: PgConnectOptions = admin_url.parse::<PgConnectOptions>()?.database(&name);
+        let options = db::session(admin_url.parse::<PgConnectOptions>()?.database(&name));
         let url = replace_database(&admin_url, &name);
         let pool = Self::pool(&options, 16).await?;
         db::migrate(&pool).await?;
