@@ -16,6 +16,8 @@
 //!   task completion → ticket move latency).
 //! * [`aggregate`] — `bench-aggregate`: a command on an aggregate of 10,000 events against
 //!   one of 10, with and without the bus's aggregate cache.
+//! * [`scale`] — `bench-scale`: a small organization's requests on a log of 100,000
+//!   events against one of 10,000,000, and a large project's past board.
 //! * [`dashboard`] — `bench-dashboard`: the first load of a 500-card board in headless
 //!   Chromium (first paint, live) and the JavaScript the app ships.
 //! * [`chaos`] — `chaos`: replicas and workers SIGKILLed under load, then the invariants
