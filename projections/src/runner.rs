@@ -410,9 +410,9 @@ impl BuildWorker {
 /// reading and applying each keep a backend busy, so overlapping them uses both cores
 /// during a catch-up (a third of the CPU sat idle without), and one streaming query
 /// hands the log over about twice as fast as a query per page, each waiting for the other
-/// side (`omoi-bench bench-projections`: 286,739 against 156,852 events/s, COPY of the log
-/// 434,533). The query ends at the end of what its snapshot saw; the build then reads on
-/// page by page.
+/// side (`omoi-bench bench-projections`, medians of three runs: 300,054 against 154,838
+/// events/s, `COPY` of the log 433,181). The query ends at the end of what its snapshot
+/// saw; the build then reads on page by page.
 #[derive(Default)]
 pub struct ReadAhead {
     streaming: Option<Streaming>,

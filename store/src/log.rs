@@ -239,6 +239,7 @@ pub async fn stream_global(
     use futures_util::TryStreamExt;
 
     let sql = global_query(&Visibility::Everything, false);
+    // `$3`, the limit, is not in the text: bound (typed) only to keep the numbering.
     let mut rows = sqlx::query(&sql)
         .bind(after.transaction_id)
         .bind(after.global_position)
