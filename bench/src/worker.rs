@@ -5,6 +5,10 @@
 //! * **throughput** — N tasks created while no worker runs, then a worker with M agents
 //!   starts; tasks completed per second from its start to the last completion (each task
 //!   is three commands: assign, start, complete);
+//! * **pgbench** — right after, on the same database with the same server running:
+//!   `pgbench` of one command's SQL (`bench`'s script: read a ticket's events, append one,
+//!   commit) at 16 clients; the throughput's tasks/s over its transactions/s is issue
+//!   #15's ratio (a task is at least two such transactions: assign and start, complete);
 //! * **latency** — the worker running, tasks created at a steady rate; for each, the time
 //!   from its creation's commit (when it became ready) to its assignment, from the events'
 //!   own timestamps.
@@ -37,8 +41,13 @@ pub struct Args {
     pub seconds: u64,
 }
 
-const THROUGHPUT_TARGET: f64 = 1_000.0;
-const LATENCY_TARGET_MS: f64 = 50.0;
+/// Tasks/s over pgbench's transactions/s (issue #15).
+const THROUGHPUT_RATIO_TARGET: f64 = 1.0;
+/// Ready → assigned p99 at 200 tasks/s (issue #15).
+const LATENCY_TARGET_MS: f64 = 10.0;
+/// pgbench's clients, as `omoi-bench bench`'s default.
+const PGBENCH_CLIENTS: usize = 16;
+const PGBENCH_SECONDS: u64 = 5;
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
     anyhow::ensure!(
@@ -52,6 +61,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     // Tickets stay where they are: with `auto_advance` on, the ticket would be done once
     // the first phase's tasks completed and refuse the latency phase's tasks.
     let (_, project) = app.organization_and_manual_project().await;
+    // Nor do they get tasks of their own: the benchmark's tasks are the only work.
+    app.project_settings(&project, json!({"auto_spawn_tasks": false}))
+        .await;
     let (status, ticket) = app
         .post(
             "/api/v1/tickets",
@@ -80,10 +92,18 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let worker = Worker::start(app.database.pool.clone(), config);
     wait_for_events(&app.database.pool, "TaskCompleted", args.tasks as i64).await?;
     let elapsed = started.elapsed().as_secs_f64();
+    let tasks_per_second = args.tasks as f64 / elapsed;
     println!(
-        "  throughput: {} tasks completed in {elapsed:.2} s = {:.0} tasks/s (target ≥ {THROUGHPUT_TARGET:.0})",
+        "  throughput: {} tasks completed in {elapsed:.2} s = {tasks_per_second:.0} tasks/s",
         args.tasks,
-        args.tasks as f64 / elapsed
+    );
+    let pgbench_tickets = create_tickets(&app, &project, PGBENCH_CLIENTS).await?;
+    crate::write::register_for_pgbench(&app, &pgbench_tickets).await?;
+    let transactions_per_second =
+        crate::write::pgbench(&app, PGBENCH_CLIENTS, PGBENCH_SECONDS).await?;
+    println!(
+        "  pgbench of one command's SQL, {PGBENCH_CLIENTS} clients, {PGBENCH_SECONDS} s: {transactions_per_second:.0} tx/s; tasks/s ÷ tx/s = {:.2} (target ≥ {THROUGHPUT_RATIO_TARGET:.1})",
+        tasks_per_second / transactions_per_second
     );
 
     // Latency: tasks arriving at a steady rate.
@@ -118,6 +138,23 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     // The server and its projectors stop before their database is dropped.
     app.stop().await;
     Ok(())
+}
+
+/// `count` tickets in `project`, for pgbench to append to.
+async fn create_tickets(app: &TestApp, project: &str, count: usize) -> anyhow::Result<Vec<String>> {
+    let mut ids = Vec::with_capacity(count);
+    for n in 0..count {
+        let (status, ticket) = app
+            .post(
+                "/api/v1/tickets",
+                json!({"project_id": project, "title": format!("pgbench {n}")}),
+            )
+            .await;
+        anyhow::ensure!(status == StatusCode::CREATED, "ticket: {ticket}");
+        let id = ticket["id"].as_str().unwrap_or_default();
+        ids.push(id.to_string());
+    }
+    Ok(ids)
 }
 
 /// For each task created after global position `after` (of `organization`, or any) and

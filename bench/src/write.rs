@@ -237,7 +237,7 @@ async fn seed(app: &TestApp, project: &str, count: usize) -> anyhow::Result<Vec<
 }
 
 /// The lookup table pgbench addresses its tickets by.
-async fn register_for_pgbench(app: &TestApp, ids: &[String]) -> anyhow::Result<()> {
+pub(crate) async fn register_for_pgbench(app: &TestApp, ids: &[String]) -> anyhow::Result<()> {
     let pool = &app.database.pool;
     sqlx::query("create table bench_aggregates (n int primary key, id text not null)")
         .execute(pool)
@@ -333,7 +333,7 @@ COMMIT;
 /// Runs pgbench with the equivalent SQL; returns transactions per second. Two clients that
 /// pick the same ticket at once would abort pgbench on the primary key, so the insert
 /// ignores that (rare) conflict where omoi would retry it.
-async fn pgbench(app: &TestApp, clients: usize, seconds: u64) -> anyhow::Result<f64> {
+pub(crate) async fn pgbench(app: &TestApp, clients: usize, seconds: u64) -> anyhow::Result<f64> {
     let tickets: i64 = sqlx::query_scalar("select count(*) from bench_aggregates")
         .fetch_one(&app.database.pool)
         .await?;
