@@ -10,10 +10,11 @@
 //!    from position zero with `runner::catch_up`, one after the other.
 //! 2. **Lag.** Another fresh database, with the projections started as `omoi serve` starts
 //!    them, takes ticket commands through a `CommandBus` at `--rate` per second. A watcher
-//!    polls every build's checkpoint each millisecond; a command's lag is the time from
-//!    its commit (the bus returned) to the first poll that finds the checkpoint at or past
-//!    its event — the batch that moved the checkpoint committed its rows with it, so they
-//!    are visible from then on.
+//!    reads every build's position as its leader knows it each millisecond (the runner's
+//!    statistics: the checkpoint once a batch committed — its rows with it, so they are
+//!    visible from then on — or the position past events the build had no concern with);
+//!    a command's lag is the time from its commit (the bus returned) to the first look
+//!    that finds the position at or past its event.
 //!
 //! Targets are printed beside the figures; missing one is a result, not an error.
 
@@ -586,7 +587,7 @@ fn print_rate(label: &str, events: i64, took: Duration, reading: Option<Duration
 // ---------------------------------------------------------------------------------------
 
 const WARMUP: Duration = Duration::from_secs(1);
-/// How often the watcher reads the checkpoints.
+/// How often the watcher reads the builds' positions.
 const WATCH_EVERY: Duration = Duration::from_millis(1);
 /// The pool `omoi serve` opens by default (config/base.yaml).
 const SERVER_POOL: u32 = 32;
@@ -600,7 +601,7 @@ struct Sample {
     warmup: bool,
 }
 
-/// Each projector's checkpoint, every time the watcher saw it move.
+/// Each projector's position, every time the watcher saw it move.
 type Tracks = BTreeMap<String, Vec<(Instant, Cursor)>>;
 
 async fn lag(admin_url: &str, rate: u64, seconds: u64) -> anyhow::Result<()> {
@@ -621,7 +622,7 @@ async fn lag(admin_url: &str, rate: u64, seconds: u64) -> anyhow::Result<()> {
     leaders(&stats).await?;
     let (organization, project) = organization_and_project(&bus).await?;
     let stop = Arc::new(AtomicBool::new(false));
-    let watcher = tokio::spawn(watch_checkpoints(database.options.clone(), stop.clone()));
+    let watcher = tokio::spawn(watch_positions(stats.clone(), stop.clone()));
     let load = Load {
         bus,
         organization,
@@ -783,29 +784,27 @@ impl Load {
 
 /// Polls every live build's checkpoint each millisecond on a connection of its own and
 /// records each move with the time the poll returned (so a lag is never under-stated).
-async fn watch_checkpoints(
-    options: PgConnectOptions,
-    stop: Arc<AtomicBool>,
-) -> anyhow::Result<Tracks> {
-    let mut conn = PgConnection::connect_with(&options).await?;
+/// Each build's position as its leader knows it ([`RunnerStats`]): its checkpoint once a
+/// batch committed, or the position past events it had no concern with — which a build
+/// writes to its row only now and then (a process manager passes most events by), so the
+/// rows would show a process manager behind while it has long decided that nothing was to
+/// be done.
+async fn watch_positions(stats: Arc<RunnerStats>, stop: Arc<AtomicBool>) -> anyhow::Result<Tracks> {
     let mut tracks = Tracks::new();
     let mut ticks = tokio::time::interval(WATCH_EVERY);
     ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
     while !stop.load(Ordering::Relaxed) {
         ticks.tick().await;
-        let rows: Vec<(String, i64, i64)> = sqlx::query_as(
-            "select projector, transaction_id, global_position
-               from projector_builds where state = 'live'",
-        )
-        .fetch_all(&mut conn)
-        .await?;
         let seen = Instant::now();
-        for (projector, transaction_id, global_position) in rows {
-            let cursor = Cursor {
-                transaction_id,
-                global_position,
-            };
-            let track = tracks.entry(projector).or_default();
+        for build in stats.snapshot() {
+            if !build.leader || build.state != BuildState::Live.as_str() {
+                continue;
+            }
+            let cursor: Cursor = build
+                .cursor
+                .parse()
+                .with_context(|| format!("{}'s cursor {:?}", build.projector, build.cursor))?;
+            let track = tracks.entry(build.projector).or_default();
             if track.last().is_none_or(|(_, last)| *last != cursor) {
                 track.push((seen, cursor));
             }
