@@ -15,8 +15,8 @@ use omoi_testing::{held_append, test_runner_config, TestDatabase};
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-/// Records every event it is given; a second application of one event violates the
-/// primary key, so "applied twice" cannot go unnoticed.
+/// Records every event it is given, in the order given (`n`); a second application of
+/// one event violates the primary key, so "applied twice" cannot go unnoticed.
 struct Probe;
 
 impl Projector for Probe {
@@ -31,7 +31,9 @@ impl Projector for Probe {
     }
     fn create_tables(&self, schema: &str) -> Vec<String> {
         vec![format!(
-            "create table {schema}.seen (aggregate_type text, aggregate_id text, sequence bigint,
+            "create table {schema}.seen (n bigserial, aggregate_type text, aggregate_id text,
+                                         sequence bigint, transaction_id bigint,
+                                         global_position bigint,
                                          primary key (aggregate_type, aggregate_id, sequence))"
         )]
     }
@@ -42,14 +44,30 @@ impl Projector for Probe {
         events: &'a [StoredEvent],
     ) -> BoxFuture<'a, Result<(), ProjectionError>> {
         Box::pin(async move {
+            let (mut types, mut ids, mut sequences, mut transactions, mut positions) =
+                (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
             for event in events {
-                sqlx::query(&format!("insert into {schema}.seen values ($1, $2, $3)"))
-                    .bind(&event.aggregate_type)
-                    .bind(&event.aggregate_id)
-                    .bind(event.sequence)
-                    .execute(&mut *tx)
-                    .await?;
+                types.push(event.aggregate_type.as_str());
+                ids.push(event.aggregate_id.as_str());
+                sequences.push(event.sequence);
+                transactions.push(event.transaction_id);
+                positions.push(event.global_position);
             }
+            sqlx::query(&format!(
+                "insert into {schema}.seen
+                     (aggregate_type, aggregate_id, sequence, transaction_id, global_position)
+                 select t, i, s, x, g
+                   from unnest($1::text[], $2::text[], $3::bigint[], $4::bigint[], $5::bigint[])
+                        with ordinality as e(t, i, s, x, g, o)
+                  order by o"
+            ))
+            .bind(types)
+            .bind(ids)
+            .bind(sequences)
+            .bind(transactions)
+            .bind(positions)
+            .execute(&mut *tx)
+            .await?;
             Ok(())
         })
     }
@@ -489,52 +507,6 @@ async fn a_transient_failure_is_applied_again_and_never_stops_the_projector() {
     task.await.expect("runner");
 }
 
-/// Records the order events are applied in: a second application of one event violates
-/// the unique position, and `n` keeps the order they came in.
-struct Order;
-
-impl Projector for Order {
-    fn name(&self) -> &'static str {
-        "order"
-    }
-    fn version(&self) -> i32 {
-        1
-    }
-    fn tables(&self) -> &'static [&'static str] {
-        &["applied"]
-    }
-    fn create_tables(&self, schema: &str) -> Vec<String> {
-        vec![format!(
-            "create table {schema}.applied (n bigserial primary key, transaction_id bigint,
-                                            global_position bigint,
-                                            unique (transaction_id, global_position))"
-        )]
-    }
-    fn apply<'a>(
-        &'a self,
-        tx: &'a mut PgConnection,
-        schema: &'a str,
-        events: &'a [StoredEvent],
-    ) -> BoxFuture<'a, Result<(), ProjectionError>> {
-        Box::pin(async move {
-            let (transactions, positions): (Vec<i64>, Vec<i64>) = events
-                .iter()
-                .map(|e| (e.transaction_id, e.global_position))
-                .unzip();
-            sqlx::query(&format!(
-                "insert into {schema}.applied (transaction_id, global_position)
-                 select t, g from unnest($1::bigint[], $2::bigint[]) with ordinality as e(t, g, o)
-                  order by o"
-            ))
-            .bind(transactions)
-            .bind(positions)
-            .execute(&mut *tx)
-            .await?;
-            Ok(())
-        })
-    }
-}
-
 /// Appends `count` probe events in one transaction, set-based.
 async fn append_probes(executor: impl sqlx::PgExecutor<'_>, batch: &str, count: i64) {
     sqlx::query(
@@ -565,7 +537,7 @@ async fn a_long_catch_up_streams_the_log_and_applies_every_event_once_in_order()
     append_probes(&database.pool, "after", CATCH_UP_BATCH).await;
 
     let mut conn = database.pool.acquire().await.expect("a connection");
-    let build = catalog::create_build(&mut conn, &Order, BuildState::Building)
+    let build = catalog::create_build(&mut conn, &Probe, BuildState::Building)
         .await
         .expect("a build");
     drop(conn);
@@ -580,7 +552,7 @@ async fn a_long_catch_up_streams_the_log_and_applies_every_event_once_in_order()
                 let done = catch_up(
                     &database.pool,
                     &database.options,
-                    &Order,
+                    &Probe,
                     build.build,
                     100,
                     |_| {},
@@ -606,7 +578,7 @@ async fn a_long_catch_up_streams_the_log_and_applies_every_event_once_in_order()
     assert_eq!(catch_up_to(everything).await, everything);
 
     let applied: Vec<(i64, i64)> = sqlx::query_as(&format!(
-        "select transaction_id, global_position from {}.applied order by n",
+        "select transaction_id, global_position from {}.seen order by n",
         build.schema()
     ))
     .fetch_all(&database.pool)

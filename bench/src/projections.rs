@@ -512,7 +512,7 @@ async fn read_everything(pool: &PgPool) -> anyhow::Result<Duration> {
 /// Rebuilds one projector from position zero into a new build; fails if the build
 /// stopped at an event (the generator wrote something the projector refuses) or skipped
 /// any.
-async fn rebuild_one(
+pub(crate) async fn rebuild_one(
     database: &TestDatabase,
     projector: &dyn Projector,
     events: i64,

@@ -25,9 +25,8 @@ use std::time::{Duration, Instant};
 use omoi_domain::common::{Phase, Priority};
 use omoi_domain::ticket::{Ticket, TicketCommand};
 use omoi_projections::board::{board_view, board_view_as_of, default_columns};
-use omoi_projections::catalog::{self, BuildState};
 use omoi_projections::timeline::{read as read_timeline, Page, TimelineFilter};
-use omoi_projections::{runner, Projector};
+use omoi_projections::Projector;
 use omoi_store::bus::RetryPolicy;
 use omoi_store::log::{read_global, Visibility};
 use omoi_store::{CommandBus, Cursor};
@@ -35,7 +34,8 @@ use omoi_testing::TestDatabase;
 use uuid::Uuid;
 
 use crate::projections::{
-    context, drop_database, generate, generated_project, organization_and_project, thousands,
+    context, drop_database, generate, generated_project, organization_and_project, rebuild_one,
+    thousands,
 };
 use crate::stats::Latencies;
 
@@ -101,30 +101,16 @@ async fn measure(admin_url: &str, size: i64, samples: usize) -> anyhow::Result<F
     let (organization, project) = organization_and_project(&bus).await?;
     let tickets = small_tickets(&bus, organization, project).await?;
     sqlx::raw_sql("vacuum analyze events").execute(pool).await?;
+    let events: i64 = sqlx::query_scalar("select count(*) from events")
+        .fetch_one(pool)
+        .await?;
     let started = Instant::now();
     let read_models: [&dyn Projector; 2] = [
         &omoi_projections::board::BoardProjector,
         &omoi_projections::timeline::TimelineProjector,
     ];
     for projector in read_models {
-        let mut conn = pool.acquire().await?;
-        let build = catalog::create_build(&mut conn, projector, BuildState::Building).await?;
-        drop(conn);
-        let done = runner::catch_up(
-            pool,
-            &database.options,
-            projector,
-            build.build,
-            runner::CATCH_UP_BATCH,
-            |_| {},
-        )
-        .await?;
-        anyhow::ensure!(
-            done.failure.is_none() && done.state == BuildState::Live,
-            "{} did not go live: {:?}",
-            projector.name(),
-            done.failure
-        );
+        rebuild_one(&database, projector, events).await?;
     }
     sqlx::raw_sql("vacuum analyze").execute(pool).await?;
     println!(
@@ -141,15 +127,13 @@ async fn measure(admin_url: &str, size: i64, samples: usize) -> anyhow::Result<F
     let mut times = Vec::with_capacity(samples);
     for n in 0..samples {
         let ticket = tickets[n % tickets.len()];
-        let rename = TicketCommand::UpdateTicket {
-            title: Some(format!("Renamed {n}")),
-            description: None,
-            priority: None,
-            phase: None,
-        };
         let started = Instant::now();
-        bus.execute::<Ticket>(&ticket.to_string(), rename, &context())
-            .await?;
+        bus.execute::<Ticket>(
+            &ticket.to_string(),
+            rename(format!("Renamed {n}")),
+            &context(),
+        )
+        .await?;
         times.push(started.elapsed());
     }
     requests.push(Latencies::of(&times));
@@ -228,17 +212,21 @@ async fn small_tickets(
         };
         bus.execute::<Ticket>(&ticket.to_string(), create, &context())
             .await?;
-        let rename = TicketCommand::UpdateTicket {
-            title: Some(format!("Small ticket {n}")),
-            description: None,
-            priority: None,
-            phase: None,
-        };
-        bus.execute::<Ticket>(&ticket.to_string(), rename, &context())
+        let renamed = rename(format!("Small ticket {n}"));
+        bus.execute::<Ticket>(&ticket.to_string(), renamed, &context())
             .await?;
         tickets.push(ticket);
     }
     Ok(tickets)
+}
+
+fn rename(title: String) -> TicketCommand {
+    TicketCommand::UpdateTicket {
+        title: Some(title),
+        description: None,
+        priority: None,
+        phase: None,
+    }
 }
 
 /// The first generated project's board as of the log's last position, with no bound on

@@ -97,7 +97,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         "  throughput: {} tasks completed in {elapsed:.2} s = {tasks_per_second:.0} tasks/s",
         args.tasks,
     );
-    let pgbench_tickets = create_tickets(&app, &project, PGBENCH_CLIENTS).await?;
+    let pgbench_tickets = crate::write::seed(&app, &project, PGBENCH_CLIENTS).await?;
     crate::write::register_for_pgbench(&app, &pgbench_tickets).await?;
     let transactions_per_second =
         crate::write::pgbench(&app, PGBENCH_CLIENTS, PGBENCH_SECONDS).await?;
@@ -138,23 +138,6 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     // The server and its projectors stop before their database is dropped.
     app.stop().await;
     Ok(())
-}
-
-/// `count` tickets in `project`, for pgbench to append to.
-async fn create_tickets(app: &TestApp, project: &str, count: usize) -> anyhow::Result<Vec<String>> {
-    let mut ids = Vec::with_capacity(count);
-    for n in 0..count {
-        let (status, ticket) = app
-            .post(
-                "/api/v1/tickets",
-                json!({"project_id": project, "title": format!("pgbench {n}")}),
-            )
-            .await;
-        anyhow::ensure!(status == StatusCode::CREATED, "ticket: {ticket}");
-        let id = ticket["id"].as_str().unwrap_or_default();
-        ids.push(id.to_string());
-    }
-    Ok(ids)
 }
 
 /// For each task created after global position `after` (of `organization`, or any) and

@@ -205,7 +205,11 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
 }
 
 /// Creates `count` tickets in `project` through `app`.
-async fn seed(app: &TestApp, project: &str, count: usize) -> anyhow::Result<Vec<String>> {
+pub(crate) async fn seed(
+    app: &TestApp,
+    project: &str,
+    count: usize,
+) -> anyhow::Result<Vec<String>> {
     const SEEDERS: usize = 16;
     let mut seeders = Vec::new();
     for seeder in 0..SEEDERS {

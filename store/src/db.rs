@@ -21,8 +21,9 @@ pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool, sqlx::Er
 /// omoi's sessions, whatever the server's defaults: named `omoi` in `pg_stat_activity`,
 /// and without JIT compilation. Every query here is short (a page, a few rows, a batch),
 /// but the planner prices a page of a filtered read of a large log by the walk it might
-/// take, past `jit_above_cost`: on a log of 10,000,000 events a page of 1,000 of one
-/// project's events took 457 ms, of which 400 compiling it (`omoi-bench bench-scale`).
+/// take, past `jit_above_cost`: on `omoi-bench bench-scale`'s log of 10,000,000 events,
+/// `explain analyze` of a page of 1,000 of one project's events took 457 ms and reported
+/// 565 ms of JIT compilation (its leader and two parallel workers together).
 pub fn session(options: PgConnectOptions) -> PgConnectOptions {
     options.application_name("omoi").options([("jit", "off")])
 }
