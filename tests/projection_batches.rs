@@ -1,9 +1,12 @@
 //! Every projector applies a batch exactly as it would apply its events one by one: for
 //! random logs (events of unknown entities, reassignments, dependency edits, renames and
 //! re-registrations included), tables built one event at a time equal tables built in
-//! batches of random sizes, in a real PostgreSQL.
+//! batches of random sizes, in a real PostgreSQL (the log written to its event table, from
+//! which snapshots fold); and a view as of any past position is the same whether it starts
+//! from a snapshot or from the start of the log.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use chrono::{DateTime, TimeZone, Utc};
 use cqrs_es::DomainEvent;
@@ -11,6 +14,7 @@ use omoi_domain::agent::{AgentEvent, AgentStatus, AgentType};
 use omoi_domain::common::{Phase, Priority};
 use omoi_domain::task::{FailureReason, SteeringSource, TaskEvent};
 use omoi_domain::ticket::{BlockReason, TicketEvent, TicketStatus};
+use omoi_projections::snapshots::SnapshotsProjector;
 use omoi_projections::verify::diff_schemas;
 use omoi_projections::Projector;
 use omoi_store::StoredEvent;
@@ -27,6 +31,8 @@ use uuid::Uuid;
 const TICKETS: u8 = 4;
 const TASKS: u8 = 6;
 const AGENTS: u8 = 3;
+/// Events of a project between two of its snapshots, at least.
+const SNAPSHOTS_EVERY: i64 = 5;
 
 /// One generated event: what happens (`kind`), to which entity (`a`), with what (`b`).
 #[derive(Debug, Clone, Copy)]
@@ -386,42 +392,82 @@ async fn fresh_schema(
     Ok(())
 }
 
+/// The projectors under test: every read model, with snapshots a few events apart (the
+/// generated logs are far shorter than the default spacing).
+fn projectors() -> Vec<Arc<dyn Projector>> {
+    omoi_projections::all()
+        .into_iter()
+        .map(|projector| -> Arc<dyn Projector> {
+            if projector.name() == "snapshots" {
+                Arc::new(SnapshotsProjector::every(SNAPSHOTS_EVERY))
+            } else {
+                projector
+            }
+        })
+        .collect()
+}
+
+/// Puts `log` in the event log, where a snapshot's fold reads it (inside the caller's
+/// transaction, which rolls it back: the log refuses deletes).
+async fn write_log(conn: &mut PgConnection, log: &[StoredEvent]) -> Result<(), sqlx::Error> {
+    let column = |f: fn(&StoredEvent) -> String| log.iter().map(f).collect::<Vec<String>>();
+    sqlx::query(
+        "insert into events (aggregate_type, aggregate_id, sequence, event_type, event_version,
+                             payload, metadata, global_position, transaction_id)
+         select t, i, s, e, v, p::jsonb, m::jsonb, g, x::text::xid8
+           from unnest($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[],
+                       $6::text[], $7::text[], $8::bigint[], $9::bigint[])
+                as l(t, i, s, e, v, p, m, g, x)",
+    )
+    .bind(column(|e| e.aggregate_type.clone()))
+    .bind(column(|e| e.aggregate_id.clone()))
+    .bind(log.iter().map(|e| e.sequence).collect::<Vec<i64>>())
+    .bind(column(|e| e.event_type.clone()))
+    .bind(column(|e| e.event_version.clone()))
+    .bind(column(|e| e.payload.to_string()))
+    .bind(column(|e| e.metadata.to_string()))
+    .bind(log.iter().map(|e| e.global_position).collect::<Vec<i64>>())
+    .bind(log.iter().map(|e| e.transaction_id).collect::<Vec<i64>>())
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
 /// Builds each projector's tables from `log` one event at a time and in chunks of
-/// `chunk`, and returns the differences.
+/// `chunk`, and returns the differences. Runs in `tx`, the log included.
 async fn differences(
-    conn: &mut PgConnection,
+    tx: &mut PgConnection,
     log: &[StoredEvent],
     chunk: usize,
 ) -> Result<Vec<String>, sqlx::Error> {
+    write_log(tx, log).await?;
     let mut found = Vec::new();
-    for projector in omoi_projections::all() {
+    for projector in projectors() {
         let projector = projector.as_ref();
         let (one, many) = (
             format!("one_{}", projector.name()),
             format!("many_{}", projector.name()),
         );
-        fresh_schema(conn, projector, &one).await?;
-        fresh_schema(conn, projector, &many).await?;
-        let mut tx = conn.begin().await?;
+        fresh_schema(tx, projector, &one).await?;
+        fresh_schema(tx, projector, &many).await?;
         for event in log {
             projector
-                .apply(&mut tx, &one, std::slice::from_ref(event))
+                .apply(tx, &one, std::slice::from_ref(event))
                 .await
                 .map_err(|e| sqlx::Error::Protocol(e.to_string()))?;
         }
         for batch in log.chunks(chunk) {
             projector
-                .apply(&mut tx, &many, batch)
+                .apply(tx, &many, batch)
                 .await
                 .map_err(|e| sqlx::Error::Protocol(e.to_string()))?;
         }
         found.extend(
-            diff_schemas(&mut tx, projector, &one, &many)
+            diff_schemas(tx, projector, &one, &many)
                 .await?
                 .into_iter()
                 .map(|d| format!("{}: {d}", projector.name())),
         );
-        tx.commit().await?;
     }
     Ok(found)
 }
@@ -432,12 +478,6 @@ fn batches_build_the_same_tables_as_single_events() {
     let database = runtime
         .block_on(TestDatabase::create())
         .expect("a test database");
-    // The runner calls the case through `Fn`: the connection is borrowed per case.
-    let conn = std::cell::RefCell::new(
-        runtime
-            .block_on(PgConnection::connect_with(&database.options))
-            .expect("a connection"),
-    );
     let op = (any::<u8>(), any::<u8>(), any::<u8>()).prop_map(|(kind, a, b)| Op { kind, a, b });
     let strategy = (prop::collection::vec(op, 1..160), 2usize..64);
     let mut runner = TestRunner::new(Config {
@@ -448,7 +488,13 @@ fn batches_build_the_same_tables_as_single_events() {
         .run(&strategy, |(ops, chunk)| {
             let log = log_of(&ops);
             let found = runtime
-                .block_on(differences(&mut conn.borrow_mut(), &log, chunk))
+                .block_on(async {
+                    // Each case in a transaction of its own, rolled back (the log with it).
+                    let mut tx = database.pool.begin().await?;
+                    let found = differences(&mut tx, &log, chunk).await;
+                    tx.rollback().await?;
+                    found
+                })
                 .map_err(|e| TestCaseError::fail(e.to_string()))?;
             prop_assert!(
                 found.is_empty(),
@@ -483,15 +529,16 @@ fn the_generated_logs_fill_every_table() {
                 })
                 .collect();
             let log = log_of(&ops);
-            let found = differences(&mut conn, &log, 50).await.expect("applied");
+            let mut tx = conn.begin().await.expect("a transaction");
+            let found = differences(&mut tx, &log, 50).await.expect("applied");
             assert!(found.is_empty(), "{}", found.join("\n"));
-            for projector in omoi_projections::all() {
+            for projector in projectors() {
                 for table in projector.tables() {
                     let rows: i64 = sqlx::query_scalar(&format!(
                         "select count(*) from many_{}.{table}",
                         projector.name()
                     ))
-                    .fetch_one(&mut conn)
+                    .fetch_one(&mut *tx)
                     .await
                     .expect("counted");
                     if rows > 0 {
@@ -499,12 +546,127 @@ fn the_generated_logs_fill_every_table() {
                     }
                 }
             }
+            tx.rollback().await.expect("rolled back");
         }
-        for projector in omoi_projections::all() {
+        for projector in projectors() {
             for table in projector.tables() {
                 let name = format!("{}.{table}", projector.name());
                 assert!(filled.contains(&name), "{name} stayed empty");
             }
         }
     });
+}
+
+/// Gives each pair of neighbouring transactions, where `swap` says so, the other's id: the
+/// later positions then come first in the log's order (commits out of position order).
+fn commit_out_of_order(log: &mut [StoredEvent], swap: &[bool]) {
+    for event in log.iter_mut() {
+        let group = event.transaction_id - 1;
+        let pair = (group / 2) as usize;
+        if swap.get(pair).copied().unwrap_or(false) {
+            event.transaction_id = if group % 2 == 0 { group + 2 } else { group };
+        }
+    }
+}
+
+/// Every board and graph as of a past position `0..=last + 1`, of the test project.
+async fn views_as_of(
+    pool: &sqlx::PgPool,
+    last: i64,
+) -> Result<Vec<(serde_json::Value, serde_json::Value)>, omoi_projections::ProjectionError> {
+    let columns = omoi_projections::board::default_columns();
+    let mut views = Vec::new();
+    for as_of in 0..=last + 1 {
+        let board = omoi_projections::board::board_view_as_of(
+            pool,
+            ORGANIZATION,
+            PROJECT,
+            as_of,
+            usize::MAX,
+            &columns,
+        )
+        .await?;
+        let graph = omoi_projections::graph::project_graph_as_of(
+            pool,
+            ORGANIZATION,
+            PROJECT,
+            as_of,
+            usize::MAX,
+        )
+        .await?;
+        views.push((
+            serde_json::to_value(board).expect("a board serializes"),
+            serde_json::to_value(graph).expect("a graph serializes"),
+        ));
+    }
+    Ok(views)
+}
+
+/// A view as of any past position gives the same board and graph from the nearest
+/// snapshot as from the start of the log, commits out of position order included (a
+/// snapshot is only taken from when every event it folds is at or below the position).
+#[test]
+fn views_as_of_any_position_are_the_same_from_a_snapshot_as_from_the_start() {
+    let runtime = tokio::runtime::Runtime::new().expect("a runtime");
+    let op = (any::<u8>(), any::<u8>(), any::<u8>()).prop_map(|(kind, a, b)| Op { kind, a, b });
+    let strategy = (
+        prop::collection::vec(op, 20..120),
+        prop::collection::vec(any::<bool>(), 60),
+        2usize..40,
+    );
+    // A database per case (the log is append-only): a few cases, each of many positions.
+    let mut runner = TestRunner::new(Config {
+        cases: 6,
+        ..Config::default()
+    });
+    runner
+        .run(&strategy, |(ops, swaps, chunk)| {
+            let (used, views, plain) = runtime.block_on(async {
+                let database = TestDatabase::create().await.expect("a test database");
+                let pool = &database.pool;
+                let mut log = log_of(&ops);
+                commit_out_of_order(&mut log, &swaps);
+                let mut conn = pool.acquire().await.expect("a connection");
+                write_log(&mut conn, &log).await.expect("the log written");
+                let projector = SnapshotsProjector::every(SNAPSHOTS_EVERY);
+                let build = omoi_projections::catalog::ensure_current_build(pool, &projector)
+                    .await
+                    .expect("a live build");
+                let in_order = omoi_store::log::read_global(
+                    pool,
+                    omoi_store::Cursor::default(),
+                    i64::MAX,
+                    &omoi_store::log::Visibility::Everything,
+                )
+                .await
+                .expect("the log read");
+                assert_eq!(in_order.events.len(), log.len(), "the whole log is visible");
+                let mut tx = pool.begin().await.expect("a transaction");
+                for batch in in_order.events.chunks(chunk) {
+                    projector
+                        .apply(&mut tx, &build.schema(), batch)
+                        .await
+                        .expect("snapshots taken");
+                }
+                tx.commit().await.expect("committed");
+                let used: i64 = sqlx::query_scalar("select count(*) from snapshots_models")
+                    .fetch_one(pool)
+                    .await
+                    .expect("counted");
+                let last = log.len() as i64;
+                let views = views_as_of(pool, last).await.expect("views from snapshots");
+                sqlx::query("drop view snapshots_models")
+                    .execute(pool)
+                    .await
+                    .expect("snapshots hidden");
+                let plain = views_as_of(pool, last).await.expect("views from the start");
+                (used, views, plain)
+            });
+            prop_assert!(used > 0, "no snapshot was taken");
+            for (as_of, (with, without)) in views.iter().zip(&plain).enumerate() {
+                prop_assert_eq!(with, without, "as of {}", as_of);
+            }
+            Ok(())
+        })
+        .expect("snapshots change no past view");
 }

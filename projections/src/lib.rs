@@ -23,6 +23,8 @@
 //!   `summary.rs` (the text of an entry).
 //! * What the read models share: [`codec`] (decoding events, enums stored as text) and
 //!   [`replay`] (one project's log folded up to a past position).
+//! * [`snapshots`] — each project's board and graph every so many of its events, where
+//!   [`replay`] starts.
 //! * `testing` (tests only) — a log of ticket and task events for the models' tests.
 
 pub mod activity;
@@ -35,6 +37,7 @@ pub mod graph;
 pub mod monitoring;
 pub mod replay;
 pub mod runner;
+pub mod snapshots;
 #[cfg(test)]
 pub(crate) mod testing;
 pub mod timeline;
@@ -57,6 +60,17 @@ pub enum ProjectionError {
     /// A view as of a past position would replay more events than one request may.
     #[error("the project's history up to this position has more than {max} events to replay")]
     ReplayTooLong { max: usize },
+    /// A snapshot's fold read another number of the project's events from the log than the
+    /// snapshots read model counted in its batches: the log and its reader disagree.
+    #[error("project {project_id}: {counted} events counted since its last snapshot, {read} read from the log")]
+    SnapshotGap {
+        project_id: uuid::Uuid,
+        counted: i64,
+        read: i64,
+    },
+    /// A snapshot's model could not be written or read back.
+    #[error("a snapshot's model: {0}")]
+    SnapshotBody(String),
     /// Not the event's fault and not lasting: a process manager's effect found its
     /// aggregate changed by a concurrent writer, or the database was away. The runner
     /// rolls the batch back and applies it again; it never stops the projector.
@@ -80,7 +94,10 @@ impl ProjectionError {
                     // A serialization failure or a deadlock: the other transaction won.
                     .is_some_and(|code| code == "40001" || code == "40P01")
             }
-            Self::Payload { .. } | Self::ReplayTooLong { .. } => false,
+            Self::Payload { .. }
+            | Self::ReplayTooLong { .. }
+            | Self::SnapshotGap { .. }
+            | Self::SnapshotBody(_) => false,
         }
     }
 
@@ -165,5 +182,6 @@ pub fn all() -> Vec<Arc<dyn Projector>> {
         Arc::new(directory::DirectoryProjector),
         Arc::new(activity::ActivityProjector),
         Arc::new(monitoring::MonitoringProjector),
+        Arc::new(snapshots::SnapshotsProjector::default()),
     ]
 }

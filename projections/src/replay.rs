@@ -1,5 +1,6 @@
 //! Rebuilding a past state: the board and the graph `as_of` a position fold one project's
-//! events, read from the log in its gapless order, with their projectors' own rules.
+//! events, read from the log in its gapless order, with their projectors' own rules —
+//! from the nearest snapshot before it ([`crate::snapshots`]), else from the start.
 
 use omoi_store::log::{read_global, Visibility};
 use omoi_store::{Cursor, StoredEvent};
@@ -11,11 +12,13 @@ use crate::ProjectionError;
 /// Events of a project are read in pages of this size when a past state is rebuilt.
 const REPLAY_PAGE: i64 = 1000;
 
-/// Most events one view `as_of` a past position replays by default: it bounds the time
-/// and memory a single request may take (a project's whole history, in the worst case).
+/// Most events one view `as_of` a past position replays by default (after the snapshot it
+/// starts from, [`crate::snapshots`]): it bounds the time and memory a single request may
+/// take.
 pub const MAX_REPLAY_EVENTS: usize = 100_000;
 
-/// Feeds `apply` the events of one project in the log's gapless order, up to `as_of`.
+/// Feeds `apply` the events of one project after `after` (a snapshot's event, or the
+/// start) in the log's gapless order, up to `as_of`.
 ///
 /// It stops at the first event whose global position is above `as_of`, so what `apply`
 /// sees is always a prefix of the log — a state a projector really had. (Positions are
@@ -25,6 +28,7 @@ pub async fn replay_project(
     pool: &PgPool,
     organization_id: Uuid,
     project_id: Uuid,
+    after: Cursor,
     as_of: i64,
     max_events: usize,
     apply: impl FnMut(&StoredEvent) -> Result<(), ProjectionError>,
@@ -33,6 +37,7 @@ pub async fn replay_project(
         pool,
         organization_id,
         Some(project_id),
+        after,
         as_of,
         max_events,
         apply,
@@ -48,13 +53,23 @@ pub async fn replay_organization(
     max_events: usize,
     apply: impl FnMut(&StoredEvent) -> Result<(), ProjectionError>,
 ) -> Result<(), ProjectionError> {
-    replay(pool, organization_id, None, as_of, max_events, apply).await
+    replay(
+        pool,
+        organization_id,
+        None,
+        Cursor::default(),
+        as_of,
+        max_events,
+        apply,
+    )
+    .await
 }
 
 async fn replay(
     pool: &PgPool,
     organization_id: Uuid,
     project_id: Option<Uuid>,
+    after: Cursor,
     as_of: i64,
     max_events: usize,
     mut apply: impl FnMut(&StoredEvent) -> Result<(), ProjectionError>,
@@ -63,7 +78,7 @@ async fn replay(
         organizations: vec![organization_id],
         project: project_id,
     };
-    let mut cursor = Cursor::default();
+    let mut cursor = after;
     let mut replayed = 0;
     loop {
         let page = read_global(pool, cursor, REPLAY_PAGE, &visibility).await?;

@@ -200,8 +200,8 @@ fn global_query(visibility: &Visibility, limited: bool) -> String {
 }
 
 /// Reads up to `limit` visible events after `after`, in the gapless global order.
-pub async fn read_global(
-    pool: &PgPool,
+pub async fn read_global<'c>(
+    executor: impl sqlx::Executor<'c, Database = sqlx::Postgres>,
     after: Cursor,
     limit: i64,
     visibility: &Visibility,
@@ -214,7 +214,7 @@ pub async fn read_global(
         .bind(limit)
         .bind(organizations)
         .bind(project)
-        .fetch_all(pool)
+        .fetch_all(executor)
         .await?;
     let events = rows
         .iter()

@@ -82,7 +82,7 @@ pub struct Card {
 }
 
 /// What the board remembers of a task: whose card it counts on, and as what.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TaskCard {
     pub task_id: Uuid,
     pub ticket_id: Uuid,
@@ -100,8 +100,9 @@ pub struct Touched {
 }
 
 /// The board of any set of tickets: the whole project (time travel) or only the rows one
-/// event touches (the SQL projector).
-#[derive(Debug, Clone, Default, PartialEq)]
+/// event touches (the SQL projector). Serialized whole, it is a project's board snapshot
+/// ([`crate::snapshots`]).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct BoardModel {
     pub(super) cards: BTreeMap<Uuid, Card>,
     pub(super) tasks: BTreeMap<Uuid, TaskCard>,
@@ -147,6 +148,11 @@ impl BoardModel {
     /// Every card, by ticket id.
     pub fn cards(&self) -> impl Iterator<Item = &Card> {
         self.cards.values()
+    }
+
+    /// Tickets and tasks held.
+    pub fn size(&self) -> usize {
+        self.cards.len() + self.tasks.len()
     }
 
     /// Every card, by ticket id.

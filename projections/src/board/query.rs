@@ -12,6 +12,7 @@ use super::view::{
 };
 use crate::codec::count_of;
 use crate::replay::replay_project;
+use crate::snapshots::{model_before, Model};
 use crate::ProjectionError;
 
 /// Every card of a project, as projected so far.
@@ -31,8 +32,8 @@ pub async fn board_view(
     Ok(render_board(project_id, columns, cards, None))
 }
 
-/// The board as it was at global position `as_of`, rebuilt from the log with the
-/// projector's own rule.
+/// The board as it was at global position `as_of`: the nearest snapshot before it, and the
+/// project's events after that folded with the projector's own rule.
 pub async fn board_view_as_of(
     pool: &PgPool,
     organization_id: Uuid,
@@ -41,11 +42,15 @@ pub async fn board_view_as_of(
     max_events: usize,
     columns: &[ColumnConfig],
 ) -> Result<BoardView, ProjectionError> {
-    let mut model = BoardModel::default();
+    let (after, mut model) =
+        model_before::<BoardModel>(pool, organization_id, project_id, as_of, Model::Board)
+            .await?
+            .unwrap_or_default();
     replay_project(
         pool,
         organization_id,
         project_id,
+        after,
         as_of,
         max_events,
         |event| model.apply(event).map(|_| ()),

@@ -53,7 +53,7 @@ pub struct Touched {
 
 /// Any part of the graph: a whole project (time travel, project view) or the rows one
 /// event or one query needs.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct GraphModel {
     pub(super) nodes: BTreeMap<Uuid, Node>,
     /// Task → the tasks it depends on.

@@ -10,6 +10,7 @@ use super::model::GraphModel;
 use super::projector::{edge_from_row, node_from_row, NODE_COLUMNS};
 use super::view::{GraphScope, GraphView, TaskRelations};
 use crate::replay::replay_project;
+use crate::snapshots::{model_before, Model};
 use crate::ProjectionError;
 
 /// A read-only transaction in which nodes and edges are read from one snapshot: read one
@@ -97,8 +98,8 @@ pub async fn project_graph(pool: &PgPool, project_id: Uuid) -> Result<GraphView,
     Ok(model.render(scope, |node| node.project_id == project_id))
 }
 
-/// A project's graph as it was at global position `as_of`, rebuilt from the log with the
-/// projector's own rule.
+/// A project's graph as it was at global position `as_of`: the nearest snapshot before it,
+/// and the project's events after that folded with the projector's own rule.
 pub async fn project_graph_as_of(
     pool: &PgPool,
     organization_id: Uuid,
@@ -106,11 +107,15 @@ pub async fn project_graph_as_of(
     as_of: i64,
     max_events: usize,
 ) -> Result<GraphView, ProjectionError> {
-    let mut model = GraphModel::default();
+    let (after, mut model) =
+        model_before::<GraphModel>(pool, organization_id, project_id, as_of, Model::Graph)
+            .await?
+            .unwrap_or_default();
     replay_project(
         pool,
         organization_id,
         project_id,
+        after,
         as_of,
         max_events,
         |event| model.apply(event).map(|_| ()),

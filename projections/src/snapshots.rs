@@ -1,0 +1,526 @@
+//! Snapshots of each project's board and graph, so that a view `as_of` a past position
+//! folds only the events after the nearest snapshot instead of the project's whole history
+//! (issue #15: `as_of` on a project of 1,000,000 events).
+//!
+//! A read model like the others (built, rebuilt and verified by the runner): `progress`
+//! counts each project's events, and once a project has had `max(every, tickets + tasks
+//! in its last snapshot)` events since its last snapshot, the event that reaches the count
+//! gets one: the last snapshot's models (or empty ones) with the project's events read from
+//! the log up to and including that event folded in, by the board's and the graph's own
+//! rules. The point is fixed by the log alone, so a batch takes the same snapshots as its
+//! events one by one, and a rebuild the same as the live build. Spacing snapshots by the
+//! models' size keeps their storage within a small multiple of the events they cover
+//! (a snapshot costs about what its tickets and tasks do, and follows at least as many
+//! events); spacing them by `every` bounds what a view replays after one.
+//!
+//! A view `as_of` P starts from the newest snapshot whose events were all at or below P
+//! (`max_position ≤ P`): the replay stops at the project's first event above P, and no
+//! event up to such a snapshot is one. Snapshots only shorten the replay — a view gives the
+//! same answer with none (a process that never ran this read model, a body written by an
+//! older shape of the models).
+
+use std::collections::BTreeMap;
+
+use futures_util::future::BoxFuture;
+use omoi_store::log::{read_global, Visibility};
+use omoi_store::{Cursor, StoredEvent};
+use serde::de::DeserializeOwned;
+use sqlx::{PgConnection, PgPool, Row};
+use uuid::Uuid;
+
+use crate::board::{BoardModel, BoardProjector};
+use crate::codec::WorkEvent;
+use crate::graph::{GraphModel, GraphProjector};
+use crate::{ProjectionError, Projector};
+
+/// Fewest events of a project between two of its snapshots, by default.
+pub const SNAPSHOT_EVERY: i64 = 10_000;
+
+/// Bump when what a snapshot stores changes shape (the models' rules have versions of
+/// their own, part of [`SnapshotsProjector::version`]).
+const FORMAT_VERSION: i32 = 1;
+
+/// Events read from the log per page while a snapshot is folded.
+const FOLD_PAGE: i64 = 5_000;
+
+/// A project: its organization and itself, as the log's metadata names them.
+type ProjectKey = (Uuid, Uuid);
+
+/// Keeps `progress` and `models` (see the module's documentation).
+pub struct SnapshotsProjector {
+    every: i64,
+}
+
+impl SnapshotsProjector {
+    /// Snapshots at least `events` events apart (tests use a handful).
+    pub fn every(events: i64) -> Self {
+        Self {
+            every: events.max(1),
+        }
+    }
+}
+
+impl Default for SnapshotsProjector {
+    fn default() -> Self {
+        Self::every(SNAPSHOT_EVERY)
+    }
+}
+
+impl Projector for SnapshotsProjector {
+    fn name(&self) -> &'static str {
+        "snapshots"
+    }
+
+    /// A board or graph of new rules (their versions) needs snapshots made by them: the
+    /// sum rises whenever any of its parts does.
+    fn version(&self) -> i32 {
+        FORMAT_VERSION + BoardProjector.version() + GraphProjector.version()
+    }
+
+    fn tables(&self) -> &'static [&'static str] {
+        &["progress", "models"]
+    }
+
+    fn create_tables(&self, schema: &str) -> Vec<String> {
+        vec![
+            format!(
+                "create table {schema}.progress (
+                    organization_id uuid   not null,
+                    project_id      uuid   not null,
+                    -- The project's events so far, and since its last snapshot.
+                    events          bigint not null,
+                    since_snapshot  bigint not null,
+                    -- The highest global position among the project's events so far.
+                    max_position    bigint not null,
+                    -- Tickets and tasks in the last snapshot (spaces the next one).
+                    entities        bigint not null,
+                    -- The last snapshot's event (none yet: null).
+                    transaction_id  bigint,
+                    global_position bigint,
+                    primary key (organization_id, project_id)
+                )"
+            ),
+            format!(
+                "create table {schema}.models (
+                    organization_id uuid   not null,
+                    project_id      uuid   not null,
+                    -- The event the snapshot was taken at: every event of the project up
+                    -- to it in the log's order is folded in, none after it.
+                    transaction_id  bigint not null,
+                    global_position bigint not null,
+                    -- The highest global position among those events.
+                    max_position    bigint not null,
+                    events          bigint not null,
+                    board_version   integer not null,
+                    graph_version   integer not null,
+                    -- serde_json of BoardModel and GraphModel (compressed by TOAST).
+                    board           bytea  not null,
+                    graph           bytea  not null,
+                    primary key (organization_id, project_id, transaction_id, global_position)
+                )"
+            ),
+        ]
+    }
+
+    fn apply<'a>(
+        &'a self,
+        tx: &'a mut PgConnection,
+        schema: &'a str,
+        events: &'a [StoredEvent],
+    ) -> BoxFuture<'a, Result<(), ProjectionError>> {
+        Box::pin(async move {
+            let mut by_project: BTreeMap<ProjectKey, Vec<&StoredEvent>> = BTreeMap::new();
+            for event in events {
+                if let Some(key) = project_of(event) {
+                    by_project.entry(key).or_default().push(event);
+                }
+            }
+            if by_project.is_empty() {
+                return Ok(());
+            }
+            let keys: Vec<ProjectKey> = by_project.keys().copied().collect();
+            let mut progress = load_progress(tx, schema, &keys).await?;
+            let mut taken = Vec::new();
+            for (key, events) in &by_project {
+                let state = progress
+                    .entry(*key)
+                    .or_insert_with(|| Progress::start(*key));
+                // The models of this batch's last snapshot of the project, kept for its next.
+                let mut models: Option<ProjectModels> = None;
+                for event in events {
+                    state.events += 1;
+                    state.since_snapshot += 1;
+                    state.max_position = state.max_position.max(event.global_position);
+                    if state.since_snapshot < self.every.max(state.entities) {
+                        continue;
+                    }
+                    let mut current = match models.take() {
+                        Some(models) => models,
+                        None => load_models(tx, schema, *key, state.last).await?,
+                    };
+                    current
+                        .fold_log(tx, *key, state.last, state.since_snapshot, event.cursor())
+                        .await?;
+                    taken.push(Snapshot::of(state, event.cursor(), &current)?);
+                    state.since_snapshot = 0;
+                    state.entities = current.board.size() as i64;
+                    state.last = Some(event.cursor());
+                    models = Some(current);
+                }
+            }
+            // Every read above, every write below: the batch holds the log's readers
+            // only from its first write (see the runner).
+            for snapshot in &taken {
+                snapshot.insert(tx, schema).await?;
+            }
+            save_progress(tx, schema, progress.values()).await
+        })
+    }
+
+    fn concerns(&self, event: &StoredEvent) -> bool {
+        project_of(event).is_some()
+    }
+}
+
+/// The project an event belongs to, as the log's readers filter it: both ids in their
+/// canonical text (the readers compare text), or none.
+fn project_of(event: &StoredEvent) -> Option<ProjectKey> {
+    let id = |key: &str| {
+        let text = event.metadata.get(key)?.as_str()?;
+        let id = Uuid::parse_str(text).ok()?;
+        (id.to_string() == text).then_some(id)
+    };
+    Some((id("organization_id")?, id("project_id")?))
+}
+
+/// What a snapshot holds: the project's board and graph.
+#[derive(Default)]
+struct ProjectModels {
+    board: BoardModel,
+    graph: GraphModel,
+}
+
+impl ProjectModels {
+    fn apply(&mut self, event: &StoredEvent) -> Result<(), ProjectionError> {
+        if let Some(work) = WorkEvent::decode(event)? {
+            self.board.apply_work(work.clone(), event.global_position);
+            self.graph.apply_work(work, event.global_position);
+        }
+        Ok(())
+    }
+
+    /// Folds the project's `count` events after `after` (from the start: `None`), read
+    /// from the log in its order, the last of which must be `until`.
+    async fn fold_log(
+        &mut self,
+        conn: &mut PgConnection,
+        (organization_id, project_id): ProjectKey,
+        after: Option<Cursor>,
+        count: i64,
+        until: Cursor,
+    ) -> Result<(), ProjectionError> {
+        let visibility = Visibility::Organizations {
+            organizations: vec![organization_id],
+            project: Some(project_id),
+        };
+        let (mut cursor, mut folded) = (after.unwrap_or_default(), 0);
+        // Asks for exactly the events counted, never a page past them.
+        while folded < count {
+            let limit = (count - folded).min(FOLD_PAGE);
+            let page = read_global(&mut *conn, cursor, limit, &visibility).await?;
+            for event in page.events.iter().take_while(|e| e.cursor() <= until) {
+                self.apply(event)?;
+                folded += 1;
+                cursor = event.cursor();
+            }
+            if (page.events.len() as i64) < limit || cursor == until {
+                break;
+            }
+        }
+        if folded != count || cursor != until {
+            return Err(ProjectionError::SnapshotGap {
+                project_id,
+                counted: count,
+                read: folded,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// A project's row of `progress`.
+struct Progress {
+    key: ProjectKey,
+    events: i64,
+    since_snapshot: i64,
+    max_position: i64,
+    entities: i64,
+    last: Option<Cursor>,
+}
+
+impl Progress {
+    fn start(key: ProjectKey) -> Self {
+        Self {
+            key,
+            events: 0,
+            since_snapshot: 0,
+            max_position: 0,
+            entities: 0,
+            last: None,
+        }
+    }
+}
+
+async fn load_progress(
+    conn: &mut PgConnection,
+    schema: &str,
+    keys: &[ProjectKey],
+) -> Result<BTreeMap<ProjectKey, Progress>, ProjectionError> {
+    let (organizations, projects): (Vec<Uuid>, Vec<Uuid>) = keys.iter().copied().unzip();
+    let rows = sqlx::query(&format!(
+        "select organization_id, project_id, events, since_snapshot, max_position, entities,
+                transaction_id, global_position
+           from {schema}.progress
+          where (organization_id, project_id) in
+                (select * from unnest($1::uuid[], $2::uuid[]))"
+    ))
+    .bind(organizations)
+    .bind(projects)
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut progress = BTreeMap::new();
+    for row in &rows {
+        let key = (row.try_get("organization_id")?, row.try_get("project_id")?);
+        let last = match (
+            row.try_get::<Option<i64>, _>("transaction_id")?,
+            row.try_get::<Option<i64>, _>("global_position")?,
+        ) {
+            (Some(transaction_id), Some(global_position)) => Some(Cursor {
+                transaction_id,
+                global_position,
+            }),
+            _ => None,
+        };
+        progress.insert(
+            key,
+            Progress {
+                key,
+                events: row.try_get("events")?,
+                since_snapshot: row.try_get("since_snapshot")?,
+                max_position: row.try_get("max_position")?,
+                entities: row.try_get("entities")?,
+                last,
+            },
+        );
+    }
+    Ok(progress)
+}
+
+async fn save_progress<'p>(
+    conn: &mut PgConnection,
+    schema: &str,
+    progress: impl Iterator<Item = &'p Progress>,
+) -> Result<(), ProjectionError> {
+    let rows: Vec<&Progress> = progress.collect();
+    let column = |f: fn(&Progress) -> i64| rows.iter().map(|p| f(p)).collect::<Vec<i64>>();
+    sqlx::query(&format!(
+        "insert into {schema}.progress
+              (organization_id, project_id, events, since_snapshot, max_position, entities,
+               transaction_id, global_position)
+         select * from unnest($1::uuid[], $2::uuid[], $3::bigint[], $4::bigint[],
+                              $5::bigint[], $6::bigint[], $7::bigint[], $8::bigint[])
+         on conflict (organization_id, project_id) do update
+            set events = excluded.events, since_snapshot = excluded.since_snapshot,
+                max_position = excluded.max_position, entities = excluded.entities,
+                transaction_id = excluded.transaction_id,
+                global_position = excluded.global_position"
+    ))
+    .bind(rows.iter().map(|p| p.key.0).collect::<Vec<Uuid>>())
+    .bind(rows.iter().map(|p| p.key.1).collect::<Vec<Uuid>>())
+    .bind(column(|p| p.events))
+    .bind(column(|p| p.since_snapshot))
+    .bind(column(|p| p.max_position))
+    .bind(column(|p| p.entities))
+    .bind(
+        rows.iter()
+            .map(|p| p.last.map(|c| c.transaction_id))
+            .collect::<Vec<Option<i64>>>(),
+    )
+    .bind(
+        rows.iter()
+            .map(|p| p.last.map(|c| c.global_position))
+            .collect::<Vec<Option<i64>>>(),
+    )
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// The models of the project's snapshot at `at` in this build (none: empty models).
+async fn load_models(
+    conn: &mut PgConnection,
+    schema: &str,
+    (organization_id, project_id): ProjectKey,
+    at: Option<Cursor>,
+) -> Result<ProjectModels, ProjectionError> {
+    let Some(at) = at else {
+        return Ok(ProjectModels::default());
+    };
+    let row = sqlx::query(&format!(
+        "select board, graph from {schema}.models
+          where organization_id = $1 and project_id = $2
+            and transaction_id = $3 and global_position = $4"
+    ))
+    .bind(organization_id)
+    .bind(project_id)
+    .bind(at.transaction_id)
+    .bind(at.global_position)
+    .fetch_one(&mut *conn)
+    .await?;
+    Ok(ProjectModels {
+        board: decode(row.try_get("board")?)?,
+        graph: decode(row.try_get("graph")?)?,
+    })
+}
+
+fn decode<M: DeserializeOwned>(body: &[u8]) -> Result<M, ProjectionError> {
+    serde_json::from_slice(body).map_err(|e| ProjectionError::SnapshotBody(e.to_string()))
+}
+
+fn encode<M: serde::Serialize>(model: &M) -> Result<Vec<u8>, ProjectionError> {
+    serde_json::to_vec(model).map_err(|e| ProjectionError::SnapshotBody(e.to_string()))
+}
+
+/// A row of `models`, ready to be written.
+struct Snapshot {
+    key: ProjectKey,
+    at: Cursor,
+    max_position: i64,
+    events: i64,
+    board: Vec<u8>,
+    graph: Vec<u8>,
+}
+
+impl Snapshot {
+    fn of(state: &Progress, at: Cursor, models: &ProjectModels) -> Result<Self, ProjectionError> {
+        Ok(Self {
+            key: state.key,
+            at,
+            max_position: state.max_position,
+            events: state.events,
+            board: encode(&models.board)?,
+            graph: encode(&models.graph)?,
+        })
+    }
+
+    async fn insert(&self, conn: &mut PgConnection, schema: &str) -> Result<(), ProjectionError> {
+        sqlx::query(&format!(
+            "insert into {schema}.models
+                  (organization_id, project_id, transaction_id, global_position, max_position,
+                   events, board_version, graph_version, board, graph)
+             values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
+        ))
+        .bind(self.key.0)
+        .bind(self.key.1)
+        .bind(self.at.transaction_id)
+        .bind(self.at.global_position)
+        .bind(self.max_position)
+        .bind(self.events)
+        .bind(BoardProjector.version())
+        .bind(GraphProjector.version())
+        .bind(&self.board)
+        .bind(&self.graph)
+        .execute(&mut *conn)
+        .await?;
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Reading: where a view as of a past position starts
+// ---------------------------------------------------------------------------------------
+
+/// Which model of a snapshot a view needs.
+#[derive(Debug, Clone, Copy)]
+pub enum Model {
+    Board,
+    Graph,
+}
+
+impl Model {
+    fn column(self) -> &'static str {
+        match self {
+            Self::Board => "board",
+            Self::Graph => "graph",
+        }
+    }
+
+    fn version_column(self) -> &'static str {
+        match self {
+            Self::Board => "board_version",
+            Self::Graph => "graph_version",
+        }
+    }
+
+    fn version(self) -> i32 {
+        match self {
+            Self::Board => BoardProjector.version(),
+            Self::Graph => GraphProjector.version(),
+        }
+    }
+}
+
+/// The newest snapshot of a project a view `as_of` may start from: its event (replay the
+/// project's events after it) and its model. `None` when there is none — no snapshot
+/// at or below `as_of` yet, or this database has no snapshots read model, or the newest
+/// was made by other rules of the model or does not read back (a live build older than
+/// the running code): the view then replays from the start, with the same answer.
+pub async fn model_before<M: DeserializeOwned>(
+    pool: &PgPool,
+    organization_id: Uuid,
+    project_id: Uuid,
+    as_of: i64,
+    model: Model,
+) -> Result<Option<(Cursor, M)>, ProjectionError> {
+    let sql = format!(
+        "select transaction_id, global_position, {body} as body
+           from snapshots_models
+          where organization_id = $1 and project_id = $2 and max_position <= $3
+            and {version} = $4
+          order by transaction_id desc, global_position desc
+          limit 1",
+        body = model.column(),
+        version = model.version_column(),
+    );
+    let found = sqlx::query(&sql)
+        .bind(organization_id)
+        .bind(project_id)
+        .bind(as_of)
+        .bind(model.version())
+        .fetch_optional(pool)
+        .await;
+    let row = match found {
+        Ok(Some(row)) => row,
+        Ok(None) => return Ok(None),
+        Err(error) if is_undefined_table(&error) => return Ok(None),
+        Err(error) => return Err(error.into()),
+    };
+    let at = Cursor {
+        transaction_id: row.try_get("transaction_id")?,
+        global_position: row.try_get("global_position")?,
+    };
+    match decode(row.try_get("body")?) {
+        Ok(model) => Ok(Some((at, model))),
+        Err(error) => {
+            tracing::warn!(%project_id, %at, %error, "a snapshot did not read back; replaying from the start");
+            Ok(None)
+        }
+    }
+}
+
+fn is_undefined_table(error: &sqlx::Error) -> bool {
+    error
+        .as_database_error()
+        .and_then(|e| e.code())
+        .is_some_and(|code| code == "42P01")
+}
