@@ -16,8 +16,9 @@
 //! * **stream** — the small organization's first page of 40 of the global stream, as
 //!   `GET /api/v1/events` reads it;
 //!
-//! and, three times, a large project's board `as_of` its last event (the whole project's
-//! history replayed; `omoi serve` refuses more than 100,000 events per view).
+//! and, three times each, a large project's board `as_of` its last event from its newest
+//! snapshot (the snapshots read model is rebuilt too) and from the start of its history
+//! (the snapshots hidden; `omoi serve` refuses more than 100,000 events replayed per view).
 //! The table gives p50 / p99 per size and the ratio of the p99s (target ≤ 1.5).
 
 use std::time::{Duration, Instant};
@@ -25,6 +26,7 @@ use std::time::{Duration, Instant};
 use omoi_domain::common::{Phase, Priority};
 use omoi_domain::ticket::{Ticket, TicketCommand};
 use omoi_projections::board::{board_view, board_view_as_of, default_columns};
+use omoi_projections::snapshots::SnapshotsProjector;
 use omoi_projections::timeline::{read as read_timeline, Page, TimelineFilter};
 use omoi_projections::Projector;
 use omoi_store::bus::RetryPolicy;
@@ -70,8 +72,24 @@ const REQUESTS: [&str; 4] = [
 struct Figures {
     events: i64,
     requests: Vec<Latencies>,
-    /// Events the large project's past board replayed, and the times it took.
-    as_of: (i64, Vec<Duration>),
+    /// A large project's past board, from its snapshots and from the start.
+    as_of: AsOf,
+}
+
+/// A large project's board `as_of` its last event, timed both ways.
+struct AsOf {
+    /// The project's events.
+    events: i64,
+    /// Its snapshots and the bytes they take (table and TOAST).
+    snapshots: i64,
+    snapshot_bytes: i64,
+    /// Each try starting from the newest snapshot.
+    from_snapshot: Vec<Duration>,
+    /// Each try replaying the project's whole history (the snapshots hidden).
+    from_start: Vec<Duration>,
+    /// Each try of its live board (the read model's rows), for scale: what a board of
+    /// that many cards costs at all.
+    live: Vec<Duration>,
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
@@ -112,14 +130,18 @@ async fn measure(admin_url: &str, size: i64, samples: usize) -> anyhow::Result<F
     for projector in read_models {
         rebuild_one(&database, projector, events).await?;
     }
+    let projected = started.elapsed();
+    let snapshots = SnapshotsProjector::default();
+    let snapshots_took = rebuild_one(&database, &snapshots, events).await?;
     sqlx::raw_sql("vacuum analyze").execute(pool).await?;
     println!(
-        "\n{} events generated in {:.1} s ({} tickets), then the small organization's {} tickets; board and timeline rebuilt in {:.1} s",
+        "\n{} events generated in {:.1} s ({} tickets), then the small organization's {} tickets; board and timeline rebuilt in {:.1} s, snapshots in {:.1} s",
         thousands(generated.events as f64),
         generated.elapsed.as_secs_f64(),
         thousands(generated.tickets as f64),
         SMALL_TICKETS,
-        started.elapsed().as_secs_f64()
+        projected.as_secs_f64(),
+        snapshots_took.as_secs_f64()
     );
 
     let columns = default_columns();
@@ -230,8 +252,9 @@ fn rename(title: String) -> TicketCommand {
 }
 
 /// The first generated project's board as of the log's last position, with no bound on
-/// the events replayed: how many there were, and each try's time.
-async fn large_project_as_of(pool: &sqlx::PgPool) -> anyhow::Result<(i64, Vec<Duration>)> {
+/// the events replayed: from its newest snapshot, then (the snapshots' view dropped, as in
+/// a database without them) from the start of its history.
+async fn large_project_as_of(pool: &sqlx::PgPool) -> anyhow::Result<AsOf> {
     let (organization, project) = generated_project(0);
     let (events, last): (i64, i64) = sqlx::query_as(
         "select count(*), coalesce(max(global_position), 0) from events
@@ -240,14 +263,50 @@ async fn large_project_as_of(pool: &sqlx::PgPool) -> anyhow::Result<(i64, Vec<Du
     .bind(project.to_string())
     .fetch_one(pool)
     .await?;
+    let (snapshots, snapshot_bytes): (i64, i64) = sqlx::query_as(
+        "select (select count(*) from snapshots_models where project_id = $1),
+                (select sum(pg_total_relation_size(format('%I.models', schema_name)::regclass))::bigint
+                   from information_schema.schemata where schema_name like 'rm_snapshots_%')",
+    )
+    .bind(project)
+    .fetch_one(pool)
+    .await?;
     let columns = default_columns();
-    let mut times = Vec::with_capacity(AS_OF_SAMPLES);
+    let timed = || async {
+        let mut times = Vec::with_capacity(AS_OF_SAMPLES);
+        let mut shown = None;
+        for _ in 0..AS_OF_SAMPLES {
+            let started = Instant::now();
+            let board =
+                board_view_as_of(pool, organization, project, last, usize::MAX, &columns).await?;
+            times.push(started.elapsed());
+            shown = Some(serde_json::to_value(board)?);
+        }
+        anyhow::Ok((times, shown))
+    };
+    let mut live = Vec::with_capacity(AS_OF_SAMPLES);
     for _ in 0..AS_OF_SAMPLES {
         let started = Instant::now();
-        board_view_as_of(pool, organization, project, last, usize::MAX, &columns).await?;
-        times.push(started.elapsed());
+        board_view(pool, project, &columns).await?;
+        live.push(started.elapsed());
     }
-    Ok((events, times))
+    let (from_snapshot, with) = timed().await?;
+    sqlx::query("drop view snapshots_models")
+        .execute(pool)
+        .await?;
+    let (from_start, without) = timed().await?;
+    anyhow::ensure!(
+        with == without,
+        "the board from a snapshot differs from the board from the start"
+    );
+    Ok(AsOf {
+        events,
+        snapshots,
+        snapshot_bytes,
+        from_snapshot,
+        from_start,
+        live,
+    })
 }
 
 fn report(all: &[Figures]) {
@@ -281,17 +340,24 @@ fn report(all: &[Figures]) {
             ratios.join(", ")
         );
     }
-    for figures in all {
-        let (events, times) = &figures.as_of;
-        let ms: Vec<String> = times
+    let ms = |times: &[Duration]| {
+        times
             .iter()
             .map(|t| format!("{:.0}", t.as_secs_f64() * 1000.0))
-            .collect();
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    for figures in all {
+        let as_of = &figures.as_of;
         println!(
-            "  a large project's board as of its last event, {} events replayed (log of {}): {} ms (target ≤ {AS_OF_TARGET_MS:.0} ms on 1,000,000)",
-            thousands(*events as f64),
+            "  a large project's board as of its last event, {} events (log of {}), ms: from its newest snapshot {}; from the start {} (target ≤ {AS_OF_TARGET_MS:.0} ms on 1,000,000); its live board {}; {} snapshots of it, all snapshots {:.1} MB",
+            thousands(as_of.events as f64),
             thousands(figures.events as f64),
-            ms.join(", ")
+            ms(&as_of.from_snapshot),
+            ms(&as_of.from_start),
+            ms(&as_of.live),
+            as_of.snapshots,
+            as_of.snapshot_bytes as f64 / 1e6
         );
     }
 }

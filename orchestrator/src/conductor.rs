@@ -13,6 +13,7 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use omoi_domain::task::{Task, TaskCommand};
+use omoi_projections::catalog::is_undefined_table;
 use omoi_projections::directory;
 use omoi_store::{Actor, CommandBus, CommandContext};
 use sqlx::{Connection, PgPool};
@@ -41,13 +42,6 @@ pub async fn flag_new_duplicates(
         }
         Err(error) => tracing::warn!(%error, "conductor: cannot look for duplicate work"),
     }
-}
-
-fn is_undefined_table(error: &sqlx::Error) -> bool {
-    error
-        .as_database_error()
-        .and_then(|e| e.code())
-        .is_some_and(|code| code == "42P01")
 }
 
 async fn pass(

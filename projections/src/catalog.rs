@@ -298,3 +298,13 @@ pub async fn retry(pool: &PgPool, projector: &str) -> Result<u64, sqlx::Error> {
     .await?
     .rows_affected())
 }
+
+/// Whether a query failed because a relation it names does not exist (`42P01`): a read
+/// model's stable views before its first build made them, in a database no runner has
+/// prepared yet.
+pub fn is_undefined_table(error: &sqlx::Error) -> bool {
+    error
+        .as_database_error()
+        .and_then(|e| e.code())
+        .is_some_and(|code| code == "42P01")
+}

@@ -29,6 +29,7 @@ use sqlx::{PgConnection, PgPool, Row};
 use uuid::Uuid;
 
 use crate::board::{BoardModel, BoardProjector};
+use crate::catalog::is_undefined_table;
 use crate::codec::WorkEvent;
 use crate::graph::{GraphModel, GraphProjector};
 use crate::{ProjectionError, Projector};
@@ -516,11 +517,4 @@ pub async fn model_before<M: DeserializeOwned>(
             Ok(None)
         }
     }
-}
-
-fn is_undefined_table(error: &sqlx::Error) -> bool {
-    error
-        .as_database_error()
-        .and_then(|e| e.code())
-        .is_some_and(|code| code == "42P01")
 }
