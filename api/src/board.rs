@@ -67,13 +67,15 @@ pub(crate) fn columns() -> Vec<ColumnConfig> {
 
 /// The columns in order, each with its WIP limit and its cards (by priority, then title);
 /// blocked cards carry their overlay. With `as_of`, the board as it was right after that
-/// global position, rebuilt from the log by the projector's own rule.
+/// global position, rebuilt by the projector's own rule from the project's newest snapshot
+/// before it and the log after that.
 #[utoipa::path(get, path = "/api/v1/board/view", tag = "board", params(BoardQuery),
     responses(
         (status = 200, body = BoardView), (status = 400, body = Problem),
         (status = 403, body = Problem), (status = 404, body = Problem, description = "no such project"),
         (status = 422, body = Problem,
-            description = "negative as_of, or more events to replay up to it than \
+            description = "negative as_of, or more events to replay up to it (after the \
+                           project's newest snapshot before it) than \
                            `application.max_replay_events` (100,000)"),
         (status = 429, body = Problem,
             description = "too many past views being rebuilt at once (Retry-After)"),

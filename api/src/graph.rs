@@ -41,14 +41,16 @@ pub struct AsOfQuery {
 
 /// Every ticket and task of the project, every dependency edge, and for each task how
 /// many of its dependencies are unfinished (not completed, or unknown). With `as_of`, the
-/// graph as it was right after that global position, rebuilt from the log.
+/// graph as it was right after that global position, rebuilt from the project's newest
+/// snapshot before it and the log after that.
 #[utoipa::path(get, path = "/api/v1/graph/dependency-graph/project/{id}", tag = "graph",
     params(("id" = Uuid, Path), AsOfQuery),
     responses(
         (status = 200, body = GraphView), (status = 400, body = Problem),
         (status = 403, body = Problem), (status = 404, body = Problem, description = "no such project"),
         (status = 422, body = Problem,
-            description = "negative as_of, or more events to replay up to it than \
+            description = "negative as_of, or more events to replay up to it (after the \
+                           project's newest snapshot before it) than \
                            `application.max_replay_events` (100,000)"),
         (status = 429, body = Problem,
             description = "too many past views being rebuilt at once (Retry-After)"),
