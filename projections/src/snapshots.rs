@@ -518,3 +518,53 @@ pub async fn model_before<M: DeserializeOwned>(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn with_metadata(metadata: serde_json::Value) -> StoredEvent {
+        StoredEvent {
+            aggregate_type: "Ticket".to_string(),
+            aggregate_id: Uuid::nil().to_string(),
+            sequence: 1,
+            global_position: 1,
+            transaction_id: 1,
+            event_type: "TicketCreated".to_string(),
+            event_version: "1".to_string(),
+            payload: json!({}),
+            metadata,
+        }
+    }
+
+    /// A snapshot counts exactly the events a project's replay reads: the log's readers
+    /// compare the ids as text, so only their canonical spelling belongs to the project.
+    #[test]
+    fn an_event_belongs_to_a_project_only_by_both_ids_in_their_canonical_text() {
+        let (organization, project) = (Uuid::from_u128(0xA1), Uuid::from_u128(0xB2));
+        let event = |organization: serde_json::Value, project: serde_json::Value| {
+            with_metadata(json!({"organization_id": organization, "project_id": project}))
+        };
+        assert_eq!(
+            project_of(&event(json!(organization), json!(project))),
+            Some((organization, project))
+        );
+        let upper = project.to_string().to_uppercase();
+        let simple = project.simple().to_string();
+        for (organization, project) in [
+            (json!(organization), json!(upper)),
+            (json!(organization), json!(simple)),
+            (json!(organization), json!(null)),
+            (json!(null), json!(project)),
+            (json!(organization), json!("not a uuid")),
+        ] {
+            assert_eq!(project_of(&event(organization, project)), None);
+        }
+        assert_eq!(
+            project_of(&with_metadata(json!({"organization_id": organization}))),
+            None
+        );
+    }
+}
