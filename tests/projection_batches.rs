@@ -670,3 +670,44 @@ fn views_as_of_any_position_are_the_same_from_a_snapshot_as_from_the_start() {
         })
         .expect("snapshots change no past view");
 }
+
+/// A snapshot folds exactly the events it counted: a log that lacks one of them (here the
+/// very event the first snapshot is taken at, with events after it) stops the batch with
+/// `SnapshotGap` — it neither reads on for ever nor takes a snapshot of something else.
+#[tokio::test]
+async fn a_snapshot_whose_log_lacks_a_counted_event_stops_with_a_gap() {
+    let database = TestDatabase::create().await.expect("a test database");
+    let ops: Vec<Op> = (0..40_u8)
+        .map(|n| Op {
+            kind: n.wrapping_mul(37),
+            a: n,
+            b: n.wrapping_mul(11),
+        })
+        .collect();
+    let log = log_of(&ops);
+    let mut tx = database.pool.begin().await.expect("a transaction");
+    // Every event names the project: the first snapshot is taken at the fifth.
+    let at = SNAPSHOTS_EVERY as usize - 1;
+    let without = [&log[..at], &log[at + 1..]].concat();
+    write_log(&mut tx, &without).await.expect("the log written");
+    let projector = SnapshotsProjector::every(SNAPSHOTS_EVERY);
+    fresh_schema(&mut tx, &projector, "gap_snapshots")
+        .await
+        .expect("a schema");
+    // Bounded: the fold once read the event past the gap again and again.
+    let applied = tokio::time::timeout(
+        std::time::Duration::from_secs(60),
+        projector.apply(&mut tx, "gap_snapshots", &log),
+    )
+    .await
+    .expect("the batch ends");
+    let error = applied.expect_err("a snapshot folded fewer events than it counted");
+    assert!(
+        matches!(
+            error,
+            omoi_projections::ProjectionError::SnapshotGap { counted, read, .. } if read == counted - 1
+        ),
+        "{error}"
+    );
+    tx.rollback().await.expect("rolled back");
+}

@@ -225,16 +225,22 @@ impl ProjectModels {
             project: Some(project_id),
         };
         let (mut cursor, mut folded) = (after.unwrap_or_default(), 0);
-        // Asks for exactly the events counted, never a page past them.
+        // Asks for exactly the events counted, never a page past them; stops at the end of
+        // the log or at an event past `until` (fewer events in the log than counted).
         while folded < count {
             let limit = (count - folded).min(FOLD_PAGE);
             let page = read_global(&mut *conn, cursor, limit, &visibility).await?;
-            for event in page.events.iter().take_while(|e| e.cursor() <= until) {
+            let mut past_until = false;
+            for event in &page.events {
+                if event.cursor() > until {
+                    past_until = true;
+                    break;
+                }
                 self.apply(event)?;
                 folded += 1;
                 cursor = event.cursor();
             }
-            if (page.events.len() as i64) < limit || cursor == until {
+            if past_until || (page.events.len() as i64) < limit || cursor == until {
                 break;
             }
         }
