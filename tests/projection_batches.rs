@@ -1,8 +1,9 @@
 //! Every projector applies a batch exactly as it would apply its events one by one: for
 //! random logs (events of unknown entities, reassignments, dependency edits, renames and
 //! re-registrations included), tables built one event at a time equal tables built in
-//! batches of random sizes, in a real PostgreSQL (the log written to its event table, from
-//! which snapshots fold); and a view as of any past position is the same whether it starts
+//! batches of random sizes — and, for a projector that folds a rebuild in memory, tables
+//! written from a fold of the log's first events with batches after it — in a real
+//! PostgreSQL (the log written to its event table, from which snapshots fold); and a view as of any past position is the same whether it starts
 //! from a snapshot or from the start of the log.
 
 use std::collections::HashMap;
@@ -16,7 +17,7 @@ use omoi_domain::task::{FailureReason, SteeringSource, TaskEvent};
 use omoi_domain::ticket::{BlockReason, TicketEvent, TicketStatus};
 use omoi_projections::snapshots::SnapshotsProjector;
 use omoi_projections::verify::diff_schemas;
-use omoi_projections::Projector;
+use omoi_projections::{Fold, ProjectionError, Projector};
 use omoi_store::StoredEvent;
 use omoi_testing::TestDatabase;
 use proptest::prelude::*;
@@ -439,6 +440,7 @@ async fn differences(
     tx: &mut PgConnection,
     log: &[StoredEvent],
     chunk: usize,
+    split: usize,
 ) -> Result<Vec<String>, sqlx::Error> {
     write_log(tx, log).await?;
     let mut found = Vec::new();
@@ -468,8 +470,43 @@ async fn differences(
                 .into_iter()
                 .map(|d| format!("{}: {d}", projector.name())),
         );
+        if let Some(fold) = projector.fold_from_start() {
+            let folded = format!("fold_{}", projector.name());
+            fresh_schema(tx, projector, &folded).await?;
+            fold_then_batches(tx, projector, fold, &folded, log, chunk, split).await?;
+            found.extend(
+                diff_schemas(tx, projector, &one, &folded)
+                    .await?
+                    .into_iter()
+                    .map(|d| format!("{} folded up to {split}: {d}", projector.name())),
+            );
+        }
     }
     Ok(found)
+}
+
+/// What a rebuild does with a projector that folds: the first `split` events folded in
+/// memory in pages of `chunk` and written at once, the rest applied in batches (the fold
+/// reached its bound of rows).
+async fn fold_then_batches(
+    tx: &mut PgConnection,
+    projector: &dyn Projector,
+    mut fold: Box<dyn Fold>,
+    schema: &str,
+    log: &[StoredEvent],
+    chunk: usize,
+    split: usize,
+) -> Result<(), sqlx::Error> {
+    let failed = |e: ProjectionError| sqlx::Error::Protocol(e.to_string());
+    let (folded, rest) = log.split_at(split.min(log.len()));
+    for page in folded.chunks(chunk) {
+        fold.fold(page).map_err(failed)?;
+    }
+    fold.write(tx, schema).await.map_err(failed)?;
+    for batch in rest.chunks(chunk) {
+        projector.apply(tx, schema, batch).await.map_err(failed)?;
+    }
+    Ok(())
 }
 
 #[test]
@@ -479,26 +516,32 @@ fn batches_build_the_same_tables_as_single_events() {
         .block_on(TestDatabase::create())
         .expect("a test database");
     let op = (any::<u8>(), any::<u8>(), any::<u8>()).prop_map(|(kind, a, b)| Op { kind, a, b });
-    let strategy = (prop::collection::vec(op, 1..160), 2usize..64);
+    // Where a fold from the start stops and batches go on: anywhere in the log or past it.
+    let strategy = (
+        prop::collection::vec(op, 1..160),
+        2usize..64,
+        any::<prop::sample::Index>(),
+    );
     let mut runner = TestRunner::new(Config {
         cases: 24,
         ..Config::default()
     });
     runner
-        .run(&strategy, |(ops, chunk)| {
+        .run(&strategy, |(ops, chunk, split)| {
             let log = log_of(&ops);
+            let split = split.index(log.len() + 1);
             let found = runtime
                 .block_on(async {
                     // Each case in a transaction of its own, rolled back (the log with it).
                     let mut tx = database.pool.begin().await?;
-                    let found = differences(&mut tx, &log, chunk).await;
+                    let found = differences(&mut tx, &log, chunk, split).await;
                     tx.rollback().await?;
                     found
                 })
                 .map_err(|e| TestCaseError::fail(e.to_string()))?;
             prop_assert!(
                 found.is_empty(),
-                "batches of {chunk} differ from single events:\n{}",
+                "batches of {chunk} (or a fold of the first {split} events) differ from single events:\n{}",
                 found.join("\n")
             );
             Ok(())
@@ -530,7 +573,11 @@ fn the_generated_logs_fill_every_table() {
                 .collect();
             let log = log_of(&ops);
             let mut tx = conn.begin().await.expect("a transaction");
-            let found = differences(&mut tx, &log, 50).await.expect("applied");
+            // Folded whole, then folded half and batched.
+            let split = if seed == 11 { log.len() / 2 } else { log.len() };
+            let found = differences(&mut tx, &log, 50, split)
+                .await
+                .expect("applied");
             assert!(found.is_empty(), "{}", found.join("\n"));
             for projector in projectors() {
                 for table in projector.tables() {

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use futures_util::future::BoxFuture;
 use omoi::server::Shutdown;
 use omoi_domain::ticket::{BlockReason, Ticket, TicketCommand};
-use omoi_projections::{ProjectionError, Projector};
+use omoi_projections::{Fold, ProjectionError, Projector};
 use omoi_store::bus::RetryPolicy;
 use omoi_store::{Actor, CommandBus, CommandContext, StoredEvent};
 use omoi_testing::{held_append, test_runner_config, TestDatabase};
@@ -593,4 +593,227 @@ async fn a_long_catch_up_streams_the_log_and_applies_every_event_once_in_order()
     .expect("the log");
     assert_eq!(applied.len() as i64, everything);
     assert!(applied == log, "applied out of the log's order");
+}
+
+/// [`Probe`]'s table, but a build from position zero is folded in memory and written
+/// once ([`Projector::fold_from_start`]); events of type `ProbePoison` are refused by the
+/// fold and by the batches alike. Counts the folds written and the batches applied.
+#[derive(Default)]
+struct FoldingProbe {
+    writes: Arc<AtomicUsize>,
+    batches: Arc<AtomicUsize>,
+}
+
+fn refuse_poison(events: &[StoredEvent]) -> Result<(), ProjectionError> {
+    match events.iter().find(|e| e.event_type == "ProbePoison") {
+        Some(event) => Err(ProjectionError::payload(event, "cannot read this probe")),
+        None => Ok(()),
+    }
+}
+
+impl Projector for FoldingProbe {
+    fn name(&self) -> &'static str {
+        "folding_probe"
+    }
+    fn version(&self) -> i32 {
+        1
+    }
+    fn tables(&self) -> &'static [&'static str] {
+        Probe.tables()
+    }
+    fn create_tables(&self, schema: &str) -> Vec<String> {
+        Probe.create_tables(schema)
+    }
+    fn apply<'a>(
+        &'a self,
+        tx: &'a mut PgConnection,
+        schema: &'a str,
+        events: &'a [StoredEvent],
+    ) -> BoxFuture<'a, Result<(), ProjectionError>> {
+        Box::pin(async move {
+            self.batches.fetch_add(1, Ordering::SeqCst);
+            refuse_poison(events)?;
+            Probe.apply(tx, schema, events).await
+        })
+    }
+    fn fold_from_start(&self) -> Option<Box<dyn Fold>> {
+        Some(Box::new(ProbeFold {
+            events: Vec::new(),
+            writes: self.writes.clone(),
+        }))
+    }
+}
+
+struct ProbeFold {
+    events: Vec<StoredEvent>,
+    writes: Arc<AtomicUsize>,
+}
+
+impl Fold for ProbeFold {
+    fn fold(&mut self, events: &[StoredEvent]) -> Result<(), ProjectionError> {
+        refuse_poison(events)?;
+        self.events.extend_from_slice(events);
+        Ok(())
+    }
+    fn rows(&self) -> usize {
+        self.events.len()
+    }
+    fn write<'a>(
+        self: Box<Self>,
+        tx: &'a mut PgConnection,
+        schema: &'a str,
+    ) -> BoxFuture<'a, Result<(), ProjectionError>> {
+        Box::pin(async move {
+            self.writes.fetch_add(1, Ordering::SeqCst);
+            Probe.apply(tx, schema, &self.events).await
+        })
+    }
+}
+
+/// What a build of `projector` holds, in the order it was written, and the log's order.
+async fn applied_and_log(
+    database: &TestDatabase,
+    build: &omoi_projections::catalog::Build,
+) -> (Vec<(i64, i64)>, Vec<(i64, i64)>) {
+    let applied = sqlx::query_as(&format!(
+        "select transaction_id, global_position from {}.seen order by n",
+        build.schema()
+    ))
+    .fetch_all(&database.pool)
+    .await
+    .expect("the applied order");
+    let log = sqlx::query_as(
+        "select transaction_id::text::bigint, global_position from events
+          order by transaction_id, global_position",
+    )
+    .fetch_all(&database.pool)
+    .await
+    .expect("the log");
+    (applied, log)
+}
+
+/// Waits until no transaction older than the log's last one is running anywhere in the
+/// cluster (the log's horizon is the cluster's: a test beside this one may hold it), so
+/// that a catch-up sees the whole log.
+async fn whole_log_visible(database: &TestDatabase) {
+    eventually("the log's horizon passes its last event", || async {
+        sqlx::query_scalar::<_, bool>(
+            "select pg_snapshot_xmin(pg_current_snapshot()) > max(transaction_id) from events",
+        )
+        .fetch_one(&database.pool)
+        .await
+        .expect("the horizon")
+    })
+    .await;
+}
+
+/// A rebuild of a projector that folds reads the whole log into its fold and writes it
+/// with one transaction — no batch — then goes live; later events go in batches.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_rebuild_folds_the_log_in_memory_and_writes_it_once() {
+    use omoi_projections::catalog::{self, BuildState};
+    use omoi_projections::runner::{catch_up, CATCH_UP_BATCH};
+
+    let database = TestDatabase::create().await.expect("database");
+    let projector = FoldingProbe::default();
+    let count = 2 * CATCH_UP_BATCH + 7;
+    append_probes(&database.pool, "before", count).await;
+    let mut conn = database.pool.acquire().await.expect("a connection");
+    let build = catalog::create_build(&mut conn, &projector, BuildState::Building)
+        .await
+        .expect("a build");
+    drop(conn);
+    let catch_up = || {
+        catch_up(
+            &database.pool,
+            &database.options,
+            &projector,
+            build.build,
+            100,
+            |_| {},
+        )
+    };
+
+    whole_log_visible(&database).await;
+    let done = catch_up().await.expect("a catch-up");
+    assert!(done.failure.is_none(), "stopped: {:?}", done.failure);
+    assert_eq!(done.events_applied, count);
+    assert_eq!(done.state, BuildState::Live);
+    assert_eq!(
+        projector.writes.load(Ordering::SeqCst),
+        1,
+        "one fold, written once"
+    );
+    let (applied, log) = applied_and_log(&database, &build).await;
+    assert!(applied == log, "every event once, in the log's order");
+
+    let batches = projector.batches.load(Ordering::SeqCst);
+    append_probes(&database.pool, "after", 5).await;
+    whole_log_visible(&database).await;
+    let done = catch_up().await.expect("a live catch-up");
+    assert_eq!(done.events_applied, count + 5);
+    assert_eq!(
+        projector.writes.load(Ordering::SeqCst),
+        1,
+        "a live build never folds"
+    );
+    assert!(projector.batches.load(Ordering::SeqCst) > batches);
+    let (applied, log) = applied_and_log(&database, &build).await;
+    assert!(applied == log, "every event once, in the log's order");
+}
+
+/// A poison event in a rebuild that folds: the fold refuses it, nothing of it is written,
+/// and the batches take over from position zero and stop exactly at the event, with the
+/// events before it applied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_poison_event_stops_a_folded_rebuild_exactly_where_batches_stop() {
+    use omoi_projections::catalog::{self, BuildState};
+    use omoi_projections::runner::catch_up;
+
+    let database = TestDatabase::create().await.expect("database");
+    let projector = FoldingProbe::default();
+    append_probes(&database.pool, "before", 50).await;
+    sqlx::query(
+        "insert into events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata)
+         values ('Probe', 'poison', 1, 'ProbePoison', '1', '{}', '{}')",
+    )
+    .execute(&database.pool)
+    .await
+    .expect("the poison event");
+    append_probes(&database.pool, "after", 50).await;
+    let poison: i64 =
+        sqlx::query_scalar("select global_position from events where aggregate_id = 'poison'")
+            .fetch_one(&database.pool)
+            .await
+            .expect("its position");
+    let mut conn = database.pool.acquire().await.expect("a connection");
+    let build = catalog::create_build(&mut conn, &projector, BuildState::Building)
+        .await
+        .expect("a build");
+    drop(conn);
+
+    whole_log_visible(&database).await;
+    let done = catch_up(
+        &database.pool,
+        &database.options,
+        &projector,
+        build.build,
+        30,
+        |_| {},
+    )
+    .await
+    .expect("a catch-up");
+    let (at, error) = done.failure.expect("stopped at the poison event");
+    assert_eq!(at.global_position, poison, "{error}");
+    assert_eq!(done.events_applied, 50);
+    assert_eq!(
+        projector.writes.load(Ordering::SeqCst),
+        0,
+        "the fold was dropped"
+    );
+    let (applied, log) = applied_and_log(&database, &build).await;
+    assert!(
+        applied[..] == log[..50],
+        "the events before the poison one, in order"
+    );
 }

@@ -63,6 +63,10 @@ pub struct Args {
     /// Seconds of commands for the lag measurement (after one second of warm-up).
     #[arg(long, default_value_t = 10)]
     pub seconds: u64,
+    /// Rebuild only these read models (names as `omoi projections status` prints them),
+    /// and skip the lag measurement: for profiling one projector's rebuild.
+    #[arg(long, value_delimiter = ',')]
+    pub only: Vec<String>,
 }
 
 const REBUILD_TARGET: f64 = 50_000.0;
@@ -81,8 +85,11 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         "machine: {cpus} CPUs, load average {} (anything else running skews every figure)",
         crate::setup::load_average()
     );
-    rebuild(&admin_url, args.events).await?;
-    lag(&admin_url, args.rate, args.seconds).await
+    rebuild(&admin_url, args.events, &args.only).await?;
+    match args.only.is_empty() {
+        true => lag(&admin_url, args.rate, args.seconds).await,
+        false => Ok(()),
+    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -393,7 +400,7 @@ fn round_trip(
 // Rebuild
 // ---------------------------------------------------------------------------------------
 
-async fn rebuild(admin_url: &str, target: i64) -> anyhow::Result<()> {
+async fn rebuild(admin_url: &str, target: i64, only: &[String]) -> anyhow::Result<()> {
     let database = TestDatabase::create_on(admin_url).await?;
     let pool = &database.pool;
     let generated = generate(&database.options, target).await?;
@@ -434,7 +441,11 @@ async fn rebuild(admin_url: &str, target: i64) -> anyhow::Result<()> {
     let read = read_everything(pool).await?;
     print_rate("(reading the log alone)", generated.events, read, None);
     let mut total = Duration::ZERO;
-    let projectors = omoi_projections::all();
+    let projectors: Vec<_> = omoi_projections::all()
+        .into_iter()
+        .filter(|p| only.is_empty() || only.iter().any(|name| name == p.name()))
+        .collect();
+    anyhow::ensure!(!projectors.is_empty(), "--only names no read model");
     for projector in &projectors {
         let took = rebuild_one(&database, projector.as_ref(), generated.events).await?;
         print_rate(projector.name(), generated.events, took, Some(read));
@@ -458,7 +469,9 @@ async fn rebuild(admin_url: &str, target: i64) -> anyhow::Result<()> {
         copied.as_secs_f64() / read.as_secs_f64(),
         thousands(REBUILD_TARGET)
     );
-    print_read_models(pool).await?;
+    if only.is_empty() {
+        print_read_models(pool).await?;
+    }
     database.pool.close().await;
     drop_database(admin_url, &database.name).await;
     Ok(())

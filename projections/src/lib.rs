@@ -164,6 +164,16 @@ pub trait Projector: Send + Sync {
         false
     }
 
+    /// A fold of the stream in memory for a build projected from position zero (a rebuild
+    /// beside the live one, `omoi projections verify`): the runner folds page after page
+    /// into it and writes it once, with the checkpoint, instead of loading and writing the
+    /// rows each batch touches — a rebuild writes each row once, not once per batch it
+    /// appears in. `None` (the default): batches from the start too. Its tables must come
+    /// out exactly as the batches would leave them (`tests/projection_batches.rs`).
+    fn fold_from_start(&self) -> Option<Box<dyn Fold>> {
+        None
+    }
+
     /// Whether the batch last applied appended events to the log (process managers do):
     /// the runner then announces them once the batch commits, so that readers in every
     /// process see them at once instead of at their next poll. Reading clears it.
@@ -171,6 +181,27 @@ pub trait Projector: Send + Sync {
         false
     }
 }
+
+/// A read model folded in memory from position zero ([`Projector::fold_from_start`]).
+pub trait Fold: Send {
+    /// Folds the next page of the stream, in its order. An error (a poison event) makes
+    /// the runner drop the fold and apply the same events in batches, which stop at it.
+    fn fold(&mut self, events: &[StoredEvent]) -> Result<(), ProjectionError>;
+    /// Rows the fold would write: the runner writes it once it holds
+    /// [`runner::FOLD_ROWS`] and goes on in batches, so memory stays bounded.
+    fn rows(&self) -> usize;
+    /// Writes every row into the build's tables, empty until now, inside the transaction
+    /// that moves the checkpoint past the folded events.
+    fn write<'a>(
+        self: Box<Self>,
+        tx: &'a mut PgConnection,
+        schema: &'a str,
+    ) -> BoxFuture<'a, Result<(), ProjectionError>>;
+}
+
+/// Rows per statement when a [`Fold`] writes itself: one statement per table would bind
+/// arrays as large as the read model.
+pub(crate) const FOLD_WRITE_CHUNK: usize = 10_000;
 
 /// Every read model, in the order they are reported.
 pub fn all() -> Vec<Arc<dyn Projector>> {

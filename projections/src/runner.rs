@@ -36,13 +36,18 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 use crate::catalog::{self, Build, BuildState};
-use crate::Projector;
+use crate::{Fold, Projector};
 
 /// Events per batch while catching up (a rebuild, or a leader behind the stream). Events
 /// of one entity spread over the log, so the larger the batch, the more of them collapse
 /// into one row write: `omoi-bench bench-projections` measured the board's rebuild at 36,000
 /// events/s in batches of 2,000 and 67,900 in batches of 10,000 (300,000 events).
 pub const CATCH_UP_BATCH: i64 = 10_000;
+
+/// Rows a [`Fold`] may hold before the runner writes it and goes on in batches: about
+/// 300 MB of the board's model (a card or a task with its map entry, a few hundred bytes).
+/// The board of a 1,000,000-event log holds about 220,000.
+pub const FOLD_ROWS: usize = 1_000_000;
 
 #[derive(Debug, Clone)]
 pub struct RunnerConfig {
@@ -555,6 +560,9 @@ pub struct Reading {
     unsaved: Option<Unsaved>,
     /// The build's row as this leader last read or wrote it, and when it was read.
     known: Option<(Build, Instant)>,
+    /// A fold from position zero met an event it could not fold or a write that failed
+    /// for good: the batches take over from where the build stands.
+    fold_refused: bool,
 }
 
 impl Reading {
@@ -651,6 +659,24 @@ pub async fn step(
     // Events passed by since the checkpoint was written count only while nobody else
     // has moved the checkpoint (a retry, a takeover).
     let unsaved = reading.unsaved.take().filter(|u| u.saved == seen.cursor);
+    if seen.state == BuildState::Building
+        && seen.cursor == Cursor::default()
+        && unsaved.is_none()
+        && !reading.fold_refused
+    {
+        if let Some(fold) = projector.fold_from_start() {
+            let folding = Folding {
+                projector,
+                build: &seen,
+                batch_size,
+                started,
+            };
+            match fold_from_start(pool, conn, folding, fold, stats, reading).await? {
+                Some(step) => return Ok(step),
+                None => reading.fold_refused = true,
+            }
+        }
+    }
     let from = unsaved.map_or(seen.cursor, |u| u.at);
     let page = reading.page(pool, from, batch_size).await?;
     // A full page means more is waiting (a rebuild, or a leader behind): read the next,
@@ -750,8 +776,88 @@ pub async fn step(
         Instant::now(),
     ));
     announce_effects(pool, projector).await;
-    record_batch(pool, stats, &seen, &page.events, started).await;
+    if let Some(last) = page.events.last() {
+        record_batch(pool, stats, &seen, (last, applied), started).await;
+    }
     Ok(Step::Applied(applied))
+}
+
+/// A build at position zero and the projector folding it.
+struct Folding<'a> {
+    projector: &'a dyn Projector,
+    build: &'a Build,
+    batch_size: i64,
+    started: Instant,
+}
+
+/// Folds the stream from position zero in memory until it ends or the fold holds
+/// [`FOLD_ROWS`], then writes the fold and moves the checkpoint past what it folded in one
+/// transaction (a crash before its commit leaves the build at zero). `None` when the
+/// batches must do it instead: an event the fold refuses (the batches stop at it, as a
+/// poison event) or a write that failed for good.
+async fn fold_from_start(
+    pool: &PgPool,
+    conn: &mut PgConnection,
+    folding: Folding<'_>,
+    mut fold: Box<dyn Fold>,
+    stats: &RunnerStats,
+    reading: &mut Reading,
+) -> Result<Option<Step>, sqlx::Error> {
+    let Folding {
+        projector,
+        build: seen,
+        batch_size,
+        started,
+    } = folding;
+    let mut cursor = seen.cursor;
+    let mut folded = 0;
+    let mut last = None;
+    while fold.rows() < FOLD_ROWS {
+        let page = reading.page(pool, cursor, batch_size).await?;
+        if page.events.len() as i64 >= batch_size {
+            reading
+                .read_ahead
+                .start(pool, page.next, batch_size.max(CATCH_UP_BATCH));
+        }
+        if page.events.is_empty() {
+            break;
+        }
+        if let Err(error) = fold.fold(&page.events) {
+            tracing::debug!(projector = projector.name(), %error, "fold refused an event; building in batches");
+            return Ok(None);
+        }
+        folded += page.events.len();
+        cursor = page.next;
+        last = page.events.last().cloned();
+    }
+    let Some(last) = last else {
+        // Nothing to fold: the empty stream makes the build go live the usual way.
+        return Ok(None);
+    };
+    let mut tx = conn.begin_with(ASYNCHRONOUS_BATCH).await?;
+    if let Err(error) = fold.write(&mut tx, &seen.schema()).await {
+        tx.rollback().await?;
+        if error.is_transient() {
+            return Ok(Some(Step::Retry));
+        }
+        tracing::warn!(projector = projector.name(), %error, "writing a fold failed; building in batches");
+        return Ok(None);
+    }
+    if !claim(&mut tx, seen, cursor, folded).await? {
+        tx.rollback().await?;
+        return Ok(Some(Step::Applied(0)));
+    }
+    tx.commit().await?;
+    reading.known = Some((
+        Build {
+            cursor,
+            events_applied: seen.events_applied + folded as i64,
+            ..seen.clone()
+        },
+        Instant::now(),
+    ));
+    record_batch(pool, stats, seen, (&last, folded), started).await;
+    Ok(Some(Step::Applied(folded)))
 }
 
 /// A read model's batch: its commit does not wait for the WAL flush (see
@@ -923,8 +1029,8 @@ async fn isolate_poison(
     }
     tx.commit().await?;
     announce_effects(pool, projector).await;
-    if let Some(done) = events.get(..applied) {
-        record_batch(pool, stats, &build, done, started).await;
+    if let Some(last) = applied.checked_sub(1).and_then(|i| events.get(i)) {
+        record_batch(pool, stats, &build, (last, applied), started).await;
     }
     match poison {
         Some((event, error)) => {
@@ -969,14 +1075,14 @@ fn record_state(stats: &RunnerStats, build: &Build) {
     });
 }
 
+/// The statistics after a batch committed: its last event and how many it applied.
 async fn record_batch(
     pool: &PgPool,
     stats: &RunnerStats,
     build: &Build,
-    events: &[StoredEvent],
+    (last, applied): (&StoredEvent, usize),
     started: Instant,
 ) {
-    let Some(last) = events.last() else { return };
     let lag_ms = last
         .occurred_at()
         .map_or(0, |at| (chrono::Utc::now() - at).num_milliseconds().max(0));
@@ -985,7 +1091,7 @@ async fn record_batch(
     stats.update(build.build, |s| {
         s.cursor = last.cursor().to_string();
         s.global_position = last.global_position;
-        s.events_applied += events.len() as i64;
+        s.events_applied += applied as i64;
         s.lag_ms = lag_ms;
         s.last_batch_ms = started.elapsed().as_secs_f64() * 1000.0;
     });

@@ -15,7 +15,7 @@ use uuid::Uuid;
 
 use super::model::{BlockedOverlay, BoardModel, Card, TaskCard, TaskProgress};
 use crate::codec::{count_of, decode_error, encode_error, from_text, to_text, WorkEvent};
-use crate::{ProjectionError, Projector};
+use crate::{Fold, ProjectionError, Projector, FOLD_WRITE_CHUNK};
 
 // ---------------------------------------------------------------------------------------
 // Rows
@@ -130,6 +130,45 @@ impl Projector for BoardProjector {
         events: &'a [StoredEvent],
     ) -> BoxFuture<'a, Result<(), ProjectionError>> {
         Box::pin(apply_to_tables(tx, schema, events))
+    }
+
+    fn fold_from_start(&self) -> Option<Box<dyn Fold>> {
+        Some(Box::new(BoardFold::default()))
+    }
+}
+
+/// The whole board folded in memory from position zero, written once.
+#[derive(Default)]
+struct BoardFold(BoardModel);
+
+impl Fold for BoardFold {
+    fn fold(&mut self, events: &[StoredEvent]) -> Result<(), ProjectionError> {
+        for (work, position) in WorkEvent::decode_batch(events, BoardModel::is_relevant)? {
+            self.0.apply_work(work, position);
+        }
+        Ok(())
+    }
+
+    fn rows(&self) -> usize {
+        self.0.size()
+    }
+
+    fn write<'a>(
+        self: Box<Self>,
+        tx: &'a mut PgConnection,
+        schema: &'a str,
+    ) -> BoxFuture<'a, Result<(), ProjectionError>> {
+        Box::pin(async move {
+            let cards: Vec<&Card> = self.0.cards.values().collect();
+            for chunk in cards.chunks(FOLD_WRITE_CHUNK) {
+                upsert_cards(tx, schema, chunk).await?;
+            }
+            let tasks: Vec<&TaskCard> = self.0.tasks.values().collect();
+            for chunk in tasks.chunks(FOLD_WRITE_CHUNK) {
+                upsert_tasks(tx, schema, chunk).await?;
+            }
+            Ok(())
+        })
     }
 }
 

@@ -13,7 +13,7 @@ use uuid::Uuid;
 use super::model::{GraphModel, Node};
 use super::view::Edge;
 use crate::codec::{from_text, to_text, WorkEvent};
-use crate::{ProjectionError, Projector};
+use crate::{Fold, ProjectionError, Projector, FOLD_WRITE_CHUNK};
 
 // ---------------------------------------------------------------------------------------
 // Rows
@@ -104,6 +104,43 @@ impl Projector for GraphProjector {
         events: &'a [StoredEvent],
     ) -> BoxFuture<'a, Result<(), ProjectionError>> {
         Box::pin(apply_to_tables(tx, schema, events))
+    }
+
+    fn fold_from_start(&self) -> Option<Box<dyn Fold>> {
+        Some(Box::new(GraphFold::default()))
+    }
+}
+
+/// The whole graph folded in memory from position zero, written once.
+#[derive(Default)]
+struct GraphFold(GraphModel);
+
+impl Fold for GraphFold {
+    fn fold(&mut self, events: &[StoredEvent]) -> Result<(), ProjectionError> {
+        for (work, position) in WorkEvent::decode_batch(events, GraphModel::is_relevant)? {
+            self.0.apply_work(work, position);
+        }
+        Ok(())
+    }
+
+    /// Nodes (a task's edges, at most a hundred, go with it).
+    fn rows(&self) -> usize {
+        self.0.nodes.len()
+    }
+
+    fn write<'a>(
+        self: Box<Self>,
+        tx: &'a mut PgConnection,
+        schema: &'a str,
+    ) -> BoxFuture<'a, Result<(), ProjectionError>> {
+        Box::pin(async move {
+            let nodes: Vec<&Node> = self.0.nodes.values().collect();
+            for chunk in nodes.chunks(FOLD_WRITE_CHUNK) {
+                upsert_nodes(tx, schema, chunk).await?;
+                insert_edges(tx, schema, &self.0, chunk).await?;
+            }
+            Ok(())
+        })
     }
 }
 
@@ -208,6 +245,16 @@ async fn replace_edges(
         .bind(tasks.iter().map(|t| t.id).collect::<Vec<_>>())
         .execute(&mut *tx)
         .await?;
+    insert_edges(tx, schema, model, tasks).await
+}
+
+/// Writes the outgoing edges of `tasks`, which have none in the table.
+async fn insert_edges(
+    tx: &mut PgConnection,
+    schema: &str,
+    model: &GraphModel,
+    tasks: &[&Node],
+) -> Result<(), ProjectionError> {
     let (mut from, mut to, mut organization, mut project) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for task in tasks {
