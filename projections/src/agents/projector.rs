@@ -11,7 +11,7 @@ use sqlx::PgConnection;
 use uuid::Uuid;
 
 use super::model::{decode, AgentView, Assignment, Change, Rows, TaskEffect};
-use crate::{ProjectionError, Projector};
+use crate::{Fold, ProjectionError, Projector};
 
 /// Builds the `agents` read model.
 pub struct AgentsProjector;
@@ -84,6 +84,45 @@ impl Projector for AgentsProjector {
         events: &'a [StoredEvent],
     ) -> BoxFuture<'a, Result<(), ProjectionError>> {
         Box::pin(apply_events(tx, schema, events))
+    }
+
+    fn fold_from_start(&self) -> Option<Box<dyn Fold>> {
+        Some(Box::new(AgentsFold::default()))
+    }
+}
+
+/// Every agent and open assignment folded in memory from position zero, written once.
+#[derive(Default)]
+struct AgentsFold(Rows);
+
+impl Fold for AgentsFold {
+    fn fold(&mut self, events: &[StoredEvent]) -> Result<(), ProjectionError> {
+        for change in decode(events)? {
+            match change {
+                Change::Agent { id, event } => self.0.apply_agent_event(id, event),
+                Change::Task { id, effect, event } => {
+                    self.0.apply_task_effect(id, effect, event)?
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Agents, and every task that was ever assigned (its row is written or cleared).
+    fn rows(&self) -> usize {
+        self.0.agents.len() + self.0.changed_tasks.len()
+    }
+
+    fn write<'a>(
+        self: Box<Self>,
+        tx: &'a mut PgConnection,
+        schema: &'a str,
+    ) -> BoxFuture<'a, Result<(), ProjectionError>> {
+        Box::pin(async move {
+            let mut rows = self.0;
+            rows.refresh_current_tasks();
+            rows.save(tx, schema).await
+        })
     }
 }
 

@@ -13,7 +13,7 @@ use uuid::Uuid;
 
 use super::model::{Entry, Located};
 use crate::codec::decode_error;
-use crate::{ProjectionError, Projector};
+use crate::{Fold, ProjectionError, Projector, FOLD_WRITE_CHUNK};
 
 /// The text a search matches: title and description, stemmed as English. The index and
 /// the query must spell it the same for the index to be used.
@@ -125,6 +125,48 @@ impl Projector for DirectoryProjector {
         events: &'a [StoredEvent],
     ) -> BoxFuture<'a, Result<(), ProjectionError>> {
         Box::pin(apply_to_table(tx, schema, events))
+    }
+
+    fn fold_from_start(&self) -> Option<Box<dyn Fold>> {
+        Some(Box::new(DirectoryFold::default()))
+    }
+}
+
+/// Every entry folded in memory from position zero, written once.
+#[derive(Default)]
+struct DirectoryFold(HashMap<Uuid, Entry>);
+
+impl Fold for DirectoryFold {
+    fn fold(&mut self, events: &[StoredEvent]) -> Result<(), ProjectionError> {
+        for event in events {
+            let Some(located) = Located::decode(event)? else {
+                continue;
+            };
+            if let Some(entry) = located.apply(self.0.remove(&located.id))? {
+                self.0.insert(located.id, entry);
+            }
+        }
+        Ok(())
+    }
+
+    fn rows(&self) -> usize {
+        self.0.len()
+    }
+
+    fn write<'a>(
+        self: Box<Self>,
+        tx: &'a mut PgConnection,
+        schema: &'a str,
+    ) -> BoxFuture<'a, Result<(), ProjectionError>> {
+        Box::pin(async move {
+            // In the lists' order, which is the order of creation.
+            let mut rows: Vec<&Entry> = self.0.values().collect();
+            rows.sort_unstable_by_key(|e| (e.created_transaction_id, e.created_position));
+            for chunk in rows.chunks(FOLD_WRITE_CHUNK) {
+                upsert(tx, schema, chunk).await?;
+            }
+            Ok(())
+        })
     }
 }
 
