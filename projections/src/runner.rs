@@ -834,6 +834,8 @@ async fn fold_from_start(
         // Nothing to fold: the empty stream makes the build go live the usual way.
         return Ok(None);
     };
+    let rows = fold.rows();
+    let writing = Instant::now();
     let mut tx = conn.begin_with(ASYNCHRONOUS_BATCH).await?;
     if let Err(error) = fold.write(&mut tx, &seen.schema()).await {
         tx.rollback().await?;
@@ -848,6 +850,14 @@ async fn fold_from_start(
         return Ok(Some(Step::Applied(0)));
     }
     tx.commit().await?;
+    // The write holds every reader's horizon: how long it took is worth seeing.
+    tracing::info!(
+        projector = projector.name(),
+        events = folded,
+        rows,
+        write_ms = writing.elapsed().as_millis() as u64,
+        "folded from the start and written"
+    );
     reading.known = Some((
         Build {
             cursor,
