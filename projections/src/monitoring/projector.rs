@@ -17,7 +17,7 @@ use super::model::{
     SteeringEffect,
 };
 use crate::codec::{entity_id, EventMeta};
-use crate::{Fold, ProjectionError, Projector};
+use crate::{ProjectionError, Projector};
 
 /// Builds the `monitoring` read model.
 pub struct MonitoringProjector;
@@ -129,10 +129,6 @@ impl Projector for MonitoringProjector {
         events: &'a [StoredEvent],
     ) -> BoxFuture<'a, Result<(), ProjectionError>> {
         Box::pin(apply_events(tx, schema, events))
-    }
-
-    fn fold_from_start(&self) -> Option<Box<dyn Fold>> {
-        Some(Box::<Findings>::default())
     }
 }
 
@@ -320,208 +316,154 @@ impl Steering {
     }
 }
 
-/// A batch's findings folded in memory (each task's last word wins), then written: the
+/// Folds the batch's findings in memory (each task's last word wins), then writes: the
 /// stalls of every task touched replaced, the pairs naming an ended task deleted, the new
-/// pairs inserted. A rebuild from position zero is one such batch over the whole log
-/// ([`Projector::fold_from_start`]): the same rows as any batches, one write.
-#[derive(Default)]
-struct Findings {
-    stalls: HashMap<Uuid, Option<Stall>>,
-    pairs: HashMap<(Uuid, Uuid), Pair>,
-    ended: BTreeSet<Uuid>,
-    steering: Steering,
-    alerts: Alerts,
-}
-
+/// pairs inserted.
 async fn apply_events(
     tx: &mut PgConnection,
     schema: &str,
     events: &[StoredEvent],
 ) -> Result<(), ProjectionError> {
-    let mut findings = Findings::default();
-    findings.fold_events(events)?;
-    findings.write_rows(tx, schema).await
-}
-
-impl Fold for Findings {
-    fn fold(&mut self, events: &[StoredEvent]) -> Result<(), ProjectionError> {
-        self.fold_events(events)
-    }
-
-    fn rows(&self) -> usize {
-        self.stalls.len()
-            + self.pairs.len()
-            + self.ended.len()
-            + self.steering.waiting.len()
-            + self.steering.removed.len()
-            + self.alerts.0.len()
-    }
-
-    fn write<'a>(
-        self: Box<Self>,
-        tx: &'a mut PgConnection,
-        schema: &'a str,
-    ) -> BoxFuture<'a, Result<(), ProjectionError>> {
-        Box::pin(self.write_rows(tx, schema))
-    }
-}
-
-impl Findings {
-    fn fold_events(&mut self, events: &[StoredEvent]) -> Result<(), ProjectionError> {
-        let Self {
-            stalls,
-            pairs,
-            ended,
-            steering,
-            alerts,
-        } = self;
-        for event in events {
-            match event.aggregate_type.as_str() {
-                "Task" => {}
-                "Agent" => {
-                    let decoded = AgentEvent::deserialize(&event.payload)
-                        .map_err(|e| ProjectionError::payload(event, e))?;
-                    for effect in agent_alerts(&decoded) {
-                        alerts.apply(event, effect)?;
-                    }
-                    continue;
+    let mut stalls: HashMap<Uuid, Option<Stall>> = HashMap::new();
+    let mut pairs: HashMap<(Uuid, Uuid), Pair> = HashMap::new();
+    let mut ended: BTreeSet<Uuid> = BTreeSet::new();
+    let mut steering = Steering::default();
+    let mut alerts = Alerts::default();
+    for event in events {
+        match event.aggregate_type.as_str() {
+            "Task" => {}
+            "Agent" => {
+                let decoded = AgentEvent::deserialize(&event.payload)
+                    .map_err(|e| ProjectionError::payload(event, e))?;
+                for effect in agent_alerts(&decoded) {
+                    alerts.apply(event, effect)?;
                 }
-                "Ticket" => {
-                    let decoded = TicketEvent::deserialize(&event.payload)
-                        .map_err(|e| ProjectionError::payload(event, e))?;
-                    if let Some(effect) = ticket_alert(&decoded) {
-                        alerts.apply(event, effect)?;
-                    }
-                    continue;
-                }
-                _ => continue,
-            }
-            let decoded = TaskEvent::deserialize(&event.payload)
-                .map_err(|e| ProjectionError::payload(event, e))?;
-            if let Some(effect) = steering_effect(&decoded) {
-                steering.apply(entity_id(event)?, effect);
-            }
-            let Some(found) = finding(&decoded) else {
                 continue;
-            };
-            let task = entity_id(event)?;
-            match found {
-                Finding::Stalled {
-                    agent_id,
-                    idle_since,
-                    at,
-                } => {
-                    let meta = EventMeta::of(event)?;
-                    stalls.insert(
-                        task,
-                        Some(Stall {
-                            organization_id: meta.organization_id,
-                            project_id: meta.project_id,
-                            agent_id,
-                            idle_since,
-                            at,
-                        }),
-                    );
+            }
+            "Ticket" => {
+                let decoded = TicketEvent::deserialize(&event.payload)
+                    .map_err(|e| ProjectionError::payload(event, e))?;
+                if let Some(effect) = ticket_alert(&decoded) {
+                    alerts.apply(event, effect)?;
                 }
-                Finding::Unstalled => {
-                    stalls.insert(task, None);
-                }
-                Finding::Duplicate {
-                    duplicate_of,
-                    similarity,
-                } => {
-                    // A pair is recorded once: the first finding stands (as the insert's
-                    // `on conflict do nothing` keeps the row already there).
-                    let meta = EventMeta::of(event)?;
-                    pairs.entry((task, duplicate_of)).or_insert(Pair {
+                continue;
+            }
+            _ => continue,
+        }
+        let decoded = TaskEvent::deserialize(&event.payload)
+            .map_err(|e| ProjectionError::payload(event, e))?;
+        if let Some(effect) = steering_effect(&decoded) {
+            steering.apply(entity_id(event)?, effect);
+        }
+        let Some(found) = finding(&decoded) else {
+            continue;
+        };
+        let task = entity_id(event)?;
+        match found {
+            Finding::Stalled {
+                agent_id,
+                idle_since,
+                at,
+            } => {
+                let meta = EventMeta::of(event)?;
+                stalls.insert(
+                    task,
+                    Some(Stall {
                         organization_id: meta.organization_id,
                         project_id: meta.project_id,
-                        similarity,
-                    });
-                }
-                Finding::Ended => {
-                    stalls.insert(task, None);
-                    pairs.retain(|(newer, older), _| *newer != task && *older != task);
-                    ended.insert(task);
-                }
+                        agent_id,
+                        idle_since,
+                        at,
+                    }),
+                );
+            }
+            Finding::Unstalled => {
+                stalls.insert(task, None);
+            }
+            Finding::Duplicate {
+                duplicate_of,
+                similarity,
+            } => {
+                // A pair is recorded once: the first finding stands (as the insert's
+                // `on conflict do nothing` keeps the row already there).
+                let meta = EventMeta::of(event)?;
+                pairs.entry((task, duplicate_of)).or_insert(Pair {
+                    organization_id: meta.organization_id,
+                    project_id: meta.project_id,
+                    similarity,
+                });
+            }
+            Finding::Ended => {
+                stalls.insert(task, None);
+                pairs.retain(|(newer, older), _| *newer != task && *older != task);
+                ended.insert(task);
             }
         }
-        Ok(())
     }
-
-    async fn write_rows(self, tx: &mut PgConnection, schema: &str) -> Result<(), ProjectionError> {
-        let Self {
-            stalls,
-            pairs,
-            ended,
-            steering,
-            alerts,
-        } = self;
-        if !stalls.is_empty() {
-            let touched: Vec<Uuid> = stalls.keys().copied().collect();
+    if !stalls.is_empty() {
+        let touched: Vec<Uuid> = stalls.keys().copied().collect();
+        sqlx::query(&format!(
+            "delete from {schema}.stalled where task_id = any($1)"
+        ))
+        .bind(&touched)
+        .execute(&mut *tx)
+        .await?;
+        let open: Vec<(Uuid, Stall)> = stalls
+            .into_iter()
+            .filter_map(|(task, stall)| Some((task, stall?)))
+            .collect();
+        if !open.is_empty() {
             sqlx::query(&format!(
-                "delete from {schema}.stalled where task_id = any($1)"
+                "insert into {schema}.stalled
+                     (task_id, organization_id, project_id, agent_id, idle_since, stalled_at)
+                 select * from unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::uuid[],
+                                      $5::timestamptz[], $6::timestamptz[])"
             ))
-            .bind(&touched)
-            .execute(&mut *tx)
-            .await?;
-            let open: Vec<(Uuid, Stall)> = stalls
-                .into_iter()
-                .filter_map(|(task, stall)| Some((task, stall?)))
-                .collect();
-            if !open.is_empty() {
-                sqlx::query(&format!(
-                    "insert into {schema}.stalled
-                         (task_id, organization_id, project_id, agent_id, idle_since, stalled_at)
-                     select * from unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::uuid[],
-                                          $5::timestamptz[], $6::timestamptz[])"
-                ))
-                .bind(open.iter().map(|(t, _)| *t).collect::<Vec<_>>())
-                .bind(
-                    open.iter()
-                        .map(|(_, s)| s.organization_id)
-                        .collect::<Vec<_>>(),
-                )
-                .bind(open.iter().map(|(_, s)| s.project_id).collect::<Vec<_>>())
-                .bind(open.iter().map(|(_, s)| s.agent_id).collect::<Vec<_>>())
-                .bind(open.iter().map(|(_, s)| s.idle_since).collect::<Vec<_>>())
-                .bind(open.iter().map(|(_, s)| s.at).collect::<Vec<_>>())
-                .execute(&mut *tx)
-                .await?;
-            }
-        }
-        if !ended.is_empty() {
-            let ended: Vec<Uuid> = ended.into_iter().collect();
-            sqlx::query(&format!(
-                "delete from {schema}.duplicates where task_id = any($1) or duplicate_of = any($1)"
-            ))
-            .bind(&ended)
-            .execute(&mut *tx)
-            .await?;
-        }
-        steering.write(tx, schema).await?;
-        alerts.write(tx, schema).await?;
-        if !pairs.is_empty() {
-            let pairs: Vec<((Uuid, Uuid), Pair)> = pairs.into_iter().collect();
-            sqlx::query(&format!(
-                "insert into {schema}.duplicates
-                     (task_id, duplicate_of, organization_id, project_id, similarity)
-                 select * from unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::uuid[], $5::float8[])
-                 on conflict do nothing"
-            ))
-            .bind(pairs.iter().map(|((t, _), _)| *t).collect::<Vec<_>>())
-            .bind(pairs.iter().map(|((_, d), _)| *d).collect::<Vec<_>>())
+            .bind(open.iter().map(|(t, _)| *t).collect::<Vec<_>>())
             .bind(
-                pairs
-                    .iter()
-                    .map(|(_, p)| p.organization_id)
+                open.iter()
+                    .map(|(_, s)| s.organization_id)
                     .collect::<Vec<_>>(),
             )
-            .bind(pairs.iter().map(|(_, p)| p.project_id).collect::<Vec<_>>())
-            .bind(pairs.iter().map(|(_, p)| p.similarity).collect::<Vec<_>>())
+            .bind(open.iter().map(|(_, s)| s.project_id).collect::<Vec<_>>())
+            .bind(open.iter().map(|(_, s)| s.agent_id).collect::<Vec<_>>())
+            .bind(open.iter().map(|(_, s)| s.idle_since).collect::<Vec<_>>())
+            .bind(open.iter().map(|(_, s)| s.at).collect::<Vec<_>>())
             .execute(&mut *tx)
             .await?;
         }
-        Ok(())
     }
+    if !ended.is_empty() {
+        let ended: Vec<Uuid> = ended.into_iter().collect();
+        sqlx::query(&format!(
+            "delete from {schema}.duplicates where task_id = any($1) or duplicate_of = any($1)"
+        ))
+        .bind(&ended)
+        .execute(&mut *tx)
+        .await?;
+    }
+    steering.write(tx, schema).await?;
+    alerts.write(tx, schema).await?;
+    if !pairs.is_empty() {
+        let pairs: Vec<((Uuid, Uuid), Pair)> = pairs.into_iter().collect();
+        sqlx::query(&format!(
+            "insert into {schema}.duplicates
+                 (task_id, duplicate_of, organization_id, project_id, similarity)
+             select * from unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::uuid[], $5::float8[])
+             on conflict do nothing"
+        ))
+        .bind(pairs.iter().map(|((t, _), _)| *t).collect::<Vec<_>>())
+        .bind(pairs.iter().map(|((_, d), _)| *d).collect::<Vec<_>>())
+        .bind(
+            pairs
+                .iter()
+                .map(|(_, p)| p.organization_id)
+                .collect::<Vec<_>>(),
+        )
+        .bind(pairs.iter().map(|(_, p)| p.project_id).collect::<Vec<_>>())
+        .bind(pairs.iter().map(|(_, p)| p.similarity).collect::<Vec<_>>())
+        .execute(&mut *tx)
+        .await?;
+    }
+    Ok(())
 }
