@@ -817,3 +817,73 @@ async fn a_poison_event_stops_a_folded_rebuild_exactly_where_batches_stop() {
         "the events before the poison one, in order"
     );
 }
+
+/// A leader stopped in the middle of a fold (between two of its pages) has written
+/// nothing: the build is still at position zero and empty, and the next leader folds from
+/// the start and writes every event once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_fold_stopped_between_pages_leaves_the_build_at_zero_and_the_next_leader_folds_again() {
+    use omoi_projections::catalog::{self, BuildState};
+    use omoi_projections::runner::{catch_up, step, Reading, RunnerStats, Step};
+    use sqlx::Connection;
+
+    let database = TestDatabase::create().await.expect("database");
+    let projector = FoldingProbe::default();
+    append_probes(&database.pool, "probes", 250).await;
+    let mut conn = database.pool.acquire().await.expect("a connection");
+    let build = catalog::create_build(&mut conn, &projector, BuildState::Building)
+        .await
+        .expect("a build");
+    drop(conn);
+    whole_log_visible(&database).await;
+
+    // The first leader folds a page of 100 and the read-ahead's page after it (the rest of
+    // the log), then stops before its write (its reading is dropped).
+    let mut conn = PgConnection::connect_with(&database.options)
+        .await
+        .expect("a connection");
+    let (stats, mut reading) = (RunnerStats::default(), Reading::default());
+    for expected in [100, 150] {
+        let folded = step(
+            &database.pool,
+            &mut conn,
+            &projector,
+            build.build,
+            100,
+            &stats,
+            &mut reading,
+        )
+        .await
+        .expect("a step");
+        assert_eq!(folded, Step::Applied(expected));
+    }
+    drop(reading);
+    let at = catalog::build_by_id(&database.pool, build.build)
+        .await
+        .expect("the build")
+        .expect("it exists");
+    assert_eq!((at.events_applied, at.state), (0, BuildState::Building));
+    let (applied, _) = applied_and_log(&database, &build).await;
+    assert!(applied.is_empty(), "a fold writes nothing before its end");
+    assert_eq!(projector.writes.load(Ordering::SeqCst), 0);
+
+    let done = catch_up(
+        &database.pool,
+        &database.options,
+        &projector,
+        build.build,
+        100,
+        |_| {},
+    )
+    .await
+    .expect("the next leader's catch-up");
+    assert_eq!((done.events_applied, done.state), (250, BuildState::Live));
+    assert_eq!(projector.writes.load(Ordering::SeqCst), 1);
+    assert_eq!(
+        projector.batches.load(Ordering::SeqCst),
+        0,
+        "folded, not batched"
+    );
+    let (applied, log) = applied_and_log(&database, &build).await;
+    assert!(applied == log, "every event once, in the log's order");
+}

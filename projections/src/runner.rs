@@ -560,6 +560,9 @@ pub struct Reading {
     unsaved: Option<Unsaved>,
     /// The build's row as this leader last read or wrote it, and when it was read.
     known: Option<(Build, Instant)>,
+    /// A fold from position zero under way: one page folded per step, so that the leader
+    /// sees a stop between pages.
+    folding: Option<Folding>,
     /// A fold from position zero met an event it could not fold or a write that failed
     /// for good: the batches take over from where the build stands.
     fold_refused: bool,
@@ -659,19 +662,22 @@ pub async fn step(
     // Events passed by since the checkpoint was written count only while nobody else
     // has moved the checkpoint (a retry, a takeover).
     let unsaved = reading.unsaved.take().filter(|u| u.saved == seen.cursor);
-    if seen.state == BuildState::Building
-        && seen.cursor == Cursor::default()
-        && unsaved.is_none()
-        && !reading.fold_refused
-    {
-        if let Some(fold) = projector.fold_from_start() {
-            let folding = Folding {
-                projector,
-                build: &seen,
-                batch_size,
-                started,
-            };
-            match fold_from_start(pool, conn, folding, fold, stats, reading).await? {
+    let at_zero = seen.state == BuildState::Building && seen.cursor == Cursor::default();
+    if !at_zero {
+        // The checkpoint moved (the fold was written, or another hand moved it).
+        reading.folding = None;
+    } else if unsaved.is_none() && !reading.fold_refused {
+        let folding = match reading.folding.take() {
+            Some(folding) => Some(folding),
+            None => projector.fold_from_start().map(Folding::new),
+        };
+        if let Some(folding) = folding {
+            let build = (&seen, read_at);
+            match fold_one_page(
+                pool, conn, projector, build, folding, batch_size, stats, reading,
+            )
+            .await?
+            {
                 Some(step) => return Ok(step),
                 None => reading.fold_refused = true,
             }
@@ -782,64 +788,80 @@ pub async fn step(
     Ok(Step::Applied(applied))
 }
 
-/// A build at position zero and the projector folding it.
-struct Folding<'a> {
-    projector: &'a dyn Projector,
-    build: &'a Build,
-    batch_size: i64,
-    started: Instant,
+/// A fold from position zero and how far it got.
+struct Folding {
+    fold: Box<dyn Fold>,
+    /// The position after the events folded.
+    cursor: Cursor,
+    folded: usize,
+    last: Option<StoredEvent>,
 }
 
-/// Folds the stream from position zero in memory until it ends or the fold holds
-/// [`FOLD_ROWS`], then writes the fold and moves the checkpoint past what it folded in one
+impl Folding {
+    fn new(fold: Box<dyn Fold>) -> Self {
+        Self {
+            fold,
+            cursor: Cursor::default(),
+            folded: 0,
+            last: None,
+        }
+    }
+}
+
+/// One step of a build at position zero that folds ([`Projector::fold_from_start`]): the
+/// next page of the stream folded in memory — or, once the stream ends or the fold holds
+/// [`FOLD_ROWS`], the fold written with the checkpoint moved past what it folded, in one
 /// transaction (a crash before its commit leaves the build at zero). `None` when the
 /// batches must do it instead: an event the fold refuses (the batches stop at it, as a
-/// poison event) or a write that failed for good.
-async fn fold_from_start(
+/// poison event), a write that failed for good, or nothing to fold at all.
+#[allow(clippy::too_many_arguments)]
+async fn fold_one_page(
     pool: &PgPool,
     conn: &mut PgConnection,
-    folding: Folding<'_>,
-    mut fold: Box<dyn Fold>,
+    projector: &dyn Projector,
+    (seen, read_at): (&Build, Instant),
+    mut folding: Folding,
+    batch_size: i64,
     stats: &RunnerStats,
     reading: &mut Reading,
 ) -> Result<Option<Step>, sqlx::Error> {
-    let Folding {
-        projector,
-        build: seen,
-        batch_size,
-        started,
-    } = folding;
-    let mut cursor = seen.cursor;
-    let mut folded = 0;
-    let mut last = None;
-    while fold.rows() < FOLD_ROWS {
-        let page = reading.page(pool, cursor, batch_size).await?;
+    let started = Instant::now();
+    if folding.fold.rows() < FOLD_ROWS {
+        let page = reading.page(pool, folding.cursor, batch_size).await?;
         if page.events.len() as i64 >= batch_size {
             reading
                 .read_ahead
                 .start(pool, page.next, batch_size.max(CATCH_UP_BATCH));
         }
-        if page.events.is_empty() {
-            break;
+        if !page.events.is_empty() {
+            if let Err(error) = folding.fold.fold(&page.events) {
+                tracing::debug!(projector = projector.name(), %error, "fold refused an event; building in batches");
+                return Ok(None);
+            }
+            folding.folded += page.events.len();
+            folding.cursor = page.next;
+            folding.last = page.events.last().cloned();
+            reading.folding = Some(folding);
+            reading.known = Some((seen.clone(), read_at));
+            return Ok(Some(Step::Applied(page.events.len())));
         }
-        if let Err(error) = fold.fold(&page.events) {
-            tracing::debug!(projector = projector.name(), %error, "fold refused an event; building in batches");
-            return Ok(None);
-        }
-        folded += page.events.len();
-        cursor = page.next;
-        last = page.events.last().cloned();
     }
+    let Folding {
+        fold,
+        cursor,
+        folded,
+        last,
+    } = folding;
     let Some(last) = last else {
         // Nothing to fold: the empty stream makes the build go live the usual way.
         return Ok(None);
     };
     let rows = fold.rows();
-    let writing = Instant::now();
     let mut tx = conn.begin_with(ASYNCHRONOUS_BATCH).await?;
     if let Err(error) = fold.write(&mut tx, &seen.schema()).await {
         tx.rollback().await?;
         if error.is_transient() {
+            // Folded again from the start at the next step.
             return Ok(Some(Step::Retry));
         }
         tracing::warn!(projector = projector.name(), %error, "writing a fold failed; building in batches");
@@ -855,7 +877,7 @@ async fn fold_from_start(
         projector = projector.name(),
         events = folded,
         rows,
-        write_ms = writing.elapsed().as_millis() as u64,
+        write_ms = started.elapsed().as_millis() as u64,
         "folded from the start and written"
     );
     reading.known = Some((
@@ -867,7 +889,7 @@ async fn fold_from_start(
         Instant::now(),
     ));
     record_batch(pool, stats, seen, (&last, folded), started).await;
-    Ok(Some(Step::Applied(folded)))
+    Ok(Some(Step::Applied(0)))
 }
 
 /// A read model's batch: its commit does not wait for the WAL flush (see
