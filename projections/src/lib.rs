@@ -165,7 +165,7 @@ pub trait Projector: Send + Sync {
     }
 
     /// A fold of the stream in memory for a build projected from position zero (a rebuild
-    /// beside the live one, `omoi projections verify`): the runner folds page after page
+    /// beside the live one, `omoi projections rebuild`): the runner folds page after page
     /// into it and writes it once, with the checkpoint, instead of loading and writing the
     /// rows each batch touches — a rebuild writes each row once, not once per batch it
     /// appears in. `None` (the default): batches from the start too. Its tables must come
