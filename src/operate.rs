@@ -109,9 +109,7 @@ async fn rebuild(
         projector.as_ref(),
         build.build,
         CATCH_UP_BATCH,
-        |b| {
-            progress(b.events_applied, total, started);
-        },
+        |events| progress(events, total, started),
     )
     .await?;
     println!();

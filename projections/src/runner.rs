@@ -1165,15 +1165,16 @@ async fn record_failure(
     Ok(())
 }
 
-/// Projects `build` until it has caught up with the stream (for rebuilds and verify);
-/// calls `progress` after every batch.
+/// Projects `build` until it has caught up with the stream (for rebuilds); calls
+/// `progress` after every step with the events the build has been through — applied, or
+/// folded and not yet written.
 pub async fn catch_up(
     pool: &PgPool,
     options: &PgConnectOptions,
     projector: &dyn Projector,
     build: i64,
     batch_size: i64,
-    mut progress: impl FnMut(&Build),
+    mut progress: impl FnMut(i64),
 ) -> Result<Build, sqlx::Error> {
     let mut conn = PgConnection::connect_with(options).await?;
     let stats = RunnerStats::default();
@@ -1192,10 +1193,12 @@ pub async fn catch_up(
         let current = catalog::build_by_id(pool, build)
             .await?
             .ok_or(sqlx::Error::RowNotFound)?;
-        progress(&current);
+        let folded = reading.folding.as_ref().map_or(0, |f| f.folded as i64);
+        progress(current.events_applied + folded);
         match step {
             Step::Applied(n) if n > 0 => {}
-            // Nothing applied but still building: another process moved it; look again.
+            // Nothing applied but still building: a fold was written, or another process
+            // moved the build; look again.
             Step::Applied(_) if current.state == BuildState::Building => {}
             Step::Retry => tokio::time::sleep(RETRY_PAUSE).await,
             _ => return Ok(current),
