@@ -296,16 +296,8 @@ async fn history(settings: Settings, args: HistoryArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     for event in &events {
-        let actor = event
-            .metadata
-            .get("actor")
-            .and_then(|a| a.as_str())
-            .unwrap_or("?");
-        let at = event
-            .metadata
-            .get("occurred_at")
-            .and_then(|a| a.as_str())
-            .unwrap_or("?");
+        let actor = event.metadata.actor().unwrap_or("?");
+        let at = event.metadata.occurred_at().unwrap_or("?");
         println!(
             "#{:<4} pos {:<8} {:<28} {at}  {actor}\n      {}",
             event.sequence, event.global_position, event.event_type, event.payload

@@ -365,13 +365,14 @@ fn log_of(ops: &[Op]) -> Vec<StoredEvent> {
                 transaction_id: i as i64 / 3 + 1,
                 event_type,
                 event_version: "1".to_string(),
-                payload,
+                payload: payload.into(),
                 metadata: json!({
                     "organization_id": ORGANIZATION,
                     "project_id": PROJECT,
                     "actor": format!("user:{}", op.b % 2),
                     "occurred_at": at(i),
-                }),
+                })
+                .into(),
             }
         })
         .collect()

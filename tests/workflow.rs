@@ -113,7 +113,7 @@ async fn an_approved_plan_becomes_its_tickets_and_tasks_each_caused_by_the_appro
         .expect("the approval");
     let caused: Vec<&StoredEvent> = events
         .iter()
-        .filter(|e| e.metadata["causation_id"] == approval.reference())
+        .filter(|e| e.metadata.to_value()["causation_id"] == approval.reference())
         .collect();
     let created = |kind: &str| caused.iter().filter(|e| e.event_type == kind).count();
     assert_eq!((created("TicketCreated"), created("TaskCreated")), (2, 4));
@@ -126,9 +126,10 @@ async fn an_approved_plan_becomes_its_tickets_and_tasks_each_caused_by_the_appro
             1
         };
         assert_eq!(event.sequence, expected, "{}", event.event_type);
-        assert_eq!(event.metadata["actor"], "system:plan_execution");
+        assert_eq!(event.metadata.to_value()["actor"], "system:plan_execution");
         assert_eq!(
-            event.metadata["correlation_id"], approval.metadata["correlation_id"],
+            event.metadata.to_value()["correlation_id"],
+            approval.metadata.to_value()["correlation_id"],
             "the approval's correlation is carried on"
         );
     }
@@ -191,13 +192,16 @@ async fn created_work_belongs_to_the_specs_project() {
     let caused: Vec<StoredEvent> = log(&app)
         .await
         .into_iter()
-        .filter(|e| e.metadata.get("causation_id").is_some())
+        .filter(|e| e.metadata.causation_id().is_some())
         .collect();
     // 2 tickets and 4 tasks, each created with its plan key.
     assert_eq!(caused.len(), 2 * 6);
     for event in caused {
-        assert_eq!(event.metadata["organization_id"], organization.as_str());
-        assert_eq!(event.metadata["project_id"], project.as_str());
+        assert_eq!(
+            event.metadata.to_value()["organization_id"],
+            organization.as_str()
+        );
+        assert_eq!(event.metadata.to_value()["project_id"], project.as_str());
     }
 }
 
@@ -245,8 +249,14 @@ async fn a_spec_completes_when_every_ticket_of_its_plan_is_done() {
         .rev()
         .find(|e| e.aggregate_id == ticket("TKT-2") && e.event_type == "TicketStatusChanged")
         .expect("the last move");
-    assert_eq!(completed.metadata["causation_id"], last_move.reference());
-    assert_eq!(completed.metadata["actor"], "system:spec_completion");
+    assert_eq!(
+        completed.metadata.to_value()["causation_id"],
+        last_move.reference()
+    );
+    assert_eq!(
+        completed.metadata.to_value()["actor"],
+        "system:spec_completion"
+    );
     assert_eq!(
         events
             .iter()
@@ -262,9 +272,12 @@ async fn a_spec_completes_when_every_ticket_of_its_plan_is_done() {
         .filter(|e| e.event_type == "WorkflowFinished")
         .collect();
     assert_eq!(finished.len(), 1, "{finished:?}");
-    assert_eq!(finished[0].metadata["causation_id"], last_move.reference());
     assert_eq!(
-        finished[0].payload["WorkflowFinished"]["spec_id"],
+        finished[0].metadata.to_value()["causation_id"],
+        last_move.reference()
+    );
+    assert_eq!(
+        finished[0].payload.to_value()["WorkflowFinished"]["spec_id"],
         spec.as_str()
     );
     app.must(
@@ -373,11 +386,11 @@ async fn tasks_move_their_tickets_and_the_last_one_completes_the_spec() {
         .filter(|e| e.aggregate_id == id("TKT-1") && e.event_type == "TicketStatusChanged")
         .map(|e| {
             (
-                e.payload["TicketStatusChanged"]["to"]
+                e.payload.to_value()["TicketStatusChanged"]["to"]
                     .as_str()
                     .unwrap_or("")
                     .to_string(),
-                e.metadata["causation_id"]
+                e.metadata.to_value()["causation_id"]
                     .as_str()
                     .unwrap_or("")
                     .to_string(),
@@ -548,10 +561,13 @@ async fn an_approved_plan_runs_to_a_completed_spec_with_in_process_agents() {
     let events = log(&app).await;
     for key in ["TKT-1", "TKT-2"] {
         let ticket = created_id(&approval, key).to_string();
-        let moves: Vec<&str> = events
+        let moves: Vec<String> = events
             .iter()
             .filter(|e| e.aggregate_id == ticket && e.event_type == "TicketStatusChanged")
-            .filter_map(|e| e.payload["TicketStatusChanged"]["to"].as_str())
+            .filter_map(|e| {
+                let to = &e.payload.to_value()["TicketStatusChanged"]["to"];
+                to.as_str().map(str::to_string)
+            })
             .collect();
         assert_eq!(
             moves,
@@ -789,8 +805,11 @@ async fn a_hand_made_ticket_gets_the_task_of_its_phase() {
         .iter()
         .find(|e| e.aggregate_id == analyze[0]["id"].as_str().unwrap_or_default())
         .expect("the task's creation");
-    assert_eq!(spawned.metadata["causation_id"], created.reference());
-    assert_eq!(spawned.metadata["actor"], "system:phase_tasks");
+    assert_eq!(
+        spawned.metadata.to_value()["causation_id"],
+        created.reference()
+    );
+    assert_eq!(spawned.metadata.to_value()["actor"], "system:phase_tasks");
 
     // Replaying the creation appends nothing.
     let before = app.event_count().await;

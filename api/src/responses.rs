@@ -1,5 +1,6 @@
 //! Response bodies shared by several resources.
 
+use omoi_store::json::{Metadata, RawJson};
 use omoi_store::{Committed, StoredEvent};
 use serde::Serialize;
 use utoipa::ToSchema;
@@ -53,11 +54,12 @@ pub struct EventRecord {
     pub event_version: String,
     /// The event's fields, as the aggregate wrote them (an object, or a string for an
     /// event without fields).
-    pub payload: serde_json::Value,
+    #[schema(value_type = serde_json::Value)]
+    pub payload: RawJson,
     /// organization_id, project_id, actor, correlation_id, causation_id, request_id,
     /// occurred_at.
     #[schema(value_type = Object)]
-    pub metadata: serde_json::Value,
+    pub metadata: Metadata,
 }
 
 impl From<StoredEvent> for EventRecord {

@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use chrono::Utc;
 use serde::de::DeserializeOwned;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use sqlx::postgres::PgConnectOptions;
 use sqlx::{ConnectOptions, Connection, PgConnection, PgPool};
 use tokio::task::JoinSet;
@@ -370,8 +370,8 @@ async fn check_shapes(pool: &PgPool) -> anyhow::Result<usize> {
             payload.get(event_type).is_some(),
             "{event_type}: payload is tagged otherwise: {payload}"
         );
-        EventMeta::deserialize(metadata)
-            .with_context(|| format!("generated {event_type} metadata: {metadata}"))?;
+        EventMeta::read(&metadata.clone().into())
+            .map_err(|e| anyhow::anyhow!("generated {event_type} metadata: {e}: {metadata}"))?;
     }
     Ok(samples.len())
 }

@@ -20,7 +20,7 @@ use omoi_domain::agent::{AgentEvent, AgentStatus};
 use omoi_domain::guardian::AnomalyParts;
 use omoi_domain::task::TaskEvent;
 use omoi_store::StoredEvent;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use sqlx::PgPool;
 use utoipa::ToSchema;
 use uuid::Uuid;
@@ -102,12 +102,12 @@ impl AnomalyTracker {
         };
         match stored.aggregate_type.as_str() {
             "Agent" => {
-                if let Ok(event) = AgentEvent::deserialize(&stored.payload) {
+                if let Ok(event) = stored.payload.decode::<AgentEvent>() {
                     self.apply_agent(id, event);
                 }
             }
             "Task" => {
-                if let Ok(event) = TaskEvent::deserialize(&stored.payload) {
+                if let Ok(event) = stored.payload.decode::<TaskEvent>() {
                     self.apply_task(id, &event, queue);
                 }
             }
@@ -424,11 +424,12 @@ mod tests {
                 transaction_id: 1,
                 event_type,
                 event_version: "1".into(),
-                payload,
+                payload: payload.into(),
                 metadata: json!({
                     "organization_id": self.organization_id,
                     "project_id": self.project_id
-                }),
+                })
+                .into(),
             };
             self.tracker.apply(&stored, &self.queue);
             self.queue.apply(&stored);

@@ -127,8 +127,8 @@ mod tests {
             transaction_id: 1,
             event_type: "TaskCreated".into(),
             event_version: "1".into(),
-            payload: serde_json::to_value(event).expect("an event"),
-            metadata: json!({"organization_id": ORGANIZATION}),
+            payload: serde_json::to_value(event).expect("an event").into(),
+            metadata: json!({"organization_id": ORGANIZATION}).into(),
         });
         id
     }

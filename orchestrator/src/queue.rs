@@ -20,7 +20,6 @@ use omoi_domain::spec::SpecEvent;
 use omoi_domain::task::{TaskEvent, TaskStatus, ValidationTarget};
 use omoi_domain::ticket::TicketEvent;
 use omoi_store::StoredEvent;
-use serde::Deserialize;
 use uuid::Uuid;
 
 use crate::score::{ScoreConfig, ScoreInput};
@@ -120,11 +119,6 @@ pub struct Queue {
     archived_specs: BTreeSet<Uuid>,
 }
 
-#[derive(Deserialize)]
-struct Metadata {
-    organization_id: Uuid,
-}
-
 impl Queue {
     pub fn task(&self, id: Uuid) -> Option<&QueuedTask> {
         self.tasks.get(&id)
@@ -139,7 +133,7 @@ impl Queue {
             _ => return Change::None,
         }
         let (Ok(event), Ok(id)) = (
-            TaskEvent::deserialize(&stored.payload),
+            stored.payload.decode::<TaskEvent>(),
             stored.aggregate_id.parse::<Uuid>(),
         ) else {
             tracing::warn!(
@@ -149,9 +143,10 @@ impl Queue {
             return Change::None;
         };
         if let TaskEvent::TaskCreated { .. } = &event {
-            let organization_id = Metadata::deserialize(&stored.metadata)
-                .map(|m| m.organization_id)
-                .ok();
+            let organization_id = stored
+                .metadata
+                .organization_id()
+                .and_then(|id| id.parse().ok());
             let version = u64::try_from(stored.sequence).unwrap_or(0);
             return self.create(id, version, event, organization_id);
         }
@@ -327,7 +322,7 @@ impl Queue {
             }),
             Ok(ticket),
         ) = (
-            TicketEvent::deserialize(&stored.payload),
+            stored.payload.decode::<TicketEvent>(),
             stored.aggregate_id.parse::<Uuid>(),
         ) {
             self.specs_of_tickets.insert(ticket, spec);
@@ -337,7 +332,7 @@ impl Queue {
 
     fn apply_spec(&mut self, stored: &StoredEvent) -> Change {
         match (
-            SpecEvent::deserialize(&stored.payload),
+            stored.payload.decode::<SpecEvent>(),
             stored.aggregate_id.parse::<Uuid>(),
         ) {
             (Ok(SpecEvent::SpecArchived { .. }), Ok(spec)) => {
@@ -628,8 +623,8 @@ mod tests {
             transaction_id: 1,
             event_type: "TaskCreated".into(),
             event_version: "1".into(),
-            payload: serde_json::to_value(event).expect("an event"),
-            metadata,
+            payload: serde_json::to_value(event).expect("an event").into(),
+            metadata: metadata.into(),
         }
     }
 
@@ -762,15 +757,17 @@ mod tests {
             priority: Priority::Medium,
             phase: Default::default(),
         })
-        .expect("an event");
+        .expect("an event")
+        .into();
         queue.apply(&created_ticket);
         queue.apply(&created(id, Priority::High, 0, vec![]));
         assert_eq!(queue.ready(Utc::now(), &ScoreConfig::default()).len(), 1);
         let mut archived = created_ticket.clone();
         archived.aggregate_type = "Spec".into();
         archived.aggregate_id = spec.to_string();
-        archived.payload =
-            serde_json::to_value(SpecEvent::SpecArchived { at: Utc::now() }).expect("an event");
+        archived.payload = serde_json::to_value(SpecEvent::SpecArchived { at: Utc::now() })
+            .expect("an event")
+            .into();
         assert_eq!(queue.apply(&archived), Change::Queue);
         assert!(queue.ready(Utc::now(), &ScoreConfig::default()).is_empty());
     }
@@ -842,7 +839,7 @@ mod tests {
         let (ours, theirs) = (Uuid::from_u128(50), Uuid::from_u128(51));
         queue.apply(&created(ours, Priority::Low, 0, vec![]));
         let mut other = created(theirs, Priority::Critical, 0, vec![]);
-        other.metadata = json!({"organization_id": Uuid::from_u128(9)});
+        other.metadata = json!({"organization_id": Uuid::from_u128(9)}).into();
         queue.apply(&other);
         let ids = |organization: u128| -> Vec<Uuid> {
             queue

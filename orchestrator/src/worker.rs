@@ -475,8 +475,7 @@ impl Runtime {
         let Some(agent) = self.agents.get_mut(&id) else {
             return;
         };
-        if let Ok(AgentEvent::AgentStatusChanged { to, .. }) =
-            AgentEvent::deserialize(&event.payload)
+        if let Ok(AgentEvent::AgentStatusChanged { to, .. }) = event.payload.decode::<AgentEvent>()
         {
             agent.quarantined = to == AgentStatus::Quarantined;
         }

@@ -8,9 +8,10 @@ use chrono::{DateTime, Utc};
 use cqrs_es::Aggregate;
 use omoi_domain::task::{Task, TaskEvent};
 use omoi_domain::ticket::{Ticket, TicketEvent};
+use omoi_store::json::Metadata;
 use omoi_store::StoredEvent;
 use serde::de::DeserializeOwned;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use sqlx::postgres::PgRow;
 use sqlx::Row;
 use uuid::Uuid;
@@ -74,11 +75,14 @@ impl WorkEvent {
 
 /// An event's payload as its aggregate's event type; a mismatch is a poison event.
 pub(crate) fn payload<E: DeserializeOwned>(stored: &StoredEvent) -> Result<E, ProjectionError> {
-    E::deserialize(&stored.payload).map_err(|e| ProjectionError::payload(stored, e))
+    stored
+        .payload
+        .decode::<E>()
+        .map_err(|e| ProjectionError::payload(stored, e))
 }
 
 /// The part of an event's metadata read models rely on (the command bus writes it).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone)]
 pub struct EventMeta {
     pub organization_id: Uuid,
     pub project_id: Option<Uuid>,
@@ -87,9 +91,33 @@ pub struct EventMeta {
 }
 
 impl EventMeta {
+    /// From the event's metadata, as the process read its fields once for all readers.
     pub fn of(event: &StoredEvent) -> Result<Self, ProjectionError> {
-        EventMeta::deserialize(&event.metadata)
-            .map_err(|e| ProjectionError::payload(event, format!("metadata: {e}")))
+        Self::read(&event.metadata)
+            .map_err(|detail| ProjectionError::payload(event, format!("metadata: {detail}")))
+    }
+
+    /// From metadata's fields; the error says which field is missing or wrong.
+    pub fn read(metadata: &Metadata) -> Result<Self, String> {
+        fn parse<T: std::str::FromStr<Err: std::fmt::Display>>(
+            field: &str,
+            text: Option<&str>,
+        ) -> Result<Option<T>, String> {
+            text.map(|text| text.parse().map_err(|e| format!("{field}: {e}")))
+                .transpose()
+        }
+        fn require<T>(field: &str, value: Option<T>) -> Result<T, String> {
+            value.ok_or_else(|| format!("no {field}"))
+        }
+        Ok(Self {
+            organization_id: require(
+                "organization_id",
+                parse("organization_id", metadata.organization_id())?,
+            )?,
+            project_id: parse("project_id", metadata.project_id())?,
+            actor: metadata.actor().map(str::to_string),
+            occurred_at: require("occurred_at", parse("occurred_at", metadata.occurred_at())?)?,
+        })
     }
 }
 

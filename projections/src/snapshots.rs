@@ -186,12 +186,13 @@ impl Projector for SnapshotsProjector {
 /// The project an event belongs to, as the log's readers filter it: both ids in their
 /// canonical text (the readers compare text), or none.
 fn project_of(event: &StoredEvent) -> Option<ProjectKey> {
-    let id = |key: &str| {
-        let text = event.metadata.get(key)?.as_str()?;
+    let id = |text: Option<&str>| {
+        let text = text?;
         let id = Uuid::parse_str(text).ok()?;
         (id.to_string() == text).then_some(id)
     };
-    Some((id("organization_id")?, id("project_id")?))
+    let metadata = &event.metadata;
+    Some((id(metadata.organization_id())?, id(metadata.project_id())?))
 }
 
 /// What a snapshot holds: the project's board and graph.
@@ -540,8 +541,8 @@ mod tests {
             transaction_id: 1,
             event_type: "TicketCreated".to_string(),
             event_version: "1".to_string(),
-            payload: json!({}),
-            metadata,
+            payload: json!({}).into(),
+            metadata: metadata.into(),
         }
     }
 

@@ -49,8 +49,8 @@ impl Log {
                 .and_then(|o| o.keys().next().cloned())
                 .unwrap_or_default(),
             event_version: "1".to_string(),
-            payload,
-            metadata: json!({}),
+            payload: payload.into(),
+            metadata: json!({}).into(),
         });
         self.events.last().expect("just pushed")
     }

@@ -93,8 +93,7 @@ impl CommandContext {
     pub fn caused_by(actor: Actor, event: &StoredEvent) -> Self {
         let correlation_id = event
             .metadata
-            .get("correlation_id")
-            .and_then(|v| v.as_str())
+            .correlation_id()
             .and_then(|text| text.parse().ok())
             .unwrap_or_else(Uuid::now_v7);
         let cause = event.reference();

@@ -10,6 +10,8 @@
 //! * [`cache`] — recently used aggregates, brought up to date by the events after them.
 //! * [`append`] — the `INSERT`s of decided events (several aggregates' in one statement).
 //! * [`group`] — group commit: concurrent commands' appends in one transaction.
+//! * [`json`] — an event's payload and metadata as their JSON text, decoded straight into
+//!   the type a reader wants.
 //! * [`log`] — reading the event log: per aggregate (history, state as of an event) and
 //!   globally, in the gapless `(transaction_id, global_position)` order.
 //! * [`wakeup`] — coalesced cross-process wake-ups (`NOTIFY omoi_events`).
@@ -27,6 +29,7 @@ pub mod cache;
 pub mod db;
 pub mod embedded;
 pub mod group;
+pub mod json;
 pub mod log;
 pub mod transcripts;
 pub mod wakeup;

@@ -12,7 +12,11 @@ use std::str::FromStr;
 
 use cqrs_es::Aggregate;
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use sqlx::types::Json;
 use sqlx::{PgPool, Row};
+
+use crate::json::{Metadata, RawJson};
 
 /// One event as stored, with both of its positions.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -26,8 +30,9 @@ pub struct StoredEvent {
     pub transaction_id: i64,
     pub event_type: String,
     pub event_version: String,
-    pub payload: serde_json::Value,
-    pub metadata: serde_json::Value,
+    /// The event's fields as its aggregate wrote them: decode with [`RawJson::decode`].
+    pub payload: RawJson,
+    pub metadata: Metadata,
 }
 
 impl StoredEvent {
@@ -44,8 +49,7 @@ impl StoredEvent {
     /// bus); `None` if the metadata says nothing usable.
     pub fn occurred_at(&self) -> Option<chrono::DateTime<chrono::Utc>> {
         self.metadata
-            .get("occurred_at")
-            .and_then(|v| v.as_str())
+            .occurred_at()
             .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
             .map(|t| t.with_timezone(&chrono::Utc))
     }
@@ -67,10 +71,16 @@ impl StoredEvent {
             transaction_id: row.try_get("transaction_id")?,
             event_type: row.try_get("event_type")?,
             event_version: row.try_get("event_version")?,
-            payload: row.try_get("payload")?,
-            metadata: row.try_get("metadata")?,
+            payload: raw_json(row, "payload")?,
+            metadata: raw_json(row, "metadata")?.into(),
         })
     }
+}
+
+/// A `jsonb` column as its text (never as a tree: see [`crate::json`]).
+fn raw_json(row: &sqlx::postgres::PgRow, column: &str) -> Result<RawJson, sqlx::Error> {
+    let Json(raw) = row.try_get::<Json<Box<RawValue>>, _>(column)?;
+    Ok(raw.into())
 }
 
 /// A place in the global stream: everything up to and including this pair has been read.
@@ -411,13 +421,12 @@ pub fn fold_until<A: Aggregate>(
         .iter()
         .take_while(|e| as_of.is_none_or(|n| e.sequence <= n))
     {
-        let event: A::Event =
-            serde_json::from_value(stored.payload.clone()).map_err(|source| CorruptEvent {
-                aggregate_type: stored.aggregate_type.clone(),
-                aggregate_id: stored.aggregate_id.clone(),
-                sequence: stored.sequence,
-                source,
-            })?;
+        let event: A::Event = stored.payload.decode().map_err(|source| CorruptEvent {
+            aggregate_type: stored.aggregate_type.clone(),
+            aggregate_id: stored.aggregate_id.clone(),
+            sequence: stored.sequence,
+            source,
+        })?;
         state.apply(event);
     }
     Ok(state)

@@ -57,7 +57,9 @@ async fn tickets_moved(
 ) -> Result<(), ProjectionError> {
     let mut done = Vec::new();
     for event in events {
-        let moved: TicketEvent = serde_json::from_value(event.payload.clone())
+        let moved: TicketEvent = event
+            .payload
+            .decode()
             .map_err(|e| ProjectionError::payload(event, e))?;
         if matches!(
             moved,

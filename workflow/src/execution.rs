@@ -255,7 +255,7 @@ fn in_dependency_order(plan: &Plan) -> Vec<&PlannedTask> {
 }
 
 fn approved_at(event: &StoredEvent) -> Result<DateTime<Utc>, ProjectionError> {
-    match serde_json::from_value::<SpecEvent>(event.payload.clone()) {
+    match event.payload.decode::<SpecEvent>() {
         Ok(SpecEvent::SpecPlanApproved { at }) => Ok(at),
         Ok(_) => Err(ProjectionError::payload(event, "not a plan approval")),
         Err(e) => Err(ProjectionError::payload(event, e)),

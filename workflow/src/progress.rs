@@ -116,7 +116,9 @@ async fn tasks_changed(
     };
     let mut changes = Vec::with_capacity(events.len());
     for event in events {
-        let change: TaskEvent = serde_json::from_value(event.payload.clone())
+        let change: TaskEvent = event
+            .payload
+            .decode()
             .map_err(|e| ProjectionError::payload(event, e))?;
         changes.push((event, change));
     }
@@ -234,11 +236,7 @@ impl Ask<'_> {
 
 /// The project an event names in its metadata.
 fn project_of(event: &StoredEvent) -> Option<String> {
-    event
-        .metadata
-        .get("project_id")
-        .and_then(|v| v.as_str())
-        .map(str::to_string)
+    event.metadata.project_id().map(str::to_string)
 }
 
 /// The table's rows of every ticket a batch's tasks belong to, changed in memory.

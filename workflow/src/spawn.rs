@@ -101,11 +101,7 @@ impl PhaseTasks {
         event: &StoredEvent,
     ) -> Result<(), ProjectionError> {
         // A ticket another event caused (a plan's) comes with its own tasks.
-        if event
-            .metadata
-            .get("causation_id")
-            .is_some_and(|cause| !cause.is_null())
-        {
+        if event.metadata.causation_id().is_some() {
             return Ok(());
         }
         let (ticket, _) = load::<Ticket>(tx, event, &event.aggregate_id).await?;

@@ -52,9 +52,10 @@ pub fn nudge_message(idle_minutes: i64) -> String {
 }
 
 async fn stalled(tx: &mut PgConnection, event: &StoredEvent) -> Result<(), ProjectionError> {
-    let TaskEvent::TaskStalled { idle_since, at, .. } =
-        serde_json::from_value(event.payload.clone())
-            .map_err(|e| ProjectionError::payload(event, e))?
+    let TaskEvent::TaskStalled { idle_since, at, .. } = event
+        .payload
+        .decode()
+        .map_err(|e| ProjectionError::payload(event, e))?
     else {
         return Ok(());
     };

@@ -54,7 +54,9 @@ impl ProcessManager for Validation {
 }
 
 async fn react(tx: &mut PgConnection, event: &StoredEvent) -> Result<(), ProjectionError> {
-    let change: TaskEvent = serde_json::from_value(event.payload.clone())
+    let change: TaskEvent = event
+        .payload
+        .decode()
         .map_err(|e| ProjectionError::payload(event, e))?;
     let (task, _) = load::<Task>(tx, event, &event.aggregate_id).await?;
     let Some(task_id) = task.id else {

@@ -7,7 +7,6 @@
 
 use omoi_domain::common::Scope;
 use omoi_store::StoredEvent;
-use serde_json::Value;
 use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::watch;
 use uuid::Uuid;
@@ -134,15 +133,9 @@ async fn forward(link: Link, alive: Alive, mut tap: Tap, filters: watch::Receive
 
 /// The organization and project an event belongs to, from its metadata.
 fn scope_of(event: &StoredEvent) -> Option<Scope> {
-    let id = |key: &str| {
-        event
-            .metadata
-            .get(key)
-            .and_then(Value::as_str)
-            .and_then(|v| v.parse::<Uuid>().ok())
-    };
+    let id = |text: Option<&str>| text.and_then(|v| v.parse::<Uuid>().ok());
     Some(Scope {
-        organization_id: id("organization_id")?,
-        project_id: id("project_id"),
+        organization_id: id(event.metadata.organization_id())?,
+        project_id: id(event.metadata.project_id()),
     })
 }

@@ -402,8 +402,8 @@ mod tests {
             transaction_id,
             event_type: "TicketCreated".into(),
             event_version: "1".into(),
-            payload: serde_json::Value::Null,
-            metadata: serde_json::Value::Null,
+            payload: serde_json::Value::Null.into(),
+            metadata: serde_json::Value::Null.into(),
         }))
     }
 

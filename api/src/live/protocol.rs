@@ -1,6 +1,7 @@
 //! The messages of both WebSocket endpoints (JSON text frames) and their errors.
 //! docs/websocket.md describes them for clients; keep the two in step.
 
+use omoi_store::json::{Metadata, RawJson};
 use omoi_store::{Cursor, StoredEvent};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -214,8 +215,8 @@ pub struct EventView<'a> {
     pub cursor: String,
     pub event_type: &'a str,
     pub event_version: &'a str,
-    pub payload: &'a Value,
-    pub metadata: &'a Value,
+    pub payload: &'a RawJson,
+    pub metadata: &'a Metadata,
 }
 
 impl<'a> From<&'a StoredEvent> for EventView<'a> {
@@ -304,7 +305,7 @@ pub enum ServerMessage<'a> {
         event_type: &'a str,
         entity_type: String,
         entity_id: &'a str,
-        payload: &'a Value,
+        payload: &'a RawJson,
         position: String,
     },
     /// The feed's answer to a filter change (the original answered `{"status":"subscribed"}`).
@@ -398,8 +399,8 @@ mod tests {
             transaction_id: 900,
             event_type: "TaskStarted".into(),
             event_version: "1".into(),
-            payload: json!({"at": "now"}),
-            metadata: json!({"project_id": "p"}),
+            payload: json!({"at": "now"}).into(),
+            metadata: json!({"project_id": "p"}).into(),
         }
     }
 

@@ -10,7 +10,6 @@
 
 use omoi_store::log::{count_global, read_global, Visibility};
 use omoi_store::{Cursor, StoredEvent};
-use serde_json::Value;
 use uuid::Uuid;
 
 use super::frame::Frame;
@@ -27,7 +26,7 @@ pub struct Selection {
 
 impl Selection {
     pub fn keeps(&self, event: &StoredEvent) -> bool {
-        let project = event.metadata.get("project_id").and_then(Value::as_str);
+        let project = event.metadata.project_id();
         project.and_then(|p| p.parse::<Uuid>().ok()) == Some(self.project_id)
             && self.filters.matches(event)
     }

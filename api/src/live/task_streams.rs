@@ -15,7 +15,6 @@ use omoi_domain::access::Permission;
 use omoi_domain::common::{Scope, Scoped};
 use omoi_domain::task::{Task, TaskEvent};
 use omoi_store::transcripts;
-use serde::Deserialize;
 use tokio::sync::broadcast::error::RecvError;
 use uuid::Uuid;
 
@@ -265,7 +264,7 @@ impl SteeringPlan {
                 continue;
             }
             let for_this_agent = matches!(
-                TaskEvent::deserialize(&event.payload),
+                event.payload.decode::<TaskEvent>(),
                 Ok(TaskEvent::TaskSteered { agent_id, .. }) if agent_id == self.agent_id
             );
             let Ok(task_id) = event.aggregate_id.parse::<Uuid>() else {

@@ -23,9 +23,9 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::Duration;
 
 use omoi_projections::ProjectionError;
+use omoi_store::json::Metadata;
 use omoi_store::log::Visibility;
 use omoi_store::Cursor;
-use serde_json::Value;
 use tokio::sync::broadcast::{self, error::RecvError};
 use tokio::sync::OnceCell;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
@@ -281,9 +281,12 @@ async fn follow(
     reach: Reach,
     idle: Duration,
 ) {
-    let (key, id) = match reach {
-        Reach::Project => ("project_id", project.project_id.to_string()),
-        Reach::Organization => ("organization_id", project.organization_id.to_string()),
+    let (field, id): (fn(&Metadata) -> Option<&str>, String) = match reach {
+        Reach::Project => (Metadata::project_id, project.project_id.to_string()),
+        Reach::Organization => (
+            Metadata::organization_id,
+            project.organization_id.to_string(),
+        ),
     };
     let mut last_used = tokio::time::Instant::now();
     loop {
@@ -303,7 +306,7 @@ async fn follow(
             continue;
         }
         state.position = event.cursor();
-        let in_reach = event.metadata.get(key).and_then(Value::as_str) == Some(id.as_str());
+        let in_reach = field(&event.metadata) == Some(id.as_str());
         if !in_reach {
             continue;
         }

@@ -1,9 +1,12 @@
 //! Which agents an event concerns.
 
+use std::borrow::Cow;
 use std::collections::BTreeSet;
+use std::fmt;
 
 use omoi_store::StoredEvent;
-use serde_json::Value;
+use serde::de::{DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::Deserializer;
 use uuid::Uuid;
 
 /// How deep into a payload agent ids are looked for: the variant's fields and the
@@ -19,8 +22,7 @@ pub fn agents_named(event: &StoredEvent) -> BTreeSet<Uuid> {
     let mut agents = BTreeSet::new();
     if let Some(id) = event
         .metadata
-        .get("actor")
-        .and_then(Value::as_str)
+        .actor()
         .and_then(|actor| actor.strip_prefix("agent:"))
         .and_then(|id| id.parse().ok())
     {
@@ -31,37 +33,108 @@ pub fn agents_named(event: &StoredEvent) -> BTreeSet<Uuid> {
             agents.insert(id);
         }
     }
-    collect(&event.payload, DEPTH, &mut agents);
+    // The payload's text is JSON (checked when it was read): a walk cannot fail midway
+    // but on a bug, and then the ids found so far stand.
+    let mut payload = serde_json::Deserializer::from_str(event.payload.get());
+    let walk = Walk {
+        depth: DEPTH,
+        names_agent: false,
+        agents: &mut agents,
+    };
+    let _ = walk.deserialize(&mut payload);
     agents
 }
 
-fn collect(value: &Value, depth: usize, agents: &mut BTreeSet<Uuid>) {
-    if depth == 0 {
-        return;
+/// A walk over a payload's text that collects the agent ids its fields name, without
+/// building the document.
+struct Walk<'a> {
+    /// Levels of objects and arrays still to look into.
+    depth: usize,
+    /// The value is a field named `agent_id` or `…_agent_id`.
+    names_agent: bool,
+    agents: &'a mut BTreeSet<Uuid>,
+}
+
+impl<'de> DeserializeSeed<'de> for Walk<'_> {
+    type Value = ();
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
+        deserializer.deserialize_any(self)
     }
-    match value {
-        Value::Object(fields) => {
-            for (name, field) in fields {
-                let names_agent = name == "agent_id" || name.ends_with("_agent_id");
-                match field.as_str().and_then(|text| text.parse().ok()) {
-                    Some(id) if names_agent => {
-                        agents.insert(id);
-                    }
-                    _ => collect(field, depth - 1, agents),
-                }
+}
+
+impl<'de> Visitor<'de> for Walk<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_str<E>(self, text: &str) -> Result<(), E> {
+        if self.names_agent {
+            if let Ok(id) = text.parse() {
+                self.agents.insert(id);
             }
         }
-        Value::Array(items) => items
-            .iter()
-            .for_each(|item| collect(item, depth - 1, agents)),
-        _ => {}
+        Ok(())
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_i64<E>(self, _: i64) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_u64<E>(self, _: u64) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_f64<E>(self, _: f64) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_unit<E>(self) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_map<M: MapAccess<'de>>(self, mut map: M) -> Result<(), M::Error> {
+        if self.depth == 0 {
+            while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+            return Ok(());
+        }
+        while let Some(name) = map.next_key::<Cow<'de, str>>()? {
+            map.next_value_seed(Walk {
+                depth: self.depth - 1,
+                names_agent: name == "agent_id" || name.ends_with("_agent_id"),
+                agents: &mut *self.agents,
+            })?;
+        }
+        Ok(())
+    }
+
+    fn visit_seq<S: SeqAccess<'de>>(self, mut items: S) -> Result<(), S::Error> {
+        if self.depth == 0 {
+            while items.next_element::<IgnoredAny>()?.is_some() {}
+            return Ok(());
+        }
+        while items
+            .next_element_seed(Walk {
+                depth: self.depth - 1,
+                names_agent: false,
+                agents: &mut *self.agents,
+            })?
+            .is_some()
+        {}
+        Ok(())
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
+    use serde_json::{json, Value};
 
     fn event(aggregate_type: &str, aggregate_id: Uuid, payload: Value, actor: &str) -> StoredEvent {
         StoredEvent {
@@ -72,8 +145,8 @@ mod tests {
             transaction_id: 1,
             event_type: "X".into(),
             event_version: "1".into(),
-            payload,
-            metadata: json!({ "actor": actor }),
+            payload: payload.into(),
+            metadata: json!({ "actor": actor }).into(),
         }
     }
 
@@ -123,5 +196,19 @@ mod tests {
             "user:someone",
         );
         assert!(agents_named(&created).is_empty());
+    }
+
+    #[test]
+    fn ids_are_looked_for_three_levels_deep_and_no_further() {
+        let (within, beyond) = (Uuid::now_v7(), Uuid::now_v7());
+        let nested = event(
+            "Task",
+            Uuid::now_v7(),
+            json!({"TaskX": {"a": {"agent_id": within.to_string()},
+                             "b": {"c": {"agent_id": beyond.to_string()}},
+                             "list": [{"agent_id": within.to_string()}, [{"agent_id": beyond.to_string()}]]}}),
+            "user:someone",
+        );
+        assert_eq!(agents_named(&nested), BTreeSet::from([within]));
     }
 }

@@ -63,11 +63,12 @@ struct Rows {
     projects: Vec<Option<Uuid>>,
 }
 
-fn scope_field(event: &StoredEvent, name: &str) -> Result<Option<Uuid>, ProjectionError> {
-    event
-        .metadata
-        .get(name)
-        .and_then(|v| v.as_str())
+fn scope_field(
+    event: &StoredEvent,
+    name: &str,
+    field: Option<&str>,
+) -> Result<Option<Uuid>, ProjectionError> {
+    field
         .map(|text| {
             text.parse()
                 .map_err(|e| ProjectionError::payload(event, format!("metadata {name}: {e}")))
@@ -86,8 +87,8 @@ async fn apply_events(
         if agents.is_empty() {
             continue;
         }
-        let organization = scope_field(event, "organization_id")?;
-        let project = scope_field(event, "project_id")?;
+        let organization = scope_field(event, "organization_id", event.metadata.organization_id())?;
+        let project = scope_field(event, "project_id", event.metadata.project_id())?;
         for agent in agents {
             rows.agents.push(agent);
             rows.transactions.push(event.transaction_id);

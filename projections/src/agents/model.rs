@@ -111,11 +111,15 @@ pub(super) fn decode(events: &[StoredEvent]) -> Result<Vec<Change<'_>>, Projecti
         match event.aggregate_type.as_str() {
             "Agent" => changes.push(Change::Agent {
                 id: entity_id(event)?,
-                event: AgentEvent::deserialize(&event.payload)
+                event: event
+                    .payload
+                    .decode::<AgentEvent>()
                     .map_err(|e| ProjectionError::payload(event, e))?,
             }),
             "Task" => {
-                let parsed = TaskEvent::deserialize(&event.payload)
+                let parsed = event
+                    .payload
+                    .decode::<TaskEvent>()
                     .map_err(|e| ProjectionError::payload(event, e))?;
                 if let Some(effect) = task_effect(&parsed) {
                     changes.push(Change::Task {

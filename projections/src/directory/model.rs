@@ -330,7 +330,8 @@ mod tests {
         let mut entries = std::collections::HashMap::new();
         for event in &mut log.events {
             event.metadata = json!({"organization_id": Uuid::from_u128(1),
-                                    "occurred_at": at().to_rfc3339()});
+                                    "occurred_at": at().to_rfc3339()})
+            .into();
             let Some(located) = Located::decode(event).expect("decodes") else {
                 continue;
             };

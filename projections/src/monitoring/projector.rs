@@ -8,7 +8,6 @@ use omoi_domain::agent::AgentEvent;
 use omoi_domain::task::TaskEvent;
 use omoi_domain::ticket::TicketEvent;
 use omoi_store::StoredEvent;
-use serde::Deserialize;
 use sqlx::PgConnection;
 use uuid::Uuid;
 
@@ -333,7 +332,9 @@ async fn apply_events(
         match event.aggregate_type.as_str() {
             "Task" => {}
             "Agent" => {
-                let decoded = AgentEvent::deserialize(&event.payload)
+                let decoded = event
+                    .payload
+                    .decode::<AgentEvent>()
                     .map_err(|e| ProjectionError::payload(event, e))?;
                 for effect in agent_alerts(&decoded) {
                     alerts.apply(event, effect)?;
@@ -341,7 +342,9 @@ async fn apply_events(
                 continue;
             }
             "Ticket" => {
-                let decoded = TicketEvent::deserialize(&event.payload)
+                let decoded = event
+                    .payload
+                    .decode::<TicketEvent>()
                     .map_err(|e| ProjectionError::payload(event, e))?;
                 if let Some(effect) = ticket_alert(&decoded) {
                     alerts.apply(event, effect)?;
@@ -350,7 +353,9 @@ async fn apply_events(
             }
             _ => continue,
         }
-        let decoded = TaskEvent::deserialize(&event.payload)
+        let decoded = event
+            .payload
+            .decode::<TaskEvent>()
             .map_err(|e| ProjectionError::payload(event, e))?;
         if let Some(effect) = steering_effect(&decoded) {
             steering.apply(entity_id(event)?, effect);

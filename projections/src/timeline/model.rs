@@ -12,6 +12,7 @@ use omoi_domain::project::ProjectEvent;
 use omoi_domain::spec::SpecEvent;
 use omoi_domain::task::TaskEvent;
 use omoi_domain::ticket::TicketEvent;
+use omoi_store::json::RawJson;
 use omoi_store::{Cursor, StoredEvent};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -93,16 +94,14 @@ pub enum Change {
 }
 
 impl Change {
-    pub fn parse(kind: EntityType, payload: &serde_json::Value) -> Result<Self, serde_json::Error> {
+    pub fn parse(kind: EntityType, payload: &RawJson) -> Result<Self, serde_json::Error> {
         Ok(match kind {
-            EntityType::Ticket => Self::Ticket(TicketEvent::deserialize(payload)?),
-            EntityType::Task => Self::Task(TaskEvent::deserialize(payload)?),
-            EntityType::Spec => Self::Spec(SpecEvent::deserialize(payload)?),
-            EntityType::Agent => Self::Agent(AgentEvent::deserialize(payload)?),
-            EntityType::Project => Self::Project(ProjectEvent::deserialize(payload)?),
-            EntityType::Organization => {
-                Self::Organization(OrganizationEvent::deserialize(payload)?)
-            }
+            EntityType::Ticket => Self::Ticket(payload.decode()?),
+            EntityType::Task => Self::Task(payload.decode()?),
+            EntityType::Spec => Self::Spec(payload.decode()?),
+            EntityType::Agent => Self::Agent(payload.decode()?),
+            EntityType::Project => Self::Project(payload.decode()?),
+            EntityType::Organization => Self::Organization(payload.decode()?),
         })
     }
 
@@ -300,7 +299,7 @@ pub(super) mod tests {
 
     #[test]
     fn payloads_are_read_in_their_externally_tagged_form() {
-        let payload = json!({"TaskAssigned": {"agent_id": id(9), "at": at()}});
+        let payload = json!({"TaskAssigned": {"agent_id": id(9), "at": at()}}).into();
         let change = Change::parse(EntityType::Task, &payload).expect("a task event");
         assert_eq!(change.reference(), Some((EntityType::Agent, id(9))));
         assert!(Change::parse(EntityType::Ticket, &payload).is_err());

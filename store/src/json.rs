@@ -1,0 +1,268 @@
+//! An event's payload and metadata as the log hands them over: their JSON text, decoded
+//! straight into the type a reader wants.
+//!
+//! Reading a `jsonb` column into a [`serde_json::Value`] builds a tree (a map, its keys,
+//! its strings) that every reader then walks again into its own type and drops: in a
+//! rebuild that was the largest part of the client's time (`perf`). The text is kept
+//! instead — checked to be JSON once, copied once — and each reader decodes from it.
+//! Written out (the API, the live streams) it is passed through as it is.
+
+use std::fmt;
+use std::sync::OnceLock;
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde_json::value::RawValue;
+use serde_json::Value;
+
+/// A JSON document kept as its text.
+#[derive(Clone)]
+pub struct RawJson(Box<RawValue>);
+
+impl RawJson {
+    /// The JSON text.
+    pub fn get(&self) -> &str {
+        self.0.get()
+    }
+
+    /// The document as `T`.
+    pub fn decode<T: DeserializeOwned>(&self) -> serde_json::Result<T> {
+        serde_json::from_str(self.get())
+    }
+
+    /// The document as a tree: for callers that look around in it (tests, the CLI).
+    pub fn to_value(&self) -> Value {
+        // The text was checked to be JSON when this was made.
+        serde_json::from_str(self.get()).unwrap_or(Value::Null)
+    }
+
+    /// `value` written as JSON.
+    pub fn encode<T: Serialize + ?Sized>(value: &T) -> serde_json::Result<Self> {
+        serde_json::value::to_raw_value(value).map(Self)
+    }
+
+    /// `text` if it is one JSON document.
+    pub fn from_text(text: String) -> serde_json::Result<Self> {
+        RawValue::from_string(text).map(Self)
+    }
+}
+
+impl From<Value> for RawJson {
+    fn from(value: Value) -> Self {
+        // A tree always writes out as JSON: the error cannot happen.
+        Self::encode(&value).unwrap_or_else(|_| Self(RawValue::NULL.to_owned()))
+    }
+}
+
+impl From<Box<RawValue>> for RawJson {
+    fn from(raw: Box<RawValue>) -> Self {
+        Self(raw)
+    }
+}
+
+/// The same text; `jsonb` writes equal documents out the same way.
+impl PartialEq for RawJson {
+    fn eq(&self, other: &Self) -> bool {
+        self.get() == other.get()
+    }
+}
+
+impl Eq for RawJson {}
+
+impl fmt::Debug for RawJson {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.get())
+    }
+}
+
+impl fmt::Display for RawJson {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.get())
+    }
+}
+
+impl Serialize for RawJson {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.0.serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for RawJson {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        Box::<RawValue>::deserialize(deserializer).map(Self)
+    }
+}
+
+/// An event's metadata: its text, and the fields readers ask for, read from it once by
+/// the first that asks (a page of the log is shared by every build of a process).
+#[derive(Clone)]
+pub struct Metadata {
+    raw: RawJson,
+    fields: OnceLock<MetadataFields>,
+}
+
+/// The fields the command bus writes. Every value it writes is a string; a field that is
+/// missing or not a string reads as absent.
+#[derive(Debug, Clone, Default, Deserialize)]
+struct MetadataFields {
+    #[serde(default, deserialize_with = "text")]
+    organization_id: Option<String>,
+    #[serde(default, deserialize_with = "text")]
+    project_id: Option<String>,
+    #[serde(default, deserialize_with = "text")]
+    actor: Option<String>,
+    #[serde(default, deserialize_with = "text")]
+    correlation_id: Option<String>,
+    #[serde(default, deserialize_with = "text")]
+    causation_id: Option<String>,
+    #[serde(default, deserialize_with = "text")]
+    occurred_at: Option<String>,
+}
+
+/// A string as itself, any other value as absent.
+fn text<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<String>, D::Error> {
+    Ok(match Value::deserialize(deserializer)? {
+        Value::String(text) => Some(text),
+        _ => None,
+    })
+}
+
+impl Metadata {
+    fn fields(&self) -> &MetadataFields {
+        self.fields
+            .get_or_init(|| self.raw.decode().unwrap_or_default())
+    }
+
+    pub fn organization_id(&self) -> Option<&str> {
+        self.fields().organization_id.as_deref()
+    }
+
+    pub fn project_id(&self) -> Option<&str> {
+        self.fields().project_id.as_deref()
+    }
+
+    /// Who caused it: `user:<id>`, `agent:<id>`, `api_key:<id>`, `system:<name>`, `stripe`.
+    pub fn actor(&self) -> Option<&str> {
+        self.fields().actor.as_deref()
+    }
+
+    pub fn correlation_id(&self) -> Option<&str> {
+        self.fields().correlation_id.as_deref()
+    }
+
+    /// The event that caused this one's command, as `<aggregate type>/<id>/<sequence>`.
+    pub fn causation_id(&self) -> Option<&str> {
+        self.fields().causation_id.as_deref()
+    }
+
+    /// When the command bus recorded it (RFC 3339).
+    pub fn occurred_at(&self) -> Option<&str> {
+        self.fields().occurred_at.as_deref()
+    }
+
+    /// The metadata as written.
+    pub fn raw(&self) -> &RawJson {
+        &self.raw
+    }
+
+    /// The metadata as `T`.
+    pub fn decode<T: DeserializeOwned>(&self) -> serde_json::Result<T> {
+        self.raw.decode()
+    }
+
+    /// The metadata as a tree (tests, the CLI).
+    pub fn to_value(&self) -> Value {
+        self.raw.to_value()
+    }
+}
+
+impl From<RawJson> for Metadata {
+    fn from(raw: RawJson) -> Self {
+        Self {
+            raw,
+            fields: OnceLock::new(),
+        }
+    }
+}
+
+impl From<Value> for Metadata {
+    fn from(value: Value) -> Self {
+        RawJson::from(value).into()
+    }
+}
+
+impl PartialEq for Metadata {
+    fn eq(&self, other: &Self) -> bool {
+        self.raw == other.raw
+    }
+}
+
+impl Eq for Metadata {}
+
+impl fmt::Debug for Metadata {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.raw.fmt(f)
+    }
+}
+
+impl fmt::Display for Metadata {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.raw.fmt(f)
+    }
+}
+
+impl Serialize for Metadata {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.raw.serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for Metadata {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        RawJson::deserialize(deserializer).map(Self::from)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn a_document_keeps_its_text_and_decodes_into_any_type() {
+        let raw =
+            RawJson::from_text(r#"{"TicketCreated": {"title": "a \"b\""}}"#.into()).expect("json");
+        assert_eq!(raw.get(), r#"{"TicketCreated": {"title": "a \"b\""}}"#);
+        assert_eq!(
+            raw.to_value(),
+            json!({"TicketCreated": {"title": "a \"b\""}})
+        );
+        let written = serde_json::to_string(&json!({"payload": &raw})).expect("write");
+        assert_eq!(
+            written,
+            r#"{"payload":{"TicketCreated":{"title":"a \"b\""}}}"#
+        );
+        assert!(RawJson::from_text("{".into()).is_err());
+        assert!(raw.decode::<Vec<u8>>().is_err());
+    }
+
+    #[test]
+    fn metadata_fields_are_strings_or_absent() {
+        let metadata = Metadata::from(json!({
+            "organization_id": "o",
+            "actor": "system:plan_execution",
+            "causation_id": null,
+            "project_id": 7,
+            "other": {"nested": ["x"]},
+        }));
+        assert_eq!(metadata.organization_id(), Some("o"));
+        assert_eq!(metadata.actor(), Some("system:plan_execution"));
+        assert_eq!(metadata.causation_id(), None);
+        assert_eq!(metadata.project_id(), None);
+        assert_eq!(metadata.occurred_at(), None);
+        assert_eq!(metadata.to_value()["other"]["nested"][0], "x");
+        let not_an_object = Metadata::from(json!([1, 2]));
+        assert_eq!(not_an_object.actor(), None);
+    }
+}
