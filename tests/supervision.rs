@@ -137,6 +137,8 @@ async fn silent_agents_are_degraded_then_failed_once_and_a_heartbeat_brings_one_
         Worker::stepped(other, config(&clock, &directory)),
     ];
     step_all(&mut workers).await;
+    // The work it holds is the agents read model's: wait for it to have read the start.
+    app.caught_up().await;
     let fresh = health(&app, &agent.id).await;
     assert_eq!(fresh["missed_heartbeats"], 0, "{fresh}");
     assert_eq!(fresh["warning"], false, "{fresh}");
