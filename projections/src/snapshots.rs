@@ -13,6 +13,11 @@
 //! (a snapshot costs about what its tickets and tasks do, and follows at least as many
 //! events); spacing them by `every` bounds what a view replays after one.
 //!
+//! A rebuild from position zero folds instead ([`Fold`]): every project's models in
+//! memory, each event applied as it comes, a snapshot taken from them where the count
+//! says — no read of the log back per snapshot. The batches are the reference: the fold
+//! writes the same rows (tests/projection_batches.rs checks it).
+//!
 //! A view `as_of` P starts from the newest snapshot whose events were all at or below P
 //! (`max_position ≤ P`): the replay stops at the project's first event above P, and no
 //! event up to such a snapshot is one. Snapshots only shorten the replay — a view gives the
@@ -32,7 +37,7 @@ use crate::board::{BoardModel, BoardProjector};
 use crate::catalog::is_undefined_table;
 use crate::codec::WorkEvent;
 use crate::graph::{GraphModel, GraphProjector};
-use crate::{ProjectionError, Projector};
+use crate::{Fold, ProjectionError, Projector, FOLD_WRITE_CHUNK};
 
 /// Fewest events of a project between two of its snapshots, by default.
 pub const SNAPSHOT_EVERY: i64 = 10_000;
@@ -149,10 +154,7 @@ impl Projector for SnapshotsProjector {
                 // The models of this batch's last snapshot of the project, kept for its next.
                 let mut models: Option<ProjectModels> = None;
                 for event in events {
-                    state.events += 1;
-                    state.since_snapshot += 1;
-                    state.max_position = state.max_position.max(event.global_position);
-                    if state.since_snapshot < self.every.max(state.entities) {
+                    if !state.count(event, self.every) {
                         continue;
                     }
                     let mut current = match models.take() {
@@ -162,10 +164,7 @@ impl Projector for SnapshotsProjector {
                     current
                         .fold_log(tx, *key, state.last, state.since_snapshot, event.cursor())
                         .await?;
-                    taken.push(Snapshot::of(state, event.cursor(), &current)?);
-                    state.since_snapshot = 0;
-                    state.entities = current.board.size() as i64;
-                    state.last = Some(event.cursor());
+                    taken.push(state.take(event.cursor(), &current)?);
                     models = Some(current);
                 }
             }
@@ -180,6 +179,71 @@ impl Projector for SnapshotsProjector {
 
     fn concerns(&self, event: &StoredEvent) -> bool {
         project_of(event).is_some()
+    }
+
+    fn fold_from_start(&self) -> Option<Box<dyn Fold>> {
+        Some(Box::new(SnapshotsFold {
+            every: self.every,
+            projects: BTreeMap::new(),
+            taken: Vec::new(),
+            entities_taken: 0,
+        }))
+    }
+}
+
+/// A rebuild from position zero: every project's models kept in memory and each folded
+/// event by event, so a snapshot is its models as they stand at its event — the same
+/// models the batches rebuild from the last snapshot and the log (they read the log back
+/// for every snapshot). Written once: the snapshots taken and every project's progress,
+/// from which the batches go on.
+struct SnapshotsFold {
+    every: i64,
+    projects: BTreeMap<ProjectKey, (Progress, ProjectModels)>,
+    taken: Vec<Snapshot>,
+    /// Tickets and tasks in the snapshots taken: their bodies are held until written.
+    entities_taken: usize,
+}
+
+impl Fold for SnapshotsFold {
+    fn fold(&mut self, events: &[StoredEvent]) -> Result<(), ProjectionError> {
+        for event in events {
+            let Some(key) = project_of(event) else {
+                continue;
+            };
+            let (state, models) = self
+                .projects
+                .entry(key)
+                .or_insert_with(|| (Progress::start(key), ProjectModels::default()));
+            models.apply(event)?;
+            if state.count(event, self.every) {
+                self.taken.push(state.take(event.cursor(), models)?);
+                self.entities_taken += models.board.size();
+            }
+        }
+        Ok(())
+    }
+
+    /// The models held and the snapshots taken, in tickets and tasks.
+    fn rows(&self) -> usize {
+        let held: usize = self.projects.values().map(|(_, m)| m.board.size()).sum();
+        held + self.entities_taken
+    }
+
+    fn write<'a>(
+        self: Box<Self>,
+        tx: &'a mut PgConnection,
+        schema: &'a str,
+    ) -> BoxFuture<'a, Result<(), ProjectionError>> {
+        Box::pin(async move {
+            for snapshot in &self.taken {
+                snapshot.insert(tx, schema).await?;
+            }
+            let progress: Vec<&Progress> = self.projects.values().map(|(p, _)| p).collect();
+            for chunk in progress.chunks(FOLD_WRITE_CHUNK) {
+                save_progress(tx, schema, chunk.iter().copied()).await?;
+            }
+            Ok(())
+        })
     }
 }
 
@@ -276,6 +340,24 @@ impl Progress {
             entities: 0,
             last: None,
         }
+    }
+
+    /// Counts one of the project's events: whether it is the one that gets a snapshot.
+    fn count(&mut self, event: &StoredEvent, every: i64) -> bool {
+        self.events += 1;
+        self.since_snapshot += 1;
+        self.max_position = self.max_position.max(event.global_position);
+        self.since_snapshot >= every.max(self.entities)
+    }
+
+    /// The snapshot at `at` of `models` (the project's events up to `at` folded in), and
+    /// the count started again, the next spaced by these models' size.
+    fn take(&mut self, at: Cursor, models: &ProjectModels) -> Result<Snapshot, ProjectionError> {
+        let snapshot = Snapshot::of(self, at, models)?;
+        self.since_snapshot = 0;
+        self.entities = models.board.size() as i64;
+        self.last = Some(at);
+        Ok(snapshot)
     }
 }
 
