@@ -887,3 +887,50 @@ async fn a_fold_stopped_between_pages_leaves_the_build_at_zero_and_the_next_lead
     let (applied, log) = applied_and_log(&database, &build).await;
     assert!(applied == log, "every event once, in the log's order");
 }
+
+/// A process announces its first commit after a quiet spell to other processes at once,
+/// not at the end of its announcement window (an hour here); a commit within a window
+/// is announced when it ends, not lost.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_first_commit_after_a_quiet_spell_is_announced_at_once_and_none_is_lost() {
+    use omoi_store::wakeup::{announce_commits, CHANNEL};
+    use sqlx::postgres::PgListener;
+    use tokio::sync::watch;
+
+    let database = TestDatabase::create().await.expect("database");
+    let mut listener = PgListener::connect_with(&database.pool)
+        .await
+        .expect("a listener");
+    listener.listen(CHANNEL).await.expect("listening");
+
+    let (commits, watched) = watch::channel(0u64);
+    let hourly = tokio::spawn(announce_commits(
+        database.pool.clone(),
+        watched,
+        Duration::from_secs(3600),
+    ));
+    commits.send_modify(|n| *n += 1);
+    assert_eq!(announced(&mut listener).await.channel(), CHANNEL);
+    hourly.abort();
+
+    let (commits, watched) = watch::channel(0u64);
+    let brief = tokio::spawn(announce_commits(
+        database.pool.clone(),
+        watched,
+        Duration::from_millis(200),
+    ));
+    commits.send_modify(|n| *n += 1);
+    announced(&mut listener).await;
+    // Within the window of the announcement just made: announced at its end.
+    commits.send_modify(|n| *n += 1);
+    announced(&mut listener).await;
+    brief.abort();
+}
+
+/// The next notification, which must come long before an hour's window ends.
+async fn announced(listener: &mut sqlx::postgres::PgListener) -> sqlx::postgres::PgNotification {
+    tokio::time::timeout(Duration::from_secs(30), listener.recv())
+        .await
+        .expect("announced long before the window's end")
+        .expect("a notification")
+}

@@ -1185,6 +1185,94 @@ async fn a_snapshot_longer_than_a_fragment_arrives_whole_and_the_socket_goes_on(
     );
 }
 
+/// The writer writes what is queued together in one go (small frames gathered, a long
+/// message in fragments between them): a client that stopped reading while deltas, a long
+/// snapshot and more deltas piled up gets each of them whole, once and in order.
+#[tokio::test(flavor = "multi_thread")]
+async fn messages_queued_together_arrive_whole_once_and_in_order() {
+    let app = spawn_app().await;
+    let (_, small) = app.organization_and_project().await;
+    let (_, big) = app.organization_and_project().await;
+    let renamed = tickets(&app, &small, 4).await;
+    tickets(&app, &big, 60).await;
+    let big_view = board_view(&app, &big).await;
+    let token = app.token.clone().expect("a token");
+    let mut socket = slow_socket(&app, &token).await;
+    send(&mut socket, board_subscription("small", &small)).await;
+    let snapshot = next_of(&mut socket, "snapshot", "small").await;
+    let mut last = cursor(&snapshot["position"]);
+
+    // The client reads nothing while the server queues: renames in concurrent rounds, the
+    // long snapshot of the other board, then more renames.
+    let rounds = 12;
+    let rename_round = |round: usize| {
+        let app = &app;
+        let renamed = &renamed;
+        futures_util::future::join_all(
+            renamed
+                .iter()
+                .enumerate()
+                .map(move |(n, ticket)| async move {
+                    rename(app, ticket, &format!("r{round}-{n}")).await;
+                })
+                .collect::<Vec<_>>(),
+        )
+    };
+    for round in 0..rounds / 2 {
+        rename_round(round).await;
+    }
+    send(&mut socket, board_subscription("big", &big)).await;
+    for round in rounds / 2..rounds {
+        rename_round(round).await;
+    }
+
+    let mut titles = Vec::new();
+    let mut big_snapshot = None;
+    while titles.len() < rounds * renamed.len() || big_snapshot.is_none() {
+        let message = next(&mut socket).await;
+        match (message["type"].as_str(), message["id"].as_str()) {
+            (Some("delta"), Some("small")) => {
+                let position = cursor(&message["position"]);
+                assert!(position > last, "positions rise: {last} then {message}");
+                last = position;
+                let title = &message["change"]["card"]["title"];
+                titles.push(title.as_str().expect("a title").to_string());
+            }
+            (Some("snapshot"), Some("big")) => big_snapshot = Some(message),
+            _ => panic!("unexpected message {message}"),
+        }
+    }
+    let big_snapshot = big_snapshot.expect("the long snapshot");
+    assert!(
+        big_snapshot.to_string().len() > 3 * 4096,
+        "several fragments long"
+    );
+    assert_eq!(cards_of(&big_snapshot["data"]), big_view);
+    let mut expected: Vec<String> = (0..rounds)
+        .flat_map(|round| (0..renamed.len()).map(move |n| format!("r{round}-{n}")))
+        .collect();
+    expected.sort();
+    let mut seen = titles.clone();
+    seen.sort();
+    assert_eq!(seen, expected, "every rename once");
+    // A round's renames are concurrent, but rounds follow each other.
+    let rounds_in_order: Vec<usize> = titles
+        .iter()
+        .map(|title| {
+            title[1..]
+                .split('-')
+                .next()
+                .and_then(|r| r.parse().ok())
+                .expect("a round")
+        })
+        .collect();
+    assert!(rounds_in_order.is_sorted(), "rounds in order: {titles:?}");
+    let view = board_view(&app, &small).await;
+    for (n, ticket) in renamed.iter().enumerate() {
+        assert_eq!(view[ticket]["title"], format!("r{}-{n}", rounds - 1));
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_board_subscriber_that_reconnects_with_after_gets_exactly_what_it_missed() {
     let app = spawn_app().await;

@@ -36,10 +36,12 @@ pub async fn listen(options: PgConnectOptions, wake: watch::Sender<u64>) {
 }
 
 /// Announces this process's commits to other processes: at most one `NOTIFY` per
-/// `window`, sent outside every append transaction.
+/// `window`, sent outside every append transaction. The first commit after a quiet spell is
+/// announced at once; those that come within the window after an announcement, together
+/// at its end. (Announcing only at the end of a window delayed every lone commit's readers
+/// in other processes — a worker, a replica's live streams — by the whole window.)
 pub async fn announce_commits(pool: PgPool, mut commits: watch::Receiver<u64>, window: Duration) {
     while commits.changed().await.is_ok() {
-        tokio::time::sleep(window).await;
         commits.mark_unchanged();
         if let Err(error) = sqlx::query("select pg_notify($1, '')")
             .bind(CHANNEL)
@@ -48,5 +50,6 @@ pub async fn announce_commits(pool: PgPool, mut commits: watch::Receiver<u64>, w
         {
             tracing::debug!(%error, "could not announce commits");
         }
+        tokio::time::sleep(window).await;
     }
 }

@@ -301,10 +301,10 @@ fn socket_config(config: &LiveConfig) -> WebSocketConfig {
     let hard_limit = config.max_text_bytes.saturating_mul(16).max(1 << 20);
     // tungstenite allocates its read buffer up front (128 KiB by default): most frames
     // are small, so a small one keeps an idle connection cheap and grows when needed.
-    // Nothing is buffered past a write: the writer sends a frame at a time.
+    // The writer gathers queued small frames up to a batch and flushes them together.
     WebSocketConfig::default()
         .read_buffer_size(READ_BUFFER_BYTES)
-        .write_buffer_size(0)
+        .write_buffer_size(super::link::BATCH_BYTES)
         .max_message_size(Some(hard_limit))
         .max_frame_size(Some(hard_limit))
 }

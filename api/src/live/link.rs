@@ -222,6 +222,7 @@ pub async fn drive(
     };
     let writer = Writer {
         sink,
+        pending: 0,
         queue: queue_rx,
         resyncs: resyncs_rx,
         activity: activity.clone(),
@@ -330,12 +331,27 @@ enum End {
 /// one write.
 const FRAGMENT_BYTES: usize = 2 * 1024 - 4;
 
+/// Small frames queued together are written together: the writer takes whatever else is
+/// queued when it wakes and writes it in one go — one system call, one TCP segment — up to
+/// this many bytes (tungstenite's `write_buffer_size` is set to it too, so it buffers them).
+/// Under load a connection's queue holds several deltas; written one by one they cost the
+/// server and the client a system call and a segment each. The margin under 2 KiB leaves
+/// room for a pong the reader may add, so the buffer stays in the 2 KiB size class of a
+/// fragment and an idle connection keeps no more than before.
+pub(crate) const BATCH_BYTES: usize = FRAGMENT_BYTES + 4 - 256;
+
+/// The most queued messages one wake-up writes before the writer looks at its pings and
+/// re-checks again.
+const BATCH_MESSAGES: usize = 64;
+
 /// How long a closing server waits for the client's close reply before hanging up (so
 /// that the close frame is read rather than lost in a reset).
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
 
 struct Writer {
     sink: SplitSink<Socket, Message>,
+    /// Bytes given to the sink since it was last flushed (0: nothing to flush).
+    pending: usize,
     queue: mpsc::Receiver<Outgoing>,
     resyncs: mpsc::Receiver<String>,
     activity: Arc<Activity>,
@@ -354,7 +370,7 @@ impl Writer {
                 biased;
                 Some(text) = self.resyncs.recv() => self.write(Message::Text(text.into())).await,
                 outgoing = self.queue.recv() => match outgoing {
-                    Some(outgoing) => self.write_outgoing(outgoing).await,
+                    Some(outgoing) => self.write_queued(outgoing).await,
                     None => Err(End::Gone),
                 },
                 _ = ping.tick() => self.keepalive().await,
@@ -367,35 +383,77 @@ impl Writer {
         }
     }
 
-    async fn write_outgoing(&mut self, outgoing: Outgoing) -> Result<(), End> {
+    /// Writes a queued message and whatever else is queued behind it, in one go.
+    async fn write_queued(&mut self, first: Outgoing) -> Result<(), End> {
+        let mut next = Some(first);
+        let mut taken = 0;
+        while let Some(outgoing) = next {
+            self.feed_outgoing(outgoing).await?;
+            taken += 1;
+            next = match taken < BATCH_MESSAGES {
+                true => self.queue.try_recv().ok(),
+                false => None,
+            };
+        }
+        self.flush().await
+    }
+
+    async fn feed_outgoing(&mut self, outgoing: Outgoing) -> Result<(), End> {
         let Outgoing { frame, of, room } = outgoing;
         if of.is_some_and(|alive| !alive.get()) {
             return Ok(());
         }
-        let written = self.write_frame(*frame).await;
-        // The bytes count until they are written: a stuck write still holds them.
+        let fed = self.feed_frame(*frame).await;
+        // The bytes count until they are handed to the socket (whose buffer holds no more
+        // than `BATCH_BYTES`): a stuck write still holds them.
         drop(room);
-        written
+        fed
     }
 
-    /// A message no longer than [`FRAGMENT_BYTES`] is written whole; a longer one as
-    /// fragments of that size, each written out before the next is formatted.
-    async fn write_frame(&mut self, frame: Frame) -> Result<(), End> {
+    /// A message no longer than [`FRAGMENT_BYTES`] is fed whole; a longer one as fragments
+    /// of that size, each written out (it is longer than the batch) before the next is
+    /// formatted.
+    async fn feed_frame(&mut self, frame: Frame) -> Result<(), End> {
         if frame.len() <= FRAGMENT_BYTES {
-            return self.write(Message::Text(frame.into_text())).await;
+            return self.feed(Message::Text(frame.into_text())).await;
         }
         for fragment in frame.fragments(FRAGMENT_BYTES) {
-            self.write(Message::Frame(fragment)).await?;
+            self.feed(Message::Frame(fragment)).await?;
         }
         Ok(())
     }
 
+    /// Writes one message at once.
     async fn write(&mut self, message: Message) -> Result<(), End> {
-        let patience = self.config.ping_interval.saturating_mul(2);
-        match tokio::time::timeout(patience, self.sink.send(message)).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(_)) | Err(_) => Err(End::Gone),
+        self.feed(message).await?;
+        self.flush().await
+    }
+
+    /// Hands a message to the socket, which writes it out when the batch is full; what was
+    /// fed before is written first when the two would not fit in a batch together.
+    async fn feed(&mut self, message: Message) -> Result<(), End> {
+        let length = wire_length(&message);
+        if self.pending > 0 && self.pending + length > BATCH_BYTES {
+            self.flush().await?;
         }
+        within(self.patience(), self.sink.feed(message)).await?;
+        // Longer than a batch, the socket wrote it out at once, or began to: what a full
+        // socket did not take is written by the flush, which waits for it.
+        self.pending += length;
+        Ok(())
+    }
+
+    async fn flush(&mut self) -> Result<(), End> {
+        if self.pending == 0 {
+            return Ok(());
+        }
+        self.pending = 0;
+        within(self.patience(), self.sink.flush()).await
+    }
+
+    /// A write that blocks for two ping intervals means the peer stopped reading.
+    fn patience(&self) -> Duration {
+        self.config.ping_interval.saturating_mul(2)
     }
 
     async fn keepalive(&mut self) -> Result<(), End> {
@@ -442,6 +500,34 @@ impl Writer {
             tokio::time::sleep(CLOSE_GRACE).await;
         }
     }
+}
+
+/// A write's outcome, the peer gone when it failed or took longer than `patience`.
+async fn within<E>(
+    patience: Duration,
+    write: impl Future<Output = Result<(), E>>,
+) -> Result<(), End> {
+    match tokio::time::timeout(patience, write).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(_)) | Err(_) => Err(End::Gone),
+    }
+}
+
+/// A message's length on the wire: a server's frames are not masked, so a header of 2
+/// bytes, 4 with a 16-bit length, 10 with a 64-bit one.
+fn wire_length(message: &Message) -> usize {
+    let payload = match message {
+        Message::Text(text) => text.len(),
+        Message::Binary(bytes) | Message::Ping(bytes) | Message::Pong(bytes) => bytes.len(),
+        Message::Frame(frame) => frame.payload().len(),
+        Message::Close(close) => close.as_ref().map_or(0, |close| 2 + close.reason.len()),
+    };
+    let header = match payload {
+        0..=125 => 2,
+        126..=65_535 => 4,
+        _ => 10,
+    };
+    header + payload
 }
 
 /// An interval whose first tick is one period away (not immediate).
