@@ -70,6 +70,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     app.token = Some(token.clone());
     let (_, project) = app.organization_and_project().await;
     let tickets = seed(&app, &project, args.cards).await?;
+    crate::setup::analyze(&database.pool).await?;
     let pid = server.id().unwrap_or_default();
     println!(
         "live: board of {} tickets, {} commands/s for {} s per client count; server pid {pid} (load average {})",

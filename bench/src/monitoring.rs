@@ -80,8 +80,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let started = Instant::now();
     generate(&app, organization, &projects, &args).await?;
     crate::projections::caught_up(&app.database.pool, Duration::from_secs(900)).await?;
-    // As autovacuum would after such a load: the planner needs the tables' statistics.
-    sqlx::query("analyze").execute(&app.database.pool).await?;
+    crate::setup::analyze(&app.database.pool).await?;
     println!(
         "  generated and projected in {:.1} s",
         started.elapsed().as_secs_f64()

@@ -101,3 +101,14 @@ pub async fn wait_for_events(
         }
     }
 }
+
+/// Gives the planner the statistics of the data a benchmark just made, as a database at
+/// rest has them (autovacuum analyzes a table once a tenth of it changed, within a minute;
+/// `pgbench -i` analyzes too). Without them a fresh database's event log passes for
+/// empty: omoi's append checked the taken sequences with a hash join over a scan of the
+/// whole log (`auto_explain`: a seq scan of `events` per appended batch, cached in every
+/// pooled connection), and `pgbench`'s select of an aggregate's events scanned it too.
+pub async fn analyze(pool: &sqlx::PgPool) -> anyhow::Result<()> {
+    sqlx::query("analyze").execute(pool).await?;
+    Ok(())
+}

@@ -88,6 +88,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
 
     // Throughput: a backlog of N tasks.
     create_tasks(&app, &ticket, args.tasks, 32).await?;
+    crate::setup::analyze(&app.database.pool).await?;
     let started = Instant::now();
     let worker = Worker::start(app.database.pool.clone(), config);
     wait_for_events(&app.database.pool, "TaskCompleted", args.tasks as i64).await?;

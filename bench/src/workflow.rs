@@ -86,6 +86,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         poll_interval_ms: 100,
         ..WorkerConfig::default()
     };
+    crate::setup::analyze(&app.database.pool).await?;
     let started = Instant::now();
     let approvals: Vec<StatusCode> = futures_util::stream::iter(&specs)
         .map(|spec| {

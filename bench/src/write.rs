@@ -129,6 +129,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     // pgbench's own tickets: its appends never make a server's kept aggregate stale.
     let raw_tickets = seed(first, &project, args.tickets).await?;
     register_for_pgbench(first, &raw_tickets).await?;
+    crate::setup::analyze(&first.database.pool).await?;
     let (in_use, most): (i64, i64) = sqlx::query_as(
         "select (select count(*) from pg_stat_activity), current_setting('max_connections')::bigint",
     )
