@@ -893,9 +893,8 @@ async fn a_fold_stopped_between_pages_leaves_the_build_at_zero_and_the_next_lead
 /// is announced when it ends, not lost.
 #[tokio::test(flavor = "multi_thread")]
 async fn the_first_commit_after_a_quiet_spell_is_announced_at_once_and_none_is_lost() {
-    use omoi_store::wakeup::{announce_commits, CHANNEL};
+    use omoi_store::wakeup::CHANNEL;
     use sqlx::postgres::PgListener;
-    use tokio::sync::watch;
 
     let database = TestDatabase::create().await.expect("database");
     let mut listener = PgListener::connect_with(&database.pool)
@@ -903,22 +902,12 @@ async fn the_first_commit_after_a_quiet_spell_is_announced_at_once_and_none_is_l
         .expect("a listener");
     listener.listen(CHANNEL).await.expect("listening");
 
-    let (commits, watched) = watch::channel(0u64);
-    let hourly = tokio::spawn(announce_commits(
-        database.pool.clone(),
-        watched,
-        Duration::from_secs(3600),
-    ));
+    let (commits, hourly) = announcer(&database, Duration::from_secs(3600));
     commits.send_modify(|n| *n += 1);
     assert_eq!(announced(&mut listener).await.channel(), CHANNEL);
     hourly.abort();
 
-    let (commits, watched) = watch::channel(0u64);
-    let brief = tokio::spawn(announce_commits(
-        database.pool.clone(),
-        watched,
-        Duration::from_millis(200),
-    ));
+    let (commits, brief) = announcer(&database, Duration::from_millis(200));
     commits.send_modify(|n| *n += 1);
     announced(&mut listener).await;
     // Within the window of the announcement just made: announced at its end.
@@ -933,4 +922,18 @@ async fn announced(listener: &mut sqlx::postgres::PgListener) -> sqlx::postgres:
         .await
         .expect("announced long before the window's end")
         .expect("a notification")
+}
+
+/// A process's announcer of commits with this `window`, and the counter its commits bump.
+fn announcer(
+    database: &TestDatabase,
+    window: Duration,
+) -> (tokio::sync::watch::Sender<u64>, tokio::task::JoinHandle<()>) {
+    let (commits, watched) = tokio::sync::watch::channel(0u64);
+    let task = tokio::spawn(omoi_store::wakeup::announce_commits(
+        database.pool.clone(),
+        watched,
+        window,
+    ));
+    (commits, task)
 }

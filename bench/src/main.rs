@@ -81,6 +81,9 @@ fn main() -> ExitCode {
             Command::Chaos(args) => omoi_bench::chaos::run(args).await,
         }
     });
+    // The servers and pools of the run end with the runtime, before their cluster stops.
+    drop(runtime);
+    let outcome = outcome.and(omoi_bench::setup::stop_started_cluster());
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {

@@ -2,6 +2,7 @@
 //! and the machine's load printed beside their figures.
 
 use std::path::{Path, PathBuf};
+use std::sync::{Mutex, PoisonError};
 
 use anyhow::Context;
 use omoi_store::embedded::EmbeddedPostgres;
@@ -23,6 +24,10 @@ pub async fn admin_url() -> anyhow::Result<String> {
     }
 }
 
+/// The benchmark cluster this process started: [`stop_started_cluster`] stops it when the
+/// benchmark ends. One that was already running is left as it was.
+static STARTED: Mutex<Option<EmbeddedPostgres>> = Mutex::new(None);
+
 /// A cluster with PostgreSQL's default (durable) settings in `target/omoi-bench-pg`, so that
 /// the figures resemble a real deployment; its port is 15433.
 async fn bench_cluster() -> anyhow::Result<String> {
@@ -33,8 +38,28 @@ async fn bench_cluster() -> anyhow::Result<String> {
     );
     let cluster = EmbeddedPostgres::new(dir, 15433)?;
     let starting = cluster.clone();
-    tokio::task::spawn_blocking(move || starting.start()).await??;
+    let started = tokio::task::spawn_blocking(move || {
+        let running = starting.is_running()?;
+        starting.start().map(|()| !running)
+    })
+    .await??;
+    if started {
+        *STARTED.lock().unwrap_or_else(PoisonError::into_inner) = Some(cluster.clone());
+    }
     Ok(cluster.url("postgres")?)
+}
+
+/// Stops the benchmark cluster if this process started it (nothing runs on after a
+/// benchmark: CI and the tests share the machine).
+pub fn stop_started_cluster() -> anyhow::Result<()> {
+    let started = STARTED
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .take();
+    if let Some(cluster) = started {
+        cluster.stop()?;
+    }
+    Ok(())
 }
 
 /// The `omoi` binary the benchmarks start as servers and workers: `OMOI_BIN`, else the one
