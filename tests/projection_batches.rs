@@ -487,8 +487,8 @@ async fn differences(
 }
 
 /// What a rebuild does with a projector that folds: the first `split` events folded in
-/// memory in pages of `chunk` and written at once, the rest applied in batches (the fold
-/// reached its bound of rows).
+/// memory in pages of `chunk` and written at once (a fold that goes on: after every
+/// page), the rest applied in batches (the fold reached its bound of rows).
 async fn fold_then_batches(
     tx: &mut PgConnection,
     projector: &dyn Projector,
@@ -502,6 +502,10 @@ async fn fold_then_batches(
     let (folded, rest) = log.split_at(split.min(log.len()));
     for page in folded.chunks(chunk) {
         fold.fold(page).map_err(failed)?;
+        // A fold that goes on is written page by page here (as at its bound), folding on.
+        if fold.goes_on() {
+            fold.write(tx, schema).await.map_err(failed)?;
+        }
     }
     fold.write(tx, schema).await.map_err(failed)?;
     for batch in rest.chunks(chunk) {

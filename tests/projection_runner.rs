@@ -596,12 +596,24 @@ async fn a_long_catch_up_streams_the_log_and_applies_every_event_once_in_order()
 }
 
 /// [`Probe`]'s table, but a build from position zero is folded in memory and written
-/// once ([`Projector::fold_from_start`]); events of type `ProbePoison` are refused by the
-/// fold and by the batches alike. Counts the folds written and the batches applied.
+/// once ([`Projector::fold_from_start`]) — or, with a bound, written whenever it holds
+/// that many events, folding on ([`Fold::goes_on`]); events of type `ProbePoison` are
+/// refused by the fold and by the batches alike. Counts the folds written and the
+/// batches applied.
 #[derive(Default)]
 struct FoldingProbe {
     writes: Arc<AtomicUsize>,
     batches: Arc<AtomicUsize>,
+    goes_on_at: Option<usize>,
+}
+
+impl FoldingProbe {
+    fn going_on_at(bound: usize) -> Self {
+        Self {
+            goes_on_at: Some(bound),
+            ..Self::default()
+        }
+    }
 }
 
 fn refuse_poison(events: &[StoredEvent]) -> Result<(), ProjectionError> {
@@ -640,6 +652,7 @@ impl Projector for FoldingProbe {
         Some(Box::new(ProbeFold {
             events: Vec::new(),
             writes: self.writes.clone(),
+            goes_on_at: self.goes_on_at,
         }))
     }
 }
@@ -647,6 +660,7 @@ impl Projector for FoldingProbe {
 struct ProbeFold {
     events: Vec<StoredEvent>,
     writes: Arc<AtomicUsize>,
+    goes_on_at: Option<usize>,
 }
 
 impl Fold for ProbeFold {
@@ -659,14 +673,22 @@ impl Fold for ProbeFold {
         self.events.len()
     }
     fn write<'a>(
-        self: Box<Self>,
+        &'a mut self,
         tx: &'a mut PgConnection,
         schema: &'a str,
     ) -> BoxFuture<'a, Result<(), ProjectionError>> {
         Box::pin(async move {
             self.writes.fetch_add(1, Ordering::SeqCst);
-            Probe.apply(tx, schema, &self.events).await
+            let events = std::mem::take(&mut self.events);
+            Probe.apply(tx, schema, &events).await
         })
+    }
+    fn bound(&self) -> usize {
+        self.goes_on_at
+            .unwrap_or(omoi_projections::runner::FOLD_ROWS)
+    }
+    fn goes_on(&self) -> bool {
+        self.goes_on_at.is_some()
     }
 }
 
@@ -886,6 +908,231 @@ async fn a_fold_stopped_between_pages_leaves_the_build_at_zero_and_the_next_lead
     );
     let (applied, log) = applied_and_log(&database, &build).await;
     assert!(applied == log, "every event once, in the log's order");
+}
+
+/// A rebuild whose fold goes on writes whenever the fold holds its bound — each write
+/// one transaction with the checkpoint past what it folded — and folds on from there:
+/// every event once, in order, and no batch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_fold_that_goes_on_is_written_at_its_bound_and_folds_on() {
+    use omoi_projections::catalog::{self, BuildState};
+    use omoi_projections::runner::{catch_up, CATCH_UP_BATCH};
+
+    let database = TestDatabase::create().await.expect("database");
+    let projector = FoldingProbe::going_on_at(9_950);
+    let count = 2 * CATCH_UP_BATCH + 7;
+    append_probes(&database.pool, "probes", count).await;
+    let mut conn = database.pool.acquire().await.expect("a connection");
+    let build = catalog::create_build(&mut conn, &projector, BuildState::Building)
+        .await
+        .expect("a build");
+    drop(conn);
+    whole_log_visible(&database).await;
+
+    let mut seen = Vec::new();
+    let done = catch_up(
+        &database.pool,
+        &database.options,
+        &projector,
+        build.build,
+        100,
+        |applied| seen.push(applied),
+    )
+    .await
+    .expect("a catch-up");
+    assert!(done.failure.is_none(), "stopped: {:?}", done.failure);
+    assert_eq!((done.events_applied, done.state), (count, BuildState::Live));
+    // Pages of 100, 10,000 and 9,907: written once past its bound (10,100 events), then
+    // again at the stream's end (9,907, short of it).
+    assert_eq!(seen, [100, 10_100, 10_100, 20_007, 20_007, 20_007]);
+    assert_eq!(projector.writes.load(Ordering::SeqCst), 2);
+    assert_eq!(
+        projector.batches.load(Ordering::SeqCst),
+        0,
+        "folded, not batched"
+    );
+    let (applied, log) = applied_and_log(&database, &build).await;
+    assert!(applied == log, "every event once, in the log's order");
+}
+
+/// A leader stopped after one of its fold's writes leaves the build at that write's
+/// checkpoint (its rows and nothing past them); the next leader does not fold from the
+/// middle but goes on in batches from there: every event once, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_fold_stopped_after_a_write_is_taken_over_in_batches_from_its_checkpoint() {
+    use omoi_projections::catalog::{self, BuildState};
+    use omoi_projections::runner::{catch_up, step, Reading, RunnerStats, Step};
+    use sqlx::Connection;
+
+    let database = TestDatabase::create().await.expect("database");
+    let projector = FoldingProbe::going_on_at(150);
+    append_probes(&database.pool, "probes", 400).await;
+    let mut conn = database.pool.acquire().await.expect("a connection");
+    let build = catalog::create_build(&mut conn, &projector, BuildState::Building)
+        .await
+        .expect("a build");
+    drop(conn);
+    whole_log_visible(&database).await;
+
+    // The first leader folds a page of 100 and the read-ahead's page after it (the rest),
+    // holds its bound, writes, then stops (its reading is dropped).
+    let mut conn = PgConnection::connect_with(&database.options)
+        .await
+        .expect("a connection");
+    let (stats, mut reading) = (RunnerStats::default(), Reading::default());
+    for expected in [Step::Applied(100), Step::Applied(300), Step::Applied(0)] {
+        let stepped = step(
+            &database.pool,
+            &mut conn,
+            &projector,
+            build.build,
+            100,
+            &stats,
+            &mut reading,
+        )
+        .await
+        .expect("a step");
+        assert_eq!(stepped, expected);
+    }
+    drop(reading);
+    assert_eq!(projector.writes.load(Ordering::SeqCst), 1);
+    let at = catalog::build_by_id(&database.pool, build.build)
+        .await
+        .expect("the build")
+        .expect("it exists");
+    assert_eq!((at.events_applied, at.state), (400, BuildState::Building));
+    let (applied, log) = applied_and_log(&database, &build).await;
+    assert!(applied == log, "the write holds every event folded, once");
+
+    append_probes(&database.pool, "more", 50).await;
+    whole_log_visible(&database).await;
+    let done = catch_up(
+        &database.pool,
+        &database.options,
+        &projector,
+        build.build,
+        100,
+        |_| {},
+    )
+    .await
+    .expect("the next leader's catch-up");
+    assert_eq!((done.events_applied, done.state), (450, BuildState::Live));
+    assert_eq!(
+        projector.writes.load(Ordering::SeqCst),
+        1,
+        "no fold from the middle"
+    );
+    assert!(projector.batches.load(Ordering::SeqCst) > 0);
+    let (applied, log) = applied_and_log(&database, &build).await;
+    assert!(applied == log, "every event once, in the log's order");
+}
+
+/// [`Probe`] with an index for readers: a unique one on the events' places.
+struct IndexedProbe;
+
+impl Projector for IndexedProbe {
+    fn name(&self) -> &'static str {
+        "indexed_probe"
+    }
+    fn version(&self) -> i32 {
+        1
+    }
+    fn tables(&self) -> &'static [&'static str] {
+        Probe.tables()
+    }
+    fn create_tables(&self, schema: &str) -> Vec<String> {
+        Probe.create_tables(schema)
+    }
+    fn create_indexes(&self, schema: &str) -> Vec<String> {
+        vec![format!(
+            "create unique index if not exists seen_by_place
+                on {schema}.seen (transaction_id, global_position)"
+        )]
+    }
+    fn apply<'a>(
+        &'a self,
+        tx: &'a mut PgConnection,
+        schema: &'a str,
+        events: &'a [StoredEvent],
+    ) -> BoxFuture<'a, Result<(), ProjectionError>> {
+        Probe.apply(tx, schema, events)
+    }
+}
+
+/// A rebuilt build gets its readers' indexes when it goes live, built concurrently (no
+/// transaction id held while they build); one an interrupted build left invalid — here a
+/// unique index whose concurrent build failed on duplicates — is dropped and built again
+/// rather than taken for built by `if not exists`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn going_live_builds_the_readers_indexes_again_where_an_interrupted_build_left_one_invalid() {
+    use omoi_projections::catalog::{self, BuildState};
+    use omoi_projections::runner::catch_up;
+
+    let database = TestDatabase::create().await.expect("database");
+    append_probes(&database.pool, "probes", 30).await;
+    let mut conn = database.pool.acquire().await.expect("a connection");
+    let build = catalog::create_build(&mut conn, &IndexedProbe, BuildState::Building)
+        .await
+        .expect("a build");
+    let schema = build.schema();
+    for n in 1..=2 {
+        sqlx::query(&format!(
+            "insert into {schema}.seen (aggregate_type, aggregate_id, sequence, transaction_id,
+                                        global_position)
+             values ('Duplicate', 'd', $1, 0, 0)"
+        ))
+        .bind(n)
+        .execute(&mut *conn)
+        .await
+        .expect("a duplicate place");
+    }
+    let interrupted = sqlx::query(&format!(
+        "create unique index concurrently seen_by_place on {schema}.seen
+             (transaction_id, global_position)"
+    ))
+    .persistent(false)
+    .execute(&mut *conn)
+    .await;
+    assert!(interrupted.is_err(), "the duplicates fail the build");
+    sqlx::query(&format!(
+        "delete from {schema}.seen where aggregate_type = 'Duplicate'"
+    ))
+    .execute(&mut *conn)
+    .await
+    .expect("the duplicates gone");
+    let valid = || {
+        sqlx::query_scalar::<_, bool>(
+            "select i.indisvalid from pg_index i
+               join pg_class c on c.oid = i.indexrelid
+               join pg_namespace n on n.oid = c.relnamespace
+              where n.nspname = $1 and c.relname = 'seen_by_place'",
+        )
+        .bind(&schema)
+        .fetch_optional(&database.pool)
+    };
+    assert_eq!(
+        valid().await.expect("its state"),
+        Some(false),
+        "left invalid"
+    );
+
+    whole_log_visible(&database).await;
+    let done = catch_up(
+        &database.pool,
+        &database.options,
+        &IndexedProbe,
+        build.build,
+        100,
+        |_| {},
+    )
+    .await
+    .expect("a catch-up");
+    assert_eq!((done.events_applied, done.state), (30, BuildState::Live));
+    assert_eq!(
+        valid().await.expect("its state"),
+        Some(true),
+        "built again, valid"
+    );
 }
 
 /// A process announces its first commit after a quiet spell to other processes at once,

@@ -32,6 +32,7 @@ pub mod agents;
 pub mod board;
 pub mod catalog;
 pub mod codec;
+mod copy;
 pub mod directory;
 pub mod graph;
 pub mod monitoring;
@@ -128,9 +129,12 @@ pub trait Projector: Send + Sync {
     fn upgrade_tables(&self, _schema: &str) -> Vec<String> {
         Vec::new()
     }
-    /// Indexes only the queries need. A build projected from position zero beside the live
-    /// one gets them when it goes live — one bulk build per index instead of upkeep on
-    /// every row written during the rebuild; a build live from the start gets them at once.
+    /// Indexes only the queries need, each `create [unique] index if not exists …`. A build
+    /// projected from position zero beside the live one gets them when it goes live — one
+    /// bulk build per index instead of upkeep on every row written during the rebuild,
+    /// built concurrently so that the log's readers are not held while it runs
+    /// ([`catalog::build_indexes_concurrently`]); a build live from the start gets them
+    /// at once.
     fn create_indexes(&self, _schema: &str) -> Vec<String> {
         Vec::new()
     }
@@ -187,16 +191,28 @@ pub trait Fold: Send {
     /// Folds the next page of the stream, in its order. An error (a poison event) makes
     /// the runner drop the fold and apply the same events in batches, which stop at it.
     fn fold(&mut self, events: &[StoredEvent]) -> Result<(), ProjectionError>;
-    /// Rows the fold would write: the runner writes it once it holds
-    /// [`runner::FOLD_ROWS`] and goes on in batches, so memory stays bounded.
+    /// Rows the fold would write: the runner writes it once it holds [`Fold::bound`] and
+    /// goes on in batches, or folding if it [goes on](Fold::goes_on), so memory stays
+    /// bounded.
     fn rows(&self) -> usize;
-    /// Writes every row into the build's tables, empty until now, inside the transaction
-    /// that moves the checkpoint past the folded events.
+    /// How many rows it may hold before it is written.
+    fn bound(&self) -> usize {
+        runner::FOLD_ROWS
+    }
+    /// Writes its rows into the build's tables inside the transaction that moves the
+    /// checkpoint past the folded events: every row, into tables empty until now — or,
+    /// for a fold that goes on, the rows folded since its last write.
     fn write<'a>(
-        self: Box<Self>,
+        &'a mut self,
         tx: &'a mut PgConnection,
         schema: &'a str,
     ) -> BoxFuture<'a, Result<(), ProjectionError>>;
+    /// Whether it folds on from its write, keeping only what the next events need (the
+    /// timeline: its titles) and writing only what they add. `false` (the default): its
+    /// rows are the whole model, written once; the batches go on after it.
+    fn goes_on(&self) -> bool {
+        false
+    }
 }
 
 /// Rows per statement when a [`Fold`] writes itself: one statement per table would bind

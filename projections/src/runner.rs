@@ -662,14 +662,19 @@ pub async fn step(
     // Events passed by since the checkpoint was written count only while nobody else
     // has moved the checkpoint (a retry, a takeover).
     let unsaved = reading.unsaved.take().filter(|u| u.saved == seen.cursor);
-    let at_zero = seen.state == BuildState::Building && seen.cursor == Cursor::default();
-    if !at_zero {
-        // The checkpoint moved (the fold was written, or another hand moved it).
-        reading.folding = None;
-    } else if unsaved.is_none() && !reading.fold_refused {
-        let folding = match reading.folding.take() {
+    let building = seen.state == BuildState::Building;
+    // A fold goes on only from the checkpoint it wrote last (zero before its first
+    // write); if another hand moved the checkpoint, the batches take over from there.
+    let folding = reading
+        .folding
+        .take()
+        .filter(|folding| building && folding.written == seen.cursor);
+    let at_zero = building && seen.cursor == Cursor::default();
+    if unsaved.is_none() && !reading.fold_refused {
+        let folding = match folding {
             Some(folding) => Some(folding),
-            None => projector.fold_from_start().map(Folding::new),
+            None if at_zero => projector.fold_from_start().map(Folding::new),
+            None => None,
         };
         if let Some(folding) = folding {
             let build = (&seen, read_at);
@@ -791,8 +796,11 @@ pub async fn step(
 /// A fold from position zero and how far it got.
 struct Folding {
     fold: Box<dyn Fold>,
+    /// The checkpoint its last write moved the build to (zero before its first).
+    written: Cursor,
     /// The position after the events folded.
     cursor: Cursor,
+    /// Events folded since its last write, and the last of them.
     folded: usize,
     last: Option<StoredEvent>,
 }
@@ -801,6 +809,7 @@ impl Folding {
     fn new(fold: Box<dyn Fold>) -> Self {
         Self {
             fold,
+            written: Cursor::default(),
             cursor: Cursor::default(),
             folded: 0,
             last: None,
@@ -808,12 +817,13 @@ impl Folding {
     }
 }
 
-/// One step of a build at position zero that folds ([`Projector::fold_from_start`]): the
-/// next page of the stream folded in memory — or, once the stream ends or the fold holds
-/// [`FOLD_ROWS`], the fold written with the checkpoint moved past what it folded, in one
-/// transaction (a crash before its commit leaves the build at zero). `None` when the
-/// batches must do it instead: an event the fold refuses (the batches stop at it, as a
-/// poison event), a write that failed for good, or nothing to fold at all.
+/// One step of a build that folds ([`Projector::fold_from_start`]): the next page of the
+/// stream folded in memory — or, once the stream ends or the fold holds its
+/// [`Fold::bound`], the fold written with the checkpoint moved past what it folded, in one
+/// transaction (a crash before its commit leaves the build where the fold's last write
+/// left it). A fold that [goes on](Fold::goes_on) folds on from there; any other is done.
+/// `None` when the batches must do it instead: an event the fold refuses (the batches
+/// stop at it, as a poison event), a write that failed for good, or nothing to fold.
 #[allow(clippy::too_many_arguments)]
 async fn fold_one_page(
     pool: &PgPool,
@@ -826,7 +836,7 @@ async fn fold_one_page(
     reading: &mut Reading,
 ) -> Result<Option<Step>, sqlx::Error> {
     let started = Instant::now();
-    if folding.fold.rows() < FOLD_ROWS {
+    if folding.fold.rows() < folding.fold.bound() {
         let page = reading.page(pool, folding.cursor, batch_size).await?;
         if page.events.len() as i64 >= batch_size {
             reading
@@ -846,22 +856,19 @@ async fn fold_one_page(
             return Ok(Some(Step::Applied(page.events.len())));
         }
     }
-    let Folding {
-        fold,
-        cursor,
-        folded,
-        last,
-    } = folding;
-    let Some(last) = last else {
-        // Nothing to fold: the empty stream makes the build go live the usual way.
+    let Some(last) = folding.last.take() else {
+        // Nothing (more) to fold: the batches see the stream's end and the build goes
+        // live the usual way.
         return Ok(None);
     };
-    let rows = fold.rows();
+    let (cursor, folded) = (folding.cursor, folding.folded);
+    let rows = folding.fold.rows();
     let mut tx = conn.begin_with(ASYNCHRONOUS_BATCH).await?;
-    if let Err(error) = fold.write(&mut tx, &seen.schema()).await {
+    if let Err(error) = folding.fold.write(&mut tx, &seen.schema()).await {
         tx.rollback().await?;
         if error.is_transient() {
-            // Folded again from the start at the next step.
+            // At zero, folded again from the start at the next step; further on, the
+            // batches go on from the fold's last write.
             return Ok(Some(Step::Retry));
         }
         tracing::warn!(projector = projector.name(), %error, "writing a fold failed; building in batches");
@@ -878,8 +885,13 @@ async fn fold_one_page(
         events = folded,
         rows,
         write_ms = started.elapsed().as_millis() as u64,
-        "folded from the start and written"
+        "folded and written"
     );
+    if folding.fold.goes_on() {
+        folding.written = cursor;
+        folding.folded = 0;
+        reading.folding = Some(folding);
+    }
     reading.known = Some((
         Build {
             cursor,
@@ -903,6 +915,7 @@ async fn go_live(
     projector: &dyn Projector,
     seen: &Build,
 ) -> Result<Step, sqlx::Error> {
+    catalog::build_indexes_concurrently(conn, projector, &seen.schema()).await?;
     let mut tx = conn.begin().await?;
     let build = match catalog::lock_build(&mut tx, seen.build).await? {
         Some(build)

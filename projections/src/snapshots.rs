@@ -238,7 +238,7 @@ impl Fold for SnapshotsFold {
     }
 
     fn write<'a>(
-        self: Box<Self>,
+        &'a mut self,
         tx: &'a mut PgConnection,
         schema: &'a str,
     ) -> BoxFuture<'a, Result<(), ProjectionError>> {

@@ -114,12 +114,12 @@ impl Fold for AgentsFold {
     }
 
     fn write<'a>(
-        self: Box<Self>,
+        &'a mut self,
         tx: &'a mut PgConnection,
         schema: &'a str,
     ) -> BoxFuture<'a, Result<(), ProjectionError>> {
         Box::pin(async move {
-            let mut rows = self.0;
+            let mut rows = std::mem::take(&mut self.0);
             rows.refresh_current_tasks();
             rows.save(tx, schema).await
         })

@@ -118,8 +118,8 @@ impl Projector for BoardProjector {
 
     fn create_indexes(&self, schema: &str) -> Vec<String> {
         vec![
-            format!("create index cards_by_project on {schema}.cards (project_id, status)"),
-            format!("create index task_cards_by_ticket on {schema}.task_cards (ticket_id)"),
+            format!("create index if not exists cards_by_project on {schema}.cards (project_id, status)"),
+            format!("create index if not exists task_cards_by_ticket on {schema}.task_cards (ticket_id)"),
         ]
     }
 
@@ -154,7 +154,7 @@ impl Fold for BoardFold {
     }
 
     fn write<'a>(
-        self: Box<Self>,
+        &'a mut self,
         tx: &'a mut PgConnection,
         schema: &'a str,
     ) -> BoxFuture<'a, Result<(), ProjectionError>> {

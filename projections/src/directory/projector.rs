@@ -154,7 +154,7 @@ impl Fold for DirectoryFold {
     }
 
     fn write<'a>(
-        self: Box<Self>,
+        &'a mut self,
         tx: &'a mut PgConnection,
         schema: &'a str,
     ) -> BoxFuture<'a, Result<(), ProjectionError>> {

@@ -90,10 +90,10 @@ impl Projector for GraphProjector {
 
     fn create_indexes(&self, schema: &str) -> Vec<String> {
         vec![
-            format!("create index nodes_by_project on {schema}.nodes (project_id)"),
-            format!("create index nodes_by_ticket on {schema}.nodes (ticket_id)"),
-            format!("create index edges_by_target on {schema}.edges (to_id)"),
-            format!("create index edges_by_project on {schema}.edges (project_id)"),
+            format!("create index if not exists nodes_by_project on {schema}.nodes (project_id)"),
+            format!("create index if not exists nodes_by_ticket on {schema}.nodes (ticket_id)"),
+            format!("create index if not exists edges_by_target on {schema}.edges (to_id)"),
+            format!("create index if not exists edges_by_project on {schema}.edges (project_id)"),
         ]
     }
 
@@ -129,7 +129,7 @@ impl Fold for GraphFold {
     }
 
     fn write<'a>(
-        self: Box<Self>,
+        &'a mut self,
         tx: &'a mut PgConnection,
         schema: &'a str,
     ) -> BoxFuture<'a, Result<(), ProjectionError>> {

@@ -1,6 +1,7 @@
-//! The SQL side of the timeline: its tables (schema `rm_timeline_<build>`) and the
-//! set-based `apply` that looks up the titles a batch names, writes its entries and then
-//! the titles it set.
+//! The SQL side of the timeline: its tables (schema `rm_timeline_<build>`), the set-based
+//! `apply` that looks up the titles a batch names, writes its entries and then the titles
+//! it set, and the fold of a rebuild, which keeps the titles in memory and copies the
+//! entries in.
 
 use std::collections::{BTreeSet, HashMap};
 
@@ -13,7 +14,16 @@ use uuid::Uuid;
 use super::model::{Change, EntityType, TitleKey};
 use super::summary::{summary, Names};
 use crate::codec::{decode_error, entity_id, EventMeta};
-use crate::{ProjectionError, Projector};
+use crate::copy::CopyRows;
+use crate::{Fold, ProjectionError, Projector, FOLD_WRITE_CHUNK};
+
+/// Entries a rebuild's fold holds before it writes them (about 15 MB encoded) and folds
+/// on: each write holds the log's readers while it runs, so it stays short.
+const FOLD_ENTRIES: usize = 100_000;
+
+/// Titles a rebuild's fold keeps in memory at most (about 100 bytes each); past them it
+/// writes and the batches go on, reading titles from the table.
+const FOLD_TITLES: usize = 2_000_000;
 
 /// Builds the `timeline` read model.
 pub struct TimelineProjector;
@@ -24,7 +34,9 @@ impl Projector for TimelineProjector {
     }
 
     fn version(&self) -> i32 {
-        1
+        // 2: the entries' key is built when a rebuilt build goes live, not kept up while
+        // it is written.
+        2
     }
 
     fn tables(&self) -> &'static [&'static str] {
@@ -44,8 +56,7 @@ impl Projector for TimelineProjector {
                     event_type text not null,
                     actor text,
                     summary text not null,
-                    occurred_at timestamptz not null,
-                    primary key (transaction_id, global_position)
+                    occurred_at timestamptz not null
                 )"
             ),
             format!(
@@ -62,8 +73,13 @@ impl Projector for TimelineProjector {
     }
 
     fn create_indexes(&self, schema: &str) -> Vec<String> {
-        // Newest-first pages walk these backwards, one per way of scoping a page.
+        // Newest-first pages walk these backwards, one per way of scoping a page; the
+        // first is the entries' key (an event is one entry).
         vec![
+            format!(
+                "create unique index if not exists entries_by_position
+                    on {schema}.entries (transaction_id, global_position)"
+            ),
             format!(
                 "create index if not exists entries_by_project
                     on {schema}.entries (project_id, transaction_id, global_position)"
@@ -87,6 +103,10 @@ impl Projector for TimelineProjector {
     ) -> BoxFuture<'a, Result<(), ProjectionError>> {
         Box::pin(apply_events(tx, schema, events))
     }
+
+    fn fold_from_start(&self) -> Option<Box<dyn Fold>> {
+        Some(Box::new(TimelineFold::default()))
+    }
 }
 
 /// An event that becomes an entry, decoded.
@@ -103,8 +123,60 @@ struct Title {
     text: String,
     /// Set for a title this batch writes: the scope of the row, from the event that first
     /// named the entity (a row keeps the scope it was created with).
-    scope: Option<(Uuid, Option<Uuid>)>,
+    scope: Option<Scope>,
 }
+
+/// A title row's organization and project.
+type Scope = (Uuid, Option<Uuid>);
+
+impl<'a> Decoded<'a> {
+    /// The event as an entry; `None` for an event that is not one.
+    fn of(event: &'a StoredEvent) -> Result<Option<Self>, ProjectionError> {
+        let Some(kind) = EntityType::of_aggregate(&event.aggregate_type) else {
+            return Ok(None);
+        };
+        let change =
+            Change::parse(kind, &event.payload).map_err(|e| ProjectionError::payload(event, e))?;
+        if !change.is_entry() {
+            return Ok(None);
+        }
+        Ok(Some(Self {
+            event,
+            kind,
+            id: entity_id(event)?,
+            change,
+            meta: EventMeta::of(event)?,
+        }))
+    }
+
+    /// Its summary with the titles as the event saw them; then the title it sets, if any,
+    /// into `titles`.
+    fn summarize(&self, titles: &mut Titles) -> String {
+        let title_of = |key: TitleKey| titles.get(&key).map(|t| t.text.as_str());
+        let names = Names {
+            id: self.id,
+            title: title_of((self.kind, self.id)),
+            other: self.change.reference().and_then(title_of),
+        };
+        let summary = summary(&self.change, &names);
+        if let Some(text) = self.change.new_title() {
+            let scope = (self.meta.organization_id, self.meta.project_id);
+            titles
+                .entry((self.kind, self.id))
+                .and_modify(|t| {
+                    t.text = text.to_string();
+                    t.scope.get_or_insert(scope);
+                })
+                .or_insert_with(|| Title {
+                    text: text.to_string(),
+                    scope: Some(scope),
+                });
+        }
+        summary
+    }
+}
+
+type Titles = HashMap<TitleKey, Title>;
 
 /// Looks up every title the batch names (one query), writes the entries in order with
 /// the titles as each event saw them (one insert), then the titles the batch set (one
@@ -116,21 +188,7 @@ async fn apply_events(
 ) -> Result<(), ProjectionError> {
     let mut decoded = Vec::with_capacity(events.len());
     for event in events {
-        let Some(kind) = EntityType::of_aggregate(&event.aggregate_type) else {
-            continue;
-        };
-        let change =
-            Change::parse(kind, &event.payload).map_err(|e| ProjectionError::payload(event, e))?;
-        if !change.is_entry() {
-            continue;
-        }
-        decoded.push(Decoded {
-            event,
-            kind,
-            id: entity_id(event)?,
-            change,
-            meta: EventMeta::of(event)?,
-        });
+        decoded.extend(Decoded::of(event)?);
     }
     if decoded.is_empty() {
         return Ok(());
@@ -142,31 +200,78 @@ async fn apply_events(
     let mut titles = load_titles(tx, schema, &wanted).await?;
     let mut entries = EntryColumns::default();
     for d in &decoded {
-        let title_of = |key: TitleKey| titles.get(&key).map(|t| t.text.as_str());
-        let names = Names {
-            id: d.id,
-            title: title_of((d.kind, d.id)),
-            other: d.change.reference().and_then(title_of),
-        };
-        let summary = summary(&d.change, &names);
+        let summary = d.summarize(&mut titles);
         entries.push(d, summary);
-        if let Some(text) = d.change.new_title() {
-            let scope = (d.meta.organization_id, d.meta.project_id);
-            titles
-                .entry((d.kind, d.id))
-                .and_modify(|t| {
-                    t.text = text.to_string();
-                    t.scope.get_or_insert(scope);
-                })
-                .or_insert_with(|| Title {
-                    text: text.to_string(),
-                    scope: Some(scope),
-                });
-        }
     }
     insert_entries(tx, schema, entries).await?;
-    save_titles(tx, schema, &titles).await?;
+    save_titles(tx, schema, &mut titles).await?;
     Ok(())
+}
+
+/// The timeline of a rebuild, folded from position zero: every title in memory (no
+/// lookups), the entries encoded for `COPY` as they are folded and written every
+/// [`FOLD_ENTRIES`] with the titles set since the last write.
+#[derive(Default)]
+struct TimelineFold {
+    titles: Titles,
+    entries: CopyRows,
+}
+
+impl Fold for TimelineFold {
+    fn fold(&mut self, events: &[StoredEvent]) -> Result<(), ProjectionError> {
+        for event in events {
+            if let Some(d) = Decoded::of(event)? {
+                let summary = d.summarize(&mut self.titles);
+                copy_entry(&mut self.entries, &d, &summary);
+            }
+        }
+        Ok(())
+    }
+
+    fn rows(&self) -> usize {
+        self.entries.len()
+    }
+
+    fn bound(&self) -> usize {
+        FOLD_ENTRIES
+    }
+
+    fn write<'a>(
+        &'a mut self,
+        tx: &'a mut PgConnection,
+        schema: &'a str,
+    ) -> BoxFuture<'a, Result<(), ProjectionError>> {
+        Box::pin(async move {
+            let statement = format!(
+                "copy {schema}.entries (transaction_id, global_position, organization_id,
+                     project_id, entity_type, entity_id, event_type, actor, summary,
+                     occurred_at)
+                 from stdin (format binary)"
+            );
+            self.entries.copy(tx, &statement).await?;
+            save_titles(tx, schema, &mut self.titles).await?;
+            Ok(())
+        })
+    }
+
+    fn goes_on(&self) -> bool {
+        self.titles.len() < FOLD_TITLES
+    }
+}
+
+/// An entry as the fold's `COPY` takes it: the columns of [`EntryColumns`], in order.
+fn copy_entry(rows: &mut CopyRows, d: &Decoded<'_>, summary: &str) {
+    rows.row(10)
+        .bigint(d.event.transaction_id)
+        .bigint(d.event.global_position)
+        .uuid(d.meta.organization_id)
+        .optional_uuid(d.meta.project_id)
+        .text(d.kind.as_str())
+        .uuid(d.id)
+        .text(&d.event.event_type)
+        .optional_text(d.meta.actor.as_deref())
+        .text(summary)
+        .timestamptz(d.meta.occurred_at);
 }
 
 async fn load_titles(
@@ -195,39 +300,43 @@ async fn load_titles(
     Ok(titles)
 }
 
-/// Creates or renames the titles this batch set; an existing row keeps its scope.
+/// Creates or renames the titles set since they were loaded or last saved (an existing
+/// row keeps its scope); they are then known as saved.
 async fn save_titles(
     tx: &mut PgConnection,
     schema: &str,
-    titles: &HashMap<TitleKey, Title>,
+    titles: &mut Titles,
 ) -> Result<(), sqlx::Error> {
-    let (mut kinds, mut ids, mut organizations, mut projects, mut texts) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    for ((kind, id), title) in titles {
-        let Some((organization, project)) = title.scope else {
-            continue;
-        };
-        kinds.push(kind.as_str());
-        ids.push(*id);
-        organizations.push(organization);
-        projects.push(project);
-        texts.push(title.text.as_str());
+    let set: Vec<(&TitleKey, &Title, Scope)> = titles
+        .iter()
+        .filter_map(|(key, title)| Some((key, title, title.scope?)))
+        .collect();
+    for chunk in set.chunks(FOLD_WRITE_CHUNK) {
+        let (mut kinds, mut ids, mut organizations, mut projects, mut texts) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for ((kind, id), title, (organization, project)) in chunk {
+            kinds.push(kind.as_str());
+            ids.push(*id);
+            organizations.push(*organization);
+            projects.push(*project);
+            texts.push(title.text.as_str());
+        }
+        sqlx::query(&format!(
+            "insert into {schema}.titles (entity_type, entity_id, organization_id, project_id, title)
+             select * from unnest($1::text[], $2::uuid[], $3::uuid[], $4::uuid[], $5::text[])
+             on conflict (entity_type, entity_id) do update set title = excluded.title"
+        ))
+        .bind(kinds)
+        .bind(ids)
+        .bind(organizations)
+        .bind(projects)
+        .bind(texts)
+        .execute(&mut *tx)
+        .await?;
     }
-    if kinds.is_empty() {
-        return Ok(());
+    for title in titles.values_mut() {
+        title.scope = None;
     }
-    sqlx::query(&format!(
-        "insert into {schema}.titles (entity_type, entity_id, organization_id, project_id, title)
-         select * from unnest($1::text[], $2::uuid[], $3::uuid[], $4::uuid[], $5::text[])
-         on conflict (entity_type, entity_id) do update set title = excluded.title"
-    ))
-    .bind(kinds)
-    .bind(ids)
-    .bind(organizations)
-    .bind(projects)
-    .bind(texts)
-    .execute(tx)
-    .await?;
     Ok(())
 }
 
@@ -266,14 +375,15 @@ async fn insert_entries(
     schema: &str,
     entries: EntryColumns,
 ) -> Result<(), sqlx::Error> {
-    // The key is the event's place in the stream, so applying an event twice is harmless.
+    // Applying an event twice is harmless where the entries' key exists (a live build):
+    // a stale leader's batch at a handover falls through to its claim, which fails.
     sqlx::query(&format!(
         "insert into {schema}.entries (transaction_id, global_position, organization_id,
              project_id, entity_type, entity_id, event_type, actor, summary, occurred_at)
          select * from unnest($1::bigint[], $2::bigint[], $3::uuid[], $4::uuid[], $5::text[],
                               $6::uuid[], $7::text[], $8::text[], $9::text[],
                               $10::timestamptz[])
-         on conflict (transaction_id, global_position) do nothing"
+         on conflict do nothing"
     ))
     .bind(entries.transaction_id)
     .bind(entries.global_position)
