@@ -194,8 +194,10 @@ impl Projector for SnapshotsProjector {
 /// A rebuild from position zero: every project's models kept in memory and each folded
 /// event by event, so a snapshot is its models as they stand at its event — the same
 /// models the batches rebuild from the last snapshot and the log (they read the log back
-/// for every snapshot). Written once: the snapshots taken and every project's progress,
-/// from which the batches go on.
+/// for every snapshot). Written whenever it holds its bound: the snapshots taken since its
+/// last write and every project's progress; it then folds on with its models
+/// ([`Fold::goes_on`]) while they leave room for bodies, and past that the batches go on
+/// from the progress written.
 struct SnapshotsFold {
     every: i64,
     projects: BTreeMap<ProjectKey, (Progress, ProjectModels)>,
@@ -233,8 +235,7 @@ impl Fold for SnapshotsFold {
 
     /// The tickets and tasks of the models held, and the bodies taken.
     fn rows(&self) -> usize {
-        let held: usize = self.projects.values().map(|(_, m)| m.board.size()).sum();
-        held + self.bytes_taken / BODY_BYTES_PER_ROW
+        self.held() + self.bytes_taken / BODY_BYTES_PER_ROW
     }
 
     fn write<'a>(
@@ -250,8 +251,24 @@ impl Fold for SnapshotsFold {
             for chunk in progress.chunks(FOLD_WRITE_CHUNK) {
                 save_progress(tx, schema, chunk.iter().copied()).await?;
             }
+            self.taken.clear();
+            self.bytes_taken = 0;
             Ok(())
         })
+    }
+
+    /// While the models held leave room for at least as many rows of bodies before the
+    /// next write: folding on from the models costs nothing, where the batches read each
+    /// project's events back from its last snapshot.
+    fn goes_on(&self) -> bool {
+        self.held() < crate::runner::FOLD_ROWS / 2
+    }
+}
+
+impl SnapshotsFold {
+    /// The tickets and tasks of the models held.
+    fn held(&self) -> usize {
+        self.projects.values().map(|(_, m)| m.board.size()).sum()
     }
 }
 
