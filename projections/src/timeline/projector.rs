@@ -121,8 +121,9 @@ struct Decoded<'a> {
 /// A title as the `titles` table keeps it.
 struct Title {
     text: String,
-    /// Set for a title this batch writes: the scope of the row, from the event that first
-    /// named the entity (a row keeps the scope it was created with).
+    /// Set for a title to write (set since it was loaded, or since the fold's last write):
+    /// the scope of the row, from the event that first named the entity here (a row keeps
+    /// the scope it was created with).
     scope: Option<Scope>,
 }
 
