@@ -74,6 +74,22 @@ impl CopyRows {
         }
     }
 
+    /// A `jsonb` field: its format version (1), then the JSON text.
+    pub(crate) fn jsonb(&mut self, json: &str) -> &mut Self {
+        let length = i32::try_from(json.len() + 1).unwrap_or(i32::MAX);
+        self.data.extend_from_slice(&length.to_be_bytes());
+        self.data.push(1);
+        self.data.extend_from_slice(json.as_bytes());
+        self
+    }
+
+    pub(crate) fn optional_timestamptz(&mut self, value: Option<DateTime<Utc>>) -> &mut Self {
+        match value {
+            Some(value) => self.timestamptz(value),
+            None => self.null(),
+        }
+    }
+
     pub(crate) fn timestamptz(&mut self, value: DateTime<Utc>) -> &mut Self {
         self.bigint(value.timestamp_micros() - POSTGRES_EPOCH_MICROS)
     }

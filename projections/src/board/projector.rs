@@ -15,6 +15,7 @@ use uuid::Uuid;
 
 use super::model::{BlockedOverlay, BoardModel, Card, TaskCard, TaskProgress};
 use crate::codec::{count_of, decode_error, encode_error, from_text, to_text, WorkEvent};
+use crate::copy::CopyRows;
 use crate::{Fold, ProjectionError, Projector, FOLD_WRITE_CHUNK};
 
 // ---------------------------------------------------------------------------------------
@@ -158,15 +159,36 @@ impl Fold for BoardFold {
         tx: &'a mut PgConnection,
         schema: &'a str,
     ) -> BoxFuture<'a, Result<(), ProjectionError>> {
+        // The build's tables are empty: every row is copied in (a copy per
+        // FOLD_WRITE_CHUNK rows, so the encoded rows stay small), none upserted.
         Box::pin(async move {
-            let cards: Vec<&Card> = self.0.cards.values().collect();
-            for chunk in cards.chunks(FOLD_WRITE_CHUNK) {
-                upsert_cards(tx, schema, chunk).await?;
+            let copy_cards =
+                format!("copy {schema}.cards ({CARD_COLUMNS}) from stdin (format binary)");
+            let mut cards = CopyRows::default();
+            for card in self.0.cards.values() {
+                CardRow::of(card)?.copy_into(&mut cards);
+                if cards.len() >= FOLD_WRITE_CHUNK {
+                    cards.copy(tx, &copy_cards).await?;
+                }
             }
-            let tasks: Vec<&TaskCard> = self.0.tasks.values().collect();
-            for chunk in tasks.chunks(FOLD_WRITE_CHUNK) {
-                upsert_tasks(tx, schema, chunk).await?;
+            cards.copy(tx, &copy_cards).await?;
+            let copy_tasks =
+                format!("copy {schema}.task_cards ({TASK_COLUMNS}) from stdin (format binary)");
+            let mut tasks = CopyRows::default();
+            for task in self.0.tasks.values() {
+                tasks
+                    .row(6)
+                    .uuid(task.task_id)
+                    .uuid(task.ticket_id)
+                    .uuid(task.organization_id)
+                    .uuid(task.project_id)
+                    .text(task.status.as_str())
+                    .bigint(task.last_position);
+                if tasks.len() >= FOLD_WRITE_CHUNK {
+                    tasks.copy(tx, &copy_tasks).await?;
+                }
             }
+            tasks.copy(tx, &copy_tasks).await?;
             Ok(())
         })
     }
@@ -257,7 +279,7 @@ async fn upsert_cards(
     }
     let mut columns = CardColumns::default();
     for card in cards {
-        columns.push(card)?;
+        columns.push(CardRow::of(card)?);
     }
     let sql = format!(
         "insert into {schema}.cards ({CARD_COLUMNS})
@@ -297,6 +319,49 @@ async fn upsert_cards(
     Ok(())
 }
 
+/// A card's columns as they are written, in [`CARD_COLUMNS`]' order.
+struct CardRow<'a> {
+    card: &'a Card,
+    priority: String,
+    phase: String,
+    blocked_reason: Option<String>,
+    tasks: String,
+}
+
+impl<'a> CardRow<'a> {
+    fn of(card: &'a Card) -> Result<Self, ProjectionError> {
+        Ok(Self {
+            card,
+            priority: to_text(&card.priority)?,
+            phase: to_text(&card.phase)?,
+            blocked_reason: card
+                .blocked
+                .as_ref()
+                .map(|b| to_text(&b.reason))
+                .transpose()?,
+            tasks: serde_json::to_string(&card.tasks).map_err(encode_error)?,
+        })
+    }
+
+    fn copy_into(&self, rows: &mut CopyRows) {
+        let (card, blocked) = (self.card, self.card.blocked.as_ref());
+        rows.row(13)
+            .uuid(card.ticket_id)
+            .uuid(card.organization_id)
+            .uuid(card.project_id)
+            .text(&card.title)
+            .text(&self.priority)
+            .text(&self.phase)
+            .text(card.status.as_str())
+            .optional_text(self.blocked_reason.as_deref())
+            .optional_text(blocked.and_then(|b| b.note.as_deref()))
+            .optional_timestamptz(blocked.map(|b| b.blocked_at))
+            .bigint(i64::from(card.regressions))
+            .jsonb(&self.tasks)
+            .bigint(card.last_position);
+    }
+}
+
 /// The `cards` rows of a batch, column by column, as `unnest` takes them.
 #[derive(Default)]
 struct CardColumns {
@@ -316,24 +381,21 @@ struct CardColumns {
 }
 
 impl CardColumns {
-    fn push(&mut self, card: &Card) -> Result<(), ProjectionError> {
-        let blocked = card.blocked.as_ref();
+    fn push(&mut self, row: CardRow<'_>) {
+        let (card, blocked) = (row.card, row.card.blocked.as_ref());
         self.ticket_id.push(card.ticket_id);
         self.organization_id.push(card.organization_id);
         self.project_id.push(card.project_id);
         self.title.push(card.title.clone());
-        self.priority.push(to_text(&card.priority)?);
-        self.phase.push(to_text(&card.phase)?);
+        self.priority.push(row.priority);
+        self.phase.push(row.phase);
         self.status.push(card.status.as_str());
-        self.blocked_reason
-            .push(blocked.map(|b| to_text(&b.reason)).transpose()?);
+        self.blocked_reason.push(row.blocked_reason);
         self.blocked_note.push(blocked.and_then(|b| b.note.clone()));
         self.blocked_at.push(blocked.map(|b| b.blocked_at));
         self.regressions.push(i64::from(card.regressions));
-        self.tasks
-            .push(serde_json::to_string(&card.tasks).map_err(encode_error)?);
+        self.tasks.push(row.tasks);
         self.last_position.push(card.last_position);
-        Ok(())
     }
 }
 
