@@ -13,6 +13,7 @@ use uuid::Uuid;
 use super::model::{GraphModel, Node};
 use super::view::Edge;
 use crate::codec::{from_text, to_text, WorkEvent};
+use crate::copy::CopyRows;
 use crate::{Fold, ProjectionError, Projector, FOLD_WRITE_CHUNK};
 
 // ---------------------------------------------------------------------------------------
@@ -133,12 +134,44 @@ impl Fold for GraphFold {
         tx: &'a mut PgConnection,
         schema: &'a str,
     ) -> BoxFuture<'a, Result<(), ProjectionError>> {
+        // The build's tables are empty: every row is copied in (a copy per
+        // FOLD_WRITE_CHUNK rows, so the encoded rows stay small), none upserted.
         Box::pin(async move {
-            let nodes: Vec<&Node> = self.0.nodes.values().collect();
-            for chunk in nodes.chunks(FOLD_WRITE_CHUNK) {
-                upsert_nodes(tx, schema, chunk).await?;
-                insert_edges(tx, schema, &self.0, chunk).await?;
+            let copy_nodes =
+                format!("copy {schema}.nodes ({NODE_COLUMNS}) from stdin (format binary)");
+            let copy_edges = format!(
+                "copy {schema}.edges (from_id, to_id, organization_id, project_id)
+                 from stdin (format binary)"
+            );
+            let (mut nodes, mut edges) = (CopyRows::default(), CopyRows::default());
+            for node in self.0.nodes.values() {
+                nodes
+                    .row(8)
+                    .uuid(node.id)
+                    .text(&to_text(&node.kind)?)
+                    .uuid(node.organization_id)
+                    .uuid(node.project_id)
+                    .optional_uuid(node.ticket_id)
+                    .text(&node.title)
+                    .text(node.status.as_str())
+                    .bigint(node.last_position);
+                for target in self.0.dependencies(node.id) {
+                    edges
+                        .row(4)
+                        .uuid(node.id)
+                        .uuid(target)
+                        .uuid(node.organization_id)
+                        .uuid(node.project_id);
+                }
+                if nodes.len() >= FOLD_WRITE_CHUNK {
+                    nodes.copy(tx, &copy_nodes).await?;
+                }
+                if edges.len() >= FOLD_WRITE_CHUNK {
+                    edges.copy(tx, &copy_edges).await?;
+                }
             }
+            nodes.copy(tx, &copy_nodes).await?;
+            edges.copy(tx, &copy_edges).await?;
             Ok(())
         })
     }
