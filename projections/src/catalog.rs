@@ -230,7 +230,7 @@ async fn create_indexes(
 /// every reader's horizon (`pg_snapshot_xmin`) — until it ends (the timeline's four on a
 /// 1,000,000-event log: 2.7 s). It waits instead for older transactions to end. An
 /// index an interrupted build left invalid is dropped and built again; the ones built
-/// are then found by [`go_live`]'s `if not exists`.
+/// are what [`go_live`] expects its caller to have built.
 pub async fn build_indexes_concurrently(
     conn: &mut PgConnection,
     projector: &dyn Projector,
@@ -288,9 +288,9 @@ pub async fn point_views(
     Ok(())
 }
 
-/// Switches readers to `build` (which must be locked by the caller's transaction) and
-/// retires the previous live build; returns the retired builds' schemas, to drop once
-/// committed.
+/// Switches readers to `build` (which must be locked by the caller's transaction, its
+/// readers' indexes built first by [`build_indexes_concurrently`]) and retires the
+/// previous live build; returns the retired builds' schemas, to drop once committed.
 pub async fn go_live(
     conn: &mut PgConnection,
     projector: &dyn Projector,
@@ -308,7 +308,6 @@ pub async fn go_live(
         .bind(build.build)
         .execute(&mut *conn)
         .await?;
-    create_indexes(conn, projector, &build.schema()).await?;
     point_views(conn, projector, &build.schema()).await?;
     Ok(retired
         .into_iter()

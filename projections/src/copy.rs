@@ -6,6 +6,8 @@ use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
 use uuid::Uuid;
 
+use crate::FOLD_WRITE_CHUNK;
+
 /// The binary format's signature, flags and header extension length.
 const HEADER: &[u8] = b"PGCOPY\n\xff\r\n\0\0\0\0\0\0\0\0\0";
 /// A field count of -1 ends the data.
@@ -35,10 +37,14 @@ impl CopyRows {
         self
     }
 
-    fn field(&mut self, bytes: &[u8]) -> &mut Self {
+    fn length(&mut self, bytes: usize) {
         // A field longer than 2 GiB cannot be a row of ours: PostgreSQL refuses the copy.
-        let length = i32::try_from(bytes.len()).unwrap_or(i32::MAX);
+        let length = i32::try_from(bytes).unwrap_or(i32::MAX);
         self.data.extend_from_slice(&length.to_be_bytes());
+    }
+
+    fn field(&mut self, bytes: &[u8]) -> &mut Self {
+        self.length(bytes.len());
         self.data.extend_from_slice(bytes);
         self
     }
@@ -76,8 +82,7 @@ impl CopyRows {
 
     /// A `jsonb` field: its format version (1), then the JSON text.
     pub(crate) fn jsonb(&mut self, json: &str) -> &mut Self {
-        let length = i32::try_from(json.len() + 1).unwrap_or(i32::MAX);
-        self.data.extend_from_slice(&length.to_be_bytes());
+        self.length(json.len() + 1);
         self.data.push(1);
         self.data.extend_from_slice(json.as_bytes());
         self
@@ -94,12 +99,13 @@ impl CopyRows {
         self.bigint(value.timestamp_micros() - POSTGRES_EPOCH_MICROS)
     }
 
-    /// Sends the rows to `statement` (a `COPY … FROM STDIN (FORMAT binary)` naming the
-    /// columns in the order the rows hold them) and empties this.
+    /// Copies the rows into `table`'s `columns` (in the order the rows hold them) and
+    /// empties this.
     pub(crate) async fn copy(
         &mut self,
         conn: &mut PgConnection,
-        statement: &str,
+        table: &str,
+        columns: &str,
     ) -> Result<u64, sqlx::Error> {
         if self.rows == 0 {
             return Ok(0);
@@ -107,8 +113,23 @@ impl CopyRows {
         self.data.extend_from_slice(&TRAILER);
         let data = std::mem::take(&mut self.data);
         self.rows = 0;
-        let mut copy = conn.copy_in_raw(statement).await?;
+        let statement = format!("copy {table} ({columns}) from stdin (format binary)");
+        let mut copy = conn.copy_in_raw(&statement).await?;
         copy.send(data).await?;
         copy.finish().await
+    }
+
+    /// [`Self::copy`] once [`FOLD_WRITE_CHUNK`] rows are held: a fold's write encodes and
+    /// sends its rows a chunk at a time, so they never sit in memory twice.
+    pub(crate) async fn copy_when_full(
+        &mut self,
+        conn: &mut PgConnection,
+        table: &str,
+        columns: &str,
+    ) -> Result<(), sqlx::Error> {
+        if self.rows >= FOLD_WRITE_CHUNK {
+            self.copy(conn, table, columns).await?;
+        }
+        Ok(())
     }
 }

@@ -44,7 +44,7 @@ use crate::{Fold, Projector};
 /// events/s in batches of 2,000 and 67,900 in batches of 10,000 (300,000 events).
 pub const CATCH_UP_BATCH: i64 = 10_000;
 
-/// Rows a [`Fold`] may hold before the runner writes it and goes on in batches: about
+/// Rows a [`Fold`] may hold by default ([`Fold::bound`]) before the runner writes it: about
 /// 250 MB of the board's model (its 221,552 rows of a 1,000,000-event log raised
 /// `omoi-bench bench-projections`' maximum resident set by 55 MB).
 pub const FOLD_ROWS: usize = 1_000_000;

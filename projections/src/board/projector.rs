@@ -16,7 +16,7 @@ use uuid::Uuid;
 use super::model::{BlockedOverlay, BoardModel, Card, TaskCard, TaskProgress};
 use crate::codec::{count_of, decode_error, encode_error, from_text, to_text, WorkEvent};
 use crate::copy::CopyRows;
-use crate::{Fold, ProjectionError, Projector, FOLD_WRITE_CHUNK};
+use crate::{Fold, ProjectionError, Projector};
 
 // ---------------------------------------------------------------------------------------
 // Rows
@@ -159,21 +159,16 @@ impl Fold for BoardFold {
         tx: &'a mut PgConnection,
         schema: &'a str,
     ) -> BoxFuture<'a, Result<(), ProjectionError>> {
-        // The build's tables are empty: every row is copied in (a copy per
-        // FOLD_WRITE_CHUNK rows, so the encoded rows stay small), none upserted.
+        // The build's tables are empty: every row is copied in, none upserted.
         Box::pin(async move {
-            let copy_cards =
-                format!("copy {schema}.cards ({CARD_COLUMNS}) from stdin (format binary)");
+            let (cards_table, tasks_table) =
+                (format!("{schema}.cards"), format!("{schema}.task_cards"));
             let mut cards = CopyRows::default();
             for card in self.0.cards.values() {
                 CardRow::of(card)?.copy_into(&mut cards);
-                if cards.len() >= FOLD_WRITE_CHUNK {
-                    cards.copy(tx, &copy_cards).await?;
-                }
+                cards.copy_when_full(tx, &cards_table, CARD_COLUMNS).await?;
             }
-            cards.copy(tx, &copy_cards).await?;
-            let copy_tasks =
-                format!("copy {schema}.task_cards ({TASK_COLUMNS}) from stdin (format binary)");
+            cards.copy(tx, &cards_table, CARD_COLUMNS).await?;
             let mut tasks = CopyRows::default();
             for task in self.0.tasks.values() {
                 tasks
@@ -184,11 +179,9 @@ impl Fold for BoardFold {
                     .uuid(task.project_id)
                     .text(task.status.as_str())
                     .bigint(task.last_position);
-                if tasks.len() >= FOLD_WRITE_CHUNK {
-                    tasks.copy(tx, &copy_tasks).await?;
-                }
+                tasks.copy_when_full(tx, &tasks_table, TASK_COLUMNS).await?;
             }
-            tasks.copy(tx, &copy_tasks).await?;
+            tasks.copy(tx, &tasks_table, TASK_COLUMNS).await?;
             Ok(())
         })
     }

@@ -14,7 +14,7 @@ use uuid::Uuid;
 use super::model::{Entry, Located};
 use crate::codec::decode_error;
 use crate::copy::CopyRows;
-use crate::{Fold, ProjectionError, Projector, FOLD_WRITE_CHUNK};
+use crate::{Fold, ProjectionError, Projector};
 
 /// The text a search matches: title and description, stemmed as English. The index and
 /// the query must spell it the same for the index to be used.
@@ -159,14 +159,12 @@ impl Fold for DirectoryFold {
         tx: &'a mut PgConnection,
         schema: &'a str,
     ) -> BoxFuture<'a, Result<(), ProjectionError>> {
-        // The build's table is empty: every row is copied in (a copy per FOLD_WRITE_CHUNK
-        // rows, so the encoded rows stay small), none upserted.
+        // The build's table is empty: every row is copied in, none upserted.
         Box::pin(async move {
             // In the lists' order, which is the order of creation.
             let mut entries: Vec<&Entry> = self.0.values().collect();
             entries.sort_unstable_by_key(|e| (e.created_transaction_id, e.created_position));
-            let copy =
-                format!("copy {schema}.entries ({ENTRY_COLUMNS}) from stdin (format binary)");
+            let table = format!("{schema}.entries");
             let mut rows = CopyRows::default();
             for e in entries {
                 rows.row(17)
@@ -187,11 +185,9 @@ impl Fold for DirectoryFold {
                     .bigint(e.created_transaction_id)
                     .bigint(e.created_position)
                     .bigint(e.last_position);
-                if rows.len() >= FOLD_WRITE_CHUNK {
-                    rows.copy(tx, &copy).await?;
-                }
+                rows.copy_when_full(tx, &table, ENTRY_COLUMNS).await?;
             }
-            rows.copy(tx, &copy).await?;
+            rows.copy(tx, &table, ENTRY_COLUMNS).await?;
             Ok(())
         })
     }

@@ -14,7 +14,7 @@ use super::model::{GraphModel, Node};
 use super::view::Edge;
 use crate::codec::{from_text, to_text, WorkEvent};
 use crate::copy::CopyRows;
-use crate::{Fold, ProjectionError, Projector, FOLD_WRITE_CHUNK};
+use crate::{Fold, ProjectionError, Projector};
 
 // ---------------------------------------------------------------------------------------
 // Rows
@@ -22,6 +22,8 @@ use crate::{Fold, ProjectionError, Projector, FOLD_WRITE_CHUNK};
 
 pub(super) const NODE_COLUMNS: &str =
     "id, kind, organization_id, project_id, ticket_id, title, status, last_position";
+
+const EDGE_COLUMNS: &str = "from_id, to_id, organization_id, project_id";
 
 pub(super) fn node_from_row(row: &PgRow) -> Result<Node, ProjectionError> {
     Ok(Node {
@@ -134,15 +136,9 @@ impl Fold for GraphFold {
         tx: &'a mut PgConnection,
         schema: &'a str,
     ) -> BoxFuture<'a, Result<(), ProjectionError>> {
-        // The build's tables are empty: every row is copied in (a copy per
-        // FOLD_WRITE_CHUNK rows, so the encoded rows stay small), none upserted.
+        // The build's tables are empty: every row is copied in, none upserted.
         Box::pin(async move {
-            let copy_nodes =
-                format!("copy {schema}.nodes ({NODE_COLUMNS}) from stdin (format binary)");
-            let copy_edges = format!(
-                "copy {schema}.edges (from_id, to_id, organization_id, project_id)
-                 from stdin (format binary)"
-            );
+            let (nodes_table, edges_table) = (format!("{schema}.nodes"), format!("{schema}.edges"));
             let (mut nodes, mut edges) = (CopyRows::default(), CopyRows::default());
             for node in self.0.nodes.values() {
                 nodes
@@ -163,15 +159,11 @@ impl Fold for GraphFold {
                         .uuid(node.organization_id)
                         .uuid(node.project_id);
                 }
-                if nodes.len() >= FOLD_WRITE_CHUNK {
-                    nodes.copy(tx, &copy_nodes).await?;
-                }
-                if edges.len() >= FOLD_WRITE_CHUNK {
-                    edges.copy(tx, &copy_edges).await?;
-                }
+                nodes.copy_when_full(tx, &nodes_table, NODE_COLUMNS).await?;
+                edges.copy_when_full(tx, &edges_table, EDGE_COLUMNS).await?;
             }
-            nodes.copy(tx, &copy_nodes).await?;
-            edges.copy(tx, &copy_edges).await?;
+            nodes.copy(tx, &nodes_table, NODE_COLUMNS).await?;
+            edges.copy(tx, &edges_table, EDGE_COLUMNS).await?;
             Ok(())
         })
     }
@@ -302,7 +294,7 @@ async fn insert_edges(
         return Ok(());
     }
     let insert = format!(
-        "insert into {schema}.edges (from_id, to_id, organization_id, project_id)
+        "insert into {schema}.edges ({EDGE_COLUMNS})
          select * from unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::uuid[])"
     );
     sqlx::query(&insert)

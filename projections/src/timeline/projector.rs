@@ -17,6 +17,10 @@ use crate::codec::{decode_error, entity_id, EventMeta};
 use crate::copy::CopyRows;
 use crate::{Fold, ProjectionError, Projector, FOLD_WRITE_CHUNK};
 
+/// The entries' columns, in the order a batch's arrays and the fold's rows hold them.
+const ENTRY_COLUMNS: &str = "transaction_id, global_position, organization_id, project_id, \
+     entity_type, entity_id, event_type, actor, summary, occurred_at";
+
 /// Entries a rebuild's fold holds before it writes them (about 15 MB encoded) and folds
 /// on: each write holds the log's readers while it runs, so it stays short.
 const FOLD_ENTRIES: usize = 100_000;
@@ -243,13 +247,8 @@ impl Fold for TimelineFold {
         schema: &'a str,
     ) -> BoxFuture<'a, Result<(), ProjectionError>> {
         Box::pin(async move {
-            let statement = format!(
-                "copy {schema}.entries (transaction_id, global_position, organization_id,
-                     project_id, entity_type, entity_id, event_type, actor, summary,
-                     occurred_at)
-                 from stdin (format binary)"
-            );
-            self.entries.copy(tx, &statement).await?;
+            let table = format!("{schema}.entries");
+            self.entries.copy(tx, &table, ENTRY_COLUMNS).await?;
             save_titles(tx, schema, &mut self.titles).await?;
             Ok(())
         })
@@ -379,8 +378,7 @@ async fn insert_entries(
     // Applying an event twice is harmless where the entries' key exists (a live build):
     // a stale leader's batch at a handover falls through to its claim, which fails.
     sqlx::query(&format!(
-        "insert into {schema}.entries (transaction_id, global_position, organization_id,
-             project_id, entity_type, entity_id, event_type, actor, summary, occurred_at)
+        "insert into {schema}.entries ({ENTRY_COLUMNS})
          select * from unnest($1::bigint[], $2::bigint[], $3::uuid[], $4::uuid[], $5::text[],
                               $6::uuid[], $7::text[], $8::text[], $9::text[],
                               $10::timestamptz[])
