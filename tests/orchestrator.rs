@@ -636,6 +636,67 @@ async fn a_worker_holds_no_more_of_an_organizations_tasks_than_its_plan_allows()
     assert_eq!(order, all, "each task ran once");
 }
 
+/// A worker looks only at work its agents could run: a task needing a capability they
+/// lack waits — however urgent — with no agent registered for it, while other work runs;
+/// a worker whose agents have the capability takes it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_worker_leaves_work_its_agents_cannot_run_to_a_worker_whose_agents_can() {
+    let app = spawn_app().await;
+    let (gpu_organization, gpu_project) = app.organization_and_project().await;
+    let (plain_organization, plain_project) = app.organization_and_project().await;
+    let directory = scratch_dir();
+    let gpu_ticket = app.ticket(&gpu_project, "Train").await;
+    let gpu = app
+        .task(
+            &gpu_ticket,
+            "train",
+            json!({"required_capabilities": ["gpu"], "priority": "CRITICAL"}),
+        )
+        .await;
+    let plain_ticket = app.ticket(&plain_project, "Lint").await;
+    let plain = app
+        .task(&plain_ticket, "lint", json!({"priority": "LOW"}))
+        .await;
+    app.caught_up().await;
+    let registered_in = |organization: String| {
+        let pool = app.database.pool.clone();
+        async move {
+            sqlx::query_scalar::<_, i64>(
+                "select count(*) from events where event_type = 'AgentRegistered'
+                   and payload -> 'AgentRegistered' ->> 'organization_id' = $1",
+            )
+            .bind(organization)
+            .fetch_one(&pool)
+            .await
+            .expect("counted")
+        }
+    };
+
+    let mut plain_worker = Worker::stepped(
+        app.database.pool.clone(),
+        config(command("true"), &directory),
+    );
+    plain_worker.step().await;
+    app.until_task_status(&plain, "completed").await;
+    for _ in 0..3 {
+        plain_worker.step().await;
+    }
+    plain_worker.stop().await;
+    assert_eq!(app.task_state(&gpu).await["status"], "pending");
+    assert_eq!(registered_in(gpu_organization.clone()).await, 0);
+    assert_eq!(registered_in(plain_organization).await, 1);
+
+    let gpu_config = WorkerConfig {
+        capabilities: vec!["gpu".into()],
+        ..config(command("true"), &directory)
+    };
+    let mut gpu_worker = Worker::stepped(app.database.pool.clone(), gpu_config);
+    gpu_worker.step().await;
+    app.until_task_status(&gpu, "completed").await;
+    gpu_worker.stop().await;
+    assert_eq!(registered_in(gpu_organization).await, 1);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_command_that_leaves_a_background_process_still_completes_and_the_process_goes() {
     let app = spawn_app().await;

@@ -137,25 +137,25 @@ impl Claims {
         if held >= claimant.capacity {
             return Vec::new();
         }
-        let (mut per_project, mut per_organization) = queue.active_counts();
+        // Only the claimant's organization's tasks are counted and looked at.
+        let mut active = queue.active_in(claimant.organization_id);
         for reserved in unseen.values() {
-            *per_project.entry(reserved.project_id).or_insert(0) += 1;
-            *per_organization
-                .entry(reserved.organization_id)
-                .or_insert(0) += 1;
+            if reserved.organization_id == claimant.organization_id {
+                active.hold(reserved.project_id);
+            }
         }
         let reserved: Vec<Uuid> = unseen.keys().copied().collect();
         drop(unseen);
-        if per_organization
-            .get(&claimant.organization_id)
-            .copied()
-            .unwrap_or(0)
-            >= claimant.organization_cap
-        {
+        if active.organization >= claimant.organization_cap {
             return Vec::new();
         }
         queue
-            .ready_in(claimant.organization_id, Utc::now(), &self.rules.score)
+            .ready_in(
+                claimant.organization_id,
+                &claimant.capabilities,
+                Utc::now(),
+                &self.rules.score,
+            )
             .into_iter()
             .filter_map(|c| queue.task(c.task_id))
             .filter(|task| {
@@ -166,8 +166,7 @@ impl Claims {
                         Some(claimant.agent_id),
                         &claimant.capabilities,
                     )
-                    && per_project.get(&task.project_id).copied().unwrap_or(0)
-                        < self.rules.project_concurrency
+                    && active.in_project(task.project_id) < self.rules.project_concurrency
             })
             .take(TRIES_PER_LOOK)
             .cloned()

@@ -6,7 +6,7 @@ use std::collections::{BTreeSet, HashMap};
 
 use uuid::Uuid;
 
-use crate::queue::{Candidate, Queue};
+use crate::queue::{ActiveCounts, Candidate, Queue};
 
 /// An agent able to take a task now.
 #[derive(Debug, Clone)]
@@ -37,7 +37,8 @@ pub struct Pick {
 /// agent that suits it ([`crate::queue::QueuedTask::suits`]: of its organization, with
 /// its capabilities, not the author of the work it validates), as long as neither the
 /// task's project nor its organization holds as many tasks as it may. Tasks of
-/// organizations `serves` refuses are skipped.
+/// organizations `serves` refuses are skipped. A candidate costs a look at its own
+/// organization's free agents and held tasks only.
 pub fn choose(
     queue: &Queue,
     candidates: &[Candidate],
@@ -45,8 +46,14 @@ pub fn choose(
     limits: &Limits,
     serves: impl Fn(Uuid) -> bool,
 ) -> Vec<Pick> {
-    let (mut per_project, mut per_organization) = queue.active_counts();
-    let mut taken = vec![false; free.len()];
+    let mut free_in: HashMap<Uuid, Vec<&FreeAgent>> = HashMap::new();
+    for agent in free {
+        free_in
+            .entry(agent.organization_id)
+            .or_default()
+            .push(agent);
+    }
+    let mut held: HashMap<Uuid, ActiveCounts> = HashMap::new();
     let mut picks = Vec::new();
     for candidate in candidates {
         if picks.len() == free.len() {
@@ -55,32 +62,35 @@ pub fn choose(
         let Some(task) = queue.task(candidate.task_id) else {
             continue;
         };
-        let project_full =
-            per_project.get(&task.project_id).copied().unwrap_or(0) >= limits.project_concurrency;
+        let Some(agents) = free_in.get_mut(&task.organization_id) else {
+            continue;
+        };
+        if agents.is_empty() || !serves(task.organization_id) {
+            continue;
+        }
+        let counts = held
+            .entry(task.organization_id)
+            .or_insert_with(|| queue.active_in(task.organization_id));
         let cap = limits
             .organization_caps
             .get(&task.organization_id)
             .copied()
             .unwrap_or(0);
-        let organization_full = per_organization
-            .get(&task.organization_id)
-            .copied()
-            .unwrap_or(0)
-            >= cap;
-        if !serves(task.organization_id) || project_full || organization_full {
+        if counts.in_project(task.project_id) >= limits.project_concurrency
+            || counts.organization >= cap
+        {
             continue;
         }
-        let able = free.iter().enumerate().position(|(i, agent)| {
-            !taken[i] && task.suits(agent.organization_id, Some(agent.id), &agent.capabilities)
+        let able = agents.iter().position(|agent| {
+            task.suits(agent.organization_id, Some(agent.id), &agent.capabilities)
         });
         let Some(index) = able else {
             continue;
         };
-        taken[index] = true;
-        *per_project.entry(task.project_id).or_insert(0) += 1;
-        *per_organization.entry(task.organization_id).or_insert(0) += 1;
+        let agent = agents.remove(index);
+        counts.hold(task.project_id);
         picks.push(Pick {
-            agent_id: free[index].id,
+            agent_id: agent.id,
             task_id: task.id,
         });
     }
@@ -101,12 +111,26 @@ mod tests {
     const ORGANIZATION: Uuid = Uuid::from_u128(1);
     const PROJECT: Uuid = Uuid::from_u128(2);
 
+    const OTHER_ORGANIZATION: Uuid = Uuid::from_u128(7);
+    const OTHER_PROJECT: Uuid = Uuid::from_u128(8);
+
     fn task(queue: &mut Queue, n: u128, priority: Priority, capabilities: &[&str]) -> Uuid {
+        task_of(queue, ORGANIZATION, PROJECT, n, priority, capabilities)
+    }
+
+    fn task_of(
+        queue: &mut Queue,
+        organization_id: Uuid,
+        project_id: Uuid,
+        n: u128,
+        priority: Priority,
+        capabilities: &[&str],
+    ) -> Uuid {
         let id = Uuid::from_u128(100 + n);
         let event = TaskEvent::TaskCreated {
             task_id: id,
-            organization_id: ORGANIZATION,
-            project_id: PROJECT,
+            organization_id,
+            project_id,
             ticket_id: Uuid::from_u128(3),
             title: format!("t{n}"),
             description: String::new(),
@@ -128,7 +152,7 @@ mod tests {
             event_type: "TaskCreated".into(),
             event_version: "1".into(),
             payload: serde_json::to_value(event).expect("an event").into(),
-            metadata: json!({"organization_id": ORGANIZATION}).into(),
+            metadata: json!({"organization_id": organization_id}).into(),
         });
         id
     }
@@ -184,5 +208,90 @@ mod tests {
             organization_caps: HashMap::new(),
         };
         assert!(choose(&queue, &candidates, &free, &no_caps, |_| true).is_empty());
+    }
+
+    #[test]
+    fn each_organizations_tasks_go_to_its_own_agents_within_its_own_caps() {
+        let mut queue = Queue::default();
+        let ours_best = task(&mut queue, 1, Priority::Critical, &[]);
+        let ours_next = task(&mut queue, 2, Priority::High, &[]);
+        let theirs = task_of(
+            &mut queue,
+            OTHER_ORGANIZATION,
+            OTHER_PROJECT,
+            3,
+            Priority::Low,
+            &[],
+        );
+        let theirs_held = task_of(
+            &mut queue,
+            OTHER_ORGANIZATION,
+            OTHER_PROJECT,
+            4,
+            Priority::Low,
+            &[],
+        );
+        let assigned = StoredEvent {
+            aggregate_type: "Task".into(),
+            aggregate_id: theirs_held.to_string(),
+            sequence: 2,
+            global_position: 2,
+            transaction_id: 2,
+            event_type: "TaskAssigned".into(),
+            event_version: "1".into(),
+            payload: serde_json::to_value(TaskEvent::TaskAssigned {
+                agent_id: Uuid::from_u128(999),
+                at: Utc::now(),
+            })
+            .expect("an event")
+            .into(),
+            metadata: json!({}).into(),
+        };
+        queue.apply(&assigned);
+        let candidates = queue.ready(Utc::now(), &ScoreConfig::default());
+        let mut their_agent = agent(3, &[]);
+        their_agent.organization_id = OTHER_ORGANIZATION;
+        let free = [their_agent.clone(), agent(1, &[])];
+        let caps = |ours: usize, theirs: usize| Limits {
+            project_concurrency: 5,
+            organization_caps: HashMap::from([(ORGANIZATION, ours), (OTHER_ORGANIZATION, theirs)]),
+        };
+        let picks = choose(&queue, &candidates, &free, &caps(10, 10), |_| true);
+        assert_eq!(
+            picks,
+            vec![
+                Pick {
+                    agent_id: agent(1, &[]).id,
+                    task_id: ours_best
+                },
+                Pick {
+                    agent_id: their_agent.id,
+                    task_id: theirs
+                },
+            ],
+            "{ours_next} waits for an agent of its own organization, not the other's"
+        );
+        // The other organization already holds one: at a cap of one it takes nothing,
+        // and its held task does not count against ours.
+        let picks = choose(&queue, &candidates, &free, &caps(1, 1), |_| true);
+        assert_eq!(
+            picks,
+            vec![Pick {
+                agent_id: agent(1, &[]).id,
+                task_id: ours_best
+            }]
+        );
+        // Served elsewhere: only that organization's tasks are skipped.
+        let picks = choose(&queue, &candidates, &free, &caps(10, 10), |organization| {
+            organization == OTHER_ORGANIZATION
+        });
+        assert_eq!(
+            picks,
+            vec![Pick {
+                agent_id: their_agent.id,
+                task_id: theirs
+            }]
+        );
+        assert_eq!(queue.task(theirs_held).map(|t| t.is_active()), Some(true));
     }
 }

@@ -89,6 +89,45 @@ pub struct Candidate {
     pub score: f64,
 }
 
+/// What a task's state puts in the queue's side indexes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Indexed {
+    /// The agent holding it (assigned or running).
+    holder: Option<Uuid>,
+    /// A retry waiting for its time.
+    retry_at: Option<DateTime<Utc>>,
+}
+
+impl Indexed {
+    fn of(task: &QueuedTask) -> Self {
+        Self {
+            holder: task.agent_id.filter(|_| task.is_active()),
+            retry_at: task
+                .not_before
+                .filter(|_| task.status == TaskStatus::RetryScheduled),
+        }
+    }
+}
+
+/// Tasks held by agents (assigned or running) in one organization.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ActiveCounts {
+    pub per_project: HashMap<Uuid, usize>,
+    pub organization: usize,
+}
+
+impl ActiveCounts {
+    pub fn in_project(&self, project_id: Uuid) -> usize {
+        self.per_project.get(&project_id).copied().unwrap_or(0)
+    }
+
+    /// One more held: a task of `project_id` taken in this pass.
+    pub fn hold(&mut self, project_id: Uuid) {
+        *self.per_project.entry(project_id).or_insert(0) += 1;
+        self.organization += 1;
+    }
+}
+
 /// What changed for the dispatcher when an event was applied.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Change {
@@ -106,14 +145,20 @@ pub enum Change {
 pub struct Queue {
     /// The open tasks (not final).
     tasks: HashMap<Uuid, QueuedTask>,
-    /// Organization → its open tasks.
-    by_organization: HashMap<Uuid, BTreeSet<Uuid>>,
+    /// Organization → its open tasks, grouped by the capabilities they require: a look
+    /// for an agent's work touches only its organization's tasks it could run.
+    by_organization: HashMap<Uuid, HashMap<BTreeSet<String>, BTreeSet<Uuid>>>,
     /// Tasks that completed: their dependents may run.
     completed: HashSet<Uuid>,
     /// Tasks that ended otherwise (cancelled, failed for good): their dependents never run.
     ended: HashSet<Uuid>,
     /// Task → the open tasks waiting for it.
     dependents: HashMap<Uuid, BTreeSet<Uuid>>,
+    /// Agent → the tasks it holds (assigned or running), and retries waiting for their
+    /// time: kept beside the tasks as each event is applied, so that a claim or a
+    /// worker's wake-up does not look at every open task.
+    holders: HashMap<Uuid, BTreeSet<Uuid>>,
+    retries: BTreeSet<(DateTime<Utc>, Uuid)>,
     /// Ticket → the spec it implements.
     specs_of_tickets: HashMap<Uuid, Uuid>,
     archived_specs: BTreeSet<Uuid>,
@@ -153,6 +198,7 @@ impl Queue {
         let Some(task) = self.tasks.get_mut(&id) else {
             return Change::None;
         };
+        let indexed_before = Indexed::of(task);
         task.version = u64::try_from(stored.sequence).unwrap_or(0);
         if let Some(status) = event.status_after() {
             task.status = status;
@@ -262,14 +308,43 @@ impl Queue {
                 Change::Queue
             }
         };
+        self.reindex(id, indexed_before);
         if self.tasks.get(&id).is_some_and(|t| t.status.is_final()) {
             self.finish(id);
         }
         change
     }
 
+    /// Moves a task's entries in `holders` and `retries` from what they were to what its
+    /// state now asks.
+    fn reindex(&mut self, id: Uuid, before: Indexed) {
+        let after = self.tasks.get(&id).map(Indexed::of).unwrap_or_default();
+        if before.holder != after.holder {
+            if let Some(agent) = before.holder {
+                if let Some(held) = self.holders.get_mut(&agent) {
+                    held.remove(&id);
+                    if held.is_empty() {
+                        self.holders.remove(&agent);
+                    }
+                }
+            }
+            if let Some(agent) = after.holder {
+                self.holders.entry(agent).or_default().insert(id);
+            }
+        }
+        if before.retry_at != after.retry_at {
+            if let Some(at) = before.retry_at {
+                self.retries.remove(&(at, id));
+            }
+            if let Some(at) = after.retry_at {
+                self.retries.insert((at, id));
+            }
+        }
+    }
+
     /// A task reached a final state: it leaves the queue, remembered by its id only.
     fn finish(&mut self, id: Uuid) {
+        // Its side indexes already let it go: a final status indexes nothing.
         let Some(task) = self.tasks.remove(&id) else {
             return;
         };
@@ -278,9 +353,14 @@ impl Queue {
         } else {
             self.ended.insert(id);
         }
-        if let Some(open) = self.by_organization.get_mut(&task.organization_id) {
-            open.remove(&id);
-            if open.is_empty() {
+        if let Some(groups) = self.by_organization.get_mut(&task.organization_id) {
+            if let Some(open) = groups.get_mut(&task.required_capabilities) {
+                open.remove(&id);
+                if open.is_empty() {
+                    groups.remove(&task.required_capabilities);
+                }
+            }
+            if groups.is_empty() {
                 self.by_organization.remove(&task.organization_id);
             }
         }
@@ -375,8 +455,11 @@ impl Queue {
             self.dependents.entry(*dependency).or_default().insert(id);
         }
         let organization_id = organization.unwrap_or(organization_id);
+        let required_capabilities: BTreeSet<String> = required_capabilities.into_iter().collect();
         self.by_organization
             .entry(organization_id)
+            .or_default()
+            .entry(required_capabilities.clone())
             .or_default()
             .insert(id);
         self.tasks.insert(
@@ -392,7 +475,7 @@ impl Queue {
                 priority,
                 status: TaskStatus::Pending,
                 depends_on: depends_on.into_iter().collect(),
-                required_capabilities: required_capabilities.into_iter().collect(),
+                required_capabilities,
                 retry_count: 0,
                 max_retries,
                 timeout_seconds,
@@ -429,12 +512,10 @@ impl Queue {
     /// The earliest not-before time of a retry still waiting for it: the dispatcher's
     /// next wake-up.
     pub fn next_retry(&self, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
-        self.tasks
-            .values()
-            .filter(|t| t.status == TaskStatus::RetryScheduled)
-            .filter_map(|t| t.not_before)
-            .filter(|at| *at > now)
-            .min()
+        self.retries
+            .range((now, Uuid::max())..)
+            .map(|(at, _)| *at)
+            .next()
     }
 
     /// How many open tasks wait for `id`.
@@ -447,23 +528,36 @@ impl Queue {
         })
     }
 
-    /// Whether some ready task satisfies `wanted` (no scoring, no allocation).
-    pub fn any_ready(&self, now: DateTime<Utc>, wanted: impl Fn(&QueuedTask) -> bool) -> bool {
-        self.tasks
-            .values()
-            .any(|task| wanted(task) && self.is_ready(task, now))
-    }
-
     /// Every ready task, best score first (ties: the older task first).
     pub fn ready(&self, now: DateTime<Utc>, config: &ScoreConfig) -> Vec<Candidate> {
         self.rank(self.tasks.values(), now, config)
     }
 
-    /// The ready tasks of one organization, best first (from its own index: a claim does
-    /// not look at other organizations' work).
+    /// The ready tasks of the organizations `organizations` accepts that an agent with
+    /// `capabilities` could run, best first. Only those organizations' tasks of those
+    /// requirements are looked at: neither another organization's backlog nor work
+    /// needing a capability the agents lack costs a look anything.
+    pub fn ready_for(
+        &self,
+        organizations: impl Fn(Uuid) -> bool,
+        capabilities: &BTreeSet<String>,
+        now: DateTime<Utc>,
+        config: &ScoreConfig,
+    ) -> Vec<Candidate> {
+        let open = self
+            .by_organization
+            .iter()
+            .filter(|(organization, _)| organizations(**organization))
+            .flat_map(|(_, groups)| self.runnable(groups, capabilities));
+        self.rank(open, now, config)
+    }
+
+    /// The ready tasks of one organization an agent with `capabilities` could run, best
+    /// first.
     pub fn ready_in(
         &self,
         organization_id: Uuid,
+        capabilities: &BTreeSet<String>,
         now: DateTime<Utc>,
         config: &ScoreConfig,
     ) -> Vec<Candidate> {
@@ -471,9 +565,21 @@ impl Queue {
             .by_organization
             .get(&organization_id)
             .into_iter()
-            .flatten()
-            .filter_map(|id| self.tasks.get(id));
+            .flat_map(|groups| self.runnable(groups, capabilities));
         self.rank(open, now, config)
+    }
+
+    /// The open tasks of an organization's groups whose requirements `capabilities` meet.
+    fn runnable<'a>(
+        &'a self,
+        groups: &'a HashMap<BTreeSet<String>, BTreeSet<Uuid>>,
+        capabilities: &'a BTreeSet<String>,
+    ) -> impl Iterator<Item = &'a QueuedTask> {
+        groups
+            .iter()
+            .filter(|(required, _)| required.is_subset(capabilities))
+            .flat_map(|(_, ids)| ids)
+            .filter_map(|id| self.tasks.get(id))
     }
 
     fn rank<'a>(
@@ -516,14 +622,22 @@ impl Queue {
         self.tasks.len()
     }
 
-    /// Tasks held by agents, per project and per organization.
-    pub fn active_counts(&self) -> (HashMap<Uuid, usize>, HashMap<Uuid, usize>) {
-        let (mut projects, mut organizations) = (HashMap::new(), HashMap::new());
-        for task in self.tasks.values().filter(|t| t.is_active()) {
-            *projects.entry(task.project_id).or_insert(0) += 1;
-            *organizations.entry(task.organization_id).or_insert(0) += 1;
+    /// Tasks held by agents in one organization: per project, and in all.
+    pub fn active_in(&self, organization_id: Uuid) -> ActiveCounts {
+        let mut counts = ActiveCounts::default();
+        let held = self
+            .by_organization
+            .get(&organization_id)
+            .into_iter()
+            .flat_map(HashMap::values)
+            .flatten()
+            .filter_map(|id| self.tasks.get(id))
+            .filter(|task| task.is_active());
+        for task in held {
+            *counts.per_project.entry(task.project_id).or_insert(0) += 1;
+            counts.organization += 1;
         }
-        (projects, organizations)
+        counts
     }
 
     /// Running tasks past their timeout.
@@ -574,9 +688,11 @@ impl Queue {
 
     /// The tasks an agent holds.
     pub fn held_by(&self, agent_id: Uuid) -> Vec<&QueuedTask> {
-        self.tasks
-            .values()
-            .filter(|t| t.is_active() && t.agent_id == Some(agent_id))
+        self.holders
+            .get(&agent_id)
+            .into_iter()
+            .flatten()
+            .filter_map(|id| self.tasks.get(id))
             .collect()
     }
 }
@@ -594,6 +710,16 @@ mod tests {
         age_seconds: i64,
         depends_on: Vec<Uuid>,
     ) -> StoredEvent {
+        created_requiring(id, priority, age_seconds, depends_on, &[])
+    }
+
+    fn created_requiring(
+        id: Uuid,
+        priority: Priority,
+        age_seconds: i64,
+        depends_on: Vec<Uuid>,
+        capabilities: &[&str],
+    ) -> StoredEvent {
         let organization_id = Uuid::from_u128(1);
         let event = TaskEvent::TaskCreated {
             task_id: id,
@@ -606,12 +732,26 @@ mod tests {
             phase: Default::default(),
             priority,
             depends_on,
-            required_capabilities: Vec::new(),
+            required_capabilities: capabilities.iter().map(|c| c.to_string()).collect(),
             max_retries: 3,
             timeout_seconds: None,
             created_at: Utc::now() - Duration::seconds(age_seconds),
         };
         stored(id, event, json!({"organization_id": organization_id}))
+    }
+
+    /// A created task's cancellation (its second event).
+    fn cancelled(id: Uuid) -> StoredEvent {
+        let mut event = stored(
+            id,
+            TaskEvent::TaskCancelled {
+                reason: None,
+                at: Utc::now(),
+            },
+            json!({}),
+        );
+        event.sequence = 2;
+        event
     }
 
     fn stored(id: Uuid, event: TaskEvent, metadata: serde_json::Value) -> StoredEvent {
@@ -834,27 +974,251 @@ mod tests {
     }
 
     #[test]
-    fn an_organizations_ready_tasks_come_from_its_own_index() {
+    fn an_organizations_ready_tasks_come_from_its_own_index_by_what_they_require() {
         let mut queue = Queue::default();
-        let (ours, theirs) = (Uuid::from_u128(50), Uuid::from_u128(51));
+        let (ours, theirs, gpu, gpu_and_rust) = (
+            Uuid::from_u128(50),
+            Uuid::from_u128(51),
+            Uuid::from_u128(52),
+            Uuid::from_u128(53),
+        );
         queue.apply(&created(ours, Priority::Low, 0, vec![]));
         let mut other = created(theirs, Priority::Critical, 0, vec![]);
         other.metadata = json!({"organization_id": Uuid::from_u128(9)}).into();
         queue.apply(&other);
-        let ids = |organization: u128| -> Vec<Uuid> {
-            queue
-                .ready_in(
-                    Uuid::from_u128(organization),
-                    Utc::now(),
-                    &ScoreConfig::default(),
-                )
-                .into_iter()
-                .map(|c| c.task_id)
-                .collect()
+        queue.apply(&created_requiring(
+            gpu,
+            Priority::Medium,
+            0,
+            vec![],
+            &["gpu"],
+        ));
+        queue.apply(&created_requiring(
+            gpu_and_rust,
+            Priority::Medium,
+            0,
+            vec![],
+            &["gpu", "rust"],
+        ));
+        let capabilities =
+            |names: &[&str]| -> BTreeSet<String> { names.iter().map(|c| c.to_string()).collect() };
+        let ids = |candidates: Vec<Candidate>| -> BTreeSet<Uuid> {
+            candidates.into_iter().map(|c| c.task_id).collect()
         };
-        assert_eq!(ids(1), vec![ours]);
-        assert_eq!(ids(9), vec![theirs]);
-        assert!(ids(7).is_empty());
-        assert_eq!(queue.ready(Utc::now(), &ScoreConfig::default()).len(), 2);
+        let now = Utc::now();
+        let score = ScoreConfig::default();
+        let in_organization = |queue: &Queue, organization: u128, names: &[&str]| {
+            ids(queue.ready_in(
+                Uuid::from_u128(organization),
+                &capabilities(names),
+                now,
+                &score,
+            ))
+        };
+        assert_eq!(in_organization(&queue, 1, &[]), BTreeSet::from([ours]));
+        assert_eq!(
+            in_organization(&queue, 1, &["gpu"]),
+            BTreeSet::from([ours, gpu])
+        );
+        assert_eq!(
+            in_organization(&queue, 1, &["gpu", "rust", "go"]),
+            BTreeSet::from([ours, gpu, gpu_and_rust])
+        );
+        assert_eq!(
+            in_organization(&queue, 9, &["gpu"]),
+            BTreeSet::from([theirs])
+        );
+        assert!(in_organization(&queue, 7, &["gpu"]).is_empty());
+        let everywhere =
+            |names: &[&str]| ids(queue.ready_for(|_| true, &capabilities(names), now, &score));
+        assert_eq!(everywhere(&[]), BTreeSet::from([ours, theirs]));
+        assert_eq!(everywhere(&["rust", "gpu"]), ids(queue.ready(now, &score)));
+        let only_nine = ids(queue.ready_for(
+            |organization| organization == Uuid::from_u128(9),
+            &capabilities(&["gpu", "rust"]),
+            now,
+            &score,
+        ));
+        assert_eq!(only_nine, BTreeSet::from([theirs]));
+        // A task that finished leaves its group; an emptied group and organization go.
+        queue.apply(&cancelled(gpu_and_rust));
+        assert_eq!(
+            in_organization(&queue, 1, &["gpu", "rust"]),
+            BTreeSet::from([ours, gpu])
+        );
+        queue.apply(&cancelled(theirs));
+        assert!(in_organization(&queue, 9, &[]).is_empty());
+        assert!(!queue.by_organization.contains_key(&Uuid::from_u128(9)));
+        assert_eq!(queue.by_organization[&Uuid::from_u128(1)].len(), 2);
+    }
+
+    #[test]
+    fn an_organizations_held_tasks_are_counted_per_project_without_the_others() {
+        let mut queue = Queue::default();
+        let (held, waiting, elsewhere) = (
+            Uuid::from_u128(60),
+            Uuid::from_u128(61),
+            Uuid::from_u128(62),
+        );
+        for id in [held, waiting] {
+            queue.apply(&created(id, Priority::Medium, 0, vec![]));
+        }
+        let mut other = created(elsewhere, Priority::Medium, 0, vec![]);
+        other.metadata = json!({"organization_id": Uuid::from_u128(9)}).into();
+        queue.apply(&other);
+        for id in [held, elsewhere] {
+            let mut assigned = stored(
+                id,
+                TaskEvent::TaskAssigned {
+                    agent_id: Uuid::from_u128(70),
+                    at: Utc::now(),
+                },
+                json!({}),
+            );
+            assigned.sequence = 2;
+            queue.apply(&assigned);
+        }
+        let mut counts = queue.active_in(Uuid::from_u128(1));
+        assert_eq!(counts.organization, 1);
+        assert_eq!(counts.in_project(Uuid::from_u128(2)), 1);
+        assert_eq!(counts.in_project(Uuid::from_u128(5)), 0);
+        counts.hold(Uuid::from_u128(5));
+        assert_eq!(
+            (counts.organization, counts.in_project(Uuid::from_u128(5))),
+            (2, 1)
+        );
+        assert_eq!(queue.active_in(Uuid::from_u128(9)).organization, 1);
+        assert_eq!(queue.active_in(Uuid::from_u128(7)), ActiveCounts::default());
+    }
+
+    /// One event of the property below: which task, and what happens to it.
+    #[derive(Debug, Clone)]
+    enum Step {
+        Assign(u128),
+        Start,
+        Fail,
+        RetryIn(i64),
+        Unassign,
+        Submit,
+        Complete,
+        Cancel,
+    }
+
+    fn step() -> impl proptest::strategy::Strategy<Value = (usize, Step)> {
+        use proptest::prelude::*;
+        let step = prop_oneof![
+            (0u128..3).prop_map(Step::Assign),
+            Just(Step::Start),
+            Just(Step::Fail),
+            (-5i64..5).prop_map(Step::RetryIn),
+            Just(Step::Unassign),
+            Just(Step::Submit),
+            Just(Step::Complete),
+            Just(Step::Cancel),
+        ];
+        (0usize..5, step)
+    }
+
+    proptest::proptest! {
+        /// Whatever events arrive in whatever order, the side indexes say what a scan of
+        /// every open task says: the tasks each agent holds, the next retry, the held
+        /// tasks of an organization, and the ready tasks a set of capabilities may run.
+        #[test]
+        fn the_side_indexes_agree_with_a_scan_of_every_task(
+            steps in proptest::collection::vec(step(), 0..60)
+        ) {
+            let mut queue = Queue::default();
+            let now = Utc::now();
+            let ids: Vec<Uuid> = (0..5).map(|n| Uuid::from_u128(200 + n)).collect();
+            let requirements: [&[&str]; 5] = [&[], &["gpu"], &[], &["gpu", "rust"], &["rust"]];
+            for (n, id) in ids.iter().enumerate() {
+                let mut event = created_requiring(*id, Priority::Medium, 0, vec![], requirements[n]);
+                if n == 4 {
+                    event.metadata = json!({"organization_id": Uuid::from_u128(9)}).into();
+                }
+                queue.apply(&event);
+            }
+            let mut sequences = [1i64; 5];
+            for (n, step) in steps {
+                let at = Utc::now();
+                let event = match step {
+                    Step::Assign(agent) => TaskEvent::TaskAssigned {
+                        agent_id: Uuid::from_u128(300 + agent),
+                        at,
+                    },
+                    Step::Start => TaskEvent::TaskStarted { at },
+                    Step::Fail => TaskEvent::TaskFailed {
+                        error: "no".into(),
+                        attempt: 1,
+                        at,
+                    },
+                    Step::RetryIn(seconds) => TaskEvent::TaskRetryScheduled {
+                        attempt: 1,
+                        not_before: now + Duration::seconds(seconds),
+                    },
+                    Step::Unassign => TaskEvent::TaskUnassigned {
+                        agent_id: Uuid::from_u128(300),
+                        at,
+                    },
+                    Step::Submit => TaskEvent::TaskSubmittedForValidation {
+                        result: json!({}),
+                        revision: 0,
+                        implementer_agent_id: None,
+                        at,
+                    },
+                    Step::Complete => TaskEvent::TaskCompleted {
+                        result: json!({}),
+                        at,
+                    },
+                    Step::Cancel => TaskEvent::TaskCancelled { reason: None, at },
+                };
+                sequences[n] += 1;
+                let mut stored = stored(ids[n], event, json!({}));
+                stored.sequence = sequences[n];
+                queue.apply(&stored);
+
+                let open: Vec<&QueuedTask> = queue.tasks.values().collect();
+                for agent in (0..3).map(|a| Uuid::from_u128(300 + a)) {
+                    let mut held: Vec<Uuid> = queue.held_by(agent).iter().map(|t| t.id).collect();
+                    let mut scanned: Vec<Uuid> = open
+                        .iter()
+                        .filter(|t| t.is_active() && t.agent_id == Some(agent))
+                        .map(|t| t.id)
+                        .collect();
+                    held.sort();
+                    scanned.sort();
+                    proptest::prop_assert_eq!(held, scanned);
+                }
+                let scanned_retry = open
+                    .iter()
+                    .filter(|t| t.status == TaskStatus::RetryScheduled)
+                    .filter_map(|t| t.not_before)
+                    .filter(|at| *at > now)
+                    .min();
+                proptest::prop_assert_eq!(queue.next_retry(now), scanned_retry);
+                for organization in [Uuid::from_u128(1), Uuid::from_u128(9)] {
+                    let counts = queue.active_in(organization);
+                    let active = open
+                        .iter()
+                        .filter(|t| t.organization_id == organization && t.is_active())
+                        .count();
+                    proptest::prop_assert_eq!(counts.organization, active);
+                }
+                let gpu: BTreeSet<String> = BTreeSet::from(["gpu".to_string()]);
+                let mut looked: Vec<Uuid> = queue
+                    .ready_for(|_| true, &gpu, now, &ScoreConfig::default())
+                    .into_iter()
+                    .map(|c| c.task_id)
+                    .collect();
+                let mut scanned: Vec<Uuid> = open
+                    .iter()
+                    .filter(|t| t.required_capabilities.is_subset(&gpu) && queue.is_ready(t, now))
+                    .map(|t| t.id)
+                    .collect();
+                looked.sort();
+                scanned.sort();
+                proptest::prop_assert_eq!(looked, scanned);
+            }
+        }
     }
 }

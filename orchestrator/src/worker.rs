@@ -239,7 +239,6 @@ impl SteppedWorker {
 
 struct LocalAgent {
     organization_id: Uuid,
-    capabilities: BTreeSet<String>,
     task: Option<Uuid>,
     /// Quarantined by a guardian: takes nothing new until released.
     quarantined: bool,
@@ -249,6 +248,8 @@ struct Runtime {
     pool: PgPool,
     bus: Arc<CommandBus>,
     config: Arc<WorkerConfig>,
+    /// Every in-process agent's capabilities (the configured ones).
+    capabilities: BTreeSet<String>,
     queue: Queue,
     cursor: Cursor,
     agents: HashMap<Uuid, LocalAgent>,
@@ -304,6 +305,7 @@ impl Runtime {
         let runtime = Runtime {
             pool,
             bus,
+            capabilities: config.capabilities.iter().cloned().collect(),
             config: Arc::new(config),
             queue: Queue::default(),
             cursor: Cursor::default(),
@@ -880,27 +882,26 @@ impl Runtime {
             return;
         }
         let now = Utc::now();
-        // With every agent busy, a pass can only register agents for an organization
-        // that has fewer than it may: look for one cheaply before scoring the queue.
-        if self
-            .agents
-            .values()
-            .all(|a| a.task.is_some() || a.quarantined)
-        {
-            let mut agents_of: HashMap<Uuid, usize> = HashMap::new();
-            for agent in self.agents.values() {
-                *agents_of.entry(agent.organization_id).or_insert(0) += 1;
-            }
-            let most = self.config.agents_per_organization;
-            let short = |task: &QueuedTask| {
-                self.serves(task.organization_id)
-                    && agents_of.get(&task.organization_id).copied().unwrap_or(0) < most
-            };
-            if !self.queue.any_ready(now, short) {
-                return;
-            }
+        // Only organizations that could take a task now are looked at: one with a free
+        // agent, or with fewer agents than it may have (a pass registers them). Within
+        // them, only tasks this worker's agents could run: another organization's backlog,
+        // or work needing a capability they lack, costs a pass nothing.
+        let mut agents_of: HashMap<Uuid, (usize, bool)> = HashMap::new();
+        for agent in self.agents.values() {
+            let (count, free) = agents_of.entry(agent.organization_id).or_insert((0, false));
+            *count += 1;
+            *free |= agent.task.is_none() && !agent.quarantined;
         }
-        let candidates = self.queue.ready(now, &self.config.score);
+        let most = self.config.agents_per_organization;
+        let has_room = |organization: Uuid| {
+            self.serves(organization)
+                && agents_of
+                    .get(&organization)
+                    .is_none_or(|(count, free)| *free || *count < most)
+        };
+        let candidates =
+            self.queue
+                .ready_for(has_room, &self.capabilities, now, &self.config.score);
         if candidates.is_empty() {
             return;
         }
@@ -925,7 +926,7 @@ impl Runtime {
             .map(|(id, agent)| FreeAgent {
                 id: *id,
                 organization_id: agent.organization_id,
-                capabilities: agent.capabilities.clone(),
+                capabilities: self.capabilities.clone(),
             })
             .collect();
         let picks = choose(&self.queue, &candidates, &free, &limits, |organization| {
@@ -1020,26 +1021,24 @@ impl Runtime {
     /// Registers agents for organizations with more ready tasks they could run than
     /// agents, up to `agents_per_organization` each, concurrently.
     async fn ensure_agents(&mut self, candidates: &[Candidate]) {
-        let capabilities: BTreeSet<String> = self.config.capabilities.iter().cloned().collect();
-        // Per organization: the ready tasks a new agent could run, and whether one of them
-        // suits none of the agents it has (a validation whose implementer is its only one).
+        // Per organization: the ready tasks a new agent could run (every candidate: they
+        // are the served organizations' tasks this worker's agents could run), and whether
+        // one of them suits none of the agents it has (a validation whose implementer is
+        // its only one).
         let mut wanted: HashMap<Uuid, (usize, bool)> = HashMap::new();
         for candidate in candidates {
             let Some(task) = self.queue.task(candidate.task_id) else {
                 continue;
             };
-            let organization_id = task.organization_id;
-            if self.serves(organization_id) && task.suits(organization_id, None, &capabilities) {
-                // Only a validation can refuse an agent the organization has (its
-                // implementer): asked of those alone, on the worker's hot path.
-                let unsuited = task.validates.is_some()
-                    && !self.agents.iter().any(|(id, agent)| {
-                        task.suits(agent.organization_id, Some(*id), &capabilities)
-                    });
-                let entry = wanted.entry(organization_id).or_insert((0, false));
-                entry.0 += 1;
-                entry.1 |= unsuited;
-            }
+            // Only a validation can refuse an agent the organization has (its
+            // implementer): asked of those alone, on the worker's hot path.
+            let unsuited = task.validates.is_some()
+                && !self.agents.iter().any(|(id, agent)| {
+                    task.suits(agent.organization_id, Some(*id), &self.capabilities)
+                });
+            let entry = wanted.entry(task.organization_id).or_insert((0, false));
+            entry.0 += 1;
+            entry.1 |= unsuited;
         }
         let mut registrations = Vec::new();
         for (organization_id, (ready, unsuited)) in wanted {
@@ -1071,7 +1070,6 @@ impl Runtime {
                     id,
                     LocalAgent {
                         organization_id,
-                        capabilities: capabilities.clone(),
                         task: None,
                         quarantined: false,
                     },
