@@ -211,6 +211,35 @@ impl Worker {
     }
 }
 
+/// Records the Guardian's readings (the health route's) and, on each agent whose reading
+/// matters, the reading itself (a third anomalous one in a row quarantines it).
+async fn record_anomalies(
+    pool: PgPool,
+    bus: Arc<CommandBus>,
+    readings: Vec<anomaly::Reading>,
+    min_gap_ms: u64,
+    now: chrono::DateTime<Utc>,
+) {
+    if let Err(error) = anomaly::record(&pool, &readings, now).await {
+        tracing::warn!(%error, "worker: cannot record anomaly readings");
+    }
+    let context = context(Actor::System("guardian"), "anomaly");
+    for reading in readings.iter().filter(|r| r.matters()) {
+        let command = AgentCommand::RecordAnomalyReading {
+            parts: reading.parts,
+            min_gap_ms,
+            at: now,
+        };
+        let outcome = bus
+            .execute::<Agent>(&reading.agent_id.to_string(), command, &context)
+            .await;
+        if let Err(error) = outcome {
+            tracing::info!(agent_id = %reading.agent_id, %error,
+                "worker: anomaly reading not recorded");
+        }
+    }
+}
+
 /// Commits within this window share one `NOTIFY` to other processes (as the API's).
 const COMMIT_ANNOUNCE_WINDOW: Duration = Duration::from_millis(5);
 
@@ -229,6 +258,11 @@ impl SteppedWorker {
             self.runtime.free(done);
         }
         self.runtime.step().await;
+        // A step is the whole pass: the Guardian's readings it took are recorded before
+        // it returns (a running worker does not wait for them).
+        if let Some(pass) = self.runtime.anomaly_pass.take() {
+            let _ = pass.await;
+        }
     }
 
     /// Kills the commands still running and removes the worker's directory.
@@ -267,6 +301,8 @@ struct Runtime {
     trajectory_pass: Option<JoinHandle<()>>,
     /// The Conductor's pass in flight.
     conductor_pass: Option<JoinHandle<()>>,
+    /// The Guardian's readings being recorded.
+    anomaly_pass: Option<JoinHandle<()>>,
     /// Organizations' concurrency caps from their plans, until their account changes or
     /// (a pending suspension) until the instant it would change by itself.
     caps: HashMap<Uuid, (usize, Option<chrono::DateTime<Utc>>)>,
@@ -320,6 +356,7 @@ impl Runtime {
             assessor,
             trajectory_pass: None,
             conductor_pass: None,
+            anomaly_pass: None,
             caps: HashMap::new(),
             work_dir,
             kept: Vec::new(),
@@ -369,6 +406,9 @@ impl Runtime {
             pass.abort();
         }
         if let Some(pass) = self.trajectory_pass.take() {
+            pass.abort();
+        }
+        if let Some(pass) = self.anomaly_pass.take() {
             pass.abort();
         }
         self.stop_running(finished).await;
@@ -587,7 +627,7 @@ impl Runtime {
         }
         self.give_back_unstarted(now).await;
         self.mark_stalled(now).await;
-        self.read_anomalies(now).await;
+        self.read_anomalies(now);
         self.flag_duplicates(now);
         self.assess_trajectories(now);
     }
@@ -634,8 +674,13 @@ impl Runtime {
     /// The Guardian's pass: every agent's anomaly score is read and kept for the health
     /// route; an anomalous reading (or a normal one ending a run) is recorded on the agent,
     /// whose third anomalous one in a row quarantines it. Another replica's reading of the
-    /// same interval is refused by the agent (`reading_too_soon`).
-    async fn read_anomalies(&mut self, now: chrono::DateTime<Utc>) {
+    /// same interval is refused by the agent (`reading_too_soon`). The scores are read
+    /// here, off the queue; writing them and the agents' commands run beside the worker
+    /// (a round trip per agent that matters), so that dispatch does not wait for them.
+    fn read_anomalies(&mut self, now: chrono::DateTime<Utc>) {
+        if self.anomaly_pass.as_ref().is_some_and(|p| !p.is_finished()) {
+            return;
+        }
         let every = chrono::Duration::milliseconds(
             i64::try_from(self.config.monitoring.anomaly_interval_ms).unwrap_or(i64::MAX),
         );
@@ -646,26 +691,16 @@ impl Runtime {
         let readings = self
             .anomalies
             .readings(&self.queue, now, |organization| self.serves(organization));
-        if let Err(error) = anomaly::record(&self.pool, &readings, now).await {
-            tracing::warn!(%error, "worker: cannot record anomaly readings");
+        if readings.is_empty() {
+            return;
         }
-        let context = context(Actor::System("guardian"), "anomaly");
-        let min_gap_ms = self.config.monitoring.min_reading_gap_ms();
-        for reading in readings.iter().filter(|r| r.matters()) {
-            let command = AgentCommand::RecordAnomalyReading {
-                parts: reading.parts,
-                min_gap_ms,
-                at: now,
-            };
-            let outcome = self
-                .bus
-                .execute::<Agent>(&reading.agent_id.to_string(), command, &context)
-                .await;
-            if let Err(error) = outcome {
-                tracing::info!(agent_id = %reading.agent_id, %error,
-                    "worker: anomaly reading not recorded");
-            }
-        }
+        self.anomaly_pass = Some(tokio::spawn(record_anomalies(
+            self.pool.clone(),
+            self.bus.clone(),
+            readings,
+            self.config.monitoring.min_reading_gap_ms(),
+            now,
+        )));
     }
 
     /// Starts a Conductor pass over the open tasks created since the last one
