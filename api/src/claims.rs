@@ -79,8 +79,11 @@ pub struct Claims {
     read: Arc<Mutex<Cursor>>,
 }
 
-/// How long a claim waits for its queue to read the tasks committed before it.
-const READ_UP_WAIT: Duration = Duration::from_millis(250);
+/// How long a claim waits for its queue to read the tasks committed before it. Bounded,
+/// so that a hub in trouble does not hold claims; at 250 ms a hub lagging on a saturated
+/// machine (the test suite on two cores) let a claim hand out a lower-priority task than
+/// one committed before it.
+const READ_UP_WAIT: Duration = Duration::from_secs(1);
 
 #[derive(Debug, Clone, Copy)]
 struct Unseen {
