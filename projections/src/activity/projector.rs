@@ -1,4 +1,5 @@
-//! The SQL side of the agent audit: one table, one insert per batch.
+//! The SQL side of the agent audit: one table, one insert per batch, and the fold of a
+//! rebuild, which copies its rows in.
 
 use futures_util::future::BoxFuture;
 use omoi_store::StoredEvent;
@@ -6,7 +7,16 @@ use sqlx::PgConnection;
 use uuid::Uuid;
 
 use super::model::agents_named;
-use crate::{ProjectionError, Projector};
+use crate::copy::CopyRows;
+use crate::{Fold, ProjectionError, Projector};
+
+/// The entries' columns, in the order a batch's arrays and the fold's rows hold them.
+const ENTRY_COLUMNS: &str =
+    "agent_id, transaction_id, global_position, organization_id, project_id";
+
+/// Entries a rebuild's fold holds before it writes them (about 9 MB encoded) and folds
+/// on: each write holds the log's readers while it runs, so it stays short.
+const FOLD_ENTRIES: usize = 100_000;
 
 /// Builds the `activity` read model.
 pub struct ActivityProjector;
@@ -17,7 +27,9 @@ impl Projector for ActivityProjector {
     }
 
     fn version(&self) -> i32 {
-        1
+        // 2: the pages' key is built when a rebuilt build goes live, not kept up while it
+        // is written.
+        2
     }
 
     /// Events that name an agent (the only ones `apply` records).
@@ -30,16 +42,23 @@ impl Projector for ActivityProjector {
     }
 
     fn create_tables(&self, schema: &str) -> Vec<String> {
-        // The primary key is also the pages' index: one agent, in the global order.
         vec![format!(
             "create table if not exists {schema}.entries (
                 agent_id uuid not null,
                 transaction_id bigint not null,
                 global_position bigint not null,
                 organization_id uuid,
-                project_id uuid,
-                primary key (agent_id, transaction_id, global_position)
+                project_id uuid
             )"
+        )]
+    }
+
+    fn create_indexes(&self, schema: &str) -> Vec<String> {
+        // The pages' index (one agent, in the global order) and the entries' key: an
+        // agent appears once per event.
+        vec![format!(
+            "create unique index if not exists entries_by_agent
+                on {schema}.entries (agent_id, transaction_id, global_position)"
         )]
     }
 
@@ -51,16 +70,39 @@ impl Projector for ActivityProjector {
     ) -> BoxFuture<'a, Result<(), ProjectionError>> {
         Box::pin(apply_events(tx, schema, events))
     }
+
+    fn fold_from_start(&self) -> Option<Box<dyn Fold>> {
+        Some(Box::new(ActivityFold::default()))
+    }
 }
 
-/// The rows of a batch, column by column.
-#[derive(Default)]
-struct Rows {
-    agents: Vec<Uuid>,
-    transactions: Vec<i64>,
-    positions: Vec<i64>,
-    organizations: Vec<Option<Uuid>>,
-    projects: Vec<Option<Uuid>>,
+/// One row of the audit: an agent the event concerns, and the event's place and scope.
+struct Entry {
+    agent_id: Uuid,
+    transaction_id: i64,
+    global_position: i64,
+    organization_id: Option<Uuid>,
+    project_id: Option<Uuid>,
+}
+
+/// The entries of `event`, one per agent it concerns (none for most events).
+fn entries(event: &StoredEvent) -> Result<Vec<Entry>, ProjectionError> {
+    let agents = agents_named(event);
+    if agents.is_empty() {
+        return Ok(Vec::new());
+    }
+    let organization_id = scope_field(event, "organization_id", event.metadata.organization_id())?;
+    let project_id = scope_field(event, "project_id", event.metadata.project_id())?;
+    Ok(agents
+        .into_iter()
+        .map(|agent_id| Entry {
+            agent_id,
+            transaction_id: event.transaction_id,
+            global_position: event.global_position,
+            organization_id,
+            project_id,
+        })
+        .collect())
 }
 
 fn scope_field(
@@ -76,6 +118,16 @@ fn scope_field(
         .transpose()
 }
 
+/// The rows of a batch, column by column.
+#[derive(Default)]
+struct Rows {
+    agents: Vec<Uuid>,
+    transactions: Vec<i64>,
+    positions: Vec<i64>,
+    organizations: Vec<Option<Uuid>>,
+    projects: Vec<Option<Uuid>>,
+}
+
 async fn apply_events(
     tx: &mut PgConnection,
     schema: &str,
@@ -83,26 +135,21 @@ async fn apply_events(
 ) -> Result<(), ProjectionError> {
     let mut rows = Rows::default();
     for event in events {
-        let agents = agents_named(event);
-        if agents.is_empty() {
-            continue;
-        }
-        let organization = scope_field(event, "organization_id", event.metadata.organization_id())?;
-        let project = scope_field(event, "project_id", event.metadata.project_id())?;
-        for agent in agents {
-            rows.agents.push(agent);
-            rows.transactions.push(event.transaction_id);
-            rows.positions.push(event.global_position);
-            rows.organizations.push(organization);
-            rows.projects.push(project);
+        for entry in entries(event)? {
+            rows.agents.push(entry.agent_id);
+            rows.transactions.push(entry.transaction_id);
+            rows.positions.push(entry.global_position);
+            rows.organizations.push(entry.organization_id);
+            rows.projects.push(entry.project_id);
         }
     }
     if rows.agents.is_empty() {
         return Ok(());
     }
+    // No conflict target: it holds with the entries' key (a live build) and without it
+    // (a build still being written, whose key comes when it goes live).
     sqlx::query(&format!(
-        "insert into {schema}.entries
-             (agent_id, transaction_id, global_position, organization_id, project_id)
+        "insert into {schema}.entries ({ENTRY_COLUMNS})
          select * from unnest($1::uuid[], $2::bigint[], $3::bigint[], $4::uuid[], $5::uuid[])
          on conflict do nothing"
     ))
@@ -114,4 +161,53 @@ async fn apply_events(
     .execute(&mut *tx)
     .await?;
     Ok(())
+}
+
+/// The audit of a rebuild, folded from position zero: its entries encoded for `COPY` as
+/// they are folded, written every [`FOLD_ENTRIES`]. It holds nothing else, so it always
+/// folds on.
+#[derive(Default)]
+struct ActivityFold {
+    entries: CopyRows,
+}
+
+impl Fold for ActivityFold {
+    fn fold(&mut self, events: &[StoredEvent]) -> Result<(), ProjectionError> {
+        for event in events {
+            for entry in entries(event)? {
+                self.entries
+                    .row(5)
+                    .uuid(entry.agent_id)
+                    .bigint(entry.transaction_id)
+                    .bigint(entry.global_position)
+                    .optional_uuid(entry.organization_id)
+                    .optional_uuid(entry.project_id);
+            }
+        }
+        Ok(())
+    }
+
+    fn rows(&self) -> usize {
+        self.entries.len()
+    }
+
+    fn bound(&self) -> usize {
+        FOLD_ENTRIES
+    }
+
+    fn write<'a>(
+        &'a mut self,
+        tx: &'a mut PgConnection,
+        schema: &'a str,
+    ) -> BoxFuture<'a, Result<(), ProjectionError>> {
+        Box::pin(async move {
+            let table = format!("{schema}.entries");
+            self.entries.copy(tx, &table, ENTRY_COLUMNS).await?;
+            Ok(())
+        })
+    }
+
+    fn goes_on(&self) -> bool {
+        true
+    }
 }
