@@ -253,13 +253,28 @@ pub async fn build_indexes_concurrently(
             .await?;
     }
     for statement in projector.create_indexes(schema) {
+        let started = std::time::Instant::now();
         // One statement, with its own Sync: not inside a transaction block.
         sqlx::query(&concurrently(&statement))
             .persistent(false)
             .execute(&mut *conn)
             .await?;
+        tracing::info!(
+            projector = projector.name(),
+            index = index_name(&statement),
+            build_ms = started.elapsed().as_millis() as u64,
+            "built a reader index"
+        );
     }
     Ok(())
+}
+
+/// The name in a `create [unique] index if not exists <name> on …` statement.
+fn index_name(statement: &str) -> &str {
+    statement
+        .split_once("if not exists")
+        .and_then(|(_, rest)| rest.split_whitespace().next())
+        .unwrap_or("?")
 }
 
 /// `create [unique] index if not exists …` (the form [`Projector::create_indexes`]
@@ -354,7 +369,7 @@ pub fn is_undefined_table(error: &sqlx::Error) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::concurrently;
+    use super::{concurrently, index_name};
 
     #[test]
     fn every_readers_index_is_of_the_form_built_concurrently() {
@@ -365,6 +380,12 @@ mod tests {
                     built.starts_with("create index concurrently if not exists")
                         || built.starts_with("create unique index concurrently if not exists"),
                     "{}: {statement}",
+                    projector.name()
+                );
+                let name = index_name(&statement);
+                assert!(
+                    name.chars().all(|c| c.is_ascii_lowercase() || c == '_'),
+                    "{}: {name:?} in {statement}",
                     projector.name()
                 );
             }
