@@ -13,6 +13,7 @@
 //! unfinished), and the spec of its ticket, if any, is not archived.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
+use std::ops::Bound;
 
 use chrono::{DateTime, Utc};
 use omoi_domain::common::Priority;
@@ -512,8 +513,9 @@ impl Queue {
     /// The earliest not-before time of a retry still waiting for it: the dispatcher's
     /// next wake-up.
     pub fn next_retry(&self, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        // Strictly after `now`, whatever the task id.
         self.retries
-            .range((now, Uuid::max())..)
+            .range((Bound::Excluded((now, Uuid::max())), Bound::Unbounded))
             .map(|(at, _)| *at)
             .next()
     }
