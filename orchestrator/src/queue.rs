@@ -530,8 +530,10 @@ impl Queue {
         })
     }
 
-    /// Every ready task, best score first (ties: the older task first).
-    pub fn ready(&self, now: DateTime<Utc>, config: &ScoreConfig) -> Vec<Candidate> {
+    /// Every ready task, best score first (ties: the older task first): what the tests
+    /// compare the scoped looks with.
+    #[cfg(test)]
+    pub(crate) fn ready(&self, now: DateTime<Utc>, config: &ScoreConfig) -> Vec<Candidate> {
         self.rank(self.tasks.values(), now, config)
     }
 

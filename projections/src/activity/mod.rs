@@ -8,7 +8,7 @@
 //! # Layout
 //!
 //! * `model` — [`agents_named`]: which agents an event concerns (pure).
-//! * `projector` — [`ActivityProjector`]: the table and `apply`.
+//! * `projector` — [`ActivityProjector`]: the table, `apply` and the rebuild's fold.
 //! * `query` — [`page`]: one agent's events after a cursor.
 
 mod model;

@@ -8,15 +8,11 @@ use uuid::Uuid;
 
 use super::model::agents_named;
 use crate::copy::CopyRows;
-use crate::{Fold, ProjectionError, Projector};
+use crate::{Fold, ProjectionError, Projector, FOLD_ON_ROWS};
 
 /// The entries' columns, in the order a batch's arrays and the fold's rows hold them.
 const ENTRY_COLUMNS: &str =
     "agent_id, transaction_id, global_position, organization_id, project_id";
-
-/// Entries a rebuild's fold holds before it writes them (about 9 MB encoded) and folds
-/// on: each write holds the log's readers while it runs, so it stays short.
-const FOLD_ENTRIES: usize = 100_000;
 
 /// Builds the `activity` read model.
 pub struct ActivityProjector;
@@ -164,7 +160,7 @@ async fn apply_events(
 }
 
 /// The audit of a rebuild, folded from position zero: its entries encoded for `COPY` as
-/// they are folded, written every [`FOLD_ENTRIES`]. It holds nothing else, so it always
+/// they are folded, written every [`FOLD_ON_ROWS`]. It holds nothing else, so it always
 /// folds on.
 #[derive(Default)]
 struct ActivityFold {
@@ -192,7 +188,7 @@ impl Fold for ActivityFold {
     }
 
     fn bound(&self) -> usize {
-        FOLD_ENTRIES
+        FOLD_ON_ROWS
     }
 
     fn write<'a>(

@@ -15,15 +15,11 @@ use super::model::{Change, EntityType, TitleKey};
 use super::summary::{summary, Names};
 use crate::codec::{decode_error, entity_id, EventMeta};
 use crate::copy::CopyRows;
-use crate::{Fold, ProjectionError, Projector, FOLD_WRITE_CHUNK};
+use crate::{Fold, ProjectionError, Projector, FOLD_ON_ROWS, FOLD_WRITE_CHUNK};
 
 /// The entries' columns, in the order a batch's arrays and the fold's rows hold them.
 const ENTRY_COLUMNS: &str = "transaction_id, global_position, organization_id, project_id, \
      entity_type, entity_id, event_type, actor, summary, occurred_at";
-
-/// Entries a rebuild's fold holds before it writes them (about 15 MB encoded) and folds
-/// on: each write holds the log's readers while it runs, so it stays short.
-const FOLD_ENTRIES: usize = 100_000;
 
 /// Titles a rebuild's fold keeps in memory at most (about 100 bytes each); past them it
 /// writes and the batches go on, reading titles from the table.
@@ -215,7 +211,7 @@ async fn apply_events(
 
 /// The timeline of a rebuild, folded from position zero: every title in memory (no
 /// lookups), the entries encoded for `COPY` as they are folded and written every
-/// [`FOLD_ENTRIES`] with the titles set since the last write.
+/// [`FOLD_ON_ROWS`] with the titles set since the last write.
 #[derive(Default)]
 struct TimelineFold {
     titles: Titles,
@@ -238,7 +234,7 @@ impl Fold for TimelineFold {
     }
 
     fn bound(&self) -> usize {
-        FOLD_ENTRIES
+        FOLD_ON_ROWS
     }
 
     fn write<'a>(
