@@ -417,6 +417,48 @@ async fn similarity(app: &TestApp, a: &str, b: &str) -> f64 {
         .expect("pg_trgm is installed")
 }
 
+/// Pages of GIN's pending list in the live directory's trigram index of open tasks.
+async fn pending_trigram_pages(app: &TestApp) -> i64 {
+    let pool = &app.database.pool;
+    sqlx::query("create extension if not exists pgstattuple")
+        .execute(pool)
+        .await
+        .expect("pgstattuple is installed");
+    sqlx::query_scalar(
+        "select pending_pages::bigint from pgstatginindex(
+             (select format('rm_directory_%s.entries_open_task_trigrams', build)::regclass
+                from projector_builds where projector = 'directory' and state = 'live'))",
+    )
+    .fetch_one(pool)
+    .await
+    .expect("the live directory has the index")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_conductor_merges_the_trigram_indexs_pending_entries_before_it_probes() {
+    let app = spawn_app().await;
+    let (_, project) = app.organization_and_project().await;
+    let ticket = app.ticket(&project, "Sign-in").await;
+    let title = "Add the login form with email and password validation";
+    let original = app.task(&ticket, title, json!({})).await;
+    let copy = app.task(&ticket, title, json!({})).await;
+    app.caught_up().await;
+    // Rows written one by one wait in the pending list, which every probe would read.
+    assert!(pending_trigram_pages(&app).await > 0);
+
+    let batch =
+        omoi_projections::directory::suspected_duplicates(&app.database.pool, 0.85, (0, 0), 500)
+            .await
+            .expect("a batch");
+    assert_eq!(pending_trigram_pages(&app).await, 0);
+    let pairs: Vec<(String, String)> = batch
+        .pairs
+        .iter()
+        .map(|pair| (pair.task_id.to_string(), pair.duplicate_of.to_string()))
+        .collect();
+    assert_eq!(pairs, vec![(copy, original)]);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn near_identical_open_tasks_are_flagged_once_and_others_not() {
     let app = spawn_app().await;

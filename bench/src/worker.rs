@@ -87,7 +87,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     );
 
     // Throughput: a backlog of N tasks.
-    create_tasks(&app, &ticket, args.tasks, 32).await?;
+    create_tasks(&app, &ticket, 0..args.tasks, 32).await?;
     crate::setup::analyze(&app.database.pool).await?;
     let started = Instant::now();
     let worker = Worker::start(app.database.pool.clone(), config);
@@ -112,11 +112,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let total = (args.rate * args.seconds) as usize;
     let interval = Duration::from_secs_f64(1.0 / args.rate as f64);
     let mut ticker = tokio::time::interval(interval);
-    for _ in 0..total {
+    for n in args.tasks..args.tasks + total {
         ticker.tick().await;
-        let app = &app;
-        let ticket = ticket.clone();
-        create_tasks(app, &ticket, 1, 1).await?;
+        create_tasks(&app, &ticket, n..n + 1, 1).await?;
     }
     wait_for_events(
         &app.database.pool,
@@ -165,19 +163,20 @@ pub(crate) async fn ready_to_assigned_ms(
     .await?)
 }
 
-/// Creates `count` tasks, `parallel` requests at a time.
+/// Creates the tasks numbered `numbers`, each titled apart, `parallel` requests at a time.
 async fn create_tasks(
     app: &TestApp,
     ticket: &str,
-    count: usize,
+    numbers: std::ops::Range<usize>,
     parallel: usize,
 ) -> anyhow::Result<()> {
-    let results: Vec<StatusCode> = futures_util::stream::iter(0..count)
+    let results: Vec<StatusCode> = futures_util::stream::iter(numbers)
         .map(|n| async move {
+            let title = crate::setup::task_title(format_args!("task {n}"), n as u64);
             let (status, _) = app
                 .post(
                     "/api/v1/tasks",
-                    json!({"ticket_id": ticket, "title": format!("t{n}"), "task_type": "bench"}),
+                    json!({"ticket_id": ticket, "title": title, "task_type": "bench"}),
                 )
                 .await;
             status

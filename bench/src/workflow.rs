@@ -215,10 +215,7 @@ fn plan(n: usize, tickets: usize, tasks: usize) -> Value {
 /// A title of its own for task `k` of ticket `t` of spec `n`.
 fn title(n: usize, t: usize, k: usize) -> String {
     let seed = ((n as u64) << 32) ^ ((t as u64) << 16) ^ k as u64;
-    format!(
-        "task {k}: {:016x}",
-        seed.wrapping_mul(0x9E37_79B9_7F4A_7C15)
-    )
+    crate::setup::task_title(format_args!("task {k}"), seed)
 }
 
 async fn position(app: &TestApp) -> anyhow::Result<i64> {
