@@ -9,7 +9,8 @@ use uuid::Uuid;
 
 use super::model::Entry;
 use super::projector::{
-    entry_from_row, open_task, task_text, ENTRY_COLUMNS, OPEN_TASK_TRIGRAMS, SEARCH_DOCUMENT,
+    entry_from_row, open_statuses, open_task, task_text, ENTRY_COLUMNS, OPEN_TASK_TRIGRAMS,
+    SEARCH_DOCUMENT,
 };
 use crate::catalog::schema_of;
 use crate::ProjectionError;
@@ -231,11 +232,11 @@ pub async fn suspected_duplicates(
         .await?;
     let newest: Vec<(Uuid, i64, i64)> = sqlx::query_as(&format!(
         "select id, created_transaction_id, created_position from directory_entries
-          where {}
+          where kind = 'task' and status in ({})
             and (created_transaction_id, created_position) > ($1, $2)
           order by created_transaction_id, created_position
           limit $3",
-        open_task("")
+        open_statuses()
     ))
     .bind(after.0)
     .bind(after.1)
@@ -250,6 +251,12 @@ pub async fn suspected_duplicates(
         });
     };
     let ids: Vec<Uuid> = newest.iter().map(|(id, _, _)| *id).collect();
+    // The probe can then only be the trigram index or a scan of every row, and the
+    // planner, pricing `%` as a cheap operator, may still take the scan on a small or
+    // freshly grown table: it is ruled out for this transaction.
+    sqlx::query("select set_config('enable_seqscan', 'off', true)")
+        .execute(&mut *tx)
+        .await?;
     let (newer, older, open) = (task_text("newer"), task_text("older"), open_task("older"));
     // Each new task probes the trigram index for its candidates. `offset 0` keeps the
     // planner from pushing the project and age conditions into the probe, where it would
