@@ -1158,6 +1158,60 @@ async fn a_board_subscriber_gets_a_delta_per_change_in_order_and_folds_into_the_
     assert_eq!(folded[&all[2]]["tasks"]["total"], 1);
 }
 
+/// Board subscribers with room for one queued message, and bursts of commits the follower
+/// fans out back to back: a delta that finds the queue full waits for room within the grace
+/// period (with no grace at all, one of the two runs tried got a resync — the queue was
+/// found full), so each delta arrives once, in order, and nothing is
+/// resynced.
+#[tokio::test(flavor = "multi_thread")]
+async fn board_subscribers_whose_queue_fills_in_a_burst_get_every_delta_once_in_order() {
+    let app = spawn_app_with(LiveConfig {
+        queue_capacity: 1,
+        slow_client_grace: Duration::from_secs(10),
+        ..LiveConfig::default()
+    })
+    .await;
+    let (_, project) = app.organization_and_project().await;
+    let created = tickets(&app, &project, 40).await;
+    app.caught_up().await;
+    let mut sockets = Vec::new();
+    for n in 0..3 {
+        let mut socket = owner_socket(&app).await;
+        let id = format!("b{n}");
+        send(&mut socket, board_subscription(&id, &project)).await;
+        let snapshot = next_of(&mut socket, "snapshot", &id).await;
+        let cards = cards_of(&snapshot["data"]);
+        assert_eq!(cards.len(), created.len(), "{snapshot}");
+        sockets.push((socket, id, cards, cursor(&snapshot["position"])));
+    }
+
+    for round in 0..3 {
+        // Renames sent together commit close together: the follower reads them in one
+        // page and sends them back to back, faster than a writer takes them.
+        let app = &app;
+        let burst = created.iter().map(|ticket| {
+            let title = format!("Round {round} {ticket}");
+            async move { rename(app, ticket, &title).await }
+        });
+        futures_util::future::join_all(burst).await;
+        for (socket, id, cards, last) in &mut sockets {
+            let (order, at) = fold_board(socket, id, created.len(), cards, *last).await;
+            *last = at;
+            let mut renamed = order.clone();
+            renamed.sort();
+            renamed.dedup();
+            assert_eq!(renamed.len(), created.len(), "each card once: {order:?}");
+        }
+    }
+    let expected = board_view(&app, &project).await;
+    for (mut socket, id, cards, _) in sockets {
+        assert_eq!(cards, expected, "{id} folded into the board");
+        // Nothing more (no resync, no doubled delta) is waiting.
+        let quiet = tokio::time::timeout(Duration::from_millis(300), socket.next()).await;
+        assert!(quiet.is_err(), "{id} got more: {quiet:?}");
+    }
+}
+
 /// The server writes a message longer than 2 KiB as fragments (so that no connection keeps
 /// a write buffer the size of its largest message): the client receives one message.
 #[tokio::test(flavor = "multi_thread")]
