@@ -251,9 +251,9 @@ pub async fn suspected_duplicates(
         });
     };
     let ids: Vec<Uuid> = newest.iter().map(|(id, _, _)| *id).collect();
-    // The probe can then only be the trigram index or a scan of every row, and the
-    // planner, pricing `%` as a cheap operator, may still take the scan on a small or
-    // freshly grown table: it is ruled out for this transaction.
+    // Spelled with `open_task`, the probe can only go through the trigram index or scan
+    // every row, and the planner, pricing `%` as a cheap operator, may still take the scan
+    // on a small or freshly grown table: scans are ruled out for this transaction.
     sqlx::query("select set_config('enable_seqscan', 'off', true)")
         .execute(&mut *tx)
         .await?;
