@@ -424,14 +424,15 @@ async fn pending_trigram_pages(app: &TestApp) -> i64 {
         .execute(pool)
         .await
         .expect("pgstattuple is installed");
-    sqlx::query_scalar(
-        "select pending_pages::bigint from pgstatginindex(
-             (select format('rm_directory_%s.entries_open_task_trigrams', build)::regclass
-                from projector_builds where projector = 'directory' and state = 'live'))",
-    )
-    .fetch_one(pool)
-    .await
-    .expect("the live directory has the index")
+    let schema = omoi_projections::catalog::live_schema(pool, "directory")
+        .await
+        .expect("the catalog")
+        .expect("a live directory");
+    sqlx::query_scalar("select pending_pages::bigint from pgstatginindex($1::text::regclass)")
+        .bind(format!("{schema}.entries_open_task_trigrams"))
+        .fetch_one(pool)
+        .await
+        .expect("the live directory has the index")
 }
 
 #[tokio::test(flavor = "multi_thread")]

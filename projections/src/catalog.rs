@@ -85,6 +85,17 @@ pub fn schema_of(projector: &str, build: i64) -> String {
     format!("rm_{projector}_{build}")
 }
 
+/// The schema of `projector`'s live build, if it has one.
+pub async fn live_schema(pool: &PgPool, projector: &str) -> Result<Option<String>, sqlx::Error> {
+    let build: Option<i64> = sqlx::query_scalar(
+        "select build from projector_builds where projector = $1 and state = 'live'",
+    )
+    .bind(projector)
+    .fetch_optional(pool)
+    .await?;
+    Ok(build.map(|build| schema_of(projector, build)))
+}
+
 const BUILD_COLUMNS: &str =
     "build, projector, code_version, state, transaction_id, global_position, \
      events_applied, failed_transaction_id, failed_global_position, error, updated_at";

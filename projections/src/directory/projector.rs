@@ -49,8 +49,9 @@ pub(crate) fn open_statuses() -> String {
 /// index only for a query whose conditions imply its predicate). The kind is tested as
 /// `(kind = 'task') is true` so that the lists' index, which leads with `kind`, cannot
 /// serve the probe: on statistics taken before a burst of new tasks, the planner chose it
-/// and computed the similarity of every task for each new one (4.7 s for 500 new tasks
-/// among 2,000, `auto_explain` during `omoi-bench bench-workflow`).
+/// and computed the similarity of every task for each new one (4.7 s for 500 new tasks,
+/// each against the ~940 tasks then in the table: `auto_explain` during `omoi-bench
+/// bench-workflow`).
 pub(crate) fn open_task(alias: &str) -> String {
     let prefix = match alias {
         "" => String::new(),

@@ -9,11 +9,11 @@ use uuid::Uuid;
 
 use super::model::Entry;
 use super::projector::{
-    entry_from_row, open_statuses, open_task, task_text, ENTRY_COLUMNS, OPEN_TASK_TRIGRAMS,
-    SEARCH_DOCUMENT,
+    entry_from_row, open_statuses, open_task, task_text, DirectoryProjector, ENTRY_COLUMNS,
+    OPEN_TASK_TRIGRAMS, SEARCH_DOCUMENT,
 };
-use crate::catalog::schema_of;
-use crate::ProjectionError;
+use crate::catalog::live_schema;
+use crate::{ProjectionError, Projector};
 
 /// Which entries of one kind to list; all given filters must match.
 #[derive(Debug, Clone)]
@@ -315,18 +315,12 @@ pub async fn suspected_duplicates(
 /// 24 ms a task among 3,500 with descriptions of a few hundred characters, against 0.7 ms
 /// after the merge (README, Orchestrator). The index has no other reader.
 async fn merge_pending_trigrams(pool: &PgPool) -> Result<(), sqlx::Error> {
-    let live: Option<i64> = sqlx::query_scalar(
-        "select build from projector_builds where projector = 'directory' and state = 'live'",
-    )
-    .fetch_optional(pool)
-    .await?;
-    let Some(build) = live else {
+    let Some(schema) = live_schema(pool, DirectoryProjector.name()).await? else {
         return Ok(());
     };
-    let index = format!("{}.{OPEN_TASK_TRIGRAMS}", schema_of("directory", build));
     // `to_regclass`: null (nothing merged) for a build made before the index existed.
     sqlx::query("select gin_clean_pending_list(to_regclass($1))")
-        .bind(index)
+        .bind(format!("{schema}.{OPEN_TASK_TRIGRAMS}"))
         .execute(pool)
         .await?;
     Ok(())
