@@ -8,6 +8,8 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use omoi_orchestrator::{Work, Worker, WorkerConfig};
+use omoi_store::log::{read_global, Visibility};
+use omoi_store::Cursor;
 use omoi_testing::{scratch_dir, spawn_app, TestApp, TestDatabase};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
@@ -121,6 +123,75 @@ async fn a_diamond_of_tasks_runs_in_dependency_order_through_a_real_command() {
     let mut middle = vec![order[1].clone(), order[2].clone()];
     middle.sort();
     assert_eq!(middle, ["b", "c"]);
+}
+
+/// A transaction left open anywhere (here one that took a transaction id and waits) holds
+/// every reader of the gapless log back. The worker still runs a chain of tasks created
+/// after it began — each task's creation and its dependency's completion taken from the
+/// events committed beyond that horizon — and when the transaction ends and the log
+/// brings those events again, nothing is applied twice: every task was assigned, started
+/// and completed once.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_worker_runs_new_work_while_an_open_transaction_holds_the_log_back() {
+    let app = spawn_app().await;
+    let (_, project) = app.organization_and_project().await;
+    let directory = scratch_dir();
+    let ticket = app.ticket(&project, "Work").await;
+    let worker = Worker::start(
+        app.database.pool.clone(),
+        config(command("echo done"), &directory),
+    );
+
+    let mut held = app.database.pool.begin().await.expect("a transaction");
+    sqlx::query("select pg_current_xact_id()")
+        .execute(&mut *held)
+        .await
+        .expect("a transaction id");
+    let first = app.task(&ticket, "first", json!({})).await;
+    let second = app
+        .task(&ticket, "second", json!({"depends_on": [first]}))
+        .await;
+    for id in [&first, &second] {
+        app.until_task_status(id, "completed").await;
+    }
+    // The premise: a reader of the gapless log does not see them yet.
+    let visible = read_global(
+        &app.database.pool,
+        Cursor::default(),
+        10_000,
+        &Visibility::Everything,
+    )
+    .await
+    .expect("the log");
+    assert!(
+        !visible.events.iter().any(|e| e.aggregate_id == first),
+        "the open transaction did not hold the log back"
+    );
+    held.rollback().await.expect("the rollback");
+
+    // Created after the log moved on: run once it has brought the others again.
+    let third = app
+        .task(&ticket, "third", json!({"depends_on": [second]}))
+        .await;
+    app.until_task_status(&third, "completed").await;
+    worker.stop().await;
+    for id in [&first, &second, &third] {
+        let kinds: Vec<String> = history(&app, id)
+            .await
+            .into_iter()
+            .map(|(kind, _)| kind)
+            .collect();
+        for kind in [
+            "TaskCreated",
+            "TaskAssigned",
+            "TaskStarted",
+            "TaskCompleted",
+        ] {
+            let times = kinds.iter().filter(|k| *k == kind).count();
+            assert_eq!(times, 1, "task {id}: {kind} {times} times in {kinds:?}");
+        }
+    }
+    let _ = std::fs::remove_dir_all(&directory);
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -143,6 +143,7 @@ pub enum Change {
 }
 
 #[derive(Debug, Default)]
+#[cfg_attr(test, derive(PartialEq))]
 pub struct Queue {
     /// The open tasks (not final).
     tasks: HashMap<Uuid, QueuedTask>,
@@ -163,6 +164,9 @@ pub struct Queue {
     /// Ticket → the spec it implements.
     specs_of_tickets: HashMap<Uuid, Uuid>,
     archived_specs: BTreeSet<Uuid>,
+    /// Task → the last of its events applied ahead of the gapless stream
+    /// ([`Self::apply_ahead`]); the entry goes when the stream brings that event.
+    ahead: HashMap<Uuid, u64>,
 }
 
 impl Queue {
@@ -300,7 +304,7 @@ impl Queue {
             }
             TaskEvent::TaskDependencyAdded { depends_on } => {
                 task.depends_on.insert(depends_on);
-                self.dependents.entry(depends_on).or_default().insert(id);
+                self.wait_for(depends_on, id);
                 Change::Queue
             }
             TaskEvent::TaskDependencyRemoved { depends_on } => {
@@ -314,6 +318,61 @@ impl Queue {
             self.finish(id);
         }
         change
+    }
+
+    /// Whether `stored` is the next event of its task: what [`Self::apply_ahead`] takes.
+    pub fn comes_next(&self, stored: &StoredEvent) -> bool {
+        self.next_of_task(stored).is_some()
+    }
+
+    /// The task and the sequence of `stored` when it is that task's next event.
+    fn next_of_task(&self, stored: &StoredEvent) -> Option<(Uuid, u64)> {
+        if stored.aggregate_type != "Task" {
+            return None;
+        }
+        let id = stored.aggregate_id.parse::<Uuid>().ok()?;
+        let applied = match self.tasks.get(&id) {
+            Some(task) => task.version,
+            // Ended: whatever follows changes nothing here.
+            None if self.is_known(id) => return None,
+            None => 0,
+        };
+        let sequence = u64::try_from(stored.sequence).ok()?;
+        (sequence == applied + 1).then_some((id, sequence))
+    }
+
+    /// Applies an event read ahead of the gapless stream
+    /// ([`omoi_store::log::PageAhead::ahead`]) if it is its task's next one — a task
+    /// created, assigned or completed a moment ago is dispatched on at once, whatever
+    /// transaction elsewhere holds the stream back — and nothing otherwise: events of
+    /// other aggregates, and a task's events after one not yet seen, wait for the stream.
+    /// The stream brings the event again later; [`Self::applied_ahead`] passes it by.
+    pub fn apply_ahead(&mut self, stored: &StoredEvent) -> Change {
+        let Some((id, sequence)) = self.next_of_task(stored) else {
+            return Change::None;
+        };
+        self.ahead.insert(id, sequence);
+        self.apply(stored)
+    }
+
+    /// Whether an event of the gapless stream was applied already, ahead of it: then it
+    /// must not be applied again. The stream bringing the last such event of a task ends
+    /// the task's record.
+    pub fn applied_ahead(&mut self, stored: &StoredEvent) -> bool {
+        if stored.aggregate_type != "Task" {
+            return false;
+        }
+        let Ok(id) = stored.aggregate_id.parse::<Uuid>() else {
+            return false;
+        };
+        let Some(&last) = self.ahead.get(&id) else {
+            return false;
+        };
+        let sequence = u64::try_from(stored.sequence).unwrap_or(0);
+        if sequence >= last {
+            self.ahead.remove(&id);
+        }
+        sequence <= last
     }
 
     /// Moves a task's entries in `holders` and `retries` from what they were to what its
@@ -370,6 +429,17 @@ impl Queue {
         }
         // Its own dependents keep waiting or run; nobody asks how many wait for it now.
         self.dependents.remove(&id);
+    }
+
+    /// Counts `dependent` among those waiting for `dependency` while that one is open
+    /// (or not seen yet): once it has ended, nobody asks how many wait for it.
+    fn wait_for(&mut self, dependency: Uuid, dependent: Uuid) {
+        if !self.completed.contains(&dependency) && !self.ended.contains(&dependency) {
+            self.dependents
+                .entry(dependency)
+                .or_default()
+                .insert(dependent);
+        }
     }
 
     fn forget_dependent(&mut self, dependency: Uuid, dependent: Uuid) {
@@ -453,7 +523,7 @@ impl Queue {
             return Change::None;
         }
         for dependency in &depends_on {
-            self.dependents.entry(*dependency).or_default().insert(id);
+            self.wait_for(*dependency, id);
         }
         let organization_id = organization.unwrap_or(organization_id);
         let required_capabilities: BTreeSet<String> = required_capabilities.into_iter().collect();
@@ -1123,7 +1193,131 @@ mod tests {
         (0usize..5, step)
     }
 
+    /// The task event a step of the properties below makes.
+    fn event_of(step: Step, now: DateTime<Utc>) -> TaskEvent {
+        let at = Utc::now();
+        match step {
+            Step::Assign(agent) => TaskEvent::TaskAssigned {
+                agent_id: Uuid::from_u128(300 + agent),
+                at,
+            },
+            Step::Start => TaskEvent::TaskStarted { at },
+            Step::Fail => TaskEvent::TaskFailed {
+                error: "no".into(),
+                attempt: 1,
+                at,
+            },
+            Step::RetryIn(seconds) => TaskEvent::TaskRetryScheduled {
+                attempt: 1,
+                not_before: now + Duration::seconds(seconds),
+            },
+            Step::Unassign => TaskEvent::TaskUnassigned {
+                agent_id: Uuid::from_u128(300),
+                at,
+            },
+            Step::Submit => TaskEvent::TaskSubmittedForValidation {
+                result: json!({}),
+                revision: 0,
+                implementer_agent_id: None,
+                at,
+            },
+            Step::Complete => TaskEvent::TaskCompleted {
+                result: json!({}),
+                at,
+            },
+            Step::Cancel => TaskEvent::TaskCancelled { reason: None, at },
+        }
+    }
+
+    /// One read of the property below: how far the gapless stream moves on, and which of
+    /// the (at most 32) events after it have committed already.
+    fn read() -> impl proptest::strategy::Strategy<Value = (usize, u32)> {
+        use proptest::prelude::*;
+        (0usize..6, any::<u32>())
+    }
+
     proptest::proptest! {
+        /// The worker's reads (a gapless page, then the events committed beyond it; each
+        /// task's next one applied at once, every one of them brought again by the stream
+        /// later) leave the queue as reading the log in its order does, and every event's
+        /// consequence (a task to stop or steer, the queue to look at) happens once.
+        #[test]
+        fn events_taken_ahead_of_the_stream_are_applied_once_and_agree_with_the_log(
+            steps in proptest::collection::vec(step(), 0..50),
+            reads in proptest::collection::vec(read(), 0..40),
+            creations_at in proptest::collection::vec(0usize..50, 5),
+        ) {
+            let now = Utc::now();
+            let ids: Vec<Uuid> = (0..5).map(|n| Uuid::from_u128(400 + n)).collect();
+            // The log: each task's creation at a place of its own among the steps (the
+            // second task waits for the first), each task's events in its sequence.
+            let mut log: Vec<StoredEvent> = Vec::new();
+            let mut sequences = [0i64; 5];
+            let mut made = [false; 5];
+            for (place, (n, step)) in steps.into_iter().enumerate() {
+                for (task, at) in creations_at.iter().enumerate() {
+                    if !made[task] && *at <= place {
+                        let depends_on = if task == 1 { vec![ids[0]] } else { vec![] };
+                        log.push(created(ids[task], Priority::Medium, 0, depends_on));
+                        made[task] = true;
+                        sequences[task] = 1;
+                    }
+                }
+                if sequences[n] == 0 {
+                    continue;
+                }
+                sequences[n] += 1;
+                let mut event = stored(ids[n], event_of(step, now), json!({}));
+                event.sequence = sequences[n];
+                log.push(event);
+            }
+            for (position, event) in log.iter_mut().enumerate() {
+                event.global_position = position as i64 + 1;
+            }
+
+            let mut in_order = Queue::default();
+            let mut expected: Vec<String> = log
+                .iter()
+                .map(|event| in_order.apply(event))
+                .filter(|change| *change != Change::None)
+                .map(|change| format!("{change:?}"))
+                .collect();
+
+            let mut queue = Queue::default();
+            let mut changes = Vec::new();
+            let mut gapless = 0;
+            let mut record = |change: Change| {
+                if change != Change::None {
+                    changes.push(format!("{change:?}"));
+                }
+            };
+            for (moved, committed) in reads.into_iter().chain([(log.len(), 0)]) {
+                let until = (gapless + moved).min(log.len());
+                for event in &log[gapless..until] {
+                    if !queue.applied_ahead(event) {
+                        record(queue.apply(event));
+                    }
+                }
+                gapless = until;
+                let mut ahead: Vec<&StoredEvent> = log[gapless..]
+                    .iter()
+                    .take(32)
+                    .enumerate()
+                    .filter(|(n, _)| committed & (1 << n) != 0)
+                    .map(|(_, event)| event)
+                    .collect();
+                ahead.sort_by(|a, b| (&a.aggregate_id, a.sequence).cmp(&(&b.aggregate_id, b.sequence)));
+                for event in ahead {
+                    record(queue.apply_ahead(event));
+                }
+            }
+            proptest::prop_assert!(queue.ahead.is_empty(), "the stream brought every event again");
+            proptest::prop_assert_eq!(&queue, &in_order);
+            expected.sort();
+            changes.sort();
+            proptest::prop_assert_eq!(changes, expected);
+        }
+
         /// Whatever events arrive in whatever order, the side indexes say what a scan of
         /// every open task says: the tasks each agent holds, the next retry, the held
         /// tasks of an organization, and the ready tasks a set of capabilities may run.
@@ -1144,38 +1338,7 @@ mod tests {
             }
             let mut sequences = [1i64; 5];
             for (n, step) in steps {
-                let at = Utc::now();
-                let event = match step {
-                    Step::Assign(agent) => TaskEvent::TaskAssigned {
-                        agent_id: Uuid::from_u128(300 + agent),
-                        at,
-                    },
-                    Step::Start => TaskEvent::TaskStarted { at },
-                    Step::Fail => TaskEvent::TaskFailed {
-                        error: "no".into(),
-                        attempt: 1,
-                        at,
-                    },
-                    Step::RetryIn(seconds) => TaskEvent::TaskRetryScheduled {
-                        attempt: 1,
-                        not_before: now + Duration::seconds(seconds),
-                    },
-                    Step::Unassign => TaskEvent::TaskUnassigned {
-                        agent_id: Uuid::from_u128(300),
-                        at,
-                    },
-                    Step::Submit => TaskEvent::TaskSubmittedForValidation {
-                        result: json!({}),
-                        revision: 0,
-                        implementer_agent_id: None,
-                        at,
-                    },
-                    Step::Complete => TaskEvent::TaskCompleted {
-                        result: json!({}),
-                        at,
-                    },
-                    Step::Cancel => TaskEvent::TaskCancelled { reason: None, at },
-                };
+                let event = event_of(step, now);
                 sequences[n] += 1;
                 let mut stored = stored(ids[n], event, json!({}));
                 stored.sequence = sequences[n];

@@ -17,7 +17,7 @@ use omoi_domain::agent::{Agent, AgentCommand, AgentEvent, AgentStatus, AgentType
 use omoi_domain::billing::{BillingAccount, Plans};
 use omoi_domain::common::{clipped, MAX_TEXT_CHARS};
 use omoi_domain::task::{Task, TaskCommand, TaskStatus, Verdict, MAX_PROGRESS_CHARS};
-use omoi_store::log::{read_global, Visibility};
+use omoi_store::log::read_global_ahead;
 use omoi_store::transcripts;
 use omoi_store::wakeup::listen;
 use omoi_store::{Actor, CommandBus, CommandContext, CommandError, Cursor, StoredEvent};
@@ -471,17 +471,20 @@ impl Runtime {
         pause.min(Duration::from_millis(self.config.check_interval_ms))
     }
 
+    /// Reads the log on from the worker's place in the gapless stream, then applies the
+    /// task events committed beyond it (a transaction still open elsewhere holds the
+    /// stream back; the queue takes each task's next event at once and passes it by when
+    /// the stream brings it).
     async fn catch_up(&mut self) {
         loop {
-            let page =
-                match read_global(&self.pool, self.cursor, PAGE, &Visibility::Everything).await {
-                    Ok(page) => page,
-                    Err(error) => {
-                        tracing::warn!(%error, "worker: cannot read the log");
-                        return;
-                    }
-                };
-            for event in &page.events {
+            let read = match read_global_ahead(&self.pool, self.cursor, PAGE).await {
+                Ok(read) => read,
+                Err(error) => {
+                    tracing::warn!(%error, "worker: cannot read the log");
+                    return;
+                }
+            };
+            for event in &read.page.events {
                 if event.aggregate_type == "BillingAccount" {
                     if let Ok(organization) = event.aggregate_id.parse::<Uuid>() {
                         self.caps.remove(&organization);
@@ -490,21 +493,45 @@ impl Runtime {
                 if event.aggregate_type == "Agent" {
                     self.follow_agent(event);
                 }
-                self.anomalies.apply(event, &self.queue);
-                match self.queue.apply(event) {
-                    Change::Stop(task) => {
-                        if let Some(run) = self.running.get(&task) {
-                            let _ = run.cancel.send(true);
-                        }
-                    }
-                    Change::Steered(task) => self.deliver_steering(task).await,
-                    Change::None | Change::Queue => {}
+                if !self.queue.applied_ahead(event) {
+                    self.take(event, false).await;
                 }
             }
-            self.cursor = page.next;
-            if (page.events.len() as i64) < PAGE {
+            self.cursor = read.page.next;
+            if (read.page.events.len() as i64) < PAGE {
+                let mut ahead = read.ahead;
+                // A task's events in its order: one may follow another in the same read.
+                ahead.sort_by(|a, b| {
+                    (&a.aggregate_id, a.sequence).cmp(&(&b.aggregate_id, b.sequence))
+                });
+                for event in &ahead {
+                    if self.queue.comes_next(event) {
+                        self.take(event, true).await;
+                    }
+                }
                 return;
             }
+        }
+    }
+
+    /// Applies one event to the anomaly reading and the queue (`ahead`: read ahead of the
+    /// gapless stream, and the task's next), and stops or steers what it asks.
+    async fn take(&mut self, event: &StoredEvent, ahead: bool) {
+        // The reading looks at the task as the queue had it before the event.
+        self.anomalies.apply(event, &self.queue);
+        let change = if ahead {
+            self.queue.apply_ahead(event)
+        } else {
+            self.queue.apply(event)
+        };
+        match change {
+            Change::Stop(task) => {
+                if let Some(run) = self.running.get(&task) {
+                    let _ = run.cancel.send(true);
+                }
+            }
+            Change::Steered(task) => self.deliver_steering(task).await,
+            Change::None | Change::Queue => {}
         }
     }
 

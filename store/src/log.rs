@@ -234,6 +234,62 @@ pub async fn read_global<'c>(
     Ok(EventPage { events, next })
 }
 
+/// A page of the gapless stream and the events after it that have already committed.
+#[derive(Debug, Clone)]
+pub struct PageAhead {
+    /// What [`read_global`] reads: the events below the oldest running transaction.
+    pub page: EventPage,
+    /// The committed events after them, in the global order: a transaction that is still
+    /// running may yet put events before these, so the gapless stream hands them over
+    /// only once it ends — they come again then. An aggregate's events commit in its
+    /// sequence order, so for each aggregate these follow on from the page.
+    pub ahead: Vec<StoredEvent>,
+}
+
+/// Reads up to `limit` events after `after` in the global order — everything committed,
+/// not only what lies below the oldest running transaction — and tells the gapless page
+/// from what is ahead of it. For a reader that must act at once on each aggregate's
+/// latest events (the worker dispatching a task created a moment ago) while it keeps its
+/// place in the gapless order: one transaction left open anywhere holds [`read_global`]
+/// back, not this one's `ahead`.
+pub async fn read_global_ahead<'c>(
+    executor: impl sqlx::Executor<'c, Database = sqlx::Postgres>,
+    after: Cursor,
+    limit: i64,
+) -> Result<PageAhead, sqlx::Error> {
+    // One statement, so one snapshot: the rows below its horizon are exactly the page
+    // `read_global` would have read, and (ordered by transaction) they come first.
+    let sql = format!(
+        "select {COLUMNS},
+                events.transaction_id < pg_snapshot_xmin(pg_current_snapshot()) as settled
+           from events
+          where (transaction_id, global_position) > ($1::bigint::text::xid8, $2)
+          order by events.transaction_id, events.global_position
+          limit $3"
+    );
+    let rows = sqlx::query(&sql)
+        .bind(after.transaction_id)
+        .bind(after.global_position)
+        .bind(limit)
+        .fetch_all(executor)
+        .await?;
+    let mut events = Vec::with_capacity(rows.len());
+    let mut ahead = Vec::new();
+    for row in &rows {
+        let event = StoredEvent::from_row(row)?;
+        if row.try_get::<bool, _>("settled")? {
+            events.push(event);
+        } else {
+            ahead.push(event);
+        }
+    }
+    let next = events.last().map_or(after, StoredEvent::cursor);
+    Ok(PageAhead {
+        page: EventPage { events, next },
+        ahead,
+    })
+}
+
 /// Every event visible now after `after`, in the gapless global order, handed to `pages`
 /// in pages of `page_size` as one query streams them: the server produces rows while the
 /// pages before are decoded and used, where [`read_global`]'s pages each wait for the
