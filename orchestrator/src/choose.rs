@@ -24,6 +24,9 @@ pub struct Limits {
     /// Tasks held at once per organization (its plan's cap); an organization missing here
     /// may hold none.
     pub organization_caps: HashMap<Uuid, usize>,
+    /// Tasks held that the queue does not show yet (assignments committing, or committed
+    /// but not read back), per organization: they count against both caps.
+    pub unseen_held: HashMap<Uuid, ActiveCounts>,
 }
 
 /// One assignment of the pass.
@@ -68,9 +71,13 @@ pub fn choose(
         if agents.is_empty() || !serves(task.organization_id) {
             continue;
         }
-        let counts = held
-            .entry(task.organization_id)
-            .or_insert_with(|| queue.active_in(task.organization_id));
+        let counts = held.entry(task.organization_id).or_insert_with(|| {
+            let mut counts = queue.active_in(task.organization_id);
+            if let Some(unseen) = limits.unseen_held.get(&task.organization_id) {
+                counts.add(unseen);
+            }
+            counts
+        });
         let cap = limits
             .organization_caps
             .get(&task.organization_id)
@@ -169,6 +176,7 @@ mod tests {
         Limits {
             project_concurrency: project,
             organization_caps: HashMap::from([(ORGANIZATION, organization)]),
+            unseen_held: HashMap::new(),
         }
     }
 
@@ -206,8 +214,26 @@ mod tests {
         let no_caps = Limits {
             project_concurrency: 5,
             organization_caps: HashMap::new(),
+            unseen_held: HashMap::new(),
         };
         assert!(choose(&queue, &candidates, &free, &no_caps, |_| true).is_empty());
+        // Tasks held that the queue does not show yet count against both caps.
+        let mut unseen = ActiveCounts::default();
+        unseen.hold(PROJECT);
+        let mut held_unseen = limits(2, 10);
+        held_unseen.unseen_held = HashMap::from([(ORGANIZATION, unseen.clone())]);
+        assert_eq!(
+            choose(&queue, &candidates, &free, &held_unseen, |_| true).len(),
+            1,
+            "a project holding one unseen of two"
+        );
+        let mut held_unseen = limits(5, 2);
+        held_unseen.unseen_held = HashMap::from([(ORGANIZATION, unseen)]);
+        assert_eq!(
+            choose(&queue, &candidates, &free, &held_unseen, |_| true).len(),
+            1,
+            "an organization holding one unseen of two"
+        );
     }
 
     #[test]
@@ -255,6 +281,7 @@ mod tests {
         let caps = |ours: usize, theirs: usize| Limits {
             project_concurrency: 5,
             organization_caps: HashMap::from([(ORGANIZATION, ours), (OTHER_ORGANIZATION, theirs)]),
+            unseen_held: HashMap::new(),
         };
         let picks = choose(&queue, &candidates, &free, &caps(10, 10), |_| true);
         assert_eq!(

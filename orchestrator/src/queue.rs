@@ -127,6 +127,14 @@ impl ActiveCounts {
         *self.per_project.entry(project_id).or_insert(0) += 1;
         self.organization += 1;
     }
+
+    /// `other`'s held tasks besides these.
+    pub fn add(&mut self, other: &ActiveCounts) {
+        for (project, held) in &other.per_project {
+            *self.per_project.entry(*project).or_insert(0) += held;
+        }
+        self.organization += other.organization;
+    }
 }
 
 /// What changed for the dispatcher when an event was applied.

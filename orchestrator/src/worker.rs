@@ -16,17 +16,17 @@ use chrono::Utc;
 use omoi_domain::agent::{Agent, AgentCommand, AgentEvent, AgentStatus, AgentType};
 use omoi_domain::billing::{BillingAccount, Plans};
 use omoi_domain::common::{clipped, MAX_TEXT_CHARS};
-use omoi_domain::task::{Task, TaskCommand, TaskStatus, Verdict, MAX_PROGRESS_CHARS};
+use omoi_domain::task::{Task, TaskCommand, TaskError, TaskStatus, Verdict, MAX_PROGRESS_CHARS};
 use omoi_store::log::read_global_ahead;
 use omoi_store::transcripts;
 use omoi_store::wakeup::listen;
-use omoi_store::{Actor, CommandBus, CommandContext, CommandError, Cursor, StoredEvent};
+use omoi_store::{Actor, CommandBus, CommandContext, CommandError, Committed, Cursor, StoredEvent};
 use rand::Rng;
 use serde::Deserialize;
 use serde_json::json;
 use sqlx::PgPool;
 use tokio::sync::{mpsc, watch};
-use tokio::task::JoinHandle;
+use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::Instant;
 use uuid::Uuid;
 
@@ -36,7 +36,7 @@ use crate::conductor;
 use crate::executor::{execute, Outcome, Run, Sinks, STEERING_FILE};
 use crate::leases;
 use crate::monitor::{Clock, MonitoringConfig};
-use crate::queue::{Candidate, Change, Queue, QueuedTask};
+use crate::queue::{ActiveCounts, Candidate, Change, Queue, QueuedTask};
 use crate::score::ScoreConfig;
 use crate::trajectory::{self, Assessor, TaskContext};
 
@@ -258,8 +258,10 @@ impl SteppedWorker {
             self.runtime.free(done);
         }
         self.runtime.step().await;
-        // A step is the whole pass: the Guardian's readings it took are recorded before
-        // it returns (a running worker does not wait for them).
+        // A step is the whole pass: its assignments are committed and launched, and the
+        // Guardian's readings it took recorded, before it returns (a running worker waits
+        // for neither).
+        self.runtime.settle_assignments().await;
         if let Some(pass) = self.runtime.anomaly_pass.take() {
             let _ = pass.await;
         }
@@ -310,7 +312,21 @@ struct Runtime {
     work_dir: Option<PathBuf>,
     /// Directories of failed attempts, and when they failed.
     kept: Vec<(PathBuf, Instant)>,
+    /// The assignments being committed, each a task of its own: the loop reads the log
+    /// and dispatches on meanwhile, and launches each as it commits.
+    assigning: JoinSet<Assignment>,
+    /// Tasks this worker is assigning or assigned → the task's version after the
+    /// assignment (`None` while it commits): held for the caps, and offered to no other
+    /// agent, until the queue shows that version.
+    claimed: HashMap<Uuid, Option<u64>>,
 }
+
+/// An assignment's outcome: the agent reserved for it, the task, what the bus answered.
+type Assignment = (
+    Uuid,
+    QueuedTask,
+    Result<Committed<Task>, CommandError<TaskError>>,
+);
 
 const PAGE: i64 = 10_000;
 
@@ -360,6 +376,8 @@ impl Runtime {
             caps: HashMap::new(),
             work_dir,
             kept: Vec::new(),
+            assigning: JoinSet::new(),
+            claimed: HashMap::new(),
         };
         (runtime, finished)
     }
@@ -386,12 +404,16 @@ impl Runtime {
             tokio::select! {
                 _ = stop.changed() => {}
                 Some(done) = finished.recv() => self.free(done),
+                Some(joined) = self.assigning.join_next() => self.settle_joined(joined),
                 _ = commits.changed() => {}
                 _ = woken.changed() => {}
                 () = tokio::time::sleep(pause) => {}
             }
             while let Ok(done) = finished.try_recv() {
                 self.free(done);
+            }
+            while let Some(joined) = self.assigning.try_join_next() {
+                self.settle_joined(joined);
             }
             self.remove_expired_directories().await;
         }
@@ -411,6 +433,8 @@ impl Runtime {
         if let Some(pass) = self.anomaly_pass.take() {
             pass.abort();
         }
+        // Assignments that commit are launched, then stopped like every running task.
+        self.settle_assignments().await;
         self.stop_running(finished).await;
         if let Some(dir) = &self.work_dir {
             if let Err(error) = tokio::fs::remove_dir_all(dir).await {
@@ -944,6 +968,7 @@ impl Runtime {
             return;
         }
         let now = Utc::now();
+        let unseen_held = self.unseen_claims();
         // Only organizations that could take a task now are looked at: one with a free
         // agent, or with fewer agents than it may have (a pass registers them). Within
         // them, only tasks this worker's agents could run: another organization's backlog,
@@ -961,9 +986,10 @@ impl Runtime {
                     .get(&organization)
                     .is_none_or(|(count, free)| *free || *count < most)
         };
-        let candidates =
+        let mut candidates =
             self.queue
                 .ready_for(has_room, &self.capabilities, now, &self.config.score);
+        candidates.retain(|candidate| !self.claimed.contains_key(&candidate.task_id));
         if candidates.is_empty() {
             return;
         }
@@ -980,6 +1006,7 @@ impl Runtime {
         let limits = Limits {
             project_concurrency: self.config.project_concurrency,
             organization_caps,
+            unseen_held,
         };
         let free: Vec<FreeAgent> = self
             .agents
@@ -994,25 +1021,24 @@ impl Runtime {
         let picks = choose(&self.queue, &candidates, &free, &limits, |organization| {
             self.serves(organization)
         });
-        self.commit(picks, now).await;
+        self.commit(picks, now);
     }
 
-    /// Assigns and starts each pick, concurrently: one round trip per pass rather than
-    /// one per task. Each agent is reserved while its assignment is in flight.
-    async fn commit(&mut self, picks: Vec<Pick>, now: chrono::DateTime<Utc>) {
-        let mut picked = Vec::with_capacity(picks.len());
+    /// Assigns and starts each pick, each on a task of its own: the worker does not wait
+    /// for the commits (a task created meanwhile is dispatched at once, not after them);
+    /// each agent is reserved, and each task claimed, while its assignment is in flight.
+    fn commit(&mut self, picks: Vec<Pick>, now: chrono::DateTime<Utc>) {
         for pick in picks {
             let Some(task) = self.queue.task(pick.task_id).cloned() else {
                 continue;
             };
-            if let Some(agent) = self.agents.get_mut(&pick.agent_id) {
+            let agent_id = pick.agent_id;
+            if let Some(agent) = self.agents.get_mut(&agent_id) {
                 agent.task = Some(task.id);
             }
-            picked.push((pick.agent_id, task));
-        }
-        let bus = &self.bus;
-        let assigned =
-            futures_util::future::join_all(picked.into_iter().map(|(agent_id, task)| async move {
+            self.claimed.insert(task.id, None);
+            let bus = self.bus.clone();
+            self.assigning.spawn(async move {
                 // An in-process agent starts at once: assignment and start are one
                 // transaction, not two. It takes the task as itself, as an HTTP agent's
                 // claim does, so the audit of the agent shows every step it took.
@@ -1025,31 +1051,70 @@ impl Runtime {
                     .execute_all::<Task>(&task.id.to_string(), &commands, &context, &|_| Ok(()))
                     .await;
                 (agent_id, task, result)
-            }))
-            .await;
-        for (agent_id, task, result) in assigned {
-            match result {
-                Ok(committed) => {
-                    let attempt = committed.state.retry_count + 1;
-                    self.launch(agent_id, task, attempt);
+            });
+        }
+    }
+
+    /// Waits for the assignments in flight and settles each.
+    async fn settle_assignments(&mut self) {
+        while let Some(joined) = self.assigning.join_next().await {
+            self.settle_joined(joined);
+        }
+    }
+
+    fn settle_joined(&mut self, joined: Result<Assignment, tokio::task::JoinError>) {
+        match joined {
+            Ok(assignment) => self.settle(assignment),
+            // Its task panicked: the agent it reserved and the task it claimed stay so
+            // until the worker restarts; say so loudly.
+            Err(error) => tracing::error!(%error, "worker: an assignment's task failed"),
+        }
+    }
+
+    /// An assignment committed (its task launched) or refused (its agent freed).
+    fn settle(&mut self, (agent_id, task, result): Assignment) {
+        match result {
+            Ok(committed) => {
+                self.claimed
+                    .insert(task.id, Some(u64::try_from(committed.version).unwrap_or(0)));
+                let attempt = committed.state.retry_count + 1;
+                self.launch(agent_id, task, attempt);
+            }
+            Err(error) => {
+                self.claimed.remove(&task.id);
+                // Taken by another worker, cancelled, or its retry is not due after all
+                // (a domain refusal); or the database is in trouble.
+                match error {
+                    CommandError::Domain(error) => {
+                        tracing::debug!(task_id = %task.id, %error, "worker: not assigned");
+                    }
+                    error => {
+                        tracing::warn!(task_id = %task.id, %error, "worker: cannot assign");
+                    }
                 }
-                Err(error) => {
-                    // Taken by another worker, cancelled, or its retry is not due after
-                    // all (a domain refusal); or the database is in trouble.
-                    match error {
-                        CommandError::Domain(error) => {
-                            tracing::debug!(task_id = %task.id, %error, "worker: not assigned");
-                        }
-                        error => {
-                            tracing::warn!(task_id = %task.id, %error, "worker: cannot assign");
-                        }
-                    }
-                    if let Some(agent) = self.agents.get_mut(&agent_id) {
-                        agent.task = None;
-                    }
+                if let Some(agent) = self.agents.get_mut(&agent_id) {
+                    agent.task = None;
                 }
             }
         }
+    }
+
+    /// The tasks this worker claimed that the queue does not show held yet, counted per
+    /// organization and project; claims the queue has caught up with are forgotten.
+    fn unseen_claims(&mut self) -> HashMap<Uuid, ActiveCounts> {
+        let queue = &self.queue;
+        self.claimed
+            .retain(|id, version| version.is_none_or(|version| !queue.has_seen(*id, version)));
+        let mut unseen: HashMap<Uuid, ActiveCounts> = HashMap::new();
+        for id in self.claimed.keys() {
+            if let Some(task) = queue.task(*id).filter(|task| !task.is_active()) {
+                unseen
+                    .entry(task.organization_id)
+                    .or_default()
+                    .hold(task.project_id);
+            }
+        }
+        unseen
     }
 
     /// How many tasks the organization's agents may hold at once: its plan's
