@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use chrono::Utc;
 use omoi_orchestrator::queue::{Queue, QueuedTask};
+use omoi_orchestrator::reservations::Reservations;
 use omoi_orchestrator::score::ScoreConfig;
 use omoi_store::log::Visibility;
 use omoi_store::Cursor;
@@ -72,7 +73,7 @@ pub struct Claims {
     deciding: tokio::sync::Mutex<()>,
     /// Assignments made here that the queue has not applied yet (it follows the log a
     /// moment behind): counted against the caps meanwhile.
-    unseen: Mutex<HashMap<Uuid, Unseen>>,
+    unseen: Mutex<Reservations>,
     /// Claims waiting, per agent.
     waiting: Mutex<HashMap<Uuid, usize>>,
     /// How far in the log the queue has read.
@@ -84,16 +85,6 @@ pub struct Claims {
 /// machine (the test suite on two cores) let a claim hand out a lower-priority task than
 /// one committed before it.
 const READ_UP_WAIT: Duration = Duration::from_secs(1);
-
-#[derive(Debug, Clone, Copy)]
-struct Unseen {
-    organization_id: Uuid,
-    project_id: Uuid,
-    agent_id: Uuid,
-    /// The task's version after the assignment: once the queue has applied it, the queue
-    /// counts the assignment itself (or its later failure, retry or end).
-    version: u64,
-}
 
 /// How many ready tasks one look tries to assign before waiting again.
 const TRIES_PER_LOOK: usize = 8;
@@ -129,12 +120,8 @@ impl Claims {
     fn candidates(&self, claimant: &Claimant) -> Vec<QueuedTask> {
         let queue = self.queue();
         let mut unseen = self.unseen.lock().unwrap_or_else(PoisonError::into_inner);
-        unseen.retain(|task, reserved| !queue.has_seen(*task, reserved.version));
-        let held = queue.held_by(claimant.agent_id).len()
-            + unseen
-                .values()
-                .filter(|u| u.agent_id == claimant.agent_id)
-                .count();
+        unseen.forget_seen(&queue);
+        let held = queue.held_by(claimant.agent_id).len() + unseen.held_by(claimant.agent_id);
         // An agent holding as many tasks as its capacity waits (the queue may also not
         // have seen its last completion yet).
         if held >= claimant.capacity {
@@ -142,13 +129,7 @@ impl Claims {
         }
         // Only the claimant's organization's tasks are counted and looked at.
         let mut active = queue.active_in(claimant.organization_id);
-        for reserved in unseen.values() {
-            if reserved.organization_id == claimant.organization_id {
-                active.hold(reserved.project_id);
-            }
-        }
-        let reserved: Vec<Uuid> = unseen.keys().copied().collect();
-        drop(unseen);
+        active.add(&unseen.held_in(claimant.organization_id));
         if active.organization >= claimant.organization_cap {
             return Vec::new();
         }
@@ -162,7 +143,7 @@ impl Claims {
             .into_iter()
             .filter_map(|c| queue.task(c.task_id))
             .filter(|task| {
-                !reserved.contains(&task.id)
+                !unseen.contains(task.id)
                     && claimant.project_id.is_none_or(|p| p == task.project_id)
                     && task.suits(
                         claimant.organization_id,
@@ -210,15 +191,7 @@ impl Claims {
                         self.unseen
                             .lock()
                             .unwrap_or_else(PoisonError::into_inner)
-                            .insert(
-                                task.id,
-                                Unseen {
-                                    organization_id: task.organization_id,
-                                    project_id: task.project_id,
-                                    agent_id: claimant.agent_id,
-                                    version,
-                                },
-                            );
+                            .reserve(&task, claimant.agent_id, Some(version));
                         return Ok(Some(assigned));
                     }
                 }

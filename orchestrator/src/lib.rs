@@ -12,6 +12,7 @@
 //! * [`executor`] — one task's command: working directory, environment, progress, kill.
 //! * [`conductor`] — the Conductor's duplicate work, compared as tasks arrive.
 //! * [`choose`] — a dispatch pass's choice of (agent, task) pairs, pure.
+//! * [`reservations`] — assignments made here that the queue has not read back yet.
 //! * [`trajectory`] — optional LLM trajectory analysis of running tasks.
 //! * [`worker`] — the loop tying them together.
 
@@ -22,6 +23,7 @@ pub mod executor;
 pub mod leases;
 pub mod monitor;
 pub mod queue;
+pub mod reservations;
 pub mod score;
 pub mod trajectory;
 pub mod worker;

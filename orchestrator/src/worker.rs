@@ -36,7 +36,8 @@ use crate::conductor;
 use crate::executor::{execute, Outcome, Run, Sinks, STEERING_FILE};
 use crate::leases;
 use crate::monitor::{Clock, MonitoringConfig};
-use crate::queue::{ActiveCounts, Candidate, Change, Queue, QueuedTask};
+use crate::queue::{Candidate, Change, Queue, QueuedTask};
+use crate::reservations::Reservations;
 use crate::score::ScoreConfig;
 use crate::trajectory::{self, Assessor, TaskContext};
 
@@ -315,10 +316,8 @@ struct Runtime {
     /// The assignments being committed, each a task of its own: the loop reads the log
     /// and dispatches on meanwhile, and launches each as it commits.
     assigning: JoinSet<Assignment>,
-    /// Tasks this worker is assigning or assigned → the task's version after the
-    /// assignment (`None` while it commits): held for the caps, and offered to no other
-    /// agent, until the queue shows that version.
-    claimed: HashMap<Uuid, Option<u64>>,
+    /// Tasks this worker is assigning or assigned that the queue does not show yet.
+    claimed: Reservations,
 }
 
 /// An assignment's outcome: the agent reserved for it, the task, what the bus answered.
@@ -377,7 +376,7 @@ impl Runtime {
             work_dir,
             kept: Vec::new(),
             assigning: JoinSet::new(),
-            claimed: HashMap::new(),
+            claimed: Reservations::default(),
         };
         (runtime, finished)
     }
@@ -968,7 +967,7 @@ impl Runtime {
             return;
         }
         let now = Utc::now();
-        let unseen_held = self.unseen_claims();
+        self.claimed.forget_seen(&self.queue);
         // Only organizations that could take a task now are looked at: one with a free
         // agent, or with fewer agents than it may have (a pass registers them). Within
         // them, only tasks this worker's agents could run: another organization's backlog,
@@ -989,7 +988,7 @@ impl Runtime {
         let mut candidates =
             self.queue
                 .ready_for(has_room, &self.capabilities, now, &self.config.score);
-        candidates.retain(|candidate| !self.claimed.contains_key(&candidate.task_id));
+        candidates.retain(|candidate| !self.claimed.contains(candidate.task_id));
         if candidates.is_empty() {
             return;
         }
@@ -1006,7 +1005,7 @@ impl Runtime {
         let limits = Limits {
             project_concurrency: self.config.project_concurrency,
             organization_caps,
-            unseen_held,
+            unseen_held: self.claimed.held(),
         };
         let free: Vec<FreeAgent> = self
             .agents
@@ -1036,7 +1035,7 @@ impl Runtime {
             if let Some(agent) = self.agents.get_mut(&agent_id) {
                 agent.task = Some(task.id);
             }
-            self.claimed.insert(task.id, None);
+            self.claimed.reserve(&task, agent_id, None);
             let bus = self.bus.clone();
             self.assigning.spawn(async move {
                 // An in-process agent starts at once: assignment and start are one
@@ -1076,12 +1075,12 @@ impl Runtime {
         match result {
             Ok(committed) => {
                 self.claimed
-                    .insert(task.id, Some(u64::try_from(committed.version).unwrap_or(0)));
+                    .committed(task.id, u64::try_from(committed.version).unwrap_or(0));
                 let attempt = committed.state.retry_count + 1;
                 self.launch(agent_id, task, attempt);
             }
             Err(error) => {
-                self.claimed.remove(&task.id);
+                self.claimed.release(task.id);
                 // Taken by another worker, cancelled, or its retry is not due after all
                 // (a domain refusal); or the database is in trouble.
                 match error {
@@ -1097,24 +1096,6 @@ impl Runtime {
                 }
             }
         }
-    }
-
-    /// The tasks this worker claimed that the queue does not show held yet, counted per
-    /// organization and project; claims the queue has caught up with are forgotten.
-    fn unseen_claims(&mut self) -> HashMap<Uuid, ActiveCounts> {
-        let queue = &self.queue;
-        self.claimed
-            .retain(|id, version| version.is_none_or(|version| !queue.has_seen(*id, version)));
-        let mut unseen: HashMap<Uuid, ActiveCounts> = HashMap::new();
-        for id in self.claimed.keys() {
-            if let Some(task) = queue.task(*id).filter(|task| !task.is_active()) {
-                unseen
-                    .entry(task.organization_id)
-                    .or_default()
-                    .hold(task.project_id);
-            }
-        }
-        unseen
     }
 
     /// How many tasks the organization's agents may hold at once: its plan's
