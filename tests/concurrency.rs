@@ -212,6 +212,73 @@ async fn a_reader_of_the_global_stream_never_skips_an_event_that_commits_late() 
     );
 }
 
+/// While a transaction holds the log's horizon, `read_global_ahead` hands over what
+/// committed beyond it — each event once, across reads that each start after the last
+/// one's `ahead_next` — and its gapless page nothing past the horizon; once the
+/// transaction ends, the page brings every one of them, in the log's order.
+#[tokio::test(flavor = "multi_thread")]
+async fn reading_ahead_of_a_held_horizon_takes_each_committed_event_once() {
+    use omoi_store::log::read_global_ahead;
+    use omoi_store::Cursor;
+
+    let app = spawn_app().await;
+    let (_, project) = app.organization_and_project().await;
+    let pool = &app.database.pool;
+    let created = |events: &[omoi_store::StoredEvent], tickets: &[String]| -> Vec<String> {
+        events
+            .iter()
+            .filter(|e| e.event_type == "TicketCreated" && tickets.contains(&e.aggregate_id))
+            .map(|e| e.aggregate_id.clone())
+            .collect()
+    };
+    let start = Cursor::default();
+
+    let mut held = pool.begin().await.expect("a transaction");
+    sqlx::query("select pg_current_xact_id()")
+        .execute(&mut *held)
+        .await
+        .expect("a transaction id");
+    let mut first_tickets = Vec::new();
+    for n in 0..3 {
+        first_tickets.push(app.ticket(&project, &format!("first {n}")).await);
+    }
+    let first = read_global_ahead(pool, start, 10_000, start, 10_000)
+        .await
+        .expect("a read");
+    assert!(created(&first.page.events, &first_tickets).is_empty());
+    assert_eq!(created(&first.ahead, &first_tickets), first_tickets);
+
+    let again = read_global_ahead(pool, start, 10_000, first.ahead_next, 10_000)
+        .await
+        .expect("a read");
+    assert!(
+        created(&again.ahead, &first_tickets).is_empty(),
+        "read ahead twice"
+    );
+    let mut later_tickets = Vec::new();
+    for n in 0..2 {
+        later_tickets.push(app.ticket(&project, &format!("later {n}")).await);
+    }
+    let later = read_global_ahead(pool, start, 10_000, again.ahead_next, 10_000)
+        .await
+        .expect("a read");
+    assert!(created(&later.ahead, &first_tickets).is_empty());
+    assert_eq!(created(&later.ahead, &later_tickets), later_tickets);
+    assert!(created(&later.page.events, &later_tickets).is_empty());
+
+    held.rollback().await.expect("the rollback");
+    let settled = read_global_ahead(pool, start, 10_000, later.ahead_next, 10_000)
+        .await
+        .expect("a read");
+    let every: Vec<String> = first_tickets
+        .iter()
+        .chain(&later_tickets)
+        .cloned()
+        .collect();
+    assert_eq!(created(&settled.page.events, &every), every);
+    assert!(created(&settled.ahead, &every).is_empty());
+}
+
 fn key(event: &Value) -> (String, String, i64) {
     (
         event["aggregate_type"].as_str().expect("type").to_string(),

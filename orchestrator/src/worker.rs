@@ -288,7 +288,11 @@ struct Runtime {
     /// Every in-process agent's capabilities (the configured ones).
     capabilities: BTreeSet<String>,
     queue: Queue,
+    /// The worker's place in the gapless stream.
     cursor: Cursor,
+    /// Where its next read beyond the stream's horizon starts (after what it last read
+    /// there).
+    ahead_cursor: Cursor,
     agents: HashMap<Uuid, LocalAgent>,
     /// Tasks run here → their cancel switch.
     running: HashMap<Uuid, Running>,
@@ -329,6 +333,9 @@ type Assignment = (
 
 const PAGE: i64 = 10_000;
 
+/// Events read beyond the log's horizon at most per read.
+const AHEAD_PAGE: i64 = 1_000;
+
 fn context(actor: Actor, what: &str) -> CommandContext {
     CommandContext::new(actor, format!("worker:{what}:{}", Uuid::now_v7()))
 }
@@ -360,6 +367,7 @@ impl Runtime {
             config: Arc::new(config),
             queue: Queue::default(),
             cursor: Cursor::default(),
+            ahead_cursor: Cursor::default(),
             agents: HashMap::new(),
             running: HashMap::new(),
             done,
@@ -497,16 +505,22 @@ impl Runtime {
     /// Reads the log on from the worker's place in the gapless stream, then applies the
     /// task events committed beyond it (a transaction still open elsewhere holds the
     /// stream back; the queue takes each task's next event at once and passes it by when
-    /// the stream brings it).
+    /// the stream brings it). Beyond the horizon it reads on from where it last read
+    /// there: a transaction holding the horizon for long does not make every pass read
+    /// the same events again.
     async fn catch_up(&mut self) {
         loop {
-            let read = match read_global_ahead(&self.pool, self.cursor, PAGE).await {
-                Ok(read) => read,
-                Err(error) => {
-                    tracing::warn!(%error, "worker: cannot read the log");
-                    return;
-                }
-            };
+            let ahead_after = self.cursor.max(self.ahead_cursor);
+            let read =
+                match read_global_ahead(&self.pool, self.cursor, PAGE, ahead_after, AHEAD_PAGE)
+                    .await
+                {
+                    Ok(read) => read,
+                    Err(error) => {
+                        tracing::warn!(%error, "worker: cannot read the log");
+                        return;
+                    }
+                };
             for event in &read.page.events {
                 if event.aggregate_type == "BillingAccount" {
                     if let Ok(organization) = event.aggregate_id.parse::<Uuid>() {
@@ -522,6 +536,7 @@ impl Runtime {
             }
             self.cursor = read.page.next;
             if (read.page.events.len() as i64) < PAGE {
+                self.ahead_cursor = read.ahead_next;
                 let mut ahead = read.ahead;
                 // A task's events in its order: one may follow another in the same read.
                 ahead.sort_by(|a, b| {

@@ -234,43 +234,60 @@ pub async fn read_global<'c>(
     Ok(EventPage { events, next })
 }
 
-/// A page of the gapless stream and the events after it that have already committed.
+/// A page of the gapless stream and events after it that have already committed.
 #[derive(Debug, Clone)]
 pub struct PageAhead {
     /// What [`read_global`] reads: the events below the oldest running transaction.
     pub page: EventPage,
-    /// The committed events after them, in the global order: a transaction that is still
-    /// running may yet put events before these, so the gapless stream hands them over
-    /// only once it ends — they come again then. An aggregate's events commit in its
-    /// sequence order, so for each aggregate these follow on from the page.
+    /// Committed events beyond that horizon, in the global order: a transaction that is
+    /// still running may yet put events before these, so the gapless stream hands them
+    /// over only once it ends — they come again then. An aggregate's events commit in its
+    /// sequence order, so for each aggregate these follow on from what came before them.
     pub ahead: Vec<StoredEvent>,
+    /// Where the next read ahead starts: after the last of `ahead`.
+    pub ahead_next: Cursor,
 }
 
-/// Reads up to `limit` events after `after` in the global order — everything committed,
-/// not only what lies below the oldest running transaction — and tells the gapless page
-/// from what is ahead of it. For a reader that must act at once on each aggregate's
-/// latest events (the worker dispatching a task created a moment ago) while it keeps its
-/// place in the gapless order: one transaction left open anywhere holds [`read_global`]
-/// back, not this one's `ahead`.
+/// Reads up to `limit` events of the gapless stream after `after` and, in the same
+/// statement (one snapshot), up to `ahead_limit` committed events beyond its horizon after
+/// `ahead_after` — for a reader that must act at once on each aggregate's latest events
+/// (the worker dispatching a task created a moment ago) while it keeps its place in the
+/// gapless order: one transaction left open anywhere holds [`read_global`] back, not
+/// this one's `ahead`.
+///
+/// The caller passes the `ahead_next` of its last read as `ahead_after` (or its place in
+/// the stream, if that is further), so that while a transaction holds the horizon for
+/// long, each read takes only what committed since the last one. An event of an older
+/// transaction committing after that is then not read ahead; the gapless stream brings it.
 pub async fn read_global_ahead<'c>(
     executor: impl sqlx::Executor<'c, Database = sqlx::Postgres>,
     after: Cursor,
     limit: i64,
+    ahead_after: Cursor,
+    ahead_limit: i64,
 ) -> Result<PageAhead, sqlx::Error> {
-    // One statement, so one snapshot: the rows below its horizon are exactly the page
-    // `read_global` would have read, and (ordered by transaction) they come first.
+    // Each branch walks the log's index from where it starts; the horizon is the
+    // statement's, the same for both.
     let sql = format!(
-        "select {COLUMNS},
-                events.transaction_id < pg_snapshot_xmin(pg_current_snapshot()) as settled
-           from events
-          where (transaction_id, global_position) > ($1::bigint::text::xid8, $2)
-          order by events.transaction_id, events.global_position
-          limit $3"
+        "(select {COLUMNS}, true as settled from events
+           where (transaction_id, global_position) > ($1::bigint::text::xid8, $2)
+             and transaction_id < pg_snapshot_xmin(pg_current_snapshot())
+           order by events.transaction_id, events.global_position
+           limit $3)
+         union all
+         (select {COLUMNS}, false as settled from events
+           where (transaction_id, global_position) > ($4::bigint::text::xid8, $5)
+             and transaction_id >= pg_snapshot_xmin(pg_current_snapshot())
+           order by events.transaction_id, events.global_position
+           limit $6)"
     );
     let rows = sqlx::query(&sql)
         .bind(after.transaction_id)
         .bind(after.global_position)
         .bind(limit)
+        .bind(ahead_after.transaction_id)
+        .bind(ahead_after.global_position)
+        .bind(ahead_limit)
         .fetch_all(executor)
         .await?;
     let mut events = Vec::with_capacity(rows.len());
@@ -284,9 +301,11 @@ pub async fn read_global_ahead<'c>(
         }
     }
     let next = events.last().map_or(after, StoredEvent::cursor);
+    let ahead_next = ahead.last().map_or(ahead_after, StoredEvent::cursor);
     Ok(PageAhead {
         page: EventPage { events, next },
         ahead,
+        ahead_next,
     })
 }
 
