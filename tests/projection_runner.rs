@@ -955,6 +955,87 @@ async fn a_fold_that_goes_on_is_written_at_its_bound_and_folds_on() {
     assert!(applied == log, "every event once, in the log's order");
 }
 
+/// A batch whose build's row was moved by someone else after the leader last read it (an
+/// operator, another leader) is rolled back whole: its claim and its commit go to the
+/// server in one message, and a claim that finds the row changed keeps the commit from
+/// running. Nothing of the batch is written; the row stays as the other left it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_batch_whose_build_moved_meanwhile_writes_nothing() {
+    use omoi_projections::catalog::{self, BuildState};
+    use omoi_projections::runner::{step, Reading, RunnerStats, Step};
+    use sqlx::Connection;
+
+    let database = TestDatabase::create().await.expect("database");
+    append_probes(&database.pool, "probes", 50).await;
+    let mut conn = database.pool.acquire().await.expect("a connection");
+    let build = catalog::create_build(&mut conn, &Probe, BuildState::Building)
+        .await
+        .expect("a build");
+    drop(conn);
+    whole_log_visible(&database).await;
+    let mut conn = PgConnection::connect_with(&database.options)
+        .await
+        .expect("a connection");
+    let (stats, mut reading) = (RunnerStats::default(), Reading::default());
+    let first = step(
+        &database.pool,
+        &mut conn,
+        &Probe,
+        build.build,
+        20,
+        &stats,
+        &mut reading,
+    )
+    .await
+    .expect("a step");
+    assert_eq!(first, Step::Applied(20));
+    let rows = |schema: String| {
+        let pool = database.pool.clone();
+        async move {
+            sqlx::query_scalar::<_, i64>(&format!("select count(*) from {schema}.seen"))
+                .fetch_one(&pool)
+                .await
+                .expect("the rows")
+        }
+    };
+    assert_eq!(rows(build.schema()).await, 20);
+
+    // Someone else moves the row; the leader trusts its copy for a moment yet.
+    sqlx::query(
+        "update projector_builds set global_position = global_position + 1000 where build = $1",
+    )
+    .bind(build.build)
+    .execute(&database.pool)
+    .await
+    .expect("the move");
+    let second = step(
+        &database.pool,
+        &mut conn,
+        &Probe,
+        build.build,
+        20,
+        &stats,
+        &mut reading,
+    )
+    .await
+    .expect("a step");
+    assert_eq!(second, Step::Applied(0), "the claim found the row moved");
+    assert_eq!(
+        rows(build.schema()).await,
+        20,
+        "nothing of the batch written"
+    );
+    let at = catalog::build_by_id(&database.pool, build.build)
+        .await
+        .expect("the build")
+        .expect("it exists");
+    assert_eq!(at.events_applied, 20, "the row as the other left it");
+    sqlx::query("select 1")
+        .execute(&mut conn)
+        .await
+        .expect("the leader's connection is not left in an aborted transaction");
+}
+
 /// A leader stopped after one of its fold's writes leaves the build at that write's
 /// checkpoint (its rows and nothing past them); the next leader does not fold from the
 /// middle but goes on in batches from there: every event once, in order.
