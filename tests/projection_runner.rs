@@ -956,9 +956,9 @@ async fn a_fold_that_goes_on_is_written_at_its_bound_and_folds_on() {
 }
 
 /// A batch whose build's row was moved by someone else after the leader last read it (an
-/// operator, another leader) is rolled back whole: its claim and its commit go to the
-/// server in one message, and a claim that finds the row changed keeps the commit from
-/// running. Nothing of the batch is written; the row stays as the other left it.
+/// operator, another leader) is rolled back whole: the claim at its end finds the row
+/// changed. Nothing of the batch is written; the row stays as the other left it, and the
+/// leader's connection is left outside any transaction.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_batch_whose_build_moved_meanwhile_writes_nothing() {
     use omoi_projections::catalog::{self, BuildState};

@@ -31,7 +31,7 @@ use omoi_store::log::{read_global, stream_global, EventPage, Visibility};
 use omoi_store::wakeup::listen;
 use omoi_store::{Cursor, StoredEvent};
 use sqlx::postgres::PgConnectOptions;
-use sqlx::{Connection, Executor, PgConnection, PgPool};
+use sqlx::{Connection, PgConnection, PgPool};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
@@ -749,10 +749,13 @@ pub async fn step(
     // is updated: the batch takes a transaction id only at its first write, so it holds
     // every reader's horizon for as short as it can. Under an older claim (a stale leader,
     // an operator's retry) the update waits for it, then finds the row changed.
-    begin_batch(conn, !projector.appends_events()).await?;
+    let mut tx = match projector.appends_events() {
+        true => conn.begin().await?,
+        false => conn.begin_with(ASYNCHRONOUS_BATCH).await?,
+    };
     let schema = seen.schema();
-    if let Err(error) = projector.apply(conn, &schema, &page.events).await {
-        rollback_batch(conn).await?;
+    if let Err(error) = projector.apply(&mut tx, &schema, &page.events).await {
+        tx.rollback().await?;
         if error.is_transient() {
             // Applied again at the next step, from the same checkpoint.
             tracing::debug!(projector = projector.name(), %error, "batch rolled back; applying it again");
@@ -769,10 +772,12 @@ pub async fn step(
     }
     let applied = page.events.len();
     let passed = unsaved.map_or(0, |u| u.events);
-    if !claim_and_commit(conn, &seen, page.next, applied + passed).await? {
+    if !claim(&mut tx, &seen, page.next, applied + passed).await? {
         // Someone else moved it meanwhile (another leader, a retry): look again.
+        tx.rollback().await?;
         return Ok(Step::Applied(0));
     }
+    tx.commit().await?;
     reading.known = Some((
         Build {
             cursor: page.next,
@@ -858,9 +863,9 @@ async fn fold_one_page(
     };
     let (cursor, folded) = (folding.cursor, folding.folded);
     let rows = folding.fold.rows();
-    begin_batch(conn, true).await?;
-    if let Err(error) = folding.fold.write(conn, &seen.schema()).await {
-        rollback_batch(conn).await?;
+    let mut tx = conn.begin_with(ASYNCHRONOUS_BATCH).await?;
+    if let Err(error) = folding.fold.write(&mut tx, &seen.schema()).await {
+        tx.rollback().await?;
         if error.is_transient() {
             // At zero, folded again from the start at the next step; further on, the
             // batches go on from the fold's last write.
@@ -869,9 +874,11 @@ async fn fold_one_page(
         tracing::warn!(projector = projector.name(), %error, "writing a fold failed; building in batches");
         return Ok(None);
     }
-    if !claim_and_commit(conn, seen, cursor, folded).await? {
+    if !claim(&mut tx, seen, cursor, folded).await? {
+        tx.rollback().await?;
         return Ok(Some(Step::Applied(0)));
     }
+    tx.commit().await?;
     // The write holds every reader's horizon: how long it took is worth seeing.
     tracing::info!(
         projector = projector.name(),
@@ -900,75 +907,6 @@ async fn fold_one_page(
 /// A read model's batch: its commit does not wait for the WAL flush (see
 /// [`Projector::appends_events`]).
 const ASYNCHRONOUS_BATCH: &str = "begin; set local synchronous_commit = off";
-
-/// Begins a batch's transaction on the build's own connection (`asynchronous`: a read
-/// model's, see [`ASYNCHRONOUS_BATCH`]). The batch's transaction is begun and ended by
-/// hand, not by a `sqlx::Transaction`, so that [`claim_and_commit`] can send its last two
-/// statements in one message: a batch holds every reader's horizon from its first write
-/// to its commit, and on busy cores the wait for the client between the claim and the
-/// `COMMIT` was a sixth of that hold (`bench-workflow`, the horizon's holder sampled from
-/// `pg_stat_activity`: 57 of 347 samples `idle in transaction` after the claim).
-async fn begin_batch(conn: &mut PgConnection, asynchronous: bool) -> Result<(), sqlx::Error> {
-    let begin = if asynchronous {
-        ASYNCHRONOUS_BATCH
-    } else {
-        "begin"
-    };
-    conn.execute(begin).await.map(|_| ())
-}
-
-async fn rollback_batch(conn: &mut PgConnection) -> Result<(), sqlx::Error> {
-    conn.execute("rollback").await.map(|_| ())
-}
-
-/// [`claim`] and, in the same message, the commit; `false` (and the batch rolled back)
-/// when the build's row was no longer as `seen`. The values are the build's own integers
-/// and state name, written into the text (a message of several statements takes no
-/// parameters); a row that moved makes the statement fail (a division by zero), so that
-/// the `COMMIT` after it is never run.
-async fn claim_and_commit(
-    conn: &mut PgConnection,
-    seen: &Build,
-    to: Cursor,
-    applied: usize,
-) -> Result<bool, sqlx::Error> {
-    let sql = format!(
-        "with claimed as (
-           update projector_builds
-              set transaction_id = {to_transaction}, global_position = {to_position},
-                  events_applied = events_applied + {applied}, updated_at = now()
-            where build = {build} and transaction_id = {seen_transaction}
-              and global_position = {seen_position} and state = '{state}' and error is null
-           returning 1)
-         select 1 / (select count(*)::int from claimed);
-         commit",
-        to_transaction = to.transaction_id,
-        to_position = to.global_position,
-        build = seen.build,
-        seen_transaction = seen.cursor.transaction_id,
-        seen_position = seen.cursor.global_position,
-        state = seen.state.as_str(),
-    );
-    // A text without parameters goes as one simple-protocol message, statements and all.
-    let claimed = conn.execute(sql.as_str()).await;
-    match claimed {
-        Ok(_) => Ok(true),
-        Err(error) => {
-            // The transaction is aborted (or the connection gone): end it either way.
-            let moved = matches!(&error, sqlx::Error::Database(db)
-                if db.code().as_deref() == Some(DIVISION_BY_ZERO));
-            rollback_batch(conn).await?;
-            if moved {
-                Ok(false)
-            } else {
-                Err(error)
-            }
-        }
-    }
-}
-
-/// SQLSTATE `division_by_zero`: [`claim_and_commit`]'s sign that the row moved.
-const DIVISION_BY_ZERO: &str = "22012";
 
 /// Points the projector's views at a build that caught up and retires the one before.
 async fn go_live(
