@@ -717,6 +717,25 @@ async fn applied_and_log(
 /// Waits until no transaction older than the log's last one is running anywhere in the
 /// cluster (the log's horizon is the cluster's: a test beside this one may hold it), so
 /// that a catch-up sees the whole log.
+/// A fresh database whose log holds `probes` probe events, all visible, and a build of
+/// `projector` at position zero.
+async fn building_over_probes(
+    projector: &dyn Projector,
+    probes: i64,
+) -> (TestDatabase, omoi_projections::catalog::Build) {
+    use omoi_projections::catalog::{self, BuildState};
+
+    let database = TestDatabase::create().await.expect("database");
+    append_probes(&database.pool, "probes", probes).await;
+    let mut conn = database.pool.acquire().await.expect("a connection");
+    let build = catalog::create_build(&mut conn, projector, BuildState::Building)
+        .await
+        .expect("a build");
+    drop(conn);
+    whole_log_visible(&database).await;
+    (database, build)
+}
+
 async fn whole_log_visible(database: &TestDatabase) {
     eventually("the log's horizon passes its last event", || async {
         sqlx::query_scalar::<_, bool>(
@@ -849,15 +868,8 @@ async fn a_fold_stopped_between_pages_leaves_the_build_at_zero_and_the_next_lead
     use omoi_projections::runner::{catch_up, step, Reading, RunnerStats, Step};
     use sqlx::Connection;
 
-    let database = TestDatabase::create().await.expect("database");
     let projector = FoldingProbe::default();
-    append_probes(&database.pool, "probes", 250).await;
-    let mut conn = database.pool.acquire().await.expect("a connection");
-    let build = catalog::create_build(&mut conn, &projector, BuildState::Building)
-        .await
-        .expect("a build");
-    drop(conn);
-    whole_log_visible(&database).await;
+    let (database, build) = building_over_probes(&projector, 250).await;
 
     // The first leader folds a page of 100 and the read-ahead's page after it (the rest of
     // the log), then stops before its write (its reading is dropped).
@@ -915,19 +927,12 @@ async fn a_fold_stopped_between_pages_leaves_the_build_at_zero_and_the_next_lead
 /// every event once, in order, and no batch.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_fold_that_goes_on_is_written_at_its_bound_and_folds_on() {
-    use omoi_projections::catalog::{self, BuildState};
+    use omoi_projections::catalog::BuildState;
     use omoi_projections::runner::{catch_up, CATCH_UP_BATCH};
 
-    let database = TestDatabase::create().await.expect("database");
     let projector = FoldingProbe::going_on_at(9_950);
     let count = 2 * CATCH_UP_BATCH + 7;
-    append_probes(&database.pool, "probes", count).await;
-    let mut conn = database.pool.acquire().await.expect("a connection");
-    let build = catalog::create_build(&mut conn, &projector, BuildState::Building)
-        .await
-        .expect("a build");
-    drop(conn);
-    whole_log_visible(&database).await;
+    let (database, build) = building_over_probes(&projector, count).await;
 
     let mut seen = Vec::new();
     let done = catch_up(
@@ -961,18 +966,11 @@ async fn a_fold_that_goes_on_is_written_at_its_bound_and_folds_on() {
 /// leader's connection is left outside any transaction.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_batch_whose_build_moved_meanwhile_writes_nothing() {
-    use omoi_projections::catalog::{self, BuildState};
+    use omoi_projections::catalog;
     use omoi_projections::runner::{step, Reading, RunnerStats, Step};
     use sqlx::Connection;
 
-    let database = TestDatabase::create().await.expect("database");
-    append_probes(&database.pool, "probes", 50).await;
-    let mut conn = database.pool.acquire().await.expect("a connection");
-    let build = catalog::create_build(&mut conn, &Probe, BuildState::Building)
-        .await
-        .expect("a build");
-    drop(conn);
-    whole_log_visible(&database).await;
+    let (database, build) = building_over_probes(&Probe, 50).await;
     let mut conn = PgConnection::connect_with(&database.options)
         .await
         .expect("a connection");
@@ -1045,15 +1043,8 @@ async fn a_fold_stopped_after_a_write_is_taken_over_in_batches_from_its_checkpoi
     use omoi_projections::runner::{catch_up, step, Reading, RunnerStats, Step};
     use sqlx::Connection;
 
-    let database = TestDatabase::create().await.expect("database");
     let projector = FoldingProbe::going_on_at(150);
-    append_probes(&database.pool, "probes", 400).await;
-    let mut conn = database.pool.acquire().await.expect("a connection");
-    let build = catalog::create_build(&mut conn, &projector, BuildState::Building)
-        .await
-        .expect("a build");
-    drop(conn);
-    whole_log_visible(&database).await;
+    let (database, build) = building_over_probes(&projector, 400).await;
 
     // The first leader folds a page of 100 and the read-ahead's page after it (the rest),
     // holds its bound, writes, then stops (its reading is dropped).
