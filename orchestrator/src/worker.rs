@@ -509,10 +509,13 @@ impl Runtime {
     /// there: a transaction holding the horizon for long does not make every pass read
     /// the same events again.
     async fn catch_up(&mut self) {
+        // Behind by a full page or more (a start, a long pause), what lies beyond the
+        // horizon would only be read and left: the pages after the first read none.
+        let mut ahead_limit = AHEAD_PAGE;
         loop {
             let ahead_after = self.cursor.max(self.ahead_cursor);
             let read =
-                match read_global_ahead(&self.pool, self.cursor, PAGE, ahead_after, AHEAD_PAGE)
+                match read_global_ahead(&self.pool, self.cursor, PAGE, ahead_after, ahead_limit)
                     .await
                 {
                     Ok(read) => read,
@@ -549,6 +552,7 @@ impl Runtime {
                 }
                 return;
             }
+            ahead_limit = 0;
         }
     }
 
