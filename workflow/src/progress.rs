@@ -239,15 +239,77 @@ fn project_of(event: &StoredEvent) -> Option<String> {
     event.metadata.project_id().map(str::to_string)
 }
 
-/// The table's rows of every ticket a batch's tasks belong to, changed in memory.
+/// How a ticket's tasks stand, counted: what [`TaskRows::finished_step`] decides on.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Tally {
+    /// Tasks not ended (neither completed nor cancelled).
+    open: i64,
+    /// Open work that is not a validation and is not waiting for its verdict.
+    open_work: i64,
+    /// Tasks completed or waiting for their verdict.
+    finished: i64,
+}
+
+impl Tally {
+    /// What `count` tasks of `status` (validations or not) add to their ticket's tally.
+    fn of(status: &str, validation: bool, count: i64) -> Self {
+        let completed = status == text(TaskStatus::Completed);
+        let waiting = status == text(TaskStatus::PendingValidation);
+        let ended = completed || status == text(TaskStatus::Cancelled);
+        let one = |yes: bool| if yes { count } else { 0 };
+        Self {
+            open: one(!ended),
+            open_work: one(!validation && !ended && !waiting),
+            finished: one(completed || waiting),
+        }
+    }
+
+    fn add(&mut self, other: Self) {
+        self.open += other.open;
+        self.open_work += other.open_work;
+        self.finished += other.finished;
+    }
+
+    fn remove(&mut self, other: Self) {
+        self.open -= other.open;
+        self.open_work -= other.open_work;
+        self.finished -= other.finished;
+    }
+
+    /// How far the ticket's finished work takes it: `done` once every task completed
+    /// (cancelled ones aside), `building-done` once all its work that is not a validation
+    /// completed or waits for its verdict; `None` while work is left.
+    fn step(self) -> Option<TicketStatus> {
+        match self {
+            Self { finished: 0, .. } => None,
+            Self { open: 0, .. } => Some(TicketStatus::Done),
+            Self { open_work: 0, .. } => Some(TicketStatus::BuildingDone),
+            _ => None,
+        }
+    }
+}
+
+/// Whether a task reaching `status` asks how far its ticket's finished work goes.
+fn finishes(status: TaskStatus) -> bool {
+    matches!(
+        status,
+        TaskStatus::Completed | TaskStatus::Cancelled | TaskStatus::PendingValidation
+    )
+}
+
+/// The table's rows of a batch's tasks, changed in memory, and the tallies of the tickets
+/// whose finished work the batch asks about, kept in step with them. A batch reads and
+/// counts what it touches only: a ticket of thousands of tasks costs each batch a
+/// count per status, not its every row.
 struct TaskRows {
     rows: HashMap<String, TaskRow>,
+    tallies: HashMap<String, Tally>,
     changed: BTreeSet<String>,
 }
 
 impl TaskRows {
-    /// Every row of the tickets of the batch's tasks (one query): a ticket's finished
-    /// work is counted over all of its tasks.
+    /// The rows of the batch's tasks (one query) and, when a change finishes work, the
+    /// tallies of those tasks' tickets (one more).
     async fn read(
         tx: &mut PgConnection,
         schema: &str,
@@ -257,23 +319,14 @@ impl TaskRows {
             .iter()
             .map(|(event, _)| event.aggregate_id.as_str())
             .collect();
-        let created_in: Vec<String> = changes
-            .iter()
-            .filter_map(|(_, change)| match change {
-                TaskEvent::TaskCreated { ticket_id, .. } => Some(ticket_id.to_string()),
-                _ => None,
-            })
-            .collect();
         let found: Vec<(String, String, String, bool)> = sqlx::query_as(&format!(
             "select task_id, ticket_id, status, validation from {schema}.tasks
-              where ticket_id = any(array(select ticket_id from {schema}.tasks
-                                           where task_id = any($1)) || $2)"
+              where task_id = any($1)"
         ))
-        .bind(tasks)
-        .bind(created_in)
+        .bind(&tasks)
         .fetch_all(&mut *tx)
         .await?;
-        let rows = found
+        let rows: HashMap<String, TaskRow> = found
             .into_iter()
             .map(|(task, ticket_id, status, validation)| {
                 let row = TaskRow {
@@ -284,10 +337,64 @@ impl TaskRows {
                 (task, row)
             })
             .collect();
+        let created: HashMap<&str, String> = changes
+            .iter()
+            .filter_map(|(event, change)| match change {
+                TaskEvent::TaskCreated { ticket_id, .. } => {
+                    Some((event.aggregate_id.as_str(), ticket_id.to_string()))
+                }
+                _ => None,
+            })
+            .collect();
+        let asked: BTreeSet<String> = changes
+            .iter()
+            .filter(|(_, change)| change.status_after().is_some_and(finishes))
+            .filter_map(|(event, _)| {
+                let task = event.aggregate_id.as_str();
+                match rows.get(task) {
+                    Some(row) => Some(row.ticket_id.clone()),
+                    None => created.get(task).cloned(),
+                }
+            })
+            .collect();
+        let mut tallies: HashMap<String, Tally> = asked
+            .iter()
+            .map(|ticket| (ticket.clone(), Tally::default()))
+            .collect();
+        if !asked.is_empty() {
+            let counted: Vec<(String, String, bool, i64)> = sqlx::query_as(&format!(
+                "select ticket_id, status, validation, count(*) from {schema}.tasks
+                  where ticket_id = any($1)
+                  group by ticket_id, status, validation"
+            ))
+            .bind(asked.iter().collect::<Vec<_>>())
+            .fetch_all(&mut *tx)
+            .await?;
+            for (ticket, status, validation, count) in counted {
+                tallies
+                    .entry(ticket)
+                    .or_default()
+                    .add(Tally::of(&status, validation, count));
+            }
+        }
         Ok(Self {
             rows,
+            tallies,
             changed: BTreeSet::new(),
         })
+    }
+
+    /// Sets task `task`'s row (a new one when `None` was there), keeping its ticket's
+    /// tally in step.
+    fn set(&mut self, task: &str, row: TaskRow) {
+        if let Some(tally) = self.tallies.get_mut(&row.ticket_id) {
+            tally.add(Tally::of(&row.status, row.validation, 1));
+            if let Some(old) = self.rows.get(task) {
+                tally.remove(Tally::of(&old.status, old.validation, 1));
+            }
+        }
+        self.rows.insert(task.to_string(), row);
+        self.changed.insert(task.to_string());
     }
 
     /// Applies one change to the rows; what it asks of the task's ticket, if anything.
@@ -300,31 +407,34 @@ impl TaskRows {
                     status: text(TaskStatus::Pending).to_string(),
                     validation: false,
                 };
-                self.rows.insert(task.clone(), row);
-                self.changed.insert(task.clone());
+                self.set(task, row);
             }
             return None;
         }
         if let TaskEvent::TaskValidates { .. } = change {
-            if let Some(row) = self.rows.get_mut(task) {
-                row.validation = true;
-                self.changed.insert(task.clone());
+            if let Some(row) = self.rows.get(task) {
+                let row = TaskRow {
+                    validation: true,
+                    ..row.clone()
+                };
+                self.set(task, row);
             }
             return None;
         }
         let status = change.status_after()?;
-        let row = self.rows.get_mut(task)?;
-        row.status = text(status).to_string();
+        let row = self.rows.get(task)?;
         let (ticket, validation) = (row.ticket_id.clone(), row.validation);
-        self.changed.insert(task.clone());
+        let row = TaskRow {
+            status: text(status).to_string(),
+            ..row.clone()
+        };
+        self.set(task, row);
         // What the change asks of the ticket; the ticket and its project are read only
         // for changes that ask something (most events of a running ticket ask nothing).
         let to = match status {
             TaskStatus::Assigned => TicketStatus::Building,
             TaskStatus::Running if validation => TicketStatus::Testing,
-            TaskStatus::Completed | TaskStatus::Cancelled | TaskStatus::PendingValidation => {
-                self.finished_step(&ticket)?
-            }
+            status if finishes(status) => self.finished_step(&ticket)?,
             TaskStatus::PermanentlyFailed | TaskStatus::TimedOut => {
                 return Some(Ask::Block { event, ticket });
             }
@@ -333,26 +443,9 @@ impl TaskRows {
         Some(Ask::Advance { event, ticket, to })
     }
 
-    /// How far a ticket's finished work takes it: `done` once every task completed
-    /// (cancelled ones aside), `building-done` once all its work that is not a validation
-    /// completed or waits for its verdict; `None` while work is left.
+    /// How far a ticket's finished work takes it, as its tally stands ([`Tally::step`]).
     fn finished_step(&self, ticket: &str) -> Option<TicketStatus> {
-        let completed = text(TaskStatus::Completed);
-        let cancelled = text(TaskStatus::Cancelled);
-        let waiting = text(TaskStatus::PendingValidation);
-        let (mut open, mut open_work, mut finished) = (0, 0, 0);
-        for row in self.rows.values().filter(|row| row.ticket_id == ticket) {
-            let ended = row.status == completed || row.status == cancelled;
-            open += usize::from(!ended);
-            open_work += usize::from(!row.validation && !ended && row.status != waiting);
-            finished += usize::from(row.status == completed || row.status == waiting);
-        }
-        match (open, open_work, finished) {
-            (_, _, 0) => None,
-            (0, _, _) => Some(TicketStatus::Done),
-            (_, 0, _) => Some(TicketStatus::BuildingDone),
-            _ => None,
-        }
+        self.tallies.get(ticket).and_then(|tally| tally.step())
     }
 
     /// Writes every changed row (one statement).
@@ -387,5 +480,106 @@ impl TaskRows {
         .execute(&mut *tx)
         .await?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use omoi_domain::task::TaskStatus;
+    use omoi_domain::ticket::TicketStatus;
+    use proptest::prelude::*;
+
+    use super::{text, Tally, TaskRow, TaskRows};
+
+    const TICKETS: [&str; 3] = ["t1", "t2", "t3"];
+
+    fn status() -> impl Strategy<Value = TaskStatus> {
+        prop::sample::select(TaskStatus::ALL.to_vec())
+    }
+
+    fn row() -> impl Strategy<Value = TaskRow> {
+        (
+            prop::sample::select(TICKETS.to_vec()),
+            status(),
+            any::<bool>(),
+        )
+            .prop_map(|(ticket, status, validation)| TaskRow {
+                ticket_id: ticket.to_string(),
+                status: text(status).to_string(),
+                validation,
+            })
+    }
+
+    /// The rule as it reads over a ticket's every row (what the process manager counted
+    /// before it kept tallies).
+    fn step_over_rows<'a>(rows: impl Iterator<Item = &'a TaskRow>) -> Option<TicketStatus> {
+        let (mut open, mut open_work, mut finished) = (0, 0, 0);
+        for row in rows {
+            let completed = row.status == text(TaskStatus::Completed);
+            let waiting = row.status == text(TaskStatus::PendingValidation);
+            let ended = completed || row.status == text(TaskStatus::Cancelled);
+            open += usize::from(!ended);
+            open_work += usize::from(!row.validation && !ended && !waiting);
+            finished += usize::from(completed || waiting);
+        }
+        match (open, open_work, finished) {
+            (_, _, 0) => None,
+            (0, _, _) => Some(TicketStatus::Done),
+            (_, 0, _) => Some(TicketStatus::BuildingDone),
+            _ => None,
+        }
+    }
+
+    /// The tally of `ticket` counted afresh over `rows`, as the read's `group by` counts.
+    fn counted(rows: &HashMap<String, TaskRow>, ticket: &str) -> Tally {
+        let mut groups: HashMap<(String, bool), i64> = HashMap::new();
+        for row in rows.values().filter(|row| row.ticket_id == ticket) {
+            *groups
+                .entry((row.status.clone(), row.validation))
+                .or_default() += 1;
+        }
+        let mut tally = Tally::default();
+        for ((status, validation), count) in groups {
+            tally.add(Tally::of(&status, validation, count));
+        }
+        tally
+    }
+
+    proptest! {
+        /// Rows set one after another (new tasks, status changes, validations) leave
+        /// every tally as counting the final rows afresh gives, and its step is the rule
+        /// read over the ticket's every row.
+        #[test]
+        fn tallies_kept_in_step_agree_with_the_rows(
+            initial in prop::collection::vec(row(), 0..12),
+            changes in prop::collection::vec((0usize..16, row()), 0..24),
+        ) {
+            let table: HashMap<String, TaskRow> = initial
+                .into_iter()
+                .enumerate()
+                .map(|(n, row)| (format!("task-{n}"), row))
+                .collect();
+            let mut rows = TaskRows {
+                rows: table.clone(),
+                tallies: TICKETS.iter().map(|t| (t.to_string(), counted(&table, t))).collect(),
+                changed: Default::default(),
+            };
+            for (n, new) in changes {
+                let task = format!("task-{n}");
+                // A task stays in its ticket.
+                let ticket_id = rows
+                    .rows
+                    .get(&task)
+                    .map_or(new.ticket_id.clone(), |old| old.ticket_id.clone());
+                rows.set(&task, TaskRow { ticket_id, ..new });
+            }
+            for ticket in TICKETS {
+                prop_assert_eq!(rows.tallies[ticket], counted(&rows.rows, ticket));
+                let in_ticket = rows.rows.values().filter(|row| row.ticket_id == ticket);
+                prop_assert_eq!(rows.finished_step(ticket), step_over_rows(in_ticket));
+            }
+        }
     }
 }
