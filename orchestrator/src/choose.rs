@@ -41,10 +41,11 @@ pub struct Pick {
 /// its capabilities, not the author of the work it validates), as long as neither the
 /// task's project nor its organization holds as many tasks as it may. Tasks of
 /// organizations `serves` refuses are skipped. A candidate costs a look at its own
-/// organization's free agents and held tasks only.
+/// organization's free agents and held tasks only, and candidates are taken (best first)
+/// only until no organization can take more.
 pub fn choose(
     queue: &Queue,
-    candidates: &[Candidate],
+    candidates: impl IntoIterator<Item = Candidate>,
     free: &[FreeAgent],
     limits: &Limits,
     serves: impl Fn(Uuid) -> bool,
@@ -58,36 +59,42 @@ pub fn choose(
     }
     let mut held: HashMap<Uuid, ActiveCounts> = HashMap::new();
     let mut picks = Vec::new();
-    for candidate in candidates {
-        if picks.len() == free.len() {
+    let mut candidates = candidates.into_iter();
+    // Until every organization is full or has no agent left: the rest of the candidates
+    // could not be taken either.
+    while !free_in.is_empty() {
+        let Some(candidate) = candidates.next() else {
             break;
-        }
+        };
         let Some(task) = queue.task(candidate.task_id) else {
             continue;
         };
-        let Some(agents) = free_in.get_mut(&task.organization_id) else {
-            continue;
-        };
-        if agents.is_empty() || !serves(task.organization_id) {
+        let organization = task.organization_id;
+        if !free_in.contains_key(&organization) {
             continue;
         }
-        let counts = held.entry(task.organization_id).or_insert_with(|| {
-            let mut counts = queue.active_in(task.organization_id);
-            if let Some(unseen) = limits.unseen_held.get(&task.organization_id) {
+        let counts = held.entry(organization).or_insert_with(|| {
+            let mut counts = queue.active_in(organization);
+            if let Some(unseen) = limits.unseen_held.get(&organization) {
                 counts.add(unseen);
             }
             counts
         });
         let cap = limits
             .organization_caps
-            .get(&task.organization_id)
+            .get(&organization)
             .copied()
             .unwrap_or(0);
-        if counts.in_project(task.project_id) >= limits.project_concurrency
-            || counts.organization >= cap
-        {
+        if !serves(organization) || counts.organization >= cap {
+            free_in.remove(&organization);
             continue;
         }
+        if counts.in_project(task.project_id) >= limits.project_concurrency {
+            continue;
+        }
+        let Some(agents) = free_in.get_mut(&organization) else {
+            continue;
+        };
         let able = agents.iter().position(|agent| {
             task.suits(agent.organization_id, Some(agent.id), &agent.capabilities)
         });
@@ -100,6 +107,9 @@ pub fn choose(
             agent_id: agent.id,
             task_id: task.id,
         });
+        if agents.is_empty() || counts.organization >= cap {
+            free_in.remove(&organization);
+        }
     }
     picks
 }
@@ -189,7 +199,7 @@ mod tests {
         let candidates = queue.ready(Utc::now(), &ScoreConfig::default());
         let (plain, gifted) = (agent(1, &[]), agent(2, &["gpu"]));
         let free = [plain.clone(), gifted.clone()];
-        let picks = choose(&queue, &candidates, &free, &limits(5, 10), |_| true);
+        let picks = choose(&queue, candidates.clone(), &free, &limits(5, 10), |_| true);
         assert_eq!(
             picks,
             vec![
@@ -205,32 +215,32 @@ mod tests {
             "the only agent with the capability takes the gpu task; {later} waits"
         );
         // The organization's cap of one: only the best task goes.
-        let picks = choose(&queue, &candidates, &free, &limits(5, 1), |_| true);
+        let picks = choose(&queue, candidates.clone(), &free, &limits(5, 1), |_| true);
         assert_eq!(picks.len(), 1);
         // A project cap of zero, or an organization served elsewhere: nothing.
-        assert!(choose(&queue, &candidates, &free, &limits(0, 10), |_| true).is_empty());
-        assert!(choose(&queue, &candidates, &free, &limits(5, 10), |_| false).is_empty());
+        assert!(choose(&queue, candidates.clone(), &free, &limits(0, 10), |_| true).is_empty());
+        assert!(choose(&queue, candidates.clone(), &free, &limits(5, 10), |_| false).is_empty());
         // An organization without a known cap holds nothing.
         let no_caps = Limits {
             project_concurrency: 5,
             organization_caps: HashMap::new(),
             unseen_held: HashMap::new(),
         };
-        assert!(choose(&queue, &candidates, &free, &no_caps, |_| true).is_empty());
+        assert!(choose(&queue, candidates.clone(), &free, &no_caps, |_| true).is_empty());
         // Tasks held that the queue does not show yet count against both caps.
         let mut unseen = ActiveCounts::default();
         unseen.hold(PROJECT);
         let mut held_unseen = limits(2, 10);
         held_unseen.unseen_held = HashMap::from([(ORGANIZATION, unseen.clone())]);
         assert_eq!(
-            choose(&queue, &candidates, &free, &held_unseen, |_| true).len(),
+            choose(&queue, candidates.clone(), &free, &held_unseen, |_| true).len(),
             1,
             "a project holding one unseen of two"
         );
         let mut held_unseen = limits(5, 2);
         held_unseen.unseen_held = HashMap::from([(ORGANIZATION, unseen)]);
         assert_eq!(
-            choose(&queue, &candidates, &free, &held_unseen, |_| true).len(),
+            choose(&queue, candidates.clone(), &free, &held_unseen, |_| true).len(),
             1,
             "an organization holding one unseen of two"
         );
@@ -283,7 +293,7 @@ mod tests {
             organization_caps: HashMap::from([(ORGANIZATION, ours), (OTHER_ORGANIZATION, theirs)]),
             unseen_held: HashMap::new(),
         };
-        let picks = choose(&queue, &candidates, &free, &caps(10, 10), |_| true);
+        let picks = choose(&queue, candidates.clone(), &free, &caps(10, 10), |_| true);
         assert_eq!(
             picks,
             vec![
@@ -300,7 +310,7 @@ mod tests {
         );
         // The other organization already holds one: at a cap of one it takes nothing,
         // and its held task does not count against ours.
-        let picks = choose(&queue, &candidates, &free, &caps(1, 1), |_| true);
+        let picks = choose(&queue, candidates.clone(), &free, &caps(1, 1), |_| true);
         assert_eq!(
             picks,
             vec![Pick {
@@ -309,9 +319,13 @@ mod tests {
             }]
         );
         // Served elsewhere: only that organization's tasks are skipped.
-        let picks = choose(&queue, &candidates, &free, &caps(10, 10), |organization| {
-            organization == OTHER_ORGANIZATION
-        });
+        let picks = choose(
+            &queue,
+            candidates.clone(),
+            &free,
+            &caps(10, 10),
+            |organization| organization == OTHER_ORGANIZATION,
+        );
         assert_eq!(
             picks,
             vec![Pick {
@@ -320,5 +334,37 @@ mod tests {
             }]
         );
         assert_eq!(queue.task(theirs_held).map(|t| t.is_active()), Some(true));
+    }
+
+    #[test]
+    fn a_pass_stops_taking_candidates_once_no_organization_can_take_more() {
+        let mut queue = Queue::default();
+        for n in 0..200 {
+            task(&mut queue, n, Priority::Medium, &[]);
+        }
+        let candidates = queue.ready(Utc::now(), &ScoreConfig::default());
+        let free = [agent(1, &[]), agent(2, &[])];
+        let taken = std::cell::Cell::new(0);
+        let counted = || {
+            candidates
+                .iter()
+                .copied()
+                .inspect(|_| taken.set(taken.get() + 1))
+        };
+        // Two agents, room for both: the two best, then nothing more is looked at.
+        let picks = choose(&queue, counted(), &free, &limits(5, 10), |_| true);
+        assert_eq!(picks.len(), 2);
+        assert_eq!(taken.get(), 2);
+        // At the organization's cap from the start: one look, no pick.
+        taken.set(0);
+        assert!(choose(&queue, counted(), &free, &limits(5, 0), |_| true).is_empty());
+        assert_eq!(taken.get(), 1);
+        // Room for one: after it, the organization is full.
+        taken.set(0);
+        assert_eq!(
+            choose(&queue, counted(), &free, &limits(5, 1), |_| true).len(),
+            1
+        );
+        assert_eq!(taken.get(), 1);
     }
 }

@@ -12,7 +12,8 @@
 //! every task it depends on is completed (a dependency the queue has never seen counts as
 //! unfinished), and the spec of its ticket, if any, is not archived.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::cmp::Ordering;
+use std::collections::{BTreeSet, BinaryHeap, HashMap, HashSet};
 use std::ops::Bound;
 
 use chrono::{DateTime, Utc};
@@ -84,10 +85,79 @@ impl QueuedTask {
 }
 
 /// A ready task and its score.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Candidate {
     pub task_id: Uuid,
     pub score: f64,
+}
+
+/// Ready tasks, each scored, taken best first: the best score, ties to the older task,
+/// then to the lower id. Only what is taken gets ordered (a heap: a pass takes a few
+/// tasks of a backlog that may hold thousands, so sorting them all would cost the pass
+/// more than scoring them).
+#[derive(Debug, Default)]
+pub struct Ranked {
+    heap: BinaryHeap<Ranking>,
+}
+
+/// A candidate in [`Ranked`]'s order: the greater comes first.
+#[derive(Debug)]
+struct Ranking {
+    candidate: Candidate,
+    created_at: DateTime<Utc>,
+}
+
+impl Ord for Ranking {
+    fn cmp(&self, other: &Self) -> Ordering {
+        self.candidate
+            .score
+            .total_cmp(&other.candidate.score)
+            .then(other.created_at.cmp(&self.created_at))
+            .then(other.candidate.task_id.cmp(&self.candidate.task_id))
+    }
+}
+
+impl PartialOrd for Ranking {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl PartialEq for Ranking {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other) == Ordering::Equal
+    }
+}
+
+impl Eq for Ranking {}
+
+impl Ranked {
+    pub fn is_empty(&self) -> bool {
+        self.heap.is_empty()
+    }
+
+    /// The candidates in no particular order (what a count per organization needs).
+    pub fn unordered(&self) -> impl Iterator<Item = &Candidate> {
+        self.heap.iter().map(|ranking| &ranking.candidate)
+    }
+
+    /// Keeps only the candidates `keep` accepts.
+    pub fn retain(&mut self, mut keep: impl FnMut(&Candidate) -> bool) {
+        self.heap.retain(|ranking| keep(&ranking.candidate));
+    }
+}
+
+impl Iterator for Ranked {
+    type Item = Candidate;
+
+    /// The best candidate left.
+    fn next(&mut self) -> Option<Candidate> {
+        self.heap.pop().map(|ranking| ranking.candidate)
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        (self.heap.len(), Some(self.heap.len()))
+    }
 }
 
 /// What a task's state puts in the queue's side indexes.
@@ -97,6 +167,8 @@ struct Indexed {
     holder: Option<Uuid>,
     /// A retry waiting for its time.
     retry_at: Option<DateTime<Utc>>,
+    /// Held by an agent (assigned or running): its organization and project.
+    held_in: Option<(Uuid, Uuid)>,
 }
 
 impl Indexed {
@@ -106,6 +178,9 @@ impl Indexed {
             retry_at: task
                 .not_before
                 .filter(|_| task.status == TaskStatus::RetryScheduled),
+            held_in: task
+                .is_active()
+                .then_some((task.organization_id, task.project_id)),
         }
     }
 }
@@ -126,6 +201,18 @@ impl ActiveCounts {
     pub fn hold(&mut self, project_id: Uuid) {
         *self.per_project.entry(project_id).or_insert(0) += 1;
         self.organization += 1;
+    }
+
+    /// One fewer held: a task of `project_id` let go. A project holding none leaves the
+    /// counts.
+    fn release(&mut self, project_id: Uuid) {
+        if let Some(held) = self.per_project.get_mut(&project_id) {
+            *held = held.saturating_sub(1);
+            if *held == 0 {
+                self.per_project.remove(&project_id);
+            }
+            self.organization = self.organization.saturating_sub(1);
+        }
     }
 
     /// `other`'s held tasks besides these.
@@ -169,6 +256,9 @@ pub struct Queue {
     /// worker's wake-up does not look at every open task.
     holders: HashMap<Uuid, BTreeSet<Uuid>>,
     retries: BTreeSet<(DateTime<Utc>, Uuid)>,
+    /// Organization → its tasks held by agents, per project (kept as `holders` is): what
+    /// a pass's caps compare with, without a look at the organization's backlog.
+    active: HashMap<Uuid, ActiveCounts>,
     /// Ticket → the spec it implements.
     specs_of_tickets: HashMap<Uuid, Uuid>,
     archived_specs: BTreeSet<Uuid>,
@@ -383,8 +473,8 @@ impl Queue {
         sequence <= last
     }
 
-    /// Moves a task's entries in `holders` and `retries` from what they were to what its
-    /// state now asks.
+    /// Moves a task's entries in `holders`, `retries` and `active` from what they were to
+    /// what its state now asks.
     fn reindex(&mut self, id: Uuid, before: Indexed) {
         let after = self.tasks.get(&id).map(Indexed::of).unwrap_or_default();
         if before.holder != after.holder {
@@ -406,6 +496,19 @@ impl Queue {
             }
             if let Some(at) = after.retry_at {
                 self.retries.insert((at, id));
+            }
+        }
+        if before.held_in != after.held_in {
+            if let Some((organization, project)) = before.held_in {
+                if let Some(counts) = self.active.get_mut(&organization) {
+                    counts.release(project);
+                    if counts.organization == 0 {
+                        self.active.remove(&organization);
+                    }
+                }
+            }
+            if let Some((organization, project)) = after.held_in {
+                self.active.entry(organization).or_default().hold(project);
             }
         }
     }
@@ -612,7 +715,12 @@ impl Queue {
     /// compare the scoped looks with.
     #[cfg(test)]
     pub(crate) fn ready(&self, now: DateTime<Utc>, config: &ScoreConfig) -> Vec<Candidate> {
-        self.rank(self.tasks.values(), now, config)
+        self.rank(self.tasks.values(), now, config).collect()
+    }
+
+    /// The organizations with open tasks.
+    pub fn organizations(&self) -> impl Iterator<Item = Uuid> + '_ {
+        self.by_organization.keys().copied()
     }
 
     /// The ready tasks of the organizations `organizations` accepts that an agent with
@@ -625,7 +733,7 @@ impl Queue {
         capabilities: &BTreeSet<String>,
         now: DateTime<Utc>,
         config: &ScoreConfig,
-    ) -> Vec<Candidate> {
+    ) -> Ranked {
         let open = self
             .by_organization
             .iter()
@@ -642,7 +750,7 @@ impl Queue {
         capabilities: &BTreeSet<String>,
         now: DateTime<Utc>,
         config: &ScoreConfig,
-    ) -> Vec<Candidate> {
+    ) -> Ranked {
         let open = self
             .by_organization
             .get(&organization_id)
@@ -669,8 +777,8 @@ impl Queue {
         tasks: impl Iterator<Item = &'a QueuedTask>,
         now: DateTime<Utc>,
         config: &ScoreConfig,
-    ) -> Vec<Candidate> {
-        let mut ready: Vec<(Candidate, DateTime<Utc>)> = tasks
+    ) -> Ranked {
+        let heap = tasks
             .filter(|task| self.is_ready(task, now))
             .map(|task| {
                 let input = ScoreInput {
@@ -681,22 +789,16 @@ impl Queue {
                     retry_count: task.retry_count,
                     max_retries: task.max_retries,
                 };
-                (
-                    Candidate {
+                Ranking {
+                    candidate: Candidate {
                         task_id: task.id,
                         score: config.score(&input),
                     },
-                    task.created_at,
-                )
+                    created_at: task.created_at,
+                }
             })
             .collect();
-        ready.sort_by(|(a, a_created), (b, b_created)| {
-            b.score
-                .total_cmp(&a.score)
-                .then(a_created.cmp(b_created))
-                .then(a.task_id.cmp(&b.task_id))
-        });
-        ready.into_iter().map(|(candidate, _)| candidate).collect()
+        Ranked { heap }
     }
 
     /// How many tasks are open (not final): what the queue holds in full.
@@ -706,20 +808,10 @@ impl Queue {
 
     /// Tasks held by agents in one organization: per project, and in all.
     pub fn active_in(&self, organization_id: Uuid) -> ActiveCounts {
-        let mut counts = ActiveCounts::default();
-        let held = self
-            .by_organization
+        self.active
             .get(&organization_id)
-            .into_iter()
-            .flat_map(HashMap::values)
-            .flatten()
-            .filter_map(|id| self.tasks.get(id))
-            .filter(|task| task.is_active());
-        for task in held {
-            *counts.per_project.entry(task.project_id).or_insert(0) += 1;
-            counts.organization += 1;
-        }
-        counts
+            .cloned()
+            .unwrap_or_default()
     }
 
     /// Running tasks past their timeout.
@@ -870,6 +962,34 @@ mod tests {
             .collect();
         // 0.6 (floored), 0.5, 0.225 + 0.1 + 0.05 = 0.375, 0.1625.
         assert_eq!(order, vec![starving, critical, medium, low]);
+    }
+
+    proptest::proptest! {
+        /// Taken from the heap, the ready tasks come in the order of sorting them all:
+        /// best score first, ties to the older task, then to the lower id.
+        #[test]
+        fn ranked_tasks_come_out_as_sorting_them_all_orders_them(
+            tasks in proptest::collection::vec((0usize..4, 0i64..3), 0..40)
+        ) {
+            let priorities = [Priority::Low, Priority::Medium, Priority::High, Priority::Critical];
+            let mut queue = Queue::default();
+            for (n, (priority, age)) in tasks.iter().enumerate() {
+                let id = Uuid::from_u128(1_000 + n as u128);
+                queue.apply(&created(id, priorities[*priority], age * 1_800, vec![]));
+            }
+            let now = Utc::now();
+            let config = ScoreConfig::default();
+            let taken: Vec<Uuid> = queue.ready(now, &config).iter().map(|c| c.task_id).collect();
+            let mut sorted: Vec<(f64, DateTime<Utc>, Uuid)> = queue
+                .ready(now, &config)
+                .iter()
+                .map(|c| (c.score, queue.tasks[&c.task_id].created_at, c.task_id))
+                .collect();
+            sorted.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)));
+            let sorted: Vec<Uuid> = sorted.into_iter().map(|(_, _, id)| id).collect();
+            proptest::prop_assert_eq!(taken.len(), tasks.len());
+            proptest::prop_assert_eq!(taken, sorted);
+        }
     }
 
     #[test]
@@ -1084,9 +1204,8 @@ mod tests {
         ));
         let capabilities =
             |names: &[&str]| -> BTreeSet<String> { names.iter().map(|c| c.to_string()).collect() };
-        let ids = |candidates: Vec<Candidate>| -> BTreeSet<Uuid> {
-            candidates.into_iter().map(|c| c.task_id).collect()
-        };
+        let ids =
+            |candidates: Ranked| -> BTreeSet<Uuid> { candidates.map(|c| c.task_id).collect() };
         let now = Utc::now();
         let score = ScoreConfig::default();
         let in_organization = |queue: &Queue, organization: u128, names: &[&str]| {
@@ -1114,7 +1233,8 @@ mod tests {
         let everywhere =
             |names: &[&str]| ids(queue.ready_for(|_| true, &capabilities(names), now, &score));
         assert_eq!(everywhere(&[]), BTreeSet::from([ours, theirs]));
-        assert_eq!(everywhere(&["rust", "gpu"]), ids(queue.ready(now, &score)));
+        let all: BTreeSet<Uuid> = queue.ready(now, &score).iter().map(|c| c.task_id).collect();
+        assert_eq!(everywhere(&["rust", "gpu"]), all);
         let only_nine = ids(queue.ready_for(
             |organization| organization == Uuid::from_u128(9),
             &capabilities(&["gpu", "rust"]),
@@ -1372,12 +1492,14 @@ mod tests {
                     .min();
                 proptest::prop_assert_eq!(queue.next_retry(now), scanned_retry);
                 for organization in [Uuid::from_u128(1), Uuid::from_u128(9)] {
-                    let counts = queue.active_in(organization);
-                    let active = open
+                    let mut scanned = ActiveCounts::default();
+                    for task in open
                         .iter()
                         .filter(|t| t.organization_id == organization && t.is_active())
-                        .count();
-                    proptest::prop_assert_eq!(counts.organization, active);
+                    {
+                        scanned.hold(task.project_id);
+                    }
+                    proptest::prop_assert_eq!(queue.active_in(organization), scanned);
                 }
                 let gpu: BTreeSet<String> = BTreeSet::from(["gpu".to_string()]);
                 let mut looked: Vec<Uuid> = queue

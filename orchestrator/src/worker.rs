@@ -36,7 +36,7 @@ use crate::conductor;
 use crate::executor::{execute, Outcome, Run, Sinks, STEERING_FILE};
 use crate::leases;
 use crate::monitor::{Clock, MonitoringConfig};
-use crate::queue::{Candidate, Change, Queue, QueuedTask};
+use crate::queue::{Change, Queue, QueuedTask, Ranked};
 use crate::reservations::Reservations;
 use crate::score::ScoreConfig;
 use crate::trajectory::{self, Assessor, TaskContext};
@@ -988,7 +988,8 @@ impl Runtime {
         let now = Utc::now();
         self.claimed.forget_seen(&self.queue);
         // Only organizations that could take a task now are looked at: one with a free
-        // agent, or with fewer agents than it may have (a pass registers them). Within
+        // agent, or with fewer agents than it may have (a pass registers them), below its
+        // cap. Within
         // them, only tasks this worker's agents could run: another organization's backlog,
         // or work needing a capability they lack, costs a pass nothing.
         let mut agents_of: HashMap<Uuid, (usize, bool)> = HashMap::new();
@@ -998,33 +999,40 @@ impl Runtime {
             *free |= agent.task.is_none() && !agent.quarantined;
         }
         let most = self.config.agents_per_organization;
-        let has_room = |organization: Uuid| {
-            self.serves(organization)
+        let has_agents = |organization: &Uuid| {
+            self.serves(*organization)
                 && agents_of
-                    .get(&organization)
+                    .get(organization)
                     .is_none_or(|(count, free)| *free || *count < most)
         };
-        let mut candidates =
-            self.queue
-                .ready_for(has_room, &self.capabilities, now, &self.config.score);
+        let organizations: Vec<Uuid> = self.queue.organizations().filter(has_agents).collect();
+        // Nor those holding as many tasks as they may (held tasks this worker's queue has
+        // not read back count): their backlogs are not ranked at all.
+        let unseen_held = self.claimed.held();
+        let mut organization_caps = HashMap::new();
+        for organization in organizations {
+            let cap = self.organization_cap(organization).await;
+            let held = self.queue.active_in(organization).organization
+                + unseen_held.get(&organization).map_or(0, |c| c.organization);
+            if held < cap {
+                organization_caps.insert(organization, cap);
+            }
+        }
+        let mut candidates = self.queue.ready_for(
+            |organization| organization_caps.contains_key(&organization),
+            &self.capabilities,
+            now,
+            &self.config.score,
+        );
         candidates.retain(|candidate| !self.claimed.contains(candidate.task_id));
         if candidates.is_empty() {
             return;
         }
         self.ensure_agents(&candidates).await;
-        let organizations: BTreeSet<Uuid> = candidates
-            .iter()
-            .filter_map(|c| self.queue.task(c.task_id))
-            .map(|t| t.organization_id)
-            .collect();
-        let mut organization_caps = HashMap::new();
-        for organization in organizations {
-            organization_caps.insert(organization, self.organization_cap(organization).await);
-        }
         let limits = Limits {
             project_concurrency: self.config.project_concurrency,
             organization_caps,
-            unseen_held: self.claimed.held(),
+            unseen_held,
         };
         let free: Vec<FreeAgent> = self
             .agents
@@ -1036,7 +1044,7 @@ impl Runtime {
                 capabilities: self.capabilities.clone(),
             })
             .collect();
-        let picks = choose(&self.queue, &candidates, &free, &limits, |organization| {
+        let picks = choose(&self.queue, candidates, &free, &limits, |organization| {
             self.serves(organization)
         });
         self.commit(picks, now);
@@ -1147,13 +1155,13 @@ impl Runtime {
 
     /// Registers agents for organizations with more ready tasks they could run than
     /// agents, up to `agents_per_organization` each, concurrently.
-    async fn ensure_agents(&mut self, candidates: &[Candidate]) {
+    async fn ensure_agents(&mut self, candidates: &Ranked) {
         // Per organization: the ready tasks a new agent could run (every candidate: they
         // are the served organizations' tasks this worker's agents could run), and whether
         // one of them suits none of the agents it has (a validation whose implementer is
         // its only one).
         let mut wanted: HashMap<Uuid, (usize, bool)> = HashMap::new();
-        for candidate in candidates {
+        for candidate in candidates.unordered() {
             let Some(task) = self.queue.task(candidate.task_id) else {
                 continue;
             };

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::PgPool;
+use sqlx::{Connection, PgPool};
 
 /// The migrations of the `migrations/` folder, embedded at compile time.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
@@ -11,11 +11,33 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
 /// Opens a pool. Fails (instead of panicking, as postgres-es's helper does) on a bad URL.
 pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool, sqlx::Error> {
     let options: PgConnectOptions = url.parse()?;
+    pool_options(max_connections)
+        .connect_with(session(options))
+        .await
+}
+
+/// A connection idle for longer than this is pinged before it is handed out.
+const PING_IDLE_AFTER: Duration = Duration::from_secs(1);
+
+/// omoi's pools: at most `max_connections`, waiting up to 5 s for one. sqlx pings every
+/// connection it takes from the idle queue by default — a round trip before every
+/// transaction, which `perf` of `omoi-bench bench-worker` put at a tenth of the process's
+/// CPU; only a connection idle for over a second is pinged now (a broken one is then
+/// dropped and another taken, as before). One used within the second fails its
+/// statement if the server went away meanwhile, as it would have a moment later.
+pub fn pool_options(max_connections: u32) -> PgPoolOptions {
     PgPoolOptions::new()
         .max_connections(max_connections)
         .acquire_timeout(Duration::from_secs(5))
-        .connect_with(session(options))
-        .await
+        .test_before_acquire(false)
+        .before_acquire(|connection, meta| {
+            Box::pin(async move {
+                if meta.idle_for > PING_IDLE_AFTER {
+                    connection.ping().await?;
+                }
+                Ok(true)
+            })
+        })
 }
 
 /// omoi's sessions, whatever the server's defaults: named `omoi` in `pg_stat_activity`,

@@ -16,7 +16,7 @@ use omoi_store::embedded::EmbeddedPostgres;
 use omoi_store::{db, CommandBus};
 use reqwest::StatusCode;
 use serde_json::Value;
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::postgres::PgConnectOptions;
 use sqlx::PgPool;
 use tokio::task::JoinHandle;
 use uuid::Uuid;
@@ -160,8 +160,10 @@ impl TestDatabase {
 
     /// Another pool on the same database (as a second process would have).
     pub async fn pool(options: &PgConnectOptions, size: u32) -> anyhow::Result<PgPool> {
-        Ok(PgPoolOptions::new()
-            .max_connections(size)
+        // A test waits for a connection as long as sqlx's default (30 s): the suite's
+        // processes share two cores.
+        Ok(db::pool_options(size)
+            .acquire_timeout(std::time::Duration::from_secs(30))
             .connect_with(options.clone())
             .await?)
     }
