@@ -140,7 +140,6 @@ impl Claims {
                 Utc::now(),
                 &self.rules.score,
             )
-            .into_iter()
             .filter_map(|c| queue.task(c.task_id))
             .filter(|task| {
                 !unseen.contains(task.id)

@@ -1504,7 +1504,6 @@ mod tests {
                 let gpu: BTreeSet<String> = BTreeSet::from(["gpu".to_string()]);
                 let mut looked: Vec<Uuid> = queue
                     .ready_for(|_| true, &gpu, now, &ScoreConfig::default())
-                    .into_iter()
                     .map(|c| c.task_id)
                     .collect();
                 let mut scanned: Vec<Uuid> = open
