@@ -140,11 +140,6 @@ impl Ranked {
     pub fn unordered(&self) -> impl Iterator<Item = &Candidate> {
         self.heap.iter().map(|ranking| &ranking.candidate)
     }
-
-    /// Keeps only the candidates `keep` accepts.
-    pub fn retain(&mut self, mut keep: impl FnMut(&Candidate) -> bool) {
-        self.heap.retain(|ranking| keep(&ranking.candidate));
-    }
 }
 
 impl Iterator for Ranked {

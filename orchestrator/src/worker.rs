@@ -1018,13 +1018,12 @@ impl Runtime {
                 organization_caps.insert(organization, cap);
             }
         }
-        let mut candidates = self.queue.ready_for(
+        let candidates = self.queue.ready_for(
             |organization| organization_caps.contains_key(&organization),
             &self.capabilities,
             now,
             &self.config.score,
         );
-        candidates.retain(|candidate| !self.claimed.contains(candidate.task_id));
         if candidates.is_empty() {
             return;
         }
@@ -1044,7 +1043,10 @@ impl Runtime {
                 capabilities: self.capabilities.clone(),
             })
             .collect();
-        let picks = choose(&self.queue, candidates, &free, &limits, |organization| {
+        // A task assigned by this worker and not read back yet is no candidate (skipped
+        // as it comes, rather than looked for among every candidate).
+        let unclaimed = candidates.filter(|candidate| !self.claimed.contains(candidate.task_id));
+        let picks = choose(&self.queue, unclaimed, &free, &limits, |organization| {
             self.serves(organization)
         });
         self.commit(picks, now);
@@ -1160,9 +1162,21 @@ impl Runtime {
         // are the served organizations' tasks this worker's agents could run), and whether
         // one of them suits none of the agents it has (a validation whose implementer is
         // its only one).
+        let most = self.config.agents_per_organization;
+        let mut own: HashMap<Uuid, usize> = HashMap::new();
+        for agent in self.agents.values() {
+            *own.entry(agent.organization_id).or_insert(0) += 1;
+        }
+        // An organization with all the agents it may have gets none: its candidates
+        // (most of a pass's, once the agents are registered) are not looked at.
+        let short = |organization: &Uuid| own.get(organization).copied().unwrap_or(0) < most;
         let mut wanted: HashMap<Uuid, (usize, bool)> = HashMap::new();
         for candidate in candidates.unordered() {
-            let Some(task) = self.queue.task(candidate.task_id) else {
+            let Some(task) = self
+                .queue
+                .task(candidate.task_id)
+                .filter(|task| short(&task.organization_id) && !self.claimed.contains(task.id))
+            else {
                 continue;
             };
             // Only a validation can refuse an agent the organization has (its
@@ -1177,13 +1191,9 @@ impl Runtime {
         }
         let mut registrations = Vec::new();
         for (organization_id, (ready, unsuited)) in wanted {
-            let own = self
-                .agents
-                .values()
-                .filter(|a| a.organization_id == organization_id)
-                .count();
+            let own = own.get(&organization_id).copied().unwrap_or(0);
             let needed = if unsuited { ready.max(own + 1) } else { ready };
-            let target = needed.min(self.config.agents_per_organization);
+            let target = needed.min(most);
             registrations.extend((own..target).map(|n| (organization_id, n + 1)));
         }
         if registrations.is_empty() {
