@@ -989,9 +989,9 @@ impl Runtime {
         self.claimed.forget_seen(&self.queue);
         // Only organizations that could take a task now are looked at: one with a free
         // agent, or with fewer agents than it may have (a pass registers them), below its
-        // cap. Within
-        // them, only tasks this worker's agents could run: another organization's backlog,
-        // or work needing a capability they lack, costs a pass nothing.
+        // cap. Within them, only tasks this worker's agents could run: another
+        // organization's backlog, or work needing a capability they lack, costs a pass
+        // nothing.
         let mut agents_of: HashMap<Uuid, (usize, bool)> = HashMap::new();
         for agent in self.agents.values() {
             let (count, free) = agents_of.entry(agent.organization_id).or_insert((0, false));
