@@ -1027,7 +1027,7 @@ impl Runtime {
         if candidates.is_empty() {
             return;
         }
-        self.ensure_agents(&candidates).await;
+        self.ensure_agents(&candidates, &agents_of).await;
         let limits = Limits {
             project_concurrency: self.config.project_concurrency,
             organization_caps,
@@ -1157,19 +1157,21 @@ impl Runtime {
 
     /// Registers agents for organizations with more ready tasks they could run than
     /// agents, up to `agents_per_organization` each, concurrently.
-    async fn ensure_agents(&mut self, candidates: &Ranked) {
+    /// `agents_of` holds each organization's agents (how many, whether one is free).
+    async fn ensure_agents(
+        &mut self,
+        candidates: &Ranked,
+        agents_of: &HashMap<Uuid, (usize, bool)>,
+    ) {
         // Per organization: the ready tasks a new agent could run (every candidate: they
         // are the served organizations' tasks this worker's agents could run), and whether
         // one of them suits none of the agents it has (a validation whose implementer is
         // its only one).
         let most = self.config.agents_per_organization;
-        let mut own: HashMap<Uuid, usize> = HashMap::new();
-        for agent in self.agents.values() {
-            *own.entry(agent.organization_id).or_insert(0) += 1;
-        }
+        let own = |organization: &Uuid| agents_of.get(organization).map_or(0, |(count, _)| *count);
         // An organization with all the agents it may have gets none: its candidates
         // (most of a pass's, once the agents are registered) are not looked at.
-        let short = |organization: &Uuid| own.get(organization).copied().unwrap_or(0) < most;
+        let short = |organization: &Uuid| own(organization) < most;
         let mut wanted: HashMap<Uuid, (usize, bool)> = HashMap::new();
         for candidate in candidates.unordered() {
             let Some(task) = self
@@ -1191,7 +1193,7 @@ impl Runtime {
         }
         let mut registrations = Vec::new();
         for (organization_id, (ready, unsuited)) in wanted {
-            let own = own.get(&organization_id).copied().unwrap_or(0);
+            let own = own(&organization_id);
             let needed = if unsuited { ready.max(own + 1) } else { ready };
             let target = needed.min(most);
             registrations.extend((own..target).map(|n| (organization_id, n + 1)));
