@@ -363,6 +363,11 @@ impl BuildWorker {
                     if caught_up && !self.projector.appends_events() {
                         self.pause(self.config.read_model_pause).await;
                     }
+                    // Only a page read after the latest commit is as new as one of our
+                    // own: a build behind the stream that took the pages others read
+                    // while it was busy walked their small pages, a transaction each,
+                    // and fell further behind.
+                    reading.generation = Some(*self.wake.borrow());
                 }
                 Step::Retired => return Ok(true),
                 Step::Idle | Step::Stopped => {

@@ -456,15 +456,25 @@ pub async fn aggregate_tail<'c>(
 }
 
 /// Every event of several aggregates of one type, by aggregate id and sequence (one query).
+///
+/// Each id is looked up by the key, whatever the statistics say: with
+/// `aggregate_id = any($2)`, or a plain join, the planner walked every event of the type
+/// when its statistics were taken before the type had many (a process manager's batch
+/// soon after a start: 7,476 events walked for 435 wanted, 17 ms), and tested each
+/// against the whole array (a prepared statement's array is a parameter, never hashed).
+/// The subquery's `order by` keeps it from being flattened into such a join.
 pub async fn histories<'c>(
     executor: impl sqlx::Executor<'c, Database = sqlx::Postgres>,
     aggregate_type: &str,
     aggregate_ids: &[String],
 ) -> Result<Vec<StoredEvent>, sqlx::Error> {
     let sql = format!(
-        "select {COLUMNS} from events
-          where aggregate_type = $1 and aggregate_id = any($2)
-          order by aggregate_id, sequence"
+        "select history.* from (select distinct unnest($2::text[]) as id) as wanted
+           cross join lateral (
+               select {COLUMNS} from events
+                where aggregate_type = $1 and aggregate_id = wanted.id
+                order by sequence) as history
+          order by history.aggregate_id, history.sequence"
     );
     let rows = sqlx::query(&sql)
         .bind(aggregate_type)

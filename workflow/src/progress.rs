@@ -160,8 +160,29 @@ async fn answer(
     let auto_advance = |event: &StoredEvent| {
         project_of(event).is_some_and(|id| projects.state(&id).settings.auto_advance)
     };
+    // The specs of the tickets a finishing ask may move, read at once (whether they
+    // were archived).
     let mut specs = Aggregates::<Spec>::new();
+    specs
+        .read(
+            tx,
+            first,
+            asks.iter()
+                .filter(|ask| ask.finishes())
+                .filter_map(|ask| tickets.get(ask.ticket()))
+                .filter_map(|ticket| ticket.spec_id.map(|id| id.to_string())),
+        )
+        .await?;
     let mut failed = Aggregates::<Task>::new();
+    failed
+        .read(
+            tx,
+            first,
+            asks.iter()
+                .filter(|ask| matches!(ask, Ask::Block { .. }))
+                .map(|ask| ask.event().aggregate_id.clone()),
+        )
+        .await?;
     for ask in asks {
         match ask {
             Ask::Block { event, ticket } => {
@@ -169,7 +190,6 @@ async fn answer(
                     continue;
                 }
                 // The task's own last error says why.
-                failed.read(tx, event, [event.aggregate_id.clone()]).await?;
                 let note = match failed
                     .get(&event.aggregate_id)
                     .and_then(|t| t.last_error.as_ref())
@@ -195,12 +215,9 @@ async fn answer(
                     continue;
                 }
                 // An archived spec's tasks were cancelled with it, which finishes nothing.
-                let finishing = matches!(to, TicketStatus::BuildingDone | TicketStatus::Done);
-                if let Some(spec_id) = state.spec_id.filter(|_| finishing) {
-                    let spec_id = spec_id.to_string();
-                    specs.read(tx, event, [spec_id.clone()]).await?;
+                if let Some(spec_id) = state.spec_id.filter(|_| ask.finishes()) {
                     if specs
-                        .get(&spec_id)
+                        .get(&spec_id.to_string())
                         .is_some_and(|s| s.phase == SpecPhase::Archived)
                     {
                         continue;
@@ -221,6 +238,17 @@ async fn answer(
 }
 
 impl Ask<'_> {
+    /// Whether it moves its ticket to where finished work takes it.
+    fn finishes(&self) -> bool {
+        matches!(
+            self,
+            Ask::Advance {
+                to: TicketStatus::BuildingDone | TicketStatus::Done,
+                ..
+            }
+        )
+    }
+
     fn ticket(&self) -> &str {
         match self {
             Ask::Advance { ticket, .. } | Ask::Block { ticket, .. } => ticket,
@@ -318,10 +346,14 @@ impl TaskRows {
         let tasks: Vec<&str> = changes
             .iter()
             .map(|(event, _)| event.aggregate_id.as_str())
+            .collect::<BTreeSet<_>>()
+            .into_iter()
             .collect();
+        // Joined, each looked up by the key (`task_id = any($1)` tested every row against
+        // the whole array: 10–40 ms a batch once a ticket had 2,000 tasks).
         let found: Vec<(String, String, String, bool)> = sqlx::query_as(&format!(
-            "select task_id, ticket_id, status, validation from {schema}.tasks
-              where task_id = any($1)"
+            "select task_id, ticket_id, status, validation
+               from unnest($1::text[]) as wanted(task_id) join {schema}.tasks using (task_id)"
         ))
         .bind(&tasks)
         .fetch_all(&mut *tx)
@@ -363,8 +395,8 @@ impl TaskRows {
             .collect();
         if !asked.is_empty() {
             let counted: Vec<(String, String, bool, i64)> = sqlx::query_as(&format!(
-                "select ticket_id, status, validation, count(*) from {schema}.tasks
-                  where ticket_id = any($1)
+                "select ticket_id, status, validation, count(*)
+                   from unnest($1::text[]) as wanted(ticket_id) join {schema}.tasks using (ticket_id)
                   group by ticket_id, status, validation"
             ))
             .bind(asked.iter().collect::<Vec<_>>())
