@@ -102,7 +102,14 @@ type Gauge = (&'static str, &'static str, fn(&ProjectorStats) -> f64);
 #[derive(Debug, Default)]
 pub struct RunnerStats {
     by_build: Mutex<BTreeMap<i64, ProjectorStats>>,
+    /// The position sequence's last value and when it was read, shared by the builds'
+    /// `lag_events` (see [`NEWEST_READ_EVERY`]).
+    newest: Mutex<Option<(Instant, i64)>>,
 }
+
+/// How long the position sequence's value read after one build's batch serves the others:
+/// read after every batch of every build, it was a round trip each batch waited for.
+const NEWEST_READ_EVERY: Duration = Duration::from_millis(250);
 
 impl RunnerStats {
     pub fn snapshot(&self) -> Vec<ProjectorStats> {
@@ -110,6 +117,21 @@ impl RunnerStats {
             .lock()
             .map(|m| m.values().cloned().collect())
             .unwrap_or_default()
+    }
+
+    /// The position sequence's last value, read anew at most every
+    /// [`NEWEST_READ_EVERY`]; `None` when it cannot be read.
+    async fn newest_position(&self, pool: &PgPool) -> Option<i64> {
+        let kept = *self.newest.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, newest)) = kept.filter(|(at, _)| at.elapsed() < NEWEST_READ_EVERY) {
+            return Some(newest);
+        }
+        let newest: i64 = sqlx::query_scalar("select last_value from events_global_position_seq")
+            .fetch_one(pool)
+            .await
+            .ok()?;
+        *self.newest.lock().unwrap_or_else(|e| e.into_inner()) = Some((Instant::now(), newest));
+        Some(newest)
     }
 
     fn update(&self, build: i64, change: impl FnOnce(&mut ProjectorStats)) {
@@ -791,7 +813,7 @@ pub async fn step(
         },
         Instant::now(),
     ));
-    announce_effects(pool, projector).await;
+    announce_effects(pool, projector);
     if let Some(last) = page.events.last() {
         record_batch(pool, stats, &seen, (last, applied), started).await;
     }
@@ -951,17 +973,21 @@ async fn go_live(
 
 /// Tells other processes, once per committed batch (never inside an append), that a
 /// process manager appended effects.
-async fn announce_effects(pool: &PgPool, projector: &dyn Projector) {
+/// Sent beside the build's next batch, which does not wait for it.
+fn announce_effects(pool: &PgPool, projector: &dyn Projector) {
     if !projector.take_appended() {
         return;
     }
-    if let Err(error) = sqlx::query("select pg_notify($1, '')")
-        .bind(omoi_store::wakeup::CHANNEL)
-        .execute(pool)
-        .await
-    {
-        tracing::debug!(%error, "could not announce a process manager's effects");
-    }
+    let pool = pool.clone();
+    tokio::spawn(async move {
+        if let Err(error) = sqlx::query("select pg_notify($1, '')")
+            .bind(omoi_store::wakeup::CHANNEL)
+            .execute(&pool)
+            .await
+        {
+            tracing::debug!(%error, "could not announce a process manager's effects");
+        }
+    });
 }
 
 /// Moves the build's checkpoint to `to`, past `applied` more events.
@@ -1078,7 +1104,7 @@ async fn isolate_poison(
         advance(&mut tx, &build, last.cursor(), applied + passed).await?;
     }
     tx.commit().await?;
-    announce_effects(pool, projector).await;
+    announce_effects(pool, projector);
     if let Some(last) = applied.checked_sub(1).and_then(|i| events.get(i)) {
         record_batch(pool, stats, &build, (last, applied), started).await;
     }
@@ -1145,11 +1171,7 @@ async fn record_batch(
         s.lag_ms = lag_ms;
         s.last_batch_ms = started.elapsed().as_secs_f64() * 1000.0;
     });
-    let newest: Option<i64> =
-        sqlx::query_scalar("select last_value from events_global_position_seq")
-            .fetch_one(pool)
-            .await
-            .ok();
+    let newest = stats.newest_position(pool).await;
     stats.update(build.build, |s| {
         s.lag_events = newest.map_or(0, |n| (n - last.global_position).max(0));
     });
