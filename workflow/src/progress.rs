@@ -350,7 +350,7 @@ impl TaskRows {
             .into_iter()
             .collect();
         // Joined, each looked up by the key (`task_id = any($1)` tested every row against
-        // the whole array: 10–40 ms a batch once a ticket had 2,000 tasks).
+        // the whole array: 10–45 ms a batch once the table held 2,000 tasks).
         let found: Vec<(String, String, String, bool)> = sqlx::query_as(&format!(
             "select task_id, ticket_id, status, validation
                from unnest($1::text[]) as wanted(task_id) join {schema}.tasks using (task_id)"
