@@ -283,6 +283,9 @@ struct LocalAgent {
 
 struct Runtime {
     pool: PgPool,
+    /// Where the pass's read of the log runs: a session with generic plans
+    /// (`db::generic_plans`).
+    log_reads: PgPool,
     bus: Arc<CommandBus>,
     config: Arc<WorkerConfig>,
     /// Every in-process agent's capabilities (the configured ones).
@@ -361,6 +364,7 @@ impl Runtime {
         let (done, finished) = mpsc::unbounded_channel();
         let assessor = Assessor::new(&config.monitoring.llm).map(Arc::new);
         let runtime = Runtime {
+            log_reads: omoi_store::db::generic_plans(&pool.connect_options(), 1),
             pool,
             bus,
             capabilities: config.capabilities.iter().cloned().collect(),
@@ -514,16 +518,21 @@ impl Runtime {
         let mut ahead_limit = AHEAD_PAGE;
         loop {
             let ahead_after = self.cursor.max(self.ahead_cursor);
-            let read =
-                match read_global_ahead(&self.pool, self.cursor, PAGE, ahead_after, ahead_limit)
-                    .await
-                {
-                    Ok(read) => read,
-                    Err(error) => {
-                        tracing::warn!(%error, "worker: cannot read the log");
-                        return;
-                    }
-                };
+            let read = match read_global_ahead(
+                &self.log_reads,
+                self.cursor,
+                PAGE,
+                ahead_after,
+                ahead_limit,
+            )
+            .await
+            {
+                Ok(read) => read,
+                Err(error) => {
+                    tracing::warn!(%error, "worker: cannot read the log");
+                    return;
+                }
+            };
             for event in &read.page.events {
                 if event.aggregate_type == "BillingAccount" {
                     if let Ok(organization) = event.aggregate_id.parse::<Uuid>() {

@@ -207,12 +207,12 @@ impl ProjectionRunner {
         let (wake, _) = watch::channel(0);
         Self {
             pool,
-            options,
             projectors: projectors.into_iter().map(|p| (p.name(), p)).collect(),
             config,
             wake,
             stats: Arc::default(),
-            reads: Arc::default(),
+            reads: Arc::new(SharedReads::new(omoi_store::db::generic_plans(&options, 4))),
+            options,
         }
     }
 
@@ -519,9 +519,10 @@ impl Drop for ReadAhead {
 /// this process (an older transaction elsewhere ended). Sharing is only ever a saving: a
 /// page read earlier than it could have been is shorter, never wrong, and the build reads
 /// on from its end.
-#[derive(Default)]
 pub struct SharedReads {
     pages: Mutex<HashMap<(Cursor, i64), (u64, SharedPage)>>,
+    /// Where the pages are read: sessions with generic plans (`db::generic_plans`).
+    pool: PgPool,
 }
 
 type SharedPage = Shared<BoxFuture<'static, Option<Arc<EventPage>>>>;
@@ -530,9 +531,15 @@ type SharedPage = Shared<BoxFuture<'static, Option<Arc<EventPage>>>>;
 const SHARED_PAGES: usize = 64;
 
 impl SharedReads {
+    pub fn new(pool: PgPool) -> Self {
+        Self {
+            pages: Mutex::default(),
+            pool,
+        }
+    }
+
     async fn page(
         &self,
-        pool: &PgPool,
         from: Cursor,
         limit: i64,
         generation: Option<u64>,
@@ -546,7 +553,7 @@ impl SharedReads {
             match shared {
                 Some(page) => page,
                 None => {
-                    let pool = pool.clone();
+                    let pool = self.pool.clone();
                     let page: SharedPage = async move {
                         read_global(&pool, from, limit, &Visibility::Everything)
                             .await
@@ -570,7 +577,7 @@ impl SharedReads {
             Some(page) => Ok(page),
             // The shared read failed: this build's own read says why.
             None => Ok(Arc::new(
-                read_global(pool, from, limit, &Visibility::Everything).await?,
+                read_global(&self.pool, from, limit, &Visibility::Everything).await?,
             )),
         }
     }
@@ -613,7 +620,7 @@ impl Reading {
             return Ok(Arc::new(read?));
         }
         match &self.shared {
-            Some(shared) => shared.page(pool, from, limit, self.generation).await,
+            Some(shared) => shared.page(from, limit, self.generation).await,
             None => Ok(Arc::new(
                 read_global(pool, from, limit, &Visibility::Everything).await?,
             )),

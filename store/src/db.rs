@@ -40,6 +40,21 @@ pub fn pool_options(max_connections: u32) -> PgPoolOptions {
         })
 }
 
+/// A small pool of `options`' sessions that use a prepared statement's generic plan,
+/// for the hot reads of the gapless order (the projection runner's pages, the worker's
+/// read before each pass): their plan is the same index walk whatever the cursor, but
+/// the planner prices a generic `limit $n` at a tenth of the rows, so it kept planning
+/// them afresh at every execution — 0.12–0.2 ms of the server's CPU each, as much as the
+/// read (`pg_stat_statements` through `omoi-bench bench-worker`: 2.1 s of planning for
+/// 14,000 reads). Only statements whose generic plan is that walk belong here: a read
+/// without a limit (`log::stream_global`) would be planned for a third of the log.
+pub fn generic_plans(options: &PgConnectOptions, max_connections: u32) -> PgPool {
+    let options = options
+        .clone()
+        .options([("plan_cache_mode", "force_generic_plan")]);
+    pool_options(max_connections).connect_lazy_with(options)
+}
+
 /// omoi's sessions, whatever the server's defaults: named `omoi` in `pg_stat_activity`,
 /// and without JIT compilation. Every query here is short (a page, a few rows, a batch),
 /// but the planner prices a page of a filtered read of a large log by the walk it might
