@@ -2,9 +2,9 @@
 //! completes or is cancelled, by a `TaskDiscoveryResolved` on the parent (whose
 //! completion waits for every blocking discovery to be resolved).
 
-use futures_util::future::BoxFuture;
 use std::collections::HashMap;
 
+use futures_util::future::BoxFuture;
 use omoi_domain::task::{Task, TaskCommand, TaskEvent};
 use omoi_projections::ProjectionError;
 use omoi_store::{Actor, CommandContext, StoredEvent};
