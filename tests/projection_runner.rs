@@ -714,9 +714,6 @@ async fn applied_and_log(
     (applied, log)
 }
 
-/// Waits until no transaction older than the log's last one is running anywhere in the
-/// cluster (the log's horizon is the cluster's: a test beside this one may hold it), so
-/// that a catch-up sees the whole log.
 /// A fresh database whose log holds `probes` probe events, all visible, and a build of
 /// `projector` at position zero.
 async fn building_over_probes(
@@ -736,6 +733,9 @@ async fn building_over_probes(
     (database, build)
 }
 
+/// Waits until no transaction older than the log's last one is running anywhere in the
+/// cluster (the log's horizon is the cluster's: a test beside this one may hold it), so
+/// that a catch-up sees the whole log.
 async fn whole_log_visible(database: &TestDatabase) {
     eventually("the log's horizon passes its last event", || async {
         sqlx::query_scalar::<_, bool>(
@@ -746,6 +746,58 @@ async fn whole_log_visible(database: &TestDatabase) {
         .expect("the horizon")
     })
     .await;
+}
+
+/// A catch-up of a build another process leads (a server's runner takes up a build it
+/// finds building) follows that process and applies nothing itself — both would reach
+/// the build's go-live and its concurrent index builds, which deadlock on one table —
+/// then leads once that process is gone, and takes the build live.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_catch_up_follows_the_builds_leader_and_leads_once_it_is_gone() {
+    use omoi_projections::catalog::BuildState;
+    use omoi_projections::runner::catch_up;
+    use sqlx::Connection;
+
+    let probes = 50;
+    let (database, build) = building_over_probes(&Probe, probes).await;
+    let mut leader = PgConnection::connect_with(&database.options)
+        .await
+        .expect("the other leader's connection");
+    sqlx::query("select pg_advisory_lock(hashtext('omoi-projector'), $1::int)")
+        .bind(build.build as i32)
+        .execute(&mut leader)
+        .await
+        .expect("the build's lock");
+
+    let looks = Arc::new(AtomicUsize::new(0));
+    let catching_up = tokio::spawn({
+        let (pool, options, looks) = (
+            database.pool.clone(),
+            database.options.clone(),
+            looks.clone(),
+        );
+        async move {
+            catch_up(&pool, &options, &Probe, build.build, 10, |_| {
+                looks.fetch_add(1, Ordering::SeqCst);
+            })
+            .await
+        }
+    });
+    eventually("the catch-up looked at the build three times", || async {
+        looks.load(Ordering::SeqCst) >= 3
+    })
+    .await;
+    let (applied, _) = applied_and_log(&database, &build).await;
+    assert!(applied.is_empty(), "a follower applied {applied:?}");
+    assert!(!catching_up.is_finished(), "it waits for the leader");
+
+    leader.close().await.expect("the leader gone");
+    let done = catching_up.await.expect("the task").expect("a catch-up");
+    assert!(done.failure.is_none(), "stopped: {:?}", done.failure);
+    assert_eq!(done.state, BuildState::Live);
+    assert_eq!(done.events_applied, probes);
+    let (applied, log) = applied_and_log(&database, &build).await;
+    assert!(applied == log, "every event once, in the log's order");
 }
 
 /// A rebuild of a projector that folds reads the whole log into its fold and writes it

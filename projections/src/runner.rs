@@ -344,12 +344,7 @@ impl BuildWorker {
         // Named after its projector, so that `pg_stat_activity` tells whose batch is open.
         let options = self.options.clone().application_name(self.projector.name());
         let mut conn = PgConnection::connect_with(&options).await?;
-        let locked: bool =
-            sqlx::query_scalar("select pg_try_advisory_lock(hashtext('omoi-projector'), $1::int)")
-                .bind(self.build as i32)
-                .fetch_one(&mut conn)
-                .await?;
-        if !locked {
+        if !try_lead(&mut conn, self.build).await? {
             return Ok(false);
         }
         tracing::info!(
@@ -1212,9 +1207,26 @@ async fn record_failure(
     Ok(())
 }
 
+/// Takes `build`'s leadership on `conn` (a session advisory lock, held until the
+/// connection closes) if no other connection holds it.
+async fn try_lead(conn: &mut PgConnection, build: i64) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar("select pg_try_advisory_lock(hashtext('omoi-projector'), $1::int)")
+        .bind(build as i32)
+        .fetch_one(conn)
+        .await
+}
+
+/// How often a catch-up that another process leads looks at the build's progress.
+const FOLLOW_EVERY: Duration = Duration::from_millis(100);
+
 /// Projects `build` until it has caught up with the stream (for rebuilds); calls
 /// `progress` after every step with the events the build has been through — applied, or
 /// folded and not yet written.
+///
+/// It leads the build as a runner does, or follows the process that does (a server's
+/// runner leads a build it finds building) until that one takes it live: two processes
+/// stepping one build would both reach its go-live, and their concurrent index builds
+/// on one table wait for each other (PostgreSQL reports a deadlock).
 pub async fn catch_up(
     pool: &PgPool,
     options: &PgConnectOptions,
@@ -1224,6 +1236,16 @@ pub async fn catch_up(
     mut progress: impl FnMut(i64),
 ) -> Result<Build, sqlx::Error> {
     let mut conn = PgConnection::connect_with(options).await?;
+    while !try_lead(&mut conn, build).await? {
+        let current = catalog::build_by_id(pool, build)
+            .await?
+            .ok_or(sqlx::Error::RowNotFound)?;
+        if current.state != BuildState::Building || current.failure.is_some() {
+            return Ok(current);
+        }
+        progress(current.events_applied);
+        tokio::time::sleep(FOLLOW_EVERY).await;
+    }
     let stats = RunnerStats::default();
     let mut reading = Reading::default();
     loop {
@@ -1244,8 +1266,8 @@ pub async fn catch_up(
         progress(current.events_applied + folded);
         match step {
             Step::Applied(n) if n > 0 => {}
-            // Nothing applied but still building: a fold was written, or another process
-            // moved the build; look again.
+            // Nothing applied but still building: a fold was written, or the build was
+            // moved by a retry; look again.
             Step::Applied(_) if current.state == BuildState::Building => {}
             Step::Retry => tokio::time::sleep(RETRY_PAUSE).await,
             _ => return Ok(current),
