@@ -892,3 +892,40 @@ async fn an_existing_build_gains_a_new_column_in_place_and_keeps_its_rows() {
             .expect("the view shows the new column");
     assert_eq!(through_view, [false]);
 }
+
+/// A ticket's tally, once counted at its first completion, is kept in step by the tasks
+/// that change without asking about it — a task added later keeps the ticket from being
+/// done when the tasks counted before it have all completed — and it agrees with counting
+/// the ticket's rows.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_task_added_after_the_first_completion_keeps_its_ticket_from_done() {
+    let app = spawn_app().await;
+    let (organization, project) = app.organization_and_project().await;
+    let ticket = app.ticket(&project, "Counted once").await;
+    let first = app.task(&ticket, "First", json!({})).await;
+    let second = app.task(&ticket, "Second", json!({})).await;
+    let agent = worker(&app, &organization).await;
+
+    run_task(&app, &agent, &first).await;
+    assert_eq!(ticket_status(&app, &ticket).await, "building");
+    let added = app.task(&ticket, "Added later", json!({})).await;
+    run_task(&app, &agent, &second).await;
+    assert_eq!(
+        ticket_status(&app, &ticket).await,
+        "building",
+        "the task added later is open"
+    );
+    let (open, counted): (i64, i64) = sqlx::query_as(
+        "select (select open from ticket_progress_tallies where ticket_id = $1),
+                (select count(*) from ticket_progress_tasks
+                  where ticket_id = $1 and status not in ('completed', 'cancelled'))",
+    )
+    .bind(&ticket)
+    .fetch_one(&app.database.pool)
+    .await
+    .expect("the tally and the rows");
+    assert_eq!((open, counted), (1, 1));
+
+    run_task(&app, &agent, &added).await;
+    assert_eq!(ticket_status(&app, &ticket).await, "done");
+}
