@@ -6,10 +6,8 @@
 //! move a person made by hand is never undone; a move the ticket refuses (it is blocked,
 //! say) is skipped. A project whose setting `auto_advance` is off is left alone.
 //!
-//! Its state, in its own tables: every task's ticket and status, as the events left them,
-//! and whether it is a validation task; and, for each ticket whose finished work it has
-//! been asked about, how its tasks stand, counted ([`Tally`]), kept in step batch by batch
-//! so that a ticket of thousands of tasks is not counted again at every completion.
+//! Its state, in its own table: every task's ticket and status, as the events left them,
+//! and whether it is a validation task.
 
 use std::collections::{BTreeSet, HashMap};
 
@@ -32,7 +30,7 @@ pub struct TicketProgress;
 
 impl ProcessManager for TicketProgress {
     const NAME: &'static str = NAME;
-    const TABLES: &'static [&'static str] = &["tasks", "tallies"];
+    const TABLES: &'static [&'static str] = &["tasks"];
 
     fn create_tables(schema: &str) -> Vec<String> {
         vec![
@@ -45,19 +43,14 @@ impl ProcessManager for TicketProgress {
                 )"
             ),
             format!("create index on {schema}.tasks (ticket_id)"),
-            tallies_table(schema),
         ]
     }
 
     fn upgrade_tables(schema: &str) -> Vec<String> {
-        vec![
-            format!(
-                "alter table {schema}.tasks
-                   add column if not exists validation boolean not null default false"
-            ),
-            // Empty on a build that had none: each ticket is counted at its first ask.
-            tallies_table(schema),
-        ]
+        vec![format!(
+            "alter table {schema}.tasks
+               add column if not exists validation boolean not null default false"
+        )]
     }
 
     fn reacts_to(&self, event: &StoredEvent) -> bool {
@@ -81,19 +74,6 @@ impl ProcessManager for TicketProgress {
     ) -> BoxFuture<'a, Result<(), ProjectionError>> {
         Box::pin(tasks_changed(tx, schema, events))
     }
-}
-
-/// A ticket's [`Tally`], once asked about: a row exists only for a ticket counted at an
-/// ask, and from then on every batch keeps it in step with the ticket's rows in `tasks`.
-fn tallies_table(schema: &str) -> String {
-    format!(
-        "create table if not exists {schema}.tallies (
-            ticket_id text primary key,
-            open      bigint not null,
-            open_work bigint not null,
-            finished  bigint not null
-        )"
-    )
 }
 
 fn text(status: TaskStatus) -> &'static str {
@@ -346,23 +326,18 @@ fn finishes(status: TaskStatus) -> bool {
 }
 
 /// The table's rows of a batch's tasks, changed in memory, and the tallies of the tickets
-/// whose finished work the batch asks about, kept in step with them. A batch reads what
-/// it touches only: an asked ticket's tally is read from `tallies` (counted over its rows
-/// the first time only), and the other tickets' rows that change move their kept tallies
-/// by a difference — a ticket of 3,000 tasks cost every batch asking about it 1.6 ms of
-/// counting (`omoi-bench bench-worker`, `pg_stat_statements`).
+/// whose finished work the batch asks about, kept in step with them. A batch reads and
+/// counts what it touches only: a ticket of thousands of tasks costs each batch a
+/// count per status, not its every row.
 struct TaskRows {
     rows: HashMap<String, TaskRow>,
     tallies: HashMap<String, Tally>,
-    /// What the batch's changes add to the kept tallies of tickets it did not ask about.
-    differences: HashMap<String, Tally>,
     changed: BTreeSet<String>,
 }
 
 impl TaskRows {
     /// The rows of the batch's tasks (one query) and, when a change finishes work, the
-    /// tallies of those tasks' tickets (one more, and one to count the tickets asked
-    /// about for the first time).
+    /// tallies of those tasks' tickets (one more).
     async fn read(
         tx: &mut PgConnection,
         schema: &str,
@@ -414,25 +389,41 @@ impl TaskRows {
                 }
             })
             .collect();
-        let tallies = read_tallies(tx, schema, &asked).await?;
+        let mut tallies: HashMap<String, Tally> = asked
+            .iter()
+            .map(|ticket| (ticket.clone(), Tally::default()))
+            .collect();
+        if !asked.is_empty() {
+            let counted: Vec<(String, String, bool, i64)> = sqlx::query_as(&format!(
+                "select ticket_id, status, validation, count(*)
+                   from unnest($1::text[]) as wanted(ticket_id) join {schema}.tasks using (ticket_id)
+                  group by ticket_id, status, validation"
+            ))
+            .bind(asked.iter().collect::<Vec<_>>())
+            .fetch_all(&mut *tx)
+            .await?;
+            for (ticket, status, validation, count) in counted {
+                tallies
+                    .entry(ticket)
+                    .or_default()
+                    .add(Tally::of(&status, validation, count));
+            }
+        }
         Ok(Self {
             rows,
             tallies,
-            differences: HashMap::new(),
             changed: BTreeSet::new(),
         })
     }
 
     /// Sets task `task`'s row (a new one when `None` was there), keeping its ticket's
-    /// tally in step: the one read, or the difference to the one kept.
+    /// tally in step.
     fn set(&mut self, task: &str, row: TaskRow) {
-        let tally = match self.tallies.get_mut(&row.ticket_id) {
-            Some(tally) => tally,
-            None => self.differences.entry(row.ticket_id.clone()).or_default(),
-        };
-        tally.add(Tally::of(&row.status, row.validation, 1));
-        if let Some(old) = self.rows.get(task) {
-            tally.remove(Tally::of(&old.status, old.validation, 1));
+        if let Some(tally) = self.tallies.get_mut(&row.ticket_id) {
+            tally.add(Tally::of(&row.status, row.validation, 1));
+            if let Some(old) = self.rows.get(task) {
+                tally.remove(Tally::of(&old.status, old.validation, 1));
+            }
         }
         self.rows.insert(task.to_string(), row);
         self.changed.insert(task.to_string());
@@ -489,34 +480,11 @@ impl TaskRows {
         self.tallies.get(ticket).and_then(|tally| tally.step())
     }
 
-    /// Writes every changed row and the tallies: the ones read as they now stand, the
-    /// others (those kept) moved by their differences (one statement).
+    /// Writes every changed row (one statement).
     async fn write(&self, tx: &mut PgConnection, schema: &str) -> Result<(), ProjectionError> {
         if self.changed.is_empty() {
             return Ok(());
         }
-        let (read, kept): (Vec<_>, Vec<_>) = self
-            .tallies
-            .iter()
-            .map(|(ticket, tally)| (ticket, tally, true))
-            .chain(
-                self.differences
-                    .iter()
-                    .filter(|(_, difference)| **difference != Tally::default())
-                    .map(|(ticket, difference)| (ticket, difference, false)),
-            )
-            .partition(|(_, _, read)| *read);
-        let columns = |tallies: &[(&String, &Tally, bool)]| {
-            let mut columns = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-            for (ticket, tally, _) in tallies {
-                columns.0.push(ticket.as_str().to_string());
-                columns.1.push(tally.open);
-                columns.2.push(tally.open_work);
-                columns.3.push(tally.finished);
-            }
-            columns
-        };
-        let (read, kept) = (columns(&read), columns(&kept));
         let mut tasks = Vec::with_capacity(self.changed.len());
         let mut tickets = Vec::with_capacity(self.changed.len());
         let mut statuses = Vec::with_capacity(self.changed.len());
@@ -531,97 +499,20 @@ impl TaskRows {
             statuses.push(row.status.as_str());
             validations.push(row.validation);
         }
-        // A ticket never counted has no row to move: it is counted at its first ask.
         sqlx::query(&format!(
-            "with tasks as (
-                 insert into {schema}.tasks (task_id, ticket_id, status, validation)
-                 select * from unnest($1::text[], $2::text[], $3::text[], $4::bool[])
-                 on conflict (task_id) do update
-                    set status = excluded.status, validation = excluded.validation
-             ), read as (
-                 insert into {schema}.tallies (ticket_id, open, open_work, finished)
-                 select * from unnest($5::text[], $6::bigint[], $7::bigint[], $8::bigint[])
-                 on conflict (ticket_id) do update
-                    set open = excluded.open, open_work = excluded.open_work,
-                        finished = excluded.finished
-             )
-             update {schema}.tallies kept
-                set open = kept.open + moved.open,
-                    open_work = kept.open_work + moved.open_work,
-                    finished = kept.finished + moved.finished
-               from unnest($9::text[], $10::bigint[], $11::bigint[], $12::bigint[])
-                    as moved(ticket_id, open, open_work, finished)
-              where kept.ticket_id = moved.ticket_id"
+            "insert into {schema}.tasks (task_id, ticket_id, status, validation)
+             select * from unnest($1::text[], $2::text[], $3::text[], $4::bool[])
+             on conflict (task_id) do update
+                set status = excluded.status, validation = excluded.validation"
         ))
         .bind(tasks)
         .bind(tickets)
         .bind(statuses)
         .bind(validations)
-        .bind(read.0)
-        .bind(read.1)
-        .bind(read.2)
-        .bind(read.3)
-        .bind(kept.0)
-        .bind(kept.1)
-        .bind(kept.2)
-        .bind(kept.3)
         .execute(&mut *tx)
         .await?;
         Ok(())
     }
-}
-
-/// The tallies of the `asked` tickets: those kept, read by key, and the others counted
-/// over their rows.
-async fn read_tallies(
-    tx: &mut PgConnection,
-    schema: &str,
-    asked: &BTreeSet<String>,
-) -> Result<HashMap<String, Tally>, ProjectionError> {
-    let mut tallies = HashMap::with_capacity(asked.len());
-    if asked.is_empty() {
-        return Ok(tallies);
-    }
-    let kept: Vec<(String, i64, i64, i64)> = sqlx::query_as(&format!(
-        "select ticket_id, open, open_work, finished
-           from unnest($1::text[]) as wanted(ticket_id) join {schema}.tallies using (ticket_id)"
-    ))
-    .bind(asked.iter().collect::<Vec<_>>())
-    .fetch_all(&mut *tx)
-    .await?;
-    for (ticket, open, open_work, finished) in kept {
-        let tally = Tally {
-            open,
-            open_work,
-            finished,
-        };
-        tallies.insert(ticket, tally);
-    }
-    let uncounted: Vec<&String> = asked
-        .iter()
-        .filter(|ticket| !tallies.contains_key(*ticket))
-        .collect();
-    for ticket in &uncounted {
-        tallies.insert(ticket.to_string(), Tally::default());
-    }
-    if uncounted.is_empty() {
-        return Ok(tallies);
-    }
-    let counted: Vec<(String, String, bool, i64)> = sqlx::query_as(&format!(
-        "select ticket_id, status, validation, count(*)
-           from unnest($1::text[]) as wanted(ticket_id) join {schema}.tasks using (ticket_id)
-          group by ticket_id, status, validation"
-    ))
-    .bind(uncounted)
-    .fetch_all(&mut *tx)
-    .await?;
-    for (ticket, status, validation, count) in counted {
-        tallies
-            .entry(ticket)
-            .or_default()
-            .add(Tally::of(&status, validation, count));
-    }
-    Ok(tallies)
 }
 
 #[cfg(test)]
@@ -690,29 +581,21 @@ mod tests {
 
     proptest! {
         /// Rows set one after another (new tasks, status changes, validations) leave
-        /// every tally read as counting the final rows afresh gives, and its step is the
-        /// rule read over the ticket's every row; a tally kept and not read, moved by its
-        /// difference, gives the same count.
+        /// every tally as counting the final rows afresh gives, and its step is the rule
+        /// read over the ticket's every row.
         #[test]
         fn tallies_kept_in_step_agree_with_the_rows(
             initial in prop::collection::vec(row(), 0..12),
             changes in prop::collection::vec((0usize..16, row()), 0..24),
-            read in prop::collection::vec(any::<bool>(), TICKETS.len()),
         ) {
             let table: HashMap<String, TaskRow> = initial
                 .into_iter()
                 .enumerate()
                 .map(|(n, row)| (format!("task-{n}"), row))
                 .collect();
-            let read: Vec<&str> = TICKETS
-                .into_iter()
-                .zip(read)
-                .filter_map(|(ticket, read)| read.then_some(ticket))
-                .collect();
             let mut rows = TaskRows {
                 rows: table.clone(),
-                tallies: read.iter().map(|t| (t.to_string(), counted(&table, t))).collect(),
-                differences: HashMap::new(),
+                tallies: TICKETS.iter().map(|t| (t.to_string(), counted(&table, t))).collect(),
                 changed: Default::default(),
             };
             for (n, new) in changes {
@@ -725,16 +608,9 @@ mod tests {
                 rows.set(&task, TaskRow { ticket_id, ..new });
             }
             for ticket in TICKETS {
-                if read.contains(&ticket) {
-                    prop_assert_eq!(rows.tallies[ticket], counted(&rows.rows, ticket));
-                    let in_ticket = rows.rows.values().filter(|row| row.ticket_id == ticket);
-                    prop_assert_eq!(rows.finished_step(ticket), step_over_rows(in_ticket));
-                    prop_assert!(!rows.differences.contains_key(ticket));
-                } else {
-                    let mut kept = counted(&table, ticket);
-                    kept.add(rows.differences.get(ticket).copied().unwrap_or_default());
-                    prop_assert_eq!(kept, counted(&rows.rows, ticket));
-                }
+                prop_assert_eq!(rows.tallies[ticket], counted(&rows.rows, ticket));
+                let in_ticket = rows.rows.values().filter(|row| row.ticket_id == ticket);
+                prop_assert_eq!(rows.finished_step(ticket), step_over_rows(in_ticket));
             }
         }
     }
