@@ -922,7 +922,7 @@ async fn a_task_added_after_the_first_completion_keeps_its_ticket_from_done() {
     .fetch_all(&app.database.pool)
     .await
     .expect("the process manager's rows");
-    assert_eq!(open, [added.clone()]);
+    assert_eq!(open, [added.as_str()]);
 
     run_task(&app, &agent, &added).await;
     assert_eq!(ticket_status(&app, &ticket).await, "done");
