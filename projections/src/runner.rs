@@ -505,7 +505,8 @@ impl Drop for ReadAhead {
 }
 
 /// Pages of the stream read once for every build of a process that asks for the same one
-/// at about the same time (all are woken by the same commit).
+/// at about the same time (all are woken by the same commit), and the stretch of the
+/// stream those reads returned, kept for builds that ask for it later.
 ///
 /// A page is shared with a build that asks for it with a commit count (`generation`) no
 /// newer than the one the read started under: the read began after the commit that woke
@@ -514,8 +515,17 @@ impl Drop for ReadAhead {
 /// this process (an older transaction elsewhere ended). Sharing is only ever a saving: a
 /// page read earlier than it could have been is shorter, never wrong, and the build reads
 /// on from its end.
+///
+/// **Kept pages.** What a page returned is final: every event up to its last one belongs
+/// to a transaction that had ended (the page stops below the oldest running one), so no
+/// event can appear among them later. A build behind the others — woken by a later
+/// commit, at a place inside pages others read — takes those events from the kept pages
+/// and reads from the database only what lies beyond them (or, when the last of them may
+/// be older than its wake-up, what became visible since). In `omoi-bench bench-workflow`
+/// the builds' page reads returned every event about nine times.
 pub struct SharedReads {
     pages: Mutex<HashMap<(Cursor, i64), (u64, SharedPage)>>,
+    kept: Mutex<KeptPages>,
     /// Where the pages are read: sessions with generic plans (`db::generic_plans`).
     pool: PgPool,
 }
@@ -525,15 +535,141 @@ type SharedPage = Shared<BoxFuture<'static, Option<Arc<EventPage>>>>;
 /// Pages kept for sharing; past it, those of older generations go.
 const SHARED_PAGES: usize = 64;
 
+/// Events the kept pages may hold together; past it, the pages furthest back go.
+const KEPT_EVENTS: usize = 20_000;
+
+/// Pages read, by where each starts.
+#[derive(Default)]
+struct KeptPages {
+    pages: BTreeMap<Cursor, Kept>,
+    events: usize,
+}
+
+/// A page read, with the commit count its read started under and the limit it was read
+/// with (a page short of its limit ended at its horizon).
+struct Kept {
+    generation: u64,
+    limit: usize,
+    page: Arc<EventPage>,
+}
+
+impl Kept {
+    /// Whether it holds all a build woken by `generation` could read after its start.
+    fn current_for(&self, generation: Option<u64>) -> bool {
+        self.page.events.len() < self.limit
+            && generation.is_some_and(|wanted| self.generation >= wanted)
+    }
+}
+
+/// Kept pages looked at, back from a place, for one that goes beyond it.
+const KEPT_LOOKUPS: usize = 4;
+
+impl KeptPages {
+    fn keep(&mut self, from: Cursor, kept: Kept) {
+        if kept.page.events.is_empty() {
+            return;
+        }
+        self.events += kept.page.events.len();
+        if let Some(replaced) = self.pages.insert(from, kept) {
+            self.events -= replaced.page.events.len();
+        }
+        while self.events > KEPT_EVENTS {
+            let Some((_, oldest)) = self.pages.pop_first() else {
+                break;
+            };
+            self.events -= oldest.page.events.len();
+        }
+    }
+
+    /// A kept page holding events just after `at`.
+    fn after(&self, at: Cursor) -> Option<&Kept> {
+        self.pages
+            .range(..=at)
+            .rev()
+            .take(KEPT_LOOKUPS)
+            .map(|(_, kept)| kept)
+            .find(|kept| kept.page.next > at)
+    }
+
+    /// The page kept from `from` itself, when it is what a build asking for `limit`
+    /// events, woken by `generation`, would read: no more events than it asks for, and
+    /// all it asks for or all it could read now.
+    fn whole(&self, from: Cursor, limit: usize, generation: Option<u64>) -> Option<Arc<EventPage>> {
+        let kept = self.pages.get(&from)?;
+        let len = kept.page.events.len();
+        let enough = len == limit || (len < limit && kept.current_for(generation));
+        enough.then(|| kept.page.clone())
+    }
+
+    /// Up to `limit` events after `from` from the kept pages, in the stream's order, and
+    /// whether they are all a build woken by `generation` could read now: they reach
+    /// `limit`, or end where a page read under that generation or a later one ended short.
+    fn take(
+        &self,
+        from: Cursor,
+        limit: usize,
+        generation: Option<u64>,
+    ) -> (Vec<StoredEvent>, bool) {
+        let mut events = Vec::new();
+        let mut at = from;
+        let mut current = false;
+        while events.len() < limit {
+            let Some(kept) = self.after(at) else {
+                break;
+            };
+            let page = &kept.page;
+            let start = page.events.partition_point(|e| e.cursor() <= at);
+            let wanted = &page.events[start..];
+            let taken = &wanted[..wanted.len().min(limit - events.len())];
+            events.extend(taken.iter().cloned());
+            at = taken.last().map_or(at, StoredEvent::cursor);
+            current = taken.len() == wanted.len() && kept.current_for(generation);
+        }
+        let complete = events.len() >= limit || current;
+        (events, complete)
+    }
+}
+
 impl SharedReads {
     pub fn new(pool: PgPool) -> Self {
         Self {
             pages: Mutex::default(),
+            kept: Mutex::default(),
             pool,
         }
     }
 
     async fn page(
+        &self,
+        from: Cursor,
+        limit: i64,
+        generation: Option<u64>,
+    ) -> Result<Arc<EventPage>, sqlx::Error> {
+        let wanted = usize::try_from(limit).unwrap_or(0);
+        let (mut kept, complete) = {
+            let pages = self.kept.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(page) = pages.whole(from, wanted, generation) {
+                return Ok(page);
+            }
+            pages.take(from, wanted, generation)
+        };
+        if complete {
+            let next = kept.last().map_or(from, StoredEvent::cursor);
+            return Ok(Arc::new(EventPage { events: kept, next }));
+        }
+        let at = kept.last().map_or(from, StoredEvent::cursor);
+        let rest = self.read(at, limit - kept.len() as i64, generation).await?;
+        if kept.is_empty() {
+            return Ok(rest);
+        }
+        kept.extend(rest.events.iter().cloned());
+        let next = kept.last().map_or(from, StoredEvent::cursor);
+        Ok(Arc::new(EventPage { events: kept, next }))
+    }
+
+    /// Reads the page of `limit` events after `from` — or takes the one a build woken by
+    /// the same commit or a later one is reading — and keeps it.
+    async fn read(
         &self,
         from: Cursor,
         limit: i64,
@@ -568,13 +704,21 @@ impl SharedReads {
                 }
             }
         };
-        match read.await {
-            Some(page) => Ok(page),
+        let page = match read.await {
+            Some(page) => page,
             // The shared read failed: this build's own read says why.
-            None => Ok(Arc::new(
-                read_global(&self.pool, from, limit, &Visibility::Everything).await?,
-            )),
-        }
+            None => Arc::new(read_global(&self.pool, from, limit, &Visibility::Everything).await?),
+        };
+        let kept = Kept {
+            generation: generation.unwrap_or(0),
+            limit: usize::try_from(limit).unwrap_or(0),
+            page: page.clone(),
+        };
+        self.kept
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .keep(from, kept);
+        Ok(page)
     }
 }
 
@@ -1271,6 +1415,85 @@ pub async fn catch_up(
             Step::Applied(_) if current.state == BuildState::Building => {}
             Step::Retry => tokio::time::sleep(RETRY_PAUSE).await,
             _ => return Ok(current),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use omoi_store::log::EventPage;
+    use omoi_store::{Cursor, StoredEvent};
+    use proptest::prelude::*;
+    use uuid::Uuid;
+
+    use super::{Kept, KeptPages};
+    use crate::testing::Log;
+
+    /// A stream of `n` events.
+    fn stream(n: usize) -> Vec<StoredEvent> {
+        let mut log = Log::default();
+        for _ in 0..n {
+            log.push("Probe", Uuid::now_v7(), serde_json::json!({"Probed": {}}));
+        }
+        log.events
+    }
+
+    /// The place after the first `index` events.
+    fn place(stream: &[StoredEvent], index: usize) -> Cursor {
+        index
+            .checked_sub(1)
+            .map_or(Cursor::default(), |i| stream[i].cursor())
+    }
+
+    /// Whether `events` are the events right after the first `index`, in order, none left out.
+    fn follow_on(stream: &[StoredEvent], index: usize, events: &[StoredEvent]) -> bool {
+        let cursors: Vec<Cursor> = events.iter().map(StoredEvent::cursor).collect();
+        let expected: Vec<Cursor> = stream
+            .iter()
+            .skip(index)
+            .take(events.len())
+            .map(StoredEvent::cursor)
+            .collect();
+        cursors == expected
+    }
+
+    proptest! {
+        /// Whatever pages were kept — from any place, of any limit, each stopped by its
+        /// limit or by the horizon of its moment — the events taken from them after any
+        /// place are the stream's next ones, in order, none left out, at most as many as
+        /// asked; a whole page handed over is too.
+        #[test]
+        fn kept_pages_hand_over_the_streams_next_events_and_no_other(
+            n in 0usize..60,
+            reads in prop::collection::vec((0usize..60, 1usize..20, 0usize..60, 0u64..4), 0..12),
+            asks in prop::collection::vec((0usize..60, 1usize..30, prop::option::of(0u64..4)), 1..8),
+        ) {
+            let stream = stream(n);
+            let mut kept = KeptPages::default();
+            for (from, limit, horizon, generation) in reads {
+                let from = from.min(n);
+                let end = (from + limit).min(horizon.max(from)).min(n);
+                let events = stream[from..end].to_vec();
+                let next = events.last().map_or(place(&stream, from), StoredEvent::cursor);
+                let page = Arc::new(EventPage { events, next });
+                kept.keep(place(&stream, from), Kept { generation, limit, page });
+            }
+            for (from, limit, generation) in asks {
+                let from = from.min(n);
+                let at = place(&stream, from);
+                let (events, complete) = kept.take(at, limit, generation);
+                prop_assert!(events.len() <= limit);
+                prop_assert!(follow_on(&stream, from, &events), "taken after {}", from);
+                if events.len() == limit {
+                    prop_assert!(complete);
+                }
+                if let Some(page) = kept.whole(at, limit, generation) {
+                    prop_assert!(page.events.len() <= limit);
+                    prop_assert!(follow_on(&stream, from, &page.events), "whole after {}", from);
+                }
+            }
         }
     }
 }
