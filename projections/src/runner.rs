@@ -535,14 +535,24 @@ type SharedPage = Shared<BoxFuture<'static, Option<Arc<EventPage>>>>;
 /// Pages kept for sharing; past it, those of older generations go.
 const SHARED_PAGES: usize = 64;
 
-/// Events the kept pages may hold together; past it, the pages furthest back go.
-const KEPT_EVENTS: usize = 20_000;
+/// What the kept pages may weigh together ([`weight`]: about 20,000 events of a few
+/// hundred bytes); past it, the pages furthest back go.
+const KEPT_BYTES: usize = 16 << 20;
+
+/// About what a page holds in memory: its payloads' text and a share for each event's
+/// other fields.
+fn weight(page: &EventPage) -> usize {
+    page.events
+        .iter()
+        .map(|event| event.payload.get().len() + 512)
+        .sum()
+}
 
 /// Pages read, by where each starts.
 #[derive(Default)]
 struct KeptPages {
     pages: BTreeMap<Cursor, Kept>,
-    events: usize,
+    bytes: usize,
 }
 
 /// A page read, with the commit count its read started under and the limit it was read
@@ -569,15 +579,15 @@ impl KeptPages {
         if kept.page.events.is_empty() {
             return;
         }
-        self.events += kept.page.events.len();
+        self.bytes += weight(&kept.page);
         if let Some(replaced) = self.pages.insert(from, kept) {
-            self.events -= replaced.page.events.len();
+            self.bytes -= weight(&replaced.page);
         }
-        while self.events > KEPT_EVENTS {
+        while self.bytes > KEPT_BYTES {
             let Some((_, oldest)) = self.pages.pop_first() else {
                 break;
             };
-            self.events -= oldest.page.events.len();
+            self.bytes -= weight(&oldest.page);
         }
     }
 
