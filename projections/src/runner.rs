@@ -521,8 +521,9 @@ impl Drop for ReadAhead {
 /// event can appear among them later. A build behind the others — woken by a later
 /// commit, at a place inside pages others read — takes those events from the kept pages
 /// and reads from the database only what lies beyond them (or, when the last of them may
-/// be older than its wake-up, what became visible since). In `omoi-bench bench-workflow`
-/// the builds' page reads returned every event about nine times.
+/// be older than its wake-up, what became visible since). One `omoi-bench bench-workflow`
+/// run's page reads returned 128,129 rows before, 34,045 with kept pages
+/// (`pg_stat_statements`; README, Orchestrator).
 pub struct SharedReads {
     pages: Mutex<HashMap<(Cursor, i64), (u64, SharedPage)>>,
     kept: Mutex<KeptPages>,
