@@ -1391,7 +1391,16 @@ pub async fn catch_up(
     mut progress: impl FnMut(i64),
 ) -> Result<Build, sqlx::Error> {
     let mut conn = PgConnection::connect_with(options).await?;
+    let mut following = false;
     while !try_lead(&mut conn, build).await? {
+        if !following {
+            tracing::info!(
+                projector = projector.name(),
+                build,
+                "another process leads this build; following its progress"
+            );
+            following = true;
+        }
         let current = catalog::build_by_id(pool, build)
             .await?
             .ok_or(sqlx::Error::RowNotFound)?;
