@@ -511,10 +511,10 @@ impl Drop for ReadAhead {
 /// A page is shared with a build that asks for it with a commit count (`generation`) no
 /// newer than the one the read started under: the read began after the commit that woke
 /// that build, so it holds everything that build could have read itself. A build woken by
-/// its poll (no generation) reads anew — events can become visible without a commit of
-/// this process (an older transaction elsewhere ended). Sharing is only ever a saving: a
-/// page read earlier than it could have been is shorter, never wrong, and the build reads
-/// on from its end.
+/// its poll (no generation) reads on from the database past what is kept — events can
+/// become visible without a commit of this process (an older transaction elsewhere
+/// ended). Sharing is only ever a saving: a page read earlier than it could have been is
+/// shorter, never wrong, and the build reads on from its end.
 ///
 /// **Kept pages.** What a page returned is final: every event up to its last one belongs
 /// to a transaction that had ended (the page stops below the oldest running one), so no
@@ -550,10 +550,17 @@ fn weight(page: &EventPage) -> usize {
 }
 
 /// Pages read, by where each starts.
-#[derive(Default)]
 struct KeptPages {
     pages: BTreeMap<Cursor, Kept>,
+    /// Their weight together, and what it may reach.
     bytes: usize,
+    capacity: usize,
+}
+
+impl Default for KeptPages {
+    fn default() -> Self {
+        Self::with_capacity(KEPT_BYTES)
+    }
 }
 
 /// A page read, with the commit count its read started under and the limit it was read
@@ -576,6 +583,14 @@ impl Kept {
 const KEPT_LOOKUPS: usize = 4;
 
 impl KeptPages {
+    fn with_capacity(capacity: usize) -> Self {
+        Self {
+            pages: BTreeMap::new(),
+            bytes: 0,
+            capacity,
+        }
+    }
+
     fn keep(&mut self, from: Cursor, kept: Kept) {
         if kept.page.events.is_empty() {
             return;
@@ -584,7 +599,7 @@ impl KeptPages {
         if let Some(replaced) = self.pages.insert(from, kept) {
             self.bytes -= weight(&replaced.page);
         }
-        while self.bytes > KEPT_BYTES {
+        while self.bytes > self.capacity {
             let Some((_, oldest)) = self.pages.pop_first() else {
                 break;
             };
@@ -720,6 +735,8 @@ impl SharedReads {
             // The shared read failed: this build's own read says why.
             None => Arc::new(read_global(&self.pool, from, limit, &Visibility::Everything).await?),
         };
+        // A read started by a poll counts as one of the commit count 0: current only for
+        // a build that has seen no commit of this process, for which any read is.
         let kept = Kept {
             generation: generation.unwrap_or(0),
             limit: usize::try_from(limit).unwrap_or(0),
@@ -1448,16 +1465,23 @@ mod tests {
     use proptest::prelude::*;
     use uuid::Uuid;
 
-    use super::{Kept, KeptPages};
+    use super::{weight, Kept, KeptPages};
     use crate::testing::Log;
 
-    /// A stream of `n` events.
+    /// A stream of `n` events in the log's order: transactions of three events each, whose
+    /// global positions do not follow the transactions' order.
     fn stream(n: usize) -> Vec<StoredEvent> {
         let mut log = Log::default();
         for _ in 0..n {
             log.push("Probe", Uuid::now_v7(), serde_json::json!({"Probed": {}}));
         }
-        log.events
+        let mut events = log.events;
+        for (i, event) in events.iter_mut().enumerate() {
+            event.transaction_id = 1 + i as i64 / 3;
+            event.global_position = ((i * 37) % 101) as i64 + 1;
+        }
+        events.sort_by_key(StoredEvent::cursor);
+        events
     }
 
     /// The place after the first `index` events.
@@ -1479,19 +1503,32 @@ mod tests {
         cursors == expected
     }
 
+    /// Whether a kept page read under `generation` or a later commit count ended short
+    /// (at its horizon) at `end`: what may end a handed-over stretch short of its limit.
+    fn ends_current(kept: &KeptPages, end: Cursor, generation: Option<u64>) -> bool {
+        generation.is_some_and(|wanted| {
+            kept.pages.values().any(|k| {
+                k.page.next == end && k.page.events.len() < k.limit && k.generation >= wanted
+            })
+        })
+    }
+
     proptest! {
         /// Whatever pages were kept — from any place, of any limit, each stopped by its
-        /// limit or by the horizon of its moment — the events taken from them after any
-        /// place are the stream's next ones, in order, none left out, at most as many as
-        /// asked; a whole page handed over is too.
+        /// limit or by the horizon of its moment, the furthest back dropped past the
+        /// capacity — the events taken from them after any place are the stream's next
+        /// ones, in order, none left out, at most as many as asked; fewer are called all
+        /// there is only where a page read after the asking build's wake-up ended short;
+        /// a whole page handed over obeys the same; the weight kept is the pages'.
         #[test]
         fn kept_pages_hand_over_the_streams_next_events_and_no_other(
             n in 0usize..60,
+            capacity in 0usize..40_000,
             reads in prop::collection::vec((0usize..60, 1usize..20, 0usize..60, 0u64..4), 0..12),
             asks in prop::collection::vec((0usize..60, 1usize..30, prop::option::of(0u64..4)), 1..8),
         ) {
             let stream = stream(n);
-            let mut kept = KeptPages::default();
+            let mut kept = KeptPages::with_capacity(capacity);
             for (from, limit, horizon, generation) in reads {
                 let from = from.min(n);
                 let end = (from + limit).min(horizon.max(from)).min(n);
@@ -1499,6 +1536,9 @@ mod tests {
                 let next = events.last().map_or(place(&stream, from), StoredEvent::cursor);
                 let page = Arc::new(EventPage { events, next });
                 kept.keep(place(&stream, from), Kept { generation, limit, page });
+                let weights: usize = kept.pages.values().map(|k| weight(&k.page)).sum();
+                prop_assert_eq!(kept.bytes, weights);
+                prop_assert!(kept.bytes <= capacity || kept.pages.is_empty());
             }
             for (from, limit, generation) in asks {
                 let from = from.min(n);
@@ -1508,10 +1548,16 @@ mod tests {
                 prop_assert!(follow_on(&stream, from, &events), "taken after {}", from);
                 if events.len() == limit {
                     prop_assert!(complete);
+                } else if complete {
+                    let end = events.last().map(StoredEvent::cursor);
+                    prop_assert!(end.is_some_and(|end| ends_current(&kept, end, generation)));
                 }
                 if let Some(page) = kept.whole(at, limit, generation) {
                     prop_assert!(page.events.len() <= limit);
                     prop_assert!(follow_on(&stream, from, &page.events), "whole after {}", from);
+                    if page.events.len() < limit {
+                        prop_assert!(ends_current(&kept, page.next, generation));
+                    }
                 }
             }
         }
