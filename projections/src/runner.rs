@@ -672,25 +672,25 @@ impl SharedReads {
         generation: Option<u64>,
     ) -> Result<Arc<EventPage>, sqlx::Error> {
         let wanted = usize::try_from(limit).unwrap_or(0);
-        let (mut kept, complete) = {
+        let (mut events, complete) = {
             let pages = self.kept.lock().unwrap_or_else(|e| e.into_inner());
             if let Some(page) = pages.whole(from, wanted, generation) {
                 return Ok(page);
             }
             pages.take(from, wanted, generation)
         };
-        if complete {
-            let next = kept.last().map_or(from, StoredEvent::cursor);
-            return Ok(Arc::new(EventPage { events: kept, next }));
+        if !complete {
+            let at = events.last().map_or(from, StoredEvent::cursor);
+            let rest = self
+                .read(at, limit - events.len() as i64, generation)
+                .await?;
+            if events.is_empty() {
+                return Ok(rest);
+            }
+            events.extend(rest.events.iter().cloned());
         }
-        let at = kept.last().map_or(from, StoredEvent::cursor);
-        let rest = self.read(at, limit - kept.len() as i64, generation).await?;
-        if kept.is_empty() {
-            return Ok(rest);
-        }
-        kept.extend(rest.events.iter().cloned());
-        let next = kept.last().map_or(from, StoredEvent::cursor);
-        Ok(Arc::new(EventPage { events: kept, next }))
+        let next = events.last().map_or(from, StoredEvent::cursor);
+        Ok(Arc::new(EventPage { events, next }))
     }
 
     /// Reads the page of `limit` events after `from` — or takes the one a build woken by
@@ -1146,8 +1146,8 @@ async fn go_live(
 }
 
 /// Tells other processes, once per committed batch (never inside an append), that a
-/// process manager appended effects.
-/// Sent beside the build's next batch, which does not wait for it.
+/// process manager appended effects; sent beside the build's next batch, which does not
+/// wait for it.
 fn announce_effects(pool: &PgPool, projector: &dyn Projector) {
     if !projector.take_appended() {
         return;
