@@ -1308,3 +1308,120 @@ fn announcer(
     ));
     (commits, task)
 }
+
+/// Whether no notification comes within a second (one sent would come within moments).
+async fn quiet(listener: &mut sqlx::postgres::PgListener) -> bool {
+    tokio::time::timeout(Duration::from_secs(1), listener.recv())
+        .await
+        .is_err()
+}
+
+/// Appends one probe event in each batch it applies while `echo` is on, as a process
+/// manager's effects are appended.
+struct Echo {
+    echo: AtomicBool,
+}
+
+impl Projector for Echo {
+    fn name(&self) -> &'static str {
+        "echo"
+    }
+    fn version(&self) -> i32 {
+        1
+    }
+    fn tables(&self) -> &'static [&'static str] {
+        &[]
+    }
+    fn create_tables(&self, _schema: &str) -> Vec<String> {
+        Vec::new()
+    }
+    fn apply<'a>(
+        &'a self,
+        tx: &'a mut PgConnection,
+        _schema: &'a str,
+        _events: &'a [StoredEvent],
+    ) -> BoxFuture<'a, Result<(), ProjectionError>> {
+        Box::pin(async move {
+            if self.echo.load(Ordering::SeqCst) {
+                append_probes(&mut *tx, &Uuid::new_v4().to_string(), 1).await;
+            }
+            Ok(())
+        })
+    }
+    fn appends_events(&self) -> bool {
+        true
+    }
+}
+
+/// A batch that appended events is announced to other processes once it commits; one
+/// that appended nothing is not, nor one rolled back because its build moved meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_batch_is_announced_only_when_it_committed_appended_events() {
+    use omoi_projections::runner::{step, Reading, RunnerStats, Step};
+    use omoi_store::wakeup::CHANNEL;
+    use sqlx::postgres::PgListener;
+    use sqlx::Connection;
+
+    let echo = Echo {
+        echo: AtomicBool::new(true),
+    };
+    let (database, build) = building_over_probes(&echo, 10).await;
+    let mut listener = PgListener::connect_with(&database.pool)
+        .await
+        .expect("a listener");
+    listener.listen(CHANNEL).await.expect("listening");
+    let mut conn = PgConnection::connect_with(&database.options)
+        .await
+        .expect("a connection");
+    let (stats, mut reading) = (RunnerStats::default(), Reading::default());
+    macro_rules! stepped {
+        () => {
+            step(
+                &database.pool,
+                &mut conn,
+                &echo,
+                build.build,
+                100,
+                &stats,
+                &mut reading,
+            )
+            .await
+            .expect("a step")
+        };
+    }
+
+    assert_eq!(stepped!(), Step::Applied(10));
+    assert_eq!(announced(&mut listener).await.channel(), CHANNEL);
+
+    // A batch that appends, rolled back: its build was moved by someone else since the
+    // leader last read its row (which it trusts for a moment).
+    let move_by = |by: i64| {
+        sqlx::query(
+            "update projector_builds set global_position = global_position + $2 where build = $1",
+        )
+        .bind(build.build)
+        .bind(by)
+        .execute(&database.pool)
+    };
+    move_by(1000).await.expect("the move");
+    assert_eq!(stepped!(), Step::Applied(0));
+    assert!(quiet(&mut listener).await, "rolled back, nothing announced");
+    let log: i64 = sqlx::query_scalar("select count(*) from events")
+        .fetch_one(&database.pool)
+        .await
+        .expect("the log");
+    assert_eq!(
+        log, 11,
+        "the probes and the first batch's event, none of the second"
+    );
+
+    // The first batch's event is the next batch: applied, appending nothing.
+    move_by(-1000).await.expect("moved back");
+    whole_log_visible(&database).await;
+    echo.echo.store(false, Ordering::SeqCst);
+    assert_eq!(stepped!(), Step::Applied(1));
+    assert!(
+        quiet(&mut listener).await,
+        "nothing appended, nothing announced"
+    );
+}

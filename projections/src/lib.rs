@@ -177,13 +177,6 @@ pub trait Projector: Send + Sync {
     fn fold_from_start(&self) -> Option<Box<dyn Fold>> {
         None
     }
-
-    /// Whether the batch last applied appended events to the log (process managers do):
-    /// the runner then announces them once the batch commits, so that readers in every
-    /// process see them at once instead of at their next poll. Reading clears it.
-    fn take_appended(&self) -> bool {
-        false
-    }
 }
 
 /// A read model folded in memory from position zero ([`Projector::fold_from_start`]).

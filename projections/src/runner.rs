@@ -973,11 +973,11 @@ pub async fn step(
     }
     let applied = page.events.len();
     let passed = unsaved.map_or(0, |u| u.events);
-    if !claim(&mut tx, &seen, page.next, applied + passed).await? {
+    let Claim::Made { appended } = claim(&mut tx, &seen, page.next, applied + passed).await? else {
         // Someone else moved it meanwhile (another leader, a retry): look again.
         tx.rollback().await?;
         return Ok(Step::Applied(0));
-    }
+    };
     tx.commit().await?;
     reading.known = Some((
         Build {
@@ -987,7 +987,9 @@ pub async fn step(
         },
         Instant::now(),
     ));
-    announce_effects(pool, projector);
+    if appended {
+        announce_effects(pool);
+    }
     if let Some(last) = page.events.last() {
         record_batch(pool, stats, &seen, (last, applied), started).await;
     }
@@ -1075,7 +1077,7 @@ async fn fold_one_page(
         tracing::warn!(projector = projector.name(), %error, "writing a fold failed; building in batches");
         return Ok(None);
     }
-    if !claim(&mut tx, seen, cursor, folded).await? {
+    if claim(&mut tx, seen, cursor, folded).await? == Claim::Lost {
         tx.rollback().await?;
         return Ok(Some(Step::Applied(0)));
     }
@@ -1145,13 +1147,11 @@ async fn go_live(
     Ok(Step::Applied(0))
 }
 
-/// Tells other processes, once per committed batch (never inside an append), that a
-/// process manager appended effects; sent beside the build's next batch, which does not
+/// Tells other processes, once per committed batch that appended events (a process
+/// manager's effects; never inside an append), so that their readers see them at once
+/// instead of at their next poll; sent beside the build's next batch, which does not
 /// wait for it.
-fn announce_effects(pool: &PgPool, projector: &dyn Projector) {
-    if !projector.take_appended() {
-        return;
-    }
+fn announce_effects(pool: &PgPool) {
     let pool = pool.clone();
     tokio::spawn(async move {
         if let Err(error) = sqlx::query("select pg_notify($1, '')")
@@ -1164,43 +1164,61 @@ fn announce_effects(pool: &PgPool, projector: &dyn Projector) {
     });
 }
 
-/// Moves the build's checkpoint to `to`, past `applied` more events.
+/// Moves the build's checkpoint to `to`, past `applied` more events; whether the
+/// transaction appended events (as [`Claim::Made`] tells).
 async fn advance(
     tx: &mut PgConnection,
     build: &Build,
     to: Cursor,
     applied: usize,
-) -> Result<(), sqlx::Error> {
-    sqlx::query(
+) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar(&format!(
         "update projector_builds
             set transaction_id = $2, global_position = $3, events_applied = events_applied + $4,
                 updated_at = now()
-          where build = $1",
-    )
+          where build = $1
+          returning {APPENDED}"
+    ))
     .bind(build.build)
     .bind(to.transaction_id)
     .bind(to.global_position)
     .bind(applied as i64)
-    .execute(&mut *tx)
-    .await?;
-    Ok(())
+    .fetch_one(&mut *tx)
+    .await
 }
 
+/// What a batch's claim of its build's row found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Claim {
+    /// Someone else moved the row since it was read — another leader, a retry, a
+    /// go-live: the batch must not commit.
+    Lost,
+    /// The checkpoint moved; whether the batch's transaction appended events to the log
+    /// (a process manager's effects), asked in the same statement rather than in a round
+    /// trip of its own after every batch.
+    Made { appended: bool },
+}
+
+/// Whether the current transaction appended events: its effects carry its id.
+const APPENDED: &str =
+    "exists (select 1 from events where transaction_id = pg_current_xact_id_if_assigned())";
+
 /// Moves the build's checkpoint to `to`, past `applied` more events, if its row is still
-/// as `seen` (`false`: someone else moved it — another leader, a retry, a go-live).
+/// as `seen`.
 async fn claim(
     conn: &mut PgConnection,
     seen: &Build,
     to: Cursor,
     applied: usize,
-) -> Result<bool, sqlx::Error> {
-    let claimed = sqlx::query(
+) -> Result<Claim, sqlx::Error> {
+    let appended: Option<bool> = sqlx::query_scalar(&format!(
         "update projector_builds
             set transaction_id = $2, global_position = $3, events_applied = events_applied + $4,
                 updated_at = now()
           where build = $1 and transaction_id = $5 and global_position = $6 and state = $7
-            and error is null",
-    )
+            and error is null
+          returning {APPENDED}"
+    ))
     .bind(seen.build)
     .bind(to.transaction_id)
     .bind(to.global_position)
@@ -1208,9 +1226,12 @@ async fn claim(
     .bind(seen.cursor.transaction_id)
     .bind(seen.cursor.global_position)
     .bind(seen.state.as_str())
-    .execute(&mut *conn)
+    .fetch_optional(&mut *conn)
     .await?;
-    Ok(claimed.rows_affected() == 1)
+    Ok(match appended {
+        Some(appended) => Claim::Made { appended },
+        None => Claim::Lost,
+    })
 }
 
 /// A page of the stream and where the build's checkpoint is.
@@ -1274,11 +1295,14 @@ async fn isolate_poison(
         }
         applied += 1;
     }
+    let mut appended = false;
     if let Some(last) = applied.checked_sub(1).and_then(|i| events.get(i)) {
-        advance(&mut tx, &build, last.cursor(), applied + passed).await?;
+        appended = advance(&mut tx, &build, last.cursor(), applied + passed).await?;
     }
     tx.commit().await?;
-    announce_effects(pool, projector);
+    if appended {
+        announce_effects(pool);
+    }
     if let Some(last) = applied.checked_sub(1).and_then(|i| events.get(i)) {
         record_batch(pool, stats, &build, (last, applied), started).await;
     }
@@ -1299,7 +1323,7 @@ async fn save_position(
     seen: &Build,
     passed: Unsaved,
 ) -> Result<bool, sqlx::Error> {
-    claim(conn, seen, passed.at, passed.events).await
+    Ok(claim(conn, seen, passed.at, passed.events).await? != Claim::Lost)
 }
 
 /// The statistics after a page passed by.

@@ -12,7 +12,7 @@ use omoi_domain::common::Scoped;
 use omoi_projections::ProjectionError;
 use omoi_store::append::{AppendError, Rows};
 use omoi_store::bus::decide_into;
-use omoi_store::log::{fold_until, histories};
+use omoi_store::log::{fold_until, histories, histories_of};
 use omoi_store::{CommandContext, CommandError, StoredEvent};
 use sqlx::PgConnection;
 use uuid::Uuid;
@@ -44,17 +44,41 @@ where
         event: &StoredEvent,
         ids: impl IntoIterator<Item = String>,
     ) -> Result<(), ProjectionError> {
-        let wanted: Vec<String> = ids
-            .into_iter()
-            .filter(|id| !self.known.contains_key(id))
-            .collect::<BTreeSet<_>>()
-            .into_iter()
-            .collect();
+        let wanted = self.missing(ids);
         if wanted.is_empty() {
             return Ok(());
         }
         let events = histories(&mut *tx, A::TYPE, &wanted).await?;
-        for history in events.chunk_by(|a, b| a.aggregate_id == b.aggregate_id) {
+        self.know_read(event, wanted, &events)
+    }
+
+    /// Those of `ids` not read yet, each once.
+    fn missing(&self, ids: impl IntoIterator<Item = String>) -> Vec<String> {
+        ids.into_iter()
+            .filter(|id| !self.known.contains_key(id))
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect()
+    }
+
+    /// Takes the histories of `wanted` out of `events` (read for them, perhaps with
+    /// other types'); a wanted aggregate without events is known as empty.
+    fn know_read(
+        &mut self,
+        event: &StoredEvent,
+        wanted: Vec<String>,
+        events: &[StoredEvent],
+    ) -> Result<(), ProjectionError> {
+        // Ordered by type first: a type's events are one stretch.
+        let start = events.iter().position(|e| e.aggregate_type == A::TYPE);
+        let mine = start.map_or(&[][..], |start| {
+            let len = events[start..]
+                .iter()
+                .take_while(|e| e.aggregate_type == A::TYPE)
+                .count();
+            &events[start..start + len]
+        });
+        for history in mine.chunk_by(|a, b| a.aggregate_id == b.aggregate_id) {
             self.know(event, history)?;
         }
         for id in wanted {
@@ -128,6 +152,31 @@ where
             )),
         }
     }
+}
+
+/// Reads those of `a_ids` and `b_ids` that `a` and `b` have not read yet, with one query
+/// (see [`Aggregates::read`]).
+pub(crate) async fn read_both<A, B>(
+    tx: &mut PgConnection,
+    event: &StoredEvent,
+    (a, a_ids): (&mut Aggregates<A>, impl IntoIterator<Item = String>),
+    (b, b_ids): (&mut Aggregates<B>, impl IntoIterator<Item = String>),
+) -> Result<(), ProjectionError>
+where
+    A: cqrs_es::Aggregate<Services = ()> + Scoped + Clone,
+    B: cqrs_es::Aggregate<Services = ()> + Scoped + Clone,
+{
+    let (a_wanted, b_wanted) = (a.missing(a_ids), b.missing(b_ids));
+    if a_wanted.is_empty() && b_wanted.is_empty() {
+        return Ok(());
+    }
+    let types: Vec<&str> = std::iter::repeat_n(A::TYPE, a_wanted.len())
+        .chain(std::iter::repeat_n(B::TYPE, b_wanted.len()))
+        .collect();
+    let ids: Vec<String> = a_wanted.iter().chain(&b_wanted).cloned().collect();
+    let events = histories_of(&mut *tx, &types, &ids).await?;
+    a.know_read(event, a_wanted, &events)?;
+    b.know_read(event, b_wanted, &events)
 }
 
 /// The commands a batch decided, appended together with one statement at its end.

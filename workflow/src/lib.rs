@@ -46,7 +46,6 @@ pub mod spawn;
 pub mod stall;
 pub mod validation;
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use futures_util::future::BoxFuture;
@@ -111,8 +110,6 @@ pub trait ProcessManager: Send + Sync + 'static {
 /// own state (none for most).
 struct Run<P> {
     manager: P,
-    /// Whether the last batch appended events (see [`Projector::take_appended`]).
-    appended: AtomicBool,
 }
 
 impl<P: ProcessManager> Projector for Run<P> {
@@ -147,19 +144,7 @@ impl<P: ProcessManager> Projector for Run<P> {
                 .iter()
                 .filter(|e| self.manager.reacts_to(e))
                 .collect();
-            let reacted = !mine.is_empty();
-            self.manager.react_all(tx, schema, mine).await?;
-            // The batch's own appends carry its transaction's id (asked only when it
-            // reacted: most batches hold nothing for a given process manager).
-            let appended = reacted
-                && sqlx::query_scalar::<_, bool>(
-                    "select exists (select 1 from events
-                                     where transaction_id = pg_current_xact_id_if_assigned())",
-                )
-                .fetch_one(&mut *tx)
-                .await?;
-            self.appended.store(appended, Ordering::Relaxed);
-            Ok(())
+            self.manager.react_all(tx, schema, mine).await
         })
     }
 
@@ -169,10 +154,6 @@ impl<P: ProcessManager> Projector for Run<P> {
 
     fn appends_events(&self) -> bool {
         true
-    }
-
-    fn take_appended(&self) -> bool {
-        self.appended.swap(false, Ordering::Relaxed)
     }
 }
 
@@ -216,10 +197,7 @@ pub fn occurred_at(event: &StoredEvent) -> chrono::DateTime<chrono::Utc> {
 
 /// `P`, to run beside the read models.
 pub fn run<P: ProcessManager>(manager: P) -> Arc<dyn Projector> {
-    Arc::new(Run {
-        manager,
-        appended: AtomicBool::new(false),
-    })
+    Arc::new(Run { manager })
 }
 
 /// What the process managers take from the settings (`workflow` in `config/*.yaml`).
