@@ -468,29 +468,66 @@ pub async fn histories<'c>(
     aggregate_type: &str,
     aggregate_ids: &[String],
 ) -> Result<Vec<StoredEvent>, sqlx::Error> {
-    let types = vec![aggregate_type; aggregate_ids.len()];
-    histories_of(executor, &types, aggregate_ids).await
+    histories_of(executor, &[(aggregate_type, aggregate_ids)], None).await
 }
 
-/// Every event of several aggregates of any types — the `n`th named by `aggregate_types[n]`
-/// and `aggregate_ids[n]` — by type, id and sequence, with one query (a round trip less
-/// than one query per type), each looked up by the key as [`histories`] says.
+/// Aggregates named by others' first events: those of type `named_type` whose ids the
+/// first events of `referrers` (aggregates of `referrer_type`) hold in their payload at
+/// `path` — a ticket's spec, named by its creation.
+#[derive(Debug, Clone, Copy)]
+pub struct NamedBy<'a> {
+    pub named_type: &'a str,
+    pub referrer_type: &'a str,
+    pub referrers: &'a [String],
+    pub path: &'a [&'a str],
+}
+
+/// Every event of the aggregates of several types — each `(type, ids)` of `wanted`, and
+/// those `named` names — by type, id and sequence, with one query (on a busy machine a
+/// process manager's batch is mostly its round trips), each looked up by the key as
+/// [`histories`] says.
 pub async fn histories_of<'c>(
     executor: impl sqlx::Executor<'c, Database = sqlx::Postgres>,
-    aggregate_types: &[&str],
-    aggregate_ids: &[String],
+    wanted: &[(&str, &[String])],
+    named: Option<NamedBy<'_>>,
 ) -> Result<Vec<StoredEvent>, sqlx::Error> {
+    let (mut aggregate_types, mut aggregate_ids) = (Vec::new(), Vec::new());
+    for (aggregate_type, ids) in wanted {
+        aggregate_types.extend(std::iter::repeat_n(*aggregate_type, ids.len()));
+        aggregate_ids.extend(ids.iter().map(String::as_str));
+    }
     let sql = format!(
-        "select history.* from (select distinct * from unnest($1::text[], $2::text[])) as wanted(type, id)
+        "select history.* from (
+             select * from unnest($1::text[], $2::text[])
+             union
+             select $3, first.payload #>> $6::text[]
+               from unnest($4::text[]) as referrer(id)
+               cross join lateral (
+                   select payload from events
+                    where aggregate_type = $5 and aggregate_id = referrer.id and sequence = 1
+               ) as first
+              where first.payload #>> $6::text[] is not null
+           ) as wanted(type, id)
            cross join lateral (
                select {COLUMNS} from events
                 where aggregate_type = wanted.type and aggregate_id = wanted.id
                 order by sequence) as history
           order by history.aggregate_type, history.aggregate_id, history.sequence"
     );
+    let none = NamedBy {
+        named_type: "",
+        referrer_type: "",
+        referrers: &[],
+        path: &[],
+    };
+    let named = named.unwrap_or(none);
     let rows = sqlx::query(&sql)
-        .bind(aggregate_types)
-        .bind(aggregate_ids)
+        .bind(&aggregate_types)
+        .bind(&aggregate_ids)
+        .bind(named.named_type)
+        .bind(named.referrers)
+        .bind(named.referrer_type)
+        .bind(named.path)
         .fetch_all(executor)
         .await?;
     rows.iter().map(StoredEvent::from_row).collect()

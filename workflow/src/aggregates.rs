@@ -8,11 +8,14 @@
 
 use std::collections::{BTreeSet, HashMap};
 
+use cqrs_es::Aggregate;
 use omoi_domain::common::Scoped;
+use omoi_domain::spec::Spec;
+use omoi_domain::ticket::Ticket;
 use omoi_projections::ProjectionError;
 use omoi_store::append::{AppendError, Rows};
 use omoi_store::bus::decide_into;
-use omoi_store::log::{fold_until, histories, histories_of};
+use omoi_store::log::{fold_until, histories, NamedBy};
 use omoi_store::{CommandContext, CommandError, StoredEvent};
 use sqlx::PgConnection;
 use uuid::Uuid;
@@ -52,8 +55,9 @@ where
         self.know_read(event, wanted, &events)
     }
 
-    /// Those of `ids` not read yet, each once.
-    fn missing(&self, ids: impl IntoIterator<Item = String>) -> Vec<String> {
+    /// Those of `ids` not read yet, each once (to read them with other types' at once,
+    /// then [`Aggregates::know_read`]).
+    pub(crate) fn missing(&self, ids: impl IntoIterator<Item = String>) -> Vec<String> {
         ids.into_iter()
             .filter(|id| !self.known.contains_key(id))
             .collect::<BTreeSet<_>>()
@@ -63,21 +67,13 @@ where
 
     /// Takes the histories of `wanted` out of `events` (read for them, perhaps with
     /// other types'); a wanted aggregate without events is known as empty.
-    fn know_read(
+    pub(crate) fn know_read(
         &mut self,
         event: &StoredEvent,
         wanted: Vec<String>,
         events: &[StoredEvent],
     ) -> Result<(), ProjectionError> {
-        // Ordered by type first: a type's events are one stretch.
-        let start = events.iter().position(|e| e.aggregate_type == A::TYPE);
-        let mine = start.map_or(&[][..], |start| {
-            let len = events[start..]
-                .iter()
-                .take_while(|e| e.aggregate_type == A::TYPE)
-                .count();
-            &events[start..start + len]
-        });
+        let mine = of_type(events, A::TYPE);
         for history in mine.chunk_by(|a, b| a.aggregate_id == b.aggregate_id) {
             self.know(event, history)?;
         }
@@ -154,29 +150,35 @@ where
     }
 }
 
-/// Reads those of `a_ids` and `b_ids` that `a` and `b` have not read yet, with one query
-/// (see [`Aggregates::read`]).
-pub(crate) async fn read_both<A, B>(
-    tx: &mut PgConnection,
-    event: &StoredEvent,
-    (a, a_ids): (&mut Aggregates<A>, impl IntoIterator<Item = String>),
-    (b, b_ids): (&mut Aggregates<B>, impl IntoIterator<Item = String>),
-) -> Result<(), ProjectionError>
-where
-    A: cqrs_es::Aggregate<Services = ()> + Scoped + Clone,
-    B: cqrs_es::Aggregate<Services = ()> + Scoped + Clone,
-{
-    let (a_wanted, b_wanted) = (a.missing(a_ids), b.missing(b_ids));
-    if a_wanted.is_empty() && b_wanted.is_empty() {
-        return Ok(());
+/// Where a ticket's creation names its spec in the stored payload (the only event that
+/// does): read in SQL by [`specs_of_tickets`], so a test holds it to the event's type.
+const TICKET_SPEC: [&str; 2] = ["TicketCreated", "spec_id"];
+
+/// The specs of `tickets`, as their creations name them, to read with the tickets'
+/// histories ([`histories_of`](omoi_store::log::histories_of)) instead of after them.
+pub(crate) fn specs_of_tickets(tickets: &[String]) -> NamedBy<'_> {
+    NamedBy {
+        named_type: Spec::TYPE,
+        referrer_type: Ticket::TYPE,
+        referrers: tickets,
+        path: &TICKET_SPEC,
     }
-    let types: Vec<&str> = std::iter::repeat_n(A::TYPE, a_wanted.len())
-        .chain(std::iter::repeat_n(B::TYPE, b_wanted.len()))
-        .collect();
-    let ids: Vec<String> = a_wanted.iter().chain(&b_wanted).cloned().collect();
-    let events = histories_of(&mut *tx, &types, &ids).await?;
-    a.know_read(event, a_wanted, &events)?;
-    b.know_read(event, b_wanted, &events)
+}
+
+/// The events of `aggregate_type` among `events` read for several types, ordered by type
+/// first (as `store::log::histories_of` orders them): one stretch.
+pub(crate) fn of_type<'e>(events: &'e [StoredEvent], aggregate_type: &str) -> &'e [StoredEvent] {
+    let Some(start) = events
+        .iter()
+        .position(|e| e.aggregate_type == aggregate_type)
+    else {
+        return &[];
+    };
+    let len = events[start..]
+        .iter()
+        .take_while(|e| e.aggregate_type == aggregate_type)
+        .count();
+    &events[start..start + len]
 }
 
 /// The commands a batch decided, appended together with one statement at its end.
@@ -268,5 +270,32 @@ impl Effects {
             )),
             false => Ok(()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use omoi_domain::common::{Phase, Priority};
+    use omoi_domain::ticket::TicketEvent;
+    use uuid::Uuid;
+
+    use super::TICKET_SPEC;
+
+    #[test]
+    fn a_tickets_creation_names_its_spec_where_the_read_looks() {
+        let spec = Uuid::now_v7();
+        let created = TicketEvent::TicketCreated {
+            ticket_id: Uuid::now_v7(),
+            organization_id: Uuid::now_v7(),
+            project_id: Uuid::now_v7(),
+            spec_id: Some(spec),
+            title: "t".into(),
+            description: String::new(),
+            priority: Priority::Medium,
+            phase: Phase::Implementation,
+        };
+        let stored = serde_json::to_value(&created).expect("encoded");
+        let pointer = format!("/{}", TICKET_SPEC.join("/"));
+        assert_eq!(stored.pointer(&pointer), Some(&serde_json::json!(spec)));
     }
 }

@@ -2,18 +2,19 @@
 //! is `done`, whoever moved the last one there; its workflow is then finished in billing
 //! (counted for good: archiving the completed spec gives nothing back).
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 
+use cqrs_es::Aggregate;
 use futures_util::future::BoxFuture;
 use omoi_domain::billing::{BillingAccount, BillingCommand};
 use omoi_domain::spec::{Spec, SpecCommand, SpecPhase};
 use omoi_domain::ticket::{Ticket, TicketEvent, TicketStatus};
 use omoi_projections::ProjectionError;
-use omoi_store::log::histories;
+use omoi_store::log::histories_of;
 use omoi_store::{Actor, CommandContext, StoredEvent};
 use sqlx::PgConnection;
 
-use crate::aggregates::{Aggregates, Effects};
+use crate::aggregates::{of_type, specs_of_tickets, Aggregates, Effects};
 use crate::execution::{created_by, last_approval};
 use crate::ProcessManager;
 
@@ -74,23 +75,20 @@ async fn tickets_moved(
     let Some(&first) = done.first() else {
         return Ok(());
     };
+    // The moved tickets and their specs (named by the tickets' creations) with one query.
     let mut tickets = Aggregates::<Ticket>::new();
-    tickets
-        .read(tx, first, done.iter().map(|e| e.aggregate_id.clone()))
-        .await?;
-    let spec_ids: BTreeSet<String> = done
-        .iter()
-        .filter_map(|e| tickets.get(&e.aggregate_id)?.spec_id)
-        .map(|id| id.to_string())
-        .collect();
+    let moved = tickets.missing(done.iter().map(|e| e.aggregate_id.clone()));
+    let events = histories_of(
+        &mut *tx,
+        &[(Ticket::TYPE, &moved)],
+        Some(specs_of_tickets(&moved)),
+    )
+    .await?;
+    tickets.know_read(first, moved, &events)?;
     // Each spec's state and the approval its plan's tickets are named after.
-    let spec_ids: Vec<String> = spec_ids.into_iter().collect();
     let mut specs = Aggregates::<Spec>::new();
     let mut plans = HashMap::new();
-    for history in histories(&mut *tx, "Spec", &spec_ids)
-        .await?
-        .chunk_by(|a, b| a.aggregate_id == b.aggregate_id)
-    {
+    for history in of_type(&events, Spec::TYPE).chunk_by(|a, b| a.aggregate_id == b.aggregate_id) {
         specs.know(first, history)?;
         let Some((spec_id, approval)) = history.first().zip(last_approval(history)) else {
             continue;
@@ -108,10 +106,22 @@ async fn tickets_moved(
             .collect();
         plans.insert(spec_id.aggregate_id.clone(), planned);
     }
-    tickets
-        .read(tx, first, plans.values().flatten().cloned())
-        .await?;
+    // The plans' other tickets and the specs' billing accounts with one more.
     let mut accounts = Aggregates::<BillingAccount>::new();
+    let planned = tickets.missing(plans.values().flatten().cloned());
+    let organizations = accounts.missing(
+        plans
+            .keys()
+            .filter_map(|id| specs.get(id)?.organization_id)
+            .map(|id| id.to_string()),
+    );
+    let wanted = [
+        (Ticket::TYPE, &planned[..]),
+        (BillingAccount::TYPE, &organizations[..]),
+    ];
+    let events = histories_of(&mut *tx, &wanted, None).await?;
+    tickets.know_read(first, planned, &events)?;
+    accounts.know_read(first, organizations, &events)?;
     let mut effects = Effects::default();
     for event in done {
         let Some(spec_id) = tickets.get(&event.aggregate_id).and_then(|t| t.spec_id) else {

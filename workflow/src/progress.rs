@@ -11,16 +11,18 @@
 
 use std::collections::{BTreeSet, HashMap};
 
+use cqrs_es::Aggregate;
 use futures_util::future::BoxFuture;
 use omoi_domain::project::Project;
 use omoi_domain::spec::{Spec, SpecPhase};
 use omoi_domain::task::{Task, TaskEvent, TaskStatus};
 use omoi_domain::ticket::{BlockReason, Ticket, TicketCommand, TicketStatus};
 use omoi_projections::ProjectionError;
+use omoi_store::log::histories_of;
 use omoi_store::{Actor, CommandContext, StoredEvent};
 use sqlx::PgConnection;
 
-use crate::aggregates::{read_both, Aggregates, Effects};
+use crate::aggregates::{specs_of_tickets, Aggregates, Effects};
 use crate::{occurred_at, ProcessManager};
 
 /// The process manager's name: its build in the catalog and its actor (`system:…`).
@@ -144,48 +146,41 @@ async fn answer(
     if asks.is_empty() {
         return Ok(effects);
     }
+    // The asked tickets, their projects, the specs of the tickets finishing work may
+    // move (whether they were archived) and the tasks failed for good (their errors),
+    // read with one query.
     let mut tickets = Aggregates::<Ticket>::new();
     let mut projects = Aggregates::<Project>::new();
-    read_both(
-        tx,
-        first,
-        (
-            &mut tickets,
-            asks.iter().map(|ask| ask.ticket().to_string()),
-        ),
-        (
-            &mut projects,
-            asks.iter().filter_map(|ask| project_of(ask.event())),
-        ),
-    )
-    .await?;
+    let mut specs = Aggregates::<Spec>::new();
+    let mut failed = Aggregates::<Task>::new();
+    let wanted_tickets = tickets.missing(asks.iter().map(|ask| ask.ticket().to_string()));
+    let wanted_projects = projects.missing(asks.iter().filter_map(|ask| project_of(ask.event())));
+    let wanted_failed = failed.missing(
+        asks.iter()
+            .filter(|ask| matches!(ask, Ask::Block { .. }))
+            .map(|ask| ask.event().aggregate_id.clone()),
+    );
+    let finishing: Vec<String> = asks
+        .iter()
+        .filter(|ask| ask.finishes())
+        .map(|ask| ask.ticket().to_string())
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let wanted = [
+        (Ticket::TYPE, &wanted_tickets[..]),
+        (Project::TYPE, &wanted_projects[..]),
+        (Task::TYPE, &wanted_failed[..]),
+    ];
+    let events = histories_of(&mut *tx, &wanted, Some(specs_of_tickets(&finishing))).await?;
+    tickets.know_read(first, wanted_tickets, &events)?;
+    projects.know_read(first, wanted_projects, &events)?;
+    failed.know_read(first, wanted_failed, &events)?;
+    specs.know_read(first, Vec::new(), &events)?;
     // Whether the task's project lets tickets move by themselves.
     let auto_advance = |event: &StoredEvent| {
         project_of(event).is_some_and(|id| projects.state(&id).settings.auto_advance)
     };
-    // The specs of the tickets a finishing ask may move, read at once (whether they
-    // were archived).
-    let mut specs = Aggregates::<Spec>::new();
-    specs
-        .read(
-            tx,
-            first,
-            asks.iter()
-                .filter(|ask| ask.finishes())
-                .filter_map(|ask| tickets.get(ask.ticket()))
-                .filter_map(|ticket| ticket.spec_id.map(|id| id.to_string())),
-        )
-        .await?;
-    let mut failed = Aggregates::<Task>::new();
-    failed
-        .read(
-            tx,
-            first,
-            asks.iter()
-                .filter(|ask| matches!(ask, Ask::Block { .. }))
-                .map(|ask| ask.event().aggregate_id.clone()),
-        )
-        .await?;
     for ask in asks {
         match ask {
             Ask::Block { event, ticket } => {
