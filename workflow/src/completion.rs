@@ -106,22 +106,12 @@ async fn tickets_moved(
             .collect();
         plans.insert(spec_id.aggregate_id.clone(), planned);
     }
-    // The plans' other tickets and the specs' billing accounts with one more.
+    tickets
+        .read(tx, first, plans.values().flatten().cloned())
+        .await?;
+    // A spec's billing account only when the spec completes (its history grows with
+    // every workflow of the organization).
     let mut accounts = Aggregates::<BillingAccount>::new();
-    let planned = tickets.missing(plans.values().flatten().cloned());
-    let organizations = accounts.missing(
-        plans
-            .keys()
-            .filter_map(|id| specs.get(id)?.organization_id)
-            .map(|id| id.to_string()),
-    );
-    let wanted = [
-        (Ticket::TYPE, &planned[..]),
-        (BillingAccount::TYPE, &organizations[..]),
-    ];
-    let events = histories_of(&mut *tx, &wanted, None).await?;
-    tickets.know_read(first, planned, &events)?;
-    accounts.know_read(first, organizations, &events)?;
     let mut effects = Effects::default();
     for event in done {
         let Some(spec_id) = tickets.get(&event.aggregate_id).and_then(|t| t.spec_id) else {
