@@ -857,7 +857,7 @@ async fn an_existing_build_gains_a_new_column_in_place_and_keeps_its_rows() {
     let ticket = app.ticket(&project, "Old rows").await;
     app.task(&ticket, "Before the column", json!({})).await;
     app.caught_up().await;
-    let progress = omoi_workflow::run(TicketProgress);
+    let progress = omoi_workflow::run(TicketProgress::default());
     let build = ensure_current_build(&app.database.pool, progress.as_ref())
         .await
         .expect("the build");

@@ -59,9 +59,8 @@ fn plan() -> Plan {
     }
 }
 
-/// An organization, a project and `SPECS` specs whose plans are approved.
-async fn approved_specs(bus: &CommandBus) {
-    let context = CommandContext::new(Actor::System("crash-test"), "crash-test");
+/// An organization and a project of its, with the default settings.
+async fn organization_and_project(bus: &CommandBus, context: &CommandContext) -> (Uuid, Uuid) {
     let (organization, project) = (Uuid::now_v7(), Uuid::now_v7());
     let now = chrono::Utc::now;
     let create = OrganizationCommand::CreateOrganization {
@@ -70,7 +69,7 @@ async fn approved_specs(bus: &CommandBus) {
         owner: Principal::User(Uuid::now_v7()),
         at: now(),
     };
-    bus.execute::<Organization>(&organization.to_string(), create, &context)
+    bus.execute::<Organization>(&organization.to_string(), create, context)
         .await
         .expect("an organization");
     let create = ProjectCommand::CreateProject {
@@ -81,9 +80,17 @@ async fn approved_specs(bus: &CommandBus) {
         settings: Default::default(),
         at: now(),
     };
-    bus.execute::<Project>(&project.to_string(), create, &context)
+    bus.execute::<Project>(&project.to_string(), create, context)
         .await
         .expect("a project");
+    (organization, project)
+}
+
+/// An organization, a project and `SPECS` specs whose plans are approved.
+async fn approved_specs(bus: &CommandBus) {
+    let context = CommandContext::new(Actor::System("crash-test"), "crash-test");
+    let (organization, project) = organization_and_project(bus, &context).await;
+    let now = chrono::Utc::now;
     for n in 0..SPECS {
         let spec = Uuid::now_v7();
         let commands = [
@@ -324,4 +331,158 @@ async fn effects_commit_or_roll_back_with_the_batch() {
         .expect("applied");
     tx.commit().await.expect("committed");
     assert_eq!(log(database.pool.clone()).await, before, "nothing appended");
+}
+
+/// `ticket_progress` keeps its rows and tallies between batches. Another process leading
+/// the build between two leaderships of this one changed the table behind it: its next
+/// leadership must not answer from what it kept. Here what it kept says the ticket still
+/// has an open task which the other leader saw complete; answered from that, the ticket
+/// would never reach `done`.
+#[tokio::test(flavor = "multi_thread")]
+async fn ticket_progress_forgets_what_it_kept_when_another_leader_came_between() {
+    use omoi_domain::task::{Task, TaskCommand};
+    use omoi_domain::ticket::{Ticket, TicketCommand, TicketStatus};
+    use omoi_projections::catalog::{self, BuildState};
+    use omoi_workflow::progress::TicketProgress;
+    use sqlx::{Connection, PgConnection};
+
+    let database = TestDatabase::create().await.expect("a database");
+    let bus = CommandBus::new(database.pool.clone(), RetryPolicy::default());
+    let context = CommandContext::new(Actor::System("leaders-test"), "leaders-test");
+    let (organization, project) = organization_and_project(&bus, &context).await;
+    let now = chrono::Utc::now;
+    let ticket = Uuid::now_v7();
+    let create = TicketCommand::CreateTicket {
+        ticket_id: ticket,
+        organization_id: organization,
+        project_id: project,
+        spec_id: None,
+        title: "Three tasks".into(),
+        description: String::new(),
+        priority: Priority::Medium,
+        phase: Default::default(),
+        plan_key: None,
+    };
+    bus.execute::<Ticket>(&ticket.to_string(), create, &context)
+        .await
+        .expect("a ticket");
+    let mut tasks = Vec::new();
+    for n in 0..3 {
+        let task = Uuid::now_v7();
+        let create = TaskCommand::CreateTask {
+            task_id: task,
+            organization_id: organization,
+            project_id: project,
+            ticket_id: ticket,
+            title: format!("task {n}"),
+            description: String::new(),
+            task_type: "implement".into(),
+            phase: Default::default(),
+            priority: Default::default(),
+            depends_on: vec![],
+            required_capabilities: vec![],
+            max_retries: None,
+            timeout_seconds: None,
+            discovery: None,
+            validation: None,
+            validates: None,
+            plan_key: None,
+            at: now(),
+        };
+        bus.execute::<Task>(&task.to_string(), create, &context)
+            .await
+            .expect("a task");
+        tasks.push(task.to_string());
+    }
+    let complete = |task: String| {
+        let (bus, context) = (&bus, &context);
+        async move {
+            let commands = [
+                TaskCommand::AssignTask {
+                    agent_id: Uuid::now_v7(),
+                    at: now(),
+                },
+                TaskCommand::StartTask { at: now() },
+                TaskCommand::CompleteTask {
+                    result: serde_json::json!({}),
+                    at: now(),
+                },
+            ];
+            for command in commands {
+                bus.execute::<Task>(&task, command, context)
+                    .await
+                    .expect("a step of the task");
+            }
+        }
+    };
+    let one = omoi_workflow::run(TicketProgress::default());
+    let other = omoi_workflow::run(TicketProgress::default());
+    let mut conn = PgConnection::connect_with(&database.options)
+        .await
+        .expect("a connection");
+    let build = catalog::create_build(&mut conn, one.as_ref(), BuildState::Building)
+        .await
+        .expect("a build");
+    let status = || {
+        let bus = &bus;
+        async move {
+            let (ticket, _) = bus
+                .load::<Ticket>(&ticket.to_string())
+                .await
+                .expect("the ticket")
+                .expect("it exists");
+            ticket.status
+        }
+    };
+
+    complete(tasks[0].clone()).await;
+    lead(&database, build.build, one.as_ref()).await;
+    assert_eq!(status().await, TicketStatus::Building);
+    complete(tasks[1].clone()).await;
+    lead(&database, build.build, other.as_ref()).await;
+    assert_eq!(status().await, TicketStatus::Building, "one task is open");
+    complete(tasks[2].clone()).await;
+    lead(&database, build.build, one.as_ref()).await;
+    assert_eq!(status().await, TicketStatus::Done, "every task completed");
+}
+
+/// One leadership of `projector` over `build` (a reading of its own), stepped until it
+/// has nothing left, every event of the log visible (no older transaction of the cluster
+/// running).
+async fn lead(database: &TestDatabase, build: i64, projector: &dyn omoi_projections::Projector) {
+    use omoi_projections::runner::{step, Reading, RunnerStats, Step};
+    use sqlx::{Connection, PgConnection};
+
+    let mut conn = PgConnection::connect_with(&database.options)
+        .await
+        .expect("a connection");
+    let (stats, mut reading) = (RunnerStats::default(), Reading::default());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        assert!(Instant::now() < deadline, "the build never caught up");
+        let visible: bool = sqlx::query_scalar(
+            "select pg_snapshot_xmin(pg_current_snapshot()) > max(transaction_id) from events",
+        )
+        .fetch_one(&database.pool)
+        .await
+        .expect("the horizon");
+        if !visible {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            continue;
+        }
+        let stepped = step(
+            &database.pool,
+            &mut conn,
+            projector,
+            build,
+            100,
+            &stats,
+            &mut reading,
+        )
+        .await
+        .expect("a step");
+        if matches!(stepped, Step::Idle) {
+            return;
+        }
+    }
 }

@@ -168,6 +168,16 @@ pub trait Projector: Send + Sync {
         false
     }
 
+    /// How the batch last given to [`Projector::apply`] for the build whose tables are in
+    /// `schema` ended: `true` once its transaction committed; `false` when it did not
+    /// (rolled back, its claim lost, an error, its events applied one by one to find a
+    /// poison event) and before the first batch of each leadership of the build (another
+    /// process may have led it meanwhile). A projector keeping what its tables hold in
+    /// memory between batches keeps a batch's changes only once committed, and forgets
+    /// all it keeps for `schema` on `false`. An `apply` that finds the batch before it
+    /// never settled must not trust what it kept either.
+    fn settled(&self, _schema: &str, _committed: bool) {}
+
     /// A fold of the stream in memory for a build projected from position zero (a rebuild
     /// beside the live one, `omoi projections rebuild`): the runner folds page after page
     /// into it and writes it once, with the checkpoint, instead of loading and writing the

@@ -767,6 +767,8 @@ pub struct Reading {
     /// A fold from position zero met an event it could not fold or a write that failed
     /// for good: the batches take over from where the build stands.
     fold_refused: bool,
+    /// Whether the projector was told that this leadership began ([`Projector::settled`]).
+    began: bool,
 }
 
 impl Reading {
@@ -955,6 +957,17 @@ pub async fn step(
         false => conn.begin_with(ASYNCHRONOUS_BATCH).await?,
     };
     let schema = seen.schema();
+    if !reading.began {
+        projector.settled(&schema, false);
+        reading.began = true;
+    }
+    // Whichever way this step ends from here, the projector hears whether the batch
+    // committed.
+    let mut settling = Settling {
+        projector,
+        schema: &schema,
+        committed: false,
+    };
     if let Err(error) = projector.apply(&mut tx, &schema, &page.events).await {
         tx.rollback().await?;
         if error.is_transient() {
@@ -979,6 +992,8 @@ pub async fn step(
         return Ok(Step::Applied(0));
     };
     tx.commit().await?;
+    settling.committed = true;
+    drop(settling);
     reading.known = Some((
         Build {
             cursor: page.next,
@@ -994,6 +1009,20 @@ pub async fn step(
         record_batch(pool, stats, &seen, (last, applied), started).await;
     }
     Ok(Step::Applied(applied))
+}
+
+/// Tells a projector how the batch it was given ended ([`Projector::settled`]) when
+/// dropped: not committed unless marked so after the commit.
+struct Settling<'a> {
+    projector: &'a dyn Projector,
+    schema: &'a str,
+    committed: bool,
+}
+
+impl Drop for Settling<'_> {
+    fn drop(&mut self) {
+        self.projector.settled(self.schema, self.committed);
+    }
 }
 
 /// A fold from position zero and how far it got.

@@ -87,6 +87,10 @@ pub trait ProcessManager: Send + Sync + 'static {
         event: &'a StoredEvent,
     ) -> BoxFuture<'a, Result<(), ProjectionError>>;
 
+    /// How the batch last given ended, as [`Projector::settled`] says: for a manager
+    /// keeping its tables' rows in memory between batches.
+    fn settled(&self, _schema: &str, _committed: bool) {}
+
     /// Its reactions to a batch's events it reacts to, in order; the same as reacting to
     /// each in turn. By default one at a time; a manager that reacts to many events reads
     /// what they need once for all ([`Aggregates`]), so that its batch — which holds
@@ -152,6 +156,10 @@ impl<P: ProcessManager> Projector for Run<P> {
         self.manager.reacts_to(event)
     }
 
+    fn settled(&self, schema: &str, committed: bool) {
+        self.manager.settled(schema, committed);
+    }
+
     fn appends_events(&self) -> bool {
         true
     }
@@ -213,7 +221,7 @@ pub fn all(config: &WorkflowConfig) -> Vec<Arc<dyn Projector>> {
     vec![
         run(execution::PlanExecution),
         run(completion::SpecCompletion),
-        run(progress::TicketProgress),
+        run(progress::TicketProgress::default()),
         run(archival::SpecArchival),
         run(discovery::DiscoveryResolution),
         run(validation::Validation),

@@ -10,6 +10,7 @@
 //! and whether it is a validation task.
 
 use std::collections::{BTreeSet, HashMap};
+use std::sync::Mutex;
 
 use cqrs_es::Aggregate;
 use futures_util::future::BoxFuture;
@@ -28,7 +29,122 @@ use crate::{occurred_at, ProcessManager};
 /// The process manager's name: its build in the catalog and its actor (`system:…`).
 pub const NAME: &str = "ticket_progress";
 
-pub struct TicketProgress;
+/// The process manager, and what its table holds kept in memory between batches, by
+/// build schema (a rebuild runs beside the live build): a batch whose tasks and asked
+/// tickets are all kept reads nothing of its table — on a busy machine a round trip less
+/// for most batches, and a ticket of thousands of tasks counted once, not per batch.
+#[derive(Default)]
+pub struct TicketProgress {
+    kept: Mutex<HashMap<String, Kept>>,
+}
+
+/// Rows and tallies kept past this many are all forgotten (read again as needed).
+const KEPT_AT_MOST: usize = 100_000;
+
+/// Some of a build's rows and tickets' tallies as its last committed batch left them;
+/// what is not here is read from the table.
+#[derive(Default)]
+struct Kept {
+    rows: HashMap<String, TaskRow>,
+    tallies: HashMap<String, Tally>,
+    /// What the batch given last ended with, kept once the runner says it committed.
+    pending: Option<TaskRows>,
+}
+
+impl Kept {
+    /// Takes in a committed batch's rows and tallies. A ticket whose row the batch changed
+    /// without holding its tally has its kept tally forgotten: it no longer counts the rows.
+    fn commit(&mut self, batch: TaskRows) {
+        for task in &batch.changed {
+            if let Some(row) = batch.rows.get(task) {
+                if !batch.tallies.contains_key(&row.ticket_id) {
+                    self.tallies.remove(&row.ticket_id);
+                }
+            }
+        }
+        self.rows.extend(batch.rows);
+        self.tallies.extend(batch.tallies);
+        if self.rows.len() > KEPT_AT_MOST || self.tallies.len() > KEPT_AT_MOST {
+            *self = Self::default();
+        }
+    }
+}
+
+impl TicketProgress {
+    fn kept(&self) -> std::sync::MutexGuard<'_, HashMap<String, Kept>> {
+        // Nothing is left half-changed under this lock: a poisoned one is still whole.
+        self.kept
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// What is kept of the batch's tasks' rows and of the tallies of their tickets; none
+    /// when the batch given before never settled (it may have been rolled back).
+    fn cached(&self, schema: &str, changes: &[(&StoredEvent, TaskEvent)]) -> Cached {
+        let mut all = self.kept();
+        let kept = all.entry(schema.to_string()).or_default();
+        if kept.pending.is_some() {
+            *kept = Kept::default();
+            return Cached::default();
+        }
+        let mut cached = Cached::default();
+        for (event, change) in changes {
+            let task = &event.aggregate_id;
+            let ticket = match (kept.rows.get(task), change) {
+                (Some(row), _) => {
+                    cached.rows.insert(task.clone(), row.clone());
+                    row.ticket_id.clone()
+                }
+                (None, TaskEvent::TaskCreated { ticket_id, .. }) => ticket_id.to_string(),
+                (None, _) => continue,
+            };
+            if let Some(tally) = kept.tallies.get(&ticket) {
+                cached.tallies.insert(ticket, *tally);
+            }
+        }
+        cached
+    }
+
+    /// Holds the batch's rows and tallies until the runner says whether it committed.
+    fn hold(&self, schema: &str, batch: TaskRows) {
+        self.kept().entry(schema.to_string()).or_default().pending = Some(batch);
+    }
+
+    /// The batch's task changes: the table's rows they touch are read once (those not
+    /// kept) and changed in memory, event by event in order, then written once; what
+    /// they ask of tickets is then decided on the tickets, projects and specs read once
+    /// for the batch.
+    async fn tasks_changed(
+        &self,
+        tx: &mut PgConnection,
+        schema: &str,
+        events: Vec<&StoredEvent>,
+    ) -> Result<(), ProjectionError> {
+        let Some(&first) = events.first() else {
+            return Ok(());
+        };
+        let mut changes = Vec::with_capacity(events.len());
+        for event in events {
+            let change: TaskEvent = event
+                .payload
+                .decode()
+                .map_err(|e| ProjectionError::payload(event, e))?;
+            changes.push((event, change));
+        }
+        let cached = self.cached(schema, &changes);
+        let mut rows = TaskRows::read(tx, schema, &changes, cached).await?;
+        let asks: Vec<Ask> = changes
+            .iter()
+            .filter_map(|(event, change)| rows.change(event, change))
+            .collect();
+        let effects = answer(tx, first, &asks).await?;
+        // Written last: the batch holds every reader of the log from its first write on.
+        rows.write(tx, schema).await?;
+        effects.append(tx, first).await?;
+        self.hold(schema, rows);
+        Ok(())
+    }
+}
 
 impl ProcessManager for TicketProgress {
     const NAME: &'static str = NAME;
@@ -74,7 +190,22 @@ impl ProcessManager for TicketProgress {
         schema: &'a str,
         events: Vec<&'a StoredEvent>,
     ) -> BoxFuture<'a, Result<(), ProjectionError>> {
-        Box::pin(tasks_changed(tx, schema, events))
+        Box::pin(self.tasks_changed(tx, schema, events))
+    }
+
+    fn settled(&self, schema: &str, committed: bool) {
+        let mut all = self.kept();
+        match (committed, all.get_mut(schema)) {
+            (true, Some(kept)) => {
+                if let Some(batch) = kept.pending.take() {
+                    kept.commit(batch);
+                }
+            }
+            (true, None) => {}
+            (false, _) => {
+                all.remove(schema);
+            }
+        }
     }
 }
 
@@ -103,36 +234,6 @@ enum Ask<'a> {
         event: &'a StoredEvent,
         ticket: String,
     },
-}
-
-/// The batch's task changes: the table's rows they touch are read once and changed in
-/// memory, event by event in order, then written once; what they ask of tickets is then
-/// decided on the tickets, projects and specs read once for the batch.
-async fn tasks_changed(
-    tx: &mut PgConnection,
-    schema: &str,
-    events: Vec<&StoredEvent>,
-) -> Result<(), ProjectionError> {
-    let Some(&first) = events.first() else {
-        return Ok(());
-    };
-    let mut changes = Vec::with_capacity(events.len());
-    for event in events {
-        let change: TaskEvent = event
-            .payload
-            .decode()
-            .map_err(|e| ProjectionError::payload(event, e))?;
-        changes.push((event, change));
-    }
-    let mut rows = TaskRows::read(tx, schema, &changes).await?;
-    let asks: Vec<Ask> = changes
-        .iter()
-        .filter_map(|(event, change)| rows.change(event, change))
-        .collect();
-    let effects = answer(tx, first, &asks).await?;
-    // Written last: the batch holds every reader of the log from its first write on.
-    rows.write(tx, schema).await?;
-    effects.append(tx, first).await
 }
 
 /// What the tickets, their projects and their specs (read once for all) say to the
@@ -323,6 +424,13 @@ fn finishes(status: TaskStatus) -> bool {
     )
 }
 
+/// What is kept of a batch's rows and tallies ([`TicketProgress::cached`]).
+#[derive(Default)]
+struct Cached {
+    rows: HashMap<String, TaskRow>,
+    tallies: HashMap<String, Tally>,
+}
+
 /// The table's rows of a batch's tasks, changed in memory, and the tallies of the tickets
 /// whose finished work the batch asks about, kept in step with them. A batch reads and
 /// counts what it touches only: a ticket of thousands of tasks costs each batch a
@@ -335,16 +443,23 @@ struct TaskRows {
 
 impl TaskRows {
     /// The rows of the batch's tasks and, for the tickets whose finished work a change
-    /// asks about, their tallies — with one statement (a round trip waits for a core
-    /// when the machine is busy, and a batch's time is mostly its round trips).
+    /// asks about, their tallies: those `cached` holds, and the others read with one
+    /// statement (none when all are kept — on a busy machine a round trip waits for a
+    /// core, and a batch's time is mostly its round trips).
     async fn read(
         tx: &mut PgConnection,
         schema: &str,
         changes: &[(&StoredEvent, TaskEvent)],
+        cached: Cached,
     ) -> Result<Self, ProjectionError> {
-        let tasks: Vec<&str> = changes
+        let Cached {
+            mut rows,
+            mut tallies,
+        } = cached;
+        let unknown: Vec<&str> = changes
             .iter()
             .map(|(event, _)| event.aggregate_id.as_str())
+            .filter(|task| !rows.contains_key(*task))
             .collect::<BTreeSet<_>>()
             .into_iter()
             .collect();
@@ -364,59 +479,79 @@ impl TaskRows {
                 _ => None,
             })
             .collect();
-        // The tickets of finishing tasks created in this batch, which have no row yet.
-        let created_finishing: Vec<&str> = finishing
-            .iter()
-            .filter_map(|task| created.get(task).map(String::as_str))
-            .collect();
-        // Rows (a task id) and tally groups (none) together. Each row and each ticket's
-        // tasks are looked up by the key (`task_id = any($1)` tested every row against
-        // the whole array: 10–45 ms a batch once the table held 2,000 tasks).
-        let found: Vec<(Option<String>, String, String, bool, i64)> = sqlx::query_as(&format!(
-            "with found as (
-                 select task_id, ticket_id, status, validation
-                   from unnest($1::text[]) as wanted(task_id) join {schema}.tasks using (task_id)),
-             asked as (
-                 select ticket_id from found where task_id = any($2::text[])
-                 union
-                 select unnest($3::text[]))
-             select task_id, ticket_id, status, validation, 1::bigint from found
-             union all
-             select null, ticket_id, status, validation, count(*)
-               from asked join {schema}.tasks using (ticket_id)
-              group by ticket_id, status, validation"
-        ))
-        .bind(&tasks)
-        .bind(&finishing)
-        .bind(&created_finishing)
-        .fetch_all(&mut *tx)
-        .await?;
-        let mut rows: HashMap<String, TaskRow> = HashMap::new();
-        let mut counted = Vec::new();
-        for (task, ticket_id, status, validation, count) in found {
-            match task {
-                Some(task) => {
-                    let row = TaskRow {
-                        ticket_id,
-                        status,
-                        validation,
-                    };
-                    rows.insert(task, row);
-                }
-                None => counted.push((ticket_id, Tally::of(&status, validation, count))),
-            }
-        }
-        // Every asked ticket has a tally, counted or empty (its tasks are all new).
-        let mut tallies: HashMap<String, Tally> = finishing
+        // The tickets of finishing tasks known here (kept rows, creations in this batch)
+        // whose tallies are not kept; those of the rows read are found by the statement.
+        let to_count: Vec<String> = finishing
             .iter()
             .filter_map(|task| match rows.get(*task) {
                 Some(row) => Some(row.ticket_id.clone()),
                 None => created.get(task).cloned(),
             })
-            .map(|ticket| (ticket, Tally::default()))
+            .filter(|ticket| !tallies.contains_key(ticket))
+            .collect::<BTreeSet<_>>()
+            .into_iter()
             .collect();
-        for (ticket, tally) in counted {
-            tallies.entry(ticket).or_default().add(tally);
+        let mut counted: HashMap<String, Tally> = HashMap::new();
+        if !unknown.is_empty() || !to_count.is_empty() {
+            // Rows (a task id) and tally groups (none) together. Each row and each
+            // ticket's tasks are looked up by the key (`task_id = any($1)` tested every
+            // row against the whole array: 10–45 ms a batch once the table held 2,000
+            // tasks).
+            let found: Vec<(Option<String>, String, String, bool, i64)> = sqlx::query_as(&format!(
+                "with found as (
+                         select task_id, ticket_id, status, validation
+                           from unnest($1::text[]) as wanted(task_id)
+                           join {schema}.tasks using (task_id)),
+                     asked as (
+                         select ticket_id from found where task_id = any($2::text[])
+                         union
+                         select unnest($3::text[]))
+                     select task_id, ticket_id, status, validation, 1::bigint from found
+                     union all
+                     select null, ticket_id, status, validation, count(*)
+                       from asked join {schema}.tasks using (ticket_id)
+                      group by ticket_id, status, validation"
+            ))
+            .bind(&unknown)
+            .bind(&finishing)
+            .bind(&to_count)
+            .fetch_all(&mut *tx)
+            .await?;
+            for (task, ticket_id, status, validation, count) in found {
+                match task {
+                    Some(task) => {
+                        let row = TaskRow {
+                            ticket_id,
+                            status,
+                            validation,
+                        };
+                        rows.insert(task, row);
+                    }
+                    None => counted
+                        .entry(ticket_id)
+                        .or_default()
+                        .add(Tally::of(&status, validation, count)),
+                }
+            }
+        }
+        // Every asked ticket has a tally: counted now (none counted: its tasks are all
+        // new), or kept.
+        let asked: BTreeSet<String> = finishing
+            .iter()
+            .filter_map(|task| match rows.get(*task) {
+                Some(row) => Some(row.ticket_id.clone()),
+                None => created.get(task).cloned(),
+            })
+            .collect();
+        for ticket in asked {
+            match counted.remove(&ticket) {
+                Some(tally) => {
+                    tallies.insert(ticket, tally);
+                }
+                None => {
+                    tallies.entry(ticket).or_default();
+                }
+            }
         }
         Ok(Self {
             rows,
