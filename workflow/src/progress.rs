@@ -667,7 +667,7 @@ mod tests {
     use omoi_domain::ticket::TicketStatus;
     use proptest::prelude::*;
 
-    use super::{text, Tally, TaskRow, TaskRows};
+    use super::{text, Kept, Tally, TaskRow, TaskRows};
 
     const TICKETS: [&str; 3] = ["t1", "t2", "t3"];
 
@@ -755,6 +755,67 @@ mod tests {
                 prop_assert_eq!(rows.tallies[ticket], counted(&rows.rows, ticket));
                 let in_ticket = rows.rows.values().filter(|row| row.ticket_id == ticket);
                 prop_assert_eq!(rows.finished_step(ticket), step_over_rows(in_ticket));
+            }
+        }
+    }
+
+    proptest! {
+        /// What is kept between committed batches agrees with the table: after any
+        /// batches — each changing some tasks (new ones, status changes), holding the
+        /// tallies of some tickets (kept, or counted from the table as a read would),
+        /// kept in step as it goes — every kept row is the table's, and every kept tally
+        /// is what counting the table's rows of its ticket gives.
+        #[test]
+        fn kept_rows_and_tallies_agree_with_the_table_after_any_batches(
+            batches in prop::collection::vec(
+                (
+                    prop::collection::vec((0usize..12, row()), 0..8),
+                    prop::sample::subsequence(TICKETS.to_vec(), 0..=TICKETS.len()),
+                ),
+                1..12,
+            ),
+        ) {
+            let mut table: HashMap<String, TaskRow> = HashMap::new();
+            let mut kept = Kept::default();
+            for (changes, held) in batches {
+                let mut rows = TaskRows {
+                    rows: HashMap::new(),
+                    tallies: held
+                        .iter()
+                        .map(|ticket| {
+                            let tally = kept
+                                .tallies
+                                .get(*ticket)
+                                .copied()
+                                .unwrap_or_else(|| counted(&table, ticket));
+                            (ticket.to_string(), tally)
+                        })
+                        .collect(),
+                    changed: Default::default(),
+                };
+                for (n, new) in changes {
+                    let task = format!("task-{n}");
+                    if let Some(old) = table.get(&task) {
+                        rows.rows.entry(task.clone()).or_insert_with(|| old.clone());
+                    }
+                    // A task stays in its ticket.
+                    let ticket_id = rows
+                        .rows
+                        .get(&task)
+                        .map_or(new.ticket_id.clone(), |old| old.ticket_id.clone());
+                    rows.set(&task, TaskRow { ticket_id, ..new });
+                }
+                for task in &rows.changed {
+                    table.insert(task.clone(), rows.rows[task].clone());
+                }
+                kept.commit(rows);
+                for (task, row) in &kept.rows {
+                    prop_assert_eq!(&table[task].status, &row.status);
+                    prop_assert_eq!(table[task].validation, row.validation);
+                }
+                for (ticket, tally) in &kept.tallies {
+                    prop_assert_eq!(*tally, counted(&table, ticket), "{}", ticket);
+                }
             }
         }
     }
