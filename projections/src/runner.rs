@@ -986,7 +986,15 @@ pub async fn step(
     }
     let applied = page.events.len();
     let passed = unsaved.map_or(0, |u| u.events);
-    let Claim::Made { appended } = claim(&mut tx, &seen, page.next, applied + passed).await? else {
+    let Claim::Made { appended } = claim(
+        &mut tx,
+        &seen,
+        page.next,
+        applied + passed,
+        projector.appends_events(),
+    )
+    .await?
+    else {
         // Someone else moved it meanwhile (another leader, a retry): look again.
         tx.rollback().await?;
         return Ok(Step::Applied(0));
@@ -1106,7 +1114,7 @@ async fn fold_one_page(
         tracing::warn!(projector = projector.name(), %error, "writing a fold failed; building in batches");
         return Ok(None);
     }
-    if claim(&mut tx, seen, cursor, folded).await? == Claim::Lost {
+    if claim(&mut tx, seen, cursor, folded, false).await? == Claim::Lost {
         tx.rollback().await?;
         return Ok(Some(Step::Applied(0)));
     }
@@ -1194,19 +1202,21 @@ fn announce_effects(pool: &PgPool) {
 }
 
 /// Moves the build's checkpoint to `to`, past `applied` more events; whether the
-/// transaction appended events (as [`Claim::Made`] tells).
+/// transaction appended events (as [`Claim::Made`] tells; asked only when `appends`).
 async fn advance(
     tx: &mut PgConnection,
     build: &Build,
     to: Cursor,
     applied: usize,
+    appends: bool,
 ) -> Result<bool, sqlx::Error> {
     sqlx::query_scalar(&format!(
         "update projector_builds
             set transaction_id = $2, global_position = $3, events_applied = events_applied + $4,
                 updated_at = now()
           where build = $1
-          returning {APPENDED}"
+          returning {}",
+        appended(appends)
     ))
     .bind(build.build)
     .bind(to.transaction_id)
@@ -1228,17 +1238,26 @@ enum Claim {
     Made { appended: bool },
 }
 
-/// Whether the current transaction appended events: its effects carry its id.
-const APPENDED: &str =
-    "exists (select 1 from events where transaction_id = pg_current_xact_id_if_assigned())";
+/// Whether the current transaction appended events (its effects carry its id), as a
+/// claim's `returning`: asked only of a projector whose batches append (a process
+/// manager), not of every read model's batch.
+fn appended(appends: bool) -> &'static str {
+    match appends {
+        true => {
+            "exists (select 1 from events where transaction_id = pg_current_xact_id_if_assigned())"
+        }
+        false => "false",
+    }
+}
 
 /// Moves the build's checkpoint to `to`, past `applied` more events, if its row is still
-/// as `seen`.
+/// as `seen` (whether the batch appended is asked only when `appends`).
 async fn claim(
     conn: &mut PgConnection,
     seen: &Build,
     to: Cursor,
     applied: usize,
+    appends: bool,
 ) -> Result<Claim, sqlx::Error> {
     let appended: Option<bool> = sqlx::query_scalar(&format!(
         "update projector_builds
@@ -1246,7 +1265,8 @@ async fn claim(
                 updated_at = now()
           where build = $1 and transaction_id = $5 and global_position = $6 and state = $7
             and error is null
-          returning {APPENDED}"
+          returning {}",
+        appended(appends)
     ))
     .bind(seen.build)
     .bind(to.transaction_id)
@@ -1326,7 +1346,8 @@ async fn isolate_poison(
     }
     let mut appended = false;
     if let Some(last) = applied.checked_sub(1).and_then(|i| events.get(i)) {
-        appended = advance(&mut tx, &build, last.cursor(), applied + passed).await?;
+        let appends = projector.appends_events();
+        appended = advance(&mut tx, &build, last.cursor(), applied + passed, appends).await?;
     }
     tx.commit().await?;
     if appended {
@@ -1352,7 +1373,7 @@ async fn save_position(
     seen: &Build,
     passed: Unsaved,
 ) -> Result<bool, sqlx::Error> {
-    Ok(claim(conn, seen, passed.at, passed.events).await? != Claim::Lost)
+    Ok(claim(conn, seen, passed.at, passed.events, false).await? != Claim::Lost)
 }
 
 /// The statistics after a page passed by.
