@@ -424,6 +424,18 @@ fn finishes(status: TaskStatus) -> bool {
     )
 }
 
+/// The ticket of `task`: its row's, or its creation's in this batch (no row yet).
+fn ticket_of(
+    rows: &HashMap<String, TaskRow>,
+    created: &HashMap<&str, String>,
+    task: &str,
+) -> Option<String> {
+    match rows.get(task) {
+        Some(row) => Some(row.ticket_id.clone()),
+        None => created.get(task).cloned(),
+    }
+}
+
 /// What is kept of a batch's rows and tallies ([`TicketProgress::cached`]).
 #[derive(Default)]
 struct Cached {
@@ -483,10 +495,7 @@ impl TaskRows {
         // whose tallies are not kept; those of the rows read are found by the statement.
         let to_count: Vec<String> = finishing
             .iter()
-            .filter_map(|task| match rows.get(*task) {
-                Some(row) => Some(row.ticket_id.clone()),
-                None => created.get(task).cloned(),
-            })
+            .filter_map(|task| ticket_of(&rows, &created, task))
             .filter(|ticket| !tallies.contains_key(ticket))
             .collect::<BTreeSet<_>>()
             .into_iter()
@@ -538,10 +547,7 @@ impl TaskRows {
         // new), or kept.
         let asked: BTreeSet<String> = finishing
             .iter()
-            .filter_map(|task| match rows.get(*task) {
-                Some(row) => Some(row.ticket_id.clone()),
-                None => created.get(task).cloned(),
-            })
+            .filter_map(|task| ticket_of(&rows, &created, task))
             .collect();
         for ticket in asked {
             match counted.remove(&ticket) {
