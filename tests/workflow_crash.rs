@@ -446,6 +446,127 @@ async fn ticket_progress_forgets_what_it_kept_when_another_leader_came_between()
     assert_eq!(status().await, TicketStatus::Done, "every task completed");
 }
 
+/// What `discovery_resolution` keeps of its table (the open blocking discoveries) lets it
+/// pass by, without a transaction, the ends of tasks that block nothing. Another process
+/// leading the build between two leaderships of this one changed the table behind it: its
+/// next leadership must not pass by from what it kept. Here what it kept is an empty table,
+/// and the other leader added a discovery that blocks its parent; passed by, the
+/// discovery's completion would never release the parent.
+#[tokio::test(flavor = "multi_thread")]
+async fn discovery_resolution_forgets_what_it_kept_when_another_leader_came_between() {
+    use omoi_domain::task::{Discovery, DiscoveryKind, Task, TaskCommand};
+    use omoi_projections::catalog::{self, BuildState};
+    use omoi_workflow::discovery::DiscoveryResolution;
+    use sqlx::{Connection, PgConnection};
+
+    let database = TestDatabase::create().await.expect("a database");
+    let bus = CommandBus::new(database.pool.clone(), RetryPolicy::default());
+    let context = CommandContext::new(Actor::System("leaders-test"), "leaders-test");
+    let (organization, project) = organization_and_project(&bus, &context).await;
+    let (ticket, now) = (Uuid::now_v7(), chrono::Utc::now);
+    let create = |task: Uuid, discovery: Option<Discovery>| {
+        let bus = &bus;
+        let context = &context;
+        async move {
+            let create = TaskCommand::CreateTask {
+                task_id: task,
+                organization_id: organization,
+                project_id: project,
+                ticket_id: ticket,
+                title: format!("task {task}"),
+                description: String::new(),
+                task_type: "implement".into(),
+                phase: Default::default(),
+                priority: Default::default(),
+                depends_on: vec![],
+                required_capabilities: vec![],
+                max_retries: None,
+                timeout_seconds: None,
+                discovery,
+                validation: None,
+                validates: None,
+                plan_key: None,
+                at: now(),
+            };
+            bus.execute::<Task>(&task.to_string(), create, context)
+                .await
+                .expect("a task");
+        }
+    };
+    let run = |task: Uuid, complete: bool| {
+        let bus = &bus;
+        let context = &context;
+        async move {
+            let mut commands = vec![
+                TaskCommand::AssignTask {
+                    agent_id: Uuid::now_v7(),
+                    at: now(),
+                },
+                TaskCommand::StartTask { at: now() },
+            ];
+            if complete {
+                commands.push(TaskCommand::CompleteTask {
+                    result: serde_json::json!({}),
+                    at: now(),
+                });
+            }
+            for command in commands {
+                bus.execute::<Task>(&task.to_string(), command, context)
+                    .await
+                    .expect("a step of the task");
+            }
+        }
+    };
+    let one = omoi_workflow::run(DiscoveryResolution::default());
+    let other = omoi_workflow::run(DiscoveryResolution::default());
+    let mut conn = PgConnection::connect_with(&database.options)
+        .await
+        .expect("a connection");
+    // Live: only a live build passes pages by.
+    let build = catalog::create_build(&mut conn, one.as_ref(), BuildState::Live)
+        .await
+        .expect("a build");
+
+    // `one` reads its table (empty) at the first end of a task, and keeps it.
+    let (parent, unrelated, discovered) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
+    create(parent, None).await;
+    run(parent, false).await;
+    create(unrelated, None).await;
+    run(unrelated, true).await;
+    lead(&database, build.build, one.as_ref()).await;
+
+    // The running parent's agent finds work that blocks it; `other` records it.
+    let discovery = Discovery {
+        parent_task_id: parent,
+        kind: DiscoveryKind::Bug,
+        discovered_by: None,
+        blocks_parent: true,
+    };
+    create(discovered, Some(discovery)).await;
+    let report = TaskCommand::ReportDiscovery {
+        discovered_task_id: discovered,
+        kind: DiscoveryKind::Bug,
+        blocks_parent: true,
+    };
+    bus.execute::<Task>(&parent.to_string(), report, &context)
+        .await
+        .expect("the discovery reported on its parent");
+    lead(&database, build.build, other.as_ref()).await;
+
+    run(discovered, true).await;
+    lead(&database, build.build, one.as_ref()).await;
+    let (parent, _) = bus
+        .load::<Task>(&parent.to_string())
+        .await
+        .expect("the parent")
+        .expect("it exists");
+    assert!(
+        parent.open_discoveries.is_empty(),
+        "the discovery completed, so it no longer holds its parent: {:?}",
+        parent.open_discoveries
+    );
+}
+
 /// One leadership of `projector` over `build` (a reading of its own), stepped until it
 /// has nothing left, every event of the log visible (no older transaction of the cluster
 /// running).

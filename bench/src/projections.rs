@@ -557,8 +557,8 @@ impl Projector for InBatches<'_> {
     ) -> futures_util::future::BoxFuture<'a, Result<(), omoi_projections::ProjectionError>> {
         self.0.apply(tx, schema, events)
     }
-    fn concerns(&self, event: &omoi_store::StoredEvent) -> bool {
-        self.0.concerns(event)
+    fn concerns(&self, schema: &str, event: &omoi_store::StoredEvent) -> bool {
+        self.0.concerns(schema, event)
     }
 }
 

@@ -149,12 +149,14 @@ pub trait Projector: Send + Sync {
         events: &'a [StoredEvent],
     ) -> BoxFuture<'a, Result<(), ProjectionError>>;
 
-    /// Whether `event` can change this projector's tables (or, for a process manager, cause
-    /// a command). A batch with no such event is passed over without a transaction: the
-    /// runner keeps the position in memory and writes it with the next batch it applies,
-    /// or when it has nothing more to read. Saying `true` is always safe; saying `false`
-    /// for an event `apply` would use loses it.
-    fn concerns(&self, _event: &StoredEvent) -> bool {
+    /// Whether `event` can change the tables of the build in `schema` (or, for a process
+    /// manager, cause a command). A batch with no such event is passed over without a
+    /// transaction: the runner keeps the position in memory and writes it with the next
+    /// batch it applies, or when it has nothing more to read. Saying `true` is always safe;
+    /// saying `false` for an event `apply` would use loses it. A projector that keeps its
+    /// tables in memory ([`Projector::settled`]) may answer from them: the runner tells it
+    /// that a leadership began before it asks.
+    fn concerns(&self, _schema: &str, _event: &StoredEvent) -> bool {
         true
     }
 

@@ -862,6 +862,13 @@ pub async fn step(
     if seen.failure.is_some() {
         return Ok(Step::Stopped);
     }
+    let schema = seen.schema();
+    // Before anything is asked of the projector: another process may have led the build
+    // since this one last did, so what it kept of its tables is stale.
+    if !reading.began {
+        projector.settled(&schema, false);
+        reading.began = true;
+    }
     // Events passed by since the checkpoint was written count only while nobody else
     // has moved the checkpoint (a retry, a takeover).
     let unsaved = reading.unsaved.take().filter(|u| u.saved == seen.cursor);
@@ -906,7 +913,7 @@ pub async fn step(
         reading.known = Some((seen, read_at));
         return Ok(Step::Idle);
     }
-    if live && !page.events.iter().any(|e| projector.concerns(e)) {
+    if live && !page.events.iter().any(|e| projector.concerns(&schema, e)) {
         let passed = Unsaved {
             saved: seen.cursor,
             at: page.next,
@@ -956,11 +963,6 @@ pub async fn step(
         true => conn.begin().await?,
         false => conn.begin_with(ASYNCHRONOUS_BATCH).await?,
     };
-    let schema = seen.schema();
-    if !reading.began {
-        projector.settled(&schema, false);
-        reading.began = true;
-    }
     // Whichever way this step ends from here, the projector hears whether the batch
     // committed.
     let mut settling = Settling {

@@ -177,7 +177,7 @@ impl Projector for SnapshotsProjector {
         })
     }
 
-    fn concerns(&self, event: &StoredEvent) -> bool {
+    fn concerns(&self, _schema: &str, event: &StoredEvent) -> bool {
         project_of(event).is_some()
     }
 

@@ -2,7 +2,8 @@
 //! completes or is cancelled, by a `TaskDiscoveryResolved` on the parent (whose
 //! completion waits for every blocking discovery to be resolved).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use futures_util::future::BoxFuture;
 use omoi_domain::task::{Task, TaskCommand, TaskEvent};
@@ -16,7 +17,59 @@ use crate::ProcessManager;
 /// The process manager's name: its build in the catalog and its actor (`system:…`).
 pub const NAME: &str = "discovery_resolution";
 
-pub struct DiscoveryResolution;
+/// The process manager, and its table's open blocking discoveries kept in memory by build
+/// schema: nearly every task that ends is no such discovery, and a page of such ends is
+/// passed by without a transaction ([`ProcessManager::concerns`]) instead of costing a
+/// durable commit each (`omoi-bench bench-worker`: a batch of this manager for nearly
+/// every page of the log, 111 in one `bench-workflow` run, for nothing).
+#[derive(Default)]
+pub struct DiscoveryResolution {
+    kept: Mutex<HashMap<String, Kept>>,
+}
+
+/// A build's blocking discoveries as its last committed batch left its table (a table of
+/// the open ones only: a discovery leaves it when it ends).
+#[derive(Default)]
+struct Kept {
+    blocking: HashSet<String>,
+    /// The batch given last, taken in once the runner says it committed.
+    pending: Option<Change>,
+}
+
+/// What a batch did to the table: the discoveries it added and those it removed, over the
+/// table it read when nothing was kept.
+struct Change {
+    read: Option<HashSet<String>>,
+    added: Vec<String>,
+    removed: Vec<String>,
+}
+
+impl DiscoveryResolution {
+    fn kept(&self) -> MutexGuard<'_, HashMap<String, Kept>> {
+        // Nothing is left half-changed under this lock: a poisoned one is still whole.
+        self.kept.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The build's blocking discoveries as its last committed batch left them; `None` when
+    /// not kept, or when the batch given before never settled (it may have been rolled
+    /// back).
+    fn blocking(&self, schema: &str) -> Option<HashSet<String>> {
+        let mut all = self.kept();
+        match all.get(schema) {
+            Some(kept) if kept.pending.is_none() => Some(kept.blocking.clone()),
+            Some(_) => {
+                all.remove(schema);
+                None
+            }
+            None => None,
+        }
+    }
+
+    /// Holds the batch's change until the runner says whether it committed.
+    fn hold(&self, schema: &str, change: Change) {
+        self.kept().entry(schema.to_string()).or_default().pending = Some(change);
+    }
+}
 
 impl ProcessManager for DiscoveryResolution {
     const NAME: &'static str = NAME;
@@ -42,6 +95,21 @@ impl ProcessManager for DiscoveryResolution {
             )
     }
 
+    /// A discovery, or the end of a task the build's table holds (every end while the
+    /// table is not kept).
+    fn concerns(&self, schema: &str, event: &StoredEvent) -> bool {
+        if !self.reacts_to(event) {
+            return false;
+        }
+        if event.event_type == "TaskDiscovered" {
+            return true;
+        }
+        match self.kept().get(schema) {
+            Some(kept) if kept.pending.is_none() => kept.blocking.contains(&event.aggregate_id),
+            _ => true,
+        }
+    }
+
     fn react<'a>(
         &'a self,
         tx: &'a mut PgConnection,
@@ -57,71 +125,128 @@ impl ProcessManager for DiscoveryResolution {
         schema: &'a str,
         events: Vec<&'a StoredEvent>,
     ) -> BoxFuture<'a, Result<(), ProjectionError>> {
-        Box::pin(discovered_tasks_ended(tx, schema, events))
+        Box::pin(self.discovered_tasks_ended(tx, schema, events))
+    }
+
+    fn settled(&self, schema: &str, committed: bool) {
+        let mut all = self.kept();
+        if !committed {
+            all.remove(schema);
+            return;
+        }
+        let Some(kept) = all.get_mut(schema) else {
+            return;
+        };
+        if let Some(change) = kept.pending.take() {
+            if let Some(read) = change.read {
+                kept.blocking = read;
+            }
+            kept.blocking.extend(change.added);
+            for task in &change.removed {
+                kept.blocking.remove(task);
+            }
+        }
     }
 }
 
-/// Keeps the open discoveries that block their parent and releases the parent of each
-/// that ended. Nearly every ended task was no such discovery: a batch costs one
-/// statement on a table of the few open ones, not a read of its tasks.
-async fn discovered_tasks_ended(
+impl DiscoveryResolution {
+    /// Keeps the open discoveries that block their parent and releases the parent of each
+    /// that ended. Nearly every ended task was no such discovery: a batch costs at most
+    /// one statement on a table of the few open ones, and none when what is kept of the
+    /// table holds none of its ended tasks.
+    async fn discovered_tasks_ended(
+        &self,
+        tx: &mut PgConnection,
+        schema: &str,
+        events: Vec<&StoredEvent>,
+    ) -> Result<(), ProjectionError> {
+        let Some(&first) = events.first() else {
+            return Ok(());
+        };
+        let (open, read) = match self.blocking(schema) {
+            Some(kept) => (kept, false),
+            None => (open_blocking(tx, schema).await?, true),
+        };
+        let mut blocking: Vec<(&str, String)> = Vec::new();
+        let mut ended: Vec<&str> = Vec::new();
+        for event in &events {
+            match event.event_type.as_str() {
+                "TaskDiscovered" => {
+                    let TaskEvent::TaskDiscovered { discovery } = event
+                        .payload
+                        .decode()
+                        .map_err(|e| ProjectionError::payload(event, e))?
+                    else {
+                        continue;
+                    };
+                    if discovery.blocks_parent {
+                        let parent = discovery.parent_task_id.to_string();
+                        blocking.push((event.aggregate_id.as_str(), parent));
+                    }
+                }
+                _ => ended.push(event.aggregate_id.as_str()),
+            }
+        }
+        let (added, parents): (Vec<&str>, Vec<String>) = blocking.into_iter().unzip();
+        // A task is discovered right after its creation, so before it can end: rows added
+        // first, then those of the ended tasks taken out, is the events' order.
+        if !added.is_empty() {
+            sqlx::query(&format!(
+                "insert into {schema}.blocking (task_id, parent_task_id)
+                 select * from unnest($1::text[], $2::text[])
+                 on conflict (task_id) do nothing"
+            ))
+            .bind(&added)
+            .bind(&parents)
+            .execute(&mut *tx)
+            .await?;
+        }
+        ended.retain(|task| open.contains(*task) || added.contains(task));
+        let released: HashMap<String, String> = match ended.is_empty() {
+            true => HashMap::new(),
+            false => sqlx::query_as(&format!(
+                "delete from {schema}.blocking
+                  where task_id in (select unnest($1::text[]))
+                  returning task_id, parent_task_id"
+            ))
+            .bind(&ended)
+            .fetch_all(&mut *tx)
+            .await?
+            .into_iter()
+            .collect(),
+        };
+        let change = Change {
+            read: read.then_some(open),
+            added: added.iter().map(|task| task.to_string()).collect(),
+            removed: released.keys().cloned().collect(),
+        };
+        self.hold(schema, change);
+        if released.is_empty() {
+            return Ok(());
+        }
+        release_parents(tx, first, events, &released).await
+    }
+}
+
+/// The build's open blocking discoveries, as its table holds them.
+async fn open_blocking(
     tx: &mut PgConnection,
     schema: &str,
-    events: Vec<&StoredEvent>,
-) -> Result<(), ProjectionError> {
-    let Some(&first) = events.first() else {
-        return Ok(());
-    };
-    let mut blocking: Vec<(&str, String)> = Vec::new();
-    let mut ended: Vec<&str> = Vec::new();
-    for event in &events {
-        match event.event_type.as_str() {
-            "TaskDiscovered" => {
-                let TaskEvent::TaskDiscovered { discovery } = event
-                    .payload
-                    .decode()
-                    .map_err(|e| ProjectionError::payload(event, e))?
-                else {
-                    continue;
-                };
-                if discovery.blocks_parent {
-                    let parent = discovery.parent_task_id.to_string();
-                    blocking.push((event.aggregate_id.as_str(), parent));
-                }
-            }
-            _ => ended.push(event.aggregate_id.as_str()),
-        }
-    }
-    // A task is discovered right after its creation, so before it can end: rows added
-    // first, then those of the ended tasks taken out, is the events' order.
-    if !blocking.is_empty() {
-        let (tasks, parents): (Vec<&str>, Vec<String>) = blocking.into_iter().unzip();
-        sqlx::query(&format!(
-            "insert into {schema}.blocking (task_id, parent_task_id)
-             select * from unnest($1::text[], $2::text[])
-             on conflict (task_id) do nothing"
-        ))
-        .bind(&tasks)
-        .bind(&parents)
-        .execute(&mut *tx)
+) -> Result<HashSet<String>, ProjectionError> {
+    let tasks: Vec<String> = sqlx::query_scalar(&format!("select task_id from {schema}.blocking"))
+        .fetch_all(&mut *tx)
         .await?;
-    }
-    if ended.is_empty() {
-        return Ok(());
-    }
-    let released: HashMap<String, String> = sqlx::query_as(&format!(
-        "delete from {schema}.blocking
-          where task_id in (select unnest($1::text[]))
-          returning task_id, parent_task_id"
-    ))
-    .bind(&ended)
-    .fetch_all(&mut *tx)
-    .await?
-    .into_iter()
-    .collect();
-    if released.is_empty() {
-        return Ok(());
-    }
+    Ok(tasks.into_iter().collect())
+}
+
+/// Resolves the discovery on the parent of each of `released` (discovery → parent) that
+/// ended among `events`.
+async fn release_parents(
+    tx: &mut PgConnection,
+    first: &StoredEvent,
+    events: Vec<&StoredEvent>,
+    released: &HashMap<String, String>,
+) -> Result<(), ProjectionError> {
     let mut parents = Aggregates::<Task>::new();
     let mut effects = Effects::default();
     for event in events {

@@ -79,6 +79,14 @@ pub trait ProcessManager: Send + Sync + 'static {
 
     fn reacts_to(&self, event: &StoredEvent) -> bool;
 
+    /// Whether `event` may cause something in the build whose tables are in `schema`
+    /// ([`Projector::concerns`]): by default whatever it reacts to. A manager keeping its
+    /// tables in memory may say no to an event it reacts to that, as they stand, causes
+    /// nothing — a batch of such events then costs no transaction.
+    fn concerns(&self, _schema: &str, event: &StoredEvent) -> bool {
+        self.reacts_to(event)
+    }
+
     /// Its reaction to `event`; its own tables are in `schema`.
     fn react<'a>(
         &'a self,
@@ -152,8 +160,8 @@ impl<P: ProcessManager> Projector for Run<P> {
         })
     }
 
-    fn concerns(&self, event: &StoredEvent) -> bool {
-        self.manager.reacts_to(event)
+    fn concerns(&self, schema: &str, event: &StoredEvent) -> bool {
+        self.manager.concerns(schema, event)
     }
 
     fn settled(&self, schema: &str, committed: bool) {
@@ -223,7 +231,7 @@ pub fn all(config: &WorkflowConfig) -> Vec<Arc<dyn Projector>> {
         run(completion::SpecCompletion),
         run(progress::TicketProgress::default()),
         run(archival::SpecArchival),
-        run(discovery::DiscoveryResolution),
+        run(discovery::DiscoveryResolution::default()),
         run(validation::Validation),
         run(stall::StallPolicyManager),
         run(spawn::PhaseTasks {

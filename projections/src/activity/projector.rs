@@ -29,7 +29,7 @@ impl Projector for ActivityProjector {
     }
 
     /// Events that name an agent (the only ones `apply` records).
-    fn concerns(&self, event: &StoredEvent) -> bool {
+    fn concerns(&self, _schema: &str, event: &StoredEvent) -> bool {
         !agents_named(event).is_empty()
     }
 

@@ -26,7 +26,7 @@ impl Projector for AgentsProjector {
     }
 
     /// What `apply` decodes; every other aggregate's events pass it by.
-    fn concerns(&self, event: &StoredEvent) -> bool {
+    fn concerns(&self, _schema: &str, event: &StoredEvent) -> bool {
         matches!(event.aggregate_type.as_str(), "Agent" | "Task")
     }
 

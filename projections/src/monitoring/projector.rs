@@ -34,7 +34,7 @@ impl Projector for MonitoringProjector {
 
     /// What `apply` decodes: agents' and tasks' events, and the tickets' that can raise or
     /// resolve an alert (`ticket_alert`).
-    fn concerns(&self, event: &StoredEvent) -> bool {
+    fn concerns(&self, _schema: &str, event: &StoredEvent) -> bool {
         match event.aggregate_type.as_str() {
             "Agent" | "Task" => true,
             "Ticket" => matches!(
