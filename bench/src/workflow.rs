@@ -6,7 +6,8 @@
 //! starts. Printed: specs completed per second from the first approval to the last
 //! completion, and, for every ticket move a task's completion caused, the time from the
 //! completion's append to the move's append (what the process managers add, from the
-//! events' own timestamps).
+//! events' own timestamps), and the batches (a transaction each) every read model and
+//! process manager of the server committed meanwhile.
 
 use std::time::Instant;
 
@@ -87,6 +88,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         ..WorkerConfig::default()
     };
     crate::setup::analyze(&app.database.pool).await?;
+    let batches_before = batches(&app);
     let started = Instant::now();
     let approvals: Vec<StatusCode> = futures_util::stream::iter(&specs)
         .map(|spec| {
@@ -108,6 +110,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     // No spec had completed before: the log's completions are this run's.
     wait_for_events(&app.database.pool, "SpecCompleted", args.specs as i64).await?;
     let elapsed = started.elapsed().as_secs_f64();
+    let batches_after = batches(&app);
     worker.stop().await;
     println!(
         "  {} specs completed in {elapsed:.2} s = {:.1} specs/s ({:.0} tasks/s)",
@@ -140,6 +143,22 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         summary.p50,
         summary.p99,
         summary.max
+    );
+    let mut run: Vec<(String, u64)> = batches_after
+        .into_iter()
+        .map(|(build, n)| {
+            let before = batches_before.get(&build).copied().unwrap_or(0);
+            (build, n - before.min(n))
+        })
+        .collect();
+    run.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    let listed: Vec<String> = run
+        .iter()
+        .map(|(build, n)| format!("{build} {n}"))
+        .collect();
+    println!(
+        "  transactions of the server's builds from the first approval to the last completion: {}",
+        listed.join(", ")
     );
     // The server and its process managers stop before their database is dropped.
     app.stop().await;
@@ -219,6 +238,16 @@ fn plan(n: usize, tickets: usize, tasks: usize) -> Value {
 fn title(n: usize, t: usize, k: usize) -> String {
     let seed = ((n as u64) << 32) ^ ((t as u64) << 16) ^ k as u64;
     crate::setup::task_title(format_args!("task {k}"), seed)
+}
+
+/// Batches each build the server leads has committed so far, by projector.
+fn batches(app: &TestApp) -> std::collections::HashMap<String, u64> {
+    app.projection_stats
+        .snapshot()
+        .into_iter()
+        .filter(|s| s.leader)
+        .map(|s| (s.projector, s.batches))
+        .collect()
 }
 
 async fn position(app: &TestApp) -> anyhow::Result<i64> {

@@ -91,6 +91,9 @@ pub struct ProjectorStats {
     /// Age of the newest applied event when the batch committed; 0 when caught up.
     pub lag_ms: i64,
     pub last_batch_ms: f64,
+    /// Batches this process committed for the build: a transaction each (pages the build
+    /// had no concern with are passed by without one).
+    pub batches: u64,
     pub leader: bool,
     pub error: Option<String>,
 }
@@ -170,9 +173,18 @@ impl RunnerStats {
                 |s| f64::from(u8::from(s.error.is_some())),
             ),
         ];
+        let counters: [Gauge; 1] = [(
+            "omoi_projector_batches_total",
+            "Batches committed by this process",
+            |s| s.batches as f64,
+        )];
         let stats: Vec<ProjectorStats> = self.snapshot().into_iter().filter(|s| s.leader).collect();
-        for (name, help, value) in gauges {
-            out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} gauge\n"));
+        let metrics = gauges
+            .iter()
+            .map(|gauge| (gauge, "gauge"))
+            .chain(counters.iter().map(|counter| (counter, "counter")));
+        for ((name, help, value), kind) in metrics {
+            out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n"));
             for s in &stats {
                 out.push_str(&format!(
                     "{name}{{projector=\"{}\",build=\"{}\"}} {}\n",
@@ -1420,6 +1432,7 @@ async fn record_batch(
         s.events_applied += applied as i64;
         s.lag_ms = lag_ms;
         s.last_batch_ms = started.elapsed().as_secs_f64() * 1000.0;
+        s.batches += 1;
     });
     let newest = stats.newest_position(pool).await;
     stats.update(build.build, |s| {
@@ -1541,8 +1554,37 @@ mod tests {
     use proptest::prelude::*;
     use uuid::Uuid;
 
-    use super::{weight, Kept, KeptPages};
+    use super::{weight, Kept, KeptPages, RunnerStats};
     use crate::testing::Log;
+
+    /// A build's committed batches are a counter of the builds this process leads; the
+    /// others' are not reported here.
+    #[test]
+    fn batches_are_counted_for_the_builds_led_here() {
+        let stats = RunnerStats::default();
+        for (build, leader) in [(1, true), (2, false)] {
+            stats.update(build, |s| {
+                s.projector = "board".into();
+                s.build = build;
+                s.leader = leader;
+                s.batches = 3;
+            });
+        }
+        let text = stats.render_prometheus();
+        assert!(
+            text.contains("# TYPE omoi_projector_batches_total counter\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("omoi_projector_batches_total{projector=\"board\",build=\"1\"} 3\n"),
+            "{text}"
+        );
+        assert!(!text.contains("build=\"2\""), "{text}");
+        assert!(
+            text.contains("# TYPE omoi_projector_position gauge\n"),
+            "{text}"
+        );
+    }
 
     /// A stream of `n` events in the log's order: transactions of three events each, whose
     /// global positions do not follow the transactions' order.

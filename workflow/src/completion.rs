@@ -30,6 +30,22 @@ impl ProcessManager for SpecCompletion {
         event.aggregate_type == "Ticket" && event.event_type == "TicketStatusChanged"
     }
 
+    /// Only a move to `done` may complete a spec: a page of other moves (a ticket's walk to
+    /// `building`, a person's moves) is passed by without a transaction. A payload that
+    /// does not read concerns it: its batch reports the event.
+    fn concerns(&self, _schema: &str, event: &StoredEvent) -> bool {
+        self.reacts_to(event)
+            && event.payload.decode::<TicketEvent>().map_or(true, |moved| {
+                matches!(
+                    moved,
+                    TicketEvent::TicketStatusChanged {
+                        to: TicketStatus::Done,
+                        ..
+                    }
+                )
+            })
+    }
+
     fn react<'a>(
         &'a self,
         tx: &'a mut PgConnection,
@@ -151,4 +167,54 @@ async fn tickets_moved(
         tracing::info!(spec = %spec_id, "every ticket of the plan is done: spec completed, workflow finished");
     }
     effects.append(tx, first).await
+}
+
+#[cfg(test)]
+mod tests {
+    use omoi_domain::ticket::{TicketEvent, TicketStatus};
+    use omoi_store::StoredEvent;
+    use serde_json::json;
+
+    use super::SpecCompletion;
+    use crate::ProcessManager;
+
+    fn ticket_event(event_type: &str, payload: serde_json::Value) -> StoredEvent {
+        StoredEvent {
+            aggregate_type: "Ticket".into(),
+            aggregate_id: uuid::Uuid::now_v7().to_string(),
+            sequence: 2,
+            global_position: 2,
+            transaction_id: 2,
+            event_type: event_type.into(),
+            event_version: "1".into(),
+            payload: payload.into(),
+            metadata: json!({}).into(),
+        }
+    }
+
+    /// A page of moves that cannot complete a spec is passed by; a move to `done`, and a
+    /// move whose payload does not read (its batch must report it), are not.
+    #[test]
+    fn only_a_move_to_done_concerns_it() {
+        for from in TicketStatus::ALL {
+            for to in TicketStatus::ALL {
+                let moved = TicketEvent::TicketStatusChanged {
+                    from,
+                    to,
+                    note: None,
+                };
+                let payload = serde_json::to_value(&moved).expect("it serializes");
+                let event = ticket_event("TicketStatusChanged", payload);
+                assert_eq!(
+                    SpecCompletion.concerns("schema", &event),
+                    to == TicketStatus::Done,
+                    "{from:?} → {to:?}"
+                );
+            }
+        }
+        let unreadable = ticket_event("TicketStatusChanged", json!({"TicketStatusChanged": 7}));
+        assert!(SpecCompletion.concerns("schema", &unreadable));
+        let renamed = ticket_event("TicketRenamed", json!({"TicketRenamed": {"title": "x"}}));
+        assert!(!SpecCompletion.concerns("schema", &renamed));
+    }
 }

@@ -76,6 +76,12 @@ impl ProcessManager for PhaseTasks {
         event.aggregate_type == "Ticket" && event.event_type == "TicketCreated"
     }
 
+    /// Only a ticket made by hand gets a task: a page of a plan's tickets (caused by its
+    /// approval) is passed by without a transaction.
+    fn concerns(&self, _schema: &str, event: &StoredEvent) -> bool {
+        self.reacts_to(event) && made_by_hand(event)
+    }
+
     fn react<'a>(
         &'a self,
         tx: &'a mut PgConnection,
@@ -84,6 +90,12 @@ impl ProcessManager for PhaseTasks {
     ) -> BoxFuture<'a, Result<(), ProjectionError>> {
         Box::pin(self.ticket_created(tx, event))
     }
+}
+
+/// Whether the ticket `event` created was made by hand: a ticket another event caused (a
+/// plan's) comes with its own tasks.
+fn made_by_hand(event: &StoredEvent) -> bool {
+    event.metadata.causation_id().is_none()
 }
 
 /// The id of the task `event` (a ticket's creation) spawns: the same on every replay.
@@ -100,8 +112,7 @@ impl PhaseTasks {
         tx: &mut PgConnection,
         event: &StoredEvent,
     ) -> Result<(), ProjectionError> {
-        // A ticket another event caused (a plan's) comes with its own tasks.
-        if event.metadata.causation_id().is_some() {
+        if !made_by_hand(event) {
             return Ok(());
         }
         let (ticket, _) = load::<Ticket>(tx, event, &event.aggregate_id).await?;
@@ -172,5 +183,36 @@ mod tests {
         }
         assert_eq!(capitalized("analyze"), "Analyze");
         assert_eq!(capitalized(""), "");
+    }
+
+    fn ticket_event(event_type: &str, metadata: serde_json::Value) -> StoredEvent {
+        StoredEvent {
+            aggregate_type: "Ticket".into(),
+            aggregate_id: Uuid::now_v7().to_string(),
+            sequence: 1,
+            global_position: 1,
+            transaction_id: 1,
+            event_type: event_type.into(),
+            event_version: "1".into(),
+            payload: serde_json::json!({ event_type: {} }).into(),
+            metadata: metadata.into(),
+        }
+    }
+
+    /// A plan's tickets (caused by its approval) are passed by; a ticket made by hand is not.
+    #[test]
+    fn only_a_ticket_made_by_hand_concerns_it() {
+        let manager = PhaseTasks {
+            table: PhaseTaskTable::default(),
+        };
+        let by_hand = ticket_event("TicketCreated", serde_json::json!({"actor": "user:1"}));
+        let planned = ticket_event(
+            "TicketCreated",
+            serde_json::json!({"actor": "system:plan_execution", "causation_id": "Spec/1/7"}),
+        );
+        let renamed = ticket_event("TicketRenamed", serde_json::json!({}));
+        assert!(manager.concerns("schema", &by_hand));
+        assert!(!manager.concerns("schema", &planned));
+        assert!(!manager.concerns("schema", &renamed));
     }
 }
