@@ -37,7 +37,7 @@ async fn health(State(state): State<AppState>) -> ApiResult<Json<Health>> {
 }
 
 /// Prometheus text exposition: `omoi_commands_total{command,outcome}`,
-/// `omoi_command_duration_seconds{command}`, the projectors' gauges, and
+/// `omoi_command_duration_seconds{command}`, the projectors' gauges and batch counter, and
 /// `omoi_live_sockets` / `omoi_live_followers`.
 #[utoipa::path(get, path = "/metrics", tag = "system", security(()),
     responses((status = 200, content_type = "text/plain", body = String)))]
