@@ -3,7 +3,6 @@
 //! completion waits for every blocking discovery to be resolved).
 
 use std::collections::{HashMap, HashSet};
-use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use futures_util::future::BoxFuture;
 use omoi_domain::task::{Task, TaskCommand, TaskEvent};
@@ -12,6 +11,7 @@ use omoi_store::{Actor, CommandContext, StoredEvent};
 use sqlx::PgConnection;
 
 use crate::aggregates::{Aggregates, Effects};
+use crate::kept::{Keep, Kept};
 use crate::ProcessManager;
 
 /// The process manager's name: its build in the catalog and its actor (`system:…`).
@@ -20,21 +20,17 @@ pub const NAME: &str = "discovery_resolution";
 /// The process manager, and its table's open blocking discoveries kept in memory by build
 /// schema: nearly every task that ends is no such discovery, and a page of such ends is
 /// passed by without a transaction ([`ProcessManager::concerns`]) instead of costing a
-/// durable commit each (`omoi-bench bench-worker`: a batch of this manager for nearly
-/// every page of the log, 111 in one `bench-workflow` run, for nothing).
+/// durable commit each (111 batches in one `omoi-bench bench-workflow` run, the most of
+/// any build, each releasing nothing).
 #[derive(Default)]
 pub struct DiscoveryResolution {
-    kept: Mutex<HashMap<String, Kept>>,
+    kept: Kept<OpenBlocking>,
 }
 
 /// A build's blocking discoveries as its last committed batch left its table (a table of
 /// the open ones only: a discovery leaves it when it ends).
 #[derive(Default)]
-struct Kept {
-    blocking: HashSet<String>,
-    /// The batch given last, taken in once the runner says it committed.
-    pending: Option<Change>,
-}
+struct OpenBlocking(HashSet<String>);
 
 /// What a batch did to the table: the discoveries it added and those it removed, over the
 /// table it read when nothing was kept.
@@ -44,30 +40,17 @@ struct Change {
     removed: Vec<String>,
 }
 
-impl DiscoveryResolution {
-    fn kept(&self) -> MutexGuard<'_, HashMap<String, Kept>> {
-        // Nothing is left half-changed under this lock: a poisoned one is still whole.
-        self.kept.lock().unwrap_or_else(PoisonError::into_inner)
-    }
+impl Keep for OpenBlocking {
+    type Change = Change;
 
-    /// The build's blocking discoveries as its last committed batch left them; `None` when
-    /// not kept, or when the batch given before never settled (it may have been rolled
-    /// back).
-    fn blocking(&self, schema: &str) -> Option<HashSet<String>> {
-        let mut all = self.kept();
-        match all.get(schema) {
-            Some(kept) if kept.pending.is_none() => Some(kept.blocking.clone()),
-            Some(_) => {
-                all.remove(schema);
-                None
-            }
-            None => None,
+    fn commit(&mut self, change: Change) {
+        if let Some(read) = change.read {
+            self.0 = read;
         }
-    }
-
-    /// Holds the batch's change until the runner says whether it committed.
-    fn hold(&self, schema: &str, change: Change) {
-        self.kept().entry(schema.to_string()).or_default().pending = Some(change);
+        self.0.extend(change.added);
+        for task in &change.removed {
+            self.0.remove(task);
+        }
     }
 }
 
@@ -104,10 +87,9 @@ impl ProcessManager for DiscoveryResolution {
         if event.event_type == "TaskDiscovered" {
             return true;
         }
-        match self.kept().get(schema) {
-            Some(kept) if kept.pending.is_none() => kept.blocking.contains(&event.aggregate_id),
-            _ => true,
-        }
+        self.kept
+            .between_batches(schema, |open| open.0.contains(&event.aggregate_id))
+            .unwrap_or(true)
     }
 
     fn react<'a>(
@@ -129,23 +111,7 @@ impl ProcessManager for DiscoveryResolution {
     }
 
     fn settled(&self, schema: &str, committed: bool) {
-        let mut all = self.kept();
-        if !committed {
-            all.remove(schema);
-            return;
-        }
-        let Some(kept) = all.get_mut(schema) else {
-            return;
-        };
-        if let Some(change) = kept.pending.take() {
-            if let Some(read) = change.read {
-                kept.blocking = read;
-            }
-            kept.blocking.extend(change.added);
-            for task in &change.removed {
-                kept.blocking.remove(task);
-            }
-        }
+        self.kept.settled(schema, committed);
     }
 }
 
@@ -163,7 +129,7 @@ impl DiscoveryResolution {
         let Some(&first) = events.first() else {
             return Ok(());
         };
-        let (open, read) = match self.blocking(schema) {
+        let (open, read) = match self.kept.for_batch(schema, |open| open.0.clone()) {
             Some(kept) => (kept, false),
             None => (open_blocking(tx, schema).await?, true),
         };
@@ -220,7 +186,8 @@ impl DiscoveryResolution {
             added: added.iter().map(|task| task.to_string()).collect(),
             removed: released.keys().cloned().collect(),
         };
-        self.hold(schema, change);
+        // Taken in once the runner says the batch committed.
+        self.kept.hold(schema, change);
         if released.is_empty() {
             return Ok(());
         }

@@ -32,6 +32,8 @@
 //!   work or sends it back for revision.
 //! * [`stall`] — a stalled task gets its project's stall policy: nudge, restart or
 //!   escalate.
+//! * `kept` — what a manager keeps of its own tables in memory between batches, taken in
+//!   only once a batch committed (`progress`, `discovery`).
 
 pub mod admission;
 mod aggregates;
@@ -41,6 +43,7 @@ pub mod cycles;
 pub mod discovery;
 pub mod execution;
 pub mod export;
+mod kept;
 pub mod progress;
 pub mod spawn;
 pub mod stall;

@@ -10,7 +10,6 @@
 //! and whether it is a validation task.
 
 use std::collections::{BTreeSet, HashMap};
-use std::sync::Mutex;
 
 use cqrs_es::Aggregate;
 use futures_util::future::BoxFuture;
@@ -24,6 +23,7 @@ use omoi_store::{Actor, CommandContext, StoredEvent};
 use sqlx::PgConnection;
 
 use crate::aggregates::{specs_of_tickets, Aggregates, Effects};
+use crate::kept::{Keep, Kept};
 use crate::{occurred_at, ProcessManager};
 
 /// The process manager's name: its build in the catalog and its actor (`system:…`).
@@ -35,7 +35,7 @@ pub const NAME: &str = "ticket_progress";
 /// for most batches, and a ticket of thousands of tasks counted once, not per batch.
 #[derive(Default)]
 pub struct TicketProgress {
-    kept: Mutex<HashMap<String, Kept>>,
+    kept: Kept<KeptRows>,
 }
 
 /// Rows and tallies kept past this many are all forgotten (read again as needed).
@@ -44,14 +44,15 @@ const KEPT_AT_MOST: usize = 100_000;
 /// Some of a build's rows and tickets' tallies as its last committed batch left them;
 /// what is not here is read from the table.
 #[derive(Default)]
-struct Kept {
+struct KeptRows {
     rows: HashMap<String, TaskRow>,
     tallies: HashMap<String, Tally>,
-    /// What the batch given last ended with, kept once the runner says it committed.
-    pending: Option<TaskRows>,
 }
 
-impl Kept {
+impl Keep for KeptRows {
+    /// What the batch ended with.
+    type Change = TaskRows;
+
     /// Takes in a committed batch's rows and tallies. A ticket whose row the batch changed
     /// without holding its tally has its kept tally forgotten: it no longer counts the rows.
     fn commit(&mut self, batch: TaskRows) {
@@ -70,27 +71,13 @@ impl Kept {
     }
 }
 
-impl TicketProgress {
-    fn kept(&self) -> std::sync::MutexGuard<'_, HashMap<String, Kept>> {
-        // Nothing is left half-changed under this lock: a poisoned one is still whole.
-        self.kept
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    /// What is kept of the batch's tasks' rows and of the tallies of their tickets; none
-    /// when the batch given before never settled (it may have been rolled back).
-    fn cached(&self, schema: &str, changes: &[(&StoredEvent, TaskEvent)]) -> Cached {
-        let mut all = self.kept();
-        let kept = all.entry(schema.to_string()).or_default();
-        if kept.pending.is_some() {
-            *kept = Kept::default();
-            return Cached::default();
-        }
+impl KeptRows {
+    /// What is kept of the rows of `changes`' tasks and of the tallies of their tickets.
+    fn cached(&self, changes: &[(&StoredEvent, TaskEvent)]) -> Cached {
         let mut cached = Cached::default();
         for (event, change) in changes {
             let task = &event.aggregate_id;
-            let ticket = match (kept.rows.get(task), change) {
+            let ticket = match (self.rows.get(task), change) {
                 (Some(row), _) => {
                     cached.rows.insert(task.clone(), row.clone());
                     row.ticket_id.clone()
@@ -98,16 +85,21 @@ impl TicketProgress {
                 (None, TaskEvent::TaskCreated { ticket_id, .. }) => ticket_id.to_string(),
                 (None, _) => continue,
             };
-            if let Some(tally) = kept.tallies.get(&ticket) {
+            if let Some(tally) = self.tallies.get(&ticket) {
                 cached.tallies.insert(ticket, *tally);
             }
         }
         cached
     }
+}
 
-    /// Holds the batch's rows and tallies until the runner says whether it committed.
-    fn hold(&self, schema: &str, batch: TaskRows) {
-        self.kept().entry(schema.to_string()).or_default().pending = Some(batch);
+impl TicketProgress {
+    /// What is kept of the batch's tasks' rows and of the tallies of their tickets; none
+    /// when the batch given before never settled (it may have been rolled back).
+    fn cached(&self, schema: &str, changes: &[(&StoredEvent, TaskEvent)]) -> Cached {
+        self.kept
+            .for_batch(schema, |kept| kept.cached(changes))
+            .unwrap_or_default()
     }
 
     /// The batch's task changes: the table's rows they touch are read once (those not
@@ -141,7 +133,8 @@ impl TicketProgress {
         // Written last: the batch holds every reader of the log from its first write on.
         rows.write(tx, schema).await?;
         effects.append(tx, first).await?;
-        self.hold(schema, rows);
+        // Taken in once the runner says the batch committed.
+        self.kept.hold(schema, rows);
         Ok(())
     }
 }
@@ -194,18 +187,7 @@ impl ProcessManager for TicketProgress {
     }
 
     fn settled(&self, schema: &str, committed: bool) {
-        let mut all = self.kept();
-        match (committed, all.get_mut(schema)) {
-            (true, Some(kept)) => {
-                if let Some(batch) = kept.pending.take() {
-                    kept.commit(batch);
-                }
-            }
-            (true, None) => {}
-            (false, _) => {
-                all.remove(schema);
-            }
-        }
+        self.kept.settled(schema, committed);
     }
 }
 
@@ -673,7 +655,8 @@ mod tests {
     use omoi_domain::ticket::TicketStatus;
     use proptest::prelude::*;
 
-    use super::{text, Kept, Tally, TaskRow, TaskRows};
+    use super::{text, KeptRows, Tally, TaskRow, TaskRows};
+    use crate::kept::Keep;
 
     const TICKETS: [&str; 3] = ["t1", "t2", "t3"];
 
@@ -782,7 +765,7 @@ mod tests {
             ),
         ) {
             let mut table: HashMap<String, TaskRow> = HashMap::new();
-            let mut kept = Kept::default();
+            let mut kept = KeptRows::default();
             for (changes, held) in batches {
                 let mut rows = TaskRows {
                     rows: HashMap::new(),
