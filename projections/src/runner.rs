@@ -98,8 +98,8 @@ pub struct ProjectorStats {
     pub error: Option<String>,
 }
 
-/// A gauge's name, help text and how to read it off a projector's statistics.
-type Gauge = (&'static str, &'static str, fn(&ProjectorStats) -> f64);
+/// A metric's name, help text and how to read it off a projector's statistics.
+type Metric = (&'static str, &'static str, fn(&ProjectorStats) -> f64);
 
 /// Shared, live statistics of the builds this process projects.
 #[derive(Debug, Default)]
@@ -146,7 +146,7 @@ impl RunnerStats {
     /// Prometheus text for the builds this process leads.
     pub fn render_prometheus(&self) -> String {
         let mut out = String::new();
-        let gauges: [Gauge; 5] = [
+        let gauges: [Metric; 5] = [
             (
                 "omoi_projector_position",
                 "Global position of the checkpoint",
@@ -173,7 +173,7 @@ impl RunnerStats {
                 |s| f64::from(u8::from(s.error.is_some())),
             ),
         ];
-        let counters: [Gauge; 1] = [(
+        let counters: [Metric; 1] = [(
             "omoi_projector_batches_total",
             "Batches committed by this process",
             |s| s.batches as f64,
