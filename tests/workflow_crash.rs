@@ -340,22 +340,18 @@ async fn effects_commit_or_roll_back_with_the_batch() {
 /// would never reach `done`.
 #[tokio::test(flavor = "multi_thread")]
 async fn ticket_progress_forgets_what_it_kept_when_another_leader_came_between() {
-    use omoi_domain::task::{Task, TaskCommand};
     use omoi_domain::ticket::{Ticket, TicketCommand, TicketStatus};
     use omoi_projections::catalog::{self, BuildState};
     use omoi_workflow::progress::TicketProgress;
     use sqlx::{Connection, PgConnection};
 
     let database = TestDatabase::create().await.expect("a database");
-    let bus = CommandBus::new(database.pool.clone(), RetryPolicy::default());
-    let context = CommandContext::new(Actor::System("leaders-test"), "leaders-test");
-    let (organization, project) = organization_and_project(&bus, &context).await;
-    let now = chrono::Utc::now;
-    let ticket = Uuid::now_v7();
+    let scene = Scene::new(&database).await;
+    let (bus, ticket) = (&scene.bus, scene.ticket);
     let create = TicketCommand::CreateTicket {
         ticket_id: ticket,
-        organization_id: organization,
-        project_id: project,
+        organization_id: scene.organization,
+        project_id: scene.project,
         spec_id: None,
         title: "Three tasks".into(),
         description: String::new(),
@@ -363,58 +359,13 @@ async fn ticket_progress_forgets_what_it_kept_when_another_leader_came_between()
         phase: Default::default(),
         plan_key: None,
     };
-    bus.execute::<Ticket>(&ticket.to_string(), create, &context)
+    bus.execute::<Ticket>(&ticket.to_string(), create, &scene.context)
         .await
         .expect("a ticket");
     let mut tasks = Vec::new();
-    for n in 0..3 {
-        let task = Uuid::now_v7();
-        let create = TaskCommand::CreateTask {
-            task_id: task,
-            organization_id: organization,
-            project_id: project,
-            ticket_id: ticket,
-            title: format!("task {n}"),
-            description: String::new(),
-            task_type: "implement".into(),
-            phase: Default::default(),
-            priority: Default::default(),
-            depends_on: vec![],
-            required_capabilities: vec![],
-            max_retries: None,
-            timeout_seconds: None,
-            discovery: None,
-            validation: None,
-            validates: None,
-            plan_key: None,
-            at: now(),
-        };
-        bus.execute::<Task>(&task.to_string(), create, &context)
-            .await
-            .expect("a task");
-        tasks.push(task.to_string());
+    for _ in 0..3 {
+        tasks.push(scene.task(None).await);
     }
-    let complete = |task: String| {
-        let (bus, context) = (&bus, &context);
-        async move {
-            let commands = [
-                TaskCommand::AssignTask {
-                    agent_id: Uuid::now_v7(),
-                    at: now(),
-                },
-                TaskCommand::StartTask { at: now() },
-                TaskCommand::CompleteTask {
-                    result: serde_json::json!({}),
-                    at: now(),
-                },
-            ];
-            for command in commands {
-                bus.execute::<Task>(&task, command, context)
-                    .await
-                    .expect("a step of the task");
-            }
-        }
-    };
     let one = omoi_workflow::run(TicketProgress::default());
     let other = omoi_workflow::run(TicketProgress::default());
     let mut conn = PgConnection::connect_with(&database.options)
@@ -435,13 +386,13 @@ async fn ticket_progress_forgets_what_it_kept_when_another_leader_came_between()
         }
     };
 
-    complete(tasks[0].clone()).await;
+    scene.run(tasks[0], true).await;
     lead(&database, build.build, one.as_ref()).await;
     assert_eq!(status().await, TicketStatus::Building);
-    complete(tasks[1].clone()).await;
+    scene.run(tasks[1], true).await;
     lead(&database, build.build, other.as_ref()).await;
     assert_eq!(status().await, TicketStatus::Building, "one task is open");
-    complete(tasks[2].clone()).await;
+    scene.run(tasks[2], true).await;
     lead(&database, build.build, one.as_ref()).await;
     assert_eq!(status().await, TicketStatus::Done, "every task completed");
 }
@@ -460,63 +411,7 @@ async fn discovery_resolution_forgets_what_it_kept_when_another_leader_came_betw
     use sqlx::{Connection, PgConnection};
 
     let database = TestDatabase::create().await.expect("a database");
-    let bus = CommandBus::new(database.pool.clone(), RetryPolicy::default());
-    let context = CommandContext::new(Actor::System("leaders-test"), "leaders-test");
-    let (organization, project) = organization_and_project(&bus, &context).await;
-    let (ticket, now) = (Uuid::now_v7(), chrono::Utc::now);
-    let create = |task: Uuid, discovery: Option<Discovery>| {
-        let bus = &bus;
-        let context = &context;
-        async move {
-            let create = TaskCommand::CreateTask {
-                task_id: task,
-                organization_id: organization,
-                project_id: project,
-                ticket_id: ticket,
-                title: format!("task {task}"),
-                description: String::new(),
-                task_type: "implement".into(),
-                phase: Default::default(),
-                priority: Default::default(),
-                depends_on: vec![],
-                required_capabilities: vec![],
-                max_retries: None,
-                timeout_seconds: None,
-                discovery,
-                validation: None,
-                validates: None,
-                plan_key: None,
-                at: now(),
-            };
-            bus.execute::<Task>(&task.to_string(), create, context)
-                .await
-                .expect("a task");
-        }
-    };
-    let run = |task: Uuid, complete: bool| {
-        let bus = &bus;
-        let context = &context;
-        async move {
-            let mut commands = vec![
-                TaskCommand::AssignTask {
-                    agent_id: Uuid::now_v7(),
-                    at: now(),
-                },
-                TaskCommand::StartTask { at: now() },
-            ];
-            if complete {
-                commands.push(TaskCommand::CompleteTask {
-                    result: serde_json::json!({}),
-                    at: now(),
-                });
-            }
-            for command in commands {
-                bus.execute::<Task>(&task.to_string(), command, context)
-                    .await
-                    .expect("a step of the task");
-            }
-        }
-    };
+    let scene = Scene::new(&database).await;
     let one = omoi_workflow::run(DiscoveryResolution::default());
     let other = omoi_workflow::run(DiscoveryResolution::default());
     let mut conn = PgConnection::connect_with(&database.options)
@@ -528,11 +423,10 @@ async fn discovery_resolution_forgets_what_it_kept_when_another_leader_came_betw
         .expect("a build");
 
     // `one` reads its table (empty) at the first end of a task, and keeps it.
-    let (parent, unrelated, discovered) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
-    create(parent, None).await;
-    run(parent, false).await;
-    create(unrelated, None).await;
-    run(unrelated, true).await;
+    let parent = scene.task(None).await;
+    scene.run(parent, false).await;
+    let unrelated = scene.task(None).await;
+    scene.run(unrelated, true).await;
     lead(&database, build.build, one.as_ref()).await;
 
     // The running parent's agent finds work that blocks it; `other` records it.
@@ -542,20 +436,23 @@ async fn discovery_resolution_forgets_what_it_kept_when_another_leader_came_betw
         discovered_by: None,
         blocks_parent: true,
     };
-    create(discovered, Some(discovery)).await;
+    let discovered = scene.task(Some(discovery)).await;
     let report = TaskCommand::ReportDiscovery {
         discovered_task_id: discovered,
         kind: DiscoveryKind::Bug,
         blocks_parent: true,
     };
-    bus.execute::<Task>(&parent.to_string(), report, &context)
+    scene
+        .bus
+        .execute::<Task>(&parent.to_string(), report, &scene.context)
         .await
         .expect("the discovery reported on its parent");
     lead(&database, build.build, other.as_ref()).await;
 
-    run(discovered, true).await;
+    scene.run(discovered, true).await;
     lead(&database, build.build, one.as_ref()).await;
-    let (parent, _) = bus
+    let (parent, _) = scene
+        .bus
         .load::<Task>(&parent.to_string())
         .await
         .expect("the parent")
@@ -565,6 +462,87 @@ async fn discovery_resolution_forgets_what_it_kept_when_another_leader_came_betw
         "the discovery completed, so it no longer holds its parent: {:?}",
         parent.open_discoveries
     );
+}
+
+/// An organization's project and a ticket of it, whose tasks the leadership tests create
+/// and walk through the bus.
+struct Scene {
+    bus: CommandBus,
+    context: CommandContext,
+    organization: Uuid,
+    project: Uuid,
+    ticket: Uuid,
+}
+
+impl Scene {
+    async fn new(database: &TestDatabase) -> Self {
+        let bus = CommandBus::new(database.pool.clone(), RetryPolicy::default());
+        let context = CommandContext::new(Actor::System("leaders-test"), "leaders-test");
+        let (organization, project) = organization_and_project(&bus, &context).await;
+        Self {
+            bus,
+            context,
+            organization,
+            project,
+            ticket: Uuid::now_v7(),
+        }
+    }
+
+    /// A new task of the ticket (a discovery, if one is given).
+    async fn task(&self, discovery: Option<omoi_domain::task::Discovery>) -> Uuid {
+        use omoi_domain::task::{Task, TaskCommand};
+        let task = Uuid::now_v7();
+        let create = TaskCommand::CreateTask {
+            task_id: task,
+            organization_id: self.organization,
+            project_id: self.project,
+            ticket_id: self.ticket,
+            title: format!("task {task}"),
+            description: String::new(),
+            task_type: "implement".into(),
+            phase: Default::default(),
+            priority: Default::default(),
+            depends_on: vec![],
+            required_capabilities: vec![],
+            max_retries: None,
+            timeout_seconds: None,
+            discovery,
+            validation: None,
+            validates: None,
+            plan_key: None,
+            at: chrono::Utc::now(),
+        };
+        self.bus
+            .execute::<Task>(&task.to_string(), create, &self.context)
+            .await
+            .expect("a task");
+        task
+    }
+
+    /// `task` assigned and started, and completed if `complete`.
+    async fn run(&self, task: Uuid, complete: bool) {
+        use omoi_domain::task::{Task, TaskCommand};
+        let now = chrono::Utc::now;
+        let mut commands = vec![
+            TaskCommand::AssignTask {
+                agent_id: Uuid::now_v7(),
+                at: now(),
+            },
+            TaskCommand::StartTask { at: now() },
+        ];
+        if complete {
+            commands.push(TaskCommand::CompleteTask {
+                result: serde_json::json!({}),
+                at: now(),
+            });
+        }
+        for command in commands {
+            self.bus
+                .execute::<Task>(&task.to_string(), command, &self.context)
+                .await
+                .expect("a step of the task");
+        }
+    }
 }
 
 /// One leadership of `projector` over `build` (a reading of its own), stepped until it
