@@ -34,16 +34,7 @@ impl ProcessManager for SpecCompletion {
     /// `building`, a person's moves) is passed by without a transaction. A payload that
     /// does not read concerns it: its batch reports the event.
     fn concerns(&self, _schema: &str, event: &StoredEvent) -> bool {
-        self.reacts_to(event)
-            && event.payload.decode::<TicketEvent>().map_or(true, |moved| {
-                matches!(
-                    moved,
-                    TicketEvent::TicketStatusChanged {
-                        to: TicketStatus::Done,
-                        ..
-                    }
-                )
-            })
+        self.reacts_to(event) && moved_to_done(event).unwrap_or(true)
     }
 
     fn react<'a>(
@@ -65,6 +56,22 @@ impl ProcessManager for SpecCompletion {
     }
 }
 
+/// Whether `event` (a ticket's status change) moved its ticket to `done`: the only move
+/// that may complete a spec.
+fn moved_to_done(event: &StoredEvent) -> Result<bool, ProjectionError> {
+    let moved: TicketEvent = event
+        .payload
+        .decode()
+        .map_err(|e| ProjectionError::payload(event, e))?;
+    Ok(matches!(
+        moved,
+        TicketEvent::TicketStatusChanged {
+            to: TicketStatus::Done,
+            ..
+        }
+    ))
+}
+
 /// Completes the spec of every ticket the batch moved to `done` once every other ticket
 /// of its plan is done too. The moved tickets, their specs and the specs' plan tickets are
 /// read with one query each.
@@ -74,17 +81,7 @@ async fn tickets_moved(
 ) -> Result<(), ProjectionError> {
     let mut done = Vec::new();
     for event in events {
-        let moved: TicketEvent = event
-            .payload
-            .decode()
-            .map_err(|e| ProjectionError::payload(event, e))?;
-        if matches!(
-            moved,
-            TicketEvent::TicketStatusChanged {
-                to: TicketStatus::Done,
-                ..
-            }
-        ) {
+        if moved_to_done(event)? {
             done.push(event);
         }
     }
@@ -179,17 +176,7 @@ mod tests {
     use crate::ProcessManager;
 
     fn ticket_event(event_type: &str, payload: serde_json::Value) -> StoredEvent {
-        StoredEvent {
-            aggregate_type: "Ticket".into(),
-            aggregate_id: uuid::Uuid::now_v7().to_string(),
-            sequence: 2,
-            global_position: 2,
-            transaction_id: 2,
-            event_type: event_type.into(),
-            event_version: "1".into(),
-            payload: payload.into(),
-            metadata: json!({}).into(),
-        }
+        crate::ticket_event(event_type, payload, json!({}))
     }
 
     /// A page of moves that cannot complete a spec is passed by; a move to `done`, and a

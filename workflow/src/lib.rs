@@ -242,3 +242,23 @@ pub fn all(config: &WorkflowConfig) -> Vec<Arc<dyn Projector>> {
         }),
     ]
 }
+
+/// A ticket's event as the log would hand it over, for the managers' unit tests.
+#[cfg(test)]
+pub(crate) fn ticket_event(
+    event_type: &str,
+    payload: serde_json::Value,
+    metadata: serde_json::Value,
+) -> StoredEvent {
+    StoredEvent {
+        aggregate_type: "Ticket".into(),
+        aggregate_id: uuid::Uuid::now_v7().to_string(),
+        sequence: 1,
+        global_position: 1,
+        transaction_id: 1,
+        event_type: event_type.into(),
+        event_version: "1".into(),
+        payload: payload.into(),
+        metadata: metadata.into(),
+    }
+}

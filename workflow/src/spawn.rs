@@ -186,17 +186,7 @@ mod tests {
     }
 
     fn ticket_event(event_type: &str, metadata: serde_json::Value) -> StoredEvent {
-        StoredEvent {
-            aggregate_type: "Ticket".into(),
-            aggregate_id: Uuid::now_v7().to_string(),
-            sequence: 1,
-            global_position: 1,
-            transaction_id: 1,
-            event_type: event_type.into(),
-            event_version: "1".into(),
-            payload: serde_json::json!({ event_type: {} }).into(),
-            metadata: metadata.into(),
-        }
+        crate::ticket_event(event_type, serde_json::json!({ event_type: {} }), metadata)
     }
 
     /// A plan's tickets (caused by its approval) are passed by; a ticket made by hand is not.
