@@ -20,8 +20,8 @@ pub const NAME: &str = "discovery_resolution";
 /// The process manager, and its table's open blocking discoveries kept in memory by build
 /// schema: nearly every task that ends is no such discovery, and a page of such ends is
 /// passed by without a transaction ([`ProcessManager::concerns`]) instead of costing a
-/// durable commit each (111 batches in one `omoi-bench bench-workflow` run, the most of
-/// any build, each releasing nothing).
+/// durable commit each (105–110 batches in an `omoi-bench bench-workflow` run, the most
+/// of any build, each releasing nothing).
 #[derive(Default)]
 pub struct DiscoveryResolution {
     kept: Kept<OpenBlocking>,
