@@ -495,6 +495,12 @@ async fn archiving_an_executing_spec_cancels_its_open_tasks_and_gives_the_workfl
     assert_eq!(used().await, 1);
     let agent = worker(&app, &organization).await;
     run_task(&app, &agent, &id("TSK-1")).await;
+    assert!(
+        spec_events_read_for(&app, &id("TKT-1"), &[])
+            .await
+            .is_empty(),
+        "no archival before archiving"
+    );
 
     app.must(
         &format!("/api/v1/specs/{spec}/archive"),
@@ -520,6 +526,44 @@ async fn archiving_an_executing_spec_cancels_its_open_tasks_and_gives_the_workfl
     // Its tickets stay where they were: cancelled work finishes nothing.
     let (_, ticket) = app.get(&format!("/api/v1/tickets/{}", id("TKT-1"))).await;
     assert_eq!(ticket["state"]["status"], "building", "{ticket}");
+
+    // What `ticket_progress` reads to know it: the spec's archival alone, named by the
+    // ticket's creation — and a spec also asked for whole comes whole, once.
+    let archival = spec_events_read_for(&app, &id("TKT-1"), &[]).await;
+    assert_eq!(archival, [(spec.clone(), "SpecArchived".to_string())]);
+    let whole = spec_events_read_for(&app, &id("TKT-1"), std::slice::from_ref(&spec)).await;
+    let history: Vec<(String, String)> = log(&app)
+        .await
+        .into_iter()
+        .filter(|e| e.aggregate_type == "Spec" && e.aggregate_id == spec)
+        .map(|e| (e.aggregate_id, e.event_type))
+        .collect();
+    assert!(history.len() > 1, "{history:?}");
+    assert_eq!(whole, history);
+}
+
+/// The spec events `histories_of` returns for `wanted` specs and, named by `ticket`'s
+/// creation, its spec's archival only.
+async fn spec_events_read_for(
+    app: &TestApp,
+    ticket: &str,
+    wanted: &[String],
+) -> Vec<(String, String)> {
+    let tickets = [ticket.to_string()];
+    let archival = omoi_store::log::NamedBy {
+        named_type: "Spec",
+        referrer_type: "Ticket",
+        referrers: &tickets,
+        path: &["TicketCreated", "spec_id"],
+        only: Some("SpecArchived"),
+    };
+    omoi_store::log::histories_of(&app.database.pool, &[("Spec", wanted)], Some(archival))
+        .await
+        .expect("read")
+        .into_iter()
+        .filter(|e| e.aggregate_type == "Spec")
+        .map(|e| (e.aggregate_id, e.event_type))
+        .collect()
 }
 
 /// The whole loop with in-process agents, as `omoi dev` runs it: a spec's plan approved,

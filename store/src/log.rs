@@ -480,12 +480,17 @@ pub struct NamedBy<'a> {
     pub referrer_type: &'a str,
     pub referrers: &'a [String],
     pub path: &'a [&'a str],
+    /// Only the named aggregates' events of this type (`None`: their whole histories) —
+    /// for a reader that needs one fact, such as whether a spec was archived, and not
+    /// the rest of a history whose payloads are large (a spec's plan).
+    pub only: Option<&'a str>,
 }
 
 /// Every event of the aggregates of several types — each `(type, ids)` of `wanted`, and
-/// those `named` names — by type, id and sequence, with one query (on a busy machine a
-/// process manager's batch is mostly its round trips), each looked up by the key as
-/// [`histories`] says.
+/// those `named` names (only its events of one type, if it says so) — by type, id and
+/// sequence, with one query (on a busy machine a process manager's batch is mostly its
+/// round trips), each looked up by the key as [`histories`] says. An aggregate both
+/// wanted and named comes once, whole.
 pub async fn histories_of<'c>(
     executor: impl sqlx::Executor<'c, Database = sqlx::Postgres>,
     wanted: &[(&str, &[String])],
@@ -496,21 +501,28 @@ pub async fn histories_of<'c>(
         aggregate_types.extend(std::iter::repeat_n(*aggregate_type, ids.len()));
         aggregate_ids.extend(ids.iter().map(String::as_str));
     }
+    // `only_type` null: the whole history. Grouped so that an aggregate wanted both ways is
+    // read once, whole.
     let sql = format!(
         "select history.* from (
-             select * from unnest($1::text[], $2::text[])
-             union
-             select $3, first.payload #>> $6::text[]
-               from unnest($4::text[]) as referrer(id)
-               cross join lateral (
-                   select payload from events
-                    where aggregate_type = $5 and aggregate_id = referrer.id and sequence = 1
-               ) as first
-              where first.payload #>> $6::text[] is not null
-           ) as wanted(type, id)
+             select type, id, case when bool_or(only_type is null) then null else min(only_type) end
+               from (select type, id, null::text from unnest($1::text[], $2::text[]) as w(type, id)
+                     union all
+                     select $3, first.payload #>> $6::text[], $7::text
+                       from unnest($4::text[]) as referrer(id)
+                       cross join lateral (
+                           select payload from events
+                            where aggregate_type = $5 and aggregate_id = referrer.id
+                              and sequence = 1
+                       ) as first
+                      where first.payload #>> $6::text[] is not null
+                    ) as asked(type, id, only_type)
+              group by type, id
+           ) as wanted(type, id, only_type)
            cross join lateral (
                select {COLUMNS} from events
                 where aggregate_type = wanted.type and aggregate_id = wanted.id
+                  and (wanted.only_type is null or event_type = wanted.only_type)
                 order by sequence) as history
           order by history.aggregate_type, history.aggregate_id, history.sequence"
     );
@@ -519,6 +531,7 @@ pub async fn histories_of<'c>(
         referrer_type: "",
         referrers: &[],
         path: &[],
+        only: None,
     };
     let named = named.unwrap_or(none);
     let rows = sqlx::query(&sql)
@@ -528,6 +541,7 @@ pub async fn histories_of<'c>(
         .bind(named.referrers)
         .bind(named.referrer_type)
         .bind(named.path)
+        .bind(named.only)
         .fetch_all(executor)
         .await?;
     rows.iter().map(StoredEvent::from_row).collect()

@@ -162,6 +162,21 @@ pub(crate) fn specs_of_tickets(tickets: &[String]) -> NamedBy<'_> {
         referrer_type: Ticket::TYPE,
         referrers: tickets,
         path: &TICKET_SPEC,
+        only: None,
+    }
+}
+
+/// The event that archives a spec, as stored. Archiving is final (an archived spec
+/// refuses every command), so a spec was archived exactly when it has this event.
+const SPEC_ARCHIVED: &str = "SpecArchived";
+
+/// The archivals of the specs of `tickets` (none for a spec not archived), to read with
+/// the tickets' histories: whether a spec was archived, without its history — whose
+/// payloads (the plan above all) are most of what reading it would cost.
+pub(crate) fn archivals_of_tickets_specs(tickets: &[String]) -> NamedBy<'_> {
+    NamedBy {
+        only: Some(SPEC_ARCHIVED),
+        ..specs_of_tickets(tickets)
     }
 }
 
@@ -275,11 +290,13 @@ impl Effects {
 
 #[cfg(test)]
 mod tests {
+    use cqrs_es::DomainEvent;
     use omoi_domain::common::{Phase, Priority};
+    use omoi_domain::spec::SpecEvent;
     use omoi_domain::ticket::TicketEvent;
     use uuid::Uuid;
 
-    use super::TICKET_SPEC;
+    use super::{SPEC_ARCHIVED, TICKET_SPEC};
 
     #[test]
     fn a_tickets_creation_names_its_spec_where_the_read_looks() {
@@ -297,5 +314,13 @@ mod tests {
         let stored = serde_json::to_value(&created).expect("encoded");
         let pointer = format!("/{}", TICKET_SPEC.join("/"));
         assert_eq!(stored.pointer(&pointer), Some(&serde_json::json!(spec)));
+    }
+
+    #[test]
+    fn a_specs_archival_is_stored_under_the_type_the_read_asks_for() {
+        let archived = SpecEvent::SpecArchived {
+            at: chrono::Utc::now(),
+        };
+        assert_eq!(archived.event_type(), SPEC_ARCHIVED);
     }
 }

@@ -14,7 +14,7 @@ use std::collections::{BTreeSet, HashMap};
 use cqrs_es::Aggregate;
 use futures_util::future::BoxFuture;
 use omoi_domain::project::Project;
-use omoi_domain::spec::{Spec, SpecPhase};
+use omoi_domain::spec::Spec;
 use omoi_domain::task::{Task, TaskEvent, TaskStatus};
 use omoi_domain::ticket::{BlockReason, Ticket, TicketCommand, TicketStatus};
 use omoi_projections::ProjectionError;
@@ -22,7 +22,7 @@ use omoi_store::log::histories_of;
 use omoi_store::{Actor, CommandContext, StoredEvent};
 use sqlx::PgConnection;
 
-use crate::aggregates::{specs_of_tickets, Aggregates, Effects};
+use crate::aggregates::{archivals_of_tickets_specs, of_type, Aggregates, Effects};
 use crate::kept::{Keep, Kept};
 use crate::{occurred_at, ProcessManager};
 
@@ -229,12 +229,11 @@ async fn answer(
     if asks.is_empty() {
         return Ok(effects);
     }
-    // The asked tickets, their projects, the specs of the tickets finishing work may
-    // move (whether they were archived) and the tasks failed for good (their errors),
-    // read with one query.
+    // The asked tickets, their projects, the archivals of the specs of the tickets
+    // finishing work may move and the tasks failed for good (their errors), read with
+    // one query.
     let mut tickets = Aggregates::<Ticket>::new();
     let mut projects = Aggregates::<Project>::new();
-    let mut specs = Aggregates::<Spec>::new();
     let mut failed = Aggregates::<Task>::new();
     let wanted_tickets = tickets.missing(asks.iter().map(|ask| ask.ticket().to_string()));
     let wanted_projects = projects.missing(asks.iter().filter_map(|ask| project_of(ask.event())));
@@ -255,11 +254,15 @@ async fn answer(
         (Project::TYPE, &wanted_projects[..]),
         (Task::TYPE, &wanted_failed[..]),
     ];
-    let events = histories_of(&mut *tx, &wanted, Some(specs_of_tickets(&finishing))).await?;
+    let archivals = archivals_of_tickets_specs(&finishing);
+    let events = histories_of(&mut *tx, &wanted, Some(archivals)).await?;
     tickets.know_read(first, wanted_tickets, &events)?;
     projects.know_read(first, wanted_projects, &events)?;
     failed.know_read(first, wanted_failed, &events)?;
-    specs.know_read(first, Vec::new(), &events)?;
+    let archived: BTreeSet<&str> = of_type(&events, Spec::TYPE)
+        .iter()
+        .map(|archival| archival.aggregate_id.as_str())
+        .collect();
     // Whether the task's project lets tickets move by themselves.
     let auto_advance = |event: &StoredEvent| {
         project_of(event).is_some_and(|id| projects.state(&id).settings.auto_advance)
@@ -297,10 +300,7 @@ async fn answer(
                 }
                 // An archived spec's tasks were cancelled with it, which finishes nothing.
                 if let Some(spec_id) = state.spec_id.filter(|_| ask.finishes()) {
-                    if specs
-                        .get(&spec_id.to_string())
-                        .is_some_and(|s| s.phase == SpecPhase::Archived)
-                    {
+                    if archived.contains(spec_id.to_string().as_str()) {
                         continue;
                     }
                 }
