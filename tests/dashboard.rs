@@ -95,8 +95,8 @@ async fn a_person_signs_in_sees_the_board_in_its_columns_and_switches_project() 
     browser.type_into(&email, "owner@example.com").await?;
     let password = browser.find("input[name=password]").await?;
     browser.type_into(&password, "not-the-password").await?;
-    let submit = browser.find("form.signin button[type=submit]").await?;
-    browser.click(&submit).await?;
+    let submit = "form.signin button[type=submit]";
+    browser.click_css(submit).await?;
     expect(
         &browser,
         "wrong-password-refused",
@@ -106,7 +106,7 @@ async fn a_person_signs_in_sees_the_board_in_its_columns_and_switches_project() 
     shot(&browser, "signin-refused").await;
     browser.clear(&password).await?;
     browser.type_into(&password, TEST_PASSWORD).await?;
-    browser.click(&submit).await?;
+    browser.click_css(submit).await?;
 
     expect(&browser, "board-backlog", &card_in("backlog", &login)).await;
     expect(&browser, "board-analyzing", &card_in("analyzing", &signup)).await;
@@ -128,10 +128,9 @@ async fn a_person_signs_in_sees_the_board_in_its_columns_and_switches_project() 
         .await?;
     expect(&browser, "reloaded", &card_in("analyzing", &signup)).await;
 
-    let option = browser
-        .find(&format!("#project-switcher option[value=\"{other}\"]"))
+    browser
+        .click_css(&format!("#project-switcher option[value=\"{other}\"]"))
         .await?;
-    browser.click(&option).await?;
     expect(&browser, "switched", &card_in("backlog", &guide)).await;
     assert!(browser
         .current_url()
@@ -215,8 +214,9 @@ async fn cards_move_live_by_drag_and_drop_and_a_move_past_the_wip_limit_is_offer
     .await;
     expect(&browser, "put-back", &card_in("backlog", &tickets[5])).await;
     shot(&browser, "board-wip-refusal").await;
-    let force = browser.find("dialog[open] button[value=confirm]").await?;
-    browser.click(&force).await?;
+    browser
+        .click_css("dialog[open] button[value=confirm]")
+        .await?;
     expect(&browser, "forced", &card_in("analyzing", &tickets[5])).await;
     expect(
         &browser,
@@ -279,10 +279,9 @@ async fn the_graph_shows_a_dependency_and_a_node_changes_live_when_its_task_comp
     shot(&browser, "graph-completed").await;
 
     // A node opens its task.
-    let second_node = browser
-        .find(&format!("[data-node-id=\"{second}\"]"))
+    browser
+        .click_css(&format!("[data-node-id=\"{second}\"]"))
         .await?;
-    browser.click(&second_node).await?;
     expect(
         &browser,
         "drawer",
@@ -498,10 +497,9 @@ async fn every_screen_renders_without_an_error_and_is_photographed() -> anyhow::
         ("graph", "document.querySelector('[data-node-id]')"),
         ("board", "document.querySelector('[data-ticket-id]')"),
     ] {
-        let link = browser
-            .find(&format!("nav a[href=\"/p/{project}/{screen}\"]"))
+        browser
+            .click_css(&format!("nav a[href=\"/p/{project}/{screen}\"]"))
             .await?;
-        browser.click(&link).await?;
         expect(&browser, screen, ready).await;
         let errors = browser
             .execute("return document.querySelectorAll('.toast-error, .form-error:not([hidden])').length;", vec![])
@@ -688,10 +686,9 @@ async fn a_spec_is_written_approved_gate_by_gate_and_its_plan_runs_in_the_execut
     };
     expect(&browser, "design-phase", &phase("design")).await;
 
-    let design = browser
-        .find(&format!("a[href=\"/p/{project}/specs/{spec}/design\"]"))
+    browser
+        .click_css(&format!("a[href=\"/p/{project}/specs/{spec}/design\"]"))
         .await?;
-    browser.click(&design).await?;
     for (name, value) in [
         ("architecture", "one service"),
         ("data_model", "users"),
@@ -710,10 +707,9 @@ async fn a_spec_is_written_approved_gate_by_gate_and_its_plan_runs_in_the_execut
     click_button(&browser, "Approve design").await?;
     expect(&browser, "tasks-phase", &phase("tasks")).await;
 
-    let plan = browser
-        .find(&format!("a[href=\"/p/{project}/specs/{spec}/plan\"]"))
+    browser
+        .click_css(&format!("a[href=\"/p/{project}/specs/{spec}/plan\"]"))
         .await?;
-    browser.click(&plan).await?;
     // A plan with a mistake: the server's answer names the place.
     let wrong = json!({"tickets": [{"key": "TKT-1", "title": "Login form",
         "tasks": [{"key": "TSK-1", "title": "Form", "task_type": "implement", "depends_on": ["TSK-9"]}]}]});
@@ -741,10 +737,9 @@ async fn a_spec_is_written_approved_gate_by_gate_and_its_plan_runs_in_the_execut
     click_button(&browser, "Approve plan").await?;
     expect(&browser, "executing", &phase("executing")).await;
 
-    let execution = browser
-        .find(&format!("a[href=\"/p/{project}/specs/{spec}/execution\"]"))
+    browser
+        .click_css(&format!("a[href=\"/p/{project}/specs/{spec}/execution\"]"))
         .await?;
-    browser.click(&execution).await?;
     // The plan's process manager creates the tickets and tasks; the tab shows them live.
     expect(
         &browser,

@@ -18,6 +18,9 @@ const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
 /// How long [`Browser::wait_for`] waits by default.
 pub const PATIENCE: Duration = Duration::from_secs(10);
 
+/// The WebDriver error of an element the page has replaced since it was found.
+const STALE_ELEMENT: &str = "stale element reference";
+
 pub struct Browser {
     client: reqwest::Client,
     session: String,
@@ -206,16 +209,31 @@ impl Browser {
         self.type_into(&field, email).await?;
         let field = self.find("input[name=password]").await?;
         self.type_into(&field, password).await?;
-        let submit = self.find("form.signin button[type=submit]").await?;
-        self.click(&submit).await?;
+        self.click_css("form.signin button[type=submit]").await?;
         self.wait_for("document.querySelector('header.topbar')", patience)
             .await
     }
 
-    pub async fn click(&self, element: &Element) -> anyhow::Result<()> {
+    async fn click(&self, element: &Element) -> anyhow::Result<()> {
         self.post(&format!("/element/{}/click", element.0), json!({}))
             .await
             .map(drop)
+    }
+
+    /// Clicks the first element matching `css`, waiting up to [`PATIENCE`] for it. A
+    /// screen that renders again between finding the element and clicking it (a live
+    /// update arriving) leaves the element found stale: it is found again, not failed on.
+    pub async fn click_css(&self, css: &str) -> anyhow::Result<()> {
+        let started = Instant::now();
+        loop {
+            let element = self.find(css).await?;
+            match self.click(&element).await {
+                Err(error)
+                    if error.to_string().contains(STALE_ELEMENT)
+                        && started.elapsed() < PATIENCE => {}
+                clicked => return clicked,
+            }
+        }
     }
 
     pub async fn type_into(&self, element: &Element, text: &str) -> anyhow::Result<()> {
