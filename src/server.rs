@@ -136,19 +136,21 @@ const DEV_SECRET_FILE: &str = ".omoi/jwt-secret";
 
 /// The secret kept in `path`, or a new one written there. The file is created readable
 /// by its owner only (not chmod-ed afterwards: there would be a moment when others could
-/// read it), and one left readable by others by an older version is tightened.
+/// read it), and one left readable by others by an older version is tightened. Its
+/// directory lets others through but not read it ([`DEV_DIRECTORY_MODE`]).
 fn dev_signing_secret(path: &Path) -> anyhow::Result<Vec<u8>> {
     use std::io::Write;
     use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 
-    if let Some(secret) = read_dev_secret(path)? {
-        return Ok(secret);
-    }
     if let Some(dir) = path.parent() {
         std::fs::DirBuilder::new()
             .recursive(true)
-            .mode(0o700)
+            .mode(DEV_DIRECTORY_MODE)
             .create(dir)?;
+        let_through_dev_directory(dir)?;
+    }
+    if let Some(secret) = read_dev_secret(path)? {
+        return Ok(secret);
     }
     let secret = omoi_api::auth::keys::generate().secret.into_bytes();
     let created = std::fs::OpenOptions::new()
@@ -171,6 +173,25 @@ fn dev_signing_secret(path: &Path) -> anyhow::Result<Vec<u8>> {
         path.display()
     );
     Ok(secret)
+}
+
+/// The mode of `.omoi`: its owner's, and a way through for others — `omoi dev` run as
+/// root runs PostgreSQL as the `postgres` user, whose data directory (`.omoi/pgdata`,
+/// 0700, its own) lies inside — without letting them list it. What is secret in it is
+/// secret by its own mode (the signing secret 0600, the data directory 0700).
+const DEV_DIRECTORY_MODE: u32 = 0o711;
+
+/// Gives `dir` the way through an earlier version did not (it made `.omoi` 0700, and
+/// PostgreSQL could not reach its data directory); any other mode is left as it is.
+fn let_through_dev_directory(dir: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+
+    let mode = std::fs::metadata(dir)?.permissions().mode() & 0o777;
+    if mode == 0o700 {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(DEV_DIRECTORY_MODE))
+            .with_context(|| format!("letting the postgres user through {}", dir.display()))?;
+    }
+    Ok(())
 }
 
 /// The secret in `path` if there is one, tightening the file's permissions to 0600.
@@ -441,8 +462,24 @@ mod tests {
         let path = dir.join(".omoi/jwt-secret");
         let secret = dev_signing_secret(&path).expect("a secret");
         assert_eq!(mode(&path), 0o600);
-        assert_eq!(mode(&dir.join(".omoi")), 0o700);
+        assert_eq!(mode(&dir.join(".omoi")), 0o711, "others pass, not list");
         assert_eq!(dev_signing_secret(&path).expect("the same secret"), secret);
+        std::fs::remove_dir_all(dir).expect("cleaned up");
+    }
+
+    #[test]
+    fn a_dev_directory_an_earlier_version_closed_lets_others_through_again() {
+        let dir = scratch();
+        let omoi = dir.join(".omoi");
+        std::fs::create_dir(&omoi).expect("made");
+        std::fs::set_permissions(&omoi, std::fs::Permissions::from_mode(0o700)).expect("chmod");
+        let secret = dev_signing_secret(&omoi.join("jwt-secret")).expect("a secret");
+        assert_eq!(mode(&omoi), 0o711);
+        assert!(!secret.is_empty());
+        // A mode someone chose is theirs.
+        std::fs::set_permissions(&omoi, std::fs::Permissions::from_mode(0o750)).expect("chmod");
+        dev_signing_secret(&omoi.join("jwt-secret")).expect("the secret");
+        assert_eq!(mode(&omoi), 0o750);
         std::fs::remove_dir_all(dir).expect("cleaned up");
     }
 

@@ -206,3 +206,80 @@ fn omoi_db_stop_with_a_relative_data_dir_stops_the_server() {
     let status = omoi(directory, port, &["db", "status", "--data-dir", "data"]);
     assert_eq!(status.status.code(), Some(3), "{status:?}");
 }
+
+/// The quick start, as a person runs it on a fresh checkout: `omoi dev` in a directory of
+/// its own, without `DATABASE_URL` or `OMOI_JWT_SECRET`, starts its cluster (as the
+/// `postgres` user when run as root: `.omoi`, which also holds the generated signing
+/// secret, must let that user through), serves the API, and stops both on Ctrl-C.
+#[tokio::test]
+async fn omoi_dev_starts_from_a_fresh_directory_and_stops_on_ctrl_c() {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+
+    let scratch = Scratch::new();
+    let (directory, port) = (&scratch.directory, scratch.cluster.port);
+    let http_port = free_port();
+    let mut dev = Command::new(env!("CARGO_BIN_EXE_omoi"))
+        .arg("dev")
+        .current_dir(directory)
+        .env("OMOI_DATABASE__EMBEDDED__PORT", port.to_string())
+        .env("OMOI_APPLICATION__PORT", http_port.to_string())
+        .env_remove("DATABASE_URL")
+        .env_remove("OMOI_JWT_SECRET")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("omoi dev runs");
+    let stdout = dev.stdout.take().expect("its output");
+    let printed: Vec<String> = BufReader::new(stdout)
+        .lines()
+        .map_while(Result::ok)
+        .take_while(|line| !line.starts_with("  try:"))
+        .collect();
+    assert!(
+        printed.iter().any(|l| l.starts_with("omoi is running")),
+        "{printed:?}\n{}",
+        std::io::read_to_string(dev.stderr.take().expect("its errors")).unwrap_or_default()
+    );
+    let key = printed
+        .iter()
+        .find_map(|l| l.split_whitespace().find(|w| w.starts_with("omoi_sk_")))
+        .expect("an API key printed");
+    let project = printed
+        .iter()
+        .find_map(|l| l.trim().strip_prefix("project:"))
+        .expect("a project printed")
+        .trim();
+    let answer = reqwest::Client::new()
+        .get(format!(
+            "http://127.0.0.1:{http_port}/api/v1/projects/{project}"
+        ))
+        .bearer_auth(key)
+        .send()
+        .await
+        .expect("an answer");
+    assert_eq!(answer.status(), reqwest::StatusCode::OK);
+    let mode = |path: &Path| {
+        std::fs::metadata(path)
+            .expect("metadata")
+            .permissions()
+            .mode()
+            & 0o777
+    };
+    assert_eq!(mode(&directory.join(".omoi/jwt-secret")), 0o600);
+    assert_eq!(mode(&directory.join(".omoi")), 0o711);
+
+    let data_dir = directory.join(".omoi/pgdata");
+    let pid = server_pid(&data_dir);
+    let interrupted = Command::new("kill")
+        .args(["-INT", &dev.id().to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(interrupted.success());
+    let exit = dev.wait().expect("omoi dev ends");
+    assert!(exit.success(), "{exit:?}");
+    assert!(
+        !alive(pid),
+        "its PostgreSQL (pid {pid}) still runs after Ctrl-C"
+    );
+}

@@ -40,6 +40,15 @@ pub enum EmbeddedError {
     StillRunning { data_dir: PathBuf, pid: u32 },
     #[error("the cluster's password cannot be read from {path}: {source}")]
     NoPassword { path: PathBuf, source: io::Error },
+    #[error(
+        "PostgreSQL runs as the `postgres` user when omoi runs as root, and that user cannot \
+         enter {directory} on the way to {data_dir}: let others through it (`chmod o+x \
+         {directory}`), keep the data elsewhere, or run omoi as another user"
+    )]
+    Unreachable {
+        directory: PathBuf,
+        data_dir: PathBuf,
+    },
     #[error("{0}")]
     Io(#[from] io::Error),
 }
@@ -104,6 +113,7 @@ impl EmbeddedPostgres {
     /// Initialises the data directory if needed, gives the cluster a password if it has
     /// none, and starts the server unless it runs.
     pub fn start(&self) -> Result<(), EmbeddedError> {
+        self.require_reachable()?;
         if !self.data_dir.join("PG_VERSION").exists() {
             self.init()?;
         }
@@ -256,6 +266,28 @@ impl EmbeddedPostgres {
         })
     }
 
+    /// When PostgreSQL runs as another user than ours, every directory above its data
+    /// directory must let that user through; otherwise its programs fail with a bare
+    /// "permission denied" that names no path.
+    fn require_reachable(&self) -> Result<(), EmbeddedError> {
+        let Some((uid, gid)) = self.run_as else {
+            return Ok(());
+        };
+        for directory in self.data_dir.ancestors().skip(1) {
+            let Ok(metadata) = fs::metadata(directory) else {
+                // Not made yet: created by us on the way, with the usual permissions.
+                continue;
+            };
+            if !lets_through(&metadata, uid, gid) {
+                return Err(EmbeddedError::Unreachable {
+                    directory: directory.to_path_buf(),
+                    data_dir: self.data_dir.clone(),
+                });
+            }
+        }
+        Ok(())
+    }
+
     fn init(&self) -> Result<(), EmbeddedError> {
         fs::create_dir_all(&self.data_dir)?;
         fs::set_permissions(&self.data_dir, fs::Permissions::from_mode(0o700))?;
@@ -334,6 +366,20 @@ fn find_bin_dir() -> Option<PathBuf> {
         .collect();
     versions.sort();
     versions.pop().map(|(_, bin)| bin)
+}
+
+/// Whether a directory with `metadata` lets the user `uid` (of group `gid`) enter it:
+/// the owner's, the group's or the others' search bit, whichever class the user is in.
+fn lets_through(metadata: &fs::Metadata, uid: u32, gid: u32) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let mode = metadata.mode();
+    if metadata.uid() == uid {
+        mode & 0o100 != 0
+    } else if metadata.gid() == gid {
+        mode & 0o010 != 0
+    } else {
+        mode & 0o001 != 0
+    }
 }
 
 fn is_root() -> io::Result<bool> {
