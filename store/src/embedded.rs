@@ -275,7 +275,7 @@ impl EmbeddedPostgres {
         };
         for directory in self.data_dir.ancestors().skip(1) {
             let Ok(metadata) = fs::metadata(directory) else {
-                // Not made yet: created by us on the way, with the usual permissions.
+                // Not made yet: `init` checks again once it made them.
                 continue;
             };
             if !lets_through(&metadata, uid, gid) {
@@ -290,6 +290,8 @@ impl EmbeddedPostgres {
 
     fn init(&self) -> Result<(), EmbeddedError> {
         fs::create_dir_all(&self.data_dir)?;
+        // The directories made just now took the umask's permissions.
+        self.require_reachable()?;
         fs::set_permissions(&self.data_dir, fs::Permissions::from_mode(0o700))?;
         if let Some((uid, gid)) = self.run_as {
             chown(&self.data_dir, Some(uid), Some(gid))?;
