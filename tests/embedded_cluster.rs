@@ -219,7 +219,7 @@ async fn omoi_dev_starts_from_a_fresh_directory_and_stops_on_ctrl_c() {
     let scratch = Scratch::new();
     let (directory, port) = (&scratch.directory, scratch.cluster.port);
     let http_port = free_port();
-    let mut dev = Command::new(env!("CARGO_BIN_EXE_omoi"))
+    let mut dev = Dev(Command::new(env!("CARGO_BIN_EXE_omoi"))
         .arg("dev")
         .current_dir(directory)
         .env("OMOI_DATABASE__EMBEDDED__PORT", port.to_string())
@@ -229,8 +229,8 @@ async fn omoi_dev_starts_from_a_fresh_directory_and_stops_on_ctrl_c() {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .expect("omoi dev runs");
-    let stdout = dev.stdout.take().expect("its output");
+        .expect("omoi dev runs"));
+    let stdout = dev.0.stdout.take().expect("its output");
     let printed: Vec<String> = BufReader::new(stdout)
         .lines()
         .map_while(Result::ok)
@@ -239,7 +239,7 @@ async fn omoi_dev_starts_from_a_fresh_directory_and_stops_on_ctrl_c() {
     assert!(
         printed.iter().any(|l| l.starts_with("omoi is running")),
         "{printed:?}\n{}",
-        std::io::read_to_string(dev.stderr.take().expect("its errors")).unwrap_or_default()
+        std::io::read_to_string(dev.0.stderr.take().expect("its errors")).unwrap_or_default()
     );
     let key = printed
         .iter()
@@ -271,15 +271,37 @@ async fn omoi_dev_starts_from_a_fresh_directory_and_stops_on_ctrl_c() {
 
     let data_dir = directory.join(".omoi/pgdata");
     let pid = server_pid(&data_dir);
-    let interrupted = Command::new("kill")
-        .args(["-INT", &dev.id().to_string()])
-        .status()
-        .expect("kill runs");
-    assert!(interrupted.success());
-    let exit = dev.wait().expect("omoi dev ends");
+    let exit = dev.interrupt();
     assert!(exit.success(), "{exit:?}");
     assert!(
         !alive(pid),
         "its PostgreSQL (pid {pid}) still runs after Ctrl-C"
     );
+}
+
+/// `omoi dev` as a child process, interrupted as Ctrl-C would when dropped: a failed
+/// assertion does not leave it, and its PostgreSQL, running.
+struct Dev(std::process::Child);
+
+impl Dev {
+    /// Sends SIGINT and waits for the process to end.
+    fn interrupt(&mut self) -> std::process::ExitStatus {
+        let sent = self.sigint().expect("kill runs");
+        assert!(sent.success(), "SIGINT not sent");
+        self.0.wait().expect("omoi dev ends")
+    }
+
+    fn sigint(&self) -> std::io::Result<std::process::ExitStatus> {
+        Command::new("kill")
+            .args(["-INT", &self.0.id().to_string()])
+            .status()
+    }
+}
+
+impl Drop for Dev {
+    fn drop(&mut self) {
+        if matches!(self.0.try_wait(), Ok(None)) && self.sigint().is_ok() {
+            let _ = self.0.wait();
+        }
+    }
 }
