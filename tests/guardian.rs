@@ -160,6 +160,73 @@ async fn only_owners_admins_and_their_guardian_agents_intervene() {
     );
 }
 
+/// A guardian agent's powers are its registrar's and its own standing's: quarantined, it
+/// cannot release itself (nor intervene) until a guardian releases it; once its registrar
+/// is demoted below `guardian:intervene`, it intervenes no more, and promoted again, it
+/// may again.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_guardian_agent_intervenes_only_unquarantined_and_while_its_registrar_may() {
+    let app = spawn_app().await;
+    let (organization, project) = app.organization_and_project().await;
+    let worker = app.register_agent(&organization).await;
+    let task = running(&app, &project, &worker).await;
+    let admin_token = member(&app, &organization, "admin@example.com", "admin").await;
+    let (_, me) = app
+        .send_as(Some(&admin_token), Method::GET, "/api/v1/auth/me", None)
+        .await;
+    let admin_path = format!(
+        "/api/v1/organizations/{organization}/members/user:{}",
+        me["id"].as_str().expect("an id")
+    );
+    let (status, guardian) = register(&app, &admin_token, &organization, "guardian").await;
+    assert_eq!(status, StatusCode::CREATED, "{guardian}");
+    let guardian_id = guardian["id"].as_str().expect("an id").to_string();
+    let guardian_key = guardian["credential"].as_str().expect("a credential");
+    // Its first heartbeat makes it idle (a spawning agent is not quarantined).
+    let (status, body) = app
+        .send_as(
+            Some(guardian_key),
+            Method::POST,
+            &format!("/api/v1/agents/{guardian_id}/heartbeat"),
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let steer = |message: &str| json!({"kind": "steer", "task_id": task, "message": message, "reason": "drifting"});
+    let (status, body) = as_(&app, guardian_key, steer("first")).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+
+    // Quarantined by the owner, it neither releases itself nor intervenes.
+    let on_guardian = |kind: &str| json!({"kind": kind, "agent_id": guardian_id, "reason": "r"});
+    let owner = app.token.clone().expect("the owner");
+    let (status, body) = as_(&app, &owner, on_guardian("quarantine")).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let before = app.event_count().await;
+    for attempt in [on_guardian("release"), steer("while quarantined")] {
+        let (status, body) = as_(&app, guardian_key, attempt).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    }
+    assert_eq!(app.event_count().await, before, "nothing written");
+    let (status, body) = as_(&app, &owner, on_guardian("release")).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, body) = as_(&app, guardian_key, steer("released")).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+
+    // Its registrar demoted to member (the role just below): its powers end with theirs.
+    let (status, body) = app.put(&admin_path, json!({"role": "member"})).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let before = app.event_count().await;
+    for attempt in [steer("after the demotion"), on_guardian("quarantine")] {
+        let (status, body) = as_(&app, guardian_key, attempt).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    }
+    assert_eq!(app.event_count().await, before, "nothing written");
+    let (status, body) = app.put(&admin_path, json!({"role": "admin"})).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, body) = as_(&app, guardian_key, steer("promoted again")).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn each_intervention_does_what_it_says() {
     let app = spawn_app().await;

@@ -206,11 +206,16 @@ async fn on_agent(
     }))
 }
 
-/// Whether the caller is an agent of type `guardian` (its own credential).
+/// Whether the caller acts as a guardian agent: its own credential, of an agent of type
+/// `guardian` that still takes work (a quarantined one does not release itself), registered
+/// by someone who still holds `guardian:intervene` (a demotion ends the agent's powers with
+/// its registrar's, as it lowers every key they made).
 async fn is_guardian_agent(state: &AppState, caller: &Caller) -> ApiResult<bool> {
     let Some(agent_id) = caller.agent_id() else {
         return Ok(false);
     };
     let (agent, _) = state.load::<Agent>(agent_id).await?;
-    Ok(agent.agent_type == AgentType::Guardian)
+    Ok(agent.agent_type == AgentType::Guardian
+        && agent.status.takes_work()
+        && caller.creator_allows(Permission::GuardianIntervene))
 }

@@ -474,12 +474,17 @@ impl KeyCheck {
     /// admin any more: the key is refused. A removal also revokes the key (the membership
     /// trigger); a demotion only lowers what the key may do, until a promotion restores it.
     pub fn effective_role(&self) -> Option<Role> {
-        let creator = if self.creator_is_super_admin {
+        self.creator_role().map(|cap| self.key.role.at_most(cap))
+    }
+
+    /// The role the key's creator acts with in its organization now: an owner's for a
+    /// super admin, `None` when no longer a member.
+    pub fn creator_role(&self) -> Option<Role> {
+        if self.creator_is_super_admin {
             Some(Role::Owner)
         } else {
             self.creator_role
-        };
-        creator.map(|cap| self.key.role.at_most(cap))
+        }
     }
 }
 

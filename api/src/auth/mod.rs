@@ -74,6 +74,10 @@ pub enum Identity {
         created_by: Uuid,
         /// The creator is a super admin (who acts as an owner everywhere).
         creator_is_super_admin: bool,
+        /// The creator's current role in the key's organization (an owner's for a super
+        /// admin): what an agent's credential may do on its own kind's authority (a
+        /// guardian's interventions) stays within it.
+        creator_role: Role,
     },
 }
 
@@ -110,6 +114,16 @@ impl Caller {
                 permission: "acting for another agent (this credential is another agent's)",
             }),
             _ => Ok(()),
+        }
+    }
+
+    /// Whether the user whose authority an API key rests on holds `permission` in the
+    /// key's organization now (a user's own token: whether the user does anywhere is the
+    /// scope check's question, so `false` here).
+    pub fn creator_allows(&self, permission: Permission) -> bool {
+        match &self.identity {
+            Identity::ApiKey { creator_role, .. } => creator_role.allows(permission),
+            Identity::User { .. } => false,
         }
     }
 
@@ -343,6 +357,7 @@ async fn api_key_caller(state: &AppState, key: &str) -> Result<Caller, ApiError>
         })
         .ok_or_else(invalid)?;
     let role = found.effective_role().ok_or_else(invalid)?;
+    let creator_role = found.creator_role().ok_or_else(invalid)?;
     let record = found.key;
     let caller = Caller {
         identity: Identity::ApiKey {
@@ -352,6 +367,7 @@ async fn api_key_caller(state: &AppState, key: &str) -> Result<Caller, ApiError>
             agent_id: record.agent_id,
             created_by: record.created_by,
             creator_is_super_admin: found.creator_is_super_admin,
+            creator_role,
         },
         roles: HashMap::from([(record.organization_id, role)]),
         request_id: String::new(),
