@@ -532,3 +532,61 @@ async fn a_quarantined_in_process_agent_takes_nothing_until_released() {
     worker.stop().await;
     let _ = std::fs::remove_dir_all(directory);
 }
+
+/// An in-process agent terminated by a person (or failed by another worker's sweep) takes
+/// no more work from its worker: the next task goes to a new agent the worker registers,
+/// and the terminated one stays terminated.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_terminated_in_process_agent_is_given_up_and_replaced() {
+    let app = spawn_app().await;
+    let (_, project) = app.organization_and_project().await;
+    let directory = scratch_dir();
+    let mut worker = Worker::stepped(
+        app.database.pool.clone(),
+        WorkerConfig {
+            work: Work::Nothing,
+            agents_per_organization: 1,
+            check_interval_ms: 0,
+            work_dir: directory.join("work"),
+            ..WorkerConfig::default()
+        },
+    );
+    let assignee = |history: &Value| {
+        history["events"]
+            .as_array()
+            .expect("events")
+            .iter()
+            .find(|e| e["event_type"] == "TaskAssigned")
+            .and_then(|e| e["payload"]["TaskAssigned"]["agent_id"].as_str())
+            .expect("an assignment")
+            .to_string()
+    };
+    let ticket = app.ticket(&project, "Work").await;
+    let first = app.task(&ticket, "First", json!({})).await;
+    app.caught_up().await;
+    worker.step().await;
+    app.until_task_status(&first, "completed").await;
+    let (_, history) = app.get(&format!("/api/v1/tasks/{first}/history")).await;
+    let terminated = assignee(&history);
+    let (status, body) = app
+        .post(
+            &format!("/api/v1/agents/{terminated}/status"),
+            json!({"to": "terminated", "reason": "retired"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+
+    let next_ticket = app.ticket(&project, "More work").await;
+    let second = app.task(&next_ticket, "Second", json!({})).await;
+    app.caught_up().await;
+    // The first pass reads the termination; a pass after it may register the new agent.
+    worker.step().await;
+    worker.step().await;
+    app.until_task_status(&second, "completed").await;
+    let (_, history) = app.get(&format!("/api/v1/tasks/{second}/history")).await;
+    assert_ne!(assignee(&history), terminated, "{history}");
+    let (_, agent) = app.get(&format!("/api/v1/agents/{terminated}")).await;
+    assert_eq!(agent["state"]["status"], "terminated", "{agent}");
+    worker.stop().await;
+    let _ = std::fs::remove_dir_all(directory);
+}

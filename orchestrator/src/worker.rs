@@ -325,6 +325,38 @@ struct Runtime {
     assigning: JoinSet<Assignment>,
     /// Tasks this worker is assigning or assigned that the queue does not show yet.
     claimed: Reservations,
+    /// Stops the log asked for tasks whose assignment was still being committed.
+    stops_while_assigning: StopsWhileAssigning,
+}
+
+/// Stops (a cancellation, a reassignment) read for a task while this worker's assignment
+/// of it was still being committed: the loop reads the log meanwhile, and a stop read then
+/// found no run to stop. Whether the run may start is decided when the assignment
+/// settles, by the stop's place in the task's history: one after the assignment's events
+/// is meant for this run; one before it was read late and is history.
+#[derive(Debug, Default)]
+struct StopsWhileAssigning {
+    /// The task's latest stop read meanwhile: its event's sequence in the task's history.
+    latest: HashMap<Uuid, i64>,
+}
+
+impl StopsWhileAssigning {
+    fn note(&mut self, task: Uuid, sequence: i64) {
+        let latest = self.latest.entry(task).or_insert(sequence);
+        *latest = (*latest).max(sequence);
+    }
+
+    /// Whether the run of `task`, whose assignment left it at `version`, may start; the
+    /// task's stops are forgotten either way.
+    fn launches(&mut self, task: Uuid, version: i64) -> bool {
+        self.latest
+            .remove(&task)
+            .is_none_or(|sequence| sequence <= version)
+    }
+
+    fn forget(&mut self, task: Uuid) {
+        self.latest.remove(&task);
+    }
 }
 
 /// An assignment's outcome: the agent reserved for it, the task, what the bus answered.
@@ -388,6 +420,7 @@ impl Runtime {
             work_dir,
             kept: Vec::new(),
             assigning: JoinSet::new(),
+            stops_while_assigning: StopsWhileAssigning::default(),
             claimed: Reservations::default(),
         };
         (runtime, finished)
@@ -470,7 +503,15 @@ impl Runtime {
     }
 
     fn free(&mut self, done: Finished) {
-        self.running.remove(&done.task);
+        // Only this run's entry: the task may run again already, with another agent (a
+        // reassignment stopped this run, and its end came after the next run began).
+        if self
+            .running
+            .get(&done.task)
+            .is_some_and(|run| run.agent_id == done.agent)
+        {
+            self.running.remove(&done.task);
+        }
         if let Some(agent) = self.agents.get_mut(&done.agent) {
             if agent.task == Some(done.task) {
                 agent.task = None;
@@ -579,6 +620,8 @@ impl Runtime {
             Change::Stop(task) => {
                 if let Some(run) = self.running.get(&task) {
                     let _ = run.cancel.send(true);
+                } else if self.agents.values().any(|agent| agent.task == Some(task)) {
+                    self.stops_while_assigning.note(task, event.sequence);
                 }
             }
             Change::Steered(task) => self.deliver_steering(task).await,
@@ -586,8 +629,11 @@ impl Runtime {
         }
     }
 
-    /// Keeps this worker's agents' quarantine as the log says: a quarantined agent takes
-    /// nothing new until it is released.
+    /// Keeps this worker's agents' standing as the log says: a quarantined agent takes
+    /// nothing new until it is released; one failed (by another worker's sweep, its lease
+    /// having lapsed while this worker was held up) or terminated (by a person) is given
+    /// up — no more work, no more heartbeats — and a new one registered when one is
+    /// needed.
     fn follow_agent(&mut self, event: &StoredEvent) {
         let Ok(id) = event.aggregate_id.parse::<Uuid>() else {
             return;
@@ -597,7 +643,13 @@ impl Runtime {
         };
         if let Ok(AgentEvent::AgentStatusChanged { to, .. }) = event.payload.decode::<AgentEvent>()
         {
-            agent.quarantined = to == AgentStatus::Quarantined;
+            match to {
+                AgentStatus::Failed | AgentStatus::Terminated => {
+                    tracing::warn!(agent_id = %id, status = to.as_str(), "worker: an agent of this worker ended; giving it up");
+                    self.agents.remove(&id);
+                }
+                _ => agent.quarantined = to == AgentStatus::Quarantined,
+            }
         }
     }
 
@@ -1114,10 +1166,22 @@ impl Runtime {
             Ok(committed) => {
                 self.claimed
                     .committed(task.id, u64::try_from(committed.version).unwrap_or(0));
+                if !self.stops_while_assigning.launches(
+                    task.id,
+                    i64::try_from(committed.version).unwrap_or(i64::MAX),
+                ) {
+                    // Cancelled or taken away right after it was assigned: nothing to run.
+                    tracing::debug!(task_id = %task.id, "worker: stopped before its run started");
+                    if let Some(agent) = self.agents.get_mut(&agent_id) {
+                        agent.task = None;
+                    }
+                    return;
+                }
                 let attempt = committed.state.retry_count + 1;
                 self.launch(agent_id, task, attempt);
             }
             Err(error) => {
+                self.stops_while_assigning.forget(task.id);
                 self.claimed.release(task.id);
                 // Taken by another worker, cancelled, or its retry is not due after all
                 // (a domain refusal); or the database is in trouble.
@@ -1427,4 +1491,36 @@ async fn run_task(
         tracing::info!(task_id = %task.id, %error, "worker: outcome not recorded");
     }
     kept
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A stop read while the assignment was committing keeps its run from starting only
+    /// when it came after the assignment in the task's history; either way it is
+    /// forgotten once the assignment settled.
+    #[test]
+    fn a_stop_read_while_assigning_stops_the_run_only_when_it_came_after_the_assignment() {
+        let (task, other) = (Uuid::from_u128(1), Uuid::from_u128(2));
+        let mut stops = StopsWhileAssigning::default();
+        assert!(stops.launches(task, 4), "no stop: the run starts");
+
+        // The assignment left the task at version 4 (assigned 3, started 4).
+        stops.note(task, 5);
+        assert!(!stops.launches(task, 4), "cancelled after the assignment");
+        assert!(stops.launches(task, 4), "forgotten once settled");
+
+        // A stop of an earlier attempt, read late, is history.
+        stops.note(task, 2);
+        assert!(stops.launches(task, 4));
+
+        // The latest counts, whatever order they were read in; other tasks are apart.
+        stops.note(task, 6);
+        stops.note(task, 2);
+        stops.note(other, 9);
+        assert!(!stops.launches(task, 4));
+        stops.forget(other);
+        assert!(stops.launches(other, 1));
+    }
 }
