@@ -1425,3 +1425,177 @@ async fn a_batch_is_announced_only_when_it_committed_appended_events() {
         "nothing appended, nothing announced"
     );
 }
+
+/// A leader whose build another build retired meanwhile (a rebuild went live and dropped
+/// the retired build's tables) finds its next batch failing on the missing tables: the
+/// build is retired, not stopped at a poison event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_batch_of_a_build_retired_meanwhile_ends_the_build_without_a_poison_event() {
+    use omoi_projections::catalog;
+    use omoi_projections::runner::{step, Reading, RunnerStats, Step};
+    use sqlx::Connection;
+
+    let (database, build) = building_over_probes(&Probe, 50).await;
+    let mut conn = PgConnection::connect_with(&database.options)
+        .await
+        .expect("a connection");
+    let (stats, mut reading) = (RunnerStats::default(), Reading::default());
+    let first = step(
+        &database.pool,
+        &mut conn,
+        &Probe,
+        build.build,
+        20,
+        &stats,
+        &mut reading,
+    )
+    .await
+    .expect("a step");
+    assert_eq!(first, Step::Applied(20));
+
+    // Retired and its tables dropped, as a go-live elsewhere does; the leader still
+    // trusts its copy of the row (live or building) for a moment.
+    sqlx::query("update projector_builds set state = 'retired' where build = $1")
+        .bind(build.build)
+        .execute(&database.pool)
+        .await
+        .expect("retired");
+    catalog::drop_schema(&database.pool, &build.schema())
+        .await
+        .expect("dropped");
+    let second = step(
+        &database.pool,
+        &mut conn,
+        &Probe,
+        build.build,
+        20,
+        &stats,
+        &mut reading,
+    )
+    .await
+    .expect("a step");
+    assert_eq!(second, Step::Retired);
+    let at = catalog::build_by_id(&database.pool, build.build)
+        .await
+        .expect("the build")
+        .expect("it exists");
+    assert_eq!(at.failure, None, "no poison event recorded");
+    assert_eq!(at.events_applied, 20);
+}
+
+/// A projector whose tables cannot be made gets no build: its row, schema and tables come
+/// together or not at all (a runner that found the row first judged the first event poison).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_build_whose_tables_cannot_be_made_leaves_no_row_and_no_schema() {
+    use omoi_projections::catalog::{self, BuildState};
+
+    /// The probe, with a table that cannot be made after the one that can.
+    struct BrokenTables;
+    impl Projector for BrokenTables {
+        fn name(&self) -> &'static str {
+            "broken_tables"
+        }
+        fn version(&self) -> i32 {
+            1
+        }
+        fn tables(&self) -> &'static [&'static str] {
+            Probe.tables()
+        }
+        fn create_tables(&self, schema: &str) -> Vec<String> {
+            let mut statements = Probe.create_tables(schema);
+            statements.push(format!("create table {schema}.broken (n no_such_type)"));
+            statements
+        }
+        fn apply<'a>(
+            &'a self,
+            tx: &'a mut PgConnection,
+            schema: &'a str,
+            events: &'a [StoredEvent],
+        ) -> BoxFuture<'a, Result<(), ProjectionError>> {
+            Probe.apply(tx, schema, events)
+        }
+    }
+
+    let database = TestDatabase::create().await.expect("database");
+    let mut conn = database.pool.acquire().await.expect("a connection");
+    let refused = catalog::create_build(&mut conn, &BrokenTables, BuildState::Building).await;
+    assert!(refused.is_err(), "the table cannot be made");
+    let rows: i64 = sqlx::query_scalar(
+        "select count(*) from projector_builds where projector = 'broken_tables'",
+    )
+    .fetch_one(&database.pool)
+    .await
+    .expect("counted");
+    assert_eq!(rows, 0, "no build row");
+    let schemas: i64 = sqlx::query_scalar(
+        "select count(*) from information_schema.schemata
+          where schema_name like 'rm_broken_tables_%'",
+    )
+    .fetch_one(&database.pool)
+    .await
+    .expect("counted");
+    assert_eq!(schemas, 0, "no schema");
+    // The connection is usable, outside any transaction.
+    sqlx::query("select 1")
+        .execute(&mut *conn)
+        .await
+        .expect("usable");
+}
+
+/// A rebuild beside the live build (as `omoi projections rebuild` makes one), led by the
+/// same runner while commands keep coming: it goes live, and the build it retired is
+/// neither reported as led any more nor stopped at a poison event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_build_retired_by_a_rebuild_beside_it_is_no_longer_reported_as_led() {
+    use omoi_projections::catalog::{self, BuildState};
+
+    let database = TestDatabase::create().await.expect("database");
+    let bus = CommandBus::new(database.pool.clone(), RetryPolicy::default());
+    let (trigger, shutdown) = Shutdown::new();
+    let (stats, task) = omoi::server::start_projections_with(
+        database.pool.clone(),
+        database.options.clone(),
+        &bus,
+        test_runner_config(),
+        vec![Arc::new(Probe)],
+        shutdown,
+    )
+    .await
+    .expect("the probe's build");
+    create_tickets(&bus, 20).await;
+    eventually("the live build projects", || async {
+        seen(&database).await == 20
+    })
+    .await;
+    let old = builds(&database).await[0].0;
+    let mut conn = database.pool.acquire().await.expect("a connection");
+    let rebuilt = catalog::create_build(&mut conn, &Probe, BuildState::Building)
+        .await
+        .expect("a rebuild");
+    drop(conn);
+    eventually("the rebuild goes live", || async {
+        create_tickets(&bus, 2).await;
+        builds(&database)
+            .await
+            .iter()
+            .any(|(build, _, state)| *build == rebuilt.build && state == "live")
+    })
+    .await;
+    eventually("the retired build is not reported as led", || async {
+        stats
+            .snapshot()
+            .iter()
+            .filter(|s| s.build == old)
+            .all(|s| !s.leader)
+    })
+    .await;
+    let failure: Option<String> =
+        sqlx::query_scalar("select error from projector_builds where build = $1")
+            .bind(old)
+            .fetch_one(&database.pool)
+            .await
+            .expect("the old build");
+    assert_eq!(failure, None);
+    let _ = trigger.send(true);
+    task.await.expect("runner");
+}

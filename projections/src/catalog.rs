@@ -1,7 +1,7 @@
 //! Builds, their schemas and checkpoints, and the views readers query.
 
 use omoi_store::Cursor;
-use sqlx::{PgConnection, PgPool, Row};
+use sqlx::{Connection, PgConnection, PgPool, Row};
 
 use crate::Projector;
 
@@ -195,6 +195,20 @@ pub async fn ensure_current_build(
 
 /// Inserts a build row and creates its schema and tables.
 pub async fn create_build(
+    conn: &mut PgConnection,
+    projector: &dyn Projector,
+    state: BuildState,
+) -> Result<Build, sqlx::Error> {
+    // The row, its schema and its tables come together or not at all (a savepoint in a
+    // caller's transaction): a runner that found the row without its tables judged the
+    // first event poison, and a build left without them could never go live.
+    let mut tx = conn.begin().await?;
+    let build = create_build_in(&mut tx, projector, state).await?;
+    tx.commit().await?;
+    Ok(build)
+}
+
+async fn create_build_in(
     conn: &mut PgConnection,
     projector: &dyn Projector,
     state: BuildState,

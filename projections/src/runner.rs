@@ -334,14 +334,18 @@ struct BuildWorker {
 impl BuildWorker {
     async fn run(mut self) {
         while !*self.stop.borrow() {
-            match self.lead().await {
-                Ok(true) => return,
-                Ok(false) => {}
+            let retired = match self.lead().await {
+                Ok(retired) => retired,
                 Err(error) => {
-                    tracing::warn!(projector = self.projector.name(), %error, "projection: database error")
+                    tracing::warn!(projector = self.projector.name(), %error, "projection: database error");
+                    false
                 }
-            }
+            };
+            // A retired build's figures are no longer anyone's to export as its leader's.
             self.stats.update(self.build, |s| s.leader = false);
+            if retired {
+                return;
+            }
             let mut stop = self.stop.clone();
             tokio::select! {
                 _ = stop.changed() => {}
@@ -1327,6 +1331,12 @@ async fn isolate_poison(
     } = batch;
     let mut tx = conn.begin().await?;
     let build = match catalog::lock_build(&mut tx, build_id).await? {
+        // Retired meanwhile (another build went live and dropped its tables, which is
+        // why the batch failed): nothing is poison, the build is done.
+        Some(build) if build.state == BuildState::Retired => {
+            tx.rollback().await?;
+            return Ok(Step::Retired);
+        }
         Some(build) if build.cursor == from && build.failure.is_none() => build,
         // Moved by someone else meanwhile: not ours to advance.
         _ => {
