@@ -959,3 +959,40 @@ async fn an_in_process_agent_reads_the_llms_steering_from_its_file() {
     worker.stop().await;
     let _ = std::fs::remove_dir_all(directory);
 }
+
+/// A stall the task moved past before the policy read it — here it reported progress in
+/// the same transaction; a lagging manager, or a new build of it going through the log,
+/// meets the same — gets no restart: the restart would fail an attempt that is not stalled.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stall_the_task_moved_past_before_the_policy_read_it_gets_no_restart() {
+    use omoi_domain::task::{Task, TaskCommand};
+    use omoi_store::bus::RetryPolicy;
+    use omoi_store::{Actor, CommandBus, CommandContext};
+
+    let app = spawn_app().await;
+    let directory = scratch_dir();
+    let (_, task, _agent, mut worker, _clock) = stalling(&app, "restart", &directory).await;
+    let path = format!("/api/v1/tasks/{task}");
+    let bus = CommandBus::new(app.database.pool.clone(), RetryPolicy::default());
+    let context = CommandContext::new(Actor::System("test"), "stalled-then-progressed");
+    let now = chrono::Utc::now();
+    let commands = [
+        TaskCommand::MarkStalled {
+            idle_since: now - chrono::Duration::minutes(10),
+            at: now,
+        },
+        TaskCommand::ReportProgress {
+            message: "back at it".into(),
+        },
+    ];
+    bus.execute_all::<Task>(&task, &commands, &context, &|_| Ok(()))
+        .await
+        .expect("stalled, then progress");
+    app.caught_up().await;
+    let events = history(&app, &path).await;
+    assert_eq!(count(&events, "TaskStalled"), 1, "{events:?}");
+    assert_eq!(count(&events, "TaskFailed"), 0, "{events:?}");
+    assert_eq!(app.task_state(&task).await["status"], "running");
+    worker.stop().await;
+    let _ = std::fs::remove_dir_all(directory);
+}

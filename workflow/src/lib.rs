@@ -63,7 +63,10 @@ use aggregates::{Aggregates, Effects};
 pub trait ProcessManager: Send + Sync + 'static {
     /// Its build in the projection catalog, and its actor (`system:<name>`).
     const NAME: &'static str;
-    /// Bump to run it over the whole log again (it skips effects that exist).
+    /// Bump to run it over the whole log again (it skips creations that exist; effects
+    /// that change what exists are decided on today's aggregates, so a manager whose
+    /// effects are not guarded against a state that moved on must not be bumped: see
+    /// docs/architecture.md, Process managers).
     const VERSION: i32 = 1;
 
     /// The tables of its own state, in its schema (by bare name).

@@ -7,8 +7,11 @@
 //!   after its backoff while retries remain; the worker running it stops its command;
 //! * `escalate`: its ticket is blocked `failing_checks` naming the task, for a person.
 //!
-//! A stall the task moved past (it progressed, ended or was restarted meanwhile) gets
-//! nothing: the domain refuses the effect and it is skipped.
+//! A stall the task moved past (it progressed, ended, or another attempt runs) gets
+//! nothing: the task must still be stalled since the same moment, by the same agent, when
+//! the manager reads the stall — the manager may read it late (lag, a takeover, a new
+//! build of it going through the log), and a restart or a block would then fall on work
+//! that is not stalled. A refusal by the domain is skipped as well.
 
 use futures_util::future::BoxFuture;
 use omoi_domain::project::{Project, StallPolicy};
@@ -52,7 +55,11 @@ pub fn nudge_message(idle_minutes: i64) -> String {
 }
 
 async fn stalled(tx: &mut PgConnection, event: &StoredEvent) -> Result<(), ProjectionError> {
-    let TaskEvent::TaskStalled { idle_since, at, .. } = event
+    let TaskEvent::TaskStalled {
+        agent_id,
+        idle_since,
+        at,
+    } = event
         .payload
         .decode()
         .map_err(|e| ProjectionError::payload(event, e))?
@@ -60,6 +67,9 @@ async fn stalled(tx: &mut PgConnection, event: &StoredEvent) -> Result<(), Proje
         return Ok(());
     };
     let (task, _) = load::<Task>(tx, event, &event.aggregate_id).await?;
+    if task.stalled_since != Some(idle_since) || task.assigned_agent_id != Some(agent_id) {
+        return Ok(());
+    }
     let (Some(project_id), Some(ticket_id)) = (task.project_id, task.ticket_id) else {
         return Ok(());
     };
