@@ -482,3 +482,65 @@ async fn membership_changes_are_events_and_take_effect_at_once() {
         .await;
     assert_eq!(s, StatusCode::CONFLICT, "the last owner stays: {b}");
 }
+
+/// A key limited to one project sees nothing else, its organization's other keys
+/// included: listing keys with it lists only the keys limited to its project (an admin
+/// key of a project, the role that may read keys); the owner lists every one.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_project_keys_list_of_keys_holds_only_its_projects_keys() {
+    let app = spawn_app().await;
+    let (organization, project) = app.organization_and_project().await;
+    let (status, other) = app
+        .post(
+            "/api/v1/projects",
+            json!({"organization_id": organization, "name": "Other"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{other}");
+    let other = other["id"].as_str().expect("id").to_string();
+    let mut ids = Vec::new();
+    let mut project_key = String::new();
+    for (name, limit) in [
+        ("org", None),
+        ("here", Some(&project)),
+        ("there", Some(&other)),
+    ] {
+        let (status, created) = app
+            .post(
+                "/api/v1/auth/api-keys",
+                json!({"name": name, "organization_id": organization, "project_id": limit,
+                       "role": "admin"}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{created}");
+        ids.push(created["id"].as_str().expect("id").to_string());
+        if name == "here" {
+            project_key = created["key"].as_str().expect("the key").to_string();
+        }
+    }
+    let listed = |body: &Value| -> Vec<String> {
+        let mut ids: Vec<String> = body
+            .as_array()
+            .expect("a list")
+            .iter()
+            .map(|k| k["id"].as_str().expect("id").to_string())
+            .collect();
+        ids.sort();
+        ids
+    };
+    let (status, body) = app
+        .send_as(
+            Some(&project_key),
+            Method::GET,
+            "/api/v1/auth/api-keys",
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(listed(&body), vec![ids[1].clone()], "{body}");
+    let (status, body) = app.get("/api/v1/auth/api-keys").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let mut every = ids.clone();
+    every.sort();
+    assert_eq!(listed(&body), every, "{body}");
+}

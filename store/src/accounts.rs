@@ -527,15 +527,21 @@ pub async fn api_key_by_id(pool: &PgPool, id: Uuid) -> Result<Option<ApiKeyRecor
 }
 
 /// The keys of the given organizations, newest first.
+/// The API keys of `organizations`, newest first; with `project`, only those limited to
+/// that project (what a key limited to it may see).
 pub async fn api_keys_of(
     pool: &PgPool,
     organizations: &[Uuid],
+    project: Option<Uuid>,
 ) -> Result<Vec<ApiKeyRecord>, sqlx::Error> {
     let sql = format!(
-        "select {KEY_COLUMNS} from api_keys where organization_id = any($1) order by created_at desc"
+        "select {KEY_COLUMNS} from api_keys
+          where organization_id = any($1) and ($2::uuid is null or project_id = $2)
+          order by created_at desc"
     );
     sqlx::query(&sql)
         .bind(organizations)
+        .bind(project)
         .fetch_all(pool)
         .await?
         .iter()

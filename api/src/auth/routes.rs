@@ -598,7 +598,8 @@ async fn create_api_key(
     ))
 }
 
-/// The API keys of the organizations where the caller may manage keys.
+/// The API keys of the organizations where the caller may manage keys; for a key limited
+/// to a project, only the keys limited to that project (it sees nothing else).
 #[utoipa::path(get, path = "/api/v1/auth/api-keys", tag = "auth",
     responses((status = 200, body = Vec<ApiKey>), (status = 401, body = Problem)))]
 async fn list_api_keys(
@@ -620,7 +621,7 @@ async fn list_api_keys(
                 .is_ok()
         })
         .collect();
-    let keys = accounts::api_keys_of(state.pool(), &organizations).await?;
+    let keys = accounts::api_keys_of(state.pool(), &organizations, caller.project_limit()).await?;
     Ok(Json(keys.into_iter().map(ApiKey::from).collect()))
 }
 
