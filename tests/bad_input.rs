@@ -412,3 +412,50 @@ async fn text_holding_a_nul_character_is_refused_and_nothing_is_written() {
         "only the last one wrote"
     );
 }
+
+/// The routes that read their bodies or paths themselves answer bad ones with a problem
+/// document too: a webhook body that is not UTF-8 text or is past the body limit, and a
+/// dashboard file path that does not decode.
+#[tokio::test(flavor = "multi_thread")]
+async fn raw_bodies_and_undecodable_paths_are_refused_with_a_problem() {
+    let app = spawn_app().await;
+    let before = app.event_count().await;
+    let problem = |response: reqwest::Response| async move {
+        let status = response.status();
+        let content_type = response
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string();
+        let body: Value = response.json().await.expect("a JSON body");
+        assert_eq!(content_type, "application/problem+json", "{body}");
+        (status, body)
+    };
+    let webhook = |body: Vec<u8>| {
+        app.client
+            .post(app.url("/api/v1/billing/webhooks/stripe"))
+            .header("stripe-signature", "t=1,v1=00")
+            .body(body)
+    };
+    let (s, b) = problem(webhook(vec![0xFF, 0xFE, b'{']).send().await.expect("sent")).await;
+    assert_problem(s, &b, StatusCode::BAD_REQUEST, "malformed_event", None);
+    let (s, b) = problem(webhook(vec![b' '; 300 * 1024]).send().await.expect("sent")).await;
+    assert_problem(
+        s,
+        &b,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "payload_too_large",
+        None,
+    );
+    let (s, b) = problem(
+        app.client
+            .get(app.url("/app/x/%FF"))
+            .send()
+            .await
+            .expect("sent"),
+    )
+    .await;
+    assert_problem(s, &b, StatusCode::NOT_FOUND, "not_found", None);
+    assert_eq!(app.event_count().await, before, "nothing written");
+}

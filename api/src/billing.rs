@@ -31,7 +31,7 @@ use uuid::Uuid;
 
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult, Problem};
-use crate::extract::{Body, Query};
+use crate::extract::{Body, Query, RawBody};
 use crate::metrics::Outcome;
 use crate::state::AppState;
 
@@ -133,13 +133,15 @@ fn retry_later(code: &'static str, detail: impl Into<String>) -> ApiError {
 async fn stripe_webhook(
     State(state): State<AppState>,
     headers: HeaderMap,
-    body: String,
+    RawBody(body): RawBody,
 ) -> ApiResult<Json<WebhookReceipt>> {
     let config = &state.billing;
     let signature = headers
         .get("stripe-signature")
         .and_then(|v| v.to_str().ok())
         .ok_or_else(|| refused(&Rejection::MissingSignature))?;
+    let body = std::str::from_utf8(&body)
+        .map_err(|_| refused(&Rejection::Malformed("the body is not UTF-8 text".into())))?;
     webhook::verify(
         &body,
         signature,

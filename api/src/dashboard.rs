@@ -3,6 +3,7 @@
 //! this build from `/app/{build}/…`; `/docs` is Swagger UI from the same files. The HTML is revalidated on every load; the modules
 //! are immutable under their build's hash.
 
+use axum::extract::rejection::PathRejection;
 use axum::extract::Path;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -67,7 +68,11 @@ fn html(body: String, policy: &'static str) -> Response {
 }
 
 /// One file of build `build`; another build's files are gone (404), as after a deploy.
-async fn file(Path((build, name)): Path<(String, String)>, request: HeaderMap) -> Response {
+async fn file(path: Result<Path<(String, String)>, PathRejection>, request: HeaderMap) -> Response {
+    // A path that does not decode (`%FF`) names no file either.
+    let Ok(Path((build, name))) = path else {
+        return ApiError::NotFound { what: "file" }.into_response();
+    };
     let asset = match omoi_web::asset(&name) {
         Some(asset) if build == omoi_web::BUILD && !omoi_web::is_page(&name) => asset,
         _ => return ApiError::NotFound { what: "file" }.into_response(),

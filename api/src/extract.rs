@@ -34,13 +34,28 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Body<T> {
         if !is_json {
             return Err(ApiError::UnsupportedMediaType);
         }
-        let bytes = Bytes::from_request(req, state).await.map_err(|e| match e {
-            BytesRejection::FailedToBufferBody(_) => {
-                ApiError::PayloadTooLarge { limit: BODY_LIMIT }
-            }
-            other => ApiError::bad_request(other.body_text(), None),
-        })?;
+        let RawBody(bytes) = RawBody::from_request(req, state).await?;
         parse_json(&bytes).map(Body)
+    }
+}
+
+/// The body as it came, within [`BODY_LIMIT`]: for a route that reads it itself (a
+/// signed webhook), refused as [`Body`] refuses it (413 past the limit).
+pub struct RawBody(pub Bytes);
+
+impl<S: Send + Sync> FromRequest<S> for RawBody {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        Bytes::from_request(req, state)
+            .await
+            .map(RawBody)
+            .map_err(|e| match e {
+                BytesRejection::FailedToBufferBody(_) => {
+                    ApiError::PayloadTooLarge { limit: BODY_LIMIT }
+                }
+                other => ApiError::bad_request(other.body_text(), None),
+            })
     }
 }
 
