@@ -143,15 +143,15 @@ async fn stripe_webhook(
     let body = std::str::from_utf8(&body)
         .map_err(|_| refused(&Rejection::Malformed("the body is not UTF-8 text".into())))?;
     webhook::verify(
-        &body,
+        body,
         signature,
         &config.webhook_secrets,
         Utc::now().timestamp(),
     )
     .map_err(|r| refused(&r))?;
-    let decoded = webhook::decode(&body).map_err(|r| refused(&r))?;
+    let decoded = webhook::decode(body).map_err(|r| refused(&r))?;
     let payload: serde_json::Value =
-        serde_json::from_str(&body).map_err(|e| refused(&Rejection::Malformed(e.to_string())))?;
+        serde_json::from_str(body).map_err(|e| refused(&Rejection::Malformed(e.to_string())))?;
     let grace = config.payment_grace_seconds;
     let outcome = deliveries::deliver(&state.bus, state.pool(), &decoded, &payload, grace)
         .await
