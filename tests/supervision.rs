@@ -971,7 +971,7 @@ async fn a_stall_the_task_moved_past_before_the_policy_read_it_gets_no_restart()
 
     let app = spawn_app().await;
     let directory = scratch_dir();
-    let (_, task, _agent, mut worker, _clock) = stalling(&app, "restart", &directory).await;
+    let (_, task, _agent, worker, _clock) = stalling(&app, "restart", &directory).await;
     let path = format!("/api/v1/tasks/{task}");
     let bus = CommandBus::new(app.database.pool.clone(), RetryPolicy::default());
     let context = CommandContext::new(Actor::System("test"), "stalled-then-progressed");
