@@ -42,6 +42,9 @@ pub struct LiveSettings {
     pub queue_bytes: usize,
     /// WebSockets one user or API key may hold open at once per process.
     pub max_sockets_per_principal: usize,
+    /// Bytes of recent events kept in memory for resumptions (older ones are read from
+    /// the database).
+    pub replay_bytes: usize,
     /// Origins besides the server's own whose pages may open a cookie-authenticated
     /// WebSocket (`https://dash.example`).
     pub allowed_origins: Vec<String>,
@@ -53,6 +56,7 @@ impl Default for LiveSettings {
         Self {
             queue_bytes: live.queue_bytes,
             max_sockets_per_principal: live.max_sockets_per_principal,
+            replay_bytes: live.replay_bytes,
             allowed_origins: live.allowed_origins,
         }
     }
@@ -63,6 +67,7 @@ impl LiveSettings {
         omoi_api::live::LiveConfig {
             queue_bytes: self.queue_bytes,
             max_sockets_per_principal: self.max_sockets_per_principal,
+            replay_bytes: self.replay_bytes,
             allowed_origins: self.allowed_origins.clone(),
             ..omoi_api::live::LiveConfig::default()
         }

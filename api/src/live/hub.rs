@@ -7,9 +7,10 @@
 //! lock: everything up to `head` is in the ring or older, everything after it arrives on
 //! the receiver — no gap, no double.
 //!
-//! Memory is bounded: the ring holds `replay_buffer` events and the broadcast channel
-//! `broadcast_capacity`, shared by all subscribers; a subscriber that falls behind gets
-//! `Lagged` instead of making the channel grow.
+//! Memory is bounded: the ring holds at most `replay_buffer` events and `replay_bytes`
+//! bytes, and the broadcast channel `broadcast_capacity` events not yet taken by every
+//! subscriber; a subscriber that falls behind gets `Lagged` instead of making the channel
+//! grow.
 //!
 //! The hub starts on first use (so a process that never serves a WebSocket reads
 //! nothing) and stops once the application state that owns it is gone.
@@ -97,23 +98,55 @@ struct Shared {
 /// The ring holds exactly the events with a cursor in `(floor, head]`.
 struct Ring {
     events: VecDeque<SharedEvent>,
+    /// Events kept at most.
     capacity: usize,
+    /// Bytes kept at most, and kept now (the events' [`weight`]s).
+    byte_capacity: usize,
+    bytes: usize,
     floor: Cursor,
     head: Cursor,
 }
 
+/// What an event costs the ring, roughly: its payload three times (the event's own, then
+/// its delta and feed messages once a subscriber encoded them) and its other fields.
+fn weight(event: &LiveEvent) -> usize {
+    3 * event.event.payload.get().len() + EVENT_OVERHEAD
+}
+
+/// The fields of an event besides its payload, and their encodings, generously.
+const EVENT_OVERHEAD: usize = 1024;
+
 impl Ring {
+    fn new(capacity: usize, byte_capacity: usize) -> Self {
+        Self {
+            events: VecDeque::new(),
+            capacity,
+            byte_capacity,
+            bytes: 0,
+            floor: Cursor::default(),
+            head: Cursor::default(),
+        }
+    }
+
+    /// Keeps `event`, dropping the oldest until both bounds hold; an event larger than
+    /// the bytes allowed is not kept (as in a ring of no capacity, the floor moves to it).
     fn push(&mut self, event: SharedEvent) {
         self.head = event.cursor();
-        if self.capacity == 0 {
+        let weight = weight(&event);
+        if self.capacity == 0 || weight > self.byte_capacity {
+            self.events.clear();
+            self.bytes = 0;
             self.floor = self.head;
             return;
         }
-        while self.events.len() >= self.capacity {
-            if let Some(oldest) = self.events.pop_front() {
-                self.floor = oldest.cursor();
-            }
+        while self.events.len() >= self.capacity || self.bytes + weight > self.byte_capacity {
+            let Some(oldest) = self.events.pop_front() else {
+                break;
+            };
+            self.bytes -= self::weight(&oldest);
+            self.floor = oldest.cursor();
         }
+        self.bytes += weight;
         self.events.push_back(event);
     }
 }
@@ -137,12 +170,7 @@ pub struct Resume {
 impl Hub {
     pub fn new(pool: PgPool, commits: watch::Receiver<u64>, config: LiveConfig) -> Self {
         let (sender, _) = broadcast::channel(config.broadcast_capacity.max(1));
-        let ring = Ring {
-            events: VecDeque::new(),
-            capacity: config.replay_buffer,
-            floor: Cursor::default(),
-            head: Cursor::default(),
-        };
+        let ring = Ring::new(config.replay_buffer, config.replay_bytes);
         Self {
             shared: Arc::new(Shared {
                 ring: Mutex::new(ring),
@@ -409,12 +437,7 @@ mod tests {
 
     #[test]
     fn the_ring_keeps_the_newest_events_and_moves_its_floor() {
-        let mut ring = Ring {
-            events: VecDeque::new(),
-            capacity: 2,
-            floor: Cursor::default(),
-            head: Cursor::default(),
-        };
+        let mut ring = Ring::new(2, usize::MAX);
         for position in 1..=3 {
             ring.push(event(10, position));
         }
@@ -433,14 +456,40 @@ mod tests {
         assert_eq!(first.as_str().as_ptr(), second.as_str().as_ptr());
     }
 
+    /// Large events are kept within the bytes allowed, whatever their count: the oldest
+    /// go first, and one larger than all of it is not kept at all.
+    #[test]
+    fn the_ring_keeps_no_more_bytes_than_allowed() {
+        let large = |position: i64, bytes: usize| {
+            let mut event = event(10, position);
+            Arc::get_mut(&mut event).expect("unshared").event.payload =
+                serde_json::Value::String("x".repeat(bytes)).into();
+            event
+        };
+        let one = weight(&large(1, 100_000));
+        let mut ring = Ring::new(10_000, 3 * one);
+        for position in 1..=5 {
+            ring.push(large(position, 100_000));
+            assert!(ring.bytes <= 3 * one);
+        }
+        assert_eq!(ring.events.len(), 3);
+        assert_eq!(ring.bytes, 3 * one);
+        assert_eq!(ring.floor.to_string(), "10-2");
+        assert_eq!(ring.head.to_string(), "10-5");
+        // Larger than everything allowed: nothing kept, the floor at it.
+        ring.push(large(6, 400_000));
+        assert!(ring.events.is_empty());
+        assert_eq!(ring.bytes, 0);
+        assert_eq!(ring.floor.to_string(), "10-6");
+        // Small ones are kept again.
+        ring.push(event(10, 7));
+        assert_eq!(ring.events.len(), 1);
+        assert_eq!(ring.floor.to_string(), "10-6");
+    }
+
     #[test]
     fn a_ring_of_no_capacity_only_moves() {
-        let mut ring = Ring {
-            events: VecDeque::new(),
-            capacity: 0,
-            floor: Cursor::default(),
-            head: Cursor::default(),
-        };
+        let mut ring = Ring::new(0, usize::MAX);
         ring.push(event(3, 7));
         assert!(ring.events.is_empty());
         assert_eq!(

@@ -72,6 +72,10 @@ pub struct LiveConfig {
     pub broadcast_capacity: usize,
     /// Recent events kept in memory, so that a reconnecting client resumes cheaply.
     pub replay_buffer: usize,
+    /// Bytes those events may hold at most, counted as [`hub`]'s `weight` does (their
+    /// payloads, which their encoded messages repeat): ten thousand events of a large plan
+    /// each would otherwise hold gigabytes. Older events are then read from the database.
+    pub replay_bytes: usize,
     /// Most events of a project read back from the database for a resumption older than
     /// the buffer; beyond it the client gets a fresh, `stale` snapshot.
     pub replay_limit: usize,
@@ -104,6 +108,7 @@ impl Default for LiveConfig {
             slow_client_grace: Duration::from_secs(1),
             broadcast_capacity: 4096,
             replay_buffer: 10_000,
+            replay_bytes: 32 << 20,
             replay_limit: 10_000,
             poll_interval: Duration::from_millis(500),
             batch_size: 500,
