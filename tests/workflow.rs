@@ -544,6 +544,53 @@ async fn archiving_an_executing_spec_cancels_its_open_tasks_and_gives_the_workfl
 
 /// The spec events `histories_of` returns for `wanted` specs and, named by `ticket`'s
 /// creation, its spec's archival only.
+/// A spec archived before `plan_execution` read its plan's approval (the two process
+/// managers are builds of their own: `spec_archival` may handle the archival first, and
+/// find nothing to cancel) gets no tickets or tasks at all.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_plan_approved_then_archived_before_it_ran_creates_nothing() {
+    use omoi_domain::spec::{Spec, SpecCommand};
+    use omoi_store::bus::RetryPolicy;
+    use omoi_store::{Actor, CommandBus, CommandContext};
+
+    let app = spawn_app().await;
+    let (_, project) = app.organization_and_project().await;
+    let spec = spec_in_tasks(&app, &project).await;
+    let (status, body) = app
+        .put(&format!("/api/v1/specs/{spec}/plan"), two_ticket_plan())
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    // Approved and archived in one transaction: every process manager reads the approval
+    // with the archival already in the spec's history.
+    let bus = CommandBus::new(app.database.pool.clone(), RetryPolicy::default());
+    let context = CommandContext::new(Actor::System("test"), "approved-then-archived");
+    let now = chrono::Utc::now();
+    let commands = [
+        SpecCommand::ApprovePlan { at: now },
+        SpecCommand::ArchiveSpec { at: now },
+    ];
+    bus.execute_all::<Spec>(&spec, &commands, &context, &|_| Ok(()))
+        .await
+        .expect("approved, then archived");
+    app.caught_up().await;
+    let created: i64 = sqlx::query_scalar(
+        "select count(*) from events
+          where event_type in ('TicketCreated', 'TaskCreated')
+            and metadata->>'actor' = 'system:plan_execution'",
+    )
+    .fetch_one(&app.database.pool)
+    .await
+    .expect("counted");
+    assert_eq!(created, 0, "nothing created for an archived spec");
+    let (status, tickets) = app
+        .get(&format!(
+            "/api/v1/tickets?project_id={project}&spec_id={spec}"
+        ))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{tickets}");
+    assert_eq!(tickets["items"], json!([]), "{tickets}");
+}
+
 async fn spec_events_read_for(
     app: &TestApp,
     ticket: &str,

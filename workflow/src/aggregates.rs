@@ -168,7 +168,7 @@ pub(crate) fn specs_of_tickets(tickets: &[String]) -> NamedBy<'_> {
 
 /// The event that archives a spec, as stored. Archiving is final (an archived spec
 /// refuses every command), so a spec was archived exactly when it has this event.
-const SPEC_ARCHIVED: &str = "SpecArchived";
+pub(crate) const SPEC_ARCHIVED: &str = "SpecArchived";
 
 /// The archivals of the specs of `tickets` (none for a spec not archived), to read with
 /// the tickets' histories: whether a spec was archived, without its history — whose

@@ -18,7 +18,7 @@ use omoi_store::{Actor, CommandContext, StoredEvent};
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-use crate::aggregates::{Aggregates, Effects};
+use crate::aggregates::{Aggregates, Effects, SPEC_ARCHIVED};
 use crate::ProcessManager;
 
 /// The process manager's name: its build in the catalog and its actor (`system:…`).
@@ -105,6 +105,12 @@ async fn execute_all(
             .get(event.aggregate_id.as_str())
             .copied()
             .unwrap_or_default();
+        // Archived since (read here whole): nothing is created. `spec_archival`, a build
+        // of its own, may have handled the archival already, finding nothing to cancel,
+        // and would never see what came after it.
+        if history.iter().any(|e| e.event_type == SPEC_ARCHIVED) {
+            continue;
+        }
         let spec: Spec = fold_until(history, Some(event.sequence))
             .map_err(|e| ProjectionError::payload(event, e))?;
         approved.push((event, spec));
