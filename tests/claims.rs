@@ -244,3 +244,45 @@ async fn an_agent_cannot_start_an_unassigned_task_nor_assign_itself_one() {
     assert_eq!(body["code"], "missing_capabilities", "{body}");
     assert_eq!(app.task_state(&id).await["status"], "pending");
 }
+
+/// A claim whose agent's lease cannot be written (the table away: a fault injected into
+/// the real database) fails with a problem and assigns nothing; once the lease can be
+/// written again, the same task is claimed, and the agent holds a lease for it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_claim_whose_lease_cannot_be_written_assigns_nothing() {
+    let app = omoi_testing::spawn_app().await;
+    let (organization, project) = app.organization_and_project().await;
+    let agent = app.register_agent(&organization).await;
+    let ticket = app.ticket(&project, "Work").await;
+    let task = app.task(&ticket, "only", json!({})).await;
+    let pool = &app.database.pool;
+    sqlx::query("alter table agent_leases rename to agent_leases_away")
+        .execute(pool)
+        .await
+        .expect("the leases away");
+    let (status, body) = agent
+        .post(
+            &app,
+            &format!("/api/v1/agents/{}/claim", agent.id),
+            json!({"wait_seconds": 0}),
+        )
+        .await;
+    sqlx::query("alter table agent_leases_away rename to agent_leases")
+        .execute(pool)
+        .await
+        .expect("the leases back");
+    assert!(status.is_server_error(), "{status}: {body}");
+    assert!(body["detail"].is_string(), "{body}");
+    let state = app.task_state(&task).await;
+    assert_eq!(state["status"], "pending", "{state}");
+    assert_eq!(state["assigned_agent_id"], json!(null), "{state}");
+
+    assert_eq!(agent.claim(&app, 5).await, Some(task.clone()));
+    let leased: bool =
+        sqlx::query_scalar("select exists(select 1 from agent_leases where agent_id = $1)")
+            .bind(Uuid::parse_str(&agent.id).expect("an id"))
+            .fetch_one(pool)
+            .await
+            .expect("the lease");
+    assert!(leased, "the agent holding work has a lease");
+}

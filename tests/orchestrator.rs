@@ -912,3 +912,61 @@ async fn terminating_an_agent_anywhere_revokes_its_credential_in_the_same_transa
         .await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
 }
+
+/// Registering an agent writes its credential and its registration together or neither:
+/// with the keys' table away (a fault injected into the real database) the registration
+/// fails and no agent exists; a registration the domain refuses (a blank name) leaves no
+/// key; a good one works with its credential.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_registration_that_fails_leaves_neither_an_agent_nor_a_key() {
+    let app = spawn_app().await;
+    let (organization, _) = app.organization_and_project().await;
+    let pool = &app.database.pool;
+    let count = |sql: &'static str| async move {
+        sqlx::query_scalar::<_, i64>(sql)
+            .fetch_one(pool)
+            .await
+            .expect("counted")
+    };
+    let agents = || count("select count(*) from events where event_type = 'AgentRegistered'");
+    let keys = || count("select count(*) from api_keys where agent_id is not null");
+    let register = |name: &str| {
+        app.post(
+            "/api/v1/agents/register",
+            json!({"organization_id": organization, "agent_type": "worker", "name": name}),
+        )
+    };
+
+    sqlx::query("alter table api_keys rename to api_keys_away")
+        .execute(pool)
+        .await
+        .expect("the keys away");
+    let (status, body) = register("lost").await;
+    sqlx::query("alter table api_keys_away rename to api_keys")
+        .execute(pool)
+        .await
+        .expect("the keys back");
+    assert!(status.is_server_error(), "{status}: {body}");
+    assert_eq!(agents().await, 0, "no agent without its credential");
+
+    let (status, body) = register("   ").await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert_eq!((agents().await, keys().await), (0, 0), "nothing of it kept");
+
+    let (status, body) = register("kept").await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!((agents().await, keys().await), (1, 1));
+    let credential = body["credential"].as_str().expect("a credential");
+    let (status, beat) = app
+        .send_as(
+            Some(credential),
+            reqwest::Method::POST,
+            &format!(
+                "/api/v1/agents/{}/heartbeat",
+                body["id"].as_str().expect("id")
+            ),
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{beat}");
+}

@@ -11,7 +11,7 @@ use std::time::Duration;
 use axum::response::IntoResponse;
 use axum::Json;
 use chrono::Utc;
-use omoi_domain::agent::{Agent, AgentCommand, AgentStatus, AgentType};
+use omoi_domain::agent::{default_name, Agent, AgentCommand, AgentStatus, AgentType};
 use omoi_domain::common::Scoped;
 use omoi_domain::organization::Organization;
 use omoi_domain::project::Project;
@@ -148,6 +148,25 @@ async fn register_agent(
         ensure_project_of(&state, body.organization_id, project_id).await?;
     }
     let id = Uuid::now_v7();
+    // The credential is written first and taken back if the registration fails: written
+    // after it, a failed write left an agent nobody could ever run (no route issues its
+    // credential later) and a client retrying registered another.
+    let credential = match caller.user_id() {
+        Some(user) => {
+            let name = body
+                .name
+                .clone()
+                .unwrap_or_else(|| default_name(body.agent_type, id));
+            let credential = AgentCredential {
+                agent_id: id,
+                name: &name,
+                organization_id: body.organization_id,
+                project_id: body.project_id,
+            };
+            Some(agent_credential(&state, credential, user).await?)
+        }
+        None => None,
+    };
     let command = AgentCommand::RegisterAgent {
         agent_id: id,
         organization_id: body.organization_id,
@@ -158,52 +177,64 @@ async fn register_agent(
         capacity: body.capacity,
         at: Utc::now(),
     };
-    let created = Versioned::committed(
-        id,
-        state
-            .create::<Agent>(&caller, "RegisterAgent", id, command)
-            .await?,
-    );
-    let credential = match caller.user_id() {
-        Some(user) => Some(agent_credential(&state, &created, user).await?),
-        None => None,
+    let created = match state
+        .create::<Agent>(&caller, "RegisterAgent", id, command)
+        .await
+    {
+        Ok(created) => Versioned::committed(id, created),
+        Err(error) => {
+            if let Some((key_id, _)) = &credential {
+                if let Err(cleanup) =
+                    omoi_store::accounts::delete_api_key(state.pool(), *key_id).await
+                {
+                    // Its secret was never shown: nobody can use it.
+                    tracing::warn!(%key_id, error = %cleanup, "a failed registration's credential was not deleted");
+                }
+            }
+            return Err(error);
+        }
     };
     Ok((
         StatusCode::CREATED,
         Json(RegisteredAgent {
             agent: created,
-            credential,
+            credential: credential.map(|(_, secret)| secret),
         }),
     ))
 }
 
+/// The agent an `agent_credential` is for.
+struct AgentCredential<'a> {
+    agent_id: Uuid,
+    name: &'a str,
+    organization_id: Uuid,
+    project_id: Option<Uuid>,
+}
+
 /// An API key with the `agent_executor` role (claim, run and heartbeat; read the rest),
-/// scoped to the agent's organization and, for a project's agent, its project.
+/// scoped to the agent's organization and, for a project's agent, its project: its id and
+/// its secret.
 async fn agent_credential(
     state: &AppState,
-    agent: &Versioned<Agent>,
+    agent: AgentCredential<'_>,
     created_by: Uuid,
-) -> ApiResult<String> {
-    let organization_id = agent
-        .state
-        .organization_id
-        .ok_or_else(|| ApiError::Internal("agent without organization".into()))?;
+) -> ApiResult<(Uuid, String)> {
     let new = crate::auth::keys::generate();
     let record = omoi_store::accounts::ApiKeyRecord {
         id: Uuid::now_v7(),
         prefix: new.prefix,
         secret_sha256: new.sha256,
-        name: format!("agent {} ({})", agent.state.name, agent.id),
-        organization_id,
-        project_id: agent.state.project_id,
+        name: format!("agent {} ({})", agent.name, agent.agent_id),
+        organization_id: agent.organization_id,
+        project_id: agent.project_id,
         role: omoi_domain::access::Role::AgentExecutor,
         created_by,
         created_at: Utc::now(),
         revoked_at: None,
-        agent_id: Some(agent.id),
+        agent_id: Some(agent.agent_id),
     };
     omoi_store::accounts::insert_api_key(state.pool(), &record).await?;
-    Ok(new.secret)
+    Ok((record.id, new.secret))
 }
 
 /// A registered agent and, when a user registered it, the credential it runs with.
@@ -288,6 +319,13 @@ async fn claim(
     let assign = |task_id: Uuid| {
         let (state, caller) = (&state, &caller);
         async move {
+            // Holding work starts the agent's lease (one that dies before its first
+            // heartbeat still has its task put back): renewed before the task is taken,
+            // so that a lease that cannot be written fails the claim with nothing
+            // assigned, rather than leave a task assigned and no lease to reclaim it by.
+            omoi_orchestrator::leases::renew(state.pool(), id, organization_id)
+                .await
+                .map_err(ApiError::from)?;
             let command = TaskCommand::AssignTask {
                 agent_id: id,
                 at: Utc::now(),
@@ -326,14 +364,7 @@ async fn claim(
             },
         })?;
     Ok(match claimed {
-        Some(task) => {
-            // Holding work starts the agent's lease: one that dies before its first
-            // heartbeat still has its task put back.
-            omoi_orchestrator::leases::renew(state.pool(), id, organization_id)
-                .await
-                .map_err(ApiError::from)?;
-            Json(task).into_response()
-        }
+        Some(task) => Json(task).into_response(),
         None => StatusCode::NO_CONTENT.into_response(),
     })
 }

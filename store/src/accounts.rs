@@ -549,6 +549,15 @@ pub async fn api_keys_of(
         .collect()
 }
 
+/// Deletes a key nobody has seen (the credential of a registration that failed).
+pub async fn delete_api_key(pool: &PgPool, id: Uuid) -> Result<(), sqlx::Error> {
+    sqlx::query("delete from api_keys where id = $1")
+        .bind(id)
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
 pub async fn revoke_api_key(pool: &PgPool, id: Uuid) -> Result<(), sqlx::Error> {
     sqlx::query("update api_keys set revoked_at = coalesce(revoked_at, now()) where id = $1")
         .bind(id)

@@ -370,7 +370,7 @@ impl Agent {
 /// `{type}-{first 8 hex digits of the id}`. The original numbered agents with a
 /// per-type sequence, which needs a counter outside the aggregate; the id prefix is
 /// unique enough to tell agents apart in logs and needs nothing but the command.
-fn default_name(agent_type: AgentType, agent_id: Uuid) -> String {
+pub fn default_name(agent_type: AgentType, agent_id: Uuid) -> String {
     let prefix: String = agent_id.simple().to_string().chars().take(8).collect();
     format!("{agent_type}-{prefix}")
 }

@@ -27,8 +27,8 @@ mod error;
 mod events;
 
 pub use aggregate::{
-    Agent, AgentStatus, AgentType, MAX_CAPABILITIES, MAX_CAPABILITY_CHARS, MAX_CAPACITY,
-    MIN_CAPACITY,
+    default_name, Agent, AgentStatus, AgentType, MAX_CAPABILITIES, MAX_CAPABILITY_CHARS,
+    MAX_CAPACITY, MIN_CAPACITY,
 };
 pub use commands::AgentCommand;
 pub use error::AgentError;
