@@ -179,6 +179,12 @@ async fn cards_move_live_by_drag_and_drop_and_a_move_past_the_wip_limit_is_offer
     let column = browser.find("[data-column=\"analyzing\"]").await?;
     browser.drag(&card, &column).await?;
     expect(&browser, "dragged", &card_in("analyzing", &tickets[1])).await;
+    // The card moves on the screen as the drop happens; the move's request may still be on
+    // its way: its commit first, then the read model.
+    app.eventually(&format!("/api/v1/tickets/{}", tickets[1]), |body| {
+        body["state"]["status"] == "analyzing"
+    })
+    .await;
     app.caught_up().await;
     let (status, view) = app
         .get(&format!("/api/v1/board/view?project_id={project}"))
@@ -839,6 +845,88 @@ async fn a_card_moves_from_the_keyboard_and_enter_opens_its_ticket() -> anyhow::
     )
     .await;
     assert!(!browser.current_url().await?.contains("ticket="));
+    browser.quit().await;
+    Ok(())
+}
+
+/// The execution tab reads its lists from a read model that may lag behind the events that
+/// ask it to read again: here the directory is held back (its tables locked against
+/// writers) while the plan is approved and the tab opens and reads, and
+/// let go a second and a half later — past the half second after which a change's event
+/// made the tab read once, and the plan's creations came before the tab subscribed. The
+/// tab reads again after its first read and after every change, and shows the tickets.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_execution_tab_catches_up_with_a_read_model_that_lagged() -> anyhow::Result<()> {
+    use sqlx::Connection;
+
+    let app = spawn_app().await;
+    let (_, project) = app.organization_and_project().await;
+    let spec = app
+        .create(
+            "/api/v1/specs",
+            json!({"project_id": project, "title": "Held back"}),
+        )
+        .await;
+    let path = |action: &str| format!("/api/v1/specs/{spec}/{action}");
+    app.must(
+        &path("requirements"),
+        json!({"id": "REQ-LAG-001", "condition": "a read model lags",
+               "action": "show the plan's tickets once it caught up",
+               "acceptance_criteria": ["the tickets show"]}),
+        StatusCode::OK,
+    )
+    .await;
+    app.must(&path("approve-requirements"), json!({}), StatusCode::OK)
+        .await;
+    let (status, body) = app
+        .put(&path("design"), json!({"architecture": "one service"}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    app.must(&path("approve-design"), json!({}), StatusCode::OK)
+        .await;
+    let plan = json!({"tickets": [
+        {"key": "TKT-1", "title": "First", "tasks": [{"key": "TSK-1", "title": "One", "task_type": "analyze"}]},
+        {"key": "TKT-2", "title": "Second", "tasks": [{"key": "TSK-2", "title": "Two", "task_type": "analyze"}]}]});
+    let (status, body) = app.put(&path("plan"), plan).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    app.caught_up().await;
+
+    // The directory's tables locked against writers, not readers: its next batch waits at
+    // its first write, before it takes a transaction id (which would hold every reader of
+    // the log, the process managers and the live streams with it).
+    let mut holder = sqlx::PgConnection::connect_with(&app.database.options).await?;
+    let mut held = holder.begin().await?;
+    let tables: Vec<String> = sqlx::query_scalar(
+        "select format('%I.%I', t.table_schema, t.table_name)
+           from projector_builds b
+           join information_schema.tables t
+             on t.table_schema = 'rm_directory_' || b.build and t.table_type = 'BASE TABLE'
+          where b.projector = 'directory' and b.state = 'live'",
+    )
+    .fetch_all(&mut *held)
+    .await?;
+    assert!(!tables.is_empty(), "the directory's tables");
+    sqlx::query(&format!("lock table {} in share mode", tables.join(", ")))
+        .execute(&mut *held)
+        .await?;
+    app.must(&path("approve-plan"), json!({}), StatusCode::OK)
+        .await;
+    let browser = signed_in(&app, &format!("/p/{project}/specs/{spec}/execution")).await?;
+    // The tab has read the lists while the directory was held: nothing yet.
+    expect(
+        &browser,
+        "execution-lagging",
+        "document.querySelector('.execution p.muted')?.textContent.includes('not created')",
+    )
+    .await;
+    tokio::time::sleep(std::time::Duration::from_millis(1_500)).await;
+    held.rollback().await?;
+    expect(
+        &browser,
+        "execution-after-lag",
+        "document.querySelectorAll('article.execution-ticket').length === 2",
+    )
+    .await;
     browser.quit().await;
     Ok(())
 }

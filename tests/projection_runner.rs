@@ -1573,8 +1573,10 @@ async fn a_build_retired_by_a_rebuild_beside_it_is_no_longer_reported_as_led() {
         .await
         .expect("a rebuild");
     drop(conn);
+    // Commands while the rebuild catches up (with no pause it would never find the end
+    // of the stream to go live at).
+    create_tickets(&bus, 5).await;
     eventually("the rebuild goes live", || async {
-        create_tickets(&bus, 2).await;
         builds(&database)
             .await
             .iter()

@@ -1803,6 +1803,19 @@ async fn a_tasks_logs_stream_sends_every_line_in_order_as_it_is_written_and_resu
         let error = next_of(&mut socket, "error", "bad").await;
         assert_eq!(error["code"], code, "{request}: {error}");
     }
+    // Every stream's subscription ids are bounded, these included.
+    let long = "i".repeat(129);
+    for request in [
+        json!({"stream": "logs", "task_id": task}),
+        json!({"stream": "steering", "agent_id": agent.id}),
+    ] {
+        let mut message = request.clone();
+        message["type"] = json!("subscribe");
+        message["id"] = json!(long);
+        send(&mut socket, message).await;
+        let error = next_of(&mut socket, "error", &long).await;
+        assert_eq!(error["code"], "invalid_message", "{request}: {error}");
+    }
     // A stranger cannot follow it.
     let stranger = app.register_and_login("stranger@example.com").await;
     let mut theirs = connect(&app, "/api/v1/ws", &stranger).await;

@@ -175,14 +175,30 @@ export function mountSpecs(container, context) {
           h("span", { class: "badge", "data-status": task.status }, label(task.status)))))))
         : h("p", { class: "muted" }, "The plan has not created tickets yet (approve it first)."));
     };
+    // Read again (at most twice a second) when a ticket or task of the project changes,
+    // and again 2 and 5 s after the last change or the first read: the lists come from a
+    // read model, which may not have applied a change yet when its event arrives here
+    // (under load it lags by more than half a second; the plan's creations may also have
+    // come just before this tab subscribed), and no later event would ask again.
+    let trailing = [];
+    const reload = () => load().catch(() => {});
+    const settle = () => {
+      trailing.forEach(clearTimeout);
+      trailing = [2000, 5000].map((delay) => setTimeout(reload, delay));
+    };
+    stops.push(() => {
+      trailing.forEach(clearTimeout);
+      clearTimeout(pending);
+    });
     load().catch((problem) => toast(problem.message, "error"));
-    // Read again (at most twice a second) when a ticket or task of the project changes.
+    settle();
     stops.push(live.subscribe(`spec-execution:${specId}`, { stream: "events", project_id: context.project.id, entity_types: ["ticket", "task"] }, {
       delta: () => {
+        settle();
         if (pending) return;
         pending = setTimeout(() => {
           pending = null;
-          load().catch(() => {});
+          reload();
         }, 500);
       },
     }));

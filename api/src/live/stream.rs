@@ -84,6 +84,13 @@ impl Subscriptions {
     }
 
     async fn subscribe(&mut self, link: &Link, request: Subscribe) -> Result<(), WsError> {
+        // Every stream's subscriptions are kept by their ids: each is bounded.
+        if request.id.is_empty() || request.id.chars().count() > MAX_ID_CHARS {
+            return Err(WsError::new(
+                "invalid_message",
+                format!("`id` must be 1 to {MAX_ID_CHARS} characters"),
+            ));
+        }
         let plan = match request.stream.as_str() {
             "logs" => Checked::Logs(LogsPlan::check(link, request).await?),
             "steering" => Checked::Steering(SteeringPlan::check(link, request).await?),
@@ -168,12 +175,6 @@ impl Plan {
     /// Validates the request and authorizes the project (`events:read`): a project of
     /// another organization is `not_found`, as over HTTP.
     async fn check(link: &Link, request: Subscribe) -> Result<Self, WsError> {
-        if request.id.is_empty() || request.id.chars().count() > MAX_ID_CHARS {
-            return Err(WsError::new(
-                "invalid_message",
-                format!("`id` must be 1 to {MAX_ID_CHARS} characters"),
-            ));
-        }
         let (stream, permission) = match request.stream.as_str() {
             "events" => ("events", Permission::EventsRead),
             // The permissions of the read models' HTTP views.
