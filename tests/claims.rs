@@ -260,11 +260,12 @@ async fn a_claim_whose_lease_cannot_be_written_assigns_nothing() {
         .execute(pool)
         .await
         .expect("the leases away");
+    // Waiting: the claims' queue may not have read the task yet (a 204 then).
     let (status, body) = agent
         .post(
             &app,
             &format!("/api/v1/agents/{}/claim", agent.id),
-            json!({"wait_seconds": 0}),
+            json!({"wait_seconds": 10}),
         )
         .await;
     sqlx::query("alter table agent_leases_away rename to agent_leases")
