@@ -861,29 +861,8 @@ async fn the_execution_tab_catches_up_with_a_read_model_that_lagged() -> anyhow:
 
     let app = spawn_app().await;
     let (_, project) = app.organization_and_project().await;
-    let spec = app
-        .create(
-            "/api/v1/specs",
-            json!({"project_id": project, "title": "Held back"}),
-        )
-        .await;
+    let spec = app.spec_in_tasks(&project, "Held back").await;
     let path = |action: &str| format!("/api/v1/specs/{spec}/{action}");
-    app.must(
-        &path("requirements"),
-        json!({"id": "REQ-LAG-001", "condition": "a read model lags",
-               "action": "show the plan's tickets once it caught up",
-               "acceptance_criteria": ["the tickets show"]}),
-        StatusCode::OK,
-    )
-    .await;
-    app.must(&path("approve-requirements"), json!({}), StatusCode::OK)
-        .await;
-    let (status, body) = app
-        .put(&path("design"), json!({"architecture": "one service"}))
-        .await;
-    assert_eq!(status, StatusCode::OK, "{body}");
-    app.must(&path("approve-design"), json!({}), StatusCode::OK)
-        .await;
     let plan = json!({"tickets": [
         {"key": "TKT-1", "title": "First", "tasks": [{"key": "TSK-1", "title": "One", "task_type": "analyze"}]},
         {"key": "TKT-2", "title": "Second", "tasks": [{"key": "TSK-2", "title": "Two", "task_type": "analyze"}]}]});

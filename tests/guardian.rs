@@ -4,7 +4,7 @@
 //! raise itself, and another organization's guardian — and each intervention does what
 //! it says, on the timeline and in the target's history.
 
-use omoi_orchestrator::{Work, Worker, WorkerConfig};
+use omoi_orchestrator::{SteppedWorker, Work, Worker, WorkerConfig};
 use omoi_testing::{scratch_dir, spawn_app, Agent, TestApp};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
@@ -63,6 +63,33 @@ async fn running(app: &TestApp, project: &str, agent: &Agent) -> String {
     assert_eq!(status, StatusCode::OK, "{body}");
     agent.must(app, &task, "start", json!({})).await;
     task
+}
+
+/// A worker driven step by step whose organization has one in-process agent doing nothing.
+fn one_agent_worker(app: &TestApp, directory: &std::path::Path) -> SteppedWorker {
+    Worker::stepped(
+        app.database.pool.clone(),
+        WorkerConfig {
+            work: Work::Nothing,
+            agents_per_organization: 1,
+            check_interval_ms: 0,
+            work_dir: directory.join("work"),
+            ..WorkerConfig::default()
+        },
+    )
+}
+
+/// The agent `task`'s (first) assignment names.
+async fn assignee(app: &TestApp, task: &str) -> String {
+    let (_, history) = app.get(&format!("/api/v1/tasks/{task}/history")).await;
+    history["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .find(|e| e["event_type"] == "TaskAssigned")
+        .and_then(|e| e["payload"]["TaskAssigned"]["agent_id"].as_str())
+        .expect("an assignment")
+        .to_string()
 }
 
 fn last_kinds(history: &Value, n: usize) -> Vec<String> {
@@ -477,31 +504,14 @@ async fn a_quarantined_in_process_agent_takes_nothing_until_released() {
     let app = spawn_app().await;
     let (_, project) = app.organization_and_project().await;
     let directory = scratch_dir();
-    let mut worker = Worker::stepped(
-        app.database.pool.clone(),
-        WorkerConfig {
-            work: Work::Nothing,
-            agents_per_organization: 1,
-            check_interval_ms: 0,
-            work_dir: directory.join("work"),
-            ..WorkerConfig::default()
-        },
-    );
+    let mut worker = one_agent_worker(&app, &directory);
     let ticket = app.ticket(&project, "Work").await;
     let first = app.task(&ticket, "First", json!({})).await;
     app.caught_up().await;
     worker.step().await;
     app.until_task_status(&first, "completed").await;
     // The worker's one agent, as the assignment names it.
-    let (_, history) = app.get(&format!("/api/v1/tasks/{first}/history")).await;
-    let agent = history["events"]
-        .as_array()
-        .expect("events")
-        .iter()
-        .find(|e| e["event_type"] == "TaskAssigned")
-        .and_then(|e| e["payload"]["TaskAssigned"]["agent_id"].as_str())
-        .expect("an assignment")
-        .to_string();
+    let agent = assignee(&app, &first).await;
     let owner = app.token.clone().expect("the owner");
     let (status, body) = as_(
         &app,
@@ -541,33 +551,13 @@ async fn a_terminated_in_process_agent_is_given_up_and_replaced() {
     let app = spawn_app().await;
     let (_, project) = app.organization_and_project().await;
     let directory = scratch_dir();
-    let mut worker = Worker::stepped(
-        app.database.pool.clone(),
-        WorkerConfig {
-            work: Work::Nothing,
-            agents_per_organization: 1,
-            check_interval_ms: 0,
-            work_dir: directory.join("work"),
-            ..WorkerConfig::default()
-        },
-    );
-    let assignee = |history: &Value| {
-        history["events"]
-            .as_array()
-            .expect("events")
-            .iter()
-            .find(|e| e["event_type"] == "TaskAssigned")
-            .and_then(|e| e["payload"]["TaskAssigned"]["agent_id"].as_str())
-            .expect("an assignment")
-            .to_string()
-    };
+    let mut worker = one_agent_worker(&app, &directory);
     let ticket = app.ticket(&project, "Work").await;
     let first = app.task(&ticket, "First", json!({})).await;
     app.caught_up().await;
     worker.step().await;
     app.until_task_status(&first, "completed").await;
-    let (_, history) = app.get(&format!("/api/v1/tasks/{first}/history")).await;
-    let terminated = assignee(&history);
+    let terminated = assignee(&app, &first).await;
     let (status, body) = app
         .post(
             &format!("/api/v1/agents/{terminated}/status"),
@@ -583,8 +573,7 @@ async fn a_terminated_in_process_agent_is_given_up_and_replaced() {
     worker.step().await;
     worker.step().await;
     app.until_task_status(&second, "completed").await;
-    let (_, history) = app.get(&format!("/api/v1/tasks/{second}/history")).await;
-    assert_ne!(assignee(&history), terminated, "{history}");
+    assert_ne!(assignee(&app, &second).await, terminated);
     let (_, agent) = app.get(&format!("/api/v1/agents/{terminated}")).await;
     assert_eq!(agent["state"]["status"], "terminated", "{agent}");
     worker.stop().await;

@@ -733,6 +733,47 @@ async fn building_over_probes(
     (database, build)
 }
 
+/// A leader of `build` driven one step at a time, as the runner drives it.
+struct Stepper {
+    conn: PgConnection,
+    stats: omoi_projections::runner::RunnerStats,
+    reading: omoi_projections::runner::Reading,
+}
+
+impl Stepper {
+    async fn new(database: &TestDatabase) -> Self {
+        use sqlx::Connection;
+        Self {
+            conn: PgConnection::connect_with(&database.options)
+                .await
+                .expect("a connection"),
+            stats: Default::default(),
+            reading: Default::default(),
+        }
+    }
+
+    /// One step of `build` of `projector`, in batches of `batch`.
+    async fn step(
+        &mut self,
+        database: &TestDatabase,
+        projector: &dyn Projector,
+        build: i64,
+        batch: i64,
+    ) -> omoi_projections::runner::Step {
+        omoi_projections::runner::step(
+            &database.pool,
+            &mut self.conn,
+            projector,
+            build,
+            batch,
+            &self.stats,
+            &mut self.reading,
+        )
+        .await
+        .expect("a step")
+    }
+}
+
 /// Waits until no transaction older than the log's last one is running anywhere in the
 /// cluster (the log's horizon is the cluster's: a test beside this one may hold it), so
 /// that a catch-up sees the whole log.
@@ -1019,25 +1060,11 @@ async fn a_fold_that_goes_on_is_written_at_its_bound_and_folds_on() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_batch_whose_build_moved_meanwhile_writes_nothing() {
     use omoi_projections::catalog;
-    use omoi_projections::runner::{step, Reading, RunnerStats, Step};
-    use sqlx::Connection;
+    use omoi_projections::runner::Step;
 
     let (database, build) = building_over_probes(&Probe, 50).await;
-    let mut conn = PgConnection::connect_with(&database.options)
-        .await
-        .expect("a connection");
-    let (stats, mut reading) = (RunnerStats::default(), Reading::default());
-    let first = step(
-        &database.pool,
-        &mut conn,
-        &Probe,
-        build.build,
-        20,
-        &stats,
-        &mut reading,
-    )
-    .await
-    .expect("a step");
+    let mut leader = Stepper::new(&database).await;
+    let first = leader.step(&database, &Probe, build.build, 20).await;
     assert_eq!(first, Step::Applied(20));
     let rows = |schema: String| {
         let pool = database.pool.clone();
@@ -1058,17 +1085,7 @@ async fn a_batch_whose_build_moved_meanwhile_writes_nothing() {
     .execute(&database.pool)
     .await
     .expect("the move");
-    let second = step(
-        &database.pool,
-        &mut conn,
-        &Probe,
-        build.build,
-        20,
-        &stats,
-        &mut reading,
-    )
-    .await
-    .expect("a step");
+    let second = leader.step(&database, &Probe, build.build, 20).await;
     assert_eq!(second, Step::Applied(0), "the claim found the row moved");
     assert_eq!(
         rows(build.schema()).await,
@@ -1081,7 +1098,7 @@ async fn a_batch_whose_build_moved_meanwhile_writes_nothing() {
         .expect("it exists");
     assert_eq!(at.events_applied, 20, "the row as the other left it");
     sqlx::query("select 1")
-        .execute(&mut conn)
+        .execute(&mut leader.conn)
         .await
         .expect("the leader's connection is not left in an aborted transaction");
 }
@@ -1432,25 +1449,11 @@ async fn a_batch_is_announced_only_when_it_committed_appended_events() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_batch_of_a_build_retired_meanwhile_ends_the_build_without_a_poison_event() {
     use omoi_projections::catalog;
-    use omoi_projections::runner::{step, Reading, RunnerStats, Step};
-    use sqlx::Connection;
+    use omoi_projections::runner::Step;
 
     let (database, build) = building_over_probes(&Probe, 50).await;
-    let mut conn = PgConnection::connect_with(&database.options)
-        .await
-        .expect("a connection");
-    let (stats, mut reading) = (RunnerStats::default(), Reading::default());
-    let first = step(
-        &database.pool,
-        &mut conn,
-        &Probe,
-        build.build,
-        20,
-        &stats,
-        &mut reading,
-    )
-    .await
-    .expect("a step");
+    let mut leader = Stepper::new(&database).await;
+    let first = leader.step(&database, &Probe, build.build, 20).await;
     assert_eq!(first, Step::Applied(20));
 
     // Retired and its tables dropped, as a go-live elsewhere does; the leader still
@@ -1463,17 +1466,7 @@ async fn a_batch_of_a_build_retired_meanwhile_ends_the_build_without_a_poison_ev
     catalog::drop_schema(&database.pool, &build.schema())
         .await
         .expect("dropped");
-    let second = step(
-        &database.pool,
-        &mut conn,
-        &Probe,
-        build.build,
-        20,
-        &stats,
-        &mut reading,
-    )
-    .await
-    .expect("a step");
+    let second = leader.step(&database, &Probe, build.build, 20).await;
     assert_eq!(second, Step::Retired);
     let at = catalog::build_by_id(&database.pool, build.build)
         .await

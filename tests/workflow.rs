@@ -10,45 +10,23 @@ use reqwest::StatusCode;
 use serde_json::{json, Value};
 use sqlx::Connection;
 
-/// A spec of `project` walked to `tasks` with one requirement and a design.
-async fn spec_in_tasks(app: &TestApp, project: &str) -> String {
-    let spec = app
-        .create(
-            "/api/v1/specs",
-            json!({"project_id": project, "title": "Sign-in"}),
-        )
-        .await;
-    let path = |action: &str| format!("/api/v1/specs/{spec}/{action}");
-    app.must(
-        &path("requirements"),
-        json!({"id": "REQ-AUTH-001", "condition": "WHEN a user signs in",
-               "action": "THE SYSTEM SHALL issue a session",
-               "acceptance_criteria": ["a token is returned"]}),
-        StatusCode::OK,
-    )
-    .await;
-    app.must(&path("approve-requirements"), json!({}), StatusCode::OK)
-        .await;
-    let (status, body) = app
-        .put(&path("design"), json!({"architecture": "one service"}))
-        .await;
-    assert_eq!(status, StatusCode::OK, "{body}");
-    app.must(&path("approve-design"), json!({}), StatusCode::OK)
-        .await;
-    spec
-}
-
 /// A spec of `project` with [`two_ticket_plan`] approved, once the process managers have
 /// caught up.
 async fn executing_spec(app: &TestApp, project: &str) -> String {
     executing_spec_with(app, project, two_ticket_plan()).await
 }
 
-/// [`executing_spec`] with the given plan.
-async fn executing_spec_with(app: &TestApp, project: &str, plan: Value) -> String {
-    let spec = spec_in_tasks(app, project).await;
+/// A spec of `project` in the `tasks` phase with `plan` set (not approved).
+async fn planned_spec(app: &TestApp, project: &str, plan: Value) -> String {
+    let spec = app.spec_in_tasks(project, "Sign-in").await;
     let (status, body) = app.put(&format!("/api/v1/specs/{spec}/plan"), plan).await;
     assert_eq!(status, StatusCode::OK, "{body}");
+    spec
+}
+
+/// [`executing_spec`] with the given plan.
+async fn executing_spec_with(app: &TestApp, project: &str, plan: Value) -> String {
+    let spec = planned_spec(app, project, plan).await;
     app.must(
         &format!("/api/v1/specs/{spec}/approve-plan"),
         json!({}),
@@ -93,11 +71,7 @@ async fn log(app: &TestApp) -> Vec<StoredEvent> {
 async fn an_approved_plan_becomes_its_tickets_and_tasks_each_caused_by_the_approval() {
     let app = spawn_app().await;
     let (_, project) = app.organization_and_project().await;
-    let spec = spec_in_tasks(&app, &project).await;
-    let (status, body) = app
-        .put(&format!("/api/v1/specs/{spec}/plan"), two_ticket_plan())
-        .await;
-    assert_eq!(status, StatusCode::OK, "{body}");
+    let spec = planned_spec(&app, &project, two_ticket_plan()).await;
     app.must(
         &format!("/api/v1/specs/{spec}/approve-plan"),
         json!({}),
@@ -542,8 +516,6 @@ async fn archiving_an_executing_spec_cancels_its_open_tasks_and_gives_the_workfl
     assert_eq!(whole, history);
 }
 
-/// The spec events `histories_of` returns for `wanted` specs and, named by `ticket`'s
-/// creation, its spec's archival only.
 /// A spec archived before `plan_execution` read its plan's approval (the two process
 /// managers are builds of their own: `spec_archival` may handle the archival first, and
 /// find nothing to cancel) gets no tickets or tasks at all.
@@ -555,11 +527,7 @@ async fn a_plan_approved_then_archived_before_it_ran_creates_nothing() {
 
     let app = spawn_app().await;
     let (_, project) = app.organization_and_project().await;
-    let spec = spec_in_tasks(&app, &project).await;
-    let (status, body) = app
-        .put(&format!("/api/v1/specs/{spec}/plan"), two_ticket_plan())
-        .await;
-    assert_eq!(status, StatusCode::OK, "{body}");
+    let spec = planned_spec(&app, &project, two_ticket_plan()).await;
     // Approved and archived in one transaction: every process manager reads the approval
     // with the archival already in the spec's history.
     let bus = CommandBus::new(app.database.pool.clone(), RetryPolicy::default());
@@ -591,6 +559,8 @@ async fn a_plan_approved_then_archived_before_it_ran_creates_nothing() {
     assert_eq!(tickets["items"], json!([]), "{tickets}");
 }
 
+/// The spec events `histories_of` returns for `wanted` specs and, named by `ticket`'s
+/// creation, its spec's archival only.
 async fn spec_events_read_for(
     app: &TestApp,
     ticket: &str,

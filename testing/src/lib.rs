@@ -736,6 +736,36 @@ impl TestApp {
         id_of(&self.must(path, body, StatusCode::CREATED).await)
     }
 
+    /// A spec of `project` titled `title`, walked to its `tasks` phase: one requirement
+    /// (`REQ-AUTH-001`), approved; a design, approved. Its plan is the test's to set.
+    pub async fn spec_in_tasks(&self, project: &str, title: &str) -> String {
+        use serde_json::json;
+        let spec = self
+            .create(
+                "/api/v1/specs",
+                json!({"project_id": project, "title": title}),
+            )
+            .await;
+        let path = |action: &str| format!("/api/v1/specs/{spec}/{action}");
+        self.must(
+            &path("requirements"),
+            json!({"id": "REQ-AUTH-001", "condition": "WHEN a user signs in",
+                   "action": "THE SYSTEM SHALL issue a session",
+                   "acceptance_criteria": ["a token is returned"]}),
+            StatusCode::OK,
+        )
+        .await;
+        self.must(&path("approve-requirements"), json!({}), StatusCode::OK)
+            .await;
+        let (status, body) = self
+            .put(&path("design"), json!({"architecture": "one service"}))
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        self.must(&path("approve-design"), json!({}), StatusCode::OK)
+            .await;
+        spec
+    }
+
     /// A ticket of `project` titled `title`.
     pub async fn ticket(&self, project: &str, title: &str) -> String {
         self.create(

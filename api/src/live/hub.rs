@@ -132,21 +132,21 @@ impl Ring {
     /// the bytes allowed is not kept (as in a ring of no capacity, the floor moves to it).
     fn push(&mut self, event: SharedEvent) {
         self.head = event.cursor();
-        let weight = weight(&event);
-        if self.capacity == 0 || weight > self.byte_capacity {
+        let added = weight(&event);
+        if self.capacity == 0 || added > self.byte_capacity {
             self.events.clear();
             self.bytes = 0;
             self.floor = self.head;
             return;
         }
-        while self.events.len() >= self.capacity || self.bytes + weight > self.byte_capacity {
+        while self.events.len() >= self.capacity || self.bytes + added > self.byte_capacity {
             let Some(oldest) = self.events.pop_front() else {
                 break;
             };
-            self.bytes -= self::weight(&oldest);
+            self.bytes -= weight(&oldest);
             self.floor = oldest.cursor();
         }
-        self.bytes += weight;
+        self.bytes += added;
         self.events.push_back(event);
     }
 }
