@@ -262,6 +262,59 @@ async fn rejected_twice_the_work_is_revised_with_the_feedback_and_then_passes() 
     );
 }
 
+/// A ticket the process manager moved to `testing` and a person sent back to `building`
+/// moves on again with its work: the person's move is read, not the copy of the ticket
+/// `ticket_progress` kept from its own move (which would say the revised work asks
+/// nothing of a ticket already in testing).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_ticket_sent_back_from_testing_by_hand_moves_on_with_the_revised_work() {
+    let Fixture {
+        app,
+        ticket,
+        implementer,
+        validator,
+    } = fixture().await;
+    let ticket_status = || {
+        let (app, path) = (&app, format!("/api/v1/tickets/{ticket}"));
+        async move {
+            app.caught_up().await;
+            app.get(&path).await.1["state"]["status"].clone()
+        }
+    };
+    let task = app
+        .task(&ticket, "Payment form", json!({"validation": true}))
+        .await;
+    implementer.finish(&app, &task, json!({"try": 0})).await;
+    assert_eq!(ticket_status().await, "building-done");
+    let (validation, _) = validation_of(&app, &task, 0).await;
+    validator.take(&app, &validation).await;
+    validator.must(&app, &validation, "start", json!({})).await;
+    assert_eq!(ticket_status().await, "testing");
+
+    app.must(
+        &format!("/api/v1/tickets/{ticket}/regress"),
+        json!({"feedback": "the form loses the card on reload"}),
+        StatusCode::OK,
+    )
+    .await;
+    assert_eq!(ticket_status().await, "building");
+    validator
+        .must(
+            &app,
+            &validation,
+            "verdict",
+            json!({"passed": false, "feedback": "the total is wrong"}),
+        )
+        .await;
+    app.until_task_status(&task, "needs_revision").await;
+    implementer.finish(&app, &task, json!({"try": 1})).await;
+    assert_eq!(
+        ticket_status().await,
+        "building-done",
+        "the revised work, submitted, moves the ticket on"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn rejected_past_its_revisions_the_work_fails_for_good_and_blocks_its_ticket() {
     let Fixture {

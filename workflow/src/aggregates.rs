@@ -33,9 +33,21 @@ where
     A: cqrs_es::Aggregate<Services = ()> + Scoped + Clone,
 {
     pub(crate) fn new() -> Self {
-        Self {
-            known: HashMap::new(),
-        }
+        Self::knowing(HashMap::new())
+    }
+
+    /// Knowing `known` already (each aggregate's state after its number of events, kept
+    /// from an earlier batch): a decision on a copy that fell behind the log is refused at
+    /// append time ([`Effects::append`]) and the batch applied again, read anew.
+    pub(crate) fn knowing(known: HashMap<String, (A, usize)>) -> Self {
+        Self { known }
+    }
+
+    /// What is known of the aggregates that exist, the batch's decisions applied.
+    pub(crate) fn into_existing(self) -> HashMap<String, (A, usize)> {
+        let mut known = self.known;
+        known.retain(|_, (_, version)| *version > 0);
+        known
     }
 
     /// Reads those of `ids` not read yet, with one query. A payload that cannot be read

@@ -67,6 +67,19 @@ impl<K: Keep> Kept<K> {
             .map(|build| read(&build.kept))
     }
 
+    /// Changes the build's kept state between batches or before one (forgetting what an
+    /// event made stale); with a batch given and not settled, forgets the build instead.
+    pub(crate) fn amend(&self, schema: &str, change: impl FnOnce(&mut K)) {
+        let mut builds = self.builds();
+        match builds.get_mut(schema) {
+            Some(build) if build.pending.is_none() => change(&mut build.kept),
+            Some(_) => {
+                builds.remove(schema);
+            }
+            None => {}
+        }
+    }
+
     /// Holds the batch's change until the runner says whether it committed.
     pub(crate) fn hold(&self, schema: &str, change: K::Change) {
         let mut builds = self.builds();
@@ -142,5 +155,15 @@ mod tests {
         assert_eq!(kept.for_batch("b", |sum| sum.0), None);
         kept.settled("b", true);
         assert_eq!(sum(&kept, "b"), None, "forgotten with the unsettled batch");
+
+        // Amended between batches: the kept state changes; with a batch unsettled, the
+        // build is forgotten.
+        kept.hold("c", 5);
+        kept.settled("c", true);
+        kept.amend("c", |sum| sum.0 -= 1);
+        assert_eq!(sum(&kept, "c"), Some(4));
+        kept.hold("c", 17);
+        kept.amend("c", |sum| sum.0 -= 1);
+        assert_eq!(kept.for_batch("c", |sum| sum.0), None);
     }
 }

@@ -7,7 +7,9 @@
 //! say) is skipped. A project whose setting `auto_advance` is off is left alone.
 //!
 //! Its state, in its own table: every task's ticket and status, as the events left them,
-//! and whether it is a validation task.
+//! and whether it is a validation task. In memory, between batches: some of those rows,
+//! the tallies of some tickets, and the tickets, projects and specs' archivals its asks
+//! read ([`Known`]).
 
 use std::collections::{BTreeSet, HashMap};
 
@@ -22,7 +24,7 @@ use omoi_store::log::histories_of;
 use omoi_store::{Actor, CommandContext, StoredEvent};
 use sqlx::PgConnection;
 
-use crate::aggregates::{archivals_of_tickets_specs, of_type, Aggregates, Effects};
+use crate::aggregates::{archivals_of_tickets_specs, of_type, Aggregates, Effects, SPEC_ARCHIVED};
 use crate::kept::{Keep, Kept};
 use crate::{occurred_at, ProcessManager};
 
@@ -38,24 +40,33 @@ pub struct TicketProgress {
     kept: Kept<KeptRows>,
 }
 
-/// Rows and tallies kept past this many are all forgotten (read again as needed).
+/// Rows, tallies or aggregates kept past this many are all forgotten (read again as
+/// needed).
 const KEPT_AT_MOST: usize = 100_000;
 
-/// Some of a build's rows and tickets' tallies as its last committed batch left them;
-/// what is not here is read from the table.
+/// Some of a build's rows and tickets' tallies as its last committed batch left them,
+/// and some of what its asks read; what is not here is read from the database.
 #[derive(Default)]
 struct KeptRows {
     rows: HashMap<String, TaskRow>,
     tallies: HashMap<String, Tally>,
+    known: Known,
+}
+
+/// What a batch ended with: its rows and tallies, and what its asks knew.
+struct BatchEnd {
+    rows: TaskRows,
+    known: Known,
 }
 
 impl Keep for KeptRows {
-    /// What the batch ended with.
-    type Change = TaskRows;
+    type Change = BatchEnd;
 
-    /// Takes in a committed batch's rows and tallies. A ticket whose row the batch changed
-    /// without holding its tally has its kept tally forgotten: it no longer counts the rows.
-    fn commit(&mut self, batch: TaskRows) {
+    /// Takes in a committed batch's rows, tallies and aggregates. A ticket whose row the
+    /// batch changed without holding its tally has its kept tally forgotten: it no longer
+    /// counts the rows.
+    fn commit(&mut self, batch: BatchEnd) {
+        let BatchEnd { rows: batch, known } = batch;
         for task in &batch.changed {
             if let Some(row) = batch.rows.get(task) {
                 if !batch.tallies.contains_key(&row.ticket_id) {
@@ -65,9 +76,92 @@ impl Keep for KeptRows {
         }
         self.rows.extend(batch.rows);
         self.tallies.extend(batch.tallies);
-        if self.rows.len() > KEPT_AT_MOST || self.tallies.len() > KEPT_AT_MOST {
+        self.known.tickets.extend(known.tickets);
+        self.known.projects.extend(known.projects);
+        self.known.archived.extend(known.archived);
+        let largest = [
+            self.rows.len(),
+            self.tallies.len(),
+            self.known.tickets.len(),
+            self.known.projects.len(),
+            self.known.archived.len(),
+        ];
+        if largest.into_iter().any(|len| len > KEPT_AT_MOST) {
             *self = Self::default();
         }
+    }
+}
+
+/// The tickets and projects a batch's asks were decided on (each aggregate's state after
+/// its number of events, the batch's own effects applied) and whether each of those
+/// tickets' specs was archived: kept, so that a batch whose asks are all known reads
+/// nothing before it decides — in a burst of finishing work, a round trip less in each
+/// batch and in the wait of every completion behind it.
+///
+/// A copy stays exact while nobody else changes its aggregate: an event the process
+/// manager did not cause (a person's move, a project's settings, an archival) forgets it
+/// as the stream brings it ([`Known::forget_stale`]), before any task's change after it
+/// is decided. One the stream has not brought yet is newer than every change the batch
+/// decides: a move decided on the copy is refused at append time (its sequence is taken)
+/// and the batch applied again, everything read anew; a move the copy says is not needed
+/// is the log's answer as of the change.
+#[derive(Default)]
+struct Known {
+    tickets: HashMap<String, (Ticket, usize)>,
+    projects: HashMap<String, (Project, usize)>,
+    /// By spec id.
+    archived: HashMap<String, bool>,
+}
+
+impl Known {
+    /// Whether `event` (not a task's) may leave something kept stale.
+    fn may_make_stale(event: &StoredEvent) -> bool {
+        match event.aggregate_type.as_str() {
+            kind if kind == Ticket::TYPE || kind == Project::TYPE => true,
+            kind => kind == Spec::TYPE && event.event_type == SPEC_ARCHIVED,
+        }
+    }
+
+    /// Forgets what `event` made stale: a ticket or project it changed past the kept
+    /// copy (not the process manager's own effect coming back), a spec it archived.
+    fn forget_stale(&mut self, event: &StoredEvent) {
+        let id = &event.aggregate_id;
+        let passed = |kept: Option<&usize>| {
+            kept.is_some_and(|version| i64::try_from(*version).is_ok_and(|v| v < event.sequence))
+        };
+        if event.aggregate_type == Ticket::TYPE {
+            if passed(self.tickets.get(id).map(|(_, version)| version)) {
+                self.tickets.remove(id);
+            }
+        } else if event.aggregate_type == Project::TYPE {
+            if passed(self.projects.get(id).map(|(_, version)| version)) {
+                self.projects.remove(id);
+            }
+        } else if event.event_type == SPEC_ARCHIVED {
+            self.archived.remove(id);
+        }
+    }
+
+    /// What is kept of the tickets, projects and specs `asks` need.
+    fn for_asks(&self, asks: &[Ask<'_>]) -> Self {
+        let mut known = Self::default();
+        for ask in asks {
+            if let Some(ticket) = self.tickets.get(ask.ticket()) {
+                let spec = ticket.0.spec_id.map(|spec| spec.to_string());
+                if let Some((spec, archived)) = spec.and_then(|s| self.archived.get_key_value(&s)) {
+                    known.archived.insert(spec.clone(), *archived);
+                }
+                known
+                    .tickets
+                    .insert(ask.ticket().to_string(), ticket.clone());
+            }
+            if let Some(project) = project_of(ask.event()) {
+                if let Some(kept) = self.projects.get(&project) {
+                    known.projects.insert(project, kept.clone());
+                }
+            }
+        }
+        known
     }
 }
 
@@ -104,19 +198,30 @@ impl TicketProgress {
 
     /// The batch's task changes: the table's rows they touch are read once (those not
     /// kept) and changed in memory, event by event in order, then written once; what
-    /// they ask of tickets is then decided on the tickets, projects and specs read once
-    /// for the batch.
+    /// they ask of tickets is then decided on the tickets, projects and specs kept or
+    /// read once for the batch. The batch's other events only forget what they made
+    /// stale, before anything kept is used.
     async fn tasks_changed(
         &self,
         tx: &mut PgConnection,
         schema: &str,
         events: Vec<&StoredEvent>,
     ) -> Result<(), ProjectionError> {
-        let Some(&first) = events.first() else {
+        let (tasks, others): (Vec<&StoredEvent>, Vec<&StoredEvent>) = events
+            .into_iter()
+            .partition(|event| event.aggregate_type == Task::TYPE);
+        if !others.is_empty() {
+            self.kept.amend(schema, |kept| {
+                for event in others {
+                    kept.known.forget_stale(event);
+                }
+            });
+        }
+        let Some(&first) = tasks.first() else {
             return Ok(());
         };
-        let mut changes = Vec::with_capacity(events.len());
-        for event in events {
+        let mut changes = Vec::with_capacity(tasks.len());
+        for event in tasks {
             let change: TaskEvent = event
                 .payload
                 .decode()
@@ -129,12 +234,16 @@ impl TicketProgress {
             .iter()
             .filter_map(|(event, change)| rows.change(event, change))
             .collect();
-        let effects = answer(tx, first, &asks).await?;
+        let mut known = self
+            .kept
+            .for_batch(schema, |kept| kept.known.for_asks(&asks))
+            .unwrap_or_default();
+        let effects = answer(tx, first, &asks, &mut known).await?;
         // Written last: the batch holds every reader of the log from its first write on.
         rows.write(tx, schema).await?;
         effects.append(tx, first).await?;
         // Taken in once the runner says the batch committed.
-        self.kept.hold(schema, rows);
+        self.kept.hold(schema, BatchEnd { rows, known });
         Ok(())
     }
 }
@@ -165,7 +274,18 @@ impl ProcessManager for TicketProgress {
     }
 
     fn reacts_to(&self, event: &StoredEvent) -> bool {
-        event.aggregate_type == "Task"
+        event.aggregate_type == Task::TYPE || Known::may_make_stale(event)
+    }
+
+    /// A task's change; any other event it reacts to only forgets what it made stale,
+    /// here, without a batch of its own.
+    fn concerns(&self, schema: &str, event: &StoredEvent) -> bool {
+        if event.aggregate_type == Task::TYPE {
+            return true;
+        }
+        self.kept
+            .amend(schema, |kept| kept.known.forget_stale(event));
+        false
     }
 
     fn react<'a>(
@@ -218,22 +338,23 @@ enum Ask<'a> {
     },
 }
 
-/// What the tickets, their projects and their specs (read once for all) say to the
-/// asks, in order: the effects to append.
+/// What the tickets, their projects and their specs (kept, or read once for all) say to
+/// the asks, in order: the effects to append. `known` is what is kept of them, and then
+/// what the batch knew of them.
 async fn answer(
     tx: &mut PgConnection,
     first: &StoredEvent,
     asks: &[Ask<'_>],
+    known: &mut Known,
 ) -> Result<Effects, ProjectionError> {
     let mut effects = Effects::default();
     if asks.is_empty() {
         return Ok(effects);
     }
-    // The asked tickets, their projects, the archivals of the specs of the tickets
-    // finishing work may move and the tasks failed for good (their errors), read with
-    // one query.
-    let mut tickets = Aggregates::<Ticket>::new();
-    let mut projects = Aggregates::<Project>::new();
+    // The asked tickets, their projects, the archivals of the tickets' specs and the
+    // tasks failed for good (their errors): those not kept, read with one query.
+    let mut tickets = Aggregates::<Ticket>::knowing(std::mem::take(&mut known.tickets));
+    let mut projects = Aggregates::<Project>::knowing(std::mem::take(&mut known.projects));
     let mut failed = Aggregates::<Task>::new();
     let wanted_tickets = tickets.missing(asks.iter().map(|ask| ask.ticket().to_string()));
     let wanted_projects = projects.missing(asks.iter().filter_map(|ask| project_of(ask.event())));
@@ -242,27 +363,49 @@ async fn answer(
             .filter(|ask| matches!(ask, Ask::Block { .. }))
             .map(|ask| ask.event().aggregate_id.clone()),
     );
-    let finishing: Vec<String> = asks
+    // Whether their specs were archived: of every ticket read now (kept from then on),
+    // and of the kept tickets finishing work whose spec's is not kept.
+    let spec_unknown = |ticket: &str| {
+        tickets
+            .get(ticket)
+            .and_then(|state| state.spec_id)
+            .is_some_and(|spec| !known.archived.contains_key(&spec.to_string()))
+    };
+    let archivals_asked: Vec<String> = asks
         .iter()
-        .filter(|ask| ask.finishes())
+        .filter(|ask| ask.finishes() && spec_unknown(ask.ticket()))
         .map(|ask| ask.ticket().to_string())
+        .chain(wanted_tickets.iter().cloned())
         .collect::<BTreeSet<_>>()
         .into_iter()
         .collect();
-    let wanted = [
-        (Ticket::TYPE, &wanted_tickets[..]),
-        (Project::TYPE, &wanted_projects[..]),
-        (Task::TYPE, &wanted_failed[..]),
-    ];
-    let archivals = archivals_of_tickets_specs(&finishing);
-    let events = histories_of(&mut *tx, &wanted, Some(archivals)).await?;
-    tickets.know_read(first, wanted_tickets, &events)?;
-    projects.know_read(first, wanted_projects, &events)?;
-    failed.know_read(first, wanted_failed, &events)?;
-    let archived: BTreeSet<&str> = of_type(&events, Spec::TYPE)
-        .iter()
-        .map(|archival| archival.aggregate_id.as_str())
-        .collect();
+    let nothing_to_read = wanted_tickets.is_empty()
+        && wanted_projects.is_empty()
+        && wanted_failed.is_empty()
+        && archivals_asked.is_empty();
+    if !nothing_to_read {
+        let wanted = [
+            (Ticket::TYPE, &wanted_tickets[..]),
+            (Project::TYPE, &wanted_projects[..]),
+            (Task::TYPE, &wanted_failed[..]),
+        ];
+        let archivals = archivals_of_tickets_specs(&archivals_asked);
+        let events = histories_of(&mut *tx, &wanted, Some(archivals)).await?;
+        tickets.know_read(first, wanted_tickets, &events)?;
+        projects.know_read(first, wanted_projects, &events)?;
+        failed.know_read(first, wanted_failed, &events)?;
+        let archived: BTreeSet<&str> = of_type(&events, Spec::TYPE)
+            .iter()
+            .map(|archival| archival.aggregate_id.as_str())
+            .collect();
+        for ticket in &archivals_asked {
+            if let Some(spec) = tickets.get(ticket).and_then(|state| state.spec_id) {
+                let spec = spec.to_string();
+                let was_archived = archived.contains(spec.as_str());
+                known.archived.insert(spec, was_archived);
+            }
+        }
+    }
     // Whether the task's project lets tickets move by themselves.
     let auto_advance = |event: &StoredEvent| {
         project_of(event).is_some_and(|id| projects.state(&id).settings.auto_advance)
@@ -300,7 +443,7 @@ async fn answer(
                 }
                 // An archived spec's tasks were cancelled with it, which finishes nothing.
                 if let Some(spec_id) = state.spec_id.filter(|_| ask.finishes()) {
-                    if archived.contains(spec_id.to_string().as_str()) {
+                    if known.archived.get(&spec_id.to_string()) == Some(&true) {
                         continue;
                     }
                 }
@@ -315,6 +458,8 @@ async fn answer(
             }
         }
     }
+    known.tickets = tickets.into_existing();
+    known.projects = projects.into_existing();
     Ok(effects)
 }
 
@@ -655,10 +800,92 @@ mod tests {
     use omoi_domain::ticket::TicketStatus;
     use proptest::prelude::*;
 
-    use super::{text, KeptRows, Tally, TaskRow, TaskRows};
+    use super::{text, BatchEnd, KeptRows, Known, Tally, TaskRow, TaskRows, TicketProgress};
     use crate::kept::Keep;
+    use crate::ProcessManager;
 
     const TICKETS: [&str; 3] = ["t1", "t2", "t3"];
+
+    /// An event of aggregate `kind` `id` at `sequence`, as the stream hands it over.
+    fn event(kind: &str, id: &str, sequence: i64, event_type: &str) -> omoi_store::StoredEvent {
+        omoi_store::StoredEvent {
+            aggregate_type: kind.into(),
+            aggregate_id: id.into(),
+            sequence,
+            event_type: event_type.into(),
+            ..crate::ticket_event(event_type, serde_json::json!({}), serde_json::json!({}))
+        }
+    }
+
+    /// What the stream brings forgets what it made stale of the kept tickets, projects
+    /// and specs' archivals — not the manager's own effects coming back — without a
+    /// batch; a task's change is the manager's concern.
+    #[test]
+    fn events_others_caused_forget_what_is_kept_of_their_aggregates() {
+        let manager = TicketProgress::default();
+        let kept = || {
+            manager
+                .kept
+                .between_batches("schema", |kept| {
+                    let mut tickets: Vec<&str> =
+                        kept.known.tickets.keys().map(String::as_str).collect();
+                    let mut projects: Vec<&str> =
+                        kept.known.projects.keys().map(String::as_str).collect();
+                    let mut specs: Vec<&str> =
+                        kept.known.archived.keys().map(String::as_str).collect();
+                    tickets.sort_unstable();
+                    projects.sort_unstable();
+                    specs.sort_unstable();
+                    format!("{tickets:?} {projects:?} {specs:?}")
+                })
+                .unwrap_or_default()
+        };
+        let mut known = Known::default();
+        for ticket in ["t1", "t2"] {
+            known.tickets.insert(ticket.into(), (Default::default(), 2));
+        }
+        known.projects.insert("p1".into(), (Default::default(), 3));
+        known.archived.insert("s1".into(), false);
+        known.archived.insert("s2".into(), false);
+        let batch = TaskRows {
+            rows: HashMap::new(),
+            tallies: HashMap::new(),
+            changed: Default::default(),
+        };
+        manager.kept.hold("schema", BatchEnd { rows: batch, known });
+        manager.settled("schema", true);
+        assert_eq!(kept(), r#"["t1", "t2"] ["p1"] ["s1", "s2"]"#);
+
+        let passes = [
+            // The manager's own move of t1, its second event, coming back.
+            event("Ticket", "t1", 2, "TicketStatusChanged"),
+            event("Project", "p1", 3, "ProjectSettingsChanged"),
+            event("Spec", "s1", 9, "SpecRequirementsApproved"),
+            event("Ticket", "t9", 5, "TicketRegressed"),
+        ];
+        for passing in &passes {
+            assert!(!manager.concerns("schema", passing));
+        }
+        assert_eq!(
+            kept(),
+            r#"["t1", "t2"] ["p1"] ["s1", "s2"]"#,
+            "nothing stale"
+        );
+
+        let news = [
+            event("Ticket", "t1", 3, "TicketRegressed"),
+            event("Project", "p1", 4, "ProjectSettingsChanged"),
+            event("Spec", "s2", 9, "SpecArchived"),
+        ];
+        for news in &news {
+            assert!(manager.reacts_to(news));
+            assert!(!manager.concerns("schema", news));
+        }
+        assert_eq!(kept(), r#"["t2"] [] ["s1"]"#);
+
+        let change = event("Task", "k1", 4, "TaskStarted");
+        assert!(manager.concerns("schema", &change));
+    }
 
     fn status() -> impl Strategy<Value = TaskStatus> {
         prop::sample::select(TaskStatus::ALL.to_vec())
@@ -797,7 +1024,7 @@ mod tests {
                 for task in &rows.changed {
                     table.insert(task.clone(), rows.rows[task].clone());
                 }
-                kept.commit(rows);
+                kept.commit(BatchEnd { rows, known: Known::default() });
                 for (task, row) in &kept.rows {
                     prop_assert_eq!(&table[task].status, &row.status);
                     prop_assert_eq!(table[task].validation, row.validation);
