@@ -205,10 +205,11 @@ async fn a_failed_attempts_directory_is_kept_for_the_retention_then_removed() {
             ..config(Work::Command("exit 3".into()), &parent)
         },
     );
+    // Attempt 1, the worker's first run.
     let attempt = worker
         .work_dir()
         .expect("a directory")
-        .join(format!("{id}-1"));
+        .join(format!("{id}-1-1"));
     until_status(&app, &id, "permanently_failed").await;
     let failed_at = Instant::now();
     assert!(attempt.join("task.json").exists(), "kept to be looked into");
@@ -218,6 +219,53 @@ async fn a_failed_attempts_directory_is_kept_for_the_retention_then_removed() {
         "removed after {:?}, before the retention",
         failed_at.elapsed()
     );
+    worker.stop().await;
+    std::fs::remove_dir_all(parent).expect("cleaned up");
+}
+
+/// A task reassigned while it runs is run again at the same attempt, in a directory of its
+/// own: the stopped run's is still being written while its command dies, and is kept and
+/// removed later.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_task_run_again_at_the_same_attempt_does_not_share_the_stopped_runs_directory() {
+    let app = spawn_app().await;
+    let parent = scratch_dir();
+    // Without the ticket's own `analyze` task, which would hold the worker's agent.
+    let (_, project) = app
+        .organization_and_project_with(json!({"auto_spawn_tasks": false}))
+        .await;
+    let ticket = app.ticket(&project, "Work").await;
+    let id = app
+        .task(&ticket, "reassigned", json!({"max_retries": 0}))
+        .await;
+    // The first run marks its directory and waits; a run finding the mark fails, and a
+    // run after the first completes.
+    let script = r#"test -e mark && { echo "shares a stopped run's directory"; exit 3; }
+touch mark
+test -e "../$OMOI_TASK_ID.ran" && exit 0
+touch "../$OMOI_TASK_ID.ran"
+sleep 60"#;
+    let worker = Worker::start(
+        app.database.pool.clone(),
+        config(Work::Command(script.into()), &parent),
+    );
+    let work_dir = worker.work_dir().expect("a directory").to_path_buf();
+    let first_run = work_dir.join(format!("{id}.ran"));
+    let deadline = Instant::now() + PATIENCE;
+    while !first_run.exists() {
+        assert!(Instant::now() < deadline, "the first run never began");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let (status, body) = app
+        .post(
+            "/api/v1/guardian/interventions",
+            json!({"kind": "reassign", "task_id": id, "reason": "moved to another agent"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let done = until_status(&app, &id, "completed").await;
+    assert_eq!(done["retry_count"], 0, "the same attempt: {done}");
     worker.stop().await;
     std::fs::remove_dir_all(parent).expect("cleaned up");
 }

@@ -320,6 +320,11 @@ struct Runtime {
     work_dir: Option<PathBuf>,
     /// Directories of failed attempts, and when they failed.
     kept: Vec<(PathBuf, Instant)>,
+    /// Runs launched so far, each numbering its directory: a task run again at the same
+    /// attempt (reassigned while its run was being stopped) never shares the stopped
+    /// run's directory — still being written while its command dies, then kept, then
+    /// removed at the end of the retention.
+    runs_launched: u64,
     /// The assignments being committed, each a task of its own: the loop reads the log
     /// and dispatches on meanwhile, and launches each as it commits.
     assigning: JoinSet<Assignment>,
@@ -419,6 +424,7 @@ impl Runtime {
             caps: HashMap::new(),
             work_dir,
             kept: Vec::new(),
+            runs_launched: 0,
             assigning: JoinSet::new(),
             stops_while_assigning: StopsWhileAssigning::default(),
             claimed: Reservations::default(),
@@ -1337,7 +1343,8 @@ impl Runtime {
         let Some(work_dir) = &self.work_dir else {
             return;
         };
-        let directory = work_dir.join(format!("{}-{attempt}", task.id));
+        self.runs_launched += 1;
+        let directory = work_dir.join(format!("{}-{attempt}-{}", task.id, self.runs_launched));
         if let Some(agent) = self.agents.get_mut(&agent_id) {
             agent.task = Some(task.id);
         }
