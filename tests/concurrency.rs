@@ -1,5 +1,5 @@
 //! Concurrency on the write side: optimistic conflicts are retried, and the global stream
-//! never loses an event that commits late.
+//! never loses an event that commits late, nor one past a page's weight.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -374,4 +374,77 @@ async fn a_kept_aggregate_catches_up_with_what_another_process_appended() {
         .filter_map(|e| e["sequence"].as_i64())
         .collect();
     assert_eq!(sequences, vec![1, 2, 3, 4, 5]);
+}
+
+/// The events of the global stream the owner reads, page by page (`limit` each), and the
+/// number of events on the first page.
+async fn stream_pages(app: &omoi_testing::TestApp, limit: usize) -> (Vec<(String, i64)>, usize) {
+    let mut after = "0-0".to_string();
+    let mut events = Vec::new();
+    let mut first = None;
+    loop {
+        let (status, page) = app
+            .get(&format!("/api/v1/events?after={after}&limit={limit}"))
+            .await;
+        assert_eq!(status, StatusCode::OK, "{page}");
+        let page_events = page["events"].as_array().expect("events");
+        first.get_or_insert(page_events.len());
+        if page_events.is_empty() {
+            return (events, first.unwrap_or(0));
+        }
+        let weight: usize = page_events
+            .iter()
+            .map(|event| event["payload"].to_string().len())
+            .sum();
+        let heaviest = page_events
+            .iter()
+            .map(|event| event["payload"].to_string().len())
+            .max()
+            .unwrap_or(0);
+        assert!(
+            weight <= omoi_store::log::PAGE_BYTES + heaviest,
+            "a page of {} events weighs {weight} bytes",
+            page_events.len()
+        );
+        for event in page_events {
+            let id = event["aggregate_id"].as_str().expect("an id").to_string();
+            events.push((id, event["sequence"].as_i64().expect("a sequence")));
+        }
+        after = page["next_cursor"].as_str().expect("a cursor").to_string();
+    }
+}
+
+/// A page of the global stream ends at its weight as well as at its count: with events of
+/// a quarter of a megabyte each (a spec's plans), a page asked for 1,000 events holds
+/// about 4 MiB of them, and following `next_cursor` hands over every event once, as
+/// small pages do.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_page_of_the_global_stream_ends_at_its_weight_and_loses_nothing() {
+    let app = spawn_app().await;
+    let (_, project) = app.organization_and_project().await;
+    let spec = app.spec_in_tasks(&project, "Large plans").await;
+    let description = "x".repeat(omoi_domain::common::MAX_TEXT_CHARS);
+    for round in 0..24 {
+        let tasks: Vec<Value> = (1..=12)
+            .map(|n| {
+                json!({"key": format!("TSK-{n:03}"), "title": format!("Part {n}"),
+                       "description": description, "task_type": "implement"})
+            })
+            .collect();
+        let plan = json!({"tickets": [{"key": "TKT-001", "title": format!("Round {round}"),
+                                       "tasks": tasks}]});
+        let (status, body) = app.put(&format!("/api/v1/specs/{spec}/plan"), plan).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+
+    let (by_weight, first_page) = stream_pages(&app, 1000).await;
+    let (by_count, _) = stream_pages(&app, 7).await;
+    assert!(by_count.len() > 24, "{} events", by_count.len());
+    assert!(
+        first_page < by_count.len(),
+        "the first page held all {first_page} events"
+    );
+    assert_eq!(by_weight, by_count, "every event once, in the same order");
+    let distinct: HashSet<&(String, i64)> = by_weight.iter().collect();
+    assert_eq!(distinct.len(), by_weight.len());
 }

@@ -4,7 +4,7 @@ use axum::Json;
 use cqrs_es::Aggregate;
 use omoi_domain::access::Permission;
 use omoi_domain::common::Scoped;
-use omoi_store::log::{aggregate_history, fold_until, read_global, Visibility};
+use omoi_store::log::{aggregate_history, fold_until, read_global_within, Visibility, PAGE_BYTES};
 use omoi_store::Cursor;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
@@ -86,7 +86,8 @@ pub struct StreamQuery {
     /// Cursor returned by the previous page (`next_cursor`); `0-0` or absent for the start.
     #[param(schema_with = crate::openapi::cursor)]
     pub after: Option<String>,
-    /// Page size, 1 to 1000 (default 100).
+    /// Page size, 1 to 1000 (default 100). A page also ends once its events weigh about
+    /// 4 MiB (it holds at least one): follow `next_cursor` until a page comes back empty.
     #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<i64>,
 }
@@ -147,7 +148,9 @@ async fn global_stream(
             project: caller.project_limit(),
         }
     };
-    let page = read_global(state.pool(), after, limit, &visibility).await?;
+    let page = read_global_within(state.pool(), after, limit, PAGE_BYTES, &visibility)
+        .await?
+        .page;
     Ok(Json(StreamPage {
         next_cursor: page.next.to_string(),
         events: page.events.into_iter().map(EventRecord::from).collect(),

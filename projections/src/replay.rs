@@ -2,7 +2,7 @@
 //! events, read from the log in its gapless order, with their projectors' own rules —
 //! from the nearest snapshot before it ([`crate::snapshots`]), else from the start.
 
-use omoi_store::log::{read_global, Visibility};
+use omoi_store::log::{read_global_within, Visibility, WeighedPage, PAGE_BYTES};
 use omoi_store::{Cursor, StoredEvent};
 use sqlx::PgPool;
 use uuid::Uuid;
@@ -81,7 +81,8 @@ async fn replay(
     let mut cursor = after;
     let mut replayed = 0;
     loop {
-        let page = read_global(pool, cursor, REPLAY_PAGE, &visibility).await?;
+        let WeighedPage { page, full } =
+            read_global_within(pool, cursor, REPLAY_PAGE, PAGE_BYTES, &visibility).await?;
         for event in &page.events {
             if event.global_position > as_of {
                 return Ok(());
@@ -92,7 +93,7 @@ async fn replay(
             }
             apply(event)?;
         }
-        if (page.events.len() as i64) < REPLAY_PAGE {
+        if !full {
             return Ok(());
         }
         cursor = page.next;

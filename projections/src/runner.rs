@@ -559,10 +559,7 @@ const KEPT_BYTES: usize = 16 << 20;
 /// About what a page holds in memory: its payloads' text and a share for each event's
 /// other fields.
 fn weight(page: &EventPage) -> usize {
-    page.events
-        .iter()
-        .map(|event| event.payload.get().len() + 512)
-        .sum()
+    page.events.iter().map(StoredEvent::weight).sum()
 }
 
 /// Pages read, by where each starts.

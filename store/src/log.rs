@@ -54,6 +54,12 @@ impl StoredEvent {
             .map(|t| t.with_timezone(&chrono::Utc))
     }
 
+    /// About what the event holds in memory: its payload's text and a share for its other
+    /// fields.
+    pub fn weight(&self) -> usize {
+        self.payload.get().len() + EVENT_FIELDS_WEIGHT
+    }
+
     /// The cursor that points just after this event in the global stream.
     pub fn cursor(&self) -> Cursor {
         Cursor {
@@ -232,6 +238,63 @@ pub async fn read_global<'c>(
         .collect::<Result<Vec<_>, _>>()?;
     let next = events.last().map_or(after, StoredEvent::cursor);
     Ok(EventPage { events, next })
+}
+
+/// What [`StoredEvent::weight`] counts for an event's fields besides its payload.
+const EVENT_FIELDS_WEIGHT: usize = 512;
+
+/// What a page read for a request may weigh ([`read_global_within`]): a spec's plan is
+/// an event of up to a quarter of a megabyte, so a page of a thousand of them would hold
+/// a quarter of a gigabyte for one caller.
+pub const PAGE_BYTES: usize = 4 << 20;
+
+/// A page read within a weight, and whether events may follow it unread.
+#[derive(Debug, Clone)]
+pub struct WeighedPage {
+    pub page: EventPage,
+    /// The page ended at its limit or its weight, not at the end of what is visible.
+    pub full: bool,
+}
+
+/// Like [`read_global`], but the page also ends once its events weigh `max_bytes`
+/// ([`StoredEvent::weight`]; it holds at least one event): for a reader holding a page in
+/// memory on a caller's behalf. The rows are taken as they arrive; those the server sends
+/// past the weight are dropped without being decoded.
+pub async fn read_global_within<'c>(
+    executor: impl sqlx::Executor<'c, Database = sqlx::Postgres>,
+    after: Cursor,
+    limit: i64,
+    max_bytes: usize,
+    visibility: &Visibility,
+) -> Result<WeighedPage, sqlx::Error> {
+    use futures_util::TryStreamExt;
+
+    let (organizations, project) = visibility.bindings();
+    let sql = global_query(visibility, true);
+    let mut rows = sqlx::query(&sql)
+        .bind(after.transaction_id)
+        .bind(after.global_position)
+        .bind(limit)
+        .bind(organizations)
+        .bind(project)
+        .fetch(executor);
+    let mut events = Vec::new();
+    let mut bytes = 0;
+    let mut full = false;
+    while let Some(row) = rows.try_next().await? {
+        let event = StoredEvent::from_row(&row)?;
+        bytes += event.weight();
+        events.push(event);
+        if bytes >= max_bytes || events.len() as i64 >= limit {
+            full = true;
+            break;
+        }
+    }
+    let next = events.last().map_or(after, StoredEvent::cursor);
+    Ok(WeighedPage {
+        page: EventPage { events, next },
+        full,
+    })
 }
 
 /// A page of the gapless stream and events after it that have already committed.

@@ -32,8 +32,9 @@
 //!   work or sends it back for revision.
 //! * [`stall`] — a stalled task gets its project's stall policy: nudge, restart or
 //!   escalate.
-//! * `kept` — what a manager keeps of its own tables in memory between batches, taken in
-//!   only once a batch committed (`progress`, `discovery`).
+//! * `kept` — what a manager keeps in memory between batches (its own tables' rows,
+//!   aggregates it decided on), taken in only once a batch committed (`progress`,
+//!   `discovery`).
 
 pub mod admission;
 mod aggregates;
@@ -88,7 +89,8 @@ pub trait ProcessManager: Send + Sync + 'static {
     /// Whether `event` may cause something in the build whose tables are in `schema`
     /// ([`Projector::concerns`]): by default whatever it reacts to. A manager keeping its
     /// tables in memory may say no to an event it reacts to that, as they stand, causes
-    /// nothing — a batch of such events then costs no transaction.
+    /// nothing — a batch of such events then costs no transaction — and to one that only
+    /// makes something it keeps stale, which it forgets here (`progress`).
     fn concerns(&self, _schema: &str, event: &StoredEvent) -> bool {
         self.reacts_to(event)
     }

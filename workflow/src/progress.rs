@@ -40,9 +40,12 @@ pub struct TicketProgress {
     kept: Kept<KeptRows>,
 }
 
-/// Rows, tallies or aggregates kept past this many are all forgotten (read again as
-/// needed).
+/// Rows or tallies kept past this many are all forgotten (read again as needed).
 const KEPT_AT_MOST: usize = 100_000;
+
+/// Tickets or projects kept past this many are all forgotten: whole aggregates, each
+/// with its texts (as many as the command bus keeps, `omoi_store::cache`).
+const KNOWN_AT_MOST: usize = omoi_store::cache::DEFAULT_CAPACITY;
 
 /// Some of a build's rows and tickets' tallies as its last committed batch left them,
 /// and some of what its asks read; what is not here is read from the database.
@@ -76,18 +79,20 @@ impl Keep for KeptRows {
         }
         self.rows.extend(batch.rows);
         self.tallies.extend(batch.tallies);
+        if self.rows.len() > KEPT_AT_MOST || self.tallies.len() > KEPT_AT_MOST {
+            self.rows.clear();
+            self.tallies.clear();
+        }
         self.known.tickets.extend(known.tickets);
         self.known.projects.extend(known.projects);
         self.known.archived.extend(known.archived);
-        let largest = [
-            self.rows.len(),
-            self.tallies.len(),
+        let known = [
             self.known.tickets.len(),
             self.known.projects.len(),
             self.known.archived.len(),
         ];
-        if largest.into_iter().any(|len| len > KEPT_AT_MOST) {
-            *self = Self::default();
+        if known.into_iter().any(|len| len > KNOWN_AT_MOST) {
+            self.known = Known::default();
         }
     }
 }

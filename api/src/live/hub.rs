@@ -1,6 +1,6 @@
 //! The hub: one per process, following the global stream from "now".
 //!
-//! It reads new events in the gapless global order (`read_global`), keeps the most recent
+//! It reads new events in the gapless global order (`read_global_within`), keeps the most recent
 //! ones in a ring for cheap resumption, and broadcasts each to every subscriber. Appending
 //! to the ring, moving `head` and broadcasting happen under one lock, and a subscriber
 //! taps (reads `head`, subscribes to the broadcast, copies from the ring) under the same
@@ -20,7 +20,7 @@ use std::ops::Deref;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError, Weak};
 use std::time::Duration;
 
-use omoi_store::log::{read_global, Visibility};
+use omoi_store::log::{read_global_within, Visibility, WeighedPage, PAGE_BYTES};
 use omoi_store::wakeup::listen;
 use omoi_store::{Cursor, StoredEvent};
 use sqlx::PgPool;
@@ -244,7 +244,9 @@ impl Hub {
         let batch = self.config.batch_size.max(1);
         let mut cursor = Cursor::default();
         loop {
-            let page = read_global(&self.pool, cursor, batch, visibility).await?;
+            let page = read_global_within(&self.pool, cursor, batch, PAGE_BYTES, visibility)
+                .await?
+                .page;
             if page.events.is_empty() {
                 return Ok(tap);
             }
@@ -395,16 +397,16 @@ impl Follower {
 
     /// Reads and publishes one batch; true when the batch was full (more may wait).
     async fn step(&mut self, shared: &Shared) -> bool {
-        match read_global(
+        match read_global_within(
             &self.pool,
             self.cursor,
             self.batch_size,
+            PAGE_BYTES,
             &Visibility::Everything,
         )
         .await
         {
-            Ok(page) => {
-                let full = page.events.len() as i64 == self.batch_size;
+            Ok(WeighedPage { page, full }) => {
                 self.cursor = page.next;
                 shared.publish(page.events);
                 full

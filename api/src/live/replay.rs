@@ -8,7 +8,7 @@
 //! — not reading — at most `replay_limit` + 1 of them; more, and the client gets a fresh,
 //! `stale` snapshot.
 
-use omoi_store::log::{count_global, read_global, Visibility};
+use omoi_store::log::{count_global, read_global_within, Visibility, PAGE_BYTES};
 use omoi_store::{Cursor, StoredEvent};
 use uuid::Uuid;
 
@@ -140,7 +140,9 @@ async fn send_from_database(
     let mut cursor = after;
     let mut last = after;
     loop {
-        let page = read_global(pool, cursor, batch, &visibility).await?;
+        let page = read_global_within(pool, cursor, batch, PAGE_BYTES, &visibility)
+            .await?
+            .page;
         if page.events.is_empty() {
             return Ok(Some(last));
         }
