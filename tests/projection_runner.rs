@@ -19,6 +19,19 @@ use uuid::Uuid;
 /// one event violates the primary key, so "applied twice" cannot go unnoticed.
 struct Probe;
 
+/// How many times the runner told [`Probe`] to forget what it keeps of each build's
+/// tables (`settled(schema, false)`), by schema: a test runs in a process of its own.
+static FORGOTTEN: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
+fn times_forgotten(schema: &str) -> usize {
+    FORGOTTEN
+        .lock()
+        .expect("not poisoned")
+        .iter()
+        .filter(|forgotten| *forgotten == schema)
+        .count()
+}
+
 impl Projector for Probe {
     fn name(&self) -> &'static str {
         "probe"
@@ -70,6 +83,14 @@ impl Projector for Probe {
             .await?;
             Ok(())
         })
+    }
+    fn settled(&self, schema: &str, committed: bool) {
+        if !committed {
+            FORGOTTEN
+                .lock()
+                .expect("not poisoned")
+                .push(schema.to_string());
+        }
     }
 }
 
@@ -1537,7 +1558,8 @@ async fn a_build_whose_tables_cannot_be_made_leaves_no_row_and_no_schema() {
 
 /// A rebuild beside the live build (as `omoi projections rebuild` makes one), led by the
 /// same runner while commands keep coming: it goes live, and the build it retired is
-/// neither reported as led any more nor stopped at a poison event.
+/// neither reported as led any more nor stopped at a poison event, and what the projector
+/// kept of its tables in memory is forgotten.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_build_retired_by_a_rebuild_beside_it_is_no_longer_reported_as_led() {
     use omoi_projections::catalog::{self, BuildState};
@@ -1561,6 +1583,9 @@ async fn a_build_retired_by_a_rebuild_beside_it_is_no_longer_reported_as_led() {
     })
     .await;
     let old = builds(&database).await[0].0;
+    let old_schema = catalog::schema_of("probe", old);
+    // Forgotten once so far: at the start of its leadership.
+    let forgotten_while_led = times_forgotten(&old_schema);
     let mut conn = database.pool.acquire().await.expect("a connection");
     let rebuilt = catalog::create_build(&mut conn, &Probe, BuildState::Building)
         .await
@@ -1582,6 +1607,10 @@ async fn a_build_retired_by_a_rebuild_beside_it_is_no_longer_reported_as_led() {
             .iter()
             .filter(|s| s.build == old)
             .all(|s| !s.leader)
+    })
+    .await;
+    eventually("what the retired build kept is forgotten", || async {
+        times_forgotten(&old_schema) > forgotten_while_led
     })
     .await;
     let failure: Option<String> =

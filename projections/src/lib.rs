@@ -173,9 +173,9 @@ pub trait Projector: Send + Sync {
     /// How the batch last given to [`Projector::apply`] for the build whose tables are in
     /// `schema` ended: `true` once its transaction committed; `false` when it did not
     /// (rolled back, its claim lost, an error, its events applied one by one to find a
-    /// poison event) and at the start of each leadership of the build, before anything
+    /// poison event), at the start of each leadership of the build, before anything
     /// else is asked of the projector — [`Projector::concerns`] included (another process
-    /// may have led it meanwhile). A projector keeping what its tables hold in
+    /// may have led it meanwhile) — and, `false`, once the build is found retired. A projector keeping what its tables hold in
     /// memory between batches keeps a batch's changes only once committed, and forgets
     /// all it keeps for `schema` on `false`. An `apply` that finds the batch before it
     /// never settled must not trust what it kept either.

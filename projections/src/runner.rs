@@ -402,7 +402,13 @@ impl BuildWorker {
                     // and fell further behind.
                     reading.generation = Some(*self.wake.borrow());
                 }
-                Step::Retired => return Ok(true),
+                Step::Retired => {
+                    // Whatever the projector keeps of the build's tables in memory goes
+                    // with them (a process manager's rows and aggregates).
+                    let schema = catalog::schema_of(self.projector.name(), self.build);
+                    self.projector.settled(&schema, false);
+                    return Ok(true);
+                }
                 Step::Idle | Step::Stopped => {
                     // A stopped build keeps no stream (nor its connection) open.
                     reading.read_ahead.stop();

@@ -106,10 +106,13 @@ impl Keep for KeptRows {
 /// A copy stays exact while nobody else changes its aggregate: an event the process
 /// manager did not cause (a person's move, a project's settings, an archival) forgets it
 /// as the stream brings it ([`Known::forget_stale`]), before any task's change after it
-/// is decided. One the stream has not brought yet is newer than every change the batch
-/// decides: a move decided on the copy is refused at append time (its sequence is taken)
-/// and the batch applied again, everything read anew; a move the copy says is not needed
-/// is the log's answer as of the change.
+/// is decided. So each change is decided on the tickets, projects and archivals as the
+/// log stood at least up to it; what the stream has not brought yet came after it. A
+/// move decided on a ticket copy such a later event made stale is refused at append time
+/// (the sequence is taken) and the batch applied again, everything read anew; a later
+/// settings change, archival or move by hand that the copy does not show leaves the
+/// decision as the log stood at the change — as a batch that read a moment earlier
+/// would have decided.
 #[derive(Default)]
 struct Known {
     tickets: HashMap<String, (Ticket, usize)>,
@@ -142,7 +145,7 @@ impl Known {
             if passed(self.projects.get(id).map(|(_, version)| version)) {
                 self.projects.remove(id);
             }
-        } else if event.event_type == SPEC_ARCHIVED {
+        } else if event.aggregate_type == Spec::TYPE && event.event_type == SPEC_ARCHIVED {
             self.archived.remove(id);
         }
     }
@@ -288,8 +291,10 @@ impl ProcessManager for TicketProgress {
         if event.aggregate_type == Task::TYPE {
             return true;
         }
-        self.kept
-            .amend(schema, |kept| kept.known.forget_stale(event));
+        if Known::may_make_stale(event) {
+            self.kept
+                .amend(schema, |kept| kept.known.forget_stale(event));
+        }
         false
     }
 
