@@ -516,6 +516,74 @@ async fn archiving_an_executing_spec_cancels_its_open_tasks_and_gives_the_workfl
     assert_eq!(whole, history);
 }
 
+/// A plan's task created after its spec's archival was handled is cancelled when its
+/// creation passes: `plan_execution` read the approval before the archival committed and
+/// `spec_archival`, a build of its own, handled the archival first, finding no task to
+/// cancel. The late creation is appended here as `plan_execution` would have.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_plans_task_created_after_its_specs_archival_was_handled_is_cancelled() {
+    use omoi_domain::common::{Phase, Priority};
+    use omoi_domain::task::{Task, TaskCommand};
+    use omoi_store::{Actor, CommandContext};
+
+    let app = spawn_app().await;
+    let (organization, project) = app.organization_and_project().await;
+    let spec = executing_spec(&app, &project).await;
+    let approval = the_approval(&app).await;
+    app.must(
+        &format!("/api/v1/specs/{spec}/archive"),
+        json!({}),
+        StatusCode::OK,
+    )
+    .await;
+    app.caught_up().await;
+
+    let late = created_id(&approval, "TSK-LATE");
+    let create = TaskCommand::CreateTask {
+        task_id: late,
+        organization_id: organization.parse().expect("an id"),
+        project_id: project.parse().expect("an id"),
+        ticket_id: created_id(&approval, "TKT-1"),
+        title: "Came late".into(),
+        description: String::new(),
+        task_type: "implement".into(),
+        phase: Phase::default(),
+        priority: Priority::default(),
+        depends_on: Vec::new(),
+        required_capabilities: Vec::new(),
+        max_retries: None,
+        timeout_seconds: None,
+        discovery: None,
+        validation: None,
+        validates: None,
+        plan_key: Some("TSK-LATE".into()),
+        at: chrono::Utc::now(),
+    };
+    let context = CommandContext::caused_by(Actor::System("plan_execution"), &approval);
+    app.second_bus()
+        .await
+        .execute::<Task>(&late.to_string(), create, &context)
+        .await
+        .expect("created");
+    app.caught_up().await;
+    let state = app.task_state(&late.to_string()).await;
+    assert_eq!(state["status"], "cancelled", "{state}");
+    let cancellation = log(&app)
+        .await
+        .into_iter()
+        .find(|e| e.aggregate_id == late.to_string() && e.event_type == "TaskCancelled")
+        .expect("the cancellation");
+    assert_eq!(
+        cancellation.metadata.actor(),
+        Some("system:spec_archival"),
+        "{cancellation:?}"
+    );
+    assert_eq!(
+        cancellation.metadata.causation_id(),
+        Some(format!("Task/{late}/1").as_str())
+    );
+}
+
 /// A spec archived before `plan_execution` read its plan's approval (the two process
 /// managers are builds of their own: `spec_archival` may handle the archival first, and
 /// find nothing to cancel) gets no tickets or tasks at all.

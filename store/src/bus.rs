@@ -66,6 +66,17 @@ impl fmt::Display for Actor {
     }
 }
 
+impl Actor {
+    /// Whether `written` — an event's metadata `actor`, as [`fmt::Display`] wrote it —
+    /// names this actor.
+    pub fn wrote(&self, written: &str) -> bool {
+        match self {
+            Self::System(name) => written.strip_prefix("system:") == Some(*name),
+            other => written == other.to_string(),
+        }
+    }
+}
+
 /// Where a command comes from; becomes the metadata of every event it produces.
 #[derive(Debug, Clone)]
 pub struct CommandContext {

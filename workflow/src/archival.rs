@@ -1,7 +1,16 @@
 //! `spec_archival`: archiving an executing spec stops its work — every open task of its
 //! plan is cancelled — and gives its workflow back to the organization's billing account
 //! (its usage and any credits it took), as a workflow whose start failed is given back.
+//!
+//! A plan's task that `plan_execution` creates after the archival (it read the approval
+//! before the archival committed, and this build handled the archival first, finding the
+//! task not there) comes later in the stream: its creation, caused by the approval of a
+//! spec archived by then, is cancelled when it passes. Either way round, every task of an
+//! archived spec's plan is cancelled once.
 
+use std::collections::BTreeSet;
+
+use cqrs_es::Aggregate;
 use futures_util::future::BoxFuture;
 use omoi_domain::billing::{BillingAccount, BillingCommand};
 use omoi_domain::spec::{Spec, SpecPhase};
@@ -11,6 +20,7 @@ use omoi_store::log::{aggregate_history, fold_until};
 use omoi_store::{Actor, CommandContext, StoredEvent};
 use sqlx::PgConnection;
 
+use crate::aggregates::SPEC_ARCHIVED;
 use crate::execution::{created_by, last_approval};
 use crate::{effect, load, occurred_at, ProcessManager};
 
@@ -23,17 +33,105 @@ impl ProcessManager for SpecArchival {
     const NAME: &'static str = NAME;
 
     fn reacts_to(&self, event: &StoredEvent) -> bool {
-        event.aggregate_type == "Spec" && event.event_type == "SpecArchived"
+        (event.aggregate_type == Spec::TYPE && event.event_type == SPEC_ARCHIVED)
+            || planned_spec(event).is_some()
     }
 
     fn react<'a>(
         &'a self,
         tx: &'a mut PgConnection,
-        _schema: &'a str,
+        schema: &'a str,
         event: &'a StoredEvent,
     ) -> BoxFuture<'a, Result<(), ProjectionError>> {
-        Box::pin(archived(tx, event))
+        self.react_all(tx, schema, vec![event])
     }
+
+    /// The archivals one by one; the plans' new tasks with one read of which of their
+    /// specs were archived.
+    fn react_all<'a>(
+        &'a self,
+        tx: &'a mut PgConnection,
+        _schema: &'a str,
+        events: Vec<&'a StoredEvent>,
+    ) -> BoxFuture<'a, Result<(), ProjectionError>> {
+        Box::pin(async move {
+            let (created, archivals): (Vec<&StoredEvent>, Vec<&StoredEvent>) = events
+                .into_iter()
+                .partition(|event| event.aggregate_type == Task::TYPE);
+            for event in archivals {
+                archived(tx, event).await?;
+            }
+            created_after_archival(tx, created).await
+        })
+    }
+}
+
+/// The spec whose plan's approval created the task `event` created: a task's creation by
+/// `plan_execution`, caused by a `Spec/<id>/<sequence>` event.
+fn planned_spec(event: &StoredEvent) -> Option<&str> {
+    if event.aggregate_type != Task::TYPE || event.sequence != 1 {
+        return None;
+    }
+    let by_plan_execution = Actor::System(crate::execution::NAME);
+    if !event
+        .metadata
+        .actor()
+        .is_some_and(|actor| by_plan_execution.wrote(actor))
+    {
+        return None;
+    }
+    let cause = event.metadata.causation_id()?;
+    let spec = cause.strip_prefix("Spec/")?.split('/').next()?;
+    Some(spec).filter(|spec| !spec.is_empty())
+}
+
+/// Cancels the tasks among `created` (plans' new tasks) whose spec was archived: created
+/// after the archival was handled, they were not there to be cancelled with the rest.
+async fn created_after_archival(
+    tx: &mut PgConnection,
+    created: Vec<&StoredEvent>,
+) -> Result<(), ProjectionError> {
+    let specs: Vec<&str> = created
+        .iter()
+        .filter_map(|event| planned_spec(event))
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    if specs.is_empty() {
+        return Ok(());
+    }
+    // Each spec looked up by the key; only its archival, not its history (a plan's text
+    // is most of it).
+    let archived: BTreeSet<String> = sqlx::query_scalar(
+        "select e.aggregate_id from unnest($1::text[]) as wanted(id)
+           cross join lateral (
+               select aggregate_id from events
+                where aggregate_type = $2 and aggregate_id = wanted.id and event_type = $3
+                limit 1) as e",
+    )
+    .bind(&specs)
+    .bind(Spec::TYPE)
+    .bind(SPEC_ARCHIVED)
+    .fetch_all(&mut *tx)
+    .await?
+    .into_iter()
+    .collect();
+    for event in created {
+        if !planned_spec(event).is_some_and(|spec| archived.contains(spec)) {
+            continue;
+        }
+        let (task, _) = load::<Task>(tx, event, &event.aggregate_id).await?;
+        if task.status.is_final() {
+            continue;
+        }
+        let cancel = TaskCommand::CancelTask {
+            reason: Some("its spec was archived".into()),
+            at: occurred_at(event),
+        };
+        let context = CommandContext::caused_by(Actor::System(NAME), event);
+        effect::<Task>(tx, event, &event.aggregate_id, cancel, &context).await?;
+    }
+    Ok(())
 }
 
 async fn archived(tx: &mut PgConnection, event: &StoredEvent) -> Result<(), ProjectionError> {
@@ -78,4 +176,35 @@ async fn archived(tx: &mut PgConnection, event: &StoredEvent) -> Result<(), Proj
     effect::<BillingAccount>(tx, event, &account, give_back, &context).await?;
     tracing::info!(spec = %spec_id, "executing spec archived: its work stopped, its workflow given back");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::planned_spec;
+    use omoi_store::StoredEvent;
+    use serde_json::json;
+
+    fn task_created(sequence: i64, metadata: serde_json::Value) -> StoredEvent {
+        StoredEvent {
+            aggregate_type: "Task".into(),
+            sequence,
+            ..crate::ticket_event("TaskCreated", json!({"TaskCreated": {}}), metadata)
+        }
+    }
+
+    /// Only a task's creation by `plan_execution` names the spec whose plan it came from.
+    #[test]
+    fn only_a_plans_task_creation_names_its_spec() {
+        let planned = json!({"actor": "system:plan_execution", "causation_id": "Spec/s1/7"});
+        assert_eq!(planned_spec(&task_created(1, planned.clone())), Some("s1"));
+        assert_eq!(planned_spec(&task_created(2, planned.clone())), None);
+        let by_hand = json!({"actor": "user:01a2", "causation_id": null});
+        assert_eq!(planned_spec(&task_created(1, by_hand)), None);
+        let spawned = json!({"actor": "system:phase_tasks", "causation_id": "Ticket/t1/1"});
+        assert_eq!(planned_spec(&task_created(1, spawned)), None);
+        let not_a_spec = json!({"actor": "system:plan_execution", "causation_id": "Ticket/t1/1"});
+        assert_eq!(planned_spec(&task_created(1, not_a_spec)), None);
+        let ticket = crate::ticket_event("TicketCreated", json!({}), planned);
+        assert_eq!(planned_spec(&ticket), None);
+    }
 }
