@@ -366,15 +366,18 @@ impl Writer {
         let mut ping = every(self.config.ping_interval);
         let mut recheck = every(self.config.recheck_interval);
         loop {
+            // The re-check and the ping before the queue: a queue that never empties (a
+            // busy feed read just fast enough) would otherwise starve them, and a revoked
+            // credential would keep streaming.
             let step = tokio::select! {
                 biased;
                 Some(text) = self.resyncs.recv() => self.write(Message::Text(text.into())).await,
+                _ = recheck.tick() => self.recheck().await,
+                _ = ping.tick() => self.keepalive().await,
                 outgoing = self.queue.recv() => match outgoing {
                     Some(outgoing) => self.write_queued(outgoing).await,
                     None => Err(End::Gone),
                 },
-                _ = ping.tick() => self.keepalive().await,
-                _ = recheck.tick() => self.recheck().await,
             };
             if let Err(end) = step {
                 self.finish(end).await;

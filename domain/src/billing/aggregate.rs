@@ -120,9 +120,10 @@ pub struct BillingAccount {
     /// The start (Unix seconds) of the period `workflows_used` counts: the subscription's
     /// current period, or the calendar month (UTC) without one.
     pub usage_period: Option<i64>,
-    /// Workflows counted this period and not given back, with the credits each took.
+    /// Workflows started and neither finished nor given back, by spec: the credits each
+    /// took and the usage period it was counted in.
     #[schema(value_type = Object)]
-    pub open_workflows: std::collections::BTreeMap<Uuid, i64>,
+    pub open_workflows: std::collections::BTreeMap<Uuid, OpenWorkflow>,
     /// Stripe's time of the newest invoice event (paid or failed) applied.
     pub invoice_as_of: Option<i64>,
     /// Stripe's time of the newest subscription change applied.
@@ -130,6 +131,15 @@ pub struct BillingAccount {
     /// Every Stripe event applied, so none applies twice.
     #[schema(value_type = Vec<String>)]
     pub stripe_events: BTreeSet<String>,
+}
+
+/// A workflow started and neither finished nor given back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct OpenWorkflow {
+    pub credits_spent_cents: i64,
+    /// The start (Unix seconds) of the usage period it was counted in: given back in a
+    /// later period, it frees nothing of that period's quota.
+    pub usage_period: i64,
 }
 
 impl BillingAccount {
@@ -257,10 +267,10 @@ impl BillingAccount {
     ) -> Result<Vec<BillingEvent>, BillingError> {
         self.ensure_organization(organization_id)?;
         Ok(match self.open_workflows.get(&spec_id) {
-            Some(credits) => vec![BillingEvent::WorkflowCancelled {
+            Some(open) => vec![BillingEvent::WorkflowCancelled {
                 organization_id,
                 spec_id,
-                credits_refunded_cents: *credits,
+                credits_refunded_cents: open.credits_spent_cents,
                 at,
             }],
             None => Vec::new(),
@@ -292,6 +302,11 @@ impl BillingAccount {
                 {
                     return Ok(Effect::Ignored {
                         reason: "older than the subscription change already applied".into(),
+                    });
+                }
+                if self.tier == Tier::Lifetime {
+                    return Ok(Effect::Ignored {
+                        reason: "the account has the lifetime plan".into(),
                     });
                 }
                 Effect::Subscribed {
@@ -349,6 +364,12 @@ impl BillingAccount {
                 if self.stripe_subscription_id.as_deref() != Some(subscription_id.as_str()) {
                     Effect::Ignored {
                         reason: format!("{subscription_id} is not the account's subscription"),
+                    }
+                } else if self.tier == Tier::Lifetime {
+                    // The subscription held before the lifetime purchase ended: the
+                    // lifetime plan stays.
+                    Effect::Ignored {
+                        reason: "the account has the lifetime plan".into(),
                     }
                 } else {
                     Effect::SubscriptionCanceled { subscription_id }
@@ -485,16 +506,26 @@ impl Aggregate for BillingAccount {
                 }
                 self.workflows_used = self.workflows_used.saturating_add(1);
                 self.credits_cents -= credits_spent_cents;
-                self.open_workflows.insert(spec_id, credits_spent_cents);
+                let open = OpenWorkflow {
+                    credits_spent_cents,
+                    usage_period: period,
+                };
+                self.open_workflows.insert(spec_id, open);
             }
             BillingEvent::WorkflowCancelled {
                 spec_id,
                 credits_refunded_cents,
                 ..
             } => {
-                self.workflows_used = self.workflows_used.saturating_sub(1);
+                // Its place in the quota comes back only within the period it took it.
+                let counted_now = self
+                    .open_workflows
+                    .remove(&spec_id)
+                    .is_some_and(|open| Some(open.usage_period) == self.usage_period);
+                if counted_now {
+                    self.workflows_used = self.workflows_used.saturating_sub(1);
+                }
                 self.credits_cents += credits_refunded_cents;
-                self.open_workflows.remove(&spec_id);
             }
             BillingEvent::WorkflowFinished { spec_id, .. } => {
                 self.open_workflows.remove(&spec_id);
@@ -644,6 +675,84 @@ mod tests {
         };
         apply(&mut account, stripe("evt_c2", 5, more));
         apply(&mut account, start(3));
+    }
+
+    /// A workflow of an earlier period given back frees nothing of the current period's
+    /// quota (its credits still come back); one of the current period frees its place.
+    #[test]
+    fn a_workflow_given_back_frees_only_the_quota_of_its_own_period() {
+        let mut account = BillingAccount::default();
+        let january = DateTime::from_timestamp(1_769_558_400, 0).expect("2026-01-28");
+        let february = DateTime::from_timestamp(1_769_990_400, 0).expect("2026-02-02");
+        let start = |n: u128, at: DateTime<Utc>| BillingCommand::StartWorkflow {
+            organization_id: org(),
+            spec_id: Uuid::from_u128(n),
+            quota: Some(1),
+            price_cents: 1_000,
+            at,
+        };
+        let cancel = |n: u128, at: DateTime<Utc>| BillingCommand::CancelWorkflow {
+            organization_id: org(),
+            spec_id: Uuid::from_u128(n),
+            at,
+        };
+        apply(&mut account, start(1, january));
+        apply(&mut account, start(2, february));
+        assert_eq!(account.workflows_used_at(february), 1);
+        assert!(
+            account.decide(start(3, february)).is_err(),
+            "February's one is used"
+        );
+
+        apply(&mut account, cancel(1, february));
+        assert_eq!(
+            account.workflows_used_at(february),
+            1,
+            "January's gives back none"
+        );
+        assert!(account.decide(start(3, february)).is_err());
+        apply(&mut account, cancel(2, february));
+        assert_eq!(account.workflows_used_at(february), 0);
+        apply(&mut account, start(3, february));
+    }
+
+    /// The lifetime plan outlives the subscription held before it: its end, or a late
+    /// subscription checkout, leaves the account lifetime.
+    #[test]
+    fn the_lifetime_plan_outlives_the_subscription_held_before_it() {
+        let mut account = BillingAccount::default();
+        apply(
+            &mut account,
+            stripe(
+                "evt_sub",
+                10,
+                updated(SubscriptionStatus::Active, Tier::Pro),
+            ),
+        );
+        apply(
+            &mut account,
+            stripe(
+                "evt_life",
+                20,
+                StripeChange::LifetimePurchase {
+                    customer_id: Some("cus_1".into()),
+                },
+            ),
+        );
+        let ended = StripeChange::SubscriptionDeleted {
+            subscription_id: "sub_1".into(),
+        };
+        apply(&mut account, stripe("evt_end", 30, ended));
+        let late_checkout = StripeChange::SubscriptionCheckout {
+            customer_id: Some("cus_1".into()),
+            subscription_id: Some("sub_2".into()),
+            tier: Tier::Team,
+        };
+        apply(&mut account, stripe("evt_late", 40, late_checkout));
+        assert_eq!(
+            (account.tier, account.status),
+            (Tier::Lifetime, SubscriptionStatus::Active)
+        );
     }
 
     #[test]
