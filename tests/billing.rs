@@ -794,17 +794,52 @@ async fn checkout_and_portal_call_stripe_with_the_exact_fields_and_idempotency_k
     assert_eq!(portal_call.form["customer"], "cus_test_1");
     assert_eq!(portal_call.form["return_url"], "https://omoi.test/billing");
     assert!(portal_call.idempotency_key.is_some());
-    // The checkout of a paying customer names it.
-    app.post(
-        "/api/v1/billing/checkout",
-        json!({"organization_id": org, "tier": "team"}),
-    )
-    .await;
+    // A second subscription would be billed beside the first: a change of plan goes
+    // through the portal, and nothing reaches Stripe.
+    let sent = requests_to(&log).len();
+    let (status, answer) = app
+        .post(
+            "/api/v1/billing/checkout",
+            json!({"organization_id": org, "tier": "team"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{answer}");
+    assert_eq!(answer["code"], "already_subscribed");
+    assert_eq!(requests_to(&log).len(), sent);
+    // The way up, the lifetime plan, is sold; its checkout names the paying customer.
+    let (status, answer) = app
+        .post(
+            "/api/v1/billing/checkout",
+            json!({"organization_id": org, "tier": "lifetime"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
     let received = requests_to(&log);
     assert_eq!(
         received.last().map(|r| r.form.get("customer").cloned()),
         Some(Some("cus_test_1".to_string()))
     );
+    // Once the account is lifetime, no plan is sold to it.
+    let lifetime = checkout_session(
+        &org,
+        json!({"organization_id": org, "purpose": "lifetime_purchase", "tier": "lifetime"}),
+        None,
+    );
+    deliver(
+        &app,
+        &envelope("evt_forever", "checkout.session.completed", now(), lifetime),
+    )
+    .await;
+    for tier in ["pro", "lifetime"] {
+        let (status, answer) = app
+            .post(
+                "/api/v1/billing/checkout",
+                json!({"organization_id": org, "tier": tier}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CONFLICT, "{answer}");
+        assert_eq!(answer["code"], "lifetime_plan");
+    }
 }
 
 /// Approving a plan and counting its workflow are one transaction: concurrent approvals

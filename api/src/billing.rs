@@ -472,7 +472,9 @@ fn stripe_error(error: StripeError) -> ApiError {
         (status = 422, body = Problem,
             description = "neither or both of tier and credits_cents, or credits out of range"),
         (status = 409, body = Problem,
-            description = "`tier_not_purchasable`: a plan without a price (free, enterprise)"),
+            description = "`tier_not_purchasable`: a plan without a price (free, enterprise); \
+                           `already_subscribed`: a subscription is on file (change plans in \
+                           the portal); `lifetime_plan`: the organization has the lifetime plan"),
         (status = 502, body = Problem, description = "Stripe refused"),
         (status = 503, body = Problem, description = "Stripe unreachable or not configured"),
     ))]
@@ -519,6 +521,9 @@ async fn checkout(
         }
     };
     let account = account_of(&state, body.organization_id).await?;
+    if let Purchase::Plan(plan) = &purchase {
+        refuse_second_plan(&account, plan.tier)?;
+    }
     let created = state
         .billing
         .stripe
@@ -535,6 +540,32 @@ async fn checkout(
         id: created.id,
         url: created.url,
     }))
+}
+
+/// A plan checkout for an account that has one already: a second subscription would be
+/// billed beside the first (a change of plan goes through the billing portal), and the
+/// lifetime plan is not replaced by a subscription. Buying the lifetime plan while
+/// subscribed is the way up.
+fn refuse_second_plan(account: &BillingAccount, tier: Tier) -> ApiResult<()> {
+    if account.tier == Tier::Lifetime {
+        return Err(ApiError::Conflict {
+            code: "lifetime_plan",
+            detail: "the organization has the lifetime plan".into(),
+        });
+    }
+    let subscribed = account.stripe_subscription_id.is_some()
+        && !matches!(account.status, SubscriptionStatus::Canceled);
+    if subscribed && tier != Tier::Lifetime {
+        return Err(ApiError::Conflict {
+            code: "already_subscribed",
+            detail: format!(
+                "the organization is subscribed to the {} plan already; change plans in the \
+                 billing portal (POST /api/v1/billing/portal)",
+                account.tier
+            ),
+        });
+    }
+    Ok(())
 }
 
 /// A Stripe customer-portal session (payment methods, invoices, cancellation) for an

@@ -192,11 +192,16 @@ fn change_of(
                     }
                 }
                 Some(LIFETIME_PURCHASE) => StripeChange::LifetimePurchase { customer_id },
-                _ => StripeChange::SubscriptionCheckout {
+                Some(SUBSCRIPTION_CHECKOUT) => StripeChange::SubscriptionCheckout {
                     customer_id,
                     subscription_id: text(object, "subscription"),
-                    tier: tier.unwrap_or(Tier::Pro),
+                    tier: tier.ok_or_else(|| {
+                        Rejection::Malformed("a subscription checkout without a plan".into())
+                    })?,
                 },
+                // Not a checkout omoi made (a payment link on the same Stripe account
+                // naming the organization, say): it grants nothing.
+                _ => return Ok(None),
             }
         }
         "customer.subscription.created" | "customer.subscription.updated" => {
@@ -294,6 +299,36 @@ mod tests {
                 amount_cents: 900
             })
         );
+    }
+
+    /// Only a checkout omoi made grants a plan: a paid session without its purpose (a
+    /// payment link on the same Stripe account) grants nothing, and a subscription
+    /// checkout grants the plan its metadata names.
+    #[test]
+    fn only_a_checkout_omoi_made_grants_a_plan() {
+        let session = |metadata: Value| {
+            json!({"object": "checkout.session", "id": "cs_1", "customer": "cus_1",
+                   "payment_status": "paid", "subscription": "sub_1",
+                   "client_reference_id": "00000000-0000-0000-0000-000000000007",
+                   "metadata": metadata})
+        };
+        let decoded = |metadata: Value| {
+            decode(&event("checkout.session.completed", session(metadata))).map(|d| d.change)
+        };
+        assert_eq!(decoded(json!({})), Ok(None));
+        assert_eq!(decoded(json!({"tier": "team"})), Ok(None));
+        assert_eq!(
+            decoded(json!({"purpose": "subscription_checkout", "tier": "team"})),
+            Ok(Some(StripeChange::SubscriptionCheckout {
+                customer_id: Some("cus_1".into()),
+                subscription_id: Some("sub_1".into()),
+                tier: Tier::Team,
+            }))
+        );
+        assert!(matches!(
+            decoded(json!({"purpose": "subscription_checkout"})),
+            Err(Rejection::Malformed(_))
+        ));
     }
 
     #[test]
