@@ -224,6 +224,7 @@ fn change_of(
                     .or_else(|| time(item, "current_period_start")),
                 period_end: time(object, "current_period_end")
                     .or_else(|| time(item, "current_period_end")),
+                creation: event_type == "customer.subscription.created",
             }
         }
         "customer.subscription.deleted" => StripeChange::SubscriptionDeleted {

@@ -337,11 +337,15 @@ impl BillingAccount {
                 status,
                 period_start,
                 period_end,
+                creation,
             } => {
-                if self
-                    .subscription_as_of
-                    .is_some_and(|seen| stripe_created < seen)
-                {
+                // Stripe stamps events to the second: a subscription's creation (often
+                // `incomplete`) and its first update (`active`) share one, and may come
+                // in either order. The creation is the older of the two.
+                let known = self.stripe_subscription_id.as_deref() == Some(&subscription_id);
+                if self.subscription_as_of.is_some_and(|seen| {
+                    stripe_created < seen || (creation && known && stripe_created == seen)
+                }) {
                     return Ok(Effect::Ignored {
                         reason: "older than the subscription change already applied".into(),
                     });
@@ -582,6 +586,7 @@ mod tests {
             status,
             period_start: None,
             period_end: None,
+            creation: false,
         }
     }
 
@@ -714,6 +719,56 @@ mod tests {
         apply(&mut account, cancel(2, february));
         assert_eq!(account.workflows_used_at(february), 0);
         apply(&mut account, start(3, february));
+    }
+
+    /// A subscription's creation and its first update stamped with the same second: the
+    /// creation, coming second, does not put the account back to `incomplete`; a
+    /// creation of the same second as a change of another subscription still applies.
+    #[test]
+    fn a_creation_stamped_with_its_updates_second_does_not_roll_it_back() {
+        let mut account = BillingAccount::default();
+        apply(
+            &mut account,
+            stripe(
+                "evt_up",
+                100,
+                updated(SubscriptionStatus::Active, Tier::Pro),
+            ),
+        );
+        let creation = |subscription: &str| StripeChange::SubscriptionChanged {
+            customer_id: Some("cus_1".into()),
+            subscription_id: subscription.into(),
+            tier: Some(Tier::Pro),
+            status: SubscriptionStatus::Incomplete,
+            period_start: None,
+            period_end: None,
+            creation: true,
+        };
+        let events = apply(&mut account, stripe("evt_created", 100, creation("sub_1")));
+        assert!(matches!(
+            &events[0],
+            BillingEvent::StripeEventApplied {
+                effect: Effect::Ignored { .. },
+                ..
+            }
+        ));
+        assert_eq!(account.status, SubscriptionStatus::Active);
+        // An update of the same second still applies (no order between two updates is
+        // known), and so does another subscription's creation.
+        apply(
+            &mut account,
+            stripe(
+                "evt_up2",
+                100,
+                updated(SubscriptionStatus::PastDue, Tier::Pro),
+            ),
+        );
+        assert_eq!(account.status, SubscriptionStatus::PastDue);
+        apply(&mut account, stripe("evt_other", 100, creation("sub_2")));
+        assert_eq!(
+            (account.status, account.stripe_subscription_id.as_deref()),
+            (SubscriptionStatus::Incomplete, Some("sub_2"))
+        );
     }
 
     /// The lifetime plan outlives the subscription held before it: its end, or a late

@@ -28,6 +28,9 @@ pub enum StripeChange {
         status: SubscriptionStatus,
         period_start: Option<DateTime<Utc>>,
         period_end: Option<DateTime<Utc>>,
+        /// `customer.subscription.created`: the subscription's first state, older than any
+        /// change of it Stripe stamped with the same second.
+        creation: bool,
     },
     /// `customer.subscription.deleted`.
     SubscriptionDeleted { subscription_id: String },
