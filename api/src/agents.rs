@@ -562,25 +562,44 @@ async fn deliver_steering(
 }
 
 /// The steering messages waiting for agent `id` on `tasks`, each recorded as delivered
-/// (`SteeringDelivered`) as it is handed over: the heartbeat's and the WebSocket's
-/// `steering` stream's one way of handing steering over.
+/// (`SteeringDelivered`) as it is handed over: the heartbeat's way of handing steering
+/// over (the WebSocket's `steering` stream makes room for them first:
+/// [`waiting_steering`], then [`acknowledge_steering`]).
 pub(crate) async fn deliver_task_steering(
     state: &AppState,
     caller: &Caller,
     id: Uuid,
     tasks: &[Uuid],
 ) -> ApiResult<Vec<SteeringMessage>> {
-    let mut delivered = Vec::new();
+    let waiting = waiting_steering(state, id, tasks).await?;
+    acknowledge_steering(state, caller, waiting).await
+}
+
+/// The steering messages waiting for agent `id` on `tasks` (those it holds), by task.
+pub(crate) async fn waiting_steering(
+    state: &AppState,
+    id: Uuid,
+    tasks: &[Uuid],
+) -> ApiResult<Vec<(Uuid, Vec<Steering>)>> {
+    let mut waiting = Vec::new();
     for &task_id in tasks {
         let (task, _) = state.load::<Task>(task_id).await?;
-        let waiting: Vec<Steering> = task
-            .pending_steering
-            .into_iter()
-            .filter(|_| task.assigned_agent_id == Some(id))
-            .collect();
-        if waiting.is_empty() {
+        if task.assigned_agent_id != Some(id) || task.pending_steering.is_empty() {
             continue;
         }
+        waiting.push((task_id, task.pending_steering));
+    }
+    Ok(waiting)
+}
+
+/// Records `waiting` (by task) as delivered; what this recorded, to hand over.
+pub(crate) async fn acknowledge_steering(
+    state: &AppState,
+    caller: &Caller,
+    waiting: Vec<(Uuid, Vec<Steering>)>,
+) -> ApiResult<Vec<SteeringMessage>> {
+    let mut delivered = Vec::new();
+    for (task_id, waiting) in waiting {
         let command = TaskCommand::AcknowledgeSteering {
             steering_ids: waiting.iter().map(|s| s.steering_id).collect(),
             at: Utc::now(),

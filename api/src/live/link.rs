@@ -180,6 +180,26 @@ impl Link {
         self.queue.send(outgoing).await.map_err(|_| Closed)
     }
 
+    /// Room for `count` messages weighing `bytes` together, if it appears within the
+    /// grace period: for messages that must be queued once something is recorded (steering
+    /// marked delivered), so that nothing is recorded that could not then be queued.
+    pub async fn reserve(&self, bytes: usize, count: usize) -> Result<Reserved<'_>, Offer> {
+        let bytes = u32::try_from(bytes.min(self.budget)).unwrap_or(u32::MAX);
+        let both = async {
+            let room = self.room.clone().acquire_many_owned(bytes).await;
+            let slots = self.queue.reserve_many(count).await;
+            (room, slots)
+        };
+        match tokio::time::timeout(self.grace, both).await {
+            Ok((Ok(room), Ok(slots))) => Ok(Reserved {
+                room: Some(room),
+                slots,
+            }),
+            Ok(_) => Err(Offer::Closed),
+            Err(_) => Err(Offer::Full),
+        }
+    }
+
     /// Ends a subscription the client did not keep up with and tells it so. Resyncs are
     /// bounded by the number of subscriptions; a client that exceeds even that is dropped.
     pub fn resync(&self, alive: &Alive, id: Option<&str>) {
@@ -191,6 +211,42 @@ impl Link {
         if self.resyncs.try_send(text).is_err() {
             self.overwhelmed.notify_one();
         }
+    }
+}
+
+/// Room reserved in a connection's queue ([`Link::reserve`]); what is not used is given
+/// back when it is dropped.
+pub struct Reserved<'a> {
+    /// The bytes not yet handed to a queued message (each takes its share, given back
+    /// once it is written).
+    room: Option<OwnedSemaphorePermit>,
+    slots: mpsc::PermitIterator<'a, Outgoing>,
+}
+
+impl Reserved<'_> {
+    /// Queues `frame` in a reserved place, unconditionally: it is written even if its
+    /// subscription ends first. False when no place is left.
+    pub fn send(&mut self, frame: Frame) -> bool {
+        let Some(slot) = self.slots.next() else {
+            return false;
+        };
+        let room = match self.slots.len() {
+            // The last place takes what is left of the bytes; each other its own share.
+            0 => self.room.take(),
+            _ => self.room.as_mut().and_then(|room| {
+                let share = frame.len().min(room.num_permits());
+                room.split(share)
+            }),
+        };
+        let Some(room) = room else {
+            return false;
+        };
+        slot.send(Outgoing {
+            frame: Box::new(frame),
+            of: None,
+            room,
+        });
+        true
     }
 }
 

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use omoi_domain::access::Permission;
 use omoi_domain::common::{Scope, Scoped};
-use omoi_domain::task::{Task, TaskEvent};
+use omoi_domain::task::{Steering, Task, TaskEvent};
 use omoi_store::transcripts;
 use tokio::sync::broadcast::error::RecvError;
 use uuid::Uuid;
@@ -22,7 +22,7 @@ use super::frame::Frame;
 use super::link::{Alive, Link, Offer};
 use super::protocol::{encode, snapshot_frame, LineView, ServerMessage, Subscribe, WsError};
 use super::stream::refusal;
-use crate::agents::deliver_task_steering;
+use crate::agents::{acknowledge_steering, waiting_steering};
 
 /// Lines one `logs` message carries at most.
 const LINES_PER_MESSAGE: i64 = 1_000;
@@ -277,36 +277,60 @@ impl SteeringPlan {
     }
 
     /// Hands over what waits on `tasks`; false once the subscription is over.
+    ///
+    /// Room in the connection's queue is made for every waiting message before any is
+    /// recorded as delivered: one recorded and then not queued (a full queue, a closed
+    /// connection) would never be handed over by anyone. Without room, nothing is
+    /// recorded; the subscription is resynced and the messages wait for the next
+    /// subscription or heartbeat.
     async fn deliver(&self, link: &Link, alive: &Alive, tasks: &[Uuid]) -> bool {
         if tasks.is_empty() {
             return true;
         }
-        let caller = link.caller();
-        let handed = deliver_task_steering(&link.state, &caller, self.agent_id, tasks);
-        let messages = match Box::pin(handed).await {
-            Ok(messages) => messages,
-            Err(error) => {
-                // Left pending: the next heartbeat hands it over.
-                tracing::warn!(?error, agent_id = %self.agent_id,
-                    "live: steering not delivered over the socket");
-                return true;
+        let waiting = match Box::pin(waiting_steering(&link.state, self.agent_id, tasks)).await {
+            Ok(waiting) => waiting,
+            Err(error) => return self.left_pending(&error),
+        };
+        let frame = |task_id: Uuid, steering: &Steering| {
+            Frame::Own(encode(&ServerMessage::Steering {
+                id: &self.id,
+                task_id,
+                steering,
+            }))
+        };
+        let sizes: Vec<usize> = waiting
+            .iter()
+            .flat_map(|(task, messages)| messages.iter().map(|m| frame(*task, m).len()))
+            .collect();
+        if sizes.is_empty() {
+            return true;
+        }
+        let mut reserved = match link.reserve(sizes.iter().sum(), sizes.len()).await {
+            Ok(reserved) => reserved,
+            Err(Offer::Full) => {
+                link.resync(alive, Some(&self.id));
+                return false;
             }
+            Err(Offer::Queued | Offer::Closed) => return false,
+        };
+        let caller = link.caller();
+        let messages = match Box::pin(acknowledge_steering(&link.state, &caller, waiting)).await {
+            Ok(messages) => messages,
+            Err(error) => return self.left_pending(&error),
         };
         for message in &messages {
-            let frame = Frame::Own(encode(&ServerMessage::Steering {
-                id: &self.id,
-                task_id: message.task_id,
-                steering: &message.steering,
-            }));
-            match link.offer(alive, frame).await {
-                Offer::Queued => {}
-                Offer::Full => {
-                    link.resync(alive, Some(&self.id));
-                    return false;
-                }
-                Offer::Closed => return false,
+            if !reserved.send(frame(message.task_id, &message.steering)) {
+                return false;
             }
         }
+        alive.get()
+    }
+
+    /// Steering that could not be read or recorded stays pending: the next heartbeat (or
+    /// steering) hands it over.
+    fn left_pending(&self, error: &crate::error::ApiError) -> bool {
+        tracing::warn!(?error, agent_id = %self.agent_id,
+            "live: steering not delivered over the socket");
         true
     }
 
