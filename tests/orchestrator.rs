@@ -96,9 +96,11 @@ async fn a_diamond_of_tasks_runs_in_dependency_order_through_a_real_command() {
     let b = app.task(&ticket, "b", json!({"depends_on": [a]})).await;
     let c = app.task(&ticket, "c", json!({"depends_on": [a]})).await;
     let d = app.task(&ticket, "d", json!({"depends_on": [b, c]})).await;
-    // Each task checks it was given its own directory and file, then logs its title.
+    // Each task checks it was given its own directory (`<task>-<attempt>-<run>`) and
+    // file, then logs its title.
     let script = format!(
-        "test \"$(basename \"$PWD\")\" = \"$OMOI_TASK_ID-1\" && grep -q \"$OMOI_TASK_ID\" \"$OMOI_TASK_FILE\" \
+        "case \"$(basename \"$PWD\")\" in \"$OMOI_TASK_ID-1-\"[0-9]*) ;; *) exit 9 ;; esac \
+         && grep -q \"$OMOI_TASK_ID\" \"$OMOI_TASK_FILE\" \
          && echo \"$OMOI_TASK_TITLE\" >> {} && echo done",
         log.display()
     );

@@ -339,12 +339,14 @@ impl BillingAccount {
                 period_end,
                 creation,
             } => {
-                // Stripe stamps events to the second: a subscription's creation (often
-                // `incomplete`) and its first update (`active`) share one, and may come
-                // in either order. The creation is the older of the two.
+                // Stripe stamps events to the second: a subscription's creation as
+                // `incomplete` (its first payment pending) and the change that completed
+                // it (an update, the checkout) share one, and may come in either order.
+                // The incomplete creation is the older.
                 let known = self.stripe_subscription_id.as_deref() == Some(&subscription_id);
+                let pending_creation = creation && status == SubscriptionStatus::Incomplete;
                 if self.subscription_as_of.is_some_and(|seen| {
-                    stripe_created < seen || (creation && known && stripe_created == seen)
+                    stripe_created < seen || (pending_creation && known && stripe_created == seen)
                 }) {
                     return Ok(Effect::Ignored {
                         reason: "older than the subscription change already applied".into(),
@@ -721,9 +723,10 @@ mod tests {
         apply(&mut account, start(3, february));
     }
 
-    /// A subscription's creation and its first update stamped with the same second: the
-    /// creation, coming second, does not put the account back to `incomplete`; a
-    /// creation of the same second as a change of another subscription still applies.
+    /// A subscription's creation as `incomplete` and its first update stamped with the
+    /// same second: the creation, coming second, does not put the account back to
+    /// `incomplete`; a creation of the same second as a change of another subscription
+    /// still applies.
     #[test]
     fn a_creation_stamped_with_its_updates_second_does_not_roll_it_back() {
         let mut account = BillingAccount::default();

@@ -28,8 +28,8 @@ pub enum StripeChange {
         status: SubscriptionStatus,
         period_start: Option<DateTime<Utc>>,
         period_end: Option<DateTime<Utc>>,
-        /// `customer.subscription.created`: the subscription's first state, older than any
-        /// change of it Stripe stamped with the same second.
+        /// `customer.subscription.created`: the subscription's first state (when
+        /// `incomplete`, older than any change of it Stripe stamped with the same second).
         creation: bool,
     },
     /// `customer.subscription.deleted`.
