@@ -1704,6 +1704,60 @@ async fn log_lines(socket: &mut Socket, id: &str, last: i64) -> Vec<(i64, String
     lines
 }
 
+/// Long lines come in messages of about 256 KiB of text (each at least one line), every
+/// line once and in order: a message of a thousand lines of 4,000 characters held 4 MB
+/// per subscription while it waited for room.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_logs_message_carries_at_most_a_quarter_megabyte_of_lines() {
+    let app = spawn_app().await;
+    let (organization, project) = app.organization_and_project().await;
+    let agent = app.register_agent(&organization).await;
+    let ticket = app.ticket(&project, "Work").await;
+    let task = app.task(&ticket, "Verbose", json!({})).await;
+    assert_eq!(agent.claim(&app, 5).await, Some(task.clone()));
+    agent.must(&app, &task, "start", json!({})).await;
+    let text = |n: usize| format!("{n:05}{}", "x".repeat(3_995));
+    for chunk in 0..5 {
+        let lines: Vec<String> = (chunk * 60 + 1..=chunk * 60 + 60).map(text).collect();
+        agent
+            .must(&app, &task, "logs", json!({ "lines": lines }))
+            .await;
+    }
+
+    let mut socket = owner_socket(&app).await;
+    send(
+        &mut socket,
+        json!({"type": "subscribe", "id": "log", "stream": "logs", "task_id": task}),
+    )
+    .await;
+    next_of(&mut socket, "snapshot", "log").await;
+    let mut received: Vec<(i64, String)> = Vec::new();
+    let mut messages = 0;
+    while received.last().map_or(0, |(n, _)| *n) < 300 {
+        let message = next_of(&mut socket, "logs", "log").await;
+        let batch = message["lines"].as_array().expect("lines");
+        let weight: usize = batch
+            .iter()
+            .map(|line| line["text"].as_str().map_or(0, str::len))
+            .sum();
+        assert!(
+            !batch.is_empty() && weight <= 256 * 1024,
+            "{} lines, {weight} bytes",
+            batch.len()
+        );
+        messages += 1;
+        for line in batch {
+            received.push((
+                line["number"].as_i64().expect("a number"),
+                line["text"].as_str().expect("a text").to_string(),
+            ));
+        }
+    }
+    let expected: Vec<(i64, String)> = (1..=300).map(|n| (n as i64, text(n))).collect();
+    assert_eq!(received, expected);
+    assert!(messages >= 5, "{messages} messages");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_tasks_logs_stream_sends_every_line_in_order_as_it_is_written_and_resumes() {
     let app = spawn_app().await;
