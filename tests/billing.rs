@@ -147,6 +147,20 @@ async fn subscribe(app: &TestApp, org: &str, event_id: &str, tier: &str) -> (Sta
     .await
 }
 
+/// Delivers a completed lifetime purchase for `org` (customer `cus_test_1`).
+async fn buy_lifetime(app: &TestApp, org: &str, event_id: &str) -> (StatusCode, Value) {
+    let lifetime = checkout_session(
+        org,
+        json!({"organization_id": org, "purpose": "lifetime_purchase", "tier": "lifetime"}),
+        None,
+    );
+    deliver(
+        app,
+        &envelope(event_id, "checkout.session.completed", now(), lifetime),
+    )
+    .await
+}
+
 async fn deliver_signed(app: &TestApp, payload: &str, header: &str) -> (StatusCode, Value) {
     let response = app
         .client
@@ -279,16 +293,7 @@ async fn each_handled_event_type_changes_the_account() {
     )
     .await;
     assert_eq!(account(&app, &org).await["credits_cents"], 5000);
-    let lifetime = checkout_session(
-        &org,
-        json!({"organization_id": org, "purpose": "lifetime_purchase", "tier": "lifetime"}),
-        None,
-    );
-    deliver(
-        &app,
-        &envelope("evt_8", "checkout.session.completed", now(), lifetime),
-    )
-    .await;
+    buy_lifetime(&app, &org, "evt_8").await;
     let forever = account(&app, &org).await;
     assert_eq!(forever["tier"], "lifetime");
     assert_eq!(
@@ -820,16 +825,7 @@ async fn checkout_and_portal_call_stripe_with_the_exact_fields_and_idempotency_k
         Some(Some("cus_test_1".to_string()))
     );
     // Once the account is lifetime, no plan is sold to it.
-    let lifetime = checkout_session(
-        &org,
-        json!({"organization_id": org, "purpose": "lifetime_purchase", "tier": "lifetime"}),
-        None,
-    );
-    deliver(
-        &app,
-        &envelope("evt_forever", "checkout.session.completed", now(), lifetime),
-    )
-    .await;
+    buy_lifetime(&app, &org, "evt_forever").await;
     for tier in ["pro", "lifetime"] {
         let (status, answer) = app
             .post(
