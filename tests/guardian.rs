@@ -92,6 +92,23 @@ async fn assignee(app: &TestApp, task: &str) -> String {
         .to_string()
 }
 
+/// [`one_agent_worker`], after it ran a first task of a new ticket of `project`; and its
+/// one agent, as that task's assignment names it.
+async fn one_agent_worker_that_ran_a_task(
+    app: &TestApp,
+    project: &str,
+    directory: &std::path::Path,
+) -> (SteppedWorker, String) {
+    let mut worker = one_agent_worker(app, directory);
+    let ticket = app.ticket(project, "Work").await;
+    let first = app.task(&ticket, "First", json!({})).await;
+    app.caught_up().await;
+    worker.step().await;
+    app.until_task_status(&first, "completed").await;
+    let agent = assignee(app, &first).await;
+    (worker, agent)
+}
+
 fn last_kinds(history: &Value, n: usize) -> Vec<String> {
     let events = history["events"].as_array().expect("events");
     events[events.len().saturating_sub(n)..]
@@ -504,14 +521,7 @@ async fn a_quarantined_in_process_agent_takes_nothing_until_released() {
     let app = spawn_app().await;
     let (_, project) = app.organization_and_project().await;
     let directory = scratch_dir();
-    let mut worker = one_agent_worker(&app, &directory);
-    let ticket = app.ticket(&project, "Work").await;
-    let first = app.task(&ticket, "First", json!({})).await;
-    app.caught_up().await;
-    worker.step().await;
-    app.until_task_status(&first, "completed").await;
-    // The worker's one agent, as the assignment names it.
-    let agent = assignee(&app, &first).await;
+    let (mut worker, agent) = one_agent_worker_that_ran_a_task(&app, &project, &directory).await;
     let owner = app.token.clone().expect("the owner");
     let (status, body) = as_(
         &app,
@@ -551,13 +561,8 @@ async fn a_terminated_in_process_agent_is_given_up_and_replaced() {
     let app = spawn_app().await;
     let (_, project) = app.organization_and_project().await;
     let directory = scratch_dir();
-    let mut worker = one_agent_worker(&app, &directory);
-    let ticket = app.ticket(&project, "Work").await;
-    let first = app.task(&ticket, "First", json!({})).await;
-    app.caught_up().await;
-    worker.step().await;
-    app.until_task_status(&first, "completed").await;
-    let terminated = assignee(&app, &first).await;
+    let (mut worker, terminated) =
+        one_agent_worker_that_ran_a_task(&app, &project, &directory).await;
     let (status, body) = app
         .post(
             &format!("/api/v1/agents/{terminated}/status"),
