@@ -247,6 +247,16 @@ async fn illegal_transitions_answer_conflict_and_history_bounds_are_checked() {
         .get(&format!("/api/v1/tickets/{id}/history?as_of=one"))
         .await;
     assert_eq!(s, StatusCode::BAD_REQUEST, "{b}");
+    for (query, field) in [
+        ("after=-1", "after"),
+        ("limit=0", "limit"),
+        ("limit=1001", "limit"),
+    ] {
+        let (s, b) = app
+            .get(&format!("/api/v1/tickets/{id}/history?{query}"))
+            .await;
+        assert_problem(s, &b, StatusCode::BAD_REQUEST, "bad_request", Some(field));
+    }
 
     assert_eq!(app.event_count().await, before);
 }

@@ -112,6 +112,31 @@ async fn a_ticket_walks_to_done_its_history_is_kept_and_survives_a_restart() {
             );
         }
     }
+    assert!(history["next_after"].is_null(), "one page holds all nine");
+
+    // The same history a page of four at a time: each page after the one before, every
+    // event once, the state as of event 5 on each.
+    let mut paged = Vec::new();
+    let mut after = 0;
+    let mut pages = 0;
+    loop {
+        let (status, page) = app
+            .get(&format!(
+                "/api/v1/tickets/{ticket_id}/history?as_of=5&limit=4&after={after}"
+            ))
+            .await;
+        assert_eq!(status, StatusCode::OK, "{page}");
+        assert_eq!(page["state"], history["state"]);
+        assert_eq!((page["version"].as_i64(), page["as_of"].as_i64()), (Some(9), Some(5)));
+        pages += 1;
+        paged.extend(page["events"].as_array().expect("events").iter().cloned());
+        match page["next_after"].as_i64() {
+            Some(next) => after = next,
+            None => break,
+        }
+    }
+    assert_eq!(pages, 3, "pages of 4, 4 and 1");
+    assert_eq!(&paged, events);
 
     let (database, token) = app.stop().await;
     let mut app = spawn_app_on(database).await;

@@ -672,7 +672,7 @@ async fn agent_history(
     IdPath(id): IdPath,
     Query(query): Query<HistoryQuery>,
 ) -> ApiResult<Json<History<Agent>>> {
-    history_of::<Agent>(&state, &caller, Permission::AgentRead, id, query.as_of).await
+    history_of::<Agent>(&state, &caller, Permission::AgentRead, id, &query).await
 }
 
 #[cfg(test)]

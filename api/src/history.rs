@@ -4,7 +4,10 @@ use axum::Json;
 use cqrs_es::Aggregate;
 use omoi_domain::access::Permission;
 use omoi_domain::common::Scoped;
-use omoi_store::log::{aggregate_history, fold_until, read_global_within, Visibility, PAGE_BYTES};
+use omoi_store::log::{
+    aggregate_history_within, apply_until, fold_until, last_sequence, read_global_within,
+    CorruptEvent, Visibility, PAGE_BYTES,
+};
 use omoi_store::Cursor;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
@@ -18,7 +21,7 @@ use crate::extract::Query;
 use crate::responses::{EventRecord, History};
 use crate::state::AppState;
 
-#[derive(Debug, Deserialize, IntoParams)]
+#[derive(Debug, Default, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct HistoryQuery {
@@ -26,53 +29,126 @@ pub struct HistoryQuery {
     /// (404 `no_such_event` past the last one).
     #[param(minimum = 1)]
     pub as_of: Option<i64>,
+    /// Return the events after this sequence number (`next_after` of the page before);
+    /// 0 or absent for the first.
+    #[param(minimum = 0)]
+    pub after: Option<i64>,
+    /// Events per page, 1 to 1000 (default 1000). A page also ends once its events weigh
+    /// about 4 MiB (it holds at least one): follow `next_after` until it is absent.
+    #[param(minimum = 1, maximum = 1000)]
+    pub limit: Option<i64>,
 }
 
-/// Loads the history of `A` `id`; 404 when it has no events.
+/// The most events a history page holds.
+const MAX_HISTORY_LIMIT: i64 = 1000;
+
+impl HistoryQuery {
+    /// `(as_of, after, limit)`, checked.
+    fn checked(&self) -> ApiResult<(Option<i64>, i64, i64)> {
+        if self.as_of.is_some_and(|n| n < 1) {
+            return Err(ApiError::invalid(
+                "as_of_out_of_range",
+                "as_of",
+                "as_of is an event's sequence: 1 or more",
+            ));
+        }
+        let after = self.after.unwrap_or(0);
+        if after < 0 {
+            return Err(ApiError::bad_request(
+                "after is an event's sequence: 0 or more",
+                Some("after"),
+            ));
+        }
+        let limit = self.limit.unwrap_or(MAX_HISTORY_LIMIT);
+        if !(1..=MAX_HISTORY_LIMIT).contains(&limit) {
+            return Err(ApiError::bad_request(
+                format!("limit must be between 1 and {MAX_HISTORY_LIMIT}"),
+                Some("limit"),
+            ));
+        }
+        Ok((self.as_of, after, limit))
+    }
+}
+
+/// One page of the history of `A` `id` and its state as of an event; 404 when it has no
+/// events. Access is decided before anything but the creation is read, and neither the
+/// page nor the fold holds more than a page of events in memory.
 pub async fn history_of<A: Aggregate + Scoped>(
     state: &AppState,
     caller: &Caller,
     permission: Permission,
     id: Uuid,
-    as_of: Option<i64>,
+    query: &HistoryQuery,
 ) -> ApiResult<Json<History<A>>> {
     let what = "resource";
-    let events = aggregate_history(state.pool(), A::TYPE, &id.to_string()).await?;
-    let version = events
-        .last()
-        .map(|e| e.sequence)
-        .ok_or(ApiError::NotFound { what })?;
-    let fold =
-        |until| fold_until::<A>(&events, until).map_err(|e| ApiError::Internal(e.to_string()));
-    // The scope is fixed by the creation event, so the current state decides access.
-    caller.authorize(fold(None)?.scope(), permission, what)?;
-    match as_of {
-        Some(n) if n < 1 => {
-            return Err(ApiError::invalid(
-                "as_of_out_of_range",
-                "as_of",
-                "as_of is an event's sequence: 1 or more",
-            ))
-        }
-        // A well-formed sequence that names no event of this history (yet).
-        Some(n) if n > version => {
-            return Err(ApiError::Status {
-                status: axum::http::StatusCode::NOT_FOUND,
-                code: "no_such_event",
-                detail: format!("the history has {version} events; as_of {n} names none"),
-            })
-        }
-        _ => {}
+    let (as_of, after, limit) = query.checked()?;
+    let id_text = id.to_string();
+    let pool = state.pool();
+    // The scope is fixed by the creation event, so the creation decides access.
+    let (creation, _) = aggregate_history_within(pool, A::TYPE, &id_text, 0, 1, PAGE_BYTES).await?;
+    if creation.is_empty() {
+        return Err(ApiError::NotFound { what });
     }
-    let state_as_of = fold(as_of)?;
+    let corrupt = |e: CorruptEvent| ApiError::Internal(e.to_string());
+    caller.authorize(
+        fold_until::<A>(&creation, None).map_err(corrupt)?.scope(),
+        permission,
+        what,
+    )?;
+    let version = last_sequence(pool, A::TYPE, &id_text)
+        .await?
+        .ok_or(ApiError::NotFound { what })?;
+    if let Some(n) = as_of.filter(|n| *n > version) {
+        // A well-formed sequence that names no event of this history (yet).
+        return Err(ApiError::Status {
+            status: axum::http::StatusCode::NOT_FOUND,
+            code: "no_such_event",
+            detail: format!("the history has {version} events; as_of {n} names none"),
+        });
+    }
+    let until = as_of.unwrap_or(version);
+    let state_as_of = fold_paged::<A>(pool, &id_text, until).await?;
+    let (events, full) =
+        aggregate_history_within(pool, A::TYPE, &id_text, after, limit, PAGE_BYTES).await?;
+    // Events committed after `version` was read may be on the page: it reports them, and
+    // `version` stays the sequence the state was folded to at most.
+    let next_after = events.last().map(|e| e.sequence).filter(|_| full);
     Ok(Json(History {
         aggregate_type: A::TYPE.to_string(),
         aggregate_id: id,
         version,
-        as_of: as_of.unwrap_or(version),
+        as_of: until,
         state: state_as_of,
         events: events.into_iter().map(EventRecord::from).collect(),
+        next_after,
     }))
+}
+
+/// The events a fold reads at a time.
+const FOLD_PAGE: i64 = 1000;
+
+/// The state of `A` `id` after its event `until`, folded a page at a time.
+async fn fold_paged<A: Aggregate>(pool: &sqlx::PgPool, id: &str, until: i64) -> ApiResult<A> {
+    let mut folded = A::default();
+    let mut after = 0;
+    while after < until {
+        let (events, _) = aggregate_history_within(
+            pool,
+            A::TYPE,
+            id,
+            after,
+            FOLD_PAGE.min(until - after),
+            PAGE_BYTES,
+        )
+        .await?;
+        let Some(last) = events.last().map(|e| e.sequence) else {
+            break;
+        };
+        apply_until(&mut folded, &events, Some(until))
+            .map_err(|e| ApiError::Internal(e.to_string()))?;
+        after = last;
+    }
+    Ok(folded)
 }
 
 pub fn router() -> OpenApiRouter<AppState> {

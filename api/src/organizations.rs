@@ -153,7 +153,7 @@ async fn organization_history(
     IdPath(id): IdPath,
     Query(query): Query<HistoryQuery>,
 ) -> ApiResult<Json<History<Organization>>> {
-    history_of::<Organization>(&state, &caller, Permission::OrgRead, id, query.as_of).await
+    history_of::<Organization>(&state, &caller, Permission::OrgRead, id, &query).await
 }
 
 #[derive(Debug, Deserialize, ToSchema)]

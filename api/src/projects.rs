@@ -233,5 +233,5 @@ async fn project_history(
     IdPath(id): IdPath,
     Query(query): Query<HistoryQuery>,
 ) -> ApiResult<Json<History<Project>>> {
-    history_of::<Project>(&state, &caller, Permission::ProjectRead, id, query.as_of).await
+    history_of::<Project>(&state, &caller, Permission::ProjectRead, id, &query).await
 }

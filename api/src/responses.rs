@@ -89,5 +89,8 @@ pub struct History<T> {
     /// The sequence `state` reflects.
     pub as_of: i64,
     pub state: T,
+    /// The page's events, oldest first.
     pub events: Vec<EventRecord>,
+    /// Pass as `after` for the events after this page; absent when it holds the last.
+    pub next_after: Option<i64>,
 }

@@ -456,7 +456,7 @@ async fn spec_history(
     IdPath(id): IdPath,
     Query(query): Query<HistoryQuery>,
 ) -> ApiResult<Json<History<Spec>>> {
-    history_of::<Spec>(&state, &caller, Permission::SpecRead, id, query.as_of).await
+    history_of::<Spec>(&state, &caller, Permission::SpecRead, id, &query).await
 }
 
 #[cfg(test)]

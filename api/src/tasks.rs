@@ -635,7 +635,7 @@ async fn task_history(
     IdPath(id): IdPath,
     Query(query): Query<HistoryQuery>,
 ) -> ApiResult<Json<History<Task>>> {
-    history_of::<Task>(&state, &caller, Permission::TaskRead, id, query.as_of).await
+    history_of::<Task>(&state, &caller, Permission::TaskRead, id, &query).await
 }
 
 #[cfg(test)]

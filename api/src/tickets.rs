@@ -280,5 +280,5 @@ async fn ticket_history(
     IdPath(id): IdPath,
     Query(query): Query<HistoryQuery>,
 ) -> ApiResult<Json<History<Ticket>>> {
-    history_of::<Ticket>(&state, &caller, Permission::TicketRead, id, query.as_of).await
+    history_of::<Ticket>(&state, &caller, Permission::TicketRead, id, &query).await
 }

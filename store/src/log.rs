@@ -267,34 +267,44 @@ pub async fn read_global_within<'c>(
     max_bytes: usize,
     visibility: &Visibility,
 ) -> Result<WeighedPage, sqlx::Error> {
-    use futures_util::TryStreamExt;
-
     let (organizations, project) = visibility.bindings();
     let sql = global_query(visibility, true);
-    let mut rows = sqlx::query(&sql)
+    let rows = sqlx::query(&sql)
         .bind(after.transaction_id)
         .bind(after.global_position)
         .bind(limit)
         .bind(organizations)
         .bind(project)
         .fetch(executor);
-    let mut events = Vec::new();
-    let mut bytes = 0;
-    let mut full = false;
-    while let Some(row) = rows.try_next().await? {
-        let event = StoredEvent::from_row(&row)?;
-        bytes += event.weight();
-        events.push(event);
-        if bytes >= max_bytes || events.len() as i64 >= limit {
-            full = true;
-            break;
-        }
-    }
+    let (events, full) = take_within(rows, limit, max_bytes).await?;
     let next = events.last().map_or(after, StoredEvent::cursor);
     Ok(WeighedPage {
         page: EventPage { events, next },
         full,
     })
+}
+
+/// The events of `rows` as they arrive, until `limit` of them or `max_bytes` of their
+/// weight (at least one); `true` when either bound ended them. Rows the server sends past
+/// it are dropped undecoded.
+async fn take_within(
+    mut rows: impl futures_util::Stream<Item = Result<sqlx::postgres::PgRow, sqlx::Error>> + Unpin,
+    limit: i64,
+    max_bytes: usize,
+) -> Result<(Vec<StoredEvent>, bool), sqlx::Error> {
+    use futures_util::TryStreamExt;
+
+    let mut events = Vec::new();
+    let mut bytes = 0;
+    while let Some(row) = rows.try_next().await? {
+        let event = StoredEvent::from_row(&row)?;
+        bytes += event.weight();
+        events.push(event);
+        if bytes >= max_bytes || events.len() as i64 >= limit {
+            return Ok((events, true));
+        }
+    }
+    Ok((events, false))
 }
 
 /// A page of the gapless stream and events after it that have already committed.
@@ -498,6 +508,47 @@ pub async fn aggregate_history<'c>(
     rows.iter().map(StoredEvent::from_row).collect()
 }
 
+/// Up to `limit` events of one aggregate after its sequence `after`, in sequence order,
+/// ending once they weigh `max_bytes` (at least one): a history read a page at a time on
+/// a caller's behalf. `true` when a bound ended the page (more may follow).
+pub async fn aggregate_history_within<'c>(
+    executor: impl sqlx::Executor<'c, Database = sqlx::Postgres>,
+    aggregate_type: &str,
+    aggregate_id: &str,
+    after: i64,
+    limit: i64,
+    max_bytes: usize,
+) -> Result<(Vec<StoredEvent>, bool), sqlx::Error> {
+    let sql = format!(
+        "select {COLUMNS} from events
+          where aggregate_type = $1 and aggregate_id = $2 and sequence > $3
+          order by sequence
+          limit $4"
+    );
+    let rows = sqlx::query(&sql)
+        .bind(aggregate_type)
+        .bind(aggregate_id)
+        .bind(after)
+        .bind(limit)
+        .fetch(executor);
+    take_within(rows, limit, max_bytes).await
+}
+
+/// The sequence of an aggregate's last event; `None` when it has none.
+pub async fn last_sequence<'c>(
+    executor: impl sqlx::Executor<'c, Database = sqlx::Postgres>,
+    aggregate_type: &str,
+    aggregate_id: &str,
+) -> Result<Option<i64>, sqlx::Error> {
+    sqlx::query_scalar(
+        "select max(sequence) from events where aggregate_type = $1 and aggregate_id = $2",
+    )
+    .bind(aggregate_type)
+    .bind(aggregate_id)
+    .fetch_one(executor)
+    .await
+}
+
 /// The sequence and payload of every event of one aggregate after its first `after`
 /// (what a kept state lacks; usually nothing).
 pub async fn aggregate_tail<'c>(
@@ -628,6 +679,17 @@ pub fn fold_until<A: Aggregate>(
     as_of: Option<i64>,
 ) -> Result<A, CorruptEvent> {
     let mut state = A::default();
+    apply_until(&mut state, history, as_of)?;
+    Ok(state)
+}
+
+/// Applies to `state` the events of `history` up to and including sequence `as_of` (all
+/// of them when `None`): [`fold_until`] for a history read a page at a time.
+pub fn apply_until<A: Aggregate>(
+    state: &mut A,
+    history: &[StoredEvent],
+    as_of: Option<i64>,
+) -> Result<(), CorruptEvent> {
     for stored in history
         .iter()
         .take_while(|e| as_of.is_none_or(|n| e.sequence <= n))
@@ -640,7 +702,7 @@ pub fn fold_until<A: Aggregate>(
         })?;
         state.apply(event);
     }
-    Ok(state)
+    Ok(())
 }
 
 #[cfg(test)]

@@ -100,7 +100,7 @@ async function renderTask(body, taskId, context, stops) {
 
   slider.addEventListener("input", () => {
     const sequence = Number(slider.value);
-    replaying = sequence < history.events.length;
+    replaying = sequence < history.version;
     replayAt(sequence);
   });
 
@@ -115,11 +115,13 @@ async function renderTask(body, taskId, context, stops) {
   }
 
   function drawHistory(shown, asOf) {
+    // The list holds the history's first page (1,000 events); the slider spans all of it.
     const events = shown.events;
-    slider.max = String(events.length);
+    const last = shown.version;
+    slider.max = String(last);
     slider.value = String(asOf);
-    replayLabel.textContent = asOf === events.length ? `now (event ${asOf} of ${events.length})` : `as of event ${asOf} of ${events.length}`;
-    drawDetails(shown.state, asOf < events.length);
+    replayLabel.textContent = asOf === last ? `now (event ${asOf} of ${last})` : `as of event ${asOf} of ${last}`;
+    drawDetails(shown.state, asOf < last);
     fill(historyList, events.map((event) =>
       h("li", { class: event.sequence === asOf ? "current" : event.sequence > asOf ? "future" : "", "data-sequence": event.sequence },
         h("span", { class: "event-type" }, event.event_type),
@@ -156,7 +158,7 @@ async function renderTask(body, taskId, context, stops) {
     delta: async () => {
       history = await api.get(`/api/v1/tasks/${taskId}/history`);
       if (!replaying) drawHistory(history, history.as_of);
-      else slider.max = String(history.events.length);
+      else slider.max = String(history.version);
     },
   }));
   stops.push(live.subscribe(`drawer-logs:${taskId}`, { stream: "logs", task_id: taskId }, {
