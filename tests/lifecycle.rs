@@ -127,7 +127,10 @@ async fn a_ticket_walks_to_done_its_history_is_kept_and_survives_a_restart() {
             .await;
         assert_eq!(status, StatusCode::OK, "{page}");
         assert_eq!(page["state"], history["state"]);
-        assert_eq!((page["version"].as_i64(), page["as_of"].as_i64()), (Some(9), Some(5)));
+        assert_eq!(
+            (page["version"].as_i64(), page["as_of"].as_i64()),
+            (Some(9), Some(5))
+        );
         pages += 1;
         paged.extend(page["events"].as_array().expect("events").iter().cloned());
         match page["next_after"].as_i64() {

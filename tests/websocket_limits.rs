@@ -341,6 +341,48 @@ async fn a_read_model_follower_is_freed_once_its_last_subscriber_left() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_read_model_follower_behind_the_hubs_channel_catches_up_from_the_log() {
+    // A channel of eight events, and a page of 500 the hub hands over at once.
+    let app = spawn_app_with(LiveConfig {
+        broadcast_capacity: 8,
+        batch_size: 500,
+        ..test_live_config()
+    })
+    .await;
+    let (_, project) = app.organization_and_project().await;
+    let mut socket = connect(&app, "/api/v1/ws", app.token.as_deref().expect("a token")).await;
+    send(&mut socket, subscribe("board", "board", &project)).await;
+    next_of(&mut socket, "snapshot", "board").await;
+    let before = tickets(&app, &project, 1, 10).await;
+    let delta = next_of(&mut socket, "delta", "board").await;
+    assert_eq!(delta["change"]["card"]["ticket_id"], before[0].as_str());
+
+    // Two thousand events of nobody's project in one commit: the follower falls behind
+    // the channel while it passes them by.
+    sqlx::query(
+        "insert into events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata)
+         select 'Probe', 'burst-' || n, 1, 'ProbeBurst', '1', '{}', '{}'
+           from generate_series(1, 2000) n",
+    )
+    .execute(&app.database.pool)
+    .await
+    .expect("the burst");
+    let after = tickets(&app, &project, 1, 10).await;
+    let delta = next_of(&mut socket, "delta", "board").await;
+    assert_eq!(
+        delta["change"]["card"]["ticket_id"],
+        after[0].as_str(),
+        "{delta}"
+    );
+    // The same follower went on: nothing was replayed for a new one.
+    assert_eq!(gauge(&app, "omoi_live_followers").await, 1);
+    assert_eq!(
+        next_within(&mut socket, Duration::from_millis(300)).await,
+        None
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_principal_holds_at_most_the_configured_sockets_and_more_are_refused_with_429() {
     let app = spawn_app_with(LiveConfig {
         max_sockets_per_principal: 2,

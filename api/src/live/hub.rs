@@ -157,6 +157,63 @@ pub struct Tap {
     pub events: broadcast::Receiver<SharedEvent>,
 }
 
+/// Taps the stream again for a task that fell behind the channel: see [`Hub::tapper`].
+#[derive(Clone)]
+pub struct Tapper {
+    shared: Weak<Shared>,
+    pool: PgPool,
+    batch: i64,
+}
+
+impl Tapper {
+    /// Taps the stream and reads the log from `from` up to the tap's head, handing each
+    /// visible event to `apply` (the catch-up of [`Hub::tap_after_replay`] from a place
+    /// in the stream instead of its start); `None` once the hub is gone.
+    pub async fn tap_after<E: From<sqlx::Error>>(
+        &self,
+        from: Cursor,
+        visibility: &Visibility,
+        apply: impl FnMut(&StoredEvent) -> Result<(), E>,
+    ) -> Result<Option<Tap>, E> {
+        let Some(shared) = self.shared.upgrade() else {
+            return Ok(None);
+        };
+        let tap = {
+            let ring = shared.lock();
+            shared.tap(&ring)
+        };
+        drop(shared);
+        self.read_up_to(from, tap.head, visibility, apply).await?;
+        Ok(Some(tap))
+    }
+
+    /// Hands `apply` the visible events after `from` up to and including `head`.
+    async fn read_up_to<E: From<sqlx::Error>>(
+        &self,
+        from: Cursor,
+        head: Cursor,
+        visibility: &Visibility,
+        mut apply: impl FnMut(&StoredEvent) -> Result<(), E>,
+    ) -> Result<(), E> {
+        let mut cursor = from;
+        loop {
+            let page = read_global_within(&self.pool, cursor, self.batch, PAGE_BYTES, visibility)
+                .await?
+                .page;
+            if page.events.is_empty() {
+                return Ok(());
+            }
+            for event in &page.events {
+                if event.cursor() > head {
+                    return Ok(());
+                }
+                apply(event)?;
+            }
+            cursor = page.next;
+        }
+    }
+}
+
 /// A resumption from a client's cursor.
 pub struct Resume {
     pub tap: Tap,
@@ -238,25 +295,22 @@ impl Hub {
     pub async fn tap_after_replay<E: From<sqlx::Error>>(
         &self,
         visibility: &Visibility,
-        mut apply: impl FnMut(&StoredEvent) -> Result<(), E>,
+        apply: impl FnMut(&StoredEvent) -> Result<(), E>,
     ) -> Result<Tap, E> {
         let tap = self.tap().await?;
-        let batch = self.config.batch_size.max(1);
-        let mut cursor = Cursor::default();
-        loop {
-            let page = read_global_within(&self.pool, cursor, batch, PAGE_BYTES, visibility)
-                .await?
-                .page;
-            if page.events.is_empty() {
-                return Ok(tap);
-            }
-            for event in &page.events {
-                if event.cursor() > tap.head {
-                    return Ok(tap);
-                }
-                apply(event)?;
-            }
-            cursor = page.next;
+        self.tapper()
+            .read_up_to(Cursor::default(), tap.head, visibility, apply)
+            .await?;
+        Ok(tap)
+    }
+
+    /// What a task needs to tap the stream again later (a follower that fell behind the
+    /// channel), without keeping the hub alive.
+    pub fn tapper(&self) -> Tapper {
+        Tapper {
+            shared: Arc::downgrade(&self.shared),
+            pool: self.pool.clone(),
+            batch: self.config.batch_size.max(1),
         }
     }
 

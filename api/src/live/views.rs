@@ -25,13 +25,13 @@ use std::time::Duration;
 use omoi_projections::ProjectionError;
 use omoi_store::json::Metadata;
 use omoi_store::log::Visibility;
-use omoi_store::Cursor;
+use omoi_store::{Cursor, StoredEvent};
 use tokio::sync::broadcast::{self, error::RecvError};
 use tokio::sync::OnceCell;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 use uuid::Uuid;
 
-use super::hub::{Hub, Tap};
+use super::hub::{Hub, Tap, Tapper};
 use super::models::{LiveView, Reach, Snapshot};
 use super::protocol::view_delta_body;
 
@@ -249,7 +249,15 @@ async fn start(
     // then removes the follower from the registry.
     // Never zero: the task wakes every half of it.
     let idle = hub.config().follower_idle.max(Duration::from_millis(10));
-    let task = follow(follower.clone(), tap, project, reach, idle);
+    let task = follow(
+        follower.clone(),
+        tap,
+        hub.tapper(),
+        visibility,
+        project,
+        reach,
+        idle,
+    );
     tokio::spawn(finally_forget(task, follower.clone(), entry));
     Ok(follower)
 }
@@ -273,10 +281,16 @@ async fn finally_forget(task: impl Future<Output = ()>, follower: Arc<Follower>,
     }
 }
 
-/// Applies the hub's events to the follower until it falls behind, fails, or is idle.
+/// Applies the hub's events to the follower until it fails, is idle, or the hub is gone.
+/// Behind the hub's channel (a long replay of a large organization while the log moved
+/// on, or a burst of other projects' events), it reads what it missed from the log and
+/// taps again, instead of ending: a follower that ended would be replayed from the start
+/// by its next subscriber, and on a busy log fall behind the same way again.
 async fn follow(
     follower: Arc<Follower>,
     mut tap: Tap,
+    tapper: Tapper,
+    visibility: Visibility,
     project: ProjectRef,
     reach: Reach,
     idle: Duration,
@@ -288,6 +302,7 @@ async fn follow(
             project.organization_id.to_string(),
         ),
     };
+    let in_reach = |event: &StoredEvent| field(&event.metadata) == Some(id.as_str());
     let mut last_used = tokio::time::Instant::now();
     loop {
         // Busy or quiet, a follower nobody has subscribed to for a while ends.
@@ -296,46 +311,82 @@ async fn follow(
         } else if last_used.elapsed() >= idle {
             return end(&follower, false);
         }
-        let event = match tokio::time::timeout(idle / 2, tap.events.recv()).await {
-            Ok(Ok(event)) => event,
-            Ok(Err(RecvError::Lagged(_))) | Ok(Err(RecvError::Closed)) => break,
+        let taken = match tokio::time::timeout(idle / 2, tap.events.recv()).await {
+            Ok(Ok(event)) => take(&follower, &event, in_reach(&event)),
+            Ok(Err(RecvError::Lagged(_))) => {
+                let from = follower.lock().position;
+                let caught_up = tapper
+                    .tap_after(from, &visibility, |event| {
+                        take(&follower, event, in_reach(event))
+                    })
+                    .await;
+                match caught_up {
+                    Ok(Some(again)) => {
+                        let mut state = follower.lock();
+                        state.position = state.position.max(again.head);
+                        tap = again;
+                        Ok(())
+                    }
+                    Ok(None) => break,
+                    Err(error) => Err(error),
+                }
+            }
+            Ok(Err(RecvError::Closed)) => break,
             Err(_) => continue,
         };
-        let mut state = follower.lock();
-        if event.cursor() <= state.position {
-            continue;
-        }
-        state.position = event.cursor();
-        let in_reach = field(&event.metadata) == Some(id.as_str());
-        if !in_reach {
-            continue;
-        }
-        match state.view.apply(&event) {
-            Ok(Some(change)) => {
-                state.encoded = None;
-                let delta = Arc::new(Delta::Change {
-                    position: event.cursor(),
-                    body: view_delta_body(event.cursor(), &change.to_string()),
-                });
-                while state.recent.len() >= state.capacity {
-                    if let Some(Delta::Change { position, .. }) =
-                        state.recent.pop_front().as_deref()
-                    {
-                        state.floor = *position;
-                    }
-                }
-                state.recent.push_back(delta.clone());
-                let _ = follower.sender.send(delta);
-            }
-            Ok(None) => {}
-            Err(error) => {
-                tracing::error!(%error, position = %event.cursor(), "live view cannot apply an event");
-                drop(state);
-                return end(&follower, true);
-            }
+        if let Err(error) = taken {
+            tracing::error!(%error, "live view cannot follow the stream");
+            return end(&follower, true);
         }
     }
     end(&follower, true);
+}
+
+/// Why a follower stops: its view refused an event, or the log could not be read.
+#[derive(Debug, thiserror::Error)]
+enum FollowError {
+    #[error("cannot apply the event at {position}: {source}")]
+    Apply {
+        position: Cursor,
+        source: ProjectionError,
+    },
+    #[error("cannot read the log: {0}")]
+    Read(#[from] sqlx::Error),
+}
+
+/// Applies one event after the follower's position to its view (`in_reach`: the event
+/// belongs to the view's project or organization) and sends the change it makes.
+fn take(follower: &Follower, event: &StoredEvent, in_reach: bool) -> Result<(), FollowError> {
+    let mut state = follower.lock();
+    if event.cursor() <= state.position {
+        return Ok(());
+    }
+    state.position = event.cursor();
+    if !in_reach {
+        return Ok(());
+    }
+    let change = state
+        .view
+        .apply(event)
+        .map_err(|source| FollowError::Apply {
+            position: event.cursor(),
+            source,
+        })?;
+    if let Some(change) = change {
+        state.encoded = None;
+        let delta = Arc::new(Delta::Change {
+            position: event.cursor(),
+            body: view_delta_body(event.cursor(), &change.to_string()),
+        });
+        while state.recent.len() >= state.capacity {
+            if let Some(Delta::Change { position, .. }) = state.recent.pop_front().as_deref() {
+                state.floor = *position;
+            }
+        }
+        state.recent.push_back(delta.clone());
+        let _ = follower.sender.send(delta);
+    }
+    Ok(())
 }
 
 /// Ends a follower; its subscribers are told to resync when it ends abnormally.
