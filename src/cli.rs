@@ -159,6 +159,7 @@ async fn serve(settings: Settings, dev: bool) -> anyhow::Result<()> {
         &state.bus,
         omoi_projections::runner::RunnerConfig::default(),
         &settings.workflow,
+        &settings.billing.config().stripe,
         shutdown.clone(),
     )
     .await?;

@@ -383,6 +383,7 @@ pub async fn start_projections(
     bus: &CommandBus,
     config: RunnerConfig,
     workflow: &omoi_workflow::WorkflowConfig,
+    stripe: &omoi_billing::stripe::StripeApi,
     shutdown: Shutdown,
 ) -> Result<(Arc<RunnerStats>, tokio::task::JoinHandle<()>), sqlx::Error> {
     start_projections_with(
@@ -393,7 +394,7 @@ pub async fn start_projections(
         // The read models, and the process managers, which run the same way.
         omoi_projections::all()
             .into_iter()
-            .chain(omoi_workflow::all(workflow))
+            .chain(omoi_workflow::all(workflow, stripe))
             .collect(),
         shutdown,
     )

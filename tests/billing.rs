@@ -8,7 +8,7 @@ use chrono::Utc;
 use omoi_api::billing::BillingConfig;
 use omoi_billing::stripe::StripeApi;
 use omoi_domain::billing::{Plan, Plans, Tier};
-use omoi_testing::{fake_stripe, spawn_app_with_billing, StripeLog, TestApp};
+use omoi_testing::{fake_stripe, spawn_app_with_billing, StripeLog, TestApp, FLAKY_SUBSCRIPTION};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use stripe_webhook::Webhook;
@@ -300,6 +300,79 @@ async fn each_handled_event_type_changes_the_account() {
         forever["credits_cents"], 5000,
         "credits stay with the same account"
     );
+}
+
+/// A lifetime purchase ends at Stripe the subscription it replaced — Stripe out of reach
+/// twice, then ending it — and records that once, caused by the purchase; the end Stripe
+/// then reports changes nothing.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_lifetime_purchase_ends_the_subscription_it_replaced_at_stripe() {
+    let (app, org, log) = app_with_stripe().await;
+    let held = format!("{FLAKY_SUBSCRIPTION}_1");
+    let checkout = checkout_session(
+        &org,
+        json!({"organization_id": org, "purpose": "subscription_checkout", "tier": "pro"}),
+        Some(&held),
+    );
+    let paid = envelope("evt_sub", "checkout.session.completed", now(), checkout);
+    assert_eq!(deliver(&app, &paid).await.0, StatusCode::OK);
+    assert_eq!(buy_lifetime(&app, &org, "evt_life").await.0, StatusCode::OK);
+    app.caught_up().await;
+
+    let ended_at_stripe = |log: &StripeLog| -> Vec<Received> {
+        requests_to(log)
+            .into_iter()
+            .filter(|r| r.path == format!("/v1/subscriptions/{held}"))
+            .collect()
+    };
+    let calls = ended_at_stripe(&log);
+    assert_eq!(calls.len(), 3, "two 500s, then the end: {calls:?}");
+    assert!(calls
+        .iter()
+        .all(|c| c.authorization.as_deref() == Some("Bearer sk_test_omoi")));
+    let retirements = || async {
+        let rows: Vec<(Value, Value)> = sqlx::query_as(
+            "select payload, metadata from events where event_type = 'SubscriptionRetired'",
+        )
+        .fetch_all(&app.database.pool)
+        .await
+        .expect("the log");
+        rows
+    };
+    let (purchase,): (i64,) = sqlx::query_as(
+        "select sequence from events
+          where aggregate_type = 'BillingAccount' and payload -> 'StripeEventApplied' -> 'effect' ->> 'kind' = 'lifetime_purchased'",
+    )
+    .fetch_one(&app.database.pool)
+    .await
+    .expect("the purchase");
+    let retired = retirements().await;
+    assert_eq!(retired.len(), 1, "{retired:?}");
+    let (payload, metadata) = &retired[0];
+    assert_eq!(
+        payload["SubscriptionRetired"]["subscription_id"],
+        held.as_str()
+    );
+    assert_eq!(metadata["actor"], "system:subscription_retirement");
+    assert_eq!(
+        metadata["causation_id"],
+        format!("BillingAccount/{org}/{purchase}").as_str()
+    );
+
+    // Stripe reports the end: nothing changes.
+    let mut gone = subscription(&org, "pro", "canceled", now());
+    gone["id"] = json!(held);
+    let report = envelope("evt_gone", "customer.subscription.deleted", now(), gone);
+    let (status, receipt) = deliver(&app, &report).await;
+    assert_eq!(status, StatusCode::OK, "{receipt}");
+    let state = account(&app, &org).await;
+    assert_eq!(
+        (&state["tier"], &state["status"]),
+        (&json!("lifetime"), &json!("active"))
+    );
+    app.caught_up().await;
+    assert_eq!(ended_at_stripe(&log).len(), 3, "ended once");
+    assert_eq!(retirements().await.len(), 1);
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -220,8 +220,9 @@ async fn caught_up(database: &TestDatabase) {
                 .await
                 .expect("builds");
         // Every read model and every process manager.
-        let expected =
-            (omoi_projections::all().len() + omoi_workflow::all(&Default::default()).len()) as i64;
+        let expected = (omoi_projections::all().len()
+            + omoi_workflow::all(&Default::default(), &Default::default()).len())
+            as i64;
         if behind == 0 && live == expected {
             return;
         }

@@ -50,13 +50,7 @@ impl Default for BillingConfig {
     fn default() -> Self {
         Self {
             plans: Plans::default(),
-            stripe: StripeApi {
-                base_url: "https://api.stripe.com".into(),
-                secret_key: SecretString::default(),
-                success_url: "http://127.0.0.1:18000/billing/success".into(),
-                cancel_url: "http://127.0.0.1:18000/billing/cancel".into(),
-                portal_return_url: "http://127.0.0.1:18000/billing".into(),
-            },
+            stripe: StripeApi::default(),
             webhook_secrets: Vec::new(),
             // Stripe's default smart retries span about a week.
             payment_grace_seconds: 7 * 24 * 3600,

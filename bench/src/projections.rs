@@ -669,6 +669,7 @@ async fn lag(admin_url: &str, rate: u64, seconds: u64) -> anyhow::Result<()> {
         &bus,
         RunnerConfig::default(),
         &omoi_workflow::WorkflowConfig::default(),
+        &Default::default(),
         shutdown,
     )
     .await?;

@@ -1,6 +1,7 @@
 //! The Stripe API calls omoi makes: a Checkout Session (subscription, lifetime plan or
-//! credits) and a customer-portal session, each form-encoded with an idempotency key, to
-//! a configurable base URL (tests point it at a fake Stripe on loopback).
+//! credits) and a customer-portal session, each form-encoded with an idempotency key, and
+//! the end of a subscription a lifetime purchase replaced, to a configurable base URL
+//! (tests point it at a fake Stripe on loopback).
 
 use std::time::Duration;
 
@@ -21,6 +22,20 @@ pub struct StripeApi {
     pub success_url: String,
     pub cancel_url: String,
     pub portal_return_url: String,
+}
+
+/// Stripe's own address, without a secret key (every call `NotConfigured` until one is
+/// set), and return addresses on a local `omoi dev`.
+impl Default for StripeApi {
+    fn default() -> Self {
+        Self {
+            base_url: "https://api.stripe.com".into(),
+            secret_key: SecretString::default(),
+            success_url: "http://127.0.0.1:18000/billing/success".into(),
+            cancel_url: "http://127.0.0.1:18000/billing/cancel".into(),
+            portal_return_url: "http://127.0.0.1:18000/billing".into(),
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -161,22 +176,28 @@ pub fn checkout_form(
 }
 
 impl StripeApi {
-    async fn post(
+    /// A request to `path` with the secret key, or `NotConfigured` without one.
+    fn request(
         &self,
+        method: reqwest::Method,
         path: &str,
-        form: &[(String, String)],
-        idempotency_key: &str,
-    ) -> Result<Created, StripeError> {
+    ) -> Result<reqwest::RequestBuilder, StripeError> {
         let secret_key = self.secret_key.expose_secret();
         if secret_key.is_empty() {
             return Err(StripeError::NotConfigured);
         }
-        let response = reqwest::Client::new()
-            .post(format!("{}{path}", self.base_url.trim_end_matches('/')))
+        Ok(reqwest::Client::new()
+            .request(
+                method,
+                format!("{}{path}", self.base_url.trim_end_matches('/')),
+            )
             .bearer_auth(secret_key)
-            .header("Idempotency-Key", idempotency_key)
-            .form(form)
-            .timeout(Duration::from_secs(20))
+            .timeout(Duration::from_secs(20)))
+    }
+
+    /// Sends `request`; the body of a 2xx answer, else what Stripe said.
+    async fn send(request: reqwest::RequestBuilder) -> Result<(u16, String), StripeError> {
+        let response = request
             .send()
             .await
             .map_err(|e| StripeError::Unreachable(e.to_string()))?;
@@ -195,14 +216,50 @@ impl StripeApi {
                 message,
             });
         }
+        Ok((status.as_u16(), body))
+    }
+
+    async fn post(
+        &self,
+        path: &str,
+        form: &[(String, String)],
+        idempotency_key: &str,
+    ) -> Result<Created, StripeError> {
+        let request = self
+            .request(reqwest::Method::POST, path)?
+            .header("Idempotency-Key", idempotency_key)
+            .form(form);
+        let (status, body) = Self::send(request).await?;
         let session: Session = serde_json::from_str(&body).map_err(|e| StripeError::Refused {
-            status: status.as_u16(),
+            status,
             message: format!("unexpected answer: {e}"),
         })?;
         Ok(Created {
             id: session.id,
             url: session.url,
         })
+    }
+
+    /// Ends subscription `subscription_id` now (`DELETE /v1/subscriptions/{id}`, which
+    /// is idempotent: it takes no key). A subscription Stripe no longer knows (404)
+    /// counts as ended.
+    pub async fn cancel_subscription(&self, subscription_id: &str) -> Result<(), StripeError> {
+        // An id of Stripe's alphabet only: it becomes a path segment.
+        if subscription_id.is_empty()
+            || !subscription_id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_')
+        {
+            return Err(StripeError::Refused {
+                status: 400,
+                message: format!("{subscription_id:?} is not a subscription id"),
+            });
+        }
+        let path = format!("/v1/subscriptions/{subscription_id}");
+        match Self::send(self.request(reqwest::Method::DELETE, &path)?).await {
+            Ok(_) | Err(StripeError::Refused { status: 404, .. }) => Ok(()),
+            Err(other) => Err(other),
+        }
     }
 
     /// Creates a Checkout Session for `purchase`; `client_key` is the caller's

@@ -15,7 +15,8 @@ use serde_json::Value;
 use stripe_webhook::{Webhook, WebhookError};
 use uuid::Uuid;
 
-/// Why a delivery is refused (400: Stripe must not retry a forged or stale request).
+/// Why a delivery is refused (4xx: a forged, stale or malformed request is not applied;
+/// Stripe retries any non-2xx answer for days, and each retry is refused alike).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Rejection {
     #[error("no Stripe webhook signing secret is configured")]

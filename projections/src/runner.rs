@@ -419,14 +419,16 @@ impl BuildWorker {
                 }
                 Step::Retry => {
                     retries += 1;
-                    if retries.is_multiple_of(RETRIES_BEFORE_WARNING) {
+                    let pause = retry_pause(retries);
+                    if retries >= RETRIES_BEFORE_WARNING {
                         tracing::warn!(
                             projector = self.projector.name(),
                             retries,
+                            pause_ms = pause.as_millis() as u64,
                             "a batch keeps failing transiently; still retrying"
                         );
                     }
-                    tokio::time::sleep(RETRY_PAUSE).await;
+                    self.pause(pause).await;
                 }
             }
         }
@@ -837,11 +839,26 @@ const UNSAVED_FOR: Duration = Duration::from_secs(1);
 /// operator's retry or retirement is seen within it).
 const KNOWN_FOR: Duration = Duration::from_secs(1);
 
-/// The pause before a batch that failed transiently is applied again.
+/// The pause before a batch that failed transiently is applied again the first time.
 pub const RETRY_PAUSE: Duration = Duration::from_millis(50);
 
-/// Consecutive transient failures of one build between two warnings (a second's worth).
-const RETRIES_BEFORE_WARNING: u32 = 20;
+/// The longest pause between two tries of a batch that keeps failing transiently.
+pub const MAX_RETRY_PAUSE: Duration = Duration::from_secs(10);
+
+/// Consecutive transient failures of one build before each further one is logged as a
+/// warning: from the fifth, whose pause is 0.8 s, so at most about one a second.
+const RETRIES_BEFORE_WARNING: u32 = 5;
+
+/// The pause after the `retries`th consecutive transient failure of a batch: doubling
+/// from [`RETRY_PAUSE`] up to [`MAX_RETRY_PAUSE`]. A concurrent writer's conflict is
+/// over by the first try again; what lasts — the database away, Stripe out of reach for
+/// `subscription_retirement` — is tried ever less often, not twenty times a second.
+pub fn retry_pause(retries: u32) -> Duration {
+    let doublings = retries.saturating_sub(1).min(16);
+    RETRY_PAUSE
+        .saturating_mul(1 << doublings)
+        .min(MAX_RETRY_PAUSE)
+}
 
 /// One batch of one build, in one transaction on `conn`.
 pub async fn step(
@@ -1561,6 +1578,7 @@ pub async fn catch_up(
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
+    use std::time::Duration;
 
     use omoi_store::log::EventPage;
     use omoi_store::{Cursor, StoredEvent};
@@ -1569,6 +1587,21 @@ mod tests {
 
     use super::{weight, Kept, KeptPages, RunnerStats};
     use crate::testing::Log;
+
+    /// Transient failures are tried again ever later: doubling from 50 ms, never past
+    /// 10 s, and never shorter than the pause before.
+    #[test]
+    fn a_batch_failing_transiently_is_tried_again_ever_later_up_to_ten_seconds() {
+        assert_eq!(super::retry_pause(1), super::RETRY_PAUSE);
+        assert_eq!(super::retry_pause(2), super::RETRY_PAUSE * 2);
+        assert_eq!(super::retry_pause(5), Duration::from_millis(800));
+        for retries in 1..200 {
+            let pause = super::retry_pause(retries);
+            assert!(pause <= super::MAX_RETRY_PAUSE);
+            assert!(pause >= super::retry_pause(retries - 1));
+        }
+        assert_eq!(super::retry_pause(u32::MAX), super::MAX_RETRY_PAUSE);
+    }
 
     /// A build's committed batches are a counter of the builds this process leads; the
     /// others' are not reported here.

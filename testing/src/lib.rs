@@ -319,6 +319,9 @@ async fn serve_configured(
         &state.bus,
         test_runner_config(),
         &settings.workflow,
+        &billing
+            .as_ref()
+            .map_or_else(Default::default, |b| b.stripe.clone()),
         shutdown.clone(),
     )
     .await
@@ -869,13 +872,46 @@ pub struct StripeRequest {
 /// Every request the fake Stripe has received, in order.
 pub type StripeLog = std::sync::Arc<std::sync::Mutex<Vec<StripeRequest>>>;
 
+/// Subscriptions whose id starts with this are out of reach: the fake Stripe answers
+/// their first two `DELETE`s with a 500.
+pub const FLAKY_SUBSCRIPTION: &str = "sub_flaky";
+
 /// A local stand-in for Stripe's API: it answers the checkout and billing-portal session
-/// calls as Stripe does and records them. Returns its base URL.
+/// calls and a subscription's `DELETE` as Stripe does and records them. Returns its base
+/// URL.
 pub async fn fake_stripe() -> (String, StripeLog) {
-    use axum::extract::State;
+    use axum::extract::{Path, State};
     use axum::http::HeaderMap;
-    use axum::routing::post;
+    use axum::response::IntoResponse;
+    use axum::routing::{delete, post};
     use axum::{Json, Router};
+
+    async fn end_subscription(
+        State(log): State<StripeLog>,
+        Path(id): Path<String>,
+        headers: HeaderMap,
+    ) -> axum::response::Response {
+        let path = format!("/v1/subscriptions/{id}");
+        let tries = {
+            let mut log = log.lock().expect("the log");
+            log.push(StripeRequest {
+                path: path.clone(),
+                idempotency_key: None,
+                authorization: headers
+                    .get("authorization")
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_string),
+                body: String::new(),
+            });
+            log.iter().filter(|r| r.path == path).count()
+        };
+        if id.starts_with(FLAKY_SUBSCRIPTION) && tries <= 2 {
+            let error = serde_json::json!({"error": {"type": "api_error", "message": "try again"}});
+            return (StatusCode::INTERNAL_SERVER_ERROR, Json(error)).into_response();
+        }
+        Json(serde_json::json!({"id": id, "object": "subscription", "status": "canceled"}))
+            .into_response()
+    }
 
     async fn session(
         State((log, path, answer)): State<(StripeLog, &'static str, Value)>,
@@ -909,6 +945,10 @@ pub async fn fake_stripe() -> (String, StripeLog) {
         .route(
             "/v1/billing_portal/sessions",
             post(session).with_state((log.clone(), "/v1/billing_portal/sessions", portal)),
+        )
+        .route(
+            "/v1/subscriptions/{id}",
+            delete(end_subscription).with_state(log.clone()),
         );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await

@@ -32,6 +32,7 @@
 //!   work or sends it back for revision.
 //! * [`stall`] — a stalled task gets its project's stall policy: nudge, restart or
 //!   escalate.
+//! * [`lifetime`] — a lifetime purchase ends, at Stripe, the subscription it replaced.
 //! * `kept` — what a manager keeps in memory between batches (its own tables' rows,
 //!   aggregates it decided on), taken in only once a batch committed (`progress`,
 //!   `discovery`).
@@ -45,6 +46,7 @@ pub mod discovery;
 pub mod execution;
 pub mod export;
 mod kept;
+pub mod lifetime;
 pub mod progress;
 pub mod spawn;
 pub mod stall;
@@ -53,6 +55,7 @@ pub mod validation;
 use std::sync::Arc;
 
 use futures_util::future::BoxFuture;
+use omoi_billing::stripe::StripeApi;
 use omoi_projections::{ProjectionError, Projector};
 use omoi_store::StoredEvent;
 use sqlx::PgConnection;
@@ -232,8 +235,9 @@ pub struct WorkflowConfig {
     pub phase_tasks: spawn::PhaseTaskTable,
 }
 
-/// Every process manager, to run beside the read models.
-pub fn all(config: &WorkflowConfig) -> Vec<Arc<dyn Projector>> {
+/// Every process manager, to run beside the read models; `stripe` is where a lifetime
+/// purchase ends the subscription it replaced.
+pub fn all(config: &WorkflowConfig, stripe: &StripeApi) -> Vec<Arc<dyn Projector>> {
     vec![
         run(execution::PlanExecution),
         run(completion::SpecCompletion),
@@ -244,6 +248,9 @@ pub fn all(config: &WorkflowConfig) -> Vec<Arc<dyn Projector>> {
         run(stall::StallPolicyManager),
         run(spawn::PhaseTasks {
             table: config.phase_tasks.clone(),
+        }),
+        run(lifetime::SubscriptionRetirement {
+            stripe: stripe.clone(),
         }),
     ]
 }

@@ -256,6 +256,25 @@ impl BillingAccount {
                     false => Vec::new(),
                 })
             }
+            BillingCommand::RetireSubscription {
+                organization_id,
+                subscription_id,
+                at,
+            } => {
+                self.ensure_organization(organization_id)?;
+                if self.tier != Tier::Lifetime {
+                    return Err(BillingError::NotLifetime);
+                }
+                let held = self.stripe_subscription_id.as_deref() == Some(&subscription_id);
+                Ok(match held {
+                    true => vec![BillingEvent::SubscriptionRetired {
+                        organization_id,
+                        subscription_id,
+                        at,
+                    }],
+                    false => Vec::new(),
+                })
+            }
         }
     }
 
@@ -532,6 +551,13 @@ impl Aggregate for BillingAccount {
                     self.workflows_used = self.workflows_used.saturating_sub(1);
                 }
                 self.credits_cents += credits_refunded_cents;
+            }
+            BillingEvent::SubscriptionRetired {
+                subscription_id, ..
+            } => {
+                if self.stripe_subscription_id.as_deref() == Some(&subscription_id) {
+                    self.stripe_subscription_id = None;
+                }
             }
             BillingEvent::WorkflowFinished { spec_id, .. } => {
                 self.open_workflows.remove(&spec_id);
@@ -811,6 +837,48 @@ mod tests {
             (account.tier, account.status),
             (Tier::Lifetime, SubscriptionStatus::Active)
         );
+    }
+
+    /// The subscription a lifetime purchase replaced is retired once, and only that one,
+    /// only on a lifetime account.
+    #[test]
+    fn only_a_lifetime_accounts_own_subscription_is_retired_and_once() {
+        let retire = |subscription: &str| BillingCommand::RetireSubscription {
+            organization_id: org(),
+            subscription_id: subscription.into(),
+            at: at(),
+        };
+        let mut account = BillingAccount::default();
+        apply(
+            &mut account,
+            stripe(
+                "evt_sub",
+                10,
+                updated(SubscriptionStatus::Active, Tier::Pro),
+            ),
+        );
+        assert_eq!(
+            account.decide(retire("sub_1")),
+            Err(BillingError::NotLifetime)
+        );
+        apply(
+            &mut account,
+            stripe(
+                "evt_life",
+                20,
+                StripeChange::LifetimePurchase { customer_id: None },
+            ),
+        );
+        assert_eq!(account.stripe_subscription_id.as_deref(), Some("sub_1"));
+        assert!(apply(&mut account, retire("sub_other")).is_empty());
+        let retired = apply(&mut account, retire("sub_1"));
+        assert!(matches!(
+            retired.as_slice(),
+            [BillingEvent::SubscriptionRetired { subscription_id, .. }] if subscription_id == "sub_1"
+        ));
+        assert_eq!(account.stripe_subscription_id, None);
+        assert!(apply(&mut account, retire("sub_1")).is_empty());
+        assert_eq!(account.tier, Tier::Lifetime);
     }
 
     #[test]

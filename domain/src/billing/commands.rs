@@ -77,4 +77,12 @@ pub enum BillingCommand {
         spec_id: Uuid,
         at: DateTime<Utc>,
     },
+    /// Records that omoi ended at Stripe the subscription a lifetime purchase replaced
+    /// (else Stripe would go on charging for it). Only a lifetime account's own
+    /// subscription; nothing happens when the account no longer holds it.
+    RetireSubscription {
+        organization_id: Uuid,
+        subscription_id: String,
+        at: DateTime<Utc>,
+    },
 }

@@ -73,6 +73,12 @@ pub enum BillingEvent {
         spec_id: Uuid,
         at: DateTime<Utc>,
     },
+    /// The subscription held before a lifetime purchase was ended at Stripe.
+    SubscriptionRetired {
+        organization_id: Uuid,
+        subscription_id: String,
+        at: DateTime<Utc>,
+    },
 }
 
 impl DomainEvent for BillingEvent {
@@ -82,6 +88,7 @@ impl DomainEvent for BillingEvent {
             Self::WorkflowStarted { .. } => "WorkflowStarted",
             Self::WorkflowCancelled { .. } => "WorkflowCancelled",
             Self::WorkflowFinished { .. } => "WorkflowFinished",
+            Self::SubscriptionRetired { .. } => "SubscriptionRetired",
         }
         .to_string()
     }
