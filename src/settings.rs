@@ -128,6 +128,24 @@ impl BillingSettings {
         }
     }
 
+    /// Refuses settings that would bill wrongly: a contradictory or negative plan table, a
+    /// negative grace, a Stripe address that is not http(s).
+    pub fn check(&self) -> anyhow::Result<()> {
+        self.plans().check().context("billing.plans")?;
+        anyhow::ensure!(
+            self.payment_grace_hours >= 0,
+            "billing.payment_grace_hours is {}: 0 or more",
+            self.payment_grace_hours
+        );
+        anyhow::ensure!(
+            self.stripe_api_base.starts_with("https://")
+                || self.stripe_api_base.starts_with("http://"),
+            "billing.stripe_api_base {:?} is not an http(s) address",
+            self.stripe_api_base
+        );
+        Ok(())
+    }
+
     pub fn plans(&self) -> omoi_domain::billing::Plans {
         omoi_domain::billing::Plans {
             plans: self.plans.clone(),
@@ -283,6 +301,7 @@ impl Settings {
             .ok()
             .filter(|url| !url.is_empty())
             .map(SecretString::from);
+        settings.billing.check()?;
         Ok(settings)
     }
 }
@@ -305,5 +324,26 @@ mod tests {
             settings.workflow.phase_tasks,
             omoi_workflow::spawn::PhaseTaskTable::default()
         );
+        settings.billing.check().expect("the base billing settings");
+    }
+
+    #[test]
+    fn billing_settings_that_would_bill_wrongly_are_refused() {
+        let base = BillingSettings::default();
+        base.check().expect("the defaults");
+        let mut late = base.clone();
+        late.payment_grace_hours = -1;
+        let mut nowhere = base.clone();
+        nowhere.stripe_api_base = "api.stripe.com".into();
+        let mut twice = base.clone();
+        twice.plans.push(twice.plans[0].clone());
+        for (wrong, blamed) in [
+            (late, "payment_grace_hours"),
+            (nowhere, "stripe_api_base"),
+            (twice, "billing.plans"),
+        ] {
+            let error = format!("{:#}", wrong.check().expect_err(blamed));
+            assert!(error.contains(blamed), "{error}");
+        }
     }
 }

@@ -22,4 +22,4 @@ pub use aggregate::{BillingAccount, OpenWorkflow, SubscriptionStatus, Tier};
 pub use commands::{BillingCommand, StripeChange};
 pub use error::BillingError;
 pub use events::{BillingEvent, Effect};
-pub use plans::{Plan, Plans};
+pub use plans::{Plan, Plans, PlansError};

@@ -51,7 +51,39 @@ impl Default for Plans {
     }
 }
 
+/// Why a configured table of plans is refused (at start, before anything is served).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PlansError {
+    #[error("tier {0} has more than one plan")]
+    DuplicateTier(Tier),
+    #[error("tier {tier}'s price_cents is {price_cents}: a price is 0 or more")]
+    NegativePrice { tier: Tier, price_cents: i64 },
+    #[error("workflow_price_cents is {0}: a price is 0 or more")]
+    NegativeWorkflowPrice(i64),
+}
+
 impl Plans {
+    /// Refuses a table whose plans contradict one another or charge less than nothing:
+    /// one plan per tier (which one would `of` pick?), no negative price (a negative
+    /// workflow price would add credits for every workflow beyond the quota).
+    pub fn check(&self) -> Result<(), PlansError> {
+        for (at, plan) in self.plans.iter().enumerate() {
+            if self.plans[..at].iter().any(|p| p.tier == plan.tier) {
+                return Err(PlansError::DuplicateTier(plan.tier));
+            }
+            if plan.price_cents < 0 {
+                return Err(PlansError::NegativePrice {
+                    tier: plan.tier,
+                    price_cents: plan.price_cents,
+                });
+            }
+        }
+        if self.workflow_price_cents < 0 {
+            return Err(PlansError::NegativeWorkflowPrice(self.workflow_price_cents));
+        }
+        Ok(())
+    }
+
     /// Tasks an organization's agents may hold at once at `now`: its plan's
     /// `concurrent_agents` (unlimited: `usize::MAX`), none while it is suspended.
     pub fn concurrency_cap(&self, account: &BillingAccount, now: DateTime<Utc>) -> usize {
@@ -97,5 +129,30 @@ mod tests {
         }
         assert_eq!(plans.of(Tier::Pro).monthly_workflows, Some(50));
         assert_eq!(plans.of(Tier::Team).concurrent_agents, Some(10));
+        assert_eq!(plans.check(), Ok(()));
+    }
+
+    #[test]
+    fn a_table_with_a_tier_twice_or_a_negative_price_is_refused() {
+        let mut twice = Plans::default();
+        twice.plans.push(twice.of(Tier::Pro));
+        assert_eq!(twice.check(), Err(PlansError::DuplicateTier(Tier::Pro)));
+        let mut negative = Plans::default();
+        negative.plans[1].price_cents = -1;
+        assert_eq!(
+            negative.check(),
+            Err(PlansError::NegativePrice {
+                tier: negative.plans[1].tier,
+                price_cents: -1
+            })
+        );
+        let refunding = Plans {
+            workflow_price_cents: -500,
+            ..Plans::default()
+        };
+        assert_eq!(
+            refunding.check(),
+            Err(PlansError::NegativeWorkflowPrice(-500))
+        );
     }
 }
