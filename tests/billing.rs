@@ -909,6 +909,20 @@ async fn checkout_and_portal_call_stripe_with_the_exact_fields_and_idempotency_k
         assert_eq!(status, StatusCode::CONFLICT, "{answer}");
         assert_eq!(answer["code"], "lifetime_plan");
     }
+    // The client's key of the first purchase, sent with another: Stripe refuses it, and
+    // the client is told so (not a bare 502).
+    let response = app
+        .client
+        .post(format!("{}/api/v1/billing/checkout", app.address))
+        .bearer_auth(app.token.as_deref().expect("a token"))
+        .header("idempotency-key", "order-42")
+        .json(&json!({"organization_id": org, "credits_cents": 2500}))
+        .send()
+        .await
+        .expect("an answer");
+    assert_eq!(response.status(), StatusCode::CONFLICT);
+    let answer: Value = response.json().await.expect("JSON");
+    assert_eq!(answer["code"], "idempotency_key_reused", "{answer}");
 }
 
 /// Approving a plan and counting its workflow are one transaction: concurrent approvals

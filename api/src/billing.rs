@@ -443,6 +443,7 @@ fn stripe_error(error: StripeError) -> ApiError {
     let (status, code) = match &error {
         StripeError::NotConfigured => (StatusCode::SERVICE_UNAVAILABLE, "billing_not_configured"),
         StripeError::Unreachable(_) => (StatusCode::SERVICE_UNAVAILABLE, "stripe_unreachable"),
+        StripeError::KeyReused(_) => (StatusCode::CONFLICT, "idempotency_key_reused"),
         StripeError::Refused { .. } => (StatusCode::BAD_GATEWAY, "stripe_refused"),
     };
     ApiError::Status {
@@ -468,7 +469,9 @@ fn stripe_error(error: StripeError) -> ApiError {
         (status = 409, body = Problem,
             description = "`tier_not_purchasable`: a plan without a price (free, enterprise); \
                            `already_subscribed`: a subscription is on file (change plans in \
-                           the portal); `lifetime_plan`: the organization has the lifetime plan"),
+                           the portal); `lifetime_plan`: the organization has the lifetime plan; \
+                           `idempotency_key_reused`: the Idempotency-Key was sent before with \
+                           another purchase (Stripe keeps a key for 24 hours)"),
         (status = 502, body = Problem, description = "Stripe refused"),
         (status = 503, body = Problem, description = "Stripe unreachable or not configured"),
     ))]
@@ -569,7 +572,9 @@ fn refuse_second_plan(account: &BillingAccount, tier: Tier) -> ApiResult<()> {
     responses(
         (status = 200, body = SessionCreated), (status = 400, body = Problem),
         (status = 403, body = Problem), (status = 404, body = Problem),
-        (status = 409, body = Problem, description = "the organization has no Stripe customer yet"),
+        (status = 409, body = Problem, description = "`no_stripe_customer`: the organization \
+            has no Stripe customer yet; `idempotency_key_reused`: the Idempotency-Key was sent \
+            before with another request"),
         (status = 502, body = Problem), (status = 503, body = Problem),
     ))]
 async fn portal(

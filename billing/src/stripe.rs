@@ -44,6 +44,10 @@ pub enum StripeError {
     NotConfigured,
     #[error("Stripe could not be reached: {0}")]
     Unreachable(String),
+    /// The key of an earlier call sent with other fields (Stripe's `idempotency_error`):
+    /// a client reused its `Idempotency-Key` for another purchase.
+    #[error("Stripe refused the idempotency key: {0}")]
+    KeyReused(String),
     #[error("Stripe refused ({status}): {message}")]
     Refused { status: u16, message: String },
 }
@@ -207,10 +211,17 @@ impl StripeApi {
             .await
             .map_err(|e| StripeError::Unreachable(e.to_string()))?;
         if !status.is_success() {
-            let message = serde_json::from_str::<serde_json::Value>(&body)
-                .ok()
-                .and_then(|v| v.pointer("/error/message")?.as_str().map(str::to_string))
-                .unwrap_or(body);
+            let error = serde_json::from_str::<serde_json::Value>(&body).ok();
+            let field = |name: &str| {
+                error
+                    .as_ref()
+                    .and_then(|v| v.pointer(&format!("/error/{name}"))?.as_str())
+                    .map(str::to_string)
+            };
+            let message = field("message").unwrap_or_else(|| body.clone());
+            if field("type").as_deref() == Some("idempotency_error") {
+                return Err(StripeError::KeyReused(message));
+            }
             return Err(StripeError::Refused {
                 status: status.as_u16(),
                 message,

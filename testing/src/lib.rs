@@ -917,20 +917,34 @@ pub async fn fake_stripe() -> (String, StripeLog) {
         State((log, path, answer)): State<(StripeLog, &'static str, Value)>,
         headers: HeaderMap,
         body: String,
-    ) -> Json<Value> {
+    ) -> axum::response::Response {
         let header = |name: &str| {
             headers
                 .get(name)
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_string)
         };
-        log.lock().expect("the log").push(StripeRequest {
+        let idempotency_key = header("idempotency-key");
+        let mut log = log.lock().expect("the log");
+        // As Stripe does: a key sent before with other fields is refused.
+        let reused = log.iter().any(|earlier| {
+            earlier.path == path
+                && idempotency_key.is_some()
+                && earlier.idempotency_key == idempotency_key
+                && earlier.body != body
+        });
+        log.push(StripeRequest {
             path: path.to_string(),
-            idempotency_key: header("idempotency-key"),
+            idempotency_key,
             authorization: header("authorization"),
             body,
         });
-        Json(answer)
+        if reused {
+            let error = serde_json::json!({"error": {"type": "idempotency_error",
+                "message": "Keys for idempotent requests can only be used with the same parameters they were first used with."}});
+            return (StatusCode::BAD_REQUEST, Json(error)).into_response();
+        }
+        Json(answer).into_response()
     }
     let log = StripeLog::default();
     let checkout = serde_json::json!({"id": "cs_test_a1", "object": "checkout.session",
