@@ -243,9 +243,11 @@ fn entry(method: &str, template: &str, f: &Fixtures) -> (String, Option<Value>) 
             on(&f.organization).replace("{principal}", &member),
             Some(json!({"role": "admin"})),
         ),
-        ("DELETE", "/api/v1/organizations/{id}/members/{principal}") => {
-            (on(&f.organization).replace("{principal}", &member), None)
-        }
+        // The owner, not the viewer: a viewer may remove itself (leave), not others.
+        ("DELETE", "/api/v1/organizations/{id}/members/{principal}") => (
+            on(&f.organization).replace("{principal}", &format!("user:{}", f.owner)),
+            None,
+        ),
 
         // Projects.
         ("POST", "/api/v1/projects") => (

@@ -234,6 +234,19 @@ async fn an_admin_cannot_take_the_organization_over_by_token_or_by_key() {
         )
         .await;
     }
+    // Nor archive the organization: final, and it would freeze the membership with the
+    // admin in it.
+    for credential in [&admin.token, &admin_key] {
+        refused(
+            &app,
+            credential,
+            Method::POST,
+            format!("/api/v1/organizations/{}/archive", org.id),
+            None,
+            "forbidden",
+        )
+        .await;
+    }
     // Nor mint an owner key to do it with.
     refused(
         &app,
@@ -287,6 +300,18 @@ async fn no_role_raises_or_changes_itself() {
         );
     }
 
+    // A key does not make its creator leave without the right to manage members.
+    let (viewer_key, _) = api_key(&app, &admin.token, &org, "viewer").await;
+    refused(
+        &app,
+        &viewer_key,
+        Method::DELETE,
+        member_path(&org, &admin.principal()),
+        None,
+        "forbidden",
+    )
+    .await;
+
     // Leaving stays allowed (here, for an owner that is not the last one).
     let (status, body) = send(
         &app,
@@ -306,6 +331,19 @@ async fn no_role_raises_or_changes_itself() {
     )
     .await;
     assert_eq!(status, StatusCode::OK, "an admin may leave: {body}");
+    // So may a member and an agent executor, who manage no members, with their own token.
+    for user in [&plain, &executor, &viewer] {
+        let (status, body) = send(
+            &app,
+            &user.token,
+            Method::DELETE,
+            &member_path(&org, &user.principal()),
+            None,
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "anyone may leave: {body}");
+        assert_eq!(role_seen_by(&app, &user.token, &org).await, None);
+    }
     // ... but for the last owner.
     let (status, body) = app
         .delete(&member_path(&org, &format!("user:{}", org.owner)))

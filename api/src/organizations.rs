@@ -120,8 +120,10 @@ async fn rename_organization(
 #[utoipa::path(post, path = "/api/v1/organizations/{id}/archive", tag = "organizations",
     params(("id" = Uuid, Path)),
     responses(
-        (status = 200, body = Versioned<Organization>), (status = 404, body = Problem),
-        (status = 409, body = Problem),
+        (status = 200, body = Versioned<Organization>),
+        (status = 403, body = Problem, description = "owners only (`org:delete`): archiving \
+            is final and freezes the membership"),
+        (status = 404, body = Problem), (status = 409, body = Problem),
     ))]
 async fn archive_organization(
     State(state): State<AppState>,
@@ -132,7 +134,7 @@ async fn archive_organization(
     let committed = state
         .execute::<Organization>(
             &caller,
-            Permission::OrgWrite,
+            Permission::OrgDelete,
             "ArchiveOrganization",
             id,
             command,
@@ -282,10 +284,11 @@ async fn change_member_role(
     Ok(Json(Versioned::committed(path.id, committed)))
 }
 
-/// Removes a member whose role is not above the caller's, or the caller itself (leaving);
-/// the last owner cannot leave (needs `org:members:write`). A removed user's API keys in
-/// the organization, and the credentials of the agents they registered, are revoked in the
-/// same transaction.
+/// Removes a member whose role is not above the caller's (needs `org:members:write`), or
+/// the caller itself: a user leaving with their own token needs no right but membership
+/// (an API key does not make its creator leave without `org:members:write`); the last
+/// owner cannot leave. A removed user's API keys in the organization, and the credentials
+/// of the agents they registered, are revoked in the same transaction.
 #[utoipa::path(delete, path = "/api/v1/organizations/{id}/members/{principal}", tag = "organizations",
     params(("id" = Uuid, Path), ("principal" = Principal, Path)),
     responses(
@@ -304,14 +307,13 @@ async fn remove_member(
         principal: path.principal,
         by: grantor(&caller, path.id)?,
     };
+    let leaving = caller.principal() == Some(path.principal);
+    let permission = match leaving {
+        true => Permission::OrgRead,
+        false => Permission::OrgMembersWrite,
+    };
     let committed = state
-        .execute::<Organization>(
-            &caller,
-            Permission::OrgMembersWrite,
-            "RemoveMember",
-            path.id,
-            command,
-        )
+        .execute::<Organization>(&caller, permission, "RemoveMember", path.id, command)
         .await?;
     forget_member(&state, path.principal);
     Ok(Json(Versioned::committed(path.id, committed)))

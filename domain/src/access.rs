@@ -92,6 +92,8 @@ impl<'de> Deserialize<'de> for Principal {
 pub enum Permission {
     OrgRead,
     OrgWrite,
+    /// Archive the organization: final, and it freezes its membership, so owners only.
+    OrgDelete,
     OrgMembersWrite,
     ProjectRead,
     ProjectWrite,
@@ -118,9 +120,10 @@ pub enum Permission {
 }
 
 impl Permission {
-    pub const ALL: [Permission; 20] = [
+    pub const ALL: [Permission; 21] = [
         Self::OrgRead,
         Self::OrgWrite,
+        Self::OrgDelete,
         Self::OrgMembersWrite,
         Self::ProjectRead,
         Self::ProjectWrite,
@@ -146,6 +149,7 @@ impl Permission {
         match self {
             Self::OrgRead => "org:read",
             Self::OrgWrite => "org:write",
+            Self::OrgDelete => "org:delete",
             Self::OrgMembersWrite => "org:members:write",
             Self::ProjectRead => "project:read",
             Self::ProjectWrite => "project:write",

@@ -377,10 +377,11 @@ impl Organization {
             }
             OrganizationCommand::RemoveMember { principal, by } => {
                 self.ensure_active()?;
-                let own = self.authority(by)?;
                 let role = self.role_of(principal)?;
-                // Leaving is always allowed (but for the last owner, below).
+                // Leaving needs no right to manage members (but the last owner stays,
+                // below): someone an admin added may always go.
                 if by.principal != Some(principal) {
+                    let own = self.authority(by)?;
                     Self::ensure_may_manage(own, principal, role)?;
                 }
                 self.ensure_another_owner(principal)?;
@@ -858,9 +859,16 @@ mod tests {
                 .await
                 .then_expect_error(OrganizationError::OwnRole);
         }
-        for (me, role) in [(admin(), Role::Admin), (owner(), Role::Owner)] {
+        let mut with_viewer = staffed();
+        with_viewer.push(added(someone(), Role::Viewer));
+        for (me, role) in [
+            (admin(), Role::Admin),
+            (owner(), Role::Owner),
+            (plain(), Role::Member),
+            (someone(), Role::Viewer),
+        ] {
             OrganizationTest::with(())
-                .given(staffed())
+                .given(with_viewer.clone())
                 .when_async(OrganizationCommand::RemoveMember {
                     principal: me,
                     by: Grantor::member(me, role),
