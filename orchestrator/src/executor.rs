@@ -18,7 +18,7 @@ use omoi_domain::common::clipped;
 use omoi_domain::task::MAX_PROGRESS_CHARS;
 use omoi_store::transcripts::MAX_LINE_CHARS;
 use serde_json::json;
-use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::process::Command;
 use tokio::sync::{mpsc, watch};
 
@@ -195,16 +195,19 @@ pub async fn execute(
     let status = match ended {
         Ok(status) => status,
         Err(outcome) => {
-            kill_group(group).await;
+            kill_group(group);
             let _ = child.kill().await;
+            // A process that left the group (`setsid`) may hold the output open: the
+            // readers, which hold the transcript and the progress, are waited for as
+            // briefly as after an exit, so the worker hears that the run ended.
+            tokio::join!(collect(stdout_lines), collect(stderr_lines));
             return outcome;
         }
     };
     // What the command left running in the background would hold its output open (and
     // the task with it): the attempt is over, so its whole group goes.
-    kill_group(group).await;
-    let output = collect(stdout_lines).await;
-    let errors = collect(stderr_lines).await;
+    kill_group(group);
+    let (output, errors) = tokio::join!(collect(stdout_lines), collect(stderr_lines));
     match status {
         Ok(status) if status.success() => Outcome::Completed { output },
         Ok(status) => Outcome::Exited {
@@ -277,17 +280,15 @@ fn redacted(line: &str, command: &str) -> String {
     })
 }
 
-/// Kills the command and everything it started (it leads its own process group).
-async fn kill_group(group: Option<u32>) {
-    if let Some(pid) = group {
-        // `kill -KILL -<pgid>` reaches the grandchildren a plain kill would orphan.
-        // A group already gone is the usual case (nothing was left behind): kill's
-        // "No such process" would fill the worker's log, one line per task.
-        let _ = Command::new("kill")
-            .args(["-KILL", "--", &format!("-{pid}")])
-            .stderr(std::process::Stdio::null())
-            .status()
-            .await;
+/// Kills the command and everything it started (it leads its own process group): the
+/// signal to the group reaches the grandchildren a plain kill would orphan. A group
+/// already gone is the usual case (nothing was left behind), and not an error.
+fn kill_group(group: Option<u32>) {
+    let group = group
+        .and_then(|pid| i32::try_from(pid).ok())
+        .and_then(rustix::process::Pid::from_raw);
+    if let Some(group) = group {
+        let _ = rustix::process::kill_process_group(group, rustix::process::Signal::KILL);
     }
 }
 
@@ -304,6 +305,65 @@ async fn collect(reader: tokio::task::JoinHandle<Vec<String>>) -> Vec<String> {
     }
 }
 
+/// The lines of a command's output, each read into at most `max` bytes (the rest of a
+/// longer line is read and dropped: a line without an end would otherwise fill the
+/// worker's memory) and decoded lossily (output is not always UTF-8, and one invalid
+/// byte ended the reading, then the command with `SIGPIPE`). Cancel-safe: the part of a
+/// line read so far is kept between calls.
+struct BoundedLines<R> {
+    reader: R,
+    max: usize,
+    line: Vec<u8>,
+    /// Bytes of the current line were read (it may be empty, or all past `max`).
+    started: bool,
+    /// Bytes of the current line were dropped past `max`.
+    cut: bool,
+}
+
+impl<R: AsyncBufRead + Unpin> BoundedLines<R> {
+    fn new(reader: R, max: usize) -> Self {
+        Self {
+            reader,
+            max,
+            line: Vec::new(),
+            started: false,
+            cut: false,
+        }
+    }
+
+    /// The next line without its end (`\n` or `\r\n`); `None` once the stream ended.
+    async fn next_line(&mut self) -> std::io::Result<Option<String>> {
+        loop {
+            let available = self.reader.fill_buf().await?;
+            if available.is_empty() {
+                return Ok(self.started.then(|| self.take(false)));
+            }
+            let end = available.iter().position(|b| *b == b'\n');
+            let part = &available[..end.unwrap_or(available.len())];
+            let room = self.max.saturating_sub(self.line.len());
+            self.line.extend_from_slice(&part[..part.len().min(room)]);
+            self.cut |= part.len() > room;
+            self.started = true;
+            let used = end.map_or(available.len(), |at| at + 1);
+            self.reader.consume(used);
+            if end.is_some() {
+                return Ok(Some(self.take(true)));
+            }
+        }
+    }
+
+    /// The line read so far; `ended` by a newline, whose `\r` before it goes too.
+    fn take(&mut self, ended: bool) -> String {
+        let mut line = std::mem::take(&mut self.line);
+        if ended && !self.cut && line.last() == Some(&b'\r') {
+            line.pop();
+        }
+        self.started = false;
+        self.cut = false;
+        String::from_utf8_lossy(&line).into_owned()
+    }
+}
+
 /// Reads lines until the stream ends; sends each to the transcript; keeps the last few;
 /// sends at most one progress line per interval (the newest seen).
 async fn forward_lines(
@@ -311,7 +371,7 @@ async fn forward_lines(
     transcript: mpsc::Sender<String>,
     progress: Option<(mpsc::Sender<String>, Duration)>,
 ) -> Vec<String> {
-    let mut lines = BufReader::new(stream).lines();
+    let mut lines = BoundedLines::new(BufReader::new(stream), MAX_LINE_CHARS * 4);
     let mut kept = Vec::new();
     let mut last_sent: Option<tokio::time::Instant> = None;
     let mut pending: Option<String> = None;
@@ -355,6 +415,132 @@ async fn forward_lines(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every line of `bytes` as `BoundedLines` reads them through a buffer of `capacity`.
+    fn read_all(bytes: &[u8], capacity: usize, max: usize) -> Vec<String> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("a runtime");
+        runtime.block_on(async {
+            let mut lines = BoundedLines::new(BufReader::with_capacity(capacity, bytes), max);
+            let mut read = Vec::new();
+            while let Some(line) = lines.next_line().await.expect("a line") {
+                read.push(line);
+            }
+            read
+        })
+    }
+
+    proptest::proptest! {
+        /// Any output, UTF-8 or not, in any chunks: each line comes once, in order, decoded
+        /// lossily from at most its first `max` bytes (without its `\r\n` or `\n`).
+        #[test]
+        fn output_is_read_line_by_line_bounded_and_lossily(
+            bytes in proptest::collection::vec(
+                proptest::prop_oneof![proptest::strategy::Just(b'\n'), proptest::strategy::Just(b'\r'), proptest::strategy::Just(0xff_u8), proptest::strategy::Just(b'a'), proptest::num::u8::ANY],
+                0..300,
+            ),
+            capacity in 1usize..16,
+            max in 1usize..40,
+        ) {
+            let mut expected: Vec<String> = Vec::new();
+            let parts: Vec<&[u8]> = bytes.split(|b| *b == b'\n').collect();
+            let ended = parts.len() - 1;
+            for (at, part) in parts.into_iter().enumerate() {
+                // What follows the last newline is a line only if there is something.
+                if at == ended && part.is_empty() {
+                    break;
+                }
+                let mut kept = part[..part.len().min(max)].to_vec();
+                if at < ended && part.len() <= max && kept.last() == Some(&b'\r') {
+                    kept.pop();
+                }
+                expected.push(String::from_utf8_lossy(&kept).into_owned());
+            }
+            proptest::prop_assert_eq!(read_all(&bytes, capacity, max), expected);
+        }
+    }
+
+    /// A line with no end keeps at most its bound in memory, however long it is.
+    #[test]
+    fn an_endless_line_is_cut_at_its_bound() {
+        let endless = vec![b'x'; 1 << 20];
+        let lines = read_all(&endless, 8192, 100);
+        assert_eq!(lines, vec!["x".repeat(100)]);
+    }
+
+    fn task() -> QueuedTask {
+        QueuedTask {
+            id: uuid::Uuid::now_v7(),
+            organization_id: uuid::Uuid::now_v7(),
+            project_id: uuid::Uuid::now_v7(),
+            ticket_id: uuid::Uuid::now_v7(),
+            title: "Stop me".into(),
+            description: String::new(),
+            task_type: "implement".into(),
+            priority: omoi_domain::common::Priority::Medium,
+            status: omoi_domain::task::TaskStatus::Running,
+            depends_on: Default::default(),
+            required_capabilities: Default::default(),
+            retry_count: 0,
+            max_retries: 3,
+            timeout_seconds: None,
+            not_before: None,
+            agent_id: None,
+            created_at: chrono::Utc::now(),
+            assigned_at: None,
+            started_at: None,
+            version: 1,
+            validates: None,
+            feedback: None,
+            last_progress_at: None,
+            stalled: false,
+        }
+    }
+
+    /// A stopped run's readers, which hold its transcript and progress, end within their
+    /// bound even when a process that left the group (`setsid`) holds the output open: the
+    /// worker hears that the run ended (before, it waited for that process).
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_stopped_run_ends_even_when_a_process_left_its_group() {
+        let directory = std::env::temp_dir().join(format!("omoi-stop-{}", uuid::Uuid::now_v7()));
+        let run = Run {
+            // "started" comes from the new session: the process has left the group.
+            command: "setsid sh -c 'echo started; exec sleep 8' & sleep 30".into(),
+            directory: directory.clone(),
+            progress_interval: Duration::from_millis(10),
+            attempt: 1,
+        };
+        let (progress, _progress) = mpsc::channel(16);
+        let (transcript, mut lines) = mpsc::channel(1024);
+        let (stop, cancel) = watch::channel(false);
+        let task = task();
+        let running = tokio::spawn(async move {
+            execute(
+                &task,
+                &run,
+                Sinks {
+                    progress,
+                    transcript,
+                },
+                cancel,
+            )
+            .await
+        });
+        assert_eq!(lines.recv().await.as_deref(), Some("started"));
+        stop.send(true).expect("the run listens");
+        let outcome = tokio::time::timeout(Duration::from_secs(5), running)
+            .await
+            .expect("the run ends")
+            .expect("joined");
+        assert_eq!(outcome, Outcome::Stopped);
+        let ended = tokio::time::timeout(Duration::from_secs(5), async {
+            while lines.recv().await.is_some() {}
+        })
+        .await;
+        assert!(ended.is_ok(), "the transcript is still held open");
+        let _ = std::fs::remove_dir_all(directory);
+    }
 
     const COMMAND: &str =
         "set -x; deploy --token=sk_live_51HxSecretToken https://ops:hunter2hunter2@db.internal/x";
