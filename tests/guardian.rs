@@ -306,6 +306,31 @@ async fn each_intervention_does_what_it_says() {
     );
     assert_eq!(second.claim(&app, 5).await, Some(task.clone()));
     second.must(&app, &task, "start", json!({})).await;
+    // The old holder's late steps change nothing of the new attempt.
+    for (action, body) in [
+        ("progress", json!({"message": "late"})),
+        ("complete", json!({"result": {"late": true}})),
+        ("fail", json!({"error": "late"})),
+    ] {
+        let (status, answer) = first
+            .post(&app, &format!("/api/v1/tasks/{task}/{action}"), body)
+            .await;
+        assert_eq!(
+            (status, answer["code"].as_str()),
+            (StatusCode::FORBIDDEN, Some("held_by_another_agent")),
+            "{action}: {answer}"
+        );
+    }
+    let state = app.task_state(&task).await;
+    assert_eq!(
+        (
+            &state["status"],
+            &state["assigned_agent_id"],
+            &state["progress"]
+        ),
+        (&json!("running"), &json!(second.id), &Value::Null),
+        "{state}"
+    );
 
     // Steer: the holder's next heartbeat carries the message, from the guardian.
     let (status, body) = as_(

@@ -184,28 +184,32 @@ fn path_uuid(raw: &str, field: &str) -> ApiResult<Uuid> {
 
 type TaskResponse = ApiResult<Json<Versioned<Task>>>;
 
-/// An agent's own credential acts only on the tasks assigned to its agent: 403 for
-/// another agent's task, 409 for a task nobody holds (it must be claimed first); other
-/// callers are checked by their role alone.
-pub(crate) async fn ensure_holder(state: &AppState, caller: &Caller, id: Uuid) -> ApiResult<()> {
-    if caller.agent_id().is_none() {
-        return Ok(());
+/// A step of an attempt as `caller` sends it: an agent's own credential acts only on a
+/// task assigned to its agent (`TaskCommand::AsHolder`, decided by the task on the state
+/// the step is appended against, so a reassignment cannot slip in between: 403
+/// `held_by_another_agent`, or 409 `task_not_assigned` for a task nobody holds — it must
+/// be claimed first); other callers by their role alone.
+pub(crate) fn as_sent_by(caller: &Caller, command: TaskCommand) -> TaskCommand {
+    match caller.agent_id() {
+        Some(agent_id) => TaskCommand::AsHolder {
+            agent_id,
+            command: Box::new(command),
+        },
+        None => command,
     }
-    let (task, _) = state
-        .read::<Task>(caller, Permission::TaskExecute, id)
-        .await?;
-    check_holder(caller, &task, id)
 }
 
-/// [`ensure_holder`] on task `id` already read.
+/// The rule of [`as_sent_by`] for what is not a command on the task (its transcript, a
+/// discovery's creation), on task `id` as read.
 pub(crate) fn check_holder(caller: &Caller, task: &Task, id: Uuid) -> ApiResult<()> {
     let Some(agent) = caller.agent_id() else {
         return Ok(());
     };
     match task.assigned_agent_id {
         Some(holder) if holder == agent => Ok(()),
-        Some(_) => Err(ApiError::Forbidden {
-            permission: "task:execute on a task assigned to another agent",
+        Some(_) => Err(ApiError::Denied {
+            code: "held_by_another_agent",
+            detail: format!("task {id} is assigned to another agent"),
         }),
         None => Err(ApiError::Conflict {
             code: "task_not_assigned",
@@ -393,6 +397,8 @@ async fn assign_task(
     params(("id" = Uuid, Path)),
     responses(
         (status = 200, body = Versioned<Task>), (status = 400, body = Problem),
+        (status = 403, body = Problem, description = "the role lacks `task:execute`, or an \
+            agent's credential on a task assigned to another agent (`held_by_another_agent`)"),
         (status = 404, body = Problem),
         (status = 409, body = Problem, description = "the task is not assigned"),
     ))]
@@ -401,8 +407,7 @@ async fn start_task(
     caller: Caller,
     IdPath(id): IdPath,
 ) -> TaskResponse {
-    let command = TaskCommand::StartTask { at: Utc::now() };
-    ensure_holder(&state, &caller, id).await?;
+    let command = as_sent_by(&caller, TaskCommand::StartTask { at: Utc::now() });
     state
         .execute_versioned::<Task>(&caller, Permission::TaskExecute, "StartTask", id, command)
         .await
@@ -413,6 +418,8 @@ async fn start_task(
     params(("id" = Uuid, Path)), request_body = ReportProgress,
     responses(
         (status = 200, body = Versioned<Task>), (status = 400, body = Problem),
+        (status = 403, body = Problem, description = "the role lacks `task:execute`, or an \
+            agent's credential on a task assigned to another agent (`held_by_another_agent`)"),
         (status = 404, body = Problem),
         (status = 409, body = Problem, description = "the task is not running"),
         (status = 422, body = Problem),
@@ -423,10 +430,12 @@ async fn report_progress(
     IdPath(id): IdPath,
     Body(body): Body<ReportProgress>,
 ) -> TaskResponse {
-    let command = TaskCommand::ReportProgress {
-        message: body.message,
-    };
-    ensure_holder(&state, &caller, id).await?;
+    let command = as_sent_by(
+        &caller,
+        TaskCommand::ReportProgress {
+            message: body.message,
+        },
+    );
     state
         .execute_versioned::<Task>(
             &caller,
@@ -445,6 +454,8 @@ async fn report_progress(
     params(("id" = Uuid, Path)), request_body = CompleteTask,
     responses(
         (status = 200, body = Versioned<Task>), (status = 400, body = Problem),
+        (status = 403, body = Problem, description = "the role lacks `task:execute`, or an \
+            agent's credential on a task assigned to another agent (`held_by_another_agent`)"),
         (status = 404, body = Problem),
         (status = 409, body = Problem,
             description = "the task is not running, waits for its discoveries, or is a \
@@ -456,11 +467,13 @@ async fn complete_task(
     IdPath(id): IdPath,
     Body(body): Body<CompleteTask>,
 ) -> TaskResponse {
-    let command = TaskCommand::CompleteTask {
-        result: body.result,
-        at: Utc::now(),
-    };
-    ensure_holder(&state, &caller, id).await?;
+    let command = as_sent_by(
+        &caller,
+        TaskCommand::CompleteTask {
+            result: body.result,
+            at: Utc::now(),
+        },
+    );
     state
         .execute_versioned::<Task>(
             &caller,
@@ -480,6 +493,8 @@ async fn complete_task(
     params(("id" = Uuid, Path)), request_body = GiveVerdict,
     responses(
         (status = 200, body = Versioned<Task>), (status = 400, body = Problem),
+        (status = 403, body = Problem, description = "the role lacks `task:execute`, or an \
+            agent's credential on a task assigned to another agent (`held_by_another_agent`)"),
         (status = 404, body = Problem),
         (status = 409, body = Problem,
             description = "the task is not running or is not a validation task \
@@ -492,14 +507,16 @@ async fn give_verdict(
     IdPath(id): IdPath,
     Body(body): Body<GiveVerdict>,
 ) -> TaskResponse {
-    let command = TaskCommand::GiveVerdict {
-        verdict: Verdict {
-            passed: body.passed,
-            feedback: body.feedback,
+    let command = as_sent_by(
+        &caller,
+        TaskCommand::GiveVerdict {
+            verdict: Verdict {
+                passed: body.passed,
+                feedback: body.feedback,
+            },
+            at: Utc::now(),
         },
-        at: Utc::now(),
-    };
-    ensure_holder(&state, &caller, id).await?;
+    );
     state
         .execute_versioned::<Task>(&caller, Permission::TaskExecute, "GiveVerdict", id, command)
         .await
@@ -512,6 +529,8 @@ async fn give_verdict(
     params(("id" = Uuid, Path)), request_body = FailTask,
     responses(
         (status = 200, body = Versioned<Task>), (status = 400, body = Problem),
+        (status = 403, body = Problem, description = "the role lacks `task:execute`, or an \
+            agent's credential on a task assigned to another agent (`held_by_another_agent`)"),
         (status = 404, body = Problem),
         (status = 409, body = Problem, description = "the task is neither assigned nor running"),
         (status = 422, body = Problem),
@@ -522,12 +541,14 @@ async fn fail_task(
     IdPath(id): IdPath,
     Body(body): Body<FailTask>,
 ) -> TaskResponse {
-    let command = TaskCommand::FailTask {
-        error: body.error,
-        at: Utc::now(),
-        jitter: rand::random::<f64>(),
-    };
-    ensure_holder(&state, &caller, id).await?;
+    let command = as_sent_by(
+        &caller,
+        TaskCommand::FailTask {
+            error: body.error,
+            at: Utc::now(),
+            jitter: rand::random::<f64>(),
+        },
+    );
     state
         .execute_versioned::<Task>(&caller, Permission::TaskExecute, "FailTask", id, command)
         .await

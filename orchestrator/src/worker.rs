@@ -743,20 +743,28 @@ impl Runtime {
                     at: now,
                     jitter: jitter(),
                 };
+                // The silent agent's attempt only: not one the task went on to since.
+                let command = as_holder(agent_id, command);
                 self.task_command(task_id, command, &stale_context).await;
             }
         }
-        let overdue: Vec<Uuid> = self
+        let overdue: Vec<(Uuid, Option<Uuid>)> = self
             .queue
             .overdue(now)
             .into_iter()
             .filter(|t| !self.running.contains_key(&t.id))
-            .map(|t| t.id)
+            .map(|t| (t.id, t.agent_id))
             .collect();
-        for task_id in overdue {
+        for (task_id, agent_id) in overdue {
             let command = TaskCommand::TimeOutTask {
                 at: now,
                 jitter: jitter(),
+            };
+            // The overdue attempt's agent: a task that went on to another meanwhile is not
+            // timed out for it.
+            let command = match agent_id {
+                Some(agent_id) => as_holder(agent_id, command),
+                None => command,
             };
             let context = context(Actor::System("worker"), "timeout");
             self.task_command(task_id, command, &context).await;
@@ -1384,6 +1392,14 @@ impl Runtime {
     }
 }
 
+/// `command`, a step of the attempt `agent_id` runs, decided only while it holds the task.
+fn as_holder(agent_id: Uuid, command: TaskCommand) -> TaskCommand {
+    TaskCommand::AsHolder {
+        agent_id,
+        command: Box::new(command),
+    }
+}
+
 /// Writes the lines of an attempt to its transcript as they come: whatever has piled up
 /// since the last write (up to a write's worth) goes in one statement. Ends when the run
 /// has closed its side, after the last line is written.
@@ -1426,7 +1442,7 @@ async fn run_task(
         let (transcript, written) = mpsc::channel::<String>(transcripts::MAX_WRITE_LINES);
         let reporter = async {
             while let Some(message) = lines.recv().await {
-                let command = TaskCommand::ReportProgress { message };
+                let command = as_holder(agent_id, TaskCommand::ReportProgress { message });
                 if let Err(error) = bus.execute::<Task>(&id, command, &context).await {
                     tracing::debug!(task_id = %task.id, %error, "worker: progress not recorded");
                 }
@@ -1494,6 +1510,9 @@ async fn run_task(
         },
         Outcome::Stopped => return kept,
     };
+    // This run's attempt only: a task reassigned while it ran (to another agent) keeps
+    // the next attempt's outcome to that attempt.
+    let command = as_holder(agent_id, command);
     if let Err(error) = bus.execute::<Task>(&id, command, &context).await {
         tracing::info!(task_id = %task.id, %error, "worker: outcome not recorded");
     }

@@ -267,6 +267,11 @@ impl Task {
                 }])
             }
             TaskCommand::AssignTask { agent_id, at } => self.assign(agent_id, at),
+            TaskCommand::AsHolder { agent_id, command } => match self.assigned_agent_id {
+                Some(holder) if holder == agent_id => self.decide(*command),
+                Some(_) => Err(TaskError::HeldByAnotherAgent),
+                None => Err(TaskError::NotAssigned),
+            },
             TaskCommand::StartTask { at } => {
                 self.ensure_in(&[TaskStatus::Assigned], "start")?;
                 Ok(vec![TaskEvent::TaskStarted { at }])

@@ -76,6 +76,15 @@ pub enum TaskCommand {
     ResolveDiscovery {
         discovered_task_id: Uuid,
     },
+    /// A step of an attempt sent by, or for, the agent that runs it (start, progress,
+    /// completion, failure, verdict, timeout): decided only while the task is assigned to
+    /// that agent. An agent that lost the task (reassigned, timed out, taken back by the
+    /// Guardian) changes nothing of the attempt that followed — decided on the state the
+    /// command is appended against, so no reassignment can slip in between.
+    AsHolder {
+        agent_id: Uuid,
+        command: Box<TaskCommand>,
+    },
     /// Gives a pending task (or a retry whose backoff has elapsed) to an agent.
     AssignTask {
         agent_id: Uuid,

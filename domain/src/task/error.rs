@@ -66,6 +66,8 @@ pub enum TaskError {
     ImplementerCannotValidate,
     #[error("the task has no agent")]
     NotAssigned,
+    #[error("the task is assigned to another agent")]
+    HeldByAnotherAgent,
     #[error("a task is not a duplicate of itself")]
     DuplicateOfItself,
     #[error("the task's priority is already {0:?}")]
@@ -133,6 +135,7 @@ impl DomainError for TaskError {
             | TooManyRevisions { .. }
             | ValidationOfValidation
             | FeedbackRequired => ErrorKind::Invalid,
+            HeldByAnotherAgent => ErrorKind::Forbidden,
             // The graph as it stands refuses the edge: a task waiting for itself is the
             // shortest cycle, and the limit counts the dependencies it already has.
             SelfDependency
@@ -209,6 +212,7 @@ impl DomainError for TaskError {
             ImplementerCannotValidate => "implementer_cannot_validate",
             StaleVerdict { .. } => "stale_verdict",
             NotAssigned => "task_not_assigned",
+            HeldByAnotherAgent => "held_by_another_agent",
             DuplicateOfItself => "duplicate_of_itself",
             PriorityUnchanged(_) => "priority_unchanged",
             AlreadyStalled => "already_stalled",

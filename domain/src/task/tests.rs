@@ -1565,3 +1565,68 @@ fn an_assessment_is_recorded_on_a_running_task_and_its_steering_follows() {
         Err(TaskError::IllegalTransition { .. })
     ));
 }
+
+/// A step sent as the holder is decided as the step itself while the agent holds the
+/// task, and refused once another holds it or nobody does — whatever the step.
+#[test]
+fn a_step_sent_as_the_holder_counts_only_while_that_agent_holds_the_task() {
+    let other = Uuid::from_u128(0xB7);
+    let steps = [
+        TaskCommand::ReportProgress {
+            message: "halfway".into(),
+        },
+        TaskCommand::CompleteTask {
+            result: json!({"ok": true}),
+            at: t(30),
+        },
+        TaskCommand::FailTask {
+            error: "boom".into(),
+            at: t(30),
+            jitter: 0.5,
+        },
+        TaskCommand::TimeOutTask {
+            at: t(700),
+            jitter: 0.5,
+        },
+    ];
+    let running = fold::<Task>(&running_from(created()));
+    // Taken back from the agent and given to another.
+    let reassigned = fold::<Task>(&with(
+        running_from(created()),
+        [
+            TaskEvent::TaskUnassigned {
+                agent_id: agent_id(),
+                at: t(25),
+            },
+            TaskEvent::TaskAssigned {
+                agent_id: other,
+                at: t(26),
+            },
+        ],
+    ));
+    let unassigned = fold::<Task>(&with(
+        running_from(created()),
+        [TaskEvent::TaskUnassigned {
+            agent_id: agent_id(),
+            at: t(25),
+        }],
+    ));
+    for step in steps {
+        let as_holder = |agent_id| TaskCommand::AsHolder {
+            agent_id,
+            command: Box::new(step.clone()),
+        };
+        let (_, direct) = handle(&running, step.clone(), &());
+        let (_, held) = handle(&running, as_holder(agent_id()), &());
+        assert_eq!(held, direct, "{step:?}");
+        assert!(held.is_ok(), "{step:?}: {held:?}");
+        let (_, lost) = handle(&reassigned, as_holder(agent_id()), &());
+        assert_eq!(lost, Err(TaskError::HeldByAnotherAgent), "{step:?}");
+        assert_eq!(TaskError::HeldByAnotherAgent.kind(), ErrorKind::Forbidden);
+        let (_, nobody) = handle(&unassigned, as_holder(agent_id()), &());
+        assert_eq!(nobody, Err(TaskError::NotAssigned), "{step:?}");
+        // The new holder's step is its own.
+        let (_, new_holder) = handle(&reassigned, as_holder(other), &());
+        assert_ne!(new_holder, Err(TaskError::HeldByAnotherAgent), "{step:?}");
+    }
+}
