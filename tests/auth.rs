@@ -254,6 +254,21 @@ async fn an_api_key_acts_within_its_organization_project_and_role_until_revoked(
         .await;
     let elsewhere = elsewhere["id"].as_str().expect("id");
 
+    // A project of another organization answers as one that does not exist.
+    let (_, stranger) = app
+        .post("/api/v1/organizations", json!({"name": "Elsewhere"}))
+        .await;
+    let stranger = stranger["id"].as_str().expect("id").to_string();
+    let mut answers = Vec::new();
+    for project in [project_id.to_string(), uuid::Uuid::now_v7().to_string()] {
+        let (s, b) = app
+            .post("/api/v1/auth/api-keys", json!({"name": "ci", "organization_id": stranger, "project_id": project, "role": "member"}))
+            .await;
+        answers.push((s, b["code"].clone(), b["detail"].clone()));
+    }
+    assert_eq!(answers[0], answers[1], "{answers:?}");
+    assert_eq!(answers[0].0, StatusCode::NOT_FOUND, "{answers:?}");
+
     let (s, created) = app
         .post("/api/v1/auth/api-keys", json!({"name": "ci", "organization_id": org_id, "project_id": project_id, "role": "member"}))
         .await;

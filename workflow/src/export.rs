@@ -431,17 +431,13 @@ fn cell(text: &str) -> String {
 // ---------------------------------------------------------------------------------------
 
 /// The document as YAML: a front-matter document (id, title, phase, version) and then the
-/// whole document. Every string is written in its JSON spelling, which YAML reads as the
+/// whole document. Every string is double-quoted ([`quoted`]), which YAML reads as the
 /// same string whatever it holds.
 pub fn yaml(document: &SpecDocument) -> String {
     let mut out = String::from("---\n");
-    let _ = writeln!(out, "id: {}", Value::String(document.id.to_string()));
-    let _ = writeln!(out, "title: {}", Value::String(document.title.clone()));
-    let _ = writeln!(
-        out,
-        "phase: {}",
-        Value::String(document.phase.as_str().into())
-    );
+    let _ = writeln!(out, "id: {}", quoted(&document.id.to_string()));
+    let _ = writeln!(out, "title: {}", quoted(&document.title));
+    let _ = writeln!(out, "phase: {}", quoted(document.phase.as_str()));
     let _ = writeln!(out, "version: {}", document.version);
     out.push_str("---\n");
     let value = serde_json::to_value(document).unwrap_or(Value::Null);
@@ -454,7 +450,7 @@ fn write_yaml(out: &mut String, value: &Value, indent: usize) {
     match value {
         Value::Object(map) if !map.is_empty() => {
             for (key, item) in map {
-                let key = Value::String(key.clone());
+                let key = quoted(key);
                 if is_block(item) {
                     let _ = writeln!(out, "{pad}{key}:");
                     write_yaml(out, item, indent + 2);
@@ -488,9 +484,47 @@ fn is_block(value: &Value) -> bool {
     }
 }
 
-/// A scalar (or an empty map or list) in flow form: JSON's spelling is valid YAML.
+/// A scalar (or an empty map or list) in flow form: JSON's spelling is valid YAML, but
+/// for strings ([`quoted`]).
 fn scalar(value: &Value) -> String {
-    value.to_string()
+    match value {
+        Value::String(text) => quoted(text),
+        other => other.to_string(),
+    }
+}
+
+/// `text` as a double-quoted scalar that YAML 1.2 and JSON both read back as `text`:
+/// `"` and `\` escaped, and every character a YAML parser refuses or folds escaped as
+/// `\uXXXX` — the C0 controls, DEL and the C1 controls (NEL is a line break to YAML 1.1),
+/// the line and paragraph separators, the byte-order mark, and U+FFFE and U+FFFF. JSON's
+/// own spelling leaves all but the C0 controls raw: valid YAML 1.2, which libyaml, PyYAML
+/// and SnakeYAML refuse (DEL, C1) or turn into other text (NEL, U+2028 — and `x\u{2028}---`
+/// read as a new document).
+fn quoted(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() + 2);
+    out.push('"');
+    for c in text.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\t' => out.push_str("\\t"),
+            c if yaml_escapes(c) => {
+                let _ = write!(out, "\\u{:04X}", u32::from(c));
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// The characters [`quoted`] escapes by number.
+fn yaml_escapes(c: char) -> bool {
+    matches!(
+        u32::from(c),
+        0..=0x1F | 0x7F..=0x9F | 0x2028 | 0x2029 | 0xFEFF | 0xFFFE | 0xFFFF
+    )
 }
 
 #[cfg(test)]
@@ -530,6 +564,23 @@ mod tests {
             out,
             "\"empty\": {}\n\"list\":\n  - 1\n  -\n    \"k\": null\n  - []\n\"title\": \"a: b # c\\n- d\"\n"
         );
+    }
+
+    proptest::proptest! {
+        /// Whatever a string holds, its quoted form reads back as the string (JSON's
+        /// reading, which for these escapes is YAML's) and holds none of the characters a
+        /// YAML parser may refuse or fold, nor an unescaped quote or line break.
+        #[test]
+        fn a_quoted_string_reads_back_and_holds_nothing_a_parser_may_refuse(
+            text in "(\\PC|[\u{0}-\u{1f}\u{7f}-\u{9f}\u{2028}\u{2029}\u{feff}\u{fffe}\u{ffff}\"\\\\])*"
+        ) {
+            let written = quoted(&text);
+            let read: String = serde_json::from_str(&written).expect("JSON reads it");
+            proptest::prop_assert_eq!(&read, &text);
+            let inner = &written[1..written.len() - 1];
+            proptest::prop_assert!(!inner.chars().any(yaml_escapes), "{written:?}");
+            proptest::prop_assert!(!inner.replace("\\\\", "").replace("\\\"", "").contains('"'));
+        }
     }
 
     #[test]

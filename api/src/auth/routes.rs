@@ -557,13 +557,19 @@ async fn create_api_key(
         }
     }
     if let Some(project_id) = body.project_id {
-        let (project, _) = state.load::<Project>(project_id).await?;
+        // Another organization's project answers as one that does not exist: whether it
+        // does is not the caller's to learn.
+        let not_found = || ApiError::NotFound { what: "project" };
+        let (project, _) =
+            state
+                .load::<Project>(project_id)
+                .await
+                .map_err(|error| match error {
+                    ApiError::NotFound { .. } => not_found(),
+                    other => other,
+                })?;
         if project.organization_id != Some(body.organization_id) {
-            return Err(ApiError::invalid(
-                "project_in_other_organization",
-                "project_id",
-                "the project belongs to another organization",
-            ));
+            return Err(not_found());
         }
     }
     let name = body.name.trim().to_string();
