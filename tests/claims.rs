@@ -287,3 +287,56 @@ async fn a_claim_whose_lease_cannot_be_written_assigns_nothing() {
             .expect("the lease");
     assert!(leased, "the agent holding work has a lease");
 }
+
+/// A claim checks its agent again as it takes a task: one that waited while its agent was
+/// quarantined takes nothing (409 `agent_unavailable`), and the task stays for others.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_claim_that_waited_while_its_agent_was_quarantined_takes_nothing() {
+    let app = std::sync::Arc::new(omoi_testing::spawn_app().await);
+    let (organization, project) = app.organization_and_project().await;
+    let agent = std::sync::Arc::new(app.register_agent(&organization).await);
+    let ticket = app.ticket(&project, "Work").await;
+    // Its first heartbeat makes it idle (a spawning agent is not quarantined).
+    let (status, body) = agent
+        .post(
+            &app,
+            &format!("/api/v1/agents/{}/heartbeat", agent.id),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let waiting = tokio::spawn({
+        let (app, agent) = (app.clone(), agent.clone());
+        async move {
+            agent
+                .post(
+                    &app,
+                    &format!("/api/v1/agents/{}/claim", agent.id),
+                    json!({"wait_seconds": WAIT_SECONDS}),
+                )
+                .await
+        }
+    });
+    // The claim is waiting (nothing is ready) when the agent is quarantined.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (status, body) = app
+        .post(
+            "/api/v1/guardian/interventions",
+            json!({"kind": "quarantine", "agent_id": agent.id, "reason": "looping"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let task = app.task(&ticket, "ready now", json!({})).await;
+    let (status, body) = waiting.await.expect("the claim answers");
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (StatusCode::CONFLICT, Some("agent_unavailable")),
+        "{body}"
+    );
+    let state = app.task_state(&task).await;
+    assert_eq!(
+        (&state["status"], &state["assigned_agent_id"]),
+        (&json!("pending"), &serde_json::Value::Null),
+        "{state}"
+    );
+}

@@ -294,15 +294,7 @@ async fn claim(
     let (agent, _) = state
         .read::<Agent>(&caller, Permission::TaskExecute, id)
         .await?;
-    if !agent.status.takes_work() {
-        return Err(ApiError::Conflict {
-            code: "agent_unavailable",
-            detail: format!(
-                "agent {id} is {}; it may not take work",
-                agent.status.as_str()
-            ),
-        });
-    }
+    ensure_takes_work(id, &agent)?;
     let organization_id = agent
         .organization_id
         .ok_or_else(|| ApiError::Internal("agent without organization".into()))?;
@@ -319,6 +311,10 @@ async fn claim(
     let assign = |task_id: Uuid| {
         let (state, caller) = (&state, &caller);
         async move {
+            // Again as the task is taken: the claim may have waited up to a minute, and
+            // an agent quarantined or terminated meanwhile takes no work.
+            let (agent, _) = state.load::<Agent>(id).await?;
+            ensure_takes_work(id, &agent)?;
             // Holding work starts the agent's lease (one that dies before its first
             // heartbeat still has its task put back): renewed before the task is taken,
             // so that a lease that cannot be written fails the claim with nothing
@@ -658,6 +654,21 @@ async fn update_capabilities(
             command,
         )
         .await
+}
+
+/// Refuses work to an agent whose status does not take it (quarantined, failed,
+/// terminated, …): 409 `agent_unavailable`.
+fn ensure_takes_work(id: Uuid, agent: &Agent) -> ApiResult<()> {
+    if agent.status.takes_work() {
+        return Ok(());
+    }
+    Err(ApiError::Conflict {
+        code: "agent_unavailable",
+        detail: format!(
+            "agent {id} is {}; it may not take work",
+            agent.status.as_str()
+        ),
+    })
 }
 
 #[utoipa::path(get, path = "/api/v1/agents/{id}/history", tag = "agents",
