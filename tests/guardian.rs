@@ -341,8 +341,17 @@ async fn each_intervention_does_what_it_says() {
     )
     .await;
     assert_eq!(status, StatusCode::OK, "{body}");
-    // Delivered at the first heartbeat after the read models have seen it.
+    // Delivered at the first heartbeat after the read models have seen it — the agent's
+    // own: a member beating for it gets none, and takes none away.
     app.caught_up().await;
+    let (status, beat) = app
+        .post(
+            &format!("/api/v1/agents/{}/heartbeat", second.id),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{beat}");
+    assert_eq!(beat["steering"], json!([]), "{beat}");
     let (_, beat) = second
         .post(
             &app,

@@ -439,8 +439,9 @@ async fn change_agent_status(
     Ok(answer)
 }
 
-/// The answer to a heartbeat: the agent's status as recorded, and the steering messages
-/// for the tasks it runs that it had not been given yet (now recorded as delivered).
+/// The answer to a heartbeat: the agent's status as recorded, and (to the agent's own
+/// credential) the steering messages for the tasks it runs that it had not been given
+/// yet (now recorded as delivered).
 #[derive(Debug, serde::Serialize, ToSchema)]
 pub struct Heartbeat {
     pub agent_id: Uuid,
@@ -460,8 +461,9 @@ pub struct SteeringMessage {
 /// next one, make it `idle` (an event). An agent silent for two heartbeat intervals
 /// (`monitoring.heartbeat_interval_ms`) is degraded; one silent longer than the stale
 /// threshold (`worker.stale_after_ms`) is failed and its tasks go back to the queue. A
-/// terminated agent's heartbeat is refused. The answer carries the steering messages
-/// waiting for the agent's running tasks, once each.
+/// terminated agent's heartbeat is refused. The answer to the agent's own credential
+/// carries the steering messages waiting for its running tasks, once each; another
+/// caller's, none.
 #[utoipa::path(post, path = "/api/v1/agents/{id}/heartbeat", tag = "agents",
     params(("id" = Uuid, Path)),
     responses(
@@ -491,15 +493,19 @@ async fn heartbeat(
         .await
         .map_err(ApiError::from)?;
     let status = revive(&state, &caller, id, agent.status).await?;
-    // Steering rides on the heartbeat, which must not fail for it: messages that cannot
-    // be handed over now (the agents read model not built yet, say) stay pending for the
-    // next heartbeat.
-    let steering = match deliver_steering(&state, &caller, id).await {
-        Ok(steering) => steering,
-        Err(error) => {
-            tracing::warn!(agent_id = %id, ?error, "heartbeat: steering not delivered this time");
-            Vec::new()
-        }
+    // Steering rides on the agent's own heartbeat — another caller beating for it (a
+    // member may) neither gets nor takes away its messages, as on the WebSocket — and
+    // must not fail for it: messages that cannot be handed over now (the agents read
+    // model not built yet, say) stay pending for the next heartbeat.
+    let steering = match caller.agent_id() == Some(id) {
+        false => Vec::new(),
+        true => match deliver_steering(&state, &caller, id).await {
+            Ok(steering) => steering,
+            Err(error) => {
+                tracing::warn!(agent_id = %id, ?error, "heartbeat: steering not delivered this time");
+                Vec::new()
+            }
+        },
     };
     Ok(Json(Heartbeat {
         agent_id: id,
