@@ -1680,6 +1680,44 @@ async fn an_agents_subscriber_sees_the_projects_and_the_organizations_agents_cha
     assert_eq!(folded[&wide]["current_task_id"], json!(held));
     assert_eq!(folded[&own]["status"], "idle");
     assert!(!folded.contains_key(&elsewhere), "another project's agent");
+
+    // A key limited to the project sees its own agents only, as over HTTP: not the
+    // organization-wide one, nor the task of whichever project it runs.
+    let (status, key) = app
+        .post(
+            "/api/v1/auth/api-keys",
+            json!({"name": "ci", "organization_id": organization, "project_id": project,
+                   "role": "viewer"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{key}");
+    let mut limited = connect(&app, "/api/v1/ws", key["key"].as_str().expect("a key")).await;
+    send(&mut limited, stream_subscription("k", "agents", &project)).await;
+    let snapshot = next_of(&mut limited, "snapshot", "k").await;
+    assert_eq!(snapshot["stream"], "agents");
+    let seen: Vec<String> = agents_of(&snapshot["data"]["agents"]).into_keys().collect();
+    assert_eq!(seen, vec![own.clone()], "{snapshot}");
+    let (status, body) = app
+        .post(
+            &format!("/api/v1/agents/{wide}/status"),
+            json!({"to": "idle"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, body) = app
+        .post(
+            &format!("/api/v1/agents/{own}/status"),
+            json!({"to": "degraded"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let delta = next_of(&mut limited, "delta", "k").await;
+    let changed: Vec<String> = agents_of(&delta["change"]["agents"]).into_keys().collect();
+    assert_eq!(
+        changed,
+        vec![own.clone()],
+        "the wide agent's change is not sent: {delta}"
+    );
 }
 
 /// Reads `logs` messages of `id` until line `last`; the lines' numbers and texts.

@@ -53,6 +53,12 @@ pub fn view_of(stream: &str, project_id: Uuid) -> Option<Box<dyn LiveView>> {
         }),
         "agents" => Box::new(AgentsLive {
             project_id,
+            own_only: false,
+            model: AgentsModel::default(),
+        }),
+        OWN_AGENTS => Box::new(AgentsLive {
+            project_id,
+            own_only: true,
             model: AgentsModel::default(),
         }),
         _ => return None,
@@ -201,11 +207,17 @@ struct TimelineSnapshot<'a> {
     entries: Vec<&'a TimelineEntry>,
 }
 
+/// The follower of the `agents` stream for a project-limited API key: the project's own
+/// agents only, as `GET /api/v1/agents` lists them for it. The organization-wide ones
+/// work across projects, and their rows (the task each runs) are of other projects.
+pub const OWN_AGENTS: &str = "agents (the project's own)";
+
 /// The agents that may work on one project — its own and its organization's
-/// organization-wide ones (`GET /api/v1/agents`): a delta carries each agent whose row
-/// changed.
+/// organization-wide ones; only its own with `own_only` ([`OWN_AGENTS`]): a delta carries
+/// each agent whose row changed.
 pub struct AgentsLive {
     project_id: Uuid,
+    own_only: bool,
     model: AgentsModel,
 }
 
@@ -217,7 +229,10 @@ struct AgentsSnapshot<'a> {
 
 impl AgentsLive {
     fn serves_project(&self, agent: &AgentView) -> bool {
-        agent.project_id.is_none_or(|p| p == self.project_id)
+        match agent.project_id {
+            Some(project) => project == self.project_id,
+            None => !self.own_only,
+        }
     }
 }
 

@@ -20,7 +20,7 @@ use tokio::sync::broadcast::{self, error::RecvError};
 
 use super::hub::Tap;
 use super::link::{Alive, Link, Offer, Session};
-use super::models::view_of;
+use super::models::{view_of, OWN_AGENTS};
 use super::protocol::{
     delta_frame, snapshot_frame, Empty, Envelope, Filters, ServerMessage, Subscribe, Unsubscribe,
     WsError,
@@ -402,7 +402,12 @@ impl Plan {
     async fn join(&self, link: &Link) -> Option<(ViewStart, broadcast::Receiver<Arc<Delta>>)> {
         let hub = &link.state.live;
         let project_id = self.selection.project_id;
-        let stream = self.stream;
+        // A project-limited key sees no organization-wide agent (nor the other projects'
+        // tasks they run): its own follower, as `GET /api/v1/agents` filters for it.
+        let stream = match (self.stream, link.caller().project_limit()) {
+            ("agents", Some(_)) => OWN_AGENTS,
+            (stream, _) => stream,
+        };
         let view = || view_of(stream, project_id);
         let project = ProjectRef {
             organization_id: self.scope.organization_id,
