@@ -206,6 +206,8 @@ async fn only_the_agent_running_the_task_reports_and_bad_reports_write_nothing()
 
     let (status, body) = other.discover(&app, &task, report.clone()).await;
     assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert_eq!(body["code"], "held_by_another_agent", "{body}");
+    assert_eq!(app.event_count().await, before, "nothing created");
 
     let waiting = app.task(&ticket, "Not started", json!({})).await;
     let before_waiting = app.event_count().await;

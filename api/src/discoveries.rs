@@ -19,7 +19,7 @@ use crate::error::{ApiError, ApiResult, Problem};
 use crate::extract::{Body, IdPath};
 use crate::responses::Versioned;
 use crate::state::AppState;
-use crate::tasks::check_holder;
+use crate::tasks::as_sent_by;
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(report_discovery))
@@ -57,7 +57,10 @@ pub struct ReportDiscovery {
     responses(
         (status = 201, body = Versioned<Task>, description = "the discovered task"),
         (status = 400, body = Problem), (status = 404, body = Problem),
-        (status = 409, body = Problem, description = "the task is not running"),
+        (status = 403, body = Problem, description = "the role lacks `task:execute`, or an \
+            agent's credential on a task assigned to another agent (`held_by_another_agent`)"),
+        (status = 409, body = Problem, description = "the task is not running, or reported \
+            100 discoveries already (`too_many_discoveries`)"),
         (status = 422, body = Problem),
     ))]
 async fn report_discovery(
@@ -69,7 +72,6 @@ async fn report_discovery(
     let (parent, _) = state
         .read::<Task>(&caller, Permission::TaskExecute, parent_id)
         .await?;
-    check_holder(&caller, &parent, parent_id)?;
     let (Some(organization_id), Some(project_id), Some(ticket_id)) =
         (parent.organization_id, parent.project_id, parent.ticket_id)
     else {
@@ -106,11 +108,15 @@ async fn report_discovery(
         at: Utc::now(),
         plan_key: None,
     };
-    let report = TaskCommand::ReportDiscovery {
-        discovered_task_id: id,
-        kind: body.kind,
-        blocks_parent: body.blocks_parent,
-    };
+    // Decided as the holder's: an agent that lost the task reports nothing.
+    let report = as_sent_by(
+        &caller,
+        TaskCommand::ReportDiscovery {
+            discovered_task_id: id,
+            kind: body.kind,
+            blocks_parent: body.blocks_parent,
+        },
+    );
     // The new task is the parent's kind of work in the parent's scope, read above with
     // `task:execute`; the parent is checked again as it stands when the pair is decided.
     let check = |scope| caller.check(scope, Permission::TaskExecute);

@@ -28,6 +28,9 @@ pub const MAX_CAPABILITY_CHARS: usize = 64;
 pub const MAX_PROGRESS_CHARS: usize = 2000;
 /// The most tasks one task may wait for; each dependency is looked up when it is added.
 pub const MAX_DEPENDENCIES: usize = 100;
+/// Most discoveries one task reports over its life: each is a new task in every replica's
+/// ready queue, so an agent (or a loop in one) cannot flood its project.
+pub const MAX_DISCOVERIES: u32 = 100;
 
 /// Where a task stands in its lifecycle.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema, Default)]
@@ -140,6 +143,9 @@ pub struct Task {
     pub discovery: Option<Discovery>,
     /// Discovered tasks that block this one until they complete or are cancelled.
     pub open_discoveries: BTreeSet<Uuid>,
+    /// Discoveries this task reported, all attempts together (at most
+    /// [`MAX_DISCOVERIES`]).
+    pub discoveries_reported: u32,
     /// Set when the task's work must pass validation to complete.
     pub validation: Option<ValidationPolicy>,
     /// The submission under way: 0 until validation first rejects the work.
@@ -252,6 +258,11 @@ impl Task {
                 blocks_parent,
             } => {
                 self.ensure_in(&[TaskStatus::Running], "report a discovery")?;
+                if self.discoveries_reported >= MAX_DISCOVERIES {
+                    return Err(TaskError::TooManyDiscoveries {
+                        max: MAX_DISCOVERIES,
+                    });
+                }
                 Ok(vec![TaskEvent::TaskDiscoveryReported {
                     discovered_task_id,
                     kind,
@@ -946,6 +957,7 @@ impl Task {
                 blocks_parent,
                 ..
             } => {
+                self.discoveries_reported = self.discoveries_reported.saturating_add(1);
                 if blocks_parent {
                     self.open_discoveries.insert(discovered_task_id);
                 }

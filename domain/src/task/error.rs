@@ -76,6 +76,8 @@ pub enum TaskError {
     AlreadyStalled,
     #[error("{max} steering messages already wait for the agent")]
     TooMuchSteering { max: usize },
+    #[error("the task reported {max} discoveries already, as many as a task may")]
+    TooManyDiscoveries { max: u32 },
     #[error("the verdict is on submission {given}, the task waits for the verdict on submission {current}")]
     StaleVerdict { given: u32, current: u32 },
 }
@@ -156,7 +158,8 @@ impl DomainError for TaskError {
             | DuplicateOfItself
             | PriorityUnchanged(_)
             | AlreadyStalled
-            | TooMuchSteering { .. } => ErrorKind::Conflict,
+            | TooMuchSteering { .. }
+            | TooManyDiscoveries { .. } => ErrorKind::Conflict,
         }
     }
 
@@ -217,6 +220,7 @@ impl DomainError for TaskError {
             PriorityUnchanged(_) => "priority_unchanged",
             AlreadyStalled => "already_stalled",
             TooMuchSteering { .. } => "too_much_steering",
+            TooManyDiscoveries { .. } => "too_many_discoveries",
         }
     }
 }

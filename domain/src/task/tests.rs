@@ -1235,6 +1235,26 @@ mod discoveries {
             .then_expect_events(vec![reported(9, true)]);
     }
 
+    /// A task reports at most `MAX_DISCOVERIES` over its life, blocking or not.
+    #[test]
+    fn a_task_reports_at_most_its_share_of_discoveries() {
+        let mut history = running();
+        for child in 0..u128::from(MAX_DISCOVERIES) {
+            history.push(reported(100 + child, child % 2 == 0));
+        }
+        TaskTest::with(())
+            .given(history.clone())
+            .when(report(9, false))
+            .then_expect_error(TaskError::TooManyDiscoveries {
+                max: MAX_DISCOVERIES,
+            });
+        history.pop();
+        TaskTest::with(())
+            .given(history)
+            .when(report(9, false))
+            .then_expect_events(vec![reported(9, false)]);
+    }
+
     #[test]
     fn a_blocking_discovery_holds_completion_until_resolved() {
         let mut history = running();
