@@ -356,6 +356,27 @@ async fn the_timeline_receives_entries_live_and_filters_by_event_type() -> anyho
          [...document.querySelectorAll('li.entry')].every(e => e.dataset.eventType === 'TicketCreated')",
     )
     .await;
+    // Two reloads at once — a field's `change` and the Clear button's click, as leaving
+    // the field by clicking Clear gives them: the whole list comes back (it stayed on
+    // "Loading…", the second reload waiting on the first, whose answer it dropped).
+    browser
+        .execute(
+            "const form = document.querySelector('form.filters');
+             form.querySelector('input[name=actor]').value = 'user:nobody';
+             form.dispatchEvent(new Event('change'));
+             [...form.querySelectorAll('button')].find(b => b.textContent === 'Clear').click();
+             return true;",
+            vec![],
+        )
+        .await?;
+    expect(
+        &browser,
+        "cleared",
+        "document.querySelectorAll('li.entry').length >= 5 && \
+         [...document.querySelectorAll('li.entry')].some(e => e.dataset.eventType !== 'TicketCreated') && \
+         !document.querySelector('.sentinel').textContent.includes('Loading')",
+    )
+    .await;
     browser.quit().await;
     Ok(())
 }

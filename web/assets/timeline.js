@@ -32,7 +32,9 @@ export function mountTimeline(container, context) {
 
   let entries = [];
   let nextBefore = null;
-  let loading = false;
+  // The generation whose page is being loaded: a reload starts its own load even while
+  // an older one is in flight (whose answer it then drops), instead of waiting on it.
+  let loading = null;
   let generation = 0;
 
   function apply(event) {
@@ -78,9 +80,9 @@ export function mountTimeline(container, context) {
   }
 
   async function loadOlder(first = false) {
-    if (loading || (!first && !nextBefore)) return;
-    loading = true;
+    if (loading === generation || (!first && !nextBefore)) return;
     const mine = generation;
+    loading = mine;
     sentinel.textContent = "Loading…";
     try {
       const page = await api.get(pagePath(first ? null : nextBefore));
@@ -95,7 +97,7 @@ export function mountTimeline(container, context) {
     } catch (problem) {
       toast(problem.message, "error");
     } finally {
-      loading = false;
+      if (loading === mine) loading = null;
     }
   }
 
