@@ -427,6 +427,59 @@ async fn the_task_drawer_replays_the_task_as_it_was_at_an_earlier_event() -> any
     Ok(())
 }
 
+/// The drawer's transcript is the current attempt's: a retry's lines are shown from its
+/// first, in place of the failed attempt's (the drawer kept following the attempt it
+/// opened on, so a retry's lines never came).
+#[tokio::test(flavor = "multi_thread")]
+async fn the_task_drawers_transcript_follows_a_retry_from_its_first_line() -> anyhow::Result<()> {
+    let app = spawn_app().await;
+    let (organization, project) = app.organization_and_project().await;
+    let ticket = app.ticket(&project, "Flaky").await;
+    let work = app.task(&ticket, "Sometimes fails", json!({})).await;
+    let agent = app.register_agent(&organization).await.id;
+    let lines = |text: &str| json!({ "lines": [text] });
+    task_action(&app, &work, "assign", json!({"agent_id": agent})).await;
+    task_action(&app, &work, "start", json!({})).await;
+    task_action(&app, &work, "logs", lines("the first attempt says hi")).await;
+    let browser = signed_in(&app, &format!("/p/{project}/board?task={work}")).await?;
+    let transcript = |has: &str| {
+        format!("document.querySelector('pre.transcript')?.textContent.includes('{has}')")
+    };
+    expect(&browser, "first-attempt", &transcript("the first attempt says hi")).await;
+
+    task_action(&app, &work, "fail", json!({"error": "the network blinked"})).await;
+    // Assigned again once the retry's backoff (about a second) is over.
+    let deadline = std::time::Instant::now() + PATIENCE;
+    loop {
+        let (status, body) = app
+            .post(
+                &format!("/api/v1/tasks/{work}/assign"),
+                json!({"agent_id": agent}),
+            )
+            .await;
+        if status == StatusCode::OK {
+            break;
+        }
+        assert_eq!(body["code"], "retry_not_due", "{body}");
+        assert!(std::time::Instant::now() < deadline, "the retry never came due");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    task_action(&app, &work, "start", json!({})).await;
+    task_action(&app, &work, "logs", lines("the second attempt starts over")).await;
+    expect(
+        &browser,
+        "second-attempt",
+        &format!(
+            "{} && !{}",
+            transcript("the second attempt starts over"),
+            transcript("the first attempt says hi")
+        ),
+    )
+    .await;
+    browser.quit().await;
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn the_command_palette_jumps_to_a_ticket_found_by_search() -> anyhow::Result<()> {
     let app = spawn_app().await;

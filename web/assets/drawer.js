@@ -33,7 +33,10 @@ export function openDrawer({ taskId, ticketId }, context) {
   const stops = [];
   current = { key, element, stop: () => stops.forEach((stop) => stop()) };
   const shown = current;
-  const render = taskId ? renderTask(body, taskId, context, stops) : renderTicket(body, ticketId);
+  // Closed (or replaced) meanwhile: an answer that comes late changes nothing, and no
+  // subscription is made after the drawer's have been stopped.
+  const open = () => current === shown;
+  const render = taskId ? renderTask(body, taskId, context, stops, open) : renderTicket(body, ticketId);
   render.catch((problem) => {
     if (current === shown) fill(body, h("p", { class: "form-error" }, problem.message));
   });
@@ -77,7 +80,7 @@ function fact(name, value) {
   return [h("dt", {}, name), h("dd", {}, value)];
 }
 
-async function renderTask(body, taskId, context, stops) {
+async function renderTask(body, taskId, context, stops, open) {
   const details = h("div", { class: "task-details" });
   const transcript = h("pre", { class: "transcript", "aria-label": "Transcript" });
   const historyList = h("ol", { class: "history" });
@@ -95,6 +98,7 @@ async function renderTask(body, taskId, context, stops) {
   );
 
   let history = await api.get(`/api/v1/tasks/${taskId}/history`);
+  if (!open()) return;
   let replaying = false;
   drawHistory(history, history.as_of);
 
@@ -107,7 +111,7 @@ async function renderTask(body, taskId, context, stops) {
   async function replayAt(sequence) {
     try {
       const past = await api.get(`/api/v1/tasks/${taskId}/history?as_of=${sequence}`);
-      if (Number(slider.value) !== sequence) return;
+      if (!open() || Number(slider.value) !== sequence) return;
       drawHistory(past, sequence);
     } catch (problem) {
       toast(problem.message, "error");
@@ -149,22 +153,50 @@ async function renderTask(body, taskId, context, stops) {
     );
   }
 
+  // The transcript of the task's current attempt (its retry count + 1). A fresh snapshot
+  // (the first, or after a `resync`) starts it over, since the lines come again from the
+  // first; a new attempt — seen in the task's events, or in the lines a resumption brings
+  // — is followed from its first line, not from where the last one was.
+  let attempt = history.state.retry_count + 1;
+  const followLogs = () => live.subscribe(`drawer-logs:${taskId}`, { stream: "logs", task_id: taskId, attempt }, {
+    snapshot: () => {
+      transcript.textContent = "";
+    },
+    delta: (message) => {
+      if (message.attempt > attempt) {
+        showAttempt(message.attempt);
+        return;
+      }
+      if (message.attempt !== attempt) return;
+      transcript.append(message.lines.map((line) => `${line.text}\n`).join(""));
+      transcript.scrollTop = transcript.scrollHeight;
+    },
+  });
+  let stopLogs = followLogs();
+  stops.push(() => stopLogs());
+  function showAttempt(next) {
+    if (next === attempt || !open()) return;
+    attempt = next;
+    stopLogs();
+    stopLogs = followLogs();
+  }
+
   // The task's own events, live: the drawer follows it unless a past state is shown.
+  // Answers may come back out of order: only the newest request's is drawn.
+  let asked = 0;
   stops.push(live.subscribe(`drawer-task:${taskId}`, {
     stream: "events",
     project_id: context.project.id,
     entity_ids: [taskId],
   }, {
     delta: async () => {
-      history = await api.get(`/api/v1/tasks/${taskId}/history`);
+      const mine = ++asked;
+      const fresh = await api.get(`/api/v1/tasks/${taskId}/history`);
+      if (mine !== asked || !open()) return;
+      history = fresh;
       if (!replaying) drawHistory(history, history.as_of);
       else slider.max = String(history.version);
-    },
-  }));
-  stops.push(live.subscribe(`drawer-logs:${taskId}`, { stream: "logs", task_id: taskId }, {
-    delta: (message) => {
-      transcript.append(message.lines.map((line) => `${line.text}\n`).join(""));
-      transcript.scrollTop = transcript.scrollHeight;
+      showAttempt(history.state.retry_count + 1);
     },
   }));
 }
