@@ -445,7 +445,12 @@ async fn the_task_drawers_transcript_follows_a_retry_from_its_first_line() -> an
     let transcript = |has: &str| {
         format!("document.querySelector('pre.transcript')?.textContent.includes('{has}')")
     };
-    expect(&browser, "first-attempt", &transcript("the first attempt says hi")).await;
+    expect(
+        &browser,
+        "first-attempt",
+        &transcript("the first attempt says hi"),
+    )
+    .await;
 
     task_action(&app, &work, "fail", json!({"error": "the network blinked"})).await;
     // Assigned again once the retry's backoff (about a second) is over.
@@ -461,7 +466,10 @@ async fn the_task_drawers_transcript_follows_a_retry_from_its_first_line() -> an
             break;
         }
         assert_eq!(body["code"], "retry_not_due", "{body}");
-        assert!(std::time::Instant::now() < deadline, "the retry never came due");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the retry never came due"
+        );
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
     task_action(&app, &work, "start", json!({})).await;
@@ -549,6 +557,56 @@ async fn after_a_server_restart_the_socket_reconnects_and_the_board_catches_up(
     )
     .await;
     shot(&browser, "board-after-restart").await;
+    browser.quit().await;
+    Ok(())
+}
+
+/// A session the server revoked signs the page out once its socket is refused (it
+/// retried every five seconds forever: the refused upgrade closes as 1006, and a failed
+/// refresh was swallowed).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_revoked_session_signs_the_page_out_instead_of_reconnecting_forever() -> anyhow::Result<()>
+{
+    let app = spawn_app().await;
+    let (_, project) = app.organization_and_project().await;
+    let browser = signed_in(&app, &format!("/p/{project}/board")).await?;
+    expect(
+        &browser,
+        "live",
+        "document.getElementById('connection').dataset.state === 'live'",
+    )
+    .await;
+    // Every token of the user, the page's refresh cookie among them (as when a used
+    // refresh token is presented again).
+    let (_, me) = app.get("/api/v1/auth/me").await;
+    let user = me["id"].as_str().expect("an id").parse()?;
+    omoi_store::accounts::revoke_all_tokens(&app.database.pool, user).await?;
+    expect(
+        &browser,
+        "signed-out",
+        "location.pathname === '/signin' && document.querySelector('form input[type=password]')",
+    )
+    .await;
+    browser.quit().await;
+    Ok(())
+}
+
+/// After signing in, `next` is followed only to a path of this origin: `/\\host` (read
+/// as `//host`) goes home instead of stopping the page with a security error.
+#[tokio::test(flavor = "multi_thread")]
+async fn sign_in_follows_next_only_within_the_site() -> anyhow::Result<()> {
+    let app = spawn_app().await;
+    let (_, project) = app.organization_and_project().await;
+    let browser = signed_in(&app, "/signin?next=%2F%5Cevil.example%2Fx").await?;
+    expect(
+        &browser,
+        "home",
+        &format!(
+            "location.host === '{}' && location.pathname === '/p/{project}/board'",
+            app.address.trim_start_matches("http://")
+        ),
+    )
+    .await;
     browser.quit().await;
     Ok(())
 }

@@ -34,7 +34,9 @@ function adopt(pair) {
   refreshTimer = setTimeout(() => refresh().catch(() => {}), seconds * 1000);
 }
 
-function forget() {
+/** Ends the session here: the token is dropped and the page signs out (the socket, say,
+ * found that the refresh cookie no longer works). */
+export function forget() {
   accessToken = null;
   clearTimeout(refreshTimer);
   for (const listener of signedOutListeners) listener();

@@ -5,7 +5,7 @@
 // snapshot. No polling: when the socket is down the indicator says so and a reconnection
 // is tried with a growing delay.
 
-import { token, refresh } from "./api.js";
+import { token, refresh, forget } from "./api.js";
 import { comparePositions } from "./dom.js";
 
 const subscriptions = new Map();
@@ -55,7 +55,9 @@ function open() {
   setState(attempts === 0 ? "connecting" : "reconnecting");
   const current = new WebSocket(address);
   socket = current;
+  let opened = false;
   current.onopen = () => {
+    opened = true;
     attempts = 0;
     setState("live");
     for (const subscription of subscriptions.values()) sendSubscribe(subscription);
@@ -66,10 +68,23 @@ function open() {
     socket = null;
     if (!wanted) return;
     setState("reconnecting");
-    // 4401: the token expired or was revoked; a fresh one may still be had.
-    if (closed.code === 4401) await refresh().catch(() => {});
+    // 4401: the token expired or was revoked. A socket refused before it opened may have
+    // been refused for the same reason (an upgrade answered 401 closes as 1006: the
+    // browser does not say why). Either way a fresh token is asked for, and a session the
+    // server no longer knows signs out instead of retrying forever; a server out of reach
+    // (the refresh fails without an answer) is tried again.
+    if (closed.code === 4401 || !opened) {
+      const ended = await refresh().then(() => false, (problem) => problem?.status === 401);
+      if (ended) {
+        forget();
+        return;
+      }
+    }
+    // Signed out while the refresh was under way.
+    if (!wanted) return;
     attempts += 1;
-    const delay = Math.min(5000, 250 * 2 ** Math.min(attempts, 5));
+    // Jittered, so that the tabs of a restarted server do not all come back at once.
+    const delay = Math.min(5000, 250 * 2 ** Math.min(attempts, 5)) * (0.75 + Math.random() / 2);
     reconnectTimer = setTimeout(open, delay);
   };
 }

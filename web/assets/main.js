@@ -89,6 +89,17 @@ function route() {
   return { name: "home" };
 }
 
+/** Whether `path` is a path of this origin: `/x`, not `//host` nor `/\\host` (which the
+ * address parser reads as `//host`) nor anything that resolves elsewhere. */
+function sameOrigin(path) {
+  if (!path || !path.startsWith("/")) return false;
+  try {
+    return new URL(path, location.origin).origin === location.origin;
+  } catch {
+    return false;
+  }
+}
+
 function render() {
   const where = route();
   if (!session.me) {
@@ -100,7 +111,7 @@ function render() {
   }
   if (where.name === "signin") {
     const next = new URLSearchParams(location.search).get("next");
-    return navigate(next && next.startsWith("/") && !next.startsWith("//") ? next : "/", { replace: true });
+    return navigate(sameOrigin(next) ? next : "/", { replace: true });
   }
   if (where.name === "home") {
     const first = allProjects()[0];
