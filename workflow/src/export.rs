@@ -324,7 +324,7 @@ pub fn markdown(document: &SpecDocument) -> String {
     }
     out.push_str("\n\n");
     if !document.description.trim().is_empty() {
-        let _ = writeln!(out, "{}\n", document.description.trim());
+        let _ = writeln!(out, "{}\n", contained(&document.description));
     }
     out.push_str("## Requirements\n\n");
     if document.requirements.is_empty() {
@@ -352,7 +352,7 @@ pub fn markdown(document: &SpecDocument) -> String {
                 ("API", &design.api_spec),
             ] {
                 if !text.trim().is_empty() {
-                    let _ = writeln!(out, "### {heading}\n\n{}\n", text.trim());
+                    let _ = writeln!(out, "### {heading}\n\n{}\n", contained(text));
                 }
             }
         }
@@ -419,6 +419,51 @@ fn wire<T: Serialize>(value: &T) -> String {
 /// Text on one line (headings, list items).
 fn one_line(text: &str) -> String {
     text.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// An author's Markdown (a description, a part of the design), kept as written but held
+/// to its own section: a code fence it leaves open is closed after it, and an HTML
+/// comment it opens outside a fence is written as text — either would otherwise swallow
+/// the sections after it (the requirements, their computed checkmarks, the plan).
+fn contained(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() + 8);
+    // The fence that opened the code block we are in: its character and length.
+    let mut fence: Option<(char, usize)> = None;
+    for line in text.trim().lines() {
+        match (fence, fence_of(line)) {
+            (None, Some(opened)) => fence = Some(opened),
+            // Closed by a fence of the same character, at least as long (CommonMark).
+            (Some((c, n)), Some((d, m))) if c == d && m >= n && only_fence(line) => fence = None,
+            _ => {}
+        }
+        match fence {
+            Some(_) => out.push_str(line),
+            None => out.push_str(&line.replace("<!--", "&lt;!--")),
+        }
+        out.push('\n');
+    }
+    if let Some((c, n)) = fence {
+        out.extend(std::iter::repeat_n(c, n));
+        out.push('\n');
+    }
+    out.truncate(out.trim_end().len());
+    out
+}
+
+/// The fence a line opens or closes (`` ``` `` or `~~~`, at most three spaces in): its
+/// character and length.
+fn fence_of(line: &str) -> Option<(char, usize)> {
+    let indent = line.len() - line.trim_start_matches(' ').len();
+    let rest = &line[indent..];
+    let c = rest.chars().next().filter(|c| *c == '`' || *c == '~')?;
+    let n = rest.chars().take_while(|d| *d == c).count();
+    (indent <= 3 && n >= 3).then_some((c, n))
+}
+
+/// Whether the line is a fence and nothing else (a closing fence carries no info string).
+fn only_fence(line: &str) -> bool {
+    let rest = line.trim();
+    rest.chars().all(|c| c == '`') || rest.chars().all(|c| c == '~')
 }
 
 /// Text in a table cell: one line, pipes and backticks escaped.
@@ -581,6 +626,26 @@ mod tests {
             proptest::prop_assert!(!inner.chars().any(yaml_escapes), "{written:?}");
             proptest::prop_assert!(!inner.replace("\\\\", "").replace("\\\"", "").contains('"'));
         }
+    }
+
+    /// An author's open fence is closed and an HTML comment outside a fence is text;
+    /// what is inside a fence is left as written, and whole text is unchanged.
+    #[test]
+    fn an_authors_markdown_cannot_swallow_the_sections_after_it() {
+        assert_eq!(
+            contained("run:\n```sh\nmake <!-- x\n"),
+            "run:\n```sh\nmake <!-- x\n```"
+        );
+        assert_eq!(
+            contained("a <!-- hidden\n## Plan"),
+            "a &lt;!-- hidden\n## Plan"
+        );
+        assert_eq!(
+            contained("~~~~\n```\nstill code\n~~~~\nafter <!--"),
+            "~~~~\n```\nstill code\n~~~~\nafter &lt;!--"
+        );
+        let whole = "# Title\n\n```rust\nfn main() {}\n```\n\n- [ ] an item";
+        assert_eq!(contained(whole), whole);
     }
 
     #[test]
