@@ -624,9 +624,18 @@ impl Runtime {
         };
         match change {
             Change::Stop(task) => {
-                if let Some(run) = self.running.get(&task) {
+                let running = self.running.get(&task).map(|run| {
                     let _ = run.cancel.send(true);
-                } else if self.agents.values().any(|agent| agent.task == Some(task)) {
+                    run.agent_id
+                });
+                // An assignment of the task under way for another of this worker's agents
+                // — a reassignment stopped the run above, whose end is not in yet — must
+                // not start its run either: the stop is noted for it too.
+                let assigning = self
+                    .agents
+                    .iter()
+                    .any(|(id, agent)| agent.task == Some(task) && running != Some(*id));
+                if assigning {
                     self.stops_while_assigning.note(task, event.sequence);
                 }
             }
