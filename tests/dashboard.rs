@@ -488,6 +488,67 @@ async fn the_task_drawers_transcript_follows_a_retry_from_its_first_line() -> an
     Ok(())
 }
 
+/// A drawer closed before its task's history came back subscribes to nothing afterwards
+/// (its subscriptions were made after it had stopped them, and each change of the task
+/// then fetched its history for nobody).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_drawer_closed_at_once_follows_nothing_afterwards() -> anyhow::Result<()> {
+    let app = spawn_app().await;
+    let (organization, project) = app.organization_and_project().await;
+    let ticket = app.ticket(&project, "Quick look").await;
+    let work = app.task(&ticket, "Glance", json!({})).await;
+    let agent = app.register_agent(&organization).await.id;
+    task_action(&app, &work, "assign", json!({"agent_id": agent})).await;
+    task_action(&app, &work, "start", json!({})).await;
+    let browser = signed_in(&app, &format!("/p/{project}/board")).await?;
+    // In whichever column its task has moved it to.
+    let card = format!("document.querySelector('article[data-ticket-id=\"{ticket}\"]')");
+    expect(&browser, "board", &card).await;
+    let histories = "performance.getEntriesByType('resource')\
+                     .filter(e => e.name.includes('/history')).length";
+    // Opened and closed in one go, as a quick click and Escape do.
+    browser
+        .execute(
+            &format!(
+                "history.pushState(null, '', location.pathname + '?task={work}');
+                 dispatchEvent(new PopStateEvent('popstate'));
+                 history.pushState(null, '', location.pathname);
+                 dispatchEvent(new PopStateEvent('popstate'));
+                 return true;"
+            ),
+            vec![],
+        )
+        .await?;
+    // Its history's answer came back, to a drawer already closed.
+    expect(&browser, "history-answered", &format!("{histories} === 1")).await;
+    expect(
+        &browser,
+        "closed",
+        "!document.querySelector('aside.drawer')",
+    )
+    .await;
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    task_action(&app, &work, "complete", json!({"result": {}})).await;
+    // The board's own subscription saw the task complete: the page had the change.
+    expect(
+        &browser,
+        "board-saw-it",
+        &format!("{card}?.querySelector('.progress')?.title === '1 of 1 tasks completed'"),
+    )
+    .await;
+    tokio::time::sleep(std::time::Duration::from_millis(1000)).await;
+    let fetched = browser
+        .execute(&format!("return {histories};"), vec![])
+        .await?;
+    assert_eq!(
+        fetched,
+        json!(1),
+        "the closed drawer fetched the history again"
+    );
+    browser.quit().await;
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn the_command_palette_jumps_to_a_ticket_found_by_search() -> anyhow::Result<()> {
     let app = spawn_app().await;
