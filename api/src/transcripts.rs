@@ -139,7 +139,7 @@ async fn write_logs(
         &body.lines,
     )
     .await?;
-    state.live.transcript_written();
+    state.live.transcript_written(id);
     Ok(Json(LogsWritten {
         task_id: id,
         attempt,

@@ -85,10 +85,14 @@ pub struct Hub {
     started: OnceCell<()>,
     followers: Followers,
     sockets: Arc<Sockets>,
-    /// Woken when this process writes a transcript: its `logs` subscriptions read at once
-    /// (those of other processes' writes find them at their next poll).
-    transcripts: tokio::sync::Notify,
+    /// The task of each transcript this process writes: its `logs` subscriptions of that
+    /// task read at once (those of other processes' writes find them at their next poll).
+    transcripts: broadcast::Sender<uuid::Uuid>,
 }
+
+/// Transcript writes held for `logs` subscriptions that have not looked yet; past it a
+/// subscription reads as if its own task had been written.
+const TRANSCRIPT_WRITES: usize = 1024;
 
 struct Shared {
     ring: Mutex<Ring>,
@@ -238,7 +242,7 @@ impl Hub {
             started: OnceCell::new(),
             followers: Followers::default(),
             sockets: Sockets::new(config.max_sockets_per_principal),
-            transcripts: tokio::sync::Notify::new(),
+            transcripts: broadcast::channel(TRANSCRIPT_WRITES).0,
             config,
         }
     }
@@ -247,14 +251,17 @@ impl Hub {
         &self.config
     }
 
-    /// What `logs` subscriptions wait on between polls.
-    pub fn transcripts(&self) -> &tokio::sync::Notify {
-        &self.transcripts
+    /// What a `logs` subscription waits on between polls: the tasks whose transcripts
+    /// this process writes from now on.
+    pub fn transcript_writes(&self) -> broadcast::Receiver<uuid::Uuid> {
+        self.transcripts.subscribe()
     }
 
-    /// Tells this process's `logs` subscriptions that a transcript grew.
-    pub fn transcript_written(&self) {
-        self.transcripts.notify_waiters();
+    /// Tells this process's `logs` subscriptions of `task_id` that its transcript grew;
+    /// the others are not woken (each woken subscription reads the database).
+    pub fn transcript_written(&self, task_id: uuid::Uuid) {
+        // Nobody following a transcript is not an error.
+        let _ = self.transcripts.send(task_id);
     }
 
     pub fn pool(&self) -> &PgPool {
