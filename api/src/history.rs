@@ -21,7 +21,7 @@ use crate::extract::Query;
 use crate::responses::{EventRecord, History};
 use crate::state::AppState;
 
-#[derive(Debug, Default, Deserialize, IntoParams)]
+#[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct HistoryQuery {
