@@ -89,7 +89,6 @@ pub async fn history_of<A: Aggregate + Scoped>(
     if creation.is_empty() {
         return Err(ApiError::NotFound { what });
     }
-    let corrupt = |e: CorruptEvent| ApiError::Internal(e.to_string());
     caller.authorize(
         fold_until::<A>(&creation, None).map_err(corrupt)?.scope(),
         permission,
@@ -124,6 +123,11 @@ pub async fn history_of<A: Aggregate + Scoped>(
     }))
 }
 
+/// An event of the history that does not read as its aggregate's: a server fault.
+fn corrupt(error: CorruptEvent) -> ApiError {
+    ApiError::Internal(error.to_string())
+}
+
 /// The events a fold reads at a time.
 const FOLD_PAGE: i64 = 1000;
 
@@ -144,8 +148,7 @@ async fn fold_paged<A: Aggregate>(pool: &sqlx::PgPool, id: &str, until: i64) -> 
         let Some(last) = events.last().map(|e| e.sequence) else {
             break;
         };
-        apply_until(&mut folded, &events, Some(until))
-            .map_err(|e| ApiError::Internal(e.to_string()))?;
+        apply_until(&mut folded, &events, Some(until)).map_err(corrupt)?;
         after = last;
     }
     Ok(folded)

@@ -199,25 +199,14 @@ pub(crate) fn as_sent_by(caller: &Caller, command: TaskCommand) -> TaskCommand {
     }
 }
 
-/// The rule of [`as_sent_by`] for what is not a command on the task (its transcript, a
-/// discovery's creation), on task `id` as read.
-pub(crate) fn check_holder(caller: &Caller, task: &Task, id: Uuid) -> ApiResult<()> {
-    let Some(agent) = caller.agent_id() else {
-        return Ok(());
-    };
-    match task.assigned_agent_id {
-        Some(holder) if holder == agent => Ok(()),
-        Some(_) => Err(ApiError::Denied {
-            code: "held_by_another_agent",
-            detail: format!("task {id} is assigned to another agent"),
-        }),
-        None => Err(ApiError::Conflict {
-            code: "task_not_assigned",
-            detail: format!(
-                "task {id} is assigned to no agent ({}); claim it first",
-                task.status.as_str()
-            ),
-        }),
+/// The rule of [`as_sent_by`] (`Task::ensure_held_by`) for what is not a command on the
+/// task (its transcript), on the task as read.
+pub(crate) fn check_holder(caller: &Caller, task: &Task) -> ApiResult<()> {
+    match caller.agent_id() {
+        Some(agent) => task
+            .ensure_held_by(agent)
+            .map_err(|refusal| ApiError::from_domain(&refusal)),
+        None => Ok(()),
     }
 }
 

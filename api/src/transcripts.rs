@@ -115,7 +115,7 @@ async fn write_logs(
     let (task, _) = state
         .read::<Task>(&caller, Permission::TaskExecute, id)
         .await?;
-    check_holder(&caller, &task, id)?;
+    check_holder(&caller, &task)?;
     if task.status != TaskStatus::Running {
         return Err(ApiError::Conflict {
             code: "task_not_running",

@@ -1546,6 +1546,7 @@ pub async fn catch_up(
         progress(current.events_applied);
         tokio::time::sleep(FOLLOW_EVERY).await;
     }
+    let mut retries = 0;
     let stats = RunnerStats::default();
     let mut reading = Reading::default();
     loop {
@@ -1564,12 +1565,16 @@ pub async fn catch_up(
             .ok_or(sqlx::Error::RowNotFound)?;
         let folded = reading.folding.as_ref().map_or(0, |f| f.folded as i64);
         progress(current.events_applied + folded);
+        retries = match step {
+            Step::Retry => retries + 1,
+            _ => 0,
+        };
         match step {
             Step::Applied(n) if n > 0 => {}
             // Nothing applied but still building: a fold was written, or the build was
             // moved by a retry; look again.
             Step::Applied(_) if current.state == BuildState::Building => {}
-            Step::Retry => tokio::time::sleep(RETRY_PAUSE).await,
+            Step::Retry => tokio::time::sleep(retry_pause(retries)).await,
             _ => return Ok(current),
         }
     }

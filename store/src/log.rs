@@ -215,6 +215,23 @@ fn global_query(visibility: &Visibility, limited: bool) -> String {
     )
 }
 
+/// The limited [`global_query`] `sql` with a page's parameters bound: the one place
+/// that knows their order.
+fn global_page<'q>(
+    sql: &'q str,
+    after: Cursor,
+    limit: i64,
+    visibility: &Visibility,
+) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
+    let (organizations, project) = visibility.bindings();
+    sqlx::query(sql)
+        .bind(after.transaction_id)
+        .bind(after.global_position)
+        .bind(limit)
+        .bind(organizations)
+        .bind(project)
+}
+
 /// Reads up to `limit` visible events after `after`, in the gapless global order.
 pub async fn read_global<'c>(
     executor: impl sqlx::Executor<'c, Database = sqlx::Postgres>,
@@ -222,14 +239,8 @@ pub async fn read_global<'c>(
     limit: i64,
     visibility: &Visibility,
 ) -> Result<EventPage, sqlx::Error> {
-    let (organizations, project) = visibility.bindings();
     let sql = global_query(visibility, true);
-    let rows = sqlx::query(&sql)
-        .bind(after.transaction_id)
-        .bind(after.global_position)
-        .bind(limit)
-        .bind(organizations)
-        .bind(project)
+    let rows = global_page(&sql, after, limit, visibility)
         .fetch_all(executor)
         .await?;
     let events = rows
@@ -267,15 +278,8 @@ pub async fn read_global_within<'c>(
     max_bytes: usize,
     visibility: &Visibility,
 ) -> Result<WeighedPage, sqlx::Error> {
-    let (organizations, project) = visibility.bindings();
     let sql = global_query(visibility, true);
-    let rows = sqlx::query(&sql)
-        .bind(after.transaction_id)
-        .bind(after.global_position)
-        .bind(limit)
-        .bind(organizations)
-        .bind(project)
-        .fetch(executor);
+    let rows = global_page(&sql, after, limit, visibility).fetch(executor);
     let (events, full) = take_within(rows, limit, max_bytes).await?;
     let next = events.last().map_or(after, StoredEvent::cursor);
     Ok(WeighedPage {

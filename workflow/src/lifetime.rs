@@ -155,13 +155,7 @@ mod tests {
     #[test]
     fn only_a_lifetime_purchase_concerns_it() {
         let manager = SubscriptionRetirement {
-            stripe: omoi_billing::stripe::StripeApi {
-                base_url: String::new(),
-                secret_key: Default::default(),
-                success_url: String::new(),
-                cancel_url: String::new(),
-                portal_return_url: String::new(),
-            },
+            stripe: Default::default(),
         };
         let lifetime = applied(Effect::LifetimePurchased { customer_id: None });
         assert!(manager.concerns("s", &lifetime));

@@ -278,11 +278,10 @@ impl Task {
                 }])
             }
             TaskCommand::AssignTask { agent_id, at } => self.assign(agent_id, at),
-            TaskCommand::AsHolder { agent_id, command } => match self.assigned_agent_id {
-                Some(holder) if holder == agent_id => self.decide(*command),
-                Some(_) => Err(TaskError::HeldByAnotherAgent),
-                None => Err(TaskError::NotAssigned),
-            },
+            TaskCommand::AsHolder { agent_id, command } => {
+                self.ensure_held_by(agent_id)?;
+                self.decide(*command)
+            }
             TaskCommand::StartTask { at } => {
                 self.ensure_in(&[TaskStatus::Assigned], "start")?;
                 Ok(vec![TaskEvent::TaskStarted { at }])
@@ -679,6 +678,16 @@ impl Task {
                 .checked_add_signed(timeout)
                 .unwrap_or(DateTime::<Utc>::MAX_UTC),
         )
+    }
+
+    /// Refuses what `agent_id` does as the task's holder unless it holds it: the rule of
+    /// `TaskCommand::AsHolder`, and of an agent's writes beside the task (its transcript).
+    pub fn ensure_held_by(&self, agent_id: Uuid) -> Result<(), TaskError> {
+        match self.assigned_agent_id {
+            Some(holder) if holder == agent_id => Ok(()),
+            Some(_) => Err(TaskError::HeldByAnotherAgent),
+            None => Err(TaskError::NotAssigned),
+        }
     }
 
     /// The run number of the current attempt: 1 for the first run, 2 for the first retry.
