@@ -94,9 +94,15 @@ pub async fn history_of<A: Aggregate + Scoped>(
         permission,
         what,
     )?;
-    let version = last_sequence(pool, A::TYPE, &id_text)
-        .await?
-        .ok_or(ApiError::NotFound { what })?;
+    let (events, full) =
+        aggregate_history_within(pool, A::TYPE, &id_text, after, limit, PAGE_BYTES).await?;
+    // A page that ended before its bounds ends at the history's last event.
+    let version = match events.last() {
+        Some(last) if !full => last.sequence,
+        _ => last_sequence(pool, A::TYPE, &id_text)
+            .await?
+            .ok_or(ApiError::NotFound { what })?,
+    };
     if let Some(n) = as_of.filter(|n| *n > version) {
         // A well-formed sequence that names no event of this history (yet).
         return Err(ApiError::Status {
@@ -106,11 +112,14 @@ pub async fn history_of<A: Aggregate + Scoped>(
         });
     }
     let until = as_of.unwrap_or(version);
-    let state_as_of = fold_paged::<A>(pool, &id_text, until).await?;
-    let (events, full) =
-        aggregate_history_within(pool, A::TYPE, &id_text, after, limit, PAGE_BYTES).await?;
-    // Events committed after `version` was read may be on the page: it reports them, and
-    // `version` stays the sequence the state was folded to at most.
+    // The first page, when it reaches `until`, is all the fold needs (a history of up to
+    // a page, read once); otherwise the fold reads its own pages.
+    let state_as_of = match events.last() {
+        Some(last) if after == 0 && last.sequence >= until => {
+            fold_until::<A>(&events, Some(until)).map_err(corrupt)?
+        }
+        _ => fold_paged::<A>(pool, &id_text, until).await?,
+    };
     let next_after = events.last().map(|e| e.sequence).filter(|_| full);
     Ok(Json(History {
         aggregate_type: A::TYPE.to_string(),
