@@ -6,9 +6,10 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use omoi_domain::kind::AggregateKind;
 use omoi_domain::{agent, organization, project, spec, task, ticket};
-use omoi_store::log::{aggregate_history, fold_until};
-use omoi_store::{db, StoredEvent};
-use serde::Serialize;
+use std::io::Write;
+
+use omoi_store::db;
+use omoi_store::log::{aggregate_history_within, apply_until, PAGE_BYTES};
 
 use crate::server;
 use crate::settings::{LogFormat, Settings};
@@ -272,81 +273,94 @@ async fn manage_db(settings: Settings, action: DbAction) -> anyhow::Result<()> {
     Ok(())
 }
 
-#[derive(Serialize)]
-struct HistoryOutput {
-    events: Vec<StoredEvent>,
-    state: serde_json::Value,
-}
+/// Events read per page of `omoi history`: an agent's history may hold millions, and the
+/// command prints and folds each page before it reads the next.
+const HISTORY_PAGE: i64 = 1_000;
 
 async fn history(settings: Settings, args: HistoryArgs) -> anyhow::Result<()> {
     let database = server::open_database(&settings, false).await?;
-    let aggregate_type = aggregate_type_of(&args.aggregate)?;
-    let events = aggregate_history(&database.pool, aggregate_type, &args.id).await?;
-    anyhow::ensure!(
-        !events.is_empty(),
-        "{} {} has no events",
-        args.aggregate,
-        args.id
-    );
-    let state = fold_state(aggregate_type, &events, args.as_of)?;
-    if args.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&HistoryOutput { events, state })?
-        );
-        return Ok(());
+    let kind = aggregate_kind_of(&args.aggregate)?;
+    let pool = &database.pool;
+    match kind {
+        AggregateKind::Organization => {
+            print_history::<organization::Organization>(pool, kind, &args).await
+        }
+        AggregateKind::Project => print_history::<project::Project>(pool, kind, &args).await,
+        AggregateKind::Ticket => print_history::<ticket::Ticket>(pool, kind, &args).await,
+        AggregateKind::Task => print_history::<task::Task>(pool, kind, &args).await,
+        AggregateKind::Spec => print_history::<spec::Spec>(pool, kind, &args).await,
+        AggregateKind::Agent => print_history::<agent::Agent>(pool, kind, &args).await,
+        AggregateKind::BillingAccount => {
+            print_history::<omoi_domain::billing::BillingAccount>(pool, kind, &args).await
+        }
     }
-    for event in &events {
-        let actor = event.metadata.actor().unwrap_or("?");
-        let at = event.metadata.occurred_at().unwrap_or("?");
-        println!(
-            "#{:<4} pos {:<8} {:<28} {at}  {actor}\n      {}",
-            event.sequence, event.global_position, event.event_type, event.payload
-        );
+}
+
+/// Prints every event of one aggregate a page at a time, then its state after event
+/// `--as-of` (or its last). With `--json`, one object `{"events": [...], "state": ...}`.
+async fn print_history<A: cqrs_es::Aggregate>(
+    pool: &sqlx::PgPool,
+    kind: AggregateKind,
+    args: &HistoryArgs,
+) -> anyhow::Result<()> {
+    let mut out = std::io::BufWriter::new(std::io::stdout());
+    let mut state = A::default();
+    let (mut after, mut printed) = (0, 0_u64);
+    loop {
+        let (page, _) = aggregate_history_within(
+            pool,
+            kind.type_name(),
+            &args.id,
+            after,
+            HISTORY_PAGE,
+            PAGE_BYTES,
+        )
+        .await?;
+        let Some(last) = page.last() else { break };
+        apply_until(&mut state, &page, args.as_of)?;
+        for event in &page {
+            match args.json {
+                true => {
+                    let open = if printed == 0 { "{\"events\":[" } else { "," };
+                    write!(out, "{open}{}", serde_json::to_string(event)?)?;
+                }
+                false => {
+                    let actor = event.metadata.actor().unwrap_or("?");
+                    let at = event.metadata.occurred_at().unwrap_or("?");
+                    writeln!(
+                        out,
+                        "#{:<4} pos {:<8} {:<28} {at}  {actor}\n      {}",
+                        event.sequence, event.global_position, event.event_type, event.payload
+                    )?;
+                }
+            }
+            printed += 1;
+        }
+        after = last.sequence;
     }
-    let as_of = args
-        .as_of
-        .map_or("now".to_string(), |n| format!("after #{n}"));
-    println!(
-        "\nstate {as_of}:\n{}",
-        serde_json::to_string_pretty(&state)?
-    );
+    anyhow::ensure!(printed > 0, "{} {} has no events", args.aggregate, args.id);
+    match args.json {
+        true => writeln!(out, "],\"state\":{}}}", serde_json::to_string(&state)?)?,
+        false => {
+            let as_of = args
+                .as_of
+                .map_or("now".to_string(), |n| format!("after #{n}"));
+            writeln!(
+                out,
+                "\nstate {as_of}:\n{}",
+                serde_json::to_string_pretty(&state)?
+            )?;
+        }
+    }
+    out.flush()?;
     Ok(())
 }
 
-fn aggregate_type_of(name: &str) -> anyhow::Result<&'static str> {
-    AggregateKind::of_noun(name)
-        .map(AggregateKind::type_name)
-        .with_context(|| {
-            format!(
-                "unknown aggregate {name:?}: expected one of {}",
-                AggregateKind::nouns()
-            )
-        })
-}
-
-fn fold_state(
-    aggregate_type: &str,
-    events: &[StoredEvent],
-    as_of: Option<i64>,
-) -> anyhow::Result<serde_json::Value> {
-    fn folded<A: cqrs_es::Aggregate>(
-        events: &[StoredEvent],
-        as_of: Option<i64>,
-    ) -> anyhow::Result<serde_json::Value> {
-        Ok(serde_json::to_value(fold_until::<A>(events, as_of)?)?)
-    }
-    let kind = AggregateKind::of_type(aggregate_type)
-        .with_context(|| format!("no aggregate is stored as {aggregate_type:?}"))?;
-    match kind {
-        AggregateKind::Organization => folded::<organization::Organization>(events, as_of),
-        AggregateKind::Project => folded::<project::Project>(events, as_of),
-        AggregateKind::Ticket => folded::<ticket::Ticket>(events, as_of),
-        AggregateKind::Task => folded::<task::Task>(events, as_of),
-        AggregateKind::Spec => folded::<spec::Spec>(events, as_of),
-        AggregateKind::Agent => folded::<agent::Agent>(events, as_of),
-        AggregateKind::BillingAccount => {
-            folded::<omoi_domain::billing::BillingAccount>(events, as_of)
-        }
-    }
+fn aggregate_kind_of(noun: &str) -> anyhow::Result<AggregateKind> {
+    AggregateKind::of_noun(noun).with_context(|| {
+        format!(
+            "unknown aggregate {noun:?}: expected one of {}",
+            AggregateKind::nouns()
+        )
+    })
 }

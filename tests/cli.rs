@@ -12,8 +12,14 @@ use serde_json::Value;
 use uuid::Uuid;
 
 fn history(database: &TestDatabase, noun: &str, id: Uuid) -> std::process::Output {
+    history_with(database, &[noun, &id.to_string()])
+}
+
+fn history_with(database: &TestDatabase, args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_omoi"))
-        .args(["history", noun, &id.to_string(), "--json"])
+        .arg("history")
+        .args(args)
+        .arg("--json")
         .env("DATABASE_URL", &database.url)
         .env("OMOI_ENV", "test")
         .env("OMOI_LOG", "error")
@@ -21,18 +27,22 @@ fn history(database: &TestDatabase, noun: &str, id: Uuid) -> std::process::Outpu
         .expect("omoi history runs")
 }
 
+fn start_workflow(organization: Uuid, quota: Option<u32>) -> BillingCommand {
+    BillingCommand::StartWorkflow {
+        organization_id: organization,
+        spec_id: Uuid::now_v7(),
+        quota,
+        price_cents: 0,
+        at: Utc::now(),
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn history_shows_a_billing_account_as_a_billing_account() {
     let database = TestDatabase::create().await.expect("a database");
     let bus = CommandBus::new(database.pool.clone(), RetryPolicy::default());
     let organization = Uuid::now_v7();
-    let command = BillingCommand::StartWorkflow {
-        organization_id: organization,
-        spec_id: Uuid::now_v7(),
-        quota: Some(5),
-        price_cents: 0,
-        at: Utc::now(),
-    };
+    let command = start_workflow(organization, Some(5));
     let context = CommandContext::new(Actor::System("test"), "cli");
     bus.execute::<BillingAccount>(&organization.to_string(), command, &context)
         .await
@@ -58,4 +68,42 @@ async fn history_shows_a_billing_account_as_a_billing_account() {
         said.contains("billing_account"),
         "names what is accepted: {said}"
     );
+}
+
+/// A history longer than the command's page (1,000 events) is printed whole, in order,
+/// and folded across the pages, up to `--as-of` too.
+#[tokio::test(flavor = "multi_thread")]
+async fn history_prints_and_folds_a_history_of_several_pages() {
+    let database = TestDatabase::create().await.expect("a database");
+    let bus = CommandBus::new(database.pool.clone(), RetryPolicy::default());
+    let organization = Uuid::now_v7();
+    let context = CommandContext::new(Actor::System("test"), "cli");
+    for _ in 0..1_001 {
+        bus.execute::<BillingAccount>(
+            &organization.to_string(),
+            start_workflow(organization, None),
+            &context,
+        )
+        .await
+        .expect("a workflow counted");
+    }
+    let id = organization.to_string();
+
+    let output = history_with(&database, &["billing_account", &id]);
+    assert!(output.status.success(), "{output:?}");
+    let shown: Value = serde_json::from_slice(&output.stdout).expect("one JSON document");
+    let sequences: Vec<i64> = shown["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .map(|event| event["sequence"].as_i64().expect("a sequence"))
+        .collect();
+    assert_eq!(sequences, (1..=1_001).collect::<Vec<_>>());
+    assert_eq!(shown["state"]["workflows_used"], 1_001);
+
+    let output = history_with(&database, &["billing_account", &id, "--as-of", "1000"]);
+    assert!(output.status.success(), "{output:?}");
+    let shown: Value = serde_json::from_slice(&output.stdout).expect("one JSON document");
+    assert_eq!(shown["events"].as_array().map(Vec::len), Some(1_001));
+    assert_eq!(shown["state"]["workflows_used"], 1_000);
 }

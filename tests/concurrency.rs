@@ -448,3 +448,74 @@ async fn a_page_of_the_global_stream_ends_at_its_weight_and_loses_nothing() {
     let distinct: HashSet<&(String, i64)> = by_weight.iter().collect();
     assert_eq!(distinct.len(), by_weight.len());
 }
+
+/// A transaction that wrote before it read an aggregate (a process manager deciding one
+/// effect after another) may not append after an event a younger transaction committed
+/// meanwhile: the log orders by transaction id, so its event would be read before the one
+/// it follows. The append is refused as a conflict, and nothing of it is written.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_append_is_never_ordered_before_the_event_it_follows() {
+    use chrono::Utc;
+    use omoi_domain::billing::{BillingAccount, BillingCommand, BillingEvent};
+    use omoi_store::append::{AppendError, Rows};
+    use omoi_store::bus::RetryPolicy;
+    use omoi_store::CommandBus;
+    use omoi_testing::TestDatabase;
+    use std::collections::HashMap;
+
+    let database = TestDatabase::create().await.expect("a database");
+    let bus = CommandBus::new(database.pool.clone(), RetryPolicy::default());
+    let context = CommandContext::new(Actor::System("test"), "order");
+    let (first, second) = (Uuid::now_v7(), Uuid::now_v7());
+    let start = |organization_id: Uuid| BillingCommand::StartWorkflow {
+        organization_id,
+        spec_id: Uuid::now_v7(),
+        quota: None,
+        price_cents: 0,
+        at: Utc::now(),
+    };
+    let started = |organization_id: Uuid| BillingEvent::WorkflowStarted {
+        organization_id,
+        spec_id: Uuid::now_v7(),
+        credits_spent_cents: 0,
+        at: Utc::now(),
+    };
+    bus.execute::<BillingAccount>(&second.to_string(), start(second), &context)
+        .await
+        .expect("the second account's first event");
+
+    // The older transaction writes first, so it holds its transaction id from now on.
+    let mut older = database.pool.begin().await.expect("a transaction");
+    let mut rows = Rows::new();
+    rows.push::<BillingAccount>(&first.to_string(), 0, &[started(first)], &HashMap::new())
+        .expect("a row");
+    rows.insert(&mut *older).await.expect("the older write");
+    // A younger transaction appends the second account's second event and commits.
+    bus.execute::<BillingAccount>(&second.to_string(), start(second), &context)
+        .await
+        .expect("the younger append");
+    // The older one, having read that, would append the third after it.
+    let mut rows = Rows::new();
+    rows.push::<BillingAccount>(&second.to_string(), 2, &[started(second)], &HashMap::new())
+        .expect("a row");
+    let refused = rows.insert(&mut *older).await;
+    assert!(
+        matches!(refused, Err(AppendError::Conflict)),
+        "appended behind the event it follows: {refused:?}"
+    );
+    older.commit().await.expect("the older commit");
+
+    // A fresh transaction appends it in its place.
+    rows.insert(&database.pool)
+        .await
+        .expect("the append retried");
+    let sequences: Vec<i64> = sqlx::query_scalar(
+        "select sequence from events where aggregate_id = $1
+          order by transaction_id, global_position",
+    )
+    .bind(second.to_string())
+    .fetch_all(&database.pool)
+    .await
+    .expect("the second account's events");
+    assert_eq!(sequences, [1, 2, 3], "the log's order is the sequence's");
+}

@@ -149,6 +149,14 @@ impl Rows {
     /// so that a unit decided on an out-of-date copy fails alone. A sequence another
     /// transaction holds uncommitted is not seen by the check: the insert waits for it and
     /// fails as a whole with [`AppendError::Conflict`] if it commits.
+    ///
+    /// A unit also counts as taken when the event it follows was committed by a younger
+    /// transaction than this one. That happens only to a transaction that wrote before it
+    /// read the aggregate (a process manager's batch deciding one effect after another):
+    /// the log orders by transaction id, so its event would be read before the one it
+    /// follows. Retried in a fresh transaction, it is decided again after it. A transaction
+    /// whose first write is this statement has no id yet and skips the probe: its id comes
+    /// after every commit it decided on.
     pub async fn insert_units<'c>(
         &self,
         executor: impl sqlx::Executor<'c, Database = sqlx::Postgres>,
@@ -171,6 +179,12 @@ impl Rows {
                                  where e.aggregate_type = batch.aggregate_type
                                    and e.aggregate_id = batch.aggregate_id
                                    and e.sequence = batch.sequence)
+                     or (pg_current_xact_id_if_assigned() is not null
+                         and exists (select from events e
+                                      where e.aggregate_type = batch.aggregate_type
+                                        and e.aggregate_id = batch.aggregate_id
+                                        and e.sequence = batch.sequence - 1
+                                        and e.transaction_id > pg_current_xact_id_if_assigned()))
              ), appended as (
                  insert into events
                      (aggregate_type, aggregate_id, sequence, event_type, event_version,
