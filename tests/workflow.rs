@@ -382,8 +382,8 @@ async fn tasks_move_their_tickets_and_the_last_one_completes_the_spec() {
     );
 }
 
-/// A task that fails for good blocks its ticket with the reason; a ticket a person moved
-/// ahead by hand is not moved back.
+/// A task that fails for good blocks its ticket with the reason, however long its error; a
+/// ticket a person moved ahead by hand is not moved back.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_task_failing_for_good_blocks_its_ticket_and_hand_moves_stand() {
     let app = spawn_app().await;
@@ -395,12 +395,11 @@ async fn a_task_failing_for_good_blocks_its_ticket_and_hand_moves_stand() {
     app.must(&path("assign"), json!({"agent_id": agent}), StatusCode::OK)
         .await;
     app.must(&path("start"), json!({}), StatusCode::OK).await;
-    app.must(
-        &path("fail"),
-        json!({"error": "card declined"}),
-        StatusCode::OK,
-    )
-    .await;
+    // An error of the whole limit (20,000 characters): the note naming it is clipped to
+    // the limit a note has, not refused (which left the ticket unblocked).
+    let error = format!("card declined {}", "x".repeat(20_000 - 14));
+    app.must(&path("fail"), json!({"error": error}), StatusCode::OK)
+        .await;
     app.caught_up().await;
     let (_, state) = app.get(&format!("/api/v1/tickets/{ticket}")).await;
     assert_eq!(
@@ -911,6 +910,9 @@ async fn a_hand_made_ticket_gets_the_task_of_its_phase() {
             json!({"project_id": project, "title": "Old work", "phase": "PHASE_DONE"}),
         )
         .await;
+    // A title of the whole limit (200 characters) gets its task, titled within the limit.
+    let long_title = "L".repeat(200);
+    let long = app.ticket(&project, &long_title).await;
 
     let analyze = tasks_of(&app, &backlog).await;
     assert_eq!(analyze.len(), 1, "{analyze:?}");
@@ -923,6 +925,10 @@ async fn a_hand_made_ticket_gets_the_task_of_its_phase() {
     assert_eq!(implement[0]["phase"], "PHASE_IMPLEMENTATION");
     assert_eq!(implement[0]["description"], "by email");
     assert_eq!(tasks_of(&app, &done).await, Vec::<Value>::new());
+    let clipped = tasks_of(&app, &long).await;
+    assert_eq!(clipped.len(), 1, "{clipped:?}");
+    let expected: String = format!("Analyze: {long_title}").chars().take(200).collect();
+    assert_eq!(clipped[0]["title"], expected);
 
     // The spawned task names the ticket's creation as its cause.
     let events = log(&app).await;

@@ -308,7 +308,8 @@ async fn collect(reader: tokio::task::JoinHandle<Vec<String>>) -> Vec<String> {
 /// The lines of a command's output, each read into at most `max` bytes (the rest of a
 /// longer line is read and dropped: a line without an end would otherwise fill the
 /// worker's memory) and decoded lossily (output is not always UTF-8, and one invalid
-/// byte ended the reading, then the command with `SIGPIPE`). Cancel-safe: the part of a
+/// byte ended the reading, then the command with `SIGPIPE`), NUL included
+/// ([`without_nul`]). Cancel-safe: the part of a
 /// line read so far is kept between calls.
 struct BoundedLines<R> {
     reader: R,
@@ -360,7 +361,17 @@ impl<R: AsyncBufRead + Unpin> BoundedLines<R> {
         }
         self.started = false;
         self.cut = false;
-        String::from_utf8_lossy(&line).into_owned()
+        without_nul(String::from_utf8_lossy(&line).into_owned())
+    }
+}
+
+/// `line` with each NUL written as U+FFFD: PostgreSQL stores NUL neither in text nor in
+/// `jsonb`, so a NUL (`find -print0`) in a transcript line, a progress note or a result
+/// would have failed the write, and the task's outcome with it.
+fn without_nul(line: String) -> String {
+    match line.contains('\0') {
+        true => line.replace('\0', "\u{FFFD}"),
+        false => line,
     }
 }
 
@@ -433,11 +444,12 @@ mod tests {
 
     proptest::proptest! {
         /// Any output, UTF-8 or not, in any chunks: each line comes once, in order, decoded
-        /// lossily from at most its first `max` bytes (without its `\r\n` or `\n`).
+        /// lossily from at most its first `max` bytes (without its `\r\n` or `\n`), a NUL
+        /// as U+FFFD.
         #[test]
         fn output_is_read_line_by_line_bounded_and_lossily(
             bytes in proptest::collection::vec(
-                proptest::prop_oneof![proptest::strategy::Just(b'\n'), proptest::strategy::Just(b'\r'), proptest::strategy::Just(0xff_u8), proptest::strategy::Just(b'a'), proptest::num::u8::ANY],
+                proptest::prop_oneof![proptest::strategy::Just(b'\n'), proptest::strategy::Just(b'\r'), proptest::strategy::Just(0xff_u8), proptest::strategy::Just(b'a'), proptest::strategy::Just(0_u8), proptest::num::u8::ANY],
                 0..300,
             ),
             capacity in 1usize..16,
@@ -455,7 +467,7 @@ mod tests {
                 if at < ended && part.len() <= max && kept.last() == Some(&b'\r') {
                     kept.pop();
                 }
-                expected.push(String::from_utf8_lossy(&kept).into_owned());
+                expected.push(String::from_utf8_lossy(&kept).replace('\0', "\u{FFFD}"));
             }
             proptest::prop_assert_eq!(read_all(&bytes, capacity, max), expected);
         }

@@ -15,6 +15,7 @@ use std::collections::{BTreeSet, HashMap};
 
 use cqrs_es::Aggregate;
 use futures_util::future::BoxFuture;
+use omoi_domain::common::{clipped, MAX_TEXT_CHARS};
 use omoi_domain::project::Project;
 use omoi_domain::spec::Spec;
 use omoi_domain::task::{Task, TaskEvent, TaskStatus};
@@ -426,7 +427,8 @@ async fn answer(
                 if !auto_advance(event) {
                     continue;
                 }
-                // The task's own last error says why.
+                // The task's own last error says why (clipped: the error alone may take
+                // all the room a note has).
                 let note = match failed
                     .get(&event.aggregate_id)
                     .and_then(|t| t.last_error.as_ref())
@@ -434,6 +436,7 @@ async fn answer(
                     Some(error) => format!("task {} failed for good: {error}", event.aggregate_id),
                     None => format!("task {} failed for good", event.aggregate_id),
                 };
+                let note = clipped(&note, MAX_TEXT_CHARS);
                 let block = TicketCommand::BlockTicket {
                     reason: BlockReason::FailingChecks,
                     note: Some(note),

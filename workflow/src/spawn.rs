@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 
 use futures_util::future::BoxFuture;
-use omoi_domain::common::Phase;
+use omoi_domain::common::{clipped, Phase, MAX_TITLE_CHARS};
 use omoi_domain::project::Project;
 use omoi_domain::task::{Task, TaskCommand};
 use omoi_domain::ticket::{Ticket, TicketStatus};
@@ -141,7 +141,11 @@ impl PhaseTasks {
             organization_id,
             project_id,
             ticket_id: ticket.id.unwrap_or_default(),
-            title: format!("{}: {}", capitalized(task_type), ticket.title),
+            // A ticket's title may take the whole limit a task's title has too.
+            title: clipped(
+                &format!("{}: {}", capitalized(task_type), ticket.title),
+                MAX_TITLE_CHARS,
+            ),
             description: ticket.description.clone(),
             task_type: task_type.clone(),
             phase: ticket.phase,
