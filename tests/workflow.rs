@@ -1062,3 +1062,26 @@ async fn a_task_added_after_the_first_completion_keeps_its_ticket_from_done() {
     run_task(&app, &agent, &added).await;
     assert_eq!(ticket_status(&app, &ticket).await, "done");
 }
+
+/// A plan is not approved in an archived project (it would add tickets and tasks there,
+/// and count a workflow): 409 `project_archived`, and nothing is written.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_archived_projects_plan_is_not_approved() {
+    let app = spawn_app().await;
+    let (_, project) = app.organization_and_project().await;
+    let spec = planned_spec(&app, &project, two_ticket_plan()).await;
+    app.must(
+        &format!("/api/v1/projects/{project}/archive"),
+        json!({}),
+        StatusCode::OK,
+    )
+    .await;
+    let before = app.event_count().await;
+    let (status, answer) = app
+        .post(&format!("/api/v1/specs/{spec}/approve-plan"), json!({}))
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{answer}");
+    assert_eq!(answer["code"], "project_archived", "{answer}");
+    app.caught_up().await;
+    assert_eq!(app.event_count().await, before);
+}

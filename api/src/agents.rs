@@ -29,6 +29,7 @@ use crate::extract::{Body, IdPath, Query};
 use crate::history::{history_of, HistoryQuery};
 use crate::responses::{History, Versioned};
 use crate::state::AppState;
+use crate::tasks::as_sent_by;
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -574,7 +575,7 @@ pub(crate) async fn deliver_task_steering(
     tasks: &[Uuid],
 ) -> ApiResult<Vec<SteeringMessage>> {
     let waiting = waiting_steering(state, id, tasks).await?;
-    acknowledge_steering(state, caller, waiting).await
+    Ok(acknowledge_steering(state, caller, waiting).await)
 }
 
 /// The steering messages waiting for agent `id` on `tasks` (those it holds), by task.
@@ -594,21 +595,28 @@ pub(crate) async fn waiting_steering(
     Ok(waiting)
 }
 
-/// Records `waiting` (by task) as delivered; what this recorded, to hand over.
+/// Records `waiting` (by task) as delivered, each task's as its agent's (the caller's):
+/// a task handed to another agent since it was read keeps its messages for that one.
+/// Returns what this recorded, to hand over — also when a task's record failed (its
+/// messages then stay pending for the next delivery), since the others' are recorded as
+/// delivered already and would otherwise never be handed over.
 pub(crate) async fn acknowledge_steering(
     state: &AppState,
     caller: &Caller,
     waiting: Vec<(Uuid, Vec<Steering>)>,
-) -> ApiResult<Vec<SteeringMessage>> {
+) -> Vec<SteeringMessage> {
     let mut delivered = Vec::new();
     for (task_id, waiting) in waiting {
-        let command = TaskCommand::AcknowledgeSteering {
-            steering_ids: waiting.iter().map(|s| s.steering_id).collect(),
-            at: Utc::now(),
-        };
+        let command = as_sent_by(
+            caller,
+            TaskCommand::AcknowledgeSteering {
+                steering_ids: waiting.iter().map(|s| s.steering_id).collect(),
+                at: Utc::now(),
+            },
+        );
         // Only what this command recorded as delivered is handed over: a concurrent
         // heartbeat that delivered a message first keeps it from being given twice.
-        let committed = state
+        let committed = match state
             .execute::<Task>(
                 caller,
                 Permission::TaskExecute,
@@ -616,7 +624,14 @@ pub(crate) async fn acknowledge_steering(
                 task_id,
                 command,
             )
-            .await?;
+            .await
+        {
+            Ok(committed) => committed,
+            Err(error) => {
+                tracing::warn!(%task_id, ?error, "steering not recorded as delivered; it stays pending");
+                continue;
+            }
+        };
         let still_pending: Vec<Uuid> = committed
             .state
             .pending_steering
@@ -630,7 +645,7 @@ pub(crate) async fn acknowledge_steering(
                 .map(|steering| SteeringMessage { task_id, steering }),
         );
     }
-    Ok(delivered)
+    delivered
 }
 
 /// Replaces the agent's whole capability set (at most 64); the new set must differ.

@@ -3,7 +3,7 @@
 use axum::Json;
 use cqrs_es::Aggregate;
 use omoi_domain::access::Permission;
-use omoi_domain::common::Scoped;
+use omoi_domain::common::{DomainError, Scoped};
 use omoi_store::log::{
     aggregate_history_within, apply_until, fold_until, last_sequence, read_global_within,
     CorruptEvent, Visibility, PAGE_BYTES,
@@ -18,6 +18,7 @@ use uuid::Uuid;
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult, Problem};
 use crate::extract::Query;
+use crate::read::replay_turn;
 use crate::responses::{EventRecord, History};
 use crate::state::AppState;
 
@@ -73,13 +74,17 @@ impl HistoryQuery {
 /// One page of the history of `A` `id` and its state as of an event; 404 when it has no
 /// events. Access is decided before anything but the creation is read, and neither the
 /// page nor the fold holds more than a page of events in memory.
-pub async fn history_of<A: Aggregate + Scoped>(
+pub async fn history_of<A>(
     state: &AppState,
     caller: &Caller,
     permission: Permission,
     id: Uuid,
     query: &HistoryQuery,
-) -> ApiResult<Json<History<A>>> {
+) -> ApiResult<Json<History<A>>>
+where
+    A: Aggregate + Scoped + Clone + 'static,
+    A::Error: DomainError,
+{
     let what = "resource";
     let (as_of, after, limit) = query.checked()?;
     let id_text = id.to_string();
@@ -112,13 +117,19 @@ pub async fn history_of<A: Aggregate + Scoped>(
         });
     }
     let until = as_of.unwrap_or(version);
-    // The first page, when it reaches `until`, is all the fold needs (a history of up to
-    // a page, read once); otherwise the fold reads its own pages.
     let state_as_of = match events.last() {
+        // The first page, when it reaches `until`, is all the fold needs (a history of up
+        // to a page, read once).
         Some(last) if after == 0 && last.sequence >= until => {
             fold_until::<A>(&events, Some(until)).map_err(corrupt)?
         }
-        _ => fold_paged::<A>(pool, &id_text, until).await?,
+        // The state now, as commands keep it, when it is at the version read: paging
+        // through a long history then costs a page per request, not a fold of all of it.
+        _ if as_of.is_none() => match state.load::<A>(id).await? {
+            (kept, at) if i64::try_from(at).ok() == Some(version) => kept,
+            _ => fold_turn::<A>(state, &id_text, until).await?,
+        },
+        _ => fold_turn::<A>(state, &id_text, until).await?,
     };
     let next_after = events.last().map(|e| e.sequence).filter(|_| full);
     Ok(Json(History {
@@ -135,6 +146,13 @@ pub async fn history_of<A: Aggregate + Scoped>(
 /// An event of the history that does not read as its aggregate's: a server fault.
 fn corrupt(error: CorruptEvent) -> ApiError {
     ApiError::Internal(error.to_string())
+}
+
+/// [`fold_paged`] in a turn of the replays' limiter (429 when every turn is taken), as
+/// other views of past states are.
+async fn fold_turn<A: Aggregate>(state: &AppState, id: &str, until: i64) -> ApiResult<A> {
+    let _turn = replay_turn(state).await?;
+    fold_paged::<A>(state.pool(), id, until).await
 }
 
 /// The events a fold reads at a time.

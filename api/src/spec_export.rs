@@ -16,7 +16,7 @@ use utoipa_axum::routes;
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult, Problem};
 use crate::extract::{IdPath, Query};
-use crate::read::checked_as_of;
+use crate::read::{checked_as_of, replay_turn};
 use crate::state::AppState;
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -72,6 +72,10 @@ async fn export_spec(
         .read::<Spec>(&caller, Permission::SpecRead, id)
         .await?;
     let as_of = checked_as_of(query.as_of)?;
+    // The document folds the histories of the spec and of every ticket and task of its
+    // plan (up to 250): a turn of the limiter past states take, so that exports at once
+    // are bounded (429 beyond) as the views `as_of` are.
+    let _turn = replay_turn(&state).await?;
     let document =
         export::document(state.pool(), id, as_of)
             .await

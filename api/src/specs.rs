@@ -377,7 +377,8 @@ async fn set_plan(
         (status = 402, body = Problem,
             description = "the organization's plan allows no more workflows this period (and its \
                            credits do not cover one), or its account is suspended"),
-        (status = 409, body = Problem, description = "not in the tasks phase, or no plan"),
+        (status = 409, body = Problem,
+            description = "not in the tasks phase, no plan, or the project is archived"),
     ))]
 async fn approve_plan(
     State(state): State<AppState>,
@@ -387,9 +388,11 @@ async fn approve_plan(
     let (spec, _) = state
         .read::<Spec>(&caller, Permission::SpecApprove, id)
         .await?;
-    let organization_id = spec
-        .organization_id
-        .ok_or_else(|| ApiError::Internal("spec without organization".into()))?;
+    let (Some(organization_id), Some(project_id)) = (spec.organization_id, spec.project_id) else {
+        return Err(ApiError::Internal("spec without organization".into()));
+    };
+    // Its plan becomes new tickets and tasks of the project, which must take work.
+    active_project(&state, &caller, Permission::SpecApprove, project_id).await?;
     // Executing a spec is a workflow: the plan must allow it (402 otherwise), and the
     // approval and the count commit together.
     let command = SpecCommand::ApprovePlan { at: Utc::now() };

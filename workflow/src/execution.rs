@@ -153,10 +153,13 @@ async fn execute(
         ));
     };
     let at = approved_at(event)?;
-    let validation_required = projects
-        .state(&project_id.to_string())
-        .settings
-        .validation_required;
+    let project = projects.state(&project_id.to_string());
+    // The approval checked that the project takes work; one archived since adds nothing.
+    if !project.is_active() {
+        tracing::warn!(spec = %spec_id, project = %project_id, "plan approved in a project archived since; not executed");
+        return Ok(());
+    }
+    let validation_required = project.settings.validation_required;
     let validation = |task: &PlannedTask| {
         (validation_required && task.task_type == IMPLEMENT).then(ValidationPolicy::default)
     };

@@ -345,10 +345,7 @@ impl SteeringPlan {
             Err(Offer::Queued | Offer::Closed) => return false,
         };
         let caller = link.caller();
-        let messages = match Box::pin(acknowledge_steering(&link.state, &caller, waiting)).await {
-            Ok(messages) => messages,
-            Err(error) => return self.left_pending(&error),
-        };
+        let messages = Box::pin(acknowledge_steering(&link.state, &caller, waiting)).await;
         for message in &messages {
             if !reserved.send(frame(message.task_id, &message.steering)) {
                 return false;
