@@ -16,6 +16,9 @@ pub const MAX_CLAUSE_CHARS: usize = 2_000;
 pub const MAX_ACCEPTANCE_CRITERIA: usize = 50;
 /// Longest requirement id; ids are keys in URLs and exports, not prose.
 pub const MAX_REQUIREMENT_ID_CHARS: usize = 64;
+/// Most requirements one spec may hold: each command on a spec folds or copies them all,
+/// and a plan covers them (50 tickets, 200 tasks).
+pub const MAX_REQUIREMENTS: usize = 200;
 
 /// Where a spec stands in the spec-driven workflow (the original's `Spec.status`, plus
 /// its `archived` flag made a phase of its own so nothing can happen to an archived spec).
@@ -243,6 +246,11 @@ impl Spec {
                 let requirement = requirement.validated()?;
                 if self.requirement(&requirement.id).is_some() {
                     return Err(SpecError::DuplicateRequirementId(requirement.id));
+                }
+                if self.requirements.len() >= MAX_REQUIREMENTS {
+                    return Err(SpecError::TooManyRequirements {
+                        max: MAX_REQUIREMENTS,
+                    });
                 }
                 let mut events = Vec::with_capacity(2);
                 if self.phase == P::Draft {

@@ -18,6 +18,8 @@ pub enum SpecError {
     InvalidRequirementId(String),
     #[error("the spec already has a requirement {0}")]
     DuplicateRequirementId(String),
+    #[error("the spec has {max} requirements, the most it may hold")]
+    TooManyRequirements { max: usize },
     #[error("the spec has no requirement {0}")]
     RequirementNotFound(String),
     #[error("the WHEN condition of a requirement must not be empty")]
@@ -94,6 +96,7 @@ impl DomainError for SpecError {
             | Plan(_) => ErrorKind::Invalid,
             AlreadyExists
             | DuplicateRequirementId(_)
+            | TooManyRequirements { .. }
             | RequirementsLocked { .. }
             | NotAwaitingRequirementsApproval { .. }
             | NoRequirements
@@ -142,6 +145,7 @@ impl DomainError for SpecError {
             TextTooLong { .. } => "text_too_long",
             InvalidRequirementId(_) => "invalid_requirement_id",
             DuplicateRequirementId(_) => "duplicate_requirement_id",
+            TooManyRequirements { .. } => "too_many_requirements",
             RequirementNotFound(_) => "requirement_not_found",
             EmptyCondition => "empty_condition",
             EmptyAction => "empty_action",

@@ -92,6 +92,8 @@ pub struct PlanError {
 pub enum PlanProblem {
     #[error("a plan needs at least one ticket")]
     Empty,
+    #[error("a ticket of a plan needs at least one task (nothing would ever move it to done)")]
+    TicketWithoutTasks,
     #[error("a plan has at most {MAX_PLAN_TICKETS} tickets and {MAX_PLAN_TASKS} tasks")]
     TooLarge,
     #[error("a key is upper-case letters and digits in groups joined by '-' (TKT-001), at most {MAX_PLAN_KEY_CHARS} characters")]
@@ -117,6 +119,7 @@ impl PlanProblem {
     pub fn code(&self) -> &'static str {
         match self {
             Self::Empty => "empty_plan",
+            Self::TicketWithoutTasks => "ticket_without_tasks",
             Self::TooLarge => "plan_too_large",
             Self::InvalidKey => "invalid_plan_key",
             Self::DuplicateKey(_) => "duplicate_plan_key",
@@ -190,6 +193,12 @@ impl Plan {
         };
         for (t, ticket) in self.tickets.iter().enumerate() {
             claim(format!("tickets[{t}].key"), &ticket.key)?;
+            if ticket.tasks.is_empty() {
+                return Err(refuse(
+                    format!("tickets[{t}].tasks"),
+                    PlanProblem::TicketWithoutTasks,
+                ));
+            }
             for (k, task) in ticket.tasks.iter().enumerate() {
                 claim(format!("tickets[{t}].tasks[{k}].key"), &task.key)?;
             }
@@ -406,6 +415,10 @@ mod tests {
     #[test]
     fn each_rule_names_the_field_that_breaks_it() {
         assert_eq!(problem(plan(vec![])), ("tickets".into(), "empty_plan"));
+        assert_eq!(
+            problem(plan(vec![vec![task("TSK-1", &[])], vec![]])),
+            ("tickets[1].tasks".into(), "ticket_without_tasks")
+        );
         assert_eq!(
             problem(plan(vec![vec![task("TSK-1", &[]), task("TSK-1", &[])]])),
             ("tickets[0].tasks[1].key".into(), "duplicate_plan_key")

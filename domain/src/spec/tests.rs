@@ -353,6 +353,30 @@ async fn the_first_requirement_moves_a_draft_to_requirements() {
     assert_eq!(state.requirements, vec![requirement("REQ-AUTH-001")]);
 }
 
+/// A spec holds at most `MAX_REQUIREMENTS`: the one past them is refused, and one fewer
+/// still takes one more.
+#[tokio::test]
+async fn a_spec_holds_a_bounded_number_of_requirements() {
+    let full: Vec<SpecEvent> = history_at(SpecPhase::Requirements)
+        .into_iter()
+        .chain((2..=MAX_REQUIREMENTS).map(|n| added(&format!("REQ-LOAD-{n:03}"))))
+        .collect();
+    let state: Spec = fold(&full);
+    assert_eq!(state.requirements.len(), MAX_REQUIREMENTS);
+    SpecTest::with(())
+        .given(full.clone())
+        .when_async(SpecCommand::AddRequirement(requirement("REQ-LOAD-999")))
+        .await
+        .then_expect_error(SpecError::TooManyRequirements {
+            max: MAX_REQUIREMENTS,
+        });
+    SpecTest::with(())
+        .given(full[..full.len() - 1].to_vec())
+        .when_async(SpecCommand::AddRequirement(requirement("REQ-LOAD-999")))
+        .await
+        .then_expect_events(vec![added("REQ-LOAD-999")]);
+}
+
 #[tokio::test]
 async fn a_duplicate_requirement_id_is_refused() {
     SpecTest::with(())

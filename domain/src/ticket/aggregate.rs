@@ -164,7 +164,15 @@ impl Ticket {
                 }
                 let feedback = required_text(&feedback, MAX_TEXT_CHARS)
                     .map_err(|p| TicketError::text("feedback", p))?;
-                Ok(vec![TicketEvent::TicketRegressed { feedback }])
+                // A move back clears the block as every other move does.
+                let unblocked = self
+                    .blocked
+                    .is_some()
+                    .then_some(TicketEvent::TicketUnblocked);
+                Ok(unblocked
+                    .into_iter()
+                    .chain([TicketEvent::TicketRegressed { feedback }])
+                    .collect())
             }
             TicketCommand::BlockTicket { reason, note, at } => {
                 self.ensure_open()?;

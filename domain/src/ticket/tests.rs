@@ -151,6 +151,25 @@ async fn a_regression_returns_a_tested_ticket_to_building_with_feedback() {
     );
 }
 
+/// A blocked ticket in testing regresses unblocked, as every other move clears the block.
+#[tokio::test]
+async fn a_regression_clears_the_block() {
+    let mut given = history_at(TicketStatus::Testing);
+    given.push(blocked());
+    TicketTest::with(())
+        .given(given)
+        .when_async(TicketCommand::RegressTicket {
+            feedback: "flaky".into(),
+        })
+        .await
+        .then_expect_events(vec![
+            TicketEvent::TicketUnblocked,
+            TicketEvent::TicketRegressed {
+                feedback: "flaky".into(),
+            },
+        ]);
+}
+
 #[tokio::test]
 async fn only_a_ticket_in_testing_can_regress() {
     TicketTest::with(())
