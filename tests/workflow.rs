@@ -1085,3 +1085,37 @@ async fn an_archived_projects_plan_is_not_approved() {
     app.caught_up().await;
     assert_eq!(app.event_count().await, before);
 }
+
+/// The bound on the dependency changes a cycle check reads counts the changes only: a
+/// project of more tasks than the bound, none with dependencies, still takes an edge
+/// (every creation counted, and 20,000 tasks refused every new dependency).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_project_of_many_tasks_without_dependencies_still_takes_one() {
+    let app = spawn_app().await;
+    let (_, project) = app.organization_and_project().await;
+    let ticket = app.ticket(&project, "Many").await;
+    let first = app.task(&ticket, "First", json!({})).await;
+    let second = app.task(&ticket, "Second", json!({})).await;
+    // 20,001 more creations without dependencies, each the second's own payload under
+    // a new id, set-based (the log's readers decode them as the API's).
+    let bound = omoi_workflow::cycles::MAX_EDGE_EVENTS;
+    sqlx::query(
+        "insert into events (aggregate_type, aggregate_id, sequence, event_type, event_version,
+                             payload, metadata)
+         select 'Task', id::text, 1, 'TaskCreated', e.event_version,
+                jsonb_set(e.payload, '{TaskCreated,task_id}', to_jsonb(id::text)), e.metadata
+           from events e, (select gen_random_uuid() as id from generate_series(0, $2)) ids
+          where e.aggregate_type = 'Task' and e.aggregate_id = $1 and e.sequence = 1",
+    )
+    .bind(&second)
+    .bind(bound)
+    .execute(&app.database.pool)
+    .await
+    .expect("the creations");
+    app.must(
+        &format!("/api/v1/tasks/{second}/dependencies"),
+        json!({"depends_on": first}),
+        StatusCode::OK,
+    )
+    .await;
+}

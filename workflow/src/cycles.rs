@@ -90,6 +90,8 @@ async fn dependency_edges(
           where metadata ->> 'project_id' = $1
             and aggregate_type = 'Task'
             and event_type in ('TaskCreated', 'TaskDependencyAdded', 'TaskDependencyRemoved')
+            and (event_type <> 'TaskCreated'
+                 or coalesce(jsonb_array_length(payload -> 'TaskCreated' -> 'depends_on'), 0) > 0)
           order by aggregate_id, sequence
           limit $2",
     )
