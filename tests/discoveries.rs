@@ -1,6 +1,7 @@
 //! Discovery: the agent running a task reports work it found. The new task joins the
 //! ticket naming its parent and its discoverer; a blocking one holds the parent's
-//! completion until it completes or is cancelled, released by the `discovery_resolution`
+//! completion until it completes or is cancelled (also after failing for good), released
+//! by the `discovery_resolution`
 //! process manager on the log.
 
 use omoi_testing::{id_of, spawn_app, Agent, TestApp};
@@ -145,7 +146,8 @@ async fn a_blocking_discovery_holds_its_parent_until_it_completes_or_is_cancelle
         "{refused}"
     );
 
-    // A second blocking discovery, cancelled by a person: it releases the parent too.
+    // A second blocking discovery fails for good (a permanent error), which releases
+    // nothing; a person then gives it up (cancels it), which releases the parent too.
     let (status, created) = agent
         .discover(
             &app,
@@ -157,12 +159,27 @@ async fn a_blocking_discovery_holds_its_parent_until_it_completes_or_is_cancelle
     assert_eq!(status, StatusCode::CREATED, "{created}");
     let second = id_of(&created);
     assert_eq!(created["state"]["task_type"], "analyze");
-    app.must(
-        &format!("/api/v1/tasks/{second}/cancel"),
-        json!({"reason": "out of scope"}),
-        StatusCode::OK,
-    )
-    .await;
+    helper.run(&app, &second).await;
+    let failed = helper
+        .must(
+            &app,
+            &second,
+            "fail",
+            json!({"error": "permission denied on the refunds service"}),
+        )
+        .await;
+    assert_eq!(failed["state"]["status"], "permanently_failed", "{failed}");
+    app.caught_up().await;
+    let (status, still) = agent.complete(&app, &task).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{still}");
+    let cancelled = app
+        .must(
+            &format!("/api/v1/tasks/{second}/cancel"),
+            json!({"reason": "out of scope"}),
+            StatusCode::OK,
+        )
+        .await;
+    assert_eq!(cancelled["state"]["status"], "cancelled", "{cancelled}");
 
     // The first is run by another agent to completion.
     helper.run(&app, &first).await;

@@ -543,13 +543,15 @@ async fn fail_task(
         .await
 }
 
-/// Cancels a task that has not ended; a blank reason is stored as none.
+/// Cancels a task that has not ended, or gives up on one that failed for good or timed
+/// out (its ticket and a parent it blocks as a discovery then count it as ended); a blank
+/// reason is stored as none.
 #[utoipa::path(post, path = "/api/v1/tasks/{id}/cancel", tag = "tasks",
     params(("id" = Uuid, Path)), request_body = CancelTask,
     responses(
         (status = 200, body = Versioned<Task>), (status = 400, body = Problem),
         (status = 404, body = Problem),
-        (status = 409, body = Problem, description = "the task has already ended"),
+        (status = 409, body = Problem, description = "the task completed or was cancelled"),
         (status = 422, body = Problem),
     ))]
 async fn cancel_task(

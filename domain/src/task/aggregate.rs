@@ -730,6 +730,10 @@ impl Task {
                 RetryScheduled,
                 PendingValidation,
                 NeedsRevision,
+                // Given up on by a person: its ticket's tally and a parent it blocks as
+                // a discovery count it as ended, as no failure does (nothing retries it).
+                PermanentlyFailed,
+                TimedOut,
             ],
             "cancel",
         )?;
