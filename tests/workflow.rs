@@ -1119,3 +1119,61 @@ async fn a_project_of_many_tasks_without_dependencies_still_takes_one() {
     )
     .await;
 }
+
+/// A ticket in testing whose work completes while a person has it blocked stays where it
+/// is (a blocked ticket cannot be done); once unblocked it goes on to `done`, the move
+/// caused by the unblocking — before, that move was lost and the ticket stayed in testing.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_ticket_whose_work_finished_while_blocked_moves_on_once_unblocked() {
+    let app = spawn_app().await;
+    let (organization, project) = app.organization_and_project().await;
+    let ticket = app.ticket(&project, "Audit log").await;
+    let task = app.task(&ticket, "Write it", json!({})).await;
+    let agent = worker(&app, &organization).await;
+    assign(&app, &agent, &task).await;
+    assert_eq!(ticket_status(&app, &ticket).await, "building");
+    for to in ["building-done", "testing"] {
+        app.must(
+            &format!("/api/v1/tickets/{ticket}/transition"),
+            json!({"to": to}),
+            StatusCode::OK,
+        )
+        .await;
+    }
+    app.must(
+        &format!("/api/v1/tickets/{ticket}/block"),
+        json!({"reason": "waiting_on_clarification", "note": "which events?"}),
+        StatusCode::OK,
+    )
+    .await;
+    let path = |action: &str| format!("/api/v1/tasks/{task}/{action}");
+    app.must(&path("start"), json!({}), StatusCode::OK).await;
+    app.must(&path("complete"), json!({"result": {}}), StatusCode::OK)
+        .await;
+    assert_eq!(ticket_status(&app, &ticket).await, "testing");
+
+    app.must(
+        &format!("/api/v1/tickets/{ticket}/unblock"),
+        json!({}),
+        StatusCode::OK,
+    )
+    .await;
+    assert_eq!(ticket_status(&app, &ticket).await, "done");
+    let events = log(&app).await;
+    let unblocked = events
+        .iter()
+        .find(|e| e.aggregate_id == ticket && e.event_type == "TicketUnblocked")
+        .expect("the unblocking");
+    let done = events
+        .iter()
+        .find(|e| {
+            e.aggregate_id == ticket
+                && e.event_type == "TicketStatusChanged"
+                && e.payload.to_value()["TicketStatusChanged"]["to"] == "done"
+        })
+        .expect("the move to done");
+    assert_eq!(
+        done.metadata.to_value()["causation_id"],
+        unblocked.reference()
+    );
+}

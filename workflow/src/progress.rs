@@ -4,7 +4,8 @@
 //! starts, to `done` once all of its tasks completed (cancelled ones aside), and blocked (`failing_checks`, naming the
 //! task and its error) when one fails for good. It only ever moves a ticket forward, so a
 //! move a person made by hand is never undone; a move the ticket refuses (it is blocked,
-//! say) is skipped. A project whose setting `auto_advance` is off is left alone.
+//! say) is skipped — and asked again when someone unblocks the ticket. A project whose
+//! setting `auto_advance` is off is left alone.
 //!
 //! Its state, in its own table: every task's ticket and status, as the events left them,
 //! and whether it is a validation task. In memory, between batches: some of those rows,
@@ -175,9 +176,15 @@ impl Known {
 }
 
 impl KeptRows {
-    /// What is kept of the rows of `changes`' tasks and of the tallies of their tickets.
-    fn cached(&self, changes: &[(&StoredEvent, TaskEvent)]) -> Cached {
+    /// What is kept of the rows of `changes`' tasks and of the tallies of their tickets
+    /// and of the tickets `unblocked`.
+    fn cached(&self, changes: &[(&StoredEvent, TaskEvent)], unblocked: &[String]) -> Cached {
         let mut cached = Cached::default();
+        for ticket in unblocked {
+            if let Some(tally) = self.tallies.get(ticket) {
+                cached.tallies.insert(ticket.clone(), *tally);
+            }
+        }
         for (event, change) in changes {
             let task = &event.aggregate_id;
             let ticket = match (self.rows.get(task), change) {
@@ -199,9 +206,14 @@ impl KeptRows {
 impl TicketProgress {
     /// What is kept of the batch's tasks' rows and of the tallies of their tickets; none
     /// when the batch given before never settled (it may have been rolled back).
-    fn cached(&self, schema: &str, changes: &[(&StoredEvent, TaskEvent)]) -> Cached {
+    fn cached(
+        &self,
+        schema: &str,
+        changes: &[(&StoredEvent, TaskEvent)],
+        unblocked: &[String],
+    ) -> Cached {
         self.kept
-            .for_batch(schema, |kept| kept.cached(changes))
+            .for_batch(schema, |kept| kept.cached(changes, unblocked))
             .unwrap_or_default()
     }
 
@@ -219,6 +231,11 @@ impl TicketProgress {
         let (tasks, others): (Vec<&StoredEvent>, Vec<&StoredEvent>) = events
             .into_iter()
             .partition(|event| event.aggregate_type == Task::TYPE);
+        let unblocked: Vec<&StoredEvent> = others
+            .iter()
+            .copied()
+            .filter(|event| unblocked_by_another(event))
+            .collect();
         if !others.is_empty() {
             self.kept.amend(schema, |kept| {
                 for event in others {
@@ -226,9 +243,13 @@ impl TicketProgress {
                 }
             });
         }
-        let Some(&first) = tasks.first() else {
+        let Some(&first) = tasks.first().or(unblocked.first()) else {
             return Ok(());
         };
+        let unblocked_tickets: Vec<String> = unblocked
+            .iter()
+            .map(|event| event.aggregate_id.clone())
+            .collect();
         let mut changes = Vec::with_capacity(tasks.len());
         for event in tasks {
             let change: TaskEvent = event
@@ -237,12 +258,19 @@ impl TicketProgress {
                 .map_err(|e| ProjectionError::payload(event, e))?;
             changes.push((event, change));
         }
-        let cached = self.cached(schema, &changes);
-        let mut rows = TaskRows::read(tx, schema, &changes, cached).await?;
-        let asks: Vec<Ask> = changes
+        let cached = self.cached(schema, &changes, &unblocked_tickets);
+        let mut rows = TaskRows::read(tx, schema, &changes, cached, &unblocked_tickets).await?;
+        let mut asks: Vec<Ask> = changes
             .iter()
             .filter_map(|(event, change)| rows.change(event, change))
             .collect();
+        // A ticket unblocked goes as far as its finished work takes it: a move to `done`
+        // the block refused is not lost.
+        asks.extend(unblocked.into_iter().filter_map(|event| {
+            let ticket = event.aggregate_id.clone();
+            let to = rows.finished_step(&ticket)?;
+            Some(Ask::Advance { event, ticket, to })
+        }));
         let mut known = self
             .kept
             .for_batch(schema, |kept| kept.known.for_asks(&asks))
@@ -286,10 +314,11 @@ impl ProcessManager for TicketProgress {
         event.aggregate_type == Task::TYPE || Known::may_make_stale(event)
     }
 
-    /// A task's change; any other event it reacts to only forgets what it made stale,
+    /// A task's change, or a ticket unblocked by someone else (its finished work may take
+    /// it further now); any other event it reacts to only forgets what it made stale,
     /// here, without a batch of its own.
     fn concerns(&self, schema: &str, event: &StoredEvent) -> bool {
-        if event.aggregate_type == Task::TYPE {
+        if event.aggregate_type == Task::TYPE || unblocked_by_another(event) {
             return true;
         }
         if Known::may_make_stale(event) {
@@ -501,6 +530,18 @@ impl Ask<'_> {
     }
 }
 
+/// Whether `event` unblocked a ticket and another than this process manager caused it
+/// (its own walks unblock as they move, and ask nothing more).
+fn unblocked_by_another(event: &StoredEvent) -> bool {
+    event.aggregate_type == Ticket::TYPE
+        && event.event_type == "TicketUnblocked"
+        && event
+            .metadata
+            .actor()
+            .and_then(|actor| actor.strip_prefix("system:"))
+            != Some(NAME)
+}
+
 /// The project an event names in its metadata.
 fn project_of(event: &StoredEvent) -> Option<String> {
     event.metadata.project_id().map(str::to_string)
@@ -603,6 +644,7 @@ impl TaskRows {
         schema: &str,
         changes: &[(&StoredEvent, TaskEvent)],
         cached: Cached,
+        unblocked: &[String],
     ) -> Result<Self, ProjectionError> {
         let Cached {
             mut rows,
@@ -636,6 +678,7 @@ impl TaskRows {
         let to_count: Vec<String> = finishing
             .iter()
             .filter_map(|task| ticket_of(&rows, &created, task))
+            .chain(unblocked.iter().cloned())
             .filter(|ticket| !tallies.contains_key(ticket))
             .collect::<BTreeSet<_>>()
             .into_iter()
@@ -688,6 +731,7 @@ impl TaskRows {
         let asked: BTreeSet<String> = finishing
             .iter()
             .filter_map(|task| ticket_of(&rows, &created, task))
+            .chain(unblocked.iter().cloned())
             .collect();
         for ticket in asked {
             match counted.remove(&ticket) {
