@@ -282,4 +282,35 @@ async fn the_agents_list_shows_every_agent_as_it_was_at_a_position() {
     let (status, body) = app.get(&format!("/api/v1/agents?as_of={idle_at}")).await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
     assert_eq!(body["code"], "as_of_needs_organization");
+
+    // A page at a time, now and as of the end: pages of one walk the same list.
+    for as_of in ["", "&as_of=999999999"] {
+        let mut walked = Vec::new();
+        let mut after = String::new();
+        loop {
+            let (status, page) = app
+                .get(&format!(
+                    "/api/v1/agents?organization_id={organization}&limit=1{as_of}{after}"
+                ))
+                .await;
+            assert_eq!(status, StatusCode::OK, "{page}");
+            let agents = page["agents"].as_array().expect("agents");
+            assert!(agents.len() <= 1, "{page}");
+            walked.extend(agents.iter().map(|a| {
+                (
+                    a["agent_id"].as_str().unwrap_or_default().to_string(),
+                    a["status"].as_str().unwrap_or_default().to_string(),
+                )
+            }));
+            match page["next_after"].as_str() {
+                Some(next) => after = format!("&after={next}"),
+                None => break,
+            }
+        }
+        assert_eq!(walked, now, "{as_of}");
+    }
+    for query in ["limit=0", "limit=1001", "after=x"] {
+        let (status, body) = app.get(&format!("/api/v1/agents?{query}")).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{query}: {body}");
+    }
 }

@@ -50,15 +50,36 @@ pub struct AgentsQuery {
     /// that organization's log is replayed, at most `application.max_replay_events`).
     #[param(minimum = 0)]
     pub as_of: Option<i64>,
+    /// The page after this agent (a `next_after`).
+    pub after: Option<Uuid>,
+    /// Page size, 1 to 1000 (default 1000).
+    #[param(minimum = 1, maximum = 1000)]
+    pub limit: Option<i64>,
 }
+
+/// The most agents one page lists.
+const MAX_AGENTS_PAGE: i64 = 1000;
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct AgentList {
     pub agents: Vec<AgentView>,
+    /// Pass as `after` for the next page; absent on the last one.
+    pub next_after: Option<Uuid>,
 }
 
-/// Agents with their status, capabilities, capacity and current task, by name. Without
-/// `organization_id`, the agents of every organization the caller may read. With `as_of`
+impl AgentList {
+    /// A page of `limit` from `agents`, read one past it to tell whether more follow.
+    fn page(mut agents: Vec<AgentView>, limit: i64) -> Self {
+        let more = agents.len() as i64 > limit;
+        agents.truncate(usize::try_from(limit).unwrap_or(0));
+        let next_after = agents.last().map(|a| a.agent_id).filter(|_| more);
+        Self { agents, next_after }
+    }
+}
+
+/// Agents with their status, capabilities, capacity and current task, by name, a page at
+/// a time (`next_after`). Without `organization_id`, the agents of every organization
+/// the caller may read. With `as_of`
 /// (and `organization_id`), as they were right after that global position. The list
 /// follows commands shortly after they commit, once the read model has caught up.
 #[utoipa::path(
@@ -68,7 +89,7 @@ pub struct AgentList {
     params(AgentsQuery),
     responses(
         (status = 200, body = AgentList),
-        (status = 400, body = Problem, description = "bad id, status or as_of"),
+        (status = 400, body = Problem, description = "bad id, status, as_of, after or limit"),
         (status = 403, body = Problem),
         (status = 404, body = Problem, description = "no such organization"),
         (status = 422, body = Problem,
@@ -81,14 +102,23 @@ async fn list_agents(
     caller: Caller,
     Query(query): Query<AgentsQuery>,
 ) -> ApiResult<Json<AgentList>> {
+    let limit = query.limit.unwrap_or(MAX_AGENTS_PAGE);
+    if !(1..=MAX_AGENTS_PAGE).contains(&limit) {
+        return Err(ApiError::bad_request(
+            format!("limit must be between 1 and {MAX_AGENTS_PAGE}"),
+            Some("limit"),
+        ));
+    }
     let filter = AgentFilter {
         organizations: readable_organizations(&caller, PERMISSION, query.organization_id)?,
         project_id: project_filter(&caller, query.project_id)?,
         status: query.status.map(|s| s.as_str().to_string()),
+        after: query.after,
+        limit: Some(limit + 1),
     };
     let Some(as_of) = checked_as_of(query.as_of)? else {
         let agents = agents::list(state.pool(), &filter).await?;
-        return Ok(Json(AgentList { agents }));
+        return Ok(Json(AgentList::page(agents, limit)));
     };
     // The past is one organization's log replayed: which one must be said.
     let organization_id = query.organization_id.ok_or_else(|| {
@@ -108,7 +138,7 @@ async fn list_agents(
     )
     .await
     .map_err(read_error)?;
-    Ok(Json(AgentList { agents }))
+    Ok(Json(AgentList::page(agents, limit)))
 }
 
 /// A page of one agent's activity.

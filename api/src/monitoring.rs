@@ -118,7 +118,7 @@ async fn overview(
             .map(|(_, n)| n)
             .sum()
     };
-    let (agents_in_trouble, working): (Vec<AgentView>, Vec<AgentView>) =
+    let (mut agents_in_trouble, working): (Vec<AgentView>, Vec<AgentView>) =
         serving.into_iter().partition(in_trouble);
     let inputs = CoherenceInputs {
         anomaly_scores: working
@@ -142,6 +142,8 @@ async fn overview(
         duplicates: found.duplicates.len(),
         open_alerts: alerts.len(),
     };
+    // Counted whole above, listed at most as many as the other findings.
+    agents_in_trouble.truncate(usize::try_from(MAX_FINDINGS).unwrap_or(usize::MAX));
     Ok(Json(MonitoringOverview {
         project_id,
         coherence: inputs.coherence(),

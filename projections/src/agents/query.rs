@@ -13,9 +13,14 @@ pub struct AgentFilter {
     /// Agents registered for this project (organization-wide agents have none).
     pub project_id: Option<Uuid>,
     pub status: Option<String>,
+    /// Only agents after this one, in the list's order (by name, then id).
+    pub after: Option<Uuid>,
+    /// At most this many; all when `None`.
+    pub limit: Option<i64>,
 }
 
-/// Reads agents from the `agents_agents` view, by name.
+/// Reads agents from the `agents_agents` view, by name (then id), a page when the filter
+/// says so.
 pub async fn list(pool: &PgPool, filter: &AgentFilter) -> Result<Vec<AgentView>, sqlx::Error> {
     let mut sql = QueryBuilder::<Postgres>::new(
         "select agent_id, organization_id, project_id, name, agent_type, status, capabilities,
@@ -33,7 +38,17 @@ pub async fn list(pool: &PgPool, filter: &AgentFilter) -> Result<Vec<AgentView>,
     if let Some(status) = &filter.status {
         sql.push(" and status = ").push_bind(status.clone());
     }
+    if let Some(after) = filter.after {
+        sql.push(
+            " and (name, agent_id) > (select name, agent_id from agents_agents where agent_id = ",
+        )
+        .push_bind(after)
+        .push(")");
+    }
     sql.push(" order by name, agent_id");
+    if let Some(limit) = filter.limit {
+        sql.push(" limit ").push_bind(limit);
+    }
     sql.build_query_as().fetch_all(pool).await
 }
 
@@ -71,5 +86,15 @@ pub async fn list_as_of(
         .cloned()
         .collect();
     agents.sort_by(|a, b| (&a.name, a.agent_id).cmp(&(&b.name, b.agent_id)));
+    if let Some(after) = filter.after {
+        let start = agents
+            .iter()
+            .position(|a| a.agent_id == after)
+            .map_or(agents.len(), |at| at + 1);
+        agents.drain(..start);
+    }
+    if let Some(limit) = filter.limit {
+        agents.truncate(usize::try_from(limit).unwrap_or(0));
+    }
     Ok(agents)
 }
