@@ -891,3 +891,55 @@ async fn the_revocation_commits_or_rolls_back_with_the_removal() {
     .await;
     assert_eq!(status, StatusCode::OK, "{body}");
 }
+
+/// A member is someone: a user who exists, or an agent of the organization. Anyone else
+/// — a made-up user, another organization's agent — is 404 and nothing is written; a
+/// member lacking `org:members:write` learns nothing of who exists (403 first).
+#[tokio::test(flavor = "multi_thread")]
+async fn only_an_existing_user_or_the_organizations_own_agent_becomes_a_member() {
+    let app = spawn_app().await;
+    let org = setup(&app).await;
+    let owner = app.token.clone().expect("the owner's token");
+    let plain = member(&app, &org, "plain@example.com", "member").await;
+    let (own_agent, _) = agent(&app, &owner, &org).await;
+    let (elsewhere, _) = app.organization_and_project().await;
+    let elsewhere = Org {
+        id: elsewhere,
+        project: String::new(),
+        owner: org.owner,
+    };
+    let (foreign_agent, _) = agent(&app, &owner, &elsewhere).await;
+
+    let before = app.event_count().await;
+    for principal in [
+        format!("user:{}", Uuid::now_v7()),
+        format!("agent:{}", Uuid::now_v7()),
+        format!("agent:{foreign_agent}"),
+    ] {
+        let (status, answer) = app
+            .post(
+                &members_path(&org),
+                json!({"principal": principal, "role": "member"}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{principal}: {answer}");
+        refused(
+            &app,
+            &plain.token,
+            Method::POST,
+            members_path(&org),
+            Some(json!({"principal": principal, "role": "viewer"})),
+            "forbidden",
+        )
+        .await;
+    }
+    assert_eq!(app.event_count().await, before, "nothing written");
+
+    let (status, answer) = app
+        .post(
+            &members_path(&org),
+            json!({"principal": format!("agent:{own_agent}"), "role": "viewer"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+}

@@ -6,6 +6,7 @@ use axum::Json;
 use chrono::Utc;
 use omoi_domain::access::Permission;
 use omoi_domain::access::{Principal, Role};
+use omoi_domain::agent::Agent;
 use omoi_domain::organization::{Grantor, Organization, OrganizationCommand};
 use serde::Deserialize;
 use utoipa::ToSchema;
@@ -217,7 +218,9 @@ fn grantor(caller: &Caller, id: Uuid) -> ApiResult<Grantor> {
         (status = 200, body = Versioned<Organization>),
         (status = 403, body = Problem, description = "`forbidden`: the role lacks \
             `org:members:write`; `role_above_own`: the role is above the caller's"),
-        (status = 404, body = Problem), (status = 409, body = Problem, description = "already a member"),
+        (status = 404, body = Problem,
+            description = "no such organization, user, or agent of the organization"),
+        (status = 409, body = Problem, description = "already a member"),
     ))]
 async fn add_member(
     State(state): State<AppState>,
@@ -226,6 +229,13 @@ async fn add_member(
     Body(body): Body<AddMember>,
 ) -> ApiResult<Json<Versioned<Organization>>> {
     let principal = body.principal;
+    // Authorized first (403 before anything about the principal is told), then the
+    // principal must be someone: a user who exists, or an agent of this organization
+    // (404 otherwise — another organization's agent as if it did not exist).
+    state
+        .read::<Organization>(&caller, Permission::OrgMembersWrite, id)
+        .await?;
+    ensure_principal_exists(&state, id, principal).await?;
     let command = OrganizationCommand::AddMember {
         principal,
         role: body.role,
@@ -242,6 +252,28 @@ async fn add_member(
         .await?;
     forget_member(&state, principal);
     Ok(Json(Versioned::committed(id, committed)))
+}
+
+/// 404 unless `principal` is a user who exists or an agent of organization `id`.
+async fn ensure_principal_exists(
+    state: &AppState,
+    id: Uuid,
+    principal: Principal,
+) -> ApiResult<()> {
+    let exists = match principal {
+        Principal::User(user) => omoi_store::accounts::user_by_id(state.pool(), user)
+            .await?
+            .is_some(),
+        Principal::Agent(agent) => match state.load::<Agent>(agent).await {
+            Ok((agent, _)) => agent.organization_id == Some(id),
+            Err(ApiError::NotFound { .. }) => false,
+            Err(other) => return Err(other),
+        },
+    };
+    match exists {
+        true => Ok(()),
+        false => Err(ApiError::NotFound { what: "principal" }),
+    }
 }
 
 /// Changes another member's role (needs `org:members:write`). Neither the member's current
