@@ -9,13 +9,13 @@
 //!
 //! | status | answered by | added to |
 //! |---|---|---|
-//! | 400 | a path, query or body extractor that cannot read its input | operations with parameters or a body |
+//! | 400 | a path, query or body extractor that cannot read its input | operations with parameters or a JSON body |
 //! | 401 | the credential check | operations that require a credential |
 //! | 403 | a role without the permission, or an agent credential on a people's route | operations that require a credential |
 //! | 404 | a resource that does not exist or is not visible to the caller | operations with a path parameter |
 //! | 413 | the body limit | operations with a body |
-//! | 415 | a body that is not `application/json` | operations with a body |
-//! | 422 | a rule about the input's values (NUL characters, bounds) | operations with parameters or a body |
+//! | 415 | a body that is not `application/json` | operations with a JSON body |
+//! | 422 | a rule about the input's values (NUL characters, bounds) | operations with parameters or a JSON body |
 //! | 429 | bounded replays (`as_of`) | operations with an `as_of` parameter |
 //! | 503 | the database cannot be reached | every operation but `/metrics` |
 //!
@@ -314,6 +314,9 @@ struct Shape {
     has_path_parameter: bool,
     has_query_parameter: bool,
     has_body: bool,
+    /// A JSON body, read by the JSON extractor (415, 422); a raw body (Stripe's webhook,
+    /// verified byte for byte) is read as it comes.
+    has_json_body: bool,
     replays: bool,
 }
 
@@ -341,12 +344,16 @@ impl Shape {
                 .iter()
                 .any(|p| p.parameter_in == ParameterIn::Query),
             has_body: operation.request_body.is_some(),
+            has_json_body: operation
+                .request_body
+                .as_ref()
+                .is_some_and(|body| body.content.contains_key("application/json")),
             replays: parameters.iter().any(|p| p.name == "as_of"),
         }
     }
 
     fn shared_statuses(&self, path: &str) -> Vec<u16> {
-        let has_input = self.has_path_parameter || self.has_query_parameter || self.has_body;
+        let has_input = self.has_path_parameter || self.has_query_parameter || self.has_json_body;
         let mut statuses = Vec::new();
         if has_input {
             statuses.extend([400, 422]);
@@ -358,7 +365,10 @@ impl Shape {
             statuses.push(404);
         }
         if self.has_body {
-            statuses.extend([413, 415]);
+            statuses.push(413);
+        }
+        if self.has_json_body {
+            statuses.push(415);
         }
         if self.replays {
             statuses.push(429);
@@ -486,6 +496,16 @@ mod tests {
             panic!("429 is a reference");
         };
         assert!(too_many.headers.contains_key("Retry-After"));
+        // Stripe's webhook reads its raw body as it comes (verified byte for byte): no
+        // 415 or 422 of the JSON extractor; its 400 is its own rule.
+        assert_eq!(
+            statuses(operation(
+                &document,
+                "post",
+                "/api/v1/billing/webhooks/stripe"
+            )),
+            ["200", "400", "401", "413", "503"]
+        );
         // Login takes no credential: its 401 is its own rule, and no role applies.
         let login = statuses(operation(&document, "post", "/api/v1/auth/login"));
         assert!(!login.contains(&"403"), "{login:?}");
