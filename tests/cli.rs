@@ -4,7 +4,7 @@
 use std::process::Command;
 
 use chrono::Utc;
-use omoi_domain::billing::{BillingAccount, BillingCommand};
+use omoi_domain::billing::{BillingAccount, BillingCommand, Plans};
 use omoi_store::bus::RetryPolicy;
 use omoi_store::{Actor, CommandBus, CommandContext};
 use omoi_testing::TestDatabase;
@@ -27,12 +27,16 @@ fn history_with(database: &TestDatabase, args: &[&str]) -> std::process::Output 
         .expect("omoi history runs")
 }
 
+/// A workflow's count, against `quota` workflows a month on every tier.
 fn start_workflow(organization: Uuid, quota: Option<u32>) -> BillingCommand {
+    let mut plans = Plans::default();
+    for plan in &mut plans.plans {
+        plan.monthly_workflows = quota;
+    }
     BillingCommand::StartWorkflow {
         organization_id: organization,
         spec_id: Uuid::now_v7(),
-        quota,
-        price_cents: 0,
+        plans,
         at: Utc::now(),
     }
 }

@@ -456,7 +456,7 @@ async fn a_page_of_the_global_stream_ends_at_its_weight_and_loses_nothing() {
 #[tokio::test(flavor = "multi_thread")]
 async fn an_append_is_never_ordered_before_the_event_it_follows() {
     use chrono::Utc;
-    use omoi_domain::billing::{BillingAccount, BillingCommand, BillingEvent};
+    use omoi_domain::billing::{BillingAccount, BillingCommand, BillingEvent, Plans};
     use omoi_store::append::{AppendError, Rows};
     use omoi_store::bus::RetryPolicy;
     use omoi_store::CommandBus;
@@ -467,11 +467,14 @@ async fn an_append_is_never_ordered_before_the_event_it_follows() {
     let bus = CommandBus::new(database.pool.clone(), RetryPolicy::default());
     let context = CommandContext::new(Actor::System("test"), "order");
     let (first, second) = (Uuid::now_v7(), Uuid::now_v7());
+    let mut unlimited = Plans::default();
+    for plan in &mut unlimited.plans {
+        plan.monthly_workflows = None;
+    }
     let start = |organization_id: Uuid| BillingCommand::StartWorkflow {
         organization_id,
         spec_id: Uuid::now_v7(),
-        quota: None,
-        price_cents: 0,
+        plans: unlimited.clone(),
         at: Utc::now(),
     };
     let started = |organization_id: Uuid| BillingEvent::WorkflowStarted {

@@ -284,14 +284,11 @@ pub async fn with_workflow(
     command: SpecCommand,
 ) -> ApiResult<Committed<Spec>> {
     let started = std::time::Instant::now();
-    let plans = &state.billing.plans;
-    let account = account_of(state, organization_id).await?;
-    let plan = plans.of(account.effective_tier());
+    // The account decides its quota by its tier as it stands in the pair's transaction.
     let count = BillingCommand::StartWorkflow {
         organization_id,
         spec_id,
-        quota: plan.monthly_workflows,
-        price_cents: plans.workflow_price_cents,
+        plans: state.billing.plans.clone(),
         at: Utc::now(),
     };
     let (spec_key, account_key) = (spec_id.to_string(), organization_id.to_string());
@@ -326,24 +323,20 @@ pub async fn with_workflow(
         Err(PairError::First(CommandError::Refused(refusal))) => {
             Err(crate::auth::refused(refusal, "spec", permission.as_str()))
         }
-        Err(PairError::Second(CommandError::Domain(error))) => Err(payment_required(&error, &plan)),
+        Err(PairError::Second(CommandError::Domain(error))) => Err(payment_required(&error)),
         Err(other) => Err(ApiError::from(other)),
     }
 }
 
-fn payment_required(error: &BillingError, plan: &Plan) -> ApiError {
+fn payment_required(error: &BillingError) -> ApiError {
     let how = match error {
-        BillingError::Suspended => {
-            "pay the open invoice (POST /api/v1/billing/portal) to lift the suspension"
-        }
-        BillingError::QuotaExceeded { .. } => {
-            "upgrade the plan or buy credits (POST /api/v1/billing/checkout)"
-        }
+        BillingError::Suspended => "the portal: POST /api/v1/billing/portal",
+        BillingError::QuotaExceeded { .. } => "checkout: POST /api/v1/billing/checkout",
         _ => return ApiError::from_domain(error),
     };
     ApiError::PaymentRequired {
         code: omoi_domain::common::DomainError::code(error),
-        detail: format!("{error} — limit of the {} plan; {how}", plan.tier),
+        detail: format!("{error} ({how})"),
     }
 }
 

@@ -208,18 +208,21 @@ impl BillingAccount {
             BillingCommand::StartWorkflow {
                 organization_id,
                 spec_id,
-                quota,
-                price_cents,
+                plans,
                 at,
             } => {
                 self.ensure_organization(organization_id)?;
                 if self.is_suspended(at) {
                     return Err(BillingError::Suspended);
                 }
+                let tier = self.effective_tier();
+                let quota = plans.of(tier).monthly_workflows;
+                let price_cents = plans.workflow_price_cents;
                 let credits_spent_cents = match quota {
                     Some(quota) if self.workflows_used_at(at) >= quota => {
                         if self.credits_cents < price_cents {
                             return Err(BillingError::QuotaExceeded {
+                                tier,
                                 quota,
                                 credits_cents: self.credits_cents,
                                 price_cents,
@@ -578,6 +581,47 @@ impl Scoped for BillingAccount {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::billing::{Plan, Plans, Tier};
+
+    /// Plans where every tier has `quota` workflows a month, and one more costs
+    /// `price_cents` in credits.
+    fn plans(quota: Option<u32>, price_cents: i64) -> Plans {
+        Plans {
+            plans: Plans::default()
+                .plans
+                .into_iter()
+                .map(|plan| Plan {
+                    monthly_workflows: quota,
+                    ..plan
+                })
+                .collect(),
+            workflow_price_cents: price_cents,
+        }
+    }
+
+    /// The quota is the one of the account's tier as it stands when the count is
+    /// decided: a free account counts against the free plan's, not another tier's.
+    #[test]
+    fn the_quota_is_the_accounts_tiers_when_decided() {
+        let mut table = plans(Some(50), 1_000);
+        for plan in &mut table.plans {
+            if plan.tier == Tier::Free {
+                plan.monthly_workflows = Some(1);
+            }
+        }
+        let mut account = BillingAccount::default();
+        let start = |n: u128| BillingCommand::StartWorkflow {
+            organization_id: org(),
+            spec_id: Uuid::from_u128(n),
+            plans: table.clone(),
+            at: at(),
+        };
+        apply(&mut account, start(1));
+        assert!(matches!(
+            account.decide(start(2)),
+            Err(BillingError::QuotaExceeded { quota: 1, .. })
+        ));
+    }
 
     fn org() -> Uuid {
         Uuid::from_u128(1)
@@ -686,8 +730,7 @@ mod tests {
         let start = |n: u128| BillingCommand::StartWorkflow {
             organization_id: org(),
             spec_id: Uuid::from_u128(n),
-            quota: Some(1),
-            price_cents: 1_000,
+            plans: plans(Some(1), 1_000),
             at: at(),
         };
         apply(&mut account, start(1));
@@ -696,6 +739,7 @@ mod tests {
         assert_eq!(
             account.decide(start(3)),
             Err(BillingError::QuotaExceeded {
+                tier: Tier::Free,
                 quota: 1,
                 credits_cents: 0,
                 price_cents: 1_000
@@ -720,8 +764,7 @@ mod tests {
         let start = |n: u128, at: DateTime<Utc>| BillingCommand::StartWorkflow {
             organization_id: org(),
             spec_id: Uuid::from_u128(n),
-            quota: Some(1),
-            price_cents: 1_000,
+            plans: plans(Some(1), 1_000),
             at,
         };
         let cancel = |n: u128, at: DateTime<Utc>| BillingCommand::CancelWorkflow {
@@ -910,8 +953,7 @@ mod tests {
         let start = BillingCommand::StartWorkflow {
             organization_id: org(),
             spec_id: Uuid::from_u128(1),
-            quota: None,
-            price_cents: 0,
+            plans: plans(None, 0),
             at: at(),
         };
         assert_eq!(account.decide(start.clone()), Err(BillingError::Suspended));
@@ -949,8 +991,7 @@ mod tests {
         let start = |n: u128, at| BillingCommand::StartWorkflow {
             organization_id: org(),
             spec_id: Uuid::from_u128(n),
-            quota: Some(1),
-            price_cents: 1_000,
+            plans: plans(Some(1), 1_000),
             at,
         };
         let november = DateTime::parse_from_rfc3339("2026-11-30T23:00:00Z")
@@ -982,8 +1023,7 @@ mod tests {
         let start = |when| BillingCommand::StartWorkflow {
             organization_id: org(),
             spec_id: Uuid::from_u128(9),
-            quota: None,
-            price_cents: 0,
+            plans: plans(None, 0),
             at: when,
         };
         assert!(account.decide(start(at())).is_ok(), "within the grace");
@@ -1002,8 +1042,7 @@ mod tests {
             BillingCommand::StartWorkflow {
                 organization_id: org(),
                 spec_id: spec,
-                quota: Some(5),
-                price_cents: 1_000,
+                plans: plans(Some(5), 1_000),
                 at: at(),
             },
         );

@@ -1,7 +1,7 @@
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
-use super::{SubscriptionStatus, Tier};
+use super::{Plans, SubscriptionStatus, Tier};
 
 /// What a Stripe event asks of an account (decoded from the webhook by the API).
 #[derive(Debug, Clone, PartialEq)]
@@ -53,14 +53,14 @@ pub enum BillingCommand {
         payment_grace_seconds: i64,
         at: DateTime<Utc>,
     },
-    /// Counts one workflow against the period's quota, or pays for it with credits.
-    /// `quota` is the plan's monthly workflows (`None`: unlimited); `price_cents` what a
-    /// workflow beyond the quota costs in credits.
+    /// Counts one workflow against the period's quota, or pays for it with credits. The
+    /// quota is the monthly workflows of the account's tier in `plans` as the account
+    /// stands when the command is decided (a change of tier committed meanwhile counts);
+    /// `plans.workflow_price_cents` is what a workflow beyond it costs in credits.
     StartWorkflow {
         organization_id: Uuid,
         spec_id: Uuid,
-        quota: Option<u32>,
-        price_cents: i64,
+        plans: Plans,
         at: DateTime<Utc>,
     },
     /// Gives back a workflow whose start failed after it was counted (its usage and any

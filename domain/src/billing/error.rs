@@ -1,3 +1,4 @@
+use super::Tier;
 use crate::common::{DomainError, ErrorKind};
 
 /// Every rule that can refuse a billing command.
@@ -10,10 +11,12 @@ pub enum BillingError {
     #[error("the account is suspended for a failed payment; pay the open invoice to resume")]
     Suspended,
     #[error(
-        "the plan's {quota} workflows this period are used and the credits ({credits_cents} \
-         cents) do not cover another ({price_cents} cents); upgrade the plan or buy credits"
+        "the {tier} plan's {quota} workflows this period are used and the credits \
+         ({credits_cents} cents) do not cover another ({price_cents} cents); upgrade the plan \
+         or buy credits"
     )]
     QuotaExceeded {
+        tier: Tier,
         quota: u32,
         credits_cents: i64,
         price_cents: i64,
