@@ -384,6 +384,14 @@ async fn seed_credentials(app: &TestApp) {
         "insert into revoked_access_tokens (jti, expires_at) values
             (gen_random_uuid(), now() - interval '2 days'),
             (gen_random_uuid(), now() + interval '15 minutes')",
+        // Credentials of agents never registered (a registration that failed after its
+        // credential was written): one past the hour's margin, one within it.
+        "insert into api_keys (id, prefix, secret_sha256, name, organization_id, role,
+                               created_by, agent_id, created_at)
+            select gen_random_uuid(), 'orphan-' || age, '\\x00', 'orphan', gen_random_uuid(),
+                   'agent_executor', (select id from users limit 1), gen_random_uuid(),
+                   now() - age::interval
+              from unnest(array['2 hours', '1 minute']) as age",
     ];
     for sql in statements {
         sqlx::query(sql)
@@ -393,8 +401,9 @@ async fn seed_credentials(app: &TestApp) {
     }
 }
 
-/// Rows left in login_failures, refresh_tokens and revoked_access_tokens.
-async fn remaining(app: &TestApp) -> (i64, i64, i64) {
+/// Rows left in login_failures, refresh_tokens, revoked_access_tokens, and agent
+/// credentials in api_keys.
+async fn remaining(app: &TestApp) -> (i64, i64, i64, i64) {
     let count = |table: &'static str| async move {
         sqlx::query_scalar::<_, i64>(&format!("select count(*) from {table}"))
             .fetch_one(&app.database.pool)
@@ -405,15 +414,24 @@ async fn remaining(app: &TestApp) -> (i64, i64, i64) {
         count("login_failures").await,
         count("refresh_tokens").await,
         count("revoked_access_tokens").await,
+        count("api_keys where agent_id is not null").await,
     )
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn pruning_removes_expired_credentials_in_bounded_batches_and_keeps_live_ones() {
     let app = spawn_app().await;
+    let (organization, _) = app.organization_and_project().await;
+    // A registered agent's credential, however old, stays.
+    let agent = app.register_agent(&organization).await;
+    sqlx::query("update api_keys set created_at = now() - interval '1 day' where agent_id = $1")
+        .bind(agent.id.parse::<uuid::Uuid>().expect("an id"))
+        .execute(&app.database.pool)
+        .await
+        .expect("aged");
     seed_credentials(&app).await;
     // The harness's login stored one live refresh token.
-    assert_eq!(remaining(&app).await, (3, 3, 2));
+    assert_eq!(remaining(&app).await, (3, 3, 2, 3));
     let window = chrono::Duration::minutes(15);
     let pool = &app.database.pool;
 
@@ -424,15 +442,16 @@ async fn pruning_removes_expired_credentials_in_bounded_batches_and_keeps_live_o
         (
             first.login_failures,
             first.refresh_tokens,
-            first.revoked_access_tokens
+            first.revoked_access_tokens,
+            first.orphan_agent_keys
         ),
-        (1, 1, 1),
+        (1, 1, 1, 1),
         "at most the limit per table"
     );
     omoi_store::accounts::prune_expired(pool, window, 100)
         .await
         .expect("pruned");
-    assert_eq!(remaining(&app).await, (1, 2, 1), "live rows stay");
+    assert_eq!(remaining(&app).await, (1, 2, 1, 2), "live rows stay");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -440,7 +459,7 @@ async fn the_server_prunes_expired_credentials_periodically() {
     let app = spawn_app_with_settings(|s| s.auth.prune_interval_seconds = 1).await;
     seed_credentials(&app).await;
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
-    while remaining(&app).await != (1, 2, 1) {
+    while remaining(&app).await != (1, 2, 1, 1) {
         assert!(
             std::time::Instant::now() < deadline,
             "not pruned: {:?}",

@@ -231,6 +231,7 @@ pub struct Pruned {
     pub login_failures: u64,
     pub refresh_tokens: u64,
     pub revoked_access_tokens: u64,
+    pub orphan_agent_keys: u64,
 }
 
 impl Pruned {
@@ -241,6 +242,7 @@ impl Pruned {
             self.login_failures,
             self.refresh_tokens,
             self.revoked_access_tokens,
+            self.orphan_agent_keys,
         ]
         .into_iter()
         .any(|n| n >= limit)
@@ -248,8 +250,10 @@ impl Pruned {
 }
 
 /// Deletes at most `limit` rows from each credential table that nothing reads any more:
-/// login failures older than the lockout `window`, and refresh tokens and revoked access
-/// tokens expired over an hour ago. The hour is margin for clocks: an expired token is
+/// login failures older than the lockout `window`; refresh tokens and revoked access
+/// tokens expired over an hour ago; and agent credentials over an hour old whose agent
+/// was never registered (a registration writes the credential first and deletes it when
+/// the registration fails, which a crash in between, or a failed delete, leaves undone). The hour is margin for clocks: an expired token is
 /// refused by its signature check before these tables are read, but the expiry stored
 /// was computed by an application server whose clock may differ from the database's.
 pub async fn prune_expired(
@@ -282,6 +286,18 @@ pub async fn prune_expired(
         revoked_access_tokens: delete(
             "delete from revoked_access_tokens where jti = any(array(
                  select jti from revoked_access_tokens where expires_at < now() - $1 limit $2))",
+            margin,
+        )
+        .await?,
+        orphan_agent_keys: delete(
+            "delete from api_keys where id = any(array(
+                 select k.id from api_keys k
+                  where k.agent_id is not null and k.created_at < now() - $1
+                    and not exists (select from events e
+                                     where e.aggregate_type = 'Agent'
+                                       and e.aggregate_id = k.agent_id::text
+                                       and e.sequence = 1)
+                  limit $2))",
             margin,
         )
         .await?,

@@ -1,6 +1,7 @@
 //! Drops credentials nothing reads any more, so the tables stay the size of what is live:
 //! login failures older than the lockout window, refresh tokens and revoked access tokens
-//! past their expiry (`store::accounts::prune_expired`), and idle rate-limit keys.
+//! past their expiry, agent credentials whose agent was never registered
+//! (`store::accounts::prune_expired`), and idle rate-limit keys.
 //!
 //! Every replica serving the API runs it; the deletes are idempotent and bounded (a batch
 //! per table per statement), so replicas never hold long locks nor step on each other.
