@@ -429,6 +429,66 @@ async fn a_failed_task_is_retried_only_after_its_backoff() {
         .contains("flaky network"));
 }
 
+/// A run's outcome that the database refuses for a while (here its first five writes
+/// fail, group commit's own fallback included) is recorded once it can be: the task
+/// completes, once, and its agent took nothing else meanwhile. Before, the first failure
+/// was logged and the task stayed running under an agent given other work.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_outcome_the_database_refused_for_a_while_is_recorded_once_it_can_be() {
+    let app = spawn_app().await;
+    let (_, project) = app.organization_and_project().await;
+    let directory = scratch_dir();
+    let ticket = app.ticket(&project, "Work").await;
+    let id = app.task(&ticket, "steady", json!({})).await;
+    // A sequence counts the attempts outside any transaction; the trigger fails the
+    // first five completions written.
+    for statement in [
+        "create sequence completions_tried",
+        "create function refuse_first_completions() returns trigger language plpgsql as $$
+         begin
+             if new.event_type = 'TaskCompleted' and nextval('completions_tried') <= 5 then
+                 raise exception 'the disk is full (injected)';
+             end if;
+             return new;
+         end;
+         $$",
+        "create trigger refuse_first_completions before insert on events
+             for each row execute function refuse_first_completions()",
+    ] {
+        sqlx::query(statement)
+            .execute(&app.database.pool)
+            .await
+            .expect("the fault");
+    }
+    let worker = Worker::start(
+        app.database.pool.clone(),
+        config(command("echo done"), &directory),
+    );
+    let state = app.until_task_status(&id, "completed").await;
+    assert_eq!(state["result"]["output"], json!(["done"]), "{state}");
+    worker.stop().await;
+    let tried: i64 = sqlx::query_scalar("select last_value from completions_tried")
+        .fetch_one(&app.database.pool)
+        .await
+        .expect("the attempts");
+    assert!(tried > 5, "the fault was not reached: {tried}");
+    let kinds: Vec<String> = history(&app, &id)
+        .await
+        .into_iter()
+        .map(|(kind, _)| kind)
+        .filter(|kind| kind != "TaskProgressReported")
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "TaskCreated",
+            "TaskAssigned",
+            "TaskStarted",
+            "TaskCompleted"
+        ]
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_permanent_error_is_not_retried() {
     let app = spawn_app().await;

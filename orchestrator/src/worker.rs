@@ -1522,10 +1522,37 @@ async fn run_task(
     // This run's attempt only: a task reassigned while it ran (to another agent) keeps
     // the next attempt's outcome to that attempt.
     let command = as_holder(agent_id, command);
-    if let Err(error) = bus.execute::<Task>(&id, command, &context).await {
-        tracing::info!(task_id = %task.id, %error, "worker: outcome not recorded");
-    }
+    record_outcome(bus, &id, command, &context).await;
     kept
+}
+
+/// Records a run's outcome, trying again (backing off as the projection runner does)
+/// until it commits or the task refuses it (the attempt is no longer this agent's, or
+/// it ended otherwise). Until then the run has not finished, so its agent takes no other
+/// task: an outcome given up on a database error left the task running under an agent
+/// the worker renews the lease of and gives more work, for ever.
+async fn record_outcome(
+    bus: &CommandBus,
+    id: &str,
+    command: TaskCommand,
+    context: &CommandContext,
+) {
+    let mut tries = 0;
+    loop {
+        match bus.execute::<Task>(id, command.clone(), context).await {
+            Ok(_) => return,
+            Err(CommandError::Domain(refusal)) => {
+                tracing::info!(task_id = id, %refusal, "worker: outcome refused; the attempt moved on");
+                return;
+            }
+            Err(error) => {
+                tries += 1;
+                let pause = omoi_projections::runner::retry_pause(tries);
+                tracing::warn!(task_id = id, %error, tries, ?pause, "worker: outcome not recorded yet; trying again");
+                tokio::time::sleep(pause).await;
+            }
+        }
+    }
 }
 
 #[cfg(test)]
