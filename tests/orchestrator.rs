@@ -317,25 +317,40 @@ async fn a_stale_agents_task_is_reassigned_and_completes() {
         .post(&format!("/api/v1/agents/{agent}/heartbeat"), json!({}))
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
+    // Another never beats at all: a person's assignment starts its lease, as a claim
+    // would (before, it had none, and its task stayed running for ever).
+    let (status, mute) = app
+        .post(
+            "/api/v1/agents/register",
+            json!({"organization_id": organization, "agent_type": "worker"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{mute}");
+    let mute = mute["id"].as_str().expect("an id").to_string();
     let ticket = app.ticket(&project, "Work").await;
     let id = app.task(&ticket, "held", json!({})).await;
-    for (path, body) in [
-        (
-            format!("/api/v1/tasks/{id}/assign"),
-            json!({"agent_id": agent}),
-        ),
-        (format!("/api/v1/tasks/{id}/start"), json!({})),
-    ] {
-        let (status, answer) = app.post(&path, body).await;
-        assert_eq!(status, StatusCode::OK, "{answer}");
+    let muted = app.task(&ticket, "held by the mute", json!({})).await;
+    for (task, holder) in [(&id, &agent), (&muted, &mute)] {
+        for (path, body) in [
+            (
+                format!("/api/v1/tasks/{task}/assign"),
+                json!({"agent_id": holder}),
+            ),
+            (format!("/api/v1/tasks/{task}/start"), json!({})),
+        ] {
+            let (status, answer) = app.post(&path, body).await;
+            assert_eq!(status, StatusCode::OK, "{answer}");
+        }
     }
-    // The HTTP agent goes silent; the worker's own agents are the others.
+    // The HTTP agents go silent; the worker's own agents are the others.
     let worker = Worker::start(
         app.database.pool.clone(),
         config(command("echo rescued"), &directory),
     );
     let state = app.until_task_status(&id, "completed").await;
+    let rescued = app.until_task_status(&muted, "completed").await;
     worker.stop().await;
+    assert_ne!(rescued["assigned_agent_id"], json!(mute), "{rescued}");
     assert_eq!(state["result"]["output"], json!(["rescued"]), "{state}");
     assert_ne!(state["assigned_agent_id"], json!(agent), "{state}");
     let events = history(&app, &id).await;
