@@ -264,6 +264,9 @@ async fn a_viewer_lists_what_they_may_read_and_a_project_key_only_its_project() 
     assert_eq!(column(&seen, "id"), vec![ticket.clone()]);
     let projects = list(&app, &key, "/api/v1/projects").await;
     assert_eq!(column(&projects, "id"), vec![project.clone()]);
+    // Its own organization, which is in no project, is listed too.
+    let organizations = list(&app, &key, "/api/v1/organizations").await;
+    assert_eq!(column(&organizations, "id"), vec![org.clone()]);
     let (status, body) = app
         .send_as(
             Some(&key),

@@ -322,7 +322,12 @@ impl Listing {
             kind: self.kind,
             organizations: readable_organizations(caller, self.permission, self.organization_id)?,
             organization_id: self.organization_id,
-            project_id: project_filter(caller, self.project_id)?,
+            // An organization is in no project: a project-limited key's filter would hide
+            // its own organization (the organizations filter already scopes it).
+            project_id: match self.kind {
+                AggregateKind::Organization => None,
+                _ => project_filter(caller, self.project_id)?,
+            },
             parent_id: self.parent_id,
             status: self.status.map(str::to_string),
             agent_id: self.agent_id,

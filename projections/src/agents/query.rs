@@ -40,12 +40,15 @@ pub async fn list(pool: &PgPool, filter: &AgentFilter) -> Result<Vec<AgentView>,
     }
     if let Some(after) = filter.after {
         sql.push(
-            " and (name, agent_id) > (select name, agent_id from agents_agents where agent_id = ",
+            " and (name collate \"C\", agent_id) > \
+             (select name, agent_id from agents_agents where agent_id = ",
         )
         .push_bind(after)
         .push(")");
     }
-    sql.push(" order by name, agent_id");
+    // Byte order (the C collation), as `list_as_of` sorts its Rust strings: the database's
+    // own collation follows its locale, and a page's cursor must mean one order.
+    sql.push(" order by name collate \"C\", agent_id");
     if let Some(limit) = filter.limit {
         sql.push(" limit ").push_bind(limit);
     }

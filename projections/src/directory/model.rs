@@ -289,8 +289,12 @@ impl Located {
                 }
             }
             DirectoryEvent::Task(event) => {
-                if let TaskEvent::TaskAssigned { agent_id, .. } = event {
-                    entry.agent_id = Some(*agent_id);
+                match event {
+                    TaskEvent::TaskAssigned { agent_id, .. } => entry.agent_id = Some(*agent_id),
+                    TaskEvent::TaskPriorityChanged { priority } => {
+                        entry.priority = Some(to_text(priority)?);
+                    }
+                    _ => {}
                 }
                 if let Some(status) = task_status(event)? {
                     entry.status = status;
@@ -377,6 +381,12 @@ mod tests {
         );
         log.task(
             task,
+            TaskEvent::TaskPriorityChanged {
+                priority: Priority::Critical,
+            },
+        );
+        log.task(
+            task,
             TaskEvent::TaskProgressReported {
                 message: "halfway".into(),
             },
@@ -396,8 +406,10 @@ mod tests {
         assert_eq!(listed.status, "assigned");
         assert_eq!(listed.agent_id, Some(agent));
         assert_eq!(listed.task_type.as_deref(), Some("implement"));
+        // A priority the Guardian overrode is the one listed.
+        assert_eq!(listed.priority.as_deref(), Some("CRITICAL"));
         // The progress report changed nothing listed: not even the last position.
-        assert_eq!(listed.last_position, 5);
+        assert_eq!(listed.last_position, 6);
     }
 
     #[test]

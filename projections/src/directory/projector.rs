@@ -92,8 +92,10 @@ impl Projector for DirectoryProjector {
     }
 
     // 2: the trigram index holds open tasks only (a new index: a rebuild goes live with it).
+    // 3: a task's priority follows `TaskPriorityChanged` (rows built before kept the
+    // creation's).
     fn version(&self) -> i32 {
-        2
+        3
     }
 
     fn tables(&self) -> &'static [&'static str] {
