@@ -98,6 +98,9 @@ async fn overview(
     let found = monitoring::overview(pool, project_id, MAX_FINDINGS).await?;
     let alerts =
         monitoring::project_alerts(pool, organization_id, project_id, MAX_FINDINGS).await?;
+    // The lists are bounded; coherence weighs every open finding.
+    let open = monitoring::finding_counts(pool, organization_id, project_id).await?;
+    let whole = |n: i64| usize::try_from(n).unwrap_or(0);
     let filter = AgentFilter {
         organizations: Some(vec![organization_id]),
         ..AgentFilter::default()
@@ -138,9 +141,9 @@ async fn overview(
         waiting_tasks: count(TaskStatus::is_assignable),
         held_tasks: count(|s| matches!(s, TaskStatus::Assigned | TaskStatus::Running)),
         open_tasks: count(|s| !s.is_final()),
-        stalled_tasks: found.stalled_tasks.len(),
-        duplicates: found.duplicates.len(),
-        open_alerts: alerts.len(),
+        stalled_tasks: whole(open.stalled_tasks),
+        duplicates: whole(open.duplicates),
+        open_alerts: whole(open.alerts),
     };
     // Counted whole above, listed at most as many as the other findings.
     agents_in_trouble.truncate(usize::try_from(MAX_FINDINGS).unwrap_or(usize::MAX));

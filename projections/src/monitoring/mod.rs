@@ -30,6 +30,6 @@ pub use model::{
 };
 pub use projector::MonitoringProjector;
 pub use query::{
-    alerts_about, overview, project_alerts, steered_tasks, AlertRow, DuplicateRow, Overview,
-    StalledRow,
+    alerts_about, finding_counts, overview, project_alerts, steered_tasks, AlertRow, DuplicateRow,
+    FindingCounts, Overview, StalledRow,
 };

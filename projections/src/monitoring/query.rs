@@ -137,6 +137,39 @@ pub async fn overview(pool: &PgPool, project_id: Uuid, limit: i64) -> sqlx::Resu
     })
 }
 
+/// How many findings of `project_id` are open, each kind counted whole (the lists are
+/// bounded): stalled tasks, duplicate pairs, and open alerts of the project or its
+/// organization — what the Conductor's coherence weighs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FindingCounts {
+    pub stalled_tasks: i64,
+    pub duplicates: i64,
+    pub alerts: i64,
+}
+
+/// [`FindingCounts`] of `project_id` in `organization_id`, with one statement.
+pub async fn finding_counts(
+    pool: &PgPool,
+    organization_id: Uuid,
+    project_id: Uuid,
+) -> sqlx::Result<FindingCounts> {
+    let (stalled_tasks, duplicates, alerts) = sqlx::query_as(
+        "select (select count(*) from monitoring_stalled where project_id = $2),
+                (select count(*) from monitoring_duplicates where project_id = $2),
+                (select count(*) from monitoring_alerts
+                  where organization_id = $1 and (project_id = $2 or project_id is null))",
+    )
+    .bind(organization_id)
+    .bind(project_id)
+    .fetch_one(pool)
+    .await?;
+    Ok(FindingCounts {
+        stalled_tasks,
+        duplicates,
+        alerts,
+    })
+}
+
 /// The tasks with steering waiting for `agent_id` (usually none: one index probe).
 pub async fn steered_tasks(pool: &PgPool, agent_id: Uuid) -> sqlx::Result<Vec<Uuid>> {
     sqlx::query_scalar(
