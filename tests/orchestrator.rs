@@ -370,6 +370,65 @@ async fn a_stale_agents_task_is_reassigned_and_completes() {
     assert_eq!(stale["state"]["status"], "failed", "{stale}");
 }
 
+/// A silent agent whose failure the database refuses at first (its first three writes
+/// fail) is failed by a later sweep: its lease, claimed as expired, is given back when
+/// the failure is not recorded. Before, the claim stood and the agent stayed alive in the
+/// log for ever.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_silent_agent_whose_failure_was_refused_is_failed_by_a_later_sweep() {
+    let app = spawn_app().await;
+    let (organization, _) = app.organization_and_project().await;
+    let directory = scratch_dir();
+    let agent = app.register_agent(&organization).await;
+    let (status, body) = agent
+        .post(
+            &app,
+            &format!("/api/v1/agents/{}/heartbeat", agent.id),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    for statement in [
+        "create sequence failures_tried",
+        "create function refuse_first_failures() returns trigger language plpgsql as $$
+         begin
+             if new.event_type = 'AgentStatusChanged'
+                and new.payload -> 'AgentStatusChanged' ->> 'to' = 'failed'
+                and nextval('failures_tried') <= 3 then
+                 raise exception 'the disk is full (injected)';
+             end if;
+             return new;
+         end;
+         $$",
+        "create trigger refuse_first_failures before insert on events
+             for each row execute function refuse_first_failures()",
+    ] {
+        sqlx::query(statement)
+            .execute(&app.database.pool)
+            .await
+            .expect("the fault");
+    }
+    let worker = Worker::start(
+        app.database.pool.clone(),
+        config(command("true"), &directory),
+    );
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let (_, state) = app.get(&format!("/api/v1/agents/{}", agent.id)).await;
+        if state["state"]["status"] == "failed" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never failed: {state}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    worker.stop().await;
+    let tried: i64 = sqlx::query_scalar("select last_value from failures_tried")
+        .fetch_one(&app.database.pool)
+        .await
+        .expect("the attempts");
+    assert!(tried > 3, "the fault was not reached: {tried}");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_timed_out_task_has_its_process_killed() {
     let app = spawn_app().await;

@@ -53,6 +53,16 @@ pub async fn expire_stale(pool: &PgPool, threshold_ms: u64) -> sqlx::Result<Vec<
     .await
 }
 
+/// Gives back an expired lease whose agent could not be failed: the next
+/// [`expire_stale`] claims it again (its heartbeat is as old as it was).
+pub async fn unexpire(pool: &PgPool, agent_id: Uuid) -> sqlx::Result<()> {
+    sqlx::query("update agent_leases set expired_at = null where agent_id = $1")
+        .bind(agent_id)
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
 /// Claims the leases silent for longer than `threshold_ms` and neither degraded nor
 /// expired yet: each is marked degraded by exactly one caller, which then degrades the
 /// agent. A heartbeat clears the mark.

@@ -724,8 +724,17 @@ impl Runtime {
         let stale_context = context(Actor::System("worker"), "stale");
         for agent_id in &newly {
             tracing::warn!(%agent_id, "worker: {}; failing it", silent(*agent_id));
-            self.fail_agent(*agent_id, silent(*agent_id), now, &stale_context)
+            let failed = self
+                .fail_agent(*agent_id, silent(*agent_id), now, &stale_context)
                 .await;
+            if !failed {
+                // The lease goes back to unexpired, so that a later sweep (this worker's
+                // or another's) claims it again and fails the agent then: claimed once
+                // and never failed, it stayed alive in the log for ever.
+                if let Err(error) = leases::unexpire(&self.pool, *agent_id).await {
+                    tracing::warn!(%agent_id, %error, "worker: a stale agent's lease not given back; it stays unfailed");
+                }
+            }
             self.agents.remove(agent_id);
         }
         // Every silent agent's tasks go back, also those a failed command or a lagging
@@ -880,24 +889,26 @@ impl Runtime {
 
     /// Fails the agent, walking the status table there (an idle agent by way of
     /// `degraded`, in one transaction); an agent the table cannot fail stays as it is.
+    /// `false` when the failure could not be recorded (the agent not read, or the
+    /// commands not appended): the caller leaves it to the next sweep.
     async fn fail_agent(
         &self,
         agent_id: Uuid,
         reason: String,
         now: chrono::DateTime<Utc>,
         context: &CommandContext,
-    ) {
+    ) -> bool {
         let id = agent_id.to_string();
         let status = match self.bus.load::<Agent>(&id).await {
             Ok(Some((agent, _))) => agent.status,
-            Ok(None) => return,
+            Ok(None) => return true,
             Err(error) => {
                 tracing::info!(%agent_id, %error, "worker: stale agent not read");
-                return;
+                return false;
             }
         };
         let Some(steps) = status.steps_to_failed() else {
-            return;
+            return true;
         };
         let commands: Vec<AgentCommand> = steps
             .into_iter()
@@ -910,14 +921,20 @@ impl Runtime {
             })
             .collect();
         if commands.is_empty() {
-            return;
+            return true;
         }
-        if let Err(error) = self
+        match self
             .bus
             .execute_all::<Agent>(&id, &commands, context, &|_| Ok(()))
             .await
         {
-            tracing::info!(%agent_id, %error, "worker: stale agent not failed");
+            Ok(_) => true,
+            // Moved on meanwhile (a heartbeat revived it, a person terminated it).
+            Err(CommandError::Domain(_)) => true,
+            Err(error) => {
+                tracing::info!(%agent_id, %error, "worker: stale agent not failed");
+                false
+            }
         }
     }
 
