@@ -49,6 +49,24 @@ async fn history(app: &TestApp, id: &str) -> Vec<(String, Value)> {
         .collect()
 }
 
+/// The statuses agent `id` was moved to, oldest first.
+async fn agent_statuses(app: &TestApp, id: &str) -> Vec<String> {
+    let (status, body) = app.get(&format!("/api/v1/agents/{id}/history")).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    body["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .filter(|e| e["event_type"] == "AgentStatusChanged")
+        .map(|e| {
+            e["payload"]["AgentStatusChanged"]["to"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string()
+        })
+        .collect()
+}
+
 fn at(payload: &Value, field: &str) -> chrono::DateTime<chrono::Utc> {
     payload[field]
         .as_str()
@@ -427,6 +445,64 @@ async fn a_silent_agent_whose_failure_was_refused_is_failed_by_a_later_sweep() {
         .await
         .expect("the attempts");
     assert!(tried > 3, "the fault was not reached: {tried}");
+}
+
+/// A worker's own agent degraded while its renewals were held up (here its lease aged
+/// by hand) is revived by the next renewal, as an HTTP agent is by its next heartbeat.
+/// Before, it stayed degraded — in trouble, to the Conductor — for good.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_workers_agent_degraded_while_it_was_held_up_is_revived() {
+    let app = spawn_app().await;
+    let (organization, project) = app.organization_and_project().await;
+    let directory = scratch_dir();
+    let ticket = app.ticket(&project, "Work").await;
+    let id = app
+        .task(&ticket, "brings the worker's agents", json!({}))
+        .await;
+    let mut settings = config(command("true"), &directory);
+    settings.agents_per_organization = 1;
+    settings.monitoring.heartbeat_interval_ms = 300;
+    let worker = Worker::start(app.database.pool.clone(), settings);
+    let done = app.until_task_status(&id, "completed").await;
+    let agent = done["assigned_agent_id"]
+        .as_str()
+        .expect("the worker's agent")
+        .to_string();
+    // Silent for longer than two intervals, not as long as the stale threshold: the
+    // next sweep degrades it, unless a renewal came first (then again).
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        sqlx::query(
+            "update agent_leases set heartbeat_at = now() - interval '1 second'
+              where agent_id = $1",
+        )
+        .bind(agent.parse::<uuid::Uuid>().expect("an id"))
+        .execute(&app.database.pool)
+        .await
+        .expect("aged");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        if agent_statuses(&app, &agent)
+            .await
+            .iter()
+            .any(|s| s == "degraded")
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never degraded");
+    }
+    loop {
+        let seen = agent_statuses(&app, &agent).await;
+        let degraded = seen
+            .iter()
+            .rposition(|s| s == "degraded")
+            .expect("degraded");
+        if seen[degraded + 1..].iter().any(|s| s == "idle") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never revived: {seen:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    worker.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -279,6 +279,9 @@ struct LocalAgent {
     task: Option<Uuid>,
     /// Quarantined by a guardian: takes nothing new until released.
     quarantined: bool,
+    /// Degraded by a sweep (its renewals were held up): revived by the next renewal, as
+    /// an HTTP agent is by its next heartbeat.
+    degraded: bool,
 }
 
 struct Runtime {
@@ -663,7 +666,10 @@ impl Runtime {
                     tracing::warn!(agent_id = %id, status = to.as_str(), "worker: an agent of this worker ended; giving it up");
                     self.agents.remove(&id);
                 }
-                _ => agent.quarantined = to == AgentStatus::Quarantined,
+                _ => {
+                    agent.quarantined = to == AgentStatus::Quarantined;
+                    agent.degraded = to == AgentStatus::Degraded;
+                }
             }
         }
     }
@@ -676,9 +682,12 @@ impl Runtime {
         true
     }
 
-    /// Renews the leases of this worker's agents, three times per stale threshold.
+    /// Renews the leases of this worker's agents, three times per stale threshold and at
+    /// least once per heartbeat interval (two missed intervals degrade an agent).
     async fn heartbeat(&mut self) {
-        let every = Duration::from_millis(self.config.stale_after_ms / 3);
+        let every = Duration::from_millis(
+            (self.config.stale_after_ms / 3).min(self.config.monitoring.heartbeat_interval_ms),
+        );
         if !Self::due(&mut self.last_heartbeat, every) {
             return;
         }
@@ -689,6 +698,46 @@ impl Runtime {
             .collect();
         if let Err(error) = leases::renew_all(&self.pool, &agents).await {
             tracing::warn!(%error, "worker: cannot renew its agents' leases");
+            return;
+        }
+        self.revive_degraded().await;
+    }
+
+    /// Moves this worker's degraded agents back to idle once their leases are renewed:
+    /// degraded while the worker was held up, they stayed degraded (in trouble, to the
+    /// Conductor) for good, since only an HTTP heartbeat revived an agent.
+    async fn revive_degraded(&mut self) {
+        let degraded: Vec<Uuid> = self
+            .agents
+            .iter()
+            .filter(|(_, agent)| agent.degraded)
+            .map(|(id, _)| *id)
+            .collect();
+        let context = context(Actor::System("worker"), "heartbeat");
+        for id in degraded {
+            let command = AgentCommand::ChangeAgentStatus {
+                to: AgentStatus::Idle,
+                reason: Some("heartbeats resumed".into()),
+                force: false,
+                guardian: false,
+                at: self.config.clock.now(),
+            };
+            match self
+                .bus
+                .execute::<Agent>(&id.to_string(), command, &context)
+                .await
+            {
+                // Revived, or moved on meanwhile (quarantined, failed): the log's events
+                // say which, as `follow_agent` reads them.
+                Ok(_) | Err(CommandError::Domain(_)) => {
+                    if let Some(agent) = self.agents.get_mut(&id) {
+                        agent.degraded = false;
+                    }
+                }
+                Err(error) => {
+                    tracing::info!(agent_id = %id, %error, "worker: a degraded agent not revived yet");
+                }
+            }
         }
     }
 
@@ -1332,6 +1381,7 @@ impl Runtime {
                         organization_id,
                         task: None,
                         quarantined: false,
+                        degraded: false,
                     },
                 );
             }
