@@ -90,8 +90,14 @@ async fn prepare(directory: &Path, task: &QueuedTask, attempt: u32) -> std::io::
         "feedback": task.feedback,
     });
     tokio::fs::write(&file, serde_json::to_vec_pretty(&document)?).await?;
-    // There from the start, so a command may watch it before anything arrives.
-    tokio::fs::write(directory.join(STEERING_FILE), b"").await?;
+    // There from the start, so a command may watch it before anything arrives; created,
+    // never truncated: a message delivered between the run's registration and this
+    // (recorded as delivered) would otherwise be wiped.
+    tokio::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(directory.join(STEERING_FILE))
+        .await?;
     Ok(file)
 }
 

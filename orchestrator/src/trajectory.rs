@@ -88,6 +88,9 @@ pub struct TaskContext {
     pub description: String,
     pub task_type: String,
     pub attempt: u32,
+    /// The agent running the attempt assessed: the assessment (and its steering) is
+    /// recorded only while that agent still holds the task.
+    pub agent_id: Option<Uuid>,
 }
 
 const INSTRUCTIONS: &str = "You supervise an autonomous coding agent. Given its task, the \
@@ -409,10 +412,19 @@ pub async fn assess_all(
         };
         // The steering id comes from the claim, so a retried command records it once.
         let name = format!("trajectory/{}/{}", task.task_id, now.timestamp_millis());
-        let command = TaskCommand::AssessTrajectory {
+        let assess = TaskCommand::AssessTrajectory {
             assessment,
             steering_id: Uuid::new_v5(&Uuid::NAMESPACE_OID, name.as_bytes()),
             at: now,
+        };
+        // The pass may take minutes (one model call after another): a task reassigned
+        // meanwhile must not have its new agent steered over the old one's transcript.
+        let command = match task.agent_id {
+            Some(agent_id) => TaskCommand::AsHolder {
+                agent_id,
+                command: Box::new(assess),
+            },
+            None => assess,
         };
         let context = CommandContext::new(
             Actor::System("trajectory"),

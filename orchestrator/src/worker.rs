@@ -868,6 +868,7 @@ impl Runtime {
                 description: t.description.clone(),
                 task_type: t.task_type.clone(),
                 attempt: t.retry_count + 1,
+                agent_id: t.agent_id,
             })
             .collect();
         if tasks.is_empty() {
@@ -1102,14 +1103,18 @@ impl Runtime {
             tracing::warn!(%task_id, %error, "worker: steering not written");
             return;
         }
-        let command = TaskCommand::AcknowledgeSteering {
-            steering_ids: task
-                .pending_steering
-                .iter()
-                .map(|s| s.steering_id)
-                .collect(),
-            at: Utc::now(),
-        };
+        // As the run's agent: a task reassigned since it was read keeps its messages.
+        let command = as_holder(
+            run.agent_id,
+            TaskCommand::AcknowledgeSteering {
+                steering_ids: task
+                    .pending_steering
+                    .iter()
+                    .map(|s| s.steering_id)
+                    .collect(),
+                at: Utc::now(),
+            },
+        );
         let context = context(Actor::Agent(run.agent_id), "steering");
         self.task_command(task_id, command, &context).await;
     }
