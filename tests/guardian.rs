@@ -304,6 +304,31 @@ async fn each_intervention_does_what_it_says() {
         StatusCode::CONFLICT,
         "the old holder lost it: {body}"
     );
+    // Nor does it take it back: its claim (given the time to see the task back in the
+    // queue) passes over it to other work, and assigning it is refused.
+    let ticket = app.ticket(&project, "Other work").await;
+    let other = app
+        .task(&ticket, "Later and lower", json!({"priority": "LOW"}))
+        .await;
+    assert_eq!(first.claim(&app, 2).await, Some(other.clone()));
+    // (Cancelled again: the free plan runs one task at a time.)
+    app.must(
+        &format!("/api/v1/tasks/{other}/cancel"),
+        json!({}),
+        StatusCode::OK,
+    )
+    .await;
+    let (status, body) = app
+        .post(
+            &format!("/api/v1/tasks/{task}/assign"),
+            json!({"agent_id": first.id}),
+        )
+        .await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (StatusCode::CONFLICT, Some("reassigned_away")),
+        "{body}"
+    );
     assert_eq!(second.claim(&app, 5).await, Some(task.clone()));
     second.must(&app, &task, "start", json!({})).await;
     // The old holder's late steps change nothing of the new attempt.

@@ -453,7 +453,7 @@ async fn a_silent_agent_whose_failure_was_refused_is_failed_by_a_later_sweep() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_workers_agent_degraded_while_it_was_held_up_is_revived() {
     let app = spawn_app().await;
-    let (organization, project) = app.organization_and_project().await;
+    let (_, project) = app.organization_and_project().await;
     let directory = scratch_dir();
     let ticket = app.ticket(&project, "Work").await;
     let id = app

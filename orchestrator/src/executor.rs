@@ -513,6 +513,7 @@ mod tests {
             feedback: None,
             last_progress_at: None,
             stalled: false,
+            reassigned_from: None,
         }
     }
 

@@ -61,6 +61,9 @@ pub struct QueuedTask {
     pub last_progress_at: Option<DateTime<Utc>>,
     /// While running: marked stalled since its last progress.
     pub stalled: bool,
+    /// The agent a Guardian's reassignment took it from, until another agent has it
+    /// (the task refuses that agent: `Task::reassigned_from`).
+    pub reassigned_from: Option<Uuid>,
 }
 
 impl QueuedTask {
@@ -71,7 +74,8 @@ impl QueuedTask {
 
     /// Whether an agent of `organization_id` with `capabilities` may run this task: the
     /// one matching rule of the dispatcher, the claims and the in-process worker. `agent_id`
-    /// is `None` for an agent yet to be registered (which did no work to validate).
+    /// is `None` for an agent yet to be registered (which did no work to validate, nor had
+    /// a task taken from it).
     pub fn suits(
         &self,
         organization_id: Uuid,
@@ -80,7 +84,10 @@ impl QueuedTask {
     ) -> bool {
         self.organization_id == organization_id
             && self.required_capabilities.is_subset(capabilities)
-            && agent_id.is_none_or(|agent| self.validates.is_none_or(|v| v.allows(agent)))
+            && agent_id.is_none_or(|agent| {
+                self.validates.is_none_or(|v| v.allows(agent))
+                    && self.reassigned_from != Some(agent)
+            })
     }
 }
 
@@ -318,7 +325,8 @@ impl Queue {
                 Change::Queue
             }
             // Taken from its agent by a guardian: back in the queue, its command stopped.
-            TaskEvent::TaskUnassigned { .. } => {
+            TaskEvent::TaskUnassigned { agent_id, .. } => {
+                task.reassigned_from = Some(agent_id);
                 task.agent_id = None;
                 task.assigned_at = None;
                 task.started_at = None;
@@ -358,6 +366,7 @@ impl Queue {
                 task.agent_id = Some(agent_id);
                 task.assigned_at = Some(at);
                 task.not_before = None;
+                task.reassigned_from = None;
                 Change::Queue
             }
             TaskEvent::TaskStarted { at } => {
@@ -666,6 +675,7 @@ impl Queue {
                 feedback: None,
                 last_progress_at: None,
                 stalled: false,
+                reassigned_from: None,
             },
         );
         Change::Queue

@@ -173,6 +173,11 @@ pub struct Task {
     /// Older tasks this one looks like a duplicate of (the Conductor's finding).
     #[serde(default)]
     pub suspected_duplicates: BTreeSet<Uuid>,
+    /// The agent a Guardian's reassignment took the task from: it may not take the task
+    /// back before another agent has had it (its waiting claim would undo the
+    /// intervention at once).
+    #[serde(default)]
+    pub reassigned_from: Option<Uuid>,
 }
 
 impl Task {
@@ -513,6 +518,9 @@ impl Task {
             .is_some_and(|target| !target.allows(agent_id))
         {
             return Err(TaskError::ImplementerCannotValidate);
+        }
+        if self.reassigned_from == Some(agent_id) {
+            return Err(TaskError::ReassignedAway);
         }
         Ok(vec![TaskEvent::TaskAssigned { agent_id, at }])
     }
@@ -891,6 +899,7 @@ impl Task {
             TaskEvent::TaskAssigned { agent_id, .. } => {
                 self.assigned_agent_id = Some(agent_id);
                 self.not_before = None;
+                self.reassigned_from = None;
             }
             TaskEvent::TaskStarted { at } => {
                 self.started_at = Some(at);
@@ -926,7 +935,8 @@ impl Task {
             TaskEvent::DuplicateSuspected { duplicate_of, .. } => {
                 self.suspected_duplicates.insert(duplicate_of);
             }
-            TaskEvent::TaskUnassigned { .. } => {
+            TaskEvent::TaskUnassigned { agent_id, .. } => {
+                self.reassigned_from = Some(agent_id);
                 self.assigned_agent_id = None;
                 self.started_at = None;
                 self.progress = None;

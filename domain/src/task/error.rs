@@ -64,6 +64,8 @@ pub enum TaskError {
     FeedbackRequired,
     #[error("the agent that did the work cannot validate it")]
     ImplementerCannotValidate,
+    #[error("a Guardian took the task from this agent; another agent must have it first")]
+    ReassignedAway,
     #[error("the task has no agent")]
     NotAssigned,
     #[error("the task is assigned to another agent")]
@@ -153,6 +155,7 @@ impl DomainError for TaskError {
             | VerdictRequired
             | NotAValidation
             | ImplementerCannotValidate
+            | ReassignedAway
             | StaleVerdict { .. }
             | NotAssigned
             | DuplicateOfItself
@@ -213,6 +216,7 @@ impl DomainError for TaskError {
             NotAValidation => "not_a_validation",
             FeedbackRequired => "feedback_required",
             ImplementerCannotValidate => "implementer_cannot_validate",
+            ReassignedAway => "reassigned_away",
             StaleVerdict { .. } => "stale_verdict",
             NotAssigned => "task_not_assigned",
             HeldByAnotherAgent => "held_by_another_agent",

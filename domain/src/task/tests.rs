@@ -1662,4 +1662,33 @@ fn a_step_sent_as_the_holder_counts_only_while_that_agent_holds_the_task() {
         let (_, new_holder) = handle(&reassigned, as_holder(other), &());
         assert_ne!(new_holder, Err(TaskError::HeldByAnotherAgent), "{step:?}");
     }
+    // The agent it was taken from may not take it back before another agent had it;
+    // after that, it may (a later attempt is a fresh start).
+    let assign = |agent_id| TaskCommand::AssignTask {
+        agent_id,
+        at: t(27),
+    };
+    let (_, back) = handle(&unassigned, assign(agent_id()), &());
+    assert_eq!(back, Err(TaskError::ReassignedAway));
+    let (_, elsewhere) = handle(&unassigned, assign(other), &());
+    assert!(elsewhere.is_ok(), "{elsewhere:?}");
+    let released = fold::<Task>(&with(
+        running_from(created()),
+        [
+            TaskEvent::TaskUnassigned {
+                agent_id: agent_id(),
+                at: t(25),
+            },
+            TaskEvent::TaskAssigned {
+                agent_id: other,
+                at: t(26),
+            },
+            TaskEvent::TaskUnassigned {
+                agent_id: other,
+                at: t(27),
+            },
+        ],
+    ));
+    let (_, again) = handle(&released, assign(agent_id()), &());
+    assert!(again.is_ok(), "{again:?}");
 }
