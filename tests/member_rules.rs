@@ -893,8 +893,9 @@ async fn the_revocation_commits_or_rolls_back_with_the_removal() {
 }
 
 /// A member is someone: a user who exists, or an agent of the organization. Anyone else
-/// — a made-up user, another organization's agent — is 404 and nothing is written; a
-/// member lacking `org:members:write` learns nothing of who exists (403 first).
+/// — a made-up user, another organization's agent — is 422 `unknown_principal` and
+/// nothing is written; a member lacking `org:members:write` learns nothing of who exists
+/// (403 first).
 #[tokio::test(flavor = "multi_thread")]
 async fn only_an_existing_user_or_the_organizations_own_agent_becomes_a_member() {
     let app = spawn_app().await;
@@ -922,7 +923,11 @@ async fn only_an_existing_user_or_the_organizations_own_agent_becomes_a_member()
                 json!({"principal": principal, "role": "member"}),
             )
             .await;
-        assert_eq!(status, StatusCode::NOT_FOUND, "{principal}: {answer}");
+        assert_eq!(
+            (status, answer["code"].as_str()),
+            (StatusCode::UNPROCESSABLE_ENTITY, Some("unknown_principal")),
+            "{principal}: {answer}"
+        );
         refused(
             &app,
             &plain.token,

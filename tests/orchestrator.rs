@@ -581,8 +581,8 @@ async fn a_failed_task_is_retried_only_after_its_backoff() {
 
 /// A run's outcome that the database refuses for a while (here its first five writes
 /// fail, group commit's own fallback included) is recorded once it can be: the task
-/// completes, once, and its agent took nothing else meanwhile. Before, the first failure
-/// was logged and the task stayed running under an agent given other work.
+/// completes, once. Before, the first failure was logged and the task stayed running
+/// under an agent the worker went on giving work.
 #[tokio::test(flavor = "multi_thread")]
 async fn an_outcome_the_database_refused_for_a_while_is_recorded_once_it_can_be() {
     let app = spawn_app().await;

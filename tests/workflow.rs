@@ -1177,3 +1177,46 @@ async fn a_ticket_whose_work_finished_while_blocked_moves_on_once_unblocked() {
         unblocked.reference()
     );
 }
+
+/// A person's regression of a blocked ticket in testing (which unblocks it on its way
+/// back to building) stands: the unblocking asks only for the move the block refused,
+/// not for one the regression undid — even with every task of the ticket completed.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_regression_of_a_blocked_ticket_is_not_walked_back_to_done() {
+    let app = spawn_app().await;
+    let (organization, project) = app.organization_and_project().await;
+    let ticket = app.ticket(&project, "Exports").await;
+    let task = app.task(&ticket, "Write them", json!({})).await;
+    let agent = worker(&app, &organization).await;
+    assign(&app, &agent, &task).await;
+    assert_eq!(ticket_status(&app, &ticket).await, "building");
+    for to in ["building-done", "testing"] {
+        app.must(
+            &format!("/api/v1/tickets/{ticket}/transition"),
+            json!({"to": to}),
+            StatusCode::OK,
+        )
+        .await;
+    }
+    app.must(
+        &format!("/api/v1/tickets/{ticket}/block"),
+        json!({"reason": "failing_checks"}),
+        StatusCode::OK,
+    )
+    .await;
+    let path = |action: &str| format!("/api/v1/tasks/{task}/{action}");
+    app.must(&path("start"), json!({}), StatusCode::OK).await;
+    app.must(&path("complete"), json!({"result": {}}), StatusCode::OK)
+        .await;
+    assert_eq!(ticket_status(&app, &ticket).await, "testing");
+
+    app.must(
+        &format!("/api/v1/tickets/{ticket}/regress"),
+        json!({"feedback": "the CSV quotes are wrong"}),
+        StatusCode::OK,
+    )
+    .await;
+    assert_eq!(ticket_status(&app, &ticket).await, "building");
+    let (_, state) = app.get(&format!("/api/v1/tickets/{ticket}")).await;
+    assert_eq!(state["state"]["blocked"], Value::Null, "{state}");
+}

@@ -528,13 +528,7 @@ async fn revive(
         AgentStatus::Degraded => "heartbeats resumed",
         other => return Ok(other),
     };
-    let command = AgentCommand::ChangeAgentStatus {
-        to: AgentStatus::Idle,
-        reason: Some(reason.into()),
-        force: false,
-        guardian: false,
-        at: Utc::now(),
-    };
+    let command = AgentCommand::revive(reason, Utc::now());
     match state
         .execute::<Agent>(
             caller,

@@ -3,7 +3,7 @@
 use axum::Json;
 use cqrs_es::Aggregate;
 use omoi_domain::access::Permission;
-use omoi_domain::common::{DomainError, Scoped};
+use omoi_domain::common::Scoped;
 use omoi_store::log::{
     aggregate_history_within, apply_until, fold_until, last_sequence, read_global_within,
     CorruptEvent, Visibility, PAGE_BYTES,
@@ -83,7 +83,6 @@ pub async fn history_of<A>(
 ) -> ApiResult<Json<History<A>>>
 where
     A: Aggregate + Scoped + Clone + 'static,
-    A::Error: DomainError,
 {
     let what = "resource";
     let (as_of, after, limit) = query.checked()?;
@@ -123,10 +122,11 @@ where
         Some(last) if after == 0 && last.sequence >= until => {
             fold_until::<A>(&events, Some(until)).map_err(corrupt)?
         }
-        // The state now, as commands keep it, when it is at the version read: paging
-        // through a long history then costs a page per request, not a fold of all of it.
-        _ if as_of.is_none() => match state.load::<A>(id).await? {
-            (kept, at) if i64::try_from(at).ok() == Some(version) => kept,
+        // The state now, as commands keep it (never loaded for this: a load reads the
+        // whole history), when it is at the version read: paging through a long history
+        // then costs a page per request, not a fold of all of it.
+        _ if as_of.is_none() => match state.bus.kept::<A>(&id_text) {
+            Some((kept, at)) if i64::try_from(at).ok() == Some(version) => kept,
             _ => fold_turn::<A>(state, &id_text, until).await?,
         },
         _ => fold_turn::<A>(state, &id_text, until).await?,

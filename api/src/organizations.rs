@@ -218,9 +218,10 @@ fn grantor(caller: &Caller, id: Uuid) -> ApiResult<Grantor> {
         (status = 200, body = Versioned<Organization>),
         (status = 403, body = Problem, description = "`forbidden`: the role lacks \
             `org:members:write`; `role_above_own`: the role is above the caller's"),
-        (status = 404, body = Problem,
-            description = "no such organization, user, or agent of the organization"),
+        (status = 404, body = Problem, description = "no such organization"),
         (status = 409, body = Problem, description = "already a member"),
+        (status = 422, body = Problem,
+            description = "`unknown_principal`: no such user, nor an agent of the organization"),
     ))]
 async fn add_member(
     State(state): State<AppState>,
@@ -231,7 +232,8 @@ async fn add_member(
     let principal = body.principal;
     // Authorized first (403 before anything about the principal is told), then the
     // principal must be someone: a user who exists, or an agent of this organization
-    // (404 otherwise — another organization's agent as if it did not exist).
+    // (422 otherwise — another organization's agent as if it did not exist; 404 is the
+    // organization's, the path's resource).
     state
         .read::<Organization>(&caller, Permission::OrgMembersWrite, id)
         .await?;
@@ -254,7 +256,8 @@ async fn add_member(
     Ok(Json(Versioned::committed(id, committed)))
 }
 
-/// 404 unless `principal` is a user who exists or an agent of organization `id`.
+/// 422 `unknown_principal` unless `principal` is a user who exists or an agent of
+/// organization `id`.
 async fn ensure_principal_exists(
     state: &AppState,
     id: Uuid,
@@ -272,7 +275,11 @@ async fn ensure_principal_exists(
     };
     match exists {
         true => Ok(()),
-        false => Err(ApiError::NotFound { what: "principal" }),
+        false => Err(ApiError::invalid(
+            "unknown_principal",
+            "principal",
+            format!("{principal} is no user, nor an agent of this organization"),
+        )),
     }
 }
 

@@ -372,14 +372,15 @@ async fn assign_task(
             ),
         ));
     }
-    // Holding work starts the agent's lease, as a claim does: an agent that dies before
-    // its first heartbeat still has the task put back when the lease expires (without
-    // one, nothing ever did). Renewed first, so that a lease that cannot be written
-    // fails the assignment with nothing assigned.
+    // Holding work starts the agent's lease (unless it has one), as a claim does: an
+    // agent that dies before its first heartbeat still has the task put back when the
+    // lease expires (without one, nothing ever did). Started first, so that a lease that
+    // cannot be written fails the assignment with nothing assigned; never renewed here —
+    // a person's assignment is no sign of the agent's life.
     let organization_id = agent
         .organization_id
         .ok_or_else(|| ApiError::Internal("agent without organization".into()))?;
-    omoi_orchestrator::leases::renew(state.pool(), body.agent_id, organization_id)
+    omoi_orchestrator::leases::start(state.pool(), body.agent_id, organization_id)
         .await
         .map_err(ApiError::from)?;
     let command = TaskCommand::AssignTask {

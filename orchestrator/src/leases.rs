@@ -19,6 +19,22 @@ pub async fn renew(pool: &PgPool, agent_id: Uuid, organization_id: Uuid) -> sqlx
     Ok(())
 }
 
+/// Starts agent `agent_id`'s lease unless it has one: work given to it by someone else
+/// (a person's assignment) is reclaimed if it never beats, without making an agent that
+/// went silent look alive (which [`renew`], its own heartbeat, does).
+pub async fn start(pool: &PgPool, agent_id: Uuid, organization_id: Uuid) -> sqlx::Result<()> {
+    sqlx::query(
+        "insert into agent_leases (agent_id, organization_id, heartbeat_at)
+         values ($1, $2, now())
+         on conflict (agent_id) do nothing",
+    )
+    .bind(agent_id)
+    .bind(organization_id)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
 /// Renews many leases at once (a worker's in-process agents).
 pub async fn renew_all(pool: &PgPool, agents: &[(Uuid, Uuid)]) -> sqlx::Result<()> {
     if agents.is_empty() {

@@ -715,13 +715,7 @@ impl Runtime {
             .collect();
         let context = context(Actor::System("worker"), "heartbeat");
         for id in degraded {
-            let command = AgentCommand::ChangeAgentStatus {
-                to: AgentStatus::Idle,
-                reason: Some("heartbeats resumed".into()),
-                force: false,
-                guardian: false,
-                at: self.config.clock.now(),
-            };
+            let command = AgentCommand::revive("heartbeats resumed", self.config.clock.now());
             match self
                 .bus
                 .execute::<Agent>(&id.to_string(), command, &context)
@@ -1333,7 +1327,7 @@ impl Runtime {
         // Per organization: the ready tasks a new agent could run (every candidate: they
         // are the served organizations' tasks this worker's agents could run), and whether
         // one of them suits none of the agents it has (a validation whose implementer is
-        // its only one).
+        // its only one, a task a Guardian took from its only one).
         let most = self.config.agents_per_organization;
         let own = |organization: &Uuid| agents_of.get(organization).map_or(0, |(count, _)| *count);
         // An organization with all the agents it may have gets none: its candidates
@@ -1348,9 +1342,10 @@ impl Runtime {
             else {
                 continue;
             };
-            // Only a validation can refuse an agent the organization has (its
-            // implementer): asked of those alone, on the worker's hot path.
-            let unsuited = task.validates.is_some()
+            // Only a validation (its implementer) or a task a Guardian took from an agent
+            // (that agent) can refuse an agent the organization has: asked of those
+            // alone, on the worker's hot path.
+            let unsuited = (task.validates.is_some() || task.reassigned_from.is_some())
                 && !self.agents.iter().any(|(id, agent)| {
                     task.suits(agent.organization_id, Some(*id), &self.capabilities)
                 });
@@ -1539,7 +1534,7 @@ async fn run_task(
             transcript,
         };
         let (outcome, (), ()) = tokio::join!(
-            execute(task, run, sinks, cancelled),
+            execute(task, run, sinks, cancelled.clone()),
             reporter,
             transcribe(bus.pool(), attempt, written)
         );
@@ -1594,20 +1589,24 @@ async fn run_task(
     // This run's attempt only: a task reassigned while it ran (to another agent) keeps
     // the next attempt's outcome to that attempt.
     let command = as_holder(agent_id, command);
-    record_outcome(bus, &id, command, &context).await;
+    record_outcome(bus, &id, command, &context, cancelled).await;
     kept
 }
 
 /// Records a run's outcome, trying again (backing off as the projection runner does)
-/// until it commits or the task refuses it (the attempt is no longer this agent's, or
-/// it ended otherwise). Until then the run has not finished, so its agent takes no other
-/// task: an outcome given up on a database error left the task running under an agent
-/// the worker renews the lease of and gives more work, for ever.
+/// until it commits, the task refuses it (the attempt is no longer this agent's, or it
+/// ended otherwise), or the run is stopped (the task cancelled or taken away, the worker
+/// stopping). Until then the run has not finished, so its agent takes no other task: an
+/// outcome given up on a database error left the task running under an agent the worker
+/// renews the lease of and gives more work, for ever. A fault no retry mends (a corrupt
+/// history) keeps the agent on it, saying so at every try — as every other command on
+/// that task fails too.
 async fn record_outcome(
     bus: &CommandBus,
     id: &str,
     command: TaskCommand,
     context: &CommandContext,
+    mut stopped: watch::Receiver<bool>,
 ) {
     let mut tries = 0;
     loop {
@@ -1621,7 +1620,10 @@ async fn record_outcome(
                 tries += 1;
                 let pause = omoi_projections::runner::retry_pause(tries);
                 tracing::warn!(task_id = id, %error, tries, ?pause, "worker: outcome not recorded yet; trying again");
-                tokio::time::sleep(pause).await;
+                tokio::select! {
+                    () = tokio::time::sleep(pause) => {}
+                    _ = stopped.wait_for(|stop| *stop) => return,
+                }
             }
         }
     }

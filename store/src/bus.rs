@@ -605,6 +605,16 @@ impl CommandBus {
         }
     }
 
+    /// The aggregate's state and version as this bus keeps it, without reading anything:
+    /// `None` when it keeps none. It may lag another process's appends; compare its
+    /// version with the log's before trusting it.
+    pub fn kept<A>(&self, aggregate_id: &str) -> Option<(A, usize)>
+    where
+        A: Aggregate + Clone + 'static,
+    {
+        self.cache.get::<A>(A::TYPE, aggregate_id)
+    }
+
     /// The aggregate's current state and version, or `None` when it has no events.
     pub async fn load<A>(
         &self,

@@ -7,6 +7,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use chrono::{DateTime, Utc};
 use futures_util::future::BoxFuture;
+use omoi_domain::billing::{BillingAccount, BillingCommand};
 use omoi_domain::common::Phase;
 use omoi_domain::project::Project;
 use omoi_domain::spec::{Plan, PlannedTask, Spec, SpecEvent};
@@ -18,6 +19,7 @@ use omoi_store::{Actor, CommandContext, StoredEvent};
 use sqlx::PgConnection;
 use uuid::Uuid;
 
+use crate::admission::project_takes_work;
 use crate::aggregates::{Aggregates, Effects, SPEC_ARCHIVED};
 use crate::ProcessManager;
 
@@ -127,10 +129,54 @@ async fn execute_all(
         )
         .await?;
     let mut effects = Effects::default();
+    let mut accounts = Aggregates::<BillingAccount>::new();
     for (event, spec) in approved {
+        // The approval checked that the project takes work; one archived since gets
+        // nothing, and the workflow the approval counted is given back.
+        if let Some(project_id) = spec.project_id {
+            let project = projects.state(&project_id.to_string());
+            if let Err(refusal) = project_takes_work(project_id, &project) {
+                tracing::warn!(spec = %event.aggregate_id, %refusal, "plan approved in a project archived since: not executed");
+                give_back(tx, event, &spec, &mut accounts, &mut effects).await?;
+                continue;
+            }
+        }
         execute(event, &spec, &projects, &mut effects).await?;
     }
     effects.append(tx, first).await
+}
+
+/// Gives back the workflow counted by the approval `event` of `spec`, which is not
+/// executed.
+async fn give_back(
+    tx: &mut PgConnection,
+    event: &StoredEvent,
+    spec: &Spec,
+    accounts: &mut Aggregates<BillingAccount>,
+    effects: &mut Effects,
+) -> Result<(), ProjectionError> {
+    let (Some(organization_id), Some(spec_id)) = (spec.organization_id, spec.id) else {
+        return Err(ProjectionError::payload(
+            event,
+            "a spec without organization",
+        ));
+    };
+    let command = BillingCommand::CancelWorkflow {
+        organization_id,
+        spec_id,
+        at: approved_at(event)?,
+    };
+    let context = CommandContext::caused_by(Actor::System(NAME), event);
+    accounts
+        .decide(
+            effects,
+            tx,
+            event,
+            &organization_id.to_string(),
+            command,
+            &context,
+        )
+        .await
 }
 
 /// Decides the creations of the tickets and tasks of the plan `spec` had when `event`
@@ -153,13 +199,10 @@ async fn execute(
         ));
     };
     let at = approved_at(event)?;
-    let project = projects.state(&project_id.to_string());
-    // The approval checked that the project takes work; one archived since adds nothing.
-    if !project.is_active() {
-        tracing::warn!(spec = %spec_id, project = %project_id, "plan approved in a project archived since; not executed");
-        return Ok(());
-    }
-    let validation_required = project.settings.validation_required;
+    let validation_required = projects
+        .state(&project_id.to_string())
+        .settings
+        .validation_required;
     let validation = |task: &PlannedTask| {
         (validation_required && task.task_type == IMPLEMENT).then(ValidationPolicy::default)
     };

@@ -480,6 +480,12 @@ async fn answer(
                 let Some(state) = tickets.get(ticket) else {
                     continue;
                 };
+                // An unblocking asks only for the move a block refuses — testing → done
+                // (every other step clears the block) — not for one that a person's
+                // move since undid (a regression unblocks on its way back to building).
+                if event.aggregate_type == Ticket::TYPE && state.status != TicketStatus::Testing {
+                    continue;
+                }
                 if state.status.rank() >= to.rank() || !auto_advance(event) {
                     continue;
                 }
@@ -535,11 +541,10 @@ impl Ask<'_> {
 fn unblocked_by_another(event: &StoredEvent) -> bool {
     event.aggregate_type == Ticket::TYPE
         && event.event_type == "TicketUnblocked"
-        && event
+        && !event
             .metadata
             .actor()
-            .and_then(|actor| actor.strip_prefix("system:"))
-            != Some(NAME)
+            .is_some_and(|actor| Actor::System(NAME).wrote(actor))
 }
 
 /// The project an event names in its metadata.

@@ -50,3 +50,18 @@ pub enum AgentCommand {
     /// Replaces the whole capability set.
     UpdateCapabilities { capabilities: Vec<String> },
 }
+
+impl AgentCommand {
+    /// An agent shown alive — by its first heartbeat, or by heartbeats (renewals) that
+    /// resumed after it was degraded — becomes idle: the one move both an HTTP agent's
+    /// heartbeat and a worker's renewal make.
+    pub fn revive(reason: &str, at: DateTime<Utc>) -> Self {
+        Self::ChangeAgentStatus {
+            to: AgentStatus::Idle,
+            reason: Some(reason.to_string()),
+            force: false,
+            guardian: false,
+            at,
+        }
+    }
+}
