@@ -277,8 +277,12 @@ impl TicketProgress {
             .unwrap_or_default();
         let effects = answer(tx, first, &asks, &mut known).await?;
         // Written last: the batch holds every reader of the log from its first write on.
-        rows.write(tx, schema).await?;
+        // The effects first: everything they were decided on was read before, and as the
+        // transaction's first write their append skips the check for an event it follows
+        // that a younger transaction committed (`Rows::insert_units`), which a write
+        // before it would make it pay.
         effects.append(tx, first).await?;
+        rows.write(tx, schema).await?;
         // Taken in once the runner says the batch committed.
         self.kept.hold(schema, BatchEnd { rows, known });
         Ok(())
