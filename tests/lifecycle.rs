@@ -140,10 +140,22 @@ async fn a_ticket_walks_to_done_its_history_is_kept_and_survives_a_restart() {
     }
     assert_eq!(pages, 3, "pages of 4, 4 and 1");
     assert_eq!(&paged, events);
+    // Without `as_of`, every page carries the state now: a later page's from the state
+    // commands keep (here, kept), or folded from the log (after the restart below).
+    let later_page = format!("/api/v1/tickets/{ticket_id}/history?limit=4&after=4");
+    let (status, page) = app.get(&later_page).await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    assert_eq!(
+        (page["state"].clone(), page["as_of"].as_i64()),
+        (done["state"].clone(), Some(9))
+    );
 
     let (database, token) = app.stop().await;
     let mut app = spawn_app_on(database).await;
     app.token = token;
+    let (status, page) = app.get(&later_page).await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    assert_eq!(page["state"], done["state"], "folded after a restart");
     let (status, after_restart) = app.get(&format!("/api/v1/tickets/{ticket_id}")).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(after_restart["state"], done["state"]);
