@@ -67,6 +67,41 @@ async fn agent_statuses(app: &TestApp, id: &str) -> Vec<String> {
         .collect()
 }
 
+/// A fault: the first `times` events written that meet `condition` (SQL on the trigger's
+/// `new` row) are refused with an error. A sequence counts the attempts outside any
+/// transaction ([`refusals_tried`]), so a refused write still counts.
+async fn refuse_first(app: &TestApp, times: i64, condition: &str) {
+    for statement in [
+        "create sequence refusals_tried".to_string(),
+        format!(
+            "create function refuse_first() returns trigger language plpgsql as $$
+             begin
+                 if {condition} and nextval('refusals_tried') <= {times} then
+                     raise exception 'the disk is full (injected)';
+                 end if;
+                 return new;
+             end;
+             $$"
+        ),
+        "create trigger refuse_first before insert on events
+             for each row execute function refuse_first()"
+            .to_string(),
+    ] {
+        sqlx::query(&statement)
+            .execute(&app.database.pool)
+            .await
+            .expect("the fault");
+    }
+}
+
+/// How many writes [`refuse_first`]'s condition met so far.
+async fn refusals_tried(app: &TestApp) -> i64 {
+    sqlx::query_scalar("select last_value from refusals_tried")
+        .fetch_one(&app.database.pool)
+        .await
+        .expect("the attempts")
+}
+
 fn at(payload: &Value, field: &str) -> chrono::DateTime<chrono::Utc> {
     payload[field]
         .as_str()
@@ -337,14 +372,7 @@ async fn a_stale_agents_task_is_reassigned_and_completes() {
     assert_eq!(status, StatusCode::OK, "{body}");
     // Another never beats at all: a person's assignment starts its lease, as a claim
     // would (before, it had none, and its task stayed running for ever).
-    let (status, mute) = app
-        .post(
-            "/api/v1/agents/register",
-            json!({"organization_id": organization, "agent_type": "worker"}),
-        )
-        .await;
-    assert_eq!(status, StatusCode::CREATED, "{mute}");
-    let mute = mute["id"].as_str().expect("an id").to_string();
+    let mute = app.register_agent(&organization).await.id;
     let ticket = app.ticket(&project, "Work").await;
     let id = app.task(&ticket, "held", json!({})).await;
     let muted = app.task(&ticket, "held by the mute", json!({})).await;
@@ -406,26 +434,13 @@ async fn a_silent_agent_whose_failure_was_refused_is_failed_by_a_later_sweep() {
         )
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
-    for statement in [
-        "create sequence failures_tried",
-        "create function refuse_first_failures() returns trigger language plpgsql as $$
-         begin
-             if new.event_type = 'AgentStatusChanged'
-                and new.payload -> 'AgentStatusChanged' ->> 'to' = 'failed'
-                and nextval('failures_tried') <= 3 then
-                 raise exception 'the disk is full (injected)';
-             end if;
-             return new;
-         end;
-         $$",
-        "create trigger refuse_first_failures before insert on events
-             for each row execute function refuse_first_failures()",
-    ] {
-        sqlx::query(statement)
-            .execute(&app.database.pool)
-            .await
-            .expect("the fault");
-    }
+    refuse_first(
+        &app,
+        3,
+        "new.event_type = 'AgentStatusChanged'
+         and new.payload -> 'AgentStatusChanged' ->> 'to' = 'failed'",
+    )
+    .await;
     let worker = Worker::start(
         app.database.pool.clone(),
         config(command("true"), &directory),
@@ -440,10 +455,7 @@ async fn a_silent_agent_whose_failure_was_refused_is_failed_by_a_later_sweep() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     worker.stop().await;
-    let tried: i64 = sqlx::query_scalar("select last_value from failures_tried")
-        .fetch_one(&app.database.pool)
-        .await
-        .expect("the attempts");
+    let tried = refusals_tried(&app).await;
     assert!(tried > 3, "the fault was not reached: {tried}");
 }
 
@@ -590,26 +602,7 @@ async fn an_outcome_the_database_refused_for_a_while_is_recorded_once_it_can_be(
     let directory = scratch_dir();
     let ticket = app.ticket(&project, "Work").await;
     let id = app.task(&ticket, "steady", json!({})).await;
-    // A sequence counts the attempts outside any transaction; the trigger fails the
-    // first five completions written.
-    for statement in [
-        "create sequence completions_tried",
-        "create function refuse_first_completions() returns trigger language plpgsql as $$
-         begin
-             if new.event_type = 'TaskCompleted' and nextval('completions_tried') <= 5 then
-                 raise exception 'the disk is full (injected)';
-             end if;
-             return new;
-         end;
-         $$",
-        "create trigger refuse_first_completions before insert on events
-             for each row execute function refuse_first_completions()",
-    ] {
-        sqlx::query(statement)
-            .execute(&app.database.pool)
-            .await
-            .expect("the fault");
-    }
+    refuse_first(&app, 5, "new.event_type = 'TaskCompleted'").await;
     let worker = Worker::start(
         app.database.pool.clone(),
         config(command("echo done"), &directory),
@@ -617,10 +610,7 @@ async fn an_outcome_the_database_refused_for_a_while_is_recorded_once_it_can_be(
     let state = app.until_task_status(&id, "completed").await;
     assert_eq!(state["result"]["output"], json!(["done"]), "{state}");
     worker.stop().await;
-    let tried: i64 = sqlx::query_scalar("select last_value from completions_tried")
-        .fetch_one(&app.database.pool)
-        .await
-        .expect("the attempts");
+    let tried = refusals_tried(&app).await;
     assert!(tried > 5, "the fault was not reached: {tried}");
     let kinds: Vec<String> = history(&app, &id)
         .await

@@ -1120,11 +1120,9 @@ async fn a_project_of_many_tasks_without_dependencies_still_takes_one() {
     .await;
 }
 
-/// A ticket in testing whose work completes while a person has it blocked stays where it
-/// is (a blocked ticket cannot be done); once unblocked it goes on to `done`, the move
-/// caused by the unblocking — before, that move was lost and the ticket stayed in testing.
-#[tokio::test(flavor = "multi_thread")]
-async fn a_ticket_whose_work_finished_while_blocked_moves_on_once_unblocked() {
+/// A ticket moved by hand to testing and blocked there by a person, whose one task then
+/// completes: it stays in testing (a blocked ticket cannot be done).
+async fn blocked_in_testing_with_its_work_done() -> (TestApp, String) {
     let app = spawn_app().await;
     let (organization, project) = app.organization_and_project().await;
     let ticket = app.ticket(&project, "Audit log").await;
@@ -1151,6 +1149,15 @@ async fn a_ticket_whose_work_finished_while_blocked_moves_on_once_unblocked() {
     app.must(&path("complete"), json!({"result": {}}), StatusCode::OK)
         .await;
     assert_eq!(ticket_status(&app, &ticket).await, "testing");
+    (app, ticket)
+}
+
+/// A ticket in testing whose work completes while a person has it blocked stays where it
+/// is (a blocked ticket cannot be done); once unblocked it goes on to `done`, the move
+/// caused by the unblocking — before, that move was lost and the ticket stayed in testing.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_ticket_whose_work_finished_while_blocked_moves_on_once_unblocked() {
+    let (app, ticket) = blocked_in_testing_with_its_work_done().await;
 
     app.must(
         &format!("/api/v1/tickets/{ticket}/unblock"),
@@ -1183,32 +1190,7 @@ async fn a_ticket_whose_work_finished_while_blocked_moves_on_once_unblocked() {
 /// not for one the regression undid — even with every task of the ticket completed.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_regression_of_a_blocked_ticket_is_not_walked_back_to_done() {
-    let app = spawn_app().await;
-    let (organization, project) = app.organization_and_project().await;
-    let ticket = app.ticket(&project, "Exports").await;
-    let task = app.task(&ticket, "Write them", json!({})).await;
-    let agent = worker(&app, &organization).await;
-    assign(&app, &agent, &task).await;
-    assert_eq!(ticket_status(&app, &ticket).await, "building");
-    for to in ["building-done", "testing"] {
-        app.must(
-            &format!("/api/v1/tickets/{ticket}/transition"),
-            json!({"to": to}),
-            StatusCode::OK,
-        )
-        .await;
-    }
-    app.must(
-        &format!("/api/v1/tickets/{ticket}/block"),
-        json!({"reason": "failing_checks"}),
-        StatusCode::OK,
-    )
-    .await;
-    let path = |action: &str| format!("/api/v1/tasks/{task}/{action}");
-    app.must(&path("start"), json!({}), StatusCode::OK).await;
-    app.must(&path("complete"), json!({"result": {}}), StatusCode::OK)
-        .await;
-    assert_eq!(ticket_status(&app, &ticket).await, "testing");
+    let (app, ticket) = blocked_in_testing_with_its_work_done().await;
 
     app.must(
         &format!("/api/v1/tickets/{ticket}/regress"),

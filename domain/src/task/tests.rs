@@ -1623,26 +1623,19 @@ fn a_step_sent_as_the_holder_counts_only_while_that_agent_holds_the_task() {
         },
     ];
     let running = fold::<Task>(&running_from(created()));
+    let taken_from = |agent_id, at| TaskEvent::TaskUnassigned { agent_id, at };
+    let given_to = TaskEvent::TaskAssigned {
+        agent_id: other,
+        at: t(26),
+    };
     // Taken back from the agent and given to another.
     let reassigned = fold::<Task>(&with(
         running_from(created()),
-        [
-            TaskEvent::TaskUnassigned {
-                agent_id: agent_id(),
-                at: t(25),
-            },
-            TaskEvent::TaskAssigned {
-                agent_id: other,
-                at: t(26),
-            },
-        ],
+        [taken_from(agent_id(), t(25)), given_to.clone()],
     ));
     let unassigned = fold::<Task>(&with(
         running_from(created()),
-        [TaskEvent::TaskUnassigned {
-            agent_id: agent_id(),
-            at: t(25),
-        }],
+        [taken_from(agent_id(), t(25))],
     ));
     for step in steps {
         let as_holder = |agent_id| TaskCommand::AsHolder {
@@ -1675,18 +1668,9 @@ fn a_step_sent_as_the_holder_counts_only_while_that_agent_holds_the_task() {
     let released = fold::<Task>(&with(
         running_from(created()),
         [
-            TaskEvent::TaskUnassigned {
-                agent_id: agent_id(),
-                at: t(25),
-            },
-            TaskEvent::TaskAssigned {
-                agent_id: other,
-                at: t(26),
-            },
-            TaskEvent::TaskUnassigned {
-                agent_id: other,
-                at: t(27),
-            },
+            taken_from(agent_id(), t(25)),
+            given_to,
+            taken_from(other, t(27)),
         ],
     ));
     let (_, again) = handle(&released, assign(agent_id()), &());
