@@ -113,10 +113,12 @@ pub fn task_type_or_null() -> Object {
     text_of(task::MAX_TASK_TYPE_CHARS, true, true)
 }
 
-/// The capabilities a task requires (duplicates merged).
+/// The capabilities a task requires (duplicates merged), at most
+/// [`task::MAX_REQUIRED_CAPABILITIES`].
 pub fn required_capabilities() -> Array {
     ArrayBuilder::new()
         .items(text_of(task::MAX_CAPABILITY_CHARS, true, false))
+        .max_items(Some(task::MAX_REQUIRED_CAPABILITIES))
         .build()
 }
 

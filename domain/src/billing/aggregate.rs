@@ -433,12 +433,16 @@ impl BillingAccount {
                 self.stripe_customer_id = customer_id.or(self.stripe_customer_id.take());
                 self.stripe_subscription_id =
                     subscription_id.or(self.stripe_subscription_id.take());
+                // A plan paid for at checkout: no payment is owed any more.
+                self.suspend_at = None;
             }
             Effect::LifetimePurchased { customer_id } => {
                 self.tier = Tier::Lifetime;
                 self.status = SubscriptionStatus::Active;
                 self.stripe_customer_id = customer_id.or(self.stripe_customer_id.take());
                 self.period_end = None;
+                // Paid for good: the subscription a failed invoice belonged to is retired.
+                self.suspend_at = None;
             }
             Effect::CreditsAdded {
                 amount_cents,
@@ -468,6 +472,9 @@ impl BillingAccount {
                 self.status = SubscriptionStatus::Canceled;
                 self.stripe_subscription_id = None;
                 self.subscription_as_of = Some(stripe_created);
+                // The free plan owes nothing: a suspension for the ended subscription's
+                // unpaid invoice would otherwise outlive it for good.
+                self.suspend_at = None;
             }
             Effect::InvoicePaid => {
                 // Usage is counted per period already: a mid-period invoice (a retried
@@ -959,6 +966,54 @@ mod tests {
         assert_eq!(account.decide(start.clone()), Err(BillingError::Suspended));
         apply(&mut account, stripe("evt_p", 2, StripeChange::InvoicePaid));
         apply(&mut account, start);
+    }
+
+    /// Only a paid invoice ended a suspension: an account whose unpaid subscription
+    /// Stripe then ended, or that bought the lifetime plan meanwhile, stayed suspended
+    /// for good.
+    #[test]
+    fn a_suspension_ends_with_the_subscription_it_was_for_or_a_plan_paid_for() {
+        let start = BillingCommand::StartWorkflow {
+            organization_id: org(),
+            spec_id: Uuid::from_u128(1),
+            plans: plans(None, 0),
+            at: at(),
+        };
+        let suspended = || {
+            let mut account = BillingAccount::default();
+            apply(
+                &mut account,
+                stripe("evt_1", 1, updated(SubscriptionStatus::Active, Tier::Pro)),
+            );
+            apply(
+                &mut account,
+                stripe("evt_f", 2, StripeChange::InvoicePaymentFailed),
+            );
+            assert_eq!(account.decide(start.clone()), Err(BillingError::Suspended));
+            account
+        };
+        let ended = StripeChange::SubscriptionDeleted {
+            subscription_id: "sub_1".into(),
+        };
+        let lifetime = StripeChange::LifetimePurchase {
+            customer_id: Some("cus_1".into()),
+        };
+        let subscribed = StripeChange::SubscriptionCheckout {
+            customer_id: Some("cus_1".into()),
+            subscription_id: Some("sub_2".into()),
+            tier: Tier::Team,
+        };
+        for (change, tier) in [
+            (ended, Tier::Free),
+            (lifetime, Tier::Lifetime),
+            (subscribed, Tier::Team),
+        ] {
+            let mut account = suspended();
+            apply(&mut account, stripe("evt_3", 3, change.clone()));
+            assert_eq!(account.effective_tier(), tier, "{change:?}");
+            assert!(!account.is_suspended(at()), "{change:?}");
+            assert!(account.decide(start.clone()).is_ok(), "{change:?}");
+        }
     }
 
     #[test]

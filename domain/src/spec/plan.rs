@@ -10,7 +10,9 @@ use utoipa::ToSchema;
 
 use crate::common::{optional_text, required_text, Priority, TextProblem};
 use crate::common::{MAX_TEXT_CHARS, MAX_TITLE_CHARS};
-use crate::task::{MAX_CAPABILITY_CHARS, MAX_DEPENDENCIES, MAX_TASK_TYPE_CHARS};
+use crate::task::{
+    MAX_CAPABILITY_CHARS, MAX_DEPENDENCIES, MAX_REQUIRED_CAPABILITIES, MAX_TASK_TYPE_CHARS,
+};
 
 /// Most tickets one plan may hold.
 pub const MAX_PLAN_TICKETS: usize = 50;
@@ -108,6 +110,8 @@ pub enum PlanProblem {
     Cycle(String),
     #[error("a task may wait for at most {MAX_DEPENDENCIES} tasks")]
     TooManyDependencies,
+    #[error("a task may require at most {MAX_REQUIRED_CAPABILITIES} capabilities (as many as an agent can have)")]
+    TooManyCapabilities,
     #[error("must not be empty")]
     EmptyText,
     #[error("is longer than {0} characters")]
@@ -127,6 +131,7 @@ impl PlanProblem {
             Self::UnknownRequirement(_) => "unknown_requirement",
             Self::Cycle(_) => "plan_cycle",
             Self::TooManyDependencies => "too_many_dependencies",
+            Self::TooManyCapabilities => "too_many_capabilities",
             Self::EmptyText => "empty_text",
             Self::TextTooLong(_) => "text_too_long",
         }
@@ -251,6 +256,12 @@ impl Plan {
                         text(field, capability, MAX_CAPABILITY_CHARS, true)
                     })
                     .collect::<Result<BTreeSet<_>, _>>()?;
+                if capabilities.len() > MAX_REQUIRED_CAPABILITIES {
+                    return Err(refuse(
+                        format!("{at}.required_capabilities"),
+                        PlanProblem::TooManyCapabilities,
+                    ));
+                }
                 tasks.push(PlannedTask {
                     title: text(format!("{at}.title"), &task.title, MAX_TITLE_CHARS, true)?,
                     description: text(
@@ -443,6 +454,20 @@ mod tests {
                 "unknown_requirement"
             )
         );
+        let mut too_able = plan(vec![vec![task("TSK-1", &[])]]);
+        too_able.tickets[0].tasks[0].required_capabilities = (0..=MAX_REQUIRED_CAPABILITIES)
+            .map(|i| format!("skill-{i}"))
+            .collect();
+        assert_eq!(
+            problem(too_able.clone()),
+            (
+                "tickets[0].tasks[0].required_capabilities".into(),
+                "too_many_capabilities"
+            )
+        );
+        // Duplicates are merged before they are counted.
+        too_able.tickets[0].tasks[0].required_capabilities[0] = "skill-1".into();
+        assert!(too_able.validated(&requirements()).is_ok());
         let mut blank = plan(vec![vec![task("TSK-1", &[])]]);
         blank.tickets[0].tasks[0].title = "  ".into();
         assert_eq!(

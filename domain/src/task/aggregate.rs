@@ -24,6 +24,9 @@ use crate::guardian;
 pub const MAX_TASK_TYPE_CHARS: usize = 64;
 /// Longest required capability name.
 pub const MAX_CAPABILITY_CHARS: usize = 64;
+/// Most capabilities a task may require: an agent holds at most as many, so a task
+/// requiring more could never be claimed.
+pub const MAX_REQUIRED_CAPABILITIES: usize = crate::agent::MAX_CAPABILITIES;
 /// Longest progress message: progress is a status line, not a log.
 pub const MAX_PROGRESS_CHARS: usize = 2000;
 /// The most tasks one task may wait for; each dependency is looked up when it is added.
@@ -804,12 +807,18 @@ fn checked_dependencies(task_id: Uuid, depends_on: Vec<Uuid>) -> Result<Vec<Uuid
     Ok(set.into_iter().collect())
 }
 
-/// Trims each capability, refuses blank or overlong ones and merges duplicates.
+/// Trims each capability, refuses blank or overlong ones and merges duplicates; refuses
+/// more than an agent can hold.
 fn checked_capabilities(capabilities: Vec<String>) -> Result<Vec<String>, TaskError> {
     let set = capabilities
         .iter()
         .map(|c| required_text(c, MAX_CAPABILITY_CHARS).map_err(TaskError::capability))
         .collect::<Result<BTreeSet<String>, TaskError>>()?;
+    if set.len() > MAX_REQUIRED_CAPABILITIES {
+        return Err(TaskError::TooManyCapabilities {
+            max: MAX_REQUIRED_CAPABILITIES,
+        });
+    }
     Ok(set.into_iter().collect())
 }
 

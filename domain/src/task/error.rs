@@ -27,6 +27,8 @@ pub enum TaskError {
     EmptyCapability,
     #[error("a required capability is longer than {max} characters")]
     CapabilityTooLong { max: usize },
+    #[error("a task may require at most {max} capabilities (as many as an agent can have)")]
+    TooManyCapabilities { max: usize },
     #[error("max_retries must be at most {max}")]
     TooManyRetries { max: u32 },
     #[error("timeout_seconds must be greater than zero")]
@@ -134,6 +136,7 @@ impl DomainError for TaskError {
             | TaskTypeTooLong { .. }
             | EmptyCapability
             | CapabilityTooLong { .. }
+            | TooManyCapabilities { .. }
             | TooManyRetries { .. }
             | ZeroTimeout
             | TooManyRevisions { .. }
@@ -172,7 +175,9 @@ impl DomainError for TaskError {
             EmptyTitle | TitleTooLong { .. } => Some("title"),
             EmptyText { field } | TextTooLong { field, .. } => Some(field),
             EmptyTaskType | TaskTypeTooLong { .. } => Some("task_type"),
-            EmptyCapability | CapabilityTooLong { .. } => Some("required_capabilities"),
+            EmptyCapability | CapabilityTooLong { .. } | TooManyCapabilities { .. } => {
+                Some("required_capabilities")
+            }
             TooManyRetries { .. } => Some("max_retries"),
             ZeroTimeout => Some("timeout_seconds"),
             TooManyRevisions { .. } => Some("max_revisions"),
@@ -199,6 +204,7 @@ impl DomainError for TaskError {
             TaskTypeTooLong { .. } => "task_type_too_long",
             EmptyCapability => "empty_capability",
             CapabilityTooLong { .. } => "capability_too_long",
+            TooManyCapabilities { .. } => "too_many_capabilities",
             TooManyRetries { .. } => "too_many_retries",
             ZeroTimeout => "zero_timeout",
             SelfDependency => "self_dependency",

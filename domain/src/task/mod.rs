@@ -34,7 +34,7 @@ mod validation;
 
 pub use aggregate::{
     Task, TaskStatus, MAX_CAPABILITY_CHARS, MAX_DEPENDENCIES, MAX_PROGRESS_CHARS,
-    MAX_TASK_TYPE_CHARS,
+    MAX_REQUIRED_CAPABILITIES, MAX_TASK_TYPE_CHARS,
 };
 pub use commands::{TaskCommand, TaskIntervention};
 pub use discovery::{Discovery, DiscoveryKind};

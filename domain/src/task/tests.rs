@@ -466,6 +466,9 @@ async fn creating_a_task_twice_is_refused() {
 fn invalid_creation_input_is_refused_field_by_field() {
     let long_title: &'static str = "x".repeat(MAX_TITLE_CHARS + 1).leak();
     let long_label: &'static str = "x".repeat(65).leak();
+    let too_many: Vec<&'static str> = (0..=MAX_REQUIRED_CAPABILITIES)
+        .map(|i| &*format!("skill-{i}").leak())
+        .collect();
     let cases = [
         (
             NewTask {
@@ -519,6 +522,14 @@ fn invalid_creation_input_is_refused_field_by_field() {
         ),
         (
             NewTask {
+                capabilities: too_many,
+                ..NewTask::default()
+            },
+            TaskError::TooManyCapabilities { max: 64 },
+            "required_capabilities",
+        ),
+        (
+            NewTask {
                 max_retries: Some(21),
                 ..NewTask::default()
             },
@@ -553,6 +564,23 @@ fn invalid_creation_input_is_refused_field_by_field() {
         assert_eq!(expected.kind(), kind, "{expected:?}");
         assert_eq!(expected.field(), Some(field), "{expected:?}");
     }
+}
+
+#[test]
+fn as_many_capabilities_as_an_agent_can_have_are_accepted_duplicates_merged() {
+    let mut capabilities: Vec<&'static str> = (0..MAX_REQUIRED_CAPABILITIES)
+        .map(|i| &*format!("skill-{i}").leak())
+        .collect();
+    capabilities.push("skill-0");
+    let command = NewTask {
+        capabilities,
+        ..NewTask::default()
+    }
+    .command();
+    let (state, result) = handle(&Task::default(), command, &());
+    assert!(result.is_ok(), "{result:?}");
+    assert_eq!(state.required_capabilities.len(), MAX_REQUIRED_CAPABILITIES);
+    assert_eq!(MAX_REQUIRED_CAPABILITIES, crate::agent::MAX_CAPABILITIES);
 }
 
 #[test]
