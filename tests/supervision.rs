@@ -996,3 +996,78 @@ async fn a_stall_the_task_moved_past_before_the_policy_read_it_gets_no_restart()
     worker.stop().await;
     let _ = std::fs::remove_dir_all(directory);
 }
+
+/// A key limited to a project sees neither its organization's organization-wide agents
+/// nor their alerts in the project's overview, as in the agents list; the organization's
+/// members see both.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_project_limited_key_sees_only_its_projects_agents_in_the_overview() {
+    let app = spawn_app().await;
+    let (organization, project) = app.organization_and_project().await;
+    let everywhere = app.register_agent(&organization).await;
+    let (status, registered) = app
+        .post(
+            "/api/v1/agents/register",
+            json!({"organization_id": organization, "project_id": project,
+                   "agent_type": "worker"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{registered}");
+    let own = Agent {
+        id: omoi_testing::id_of(&registered),
+        credential: registered["credential"]
+            .as_str()
+            .expect("a credential")
+            .to_string(),
+    };
+    for agent in [&everywhere, &own] {
+        // A first heartbeat makes it idle (a spawning agent is not quarantined).
+        assert_eq!(heartbeat(&app, agent).await["status"], "idle");
+    }
+    let own = own.id;
+    for agent in [everywhere.id.as_str(), own.as_str()] {
+        let (status, body) = app
+            .post(
+                "/api/v1/guardian/interventions",
+                json!({"kind": "quarantine", "agent_id": agent, "reason": "looping"}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+    let (status, created) = app
+        .post(
+            "/api/v1/auth/api-keys",
+            json!({"name": "ci", "organization_id": organization, "project_id": project,
+                   "role": "member"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    let key = created["key"].as_str().expect("the key").to_string();
+    app.caught_up().await;
+    let path = format!("/api/v1/monitoring/overview?project_id={project}");
+    let subjects = |overview: &Value, list: &str, field: &str| -> Vec<String> {
+        let mut ids: Vec<String> = overview[list]
+            .as_array()
+            .expect("a list")
+            .iter()
+            .map(|item| item[field].as_str().expect("an id").to_string())
+            .collect();
+        ids.sort();
+        ids
+    };
+    let mut both = vec![everywhere.id.clone(), own.clone()];
+    both.sort();
+    let (status, member) = app.get(&path).await;
+    assert_eq!(status, StatusCode::OK, "{member}");
+    assert_eq!(subjects(&member, "agents_in_trouble", "agent_id"), both);
+    assert_eq!(subjects(&member, "alerts", "subject_id"), both);
+    let (status, limited) = app
+        .send_as(Some(&key), reqwest::Method::GET, &path, None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{limited}");
+    assert_eq!(
+        subjects(&limited, "agents_in_trouble", "agent_id"),
+        [own.clone()]
+    );
+    assert_eq!(subjects(&limited, "alerts", "subject_id"), [own]);
+}

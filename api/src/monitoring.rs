@@ -13,7 +13,7 @@ use omoi_domain::task::TaskStatus;
 use omoi_projections::agents::{self, AgentFilter, AgentView};
 use omoi_projections::directory;
 use omoi_projections::monitoring::{
-    self, AlertRow, Coherence, CoherenceInputs, DuplicateRow, StalledRow,
+    self, AlertRow, AlertScope, Coherence, CoherenceInputs, DuplicateRow, StalledRow,
 };
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
@@ -96,10 +96,17 @@ async fn overview(
         .ok_or(ApiError::NotFound { what: "project" })?;
     let pool = state.pool();
     let found = monitoring::overview(pool, project_id, MAX_FINDINGS).await?;
-    let alerts =
-        monitoring::project_alerts(pool, organization_id, project_id, MAX_FINDINGS).await?;
+    // A key limited to the project sees neither the organization-wide agents nor their
+    // alerts (as in the agents list and the agents stream).
+    let organization_wide = caller.project_limit().is_none();
+    let scope = AlertScope {
+        organization_id,
+        project_id,
+        organization_wide,
+    };
+    let alerts = monitoring::project_alerts(pool, scope, MAX_FINDINGS).await?;
     // The lists are bounded; coherence weighs every open finding.
-    let open = monitoring::finding_counts(pool, organization_id, project_id).await?;
+    let open = monitoring::finding_counts(pool, scope).await?;
     let whole = |n: i64| usize::try_from(n).unwrap_or(0);
     let filter = AgentFilter {
         organizations: Some(vec![organization_id]),
@@ -108,7 +115,10 @@ async fn overview(
     let serving: Vec<AgentView> = agents::list(pool, &filter)
         .await?
         .into_iter()
-        .filter(|agent| agent.project_id.is_none_or(|p| p == project_id))
+        .filter(|agent| match agent.project_id {
+            Some(own) => own == project_id,
+            None => organization_wide,
+        })
         .filter(|agent| agent.status != AgentStatus::Terminated.as_str())
         .collect();
     let ids: Vec<Uuid> = serving.iter().map(|a| a.agent_id).collect();

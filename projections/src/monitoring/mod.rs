@@ -30,6 +30,7 @@ pub use model::{
 };
 pub use projector::MonitoringProjector;
 pub use query::{
-    alerts_about, finding_counts, overview, project_alerts, steered_tasks, AlertRow, DuplicateRow,
+    alerts_about, finding_counts, overview, project_alerts, steered_tasks, AlertRow, AlertScope,
+    DuplicateRow,
     FindingCounts, Overview, StalledRow,
 };

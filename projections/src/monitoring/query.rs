@@ -71,22 +71,31 @@ fn alert_rows(rows: Vec<AlertTuple>) -> Vec<AlertRow> {
         .collect()
 }
 
-/// The open alerts of `project_id` and of its organization's organization-wide agents,
-/// newest first, at most `limit`.
+/// Which alerts a project's overview shows: the project's own, and those of its
+/// organization's organization-wide agents unless the reader is limited to the project
+/// (a key limited to a project does not see those agents).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AlertScope {
+    pub organization_id: Uuid,
+    pub project_id: Uuid,
+    pub organization_wide: bool,
+}
+
+/// The open alerts of `scope`, newest first, at most `limit`.
 pub async fn project_alerts(
     pool: &PgPool,
-    organization_id: Uuid,
-    project_id: Uuid,
+    scope: AlertScope,
     limit: i64,
 ) -> sqlx::Result<Vec<AlertRow>> {
     let rows = sqlx::query_as(
         "select kind, subject_id, project_id, reason, raised_by, raised_at, position
            from monitoring_alerts
-          where organization_id = $1 and (project_id = $2 or project_id is null)
-          order by position desc limit $3",
+          where organization_id = $1 and (project_id = $2 or ($3 and project_id is null))
+          order by position desc limit $4",
     )
-    .bind(organization_id)
-    .bind(project_id)
+    .bind(scope.organization_id)
+    .bind(scope.project_id)
+    .bind(scope.organization_wide)
     .bind(limit)
     .fetch_all(pool)
     .await?;
@@ -137,9 +146,9 @@ pub async fn overview(pool: &PgPool, project_id: Uuid, limit: i64) -> sqlx::Resu
     })
 }
 
-/// How many findings of `project_id` are open, each kind counted whole (the lists are
-/// bounded): stalled tasks, duplicate pairs, and open alerts of the project or its
-/// organization — what the Conductor's coherence weighs.
+/// How many findings of a project are open, each kind counted whole (the lists are
+/// bounded): stalled tasks, duplicate pairs, and the open alerts of its [`AlertScope`] —
+/// what the Conductor's coherence weighs.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct FindingCounts {
     pub stalled_tasks: i64,
@@ -147,20 +156,18 @@ pub struct FindingCounts {
     pub alerts: i64,
 }
 
-/// [`FindingCounts`] of `project_id` in `organization_id`, with one statement.
-pub async fn finding_counts(
-    pool: &PgPool,
-    organization_id: Uuid,
-    project_id: Uuid,
-) -> sqlx::Result<FindingCounts> {
+/// [`FindingCounts`] of `scope`'s project, with one statement.
+pub async fn finding_counts(pool: &PgPool, scope: AlertScope) -> sqlx::Result<FindingCounts> {
     let (stalled_tasks, duplicates, alerts) = sqlx::query_as(
         "select (select count(*) from monitoring_stalled where project_id = $2),
                 (select count(*) from monitoring_duplicates where project_id = $2),
                 (select count(*) from monitoring_alerts
-                  where organization_id = $1 and (project_id = $2 or project_id is null))",
+                  where organization_id = $1
+                    and (project_id = $2 or ($3 and project_id is null)))",
     )
-    .bind(organization_id)
-    .bind(project_id)
+    .bind(scope.organization_id)
+    .bind(scope.project_id)
+    .bind(scope.organization_wide)
     .fetch_one(pool)
     .await?;
     Ok(FindingCounts {
