@@ -303,10 +303,18 @@ impl Organization {
         }
     }
 
-    /// Refuses to take away the owner role of `principal` when nobody else holds it.
+    /// Refuses to take away the owner role of `principal`, a user, when no other user
+    /// holds it. Only users count: an agent's membership gives it no power (an agent acts
+    /// with its own credential's role), so an agent made owner could not act as one.
     fn ensure_another_owner(&self, principal: Principal) -> Result<(), OrganizationError> {
-        let is_owner = self.members.get(&principal) == Some(&Role::Owner);
-        let owners = self.members.values().filter(|r| **r == Role::Owner).count();
+        let user_owner = |(member, role): (&Principal, &Role)| {
+            matches!(member, Principal::User(_)) && *role == Role::Owner
+        };
+        let is_owner = self
+            .members
+            .get_key_value(&principal)
+            .is_some_and(user_owner);
+        let owners = self.members.iter().filter(|m| user_owner(*m)).count();
         if is_owner && owners == 1 {
             return Err(OrganizationError::LastOwner);
         }
@@ -687,6 +695,46 @@ mod tests {
             })
             .await
             .then_expect_error(OrganizationError::NotMember(someone()));
+    }
+
+    /// An agent made owner holds no owner's power: the last human owner still cannot
+    /// leave or be demoted, and the agent itself may go.
+    #[tokio::test]
+    async fn an_agent_owner_does_not_count_as_another_owner() {
+        let robot = Principal::Agent(Uuid::from_u128(0x0a));
+        let with_robot_owner = vec![
+            created(),
+            owner_added(),
+            OrganizationEvent::MemberAdded {
+                principal: robot,
+                role: Role::Owner,
+            },
+        ];
+        OrganizationTest::with(())
+            .given(with_robot_owner.clone())
+            .when_async(OrganizationCommand::RemoveMember {
+                principal: owner(),
+                by: by_owner(),
+            })
+            .await
+            .then_expect_error(OrganizationError::LastOwner);
+        OrganizationTest::with(())
+            .given(with_robot_owner.clone())
+            .when_async(OrganizationCommand::ChangeMemberRole {
+                principal: owner(),
+                role: Role::Admin,
+                by: Grantor::with_role(Role::Owner),
+            })
+            .await
+            .then_expect_error(OrganizationError::LastOwner);
+        OrganizationTest::with(())
+            .given(with_robot_owner)
+            .when_async(OrganizationCommand::RemoveMember {
+                principal: robot,
+                by: by_owner(),
+            })
+            .await
+            .then_expect_events(vec![OrganizationEvent::MemberRemoved { principal: robot }]);
     }
 
     #[tokio::test]

@@ -31,6 +31,5 @@ pub use model::{
 pub use projector::MonitoringProjector;
 pub use query::{
     alerts_about, finding_counts, overview, project_alerts, steered_tasks, AlertRow, AlertScope,
-    DuplicateRow,
-    FindingCounts, Overview, StalledRow,
+    DuplicateRow, FindingCounts, Overview, StalledRow,
 };
