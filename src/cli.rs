@@ -11,7 +11,7 @@ use std::io::Write;
 use omoi_store::db;
 use omoi_store::log::{aggregate_history_within, apply_until, PAGE_BYTES};
 
-use crate::server;
+use crate::server::{self, Opening};
 use crate::settings::{LogFormat, Settings};
 
 /// omoi — event-sourced backend of a spec-driven, multi-agent software-engineering
@@ -136,7 +136,7 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
         Command::Serve => serve(settings, false).await,
         Command::Worker => worker(settings).await,
         Command::Migrate => {
-            let database = server::open_database(&settings, false).await?;
+            let database = server::open_database(&settings, Opening::Tool).await?;
             db::migrate(&database.pool)
                 .await
                 .context("applying migrations")?;
@@ -151,7 +151,10 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
 
 async fn serve(settings: Settings, dev: bool) -> anyhow::Result<()> {
     let secret = server::signing_secret(dev)?;
-    let database = server::open_database(&settings, dev).await?;
+    let opening = Opening::Service {
+        allow_embedded: dev,
+    };
+    let database = server::open_database(&settings, opening).await?;
     let state = server::app_state(database.pool.clone(), &settings, &secret)?;
     let (trigger, shutdown) = server::Shutdown::new();
     let (stats, projections) = server::start_projections(
@@ -201,7 +204,10 @@ fn worker_config(settings: &Settings) -> omoi_orchestrator::WorkerConfig {
 }
 
 async fn worker(settings: Settings) -> anyhow::Result<()> {
-    let database = server::open_database(&settings, false).await?;
+    let opening = Opening::Service {
+        allow_embedded: false,
+    };
+    let database = server::open_database(&settings, opening).await?;
     let worker = omoi_orchestrator::Worker::start(database.pool.clone(), worker_config(&settings));
     tracing::info!("omoi worker is running");
     server::shutdown_signal().await;
@@ -278,7 +284,7 @@ async fn manage_db(settings: Settings, action: DbAction) -> anyhow::Result<()> {
 const HISTORY_PAGE: i64 = 1_000;
 
 async fn history(settings: Settings, args: HistoryArgs) -> anyhow::Result<()> {
-    let database = server::open_database(&settings, false).await?;
+    let database = server::open_database(&settings, Opening::Tool).await?;
     let kind = aggregate_kind_of(&args.aggregate)?;
     let pool = &database.pool;
     match kind {

@@ -34,7 +34,7 @@ pub enum ProjectionsAction {
 }
 
 pub async fn run(settings: Settings, action: ProjectionsAction) -> anyhow::Result<()> {
-    let database = server::open_database(&settings, false).await?;
+    let database = server::open_database(&settings, server::Opening::Tool).await?;
     // The pool's own session settings (JIT off, named `omoi`) for the dedicated connections.
     let options = (*database.pool.connect_options()).clone();
     let pool = &database.pool;

@@ -27,9 +27,25 @@ pub struct Database {
     pub embedded: Option<EmbeddedPostgres>,
 }
 
-/// Connects to `DATABASE_URL`, or — when `allow_embedded` and no URL is set — starts our
+/// How a command uses the database it opens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Opening {
+    /// A service (`serve`, `dev`, `worker`): applies the migrations first unless
+    /// `database.migrate_on_start` is off; `dev` may start a cluster of its own.
+    Service { allow_embedded: bool },
+    /// A tool run beside the deployed servers (`history`, `projections …`, `migrate`):
+    /// never migrates by itself, so a newer binary does not migrate a database its
+    /// servers are not yet upgraded for.
+    Tool,
+}
+
+/// Connects to `DATABASE_URL`, or — for a service allowed one and no URL set — starts our
 /// own PostgreSQL cluster and creates its database.
-pub async fn open_database(settings: &Settings, allow_embedded: bool) -> anyhow::Result<Database> {
+pub async fn open_database(settings: &Settings, opening: Opening) -> anyhow::Result<Database> {
+    let allow_embedded = opening
+        == Opening::Service {
+            allow_embedded: true,
+        };
     let (url, embedded) = match (&settings.database.url, allow_embedded) {
         (Some(url), _) => (url.expose_secret().to_string(), None),
         (None, true) => {
@@ -46,7 +62,7 @@ pub async fn open_database(settings: &Settings, allow_embedded: bool) -> anyhow:
     let pool = db::connect(&url, settings.database.max_connections)
         .await
         .context("connecting to PostgreSQL")?;
-    if settings.database.migrate_on_start {
+    if settings.database.migrate_on_start && opening != Opening::Tool {
         db::migrate(&pool).await.context("applying migrations")?;
     }
     Ok(Database {

@@ -111,3 +111,44 @@ async fn history_prints_and_folds_a_history_of_several_pages() {
     assert_eq!(shown["events"].as_array().map(Vec::len), Some(1_001));
     assert_eq!(shown["state"]["workflows_used"], 1_000);
 }
+
+/// The tools never migrate: a newer binary's `omoi history` or `omoi projections status`
+/// run against a database its servers have not been upgraded for leaves the database's
+/// migrations as they were (here: the newest one taken back, as if not yet applied).
+#[tokio::test(flavor = "multi_thread")]
+async fn the_tools_leave_the_databases_migrations_alone() {
+    let database = TestDatabase::create().await.expect("a database");
+    let newest: i64 =
+        sqlx::query_scalar("delete from _sqlx_migrations where version = (select max(version) from _sqlx_migrations) returning version")
+            .fetch_one(&database.pool)
+            .await
+            .expect("the newest migration taken back");
+    let applied = || async {
+        sqlx::query_scalar::<_, i64>("select count(*) from _sqlx_migrations where version = $1")
+            .bind(newest)
+            .fetch_one(&database.pool)
+            .await
+            .expect("counted")
+    };
+    let bus = CommandBus::new(database.pool.clone(), RetryPolicy::default());
+    let organization = Uuid::now_v7();
+    let context = CommandContext::new(Actor::System("test"), "cli");
+    bus.execute::<BillingAccount>(
+        &organization.to_string(),
+        start_workflow(organization, None),
+        &context,
+    )
+    .await
+    .expect("a workflow counted");
+    let output = history(&database, "billing_account", organization);
+    assert!(output.status.success(), "{output:?}");
+    let output = Command::new(env!("CARGO_BIN_EXE_omoi"))
+        .args(["projections", "status"])
+        .env("DATABASE_URL", &database.url)
+        .env("OMOI_ENV", "test")
+        .env("OMOI_LOG", "error")
+        .output()
+        .expect("omoi projections status runs");
+    assert!(output.status.success(), "{output:?}");
+    assert_eq!(applied().await, 0, "a tool applied migration {newest}");
+}
