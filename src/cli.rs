@@ -155,8 +155,36 @@ async fn serve(settings: Settings, dev: bool) -> anyhow::Result<()> {
         allow_embedded: dev,
     };
     let database = server::open_database(&settings, opening).await?;
-    let state = server::app_state(database.pool.clone(), &settings, &secret)?;
+    // From here every way out — a failed start (the port taken, say), Ctrl-C during it, or
+    // the end of serving — stops the cluster `omoi dev` started.
     let (trigger, shutdown) = server::Shutdown::new();
+    let trigger = std::sync::Arc::new(trigger);
+    tokio::spawn({
+        let trigger = trigger.clone();
+        async move {
+            server::shutdown_signal().await;
+            let _ = trigger.send(true);
+        }
+    });
+    let served = serve_on(&settings, dev, &secret, &database, (&trigger, shutdown)).await;
+    database.pool.close().await;
+    if let Some(cluster) = database.embedded {
+        tokio::task::spawn_blocking(move || cluster.stop()).await??;
+        tracing::info!("PostgreSQL stopped");
+    }
+    served
+}
+
+/// The API (and for `omoi dev` the worker) on `database` until `shutdown`; a start that
+/// fails fires `trigger` itself, so that what it had started stops before it returns.
+async fn serve_on(
+    settings: &Settings,
+    dev: bool,
+    secret: &[u8],
+    database: &server::Database,
+    (trigger, shutdown): (&tokio::sync::watch::Sender<bool>, server::Shutdown),
+) -> anyhow::Result<()> {
+    let state = server::app_state(database.pool.clone(), settings, secret)?;
     let (stats, projections) = server::start_projections(
         database.pool.clone(),
         (*database.pool.connect_options()).clone(),
@@ -170,26 +198,27 @@ async fn serve(settings: Settings, dev: bool) -> anyhow::Result<()> {
     let state = state.with_projections(stats);
     // `omoi dev` is the whole system: the orchestrator runs beside the API.
     let worker = dev
-        .then(|| omoi_orchestrator::Worker::start(database.pool.clone(), worker_config(&settings)));
-    let (listener, address) = server::bind(&settings).await?;
-    tracing::info!(%address, "omoi is serving");
-    if dev {
-        print_welcome(&state, address, database.embedded.is_some()).await?;
+        .then(|| omoi_orchestrator::Worker::start(database.pool.clone(), worker_config(settings)));
+    let started = async {
+        let (listener, address) = server::bind(settings).await?;
+        tracing::info!(%address, "omoi is serving");
+        if dev {
+            print_welcome(&state, address, database.embedded.is_some()).await?;
+        }
+        anyhow::Ok(listener)
     }
-    tokio::spawn(async move {
-        server::shutdown_signal().await;
-        let _ = trigger.send(true);
-    });
-    let served = server::serve(listener, state, shutdown.wait()).await;
+    .await;
+    let served = match started {
+        Ok(listener) => server::serve(listener, state, shutdown.wait()).await,
+        Err(error) => {
+            let _ = trigger.send(true);
+            Err(error)
+        }
+    };
     if let Some(worker) = worker {
         worker.stop().await;
     }
     let _ = projections.await;
-    database.pool.close().await;
-    if let Some(cluster) = database.embedded {
-        tokio::task::spawn_blocking(move || cluster.stop()).await??;
-        tracing::info!("PostgreSQL stopped");
-    }
     served
 }
 

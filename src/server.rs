@@ -59,17 +59,38 @@ pub async fn open_database(settings: &Settings, opening: Opening) -> anyhow::Res
             "DATABASE_URL is not set; set it, or use `omoi dev` to run a PostgreSQL of our own"
         ),
     };
-    let pool = db::connect(&url, settings.database.max_connections)
-        .await
-        .context("connecting to PostgreSQL")?;
-    if settings.database.migrate_on_start && opening != Opening::Tool {
-        db::migrate(&pool).await.context("applying migrations")?;
+    let opened = async {
+        let pool = db::connect(&url, settings.database.max_connections)
+            .await
+            .context("connecting to PostgreSQL")?;
+        if settings.database.migrate_on_start && opening != Opening::Tool {
+            db::migrate(&pool).await.context("applying migrations")?;
+        }
+        anyhow::Ok(pool)
     }
-    Ok(Database {
-        url,
-        pool,
-        embedded,
-    })
+    .await;
+    match opened {
+        Ok(pool) => Ok(Database {
+            url,
+            pool,
+            embedded,
+        }),
+        // A cluster started here is not left running by a start that failed.
+        Err(error) => {
+            if let Some(cluster) = embedded {
+                stop_embedded(cluster).await;
+            }
+            Err(error)
+        }
+    }
+}
+
+/// Stops a cluster of our own after a failed start, saying so if it would not stop.
+async fn stop_embedded(cluster: EmbeddedPostgres) {
+    let stopped = tokio::task::spawn_blocking(move || cluster.stop()).await;
+    if !matches!(stopped, Ok(Ok(()))) {
+        tracing::warn!(?stopped, "PostgreSQL of our own did not stop");
+    }
 }
 
 /// Starts (initialising if needed) the cluster in `settings.data_dir` and creates its
@@ -82,9 +103,17 @@ pub async fn start_embedded(settings: &EmbeddedSettings) -> anyhow::Result<Embed
         .await
         .context("starting PostgreSQL")??;
     tracing::info!(data_dir = %data_dir.display(), port = settings.port, "PostgreSQL of our own is running");
-    let admin = db::connect(&cluster.url("postgres")?, 1).await?;
-    ensure_database(&admin, &settings.database).await?;
-    admin.close().await;
+    let created = async {
+        let admin = db::connect(&cluster.url("postgres")?, 1).await?;
+        ensure_database(&admin, &settings.database).await?;
+        admin.close().await;
+        anyhow::Ok(())
+    }
+    .await;
+    if let Err(error) = created {
+        stop_embedded(cluster).await;
+        return Err(error);
+    }
     Ok(cluster)
 }
 

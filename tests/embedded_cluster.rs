@@ -305,3 +305,46 @@ impl Drop for Dev {
         }
     }
 }
+
+/// `omoi dev` whose start fails after its cluster started (here: its HTTP port is taken)
+/// exits with the error and stops that cluster instead of leaving it running.
+#[test]
+fn omoi_dev_that_cannot_start_stops_its_cluster() {
+    let scratch = Scratch::new();
+    let (directory, port) = (&scratch.directory, scratch.cluster.port);
+    let taken = TcpListener::bind("0.0.0.0:0").expect("a port to take");
+    let http_port = taken.local_addr().expect("its address").port();
+    /// Stops the cluster `omoi dev` made, should the test fail while it runs.
+    struct StopsDevCluster<'a>(&'a Path, u16);
+    impl Drop for StopsDevCluster<'_> {
+        fn drop(&mut self) {
+            let _ = omoi(
+                self.0,
+                self.1,
+                &["db", "stop", "--data-dir", ".omoi/pgdata"],
+            );
+        }
+    }
+    let _cleanup = StopsDevCluster(directory, port);
+    let dev = Command::new(env!("CARGO_BIN_EXE_omoi"))
+        .arg("dev")
+        .current_dir(directory)
+        .env("OMOI_DATABASE__EMBEDDED__PORT", port.to_string())
+        .env("OMOI_APPLICATION__PORT", http_port.to_string())
+        .env_remove("DATABASE_URL")
+        .env_remove("OMOI_JWT_SECRET")
+        .output()
+        .expect("omoi dev runs");
+    assert!(!dev.status.success(), "{dev:?}");
+    assert!(
+        directory.join(".omoi/pgdata/PG_VERSION").exists(),
+        "the cluster was made before the start failed: {dev:?}"
+    );
+    let status = omoi(
+        directory,
+        port,
+        &["db", "status", "--data-dir", ".omoi/pgdata"],
+    );
+    assert_eq!(status.status.code(), Some(3), "still running: {status:?}");
+    drop(taken);
+}
