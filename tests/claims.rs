@@ -318,7 +318,7 @@ async fn a_claim_that_waited_while_its_agent_was_quarantined_takes_nothing() {
         }
     });
     // The claim is waiting (nothing is ready) when the agent is quarantined.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    until_claims_waiting(&app, 1).await;
     let (status, body) = app
         .post(
             "/api/v1/guardian/interventions",
@@ -339,4 +339,107 @@ async fn a_claim_that_waited_while_its_agent_was_quarantined_takes_nothing() {
         (&json!("pending"), &serde_json::Value::Null),
         "{state}"
     );
+}
+
+/// The claims the server holds now, read from `omoi_claims_waiting` in `/metrics`.
+async fn claims_waiting(app: &omoi_testing::TestApp) -> u64 {
+    let text = app
+        .client
+        .get(format!("{}/metrics", app.address))
+        .send()
+        .await
+        .expect("/metrics answers")
+        .text()
+        .await
+        .expect("its text");
+    text.lines()
+        .find_map(|line| line.strip_prefix("omoi_claims_waiting "))
+        .and_then(|value| value.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no omoi_claims_waiting in {text}"))
+}
+
+/// Waits until the server holds `count` claims (they passed the request's own checks).
+async fn until_claims_waiting(app: &omoi_testing::TestApp, count: u64) {
+    for _ in 0..500 {
+        if claims_waiting(app).await == count {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("{count} claims never waited");
+}
+
+/// A claim checks its credential again as it takes a task: one revoked while the claim
+/// waited (here the agent's key; its creator removed or demoted alike) takes nothing
+/// (401), and the task stays for others.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_claim_whose_credential_was_revoked_while_it_waited_takes_nothing() {
+    let app = std::sync::Arc::new(omoi_testing::spawn_app().await);
+    let (organization, project) = app.organization_and_project().await;
+    let agent = std::sync::Arc::new(app.register_agent(&organization).await);
+    let ticket = app.ticket(&project, "Work").await;
+    let waiting = tokio::spawn({
+        let (app, agent) = (app.clone(), agent.clone());
+        async move {
+            agent
+                .post(
+                    &app,
+                    &format!("/api/v1/agents/{}/claim", agent.id),
+                    json!({"wait_seconds": 60}),
+                )
+                .await
+        }
+    });
+    until_claims_waiting(&app, 1).await;
+    let (status, keys) = app.get("/api/v1/auth/api-keys").await;
+    assert_eq!(status, StatusCode::OK, "{keys}");
+    let key = keys
+        .as_array()
+        .expect("a list")
+        .iter()
+        .find(|key| key["name"].as_str().is_some_and(|n| n.contains(&agent.id)))
+        .unwrap_or_else(|| panic!("the agent's key in {keys}"));
+    let (status, body) = app
+        .delete(&format!(
+            "/api/v1/auth/api-keys/{}",
+            key["id"].as_str().expect("an id")
+        ))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let task = app.task(&ticket, "ready now", json!({})).await;
+    let (status, body) = waiting.await.expect("the claim answers");
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+    let state = app.task_state(&task).await;
+    assert_eq!(
+        (&state["status"], &state["assigned_agent_id"]),
+        (&json!("pending"), &serde_json::Value::Null),
+        "{state}"
+    );
+}
+
+/// A server shutting down answers its waiting claims at once (204, nothing taken) rather
+/// than hold its drain until their deadline (here a minute).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_waiting_claim_answers_nothing_when_the_server_shuts_down() {
+    let app = omoi_testing::spawn_app().await;
+    let (organization, _) = app.organization_and_project().await;
+    let agent = app.register_agent(&organization).await;
+    let claim = app
+        .client
+        .post(format!("{}/api/v1/agents/{}/claim", app.address, agent.id))
+        .bearer_auth(&agent.credential)
+        .json(&json!({"wait_seconds": 60}))
+        .send();
+    let waiting = tokio::spawn(claim);
+    until_claims_waiting(&app, 1).await;
+    let stopping = tokio::spawn(app.stop());
+    // Not a speed figure: half the claim's deadline tells "answered at the shutdown"
+    // from "answered when its minute ran out".
+    let answer = tokio::time::timeout(Duration::from_secs(30), waiting)
+        .await
+        .expect("the claim answered at the shutdown, not at its deadline")
+        .expect("the claim's task")
+        .expect("an answer");
+    assert_eq!(answer.status(), StatusCode::NO_CONTENT);
+    stopping.await.expect("the server stopped");
 }

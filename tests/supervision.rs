@@ -1065,9 +1065,7 @@ async fn a_project_limited_key_sees_only_its_projects_agents_in_the_overview() {
         .send_as(Some(&key), reqwest::Method::GET, &path, None)
         .await;
     assert_eq!(status, StatusCode::OK, "{limited}");
-    assert_eq!(
-        subjects(&limited, "agents_in_trouble", "agent_id"),
-        [own.clone()]
-    );
-    assert_eq!(subjects(&limited, "alerts", "subject_id"), [own]);
+    let own = [own];
+    assert_eq!(subjects(&limited, "agents_in_trouble", "agent_id"), own);
+    assert_eq!(subjects(&limited, "alerts", "subject_id"), own);
 }

@@ -22,7 +22,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use uuid::Uuid;
 
-use crate::auth::Caller;
+use crate::auth::{Caller, Credential};
 use crate::claims::{ClaimError, Claimant};
 use crate::error::{ApiError, ApiResult, Problem};
 use crate::extract::{Body, IdPath, Query};
@@ -280,6 +280,7 @@ const MAX_CLAIM_WAIT_SECONDS: u64 = 60;
 async fn claim(
     State(state): State<AppState>,
     caller: Caller,
+    credential: Credential,
     IdPath(id): IdPath,
     Body(Claim { wait_seconds }): Body<Claim>,
 ) -> ApiResult<axum::response::Response> {
@@ -310,10 +311,14 @@ async fn claim(
         capacity: agent.capacity as usize,
     };
     let assign = |task_id: Uuid| {
-        let (state, caller) = (&state, &caller);
+        let (state, caller, credential) = (&state, &caller, &credential);
         async move {
             // Again as the task is taken: the claim may have waited up to a minute, and
-            // an agent quarantined or terminated meanwhile takes no work.
+            // a credential revoked meanwhile (its creator removed or demoted) or an agent
+            // quarantined or terminated meanwhile takes no work.
+            let mut fresh = credential.verify(state).await?;
+            fresh.request_id.clone_from(&caller.request_id);
+            let caller = &fresh;
             let (agent, _) = state.load::<Agent>(id).await?;
             ensure_takes_work(id, &agent)?;
             // Holding work starts the agent's lease (one that dies before its first

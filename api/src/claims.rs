@@ -78,6 +78,9 @@ pub struct Claims {
     waiting: Mutex<HashMap<Uuid, usize>>,
     /// How far in the log the queue has read.
     read: Arc<Mutex<Cursor>>,
+    /// Set as the server shuts down: waiting claims answer "nothing" at once instead of
+    /// holding the server's drain for up to a minute.
+    closing: std::sync::atomic::AtomicBool,
 }
 
 /// How long a claim waits for its queue to read the tasks committed before it. Bounded,
@@ -95,6 +98,14 @@ impl Claims {
             rules,
             ..Self::default()
         }
+    }
+
+    /// Ends every waiting claim with nothing, and any claim made from now on after one
+    /// look: the server is shutting down and finishes the requests it holds.
+    pub fn close(&self) {
+        self.closing
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        self.changed.notify_waiters();
     }
 
     fn queue(&self) -> MutexGuard<'_, Queue> {
@@ -202,6 +213,10 @@ impl Claims {
                 .and_then(|at| (at - Utc::now()).to_std().ok())
                 .map(|wait| tokio::time::Instant::now() + wait + Duration::from_millis(1));
             let wake = retry_due.map_or(deadline, |due| due.min(deadline));
+            // Checked after `changed` was registered: a close during the look wakes it.
+            if self.closing.load(std::sync::atomic::Ordering::SeqCst) {
+                return Ok(None);
+            }
             if tokio::time::timeout_at(wake, changed).await.is_err()
                 && tokio::time::Instant::now() >= deadline
             {
@@ -249,6 +264,21 @@ impl Claims {
             .get(&agent)
             .copied()
             .unwrap_or(0)
+    }
+
+    /// `omoi_claims_waiting`: the claims this process holds now, every agent's.
+    pub fn render_prometheus(&self) -> String {
+        let total: usize = self
+            .waiting
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .values()
+            .sum();
+        let name = "omoi_claims_waiting";
+        format!(
+            "# HELP {name} Agents' claims waiting for a task in this process\n\
+             # TYPE {name} gauge\n{name} {total}\n"
+        )
     }
 }
 

@@ -38,7 +38,7 @@ async fn health(State(state): State<AppState>) -> ApiResult<Json<Health>> {
 
 /// Prometheus text exposition: `omoi_commands_total{command,outcome}`,
 /// `omoi_command_duration_seconds{command}`, the projectors' gauges and batch counter, and
-/// `omoi_live_sockets` / `omoi_live_followers`.
+/// `omoi_live_sockets` / `omoi_live_followers`, and `omoi_claims_waiting`.
 #[utoipa::path(get, path = "/metrics", tag = "system", security(()),
     responses((status = 200, content_type = "text/plain", body = String)))]
 async fn metrics(State(state): State<AppState>) -> ApiResult<impl IntoResponse> {
@@ -50,6 +50,7 @@ async fn metrics(State(state): State<AppState>) -> ApiResult<impl IntoResponse> 
         text.push_str(&projections.render_prometheus());
     }
     text.push_str(&state.live.render_prometheus());
+    text.push_str(&state.claims.render_prometheus());
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text))
 }
 

@@ -293,16 +293,45 @@ impl FromRequestParts<AppState> for Caller {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        let credential = credential(parts).ok_or(ApiError::Unauthorized {
-            detail: "authentication required: send `Authorization: Bearer <token or API key>`",
-        })?;
-        let mut caller = if credential.starts_with(keys::KEY_MARKER) {
-            api_key_caller(state, &credential).await?
-        } else {
-            user_caller(state, &credential).await?
-        };
+        let credential = Credential::from_request_parts(parts, state).await?;
+        let mut caller = credential.verify(state).await?;
         caller.request_id = request_id(parts);
         Ok(caller)
+    }
+}
+
+/// A request's credential as sent (an access token or an API key, from `Authorization:
+/// Bearer` or the access cookie), for work that outlives the request's own check and
+/// verifies it again: a claim waiting up to a minute, a WebSocket. Not `Debug`: it is a
+/// secret.
+pub struct Credential(String);
+
+impl Credential {
+    pub fn new(credential: String) -> Self {
+        Self(credential)
+    }
+
+    /// The caller it stands for now, exactly as the `Caller` extractor finds it (through
+    /// the same short-lived cache): 401 once it was revoked, expired, or its creator left.
+    pub async fn verify(&self, state: &AppState) -> Result<Caller, ApiError> {
+        if self.0.starts_with(keys::KEY_MARKER) {
+            api_key_caller(state, &self.0).await
+        } else {
+            user_caller(state, &self.0).await
+        }
+    }
+}
+
+impl FromRequestParts<AppState> for Credential {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        _state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        credential(parts).map(Self).ok_or(ApiError::Unauthorized {
+            detail: "authentication required: send `Authorization: Bearer <token or API key>`",
+        })
     }
 }
 

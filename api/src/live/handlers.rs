@@ -15,7 +15,7 @@
 use axum::extract::{FromRequestParts, State};
 use axum::http::header::{AUTHORIZATION, HOST, ORIGIN};
 use axum::http::request::Parts;
-use axum::http::{HeaderValue, StatusCode};
+use axum::http::StatusCode;
 use axum::response::Response;
 use serde::Deserialize;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
@@ -28,7 +28,7 @@ use super::sockets::{Principal, TooManySockets};
 use super::stream::Subscriptions;
 use super::upgrade::Upgrade;
 use super::LiveConfig;
-use crate::auth::{cookie, Caller, ACCESS_COOKIE};
+use crate::auth::{cookie, Caller, Credential, ACCESS_COOKIE};
 use crate::error::{ApiError, ApiResult, Problem};
 use crate::extract::Query;
 use crate::state::AppState;
@@ -37,7 +37,7 @@ use crate::state::AppState;
 /// while the socket is open).
 pub struct WsCaller {
     pub caller: Caller,
-    pub credential: String,
+    pub credential: Credential,
 }
 
 #[derive(Deserialize)]
@@ -94,7 +94,8 @@ impl FromRequestParts<AppState> for WsCaller {
                 token
             }
         };
-        let caller = verify(state, &credential).await?;
+        let credential = Credential::new(credential);
+        let caller = credential.verify(state).await?;
         Ok(Self { caller, credential })
     }
 }
@@ -150,18 +151,6 @@ fn is_own_origin(parts: &Parts, origin: &str) -> bool {
         .strip_prefix("https://")
         .or_else(|| origin.strip_prefix("http://"));
     matches!((authority, host), (Some(a), Some(h)) if a.eq_ignore_ascii_case(h))
-}
-
-/// Verifies a credential exactly as the `Caller` extractor does for a request.
-pub async fn verify(state: &AppState, credential: &str) -> Result<Caller, ApiError> {
-    let invalid = ApiError::Unauthorized {
-        detail: "the token is invalid, expired or revoked",
-    };
-    let header = HeaderValue::try_from(format!("Bearer {credential}")).map_err(|_| invalid)?;
-    let mut request = axum::http::Request::new(());
-    request.headers_mut().insert(AUTHORIZATION, header);
-    let (mut parts, ()) = request.into_parts();
-    Caller::from_request_parts(&mut parts, state).await
 }
 
 #[derive(Debug, Deserialize, IntoParams)]

@@ -35,11 +35,10 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
 use super::frame::Frame;
-use super::handlers::verify;
 use super::protocol::{encode, ServerMessage, WsError};
 use super::upgrade::Socket;
 use super::LiveConfig;
-use crate::auth::Caller;
+use crate::auth::{Caller, Credential};
 use crate::error::ApiError;
 use crate::state::AppState;
 
@@ -255,7 +254,7 @@ pub async fn drive(
     socket: Socket,
     state: AppState,
     caller: Caller,
-    credential: String,
+    credential: Credential,
     session: impl Session,
 ) {
     let config = state.live.config().clone();
@@ -412,7 +411,7 @@ struct Writer {
     resyncs: mpsc::Receiver<String>,
     activity: Arc<Activity>,
     caller: watch::Sender<Caller>,
-    credential: String,
+    credential: Credential,
     state: AppState,
     config: LiveConfig,
 }
@@ -529,7 +528,7 @@ impl Writer {
     }
 
     async fn recheck(&mut self) -> Result<(), End> {
-        match verify(&self.state, &self.credential).await {
+        match self.credential.verify(&self.state).await {
             Ok(caller) => {
                 self.caller.send_replace(caller);
                 Ok(())
