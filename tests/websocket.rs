@@ -1920,6 +1920,48 @@ async fn a_tasks_logs_stream_sends_every_line_in_order_as_it_is_written_and_resu
     assert_eq!(error["code"], "not_found", "{error}");
 }
 
+/// More steering waits than the connection's queue holds at once (an agent may hold 100
+/// tasks with 20 messages each against a queue of 256): it is handed over in batches
+/// that fit, every message, rather than not at all.
+#[tokio::test(flavor = "multi_thread")]
+async fn more_steering_than_the_socket_queue_holds_is_handed_over_whole() {
+    let app = spawn_app_with(LiveConfig {
+        queue_capacity: 2,
+        ..LiveConfig::default()
+    })
+    .await;
+    let (organization, project) = app.organization_and_project().await;
+    let agent = app.register_agent(&organization).await;
+    let ticket = app.ticket(&project, "Work").await;
+    let task = app.task(&ticket, "Steered", json!({})).await;
+    assert_eq!(agent.claim(&app, 5).await, Some(task.clone()));
+    agent.must(&app, &task, "start", json!({})).await;
+    let sent: Vec<String> = (1..=5).map(|n| format!("Step {n}.")).collect();
+    for message in &sent {
+        let (status, body) = app
+            .post(
+                "/api/v1/guardian/interventions",
+                json!({"kind": "steer", "task_id": task, "reason": "drifting", "message": message}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+    app.caught_up().await;
+    let mut socket = connect(&app, "/api/v1/ws", &agent.credential).await;
+    send(
+        &mut socket,
+        json!({"type": "subscribe", "id": "steer", "stream": "steering", "agent_id": agent.id}),
+    )
+    .await;
+    next_of(&mut socket, "snapshot", "steer").await;
+    let mut received = Vec::new();
+    for _ in &sent {
+        let message = next_of(&mut socket, "steering", "steer").await;
+        received.push(message["message"].as_str().expect("a message").to_string());
+    }
+    assert_eq!(received, sent);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn steering_reaches_an_agent_on_its_socket_once_and_is_recorded_as_delivered() {
     let app = spawn_app().await;

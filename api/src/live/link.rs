@@ -179,6 +179,11 @@ impl Link {
         self.queue.send(outgoing).await.map_err(|_| Closed)
     }
 
+    /// The most messages the connection's queue holds: more cannot be reserved at once.
+    pub fn capacity(&self) -> usize {
+        self.queue.max_capacity()
+    }
+
     /// Room for `count` messages weighing `bytes` together, if it appears within the
     /// grace period: for messages that must be queued once something is recorded (steering
     /// marked delivered), so that nothing is recorded that could not then be queued.

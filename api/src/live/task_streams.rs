@@ -322,6 +322,23 @@ impl SteeringPlan {
             Ok(waiting) => waiting,
             Err(error) => return self.left_pending(&error),
         };
+        // An agent may hold up to 100 tasks with 20 messages waiting each: more than the
+        // connection's queue, which could never grant the room for all at once.
+        for batch in batches(waiting, link.capacity()) {
+            if !self.deliver_batch(link, alive, batch).await {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Hands over `waiting`, at most the connection queue's capacity of messages.
+    async fn deliver_batch(
+        &self,
+        link: &Link,
+        alive: &Alive,
+        waiting: Vec<(Uuid, Vec<Steering>)>,
+    ) -> bool {
         let frame = |task_id: Uuid, steering: &Steering| {
             Frame::Own(encode(&ServerMessage::Steering {
                 id: &self.id,
@@ -370,6 +387,27 @@ impl SteeringPlan {
     }
 }
 
+/// `waiting` (messages by task, in order) cut into batches of at most `capacity`
+/// messages, a task's own split when it holds more.
+fn batches<T: Clone>(waiting: Vec<(Uuid, Vec<T>)>, capacity: usize) -> Vec<Vec<(Uuid, Vec<T>)>> {
+    let capacity = capacity.max(1);
+    let (mut batches, mut batch, mut count) = (Vec::new(), Vec::new(), 0);
+    for (task, messages) in waiting {
+        for piece in messages.chunks(capacity) {
+            if count + piece.len() > capacity {
+                batches.push(std::mem::take(&mut batch));
+                count = 0;
+            }
+            count += piece.len();
+            batch.push((task, piece.to_vec()));
+        }
+    }
+    if !batch.is_empty() {
+        batches.push(batch);
+    }
+    batches
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::{Duration, Instant};
@@ -377,7 +415,38 @@ mod tests {
     use tokio::sync::broadcast;
     use uuid::Uuid;
 
-    use super::wait_for_write;
+    use super::{batches, wait_for_write};
+
+    proptest::proptest! {
+        /// Every batch fits the queue, and together they hold every message once, in
+        /// order, each under its task.
+        #[test]
+        fn steering_batches_fit_the_queue_and_keep_every_message_in_order(
+            counts in proptest::collection::vec(0usize..25, 0..12),
+            capacity in 0usize..30,
+        ) {
+            let waiting: Vec<(Uuid, Vec<(usize, usize)>)> = counts
+                .iter()
+                .enumerate()
+                .map(|(t, n)| (Uuid::from_u128(t as u128), (0..*n).map(|m| (t, m)).collect()))
+                .collect();
+            let cut = batches(waiting.clone(), capacity);
+            for batch in &cut {
+                let size: usize = batch.iter().map(|(_, messages)| messages.len()).sum();
+                proptest::prop_assert!(size >= 1 && size <= capacity.max(1), "{batch:?}");
+            }
+            let again: Vec<(Uuid, (usize, usize))> = cut
+                .into_iter()
+                .flatten()
+                .flat_map(|(task, messages)| messages.into_iter().map(move |m| (task, m)))
+                .collect();
+            let whole: Vec<(Uuid, (usize, usize))> = waiting
+                .into_iter()
+                .flat_map(|(task, messages)| messages.into_iter().map(move |m| (task, m)))
+                .collect();
+            proptest::prop_assert_eq!(again, whole);
+        }
+    }
 
     /// A `logs` subscription waits out its poll through other tasks' writes (it reads
     /// nothing for them), and wakes at once for its own task's, or for a burst it fell
