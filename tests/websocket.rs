@@ -1920,6 +1920,28 @@ async fn a_tasks_logs_stream_sends_every_line_in_order_as_it_is_written_and_resu
     assert_eq!(error["code"], "not_found", "{error}");
 }
 
+/// A client that closes gets the server's close frame back (the closing handshake of
+/// RFC 6455 §5.5.1), not a dropped connection.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_that_closes_gets_the_closing_handshake() {
+    let app = spawn_app().await;
+    let mut socket = owner_socket(&app).await;
+    socket.close(None).await.expect("the close is sent");
+    let mut replied = false;
+    loop {
+        match tokio::time::timeout(PATIENCE, socket.next())
+            .await
+            .expect("the server answers in time")
+        {
+            Some(Ok(Message::Close(_))) => replied = true,
+            Some(Ok(_)) => {}
+            Some(Err(error)) => panic!("no closing handshake: {error}"),
+            None => break,
+        }
+    }
+    assert!(replied, "the server's close frame");
+}
+
 /// More steering waits than the connection's queue holds at once (an agent may hold 100
 /// tasks with 20 messages each against a queue of 256): it is handed over in batches
 /// that fit, every message, rather than not at all.

@@ -333,7 +333,10 @@ async fn read(
                 let error = WsError::new("binary_not_supported", "send JSON text frames");
                 link.send_error(&error).await;
             }
-            Message::Close(_) => return,
+            // The reply to the client's close is queued by the WebSocket layer and sent by
+            // the next read, which then ends the stream: returning now would drop the
+            // connection without it (the client would see 1006, no closing handshake).
+            Message::Close(_) => continue,
             // Pings are answered by the WebSocket layer; both count as signs of life (and
             // reading yields whole messages, never raw frames).
             Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {}
