@@ -810,6 +810,18 @@ async fn malformed_frames_get_an_error_and_the_socket_keeps_working() {
             "invalid_cursor",
         ),
         (
+            "a cursor beyond the log",
+            Message::text(with(json!({"after": "999999999999999999-1"})).to_string()),
+            "invalid_cursor",
+        ),
+        (
+            "a read model's cursor beyond the log",
+            Message::text(
+                with(json!({"stream": "board", "after": "999999999999999999-1"})).to_string(),
+            ),
+            "invalid_cursor",
+        ),
+        (
             "unknown subscription",
             Message::text(json!({"type": "unsubscribe", "id": "nope"}).to_string()),
             "unknown_subscription",

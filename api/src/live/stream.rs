@@ -216,6 +216,9 @@ impl Plan {
             .map(str::parse::<Cursor>)
             .transpose()
             .map_err(|e| WsError::new("invalid_cursor", format!("`after`: {e}")))?;
+        if let Some(after) = after {
+            ensure_reached(link, after).await?;
+        }
         let caller = link.caller();
         let (project, _) = link
             .state
@@ -448,6 +451,25 @@ pub(super) fn refusal(error: ApiError, what: &str) -> WsError {
             WsError::new("internal", "an internal error occurred; it has been logged")
         }
     }
+}
+
+/// Refuses a resumption from a position the log has not reached: no event was ever sent
+/// from beyond it (a cursor of another database, or made up), and the subscription would
+/// otherwise skip every event up to it, silently.
+async fn ensure_reached(link: &Link, after: Cursor) -> Result<(), WsError> {
+    let newest = super::hub::newest_cursor(link.state.pool())
+        .await
+        .map_err(|error| {
+            tracing::warn!(%error, "live: the log's newest position unreadable");
+            WsError::new("unavailable", "the event log is unavailable; retry")
+        })?;
+    if after > newest {
+        return Err(WsError::new(
+            "invalid_cursor",
+            format!("`after` {after} is beyond the log's newest position {newest}"),
+        ));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
