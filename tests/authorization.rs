@@ -1122,3 +1122,90 @@ async fn every_body_in_the_table_is_one_the_server_parses() {
     }
     findings.assert_none();
 }
+
+/// Naming another organization's task as a dependency, or its spec as a ticket's, is
+/// refused exactly as a made-up id is (404, same code): the refusal tells a stranger
+/// nothing of which ids exist elsewhere.
+#[tokio::test(flavor = "multi_thread")]
+async fn another_organizations_tasks_and_specs_are_named_as_if_they_did_not_exist() {
+    let app = spawn_app().await;
+    let (_, project) = app.organization_and_project().await;
+    let ticket = app.ticket(&project, "Theirs").await;
+    let their_task = app.task(&ticket, "Their task", json!({})).await;
+    let (status, spec) = app
+        .post(
+            "/api/v1/specs",
+            json!({"project_id": project, "title": "Their spec"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{spec}");
+    let their_spec = id_of(&spec);
+
+    let stranger = app.register_and_login("stranger@example.com").await;
+    let post = |path: String, body: Value| {
+        let stranger = stranger.clone();
+        let app = &app;
+        async move {
+            let (status, body) = app
+                .send_as(Some(&stranger), Method::POST, &path, Some(body))
+                .await;
+            (status, body)
+        }
+    };
+    let created = |(status, body): (StatusCode, Value)| {
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        id_of(&body)
+    };
+    let own_org = created(post("/api/v1/organizations".into(), json!({"name": "Mine"})).await);
+    let own_project = created(
+        post(
+            "/api/v1/projects".into(),
+            json!({"organization_id": own_org, "name": "Mine"}),
+        )
+        .await,
+    );
+    let own_ticket = created(
+        post(
+            "/api/v1/tickets".into(),
+            json!({"project_id": own_project, "title": "Mine"}),
+        )
+        .await,
+    );
+    let own_task = created(
+        post(
+            "/api/v1/tasks".into(),
+            json!({"ticket_id": own_ticket, "title": "My task", "task_type": "implement"}),
+        )
+        .await,
+    );
+    let answers = |id: String| {
+        let (ticket, task, project) = (own_ticket.clone(), own_task.clone(), own_project.clone());
+        let post = &post;
+        async move {
+            let refusals = [
+                post(
+                    "/api/v1/tasks".into(),
+                    json!({"ticket_id": ticket, "title": "Waits", "task_type": "implement", "depends_on": [id]}),
+                )
+                .await,
+                post(
+                    format!("/api/v1/tasks/{task}/dependencies"),
+                    json!({"depends_on": id}),
+                )
+                .await,
+                post(
+                    "/api/v1/tickets".into(),
+                    json!({"project_id": project, "title": "Of a spec", "spec_id": id}),
+                )
+                .await,
+            ];
+            refusals.map(|(status, body)| (status, body["code"].clone()))
+        }
+    };
+    let for_made_up = answers(Uuid::now_v7().to_string()).await;
+    for (status, _) in &for_made_up {
+        assert_eq!(*status, StatusCode::NOT_FOUND, "{for_made_up:?}");
+    }
+    assert_eq!(answers(their_task).await[..2], for_made_up[..2]);
+    assert_eq!(answers(their_spec).await[2], for_made_up[2]);
+}

@@ -12,7 +12,7 @@ use axum::http::StatusCode;
 use axum::Json;
 use chrono::Utc;
 use omoi_domain::agent::{Agent, AgentStatus};
-use omoi_domain::common::{Phase, Priority};
+use omoi_domain::common::{Phase, Priority, Scope, Scoped};
 use omoi_domain::task::{
     Task, TaskCommand, ValidationPolicy, Verdict, DEFAULT_MAX_REVISIONS, MAX_DEPENDENCIES,
 };
@@ -248,7 +248,11 @@ async fn create_task(
             format!("a task may depend on at most {MAX_DEPENDENCIES} tasks"),
         ));
     }
-    admission::dependencies_in_project(&state.bus, project_id, &depends_on).await?;
+    let project = Scope {
+        organization_id,
+        project_id: Some(project_id),
+    };
+    admission::dependencies_in_project(&state.bus, project, &depends_on).await?;
     let id = Uuid::now_v7();
     let command = TaskCommand::CreateTask {
         task_id: id,
@@ -603,14 +607,13 @@ async fn add_dependency(
     let (task, _) = state
         .read::<Task>(&caller, Permission::TaskWrite, id)
         .await?;
-    let project_id = task
-        .project_id
-        .ok_or_else(|| ApiError::Internal("task without project".into()))?;
+    let project = task
+        .scope()
+        .ok_or_else(|| ApiError::Internal("task without organization".into()))?;
     // Held until the edge has committed: a concurrent addition closing a cycle with this
     // one waits, then sees this edge.
     let _lock =
-        admission::new_dependency(&state.bus, state.pool(), project_id, id, body.depends_on)
-            .await?;
+        admission::new_dependency(&state.bus, state.pool(), project, id, body.depends_on).await?;
     let command = TaskCommand::AddDependency {
         depends_on: body.depends_on,
     };

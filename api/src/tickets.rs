@@ -5,7 +5,7 @@ use axum::http::StatusCode;
 use axum::Json;
 use chrono::Utc;
 use omoi_domain::access::Permission;
-use omoi_domain::common::{Phase, Priority};
+use omoi_domain::common::{Phase, Priority, Scope};
 use omoi_domain::ticket::{BlockReason, Ticket, TicketCommand, TicketStatus};
 use serde::Deserialize;
 use utoipa::ToSchema;
@@ -100,10 +100,14 @@ async fn create_ticket(
     Body(body): Body<CreateTicket>,
 ) -> ApiResult<(StatusCode, Json<Versioned<Ticket>>)> {
     let project = active_project(&state, &caller, Permission::TicketWrite, body.project_id).await?;
-    admission::spec_in_project(&state.bus, body.spec_id, body.project_id).await?;
     let organization_id = project
         .organization_id
         .ok_or_else(|| crate::error::ApiError::Internal("project without organization".into()))?;
+    let scope = Scope {
+        organization_id,
+        project_id: Some(body.project_id),
+    };
+    admission::spec_in_project(&state.bus, body.spec_id, scope).await?;
     let id = Uuid::now_v7();
     let command = TicketCommand::CreateTicket {
         ticket_id: id,

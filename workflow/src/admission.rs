@@ -7,6 +7,7 @@
 
 use std::collections::BTreeSet;
 
+use omoi_domain::common::Scope;
 use omoi_domain::project::Project;
 use omoi_domain::spec::Spec;
 use omoi_domain::task::Task;
@@ -80,39 +81,45 @@ pub fn ticket_takes_tasks(ticket_id: Uuid, ticket: &Ticket) -> Result<(), Refusa
     }
 }
 
-/// Every task of `depends_on` exists and belongs to project `project_id`.
+/// Every task of `depends_on` exists and belongs to project `project` (its organization
+/// and id). A task of another organization is not found, as anything of another
+/// organization is: the refusal must not tell a stranger's ids from made-up ones.
 pub async fn dependencies_in_project(
     bus: &CommandBus,
-    project_id: Uuid,
+    project: Scope,
     depends_on: &BTreeSet<Uuid>,
 ) -> Result<(), AdmissionError> {
     for dependency in depends_on {
         match bus.load::<Task>(&dependency.to_string()).await? {
-            None => return Err(Refusal::DependencyNotFound(*dependency).into()),
-            Some((task, _)) if task.project_id != Some(project_id) => {
-                return Err(Refusal::DependencyInOtherProject(*dependency).into())
+            Some((task, _)) if task.organization_id == Some(project.organization_id) => {
+                if task.project_id != project.project_id {
+                    return Err(Refusal::DependencyInOtherProject(*dependency).into());
+                }
             }
-            Some(_) => {}
+            _ => return Err(Refusal::DependencyNotFound(*dependency).into()),
         }
     }
     Ok(())
 }
 
-/// A ticket of project `project_id` may name spec `spec_id` (or none).
+/// A ticket of `project` (its organization and id) may name spec `spec_id` (or none); a
+/// spec of another organization is not found.
 pub async fn spec_in_project(
     bus: &CommandBus,
     spec_id: Option<Uuid>,
-    project_id: Uuid,
+    project: Scope,
 ) -> Result<(), AdmissionError> {
     let Some(spec_id) = spec_id else {
         return Ok(());
     };
     match bus.load::<Spec>(&spec_id.to_string()).await? {
-        None => Err(Refusal::SpecNotFound(spec_id).into()),
-        Some((spec, _)) if spec.project_id != Some(project_id) => {
-            Err(Refusal::SpecInOtherProject(spec_id).into())
+        Some((spec, _)) if spec.organization_id == Some(project.organization_id) => {
+            match spec.project_id == project.project_id {
+                true => Ok(()),
+                false => Err(Refusal::SpecInOtherProject(spec_id).into()),
+            }
         }
-        Some(_) => Ok(()),
+        _ => Err(Refusal::SpecNotFound(spec_id).into()),
     }
 }
 
@@ -123,11 +130,14 @@ pub async fn spec_in_project(
 pub async fn new_dependency(
     bus: &CommandBus,
     pool: &PgPool,
-    project_id: Uuid,
+    project: Scope,
     task_id: Uuid,
     dependency: Uuid,
 ) -> Result<ProjectLock, AdmissionError> {
-    dependencies_in_project(bus, project_id, &BTreeSet::from([dependency])).await?;
+    let project_id = project
+        .project_id
+        .ok_or_else(|| AdmissionError::Internal("a task without a project".into()))?;
+    dependencies_in_project(bus, project, &BTreeSet::from([dependency])).await?;
     let lock = cycles::lock_project(pool, project_id).await?;
     match cycles::cycle_through(pool, project_id, task_id, dependency).await {
         Ok(None) => Ok(lock),
