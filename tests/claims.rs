@@ -318,7 +318,7 @@ async fn a_claim_that_waited_while_its_agent_was_quarantined_takes_nothing() {
         }
     });
     // The claim is waiting (nothing is ready) when the agent is quarantined.
-    until_claims_waiting(&app, 1).await;
+    app.until_claims_waiting(1).await;
     let (status, body) = app
         .post(
             "/api/v1/guardian/interventions",
@@ -339,34 +339,6 @@ async fn a_claim_that_waited_while_its_agent_was_quarantined_takes_nothing() {
         (&json!("pending"), &serde_json::Value::Null),
         "{state}"
     );
-}
-
-/// The claims the server holds now, read from `omoi_claims_waiting` in `/metrics`.
-async fn claims_waiting(app: &omoi_testing::TestApp) -> u64 {
-    let text = app
-        .client
-        .get(format!("{}/metrics", app.address))
-        .send()
-        .await
-        .expect("/metrics answers")
-        .text()
-        .await
-        .expect("its text");
-    text.lines()
-        .find_map(|line| line.strip_prefix("omoi_claims_waiting "))
-        .and_then(|value| value.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no omoi_claims_waiting in {text}"))
-}
-
-/// Waits until the server holds `count` claims (they passed the request's own checks).
-async fn until_claims_waiting(app: &omoi_testing::TestApp, count: u64) {
-    for _ in 0..500 {
-        if claims_waiting(app).await == count {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("{count} claims never waited");
 }
 
 /// A claim checks its credential again as it takes a task: one revoked while the claim
@@ -390,7 +362,7 @@ async fn a_claim_whose_credential_was_revoked_while_it_waited_takes_nothing() {
                 .await
         }
     });
-    until_claims_waiting(&app, 1).await;
+    app.until_claims_waiting(1).await;
     let (status, keys) = app.get("/api/v1/auth/api-keys").await;
     assert_eq!(status, StatusCode::OK, "{keys}");
     let key = keys
@@ -431,7 +403,7 @@ async fn a_waiting_claim_answers_nothing_when_the_server_shuts_down() {
         .json(&json!({"wait_seconds": 60}))
         .send();
     let waiting = tokio::spawn(claim);
-    until_claims_waiting(&app, 1).await;
+    app.until_claims_waiting(1).await;
     let stopping = tokio::spawn(app.stop());
     // Not a speed figure: half the claim's deadline tells "answered at the shutdown"
     // from "answered when its minute ran out".

@@ -229,12 +229,32 @@ async fn a_task_runs_fails_is_retried_and_completes() {
         .post(&path("complete"), json!({"result": {"ok": true}}))
         .await;
     assert_eq!(status, StatusCode::CONFLICT, "{illegal}");
+    assert_eq!(illegal["code"], "illegal_transition", "{illegal}");
 
-    let (status, cancelled) = app
-        .post(&path("cancel"), json!({"reason": "no longer needed"}))
+    // Once the retry is due it is assigned again, runs and completes.
+    let mut tries = 0;
+    loop {
+        let (status, answer) = app
+            .post(&path("assign"), json!({"agent_id": agent_id}))
+            .await;
+        if status == StatusCode::OK {
+            break;
+        }
+        assert_eq!(answer["code"], "retry_not_due", "{answer}");
+        tries += 1;
+        assert!(tries < 300, "the retry never fell due: {answer}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    app.must(&path("start"), json!({}), StatusCode::OK).await;
+    let completed = app
+        .must(
+            &path("complete"),
+            json!({"result": {"ok": true}}),
+            StatusCode::OK,
+        )
         .await;
-    assert_eq!(status, StatusCode::OK, "{cancelled}");
-    assert_eq!(cancelled["state"]["status"], "cancelled");
+    assert_eq!(completed["state"]["status"], "completed", "{completed}");
+    assert_eq!(completed["state"]["retry_count"], 1, "{completed}");
 
     let (_, history) = app.get(&format!("/api/v1/tasks/{task_id}/history")).await;
     let types: Vec<&str> = history["events"]
@@ -252,7 +272,9 @@ async fn a_task_runs_fails_is_retried_and_completes() {
             "TaskProgressReported",
             "TaskFailed",
             "TaskRetryScheduled",
-            "TaskCancelled"
+            "TaskAssigned",
+            "TaskStarted",
+            "TaskCompleted"
         ]
     );
     let (_, agent_history) = app.get(&format!("/api/v1/agents/{agent_id}/history")).await;

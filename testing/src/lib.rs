@@ -727,6 +727,35 @@ pub fn id_of(body: &Value) -> String {
 
 /// Requests the tests share, so that each test file says only what it is about.
 impl TestApp {
+    /// The agents' claims the server holds now (`omoi_claims_waiting` in `/metrics`).
+    pub async fn claims_waiting(&self) -> u64 {
+        let text = self
+            .client
+            .get(format!("{}/metrics", self.address))
+            .send()
+            .await
+            .expect("/metrics answers")
+            .text()
+            .await
+            .expect("its text");
+        text.lines()
+            .find_map(|line| line.strip_prefix("omoi_claims_waiting "))
+            .and_then(|value| value.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no omoi_claims_waiting in {text}"))
+    }
+
+    /// Waits (up to ten seconds) until the server holds `count` claims: they passed the
+    /// request's own checks and wait for a task.
+    pub async fn until_claims_waiting(&self, count: u64) {
+        for _ in 0..500 {
+            if self.claims_waiting().await == count {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        panic!("{count} claims never waited");
+    }
+
     /// POSTs `body` to `path`, asserting the answer's status; returns the answer.
     pub async fn must(&self, path: &str, body: Value, expected: StatusCode) -> Value {
         let (status, answer) = self.post(path, body).await;
