@@ -94,6 +94,66 @@ async fn more_than_five_failed_logins_lock_the_account() {
     app.register_and_login("other@example.com").await;
 }
 
+/// One refresh token presented several times at once: one exchange wins, the others
+/// are reuses, and whatever their order the winner's new tokens are revoked with every
+/// other (an exchange recorded just after the reuse's revocation used to outlive it).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_refresh_token_presented_concurrently_leaves_no_token_alive() {
+    let app = spawn_app().await;
+    // Recording a refresh token takes a while: the exchange's replacement is recorded
+    // well after the reuses have looked, which is when it outlived their revocation.
+    sqlx::raw_sql(
+        "create function slow_refresh_token() returns trigger language plpgsql as
+           $$ begin perform pg_sleep(0.2); return new; end $$;
+         create trigger slow_refresh_token before insert on refresh_tokens
+           for each row execute function slow_refresh_token();",
+    )
+    .execute(&app.database.pool)
+    .await
+    .expect("the slow trigger");
+    for round in 0..3 {
+        let session = app.login("owner@example.com").await;
+        let refresh = session["refresh_token"].as_str().expect("a refresh token");
+        let answers = futures_util::future::join_all((0..4).map(|_| {
+            post_public(
+                &app,
+                "/api/v1/auth/refresh",
+                json!({"refresh_token": refresh}),
+            )
+        }))
+        .await;
+        let won: Vec<&Value> = answers
+            .iter()
+            .filter(|(status, _)| *status == StatusCode::OK)
+            .map(|(_, body)| body)
+            .collect();
+        assert_eq!(won.len(), 1, "round {round}: {answers:?}");
+        for (status, body) in &answers {
+            assert!(
+                matches!(*status, StatusCode::OK | StatusCode::UNAUTHORIZED),
+                "round {round}: {body}"
+            );
+        }
+        let access = won[0]["access_token"].as_str().expect("an access token");
+        assert_eq!(
+            me(&app, access).await.0,
+            StatusCode::UNAUTHORIZED,
+            "round {round}: the winner's access token outlived the reuse"
+        );
+        let (status, body) = post_public(
+            &app,
+            "/api/v1/auth/refresh",
+            json!({"refresh_token": won[0]["refresh_token"]}),
+        )
+        .await;
+        assert_eq!(
+            status,
+            StatusCode::UNAUTHORIZED,
+            "round {round}: the winner's refresh token outlived the reuse: {body}"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_refresh_token_works_once_and_its_reuse_revokes_every_token_of_the_user() {
     let app = spawn_app().await;

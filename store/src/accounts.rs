@@ -332,23 +332,49 @@ pub enum RefreshUse {
     Unknown,
 }
 
-/// Spends refresh token `jti` atomically; a second presentation revokes all of the
-/// user's tokens.
+/// A refresh token to record: its id, and when it expires.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NewRefreshToken {
+    pub jti: Uuid,
+    pub expires_at: DateTime<Utc>,
+}
+
+/// Spends refresh token `jti` and records `replacement`, the one issued for it, in one
+/// transaction holding the user's row; a second presentation revokes all of the user's
+/// tokens. The lock orders an exchange and a reuse of the same token: the reuse's
+/// revocation comes after the exchange's replacement is recorded, and so revokes it too
+/// (without the lock, a replacement recorded just after the revocation outlived it).
 pub async fn spend_refresh_token(
     pool: &PgPool,
     jti: Uuid,
     user_id: Uuid,
+    replacement: NewRefreshToken,
 ) -> Result<RefreshUse, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let user: Option<i32> = sqlx::query_scalar("select 1 from users where id = $1 for update")
+        .bind(user_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+    if user.is_none() {
+        return Ok(RefreshUse::Unknown);
+    }
     let spent = sqlx::query(
         "update refresh_tokens set used_at = now()
           where jti = $1 and user_id = $2 and used_at is null and revoked_at is null",
     )
     .bind(jti)
     .bind(user_id)
-    .execute(pool)
+    .execute(&mut *tx)
     .await?
     .rows_affected();
     if spent == 1 {
+        sqlx::query("insert into refresh_tokens (jti, user_id, expires_at) values ($1, $2, $3)")
+            .bind(replacement.jti)
+            .bind(user_id)
+            .bind(replacement.expires_at)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
         return Ok(RefreshUse::Fresh);
     }
     // Only a token that was already exchanged signals theft; one revoked by logout is
@@ -358,21 +384,32 @@ pub async fn spend_refresh_token(
     )
     .bind(jti)
     .bind(user_id)
-    .fetch_optional(pool)
+    .fetch_optional(&mut *tx)
     .await?;
-    match used {
-        None => Ok(RefreshUse::Unknown),
-        Some(false) => Ok(RefreshUse::Revoked),
+    let answer = match used {
+        None => RefreshUse::Unknown,
+        Some(false) => RefreshUse::Revoked,
         Some(true) => {
-            revoke_all_tokens(pool, user_id).await?;
-            Ok(RefreshUse::Reused)
+            revoke_all_tokens_in(&mut tx, user_id).await?;
+            RefreshUse::Reused
         }
-    }
+    };
+    tx.commit().await?;
+    Ok(answer)
 }
 
 /// Voids every token of the user issued until now.
 pub async fn revoke_all_tokens(pool: &PgPool, user_id: Uuid) -> Result<(), sqlx::Error> {
     let mut tx = pool.begin().await?;
+    revoke_all_tokens_in(&mut tx, user_id).await?;
+    tx.commit().await
+}
+
+/// [`revoke_all_tokens`] inside the caller's transaction.
+async fn revoke_all_tokens_in(
+    tx: &mut sqlx::PgConnection,
+    user_id: Uuid,
+) -> Result<(), sqlx::Error> {
     sqlx::query("update users set tokens_valid_after = now() where id = $1")
         .bind(user_id)
         .execute(&mut *tx)
@@ -383,7 +420,7 @@ pub async fn revoke_all_tokens(pool: &PgPool, user_id: Uuid) -> Result<(), sqlx:
     .bind(user_id)
     .execute(&mut *tx)
     .await?;
-    tx.commit().await
+    Ok(())
 }
 
 /// Logout: revokes an access token and a refresh token (each when given).

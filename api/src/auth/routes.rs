@@ -12,7 +12,8 @@ use omoi_domain::common::MAX_TITLE_CHARS;
 use omoi_domain::organization::Organization;
 use omoi_domain::project::Project;
 use omoi_store::accounts::{
-    self, ApiKeyRecord, CreateUserError, LoginAdmission, LoginTicket, RefreshUse, UserRecord,
+    self, ApiKeyRecord, CreateUserError, LoginAdmission, LoginTicket, NewRefreshToken, RefreshUse,
+    UserRecord,
 };
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -167,7 +168,15 @@ pub struct TokenPair {
 
 type TokenResponse = ApiResult<(HeaderMap, Json<TokenPair>)>;
 
-async fn issue_pair(state: &AppState, user: Uuid) -> TokenResponse {
+/// An access token and a refresh token signed for a user, the refresh token not yet
+/// recorded.
+struct SignedPair {
+    access: String,
+    refresh: String,
+    recorded_as: NewRefreshToken,
+}
+
+fn sign_pair(state: &AppState, user: Uuid) -> Result<SignedPair, ApiError> {
     let now = Utc::now();
     let sign = |kind| {
         state
@@ -177,13 +186,31 @@ async fn issue_pair(state: &AppState, user: Uuid) -> TokenResponse {
     };
     let (access, _) = sign(TokenType::Access)?;
     let (refresh, refresh_claims) = sign(TokenType::Refresh)?;
-    accounts::store_refresh_token(
-        state.pool(),
-        refresh_claims.jti,
-        user,
-        refresh_claims.expires_at(),
-    )
-    .await?;
+    Ok(SignedPair {
+        access,
+        refresh,
+        recorded_as: NewRefreshToken {
+            jti: refresh_claims.jti,
+            expires_at: refresh_claims.expires_at(),
+        },
+    })
+}
+
+/// A new session's tokens (login, registration), the refresh token recorded.
+async fn issue_pair(state: &AppState, user: Uuid) -> TokenResponse {
+    let pair = sign_pair(state, user)?;
+    let NewRefreshToken { jti, expires_at } = pair.recorded_as;
+    accounts::store_refresh_token(state.pool(), jti, user, expires_at).await?;
+    answer_pair(state, pair)
+}
+
+/// The answer carrying `pair`, as body and cookies.
+fn answer_pair(
+    state: &AppState,
+    SignedPair {
+        access, refresh, ..
+    }: SignedPair,
+) -> TokenResponse {
     let secure = state.guard.config.secure_cookies;
     let mut headers = HeaderMap::new();
     headers.append(
@@ -338,8 +365,13 @@ async fn refresh(
         .tokens
         .verify(&token, TokenType::Refresh)
         .ok_or_else(invalid)?;
-    match accounts::spend_refresh_token(state.pool(), claims.jti, claims.sub).await? {
-        RefreshUse::Fresh => issue_pair(&state, claims.sub).await,
+    // Signed before the exchange, recorded by it: the spent token and its replacement are
+    // one transaction, ordered against a concurrent reuse of the same token.
+    let pair = sign_pair(&state, claims.sub)?;
+    let spent =
+        accounts::spend_refresh_token(state.pool(), claims.jti, claims.sub, pair.recorded_as);
+    match spent.await? {
+        RefreshUse::Fresh => answer_pair(&state, pair),
         RefreshUse::Reused => {
             state.credentials.forget_user(claims.sub);
             tracing::warn!(user = %claims.sub, "refresh token reused: every token of the user revoked");
