@@ -452,9 +452,33 @@ async fn a_project_without_auto_advance_leaves_its_tickets_where_people_put_them
     assert_eq!(ticket_status(&app, &ticket).await, "building");
 }
 
-/// Archiving an executing spec stops its work and gives its workflow back.
+/// Archiving an executing spec no agent worked on yet gives its workflow back; once
+/// agents worked, archiving it stops the work but the workflow stays counted (else
+/// archiving after the work was done would make every workflow free).
 #[tokio::test(flavor = "multi_thread")]
-async fn archiving_an_executing_spec_cancels_its_open_tasks_and_gives_the_workflow_back() {
+async fn archiving_an_executing_spec_gives_its_workflow_back_only_before_any_work() {
+    let app = spawn_app().await;
+    let (organization, project) = app.organization_and_project().await;
+    let account = format!("/api/v1/billing/account?organization_id={organization}");
+    let used = || {
+        let (app, account) = (&app, &account);
+        async move { app.get(account).await.1["usage"]["workflows_used"].clone() }
+    };
+    let untouched = executing_spec(&app, &project).await;
+    assert_eq!(used().await, 1);
+    app.must(
+        &format!("/api/v1/specs/{untouched}/archive"),
+        json!({}),
+        StatusCode::OK,
+    )
+    .await;
+    app.caught_up().await;
+    assert_eq!(used().await, 0, "nothing was done: given back");
+}
+
+/// Archiving an executing spec stops its work; work done keeps its workflow counted.
+#[tokio::test(flavor = "multi_thread")]
+async fn archiving_an_executing_spec_cancels_its_open_tasks_and_keeps_worked_workflows() {
     let app = spawn_app().await;
     let (organization, project) = app.organization_and_project().await;
     let spec = executing_spec(&app, &project).await;
@@ -495,7 +519,7 @@ async fn archiving_an_executing_spec_cancels_its_open_tasks_and_gives_the_workfl
     for key in ["TSK-2", "TSK-3", "TSK-4"] {
         assert_eq!(status(key).await, "cancelled", "{key}");
     }
-    assert_eq!(used().await, 0, "the workflow is given back");
+    assert_eq!(used().await, 1, "work was done: the workflow stays counted");
     // Its tickets stay where they were: cancelled work finishes nothing.
     let (_, ticket) = app.get(&format!("/api/v1/tickets/{}", id("TKT-1"))).await;
     assert_eq!(ticket["state"]["status"], "building", "{ticket}");

@@ -1,6 +1,7 @@
 //! `spec_archival`: archiving an executing spec stops its work — every open task of its
 //! plan is cancelled — and gives its workflow back to the organization's billing account
-//! (its usage and any credits it took), as a workflow whose start failed is given back.
+//! (its usage and any credits it took), as a workflow whose start failed is given back,
+//! unless agents already worked on it: then it stays counted, closed as a finished one.
 //!
 //! A plan's task that `plan_execution` creates after the archival (it read the approval
 //! before the archival committed, and this build handled the archival first, finding the
@@ -155,10 +156,15 @@ async fn archived(tx: &mut PgConnection, event: &StoredEvent) -> Result<(), Proj
     };
     let at = occurred_at(event);
     let context = CommandContext::caused_by(Actor::System(NAME), event);
+    let mut worked = false;
     for (_, planned) in plan.tasks() {
         let id = created_by(&approval, &planned.key).to_string();
         let (task, events) = load::<Task>(tx, event, &id).await?;
-        if events == 0 || task.status.is_final() {
+        if events == 0 {
+            continue;
+        }
+        worked |= did_work(&task);
+        if task.status.is_final() {
             continue;
         }
         let cancel = TaskCommand::CancelTask {
@@ -167,15 +173,34 @@ async fn archived(tx: &mut PgConnection, event: &StoredEvent) -> Result<(), Proj
         };
         effect::<Task>(tx, event, &id, cancel, &context).await?;
     }
-    let give_back = BillingCommand::CancelWorkflow {
-        organization_id,
-        spec_id,
-        at,
+    // A workflow whose agents did work stays counted (closed as a completed one is);
+    // else archiving after the work was done would give every workflow back.
+    let settle = match worked {
+        true => BillingCommand::FinishWorkflow {
+            organization_id,
+            spec_id,
+            at,
+        },
+        false => BillingCommand::CancelWorkflow {
+            organization_id,
+            spec_id,
+            at,
+        },
     };
     let account = organization_id.to_string();
-    effect::<BillingAccount>(tx, event, &account, give_back, &context).await?;
-    tracing::info!(spec = %spec_id, "executing spec archived: its work stopped, its workflow given back");
+    effect::<BillingAccount>(tx, event, &account, settle, &context).await?;
+    tracing::info!(spec = %spec_id, worked, "executing spec archived: its work stopped, its workflow given back unless work was done");
     Ok(())
+}
+
+/// Whether an agent worked on `task`: it started (now or in an attempt before), or was
+/// taken from an agent that held it.
+fn did_work(task: &Task) -> bool {
+    task.started_at.is_some()
+        || task.retry_count > 0
+        || task.revision > 0
+        || task.reassigned_from.is_some()
+        || task.completed_at.is_some()
 }
 
 #[cfg(test)]
