@@ -652,6 +652,52 @@ async fn a_revoked_session_signs_the_page_out_instead_of_reconnecting_forever() 
     Ok(())
 }
 
+/// A refresh the server could not answer (here a 503) does not sign the page out: the
+/// request that needed it fails with the reason, and the session stays (only a refused
+/// refresh cookie ends it).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_refresh_the_server_could_not_answer_keeps_the_session() -> anyhow::Result<()> {
+    let app = spawn_app().await;
+    let (_, project) = app.organization_and_project().await;
+    let browser = signed_in(&app, &format!("/p/{project}/board")).await?;
+    expect(
+        &browser,
+        "live",
+        "document.getElementById('connection').dataset.state === 'live'",
+    )
+    .await;
+    // The timeline's read answers 401 (its token expired, say) and the refresh 503.
+    browser
+        .execute(
+            r#"const original = window.fetch.bind(window);
+             window.fetch = (input, init) => {
+               const url = String(input);
+               if (url.includes('/api/v1/auth/refresh')) {
+                 return Promise.resolve(new Response(
+                   JSON.stringify({status: 503, code: 'unavailable', detail: 'the refresh is resting'}),
+                   {status: 503, headers: {'content-type': 'application/problem+json'}}));
+               }
+               if (url.includes('/api/v1/timeline')) {
+                 return Promise.resolve(new Response('', {status: 401}));
+               }
+               return original(input, init);
+             };
+             document.querySelector("a[href$='/timeline']").click();"#,
+            vec![],
+        )
+        .await?;
+    expect(
+        &browser,
+        "refresh-failed",
+        "document.body.innerText.includes('the refresh is resting')",
+    )
+    .await;
+    let path = browser.execute("return location.pathname", vec![]).await?;
+    assert_eq!(path, json!(format!("/p/{project}/timeline")), "signed out");
+    browser.quit().await;
+    Ok(())
+}
+
 /// After signing in, `next` is followed only to a path of this origin: `/\\host` (read
 /// as `//host`) goes home instead of stopping the page with a security error.
 #[tokio::test(flavor = "multi_thread")]

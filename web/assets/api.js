@@ -77,13 +77,29 @@ export function refresh() {
   return refreshing;
 }
 
-/** Signed in again from the cookie after a reload; false when there is no session. */
+/** Whether a failed refresh means the session is over (the cookie was refused), rather
+ * than that the server could not answer now (a quota, an outage, the network). */
+function sessionEnded(error) {
+  return error instanceof Problem && error.status === 401;
+}
+
+/** A failed refresh that did not end the session, as the problem to show. */
+function unanswered(error) {
+  if (error instanceof Problem) return error;
+  return new Problem(0, { detail: "the server could not be reached; try again", code: "unreachable" });
+}
+
+/** Signed in again from the cookie after a reload; false when there is no session. A
+ * refresh the server could not answer is tried again a few times before giving up. */
 export async function resume() {
-  try {
-    await refresh();
-    return true;
-  } catch {
-    return false;
+  for (let attempt = 0; ; attempt++) {
+    try {
+      await refresh();
+      return true;
+    } catch (error) {
+      if (sessionEnded(error) || attempt >= 3) return false;
+      await new Promise((done) => setTimeout(done, 1000 * (attempt + 1)));
+    }
   }
 }
 
@@ -112,7 +128,10 @@ export async function request(method, path, body, retried = false) {
   if (response.status === 401 && !retried && !path.startsWith("/api/v1/auth/")) {
     try {
       await refresh();
-    } catch {
+    } catch (error) {
+      // Only a refused refresh cookie ends the session; a refresh the server could not
+      // answer (429, 5xx, the network) leaves it, and this request fails with its reason.
+      if (!sessionEnded(error)) throw unanswered(error);
       forget();
       throw new Problem(401, { detail: "your session ended; sign in again", code: "unauthorized" });
     }
