@@ -427,6 +427,36 @@ async fn the_task_drawer_replays_the_task_as_it_was_at_an_earlier_event() -> any
     Ok(())
 }
 
+/// A task of another project opened in the drawer (an organization-wide agent's task,
+/// linked from the agents screen of the project being looked at) follows that task live:
+/// the drawer followed the screen's project, where the task's events never come.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_drawer_follows_a_task_of_another_project_live() -> anyhow::Result<()> {
+    let app = spawn_app().await;
+    let (organization, project) = app.organization_and_project().await;
+    let (status, other) = app
+        .post(
+            "/api/v1/projects",
+            json!({"organization_id": organization, "name": "Elsewhere"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{other}");
+    let other = id_of(&other);
+    let ticket = app.ticket(&other, "Theirs").await;
+    let work = app.task(&ticket, "Their task", json!({})).await;
+    let agent = app.register_agent(&organization).await.id;
+    task_action(&app, &work, "assign", json!({"agent_id": agent})).await;
+    task_action(&app, &work, "start", json!({})).await;
+    let browser = signed_in(&app, &format!("/p/{project}/agents?task={work}")).await?;
+    let status =
+        |s: &str| format!("document.getElementById('task-status')?.dataset.status === '{s}'");
+    expect(&browser, "drawer-open", &status("running")).await;
+    task_action(&app, &work, "complete", json!({"result": {}})).await;
+    expect(&browser, "completed-live", &status("completed")).await;
+    browser.quit().await;
+    Ok(())
+}
+
 /// The drawer's transcript is the current attempt's: a retry's lines are shown from its
 /// first, in place of the failed attempt's (the drawer kept following the attempt it
 /// opened on, so a retry's lines never came).

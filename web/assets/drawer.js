@@ -181,22 +181,25 @@ async function renderTask(body, taskId, context, stops, open) {
     stopLogs = followLogs();
   }
 
-  // The task's own events, live: the drawer follows it unless a past state is shown.
+  // The task's own events, live: the drawer follows it unless a past state is shown. The
+  // stream is the task's own project's (an organization-wide agent's task, opened from
+  // the agents screen, may be another project's). Every snapshot reads the history again
+  // too: the first covers what committed between the read above and the subscription, a
+  // later one (a resync, a resumption too old) what the stream skipped.
   // Answers may come back out of order: only the newest request's is drawn.
   let asked = 0;
+  const reread = async () => {
+    const mine = ++asked;
+    const fresh = await api.get(`/api/v1/tasks/${taskId}/history`);
+    if (mine !== asked || !open()) return;
+    history = fresh;
+    if (!replaying) drawHistory(history, history.as_of);
+    else slider.max = String(history.version);
+    showAttempt(history.state.retry_count + 1);
+  };
   stops.push(live.subscribe(`drawer-task:${taskId}`, {
     stream: "events",
-    project_id: context.project.id,
+    project_id: history.state.project_id || context.project.id,
     entity_ids: [taskId],
-  }, {
-    delta: async () => {
-      const mine = ++asked;
-      const fresh = await api.get(`/api/v1/tasks/${taskId}/history`);
-      if (mine !== asked || !open()) return;
-      history = fresh;
-      if (!replaying) drawHistory(history, history.as_of);
-      else slider.max = String(history.version);
-      showAttempt(history.state.retry_count + 1);
-    },
-  }));
+  }, { snapshot: reread, delta: reread }));
 }
