@@ -71,12 +71,30 @@ export function mountTimeline(container, context) {
     return `/api/v1/timeline?${params}`;
   }
 
-  async function reload() {
+  /** The first page again; with a snapshot's `newest` entries merged in, which the page
+   * (read from the read model, a moment behind the stream) may not hold yet — the deltas
+   * that follow come after them, so they would be missing until a reload. */
+  async function reload(newest = []) {
     generation += 1;
+    const mine = generation;
     entries = [];
     nextBefore = null;
     fill(list);
     await loadOlder(true);
+    if (mine !== generation) return;
+    const missing = newest.filter((entry) => matches(entry) && !entries.some((e) => e.cursor === entry.cursor));
+    if (!missing.length) return;
+    entries = [...entries, ...missing].sort((a, b) => newerFirst(a.cursor, b.cursor));
+    fill(list, ...entries.map(entryElement));
+    if (sentinel.textContent === "Nothing yet.") sentinel.textContent = "";
+  }
+
+  /** Orders cursors (`<transaction>-<position>`) newest first. */
+  function newerFirst(a, b) {
+    const [ax, ap] = a.split("-").map(BigInt);
+    const [bx, bp] = b.split("-").map(BigInt);
+    if (ax !== bx) return ax > bx ? -1 : 1;
+    return ap === bp ? 0 : ap > bp ? -1 : 1;
   }
 
   async function loadOlder(first = false) {
@@ -124,8 +142,9 @@ export function mountTimeline(container, context) {
   observer.observe(sentinel);
 
   const stop = live.subscribe(`timeline:${context.project.id}`, { stream: "timeline", project_id: context.project.id }, {
-    // The first page comes over HTTP with the filters; the stream brings what is new.
-    snapshot: () => reload(),
+    // The first page comes over HTTP with the filters, the snapshot's newest entries
+    // merged in; the stream brings what is new.
+    snapshot: (message) => reload(message.data?.entries || []),
     delta: (message) => {
       const entry = message.change?.entry;
       if (!entry || !matches(entry) || entries.some((e) => e.cursor === entry.cursor)) return;
