@@ -254,6 +254,79 @@ async fn logout_revokes_the_session_and_other_sessions_survive() {
     );
 }
 
+/// A write authenticated by the cookie is refused when a page of another origin sends it
+/// (a sibling subdomain's form, which the `SameSite=Lax` cookie goes along with): 403
+/// `origin_not_allowed`, nothing written. The server's own pages, the bearer header and
+/// clients without `Origin` go on as before; reads are untouched.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_write_with_the_cookie_from_another_origin_is_refused() {
+    let app = spawn_app().await;
+    let (_, project) = app.organization_and_project().await;
+    let token = app.token.clone().expect("token");
+    let own = app.address.clone();
+    let create = |origin: Option<&str>, title: &str| {
+        let mut request = app
+            .client
+            .post(format!("{}/api/v1/tickets", app.address))
+            .header("cookie", format!("omoi_access_token={token}"))
+            .json(&json!({"project_id": project, "title": title}));
+        if let Some(origin) = origin {
+            request = request.header("origin", origin);
+        }
+        request.send()
+    };
+    let foreign = create(Some("http://evil.example"), "Forged")
+        .await
+        .expect("an answer");
+    assert_eq!(foreign.status(), StatusCode::FORBIDDEN);
+    let body: Value = foreign.json().await.expect("a problem");
+    assert_eq!(body["code"], "origin_not_allowed", "{body}");
+    for (origin, title) in [
+        (Some(own.as_str()), "From the app"),
+        (None, "From a script"),
+    ] {
+        let answer = create(origin, title).await.expect("an answer");
+        assert_eq!(answer.status(), StatusCode::CREATED, "{origin:?}");
+    }
+    let (_, tickets) = app
+        .get(&format!("/api/v1/tickets?project_id={project}"))
+        .await;
+    let titles: Vec<&str> = tickets["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .filter_map(|t| t["title"].as_str())
+        .collect();
+    assert!(!titles.contains(&"Forged"), "{titles:?}");
+    // A read with the cookie from anywhere, and the refresh cookie from elsewhere.
+    let read = app
+        .client
+        .get(format!("{}/api/v1/auth/me", app.address))
+        .header("cookie", format!("omoi_access_token={token}"))
+        .header("origin", "http://evil.example")
+        .send()
+        .await
+        .expect("an answer");
+    assert_eq!(read.status(), StatusCode::OK);
+    let session = app.login("owner@example.com").await;
+    let refresh = app
+        .client
+        .post(format!("{}/api/v1/auth/refresh", app.address))
+        .header(
+            "cookie",
+            format!(
+                "omoi_refresh_token={}",
+                session["refresh_token"].as_str().expect("a token")
+            ),
+        )
+        .header("origin", "http://evil.example")
+        .json(&json!({}))
+        .send()
+        .await
+        .expect("an answer");
+    assert_eq!(refresh.status(), StatusCode::FORBIDDEN);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn the_bearer_header_wins_over_the_cookie() {
     let app = spawn_app().await;

@@ -26,8 +26,9 @@ use omoi_domain::access::Permission;
 use std::collections::HashMap;
 
 use axum::extract::FromRequestParts;
-use axum::http::header::{AUTHORIZATION, COOKIE};
+use axum::http::header::{AUTHORIZATION, COOKIE, HOST, ORIGIN};
 use axum::http::request::Parts;
+use axum::http::StatusCode;
 use chrono::{DateTime, Utc};
 use omoi_domain::access::{Principal, Role};
 use omoi_domain::common::Scope;
@@ -249,18 +250,60 @@ pub fn refused(refusal: Refusal, what: &'static str, permission: &'static str) -
     }
 }
 
-/// The credential of a request: the Bearer header, else the access cookie.
-pub fn credential(parts: &Parts) -> Option<String> {
-    let bearer = parts
+/// The `Authorization: Bearer` credential of a request, if it sent one.
+pub fn bearer(parts: &Parts) -> Option<String> {
+    let header = parts.headers.get(AUTHORIZATION)?.to_str().ok()?;
+    let token = header
+        .strip_prefix("Bearer ")
+        .or_else(|| header.strip_prefix("bearer "))?;
+    Some(token.trim().to_string()).filter(|token| !token.is_empty())
+}
+
+/// Whether `origin` (an `Origin` header's value) may act with the cookie here: the
+/// server's own (the page was served by it — the browser sets both `Origin` and `Host`,
+/// so a foreign page cannot make them agree) or one of `allowed`.
+pub fn origin_allowed(parts: &Parts, origin: &str, allowed: &[String]) -> bool {
+    let origin = origin.trim_end_matches('/');
+    let host = parts
         .headers
-        .get(AUTHORIZATION)
+        .get(HOST)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            v.strip_prefix("Bearer ")
-                .or_else(|| v.strip_prefix("bearer "))
-        })
-        .map(|t| t.trim().to_string());
-    bearer.or_else(|| cookie(parts, ACCESS_COOKIE))
+        // HTTP/2 carries the host as the URI's authority instead.
+        .or_else(|| parts.uri.authority().map(|a| a.as_str()));
+    let authority = origin
+        .strip_prefix("https://")
+        .or_else(|| origin.strip_prefix("http://"));
+    let own = matches!((authority, host), (Some(a), Some(h)) if a.eq_ignore_ascii_case(h));
+    own || allowed
+        .iter()
+        .any(|a| a.trim_end_matches('/').eq_ignore_ascii_case(origin))
+}
+
+/// Refuses a write (any method but GET, HEAD, OPTIONS) authenticated by a cookie from a
+/// page of another origin: the browser attaches a `SameSite=Lax` cookie to a form a page
+/// of a sibling subdomain (the same site, another origin) submits, and a route without a
+/// JSON body (an archive, an approval) would act on it. Browsers send `Origin` with
+/// every such request; a client that sends none is not a browser page.
+pub fn ensure_cookie_origin(parts: &Parts, state: &AppState) -> Result<(), ApiError> {
+    if parts.method.is_safe() {
+        return Ok(());
+    }
+    let Some(origin) = parts.headers.get(ORIGIN) else {
+        return Ok(());
+    };
+    let origin = origin.to_str().unwrap_or("(not text)");
+    match origin_allowed(parts, origin, &state.live.config().allowed_origins) {
+        true => Ok(()),
+        false => Err(ApiError::Status {
+            status: StatusCode::FORBIDDEN,
+            code: "origin_not_allowed",
+            detail: format!(
+                "a page of {} may not act with this site's cookie; send `Authorization: \
+                 Bearer` instead",
+                origin.chars().take(200).collect::<String>()
+            ),
+        }),
+    }
 }
 
 /// The request's id: `X-Request-Id` when sensible, else a new UUIDv7.
@@ -327,11 +370,16 @@ impl FromRequestParts<AppState> for Credential {
 
     async fn from_request_parts(
         parts: &mut Parts,
-        _state: &AppState,
+        state: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        credential(parts).map(Self).ok_or(ApiError::Unauthorized {
+        if let Some(token) = bearer(parts) {
+            return Ok(Self(token));
+        }
+        let token = cookie(parts, ACCESS_COOKIE).ok_or(ApiError::Unauthorized {
             detail: "authentication required: send `Authorization: Bearer <token or API key>`",
-        })
+        })?;
+        ensure_cookie_origin(parts, state)?;
+        Ok(Self(token))
     }
 }
 

@@ -345,6 +345,8 @@ pub struct Refresh {
     responses(
         (status = 200, body = TokenPair),
         (status = 401, body = Problem, description = "invalid, expired, used or revoked"),
+        (status = 403, body = Problem, description = "`origin_not_allowed`: the refresh \
+            cookie sent by a page of another origin"),
         (status = 429, body = Problem,
             description = "over the quota of the client address (`Retry-After`)"),
     ))]
@@ -357,6 +359,9 @@ async fn refresh(
     let invalid = || ApiError::Unauthorized {
         detail: "the refresh token is invalid, expired, used or revoked",
     };
+    if body.refresh_token.is_none() {
+        super::ensure_cookie_origin(&parts, &state)?;
+    }
     let token = body
         .refresh_token
         .or_else(|| super::cookie(&parts, REFRESH_COOKIE))
@@ -406,6 +411,9 @@ async fn logout(
     parts: Parts,
     Body(body): Body<Logout>,
 ) -> ApiResult<(StatusCode, HeaderMap)> {
+    if body.refresh_token.is_none() {
+        super::ensure_cookie_origin(&parts, &state)?;
+    }
     let refresh = body
         .refresh_token
         .or_else(|| super::cookie(&parts, REFRESH_COOKIE))

@@ -13,7 +13,7 @@
 //! ([`sockets`](super::sockets)); one more is refused with 429.
 
 use axum::extract::{FromRequestParts, State};
-use axum::http::header::{AUTHORIZATION, HOST, ORIGIN};
+use axum::http::header::ORIGIN;
 use axum::http::request::Parts;
 use axum::http::StatusCode;
 use axum::response::Response;
@@ -28,7 +28,7 @@ use super::sockets::{Principal, TooManySockets};
 use super::stream::Subscriptions;
 use super::upgrade::Upgrade;
 use super::LiveConfig;
-use crate::auth::{cookie, Caller, Credential, ACCESS_COOKIE};
+use crate::auth::{bearer, cookie, origin_allowed, Caller, Credential, ACCESS_COOKIE};
 use crate::error::{ApiError, ApiResult, Problem};
 use crate::extract::Query;
 use crate::state::AppState;
@@ -100,16 +100,6 @@ impl FromRequestParts<AppState> for WsCaller {
     }
 }
 
-/// The `Authorization: Bearer` credential alone (`auth::credential` falls back to the
-/// cookie, and here it matters which one was sent).
-fn bearer(parts: &Parts) -> Option<String> {
-    let header = parts.headers.get(AUTHORIZATION)?.to_str().ok()?;
-    let token = header
-        .strip_prefix("Bearer ")
-        .or_else(|| header.strip_prefix("bearer "))?;
-    Some(token.trim().to_string()).filter(|token| !token.is_empty())
-}
-
 fn query_token(parts: &Parts) -> Option<String> {
     axum::extract::Query::<TokenOnly>::try_from_uri(&parts.uri)
         .ok()
@@ -124,33 +114,12 @@ fn check_origin(parts: &Parts, allowed: &[String]) -> Result<(), UpgradeRefusal>
     let Some(origin) = origin.map(|o| o.trim_end_matches('/')) else {
         return Err(UpgradeRefusal::OriginNotAllowed("no origin".to_string()));
     };
-    let own = is_own_origin(parts, origin);
-    if own
-        || allowed
-            .iter()
-            .any(|a| a.trim_end_matches('/').eq_ignore_ascii_case(origin))
-    {
-        Ok(())
-    } else {
-        Err(UpgradeRefusal::OriginNotAllowed(
+    match origin_allowed(parts, origin, allowed) {
+        true => Ok(()),
+        false => Err(UpgradeRefusal::OriginNotAllowed(
             origin.chars().take(200).collect(),
-        ))
+        )),
     }
-}
-
-/// Whether `origin` names the host the request was sent to (the page was served by this
-/// server). The browser sets both headers, so a foreign page cannot make them agree.
-fn is_own_origin(parts: &Parts, origin: &str) -> bool {
-    let host = parts
-        .headers
-        .get(HOST)
-        .and_then(|v| v.to_str().ok())
-        // HTTP/2 WebSockets carry the host as the URI's authority instead.
-        .or_else(|| parts.uri.authority().map(|a| a.as_str()));
-    let authority = origin
-        .strip_prefix("https://")
-        .or_else(|| origin.strip_prefix("http://"));
-    matches!((authority, host), (Some(a), Some(h)) if a.eq_ignore_ascii_case(h))
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
