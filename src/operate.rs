@@ -22,7 +22,8 @@ pub enum ProjectionsAction {
     /// progress bar, and switch readers over once it has caught up. Queries keep answering
     /// from the live build meanwhile.
     Rebuild {
-        /// board, graph, timeline or agents.
+        /// A read model's name, as `omoi projections status` lists them (board, graph,
+        /// timeline, agents, directory, activity, monitoring, snapshots).
         name: String,
     },
     /// Rebuild every projector into scratch tables and compare them with the live ones,
@@ -55,10 +56,12 @@ fn projector(name: &str) -> anyhow::Result<std::sync::Arc<dyn Projector>> {
         .into_iter()
         .find(|p| p.name() == name)
         .with_context(|| {
+            let names: Vec<&str> = omoi_projections::all().iter().map(|p| p.name()).collect();
             format!(
-                "no read model {name:?}: expected board, graph, timeline or agents (a process \
-                 manager is not rebuilt: its effects are events in the log, and running it \
-                 again from the start would act on today's state)"
+                "no read model {name:?}: expected one of {} (a process manager is not \
+                 rebuilt: its effects are events in the log, and running it again from the \
+                 start would act on today's state)",
+                names.join(", ")
             )
         })
 }
