@@ -70,7 +70,7 @@ impl EmbeddedPostgres {
     /// `data_dir` is taken from the current directory.
     pub fn new(data_dir: impl Into<PathBuf>, port: u16) -> Result<Self, EmbeddedError> {
         let data_dir = std::path::absolute(data_dir.into())?;
-        let bin_dir = find_bin_dir().ok_or(EmbeddedError::BinariesNotFound)?;
+        let bin_dir = find_bin_dir(&data_dir).ok_or(EmbeddedError::BinariesNotFound)?;
         let run_as = if is_root()? {
             Some(postgres_user()?.ok_or(EmbeddedError::NoPostgresUser)?)
         } else {
@@ -344,12 +344,32 @@ impl EmbeddedPostgres {
     }
 }
 
-/// `$OMOI_PG_BIN`, else the directory of `initdb` on PATH, else the newest
-/// `/usr/lib/postgresql/<version>/bin`.
-fn find_bin_dir() -> Option<PathBuf> {
+/// `$OMOI_PG_BIN`; else, for a data directory made already, the
+/// `/usr/lib/postgresql/<version>/bin` of its major version (a newer server refuses it:
+/// "database files are incompatible with server"); else the directory of `initdb` on
+/// PATH, else the newest `/usr/lib/postgresql/<version>/bin`.
+fn find_bin_dir(data_dir: &Path) -> Option<PathBuf> {
     let has_server = |dir: &Path| dir.join("initdb").is_file() && dir.join("pg_ctl").is_file();
     if let Some(dir) = std::env::var_os("OMOI_PG_BIN").map(PathBuf::from) {
         return has_server(&dir).then_some(dir);
+    }
+    let installed: Vec<(u32, PathBuf)> = fs::read_dir("/usr/lib/postgresql")
+        .map(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .filter_map(|entry| {
+                    let version = entry.file_name().to_str()?.parse::<u32>().ok()?;
+                    let bin = entry.path().join("bin");
+                    has_server(&bin).then_some((version, bin))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let made_by = fs::read_to_string(data_dir.join("PG_VERSION"))
+        .ok()
+        .and_then(|version| version.trim().parse::<u32>().ok());
+    if let Some(bin) = made_by.and_then(|wanted| of_version(&installed, wanted)) {
+        return Some(bin);
     }
     let on_path = std::env::var_os("PATH")
         .map(|path| std::env::split_paths(&path).collect::<Vec<_>>())
@@ -357,17 +377,15 @@ fn find_bin_dir() -> Option<PathBuf> {
     if let Some(dir) = on_path.into_iter().find(|d| has_server(d)) {
         return Some(dir);
     }
-    let mut versions: Vec<(u32, PathBuf)> = fs::read_dir("/usr/lib/postgresql")
-        .ok()?
-        .filter_map(Result::ok)
-        .filter_map(|entry| {
-            let version = entry.file_name().to_str()?.parse::<u32>().ok()?;
-            let bin = entry.path().join("bin");
-            has_server(&bin).then_some((version, bin))
-        })
-        .collect();
-    versions.sort();
-    versions.pop().map(|(_, bin)| bin)
+    installed.into_iter().max().map(|(_, bin)| bin)
+}
+
+/// The installed server binaries of major version `wanted`, if any.
+fn of_version(installed: &[(u32, PathBuf)], wanted: u32) -> Option<PathBuf> {
+    installed
+        .iter()
+        .find(|(version, _)| *version == wanted)
+        .map(|(_, bin)| bin.clone())
 }
 
 /// Whether a directory with `metadata` lets the user `uid` (of group `gid`) enter it:
