@@ -348,3 +348,61 @@ fn omoi_dev_that_cannot_start_stops_its_cluster() {
     assert_eq!(status.status.code(), Some(3), "still running: {status:?}");
     drop(taken);
 }
+
+/// A pid file a crash left behind, naming a process that is now another one (here a
+/// `sleep`): the cluster counts as stopped, `omoi db stop` signals nothing, and `omoi db
+/// start` starts it (the server would take the file for a running server's).
+#[test]
+fn a_stale_pid_file_naming_another_process_is_no_running_server() {
+    let scratch = Scratch::new();
+    let (directory, port) = (&scratch.directory, scratch.cluster.port);
+    let args = |action: &'static str| ["db", action, "--data-dir", "data"];
+    succeeded(&omoi(directory, port, &args("start")));
+    succeeded(&omoi(directory, port, &args("stop")));
+    // Of the user the server runs as (`postgres` when the tests run as root), as a reused
+    // pid would be: another user's process would not even answer `pg_ctl`'s probe.
+    let mut sleep = Command::new("sleep");
+    sleep.arg("60");
+    if let Some((uid, gid)) = postgres_ids() {
+        use std::os::unix::process::CommandExt;
+        sleep.uid(uid).gid(gid);
+    }
+    let mut other = sleep.spawn().expect("a sleep");
+    let pid_file = directory.join("data/postmaster.pid");
+    std::fs::write(
+        &pid_file,
+        format!("{}\n{}\n", other.id(), directory.join("data").display()),
+    )
+    .expect("a stale pid file");
+
+    let status = omoi(directory, port, &args("status"));
+    assert_eq!(status.status.code(), Some(3), "{status:?}");
+    succeeded(&omoi(directory, port, &args("stop")));
+    assert!(
+        matches!(other.try_wait(), Ok(None)),
+        "`omoi db stop` signalled the unrelated process"
+    );
+    succeeded(&omoi(directory, port, &args("start")));
+    let pid = server_pid(&directory.join("data"));
+    assert_ne!(pid, other.id());
+    assert!(alive(pid));
+    succeeded(&omoi(directory, port, &args("stop")));
+    let _ = other.kill();
+    let _ = other.wait();
+}
+
+/// The `postgres` user's ids when the tests run as root (the server then runs as it).
+fn postgres_ids() -> Option<(u32, u32)> {
+    let id = |flag: &str| -> Option<u32> {
+        let output = Command::new("id").args([flag, "postgres"]).output().ok()?;
+        String::from_utf8_lossy(&output.stdout).trim().parse().ok()
+    };
+    let root = Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0");
+    if !root {
+        return None;
+    }
+    Some((id("-u")?, id("-g")?))
+}

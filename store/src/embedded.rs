@@ -127,6 +127,11 @@ impl EmbeddedPostgres {
         if self.is_running()? {
             return Ok(());
         }
+        if self.stale_pid_file() {
+            // The server would take its process for a running server and refuse to start.
+            tracing::info!(data_dir = %self.data_dir.display(), "removing a stale postmaster.pid");
+            fs::remove_file(self.data_dir.join("postmaster.pid"))?;
+        }
         let log = self.data_dir.join("server.log");
         let mut options = format!(
             "-p {} -c listen_addresses=127.0.0.1 -c unix_socket_directories='' \
@@ -203,6 +208,12 @@ impl EmbeddedPostgres {
         if !self.data_dir.join("postmaster.pid").exists() {
             return Ok(false);
         }
+        // `pg_ctl status` asks only whether the pid lives: after a crash or a reboot the
+        // pid file's process may be another one now, which is no server of ours (and
+        // `pg_ctl stop` would signal it).
+        if self.stale_pid_file() {
+            return Ok(false);
+        }
         let status = self
             .command("pg_ctl")
             .arg("-D")
@@ -217,6 +228,11 @@ impl EmbeddedPostgres {
                 detail: String::from_utf8_lossy(&status.stderr).trim().to_string(),
             }),
         }
+    }
+
+    /// Whether the pid file names a process that is not a server of this directory.
+    fn stale_pid_file(&self) -> bool {
+        access::server_pid(&self.data_dir).is_some_and(|pid| !access::serves(pid, &self.data_dir))
     }
 
     /// Sets a new superuser password in single-user mode (no connection is possible
