@@ -304,8 +304,8 @@ pub async fn prune_expired(
     })
 }
 
-pub async fn store_refresh_token(
-    pool: &PgPool,
+pub async fn store_refresh_token<'e>(
+    executor: impl sqlx::PgExecutor<'e>,
     jti: Uuid,
     user_id: Uuid,
     expires_at: DateTime<Utc>,
@@ -314,7 +314,7 @@ pub async fn store_refresh_token(
         .bind(jti)
         .bind(user_id)
         .bind(expires_at)
-        .execute(pool)
+        .execute(executor)
         .await?;
     Ok(())
 }
@@ -351,10 +351,13 @@ pub async fn spend_refresh_token(
     replacement: NewRefreshToken,
 ) -> Result<RefreshUse, sqlx::Error> {
     let mut tx = pool.begin().await?;
-    let user: Option<i32> = sqlx::query_scalar("select 1 from users where id = $1 for update")
-        .bind(user_id)
-        .fetch_optional(&mut *tx)
-        .await?;
+    // `no key update`: the user's logins (inserting refresh tokens, whose foreign key
+    // takes `key share`) do not wait behind it.
+    let user: Option<i32> =
+        sqlx::query_scalar("select 1 from users where id = $1 for no key update")
+            .bind(user_id)
+            .fetch_optional(&mut *tx)
+            .await?;
     if user.is_none() {
         return Ok(RefreshUse::Unknown);
     }
@@ -368,12 +371,7 @@ pub async fn spend_refresh_token(
     .await?
     .rows_affected();
     if spent == 1 {
-        sqlx::query("insert into refresh_tokens (jti, user_id, expires_at) values ($1, $2, $3)")
-            .bind(replacement.jti)
-            .bind(user_id)
-            .bind(replacement.expires_at)
-            .execute(&mut *tx)
-            .await?;
+        store_refresh_token(&mut *tx, replacement.jti, user_id, replacement.expires_at).await?;
         tx.commit().await?;
         return Ok(RefreshUse::Fresh);
     }
@@ -410,7 +408,10 @@ async fn revoke_all_tokens_in(
     tx: &mut sqlx::PgConnection,
     user_id: Uuid,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query("update users set tokens_valid_after = now() where id = $1")
+    // The clock's time, not the transaction's start (`now()`): a reuse's transaction may
+    // have begun before it waited for the user's row, and a pair signed meanwhile must
+    // fall before the revocation.
+    sqlx::query("update users set tokens_valid_after = clock_timestamp() where id = $1")
         .bind(user_id)
         .execute(&mut *tx)
         .await?;
