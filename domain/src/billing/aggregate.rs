@@ -420,6 +420,17 @@ impl BillingAccount {
         })
     }
 
+    /// Nothing is owed any more as of Stripe's `stripe_created`: the suspension ends, and
+    /// an invoice event older than that (a failure of the ended subscription, delivered
+    /// late) is ignored as older than one applied.
+    fn settle_invoices(&mut self, stripe_created: i64) {
+        self.suspend_at = None;
+        self.invoice_as_of = Some(
+            self.invoice_as_of
+                .map_or(stripe_created, |seen| seen.max(stripe_created)),
+        );
+    }
+
     fn apply_effect(&mut self, effect: Effect, stripe_created: i64) {
         match effect {
             Effect::Subscribed {
@@ -434,7 +445,7 @@ impl BillingAccount {
                 self.stripe_subscription_id =
                     subscription_id.or(self.stripe_subscription_id.take());
                 // A plan paid for at checkout: no payment is owed any more.
-                self.suspend_at = None;
+                self.settle_invoices(stripe_created);
             }
             Effect::LifetimePurchased { customer_id } => {
                 self.tier = Tier::Lifetime;
@@ -442,7 +453,7 @@ impl BillingAccount {
                 self.stripe_customer_id = customer_id.or(self.stripe_customer_id.take());
                 self.period_end = None;
                 // Paid for good: the subscription a failed invoice belonged to is retired.
-                self.suspend_at = None;
+                self.settle_invoices(stripe_created);
             }
             Effect::CreditsAdded {
                 amount_cents,
@@ -474,7 +485,7 @@ impl BillingAccount {
                 self.subscription_as_of = Some(stripe_created);
                 // The free plan owes nothing: a suspension for the ended subscription's
                 // unpaid invoice would otherwise outlive it for good.
-                self.suspend_at = None;
+                self.settle_invoices(stripe_created);
             }
             Effect::InvoicePaid => {
                 // Usage is counted per period already: a mid-period invoice (a retried
@@ -1013,6 +1024,14 @@ mod tests {
             assert_eq!(account.effective_tier(), tier, "{change:?}");
             assert!(!account.is_suspended(at()), "{change:?}");
             assert!(account.decide(start.clone()).is_ok(), "{change:?}");
+            // A failure of the ended subscription's invoice, delivered late, changes
+            // nothing; one after it still counts.
+            let late = stripe("evt_late", 2, StripeChange::InvoicePaymentFailed);
+            apply(&mut account, late);
+            assert!(!account.is_suspended(at()), "late: {change:?}");
+            let later = stripe("evt_later", 4, StripeChange::InvoicePaymentFailed);
+            apply(&mut account, later);
+            assert!(account.is_suspended(at()), "later: {change:?}");
         }
     }
 
