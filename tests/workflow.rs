@@ -474,6 +474,41 @@ async fn archiving_an_executing_spec_gives_its_workflow_back_only_before_any_wor
     .await;
     app.caught_up().await;
     assert_eq!(used().await, 0, "nothing was done: given back");
+
+    // Work a Guardian then took away (the task back to pending, its start cleared) was
+    // still work.
+    let taken = executing_spec(&app, &project).await;
+    assert_eq!(used().await, 1);
+    let approval = log(&app)
+        .await
+        .into_iter()
+        .filter(|e| e.event_type == "SpecPlanApproved")
+        .last()
+        .expect("the second approval");
+    let task = created_id(&approval, "TSK-1").to_string();
+    let agent = worker(&app, &organization).await;
+    assign(&app, &agent, &task).await;
+    app.must(
+        &format!("/api/v1/tasks/{task}/start"),
+        json!({}),
+        StatusCode::OK,
+    )
+    .await;
+    app.must(
+        "/api/v1/guardian/interventions",
+        json!({"kind": "reassign", "task_id": task, "reason": "stuck"}),
+        StatusCode::OK,
+    )
+    .await;
+    assert_eq!(app.task_state(&task).await["status"], "pending");
+    app.must(
+        &format!("/api/v1/specs/{taken}/archive"),
+        json!({}),
+        StatusCode::OK,
+    )
+    .await;
+    app.caught_up().await;
+    assert_eq!(used().await, 1, "work was done, then taken away: counted");
 }
 
 /// Archiving an executing spec stops its work; work done keeps its workflow counted.

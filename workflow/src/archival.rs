@@ -193,14 +193,10 @@ async fn archived(tx: &mut PgConnection, event: &StoredEvent) -> Result<(), Proj
     Ok(())
 }
 
-/// Whether an agent worked on `task`: it started (now or in an attempt before), or was
-/// taken from an agent that held it.
+/// Whether an agent worked on `task`: one started it, in any attempt (also one a
+/// Guardian then took the task from).
 fn did_work(task: &Task) -> bool {
-    task.started_at.is_some()
-        || task.retry_count > 0
-        || task.revision > 0
-        || task.reassigned_from.is_some()
-        || task.completed_at.is_some()
+    task.starts > 0
 }
 
 #[cfg(test)]

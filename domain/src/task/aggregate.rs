@@ -141,6 +141,10 @@ pub struct Task {
     pub progress: Option<String>,
     pub created_at: Option<DateTime<Utc>>,
     pub started_at: Option<DateTime<Utc>>,
+    /// How many times an agent started it, over every attempt (`started_at` is the
+    /// current attempt's, and is cleared when a Guardian takes the task away).
+    #[serde(default)]
+    pub starts: u32,
     pub completed_at: Option<DateTime<Utc>>,
     /// Where the task came from, when an agent discovered it while running another.
     pub discovery: Option<Discovery>,
@@ -912,6 +916,7 @@ impl Task {
             }
             TaskEvent::TaskStarted { at } => {
                 self.started_at = Some(at);
+                self.starts = self.starts.saturating_add(1);
                 self.progress = None;
                 // A new attempt: what was said to the last one is moot.
                 self.stalled_since = None;
