@@ -1129,7 +1129,7 @@ async fn every_body_in_the_table_is_one_the_server_parses() {
 #[tokio::test(flavor = "multi_thread")]
 async fn another_organizations_tasks_and_specs_are_named_as_if_they_did_not_exist() {
     let app = spawn_app().await;
-    let (_, project) = app.organization_and_project().await;
+    let (organization, project) = app.organization_and_project().await;
     let ticket = app.ticket(&project, "Theirs").await;
     let their_task = app.task(&ticket, "Their task", json!({})).await;
     let (status, spec) = app
@@ -1208,4 +1208,47 @@ async fn another_organizations_tasks_and_specs_are_named_as_if_they_did_not_exis
     }
     assert_eq!(answers(their_task).await[..2], for_made_up[..2]);
     assert_eq!(answers(their_spec).await[2], for_made_up[2]);
+
+    // A key limited to one project sees nothing of the organization's other projects:
+    // their task is not found for it, where its organization's members are told where
+    // it is.
+    let (status, sibling) = app
+        .post(
+            "/api/v1/projects",
+            json!({"organization_id": organization, "name": "Sibling"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{sibling}");
+    let sibling_ticket = app.ticket(&id_of(&sibling), "Next door").await;
+    let sibling_task = app.task(&sibling_ticket, "Next door", json!({})).await;
+    let (status, key) = app
+        .post(
+            "/api/v1/auth/api-keys",
+            json!({"name": "limited", "organization_id": organization, "project_id": project,
+                   "role": "member"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{key}");
+    let key = key["key"].as_str().expect("the key").to_string();
+    let waiting = json!({"ticket_id": ticket, "title": "Waits", "task_type": "implement",
+                         "depends_on": [sibling_task]});
+    let (status, body) = app
+        .send_as(
+            Some(&key),
+            Method::POST,
+            "/api/v1/tasks",
+            Some(waiting.clone()),
+        )
+        .await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (StatusCode::NOT_FOUND, Some("dependency_not_found")),
+        "{body}"
+    );
+    let (status, body) = app.post("/api/v1/tasks", waiting).await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (StatusCode::CONFLICT, Some("dependency_in_other_project")),
+        "{body}"
+    );
 }

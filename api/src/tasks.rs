@@ -17,7 +17,7 @@ use omoi_domain::task::{
     Task, TaskCommand, ValidationPolicy, Verdict, DEFAULT_MAX_REVISIONS, MAX_DEPENDENCIES,
 };
 use omoi_domain::ticket::Ticket;
-use omoi_workflow::admission::{self, AdmissionError};
+use omoi_workflow::admission::{self, AdmissionError, Referrer};
 use serde::Deserialize;
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
@@ -248,11 +248,14 @@ async fn create_task(
             format!("a task may depend on at most {MAX_DEPENDENCIES} tasks"),
         ));
     }
-    let project = Scope {
-        organization_id,
-        project_id: Some(project_id),
+    let from = Referrer {
+        project: Scope {
+            organization_id,
+            project_id: Some(project_id),
+        },
+        sees_other_projects: caller.project_limit().is_none(),
     };
-    admission::dependencies_in_project(&state.bus, project, &depends_on).await?;
+    admission::dependencies_in_project(&state.bus, from, &depends_on).await?;
     let id = Uuid::now_v7();
     let command = TaskCommand::CreateTask {
         task_id: id,
@@ -607,13 +610,16 @@ async fn add_dependency(
     let (task, _) = state
         .read::<Task>(&caller, Permission::TaskWrite, id)
         .await?;
-    let project = task
-        .scope()
-        .ok_or_else(|| ApiError::Internal("task without organization".into()))?;
+    let from = Referrer {
+        project: task
+            .scope()
+            .ok_or_else(|| ApiError::Internal("task without organization".into()))?,
+        sees_other_projects: caller.project_limit().is_none(),
+    };
     // Held until the edge has committed: a concurrent addition closing a cycle with this
     // one waits, then sees this edge.
     let _lock =
-        admission::new_dependency(&state.bus, state.pool(), project, id, body.depends_on).await?;
+        admission::new_dependency(&state.bus, state.pool(), from, id, body.depends_on).await?;
     let command = TaskCommand::AddDependency {
         depends_on: body.depends_on,
     };

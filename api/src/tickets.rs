@@ -13,7 +13,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use uuid::Uuid;
 
-use omoi_workflow::admission;
+use omoi_workflow::admission::{self, Referrer};
 
 use crate::auth::Caller;
 use crate::error::{ApiResult, Problem};
@@ -103,11 +103,14 @@ async fn create_ticket(
     let organization_id = project
         .organization_id
         .ok_or_else(|| crate::error::ApiError::Internal("project without organization".into()))?;
-    let scope = Scope {
-        organization_id,
-        project_id: Some(body.project_id),
+    let from = Referrer {
+        project: Scope {
+            organization_id,
+            project_id: Some(body.project_id),
+        },
+        sees_other_projects: caller.project_limit().is_none(),
     };
-    admission::spec_in_project(&state.bus, body.spec_id, scope).await?;
+    admission::spec_in_project(&state.bus, body.spec_id, from).await?;
     let id = Uuid::now_v7();
     let command = TicketCommand::CreateTicket {
         ticket_id: id,

@@ -7,7 +7,7 @@
 
 use std::collections::BTreeSet;
 
-use omoi_domain::common::Scope;
+use omoi_domain::common::{Scope, Scoped};
 use omoi_domain::project::Project;
 use omoi_domain::spec::Spec;
 use omoi_domain::task::Task;
@@ -81,18 +81,37 @@ pub fn ticket_takes_tasks(ticket_id: Uuid, ticket: &Ticket) -> Result<(), Refusa
     }
 }
 
-/// Every task of `depends_on` exists and belongs to project `project` (its organization
-/// and id). A task of another organization is not found, as anything of another
-/// organization is: the refusal must not tell a stranger's ids from made-up ones.
+/// Where a reference is made from: a project (its organization and id), and whether the
+/// one making it sees the organization's other projects (a key limited to the project
+/// does not).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Referrer {
+    pub project: Scope,
+    pub sees_other_projects: bool,
+}
+
+impl Referrer {
+    /// Whether something of `scope` is there for the referrer to be told about: of its
+    /// organization, and of a project it sees. What it may not see is not found, as a
+    /// made-up id is: the refusal must not tell a stranger's ids from made-up ones.
+    fn sees(&self, scope: Option<Scope>) -> bool {
+        scope.is_some_and(|scope| {
+            scope.organization_id == self.project.organization_id
+                && (self.sees_other_projects || scope.project_id == self.project.project_id)
+        })
+    }
+}
+
+/// Every task of `depends_on` exists and belongs to the referrer's project.
 pub async fn dependencies_in_project(
     bus: &CommandBus,
-    project: Scope,
+    from: Referrer,
     depends_on: &BTreeSet<Uuid>,
 ) -> Result<(), AdmissionError> {
     for dependency in depends_on {
         match bus.load::<Task>(&dependency.to_string()).await? {
-            Some((task, _)) if task.organization_id == Some(project.organization_id) => {
-                if task.project_id != project.project_id {
+            Some((task, _)) if from.sees(task.scope()) => {
+                if task.project_id != from.project.project_id {
                     return Err(Refusal::DependencyInOtherProject(*dependency).into());
                 }
             }
@@ -102,19 +121,18 @@ pub async fn dependencies_in_project(
     Ok(())
 }
 
-/// A ticket of `project` (its organization and id) may name spec `spec_id` (or none); a
-/// spec of another organization is not found.
+/// A ticket of the referrer's project may name spec `spec_id` (or none).
 pub async fn spec_in_project(
     bus: &CommandBus,
     spec_id: Option<Uuid>,
-    project: Scope,
+    from: Referrer,
 ) -> Result<(), AdmissionError> {
     let Some(spec_id) = spec_id else {
         return Ok(());
     };
     match bus.load::<Spec>(&spec_id.to_string()).await? {
-        Some((spec, _)) if spec.organization_id == Some(project.organization_id) => {
-            match spec.project_id == project.project_id {
+        Some((spec, _)) if from.sees(spec.scope()) => {
+            match spec.project_id == from.project.project_id {
                 true => Ok(()),
                 false => Err(Refusal::SpecInOtherProject(spec_id).into()),
             }
@@ -130,14 +148,15 @@ pub async fn spec_in_project(
 pub async fn new_dependency(
     bus: &CommandBus,
     pool: &PgPool,
-    project: Scope,
+    from: Referrer,
     task_id: Uuid,
     dependency: Uuid,
 ) -> Result<ProjectLock, AdmissionError> {
-    let project_id = project
+    let project_id = from
+        .project
         .project_id
         .ok_or_else(|| AdmissionError::Internal("a task without a project".into()))?;
-    dependencies_in_project(bus, project, &BTreeSet::from([dependency])).await?;
+    dependencies_in_project(bus, from, &BTreeSet::from([dependency])).await?;
     let lock = cycles::lock_project(pool, project_id).await?;
     match cycles::cycle_through(pool, project_id, task_id, dependency).await {
         Ok(None) => Ok(lock),
