@@ -169,8 +169,16 @@ async fn serve(settings: Settings, dev: bool) -> anyhow::Result<()> {
     let served = serve_on(&settings, dev, &secret, &database, (&trigger, shutdown)).await;
     database.pool.close().await;
     if let Some(cluster) = database.embedded {
-        tokio::task::spawn_blocking(move || cluster.stop()).await??;
-        tracing::info!("PostgreSQL stopped");
+        let stopped = match tokio::task::spawn_blocking(move || cluster.stop()).await {
+            Ok(stopped) => stopped.map_err(anyhow::Error::from),
+            Err(panicked) => Err(panicked.into()),
+        };
+        match (&served, stopped) {
+            (_, Ok(())) => tracing::info!("PostgreSQL stopped"),
+            (Ok(()), Err(error)) => return Err(error),
+            // The start's own failure is the one to report; this one is logged beside it.
+            (Err(_), Err(error)) => tracing::warn!(%error, "PostgreSQL of our own did not stop"),
+        }
     }
     served
 }

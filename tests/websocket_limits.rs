@@ -237,11 +237,7 @@ async fn a_resumption_from_the_database_is_read_and_sent_one_page_at_a_time() {
         replayed.push(delta);
     }
     // What the socket buffers took, and the rest of the page being sent; not the pages
-    // after it. Something was read before the lock, or the paging was not exercised.
-    assert!(
-        !replayed.is_empty(),
-        "nothing of the resumption was read in the half second before the lock"
-    );
+    // after it.
     assert!(
         replayed.len() + 20 <= live.len(),
         "while the log was locked, {} of {} events still arrived: the resumption read \

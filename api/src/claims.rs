@@ -81,6 +81,24 @@ pub struct Claims {
     /// Set as the server shuts down: waiting claims answer "nothing" at once instead of
     /// holding the server's drain for up to a minute.
     closing: std::sync::atomic::AtomicBool,
+    /// Claims that looked, found nothing, and wait for a change now.
+    parked: std::sync::atomic::AtomicUsize,
+}
+
+/// Counts a claim as parked while it lives (its wait, however that ends).
+struct Parked<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl<'a> Parked<'a> {
+    fn new(count: &'a std::sync::atomic::AtomicUsize) -> Self {
+        count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Self(count)
+    }
+}
+
+impl Drop for Parked<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 /// How long a claim waits for its queue to read the tasks committed before it. Bounded,
@@ -217,9 +235,10 @@ impl Claims {
             if self.closing.load(std::sync::atomic::Ordering::SeqCst) {
                 return Ok(None);
             }
-            if tokio::time::timeout_at(wake, changed).await.is_err()
-                && tokio::time::Instant::now() >= deadline
-            {
+            let parked = Parked::new(&self.parked);
+            let woken = tokio::time::timeout_at(wake, changed).await;
+            drop(parked);
+            if woken.is_err() && tokio::time::Instant::now() >= deadline {
                 return Ok(None);
             }
         }
@@ -266,14 +285,10 @@ impl Claims {
             .unwrap_or(0)
     }
 
-    /// `omoi_claims_waiting`: the claims this process holds now, every agent's.
+    /// `omoi_claims_waiting`: the claims of this process that looked, found nothing
+    /// they may take, and wait for a task now.
     pub fn render_prometheus(&self) -> String {
-        let total: usize = self
-            .waiting
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .values()
-            .sum();
+        let total = self.parked.load(std::sync::atomic::Ordering::SeqCst);
         let name = "omoi_claims_waiting";
         format!(
             "# HELP {name} Agents' claims waiting for a task in this process\n\

@@ -745,7 +745,7 @@ impl TestApp {
     }
 
     /// Waits (up to ten seconds) until the server holds `count` claims: they passed the
-    /// request's own checks and wait for a task.
+    /// request's own checks, looked, and wait for a task.
     pub async fn until_claims_waiting(&self, count: u64) {
         for _ in 0..500 {
             if self.claims_waiting().await == count {
