@@ -285,24 +285,41 @@ pub fn origin_allowed(parts: &Parts, origin: &str, allowed: &[String]) -> bool {
 /// JSON body (an archive, an approval) would act on it. Browsers send `Origin` with
 /// every such request; a client that sends none is not a browser page.
 pub fn ensure_cookie_origin(parts: &Parts, state: &AppState) -> Result<(), ApiError> {
-    if parts.method.is_safe() {
-        return Ok(());
+    match parts.method.is_safe() {
+        true => Ok(()),
+        false => check_cookie_origin(parts, state, false),
     }
-    let Some(origin) = parts.headers.get(ORIGIN) else {
-        return Ok(());
+}
+
+/// Refuses a request authenticated by the cookie whose `Origin` is neither the server's
+/// own nor one of `live.allowed_origins` (403 `origin_not_allowed`). Without `Origin`:
+/// refused when `required` (a browser sends it with every WebSocket upgrade).
+pub fn check_cookie_origin(
+    parts: &Parts,
+    state: &AppState,
+    required: bool,
+) -> Result<(), ApiError> {
+    let origin = match parts.headers.get(ORIGIN) {
+        Some(origin) => origin.to_str().unwrap_or("(not text)"),
+        None if required => return Err(origin_refused("nowhere (no Origin)")),
+        None => return Ok(()),
     };
-    let origin = origin.to_str().unwrap_or("(not text)");
     match origin_allowed(parts, origin, &state.live.config().allowed_origins) {
         true => Ok(()),
-        false => Err(ApiError::Status {
-            status: StatusCode::FORBIDDEN,
-            code: "origin_not_allowed",
-            detail: format!(
-                "a page of {} may not act with this site's cookie; send `Authorization: \
-                 Bearer` instead",
-                origin.chars().take(200).collect::<String>()
-            ),
-        }),
+        false => Err(origin_refused(origin)),
+    }
+}
+
+/// 403 `origin_not_allowed` for a page of `origin`.
+fn origin_refused(origin: &str) -> ApiError {
+    ApiError::Status {
+        status: StatusCode::FORBIDDEN,
+        code: "origin_not_allowed",
+        detail: format!(
+            "a page of {} may not act with this site's cookie (the server's own origin and \
+             live.allowed_origins may); send `Authorization: Bearer` instead",
+            origin.chars().take(200).collect::<String>()
+        ),
     }
 }
 

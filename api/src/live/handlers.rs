@@ -13,7 +13,6 @@
 //! ([`sockets`](super::sockets)); one more is refused with 429.
 
 use axum::extract::{FromRequestParts, State};
-use axum::http::header::ORIGIN;
 use axum::http::request::Parts;
 use axum::http::StatusCode;
 use axum::response::Response;
@@ -28,7 +27,7 @@ use super::sockets::{Principal, TooManySockets};
 use super::stream::Subscriptions;
 use super::upgrade::Upgrade;
 use super::LiveConfig;
-use crate::auth::{bearer, cookie, origin_allowed, Caller, Credential, ACCESS_COOKIE};
+use crate::auth::{bearer, check_cookie_origin, cookie, Caller, Credential, ACCESS_COOKIE};
 use crate::error::{ApiError, ApiResult, Problem};
 use crate::extract::Query;
 use crate::state::AppState;
@@ -48,12 +47,6 @@ struct TokenOnly {
 /// Why an authenticated upgrade is refused; one variant per rule.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum UpgradeRefusal {
-    /// 403: a cookie-authenticated upgrade without an allowed `Origin`.
-    #[error(
-        "a WebSocket authenticated by the cookie must come from the server's own origin or \
-         an allowed one (live.allowed_origins); this one came from {0}"
-    )]
-    OriginNotAllowed(String),
     /// 429: the principal holds the most sockets allowed already.
     #[error("{0}; close one first")]
     TooManySockets(#[from] TooManySockets),
@@ -62,7 +55,6 @@ pub enum UpgradeRefusal {
 impl From<UpgradeRefusal> for ApiError {
     fn from(refusal: UpgradeRefusal) -> Self {
         let (status, code) = match refusal {
-            UpgradeRefusal::OriginNotAllowed(_) => (StatusCode::FORBIDDEN, "origin_not_allowed"),
             UpgradeRefusal::TooManySockets(_) => {
                 (StatusCode::TOO_MANY_REQUESTS, "too_many_sockets")
             }
@@ -90,7 +82,7 @@ impl FromRequestParts<AppState> for WsCaller {
                              API key>` or, from a browser, `?token=<token>`",
                 })?;
                 // Before any database work: a foreign page learns nothing but this.
-                check_origin(parts, &state.live.config().allowed_origins)?;
+                check_cookie_origin(parts, state, true)?;
                 token
             }
         };
@@ -105,21 +97,6 @@ fn query_token(parts: &Parts) -> Option<String> {
         .ok()
         .and_then(|axum::extract::Query(q)| q.token)
         .filter(|token| !token.is_empty())
-}
-
-/// Refuses an `Origin` that is neither the server's own nor allowed. Browsers always send
-/// it on a WebSocket upgrade, so a missing one is refused too.
-fn check_origin(parts: &Parts, allowed: &[String]) -> Result<(), UpgradeRefusal> {
-    let origin = parts.headers.get(ORIGIN).and_then(|v| v.to_str().ok());
-    let Some(origin) = origin.map(|o| o.trim_end_matches('/')) else {
-        return Err(UpgradeRefusal::OriginNotAllowed("no origin".to_string()));
-    };
-    match origin_allowed(parts, origin, allowed) {
-        true => Ok(()),
-        false => Err(UpgradeRefusal::OriginNotAllowed(
-            origin.chars().take(200).collect(),
-        )),
-    }
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
