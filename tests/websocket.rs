@@ -1878,6 +1878,20 @@ async fn a_tasks_logs_stream_sends_every_line_in_order_as_it_is_written_and_resu
             json!({"stream": "logs", "task_id": task, "attempt": 0}),
             "invalid_message",
         ),
+        // A resumption names its attempt (line numbers start over with each)…
+        (
+            json!({"stream": "logs", "task_id": task, "after": "1000"}),
+            "invalid_message",
+        ),
+        // …and a line of it.
+        (
+            json!({"stream": "logs", "task_id": task, "attempt": 1, "after": "2004"}),
+            "invalid_cursor",
+        ),
+        (
+            json!({"stream": "logs", "task_id": task, "attempt": 2, "after": "1"}),
+            "invalid_cursor",
+        ),
         (
             json!({"stream": "logs", "task_id": task, "event_types": ["TaskStarted"]}),
             "invalid_message",

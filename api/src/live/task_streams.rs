@@ -110,6 +110,13 @@ impl LogsPlan {
         if request.attempt.is_some_and(|a| a == 0 || a > 1_000) {
             return Err(invalid("`attempt` is between 1 and 1000"));
         }
+        if after > 0 && request.attempt.is_none() {
+            // Line numbers are per attempt: without it, a resumption taken up after a
+            // retry would follow the new attempt from the old one's position.
+            return Err(invalid(
+                "a logs resumption (`after`) names the `attempt` its line number is of",
+            ));
+        }
         let (task, _) = link
             .state
             .read::<Task>(&link.caller(), Permission::TaskRead, task_id)
@@ -124,10 +131,25 @@ impl LogsPlan {
         {
             return Err(WsError::new("not_found", "no such task in that project"));
         }
+        let attempt = request.attempt.unwrap_or_else(|| task.attempt());
+        if after > 0 {
+            let lines = transcripts::count(link.state.pool(), task_id, attempt)
+                .await
+                .map_err(|error| {
+                    tracing::warn!(%error, "live: a transcript's length unreadable");
+                    WsError::new("unavailable", "transcripts are unavailable; retry")
+                })?;
+            if after > lines {
+                return Err(WsError::new(
+                    "invalid_cursor",
+                    format!("`after` {after} is beyond attempt {attempt}'s {lines} lines"),
+                ));
+            }
+        }
         Ok(Self {
             id: request.id,
             task_id,
-            attempt: request.attempt.unwrap_or_else(|| task.attempt()),
+            attempt,
             scope,
             after,
         })
