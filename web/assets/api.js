@@ -79,7 +79,7 @@ export function refresh() {
 
 /** Whether a failed refresh means the session is over (the cookie was refused), rather
  * than that the server could not answer now (a quota, an outage, the network). */
-function sessionEnded(error) {
+export function sessionEnded(error) {
   return error instanceof Problem && error.status === 401;
 }
 

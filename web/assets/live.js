@@ -5,7 +5,7 @@
 // snapshot. No polling: when the socket is down the indicator says so and a reconnection
 // is tried with a growing delay.
 
-import { token, refresh, forget } from "./api.js";
+import { token, refresh, forget, sessionEnded } from "./api.js";
 import { comparePositions } from "./dom.js";
 
 const subscriptions = new Map();
@@ -74,7 +74,7 @@ function open() {
     // server no longer knows signs out instead of retrying forever; a server out of reach
     // (the refresh fails without an answer) is tried again.
     if (closed.code === 4401 || !opened) {
-      const ended = await refresh().then(() => false, (problem) => problem?.status === 401);
+      const ended = await refresh().then(() => false, sessionEnded);
       if (ended) {
         forget();
         return;
@@ -145,6 +145,21 @@ function receive(message) {
       if (socket?.readyState === WebSocket.OPEN) sendSubscribe(subscription);
       break;
     case "error":
+      if (message.code === "invalid_cursor" && subscription.position) {
+        // A position the server's log has not reached (its database was restored, say):
+        // the subscription starts over from a fresh snapshot.
+        subscription.position = null;
+        if (socket?.readyState === WebSocket.OPEN) sendSubscribe(subscription);
+        break;
+      }
+      if (message.code === "unavailable") {
+        // The server could not read for it just now: asked again in a moment.
+        setTimeout(() => {
+          if (subscriptions.get(subscription.id) === subscription && socket?.readyState === WebSocket.OPEN) {
+            sendSubscribe(subscription);
+          }
+        }, 2000);
+      }
       subscription.handlers.error?.(message);
       break;
     default:
