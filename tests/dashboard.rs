@@ -230,8 +230,17 @@ async fn cards_move_live_by_drag_and_drop_and_a_move_past_the_wip_limit_is_offer
         "document.querySelector('[data-column=\"analyzing\"]').classList.contains('over-limit')",
     )
     .await;
-    app.caught_up().await;
-    let (_, ticket) = app.get(&format!("/api/v1/tickets/{}", tickets[5])).await;
+    // The board shows a move at once, before the server has it: the forced move is
+    // waited for where it is recorded.
+    let path = format!("/api/v1/tickets/{}", tickets[5]);
+    let mut ticket = app.get(&path).await.1;
+    for _ in 0..200 {
+        if ticket["state"]["status"] == "analyzing" {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        ticket = app.get(&path).await.1;
+    }
     assert_eq!(ticket["state"]["status"], "analyzing", "{ticket}");
     browser.quit().await;
     Ok(())
@@ -354,6 +363,14 @@ async fn the_timeline_receives_entries_live_and_filters_by_event_type() -> anyho
         "filtered-live",
         "document.querySelector('li.entry')?.textContent.includes('Another') && \
          [...document.querySelectorAll('li.entry')].every(e => e.dataset.eventType === 'TicketCreated')",
+    )
+    .await;
+    // A ticket opened from the filtered list keeps the filter in the address.
+    browser.click_css("li.entry a").await?;
+    expect(
+        &browser,
+        "drawer-keeps-filter",
+        "location.search.includes('ticket=') && location.search.includes('event_type=TicketCreated')",
     )
     .await;
     // Two reloads at once — a field's `change` and the Clear button's click, as leaving
@@ -936,6 +953,37 @@ async fn click_button(browser: &Browser, text: &str) -> anyhow::Result<()> {
         )
         .await?;
     anyhow::ensure!(clicked == json!(true), "no button {text:?}");
+    Ok(())
+}
+
+/// "Your first project": a project the server refused, then tried again, is made in the
+/// organization the first attempt made — one organization, not one per attempt.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_first_project_tried_again_makes_one_organization() -> anyhow::Result<()> {
+    let app = spawn_app().await;
+    let browser = signed_in(&app, "/").await?;
+    set_field(&browser, "input[name=organization]", "Acme").await?;
+    // Blank once trimmed: the browser's `required` lets it through, the server does not.
+    set_field(&browser, "input[name=project]", "   ").await?;
+    click_button(&browser, "Create").await?;
+    expect(
+        &browser,
+        "project-refused",
+        "!document.querySelector('form .form-error').hidden",
+    )
+    .await;
+    set_field(&browser, "input[name=project]", "Rockets").await?;
+    click_button(&browser, "Create").await?;
+    expect(&browser, "board", "location.pathname.endsWith('/board')").await;
+    let (_, organizations) = app.get("/api/v1/organizations").await;
+    let names: Vec<&str> = organizations["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .filter_map(|o| o["name"].as_str())
+        .collect();
+    assert_eq!(names, ["Acme"]);
+    browser.quit().await;
     Ok(())
 }
 

@@ -584,8 +584,8 @@ async fn each_membership_permission_is_refused_to_the_role_just_below_it() {
     )
     .await;
     assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
-    // Owner-only work beyond membership (`*:*`: `org:delete` and the like) has no route
-    // today.
+    // Owner-only work beyond membership (`org:delete`: archiving the organization) is
+    // refused to an admin in `an_admin_cannot_take_the_organization_over_by_token_or_by_key`.
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -947,4 +947,95 @@ async fn only_an_existing_user_or_the_organizations_own_agent_becomes_a_member()
         )
         .await;
     assert_eq!(status, StatusCode::OK, "{answer}");
+}
+
+/// A member's writes are refused to the role just below it — an `agent_executor` user,
+/// and an agent's own credential — and an admin's organization and project writes to a
+/// member: 403 `forbidden`, nothing written.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_work_of_each_role_is_refused_to_the_role_just_below_it() {
+    let app = spawn_app().await;
+    let org = setup(&app).await;
+    let plain = member(&app, &org, "member@example.com", "member").await;
+    let executor = member(&app, &org, "executor@example.com", "agent_executor").await;
+    let owner_token = app.token.clone().expect("the owner's token");
+    let (_, agent_credential) = agent(&app, &owner_token, &org).await;
+    let ticket = app.ticket(&org.project, "Work").await;
+    let (status, spec) = app
+        .post(
+            "/api/v1/specs",
+            json!({"project_id": org.project, "title": "Sign-in"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{spec}");
+    let spec = spec["id"].as_str().expect("an id").to_string();
+
+    // A member's: tickets, specs and their approval, the board.
+    let members_writes = [
+        (
+            Method::POST,
+            "/api/v1/tickets".to_string(),
+            json!({"project_id": org.project, "title": "Mine"}),
+        ),
+        (
+            Method::POST,
+            "/api/v1/board/move".to_string(),
+            json!({"ticket_id": ticket, "to": "analyzing"}),
+        ),
+        (
+            Method::POST,
+            "/api/v1/specs".to_string(),
+            json!({"project_id": org.project, "title": "Mine"}),
+        ),
+        (
+            Method::POST,
+            format!("/api/v1/specs/{spec}/approve-requirements"),
+            json!({}),
+        ),
+    ];
+    for credential in [&executor.token, &agent_credential] {
+        for (method, path, body) in &members_writes {
+            refused(
+                &app,
+                credential,
+                method.clone(),
+                path.clone(),
+                Some(body.clone()),
+                "forbidden",
+            )
+            .await;
+        }
+    }
+    // An admin's: the project's name, settings and archival, and the organization's
+    // billing.
+    let admins_writes = [
+        (
+            Method::POST,
+            format!("/api/v1/projects/{}/rename", org.project),
+            json!({"name": "Mine"}),
+        ),
+        (
+            Method::PATCH,
+            format!("/api/v1/projects/{}/settings", org.project),
+            json!({"auto_advance": false}),
+        ),
+        (
+            Method::POST,
+            format!("/api/v1/projects/{}/archive", org.project),
+            json!({}),
+        ),
+        (
+            Method::POST,
+            "/api/v1/billing/checkout".to_string(),
+            json!({"organization_id": org.id, "tier": "pro"}),
+        ),
+        (
+            Method::POST,
+            "/api/v1/billing/portal".to_string(),
+            json!({"organization_id": org.id}),
+        ),
+    ];
+    for (method, path, body) in admins_writes {
+        refused(&app, &plain.token, method, path, Some(body), "forbidden").await;
+    }
 }

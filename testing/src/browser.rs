@@ -198,7 +198,8 @@ impl Browser {
     }
 
     /// Signs in through the app's form on the page it shows (the sign-in page, or the one
-    /// any address of the app redirects to) and waits, up to `patience`, for the app.
+    /// any address of the app redirects to) and waits, up to `patience`, for the app (or,
+    /// for a person of no project yet, its "Your first project" form).
     pub async fn sign_in(
         &self,
         email: &str,
@@ -210,8 +211,9 @@ impl Browser {
         let field = self.find("input[name=password]").await?;
         self.type_into(&field, password).await?;
         self.click_css("form.signin button[type=submit]").await?;
-        self.wait_for("document.querySelector('header.topbar')", patience)
-            .await
+        let app = "document.querySelector('header.topbar') \
+                   || document.querySelector('input[name=organization]')";
+        self.wait_for(app, patience).await
     }
 
     async fn click(&self, element: &Element) -> anyhow::Result<()> {

@@ -4,7 +4,7 @@
 // tasks and the Conductor's coherence. Live from the `agents` stream; an agent's health
 // is read again whenever the stream reports a change of it.
 
-import { h, fill, label, ago } from "./dom.js";
+import { h, fill, label, ago, drawerLink } from "./dom.js";
 import * as api from "./api.js";
 import * as live from "./live.js";
 import { toast } from "./ui.js";
@@ -45,7 +45,7 @@ export function mountAgents(container, context) {
           : h("p", { class: "muted" }, "No open alerts."),
         overview.stalled_tasks.length
           ? [h("h3", {}, "Stalled tasks"), h("ul", {}, overview.stalled_tasks.map((row) =>
-              h("li", {}, h("a", { href: `${location.pathname}?task=${row.task_id}` }, `Task ${row.task_id.slice(0, 8)}`), ` idle since ${ago(row.idle_since)}`)))]
+              h("li", {}, h("a", { href: drawerLink("task", row.task_id) }, `Task ${row.task_id.slice(0, 8)}`), ` idle since ${ago(row.idle_since)}`)))]
           : null);
     } catch (problem) {
       fill(findings, h("p", { class: "muted" }, `Supervision findings unavailable: ${problem.message}`));
@@ -73,7 +73,7 @@ export function mountAgents(container, context) {
         h("td", {}, agent.name),
         h("td", {}, agent.agent_type),
         h("td", {}, h("span", { class: "badge", "data-status": status, title: known?.status_reason || "" }, label(status))),
-        h("td", {}, agent.current_task_id ? h("a", { href: `${location.pathname}?task=${agent.current_task_id}` }, "open task") : "—"),
+        h("td", {}, agent.current_task_id ? h("a", { href: drawerLink("task", agent.current_task_id) }, "open task") : "—"),
         h("td", { class: known?.warning ? "warning" : "" },
           known?.last_heartbeat_at
             ? h("time", { datetime: known.last_heartbeat_at, "data-heartbeat": known.last_heartbeat_at }, ago(known.last_heartbeat_at))

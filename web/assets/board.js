@@ -3,7 +3,7 @@
 // (Alt+←/→); a move the WIP limit refuses is shown with the server's reason and can be
 // sent again with `force`.
 
-import { h, fill, label } from "./dom.js";
+import { h, fill, label, drawerLink } from "./dom.js";
 import * as api from "./api.js";
 import * as live from "./live.js";
 import { asOfControl, confirmDialog, toast } from "./ui.js";
@@ -130,10 +130,7 @@ export function mountBoard(container, context) {
   }
 
   function openTicket(card) {
-    const query = new URLSearchParams(location.search);
-    query.delete("task");
-    query.set("ticket", card.ticket_id);
-    context.navigate(`${location.pathname}?${query}`);
+    context.navigate(drawerLink("ticket", card.ticket_id));
   }
 
   function drag(event, card) {

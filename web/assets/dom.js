@@ -73,3 +73,13 @@ export function comparePositions(a, b) {
   if (ga !== gb) return ga < gb ? -1 : 1;
   return 0;
 }
+
+/** The address of this screen, its query kept (filters, say), with the drawer open on
+ * `kind` (`task` or `ticket`) `id`. */
+export function drawerLink(kind, id) {
+  const query = new URLSearchParams(location.search);
+  query.delete("task");
+  query.delete("ticket");
+  query.set(kind, id);
+  return `${location.pathname}?${query}`;
+}

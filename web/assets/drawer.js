@@ -2,7 +2,7 @@
 // transcript, result or error, retries, and its history with a replay slider that shows
 // the task as it was right after each of its events (`/history?as_of=`).
 
-import { h, fill, label, ago } from "./dom.js";
+import { h, fill, label, ago, drawerLink } from "./dom.js";
 import * as api from "./api.js";
 import * as live from "./live.js";
 import { toast } from "./ui.js";
@@ -62,18 +62,11 @@ async function renderTicket(body, ticketId) {
     tasks.items.length
       ? h("ul", { class: "task-list" }, tasks.items.map((task) =>
           h("li", {},
-            h("a", { href: taskLink(task.id), "data-task-id": task.id }, task.title),
+            h("a", { href: drawerLink("task", task.id), "data-task-id": task.id }, task.title),
             " ",
             h("span", { class: "badge", "data-status": task.status }, label(task.status)))))
       : h("p", { class: "muted" }, "No tasks yet."),
   );
-}
-
-function taskLink(taskId) {
-  const query = new URLSearchParams(location.search);
-  query.delete("ticket");
-  query.set("task", taskId);
-  return `${location.pathname}?${query}`;
 }
 
 function fact(name, value) {

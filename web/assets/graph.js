@@ -5,7 +5,7 @@
 // it. The layout is computed here (longest-path layers, one barycentre pass to untangle
 // the order): no library needed for the graphs a project has.
 
-import { h, svg, fill, label } from "./dom.js";
+import { h, svg, fill, label, drawerLink } from "./dom.js";
 import * as api from "./api.js";
 import * as live from "./live.js";
 import { asOfControl, toast } from "./ui.js";
@@ -68,10 +68,7 @@ export function mountGraph(container, context) {
   }
 
   function open(node) {
-    const query = new URLSearchParams(location.search);
-    query.delete(node.kind === "task" ? "ticket" : "task");
-    query.set(node.kind, node.id);
-    context.navigate(`${location.pathname}?${query}`);
+    context.navigate(drawerLink(node.kind, node.id));
   }
 
   function draw(nodes, edges, past) {

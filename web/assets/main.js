@@ -167,11 +167,17 @@ function renderNoProject() {
     error,
     h("button", { type: "submit", class: "primary" }, "Create"),
   );
+  const button = form.querySelector("button");
+  // The organization made by an attempt whose project then failed: a second attempt (or
+  // a second click) makes the project in it instead of another organization.
+  let organization = null;
   async function create(event) {
     event.preventDefault();
+    if (button.disabled) return;
+    button.disabled = true;
     const data = new FormData(form);
     try {
-      const organization = await api.send("/api/v1/organizations", { name: data.get("organization") });
+      organization ??= await api.send("/api/v1/organizations", { name: data.get("organization") });
       const project = await api.send("/api/v1/projects", {
         organization_id: organization.id,
         name: data.get("project"),
@@ -181,6 +187,8 @@ function renderNoProject() {
     } catch (problem) {
       error.textContent = problem.message;
       error.hidden = false;
+    } finally {
+      button.disabled = false;
     }
   }
   fill(root, h("main", { class: "centered" }, form));

@@ -4,7 +4,7 @@
 // JSON document `PUT /specs/{id}/plan` takes (the server names the field of any mistake);
 // execution shows the plan's tickets and tasks as they run. Export as markdown.
 
-import { h, fill, label } from "./dom.js";
+import { h, fill, label, drawerLink } from "./dom.js";
 import * as api from "./api.js";
 import * as live from "./live.js";
 import { toast } from "./ui.js";
@@ -18,6 +18,10 @@ export function mountSpecs(container, context) {
   const body = h("div", { class: "spec-body" });
   fill(container, h("div", { class: "toolbar" }, h("h1", {}, "Specs"), switcher, h("span", { class: "spacer" })), body);
   const stops = [];
+  // The screen may be left while a read is on its way: what starts after that (a tab's
+  // subscription and timers) is stopped at once instead of running on unseen.
+  let left = false;
+  const keep = (stop) => (left ? stop() : stops.push(stop));
 
   (async () => {
     const specs = await api.get(`/api/v1/specs?project_id=${context.project.id}&limit=100`);
@@ -162,6 +166,7 @@ export function mountSpecs(container, context) {
   }
 
   function execution(panel) {
+    if (left) return;
     const list = h("div", { class: "execution" }, h("p", { class: "muted" }, "Loading…"));
     fill(panel, list);
     let pending = null;
@@ -171,7 +176,7 @@ export function mountSpecs(container, context) {
       fill(list, tickets.items.length ? tickets.items.map((ticket, i) => h("article", { class: "execution-ticket", "data-ticket-id": ticket.id },
         h("h3", {}, ticket.title, " ", h("span", { class: "badge", "data-status": ticket.status }, label(ticket.status))),
         h("ul", {}, tasks[i].items.map((task) => h("li", {},
-          h("a", { href: `${location.pathname}?task=${task.id}` }, task.title), " ",
+          h("a", { href: drawerLink("task", task.id) }, task.title), " ",
           h("span", { class: "badge", "data-status": task.status }, label(task.status)))))))
         : h("p", { class: "muted" }, "The plan has not created tickets yet (approve it first)."));
     };
@@ -186,13 +191,13 @@ export function mountSpecs(container, context) {
       trailing.forEach(clearTimeout);
       trailing = [2000, 5000].map((delay) => setTimeout(reload, delay));
     };
-    stops.push(() => {
+    keep(() => {
       trailing.forEach(clearTimeout);
       clearTimeout(pending);
     });
     load().catch((problem) => toast(problem.message, "error"));
     settle();
-    stops.push(live.subscribe(`spec-execution:${specId}`, { stream: "events", project_id: context.project.id, entity_types: ["ticket", "task"] }, {
+    keep(live.subscribe(`spec-execution:${specId}`, { stream: "events", project_id: context.project.id, entity_types: ["ticket", "task"] }, {
       delta: () => {
         settle();
         if (pending) return;
@@ -215,5 +220,8 @@ export function mountSpecs(container, context) {
     }
   }
 
-  return () => stops.forEach((stop) => stop());
+  return () => {
+    left = true;
+    stops.forEach((stop) => stop());
+  };
 }

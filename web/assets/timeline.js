@@ -2,7 +2,7 @@
 // type, entity and actor (kept in the address, so a filtered view can be shared), and
 // older entries loaded as the list is scrolled to its end.
 
-import { h, fill, ago } from "./dom.js";
+import { h, fill, ago, comparePositions, drawerLink } from "./dom.js";
 import * as api from "./api.js";
 import * as live from "./live.js";
 import { toast } from "./ui.js";
@@ -84,17 +84,9 @@ export function mountTimeline(container, context) {
     if (mine !== generation) return;
     const missing = newest.filter((entry) => matches(entry) && !entries.some((e) => e.cursor === entry.cursor));
     if (!missing.length) return;
-    entries = [...entries, ...missing].sort((a, b) => newerFirst(a.cursor, b.cursor));
+    entries = [...entries, ...missing].sort((a, b) => comparePositions(b.cursor, a.cursor));
     fill(list, ...entries.map(entryElement));
     if (sentinel.textContent === "Nothing yet.") sentinel.textContent = "";
-  }
-
-  /** Orders cursors (`<transaction>-<position>`) newest first. */
-  function newerFirst(a, b) {
-    const [ax, ap] = a.split("-").map(BigInt);
-    const [bx, bp] = b.split("-").map(BigInt);
-    if (ax !== bx) return ax > bx ? -1 : 1;
-    return ap === bp ? 0 : ap > bp ? -1 : 1;
   }
 
   async function loadOlder(first = false) {
@@ -125,9 +117,9 @@ export function mountTimeline(container, context) {
       typeOptions.append(h("option", { value: entry.event_type }));
     }
     const link = entry.entity_type === "task"
-      ? h("a", { href: `${location.pathname}?task=${entry.entity_id}` }, entry.summary)
+      ? h("a", { href: drawerLink("task", entry.entity_id) }, entry.summary)
       : entry.entity_type === "ticket"
-        ? h("a", { href: `${location.pathname}?ticket=${entry.entity_id}` }, entry.summary)
+        ? h("a", { href: drawerLink("ticket", entry.entity_id) }, entry.summary)
         : h("span", {}, entry.summary);
     return h("li", { class: "entry", "data-position": entry.cursor, "data-event-type": entry.event_type },
       h("span", { class: "event-type" }, entry.event_type),
