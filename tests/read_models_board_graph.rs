@@ -604,3 +604,69 @@ async fn a_past_view_beyond_the_replay_bound_is_refused() {
         assert_eq!(problem["field"], "as_of", "{problem}");
     }
 }
+
+/// Views `as_of` a past position rebuilt at once are bounded (`concurrent_replays`): one
+/// more waits a moment for a turn, then is turned away (429), and the one holding the
+/// turn answers once it can read. The held view waits on the snapshots' table, locked.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_past_view_beyond_the_concurrent_replays_is_turned_away() {
+    use sqlx::Connection;
+
+    let app = std::sync::Arc::new(
+        omoi_testing::spawn_app_with_settings(|settings| {
+            settings.application.concurrent_replays = 1;
+        })
+        .await,
+    );
+    let (_, project) = app.organization_and_project().await;
+    let ticket = app.ticket(&project, "Then").await;
+    let (_, history) = app.get(&format!("/api/v1/tickets/{ticket}/history")).await;
+    let position = history["events"][0]["global_position"]
+        .as_i64()
+        .expect("a position");
+    app.caught_up().await;
+    let view = format!("/api/v1/board/view?project_id={project}&as_of={position}");
+
+    let mut holder = sqlx::PgConnection::connect_with(&app.database.options)
+        .await
+        .expect("a connection");
+    let mut held = holder.begin().await.expect("a transaction");
+    let table: String = sqlx::query_scalar(
+        "select format('%I.models', 'rm_snapshots_' || build) from projector_builds
+          where projector = 'snapshots' and state = 'live'",
+    )
+    .fetch_one(&mut *held)
+    .await
+    .expect("the snapshots' table");
+    sqlx::query(&format!("lock table {table} in access exclusive mode"))
+        .execute(&mut *held)
+        .await
+        .expect("locked");
+    let first = tokio::spawn({
+        let (app, view) = (app.clone(), view.clone());
+        async move { app.get(&view).await }
+    });
+    // The first view holds the turn once it waits on the lock.
+    let mut waiting = false;
+    for _ in 0..500 {
+        let blocked: i64 = sqlx::query_scalar(
+            "select count(*) from pg_stat_activity
+              where wait_event_type = 'Lock' and query like '%snapshots_models%'",
+        )
+        .fetch_one(&app.database.pool)
+        .await
+        .expect("the activity");
+        if blocked > 0 {
+            waiting = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(waiting, "the first view never waited on the lock");
+    let (status, problem) = app.get(&view).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{problem}");
+    assert_eq!(problem["code"], "too_many_requests", "{problem}");
+    held.rollback().await.expect("unlocked");
+    let (status, board) = first.await.expect("the first view");
+    assert_eq!(status, StatusCode::OK, "{board}");
+}
