@@ -1212,14 +1212,8 @@ async fn another_organizations_tasks_and_specs_are_named_as_if_they_did_not_exis
     // A key limited to one project sees nothing of the organization's other projects:
     // their task is not found for it, where its organization's members are told where
     // it is.
-    let (status, sibling) = app
-        .post(
-            "/api/v1/projects",
-            json!({"organization_id": organization, "name": "Sibling"}),
-        )
-        .await;
-    assert_eq!(status, StatusCode::CREATED, "{sibling}");
-    let sibling_ticket = app.ticket(&id_of(&sibling), "Next door").await;
+    let sibling = app.project(&organization, "Sibling").await;
+    let sibling_ticket = app.ticket(&sibling, "Next door").await;
     let sibling_task = app.task(&sibling_ticket, "Next door", json!({})).await;
     let (status, key) = app
         .post(

@@ -274,9 +274,7 @@ async fn a_claim_whose_lease_cannot_be_written_assigns_nothing() {
         .expect("the leases back");
     assert!(status.is_server_error(), "{status}: {body}");
     assert!(body["detail"].is_string(), "{body}");
-    let state = app.task_state(&task).await;
-    assert_eq!(state["status"], "pending", "{state}");
-    assert_eq!(state["assigned_agent_id"], json!(null), "{state}");
+    still_pending(&app, &task).await;
 
     assert_eq!(agent.claim(&app, 5).await, Some(task.clone()));
     let leased: bool =
@@ -286,6 +284,31 @@ async fn a_claim_whose_lease_cannot_be_written_assigns_nothing() {
             .await
             .expect("the lease");
     assert!(leased, "the agent holding work has a lease");
+}
+
+/// `agent`'s claim, waiting up to `seconds` for a task, under way.
+fn waiting_claim(
+    app: &std::sync::Arc<omoi_testing::TestApp>,
+    agent: &std::sync::Arc<omoi_testing::Agent>,
+    seconds: u64,
+) -> tokio::task::JoinHandle<(StatusCode, serde_json::Value)> {
+    let (app, agent) = (app.clone(), agent.clone());
+    tokio::spawn(async move {
+        let path = format!("/api/v1/agents/{}/claim", agent.id);
+        agent
+            .post(&app, &path, json!({"wait_seconds": seconds}))
+            .await
+    })
+}
+
+/// Asserts `task` waits for an agent still, assigned to none.
+async fn still_pending(app: &omoi_testing::TestApp, task: &str) {
+    let state = app.task_state(task).await;
+    assert_eq!(
+        (&state["status"], &state["assigned_agent_id"]),
+        (&json!("pending"), &serde_json::Value::Null),
+        "{state}"
+    );
 }
 
 /// A claim checks its agent again as it takes a task: one that waited while its agent was
@@ -305,18 +328,7 @@ async fn a_claim_that_waited_while_its_agent_was_quarantined_takes_nothing() {
         )
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
-    let waiting = tokio::spawn({
-        let (app, agent) = (app.clone(), agent.clone());
-        async move {
-            agent
-                .post(
-                    &app,
-                    &format!("/api/v1/agents/{}/claim", agent.id),
-                    json!({"wait_seconds": WAIT_SECONDS}),
-                )
-                .await
-        }
-    });
+    let waiting = waiting_claim(&app, &agent, WAIT_SECONDS);
     // The claim is waiting (nothing is ready) when the agent is quarantined.
     app.until_claims_waiting(1).await;
     let (status, body) = app
@@ -333,12 +345,7 @@ async fn a_claim_that_waited_while_its_agent_was_quarantined_takes_nothing() {
         (StatusCode::CONFLICT, Some("agent_unavailable")),
         "{body}"
     );
-    let state = app.task_state(&task).await;
-    assert_eq!(
-        (&state["status"], &state["assigned_agent_id"]),
-        (&json!("pending"), &serde_json::Value::Null),
-        "{state}"
-    );
+    still_pending(&app, &task).await;
 }
 
 /// A claim checks its credential again as it takes a task: one revoked while the claim
@@ -350,18 +357,7 @@ async fn a_claim_whose_credential_was_revoked_while_it_waited_takes_nothing() {
     let (organization, project) = app.organization_and_project().await;
     let agent = std::sync::Arc::new(app.register_agent(&organization).await);
     let ticket = app.ticket(&project, "Work").await;
-    let waiting = tokio::spawn({
-        let (app, agent) = (app.clone(), agent.clone());
-        async move {
-            agent
-                .post(
-                    &app,
-                    &format!("/api/v1/agents/{}/claim", agent.id),
-                    json!({"wait_seconds": 60}),
-                )
-                .await
-        }
-    });
+    let waiting = waiting_claim(&app, &agent, 60);
     app.until_claims_waiting(1).await;
     let (status, keys) = app.get("/api/v1/auth/api-keys").await;
     assert_eq!(status, StatusCode::OK, "{keys}");
@@ -381,12 +377,7 @@ async fn a_claim_whose_credential_was_revoked_while_it_waited_takes_nothing() {
     let task = app.task(&ticket, "ready now", json!({})).await;
     let (status, body) = waiting.await.expect("the claim answers");
     assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
-    let state = app.task_state(&task).await;
-    assert_eq!(
-        (&state["status"], &state["assigned_agent_id"]),
-        (&json!("pending"), &serde_json::Value::Null),
-        "{state}"
-    );
+    still_pending(&app, &task).await;
 }
 
 /// A server shutting down answers its waiting claims at once (204, nothing taken) rather

@@ -41,6 +41,22 @@ fn start_workflow(organization: Uuid, quota: Option<u32>) -> BillingCommand {
     }
 }
 
+/// Counts `count` workflows (no quota) on `organization`'s billing account, through the
+/// command bus.
+async fn count_workflows(database: &TestDatabase, organization: Uuid, count: usize) {
+    let bus = CommandBus::new(database.pool.clone(), RetryPolicy::default());
+    let context = CommandContext::new(Actor::System("test"), "cli");
+    for _ in 0..count {
+        bus.execute::<BillingAccount>(
+            &organization.to_string(),
+            start_workflow(organization, None),
+            &context,
+        )
+        .await
+        .expect("a workflow counted");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn history_shows_a_billing_account_as_a_billing_account() {
     let database = TestDatabase::create().await.expect("a database");
@@ -79,18 +95,8 @@ async fn history_shows_a_billing_account_as_a_billing_account() {
 #[tokio::test(flavor = "multi_thread")]
 async fn history_prints_and_folds_a_history_of_several_pages() {
     let database = TestDatabase::create().await.expect("a database");
-    let bus = CommandBus::new(database.pool.clone(), RetryPolicy::default());
     let organization = Uuid::now_v7();
-    let context = CommandContext::new(Actor::System("test"), "cli");
-    for _ in 0..1_001 {
-        bus.execute::<BillingAccount>(
-            &organization.to_string(),
-            start_workflow(organization, None),
-            &context,
-        )
-        .await
-        .expect("a workflow counted");
-    }
+    count_workflows(&database, organization, 1_001).await;
     let id = organization.to_string();
 
     let output = history_with(&database, &["billing_account", &id]);
@@ -130,16 +136,8 @@ async fn the_tools_leave_the_databases_migrations_alone() {
             .await
             .expect("counted")
     };
-    let bus = CommandBus::new(database.pool.clone(), RetryPolicy::default());
     let organization = Uuid::now_v7();
-    let context = CommandContext::new(Actor::System("test"), "cli");
-    bus.execute::<BillingAccount>(
-        &organization.to_string(),
-        start_workflow(organization, None),
-        &context,
-    )
-    .await
-    .expect("a workflow counted");
+    count_workflows(&database, organization, 1).await;
     let output = history(&database, "billing_account", organization);
     assert!(output.status.success(), "{output:?}");
     let output = Command::new(env!("CARGO_BIN_EXE_omoi"))

@@ -451,14 +451,7 @@ async fn the_task_drawer_replays_the_task_as_it_was_at_an_earlier_event() -> any
 async fn the_drawer_follows_a_task_of_another_project_live() -> anyhow::Result<()> {
     let app = spawn_app().await;
     let (organization, project) = app.organization_and_project().await;
-    let (status, other) = app
-        .post(
-            "/api/v1/projects",
-            json!({"organization_id": organization, "name": "Elsewhere"}),
-        )
-        .await;
-    assert_eq!(status, StatusCode::CREATED, "{other}");
-    let other = id_of(&other);
+    let other = app.project(&organization, "Elsewhere").await;
     let ticket = app.ticket(&other, "Theirs").await;
     let work = app.task(&ticket, "Their task", json!({})).await;
     let agent = app.register_agent(&organization).await.id;
@@ -705,29 +698,13 @@ async fn a_revoked_session_signs_the_page_out_instead_of_reconnecting_forever() 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_timeline_shows_its_snapshots_entries_while_its_read_model_lags() -> anyhow::Result<()>
 {
-    use sqlx::Connection;
-
     let app = spawn_app().await;
     let (_, project) = app.organization_and_project().await;
     app.ticket(&project, "Already written").await;
     app.caught_up().await;
     // The timeline's tables locked against writers, not readers (see the execution tab's
     // test): its next batch waits at its first write.
-    let mut holder = sqlx::PgConnection::connect_with(&app.database.options).await?;
-    let mut held = holder.begin().await?;
-    let tables: Vec<String> = sqlx::query_scalar(
-        "select format('%I.%I', t.table_schema, t.table_name)
-           from projector_builds b
-           join information_schema.tables t
-             on t.table_schema = 'rm_timeline_' || b.build and t.table_type = 'BASE TABLE'
-          where b.projector = 'timeline' and b.state = 'live'",
-    )
-    .fetch_all(&mut *held)
-    .await?;
-    assert!(!tables.is_empty(), "the timeline's tables");
-    sqlx::query(&format!("lock table {} in share mode", tables.join(", ")))
-        .execute(&mut *held)
-        .await?;
+    let held = app.hold_read_model("timeline", "share").await;
     app.ticket(&project, "Only in the stream").await;
     let browser = signed_in(&app, &format!("/p/{project}/timeline")).await?;
     expect(
@@ -1224,8 +1201,6 @@ async fn a_card_moves_from_the_keyboard_and_enter_opens_its_ticket() -> anyhow::
 /// tab reads again after its first read and after every change, and shows the tickets.
 #[tokio::test(flavor = "multi_thread")]
 async fn the_execution_tab_catches_up_with_a_read_model_that_lagged() -> anyhow::Result<()> {
-    use sqlx::Connection;
-
     let app = spawn_app().await;
     let (_, project) = app.organization_and_project().await;
     let spec = app.spec_in_tasks(&project, "Held back").await;
@@ -1240,21 +1215,7 @@ async fn the_execution_tab_catches_up_with_a_read_model_that_lagged() -> anyhow:
     // The directory's tables locked against writers, not readers: its next batch waits at
     // its first write, before it takes a transaction id (which would hold every reader of
     // the log, the process managers and the live streams with it).
-    let mut holder = sqlx::PgConnection::connect_with(&app.database.options).await?;
-    let mut held = holder.begin().await?;
-    let tables: Vec<String> = sqlx::query_scalar(
-        "select format('%I.%I', t.table_schema, t.table_name)
-           from projector_builds b
-           join information_schema.tables t
-             on t.table_schema = 'rm_directory_' || b.build and t.table_type = 'BASE TABLE'
-          where b.projector = 'directory' and b.state = 'live'",
-    )
-    .fetch_all(&mut *held)
-    .await?;
-    assert!(!tables.is_empty(), "the directory's tables");
-    sqlx::query(&format!("lock table {} in share mode", tables.join(", ")))
-        .execute(&mut *held)
-        .await?;
+    let held = app.hold_read_model("directory", "share").await;
     app.must(&path("approve-plan"), json!({}), StatusCode::OK)
         .await;
     let browser = signed_in(&app, &format!("/p/{project}/specs/{spec}/execution")).await?;

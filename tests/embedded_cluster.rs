@@ -171,6 +171,19 @@ fn omoi(directory: &Path, port: u16, args: &[&str]) -> Output {
         .expect("omoi runs")
 }
 
+/// `omoi dev` as a person runs it in `directory`: no `DATABASE_URL` nor
+/// `OMOI_JWT_SECRET`, its cluster on `port`, the API on `http_port`.
+fn omoi_dev(directory: &Path, port: u16, http_port: u16) -> Command {
+    let mut dev = Command::new(env!("CARGO_BIN_EXE_omoi"));
+    dev.arg("dev")
+        .current_dir(directory)
+        .env("OMOI_DATABASE__EMBEDDED__PORT", port.to_string())
+        .env("OMOI_APPLICATION__PORT", http_port.to_string())
+        .env_remove("DATABASE_URL")
+        .env_remove("OMOI_JWT_SECRET");
+    dev
+}
+
 #[track_caller]
 fn succeeded(output: &Output) -> String {
     assert!(output.status.success(), "{output:?}");
@@ -219,13 +232,7 @@ async fn omoi_dev_starts_from_a_fresh_directory_and_stops_on_ctrl_c() {
     let scratch = Scratch::new();
     let (directory, port) = (&scratch.directory, scratch.cluster.port);
     let http_port = free_port();
-    let mut dev = Dev(Command::new(env!("CARGO_BIN_EXE_omoi"))
-        .arg("dev")
-        .current_dir(directory)
-        .env("OMOI_DATABASE__EMBEDDED__PORT", port.to_string())
-        .env("OMOI_APPLICATION__PORT", http_port.to_string())
-        .env_remove("DATABASE_URL")
-        .env_remove("OMOI_JWT_SECRET")
+    let mut dev = Dev(omoi_dev(directory, port, http_port)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -326,13 +333,7 @@ fn omoi_dev_that_cannot_start_stops_its_cluster() {
         }
     }
     let _cleanup = StopsDevCluster(directory, port);
-    let dev = Command::new(env!("CARGO_BIN_EXE_omoi"))
-        .arg("dev")
-        .current_dir(directory)
-        .env("OMOI_DATABASE__EMBEDDED__PORT", port.to_string())
-        .env("OMOI_APPLICATION__PORT", http_port.to_string())
-        .env_remove("DATABASE_URL")
-        .env_remove("OMOI_JWT_SECRET")
+    let dev = omoi_dev(directory, port, http_port)
         .output()
         .expect("omoi dev runs");
     assert!(!dev.status.success(), "{dev:?}");

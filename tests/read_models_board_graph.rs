@@ -610,8 +610,6 @@ async fn a_past_view_beyond_the_replay_bound_is_refused() {
 /// turn answers once it can read. The held view waits on the snapshots' table, locked.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_past_view_beyond_the_concurrent_replays_is_turned_away() {
-    use sqlx::Connection;
-
     let app = std::sync::Arc::new(
         omoi_testing::spawn_app_with_settings(|settings| {
             settings.application.concurrent_replays = 1;
@@ -627,21 +625,7 @@ async fn a_past_view_beyond_the_concurrent_replays_is_turned_away() {
     app.caught_up().await;
     let view = format!("/api/v1/board/view?project_id={project}&as_of={position}");
 
-    let mut holder = sqlx::PgConnection::connect_with(&app.database.options)
-        .await
-        .expect("a connection");
-    let mut held = holder.begin().await.expect("a transaction");
-    let table: String = sqlx::query_scalar(
-        "select format('%I.models', 'rm_snapshots_' || build) from projector_builds
-          where projector = 'snapshots' and state = 'live'",
-    )
-    .fetch_one(&mut *held)
-    .await
-    .expect("the snapshots' table");
-    sqlx::query(&format!("lock table {table} in access exclusive mode"))
-        .execute(&mut *held)
-        .await
-        .expect("locked");
+    let held = app.hold_read_model("snapshots", "access exclusive").await;
     let first = tokio::spawn({
         let (app, view) = (app.clone(), view.clone());
         async move { app.get(&view).await }

@@ -1946,6 +1946,29 @@ async fn a_tasks_logs_stream_sends_every_line_in_order_as_it_is_written_and_resu
     assert_eq!(error["code"], "not_found", "{error}");
 }
 
+/// A Guardian's steering of `task`.
+async fn steer(app: &TestApp, task: &str, message: &str) {
+    let (status, body) = app
+        .post(
+            "/api/v1/guardian/interventions",
+            json!({"kind": "steer", "task_id": task, "reason": "drifting", "message": message}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+}
+
+/// `agent`'s own socket subscribed to its steering (`steer`), past the snapshot.
+async fn steering_socket(app: &TestApp, agent: &omoi_testing::Agent) -> Socket {
+    let mut socket = connect(app, "/api/v1/ws", &agent.credential).await;
+    send(
+        &mut socket,
+        json!({"type": "subscribe", "id": "steer", "stream": "steering", "agent_id": agent.id}),
+    )
+    .await;
+    next_of(&mut socket, "snapshot", "steer").await;
+    socket
+}
+
 /// A client that closes gets the server's close frame back (the closing handshake of
 /// RFC 6455 §5.5.1), not a dropped connection.
 #[tokio::test(flavor = "multi_thread")]
@@ -1986,22 +2009,10 @@ async fn more_steering_than_the_socket_queue_holds_is_handed_over_whole() {
     agent.must(&app, &task, "start", json!({})).await;
     let sent: Vec<String> = (1..=5).map(|n| format!("Step {n}.")).collect();
     for message in &sent {
-        let (status, body) = app
-            .post(
-                "/api/v1/guardian/interventions",
-                json!({"kind": "steer", "task_id": task, "reason": "drifting", "message": message}),
-            )
-            .await;
-        assert_eq!(status, StatusCode::OK, "{body}");
+        steer(&app, &task, message).await;
     }
     app.caught_up().await;
-    let mut socket = connect(&app, "/api/v1/ws", &agent.credential).await;
-    send(
-        &mut socket,
-        json!({"type": "subscribe", "id": "steer", "stream": "steering", "agent_id": agent.id}),
-    )
-    .await;
-    next_of(&mut socket, "snapshot", "steer").await;
+    let mut socket = steering_socket(&app, &agent).await;
     let mut received = Vec::new();
     for _ in &sent {
         let message = next_of(&mut socket, "steering", "steer").await;
@@ -2019,34 +2030,18 @@ async fn steering_reaches_an_agent_on_its_socket_once_and_is_recorded_as_deliver
     let task = app.task(&ticket, "Steered", json!({})).await;
     assert_eq!(agent.claim(&app, 5).await, Some(task.clone()));
     agent.must(&app, &task, "start", json!({})).await;
-    let steer = |message: &str| json!({"kind": "steer", "task_id": task, "reason": "drifting", "message": message});
     // One waits before the agent connects…
-    let (status, body) = app
-        .post(
-            "/api/v1/guardian/interventions",
-            steer("Fix the failing test first."),
-        )
-        .await;
-    assert_eq!(status, StatusCode::OK, "{body}");
+    steer(&app, &task, "Fix the failing test first.").await;
     app.caught_up().await;
 
-    let mut socket = connect(&app, "/api/v1/ws", &agent.credential).await;
-    send(
-        &mut socket,
-        json!({"type": "subscribe", "id": "steer", "stream": "steering", "agent_id": agent.id}),
-    )
-    .await;
-    next_of(&mut socket, "snapshot", "steer").await;
+    let mut socket = steering_socket(&app, &agent).await;
     let waiting = next_of(&mut socket, "steering", "steer").await;
     assert_eq!(waiting["task_id"], task.as_str());
     assert_eq!(waiting["message"], "Fix the failing test first.");
     assert_eq!(waiting["source"], "guardian");
 
     // …and one arrives while it is connected.
-    let (status, body) = app
-        .post("/api/v1/guardian/interventions", steer("Then rebase."))
-        .await;
-    assert_eq!(status, StatusCode::OK, "{body}");
+    steer(&app, &task, "Then rebase.").await;
     let live = next_of(&mut socket, "steering", "steer").await;
     assert_eq!(live["message"], "Then rebase.");
 

@@ -798,6 +798,44 @@ impl TestApp {
         spec
     }
 
+    /// Another project of `organization`, named `name` (default settings).
+    pub async fn project(&self, organization: &str, name: &str) -> String {
+        self.create(
+            "/api/v1/projects",
+            serde_json::json!({"organization_id": organization, "name": name}),
+        )
+        .await
+    }
+
+    /// Locks the tables of `projector`'s live build in `mode` (`share`: writers wait and
+    /// readers do not) until the returned transaction ends: the read model lags behind
+    /// the log meanwhile, or a reader of it waits (`access exclusive`).
+    pub async fn hold_read_model(
+        &self,
+        projector: &str,
+        mode: &str,
+    ) -> sqlx::Transaction<'static, sqlx::Postgres> {
+        let mut held = self.database.pool.begin().await.expect("a transaction");
+        let tables: Vec<String> = sqlx::query_scalar(
+            "select format('%I.%I', t.table_schema, t.table_name)
+               from projector_builds b
+               join information_schema.tables t
+                 on t.table_schema = 'rm_' || b.projector || '_' || b.build
+                and t.table_type = 'BASE TABLE'
+              where b.projector = $1 and b.state = 'live'",
+        )
+        .bind(projector)
+        .fetch_all(&mut *held)
+        .await
+        .expect("the read model's tables");
+        assert!(!tables.is_empty(), "{projector} has no live tables");
+        sqlx::query(&format!("lock table {} in {mode} mode", tables.join(", ")))
+            .execute(&mut *held)
+            .await
+            .expect("locked");
+        held
+    }
+
     /// A ticket of `project` titled `title`.
     pub async fn ticket(&self, project: &str, title: &str) -> String {
         self.create(
