@@ -319,45 +319,12 @@ async fn a_lifetime_purchase_ends_the_subscription_it_replaced_at_stripe() {
     assert_eq!(buy_lifetime(&app, &org, "evt_life").await.0, StatusCode::OK);
     app.caught_up().await;
 
-    let ended_at_stripe = |log: &StripeLog| -> Vec<Received> {
-        requests_to(log)
-            .into_iter()
-            .filter(|r| r.path == format!("/v1/subscriptions/{held}"))
-            .collect()
-    };
-    let calls = ended_at_stripe(&log);
+    let calls = ends_at_stripe(&log, &held);
     assert_eq!(calls.len(), 3, "two 500s, then the end: {calls:?}");
     assert!(calls
         .iter()
         .all(|c| c.authorization.as_deref() == Some("Bearer sk_test_omoi")));
-    let retirements = || async {
-        let rows: Vec<(Value, Value)> = sqlx::query_as(
-            "select payload, metadata from events where event_type = 'SubscriptionRetired'",
-        )
-        .fetch_all(&app.database.pool)
-        .await
-        .expect("the log");
-        rows
-    };
-    let (purchase,): (i64,) = sqlx::query_as(
-        "select sequence from events
-          where aggregate_type = 'BillingAccount' and payload -> 'StripeEventApplied' -> 'effect' ->> 'kind' = 'lifetime_purchased'",
-    )
-    .fetch_one(&app.database.pool)
-    .await
-    .expect("the purchase");
-    let retired = retirements().await;
-    assert_eq!(retired.len(), 1, "{retired:?}");
-    let (payload, metadata) = &retired[0];
-    assert_eq!(
-        payload["SubscriptionRetired"]["subscription_id"],
-        held.as_str()
-    );
-    assert_eq!(metadata["actor"], "system:subscription_retirement");
-    assert_eq!(
-        metadata["causation_id"],
-        format!("BillingAccount/{org}/{purchase}").as_str()
-    );
+    assert_retired_once(&app, &org, &held, "lifetime_purchased").await;
 
     // Stripe reports the end: nothing changes.
     let mut gone = subscription(&org, "pro", "canceled", now());
@@ -371,8 +338,132 @@ async fn a_lifetime_purchase_ends_the_subscription_it_replaced_at_stripe() {
         (&json!("lifetime"), &json!("active"))
     );
     app.caught_up().await;
-    assert_eq!(ended_at_stripe(&log).len(), 3, "ended once");
-    assert_eq!(retirements().await.len(), 1);
+    assert_eq!(ends_at_stripe(&log, &held).len(), 3, "ended once");
+    assert_eq!(retirements(&app).await.len(), 1);
+}
+
+/// Two plan checkouts opened before either was paid, both paid: the organization keeps
+/// the plan paid first, and the second subscription is ended at Stripe, its unused time
+/// credited (`prorate`), once, caused by the event that found it; nothing Stripe then
+/// reports of it — its checkout, its end — changes the plan.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_second_plan_paid_for_is_ended_at_stripe_and_the_first_stays() {
+    let (app, org, log) = app_with_stripe().await;
+    // Both checkouts opened while the organization is free.
+    for tier in ["pro", "team"] {
+        let (status, body) = app
+            .post(
+                "/api/v1/billing/checkout",
+                json!({"organization_id": org, "tier": tier}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+    let (status, _) = subscribe(&app, &org, "evt_pro", "pro").await;
+    assert_eq!(status, StatusCode::OK);
+    let mut team = subscription(&org, "team", "active", now());
+    team["id"] = json!("sub_test_2");
+    let paid = envelope(
+        "evt_team_paid",
+        "customer.subscription.updated",
+        now(),
+        team,
+    );
+    let (status, receipt) = deliver(&app, &paid).await;
+    assert_eq!(status, StatusCode::OK, "{receipt}");
+    app.caught_up().await;
+
+    let calls = ends_at_stripe(&log, "sub_test_2");
+    assert_eq!(calls.len(), 1, "{calls:?}");
+    assert_eq!(
+        calls[0].form.get("prorate").map(String::as_str),
+        Some("true")
+    );
+    assert!(
+        ends_at_stripe(&log, "sub_test_1").is_empty(),
+        "the plan stays"
+    );
+    assert_retired_once(&app, &org, "sub_test_2", "duplicate_subscription").await;
+
+    // Its checkout, then its end, reported late.
+    let checkout = checkout_session(
+        &org,
+        json!({"organization_id": org, "purpose": "subscription_checkout", "tier": "team"}),
+        Some("sub_test_2"),
+    );
+    let mut gone = subscription(&org, "team", "canceled", now());
+    gone["id"] = json!("sub_test_2");
+    for late in [
+        envelope(
+            "evt_team_checkout",
+            "checkout.session.completed",
+            now(),
+            checkout,
+        ),
+        envelope(
+            "evt_team_gone",
+            "customer.subscription.deleted",
+            now(),
+            gone,
+        ),
+    ] {
+        let (status, receipt) = deliver(&app, &late).await;
+        assert_eq!(status, StatusCode::OK, "{receipt}");
+    }
+    let state = account(&app, &org).await;
+    assert_eq!(
+        (
+            &state["tier"],
+            &state["status"],
+            &state["stripe_subscription_id"]
+        ),
+        (&json!("pro"), &json!("active"), &json!("sub_test_1"))
+    );
+    app.caught_up().await;
+    assert_eq!(ends_at_stripe(&log, "sub_test_2").len(), 1, "ended once");
+    assert_eq!(retirements(&app).await.len(), 1);
+}
+
+/// The `DELETE`s of subscription `id` the fake Stripe received.
+fn ends_at_stripe(log: &StripeLog, id: &str) -> Vec<Received> {
+    requests_to(log)
+        .into_iter()
+        .filter(|r| r.path == format!("/v1/subscriptions/{id}"))
+        .collect()
+}
+
+/// Every `SubscriptionRetired` in the log: payload and metadata.
+async fn retirements(app: &TestApp) -> Vec<(Value, Value)> {
+    sqlx::query_as("select payload, metadata from events where event_type = 'SubscriptionRetired'")
+        .fetch_all(&app.database.pool)
+        .await
+        .expect("the log")
+}
+
+/// The log holds one retirement, of `subscription`, by `subscription_retirement`, caused
+/// by the account's Stripe event whose effect is `effect` (a kind).
+async fn assert_retired_once(app: &TestApp, org: &str, subscription: &str, effect: &str) {
+    let (cause,): (i64,) = sqlx::query_as(
+        "select sequence from events
+          where aggregate_type = 'BillingAccount'
+            and payload -> 'StripeEventApplied' -> 'effect' ->> 'kind' = $1",
+    )
+    .bind(effect)
+    .fetch_one(&app.database.pool)
+    .await
+    .expect("the cause");
+    let retired = retirements(app).await;
+    assert_eq!(retired.len(), 1, "{retired:?}");
+    let (payload, metadata) = &retired[0];
+    assert_eq!(
+        payload["SubscriptionRetired"]["subscription_id"],
+        subscription
+    );
+    assert_eq!(metadata["actor"], "system:subscription_retirement");
+    assert_eq!(
+        metadata["causation_id"],
+        format!("BillingAccount/{org}/{cause}").as_str()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -206,6 +206,8 @@ pub struct AccountView {
     /// paid first.
     pub suspend_at: Option<DateTime<Utc>>,
     pub stripe_customer_id: Option<String>,
+    /// The Stripe subscription the plan is paid by (none on the free and lifetime plans).
+    pub stripe_subscription_id: Option<String>,
 }
 
 /// The account of an organization, or a new (free) one.
@@ -246,6 +248,7 @@ fn view(account: BillingAccount, organization_id: Uuid, plans: &Plans) -> Accoun
         suspended: account.is_suspended(now),
         suspend_at: account.suspend_at,
         stripe_customer_id: account.stripe_customer_id,
+        stripe_subscription_id: account.stripe_subscription_id,
     }
 }
 

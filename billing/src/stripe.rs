@@ -251,9 +251,9 @@ impl StripeApi {
         })
     }
 
-    /// Ends subscription `subscription_id` now (`DELETE /v1/subscriptions/{id}`, which
-    /// is idempotent: it takes no key). A subscription Stripe no longer knows (404)
-    /// counts as ended.
+    /// Ends subscription `subscription_id` now, crediting its unused time
+    /// (`DELETE /v1/subscriptions/{id}?prorate=true`, which is idempotent: it takes no
+    /// key). A subscription Stripe no longer knows (404) counts as ended.
     pub async fn cancel_subscription(&self, subscription_id: &str) -> Result<(), StripeError> {
         // An id of Stripe's alphabet only: it becomes a path segment.
         if subscription_id.is_empty()
@@ -267,7 +267,13 @@ impl StripeApi {
             });
         }
         let path = format!("/v1/subscriptions/{subscription_id}");
-        match Self::send(self.request(reqwest::Method::DELETE, &path)?).await {
+        // `prorate`: Stripe credits the unused time of the period paid for to the
+        // customer (an item its next invoice subtracts) — the subscription ended was paid
+        // for beside the plan that supersedes it.
+        let request = self
+            .request(reqwest::Method::DELETE, &path)?
+            .query(&[("prorate", "true")]);
+        match Self::send(request).await {
             Ok(_) | Err(StripeError::Refused { status: 404, .. }) => Ok(()),
             Err(other) => Err(other),
         }

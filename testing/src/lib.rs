@@ -956,6 +956,7 @@ pub async fn fake_stripe() -> (String, StripeLog) {
     async fn end_subscription(
         State(log): State<StripeLog>,
         Path(id): Path<String>,
+        axum::extract::RawQuery(query): axum::extract::RawQuery,
         headers: HeaderMap,
     ) -> axum::response::Response {
         let path = format!("/v1/subscriptions/{id}");
@@ -968,7 +969,9 @@ pub async fn fake_stripe() -> (String, StripeLog) {
                     .get("authorization")
                     .and_then(|v| v.to_str().ok())
                     .map(str::to_string),
-                body: String::new(),
+                // Its parameters, form-encoded as a body's are (Stripe reads a DELETE's
+                // from the query).
+                body: query.unwrap_or_default(),
             });
             log.iter().filter(|r| r.path == path).count()
         };

@@ -46,8 +46,8 @@ pub mod discovery;
 pub mod execution;
 pub mod export;
 mod kept;
-pub mod lifetime;
 pub mod progress;
+pub mod retirement;
 pub mod spawn;
 pub mod stall;
 pub mod validation;
@@ -249,7 +249,7 @@ pub fn all(config: &WorkflowConfig, stripe: &StripeApi) -> Vec<Arc<dyn Projector
         run(spawn::PhaseTasks {
             table: config.phase_tasks.clone(),
         }),
-        run(lifetime::SubscriptionRetirement {
+        run(retirement::SubscriptionRetirement {
             stripe: stripe.clone(),
         }),
     ]

@@ -99,6 +99,11 @@ impl SubscriptionStatus {
     pub fn grants_plan(self) -> bool {
         matches!(self, Self::Active | Self::Trialing | Self::PastDue)
     }
+
+    /// Whether it is paid up: a plan granted and no payment failing.
+    pub fn in_good_standing(self) -> bool {
+        matches!(self, Self::Active | Self::Trialing)
+    }
 }
 
 /// An organization's billing account: the fold of its events.
@@ -128,6 +133,17 @@ pub struct BillingAccount {
     pub invoice_as_of: Option<i64>,
     /// Stripe's time of the newest subscription change applied.
     pub subscription_as_of: Option<i64>,
+    /// Subscriptions the account is done with: ended (Stripe reported their deletion) or
+    /// superseded by its plan — the one held before the lifetime plan, one paid for
+    /// beside the account's own. Nothing reported of them later changes the account.
+    #[serde(default)]
+    #[schema(value_type = Vec<String>)]
+    pub closed_subscriptions: BTreeSet<String>,
+    /// The superseded ones omoi has still to end at Stripe (`subscription_retirement`);
+    /// each leaves with its `SubscriptionRetired`.
+    #[serde(default)]
+    #[schema(value_type = Vec<String>)]
+    pub retiring_subscriptions: BTreeSet<String>,
     /// Every Stripe event applied, so none applies twice.
     #[schema(value_type = Vec<String>)]
     pub stripe_events: BTreeSet<String>,
@@ -265,18 +281,16 @@ impl BillingAccount {
                 at,
             } => {
                 self.ensure_organization(organization_id)?;
-                if self.tier != Tier::Lifetime {
-                    return Err(BillingError::NotLifetime);
-                }
-                let held = self.stripe_subscription_id.as_deref() == Some(&subscription_id);
-                Ok(match held {
-                    true => vec![BillingEvent::SubscriptionRetired {
-                        organization_id,
-                        subscription_id,
-                        at,
-                    }],
-                    false => Vec::new(),
-                })
+                Ok(
+                    match self.retiring_subscriptions.contains(&subscription_id) {
+                        true => vec![BillingEvent::SubscriptionRetired {
+                            organization_id,
+                            subscription_id,
+                            at,
+                        }],
+                        false => Vec::new(),
+                    },
+                )
             }
         }
     }
@@ -306,6 +320,53 @@ impl BillingAccount {
         }
     }
 
+    /// How an event about `subscription_id` stands against the account's own plan. An
+    /// organization has one plan, and that is decided before the order of changes, so it
+    /// holds whatever order Stripe's events arrive in:
+    /// * a second subscription paid for beside a plan in good standing (two checkouts
+    ///   opened before either was paid, or one paid after the lifetime plan) is
+    ///   superseded — ended at Stripe;
+    /// * a paid one becomes the plan of an account without one in good standing, however
+    ///   old its report, and supersedes the subscription held before (pending its first
+    ///   payment, past due or paused), which Stripe would otherwise go on billing;
+    /// * one pending its payment changes nothing while the account holds another.
+    fn standing(&self, subscription_id: &str, grants_plan: bool) -> Standing {
+        if self.closed_subscriptions.contains(subscription_id) {
+            return Standing::Decided(Effect::Ignored {
+                reason: format!("{subscription_id} has ended or is superseded"),
+            });
+        }
+        let held = self
+            .stripe_subscription_id
+            .clone()
+            .filter(|_| self.status != SubscriptionStatus::Canceled);
+        if held.as_deref() == Some(subscription_id) {
+            return Standing::InOrder;
+        }
+        let plan_in_good_standing =
+            self.tier == Tier::Lifetime || (held.is_some() && self.status.in_good_standing());
+        match (plan_in_good_standing, grants_plan, held) {
+            (true, true, _) => Standing::Decided(Effect::DuplicateSubscription {
+                subscription_id: subscription_id.to_string(),
+            }),
+            (true, false, _) | (false, false, Some(_)) => Standing::Decided(Effect::Ignored {
+                reason: format!(
+                    "{subscription_id} grants no plan, and the account has a subscription"
+                ),
+            }),
+            (false, true, held) => Standing::Takes { replaces: held },
+            (false, false, None) => Standing::InOrder,
+        }
+    }
+
+    /// Takes `superseded` (if any) out of the account's hands: omoi ends it at Stripe.
+    fn retire_later(&mut self, superseded: Option<String>) {
+        if let Some(superseded) = superseded {
+            self.closed_subscriptions.insert(superseded.clone());
+            self.retiring_subscriptions.insert(superseded);
+        }
+    }
+
     fn effect_of(
         &self,
         change: StripeChange,
@@ -318,9 +379,18 @@ impl BillingAccount {
                 subscription_id,
                 tier,
             } => {
-                if self
-                    .subscription_as_of
-                    .is_some_and(|seen| stripe_created < seen)
+                let replaces = match subscription_id
+                    .as_deref()
+                    .map_or(Standing::InOrder, |id| self.standing(id, true))
+                {
+                    Standing::Decided(effect) => return Ok(effect),
+                    Standing::Takes { replaces } => Some(replaces),
+                    Standing::InOrder => None,
+                };
+                if replaces.is_none()
+                    && self
+                        .subscription_as_of
+                        .is_some_and(|seen| stripe_created < seen)
                 {
                     return Ok(Effect::Ignored {
                         reason: "older than the subscription change already applied".into(),
@@ -335,6 +405,7 @@ impl BillingAccount {
                     tier,
                     customer_id,
                     subscription_id,
+                    replaces: replaces.flatten(),
                 }
             }
             StripeChange::LifetimePurchase { customer_id } => {
@@ -361,22 +432,25 @@ impl BillingAccount {
                 period_end,
                 creation,
             } => {
+                let replaces = match self.standing(&subscription_id, status.grants_plan()) {
+                    Standing::Decided(effect) => return Ok(effect),
+                    Standing::Takes { replaces } => Some(replaces),
+                    Standing::InOrder => None,
+                };
                 // Stripe stamps events to the second: a subscription's creation as
                 // `incomplete` (its first payment pending) and the change that completed
                 // it (an update, the checkout) share one, and may come in either order.
                 // The incomplete creation is the older.
                 let known = self.stripe_subscription_id.as_deref() == Some(&subscription_id);
                 let pending_creation = creation && status == SubscriptionStatus::Incomplete;
-                if self.subscription_as_of.is_some_and(|seen| {
-                    stripe_created < seen || (pending_creation && known && stripe_created == seen)
-                }) {
+                if replaces.is_none()
+                    && self.subscription_as_of.is_some_and(|seen| {
+                        stripe_created < seen
+                            || (pending_creation && known && stripe_created == seen)
+                    })
+                {
                     return Ok(Effect::Ignored {
                         reason: "older than the subscription change already applied".into(),
-                    });
-                }
-                if self.tier == Tier::Lifetime {
-                    return Ok(Effect::Ignored {
-                        reason: "the account has the lifetime plan".into(),
                     });
                 }
                 Effect::SubscriptionUpdated {
@@ -386,21 +460,21 @@ impl BillingAccount {
                     status,
                     period_start,
                     period_end,
+                    replaces: replaces.flatten(),
                 }
             }
             StripeChange::SubscriptionDeleted { subscription_id } => {
-                if self.stripe_subscription_id.as_deref() != Some(subscription_id.as_str()) {
+                // The end of another subscription (one superseded, one still pending
+                // its payment) is not the end of the account's plan; it is remembered,
+                // so that nothing reported of it later takes the plan.
+                if self.stripe_subscription_id.as_deref() == Some(subscription_id.as_str()) {
+                    Effect::SubscriptionCanceled { subscription_id }
+                } else if self.closed_subscriptions.contains(&subscription_id) {
                     Effect::Ignored {
-                        reason: format!("{subscription_id} is not the account's subscription"),
-                    }
-                } else if self.tier == Tier::Lifetime {
-                    // The subscription held before the lifetime purchase ended: the
-                    // lifetime plan stays.
-                    Effect::Ignored {
-                        reason: "the account has the lifetime plan".into(),
+                        reason: format!("{subscription_id} has ended or is superseded"),
                     }
                 } else {
-                    Effect::SubscriptionCanceled { subscription_id }
+                    Effect::OtherSubscriptionEnded { subscription_id }
                 }
             }
             StripeChange::InvoicePaid | StripeChange::InvoicePaymentFailed
@@ -437,7 +511,9 @@ impl BillingAccount {
                 tier,
                 customer_id,
                 subscription_id,
+                replaces,
             } => {
+                self.retire_later(replaces);
                 self.subscription_as_of = Some(stripe_created);
                 self.tier = tier;
                 self.status = SubscriptionStatus::Active;
@@ -448,6 +524,10 @@ impl BillingAccount {
                 self.settle_invoices(stripe_created);
             }
             Effect::LifetimePurchased { customer_id } => {
+                // The subscription held before is ended at Stripe; the lifetime plan
+                // outlives it.
+                let held = self.stripe_subscription_id.take();
+                self.retire_later(held);
                 self.tier = Tier::Lifetime;
                 self.status = SubscriptionStatus::Active;
                 self.stripe_customer_id = customer_id.or(self.stripe_customer_id.take());
@@ -469,7 +549,9 @@ impl BillingAccount {
                 status,
                 period_start,
                 period_end,
+                replaces,
             } => {
+                self.retire_later(replaces);
                 self.stripe_subscription_id = Some(subscription_id);
                 self.stripe_customer_id = customer_id.or(self.stripe_customer_id.take());
                 self.tier = tier;
@@ -478,7 +560,8 @@ impl BillingAccount {
                 self.period_end = period_end.or(self.period_end);
                 self.subscription_as_of = Some(stripe_created);
             }
-            Effect::SubscriptionCanceled { .. } => {
+            Effect::SubscriptionCanceled { subscription_id } => {
+                self.closed_subscriptions.insert(subscription_id);
                 self.tier = Tier::Free;
                 self.status = SubscriptionStatus::Canceled;
                 self.stripe_subscription_id = None;
@@ -501,9 +584,29 @@ impl BillingAccount {
                 self.suspend_at = Some(suspend_at);
                 self.status = SubscriptionStatus::PastDue;
             }
+            Effect::DuplicateSubscription { subscription_id } => {
+                self.retire_later(Some(subscription_id));
+            }
+            Effect::OtherSubscriptionEnded { subscription_id } => {
+                self.closed_subscriptions.insert(subscription_id);
+            }
             Effect::Ignored { .. } => {}
         }
     }
+}
+
+/// How a Stripe report about a subscription stands against the account's own plan
+/// ([`BillingAccount::standing`]).
+#[derive(Debug, PartialEq)]
+enum Standing {
+    /// Settled before its order is considered: ignored, or superseded.
+    Decided(Effect),
+    /// A paid subscription while the account has no plan in good standing: applied
+    /// whatever its order, superseding the subscription held before, if any.
+    Takes { replaces: Option<String> },
+    /// The account's own, or a pending one while the account holds none: applied unless
+    /// older than the newest subscription change applied.
+    InOrder,
 }
 
 impl Aggregate for BillingAccount {
@@ -576,9 +679,7 @@ impl Aggregate for BillingAccount {
             BillingEvent::SubscriptionRetired {
                 subscription_id, ..
             } => {
-                if self.stripe_subscription_id.as_deref() == Some(&subscription_id) {
-                    self.stripe_subscription_id = None;
-                }
+                self.retiring_subscriptions.remove(&subscription_id);
             }
             BillingEvent::WorkflowFinished { spec_id, .. } => {
                 self.open_workflows.remove(&spec_id);
@@ -813,7 +914,7 @@ mod tests {
     /// A subscription's creation as `incomplete` and its first update stamped with the
     /// same second: the creation, coming second, does not put the account back to
     /// `incomplete`; a creation of the same second as a change of another subscription
-    /// still applies.
+    /// (once the first ended) still applies.
     #[test]
     fn a_creation_stamped_with_its_updates_second_does_not_roll_it_back() {
         let mut account = BillingAccount::default();
@@ -850,10 +951,10 @@ mod tests {
             stripe(
                 "evt_up2",
                 100,
-                updated(SubscriptionStatus::PastDue, Tier::Pro),
+                updated(SubscriptionStatus::Canceled, Tier::Pro),
             ),
         );
-        assert_eq!(account.status, SubscriptionStatus::PastDue);
+        assert_eq!(account.status, SubscriptionStatus::Canceled);
         apply(&mut account, stripe("evt_other", 100, creation("sub_2")));
         assert_eq!(
             (account.status, account.stripe_subscription_id.as_deref()),
@@ -900,10 +1001,10 @@ mod tests {
         );
     }
 
-    /// The subscription a lifetime purchase replaced is retired once, and only that one,
-    /// only on a lifetime account.
+    /// The subscription a lifetime purchase superseded is retired once, and only that
+    /// one: no other, and none before it was superseded.
     #[test]
-    fn only_a_lifetime_accounts_own_subscription_is_retired_and_once() {
+    fn only_a_superseded_subscription_is_retired_and_once() {
         let retire = |subscription: &str| BillingCommand::RetireSubscription {
             organization_id: org(),
             subscription_id: subscription.into(),
@@ -918,9 +1019,9 @@ mod tests {
                 updated(SubscriptionStatus::Active, Tier::Pro),
             ),
         );
-        assert_eq!(
-            account.decide(retire("sub_1")),
-            Err(BillingError::NotLifetime)
+        assert!(
+            apply(&mut account, retire("sub_1")).is_empty(),
+            "still the plan"
         );
         apply(
             &mut account,
@@ -930,16 +1031,172 @@ mod tests {
                 StripeChange::LifetimePurchase { customer_id: None },
             ),
         );
-        assert_eq!(account.stripe_subscription_id.as_deref(), Some("sub_1"));
+        assert_eq!(account.stripe_subscription_id, None);
+        assert_eq!(
+            account.retiring_subscriptions,
+            BTreeSet::from(["sub_1".into()])
+        );
         assert!(apply(&mut account, retire("sub_other")).is_empty());
         let retired = apply(&mut account, retire("sub_1"));
         assert!(matches!(
             retired.as_slice(),
             [BillingEvent::SubscriptionRetired { subscription_id, .. }] if subscription_id == "sub_1"
         ));
-        assert_eq!(account.stripe_subscription_id, None);
+        assert!(account.retiring_subscriptions.is_empty());
         assert!(apply(&mut account, retire("sub_1")).is_empty());
         assert_eq!(account.tier, Tier::Lifetime);
+    }
+
+    /// What Stripe reports of one subscription of a checkout: its creation pending the
+    /// payment, its update once paid, the checkout completed.
+    #[derive(Debug, Clone, Copy)]
+    enum Report {
+        Created,
+        Paid,
+        CheckoutCompleted,
+    }
+
+    fn report(subscription: &str, report: Report, tier: Tier) -> StripeChange {
+        let changed = |status, creation| StripeChange::SubscriptionChanged {
+            customer_id: Some("cus_1".into()),
+            subscription_id: subscription.into(),
+            tier: Some(tier),
+            status,
+            period_start: None,
+            period_end: None,
+            creation,
+        };
+        match report {
+            Report::Created => changed(SubscriptionStatus::Incomplete, true),
+            Report::Paid => changed(SubscriptionStatus::Active, false),
+            Report::CheckoutCompleted => StripeChange::SubscriptionCheckout {
+                customer_id: Some("cus_1".into()),
+                subscription_id: Some(subscription.into()),
+                tier,
+            },
+        }
+    }
+
+    /// Two plan checkouts opened before either was paid, both paid: the first paid stays
+    /// the plan; the second is superseded (to be ended at Stripe), and nothing Stripe
+    /// then reports of it changes the plan — its end neither.
+    #[test]
+    fn a_second_subscription_paid_for_is_superseded_and_the_plan_stays() {
+        let mut account = BillingAccount::default();
+        let mut n = 0;
+        let mut deliver = |account: &mut BillingAccount, change: StripeChange| {
+            n += 1;
+            apply(account, stripe(&format!("evt_{n}"), 100 + n, change))
+        };
+        deliver(&mut account, report("sub_pro", Report::Created, Tier::Pro));
+        deliver(
+            &mut account,
+            report("sub_team", Report::Created, Tier::Team),
+        );
+        deliver(&mut account, report("sub_pro", Report::Paid, Tier::Pro));
+        let pending = deliver(
+            &mut account,
+            report("sub_team", Report::Created, Tier::Team),
+        );
+        assert!(
+            matches!(
+                &pending[0],
+                BillingEvent::StripeEventApplied {
+                    effect: Effect::Ignored { .. },
+                    ..
+                }
+            ),
+            "pending, it changes nothing yet: {pending:?}"
+        );
+        let paid = deliver(&mut account, report("sub_team", Report::Paid, Tier::Team));
+        assert!(matches!(
+            &paid[0],
+            BillingEvent::StripeEventApplied { effect: Effect::DuplicateSubscription { subscription_id }, .. }
+                if subscription_id == "sub_team"
+        ));
+        for late in [
+            report("sub_team", Report::CheckoutCompleted, Tier::Team),
+            StripeChange::SubscriptionDeleted {
+                subscription_id: "sub_team".into(),
+            },
+        ] {
+            let ignored = deliver(&mut account, late);
+            assert!(matches!(
+                &ignored[0],
+                BillingEvent::StripeEventApplied {
+                    effect: Effect::Ignored { .. },
+                    ..
+                }
+            ));
+        }
+        deliver(
+            &mut account,
+            report("sub_pro", Report::CheckoutCompleted, Tier::Pro),
+        );
+        assert_eq!(
+            (
+                account.tier,
+                account.status,
+                account.stripe_subscription_id.as_deref()
+            ),
+            (Tier::Pro, SubscriptionStatus::Active, Some("sub_pro"))
+        );
+        assert_eq!(
+            account.retiring_subscriptions,
+            BTreeSet::from(["sub_team".into()])
+        );
+    }
+
+    /// A subscription checkout paid after the lifetime plan is superseded too: Stripe
+    /// would otherwise charge for it every month beside the lifetime plan.
+    #[test]
+    fn a_subscription_paid_after_the_lifetime_plan_is_superseded() {
+        let mut account = BillingAccount::default();
+        let lifetime = StripeChange::LifetimePurchase { customer_id: None };
+        apply(&mut account, stripe("evt_life", 10, lifetime));
+        let late = report("sub_late", Report::CheckoutCompleted, Tier::Team);
+        apply(&mut account, stripe("evt_late", 5, late));
+        assert_eq!(account.tier, Tier::Lifetime);
+        assert_eq!(
+            account.retiring_subscriptions,
+            BTreeSet::from(["sub_late".into()])
+        );
+    }
+
+    proptest::proptest! {
+        /// Two plan checkouts paid, Stripe's reports of both delivered in any order, each
+        /// stamped with the second it happened in (a subscription is created pending its
+        /// payment, then paid, its checkout completing in the same second): the account
+        /// ends with one plan, a subscription that grants it, and the other subscription
+        /// superseded — never both, never neither.
+        #[test]
+        fn two_subscriptions_paid_leave_one_plan_and_the_other_superseded(
+            order in proptest::strategy::Strategy::prop_shuffle(proptest::strategy::Just((0..6).collect::<Vec<usize>>())),
+            created in [0..3_i64, 0..3_i64],
+            paid_after in [0..2_i64, 0..2_i64],
+        ) {
+            use proptest::prelude::*;
+            let reports = [Report::Created, Report::Paid, Report::CheckoutCompleted];
+            let subscriptions = ["sub_a", "sub_b"];
+            let mut account = BillingAccount::default();
+            for i in order {
+                let (which, what) = (i / 3, reports[i % 3]);
+                let stamp = 100 + created[which] + match what {
+                    Report::Created => 0,
+                    Report::Paid | Report::CheckoutCompleted => paid_after[which],
+                };
+                let change = report(subscriptions[which], what, Tier::Pro);
+                apply(&mut account, stripe(&format!("evt_{i}"), stamp, change));
+            }
+            let held = account.stripe_subscription_id.clone().unwrap_or_default();
+            prop_assert!(subscriptions.contains(&held.as_str()), "no plan held: {:?}", account);
+            prop_assert_eq!(account.status, SubscriptionStatus::Active);
+            let other = subscriptions.iter().find(|s| **s != held).copied().unwrap_or_default();
+            prop_assert_eq!(
+                &account.retiring_subscriptions,
+                &BTreeSet::from([other.to_string()])
+            );
+        }
     }
 
     #[test]
@@ -1014,14 +1271,21 @@ mod tests {
             subscription_id: Some("sub_2".into()),
             tier: Tier::Team,
         };
-        for (change, tier) in [
-            (ended, Tier::Free),
-            (lifetime, Tier::Lifetime),
-            (subscribed, Tier::Team),
+        // The lifetime plan and the plan paid for supersede the unpaid subscription
+        // (omoi ends it at Stripe); its end leaves nothing to end.
+        for (change, tier, retiring) in [
+            (ended, Tier::Free, None),
+            (lifetime, Tier::Lifetime, Some("sub_1")),
+            (subscribed, Tier::Team, Some("sub_1")),
         ] {
             let mut account = suspended();
             apply(&mut account, stripe("evt_3", 3, change.clone()));
             assert_eq!(account.effective_tier(), tier, "{change:?}");
+            assert_eq!(
+                account.retiring_subscriptions,
+                retiring.into_iter().map(String::from).collect(),
+                "{change:?}"
+            );
             assert!(!account.is_suspended(at()), "{change:?}");
             assert!(account.decide(start.clone()).is_ok(), "{change:?}");
             // A failure of the ended subscription's invoice, delivered late, changes

@@ -77,9 +77,9 @@ pub enum BillingCommand {
         spec_id: Uuid,
         at: DateTime<Utc>,
     },
-    /// Records that omoi ended at Stripe the subscription a lifetime purchase replaced
-    /// (else Stripe would go on charging for it). Only a lifetime account's own
-    /// subscription; nothing happens when the account no longer holds it.
+    /// Records that omoi ended at Stripe a subscription a plan paid for since replaced
+    /// (else Stripe would go on charging for it). Nothing happens for a subscription the
+    /// account is not retiring (one retired already, or never replaced).
     RetireSubscription {
         organization_id: Uuid,
         subscription_id: String,

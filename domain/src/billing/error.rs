@@ -21,14 +21,12 @@ pub enum BillingError {
         credits_cents: i64,
         price_cents: i64,
     },
-    #[error("only a lifetime account's subscription is retired")]
-    NotLifetime,
 }
 
 impl DomainError for BillingError {
     fn kind(&self) -> ErrorKind {
         match self {
-            Self::WrongOrganization | Self::NotLifetime => ErrorKind::Conflict,
+            Self::WrongOrganization => ErrorKind::Conflict,
             Self::NonPositiveCredits => ErrorKind::Invalid,
             Self::Suspended | Self::QuotaExceeded { .. } => ErrorKind::PaymentRequired,
         }
@@ -40,7 +38,6 @@ impl DomainError for BillingError {
             Self::NonPositiveCredits => "non_positive_credits",
             Self::Suspended => "account_suspended",
             Self::QuotaExceeded { .. } => "workflow_quota_exceeded",
-            Self::NotLifetime => "not_lifetime",
         }
     }
 }

@@ -13,6 +13,10 @@ pub enum Effect {
         tier: Tier,
         customer_id: Option<String>,
         subscription_id: Option<String>,
+        /// The subscription held before (pending its first payment, past due, paused),
+        /// which this one supersedes: omoi ends it at Stripe (`subscription_retirement`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        replaces: Option<String>,
     },
     LifetimePurchased {
         customer_id: Option<String>,
@@ -28,6 +32,10 @@ pub enum Effect {
         status: SubscriptionStatus,
         period_start: Option<DateTime<Utc>>,
         period_end: Option<DateTime<Utc>>,
+        /// As for [`Effect::Subscribed`]: the subscription held before, which this one,
+        /// paid, supersedes.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        replaces: Option<String>,
     },
     /// The subscription ended; the account falls back to the free tier.
     SubscriptionCanceled {
@@ -38,11 +46,37 @@ pub enum Effect {
     PaymentFailed {
         suspend_at: DateTime<Utc>,
     },
+    /// A subscription paid for beside the plan the account has (two checkouts opened
+    /// before either was paid, or one paid after the lifetime plan): the account keeps its
+    /// plan, and omoi ends this one at Stripe (`subscription_retirement`).
+    DuplicateSubscription {
+        subscription_id: String,
+    },
+    /// Stripe ended a subscription that is not the account's own (one superseded, one
+    /// pending its payment): remembered, so nothing reported of it later takes the plan.
+    OtherSubscriptionEnded {
+        subscription_id: String,
+    },
     /// Recorded, changing nothing: an older subscription change than one already
     /// applied, or an event about another subscription.
     Ignored {
         reason: String,
     },
+}
+
+impl Effect {
+    /// Whether the account may have a subscription to end at Stripe after it: the one
+    /// held before the lifetime plan or another plan paid for, or a second one paid for
+    /// beside the plan.
+    pub fn may_supersede_a_subscription(&self) -> bool {
+        match self {
+            Self::LifetimePurchased { .. } | Self::DuplicateSubscription { .. } => true,
+            Self::Subscribed { replaces, .. } | Self::SubscriptionUpdated { replaces, .. } => {
+                replaces.is_some()
+            }
+            _ => false,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -73,7 +107,8 @@ pub enum BillingEvent {
         spec_id: Uuid,
         at: DateTime<Utc>,
     },
-    /// The subscription held before a lifetime purchase was ended at Stripe.
+    /// A subscription another plan supersedes (the one held before the lifetime plan, or
+    /// one paid for beside the account's own) was ended at Stripe.
     SubscriptionRetired {
         organization_id: Uuid,
         subscription_id: String,

@@ -1,11 +1,13 @@
-//! `subscription_retirement`: a lifetime purchase ends, at Stripe, the subscription the
-//! account held before it — else Stripe would go on charging every month for a plan the
-//! lifetime one replaced — and records that it did (`SubscriptionRetired`).
+//! `subscription_retirement`: a subscription another plan supersedes is ended at Stripe —
+//! the one held before a lifetime purchase, and a second one paid for beside the
+//! account's own (two checkouts opened before either was paid) — else Stripe would go on
+//! charging every month for both; then it records that it did (`SubscriptionRetired`).
+//! Stripe credits the unused time of the subscription it ends to the customer.
 //!
 //! The call is made inside the batch before anything is written, so the batch holds no
 //! transaction id (nor any reader of the log) while Stripe answers. It is decided on the
-//! account as it stands: once retired, the account holds the subscription no more, so a
-//! replay of the purchase (a rebuild, a retried batch after a crash between the call and
+//! account as it stands: once retired, the account has it to end no more, so a replay of
+//! the event that superseded it (a rebuild, a retried batch after a crash between the call and
 //! the commit) calls Stripe at most once more, which a subscription already ended answers
 //! harmlessly (`DELETE` is idempotent; a 404 counts as ended). Stripe out of reach, or
 //! refusing, fails the batch as transient: it is applied again until Stripe ends the
@@ -14,7 +16,7 @@
 use cqrs_es::Aggregate;
 use futures_util::future::BoxFuture;
 use omoi_billing::stripe::StripeApi;
-use omoi_domain::billing::{BillingAccount, BillingCommand, BillingEvent, Effect, Tier};
+use omoi_domain::billing::{BillingAccount, BillingCommand, BillingEvent};
 use omoi_projections::ProjectionError;
 use omoi_store::{Actor, CommandContext, StoredEvent};
 use sqlx::PgConnection;
@@ -36,10 +38,10 @@ impl ProcessManager for SubscriptionRetirement {
         event.aggregate_type == BillingAccount::TYPE && event.event_type == "StripeEventApplied"
     }
 
-    /// Only a lifetime purchase may retire a subscription; a payload that does not read
+    /// Only an event that may supersede a subscription; a payload that does not read
     /// concerns it (its batch reports the event).
     fn concerns(&self, _schema: &str, event: &StoredEvent) -> bool {
-        self.reacts_to(event) && lifetime_purchase(event).unwrap_or(true)
+        self.reacts_to(event) && supersedes(event).unwrap_or(true)
     }
 
     fn react<'a>(
@@ -61,22 +63,20 @@ impl ProcessManager for SubscriptionRetirement {
     }
 }
 
-/// Whether `event` (a Stripe event applied to an account) was a lifetime purchase.
-fn lifetime_purchase(event: &StoredEvent) -> Result<bool, ProjectionError> {
+/// Whether `event` (a Stripe event applied to an account) may have superseded a
+/// subscription.
+fn supersedes(event: &StoredEvent) -> Result<bool, ProjectionError> {
     let applied: BillingEvent = event
         .payload
         .decode()
         .map_err(|e| ProjectionError::payload(event, e))?;
     Ok(matches!(
         applied,
-        BillingEvent::StripeEventApplied {
-            effect: Effect::LifetimePurchased { .. },
-            ..
-        }
+        BillingEvent::StripeEventApplied { effect, .. } if effect.may_supersede_a_subscription()
     ))
 }
 
-/// Ends at Stripe, then retires, the subscription each purchasing account still holds:
+/// Ends at Stripe, then retires, every subscription each account has still to end:
 /// every call first, every record appended at the end.
 async fn retire(
     stripe: &StripeApi,
@@ -89,37 +89,35 @@ async fn retire(
     let mut accounts = Aggregates::<BillingAccount>::new();
     let mut effects = Effects::default();
     for event in events {
-        if !lifetime_purchase(event)? {
+        if !supersedes(event)? {
             continue;
         }
         let id = &event.aggregate_id;
         accounts.read(tx, event, [id.clone()]).await?;
         let account = accounts.state(id);
-        let (Tier::Lifetime, Some(subscription_id), Some(organization_id)) = (
-            account.tier,
-            account.stripe_subscription_id.clone(),
-            account.organization_id,
-        ) else {
+        let Some(organization_id) = account.organization_id else {
             continue;
         };
-        stripe
-            .cancel_subscription(&subscription_id)
-            .await
-            .map_err(|e| {
-                ProjectionError::Transient(format!(
-                    "Stripe did not end subscription {subscription_id}: {e}"
-                ))
-            })?;
-        let retire = BillingCommand::RetireSubscription {
-            organization_id,
-            subscription_id: subscription_id.clone(),
-            at: occurred_at(event),
-        };
-        let context = CommandContext::caused_by(Actor::System(NAME), event);
-        accounts
-            .decide(&mut effects, tx, event, id, retire, &context)
-            .await?;
-        tracing::info!(organization = %organization_id, subscription = %subscription_id, "lifetime plan bought: the subscription it replaced ended at Stripe");
+        for subscription_id in account.retiring_subscriptions.clone() {
+            stripe
+                .cancel_subscription(&subscription_id)
+                .await
+                .map_err(|e| {
+                    ProjectionError::Transient(format!(
+                        "Stripe did not end subscription {subscription_id}: {e}"
+                    ))
+                })?;
+            let retire = BillingCommand::RetireSubscription {
+                organization_id,
+                subscription_id: subscription_id.clone(),
+                at: occurred_at(event),
+            };
+            let context = CommandContext::caused_by(Actor::System(NAME), event);
+            accounts
+                .decide(&mut effects, tx, event, id, retire, &context)
+                .await?;
+            tracing::info!(organization = %organization_id, subscription = %subscription_id, "a subscription another plan supersedes ended at Stripe");
+        }
     }
     effects.append(tx, first).await
 }
@@ -150,15 +148,23 @@ mod tests {
         }
     }
 
-    /// Only a lifetime purchase concerns it; other Stripe events are passed by, and a
-    /// payload that does not read is not (its batch must report it).
+    /// Only a lifetime purchase or a second subscription concerns it; other Stripe events
+    /// are passed by, and a payload that does not read is not (its batch must report it).
     #[test]
-    fn only_a_lifetime_purchase_concerns_it() {
+    fn only_an_event_that_may_supersede_a_subscription_concerns_it() {
         let manager = SubscriptionRetirement {
             stripe: Default::default(),
         };
         let lifetime = applied(Effect::LifetimePurchased { customer_id: None });
         assert!(manager.concerns("s", &lifetime));
+        let second = applied(Effect::DuplicateSubscription {
+            subscription_id: "sub_2".into(),
+        });
+        assert!(manager.concerns("s", &second));
+        let canceled = Effect::SubscriptionCanceled {
+            subscription_id: "sub_1".into(),
+        };
+        assert!(!manager.concerns("s", &applied(canceled)));
         assert!(!manager.concerns("s", &applied(Effect::InvoicePaid)));
         let unreadable = omoi_store::StoredEvent {
             aggregate_type: "BillingAccount".into(),
