@@ -324,7 +324,7 @@ async fn a_lifetime_purchase_ends_the_subscription_it_replaced_at_stripe() {
     assert!(calls
         .iter()
         .all(|c| c.authorization.as_deref() == Some("Bearer sk_test_omoi")));
-    assert_retired_once(&app, &org, &held, "lifetime_purchased").await;
+    assert_retired_once(&app, &org, &held, "evt_life").await;
 
     // Stripe reports the end: nothing changes.
     let mut gone = subscription(&org, "pro", "canceled", now());
@@ -383,7 +383,7 @@ async fn a_second_plan_paid_for_is_ended_at_stripe_and_the_first_stays() {
         ends_at_stripe(&log, "sub_test_1").is_empty(),
         "the plan stays"
     );
-    assert_retired_once(&app, &org, "sub_test_2", "duplicate_subscription").await;
+    assert_retired_once(&app, &org, "sub_test_2", "evt_team_paid").await;
 
     // Its checkout, then its end, reported late.
     let checkout = checkout_session(
@@ -424,6 +424,85 @@ async fn a_second_plan_paid_for_is_ended_at_stripe_and_the_first_stays() {
     assert_eq!(retirements(&app).await.len(), 1);
 }
 
+/// A subscriber buying another plan changes plans: the checkout names the subscription
+/// on file, in the session's and the new subscription's metadata; once paid, the new
+/// one is the plan and the old one is ended at Stripe with its unused time credited —
+/// while the new subscription is still pending, the plan stays.
+#[tokio::test(flavor = "multi_thread")]
+async fn buying_another_plan_changes_plans_once_paid() {
+    let (app, org, log) = app_with_stripe().await;
+    assert_eq!(
+        subscribe(&app, &org, "evt_pro", "pro").await.0,
+        StatusCode::OK
+    );
+    let (status, body) = app
+        .post(
+            "/api/v1/billing/checkout",
+            json!({"organization_id": org, "tier": "team"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let sent = requests_to(&log).pop().expect("the checkout");
+    assert_eq!(sent.form["metadata[changes_plan_of]"], "sub_test_1");
+    assert_eq!(
+        sent.form["subscription_data[metadata][changes_plan_of]"],
+        "sub_test_1"
+    );
+    assert_eq!(sent.form["metadata[tier]"], "team");
+
+    // Stripe creates the new subscription pending its payment: nothing changes yet.
+    let mut team = subscription(&org, "team", "incomplete", now());
+    team["id"] = json!("sub_test_2");
+    team["metadata"]["changes_plan_of"] = json!("sub_test_1");
+    let created = envelope("evt_created", "customer.subscription.created", now(), team);
+    assert_eq!(deliver(&app, &created).await.0, StatusCode::OK);
+    let state = account(&app, &org).await;
+    assert_eq!(
+        (
+            &state["tier"],
+            &state["status"],
+            &state["stripe_subscription_id"]
+        ),
+        (&json!("pro"), &json!("active"), &json!("sub_test_1"))
+    );
+
+    let mut checkout = checkout_session(
+        &org,
+        json!({"organization_id": org, "purpose": "subscription_checkout", "tier": "team",
+               "changes_plan_of": "sub_test_1"}),
+        Some("sub_test_2"),
+    );
+    checkout["id"] = json!("cs_test_team");
+    let paid = envelope("evt_team", "checkout.session.completed", now(), checkout);
+    let (status, receipt) = deliver(&app, &paid).await;
+    assert_eq!(status, StatusCode::OK, "{receipt}");
+    let state = account(&app, &org).await;
+    assert_eq!(
+        (
+            &state["tier"],
+            &state["status"],
+            &state["stripe_subscription_id"]
+        ),
+        (&json!("team"), &json!("active"), &json!("sub_test_2"))
+    );
+    app.caught_up().await;
+    let calls = ends_at_stripe(&log, "sub_test_1");
+    assert_eq!(calls.len(), 1, "{calls:?}");
+    assert_eq!(
+        calls[0].form.get("prorate").map(String::as_str),
+        Some("true")
+    );
+    assert!(ends_at_stripe(&log, "sub_test_2").is_empty());
+    assert_retired_once(&app, &org, "sub_test_1", "evt_team").await;
+
+    // The old subscription's end, reported by Stripe, leaves the new plan.
+    let mut gone = subscription(&org, "pro", "canceled", now());
+    gone["id"] = json!("sub_test_1");
+    let report = envelope("evt_pro_gone", "customer.subscription.deleted", now(), gone);
+    assert_eq!(deliver(&app, &report).await.0, StatusCode::OK);
+    assert_eq!(account(&app, &org).await["tier"], "team");
+}
+
 /// The `DELETE`s of subscription `id` the fake Stripe received.
 fn ends_at_stripe(log: &StripeLog, id: &str) -> Vec<Received> {
     requests_to(log)
@@ -441,14 +520,14 @@ async fn retirements(app: &TestApp) -> Vec<(Value, Value)> {
 }
 
 /// The log holds one retirement, of `subscription`, by `subscription_retirement`, caused
-/// by the account's Stripe event whose effect is `effect` (a kind).
-async fn assert_retired_once(app: &TestApp, org: &str, subscription: &str, effect: &str) {
+/// by the account's application of Stripe event `stripe_event`.
+async fn assert_retired_once(app: &TestApp, org: &str, subscription: &str, stripe_event: &str) {
     let (cause,): (i64,) = sqlx::query_as(
         "select sequence from events
           where aggregate_type = 'BillingAccount'
-            and payload -> 'StripeEventApplied' -> 'effect' ->> 'kind' = $1",
+            and payload -> 'StripeEventApplied' ->> 'stripe_event_id' = $1",
     )
-    .bind(effect)
+    .bind(stripe_event)
     .fetch_one(&app.database.pool)
     .await
     .expect("the cause");
@@ -963,13 +1042,12 @@ async fn checkout_and_portal_call_stripe_with_the_exact_fields_and_idempotency_k
     assert_eq!(portal_call.form["customer"], "cus_test_1");
     assert_eq!(portal_call.form["return_url"], "https://omoi.test/billing");
     assert!(portal_call.idempotency_key.is_some());
-    // A second subscription would be billed beside the first: a change of plan goes
-    // through the portal, and nothing reaches Stripe.
+    // The plan it has is not sold again, and nothing reaches Stripe.
     let sent = requests_to(&log).len();
     let (status, answer) = app
         .post(
             "/api/v1/billing/checkout",
-            json!({"organization_id": org, "tier": "team"}),
+            json!({"organization_id": org, "tier": "pro"}),
         )
         .await;
     assert_eq!(status, StatusCode::CONFLICT, "{answer}");

@@ -450,7 +450,9 @@ fn stripe_error(error: StripeError) -> ApiError {
 }
 
 /// Creates a Stripe Checkout Session for a plan or for credits (owners and admins) and
-/// returns its URL. Send an `Idempotency-Key` header to make retries return the same
+/// returns its URL. A subscriber buying another plan changes plans: once paid, the new
+/// subscription supersedes the one on file, which omoi ends at Stripe with its unused
+/// time credited. Send an `Idempotency-Key` header to make retries return the same
 /// session; without one, identical requests within a minute do.
 #[utoipa::path(post, path = "/api/v1/billing/checkout", tag = "billing",
     request_body = CheckoutRequest,
@@ -464,8 +466,9 @@ fn stripe_error(error: StripeError) -> ApiError {
             description = "neither or both of tier and credits_cents, or credits out of range"),
         (status = 409, body = Problem,
             description = "`tier_not_purchasable`: a plan without a price (free, enterprise); \
-                           `already_subscribed`: a subscription is on file (change plans in \
-                           the portal); `lifetime_plan`: the organization has the lifetime plan; \
+                           `already_subscribed`: the organization is subscribed to this plan \
+                           already (another plan is a change of plan: once paid, it supersedes \
+                           the subscription on file); `lifetime_plan`: the organization has the lifetime plan; \
                            `idempotency_key_reused`: the Idempotency-Key was sent before with \
                            another purchase (Stripe keeps a key for 24 hours)"),
         (status = 502, body = Problem, description = "Stripe refused"),
@@ -480,6 +483,7 @@ async fn checkout(
     state
         .read::<Organization>(&caller, Permission::OrgWrite, body.organization_id)
         .await?;
+    let account = account_of(&state, body.organization_id).await?;
     let purchase = match (body.tier, body.credits_cents) {
         (Some(tier), None) => {
             let plan = state.billing.plans.of(tier);
@@ -491,7 +495,7 @@ async fn checkout(
                     detail: format!("the {tier} plan is not sold through checkout"),
                 });
             }
-            Purchase::Plan(plan)
+            plan_purchase(&account, plan)?
         }
         (None, Some(amount)) if (MIN_CREDITS_CENTS..=MAX_CREDITS_CENTS).contains(&amount) => {
             Purchase::Credits {
@@ -513,10 +517,6 @@ async fn checkout(
             ))
         }
     };
-    let account = account_of(&state, body.organization_id).await?;
-    if let Purchase::Plan(plan) = &purchase {
-        refuse_second_plan(&account, plan.tier)?;
-    }
     let created = state
         .billing
         .stripe
@@ -535,30 +535,37 @@ async fn checkout(
     }))
 }
 
-/// A plan checkout for an account that has one already: a second subscription would be
-/// billed beside the first (a change of plan goes through the billing portal), and the
-/// lifetime plan is not replaced by a subscription. Buying the lifetime plan while
-/// subscribed is the way up.
-fn refuse_second_plan(account: &BillingAccount, tier: Tier) -> ApiResult<()> {
+/// The purchase of `plan` for `account`. An organization has one plan: a subscriber
+/// buying another plan changes plans — the new subscription, once paid, supersedes the
+/// one on file, which omoi ends at Stripe with its unused time credited — and the plan it
+/// has already is not sold again, nor any plan to a lifetime account. Buying the lifetime
+/// plan supersedes a subscription by itself.
+fn plan_purchase(account: &BillingAccount, plan: Plan) -> ApiResult<Purchase> {
     if account.tier == Tier::Lifetime {
         return Err(ApiError::Conflict {
             code: "lifetime_plan",
             detail: "the organization has the lifetime plan".into(),
         });
     }
-    let subscribed = account.stripe_subscription_id.is_some()
-        && !matches!(account.status, SubscriptionStatus::Canceled);
-    if subscribed && tier != Tier::Lifetime {
+    let subscription = account
+        .stripe_subscription_id
+        .clone()
+        .filter(|_| account.status != SubscriptionStatus::Canceled);
+    if subscription.is_some() && plan.tier == account.tier {
         return Err(ApiError::Conflict {
             code: "already_subscribed",
             detail: format!(
-                "the organization is subscribed to the {} plan already; change plans in the \
-                 billing portal (POST /api/v1/billing/portal)",
+                "the organization is subscribed to the {} plan already (its payment method \
+                 and invoices are in the billing portal, POST /api/v1/billing/portal)",
                 account.tier
             ),
         });
     }
-    Ok(())
+    let changes_plan_of = subscription.filter(|_| plan.tier != Tier::Lifetime);
+    Ok(Purchase::Plan {
+        plan,
+        changes_plan_of,
+    })
 }
 
 /// A Stripe customer-portal session (payment methods, invoices, cancellation) for an

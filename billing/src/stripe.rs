@@ -1,6 +1,6 @@
 //! The Stripe API calls omoi makes: a Checkout Session (subscription, lifetime plan or
 //! credits) and a customer-portal session, each form-encoded with an idempotency key, and
-//! the end of a subscription a lifetime purchase replaced, to a configurable base URL
+//! the end of a subscription another plan superseded, to a configurable base URL
 //! (tests point it at a fake Stripe on loopback).
 
 use std::time::Duration;
@@ -56,7 +56,12 @@ pub enum StripeError {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Purchase {
     /// A monthly subscription to the plan (the lifetime plan is paid once).
-    Plan(Plan),
+    Plan {
+        plan: Plan,
+        /// A change of plan: the subscription the new one supersedes once paid (named in
+        /// the session's and the subscription's metadata, `changes_plan_of`).
+        changes_plan_of: Option<String>,
+    },
     Credits {
         amount_cents: i64,
     },
@@ -115,7 +120,7 @@ pub fn checkout_form(
         ("line_items[0][price_data][currency]".into(), "usd".into()),
     ];
     match purchase {
-        Purchase::Plan(plan) if plan.tier == Tier::Lifetime => {
+        Purchase::Plan { plan, .. } if plan.tier == Tier::Lifetime => {
             form.extend([
                 ("mode".into(), "payment".into()),
                 ("metadata[purpose]".into(), LIFETIME_PURCHASE.into()),
@@ -130,7 +135,19 @@ pub fn checkout_form(
                 ),
             ]);
         }
-        Purchase::Plan(plan) => {
+        Purchase::Plan {
+            plan,
+            changes_plan_of,
+        } => {
+            if let Some(replaced) = changes_plan_of {
+                form.extend([
+                    ("metadata[changes_plan_of]".into(), replaced.clone()),
+                    (
+                        "subscription_data[metadata][changes_plan_of]".into(),
+                        replaced.clone(),
+                    ),
+                ]);
+            }
             form.extend([
                 ("mode".into(), "subscription".into()),
                 ("metadata[purpose]".into(), SUBSCRIPTION_CHECKOUT.into()),

@@ -166,6 +166,7 @@ fn change_of(
     let tier = meta
         .and_then(|m| text(m, "tier"))
         .and_then(|t| Tier::parse(&t));
+    let changes_plan_of = meta.and_then(|m| text(m, "changes_plan_of"));
     Ok(Some(match event_type {
         // A session paid by a delayed method completes unpaid; its payment arrives as
         // `checkout.session.async_payment_succeeded`, which grants it then.
@@ -199,6 +200,7 @@ fn change_of(
                     tier: tier.ok_or_else(|| {
                         Rejection::Malformed("a subscription checkout without a plan".into())
                     })?,
+                    changes_plan_of,
                 },
                 // Not a checkout omoi made (a payment link on the same Stripe account
                 // naming the organization, say): it grants nothing.
@@ -226,6 +228,7 @@ fn change_of(
                 period_end: time(object, "current_period_end")
                     .or_else(|| time(item, "current_period_end")),
                 creation: event_type == "customer.subscription.created",
+                changes_plan_of,
             }
         }
         "customer.subscription.deleted" => StripeChange::SubscriptionDeleted {
@@ -325,8 +328,16 @@ mod tests {
                 customer_id: Some("cus_1".into()),
                 subscription_id: Some("sub_1".into()),
                 tier: Tier::Team,
+                changes_plan_of: None,
             }))
         );
+        // A change of plan names the subscription it supersedes.
+        assert!(matches!(
+            decoded(json!({"purpose": "subscription_checkout", "tier": "team",
+                           "changes_plan_of": "sub_0"})),
+            Ok(Some(StripeChange::SubscriptionCheckout { changes_plan_of: Some(old), .. }))
+                if old == "sub_0"
+        ));
         assert!(matches!(
             decoded(json!({"purpose": "subscription_checkout"})),
             Err(Rejection::Malformed(_))

@@ -329,8 +329,16 @@ impl BillingAccount {
     /// * a paid one becomes the plan of an account without one in good standing, however
     ///   old its report, and supersedes the subscription held before (pending its first
     ///   payment, past due or paused), which Stripe would otherwise go on billing;
-    /// * one pending its payment changes nothing while the account holds another.
-    fn standing(&self, subscription_id: &str, grants_plan: bool) -> Standing {
+    /// * one pending its payment changes nothing while the account holds another;
+    /// * a change of plan — a checkout omoi made for an account subscribed already,
+    ///   naming the subscription it changes the plan of (`changes_plan_of`) — takes the
+    ///   plan once paid, superseding that subscription.
+    fn standing(
+        &self,
+        subscription_id: &str,
+        grants_plan: bool,
+        changes_plan_of: Option<&str>,
+    ) -> Standing {
         if self.closed_subscriptions.contains(subscription_id) {
             return Standing::Decided(Effect::Ignored {
                 reason: format!("{subscription_id} has ended or is superseded"),
@@ -343,8 +351,9 @@ impl BillingAccount {
         if held.as_deref() == Some(subscription_id) {
             return Standing::InOrder;
         }
-        let plan_in_good_standing =
-            self.tier == Tier::Lifetime || (held.is_some() && self.status.in_good_standing());
+        let changing_held = held.is_some() && changes_plan_of == held.as_deref();
+        let plan_in_good_standing = self.tier == Tier::Lifetime
+            || (held.is_some() && self.status.in_good_standing() && !changing_held);
         match (plan_in_good_standing, grants_plan, held) {
             (true, true, _) => Standing::Decided(Effect::DuplicateSubscription {
                 subscription_id: subscription_id.to_string(),
@@ -378,11 +387,11 @@ impl BillingAccount {
                 customer_id,
                 subscription_id,
                 tier,
+                changes_plan_of,
             } => {
-                let replaces = match subscription_id
-                    .as_deref()
-                    .map_or(Standing::InOrder, |id| self.standing(id, true))
-                {
+                let replaces = match subscription_id.as_deref().map_or(Standing::InOrder, |id| {
+                    self.standing(id, true, changes_plan_of.as_deref())
+                }) {
                     Standing::Decided(effect) => return Ok(effect),
                     Standing::Takes { replaces } => Some(replaces),
                     Standing::InOrder => None,
@@ -431,8 +440,14 @@ impl BillingAccount {
                 period_start,
                 period_end,
                 creation,
+                changes_plan_of,
             } => {
-                let replaces = match self.standing(&subscription_id, status.grants_plan()) {
+                let standing = self.standing(
+                    &subscription_id,
+                    status.grants_plan(),
+                    changes_plan_of.as_deref(),
+                );
+                let replaces = match standing {
                     Standing::Decided(effect) => return Ok(effect),
                     Standing::Takes { replaces } => Some(replaces),
                     Standing::InOrder => None,
@@ -778,6 +793,7 @@ mod tests {
             period_start: None,
             period_end: None,
             creation: false,
+            changes_plan_of: None,
         }
     }
 
@@ -934,6 +950,7 @@ mod tests {
             period_start: None,
             period_end: None,
             creation: true,
+            changes_plan_of: None,
         };
         let events = apply(&mut account, stripe("evt_created", 100, creation("sub_1")));
         assert!(matches!(
@@ -993,6 +1010,7 @@ mod tests {
             customer_id: Some("cus_1".into()),
             subscription_id: Some("sub_2".into()),
             tier: Tier::Team,
+            changes_plan_of: None,
         };
         apply(&mut account, stripe("evt_late", 40, late_checkout));
         assert_eq!(
@@ -1065,6 +1083,7 @@ mod tests {
             period_start: None,
             period_end: None,
             creation,
+            changes_plan_of: None,
         };
         match report {
             Report::Created => changed(SubscriptionStatus::Incomplete, true),
@@ -1073,6 +1092,7 @@ mod tests {
                 customer_id: Some("cus_1".into()),
                 subscription_id: Some(subscription.into()),
                 tier,
+                changes_plan_of: None,
             },
         }
     }
@@ -1145,6 +1165,91 @@ mod tests {
             account.retiring_subscriptions,
             BTreeSet::from(["sub_team".into()])
         );
+    }
+
+    /// A change of plan: the checkout (and its subscription) names the subscription it
+    /// changes the plan of; pending, it changes nothing; paid, it takes the plan and
+    /// supersedes that one. Naming another subscription than the account's own (one
+    /// superseded since) makes it a second plan, superseded itself.
+    #[test]
+    fn a_change_of_plan_supersedes_the_subscription_it_names_once_paid() {
+        let mut account = BillingAccount::default();
+        apply(
+            &mut account,
+            stripe("evt_pro", 10, report("sub_1", Report::Paid, Tier::Pro)),
+        );
+        let change =
+            |subscription: &str, what, names: &str| match report(subscription, what, Tier::Team) {
+                StripeChange::SubscriptionChanged {
+                    customer_id,
+                    subscription_id,
+                    tier,
+                    status,
+                    period_start,
+                    period_end,
+                    creation,
+                    ..
+                } => StripeChange::SubscriptionChanged {
+                    customer_id,
+                    subscription_id,
+                    tier,
+                    status,
+                    period_start,
+                    period_end,
+                    creation,
+                    changes_plan_of: Some(names.into()),
+                },
+                StripeChange::SubscriptionCheckout {
+                    customer_id,
+                    subscription_id,
+                    tier,
+                    ..
+                } => StripeChange::SubscriptionCheckout {
+                    customer_id,
+                    subscription_id,
+                    tier,
+                    changes_plan_of: Some(names.into()),
+                },
+                other => other,
+            };
+        apply(
+            &mut account,
+            stripe("evt_created", 20, change("sub_2", Report::Created, "sub_1")),
+        );
+        assert_eq!(
+            (account.tier, account.stripe_subscription_id.as_deref()),
+            (Tier::Pro, Some("sub_1"))
+        );
+        let paid = apply(
+            &mut account,
+            stripe(
+                "evt_paid",
+                21,
+                change("sub_2", Report::CheckoutCompleted, "sub_1"),
+            ),
+        );
+        assert!(matches!(
+            &paid[0],
+            BillingEvent::StripeEventApplied { effect: Effect::Subscribed { replaces: Some(old), .. }, .. } if old == "sub_1"
+        ));
+        assert_eq!(
+            (account.tier, account.stripe_subscription_id.as_deref()),
+            (Tier::Team, Some("sub_2"))
+        );
+        assert_eq!(
+            account.retiring_subscriptions,
+            BTreeSet::from(["sub_1".into()])
+        );
+        // A second change naming the superseded subscription is a second plan.
+        let stale = apply(
+            &mut account,
+            stripe("evt_stale", 22, change("sub_3", Report::Paid, "sub_1")),
+        );
+        assert!(matches!(
+            &stale[0],
+            BillingEvent::StripeEventApplied { effect: Effect::DuplicateSubscription { subscription_id }, .. } if subscription_id == "sub_3"
+        ));
+        assert_eq!(account.stripe_subscription_id.as_deref(), Some("sub_2"));
     }
 
     /// A subscription checkout paid after the lifetime plan is superseded too: Stripe
@@ -1270,6 +1375,7 @@ mod tests {
             customer_id: Some("cus_1".into()),
             subscription_id: Some("sub_2".into()),
             tier: Tier::Team,
+            changes_plan_of: None,
         };
         // The lifetime plan and the plan paid for supersede the unpaid subscription
         // (omoi ends it at Stripe); its end leaves nothing to end.

@@ -11,6 +11,8 @@ pub enum StripeChange {
         customer_id: Option<String>,
         subscription_id: Option<String>,
         tier: Tier,
+        /// A change of plan: the subscription this checkout's supersedes once paid.
+        changes_plan_of: Option<String>,
     },
     /// `checkout.session.completed` of the lifetime plan.
     LifetimePurchase { customer_id: Option<String> },
@@ -31,6 +33,9 @@ pub enum StripeChange {
         /// `customer.subscription.created`: the subscription's first state (when
         /// `incomplete`, older than any change of it Stripe stamped with the same second).
         creation: bool,
+        /// From the subscription's metadata, when a change of plan made it: the
+        /// subscription it supersedes once paid.
+        changes_plan_of: Option<String>,
     },
     /// `customer.subscription.deleted`.
     SubscriptionDeleted { subscription_id: String },
