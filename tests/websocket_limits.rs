@@ -343,12 +343,32 @@ async fn a_read_model_follower_is_freed_once_its_last_subscriber_left() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_read_model_follower_behind_the_hubs_channel_catches_up_from_the_log() {
     // A channel of eight events, and a page of 500 the hub hands over at once.
-    let app = spawn_app_with(LiveConfig {
+    follower_catches_up(LiveConfig {
         broadcast_capacity: 8,
         batch_size: 500,
         ..test_live_config()
     })
     .await;
+}
+
+/// The channel holds what a follower has yet to take within `replay_bytes`, however many
+/// events it may hold: past them, the follower is behind as past its count, and what it
+/// missed is freed, not pinned until it reads.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_read_model_follower_behind_the_hubs_bytes_catches_up_from_the_log() {
+    // Room for thousands of events, but bytes for a few dozen (each weighs a kibibyte
+    // at least).
+    follower_catches_up(LiveConfig {
+        broadcast_capacity: 4096,
+        replay_bytes: 64 << 10,
+        batch_size: 500,
+        ..test_live_config()
+    })
+    .await;
+}
+
+async fn follower_catches_up(config: LiveConfig) {
+    let app = spawn_app_with(config).await;
     let (_, project) = app.organization_and_project().await;
     let mut socket = connect(&app, "/api/v1/ws", app.token.as_deref().expect("a token")).await;
     send(&mut socket, subscribe("board", "board", &project)).await;
@@ -374,7 +394,8 @@ async fn a_read_model_follower_behind_the_hubs_channel_catches_up_from_the_log()
         after[0].as_str(),
         "{delta}"
     );
-    // The same follower went on: nothing was replayed for a new one.
+    // It fell behind, and the same follower went on: nothing was replayed for a new one.
+    assert!(gauge(&app, "omoi_live_follower_catch_ups_total").await >= 1);
     assert_eq!(gauge(&app, "omoi_live_followers").await, 1);
     assert_eq!(
         next_within(&mut socket, Duration::from_millis(300)).await,

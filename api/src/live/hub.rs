@@ -8,15 +8,16 @@
 //! the receiver — no gap, no double.
 //!
 //! Memory is bounded: the ring holds at most `replay_buffer` events and `replay_bytes`
-//! bytes, and the broadcast channel `broadcast_capacity` events not yet taken by every
-//! subscriber; a subscriber that falls behind gets `Lagged` instead of making the channel
-//! grow.
+//! bytes, and the broadcast (a [`Window`]) at most `broadcast_capacity` events not yet
+//! taken by every subscriber, within `replay_bytes` too; a subscriber that falls behind
+//! gets `Lagged` instead of making the channel grow or pinning what it has not taken.
 //!
 //! The hub starts on first use (so a process that never serves a WebSocket reads
 //! nothing) and stops once the application state that owns it is gone.
 
 use std::collections::VecDeque;
 use std::ops::Deref;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError, Weak};
 use std::time::Duration;
 
@@ -30,6 +31,7 @@ use tokio_tungstenite::tungstenite::Utf8Bytes;
 use super::protocol;
 use super::sockets::Sockets;
 use super::views::Followers;
+use super::window::{self, Window};
 use super::{AbortOnDrop, LiveConfig};
 
 /// An event as the hub shares it: one copy for the ring and every subscriber.
@@ -96,7 +98,9 @@ const TRANSCRIPT_WRITES: usize = 1024;
 
 struct Shared {
     ring: Mutex<Ring>,
-    sender: broadcast::Sender<SharedEvent>,
+    /// Read-model followers that fell behind the broadcast and read what they missed
+    /// from the log ([`Tapper::tap_after`]).
+    catch_ups: AtomicU64,
 }
 
 /// The ring holds exactly the events with a cursor in `(floor, head]`.
@@ -109,6 +113,9 @@ struct Ring {
     bytes: usize,
     floor: Cursor,
     head: Cursor,
+    /// The events sent to subscribers: a tap subscribes, and an event is kept and sent,
+    /// under the ring's lock.
+    window: Window<LiveEvent>,
 }
 
 /// What an event costs the ring, roughly: its payload three times (the event's own, then
@@ -121,7 +128,7 @@ fn weight(event: &LiveEvent) -> usize {
 const EVENT_OVERHEAD: usize = 1024;
 
 impl Ring {
-    fn new(capacity: usize, byte_capacity: usize) -> Self {
+    fn new(capacity: usize, byte_capacity: usize, window: Window<LiveEvent>) -> Self {
         Self {
             events: VecDeque::new(),
             capacity,
@@ -129,7 +136,24 @@ impl Ring {
             bytes: 0,
             floor: Cursor::default(),
             head: Cursor::default(),
+            window,
         }
+    }
+
+    /// Follows the stream from its head: every later event arrives on the receiver.
+    fn tap(&self) -> Tap {
+        Tap {
+            head: self.head,
+            events: self.window.subscribe(),
+        }
+    }
+
+    /// Keeps `event` and sends it to every subscriber (none is not an error: the ring
+    /// still keeps it).
+    fn publish(&mut self, event: SharedEvent) {
+        self.push(event.clone());
+        let weight = weight(&event);
+        self.window.send(event, weight);
     }
 
     /// Keeps `event`, dropping the oldest until both bounds hold; an event larger than
@@ -158,7 +182,7 @@ impl Ring {
 /// A subscriber's start: the position it starts after and the events that follow it.
 pub struct Tap {
     pub head: Cursor,
-    pub events: broadcast::Receiver<SharedEvent>,
+    pub events: window::Receiver<LiveEvent>,
 }
 
 /// Taps the stream again for a task that fell behind the channel: see [`Hub::tapper`].
@@ -182,9 +206,10 @@ impl Tapper {
         let Some(shared) = self.shared.upgrade() else {
             return Ok(None);
         };
+        shared.catch_ups.fetch_add(1, Ordering::Relaxed);
         let tap = {
             let ring = shared.lock();
-            shared.tap(&ring)
+            ring.tap()
         };
         drop(shared);
         self.read_up_to(from, tap.head, visibility, apply).await?;
@@ -230,12 +255,13 @@ pub struct Resume {
 
 impl Hub {
     pub fn new(pool: PgPool, commits: watch::Receiver<u64>, config: LiveConfig) -> Self {
-        let (sender, _) = broadcast::channel(config.broadcast_capacity.max(1));
-        let ring = Ring::new(config.replay_buffer, config.replay_bytes);
+        // The window holds what subscribers have yet to take within the ring's bytes.
+        let window = Window::new(config.broadcast_capacity, config.replay_bytes);
+        let ring = Ring::new(config.replay_buffer, config.replay_bytes, window);
         Self {
             shared: Arc::new(Shared {
                 ring: Mutex::new(ring),
-                sender,
+                catch_ups: AtomicU64::new(0),
             }),
             pool,
             commits,
@@ -278,7 +304,9 @@ impl Hub {
         &self.sockets
     }
 
-    /// Gauges for `/metrics`: open sockets and read-model followers held in memory.
+    /// Gauges for `/metrics`: open sockets and read-model followers held in memory; and
+    /// how often a follower fell behind the broadcast (its count or its bytes: raise
+    /// `live.broadcast_capacity` or `live.replay_bytes` if this climbs steadily).
     pub fn render_prometheus(&self) -> String {
         let gauges = [
             ("omoi_live_sockets", "Open WebSockets", self.sockets.total()),
@@ -288,12 +316,20 @@ impl Hub {
                 self.followers.count(),
             ),
         ];
-        gauges
+        let mut text: String = gauges
             .iter()
             .map(|(name, help, value)| {
                 format!("# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}\n")
             })
-            .collect()
+            .collect();
+        let catch_ups = self.shared.catch_ups.load(Ordering::Relaxed);
+        text.push_str(&format!(
+            "# HELP omoi_live_follower_catch_ups_total Read-model followers that fell behind \
+             the hub's broadcast and read what they missed from the log\n\
+             # TYPE omoi_live_follower_catch_ups_total counter\n\
+             omoi_live_follower_catch_ups_total {catch_ups}\n"
+        ));
+        text
     }
 
     /// Taps the stream and reads the log up to the tap's head, handing each visible event
@@ -326,7 +362,7 @@ impl Hub {
     pub async fn tap(&self) -> Result<Tap, sqlx::Error> {
         self.start().await?;
         let ring = self.shared.lock();
-        Ok(self.shared.tap(&ring))
+        Ok(ring.tap())
     }
 
     /// Like [`Hub::tap`], with the kept events after `after` that `keep` accepts.
@@ -344,7 +380,7 @@ impl Hub {
             .cloned()
             .collect();
         Ok(Resume {
-            tap: self.shared.tap(&ring),
+            tap: ring.tap(),
             buffered,
             older_than_buffer: (after < ring.floor).then_some(ring.floor),
         })
@@ -384,20 +420,10 @@ impl Shared {
         self.ring.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn tap(&self, ring: &Ring) -> Tap {
-        Tap {
-            head: ring.head,
-            events: self.sender.subscribe(),
-        }
-    }
-
     fn publish(&self, events: Vec<StoredEvent>) {
         let mut ring = self.lock();
         for event in events {
-            let event = Arc::new(LiveEvent::new(event));
-            ring.push(event.clone());
-            // No subscriber is not an error: the ring still keeps the event.
-            let _ = self.sender.send(event);
+            ring.publish(Arc::new(LiveEvent::new(event)));
         }
     }
 }
@@ -500,7 +526,7 @@ mod tests {
 
     #[test]
     fn the_ring_keeps_the_newest_events_and_moves_its_floor() {
-        let mut ring = Ring::new(2, usize::MAX);
+        let mut ring = Ring::new(2, usize::MAX, Window::new(1, 0));
         for position in 1..=3 {
             ring.push(event(10, position));
         }
@@ -530,7 +556,7 @@ mod tests {
             event
         };
         let one = weight(&large(1, 100_000));
-        let mut ring = Ring::new(10_000, 3 * one);
+        let mut ring = Ring::new(10_000, 3 * one, Window::new(1, 0));
         for position in 1..=5 {
             ring.push(large(position, 100_000));
             assert!(ring.bytes <= 3 * one);
@@ -552,7 +578,7 @@ mod tests {
 
     #[test]
     fn a_ring_of_no_capacity_only_moves() {
-        let mut ring = Ring::new(0, usize::MAX);
+        let mut ring = Ring::new(0, usize::MAX, Window::new(1, 0));
         ring.push(event(3, 7));
         assert!(ring.events.is_empty());
         assert_eq!(

@@ -40,6 +40,7 @@ pub mod stream;
 pub mod task_streams;
 pub mod upgrade;
 pub mod views;
+pub mod window;
 
 use std::time::Duration;
 

@@ -11,12 +11,11 @@
 
 use omoi_domain::access::Permission;
 use std::collections::HashMap;
-use std::sync::Arc;
 
 use omoi_domain::common::{Scope, Scoped};
 use omoi_domain::project::Project;
 use omoi_store::Cursor;
-use tokio::sync::broadcast::{self, error::RecvError};
+use tokio::sync::broadcast::error::RecvError;
 
 use super::hub::Tap;
 use super::link::{Alive, Link, Offer, Session};
@@ -28,6 +27,7 @@ use super::protocol::{
 use super::replay::{Selection, Start};
 use super::task_streams::{LogsPlan, SteeringPlan};
 use super::views::{Delta, ProjectRef, Start as ViewStart};
+use super::window;
 use super::AbortOnDrop;
 use crate::error::ApiError;
 
@@ -402,7 +402,7 @@ impl Plan {
     }
 
     /// Joins the shared follower of the stream, starting it if needed.
-    async fn join(&self, link: &Link) -> Option<(ViewStart, broadcast::Receiver<Arc<Delta>>)> {
+    async fn join(&self, link: &Link) -> Option<(ViewStart, window::Receiver<Delta>)> {
         let hub = &link.state.live;
         let project_id = self.selection.project_id;
         // A project-limited key sees no organization-wide agent (nor the other projects'

@@ -26,7 +26,7 @@ use omoi_projections::ProjectionError;
 use omoi_store::json::Metadata;
 use omoi_store::log::Visibility;
 use omoi_store::{Cursor, StoredEvent};
-use tokio::sync::broadcast::{self, error::RecvError};
+use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::OnceCell;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 use uuid::Uuid;
@@ -34,6 +34,7 @@ use uuid::Uuid;
 use super::hub::{Hub, Tap, Tapper};
 use super::models::{LiveView, Reach, Snapshot};
 use super::protocol::view_delta_body;
+use super::window::{self, Window};
 
 /// One change of a followed model, encoded once.
 #[derive(Debug)]
@@ -48,6 +49,16 @@ pub enum Delta {
     /// The follower could not keep up with the hub (or the log failed): every subscriber
     /// must subscribe again.
     Resync,
+}
+
+impl Delta {
+    /// What it costs a follower's window: its body, and the rest generously.
+    fn weight(&self) -> usize {
+        match self {
+            Self::Change { body, .. } => body.len() + 64,
+            Self::Resync => 0,
+        }
+    }
 }
 
 /// What a subscription starts from.
@@ -74,6 +85,9 @@ struct State {
     /// The model as last encoded, until it changes: a thousand dashboards opening at
     /// once cost one encoding.
     encoded: Option<Snapshot>,
+    /// The deltas sent to subscribers: a subscriber joins, and a delta is sent, under the
+    /// follower's lock.
+    window: Window<Delta>,
 }
 
 impl State {
@@ -86,7 +100,6 @@ impl State {
 
 pub struct Follower {
     state: Mutex<State>,
-    sender: broadcast::Sender<Arc<Delta>>,
     /// Set when its task ends: the next subscriber starts a new follower.
     ended: AtomicBool,
 }
@@ -98,12 +111,12 @@ impl Follower {
 
     /// The subscription's start and its receiver of later deltas, taken together; `None`
     /// when the follower has just ended (follow again for a new one).
-    pub fn join(&self, after: Option<Cursor>) -> Option<(Start, broadcast::Receiver<Arc<Delta>>)> {
+    pub fn join(&self, after: Option<Cursor>) -> Option<(Start, window::Receiver<Delta>)> {
         let mut state = self.lock();
         if !self.is_running() {
             return None;
         }
-        let receiver = self.sender.subscribe();
+        let receiver = state.window.subscribe();
         let start = match after {
             Some(after) if after >= state.floor => Start::Resumed {
                 position: after,
@@ -232,7 +245,8 @@ async fn start(
             view.apply(event).map(|_| ()).map_err(replay_error)
         })
         .await?;
-    let (sender, _) = broadcast::channel(hub.config().broadcast_capacity.max(1));
+    // What its subscribers have yet to take, within the hub's bytes.
+    let window = Window::new(hub.config().broadcast_capacity, hub.config().replay_bytes);
     let follower = Arc::new(Follower {
         state: Mutex::new(State {
             view,
@@ -241,8 +255,8 @@ async fn start(
             floor: tap.head,
             capacity: RECENT_DELTAS,
             encoded: None,
+            window,
         }),
-        sender,
         ended: AtomicBool::new(false),
     });
     // The task owns a reference: it ends on its own (idle, behind, or the hub gone), and
@@ -306,7 +320,7 @@ async fn follow(
     let mut last_used = tokio::time::Instant::now();
     loop {
         // Busy or quiet, a follower nobody has subscribed to for a while ends.
-        if follower.sender.receiver_count() > 0 {
+        if follower.lock().window.receiver_count() > 0 {
             last_used = tokio::time::Instant::now();
         } else if last_used.elapsed() >= idle {
             return end(&follower, false);
@@ -384,7 +398,8 @@ fn take(follower: &Follower, event: &StoredEvent, in_reach: bool) -> Result<(), 
             }
         }
         state.recent.push_back(delta.clone());
-        let _ = follower.sender.send(delta);
+        let weight = delta.weight();
+        state.window.send(delta, weight);
     }
     Ok(())
 }
@@ -392,9 +407,9 @@ fn take(follower: &Follower, event: &StoredEvent, in_reach: bool) -> Result<(), 
 /// Ends a follower; its subscribers are told to resync when it ends abnormally.
 fn end(follower: &Follower, resync: bool) {
     // Under the lock `join` takes: nobody joins a follower that has ended.
-    let _state = follower.lock();
+    let mut state = follower.lock();
     follower.ended.store(true, Ordering::Release);
     if resync {
-        let _ = follower.sender.send(Arc::new(Delta::Resync));
+        state.window.send(Arc::new(Delta::Resync), 0);
     }
 }

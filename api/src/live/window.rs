@@ -1,0 +1,142 @@
+//! A broadcast whose channel keeps none of its values alive.
+//!
+//! A `tokio` broadcast channel holds every value until each receiver has taken it, so one
+//! receiver that stops reading — a read-model follower replaying a large organization, a
+//! resumption sending pages from the database — pins the channel's newest values, as
+//! many as its capacity, whatever their size: 4,096 events of a large plan each are
+//! gigabytes. Here the channel carries weak references, and the [`Window`] holds the
+//! values themselves, at most `capacity` of them and `byte_capacity` bytes (always the
+//! newest, however large, so that a receiver keeping up gets every value). A value the
+//! window let go of is freed: a receiver that had not taken it by then has fallen behind,
+//! and gets `Lagged` — as from a full channel — and reads what it missed elsewhere.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Weak};
+
+use tokio::sync::broadcast::{self, error::RecvError};
+
+/// Sends values to every receiver, holding the newest alive until each has taken them or
+/// the window's bounds let them go.
+pub struct Window<T> {
+    sender: broadcast::Sender<Weak<T>>,
+    /// The values sent that may still be taken, oldest first, with their weights.
+    held: VecDeque<(Arc<T>, usize)>,
+    capacity: usize,
+    byte_capacity: usize,
+    bytes: usize,
+}
+
+impl<T> Window<T> {
+    /// A window of at most `capacity` values (at least one; rounded up to a power of two,
+    /// as the channel's is) and `byte_capacity` bytes.
+    pub fn new(capacity: usize, byte_capacity: usize) -> Self {
+        let capacity = capacity.max(1).next_power_of_two();
+        Self {
+            sender: broadcast::channel(capacity).0,
+            held: VecDeque::new(),
+            capacity,
+            byte_capacity,
+            bytes: 0,
+        }
+    }
+
+    /// A receiver of every value sent from now on.
+    pub fn subscribe(&self) -> Receiver<T> {
+        Receiver(self.sender.subscribe())
+    }
+
+    pub fn receiver_count(&self) -> usize {
+        self.sender.receiver_count()
+    }
+
+    /// Sends `value`, which weighs `weight` bytes, to every receiver (none is not an
+    /// error), and lets go of the oldest values past the window's bounds.
+    pub fn send(&mut self, value: Arc<T>, weight: usize) {
+        let _ = self.sender.send(Arc::downgrade(&value));
+        self.held.push_back((value, weight));
+        self.bytes += weight;
+        while self.held.len() > self.capacity
+            || (self.bytes > self.byte_capacity && self.held.len() > 1)
+        {
+            let Some((_, oldest)) = self.held.pop_front() else {
+                break;
+            };
+            self.bytes -= oldest;
+        }
+    }
+}
+
+/// What a [`Window`] sends, taken in order.
+pub struct Receiver<T>(broadcast::Receiver<Weak<T>>);
+
+impl<T> Receiver<T> {
+    /// The next value; `Lagged` when the receiver fell behind the window (by its count,
+    /// or by its bytes: the value was let go of before this receiver took it), `Closed`
+    /// once the window is gone and every value taken.
+    pub async fn recv(&mut self) -> Result<Arc<T>, RecvError> {
+        let sent = self.0.recv().await?;
+        sent.upgrade().ok_or(RecvError::Lagged(1))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A receiver keeping up takes every value, one larger than the bytes allowed
+    /// included; one that did not read is told it fell behind once the window let go of
+    /// what it had not taken — which is freed, not pinned by the channel.
+    #[tokio::test]
+    async fn a_value_let_go_of_is_freed_and_its_laggard_told_so() {
+        let mut window = Window::new(8, 100);
+        let mut reading = window.subscribe();
+        let mut stopped = window.subscribe();
+        let mut sent = Vec::new();
+        for n in 0..4 {
+            let value = Arc::new(n);
+            sent.push(Arc::downgrade(&value));
+            // 60 bytes each: two do not fit, so only the newest is held.
+            window.send(value, 60);
+            assert_eq!(*reading.recv().await.expect("the value"), n);
+        }
+        assert!(
+            sent[..3].iter().all(|w| w.upgrade().is_none()),
+            "the older values are freed"
+        );
+        assert_eq!(sent[3].upgrade().as_deref(), Some(&3), "the newest is held");
+        // The stopped receiver: the first three are gone, the newest is still there.
+        for _ in 0..3 {
+            assert!(matches!(stopped.recv().await, Err(RecvError::Lagged(_))));
+        }
+        assert_eq!(*stopped.recv().await.expect("the newest"), 3);
+        // A value heavier than the whole budget still reaches a receiver keeping up.
+        window.send(Arc::new(4), 1_000);
+        assert_eq!(*reading.recv().await.expect("the heavy value"), 4);
+    }
+
+    /// Within its bounds the window holds every value until taken; past its count a
+    /// receiver lags as from a full channel; once the window is gone, its values are
+    /// freed and the channel closes.
+    #[tokio::test]
+    async fn within_its_bounds_every_value_waits_for_its_receiver() {
+        let mut window = Window::new(4, 1_000);
+        let mut receiver = window.subscribe();
+        for n in 0..4 {
+            window.send(Arc::new(n), 10);
+        }
+        for n in 0..4 {
+            assert_eq!(*receiver.recv().await.expect("held"), n);
+        }
+        for n in 4..10 {
+            window.send(Arc::new(n), 10);
+        }
+        assert!(matches!(receiver.recv().await, Err(RecvError::Lagged(_))));
+        assert_eq!(*receiver.recv().await.expect("the oldest held"), 6);
+        // The window gone, what it held is freed, then the channel is closed.
+        drop(window);
+        for _ in 7..10 {
+            assert!(matches!(receiver.recv().await, Err(RecvError::Lagged(_))));
+        }
+        assert!(matches!(receiver.recv().await, Err(RecvError::Closed)));
+    }
+}
