@@ -160,11 +160,16 @@ pub struct OpenWorkflow {
 
 impl BillingAccount {
     /// The start of the usage period `at` falls in: the subscription's period when `at` is
-    /// within it, otherwise the calendar month (so a free organization's quota renews
-    /// monthly without any invoice).
+    /// within it; past its end while the subscription goes on, the next one, which starts
+    /// where it ended (Stripe reports the renewal after the new period has begun: until
+    /// then the quota has renewed once, on time — it used to fall back to the calendar
+    /// month meanwhile, a second quota); otherwise the calendar month (so a free
+    /// organization's quota renews monthly without any invoice).
     pub fn period_start_at(&self, at: DateTime<Utc>) -> i64 {
+        let renews = self.stripe_subscription_id.is_some() && self.status.grants_plan();
         match (self.period_start, self.period_end) {
             (Some(start), Some(end)) if start <= at && at < end => start.timestamp(),
+            (Some(_), Some(end)) if end <= at && renews => end.timestamp(),
             _ => {
                 use chrono::{Datelike, TimeZone};
                 Utc.with_ymd_and_hms(at.year(), at.month(), 1, 0, 0, 0)
@@ -539,10 +544,10 @@ impl BillingAccount {
                 self.settle_invoices(stripe_created);
             }
             Effect::LifetimePurchased { customer_id } => {
-                // The subscription held before is ended at Stripe; the lifetime plan
-                // outlives it.
+                // The subscription held before is ended at Stripe (unless it has ended
+                // already); the lifetime plan outlives it.
                 let held = self.stripe_subscription_id.take();
-                self.retire_later(held);
+                self.retire_later(held.filter(|_| self.status != SubscriptionStatus::Canceled));
                 self.tier = Tier::Lifetime;
                 self.status = SubscriptionStatus::Active;
                 self.stripe_customer_id = customer_id.or(self.stripe_customer_id.take());
@@ -1250,6 +1255,66 @@ mod tests {
             BillingEvent::StripeEventApplied { effect: Effect::DuplicateSubscription { subscription_id }, .. } if subscription_id == "sub_3"
         ));
         assert_eq!(account.stripe_subscription_id.as_deref(), Some("sub_2"));
+    }
+
+    /// Between a period's end and Stripe's report of the renewal, the quota has renewed
+    /// once, with the new period: the workflows started meanwhile still count once the
+    /// renewal arrives (before, the calendar month stood in for the period meanwhile, and
+    /// the renewal then granted a second quota).
+    #[test]
+    fn the_quota_renews_once_at_the_periods_end_before_stripe_reports_it() {
+        let day = |d: i64| DateTime::from_timestamp(1_800_000_000 + d * 86_400, 0).expect("a day");
+        let period = |start: i64| StripeChange::SubscriptionChanged {
+            customer_id: Some("cus_1".into()),
+            subscription_id: "sub_1".into(),
+            tier: Some(Tier::Pro),
+            status: SubscriptionStatus::Active,
+            period_start: Some(day(start)),
+            period_end: Some(day(start + 30)),
+            creation: false,
+            changes_plan_of: None,
+        };
+        let start = |n: u128, at| BillingCommand::StartWorkflow {
+            organization_id: org(),
+            spec_id: Uuid::from_u128(n),
+            plans: plans(Some(1), 1_000),
+            at,
+        };
+        let mut account = BillingAccount::default();
+        apply(&mut account, stripe("evt_period", 1, period(0)));
+        apply(&mut account, start(1, day(10)));
+        assert!(
+            account.decide(start(2, day(20))).is_err(),
+            "the period's one is used"
+        );
+        // The period ended; the renewal is not reported yet.
+        apply(&mut account, start(2, day(30)));
+        assert!(account.decide(start(3, day(31))).is_err(), "renewed once");
+        apply(&mut account, stripe("evt_renewed", 2, period(30)));
+        assert_eq!(account.workflows_used_at(day(31)), 1);
+        assert!(
+            account.decide(start(3, day(31))).is_err(),
+            "not a second time"
+        );
+        // Ended for good: the calendar month.
+        let ended = StripeChange::SubscriptionDeleted {
+            subscription_id: "sub_1".into(),
+        };
+        apply(&mut account, stripe("evt_end", 3, ended));
+        assert_ne!(account.period_start_at(day(70)), day(60).timestamp());
+    }
+
+    /// A subscription Stripe reported canceled is not ended again by the lifetime plan.
+    #[test]
+    fn the_lifetime_plan_ends_no_subscription_that_ended_already() {
+        let mut account = BillingAccount::default();
+        let active = updated(SubscriptionStatus::Active, Tier::Pro);
+        apply(&mut account, stripe("evt_sub", 10, active));
+        let canceled = updated(SubscriptionStatus::Canceled, Tier::Pro);
+        apply(&mut account, stripe("evt_end", 11, canceled));
+        let lifetime = StripeChange::LifetimePurchase { customer_id: None };
+        apply(&mut account, stripe("evt_life", 12, lifetime));
+        assert!(account.retiring_subscriptions.is_empty());
     }
 
     /// A subscription checkout paid after the lifetime plan is superseded too: Stripe
