@@ -353,6 +353,55 @@ async fn concurrent_additions_closing_a_cycle_do_not_both_succeed() {
     );
 }
 
+/// A project whose log holds more dependency changes than a check reads
+/// (`cycles::MAX_EDGE_EVENTS`) is refused new edges, with a 409 naming the rule, rather
+/// than checked on and on; nothing is appended.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_project_with_too_many_dependency_changes_refuses_new_edges() {
+    let app = spawn_app().await;
+    let (_, project) = app.organization_and_project().await;
+    let ticket = app.ticket(&project, "Work").await;
+    let a = app.task(&ticket, "a", json!({})).await;
+    let b = app.task(&ticket, "b", json!({})).await;
+    let c = app.task(&ticket, "c", json!({})).await;
+    // Task a's dependency on b added and removed again, past the bound: genuine events of
+    // a genuine task, written as the bus writes them.
+    let changes = omoi_workflow::cycles::MAX_EDGE_EVENTS + 2;
+    sqlx::query(
+        "insert into events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata)
+         select 'Task', $1, last.sequence + n, kind, '1',
+                jsonb_build_object(kind, jsonb_build_object('depends_on', $2::text)), last.metadata
+           from (select sequence, metadata from events
+                  where aggregate_type = 'Task' and aggregate_id = $1
+                  order by sequence desc limit 1) last,
+                generate_series(1, $3::int) n,
+                lateral (select case n % 2 when 1 then 'TaskDependencyAdded'
+                                           else 'TaskDependencyRemoved' end as kind) k",
+    )
+    .bind(&a)
+    .bind(&b)
+    .bind(changes as i32)
+    .execute(&app.database.pool)
+    .await
+    .expect("the changes");
+    let events = || async {
+        sqlx::query_scalar::<_, i64>("select count(*) from events")
+            .fetch_one(&app.database.pool)
+            .await
+            .expect("a count")
+    };
+    let before = events().await;
+    let (status, body) = app
+        .post(
+            &format!("/api/v1/tasks/{c}/dependencies"),
+            json!({"depends_on": a}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert_eq!(body["code"], "dependency_graph_too_large", "{body}");
+    assert_eq!(events().await, before);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_stale_agents_task_is_reassigned_and_completes() {
     let app = spawn_app().await;

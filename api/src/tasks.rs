@@ -598,8 +598,9 @@ async fn cancel_task(
         (status = 409, body = Problem,
             description = "the graph refuses the edge: already a dependency, dependencies \
                            frozen, the task itself (`self_dependency`), another project's \
-                           task, too many, or a cycle (`dependency_cycle`, the path in \
-                           `detail`)"),
+                           task, too many, a cycle (`dependency_cycle`, the path in \
+                           `detail`), or a project whose log holds more than 20,000 \
+                           dependency changes to check (`dependency_graph_too_large`)"),
     ))]
 async fn add_dependency(
     State(state): State<AppState>,
