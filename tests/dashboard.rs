@@ -121,6 +121,20 @@ async fn a_person_signs_in_sees_the_board_in_its_columns_and_switches_project() 
     )
     .await;
     shot(&browser, "board").await;
+    // Screen readers hear the connection's state and the notices, not every card that
+    // changes: the only live regions are those.
+    let live_regions = browser
+        .execute(
+            "return [...document.querySelectorAll('[aria-live], [role=status], [role=alert]')]
+                      .map(e => e.id || e.className);",
+            vec![],
+        )
+        .await?;
+    assert_eq!(
+        live_regions,
+        json!(["connection", "toasts"]),
+        "{live_regions}"
+    );
 
     // A reload keeps the session (the refresh cookie) and the address.
     browser

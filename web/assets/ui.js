@@ -26,14 +26,13 @@ export function confirmDialog({ title, message, confirm, cancel = "Cancel" }) {
   });
 }
 
-let toasts = null;
+// The notices' live region, in the page from the start: a region added together with its
+// first notice is not announced by every screen reader.
+const toasts = h("div", { class: "toasts", role: "status", "aria-live": "polite" });
+document.body.append(toasts);
 
 /** A short notice in the corner; errors stay until dismissed. */
 export function toast(message, kind = "info") {
-  if (!toasts) {
-    toasts = h("div", { class: "toasts", role: "status", "aria-live": "polite" });
-    document.body.append(toasts);
-  }
   const item = h("div", { class: `toast toast-${kind}` }, h("span", {}, message), h("button", { class: "ghost", "aria-label": "Dismiss", onclick: () => item.remove() }, "×"));
   toasts.append(item);
   if (kind !== "error") setTimeout(() => item.remove(), 4000);
