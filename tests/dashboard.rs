@@ -6,8 +6,9 @@
 
 use std::time::Instant;
 
+use omoi_api::live::LiveConfig;
 use omoi_testing::browser::{screenshot_dir, Browser, PATIENCE};
-use omoi_testing::{id_of, spawn_app, TestApp, TEST_PASSWORD};
+use omoi_testing::{id_of, spawn_app, spawn_app_with, test_live_config, TestApp, TEST_PASSWORD};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
@@ -672,6 +673,76 @@ async fn after_a_server_restart_the_socket_reconnects_and_the_board_catches_up(
     )
     .await;
     shot(&browser, "board-after-restart").await;
+    browser.quit().await;
+    Ok(())
+}
+
+/// The page hands each refreshed token to its socket, which then outlives the token it
+/// opened with: revoked (as it would expire after a quarter of an hour), the socket stays
+/// open — no new one is made — and the board goes on changing live.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_socket_takes_each_refreshed_token_and_outlives_the_first() -> anyhow::Result<()> {
+    let app = spawn_app_with(LiveConfig {
+        recheck_interval: std::time::Duration::from_millis(200),
+        ..test_live_config()
+    })
+    .await;
+    let (_, project) = app.organization_and_project().await;
+    let browser = signed_in(&app, &format!("/p/{project}/board")).await?;
+    expect(
+        &browser,
+        "live",
+        "document.getElementById('connection').dataset.state === 'live'",
+    )
+    .await;
+    // The page's own modules: its token, then a refresh as its timer would make one; every
+    // socket made from now on is counted.
+    let first = browser
+        .execute(
+            "return (async () => {
+               const main = document.querySelector('script[type=module]').src;
+               const api = await import(main.replace(/main\\.js$/, 'api.js'));
+               const first = api.token();
+               window.socketsMade = 0;
+               const Original = window.WebSocket;
+               window.WebSocket = class extends Original {
+                 constructor(...args) { super(...args); window.socketsMade += 1; }
+               };
+               await api.refresh();
+               return first !== api.token() ? first : null;
+             })();",
+            vec![],
+        )
+        .await?;
+    let first = first
+        .as_str()
+        .expect("a new token replaced the first")
+        .to_string();
+    let (status, body) = app
+        .send_as(
+            Some(&first),
+            reqwest::Method::POST,
+            "/api/v1/auth/logout",
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
+    // Several checks of the socket's credential later, a change still arrives live.
+    tokio::time::sleep(std::time::Duration::from_millis(1200)).await;
+    let ticket = app.ticket(&project, "After the first token").await;
+    expect(
+        &browser,
+        "live-after-revocation",
+        &card_in("backlog", &ticket),
+    )
+    .await;
+    let made = browser
+        .execute(
+            "return [window.socketsMade, document.getElementById('connection').dataset.state];",
+            vec![],
+        )
+        .await?;
+    assert_eq!(made, json!([0, "live"]), "the socket was not replaced");
     browser.quit().await;
     Ok(())
 }

@@ -962,6 +962,75 @@ async fn a_revoked_token_closes_its_socket() {
     assert_eq!(close_code(&mut socket).await, Some(CloseCode::from(4401)));
 }
 
+/// A socket handed a fresh token of its user (`authenticate`) outlives the token it
+/// opened with: revoking that one no longer closes it, and its events go on. A token of
+/// another user, or one not valid, is refused with an error, and the socket keeps its
+/// credential — then closes once that is revoked.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_socket_handed_a_fresh_token_outlives_the_one_it_opened_with() {
+    let app = spawn_app_with(LiveConfig {
+        recheck_interval: Duration::from_millis(200),
+        ..LiveConfig::default()
+    })
+    .await;
+    let (_, project) = app.organization_and_project().await;
+    let login = || async {
+        app.login("owner@example.com").await["access_token"]
+            .as_str()
+            .expect("a token")
+            .to_string()
+    };
+    let logout = |token: String| {
+        let app = &app;
+        async move {
+            let (status, body) = app
+                .send_as(
+                    Some(&token),
+                    Method::POST,
+                    "/api/v1/auth/logout",
+                    Some(json!({})),
+                )
+                .await;
+            assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
+        }
+    };
+    let (first, second) = (login().await, login().await);
+    let stranger = app.register_and_login("stranger@example.com").await;
+    let mut socket = connect(&app, "/api/v1/ws", &first).await;
+    send(&mut socket, subscribe("s", &project)).await;
+    next_of(&mut socket, "snapshot", "s").await;
+
+    for (token, code) in [
+        (stranger.as_str(), "another_principal"),
+        ("not-a-token", "unauthorized"),
+    ] {
+        send(&mut socket, json!({"type": "authenticate", "token": token})).await;
+        let refused = next(&mut socket).await;
+        assert_eq!(
+            (&refused["type"], &refused["code"]),
+            (&json!("error"), &json!(code)),
+            "{refused}"
+        );
+    }
+    send(
+        &mut socket,
+        json!({"type": "authenticate", "token": second}),
+    )
+    .await;
+    assert_eq!(next(&mut socket).await, json!({"type": "authenticated"}));
+
+    // The first token revoked: the socket goes on with the second, past several checks.
+    logout(first).await;
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let created = ticket(&app, &project, "Still streaming").await;
+    let delta = next_of(&mut socket, "delta", "s").await;
+    assert_eq!(delta["event"]["aggregate_id"], created.as_str(), "{delta}");
+
+    // The second revoked too: closed as before.
+    logout(second).await;
+    assert_eq!(close_code(&mut socket).await, Some(CloseCode::from(4401)));
+}
+
 /// Reads until the server closes; the close code, if a close frame came.
 async fn close_code(socket: &mut Socket) -> Option<CloseCode> {
     loop {

@@ -6,6 +6,7 @@ let accessToken = null;
 let refreshing = null;
 let refreshTimer = null;
 const signedOutListeners = new Set();
+const tokenListeners = new Set();
 
 /** A problem document the server answered with (RFC 9457). */
 export class Problem extends Error {
@@ -26,12 +27,18 @@ export function onSignedOut(listener) {
   signedOutListeners.add(listener);
 }
 
+/** `listener(token)` after every new access token (signing in, each refresh). */
+export function onToken(listener) {
+  tokenListeners.add(listener);
+}
+
 function adopt(pair) {
   accessToken = pair.access_token;
   clearTimeout(refreshTimer);
   // A minute before it expires (and never sooner than in 10 s).
   const seconds = Math.max(10, (pair.expires_in || 900) - 60);
   refreshTimer = setTimeout(() => refresh().catch(() => {}), seconds * 1000);
+  for (const listener of tokenListeners) listener(accessToken);
 }
 
 /** Ends the session here: the token is dropped and the page signs out (the socket, say,

@@ -5,7 +5,7 @@
 // snapshot. No polling: when the socket is down the indicator says so and a reconnection
 // is tried with a growing delay.
 
-import { token, refresh, forget, sessionEnded } from "./api.js";
+import { token, refresh, forget, sessionEnded, onToken } from "./api.js";
 import { comparePositions } from "./dom.js";
 
 const subscriptions = new Map();
@@ -31,6 +31,14 @@ function setState(next) {
   state = next;
   for (const listener of stateListeners) listener(next);
 }
+
+// A refreshed token is handed to the open socket, which would otherwise be closed (4401)
+// once the token it opened with expires, and reconnect every quarter of an hour.
+onToken((fresh) => {
+  if (socket?.readyState === WebSocket.OPEN) {
+    socket.send(JSON.stringify({ type: "authenticate", token: fresh }));
+  }
+});
 
 /** Opens the socket (once signed in). */
 export function connect() {

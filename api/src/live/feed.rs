@@ -86,9 +86,10 @@ impl Feed {
                 Ok(())
             }
             "pong" => Ok(()),
+            "authenticate" => link.authenticate(envelope.into_fields()?).await,
             other => Err(WsError::new(
                 "unknown_type",
-                format!("unknown message type {other:?}: subscribe or ping"),
+                format!("unknown message type {other:?}: subscribe, ping or authenticate"),
             )),
         }
     }

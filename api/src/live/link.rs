@@ -17,12 +17,15 @@
 //!   that long means the peer stopped reading: the connection is dropped.
 //! * **Revocation.** Every `recheck_interval` the credential is verified again; when it is
 //!   no longer valid the socket is closed with 4401. The refreshed caller (memberships may
-//!   have changed) is what subscriptions authorize their events against.
+//!   have changed) is what subscriptions authorize their events against. A client may
+//!   hand over a fresh credential of the same principal (`authenticate`: a token refreshed
+//!   before the one the socket opened with expires), so that the socket outlives its
+//!   first token.
 
 use omoi_domain::access::Permission;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
@@ -35,7 +38,8 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
 use super::frame::Frame;
-use super::protocol::{encode, ServerMessage, WsError};
+use super::protocol::{encode, Authenticate, ServerMessage, WsError};
+use super::sockets::Principal;
 use super::upgrade::Socket;
 use super::LiveConfig;
 use crate::auth::{Caller, Credential};
@@ -109,10 +113,48 @@ pub struct Link {
     resyncs: mpsc::Sender<String>,
     overwhelmed: Arc<Notify>,
     caller: watch::Receiver<Caller>,
+    /// What the socket authenticates with: verified again every `recheck_interval`.
+    credential: Arc<Mutex<Credential>>,
     grace: Duration,
 }
 
 impl Link {
+    /// `{"type":"authenticate","token":…}`: the socket goes on with `token` (an access
+    /// token or API key) once it is verified and stands for the same principal — a token
+    /// refreshed before the socket's expires. Refused, the socket keeps its credential.
+    pub async fn authenticate(&self, request: Authenticate) -> Result<(), WsError> {
+        let fresh = Credential::new(request.token);
+        let caller =
+            match fresh.verify(&self.state).await {
+                Ok(caller) => caller,
+                Err(ApiError::Unauthorized { .. }) => return Err(WsError::new(
+                    "unauthorized",
+                    "the token is not valid (expired, revoked or unknown); the socket keeps its \
+                     credential",
+                )),
+                Err(error) => {
+                    tracing::warn!(?error, "live: could not verify a new credential");
+                    return Err(WsError::new(
+                        "unavailable",
+                        "the token could not be verified now; try again",
+                    ));
+                }
+            };
+        if Principal::of(&caller) != Principal::of(&self.caller.borrow()) {
+            return Err(WsError::new(
+                "another_principal",
+                "the token stands for another user or key; a socket keeps its principal \
+                 (open another socket)",
+            ));
+        }
+        *self
+            .credential
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = fresh;
+        self.send(&ServerMessage::Authenticated).await;
+        Ok(())
+    }
+
     /// The caller as last verified.
     pub fn caller(&self) -> Caller {
         self.caller.borrow().clone()
@@ -268,6 +310,7 @@ pub async fn drive(
     let budget = queue_budget(config.queue_bytes);
     let (resyncs, resyncs_rx) = mpsc::channel(config.max_subscriptions + 1);
     let (caller_tx, caller_rx) = watch::channel(caller);
+    let credential = Arc::new(Mutex::new(credential));
     let overwhelmed = Arc::new(Notify::new());
     let activity = Arc::new(Activity::new());
     let link = Link {
@@ -278,6 +321,7 @@ pub async fn drive(
         resyncs,
         overwhelmed: overwhelmed.clone(),
         caller: caller_rx,
+        credential: credential.clone(),
         grace: config.slow_client_grace,
     };
     let writer = Writer {
@@ -419,7 +463,7 @@ struct Writer {
     resyncs: mpsc::Receiver<String>,
     activity: Arc<Activity>,
     caller: watch::Sender<Caller>,
-    credential: Credential,
+    credential: Arc<Mutex<Credential>>,
     state: AppState,
     config: LiveConfig,
 }
@@ -536,7 +580,12 @@ impl Writer {
     }
 
     async fn recheck(&mut self) -> Result<(), End> {
-        match self.credential.verify(&self.state).await {
+        let credential = self
+            .credential
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        match credential.verify(&self.state).await {
             Ok(caller) => {
                 self.caller.send_replace(caller);
                 Ok(())

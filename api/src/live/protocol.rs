@@ -107,6 +107,13 @@ pub struct FeedSubscribe {
     pub entity_ids: Vec<String>,
 }
 
+/// `{"type":"authenticate","token":…}`: a fresh credential of the socket's principal.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Authenticate {
+    pub token: String,
+}
+
 /// `{"type":"ping"}` and `{"type":"pong"}` carry nothing else.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -283,6 +290,8 @@ pub enum ServerMessage<'a> {
     },
     Ping,
     Pong,
+    /// The socket goes on with the credential an `authenticate` handed over.
+    Authenticated,
     /// Lines of a task's transcript (`logs` stream), in order; `position` is the last
     /// line's number, the `after` to resume with.
     Logs {

@@ -75,9 +75,12 @@ impl Subscriptions {
             }
             // A client answering the server's JSON ping: its frame already counted as life.
             "pong" => Ok(()),
+            "authenticate" => link.authenticate(envelope.into_fields()?).await,
             other => Err(WsError::new(
                 "unknown_type",
-                format!("unknown message type {other:?}: subscribe, unsubscribe or ping"),
+                format!(
+                    "unknown message type {other:?}: subscribe, unsubscribe, ping or authenticate"
+                ),
             )
             .with_id(envelope.id())),
         }
