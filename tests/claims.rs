@@ -406,3 +406,42 @@ async fn a_waiting_claim_answers_nothing_when_the_server_shuts_down() {
     assert_eq!(answer.status(), StatusCode::NO_CONTENT);
     stopping.await.expect("the server stopped");
 }
+
+/// The claims queue follows the hub's broadcast; fallen behind it (a burst of other
+/// organizations' events in one commit), it reads what it missed from the log after the
+/// last event it applied — it used to replay the whole log — and a claim still gets the
+/// task made after the burst.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_claims_queue_behind_the_hubs_broadcast_catches_up_from_where_it_was() {
+    let app = omoi_testing::spawn_app_with(omoi_api::live::LiveConfig {
+        broadcast_capacity: 8,
+        batch_size: 500,
+        ..omoi_testing::test_live_config()
+    })
+    .await;
+    let (organization, project) = app.organization_and_project().await;
+    let agent = app.register_agent(&organization).await;
+    // The queue starts following at the first claim.
+    assert_eq!(agent.claim(&app, 0).await, None);
+    sqlx::query(
+        "insert into events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata)
+         select 'Probe', 'burst-' || n, 1, 'ProbeBurst', '1', '{}', '{}'
+           from generate_series(1, 2000) n",
+    )
+    .execute(&app.database.pool)
+    .await
+    .expect("the burst");
+    let ticket = app.ticket(&project, "Work").await;
+    let task = app.task(&ticket, "after the burst", json!({})).await;
+    assert_eq!(agent.claim(&app, WAIT_SECONDS).await, Some(task));
+    let (status, metrics) = app.get("/metrics").await;
+    assert_eq!(status, StatusCode::OK);
+    let catch_ups: u64 = metrics
+        .as_str()
+        .expect("the text exposition")
+        .lines()
+        .find_map(|line| line.strip_prefix("omoi_live_follower_catch_ups_total "))
+        .and_then(|value| value.trim().parse().ok())
+        .expect("the counter");
+    assert!(catch_ups >= 1, "{catch_ups}");
+}

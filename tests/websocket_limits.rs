@@ -351,15 +351,17 @@ async fn a_read_model_follower_behind_the_hubs_channel_catches_up_from_the_log()
     .await;
 }
 
-/// The channel holds what a follower has yet to take within `replay_bytes`, however many
-/// events it may hold: past them, the follower is behind as past its count, and what it
-/// missed is freed, not pinned until it reads.
+/// The channel holds the large events a follower has yet to take within
+/// `broadcast_bytes` (and the ring within `replay_bytes`), however many events it may
+/// hold: past them, the follower is behind as past its count, and what it missed is
+/// freed, not pinned until it reads.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_read_model_follower_behind_the_hubs_bytes_catches_up_from_the_log() {
-    // Room for thousands of events, but bytes for a few dozen (each weighs a kibibyte
-    // at least).
+    // Room for thousands of events, but bytes for a few of the burst's (each weighs some
+    // 7 KiB), in the broadcast and in the ring (which holds the same events).
     follower_catches_up(LiveConfig {
         broadcast_capacity: 4096,
+        broadcast_bytes: 64 << 10,
         replay_bytes: 64 << 10,
         batch_size: 500,
         ..test_live_config()
@@ -377,11 +379,12 @@ async fn follower_catches_up(config: LiveConfig) {
     let delta = next_of(&mut socket, "delta", "board").await;
     assert_eq!(delta["change"]["card"]["ticket_id"], before[0].as_str());
 
-    // Two thousand events of nobody's project in one commit: the follower falls behind
-    // the channel while it passes them by.
+    // Two thousand events of nobody's project in one commit, of 2 KB each: the follower
+    // falls behind the channel while it passes them by.
     sqlx::query(
         "insert into events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata)
-         select 'Probe', 'burst-' || n, 1, 'ProbeBurst', '1', '{}', '{}'
+         select 'Probe', 'burst-' || n, 1, 'ProbeBurst', '1',
+                jsonb_build_object('pad', repeat('x', 2000)), '{}'
            from generate_series(1, 2000) n",
     )
     .execute(&app.database.pool)

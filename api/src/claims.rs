@@ -13,7 +13,7 @@
 //! waiting at once ([`ClaimRules::claims_per_agent`]): each holds a request open.
 
 use std::collections::{BTreeSet, HashMap};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use chrono::Utc;
@@ -21,11 +21,12 @@ use omoi_orchestrator::queue::{Queue, QueuedTask};
 use omoi_orchestrator::reservations::Reservations;
 use omoi_orchestrator::score::ScoreConfig;
 use omoi_store::log::Visibility;
-use omoi_store::Cursor;
+use omoi_store::{Cursor, StoredEvent};
 use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::{Notify, OnceCell};
 use uuid::Uuid;
 
+use crate::live::hub::Tapper;
 use crate::live::Hub;
 
 /// The rules claims follow (the worker's: settings `worker.*`; the organization's cap
@@ -138,7 +139,7 @@ impl Claims {
                 let changed = self.changed.clone();
                 let read = self.read.clone();
                 let first = follow_once(hub, &queue, &changed, &read).await?;
-                tokio::spawn(follow(Arc::downgrade(hub), queue, changed, read, first));
+                tokio::spawn(follow(hub.tapper(), queue, changed, read, first));
                 Ok::<(), sqlx::Error>(())
             })
             .await
@@ -345,37 +346,52 @@ async fn follow_once(
     Ok(tap)
 }
 
-/// Applies the hub's events; replays anew when it falls behind. Ends with the hub (a
-/// weak reference: the follower does not keep the application alive).
+/// Applies the hub's events; when it falls behind the hub's broadcast, reads what it
+/// missed from the log after the last event it applied, and taps again (it used to replay
+/// the whole log). Ends with the hub (the tapper's reference is weak: the follower does not
+/// keep the application alive).
 async fn follow(
-    hub: Weak<Hub>,
+    tapper: Tapper,
     queue: Arc<Mutex<Queue>>,
     changed: Arc<Notify>,
     read: Arc<Mutex<Cursor>>,
     mut tap: crate::live::hub::Tap,
 ) {
+    let apply = |event: &StoredEvent| {
+        let change = queue
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .apply(event);
+        *read.lock().unwrap_or_else(PoisonError::into_inner) = event.cursor();
+        change != omoi_orchestrator::queue::Change::None
+    };
     loop {
         match tap.events.recv().await {
             Ok(event) => {
-                let mut current = queue.lock().unwrap_or_else(PoisonError::into_inner);
-                let change = current.apply(&event);
-                drop(current);
-                *read.lock().unwrap_or_else(PoisonError::into_inner) = event.cursor();
-                if change != omoi_orchestrator::queue::Change::None {
+                if apply(&event) {
                     changed.notify_waiters();
                 }
             }
             Err(RecvError::Lagged(_)) => loop {
-                let Some(hub) = hub.upgrade() else {
-                    return;
-                };
-                match follow_once(&hub, &queue, &changed, &read).await {
-                    Ok(fresh) => {
+                let from = *read.lock().unwrap_or_else(PoisonError::into_inner);
+                let caught_up = tapper
+                    .tap_after(from, &Visibility::Everything, |event| {
+                        apply(event);
+                        Ok::<(), sqlx::Error>(())
+                    })
+                    .await;
+                match caught_up {
+                    Ok(Some(fresh)) => {
+                        let mut read = read.lock().unwrap_or_else(PoisonError::into_inner);
+                        *read = (*read).max(fresh.head);
+                        drop(read);
+                        changed.notify_waiters();
                         tap = fresh;
                         break;
                     }
+                    Ok(None) => return,
                     Err(error) => {
-                        tracing::warn!(%error, "claims: cannot replay the log; retrying");
+                        tracing::warn!(%error, "claims: cannot read the log; retrying");
                         tokio::time::sleep(Duration::from_secs(1)).await;
                     }
                 }

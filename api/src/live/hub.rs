@@ -9,8 +9,9 @@
 //!
 //! Memory is bounded: the ring holds at most `replay_buffer` events and `replay_bytes`
 //! bytes, and the broadcast (a [`Window`]) at most `broadcast_capacity` events not yet
-//! taken by every subscriber, within `replay_bytes` too; a subscriber that falls behind
-//! gets `Lagged` instead of making the channel grow or pinning what it has not taken.
+//! taken by every subscriber, its large ones within `broadcast_bytes`; a subscriber that
+//! falls behind gets `Lagged` instead of making the channel grow or pinning what it has
+//! not taken.
 //!
 //! The hub starts on first use (so a process that never serves a WebSocket reads
 //! nothing) and stops once the application state that owns it is gone.
@@ -98,8 +99,8 @@ const TRANSCRIPT_WRITES: usize = 1024;
 
 struct Shared {
     ring: Mutex<Ring>,
-    /// Read-model followers that fell behind the broadcast and read what they missed
-    /// from the log ([`Tapper::tap_after`]).
+    /// Followers (read models, the claims queue) that fell behind the broadcast and read
+    /// what they missed from the log ([`Tapper::tap_after`]).
     catch_ups: AtomicU64,
 }
 
@@ -255,8 +256,7 @@ pub struct Resume {
 
 impl Hub {
     pub fn new(pool: PgPool, commits: watch::Receiver<u64>, config: LiveConfig) -> Self {
-        // The window holds what subscribers have yet to take within the ring's bytes.
-        let window = Window::new(config.broadcast_capacity, config.replay_bytes);
+        let window = Window::new(config.broadcast_capacity, config.broadcast_bytes);
         let ring = Ring::new(config.replay_buffer, config.replay_bytes, window);
         Self {
             shared: Arc::new(Shared {
@@ -324,8 +324,9 @@ impl Hub {
             .collect();
         let catch_ups = self.shared.catch_ups.load(Ordering::Relaxed);
         text.push_str(&format!(
-            "# HELP omoi_live_follower_catch_ups_total Read-model followers that fell behind \
-             the hub's broadcast and read what they missed from the log\n\
+            "# HELP omoi_live_follower_catch_ups_total Followers (read models, the claims \
+             queue) that fell behind the hub's broadcast and read what they missed from the \
+             log\n\
              # TYPE omoi_live_follower_catch_ups_total counter\n\
              omoi_live_follower_catch_ups_total {catch_ups}\n"
         ));

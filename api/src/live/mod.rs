@@ -69,8 +69,13 @@ pub struct LiveConfig {
     /// with `resync`: long enough for a reading client to absorb a burst, short enough
     /// that a stuck one is cut off quickly.
     pub slow_client_grace: Duration,
-    /// New events held for subscribers that have not taken them yet (shared by all).
+    /// New events held for subscribers that have not taken them yet (shared by all; each
+    /// read-model follower's deltas as many).
     pub broadcast_capacity: usize,
+    /// Bytes of large events (over [`window::INLINE_WEIGHT`]) held for subscribers that
+    /// have not taken them yet (a follower's large deltas as many): a subscriber further
+    /// behind reads what it missed from the database instead of pinning them.
+    pub broadcast_bytes: usize,
     /// Recent events kept in memory, so that a reconnecting client resumes cheaply.
     pub replay_buffer: usize,
     /// Bytes those events may hold at most, counted as [`hub`]'s `weight` does (their
@@ -108,6 +113,7 @@ impl Default for LiveConfig {
             queue_bytes: 1 << 20,
             slow_client_grace: Duration::from_secs(1),
             broadcast_capacity: 4096,
+            broadcast_bytes: 64 << 20,
             replay_buffer: 10_000,
             replay_bytes: 32 << 20,
             replay_limit: 10_000,

@@ -245,8 +245,10 @@ async fn start(
             view.apply(event).map(|_| ()).map_err(replay_error)
         })
         .await?;
-    // What its subscribers have yet to take, within the hub's bytes.
-    let window = Window::new(hub.config().broadcast_capacity, hub.config().replay_bytes);
+    let window = Window::new(
+        hub.config().broadcast_capacity,
+        hub.config().broadcast_bytes,
+    );
     let follower = Arc::new(Follower {
         state: Mutex::new(State {
             view,

@@ -1,25 +1,46 @@
-//! A broadcast whose channel keeps none of its values alive.
+//! A broadcast whose channel pins no large value.
 //!
 //! A `tokio` broadcast channel holds every value until each receiver has taken it, so one
 //! receiver that stops reading — a read-model follower replaying a large organization, a
 //! resumption sending pages from the database — pins the channel's newest values, as
 //! many as its capacity, whatever their size: 4,096 events of a large plan each are
-//! gigabytes. Here the channel carries weak references, and the [`Window`] holds the
-//! values themselves, at most `capacity` of them and `byte_capacity` bytes (always the
-//! newest, however large, so that a receiver keeping up gets every value). A value the
-//! window let go of is freed: a receiver that had not taken it by then has fallen behind,
-//! and gets `Lagged` — as from a full channel — and reads what it missed elsewhere.
+//! gigabytes. Here the channel carries a small value itself (freed once every receiver
+//! took it, as before; a stopped receiver pins at most `capacity` of them, each at most
+//! [`INLINE_WEIGHT`]) and a large one by weak reference, which the [`Window`] holds alive
+//! within `byte_capacity` bytes (always the newest, however large, so that a receiver
+//! keeping up gets every value). A large value the window let go of is freed: a receiver
+//! that had not taken it by then has fallen behind, and gets `Lagged` — as from a full
+//! channel — and reads what it missed elsewhere.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Weak};
 
 use tokio::sync::broadcast::{self, error::RecvError};
 
-/// Sends values to every receiver, holding the newest alive until each has taken them or
-/// the window's bounds let them go.
+/// The heaviest value the channel carries itself; heavier ones are lent (weak).
+pub const INLINE_WEIGHT: usize = 4 << 10;
+
+/// A value as the channel carries it.
+enum Sent<T> {
+    Own(Arc<T>),
+    Lent(Weak<T>),
+}
+
+// Not derived: that would ask `T: Clone`.
+impl<T> Clone for Sent<T> {
+    fn clone(&self) -> Self {
+        match self {
+            Self::Own(value) => Self::Own(value.clone()),
+            Self::Lent(value) => Self::Lent(value.clone()),
+        }
+    }
+}
+
+/// Sends values to every receiver, holding the newest large ones alive until each has
+/// taken them or the window's bytes let them go.
 pub struct Window<T> {
-    sender: broadcast::Sender<Weak<T>>,
-    /// The values sent that may still be taken, oldest first, with their weights.
+    sender: broadcast::Sender<Sent<T>>,
+    /// The large values lent that may still be taken, oldest first, with their weights.
     held: VecDeque<(Arc<T>, usize)>,
     capacity: usize,
     byte_capacity: usize,
@@ -28,7 +49,7 @@ pub struct Window<T> {
 
 impl<T> Window<T> {
     /// A window of at most `capacity` values (at least one; rounded up to a power of two,
-    /// as the channel's is) and `byte_capacity` bytes.
+    /// as the channel's is), its large ones within `byte_capacity` bytes.
     pub fn new(capacity: usize, byte_capacity: usize) -> Self {
         let capacity = capacity.max(1).next_power_of_two();
         Self {
@@ -50,9 +71,13 @@ impl<T> Window<T> {
     }
 
     /// Sends `value`, which weighs `weight` bytes, to every receiver (none is not an
-    /// error), and lets go of the oldest values past the window's bounds.
+    /// error); a large one is held, and the oldest held past the window's bounds let go.
     pub fn send(&mut self, value: Arc<T>, weight: usize) {
-        let _ = self.sender.send(Arc::downgrade(&value));
+        if weight <= INLINE_WEIGHT {
+            let _ = self.sender.send(Sent::Own(value));
+            return;
+        }
+        let _ = self.sender.send(Sent::Lent(Arc::downgrade(&value)));
         self.held.push_back((value, weight));
         self.bytes += weight;
         while self.held.len() > self.capacity
@@ -67,15 +92,17 @@ impl<T> Window<T> {
 }
 
 /// What a [`Window`] sends, taken in order.
-pub struct Receiver<T>(broadcast::Receiver<Weak<T>>);
+pub struct Receiver<T>(broadcast::Receiver<Sent<T>>);
 
 impl<T> Receiver<T> {
     /// The next value; `Lagged` when the receiver fell behind the window (by its count,
-    /// or by its bytes: the value was let go of before this receiver took it), `Closed`
-    /// once the window is gone and every value taken.
+    /// or by its bytes: a large value was let go of before this receiver took it),
+    /// `Closed` once the window is gone and every value taken.
     pub async fn recv(&mut self) -> Result<Arc<T>, RecvError> {
-        let sent = self.0.recv().await?;
-        sent.upgrade().ok_or(RecvError::Lagged(1))
+        match self.0.recv().await? {
+            Sent::Own(value) => Ok(value),
+            Sent::Lent(value) => value.upgrade().ok_or(RecvError::Lagged(1)),
+        }
     }
 }
 
@@ -83,20 +110,23 @@ impl<T> Receiver<T> {
 mod tests {
     use super::*;
 
-    /// A receiver keeping up takes every value, one larger than the bytes allowed
+    /// Heavier than the channel carries itself.
+    const LARGE: usize = INLINE_WEIGHT + 1;
+
+    /// A receiver keeping up takes every value, one heavier than the bytes allowed
     /// included; one that did not read is told it fell behind once the window let go of
-    /// what it had not taken — which is freed, not pinned by the channel.
+    /// a large value it had not taken — which is freed, not pinned by the channel.
     #[tokio::test]
-    async fn a_value_let_go_of_is_freed_and_its_laggard_told_so() {
-        let mut window = Window::new(8, 100);
+    async fn a_large_value_let_go_of_is_freed_and_its_laggard_told_so() {
+        let mut window = Window::new(8, 2 * LARGE - 1);
         let mut reading = window.subscribe();
         let mut stopped = window.subscribe();
         let mut sent = Vec::new();
         for n in 0..4 {
             let value = Arc::new(n);
             sent.push(Arc::downgrade(&value));
-            // 60 bytes each: two do not fit, so only the newest is held.
-            window.send(value, 60);
+            // Two do not fit in the bytes: only the newest is held.
+            window.send(value, LARGE);
             assert_eq!(*reading.recv().await.expect("the value"), n);
         }
         assert!(
@@ -110,25 +140,46 @@ mod tests {
         }
         assert_eq!(*stopped.recv().await.expect("the newest"), 3);
         // A value heavier than the whole budget still reaches a receiver keeping up.
-        window.send(Arc::new(4), 1_000);
+        window.send(Arc::new(4), 100 * LARGE);
         assert_eq!(*reading.recv().await.expect("the heavy value"), 4);
     }
 
+    /// A small value travels in the channel itself: the window holds none, it is freed
+    /// once every receiver took it, and a stopped receiver still gets it (as from a plain
+    /// broadcast) whatever the window's bytes.
+    #[tokio::test]
+    async fn a_small_value_is_carried_whole_and_freed_once_taken() {
+        let mut window = Window::new(8, 0);
+        let mut first = window.subscribe();
+        let mut second = window.subscribe();
+        let value = Arc::new(7);
+        let weak = Arc::downgrade(&value);
+        window.send(value, INLINE_WEIGHT);
+        assert!(window.held.is_empty());
+        assert_eq!(*first.recv().await.expect("carried"), 7);
+        assert!(weak.upgrade().is_some(), "the second has not taken it");
+        assert_eq!(*second.recv().await.expect("carried"), 7);
+        assert!(
+            weak.upgrade().is_none(),
+            "freed once every receiver took it"
+        );
+    }
+
     /// Within its bounds the window holds every value until taken; past its count a
-    /// receiver lags as from a full channel; once the window is gone, its values are
-    /// freed and the channel closes.
+    /// receiver lags as from a full channel; once the window is gone, the large values it
+    /// held are freed and the channel closes.
     #[tokio::test]
     async fn within_its_bounds_every_value_waits_for_its_receiver() {
-        let mut window = Window::new(4, 1_000);
+        let mut window = Window::new(4, 100 * LARGE);
         let mut receiver = window.subscribe();
         for n in 0..4 {
-            window.send(Arc::new(n), 10);
+            window.send(Arc::new(n), LARGE);
         }
         for n in 0..4 {
             assert_eq!(*receiver.recv().await.expect("held"), n);
         }
         for n in 4..10 {
-            window.send(Arc::new(n), 10);
+            window.send(Arc::new(n), LARGE);
         }
         assert!(matches!(receiver.recv().await, Err(RecvError::Lagged(_))));
         assert_eq!(*receiver.recv().await.expect("the oldest held"), 6);
