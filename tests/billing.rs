@@ -8,7 +8,10 @@ use chrono::Utc;
 use omoi_api::billing::BillingConfig;
 use omoi_billing::stripe::StripeApi;
 use omoi_domain::billing::{Plan, Plans, Tier};
-use omoi_testing::{fake_stripe, spawn_app_with_billing, StripeLog, TestApp, FLAKY_SUBSCRIPTION};
+use omoi_testing::{
+    fake_stripe, id_of, spawn_app_with_billing, StripeLog, TestApp, FLAKY_SUBSCRIPTION,
+    FORBIDDEN_SUBSCRIPTION,
+};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use stripe_webhook::Webhook;
@@ -501,6 +504,121 @@ async fn buying_another_plan_changes_plans_once_paid() {
     let report = envelope("evt_pro_gone", "customer.subscription.deleted", now(), gone);
     assert_eq!(deliver(&app, &report).await.0, StatusCode::OK);
     assert_eq!(account(&app, &org).await["tier"], "team");
+}
+
+/// Stripe refusing for good to end one account's superseded subscription (a key without
+/// the permission) holds no other account's behind it: the refusal is passed by, and the
+/// subscription stays listed as ending on its account.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_retirement_stripe_refuses_for_good_holds_no_other_behind_it() {
+    let (app, org, log) = app_with_stripe().await;
+    let other = id_of(
+        &app.must(
+            "/api/v1/organizations",
+            json!({"name": "Other"}),
+            StatusCode::CREATED,
+        )
+        .await,
+    );
+    let refused = format!("{FORBIDDEN_SUBSCRIPTION}_1");
+    for (organization, subscription, n) in [(&org, refused.as_str(), 1), (&other, "sub_other", 2)] {
+        let checkout = checkout_session(
+            organization,
+            json!({"organization_id": organization, "purpose": "subscription_checkout",
+                   "tier": "pro"}),
+            Some(subscription),
+        );
+        let paid = envelope(
+            &format!("evt_sub_{n}"),
+            "checkout.session.completed",
+            now(),
+            checkout,
+        );
+        assert_eq!(deliver(&app, &paid).await.0, StatusCode::OK);
+        assert_eq!(
+            buy_lifetime(&app, organization, &format!("evt_life_{n}"))
+                .await
+                .0,
+            StatusCode::OK
+        );
+    }
+    app.caught_up().await;
+    assert_eq!(ends_at_stripe(&log, &refused).len(), 1, "tried once");
+    assert_eq!(
+        ends_at_stripe(&log, "sub_other").len(),
+        1,
+        "not held behind it"
+    );
+    assert_retired_once(&app, &other, "sub_other", "evt_life_2").await;
+    assert_eq!(
+        account(&app, &org).await["subscriptions_ending"],
+        json!([refused])
+    );
+    assert_eq!(
+        account(&app, &other).await["subscriptions_ending"],
+        json!([])
+    );
+}
+
+/// A subscriber whose payment failed (past due) may buy its plan again: the checkout
+/// names the subscription on file, which the new one supersedes once paid — without
+/// crediting the unpaid time.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_past_due_subscriber_buys_its_plan_again_and_the_unpaid_subscription_ends() {
+    let (app, org, log) = app_with_stripe().await;
+    assert_eq!(
+        subscribe(&app, &org, "evt_pro", "pro").await.0,
+        StatusCode::OK
+    );
+    let failed = envelope(
+        "evt_failed",
+        "invoice.payment_failed",
+        now(),
+        invoice("cus_test_1", Some(&org)),
+    );
+    assert_eq!(deliver(&app, &failed).await.0, StatusCode::OK);
+    assert_eq!(account(&app, &org).await["status"], "past_due");
+    let (status, body) = app
+        .post(
+            "/api/v1/billing/checkout",
+            json!({"organization_id": org, "tier": "pro"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let sent = requests_to(&log).pop().expect("the checkout");
+    assert_eq!(sent.form["metadata[changes_plan_of]"], "sub_test_1");
+
+    let mut checkout = checkout_session(
+        &org,
+        json!({"organization_id": org, "purpose": "subscription_checkout", "tier": "pro",
+               "changes_plan_of": "sub_test_1"}),
+        Some("sub_test_2"),
+    );
+    checkout["id"] = json!("cs_test_again");
+    let paid = envelope("evt_again", "checkout.session.completed", now(), checkout);
+    assert_eq!(deliver(&app, &paid).await.0, StatusCode::OK);
+    let state = account(&app, &org).await;
+    assert_eq!(
+        (
+            &state["status"],
+            &state["suspended"],
+            &state["stripe_subscription_id"]
+        ),
+        (&json!("active"), &json!(false), &json!("sub_test_2"))
+    );
+    app.caught_up().await;
+    let calls = ends_at_stripe(&log, "sub_test_1");
+    assert_eq!(calls.len(), 1, "{calls:?}");
+    assert_eq!(calls[0].form.get("prorate"), None, "nothing paid to credit");
+    // A retry of the old subscription's invoice failing changes nothing now.
+    let retried = envelope(
+        "evt_failed_again",
+        "invoice.payment_failed",
+        now(),
+        invoice("cus_test_1", Some(&org)),
+    );
+    assert_eq!(deliver(&app, &retried).await.0, StatusCode::OK);
+    assert_eq!(account(&app, &org).await["status"], "active");
 }
 
 /// The `DELETE`s of subscription `id` the fake Stripe received.

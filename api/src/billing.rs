@@ -208,6 +208,9 @@ pub struct AccountView {
     pub stripe_customer_id: Option<String>,
     /// The Stripe subscription the plan is paid by (none on the free and lifetime plans).
     pub stripe_subscription_id: Option<String>,
+    /// Subscriptions another plan superseded that omoi has still to end at Stripe (empty
+    /// but for a moment, unless Stripe refused: see the server's log).
+    pub subscriptions_ending: Vec<String>,
 }
 
 /// The account of an organization, or a new (free) one.
@@ -249,6 +252,7 @@ fn view(account: BillingAccount, organization_id: Uuid, plans: &Plans) -> Accoun
         suspend_at: account.suspend_at,
         stripe_customer_id: account.stripe_customer_id,
         stripe_subscription_id: account.stripe_subscription_id,
+        subscriptions_ending: account.retiring_subscriptions.into_keys().collect(),
     }
 }
 
@@ -551,7 +555,9 @@ fn plan_purchase(account: &BillingAccount, plan: Plan) -> ApiResult<Purchase> {
         .stripe_subscription_id
         .clone()
         .filter(|_| account.status != SubscriptionStatus::Canceled);
-    if subscription.is_some() && plan.tier == account.tier {
+    // The same plan again only while it is paid up: a subscription pending its first
+    // payment, past due or paused is replaced by a paid checkout of it.
+    if subscription.is_some() && plan.tier == account.tier && account.status.in_good_standing() {
         return Err(ApiError::Conflict {
             code: "already_subscribed",
             detail: format!(

@@ -38,6 +38,18 @@ impl Default for StripeApi {
     }
 }
 
+impl StripeError {
+    /// Whether trying again later may succeed: Stripe out of reach, rate-limited or
+    /// failing on its side — not a refusal of the request itself, nor a missing key.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Self::Unreachable(_) => true,
+            Self::Refused { status, .. } => *status == 429 || *status >= 500,
+            Self::NotConfigured | Self::KeyReused(_) => false,
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum StripeError {
     #[error("no Stripe secret key is configured (OMOI_STRIPE_SECRET_KEY)")]
@@ -268,10 +280,15 @@ impl StripeApi {
         })
     }
 
-    /// Ends subscription `subscription_id` now, crediting its unused time
-    /// (`DELETE /v1/subscriptions/{id}?prorate=true`, which is idempotent: it takes no
-    /// key). A subscription Stripe no longer knows (404) counts as ended.
-    pub async fn cancel_subscription(&self, subscription_id: &str) -> Result<(), StripeError> {
+    /// Ends subscription `subscription_id` now (`DELETE /v1/subscriptions/{id}`, which is
+    /// idempotent: it takes no key), with `prorate` when its unused time is credited to
+    /// the customer (an item its next invoice subtracts). A subscription Stripe no longer
+    /// knows (404) counts as ended.
+    pub async fn cancel_subscription(
+        &self,
+        subscription_id: &str,
+        credit_unused_time: bool,
+    ) -> Result<(), StripeError> {
         // An id of Stripe's alphabet only: it becomes a path segment.
         if subscription_id.is_empty()
             || !subscription_id
@@ -284,12 +301,10 @@ impl StripeApi {
             });
         }
         let path = format!("/v1/subscriptions/{subscription_id}");
-        // `prorate`: Stripe credits the unused time of the period paid for to the
-        // customer (an item its next invoice subtracts) — the subscription ended was paid
-        // for beside the plan that supersedes it.
-        let request = self
-            .request(reqwest::Method::DELETE, &path)?
-            .query(&[("prorate", "true")]);
+        let mut request = self.request(reqwest::Method::DELETE, &path)?;
+        if credit_unused_time {
+            request = request.query(&[("prorate", "true")]);
+        }
         match Self::send(request).await {
             Ok(_) | Err(StripeError::Refused { status: 404, .. }) => Ok(()),
             Err(other) => Err(other),

@@ -114,6 +114,15 @@ fn metadata(object: &Value) -> Option<&Value> {
     .find(|m| m.get("organization_id").is_some())
 }
 
+/// The subscription an invoice bills: under `parent` since API 2025-03-31, at the top
+/// before it.
+fn invoice_subscription(invoice: &Value) -> Option<String> {
+    invoice
+        .pointer("/parent/subscription_details")
+        .and_then(|details| text(details, "subscription"))
+        .or_else(|| text(invoice, "subscription"))
+}
+
 /// Decodes a payload already verified by [`verify`].
 pub fn decode(payload: &str) -> Result<Decoded, Rejection> {
     let event: Value =
@@ -235,8 +244,12 @@ fn change_of(
             subscription_id: text(object, "id")
                 .ok_or_else(|| Rejection::Malformed("a subscription without an id".into()))?,
         },
-        "invoice.paid" => StripeChange::InvoicePaid,
-        "invoice.payment_failed" => StripeChange::InvoicePaymentFailed,
+        "invoice.paid" => StripeChange::InvoicePaid {
+            subscription_id: invoice_subscription(object),
+        },
+        "invoice.payment_failed" => StripeChange::InvoicePaymentFailed {
+            subscription_id: invoice_subscription(object),
+        },
         _ => return Ok(None),
     }))
 }
@@ -279,7 +292,12 @@ mod tests {
         let decoded = decode(&payload).expect("decoded");
         assert_eq!(decoded.organization_id, Some(Uuid::from_u128(7)));
         assert_eq!(decoded.customer_id.as_deref(), Some("cus_1"));
-        assert_eq!(decoded.change, Some(StripeChange::InvoicePaymentFailed));
+        assert_eq!(
+            decoded.change,
+            Some(StripeChange::InvoicePaymentFailed {
+                subscription_id: Some("sub_1".into())
+            })
+        );
     }
 
     #[test]

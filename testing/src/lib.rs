@@ -943,6 +943,10 @@ pub type StripeLog = std::sync::Arc<std::sync::Mutex<Vec<StripeRequest>>>;
 /// their first two `DELETE`s with a 500.
 pub const FLAKY_SUBSCRIPTION: &str = "sub_flaky";
 
+/// Subscriptions whose id starts with this may not be ended with the fake Stripe's key:
+/// every `DELETE` is answered 403, as Stripe answers a restricted key.
+pub const FORBIDDEN_SUBSCRIPTION: &str = "sub_forbidden";
+
 /// A local stand-in for Stripe's API: it answers the checkout and billing-portal session
 /// calls and a subscription's `DELETE` as Stripe does and records them. Returns its base
 /// URL.
@@ -975,6 +979,11 @@ pub async fn fake_stripe() -> (String, StripeLog) {
             });
             log.iter().filter(|r| r.path == path).count()
         };
+        if id.starts_with(FORBIDDEN_SUBSCRIPTION) {
+            let error = serde_json::json!({"error": {"type": "invalid_request_error",
+                "message": "The provided key does not have the required permissions"}});
+            return (StatusCode::FORBIDDEN, Json(error)).into_response();
+        }
         if id.starts_with(FLAKY_SUBSCRIPTION) && tries <= 2 {
             let error = serde_json::json!({"error": {"type": "api_error", "message": "try again"}});
             return (StatusCode::INTERNAL_SERVER_ERROR, Json(error)).into_response();

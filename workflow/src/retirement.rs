@@ -9,14 +9,16 @@
 //! account as it stands: once retired, the account has it to end no more, so a replay of
 //! the event that superseded it (a rebuild, a retried batch after a crash between the call and
 //! the commit) calls Stripe at most once more, which a subscription already ended answers
-//! harmlessly (`DELETE` is idempotent; a 404 counts as ended). Stripe out of reach, or
-//! refusing, fails the batch as transient: it is applied again until Stripe ends the
-//! subscription, with a warning each second while it fails.
+//! harmlessly (`DELETE` is idempotent; a 404 counts as ended). Stripe out of reach,
+//! rate-limiting or failing on its side fails the batch as transient: it is applied again
+//! until Stripe ends the subscription. A refusal no retry mends (a key without the
+//! permission, none configured) is logged as an error and passed by, so that it holds no
+//! other account's retirement behind it.
 
 use cqrs_es::Aggregate;
 use futures_util::future::BoxFuture;
 use omoi_billing::stripe::StripeApi;
-use omoi_domain::billing::{BillingAccount, BillingCommand, BillingEvent};
+use omoi_domain::billing::{BillingAccount, BillingCommand, BillingEvent, Ending};
 use omoi_projections::ProjectionError;
 use omoi_store::{Actor, CommandContext, StoredEvent};
 use sqlx::PgConnection;
@@ -98,15 +100,24 @@ async fn retire(
         let Some(organization_id) = account.organization_id else {
             continue;
         };
-        for subscription_id in account.retiring_subscriptions.clone() {
-            stripe
-                .cancel_subscription(&subscription_id)
-                .await
-                .map_err(|e| {
-                    ProjectionError::Transient(format!(
-                        "Stripe did not end subscription {subscription_id}: {e}"
-                    ))
-                })?;
+        for (subscription_id, ending) in account.retiring_subscriptions.clone() {
+            let credit = ending == Ending::CreditUnusedTime;
+            match stripe.cancel_subscription(&subscription_id, credit).await {
+                Ok(()) => {}
+                Err(error) if error.is_transient() => {
+                    return Err(ProjectionError::Transient(format!(
+                        "Stripe did not end subscription {subscription_id}: {error}"
+                    )))
+                }
+                // No retry mends it (a key without the permission, no key at all): the
+                // batch goes on rather than holding every other account's behind it, and
+                // the subscription stays listed as ending until an operator ends it at
+                // Stripe or the account's next superseding event tries again.
+                Err(error) => {
+                    tracing::error!(organization = %organization_id, subscription = %subscription_id, %error, "Stripe refused to end a subscription another plan supersedes; end it in Stripe's dashboard");
+                    continue;
+                }
+            }
             let retire = BillingCommand::RetireSubscription {
                 organization_id,
                 subscription_id: subscription_id.clone(),
@@ -159,6 +170,7 @@ mod tests {
         assert!(manager.concerns("s", &lifetime));
         let second = applied(Effect::DuplicateSubscription {
             subscription_id: "sub_2".into(),
+            ending: omoi_domain::billing::Ending::CreditUnusedTime,
         });
         assert!(manager.concerns("s", &second));
         let canceled = Effect::SubscriptionCanceled {

@@ -1,4 +1,4 @@
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
 use chrono::{DateTime, Utc};
@@ -106,6 +106,27 @@ impl SubscriptionStatus {
     }
 }
 
+/// How omoi ends a superseded subscription at Stripe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Ending {
+    /// It was active (paid) when superseded: Stripe credits the unused time of its period
+    /// to the customer.
+    CreditUnusedTime,
+    /// Pending its first payment, trialing, past due or paused: nothing paid to credit.
+    Plainly,
+}
+
+impl Ending {
+    /// How a subscription in `status` when superseded is ended.
+    pub fn of(status: SubscriptionStatus) -> Self {
+        match status {
+            SubscriptionStatus::Active => Self::CreditUnusedTime,
+            _ => Self::Plainly,
+        }
+    }
+}
+
 /// An organization's billing account: the fold of its events.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, ToSchema)]
 pub struct BillingAccount {
@@ -139,11 +160,11 @@ pub struct BillingAccount {
     #[serde(default)]
     #[schema(value_type = Vec<String>)]
     pub closed_subscriptions: BTreeSet<String>,
-    /// The superseded ones omoi has still to end at Stripe (`subscription_retirement`);
-    /// each leaves with its `SubscriptionRetired`.
+    /// The superseded ones omoi has still to end at Stripe (`subscription_retirement`),
+    /// and how; each leaves with its `SubscriptionRetired`.
     #[serde(default)]
-    #[schema(value_type = Vec<String>)]
-    pub retiring_subscriptions: BTreeSet<String>,
+    #[schema(value_type = Object)]
+    pub retiring_subscriptions: BTreeMap<String, Ending>,
     /// Every Stripe event applied, so none applies twice.
     #[schema(value_type = Vec<String>)]
     pub stripe_events: BTreeSet<String>,
@@ -169,7 +190,11 @@ impl BillingAccount {
         let renews = self.stripe_subscription_id.is_some() && self.status.grants_plan();
         match (self.period_start, self.period_end) {
             (Some(start), Some(end)) if start <= at && at < end => start.timestamp(),
-            (Some(_), Some(end)) if end <= at && renews => end.timestamp(),
+            // Within one period's length of its end: a renewal never reported (a webhook
+            // misconfigured) falls back to the calendar month after that.
+            (Some(start), Some(end)) if end <= at && at < end + (end - start) && renews => {
+                end.timestamp()
+            }
             _ => {
                 use chrono::{Datelike, TimeZone};
                 Utc.with_ymd_and_hms(at.year(), at.month(), 1, 0, 0, 0)
@@ -287,7 +312,7 @@ impl BillingAccount {
             } => {
                 self.ensure_organization(organization_id)?;
                 Ok(
-                    match self.retiring_subscriptions.contains(&subscription_id) {
+                    match self.retiring_subscriptions.contains_key(&subscription_id) {
                         true => vec![BillingEvent::SubscriptionRetired {
                             organization_id,
                             subscription_id,
@@ -341,7 +366,7 @@ impl BillingAccount {
     fn standing(
         &self,
         subscription_id: &str,
-        grants_plan: bool,
+        status: SubscriptionStatus,
         changes_plan_of: Option<&str>,
     ) -> Standing {
         if self.closed_subscriptions.contains(subscription_id) {
@@ -349,19 +374,23 @@ impl BillingAccount {
                 reason: format!("{subscription_id} has ended or is superseded"),
             });
         }
+        // The account's own, in Stripe's order of changes (even once canceled: a late
+        // report of it is older than its end).
+        if self.stripe_subscription_id.as_deref() == Some(subscription_id) {
+            return Standing::InOrder;
+        }
         let held = self
             .stripe_subscription_id
             .clone()
             .filter(|_| self.status != SubscriptionStatus::Canceled);
-        if held.as_deref() == Some(subscription_id) {
-            return Standing::InOrder;
-        }
+        let grants_plan = status.grants_plan();
         let changing_held = held.is_some() && changes_plan_of == held.as_deref();
         let plan_in_good_standing = self.tier == Tier::Lifetime
             || (held.is_some() && self.status.in_good_standing() && !changing_held);
         match (plan_in_good_standing, grants_plan, held) {
             (true, true, _) => Standing::Decided(Effect::DuplicateSubscription {
                 subscription_id: subscription_id.to_string(),
+                ending: Ending::of(status),
             }),
             (true, false, _) | (false, false, Some(_)) => Standing::Decided(Effect::Ignored {
                 reason: format!(
@@ -373,11 +402,12 @@ impl BillingAccount {
         }
     }
 
-    /// Takes `superseded` (if any) out of the account's hands: omoi ends it at Stripe.
-    fn retire_later(&mut self, superseded: Option<String>) {
+    /// Takes `superseded` (if any) out of the account's hands: omoi ends it at Stripe,
+    /// as `ending` says.
+    fn retire_later(&mut self, superseded: Option<String>, ending: Ending) {
         if let Some(superseded) = superseded {
             self.closed_subscriptions.insert(superseded.clone());
-            self.retiring_subscriptions.insert(superseded);
+            self.retiring_subscriptions.insert(superseded, ending);
         }
     }
 
@@ -394,9 +424,12 @@ impl BillingAccount {
                 tier,
                 changes_plan_of,
             } => {
-                let replaces = match subscription_id.as_deref().map_or(Standing::InOrder, |id| {
-                    self.standing(id, true, changes_plan_of.as_deref())
-                }) {
+                // Paid: a completed checkout.
+                let paid = SubscriptionStatus::Active;
+                let standing = subscription_id.as_deref().map_or(Standing::InOrder, |id| {
+                    self.standing(id, paid, changes_plan_of.as_deref())
+                });
+                let replaces = match standing {
                     Standing::Decided(effect) => return Ok(effect),
                     Standing::Takes { replaces } => Some(replaces),
                     Standing::InOrder => None,
@@ -447,11 +480,7 @@ impl BillingAccount {
                 creation,
                 changes_plan_of,
             } => {
-                let standing = self.standing(
-                    &subscription_id,
-                    status.grants_plan(),
-                    changes_plan_of.as_deref(),
-                );
+                let standing = self.standing(&subscription_id, status, changes_plan_of.as_deref());
                 let replaces = match standing {
                     Standing::Decided(effect) => return Ok(effect),
                     Standing::Takes { replaces } => Some(replaces),
@@ -497,16 +526,27 @@ impl BillingAccount {
                     Effect::OtherSubscriptionEnded { subscription_id }
                 }
             }
-            StripeChange::InvoicePaid | StripeChange::InvoicePaymentFailed
+            // An invoice of another subscription than the account's own — one superseded
+            // (a retry of its payment), one pending its first payment — says nothing of
+            // the plan's.
+            StripeChange::InvoicePaid {
+                subscription_id: Some(other),
+            }
+            | StripeChange::InvoicePaymentFailed {
+                subscription_id: Some(other),
+            } if self.stripe_subscription_id.as_ref() != Some(&other) => Effect::Ignored {
+                reason: format!("an invoice of {other}, not the account's subscription"),
+            },
+            StripeChange::InvoicePaid { .. } | StripeChange::InvoicePaymentFailed { .. }
                 if self.invoice_as_of.is_some_and(|seen| stripe_created < seen) =>
             {
                 Effect::Ignored {
                     reason: "older than the invoice event already applied".into(),
                 }
             }
-            StripeChange::InvoicePaid => Effect::InvoicePaid,
+            StripeChange::InvoicePaid { .. } => Effect::InvoicePaid,
             // A later failure does not postpone a suspension already due.
-            StripeChange::InvoicePaymentFailed => Effect::PaymentFailed {
+            StripeChange::InvoicePaymentFailed { .. } => Effect::PaymentFailed {
                 suspend_at: self
                     .suspend_at
                     .map_or(suspend_at, |due| due.min(suspend_at)),
@@ -533,7 +573,7 @@ impl BillingAccount {
                 subscription_id,
                 replaces,
             } => {
-                self.retire_later(replaces);
+                self.retire_later(replaces, Ending::of(self.status));
                 self.subscription_as_of = Some(stripe_created);
                 self.tier = tier;
                 self.status = SubscriptionStatus::Active;
@@ -547,7 +587,8 @@ impl BillingAccount {
                 // The subscription held before is ended at Stripe (unless it has ended
                 // already); the lifetime plan outlives it.
                 let held = self.stripe_subscription_id.take();
-                self.retire_later(held.filter(|_| self.status != SubscriptionStatus::Canceled));
+                let held = held.filter(|_| self.status != SubscriptionStatus::Canceled);
+                self.retire_later(held, Ending::of(self.status));
                 self.tier = Tier::Lifetime;
                 self.status = SubscriptionStatus::Active;
                 self.stripe_customer_id = customer_id.or(self.stripe_customer_id.take());
@@ -571,7 +612,12 @@ impl BillingAccount {
                 period_end,
                 replaces,
             } => {
-                self.retire_later(replaces);
+                self.retire_later(replaces, Ending::of(self.status));
+                // Canceled (`incomplete_expired` too) is final at Stripe: nothing reported
+                // of it later brings it back.
+                if status == SubscriptionStatus::Canceled {
+                    self.closed_subscriptions.insert(subscription_id.clone());
+                }
                 self.stripe_subscription_id = Some(subscription_id);
                 self.stripe_customer_id = customer_id.or(self.stripe_customer_id.take());
                 self.tier = tier;
@@ -604,8 +650,11 @@ impl BillingAccount {
                 self.suspend_at = Some(suspend_at);
                 self.status = SubscriptionStatus::PastDue;
             }
-            Effect::DuplicateSubscription { subscription_id } => {
-                self.retire_later(Some(subscription_id));
+            Effect::DuplicateSubscription {
+                subscription_id,
+                ending,
+            } => {
+                self.retire_later(Some(subscription_id), ending);
             }
             Effect::OtherSubscriptionEnded { subscription_id } => {
                 self.closed_subscriptions.insert(subscription_id);
@@ -764,6 +813,13 @@ mod tests {
 
     fn org() -> Uuid {
         Uuid::from_u128(1)
+    }
+
+    fn retiring(subscriptions: &[(&str, Ending)]) -> BTreeMap<String, Ending> {
+        subscriptions
+            .iter()
+            .map(|(id, ending)| (id.to_string(), *ending))
+            .collect()
     }
 
     fn at() -> DateTime<Utc> {
@@ -1057,7 +1113,7 @@ mod tests {
         assert_eq!(account.stripe_subscription_id, None);
         assert_eq!(
             account.retiring_subscriptions,
-            BTreeSet::from(["sub_1".into()])
+            retiring(&[("sub_1", Ending::CreditUnusedTime)])
         );
         assert!(apply(&mut account, retire("sub_other")).is_empty());
         let retired = apply(&mut account, retire("sub_1"));
@@ -1136,7 +1192,7 @@ mod tests {
         let paid = deliver(&mut account, report("sub_team", Report::Paid, Tier::Team));
         assert!(matches!(
             &paid[0],
-            BillingEvent::StripeEventApplied { effect: Effect::DuplicateSubscription { subscription_id }, .. }
+            BillingEvent::StripeEventApplied { effect: Effect::DuplicateSubscription { subscription_id, .. }, .. }
                 if subscription_id == "sub_team"
         ));
         for late in [
@@ -1168,7 +1224,7 @@ mod tests {
         );
         assert_eq!(
             account.retiring_subscriptions,
-            BTreeSet::from(["sub_team".into()])
+            retiring(&[("sub_team", Ending::CreditUnusedTime)])
         );
     }
 
@@ -1243,7 +1299,7 @@ mod tests {
         );
         assert_eq!(
             account.retiring_subscriptions,
-            BTreeSet::from(["sub_1".into()])
+            retiring(&[("sub_1", Ending::CreditUnusedTime)])
         );
         // A second change naming the superseded subscription is a second plan.
         let stale = apply(
@@ -1252,7 +1308,7 @@ mod tests {
         );
         assert!(matches!(
             &stale[0],
-            BillingEvent::StripeEventApplied { effect: Effect::DuplicateSubscription { subscription_id }, .. } if subscription_id == "sub_3"
+            BillingEvent::StripeEventApplied { effect: Effect::DuplicateSubscription { subscription_id, .. }, .. } if subscription_id == "sub_3"
         ));
         assert_eq!(account.stripe_subscription_id.as_deref(), Some("sub_2"));
     }
@@ -1304,6 +1360,62 @@ mod tests {
         assert_ne!(account.period_start_at(day(70)), day(60).timestamp());
     }
 
+    /// A subscription reported canceled stays ended: a late report of it as active, or
+    /// its late checkout, does not bring the plan back (nor is it ordered apart from the
+    /// account's own changes).
+    #[test]
+    fn a_canceled_subscription_stays_ended_whatever_arrives_late() {
+        let mut account = BillingAccount::default();
+        let active = || updated(SubscriptionStatus::Active, Tier::Pro);
+        apply(&mut account, stripe("evt_active", 100, active()));
+        let canceled = updated(SubscriptionStatus::Canceled, Tier::Pro);
+        apply(&mut account, stripe("evt_canceled", 300, canceled));
+        let late_checkout = StripeChange::SubscriptionCheckout {
+            customer_id: Some("cus_1".into()),
+            subscription_id: Some("sub_1".into()),
+            tier: Tier::Pro,
+            changes_plan_of: None,
+        };
+        for (id, late) in [("evt_late", active()), ("evt_late_checkout", late_checkout)] {
+            let events = apply(&mut account, stripe(id, 200, late));
+            assert!(
+                matches!(
+                    &events[0],
+                    BillingEvent::StripeEventApplied {
+                        effect: Effect::Ignored { .. },
+                        ..
+                    }
+                ),
+                "{events:?}"
+            );
+        }
+        assert_eq!(account.effective_tier(), Tier::Free);
+    }
+
+    /// An invoice of another subscription than the account's own — a second checkout's
+    /// first payment failing, a superseded one's retry — changes nothing of the plan's
+    /// standing; one of its own does.
+    #[test]
+    fn only_an_invoice_of_the_accounts_own_subscription_counts() {
+        let mut account = BillingAccount::default();
+        let active = updated(SubscriptionStatus::Active, Tier::Pro);
+        apply(&mut account, stripe("evt_active", 10, active));
+        let failed = |subscription: &str| StripeChange::InvoicePaymentFailed {
+            subscription_id: Some(subscription.into()),
+        };
+        let events = apply(&mut account, stripe("evt_other", 11, failed("sub_2")));
+        assert!(matches!(
+            &events[0],
+            BillingEvent::StripeEventApplied {
+                effect: Effect::Ignored { .. },
+                ..
+            }
+        ));
+        assert_eq!(account.status, SubscriptionStatus::Active);
+        apply(&mut account, stripe("evt_own", 12, failed("sub_1")));
+        assert_eq!(account.status, SubscriptionStatus::PastDue);
+    }
+
     /// A subscription Stripe reported canceled is not ended again by the lifetime plan.
     #[test]
     fn the_lifetime_plan_ends_no_subscription_that_ended_already() {
@@ -1329,7 +1441,7 @@ mod tests {
         assert_eq!(account.tier, Tier::Lifetime);
         assert_eq!(
             account.retiring_subscriptions,
-            BTreeSet::from(["sub_late".into()])
+            retiring(&[("sub_late", Ending::CreditUnusedTime)])
         );
     }
 
@@ -1362,10 +1474,8 @@ mod tests {
             prop_assert!(subscriptions.contains(&held.as_str()), "no plan held: {:?}", account);
             prop_assert_eq!(account.status, SubscriptionStatus::Active);
             let other = subscriptions.iter().find(|s| **s != held).copied().unwrap_or_default();
-            prop_assert_eq!(
-                &account.retiring_subscriptions,
-                &BTreeSet::from([other.to_string()])
-            );
+            let retiring: Vec<&String> = account.retiring_subscriptions.keys().collect();
+            prop_assert_eq!(retiring, vec![other]);
         }
     }
 
@@ -1374,9 +1484,21 @@ mod tests {
         let mut account = BillingAccount::default();
         apply(
             &mut account,
-            stripe("evt_paid", 200, StripeChange::InvoicePaid),
+            stripe(
+                "evt_paid",
+                200,
+                StripeChange::InvoicePaid {
+                    subscription_id: None,
+                },
+            ),
         );
-        let failed = stripe("evt_failed", 100, StripeChange::InvoicePaymentFailed);
+        let failed = stripe(
+            "evt_failed",
+            100,
+            StripeChange::InvoicePaymentFailed {
+                subscription_id: None,
+            },
+        );
         let events = apply(&mut account, failed);
         assert!(matches!(
             &events[0],
@@ -1393,7 +1515,13 @@ mod tests {
         let mut account = BillingAccount::default();
         apply(
             &mut account,
-            stripe("evt_f", 1, StripeChange::InvoicePaymentFailed),
+            stripe(
+                "evt_f",
+                1,
+                StripeChange::InvoicePaymentFailed {
+                    subscription_id: None,
+                },
+            ),
         );
         let start = BillingCommand::StartWorkflow {
             organization_id: org(),
@@ -1402,7 +1530,16 @@ mod tests {
             at: at(),
         };
         assert_eq!(account.decide(start.clone()), Err(BillingError::Suspended));
-        apply(&mut account, stripe("evt_p", 2, StripeChange::InvoicePaid));
+        apply(
+            &mut account,
+            stripe(
+                "evt_p",
+                2,
+                StripeChange::InvoicePaid {
+                    subscription_id: None,
+                },
+            ),
+        );
         apply(&mut account, start);
     }
 
@@ -1425,7 +1562,13 @@ mod tests {
             );
             apply(
                 &mut account,
-                stripe("evt_f", 2, StripeChange::InvoicePaymentFailed),
+                stripe(
+                    "evt_f",
+                    2,
+                    StripeChange::InvoicePaymentFailed {
+                        subscription_id: None,
+                    },
+                ),
             );
             assert_eq!(account.decide(start.clone()), Err(BillingError::Suspended));
             account
@@ -1452,19 +1595,33 @@ mod tests {
             let mut account = suspended();
             apply(&mut account, stripe("evt_3", 3, change.clone()));
             assert_eq!(account.effective_tier(), tier, "{change:?}");
+            // Past due: nothing paid to credit.
+            let expected: Vec<_> = retiring.into_iter().map(|s| (s, Ending::Plainly)).collect();
             assert_eq!(
                 account.retiring_subscriptions,
-                retiring.into_iter().map(String::from).collect(),
+                self::retiring(&expected),
                 "{change:?}"
             );
             assert!(!account.is_suspended(at()), "{change:?}");
             assert!(account.decide(start.clone()).is_ok(), "{change:?}");
             // A failure of the ended subscription's invoice, delivered late, changes
             // nothing; one after it still counts.
-            let late = stripe("evt_late", 2, StripeChange::InvoicePaymentFailed);
+            let late = stripe(
+                "evt_late",
+                2,
+                StripeChange::InvoicePaymentFailed {
+                    subscription_id: None,
+                },
+            );
             apply(&mut account, late);
             assert!(!account.is_suspended(at()), "late: {change:?}");
-            let later = stripe("evt_later", 4, StripeChange::InvoicePaymentFailed);
+            let later = stripe(
+                "evt_later",
+                4,
+                StripeChange::InvoicePaymentFailed {
+                    subscription_id: None,
+                },
+            );
             apply(&mut account, later);
             assert!(account.is_suspended(at()), "later: {change:?}");
         }
@@ -1521,7 +1678,9 @@ mod tests {
             organization_id: org(),
             stripe_event_id: "evt_f".into(),
             stripe_created: 1,
-            change: StripeChange::InvoicePaymentFailed,
+            change: StripeChange::InvoicePaymentFailed {
+                subscription_id: None,
+            },
             payment_grace_seconds: 3_600,
             at: at(),
         };

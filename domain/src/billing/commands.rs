@@ -39,10 +39,11 @@ pub enum StripeChange {
     },
     /// `customer.subscription.deleted`.
     SubscriptionDeleted { subscription_id: String },
-    /// `invoice.paid`: a new period's usage starts from zero; a suspension ends.
-    InvoicePaid,
+    /// `invoice.paid`: a suspension ends. `subscription_id`: the subscription the invoice
+    /// bills, if any (an invoice of another than the account's own changes nothing).
+    InvoicePaid { subscription_id: Option<String> },
     /// `invoice.payment_failed`: past due, and suspended once the grace has passed.
-    InvoicePaymentFailed,
+    InvoicePaymentFailed { subscription_id: Option<String> },
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -3,7 +3,7 @@ use cqrs_es::DomainEvent;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use super::{SubscriptionStatus, Tier};
+use super::{Ending, SubscriptionStatus, Tier};
 
 /// What one Stripe event did to the account.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -51,6 +51,8 @@ pub enum Effect {
     /// plan, and omoi ends this one at Stripe (`subscription_retirement`).
     DuplicateSubscription {
         subscription_id: String,
+        /// Whether its unused time is credited (it was paid for, not trialing or due).
+        ending: Ending,
     },
     /// Stripe ended a subscription that is not the account's own (one superseded, one
     /// pending its payment): remembered, so nothing reported of it later takes the plan.
