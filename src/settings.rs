@@ -45,6 +45,9 @@ pub struct LiveSettings {
     /// Bytes of recent events kept in memory for resumptions (older ones are read from
     /// the database).
     pub replay_bytes: usize,
+    /// Bytes of large events (over 4 KiB) held for subscribers that have not taken them
+    /// yet; one further behind reads them from the database.
+    pub broadcast_bytes: usize,
     /// Origins besides the server's own whose pages may open a cookie-authenticated
     /// WebSocket (`https://dash.example`).
     pub allowed_origins: Vec<String>,
@@ -57,6 +60,7 @@ impl Default for LiveSettings {
             queue_bytes: live.queue_bytes,
             max_sockets_per_principal: live.max_sockets_per_principal,
             replay_bytes: live.replay_bytes,
+            broadcast_bytes: live.broadcast_bytes,
             allowed_origins: live.allowed_origins,
         }
     }
@@ -68,6 +72,7 @@ impl LiveSettings {
             queue_bytes: self.queue_bytes,
             max_sockets_per_principal: self.max_sockets_per_principal,
             replay_bytes: self.replay_bytes,
+            broadcast_bytes: self.broadcast_bytes,
             allowed_origins: self.allowed_origins.clone(),
             ..omoi_api::live::LiveConfig::default()
         }

@@ -10,7 +10,7 @@ use omoi_billing::stripe::StripeApi;
 use omoi_domain::billing::{Plan, Plans, Tier};
 use omoi_testing::{
     fake_stripe, id_of, spawn_app_with_billing, StripeLog, TestApp, FLAKY_SUBSCRIPTION,
-    FORBIDDEN_SUBSCRIPTION,
+    FORBIDDEN_SUBSCRIPTION, UNPAID_SUBSCRIPTION,
 };
 use reqwest::StatusCode;
 use serde_json::{json, Value};
@@ -42,6 +42,7 @@ fn plans() -> Plans {
 /// What the fake Stripe received, its form body read.
 #[derive(Debug, Clone)]
 struct Received {
+    method: String,
     path: String,
     idempotency_key: Option<String>,
     authorization: Option<String>,
@@ -54,6 +55,7 @@ fn requests_to(log: &StripeLog) -> Vec<Received> {
         .expect("the log")
         .iter()
         .map(|request| Received {
+            method: request.method.clone(),
             path: request.path.clone(),
             idempotency_key: request.idempotency_key.clone(),
             authorization: request.authorization.clone(),
@@ -125,12 +127,17 @@ fn subscription(organization: &str, tier: &str, status: &str, period_start: i64)
 }
 
 fn invoice(customer: &str, organization: Option<&str>) -> Value {
+    invoice_of(customer, organization, "sub_test_1")
+}
+
+/// An invoice of `subscription`.
+fn invoice_of(customer: &str, organization: Option<&str>, subscription: &str) -> Value {
     let metadata = organization.map_or(json!({}), |o| json!({"organization_id": o}));
     json!({
         "id": "in_test_1", "object": "invoice", "amount_due": 29900, "amount_paid": 29900,
         "currency": "usd", "customer": customer, "livemode": false,
         "parent": {"type": "subscription_details",
-                   "subscription_details": {"subscription": "sub_test_1", "metadata": metadata}},
+                   "subscription_details": {"subscription": subscription, "metadata": metadata}},
         "status": "paid"
     })
 }
@@ -562,19 +569,24 @@ async fn a_retirement_stripe_refuses_for_good_holds_no_other_behind_it() {
 
 /// A subscriber whose payment failed (past due) may buy its plan again: the checkout
 /// names the subscription on file, which the new one supersedes once paid — without
-/// crediting the unpaid time.
+/// crediting the unpaid time (past due at Stripe when ended) — and the suspension ends,
+/// whichever of the new subscription's reports comes first.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_past_due_subscriber_buys_its_plan_again_and_the_unpaid_subscription_ends() {
     let (app, org, log) = app_with_stripe().await;
-    assert_eq!(
-        subscribe(&app, &org, "evt_pro", "pro").await.0,
-        StatusCode::OK
+    let unpaid = format!("{UNPAID_SUBSCRIPTION}_1");
+    let checkout = checkout_session(
+        &org,
+        json!({"organization_id": org, "purpose": "subscription_checkout", "tier": "pro"}),
+        Some(&unpaid),
     );
+    let paid = envelope("evt_pro", "checkout.session.completed", now(), checkout);
+    assert_eq!(deliver(&app, &paid).await.0, StatusCode::OK);
     let failed = envelope(
         "evt_failed",
         "invoice.payment_failed",
         now(),
-        invoice("cus_test_1", Some(&org)),
+        invoice_of("cus_test_1", Some(&org), &unpaid),
     );
     assert_eq!(deliver(&app, &failed).await.0, StatusCode::OK);
     assert_eq!(account(&app, &org).await["status"], "past_due");
@@ -586,12 +598,32 @@ async fn a_past_due_subscriber_buys_its_plan_again_and_the_unpaid_subscription_e
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
     let sent = requests_to(&log).pop().expect("the checkout");
-    assert_eq!(sent.form["metadata[changes_plan_of]"], "sub_test_1");
+    assert_eq!(sent.form["metadata[changes_plan_of]"], unpaid);
 
+    // The new subscription's update first, then its checkout.
+    let mut again = subscription(&org, "pro", "active", now());
+    again["id"] = json!("sub_test_2");
+    again["metadata"]["changes_plan_of"] = json!(unpaid);
+    let updated = envelope(
+        "evt_again_paid",
+        "customer.subscription.updated",
+        now(),
+        again,
+    );
+    assert_eq!(deliver(&app, &updated).await.0, StatusCode::OK);
+    let state = account(&app, &org).await;
+    assert_eq!(
+        (
+            &state["status"],
+            &state["suspended"],
+            &state["stripe_subscription_id"]
+        ),
+        (&json!("active"), &json!(false), &json!("sub_test_2"))
+    );
     let mut checkout = checkout_session(
         &org,
         json!({"organization_id": org, "purpose": "subscription_checkout", "tier": "pro",
-               "changes_plan_of": "sub_test_1"}),
+               "changes_plan_of": unpaid}),
         Some("sub_test_2"),
     );
     checkout["id"] = json!("cs_test_again");
@@ -607,7 +639,7 @@ async fn a_past_due_subscriber_buys_its_plan_again_and_the_unpaid_subscription_e
         (&json!("active"), &json!(false), &json!("sub_test_2"))
     );
     app.caught_up().await;
-    let calls = ends_at_stripe(&log, "sub_test_1");
+    let calls = ends_at_stripe(&log, &unpaid);
     assert_eq!(calls.len(), 1, "{calls:?}");
     assert_eq!(calls[0].form.get("prorate"), None, "nothing paid to credit");
     // A retry of the old subscription's invoice failing changes nothing now.
@@ -615,7 +647,7 @@ async fn a_past_due_subscriber_buys_its_plan_again_and_the_unpaid_subscription_e
         "evt_failed_again",
         "invoice.payment_failed",
         now(),
-        invoice("cus_test_1", Some(&org)),
+        invoice_of("cus_test_1", Some(&org), &unpaid),
     );
     assert_eq!(deliver(&app, &retried).await.0, StatusCode::OK);
     assert_eq!(account(&app, &org).await["status"], "active");
@@ -625,7 +657,7 @@ async fn a_past_due_subscriber_buys_its_plan_again_and_the_unpaid_subscription_e
 fn ends_at_stripe(log: &StripeLog, id: &str) -> Vec<Received> {
     requests_to(log)
         .into_iter()
-        .filter(|r| r.path == format!("/v1/subscriptions/{id}"))
+        .filter(|r| r.method == "DELETE" && r.path == format!("/v1/subscriptions/{id}"))
         .collect()
 }
 

@@ -252,7 +252,7 @@ fn view(account: BillingAccount, organization_id: Uuid, plans: &Plans) -> Accoun
         suspend_at: account.suspend_at,
         stripe_customer_id: account.stripe_customer_id,
         stripe_subscription_id: account.stripe_subscription_id,
-        subscriptions_ending: account.retiring_subscriptions.into_keys().collect(),
+        subscriptions_ending: account.retiring_subscriptions.into_iter().collect(),
     }
 }
 
@@ -471,7 +471,8 @@ fn stripe_error(error: StripeError) -> ApiError {
         (status = 409, body = Problem,
             description = "`tier_not_purchasable`: a plan without a price (free, enterprise); \
                            `already_subscribed`: the organization is subscribed to this plan \
-                           already (another plan is a change of plan: once paid, it supersedes \
+                           already and paid up (one pending, past due or paused may be bought \
+                           again; another plan is a change of plan: once paid, it supersedes \
                            the subscription on file); `lifetime_plan`: the organization has the lifetime plan; \
                            `idempotency_key_reused`: the Idempotency-Key was sent before with \
                            another purchase (Stripe keeps a key for 24 hours)"),

@@ -38,6 +38,22 @@ impl Default for StripeApi {
     }
 }
 
+/// The API path of subscription `subscription_id`, an id of Stripe's alphabet only (it
+/// becomes a path segment).
+fn subscription_path(subscription_id: &str) -> Result<String, StripeError> {
+    if subscription_id.is_empty()
+        || !subscription_id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_')
+    {
+        return Err(StripeError::Refused {
+            status: 400,
+            message: format!("{subscription_id:?} is not a subscription id"),
+        });
+    }
+    Ok(format!("/v1/subscriptions/{subscription_id}"))
+}
+
 impl StripeError {
     /// Whether trying again later may succeed: Stripe out of reach, rate-limited or
     /// failing on its side — not a refusal of the request itself, nor a missing key.
@@ -280,6 +296,31 @@ impl StripeApi {
         })
     }
 
+    /// Subscription `subscription_id`'s status as Stripe has it now (`active`,
+    /// `past_due`, …); `None` when Stripe no longer knows it.
+    pub async fn subscription_status(
+        &self,
+        subscription_id: &str,
+    ) -> Result<Option<String>, StripeError> {
+        #[derive(Deserialize)]
+        struct Subscription {
+            status: String,
+        }
+        let path = subscription_path(subscription_id)?;
+        match Self::send(self.request(reqwest::Method::GET, &path)?).await {
+            Ok((status, body)) => {
+                let subscription: Subscription =
+                    serde_json::from_str(&body).map_err(|e| StripeError::Refused {
+                        status,
+                        message: format!("unexpected answer: {e}"),
+                    })?;
+                Ok(Some(subscription.status))
+            }
+            Err(StripeError::Refused { status: 404, .. }) => Ok(None),
+            Err(other) => Err(other),
+        }
+    }
+
     /// Ends subscription `subscription_id` now (`DELETE /v1/subscriptions/{id}`, which is
     /// idempotent: it takes no key), with `prorate` when its unused time is credited to
     /// the customer (an item its next invoice subtracts). A subscription Stripe no longer
@@ -289,18 +330,7 @@ impl StripeApi {
         subscription_id: &str,
         credit_unused_time: bool,
     ) -> Result<(), StripeError> {
-        // An id of Stripe's alphabet only: it becomes a path segment.
-        if subscription_id.is_empty()
-            || !subscription_id
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'_')
-        {
-            return Err(StripeError::Refused {
-                status: 400,
-                message: format!("{subscription_id:?} is not a subscription id"),
-            });
-        }
-        let path = format!("/v1/subscriptions/{subscription_id}");
+        let path = subscription_path(subscription_id)?;
         let mut request = self.request(reqwest::Method::DELETE, &path)?;
         if credit_unused_time {
             request = request.query(&[("prorate", "true")]);

@@ -929,6 +929,7 @@ mod tests {
 /// One request the fake Stripe of [`fake_stripe`] received.
 #[derive(Debug, Clone)]
 pub struct StripeRequest {
+    pub method: String,
     pub path: String,
     pub idempotency_key: Option<String>,
     pub authorization: Option<String>,
@@ -943,13 +944,17 @@ pub type StripeLog = std::sync::Arc<std::sync::Mutex<Vec<StripeRequest>>>;
 /// their first two `DELETE`s with a 500.
 pub const FLAKY_SUBSCRIPTION: &str = "sub_flaky";
 
+/// Subscriptions whose id starts with this are past due at the fake Stripe (its other
+/// subscriptions are active).
+pub const UNPAID_SUBSCRIPTION: &str = "sub_unpaid";
+
 /// Subscriptions whose id starts with this may not be ended with the fake Stripe's key:
 /// every `DELETE` is answered 403, as Stripe answers a restricted key.
 pub const FORBIDDEN_SUBSCRIPTION: &str = "sub_forbidden";
 
 /// A local stand-in for Stripe's API: it answers the checkout and billing-portal session
-/// calls and a subscription's `DELETE` as Stripe does and records them. Returns its base
-/// URL.
+/// calls and a subscription's `GET` and `DELETE` as Stripe does and records them. Returns
+/// its base URL.
 pub async fn fake_stripe() -> (String, StripeLog) {
     use axum::extract::{Path, State};
     use axum::http::HeaderMap;
@@ -967,6 +972,7 @@ pub async fn fake_stripe() -> (String, StripeLog) {
         let tries = {
             let mut log = log.lock().expect("the log");
             log.push(StripeRequest {
+                method: "DELETE".into(),
                 path: path.clone(),
                 idempotency_key: None,
                 authorization: headers
@@ -977,7 +983,9 @@ pub async fn fake_stripe() -> (String, StripeLog) {
                 // from the query).
                 body: query.unwrap_or_default(),
             });
-            log.iter().filter(|r| r.path == path).count()
+            log.iter()
+                .filter(|r| r.path == path && r.method == "DELETE")
+                .count()
         };
         if id.starts_with(FORBIDDEN_SUBSCRIPTION) {
             let error = serde_json::json!({"error": {"type": "invalid_request_error",
@@ -989,6 +997,31 @@ pub async fn fake_stripe() -> (String, StripeLog) {
             return (StatusCode::INTERNAL_SERVER_ERROR, Json(error)).into_response();
         }
         Json(serde_json::json!({"id": id, "object": "subscription", "status": "canceled"}))
+            .into_response()
+    }
+
+    /// A subscription as Stripe has it: past due for [`UNPAID_SUBSCRIPTION`]'s, else
+    /// active.
+    async fn subscription(
+        State(log): State<StripeLog>,
+        Path(id): Path<String>,
+        headers: HeaderMap,
+    ) -> axum::response::Response {
+        log.lock().expect("the log").push(StripeRequest {
+            method: "GET".into(),
+            path: format!("/v1/subscriptions/{id}"),
+            idempotency_key: None,
+            authorization: headers
+                .get("authorization")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string),
+            body: String::new(),
+        });
+        let status = match id.starts_with(UNPAID_SUBSCRIPTION) {
+            true => "past_due",
+            false => "active",
+        };
+        Json(serde_json::json!({"id": id, "object": "subscription", "status": status}))
             .into_response()
     }
 
@@ -1013,6 +1046,7 @@ pub async fn fake_stripe() -> (String, StripeLog) {
                 && earlier.body != body
         });
         log.push(StripeRequest {
+            method: "POST".into(),
             path: path.to_string(),
             idempotency_key,
             authorization: header("authorization"),
@@ -1041,7 +1075,9 @@ pub async fn fake_stripe() -> (String, StripeLog) {
         )
         .route(
             "/v1/subscriptions/{id}",
-            delete(end_subscription).with_state(log.clone()),
+            delete(end_subscription)
+                .get(subscription)
+                .with_state(log.clone()),
         );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await

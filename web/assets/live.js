@@ -33,12 +33,17 @@ function setState(next) {
 }
 
 // A refreshed token is handed to the open socket, which would otherwise be closed (4401)
-// once the token it opened with expires, and reconnect every quarter of an hour.
-onToken((fresh) => {
-  if (socket?.readyState === WebSocket.OPEN) {
-    socket.send(JSON.stringify({ type: "authenticate", token: fresh }));
-  }
+// once the token it opened with expires, and reconnect every quarter of an hour. A socket
+// still connecting gets it once open (its address carries the older one).
+let socketToken = null;
+onToken(() => {
+  if (socket?.readyState === WebSocket.OPEN) authenticate();
 });
+
+function authenticate() {
+  socketToken = token();
+  socket.send(JSON.stringify({ type: "authenticate", token: socketToken }));
+}
 
 /** Opens the socket (once signed in). */
 export function connect() {
@@ -59,7 +64,8 @@ export function disconnect() {
 
 function open() {
   const scheme = location.protocol === "https:" ? "wss" : "ws";
-  const address = `${scheme}://${location.host}/api/v1/ws?token=${encodeURIComponent(token() || "")}`;
+  socketToken = token();
+  const address = `${scheme}://${location.host}/api/v1/ws?token=${encodeURIComponent(socketToken || "")}`;
   setState(attempts === 0 ? "connecting" : "reconnecting");
   const current = new WebSocket(address);
   socket = current;
@@ -67,6 +73,7 @@ function open() {
   current.onopen = () => {
     opened = true;
     attempts = 0;
+    if (token() !== socketToken) authenticate();
     setState("live");
     for (const subscription of subscriptions.values()) sendSubscribe(subscription);
   };
@@ -125,6 +132,13 @@ function sendSubscribe(subscription) {
 function receive(message) {
   if (message.type === "ping") {
     socket?.send(JSON.stringify({ type: "pong" }));
+    return;
+  }
+  if (message.type === "error" && !message.id && message.code === "unavailable") {
+    // An `authenticate` the server could not verify just now: asked again in a moment.
+    setTimeout(() => {
+      if (socket?.readyState === WebSocket.OPEN) authenticate();
+    }, 2000);
     return;
   }
   const subscription = subscriptions.get(message.id);

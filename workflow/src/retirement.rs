@@ -1,8 +1,10 @@
 //! `subscription_retirement`: a subscription another plan supersedes is ended at Stripe —
-//! the one held before a lifetime purchase, and a second one paid for beside the
-//! account's own (two checkouts opened before either was paid) — else Stripe would go on
-//! charging every month for both; then it records that it did (`SubscriptionRetired`).
-//! Stripe credits the unused time of the subscription it ends to the customer.
+//! the one held before a lifetime purchase or a change of plan, a second one paid for
+//! beside the account's own (two checkouts opened before either was paid) — else Stripe
+//! would go on charging every month for both; then it records that it did
+//! (`SubscriptionRetired`). One still active (paid) at Stripe is ended with `prorate`:
+//! Stripe credits the unused time of its period to the customer, as an item of the
+//! customer's next invoice ([`end_at_stripe`]).
 //!
 //! The call is made inside the batch before anything is written, so the batch holds no
 //! transaction id (nor any reader of the log) while Stripe answers. It is decided on the
@@ -18,7 +20,8 @@
 use cqrs_es::Aggregate;
 use futures_util::future::BoxFuture;
 use omoi_billing::stripe::StripeApi;
-use omoi_domain::billing::{BillingAccount, BillingCommand, BillingEvent, Ending};
+use omoi_billing::stripe::StripeError;
+use omoi_domain::billing::{BillingAccount, BillingCommand, BillingEvent};
 use omoi_projections::ProjectionError;
 use omoi_store::{Actor, CommandContext, StoredEvent};
 use sqlx::PgConnection;
@@ -78,6 +81,27 @@ fn supersedes(event: &StoredEvent) -> Result<bool, ProjectionError> {
     ))
 }
 
+/// Ends `subscription_id` at Stripe as it stands there now: one still active (paid) with
+/// its unused time credited (`prorate`), one pending its first payment, trialing, past due
+/// or paused plainly (nothing paid to credit), one that has ended not at all. Decided on
+/// Stripe's status, not the account's: the account may have heard of the subscription
+/// only as pending when another took the plan, and its later reports are ignored.
+async fn end_at_stripe(stripe: &StripeApi, subscription_id: &str) -> Result<(), StripeError> {
+    match stripe
+        .subscription_status(subscription_id)
+        .await?
+        .as_deref()
+    {
+        None | Some("canceled" | "incomplete_expired") => Ok(()),
+        Some(status) => {
+            let credit_unused_time = status == "active";
+            stripe
+                .cancel_subscription(subscription_id, credit_unused_time)
+                .await
+        }
+    }
+}
+
 /// Ends at Stripe, then retires, every subscription each account has still to end:
 /// every call first, every record appended at the end.
 async fn retire(
@@ -100,9 +124,8 @@ async fn retire(
         let Some(organization_id) = account.organization_id else {
             continue;
         };
-        for (subscription_id, ending) in account.retiring_subscriptions.clone() {
-            let credit = ending == Ending::CreditUnusedTime;
-            match stripe.cancel_subscription(&subscription_id, credit).await {
+        for subscription_id in account.retiring_subscriptions.clone() {
+            match end_at_stripe(stripe, &subscription_id).await {
                 Ok(()) => {}
                 Err(error) if error.is_transient() => {
                     return Err(ProjectionError::Transient(format!(
@@ -170,7 +193,6 @@ mod tests {
         assert!(manager.concerns("s", &lifetime));
         let second = applied(Effect::DuplicateSubscription {
             subscription_id: "sub_2".into(),
-            ending: omoi_domain::billing::Ending::CreditUnusedTime,
         });
         assert!(manager.concerns("s", &second));
         let canceled = Effect::SubscriptionCanceled {

@@ -364,7 +364,7 @@ impl FromRequestParts<AppState> for Caller {
 /// Bearer` or the access cookie), for work that outlives the request's own check and
 /// verifies it again: a claim waiting up to a minute, a WebSocket. Not `Debug`: it is a
 /// secret.
-#[derive(Clone)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct Credential(String);
 
 impl Credential {

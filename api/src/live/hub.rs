@@ -305,8 +305,8 @@ impl Hub {
     }
 
     /// Gauges for `/metrics`: open sockets and read-model followers held in memory; and
-    /// how often a follower fell behind the broadcast (its count or its bytes: raise
-    /// `live.broadcast_capacity` or `live.replay_bytes` if this climbs steadily).
+    /// how often a follower fell behind the broadcast (its 4,096 events, or
+    /// `live.broadcast_bytes` of large ones: raise the latter if this climbs steadily).
     pub fn render_prometheus(&self) -> String {
         let gauges = [
             ("omoi_live_sockets", "Open WebSockets", self.sockets.total()),

@@ -590,16 +590,27 @@ impl Writer {
                 self.caller.send_replace(caller);
                 Ok(())
             }
-            Err(ApiError::Unauthorized { .. }) => Err(End::Close(
+            // Unless `authenticate` replaced it meanwhile: the next check verifies that one.
+            Err(ApiError::Unauthorized { .. }) if self.still_held(&credential) => Err(End::Close(
                 4401,
                 "the credential was revoked or has expired",
             )),
+            Err(ApiError::Unauthorized { .. }) => Ok(()),
             // A database hiccup is no reason to drop the client; the next check decides.
             Err(error) => {
                 tracing::debug!(?error, "live: could not verify a credential again");
                 Ok(())
             }
         }
+    }
+
+    /// Whether the socket still authenticates with `credential`.
+    fn still_held(&self, credential: &Credential) -> bool {
+        *self
+            .credential
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            == *credential
     }
 
     async fn finish(&mut self, end: End) {

@@ -40,8 +40,11 @@ impl<T> Clone for Sent<T> {
 /// taken them or the window's bytes let them go.
 pub struct Window<T> {
     sender: broadcast::Sender<Sent<T>>,
-    /// The large values lent that may still be taken, oldest first, with their weights.
-    held: VecDeque<(Arc<T>, usize)>,
+    /// Values sent so far: the number of the next one.
+    sent: u64,
+    /// The large values lent that some receiver may still take, oldest first, with their
+    /// numbers and weights.
+    held: VecDeque<(u64, Arc<T>, usize)>,
     capacity: usize,
     byte_capacity: usize,
     bytes: usize,
@@ -54,6 +57,7 @@ impl<T> Window<T> {
         let capacity = capacity.max(1).next_power_of_two();
         Self {
             sender: broadcast::channel(capacity).0,
+            sent: 0,
             held: VecDeque::new(),
             capacity,
             byte_capacity,
@@ -71,22 +75,32 @@ impl<T> Window<T> {
     }
 
     /// Sends `value`, which weighs `weight` bytes, to every receiver (none is not an
-    /// error); a large one is held, and the oldest held past the window's bounds let go.
+    /// error); a large one is held. Let go of: the held values every receiver has taken
+    /// (the channel queues only the newest values some receiver has not seen), then the
+    /// oldest past the window's bytes.
     pub fn send(&mut self, value: Arc<T>, weight: usize) {
+        let number = self.sent;
+        self.sent += 1;
         if weight <= INLINE_WEIGHT {
             let _ = self.sender.send(Sent::Own(value));
+        } else {
+            let _ = self.sender.send(Sent::Lent(Arc::downgrade(&value)));
+            self.held.push_back((number, value, weight));
+            self.bytes += weight;
+        }
+        if self.held.is_empty() {
             return;
         }
-        let _ = self.sender.send(Sent::Lent(Arc::downgrade(&value)));
-        self.held.push_back((value, weight));
-        self.bytes += weight;
-        while self.held.len() > self.capacity
-            || (self.bytes > self.byte_capacity && self.held.len() > 1)
-        {
-            let Some((_, oldest)) = self.held.pop_front() else {
+        // `len` looks at a dozen slots: only worth it with large values held.
+        let first_queued = self.sent - self.sender.len() as u64;
+        while let Some(&(oldest, _, weight)) = self.held.front() {
+            let over = self.held.len() > self.capacity
+                || (self.bytes > self.byte_capacity && self.held.len() > 1);
+            if oldest >= first_queued && !over {
                 break;
-            };
-            self.bytes -= oldest;
+            }
+            self.held.pop_front();
+            self.bytes -= weight;
         }
     }
 }
@@ -142,6 +156,26 @@ mod tests {
         // A value heavier than the whole budget still reaches a receiver keeping up.
         window.send(Arc::new(4), 100 * LARGE);
         assert_eq!(*reading.recv().await.expect("the heavy value"), 4);
+    }
+
+    /// A large value every receiver has taken is let go of at the next send: the window
+    /// holds only what some receiver may still take (a plain broadcast frees a value once
+    /// every receiver took it).
+    #[tokio::test]
+    async fn a_large_value_every_receiver_took_is_let_go_of() {
+        let mut window = Window::new(8, 100 * LARGE);
+        let mut receiver = window.subscribe();
+        let first = Arc::new(1);
+        let taken = Arc::downgrade(&first);
+        window.send(first, LARGE);
+        assert_eq!(*receiver.recv().await.expect("taken"), 1);
+        window.send(Arc::new(2), LARGE);
+        assert!(taken.upgrade().is_none(), "freed once taken");
+        assert_eq!(window.held.len(), 1, "the one not taken yet");
+        // No receiver at all: nothing is held.
+        drop(receiver);
+        window.send(Arc::new(3), LARGE);
+        assert!(window.held.is_empty());
     }
 
     /// A small value travels in the channel itself: the window holds none, it is freed

@@ -1,4 +1,4 @@
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::fmt;
 
 use chrono::{DateTime, Utc};
@@ -106,27 +106,6 @@ impl SubscriptionStatus {
     }
 }
 
-/// How omoi ends a superseded subscription at Stripe.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum Ending {
-    /// It was active (paid) when superseded: Stripe credits the unused time of its period
-    /// to the customer.
-    CreditUnusedTime,
-    /// Pending its first payment, trialing, past due or paused: nothing paid to credit.
-    Plainly,
-}
-
-impl Ending {
-    /// How a subscription in `status` when superseded is ended.
-    pub fn of(status: SubscriptionStatus) -> Self {
-        match status {
-            SubscriptionStatus::Active => Self::CreditUnusedTime,
-            _ => Self::Plainly,
-        }
-    }
-}
-
 /// An organization's billing account: the fold of its events.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, ToSchema)]
 pub struct BillingAccount {
@@ -160,11 +139,11 @@ pub struct BillingAccount {
     #[serde(default)]
     #[schema(value_type = Vec<String>)]
     pub closed_subscriptions: BTreeSet<String>,
-    /// The superseded ones omoi has still to end at Stripe (`subscription_retirement`),
-    /// and how; each leaves with its `SubscriptionRetired`.
+    /// The superseded ones omoi has still to end at Stripe (`subscription_retirement`);
+    /// each leaves with its `SubscriptionRetired`, or with Stripe's report of its end.
     #[serde(default)]
-    #[schema(value_type = Object)]
-    pub retiring_subscriptions: BTreeMap<String, Ending>,
+    #[schema(value_type = Vec<String>)]
+    pub retiring_subscriptions: BTreeSet<String>,
     /// Every Stripe event applied, so none applies twice.
     #[schema(value_type = Vec<String>)]
     pub stripe_events: BTreeSet<String>,
@@ -312,7 +291,7 @@ impl BillingAccount {
             } => {
                 self.ensure_organization(organization_id)?;
                 Ok(
-                    match self.retiring_subscriptions.contains_key(&subscription_id) {
+                    match self.retiring_subscriptions.contains(&subscription_id) {
                         true => vec![BillingEvent::SubscriptionRetired {
                             organization_id,
                             subscription_id,
@@ -390,7 +369,6 @@ impl BillingAccount {
         match (plan_in_good_standing, grants_plan, held) {
             (true, true, _) => Standing::Decided(Effect::DuplicateSubscription {
                 subscription_id: subscription_id.to_string(),
-                ending: Ending::of(status),
             }),
             (true, false, _) | (false, false, Some(_)) => Standing::Decided(Effect::Ignored {
                 reason: format!(
@@ -402,12 +380,11 @@ impl BillingAccount {
         }
     }
 
-    /// Takes `superseded` (if any) out of the account's hands: omoi ends it at Stripe,
-    /// as `ending` says.
-    fn retire_later(&mut self, superseded: Option<String>, ending: Ending) {
+    /// Takes `superseded` (if any) out of the account's hands: omoi ends it at Stripe.
+    fn retire_later(&mut self, superseded: Option<String>) {
         if let Some(superseded) = superseded {
             self.closed_subscriptions.insert(superseded.clone());
-            self.retiring_subscriptions.insert(superseded, ending);
+            self.retiring_subscriptions.insert(superseded);
         }
     }
 
@@ -518,7 +495,9 @@ impl BillingAccount {
                 // so that nothing reported of it later takes the plan.
                 if self.stripe_subscription_id.as_deref() == Some(subscription_id.as_str()) {
                     Effect::SubscriptionCanceled { subscription_id }
-                } else if self.closed_subscriptions.contains(&subscription_id) {
+                } else if self.closed_subscriptions.contains(&subscription_id)
+                    && !self.retiring_subscriptions.contains(&subscription_id)
+                {
                     Effect::Ignored {
                         reason: format!("{subscription_id} has ended or is superseded"),
                     }
@@ -527,15 +506,26 @@ impl BillingAccount {
                 }
             }
             // An invoice of another subscription than the account's own — one superseded
-            // (a retry of its payment), one pending its first payment — says nothing of
-            // the plan's.
+            // (a retry of its payment), one pending its first payment — or of one that has
+            // ended says nothing of the plan's.
             StripeChange::InvoicePaid {
                 subscription_id: Some(other),
             }
             | StripeChange::InvoicePaymentFailed {
                 subscription_id: Some(other),
-            } if self.stripe_subscription_id.as_ref() != Some(&other) => Effect::Ignored {
-                reason: format!("an invoice of {other}, not the account's subscription"),
+            } if self.stripe_subscription_id.as_ref() != Some(&other)
+                || self.closed_subscriptions.contains(&other) =>
+            {
+                Effect::Ignored {
+                    reason: format!("an invoice of {other}, not the account's plan"),
+                }
+            }
+            // A first payment failing (the subscription pending, never granting the plan)
+            // suspends nothing: Stripe ends the subscription if it is not paid.
+            StripeChange::InvoicePaymentFailed {
+                subscription_id: Some(_),
+            } if !self.status.grants_plan() => Effect::Ignored {
+                reason: "a payment of a subscription that grants no plan failed".into(),
             },
             StripeChange::InvoicePaid { .. } | StripeChange::InvoicePaymentFailed { .. }
                 if self.invoice_as_of.is_some_and(|seen| stripe_created < seen) =>
@@ -573,7 +563,7 @@ impl BillingAccount {
                 subscription_id,
                 replaces,
             } => {
-                self.retire_later(replaces, Ending::of(self.status));
+                self.retire_later(replaces);
                 self.subscription_as_of = Some(stripe_created);
                 self.tier = tier;
                 self.status = SubscriptionStatus::Active;
@@ -587,8 +577,7 @@ impl BillingAccount {
                 // The subscription held before is ended at Stripe (unless it has ended
                 // already); the lifetime plan outlives it.
                 let held = self.stripe_subscription_id.take();
-                let held = held.filter(|_| self.status != SubscriptionStatus::Canceled);
-                self.retire_later(held, Ending::of(self.status));
+                self.retire_later(held.filter(|_| self.status != SubscriptionStatus::Canceled));
                 self.tier = Tier::Lifetime;
                 self.status = SubscriptionStatus::Active;
                 self.stripe_customer_id = customer_id.or(self.stripe_customer_id.take());
@@ -612,7 +601,11 @@ impl BillingAccount {
                 period_end,
                 replaces,
             } => {
-                self.retire_later(replaces, Ending::of(self.status));
+                // A paid plan taking over from one past due: nothing is owed any more.
+                if replaces.is_some() && status.in_good_standing() {
+                    self.settle_invoices(stripe_created);
+                }
+                self.retire_later(replaces);
                 // Canceled (`incomplete_expired` too) is final at Stripe: nothing reported
                 // of it later brings it back.
                 if status == SubscriptionStatus::Canceled {
@@ -650,13 +643,13 @@ impl BillingAccount {
                 self.suspend_at = Some(suspend_at);
                 self.status = SubscriptionStatus::PastDue;
             }
-            Effect::DuplicateSubscription {
-                subscription_id,
-                ending,
-            } => {
-                self.retire_later(Some(subscription_id), ending);
+            Effect::DuplicateSubscription { subscription_id } => {
+                self.retire_later(Some(subscription_id));
             }
             Effect::OtherSubscriptionEnded { subscription_id } => {
+                // Ended at Stripe (by omoi, or by hand after Stripe refused omoi): nothing
+                // left to end.
+                self.retiring_subscriptions.remove(&subscription_id);
                 self.closed_subscriptions.insert(subscription_id);
             }
             Effect::Ignored { .. } => {}
@@ -815,11 +808,8 @@ mod tests {
         Uuid::from_u128(1)
     }
 
-    fn retiring(subscriptions: &[(&str, Ending)]) -> BTreeMap<String, Ending> {
-        subscriptions
-            .iter()
-            .map(|(id, ending)| (id.to_string(), *ending))
-            .collect()
+    fn retiring(subscriptions: &[&str]) -> BTreeSet<String> {
+        subscriptions.iter().map(|id| id.to_string()).collect()
     }
 
     fn at() -> DateTime<Utc> {
@@ -1111,10 +1101,7 @@ mod tests {
             ),
         );
         assert_eq!(account.stripe_subscription_id, None);
-        assert_eq!(
-            account.retiring_subscriptions,
-            retiring(&[("sub_1", Ending::CreditUnusedTime)])
-        );
+        assert_eq!(account.retiring_subscriptions, retiring(&["sub_1"]));
         assert!(apply(&mut account, retire("sub_other")).is_empty());
         let retired = apply(&mut account, retire("sub_1"));
         assert!(matches!(
@@ -1195,25 +1182,34 @@ mod tests {
             BillingEvent::StripeEventApplied { effect: Effect::DuplicateSubscription { subscription_id, .. }, .. }
                 if subscription_id == "sub_team"
         ));
-        for late in [
-            report("sub_team", Report::CheckoutCompleted, Tier::Team),
-            StripeChange::SubscriptionDeleted {
-                subscription_id: "sub_team".into(),
-            },
-        ] {
-            let ignored = deliver(&mut account, late);
-            assert!(matches!(
-                &ignored[0],
-                BillingEvent::StripeEventApplied {
-                    effect: Effect::Ignored { .. },
-                    ..
-                }
-            ));
-        }
+        let late = report("sub_team", Report::CheckoutCompleted, Tier::Team);
+        let ignored = deliver(&mut account, late);
+        assert!(matches!(
+            &ignored[0],
+            BillingEvent::StripeEventApplied {
+                effect: Effect::Ignored { .. },
+                ..
+            }
+        ));
         deliver(
             &mut account,
             report("sub_pro", Report::CheckoutCompleted, Tier::Pro),
         );
+        assert_eq!(account.retiring_subscriptions, retiring(&["sub_team"]));
+        // Its end, reported (omoi's doing, or an operator's by hand): nothing left to end,
+        // and the plan stays.
+        let ended = StripeChange::SubscriptionDeleted {
+            subscription_id: "sub_team".into(),
+        };
+        let events = deliver(&mut account, ended);
+        assert!(matches!(
+            &events[0],
+            BillingEvent::StripeEventApplied {
+                effect: Effect::OtherSubscriptionEnded { .. },
+                ..
+            }
+        ));
+        assert!(account.retiring_subscriptions.is_empty());
         assert_eq!(
             (
                 account.tier,
@@ -1221,10 +1217,6 @@ mod tests {
                 account.stripe_subscription_id.as_deref()
             ),
             (Tier::Pro, SubscriptionStatus::Active, Some("sub_pro"))
-        );
-        assert_eq!(
-            account.retiring_subscriptions,
-            retiring(&[("sub_team", Ending::CreditUnusedTime)])
         );
     }
 
@@ -1297,10 +1289,7 @@ mod tests {
             (account.tier, account.stripe_subscription_id.as_deref()),
             (Tier::Team, Some("sub_2"))
         );
-        assert_eq!(
-            account.retiring_subscriptions,
-            retiring(&[("sub_1", Ending::CreditUnusedTime)])
-        );
+        assert_eq!(account.retiring_subscriptions, retiring(&["sub_1"]));
         // A second change naming the superseded subscription is a second plan.
         let stale = apply(
             &mut account,
@@ -1414,6 +1403,24 @@ mod tests {
         assert_eq!(account.status, SubscriptionStatus::Active);
         apply(&mut account, stripe("evt_own", 12, failed("sub_1")));
         assert_eq!(account.status, SubscriptionStatus::PastDue);
+
+        // A free organization's first checkout, its card declined: the subscription never
+        // granted the plan, so nothing is past due, nor suspended.
+        let mut account = BillingAccount::default();
+        let pending = report("sub_new", Report::Created, Tier::Pro);
+        apply(&mut account, stripe("evt_created", 10, pending));
+        let events = apply(&mut account, stripe("evt_declined", 11, failed("sub_new")));
+        assert!(matches!(
+            &events[0],
+            BillingEvent::StripeEventApplied {
+                effect: Effect::Ignored { .. },
+                ..
+            }
+        ));
+        assert_eq!(
+            (account.status, account.suspend_at, account.effective_tier()),
+            (SubscriptionStatus::Incomplete, None, Tier::Free)
+        );
     }
 
     /// A subscription Stripe reported canceled is not ended again by the lifetime plan.
@@ -1439,10 +1446,7 @@ mod tests {
         let late = report("sub_late", Report::CheckoutCompleted, Tier::Team);
         apply(&mut account, stripe("evt_late", 5, late));
         assert_eq!(account.tier, Tier::Lifetime);
-        assert_eq!(
-            account.retiring_subscriptions,
-            retiring(&[("sub_late", Ending::CreditUnusedTime)])
-        );
+        assert_eq!(account.retiring_subscriptions, retiring(&["sub_late"]));
     }
 
     proptest::proptest! {
@@ -1474,7 +1478,7 @@ mod tests {
             prop_assert!(subscriptions.contains(&held.as_str()), "no plan held: {:?}", account);
             prop_assert_eq!(account.status, SubscriptionStatus::Active);
             let other = subscriptions.iter().find(|s| **s != held).copied().unwrap_or_default();
-            let retiring: Vec<&String> = account.retiring_subscriptions.keys().collect();
+            let retiring: Vec<&String> = account.retiring_subscriptions.iter().collect();
             prop_assert_eq!(retiring, vec![other]);
         }
     }
@@ -1595,8 +1599,7 @@ mod tests {
             let mut account = suspended();
             apply(&mut account, stripe("evt_3", 3, change.clone()));
             assert_eq!(account.effective_tier(), tier, "{change:?}");
-            // Past due: nothing paid to credit.
-            let expected: Vec<_> = retiring.into_iter().map(|s| (s, Ending::Plainly)).collect();
+            let expected: Vec<&str> = retiring.into_iter().collect();
             assert_eq!(
                 account.retiring_subscriptions,
                 self::retiring(&expected),

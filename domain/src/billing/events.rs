@@ -3,7 +3,7 @@ use cqrs_es::DomainEvent;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use super::{Ending, SubscriptionStatus, Tier};
+use super::{SubscriptionStatus, Tier};
 
 /// What one Stripe event did to the account.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -51,11 +51,10 @@ pub enum Effect {
     /// plan, and omoi ends this one at Stripe (`subscription_retirement`).
     DuplicateSubscription {
         subscription_id: String,
-        /// Whether its unused time is credited (it was paid for, not trialing or due).
-        ending: Ending,
     },
-    /// Stripe ended a subscription that is not the account's own (one superseded, one
-    /// pending its payment): remembered, so nothing reported of it later takes the plan.
+    /// Stripe ended a subscription that is not the account's own (one superseded — by
+    /// omoi, or by hand —, one pending its payment): remembered, so nothing reported of it
+    /// later takes the plan, and nothing is left to end.
     OtherSubscriptionEnded {
         subscription_id: String,
     },

@@ -18,7 +18,7 @@ mod error;
 mod events;
 mod plans;
 
-pub use aggregate::{BillingAccount, Ending, OpenWorkflow, SubscriptionStatus, Tier};
+pub use aggregate::{BillingAccount, OpenWorkflow, SubscriptionStatus, Tier};
 pub use commands::{BillingCommand, StripeChange};
 pub use error::BillingError;
 pub use events::{BillingEvent, Effect};
