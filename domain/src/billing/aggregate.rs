@@ -353,8 +353,8 @@ impl BillingAccount {
                 reason: format!("{subscription_id} has ended or is superseded"),
             });
         }
-        // The account's own, in Stripe's order of changes (even once canceled: a late
-        // report of it is older than its end).
+        // The account's own, in Stripe's order of changes (reported canceled, it is
+        // closed above).
         if self.stripe_subscription_id.as_deref() == Some(subscription_id) {
             return Standing::InOrder;
         }
