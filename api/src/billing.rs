@@ -552,10 +552,7 @@ fn plan_purchase(account: &BillingAccount, plan: Plan) -> ApiResult<Purchase> {
             detail: "the organization has the lifetime plan".into(),
         });
     }
-    let subscription = account
-        .stripe_subscription_id
-        .clone()
-        .filter(|_| account.status != SubscriptionStatus::Canceled);
+    let subscription = account.live_subscription();
     // The same plan again only while it is paid up: a subscription pending its first
     // payment, past due or paused is replaced by a paid checkout of it.
     if subscription.is_some() && plan.tier == account.tier && account.status.in_good_standing() {

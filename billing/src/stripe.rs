@@ -245,6 +245,17 @@ impl StripeApi {
     }
 
     /// Sends `request`; the body of a 2xx answer, else what Stripe said.
+    /// Sends `request` and reads Stripe's answer as `T`.
+    async fn fetch<T: serde::de::DeserializeOwned>(
+        request: reqwest::RequestBuilder,
+    ) -> Result<T, StripeError> {
+        let (status, body) = Self::send(request).await?;
+        serde_json::from_str(&body).map_err(|e| StripeError::Refused {
+            status,
+            message: format!("unexpected answer: {e}"),
+        })
+    }
+
     async fn send(request: reqwest::RequestBuilder) -> Result<(u16, String), StripeError> {
         let response = request
             .send()
@@ -285,11 +296,7 @@ impl StripeApi {
             .request(reqwest::Method::POST, path)?
             .header("Idempotency-Key", idempotency_key)
             .form(form);
-        let (status, body) = Self::send(request).await?;
-        let session: Session = serde_json::from_str(&body).map_err(|e| StripeError::Refused {
-            status,
-            message: format!("unexpected answer: {e}"),
-        })?;
+        let session: Session = Self::fetch(request).await?;
         Ok(Created {
             id: session.id,
             url: session.url,
@@ -307,15 +314,8 @@ impl StripeApi {
             status: String,
         }
         let path = subscription_path(subscription_id)?;
-        match Self::send(self.request(reqwest::Method::GET, &path)?).await {
-            Ok((status, body)) => {
-                let subscription: Subscription =
-                    serde_json::from_str(&body).map_err(|e| StripeError::Refused {
-                        status,
-                        message: format!("unexpected answer: {e}"),
-                    })?;
-                Ok(Some(subscription.status))
-            }
+        match Self::fetch::<Subscription>(self.request(reqwest::Method::GET, &path)?).await {
+            Ok(subscription) => Ok(Some(subscription.status)),
             Err(StripeError::Refused { status: 404, .. }) => Ok(None),
             Err(other) => Err(other),
         }

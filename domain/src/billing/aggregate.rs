@@ -183,6 +183,13 @@ impl BillingAccount {
         }
     }
 
+    /// The subscription the account holds, unless it was canceled.
+    pub fn live_subscription(&self) -> Option<String> {
+        self.stripe_subscription_id
+            .clone()
+            .filter(|_| self.status != SubscriptionStatus::Canceled)
+    }
+
     /// Workflows counted in the usage period of `at`.
     pub fn workflows_used_at(&self, at: DateTime<Utc>) -> u32 {
         if self.usage_period == Some(self.period_start_at(at)) {
@@ -358,10 +365,7 @@ impl BillingAccount {
         if self.stripe_subscription_id.as_deref() == Some(subscription_id) {
             return Standing::InOrder;
         }
-        let held = self
-            .stripe_subscription_id
-            .clone()
-            .filter(|_| self.status != SubscriptionStatus::Canceled);
+        let held = self.live_subscription();
         let grants_plan = status.grants_plan();
         let changing_held = held.is_some() && changes_plan_of == held.as_deref();
         let plan_in_good_standing = self.tier == Tier::Lifetime
@@ -576,8 +580,8 @@ impl BillingAccount {
             Effect::LifetimePurchased { customer_id } => {
                 // The subscription held before is ended at Stripe (unless it has ended
                 // already); the lifetime plan outlives it.
-                let held = self.stripe_subscription_id.take();
-                self.retire_later(held.filter(|_| self.status != SubscriptionStatus::Canceled));
+                self.retire_later(self.live_subscription());
+                self.stripe_subscription_id = None;
                 self.tier = Tier::Lifetime;
                 self.status = SubscriptionStatus::Active;
                 self.stripe_customer_id = customer_id.or(self.stripe_customer_id.take());
