@@ -420,14 +420,9 @@ async fn a_second_plan_paid_for_is_ended_at_stripe_and_the_first_stays() {
         let (status, receipt) = deliver(&app, &late).await;
         assert_eq!(status, StatusCode::OK, "{receipt}");
     }
-    let state = account(&app, &org).await;
     assert_eq!(
-        (
-            &state["tier"],
-            &state["status"],
-            &state["stripe_subscription_id"]
-        ),
-        (&json!("pro"), &json!("active"), &json!("sub_test_1"))
+        fields(&app, &org, ["tier", "status", "stripe_subscription_id"]).await,
+        [json!("pro"), json!("active"), json!("sub_test_1")]
     );
     app.caught_up().await;
     assert_eq!(ends_at_stripe(&log, "sub_test_2").len(), 1, "ended once");
@@ -466,14 +461,9 @@ async fn buying_another_plan_changes_plans_once_paid() {
     team["metadata"]["changes_plan_of"] = json!("sub_test_1");
     let created = envelope("evt_created", "customer.subscription.created", now(), team);
     assert_eq!(deliver(&app, &created).await.0, StatusCode::OK);
-    let state = account(&app, &org).await;
     assert_eq!(
-        (
-            &state["tier"],
-            &state["status"],
-            &state["stripe_subscription_id"]
-        ),
-        (&json!("pro"), &json!("active"), &json!("sub_test_1"))
+        fields(&app, &org, ["tier", "status", "stripe_subscription_id"]).await,
+        [json!("pro"), json!("active"), json!("sub_test_1")]
     );
 
     let mut checkout = checkout_session(
@@ -486,14 +476,9 @@ async fn buying_another_plan_changes_plans_once_paid() {
     let paid = envelope("evt_team", "checkout.session.completed", now(), checkout);
     let (status, receipt) = deliver(&app, &paid).await;
     assert_eq!(status, StatusCode::OK, "{receipt}");
-    let state = account(&app, &org).await;
     assert_eq!(
-        (
-            &state["tier"],
-            &state["status"],
-            &state["stripe_subscription_id"]
-        ),
-        (&json!("team"), &json!("active"), &json!("sub_test_2"))
+        fields(&app, &org, ["tier", "status", "stripe_subscription_id"]).await,
+        [json!("team"), json!("active"), json!("sub_test_2")]
     );
     app.caught_up().await;
     let calls = ends_at_stripe(&log, "sub_test_1");
@@ -611,14 +596,14 @@ async fn a_past_due_subscriber_buys_its_plan_again_and_the_unpaid_subscription_e
         again,
     );
     assert_eq!(deliver(&app, &updated).await.0, StatusCode::OK);
-    let state = account(&app, &org).await;
     assert_eq!(
-        (
-            &state["status"],
-            &state["suspended"],
-            &state["stripe_subscription_id"]
-        ),
-        (&json!("active"), &json!(false), &json!("sub_test_2"))
+        fields(
+            &app,
+            &org,
+            ["status", "suspended", "stripe_subscription_id"]
+        )
+        .await,
+        [json!("active"), json!(false), json!("sub_test_2")]
     );
     let mut checkout = checkout_session(
         &org,
@@ -629,14 +614,14 @@ async fn a_past_due_subscriber_buys_its_plan_again_and_the_unpaid_subscription_e
     checkout["id"] = json!("cs_test_again");
     let paid = envelope("evt_again", "checkout.session.completed", now(), checkout);
     assert_eq!(deliver(&app, &paid).await.0, StatusCode::OK);
-    let state = account(&app, &org).await;
     assert_eq!(
-        (
-            &state["status"],
-            &state["suspended"],
-            &state["stripe_subscription_id"]
-        ),
-        (&json!("active"), &json!(false), &json!("sub_test_2"))
+        fields(
+            &app,
+            &org,
+            ["status", "suspended", "stripe_subscription_id"]
+        )
+        .await,
+        [json!("active"), json!(false), json!("sub_test_2")]
     );
     app.caught_up().await;
     let calls = ends_at_stripe(&log, &unpaid);
@@ -651,6 +636,12 @@ async fn a_past_due_subscriber_buys_its_plan_again_and_the_unpaid_subscription_e
     );
     assert_eq!(deliver(&app, &retried).await.0, StatusCode::OK);
     assert_eq!(account(&app, &org).await["status"], "active");
+}
+
+/// The fields `names` of `organization`'s billing account, in order.
+async fn fields<const N: usize>(app: &TestApp, organization: &str, names: [&str; N]) -> [Value; N] {
+    let state = account(app, organization).await;
+    names.map(|name| state[name].clone())
 }
 
 /// The `DELETE`s of subscription `id` the fake Stripe received.

@@ -33,6 +33,9 @@ async fn expect(browser: &Browser, name: &str, condition: &str) {
     }
 }
 
+/// The page's socket is open and subscribed (its connection indicator says so).
+const CONNECTION_LIVE: &str = "document.getElementById('connection')?.dataset.state === 'live'";
+
 fn card_in(column: &str, ticket: &str) -> String {
     format!("document.querySelector('[data-column=\"{column}\"] [data-ticket-id=\"{ticket}\"]')")
 }
@@ -115,12 +118,7 @@ async fn a_person_signs_in_sees_the_board_in_its_columns_and_switches_project() 
         .current_url()
         .await?
         .ends_with(&format!("/p/{project}/board")));
-    expect(
-        &browser,
-        "connection-live",
-        "document.getElementById('connection')?.dataset.state === 'live'",
-    )
-    .await;
+    expect(&browser, "connection-live", CONNECTION_LIVE).await;
     shot(&browser, "board").await;
     // Screen readers hear the connection's state and the notices, not every card that
     // changes: the only live regions are those.
@@ -653,12 +651,7 @@ async fn after_a_server_restart_the_socket_reconnects_and_the_board_catches_up(
     let first = app.ticket(&project, "Before the restart").await;
     let browser = signed_in(&app, &format!("/p/{project}/board")).await?;
     expect(&browser, "board", &card_in("backlog", &first)).await;
-    expect(
-        &browser,
-        "live",
-        "document.getElementById('connection').dataset.state === 'live'",
-    )
-    .await;
+    expect(&browser, "live", CONNECTION_LIVE).await;
 
     let app = app.restart().await;
     // Changes made while the page reconnects arrive through the resumption (`after`).
@@ -666,12 +659,7 @@ async fn after_a_server_restart_the_socket_reconnects_and_the_board_catches_up(
     let second = app.ticket(&project, "After the restart").await;
     expect(&browser, "caught-up-move", &card_in("analyzing", &first)).await;
     expect(&browser, "caught-up-new", &card_in("backlog", &second)).await;
-    expect(
-        &browser,
-        "live-again",
-        "document.getElementById('connection').dataset.state === 'live'",
-    )
-    .await;
+    expect(&browser, "live-again", CONNECTION_LIVE).await;
     shot(&browser, "board-after-restart").await;
     browser.quit().await;
     Ok(())
@@ -689,12 +677,7 @@ async fn the_socket_takes_each_refreshed_token_and_outlives_the_first() -> anyho
     .await;
     let (_, project) = app.organization_and_project().await;
     let browser = signed_in(&app, &format!("/p/{project}/board")).await?;
-    expect(
-        &browser,
-        "live",
-        "document.getElementById('connection').dataset.state === 'live'",
-    )
-    .await;
+    expect(&browser, "live", CONNECTION_LIVE).await;
     // The page's own modules: its token, then a refresh as its timer would make one; every
     // socket made from now on is counted.
     let first = browser
@@ -756,12 +739,7 @@ async fn a_revoked_session_signs_the_page_out_instead_of_reconnecting_forever() 
     let app = spawn_app().await;
     let (_, project) = app.organization_and_project().await;
     let browser = signed_in(&app, &format!("/p/{project}/board")).await?;
-    expect(
-        &browser,
-        "live",
-        "document.getElementById('connection').dataset.state === 'live'",
-    )
-    .await;
+    expect(&browser, "live", CONNECTION_LIVE).await;
     // Every token of the user, the page's refresh cookie among them (as when a used
     // refresh token is presented again).
     let (_, me) = app.get("/api/v1/auth/me").await;
@@ -819,12 +797,7 @@ async fn a_refresh_the_server_could_not_answer_keeps_the_session() -> anyhow::Re
     let app = spawn_app().await;
     let (_, project) = app.organization_and_project().await;
     let browser = signed_in(&app, &format!("/p/{project}/board")).await?;
-    expect(
-        &browser,
-        "live",
-        "document.getElementById('connection').dataset.state === 'live'",
-    )
-    .await;
+    expect(&browser, "live", CONNECTION_LIVE).await;
     // The timeline's read answers 401 (its token expired, say) and the refresh 503.
     browser
         .execute(

@@ -812,6 +812,21 @@ mod tests {
         Uuid::from_u128(1)
     }
 
+    /// `events` begins with a Stripe event recorded without effect.
+    #[track_caller]
+    fn assert_ignored(events: &[BillingEvent]) {
+        assert!(
+            matches!(
+                events.first(),
+                Some(BillingEvent::StripeEventApplied {
+                    effect: Effect::Ignored { .. },
+                    ..
+                })
+            ),
+            "{events:?}"
+        );
+    }
+
     fn retiring(subscriptions: &[&str]) -> BTreeSet<String> {
         subscriptions.iter().map(|id| id.to_string()).collect()
     }
@@ -886,13 +901,7 @@ mod tests {
                 updated(SubscriptionStatus::PastDue, Tier::Pro),
             ),
         );
-        assert!(matches!(
-            &events[0],
-            BillingEvent::StripeEventApplied {
-                effect: Effect::Ignored { .. },
-                ..
-            }
-        ));
+        assert_ignored(&events);
         assert_eq!(
             (account.tier, account.status),
             (Tier::Team, SubscriptionStatus::Active)
@@ -1008,13 +1017,7 @@ mod tests {
             changes_plan_of: None,
         };
         let events = apply(&mut account, stripe("evt_created", 100, creation("sub_1")));
-        assert!(matches!(
-            &events[0],
-            BillingEvent::StripeEventApplied {
-                effect: Effect::Ignored { .. },
-                ..
-            }
-        ));
+        assert_ignored(&events);
         assert_eq!(account.status, SubscriptionStatus::Active);
         // An update of the same second still applies (no order between two updates is
         // known), and so does another subscription's creation.
@@ -1170,16 +1173,7 @@ mod tests {
             &mut account,
             report("sub_team", Report::Created, Tier::Team),
         );
-        assert!(
-            matches!(
-                &pending[0],
-                BillingEvent::StripeEventApplied {
-                    effect: Effect::Ignored { .. },
-                    ..
-                }
-            ),
-            "pending, it changes nothing yet: {pending:?}"
-        );
+        assert_ignored(&pending);
         let paid = deliver(&mut account, report("sub_team", Report::Paid, Tier::Team));
         assert!(matches!(
             &paid[0],
@@ -1188,13 +1182,7 @@ mod tests {
         ));
         let late = report("sub_team", Report::CheckoutCompleted, Tier::Team);
         let ignored = deliver(&mut account, late);
-        assert!(matches!(
-            &ignored[0],
-            BillingEvent::StripeEventApplied {
-                effect: Effect::Ignored { .. },
-                ..
-            }
-        ));
+        assert_ignored(&ignored);
         deliver(
             &mut account,
             report("sub_pro", Report::CheckoutCompleted, Tier::Pro),
@@ -1371,16 +1359,7 @@ mod tests {
         };
         for (id, late) in [("evt_late", active()), ("evt_late_checkout", late_checkout)] {
             let events = apply(&mut account, stripe(id, 200, late));
-            assert!(
-                matches!(
-                    &events[0],
-                    BillingEvent::StripeEventApplied {
-                        effect: Effect::Ignored { .. },
-                        ..
-                    }
-                ),
-                "{events:?}"
-            );
+            assert_ignored(&events);
         }
         assert_eq!(account.effective_tier(), Tier::Free);
     }
@@ -1397,13 +1376,7 @@ mod tests {
             subscription_id: Some(subscription.into()),
         };
         let events = apply(&mut account, stripe("evt_other", 11, failed("sub_2")));
-        assert!(matches!(
-            &events[0],
-            BillingEvent::StripeEventApplied {
-                effect: Effect::Ignored { .. },
-                ..
-            }
-        ));
+        assert_ignored(&events);
         assert_eq!(account.status, SubscriptionStatus::Active);
         apply(&mut account, stripe("evt_own", 12, failed("sub_1")));
         assert_eq!(account.status, SubscriptionStatus::PastDue);
@@ -1414,13 +1387,7 @@ mod tests {
         let pending = report("sub_new", Report::Created, Tier::Pro);
         apply(&mut account, stripe("evt_created", 10, pending));
         let events = apply(&mut account, stripe("evt_declined", 11, failed("sub_new")));
-        assert!(matches!(
-            &events[0],
-            BillingEvent::StripeEventApplied {
-                effect: Effect::Ignored { .. },
-                ..
-            }
-        ));
+        assert_ignored(&events);
         assert_eq!(
             (account.status, account.suspend_at, account.effective_tier()),
             (SubscriptionStatus::Incomplete, None, Tier::Free)
@@ -1508,13 +1475,7 @@ mod tests {
             },
         );
         let events = apply(&mut account, failed);
-        assert!(matches!(
-            &events[0],
-            BillingEvent::StripeEventApplied {
-                effect: Effect::Ignored { .. },
-                ..
-            }
-        ));
+        assert_ignored(&events);
         assert_eq!(account.suspend_at, None);
     }
 
