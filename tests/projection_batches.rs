@@ -17,7 +17,7 @@ use omoi_domain::task::{FailureReason, SteeringSource, TaskEvent};
 use omoi_domain::ticket::{BlockReason, TicketEvent, TicketStatus};
 use omoi_projections::board::BoardModel;
 use omoi_projections::graph::GraphModel;
-use omoi_projections::snapshots::{model_before, Model, SnapshotsProjector};
+use omoi_projections::snapshots::{model_before, SnapshotsProjector};
 use omoi_projections::verify::diff_schemas;
 use omoi_projections::{Fold, ProjectionError, Projector};
 use omoi_store::StoredEvent;
@@ -34,7 +34,7 @@ use uuid::Uuid;
 const TICKETS: u8 = 4;
 const TASKS: u8 = 6;
 const AGENTS: u8 = 3;
-/// Events of a project between two of its snapshots, at least.
+/// Events of a project between two of its snapshots, whole or delta.
 const SNAPSHOTS_EVERY: i64 = 5;
 
 /// One generated event: what happens (`kind`), to which entity (`a`), with what (`b`).
@@ -675,7 +675,8 @@ fn views_as_of_any_position_are_the_same_from_a_snapshot_as_from_the_start() {
     });
     runner
         .run(&strategy, |(ops, swaps, chunk)| {
-            let (used, read_back, views, plain) = runtime.block_on(async {
+            let events = ops.len() as i64;
+            let outcome = runtime.block_on(async {
                 let database = TestDatabase::create().await.expect("a test database");
                 let pool = &database.pool;
                 let mut log = log_of(&ops);
@@ -703,34 +704,53 @@ fn views_as_of_any_position_are_the_same_from_a_snapshot_as_from_the_start() {
                         .expect("snapshots taken");
                 }
                 tx.commit().await.expect("committed");
-                let used: i64 = sqlx::query_scalar("select count(*) from snapshots_models")
-                    .fetch_one(pool)
-                    .await
-                    .expect("counted");
+                let (wholes, deltas): (i64, i64) = sqlx::query_as(
+                    "select (select count(*) from snapshots_models),
+                            (select count(*) from snapshots_deltas)",
+                )
+                .fetch_one(pool)
+                .await
+                .expect("counted");
                 let last = log.len() as i64;
                 // The newest snapshot's bodies read back (a body that did not would only
                 // make the views below replay from the start, with the same answer).
-                let boards =
-                    model_before::<BoardModel>(pool, ORGANIZATION, PROJECT, last, Model::Board)
-                        .await
-                        .expect("a board's snapshot looked up");
-                let graphs =
-                    model_before::<GraphModel>(pool, ORGANIZATION, PROJECT, last, Model::Graph)
-                        .await
-                        .expect("a graph's snapshot looked up");
+                let boards = model_before::<BoardModel>(pool, ORGANIZATION, PROJECT, last)
+                    .await
+                    .expect("a board's snapshot looked up");
+                let graphs = model_before::<GraphModel>(pool, ORGANIZATION, PROJECT, last)
+                    .await
+                    .expect("a graph's snapshot looked up");
                 let read_back = boards.is_some() && graphs.is_some();
                 let views = views_as_of(pool, last).await.expect("views from snapshots");
+                // A live build from before deltas: its wholes alone.
+                sqlx::query("drop view snapshots_deltas")
+                    .execute(pool)
+                    .await
+                    .expect("deltas hidden");
+                let wholes_alone = views_as_of(pool, last).await.expect("views from wholes");
                 sqlx::query("drop view snapshots_models")
                     .execute(pool)
                     .await
                     .expect("snapshots hidden");
                 let plain = views_as_of(pool, last).await.expect("views from the start");
-                (used, read_back, views, plain)
+                (wholes, deltas, read_back, views, wholes_alone, plain)
             });
-            prop_assert!(used > 0, "no snapshot was taken");
+            let (wholes, deltas, read_back, views, wholes_alone, plain) = outcome;
+            // Every case has deltas (20 events or more, one every 5), and a whole from the
+            // 25th event on (at most 10 tickets and tasks: wholes 25 events apart).
+            prop_assert!(deltas > 0, "no delta was taken ({} wholes)", wholes);
+            prop_assert_eq!(
+                wholes > 0,
+                events >= 5 * SNAPSHOTS_EVERY,
+                "{} wholes",
+                wholes
+            );
             prop_assert!(read_back, "the newest snapshot did not read back");
-            for (as_of, (with, without)) in views.iter().zip(&plain).enumerate() {
+            for (as_of, ((with, from_wholes), without)) in
+                views.iter().zip(&wholes_alone).zip(&plain).enumerate()
+            {
                 prop_assert_eq!(with, without, "as of {}", as_of);
+                prop_assert_eq!(from_wholes, without, "as of {} from wholes alone", as_of);
             }
             Ok(())
         })

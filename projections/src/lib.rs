@@ -33,6 +33,7 @@ pub mod board;
 pub mod catalog;
 pub mod codec;
 mod copy;
+pub mod delta;
 pub mod directory;
 pub mod graph;
 pub mod monitoring;

@@ -2,27 +2,38 @@
 //! folds only the events after the nearest snapshot instead of the project's whole history
 //! (issue #15: `as_of` on a project of 1,000,000 events).
 //!
-//! A read model like the others (built, rebuilt and verified by the runner): `progress`
-//! counts each project's events, and once a project has had `max(every, tickets + tasks
-//! in its last snapshot)` events since its last snapshot, the event that reaches the count
-//! gets one: the last snapshot's models (or empty ones) with the project's events read from
-//! the log up to and including that event folded in, by the board's and the graph's own
-//! rules. The point is fixed by the log alone, so a batch takes the same snapshots as its
-//! events one by one, and a rebuild the same as the live build. Spacing snapshots by the
-//! models' size keeps their storage within a small multiple of the events they cover
-//! (a snapshot costs about what its tickets and tasks do, and follows at least as many
-//! events); spacing them by `every` bounds what a view replays after one.
+//! A read model like the others (built, rebuilt and verified by the runner). A project's
+//! snapshots form a chain: now and then a *whole* snapshot (both models, in `models`), and
+//! between two wholes a *delta* every `every` of its events (in `deltas`): the tickets,
+//! tasks, nodes and dependencies the events since the snapshot before changed, as they
+//! stand after them ([`crate::delta`], from each model's `Touched`). A view starts from the
+//! newest whole, applies the deltas after it, and replays at most `every` events more.
 //!
-//! A rebuild from position zero folds instead ([`Fold`]): every project's models in
-//! memory, each event applied as it comes, a snapshot taken from them where the count
+//! `progress` counts each project's events; the event that reaches the count gets the
+//! snapshot: a whole once `max(DELTAS_PER_WHOLE × every, tickets + tasks in the last
+//! whole)` events followed the last whole, else a delta once `every` followed the last
+//! snapshot of either kind. The point is fixed by the log alone, so a batch takes the same
+//! snapshots as its events one by one, and a rebuild the same as the live build. Spacing
+//! wholes by the models' size keeps their storage within a small multiple of the events
+//! they cover (a whole costs about what its tickets and tasks do, and follows at least as
+//! many events); a delta costs at most two entries per model per event it covers. Before
+//! deltas, a view of the largest project of `bench-scale`'s 10,000,000-event log replayed
+//! up to 184,000 events after a whole (README, Cost as the log grows).
+//!
+//! The batches take a snapshot from the chain so far (read back) with the project's events
+//! after its last snapshot read from the log and folded in, by the board's and the graph's
+//! own rules. A rebuild from position zero folds instead ([`Fold`]): every project's models
+//! in memory, each event applied as it comes, a snapshot taken from them where the count
 //! says — no read of the log back per snapshot. The batches are the reference: the fold
 //! writes the same rows (tests/projection_batches.rs checks it).
 //!
-//! A view `as_of` P starts from the newest snapshot whose events were all at or below P
-//! (`max_position ≤ P`): the replay stops at the project's first event above P, and no
-//! event up to such a snapshot is one. Snapshots only shorten the replay — a view gives the
-//! same answer with none (a process that never ran this read model, a body written by an
-//! older shape of the models).
+//! A view `as_of` P starts from the newest whole whose events were all at or below P
+//! (`max_position ≤ P`) and applies the deltas after it meeting the same bound (a prefix of
+//! them: `max_position` only rises along the chain): the replay stops at the project's
+//! first event above P, and no event up to such a snapshot is one. Snapshots only shorten
+//! the replay — a view gives the same answer with none (a process that never ran this read
+//! model, a body written by an older shape of the models), and with wholes alone (a live
+//! build from before deltas).
 
 use std::collections::BTreeMap;
 
@@ -30,21 +41,28 @@ use futures_util::future::BoxFuture;
 use omoi_store::log::{read_global, Visibility};
 use omoi_store::{Cursor, StoredEvent};
 use serde::de::DeserializeOwned;
+use sqlx::postgres::PgRow;
 use sqlx::{PgConnection, PgPool, Row};
 use uuid::Uuid;
 
-use crate::board::{BoardModel, BoardProjector};
+use crate::board::{BoardChanges, BoardDelta, BoardModel, BoardProjector};
 use crate::catalog::is_undefined_table;
 use crate::codec::WorkEvent;
-use crate::graph::{GraphModel, GraphProjector};
+use crate::graph::{GraphChanges, GraphDelta, GraphModel, GraphProjector};
 use crate::{Fold, ProjectionError, Projector, FOLD_WRITE_CHUNK};
 
-/// Fewest events of a project between two of its snapshots, by default.
-pub const SNAPSHOT_EVERY: i64 = 10_000;
+/// Events of a project between two of its snapshots (whole or delta), by default: the
+/// most a view replays after its snapshot.
+pub const SNAPSHOT_EVERY: i64 = 2_000;
+
+/// Fewest snapshots' spacings between two wholes: deltas fill the rest (10,000 events by
+/// default, where wholes alone were spaced before deltas).
+const DELTAS_PER_WHOLE: i64 = 5;
 
 /// Bump when what a snapshot stores changes shape (the models' rules have versions of
-/// their own, part of [`SnapshotsProjector::version`]). 2: bodies are LZ4 blocks.
-const FORMAT_VERSION: i32 = 2;
+/// their own, part of [`SnapshotsProjector::version`]). 2: bodies are LZ4 blocks. 3: deltas
+/// between wholes.
+const FORMAT_VERSION: i32 = 3;
 
 /// Events read from the log per page while a snapshot is folded.
 const FOLD_PAGE: i64 = 5_000;
@@ -58,7 +76,8 @@ pub struct SnapshotsProjector {
 }
 
 impl SnapshotsProjector {
-    /// Snapshots at least `events` events apart (tests use a handful).
+    /// A snapshot every `events` events of a project, whole at least every
+    /// `DELTAS_PER_WHOLE` of them (tests use a handful).
     pub fn every(events: i64) -> Self {
         Self {
             every: events.max(1),
@@ -84,30 +103,35 @@ impl Projector for SnapshotsProjector {
     }
 
     fn tables(&self) -> &'static [&'static str] {
-        &["progress", "models"]
+        &["progress", "models", "deltas"]
     }
 
     fn create_tables(&self, schema: &str) -> Vec<String> {
-        vec![
-            format!(
-                "create table {schema}.progress (
-                    organization_id uuid   not null,
-                    project_id      uuid   not null,
-                    -- The project's events so far, and since its last snapshot.
-                    events          bigint not null,
-                    since_snapshot  bigint not null,
-                    -- The highest global position among the project's events so far.
-                    max_position    bigint not null,
-                    -- Tickets and tasks in the last snapshot (spaces the next one).
-                    entities        bigint not null,
-                    -- The last snapshot's event (none yet: null).
-                    transaction_id  bigint,
-                    global_position bigint,
-                    primary key (organization_id, project_id)
-                )"
-            ),
-            format!(
-                "create table {schema}.models (
+        let mut statements = vec![format!(
+            "create table {schema}.progress (
+                organization_id uuid   not null,
+                project_id      uuid   not null,
+                -- The project's events so far, since its last whole snapshot, and since
+                -- its last snapshot of either kind.
+                events          bigint not null,
+                since_whole     bigint not null,
+                since_last      bigint not null,
+                -- The highest global position among the project's events so far.
+                max_position    bigint not null,
+                -- Tickets and tasks in the last whole snapshot (spaces the next one).
+                entities        bigint not null,
+                -- The last snapshot's event, whole or delta (none yet: null).
+                transaction_id  bigint,
+                global_position bigint,
+                primary key (organization_id, project_id)
+            )"
+        )];
+        for (table, bodies) in [
+            ("models", "serde_json of BoardModel and GraphModel"),
+            ("deltas", "serde_json of BoardDelta and GraphDelta"),
+        ] {
+            statements.push(format!(
+                "create table {schema}.{table} (
                     organization_id uuid   not null,
                     project_id      uuid   not null,
                     -- The event the snapshot was taken at: every event of the project up
@@ -119,20 +143,21 @@ impl Projector for SnapshotsProjector {
                     events          bigint not null,
                     board_version   integer not null,
                     graph_version   integer not null,
-                    -- serde_json of BoardModel and GraphModel, LZ4-compressed (`encode`).
+                    -- {bodies}, LZ4-compressed (`encode`).
                     board           bytea  not null,
                     graph           bytea  not null,
                     primary key (organization_id, project_id, transaction_id, global_position)
                 )"
-            ),
+            ));
             // Kept out of line as they are: compressed already, so PostgreSQL's own
             // compression would only spend its time failing to shrink them.
-            format!(
-                "alter table {schema}.models
+            statements.push(format!(
+                "alter table {schema}.{table}
                    alter column board set storage external,
                    alter column graph set storage external"
-            ),
-        ]
+            ));
+        }
+        statements
     }
 
     fn apply<'a>(
@@ -161,17 +186,17 @@ impl Projector for SnapshotsProjector {
                 // The models of this batch's last snapshot of the project, kept for its next.
                 let mut models: Option<ProjectModels> = None;
                 for event in events {
-                    if !state.count(event, self.every) {
+                    let Some(kind) = state.count(event, self.every) else {
                         continue;
-                    }
+                    };
                     let mut current = match models.take() {
                         Some(models) => models,
-                        None => load_models(tx, schema, *key, state.last).await?,
+                        None => load_chain(tx, schema, *key, state.last).await?,
                     };
                     current
-                        .fold_log(tx, *key, state.last, state.since_snapshot, event.cursor())
+                        .fold_log(tx, *key, state.last, state.since_last, event.cursor())
                         .await?;
-                    taken.push(state.take(event.cursor(), &current)?);
+                    taken.push(state.take(event.cursor(), kind, &mut current)?);
                     models = Some(current);
                 }
             }
@@ -231,9 +256,9 @@ impl Fold for SnapshotsFold {
                 .entry(key)
                 .or_insert_with(|| (Progress::start(key), ProjectModels::default()));
             models.apply(event)?;
-            if state.count(event, self.every) {
-                let snapshot = state.take(event.cursor(), models)?;
-                self.bytes_taken += snapshot.board.len() + snapshot.graph.len();
+            if let Some(kind) = state.count(event, self.every) {
+                let snapshot = state.take(event.cursor(), kind, models)?;
+                self.bytes_taken += snapshot.bytes();
                 self.taken.push(snapshot);
             }
         }
@@ -291,20 +316,50 @@ fn project_of(event: &StoredEvent) -> Option<ProjectKey> {
     Some((id(metadata.organization_id())?, id(metadata.project_id())?))
 }
 
-/// What a snapshot holds: the project's board and graph.
+/// What a snapshot holds: the project's board and graph, and what the events since the
+/// last snapshot changed in them (a delta's entries).
 #[derive(Default)]
 struct ProjectModels {
     board: BoardModel,
     graph: GraphModel,
+    board_changes: BoardChanges,
+    graph_changes: GraphChanges,
 }
 
 impl ProjectModels {
+    /// Models as a chain of snapshots left them, nothing changed since.
+    fn of(board: BoardModel, graph: GraphModel) -> Self {
+        Self {
+            board,
+            graph,
+            ..Self::default()
+        }
+    }
+
     fn apply(&mut self, event: &StoredEvent) -> Result<(), ProjectionError> {
         if let Some(work) = WorkEvent::decode(event)? {
-            self.board.apply_work(work.clone(), event.global_position);
-            self.graph.apply_work(work, event.global_position);
+            let position = event.global_position;
+            self.board_changes
+                .add(self.board.apply_work(work.clone(), position));
+            self.graph_changes
+                .add(self.graph.apply_work(work, position));
         }
         Ok(())
+    }
+
+    /// The bodies of a snapshot of `kind` (a delta: of the changes since the last one),
+    /// the changes then started again.
+    fn take(&mut self, kind: Kind) -> Result<(Vec<u8>, Vec<u8>), ProjectionError> {
+        let bodies = match kind {
+            Kind::Whole => (encode(&self.board)?, encode(&self.graph)?),
+            Kind::Delta => (
+                encode(&self.board.delta(&self.board_changes))?,
+                encode(&self.graph.delta(&self.graph_changes))?,
+            ),
+        };
+        self.board_changes = BoardChanges::default();
+        self.graph_changes = GraphChanges::default();
+        Ok(bodies)
     }
 
     /// Folds the project's `count` events after `after` (from the start: `None`), read
@@ -352,13 +407,33 @@ impl ProjectModels {
     }
 }
 
+/// Which snapshot an event gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// Both models whole, in `models`.
+    Whole,
+    /// What changed since the snapshot before, in `deltas`.
+    Delta,
+}
+
+impl Kind {
+    fn table(self) -> &'static str {
+        match self {
+            Self::Whole => "models",
+            Self::Delta => "deltas",
+        }
+    }
+}
+
 /// A project's row of `progress`.
 struct Progress {
     key: ProjectKey,
     events: i64,
-    since_snapshot: i64,
+    since_whole: i64,
+    since_last: i64,
     max_position: i64,
     entities: i64,
+    /// The last snapshot, whole or delta.
     last: Option<Cursor>,
 }
 
@@ -367,29 +442,53 @@ impl Progress {
         Self {
             key,
             events: 0,
-            since_snapshot: 0,
+            since_whole: 0,
+            since_last: 0,
             max_position: 0,
             entities: 0,
             last: None,
         }
     }
 
-    /// Counts one of the project's events: whether it is the one that gets a snapshot.
-    fn count(&mut self, event: &StoredEvent, every: i64) -> bool {
+    /// Counts one of the project's events: the snapshot it gets, if it is the one.
+    fn count(&mut self, event: &StoredEvent, every: i64) -> Option<Kind> {
         self.events += 1;
-        self.since_snapshot += 1;
+        self.since_whole += 1;
+        self.since_last += 1;
         self.max_position = self.max_position.max(event.global_position);
-        self.since_snapshot >= every.max(self.entities)
+        if self.since_whole >= (every * DELTAS_PER_WHOLE).max(self.entities) {
+            Some(Kind::Whole)
+        } else if self.since_last >= every {
+            Some(Kind::Delta)
+        } else {
+            None
+        }
     }
 
-    /// The snapshot at `at` of `models` (the project's events up to `at` folded in), and
-    /// the count started again, the next spaced by these models' size.
-    fn take(&mut self, at: Cursor, models: &ProjectModels) -> Result<Snapshot, ProjectionError> {
-        let snapshot = Snapshot::of(self, at, models)?;
-        self.since_snapshot = 0;
-        self.entities = models.board.size() as i64;
+    /// The snapshot of `kind` at `at` of `models` (the project's events up to `at` folded
+    /// in), and the counts started again; after a whole, the next is spaced by its size.
+    fn take(
+        &mut self,
+        at: Cursor,
+        kind: Kind,
+        models: &mut ProjectModels,
+    ) -> Result<Snapshot, ProjectionError> {
+        let (board, graph) = models.take(kind)?;
+        self.since_last = 0;
+        if kind == Kind::Whole {
+            self.since_whole = 0;
+            self.entities = models.board.size() as i64;
+        }
         self.last = Some(at);
-        Ok(snapshot)
+        Ok(Snapshot {
+            key: self.key,
+            kind,
+            at,
+            max_position: self.max_position,
+            events: self.events,
+            board,
+            graph,
+        })
     }
 }
 
@@ -400,8 +499,8 @@ async fn load_progress(
 ) -> Result<BTreeMap<ProjectKey, Progress>, ProjectionError> {
     let (organizations, projects): (Vec<Uuid>, Vec<Uuid>) = keys.iter().copied().unzip();
     let rows = sqlx::query(&format!(
-        "select organization_id, project_id, events, since_snapshot, max_position, entities,
-                transaction_id, global_position
+        "select organization_id, project_id, events, since_whole, since_last, max_position,
+                entities, transaction_id, global_position
            from {schema}.progress
           where (organization_id, project_id) in
                 (select * from unnest($1::uuid[], $2::uuid[]))"
@@ -428,7 +527,8 @@ async fn load_progress(
             Progress {
                 key,
                 events: row.try_get("events")?,
-                since_snapshot: row.try_get("since_snapshot")?,
+                since_whole: row.try_get("since_whole")?,
+                since_last: row.try_get("since_last")?,
                 max_position: row.try_get("max_position")?,
                 entities: row.try_get("entities")?,
                 last,
@@ -447,20 +547,22 @@ async fn save_progress<'p>(
     let column = |f: fn(&Progress) -> i64| rows.iter().map(|p| f(p)).collect::<Vec<i64>>();
     sqlx::query(&format!(
         "insert into {schema}.progress
-              (organization_id, project_id, events, since_snapshot, max_position, entities,
-               transaction_id, global_position)
+              (organization_id, project_id, events, since_whole, since_last, max_position,
+               entities, transaction_id, global_position)
          select * from unnest($1::uuid[], $2::uuid[], $3::bigint[], $4::bigint[],
-                              $5::bigint[], $6::bigint[], $7::bigint[], $8::bigint[])
+                              $5::bigint[], $6::bigint[], $7::bigint[], $8::bigint[],
+                              $9::bigint[])
          on conflict (organization_id, project_id) do update
-            set events = excluded.events, since_snapshot = excluded.since_snapshot,
-                max_position = excluded.max_position, entities = excluded.entities,
-                transaction_id = excluded.transaction_id,
+            set events = excluded.events, since_whole = excluded.since_whole,
+                since_last = excluded.since_last, max_position = excluded.max_position,
+                entities = excluded.entities, transaction_id = excluded.transaction_id,
                 global_position = excluded.global_position"
     ))
     .bind(rows.iter().map(|p| p.key.0).collect::<Vec<Uuid>>())
     .bind(rows.iter().map(|p| p.key.1).collect::<Vec<Uuid>>())
     .bind(column(|p| p.events))
-    .bind(column(|p| p.since_snapshot))
+    .bind(column(|p| p.since_whole))
+    .bind(column(|p| p.since_last))
     .bind(column(|p| p.max_position))
     .bind(column(|p| p.entities))
     .bind(
@@ -478,8 +580,9 @@ async fn save_progress<'p>(
     Ok(())
 }
 
-/// The models of the project's snapshot at `at` in this build (none: empty models).
-async fn load_models(
+/// The project's models as its chain of snapshots in this build left them at `at`, its
+/// last snapshot (none yet: empty models).
+async fn load_chain(
     conn: &mut PgConnection,
     schema: &str,
     (organization_id, project_id): ProjectKey,
@@ -488,21 +591,34 @@ async fn load_models(
     let Some(at) = at else {
         return Ok(ProjectModels::default());
     };
-    let row = sqlx::query(&format!(
-        "select board, graph from {schema}.models
-          where organization_id = $1 and project_id = $2
-            and transaction_id = $3 and global_position = $4"
-    ))
-    .bind(organization_id)
-    .bind(project_id)
-    .bind(at.transaction_id)
-    .bind(at.global_position)
-    .fetch_one(&mut *conn)
-    .await?;
-    Ok(ProjectModels {
-        board: decode(row.try_get("board")?)?,
-        graph: decode(row.try_get("graph")?)?,
-    })
+    let tables = Tables::of_build(schema);
+    let bound = Bound::At(at);
+    let key = (organization_id, project_id);
+    let columns = "board, graph";
+    let whole = newest_whole(&mut *conn, &tables, key, bound, columns).await?;
+    let mut models = match &whole {
+        Some(row) => ProjectModels::of(
+            decode(row.try_get("board")?)?,
+            decode(row.try_get("graph")?)?,
+        ),
+        None => ProjectModels::default(),
+    };
+    let mut reached = whole.as_ref().map(cursor_of).transpose()?;
+    for row in deltas_after(&mut *conn, &tables, key, reached, bound, columns).await? {
+        models
+            .board
+            .apply_delta(decode::<BoardDelta>(row.try_get("board")?)?);
+        models
+            .graph
+            .apply_delta(decode::<GraphDelta>(row.try_get("graph")?)?);
+        reached = Some(cursor_of(&row)?);
+    }
+    if reached != Some(at) {
+        return Err(ProjectionError::SnapshotBody(format!(
+            "project {project_id}: its progress names the snapshot at {at}, its chain ends at {reached:?}"
+        )));
+    }
+    Ok(models)
 }
 
 /// The first byte of a body of this format: an LZ4 block of the model's serde_json, its
@@ -535,9 +651,10 @@ fn encode<M: serde::Serialize>(model: &M) -> Result<Vec<u8>, ProjectionError> {
     Ok(body)
 }
 
-/// A row of `models`, ready to be written.
+/// A row of `models` or `deltas`, ready to be written.
 struct Snapshot {
     key: ProjectKey,
+    kind: Kind,
     at: Cursor,
     max_position: i64,
     events: i64,
@@ -546,23 +663,17 @@ struct Snapshot {
 }
 
 impl Snapshot {
-    fn of(state: &Progress, at: Cursor, models: &ProjectModels) -> Result<Self, ProjectionError> {
-        Ok(Self {
-            key: state.key,
-            at,
-            max_position: state.max_position,
-            events: state.events,
-            board: encode(&models.board)?,
-            graph: encode(&models.graph)?,
-        })
+    fn bytes(&self) -> usize {
+        self.board.len() + self.graph.len()
     }
 
     async fn insert(&self, conn: &mut PgConnection, schema: &str) -> Result<(), ProjectionError> {
         sqlx::query(&format!(
-            "insert into {schema}.models
+            "insert into {schema}.{table}
                   (organization_id, project_id, transaction_id, global_position, max_position,
                    events, board_version, graph_version, board, graph)
-             values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
+             values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+            table = self.kind.table(),
         ))
         .bind(self.key.0)
         .bind(self.key.1)
@@ -578,6 +689,121 @@ impl Snapshot {
         .await?;
         Ok(())
     }
+}
+
+// ---------------------------------------------------------------------------------------
+// Reading a chain: a whole, then the deltas after it
+// ---------------------------------------------------------------------------------------
+
+/// Where a chain is read: a build's own tables (its batches), or the live build's views.
+struct Tables {
+    models: String,
+    deltas: String,
+}
+
+impl Tables {
+    fn of_build(schema: &str) -> Self {
+        Self {
+            models: format!("{schema}.models"),
+            deltas: format!("{schema}.deltas"),
+        }
+    }
+
+    fn live() -> Self {
+        Self {
+            models: "snapshots_models".to_string(),
+            deltas: "snapshots_deltas".to_string(),
+        }
+    }
+}
+
+/// Which snapshots of a chain are read.
+#[derive(Debug, Clone, Copy)]
+enum Bound {
+    /// Every one up to and including the snapshot at this event (a build's own chain).
+    At(Cursor),
+    /// Every one of `Model`'s rules whose events were all at or below this position (a
+    /// view `as_of` it).
+    AsOf(i64, Model),
+}
+
+impl Bound {
+    /// The condition, on `$3` and `$4`.
+    fn condition(self) -> String {
+        match self {
+            Self::At(_) => "(transaction_id, global_position) <= ($3, $4)".to_string(),
+            Self::AsOf(_, model) => format!(
+                "max_position <= $3 and {version} = $4",
+                version = model.version_column()
+            ),
+        }
+    }
+
+    fn bind<'q>(
+        self,
+        query: sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
+    ) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
+        match self {
+            Self::At(at) => query.bind(at.transaction_id).bind(at.global_position),
+            Self::AsOf(as_of, model) => query.bind(as_of).bind(model.version()),
+        }
+    }
+}
+
+/// The project's newest whole snapshot within `bound`: its event and `columns`.
+async fn newest_whole(
+    conn: &mut PgConnection,
+    tables: &Tables,
+    (organization_id, project_id): ProjectKey,
+    bound: Bound,
+    columns: &str,
+) -> Result<Option<PgRow>, sqlx::Error> {
+    let sql = format!(
+        "select transaction_id, global_position, {columns} from {models}
+          where organization_id = $1 and project_id = $2 and {condition}
+          order by transaction_id desc, global_position desc
+          limit 1",
+        models = tables.models,
+        condition = bound.condition(),
+    );
+    bound
+        .bind(sqlx::query(&sql).bind(organization_id).bind(project_id))
+        .fetch_optional(&mut *conn)
+        .await
+}
+
+/// The project's deltas after `after` (none: from the start) within `bound`, in the
+/// chain's order: their events and `columns`.
+async fn deltas_after(
+    conn: &mut PgConnection,
+    tables: &Tables,
+    (organization_id, project_id): ProjectKey,
+    after: Option<Cursor>,
+    bound: Bound,
+    columns: &str,
+) -> Result<Vec<PgRow>, sqlx::Error> {
+    let sql = format!(
+        "select transaction_id, global_position, {columns} from {deltas}
+          where organization_id = $1 and project_id = $2 and {condition}
+            and (transaction_id, global_position) > ($5, $6)
+          order by transaction_id, global_position",
+        deltas = tables.deltas,
+        condition = bound.condition(),
+    );
+    let after = after.unwrap_or_default();
+    bound
+        .bind(sqlx::query(&sql).bind(organization_id).bind(project_id))
+        .bind(after.transaction_id)
+        .bind(after.global_position)
+        .fetch_all(&mut *conn)
+        .await
+}
+
+fn cursor_of(row: &PgRow) -> Result<Cursor, sqlx::Error> {
+    Ok(Cursor {
+        transaction_id: row.try_get("transaction_id")?,
+        global_position: row.try_get("global_position")?,
+    })
 }
 
 // ---------------------------------------------------------------------------------------
@@ -614,46 +840,80 @@ impl Model {
     }
 }
 
+/// A model a project's snapshots hold: the board or the graph.
+pub trait Snapshotted: DeserializeOwned + Default {
+    /// What a delta holds of it.
+    type Delta: DeserializeOwned;
+
+    /// Which it is, for its columns.
+    const MODEL: Model;
+
+    fn apply_delta(&mut self, delta: Self::Delta);
+}
+
+impl Snapshotted for BoardModel {
+    type Delta = BoardDelta;
+    const MODEL: Model = Model::Board;
+
+    fn apply_delta(&mut self, delta: BoardDelta) {
+        BoardModel::apply_delta(self, delta);
+    }
+}
+
+impl Snapshotted for GraphModel {
+    type Delta = GraphDelta;
+    const MODEL: Model = Model::Graph;
+
+    fn apply_delta(&mut self, delta: GraphDelta) {
+        GraphModel::apply_delta(self, delta);
+    }
+}
+
 /// The newest snapshot of a project a view `as_of` may start from: its event (replay the
-/// project's events after it) and its model. `None` when there is none — no snapshot
-/// at or below `as_of` yet, or this database has no snapshots read model, or the newest
-/// was made by other rules of the model or does not read back (a live build older than
-/// the running code): the view then replays from the start, with the same answer.
-pub async fn model_before<M: DeserializeOwned>(
+/// project's events after it) and its model — the newest whole within the bound (none: the
+/// empty model the project started from), with the deltas after it within the bound
+/// applied. `None` when there is no snapshot within the bound, or this database has no
+/// snapshots read model, or the newest was made by other rules of the model or does not
+/// read back (a live build older than the running code): the view then replays from the
+/// start, with the same answer. A live build without deltas (older than them) gives its
+/// whole alone.
+pub async fn model_before<M: Snapshotted>(
     pool: &PgPool,
     organization_id: Uuid,
     project_id: Uuid,
     as_of: i64,
-    model: Model,
 ) -> Result<Option<(Cursor, M)>, ProjectionError> {
-    let sql = format!(
-        "select transaction_id, global_position, {body} as body
-           from snapshots_models
-          where organization_id = $1 and project_id = $2 and max_position <= $3
-            and {version} = $4
-          order by transaction_id desc, global_position desc
-          limit 1",
-        body = model.column(),
-        version = model.version_column(),
-    );
-    let found = sqlx::query(&sql)
-        .bind(organization_id)
-        .bind(project_id)
-        .bind(as_of)
-        .bind(model.version())
-        .fetch_optional(pool)
-        .await;
-    let row = match found {
-        Ok(Some(row)) => row,
-        Ok(None) => return Ok(None),
+    let mut conn = pool.acquire().await?;
+    let tables = Tables::live();
+    let key = (organization_id, project_id);
+    let bound = Bound::AsOf(as_of, M::MODEL);
+    let columns = format!("{} as body", M::MODEL.column());
+    let whole = match newest_whole(&mut conn, &tables, key, bound, &columns).await {
+        Ok(whole) => whole,
         Err(error) if is_undefined_table(&error) => return Ok(None),
         Err(error) => return Err(error.into()),
     };
-    let at = Cursor {
-        transaction_id: row.try_get("transaction_id")?,
-        global_position: row.try_get("global_position")?,
+    let after = whole.as_ref().map(cursor_of).transpose()?;
+    let deltas = match deltas_after(&mut conn, &tables, key, after, bound, &columns).await {
+        Ok(rows) => rows,
+        Err(error) if is_undefined_table(&error) => Vec::new(),
+        Err(error) => return Err(error.into()),
     };
-    match decode(row.try_get("body")?) {
+    let Some(newest) = deltas.last().or(whole.as_ref()) else {
+        return Ok(None);
+    };
+    let at = cursor_of(newest)?;
+    let chained = || -> Result<M, ProjectionError> {
+        let mut model = match &whole {
+            Some(row) => decode(row.try_get("body")?)?,
+            None => M::default(),
+        };
+        for row in &deltas {
+            model.apply_delta(decode(row.try_get("body")?)?);
+        }
+        Ok(model)
+    };
+    match chained() {
         Ok(model) => Ok(Some((at, model))),
         Err(error) => {
             tracing::warn!(%project_id, %at, %error, "a snapshot did not read back; replaying from the start");

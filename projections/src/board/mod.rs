@@ -24,7 +24,9 @@ mod projector;
 mod query;
 mod view;
 
-pub use model::{BlockedOverlay, BoardModel, Card, TaskCard, TaskProgress, Touched};
+pub use model::{
+    BlockedOverlay, BoardChanges, BoardDelta, BoardModel, Card, TaskCard, TaskProgress, Touched,
+};
 pub use projector::BoardProjector;
 pub use query::{
     board_stats, board_tally, board_view, board_view_as_of, project_cards, wip_violations,

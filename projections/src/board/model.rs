@@ -2,7 +2,7 @@
 //! makes ([`BoardModel::apply`]) — shared by the SQL projector, time travel and the live
 //! stream.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use chrono::{DateTime, SubsecRound, Utc};
 use omoi_domain::common::{Phase, Priority};
@@ -14,6 +14,7 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::codec::WorkEvent;
+use crate::delta::Entries;
 use crate::ProjectionError;
 
 /// The blocked overlay of a card.
@@ -99,6 +100,28 @@ pub struct Touched {
     pub task: Option<Uuid>,
 }
 
+/// The cards and tasks some events touched, gathered for a [`BoardDelta`].
+#[derive(Debug, Clone, Default)]
+pub struct BoardChanges {
+    cards: BTreeSet<Uuid>,
+    tasks: BTreeSet<Uuid>,
+}
+
+impl BoardChanges {
+    pub fn add(&mut self, touched: Touched) {
+        self.cards.extend(touched.card);
+        self.tasks.extend(touched.task);
+    }
+}
+
+/// The cards and tasks some events changed, as they stand after them
+/// ([`crate::delta`]): a snapshot's delta of the board.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct BoardDelta {
+    cards: Entries<Card>,
+    tasks: Entries<TaskCard>,
+}
+
 /// The board of any set of tickets: the whole project (time travel) or only the rows one
 /// event touches (the SQL projector). Serialized whole, it is a project's board snapshot
 /// ([`crate::snapshots`]).
@@ -153,6 +176,20 @@ impl BoardModel {
     /// Tickets and tasks held.
     pub fn size(&self) -> usize {
         self.cards.len() + self.tasks.len()
+    }
+
+    /// The cards and tasks `changes` names, as they stand.
+    pub fn delta(&self, changes: &BoardChanges) -> BoardDelta {
+        BoardDelta {
+            cards: Entries::of(&self.cards, &changes.cards),
+            tasks: Entries::of(&self.tasks, &changes.tasks),
+        }
+    }
+
+    /// The board after the events `delta` was taken from, this being the board before them.
+    pub fn apply_delta(&mut self, delta: BoardDelta) {
+        delta.cards.apply_to(&mut self.cards);
+        delta.tasks.apply_to(&mut self.tasks);
     }
 
     /// Every card, by ticket id.

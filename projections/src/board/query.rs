@@ -12,7 +12,7 @@ use super::view::{
 };
 use crate::codec::count_of;
 use crate::replay::replay_project;
-use crate::snapshots::{model_before, Model};
+use crate::snapshots::model_before;
 use crate::ProjectionError;
 
 /// Every card of a project, as projected so far.
@@ -42,10 +42,9 @@ pub async fn board_view_as_of(
     max_events: usize,
     columns: &[ColumnConfig],
 ) -> Result<BoardView, ProjectionError> {
-    let (after, mut model) =
-        model_before::<BoardModel>(pool, organization_id, project_id, as_of, Model::Board)
-            .await?
-            .unwrap_or_default();
+    let (after, mut model) = model_before::<BoardModel>(pool, organization_id, project_id, as_of)
+        .await?
+        .unwrap_or_default();
     replay_project(
         pool,
         organization_id,

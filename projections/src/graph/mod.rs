@@ -28,7 +28,7 @@ mod projector;
 mod query;
 mod view;
 
-pub use model::{GraphModel, Node, NodeKind, Touched};
+pub use model::{GraphChanges, GraphDelta, GraphModel, Node, NodeKind, Touched};
 pub use projector::GraphProjector;
 pub use query::{blocked_by, blocking, project_graph, project_graph_as_of, ticket_graph};
 pub use view::{Edge, GraphNode, GraphScope, GraphView, TaskRelations};

@@ -12,6 +12,7 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::codec::WorkEvent;
+use crate::delta::Entries;
 use crate::ProjectionError;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, ToSchema)]
@@ -49,6 +50,29 @@ pub struct Touched {
     pub node: Option<Uuid>,
     /// The task whose outgoing edges must be rewritten.
     pub edges_of: Option<Uuid>,
+}
+
+/// The nodes and the tasks' dependencies some events touched, gathered for a
+/// [`GraphDelta`].
+#[derive(Debug, Clone, Default)]
+pub struct GraphChanges {
+    nodes: BTreeSet<Uuid>,
+    edges_of: BTreeSet<Uuid>,
+}
+
+impl GraphChanges {
+    pub fn add(&mut self, touched: Touched) {
+        self.nodes.extend(touched.node);
+        self.edges_of.extend(touched.edges_of);
+    }
+}
+
+/// The nodes and dependencies some events changed, as they stand after them
+/// ([`crate::delta`]): a snapshot's delta of the graph.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct GraphDelta {
+    nodes: Entries<Node>,
+    depends_on: Entries<BTreeSet<Uuid>>,
 }
 
 /// Any part of the graph: a whole project (time travel, project view) or the rows one
@@ -206,6 +230,20 @@ impl GraphModel {
             node: Some(id),
             edges_of,
         }
+    }
+
+    /// The nodes and dependencies `changes` names, as they stand.
+    pub fn delta(&self, changes: &GraphChanges) -> GraphDelta {
+        GraphDelta {
+            nodes: Entries::of(&self.nodes, &changes.nodes),
+            depends_on: Entries::of(&self.depends_on, &changes.edges_of),
+        }
+    }
+
+    /// The graph after the events `delta` was taken from, this being the graph before them.
+    pub fn apply_delta(&mut self, delta: GraphDelta) {
+        delta.nodes.apply_to(&mut self.nodes);
+        delta.depends_on.apply_to(&mut self.depends_on);
     }
 
     pub fn node(&self, id: Uuid) -> Option<&Node> {

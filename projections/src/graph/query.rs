@@ -10,7 +10,7 @@ use super::model::GraphModel;
 use super::projector::{edge_from_row, node_from_row, NODE_COLUMNS};
 use super::view::{GraphScope, GraphView, TaskRelations};
 use crate::replay::replay_project;
-use crate::snapshots::{model_before, Model};
+use crate::snapshots::model_before;
 use crate::ProjectionError;
 
 /// A read-only transaction in which nodes and edges are read from one snapshot: read one
@@ -107,10 +107,9 @@ pub async fn project_graph_as_of(
     as_of: i64,
     max_events: usize,
 ) -> Result<GraphView, ProjectionError> {
-    let (after, mut model) =
-        model_before::<GraphModel>(pool, organization_id, project_id, as_of, Model::Graph)
-            .await?
-            .unwrap_or_default();
+    let (after, mut model) = model_before::<GraphModel>(pool, organization_id, project_id, as_of)
+        .await?
+        .unwrap_or_default();
     replay_project(
         pool,
         organization_id,
