@@ -411,6 +411,14 @@ fn projectors() -> Vec<Arc<dyn Projector>> {
         .collect()
 }
 
+/// A new instance of the projector under test named `name`.
+fn fresh_projector(name: &str) -> Arc<dyn Projector> {
+    projectors()
+        .into_iter()
+        .find(|projector| projector.name() == name)
+        .expect("a projector of that name")
+}
+
 /// Puts `log` in the event log, where a snapshot's fold reads it (inside the caller's
 /// transaction, which rolls it back: the log refuses deletes).
 async fn write_log(conn: &mut PgConnection, log: &[StoredEvent]) -> Result<(), sqlx::Error> {
@@ -455,8 +463,10 @@ async fn differences(
         );
         fresh_schema(tx, projector, &one).await?;
         fresh_schema(tx, projector, &many).await?;
+        // A projector new to every event (as after a restart): one that keeps state
+        // between batches (the snapshots' models) reads it back each time here.
         for event in log {
-            projector
+            fresh_projector(projector.name())
                 .apply(tx, &one, std::slice::from_ref(event))
                 .await
                 .map_err(|e| sqlx::Error::Protocol(e.to_string()))?;
@@ -755,6 +765,69 @@ fn views_as_of_any_position_are_the_same_from_a_snapshot_as_from_the_start() {
             Ok(())
         })
         .expect("snapshots change no past view");
+}
+
+/// The snapshots' projector keeps each project's models between batches; a batch rolled
+/// back (the runner applies it again) leaves models ahead of the progress stored, which
+/// the next batch must not take for its own: the tables come out as a projector's that
+/// never saw the rolled-back batch.
+#[tokio::test]
+async fn a_batch_rolled_back_leaves_no_models_the_next_takes_for_its_own() {
+    let database = TestDatabase::create().await.expect("a test database");
+    let mut rng = StdRng::seed_from_u64(5);
+    let ops: Vec<Op> = (0..120)
+        .map(|_| Op {
+            kind: rng.gen(),
+            a: rng.gen(),
+            b: rng.gen(),
+        })
+        .collect();
+    let log = log_of(&ops);
+    let mut conn = PgConnection::connect_with(&database.options)
+        .await
+        .expect("a connection");
+    let mut tx = conn.begin().await.expect("a transaction");
+    write_log(&mut tx, &log).await.expect("the log written");
+    let projector = SnapshotsProjector::every(SNAPSHOTS_EVERY);
+    let failed = |e: ProjectionError| panic!("applied: {e}");
+    for schema in ["retried", "straight"] {
+        fresh_schema(&mut tx, &projector, schema)
+            .await
+            .expect("a schema");
+    }
+    for batch in log[..40].chunks(7) {
+        projector
+            .apply(&mut tx, "retried", batch)
+            .await
+            .unwrap_or_else(failed);
+    }
+    // Applied, then rolled back: the models kept are 50 events ahead of the tables.
+    let mut attempt = tx.begin().await.expect("a savepoint");
+    projector
+        .apply(&mut attempt, "retried", &log[40..90])
+        .await
+        .unwrap_or_else(failed);
+    attempt.rollback().await.expect("rolled back");
+    for batch in log[40..].chunks(9) {
+        projector
+            .apply(&mut tx, "retried", batch)
+            .await
+            .unwrap_or_else(failed);
+    }
+    SnapshotsProjector::every(SNAPSHOTS_EVERY)
+        .apply(&mut tx, "straight", &log)
+        .await
+        .unwrap_or_else(failed);
+    let found = diff_schemas(&mut tx, &projector, "straight", "retried")
+        .await
+        .expect("compared");
+    assert!(found.is_empty(), "{}", found.join("\n"));
+    let deltas: i64 = sqlx::query_scalar("select count(*) from retried.deltas")
+        .fetch_one(&mut *tx)
+        .await
+        .expect("counted");
+    assert!(deltas > 10, "{deltas} deltas");
+    tx.rollback().await.expect("rolled back");
 }
 
 /// A snapshot folds exactly the events it counted: a log that lacks one of them (here the
