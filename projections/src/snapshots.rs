@@ -4,15 +4,15 @@
 //!
 //! A read model like the others (built, rebuilt and verified by the runner). A project's
 //! snapshots form a chain: now and then a *whole* snapshot (both models, in `models`), and
-//! between two wholes a *delta* every `every` of its events (in `deltas`): the tickets,
+//! between two wholes a *delta* every so many of its events (in `deltas`): the tickets,
 //! tasks, nodes and dependencies the events since the snapshot before changed, as they
 //! stand after them ([`crate::delta`], from each model's `Touched`). A view starts from the
-//! newest whole, applies the deltas after it, and replays at most `every` events more.
+//! newest whole, applies the deltas after it, and replays at most a delta's spacing more.
 //!
 //! `progress` counts each project's events; the event that reaches the count gets the
 //! snapshot: a whole once `max(DELTAS_PER_WHOLE × every, tickets + tasks in the last
-//! whole)` events followed the last whole, else a delta once `every` followed the last
-//! snapshot of either kind. The point is fixed by the log alone, so a batch takes the same
+//! whole)` events followed the last whole, else a delta once `max(every, a twentieth of
+//! those tickets and tasks)` followed the last snapshot of either kind. The point is fixed by the log alone, so a batch takes the same
 //! snapshots as its events one by one, and a rebuild the same as the live build. Spacing
 //! wholes by the models' size keeps their storage within a small multiple of the events
 //! they cover (a whole costs about what its tickets and tasks do, and follows at least as
@@ -59,6 +59,15 @@ pub const SNAPSHOT_EVERY: i64 = 2_000;
 /// Fewest snapshots' spacings between two wholes: deltas fill the rest (10,000 events by
 /// default, where wholes alone were spaced before deltas).
 const DELTAS_PER_WHOLE: i64 = 5;
+
+/// Deltas are also at least this share of the last whole's tickets and tasks apart (in
+/// events). A batch without the project's models in memory ([`Kept`]) reads the chain back
+/// for a delta, its whole at about a microsecond per ticket or task: so spaced, that costs
+/// at most about 20 µs per event it covers, wherever the project's size. Spaced by 2,000
+/// alone, the 10,000,000-event log of `bench-scale` — twelve projects of up to 184,000
+/// tickets and tasks, more than [`KEPT_ENTITIES`] together — took its snapshots' rebuild
+/// about 100 µs per event once the fold handed over to the batches.
+const WHOLE_SHARE_PER_DELTA: i64 = 20;
 
 /// Bump when what a snapshot stores changes shape (the models' rules have versions of
 /// their own, part of [`SnapshotsProjector::version`]). 2: bodies are LZ4 blocks. 3: deltas
@@ -262,7 +271,7 @@ impl Projector for SnapshotsProjector {
             }
             let keys: Vec<ProjectKey> = by_project.keys().copied().collect();
             let mut progress = load_progress(tx, schema, &keys).await?;
-            let (mut taken, mut to_keep) = (Vec::new(), Vec::new());
+            let mut taken = Vec::new();
             for (key, events) in &by_project {
                 let state = progress
                     .entry(*key)
@@ -291,8 +300,12 @@ impl Projector for SnapshotsProjector {
                     taken.push(state.take(event.cursor(), kind, &mut current)?);
                     models = Some(current);
                 }
+                // Kept before the batch commits: if it rolls back, `progress` keeps the
+                // count before it, which this entry does not match. Kept project by
+                // project, not at the batch's end, so that a batch of many projects holds
+                // no more than the limit's worth of models beside the one it folds.
                 if let Some(models) = models {
-                    to_keep.push((*key, models));
+                    self.kept().put(schema, state, models);
                 }
             }
             // Every read above, every write below: the batch holds the log's readers
@@ -300,13 +313,7 @@ impl Projector for SnapshotsProjector {
             for snapshot in &taken {
                 snapshot.insert(tx, schema).await?;
             }
-            save_progress(tx, schema, progress.values()).await?;
-            for (key, models) in to_keep {
-                if let Some(state) = progress.get(&key) {
-                    self.kept().put(schema, state, models);
-                }
-            }
-            Ok(())
+            save_progress(tx, schema, progress.values()).await
         })
     }
 
@@ -559,7 +566,7 @@ impl Progress {
         self.max_position = self.max_position.max(event.global_position);
         if self.since_whole >= (every * DELTAS_PER_WHOLE).max(self.entities) {
             Some(Kind::Whole)
-        } else if self.since_last >= every {
+        } else if self.since_last >= every.max(self.entities / WHOLE_SHARE_PER_DELTA) {
             Some(Kind::Delta)
         } else {
             None
@@ -1130,6 +1137,40 @@ mod tests {
         assert!(kept.take("s", &progress(2, 7)).is_some());
         kept.put("s", &progress(4, 9), models(11));
         assert!(kept.entries.is_empty(), "over the limit alone");
+    }
+
+    /// Deltas every `every` events, wholes every `DELTAS_PER_WHOLE` of those; a project
+    /// whose last whole held many tickets and tasks spaces both by its size.
+    #[test]
+    fn snapshots_are_spaced_by_every_or_by_the_last_wholes_size() {
+        let event = with_metadata(json!({}));
+        let kinds = |progress: &mut Progress, events: usize| -> Vec<(i64, Kind)> {
+            let mut taken = Vec::new();
+            for _ in 0..events {
+                if let Some(kind) = progress.count(&event, 10) {
+                    taken.push((progress.events, kind));
+                    progress.since_last = 0;
+                    if kind == Kind::Whole {
+                        progress.since_whole = 0;
+                    }
+                }
+            }
+            taken
+        };
+        let mut small = Progress::start((Uuid::nil(), Uuid::nil()));
+        let expected: Vec<(i64, Kind)> = (1..=12)
+            .map(|n| (n * 10, if n % 5 == 0 { Kind::Whole } else { Kind::Delta }))
+            .collect();
+        assert_eq!(kinds(&mut small, 120), expected);
+        // 1,000 tickets and tasks in the last whole: deltas 50 events apart, wholes 1,000.
+        let mut large = Progress {
+            entities: 1_000,
+            ..Progress::start((Uuid::nil(), Uuid::nil()))
+        };
+        let expected: Vec<(i64, Kind)> = (1..=20)
+            .map(|n| (n * 50, if n == 20 { Kind::Whole } else { Kind::Delta }))
+            .collect();
+        assert_eq!(kinds(&mut large, 1_000), expected);
     }
 
     /// A snapshot counts exactly the events a project's replay reads: the log's readers
