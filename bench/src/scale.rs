@@ -273,7 +273,7 @@ async fn large_project_as_of(pool: &sqlx::PgPool) -> anyhow::Result<AsOf> {
     let (wholes, deltas, snapshot_bytes): (i64, i64, i64) = sqlx::query_as(
         "select (select count(*) from snapshots_models where project_id = $1),
                 (select count(*) from snapshots_deltas where project_id = $1),
-                (select sum(pg_total_relation_size(format('%I.%I', schema_name, t)::regclass))::bigint
+                (select sum(pg_total_relation_size(to_regclass(format('%I.%I', schema_name, t))))::bigint
                    from information_schema.schemata, unnest(array['models', 'deltas']) as t
                   where schema_name like 'rm_snapshots_%')",
     )

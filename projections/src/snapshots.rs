@@ -20,12 +20,14 @@
 //! deltas, a view of the largest project of `bench-scale`'s 10,000,000-event log replayed
 //! up to 184,000 events after a whole (README, Cost as the log grows).
 //!
-//! The batches take a snapshot from the chain so far (read back) with the project's events
-//! after its last snapshot read from the log and folded in, by the board's and the graph's
-//! own rules. A rebuild from position zero folds instead ([`Fold`]): every project's models
-//! in memory, each event applied as it comes, a snapshot taken from them where the count
-//! says — no read of the log back per snapshot. The batches are the reference: the fold
-//! writes the same rows (tests/projection_batches.rs checks it).
+//! The batches take a snapshot from the project's models after the events counted: kept
+//! in memory since the project's last batch ([`Kept`]), else read back — the chain so far
+//! with the project's events after its last snapshot read from the log and folded in, by
+//! the board's and the graph's own rules. A rebuild from position zero folds instead
+//! ([`Fold`]): every project's models in memory, each event applied as it comes, a
+//! snapshot taken from them where the count says. The batches reading the chain back are
+//! the reference: the kept models and the fold write the same rows
+//! (tests/projection_batches.rs checks it).
 //!
 //! A view `as_of` P starts from the newest whole whose events were all at or below P
 //! (`max_position ≤ P`) and applies the deltas after it meeting the same bound (a prefix of
@@ -52,8 +54,9 @@ use crate::codec::WorkEvent;
 use crate::graph::{GraphChanges, GraphDelta, GraphModel, GraphProjector};
 use crate::{Fold, ProjectionError, Projector, FOLD_WRITE_CHUNK};
 
-/// Events of a project between two of its snapshots (whole or delta), by default: the
-/// most a view replays after its snapshot.
+/// Fewest events of a project between two of its snapshots (whole or delta), by default:
+/// what a view replays after its snapshot at most, for a project of up to 40,000 tickets
+/// and tasks (larger ones space deltas by a twentieth of those).
 pub const SNAPSHOT_EVERY: i64 = 2_000;
 
 /// Fewest snapshots' spacings between two wholes: deltas fill the rest (10,000 events by
@@ -161,9 +164,12 @@ impl Kept {
             max_position: state.max_position,
             models,
         });
-        let mut held: usize = self.entries.iter().map(|e| e.models.board.size()).sum();
+        // An entry counts one more than its tickets and tasks: entries of empty models
+        // (a project of specs alone, a build retired) are bounded too.
+        let weight = |entry: &KeptModels| entry.models.board.size() + 1;
+        let mut held: usize = self.entries.iter().map(weight).sum();
         while held > self.limit && !self.entries.is_empty() {
-            held -= self.entries.remove(0).models.board.size();
+            held -= weight(&self.entries.remove(0));
         }
     }
 }
@@ -333,8 +339,8 @@ impl Projector for SnapshotsProjector {
 
 /// A rebuild from position zero: every project's models kept in memory and each folded
 /// event by event, so a snapshot is its models as they stand at its event — the same
-/// models the batches rebuild from the last snapshot and the log (they read the log back
-/// for every snapshot). Written whenever it holds its bound: the snapshots taken since its
+/// models the batches keep or rebuild from the chain and the log. Written whenever it
+/// holds its bound: the snapshots taken since its
 /// last write and every project's progress; it then folds on with its models
 /// ([`Fold::goes_on`]) while they leave room for bodies, and past that the batches go on
 /// from the progress written.
@@ -991,18 +997,26 @@ pub async fn model_before<M: Snapshotted>(
     project_id: Uuid,
     as_of: i64,
 ) -> Result<Option<(Cursor, M)>, ProjectionError> {
-    let mut conn = pool.acquire().await?;
+    // One snapshot of the database for both reads: a whole and a delta committed between
+    // two statements would otherwise join the deltas of the chain read to a whole never
+    // read (a delta holds only what changed since the snapshot before it). Reading the
+    // wholes' view first also holds it, so that a build going live (which points the
+    // views elsewhere) waits for the deltas to be read from the same build.
+    let mut tx = pool.begin().await?;
+    sqlx::query("set transaction isolation level repeatable read, read only")
+        .execute(&mut *tx)
+        .await?;
     let tables = Tables::live();
     let key = (organization_id, project_id);
     let bound = Bound::AsOf(as_of, M::MODEL);
     let columns = format!("{} as body", M::MODEL.column());
-    let whole = match newest_whole(&mut conn, &tables, key, bound, &columns).await {
+    let whole = match newest_whole(&mut tx, &tables, key, bound, &columns).await {
         Ok(whole) => whole,
         Err(error) if is_undefined_table(&error) => return Ok(None),
         Err(error) => return Err(error.into()),
     };
     let after = whole.as_ref().map(cursor_of).transpose()?;
-    let deltas = match deltas_after(&mut conn, &tables, key, after, bound, &columns).await {
+    let deltas = match deltas_after(&mut tx, &tables, key, after, bound, &columns).await {
         Ok(rows) => rows,
         Err(error) if is_undefined_table(&error) => Vec::new(),
         Err(error) => return Err(error.into()),
@@ -1137,6 +1151,16 @@ mod tests {
         assert!(kept.take("s", &progress(2, 7)).is_some());
         kept.put("s", &progress(4, 9), models(11));
         assert!(kept.entries.is_empty(), "over the limit alone");
+        // Empty models count too: ten fit, the eleventh gives the first up.
+        for n in 0..11 {
+            kept.put("s", &progress(10 + n, 3), models(0));
+        }
+        assert_eq!(kept.entries.len(), 10);
+        assert!(
+            kept.take("s", &progress(10, 3)).is_none(),
+            "the first given up"
+        );
+        assert!(kept.take("s", &progress(20, 3)).is_some());
     }
 
     /// Deltas every `every` events, wholes every `DELTAS_PER_WHOLE` of those; a project
