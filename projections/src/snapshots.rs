@@ -12,8 +12,9 @@
 //! `progress` counts each project's events; the event that reaches the count gets the
 //! snapshot: a whole once `max(DELTAS_PER_WHOLE × every, tickets + tasks in the last
 //! whole)` events followed the last whole, else a delta once `max(every, a twentieth of
-//! those tickets and tasks)` followed the last snapshot of either kind. The point is fixed by the log alone, so a batch takes the same
-//! snapshots as its events one by one, and a rebuild the same as the live build. Spacing
+//! those tickets and tasks)` followed the last snapshot of either kind. The point is fixed
+//! by the log alone, so a batch takes the same snapshots as its events one by one, and a
+//! rebuild the same as the live build. Spacing
 //! wholes by the models' size keeps their storage within a small multiple of the events
 //! they cover (a whole costs about what its tickets and tasks do, and follows at least as
 //! many events); a delta costs at most two entries per model per event it covers. Before
@@ -30,7 +31,8 @@
 //! (tests/projection_batches.rs checks it).
 //!
 //! A view `as_of` P starts from the newest whole whose events were all at or below P
-//! (`max_position ≤ P`) and applies the deltas after it meeting the same bound (a prefix of
+//! (`max_position ≤ P`; none: the empty models a project starts from) and applies the
+//! deltas after it meeting the same bound, read in one snapshot of the database (a prefix of
 //! them: `max_position` only rises along the chain): the replay stops at the project's
 //! first event above P, and no event up to such a snapshot is one. Snapshots only shorten
 //! the replay — a view gives the same answer with none (a process that never ran this read
