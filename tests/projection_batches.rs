@@ -411,6 +411,19 @@ fn projectors() -> Vec<Arc<dyn Projector>> {
         .collect()
 }
 
+/// A log of `events` operations drawn from `seed`.
+fn seeded_log(seed: u64, events: usize) -> Vec<StoredEvent> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let ops: Vec<Op> = (0..events)
+        .map(|_| Op {
+            kind: rng.gen(),
+            a: rng.gen(),
+            b: rng.gen(),
+        })
+        .collect();
+    log_of(&ops)
+}
+
 /// A new instance of the projector under test named `name`.
 fn fresh_projector(name: &str) -> Arc<dyn Projector> {
     projectors()
@@ -580,15 +593,7 @@ fn the_generated_logs_fill_every_table() {
         // hold rows at the end of at least one of the logs.
         let mut filled = std::collections::BTreeSet::new();
         for seed in [7, 11, 13] {
-            let mut rng = StdRng::seed_from_u64(seed);
-            let ops: Vec<Op> = (0..2_000)
-                .map(|_| Op {
-                    kind: rng.gen(),
-                    a: rng.gen(),
-                    b: rng.gen(),
-                })
-                .collect();
-            let log = log_of(&ops);
+            let log = seeded_log(seed, 2_000);
             let mut tx = conn.begin().await.expect("a transaction");
             // Folded whole, then folded half and batched.
             let split = if seed == 11 { log.len() / 2 } else { log.len() };
@@ -774,15 +779,7 @@ fn views_as_of_any_position_are_the_same_from_a_snapshot_as_from_the_start() {
 #[tokio::test]
 async fn a_batch_rolled_back_leaves_no_models_the_next_takes_for_its_own() {
     let database = TestDatabase::create().await.expect("a test database");
-    let mut rng = StdRng::seed_from_u64(5);
-    let ops: Vec<Op> = (0..120)
-        .map(|_| Op {
-            kind: rng.gen(),
-            a: rng.gen(),
-            b: rng.gen(),
-        })
-        .collect();
-    let log = log_of(&ops);
+    let log = seeded_log(5, 120);
     let mut conn = PgConnection::connect_with(&database.options)
         .await
         .expect("a connection");
