@@ -9,8 +9,8 @@ use omoi_api::billing::BillingConfig;
 use omoi_billing::stripe::StripeApi;
 use omoi_domain::billing::{Plan, Plans, Tier};
 use omoi_testing::{
-    fake_stripe, id_of, spawn_app_with_billing, StripeLog, TestApp, FLAKY_SUBSCRIPTION,
-    FORBIDDEN_SUBSCRIPTION, UNPAID_SUBSCRIPTION,
+    fake_stripe, id_of, spawn_app_with_billing, StripeLog, StripeRequest, TestApp,
+    FLAKY_SUBSCRIPTION, FORBIDDEN_SUBSCRIPTION, UNPAID_SUBSCRIPTION,
 };
 use reqwest::StatusCode;
 use serde_json::{json, Value};
@@ -350,6 +350,45 @@ async fn a_lifetime_purchase_ends_the_subscription_it_replaced_at_stripe() {
     app.caught_up().await;
     assert_eq!(ends_at_stripe(&log, &held).len(), 3, "ended once");
     assert_eq!(retirements(&app).await.len(), 1);
+}
+
+/// A subscription already ended at Stripe — by hand in its dashboard, or by a batch that
+/// ended it and then did not commit (a crash, a conflict with the account's next webhook:
+/// the batch is applied again) — is retired without being ended again: the retirement
+/// asks Stripe how it stands first.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_subscription_already_ended_at_stripe_is_retired_without_ending_it_again() {
+    let (app, org, log) = app_with_stripe().await;
+    let held = "sub_ended_by_hand";
+    let checkout = checkout_session(
+        &org,
+        json!({"organization_id": org, "purpose": "subscription_checkout", "tier": "pro"}),
+        Some(held),
+    );
+    let paid = envelope("evt_sub", "checkout.session.completed", now(), checkout);
+    assert_eq!(deliver(&app, &paid).await.0, StatusCode::OK);
+    // Ended in Stripe's dashboard: the fake Stripe knows it as canceled from then on.
+    log.lock().expect("the log").push(StripeRequest {
+        method: "DELETE".into(),
+        path: format!("/v1/subscriptions/{held}"),
+        idempotency_key: None,
+        authorization: None,
+        body: String::new(),
+    });
+    assert_eq!(buy_lifetime(&app, &org, "evt_life").await.0, StatusCode::OK);
+    app.caught_up().await;
+
+    assert_eq!(
+        ends_at_stripe(&log, held).len(),
+        1,
+        "the dashboard's end alone"
+    );
+    let asked = requests_to(&log)
+        .into_iter()
+        .filter(|r| r.method == "GET" && r.path == format!("/v1/subscriptions/{held}"))
+        .count();
+    assert_eq!(asked, 1, "the retirement asked Stripe once");
+    assert_retired_once(&app, &org, held, "evt_life").await;
 }
 
 /// Two plan checkouts opened before either was paid, both paid: the organization keeps

@@ -941,8 +941,11 @@ pub struct StripeRequest {
 pub type StripeLog = std::sync::Arc<std::sync::Mutex<Vec<StripeRequest>>>;
 
 /// Subscriptions whose id starts with this are out of reach: the fake Stripe answers
-/// their first two `DELETE`s with a 500.
+/// their first [`FLAKY_FAILURES`] `DELETE`s with a 500.
 pub const FLAKY_SUBSCRIPTION: &str = "sub_flaky";
+
+/// How many `DELETE`s of a [`FLAKY_SUBSCRIPTION`] fail.
+pub const FLAKY_FAILURES: usize = 2;
 
 /// Subscriptions whose id starts with this are past due at the fake Stripe (its other
 /// subscriptions are active).
@@ -992,7 +995,7 @@ pub async fn fake_stripe() -> (String, StripeLog) {
                 "message": "The provided key does not have the required permissions"}});
             return (StatusCode::FORBIDDEN, Json(error)).into_response();
         }
-        if id.starts_with(FLAKY_SUBSCRIPTION) && tries <= 2 {
+        if id.starts_with(FLAKY_SUBSCRIPTION) && tries <= FLAKY_FAILURES {
             let error = serde_json::json!({"error": {"type": "api_error", "message": "try again"}});
             return (StatusCode::INTERNAL_SERVER_ERROR, Json(error)).into_response();
         }
@@ -1000,26 +1003,43 @@ pub async fn fake_stripe() -> (String, StripeLog) {
             .into_response()
     }
 
-    /// A subscription as Stripe has it: past due for [`UNPAID_SUBSCRIPTION`]'s, else
-    /// active.
+    /// A subscription as Stripe has it: canceled once a `DELETE` of it succeeded (as
+    /// Stripe answers then, so that a caller asking before it ends one again, say in a
+    /// retried batch, learns it is over); else past due for [`UNPAID_SUBSCRIPTION`]'s,
+    /// else active.
     async fn subscription(
         State(log): State<StripeLog>,
         Path(id): Path<String>,
         headers: HeaderMap,
     ) -> axum::response::Response {
-        log.lock().expect("the log").push(StripeRequest {
-            method: "GET".into(),
-            path: format!("/v1/subscriptions/{id}"),
-            idempotency_key: None,
-            authorization: headers
-                .get("authorization")
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_string),
-            body: String::new(),
-        });
-        let status = match id.starts_with(UNPAID_SUBSCRIPTION) {
-            true => "past_due",
-            false => "active",
+        let path = format!("/v1/subscriptions/{id}");
+        let ended = {
+            let mut log = log.lock().expect("the log");
+            let deletes = log
+                .iter()
+                .filter(|r| r.path == path && r.method == "DELETE")
+                .count();
+            log.push(StripeRequest {
+                method: "GET".into(),
+                path,
+                idempotency_key: None,
+                authorization: headers
+                    .get("authorization")
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_string),
+                body: String::new(),
+            });
+            // The DELETEs [`end_subscription`] answered with an error do not end it.
+            let failing = match id.starts_with(FLAKY_SUBSCRIPTION) {
+                true => FLAKY_FAILURES,
+                false => 0,
+            };
+            !id.starts_with(FORBIDDEN_SUBSCRIPTION) && deletes > failing
+        };
+        let status = match (ended, id.starts_with(UNPAID_SUBSCRIPTION)) {
+            (true, _) => "canceled",
+            (false, true) => "past_due",
+            (false, false) => "active",
         };
         Json(serde_json::json!({"id": id, "object": "subscription", "status": status}))
             .into_response()
