@@ -111,11 +111,11 @@ fn config(targets: &Targets) -> String {
     }
     // Most cases aim at a real resource; the rest keep exploring.
     let bind = |dictionary: &str| format!("{{ dictionary = {dictionary:?}, probability = 0.8 }}");
-    // A claim waits up to a minute for work when none is ready: the fuzzer's claims do
-    // not wait (the long poll is tested in tests/claims.rs).
+    // A claim waits up to a minute for work when none is ready: the hooks send the
+    // fuzzer's claims with no wait, in every phase (scripts/schemathesis/hooks.py).
     let _ = write!(
         config,
-        "\n[[operations]]\ninclude-path-regex = \"/claim$\"\nparameters = {{ \"path.id\" = {}, \"body.wait_seconds\" = 0 }}\n",
+        "\n[[operations]]\ninclude-path-regex = \"/claim$\"\nparameters = {{ \"path.id\" = {} }}\n",
         bind("agents")
     );
     let routes = [
