@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use futures_util::future::BoxFuture;
 use omoi::server::Shutdown;
 use omoi_domain::ticket::{BlockReason, Ticket, TicketCommand};
-use omoi_projections::{Fold, ProjectionError, Projector};
+use omoi_projections::{Fold, FoldWrite, ProjectionError, Projector};
 use omoi_store::bus::RetryPolicy;
 use omoi_store::{Actor, CommandBus, CommandContext, StoredEvent};
 use omoi_testing::{held_append, test_runner_config, TestDatabase};
@@ -618,14 +618,23 @@ async fn a_long_catch_up_streams_the_log_and_applies_every_event_once_in_order()
 
 /// [`Probe`]'s table, but a build from position zero is folded in memory and written
 /// once ([`Projector::fold_from_start`]) — or, with a bound, written whenever it holds
-/// that many events, folding on ([`Fold::goes_on`]); events of type `ProbePoison` are
-/// refused by the fold and by the batches alike. Counts the folds written and the
-/// batches applied.
+/// that many events, folding on ([`Fold::goes_on`]), in place or beside the fold
+/// ([`Fold::take_write`]); events of type `ProbePoison` are refused by the fold and by
+/// the batches alike. Counts the folds written and the batches applied.
 #[derive(Default)]
 struct FoldingProbe {
     writes: Arc<AtomicUsize>,
     batches: Arc<AtomicUsize>,
     goes_on_at: Option<usize>,
+    beside: Option<Beside>,
+}
+
+/// How a [`FoldingProbe`]'s writes beside its fold end.
+#[derive(Clone, Copy)]
+enum Beside {
+    Written,
+    /// Refused by the database (not a failure that passes).
+    Refused,
 }
 
 impl FoldingProbe {
@@ -633,6 +642,13 @@ impl FoldingProbe {
         Self {
             goes_on_at: Some(bound),
             ..Self::default()
+        }
+    }
+
+    fn writing_beside(bound: usize, beside: Beside) -> Self {
+        Self {
+            beside: Some(beside),
+            ..Self::going_on_at(bound)
         }
     }
 }
@@ -674,6 +690,7 @@ impl Projector for FoldingProbe {
             events: Vec::new(),
             writes: self.writes.clone(),
             goes_on_at: self.goes_on_at,
+            beside: self.beside,
         }))
     }
 }
@@ -682,6 +699,29 @@ struct ProbeFold {
     events: Vec<StoredEvent>,
     writes: Arc<AtomicUsize>,
     goes_on_at: Option<usize>,
+    beside: Option<Beside>,
+}
+
+/// The events a [`ProbeFold`] took out, written beside it.
+struct ProbeWrite {
+    events: Vec<StoredEvent>,
+    ends: Beside,
+}
+
+impl FoldWrite for ProbeWrite {
+    fn write<'a>(
+        self: Box<Self>,
+        tx: &'a mut PgConnection,
+        schema: &'a str,
+    ) -> BoxFuture<'a, Result<(), ProjectionError>> {
+        Box::pin(async move {
+            Probe.apply(tx, schema, &self.events).await?;
+            if let Beside::Refused = self.ends {
+                sqlx::query("select 1 / 0").execute(&mut *tx).await?;
+            }
+            Ok(())
+        })
+    }
 }
 
 impl Fold for ProbeFold {
@@ -710,6 +750,12 @@ impl Fold for ProbeFold {
     }
     fn goes_on(&self) -> bool {
         self.goes_on_at.is_some()
+    }
+    fn take_write(&mut self) -> Option<Box<dyn FoldWrite>> {
+        let ends = self.beside?;
+        self.writes.fetch_add(1, Ordering::SeqCst);
+        let events = std::mem::take(&mut self.events);
+        Some(Box::new(ProbeWrite { events, ends }))
     }
 }
 
@@ -1069,6 +1115,87 @@ async fn a_fold_that_goes_on_is_written_at_its_bound_and_folds_on() {
         projector.batches.load(Ordering::SeqCst),
         0,
         "folded, not batched"
+    );
+    let (applied, log) = applied_and_log(&database, &build).await;
+    assert!(applied == log, "every event once, in the log's order");
+}
+
+/// A rebuild whose fold writes beside itself hands each bound's rows to a write on a
+/// connection of its own and folds on; the next write (here the last, at the stream's
+/// end) waits for it, and claims the build from where it left it: every event once, in
+/// order, no batch, and the progress never going back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_fold_writing_beside_itself_folds_on_and_writes_every_event_once() {
+    use omoi_projections::catalog::BuildState;
+    use omoi_projections::runner::{catch_up, CATCH_UP_BATCH};
+
+    let projector = FoldingProbe::writing_beside(4_950, Beside::Written);
+    let count = 3 * CATCH_UP_BATCH + 107;
+    let (database, build) = building_over_probes(&projector, count).await;
+
+    let mut seen = Vec::new();
+    let done = catch_up(
+        &database.pool,
+        &database.options,
+        &projector,
+        build.build,
+        100,
+        |applied| seen.push(applied),
+    )
+    .await
+    .expect("a catch-up");
+    assert!(done.failure.is_none(), "stopped: {:?}", done.failure);
+    assert_eq!((done.events_applied, done.state), (count, BuildState::Live));
+    // Pages of 100 and three of 10,000, each taking the fold past its bound (about half a
+    // page): three writes beside it; then the last 7 events, written in place at the
+    // stream's end once the third has committed.
+    assert_eq!(projector.writes.load(Ordering::SeqCst), 4);
+    assert_eq!(
+        projector.batches.load(Ordering::SeqCst),
+        0,
+        "folded, not batched"
+    );
+    assert!(
+        seen.windows(2).all(|w| w[0] <= w[1]),
+        "progress went back: {seen:?}"
+    );
+    assert_eq!(seen.last(), Some(&count));
+    let (applied, log) = applied_and_log(&database, &build).await;
+    assert!(applied == log, "every event once, in the log's order");
+}
+
+/// A write beside the fold that the database refuses drops the fold: the batches go on
+/// from the checkpoint of the last write that committed — the events of the refused
+/// write and those folded since are applied once, by the batches, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_fold_whose_write_beside_it_is_refused_is_taken_over_in_batches() {
+    use omoi_projections::catalog::BuildState;
+    use omoi_projections::runner::{catch_up, CATCH_UP_BATCH};
+
+    let projector = FoldingProbe::writing_beside(4_950, Beside::Refused);
+    let count = 2 * CATCH_UP_BATCH + 7;
+    let (database, build) = building_over_probes(&projector, count).await;
+
+    let done = catch_up(
+        &database.pool,
+        &database.options,
+        &projector,
+        build.build,
+        100,
+        |_| {},
+    )
+    .await
+    .expect("a catch-up");
+    assert!(done.failure.is_none(), "stopped: {:?}", done.failure);
+    assert_eq!((done.events_applied, done.state), (count, BuildState::Live));
+    assert_eq!(
+        projector.writes.load(Ordering::SeqCst),
+        1,
+        "one write, refused"
+    );
+    assert!(
+        projector.batches.load(Ordering::SeqCst) > 0,
+        "the batches took over"
     );
     let (applied, log) = applied_and_log(&database, &build).await;
     assert!(applied == log, "every event once, in the log's order");

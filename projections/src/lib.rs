@@ -220,6 +220,25 @@ pub trait Fold: Send {
     fn goes_on(&self) -> bool {
         false
     }
+    /// For a fold that [goes on](Fold::goes_on): what it folded since its last write,
+    /// taken out of it as a write of its own (the fold then stands as if written), so that
+    /// the runner writes it on another connection while the fold folds on — the server
+    /// copying in one write's rows while the client folds the next. `None` (the default):
+    /// written in place by [`Fold::write`], the fold waiting for it.
+    fn take_write(&mut self) -> Option<Box<dyn FoldWrite>> {
+        None
+    }
+}
+
+/// Rows a [`Fold`] took out of itself ([`Fold::take_write`]), written on their own.
+pub trait FoldWrite: Send {
+    /// Writes them into the build's tables inside the transaction that moves the
+    /// checkpoint past the events they were folded from.
+    fn write<'a>(
+        self: Box<Self>,
+        tx: &'a mut PgConnection,
+        schema: &'a str,
+    ) -> BoxFuture<'a, Result<(), ProjectionError>>;
 }
 
 /// Rows per statement when a [`Fold`] writes itself: one statement per table would bind

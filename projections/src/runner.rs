@@ -36,7 +36,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 use crate::catalog::{self, Build, BuildState};
-use crate::{Fold, Projector};
+use crate::{Fold, ProjectionError, Projector};
 
 /// Events per batch while catching up (a rebuild, or a leader behind the stream). Events
 /// of one entity spread over the log, so the larger the batch, the more of them collapse
@@ -914,7 +914,7 @@ pub async fn step(
     let folding = reading
         .folding
         .take()
-        .filter(|folding| building && folding.written == seen.cursor);
+        .filter(|folding| building && folding.written_to(seen.cursor));
     let at_zero = building && seen.cursor == Cursor::default();
     if unsaved.is_none() && !reading.fold_refused {
         let folding = match folding {
@@ -1081,6 +1081,9 @@ struct Folding {
     /// Events folded since its last write, and the last of them.
     folded: usize,
     last: Option<StoredEvent>,
+    /// A write taken out of the fold ([`Fold::take_write`]), running on a connection of
+    /// its own while the fold goes on; it ends before the next write begins.
+    in_flight: Option<InFlight>,
 }
 
 impl Folding {
@@ -1091,8 +1094,65 @@ impl Folding {
             cursor: Cursor::default(),
             folded: 0,
             last: None,
+            in_flight: None,
         }
     }
+
+    /// Events folded and not yet written, those of a write in flight included.
+    fn unwritten(&self) -> usize {
+        self.folded + self.in_flight.as_ref().map_or(0, |w| w.folded)
+    }
+
+    /// Whether `cursor` is where its writes left the build: the last one's checkpoint, or
+    /// the one in flight's, committed meanwhile.
+    fn written_to(&self, cursor: Cursor) -> bool {
+        self.written == cursor
+            || self
+                .in_flight
+                .as_ref()
+                .is_some_and(|w| w.to.cursor == cursor)
+    }
+}
+
+/// A fold's write running beside the fold.
+struct InFlight {
+    task: tokio::task::JoinHandle<Result<FoldWritten, sqlx::Error>>,
+    /// The build as the write claims it from, and as it leaves it once committed.
+    from: Build,
+    to: Build,
+    /// The events it covers, and the last of them.
+    folded: usize,
+    last: StoredEvent,
+    started: Instant,
+}
+
+/// How a fold's write ended.
+enum FoldWritten {
+    Committed,
+    /// Someone else moved the build meanwhile (another leader, an operator's retry).
+    Lost,
+    Failed(ProjectionError),
+}
+
+/// Moves the checkpoint past a fold's events in the transaction its rows were `written`
+/// in, and commits.
+async fn commit_fold_write(
+    mut tx: sqlx::Transaction<'_, sqlx::Postgres>,
+    written: Result<(), ProjectionError>,
+    from: &Build,
+    to: Cursor,
+    folded: usize,
+) -> Result<FoldWritten, sqlx::Error> {
+    if let Err(error) = written {
+        tx.rollback().await?;
+        return Ok(FoldWritten::Failed(error));
+    }
+    if claim(&mut tx, from, to, folded, false).await? == Claim::Lost {
+        tx.rollback().await?;
+        return Ok(FoldWritten::Lost);
+    }
+    tx.commit().await?;
+    Ok(FoldWritten::Committed)
 }
 
 /// One step of a build that folds ([`Projector::fold_from_start`]): the next page of the
@@ -1134,29 +1194,64 @@ async fn fold_one_page(
             return Ok(Some(Step::Applied(page.events.len())));
         }
     }
+    // A write still in flight ends first: the next one claims the build from where it
+    // left it.
+    let mut seen = seen.clone();
+    if let Some(in_flight) = folding.in_flight.take() {
+        match finish_write(pool, projector, stats, in_flight).await? {
+            Ok(build) => {
+                folding.written = build.cursor;
+                seen = build;
+            }
+            Err(step) => return Ok(step),
+        }
+    }
     let Some(last) = folding.last.take() else {
         // Nothing (more) to fold: the batches see the stream's end and the build goes
         // live the usual way.
+        reading.known = Some((seen, Instant::now()));
         return Ok(None);
     };
     let (cursor, folded) = (folding.cursor, folding.folded);
+    let to = Build {
+        cursor,
+        events_applied: seen.events_applied + folded as i64,
+        ..seen.clone()
+    };
+    // At its bound, a fold that goes on hands its rows to a write of their own and folds
+    // on meanwhile; at the stream's end (or one that does not go on) it writes and waits.
+    let at_bound = folding.fold.rows() >= folding.fold.bound();
+    if at_bound && folding.fold.goes_on() {
+        if let Some(write) = folding.fold.take_write() {
+            let (pool, schema, from) = (pool.clone(), seen.schema(), seen.clone());
+            let task = tokio::spawn(async move {
+                let mut conn = pool.acquire().await?;
+                let mut tx = conn.begin_with(ASYNCHRONOUS_BATCH).await?;
+                let written = write.write(&mut tx, &schema).await;
+                commit_fold_write(tx, written, &from, cursor, folded).await
+            });
+            folding.in_flight = Some(InFlight {
+                task,
+                from: seen.clone(),
+                to,
+                folded,
+                last,
+                started,
+            });
+            folding.folded = 0;
+            reading.folding = Some(folding);
+            reading.known = Some((seen, Instant::now()));
+            return Ok(Some(Step::Applied(0)));
+        }
+    }
     let rows = folding.fold.rows();
     let mut tx = conn.begin_with(ASYNCHRONOUS_BATCH).await?;
-    if let Err(error) = folding.fold.write(&mut tx, &seen.schema()).await {
-        tx.rollback().await?;
-        if error.is_transient() {
-            // At zero, folded again from the start at the next step; further on, the
-            // batches go on from the fold's last write.
-            return Ok(Some(Step::Retry));
-        }
-        tracing::warn!(projector = projector.name(), %error, "writing a fold failed; building in batches");
-        return Ok(None);
+    let written = folding.fold.write(&mut tx, &seen.schema()).await;
+    match commit_fold_write(tx, written, &seen, cursor, folded).await? {
+        FoldWritten::Committed => {}
+        FoldWritten::Lost => return Ok(Some(Step::Applied(0))),
+        FoldWritten::Failed(error) => return Ok(write_failed(projector, error)),
     }
-    if claim(&mut tx, seen, cursor, folded, false).await? == Claim::Lost {
-        tx.rollback().await?;
-        return Ok(Some(Step::Applied(0)));
-    }
-    tx.commit().await?;
     // The write holds every reader's horizon: how long it took is worth seeing.
     tracing::info!(
         projector = projector.name(),
@@ -1170,16 +1265,59 @@ async fn fold_one_page(
         folding.folded = 0;
         reading.folding = Some(folding);
     }
-    reading.known = Some((
-        Build {
-            cursor,
-            events_applied: seen.events_applied + folded as i64,
-            ..seen.clone()
-        },
-        Instant::now(),
-    ));
-    record_batch(pool, stats, seen, (&last, folded), started).await;
+    reading.known = Some((to, Instant::now()));
+    record_batch(pool, stats, &seen, (&last, folded), started).await;
     Ok(Some(Step::Applied(0)))
+}
+
+/// Waits for a fold's write that ran beside it: the build as it left it, or what
+/// [`fold_one_page`] answers instead (the fold is then dropped: the batches go on from the
+/// build's checkpoint, or a fold at zero starts again).
+async fn finish_write(
+    pool: &PgPool,
+    projector: &dyn Projector,
+    stats: &RunnerStats,
+    in_flight: InFlight,
+) -> Result<Result<Build, Option<Step>>, sqlx::Error> {
+    let written = match in_flight.task.await {
+        Ok(written) => written?,
+        Err(error) => {
+            tracing::warn!(projector = projector.name(), %error, "a fold's write ended without an answer; building in batches");
+            return Ok(Err(None));
+        }
+    };
+    match written {
+        FoldWritten::Committed => {}
+        FoldWritten::Lost => return Ok(Err(Some(Step::Applied(0)))),
+        FoldWritten::Failed(error) => return Ok(Err(write_failed(projector, error))),
+    }
+    tracing::info!(
+        projector = projector.name(),
+        events = in_flight.folded,
+        write_ms = in_flight.started.elapsed().as_millis() as u64,
+        "folded and written beside the fold"
+    );
+    let (last, folded) = (&in_flight.last, in_flight.folded);
+    record_batch(
+        pool,
+        stats,
+        &in_flight.from,
+        (last, folded),
+        in_flight.started,
+    )
+    .await;
+    Ok(Ok(in_flight.to))
+}
+
+/// What [`fold_one_page`] answers after a fold's write failed: tried again if the
+/// failure may pass (at zero, folded again from the start; further on, the batches go on
+/// from the fold's last write), else `None`: the batches take over.
+fn write_failed(projector: &dyn Projector, error: ProjectionError) -> Option<Step> {
+    if error.is_transient() {
+        return Some(Step::Retry);
+    }
+    tracing::warn!(projector = projector.name(), %error, "writing a fold failed; building in batches");
+    None
 }
 
 /// A read model's batch: its commit does not wait for the WAL flush (see
@@ -1563,7 +1701,7 @@ pub async fn catch_up(
         let current = catalog::build_by_id(pool, build)
             .await?
             .ok_or(sqlx::Error::RowNotFound)?;
-        let folded = reading.folding.as_ref().map_or(0, |f| f.folded as i64);
+        let folded = reading.folding.as_ref().map_or(0, |f| f.unwritten() as i64);
         progress(current.events_applied + folded);
         retries = match step {
             Step::Retry => retries + 1,

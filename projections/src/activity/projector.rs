@@ -8,7 +8,7 @@ use uuid::Uuid;
 
 use super::model::agents_named;
 use crate::copy::CopyRows;
-use crate::{Fold, ProjectionError, Projector, FOLD_ON_ROWS};
+use crate::{Fold, FoldWrite, ProjectionError, Projector, FOLD_ON_ROWS};
 
 /// The entries' columns, in the order a batch's arrays and the fold's rows hold them.
 const ENTRY_COLUMNS: &str =
@@ -196,14 +196,39 @@ impl Fold for ActivityFold {
         tx: &'a mut PgConnection,
         schema: &'a str,
     ) -> BoxFuture<'a, Result<(), ProjectionError>> {
-        Box::pin(async move {
-            let table = format!("{schema}.entries");
-            self.entries.copy(tx, &table, ENTRY_COLUMNS).await?;
-            Ok(())
-        })
+        Box::new(self.taken()).write(tx, schema)
     }
 
     fn goes_on(&self) -> bool {
         true
+    }
+
+    fn take_write(&mut self) -> Option<Box<dyn FoldWrite>> {
+        Some(Box::new(self.taken()))
+    }
+}
+
+impl ActivityFold {
+    /// The entries folded since the last write, taken out.
+    fn taken(&mut self) -> ActivityWrite {
+        ActivityWrite(std::mem::take(&mut self.entries))
+    }
+}
+
+/// Entries of an [`ActivityFold`], to write.
+struct ActivityWrite(CopyRows);
+
+impl FoldWrite for ActivityWrite {
+    fn write<'a>(
+        self: Box<Self>,
+        tx: &'a mut PgConnection,
+        schema: &'a str,
+    ) -> BoxFuture<'a, Result<(), ProjectionError>> {
+        let mut entries = self.0;
+        Box::pin(async move {
+            let table = format!("{schema}.entries");
+            entries.copy(tx, &table, ENTRY_COLUMNS).await?;
+            Ok(())
+        })
     }
 }

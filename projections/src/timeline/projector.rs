@@ -15,7 +15,7 @@ use super::model::{Change, EntityType, TitleKey};
 use super::summary::{summary, Names};
 use crate::codec::{decode_error, entity_id, EventMeta};
 use crate::copy::CopyRows;
-use crate::{Fold, ProjectionError, Projector, FOLD_ON_ROWS, FOLD_WRITE_CHUNK};
+use crate::{Fold, FoldWrite, ProjectionError, Projector, FOLD_ON_ROWS, FOLD_WRITE_CHUNK};
 
 /// The entries' columns, in the order a batch's arrays and the fold's rows hold them.
 const ENTRY_COLUMNS: &str = "transaction_id, global_position, organization_id, project_id, \
@@ -205,7 +205,7 @@ async fn apply_events(
         entries.push(d, summary);
     }
     insert_entries(tx, schema, entries).await?;
-    save_titles(tx, schema, &mut titles).await?;
+    save_titles(tx, schema, &titles_to_save(&mut titles)).await?;
     Ok(())
 }
 
@@ -242,16 +242,50 @@ impl Fold for TimelineFold {
         tx: &'a mut PgConnection,
         schema: &'a str,
     ) -> BoxFuture<'a, Result<(), ProjectionError>> {
-        Box::pin(async move {
-            let table = format!("{schema}.entries");
-            self.entries.copy(tx, &table, ENTRY_COLUMNS).await?;
-            save_titles(tx, schema, &mut self.titles).await?;
-            Ok(())
-        })
+        Box::new(self.taken()).write(tx, schema)
     }
 
     fn goes_on(&self) -> bool {
         self.titles.len() < FOLD_TITLES
+    }
+
+    fn take_write(&mut self) -> Option<Box<dyn FoldWrite>> {
+        Some(Box::new(self.taken()))
+    }
+}
+
+impl TimelineFold {
+    /// The entries folded since the last write and the titles set since, taken out.
+    fn taken(&mut self) -> TimelineWrite {
+        TimelineWrite {
+            entries: std::mem::take(&mut self.entries),
+            titles: titles_to_save(&mut self.titles),
+        }
+    }
+}
+
+/// Entries and titles of a [`TimelineFold`], to write.
+struct TimelineWrite {
+    entries: CopyRows,
+    titles: Vec<TitleRow>,
+}
+
+impl FoldWrite for TimelineWrite {
+    fn write<'a>(
+        self: Box<Self>,
+        tx: &'a mut PgConnection,
+        schema: &'a str,
+    ) -> BoxFuture<'a, Result<(), ProjectionError>> {
+        let TimelineWrite {
+            mut entries,
+            titles,
+        } = *self;
+        Box::pin(async move {
+            let table = format!("{schema}.entries");
+            entries.copy(tx, &table, ENTRY_COLUMNS).await?;
+            save_titles(tx, schema, &titles).await?;
+            Ok(())
+        })
     }
 }
 
@@ -296,26 +330,45 @@ async fn load_titles(
     Ok(titles)
 }
 
-/// Creates or renames the titles set since they were loaded or last saved (an existing
-/// row keeps its scope); they are then known as saved.
+/// A title set since it was loaded or last saved, as its row is written.
+struct TitleRow {
+    key: TitleKey,
+    text: String,
+    scope: Scope,
+}
+
+/// The titles set since they were loaded or last saved, as rows to write; they are then
+/// known as saved.
+fn titles_to_save(titles: &mut Titles) -> Vec<TitleRow> {
+    titles
+        .iter_mut()
+        .filter_map(|(key, title)| {
+            let scope = title.scope.take()?;
+            Some(TitleRow {
+                key: *key,
+                text: title.text.clone(),
+                scope,
+            })
+        })
+        .collect()
+}
+
+/// Creates or renames the titles of `rows` (an existing row keeps its scope).
 async fn save_titles(
     tx: &mut PgConnection,
     schema: &str,
-    titles: &mut Titles,
+    rows: &[TitleRow],
 ) -> Result<(), sqlx::Error> {
-    let set: Vec<(&TitleKey, &Title, Scope)> = titles
-        .iter()
-        .filter_map(|(key, title)| Some((key, title, title.scope?)))
-        .collect();
-    for chunk in set.chunks(FOLD_WRITE_CHUNK) {
+    for chunk in rows.chunks(FOLD_WRITE_CHUNK) {
         let (mut kinds, mut ids, mut organizations, mut projects, mut texts) =
             (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
-        for ((kind, id), title, (organization, project)) in chunk {
+        for TitleRow { key, text, scope } in chunk {
+            let ((kind, id), (organization, project)) = (key, scope);
             kinds.push(kind.as_str());
             ids.push(*id);
             organizations.push(*organization);
             projects.push(*project);
-            texts.push(title.text.as_str());
+            texts.push(text.as_str());
         }
         sqlx::query(&format!(
             "insert into {schema}.titles (entity_type, entity_id, organization_id, project_id, title)
@@ -329,9 +382,6 @@ async fn save_titles(
         .bind(texts)
         .execute(&mut *tx)
         .await?;
-    }
-    for title in titles.values_mut() {
-        title.scope = None;
     }
     Ok(())
 }
