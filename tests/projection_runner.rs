@@ -964,59 +964,63 @@ async fn a_rebuild_folds_the_log_in_memory_and_writes_it_once() {
 }
 
 /// A poison event in a rebuild that folds: the fold refuses it, nothing of it is written,
-/// and the batches take over from position zero and stop exactly at the event, with the
-/// events before it applied.
+/// and the batches take over from the fold's last committed write (none: position zero)
+/// and stop exactly at the event, with the events before it applied once. A write in
+/// flight beside the fold ends before the batches start, and they start where it left
+/// the build.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_poison_event_stops_a_folded_rebuild_exactly_where_batches_stop() {
     use omoi_projections::catalog::{self, BuildState};
     use omoi_projections::runner::catch_up;
 
-    let database = TestDatabase::create().await.expect("database");
-    let projector = FoldingProbe::default();
-    append_probes(&database.pool, "before", 50).await;
-    sqlx::query(
-        "insert into events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata)
-         values ('Probe', 'poison', 1, 'ProbePoison', '1', '{}', '{}')",
-    )
-    .execute(&database.pool)
-    .await
-    .expect("the poison event");
-    append_probes(&database.pool, "after", 50).await;
-    let poison: i64 =
-        sqlx::query_scalar("select global_position from events where aggregate_id = 'poison'")
-            .fetch_one(&database.pool)
-            .await
-            .expect("its position");
-    let mut conn = database.pool.acquire().await.expect("a connection");
-    let build = catalog::create_build(&mut conn, &projector, BuildState::Building)
+    // Pages of 30: a fold written once (dropped) or one that writes its first page
+    // beside itself (its bound is 20) and meets the poison event in the next.
+    for (projector, writes) in [
+        (FoldingProbe::default(), 0),
+        (FoldingProbe::writing_beside(20, Beside::Written), 1),
+    ] {
+        let database = TestDatabase::create().await.expect("database");
+        append_probes(&database.pool, "before", 50).await;
+        sqlx::query(
+            "insert into events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata)
+             values ('Probe', 'poison', 1, 'ProbePoison', '1', '{}', '{}')",
+        )
+        .execute(&database.pool)
         .await
-        .expect("a build");
-    drop(conn);
+        .expect("the poison event");
+        append_probes(&database.pool, "after", 50).await;
+        let poison: i64 =
+            sqlx::query_scalar("select global_position from events where aggregate_id = 'poison'")
+                .fetch_one(&database.pool)
+                .await
+                .expect("its position");
+        let mut conn = database.pool.acquire().await.expect("a connection");
+        let build = catalog::create_build(&mut conn, &projector, BuildState::Building)
+            .await
+            .expect("a build");
+        drop(conn);
 
-    whole_log_visible(&database).await;
-    let done = catch_up(
-        &database.pool,
-        &database.options,
-        &projector,
-        build.build,
-        30,
-        |_| {},
-    )
-    .await
-    .expect("a catch-up");
-    let (at, error) = done.failure.expect("stopped at the poison event");
-    assert_eq!(at.global_position, poison, "{error}");
-    assert_eq!(done.events_applied, 50);
-    assert_eq!(
-        projector.writes.load(Ordering::SeqCst),
-        0,
-        "the fold was dropped"
-    );
-    let (applied, log) = applied_and_log(&database, &build).await;
-    assert!(
-        applied[..] == log[..50],
-        "the events before the poison one, in order"
-    );
+        whole_log_visible(&database).await;
+        let done = catch_up(
+            &database.pool,
+            &database.options,
+            &projector,
+            build.build,
+            30,
+            |_| {},
+        )
+        .await
+        .expect("a catch-up");
+        let (at, error) = done.failure.expect("stopped at the poison event");
+        assert_eq!(at.global_position, poison, "{error}");
+        assert_eq!(done.events_applied, 50);
+        assert_eq!(projector.writes.load(Ordering::SeqCst), writes);
+        let (applied, log) = applied_and_log(&database, &build).await;
+        assert!(
+            applied[..] == log[..50],
+            "the events before the poison one, once, in order"
+        );
+    }
 }
 
 /// A leader stopped in the middle of a fold (between two of its pages) has written
@@ -1121,47 +1125,53 @@ async fn a_fold_that_goes_on_is_written_at_its_bound_and_folds_on() {
 }
 
 /// A rebuild whose fold writes beside itself hands each bound's rows to a write on a
-/// connection of its own and folds on; the next write (here the last, at the stream's
-/// end) waits for it, and claims the build from where it left it: every event once, in
-/// order, no batch, and the progress never going back.
+/// connection of its own and folds on; the next write (or the stream's end) waits for
+/// it, and claims the build from where it left it: every event once, in order, no batch,
+/// and the progress never going back — whether the stream ends after a few more events
+/// or exactly where the last write beside the fold began.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_fold_writing_beside_itself_folds_on_and_writes_every_event_once() {
     use omoi_projections::catalog::BuildState;
     use omoi_projections::runner::{catch_up, CATCH_UP_BATCH};
 
-    let projector = FoldingProbe::writing_beside(4_950, Beside::Written);
-    let count = 3 * CATCH_UP_BATCH + 107;
-    let (database, build) = building_over_probes(&projector, count).await;
+    // Pages of 100 and three of 10,000, each taking the fold past its bound (about half
+    // a page): three writes beside it; then 7 more events, written in place at the
+    // stream's end once the third has committed — or none.
+    for (count, writes) in [(3 * CATCH_UP_BATCH + 107, 4), (3 * CATCH_UP_BATCH + 100, 3)] {
+        let projector = FoldingProbe::writing_beside(4_950, Beside::Written);
+        let (database, build) = building_over_probes(&projector, count).await;
 
-    let mut seen = Vec::new();
-    let done = catch_up(
-        &database.pool,
-        &database.options,
-        &projector,
-        build.build,
-        100,
-        |applied| seen.push(applied),
-    )
-    .await
-    .expect("a catch-up");
-    assert!(done.failure.is_none(), "stopped: {:?}", done.failure);
-    assert_eq!((done.events_applied, done.state), (count, BuildState::Live));
-    // Pages of 100 and three of 10,000, each taking the fold past its bound (about half a
-    // page): three writes beside it; then the last 7 events, written in place at the
-    // stream's end once the third has committed.
-    assert_eq!(projector.writes.load(Ordering::SeqCst), 4);
-    assert_eq!(
-        projector.batches.load(Ordering::SeqCst),
-        0,
-        "folded, not batched"
-    );
-    assert!(
-        seen.windows(2).all(|w| w[0] <= w[1]),
-        "progress went back: {seen:?}"
-    );
-    assert_eq!(seen.last(), Some(&count));
-    let (applied, log) = applied_and_log(&database, &build).await;
-    assert!(applied == log, "every event once, in the log's order");
+        let mut seen = Vec::new();
+        let done = catch_up(
+            &database.pool,
+            &database.options,
+            &projector,
+            build.build,
+            100,
+            |applied| seen.push(applied),
+        )
+        .await
+        .expect("a catch-up");
+        assert!(done.failure.is_none(), "stopped: {:?}", done.failure);
+        assert_eq!((done.events_applied, done.state), (count, BuildState::Live));
+        assert_eq!(
+            projector.writes.load(Ordering::SeqCst),
+            writes,
+            "{count} events"
+        );
+        assert_eq!(
+            projector.batches.load(Ordering::SeqCst),
+            0,
+            "folded, not batched ({count} events)"
+        );
+        assert!(
+            seen.windows(2).all(|w| w[0] <= w[1]),
+            "progress went back: {seen:?}"
+        );
+        assert_eq!(seen.last(), Some(&count));
+        let (applied, log) = applied_and_log(&database, &build).await;
+        assert!(applied == log, "every event once, in the log's order");
+    }
 }
 
 /// A write beside the fold that the database refuses drops the fold: the batches go on

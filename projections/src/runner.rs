@@ -1098,9 +1098,12 @@ impl Folding {
         }
     }
 
-    /// Events folded and not yet written, those of a write in flight included.
-    fn unwritten(&self) -> usize {
-        self.folded + self.in_flight.as_ref().map_or(0, |w| w.folded)
+    /// Events folded and not yet written with the build at `checkpoint`: those of a
+    /// write in flight included until it has moved the build past them.
+    fn unwritten(&self, checkpoint: Cursor) -> usize {
+        let in_flight = self.in_flight.as_ref();
+        let pending = in_flight.filter(|w| w.to.cursor != checkpoint);
+        self.folded + pending.map_or(0, |w| w.folded)
     }
 
     /// Whether `cursor` is where its writes left the build: the last one's checkpoint, or
@@ -1116,7 +1119,7 @@ impl Folding {
 
 /// A fold's write running beside the fold.
 struct InFlight {
-    task: tokio::task::JoinHandle<Result<FoldWritten, sqlx::Error>>,
+    task: tokio::task::JoinHandle<FoldWritten>,
     /// The build as the write claims it from, and as it leaves it once committed.
     from: Build,
     to: Build,
@@ -1184,7 +1187,16 @@ async fn fold_one_page(
         if !page.events.is_empty() {
             if let Err(error) = folding.fold.fold(&page.events) {
                 tracing::debug!(projector = projector.name(), %error, "fold refused an event; building in batches");
-                return Ok(None);
+                let Some(in_flight) = folding.in_flight.take() else {
+                    return Ok(None);
+                };
+                // Its write in flight ends first: the batches go on from where it left
+                // the build (read again if it did not commit), not beside it.
+                if let Ok(build) = finish_write(pool, projector, stats, in_flight).await {
+                    reading.known = Some((build, Instant::now()));
+                }
+                reading.fold_refused = true;
+                return Ok(Some(Step::Applied(0)));
             }
             folding.folded += page.events.len();
             folding.cursor = page.next;
@@ -1198,9 +1210,17 @@ async fn fold_one_page(
     // left it.
     let mut seen = seen.clone();
     if let Some(in_flight) = folding.in_flight.take() {
-        match finish_write(pool, projector, stats, in_flight).await? {
+        match finish_write(pool, projector, stats, in_flight).await {
             Ok(build) => {
                 folding.written = build.cursor;
+                reading.known = Some((build.clone(), Instant::now()));
+                if folding.last.is_none() {
+                    // Nothing folded since (the stream ended where the write began): the
+                    // next step starts from the checkpoint it left, not the one the
+                    // caller read before it.
+                    reading.folding = Some(folding);
+                    return Ok(Some(Step::Applied(0)));
+                }
                 seen = build;
             }
             Err(step) => return Ok(step),
@@ -1209,7 +1229,6 @@ async fn fold_one_page(
     let Some(last) = folding.last.take() else {
         // Nothing (more) to fold: the batches see the stream's end and the build goes
         // live the usual way.
-        reading.known = Some((seen, Instant::now()));
         return Ok(None);
     };
     let (cursor, folded) = (folding.cursor, folding.folded);
@@ -1225,10 +1244,17 @@ async fn fold_one_page(
         if let Some(write) = folding.fold.take_write() {
             let (pool, schema, from) = (pool.clone(), seen.schema(), seen.clone());
             let task = tokio::spawn(async move {
-                let mut conn = pool.acquire().await?;
-                let mut tx = conn.begin_with(ASYNCHRONOUS_BATCH).await?;
-                let written = write.write(&mut tx, &schema).await;
-                commit_fold_write(tx, written, &from, cursor, folded).await
+                let written = async {
+                    let mut conn = pool.acquire().await?;
+                    let mut tx = conn.begin_with(ASYNCHRONOUS_BATCH).await?;
+                    let written = write.write(&mut tx, &schema).await;
+                    commit_fold_write(tx, written, &from, cursor, folded).await
+                };
+                // Its connection's failures too are the write's: the pool timed out, the
+                // database away — tried again as a write in place would be.
+                written
+                    .await
+                    .unwrap_or_else(|error| FoldWritten::Failed(error.into()))
             });
             folding.in_flight = Some(InFlight {
                 task,
@@ -1278,18 +1304,18 @@ async fn finish_write(
     projector: &dyn Projector,
     stats: &RunnerStats,
     in_flight: InFlight,
-) -> Result<Result<Build, Option<Step>>, sqlx::Error> {
+) -> Result<Build, Option<Step>> {
     let written = match in_flight.task.await {
-        Ok(written) => written?,
+        Ok(written) => written,
         Err(error) => {
             tracing::warn!(projector = projector.name(), %error, "a fold's write ended without an answer; building in batches");
-            return Ok(Err(None));
+            return Err(None);
         }
     };
     match written {
         FoldWritten::Committed => {}
-        FoldWritten::Lost => return Ok(Err(Some(Step::Applied(0)))),
-        FoldWritten::Failed(error) => return Ok(Err(write_failed(projector, error))),
+        FoldWritten::Lost => return Err(Some(Step::Applied(0))),
+        FoldWritten::Failed(error) => return Err(write_failed(projector, error)),
     }
     tracing::info!(
         projector = projector.name(),
@@ -1306,7 +1332,7 @@ async fn finish_write(
         in_flight.started,
     )
     .await;
-    Ok(Ok(in_flight.to))
+    Ok(in_flight.to)
 }
 
 /// What [`fold_one_page`] answers after a fold's write failed: tried again if the
@@ -1701,7 +1727,8 @@ pub async fn catch_up(
         let current = catalog::build_by_id(pool, build)
             .await?
             .ok_or(sqlx::Error::RowNotFound)?;
-        let folded = reading.folding.as_ref().map_or(0, |f| f.unwritten() as i64);
+        let unwritten = |f: &Folding| f.unwritten(current.cursor) as i64;
+        let folded = reading.folding.as_ref().map_or(0, unwritten);
         progress(current.events_applied + folded);
         retries = match step {
             Step::Retry => retries + 1,
