@@ -635,6 +635,14 @@ enum Beside {
     Written,
     /// Refused by the database (not a failure that passes).
     Refused,
+    /// Written; the write in place at the stream's end refused by the database.
+    WrittenThenRefusedInPlace,
+}
+
+/// A statement the database refuses, for good: a write that fails.
+async fn refused(tx: &mut PgConnection) -> Result<(), ProjectionError> {
+    sqlx::query("select 1 / 0").execute(tx).await?;
+    Ok(())
 }
 
 impl FoldingProbe {
@@ -717,7 +725,7 @@ impl FoldWrite for ProbeWrite {
         Box::pin(async move {
             Probe.apply(tx, schema, &self.events).await?;
             if let Beside::Refused = self.ends {
-                sqlx::query("select 1 / 0").execute(&mut *tx).await?;
+                refused(tx).await?;
             }
             Ok(())
         })
@@ -741,7 +749,11 @@ impl Fold for ProbeFold {
         Box::pin(async move {
             self.writes.fetch_add(1, Ordering::SeqCst);
             let events = std::mem::take(&mut self.events);
-            Probe.apply(tx, schema, &events).await
+            Probe.apply(tx, schema, &events).await?;
+            if let Some(Beside::WrittenThenRefusedInPlace) = self.beside {
+                refused(tx).await?;
+            }
+            Ok(())
         })
     }
     fn bound(&self) -> usize {
@@ -1206,6 +1218,42 @@ async fn a_fold_whose_write_beside_it_is_refused_is_taken_over_in_batches() {
     assert!(
         projector.batches.load(Ordering::SeqCst) > 0,
         "the batches took over"
+    );
+    let (applied, log) = applied_and_log(&database, &build).await;
+    assert!(applied == log, "every event once, in the log's order");
+}
+
+/// A fold whose last write, in place at the stream's end, is refused right after its
+/// writes beside it committed is taken over by the batches from the checkpoint the last
+/// of those left — one batch, of the events the refused write held — not from the build
+/// as the leader read it before them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_write_refused_after_one_beside_the_fold_is_taken_over_from_where_that_one_left() {
+    use omoi_projections::catalog::BuildState;
+    use omoi_projections::runner::{catch_up, CATCH_UP_BATCH};
+
+    let projector = FoldingProbe::writing_beside(4_950, Beside::WrittenThenRefusedInPlace);
+    // Pages of 100 and three of 10,000 (three writes beside the fold), then 7 events.
+    let count = 3 * CATCH_UP_BATCH + 107;
+    let (database, build) = building_over_probes(&projector, count).await;
+
+    let done = catch_up(
+        &database.pool,
+        &database.options,
+        &projector,
+        build.build,
+        100,
+        |_| {},
+    )
+    .await
+    .expect("a catch-up");
+    assert!(done.failure.is_none(), "stopped: {:?}", done.failure);
+    assert_eq!((done.events_applied, done.state), (count, BuildState::Live));
+    assert_eq!(projector.writes.load(Ordering::SeqCst), 4);
+    assert_eq!(
+        projector.batches.load(Ordering::SeqCst),
+        1,
+        "one batch: the 7 events of the refused write"
     );
     let (applied, log) = applied_and_log(&database, &build).await;
     assert!(applied == log, "every event once, in the log's order");

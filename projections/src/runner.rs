@@ -1209,6 +1209,9 @@ async fn fold_one_page(
     // A write still in flight ends first: the next one claims the build from where it
     // left it.
     let mut seen = seen.clone();
+    // Whether a write in flight moved the build since the caller read it: the caller's
+    // row is then stale, and what follows must not start from it.
+    let moved = folding.in_flight.is_some();
     if let Some(in_flight) = folding.in_flight.take() {
         match finish_write(pool, projector, stats, in_flight).await {
             Ok(build) => {
@@ -1275,8 +1278,21 @@ async fn fold_one_page(
     let written = folding.fold.write(&mut tx, &seen.schema()).await;
     match commit_fold_write(tx, written, &seen, cursor, folded).await? {
         FoldWritten::Committed => {}
-        FoldWritten::Lost => return Ok(Some(Step::Applied(0))),
-        FoldWritten::Failed(error) => return Ok(write_failed(projector, error)),
+        FoldWritten::Lost => {
+            // Someone else moved the build: read it again.
+            reading.known = None;
+            return Ok(Some(Step::Applied(0)));
+        }
+        FoldWritten::Failed(error) => {
+            let step = write_failed(projector, error);
+            if step.is_none() && moved {
+                // The batches take over from the checkpoint the write in flight left,
+                // known above, at the next step.
+                reading.fold_refused = true;
+                return Ok(Some(Step::Applied(0)));
+            }
+            return Ok(step);
+        }
     }
     // The write holds every reader's horizon: how long it took is worth seeing.
     tracing::info!(
