@@ -1136,6 +1136,37 @@ async fn a_fold_that_goes_on_is_written_at_its_bound_and_folds_on() {
     assert!(applied == log, "every event once, in the log's order");
 }
 
+/// What a rebuild of a [`FoldingProbe`] writing beside its fold (bound 4,950, pages of
+/// 100) over `count` probe events did, once it went live with every event once, in the
+/// log's order: its folds' writes, its batches, and the progress it reported.
+async fn rebuilt_beside(beside: Beside, count: i64) -> (usize, usize, Vec<i64>) {
+    use omoi_projections::catalog::BuildState;
+    use omoi_projections::runner::catch_up;
+
+    let projector = FoldingProbe::writing_beside(4_950, beside);
+    let (database, build) = building_over_probes(&projector, count).await;
+    let mut progress = Vec::new();
+    let done = catch_up(
+        &database.pool,
+        &database.options,
+        &projector,
+        build.build,
+        100,
+        |applied| progress.push(applied),
+    )
+    .await
+    .expect("a catch-up");
+    assert!(done.failure.is_none(), "stopped: {:?}", done.failure);
+    assert_eq!((done.events_applied, done.state), (count, BuildState::Live));
+    let (applied, log) = applied_and_log(&database, &build).await;
+    assert!(
+        applied == log,
+        "every event once, in the log's order ({count} events)"
+    );
+    let writes = projector.writes.load(Ordering::SeqCst);
+    (writes, projector.batches.load(Ordering::SeqCst), progress)
+}
+
 /// A rebuild whose fold writes beside itself hands each bound's rows to a write on a
 /// connection of its own and folds on; the next write (or the stream's end) waits for
 /// it, and claims the build from where it left it: every event once, in order, no batch,
@@ -1143,46 +1174,20 @@ async fn a_fold_that_goes_on_is_written_at_its_bound_and_folds_on() {
 /// or exactly where the last write beside the fold began.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_fold_writing_beside_itself_folds_on_and_writes_every_event_once() {
-    use omoi_projections::catalog::BuildState;
-    use omoi_projections::runner::{catch_up, CATCH_UP_BATCH};
+    use omoi_projections::runner::CATCH_UP_BATCH;
 
     // Pages of 100 and three of 10,000, each taking the fold past its bound (about half
     // a page): three writes beside it; then 7 more events, written in place at the
     // stream's end once the third has committed — or none.
-    for (count, writes) in [(3 * CATCH_UP_BATCH + 107, 4), (3 * CATCH_UP_BATCH + 100, 3)] {
-        let projector = FoldingProbe::writing_beside(4_950, Beside::Written);
-        let (database, build) = building_over_probes(&projector, count).await;
-
-        let mut seen = Vec::new();
-        let done = catch_up(
-            &database.pool,
-            &database.options,
-            &projector,
-            build.build,
-            100,
-            |applied| seen.push(applied),
-        )
-        .await
-        .expect("a catch-up");
-        assert!(done.failure.is_none(), "stopped: {:?}", done.failure);
-        assert_eq!((done.events_applied, done.state), (count, BuildState::Live));
-        assert_eq!(
-            projector.writes.load(Ordering::SeqCst),
-            writes,
-            "{count} events"
-        );
-        assert_eq!(
-            projector.batches.load(Ordering::SeqCst),
-            0,
-            "folded, not batched ({count} events)"
-        );
+    for (count, expected) in [(3 * CATCH_UP_BATCH + 107, 4), (3 * CATCH_UP_BATCH + 100, 3)] {
+        let (writes, batches, progress) = rebuilt_beside(Beside::Written, count).await;
+        assert_eq!(writes, expected, "{count} events");
+        assert_eq!(batches, 0, "folded, not batched ({count} events)");
         assert!(
-            seen.windows(2).all(|w| w[0] <= w[1]),
-            "progress went back: {seen:?}"
+            progress.windows(2).all(|w| w[0] <= w[1]),
+            "progress went back: {progress:?}"
         );
-        assert_eq!(seen.last(), Some(&count));
-        let (applied, log) = applied_and_log(&database, &build).await;
-        assert!(applied == log, "every event once, in the log's order");
+        assert_eq!(progress.last(), Some(&count));
     }
 }
 
@@ -1191,36 +1196,11 @@ async fn a_fold_writing_beside_itself_folds_on_and_writes_every_event_once() {
 /// write and those folded since are applied once, by the batches, in order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_fold_whose_write_beside_it_is_refused_is_taken_over_in_batches() {
-    use omoi_projections::catalog::BuildState;
-    use omoi_projections::runner::{catch_up, CATCH_UP_BATCH};
+    use omoi_projections::runner::CATCH_UP_BATCH;
 
-    let projector = FoldingProbe::writing_beside(4_950, Beside::Refused);
-    let count = 2 * CATCH_UP_BATCH + 7;
-    let (database, build) = building_over_probes(&projector, count).await;
-
-    let done = catch_up(
-        &database.pool,
-        &database.options,
-        &projector,
-        build.build,
-        100,
-        |_| {},
-    )
-    .await
-    .expect("a catch-up");
-    assert!(done.failure.is_none(), "stopped: {:?}", done.failure);
-    assert_eq!((done.events_applied, done.state), (count, BuildState::Live));
-    assert_eq!(
-        projector.writes.load(Ordering::SeqCst),
-        1,
-        "one write, refused"
-    );
-    assert!(
-        projector.batches.load(Ordering::SeqCst) > 0,
-        "the batches took over"
-    );
-    let (applied, log) = applied_and_log(&database, &build).await;
-    assert!(applied == log, "every event once, in the log's order");
+    let (writes, batches, _) = rebuilt_beside(Beside::Refused, 2 * CATCH_UP_BATCH + 7).await;
+    assert_eq!(writes, 1, "one write, refused");
+    assert!(batches > 0, "the batches took over");
 }
 
 /// A fold whose last write, in place at the stream's end, is refused right after its
@@ -1229,34 +1209,13 @@ async fn a_fold_whose_write_beside_it_is_refused_is_taken_over_in_batches() {
 /// as the leader read it before them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_write_refused_after_one_beside_the_fold_is_taken_over_from_where_that_one_left() {
-    use omoi_projections::catalog::BuildState;
-    use omoi_projections::runner::{catch_up, CATCH_UP_BATCH};
+    use omoi_projections::runner::CATCH_UP_BATCH;
 
-    let projector = FoldingProbe::writing_beside(4_950, Beside::WrittenThenRefusedInPlace);
     // Pages of 100 and three of 10,000 (three writes beside the fold), then 7 events.
     let count = 3 * CATCH_UP_BATCH + 107;
-    let (database, build) = building_over_probes(&projector, count).await;
-
-    let done = catch_up(
-        &database.pool,
-        &database.options,
-        &projector,
-        build.build,
-        100,
-        |_| {},
-    )
-    .await
-    .expect("a catch-up");
-    assert!(done.failure.is_none(), "stopped: {:?}", done.failure);
-    assert_eq!((done.events_applied, done.state), (count, BuildState::Live));
-    assert_eq!(projector.writes.load(Ordering::SeqCst), 4);
-    assert_eq!(
-        projector.batches.load(Ordering::SeqCst),
-        1,
-        "one batch: the 7 events of the refused write"
-    );
-    let (applied, log) = applied_and_log(&database, &build).await;
-    assert!(applied == log, "every event once, in the log's order");
+    let (writes, batches, _) = rebuilt_beside(Beside::WrittenThenRefusedInPlace, count).await;
+    assert_eq!(writes, 4);
+    assert_eq!(batches, 1, "one batch: the 7 events of the refused write");
 }
 
 /// A batch whose build's row was moved by someone else after the leader last read it (an
