@@ -149,7 +149,7 @@ async fn replaying_an_approval_creates_nothing_twice() {
     let mut conn = app.database.pool.acquire().await.expect("a connection");
     let mut tx = conn.begin().await.expect("a transaction");
     PlanExecution
-        .react(&mut tx, "unused", &approval)
+        .react_all(&mut tx, "unused", vec![&approval])
         .await
         .expect("a replay succeeds");
     tx.commit().await.expect("commit");
@@ -1013,7 +1013,7 @@ async fn a_hand_made_ticket_gets_the_task_of_its_phase() {
         table: Default::default(),
     };
     manager
-        .react(&mut tx, "unused", created)
+        .react_all(&mut tx, "unused", vec![created])
         .await
         .expect("a replay succeeds");
     tx.commit().await.expect("commit");

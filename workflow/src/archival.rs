@@ -38,15 +38,6 @@ impl ProcessManager for SpecArchival {
             || planned_spec(event).is_some()
     }
 
-    fn react<'a>(
-        &'a self,
-        tx: &'a mut PgConnection,
-        schema: &'a str,
-        event: &'a StoredEvent,
-    ) -> BoxFuture<'a, Result<(), ProjectionError>> {
-        self.react_all(tx, schema, vec![event])
-    }
-
     /// The archivals one by one; the plans' new tasks with one read of which of their
     /// specs were archived.
     fn react_all<'a>(

@@ -37,15 +37,6 @@ impl ProcessManager for SpecCompletion {
         self.reacts_to(event) && moved_to_done(event).unwrap_or(true)
     }
 
-    fn react<'a>(
-        &'a self,
-        tx: &'a mut PgConnection,
-        schema: &'a str,
-        event: &'a StoredEvent,
-    ) -> BoxFuture<'a, Result<(), ProjectionError>> {
-        self.react_all(tx, schema, vec![event])
-    }
-
     fn react_all<'a>(
         &'a self,
         tx: &'a mut PgConnection,

@@ -92,15 +92,6 @@ impl ProcessManager for DiscoveryResolution {
             .unwrap_or(true)
     }
 
-    fn react<'a>(
-        &'a self,
-        tx: &'a mut PgConnection,
-        schema: &'a str,
-        event: &'a StoredEvent,
-    ) -> BoxFuture<'a, Result<(), ProjectionError>> {
-        self.react_all(tx, schema, vec![event])
-    }
-
     fn react_all<'a>(
         &'a self,
         tx: &'a mut PgConnection,

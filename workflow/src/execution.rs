@@ -39,15 +39,6 @@ impl ProcessManager for PlanExecution {
         event.aggregate_type == "Spec" && event.event_type == "SpecPlanApproved"
     }
 
-    fn react<'a>(
-        &'a self,
-        tx: &'a mut PgConnection,
-        schema: &'a str,
-        event: &'a StoredEvent,
-    ) -> BoxFuture<'a, Result<(), ProjectionError>> {
-        self.react_all(tx, schema, vec![event])
-    }
-
     fn react_all<'a>(
         &'a self,
         tx: &'a mut PgConnection,

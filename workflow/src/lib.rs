@@ -98,35 +98,21 @@ pub trait ProcessManager: Send + Sync + 'static {
         self.reacts_to(event)
     }
 
-    /// Its reaction to `event`; its own tables are in `schema`.
-    fn react<'a>(
-        &'a self,
-        tx: &'a mut PgConnection,
-        schema: &'a str,
-        event: &'a StoredEvent,
-    ) -> BoxFuture<'a, Result<(), ProjectionError>>;
-
     /// How the batch last given ended, as [`Projector::settled`] says: for a manager
     /// keeping its tables' rows in memory between batches.
     fn settled(&self, _schema: &str, _committed: bool) {}
 
-    /// Its reactions to a batch's events it reacts to, in order; the same as reacting to
-    /// each in turn. By default one at a time; a manager that reacts to many events reads
-    /// what they need once for all ([`Aggregates`]), so that its batch — which holds
-    /// every reader of the log while it is open — stays short.
+    /// Its reactions to a batch's events it reacts to, in order, its own tables in
+    /// `schema`: the same as reacting to each in turn, which a manager whose reactions
+    /// read little does. One that reacts to many events reads what they need once for all
+    /// ([`Aggregates`]), so that its batch — which holds every reader of the log while it
+    /// is open — stays short.
     fn react_all<'a>(
         &'a self,
         tx: &'a mut PgConnection,
         schema: &'a str,
         events: Vec<&'a StoredEvent>,
-    ) -> BoxFuture<'a, Result<(), ProjectionError>> {
-        Box::pin(async move {
-            for event in events {
-                self.react(tx, schema, event).await?;
-            }
-            Ok(())
-        })
-    }
+    ) -> BoxFuture<'a, Result<(), ProjectionError>>;
 }
 
 /// A process manager as the projection runner runs it: a projector whose tables are its

@@ -49,15 +49,6 @@ impl ProcessManager for SubscriptionRetirement {
         self.reacts_to(event) && supersedes(event).unwrap_or(true)
     }
 
-    fn react<'a>(
-        &'a self,
-        tx: &'a mut PgConnection,
-        schema: &'a str,
-        event: &'a StoredEvent,
-    ) -> BoxFuture<'a, Result<(), ProjectionError>> {
-        self.react_all(tx, schema, vec![event])
-    }
-
     fn react_all<'a>(
         &'a self,
         tx: &'a mut PgConnection,

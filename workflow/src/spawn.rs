@@ -82,13 +82,18 @@ impl ProcessManager for PhaseTasks {
         self.reacts_to(event) && made_by_hand(event)
     }
 
-    fn react<'a>(
+    fn react_all<'a>(
         &'a self,
         tx: &'a mut PgConnection,
         _schema: &'a str,
-        event: &'a StoredEvent,
+        events: Vec<&'a StoredEvent>,
     ) -> BoxFuture<'a, Result<(), ProjectionError>> {
-        Box::pin(self.ticket_created(tx, event))
+        Box::pin(async move {
+            for event in events {
+                self.ticket_created(tx, event).await?;
+            }
+            Ok(())
+        })
     }
 }
 

@@ -36,13 +36,18 @@ impl ProcessManager for StallPolicyManager {
         event.aggregate_type == "Task" && event.event_type == "TaskStalled"
     }
 
-    fn react<'a>(
+    fn react_all<'a>(
         &'a self,
         tx: &'a mut PgConnection,
         _schema: &'a str,
-        event: &'a StoredEvent,
+        events: Vec<&'a StoredEvent>,
     ) -> BoxFuture<'a, Result<(), ProjectionError>> {
-        Box::pin(stalled(tx, event))
+        Box::pin(async move {
+            for event in events {
+                stalled(tx, event).await?;
+            }
+            Ok(())
+        })
     }
 }
 

@@ -43,13 +43,18 @@ impl ProcessManager for Validation {
             )
     }
 
-    fn react<'a>(
+    fn react_all<'a>(
         &'a self,
         tx: &'a mut PgConnection,
         _schema: &'a str,
-        event: &'a StoredEvent,
+        events: Vec<&'a StoredEvent>,
     ) -> BoxFuture<'a, Result<(), ProjectionError>> {
-        Box::pin(react(tx, event))
+        Box::pin(async move {
+            for event in events {
+                react(tx, event).await?;
+            }
+            Ok(())
+        })
     }
 }
 
