@@ -77,10 +77,11 @@ const WHOLE_SHARE_PER_DELTA: i64 = 20;
 /// Bump when what a snapshot stores changes shape (the models' rules have versions of
 /// their own, part of [`SnapshotsProjector::version`]); the test
 /// `the_bodies_positional_shape_is_pinned` fails until then. 2: bodies are LZ4 blocks. 3:
-/// deltas between wholes. Bodies in postcard ([`LZ4_POSTCARD_BODY`]) name the version they
-/// were written in, and bodies in serde_json read in any: so they came without a bump, and
-/// a build goes on with the bodies it holds.
-const FORMAT_VERSION: i32 = 3;
+/// deltas between wholes. 4: bodies in postcard ([`LZ4_POSTCARD_BODY`]) — a bump although
+/// serde_json bodies still read: `omoi projections verify` compares bodies byte for byte
+/// (a build holding both would differ from its rebuild), and a process of the build before
+/// given a build holding postcard would stop it on a body it cannot read.
+const FORMAT_VERSION: i32 = 4;
 
 /// Events read from the log per page while a snapshot is folded.
 const FOLD_PAGE: i64 = 5_000;
@@ -231,8 +232,8 @@ impl Projector for SnapshotsProjector {
             )"
         )];
         for (table, bodies) in [
-            ("models", "serde_json of BoardModel and GraphModel"),
-            ("deltas", "serde_json of BoardDelta and GraphDelta"),
+            ("models", "BoardModel and GraphModel"),
+            ("deltas", "BoardDelta and GraphDelta"),
         ] {
             statements.push(format!(
                 "create table {schema}.{table} (
@@ -759,7 +760,7 @@ const LZ4_JSON_BODY: u8 = 1;
 const LZ4_POSTCARD_BODY: u8 = 2;
 
 /// The model a body holds, of any format: a live build of an older one serves views until
-/// its successor catches up, and a build goes on writing the newest beside its older bodies.
+/// its successor catches up.
 fn decode<M: DeserializeOwned>(body: &[u8]) -> Result<M, ProjectionError> {
     let body_error = |e: &dyn std::fmt::Display| ProjectionError::SnapshotBody(e.to_string());
     match body.split_first() {
@@ -1186,7 +1187,7 @@ mod tests {
     /// variant by where it stands, per [`FORMAT_VERSION`] that wrote them: a hash of the
     /// samples so encoded. Add a line with a new version; never change one (a build holding
     /// bodies of that shape reads them by it).
-    const SHAPES: [(i32, u64); 1] = [(3, 0xdbd1_d0c6_f40d_6dcf)];
+    const SHAPES: [(i32, u64); 1] = [(4, 0xdbd1_d0c6_f40d_6dcf)];
 
     #[test]
     fn the_bodies_positional_shape_is_pinned() {
