@@ -32,7 +32,7 @@
 //!   work or sends it back for revision.
 //! * [`stall`] — a stalled task gets its project's stall policy: nudge, restart or
 //!   escalate.
-//! * [`lifetime`] — a lifetime purchase ends, at Stripe, the subscription it replaced.
+//! * [`retirement`] — a lifetime purchase ends, at Stripe, the subscription it replaced.
 //! * `kept` — what a manager keeps in memory between batches (its own tables' rows,
 //!   aggregates it decided on), taken in only once a batch committed (`progress`,
 //!   `discovery`).
@@ -62,8 +62,8 @@ use sqlx::PgConnection;
 
 use aggregates::{Aggregates, Effects};
 
-/// A rule run on the global stream: the events it reacts to, and its reaction to one,
-/// inside the batch's transaction.
+/// A rule run on the global stream: the events it reacts to, and its reactions to a
+/// batch of them, inside the batch's transaction.
 pub trait ProcessManager: Send + Sync + 'static {
     /// Its build in the projection catalog, and its actor (`system:<name>`).
     const NAME: &'static str;
@@ -103,10 +103,10 @@ pub trait ProcessManager: Send + Sync + 'static {
     fn settled(&self, _schema: &str, _committed: bool) {}
 
     /// Its reactions to a batch's events it reacts to, in order, its own tables in
-    /// `schema`: the same as reacting to each in turn, which a manager whose reactions
-    /// read little does. One that reacts to many events reads what they need once for all
-    /// ([`Aggregates`]), so that its batch — which holds every reader of the log while it
-    /// is open — stays short.
+    /// `schema`. They must come to the same as reacting to each in turn; a manager whose
+    /// reactions read little simply loops. One that reacts to many events reads what they
+    /// need once for all ([`Aggregates`]), so that its batch — which holds every reader of
+    /// the log while it is open — stays short.
     fn react_all<'a>(
         &'a self,
         tx: &'a mut PgConnection,
