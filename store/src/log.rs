@@ -12,8 +12,7 @@ use std::str::FromStr;
 
 use cqrs_es::Aggregate;
 use serde::{Deserialize, Serialize};
-use serde_json::value::RawValue;
-use sqlx::types::Json;
+use sqlx::postgres::PgValueFormat;
 use sqlx::{PgPool, Row};
 
 use crate::json::{Metadata, RawJson};
@@ -83,10 +82,23 @@ impl StoredEvent {
     }
 }
 
-/// A `jsonb` column as its text (never as a tree: see [`crate::json`]).
+/// A `jsonb` column as its text (never as a tree, and not parsed: see [`crate::json`]).
 fn raw_json(row: &sqlx::postgres::PgRow, column: &str) -> Result<RawJson, sqlx::Error> {
-    let Json(raw) = row.try_get::<Json<Box<RawValue>>, _>(column)?;
-    Ok(raw.into())
+    let value = row.try_get_raw(column)?;
+    let format = value.format();
+    let bytes = value.as_bytes().map_err(sqlx::Error::Decode)?;
+    // The binary form is a format version (1), then the text.
+    let text = match (format, bytes.split_first()) {
+        (PgValueFormat::Text, _) => bytes,
+        (PgValueFormat::Binary, Some((1, text))) => text,
+        (PgValueFormat::Binary, _) => {
+            return Err(sqlx::Error::Decode(
+                format!("{column}: a jsonb value of an unknown format version").into(),
+            ))
+        }
+    };
+    let text = std::str::from_utf8(text).map_err(|e| sqlx::Error::Decode(e.into()))?;
+    Ok(RawJson::from_jsonb(text))
 }
 
 /// A place in the global stream: everything up to and including this pair has been read.
