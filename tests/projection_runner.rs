@@ -1103,53 +1103,30 @@ async fn a_fold_stopped_between_pages_leaves_the_build_at_zero_and_the_next_lead
 /// every event once, in order, and no batch.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_fold_that_goes_on_is_written_at_its_bound_and_folds_on() {
-    use omoi_projections::catalog::BuildState;
-    use omoi_projections::runner::{catch_up, CATCH_UP_BATCH};
+    use omoi_projections::runner::CATCH_UP_BATCH;
 
     let projector = FoldingProbe::going_on_at(9_950);
-    let count = 2 * CATCH_UP_BATCH + 7;
-    let (database, build) = building_over_probes(&projector, count).await;
-
-    let mut seen = Vec::new();
-    let done = catch_up(
-        &database.pool,
-        &database.options,
-        &projector,
-        build.build,
-        100,
-        |applied| seen.push(applied),
-    )
-    .await
-    .expect("a catch-up");
-    assert!(done.failure.is_none(), "stopped: {:?}", done.failure);
-    assert_eq!((done.events_applied, done.state), (count, BuildState::Live));
+    let (writes, batches, progress) = rebuilt(&projector, 2 * CATCH_UP_BATCH + 7).await;
     // Pages of 100, 10,000 and 9,907: written once past its bound (10,100 events), then
     // again at the stream's end (9,907, short of it).
-    assert_eq!(seen, [100, 10_100, 10_100, 20_007, 20_007, 20_007]);
-    assert_eq!(projector.writes.load(Ordering::SeqCst), 2);
-    assert_eq!(
-        projector.batches.load(Ordering::SeqCst),
-        0,
-        "folded, not batched"
-    );
-    let (applied, log) = applied_and_log(&database, &build).await;
-    assert!(applied == log, "every event once, in the log's order");
+    assert_eq!(progress, [100, 10_100, 10_100, 20_007, 20_007, 20_007]);
+    assert_eq!(writes, 2);
+    assert_eq!(batches, 0, "folded, not batched");
 }
 
-/// What a rebuild of a [`FoldingProbe`] writing beside its fold (bound 4,950, pages of
-/// 100) over `count` probe events did, once it went live with every event once, in the
-/// log's order: its folds' writes, its batches, and the progress it reported.
-async fn rebuilt_beside(beside: Beside, count: i64) -> (usize, usize, Vec<i64>) {
+/// What a rebuild of `projector` over `count` probe events (pages of 100) did, once it
+/// went live with every event once, in the log's order: its folds' writes, its batches,
+/// and the progress it reported.
+async fn rebuilt(projector: &FoldingProbe, count: i64) -> (usize, usize, Vec<i64>) {
     use omoi_projections::catalog::BuildState;
     use omoi_projections::runner::catch_up;
 
-    let projector = FoldingProbe::writing_beside(4_950, beside);
-    let (database, build) = building_over_probes(&projector, count).await;
+    let (database, build) = building_over_probes(projector, count).await;
     let mut progress = Vec::new();
     let done = catch_up(
         &database.pool,
         &database.options,
-        &projector,
+        projector,
         build.build,
         100,
         |applied| progress.push(applied),
@@ -1165,6 +1142,11 @@ async fn rebuilt_beside(beside: Beside, count: i64) -> (usize, usize, Vec<i64>) 
     );
     let writes = projector.writes.load(Ordering::SeqCst);
     (writes, projector.batches.load(Ordering::SeqCst), progress)
+}
+
+/// [`rebuilt`] of a [`FoldingProbe`] writing beside its fold, bound 4,950.
+async fn rebuilt_beside(beside: Beside, count: i64) -> (usize, usize, Vec<i64>) {
+    rebuilt(&FoldingProbe::writing_beside(4_950, beside), count).await
 }
 
 /// A rebuild whose fold writes beside itself hands each bound's rows to a write on a
