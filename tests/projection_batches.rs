@@ -19,7 +19,7 @@ use omoi_projections::board::BoardModel;
 use omoi_projections::graph::GraphModel;
 use omoi_projections::snapshots::{model_before, SnapshotsProjector};
 use omoi_projections::verify::diff_schemas;
-use omoi_projections::{Fold, ProjectionError, Projector};
+use omoi_projections::{catalog, Fold, ProjectionError, Projector};
 use omoi_store::StoredEvent;
 use omoi_testing::TestDatabase;
 use proptest::prelude::*;
@@ -380,7 +380,20 @@ fn log_of(ops: &[Op]) -> Vec<StoredEvent> {
         .collect()
 }
 
+/// The projector's tables in a schema of their own, with the indexes `apply` needs, as
+/// a build live from the start has them.
 async fn fresh_schema(
+    conn: &mut PgConnection,
+    projector: &dyn Projector,
+    schema: &str,
+) -> Result<(), sqlx::Error> {
+    bare_schema(conn, projector, schema).await?;
+    catalog::create_write_indexes(conn, projector, schema).await
+}
+
+/// The projector's tables without the indexes `apply` needs, as a rebuild's fold finds
+/// them.
+async fn bare_schema(
     conn: &mut PgConnection,
     projector: &dyn Projector,
     schema: &str,
@@ -498,7 +511,7 @@ async fn differences(
         );
         if let Some(fold) = projector.fold_from_start() {
             let folded = format!("fold_{}", projector.name());
-            fresh_schema(tx, projector, &folded).await?;
+            bare_schema(tx, projector, &folded).await?;
             fold_then_batches(tx, projector, fold, &folded, log, chunk, split).await?;
             found.extend(
                 diff_schemas(tx, projector, &one, &folded)
@@ -512,8 +525,10 @@ async fn differences(
 }
 
 /// What a rebuild does with a projector that folds: the first `split` events folded in
-/// memory in pages of `chunk` and written at once (a fold that goes on: after every
-/// page), the rest applied in batches (the fold reached its bound of rows).
+/// memory in pages of `chunk` into tables without the indexes `apply` needs and written
+/// at once (a fold that goes on: after every page, as beside the fold), those indexes
+/// built after its last write, the rest applied in batches (the fold reached its bound of
+/// rows).
 async fn fold_then_batches(
     tx: &mut PgConnection,
     projector: &dyn Projector,
@@ -533,6 +548,7 @@ async fn fold_then_batches(
         }
     }
     fold.write(tx, schema).await.map_err(failed)?;
+    catalog::create_write_indexes(tx, projector, schema).await?;
     for batch in rest.chunks(chunk) {
         projector.apply(tx, schema, batch).await.map_err(failed)?;
     }

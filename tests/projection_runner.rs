@@ -19,6 +19,23 @@ use uuid::Uuid;
 /// one event violates the primary key, so "applied twice" cannot go unnoticed.
 struct Probe;
 
+/// [`Probe`]'s table, without its key.
+fn seen_table(schema: &str) -> String {
+    format!(
+        "create table {schema}.seen (n bigserial, aggregate_type text, aggregate_id text,
+                                     sequence bigint, transaction_id bigint,
+                                     global_position bigint)"
+    )
+}
+
+/// [`Probe`]'s key: an event applied twice violates it.
+fn seen_key(schema: &str) -> String {
+    format!(
+        "create unique index if not exists seen_key
+            on {schema}.seen (aggregate_type, aggregate_id, sequence)"
+    )
+}
+
 /// How many times the runner told [`Probe`] to forget what it keeps of each build's
 /// tables (`settled(schema, false)`), by schema: a test runs in a process of its own.
 static FORGOTTEN: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
@@ -43,12 +60,7 @@ impl Projector for Probe {
         &["seen"]
     }
     fn create_tables(&self, schema: &str) -> Vec<String> {
-        vec![format!(
-            "create table {schema}.seen (n bigserial, aggregate_type text, aggregate_id text,
-                                         sequence bigint, transaction_id bigint,
-                                         global_position bigint,
-                                         primary key (aggregate_type, aggregate_id, sequence))"
-        )]
+        vec![seen_table(schema), seen_key(schema)]
     }
     fn apply<'a>(
         &'a self,
@@ -620,10 +632,14 @@ async fn a_long_catch_up_streams_the_log_and_applies_every_event_once_in_order()
 /// once ([`Projector::fold_from_start`]) — or, with a bound, written whenever it holds
 /// that many events, folding on ([`Fold::goes_on`]), in place or beside the fold
 /// ([`Fold::take_write`]); events of type `ProbePoison` are refused by the fold and by
-/// the batches alike. Counts the folds written and the batches applied.
+/// the batches alike. Its key is an index `apply` needs
+/// ([`Projector::create_write_indexes`]), so a rebuild's fold writes into a bare table.
+/// Counts the folds written, those that found the key there already, and the batches
+/// applied.
 #[derive(Default)]
 struct FoldingProbe {
     writes: Arc<AtomicUsize>,
+    keyed_writes: Arc<AtomicUsize>,
     batches: Arc<AtomicUsize>,
     goes_on_at: Option<usize>,
     beside: Option<Beside>,
@@ -679,7 +695,10 @@ impl Projector for FoldingProbe {
         Probe.tables()
     }
     fn create_tables(&self, schema: &str) -> Vec<String> {
-        Probe.create_tables(schema)
+        vec![seen_table(schema)]
+    }
+    fn create_write_indexes(&self, schema: &str) -> Vec<String> {
+        vec![seen_key(schema)]
     }
     fn apply<'a>(
         &'a self,
@@ -697,6 +716,7 @@ impl Projector for FoldingProbe {
         Some(Box::new(ProbeFold {
             events: Vec::new(),
             writes: self.writes.clone(),
+            keyed_writes: self.keyed_writes.clone(),
             goes_on_at: self.goes_on_at,
             beside: self.beside,
         }))
@@ -706,6 +726,7 @@ impl Projector for FoldingProbe {
 struct ProbeFold {
     events: Vec<StoredEvent>,
     writes: Arc<AtomicUsize>,
+    keyed_writes: Arc<AtomicUsize>,
     goes_on_at: Option<usize>,
     beside: Option<Beside>,
 }
@@ -714,6 +735,25 @@ struct ProbeFold {
 struct ProbeWrite {
     events: Vec<StoredEvent>,
     ends: Beside,
+    keyed_writes: Arc<AtomicUsize>,
+}
+
+/// Counts a fold's write into `schema` in `keyed_writes` if the probe's key is there.
+async fn count_if_keyed(
+    tx: &mut PgConnection,
+    schema: &str,
+    keyed_writes: &AtomicUsize,
+) -> Result<(), ProjectionError> {
+    let keyed: bool = sqlx::query_scalar(
+        "select exists(select 1 from pg_indexes where schemaname = $1 and indexname = 'seen_key')",
+    )
+    .bind(schema)
+    .fetch_one(tx)
+    .await?;
+    if keyed {
+        keyed_writes.fetch_add(1, Ordering::SeqCst);
+    }
+    Ok(())
 }
 
 impl FoldWrite for ProbeWrite {
@@ -723,6 +763,7 @@ impl FoldWrite for ProbeWrite {
         schema: &'a str,
     ) -> BoxFuture<'a, Result<(), ProjectionError>> {
         Box::pin(async move {
+            count_if_keyed(tx, schema, &self.keyed_writes).await?;
             Probe.apply(tx, schema, &self.events).await?;
             if let Beside::Refused = self.ends {
                 refused(tx).await?;
@@ -748,6 +789,7 @@ impl Fold for ProbeFold {
     ) -> BoxFuture<'a, Result<(), ProjectionError>> {
         Box::pin(async move {
             self.writes.fetch_add(1, Ordering::SeqCst);
+            count_if_keyed(tx, schema, &self.keyed_writes).await?;
             let events = std::mem::take(&mut self.events);
             Probe.apply(tx, schema, &events).await?;
             if let Some(Beside::WrittenThenRefusedInPlace) = self.beside {
@@ -767,7 +809,11 @@ impl Fold for ProbeFold {
         let ends = self.beside?;
         self.writes.fetch_add(1, Ordering::SeqCst);
         let events = std::mem::take(&mut self.events);
-        Some(Box::new(ProbeWrite { events, ends }))
+        Some(Box::new(ProbeWrite {
+            events,
+            ends,
+            keyed_writes: self.keyed_writes.clone(),
+        }))
     }
 }
 
@@ -791,6 +837,20 @@ async fn applied_and_log(
     .await
     .expect("the log");
     (applied, log)
+}
+
+/// Whether the build's table has the probe's key, unique and valid.
+async fn keyed(database: &TestDatabase, build: &omoi_projections::catalog::Build) -> bool {
+    sqlx::query_scalar(
+        "select exists(select 1 from pg_index i join pg_class c on c.oid = i.indexrelid
+                        join pg_namespace n on n.oid = c.relnamespace
+                       where n.nspname = $1 and c.relname = 'seen_key'
+                         and i.indisunique and i.indisvalid)",
+    )
+    .bind(build.schema())
+    .fetch_one(&database.pool)
+    .await
+    .expect("the key looked up")
 }
 
 /// A fresh database whose log holds `probes` probe events, all visible, and a build of
@@ -957,6 +1017,12 @@ async fn a_rebuild_folds_the_log_in_memory_and_writes_it_once() {
         1,
         "one fold, written once"
     );
+    assert_eq!(
+        projector.keyed_writes.load(Ordering::SeqCst),
+        0,
+        "its rows copied into a table without the key"
+    );
+    assert!(keyed(&database, &build).await, "the key built after them");
     let (applied, log) = applied_and_log(&database, &build).await;
     assert!(applied == log, "every event once, in the log's order");
 
@@ -1027,6 +1093,10 @@ async fn a_poison_event_stops_a_folded_rebuild_exactly_where_batches_stop() {
         assert_eq!(at.global_position, poison, "{error}");
         assert_eq!(done.events_applied, 50);
         assert_eq!(projector.writes.load(Ordering::SeqCst), writes);
+        assert!(
+            keyed(&database, &build).await,
+            "the batches keyed the table first"
+        );
         let (applied, log) = applied_and_log(&database, &build).await;
         assert!(
             applied[..] == log[..50],
@@ -1111,6 +1181,11 @@ async fn a_fold_that_goes_on_is_written_at_its_bound_and_folds_on() {
     // again at the stream's end (9,907, short of it).
     assert_eq!(progress, [100, 10_100, 10_100, 20_007, 20_007, 20_007]);
     assert_eq!(writes, 2);
+    assert_eq!(
+        projector.keyed_writes.load(Ordering::SeqCst),
+        1,
+        "the first write into the bare table, keyed after its rows; the second into the keyed"
+    );
     assert_eq!(batches, 0, "folded, not batched");
 }
 
@@ -1139,6 +1214,10 @@ async fn rebuilt(projector: &FoldingProbe, count: i64) -> (usize, usize, Vec<i64
     assert!(
         applied == log,
         "every event once, in the log's order ({count} events)"
+    );
+    assert!(
+        keyed(&database, &build).await,
+        "keyed by the time it went live"
     );
     let writes = projector.writes.load(Ordering::SeqCst);
     (writes, projector.batches.load(Ordering::SeqCst), progress)

@@ -495,6 +495,7 @@ async fn the_graph_counts_unfinished_dependencies_and_answers_blocked_and_blocki
 async fn queries_answer_during_a_rebuild_and_from_the_new_build_afterwards() {
     let app = omoi_testing::spawn_app().await;
     let (_, project_id) = app.organization_and_project().await;
+    let mut tickets = Vec::new();
     for n in 0..40 {
         let (status, body) = app
             .post(
@@ -503,6 +504,7 @@ async fn queries_answer_during_a_rebuild_and_from_the_new_build_afterwards() {
             )
             .await;
         assert_eq!(status, reqwest::StatusCode::CREATED, "{body}");
+        tickets.push(body["id"].as_str().expect("an id").to_string());
     }
     app.caught_up().await;
     let path = format!("/api/v1/board/view?project_id={project_id}");
@@ -551,6 +553,30 @@ async fn queries_answer_during_a_rebuild_and_from_the_new_build_afterwards() {
     let (status, after) = app.get(&path).await;
     assert_eq!(status, reqwest::StatusCode::OK);
     assert_eq!(after, before, "the new build answers the same");
+
+    // Its tables were written without the keys its batches upsert on, and keyed after:
+    // a change to a card it was written with lands on that card.
+    let (status, body) = app
+        .patch(
+            &format!("/api/v1/tickets/{}", tickets[0]),
+            json!({"title": "renamed"}),
+        )
+        .await;
+    assert_eq!(status, reqwest::StatusCode::OK, "{body}");
+    let card_titles = |view: &Value| -> Vec<String> {
+        let columns = view["columns"].as_array().expect("columns");
+        columns.iter().flat_map(titles).collect()
+    };
+    let changed = app
+        .eventually(&path, |v| card_titles(v).contains(&"renamed".to_string()))
+        .await;
+    let mut expected = card_titles(&before);
+    expected.retain(|title| title != "t0");
+    expected.push("renamed".to_string());
+    let mut shown = card_titles(&changed);
+    expected.sort();
+    shown.sort();
+    assert_eq!(shown, expected, "one card renamed, none added");
 }
 
 /// A view `as_of` a past position replays the project's log, within a bound: one request

@@ -546,6 +546,9 @@ impl Projector for InBatches<'_> {
     fn create_tables(&self, schema: &str) -> Vec<String> {
         self.0.create_tables(schema)
     }
+    fn create_write_indexes(&self, schema: &str) -> Vec<String> {
+        self.0.create_write_indexes(schema)
+    }
     fn create_indexes(&self, schema: &str) -> Vec<String> {
         self.0.create_indexes(schema)
     }

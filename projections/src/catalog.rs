@@ -231,10 +231,43 @@ async fn create_build_in(
     for statement in projector.create_tables(&schema) {
         sqlx::query(&statement).execute(&mut *conn).await?;
     }
+    // A build that rebuilds from position zero gets them after its fold's rows.
+    if state != BuildState::Building {
+        create_write_indexes(conn, projector, &schema).await?;
+    }
     if state == BuildState::Live {
         create_indexes(conn, projector, &schema).await?;
     }
     Ok(build)
+}
+
+/// The indexes `apply` needs on a build's tables ([`Projector::create_write_indexes`]),
+/// those not there yet: inside a fold's write, after its rows, they are one bulk build
+/// each; on tables that have them, nothing (not even the table's lock, which
+/// `if not exists` would take before it finds the name taken).
+pub async fn create_write_indexes(
+    conn: &mut PgConnection,
+    projector: &dyn Projector,
+    schema: &str,
+) -> Result<(), sqlx::Error> {
+    let statements = projector.create_write_indexes(schema);
+    if statements.is_empty() {
+        return Ok(());
+    }
+    let existing: Vec<String> = sqlx::query_scalar(
+        "select c.relname::text from pg_class c
+           join pg_namespace n on n.oid = c.relnamespace
+          where n.nspname = $1 and c.relkind = 'i'",
+    )
+    .bind(schema)
+    .fetch_all(&mut *conn)
+    .await?;
+    for statement in statements {
+        if !existing.iter().any(|name| name == index_name(&statement)) {
+            sqlx::query(&statement).execute(&mut *conn).await?;
+        }
+    }
+    Ok(())
 }
 
 /// The indexes readers need, on a build about to serve them.
@@ -412,6 +445,33 @@ mod tests {
                     name.chars().all(|c| c.is_ascii_lowercase() || c == '_'),
                     "{}: {name:?} in {statement}",
                     projector.name()
+                );
+            }
+        }
+    }
+
+    /// `create_write_indexes` skips an index by the name its statement gives: one whose
+    /// name it could not read would be run again inside every fold's write and at every
+    /// leadership, taking its table's lock each time.
+    #[test]
+    fn every_write_index_names_itself() {
+        for projector in crate::all() {
+            for statement in projector.create_write_indexes("rm_x_1") {
+                assert!(
+                    statement.starts_with("create index if not exists")
+                        || statement.starts_with("create unique index if not exists"),
+                    "{}: {statement}",
+                    projector.name()
+                );
+                let name = index_name(&statement);
+                assert!(
+                    !name.is_empty() && name.chars().all(|c| c.is_ascii_lowercase() || c == '_'),
+                    "{}: {name:?} in {statement}",
+                    projector.name()
+                );
+                assert!(
+                    statement.contains(&format!("{name} on rm_x_1.")),
+                    "{statement}"
                 );
             }
         }

@@ -120,8 +120,20 @@ pub trait Projector: Send + Sync {
     /// The tables this projector owns, by bare name (for views and `verify`).
     fn tables(&self) -> &'static [&'static str];
     /// `create table` statements for the tables, in `schema` (use `{schema}.` prefixes),
-    /// with the indexes `apply` itself needs.
+    /// with the indexes `apply` itself needs that are not among
+    /// [`Projector::create_write_indexes`].
     fn create_tables(&self, schema: &str) -> Vec<String>;
+    /// Indexes `apply` itself needs — its upserts' conflict targets, its look-ups — each
+    /// `create [unique] index if not exists <name> on …`, that a build projected from
+    /// position zero is written without: its fold copies its rows into bare tables and
+    /// the runner builds these after them, in the write's transaction (one sort of the
+    /// rows instead of a B-tree insert per row, each at a random place under a uuid
+    /// key), and before the first batch applied to the build. A build live from the
+    /// start gets them with its tables. An index the fold's own write needs (an upsert
+    /// in it) belongs in `create_tables`.
+    fn create_write_indexes(&self, _schema: &str) -> Vec<String> {
+        Vec::new()
+    }
     /// Additive changes to the tables of a build of this same version — idempotent
     /// statements such as `alter table {schema}.t add column if not exists …` — applied
     /// when a process starts on an existing build, so that a column added in place needs

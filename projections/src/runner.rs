@@ -790,6 +790,9 @@ pub struct Reading {
     fold_refused: bool,
     /// Whether the projector was told that this leadership began ([`Projector::settled`]).
     began: bool,
+    /// Whether the indexes `apply` needs were made sure of before this leadership's first
+    /// batch on a build that is not live ([`Projector::create_write_indexes`]).
+    write_indexed: bool,
 }
 
 impl Reading {
@@ -933,6 +936,13 @@ pub async fn step(
                 None => reading.fold_refused = true,
             }
         }
+    }
+    // A build written from position zero has them only once its fold's write built them:
+    // the batches need them whether it did (a fold written at its bound, a restart after
+    // it) or not (no fold, or one refused).
+    if building && !reading.write_indexed {
+        catalog::create_write_indexes(conn, projector, &schema).await?;
+        reading.write_indexed = true;
     }
     let from = unsaved.map_or(seen.cursor, |u| u.at);
     let page = reading.page(pool, from, batch_size).await?;
@@ -1275,7 +1285,7 @@ async fn fold_one_page(
     }
     let rows = folding.fold.rows();
     let mut tx = conn.begin_with(ASYNCHRONOUS_BATCH).await?;
-    let written = folding.fold.write(&mut tx, &seen.schema()).await;
+    let written = write_then_index(&mut tx, projector, folding.fold.as_mut(), &seen.schema()).await;
     match commit_fold_write(tx, written, &seen, cursor, folded).await? {
         FoldWritten::Committed => {}
         FoldWritten::Lost => {
@@ -1310,6 +1320,20 @@ async fn fold_one_page(
     reading.known = Some((to, Instant::now()));
     record_batch(pool, stats, &seen, (&last, folded), started).await;
     Ok(Some(Step::Applied(0)))
+}
+
+/// A fold's rows, then the indexes `apply` needs, which the tables were created without
+/// ([`Projector::create_write_indexes`]; a write that goes on finds them there after its
+/// first). A write beside the fold leaves them to the next write in place or the batches.
+async fn write_then_index(
+    tx: &mut PgConnection,
+    projector: &dyn Projector,
+    fold: &mut dyn Fold,
+    schema: &str,
+) -> Result<(), ProjectionError> {
+    fold.write(tx, schema).await?;
+    catalog::create_write_indexes(tx, projector, schema).await?;
+    Ok(())
 }
 
 /// Waits for a fold's write that ran beside it: the build as it left it, or what

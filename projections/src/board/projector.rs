@@ -89,7 +89,7 @@ impl Projector for BoardProjector {
         vec![
             format!(
                 "create table {schema}.cards (
-                    ticket_id       uuid primary key,
+                    ticket_id       uuid not null,
                     organization_id uuid not null,
                     project_id      uuid not null,
                     title           text not null,
@@ -106,13 +106,24 @@ impl Projector for BoardProjector {
             ),
             format!(
                 "create table {schema}.task_cards (
-                    task_id         uuid primary key,
+                    task_id         uuid not null,
                     ticket_id       uuid not null,
                     organization_id uuid not null,
                     project_id      uuid not null,
                     status          text not null,
                     last_position   bigint not null
                 )"
+            ),
+        ]
+    }
+
+    fn create_write_indexes(&self, schema: &str) -> Vec<String> {
+        // Named as the primary keys they were before builds were written without them,
+        // so that a build made before, which has those, skips them.
+        vec![
+            format!("create unique index if not exists cards_pkey on {schema}.cards (ticket_id)"),
+            format!(
+                "create unique index if not exists task_cards_pkey on {schema}.task_cards (task_id)"
             ),
         ]
     }

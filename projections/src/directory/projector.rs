@@ -105,7 +105,7 @@ impl Projector for DirectoryProjector {
     fn create_tables(&self, schema: &str) -> Vec<String> {
         vec![format!(
             "create table if not exists {schema}.entries (
-                id                     uuid primary key,
+                id                     uuid not null,
                 kind                   text not null,
                 organization_id        uuid not null,
                 project_id             uuid,
@@ -123,6 +123,14 @@ impl Projector for DirectoryProjector {
                 created_position       bigint not null,
                 last_position          bigint not null
             )"
+        )]
+    }
+
+    fn create_write_indexes(&self, schema: &str) -> Vec<String> {
+        // Named as the primary key it was before builds were written without it, so that
+        // a build made before, which has that, skips it.
+        vec![format!(
+            "create unique index if not exists entries_pkey on {schema}.entries (id)"
         )]
     }
 

@@ -69,7 +69,7 @@ impl Projector for GraphProjector {
         vec![
             format!(
                 "create table {schema}.nodes (
-                    id              uuid primary key,
+                    id              uuid not null,
                     kind            text not null,
                     organization_id uuid not null,
                     project_id      uuid not null,
@@ -84,9 +84,19 @@ impl Projector for GraphProjector {
                     from_id         uuid not null,
                     to_id           uuid not null,
                     organization_id uuid not null,
-                    project_id      uuid not null,
-                    primary key (from_id, to_id)
+                    project_id      uuid not null
                 )"
+            ),
+        ]
+    }
+
+    fn create_write_indexes(&self, schema: &str) -> Vec<String> {
+        // Named as the primary keys they were before builds were written without them,
+        // so that a build made before, which has those, skips them.
+        vec![
+            format!("create unique index if not exists nodes_pkey on {schema}.nodes (id)"),
+            format!(
+                "create unique index if not exists edges_pkey on {schema}.edges (from_id, to_id)"
             ),
         ]
     }
