@@ -774,15 +774,37 @@ fn decode<M: DeserializeOwned>(body: &[u8]) -> Result<M, ProjectionError> {
                     "a body of shape {shape}, read by shape {FORMAT_VERSION}"
                 )));
             }
-            let bytes = lz4_flex::decompress_size_prepended(block).map_err(|e| body_error(&e))?;
+            let bytes = decompress(block).map_err(|e| body_error(&e))?;
             postcard::from_bytes(&bytes).map_err(|e| body_error(&e))
         }
         Some((&LZ4_JSON_BODY, block)) => {
-            let json = lz4_flex::decompress_size_prepended(block).map_err(|e| body_error(&e))?;
+            let json = decompress(block).map_err(|e| body_error(&e))?;
             serde_json::from_slice(&json).map_err(|e| body_error(&e))
         }
         _ => serde_json::from_slice(body).map_err(|e| body_error(&e)),
     }
+}
+
+/// Bytes of output an LZ4 block yields at most per byte of it: a match's length goes on
+/// in bytes of 255 each, after a token and an offset of three bytes.
+const LZ4_MOST_EXPANSION: usize = 255;
+
+/// An LZ4 block after its size ([`lz4_flex::compress_prepend_size`]), decompressed — or an
+/// error for a size more than the block can hold, before that size is allocated (a
+/// damaged prefix could name up to 4 GiB).
+fn decompress(block: &[u8]) -> Result<Vec<u8>, String> {
+    let (size, compressed) = block
+        .split_first_chunk::<4>()
+        .ok_or("an LZ4 block without its size")?;
+    let size = u32::from_le_bytes(*size) as usize;
+    let most = compressed.len().saturating_mul(LZ4_MOST_EXPANSION) + 64;
+    if size > most {
+        return Err(format!(
+            "an LZ4 block of {} bytes naming {size} bytes, more than it can hold",
+            compressed.len()
+        ));
+    }
+    lz4_flex::decompress(compressed, size).map_err(|e| e.to_string())
 }
 
 fn encode<M: serde::Serialize>(model: &M) -> Result<Vec<u8>, ProjectionError> {
@@ -1263,6 +1285,29 @@ mod tests {
                 Err(ProjectionError::SnapshotBody(_))
             ));
         }
+    }
+
+    /// A block compressed as far as LZ4 goes (the same byte, ten million times) reads back;
+    /// one whose size names more than its bytes can hold is refused as such, not
+    /// allocated.
+    #[test]
+    fn a_block_naming_more_than_it_can_hold_is_refused() {
+        let zeros = vec![0u8; 10_000_000];
+        let block = lz4_flex::compress_prepend_size(&zeros);
+        // About 254.9 to 1: the bound is the format's, not a guess with room to spare.
+        assert!(block.len() * 250 < zeros.len(), "{} bytes", block.len());
+        assert_eq!(decompress(&block).expect("reads back"), zeros);
+        let mut claiming = block.clone();
+        claiming[..4].copy_from_slice(&u32::MAX.to_le_bytes());
+        let error = decompress(&claiming).expect_err("refused");
+        assert!(error.contains("more than it can hold"), "{error}");
+        let mut body = vec![LZ4_POSTCARD_BODY];
+        body.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+        body.extend_from_slice(&claiming);
+        assert!(matches!(
+            decode::<BoardModel>(&body),
+            Err(ProjectionError::SnapshotBody(e)) if e.contains("more than it can hold")
+        ));
     }
 
     /// Kept models are found only by the events counted that they follow, and the least
