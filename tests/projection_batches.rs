@@ -19,7 +19,7 @@ use omoi_projections::board::BoardModel;
 use omoi_projections::graph::GraphModel;
 use omoi_projections::snapshots::{model_before, SnapshotsProjector};
 use omoi_projections::verify::diff_schemas;
-use omoi_projections::{catalog, Fold, ProjectionError, Projector};
+use omoi_projections::{catalog, runner, Fold, ProjectionError, Projector};
 use omoi_store::StoredEvent;
 use omoi_testing::TestDatabase;
 use proptest::prelude::*;
@@ -381,19 +381,8 @@ fn log_of(ops: &[Op]) -> Vec<StoredEvent> {
 }
 
 /// The projector's tables in a schema of their own, with the indexes `apply` needs, as
-/// a build live from the start has them.
+/// a build has them.
 async fn fresh_schema(
-    conn: &mut PgConnection,
-    projector: &dyn Projector,
-    schema: &str,
-) -> Result<(), sqlx::Error> {
-    bare_schema(conn, projector, schema).await?;
-    catalog::create_write_indexes(conn, projector, schema).await
-}
-
-/// The projector's tables without the indexes `apply` needs, as a rebuild's fold finds
-/// them.
-async fn bare_schema(
     conn: &mut PgConnection,
     projector: &dyn Projector,
     schema: &str,
@@ -406,7 +395,7 @@ async fn bare_schema(
     for statement in projector.create_tables(schema) {
         sqlx::raw_sql(&statement).execute(&mut *conn).await?;
     }
-    Ok(())
+    catalog::create_write_indexes(conn, projector, schema).await
 }
 
 /// The projectors under test: every read model, with snapshots a few events apart (the
@@ -511,7 +500,7 @@ async fn differences(
         );
         if let Some(fold) = projector.fold_from_start() {
             let folded = format!("fold_{}", projector.name());
-            bare_schema(tx, projector, &folded).await?;
+            fresh_schema(tx, projector, &folded).await?;
             fold_then_batches(tx, projector, fold, &folded, log, chunk, split).await?;
             found.extend(
                 diff_schemas(tx, projector, &one, &folded)
@@ -525,10 +514,10 @@ async fn differences(
 }
 
 /// What a rebuild does with a projector that folds: the first `split` events folded in
-/// memory in pages of `chunk` into tables without the indexes `apply` needs and written
-/// at once (a fold that goes on: after every page, as beside the fold), those indexes
-/// built after its last write, the rest applied in batches (the fold reached its bound of
-/// rows).
+/// memory in pages of `chunk` and written at once (a fold that goes on: after every
+/// page), the first write as the runner writes it — into the tables without the indexes
+/// `apply` needs, built again after the rows — the rest applied in batches (the fold
+/// reached its bound of rows).
 async fn fold_then_batches(
     tx: &mut PgConnection,
     projector: &dyn Projector,
@@ -540,19 +529,34 @@ async fn fold_then_batches(
 ) -> Result<(), sqlx::Error> {
     let failed = |e: ProjectionError| sqlx::Error::Protocol(e.to_string());
     let (folded, rest) = log.split_at(split.min(log.len()));
+    let mut written = false;
     for page in folded.chunks(chunk) {
         fold.fold(page).map_err(failed)?;
         // A fold that goes on is written page by page here (as at its bound), folding on.
         if fold.goes_on() {
-            fold.write(tx, schema).await.map_err(failed)?;
+            write_fold(tx, projector, fold.as_mut(), schema, &mut written).await?;
         }
     }
-    fold.write(tx, schema).await.map_err(failed)?;
-    catalog::create_write_indexes(tx, projector, schema).await?;
+    write_fold(tx, projector, fold.as_mut(), schema, &mut written).await?;
     for batch in rest.chunks(chunk) {
         projector.apply(tx, schema, batch).await.map_err(failed)?;
     }
     Ok(())
+}
+
+/// A fold's write, its first into the bare tables ([`runner::write_bare`]).
+async fn write_fold(
+    tx: &mut PgConnection,
+    projector: &dyn Projector,
+    fold: &mut dyn Fold,
+    schema: &str,
+    written: &mut bool,
+) -> Result<(), sqlx::Error> {
+    let result = match std::mem::replace(written, true) {
+        false => runner::write_bare(tx, projector, fold, schema).await,
+        true => fold.write(tx, schema).await,
+    };
+    result.map_err(|e| sqlx::Error::Protocol(e.to_string()))
 }
 
 #[test]

@@ -19,12 +19,16 @@ use uuid::Uuid;
 /// one event violates the primary key, so "applied twice" cannot go unnoticed.
 struct Probe;
 
-/// [`Probe`]'s table, without its key.
-fn seen_table(schema: &str) -> String {
+/// [`Probe`]'s table, without its key — or with it as a primary key.
+fn seen_table(schema: &str, primary_key: bool) -> String {
+    let key = match primary_key {
+        true => ", constraint seen_key primary key (aggregate_type, aggregate_id, sequence)",
+        false => "",
+    };
     format!(
         "create table {schema}.seen (n bigserial, aggregate_type text, aggregate_id text,
                                      sequence bigint, transaction_id bigint,
-                                     global_position bigint)"
+                                     global_position bigint{key})"
     )
 }
 
@@ -60,7 +64,7 @@ impl Projector for Probe {
         &["seen"]
     }
     fn create_tables(&self, schema: &str) -> Vec<String> {
-        vec![seen_table(schema), seen_key(schema)]
+        vec![seen_table(schema, false), seen_key(schema)]
     }
     fn apply<'a>(
         &'a self,
@@ -633,7 +637,8 @@ async fn a_long_catch_up_streams_the_log_and_applies_every_event_once_in_order()
 /// that many events, folding on ([`Fold::goes_on`]), in place or beside the fold
 /// ([`Fold::take_write`]); events of type `ProbePoison` are refused by the fold and by
 /// the batches alike. Its key is an index `apply` needs
-/// ([`Projector::create_write_indexes`]), so a rebuild's fold writes into a bare table.
+/// ([`Projector::create_write_indexes`]), so a rebuild's first write goes into a bare
+/// table.
 /// Counts the folds written, those that found the key there already, and the batches
 /// applied.
 #[derive(Default)]
@@ -643,6 +648,8 @@ struct FoldingProbe {
     batches: Arc<AtomicUsize>,
     goes_on_at: Option<usize>,
     beside: Option<Beside>,
+    /// Its key made a primary key, as builds made before keys were indexes of their own.
+    key_constrained: bool,
 }
 
 /// How a [`FoldingProbe`]'s writes beside its fold end.
@@ -695,7 +702,7 @@ impl Projector for FoldingProbe {
         Probe.tables()
     }
     fn create_tables(&self, schema: &str) -> Vec<String> {
-        vec![seen_table(schema)]
+        vec![seen_table(schema, self.key_constrained)]
     }
     fn create_write_indexes(&self, schema: &str) -> Vec<String> {
         vec![seen_key(schema)]
@@ -1095,7 +1102,7 @@ async fn a_poison_event_stops_a_folded_rebuild_exactly_where_batches_stop() {
         assert_eq!(projector.writes.load(Ordering::SeqCst), writes);
         assert!(
             keyed(&database, &build).await,
-            "the batches keyed the table first"
+            "the key there for the batches"
         );
         let (applied, log) = applied_and_log(&database, &build).await;
         assert!(
@@ -1221,6 +1228,24 @@ async fn rebuilt(projector: &FoldingProbe, count: i64) -> (usize, usize, Vec<i64
     );
     let writes = projector.writes.load(Ordering::SeqCst);
     (writes, projector.batches.load(Ordering::SeqCst), progress)
+}
+
+/// A build made when the key was a primary key (before keys were indexes of their own)
+/// and led by a process that drops the key for its fold's first write: the primary key
+/// stays, kept up as the rows go in, and the fold is written once, not refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_key_that_is_a_primary_key_stays_through_the_folds_write() {
+    let projector = FoldingProbe {
+        key_constrained: true,
+        ..FoldingProbe::default()
+    };
+    let (writes, batches, _) = rebuilt(&projector, 250).await;
+    assert_eq!((writes, batches), (1, 0), "folded and written once");
+    assert_eq!(
+        projector.keyed_writes.load(Ordering::SeqCst),
+        1,
+        "written with the primary key there"
+    );
 }
 
 /// [`rebuilt`] of a [`FoldingProbe`] writing beside its fold, bound 4,950.

@@ -231,10 +231,7 @@ async fn create_build_in(
     for statement in projector.create_tables(&schema) {
         sqlx::query(&statement).execute(&mut *conn).await?;
     }
-    // A build that rebuilds from position zero gets them after its fold's rows.
-    if state != BuildState::Building {
-        create_write_indexes(conn, projector, &schema).await?;
-    }
+    create_write_indexes(conn, projector, &schema).await?;
     if state == BuildState::Live {
         create_indexes(conn, projector, &schema).await?;
     }
@@ -242,9 +239,9 @@ async fn create_build_in(
 }
 
 /// The indexes `apply` needs on a build's tables ([`Projector::create_write_indexes`]),
-/// those not there yet: inside a fold's write, after its rows, they are one bulk build
-/// each; on tables that have them, nothing (not even the table's lock, which
-/// `if not exists` would take before it finds the name taken).
+/// those not there yet (after [`drop_write_indexes`], in a fold's first write: one bulk
+/// build each over its rows); on tables that have them, nothing — not even the table's
+/// lock, which `if not exists` would take before it finds the name taken.
 pub async fn create_write_indexes(
     conn: &mut PgConnection,
     projector: &dyn Projector,
@@ -254,20 +251,58 @@ pub async fn create_write_indexes(
     if statements.is_empty() {
         return Ok(());
     }
-    let existing: Vec<String> = sqlx::query_scalar(
-        "select c.relname::text from pg_class c
-           join pg_namespace n on n.oid = c.relnamespace
-          where n.nspname = $1 and c.relkind = 'i'",
-    )
-    .bind(schema)
-    .fetch_all(&mut *conn)
-    .await?;
+    let existing = index_names(conn, schema, false).await?;
     for statement in statements {
         if !existing.iter().any(|name| name == index_name(&statement)) {
             sqlx::query(&statement).execute(&mut *conn).await?;
         }
     }
     Ok(())
+}
+
+/// Drops the indexes `apply` needs from a build's tables, for a fold to copy its rows into
+/// them bare and build them after, in the same transaction: a uuid key kept up row by row
+/// puts each row at a random place of its B-tree. A primary key of that name (a build
+/// made before they were indexes of their own) stays, kept up as before.
+pub async fn drop_write_indexes(
+    conn: &mut PgConnection,
+    projector: &dyn Projector,
+    schema: &str,
+) -> Result<(), sqlx::Error> {
+    let statements = projector.create_write_indexes(schema);
+    if statements.is_empty() {
+        return Ok(());
+    }
+    let droppable = index_names(conn, schema, true).await?;
+    for statement in statements {
+        let name = index_name(&statement);
+        if droppable.iter().any(|droppable| droppable == name) {
+            sqlx::query(&format!("drop index {schema}.{name}"))
+                .execute(&mut *conn)
+                .await?;
+        }
+    }
+    Ok(())
+}
+
+/// The names of the indexes in `schema`; with `unconstrained`, only those no constraint
+/// (a primary key) owns.
+async fn index_names(
+    conn: &mut PgConnection,
+    schema: &str,
+    unconstrained: bool,
+) -> Result<Vec<String>, sqlx::Error> {
+    sqlx::query_scalar(
+        "select c.relname::text from pg_index i
+           join pg_class c on c.oid = i.indexrelid
+           join pg_namespace n on n.oid = c.relnamespace
+          where n.nspname = $1
+            and not ($2 and exists (select 1 from pg_constraint k where k.conindid = i.indexrelid))",
+    )
+    .bind(schema)
+    .bind(unconstrained)
+    .fetch_all(&mut *conn)
+    .await
 }
 
 /// The indexes readers need, on a build about to serve them.
@@ -450,9 +485,9 @@ mod tests {
         }
     }
 
-    /// `create_write_indexes` skips an index by the name its statement gives: one whose
-    /// name it could not read would be run again inside every fold's write and at every
-    /// leadership, taking its table's lock each time.
+    /// `create_write_indexes` and `drop_write_indexes` find an index by the name its
+    /// statement gives: one whose name they could not read would be built again over
+    /// its table's rows and never dropped for a fold's first write.
     #[test]
     fn every_write_index_names_itself() {
         for projector in crate::all() {

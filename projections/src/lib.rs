@@ -124,13 +124,12 @@ pub trait Projector: Send + Sync {
     /// [`Projector::create_write_indexes`].
     fn create_tables(&self, schema: &str) -> Vec<String>;
     /// Indexes `apply` itself needs — its upserts' conflict targets, its look-ups — each
-    /// `create [unique] index if not exists <name> on …`, that a build projected from
-    /// position zero is written without: its fold copies its rows into bare tables and
-    /// the runner builds these after them, in the write's transaction (one sort of the
-    /// rows instead of a B-tree insert per row, each at a random place under a uuid
-    /// key), and before the first batch applied to the build. A build live from the
-    /// start gets them with its tables. An index the fold's own write needs (an upsert
-    /// in it) belongs in `create_tables`.
+    /// `create [unique] index if not exists <name> on …`, made with the tables. A fold's
+    /// first write drops them, copies its rows into the bare tables and builds them
+    /// again, all in its transaction (one sort of the rows instead of a B-tree insert per
+    /// row, each at a random place under a uuid key; nobody else sees the tables without
+    /// them). An index the fold's own write needs (an upsert in it) belongs in
+    /// `create_tables`.
     fn create_write_indexes(&self, _schema: &str) -> Vec<String> {
         Vec::new()
     }

@@ -790,9 +790,6 @@ pub struct Reading {
     fold_refused: bool,
     /// Whether the projector was told that this leadership began ([`Projector::settled`]).
     began: bool,
-    /// Whether the indexes `apply` needs were made sure of before this leadership's first
-    /// batch on a build that is not live ([`Projector::create_write_indexes`]).
-    write_indexed: bool,
 }
 
 impl Reading {
@@ -936,13 +933,6 @@ pub async fn step(
                 None => reading.fold_refused = true,
             }
         }
-    }
-    // A build written from position zero has them only once its fold's write built them:
-    // the batches need them whether it did (a fold written at its bound, a restart after
-    // it) or not (no fold, or one refused).
-    if building && !reading.write_indexed {
-        catalog::create_write_indexes(conn, projector, &schema).await?;
-        reading.write_indexed = true;
     }
     let from = unsaved.map_or(seen.cursor, |u| u.at);
     let page = reading.page(pool, from, batch_size).await?;
@@ -1285,7 +1275,11 @@ async fn fold_one_page(
     }
     let rows = folding.fold.rows();
     let mut tx = conn.begin_with(ASYNCHRONOUS_BATCH).await?;
-    let written = write_then_index(&mut tx, projector, folding.fold.as_mut(), &seen.schema()).await;
+    let written = match seen.cursor == Cursor::default() {
+        // Nothing written yet: the tables are empty.
+        true => write_bare(&mut tx, projector, folding.fold.as_mut(), &seen.schema()).await,
+        false => folding.fold.write(&mut tx, &seen.schema()).await,
+    };
     match commit_fold_write(tx, written, &seen, cursor, folded).await? {
         FoldWritten::Committed => {}
         FoldWritten::Lost => {
@@ -1322,15 +1316,17 @@ async fn fold_one_page(
     Ok(Some(Step::Applied(0)))
 }
 
-/// A fold's rows, then the indexes `apply` needs, which the tables were created without
-/// ([`Projector::create_write_indexes`]; a write that goes on finds them there after its
-/// first). A write beside the fold leaves them to the next write in place or the batches.
-async fn write_then_index(
+/// A fold's first write, into its empty tables: the indexes `apply` needs
+/// ([`Projector::create_write_indexes`]) dropped, the rows copied in, the indexes built
+/// again over them — in the write's transaction, so that no other transaction (a batch,
+/// a leader of another version) ever sees the tables without them.
+pub async fn write_bare(
     tx: &mut PgConnection,
     projector: &dyn Projector,
     fold: &mut dyn Fold,
     schema: &str,
 ) -> Result<(), ProjectionError> {
+    catalog::drop_write_indexes(tx, projector, schema).await?;
     fold.write(tx, schema).await?;
     catalog::create_write_indexes(tx, projector, schema).await?;
     Ok(())

@@ -118,8 +118,8 @@ impl Projector for BoardProjector {
     }
 
     fn create_write_indexes(&self, schema: &str) -> Vec<String> {
-        // Named as the primary keys they were before builds were written without them,
-        // so that a build made before, which has those, skips them.
+        // Named as the primary keys they were before they became indexes of their own:
+        // a build made before, which has those keys, neither builds nor drops them.
         vec![
             format!("create unique index if not exists cards_pkey on {schema}.cards (ticket_id)"),
             format!(

@@ -127,8 +127,8 @@ impl Projector for DirectoryProjector {
     }
 
     fn create_write_indexes(&self, schema: &str) -> Vec<String> {
-        // Named as the primary key it was before builds were written without it, so that
-        // a build made before, which has that, skips it.
+        // Named as the primary key it was before it became an index of its own: a build
+        // made before, which has that key, neither builds nor drops it.
         vec![format!(
             "create unique index if not exists entries_pkey on {schema}.entries (id)"
         )]
