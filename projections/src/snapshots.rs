@@ -791,7 +791,7 @@ const LZ4_MOST_EXPANSION: usize = 255;
 
 /// An LZ4 block after its size ([`lz4_flex::compress_prepend_size`]), decompressed — or an
 /// error for a size more than the block can hold, before that size is allocated (a
-/// damaged prefix could name up to 4 GiB).
+/// damaged prefix could name up to 4 GiB, which only a block over 16 MB can hold).
 fn decompress(block: &[u8]) -> Result<Vec<u8>, String> {
     let (size, compressed) = block
         .split_first_chunk::<4>()
