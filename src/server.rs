@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 
 use anyhow::Context;
+use axum::serve::ListenerExt;
 use std::sync::Arc;
 
 use omoi_api::auth::tokens::TokenKeys;
@@ -357,6 +358,14 @@ pub async fn serve(
     };
     // The peer address keys the rate limits of the public auth routes.
     let app = omoi_api::app(state).into_make_service_with_connect_info::<SocketAddr>();
+    // Small writes go out at once: a WebSocket delta or a response written while an
+    // earlier write is unacknowledged would otherwise wait for the client's delayed ACK
+    // (Nagle's algorithm: up to 40 ms on Linux). axum leaves the option off.
+    let listener = listener.tap_io(|stream| {
+        if let Err(error) = stream.set_nodelay(true) {
+            tracing::debug!(%error, "TCP_NODELAY not set on a connection");
+        }
+    });
     let served = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await
