@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 
 use anyhow::Context;
-use axum::serve::ListenerExt;
+use axum::serve::{ListenerExt, TapIo};
 use std::sync::Arc;
 
 use omoi_api::auth::tokens::TokenKeys;
@@ -17,7 +17,7 @@ use omoi_store::wakeup::announce_commits;
 use omoi_store::{db, CommandBus};
 use secrecy::ExposeSecret;
 use sqlx::PgPool;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 
 use crate::settings::{EmbeddedSettings, Settings};
 
@@ -358,20 +358,24 @@ pub async fn serve(
     };
     // The peer address keys the rate limits of the public auth routes.
     let app = omoi_api::app(state).into_make_service_with_connect_info::<SocketAddr>();
-    // Small writes go out at once: a WebSocket delta or a response written while an
-    // earlier write is unacknowledged would otherwise wait for the client's delayed ACK
-    // (Nagle's algorithm: up to 40 ms on Linux). axum leaves the option off.
-    let listener = listener.tap_io(|stream| {
-        if let Err(error) = stream.set_nodelay(true) {
-            tracing::debug!(%error, "TCP_NODELAY not set on a connection");
-        }
-    });
-    let served = axum::serve(listener, app)
+    let served = axum::serve(without_delay(listener), app)
         .with_graceful_shutdown(shutdown)
         .await
         .context("serving HTTP");
     housekeeping.abort();
     served
+}
+
+/// The listener's connections with `TCP_NODELAY` set, which axum leaves off: a WebSocket
+/// delta or a response written while an earlier write is unacknowledged would otherwise
+/// wait for the client's delayed ACK (Nagle's algorithm: up to 40 ms on Linux), and a
+/// stream's reader sends nothing back that would carry it sooner.
+fn without_delay(listener: TcpListener) -> TapIo<TcpListener, fn(&mut TcpStream)> {
+    listener.tap_io(|stream| {
+        if let Err(error) = stream.set_nodelay(true) {
+            tracing::debug!(%error, "TCP_NODELAY not set on a connection");
+        }
+    })
 }
 
 /// Binds the configured address.
@@ -515,6 +519,22 @@ mod tests {
             .permissions()
             .mode()
             & 0o777
+    }
+
+    #[tokio::test]
+    async fn accepted_connections_send_small_writes_at_once() {
+        use axum::serve::Listener;
+
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("a port");
+        let address = listener.local_addr().expect("its address");
+        let mut listener = without_delay(listener);
+        let client = TcpStream::connect(address).await.expect("connected");
+        let (accepted, peer) = listener.accept().await;
+        assert_eq!(peer, client.local_addr().expect("the client's address"));
+        assert!(
+            accepted.nodelay().expect("the option read"),
+            "TCP_NODELAY set"
+        );
     }
 
     #[test]
