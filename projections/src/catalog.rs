@@ -247,13 +247,8 @@ pub async fn create_write_indexes(
     projector: &dyn Projector,
     schema: &str,
 ) -> Result<(), sqlx::Error> {
-    let statements = projector.create_write_indexes(schema);
-    if statements.is_empty() {
-        return Ok(());
-    }
-    let existing = index_names(conn, schema, false).await?;
-    for statement in statements {
-        if !existing.iter().any(|name| name == index_name(&statement)) {
+    for (statement, held) in write_indexes(conn, projector, schema).await? {
+        if held == Held::Absent {
             sqlx::query(&statement).execute(&mut *conn).await?;
         }
     }
@@ -269,14 +264,9 @@ pub async fn drop_write_indexes(
     projector: &dyn Projector,
     schema: &str,
 ) -> Result<(), sqlx::Error> {
-    let statements = projector.create_write_indexes(schema);
-    if statements.is_empty() {
-        return Ok(());
-    }
-    let droppable = index_names(conn, schema, true).await?;
-    for statement in statements {
-        let name = index_name(&statement);
-        if droppable.iter().any(|droppable| droppable == name) {
+    for (statement, held) in write_indexes(conn, projector, schema).await? {
+        if held == Held::Own {
+            let name = index_name(&statement);
             sqlx::query(&format!("drop index {schema}.{name}"))
                 .execute(&mut *conn)
                 .await?;
@@ -285,24 +275,52 @@ pub async fn drop_write_indexes(
     Ok(())
 }
 
-/// The names of the indexes in `schema`; with `unconstrained`, only those no constraint
-/// (a primary key) owns.
-async fn index_names(
+/// How a build's schema holds one of its projector's write indexes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Held {
+    Absent,
+    /// An index of its own.
+    Own,
+    /// The index of a constraint of that name (a primary key).
+    Constraint,
+}
+
+/// Each of the projector's write index statements for `schema`, with how the schema holds
+/// the index it names (one catalog query; none for a projector without them).
+async fn write_indexes(
     conn: &mut PgConnection,
+    projector: &dyn Projector,
     schema: &str,
-    unconstrained: bool,
-) -> Result<Vec<String>, sqlx::Error> {
-    sqlx::query_scalar(
-        "select c.relname::text from pg_index i
+) -> Result<Vec<(String, Held)>, sqlx::Error> {
+    let statements = projector.create_write_indexes(schema);
+    if statements.is_empty() {
+        return Ok(Vec::new());
+    }
+    let existing: Vec<(String, bool)> = sqlx::query_as(
+        "select c.relname::text,
+                exists (select 1 from pg_constraint k where k.conindid = i.indexrelid)
+           from pg_index i
            join pg_class c on c.oid = i.indexrelid
            join pg_namespace n on n.oid = c.relnamespace
-          where n.nspname = $1
-            and not ($2 and exists (select 1 from pg_constraint k where k.conindid = i.indexrelid))",
+          where n.nspname = $1",
     )
     .bind(schema)
-    .bind(unconstrained)
     .fetch_all(&mut *conn)
-    .await
+    .await?;
+    Ok(statements
+        .into_iter()
+        .map(|statement| {
+            let found = existing
+                .iter()
+                .find(|(name, _)| name == index_name(&statement));
+            let held = match found {
+                None => Held::Absent,
+                Some((_, false)) => Held::Own,
+                Some((_, true)) => Held::Constraint,
+            };
+            (statement, held)
+        })
+        .collect())
 }
 
 /// The indexes readers need, on a build about to serve them.
