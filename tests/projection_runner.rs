@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use futures_util::future::BoxFuture;
 use omoi::server::Shutdown;
 use omoi_domain::ticket::{BlockReason, Ticket, TicketCommand};
-use omoi_projections::{Fold, FoldWrite, ProjectionError, Projector};
+use omoi_projections::{Columns, Fold, FoldWrite, ProjectionError, Projector};
 use omoi_store::bus::RetryPolicy;
 use omoi_store::{Actor, CommandBus, CommandContext, StoredEvent};
 use omoi_testing::{held_append, test_runner_config, TestDatabase};
@@ -630,6 +630,126 @@ async fn a_long_catch_up_streams_the_log_and_applies_every_event_once_in_order()
     .expect("the log");
     assert_eq!(applied.len() as i64, everything);
     assert!(applied == log, "applied out of the log's order");
+}
+
+/// Records, for every event it is given, the actor its metadata names; a catch-up streams
+/// it the log's columns its `Columns` names.
+struct MetadataProbe(Columns);
+
+impl Projector for MetadataProbe {
+    fn name(&self) -> &'static str {
+        match self.0 {
+            Columns::Everything => "whole_probe",
+            Columns::WithoutMetadata => "lean_probe",
+        }
+    }
+    fn version(&self) -> i32 {
+        1
+    }
+    fn tables(&self) -> &'static [&'static str] {
+        &["seen"]
+    }
+    fn create_tables(&self, schema: &str) -> Vec<String> {
+        vec![format!(
+            "create table {schema}.seen (n bigserial, aggregate_id text unique, actor text)"
+        )]
+    }
+    fn columns(&self) -> Columns {
+        self.0
+    }
+    fn apply<'a>(
+        &'a self,
+        tx: &'a mut PgConnection,
+        schema: &'a str,
+        events: &'a [StoredEvent],
+    ) -> BoxFuture<'a, Result<(), ProjectionError>> {
+        Box::pin(async move {
+            let ids: Vec<&str> = events.iter().map(|e| e.aggregate_id.as_str()).collect();
+            let actors: Vec<Option<&str>> = events.iter().map(|e| e.metadata.actor()).collect();
+            sqlx::query(&format!(
+                "insert into {schema}.seen (aggregate_id, actor)
+                 select i, a from unnest($1::text[], $2::text[]) with ordinality as e(i, a, o)
+                  order by o"
+            ))
+            .bind(ids)
+            .bind(actors)
+            .execute(&mut *tx)
+            .await?;
+            Ok(())
+        })
+    }
+}
+
+/// A projector that never reads metadata is streamed the log without it, and still gets
+/// every event once, in order; one that reads it gets it with every event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_catch_up_streams_metadata_only_to_a_projector_that_reads_it() {
+    use omoi_projections::catalog::{self, BuildState};
+    use omoi_projections::runner::{catch_up, CATCH_UP_BATCH};
+
+    let database = TestDatabase::create().await.expect("database");
+    let total = CATCH_UP_BATCH + 500;
+    sqlx::query(
+        "insert into events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata)
+         select 'Probe', 'probe-' || lpad(n::text, 6, '0'), 1, 'ProbeStreamed', '1', '{}',
+                jsonb_build_object('actor', 'user:' || n)
+           from generate_series(1, $1) n",
+    )
+    .bind(total)
+    .execute(&database.pool)
+    .await
+    .expect("probe events");
+
+    for columns in [Columns::Everything, Columns::WithoutMetadata] {
+        let probe = MetadataProbe(columns);
+        let mut conn = database.pool.acquire().await.expect("a connection");
+        let build = catalog::create_build(&mut conn, &probe, BuildState::Building)
+            .await
+            .expect("a build");
+        drop(conn);
+        // A transaction of a test beside this one may end a catch-up early: repeated
+        // until every event arrived.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let done = catch_up(
+                &database.pool,
+                &database.options,
+                &probe,
+                build.build,
+                100,
+                |_| {},
+            )
+            .await
+            .expect("a catch-up");
+            assert!(done.failure.is_none(), "stopped: {:?}", done.failure);
+            if done.events_applied >= total || Instant::now() > deadline {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let seen: Vec<(String, Option<String>)> = sqlx::query_as(&format!(
+            "select aggregate_id, actor from {}.seen order by n",
+            build.schema()
+        ))
+        .fetch_all(&database.pool)
+        .await
+        .expect("what it saw");
+        let in_order: Vec<String> = (1..=total).map(|n| format!("probe-{n:06}")).collect();
+        let ids: Vec<String> = seen.iter().map(|(id, _)| id.clone()).collect();
+        assert!(
+            ids == in_order,
+            "{columns:?}: not every event once, in order"
+        );
+        let without = seen.iter().filter(|(_, actor)| actor.is_none()).count() as i64;
+        match columns {
+            Columns::Everything => assert_eq!(without, 0, "metadata missing"),
+            // The first page is read on its own; the stream after it has no metadata.
+            Columns::WithoutMetadata => assert!(
+                without >= CATCH_UP_BATCH,
+                "{without} events came without metadata"
+            ),
+        }
+    }
 }
 
 /// [`Probe`]'s table, but a build from position zero is folded in memory and written

@@ -47,7 +47,7 @@ use omoi_projections::runner::{self, RunnerConfig, RunnerStats};
 use omoi_projections::timeline::EventMeta;
 use omoi_projections::Projector;
 use omoi_store::bus::RetryPolicy;
-use omoi_store::log::{read_global, Visibility};
+use omoi_store::log::{read_global, Columns, Visibility};
 use omoi_store::{Actor, CommandBus, CommandContext, Cursor};
 
 use omoi_testing::TestDatabase;
@@ -438,8 +438,16 @@ async fn rebuild(admin_url: &str, target: i64, only: &[String]) -> anyhow::Resul
         paged,
         None,
     );
-    let read = read_everything(pool).await?;
+    let read = read_everything(pool, Columns::Everything).await?;
     print_rate("(reading the log alone)", generated.events, read, None);
+    // What board and graph stream (`Projector::columns`): the floor under their rebuilds.
+    let lean = read_everything(pool, Columns::WithoutMetadata).await?;
+    print_rate(
+        "(reading it without metadata)",
+        generated.events,
+        lean,
+        Some(read),
+    );
     let mut total = Duration::ZERO;
     let projectors: Vec<_> = omoi_projections::all()
         .into_iter()
@@ -513,15 +521,16 @@ async fn read_pages(pool: &PgPool) -> anyhow::Result<Duration> {
     }
 }
 
-/// The floor under every rebuild: the log as `catch_up` reads it — one streaming query,
-/// in pages of `REBUILD_BATCH` — applied to nothing.
-async fn read_everything(pool: &PgPool) -> anyhow::Result<Duration> {
+/// The floor under every rebuild: the log as `catch_up` reads it — one streaming query
+/// of `columns`, in pages of `REBUILD_BATCH` — applied to nothing.
+async fn read_everything(pool: &PgPool, columns: Columns) -> anyhow::Result<Duration> {
     let started = Instant::now();
     let (pages, mut received) = tokio::sync::mpsc::channel(2);
     let stream = tokio::spawn(omoi_store::log::stream_global(
         pool.clone(),
         Cursor::default(),
         REBUILD_BATCH as usize,
+        columns,
         pages,
     ));
     while received.recv().await.is_some() {}
@@ -551,6 +560,9 @@ impl Projector for InBatches<'_> {
     }
     fn create_indexes(&self, schema: &str) -> Vec<String> {
         self.0.create_indexes(schema)
+    }
+    fn columns(&self) -> Columns {
+        self.0.columns()
     }
     fn apply<'a>(
         &'a self,

@@ -48,6 +48,7 @@ pub mod verify;
 use std::sync::Arc;
 
 use futures_util::future::BoxFuture;
+pub use omoi_store::log::Columns;
 use omoi_store::StoredEvent;
 use sqlx::PgConnection;
 
@@ -170,6 +171,16 @@ pub trait Projector: Send + Sync {
     /// that a leadership began before it asks.
     fn concerns(&self, _schema: &str, _event: &StoredEvent) -> bool {
         true
+    }
+
+    /// The log's columns a catch-up streams for it (the pages after its first full one):
+    /// [`Columns::WithoutMetadata`] for a projector whose `apply`, `concerns` and fold
+    /// never read an event's metadata, so that the server does not render it
+    /// (`tests/projection_batches.rs` builds each such projector's tables from events
+    /// without it and compares them with tables built from the whole events). Saying
+    /// `Everything` is always safe.
+    fn columns(&self) -> Columns {
+        Columns::Everything
     }
 
     /// Whether its batches append events to the log (a process manager's effects). Those

@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::future::{BoxFuture, FutureExt, Shared};
 
-use omoi_store::log::{read_global, stream_global, EventPage, Visibility};
+use omoi_store::log::{read_global, stream_global, Columns, EventPage, Visibility};
 use omoi_store::wakeup::listen;
 use omoi_store::{Cursor, StoredEvent};
 use sqlx::postgres::PgConnectOptions;
@@ -496,8 +496,9 @@ impl ReadAhead {
         }
     }
 
-    /// Streams the pages after `from`, unless a stream already goes on from there.
-    fn start(&mut self, pool: &PgPool, from: Cursor, page_size: i64) {
+    /// Streams the pages after `from`, of `columns`, unless a stream already goes on from
+    /// there.
+    fn start(&mut self, pool: &PgPool, from: Cursor, page_size: i64, columns: Columns) {
         if self.streaming.as_ref().is_some_and(|s| s.from == from) {
             return;
         }
@@ -508,6 +509,7 @@ impl ReadAhead {
             pool.clone(),
             from,
             usize::try_from(page_size).unwrap_or(1),
+            columns,
             sender,
         ));
         self.streaming = Some(Streaming { from, pages, query });
@@ -939,9 +941,12 @@ pub async fn step(
     // A full page means more is waiting (a rebuild, or a leader behind): read the next,
     // larger page while this one is applied.
     if page.events.len() as i64 >= batch_size {
-        reading
-            .read_ahead
-            .start(pool, page.next, batch_size.max(CATCH_UP_BATCH));
+        reading.read_ahead.start(
+            pool,
+            page.next,
+            batch_size.max(CATCH_UP_BATCH),
+            projector.columns(),
+        );
     }
     let live = seen.state == BuildState::Live;
     if page.events.is_empty() && live && unsaved.is_none() {
@@ -1180,9 +1185,12 @@ async fn fold_one_page(
     if folding.fold.rows() < folding.fold.bound() {
         let page = reading.page(pool, folding.cursor, batch_size).await?;
         if page.events.len() as i64 >= batch_size {
-            reading
-                .read_ahead
-                .start(pool, page.next, batch_size.max(CATCH_UP_BATCH));
+            reading.read_ahead.start(
+                pool,
+                page.next,
+                batch_size.max(CATCH_UP_BATCH),
+                projector.columns(),
+            );
         }
         if !page.events.is_empty() {
             if let Err(error) = folding.fold.fold(&page.events) {

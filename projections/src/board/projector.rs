@@ -16,7 +16,7 @@ use uuid::Uuid;
 use super::model::{BlockedOverlay, BoardModel, Card, TaskCard, TaskProgress};
 use crate::codec::{count_of, decode_error, encode_error, from_text, to_text, WorkEvent};
 use crate::copy::CopyRows;
-use crate::{Fold, ProjectionError, Projector};
+use crate::{Columns, Fold, ProjectionError, Projector};
 
 // ---------------------------------------------------------------------------------------
 // Rows
@@ -142,6 +142,11 @@ impl Projector for BoardProjector {
         events: &'a [StoredEvent],
     ) -> BoxFuture<'a, Result<(), ProjectionError>> {
         Box::pin(apply_to_tables(tx, schema, events))
+    }
+
+    /// Work events carry what the board needs in their payloads.
+    fn columns(&self) -> Columns {
+        Columns::WithoutMetadata
     }
 
     fn fold_from_start(&self) -> Option<Box<dyn Fold>> {

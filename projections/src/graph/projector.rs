@@ -14,7 +14,7 @@ use super::model::{GraphModel, Node};
 use super::view::Edge;
 use crate::codec::{from_text, to_text, WorkEvent};
 use crate::copy::CopyRows;
-use crate::{Fold, ProjectionError, Projector};
+use crate::{Columns, Fold, ProjectionError, Projector};
 
 // ---------------------------------------------------------------------------------------
 // Rows
@@ -117,6 +117,11 @@ impl Projector for GraphProjector {
         events: &'a [StoredEvent],
     ) -> BoxFuture<'a, Result<(), ProjectionError>> {
         Box::pin(apply_to_tables(tx, schema, events))
+    }
+
+    /// Work events carry what the graph needs in their payloads.
+    fn columns(&self) -> Columns {
+        Columns::WithoutMetadata
     }
 
     fn fold_from_start(&self) -> Option<Box<dyn Fold>> {
