@@ -4,8 +4,8 @@
 //! batches of random sizes — and, for a projector that folds a rebuild in memory, tables
 //! written from a fold of the log's first events with batches after it — in a real
 //! PostgreSQL (the log written to its event table, from which snapshots fold). In batches
-//! and folded, a projector that streams the log without metadata gets its events without
-//! it. A view as of any past position is the same whether it starts from a snapshot or
+//! and folded, a projector gets only the metadata fields it says it reads, as a catch-up
+//! streams them. A view as of any past position is the same whether it starts from a snapshot or
 //! from the start of the log.
 
 use std::collections::HashMap;
@@ -462,16 +462,18 @@ async fn write_log(conn: &mut PgConnection, log: &[StoredEvent]) -> Result<(), s
     Ok(())
 }
 
-/// The log as a catch-up streams it to `projector` ([`Projector::columns`]): without
-/// its metadata for a projector that says it never reads it.
+/// The log as a catch-up streams it to `projector` ([`Projector::columns`]): only the
+/// metadata fields it says it reads.
 fn as_streamed(projector: &dyn Projector, log: &[StoredEvent]) -> Vec<StoredEvent> {
-    let mut log = log.to_vec();
-    if projector.columns() == Columns::WithoutMetadata {
-        for event in &mut log {
-            event.metadata = json!({}).into();
-        }
-    }
-    log
+    let Columns::MetadataFields(fields) = projector.columns() else {
+        return log.to_vec();
+    };
+    log.iter()
+        .map(|event| StoredEvent {
+            metadata: event.metadata.only(fields),
+            ..event.clone()
+        })
+        .collect()
 }
 
 /// Builds each projector's tables from `log` one event at a time and in chunks of

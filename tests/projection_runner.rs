@@ -632,16 +632,16 @@ async fn a_long_catch_up_streams_the_log_and_applies_every_event_once_in_order()
     assert!(applied == log, "applied out of the log's order");
 }
 
-/// Records, for every event it is given, the actor its metadata names; a catch-up streams
-/// it the log's columns its `Columns` names.
-struct MetadataProbe(Columns);
+/// Records, for every event it is given, the actor and correlation its metadata names; a
+/// catch-up streams it the log's `columns`.
+struct MetadataProbe {
+    name: &'static str,
+    columns: Columns,
+}
 
 impl Projector for MetadataProbe {
     fn name(&self) -> &'static str {
-        match self.0 {
-            Columns::Everything => "whole_probe",
-            Columns::WithoutMetadata => "lean_probe",
-        }
+        self.name
     }
     fn version(&self) -> i32 {
         1
@@ -651,11 +651,12 @@ impl Projector for MetadataProbe {
     }
     fn create_tables(&self, schema: &str) -> Vec<String> {
         vec![format!(
-            "create table {schema}.seen (n bigserial, aggregate_id text unique, actor text)"
+            "create table {schema}.seen (n bigserial, aggregate_id text unique, actor text,
+                                         correlation text)"
         )]
     }
     fn columns(&self) -> Columns {
-        self.0
+        self.columns
     }
     fn apply<'a>(
         &'a self,
@@ -666,13 +667,17 @@ impl Projector for MetadataProbe {
         Box::pin(async move {
             let ids: Vec<&str> = events.iter().map(|e| e.aggregate_id.as_str()).collect();
             let actors: Vec<Option<&str>> = events.iter().map(|e| e.metadata.actor()).collect();
+            let correlations: Vec<Option<&str>> =
+                events.iter().map(|e| e.metadata.correlation_id()).collect();
             sqlx::query(&format!(
-                "insert into {schema}.seen (aggregate_id, actor)
-                 select i, a from unnest($1::text[], $2::text[]) with ordinality as e(i, a, o)
+                "insert into {schema}.seen (aggregate_id, actor, correlation)
+                 select i, a, c from unnest($1::text[], $2::text[], $3::text[])
+                                     with ordinality as e(i, a, c, o)
                   order by o"
             ))
             .bind(ids)
             .bind(actors)
+            .bind(correlations)
             .execute(&mut *tx)
             .await?;
             Ok(())
@@ -680,19 +685,21 @@ impl Projector for MetadataProbe {
     }
 }
 
-/// A projector that never reads metadata is streamed the log without it, and still gets
-/// every event once, in order; one that reads it gets it with every event.
+/// A catch-up streams a projector only the metadata fields it reads (none, or some), and
+/// every event still reaches it once, in order; one that reads the whole metadata gets it
+/// with every event.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_catch_up_streams_metadata_only_to_a_projector_that_reads_it() {
+async fn a_catch_up_streams_a_projector_only_the_metadata_it_reads() {
     use omoi_projections::catalog::{self, BuildState};
     use omoi_projections::runner::{catch_up, CATCH_UP_BATCH};
+    use omoi_store::json::MetadataField;
 
     let database = TestDatabase::create().await.expect("database");
     let total = CATCH_UP_BATCH + 500;
     sqlx::query(
         "insert into events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata)
          select 'Probe', 'probe-' || lpad(n::text, 6, '0'), 1, 'ProbeStreamed', '1', '{}',
-                jsonb_build_object('actor', 'user:' || n)
+                jsonb_build_object('actor', 'user:' || n, 'correlation_id', 'c' || n)
            from generate_series(1, $1) n",
     )
     .bind(total)
@@ -700,8 +707,16 @@ async fn a_catch_up_streams_metadata_only_to_a_projector_that_reads_it() {
     .await
     .expect("probe events");
 
-    for columns in [Columns::Everything, Columns::WithoutMetadata] {
-        let probe = MetadataProbe(columns);
+    let probes = [
+        ("whole_probe", Columns::Everything),
+        (
+            "actor_probe",
+            Columns::MetadataFields(&[MetadataField::Actor]),
+        ),
+        ("lean_probe", Columns::WITHOUT_METADATA),
+    ];
+    for (name, columns) in probes {
+        let probe = MetadataProbe { name, columns };
         let mut conn = database.pool.acquire().await.expect("a connection");
         let build = catalog::create_build(&mut conn, &probe, BuildState::Building)
             .await
@@ -727,28 +742,47 @@ async fn a_catch_up_streams_metadata_only_to_a_projector_that_reads_it() {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        let seen: Vec<(String, Option<String>)> = sqlx::query_as(&format!(
-            "select aggregate_id, actor from {}.seen order by n",
+        let seen: Vec<(String, Option<String>, Option<String>)> = sqlx::query_as(&format!(
+            "select aggregate_id, actor, correlation from {}.seen order by n",
             build.schema()
         ))
         .fetch_all(&database.pool)
         .await
         .expect("what it saw");
         let in_order: Vec<String> = (1..=total).map(|n| format!("probe-{n:06}")).collect();
-        let ids: Vec<String> = seen.iter().map(|(id, _)| id.clone()).collect();
+        let ids: Vec<String> = seen.iter().map(|(id, ..)| id.clone()).collect();
+        assert!(ids == in_order, "{name}: not every event once, in order");
+        let n = |id: &str| {
+            id.trim_start_matches("probe-")
+                .trim_start_matches('0')
+                .to_string()
+        };
+        let actors = seen
+            .iter()
+            .filter(|(id, actor, _)| actor.as_deref() == Some(format!("user:{}", n(id)).as_str()))
+            .count() as i64;
+        let correlations = seen
+            .iter()
+            .filter(|(id, _, c)| c.as_deref() == Some(format!("c{}", n(id)).as_str()))
+            .count() as i64;
+        // The first page is read on its own, whole; the stream after it as asked.
+        let (fewest_actors, most_actors) = match columns {
+            Columns::Everything | Columns::MetadataFields([MetadataField::Actor]) => (total, total),
+            _ => (0, total - CATCH_UP_BATCH),
+        };
+        let most_correlations = match columns {
+            Columns::Everything => total,
+            _ => total - CATCH_UP_BATCH,
+        };
         assert!(
-            ids == in_order,
-            "{columns:?}: not every event once, in order"
+            (fewest_actors..=most_actors).contains(&actors),
+            "{name}: {actors} events came with their actor"
         );
-        let without = seen.iter().filter(|(_, actor)| actor.is_none()).count() as i64;
-        match columns {
-            Columns::Everything => assert_eq!(without, 0, "metadata missing"),
-            // The first page is read on its own; the stream after it has no metadata.
-            Columns::WithoutMetadata => assert!(
-                without >= CATCH_UP_BATCH,
-                "{without} events came without metadata"
-            ),
-        }
+        assert!(
+            correlations <= most_correlations
+                && (columns != Columns::Everything || correlations == total),
+            "{name}: {correlations} events came with their correlation"
+        );
     }
 }
 

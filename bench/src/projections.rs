@@ -440,12 +440,20 @@ async fn rebuild(admin_url: &str, target: i64, only: &[String]) -> anyhow::Resul
     );
     let read = read_everything(pool, Columns::Everything).await?;
     print_rate("(reading the log alone)", generated.events, read, None);
-    // What board and graph stream (`Projector::columns`): the floor under their rebuilds.
-    let lean = read_everything(pool, Columns::WithoutMetadata).await?;
+    // What board and graph stream, and what most other read models do
+    // (`Projector::columns`): the floors under their rebuilds.
+    let lean = read_everything(pool, Columns::WITHOUT_METADATA).await?;
     print_rate(
         "(reading it without metadata)",
         generated.events,
         lean,
+        Some(read),
+    );
+    let fields = read_everything(pool, Columns::MetadataFields(EventMeta::FIELDS)).await?;
+    print_rate(
+        "(… with four of its fields)",
+        generated.events,
+        fields,
         Some(read),
     );
     let mut total = Duration::ZERO;

@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 use cqrs_es::Aggregate;
 use omoi_domain::task::{Task, TaskEvent};
 use omoi_domain::ticket::{Ticket, TicketEvent};
-use omoi_store::json::Metadata;
+use omoi_store::json::{Metadata, MetadataField};
 use omoi_store::StoredEvent;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -91,6 +91,15 @@ pub struct EventMeta {
 }
 
 impl EventMeta {
+    /// The metadata fields it reads: a catch-up of a projector whose only use of metadata
+    /// is this one streams them alone ([`crate::Projector::columns`]).
+    pub const FIELDS: &'static [MetadataField] = &[
+        MetadataField::OrganizationId,
+        MetadataField::ProjectId,
+        MetadataField::Actor,
+        MetadataField::OccurredAt,
+    ];
+
     /// From the event's metadata, as the process read its fields once for all readers.
     pub fn of(event: &StoredEvent) -> Result<Self, ProjectionError> {
         Self::read(&event.metadata)

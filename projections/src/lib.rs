@@ -174,11 +174,11 @@ pub trait Projector: Send + Sync {
     }
 
     /// The log's columns a catch-up streams for it (the pages after its first full one):
-    /// [`Columns::WithoutMetadata`] for a projector whose `apply`, `concerns` and fold
-    /// never read an event's metadata, so that the server does not render it
-    /// (`tests/projection_batches.rs` builds each such projector's tables from events
-    /// without it and compares them with tables built from the whole events). Saying
-    /// `Everything` is always safe.
+    /// [`Columns::MetadataFields`] naming every metadata field its `apply`, `concerns` and
+    /// fold read (none: [`Columns::WITHOUT_METADATA`]), so that the server does not render
+    /// the whole metadata (`tests/projection_batches.rs` builds each projector's tables
+    /// from events holding only those fields and compares them with tables built from the
+    /// whole events). Saying `Everything` is always safe.
     fn columns(&self) -> Columns {
         Columns::Everything
     }

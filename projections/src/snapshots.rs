@@ -43,6 +43,7 @@ use std::collections::BTreeMap;
 use std::sync::Mutex;
 
 use futures_util::future::BoxFuture;
+use omoi_store::json::MetadataField;
 use omoi_store::log::{read_global, Visibility};
 use omoi_store::{Cursor, StoredEvent};
 use serde::de::DeserializeOwned;
@@ -54,7 +55,7 @@ use crate::board::{BoardChanges, BoardDelta, BoardModel, BoardProjector};
 use crate::catalog::is_undefined_table;
 use crate::codec::WorkEvent;
 use crate::graph::{GraphChanges, GraphDelta, GraphModel, GraphProjector};
-use crate::{Fold, ProjectionError, Projector, FOLD_WRITE_CHUNK};
+use crate::{Columns, Fold, ProjectionError, Projector, FOLD_WRITE_CHUNK};
 
 /// Fewest events of a project between two of its snapshots (whole or delta), by default:
 /// what a view replays after its snapshot at most, for a project of up to 40,000 tickets
@@ -263,6 +264,11 @@ impl Projector for SnapshotsProjector {
             ));
         }
         statements
+    }
+
+    /// Which project an event belongs to comes from the metadata.
+    fn columns(&self) -> Columns {
+        Columns::MetadataFields(&[MetadataField::OrganizationId, MetadataField::ProjectId])
     }
 
     fn apply<'a>(

@@ -108,29 +108,94 @@ impl<'de> Deserialize<'de> for RawJson {
 }
 
 /// An event's metadata: its text, and the fields readers ask for, read from it once by
-/// the first that asks (a page of the log is shared by every build of a process).
+/// the first that asks (a page of the log is shared by every build of a process) — or,
+/// read from the log as some of its fields alone ([`Metadata::from_fields`]), those
+/// fields, its text then the object of them.
 #[derive(Clone)]
 pub struct Metadata {
-    raw: RawJson,
+    /// At least one of the two is set.
+    raw: OnceLock<RawJson>,
     fields: OnceLock<MetadataFields>,
 }
 
 /// The fields the command bus writes. Every value it writes is a string; a field that is
 /// missing or not a string reads as absent.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 struct MetadataFields {
-    #[serde(default, deserialize_with = "text")]
+    #[serde(
+        default,
+        deserialize_with = "text",
+        skip_serializing_if = "Option::is_none"
+    )]
     organization_id: Option<String>,
-    #[serde(default, deserialize_with = "text")]
+    #[serde(
+        default,
+        deserialize_with = "text",
+        skip_serializing_if = "Option::is_none"
+    )]
     project_id: Option<String>,
-    #[serde(default, deserialize_with = "text")]
+    #[serde(
+        default,
+        deserialize_with = "text",
+        skip_serializing_if = "Option::is_none"
+    )]
     actor: Option<String>,
-    #[serde(default, deserialize_with = "text")]
+    #[serde(
+        default,
+        deserialize_with = "text",
+        skip_serializing_if = "Option::is_none"
+    )]
     correlation_id: Option<String>,
-    #[serde(default, deserialize_with = "text")]
+    #[serde(
+        default,
+        deserialize_with = "text",
+        skip_serializing_if = "Option::is_none"
+    )]
     causation_id: Option<String>,
-    #[serde(default, deserialize_with = "text")]
+    #[serde(
+        default,
+        deserialize_with = "text",
+        skip_serializing_if = "Option::is_none"
+    )]
     occurred_at: Option<String>,
+}
+
+/// A field of an event's metadata that [`Metadata`] reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum MetadataField {
+    OrganizationId,
+    ProjectId,
+    Actor,
+    CorrelationId,
+    CausationId,
+    OccurredAt,
+}
+
+impl MetadataField {
+    /// Its key in the metadata's object (as [`MetadataFields`] names it).
+    pub fn key(self) -> &'static str {
+        match self {
+            Self::OrganizationId => "organization_id",
+            Self::ProjectId => "project_id",
+            Self::Actor => "actor",
+            Self::CorrelationId => "correlation_id",
+            Self::CausationId => "causation_id",
+            Self::OccurredAt => "occurred_at",
+        }
+    }
+}
+
+impl MetadataFields {
+    fn field(&mut self, field: MetadataField) -> &mut Option<String> {
+        match field {
+            MetadataField::OrganizationId => &mut self.organization_id,
+            MetadataField::ProjectId => &mut self.project_id,
+            MetadataField::Actor => &mut self.actor,
+            MetadataField::CorrelationId => &mut self.correlation_id,
+            MetadataField::CausationId => &mut self.causation_id,
+            MetadataField::OccurredAt => &mut self.occurred_at,
+        }
+    }
 }
 
 /// A string as itself, any other value as absent.
@@ -142,58 +207,102 @@ fn text<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<String>, D:
 }
 
 impl Metadata {
+    /// Metadata of which only some fields were read, with their values: its text is the
+    /// object of those present.
+    pub fn from_fields(read: impl IntoIterator<Item = (MetadataField, Option<String>)>) -> Self {
+        let mut fields = MetadataFields::default();
+        for (field, value) in read {
+            *fields.field(field) = value;
+        }
+        Self {
+            raw: OnceLock::new(),
+            fields: OnceLock::from(fields),
+        }
+    }
+
+    /// This metadata as a reader of only `fields` gets it from the log (what
+    /// [`Metadata::from_fields`] makes of their values).
+    pub fn only(&self, fields: &[MetadataField]) -> Self {
+        Self::from_fields(
+            fields
+                .iter()
+                .map(|&field| (field, self.field(field).map(str::to_string))),
+        )
+    }
+
+    /// One of its fields.
+    pub fn field(&self, field: MetadataField) -> Option<&str> {
+        let fields = self.fields();
+        let value = match field {
+            MetadataField::OrganizationId => &fields.organization_id,
+            MetadataField::ProjectId => &fields.project_id,
+            MetadataField::Actor => &fields.actor,
+            MetadataField::CorrelationId => &fields.correlation_id,
+            MetadataField::CausationId => &fields.causation_id,
+            MetadataField::OccurredAt => &fields.occurred_at,
+        };
+        value.as_deref()
+    }
+
     fn fields(&self) -> &MetadataFields {
-        self.fields
-            .get_or_init(|| self.raw.decode().unwrap_or_default())
+        self.fields.get_or_init(|| {
+            self.raw
+                .get()
+                .and_then(|raw| raw.decode().ok())
+                .unwrap_or_default()
+        })
+    }
+
+    /// The metadata as written, or the object of the fields read.
+    pub fn raw(&self) -> &RawJson {
+        self.raw.get_or_init(|| {
+            let fields = self.fields.get().cloned().unwrap_or_default();
+            RawJson::from(serde_json::to_value(fields).unwrap_or(Value::Null))
+        })
     }
 
     pub fn organization_id(&self) -> Option<&str> {
-        self.fields().organization_id.as_deref()
+        self.field(MetadataField::OrganizationId)
     }
 
     pub fn project_id(&self) -> Option<&str> {
-        self.fields().project_id.as_deref()
+        self.field(MetadataField::ProjectId)
     }
 
     /// Who caused it: `user:<id>`, `agent:<id>`, `api_key:<id>`, `system:<name>`, `stripe`.
     pub fn actor(&self) -> Option<&str> {
-        self.fields().actor.as_deref()
+        self.field(MetadataField::Actor)
     }
 
     pub fn correlation_id(&self) -> Option<&str> {
-        self.fields().correlation_id.as_deref()
+        self.field(MetadataField::CorrelationId)
     }
 
     /// The event that caused this one's command, as `<aggregate type>/<id>/<sequence>`.
     pub fn causation_id(&self) -> Option<&str> {
-        self.fields().causation_id.as_deref()
+        self.field(MetadataField::CausationId)
     }
 
     /// When the command bus recorded it (RFC 3339).
     pub fn occurred_at(&self) -> Option<&str> {
-        self.fields().occurred_at.as_deref()
-    }
-
-    /// The metadata as written.
-    pub fn raw(&self) -> &RawJson {
-        &self.raw
+        self.field(MetadataField::OccurredAt)
     }
 
     /// The metadata as `T`.
     pub fn decode<T: DeserializeOwned>(&self) -> serde_json::Result<T> {
-        self.raw.decode()
+        self.raw().decode()
     }
 
     /// The metadata as a tree (tests, the CLI).
     pub fn to_value(&self) -> Value {
-        self.raw.to_value()
+        self.raw().to_value()
     }
 }
 
 impl From<RawJson> for Metadata {
     fn from(raw: RawJson) -> Self {
         Self {
-            raw,
+            raw: OnceLock::from(raw),
             fields: OnceLock::new(),
         }
     }
@@ -207,7 +316,7 @@ impl From<Value> for Metadata {
 
 impl PartialEq for Metadata {
     fn eq(&self, other: &Self) -> bool {
-        self.raw == other.raw
+        self.raw() == other.raw()
     }
 }
 
@@ -215,19 +324,19 @@ impl Eq for Metadata {}
 
 impl fmt::Debug for Metadata {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.raw.fmt(f)
+        self.raw().fmt(f)
     }
 }
 
 impl fmt::Display for Metadata {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.raw.fmt(f)
+        self.raw().fmt(f)
     }
 }
 
 impl Serialize for Metadata {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        self.raw.serialize(serializer)
+        self.raw().serialize(serializer)
     }
 }
 
@@ -295,5 +404,31 @@ mod tests {
         assert_eq!(metadata.to_value()["other"]["nested"][0], "x");
         let not_an_object = Metadata::from(json!([1, 2]));
         assert_eq!(not_an_object.actor(), None);
+    }
+
+    #[test]
+    fn metadata_read_as_some_fields_holds_those_and_nothing_else() {
+        let whole = Metadata::from(json!({
+            "organization_id": "o", "project_id": "p", "actor": "user:1",
+            "correlation_id": "c", "request_id": "r"
+        }));
+        let some = whole.only(&[MetadataField::Actor, MetadataField::ProjectId]);
+        assert_eq!(some.actor(), Some("user:1"));
+        assert_eq!(some.project_id(), Some("p"));
+        assert_eq!(some.organization_id(), None);
+        assert_eq!(some.correlation_id(), None);
+        assert_eq!(
+            some.to_value(),
+            json!({"project_id": "p", "actor": "user:1"})
+        );
+        assert_eq!(
+            some,
+            Metadata::from(json!({"actor": "user:1", "project_id": "p"}))
+        );
+        let none = whole.only(&[]);
+        assert_eq!(none.actor(), None);
+        assert_eq!(none.to_value(), json!({}));
+        let asked_absent = Metadata::from_fields([(MetadataField::CausationId, None)]);
+        assert_eq!(asked_absent.to_string(), "{}");
     }
 }

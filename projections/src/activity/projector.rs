@@ -2,13 +2,14 @@
 //! rebuild, which copies its rows in.
 
 use futures_util::future::BoxFuture;
+use omoi_store::json::MetadataField;
 use omoi_store::StoredEvent;
 use sqlx::PgConnection;
 use uuid::Uuid;
 
 use super::model::agents_named;
 use crate::copy::CopyRows;
-use crate::{Fold, FoldWrite, ProjectionError, Projector, FOLD_ON_ROWS};
+use crate::{Columns, Fold, FoldWrite, ProjectionError, Projector, FOLD_ON_ROWS};
 
 /// The entries' columns, in the order a batch's arrays and the fold's rows hold them.
 const ENTRY_COLUMNS: &str =
@@ -56,6 +57,15 @@ impl Projector for ActivityProjector {
             "create unique index if not exists entries_by_agent
                 on {schema}.entries (agent_id, transaction_id, global_position)"
         )]
+    }
+
+    /// A row's scope and the agents an actor names come from the metadata.
+    fn columns(&self) -> Columns {
+        Columns::MetadataFields(&[
+            MetadataField::OrganizationId,
+            MetadataField::ProjectId,
+            MetadataField::Actor,
+        ])
     }
 
     fn apply<'a>(

@@ -11,7 +11,8 @@ use sqlx::PgConnection;
 use uuid::Uuid;
 
 use super::model::{decode, AgentView, Assignment, Change, Rows, TaskEffect};
-use crate::{Fold, ProjectionError, Projector};
+use crate::codec::EventMeta;
+use crate::{Columns, Fold, ProjectionError, Projector};
 
 /// Builds the `agents` read model.
 pub struct AgentsProjector;
@@ -75,6 +76,11 @@ impl Projector for AgentsProjector {
             "create index if not exists agents_by_organization
                     on {schema}.agents (organization_id, status)"
         )]
+    }
+
+    /// Its audit takes scope, actor and time from the metadata.
+    fn columns(&self) -> Columns {
+        Columns::MetadataFields(EventMeta::FIELDS)
     }
 
     fn apply<'a>(

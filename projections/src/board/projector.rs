@@ -146,7 +146,7 @@ impl Projector for BoardProjector {
 
     /// Work events carry what the board needs in their payloads.
     fn columns(&self) -> Columns {
-        Columns::WithoutMetadata
+        Columns::WITHOUT_METADATA
     }
 
     fn fold_from_start(&self) -> Option<Box<dyn Fold>> {

@@ -13,9 +13,9 @@ use sqlx::{PgConnection, Row};
 use uuid::Uuid;
 
 use super::model::{Entry, Located};
-use crate::codec::decode_error;
+use crate::codec::{decode_error, EventMeta};
 use crate::copy::CopyRows;
-use crate::{Fold, ProjectionError, Projector};
+use crate::{Columns, Fold, ProjectionError, Projector};
 
 /// The text a search matches: title and description, stemmed as English. The index and
 /// the query must spell it the same for the index to be used.
@@ -161,6 +161,11 @@ impl Projector for DirectoryProjector {
             ),
             open_task_trigram_index(schema),
         ]
+    }
+
+    /// Entries take when they happened from the metadata, nothing else.
+    fn columns(&self) -> Columns {
+        Columns::MetadataFields(EventMeta::FIELDS)
     }
 
     fn apply<'a>(

@@ -121,7 +121,7 @@ impl Projector for GraphProjector {
 
     /// Work events carry what the graph needs in their payloads.
     fn columns(&self) -> Columns {
-        Columns::WithoutMetadata
+        Columns::WITHOUT_METADATA
     }
 
     fn fold_from_start(&self) -> Option<Box<dyn Fold>> {

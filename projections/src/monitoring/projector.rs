@@ -16,7 +16,7 @@ use super::model::{
     SteeringEffect,
 };
 use crate::codec::{entity_id, EventMeta};
-use crate::{ProjectionError, Projector};
+use crate::{Columns, ProjectionError, Projector};
 
 /// Builds the `monitoring` read model.
 pub struct MonitoringProjector;
@@ -119,6 +119,11 @@ impl Projector for MonitoringProjector {
                     on {schema}.duplicates (project_id)"
             ),
         ]
+    }
+
+    /// Scope, actor and time come from the metadata.
+    fn columns(&self) -> Columns {
+        Columns::MetadataFields(EventMeta::FIELDS)
     }
 
     fn apply<'a>(

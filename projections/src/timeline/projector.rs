@@ -15,7 +15,7 @@ use super::model::{Change, EntityType, TitleKey};
 use super::summary::{summary, Names};
 use crate::codec::{decode_error, entity_id, EventMeta};
 use crate::copy::CopyRows;
-use crate::{Fold, FoldWrite, ProjectionError, Projector, FOLD_ON_ROWS, FOLD_WRITE_CHUNK};
+use crate::{Columns, Fold, FoldWrite, ProjectionError, Projector, FOLD_ON_ROWS, FOLD_WRITE_CHUNK};
 
 /// The entries' columns, in the order a batch's arrays and the fold's rows hold them.
 const ENTRY_COLUMNS: &str = "transaction_id, global_position, organization_id, project_id, \
@@ -93,6 +93,11 @@ impl Projector for TimelineProjector {
                     on {schema}.entries (entity_id, transaction_id, global_position)"
             ),
         ]
+    }
+
+    /// Entries take their scope, actor and time from the metadata.
+    fn columns(&self) -> Columns {
+        Columns::MetadataFields(EventMeta::FIELDS)
     }
 
     fn apply<'a>(
