@@ -370,10 +370,16 @@ fn log_of(ops: &[Op]) -> Vec<StoredEvent> {
                 event_type,
                 event_version: "1".to_string(),
                 payload: payload.into(),
+                // Every field the command bus writes; an agent acts now and then.
                 metadata: json!({
                     "organization_id": ORGANIZATION,
                     "project_id": PROJECT,
-                    "actor": format!("user:{}", op.b % 2),
+                    "actor": match op.b % 3 {
+                        0 => format!("agent:{}", agent(op.a)),
+                        _ => format!("user:{}", op.b % 2),
+                    },
+                    "correlation_id": format!("correlation-{}", i / 3),
+                    "causation_id": format!("Ticket/{}/{}", ticket(op.b), i),
                     "occurred_at": at(i),
                 })
                 .into(),
@@ -504,6 +510,14 @@ async fn differences(
         }
         // In batches and folded, the events come as a catch-up streams them.
         let streamed = as_streamed(projector, log);
+        for (whole, streamed) in log.iter().zip(&streamed) {
+            if projector.concerns(&many, whole) != projector.concerns(&many, streamed) {
+                found.push(format!(
+                    "{}: concerns answers otherwise with only the metadata it names: {whole:?}",
+                    projector.name()
+                ));
+            }
+        }
         for batch in streamed.chunks(chunk) {
             projector
                 .apply(tx, &many, batch)

@@ -10,6 +10,7 @@ use omoi::server::Shutdown;
 use omoi_domain::ticket::{BlockReason, Ticket, TicketCommand};
 use omoi_projections::{Columns, Fold, FoldWrite, ProjectionError, Projector};
 use omoi_store::bus::RetryPolicy;
+use omoi_store::json::MetadataField;
 use omoi_store::{Actor, CommandBus, CommandContext, StoredEvent};
 use omoi_testing::{held_append, test_runner_config, TestDatabase};
 use sqlx::PgConnection;
@@ -632,8 +633,28 @@ async fn a_long_catch_up_streams_the_log_and_applies_every_event_once_in_order()
     assert!(applied == log, "applied out of the log's order");
 }
 
-/// Records, for every event it is given, the actor and correlation its metadata names; a
-/// catch-up streams it the log's `columns`.
+/// Every metadata field, in the order [`MetadataProbe`] records them.
+const METADATA_FIELDS: [MetadataField; 6] = [
+    MetadataField::OrganizationId,
+    MetadataField::ProjectId,
+    MetadataField::Actor,
+    MetadataField::CorrelationId,
+    MetadataField::CausationId,
+    MetadataField::OccurredAt,
+];
+
+/// Their keys in the log's metadata, as the command bus writes them.
+const METADATA_KEYS: [&str; 6] = [
+    "organization_id",
+    "project_id",
+    "actor",
+    "correlation_id",
+    "causation_id",
+    "occurred_at",
+];
+
+/// Records, for every event it is given, each of its metadata fields
+/// ([`METADATA_FIELDS`]); a catch-up streams it the log's `columns`.
 struct MetadataProbe {
     name: &'static str,
     columns: Columns,
@@ -651,8 +672,7 @@ impl Projector for MetadataProbe {
     }
     fn create_tables(&self, schema: &str) -> Vec<String> {
         vec![format!(
-            "create table {schema}.seen (n bigserial, aggregate_id text unique, actor text,
-                                         correlation text)"
+            "create table {schema}.seen (n bigserial, aggregate_id text unique, fields text[])"
         )]
     }
     fn columns(&self) -> Columns {
@@ -665,41 +685,44 @@ impl Projector for MetadataProbe {
         events: &'a [StoredEvent],
     ) -> BoxFuture<'a, Result<(), ProjectionError>> {
         Box::pin(async move {
-            let ids: Vec<&str> = events.iter().map(|e| e.aggregate_id.as_str()).collect();
-            let actors: Vec<Option<&str>> = events.iter().map(|e| e.metadata.actor()).collect();
-            let correlations: Vec<Option<&str>> =
-                events.iter().map(|e| e.metadata.correlation_id()).collect();
-            sqlx::query(&format!(
-                "insert into {schema}.seen (aggregate_id, actor, correlation)
-                 select i, a, c from unnest($1::text[], $2::text[], $3::text[])
-                                     with ordinality as e(i, a, c, o)
-                  order by o"
-            ))
-            .bind(ids)
-            .bind(actors)
-            .bind(correlations)
-            .execute(&mut *tx)
-            .await?;
+            for event in events {
+                let fields: Vec<Option<&str>> = METADATA_FIELDS
+                    .iter()
+                    .map(|&field| event.metadata.field(field))
+                    .collect();
+                sqlx::query(&format!(
+                    "insert into {schema}.seen (aggregate_id, fields) values ($1, $2)"
+                ))
+                .bind(&event.aggregate_id)
+                .bind(fields)
+                .execute(&mut *tx)
+                .await?;
+            }
             Ok(())
         })
     }
 }
 
-/// A catch-up streams a projector only the metadata fields it reads (none, or some), and
-/// every event still reaches it once, in order; one that reads the whole metadata gets it
+/// A catch-up streams a projector only the metadata fields it reads (none, some or all
+/// six, each from its own key) and the time of each event (the runner's lag), and every
+/// event still reaches it once, in order; one that reads the whole metadata gets it
 /// with every event.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_catch_up_streams_a_projector_only_the_metadata_it_reads() {
     use omoi_projections::catalog::{self, BuildState};
     use omoi_projections::runner::{catch_up, CATCH_UP_BATCH};
-    use omoi_store::json::MetadataField;
 
     let database = TestDatabase::create().await.expect("database");
     let total = CATCH_UP_BATCH + 500;
+    // Each field of event n holds its own key and n.
     sqlx::query(
         "insert into events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata)
          select 'Probe', 'probe-' || lpad(n::text, 6, '0'), 1, 'ProbeStreamed', '1', '{}',
-                jsonb_build_object('actor', 'user:' || n, 'correlation_id', 'c' || n)
+                jsonb_build_object('organization_id', 'organization_id ' || n,
+                                   'project_id', 'project_id ' || n, 'actor', 'actor ' || n,
+                                   'correlation_id', 'correlation_id ' || n,
+                                   'causation_id', 'causation_id ' || n,
+                                   'occurred_at', 'occurred_at ' || n, 'request_id', 'r')
            from generate_series(1, $1) n",
     )
     .bind(total)
@@ -709,6 +732,10 @@ async fn a_catch_up_streams_a_projector_only_the_metadata_it_reads() {
 
     let probes = [
         ("whole_probe", Columns::Everything),
+        (
+            "all_fields_probe",
+            Columns::MetadataFields(&METADATA_FIELDS),
+        ),
         (
             "actor_probe",
             Columns::MetadataFields(&[MetadataField::Actor]),
@@ -742,47 +769,48 @@ async fn a_catch_up_streams_a_projector_only_the_metadata_it_reads() {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        let seen: Vec<(String, Option<String>, Option<String>)> = sqlx::query_as(&format!(
-            "select aggregate_id, actor, correlation from {}.seen order by n",
+        let seen: Vec<(String, Vec<Option<String>>)> = sqlx::query_as(&format!(
+            "select aggregate_id, fields from {}.seen order by n",
             build.schema()
         ))
         .fetch_all(&database.pool)
         .await
         .expect("what it saw");
         let in_order: Vec<String> = (1..=total).map(|n| format!("probe-{n:06}")).collect();
-        let ids: Vec<String> = seen.iter().map(|(id, ..)| id.clone()).collect();
+        let ids: Vec<String> = seen.iter().map(|(id, _)| id.clone()).collect();
         assert!(ids == in_order, "{name}: not every event once, in order");
-        let n = |id: &str| {
-            id.trim_start_matches("probe-")
-                .trim_start_matches('0')
-                .to_string()
-        };
-        let actors = seen
-            .iter()
-            .filter(|(id, actor, _)| actor.as_deref() == Some(format!("user:{}", n(id)).as_str()))
-            .count() as i64;
-        let correlations = seen
-            .iter()
-            .filter(|(id, _, c)| c.as_deref() == Some(format!("c{}", n(id)).as_str()))
-            .count() as i64;
-        // The first page is read on its own, whole; the stream after it as asked.
-        let (fewest_actors, most_actors) = match columns {
-            Columns::Everything | Columns::MetadataFields([MetadataField::Actor]) => (total, total),
-            _ => (0, total - CATCH_UP_BATCH),
-        };
-        let most_correlations = match columns {
-            Columns::Everything => total,
-            _ => total - CATCH_UP_BATCH,
-        };
-        assert!(
-            (fewest_actors..=most_actors).contains(&actors),
-            "{name}: {actors} events came with their actor"
-        );
-        assert!(
-            correlations <= most_correlations
-                && (columns != Columns::Everything || correlations == total),
-            "{name}: {correlations} events came with their correlation"
-        );
+        for (i, field) in METADATA_FIELDS.iter().enumerate() {
+            // How many events came with this field, each holding its own value.
+            let with = seen
+                .iter()
+                .enumerate()
+                .filter(|(n, (_, fields))| {
+                    fields[i].as_deref() == Some(format!("{} {}", METADATA_KEYS[i], n + 1).as_str())
+                })
+                .count() as i64;
+            let present = seen
+                .iter()
+                .filter(|(_, fields)| fields[i].is_some())
+                .count() as i64;
+            assert_eq!(
+                with, present,
+                "{name}: {field:?} holds another field's value"
+            );
+            let asked = match columns {
+                Columns::Everything => true,
+                Columns::MetadataFields(asked) => {
+                    asked.contains(field) || *field == MetadataField::OccurredAt
+                }
+            };
+            // The first page is read on its own, whole; the stream after it as asked.
+            match asked {
+                true => assert_eq!(with, total, "{name}: {field:?} missing"),
+                false => assert!(
+                    with <= total - CATCH_UP_BATCH,
+                    "{name}: {with} events came with {field:?}"
+                ),
+            }
+        }
     }
 }
 

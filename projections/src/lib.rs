@@ -176,9 +176,11 @@ pub trait Projector: Send + Sync {
     /// The log's columns a catch-up streams for it (the pages after its first full one):
     /// [`Columns::MetadataFields`] naming every metadata field its `apply`, `concerns` and
     /// fold read (none: [`Columns::WITHOUT_METADATA`]), so that the server does not render
-    /// the whole metadata (`tests/projection_batches.rs` builds each projector's tables
-    /// from events holding only those fields and compares them with tables built from the
-    /// whole events). Saying `Everything` is always safe.
+    /// the whole metadata. `occurred_at` comes either way (the runner reads it for the
+    /// build's lag), but a projector that reads it names it too:
+    /// `tests/projection_batches.rs` builds each projector's tables from events holding
+    /// only the fields it names and compares them, and what `concerns` answers, with those
+    /// of the whole events. Saying `Everything` is always safe.
     fn columns(&self) -> Columns {
         Columns::Everything
     }

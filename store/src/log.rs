@@ -76,9 +76,8 @@ impl StoredEvent {
         let metadata = match columns {
             Columns::Everything => raw_json(row, "metadata")?.into(),
             Columns::MetadataFields(fields) => Metadata::from_fields(
-                fields
-                    .iter()
-                    .map(|&field| Ok((field, row.try_get(metadata_column(field))?)))
+                streamed_fields(fields)
+                    .map(|field| Ok((field, row.try_get(metadata_column(field))?)))
                     .collect::<Result<Vec<_>, sqlx::Error>>()?,
             ),
         };
@@ -191,7 +190,8 @@ pub enum Columns {
     #[default]
     Everything,
     /// Every column but the metadata, of which only these fields are read, each as
-    /// `metadata->>'<field>'` ([`Metadata::from_fields`]; none for an empty list). Rendering
+    /// `metadata->>'<field>'` ([`Metadata::from_fields`]; none for an empty list), and
+    /// `occurred_at`, which the projection runner reads for a build's lag. Rendering
     /// each event's metadata as text is a third to a half of what the server does to hand
     /// the log over, where taking a few fields out of it is next to nothing: a `COPY` of
     /// the generated log of `omoi-bench bench-projections` (308 bytes of metadata against
@@ -203,7 +203,7 @@ pub enum Columns {
 }
 
 impl Columns {
-    /// Every column but the metadata.
+    /// Every column but the metadata (of which only `occurred_at` comes, for the runner).
     pub const WITHOUT_METADATA: Self = Self::MetadataFields(&[]);
 
     fn select(self) -> String {
@@ -211,12 +211,21 @@ impl Columns {
             return COLUMNS.to_string();
         };
         let mut select = log_columns!("null::jsonb as metadata").to_string();
-        for &field in fields {
+        for field in streamed_fields(fields) {
             let (key, column) = (field.key(), metadata_column(field));
             select.push_str(&format!(", metadata->>'{key}' as {column}"));
         }
         select
     }
+}
+
+/// The metadata fields [`Columns::MetadataFields`] streams: those asked for, and the time
+/// the event was recorded, which the runner reads for a build's lag (`record_batch`).
+fn streamed_fields(fields: &[MetadataField]) -> impl Iterator<Item = MetadataField> + '_ {
+    let asked = fields.iter().copied();
+    asked
+        .filter(|&field| field != MetadataField::OccurredAt)
+        .chain([MetadataField::OccurredAt])
 }
 
 /// The column [`Columns::select`] reads a metadata field into.
