@@ -653,8 +653,8 @@ const METADATA_KEYS: [&str; 6] = [
     "occurred_at",
 ];
 
-/// Records, for every event it is given, each of its metadata fields
-/// ([`METADATA_FIELDS`]); a catch-up streams it the log's `columns`.
+/// Records, for every event it is given, each of its metadata fields ([`METADATA_KEYS`],
+/// from its text); a catch-up streams it the log's `columns`.
 struct MetadataProbe {
     name: &'static str,
     columns: Columns,
@@ -686,9 +686,11 @@ impl Projector for MetadataProbe {
     ) -> BoxFuture<'a, Result<(), ProjectionError>> {
         Box::pin(async move {
             for event in events {
-                let fields: Vec<Option<&str>> = METADATA_FIELDS
+                // From its text: asking for a field not read fails a debug build.
+                let metadata = event.metadata.to_value();
+                let fields: Vec<Option<&str>> = METADATA_KEYS
                     .iter()
-                    .map(|&field| event.metadata.field(field))
+                    .map(|key| metadata.get(key).and_then(|value| value.as_str()))
                     .collect();
                 sqlx::query(&format!(
                     "insert into {schema}.seen (aggregate_id, fields) values ($1, $2)"

@@ -116,6 +116,10 @@ pub struct Metadata {
     /// At least one of the two is set.
     raw: OnceLock<RawJson>,
     fields: OnceLock<MetadataFields>,
+    /// When only some fields were read ([`Metadata::from_fields`]), which (one bit per
+    /// field): asking for another is a reader's mistake — it would read as absent, not as
+    /// what the log holds — and fails a debug build.
+    read: Option<u8>,
 }
 
 /// The fields the command bus writes. Every value it writes is a string; a field that is
@@ -172,6 +176,10 @@ pub enum MetadataField {
 }
 
 impl MetadataField {
+    fn bit(self) -> u8 {
+        1 << (self as u8)
+    }
+
     /// Its key in the metadata's object (as [`MetadataFields`] names it).
     pub fn key(self) -> &'static str {
         match self {
@@ -210,13 +218,15 @@ impl Metadata {
     /// Metadata of which only some fields were read, with their values: its text is the
     /// object of those present.
     pub fn from_fields(read: impl IntoIterator<Item = (MetadataField, Option<String>)>) -> Self {
-        let mut fields = MetadataFields::default();
+        let (mut fields, mut asked) = (MetadataFields::default(), 0);
         for (field, value) in read {
             *fields.field(field) = value;
+            asked |= field.bit();
         }
         Self {
             raw: OnceLock::new(),
             fields: OnceLock::from(fields),
+            read: Some(asked),
         }
     }
 
@@ -232,6 +242,10 @@ impl Metadata {
 
     /// One of its fields.
     pub fn field(&self, field: MetadataField) -> Option<&str> {
+        debug_assert!(
+            self.read.is_none_or(|read| read & field.bit() != 0),
+            "{field:?} was not read from the log: name it in the reader's columns"
+        );
         let fields = self.fields();
         let value = match field {
             MetadataField::OrganizationId => &fields.organization_id,
@@ -304,6 +318,7 @@ impl From<RawJson> for Metadata {
         Self {
             raw: OnceLock::from(raw),
             fields: OnceLock::new(),
+            read: None,
         }
     }
 }
@@ -415,8 +430,6 @@ mod tests {
         let some = whole.only(&[MetadataField::Actor, MetadataField::ProjectId]);
         assert_eq!(some.actor(), Some("user:1"));
         assert_eq!(some.project_id(), Some("p"));
-        assert_eq!(some.organization_id(), None);
-        assert_eq!(some.correlation_id(), None);
         assert_eq!(
             some.to_value(),
             json!({"project_id": "p", "actor": "user:1"})
@@ -426,9 +439,18 @@ mod tests {
             Metadata::from(json!({"actor": "user:1", "project_id": "p"}))
         );
         let none = whole.only(&[]);
-        assert_eq!(none.actor(), None);
         assert_eq!(none.to_value(), json!({}));
         let asked_absent = Metadata::from_fields([(MetadataField::CausationId, None)]);
+        assert_eq!(asked_absent.causation_id(), None);
         assert_eq!(asked_absent.to_string(), "{}");
+    }
+
+    #[test]
+    #[cfg(debug_assertions)]
+    #[should_panic(expected = "Actor was not read from the log")]
+    fn asking_metadata_for_a_field_not_read_fails_a_debug_build() {
+        let some = Metadata::from(json!({"actor": "user:1", "project_id": "p"}))
+            .only(&[MetadataField::ProjectId]);
+        let _ = some.actor();
     }
 }
