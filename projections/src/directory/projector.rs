@@ -163,7 +163,8 @@ impl Projector for DirectoryProjector {
         ]
     }
 
-    /// Entries take when they happened from the metadata, nothing else.
+    /// Entries take when they happened from the metadata, through `EventMeta` (which also
+    /// checks the scope it names).
     fn columns(&self) -> Columns {
         Columns::MetadataFields(EventMeta::FIELDS)
     }
