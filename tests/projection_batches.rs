@@ -5,8 +5,8 @@
 //! written from a fold of the log's first events with batches after it — in a real
 //! PostgreSQL (the log written to its event table, from which snapshots fold). In batches
 //! and folded, a projector gets only the metadata fields it says it reads, as a catch-up
-//! streams them. A view as of any past position is the same whether it starts from a snapshot or
-//! from the start of the log.
+//! streams them. A view as of any past position is the same whether it starts from a
+//! snapshot or from the start of the log.
 
 use std::collections::HashMap;
 use std::sync::Arc;
