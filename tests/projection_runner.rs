@@ -559,13 +559,45 @@ async fn append_probes(executor: impl sqlx::PgExecutor<'_>, batch: &str, count: 
     .expect("probe events");
 }
 
+/// Catches `build` up in pages of 100 until `count` events were applied (or 20 s passed)
+/// and returns how many were. The log's horizon is the cluster's: a transaction of a
+/// test running beside this one may end a catch-up early (it lags, never skips), so it is
+/// repeated until the events it waits for arrived.
+async fn catch_up_until(
+    database: &TestDatabase,
+    projector: &dyn Projector,
+    build: i64,
+    count: i64,
+) -> i64 {
+    use omoi_projections::runner::catch_up;
+
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let done = catch_up(
+            &database.pool,
+            &database.options,
+            projector,
+            build,
+            100,
+            |_| {},
+        )
+        .await
+        .expect("a catch-up");
+        assert!(done.failure.is_none(), "stopped: {:?}", done.failure);
+        if done.events_applied >= count || Instant::now() > deadline {
+            return done.events_applied;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// A catch-up longer than a page streams the log with one query (pages of
 /// `CATCH_UP_BATCH`), stops where an open transaction holds the log, and reads on once it
 /// commits: every event applied once, in the log's order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_long_catch_up_streams_the_log_and_applies_every_event_once_in_order() {
     use omoi_projections::catalog::{self, BuildState};
-    use omoi_projections::runner::{catch_up, CATCH_UP_BATCH};
+    use omoi_projections::runner::CATCH_UP_BATCH;
 
     let database = TestDatabase::create().await.expect("database");
     let before_the_hold = CATCH_UP_BATCH + CATCH_UP_BATCH / 5;
@@ -579,32 +611,7 @@ async fn a_long_catch_up_streams_the_log_and_applies_every_event_once_in_order()
         .await
         .expect("a build");
     drop(conn);
-    // The log's horizon is the cluster's: a transaction of a test running beside this one
-    // may end a catch-up early (it lags, never skips), so each is repeated until the
-    // events it waits for arrived.
-    let catch_up_to = |count: i64| {
-        let database = &database;
-        async move {
-            let deadline = Instant::now() + Duration::from_secs(20);
-            loop {
-                let done = catch_up(
-                    &database.pool,
-                    &database.options,
-                    &Probe,
-                    build.build,
-                    100,
-                    |_| {},
-                )
-                .await
-                .expect("a catch-up");
-                assert!(done.failure.is_none(), "stopped: {:?}", done.failure);
-                if done.events_applied >= count || Instant::now() > deadline {
-                    return done.events_applied;
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        }
-    };
+    let catch_up_to = |count: i64| catch_up_until(&database, &Probe, build.build, count);
 
     assert_eq!(
         catch_up_to(before_the_hold).await,
@@ -725,7 +732,7 @@ impl Projector for MetadataProbe {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_catch_up_streams_a_projector_only_the_metadata_it_reads() {
     use omoi_projections::catalog::{self, BuildState};
-    use omoi_projections::runner::{catch_up, CATCH_UP_BATCH};
+    use omoi_projections::runner::CATCH_UP_BATCH;
 
     let database = TestDatabase::create().await.expect("database");
     let total = CATCH_UP_BATCH + 500;
@@ -764,26 +771,7 @@ async fn a_catch_up_streams_a_projector_only_the_metadata_it_reads() {
             .await
             .expect("a build");
         drop(conn);
-        // A transaction of a test beside this one may end a catch-up early: repeated
-        // until every event arrived.
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let done = catch_up(
-                &database.pool,
-                &database.options,
-                &probe,
-                build.build,
-                100,
-                |_| {},
-            )
-            .await
-            .expect("a catch-up");
-            assert!(done.failure.is_none(), "stopped: {:?}", done.failure);
-            if done.events_applied >= total || Instant::now() > deadline {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        catch_up_until(&database, &probe, build.build, total).await;
         let seen: Vec<(String, Vec<Option<String>>)> = sqlx::query_as(&format!(
             "select aggregate_id, array[f0, f1, f2, f3, f4, f5] from {}.seen order by n",
             build.schema()
