@@ -834,15 +834,16 @@ impl Queue {
     }
 
     /// Running tasks not marked stalled whose agent showed no progress for more than
-    /// `after_ms`, with the instant of their last progress.
-    pub fn stalled(&self, now: DateTime<Utc>, after_ms: u64) -> Vec<(Uuid, DateTime<Utc>)> {
+    /// `after_ms`: each with its agent and the instant of its last progress.
+    pub fn stalled(&self, now: DateTime<Utc>, after_ms: u64) -> Vec<(Uuid, Uuid, DateTime<Utc>)> {
         let after = i64::try_from(after_ms).unwrap_or(i64::MAX);
         self.tasks
             .values()
             .filter(|t| t.status == TaskStatus::Running && !t.stalled)
             .filter_map(|t| {
                 let since = t.last_progress_at?;
-                ((now - since).num_milliseconds() > after).then_some((t.id, since))
+                let agent_id = t.agent_id?;
+                ((now - since).num_milliseconds() > after).then_some((t.id, agent_id, since))
             })
             .collect()
     }

@@ -435,12 +435,16 @@ impl Runtime {
         (runtime, finished)
     }
 
-    /// One pass: read the log, renew leases and sweep (when due), dispatch.
+    /// One pass: read the log, renew leases and sweep (when due), dispatch. A pass whose
+    /// read of the log failed only renews leases: its sweeps and assignments would be
+    /// decided on a queue that may lag the log by any length (a start, a long pause).
     async fn step(&mut self) {
-        self.catch_up().await;
+        let read = self.catch_up().await;
         self.heartbeat().await;
-        self.sweep().await;
-        self.dispatch().await;
+        if read {
+            self.sweep().await;
+            self.dispatch().await;
+        }
     }
 
     async fn run(
@@ -562,7 +566,8 @@ impl Runtime {
     /// the stream brings it). Beyond the horizon it reads on from where it last read
     /// there: a transaction holding the horizon for long does not make every pass read
     /// the same events again.
-    async fn catch_up(&mut self) {
+    /// Answers whether it read up to the log's end (false: a read failed).
+    async fn catch_up(&mut self) -> bool {
         // Behind by a full page or more (a start, a long pause), what lies beyond the
         // horizon would only be read and left: the pages after the first read none.
         let mut ahead_limit = AHEAD_PAGE;
@@ -580,7 +585,7 @@ impl Runtime {
                 Ok(read) => read,
                 Err(error) => {
                     tracing::warn!(%error, "worker: cannot read the log");
-                    return;
+                    return false;
                 }
             };
             for event in &read.page.events {
@@ -609,7 +614,7 @@ impl Runtime {
                         self.take(event, true).await;
                     }
                 }
-                return;
+                return true;
             }
             ahead_limit = 0;
         }
@@ -1022,34 +1027,47 @@ impl Runtime {
             .queue
             .stalled(now, self.config.monitoring.stuck_after_ms);
         let context = context(Actor::System("monitor"), "stalled");
-        for (task_id, idle_since) in stalled {
-            let command = TaskCommand::MarkStalled {
-                idle_since,
-                at: now,
-            };
+        for (task_id, agent_id, idle_since) in stalled {
+            // As the agent seen running it: a task that went on to another meanwhile is
+            // not marked for the silence of the one before.
+            let command = as_holder(
+                agent_id,
+                TaskCommand::MarkStalled {
+                    idle_since,
+                    at: now,
+                },
+            );
             self.task_command(task_id, command, &context).await;
         }
     }
 
     /// Fails (to be retried) the tasks assigned longer than `start_within_ms` ago and not
     /// started. An agent that heartbeats but never heard of its assignment — the answer
-    /// to its claim died with its replica — would otherwise hold the task for ever.
+    /// to its claim died with its replica — would otherwise hold the task for ever. Each
+    /// is given back as the assignment the queue saw: one started or made anew since (the
+    /// queue reads the log a moment behind) stays.
     async fn give_back_unstarted(&self, now: chrono::DateTime<Utc>) {
         let within = self.config.start_within_ms;
-        let unstarted: Vec<Uuid> = self
+        let unstarted: Vec<(Uuid, Uuid, chrono::DateTime<Utc>)> = self
             .queue
             .unstarted(now, within)
             .into_iter()
             .filter(|t| !self.running.contains_key(&t.id))
-            .map(|t| t.id)
+            .filter_map(|t| Some((t.id, t.agent_id?, t.assigned_at?)))
             .collect();
-        for task_id in unstarted {
-            let command = TaskCommand::FailTask {
-                error: format!("the agent did not start it within {within} ms of its assignment"),
-                at: now,
-                jitter: jitter(),
-            };
-            let context = context(Actor::System("worker"), "unstarted");
+        let context = context(Actor::System("worker"), "unstarted");
+        for (task_id, agent_id, assigned_at) in unstarted {
+            let command = as_holder(
+                agent_id,
+                TaskCommand::GiveBackUnstarted {
+                    assigned_at,
+                    error: format!(
+                        "the agent did not start it within {within} ms of its assignment"
+                    ),
+                    at: now,
+                    jitter: jitter(),
+                },
+            );
             self.task_command(task_id, command, &context).await;
         }
     }

@@ -170,6 +170,9 @@ pub struct Task {
     pub verdict: Option<Verdict>,
     /// Its key in the spec's plan (`TSK-001`), when a plan made it.
     pub plan_key: Option<String>,
+    /// When the task was last assigned (kept after the attempt ends).
+    #[serde(default)]
+    pub assigned_at: Option<DateTime<Utc>>,
     /// Set while the running attempt is stalled: since when it reported nothing.
     pub stalled_since: Option<DateTime<Utc>>,
     /// Steering messages for the agent, not yet handed to it.
@@ -394,6 +397,18 @@ impl Task {
                         reason: FailureReason::ValidationAbandoned,
                     },
                 ])
+            }
+            TaskCommand::GiveBackUnstarted {
+                assigned_at,
+                error,
+                at,
+                jitter,
+            } => {
+                self.ensure_in(&[TaskStatus::Assigned], "be given back unstarted")?;
+                if self.assigned_at != Some(assigned_at) {
+                    return Err(TaskError::AssignmentMovedOn);
+                }
+                self.fail(error, at, jitter)
             }
             TaskCommand::FailTask { error, at, jitter } => self.fail(error, at, jitter),
             TaskCommand::TimeOutTask { at, jitter } => self.time_out(at, jitter),
@@ -909,10 +924,14 @@ impl Task {
                     ..Task::default()
                 }
             }
-            TaskEvent::TaskAssigned { agent_id, .. } => {
+            TaskEvent::TaskAssigned { agent_id, at } => {
                 self.assigned_agent_id = Some(agent_id);
+                self.assigned_at = Some(at);
                 self.not_before = None;
                 self.reassigned_from = None;
+                // A new holding: a stall of an attempt before it is moot (the stall
+                // policy decides on a stall it still sees).
+                self.stalled_since = None;
             }
             TaskEvent::TaskStarted { at } => {
                 self.started_at = Some(at);

@@ -138,6 +138,15 @@ pub enum TaskCommand {
         result: serde_json::Value,
         at: DateTime<Utc>,
     },
+    /// The assignment made at `assigned_at` was not started in time: its attempt fails (to
+    /// be retried), unless the task was started or assigned anew since — a sweep reading
+    /// the log a moment behind must not fail the attempt that followed.
+    GiveBackUnstarted {
+        assigned_at: DateTime<Utc>,
+        error: String,
+        at: DateTime<Utc>,
+        jitter: f64,
+    },
     /// The attempt failed; the task is retried or ends, per the retry policy.
     /// `jitter` is a sample of `[0, 1)` for the backoff.
     FailTask {

@@ -78,6 +78,8 @@ pub enum TaskError {
     PriorityUnchanged(Priority),
     #[error("the task is already marked stalled; progress clears it")]
     AlreadyStalled,
+    #[error("the assignment given back was started or replaced since")]
+    AssignmentMovedOn,
     #[error("{max} steering messages already wait for the agent")]
     TooMuchSteering { max: usize },
     #[error("the task reported {max} discoveries already, as many as a task may")]
@@ -164,6 +166,7 @@ impl DomainError for TaskError {
             | DuplicateOfItself
             | PriorityUnchanged(_)
             | AlreadyStalled
+            | AssignmentMovedOn
             | TooMuchSteering { .. }
             | TooManyDiscoveries { .. } => ErrorKind::Conflict,
         }
@@ -229,6 +232,7 @@ impl DomainError for TaskError {
             DuplicateOfItself => "duplicate_of_itself",
             PriorityUnchanged(_) => "priority_unchanged",
             AlreadyStalled => "already_stalled",
+            AssignmentMovedOn => "assignment_moved_on",
             TooMuchSteering { .. } => "too_much_steering",
             TooManyDiscoveries { .. } => "too_many_discoveries",
         }

@@ -1704,3 +1704,86 @@ fn a_step_sent_as_the_holder_counts_only_while_that_agent_holds_the_task() {
     let (_, again) = handle(&released, assign(agent_id()), &());
     assert!(again.is_ok(), "{again:?}");
 }
+
+fn give_back(assigned_at: DateTime<Utc>) -> TaskCommand {
+    TaskCommand::GiveBackUnstarted {
+        assigned_at,
+        error: "not started in time".into(),
+        at: t(100),
+        jitter: 0.5,
+    }
+}
+
+/// Running, stalled since t+25, failed at t+30 and retried; assigned again at t+40.
+fn assigned_again_after_a_stall() -> Vec<TaskEvent> {
+    with(
+        running_from(created()),
+        [
+            TaskEvent::TaskStalled {
+                agent_id: agent_id(),
+                idle_since: t(25),
+                at: t(27),
+            },
+            TaskEvent::TaskFailed {
+                error: "boom".into(),
+                attempt: 1,
+                at: t(30),
+            },
+            retry_scheduled(1, t(31)),
+            assigned(t(40)),
+        ],
+    )
+}
+
+#[test]
+fn an_unstarted_assignment_is_given_back_only_while_it_is_the_one_seen() {
+    // The assignment seen, still unstarted: failed, to be retried.
+    let assigned_at_10: Task = fold(&history_at(TaskStatus::Assigned));
+    let (handled, result) = handle(&assigned_at_10, give_back(t(10)), &());
+    assert!(
+        matches!(
+            result.as_deref(),
+            Ok([
+                TaskEvent::TaskFailed { .. },
+                TaskEvent::TaskRetryScheduled { .. }
+            ])
+        ),
+        "{result:?}"
+    );
+    assert_eq!(handled.status, TaskStatus::RetryScheduled);
+    // Every other status refuses it: a started task is not taken from its agent.
+    for from in TaskStatus::ALL
+        .into_iter()
+        .filter(|s| *s != TaskStatus::Assigned)
+    {
+        let state: Task = fold(&history_at(from));
+        let (_, result) = handle(&state, give_back(t(10)), &());
+        assert_eq!(
+            result,
+            Err(TaskError::IllegalTransition {
+                from,
+                action: "be given back unstarted"
+            }),
+            "{from}"
+        );
+    }
+    // Assigned anew since the assignment the sweep saw: the new one stays.
+    let again: Task = fold(&assigned_again_after_a_stall());
+    assert_eq!(again.assigned_at, Some(t(40)));
+    let (unchanged, result) = handle(&again, give_back(t(10)), &());
+    assert_eq!(result, Err(TaskError::AssignmentMovedOn));
+    assert_eq!(unchanged, again);
+    let (_, result) = handle(&again, give_back(t(40)), &());
+    assert!(result.is_ok(), "{result:?}");
+}
+
+#[test]
+fn a_new_assignment_leaves_no_stall_of_the_attempt_before() {
+    let stalled: Task = fold(&assigned_again_after_a_stall()[..5]);
+    assert_eq!(stalled.stalled_since, Some(t(25)));
+    let again: Task = fold(&assigned_again_after_a_stall());
+    assert_eq!(again.status, TaskStatus::Assigned);
+    assert_eq!(again.assigned_agent_id, Some(agent_id()));
+    // The stall policy acts only on a stall the task still shows: none here.
+    assert_eq!(again.stalled_since, None);
+}
