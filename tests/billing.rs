@@ -1099,6 +1099,114 @@ async fn the_plans_concurrency_cap_limits_claims_until_an_upgrade() {
     assert_eq!(status, StatusCode::OK, "{body}");
 }
 
+/// A person's assignment keeps to the plan as a claim does: on the free plan (one task
+/// held at a time) a second task is refused with 402 while the first is held, and counts
+/// against the agents' claims; after an upgrade it is assigned; once a failed payment
+/// suspends the account, nothing is.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_persons_assignment_keeps_to_the_plans_cap_and_stops_while_suspended() {
+    let (app, org, _) = app_with_stripe().await;
+    let (status, project) = app
+        .post(
+            "/api/v1/projects",
+            json!({"organization_id": org, "name": "Agents"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let project = project["id"].as_str().expect("an id").to_string();
+    let (status, ticket) = app
+        .post(
+            "/api/v1/tickets",
+            json!({"project_id": project, "title": "Work"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let ticket = ticket["id"].as_str().expect("an id").to_string();
+    let mut tasks = Vec::new();
+    for n in 0..4 {
+        let (status, body) = app
+            .post(
+                "/api/v1/tasks",
+                json!({"ticket_id": ticket, "title": format!("t{n}"), "task_type": "implement"}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        tasks.push(body["id"].as_str().expect("an id").to_string());
+    }
+    let mut agents = Vec::new();
+    for _ in 0..3 {
+        let (status, agent) = app
+            .post(
+                "/api/v1/agents/register",
+                json!({"organization_id": org, "agent_type": "worker"}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{agent}");
+        agents.push(agent["id"].as_str().expect("an id").to_string());
+    }
+    let assign = |task: &str, agent: &str| {
+        let (path, body) = (
+            format!("/api/v1/tasks/{task}/assign"),
+            json!({"agent_id": agent}),
+        );
+        let app = &app;
+        async move { app.post(&path, body).await }
+    };
+    let status_of = |task: &str| {
+        let path = format!("/api/v1/tasks/{task}");
+        let app = &app;
+        async move { app.get(&path).await.1["state"]["status"].clone() }
+    };
+
+    let (status, body) = assign(&tasks[0], &agents[0]).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, refused) = assign(&tasks[1], &agents[1]).await;
+    assert_eq!(status, StatusCode::PAYMENT_REQUIRED, "{refused}");
+    assert_eq!(refused["code"], "concurrency_cap_reached", "{refused}");
+    assert_eq!(
+        status_of(&tasks[1]).await,
+        "pending",
+        "nothing half-written"
+    );
+    // The person's assignment holds the organization's one place against claims too.
+    let (status, body) = app
+        .post(
+            &format!("/api/v1/agents/{}/claim", agents[2]),
+            json!({"wait_seconds": 0}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
+
+    let upgrade = subscription(&org, "team", "active", now());
+    deliver(
+        &app,
+        &envelope("evt_team", "customer.subscription.created", now(), upgrade),
+    )
+    .await;
+    let (status, body) = assign(&tasks[1], &agents[1]).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+
+    deliver(
+        &app,
+        &envelope(
+            "evt_fail",
+            "invoice.payment_failed",
+            now(),
+            invoice("cus_test_1", None),
+        ),
+    )
+    .await;
+    assert_eq!(account(&app, &org).await["suspended"], true);
+    let (status, refused) = assign(&tasks[2], &agents[2]).await;
+    assert_eq!(status, StatusCode::PAYMENT_REQUIRED, "{refused}");
+    assert_eq!(refused["code"], "account_suspended", "{refused}");
+    assert_eq!(
+        status_of(&tasks[2]).await,
+        "pending",
+        "nothing half-written"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn checkout_and_portal_call_stripe_with_the_exact_fields_and_idempotency_key() {
     let (app, org, log) = app_with_stripe().await;

@@ -445,3 +445,141 @@ async fn the_claims_queue_behind_the_hubs_broadcast_catches_up_from_where_it_was
         .expect("the counter");
     assert!(catch_ups >= 1, "{catch_ups}");
 }
+
+/// An assignment the task refuses (here: a cancelled task) starts no lease for its agent:
+/// a lease left to an agent that never heartbeated and holds nothing would fail the agent
+/// once it expired. An assignment the task takes starts one.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_assignment_the_task_refuses_starts_no_lease_for_its_agent() {
+    let app = omoi_testing::spawn_app().await;
+    let (organization, project) = app.organization_and_project().await;
+    let agent = app.register_agent(&organization).await;
+    let ticket = app.ticket(&project, "Work").await;
+    let cancelled = app.task(&ticket, "cancelled", json!({})).await;
+    let (status, body) = app
+        .post(&format!("/api/v1/tasks/{cancelled}/cancel"), json!({}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let leased = || async {
+        sqlx::query_scalar::<_, bool>(
+            "select exists(select 1 from agent_leases where agent_id = $1)",
+        )
+        .bind(Uuid::parse_str(&agent.id).expect("an id"))
+        .fetch_one(&app.database.pool)
+        .await
+        .expect("the lease")
+    };
+
+    let (status, body) = app
+        .post(
+            &format!("/api/v1/tasks/{cancelled}/assign"),
+            json!({"agent_id": agent.id}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert_eq!(body["code"], "illegal_transition", "{body}");
+    assert!(!leased().await, "a refused assignment started a lease");
+
+    let pending = app.task(&ticket, "pending", json!({})).await;
+    let (status, body) = app
+        .post(
+            &format!("/api/v1/tasks/{pending}/assign"),
+            json!({"agent_id": agent.id}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(leased().await, "the agent holding work has a lease");
+}
+
+/// A key limited to one project is answered about another project's agent as about an
+/// agent that does not exist (404, the same problem), not with a 422 telling it exists.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_key_of_one_project_cannot_tell_another_projects_agent_from_none() {
+    let app = omoi_testing::spawn_app().await;
+    let (organization, project) = app.organization_and_project().await;
+    let (status, other) = app
+        .post(
+            "/api/v1/projects",
+            json!({"organization_id": organization, "name": "Elsewhere"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{other}");
+    let (status, elsewhere) = app
+        .post(
+            "/api/v1/agents/register",
+            json!({"organization_id": organization, "project_id": other["id"], "agent_type": "worker"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{elsewhere}");
+    let (status, key) = app
+        .post(
+            "/api/v1/auth/api-keys",
+            json!({"name": "ci", "organization_id": organization, "project_id": project, "role": "member"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{key}");
+    let key = key["key"].as_str().expect("the key");
+    let ticket = app.ticket(&project, "Work").await;
+    let task = app.task(&ticket, "work", json!({})).await;
+
+    let mut answers = Vec::new();
+    for agent in [elsewhere["id"].clone(), json!(Uuid::now_v7())] {
+        let (status, body) = app
+            .send_as(
+                Some(key),
+                reqwest::Method::POST,
+                &format!("/api/v1/tasks/{task}/assign"),
+                Some(json!({"agent_id": agent})),
+            )
+            .await;
+        answers.push((status, body["code"].clone(), body["detail"].clone()));
+    }
+    assert_eq!(answers[0], answers[1], "{answers:?}");
+    assert_eq!(answers[0].0, StatusCode::NOT_FOUND, "{answers:?}");
+    still_pending(&app, &task).await;
+}
+
+/// A person's assignment right after the organization's one held task completed is made,
+/// even while a transaction open elsewhere holds the completion back from the gapless
+/// stream the claims' queue follows: before refusing at the plan's cap (free plan: one
+/// task at a time), the tasks the queue counts are asked of their own histories.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_assignment_after_a_completion_held_back_from_the_stream_is_made() {
+    let app = omoi_testing::spawn_app().await;
+    let (organization, project) = app.organization_and_project().await;
+    let (first_agent, second_agent) = (
+        app.register_agent(&organization).await,
+        app.register_agent(&organization).await,
+    );
+    let ticket = app.ticket(&project, "Work").await;
+    let first = app.task(&ticket, "first", json!({})).await;
+    let second = app.task(&ticket, "second", json!({})).await;
+    let assign = |task: &str, agent: &str| {
+        let (path, body) = (
+            format!("/api/v1/tasks/{task}/assign"),
+            json!({"agent_id": agent}),
+        );
+        let app = &app;
+        async move { app.post(&path, body).await }
+    };
+    let (status, body) = assign(&first, &first_agent.id).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    first_agent.must(&app, &first, "start", json!({})).await;
+    // Held while the second is refused, so that the queue surely counts the first.
+    let (status, refused) = assign(&second, &second_agent.id).await;
+    assert_eq!(status, StatusCode::PAYMENT_REQUIRED, "{refused}");
+
+    // A transaction with an id, open: the completion commits after it, and the gapless
+    // stream hands nothing after that id over until it ends.
+    let mut held = app.database.pool.begin().await.expect("a transaction");
+    sqlx::query("select pg_current_xact_id()")
+        .execute(&mut *held)
+        .await
+        .expect("an id");
+    first_agent
+        .must(&app, &first, "complete", json!({"result": {"ok": true}}))
+        .await;
+    let (status, body) = assign(&second, &second_agent.id).await;
+    held.rollback().await.expect("let go");
+    assert_eq!(status, StatusCode::OK, "{body}");
+}

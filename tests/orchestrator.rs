@@ -404,7 +404,8 @@ async fn a_project_with_too_many_dependency_changes_refuses_new_edges() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_stale_agents_task_is_reassigned_and_completes() {
-    let app = spawn_app().await;
+    // Two HTTP agents hold a task each at once.
+    let app = omoi_testing::spawn_app_running_at_once(2).await;
     let (organization, project) = app.organization_and_project().await;
     let directory = scratch_dir();
     let (status, agent) = app

@@ -66,9 +66,10 @@ struct Fixture {
     validator: Agent,
 }
 
-/// A project (tickets moving by themselves), a ticket and two agents.
+/// A project (tickets moving by themselves), a ticket and two agents, which may hold a
+/// task each at once.
 async fn fixture() -> Fixture {
-    let app = spawn_app().await;
+    let app = omoi_testing::spawn_app_running_at_once(2).await;
     let (organization, project) = app
         .organization_and_project_with(json!({"auto_spawn_tasks": false}))
         .await;

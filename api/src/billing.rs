@@ -335,7 +335,7 @@ pub async fn with_workflow(
     }
 }
 
-fn payment_required(error: &BillingError) -> ApiError {
+pub(crate) fn payment_required(error: &BillingError) -> ApiError {
     let how = match error {
         BillingError::Suspended => "the portal: POST /api/v1/billing/portal",
         BillingError::QuotaExceeded { .. } => "checkout: POST /api/v1/billing/checkout",

@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use chrono::Utc;
 use omoi_orchestrator::queue::{Queue, QueuedTask};
-use omoi_orchestrator::reservations::Reservations;
+use omoi_orchestrator::reservations::{Place, Reservations};
 use omoi_orchestrator::score::ScoreConfig;
 use omoi_store::log::Visibility;
 use omoi_store::{Cursor, StoredEvent};
@@ -243,6 +243,63 @@ impl Claims {
                 return Ok(None);
             }
         }
+    }
+}
+
+impl Claims {
+    /// A person's assignment (`assign`, answering the task's version after it), made only
+    /// while the organization holds fewer tasks than `organization_cap`: decided in turn
+    /// with this process's claims and counted against the caps as their assignments are.
+    /// `None` when the organization is at its cap. The queue follows the gapless stream,
+    /// which any transaction open anywhere holds back: a task that ended a moment ago may
+    /// still show as held there. So before refusing, the tasks it counts are asked of their
+    /// own histories (`still_held`), which every commit reaches at once.
+    pub async fn assign_within_cap<Held, HeldFut, Assign, AssignFut, T, E>(
+        &self,
+        hub: &Arc<Hub>,
+        place: Place,
+        organization_cap: usize,
+        still_held: Held,
+        assign: Assign,
+    ) -> Result<Option<T>, E>
+    where
+        Held: Fn(Uuid) -> HeldFut,
+        HeldFut: std::future::Future<Output = Result<bool, E>>,
+        Assign: FnOnce() -> AssignFut,
+        AssignFut: std::future::Future<Output = Result<(T, u64), E>>,
+        E: From<sqlx::Error>,
+    {
+        self.start(hub).await?;
+        self.read_up(hub).await?;
+        let _turn = self.deciding.lock().await;
+        let counted: BTreeSet<Uuid> = {
+            let queue = self.queue();
+            let mut unseen = self.unseen.lock().unwrap_or_else(PoisonError::into_inner);
+            unseen.forget_seen(&queue);
+            queue
+                .active()
+                .filter(|task| task.organization_id == place.organization_id)
+                .map(|task| task.id)
+                .chain(unseen.tasks_in(place.organization_id))
+                .collect()
+        };
+        if counted.len() >= organization_cap {
+            let mut held = 0;
+            for task_id in counted {
+                if still_held(task_id).await? {
+                    held += 1;
+                }
+            }
+            if held >= organization_cap {
+                return Ok(None);
+            }
+        }
+        let (assigned, version) = assign().await?;
+        self.unseen
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .reserve_place(place, Some(version));
+        Ok(Some(assigned))
     }
 }
 

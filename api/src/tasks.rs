@@ -12,11 +12,14 @@ use axum::http::StatusCode;
 use axum::Json;
 use chrono::Utc;
 use omoi_domain::agent::{Agent, AgentStatus};
+use omoi_domain::billing::BillingError;
 use omoi_domain::common::{Phase, Priority, Scope, Scoped};
 use omoi_domain::task::{
-    Task, TaskCommand, ValidationPolicy, Verdict, DEFAULT_MAX_REVISIONS, MAX_DEPENDENCIES,
+    Task, TaskCommand, TaskStatus, ValidationPolicy, Verdict, DEFAULT_MAX_REVISIONS,
+    MAX_DEPENDENCIES,
 };
 use omoi_domain::ticket::Ticket;
+use omoi_orchestrator::reservations::Place;
 use omoi_workflow::admission::{self, AdmissionError, Referrer};
 use serde::Deserialize;
 use utoipa::ToSchema;
@@ -306,15 +309,20 @@ async fn get_task(
 /// organization whose capabilities cover the task's. An agent registered for one project
 /// takes only that project's tasks; a terminated agent takes none. This is a person's
 /// decision: an agent's own credential takes work through `POST /api/v1/agents/{id}/claim`,
-/// which keeps to the plan's caps, and is refused here.
+/// and is refused here. Like a claim, it keeps to the plan: no task is assigned while the
+/// organization's account is suspended, nor beyond the tasks its plan runs at once.
 #[utoipa::path(post, path = "/api/v1/tasks/{id}/assign", tag = "tasks",
     params(("id" = Uuid, Path)), request_body = AssignTask,
     responses(
         (status = 200, body = Versioned<Task>), (status = 400, body = Problem),
+        (status = 402, body = Problem,
+            description = "the account is suspended (`account_suspended`), or the organization \
+                           holds as many tasks as its plan runs at once (`concurrency_cap_reached`)"),
         (status = 403, body = Problem,
             description = "an agent's credential (agents claim), or the role lacks task:execute"),
         (status = 404, body = Problem,
-            description = "no such task, or no such agent in the task's organization"),
+            description = "no such task, or no agent of that id the caller can see in the \
+                           task's organization"),
         (status = 409, body = Problem,
             description = "the task is not assignable (yet), or the agent is terminated, \
                            failed or quarantined"),
@@ -335,7 +343,11 @@ async fn assign_task(
     let (task, _) = state
         .read::<Task>(&caller, Permission::TaskExecute, id)
         .await?;
-    let (agent, _) = state.load::<Agent>(body.agent_id).await?;
+    // An agent the caller may not see (another organization's, or another project's for
+    // a key limited to one) is answered as one that does not exist.
+    let (agent, _) = state
+        .read::<Agent>(&caller, Permission::AgentRead, body.agent_id)
+        .await?;
     if agent.organization_id != task.organization_id {
         return Err(ApiError::NotFound { what: "agent" });
     }
@@ -379,24 +391,73 @@ async fn assign_task(
             ),
         ));
     }
-    // Holding work starts the agent's lease (unless it has one), as a claim does: an
-    // agent that dies before its first heartbeat still has the task put back when the
-    // lease expires (without one, nothing ever did). Started first, so that a lease that
-    // cannot be written fails the assignment with nothing assigned; never renewed here —
-    // a person's assignment is no sign of the agent's life.
-    let organization_id = agent
-        .organization_id
-        .ok_or_else(|| ApiError::Internal("agent without organization".into()))?;
-    omoi_orchestrator::leases::start(state.pool(), body.agent_id, organization_id)
-        .await
-        .map_err(ApiError::from)?;
     let command = TaskCommand::AssignTask {
         agent_id: body.agent_id,
         at: Utc::now(),
     };
+    // Decided first on the task as read, by the task's own rules: an assignment it
+    // refuses (not assignable, its retry not due, the implementer to validate its own
+    // work) starts no lease below — a lease left to a spawning agent that holds nothing
+    // would fail the agent once it expired.
+    task.decide(command.clone())
+        .map_err(|refusal| ApiError::from_domain(&refusal))?;
+    let (Some(organization_id), Some(project_id)) = (task.organization_id, task.project_id) else {
+        return Err(ApiError::Internal(
+            "task without organization or project".into(),
+        ));
+    };
+    let now = Utc::now();
+    let account = crate::billing::account_of(&state, organization_id).await?;
+    if account.is_suspended(now) {
+        return Err(crate::billing::payment_required(&BillingError::Suspended));
+    }
+    let assign = || async {
+        // Holding work starts the agent's lease (unless it has one), as a claim does: an
+        // agent that dies before its first heartbeat still has the task put back when the
+        // lease expires (without one, nothing ever did). Started first, so that a lease
+        // that cannot be written fails the assignment with nothing assigned; never renewed
+        // here — a person's assignment is no sign of the agent's life.
+        omoi_orchestrator::leases::start(state.pool(), body.agent_id, organization_id)
+            .await
+            .map_err(ApiError::from)?;
+        let committed = state
+            .execute::<Task>(&caller, Permission::TaskExecute, "AssignTask", id, command)
+            .await?;
+        let version = committed.version as u64;
+        Ok::<_, ApiError>((Json(Versioned::committed(id, committed)), version))
+    };
+    let cap = state.billing.plans.concurrency_cap(&account, now);
+    if cap == usize::MAX {
+        return assign().await.map(|(assigned, _)| assigned);
+    }
+    let place = Place {
+        task_id: id,
+        organization_id,
+        project_id,
+        agent_id: body.agent_id,
+    };
+    let still_held = |task_id: Uuid| {
+        let state = &state;
+        async move {
+            let (task, _) = state.load::<Task>(task_id).await?;
+            Ok::<_, ApiError>(matches!(
+                task.status,
+                TaskStatus::Assigned | TaskStatus::Running
+            ))
+        }
+    };
     state
-        .execute_versioned::<Task>(&caller, Permission::TaskExecute, "AssignTask", id, command)
-        .await
+        .claims
+        .assign_within_cap(&state.live, place, cap, still_held, assign)
+        .await?
+        .ok_or_else(|| ApiError::PaymentRequired {
+            code: "concurrency_cap_reached",
+            detail: format!(
+                "the organization's plan runs {cap} task(s) at once, and as many are assigned \
+                 or running: one must end first, or the plan must change \
+                 (checkout: POST /api/v1/billing/checkout)"
+            ),
+        })
 }
 
 /// The assigned agent began working: `assigned → running`.

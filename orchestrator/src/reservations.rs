@@ -23,6 +23,15 @@ struct Reservation {
     version: Option<u64>,
 }
 
+/// A task taken by an agent, where the caps count it.
+#[derive(Debug, Clone, Copy)]
+pub struct Place {
+    pub task_id: Uuid,
+    pub organization_id: Uuid,
+    pub project_id: Uuid,
+    pub agent_id: Uuid,
+}
+
 #[derive(Debug, Default)]
 pub struct Reservations {
     by_task: HashMap<Uuid, Reservation>,
@@ -32,12 +41,24 @@ impl Reservations {
     /// `agent_id` takes `task`; `version` is the task's version after the assignment, or
     /// `None` while the assignment commits ([`Self::committed`] then says it).
     pub fn reserve(&mut self, task: &QueuedTask, agent_id: Uuid, version: Option<u64>) {
+        let place = Place {
+            task_id: task.id,
+            organization_id: task.organization_id,
+            project_id: task.project_id,
+            agent_id,
+        };
+        self.reserve_place(place, version);
+    }
+
+    /// [`Self::reserve`] for a task known by its place alone (the queue may not show it
+    /// yet).
+    pub fn reserve_place(&mut self, place: Place, version: Option<u64>) {
         self.by_task.insert(
-            task.id,
+            place.task_id,
             Reservation {
-                organization_id: task.organization_id,
-                project_id: task.project_id,
-                agent_id,
+                organization_id: place.organization_id,
+                project_id: place.project_id,
+                agent_id: place.agent_id,
                 version,
             },
         );
@@ -85,6 +106,14 @@ impl Reservations {
             }
         }
         held
+    }
+
+    /// The tasks of one organization held here that the queue does not show.
+    pub fn tasks_in(&self, organization_id: Uuid) -> impl Iterator<Item = Uuid> + '_ {
+        self.by_task
+            .iter()
+            .filter(move |(_, reservation)| reservation.organization_id == organization_id)
+            .map(|(task_id, _)| *task_id)
     }
 
     /// The same, for every organization.

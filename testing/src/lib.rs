@@ -277,6 +277,17 @@ pub async fn spawn_app_on_with_settings(
     spawn_configured(database, test_live_config(), None, settings).await
 }
 
+/// [`spawn_app`] whose plans run `tasks` tasks of an organization at once (the free plan
+/// runs one): for a test whose organization holds several at once.
+pub async fn spawn_app_running_at_once(tasks: u32) -> TestApp {
+    spawn_app_with_settings(|settings| {
+        for plan in &mut settings.billing.plans {
+            plan.concurrent_agents = Some(tasks);
+        }
+    })
+    .await
+}
+
 /// [`spawn_app`] with the test settings changed by `adjust` (e.g. small rate limits).
 pub async fn spawn_app_with_settings(adjust: impl FnOnce(&mut Settings)) -> TestApp {
     let database = TestDatabase::create().await.expect("a fresh test database");

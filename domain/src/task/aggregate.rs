@@ -209,7 +209,9 @@ impl Task {
         Ok(())
     }
 
-    fn decide(&self, command: TaskCommand) -> Result<Vec<TaskEvent>, TaskError> {
+    /// The events `command` would append to the task as it stands, or the rule that
+    /// refuses it; the task itself is left as it is.
+    pub fn decide(&self, command: TaskCommand) -> Result<Vec<TaskEvent>, TaskError> {
         match command {
             TaskCommand::CreateTask {
                 task_id,
