@@ -1039,3 +1039,74 @@ async fn the_work_of_each_role_is_refused_to_the_role_just_below_it() {
         refused(&app, &plain.token, method, path, Some(body), "forbidden").await;
     }
 }
+
+/// An admin does not disable what an owner created: the owner's API key and the credential
+/// of the owner's agent are refused to an admin, by token and by key, with
+/// `member_outranks_you`, and keep working; an admin still revokes another admin's key and
+/// its own, and the owner its own.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_admin_cannot_revoke_the_keys_and_agents_an_owner_created() {
+    let app = spawn_app().await;
+    let org = setup(&app).await;
+    let owner_token = app.token.clone().expect("the owner's token");
+    let admin = member(&app, &org, "admin@example.com", "admin").await;
+    let peer = member(&app, &org, "peer@example.com", "admin").await;
+    let (owner_key, owner_key_id) = api_key(&app, &owner_token, &org, "member").await;
+    let (agent_id, agent_credential) = agent(&app, &owner_token, &org).await;
+    let (status, keys) = app.get("/api/v1/auth/api-keys").await;
+    assert_eq!(status, StatusCode::OK, "{keys}");
+    let agent_key_id = keys
+        .as_array()
+        .expect("keys")
+        .iter()
+        .find(|k| k["role"] == "agent_executor" && k["created_by"] == org.owner.to_string())
+        .and_then(|k| k["id"].as_str())
+        .expect("the owner's agent's credential")
+        .to_string();
+    let (admin_key, admin_key_id) = api_key(&app, &admin.token, &org, "admin").await;
+    let revoke = |id: &str| format!("/api/v1/auth/api-keys/{id}");
+
+    for credential in [&admin.token, &admin_key] {
+        for id in [&owner_key_id, &agent_key_id] {
+            refused(
+                &app,
+                credential,
+                Method::DELETE,
+                revoke(id),
+                None,
+                "member_outranks_you",
+            )
+            .await;
+        }
+    }
+    let (status, body) = send(&app, &owner_key, Method::GET, "/api/v1/auth/me", None).await;
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "the owner's key still works: {body}"
+    );
+    let heartbeat = format!("/api/v1/agents/{agent_id}/heartbeat");
+    let (status, body) = send(&app, &agent_credential, Method::POST, &heartbeat, None).await;
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "the owner's agent still works: {body}"
+    );
+
+    let (peer_key, peer_key_id) = api_key(&app, &peer.token, &org, "member").await;
+    for (id, credential) in [(&peer_key_id, &peer_key), (&admin_key_id, &admin_key)] {
+        let (status, body) = send(&app, &admin.token, Method::DELETE, &revoke(id), None).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let (status, _) = send(&app, credential, Method::GET, "/api/v1/auth/me", None).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "a revoked key is refused");
+    }
+    let (status, body) = send(
+        &app,
+        &owner_token,
+        Method::DELETE,
+        &revoke(&owner_key_id),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+}

@@ -671,11 +671,16 @@ async fn list_api_keys(
     Ok(Json(keys.into_iter().map(ApiKey::from).collect()))
 }
 
-/// Revokes an API key at once (needs `apikey:write` in its organization).
+/// Revokes an API key or an agent's credential at once (needs `apikey:write` in its
+/// organization). One created by a member whose role is above the caller's is revoked only
+/// by its creator or a member of at least that role: an admin does not disable an owner's
+/// keys and agents.
 #[utoipa::path(delete, path = "/api/v1/auth/api-keys/{id}", tag = "auth",
     params(("id" = Uuid, Path)),
     responses(
-        (status = 200, body = ApiKey), (status = 401, body = Problem), (status = 403, body = Problem),
+        (status = 200, body = ApiKey), (status = 401, body = Problem),
+        (status = 403, body = Problem, description = "`forbidden`: the role lacks \
+            `apikey:write`; `member_outranks_you`: the key's creator's role is above the caller's"),
         (status = 404, body = Problem),
     ))]
 async fn revoke_api_key(
@@ -691,6 +696,25 @@ async fn revoke_api_key(
         project_id: key.project_id,
     };
     caller.authorize(Some(scope), Permission::ApiKeyWrite, "api key")?;
+    if !caller.rests_on(key.created_by) {
+        let own = caller
+            .role_for(scope)
+            .ok_or(ApiError::NotFound { what: "api key" })?;
+        let (organization, _) = state.load::<Organization>(key.organization_id).await?;
+        let creators = organization
+            .members
+            .get(&omoi_domain::access::Principal::User(key.created_by))
+            .copied();
+        if let Some(creators) = creators.filter(|creators| creators.rank() > own.rank()) {
+            return Err(ApiError::Denied {
+                code: "member_outranks_you",
+                detail: format!(
+                    "the key was created by a member whose role ({creators}) is above yours \
+                     ({own}): only they, or a member of at least that role, revoke it"
+                ),
+            });
+        }
+    }
     accounts::revoke_api_key(state.pool(), id).await?;
     state.credentials.forget_api_keys();
     let revoked = accounts::api_key_by_id(state.pool(), id)
