@@ -320,3 +320,51 @@ async fn the_agents_list_shows_every_agent_as_it_was_at_a_position() {
         assert_eq!(status, StatusCode::BAD_REQUEST, "{query}: {body}");
     }
 }
+
+/// A page of an agent's activity ends at its weight as well as at its count: with results
+/// of about 240 kB, a page asked for 1,000 events holds about 4 MiB of them, and
+/// following `next_cursor` lists the same events, once each, as pages of 7 do.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_page_of_an_agents_activity_ends_at_its_weight_and_loses_nothing() {
+    let app = spawn_app().await;
+    let (organization, project) = app.organization_and_project().await;
+    let agent = app.register_agent(&organization).await;
+    let ticket = app.ticket(&project, "Heavy results").await;
+    // Within the 256 KiB a request body may hold.
+    let result = json!({"log": "x".repeat(240_000)});
+    // All made first: the ticket is done once its last task completes.
+    let mut tasks = Vec::new();
+    for n in 0..20 {
+        tasks.push(app.task(&ticket, &format!("Heavy {n}"), json!({})).await);
+    }
+    for task in tasks {
+        let (status, body) = app
+            .post(
+                &format!("/api/v1/tasks/{task}/assign"),
+                json!({"agent_id": agent.id}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        agent.must(&app, &task, "start", json!({})).await;
+        agent
+            .must(&app, &task, "complete", json!({"result": result}))
+            .await;
+    }
+    app.caught_up().await;
+
+    let path = format!("/api/v1/agents/{}/activity?limit=1000", agent.id);
+    let (status, first) = app.get(&path).await;
+    assert_eq!(status, StatusCode::OK, "{first}");
+    let held = first["events"].as_array().expect("events").len();
+    let owner = app.token.as_deref();
+    let by_weight = activity(&app, owner, &agent.id, 1000).await;
+    let by_count = activity(&app, owner, &agent.id, 7).await;
+    assert!(
+        held > 1 && held < by_count.len(),
+        "the first page held {held} of {} events",
+        by_count.len()
+    );
+    assert_eq!(cursors(&by_weight), cursors(&by_count));
+    let distinct: std::collections::BTreeSet<String> = cursors(&by_weight).into_iter().collect();
+    assert_eq!(distinct.len(), by_weight.len(), "every event once");
+}

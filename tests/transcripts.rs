@@ -298,3 +298,56 @@ async fn a_transcript_goes_after_its_retention_and_a_recent_one_stays() {
     assert_eq!(every_line(&app, &new_task, 1, 10).await.len(), 2);
     let _ = std::fs::remove_dir_all(directory);
 }
+
+/// A page of a transcript ends at its weight as well as at its count: a line of 4,000
+/// control characters weighs about 24 kB as JSON (each is written `\u0001`), so a page
+/// asked for 10,000 of 200 such lines holds 4 MiB of them, and paging on with
+/// `next_after` reads every line once, in order.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_page_of_heavy_lines_ends_at_its_weight_and_paging_on_loses_nothing() {
+    const PAGE_BYTES: usize = 4 * 1024 * 1024;
+    let app = spawn_app().await;
+    let (_, _, task, agent) = running_task(&app).await;
+    let heavy = |n: usize| format!("{n:04}{}", "\u{1}".repeat(3_996));
+    let mut written = Vec::new();
+    // Ten lines a request: a request body holds at most 256 KiB.
+    for batch in 0..20 {
+        let lines: Vec<String> = (batch * 10..(batch + 1) * 10).map(heavy).collect();
+        let (status, body) = post_lines(&app, &agent, &task, json!(lines)).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        written.extend(lines);
+    }
+
+    let (status, page) = app
+        .get(&format!("/api/v1/tasks/{task}/logs?limit=10000"))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    let weights: Vec<usize> = page["lines"]
+        .as_array()
+        .expect("lines")
+        .iter()
+        .map(|line| line["text"].to_string().len())
+        .collect();
+    let weight: usize = weights.iter().sum();
+    assert!(
+        weights.len() > 1 && weights.len() < written.len(),
+        "{} lines on the first page",
+        weights.len()
+    );
+    assert!(weight <= PAGE_BYTES, "{weight} bytes");
+    assert!(
+        weight + weights[0] > PAGE_BYTES,
+        "the page ends at its weight ({weight} bytes), not before"
+    );
+    assert_eq!(
+        page["next_after"],
+        json!(weights.len()),
+        "{}",
+        page["next_after"]
+    );
+    let every = every_line(&app, &task, 1, 10_000).await;
+    let numbers: Vec<i64> = every.iter().map(|(number, _)| *number).collect();
+    assert_eq!(numbers, (1..=written.len() as i64).collect::<Vec<_>>());
+    let texts: Vec<String> = every.into_iter().map(|(_, text)| text).collect();
+    assert_eq!(texts, written);
+}

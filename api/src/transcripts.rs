@@ -9,7 +9,9 @@ use axum::extract::State;
 use axum::Json;
 use omoi_domain::access::Permission;
 use omoi_domain::task::{Task, TaskStatus};
-use omoi_store::transcripts::{self, Attempt, MAX_LINE_CHARS, MAX_PAGE_LINES, MAX_WRITE_LINES};
+use omoi_store::transcripts::{
+    self, Attempt, MAX_LINE_CHARS, MAX_PAGE_BYTES, MAX_PAGE_LINES, MAX_WRITE_LINES,
+};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
@@ -60,7 +62,8 @@ pub struct LogsQuery {
     /// Lines after this number (default 0: from the first).
     #[param(minimum = 0)]
     pub after: Option<i64>,
-    /// Lines per page, 1 to 10,000 (default 1,000).
+    /// Lines per page, 1 to 10,000 (default 1,000). A page also ends once its lines weigh
+    /// 4 MiB as JSON strings (it holds at least one): page on with `next_after`.
     #[param(minimum = 1, maximum = 10000)]
     pub limit: Option<i64>,
 }
@@ -234,7 +237,7 @@ async fn read_logs(
         .attempt
         .or_else(|| attempts.last().map(|(attempt, _)| *attempt))
         .unwrap_or_else(|| task.attempt());
-    let lines = transcripts::read(state.pool(), id, attempt, after, limit).await?;
+    let lines = transcripts::read(state.pool(), id, attempt, after, limit, MAX_PAGE_BYTES).await?;
     let next_after = lines.last().map_or(after, |line| line.number);
     Ok(Json(Transcript {
         task_id: id,

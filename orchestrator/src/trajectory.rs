@@ -330,7 +330,15 @@ async fn prompt(
 ) -> sqlx::Result<String> {
     let count = transcripts::count(pool, task.task_id, task.attempt).await?;
     let after = (count - i64::from(lines)).max(0);
-    let tail = transcripts::read(pool, task.task_id, task.attempt, after, i64::from(lines)).await?;
+    let tail = transcripts::read(
+        pool,
+        task.task_id,
+        task.attempt,
+        after,
+        i64::from(lines),
+        transcripts::MAX_PAGE_BYTES,
+    )
+    .await?;
     let spec = spec_of(bus, task.task_id).await;
     let transcript: Vec<&str> = tail.iter().map(|l| l.text.as_str()).collect();
     Ok(json!({

@@ -526,10 +526,13 @@ pub async fn stream_global(
 }
 
 /// The events at `positions` (each an event's own place, as [`StoredEvent::cursor`]
-/// gives it), in the order asked; positions naming no event are left out.
+/// gives it), in the order asked, up to the first at which they weigh `max_bytes`
+/// together ([`StoredEvent::weight`]; at least one); positions naming no event are left
+/// out.
 pub async fn events_at(
     pool: &PgPool,
     positions: &[Cursor],
+    max_bytes: usize,
 ) -> Result<Vec<StoredEvent>, sqlx::Error> {
     if positions.is_empty() {
         return Ok(Vec::new());
@@ -550,9 +553,9 @@ pub async fn events_at(
     let rows = sqlx::query(sql)
         .bind(transactions)
         .bind(globals)
-        .fetch_all(pool)
-        .await?;
-    rows.iter().map(StoredEvent::from_row).collect()
+        .fetch(pool);
+    let limit = i64::try_from(positions.len()).unwrap_or(i64::MAX);
+    Ok(take_within(rows, limit, max_bytes).await?.0)
 }
 
 /// How many visible events lie in `(after, until]`, counting no further than `limit`: a

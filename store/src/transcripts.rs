@@ -15,6 +15,10 @@ pub const MAX_LINE_CHARS: usize = 4_000;
 pub const MAX_WRITE_LINES: usize = 1_000;
 /// Most lines one read returns.
 pub const MAX_PAGE_LINES: i64 = 10_000;
+/// What one page of lines may weigh at most, as JSON strings (escapes counted): a page of
+/// 10,000 lines of 4,000 control characters would otherwise be 240 MB, read into one
+/// response.
+pub const MAX_PAGE_BYTES: i64 = 4 * 1024 * 1024;
 
 /// One line of a transcript.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -83,33 +87,46 @@ pub async fn attempts(pool: &PgPool, task_id: Uuid) -> sqlx::Result<Vec<(u32, i6
         .collect())
 }
 
-/// At most `limit` lines of the attempt after line number `after`, in order.
+/// The lines of the attempt after line number `after`, in order: at most `limit` of
+/// them, and no more than `max_bytes` as JSON strings (escapes counted) — but always the
+/// first, whatever it weighs (a line is at most [`MAX_LINE_CHARS`]). The weight is
+/// counted by the server, so a page past it is never sent.
 pub async fn read(
     pool: &PgPool,
     task_id: Uuid,
     attempt: u32,
     after: i64,
     limit: i64,
+    max_bytes: i64,
 ) -> sqlx::Result<Vec<Line>> {
     let limit = limit.clamp(1, MAX_PAGE_LINES);
     // The chunk holding line `after + 1` starts at or before it; every later chunk after
-    // it. Lines are unnested with their numbers and cut to the page.
+    // it. Lines are unnested with their numbers, weighed in order and cut to the page.
     let rows: Vec<(i64, String)> = sqlx::query_as(
-        "select l.first_line + u.offset_in_chunk - 1 as number, u.text
-           from task_logs l
-           cross join lateral unnest(l.lines) with ordinality as u(text, offset_in_chunk)
-          where l.task_id = $1 and l.attempt = $2
-            and l.first_line >= coalesce(
-                (select max(first_line) from task_logs
-                  where task_id = $1 and attempt = $2 and first_line - 1 <= $3), 1)
-            and l.first_line + u.offset_in_chunk - 1 > $3
-          order by l.first_line, u.offset_in_chunk
-          limit $4",
+        "select number, text from (
+             select l.first_line + u.offset_in_chunk - 1 as number, u.text,
+                    sum(octet_length(to_json(u.text)::text)) over in_order as weight,
+                    row_number() over in_order as place
+               from task_logs l
+               cross join lateral unnest(l.lines) with ordinality as u(text, offset_in_chunk)
+              where l.task_id = $1 and l.attempt = $2
+                and l.first_line >= coalesce(
+                    (select max(first_line) from task_logs
+                      where task_id = $1 and attempt = $2 and first_line - 1 <= $3), 1)
+                and l.first_line + u.offset_in_chunk - 1 > $3
+             window in_order as (order by l.first_line, u.offset_in_chunk
+                                 rows unbounded preceding)
+              order by l.first_line, u.offset_in_chunk
+              limit $4
+         ) page
+         where weight <= $5 or place = 1
+         order by number",
     )
     .bind(task_id)
     .bind(attempt as i32)
     .bind(after)
     .bind(limit)
+    .bind(max_bytes)
     .fetch_all(pool)
     .await?;
     Ok(rows

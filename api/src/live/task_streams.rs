@@ -27,23 +27,10 @@ use crate::agents::{acknowledge_steering, waiting_steering};
 /// Lines one `logs` message carries at most.
 const LINES_PER_MESSAGE: i64 = 1_000;
 
-/// What one `logs` message's lines may weigh together (their text; it carries at least
-/// one line): a thousand lines of 4,000 characters were 4 MB held by one subscription
-/// while it waited for room in its connection's queue.
-const MESSAGE_TEXT_BYTES: usize = 256 * 1024;
-
-/// The first of `lines` whose text together stays within `max` bytes (at least one).
-fn lines_within(mut lines: Vec<transcripts::Line>, max: usize) -> Vec<transcripts::Line> {
-    let mut total = 0;
-    let over = lines.iter().position(|line| {
-        total += line.text.len();
-        total > max
-    });
-    if let Some(over) = over {
-        lines.truncate(over.max(1));
-    }
-    lines
-}
+/// What one `logs` message's lines may weigh together (as JSON strings; it carries at
+/// least one line): a thousand lines of 4,000 characters were 4 MB held by one
+/// subscription while it waited for room in its connection's queue.
+const MESSAGE_TEXT_BYTES: i64 = 256 * 1024;
 
 /// A checked `logs` subscription.
 pub struct LogsPlan {
@@ -185,9 +172,10 @@ impl LogsPlan {
                 self.attempt,
                 last,
                 LINES_PER_MESSAGE,
+                MESSAGE_TEXT_BYTES,
             );
             let lines = match Box::pin(read).await {
-                Ok(lines) => lines_within(lines, MESSAGE_TEXT_BYTES),
+                Ok(lines) => lines,
                 Err(error) => {
                     tracing::warn!(%error, "live: a logs subscription cannot read");
                     alive.end();

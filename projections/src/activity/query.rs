@@ -1,6 +1,6 @@
 //! One agent's events, a page at a time, through the `activity_entries` view.
 
-use omoi_store::log::{events_at, Cursor};
+use omoi_store::log::{events_at, Cursor, PAGE_BYTES};
 use omoi_store::StoredEvent;
 use sqlx::PgPool;
 use uuid::Uuid;
@@ -14,7 +14,8 @@ pub struct ActivityScope {
     pub project_id: Option<Uuid>,
 }
 
-/// At most `limit` events concerning `agent_id` after `after`, in the global order.
+/// At most `limit` events concerning `agent_id` after `after`, in the global order; the
+/// page also ends once they weigh [`PAGE_BYTES`] (it holds at least one).
 pub async fn page(
     pool: &PgPool,
     agent_id: Uuid,
@@ -45,5 +46,5 @@ pub async fn page(
             global_position,
         })
         .collect();
-    events_at(pool, &positions).await
+    events_at(pool, &positions, PAGE_BYTES).await
 }
