@@ -227,8 +227,14 @@ impl BillingAccount {
                 if self.stripe_events.contains(&stripe_event_id) {
                     return Ok(Vec::new());
                 }
+                // The grace runs from the failure at Stripe, not from its delivery here: a
+                // delivery Stripe retried for days (omoi down, or answering 503) does not
+                // lengthen it. Never from later than now (a clock ahead of ours).
+                let failed_at = DateTime::from_timestamp(stripe_created, 0)
+                    .filter(|created| *created <= at)
+                    .unwrap_or(at);
                 let grace = chrono::Duration::seconds(payment_grace_seconds.max(0));
-                let effect = self.effect_of(change, stripe_created, at + grace)?;
+                let effect = self.effect_of(change, stripe_created, failed_at + grace)?;
                 Ok(vec![BillingEvent::StripeEventApplied {
                     organization_id,
                     stripe_event_id,
@@ -1645,7 +1651,7 @@ mod tests {
         let failed = BillingCommand::ApplyStripeEvent {
             organization_id: org(),
             stripe_event_id: "evt_f".into(),
-            stripe_created: 1,
+            stripe_created: at().timestamp(),
             change: StripeChange::InvoicePaymentFailed {
                 subscription_id: None,
             },
@@ -1667,6 +1673,35 @@ mod tests {
             account.decide(start(at() + chrono::Duration::hours(2))),
             Err(BillingError::Suspended)
         );
+    }
+
+    /// The grace runs from the payment's failure at Stripe: delivered two days late (Stripe
+    /// retried while omoi was away), it suspends two days sooner than its delivery says;
+    /// an event dated after its delivery (a clock ahead) counts from the delivery.
+    #[test]
+    fn a_failed_payments_grace_runs_from_the_failure_not_from_its_delivery() {
+        let grace = chrono::Duration::days(7);
+        let failed = |created: DateTime<Utc>| BillingCommand::ApplyStripeEvent {
+            organization_id: org(),
+            stripe_event_id: "evt_f".into(),
+            stripe_created: created.timestamp(),
+            change: StripeChange::InvoicePaymentFailed {
+                subscription_id: None,
+            },
+            payment_grace_seconds: grace.num_seconds(),
+            at: at(),
+        };
+        for (created, due) in [
+            (
+                at() - chrono::Duration::days(2),
+                at() + chrono::Duration::days(5),
+            ),
+            (at() + chrono::Duration::hours(1), at() + grace),
+        ] {
+            let mut account = BillingAccount::default();
+            apply(&mut account, failed(created));
+            assert_eq!(account.suspend_at, Some(due), "failed at {created}");
+        }
     }
 
     #[test]
