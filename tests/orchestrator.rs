@@ -1219,3 +1219,61 @@ async fn a_registration_that_fails_leaves_neither_an_agent_nor_a_key() {
         .await;
     assert_eq!(status, StatusCode::OK, "{beat}");
 }
+
+/// A run whose completion the task holds back — a blocking discovery was reported (by a
+/// person) while its command ran — keeps its agent on the task and completes it once the
+/// discovery is resolved, here by cancelling it. Before, the worker took the refusal for
+/// "the attempt moved on" and freed its agent: the task stayed running for ever, holding
+/// the organization's one place under the free plan.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_completion_held_by_an_open_discovery_is_recorded_once_it_is_resolved() {
+    let app = spawn_app().await;
+    let (_, project) = app.organization_and_manual_project().await;
+    let directory = scratch_dir();
+    let ticket = app.ticket(&project, "Work").await;
+    let parent = app.task(&ticket, "parent", json!({})).await;
+    let worker = Worker::start(
+        app.database.pool.clone(),
+        config(command("sleep 2; echo done"), &directory),
+    );
+    app.until_task_status(&parent, "running").await;
+    let found = app
+        .must(
+            &format!("/api/v1/tasks/{parent}/discoveries"),
+            json!({"kind": "bug", "title": "A blocker", "blocks_parent": true}),
+            StatusCode::CREATED,
+        )
+        .await;
+    let discovered = omoi_testing::id_of(&found);
+
+    // The command ended (its last line is in the transcript) and its completion was
+    // refused, more than once: the task still runs, on the same agent.
+    app.eventually(&format!("/api/v1/tasks/{parent}/logs"), |body| {
+        body["lines"]
+            .as_array()
+            .is_some_and(|lines| lines.iter().any(|line| line["text"] == "done"))
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    let waiting = app.task_state(&parent).await;
+    assert_eq!(waiting["status"], "running", "{waiting}");
+    assert_eq!(app.task_state(&discovered).await["status"], "pending");
+
+    app.must(
+        &format!("/api/v1/tasks/{discovered}/cancel"),
+        json!({"reason": "not a blocker after all"}),
+        StatusCode::OK,
+    )
+    .await;
+    let completed = app.until_task_status(&parent, "completed").await;
+    worker.stop().await;
+    assert_eq!(
+        completed["assigned_agent_id"], waiting["assigned_agent_id"],
+        "{completed}"
+    );
+    assert_eq!(
+        completed["result"]["output"],
+        json!(["done"]),
+        "{completed}"
+    );
+}

@@ -1611,6 +1611,9 @@ async fn run_task(
     kept
 }
 
+/// How often a completion held back by open blocking discoveries is tried again.
+const DISCOVERIES_OPEN_PAUSE: Duration = Duration::from_secs(1);
+
 /// Records a run's outcome, trying again (backing off as the projection runner does)
 /// until it commits, the task refuses it (the attempt is no longer this agent's, or it
 /// ended otherwise), or the run is stopped (the task cancelled or taken away, the worker
@@ -1618,7 +1621,10 @@ async fn run_task(
 /// outcome given up on a database error left the task running under an agent the worker
 /// renews the lease of and gives more work, for ever. A fault no retry mends (a corrupt
 /// history) keeps the agent on it, saying so at every try — as every other command on
-/// that task fails too.
+/// that task fails too. A completion the task holds back while blocking discoveries are
+/// open (reported while the command ran) waits for them, tried again every second: the
+/// attempt is still this agent's, and freeing the agent left the task running with
+/// nobody to complete it, holding a place under the caps for ever.
 async fn record_outcome(
     bus: &CommandBus,
     id: &str,
@@ -1630,6 +1636,17 @@ async fn record_outcome(
     loop {
         match bus.execute::<Task>(id, command.clone(), context).await {
             Ok(_) => return,
+            Err(CommandError::Domain(TaskError::DiscoveriesOpen(open))) => {
+                tracing::info!(
+                    task_id = id,
+                    open = open.len(),
+                    "worker: completion waits for the task's blocking discoveries"
+                );
+                tokio::select! {
+                    () = tokio::time::sleep(DISCOVERIES_OPEN_PAUSE) => {}
+                    _ = stopped.wait_for(|stop| *stop) => return,
+                }
+            }
             Err(CommandError::Domain(refusal)) => {
                 tracing::info!(task_id = id, %refusal, "worker: outcome refused; the attempt moved on");
                 return;
