@@ -1069,3 +1069,50 @@ async fn a_project_limited_key_sees_only_its_projects_agents_in_the_overview() {
     assert_eq!(subjects(&limited, "agents_in_trouble", "agent_id"), own);
     assert_eq!(subjects(&limited, "alerts", "subject_id"), own);
 }
+
+/// An agent a person marked `failed` while it ran a task gives the task back however it
+/// heartbeats on: its heartbeats are refused (409 `agent_failed`) and renew nothing, so its
+/// lease runs out and the sweep fails its attempt, to be retried. Before, each heartbeat
+/// renewed the lease, and the task stayed running on a failed agent for ever.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_agent_a_person_failed_gives_its_task_back_however_it_heartbeats() {
+    let app = spawn_app().await;
+    let (organization, project) = app.organization_and_project().await;
+    let agent = app.register_agent(&organization).await;
+    let ticket = app.ticket(&project, "Work").await;
+    let task = app.task(&ticket, "Held", json!({})).await;
+    assert_eq!(agent.claim(&app, 5).await, Some(task.clone()));
+    agent.must(&app, &task, "start", json!({})).await;
+    app.must(
+        &format!("/api/v1/agents/{}/status", agent.id),
+        json!({"to": "failed", "reason": "it loops"}),
+        StatusCode::OK,
+    )
+    .await;
+
+    // Its lease past the stale threshold, then a heartbeat: refused, renewing nothing.
+    backdate_heartbeat(&app, &agent.id, 91).await;
+    let (status, refused) = agent
+        .post(
+            &app,
+            &format!("/api/v1/agents/{}/heartbeat", agent.id),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{refused}");
+    assert_eq!(refused["code"], "agent_failed", "{refused}");
+
+    let directory = scratch_dir();
+    let clock = Clock::default();
+    let mut workers = vec![Worker::stepped(
+        app.database.pool.clone(),
+        config(&clock, &directory),
+    )];
+    step_all(&mut workers).await;
+    let state = app.until_task_status(&task, "retry_scheduled").await;
+    assert_eq!(state["assigned_agent_id"], Value::Null, "{state}");
+    for worker in workers {
+        worker.stop().await;
+    }
+    let _ = std::fs::remove_dir_all(directory);
+}

@@ -467,7 +467,7 @@ pub struct SteeringMessage {
 /// next one, make it `idle` (an event). An agent silent for two heartbeat intervals
 /// (`monitoring.heartbeat_interval_ms`) is degraded; one silent longer than the stale
 /// threshold (`worker.stale_after_ms`) is failed and its tasks go back to the queue. A
-/// terminated agent's heartbeat is refused. The answer to the agent's own credential
+/// terminated or failed agent's heartbeat is refused, and renews nothing. The answer to the agent's own credential
 /// carries the steering messages waiting for its running tasks, once each; another
 /// caller's, none.
 #[utoipa::path(post, path = "/api/v1/agents/{id}/heartbeat", tag = "agents",
@@ -475,7 +475,8 @@ pub struct SteeringMessage {
     responses(
         (status = 200, body = Heartbeat), (status = 400, body = Problem),
         (status = 404, body = Problem),
-        (status = 409, body = Problem, description = "the agent is terminated"),
+        (status = 409, body = Problem,
+            description = "the agent is terminated (`agent_terminated`) or failed (`agent_failed`)"),
     ))]
 async fn heartbeat(
     State(state): State<AppState>,
@@ -490,6 +491,18 @@ async fn heartbeat(
         return Err(ApiError::Conflict {
             code: "agent_terminated",
             detail: format!("agent {id} is terminated"),
+        });
+    }
+    // A failed agent's heartbeat keeps nothing alive: its lease runs out, and the sweep
+    // gives its tasks back (renewed, a person's `failed` left them held for ever). It
+    // comes back only by way of quarantine, as the status table says.
+    if agent.status == AgentStatus::Failed {
+        return Err(ApiError::Conflict {
+            code: "agent_failed",
+            detail: format!(
+                "agent {id} failed: it holds and takes no work (its tasks go back once its \
+                 lease runs out); a guardian may quarantine and then release it"
+            ),
         });
     }
     let organization_id = agent
