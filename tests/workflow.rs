@@ -1261,3 +1261,66 @@ async fn a_regression_of_a_blocked_ticket_is_not_walked_back_to_done() {
     let (_, state) = app.get(&format!("/api/v1/tickets/{ticket}")).await;
     assert_eq!(state["state"]["blocked"], Value::Null, "{state}");
 }
+
+/// A person completing an executing spec while its plan's work is open stops that work as
+/// archiving does: every open task of the plan is cancelled — the running one too, by
+/// `spec_archival` for the completion — finished work stays finished, and the workflow,
+/// worked on, stays counted and is closed (`WorkflowFinished`, caused by the completion).
+/// Before, the tasks ran on and the workflow stayed open for ever: nothing reacted to a
+/// completion by hand, and archiving the spec afterwards stopped nothing.
+#[tokio::test(flavor = "multi_thread")]
+async fn completing_an_executing_spec_by_hand_stops_its_open_work() {
+    let app = spawn_app().await;
+    let (organization, project) = app.organization_and_project().await;
+    let spec = executing_spec(&app, &project).await;
+    let approval = the_approval(&app).await;
+    let id = |key: &str| created_id(&approval, key).to_string();
+    let agent = worker(&app, &organization).await;
+    run_task(&app, &agent, &id("TSK-1")).await;
+    assign(&app, &agent, &id("TSK-2")).await;
+    app.must(
+        &format!("/api/v1/tasks/{}/start", id("TSK-2")),
+        json!({}),
+        StatusCode::OK,
+    )
+    .await;
+
+    let completed = app
+        .must(
+            &format!("/api/v1/specs/{spec}/complete"),
+            json!({}),
+            StatusCode::OK,
+        )
+        .await;
+    assert_eq!(completed["state"]["phase"], "completed", "{completed}");
+    app.caught_up().await;
+    let status = |key: &'static str| {
+        let app = &app;
+        let path = format!("/api/v1/tasks/{}", id(key));
+        async move { app.get(&path).await.1["state"]["status"].clone() }
+    };
+    assert_eq!(status("TSK-1").await, "completed", "finished work stays");
+    for key in ["TSK-2", "TSK-3", "TSK-4"] {
+        assert_eq!(status(key).await, "cancelled", "{key}");
+    }
+    let events = log(&app).await;
+    let completion = events
+        .iter()
+        .find(|e| e.aggregate_id == spec && e.event_type == "SpecCompleted")
+        .expect("the completion");
+    let finished = events
+        .iter()
+        .find(|e| e.event_type == "WorkflowFinished")
+        .expect("the workflow closed");
+    assert_eq!(finished.metadata.actor(), Some("system:spec_archival"));
+    assert_eq!(
+        finished.metadata.causation_id(),
+        Some(completion.reference().as_str())
+    );
+    let account = format!("/api/v1/billing/account?organization_id={organization}");
+    let (_, account) = app.get(&account).await;
+    assert_eq!(
+        account["usage"]["workflows_used"], 1,
+        "work was done: counted"
+    );
+}

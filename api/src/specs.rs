@@ -409,7 +409,9 @@ async fn approve_plan(
     Ok(Json(Versioned::committed(id, approved)))
 }
 
-/// Completes an executing spec.
+/// Completes an executing spec (`spec_completion` does once every ticket of its plan is
+/// done). Its plan's tasks still open are then cancelled and its workflow settled
+/// (`spec_archival`), as when it is archived.
 #[utoipa::path(post, path = "/api/v1/specs/{id}/complete", tag = "specs",
     params(("id" = Uuid, Path)),
     responses(

@@ -182,6 +182,20 @@ pub(crate) fn specs_of_tickets(tickets: &[String]) -> NamedBy<'_> {
 /// refuses every command), so a spec was archived exactly when it has this event.
 pub(crate) const SPEC_ARCHIVED: &str = "SpecArchived";
 
+/// The event that completes a spec, as stored: by `spec_completion` once its plan's
+/// tickets are done, or by a person (`POST /api/v1/specs/{id}/complete`); completing is
+/// final but for archiving.
+pub(crate) const SPEC_COMPLETED: &str = "SpecCompleted";
+
+/// Whether `event` ends a spec's work: its archival or its completion. A completed spec
+/// has no open work either — a person may complete one while its plan's tasks run, or move
+/// its tickets to done by hand (then `spec_completion` completes it) — so what is open of
+/// its plan is cancelled, as for an archived one.
+pub(crate) fn stops_specs_work(event: &StoredEvent) -> bool {
+    event.aggregate_type == "Spec"
+        && (event.event_type == SPEC_ARCHIVED || event.event_type == SPEC_COMPLETED)
+}
+
 /// The archivals of the specs of `tickets` (none for a spec not archived), to read with
 /// the tickets' histories: whether a spec was archived, without its history — whose
 /// payloads (the plan above all) are most of what reading it would cost.

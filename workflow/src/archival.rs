@@ -1,13 +1,14 @@
-//! `spec_archival`: archiving an executing spec stops its work — every open task of its
-//! plan is cancelled — and gives its workflow back to the organization's billing account
-//! (its usage and any credits it took), as a workflow whose start failed is given back,
-//! unless agents already worked on it: then it stays counted, closed as a finished one.
+//! `spec_archival`: archiving an executing spec, or completing it (a person may while its
+//! plan's work is open), stops its work: every open task of its plan is cancelled. Its
+//! workflow is given back to the organization's billing account (its usage and any
+//! credits it took), as a workflow whose start failed is given back, unless agents already
+//! worked on it: then it stays counted, closed as a finished one.
 //!
-//! A plan's task that `plan_execution` creates after the archival (it read the approval
-//! before the archival committed, and this build handled the archival first, finding the
+//! A plan's task that `plan_execution` creates after the spec stopped (it read the
+//! approval before the stop committed, and this build handled the stop first, finding the
 //! task not there) comes later in the stream: its creation, caused by the approval of a
-//! spec archived by then, is cancelled when it passes. Either way round, every task of an
-//! archived spec's plan is cancelled once.
+//! spec stopped by then, is cancelled when it passes. Either way round, every open task of
+//! a stopped spec's plan is cancelled once.
 
 use std::collections::BTreeSet;
 
@@ -21,7 +22,7 @@ use omoi_store::log::{aggregate_history, fold_until};
 use omoi_store::{Actor, CommandContext, StoredEvent};
 use sqlx::PgConnection;
 
-use crate::aggregates::SPEC_ARCHIVED;
+use crate::aggregates::{stops_specs_work, SPEC_ARCHIVED, SPEC_COMPLETED};
 use crate::execution::{created_by, last_approval};
 use crate::{effect, load, occurred_at, ProcessManager};
 
@@ -34,12 +35,11 @@ impl ProcessManager for SpecArchival {
     const NAME: &'static str = NAME;
 
     fn reacts_to(&self, event: &StoredEvent) -> bool {
-        (event.aggregate_type == Spec::TYPE && event.event_type == SPEC_ARCHIVED)
-            || planned_spec(event).is_some()
+        stops_specs_work(event) || planned_spec(event).is_some()
     }
 
-    /// The archivals one by one; the plans' new tasks with one read of which of their
-    /// specs were archived.
+    /// The stops (archivals, completions) one by one; the plans' new tasks with
+    /// one read of which of their specs were stopped.
     fn react_all<'a>(
         &'a self,
         tx: &'a mut PgConnection,
@@ -47,10 +47,10 @@ impl ProcessManager for SpecArchival {
         events: Vec<&'a StoredEvent>,
     ) -> BoxFuture<'a, Result<(), ProjectionError>> {
         Box::pin(async move {
-            let (created, archivals): (Vec<&StoredEvent>, Vec<&StoredEvent>) = events
+            let (created, stops): (Vec<&StoredEvent>, Vec<&StoredEvent>) = events
                 .into_iter()
                 .partition(|event| event.aggregate_type == Task::TYPE);
-            for event in archivals {
+            for event in stops {
                 archived(tx, event).await?;
             }
             created_after_archival(tx, created).await
@@ -77,8 +77,9 @@ fn planned_spec(event: &StoredEvent) -> Option<&str> {
     Some(spec).filter(|spec| !spec.is_empty())
 }
 
-/// Cancels the tasks among `created` (plans' new tasks) whose spec was archived: created
-/// after the archival was handled, they were not there to be cancelled with the rest.
+/// Cancels the tasks among `created` (plans' new tasks) whose spec was stopped (archived
+/// or completed): created after the stop was handled, they were not there to be cancelled
+/// with the rest.
 async fn created_after_archival(
     tx: &mut PgConnection,
     created: Vec<&StoredEvent>,
@@ -92,24 +93,26 @@ async fn created_after_archival(
     if specs.is_empty() {
         return Ok(());
     }
-    // Each spec looked up by the key; only its archival, not its history (a plan's text
-    // is most of it).
-    let archived: BTreeSet<String> = sqlx::query_scalar(
+    // Each spec looked up by the key; only the event that stopped it, not its history (a
+    // plan's text is most of it).
+    let stopped: BTreeSet<String> = sqlx::query_scalar(
         "select e.aggregate_id from unnest($1::text[]) as wanted(id)
            cross join lateral (
                select aggregate_id from events
-                where aggregate_type = $2 and aggregate_id = wanted.id and event_type = $3
+                where aggregate_type = $2 and aggregate_id = wanted.id
+                  and event_type in ($3, $4)
                 limit 1) as e",
     )
     .bind(&specs)
     .bind(Spec::TYPE)
     .bind(SPEC_ARCHIVED)
+    .bind(SPEC_COMPLETED)
     .fetch_all(&mut *tx)
     .await?
     .into_iter()
     .collect();
     for event in created {
-        if !planned_spec(event).is_some_and(|spec| archived.contains(spec)) {
+        if !planned_spec(event).is_some_and(|spec| stopped.contains(spec)) {
             continue;
         }
         let (task, _) = load::<Task>(tx, event, &event.aggregate_id).await?;
@@ -117,7 +120,7 @@ async fn created_after_archival(
             continue;
         }
         let cancel = TaskCommand::CancelTask {
-            reason: Some("its spec was archived".into()),
+            reason: Some("its spec was archived or completed".into()),
             at: occurred_at(event),
         };
         let context = CommandContext::caused_by(Actor::System(NAME), event);
@@ -126,23 +129,28 @@ async fn created_after_archival(
     Ok(())
 }
 
+/// A spec stopped by `event`: archived (only an executing one had work to stop), or
+/// completed (only an executing spec completes).
 async fn archived(tx: &mut PgConnection, event: &StoredEvent) -> Result<(), ProjectionError> {
     let history = aggregate_history(&mut *tx, "Spec", &event.aggregate_id).await?;
     let spec: Spec = fold_until(&history, Some(event.sequence))
         .map_err(|e| ProjectionError::payload(event, e))?;
-    let (Some(SpecPhase::Executing), Some(plan), Some(spec_id), Some(organization_id)) = (
-        spec.phase_before_archive,
+    let archival = event.event_type == SPEC_ARCHIVED;
+    let was_executing = !archival || spec.phase_before_archive == Some(SpecPhase::Executing);
+    let (true, Some(plan), Some(spec_id), Some(organization_id)) = (
+        was_executing,
         spec.plan.as_ref(),
         spec.id,
         spec.organization_id,
     ) else {
         return Ok(());
     };
-    let up_to_archival = history
+    let stopped = if archival { "archived" } else { "completed" };
+    let up_to_stop = history
         .iter()
         .position(|e| e.sequence > event.sequence)
         .unwrap_or(history.len());
-    let Some(approval) = last_approval(&history[..up_to_archival]) else {
+    let Some(approval) = last_approval(&history[..up_to_stop]) else {
         return Ok(());
     };
     let at = occurred_at(event);
@@ -159,7 +167,7 @@ async fn archived(tx: &mut PgConnection, event: &StoredEvent) -> Result<(), Proj
             continue;
         }
         let cancel = TaskCommand::CancelTask {
-            reason: Some("its spec was archived".into()),
+            reason: Some(format!("its spec was {stopped}")),
             at,
         };
         effect::<Task>(tx, event, &id, cancel, &context).await?;
@@ -180,7 +188,7 @@ async fn archived(tx: &mut PgConnection, event: &StoredEvent) -> Result<(), Proj
     };
     let account = organization_id.to_string();
     effect::<BillingAccount>(tx, event, &account, settle, &context).await?;
-    tracing::info!(spec = %spec_id, worked, "executing spec archived: its work stopped, its workflow given back unless work was done");
+    tracing::info!(spec = %spec_id, worked, stopped, "executing spec stopped: its work cancelled, its workflow given back unless work was done");
     Ok(())
 }
 

@@ -20,7 +20,7 @@ use sqlx::PgConnection;
 use uuid::Uuid;
 
 use crate::admission::project_takes_work;
-use crate::aggregates::{Aggregates, Effects, SPEC_ARCHIVED};
+use crate::aggregates::{stops_specs_work, Aggregates, Effects};
 use crate::ProcessManager;
 
 /// The process manager's name: its build in the catalog and its actor (`system:…`).
@@ -98,10 +98,10 @@ async fn execute_all(
             .get(event.aggregate_id.as_str())
             .copied()
             .unwrap_or_default();
-        // Archived since (read here whole): nothing is created. `spec_archival`, a build
-        // of its own, may have handled the archival already, finding nothing to cancel,
-        // and would never see what came after it.
-        if history.iter().any(|e| e.event_type == SPEC_ARCHIVED) {
+        // Archived or completed by hand since (read here whole): nothing is created.
+        // `spec_archival`, a build of its own, may have handled that already, finding
+        // nothing to cancel, and would never see what came after it.
+        if history.iter().any(stops_specs_work) {
             continue;
         }
         let spec: Spec = fold_until(history, Some(event.sequence))

@@ -19,8 +19,8 @@
 //!   its project), decided before the command; [`cycles`] — the race-free cycle check.
 //! * [`execution`] — a spec's approved plan becomes its tickets and tasks.
 //! * [`completion`] — a spec completes when every ticket of its plan is done.
-//! * [`archival`] — archiving an executing spec cancels its open tasks and gives its
-//!   workflow back.
+//! * [`archival`] — archiving or completing an executing spec cancels its open tasks and
+//!   gives its workflow back.
 //! * [`progress`] — a ticket moves with its tasks: building once one is assigned, done
 //!   once all completed, blocked when one fails for good.
 //! * [`export`] — a spec as one document (JSON, Markdown, YAML), now or as of a position:
