@@ -467,9 +467,9 @@ pub struct SteeringMessage {
 /// next one, make it `idle` (an event). An agent silent for two heartbeat intervals
 /// (`monitoring.heartbeat_interval_ms`) is degraded; one silent longer than the stale
 /// threshold (`worker.stale_after_ms`) is failed and its tasks go back to the queue. A
-/// terminated or failed agent's heartbeat is refused, and renews nothing. The answer to the agent's own credential
-/// carries the steering messages waiting for its running tasks, once each; another
-/// caller's, none.
+/// terminated or failed agent's heartbeat is refused, and renews nothing. The answer to
+/// the agent's own credential carries the steering messages waiting for its running
+/// tasks, once each; another caller's, none.
 #[utoipa::path(post, path = "/api/v1/agents/{id}/heartbeat", tag = "agents",
     params(("id" = Uuid, Path)),
     responses(
