@@ -565,8 +565,8 @@ impl Runtime {
     /// stream back; the queue takes each task's next event at once and passes it by when
     /// the stream brings it). Beyond the horizon it reads on from where it last read
     /// there: a transaction holding the horizon for long does not make every pass read
-    /// the same events again.
-    /// Answers whether it read up to the log's end (false: a read failed).
+    /// the same events again. Answers whether it read up to the log's end (false: a read
+    /// failed).
     async fn catch_up(&mut self) -> bool {
         // Behind by a full page or more (a start, a long pause), what lies beyond the
         // horizon would only be read and left: the pages after the first read none.
