@@ -10,7 +10,8 @@ progress, complete or fail it.
 
 Registering as a user returns the agent's own credential, used from then on. With
 OMOI_AGENT_ID and OMOI_CREDENTIAL set (an agent registered before, or any key allowed to
-run tasks) it skips registration. It heartbeats every 20 s, also while a task runs.
+run tasks) it skips registration, and fails the tasks that agent still holds (its last
+process died with them). It heartbeats every 20 s, also while a task runs.
 --once stops after one task (or one empty claim).
 """
 
@@ -25,12 +26,12 @@ import urllib.request
 URL = os.environ.get("OMOI_URL", "http://127.0.0.1:18000")
 
 
-def call(token, path, body=None):
+def call(token, path, body=None, method="POST"):
     request = urllib.request.Request(
         URL + path,
-        data=json.dumps(body if body is not None else {}).encode(),
+        data=json.dumps(body if body is not None else {}).encode() if method == "POST" else None,
         headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
-        method="POST",
+        method=method,
     )
     try:
         with urllib.request.urlopen(request, timeout=90) as response:
@@ -51,6 +52,21 @@ def register():
     return agent["id"], agent["credential"]
 
 
+def give_back_held(credential, agent):
+    """An agent started again with its id may still hold tasks its last process took and
+    never finished: nothing runs them now, so they are failed, to be retried. Held on, they
+    would fill the agent's capacity, and its claims would wait for ever."""
+    status, health = call(credential, f"/api/v1/agents/{agent}/health", method="GET")
+    if status != 200:
+        sys.exit(f"the agent's health is unreadable ({status}): {health}")
+    for held in health["tasks"]:
+        call(
+            credential,
+            f"/api/v1/tasks/{held['task_id']}/fail",
+            {"error": "the agent was started again; this attempt's process was lost"},
+        )
+
+
 def heartbeat(credential, agent, stop):
     """Beats until stopped: the worker fails an agent silent for 90 s."""
     while not stop.wait(20):
@@ -64,6 +80,8 @@ def main():
     credential = os.environ.get("OMOI_CREDENTIAL")
     if not (agent and credential):
         agent, credential = register()
+    else:
+        give_back_held(credential, agent)
     call(credential, f"/api/v1/agents/{agent}/heartbeat")
     stop = threading.Event()
     threading.Thread(target=heartbeat, args=(credential, agent, stop), daemon=True).start()

@@ -879,6 +879,44 @@ async fn the_example_agent_script_runs_a_task() {
     );
 }
 
+/// The README's agent started again with its id (its last process died holding a started
+/// task, its capacity of one full): it fails the task it still holds — to be retried —
+/// and then claims and runs work. Before, its claims waited at its capacity for ever.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_example_agent_started_again_gives_back_what_its_last_process_held() {
+    let app = spawn_app().await;
+    let (organization, project) = app.organization_and_project().await;
+    let agent = app.register_agent(&organization).await;
+    let ticket = app.ticket(&project, "Work").await;
+    let lost = app.task(&ticket, "lost", json!({"priority": "LOW"})).await;
+    assert_eq!(agent.claim(&app, 5).await, Some(lost.clone()));
+    agent.must(&app, &lost, "start", json!({})).await;
+    let next = app.task(&ticket, "next", json!({"priority": "HIGH"})).await;
+    // What the agent's health lists: the agents read model, caught up.
+    app.caught_up().await;
+
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/agent.py");
+    let output = tokio::process::Command::new("python3")
+        .args([script, "--once", "echo \"did $OMOI_TASK_TITLE\""])
+        .env("OMOI_URL", &app.address)
+        .env("OMOI_AGENT_ID", &agent.id)
+        .env("OMOI_CREDENTIAL", &agent.credential)
+        .output()
+        .await
+        .expect("python3 runs");
+    assert!(output.status.success(), "{output:?}");
+    let given_back = app.task_state(&lost).await;
+    assert_eq!(given_back["status"], "retry_scheduled", "{given_back}");
+    assert!(
+        given_back["last_error"]
+            .as_str()
+            .is_some_and(|error| error.contains("started again")),
+        "{given_back}"
+    );
+    let done = app.until_task_status(&next, "completed").await;
+    assert_eq!(done["result"]["output"], json!(["did next"]), "{done}");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn output_lines_become_progress_at_most_once_a_second() {
     let app = spawn_app().await;
