@@ -1272,7 +1272,8 @@ async fn a_completion_held_by_an_open_discovery_is_recorded_once_it_is_resolved(
     let parent = app.task(&ticket, "parent", json!({})).await;
     let worker = Worker::start(
         app.database.pool.clone(),
-        config(command("sleep 2; echo done"), &directory),
+        // Long enough for the discovery to be reported while it runs, on a busy machine.
+        config(command("sleep 3; echo done"), &directory),
     );
     app.until_task_status(&parent, "running").await;
     let found = app
