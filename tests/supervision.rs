@@ -975,10 +975,13 @@ async fn a_stall_the_task_moved_past_before_the_policy_read_it_gets_no_restart()
     let path = format!("/api/v1/tasks/{task}");
     let bus = CommandBus::new(app.database.pool.clone(), RetryPolicy::default());
     let context = CommandContext::new(Actor::System("test"), "stalled-then-progressed");
+    // Idle since its start (a stall of the attempt before its start is refused).
+    let started: chrono::DateTime<chrono::Utc> =
+        serde_json::from_value(app.task_state(&task).await["started_at"].clone()).expect("a start");
     let now = chrono::Utc::now();
     let commands = [
         TaskCommand::MarkStalled {
-            idle_since: now - chrono::Duration::minutes(10),
+            idle_since: started,
             at: now,
         },
         TaskCommand::ReportProgress {

@@ -1264,8 +1264,9 @@ async fn a_regression_of_a_blocked_ticket_is_not_walked_back_to_done() {
 
 /// A person completing an executing spec while its plan's work is open stops that work as
 /// archiving does: every open task of the plan is cancelled — the running one too, by
-/// `spec_archival` for the completion — finished work stays finished, and the workflow,
-/// worked on, stays counted and is closed (`WorkflowFinished`, caused by the completion).
+/// `spec_archival` for the completion — finished work stays finished, and the workflow
+/// stays counted and is closed (`WorkflowFinished`, caused by the completion), also when
+/// no work was done.
 /// Before, the tasks ran on and the workflow stayed open for ever: nothing reacted to a
 /// completion by hand, and archiving the spec afterwards stopped nothing.
 #[tokio::test(flavor = "multi_thread")]
@@ -1318,9 +1319,22 @@ async fn completing_an_executing_spec_by_hand_stops_its_open_work() {
         Some(completion.reference().as_str())
     );
     let account = format!("/api/v1/billing/account?organization_id={organization}");
-    let (_, account) = app.get(&account).await;
-    assert_eq!(
-        account["usage"]["workflows_used"], 1,
-        "work was done: counted"
-    );
+    let used = || {
+        let (app, account) = (&app, &account);
+        async move { app.get(account).await.1["usage"]["workflows_used"].clone() }
+    };
+    assert_eq!(used().await, 1, "work was done: counted");
+
+    // Completed before any work: a completed spec's workflow stays counted all the same
+    // (archived, it would be given back).
+    let untouched = executing_spec(&app, &project).await;
+    assert_eq!(used().await, 2);
+    app.must(
+        &format!("/api/v1/specs/{untouched}/complete"),
+        json!({}),
+        StatusCode::OK,
+    )
+    .await;
+    app.caught_up().await;
+    assert_eq!(used().await, 2, "a completed spec's workflow stays counted");
 }

@@ -1,8 +1,8 @@
 //! `spec_archival`: archiving an executing spec, or completing it (a person may while its
-//! plan's work is open), stops its work: every open task of its plan is cancelled. Its
-//! workflow is given back to the organization's billing account (its usage and any
-//! credits it took), as a workflow whose start failed is given back, unless agents already
-//! worked on it: then it stays counted, closed as a finished one.
+//! plan's work is open), stops its work: every open task of its plan is cancelled. A
+//! completed spec's workflow stays counted, closed as a finished one; an archived spec's is
+//! given back to the organization's billing account (its usage and any credits it took),
+//! as a workflow whose start failed is given back, unless agents already worked on it.
 //!
 //! A plan's task that `plan_execution` creates after the spec stopped (it read the
 //! approval before the stop committed, and this build handled the stop first, finding the
@@ -172,15 +172,16 @@ async fn archived(tx: &mut PgConnection, event: &StoredEvent) -> Result<(), Proj
         };
         effect::<Task>(tx, event, &id, cancel, &context).await?;
     }
-    // A workflow whose agents did work stays counted (closed as a completed one is);
-    // else archiving after the work was done would give every workflow back.
-    let settle = match worked {
-        true => BillingCommand::FinishWorkflow {
+    // A completed spec's workflow stays counted, as `spec_completion` closes it. An
+    // archived one is given back only when no agent worked on it: else archiving after
+    // the work was done would give every workflow back.
+    let settle = match archival && !worked {
+        false => BillingCommand::FinishWorkflow {
             organization_id,
             spec_id,
             at,
         },
-        false => BillingCommand::CancelWorkflow {
+        true => BillingCommand::CancelWorkflow {
             organization_id,
             spec_id,
             at,

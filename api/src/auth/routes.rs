@@ -673,8 +673,9 @@ async fn list_api_keys(
 
 /// Revokes an API key or an agent's credential at once (needs `apikey:write` in its
 /// organization). One created by a member whose role is above the caller's is revoked only
-/// by its creator or a member of at least that role: an admin does not disable an owner's
-/// keys and agents.
+/// by its creator or a member of at least that role: an admin does not revoke an owner's
+/// keys and agents' credentials. (Moving an agent's status, `terminated` included, is
+/// `agent:write`'s, whoever registered it.)
 #[utoipa::path(delete, path = "/api/v1/auth/api-keys/{id}", tag = "auth",
     params(("id" = Uuid, Path)),
     responses(

@@ -315,6 +315,11 @@ impl Task {
                 if self.stalled_since.is_some() {
                     return Err(TaskError::AlreadyStalled);
                 }
+                // Idle since before this attempt started: a sweep saw the attempt before
+                // (its queue a moment behind the log), not this one.
+                if self.started_at.is_some_and(|started| idle_since < started) {
+                    return Err(TaskError::StallBeforeStart);
+                }
                 Ok(vec![TaskEvent::TaskStalled {
                     agent_id,
                     idle_since,

@@ -80,6 +80,8 @@ pub enum TaskError {
     AlreadyStalled,
     #[error("the assignment given back was started or replaced since")]
     AssignmentMovedOn,
+    #[error("the stall's idle time is before the running attempt's start")]
+    StallBeforeStart,
     #[error("{max} steering messages already wait for the agent")]
     TooMuchSteering { max: usize },
     #[error("the task reported {max} discoveries already, as many as a task may")]
@@ -167,6 +169,7 @@ impl DomainError for TaskError {
             | PriorityUnchanged(_)
             | AlreadyStalled
             | AssignmentMovedOn
+            | StallBeforeStart
             | TooMuchSteering { .. }
             | TooManyDiscoveries { .. } => ErrorKind::Conflict,
         }
@@ -233,6 +236,7 @@ impl DomainError for TaskError {
             PriorityUnchanged(_) => "priority_unchanged",
             AlreadyStalled => "already_stalled",
             AssignmentMovedOn => "assignment_moved_on",
+            StallBeforeStart => "stall_before_start",
             TooMuchSteering { .. } => "too_much_steering",
             TooManyDiscoveries { .. } => "too_many_discoveries",
         }

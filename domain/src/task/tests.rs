@@ -1787,3 +1787,22 @@ fn a_new_assignment_leaves_no_stall_of_the_attempt_before() {
     // The stall policy acts only on a stall the task still shows: none here.
     assert_eq!(again.stalled_since, None);
 }
+
+/// A stall whose idle time is before the running attempt's start is the attempt before's
+/// (a sweep's queue a moment behind the log): refused, so that `stall_policy` never acts
+/// on the new attempt for the old one's silence. From its start on, it is marked.
+#[test]
+fn a_stall_idle_since_before_the_attempts_start_is_refused() {
+    let running: Task = fold(&running_from(created()));
+    assert_eq!(running.started_at, Some(t(20)));
+    let stall = |idle_since| TaskCommand::MarkStalled {
+        idle_since,
+        at: t(100),
+    };
+    let (unchanged, result) = handle(&running, stall(t(19)), &());
+    assert_eq!(result, Err(TaskError::StallBeforeStart));
+    assert_eq!(unchanged, running);
+    let (stalled, result) = handle(&running, stall(t(20)), &());
+    assert!(result.is_ok(), "{result:?}");
+    assert_eq!(stalled.stalled_since, Some(t(20)));
+}
