@@ -65,6 +65,11 @@ fn cursors(events: &[Value]) -> Vec<String> {
 
 /// Has the owner give `task` to `agent`, which runs and completes it.
 async fn run(app: &TestApp, agent: &Agent, task: &str) {
+    run_to(app, agent, task, json!({"ok": true})).await;
+}
+
+/// [`run`], completing the task with `result`.
+async fn run_to(app: &TestApp, agent: &Agent, task: &str, result: Value) {
     let (status, body) = app
         .post(
             &format!("/api/v1/tasks/{task}/assign"),
@@ -77,7 +82,7 @@ async fn run(app: &TestApp, agent: &Agent, task: &str) {
         .must(app, task, "progress", json!({"message": "halfway"}))
         .await;
     agent
-        .must(app, task, "complete", json!({"result": {"ok": true}}))
+        .must(app, task, "complete", json!({"result": result}))
         .await;
 }
 
@@ -338,17 +343,7 @@ async fn a_page_of_an_agents_activity_ends_at_its_weight_and_loses_nothing() {
         tasks.push(app.task(&ticket, &format!("Heavy {n}"), json!({})).await);
     }
     for task in tasks {
-        let (status, body) = app
-            .post(
-                &format!("/api/v1/tasks/{task}/assign"),
-                json!({"agent_id": agent.id}),
-            )
-            .await;
-        assert_eq!(status, StatusCode::OK, "{body}");
-        agent.must(&app, &task, "start", json!({})).await;
-        agent
-            .must(&app, &task, "complete", json!({"result": result}))
-            .await;
+        run_to(&app, &agent, &task, result.clone()).await;
     }
     app.caught_up().await;
 

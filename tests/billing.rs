@@ -1045,9 +1045,8 @@ async fn the_workflow_quota_is_enforced_with_402_and_lifted_by_an_upgrade() {
     assert_eq!(refused["code"], "account_suspended");
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn the_plans_concurrency_cap_limits_claims_until_an_upgrade() {
-    let (app, org, _) = app_with_stripe().await;
+/// `count` pending tasks of one ticket in a new project of `org`: their ids.
+async fn tasks_to_run(app: &TestApp, org: &str, count: usize) -> Vec<String> {
     let (status, project) = app
         .post(
             "/api/v1/projects",
@@ -1064,7 +1063,8 @@ async fn the_plans_concurrency_cap_limits_claims_until_an_upgrade() {
         .await;
     assert_eq!(status, StatusCode::CREATED);
     let ticket = ticket["id"].as_str().expect("an id").to_string();
-    for n in 0..3 {
+    let mut tasks = Vec::new();
+    for n in 0..count {
         let (status, body) = app
             .post(
                 "/api/v1/tasks",
@@ -1072,7 +1072,15 @@ async fn the_plans_concurrency_cap_limits_claims_until_an_upgrade() {
             )
             .await;
         assert_eq!(status, StatusCode::CREATED, "{body}");
+        tasks.push(body["id"].as_str().expect("an id").to_string());
     }
+    tasks
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_plans_concurrency_cap_limits_claims_until_an_upgrade() {
+    let (app, org, _) = app_with_stripe().await;
+    tasks_to_run(&app, &org, 3).await;
     let (status, agent) = app
         .post(
             "/api/v1/agents/register",
@@ -1106,33 +1114,7 @@ async fn the_plans_concurrency_cap_limits_claims_until_an_upgrade() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_persons_assignment_keeps_to_the_plans_cap_and_stops_while_suspended() {
     let (app, org, _) = app_with_stripe().await;
-    let (status, project) = app
-        .post(
-            "/api/v1/projects",
-            json!({"organization_id": org, "name": "Agents"}),
-        )
-        .await;
-    assert_eq!(status, StatusCode::CREATED);
-    let project = project["id"].as_str().expect("an id").to_string();
-    let (status, ticket) = app
-        .post(
-            "/api/v1/tickets",
-            json!({"project_id": project, "title": "Work"}),
-        )
-        .await;
-    assert_eq!(status, StatusCode::CREATED);
-    let ticket = ticket["id"].as_str().expect("an id").to_string();
-    let mut tasks = Vec::new();
-    for n in 0..4 {
-        let (status, body) = app
-            .post(
-                "/api/v1/tasks",
-                json!({"ticket_id": ticket, "title": format!("t{n}"), "task_type": "implement"}),
-            )
-            .await;
-        assert_eq!(status, StatusCode::CREATED, "{body}");
-        tasks.push(body["id"].as_str().expect("an id").to_string());
-    }
+    let tasks = tasks_to_run(&app, &org, 4).await;
     let mut agents = Vec::new();
     for _ in 0..3 {
         let (status, agent) = app

@@ -497,17 +497,16 @@ async fn an_assignment_the_task_refuses_starts_no_lease_for_its_agent() {
 async fn a_key_of_one_project_cannot_tell_another_projects_agent_from_none() {
     let app = omoi_testing::spawn_app().await;
     let (organization, project) = app.organization_and_project().await;
-    let (status, other) = app
-        .post(
+    let other = app
+        .create(
             "/api/v1/projects",
             json!({"organization_id": organization, "name": "Elsewhere"}),
         )
         .await;
-    assert_eq!(status, StatusCode::CREATED, "{other}");
     let (status, elsewhere) = app
         .post(
             "/api/v1/agents/register",
-            json!({"organization_id": organization, "project_id": other["id"], "agent_type": "worker"}),
+            json!({"organization_id": organization, "project_id": other, "agent_type": "worker"}),
         )
         .await;
     assert_eq!(status, StatusCode::CREATED, "{elsewhere}");
