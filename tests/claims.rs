@@ -184,6 +184,59 @@ async fn an_organization_at_its_cap_gets_its_place_back_when_a_claimed_task_fail
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_task_waiting_for_its_blocking_discovery_gives_its_place_to_the_discovery() {
+    // The free plan runs one task at a time: the parent, waiting for the work it found,
+    // would otherwise hold the only place the work needs.
+    let app = omoi_testing::spawn_app().await;
+    let (organization, project) = app.organization_and_project().await;
+    let (finder, helper, bystander) = (
+        app.register_agent(&organization).await,
+        app.register_agent(&organization).await,
+        app.register_agent(&organization).await,
+    );
+    let ticket = app.ticket(&project, "Work").await;
+    let parent = app.task(&ticket, "parent", json!({})).await;
+    assert_eq!(finder.claim(&app, WAIT_SECONDS).await, Some(parent.clone()));
+    finder.must(&app, &parent, "start", json!({})).await;
+
+    let (status, found) = finder
+        .post(
+            &app,
+            &format!("/api/v1/tasks/{parent}/discoveries"),
+            json!({"kind": "dependency", "title": "Upgrade the SDK", "blocks_parent": true}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{found}");
+    let discovery = omoi_testing::id_of(&found);
+    assert_eq!(
+        helper.claim(&app, WAIT_SECONDS).await,
+        Some(discovery.clone())
+    );
+    // The discovery holds the place now: other work waits.
+    let other = app.task(&ticket, "other", json!({})).await;
+    assert_eq!(bystander.claim(&app, 1).await, None);
+
+    helper.must(&app, &discovery, "start", json!({})).await;
+    helper
+        .must(&app, &discovery, "complete", json!({"result": {}}))
+        .await;
+    // Released, the parent holds its place again and completes; then the other work runs.
+    app.eventually(&format!("/api/v1/tasks/{parent}"), |body| {
+        body["state"]["open_discoveries"] == json!([])
+    })
+    .await;
+    assert_eq!(
+        bystander.claim(&app, 1).await,
+        None,
+        "the parent's place again"
+    );
+    finder
+        .must(&app, &parent, "complete", json!({"result": {}}))
+        .await;
+    assert_eq!(bystander.claim(&app, WAIT_SECONDS).await, Some(other));
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn an_agent_may_have_only_a_few_claims_waiting() {
     let app = omoi_testing::spawn_app().await;
     let (organization, _) = app.organization_and_project().await;

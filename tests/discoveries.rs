@@ -122,8 +122,8 @@ async fn a_discovery_becomes_a_task_of_the_ticket_naming_its_parent_and_discover
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_blocking_discovery_holds_its_parent_until_it_completes_or_is_cancelled() {
-    // The free plan runs one task at a time: a discovery its held parent waits for is
-    // assigned in the parent's place.
+    // The free plan runs one task at a time: a task waiting for its blocking discoveries
+    // holds no place meanwhile, so they may be assigned.
     let app = spawn_app().await;
     let (organization, _, task, agent) = running_task(&app).await;
     let helper = app.register_agent(&organization).await;

@@ -1260,9 +1260,11 @@ async fn a_registration_that_fails_leaves_neither_an_agent_nor_a_key() {
 
 /// A run whose completion the task holds back — a blocking discovery was reported (by a
 /// person) while its command ran — keeps its agent on the task and completes it once the
-/// discovery is resolved, here by cancelling it. Before, the worker took the refusal for
-/// "the attempt moved on" and freed its agent: the task stayed running for ever, holding
-/// the organization's one place under the free plan.
+/// discovery is resolved, here by the worker running the discovery in the place the
+/// waiting task gives up under the free plan's cap of one. Before, the worker took the
+/// refusal for "the attempt moved on" and freed its agent: the task stayed running for
+/// ever; and while it waited it held the organization's one place, so the discovery it
+/// waited for never ran.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_completion_held_by_an_open_discovery_is_recorded_once_it_is_resolved() {
     let app = spawn_app().await;
@@ -1272,10 +1274,15 @@ async fn a_completion_held_by_an_open_discovery_is_recorded_once_it_is_resolved(
     let parent = app.task(&ticket, "parent", json!({})).await;
     let worker = Worker::start(
         app.database.pool.clone(),
-        // Long enough for the discovery to be reported while it runs, on a busy machine.
-        config(command("sleep 3; echo done"), &directory),
+        WorkerConfig {
+            // The plans, as `omoi worker` has them: the free plan runs one task at once.
+            plans: Some(omoi_domain::billing::Plans::default()),
+            // Long enough for the discovery to be reported while it runs, on a busy
+            // machine.
+            ..config(command("sleep 3; echo done"), &directory)
+        },
     );
-    app.until_task_status(&parent, "running").await;
+    let running = app.until_task_status(&parent, "running").await;
     let found = app
         .must(
             &format!("/api/v1/tasks/{parent}/discoveries"),
@@ -1285,34 +1292,35 @@ async fn a_completion_held_by_an_open_discovery_is_recorded_once_it_is_resolved(
         .await;
     let discovered = omoi_testing::id_of(&found);
 
-    // The command ended (its last line is in the transcript) and its completion was
-    // refused, more than once: the task still runs, on the same agent.
-    app.eventually(&format!("/api/v1/tasks/{parent}/logs"), |body| {
-        body["lines"]
-            .as_array()
-            .is_some_and(|lines| lines.iter().any(|line| line["text"] == "done"))
-    })
-    .await;
-    tokio::time::sleep(Duration::from_millis(2_500)).await;
-    let waiting = app.task_state(&parent).await;
-    assert_eq!(waiting["status"], "running", "{waiting}");
-    assert_eq!(app.task_state(&discovered).await["status"], "pending");
-
-    app.must(
-        &format!("/api/v1/tasks/{discovered}/cancel"),
-        json!({"reason": "not a blocker after all"}),
-        StatusCode::OK,
-    )
-    .await;
+    let resolved = app.until_task_status(&discovered, "completed").await;
     let completed = app.until_task_status(&parent, "completed").await;
     worker.stop().await;
+    assert_ne!(
+        resolved["assigned_agent_id"], running["assigned_agent_id"],
+        "another agent ran the discovery: {resolved}"
+    );
     assert_eq!(
-        completed["assigned_agent_id"], waiting["assigned_agent_id"],
+        completed["assigned_agent_id"], running["assigned_agent_id"],
         "{completed}"
     );
     assert_eq!(
         completed["result"]["output"],
         json!(["done"]),
         "{completed}"
+    );
+    let kinds: Vec<String> = history(&app, &parent)
+        .await
+        .into_iter()
+        .map(|(kind, _)| kind)
+        .filter(|kind| kind.starts_with("TaskDiscovery") || kind == "TaskCompleted")
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "TaskDiscoveryReported",
+            "TaskDiscoveryResolved",
+            "TaskCompleted"
+        ],
+        "completed once the discovery was resolved"
     );
 }

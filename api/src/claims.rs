@@ -278,7 +278,9 @@ impl Claims {
             unseen.forget_seen(&queue);
             queue
                 .active()
-                .filter(|task| task.organization_id == place.organization_id)
+                .filter(|task| {
+                    task.organization_id == place.organization_id && task.holds_a_place()
+                })
                 .map(|task| task.id)
                 .chain(unseen.tasks_in(place.organization_id))
                 .collect()

@@ -15,8 +15,7 @@ use omoi_domain::agent::{Agent, AgentStatus};
 use omoi_domain::billing::BillingError;
 use omoi_domain::common::{Phase, Priority, Scope, Scoped};
 use omoi_domain::task::{
-    Task, TaskCommand, TaskStatus, ValidationPolicy, Verdict, DEFAULT_MAX_REVISIONS,
-    MAX_DEPENDENCIES,
+    Task, TaskCommand, ValidationPolicy, Verdict, DEFAULT_MAX_REVISIONS, MAX_DEPENDENCIES,
 };
 use omoi_domain::ticket::Ticket;
 use omoi_orchestrator::reservations::Place;
@@ -310,8 +309,8 @@ async fn get_task(
 /// takes only that project's tasks; a terminated agent takes none. This is a person's
 /// decision: an agent's own credential takes work through `POST /api/v1/agents/{id}/claim`,
 /// and is refused here. Like a claim, it keeps to the plan: no task is assigned while the
-/// organization's account is suspended, nor beyond the tasks its plan runs at once — but
-/// for a discovered task its held parent waits for, which runs in the parent's place.
+/// organization's account is suspended, nor beyond the tasks its plan runs at once (a
+/// task waiting for a blocking discovery it reported holds no place meanwhile).
 #[utoipa::path(post, path = "/api/v1/tasks/{id}/assign", tag = "tasks",
     params(("id" = Uuid, Path)), request_body = AssignTask,
     responses(
@@ -427,19 +426,8 @@ async fn assign_task(
         let version = committed.version as u64;
         Ok::<_, ApiError>((Json(Versioned::committed(id, committed)), version))
     };
-    // A discovered task its held parent waits for runs in the parent's place: the parent,
-    // held while it waits, is counted already (else, on the free plan, each would wait for
-    // the other for ever).
-    let in_parents_place = match &task.discovery {
-        Some(discovery) if discovery.blocks_parent => {
-            let (parent, _) = state.load::<Task>(discovery.parent_task_id).await?;
-            parent.open_discoveries.contains(&id)
-                && matches!(parent.status, TaskStatus::Assigned | TaskStatus::Running)
-        }
-        _ => false,
-    };
     let cap = state.billing.plans.concurrency_cap(&account, now);
-    if cap == usize::MAX || in_parents_place {
+    if cap == usize::MAX {
         return assign().await.map(|(assigned, _)| assigned);
     }
     let place = Place {
@@ -452,10 +440,7 @@ async fn assign_task(
         let state = &state;
         async move {
             let (task, _) = state.load::<Task>(task_id).await?;
-            Ok::<_, ApiError>(matches!(
-                task.status,
-                TaskStatus::Assigned | TaskStatus::Running
-            ))
+            Ok::<_, ApiError>(task.holds_a_place())
         }
     };
     state

@@ -514,6 +514,7 @@ mod tests {
             last_progress_at: None,
             stalled: false,
             reassigned_from: None,
+            open_discoveries: Default::default(),
         }
     }
 

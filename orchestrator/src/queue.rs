@@ -64,12 +64,20 @@ pub struct QueuedTask {
     /// The agent a Guardian's reassignment took it from, until another agent has it
     /// (the task refuses that agent: `Task::reassigned_from`).
     pub reassigned_from: Option<Uuid>,
+    /// The blocking discoveries it waits for (`Task::open_discoveries`).
+    pub open_discoveries: BTreeSet<Uuid>,
 }
 
 impl QueuedTask {
     /// Held by an agent: assigned or running.
     pub fn is_active(&self) -> bool {
-        matches!(self.status, TaskStatus::Assigned | TaskStatus::Running)
+        self.status.is_held()
+    }
+
+    /// Holds a place under its organization's and its project's caps: held, and not
+    /// waiting for work it discovered (`TaskStatus::holds_a_place`).
+    pub fn holds_a_place(&self) -> bool {
+        self.status.holds_a_place(!self.open_discoveries.is_empty())
     }
 
     /// Whether an agent of `organization_id` with `capabilities` may run this task: the
@@ -169,7 +177,7 @@ struct Indexed {
     holder: Option<Uuid>,
     /// A retry waiting for its time.
     retry_at: Option<DateTime<Utc>>,
-    /// Held by an agent (assigned or running): its organization and project.
+    /// Holding a place under the caps: its organization and project.
     held_in: Option<(Uuid, Uuid)>,
 }
 
@@ -181,13 +189,14 @@ impl Indexed {
                 .not_before
                 .filter(|_| task.status == TaskStatus::RetryScheduled),
             held_in: task
-                .is_active()
+                .holds_a_place()
                 .then_some((task.organization_id, task.project_id)),
         }
     }
 }
 
-/// Tasks held by agents (assigned or running) in one organization.
+/// Tasks holding places under the caps in one organization
+/// ([`QueuedTask::holds_a_place`]).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ActiveCounts {
     pub per_project: HashMap<Uuid, usize>,
@@ -309,7 +318,6 @@ impl Queue {
             task.status = status;
         }
         let change = match event {
-            // Discoveries change who may complete, not who may be assigned.
             TaskEvent::TaskProgressReported { .. } => {
                 task.last_progress_at = stored.occurred_at().or(task.last_progress_at);
                 task.stalled = false;
@@ -339,13 +347,29 @@ impl Queue {
             | TaskEvent::TrajectoryAssessed { .. }
             | TaskEvent::SteeringDelivered { .. }
             | TaskEvent::TaskDiscovered { .. }
-            | TaskEvent::TaskDiscoveryReported { .. }
-            | TaskEvent::TaskDiscoveryResolved { .. }
+            | TaskEvent::TaskDiscoveryReported {
+                blocks_parent: false,
+                ..
+            }
             | TaskEvent::TaskValidationRequired { .. }
             | TaskEvent::TaskVerdictGiven { .. }
             | TaskEvent::TaskValidationPassed { .. }
             | TaskEvent::TaskValidationAbandoned { .. }
             | TaskEvent::TaskPlanned { .. } => Change::None,
+            // A task waiting for work it discovered gives up its place under the caps
+            // until that work ends: the place may go to the work.
+            TaskEvent::TaskDiscoveryReported {
+                discovered_task_id,
+                blocks_parent: true,
+                ..
+            } => {
+                task.open_discoveries.insert(discovered_task_id);
+                Change::Queue
+            }
+            TaskEvent::TaskDiscoveryResolved { discovered_task_id } => {
+                task.open_discoveries.remove(&discovered_task_id);
+                Change::None
+            }
             TaskEvent::TaskValidationRejected { feedback, .. } => {
                 task.feedback = Some(feedback);
                 Change::None
@@ -676,6 +700,7 @@ impl Queue {
                 last_progress_at: None,
                 stalled: false,
                 reassigned_from: None,
+                open_discoveries: BTreeSet::new(),
             },
         );
         Change::Queue
@@ -811,7 +836,8 @@ impl Queue {
         self.tasks.len()
     }
 
-    /// Tasks held by agents in one organization: per project, and in all.
+    /// Tasks holding places under the caps in one organization
+    /// ([`QueuedTask::holds_a_place`]): per project, and in all.
     pub fn active_in(&self, organization_id: Uuid) -> ActiveCounts {
         self.active
             .get(&organization_id)
@@ -1299,6 +1325,57 @@ mod tests {
         assert_eq!(queue.active_in(Uuid::from_u128(7)), ActiveCounts::default());
     }
 
+    #[test]
+    fn a_task_waiting_for_its_blocking_discoveries_holds_no_place_meanwhile() {
+        let mut queue = Queue::default();
+        let parent = Uuid::from_u128(63);
+        let (first, second) = (Uuid::from_u128(64), Uuid::from_u128(65));
+        queue.apply(&created(parent, Priority::Medium, 0, vec![]));
+        let mut sequence = 1;
+        let mut apply = |queue: &mut Queue, event: TaskEvent| {
+            sequence += 1;
+            let mut stored = stored(parent, event, json!({}));
+            stored.sequence = sequence;
+            queue.apply(&stored)
+        };
+        let at = Utc::now();
+        let agent_id = Uuid::from_u128(70);
+        apply(&mut queue, TaskEvent::TaskAssigned { agent_id, at });
+        apply(&mut queue, TaskEvent::TaskStarted { at });
+        let places = |queue: &Queue| queue.active_in(Uuid::from_u128(1)).organization;
+        assert_eq!(places(&queue), 1);
+        let discovered = |discovered_task_id, blocks_parent| TaskEvent::TaskDiscoveryReported {
+            discovered_task_id,
+            kind: omoi_domain::task::DiscoveryKind::Dependency,
+            blocks_parent,
+        };
+        // Work it does not wait for changes nothing.
+        assert_eq!(
+            apply(&mut queue, discovered(Uuid::from_u128(66), false)),
+            Change::None
+        );
+        assert_eq!(places(&queue), 1);
+        // Waiting for two: its place is free (the dispatcher looks again), until both end.
+        assert_eq!(apply(&mut queue, discovered(first, true)), Change::Queue);
+        apply(&mut queue, discovered(second, true));
+        assert_eq!(places(&queue), 0);
+        assert_eq!(queue.held_by(agent_id).len(), 1, "its agent still holds it");
+        apply(
+            &mut queue,
+            TaskEvent::TaskDiscoveryResolved {
+                discovered_task_id: first,
+            },
+        );
+        assert_eq!(places(&queue), 0);
+        apply(
+            &mut queue,
+            TaskEvent::TaskDiscoveryResolved {
+                discovered_task_id: second,
+            },
+        );
+        assert_eq!(places(&queue), 1);
+    }
+
     /// One event of the property below: which task, and what happens to it.
     #[derive(Debug, Clone)]
     enum Step {
@@ -1310,6 +1387,10 @@ mod tests {
         Submit,
         Complete,
         Cancel,
+        /// A blocking discovery reported (of one of two discovered tasks).
+        Discover(u128),
+        /// That discovery resolved.
+        Resolve(u128),
     }
 
     fn step() -> impl proptest::strategy::Strategy<Value = (usize, Step)> {
@@ -1323,6 +1404,8 @@ mod tests {
             Just(Step::Submit),
             Just(Step::Complete),
             Just(Step::Cancel),
+            (0u128..2).prop_map(Step::Discover),
+            (0u128..2).prop_map(Step::Resolve),
         ];
         (0usize..5, step)
     }
@@ -1360,6 +1443,14 @@ mod tests {
                 at,
             },
             Step::Cancel => TaskEvent::TaskCancelled { reason: None, at },
+            Step::Discover(n) => TaskEvent::TaskDiscoveryReported {
+                discovered_task_id: Uuid::from_u128(500 + n),
+                kind: omoi_domain::task::DiscoveryKind::Bug,
+                blocks_parent: true,
+            },
+            Step::Resolve(n) => TaskEvent::TaskDiscoveryResolved {
+                discovered_task_id: Uuid::from_u128(500 + n),
+            },
         }
     }
 
@@ -1453,8 +1544,9 @@ mod tests {
         }
 
         /// Whatever events arrive in whatever order, the side indexes say what a scan of
-        /// every open task says: the tasks each agent holds, the next retry, the held
-        /// tasks of an organization, and the ready tasks a set of capabilities may run.
+        /// every open task says: the tasks each agent holds, the next retry, the places an
+        /// organization's tasks hold (held, and waiting for no blocking discovery), and the
+        /// ready tasks a set of capabilities may run.
         #[test]
         fn the_side_indexes_agree_with_a_scan_of_every_task(
             steps in proptest::collection::vec(step(), 0..60)
@@ -1501,7 +1593,11 @@ mod tests {
                     let mut scanned = ActiveCounts::default();
                     for task in open
                         .iter()
-                        .filter(|t| t.organization_id == organization && t.is_active())
+                        .filter(|t| {
+                            t.organization_id == organization
+                                && t.is_active()
+                                && t.open_discoveries.is_empty()
+                        })
                     {
                         scanned.hold(task.project_id);
                     }

@@ -1159,30 +1159,32 @@ impl Runtime {
         // cap. Within them, only tasks this worker's agents could run: another
         // organization's backlog, or work needing a capability they lack, costs a pass
         // nothing.
-        let mut agents_of: HashMap<Uuid, (usize, bool)> = HashMap::new();
+        let mut agents_of: HashMap<Uuid, (usize, usize)> = HashMap::new();
         for agent in self.agents.values() {
-            let (count, free) = agents_of.entry(agent.organization_id).or_insert((0, false));
+            let (count, free) = agents_of.entry(agent.organization_id).or_insert((0, 0));
             *count += 1;
-            *free |= agent.task.is_none() && !agent.quarantined;
+            *free += usize::from(agent.task.is_none() && !agent.quarantined);
         }
         let most = self.config.agents_per_organization;
         let has_agents = |organization: &Uuid| {
             self.serves(*organization)
                 && agents_of
                     .get(organization)
-                    .is_none_or(|(count, free)| *free || *count < most)
+                    .is_none_or(|(count, free)| *free > 0 || *count < most)
         };
         let organizations: Vec<Uuid> = self.queue.organizations().filter(has_agents).collect();
         // Nor those holding as many tasks as they may (held tasks this worker's queue has
         // not read back count): their backlogs are not ranked at all.
         let unseen_held = self.claimed.held();
         let mut organization_caps = HashMap::new();
+        let mut places_left = HashMap::new();
         for organization in organizations {
             let cap = self.organization_cap(organization).await;
             let held = self.queue.active_in(organization).organization
                 + unseen_held.get(&organization).map_or(0, |c| c.organization);
             if held < cap {
                 organization_caps.insert(organization, cap);
+                places_left.insert(organization, cap - held);
             }
         }
         let candidates = self.queue.ready_for(
@@ -1194,7 +1196,8 @@ impl Runtime {
         if candidates.is_empty() {
             return;
         }
-        self.ensure_agents(&candidates, &agents_of).await;
+        self.ensure_agents(&candidates, &agents_of, &places_left)
+            .await;
         let limits = Limits {
             project_concurrency: self.config.project_concurrency,
             organization_caps,
@@ -1334,13 +1337,18 @@ impl Runtime {
         cap
     }
 
-    /// Registers agents for organizations with more ready tasks they could run than
-    /// agents, up to `agents_per_organization` each, concurrently.
-    /// `agents_of` holds each organization's agents (how many, whether one is free).
+    /// Registers agents for organizations with more ready tasks they could run now (no
+    /// more than their places left under the cap) than free agents, up to
+    /// `agents_per_organization` each, concurrently. `agents_of` holds each
+    /// organization's agents (how many, how many are free), `places_left` the tasks each
+    /// may still take. Agents at work count as taken: a task ready while an
+    /// organization's one agent runs another gets a second agent if the plan lets it run
+    /// beside (before, only once more tasks were ready than the organization had agents).
     async fn ensure_agents(
         &mut self,
         candidates: &Ranked,
-        agents_of: &HashMap<Uuid, (usize, bool)>,
+        agents_of: &HashMap<Uuid, (usize, usize)>,
+        places_left: &HashMap<Uuid, usize>,
     ) {
         // Per organization: the ready tasks a new agent could run (every candidate: they
         // are the served organizations' tasks this worker's agents could run), and whether
@@ -1348,6 +1356,7 @@ impl Runtime {
         // its only one, a task a Guardian took from its only one).
         let most = self.config.agents_per_organization;
         let own = |organization: &Uuid| agents_of.get(organization).map_or(0, |(count, _)| *count);
+        let free = |organization: &Uuid| agents_of.get(organization).map_or(0, |(_, free)| *free);
         // An organization with all the agents it may have gets none: its candidates
         // (most of a pass's, once the agents are registered) are not looked at.
         let short = |organization: &Uuid| own(organization) < most;
@@ -1373,8 +1382,14 @@ impl Runtime {
         }
         let mut registrations = Vec::new();
         for (organization_id, (ready, unsuited)) in wanted {
+            let ready = ready.min(places_left.get(&organization_id).copied().unwrap_or(0));
+            let working = own(&organization_id) - free(&organization_id);
             let own = own(&organization_id);
-            let needed = if unsuited { ready.max(own + 1) } else { ready };
+            let needed = if unsuited {
+                (working + ready).max(own + 1)
+            } else {
+                working + ready
+            };
             let target = needed.min(most);
             registrations.extend((own..target).map(|n| (organization_id, n + 1)));
         }

@@ -84,6 +84,21 @@ impl TaskStatus {
         )
     }
 
+    /// Held by an agent: assigned or running.
+    pub fn is_held(self) -> bool {
+        matches!(self, Self::Assigned | Self::Running)
+    }
+
+    /// Whether a task in this status, with `open_discoveries` (blocking discoveries not
+    /// yet resolved) or none, holds a place under its organization's and its project's
+    /// caps: held by an agent and not waiting for work it discovered. A task waiting gives
+    /// its place to that work while it waits — else, at a cap of one, each would wait for
+    /// the other for ever. The one rule of the claims, the worker and a person's
+    /// assignment.
+    pub fn holds_a_place(self, open_discoveries: bool) -> bool {
+        self.is_held() && !open_discoveries
+    }
+
     /// Dependencies may change only while no agent holds the task.
     pub fn accepts_dependency_changes(self) -> bool {
         self.is_assignable()
@@ -193,6 +208,11 @@ pub struct Task {
 impl Task {
     fn exists(&self) -> bool {
         self.id.is_some()
+    }
+
+    /// Whether the task holds a place under the caps ([`TaskStatus::holds_a_place`]).
+    pub fn holds_a_place(&self) -> bool {
+        self.status.holds_a_place(!self.open_discoveries.is_empty())
     }
 
     /// Refuses `action` unless the task exists and is in one of the `allowed` statuses.
