@@ -442,6 +442,60 @@ async fn a_resumption_older_than_memory_is_read_back_from_the_database_or_is_sta
     assert_eq!(next(&mut socket).await["code"], "invalid_cursor");
 }
 
+/// Two subscriptions of one slow connection resume from the database at once: they take
+/// turns reading it (a page of at most the connection's 1 MiB budget each), and each
+/// gets every missed event once, in order.
+#[tokio::test(flavor = "multi_thread")]
+async fn replays_of_one_connection_take_turns_and_each_gets_every_event_in_order() {
+    let app = spawn_app_with(LiveConfig {
+        replay_buffer: 2,
+        queue_capacity: 4,
+        ..LiveConfig::default()
+    })
+    .await;
+    let (_, project) = app.organization_and_project().await;
+    let mut socket = owner_socket(&app).await;
+    send(&mut socket, subscribe("s", &project)).await;
+    let start = position(&next_of(&mut socket, "snapshot", "s").await);
+    // About 1.5 MB of events: more than one page of a replay.
+    let description = "z".repeat(19_000);
+    let mut created = Vec::new();
+    for chunk in 0..5 {
+        let batch = (0..16).map(|n| {
+            let body = json!({"project_id": project, "title": format!("Big {chunk}-{n}"),
+                              "description": description});
+            app.post("/api/v1/tickets", body)
+        });
+        for (status, body) in futures_util::future::join_all(batch).await {
+            assert_eq!(status, StatusCode::CREATED, "{body}");
+            created.push(body["id"].as_str().expect("an id").to_string());
+        }
+    }
+    let live = expect_deltas(&app, &mut socket, "s", &project, &start, &created).await;
+    let live: Vec<String> = live.iter().map(position).collect();
+
+    let token = app.token.clone().expect("a token");
+    let mut slow = slow_socket(&app, &token).await;
+    for id in ["a", "b"] {
+        let mut resume = subscribe(id, &project);
+        resume["after"] = json!(start);
+        send(&mut slow, resume).await;
+    }
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    let mut replayed: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    while replayed.values().map(Vec::len).sum::<usize>() < 2 * live.len() {
+        let message = next(&mut slow).await;
+        let id = message["id"].as_str().expect("an id").to_string();
+        match message["type"].as_str() {
+            Some("snapshot") => assert_eq!(message["resumed"], true, "{message}"),
+            Some("delta") => replayed.entry(id).or_default().push(position(&message)),
+            _ => panic!("{message}"),
+        }
+    }
+    assert_eq!(replayed.get("a"), Some(&live));
+    assert_eq!(replayed.get("b"), Some(&live));
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_client_that_does_not_read_gets_resync_while_others_get_everything() {
     let app = spawn_app_with(LiveConfig {
@@ -1884,6 +1938,53 @@ async fn a_logs_message_carries_at_most_a_quarter_megabyte_of_lines() {
     let expected: Vec<(i64, String)> = (1..=300).map(|n| (n as i64, text(n))).collect();
     assert_eq!(received, expected);
     assert!(messages >= 5, "{messages} messages");
+}
+
+/// A transcript longer than the connection's queue and the socket's buffers, read by a
+/// client that lets it wait past the grace for a full queue, arrives whole and in order:
+/// it is read at the client's pace. Before, the full queue resynced the subscription, and
+/// the dashboard, subscribing again from the first line, never got to the end of it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_slow_reader_of_a_long_transcript_gets_every_line_without_a_resync() {
+    let app = spawn_app_with(LiveConfig {
+        queue_capacity: 4,
+        slow_client_grace: Duration::from_millis(200),
+        ..LiveConfig::default()
+    })
+    .await;
+    let (organization, project) = app.organization_and_project().await;
+    let agent = app.register_agent(&organization).await;
+    let ticket = app.ticket(&project, "Work").await;
+    let task = app.task(&ticket, "Verbose", json!({})).await;
+    assert_eq!(agent.claim(&app, 5).await, Some(task.clone()));
+    agent.must(&app, &task, "start", json!({})).await;
+    // About 8 MB: more than the queue (1 MiB) and the kernel's buffers hold.
+    let text = |n: usize| format!("{n:05}{}", "y".repeat(3_995));
+    let total = 2_000;
+    for chunk in 0..total / 50 {
+        let lines: Vec<String> = (chunk * 50 + 1..=chunk * 50 + 50).map(text).collect();
+        agent
+            .must(&app, &task, "logs", json!({ "lines": lines }))
+            .await;
+    }
+
+    let token = app.token.clone().expect("a token");
+    let mut slow = slow_socket(&app, &token).await;
+    send(
+        &mut slow,
+        json!({"type": "subscribe", "id": "log", "stream": "logs", "task_id": task}),
+    )
+    .await;
+    next_of(&mut slow, "snapshot", "log").await;
+    // Reads nothing for ten times the grace.
+    tokio::time::sleep(Duration::from_millis(2_000)).await;
+    let received = log_lines(&mut slow, "log", total as i64).await;
+    let expected: Vec<(i64, String)> = (1..=total).map(|n| (n as i64, text(n))).collect();
+    assert!(
+        received == expected,
+        "{} lines, not every one in order",
+        received.len()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -116,6 +116,9 @@ pub struct Link {
     /// What the socket authenticates with: verified again every `recheck_interval`.
     credential: Arc<Mutex<Credential>>,
     grace: Duration,
+    /// One turn: a subscription's read of its backlog from the database, held until what
+    /// it read is queued ([`Self::read_turn`]).
+    reads: Arc<Semaphore>,
 }
 
 impl Link {
@@ -153,6 +156,21 @@ impl Link {
             .unwrap_or_else(PoisonError::into_inner) = fresh;
         self.send(&ServerMessage::Authenticated).await;
         Ok(())
+    }
+
+    /// The connection's turn to read a subscription's backlog from the database (a page of
+    /// a replay, a message of a transcript), to be held until what was read is queued:
+    /// however many subscriptions a connection has, one such read waits in memory beside
+    /// its queue. Before, each of a slow reader's 32 replays held a page of up to 4 MiB
+    /// while it waited for room. `None` once the connection is gone.
+    pub async fn read_turn(&self) -> Option<OwnedSemaphorePermit> {
+        self.reads.clone().acquire_owned().await.ok()
+    }
+
+    /// The most bytes the connection's queue holds: what a read of a backlog fetches at
+    /// most (at least one item).
+    pub fn budget(&self) -> usize {
+        self.budget
     }
 
     /// The caller as last verified.
@@ -323,6 +341,7 @@ pub async fn drive(
         caller: caller_rx,
         credential: credential.clone(),
         grace: config.slow_client_grace,
+        reads: Arc::new(Semaphore::new(1)),
     };
     let writer = Writer {
         sink,

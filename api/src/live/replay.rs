@@ -8,7 +8,7 @@
 //! — not reading — at most `replay_limit` + 1 of them; more, and the client gets a fresh,
 //! `stale` snapshot.
 
-use omoi_store::log::{count_global, read_global_within, Visibility, PAGE_BYTES};
+use omoi_store::log::{count_global, read_global_within, Visibility};
 use omoi_store::{Cursor, StoredEvent};
 use uuid::Uuid;
 
@@ -124,8 +124,8 @@ impl Start {
     }
 }
 
-/// Sends the kept events of `(after, until]` from the database, one page in memory at a
-/// time. The position of the last one sent (`after` when none was), or `None` when the
+/// Sends the kept events of `(after, until]` from the database, one page of at most the
+/// connection's queue budget in memory at a time, in the connection's read turn. The position of the last one sent (`after` when none was), or `None` when the
 /// connection is gone.
 async fn send_from_database(
     link: &Link,
@@ -140,7 +140,10 @@ async fn send_from_database(
     let mut cursor = after;
     let mut last = after;
     loop {
-        let page = read_global_within(pool, cursor, batch, PAGE_BYTES, &visibility)
+        let Some(_turn) = link.read_turn().await else {
+            return Ok(None);
+        };
+        let page = read_global_within(pool, cursor, batch, link.budget(), &visibility)
             .await?
             .page;
         if page.events.is_empty() {

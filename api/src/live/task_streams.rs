@@ -166,6 +166,11 @@ impl LogsPlan {
         // Taken before the first read, so a write during any read is not missed.
         let mut written = hub.transcript_writes();
         while alive.get() {
+            // The read and the queueing of what it read are one turn of the connection's:
+            // a slow reader holds one message of its transcripts in memory at a time.
+            let Some(turn) = link.read_turn().await else {
+                return;
+            };
             let read = transcripts::read(
                 link.state.pool(),
                 self.task_id,
@@ -207,12 +212,16 @@ impl LogsPlan {
                         })
                         .collect(),
                 };
-                match link.offer(&alive, Frame::Own(encode(&message))).await {
-                    Offer::Queued => continue,
-                    Offer::Full => return link.resync(&alive, Some(&self.id)),
-                    Offer::Closed => return,
+                // Waiting for room, as a replay does: a transcript is read at its reader's
+                // pace (nothing shared falls behind), where a resync made a slow reader of
+                // a long transcript start it over for ever.
+                if !link.send_for(&alive, Frame::Own(encode(&message))).await {
+                    return;
                 }
+                drop(turn);
+                continue;
             }
+            drop(turn);
             wait_for_write(&mut written, self.task_id, poll).await;
         }
     }
