@@ -730,6 +730,55 @@ async fn the_socket_takes_each_refreshed_token_and_outlives_the_first() -> anyho
     Ok(())
 }
 
+/// A socket refused for another reason than its token — the user's one socket is held
+/// elsewhere (429) — is tried again without asking for a new token: every refused upgrade
+/// rotated the refresh token, every few seconds for ever, spending the address's refresh
+/// quota (which signing in shares). Once the other socket closes, the page connects, by
+/// the token's cookie.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_socket_refused_for_another_reason_than_its_token_reconnects_without_refreshing(
+) -> anyhow::Result<()> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let app = spawn_app_with(LiveConfig {
+        max_sockets_per_principal: 1,
+        ..test_live_config()
+    })
+    .await;
+    let (_, project) = app.organization_and_project().await;
+    let mut request = app
+        .url("/api/v1/ws")
+        .replacen("http", "ws", 1)
+        .into_client_request()?;
+    let bearer = format!("Bearer {}", app.token.clone().expect("a token"));
+    request
+        .headers_mut()
+        .insert("authorization", bearer.parse()?);
+    let (held, _) = tokio_tungstenite::connect_async(request).await?;
+    let browser = signed_in(&app, &format!("/p/{project}/board")).await?;
+    expect(
+        &browser,
+        "refused",
+        "document.getElementById('connection')?.dataset.state === 'reconnecting'",
+    )
+    .await;
+    let refresh_tokens = || {
+        sqlx::query_scalar::<_, i64>("select count(*) from refresh_tokens")
+            .fetch_one(&app.database.pool)
+    };
+    let before = refresh_tokens().await?;
+    // Refused again and again meanwhile (at about 0.5, 1, 2 and 4 s).
+    tokio::time::sleep(std::time::Duration::from_secs(6)).await;
+    assert_eq!(
+        refresh_tokens().await?,
+        before,
+        "no token refreshed for a refusal that was not the token's"
+    );
+    drop(held);
+    expect(&browser, "live-at-last", CONNECTION_LIVE).await;
+    browser.quit().await;
+    Ok(())
+}
+
 /// A session the server revoked signs the page out once its socket is refused (it
 /// retried every five seconds forever: the refused upgrade closes as 1006, and a failed
 /// refresh was swallowed).

@@ -13,9 +13,10 @@ use axum::Router;
 use crate::error::ApiError;
 use crate::state::AppState;
 
-/// What the app's pages may load: only this origin's files and sockets, nothing inline.
+/// What the app's pages may load: only this origin's files and sockets (`'self'` covers
+/// its `ws:`/`wss:` address), nothing inline.
 const CONTENT_SECURITY_POLICY: &str = "default-src 'self'; script-src 'self'; \
-     style-src 'self'; img-src 'self' data:; connect-src 'self' ws: wss:; \
+     style-src 'self'; img-src 'self' data:; connect-src 'self'; \
      frame-ancestors 'none'; base-uri 'none'; form-action 'self'";
 
 /// `/docs` also loads Swagger UI's stylesheet, whose React components set inline styles.

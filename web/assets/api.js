@@ -90,6 +90,20 @@ export function sessionEnded(error) {
   return error instanceof Problem && error.status === 401;
 }
 
+/** Whether the server refuses the access token now (401 to a plain read), as against
+ * anything else — an answer refused for another reason, or none at all. */
+export async function tokenRefused() {
+  try {
+    const response = await fetch("/api/v1/auth/me", {
+      headers: accessToken ? { authorization: `Bearer ${accessToken}` } : {},
+      credentials: "same-origin",
+    });
+    return response.status === 401;
+  } catch {
+    return false;
+  }
+}
+
 /** A failed refresh that did not end the session, as the problem to show. */
 function unanswered(error) {
   if (error instanceof Problem) return error;

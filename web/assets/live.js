@@ -5,7 +5,7 @@
 // snapshot. No polling: when the socket is down the indicator says so and a reconnection
 // is tried with a growing delay.
 
-import { token, refresh, forget, sessionEnded, onToken } from "./api.js";
+import { token, tokenRefused, refresh, forget, sessionEnded, onToken } from "./api.js";
 import { comparePositions } from "./dom.js";
 
 const subscriptions = new Map();
@@ -34,7 +34,7 @@ function setState(next) {
 
 // A refreshed token is handed to the open socket, which would otherwise be closed (4401)
 // once the token it opened with expires, and reconnect every quarter of an hour. A socket
-// still connecting gets it once open (its address carries the older one).
+// still connecting gets it once open (it opened with the cookie's, the older one).
 let socketToken = null;
 onToken(() => {
   if (socket?.readyState === WebSocket.OPEN) authenticate();
@@ -45,9 +45,10 @@ function authenticate() {
   socket.send(JSON.stringify({ type: "authenticate", token: socketToken }));
 }
 
-/** Opens the socket (once signed in). */
+/** Opens the socket (once signed in), at once if a reconnection was waiting. */
 export function connect() {
   wanted = true;
+  clearTimeout(reconnectTimer);
   if (socket) return;
   open();
 }
@@ -62,10 +63,13 @@ export function disconnect() {
   setState("offline");
 }
 
+// The upgrade is authenticated by the access token's HttpOnly cookie, which the server
+// sets beside every token it hands out (and checks the page's origin for): a token in the
+// address would be written to every proxy's access log.
 function open() {
   const scheme = location.protocol === "https:" ? "wss" : "ws";
   socketToken = token();
-  const address = `${scheme}://${location.host}/api/v1/ws?token=${encodeURIComponent(socketToken || "")}`;
+  const address = `${scheme}://${location.host}/api/v1/ws`;
   setState(attempts === 0 ? "connecting" : "reconnecting");
   const current = new WebSocket(address);
   socket = current;
@@ -85,22 +89,27 @@ function open() {
     setState("reconnecting");
     // 4401: the token expired or was revoked. A socket refused before it opened may have
     // been refused for the same reason (an upgrade answered 401 closes as 1006: the
-    // browser does not say why). Either way a fresh token is asked for, and a session the
-    // server no longer knows signs out instead of retrying forever; a server out of reach
-    // (the refresh fails without an answer) is tried again.
-    if (closed.code === 4401 || !opened) {
+    // browser does not say why), or for another (too many sockets, a proxy that does not
+    // upgrade): a plain read tells them apart, and only a refused token asks for a fresh
+    // one. Before, every refusal rotated the refresh token, every few seconds for ever,
+    // and a few such tabs spent their address's refresh quota (which signing in shares).
+    // A session the server no longer knows signs out instead of retrying forever; a
+    // server out of reach (the refresh fails without an answer) is tried again.
+    if (closed.code === 4401 || (!opened && (await tokenRefused()))) {
       const ended = await refresh().then(() => false, sessionEnded);
       if (ended) {
         forget();
         return;
       }
     }
-    // Signed out while the refresh was under way.
-    if (!wanted) return;
+    // Signed out while the refresh was under way, or signed in again and connected.
+    if (!wanted || socket) return;
     attempts += 1;
     // Jittered, so that the tabs of a restarted server do not all come back at once.
     const delay = Math.min(5000, 250 * 2 ** Math.min(attempts, 5)) * (0.75 + Math.random() / 2);
-    reconnectTimer = setTimeout(open, delay);
+    reconnectTimer = setTimeout(() => {
+      if (wanted && !socket) open();
+    }, delay);
   };
 }
 
