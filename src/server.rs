@@ -316,7 +316,7 @@ pub async fn bootstrap_dev(state: &AppState) -> anyhow::Result<Option<DevBootstr
         .await
         .map_err(|e| anyhow::anyhow!("creating the dev project: {e}"))?;
     let key = omoi_api::auth::keys::generate();
-    accounts::insert_api_key(
+    let written = accounts::insert_api_key(
         state.pool(),
         &accounts::ApiKeyRecord {
             id: uuid::Uuid::now_v7(),
@@ -333,6 +333,9 @@ pub async fn bootstrap_dev(state: &AppState) -> anyhow::Result<Option<DevBootstr
         },
     )
     .await?;
+    if !written {
+        anyhow::bail!("the dev user is not a member of the dev organization");
+    }
     Ok(Some(DevBootstrap {
         email,
         password,

@@ -892,6 +892,87 @@ async fn the_revocation_commits_or_rolls_back_with_the_removal() {
     assert_eq!(status, StatusCode::OK, "{body}");
 }
 
+/// A key or an agent credential made while its creator is being removed — the removal
+/// appended in a transaction not yet committed — waits for the removal and is refused
+/// (404), where it was written unrevoked: it outlived the removal, and worked again once
+/// its creator was added back.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_key_made_while_its_creator_is_being_removed_does_not_outlive_the_removal() {
+    let app = spawn_app().await;
+    let org = setup(&app).await;
+    let admin = member(&app, &org, "admin@example.com", "admin").await;
+    let live_keys = || {
+        sqlx::query_scalar::<_, i64>(
+            "select count(*) from api_keys where created_by = $1 and revoked_at is null",
+        )
+        .bind(admin.id)
+        .fetch_one(&app.database.pool)
+    };
+    let mut removal = app.database.pool.begin().await.expect("a transaction");
+    sqlx::query(
+        "insert into events (aggregate_type, aggregate_id, sequence, event_type, event_version,
+                             payload, metadata)
+         select 'Organization', $1, max(sequence) + 1, 'MemberRemoved', '1',
+                jsonb_build_object('MemberRemoved', jsonb_build_object('principal', $2::text)),
+                '{}'::jsonb
+           from events where aggregate_type = 'Organization' and aggregate_id = $1",
+    )
+    .bind(&org.id)
+    .bind(admin.principal())
+    .execute(&mut *removal)
+    .await
+    .expect("the removal appended");
+
+    let make_key = send(
+        &app,
+        &admin.token,
+        Method::POST,
+        "/api/v1/auth/api-keys",
+        Some(json!({"name": "late", "organization_id": org.id, "role": "member"})),
+    );
+    let register = send(
+        &app,
+        &admin.token,
+        Method::POST,
+        "/api/v1/agents/register",
+        Some(json!({"organization_id": org.id, "agent_type": "worker"})),
+    );
+    let commit_once_both_wait = async {
+        // Both wait for the removal's lock on the membership (for 10 s at most: written
+        // without waiting, they are refused below).
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while std::time::Instant::now() < until {
+            let waiting: i64 = sqlx::query_scalar(
+                "select count(*) from pg_stat_activity
+                  where datname = current_database() and wait_event_type = 'Lock'",
+            )
+            .fetch_one(&app.database.pool)
+            .await
+            .expect("the activity");
+            if waiting >= 2 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        removal.commit().await.expect("the removal committed");
+    };
+    let ((key_status, key_body), (agent_status, agent_body), ()) =
+        tokio::join!(make_key, register, commit_once_both_wait);
+    assert_eq!(key_status, StatusCode::NOT_FOUND, "{key_body}");
+    assert_eq!(agent_status, StatusCode::NOT_FOUND, "{agent_body}");
+    assert_eq!(live_keys().await.expect("count"), 0);
+
+    // Added back, they have no key of before.
+    let (status, body) = app
+        .post(
+            &members_path(&org),
+            json!({"principal": admin.principal(), "role": "admin"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(live_keys().await.expect("count"), 0);
+}
+
 /// A member is someone: a user who exists, or an agent of the organization. Anyone else
 /// — a made-up user, another organization's agent — is 422 `unknown_principal` and
 /// nothing is written; a member lacking `org:members:write` learns nothing of who exists

@@ -234,7 +234,12 @@ async fn agent_credential(
         revoked_at: None,
         agent_id: Some(agent.agent_id),
     };
-    omoi_store::accounts::insert_api_key(state.pool(), &record).await?;
+    if !omoi_store::accounts::insert_api_key(state.pool(), &record).await? {
+        // Removed from the organization while the agent was registered.
+        return Err(ApiError::NotFound {
+            what: "organization",
+        });
+    }
     Ok((record.id, new.secret))
 }
 

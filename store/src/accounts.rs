@@ -491,11 +491,21 @@ fn key_from(row: &sqlx::postgres::PgRow) -> Result<ApiKeyRecord, sqlx::Error> {
     })
 }
 
-pub async fn insert_api_key(pool: &PgPool, key: &ApiKeyRecord) -> Result<(), sqlx::Error> {
-    sqlx::query(
+/// Writes `key` while its creator is a member of its organization (or a super admin); false,
+/// writing nothing, once they are not. The membership row is read `for share`: a removal
+/// under way (which revokes every key its member created, in the transaction appending
+/// `MemberRemoved`) is waited for and then seen, and a removal coming after waits for this
+/// key and then revokes it too. Before, a key written while its creator was being removed
+/// outlived the removal, and worked again if they were added back.
+pub async fn insert_api_key(pool: &PgPool, key: &ApiKeyRecord) -> Result<bool, sqlx::Error> {
+    let written = sqlx::query(
         "insert into api_keys (id, prefix, secret_sha256, name, organization_id, project_id, role,
                                created_by, agent_id)
-         values ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+         select $1, $2, $3, $4, $5, $6, $7, $8, $9
+          where exists (select 1 from organization_members
+                         where organization_id = $5 and principal = 'user:' || $8::text
+                           for share)
+             or exists (select 1 from users where id = $8 and is_super_admin)",
     )
     .bind(key.id)
     .bind(&key.prefix)
@@ -508,7 +518,7 @@ pub async fn insert_api_key(pool: &PgPool, key: &ApiKeyRecord) -> Result<(), sql
     .bind(key.agent_id)
     .execute(pool)
     .await?;
-    Ok(())
+    Ok(written.rows_affected() == 1)
 }
 
 /// A key as authentication needs it: the row, and what its creator is now.

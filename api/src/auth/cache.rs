@@ -5,8 +5,9 @@
 //! throughput. An accepted credential is remembered for `ttl` (1 s by default). Changes made
 //! through this process — logout, refresh-token reuse, API-key revocation, membership
 //! changes (which also drop the API keys the member created) — drop the affected entries at
-//! once; changes made through another replica take effect here within `ttl`. A `ttl` of
-//! zero disables the cache.
+//! once, and a credential read from the database before such a change is not remembered
+//! after it ([`CredentialCache::generation`]); changes made through another replica take
+//! effect here within `ttl`. A `ttl` of zero disables the cache.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -29,15 +30,30 @@ pub enum CredentialKey {
 
 pub struct CredentialCache {
     ttl: Duration,
-    entries: Mutex<HashMap<CredentialKey, (Instant, Caller)>>,
+    entries: Mutex<Entries>,
+}
+
+#[derive(Default)]
+struct Entries {
+    by_key: HashMap<CredentialKey, (Instant, Caller)>,
+    /// Counts the forgets: a credential read before one is not put after it.
+    generation: u64,
 }
 
 impl CredentialCache {
     pub fn new(ttl: Duration) -> Self {
         Self {
             ttl,
-            entries: Mutex::new(HashMap::new()),
+            entries: Mutex::new(Entries::default()),
         }
+    }
+
+    /// Taken before a credential is read from the database, and handed to [`Self::put`]:
+    /// a forget in between (the key revoked, the member removed, the user logged out while
+    /// the read ran) keeps what the read found out of the cache — else it was remembered,
+    /// as it stood before the change, for another `ttl`.
+    pub fn generation(&self) -> u64 {
+        self.entries.lock().map_or(0, |entries| entries.generation)
     }
 
     pub fn get(&self, key: &CredentialKey) -> Option<Caller> {
@@ -45,25 +61,32 @@ impl CredentialCache {
             return None;
         }
         let entries = self.entries.lock().ok()?;
-        let (stored_at, caller) = entries.get(key)?;
+        let (stored_at, caller) = entries.by_key.get(key)?;
         (stored_at.elapsed() < self.ttl).then(|| caller.clone())
     }
 
-    pub fn put(&self, key: CredentialKey, caller: &Caller) {
+    /// Remembers `caller`, read from the database after [`Self::generation`] answered
+    /// `read_at`, unless something was forgotten since.
+    pub fn put(&self, key: CredentialKey, caller: &Caller, read_at: u64) {
         if self.ttl.is_zero() {
             return;
         }
         let Ok(mut entries) = self.entries.lock() else {
             return;
         };
-        if entries.len() >= MAX_ENTRIES {
+        if entries.generation != read_at {
+            return;
+        }
+        if entries.by_key.len() >= MAX_ENTRIES {
             let ttl = self.ttl;
-            entries.retain(|_, (stored_at, _)| stored_at.elapsed() < ttl);
-            if entries.len() >= MAX_ENTRIES {
-                entries.clear();
+            entries
+                .by_key
+                .retain(|_, (stored_at, _)| stored_at.elapsed() < ttl);
+            if entries.by_key.len() >= MAX_ENTRIES {
+                entries.by_key.clear();
             }
         }
-        entries.insert(key, (Instant::now(), caller.clone()));
+        entries.by_key.insert(key, (Instant::now(), caller.clone()));
     }
 
     /// Forgets every credential whose authority rests on `user` — their tokens and the
@@ -72,14 +95,75 @@ impl CredentialCache {
     /// they have left).
     pub fn forget_user(&self, user: Uuid) {
         if let Ok(mut entries) = self.entries.lock() {
-            entries.retain(|_, (_, caller)| !caller.rests_on(user));
+            entries.generation += 1;
+            entries
+                .by_key
+                .retain(|_, (_, caller)| !caller.rests_on(user));
         }
     }
 
     /// Forgets every API key (a key was revoked; keys are few and cheap to reload).
     pub fn forget_api_keys(&self) {
         if let Ok(mut entries) = self.entries.lock() {
-            entries.retain(|key, _| !matches!(key, CredentialKey::ApiKey(_)));
+            entries.generation += 1;
+            entries
+                .by_key
+                .retain(|key, _| !matches!(key, CredentialKey::ApiKey(_)));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use chrono::Utc;
+
+    use super::*;
+    use crate::auth::Identity;
+
+    fn user(id: Uuid) -> Caller {
+        Caller {
+            identity: Identity::User {
+                id,
+                super_admin: false,
+                token: (Uuid::now_v7(), Utc::now()),
+            },
+            roles: HashMap::new(),
+            request_id: String::new(),
+        }
+    }
+
+    #[test]
+    fn a_credential_read_before_a_forget_is_not_remembered_after_it() {
+        let cache = CredentialCache::new(Duration::from_secs(60));
+        let (someone, another) = (Uuid::now_v7(), Uuid::now_v7());
+        let key = |n: u128| CredentialKey::Token(Uuid::from_u128(n));
+
+        let read_at = cache.generation();
+        cache.put(key(1), &user(someone), read_at);
+        assert!(
+            cache.get(&key(1)).is_some(),
+            "read and put with nothing between"
+        );
+
+        // A read under way while a key is revoked, or while another user logs out.
+        let forgets: [&dyn Fn(&CredentialCache); 2] =
+            [&|cache| cache.forget_api_keys(), &|cache| {
+                cache.forget_user(another)
+            }];
+        for forget in forgets {
+            let read_at = cache.generation();
+            forget(&cache);
+            cache.put(key(2), &user(someone), read_at);
+            assert!(cache.get(&key(2)).is_none(), "read before the forget");
+        }
+        let read_at = cache.generation();
+        cache.put(key(2), &user(someone), read_at);
+        assert!(cache.get(&key(2)).is_some(), "read after it");
+        assert!(
+            cache.get(&key(1)).is_some(),
+            "another user's forget keeps the rest"
+        );
     }
 }

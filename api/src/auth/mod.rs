@@ -414,6 +414,7 @@ async fn user_caller(state: &AppState, token: &str) -> Result<Caller, ApiError> 
     if let Some(caller) = state.credentials.get(&key) {
         return Ok(caller);
     }
+    let read_at = state.credentials.generation();
     let check = accounts::access_check(state.pool(), claims.sub, claims.jti)
         .await?
         .ok_or(INVALID_TOKEN)?;
@@ -429,7 +430,7 @@ async fn user_caller(state: &AppState, token: &str) -> Result<Caller, ApiError> 
         roles: check.memberships.into_iter().collect(),
         request_id: String::new(),
     };
-    state.credentials.put(key, &caller);
+    state.credentials.put(key, &caller, read_at);
     Ok(caller)
 }
 
@@ -445,6 +446,7 @@ async fn api_key_caller(state: &AppState, key: &str) -> Result<Caller, ApiError>
     if let Some(caller) = state.credentials.get(&cache_key) {
         return Ok(caller);
     }
+    let read_at = state.credentials.generation();
     let found = accounts::api_key_by_prefix(state.pool(), keys::prefix_of(key))
         .await?
         .filter(|found| {
@@ -467,6 +469,6 @@ async fn api_key_caller(state: &AppState, key: &str) -> Result<Caller, ApiError>
         roles: HashMap::from([(record.organization_id, role)]),
         request_id: String::new(),
     };
-    state.credentials.put(cache_key, &caller);
+    state.credentials.put(cache_key, &caller, read_at);
     Ok(caller)
 }

@@ -557,7 +557,9 @@ pub struct CreatedApiKey {
         (status = 403, body = Problem, description = "`forbidden`: the role lacks \
             `apikey:write`, or the caller is an API key; `role_above_own`: the key's role is \
             above the caller's"),
-        (status = 404, body = Problem), (status = 422, body = Problem),
+        (status = 404, body = Problem, description = "no such organization or project the \
+            caller belongs to (removed meanwhile included)"),
+        (status = 422, body = Problem),
     ))]
 async fn create_api_key(
     State(state): State<AppState>,
@@ -634,7 +636,12 @@ async fn create_api_key(
         revoked_at: None,
         agent_id: None,
     };
-    accounts::insert_api_key(state.pool(), &record).await?;
+    if !accounts::insert_api_key(state.pool(), &record).await? {
+        // Removed from the organization while the key was made.
+        return Err(ApiError::NotFound {
+            what: "organization",
+        });
+    }
     Ok((
         StatusCode::CREATED,
         Json(CreatedApiKey {
