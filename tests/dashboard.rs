@@ -259,6 +259,54 @@ async fn cards_move_live_by_drag_and_drop_and_a_move_past_the_wip_limit_is_offer
     Ok(())
 }
 
+/// A drag the browser cancels (a touch taken for a scroll, a lost capture) ends there:
+/// no ghost is left behind, and a later release neither moves the card nor opens it (the
+/// drag's listeners stayed, and the next release dropped the card where it happened).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_drag_the_browser_cancels_ends_and_moves_nothing() -> anyhow::Result<()> {
+    let app = spawn_app().await;
+    let (_, project) = app.organization_and_project().await;
+    let ticket = app.ticket(&project, "Alpha").await;
+    let browser = signed_in(&app, &format!("/p/{project}/board")).await?;
+    expect(&browser, "board", &card_in("backlog", &ticket)).await;
+    let seen = browser
+        .execute(
+            &format!(
+                "const card = document.querySelector('[data-ticket-id=\"{ticket}\"]');
+                 const box = card.getBoundingClientRect();
+                 const at = (x, y) => ({{ bubbles: true, button: 0, pointerId: 1,
+                                          isPrimary: true, clientX: x, clientY: y }});
+                 const x = box.left + box.width / 2, y = box.top + box.height / 2;
+                 card.dispatchEvent(new PointerEvent('pointerdown', at(x, y)));
+                 document.dispatchEvent(new PointerEvent('pointermove', at(x + 40, y)));
+                 const dragging = !!document.querySelector('.drag-ghost');
+                 document.dispatchEvent(new PointerEvent('pointercancel', at(x + 40, y)));
+                 const left = [!!document.querySelector('.drag-ghost'),
+                               !!document.querySelector('.dragging')];
+                 const column = document.querySelector('[data-column=\"analyzing\"]')
+                                        .getBoundingClientRect();
+                 const cx = column.left + column.width / 2, cy = column.top + 60;
+                 document.dispatchEvent(new PointerEvent('pointermove', at(cx, cy)));
+                 document.dispatchEvent(new PointerEvent('pointerup', at(cx, cy)));
+                 return [dragging, ...left, location.pathname + location.search];"
+            ),
+            vec![],
+        )
+        .await?;
+    assert_eq!(
+        seen,
+        json!([true, false, false, format!("/p/{project}/board")]),
+        "dragging, then nothing left, and the release opened nothing"
+    );
+    // Nothing was asked of the server either.
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let (_, body) = app.get(&format!("/api/v1/tickets/{ticket}")).await;
+    assert_eq!(body["state"]["status"], "backlog", "{body}");
+    expect(&browser, "still-in-backlog", &card_in("backlog", &ticket)).await;
+    browser.quit().await;
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn the_graph_shows_a_dependency_and_a_node_changes_live_when_its_task_completes(
 ) -> anyhow::Result<()> {

@@ -158,18 +158,26 @@ export function mountBoard(container, context) {
         target?.classList.add("drop-target");
       }
     };
-    const onUp = (released) => {
+    // The drag ends with the pointer released, or cancelled by the browser (a touch taken
+    // for a scroll, a lost capture): a cancelled drag moves nothing and opens nothing.
+    const end = () => {
       document.removeEventListener("pointermove", onMove);
       document.removeEventListener("pointerup", onUp);
+      document.removeEventListener("pointercancel", end);
       target?.classList.remove("drop-target");
-      if (!ghost) return openTicket(card);
-      ghost.remove();
+      ghost?.remove();
       element.classList.remove("dragging");
+    };
+    const onUp = (released) => {
+      const dragged = ghost !== null;
+      end();
+      if (!dragged) return openTicket(card);
       const column = columnAt(released.clientX, released.clientY);
       if (column && column.dataset.column !== card.status) move(card, column.dataset.column);
     };
     document.addEventListener("pointermove", onMove);
     document.addEventListener("pointerup", onUp);
+    document.addEventListener("pointercancel", end);
   }
 
   function columnAt(x, y) {
@@ -177,14 +185,16 @@ export function mountBoard(container, context) {
   }
 
   async function move(card, to, force = false) {
-    // Shown in its new column at once; the server's delta confirms it, a refusal puts it back.
+    // Shown in its new column at once; the server's delta confirms it, a refusal puts it
+    // back — unless a delta replaced the card meanwhile, which is newer than both.
     const before = board.cards.get(card.ticket_id);
-    board.cards.set(card.ticket_id, { ...before, status: to });
+    const shown = { ...before, status: to };
+    board.cards.set(card.ticket_id, shown);
     draw();
     try {
       await api.send("/api/v1/board/move", { ticket_id: card.ticket_id, to, force });
     } catch (problem) {
-      if (board.cards.get(card.ticket_id)?.status === to) board.cards.set(card.ticket_id, before);
+      if (board.cards.get(card.ticket_id) === shown) board.cards.set(card.ticket_id, before);
       draw();
       if (problem.code === "wip_limit_exceeded" && !force) {
         const again = await confirmDialog({

@@ -180,10 +180,18 @@ async function renderTask(body, taskId, context, stops, open) {
   // too: the first covers what committed between the read above and the subscription, a
   // later one (a resync, a resumption too old) what the stream skipped.
   // Answers may come back out of order: only the newest request's is drawn.
+  // A read that fails says so (it was an unhandled rejection, and the drawer went on
+  // showing the task as it was); the next event reads again.
   let asked = 0;
   const reread = async () => {
     const mine = ++asked;
-    const fresh = await api.get(`/api/v1/tasks/${taskId}/history`);
+    let fresh;
+    try {
+      fresh = await api.get(`/api/v1/tasks/${taskId}/history`);
+    } catch (problem) {
+      if (mine === asked && open()) toast(`The task could not be read again: ${problem.message}`, "error");
+      return;
+    }
     if (mine !== asked || !open()) return;
     history = fresh;
     if (!replaying) drawHistory(history, history.as_of);
