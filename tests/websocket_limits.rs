@@ -441,6 +441,10 @@ async fn a_principal_holds_at_most_the_configured_sockets_and_more_are_refused_w
         refused.headers()["content-type"],
         "application/problem+json"
     );
+    assert!(
+        refused.headers().contains_key("retry-after"),
+        "a 429 says when to try again, as the API document has it"
+    );
     let problem: Value = refused.json().await.expect("a problem document");
     assert_eq!(problem["code"], "too_many_sockets", "{problem}");
     assert_eq!(gauge(&app, "omoi_live_sockets").await, 2);

@@ -197,6 +197,16 @@ impl IntoResponse for ApiError {
                 retry_after_seconds,
                 ..
             } => Some(*retry_after_seconds),
+            // Every other 429 and 503 (too many sockets, Stripe out of reach, …) says when
+            // to try again too, as the API document promises for each: 2 s, as for the
+            // database.
+            _ if matches!(
+                status,
+                StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE
+            ) =>
+            {
+                Some(2)
+            }
             _ => None,
         };
         let challenge = matches!(self, Self::Unauthorized { .. });
