@@ -401,6 +401,94 @@ async fn a_claim_that_waited_while_its_agent_was_quarantined_takes_nothing() {
     still_pending(&app, &task).await;
 }
 
+/// An agent quarantined after its claim read it, but before the claim's assignment
+/// committed, is given nothing: the assignment is withdrawn (`TaskAssignmentWithdrawn`,
+/// the attempt not counted, the agent not barred) and the claim answers 409. Before, the
+/// quarantined agent got the task. The claim is held between its read of the agent and
+/// its assignment by a lock on the agent's lease, which it renews in between.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_agent_quarantined_while_its_claim_assigns_is_given_nothing() {
+    let app = std::sync::Arc::new(omoi_testing::spawn_app().await);
+    let (organization, project) = app.organization_and_project().await;
+    let agent = std::sync::Arc::new(app.register_agent(&organization).await);
+    let ticket = app.ticket(&project, "Work").await;
+    // Its first heartbeat makes it idle, and makes its lease.
+    let (status, body) = agent
+        .post(
+            &app,
+            &format!("/api/v1/agents/{}/heartbeat", agent.id),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let task = app.task(&ticket, "ready", json!({})).await;
+    let pool = &app.database.pool;
+    let mut lease = pool.begin().await.expect("a transaction");
+    sqlx::query("select 1 from agent_leases where agent_id = $1 for update")
+        .bind(Uuid::parse_str(&agent.id).expect("an id"))
+        .execute(&mut *lease)
+        .await
+        .expect("the lease locked");
+    let claim = waiting_claim(&app, &agent, 5);
+    // The claim has read the agent (idle) and waits to renew its lease.
+    loop {
+        let waiting: i64 = sqlx::query_scalar(
+            "select count(*) from pg_stat_activity
+              where datname = current_database() and wait_event_type = 'Lock'",
+        )
+        .fetch_one(pool)
+        .await
+        .expect("the activity");
+        if waiting >= 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (status, body) = app
+        .post(
+            "/api/v1/guardian/interventions",
+            json!({"kind": "quarantine", "agent_id": agent.id, "reason": "looping"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    lease.commit().await.expect("the lease let go");
+
+    let (status, body) = claim.await.expect("the claim answers");
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (StatusCode::CONFLICT, Some("agent_unavailable")),
+        "{body}"
+    );
+    still_pending(&app, &task).await;
+    let (status, history) = app.get(&format!("/api/v1/tasks/{task}/history")).await;
+    assert_eq!(status, StatusCode::OK, "{history}");
+    let kinds: Vec<&str> = history["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .filter_map(|e| e["event_type"].as_str())
+        .collect();
+    assert_eq!(
+        kinds,
+        ["TaskCreated", "TaskAssigned", "TaskAssignmentWithdrawn"],
+        "assigned, then withdrawn"
+    );
+    assert_eq!(
+        app.task_state(&task).await["retry_count"],
+        0,
+        "no attempt counted"
+    );
+    // Released, the agent takes the task after all: nothing bars it.
+    let (status, body) = app
+        .post(
+            "/api/v1/guardian/interventions",
+            json!({"kind": "release", "agent_id": agent.id, "reason": "fixed"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(agent.claim(&app, WAIT_SECONDS).await, Some(task.clone()));
+}
+
 /// A claim checks its credential again as it takes a task: one revoked while the claim
 /// waited (here the agent's key; its creator removed or demoted alike) takes nothing
 /// (401), and the task stays for others.

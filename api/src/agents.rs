@@ -333,9 +333,10 @@ async fn claim(
             omoi_orchestrator::leases::renew(state.pool(), id, organization_id)
                 .await
                 .map_err(ApiError::from)?;
+            let assigned_at = Utc::now();
             let command = TaskCommand::AssignTask {
                 agent_id: id,
-                at: Utc::now(),
+                at: assigned_at,
             };
             match state
                 .execute::<Task>(
@@ -348,6 +349,7 @@ async fn claim(
                 .await
             {
                 Ok(committed) => {
+                    keep_if_agent_takes_work(state, caller, task_id, id, assigned_at).await?;
                     let version = committed.version as u64;
                     Ok(Some((Versioned::committed(task_id, committed), version)))
                 }
@@ -696,6 +698,45 @@ async fn update_capabilities(
 
 /// Refuses work to an agent whose status does not take it (quarantined, failed,
 /// terminated, …): 409 `agent_unavailable`.
+/// After an assignment of `task_id` to agent `agent_id`, made at `assigned_at`, committed:
+/// an agent that stopped taking work while it was made (quarantined, failed or terminated
+/// after it was read) has it withdrawn — back to the queue, the attempt not counted — and
+/// the caller is answered 409 `agent_unavailable`, as if the change had been seen first.
+/// The agent is read after the commit, so the order that counts is the commits': a status
+/// change this read does not see came after the assignment, which the agent then holds
+/// as it holds any task it had before. An assignment the task no longer has to withdraw
+/// (started or replaced meanwhile) stands.
+pub(crate) async fn keep_if_agent_takes_work(
+    state: &AppState,
+    caller: &Caller,
+    task_id: Uuid,
+    agent_id: Uuid,
+    assigned_at: chrono::DateTime<Utc>,
+) -> ApiResult<()> {
+    let (agent, _) = state.load::<Agent>(agent_id).await?;
+    let Err(stopped) = ensure_takes_work(agent_id, &agent) else {
+        return Ok(());
+    };
+    let command = TaskCommand::WithdrawAssignment {
+        assigned_at,
+        at: Utc::now(),
+    };
+    match state
+        .execute::<Task>(
+            caller,
+            Permission::TaskExecute,
+            "WithdrawAssignment",
+            task_id,
+            command,
+        )
+        .await
+    {
+        Ok(_) => Err(stopped),
+        Err(ApiError::Conflict { .. }) => Ok(()),
+        Err(other) => Err(other),
+    }
+}
+
 fn ensure_takes_work(id: Uuid, agent: &Agent) -> ApiResult<()> {
     if agent.status.takes_work() {
         return Ok(());

@@ -391,9 +391,10 @@ async fn assign_task(
             ),
         ));
     }
+    let assigned_at = Utc::now();
     let command = TaskCommand::AssignTask {
         agent_id: body.agent_id,
-        at: Utc::now(),
+        at: assigned_at,
     };
     // Decided first on the task as read, by the task's own rules: an assignment it
     // refuses (not assignable, its retry not due, the implementer to validate its own
@@ -422,6 +423,8 @@ async fn assign_task(
             .map_err(ApiError::from)?;
         let committed = state
             .execute::<Task>(&caller, Permission::TaskExecute, "AssignTask", id, command)
+            .await?;
+        crate::agents::keep_if_agent_takes_work(&state, &caller, id, body.agent_id, assigned_at)
             .await?;
         let version = committed.version as u64;
         Ok::<_, ApiError>((Json(Versioned::committed(id, committed)), version))

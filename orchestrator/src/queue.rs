@@ -341,6 +341,13 @@ impl Queue {
                 task.last_progress_at = None;
                 Change::Stop(id)
             }
+            // Taken back before it was started (its agent stopped taking work): ready
+            // again, the agent's place free.
+            TaskEvent::TaskAssignmentWithdrawn { .. } => {
+                task.agent_id = None;
+                task.assigned_at = None;
+                Change::Queue
+            }
             TaskEvent::TaskCreated { .. }
             | TaskEvent::GuardianIntervened { .. }
             | TaskEvent::DuplicateSuspected { .. }
@@ -1384,6 +1391,7 @@ mod tests {
         Fail,
         RetryIn(i64),
         Unassign,
+        Withdraw,
         Submit,
         Complete,
         Cancel,
@@ -1401,6 +1409,7 @@ mod tests {
             Just(Step::Fail),
             (-5i64..5).prop_map(Step::RetryIn),
             Just(Step::Unassign),
+            Just(Step::Withdraw),
             Just(Step::Submit),
             Just(Step::Complete),
             Just(Step::Cancel),
@@ -1429,6 +1438,10 @@ mod tests {
                 not_before: now + Duration::seconds(seconds),
             },
             Step::Unassign => TaskEvent::TaskUnassigned {
+                agent_id: Uuid::from_u128(300),
+                at,
+            },
+            Step::Withdraw => TaskEvent::TaskAssignmentWithdrawn {
                 agent_id: Uuid::from_u128(300),
                 at,
             },

@@ -437,6 +437,14 @@ impl Task {
                 }
                 self.fail(error, at, jitter)
             }
+            TaskCommand::WithdrawAssignment { assigned_at, at } => {
+                self.ensure_in(&[TaskStatus::Assigned], "have its assignment withdrawn")?;
+                if self.assigned_at != Some(assigned_at) {
+                    return Err(TaskError::AssignmentMovedOn);
+                }
+                let agent_id = self.assigned_agent_id.ok_or(TaskError::NotAssigned)?;
+                Ok(vec![TaskEvent::TaskAssignmentWithdrawn { agent_id, at }])
+            }
             TaskCommand::FailTask { error, at, jitter } => self.fail(error, at, jitter),
             TaskCommand::TimeOutTask { at, jitter } => self.time_out(at, jitter),
             TaskCommand::CancelTask { reason, at } => self.cancel(reason, at),
@@ -1002,6 +1010,10 @@ impl Task {
                 self.progress = None;
                 self.stalled_since = None;
                 self.pending_steering.clear();
+            }
+            TaskEvent::TaskAssignmentWithdrawn { .. } => {
+                self.assigned_agent_id = None;
+                self.assigned_at = None;
             }
             TaskEvent::TaskPriorityChanged { priority } => self.priority = priority,
             TaskEvent::SteeringDelivered { steering_id, .. } => {

@@ -147,6 +147,14 @@ pub enum TaskCommand {
         at: DateTime<Utc>,
         jitter: f64,
     },
+    /// The assignment made at `assigned_at` is taken back before it was started, the
+    /// attempt not counted and nobody barred: its agent had stopped taking work (was
+    /// quarantined, failed or terminated) as it was made. Refused once the task was
+    /// started or assigned anew since.
+    WithdrawAssignment {
+        assigned_at: DateTime<Utc>,
+        at: DateTime<Utc>,
+    },
     /// The attempt failed; the task is retried or ends, per the retry policy.
     /// `jitter` is a sample of `[0, 1)` for the backoff.
     FailTask {

@@ -114,6 +114,13 @@ pub enum TaskEvent {
         agent_id: Uuid,
         at: DateTime<Utc>,
     },
+    /// An assignment taken back before it was started, because its agent had stopped
+    /// taking work as it was made: back to `pending`, the attempt not counted, the agent
+    /// not barred (unlike [`TaskEvent::TaskUnassigned`]).
+    TaskAssignmentWithdrawn {
+        agent_id: Uuid,
+        at: DateTime<Utc>,
+    },
     /// Its priority was set.
     TaskPriorityChanged {
         priority: Priority,
@@ -231,7 +238,9 @@ impl TaskEvent {
             Self::TaskRetryScheduled { .. } => Some(TaskStatus::RetryScheduled),
             Self::TaskPermanentlyFailed { reason } => Some(reason.final_status()),
             Self::TaskCancelled { .. } => Some(TaskStatus::Cancelled),
-            Self::TaskUnassigned { .. } => Some(TaskStatus::Pending),
+            Self::TaskUnassigned { .. } | Self::TaskAssignmentWithdrawn { .. } => {
+                Some(TaskStatus::Pending)
+            }
             Self::TaskSubmittedForValidation { .. } => Some(TaskStatus::PendingValidation),
             Self::TaskRevisionRequested { .. } => Some(TaskStatus::NeedsRevision),
             Self::TaskProgressReported { .. }
@@ -274,6 +283,7 @@ impl DomainEvent for TaskEvent {
             Self::DuplicateSuspected { .. } => "DuplicateSuspected",
             Self::TrajectoryAssessed { .. } => "TrajectoryAssessed",
             Self::TaskUnassigned { .. } => "TaskUnassigned",
+            Self::TaskAssignmentWithdrawn { .. } => "TaskAssignmentWithdrawn",
             Self::TaskPriorityChanged { .. } => "TaskPriorityChanged",
             Self::TaskCompleted { .. } => "TaskCompleted",
             Self::TaskFailed { .. } => "TaskFailed",

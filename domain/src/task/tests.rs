@@ -1777,6 +1777,61 @@ fn an_unstarted_assignment_is_given_back_only_while_it_is_the_one_seen() {
     assert!(result.is_ok(), "{result:?}");
 }
 
+/// An assignment withdrawn (its agent stopped taking work as it was made) goes back to the
+/// queue without an attempt counted and without barring the agent; only the assignment
+/// made at that instant, and only while unstarted.
+#[test]
+fn a_withdrawn_assignment_counts_no_attempt_and_bars_nobody() {
+    let withdraw = |assigned_at| TaskCommand::WithdrawAssignment {
+        assigned_at,
+        at: t(11),
+    };
+    let assigned_at_10: Task = fold(&history_at(TaskStatus::Assigned));
+    let (withdrawn, result) = handle(&assigned_at_10, withdraw(t(10)), &());
+    assert_eq!(
+        result,
+        Ok(vec![TaskEvent::TaskAssignmentWithdrawn {
+            agent_id: agent_id(),
+            at: t(11)
+        }])
+    );
+    assert_eq!(withdrawn.status, TaskStatus::Pending);
+    assert_eq!(
+        (withdrawn.assigned_agent_id, withdrawn.assigned_at),
+        (None, None)
+    );
+    assert_eq!(withdrawn.retry_count, assigned_at_10.retry_count);
+    assert_eq!(withdrawn.reassigned_from, None, "the agent is not barred");
+    let (_, again) = handle(
+        &withdrawn,
+        TaskCommand::AssignTask {
+            agent_id: agent_id(),
+            at: t(12),
+        },
+        &(),
+    );
+    assert!(again.is_ok(), "the same agent may have it again: {again:?}");
+    for from in TaskStatus::ALL
+        .into_iter()
+        .filter(|s| *s != TaskStatus::Assigned)
+    {
+        let state: Task = fold(&history_at(from));
+        let (_, result) = handle(&state, withdraw(t(10)), &());
+        assert_eq!(
+            result,
+            Err(TaskError::IllegalTransition {
+                from,
+                action: "have its assignment withdrawn"
+            }),
+            "{from}"
+        );
+    }
+    let again: Task = fold(&assigned_again_after_a_stall());
+    let (unchanged, result) = handle(&again, withdraw(t(10)), &());
+    assert_eq!(result, Err(TaskError::AssignmentMovedOn));
+    assert_eq!(unchanged, again);
+}
+
 #[test]
 fn a_new_assignment_leaves_no_stall_of_the_attempt_before() {
     let stalled: Task = fold(&assigned_again_after_a_stall()[..5]);

@@ -37,7 +37,8 @@ pub fn task_effect(event: &TaskEvent) -> Option<TaskEffect> {
         | TaskEvent::TaskRetryScheduled { .. }
         | TaskEvent::TaskPermanentlyFailed { .. }
         | TaskEvent::TaskCancelled { .. }
-        | TaskEvent::TaskUnassigned { .. } => Some(TaskEffect::Release),
+        | TaskEvent::TaskUnassigned { .. }
+        | TaskEvent::TaskAssignmentWithdrawn { .. } => Some(TaskEffect::Release),
         TaskEvent::TaskCreated { .. }
         | TaskEvent::TaskStarted { .. }
         | TaskEvent::TaskProgressReported { .. }

@@ -52,6 +52,7 @@ pub fn finding(event: &TaskEvent) -> Option<Finding> {
         TaskEvent::TaskProgressReported { .. }
         | TaskEvent::TaskStarted { .. }
         | TaskEvent::TaskUnassigned { .. }
+        | TaskEvent::TaskAssignmentWithdrawn { .. }
         | TaskEvent::TaskFailed { .. }
         | TaskEvent::TaskTimedOut { .. }
         | TaskEvent::TaskRetryScheduled { .. }
@@ -88,6 +89,7 @@ pub fn steering_effect(event: &TaskEvent) -> Option<SteeringEffect> {
         }),
         TaskEvent::TaskStarted { .. }
         | TaskEvent::TaskUnassigned { .. }
+        | TaskEvent::TaskAssignmentWithdrawn { .. }
         | TaskEvent::TaskFailed { .. }
         | TaskEvent::TaskTimedOut { .. }
         | TaskEvent::TaskRetryScheduled { .. }

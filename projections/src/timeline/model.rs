@@ -148,7 +148,8 @@ impl Change {
             Self::Task(TaskEvent::TaskAssigned { agent_id, .. })
             | Self::Task(TaskEvent::TaskSteered { agent_id, .. })
             | Self::Task(TaskEvent::SteeringDelivered { agent_id, .. })
-            | Self::Task(TaskEvent::TaskUnassigned { agent_id, .. }) => {
+            | Self::Task(TaskEvent::TaskUnassigned { agent_id, .. })
+            | Self::Task(TaskEvent::TaskAssignmentWithdrawn { agent_id, .. }) => {
                 Some((EntityType::Agent, *agent_id))
             }
             Self::Task(TaskEvent::TaskDependencyAdded { depends_on })

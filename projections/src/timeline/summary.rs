@@ -179,6 +179,10 @@ fn task_summary(event: &TaskEvent, this: &str, names: &Names) -> String {
             "{this} taken from {}, back to the queue",
             label(EntityType::Agent, *agent_id, names.other)
         ),
+        TaskEvent::TaskAssignmentWithdrawn { agent_id, .. } => format!(
+            "{this} withdrawn from {}, which had stopped taking work, back to the queue",
+            label(EntityType::Agent, *agent_id, names.other)
+        ),
         TaskEvent::TaskPriorityChanged { priority } => format!(
             "{this} priority set to {}",
             crate::codec::to_text(priority).unwrap_or_default()
