@@ -827,6 +827,34 @@ async fn a_socket_refused_for_another_reason_than_its_token_reconnects_without_r
     Ok(())
 }
 
+/// A socket whose upgrade the access token's cookie does not get through (cookies blocked,
+/// a `Secure` cookie over plain http), though the token is good, carries the token in its
+/// address instead: it connects. Opened by the cookie alone, it was refused for ever.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_socket_without_the_cookie_connects_with_the_token_in_its_address() -> anyhow::Result<()>
+{
+    let app = spawn_app().await;
+    let (_, project) = app.organization_and_project().await;
+    let browser = signed_in(&app, &format!("/p/{project}/board")).await?;
+    expect(&browser, "live", CONNECTION_LIVE).await;
+    browser.delete_cookie("omoi_access_token").await?;
+    // The page's own module opens its socket again, now without the cookie.
+    browser
+        .execute(
+            "return (async () => {
+               const main = document.querySelector('script[type=module]').src;
+               const live = await import(main.replace(/main\\.js$/, 'live.js'));
+               live.disconnect();
+               live.connect();
+             })();",
+            vec![],
+        )
+        .await?;
+    expect(&browser, "live-again", CONNECTION_LIVE).await;
+    browser.quit().await;
+    Ok(())
+}
+
 /// A session the server revoked signs the page out once its socket is refused (it
 /// retried every five seconds forever: the refused upgrade closes as 1006, and a failed
 /// refresh was swallowed).

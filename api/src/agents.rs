@@ -696,8 +696,6 @@ async fn update_capabilities(
         .await
 }
 
-/// Refuses work to an agent whose status does not take it (quarantined, failed,
-/// terminated, …): 409 `agent_unavailable`.
 /// After an assignment of `task_id` to agent `agent_id`, made at `assigned_at`, committed:
 /// an agent that stopped taking work while it was made (quarantined, failed or terminated
 /// after it was read) has it withdrawn — back to the queue, the attempt not counted — and
@@ -705,7 +703,10 @@ async fn update_capabilities(
 /// The agent is read after the commit, so the order that counts is the commits': a status
 /// change this read does not see came after the assignment, which the agent then holds
 /// as it holds any task it had before. An assignment the task no longer has to withdraw
-/// (started or replaced meanwhile) stands.
+/// (started or replaced meanwhile) stands, and so does one this could not read or
+/// withdraw (the database away): the assignment committed, so the caller is told of it —
+/// answered an error, the agent would never hear of its task, held until the unstarted
+/// sweep failed it minutes later.
 pub(crate) async fn keep_if_agent_takes_work(
     state: &AppState,
     caller: &Caller,
@@ -713,9 +714,15 @@ pub(crate) async fn keep_if_agent_takes_work(
     agent_id: Uuid,
     assigned_at: chrono::DateTime<Utc>,
 ) -> ApiResult<()> {
-    let (agent, _) = state.load::<Agent>(agent_id).await?;
-    let Err(stopped) = ensure_takes_work(agent_id, &agent) else {
-        return Ok(());
+    let stopped = match state.load::<Agent>(agent_id).await {
+        Ok((agent, _)) => match ensure_takes_work(agent_id, &agent) {
+            Ok(()) => return Ok(()),
+            Err(stopped) => stopped,
+        },
+        Err(error) => {
+            tracing::warn!(%task_id, %agent_id, ?error, "the agent of a new assignment not read again");
+            return Ok(());
+        }
     };
     let command = TaskCommand::WithdrawAssignment {
         assigned_at,
@@ -733,10 +740,15 @@ pub(crate) async fn keep_if_agent_takes_work(
     {
         Ok(_) => Err(stopped),
         Err(ApiError::Conflict { .. }) => Ok(()),
-        Err(other) => Err(other),
+        Err(error) => {
+            tracing::warn!(%task_id, %agent_id, ?error, "an assignment to an agent that stopped taking work not withdrawn");
+            Ok(())
+        }
     }
 }
 
+/// Refuses work to an agent whose status does not take it (quarantined, failed,
+/// terminated, …): 409 `agent_unavailable`.
 fn ensure_takes_work(id: Uuid, agent: &Agent) -> ApiResult<()> {
     if agent.status.takes_work() {
         return Ok(());

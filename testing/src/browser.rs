@@ -153,6 +153,13 @@ impl Browser {
         Ok(value.as_str().unwrap_or_default().to_string())
     }
 
+    /// Deletes the page's cookie `name` (an HttpOnly one too, which the page cannot).
+    pub async fn delete_cookie(&self, name: &str) -> anyhow::Result<()> {
+        self.call(reqwest::Method::DELETE, &format!("/cookie/{name}"), None)
+            .await
+            .map(drop)
+    }
+
     /// Runs `script` (a function body; `arguments[i]` are `args`) and returns its value.
     pub async fn execute(&self, script: &str, args: Vec<Value>) -> anyhow::Result<Value> {
         self.post("/execute/sync", json!({"script": script, "args": args}))

@@ -15,6 +15,10 @@ let state = "offline";
 let attempts = 0;
 let reconnectTimer = null;
 let wanted = false;
+// Set once an upgrade was refused although the token is good: the cookie did not make it
+// (cookies blocked, a `Secure` cookie over plain http, a proxy rewriting the host the
+// origin check compares with), so the token goes in the address from then on.
+let tokenInAddress = false;
 
 /** "connecting" | "live" | "reconnecting" | "offline" */
 export function connectionState() {
@@ -65,11 +69,13 @@ export function disconnect() {
 
 // The upgrade is authenticated by the access token's HttpOnly cookie, which the server
 // sets beside every token it hands out (and checks the page's origin for): a token in the
-// address would be written to every proxy's access log.
+// address would be written to every proxy's access log. Only where the cookie does not
+// work does the address carry the token.
 function open() {
   const scheme = location.protocol === "https:" ? "wss" : "ws";
   socketToken = token();
-  const address = `${scheme}://${location.host}/api/v1/ws`;
+  const query = tokenInAddress ? `?token=${encodeURIComponent(socketToken || "")}` : "";
+  const address = `${scheme}://${location.host}/api/v1/ws${query}`;
   setState(attempts === 0 ? "connecting" : "reconnecting");
   const current = new WebSocket(address);
   socket = current;
@@ -94,13 +100,18 @@ function open() {
     // one. Before, every refusal rotated the refresh token, every few seconds for ever,
     // and a few such tabs spent their address's refresh quota (which signing in shares).
     // A session the server no longer knows signs out instead of retrying forever; a
-    // server out of reach (the refresh fails without an answer) is tried again.
-    if (closed.code === 4401 || (!opened && (await tokenRefused()))) {
+    // server out of reach (the refresh fails without an answer) is tried again. A refusal
+    // of a good token may be the cookie's: the next tries carry the token in the address.
+    const refused = closed.code === 4401 || (!opened && (await tokenRefused()));
+    if (!wanted) return;
+    if (refused) {
       const ended = await refresh().then(() => false, sessionEnded);
       if (ended) {
         forget();
         return;
       }
+    } else if (!opened) {
+      tokenInAddress = true;
     }
     // Signed out while the refresh was under way, or signed in again and connected.
     if (!wanted || socket) return;

@@ -162,7 +162,8 @@ impl Link {
     /// a replay, a message of a transcript), to be held until what was read is queued:
     /// however many subscriptions a connection has, one such read waits in memory beside
     /// its queue. Before, each of a slow reader's 32 replays held a page of up to 4 MiB
-    /// while it waited for room. `None` once the connection is gone.
+    /// while it waited for room. (`None` only were the turn closed, which it never is: a
+    /// subscription ended while it waits is aborted, and its wait with it.)
     pub async fn read_turn(&self) -> Option<OwnedSemaphorePermit> {
         self.reads.clone().acquire_owned().await.ok()
     }

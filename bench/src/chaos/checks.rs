@@ -240,6 +240,8 @@ async fn tasks(inputs: &Inputs<'_>) -> anyhow::Result<Verdict> {
                 life.attempts += 1;
                 life.assigned_in_attempt = false;
             }
+            // Back to the queue within the attempt, which may then be assigned again.
+            "TaskAssignmentWithdrawn" | "TaskUnassigned" => life.assigned_in_attempt = false,
             "TaskCompleted" => life.completed = true,
             "TaskPermanentlyFailed" | "TaskCancelled" => life.ended_otherwise = Some(kind),
             _ => {}
