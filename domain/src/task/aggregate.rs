@@ -1011,9 +1011,14 @@ impl Task {
                 self.stalled_since = None;
                 self.pending_steering.clear();
             }
+            // As a Guardian's unassignment, but barring nobody.
             TaskEvent::TaskAssignmentWithdrawn { .. } => {
                 self.assigned_agent_id = None;
                 self.assigned_at = None;
+                self.started_at = None;
+                self.progress = None;
+                self.stalled_since = None;
+                self.pending_steering.clear();
             }
             TaskEvent::TaskPriorityChanged { priority } => self.priority = priority,
             TaskEvent::SteeringDelivered { steering_id, .. } => {
