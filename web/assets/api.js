@@ -90,17 +90,19 @@ export function sessionEnded(error) {
   return error instanceof Problem && error.status === 401;
 }
 
-/** Whether the server refuses the access token now (401 to a plain read), as against
- * anything else — an answer refused for another reason, or none at all. */
-export async function tokenRefused() {
+/** What the server says of the access token now, asked with a plain read: "refused"
+ * (401), "accepted" (answered), or "unknown" (another refusal, or no answer at all: the
+ * server restarting, say). */
+export async function tokenVerdict() {
   try {
     const response = await fetch("/api/v1/auth/me", {
       headers: accessToken ? { authorization: `Bearer ${accessToken}` } : {},
       credentials: "same-origin",
     });
-    return response.status === 401;
+    if (response.status === 401) return "refused";
+    return response.ok ? "accepted" : "unknown";
   } catch {
-    return false;
+    return "unknown";
   }
 }
 

@@ -5,7 +5,7 @@
 // snapshot. No polling: when the socket is down the indicator says so and a reconnection
 // is tried with a growing delay.
 
-import { token, tokenRefused, refresh, forget, sessionEnded, onToken } from "./api.js";
+import { token, tokenVerdict, refresh, forget, sessionEnded, onToken } from "./api.js";
 import { comparePositions } from "./dom.js";
 
 const subscriptions = new Map();
@@ -101,16 +101,19 @@ function open() {
     // and a few such tabs spent their address's refresh quota (which signing in shares).
     // A session the server no longer knows signs out instead of retrying forever; a
     // server out of reach (the refresh fails without an answer) is tried again. A refusal
-    // of a good token may be the cookie's: the next tries carry the token in the address.
-    const refused = closed.code === 4401 || (!opened && (await tokenRefused()));
+    // of a token the server accepts may be the cookie's: the next tries carry the token in
+    // the address (not after a refusal nobody answered for: a server restarting).
+    let verdict = "unknown";
+    if (closed.code === 4401) verdict = "refused";
+    else if (!opened) verdict = await tokenVerdict();
     if (!wanted) return;
-    if (refused) {
+    if (verdict === "refused") {
       const ended = await refresh().then(() => false, sessionEnded);
       if (ended) {
         forget();
         return;
       }
-    } else if (!opened) {
+    } else if (verdict === "accepted") {
       tokenInAddress = true;
     }
     // Signed out while the refresh was under way, or signed in again and connected.
