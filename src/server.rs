@@ -353,11 +353,13 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let housekeeping = tokio::spawn(omoi_api::auth::housekeeping::run(state.clone()));
-    // Agents' long polls would hold the drain for up to a minute: they answer 204 now.
-    let claims = state.claims.clone();
+    // Agents' long polls would hold the drain for up to a minute: they answer 204 now;
+    // and the sockets close (their clients reconnect, to another replica).
+    let (claims, live) = (state.claims.clone(), state.live.clone());
     let shutdown = async move {
         shutdown.await;
         claims.close();
+        live.close_sockets();
     };
     // The peer address keys the rate limits of the public auth routes.
     let app = omoi_api::app(state).into_make_service_with_connect_info::<SocketAddr>();

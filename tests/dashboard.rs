@@ -700,6 +700,20 @@ async fn after_a_server_restart_the_socket_reconnects_and_the_board_catches_up(
     let browser = signed_in(&app, &format!("/p/{project}/board")).await?;
     expect(&browser, "board", &card_in("backlog", &first)).await;
     expect(&browser, "live", CONNECTION_LIVE).await;
+    // Every socket the page opens from now on is remembered by its address.
+    browser
+        .execute(
+            "window.socketAddresses = [];
+             const Original = window.WebSocket;
+             window.WebSocket = class extends Original {
+               constructor(address, ...rest) {
+                 super(address, ...rest);
+                 window.socketAddresses.push(address);
+               }
+             };",
+            vec![],
+        )
+        .await?;
 
     let app = app.restart().await;
     // Changes made while the page reconnects arrive through the resumption (`after`).
@@ -709,6 +723,19 @@ async fn after_a_server_restart_the_socket_reconnects_and_the_board_catches_up(
     expect(&browser, "caught-up-new", &card_in("backlog", &second)).await;
     expect(&browser, "live-again", CONNECTION_LIVE).await;
     shot(&browser, "board-after-restart").await;
+    // It did reconnect (the stopped server closed its socket), by the cookie: a server
+    // away is no reason to put the token in the address.
+    let addresses = browser
+        .execute("return window.socketAddresses;", vec![])
+        .await?;
+    let addresses = addresses.as_array().cloned().unwrap_or_default();
+    assert!(!addresses.is_empty(), "the page opened a socket again");
+    assert!(
+        addresses
+            .iter()
+            .all(|a| a.as_str().is_some_and(|a| !a.contains("token="))),
+        "{addresses:?}"
+    );
     browser.quit().await;
     Ok(())
 }

@@ -1153,6 +1153,32 @@ async fn a_removed_member_stops_receiving_the_organizations_events() {
     assert_eq!(next(&mut socket).await["code"], "not_found");
 }
 
+/// A server shutting down closes its sockets, so that their clients reconnect (to another
+/// replica, or to it once it is back): an upgraded connection outlived the server's
+/// graceful shutdown, served by a hub nobody else used, for as long as the process lived.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_server_shutting_down_closes_its_sockets() {
+    let app = spawn_app().await;
+    let (_, project) = app.organization_and_project().await;
+    let mut socket = owner_socket(&app).await;
+    send(&mut socket, subscribe("s", &project)).await;
+    next_of(&mut socket, "snapshot", "s").await;
+    let _database = app.stop().await;
+    let ended = tokio::time::timeout(PATIENCE, async {
+        loop {
+            match socket.next().await {
+                None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return,
+                Some(Ok(_)) => {}
+            }
+        }
+    })
+    .await;
+    assert!(
+        ended.is_ok(),
+        "the socket stayed open after the server stopped"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn the_server_pings_and_drops_a_peer_that_does_not_answer() {
     // Silence for two intervals drops a peer: long enough here that a reading client is

@@ -91,6 +91,8 @@ pub struct Hub {
     /// The task of each transcript this process writes: its `logs` subscriptions of that
     /// task read at once (those of other processes' writes find them at their next poll).
     transcripts: broadcast::Sender<uuid::Uuid>,
+    /// Set as the server shuts down: every socket closes ([`Hub::close_sockets`]).
+    closing: watch::Sender<bool>,
 }
 
 /// Transcript writes held for `logs` subscriptions that have not looked yet; past it a
@@ -269,8 +271,25 @@ impl Hub {
             followers: Followers::default(),
             sockets: Sockets::new(config.max_sockets_per_principal),
             transcripts: broadcast::channel(TRANSCRIPT_WRITES).0,
+            closing: watch::channel(false).0,
             config,
         }
+    }
+
+    /// Closes every socket of this process, and every one upgraded from now on: the server
+    /// is shutting down. An upgraded connection is a task of its own, which the HTTP
+    /// server's graceful shutdown neither waits for nor ends; a process that lives on (a
+    /// server stopped in a test, say) kept serving its sockets from a hub nobody else
+    /// used, and their clients never reconnected.
+    pub fn close_sockets(&self) {
+        self.closing.send_replace(true);
+    }
+
+    /// Completes once [`Self::close_sockets`] was called.
+    pub async fn sockets_closing(&self) {
+        let mut closing = self.closing.subscribe();
+        // The sender lives as long as the hub, which outlives its sockets.
+        let _ = closing.wait_for(|closing| *closing).await;
     }
 
     pub fn config(&self) -> &LiveConfig {

@@ -355,12 +355,14 @@ pub async fn drive(
         state,
         config: config.clone(),
     };
+    let hub = link.state.live.clone();
     tokio::select! {
         () = writer.run() => {}
         () = read(stream, session, link, activity, config.max_text_bytes) => {}
         () = overwhelmed.notified() => {
             tracing::debug!("live: a client fell behind on every subscription; dropped");
         }
+        () = hub.sockets_closing() => {}
     }
 }
 
