@@ -237,14 +237,7 @@ async fn the_agents_list_shows_every_agent_as_it_was_at_a_position() {
     let app = spawn_app().await;
     let (organization, _) = app.organization_and_project().await;
     let agent = app.register_agent(&organization).await;
-    let (status, beat) = agent
-        .post(
-            &app,
-            &format!("/api/v1/agents/{}/heartbeat", agent.id),
-            json!({}),
-        )
-        .await;
-    assert_eq!(status, StatusCode::OK, "{beat}");
+    agent.heartbeat(&app).await;
     let (_, history) = app
         .get(&format!("/api/v1/agents/{}/history", agent.id))
         .await;

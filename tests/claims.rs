@@ -373,14 +373,7 @@ async fn a_claim_that_waited_while_its_agent_was_quarantined_takes_nothing() {
     let agent = std::sync::Arc::new(app.register_agent(&organization).await);
     let ticket = app.ticket(&project, "Work").await;
     // Its first heartbeat makes it idle (a spawning agent is not quarantined).
-    let (status, body) = agent
-        .post(
-            &app,
-            &format!("/api/v1/agents/{}/heartbeat", agent.id),
-            json!({}),
-        )
-        .await;
-    assert_eq!(status, StatusCode::OK, "{body}");
+    agent.heartbeat(&app).await;
     let waiting = waiting_claim(&app, &agent, WAIT_SECONDS);
     // The claim is waiting (nothing is ready) when the agent is quarantined.
     app.until_claims_waiting(1).await;
@@ -413,14 +406,7 @@ async fn an_agent_quarantined_while_its_claim_assigns_is_given_nothing() {
     let agent = std::sync::Arc::new(app.register_agent(&organization).await);
     let ticket = app.ticket(&project, "Work").await;
     // Its first heartbeat makes it idle, and makes its lease.
-    let (status, body) = agent
-        .post(
-            &app,
-            &format!("/api/v1/agents/{}/heartbeat", agent.id),
-            json!({}),
-        )
-        .await;
-    assert_eq!(status, StatusCode::OK, "{body}");
+    agent.heartbeat(&app).await;
     let task = app.task(&ticket, "ready", json!({})).await;
     let pool = &app.database.pool;
     let mut lease = pool.begin().await.expect("a transaction");
@@ -431,19 +417,7 @@ async fn an_agent_quarantined_while_its_claim_assigns_is_given_nothing() {
         .expect("the lease locked");
     let claim = waiting_claim(&app, &agent, 5);
     // The claim has read the agent (idle) and waits to renew its lease.
-    loop {
-        let waiting: i64 = sqlx::query_scalar(
-            "select count(*) from pg_stat_activity
-              where datname = current_database() and wait_event_type = 'Lock'",
-        )
-        .fetch_one(pool)
-        .await
-        .expect("the activity");
-        if waiting >= 1 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    app.until_lock_waiters(1).await;
     let (status, body) = app
         .post(
             "/api/v1/guardian/interventions",

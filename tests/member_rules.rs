@@ -938,22 +938,8 @@ async fn a_key_made_while_its_creator_is_being_removed_does_not_outlive_the_remo
         Some(json!({"organization_id": org.id, "agent_type": "worker"})),
     );
     let commit_once_both_wait = async {
-        // Both wait for the removal's lock on the membership (for 10 s at most: written
-        // without waiting, they are refused below).
-        let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while std::time::Instant::now() < until {
-            let waiting: i64 = sqlx::query_scalar(
-                "select count(*) from pg_stat_activity
-                  where datname = current_database() and wait_event_type = 'Lock'",
-            )
-            .fetch_one(&app.database.pool)
-            .await
-            .expect("the activity");
-            if waiting >= 2 {
-                break;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        }
+        // Both wait for the removal's lock on the membership.
+        app.until_lock_waiters(2).await;
         removal.commit().await.expect("the removal committed");
     };
     let ((key_status, key_body), (agent_status, agent_body), ()) =

@@ -476,14 +476,7 @@ async fn a_silent_agent_whose_failure_was_refused_is_failed_by_a_later_sweep() {
     let (organization, _) = app.organization_and_project().await;
     let directory = scratch_dir();
     let agent = app.register_agent(&organization).await;
-    let (status, body) = agent
-        .post(
-            &app,
-            &format!("/api/v1/agents/{}/heartbeat", agent.id),
-            json!({}),
-        )
-        .await;
-    assert_eq!(status, StatusCode::OK, "{body}");
+    agent.heartbeat(&app).await;
     refuse_first(
         &app,
         3,

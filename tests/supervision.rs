@@ -49,18 +49,6 @@ async fn backdate_heartbeat(app: &TestApp, agent: &str, seconds: i64) {
     assert_eq!(updated.rows_affected(), 1, "the agent has a lease");
 }
 
-async fn heartbeat(app: &TestApp, agent: &Agent) -> Value {
-    let (status, body) = agent
-        .post(
-            app,
-            &format!("/api/v1/agents/{}/heartbeat", agent.id),
-            json!({}),
-        )
-        .await;
-    assert_eq!(status, StatusCode::OK, "{body}");
-    body
-}
-
 /// The events of an aggregate's history: (type, payload, actor).
 async fn history(app: &TestApp, path: &str) -> Vec<(String, Value, String)> {
     let (status, body) = app.get(&format!("{path}/history")).await;
@@ -122,7 +110,7 @@ async fn silent_agents_are_degraded_then_failed_once_and_a_heartbeat_brings_one_
     let ticket = app.ticket(&project, "Work").await;
     let task = app.task(&ticket, "Held", json!({})).await;
     assert_eq!(agent.claim(&app, 5).await, Some(task.clone()));
-    let answer = heartbeat(&app, &agent).await;
+    let answer = agent.heartbeat(&app).await;
     assert_eq!(answer["status"], "idle", "the first heartbeat: {answer}");
     agent.must(&app, &task, "start", json!({})).await;
 
@@ -173,7 +161,7 @@ async fn silent_agents_are_degraded_then_failed_once_and_a_heartbeat_brings_one_
     assert_eq!(overview["agents_in_trouble"][0]["status"], "degraded");
 
     // A heartbeat brings it back.
-    let answer = heartbeat(&app, &agent).await;
+    let answer = agent.heartbeat(&app).await;
     assert_eq!(answer["status"], "idle", "{answer}");
     let changes = status_changes(&app, &agent.id).await;
     assert_eq!(
@@ -265,7 +253,7 @@ async fn a_quiet_task_is_nudged_once_per_stall_and_the_nudge_reaches_its_agent_o
     assert_eq!(health["tasks"][0]["pending_steering"], 1, "{health}");
 
     // The next heartbeat hands it over, once.
-    let answer = heartbeat(&app, &agent).await;
+    let answer = agent.heartbeat(&app).await;
     let steering = answer["steering"].as_array().expect("steering");
     assert_eq!(steering.len(), 1, "{answer}");
     assert_eq!(steering[0]["task_id"], task.as_str());
@@ -273,7 +261,7 @@ async fn a_quiet_task_is_nudged_once_per_stall_and_the_nudge_reaches_its_agent_o
     assert!(steering[0]["message"]
         .as_str()
         .is_some_and(|m| m.contains("No progress")));
-    assert_eq!(heartbeat(&app, &agent).await["steering"], json!([]));
+    assert_eq!(agent.heartbeat(&app).await["steering"], json!([]));
     let events = history(&app, &path).await;
     let delivered: Vec<_> = events
         .iter()
@@ -598,7 +586,7 @@ async fn an_agent_whose_work_keeps_failing_is_quarantined_once_and_gets_nothing_
     let steady = app.register_agent(&organization).await;
     let failing = app.register_agent(&organization).await;
     for agent in [&steady, &failing] {
-        assert_eq!(heartbeat(&app, agent).await["status"], "idle");
+        assert_eq!(agent.heartbeat(&app).await["status"], "idle");
     }
     // The steady agent's quick work makes the type's median.
     for n in 0..3 {
@@ -863,13 +851,13 @@ async fn the_llms_steering_reaches_an_http_agents_heartbeat_after_a_500_and_a_ma
 
     // The agent gets it at its next heartbeat, once.
     app.caught_up().await;
-    let answer = heartbeat(&app, &agent).await;
+    let answer = agent.heartbeat(&app).await;
     assert_eq!(
         answer["steering"][0]["message"], "Leave the build alone; fix the test.",
         "{answer}"
     );
     assert_eq!(answer["steering"][0]["source"], "trajectory");
-    assert_eq!(heartbeat(&app, &agent).await["steering"], json!([]));
+    assert_eq!(agent.heartbeat(&app).await["steering"], json!([]));
 
     // Within the interval the task is not assessed again, whatever the passes; after it,
     // it is.
@@ -1025,7 +1013,7 @@ async fn a_project_limited_key_sees_only_its_projects_agents_in_the_overview() {
     };
     for agent in [&everywhere, &own] {
         // A first heartbeat makes it idle (a spawning agent is not quarantined).
-        assert_eq!(heartbeat(&app, agent).await["status"], "idle");
+        assert_eq!(agent.heartbeat(&app).await["status"], "idle");
     }
     let own = own.id;
     for agent in [everywhere.id.as_str(), own.as_str()] {

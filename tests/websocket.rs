@@ -458,19 +458,7 @@ async fn replays_of_one_connection_take_turns_and_each_gets_every_event_in_order
     send(&mut socket, subscribe("s", &project)).await;
     let start = position(&next_of(&mut socket, "snapshot", "s").await);
     // About 1.5 MB of events: more than one page of a replay.
-    let description = "z".repeat(19_000);
-    let mut created = Vec::new();
-    for chunk in 0..5 {
-        let batch = (0..16).map(|n| {
-            let body = json!({"project_id": project, "title": format!("Big {chunk}-{n}"),
-                              "description": description});
-            app.post("/api/v1/tickets", body)
-        });
-        for (status, body) in futures_util::future::join_all(batch).await {
-            assert_eq!(status, StatusCode::CREATED, "{body}");
-            created.push(body["id"].as_str().expect("an id").to_string());
-        }
-    }
+    let created = app.tickets(&project, "Big ", 80, 19_000).await;
     let live = expect_deltas(&app, &mut socket, "s", &project, &start, &created).await;
     let live: Vec<String> = live.iter().map(position).collect();
 
@@ -515,7 +503,6 @@ async fn a_client_that_does_not_read_gets_resync_while_others_get_everything() {
 
     // Big events, so that the slow client's socket buffers fill (the kernel buffers up to
     // 4 MiB per socket on its own) and then its queue.
-    let description = "x".repeat(19_000);
     let count = 288;
     let reader = tokio::spawn(async move {
         // Earlier events may precede them (see `http_events`); the big ones are counted.
@@ -529,18 +516,7 @@ async fn a_client_that_does_not_read_gets_resync_while_others_get_everything() {
         }
         (fast, received)
     });
-    let mut created = Vec::new();
-    for chunk in 0..count / 16 {
-        let batch = (0..16).map(|n| {
-            let body = json!({"project_id": project, "title": format!("Big {chunk}-{n}"),
-                              "description": description});
-            app.post("/api/v1/tickets", body)
-        });
-        for (status, body) in futures_util::future::join_all(batch).await {
-            assert_eq!(status, StatusCode::CREATED, "{body}");
-            created.push(body["id"].as_str().expect("an id").to_string());
-        }
-    }
+    let mut created = app.tickets(&project, "Big ", count, 19_000).await;
     let (mut fast, received) = reader.await.expect("the fast reader");
     let last_fast = position(received.last().expect("a delta"));
     let mut received = ids_of(&received);
@@ -2267,12 +2243,6 @@ async fn steering_reaches_an_agent_on_its_socket_once_and_is_recorded_as_deliver
         );
     }
     app.caught_up().await;
-    let (_, beat) = agent
-        .post(
-            &app,
-            &format!("/api/v1/agents/{}/heartbeat", agent.id),
-            json!({}),
-        )
-        .await;
+    let beat = agent.heartbeat(&app).await;
     assert_eq!(beat["steering"], json!([]), "{beat}");
 }

@@ -119,30 +119,6 @@ fn subscribe(id: &str, stream: &str, project: &str) -> Value {
     json!({"type": "subscribe", "id": id, "stream": stream, "project_id": project})
 }
 
-/// Creates `count` tickets in `project`, 16 at a time, each with a description of
-/// `description_bytes`; returns their ids.
-async fn tickets(
-    app: &TestApp,
-    project: &str,
-    count: usize,
-    description_bytes: usize,
-) -> Vec<String> {
-    let description = "x".repeat(description_bytes);
-    let mut created = Vec::new();
-    for chunk in 0..count.div_ceil(16) {
-        let batch = (chunk * 16..count.min(chunk * 16 + 16)).map(|n| {
-            let body = json!({"project_id": project, "title": format!("T{n}"),
-                              "description": description});
-            app.post("/api/v1/tickets", body)
-        });
-        for (status, body) in futures_util::future::join_all(batch).await {
-            assert_eq!(status, StatusCode::CREATED, "{body}");
-            created.push(body["id"].as_str().expect("an id").to_string());
-        }
-    }
-    created
-}
-
 /// Creates the ticket titled "Sentinel" that [`until_sentinel`] waits for.
 async fn sentinel(app: &TestApp, project: &str) {
     let body = json!({"project_id": project, "title": "Sentinel"});
@@ -210,7 +186,7 @@ async fn a_resumption_from_the_database_is_read_and_sent_one_page_at_a_time() {
     let reader = tokio::spawn(async move { until_sentinel(&mut watcher, "w").await });
     // Big events, more than the unread client's socket buffers hold (the kernel takes up
     // to 4 MiB per socket on its own).
-    tickets(&app, &project, 300, 19_000).await;
+    app.tickets(&project, "T", 300, 19_000).await;
     sentinel(&app, &project).await;
     let live = reader.await.expect("the watcher got every event");
 
@@ -277,7 +253,7 @@ async fn a_client_whose_queue_holds_too_many_bytes_gets_resync_however_few_messa
 
     // More than the kernel buffers for the unread socket (up to 4 MiB), in few messages.
     let reader = tokio::spawn(async move { until_sentinel(&mut fast, "fast").await });
-    let created = tickets(&app, &project, 300, 19_000).await;
+    let created = app.tickets(&project, "T", 300, 19_000).await;
     sentinel(&app, &project).await;
     reader.await.expect("the reading client got every event");
 
@@ -331,7 +307,7 @@ async fn a_read_model_follower_is_freed_once_its_last_subscriber_left() {
     send(&mut socket, subscribe("board", "board", &project)).await;
     next_of(&mut socket, "snapshot", "board").await;
     assert_eq!(gauge(&app, "omoi_live_followers").await, 1);
-    let created = tickets(&app, &project, 1, 10).await;
+    let created = app.tickets(&project, "T", 1, 10).await;
     let delta = next_of(&mut socket, "delta", "board").await;
     assert_eq!(
         delta["change"]["card"]["ticket_id"],
@@ -375,7 +351,7 @@ async fn follower_catches_up(config: LiveConfig) {
     let mut socket = connect(&app, "/api/v1/ws", app.token.as_deref().expect("a token")).await;
     send(&mut socket, subscribe("board", "board", &project)).await;
     next_of(&mut socket, "snapshot", "board").await;
-    let before = tickets(&app, &project, 1, 10).await;
+    let before = app.tickets(&project, "T", 1, 10).await;
     let delta = next_of(&mut socket, "delta", "board").await;
     assert_eq!(delta["change"]["card"]["ticket_id"], before[0].as_str());
 
@@ -390,7 +366,7 @@ async fn follower_catches_up(config: LiveConfig) {
     .execute(&app.database.pool)
     .await
     .expect("the burst");
-    let after = tickets(&app, &project, 1, 10).await;
+    let after = app.tickets(&project, "T", 1, 10).await;
     let delta = next_of(&mut socket, "delta", "board").await;
     assert_eq!(
         delta["change"]["card"]["ticket_id"],

@@ -710,6 +710,15 @@ impl Agent {
         answer
     }
 
+    /// Heartbeats with this agent's credential, which must answer 200 (the first makes a
+    /// spawning agent idle and gives it its lease); the answer.
+    pub async fn heartbeat(&self, app: &TestApp) -> Value {
+        let path = format!("/api/v1/agents/{}/heartbeat", self.id);
+        let (status, answer) = self.post(app, &path, serde_json::json!({})).await;
+        assert_eq!(status, StatusCode::OK, "{path}: {answer}");
+        answer
+    }
+
     /// Claims a task, waiting up to `wait_seconds`: its id, or `None` on 204.
     pub async fn claim(&self, app: &TestApp, wait_seconds: u64) -> Option<String> {
         let (status, body) = self
@@ -765,6 +774,51 @@ impl TestApp {
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
         panic!("{count} claims never waited");
+    }
+
+    /// Waits (up to ten seconds) until `count` sessions of this test's database wait for a
+    /// lock: requests held behind a transaction the test keeps open. Panics past the
+    /// bound, so a request that never waited fails its test instead of hanging it.
+    pub async fn until_lock_waiters(&self, count: i64) {
+        for _ in 0..500 {
+            let waiting: i64 = sqlx::query_scalar(
+                "select count(*) from pg_stat_activity
+                  where datname = current_database() and wait_event_type = 'Lock'",
+            )
+            .fetch_one(&self.database.pool)
+            .await
+            .expect("the activity");
+            if waiting >= count {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        panic!("{count} sessions never waited for a lock");
+    }
+
+    /// Creates `count` tickets in `project` titled `{prefix}{n}`, 16 at a time, each with a
+    /// description of `description_bytes` (big events, to fill a socket); their ids.
+    pub async fn tickets(
+        &self,
+        project: &str,
+        prefix: &str,
+        count: usize,
+        description_bytes: usize,
+    ) -> Vec<String> {
+        let description = "x".repeat(description_bytes);
+        let mut created = Vec::new();
+        for chunk in 0..count.div_ceil(16) {
+            let batch = (chunk * 16..count.min(chunk * 16 + 16)).map(|n| {
+                let body = serde_json::json!({"project_id": project,
+                    "title": format!("{prefix}{n}"), "description": description});
+                self.post("/api/v1/tickets", body)
+            });
+            for (status, body) in futures_util::future::join_all(batch).await {
+                assert_eq!(status, StatusCode::CREATED, "{body}");
+                created.push(id_of(&body));
+            }
+        }
+        created
     }
 
     /// POSTs `body` to `path`, asserting the answer's status; returns the answer.
