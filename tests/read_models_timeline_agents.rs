@@ -250,6 +250,102 @@ async fn paging_the_timeline_either_way_misses_and_repeats_nothing() {
     );
 }
 
+/// The summaries of the entries of `page`, newest first.
+fn summaries(page: &Value) -> Vec<String> {
+    entries(page)
+        .iter()
+        .map(|e| e["summary"].as_str().unwrap_or_default().to_string())
+        .collect()
+}
+
+/// An entry names its entity by the title it had when its event happened (the read model
+/// keeps each entity's history of titles; the entries are the log's events): a renamed
+/// ticket's earlier entries keep its old name. An entry is served once the timeline's
+/// build has applied its event, not as soon as it is in the log. A rebuild of the read
+/// model (folded from the start, as `omoi projections rebuild timeline` does) serves the
+/// same pages.
+#[tokio::test(flavor = "multi_thread")]
+async fn entries_name_what_their_events_saw_and_appear_once_the_timeline_has_applied_them() {
+    let app = spawn_app().await;
+    let (_, project_id) = app.organization_and_manual_project().await;
+    let ticket = app.ticket(&project_id, "Login page").await;
+    let rename = |title: &'static str| {
+        let app = &app;
+        let path = format!("/api/v1/tickets/{ticket}");
+        async move {
+            let (status, body) = app.patch(&path, json!({"title": title})).await;
+            assert_eq!(status, StatusCode::OK, "{body}");
+        }
+    };
+    rename("Sign-in page").await;
+    let transition = format!("/api/v1/tickets/{ticket}/transition");
+    app.must(&transition, json!({"to": "analyzing"}), StatusCode::OK)
+        .await;
+    let base = format!("/api/v1/timeline?project_id={project_id}&entity_type=ticket");
+    let page = app
+        .eventually(&base, |p| {
+            event_types(p).first().map(String::as_str) == Some("TicketStatusChanged")
+        })
+        .await;
+    let story = [
+        "Ticket \"Sign-in page\" moved backlog → analyzing",
+        "Ticket \"Login page\" updated: title \"Sign-in page\"",
+        "Ticket \"Login page\" created",
+    ];
+    assert_eq!(summaries(&page), story, "{page}");
+
+    // Held at its titles, the build applies nothing more: a rename in the log is not on
+    // the timeline until the build has applied it.
+    let held = app.hold_read_model("timeline", "share").await;
+    rename("Sign-up page").await;
+    let (_, history) = app.get(&format!("/api/v1/tickets/{ticket}/history")).await;
+    let in_the_log = history["events"].as_array().expect("events").len();
+    assert_eq!(in_the_log, 4, "{history}");
+    let (status, now) = app.get(&base).await;
+    assert_eq!(status, StatusCode::OK, "{now}");
+    assert_eq!(summaries(&now), story, "{now}");
+    held.rollback().await.expect("let go");
+    let page = app
+        .eventually(&base, |p| {
+            event_types(p).first().map(String::as_str) == Some("TicketUpdated")
+        })
+        .await;
+    assert_eq!(
+        summaries(&page)[0],
+        "Ticket \"Sign-in page\" updated: title \"Sign-up page\""
+    );
+
+    // A rebuild from the start serves the same page.
+    let timeline = omoi_projections::all()
+        .into_iter()
+        .find(|p| p.name() == "timeline")
+        .expect("the timeline");
+    let pool = &app.database.pool;
+    let mut conn = pool.acquire().await.expect("a connection");
+    let build = omoi_projections::catalog::create_build(
+        &mut conn,
+        timeline.as_ref(),
+        omoi_projections::catalog::BuildState::Building,
+    )
+    .await
+    .expect("a new build");
+    drop(conn);
+    let options = &app.database.options;
+    omoi_projections::runner::catch_up(pool, options, timeline.as_ref(), build.build, 500, |_| {})
+        .await
+        .expect("caught up");
+    let live: i64 = sqlx::query_scalar(
+        "select build from projector_builds where projector = 'timeline' and state = 'live'",
+    )
+    .fetch_one(pool)
+    .await
+    .expect("the live build");
+    assert_eq!(live, build.build, "the rebuild went live");
+    let (status, rebuilt) = app.get(&base).await;
+    assert_eq!(status, StatusCode::OK, "{rebuilt}");
+    assert_eq!(rebuilt, page);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn timeline_requests_are_checked_and_other_organizations_see_nothing() {
     let app = spawn_app().await;

@@ -629,12 +629,12 @@ async fn print_read_models(pool: &PgPool) -> anyhow::Result<()> {
             "select (select count(*) from board_cards),
                     (select count(*) from board_cards where status = 'done'),
                     (select count(*) from graph_nodes), (select count(*) from graph_edges),
-                    (select count(*) from timeline_entries), (select count(*) from agents_agents)",
+                    (select count(*) from timeline_titles), (select count(*) from agents_agents)",
         )
         .fetch_one(pool)
         .await?;
     println!(
-        "  read models: {} cards ({} done), {} graph nodes, {} edges, {} timeline entries, {} agents",
+        "  read models: {} cards ({} done), {} graph nodes, {} edges, {} titles in the timeline's history, {} agents",
         thousands(cards as f64),
         thousands(done as f64),
         thousands(nodes as f64),

@@ -338,10 +338,11 @@ async fn create_indexes(
 /// Builds the indexes readers need on a build about to go live, outside any transaction
 /// and without holding the log's readers: `create index concurrently` takes no
 /// transaction id while it builds, where a plain `create index` holds one — and with it
-/// every reader's horizon (`pg_snapshot_xmin`) — until it ends (the timeline's four on a
-/// 1,000,000-event log: 2.7 s). It waits instead for older transactions to end. An
-/// index an interrupted build left invalid is dropped and built again; the ones built
-/// are what [`go_live`] expects its caller to have built.
+/// every reader's horizon (`pg_snapshot_xmin`) — until it ends (the four indexes of the
+/// timeline's entries, when it copied them, on a 1,000,000-event log: 2.7 s). It waits
+/// instead for older transactions to end. An index an interrupted build left invalid is
+/// dropped and built again; the ones built are what [`go_live`] expects its caller to
+/// have built.
 pub async fn build_indexes_concurrently(
     conn: &mut PgConnection,
     projector: &dyn Projector,

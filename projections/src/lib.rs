@@ -239,8 +239,9 @@ pub trait Fold: Send {
         schema: &'a str,
     ) -> BoxFuture<'a, Result<(), ProjectionError>>;
     /// Whether it folds on from its write, keeping only what the next events need (the
-    /// timeline: its titles) and writing only what they add. `false` (the default): its
-    /// rows are the whole model, written once; the batches go on after it.
+    /// timeline: nothing, its rows are a history) and writing only what they add.
+    /// `false` (the default): its rows are the whole model, written once; the batches go
+    /// on after it.
     fn goes_on(&self) -> bool {
         false
     }
@@ -270,7 +271,7 @@ pub trait FoldWrite: Send {
 pub(crate) const FOLD_WRITE_CHUNK: usize = 10_000;
 
 /// Rows a [`Fold`] that [goes on](Fold::goes_on) holds before it writes them and folds
-/// on (the timeline's 100,000 entries encode to about 15 MB): each write holds the log's
+/// on (100,000 of the timeline's titles encode to about 6 MB): each write holds the log's
 /// readers while it runs, so it stays short.
 pub(crate) const FOLD_ON_ROWS: usize = 100_000;
 

@@ -71,8 +71,8 @@ impl StoredEvent {
         Self::from_row_of(row, Columns::Everything)
     }
 
-    /// An event of a row that holds `columns`.
-    fn from_row_of(row: &sqlx::postgres::PgRow, columns: Columns) -> Result<Self, sqlx::Error> {
+    /// An event of a row that holds `columns` (a query selecting [`Columns::select`]).
+    pub fn from_row_of(row: &sqlx::postgres::PgRow, columns: Columns) -> Result<Self, sqlx::Error> {
         let metadata = match columns {
             Columns::Everything => raw_json(row, "metadata")?.into(),
             Columns::MetadataFields(fields) => Metadata::from_fields(
@@ -206,7 +206,10 @@ impl Columns {
     /// Every column but the metadata (of which only `occurred_at` comes, for the runner).
     pub const WITHOUT_METADATA: Self = Self::MetadataFields(&[]);
 
-    fn select(self) -> String {
+    /// The select list of a query of the `events` table reading these columns, as
+    /// [`StoredEvent::from_row_of`] decodes them (`transaction_id` as a `bigint`: qualify it
+    /// as `events.transaction_id` to order or compare by the log's own column).
+    pub fn select(self) -> String {
         let Self::MetadataFields(fields) = self else {
             return COLUMNS.to_string();
         };

@@ -1,6 +1,6 @@
 //! The pure timeline: which aggregates it shows ([`EntityType`]), their events
 //! ([`Change`]) and which of them are entries, and the timeline as one process folds it
-//! from the log ([`TimelineModel`]), entry for entry what the projector writes.
+//! from the log ([`TimelineModel`]), entry for entry what a read of the read model returns.
 
 use std::collections::HashMap;
 
@@ -80,6 +80,21 @@ impl EntityType {
     pub(super) fn noun(self) -> &'static str {
         self.kind().type_name()
     }
+
+    /// Every entity type, in the order of [`EntityType`].
+    pub(super) const ALL: [Self; 6] = [
+        Self::Ticket,
+        Self::Task,
+        Self::Spec,
+        Self::Agent,
+        Self::Project,
+        Self::Organization,
+    ];
+
+    /// The `aggregate_type` of its events in the log.
+    pub(super) fn aggregate_type(self) -> &'static str {
+        self.kind().type_name()
+    }
 }
 
 /// A domain event of any aggregate the timeline shows.
@@ -121,6 +136,10 @@ impl Change {
     pub fn is_entry(&self) -> bool {
         !matches!(self, Self::Task(TaskEvent::TaskProgressReported { .. }))
     }
+
+    /// The `event_type`s of the events [`Self::is_entry`] refuses: what a query of the log
+    /// for entries passes over.
+    pub(super) const NOT_ENTRIES: &'static [&'static str] = &["TaskProgressReported"];
 
     /// The entity's title from this event on, when the event sets it.
     pub fn new_title(&self) -> Option<&str> {
@@ -187,9 +206,70 @@ impl Change {
 
 pub(super) type TitleKey = (EntityType, Uuid);
 
+/// An event of an entity the timeline shows, decoded.
+pub(super) struct Decoded<'a> {
+    pub event: &'a StoredEvent,
+    pub kind: EntityType,
+    pub id: Uuid,
+    pub change: Change,
+}
+
+impl<'a> Decoded<'a> {
+    /// The event decoded; `None` for an event of an aggregate the timeline does not show.
+    pub fn of(event: &'a StoredEvent) -> Result<Option<Self>, ProjectionError> {
+        let Some(kind) = EntityType::of_aggregate(&event.aggregate_type) else {
+            return Ok(None);
+        };
+        let change =
+            Change::parse(kind, &event.payload).map_err(|e| ProjectionError::payload(event, e))?;
+        Ok(Some(Self {
+            event,
+            kind,
+            id: entity_id(event)?,
+            change,
+        }))
+    }
+
+    /// Its entity, as titles are looked up.
+    pub fn title_key(&self) -> TitleKey {
+        (self.kind, self.id)
+    }
+
+    /// The entry it becomes, if it is one, with `title_of` the titles as the event saw
+    /// them (set before it).
+    pub fn entry<'t>(
+        &self,
+        title_of: impl Fn(TitleKey) -> Option<&'t str>,
+    ) -> Result<Option<TimelineEntry>, ProjectionError> {
+        if !self.change.is_entry() {
+            return Ok(None);
+        }
+        let (event, meta) = (self.event, EventMeta::of(self.event)?);
+        let names = Names {
+            id: self.id,
+            title: title_of(self.title_key()),
+            other: self.change.reference().and_then(&title_of),
+        };
+        Ok(Some(TimelineEntry {
+            cursor: event.cursor().to_string(),
+            transaction_id: event.transaction_id,
+            global_position: event.global_position,
+            organization_id: meta.organization_id,
+            project_id: meta.project_id,
+            entity_type: self.kind.as_str().to_string(),
+            entity_id: self.id,
+            event_type: event.event_type.clone(),
+            actor: meta.actor,
+            summary: summary(&self.change, &names),
+            // As the API has always served it: `timestamptz` keeps microseconds.
+            occurred_at: meta.occurred_at.trunc_subsecs(6),
+        }))
+    }
+}
+
 /// The timeline as one process folds it from the log (the live `timeline` stream): the
 /// titles every entry's summary names, and the entry each event becomes — the same entry
-/// the projector writes.
+/// a read of the `timeline` read model returns for it.
 #[derive(Debug, Default)]
 pub struct TimelineModel {
     titles: HashMap<TitleKey, String>,
@@ -198,39 +278,12 @@ pub struct TimelineModel {
 impl TimelineModel {
     /// Applies one event: the entry it adds to the timeline, if any.
     pub fn apply(&mut self, event: &StoredEvent) -> Result<Option<TimelineEntry>, ProjectionError> {
-        let Some(kind) = EntityType::of_aggregate(&event.aggregate_type) else {
+        let Some(decoded) = Decoded::of(event)? else {
             return Ok(None);
         };
-        let change =
-            Change::parse(kind, &event.payload).map_err(|e| ProjectionError::payload(event, e))?;
-        let id = entity_id(event)?;
-        let entry = if change.is_entry() {
-            let meta = EventMeta::of(event)?;
-            let title_of = |key: TitleKey| self.titles.get(&key).map(String::as_str);
-            let names = Names {
-                id,
-                title: title_of((kind, id)),
-                other: change.reference().and_then(title_of),
-            };
-            Some(TimelineEntry {
-                cursor: event.cursor().to_string(),
-                transaction_id: event.transaction_id,
-                global_position: event.global_position,
-                organization_id: meta.organization_id,
-                project_id: meta.project_id,
-                entity_type: kind.as_str().to_string(),
-                entity_id: id,
-                event_type: event.event_type.clone(),
-                actor: meta.actor,
-                summary: summary(&change, &names),
-                // As stored: `timestamptz` keeps microseconds.
-                occurred_at: meta.occurred_at.trunc_subsecs(6),
-            })
-        } else {
-            None
-        };
-        if let Some(text) = change.new_title() {
-            self.titles.insert((kind, id), text.to_string());
+        let entry = decoded.entry(|key| self.titles.get(&key).map(String::as_str))?;
+        if let Some(text) = decoded.change.new_title() {
+            self.titles.insert(decoded.title_key(), text.to_string());
         }
         Ok(entry)
     }

@@ -1,13 +1,18 @@
-//! Reading the timeline: one page of the `timeline_entries` view, filtered and
-//! cursor-paged in both directions.
+//! Reading the timeline: one page of the log's entries, filtered and cursor-paged in both
+//! directions, each summarized with the titles its event saw.
 
-use omoi_store::Cursor;
+use std::collections::HashMap;
+
+use omoi_store::log::Columns;
+use omoi_store::{Cursor, StoredEvent};
 use serde::Serialize;
-use sqlx::{PgPool, Postgres, QueryBuilder};
+use sqlx::{PgConnection, PgPool, Postgres, QueryBuilder};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use super::model::{EntityType, TimelineEntry};
+use super::model::{Change, Decoded, EntityType, TimelineEntry, TitleKey};
+use crate::codec::EventMeta;
+use crate::ProjectionError;
 
 /// A page of the timeline, newest entry first.
 #[derive(Debug, Clone, Serialize, ToSchema)]
@@ -100,18 +105,36 @@ pub struct TimelineFilter {
     pub limit: i64,
 }
 
-/// Reads one page from the `timeline_entries` view.
+/// Reads one page: the log's entries up to where the live build has applied it, each
+/// summarized with the titles its event saw (the build's history of them). Both are read
+/// in one snapshot, so that a build going live between them cannot name an entry from a
+/// history that has not reached it.
 pub async fn read(pool: &PgPool, filter: &TimelineFilter) -> Result<TimelinePage, sqlx::Error> {
-    let mut sql = QueryBuilder::<Postgres>::new(
-        "select transaction_id::text || '-' || global_position::text as cursor,
-                transaction_id, global_position, organization_id, project_id, entity_type,
-                entity_id, event_type, actor, summary, occurred_at
-           from timeline_entries where true",
-    );
+    let mut tx = pool
+        .begin_with("begin isolation level repeatable read, read only")
+        .await?;
+    let columns = Columns::MetadataFields(EventMeta::FIELDS);
+    let mut sql = QueryBuilder::<Postgres>::new(format!(
+        "select {} from events
+          where (events.transaction_id, events.global_position) <= (
+                    (select transaction_id::text::xid8 from projector_builds
+                      where projector = 'timeline' and state = 'live'),
+                    (select global_position from projector_builds
+                      where projector = 'timeline' and state = 'live'))
+            and event_type <> all(",
+        columns.select()
+    ));
+    sql.push_bind(Change::NOT_ENTRIES).push(")");
     push_filters(&mut sql, filter);
     // One row more than asked tells whether anything lies beyond the page.
     sql.push(" limit ").push_bind(filter.limit + 1);
-    let mut entries: Vec<TimelineEntry> = sql.build_query_as().fetch_all(pool).await?;
+    let rows = sql.build().fetch_all(&mut *tx).await?;
+    let events = rows
+        .iter()
+        .map(|row| StoredEvent::from_row_of(row, columns))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut entries = summarized(&mut tx, &events).await?;
+    tx.commit().await?;
     let more = entries.len() as i64 > filter.limit;
     entries.truncate(usize::try_from(filter.limit).unwrap_or(0));
     if let Page::After(_) = filter.page {
@@ -127,27 +150,110 @@ pub async fn read(pool: &PgPool, filter: &TimelineFilter) -> Result<TimelinePage
     })
 }
 
+/// The entries of `events` (every one an entry: the query passed over the rest), named
+/// with the titles of the live build's history as of each event (one query).
+async fn summarized(
+    tx: &mut PgConnection,
+    events: &[StoredEvent],
+) -> Result<Vec<TimelineEntry>, sqlx::Error> {
+    let unreadable = |error: ProjectionError| sqlx::Error::Decode(error.to_string().into());
+    let mut decoded = Vec::with_capacity(events.len());
+    for event in events {
+        let entity = Decoded::of(event).map_err(unreadable)?;
+        decoded.extend(entity);
+    }
+    // Each event's own entity and the one it refers to, as of the event.
+    let wanted: Vec<(TitleKey, Cursor)> = decoded
+        .iter()
+        .flat_map(|d| {
+            let at = d.event.cursor();
+            std::iter::once(d.title_key())
+                .chain(d.change.reference())
+                .map(move |key| (key, at))
+        })
+        .collect();
+    let titles = titles_as_of(tx, &wanted).await?;
+    let mut entries = Vec::with_capacity(decoded.len());
+    for d in &decoded {
+        let at = d.event.cursor();
+        let title_of = |key: TitleKey| titles.get(&(key, at)).map(String::as_str);
+        entries.extend(d.entry(title_of).map_err(unreadable)?);
+    }
+    Ok(entries)
+}
+
+/// The title each of `wanted` had just before its position: the newest of its entity's
+/// history before it. Absent for an entity not yet created there.
+async fn titles_as_of(
+    tx: &mut PgConnection,
+    wanted: &[(TitleKey, Cursor)],
+) -> Result<HashMap<(TitleKey, Cursor), String>, sqlx::Error> {
+    if wanted.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let kinds: Vec<&str> = wanted.iter().map(|((kind, _), _)| kind.as_str()).collect();
+    let ids: Vec<Uuid> = wanted.iter().map(|((_, id), _)| *id).collect();
+    let transactions: Vec<i64> = wanted.iter().map(|(_, at)| at.transaction_id).collect();
+    let positions: Vec<i64> = wanted.iter().map(|(_, at)| at.global_position).collect();
+    let found: Vec<Option<String>> = sqlx::query_scalar(
+        "select (select t.title from timeline_titles t
+                  where t.entity_type = w.entity_type and t.entity_id = w.entity_id
+                    and (t.transaction_id, t.global_position)
+                        < (w.transaction_id, w.global_position)
+                  order by t.transaction_id desc, t.global_position desc
+                  limit 1)
+           from unnest($1::text[], $2::uuid[], $3::bigint[], $4::bigint[]) with ordinality
+                as w(entity_type, entity_id, transaction_id, global_position, n)
+          order by w.n",
+    )
+    .bind(kinds)
+    .bind(ids)
+    .bind(transactions)
+    .bind(positions)
+    .fetch_all(&mut *tx)
+    .await?;
+    Ok(wanted
+        .iter()
+        .zip(found)
+        .filter_map(|(wanted, title)| Some((*wanted, title?)))
+        .collect())
+}
+
+/// The conditions and order of `filter` on the log's entries (the organization, the
+/// project, the actor and the time come from the metadata, as the bus writes it; the
+/// entity from the aggregate). Each one the planner can walk an index of the log for:
+/// `events_by_project` (its predicate repeated so that it is seen to hold),
+/// `events_by_organization`, the aggregate's key, or the global order.
 fn push_filters(sql: &mut QueryBuilder<'_, Postgres>, filter: &TimelineFilter) {
     if let Some(organizations) = &filter.organizations {
-        sql.push(" and organization_id = any(")
-            .push_bind(organizations.clone())
+        let organizations: Vec<String> = organizations.iter().map(Uuid::to_string).collect();
+        sql.push(" and metadata ->> 'organization_id' = any(")
+            .push_bind(organizations)
             .push(")");
     }
     if let Some(project_id) = filter.project_id {
-        sql.push(" and project_id = ").push_bind(project_id);
+        sql.push(" and metadata ? 'project_id' and metadata ->> 'project_id' = ")
+            .push_bind(project_id.to_string());
     }
     if let Some(event_type) = &filter.event_type {
         sql.push(" and event_type = ").push_bind(event_type.clone());
     }
-    if let Some(entity_type) = filter.entity_type {
-        sql.push(" and entity_type = ")
-            .push_bind(entity_type.as_str());
-    }
+    match filter.entity_type {
+        Some(entity_type) => sql
+            .push(" and aggregate_type = ")
+            .push_bind(entity_type.aggregate_type()),
+        None => sql
+            .push(" and aggregate_type = any(")
+            .push_bind(EntityType::ALL.map(EntityType::aggregate_type).to_vec())
+            .push(")"),
+    };
     if let Some(entity_id) = filter.entity_id {
-        sql.push(" and entity_id = ").push_bind(entity_id);
+        sql.push(" and aggregate_id = ")
+            .push_bind(entity_id.to_string());
     }
     if let Some(actor) = &filter.actor {
-        sql.push(" and actor = ").push_bind(actor.clone());
+        sql.push(" and metadata ->> 'actor' = ")
+            .push_bind(actor.clone());
     }
     let (comparisons, order) = match filter.page {
         Page::Newest => (vec![], "desc"),
@@ -157,15 +263,17 @@ fn push_filters(sql: &mut QueryBuilder<'_, Postgres>, filter: &TimelineFilter) {
     };
     for (operator, cursor) in comparisons {
         sql.push(format!(
-            " and (transaction_id, global_position) {operator} ("
+            " and (events.transaction_id, events.global_position) {operator} ("
         ))
         .push_bind(cursor.transaction_id)
-        .push(", ")
+        .push("::bigint::text::xid8, ")
         .push_bind(cursor.global_position)
         .push(")");
     }
+    // Qualified: bare `transaction_id` names the select list's `bigint`, and sorting by
+    // it sorts every entry instead of walking an index.
     sql.push(format!(
-        " order by transaction_id {order}, global_position {order}"
+        " order by events.transaction_id {order}, events.global_position {order}"
     ));
 }
 
