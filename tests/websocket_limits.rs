@@ -515,3 +515,34 @@ async fn a_cookie_opens_a_websocket_only_from_the_servers_own_or_an_allowed_orig
     let problem: Value = refused.json().await.expect("a problem document");
     assert_eq!(problem["code"], "origin_not_allowed", "{problem}");
 }
+
+/// A socket's messages past its burst wait their turn: the server reads a flood at the
+/// socket's rate rather than as fast as the client sends it, and answers every message
+/// (none is dropped or refused).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_flood_of_messages_is_read_at_the_sockets_rate_and_each_is_answered() {
+    let app = spawn_app_with(LiveConfig {
+        message_burst: 10,
+        messages_per_second: 50,
+        ..test_live_config()
+    })
+    .await;
+    let token = app.token.clone().expect("a token");
+    let mut socket = connect(&app, "/api/v1/ws", &token).await;
+    let started = std::time::Instant::now();
+    for _ in 0..60 {
+        socket
+            .feed(Message::text(json!({"type": "ping"}).to_string()))
+            .await
+            .expect("queued");
+    }
+    socket.flush().await.expect("sent");
+    for n in 1..=60 {
+        let answer = next(&mut socket).await;
+        assert_eq!(answer["type"], "pong", "message {n}: {answer}");
+    }
+    // Ten at once, then fifty turns at fifty a second: the last answer comes a second
+    // after the first message at the earliest.
+    let elapsed = started.elapsed();
+    assert!(elapsed >= Duration::from_millis(950), "{elapsed:?}");
+}

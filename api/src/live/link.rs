@@ -39,6 +39,7 @@ use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
 use super::frame::Frame;
 use super::protocol::{encode, Authenticate, ServerMessage, WsError};
+use super::rate::MessageRate;
 use super::sockets::Principal;
 use super::upgrade::Socket;
 use super::LiveConfig;
@@ -358,7 +359,7 @@ pub async fn drive(
     let hub = link.state.live.clone();
     tokio::select! {
         () = writer.run() => {}
-        () = read(stream, session, link, activity, config.max_text_bytes) => {}
+        () = read(stream, session, link, activity, &config) => {}
         () = overwhelmed.notified() => {
             tracing::debug!("live: a client fell behind on every subscription; dropped");
         }
@@ -373,17 +374,30 @@ fn queue_budget(configured: usize) -> usize {
     configured.clamp(1, most)
 }
 
-/// Reads the client's frames and hands text to the session.
+/// Reads the client's frames and hands text to the session, each message in its turn
+/// ([`MessageRate`]).
 async fn read(
     mut stream: SplitStream<Socket>,
     mut session: impl Session,
     link: Link,
     activity: Arc<Activity>,
-    max_text_bytes: usize,
+    config: &LiveConfig,
 ) {
+    let max_text_bytes = config.max_text_bytes;
+    let mut rate = MessageRate::new(
+        config.messages_per_second,
+        config.message_burst,
+        Instant::now(),
+    );
     session.on_open(&link).await;
     while let Some(Ok(frame)) = stream.next().await {
         activity.frame();
+        if let Message::Text(_) | Message::Binary(_) = frame {
+            let wait = rate.turn(Instant::now());
+            if !wait.is_zero() {
+                tokio::time::sleep(wait).await;
+            }
+        }
         match frame {
             Message::Text(text) => {
                 activity.message();

@@ -15,7 +15,8 @@
 //! * [`link`] — one connection: the byte-bounded outgoing queue, pings, the credential
 //!   re-check.
 //! * [`frame`] — queued messages, whose heavy part is encoded once and shared.
-//! * [`protocol`] — the messages and their errors.
+//! * [`protocol`] — the messages and their errors; [`rate`] — how fast a connection's
+//!   messages are handled.
 //! * [`stream`] — the subscriptions of `/api/v1/ws`; [`replay`] — what a resuming
 //!   `events` subscription missed, from memory or page by page from the database.
 //! * [`task_streams`] — the `logs` (a task's transcript) and `steering` (an agent's
@@ -34,6 +35,7 @@ pub mod hub;
 pub mod link;
 pub mod models;
 pub mod protocol;
+pub mod rate;
 pub mod replay;
 pub mod sockets;
 pub mod stream;
@@ -93,6 +95,10 @@ pub struct LiveConfig {
     pub max_text_bytes: usize,
     /// Subscriptions one socket may hold at once.
     pub max_subscriptions: usize,
+    /// Messages one socket's client may send at once; past them, each waits its turn at
+    /// `messages_per_second` ([`rate`]: the server stops reading meanwhile).
+    pub message_burst: u32,
+    pub messages_per_second: u32,
     /// WebSockets one user or API key may hold open at once in this process; more are
     /// refused at upgrade (429).
     pub max_sockets_per_principal: usize,
@@ -121,6 +127,8 @@ impl Default for LiveConfig {
             batch_size: 500,
             max_text_bytes: 64 * 1024,
             max_subscriptions: 32,
+            message_burst: 100,
+            messages_per_second: 50,
             max_sockets_per_principal: 32,
             allowed_origins: Vec::new(),
             follower_idle: Duration::from_secs(60),
