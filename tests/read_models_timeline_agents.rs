@@ -346,6 +346,91 @@ async fn entries_name_what_their_events_saw_and_appear_once_the_timeline_has_app
     assert_eq!(rebuilt, page);
 }
 
+/// After an upgrade from version 2 (which copied every entry and kept only current
+/// titles), its build stays live while version 3 rebuilds beside it: a read meanwhile
+/// takes the entries from the log up to that build's checkpoint and names entities by the
+/// titles that build has (its current ones), instead of failing on a history it lacks.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_read_while_a_version_2_build_is_still_live_names_entities_by_its_titles() {
+    let app = spawn_app().await;
+    let (organization, project) = app.organization_and_manual_project().await;
+    let ticket = app.ticket(&project, "Login page").await;
+    let (status, body) = app
+        .patch(
+            &format!("/api/v1/tickets/{ticket}"),
+            json!({"title": "Sign-in page"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    app.caught_up().await;
+    // No runner from here on: the builds stay as this test makes them.
+    let (database, _) = app.stop().await;
+    let pool = &database.pool;
+    let uuid = |id: &str| uuid::Uuid::parse_str(id).expect("an id");
+    let mut tx = pool.begin().await.expect("a transaction");
+    let (live, transaction_id, global_position): (i64, i64, i64) = sqlx::query_as(
+        "update projector_builds set state = 'retired'
+          where projector = 'timeline' and state = 'live'
+          returning build, transaction_id, global_position",
+    )
+    .fetch_one(&mut *tx)
+    .await
+    .expect("the live build retired");
+    let old: i64 = sqlx::query_scalar(
+        "insert into projector_builds (projector, code_version, state, transaction_id,
+                                       global_position)
+         values ('timeline', 2, 'live', $1, $2) returning build",
+    )
+    .bind(transaction_id)
+    .bind(global_position)
+    .fetch_one(&mut *tx)
+    .await
+    .expect("a version 2 build");
+    assert_ne!(old, live);
+    sqlx::raw_sql(&format!(
+        "create schema rm_timeline_{old};
+         create table rm_timeline_{old}.titles (
+             entity_type text not null, entity_id uuid not null,
+             organization_id uuid not null, project_id uuid, title text not null,
+             primary key (entity_type, entity_id))"
+    ))
+    .execute(&mut *tx)
+    .await
+    .expect("its tables");
+    sqlx::query(&format!(
+        "insert into rm_timeline_{old}.titles values ('ticket', $1, $2, $3, 'Sign-in page')"
+    ))
+    .bind(uuid(&ticket))
+    .bind(uuid(&organization))
+    .bind(uuid(&project))
+    .execute(&mut *tx)
+    .await
+    .expect("its titles");
+    tx.commit().await.expect("committed");
+
+    let filter = omoi_projections::timeline::TimelineFilter {
+        organizations: Some(vec![uuid(&organization)]),
+        project_id: Some(uuid(&project)),
+        event_type: None,
+        entity_type: Some(omoi_projections::timeline::EntityType::Ticket),
+        entity_id: None,
+        actor: None,
+        page: omoi_projections::timeline::Page::Newest,
+        limit: 50,
+    };
+    let page = omoi_projections::timeline::read(pool, &filter)
+        .await
+        .expect("a page");
+    let summaries: Vec<&str> = page.entries.iter().map(|e| e.summary.as_str()).collect();
+    assert_eq!(
+        summaries,
+        [
+            "Ticket \"Sign-in page\" updated: title \"Sign-in page\"",
+            "Ticket \"Login page\" created",
+        ]
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn timeline_requests_are_checked_and_other_organizations_see_nothing() {
     let app = spawn_app().await;

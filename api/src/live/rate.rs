@@ -68,6 +68,26 @@ mod tests {
     }
 
     proptest! {
+        /// Messages all sent at once are held back no more than the limit asks: the i-th
+        /// (from 0) is handled `max(0, i + 1 - burst) / rate` after the first.
+        #[test]
+        fn a_flood_waits_exactly_its_turns(
+            per_second in 1u32..200,
+            burst in 1u32..50,
+            count in 1usize..300,
+        ) {
+            let start = Instant::now();
+            let mut rate = MessageRate::new(per_second, burst, start);
+            let mut at = start;
+            for i in 0..count {
+                at += rate.turn(at);
+                let turns = (i as f64 + 1.0 - f64::from(burst)).max(0.0);
+                let due = turns / f64::from(per_second);
+                let waited = at.duration_since(start).as_secs_f64();
+                prop_assert!((waited - due).abs() < 1e-6, "message {i}: {waited} s, due {due} s");
+            }
+        }
+
         /// However messages arrive, and each handled when its wait ends, no window of
         /// time handles more than the burst plus what the rate refills in it.
         #[test]

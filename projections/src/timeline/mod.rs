@@ -1,23 +1,25 @@
 //! The activity timeline: one entry per event a person cares about, each with a one-line
 //! summary naming the entity (`Ticket "Login page" moved analyzing → building`).
 //!
-//! Every event becomes an entry except task progress reports, which arrive too often to be
-//! read as activity. Later events only carry their aggregate's id, so the projector keeps
-//! the current title of every ticket, task, spec, agent, project and organization in
-//! `titles` and names entities from it.
+//! Every event of a ticket, task, spec, agent, project or organization is an entry except
+//! task progress reports, which arrive too often to be read as activity. The entries are
+//! the log's own events, read from it; later events only carry their aggregate's id, so
+//! the projector keeps the history of every entity's title in `titles`, and a read names
+//! each entry's entities by their titles just before its event.
 //!
-//! Entries are keyed by the event's place in the global stream, `(transaction_id,
-//! global_position)`: the runner applies events in that order, so a new entry is always
-//! newer than every existing one and a cursor never gains older neighbours later.
+//! Entries are the events' places in the global stream, `(transaction_id,
+//! global_position)`, and a read takes them only up to the live build's checkpoint: the
+//! runner applies events in that order, so a new entry is always newer than every one
+//! served before and a cursor never gains older neighbours later.
 //!
 //! # Layout
 //!
-//! * `model` — [`EntityType`], [`Change`] (which events are entries) and [`TimelineModel`],
-//!   the timeline folded in memory for the live stream.
+//! * `model` — [`EntityType`], [`Change`] (which events are entries), the entry an event
+//!   becomes and [`TimelineModel`], the timeline folded in memory for the live stream.
 //! * `summary` — [`summary`]: the text of an entry.
-//! * `projector` — [`TimelineProjector`]: tables and `apply`.
-//! * `query` — [`read`], [`TimelineFilter`], [`Page`]: the paged query on the
-//!   `timeline_entries` view.
+//! * `projector` — [`TimelineProjector`]: the history of titles, its `apply` and fold.
+//! * `query` — [`read`], [`TimelineFilter`], [`Page`]: a page of the log's entries, named
+//!   from the history.
 
 mod model;
 mod projector;

@@ -21,6 +21,11 @@ use crate::{Columns, Fold, FoldWrite, ProjectionError, Projector, FOLD_ON_ROWS};
 /// The history's columns, in the order a batch's arrays and the fold's rows hold them.
 const TITLE_COLUMNS: &str = "entity_type, entity_id, transaction_id, global_position, title";
 
+/// The first version whose titles are a history; a build of one before it keeps each
+/// entity's current title (`entity_type, entity_id, organization_id, project_id,
+/// title`), and a read of its entries summarizes them with those.
+pub(super) const FIRST_VERSION_WITH_HISTORY: i32 = 3;
+
 /// Builds the `timeline` read model.
 pub struct TimelineProjector;
 
@@ -32,7 +37,7 @@ impl Projector for TimelineProjector {
     fn version(&self) -> i32 {
         // 3: the history of titles alone, the entries read from the log (2: a copy of
         // every entry, its key built when a rebuilt build goes live).
-        3
+        FIRST_VERSION_WITH_HISTORY
     }
 
     fn tables(&self) -> &'static [&'static str] {

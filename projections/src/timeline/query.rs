@@ -6,13 +6,14 @@ use std::collections::HashMap;
 use omoi_store::log::Columns;
 use omoi_store::{Cursor, StoredEvent};
 use serde::Serialize;
-use sqlx::{PgConnection, PgPool, Postgres, QueryBuilder};
+use sqlx::{PgConnection, PgPool, Postgres, QueryBuilder, Row};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
 use super::model::{Change, Decoded, EntityType, TimelineEntry, TitleKey};
+use super::projector::FIRST_VERSION_WITH_HISTORY;
 use crate::codec::EventMeta;
-use crate::ProjectionError;
+use crate::{catalog, ProjectionError};
 
 /// A page of the timeline, newest entry first.
 #[derive(Debug, Clone, Serialize, ToSchema)]
@@ -106,16 +107,35 @@ pub struct TimelineFilter {
 }
 
 /// Reads one page: the log's entries up to where the live build has applied it, each
-/// summarized with the titles its event saw (the build's history of them). Both are read
-/// in one snapshot, so that a build going live between them cannot name an entry from a
-/// history that has not reached it.
+/// summarized with the titles its event saw, from that same build's history.
 pub async fn read(pool: &PgPool, filter: &TimelineFilter) -> Result<TimelinePage, sqlx::Error> {
-    let mut tx = pool
-        .begin_with("begin isolation level repeatable read, read only")
-        .await?;
+    match read_once(pool, filter).await {
+        // The build the page was read against was retired, and its schema dropped, before
+        // its titles were read: once more, against the build that replaced it.
+        Err(error) if undefined_table(&error) => read_once(pool, filter).await,
+        read => read,
+    }
+}
+
+fn undefined_table(error: &sqlx::Error) -> bool {
+    error
+        .as_database_error()
+        .and_then(|e| e.code())
+        .is_some_and(|code| code == "42P01")
+}
+
+async fn read_once(pool: &PgPool, filter: &TimelineFilter) -> Result<TimelinePage, sqlx::Error> {
+    let mut conn = pool.acquire().await?;
     let columns = Columns::MetadataFields(EventMeta::FIELDS);
+    // The live build, read once by the statement (each subquery is an init plan): its
+    // checkpoint bounds the page, and its id names the history the titles come from.
     let mut sql = QueryBuilder::<Postgres>::new(format!(
-        "select {} from events
+        "select {},
+                (select build from projector_builds
+                  where projector = 'timeline' and state = 'live') as timeline_build,
+                (select code_version from projector_builds
+                  where projector = 'timeline' and state = 'live') as timeline_version
+           from events
           where (events.transaction_id, events.global_position) <= (
                     (select transaction_id::text::xid8 from projector_builds
                       where projector = 'timeline' and state = 'live'),
@@ -128,13 +148,21 @@ pub async fn read(pool: &PgPool, filter: &TimelineFilter) -> Result<TimelinePage
     push_filters(&mut sql, filter);
     // One row more than asked tells whether anything lies beyond the page.
     sql.push(" limit ").push_bind(filter.limit + 1);
-    let rows = sql.build().fetch_all(&mut *tx).await?;
+    let rows = sql.build().fetch_all(&mut *conn).await?;
     let events = rows
         .iter()
         .map(|row| StoredEvent::from_row_of(row, columns))
         .collect::<Result<Vec<_>, _>>()?;
-    let mut entries = summarized(&mut tx, &events).await?;
-    tx.commit().await?;
+    let mut entries = match rows.first() {
+        Some(row) => {
+            let history = History {
+                build: row.try_get("timeline_build")?,
+                version: row.try_get("timeline_version")?,
+            };
+            summarized(&mut conn, history, &events).await?
+        }
+        None => Vec::new(),
+    };
     let more = entries.len() as i64 > filter.limit;
     entries.truncate(usize::try_from(filter.limit).unwrap_or(0));
     if let Page::After(_) = filter.page {
@@ -150,10 +178,41 @@ pub async fn read(pool: &PgPool, filter: &TimelineFilter) -> Result<TimelinePage
     })
 }
 
+/// The titles of the build a page was read against. Its rows up to the page's events are
+/// final once read (a history is only added to, after them): a second statement finds
+/// them as the first left them, with no transaction around the two.
+#[derive(Debug, Clone, Copy)]
+struct History {
+    build: i64,
+    version: i32,
+}
+
+impl History {
+    /// Its table of titles, named after the build (not the view, which may point at
+    /// another build by the time it is read).
+    fn table(self) -> String {
+        format!("{}.titles", catalog::schema_of("timeline", self.build))
+    }
+
+    /// How a title of it is chosen for an event: the newest before the event; a build of
+    /// a version before the history (still live while its successor rebuilds, after an
+    /// upgrade) keeps only the current title of each entity.
+    fn as_of(self) -> &'static str {
+        match self.version >= FIRST_VERSION_WITH_HISTORY {
+            true => {
+                "and (t.transaction_id, t.global_position) < (w.transaction_id, w.global_position)
+                 order by t.transaction_id desc, t.global_position desc"
+            }
+            false => "",
+        }
+    }
+}
+
 /// The entries of `events` (every one an entry: the query passed over the rest), named
-/// with the titles of the live build's history as of each event (one query).
+/// with the titles of `history` as of each event (one query).
 async fn summarized(
-    tx: &mut PgConnection,
+    conn: &mut PgConnection,
+    history: History,
     events: &[StoredEvent],
 ) -> Result<Vec<TimelineEntry>, sqlx::Error> {
     let unreadable = |error: ProjectionError| sqlx::Error::Decode(error.to_string().into());
@@ -172,7 +231,7 @@ async fn summarized(
                 .map(move |key| (key, at))
         })
         .collect();
-    let titles = titles_as_of(tx, &wanted).await?;
+    let titles = titles_as_of(conn, history, &wanted).await?;
     let mut entries = Vec::with_capacity(decoded.len());
     for d in &decoded {
         let at = d.event.cursor();
@@ -182,10 +241,11 @@ async fn summarized(
     Ok(entries)
 }
 
-/// The title each of `wanted` had just before its position: the newest of its entity's
-/// history before it. Absent for an entity not yet created there.
+/// The title each of `wanted` had just before its position in `history`: the newest of
+/// its entity's rows before it. Absent for an entity not yet created there.
 async fn titles_as_of(
-    tx: &mut PgConnection,
+    conn: &mut PgConnection,
+    history: History,
     wanted: &[(TitleKey, Cursor)],
 ) -> Result<HashMap<(TitleKey, Cursor), String>, sqlx::Error> {
     if wanted.is_empty() {
@@ -195,22 +255,22 @@ async fn titles_as_of(
     let ids: Vec<Uuid> = wanted.iter().map(|((_, id), _)| *id).collect();
     let transactions: Vec<i64> = wanted.iter().map(|(_, at)| at.transaction_id).collect();
     let positions: Vec<i64> = wanted.iter().map(|(_, at)| at.global_position).collect();
-    let found: Vec<Option<String>> = sqlx::query_scalar(
-        "select (select t.title from timeline_titles t
+    let found: Vec<Option<String>> = sqlx::query_scalar(&format!(
+        "select (select t.title from {table} t
                   where t.entity_type = w.entity_type and t.entity_id = w.entity_id
-                    and (t.transaction_id, t.global_position)
-                        < (w.transaction_id, w.global_position)
-                  order by t.transaction_id desc, t.global_position desc
+                  {as_of}
                   limit 1)
            from unnest($1::text[], $2::uuid[], $3::bigint[], $4::bigint[]) with ordinality
                 as w(entity_type, entity_id, transaction_id, global_position, n)
           order by w.n",
-    )
+        table = history.table(),
+        as_of = history.as_of(),
+    ))
     .bind(kinds)
     .bind(ids)
     .bind(transactions)
     .bind(positions)
-    .fetch_all(&mut *tx)
+    .fetch_all(&mut *conn)
     .await?;
     Ok(wanted
         .iter()
