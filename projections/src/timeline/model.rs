@@ -351,6 +351,34 @@ pub(super) mod tests {
         .is_entry());
     }
 
+    /// The SQL list of non-entries is the Rust rule: a read's page holds exactly the
+    /// events `is_entry` takes.
+    #[test]
+    fn the_event_types_sql_passes_over_are_the_ones_that_are_not_entries() {
+        use cqrs_es::DomainEvent;
+        let progress = TaskEvent::TaskProgressReported {
+            message: "50 %".into(),
+        };
+        assert!(!Change::Task(progress.clone()).is_entry());
+        assert_eq!(Change::NOT_ENTRIES, [progress.event_type().as_str()]);
+        for entry in [
+            TaskEvent::TaskStarted { at: at() },
+            TaskEvent::TaskAssigned {
+                agent_id: id(1),
+                at: at(),
+            },
+        ] {
+            assert!(Change::Task(entry.clone()).is_entry());
+            assert!(!Change::NOT_ENTRIES.contains(&entry.event_type().as_str()));
+        }
+        let (ticket, spec) = (
+            TicketEvent::TicketUnblocked.event_type(),
+            SpecEvent::SpecArchived { at: at() }.event_type(),
+        );
+        assert!(!Change::NOT_ENTRIES.contains(&ticket.as_str()));
+        assert!(!Change::NOT_ENTRIES.contains(&spec.as_str()));
+    }
+
     #[test]
     fn payloads_are_read_in_their_externally_tagged_form() {
         let payload = json!({"TaskAssigned": {"agent_id": id(9), "at": at()}}).into();
