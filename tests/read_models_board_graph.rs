@@ -510,28 +510,10 @@ async fn queries_answer_during_a_rebuild_and_from_the_new_build_afterwards() {
     let path = format!("/api/v1/board/view?project_id={project_id}");
     let (_, before) = app.get(&path).await;
 
-    let board = omoi_projections::all()
-        .into_iter()
-        .find(|p| p.name() == "board")
-        .expect("board");
-    let pool = app.database.pool.clone();
-    let options = app.database.options.clone();
-    let rebuild = tokio::spawn(async move {
-        let mut conn = pool.acquire().await.expect("connection");
-        let build = omoi_projections::catalog::create_build(
-            &mut conn,
-            board.as_ref(),
-            omoi_projections::catalog::BuildState::Building,
-        )
-        .await
-        .expect("a new build");
-        drop(conn);
-        // Small batches, so that the rebuild lasts while the queries run.
-        omoi_projections::runner::catch_up(&pool, &options, board.as_ref(), build.build, 5, |_| {})
-            .await
-            .expect("caught up");
-        build.build
-    });
+    let database = app.database.clone();
+    // Small batches, so that the rebuild lasts while the queries run.
+    let rebuild =
+        tokio::spawn(async move { omoi_testing::rebuild_read_model(&database, "board", 5).await });
     while !rebuild.is_finished() {
         let (status, during) = app.get(&path).await;
         assert_eq!(status, reqwest::StatusCode::OK, "{during}");

@@ -316,31 +316,15 @@ async fn entries_name_what_their_events_saw_and_appear_once_the_timeline_has_app
     );
 
     // A rebuild from the start serves the same page.
-    let timeline = omoi_projections::all()
-        .into_iter()
-        .find(|p| p.name() == "timeline")
-        .expect("the timeline");
+    let build = omoi_testing::rebuild_read_model(&app.database, "timeline", 500).await;
     let pool = &app.database.pool;
-    let mut conn = pool.acquire().await.expect("a connection");
-    let build = omoi_projections::catalog::create_build(
-        &mut conn,
-        timeline.as_ref(),
-        omoi_projections::catalog::BuildState::Building,
-    )
-    .await
-    .expect("a new build");
-    drop(conn);
-    let options = &app.database.options;
-    omoi_projections::runner::catch_up(pool, options, timeline.as_ref(), build.build, 500, |_| {})
-        .await
-        .expect("caught up");
     let live: i64 = sqlx::query_scalar(
         "select build from projector_builds where projector = 'timeline' and state = 'live'",
     )
     .fetch_one(pool)
     .await
     .expect("the live build");
-    assert_eq!(live, build.build, "the rebuild went live");
+    assert_eq!(live, build, "the rebuild went live");
     let (status, rebuilt) = app.get(&base).await;
     assert_eq!(status, StatusCode::OK, "{rebuilt}");
     assert_eq!(rebuilt, page);

@@ -249,6 +249,36 @@ pub fn test_live_config() -> omoi_api::live::LiveConfig {
     }
 }
 
+/// Rebuilds the read model `projector` beside its live build, as `omoi projections
+/// rebuild` does (folded from position zero, then in batches of `batch`), until the new
+/// build has caught up and gone live; its build id.
+pub async fn rebuild_read_model(database: &TestDatabase, projector: &str, batch: i64) -> i64 {
+    let projector = omoi_projections::all()
+        .into_iter()
+        .find(|p| p.name() == projector)
+        .unwrap_or_else(|| panic!("no read model {projector}"));
+    let mut conn = database.pool.acquire().await.expect("a connection");
+    let build = omoi_projections::catalog::create_build(
+        &mut conn,
+        projector.as_ref(),
+        omoi_projections::catalog::BuildState::Building,
+    )
+    .await
+    .expect("a new build");
+    drop(conn);
+    omoi_projections::runner::catch_up(
+        &database.pool,
+        &database.options,
+        projector.as_ref(),
+        build.build,
+        batch,
+        |_| {},
+    )
+    .await
+    .expect("caught up");
+    build.build
+}
+
 /// [`spawn_app_on`] with live-delivery tunables of the test's choosing.
 pub async fn spawn_app_on_with(
     database: TestDatabase,

@@ -77,8 +77,9 @@ impl EntityType {
         self.kind().noun()
     }
 
+    /// How a summary names its kind: as its aggregate is named (`Ticket`).
     pub(super) fn noun(self) -> &'static str {
-        self.kind().type_name()
+        self.aggregate_type()
     }
 
     /// Every entity type, in the order of [`EntityType`].
