@@ -901,6 +901,31 @@ async fn a_server_without_a_signing_secret_asks_stripe_to_retry() {
     assert_eq!(billing_events(&app).await, 0);
 }
 
+/// Checkout on a server without a Stripe key: 503 `billing_not_configured` without
+/// `Retry-After` — a client told to retry in 2 s (as every other 503 tells it) would retry
+/// for ever, since nothing changes until an operator sets the key.
+#[tokio::test(flavor = "multi_thread")]
+async fn checkout_on_a_server_without_stripe_names_no_time_to_retry() {
+    let app = omoi_testing::spawn_app().await;
+    let (organization, _) = app.organization_and_project().await;
+    let response = app
+        .client
+        .post(format!("{}/api/v1/billing/checkout", app.address))
+        .bearer_auth(app.token.as_deref().expect("a token"))
+        .json(&json!({"organization_id": organization, "tier": "pro"}))
+        .send()
+        .await
+        .expect("an answer");
+    let (status, retry_after) = (
+        response.status(),
+        response.headers().get("retry-after").cloned(),
+    );
+    let problem: Value = response.json().await.expect("a problem document");
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{problem}");
+    assert_eq!(problem["code"], "billing_not_configured");
+    assert_eq!(retry_after, None);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn an_unknown_type_is_recorded_without_effect() {
     let (app, org, _) = app_with_stripe().await;

@@ -441,7 +441,12 @@ fn client_key(headers: &HeaderMap) -> ApiResult<Option<&str>> {
 fn stripe_error(error: StripeError) -> ApiError {
     tracing::warn!(%error, "stripe call failed");
     let (status, code) = match &error {
-        StripeError::NotConfigured => (StatusCode::SERVICE_UNAVAILABLE, "billing_not_configured"),
+        StripeError::NotConfigured => {
+            return ApiError::NotConfigured {
+                code: "billing_not_configured",
+                detail: error.to_string(),
+            }
+        }
         StripeError::Unreachable(_) => (StatusCode::SERVICE_UNAVAILABLE, "stripe_unreachable"),
         StripeError::KeyReused(_) => (StatusCode::CONFLICT, "idempotency_key_reused"),
         StripeError::Refused { .. } => (StatusCode::BAD_GATEWAY, "stripe_refused"),
@@ -477,7 +482,9 @@ fn stripe_error(error: StripeError) -> ApiError {
                            `idempotency_key_reused`: the Idempotency-Key was sent before with \
                            another purchase (Stripe keeps a key for 24 hours)"),
         (status = 502, body = Problem, description = "Stripe refused"),
-        (status = 503, body = Problem, description = "Stripe unreachable or not configured"),
+        (status = 503, body = Problem, description = "`stripe_unreachable` (`Retry-After`); \
+                           `billing_not_configured`: this server has no Stripe key (no `Retry-After`: \
+                           retrying does not help until it is configured)"),
     ))]
 async fn checkout(
     State(state): State<AppState>,
@@ -582,7 +589,10 @@ fn plan_purchase(account: &BillingAccount, plan: Plan) -> ApiResult<Purchase> {
         (status = 409, body = Problem, description = "`no_stripe_customer`: the organization \
             has no Stripe customer yet; `idempotency_key_reused`: the Idempotency-Key was sent \
             before with another request"),
-        (status = 502, body = Problem), (status = 503, body = Problem),
+        (status = 502, body = Problem, description = "Stripe refused"),
+        (status = 503, body = Problem, description = "`stripe_unreachable` (`Retry-After`); \
+                           `billing_not_configured`: this server has no Stripe key (no `Retry-After`: \
+                           retrying does not help until it is configured)"),
     ))]
 async fn portal(
     State(state): State<AppState>,

@@ -76,6 +76,10 @@ pub enum ApiError {
         code: &'static str,
         detail: String,
     },
+    /// 503 without `Retry-After`: this server is not set up for the request (billing
+    /// without a Stripe key). Retrying will not help until an operator configures it, so
+    /// no time to retry is named.
+    NotConfigured { code: &'static str, detail: String },
     /// 503: the database cannot be reached; retry later.
     Unavailable(String),
     /// 503 `busy`: a resource shared by all clients (password hashing) is saturated;
@@ -119,7 +123,9 @@ impl ApiError {
             Self::Conflict { .. } => StatusCode::CONFLICT,
             Self::PaymentRequired { .. } => StatusCode::PAYMENT_REQUIRED,
             Self::Status { status, .. } => *status,
-            Self::Unavailable(_) | Self::Overloaded { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Self::NotConfigured { .. } | Self::Unavailable(_) | Self::Overloaded { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -154,7 +160,9 @@ impl ApiError {
             Self::NotFound { what } => ("not_found", format!("{what} not found"), None),
             Self::Conflict { code, detail } => (code, detail, None),
             Self::PaymentRequired { code, detail } => (code, detail, None),
-            Self::Status { code, detail, .. } => (code, detail, None),
+            Self::Status { code, detail, .. } | Self::NotConfigured { code, detail } => {
+                (code, detail, None)
+            }
             Self::Overloaded { detail, .. } => ("busy", detail.to_string(), None),
             Self::Unavailable(cause) => {
                 tracing::warn!(%cause, "database unavailable");
@@ -197,6 +205,7 @@ impl IntoResponse for ApiError {
                 retry_after_seconds,
                 ..
             } => Some(*retry_after_seconds),
+            Self::NotConfigured { .. } => None,
             // Every other 429 and 503 (too many sockets, Stripe out of reach, …) says when
             // to try again too, as the API document promises for each: 2 s, as for the
             // database.
