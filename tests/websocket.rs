@@ -1084,6 +1084,9 @@ async fn close_code(socket: &mut Socket) -> Option<CloseCode> {
     }
 }
 
+/// A member removed is told at the next re-check of its socket, on every stream of the
+/// organization's, without waiting for the project's next change (the subscriptions
+/// looked only when one came, and a quiet project kept them open); nothing after it.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_removed_member_stops_receiving_the_organizations_events() {
     let app = spawn_app_with(LiveConfig {
@@ -1109,6 +1112,9 @@ async fn a_removed_member_stops_receiving_the_organizations_events() {
     send(&mut socket, subscribe("s", &project)).await;
     let start = position(&next_of(&mut socket, "snapshot", "s").await);
     then_only(&app, &mut socket, "s", &project, &start).await;
+    let board = json!({"type": "subscribe", "id": "b", "stream": "board", "project_id": project});
+    send(&mut socket, board).await;
+    next_of(&mut socket, "snapshot", "b").await;
 
     let (status, body) = app
         .delete(&format!(
@@ -1116,17 +1122,30 @@ async fn a_removed_member_stops_receiving_the_organizations_events() {
         ))
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // No change to the project: each subscription ends at the socket's next re-check.
+    let mut ended = Vec::new();
+    for _ in 0..2 {
+        let error = next(&mut socket).await;
+        assert_eq!(
+            (&error["type"], &error["code"]),
+            (&json!("error"), &json!("not_found")),
+            "{error}"
+        );
+        ended.push(
+            error["id"]
+                .as_str()
+                .expect("the subscription's id")
+                .to_string(),
+        );
+    }
+    ended.sort();
+    assert_eq!(ended, ["b", "s"]);
+    // Nothing of the project's later events; subscribing again is refused like any other
+    // organization's project.
     let secret = ticket(&app, &project, "After the removal").await;
-    let error = next(&mut socket).await;
-    assert_eq!(
-        (&error["type"], &error["code"], &error["id"]),
-        (&json!("error"), &json!("not_found"), &json!("s")),
-        "{error} (not {secret})"
-    );
-    // Subscribing again is refused like any other organization's project.
     send(&mut socket, subscribe("s", &project)).await;
-    assert_eq!(next(&mut socket).await["code"], "not_found");
+    let refused = next(&mut socket).await;
+    assert_eq!(refused["code"], "not_found", "{refused} (not {secret})");
 }
 
 /// A server shutting down closes its sockets, so that their clients reconnect (to another

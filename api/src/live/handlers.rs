@@ -223,9 +223,13 @@ fn open(
 ) -> Result<Response, UpgradeRefusal> {
     let slot = state.live.sockets().open(Principal::of(&caller.caller))?;
     let config = socket_config(state.live.config());
-    Ok(upgrade.on_upgrade(config, move |socket| async move {
-        drive(socket, state, caller.caller, caller.credential, session).await;
-        drop(slot);
+    Ok(upgrade.on_upgrade(config, move |socket| {
+        // Made before the block: the block holds the connection and its slot only.
+        let connection = drive(socket, state, caller.caller, caller.credential, session);
+        async move {
+            connection.await;
+            drop(slot);
+        }
     }))
 }
 

@@ -292,8 +292,15 @@ impl Plan {
 
     /// Live events after `last`, until the subscription ends.
     async fn forward(&self, link: &Link, alive: &Alive, mut tap: Tap, mut last: Cursor) {
+        let mut caller = link.caller_updates();
         while alive.get() {
-            let event = match tap.events.recv().await {
+            let received = tokio::select! {
+                received = tap.events.recv() => received,
+                () = link.access_lost(&mut caller, self.scope) => {
+                    return self.no_longer_visible(link, alive).await;
+                }
+            };
+            let event = match received {
                 Ok(event) => event,
                 Err(RecvError::Lagged(_)) => return link.resync(alive, Some(&self.id)),
                 Err(RecvError::Closed) => return,
@@ -325,11 +332,16 @@ impl Plan {
         if link.may_read(Some(self.scope)) {
             return true;
         }
+        self.no_longer_visible(link, alive).await;
+        false
+    }
+
+    /// Ends the subscription with `not_found`: its caller may no longer read the project.
+    async fn no_longer_visible(&self, link: &Link, alive: &Alive) {
         alive.end();
         let error = WsError::new("not_found", "the project is no longer visible to you")
             .with_id(Some(self.id.clone()));
         link.send_error(&error).await;
-        false
     }
 
     /// A read-model stream: the follower's snapshot (or the deltas a resuming client
@@ -375,8 +387,15 @@ impl Plan {
                 }
             }
         }
+        let mut caller = link.caller_updates();
         while alive.get() {
-            let delta = match deltas.recv().await {
+            let received = tokio::select! {
+                received = deltas.recv() => received,
+                () = link.access_lost(&mut caller, self.scope) => {
+                    return self.no_longer_visible(&link, &alive).await;
+                }
+            };
+            let delta = match received {
                 Ok(delta) => delta,
                 Err(RecvError::Lagged(_)) | Err(RecvError::Closed) => {
                     return link.resync(&alive, Some(&self.id))

@@ -96,6 +96,10 @@ impl Upgrade {
     {
         let accept = derive_accept_key(self.key.as_bytes());
         let on_upgrade = self.on_upgrade;
+        // Boxed: what `serve` captured would otherwise keep its room in the task for the
+        // connection's whole life, beside the future it makes (the task is one allocation
+        // of its largest state; `omoi-bench bench-live` measures it per idle connection).
+        let serve = Box::new(serve);
         tokio::spawn(async move {
             let Ok(upgraded) = on_upgrade.await else {
                 return;
