@@ -546,3 +546,70 @@ async fn a_flood_of_messages_is_read_at_the_sockets_rate_and_each_is_answered() 
     let elapsed = started.elapsed();
     assert!(elapsed >= Duration::from_millis(950), "{elapsed:?}");
 }
+
+/// Idle `logs` subscriptions read their transcript once each, then wait: one watcher per
+/// process reads the line counts of every followed attempt in one statement, where each
+/// subscription polled the database itself every interval. Lines written by another
+/// process — here straight to the database, as an `omoi worker`'s in-process agents write
+/// them — still reach every subscription, through the watcher.
+#[tokio::test(flavor = "multi_thread")]
+async fn idle_logs_subscriptions_do_not_poll_and_another_process_lines_arrive() {
+    let interval = Duration::from_millis(50);
+    let app = spawn_app_with(LiveConfig {
+        poll_interval: interval,
+        ..test_live_config()
+    })
+    .await;
+    let (organization, project) = app.organization_and_project().await;
+    let agent = app.register_agent(&organization).await;
+    let ticket = app.ticket(&project, "Work").await;
+    let task = app.task(&ticket, "Quiet", json!({})).await;
+    assert_eq!(agent.claim(&app, 5).await, Some(task.clone()));
+    agent.must(&app, &task, "start", json!({})).await;
+    let token = app.token.clone().expect("a token");
+    let mut socket = connect(&app, "/api/v1/ws", &token).await;
+    let subscriptions = 5;
+    for n in 0..subscriptions {
+        let id = format!("log{n}");
+        send(
+            &mut socket,
+            json!({"type": "subscribe", "id": id, "stream": "logs", "task_id": task}),
+        )
+        .await;
+        next_of(&mut socket, "snapshot", &id).await;
+    }
+    // Twenty intervals with nothing written: a read each, and at most one more each when
+    // the watcher first looks (polling, it was a read each per interval: about 100).
+    tokio::time::sleep(interval * 20).await;
+    let reads = gauge(&app, "omoi_live_transcript_reads_total").await;
+    assert!(
+        (subscriptions..=2 * subscriptions).contains(&reads),
+        "{reads} reads by {subscriptions} idle subscriptions"
+    );
+
+    let attempt = omoi_store::transcripts::Attempt {
+        task_id: task.parse().expect("a task id"),
+        attempt: 1,
+        organization_id: organization.parse().expect("an organization id"),
+    };
+    let written = ["from another process".to_string()];
+    omoi_store::transcripts::append(&app.database.pool, attempt, &written)
+        .await
+        .expect("lines written");
+    let mut reached = Vec::new();
+    for _ in 0..subscriptions {
+        let message = next(&mut socket).await;
+        assert_eq!(
+            (&message["type"], &message["lines"]),
+            (
+                &json!("logs"),
+                &json!([{"number": 1, "text": "from another process"}])
+            ),
+            "{message}"
+        );
+        reached.push(message["id"].as_str().expect("an id").to_string());
+    }
+    reached.sort();
+    let every: Vec<String> = (0..subscriptions).map(|n| format!("log{n}")).collect();
+    assert_eq!(reached, every);
+}

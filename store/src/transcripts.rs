@@ -73,6 +73,28 @@ pub async fn count(pool: &PgPool, task_id: Uuid, attempt: u32) -> sqlx::Result<i
     Ok(lines.unwrap_or(0))
 }
 
+/// How many lines each of `attempts` has (those without a transcript yet are left out):
+/// one statement for all of them, by the heads' primary key.
+pub async fn heads(pool: &PgPool, attempts: &[(Uuid, u32)]) -> sqlx::Result<Vec<(Uuid, u32, i64)>> {
+    let (tasks, numbers): (Vec<Uuid>, Vec<i32>) = attempts
+        .iter()
+        .map(|&(task_id, attempt)| (task_id, i32::try_from(attempt).unwrap_or(i32::MAX)))
+        .unzip();
+    let rows: Vec<(Uuid, i32, i64)> = sqlx::query_as(
+        "select h.task_id, h.attempt, h.lines
+           from unnest($1::uuid[], $2::int[]) as w(task_id, attempt)
+           join task_log_heads h using (task_id, attempt)",
+    )
+    .bind(tasks)
+    .bind(numbers)
+    .fetch_all(pool)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(task_id, attempt, lines)| (task_id, attempt.max(1) as u32, lines))
+        .collect())
+}
+
 /// The attempts that have a transcript, in order.
 pub async fn attempts(pool: &PgPool, task_id: Uuid) -> sqlx::Result<Vec<(u32, i64)>> {
     let rows: Vec<(i32, i64)> = sqlx::query_as(

@@ -26,11 +26,12 @@ use omoi_store::log::{read_global_within, Visibility, WeighedPage, PAGE_BYTES};
 use omoi_store::wakeup::listen;
 use omoi_store::{Cursor, StoredEvent};
 use sqlx::PgPool;
-use tokio::sync::{broadcast, watch, OnceCell};
+use tokio::sync::{watch, OnceCell};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use super::protocol;
 use super::sockets::Sockets;
+use super::transcript_watch::{Following, TranscriptWatch};
 use super::views::Followers;
 use super::window::{self, Window};
 use super::{AbortOnDrop, LiveConfig};
@@ -88,16 +89,11 @@ pub struct Hub {
     started: OnceCell<()>,
     followers: Followers,
     sockets: Arc<Sockets>,
-    /// The task of each transcript this process writes: its `logs` subscriptions of that
-    /// task read at once (those of other processes' writes find them at their next poll).
-    transcripts: broadcast::Sender<uuid::Uuid>,
+    /// The transcripts this process's `logs` subscriptions follow.
+    transcripts: TranscriptWatch,
     /// Set as the server shuts down: every socket closes ([`Hub::close_sockets`]).
     closing: watch::Sender<bool>,
 }
-
-/// Transcript writes held for `logs` subscriptions that have not looked yet; past it a
-/// subscription reads as if its own task had been written.
-const TRANSCRIPT_WRITES: usize = 1024;
 
 struct Shared {
     ring: Mutex<Ring>,
@@ -270,7 +266,7 @@ impl Hub {
             started: OnceCell::new(),
             followers: Followers::default(),
             sockets: Sockets::new(config.max_sockets_per_principal),
-            transcripts: broadcast::channel(TRANSCRIPT_WRITES).0,
+            transcripts: TranscriptWatch::default(),
             closing: watch::channel(false).0,
             config,
         }
@@ -296,17 +292,17 @@ impl Hub {
         &self.config
     }
 
-    /// What a `logs` subscription waits on between polls: the tasks whose transcripts
-    /// this process writes from now on.
-    pub fn transcript_writes(&self) -> broadcast::Receiver<uuid::Uuid> {
-        self.transcripts.subscribe()
+    /// A `logs` subscription's hold on an attempt's transcript: what it waits on between
+    /// reads ([`TranscriptWatch`]).
+    pub fn follow_transcript(&self, task_id: uuid::Uuid, attempt: u32) -> Following {
+        self.transcripts
+            .follow(&self.pool, self.config.poll_interval, task_id, attempt)
     }
 
     /// Tells this process's `logs` subscriptions of `task_id` that its transcript grew;
     /// the others are not woken (each woken subscription reads the database).
     pub fn transcript_written(&self, task_id: uuid::Uuid) {
-        // Nobody following a transcript is not an error.
-        let _ = self.transcripts.send(task_id);
+        self.transcripts.written(task_id);
     }
 
     pub fn pool(&self) -> &PgPool {
@@ -348,6 +344,13 @@ impl Hub {
              log\n\
              # TYPE omoi_live_follower_catch_ups_total counter\n\
              omoi_live_follower_catch_ups_total {catch_ups}\n"
+        ));
+        let transcript_reads = self.transcripts.reads();
+        text.push_str(&format!(
+            "# HELP omoi_live_transcript_reads_total Reads of a transcript by `logs` \
+             subscriptions (each when its transcript may have grown)\n\
+             # TYPE omoi_live_transcript_reads_total counter\n\
+             omoi_live_transcript_reads_total {transcript_reads}\n"
         ));
         text
     }

@@ -20,7 +20,8 @@
 //! * [`stream`] — the subscriptions of `/api/v1/ws`; [`replay`] — what a resuming
 //!   `events` subscription missed, from memory or page by page from the database.
 //! * [`task_streams`] — the `logs` (a task's transcript) and `steering` (an agent's
-//!   messages) streams.
+//!   messages) streams; [`transcript_watch`] — which transcripts grew, found for all of a
+//!   process's `logs` subscriptions by one watcher.
 //! * [`views`] — the read-model streams: one shared follower per (stream, project) folds
 //!   the project's model and fans its deltas out.
 //! * [`models`] — the read models followed: board, graph, timeline, agents.
@@ -40,6 +41,7 @@ pub mod replay;
 pub mod sockets;
 pub mod stream;
 pub mod task_streams;
+pub mod transcript_watch;
 pub mod upgrade;
 pub mod views;
 pub mod window;

@@ -9,13 +9,11 @@
 //!   over records it as delivered): those waiting at once, then each new one as it is
 //!   recorded, as `steering` messages — the same delivery as the heartbeat's answer.
 
-use std::time::Duration;
-
 use omoi_domain::access::Permission;
 use omoi_domain::common::{Scope, Scoped};
 use omoi_domain::task::{Steering, Task, TaskEvent};
 use omoi_store::transcripts;
-use tokio::sync::broadcast::{self, error::RecvError};
+use tokio::sync::broadcast::error::RecvError;
 use uuid::Uuid;
 
 use super::frame::Frame;
@@ -160,17 +158,19 @@ impl LogsPlan {
         if !link.send_for(&alive, snapshot_frame(&snapshot, None)).await {
             return;
         }
-        let hub = link.state.live.clone();
-        let poll = hub.config().poll_interval.max(Duration::from_millis(10));
         let mut last = self.after;
-        // Taken before the first read, so a write during any read is not missed.
-        let mut written = hub.transcript_writes();
+        // Taken before the first read, so that growth during any read is not missed.
+        let mut following = link
+            .state
+            .live
+            .follow_transcript(self.task_id, self.attempt);
         while alive.get() {
             // The read and the queueing of what it read are one turn of the connection's:
             // a slow reader holds one message of its transcripts in memory at a time.
             let Some(turn) = link.read_turn().await else {
                 return;
             };
+            following.reading();
             let read = transcripts::read(
                 link.state.pool(),
                 self.task_id,
@@ -222,23 +222,7 @@ impl LogsPlan {
                 continue;
             }
             drop(turn);
-            wait_for_write(&mut written, self.task_id, poll).await;
-        }
-    }
-}
-
-/// Waits until this process writes `task_id`'s transcript, or for at most `poll` (other
-/// processes' writes). Other tasks' writes wake it without a read; a burst too large to
-/// tell apart (lagged) counts as one of its own.
-async fn wait_for_write(written: &mut broadcast::Receiver<Uuid>, task_id: Uuid, poll: Duration) {
-    let deadline = tokio::time::Instant::now() + poll;
-    loop {
-        match tokio::time::timeout_at(deadline, written.recv()).await {
-            Ok(Ok(task)) if task != task_id => continue,
-            Ok(Err(RecvError::Closed)) => {
-                return tokio::time::sleep_until(deadline).await;
-            }
-            _ => return,
+            following.grown().await;
         }
     }
 }
@@ -429,12 +413,9 @@ fn batches<T: Clone>(waiting: Vec<(Uuid, Vec<T>)>, capacity: usize) -> Vec<Vec<(
 
 #[cfg(test)]
 mod tests {
-    use std::time::{Duration, Instant};
-
-    use tokio::sync::broadcast;
     use uuid::Uuid;
 
-    use super::{batches, wait_for_write};
+    use super::batches;
 
     proptest::proptest! {
         /// Every batch fits the queue, and together they hold every message once, in
@@ -465,38 +446,5 @@ mod tests {
                 .collect();
             proptest::prop_assert_eq!(again, whole);
         }
-    }
-
-    /// A `logs` subscription waits out its poll through other tasks' writes (it reads
-    /// nothing for them), and wakes at once for its own task's, or for a burst it fell
-    /// behind (which may hold its own).
-    #[tokio::test]
-    async fn a_logs_subscription_wakes_for_its_own_tasks_writes_only() {
-        let (sender, mut written) = broadcast::channel(8);
-        let (mine, other) = (Uuid::from_u128(1), Uuid::from_u128(2));
-        for _ in 0..3 {
-            sender.send(other).expect("a receiver");
-        }
-        let poll = Duration::from_millis(300);
-        let started = Instant::now();
-        wait_for_write(&mut written, mine, poll).await;
-        assert!(started.elapsed() >= poll, "woken by another task's write");
-
-        let long = Duration::from_secs(30);
-        sender.send(other).expect("a receiver");
-        sender.send(mine).expect("a receiver");
-        let started = Instant::now();
-        wait_for_write(&mut written, mine, long).await;
-        assert!(started.elapsed() < long, "not woken by its own write");
-
-        for _ in 0..20 {
-            sender.send(other).expect("a receiver");
-        }
-        let started = Instant::now();
-        wait_for_write(&mut written, mine, long).await;
-        assert!(
-            started.elapsed() < long,
-            "not woken by a burst it fell behind"
-        );
     }
 }
