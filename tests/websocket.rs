@@ -1108,6 +1108,12 @@ async fn a_removed_member_stops_receiving_the_organizations_events() {
         )
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
+    // A running task, whose transcript nobody writes to.
+    let agent = app.register_agent(&organization).await;
+    let work = app.ticket(&project, "Work").await;
+    let task = app.task(&work, "Quiet", json!({})).await;
+    assert_eq!(agent.claim(&app, 5).await, Some(task.clone()));
+    agent.must(&app, &task, "start", json!({})).await;
     let mut socket = connect(&app, "/api/v1/ws", &viewer).await;
     send(&mut socket, subscribe("s", &project)).await;
     let start = position(&next_of(&mut socket, "snapshot", "s").await);
@@ -1115,6 +1121,9 @@ async fn a_removed_member_stops_receiving_the_organizations_events() {
     let board = json!({"type": "subscribe", "id": "b", "stream": "board", "project_id": project});
     send(&mut socket, board).await;
     next_of(&mut socket, "snapshot", "b").await;
+    let logs = json!({"type": "subscribe", "id": "l", "stream": "logs", "task_id": task});
+    send(&mut socket, logs).await;
+    next_of(&mut socket, "snapshot", "l").await;
 
     let (status, body) = app
         .delete(&format!(
@@ -1124,7 +1133,7 @@ async fn a_removed_member_stops_receiving_the_organizations_events() {
     assert_eq!(status, StatusCode::OK, "{body}");
     // No change to the project: each subscription ends at the socket's next re-check.
     let mut ended = Vec::new();
-    for _ in 0..2 {
+    for _ in 0..3 {
         let error = next(&mut socket).await;
         assert_eq!(
             (&error["type"], &error["code"]),
@@ -1139,7 +1148,7 @@ async fn a_removed_member_stops_receiving_the_organizations_events() {
         );
     }
     ended.sort();
-    assert_eq!(ended, ["b", "s"]);
+    assert_eq!(ended, ["b", "l", "s"]);
     // Nothing of the project's later events; subscribing again is refused like any other
     // organization's project.
     let secret = ticket(&app, &project, "After the removal").await;

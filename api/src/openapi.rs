@@ -20,7 +20,8 @@
 //! | 503 | the database cannot be reached | every operation but `/metrics` |
 //!
 //! Every error response is `application/problem+json` with the [`Problem`] schema, and
-//! 429 and 503 carry `Retry-After`.
+//! 429 and 503 carry `Retry-After` — but for a 503 that waiting cannot mend
+//! (`billing_not_configured`: the server has no Stripe key).
 
 use utoipa::openapi::content::ContentBuilder;
 use utoipa::openapi::header::HeaderBuilder;
@@ -422,7 +423,10 @@ fn as_problem(status: &str, response: &mut Response) {
                         .schema_type(Type::Integer)
                         .minimum(Some(0)),
                 )
-                .description(Some("Seconds to wait before trying again"))
+                .description(Some(
+                    "Seconds to wait before trying again (absent from a 503 that waiting \
+                     cannot mend: `billing_not_configured`)",
+                ))
                 .build(),
         );
     }

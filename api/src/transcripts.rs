@@ -142,7 +142,7 @@ async fn write_logs(
         &body.lines,
     )
     .await?;
-    state.live.transcript_written(id);
+    state.live.transcript_written(id, attempt, lines);
     Ok(Json(LogsWritten {
         task_id: id,
         attempt,

@@ -301,8 +301,8 @@ impl Hub {
 
     /// Tells this process's `logs` subscriptions of `task_id` that its transcript grew;
     /// the others are not woken (each woken subscription reads the database).
-    pub fn transcript_written(&self, task_id: uuid::Uuid) {
-        self.transcripts.written(task_id);
+    pub fn transcript_written(&self, task_id: uuid::Uuid, attempt: u32, lines: i64) {
+        self.transcripts.written(task_id, attempt, lines);
     }
 
     pub fn pool(&self) -> &PgPool {

@@ -196,11 +196,11 @@ impl Link {
         }
     }
 
-    /// The caller as each re-check verifies it, for [`Self::access_lost`].
+    /// The caller as each re-check verifies it, for [`Self::access_lost`]. Not marked
+    /// seen: a re-check made while the subscription started (a long snapshot or replay)
+    /// is looked at by its first wait.
     pub fn caller_updates(&self) -> watch::Receiver<Caller> {
-        let mut updates = self.caller.clone();
-        updates.mark_unchanged();
-        updates
+        self.caller.clone()
     }
 
     /// May the caller (as last verified) read events of `scope`? Events without a scope

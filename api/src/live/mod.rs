@@ -89,7 +89,8 @@ pub struct LiveConfig {
     /// Most events of a project read back from the database for a resumption older than
     /// the buffer; beyond it the client gets a fresh, `stale` snapshot.
     pub replay_limit: usize,
-    /// How often the hub looks for events it was not woken for.
+    /// How often the hub looks for events it was not woken for, and the transcript
+    /// watcher for transcripts other processes wrote ([`transcript_watch`]).
     pub poll_interval: Duration,
     /// Events the hub reads per query.
     pub batch_size: i64,

@@ -164,6 +164,7 @@ impl LogsPlan {
             .state
             .live
             .follow_transcript(self.task_id, self.attempt);
+        let mut caller = link.caller_updates();
         while alive.get() {
             // The read and the queueing of what it read are one turn of the connection's:
             // a slow reader holds one message of its transcripts in memory at a time.
@@ -191,11 +192,7 @@ impl LogsPlan {
                 }
             };
             if !link.may_read(Some(self.scope)) {
-                alive.end();
-                let error = WsError::new("not_found", "the task is no longer visible to you")
-                    .with_id(Some(self.id.clone()));
-                link.send_error(&error).await;
-                return;
+                return self.no_longer_visible(&link, &alive).await;
             }
             if let Some(newest) = lines.last() {
                 last = newest.number;
@@ -222,8 +219,23 @@ impl LogsPlan {
                 continue;
             }
             drop(turn);
-            following.grown().await;
+            // A transcript that no longer grows still ends at the re-check that finds its
+            // reader lost access.
+            tokio::select! {
+                () = following.grown() => {}
+                () = link.access_lost(&mut caller, self.scope) => {
+                    return self.no_longer_visible(&link, &alive).await;
+                }
+            }
         }
+    }
+
+    /// Ends the subscription with `not_found`: its caller may no longer read the task.
+    async fn no_longer_visible(&self, link: &Link, alive: &Alive) {
+        alive.end();
+        let error = WsError::new("not_found", "the task is no longer visible to you")
+            .with_id(Some(self.id.clone()));
+        link.send_error(&error).await;
     }
 }
 

@@ -67,9 +67,13 @@ impl Default for TranscriptWatch {
 }
 
 impl TranscriptWatch {
-    /// This process wrote `task_id`'s transcript: its subscriptions read at once (the
-    /// others are not woken).
-    pub fn written(&self, task_id: Uuid) {
+    /// This process wrote an attempt's transcript, which now has `lines` lines: the
+    /// subscriptions of its task read at once (the others are not woken), and the
+    /// watcher's next look does not wake them again for the same lines.
+    pub fn written(&self, task_id: Uuid, attempt: u32, lines: i64) {
+        if let Some(entry) = self.shared.followed().get_mut(&(task_id, attempt)) {
+            entry.lines = entry.lines.max(lines);
+        }
         // Nobody following a transcript is not an error.
         let _ = self.shared.written.send(task_id);
     }
@@ -214,20 +218,20 @@ mod tests {
         let (mine, other) = (Uuid::from_u128(1), Uuid::from_u128(2));
         let mut following = watch.register(mine, 1);
         for _ in 0..3 {
-            watch.written(other);
+            watch.written(other, 1, 1);
         }
         assert!(
             within_a_moment(following.grown()).await.is_none(),
             "woken by another task"
         );
-        watch.written(other);
-        watch.written(mine);
+        watch.written(other, 1, 1);
+        watch.written(mine, 1, 1);
         assert!(
             within_a_moment(following.grown()).await.is_some(),
             "not woken by its own"
         );
         for _ in 0..=WRITES_HELD {
-            watch.written(other);
+            watch.written(other, 1, 1);
         }
         assert!(
             within_a_moment(following.grown()).await.is_some(),
