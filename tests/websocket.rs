@@ -1114,6 +1114,9 @@ async fn a_removed_member_stops_receiving_the_organizations_events() {
     let task = app.task(&work, "Quiet", json!({})).await;
     assert_eq!(agent.claim(&app, 5).await, Some(task.clone()));
     agent.must(&app, &task, "start", json!({})).await;
+    // The process managers' moves of the ticket (`ticket_progress`) made before the
+    // subscriptions, so that only the events below come to them.
+    app.caught_up().await;
     let mut socket = connect(&app, "/api/v1/ws", &viewer).await;
     send(&mut socket, subscribe("s", &project)).await;
     let start = position(&next_of(&mut socket, "snapshot", "s").await);

@@ -578,12 +578,13 @@ async fn idle_logs_subscriptions_do_not_poll_and_another_process_lines_arrive() 
         .await;
         next_of(&mut socket, "snapshot", &id).await;
     }
-    // Twenty intervals with nothing written: a read each, and at most one more each when
-    // the watcher first looks (polling, it was a read each per interval: about 100).
+    // Twenty intervals with nothing written: a read each when it starts, and nothing
+    // more (polling, it was a read each per interval: about 100). The bound leaves room
+    // for one wake each.
     tokio::time::sleep(interval * 20).await;
     let reads = gauge(&app, "omoi_live_transcript_reads_total").await;
     assert!(
-        (subscriptions..=2 * subscriptions).contains(&reads),
+        reads <= 2 * subscriptions,
         "{reads} reads by {subscriptions} idle subscriptions"
     );
 
