@@ -1135,20 +1135,25 @@ async fn a_removed_member_stops_receiving_the_organizations_events() {
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
     // No change to the project: each subscription ends at the socket's next re-check.
-    let mut ended = Vec::new();
-    for _ in 0..3 {
-        let error = next(&mut socket).await;
+    // (A read model's news of the ticket made above may still be on its way before it:
+    // a snapshot can be older than the hub's newest event.)
+    let mut ended: Vec<String> = Vec::new();
+    while ended.len() < 3 {
+        let message = next(&mut socket).await;
+        let id = message["id"]
+            .as_str()
+            .expect("a subscription's id")
+            .to_string();
+        assert!(!ended.contains(&id), "after its end: {message}");
+        if message["type"] == "delta" {
+            continue;
+        }
         assert_eq!(
-            (&error["type"], &error["code"]),
+            (&message["type"], &message["code"]),
             (&json!("error"), &json!("not_found")),
-            "{error}"
+            "{message}"
         );
-        ended.push(
-            error["id"]
-                .as_str()
-                .expect("the subscription's id")
-                .to_string(),
-        );
+        ended.push(id);
     }
     ended.sort();
     assert_eq!(ended, ["b", "l", "s"]);
