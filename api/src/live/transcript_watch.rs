@@ -1,8 +1,9 @@
 //! Which transcripts grew, for this process's `logs` subscriptions.
 //!
 //! A write through this process (an HTTP agent's lines) wakes the subscriptions of its
-//! task at once. Lines written by another process — another replica, or an `omoi worker`
-//! running in-process agents — are found by one watcher per process: every
+//! task at once. Lines written otherwise — through another replica, or straight to the
+//! store by a worker's in-process agents (`omoi worker`, or `omoi dev`'s own) — are found
+//! by one watcher per process: every
 //! `live.poll_interval` it reads the line counts of every attempt followed here, in one
 //! statement, and wakes the subscriptions of those that grew. Before, each subscription
 //! polled the database itself every interval, whether or not its transcript moved: a
