@@ -1069,11 +1069,7 @@ async fn a_project_limited_key_sees_only_its_projects_agents_in_the_overview() {
 async fn an_agent_a_person_failed_gives_its_task_back_however_it_heartbeats() {
     let app = spawn_app().await;
     let (organization, project) = app.organization_and_project().await;
-    let agent = app.register_agent(&organization).await;
-    let ticket = app.ticket(&project, "Work").await;
-    let task = app.task(&ticket, "Held", json!({})).await;
-    assert_eq!(agent.claim(&app, 5).await, Some(task.clone()));
-    agent.must(&app, &task, "start", json!({})).await;
+    let (task, agent) = app.started_task(&organization, &project, "Held").await;
     app.must(
         &format!("/api/v1/agents/{}/status", agent.id),
         json!({"to": "failed", "reason": "it loops"}),

@@ -1109,11 +1109,7 @@ async fn a_removed_member_stops_receiving_the_organizations_events() {
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
     // A running task, whose transcript nobody writes to.
-    let agent = app.register_agent(&organization).await;
-    let work = app.ticket(&project, "Work").await;
-    let task = app.task(&work, "Quiet", json!({})).await;
-    assert_eq!(agent.claim(&app, 5).await, Some(task.clone()));
-    agent.must(&app, &task, "start", json!({})).await;
+    let (task, _) = app.started_task(&organization, &project, "Quiet").await;
     // The process managers' moves of the ticket (`ticket_progress`) made before the
     // subscriptions, so that only the events below come to them.
     app.caught_up().await;
@@ -1931,11 +1927,7 @@ async fn log_lines(socket: &mut Socket, id: &str, last: i64) -> Vec<(i64, String
 async fn a_logs_message_carries_at_most_a_quarter_megabyte_of_lines() {
     let app = spawn_app().await;
     let (organization, project) = app.organization_and_project().await;
-    let agent = app.register_agent(&organization).await;
-    let ticket = app.ticket(&project, "Work").await;
-    let task = app.task(&ticket, "Verbose", json!({})).await;
-    assert_eq!(agent.claim(&app, 5).await, Some(task.clone()));
-    agent.must(&app, &task, "start", json!({})).await;
+    let (task, agent) = app.started_task(&organization, &project, "Verbose").await;
     let text = |n: usize| format!("{n:05}{}", "x".repeat(3_995));
     for chunk in 0..5 {
         let lines: Vec<String> = (chunk * 60 + 1..=chunk * 60 + 60).map(text).collect();
@@ -1991,11 +1983,7 @@ async fn a_slow_reader_of_a_long_transcript_gets_every_line_without_a_resync() {
     })
     .await;
     let (organization, project) = app.organization_and_project().await;
-    let agent = app.register_agent(&organization).await;
-    let ticket = app.ticket(&project, "Work").await;
-    let task = app.task(&ticket, "Verbose", json!({})).await;
-    assert_eq!(agent.claim(&app, 5).await, Some(task.clone()));
-    agent.must(&app, &task, "start", json!({})).await;
+    let (task, agent) = app.started_task(&organization, &project, "Verbose").await;
     // About 8 MB: more than the queue (1 MiB) and the kernel's buffers hold.
     let text = |n: usize| format!("{n:05}{}", "y".repeat(3_995));
     let total = 2_000;
@@ -2029,11 +2017,7 @@ async fn a_slow_reader_of_a_long_transcript_gets_every_line_without_a_resync() {
 async fn a_tasks_logs_stream_sends_every_line_in_order_as_it_is_written_and_resumes() {
     let app = spawn_app().await;
     let (organization, project) = app.organization_and_project().await;
-    let agent = app.register_agent(&organization).await;
-    let ticket = app.ticket(&project, "Work").await;
-    let task = app.task(&ticket, "Chatty", json!({})).await;
-    assert_eq!(agent.claim(&app, 5).await, Some(task.clone()));
-    agent.must(&app, &task, "start", json!({})).await;
+    let (task, agent) = app.started_task(&organization, &project, "Chatty").await;
     let write = |from: usize, to: usize| {
         let lines: Vec<String> = (from..=to).map(|n| format!("line {n}")).collect();
         json!({ "lines": lines })
@@ -2219,11 +2203,7 @@ async fn more_steering_than_the_socket_queue_holds_is_handed_over_whole() {
     })
     .await;
     let (organization, project) = app.organization_and_project().await;
-    let agent = app.register_agent(&organization).await;
-    let ticket = app.ticket(&project, "Work").await;
-    let task = app.task(&ticket, "Steered", json!({})).await;
-    assert_eq!(agent.claim(&app, 5).await, Some(task.clone()));
-    agent.must(&app, &task, "start", json!({})).await;
+    let (task, agent) = app.started_task(&organization, &project, "Steered").await;
     let sent: Vec<String> = (1..=5).map(|n| format!("Step {n}.")).collect();
     for message in &sent {
         steer(&app, &task, message).await;
@@ -2242,11 +2222,7 @@ async fn more_steering_than_the_socket_queue_holds_is_handed_over_whole() {
 async fn steering_reaches_an_agent_on_its_socket_once_and_is_recorded_as_delivered() {
     let app = spawn_app().await;
     let (organization, project) = app.organization_and_project().await;
-    let agent = app.register_agent(&organization).await;
-    let ticket = app.ticket(&project, "Work").await;
-    let task = app.task(&ticket, "Steered", json!({})).await;
-    assert_eq!(agent.claim(&app, 5).await, Some(task.clone()));
-    agent.must(&app, &task, "start", json!({})).await;
+    let (task, agent) = app.started_task(&organization, &project, "Steered").await;
     // One waits before the agent connects…
     steer(&app, &task, "Fix the failing test first.").await;
     app.caught_up().await;

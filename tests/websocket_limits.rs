@@ -561,11 +561,7 @@ async fn idle_logs_subscriptions_do_not_poll_and_another_process_lines_arrive() 
     })
     .await;
     let (organization, project) = app.organization_and_project().await;
-    let agent = app.register_agent(&organization).await;
-    let ticket = app.ticket(&project, "Work").await;
-    let task = app.task(&ticket, "Quiet", json!({})).await;
-    assert_eq!(agent.claim(&app, 5).await, Some(task.clone()));
-    agent.must(&app, &task, "start", json!({})).await;
+    let (task, _) = app.started_task(&organization, &project, "Quiet").await;
     let token = app.token.clone().expect("a token");
     let mut socket = connect(&app, "/api/v1/ws", &token).await;
     let subscriptions = 5;

@@ -717,6 +717,24 @@ impl TestApp {
                 .to_string(),
         }
     }
+
+    /// A task titled `title` (of a ticket "Work" in `project`) that a fresh agent of
+    /// `organization` claimed and started: the task's id and its agent.
+    pub async fn started_task(
+        &self,
+        organization: &str,
+        project: &str,
+        title: &str,
+    ) -> (String, Agent) {
+        let agent = self.register_agent(organization).await;
+        let ticket = self.ticket(project, "Work").await;
+        let task = self.task(&ticket, title, serde_json::json!({})).await;
+        assert_eq!(agent.claim(self, 5).await, Some(task.clone()));
+        agent
+            .must(self, &task, "start", serde_json::json!({}))
+            .await;
+        (task, agent)
+    }
 }
 
 impl Agent {
