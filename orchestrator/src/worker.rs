@@ -67,7 +67,10 @@ pub struct WorkerConfig {
     pub capabilities: Vec<String>,
     /// Tasks held by agents at once, per project.
     pub project_concurrency: usize,
-    /// Tasks held by agents at once, per organization, when no plans are given.
+    /// Tasks held by agents at once, per organization, when no plans are given. Not a
+    /// setting: `omoi worker` and `omoi dev` always give the plans (an organization's cap
+    /// is its plan's); embedders and tests without plans set it here.
+    #[serde(skip)]
     pub organization_concurrency: usize,
     /// Claims (`POST /api/v1/agents/{id}/claim`) one HTTP agent may have waiting at once.
     pub claims_per_agent: usize,
