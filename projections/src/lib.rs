@@ -178,7 +178,7 @@ pub trait Projector: Send + Sync {
     /// fold read (none: [`Columns::WITHOUT_METADATA`]), so that the server does not render
     /// the whole metadata. `occurred_at` comes either way (the runner reads it for the
     /// build's lag), but a projector that reads it names it too:
-    /// `tests/projection_batches.rs` builds each projector's tables from events holding
+    /// `tests/e2e/projection_batches.rs` builds each projector's tables from events holding
     /// only the fields it names and compares them, and what `concerns` answers, with those
     /// of the whole events. Saying `Everything` is always safe.
     fn columns(&self) -> Columns {
@@ -211,7 +211,7 @@ pub trait Projector: Send + Sync {
     /// into it and writes it once, with the checkpoint, instead of loading and writing the
     /// rows each batch touches — a rebuild writes each row once, not once per batch it
     /// appears in. `None` (the default): batches from the start too. Its tables must come
-    /// out exactly as the batches would leave them (`tests/projection_batches.rs`).
+    /// out exactly as the batches would leave them (`tests/e2e/projection_batches.rs`).
     fn fold_from_start(&self) -> Option<Box<dyn Fold>> {
         None
     }

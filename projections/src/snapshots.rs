@@ -28,7 +28,7 @@
 //! ([`Fold`]): every project's models in memory, each event applied as it comes, a
 //! snapshot taken from them where the count says. The batches reading the chain back are
 //! the reference: the kept models and the fold write the same rows
-//! (tests/projection_batches.rs checks it).
+//! (tests/e2e/projection_batches.rs checks it).
 //!
 //! A view `as_of` P starts from the newest whole whose events were all at or below P
 //! (`max_position ≤ P`; none: the empty models a project starts from) and applies the

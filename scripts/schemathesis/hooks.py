@@ -1,4 +1,4 @@
-"""Schemathesis hooks for omoi's OpenAPI run (tests/openapi_fuzz.rs).
+"""Schemathesis hooks for omoi's OpenAPI run (tests/e2e/openapi_fuzz.rs).
 
 The fuzzer acts as the owner of an organization, with the owner's access token (a person:
 it may create organizations and everything in them, so that the stateful phase follows a
@@ -6,7 +6,7 @@ creation to what it created). The fuzzer is free to call every route and learns 
 responses; the one way it could end that session is logging out with it, so logout is
 sent with an owner's API key instead (refused: API keys are revoked, not logged out), and
 that key is minted again whenever the fuzzer revokes it. Logging out itself is tested in
-tests/auth.rs.
+tests/e2e/auth.rs.
 """
 
 import json
@@ -73,7 +73,7 @@ def before_call(ctx, case, **kwargs):
     30) is sent with 0: the fuzzer's agent has none ready, so every such claim waited out
     its whole wait — the coverage phase's boundary values alone (60, 59, 30 s) took 150 s
     of a 210 s run. Values the route refuses are sent as drawn. The long poll is tested
-    in tests/claims.rs."""
+    in tests/e2e/claims.rs."""
     if not case.path.endswith("/claim") or not isinstance(case.body, dict):
         return
     wait = case.body.get("wait_seconds", CLAIM_WAIT_DEFAULT)

@@ -343,7 +343,7 @@ async fn health_metrics_and_the_openapi_document_are_served() {
         .await
         .expect("docs");
     assert_eq!(docs.status(), StatusCode::OK);
-    // Swagger UI from our own files (tests/dashboard.rs renders it in Chromium).
+    // Swagger UI from our own files (tests/e2e/dashboard.rs renders it in Chromium).
     let page = docs.text().await.expect("html");
     assert!(
         page.contains("vendor/swagger-ui/swagger-ui-bundle.js"),

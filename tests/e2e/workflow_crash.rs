@@ -254,7 +254,7 @@ async fn every_plan_runs_to_completion_once_whenever_the_process_was_killed() {
 
 /// A process manager's effects belong to the batch's transaction: rolled back, nothing
 /// stays; committed, everything does; applied again, nothing more. (That the runner
-/// announces a committed batch's effects: `tests/projection_runner.rs`.)
+/// announces a committed batch's effects: `tests/e2e/projection_runner.rs`.)
 #[tokio::test(flavor = "multi_thread")]
 async fn effects_commit_or_roll_back_with_the_batch() {
     use omoi_store::log::{read_global, Visibility};

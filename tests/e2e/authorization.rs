@@ -18,7 +18,7 @@ use serde_json::{json, Value};
 use uuid::Uuid;
 
 /// The routes that take no credential (method, OpenAPI path template). Stripe's webhook
-/// is authenticated by its signature instead (tests/billing.rs).
+/// is authenticated by its signature instead (tests/e2e/billing.rs).
 const PUBLIC: [(&str, &str); 6] = [
     ("GET", "/health"),
     ("GET", "/metrics"),
@@ -111,7 +111,7 @@ const VIEWER_MAY_WRITE: [(&str, &str, &str); 2] = [
 /// The WebSocket routes (method, template). Without the upgrade headers a request that
 /// passes authentication answers 400, so only the credential cases (no token, expired
 /// token: 401 before upgrading) apply to them here. Another organization's project and a
-/// viewer's access are decided per subscription, on the socket: tests/websocket.rs checks
+/// viewer's access are decided per subscription, on the socket: tests/e2e/websocket.rs checks
 /// those.
 const UPGRADE_ONLY: [(&str, &str); 2] = [("GET", "/api/v1/ws"), ("GET", "/api/v1/ws/events")];
 
@@ -464,7 +464,7 @@ fn entry(method: &str, template: &str, f: &Fixtures) -> (String, Option<Value>) 
 
         _ => panic!(
             "route {method} {template} has no entry: add one to the authorization table \
-             (`entry` in tests/authorization.rs)"
+             (`entry` in tests/e2e/authorization.rs)"
         ),
     }
 }
@@ -964,7 +964,7 @@ async fn a_user_of_another_organization_finds_nothing_of_the_first_one() {
             }
             other => panic!(
                 "GET {other} addresses nothing of an organization: say what it must not \
-                 reveal in tests/authorization.rs"
+                 reveal in tests/e2e/authorization.rs"
             ),
         };
         if let Some(leak) = leak {
@@ -1085,7 +1085,7 @@ async fn every_body_in_the_table_is_one_the_server_parses() {
     let owner = app.token.clone().expect("the owner's token");
     let mut findings = Findings::default();
     let logout = |r: &&Route| r.is("POST", "/api/v1/auth/logout");
-    // Its body is Stripe's signed event: tests/billing.rs sends real ones.
+    // Its body is Stripe's signed event: tests/e2e/billing.rs sends real ones.
     let signed = |r: &&Route| r.is("POST", "/api/v1/billing/webhooks/stripe");
     for route in routes
         .iter()
