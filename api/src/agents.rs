@@ -700,13 +700,14 @@ async fn update_capabilities(
 /// an agent that stopped taking work while it was made (quarantined, failed or terminated
 /// after it was read) has it withdrawn — back to the queue, the attempt not counted — and
 /// the caller is answered 409 `agent_unavailable`, as if the change had been seen first.
-/// The agent is read after the commit, so the order that counts is the commits': a status
-/// change this read does not see came after the assignment, which the agent then holds
-/// as it holds any task it had before. An assignment the task no longer has to withdraw
-/// (started or replaced meanwhile) stands, and so does one this could not read or
-/// withdraw (the database away): the assignment committed, so the caller is told of it —
-/// answered an error, the agent would never hear of its task, held until the unstarted
-/// sweep failed it minutes later.
+/// This answers the caller at once; the rule itself is the log's, kept by the process
+/// manager `assignment_withdrawal` (which withdraws an assignment whose agent had stopped
+/// taking work before it in the log, whoever made it). A withdrawal refused here was made
+/// by that manager first, or the task moved on: the assignment does not stand either way.
+/// One this could not read or withdraw (the database away) stands as far as this caller
+/// knows: the assignment committed, so the caller is told of it — answered an error, the
+/// agent would never hear of its task (the manager still withdraws it if the agent's
+/// change came first in the log).
 pub(crate) async fn keep_if_agent_takes_work(
     state: &AppState,
     caller: &Caller,
@@ -738,8 +739,15 @@ pub(crate) async fn keep_if_agent_takes_work(
         )
         .await
     {
-        Ok(_) => Err(stopped),
-        Err(ApiError::Conflict { .. }) => Ok(()),
+        Err(ApiError::Conflict {
+            code: "concurrent_modification",
+            ..
+        }) => {
+            tracing::warn!(%task_id, %agent_id, "an assignment to an agent that stopped taking work not withdrawn: the task kept changing");
+            Ok(())
+        }
+        // Refused: withdrawn already (by the process manager) or moved on.
+        Ok(_) | Err(ApiError::Conflict { .. }) => Err(stopped),
         Err(error) => {
             tracing::warn!(%task_id, %agent_id, ?error, "an assignment to an agent that stopped taking work not withdrawn");
             Ok(())

@@ -341,12 +341,15 @@ impl Queue {
                 task.last_progress_at = None;
                 Change::Stop(id)
             }
-            // Taken back before it was started (its agent stopped taking work): ready
-            // again, the agent's place free.
+            // Taken back (its agent had stopped taking work as it was assigned): ready
+            // again, the agent's place free, and a run started in the assignment's own
+            // transaction (an in-process agent's) stopped.
             TaskEvent::TaskAssignmentWithdrawn { .. } => {
                 task.agent_id = None;
                 task.assigned_at = None;
-                Change::Queue
+                task.started_at = None;
+                task.last_progress_at = None;
+                Change::Stop(id)
             }
             TaskEvent::TaskCreated { .. }
             | TaskEvent::GuardianIntervened { .. }
@@ -1084,6 +1087,36 @@ mod tests {
             1,
             "due at its not-before time"
         );
+    }
+
+    /// A withdrawn assignment stops the run its in-process agent began in the same
+    /// transaction, and the task is ready again with its agent's place free.
+    #[test]
+    fn a_withdrawn_assignment_stops_its_run_and_the_task_is_ready_again() {
+        let mut queue = Queue::default();
+        let (task, agent) = (Uuid::from_u128(50), Uuid::from_u128(8));
+        let at = Utc::now();
+        let meta = json!({});
+        queue.apply(&created(task, Priority::High, 0, vec![]));
+        let assigned = TaskEvent::TaskAssigned {
+            agent_id: agent,
+            at,
+        };
+        queue.apply(&stored(task, assigned, meta.clone()));
+        queue.apply(&stored(task, TaskEvent::TaskStarted { at }, meta.clone()));
+        assert_eq!(queue.held_by(agent).len(), 1);
+        let withdrawn = TaskEvent::TaskAssignmentWithdrawn {
+            agent_id: agent,
+            at,
+        };
+        assert_eq!(
+            queue.apply(&stored(task, withdrawn, meta)),
+            Change::Stop(task)
+        );
+        assert!(queue.held_by(agent).is_empty());
+        let queued = queue.task(task).expect("still queued");
+        assert_eq!((queued.agent_id, queued.started_at), (None, None));
+        assert!(queue.is_ready(queued, at));
     }
 
     #[test]

@@ -33,6 +33,7 @@ mod transcripts;
 mod validation;
 mod websocket;
 mod websocket_limits;
+mod withdrawal;
 mod worker_isolation;
 mod workflow;
 mod workflow_crash;

@@ -33,6 +33,8 @@
 //! * [`stall`] — a stalled task gets its project's stall policy: nudge, restart or
 //!   escalate.
 //! * [`retirement`] — a lifetime purchase ends, at Stripe, the subscription it replaced.
+//! * [`withdrawal`] — an assignment to an agent that had stopped taking work (quarantined,
+//!   failed, terminated) before it in the log is taken back.
 //! * `kept` — what a manager keeps in memory between batches (its own tables' rows,
 //!   aggregates it decided on), taken in only once a batch committed (`progress`,
 //!   `discovery`).
@@ -51,6 +53,7 @@ pub mod retirement;
 pub mod spawn;
 pub mod stall;
 pub mod validation;
+pub mod withdrawal;
 
 use std::sync::Arc;
 
@@ -238,6 +241,7 @@ pub fn all(config: &WorkflowConfig, stripe: &StripeApi) -> Vec<Arc<dyn Projector
         run(retirement::SubscriptionRetirement {
             stripe: stripe.clone(),
         }),
+        run(withdrawal::AssignmentWithdrawal),
     ]
 }
 

@@ -438,7 +438,10 @@ impl Task {
                 self.fail(error, at, jitter)
             }
             TaskCommand::WithdrawAssignment { assigned_at, at } => {
-                self.ensure_in(&[TaskStatus::Assigned], "have its assignment withdrawn")?;
+                self.ensure_in(
+                    &[TaskStatus::Assigned, TaskStatus::Running],
+                    "have its assignment withdrawn",
+                )?;
                 if self.assigned_at != Some(assigned_at) {
                     return Err(TaskError::AssignmentMovedOn);
                 }

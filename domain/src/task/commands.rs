@@ -147,10 +147,11 @@ pub enum TaskCommand {
         at: DateTime<Utc>,
         jitter: f64,
     },
-    /// The assignment made at `assigned_at` is taken back before it was started, the
-    /// attempt not counted and nobody barred: its agent had stopped taking work (was
-    /// quarantined, failed or terminated) as it was made. Refused once the task was
-    /// started or assigned anew since.
+    /// The assignment made at `assigned_at` is taken back, the attempt not counted and
+    /// nobody barred: its agent had stopped taking work (was quarantined, failed or
+    /// terminated) as it was made. Also once started (an in-process agent starts in its
+    /// assignment's own transaction; its worker stops the run), not once the attempt
+    /// ended or the task was assigned anew.
     WithdrawAssignment {
         assigned_at: DateTime<Utc>,
         at: DateTime<Utc>,

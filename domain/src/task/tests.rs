@@ -1779,7 +1779,8 @@ fn an_unstarted_assignment_is_given_back_only_while_it_is_the_one_seen() {
 
 /// An assignment withdrawn (its agent stopped taking work as it was made) goes back to the
 /// queue without an attempt counted and without barring the agent; only the assignment
-/// made at that instant, and only while unstarted.
+/// made at that instant, and only while its attempt has not ended (a start in the
+/// assignment's own transaction, an in-process agent's, is taken back with it).
 #[test]
 fn a_withdrawn_assignment_counts_no_attempt_and_bars_nobody() {
     let withdraw = |assigned_at| TaskCommand::WithdrawAssignment {
@@ -1811,9 +1812,39 @@ fn a_withdrawn_assignment_counts_no_attempt_and_bars_nobody() {
         &(),
     );
     assert!(again.is_ok(), "the same agent may have it again: {again:?}");
+    let running: Task = fold(&history_at(TaskStatus::Running));
+    let (withdrawn, result) = handle(&running, withdraw(t(10)), &());
+    assert_eq!(
+        result,
+        Ok(vec![TaskEvent::TaskAssignmentWithdrawn {
+            agent_id: agent_id(),
+            at: t(11)
+        }])
+    );
+    assert_eq!(withdrawn.status, TaskStatus::Pending);
+    assert_eq!(
+        (withdrawn.assigned_agent_id, withdrawn.started_at),
+        (None, None)
+    );
+    assert_eq!(withdrawn.retry_count, running.retry_count);
+    let (_, late) = handle(
+        &withdrawn,
+        TaskCommand::AsHolder {
+            agent_id: agent_id(),
+            command: Box::new(TaskCommand::CompleteTask {
+                result: json!({}),
+                at: t(12),
+            }),
+        },
+        &(),
+    );
+    assert!(
+        late.is_err(),
+        "the run taken back completes nothing: {late:?}"
+    );
     for from in TaskStatus::ALL
         .into_iter()
-        .filter(|s| *s != TaskStatus::Assigned)
+        .filter(|s| ![TaskStatus::Assigned, TaskStatus::Running].contains(s))
     {
         let state: Task = fold(&history_at(from));
         let (_, result) = handle(&state, withdraw(t(10)), &());
