@@ -186,11 +186,11 @@ pub trait Projector: Send + Sync {
     }
 
     /// Whether its batches append events to the log (a process manager's effects). Those
-    /// commit durably, as every command does. A read model's batch holds nothing the log
-    /// does not: it commits without waiting for its WAL flush (`synchronous_commit = off`),
-    /// since a crash can only lose a tail of batches together with their checkpoint, which
-    /// are then applied again — and an open batch holds every reader's horizon until its
-    /// commit returns.
+    /// that did commit durably, as every command does. A read model's batch holds nothing
+    /// the log does not, nor does a process manager's that caused nothing: it commits
+    /// without waiting for its WAL flush (`synchronous_commit = off`), since a crash can
+    /// only lose a tail of batches together with their checkpoint, which are then applied
+    /// again — and an open batch holds every reader's horizon until its commit returns.
     fn appends_events(&self) -> bool {
         false
     }

@@ -1042,6 +1042,11 @@ pub async fn step(
         tx.rollback().await?;
         return Ok(Step::Applied(0));
     };
+    if projector.appends_events() && !appended {
+        // A process manager's batch that caused nothing holds nothing the log does not,
+        // as a read model's: its commit need not wait for the WAL flush either.
+        sqlx::query(ASYNCHRONOUS_COMMIT).execute(&mut *tx).await?;
+    }
     tx.commit().await?;
     settling.committed = true;
     drop(settling);
@@ -1393,6 +1398,10 @@ fn write_failed(projector: &dyn Projector, error: ProjectionError) -> Option<Ste
 /// A read model's batch: its commit does not wait for the WAL flush (see
 /// [`Projector::appends_events`]).
 const ASYNCHRONOUS_BATCH: &str = "begin; set local synchronous_commit = off";
+
+/// Makes the open transaction's commit not wait for its WAL flush: for a process
+/// manager's batch found to have appended nothing (see [`Projector::appends_events`]).
+const ASYNCHRONOUS_COMMIT: &str = "set local synchronous_commit = off";
 
 /// Points the projector's views at a build that caught up and retires the one before.
 async fn go_live(
