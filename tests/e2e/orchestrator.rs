@@ -670,6 +670,7 @@ async fn an_outcome_the_database_refused_for_a_while_is_recorded_once_it_can_be(
             "TaskCompleted"
         ]
     );
+    let _ = std::fs::remove_dir_all(directory);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -727,6 +728,69 @@ async fn cancelling_a_running_task_stops_its_process() {
     assert_eq!(
         events.last().map(|(k, _)| k.as_str()),
         Some("TaskCancelled")
+    );
+}
+
+/// An in-process run whose assignment is withdrawn (as `assignment_withdrawal` does when
+/// its agent had been quarantined an instant before) is stopped, counts no attempt, and
+/// the task runs again and completes.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_withdrawn_running_task_stops_its_process_and_runs_again() {
+    use omoi_domain::task::{Task, TaskCommand};
+    use omoi_store::{Actor, CommandContext};
+
+    let app = spawn_app().await;
+    let (_, project) = app.organization_and_project().await;
+    let directory = scratch_dir();
+    let (pid, ran) = (directory.join("pid"), directory.join("ran"));
+    let ticket = app.ticket(&project, "Work").await;
+    let id = app.task(&ticket, "long", json!({})).await;
+    // The first run waits to be stopped; the second completes at once.
+    let script = format!(
+        "if [ -e {ran} ]; then echo again; exit 0; fi; touch {ran}; echo $$ > {pid}; exec sleep 60",
+        ran = ran.display(),
+        pid = pid.display()
+    );
+    let worker = Worker::start(
+        app.database.pool.clone(),
+        config(command(&script), &directory),
+    );
+    let pid = until_file(&pid).await;
+    let state = app.until_task_status(&id, "running").await;
+    let assigned_at: chrono::DateTime<chrono::Utc> =
+        serde_json::from_value(state["assigned_at"].clone()).expect("an assignment");
+    let withdraw = TaskCommand::WithdrawAssignment {
+        assigned_at,
+        at: chrono::Utc::now(),
+    };
+    let context = CommandContext::new(Actor::System("assignment_withdrawal"), "withdrawn");
+    app.second_bus()
+        .await
+        .execute::<Task>(&id, withdraw, &context)
+        .await
+        .expect("withdrawn");
+    until_dead(&pid).await;
+    let state = app.until_task_status(&id, "completed").await;
+    worker.stop().await;
+    assert_eq!(state["retry_count"], 0, "{state}");
+    // Progress (the runs' output lines) aside.
+    let kinds: Vec<String> = history(&app, &id)
+        .await
+        .into_iter()
+        .map(|(kind, _)| kind)
+        .filter(|kind| kind != "TaskProgressReported")
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "TaskCreated",
+            "TaskAssigned",
+            "TaskStarted",
+            "TaskAssignmentWithdrawn",
+            "TaskAssigned",
+            "TaskStarted",
+            "TaskCompleted"
+        ]
     );
 }
 
