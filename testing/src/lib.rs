@@ -949,6 +949,14 @@ impl TestApp {
         held
     }
 
+    /// Task `task`'s events, oldest first, as `GET /api/v1/tasks/{task}/history` answers
+    /// them (`event_type`, `payload`, `metadata`, …), which must be 200.
+    pub async fn task_history(&self, task: &str) -> Vec<Value> {
+        let (status, body) = self.get(&format!("/api/v1/tasks/{task}/history")).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        body["events"].as_array().cloned().expect("events")
+    }
+
     /// A ticket of `project` titled `title`.
     pub async fn ticket(&self, project: &str, title: &str) -> String {
         self.create(

@@ -52,13 +52,6 @@ async fn running_task(app: &TestApp) -> (String, String, String, Agent) {
     (organization, ticket, task, agent)
 }
 
-/// The events of `task`'s history.
-async fn history(app: &TestApp, task: &str) -> Vec<Value> {
-    let (status, body) = app.get(&format!("/api/v1/tasks/{task}/history")).await;
-    assert_eq!(status, StatusCode::OK, "{body}");
-    body["events"].as_array().cloned().expect("events")
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn a_discovery_becomes_a_task_of_the_ticket_naming_its_parent_and_discoverer() {
     let app = spawn_app().await;
@@ -84,7 +77,8 @@ async fn a_discovery_becomes_a_task_of_the_ticket_naming_its_parent_and_discover
                "blocks_parent": false})
     );
     let child = id_of(&created);
-    let reported: Vec<Value> = history(&app, &task)
+    let reported: Vec<Value> = app
+        .task_history(&task)
         .await
         .into_iter()
         .filter(|e| e["event_type"] == "TaskDiscoveryReported")
@@ -194,7 +188,8 @@ async fn a_blocking_discovery_holds_its_parent_until_it_completes_or_is_cancelle
         })
         .await;
     assert_eq!(parent["state"]["status"], "running");
-    let resolved: Vec<Value> = history(&app, &task)
+    let resolved: Vec<Value> = app
+        .task_history(&task)
         .await
         .into_iter()
         .filter(|e| e["event_type"] == "TaskDiscoveryResolved")

@@ -34,13 +34,10 @@ fn command(text: &str) -> Work {
     Work::Command(text.to_string())
 }
 
-/// The task's events, oldest first: (type, payload, recorded at).
+/// The task's events, oldest first: (type, payload).
 async fn history(app: &TestApp, id: &str) -> Vec<(String, Value)> {
-    let (status, body) = app.get(&format!("/api/v1/tasks/{id}/history")).await;
-    assert_eq!(status, StatusCode::OK, "{body}");
-    body["events"]
-        .as_array()
-        .expect("events")
+    app.task_history(id)
+        .await
         .iter()
         .map(|e| {
             let kind = e["event_type"].as_str().expect("a type").to_string();

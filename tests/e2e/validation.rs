@@ -84,12 +84,6 @@ async fn fixture() -> Fixture {
     }
 }
 
-async fn history(app: &TestApp, task: &str) -> Vec<Value> {
-    let (status, body) = app.get(&format!("/api/v1/tasks/{task}/history")).await;
-    assert_eq!(status, StatusCode::OK, "{body}");
-    body["events"].as_array().cloned().expect("events")
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn submitted_work_is_judged_by_another_agent_and_completes_with_its_result() {
     let Fixture {
@@ -117,12 +111,13 @@ async fn submitted_work_is_judged_by_another_agent_and_completes_with_its_result
         json!({"task_id": task, "revision": 0, "implementer_agent_id": implementer.id})
     );
     // Its creation names the submission as its cause.
-    let submission = history(&app, &task)
+    let submission = app
+        .task_history(&task)
         .await
         .into_iter()
         .find(|e| e["event_type"] == "TaskSubmittedForValidation")
         .expect("a submission");
-    let created = &history(&app, &validation).await[0];
+    let created = &app.task_history(&validation).await[0];
     assert_eq!(
         created["metadata"]["causation_id"],
         format!("Task/{task}/{}", submission["sequence"])
@@ -241,7 +236,8 @@ async fn rejected_twice_the_work_is_revised_with_the_feedback_and_then_passes() 
 
     // The work's history has exactly its rounds, each verdict applied once (a verdict on
     // an earlier submission is refused by the task: the domain's tests).
-    let events: Vec<String> = history(&app, &task)
+    let events: Vec<String> = app
+        .task_history(&task)
         .await
         .into_iter()
         .filter_map(|e| e["event_type"].as_str().map(String::from))

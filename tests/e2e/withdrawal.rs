@@ -10,14 +10,16 @@ use serde_json::{json, Value};
 
 /// The task's events, in order: each event's type and metadata.
 async fn events_of(app: &TestApp, task: &str) -> Vec<(String, Value)> {
-    sqlx::query_as(
-        "select event_type, metadata from events
-          where aggregate_type = 'Task' and aggregate_id = $1 order by sequence",
-    )
-    .bind(task)
-    .fetch_all(&app.database.pool)
-    .await
-    .expect("the task's events")
+    app.task_history(task)
+        .await
+        .into_iter()
+        .map(|e| {
+            (
+                e["event_type"].as_str().unwrap_or_default().to_string(),
+                e["metadata"].clone(),
+            )
+        })
+        .collect()
 }
 
 async fn guardian(app: &TestApp, kind: &str, agent: &Agent) {

@@ -109,8 +109,8 @@ async fn statuses_before(
         .iter()
         .map(|(e, ..)| e.global_position)
         .collect();
-    let rows: Vec<(i64, Option<String>)> = sqlx::query_as(
-        "select a.n, s.payload::text
+    let statuses: Vec<Option<String>> = sqlx::query_scalar(
+        "select s.payload::text
            from unnest($1::text[], $2::bigint[], $3::bigint[])
                 with ordinality as a(agent_id, transaction_id, global_position, n)
            left join lateral (
@@ -128,5 +128,5 @@ async fn statuses_before(
     .bind(&positions)
     .fetch_all(&mut *tx)
     .await?;
-    Ok(rows.into_iter().map(|(_, payload)| payload).collect())
+    Ok(statuses)
 }
