@@ -10,7 +10,7 @@ use omoi_domain::ticket::TicketEvent;
 use omoi_store::StoredEvent;
 use uuid::Uuid;
 
-use crate::codec::{entity_id, payload, to_text, EventMeta};
+use crate::codec::{entity_id, payload, to_text};
 use crate::ProjectionError;
 
 /// The status of an organization or project that has not been archived.
@@ -104,7 +104,10 @@ impl Located {
             id: entity_id(stored)?,
             event,
             // PostgreSQL keeps microseconds: a rebuild compares equal to the live rows.
-            occurred_at: EventMeta::of(stored)?.occurred_at.trunc_subsecs(6),
+            occurred_at: stored
+                .occurred_at()
+                .ok_or_else(|| ProjectionError::payload(stored, "metadata: no occurred_at"))?
+                .trunc_subsecs(6),
             transaction_id: stored.transaction_id,
             position: stored.global_position,
         }))
