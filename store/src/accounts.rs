@@ -424,12 +424,27 @@ async fn revoke_all_tokens_in(
     Ok(())
 }
 
-/// Logout: revokes an access token and a refresh token (each when given).
+/// What a logout ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogoutOutcome {
+    /// The session's tokens, as given.
+    SessionEnded,
+    /// The refresh token given had already been exchanged: as at a refresh, every token
+    /// of the user has been revoked — its replacement, perhaps in a thief's hands, with
+    /// them.
+    EveryTokenRevoked,
+}
+
+/// Logout of `user_id`: revokes an access token and a refresh token of theirs (each when
+/// given). A refresh token already exchanged revokes every token of the user, holding
+/// their row as [`spend_refresh_token`] does, so that an exchange of the same token
+/// racing the logout is revoked too, whichever commits first.
 pub async fn revoke_session(
     pool: &PgPool,
+    user_id: Uuid,
     access: Option<(Uuid, DateTime<Utc>)>,
     refresh: Option<Uuid>,
-) -> Result<(), sqlx::Error> {
+) -> Result<LogoutOutcome, sqlx::Error> {
     let mut tx = pool.begin().await?;
     if let Some((jti, expires_at)) = access {
         sqlx::query(
@@ -441,15 +456,28 @@ pub async fn revoke_session(
         .execute(&mut *tx)
         .await?;
     }
+    let mut outcome = LogoutOutcome::SessionEnded;
     if let Some(jti) = refresh {
-        sqlx::query(
-            "update refresh_tokens set revoked_at = now() where jti = $1 and revoked_at is null",
+        sqlx::query("select 1 from users where id = $1 for no key update")
+            .bind(user_id)
+            .fetch_optional(&mut *tx)
+            .await?;
+        let used: Option<bool> = sqlx::query_scalar(
+            "update refresh_tokens set revoked_at = coalesce(revoked_at, now())
+              where jti = $1 and user_id = $2
+              returning used_at is not null",
         )
         .bind(jti)
-        .execute(&mut *tx)
+        .bind(user_id)
+        .fetch_optional(&mut *tx)
         .await?;
+        if used == Some(true) {
+            revoke_all_tokens_in(&mut tx, user_id).await?;
+            outcome = LogoutOutcome::EveryTokenRevoked;
+        }
     }
-    tx.commit().await
+    tx.commit().await?;
+    Ok(outcome)
 }
 
 /// A stored API key (without its secret).

@@ -173,6 +173,63 @@ async fn logout_with_only_the_refresh_cookie_revokes_it() {
     assert_eq!(nothing.status, StatusCode::UNAUTHORIZED, "{}", nothing.body);
 }
 
+/// A logout presenting a refresh token already exchanged is told what a refresh presenting
+/// it is: the token may have been stolen. Every token of the user is revoked — the
+/// replacement its exchange got above all, which before stayed valid and renewed itself
+/// for ever (a thief's refresh, then the user's logout with the old cookie).
+#[tokio::test(flavor = "multi_thread")]
+async fn logout_with_a_refresh_token_already_exchanged_revokes_every_token_of_the_user() {
+    let app = spawn_app().await;
+    let session = app.login("owner@example.com").await;
+    let stolen = session["refresh_token"].as_str().expect("a refresh token");
+    let access = session["access_token"].as_str().expect("an access token");
+    let exchanged = post(
+        &app,
+        "/api/v1/auth/refresh",
+        json!({"refresh_token": stolen}),
+        &[],
+    )
+    .await;
+    assert_eq!(exchanged.status, StatusCode::OK, "{}", exchanged.body);
+    let thiefs_refresh = exchanged.body["refresh_token"].clone();
+    let thiefs_access = exchanged.body["access_token"]
+        .as_str()
+        .expect("an access token")
+        .to_string();
+    // Another session of the same user, unrelated to the theft.
+    let elsewhere = app.login("owner@example.com").await;
+
+    let cookie = format!("omoi_refresh_token={stolen}");
+    let bearer = format!("Bearer {access}");
+    let out = post(
+        &app,
+        "/api/v1/auth/logout",
+        json!({}),
+        &[("cookie", &cookie), ("authorization", &bearer)],
+    )
+    .await;
+    assert_eq!(out.status, StatusCode::NO_CONTENT, "{}", out.body);
+
+    for refresh in [thiefs_refresh, elsewhere["refresh_token"].clone()] {
+        let renewed = post(
+            &app,
+            "/api/v1/auth/refresh",
+            json!({"refresh_token": refresh}),
+            &[],
+        )
+        .await;
+        assert_eq!(renewed.status, StatusCode::UNAUTHORIZED, "{}", renewed.body);
+    }
+    let me = app
+        .client
+        .get(format!("{}/api/v1/auth/me", app.address))
+        .bearer_auth(&thiefs_access)
+        .send()
+        .await
+        .expect("the server answers");
+    assert_eq!(me.status(), StatusCode::UNAUTHORIZED);
+}
+
 /// The Set-Cookie headers of a login, a refresh and a logout.
 async fn session_cookies(app: &TestApp) -> Vec<String> {
     let login = login(app, "owner@example.com", TEST_PASSWORD, &[]).await;

@@ -1177,3 +1177,43 @@ async fn an_admin_cannot_revoke_the_keys_and_agents_an_owner_created() {
     .await;
     assert_eq!(status, StatusCode::OK, "{body}");
 }
+
+/// An archived organization's membership is frozen — nobody can be removed from it, so
+/// none of their keys revoked that way — and no new authority is handed out in it: an
+/// API key is refused as an agent's registration is (409 `organization_archived`), to its
+/// owner and its admin alike. Before, an admin could still mint keys there.
+#[tokio::test(flavor = "multi_thread")]
+async fn no_api_key_is_created_in_an_archived_organization() {
+    let app = spawn_app().await;
+    let org = setup(&app).await;
+    let admin = member(&app, &org, "admin@example.com", "admin").await;
+    let owner = app.token.clone().expect("the owner's token");
+    let (status, body) = app
+        .post(
+            &format!("/api/v1/organizations/{}/archive", org.id),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+
+    for credential in [&owner, &admin.token] {
+        let before = app.event_count().await;
+        let (status, answer) = send(
+            &app,
+            credential,
+            Method::POST,
+            "/api/v1/auth/api-keys",
+            Some(json!({"name": "late", "organization_id": org.id, "role": "member"})),
+        )
+        .await;
+        assert_eq!(
+            (status, answer["code"].as_str()),
+            (StatusCode::CONFLICT, Some("organization_archived")),
+            "{answer}"
+        );
+        assert_eq!(app.event_count().await, before, "a refusal writes nothing");
+    }
+    let (status, keys) = send(&app, &owner, Method::GET, "/api/v1/auth/api-keys", None).await;
+    assert_eq!(status, StatusCode::OK, "{keys}");
+    assert_eq!(keys.as_array().map(Vec::len), Some(0), "{keys}");
+}

@@ -12,8 +12,8 @@ use omoi_domain::common::MAX_TITLE_CHARS;
 use omoi_domain::organization::Organization;
 use omoi_domain::project::Project;
 use omoi_store::accounts::{
-    self, ApiKeyRecord, CreateUserError, LoginAdmission, LoginTicket, NewRefreshToken, RefreshUse,
-    UserRecord,
+    self, ApiKeyRecord, CreateUserError, LoginAdmission, LoginTicket, LogoutOutcome,
+    NewRefreshToken, RefreshUse, UserRecord,
 };
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -436,8 +436,11 @@ async fn logout(
     };
     // Another user's refresh token is not this session's to end.
     let refresh = refresh.filter(|c| c.sub == user).map(|c| c.jti);
-    accounts::revoke_session(state.pool(), access, refresh).await?;
+    let ended = accounts::revoke_session(state.pool(), user, access, refresh).await?;
     state.credentials.forget_user(user);
+    if ended == LogoutOutcome::EveryTokenRevoked {
+        tracing::warn!(%user, "logout with a refresh token already exchanged: every token of the user revoked");
+    }
     let secure = state.guard.config.secure_cookies;
     let mut headers = HeaderMap::new();
     for name in [super::ACCESS_COOKIE, REFRESH_COOKIE] {
@@ -559,6 +562,7 @@ pub struct CreatedApiKey {
             above the caller's"),
         (status = 404, body = Problem, description = "no such organization or project the \
             caller belongs to (removed meanwhile included)"),
+        (status = 409, body = Problem, description = "`organization_archived`"),
         (status = 422, body = Problem),
     ))]
 async fn create_api_key(
@@ -572,6 +576,14 @@ async fn create_api_key(
     let (organization, _) = state
         .read::<Organization>(&caller, Permission::ApiKeyWrite, body.organization_id)
         .await?;
+    // Its members are frozen (none can be removed, so none of their keys revoked that
+    // way): no new authority is handed out in it, as no agent is registered in it.
+    if !organization.is_active() {
+        return Err(ApiError::Conflict {
+            code: "organization_archived",
+            detail: "the organization is archived; no API key can be created in it".into(),
+        });
+    }
     // The creator's role as the organization records it now (a super admin's: owner).
     let own_role = if caller.is_super_admin() {
         Some(Role::Owner)
