@@ -27,7 +27,18 @@ pub enum Outcome {
     Unhandled,
     /// The account refused it, or its organization does not exist: no retry can help.
     Rejected,
+    /// It names no organization and its customer is still unknown an hour ([`UNRESOLVED_FOR_SECONDS`]) after
+    /// Stripe created it: not omoi's (a payment link or another product on the same Stripe
+    /// account), since an omoi customer's link arrives within seconds. Kept, settled.
+    Unresolved,
 }
+
+/// How long after Stripe created it a delivery naming no organization, of a customer not
+/// linked yet, is answered 503 so that Stripe retries it (its customer's link — a
+/// checkout's event — may arrive after it). Past that, no retry will resolve it: it is
+/// settled as [`Outcome::Unresolved`], where Stripe would have retried it for three days,
+/// each renewal of a foreign subscription again, and in the end disabled the endpoint.
+pub const UNRESOLVED_FOR_SECONDS: i64 = 3_600;
 
 impl Outcome {
     pub fn as_str(self) -> &'static str {
@@ -37,6 +48,7 @@ impl Outcome {
             Self::Ignored => "ignored",
             Self::Unhandled => "unhandled",
             Self::Rejected => "rejected",
+            Self::Unresolved => "unresolved",
         }
     }
 }
@@ -70,7 +82,11 @@ pub async fn deliver(
         return Ok(Outcome::Unhandled);
     };
     let Some(organization_id) = organization else {
-        record(pool, decoded, None, "unresolved", payload).await?;
+        record(pool, decoded, None, Outcome::Unresolved.as_str(), payload).await?;
+        if Utc::now().timestamp() - decoded.created > UNRESOLVED_FOR_SECONDS {
+            tracing::info!(event = %decoded.id, "stripe event of no organization omoi knows: settled");
+            return Ok(Outcome::Unresolved);
+        }
         return Err(DeliveryError::OrganizationUnresolved {
             event: decoded.id.clone(),
         });

@@ -1432,3 +1432,61 @@ async fn approving_a_plan_and_counting_its_workflow_commit_together() {
     );
     assert_eq!(billing_events, 1, "nothing counted and given back");
 }
+
+/// An invoice of a customer omoi has not linked, naming no organization, is answered 503
+/// while its customer's link may still come (the checkout's event arriving after it):
+/// once the link is there, its retry applies. An hour after Stripe created it, one still
+/// unresolved is not omoi's (a payment link on the same Stripe account): it is settled,
+/// 200 `unresolved`, kept — where before every retry for three days was answered 503, for
+/// each renewal of such a subscription, until Stripe disabled the endpoint.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_event_of_no_known_customer_is_retried_for_an_hour_then_settled() {
+    let (app, org, _) = app_with_stripe().await;
+    let early = envelope(
+        "evt_before_link",
+        "invoice.payment_failed",
+        now(),
+        invoice("cus_test_1", None),
+    );
+    let (status, body) = deliver(&app, &early).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(body["code"], "organization_unresolved", "{body}");
+    let (status, receipt) = subscribe(&app, &org, "evt_link", "team").await;
+    assert_eq!(status, StatusCode::OK, "{receipt}");
+    let (status, receipt) = deliver(&app, &early).await;
+    assert_eq!(
+        (status, &receipt["outcome"]),
+        (StatusCode::OK, &json!("applied")),
+        "{receipt}"
+    );
+    assert_eq!(account(&app, &org).await["status"], "past_due");
+
+    let before = billing_events(&app).await;
+    let foreign = |id: &str, created: i64| {
+        envelope(
+            id,
+            "invoice.paid",
+            created,
+            invoice_of("cus_foreign", None, "sub_foreign"),
+        )
+    };
+    let (status, body) = deliver(&app, &foreign("evt_foreign_new", now() - 60)).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    let late = foreign("evt_foreign_old", now() - 3_700);
+    for _ in 0..2 {
+        let (status, receipt) = deliver(&app, &late).await;
+        assert_eq!(
+            (status, &receipt["outcome"]),
+            (StatusCode::OK, &json!("unresolved")),
+            "{receipt}"
+        );
+    }
+    let (outcome, deliveries): (String, i32) = sqlx::query_as(
+        "select outcome, deliveries from stripe_webhook_events where id = 'evt_foreign_old'",
+    )
+    .fetch_one(&app.database.pool)
+    .await
+    .expect("the delivery is kept");
+    assert_eq!((outcome.as_str(), deliveries), ("unresolved", 2));
+    assert_eq!(billing_events(&app).await, before, "no account changed");
+}

@@ -515,6 +515,17 @@ impl BillingAccount {
                     Effect::OtherSubscriptionEnded { subscription_id }
                 }
             }
+            // An invoice of no subscription (a one-off invoice of the same customer, sent
+            // from Stripe's dashboard) neither suspends the plan when unpaid nor lifts a
+            // suspension when paid.
+            StripeChange::InvoicePaid {
+                subscription_id: None,
+            }
+            | StripeChange::InvoicePaymentFailed {
+                subscription_id: None,
+            } => Effect::Ignored {
+                reason: "an invoice of no subscription, not the account's plan".into(),
+            },
             // An invoice of another subscription than the account's own — one superseded
             // (a retry of its payment), one pending its first payment — or of one that has
             // ended says nothing of the plan's.
@@ -871,6 +882,65 @@ mod tests {
             creation: false,
             changes_plan_of: None,
         }
+    }
+
+    /// An account on the Pro plan of subscription `sub_1`, as Stripe reported it at its
+    /// second 0.
+    fn subscribed() -> BillingAccount {
+        let mut account = BillingAccount::default();
+        apply(
+            &mut account,
+            stripe(
+                "evt_sub_1",
+                0,
+                updated(SubscriptionStatus::Active, Tier::Pro),
+            ),
+        );
+        account
+    }
+
+    fn invoice_paid(subscription: &str) -> StripeChange {
+        StripeChange::InvoicePaid {
+            subscription_id: Some(subscription.into()),
+        }
+    }
+
+    fn invoice_failed(subscription: &str) -> StripeChange {
+        StripeChange::InvoicePaymentFailed {
+            subscription_id: Some(subscription.into()),
+        }
+    }
+
+    /// A one-off invoice of the account's customer (no subscription) is not the plan's:
+    /// unpaid, it suspends nothing; paid, it does not lift a suspension.
+    #[test]
+    fn an_invoice_of_no_subscription_changes_nothing() {
+        let none = |paid: bool| match paid {
+            true => StripeChange::InvoicePaid {
+                subscription_id: None,
+            },
+            false => StripeChange::InvoicePaymentFailed {
+                subscription_id: None,
+            },
+        };
+        for mut account in [BillingAccount::default(), subscribed()] {
+            let events = apply(&mut account, stripe("evt_none_failed", 1, none(false)));
+            assert_ignored(&events);
+            assert_eq!(account.suspend_at, None);
+            assert_ne!(account.status, SubscriptionStatus::PastDue);
+        }
+        let mut account = subscribed();
+        apply(
+            &mut account,
+            stripe("evt_failed", 1, invoice_failed("sub_1")),
+        );
+        assert!(account.is_suspended(at()));
+        let events = apply(&mut account, stripe("evt_none_paid", 2, none(true)));
+        assert_ignored(&events);
+        assert!(
+            account.is_suspended(at()),
+            "a one-off invoice paid lifts nothing"
+        );
     }
 
     #[test]
@@ -1462,24 +1532,9 @@ mod tests {
 
     #[test]
     fn a_late_payment_failure_does_not_undo_a_later_payment() {
-        let mut account = BillingAccount::default();
-        apply(
-            &mut account,
-            stripe(
-                "evt_paid",
-                200,
-                StripeChange::InvoicePaid {
-                    subscription_id: None,
-                },
-            ),
-        );
-        let failed = stripe(
-            "evt_failed",
-            100,
-            StripeChange::InvoicePaymentFailed {
-                subscription_id: None,
-            },
-        );
+        let mut account = subscribed();
+        apply(&mut account, stripe("evt_paid", 200, invoice_paid("sub_1")));
+        let failed = stripe("evt_failed", 100, invoice_failed("sub_1"));
         let events = apply(&mut account, failed);
         assert_ignored(&events);
         assert_eq!(account.suspend_at, None);
@@ -1487,17 +1542,8 @@ mod tests {
 
     #[test]
     fn a_failed_payment_suspends_until_an_invoice_is_paid() {
-        let mut account = BillingAccount::default();
-        apply(
-            &mut account,
-            stripe(
-                "evt_f",
-                1,
-                StripeChange::InvoicePaymentFailed {
-                    subscription_id: None,
-                },
-            ),
-        );
+        let mut account = subscribed();
+        apply(&mut account, stripe("evt_f", 1, invoice_failed("sub_1")));
         let start = BillingCommand::StartWorkflow {
             organization_id: org(),
             spec_id: Uuid::from_u128(1),
@@ -1505,16 +1551,7 @@ mod tests {
             at: at(),
         };
         assert_eq!(account.decide(start.clone()), Err(BillingError::Suspended));
-        apply(
-            &mut account,
-            stripe(
-                "evt_p",
-                2,
-                StripeChange::InvoicePaid {
-                    subscription_id: None,
-                },
-            ),
-        );
+        apply(&mut account, stripe("evt_p", 2, invoice_paid("sub_1")));
         apply(&mut account, start);
     }
 
@@ -1535,16 +1572,7 @@ mod tests {
                 &mut account,
                 stripe("evt_1", 1, updated(SubscriptionStatus::Active, Tier::Pro)),
             );
-            apply(
-                &mut account,
-                stripe(
-                    "evt_f",
-                    2,
-                    StripeChange::InvoicePaymentFailed {
-                        subscription_id: None,
-                    },
-                ),
-            );
+            apply(&mut account, stripe("evt_f", 2, invoice_failed("sub_1")));
             assert_eq!(account.decide(start.clone()), Err(BillingError::Suspended));
             account
         };
@@ -1561,11 +1589,12 @@ mod tests {
             changes_plan_of: None,
         };
         // The lifetime plan and the plan paid for supersede the unpaid subscription
-        // (omoi ends it at Stripe); its end leaves nothing to end.
-        for (change, tier, retiring) in [
-            (ended, Tier::Free, None),
-            (lifetime, Tier::Lifetime, Some("sub_1")),
-            (subscribed, Tier::Team, Some("sub_1")),
+        // (omoi ends it at Stripe); its end leaves nothing to end. `own`: the
+        // subscription the account then holds, whose failures still count.
+        for (change, tier, retiring, own) in [
+            (ended, Tier::Free, None, None),
+            (lifetime, Tier::Lifetime, Some("sub_1"), None),
+            (subscribed, Tier::Team, Some("sub_1"), Some("sub_2")),
         ] {
             let mut account = suspended();
             apply(&mut account, stripe("evt_3", 3, change.clone()));
@@ -1578,26 +1607,19 @@ mod tests {
             );
             assert!(!account.is_suspended(at()), "{change:?}");
             assert!(account.decide(start.clone()).is_ok(), "{change:?}");
-            // A failure of the ended subscription's invoice, delivered late, changes
-            // nothing; one after it still counts.
-            let late = stripe(
-                "evt_late",
-                2,
-                StripeChange::InvoicePaymentFailed {
-                    subscription_id: None,
-                },
-            );
-            apply(&mut account, late);
+            // A failure of the ended subscription's invoice, delivered late or not,
+            // changes nothing; one of the subscription held after it counts.
+            apply(&mut account, stripe("evt_late", 2, invoice_failed("sub_1")));
             assert!(!account.is_suspended(at()), "late: {change:?}");
-            let later = stripe(
-                "evt_later",
-                4,
-                StripeChange::InvoicePaymentFailed {
-                    subscription_id: None,
-                },
+            apply(
+                &mut account,
+                stripe("evt_later", 4, invoice_failed("sub_1")),
             );
-            apply(&mut account, later);
-            assert!(account.is_suspended(at()), "later: {change:?}");
+            assert!(!account.is_suspended(at()), "later, ended: {change:?}");
+            if let Some(own) = own {
+                apply(&mut account, stripe("evt_own", 5, invoice_failed(own)));
+                assert!(account.is_suspended(at()), "later, own: {change:?}");
+            }
         }
     }
 
@@ -1647,14 +1669,12 @@ mod tests {
 
     #[test]
     fn a_failed_payment_suspends_only_after_its_grace() {
-        let mut account = BillingAccount::default();
+        let mut account = subscribed();
         let failed = BillingCommand::ApplyStripeEvent {
             organization_id: org(),
             stripe_event_id: "evt_f".into(),
             stripe_created: at().timestamp(),
-            change: StripeChange::InvoicePaymentFailed {
-                subscription_id: None,
-            },
+            change: invoice_failed("sub_1"),
             payment_grace_seconds: 3_600,
             at: at(),
         };
@@ -1685,9 +1705,7 @@ mod tests {
             organization_id: org(),
             stripe_event_id: "evt_f".into(),
             stripe_created: created.timestamp(),
-            change: StripeChange::InvoicePaymentFailed {
-                subscription_id: None,
-            },
+            change: invoice_failed("sub_1"),
             payment_grace_seconds: grace.num_seconds(),
             at: at(),
         };
@@ -1698,7 +1716,7 @@ mod tests {
             ),
             (at() + chrono::Duration::hours(1), at() + grace),
         ] {
-            let mut account = BillingAccount::default();
+            let mut account = subscribed();
             apply(&mut account, failed(created));
             assert_eq!(account.suspend_at, Some(due), "failed at {created}");
         }
