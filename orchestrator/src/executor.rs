@@ -126,16 +126,8 @@ pub async fn execute(
             }
         }
     };
-    let mut command = Command::new("sh");
-    command
-        .arg("-c")
-        .arg(&run.command)
-        .current_dir(&run.directory)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .process_group(0);
+    let mut command = watched(&run.command);
+    command.current_dir(&run.directory);
     for name in operator_variables(std::env::vars_os().map(|(name, _)| name)) {
         command.env_remove(name);
     }
@@ -161,6 +153,8 @@ pub async fn execute(
             }
         }
     };
+    // Held, never written to, until the attempt is over (dropped on every return).
+    let _lifeline = child.stdin.take();
     // Known only until the child is waited for; the group outlives it when it starts
     // processes of its own in the background.
     let group = child.id();
@@ -223,6 +217,39 @@ pub async fn execute(
             error: format!("lost the command while waiting for it: {error}"),
         },
     }
+}
+
+/// The shell around a task's command (its `$1`): it runs the command as `sh -c` would,
+/// reading `/dev/null`, and takes the run's whole process group down once the worker is
+/// gone. Its standard input is a pipe the worker holds and never writes to; a watcher
+/// reading it sees the end of input only when the worker's end closes: the worker exited
+/// or was killed. `kill_on_drop` cannot cover a worker killed outright (`SIGKILL` runs no
+/// destructor), and the command, in a group of its own, would otherwise run on beside the
+/// attempt that the lease sweep then starts on another agent. A command killed by a
+/// signal exits the shell with 128 + its number, as shells report it.
+const WATCHED: &str = r#"exec 3<&0 </dev/null
+(read -r _ <&3; kill -KILL 0) &
+watcher=$!
+exec 3<&-
+sh -c "$1"
+status=$?
+kill "$watcher" 2>/dev/null
+exit "$status""#;
+
+/// `command` run by [`WATCHED`], leading a process group of its own, its output piped.
+fn watched(command: &str) -> Command {
+    let mut shell = Command::new("sh");
+    shell
+        .arg("-c")
+        .arg(WATCHED)
+        .arg("omoi-task")
+        .arg(command)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .process_group(0);
+    shell
 }
 
 /// The variables among `names` that configure omoi itself or reach its database
@@ -560,6 +587,73 @@ mod tests {
         .await;
         assert!(ended.is_ok(), "the transcript is still held open");
         let _ = std::fs::remove_dir_all(directory);
+    }
+
+    /// Whether process `pid` still exists (a zombie not yet reaped counts as gone).
+    fn alive(pid: u32) -> bool {
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+            stat.rsplit(')')
+                .next()
+                .is_some_and(|rest| !rest.trim_start().starts_with('Z'))
+        })
+    }
+
+    /// When the worker is gone — its end of the run's standard input closed, as the
+    /// kernel closes it when the worker dies, `SIGKILL` included — the command and what it
+    /// started go too. Before, a worker killed outright left them running beside the
+    /// attempt the lease sweep started elsewhere.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_run_dies_with_its_worker() {
+        let mut child = watched("sleep 60 & echo $!; wait")
+            .spawn()
+            .expect("sh runs");
+        let stdout = child.stdout.take().expect("piped");
+        let mut lines = BufReader::new(stdout).lines();
+        let sleeper: u32 = lines
+            .next_line()
+            .await
+            .expect("reads")
+            .expect("the background pid")
+            .parse()
+            .expect("a pid");
+        assert!(alive(sleeper));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(alive(sleeper), "nothing ends while the worker lives");
+
+        drop(child.stdin.take());
+        let status = tokio::time::timeout(Duration::from_secs(5), child.wait())
+            .await
+            .expect("the shell ends")
+            .expect("waited");
+        assert!(!status.success(), "{status}");
+        let gone = tokio::time::timeout(Duration::from_secs(5), async {
+            while alive(sleeper) {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await;
+        assert!(
+            gone.is_ok(),
+            "the command's background process outlived its worker"
+        );
+    }
+
+    /// While the worker lives, the command runs as `sh -c` runs it: its exit status, its
+    /// output and its standard input (`/dev/null`) are its own, and the watcher ends with it.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_watched_command_exits_with_its_own_status() {
+        let mut child = watched("read -r line || echo no input; echo \"$0\"; exit 3")
+            .spawn()
+            .expect("sh runs");
+        // The worker's end stays open: `wait_with_output` would close it first.
+        let _lifeline = child.stdin.take();
+        let output = tokio::time::timeout(Duration::from_secs(5), child.wait_with_output())
+            .await
+            .expect("the shell ends")
+            .expect("waited");
+        assert_eq!(output.status.code(), Some(3));
+        assert_eq!(String::from_utf8_lossy(&output.stdout), "no input\nsh\n");
+        assert_eq!(String::from_utf8_lossy(&output.stderr), "");
     }
 
     const COMMAND: &str =

@@ -370,6 +370,43 @@ impl StopsWhileAssigning {
     }
 }
 
+/// Whether the in-process assignment and start of `task_id` on `agent_id` at `at`, whose
+/// commit's outcome is unknown (the database went away as it answered), committed after
+/// all: the task as the log has it now, running under that assignment. Asked again while
+/// the database stays away, for up to about half a minute; `None` when it did not commit,
+/// was stopped since, or the database did not come back (the agent then takes other work;
+/// a pair that committed regardless waits for its `timeout_seconds` or a person's cancel).
+pub async fn committed_after_all(
+    bus: &CommandBus,
+    task_id: Uuid,
+    agent_id: Uuid,
+    at: chrono::DateTime<Utc>,
+) -> Option<Committed<Task>> {
+    let aggregate_id = task_id.to_string();
+    for wait_ms in [0, 100, 400, 1_500, 4_000, 8_000, 16_000] {
+        tokio::time::sleep(Duration::from_millis(wait_ms)).await;
+        match bus.load::<Task>(&aggregate_id).await {
+            Ok(Some((state, version))) => {
+                let ours = state.status == TaskStatus::Running
+                    && state.assigned_agent_id == Some(agent_id)
+                    && state.assigned_at == Some(at);
+                return ours.then_some(Committed {
+                    aggregate_id,
+                    version,
+                    // Not known here, and not read: the pair is read back as a whole.
+                    appended: 0,
+                    state,
+                });
+            }
+            Ok(None) => return None,
+            Err(error) => {
+                tracing::warn!(%task_id, %error, "worker: cannot tell whether an assignment committed");
+            }
+        }
+    }
+    None
+}
+
 /// An assignment's outcome: the agent reserved for it, the task, what the bus answered.
 type Assignment = (
     Uuid,
@@ -1248,9 +1285,20 @@ impl Runtime {
                     TaskCommand::StartTask { at: now },
                 ];
                 let context = context(Actor::Agent(agent_id), "claim");
-                let result = bus
+                let result = match bus
                     .execute_all::<Task>(&task.id.to_string(), &commands, &context, &|_| Ok(()))
-                    .await;
+                    .await
+                {
+                    // The connection went away as the pair committed: if it did, the task
+                    // is running under the agent and must be run (else nothing would ever
+                    // run or fail it: the agent's lease stays fresh).
+                    Err(CommandError::Unavailable(cause)) => {
+                        committed_after_all(&bus, task.id, agent_id, now)
+                            .await
+                            .ok_or(CommandError::Unavailable(cause))
+                    }
+                    result => result,
+                };
                 (agent_id, task, result)
             });
         }

@@ -1378,3 +1378,94 @@ async fn a_completion_held_by_an_open_discovery_is_recorded_once_it_is_resolved(
         "completed once the discovery was resolved"
     );
 }
+
+/// When the database goes away as a worker's assignment and start commit, the worker
+/// cannot tell from the answer whether they did; it reads the task back. Only its own
+/// pair — running, under its agent, assigned at the instant it decided on — counts as
+/// committed (and is then run); another agent's, another instant's, a stopped task or an
+/// unknown one do not. Before, the worker freed its agent and ran nothing, and a pair
+/// that had committed left the task running for ever: nothing fails a task whose agent's
+/// lease stays fresh.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_assignment_whose_commit_went_unanswered_is_read_back() {
+    use chrono::Utc;
+    use omoi_domain::task::{Task, TaskCommand};
+    use omoi_orchestrator::worker::committed_after_all;
+    use omoi_store::bus::RetryPolicy;
+    use omoi_store::{Actor, CommandBus, CommandContext};
+    use uuid::Uuid;
+
+    let app = spawn_app().await;
+    let (organization, project) = app.organization_and_project().await;
+    let ticket = app.ticket(&project, "Work").await;
+    let task: Uuid = app
+        .task(&ticket, "a", json!({}))
+        .await
+        .parse()
+        .expect("a uuid");
+    let agent: Uuid = app
+        .register_agent(&organization)
+        .await
+        .id
+        .parse()
+        .expect("a uuid");
+    let other: Uuid = app
+        .register_agent(&organization)
+        .await
+        .id
+        .parse()
+        .expect("a uuid");
+    let bus = CommandBus::new(app.database.pool.clone(), RetryPolicy::default());
+
+    assert!(
+        committed_after_all(&bus, task, agent, Utc::now())
+            .await
+            .is_none(),
+        "a task not assigned"
+    );
+    let at = Utc::now();
+    let pair = [
+        TaskCommand::AssignTask {
+            agent_id: agent,
+            at,
+        },
+        TaskCommand::StartTask { at },
+    ];
+    let context = CommandContext::new(Actor::Agent(agent), "test:claim");
+    bus.execute_all::<Task>(&task.to_string(), &pair, &context, &|_| Ok(()))
+        .await
+        .expect("assigned and started");
+
+    let committed = committed_after_all(&bus, task, agent, at)
+        .await
+        .expect("the pair committed");
+    assert_eq!(committed.version, 3, "created, assigned, started");
+    assert_eq!(committed.state.assigned_agent_id, Some(agent));
+    let later = at + chrono::Duration::milliseconds(1);
+    assert!(
+        committed_after_all(&bus, task, other, at).await.is_none(),
+        "another agent's"
+    );
+    assert!(
+        committed_after_all(&bus, task, agent, later)
+            .await
+            .is_none(),
+        "another instant's"
+    );
+    assert!(
+        committed_after_all(&bus, Uuid::now_v7(), agent, at)
+            .await
+            .is_none(),
+        "an unknown task"
+    );
+    app.must(
+        &format!("/api/v1/tasks/{task}/cancel"),
+        json!({}),
+        StatusCode::OK,
+    )
+    .await;
+    assert!(
+        committed_after_all(&bus, task, agent, at).await.is_none(),
+        "stopped since: nothing to run"
+    );
+}
