@@ -1244,6 +1244,62 @@ async fn a_ticket_whose_work_finished_while_blocked_moves_on_once_unblocked() {
     );
 }
 
+/// A ticket a person blocked while it was building stays blocked, and where it is, when
+/// its work completes: the manager's walk to `done` would have cleared the block on its
+/// first step (and did, before). Unblocked, it goes on to `done`, the move caused by the
+/// unblocking.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_ticket_blocked_while_building_is_not_walked_past_its_block() {
+    let app = spawn_app().await;
+    let (organization, project) = app.organization_and_project().await;
+    let ticket = app.ticket(&project, "Audit log").await;
+    let task = app.task(&ticket, "Write it", json!({})).await;
+    let agent = worker(&app, &organization).await;
+    assign(&app, &agent, &task).await;
+    assert_eq!(ticket_status(&app, &ticket).await, "building");
+    app.must(
+        &format!("/api/v1/tickets/{ticket}/block"),
+        json!({"reason": "waiting_on_clarification", "note": "which events?"}),
+        StatusCode::OK,
+    )
+    .await;
+    let path = |action: &str| format!("/api/v1/tasks/{task}/{action}");
+    app.must(&path("start"), json!({}), StatusCode::OK).await;
+    app.must(&path("complete"), json!({"result": {}}), StatusCode::OK)
+        .await;
+    assert_eq!(ticket_status(&app, &ticket).await, "building");
+    let (_, state) = app.get(&format!("/api/v1/tickets/{ticket}")).await;
+    assert_eq!(
+        state["state"]["blocked"]["reason"], "waiting_on_clarification",
+        "{state}"
+    );
+
+    app.must(
+        &format!("/api/v1/tickets/{ticket}/unblock"),
+        json!({}),
+        StatusCode::OK,
+    )
+    .await;
+    assert_eq!(ticket_status(&app, &ticket).await, "done");
+    let events = log(&app).await;
+    let unblocked = events
+        .iter()
+        .find(|e| e.aggregate_id == ticket && e.event_type == "TicketUnblocked")
+        .expect("the unblocking");
+    let done = events
+        .iter()
+        .find(|e| {
+            e.aggregate_id == ticket
+                && e.event_type == "TicketStatusChanged"
+                && e.payload.to_value()["TicketStatusChanged"]["to"] == "done"
+        })
+        .expect("the move to done");
+    assert_eq!(
+        done.metadata.to_value()["causation_id"],
+        unblocked.reference()
+    );
+}
+
 /// A person's regression of a blocked ticket in testing (which unblocks it on its way
 /// back to building) stands: the unblocking asks only for the move the block refused,
 /// not for one the regression undid — even with every task of the ticket completed.

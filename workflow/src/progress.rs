@@ -3,9 +3,11 @@
 //! validation completed or was submitted for validation, to `testing` when a validation
 //! starts, to `done` once all of its tasks completed (cancelled ones aside), and blocked (`failing_checks`, naming the
 //! task and its error) when one fails for good. It only ever moves a ticket forward, so a
-//! move a person made by hand is never undone; a move the ticket refuses (it is blocked,
-//! say) is skipped — and asked again when someone unblocks the ticket. A project whose
-//! setting `auto_advance` is off is left alone.
+//! move a person made by hand is never undone; nor does it move a blocked ticket (every
+//! move but testing → done would clear the block: a person's, or its own
+//! `failing_checks`) — the move is asked again when someone unblocks the ticket, unless
+//! a move by hand came with the unblocking (a regression). A project whose setting
+//! `auto_advance` is off is left alone.
 //!
 //! Its state, in its own table: every task's ticket and status, as the events left them,
 //! and whether it is a validation task. In memory, between batches: some of those rows,
@@ -475,10 +477,15 @@ async fn answer(
                 let Some(state) = tickets.get(ticket) else {
                     continue;
                 };
-                // An unblocking asks only for the move a block refuses — testing → done
-                // (every other step clears the block) — not for one that a person's
-                // move since undid (a regression unblocks on its way back to building).
-                if event.aggregate_type == Ticket::TYPE && state.status != TicketStatus::Testing {
+                // A block stands until a person lifts it: a walk would clear it on its
+                // first step (before, a ticket blocked in building was walked to done).
+                if state.blocked.is_some() {
+                    continue;
+                }
+                // An unblocking asks for the move the block held back, not for one that a
+                // person's move made with it undid (a regression unblocks on its way back
+                // to building).
+                if event.aggregate_type == Ticket::TYPE && moved_as_it_unblocked(tx, event).await? {
                     continue;
                 }
                 if state.status.rank() >= to.rank() || !auto_advance(event) {
@@ -529,6 +536,27 @@ impl Ask<'_> {
             Ask::Advance { event, .. } | Ask::Block { event, .. } => event,
         }
     }
+}
+
+/// Whether `unblocked` (a `TicketUnblocked`) came with a move of its ticket in its own
+/// command — a person's regression (`TicketRegressed`) or move by hand
+/// (`TicketStatusChanged`), which unblock on their way — rather than alone, as an
+/// unblocking is: the ticket's next event is of the same transaction.
+async fn moved_as_it_unblocked(
+    tx: &mut PgConnection,
+    unblocked: &StoredEvent,
+) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar(
+        "select exists (select 1 from events
+          where aggregate_type = $1 and aggregate_id = $2 and sequence = $3 + 1
+            and transaction_id::text::bigint = $4)",
+    )
+    .bind(&unblocked.aggregate_type)
+    .bind(&unblocked.aggregate_id)
+    .bind(unblocked.sequence)
+    .bind(unblocked.transaction_id)
+    .fetch_one(tx)
+    .await
 }
 
 /// Whether `event` unblocked a ticket and another than this process manager caused it
