@@ -206,6 +206,15 @@ impl Columns {
     /// Every column but the metadata (of which only `occurred_at` comes, for the runner).
     pub const WITHOUT_METADATA: Self = Self::MetadataFields(&[]);
 
+    /// The metadata fields a reader of these columns gets: those named and `occurred_at`
+    /// ([`streamed_fields`]); `None` for the whole metadata.
+    pub fn metadata_fields(self) -> Option<Vec<MetadataField>> {
+        match self {
+            Self::Everything => None,
+            Self::MetadataFields(fields) => Some(streamed_fields(fields).collect()),
+        }
+    }
+
     /// The select list of a query of the `events` table reading these columns, as
     /// [`StoredEvent::from_row_of`] decodes them (`transaction_id` as a `bigint`: qualify it
     /// as `events.transaction_id` to order or compare by the log's own column).

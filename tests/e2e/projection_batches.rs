@@ -21,7 +21,7 @@ use omoi_projections::board::BoardModel;
 use omoi_projections::graph::GraphModel;
 use omoi_projections::snapshots::{model_before, SnapshotsProjector};
 use omoi_projections::verify::diff_schemas;
-use omoi_projections::{catalog, runner, Columns, Fold, ProjectionError, Projector};
+use omoi_projections::{catalog, runner, Fold, ProjectionError, Projector};
 use omoi_store::StoredEvent;
 use omoi_testing::TestDatabase;
 use proptest::prelude::*;
@@ -469,14 +469,15 @@ async fn write_log(conn: &mut PgConnection, log: &[StoredEvent]) -> Result<(), s
 }
 
 /// The log as a catch-up streams it to `projector` ([`Projector::columns`]): only the
-/// metadata fields it says it reads.
+/// metadata fields it says it reads, and the time of each event, which every stream
+/// carries.
 fn as_streamed(projector: &dyn Projector, log: &[StoredEvent]) -> Vec<StoredEvent> {
-    let Columns::MetadataFields(fields) = projector.columns() else {
+    let Some(fields) = projector.columns().metadata_fields() else {
         return log.to_vec();
     };
     log.iter()
         .map(|event| StoredEvent {
-            metadata: event.metadata.only(fields),
+            metadata: event.metadata.only(&fields),
             ..event.clone()
         })
         .collect()
