@@ -26,11 +26,16 @@ import urllib.request
 URL = os.environ.get("OMOI_URL", "http://127.0.0.1:18000")
 
 
-def call(token, path, body=None, method="POST"):
+def call(token, path, body=None, method="POST", assignment=None):
+    """`assignment`: the `assigned_at` of the claim a step belongs to (Omoi-Assignment), so
+    that a run's late step is refused once the task was assigned again, even to us."""
+    headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+    if assignment:
+        headers["Omoi-Assignment"] = assignment
     request = urllib.request.Request(
         URL + path,
         data=json.dumps(body if body is not None else {}).encode() if method == "POST" else None,
-        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+        headers=headers,
         method=method,
     )
     try:
@@ -101,7 +106,8 @@ def work(agent, credential, command, once):
         if status != 200:
             sys.exit(f"claim refused ({status}): {task}")
         task_id = task["id"]
-        call(credential, f"/api/v1/tasks/{task_id}/start")
+        assignment = task["state"]["assigned_at"]
+        call(credential, f"/api/v1/tasks/{task_id}/start", assignment=assignment)
         run = subprocess.run(
             command,
             shell=True,
@@ -112,14 +118,18 @@ def work(agent, credential, command, once):
         lines = run.stdout.strip().splitlines()
         transcript = [line[:4000] for line in lines + run.stderr.strip().splitlines()]
         for start in range(0, len(transcript), 1000):
-            call(credential, f"/api/v1/tasks/{task_id}/logs", {"lines": transcript[start:start + 1000]})
+            call(credential, f"/api/v1/tasks/{task_id}/logs", {"lines": transcript[start:start + 1000]},
+                 assignment=assignment)
         if lines:
-            call(credential, f"/api/v1/tasks/{task_id}/progress", {"message": lines[-1][:2000]})
+            call(credential, f"/api/v1/tasks/{task_id}/progress", {"message": lines[-1][:2000]},
+                 assignment=assignment)
         if run.returncode == 0:
-            call(credential, f"/api/v1/tasks/{task_id}/complete", {"result": {"output": lines[-20:]}})
+            call(credential, f"/api/v1/tasks/{task_id}/complete", {"result": {"output": lines[-20:]}},
+                 assignment=assignment)
         else:
             error = (run.stderr.strip().splitlines() or [f"exit status {run.returncode}"])[-1]
-            call(credential, f"/api/v1/tasks/{task_id}/fail", {"error": error[:2000]})
+            call(credential, f"/api/v1/tasks/{task_id}/fail", {"error": error[:2000]},
+                 assignment=assignment)
         if once:
             return
 

@@ -25,7 +25,7 @@ use uuid::Uuid;
 use crate::auth::{Caller, Credential};
 use crate::claims::{ClaimError, Claimant};
 use crate::error::{ApiError, ApiResult, Problem};
-use crate::extract::{Body, IdPath, Query};
+use crate::extract::{Assignment, Body, IdPath, Query};
 use crate::history::{history_of, HistoryQuery};
 use crate::responses::{History, Versioned};
 use crate::state::AppState;
@@ -626,8 +626,10 @@ pub(crate) async fn acknowledge_steering(
 ) -> Vec<SteeringMessage> {
     let mut delivered = Vec::new();
     for (task_id, waiting) in waiting {
+        // Delivered with a heartbeat, which names no assignment.
         let command = as_sent_by(
             caller,
+            Assignment(None),
             TaskCommand::AcknowledgeSteering {
                 steering_ids: waiting.iter().map(|s| s.steering_id).collect(),
                 at: Utc::now(),

@@ -16,7 +16,7 @@ use uuid::Uuid;
 
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult, Problem};
-use crate::extract::{Body, IdPath};
+use crate::extract::{Assignment, Body, IdPath};
 use crate::responses::Versioned;
 use crate::state::AppState;
 use crate::tasks::as_sent_by;
@@ -52,7 +52,10 @@ pub struct ReportDiscovery {
 /// 409 `discoveries_open` until the new task completes or is cancelled. Only the agent
 /// holding the task (or a person with `task:execute`) may report.
 #[utoipa::path(post, path = "/api/v1/tasks/{id}/discoveries", tag = "tasks",
-    params(("id" = Uuid, Path, description = "the running task")),
+    params(("id" = Uuid, Path, description = "the running task"),
+        ("Omoi-Assignment" = Option<String>, Header, description = "the `assigned_at` the \
+            claim answered: the step is refused once the task was assigned again, also to \
+            the same agent (409 `assignment_superseded`)")),
     request_body = ReportDiscovery,
     responses(
         (status = 201, body = Versioned<Task>, description = "the discovered task"),
@@ -60,13 +63,14 @@ pub struct ReportDiscovery {
         (status = 403, body = Problem, description = "the role lacks `task:execute`, or an \
             agent's credential on a task assigned to another agent (`held_by_another_agent`)"),
         (status = 409, body = Problem, description = "the task is not running, or reported \
-            100 discoveries already (`too_many_discoveries`)"),
+            100 discoveries already (`too_many_discoveries`); `assignment_superseded`"),
         (status = 422, body = Problem),
     ))]
 async fn report_discovery(
     State(state): State<AppState>,
     caller: Caller,
     IdPath(parent_id): IdPath,
+    assignment: Assignment,
     Body(body): Body<ReportDiscovery>,
 ) -> ApiResult<(StatusCode, Json<Versioned<Task>>)> {
     let (parent, _) = state
@@ -111,6 +115,7 @@ async fn report_discovery(
     // Decided as the holder's: an agent that lost the task reports nothing.
     let report = as_sent_by(
         &caller,
+        assignment,
         TaskCommand::ReportDiscovery {
             discovered_task_id: id,
             kind: body.kind,

@@ -179,6 +179,36 @@ fn parameter_with_nul(query: &str) -> Option<String> {
         })
 }
 
+/// The header an agent's step names its assignment by: the `assigned_at` its claim
+/// answered ([`Assignment`]).
+pub const ASSIGNMENT_HEADER: &str = "omoi-assignment";
+
+/// The assignment a step of an agent is for (`Omoi-Assignment`, an RFC 3339 time: the
+/// `assigned_at` its claim answered), when it names one: the step is then refused once the
+/// task was assigned again, also to the same agent (`TaskCommand::AsHolder`).
+pub struct Assignment(pub Option<chrono::DateTime<chrono::Utc>>);
+
+impl<S: Send + Sync> FromRequestParts<S> for Assignment {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        let Some(value) = parts.headers.get(ASSIGNMENT_HEADER) else {
+            return Ok(Self(None));
+        };
+        value
+            .to_str()
+            .ok()
+            .and_then(|text| chrono::DateTime::parse_from_rfc3339(text).ok())
+            .map(|at| Self(Some(at.with_timezone(&chrono::Utc))))
+            .ok_or_else(|| {
+                ApiError::bad_request(
+                    "Omoi-Assignment must be the assigned_at the claim answered (RFC 3339)",
+                    Some("Omoi-Assignment"),
+                )
+            })
+    }
+}
+
 /// A path holding one id, e.g. `/api/v1/tickets/{id}`.
 pub struct IdPath(pub Uuid);
 

@@ -28,7 +28,7 @@ use uuid::Uuid;
 
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult, Problem};
-use crate::extract::{Body, IdPath, Query};
+use crate::extract::{Assignment, Body, IdPath, Query};
 use crate::history::{history_of, HistoryQuery};
 use crate::projects::active_project;
 use crate::responses::{History, Versioned};
@@ -191,10 +191,18 @@ type TaskResponse = ApiResult<Json<Versioned<Task>>>;
 /// the step is appended against, so a reassignment cannot slip in between: 403
 /// `held_by_another_agent`, or 409 `task_not_assigned` for a task nobody holds — it must
 /// be claimed first); other callers by their role alone.
-pub(crate) fn as_sent_by(caller: &Caller, command: TaskCommand) -> TaskCommand {
+///
+/// A step naming its assignment (`Omoi-Assignment`) is refused once the task was assigned
+/// again (409 `assignment_superseded`), also to the same agent.
+pub(crate) fn as_sent_by(
+    caller: &Caller,
+    Assignment(assignment): Assignment,
+    command: TaskCommand,
+) -> TaskCommand {
     match caller.agent_id() {
         Some(agent_id) => TaskCommand::AsHolder {
             agent_id,
+            assignment,
             command: Box::new(command),
         },
         None => command,
@@ -203,10 +211,15 @@ pub(crate) fn as_sent_by(caller: &Caller, command: TaskCommand) -> TaskCommand {
 
 /// The rule of [`as_sent_by`] (`Task::ensure_held_by`) for what is not a command on the
 /// task (its transcript), on the task as read.
-pub(crate) fn check_holder(caller: &Caller, task: &Task) -> ApiResult<()> {
+pub(crate) fn check_holder(
+    caller: &Caller,
+    Assignment(assignment): Assignment,
+    task: &Task,
+) -> ApiResult<()> {
     match caller.agent_id() {
         Some(agent) => task
             .ensure_held_by(agent)
+            .and_then(|()| task.ensure_assignment(assignment))
             .map_err(|refusal| ApiError::from_domain(&refusal)),
         None => Ok(()),
     }
@@ -462,20 +475,28 @@ async fn assign_task(
 
 /// The assigned agent began working: `assigned → running`.
 #[utoipa::path(post, path = "/api/v1/tasks/{id}/start", tag = "tasks",
-    params(("id" = Uuid, Path)),
+    params(("id" = Uuid, Path),
+        ("Omoi-Assignment" = Option<String>, Header, description = "the `assigned_at` the \
+            claim answered: the step is refused once the task was assigned again, also to \
+            the same agent (409 `assignment_superseded`)")),
     responses(
         (status = 200, body = Versioned<Task>), (status = 400, body = Problem),
         (status = 403, body = Problem, description = "the role lacks `task:execute`, or an \
             agent's credential on a task assigned to another agent (`held_by_another_agent`)"),
         (status = 404, body = Problem),
-        (status = 409, body = Problem, description = "the task is not assigned"),
+        (status = 409, body = Problem, description = "the task is not assigned; `assignment_superseded`"),
     ))]
 async fn start_task(
     State(state): State<AppState>,
     caller: Caller,
     IdPath(id): IdPath,
+    assignment: Assignment,
 ) -> TaskResponse {
-    let command = as_sent_by(&caller, TaskCommand::StartTask { at: Utc::now() });
+    let command = as_sent_by(
+        &caller,
+        assignment,
+        TaskCommand::StartTask { at: Utc::now() },
+    );
     state
         .execute_versioned::<Task>(&caller, Permission::TaskExecute, "StartTask", id, command)
         .await
@@ -483,23 +504,28 @@ async fn start_task(
 
 /// Records the latest progress message of a running task (a status line, not a log).
 #[utoipa::path(post, path = "/api/v1/tasks/{id}/progress", tag = "tasks",
-    params(("id" = Uuid, Path)), request_body = ReportProgress,
+    params(("id" = Uuid, Path),
+        ("Omoi-Assignment" = Option<String>, Header, description = "the `assigned_at` the \
+            claim answered: the step is refused once the task was assigned again, also to \
+            the same agent (409 `assignment_superseded`)")), request_body = ReportProgress,
     responses(
         (status = 200, body = Versioned<Task>), (status = 400, body = Problem),
         (status = 403, body = Problem, description = "the role lacks `task:execute`, or an \
             agent's credential on a task assigned to another agent (`held_by_another_agent`)"),
         (status = 404, body = Problem),
-        (status = 409, body = Problem, description = "the task is not running"),
+        (status = 409, body = Problem, description = "the task is not running; `assignment_superseded`"),
         (status = 422, body = Problem),
     ))]
 async fn report_progress(
     State(state): State<AppState>,
     caller: Caller,
     IdPath(id): IdPath,
+    assignment: Assignment,
     Body(body): Body<ReportProgress>,
 ) -> TaskResponse {
     let command = as_sent_by(
         &caller,
+        assignment,
         TaskCommand::ReportProgress {
             message: body.message,
         },
@@ -519,7 +545,10 @@ async fn report_progress(
 /// `running → pending_validation` for work that must pass validation (a `validate` task
 /// is then queued for another agent). A validation task completes by its verdict instead.
 #[utoipa::path(post, path = "/api/v1/tasks/{id}/complete", tag = "tasks",
-    params(("id" = Uuid, Path)), request_body = CompleteTask,
+    params(("id" = Uuid, Path),
+        ("Omoi-Assignment" = Option<String>, Header, description = "the `assigned_at` the \
+            claim answered: the step is refused once the task was assigned again, also to \
+            the same agent (409 `assignment_superseded`)")), request_body = CompleteTask,
     responses(
         (status = 200, body = Versioned<Task>), (status = 400, body = Problem),
         (status = 403, body = Problem, description = "the role lacks `task:execute`, or an \
@@ -527,16 +556,18 @@ async fn report_progress(
         (status = 404, body = Problem),
         (status = 409, body = Problem,
             description = "the task is not running, waits for its discoveries, or is a \
-                           validation task (`verdict_required`)"),
+                           validation task (`verdict_required`); `assignment_superseded`"),
     ))]
 async fn complete_task(
     State(state): State<AppState>,
     caller: Caller,
     IdPath(id): IdPath,
+    assignment: Assignment,
     Body(body): Body<CompleteTask>,
 ) -> TaskResponse {
     let command = as_sent_by(
         &caller,
+        assignment,
         TaskCommand::CompleteTask {
             result: body.result,
             at: Utc::now(),
@@ -558,7 +589,10 @@ async fn complete_task(
 /// revision with the feedback (`needs_revision`), failing for good once its revisions
 /// are spent — applied by the `validation` process manager.
 #[utoipa::path(post, path = "/api/v1/tasks/{id}/verdict", tag = "tasks",
-    params(("id" = Uuid, Path)), request_body = GiveVerdict,
+    params(("id" = Uuid, Path),
+        ("Omoi-Assignment" = Option<String>, Header, description = "the `assigned_at` the \
+            claim answered: the step is refused once the task was assigned again, also to \
+            the same agent (409 `assignment_superseded`)")), request_body = GiveVerdict,
     responses(
         (status = 200, body = Versioned<Task>), (status = 400, body = Problem),
         (status = 403, body = Problem, description = "the role lacks `task:execute`, or an \
@@ -566,17 +600,19 @@ async fn complete_task(
         (status = 404, body = Problem),
         (status = 409, body = Problem,
             description = "the task is not running or is not a validation task \
-                           (`not_a_validation`)"),
+                           (`not_a_validation`); `assignment_superseded`"),
         (status = 422, body = Problem, description = "a rejection without feedback"),
     ))]
 async fn give_verdict(
     State(state): State<AppState>,
     caller: Caller,
     IdPath(id): IdPath,
+    assignment: Assignment,
     Body(body): Body<GiveVerdict>,
 ) -> TaskResponse {
     let command = as_sent_by(
         &caller,
+        assignment,
         TaskCommand::GiveVerdict {
             verdict: Verdict {
                 passed: body.passed,
@@ -594,23 +630,28 @@ async fn give_verdict(
 /// failure with no retry left, ends the task (`permanently_failed`); otherwise a retry
 /// is scheduled after an exponential, jittered backoff (`retry_scheduled`).
 #[utoipa::path(post, path = "/api/v1/tasks/{id}/fail", tag = "tasks",
-    params(("id" = Uuid, Path)), request_body = FailTask,
+    params(("id" = Uuid, Path),
+        ("Omoi-Assignment" = Option<String>, Header, description = "the `assigned_at` the \
+            claim answered: the step is refused once the task was assigned again, also to \
+            the same agent (409 `assignment_superseded`)")), request_body = FailTask,
     responses(
         (status = 200, body = Versioned<Task>), (status = 400, body = Problem),
         (status = 403, body = Problem, description = "the role lacks `task:execute`, or an \
             agent's credential on a task assigned to another agent (`held_by_another_agent`)"),
         (status = 404, body = Problem),
-        (status = 409, body = Problem, description = "the task is neither assigned nor running"),
+        (status = 409, body = Problem, description = "the task is neither assigned nor running; `assignment_superseded`"),
         (status = 422, body = Problem),
     ))]
 async fn fail_task(
     State(state): State<AppState>,
     caller: Caller,
     IdPath(id): IdPath,
+    assignment: Assignment,
     Body(body): Body<FailTask>,
 ) -> TaskResponse {
     let command = as_sent_by(
         &caller,
+        assignment,
         TaskCommand::FailTask {
             error: body.error,
             at: Utc::now(),

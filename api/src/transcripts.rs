@@ -20,7 +20,7 @@ use uuid::Uuid;
 
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult, Problem};
-use crate::extract::{Body, IdPath, Query};
+use crate::extract::{Assignment, Body, IdPath, Query};
 use crate::state::AppState;
 use crate::tasks::check_holder;
 
@@ -96,13 +96,16 @@ pub struct Transcript {
 /// Appends lines to the transcript of the task's current attempt. Only while the task
 /// runs, and, for an agent's credential, only by the agent holding it.
 #[utoipa::path(post, path = "/api/v1/tasks/{id}/logs", tag = "tasks",
-    params(("id" = Uuid, Path)), request_body = WriteLogs,
+    params(("id" = Uuid, Path),
+        ("Omoi-Assignment" = Option<String>, Header, description = "the `assigned_at` the \
+            claim answered: the step is refused once the task was assigned again, also to \
+            the same agent (409 `assignment_superseded`)")), request_body = WriteLogs,
     responses(
         (status = 200, body = LogsWritten), (status = 400, body = Problem),
         (status = 403, body = Problem,
             description = "the role lacks task:execute, or the task is another agent's"),
         (status = 404, body = Problem),
-        (status = 409, body = Problem, description = "`task_not_running`"),
+        (status = 409, body = Problem, description = "`task_not_running`; `assignment_superseded`"),
         (status = 413, body = Problem),
         (status = 422, body = Problem,
             description = "`no_lines`, `too_many_lines`, `line_too_long`, `line_break`, \
@@ -112,13 +115,14 @@ async fn write_logs(
     State(state): State<AppState>,
     caller: Caller,
     IdPath(id): IdPath,
+    assignment: Assignment,
     Body(body): Body<WriteLogs>,
 ) -> ApiResult<Json<LogsWritten>> {
     check_lines(&body.lines)?;
     let (task, _) = state
         .read::<Task>(&caller, Permission::TaskExecute, id)
         .await?;
-    check_holder(&caller, &task)?;
+    check_holder(&caller, assignment, &task)?;
     if task.status != TaskStatus::Running {
         return Err(ApiError::Conflict {
             code: "task_not_running",

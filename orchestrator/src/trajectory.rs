@@ -430,6 +430,7 @@ pub async fn assess_all(
         let command = match task.agent_id {
             Some(agent_id) => TaskCommand::AsHolder {
                 agent_id,
+                assignment: None,
                 command: Box::new(assess),
             },
             None => assess,

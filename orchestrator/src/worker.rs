@@ -1554,8 +1554,11 @@ impl Runtime {
 
 /// `command`, a step of the attempt `agent_id` runs, decided only while it holds the task.
 fn as_holder(agent_id: Uuid, command: TaskCommand) -> TaskCommand {
+    // An in-process agent runs one task at a time, to its end: no earlier run of its
+    // reports after the task was assigned to it again.
     TaskCommand::AsHolder {
         agent_id,
+        assignment: None,
         command: Box::new(command),
     }
 }

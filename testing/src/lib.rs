@@ -628,7 +628,9 @@ impl TestApp {
         self.send_raw(request).await
     }
 
-    async fn send_raw(&self, request: reqwest::RequestBuilder) -> (StatusCode, Value) {
+    /// Sends `request` as built (its credential and headers the caller's): the status and
+    /// the body as JSON (or as a string when it is not).
+    pub async fn send_raw(&self, request: reqwest::RequestBuilder) -> (StatusCode, Value) {
         let response = request.send().await.expect("the server answers");
         let status = response.status();
         let text = response.text().await.expect("a readable body");

@@ -697,3 +697,116 @@ async fn an_assignment_after_a_completion_held_back_from_the_stream_is_made() {
     held.rollback().await.expect("let go");
     assert_eq!(status, StatusCode::OK, "{body}");
 }
+
+/// A step of `agent` on `task` (`POST /api/v1/tasks/{task}/{action}`) naming its
+/// assignment by the `assigned_at` its claim answered.
+async fn step(
+    app: &omoi_testing::TestApp,
+    agent: &omoi_testing::Agent,
+    task: &str,
+    action: &str,
+    assignment: &str,
+    body: serde_json::Value,
+) -> (StatusCode, serde_json::Value) {
+    let request = app
+        .client
+        .post(app.url(&format!("/api/v1/tasks/{task}/{action}")))
+        .bearer_auth(&agent.credential)
+        .header("Omoi-Assignment", assignment)
+        .json(&body);
+    app.send_raw(request).await
+}
+
+/// The same agent may hold a task again — its earlier run failed, and it claimed the
+/// retry — while that earlier run still reports (an agent running several tasks at
+/// once). A step naming the earlier assignment (`Omoi-Assignment`: the `assigned_at` its
+/// claim answered) is refused, 409 `assignment_superseded`, and changes nothing; the
+/// later run's steps stand. Before, the earlier run's late completion completed the later
+/// attempt, whose own outcome was then refused.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_step_of_an_earlier_assignment_of_the_same_agent_is_refused() {
+    let app = omoi_testing::spawn_app().await;
+    let (organization, project) = app.organization_and_project().await;
+    let agent = app.register_agent(&organization).await;
+    let ticket = app.ticket(&project, "Work").await;
+    let task = app.task(&ticket, "flaky", json!({})).await;
+    let claim = || async {
+        let (status, claimed) = agent
+            .post(
+                &app,
+                &format!("/api/v1/agents/{}/claim", agent.id),
+                json!({"wait_seconds": WAIT_SECONDS}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{claimed}");
+        assert_eq!(claimed["id"], task.as_str(), "{claimed}");
+        claimed["state"]["assigned_at"]
+            .as_str()
+            .expect("the claim answers its assigned_at")
+            .to_string()
+    };
+
+    let earlier = claim().await;
+    let ok = |answer: (StatusCode, serde_json::Value)| {
+        assert_eq!(answer.0, StatusCode::OK, "{}", answer.1);
+    };
+    ok(step(&app, &agent, &task, "start", &earlier, json!({})).await);
+    ok(step(
+        &app,
+        &agent,
+        &task,
+        "fail",
+        &earlier,
+        json!({"error": "the network blinked"}),
+    )
+    .await);
+    let later = claim().await;
+    assert_ne!(later, earlier);
+    ok(step(&app, &agent, &task, "start", &later, json!({})).await);
+
+    let before = app.task_history(&task).await.len();
+    for (action, body) in [
+        ("progress", json!({"message": "still going"})),
+        ("logs", json!({"lines": ["a line of the earlier run"]})),
+        ("complete", json!({"result": {"from": "the earlier run"}})),
+        ("fail", json!({"error": "the earlier run gave up"})),
+    ] {
+        let (status, refusal) = step(&app, &agent, &task, action, &earlier, body).await;
+        assert_eq!(
+            (status, refusal["code"].as_str()),
+            (StatusCode::CONFLICT, Some("assignment_superseded")),
+            "{action}: {refusal}"
+        );
+    }
+    assert_eq!(
+        app.task_history(&task).await.len(),
+        before,
+        "nothing was recorded"
+    );
+    let (status, refusal) = step(
+        &app,
+        &agent,
+        &task,
+        "complete",
+        "yesterday",
+        json!({"result": {}}),
+    )
+    .await;
+    assert_eq!(
+        (status, refusal["field"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("Omoi-Assignment")),
+        "{refusal}"
+    );
+
+    let (status, completed) = step(
+        &app,
+        &agent,
+        &task,
+        "complete",
+        &later,
+        json!({"result": {"from": "the later run"}}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{completed}");
+    assert_eq!(completed["state"]["status"], "completed", "{completed}");
+}

@@ -315,8 +315,13 @@ impl Task {
                 }])
             }
             TaskCommand::AssignTask { agent_id, at } => self.assign(agent_id, at),
-            TaskCommand::AsHolder { agent_id, command } => {
+            TaskCommand::AsHolder {
+                agent_id,
+                assignment,
+                command,
+            } => {
                 self.ensure_held_by(agent_id)?;
+                self.ensure_assignment(assignment)?;
                 self.decide(*command)
             }
             TaskCommand::StartTask { at } => {
@@ -755,6 +760,20 @@ impl Task {
             Some(holder) if holder == agent_id => Ok(()),
             Some(_) => Err(TaskError::HeldByAnotherAgent),
             None => Err(TaskError::NotAssigned),
+        }
+    }
+
+    /// Refuses a step naming an assignment (`assigned_at`) other than the task's current
+    /// one: a run of an earlier assignment, reporting after the task was failed, timed
+    /// out, withdrawn or taken back and assigned again — perhaps to the same agent.
+    pub fn ensure_assignment(&self, assignment: Option<DateTime<Utc>>) -> Result<(), TaskError> {
+        match (assignment, self.assigned_at) {
+            (Some(named), Some(current)) if named != current => {
+                Err(TaskError::AssignmentSuperseded {
+                    current: current.to_rfc3339(),
+                })
+            }
+            _ => Ok(()),
         }
     }
 

@@ -80,9 +80,13 @@ pub enum TaskCommand {
     /// completion, failure, verdict, timeout): decided only while the task is assigned to
     /// that agent. An agent that lost the task (reassigned, timed out, taken back by the
     /// Guardian) changes nothing of the attempt that followed — decided on the state the
-    /// command is appended against, so no reassignment can slip in between.
+    /// command is appended against, so no reassignment can slip in between. `assignment`,
+    /// when the step names one (the `assigned_at` its claim answered), must be the task's
+    /// current one: the same agent may hold the task again, in a later assignment, while
+    /// a run of the earlier one still reports.
     AsHolder {
         agent_id: Uuid,
+        assignment: Option<DateTime<Utc>>,
         command: Box<TaskCommand>,
     },
     /// Gives a pending task (or a retry whose backoff has elapsed) to an agent.

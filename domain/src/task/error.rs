@@ -80,6 +80,8 @@ pub enum TaskError {
     AlreadyStalled,
     #[error("the assignment given back was started or replaced since")]
     AssignmentMovedOn,
+    #[error("the step is of an assignment the task was taken from since (it was assigned again at {current})")]
+    AssignmentSuperseded { current: String },
     #[error("the stall's idle time is before the running attempt's start")]
     StallBeforeStart,
     #[error("{max} steering messages already wait for the agent")]
@@ -169,6 +171,7 @@ impl DomainError for TaskError {
             | PriorityUnchanged(_)
             | AlreadyStalled
             | AssignmentMovedOn
+            | AssignmentSuperseded { .. }
             | StallBeforeStart
             | TooMuchSteering { .. }
             | TooManyDiscoveries { .. } => ErrorKind::Conflict,
@@ -236,6 +239,7 @@ impl DomainError for TaskError {
             PriorityUnchanged(_) => "priority_unchanged",
             AlreadyStalled => "already_stalled",
             AssignmentMovedOn => "assignment_moved_on",
+            AssignmentSuperseded { .. } => "assignment_superseded",
             StallBeforeStart => "stall_before_start",
             TooMuchSteering { .. } => "too_much_steering",
             TooManyDiscoveries { .. } => "too_many_discoveries",

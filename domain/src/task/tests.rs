@@ -1668,6 +1668,7 @@ fn a_step_sent_as_the_holder_counts_only_while_that_agent_holds_the_task() {
     for step in steps {
         let as_holder = |agent_id| TaskCommand::AsHolder {
             agent_id,
+            assignment: None,
             command: Box::new(step.clone()),
         };
         let (_, direct) = handle(&running, step.clone(), &());
@@ -1712,6 +1713,66 @@ fn give_back(assigned_at: DateTime<Utc>) -> TaskCommand {
         at: t(100),
         jitter: 0.5,
     }
+}
+
+/// A step naming its assignment (the `assigned_at` its claim answered) stands only while
+/// that assignment does: once the task timed out and the same agent was given it again,
+/// the earlier run's completion is refused (409 `assignment_superseded`), the later run's
+/// stands, and a step naming none is decided as before.
+#[test]
+fn a_step_of_an_earlier_assignment_of_the_same_agent_is_refused() {
+    let running = fold::<Task>(&running_from(created()));
+    let (timed_out, outcome) = handle(
+        &running,
+        TaskCommand::TimeOutTask {
+            at: t(700),
+            jitter: 0.5,
+        },
+        &(),
+    );
+    assert!(outcome.is_ok(), "{outcome:?}");
+    let (assigned, outcome) = handle(
+        &timed_out,
+        TaskCommand::AssignTask {
+            agent_id: agent_id(),
+            at: t(800),
+        },
+        &(),
+    );
+    assert!(outcome.is_ok(), "{outcome:?}");
+    let (again, outcome) = handle(&assigned, TaskCommand::StartTask { at: t(801) }, &());
+    assert!(outcome.is_ok(), "{outcome:?}");
+    let complete = |assignment| TaskCommand::AsHolder {
+        agent_id: agent_id(),
+        assignment,
+        command: Box::new(TaskCommand::CompleteTask {
+            result: json!({}),
+            at: t(802),
+        }),
+    };
+    let (_, stale) = handle(&again, complete(Some(t(10))), &());
+    assert_eq!(
+        stale,
+        Err(TaskError::AssignmentSuperseded {
+            current: t(800).to_rfc3339()
+        })
+    );
+    assert_eq!(stale.expect_err("refused").kind(), ErrorKind::Conflict);
+    let (_, current) = handle(&again, complete(Some(t(800))), &());
+    assert!(current.is_ok(), "{current:?}");
+    let (_, unnamed) = handle(&again, complete(None), &());
+    assert!(unnamed.is_ok(), "{unnamed:?}");
+    // Naming the running assignment changes nothing of a step's other rules.
+    let (_, other) = handle(
+        &again,
+        TaskCommand::AsHolder {
+            agent_id: Uuid::from_u128(77),
+            assignment: Some(t(800)),
+            command: Box::new(TaskCommand::StartTask { at: t(803) }),
+        },
+        &(),
+    );
+    assert_eq!(other, Err(TaskError::HeldByAnotherAgent));
 }
 
 /// Running, stalled since t+25, failed at t+30 and retried; assigned again at t+40.
@@ -1831,6 +1892,7 @@ fn a_withdrawn_assignment_counts_no_attempt_and_bars_nobody() {
         &withdrawn,
         TaskCommand::AsHolder {
             agent_id: agent_id(),
+            assignment: None,
             command: Box::new(TaskCommand::CompleteTask {
                 result: json!({}),
                 at: t(12),
