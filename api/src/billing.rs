@@ -76,7 +76,7 @@ pub struct WebhookReceipt {
     /// `applied`, `duplicate`, `ignored` (recorded, no effect: an older subscription change,
     /// another subscription), `unhandled` (a type omoi does not act on), `rejected` (the
     /// account refused it; logged), or `unresolved` (it names no organization and its
-    /// customer is still unknown an hour after Stripe created it: not omoi's; before that
+    /// customer is still unknown an hour after its first delivery: not omoi's; before that
     /// hour, 503 so that Stripe retries).
     pub outcome: &'static str,
 }

@@ -5,7 +5,7 @@
 //! A delivery is settled (answered 2xx by the API) only once its effect is durable; one
 //! that cannot be applied yet is an error, so that Stripe retries it.
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use omoi_domain::billing::{BillingAccount, BillingCommand, Effect};
 use omoi_domain::organization::Organization;
 use omoi_store::{Actor, CommandBus, CommandContext, CommandError};
@@ -27,17 +27,19 @@ pub enum Outcome {
     Unhandled,
     /// The account refused it, or its organization does not exist: no retry can help.
     Rejected,
-    /// It names no organization and its customer is still unknown an hour ([`UNRESOLVED_FOR_SECONDS`]) after
-    /// Stripe created it: not omoi's (a payment link or another product on the same Stripe
-    /// account), since an omoi customer's link arrives within seconds. Kept, settled.
+    /// It names no organization and its customer is still unknown an hour
+    /// ([`UNRESOLVED_FOR_SECONDS`]) after its first delivery: not omoi's (a payment link or
+    /// another product on the same Stripe account), since an omoi customer's link arrives
+    /// beside it. Kept, settled.
     Unresolved,
 }
 
-/// How long after Stripe created it a delivery naming no organization, of a customer not
+/// How long after its first delivery an event naming no organization, of a customer not
 /// linked yet, is answered 503 so that Stripe retries it (its customer's link — a
-/// checkout's event — may arrive after it). Past that, no retry will resolve it: it is
-/// settled as [`Outcome::Unresolved`], where Stripe would have retried it for three days,
-/// each renewal of a foreign subscription again, and in the end disabled the endpoint.
+/// checkout's event — may arrive after it, also when Stripe delivers a backlog late and
+/// out of order). Past that, no retry will resolve it: it is settled as
+/// [`Outcome::Unresolved`], where Stripe would have retried it for three days, each
+/// renewal of a foreign subscription again, and in the end disabled the endpoint.
 pub const UNRESOLVED_FOR_SECONDS: i64 = 3_600;
 
 impl Outcome {
@@ -82,8 +84,9 @@ pub async fn deliver(
         return Ok(Outcome::Unhandled);
     };
     let Some(organization_id) = organization else {
-        record(pool, decoded, None, Outcome::Unresolved.as_str(), payload).await?;
-        if Utc::now().timestamp() - decoded.created > UNRESOLVED_FOR_SECONDS {
+        let first_received =
+            record(pool, decoded, None, Outcome::Unresolved.as_str(), payload).await?;
+        if (Utc::now() - first_received).num_seconds() > UNRESOLVED_FOR_SECONDS {
             tracing::info!(event = %decoded.id, "stripe event of no organization omoi knows: settled");
             return Ok(Outcome::Unresolved);
         }
@@ -176,15 +179,16 @@ async fn was_ignored(pool: &PgPool, organization_id: Uuid, stripe_event_id: &str
         .is_some_and(|e| matches!(e, Effect::Ignored { .. }))
 }
 
-/// Records a delivery (the first outcome that settled it stays; later deliveries count).
+/// Records a delivery (the first outcome that settled it stays; later deliveries count);
+/// when it was first received.
 async fn record(
     pool: &PgPool,
     decoded: &Decoded,
     organization_id: Option<Uuid>,
     outcome: &str,
     payload: &serde_json::Value,
-) -> sqlx::Result<()> {
-    sqlx::query(
+) -> sqlx::Result<DateTime<Utc>> {
+    sqlx::query_scalar(
         "insert into stripe_webhook_events
                 (id, event_type, stripe_created, organization_id, outcome, payload)
          values ($1, $2, $3, $4, $5, $6)
@@ -193,7 +197,8 @@ async fn record(
                 organization_id = coalesce(stripe_webhook_events.organization_id,
                                            excluded.organization_id),
                 outcome = case when stripe_webhook_events.outcome = 'unresolved'
-                               then excluded.outcome else stripe_webhook_events.outcome end",
+                               then excluded.outcome else stripe_webhook_events.outcome end
+         returning received_at",
     )
     .bind(&decoded.id)
     .bind(&decoded.event_type)
@@ -201,7 +206,6 @@ async fn record(
     .bind(organization_id)
     .bind(outcome)
     .bind(payload)
-    .execute(pool)
+    .fetch_one(pool)
     .await
-    .map(drop)
 }

@@ -225,8 +225,9 @@ pub async fn execute(
 /// reading it sees the end of input only when the worker's end closes: the worker exited
 /// or was killed. `kill_on_drop` cannot cover a worker killed outright (`SIGKILL` runs no
 /// destructor), and the command, in a group of its own, would otherwise run on beside the
-/// attempt that the lease sweep then starts on another agent. A command killed by a
-/// signal exits the shell with 128 + its number, as shells report it.
+/// attempt that the lease sweep then starts on another agent. The shell reaps the watcher
+/// it ended (else, under a worker that is PID 1, each run left a zombie). A command killed
+/// by a signal exits the shell with 128 + its number, as shells report it.
 const WATCHED: &str = r#"exec 3<&0 </dev/null
 (read -r _ <&3; kill -KILL 0) &
 watcher=$!
@@ -234,6 +235,7 @@ exec 3<&-
 sh -c "$1"
 status=$?
 kill "$watcher" 2>/dev/null
+wait "$watcher" 2>/dev/null
 exit "$status""#;
 
 /// `command` run by [`WATCHED`], leading a process group of its own, its output piped.

@@ -373,7 +373,8 @@ impl StopsWhileAssigning {
 /// Whether the in-process assignment and start of `task_id` on `agent_id` at `at`, whose
 /// commit's outcome is unknown (the database went away as it answered), committed after
 /// all: the task as the log has it now, running under that assignment. Asked again while
-/// the database stays away, for up to about half a minute; `None` when it did not commit,
+/// the database stays away (30 s of waits, each read waiting for a connection besides:
+/// about a minute in all); `None` when it did not commit,
 /// was stopped since, or the database did not come back (the agent then takes other work;
 /// a pair that committed regardless waits for its `timeout_seconds` or a person's cancel).
 pub async fn committed_after_all(

@@ -1300,6 +1300,39 @@ async fn a_ticket_blocked_while_building_is_not_walked_past_its_block() {
     );
 }
 
+/// A ticket a person blocked in the backlog stays there while its work is assigned (the
+/// move to `building` would clear the block); unblocked, it goes to `building`, where its
+/// running work takes it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_ticket_unblocked_while_its_work_runs_goes_to_building() {
+    let app = spawn_app().await;
+    let (organization, project) = app.organization_and_project().await;
+    let ticket = app.ticket(&project, "Audit log").await;
+    let task = app.task(&ticket, "Write it", json!({})).await;
+    app.must(
+        &format!("/api/v1/tickets/{ticket}/block"),
+        json!({"reason": "waiting_on_clarification"}),
+        StatusCode::OK,
+    )
+    .await;
+    let agent = worker(&app, &organization).await;
+    assign(&app, &agent, &task).await;
+    app.must(
+        &format!("/api/v1/tasks/{task}/start"),
+        json!({}),
+        StatusCode::OK,
+    )
+    .await;
+    assert_eq!(ticket_status(&app, &ticket).await, "backlog");
+    app.must(
+        &format!("/api/v1/tickets/{ticket}/unblock"),
+        json!({}),
+        StatusCode::OK,
+    )
+    .await;
+    assert_eq!(ticket_status(&app, &ticket).await, "building");
+}
+
 /// A person's regression of a blocked ticket in testing (which unblocks it on its way
 /// back to building) stands: the unblocking asks only for the move the block refused,
 /// not for one the regression undid — even with every task of the ticket completed.

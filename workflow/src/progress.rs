@@ -266,11 +266,11 @@ impl TicketProgress {
             .iter()
             .filter_map(|(event, change)| rows.change(event, change))
             .collect();
-        // A ticket unblocked goes as far as its finished work takes it: a move to `done`
-        // the block refused is not lost.
+        // A ticket unblocked goes as far as its tasks take it: a move the block held back
+        // (to `building` as work was assigned, to `done` as it finished) is not lost.
         asks.extend(unblocked.into_iter().filter_map(|event| {
             let ticket = event.aggregate_id.clone();
-            let to = rows.finished_step(&ticket)?;
+            let to = rows.reached_step(&ticket)?;
             Some(Ask::Advance { event, ticket, to })
         }));
         let mut known = self
@@ -584,6 +584,10 @@ struct Tally {
     open_work: i64,
     /// Tasks completed or waiting for their verdict.
     finished: i64,
+    /// Work that is not a validation, assigned or running.
+    working: i64,
+    /// Validations running.
+    validating: i64,
 }
 
 impl Tally {
@@ -592,11 +596,15 @@ impl Tally {
         let completed = status == text(TaskStatus::Completed);
         let waiting = status == text(TaskStatus::PendingValidation);
         let ended = completed || status == text(TaskStatus::Cancelled);
+        let running = status == text(TaskStatus::Running);
+        let held = running || status == text(TaskStatus::Assigned);
         let one = |yes: bool| if yes { count } else { 0 };
         Self {
             open: one(!ended),
             open_work: one(!validation && !ended && !waiting),
             finished: one(completed || waiting),
+            working: one(!validation && held),
+            validating: one(validation && running),
         }
     }
 
@@ -604,12 +612,31 @@ impl Tally {
         self.open += other.open;
         self.open_work += other.open_work;
         self.finished += other.finished;
+        self.working += other.working;
+        self.validating += other.validating;
     }
 
     fn remove(&mut self, other: Self) {
         self.open -= other.open;
         self.open_work -= other.open_work;
         self.finished -= other.finished;
+        self.working -= other.working;
+        self.validating -= other.validating;
+    }
+
+    /// How far the ticket's tasks take it, for a move a block held back: its finished
+    /// work's step ([`Tally::step`]), or further — `testing` while a validation runs —,
+    /// else `building` while work is assigned or running (the moves a task's assignment
+    /// and a validation's start ask for, skipped while the ticket was blocked).
+    fn reached(self) -> Option<TicketStatus> {
+        let step = self.step();
+        if step == Some(TicketStatus::Done) {
+            return step;
+        }
+        if self.validating > 0 {
+            return Some(TicketStatus::Testing);
+        }
+        step.or((self.working > 0).then_some(TicketStatus::Building))
     }
 
     /// How far the ticket's finished work takes it: `done` once every task completed
@@ -842,6 +869,11 @@ impl TaskRows {
         self.tallies.get(ticket).and_then(|tally| tally.step())
     }
 
+    /// How far a ticket's tasks take it once unblocked ([`Tally::reached`]).
+    fn reached_step(&self, ticket: &str) -> Option<TicketStatus> {
+        self.tallies.get(ticket).and_then(|tally| tally.reached())
+    }
+
     /// Writes every changed row (one statement).
     async fn write(&self, tx: &mut PgConnection, schema: &str) -> Result<(), ProjectionError> {
         if self.changed.is_empty() {
@@ -1009,6 +1041,28 @@ mod tests {
         }
     }
 
+    /// How far an unblocked ticket goes, read over its every row: its finished work's
+    /// step, `testing` while a validation runs, `building` while work is held.
+    fn reached_over_rows<'a>(
+        rows: impl Iterator<Item = &'a TaskRow> + Clone,
+    ) -> Option<TicketStatus> {
+        let step = step_over_rows(rows.clone());
+        if step == Some(TicketStatus::Done) {
+            return step;
+        }
+        let (mut validating, mut working) = (false, false);
+        for row in rows {
+            let running = row.status == text(TaskStatus::Running);
+            let held = running || row.status == text(TaskStatus::Assigned);
+            validating |= row.validation && running;
+            working |= !row.validation && held;
+        }
+        match validating {
+            true => Some(TicketStatus::Testing),
+            false => step.or(working.then_some(TicketStatus::Building)),
+        }
+    }
+
     /// The tally of `ticket` counted afresh over `rows`, as the read's `group by` counts.
     fn counted(rows: &HashMap<String, TaskRow>, ticket: &str) -> Tally {
         let mut groups: HashMap<(String, bool), i64> = HashMap::new();
@@ -1055,7 +1109,8 @@ mod tests {
             for ticket in TICKETS {
                 prop_assert_eq!(rows.tallies[ticket], counted(&rows.rows, ticket));
                 let in_ticket = rows.rows.values().filter(|row| row.ticket_id == ticket);
-                prop_assert_eq!(rows.finished_step(ticket), step_over_rows(in_ticket));
+                prop_assert_eq!(rows.finished_step(ticket), step_over_rows(in_ticket.clone()));
+                prop_assert_eq!(rows.reached_step(ticket), reached_over_rows(in_ticket));
             }
         }
     }
