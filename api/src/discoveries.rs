@@ -53,7 +53,7 @@ pub struct ReportDiscovery {
 /// holding the task (or a person with `task:execute`) may report.
 #[utoipa::path(post, path = "/api/v1/tasks/{id}/discoveries", tag = "tasks",
     params(("id" = Uuid, Path, description = "the running task"),
-        ("Omoi-Assignment" = Option<String>, Header, description = "the `assigned_at` the \
+        ("Omoi-Assignment" = Option<chrono::DateTime<chrono::Utc>>, Header, nullable = false, description = "the `assigned_at` the \
             claim answered: the step is refused once the task was assigned again, also to \
             the same agent (409 `assignment_superseded`)")),
     request_body = ReportDiscovery,

@@ -476,7 +476,7 @@ async fn assign_task(
 /// The assigned agent began working: `assigned → running`.
 #[utoipa::path(post, path = "/api/v1/tasks/{id}/start", tag = "tasks",
     params(("id" = Uuid, Path),
-        ("Omoi-Assignment" = Option<String>, Header, description = "the `assigned_at` the \
+        ("Omoi-Assignment" = Option<chrono::DateTime<chrono::Utc>>, Header, nullable = false, description = "the `assigned_at` the \
             claim answered: the step is refused once the task was assigned again, also to \
             the same agent (409 `assignment_superseded`)")),
     responses(
@@ -505,7 +505,7 @@ async fn start_task(
 /// Records the latest progress message of a running task (a status line, not a log).
 #[utoipa::path(post, path = "/api/v1/tasks/{id}/progress", tag = "tasks",
     params(("id" = Uuid, Path),
-        ("Omoi-Assignment" = Option<String>, Header, description = "the `assigned_at` the \
+        ("Omoi-Assignment" = Option<chrono::DateTime<chrono::Utc>>, Header, nullable = false, description = "the `assigned_at` the \
             claim answered: the step is refused once the task was assigned again, also to \
             the same agent (409 `assignment_superseded`)")), request_body = ReportProgress,
     responses(
@@ -546,7 +546,7 @@ async fn report_progress(
 /// is then queued for another agent). A validation task completes by its verdict instead.
 #[utoipa::path(post, path = "/api/v1/tasks/{id}/complete", tag = "tasks",
     params(("id" = Uuid, Path),
-        ("Omoi-Assignment" = Option<String>, Header, description = "the `assigned_at` the \
+        ("Omoi-Assignment" = Option<chrono::DateTime<chrono::Utc>>, Header, nullable = false, description = "the `assigned_at` the \
             claim answered: the step is refused once the task was assigned again, also to \
             the same agent (409 `assignment_superseded`)")), request_body = CompleteTask,
     responses(
@@ -590,7 +590,7 @@ async fn complete_task(
 /// are spent — applied by the `validation` process manager.
 #[utoipa::path(post, path = "/api/v1/tasks/{id}/verdict", tag = "tasks",
     params(("id" = Uuid, Path),
-        ("Omoi-Assignment" = Option<String>, Header, description = "the `assigned_at` the \
+        ("Omoi-Assignment" = Option<chrono::DateTime<chrono::Utc>>, Header, nullable = false, description = "the `assigned_at` the \
             claim answered: the step is refused once the task was assigned again, also to \
             the same agent (409 `assignment_superseded`)")), request_body = GiveVerdict,
     responses(
@@ -631,7 +631,7 @@ async fn give_verdict(
 /// is scheduled after an exponential, jittered backoff (`retry_scheduled`).
 #[utoipa::path(post, path = "/api/v1/tasks/{id}/fail", tag = "tasks",
     params(("id" = Uuid, Path),
-        ("Omoi-Assignment" = Option<String>, Header, description = "the `assigned_at` the \
+        ("Omoi-Assignment" = Option<chrono::DateTime<chrono::Utc>>, Header, nullable = false, description = "the `assigned_at` the \
             claim answered: the step is refused once the task was assigned again, also to \
             the same agent (409 `assignment_superseded`)")), request_body = FailTask,
     responses(

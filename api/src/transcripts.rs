@@ -97,7 +97,7 @@ pub struct Transcript {
 /// runs, and, for an agent's credential, only by the agent holding it.
 #[utoipa::path(post, path = "/api/v1/tasks/{id}/logs", tag = "tasks",
     params(("id" = Uuid, Path),
-        ("Omoi-Assignment" = Option<String>, Header, description = "the `assigned_at` the \
+        ("Omoi-Assignment" = Option<chrono::DateTime<chrono::Utc>>, Header, nullable = false, description = "the `assigned_at` the \
             claim answered: the step is refused once the task was assigned again, also to \
             the same agent (409 `assignment_superseded`)")), request_body = WriteLogs,
     responses(
