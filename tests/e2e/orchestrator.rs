@@ -34,6 +34,17 @@ fn command(text: &str) -> Work {
     Work::Command(text.to_string())
 }
 
+/// The types of the task's events, oldest first, progress reports (a run's output lines)
+/// aside.
+async fn kinds_without_progress(app: &TestApp, id: &str) -> Vec<String> {
+    history(app, id)
+        .await
+        .into_iter()
+        .map(|(kind, _)| kind)
+        .filter(|kind| kind != "TaskProgressReported")
+        .collect()
+}
+
 /// The task's events, oldest first: (type, payload).
 async fn history(app: &TestApp, id: &str) -> Vec<(String, Value)> {
     app.task_history(id)
@@ -652,12 +663,7 @@ async fn an_outcome_the_database_refused_for_a_while_is_recorded_once_it_can_be(
     worker.stop().await;
     let tried = refusals_tried(&app).await;
     assert!(tried > 5, "the fault was not reached: {tried}");
-    let kinds: Vec<String> = history(&app, &id)
-        .await
-        .into_iter()
-        .map(|(kind, _)| kind)
-        .filter(|kind| kind != "TaskProgressReported")
-        .collect();
+    let kinds = kinds_without_progress(&app, &id).await;
     assert_eq!(
         kinds,
         [
@@ -770,13 +776,7 @@ async fn a_withdrawn_running_task_stops_its_process_and_runs_again() {
     let state = app.until_task_status(&id, "completed").await;
     worker.stop().await;
     assert_eq!(state["retry_count"], 0, "{state}");
-    // Progress (the runs' output lines) aside.
-    let kinds: Vec<String> = history(&app, &id)
-        .await
-        .into_iter()
-        .map(|(kind, _)| kind)
-        .filter(|kind| kind != "TaskProgressReported")
-        .collect();
+    let kinds = kinds_without_progress(&app, &id).await;
     assert_eq!(
         kinds,
         [

@@ -1211,21 +1211,17 @@ async fn blocked_in_testing_with_its_work_done() -> (TestApp, String) {
     (app, ticket)
 }
 
-/// A ticket in testing whose work completes while a person has it blocked stays where it
-/// is (a blocked ticket cannot be done); once unblocked it goes on to `done`, the move
-/// caused by the unblocking — before, that move was lost and the ticket stayed in testing.
-#[tokio::test(flavor = "multi_thread")]
-async fn a_ticket_whose_work_finished_while_blocked_moves_on_once_unblocked() {
-    let (app, ticket) = blocked_in_testing_with_its_work_done().await;
-
+/// Unblocks `ticket`, whose work is all done: it goes on to `done`, the move caused by the
+/// unblocking.
+async fn unblocking_moves_it_to_done(app: &TestApp, ticket: &str) {
     app.must(
         &format!("/api/v1/tickets/{ticket}/unblock"),
         json!({}),
         StatusCode::OK,
     )
     .await;
-    assert_eq!(ticket_status(&app, &ticket).await, "done");
-    let events = log(&app).await;
+    assert_eq!(ticket_status(app, ticket).await, "done");
+    let events = log(app).await;
     let unblocked = events
         .iter()
         .find(|e| e.aggregate_id == ticket && e.event_type == "TicketUnblocked")
@@ -1242,6 +1238,16 @@ async fn a_ticket_whose_work_finished_while_blocked_moves_on_once_unblocked() {
         done.metadata.to_value()["causation_id"],
         unblocked.reference()
     );
+}
+
+/// A ticket in testing whose work completes while a person has it blocked stays where it
+/// is (a blocked ticket cannot be done); once unblocked it goes on to `done`, the move
+/// caused by the unblocking — before, that move was lost and the ticket stayed in testing.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_ticket_whose_work_finished_while_blocked_moves_on_once_unblocked() {
+    let (app, ticket) = blocked_in_testing_with_its_work_done().await;
+
+    unblocking_moves_it_to_done(&app, &ticket).await;
 }
 
 /// A ticket a person blocked while it was building stays blocked, and where it is, when
@@ -1274,30 +1280,7 @@ async fn a_ticket_blocked_while_building_is_not_walked_past_its_block() {
         "{state}"
     );
 
-    app.must(
-        &format!("/api/v1/tickets/{ticket}/unblock"),
-        json!({}),
-        StatusCode::OK,
-    )
-    .await;
-    assert_eq!(ticket_status(&app, &ticket).await, "done");
-    let events = log(&app).await;
-    let unblocked = events
-        .iter()
-        .find(|e| e.aggregate_id == ticket && e.event_type == "TicketUnblocked")
-        .expect("the unblocking");
-    let done = events
-        .iter()
-        .find(|e| {
-            e.aggregate_id == ticket
-                && e.event_type == "TicketStatusChanged"
-                && e.payload.to_value()["TicketStatusChanged"]["to"] == "done"
-        })
-        .expect("the move to done");
-    assert_eq!(
-        done.metadata.to_value()["causation_id"],
-        unblocked.reference()
-    );
+    unblocking_moves_it_to_done(&app, &ticket).await;
 }
 
 /// A ticket a person blocked in the backlog stays there while its work is assigned (the
