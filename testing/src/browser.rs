@@ -361,10 +361,7 @@ fn decode_base64(text: &str) -> anyhow::Result<Vec<u8>> {
 
 /// Where the browser tests put their screenshots: `target/screenshots/`.
 pub fn screenshot_dir() -> PathBuf {
-    crate::test_cluster_dir()
-        .parent()
-        .map(|target| target.join("screenshots"))
-        .unwrap_or_else(|| PathBuf::from("target/screenshots"))
+    crate::target_dir().join("screenshots")
 }
 
 #[cfg(test)]
