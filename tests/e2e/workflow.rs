@@ -1039,6 +1039,68 @@ async fn a_hand_made_ticket_gets_the_task_of_its_phase() {
     assert_eq!(tasks_of(&app, &quiet).await, Vec::<Value>::new());
 }
 
+/// A hand-made ticket's task follows the project's settings before the ticket in the log's
+/// order — by transaction, then position — not those before its position alone: a
+/// settings change whose transaction began after the ticket's, though it took a lower
+/// position, comes after the ticket in the stream, and did not stop its task.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_hand_made_tickets_task_follows_the_settings_before_it_in_the_logs_order() {
+    let app = spawn_app().await;
+    let (_, project) = app.organization_and_spawning_project().await;
+    // A ticket's creation as the API writes it, to write another one like it by hand.
+    let model = app.ticket(&project, "Model").await;
+    let (event_version, mut payload, metadata): (String, Value, Value) = sqlx::query_as(
+        "select event_version, payload, metadata from events
+          where aggregate_type = 'Ticket' and aggregate_id = $1 and sequence = 1",
+    )
+    .bind(&model)
+    .fetch_one(&app.database.pool)
+    .await
+    .expect("the model's creation");
+    let ticket = uuid::Uuid::new_v4().to_string();
+    payload["TicketCreated"]["ticket_id"] = json!(ticket);
+    payload["TicketCreated"]["title"] = json!("Begun before the change");
+
+    // The ticket's transaction begins first; the change commits, then the ticket.
+    let mut ticket_tx = app.database.pool.begin().await.expect("a transaction");
+    sqlx::query("select pg_current_xact_id()")
+        .execute(&mut *ticket_tx)
+        .await
+        .expect("a transaction id");
+    app.project_settings(&project, json!({"auto_spawn_tasks": false}))
+        .await;
+    sqlx::query(
+        "insert into events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata)
+         values ('Ticket', $1, 1, 'TicketCreated', $2, $3, $4)",
+    )
+    .bind(&ticket)
+    .bind(&event_version)
+    .bind(&payload)
+    .bind(&metadata)
+    .execute(&mut *ticket_tx)
+    .await
+    .expect("the ticket's creation");
+    ticket_tx.commit().await.expect("the ticket committed");
+
+    let order: Vec<String> = sqlx::query_scalar(
+        "select aggregate_type from events
+          where aggregate_type in ('Ticket', 'Project') and aggregate_id in ($1, $2)
+          order by global_position desc limit 2",
+    )
+    .bind(&ticket)
+    .bind(&project)
+    .fetch_all(&app.database.pool)
+    .await
+    .expect("the positions");
+    assert_eq!(order, ["Ticket", "Project"], "the change took the lower position");
+    let spawned = tasks_of(&app, &ticket).await;
+    assert_eq!(spawned.len(), 1, "{spawned:?}");
+    assert_eq!(spawned[0]["title"], "Analyze: Begun before the change");
+    // A ticket after the change in both orders gets nothing.
+    let later = app.ticket(&project, "After the change").await;
+    assert_eq!(tasks_of(&app, &later).await, Vec::<Value>::new());
+}
+
 /// A process manager's table that gained a column in place (`upgrade_tables`) gets it on
 /// an existing build when a process starts on it — without a rebuild, which would re-run
 /// its reactions — and keeps its rows.

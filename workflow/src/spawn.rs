@@ -126,11 +126,12 @@ impl PhaseTasks {
             return Ok(());
         };
         // The project's settings as they were when the ticket was made, so that a replay
-        // decides as the first run did.
+        // decides as the first run did: before it in the log's order (by transaction,
+        // then position; a position alone may be taken by a later transaction first).
         let project_history = aggregate_history(&mut *tx, "Project", &project_id.to_string())
             .await?
             .into_iter()
-            .filter(|e| e.global_position <= event.global_position)
+            .filter(|e| e.cursor() <= event.cursor())
             .collect::<Vec<_>>();
         let project: Project =
             fold_until(&project_history, None).map_err(|e| ProjectionError::payload(event, e))?;
