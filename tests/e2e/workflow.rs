@@ -1092,7 +1092,11 @@ async fn a_hand_made_tickets_task_follows_the_settings_before_it_in_the_logs_ord
     .fetch_all(&app.database.pool)
     .await
     .expect("the positions");
-    assert_eq!(order, ["Ticket", "Project"], "the change took the lower position");
+    assert_eq!(
+        order,
+        ["Ticket", "Project"],
+        "the change took the lower position"
+    );
     let spawned = tasks_of(&app, &ticket).await;
     assert_eq!(spawned.len(), 1, "{spawned:?}");
     assert_eq!(spawned[0]["title"], "Analyze: Begun before the change");
