@@ -69,8 +69,8 @@ CLAIM_WAIT_DEFAULT = 30
 
 @schemathesis.hook
 def before_call(ctx, case, **kwargs):
-    """A claim that would wait for work (`wait_seconds` from 1 to the bound, or left out:
-    30) is sent with 0: the fuzzer's agent has none ready, so every such claim waited out
+    """A claim that would wait for work (`wait_seconds` from 1 to the bound, or left out
+    or null: 30) is sent with 0: the fuzzer's agent has none ready, so every such claim waited out
     its whole wait — the coverage phase's boundary values alone (60, 59, 30 s) took 150 s
     of a 210 s run. An integral number written as a fraction (`5.0`) is the same wait
     (the server takes it as the integer it is): those 14 claims alone waited 385 s of a
@@ -78,7 +78,10 @@ def before_call(ctx, case, **kwargs):
     tests/e2e/claims.rs."""
     if not case.path.endswith("/claim") or not isinstance(case.body, dict):
         return
-    wait = case.body.get("wait_seconds", CLAIM_WAIT_DEFAULT)
+    wait = case.body.get("wait_seconds")
+    if wait is None:
+        # Left out or null: the default wait.
+        wait = CLAIM_WAIT_DEFAULT
     if is_integral(wait) and 0 < wait <= CLAIM_WAIT_BOUND:
         case.body["wait_seconds"] = 0
 

@@ -26,13 +26,17 @@ use omoi::settings::Settings;
 
 pub mod browser;
 
-/// Where the shared test cluster lives: `OMOI_TEST_CLUSTER_DIR` (`scripts/test` puts it in
-/// memory when the machine has room), or `target/omoi-test-pg`. `scripts/test` stops and
-/// removes it.
+/// Where the shared test cluster lives: `OMOI_TEST_CLUSTER_DIR` (set by `scripts/test`,
+/// which puts it in memory when the machine has room), or `target/omoi-test-pg`.
+/// `scripts/test` stops it at exit.
 pub fn test_cluster_dir() -> PathBuf {
+    // A relative path is the workspace's: each test binary runs in its own package's.
     std::env::var_os("OMOI_TEST_CLUSTER_DIR")
         .filter(|dir| !dir.is_empty())
-        .map_or_else(|| target_dir().join("omoi-test-pg"), PathBuf::from)
+        .map_or_else(
+            || target_dir().join("omoi-test-pg"),
+            |dir| target_dir().join("..").join(dir),
+        )
 }
 
 /// The workspace's `target/`.
@@ -143,15 +147,12 @@ impl TestDatabase {
     }
 
     /// Creates a migrated database with a random name on the server of `admin_url`: a
-    /// copy of the migrated template ([`migrated_template`]).
+    /// copy of a migrated template ([`create_migrated`]).
     pub async fn create_on(admin_url: &str) -> anyhow::Result<Self> {
         let admin_url = admin_url.to_string();
         let admin = db::connect(&admin_url, 1).await?;
-        let template = migrated_template(&admin, &admin_url).await?;
         let name = format!("omoi_test_{}", Uuid::new_v4().simple());
-        sqlx::query(&format!("create database {name} template {template}"))
-            .execute(&admin)
-            .await?;
+        create_migrated(&admin, &admin_url, &name).await?;
         admin.close().await;
         let options = db::session(admin_url.parse::<PgConnectOptions>()?.database(&name));
         let url = replace_database(&admin_url, &name);
@@ -179,35 +180,43 @@ impl TestDatabase {
     }
 }
 
-/// The name of a database migrated by this code's migrations on the server of `admin`,
-/// made once per server and set of migrations: every test database is a copy of it.
-/// Copying a template takes a tenth of a second where creating an empty database and
-/// migrating it took twice that, most of it the server's, and the suite creates hundreds.
-/// Templates of other migrations (an older checkout's) are dropped.
-async fn migrated_template(admin: &PgPool, admin_url: &str) -> anyhow::Result<String> {
+/// Creates database `name` as a copy of a template migrated by this code's migrations,
+/// made once per server and set of migrations. Copying a template takes a tenth of a
+/// second where creating an empty database and migrating it took twice that, most of it
+/// the server's, and the suite creates hundreds. Test processes start together: the lock
+/// lets one make the template while the others wait, and is held across each copy, so
+/// that a run of other migrations on the same server drops it only between copies.
+async fn create_migrated(admin: &PgPool, admin_url: &str, name: &str) -> anyhow::Result<()> {
     let mut digest = std::collections::hash_map::DefaultHasher::new();
     for migration in db::MIGRATOR.iter() {
         std::hash::Hash::hash(&(migration.version, &migration.checksum), &mut digest);
     }
-    let name = format!(
+    let template = format!(
         "omoi_test_template_{:016x}",
         std::hash::Hasher::finish(&digest)
     );
-    // Test processes start together: one makes the template while the others wait.
     let mut conn = admin.acquire().await?;
     sqlx::query("select pg_advisory_lock(hashtext('omoi_test_template'))")
         .execute(&mut *conn)
         .await?;
-    let made = make_template(&mut conn, admin_url, &name).await;
+    let created = async {
+        make_template(&mut conn, admin_url, &template).await?;
+        sqlx::query(&format!("create database {name} template {template}"))
+            .execute(&mut *conn)
+            .await?;
+        anyhow::Ok(())
+    }
+    .await;
     sqlx::query("select pg_advisory_unlock(hashtext('omoi_test_template'))")
         .execute(&mut *conn)
         .await?;
-    made.map(|()| name)
+    created
 }
 
 /// Makes the template `name` unless it is made: created, migrated, then marked a template
 /// that nobody may connect to (a copy fails while its source has connections). One left
-/// half made by a process that died is made again.
+/// half made by a process that died is made again; our templates of other migrations (an
+/// older checkout's) are dropped.
 async fn make_template(
     conn: &mut sqlx::PgConnection,
     admin_url: &str,
@@ -222,7 +231,8 @@ async fn make_template(
         return Ok(());
     }
     let others: Vec<String> = sqlx::query_scalar(
-        "select datname from pg_database where datname like 'omoi\\_test\\_template\\_%'",
+        "select datname from pg_database
+          where datname like 'omoi\\_test\\_template\\_%' and pg_get_userbyid(datdba) = current_user",
     )
     .fetch_all(&mut *conn)
     .await?;
