@@ -70,9 +70,9 @@ CLAIM_WAIT_DEFAULT = 30
 @schemathesis.hook
 def before_call(ctx, case, **kwargs):
     """A claim that would wait for work (`wait_seconds` from 1 to the bound, or left out
-    or null: 30) is sent with 0: the fuzzer's agent has none ready, so every such claim waited out
-    its whole wait — the coverage phase's boundary values alone (60, 59, 30 s) took 150 s
-    of a 210 s run. An integral number written as a fraction (`5.0`) is the same wait
+    or null: 30) is sent with 0: the fuzzer's agent has none ready, so every such claim
+    waited out its whole wait — the coverage phase's boundary values alone (60, 59, 30 s)
+    took 150 s of a 210 s run. An integral number written as a fraction (`5.0`) is the same wait
     (the server takes it as the integer it is): those 14 claims alone waited 385 s of a
     474 s run. Values the route refuses are sent as drawn. The long poll is tested in
     tests/e2e/claims.rs."""
