@@ -511,6 +511,51 @@ async fn archiving_an_executing_spec_gives_its_workflow_back_only_before_any_wor
     assert_eq!(used().await, 1, "work was done, then taken away: counted");
 }
 
+/// Whether agents worked on an archived spec is decided as of its archival in the log's
+/// order, not as the manager finds the tasks when it reads it: a task started after the
+/// archival (still open until the manager cancels it) does not keep the workflow counted.
+/// Here the manager reads both late, together (the log's readers held back by an open
+/// transaction until the start after the archival committed).
+#[tokio::test(flavor = "multi_thread")]
+async fn work_started_after_an_archival_does_not_keep_its_workflow_counted() {
+    let app = spawn_app().await;
+    let (organization, project) = app.organization_and_project().await;
+    let account = format!("/api/v1/billing/account?organization_id={organization}");
+    let spec = executing_spec(&app, &project).await;
+    assert_eq!(app.get(&account).await.1["usage"]["workflows_used"], 1);
+    let task = created_id(&the_approval(&app).await, "TSK-1").to_string();
+    let agent = worker(&app, &organization).await;
+    app.caught_up().await;
+
+    let mut horizon = app.database.pool.begin().await.expect("a transaction");
+    sqlx::query("select pg_current_xact_id()")
+        .execute(&mut *horizon)
+        .await
+        .expect("a transaction id");
+    app.must(
+        &format!("/api/v1/specs/{spec}/archive"),
+        json!({}),
+        StatusCode::OK,
+    )
+    .await;
+    assign(&app, &agent, &task).await;
+    app.must(
+        &format!("/api/v1/tasks/{task}/start"),
+        json!({}),
+        StatusCode::OK,
+    )
+    .await;
+    horizon.commit().await.expect("the readers let go");
+    app.caught_up().await;
+
+    assert_eq!(
+        app.get(&account).await.1["usage"]["workflows_used"],
+        0,
+        "nothing was done before the archival: given back"
+    );
+    assert_eq!(app.task_state(&task).await["status"], "cancelled");
+}
+
 /// Archiving an executing spec stops its work; work done keeps its workflow counted.
 #[tokio::test(flavor = "multi_thread")]
 async fn archiving_an_executing_spec_cancels_its_open_tasks_and_keeps_worked_workflows() {

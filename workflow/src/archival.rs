@@ -2,7 +2,8 @@
 //! plan's work is open), stops its work: every open task of its plan is cancelled. A
 //! completed spec's workflow stays counted, closed as a finished one; an archived spec's is
 //! given back to the organization's billing account (its usage and any credits it took),
-//! as a workflow whose start failed is given back, unless agents already worked on it.
+//! as a workflow whose start failed is given back, unless agents worked on it before the
+//! archival (in the log's order, however late this manager reads it).
 //!
 //! A plan's task that `plan_execution` creates after the spec stopped (it read the
 //! approval before the stop committed, and this build handled the stop first, finding the
@@ -158,11 +159,22 @@ async fn archived(tx: &mut PgConnection, event: &StoredEvent) -> Result<(), Proj
     let mut worked = false;
     for (_, planned) in plan.tasks() {
         let id = created_by(&approval, &planned.key).to_string();
-        let (task, events) = load::<Task>(tx, event, &id).await?;
-        if events == 0 {
+        let history = aggregate_history(&mut *tx, Task::TYPE, &id).await?;
+        if history.is_empty() {
             continue;
         }
-        worked |= did_work(&task);
+        // Work done before the stop in the log's order: a start that came after it (the
+        // task was still open until this cancels it) does not decide, so that handling
+        // the stop at once or late decides the same.
+        let before_stop = history
+            .iter()
+            .position(|e| e.cursor() > event.cursor())
+            .unwrap_or(history.len());
+        let then: Task = fold_until(&history[..before_stop], None)
+            .map_err(|e| ProjectionError::payload(event, e))?;
+        worked |= did_work(&then);
+        let task: Task =
+            fold_until(&history, None).map_err(|e| ProjectionError::payload(event, e))?;
         if task.status.is_final() {
             continue;
         }
