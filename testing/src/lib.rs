@@ -314,6 +314,19 @@ pub async fn held_append(pool: &PgPool) -> sqlx::Transaction<'static, sqlx::Post
     held
 }
 
+/// A transaction that took its id and stays open until the caller commits or drops it:
+/// the gapless stream hands nothing committed after it began over until it ends, so the
+/// log's readers see what commits meanwhile late, together (and a write it makes later
+/// is ordered before those commits).
+pub async fn held_transaction(pool: &PgPool) -> sqlx::Transaction<'static, sqlx::Postgres> {
+    let mut held = pool.begin().await.expect("a transaction");
+    sqlx::query("select pg_current_xact_id()")
+        .execute(&mut *held)
+        .await
+        .expect("a transaction id");
+    held
+}
+
 /// The password every test user gets.
 pub const TEST_PASSWORD: &str = "Corr3ct-horse";
 

@@ -685,11 +685,7 @@ async fn an_assignment_after_a_completion_held_back_from_the_stream_is_made() {
 
     // A transaction with an id, open: the completion commits after it, and the gapless
     // stream hands nothing after that id over until it ends.
-    let mut held = app.database.pool.begin().await.expect("a transaction");
-    sqlx::query("select pg_current_xact_id()")
-        .execute(&mut *held)
-        .await
-        .expect("an id");
+    let held = omoi_testing::held_transaction(&app.database.pool).await;
     first_agent
         .must(&app, &first, "complete", json!({"result": {"ok": true}}))
         .await;

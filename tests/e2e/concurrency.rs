@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use omoi_domain::spec::{Requirement, Spec, SpecCommand, SpecError};
 use omoi_store::{Actor, CommandContext, CommandError};
-use omoi_testing::spawn_app;
+use omoi_testing::{held_transaction, spawn_app};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use uuid::Uuid;
@@ -233,11 +233,7 @@ async fn reading_ahead_of_a_held_horizon_takes_each_committed_event_once() {
     };
     let start = Cursor::default();
 
-    let mut held = pool.begin().await.expect("a transaction");
-    sqlx::query("select pg_current_xact_id()")
-        .execute(&mut *held)
-        .await
-        .expect("a transaction id");
+    let held = held_transaction(pool).await;
     let mut first_tickets = Vec::new();
     for n in 0..3 {
         first_tickets.push(app.ticket(&project, &format!("first {n}")).await);

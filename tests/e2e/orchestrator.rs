@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use omoi_orchestrator::{Work, Worker, WorkerConfig};
 use omoi_store::log::{read_global, Visibility};
 use omoi_store::Cursor;
-use omoi_testing::{scratch_dir, spawn_app, TestApp, TestDatabase};
+use omoi_testing::{held_transaction, scratch_dir, spawn_app, TestApp, TestDatabase};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
@@ -205,11 +205,7 @@ async fn the_worker_runs_new_work_while_an_open_transaction_holds_the_log_back()
         config(command("echo done"), &directory),
     );
 
-    let mut held = app.database.pool.begin().await.expect("a transaction");
-    sqlx::query("select pg_current_xact_id()")
-        .execute(&mut *held)
-        .await
-        .expect("a transaction id");
+    let held = held_transaction(&app.database.pool).await;
     let first = app.task(&ticket, "first", json!({})).await;
     let second = app
         .task(&ticket, "second", json!({"depends_on": [first]}))

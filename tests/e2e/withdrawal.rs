@@ -4,7 +4,7 @@
 
 use omoi_domain::task::{Task, TaskCommand};
 use omoi_store::{Actor, CommandContext};
-use omoi_testing::{spawn_app, Agent, TestApp};
+use omoi_testing::{held_transaction, spawn_app, Agent, TestApp};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
@@ -131,11 +131,7 @@ async fn work_assigned_before_the_quarantine_or_after_the_release_stands() {
     agent.heartbeat(&app).await;
     let ticket = app.ticket(&project, "Work").await;
     let held = app.task(&ticket, "held", json!({})).await;
-    let mut horizon = app.database.pool.begin().await.expect("a transaction");
-    sqlx::query("select pg_current_xact_id()")
-        .execute(&mut *horizon)
-        .await
-        .expect("a transaction id");
+    let horizon = held_transaction(&app.database.pool).await;
     assign_and_start_as_the_worker(&app, &held, &agent).await;
     guardian(&app, "quarantine", &agent).await;
     horizon.commit().await.expect("the readers let go");

@@ -3,7 +3,7 @@
 
 use omoi_store::log::read_global;
 use omoi_store::{Cursor, StoredEvent};
-use omoi_testing::{spawn_app, TestApp};
+use omoi_testing::{held_transaction, spawn_app, TestApp};
 use omoi_workflow::execution::{created_id, PlanExecution};
 use omoi_workflow::ProcessManager;
 use reqwest::StatusCode;
@@ -527,11 +527,7 @@ async fn work_started_after_an_archival_does_not_keep_its_workflow_counted() {
     let agent = worker(&app, &organization).await;
     app.caught_up().await;
 
-    let mut horizon = app.database.pool.begin().await.expect("a transaction");
-    sqlx::query("select pg_current_xact_id()")
-        .execute(&mut *horizon)
-        .await
-        .expect("a transaction id");
+    let horizon = held_transaction(&app.database.pool).await;
     app.must(
         &format!("/api/v1/specs/{spec}/archive"),
         json!({}),
@@ -1107,11 +1103,7 @@ async fn a_hand_made_tickets_task_follows_the_settings_before_it_in_the_logs_ord
     payload["TicketCreated"]["title"] = json!("Begun before the change");
 
     // The ticket's transaction begins first; the change commits, then the ticket.
-    let mut ticket_tx = app.database.pool.begin().await.expect("a transaction");
-    sqlx::query("select pg_current_xact_id()")
-        .execute(&mut *ticket_tx)
-        .await
-        .expect("a transaction id");
+    let mut ticket_tx = held_transaction(&app.database.pool).await;
     app.project_settings(&project, json!({"auto_spawn_tasks": false}))
         .await;
     sqlx::query(
@@ -1290,13 +1282,30 @@ async fn a_project_of_many_tasks_without_dependencies_still_takes_one() {
     .await;
 }
 
-/// A ticket moved by hand to testing and blocked there by a person, whose one task then
-/// completes: it stays in testing (a blocked ticket cannot be done).
-async fn blocked_in_testing_with_its_work_done() -> (TestApp, String) {
+/// A server with a ticket "Audit log" and its one task "Write it", in a project of its
+/// own: the app, the organization, the ticket and the task.
+async fn audit_log_ticket() -> (TestApp, String, String, String) {
     let app = spawn_app().await;
     let (organization, project) = app.organization_and_project().await;
     let ticket = app.ticket(&project, "Audit log").await;
     let task = app.task(&ticket, "Write it", json!({})).await;
+    (app, organization, ticket, task)
+}
+
+/// A person blocks `ticket` (`body`: the reason and a note).
+async fn block(app: &TestApp, ticket: &str, body: Value) {
+    app.must(
+        &format!("/api/v1/tickets/{ticket}/block"),
+        body,
+        StatusCode::OK,
+    )
+    .await;
+}
+
+/// A ticket moved by hand to testing and blocked there by a person, whose one task then
+/// completes: it stays in testing (a blocked ticket cannot be done).
+async fn blocked_in_testing_with_its_work_done() -> (TestApp, String) {
+    let (app, organization, ticket, task) = audit_log_ticket().await;
     let agent = worker(&app, &organization).await;
     assign(&app, &agent, &task).await;
     assert_eq!(ticket_status(&app, &ticket).await, "building");
@@ -1308,10 +1317,10 @@ async fn blocked_in_testing_with_its_work_done() -> (TestApp, String) {
         )
         .await;
     }
-    app.must(
-        &format!("/api/v1/tickets/{ticket}/block"),
+    block(
+        &app,
+        &ticket,
         json!({"reason": "waiting_on_clarification", "note": "which events?"}),
-        StatusCode::OK,
     )
     .await;
     let path = |action: &str| format!("/api/v1/tasks/{task}/{action}");
@@ -1367,17 +1376,14 @@ async fn a_ticket_whose_work_finished_while_blocked_moves_on_once_unblocked() {
 /// unblocking.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_ticket_blocked_while_building_is_not_walked_past_its_block() {
-    let app = spawn_app().await;
-    let (organization, project) = app.organization_and_project().await;
-    let ticket = app.ticket(&project, "Audit log").await;
-    let task = app.task(&ticket, "Write it", json!({})).await;
+    let (app, organization, ticket, task) = audit_log_ticket().await;
     let agent = worker(&app, &organization).await;
     assign(&app, &agent, &task).await;
     assert_eq!(ticket_status(&app, &ticket).await, "building");
-    app.must(
-        &format!("/api/v1/tickets/{ticket}/block"),
+    block(
+        &app,
+        &ticket,
         json!({"reason": "waiting_on_clarification", "note": "which events?"}),
-        StatusCode::OK,
     )
     .await;
     let path = |action: &str| format!("/api/v1/tasks/{task}/{action}");
@@ -1399,16 +1405,8 @@ async fn a_ticket_blocked_while_building_is_not_walked_past_its_block() {
 /// running work takes it.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_ticket_unblocked_while_its_work_runs_goes_to_building() {
-    let app = spawn_app().await;
-    let (organization, project) = app.organization_and_project().await;
-    let ticket = app.ticket(&project, "Audit log").await;
-    let task = app.task(&ticket, "Write it", json!({})).await;
-    app.must(
-        &format!("/api/v1/tickets/{ticket}/block"),
-        json!({"reason": "waiting_on_clarification"}),
-        StatusCode::OK,
-    )
-    .await;
+    let (app, organization, ticket, task) = audit_log_ticket().await;
+    block(&app, &ticket, json!({"reason": "waiting_on_clarification"})).await;
     let agent = worker(&app, &organization).await;
     assign(&app, &agent, &task).await;
     app.must(
