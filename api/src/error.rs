@@ -283,6 +283,14 @@ impl From<AdmissionError> for ApiError {
                 code: "ticket_done",
                 detail,
             },
+            Refusal::SpecArchived(_) => Self::Conflict {
+                code: "spec_archived",
+                detail,
+            },
+            Refusal::SpecCompleted(_) => Self::Conflict {
+                code: "spec_completed",
+                detail,
+            },
             Refusal::DependencyInOtherProject(_) => Self::Conflict {
                 code: "dependency_in_other_project",
                 detail,

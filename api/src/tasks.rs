@@ -19,7 +19,7 @@ use omoi_domain::task::{
 };
 use omoi_domain::ticket::Ticket;
 use omoi_orchestrator::reservations::Place;
-use omoi_workflow::admission::{self, AdmissionError, Referrer};
+use omoi_workflow::admission::{self, Referrer};
 use serde::Deserialize;
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
@@ -225,8 +225,8 @@ pub(crate) fn check_holder(
     }
 }
 
-/// Creates a pending task for a ticket. The ticket must exist and not be done, and its
-/// project must be active; the task belongs to the ticket's organization and project.
+/// Creates a pending task for a ticket. The ticket must exist and not be done, its spec
+/// (if any) must not be archived or completed, and its project must be active; the task belongs to the ticket's organization and project.
 /// Phase and priority default to the ticket's. Every dependency must be an existing
 /// task of the same project.
 #[utoipa::path(post, path = "/api/v1/tasks", tag = "tasks", request_body = CreateTask,
@@ -234,7 +234,9 @@ pub(crate) fn check_holder(
         (status = 201, body = Versioned<Task>), (status = 400, body = Problem),
         (status = 404, body = Problem, description = "no such ticket"),
         (status = 409, body = Problem,
-            description = "the ticket is done or its project is archived"),
+            description = "the ticket is done (`ticket_done`), its spec archived \
+                (`spec_archived`) or completed (`spec_completed`), or its project archived \
+                (`project_archived`)"),
         (status = 422, body = Problem),
     ))]
 async fn create_task(
@@ -245,7 +247,7 @@ async fn create_task(
     let (ticket, _) = state
         .read::<Ticket>(&caller, Permission::TaskWrite, body.ticket_id)
         .await?;
-    admission::ticket_takes_tasks(body.ticket_id, &ticket).map_err(AdmissionError::from)?;
+    admission::ticket_takes_tasks(&state.bus, body.ticket_id, &ticket).await?;
     let (Some(organization_id), Some(project_id)) = (ticket.organization_id, ticket.project_id)
     else {
         return Err(ApiError::Internal(

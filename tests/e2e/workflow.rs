@@ -615,6 +615,151 @@ async fn archiving_an_executing_spec_cancels_its_open_tasks_and_keeps_worked_wor
     assert_eq!(whole, history);
 }
 
+/// A stopped spec takes no more work: archiving it cancels every open task on its
+/// tickets — its plan's, one added by hand, one an agent discovered — and work on any of
+/// them keeps its workflow counted; its tickets then take no new task, and no new ticket
+/// names it.
+#[tokio::test(flavor = "multi_thread")]
+async fn archiving_a_spec_cancels_every_open_task_on_its_tickets_and_takes_no_new_work() {
+    let app = spawn_app().await;
+    let (organization, project) = app.organization_and_project().await;
+    let spec = executing_spec(&app, &project).await;
+    let approval = the_approval(&app).await;
+    let id = |key: &str| created_id(&approval, key).to_string();
+    let account = format!("/api/v1/billing/account?organization_id={organization}");
+    // Work on a task added by hand, and a discovery of that work: none of the plan's own.
+    let by_hand = app.task(&id("TKT-1"), "Hand-made", json!({})).await;
+    let agent = worker(&app, &organization).await;
+    assign(&app, &agent, &by_hand).await;
+    app.must(
+        &format!("/api/v1/tasks/{by_hand}/start"),
+        json!({}),
+        StatusCode::OK,
+    )
+    .await;
+    let discovered = app
+        .must(
+            &format!("/api/v1/tasks/{by_hand}/discoveries"),
+            json!({"kind": "bug", "title": "Found while at it"}),
+            StatusCode::CREATED,
+        )
+        .await["id"]
+        .as_str()
+        .expect("the discovered task's id")
+        .to_string();
+
+    app.must(
+        &format!("/api/v1/specs/{spec}/archive"),
+        json!({}),
+        StatusCode::OK,
+    )
+    .await;
+    app.caught_up().await;
+    for (task, what) in [
+        (by_hand.as_str(), "added by hand, running"),
+        (discovered.as_str(), "discovered"),
+    ]
+    .into_iter()
+    .chain(["TSK-1", "TSK-2", "TSK-3", "TSK-4"].map(|key| (key, "the plan's")))
+    {
+        let task = match task.starts_with("TSK-") {
+            true => id(task),
+            false => task.to_string(),
+        };
+        let state = app.task_state(&task).await;
+        assert_eq!(state["status"], "cancelled", "{what}: {state}");
+    }
+    assert_eq!(
+        app.get(&account).await.1["usage"]["workflows_used"],
+        1,
+        "an agent worked on the spec's ticket: the workflow stays counted"
+    );
+
+    let (status, refused) = app
+        .post(
+            "/api/v1/tasks",
+            json!({"ticket_id": id("TKT-2"), "title": "More", "task_type": "implement"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{refused}");
+    assert_eq!(refused["code"], "spec_archived", "{refused}");
+    let (status, refused) = app
+        .post(
+            "/api/v1/tickets",
+            json!({"project_id": project, "title": "Later", "spec_id": spec}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{refused}");
+    assert_eq!(refused["code"], "spec_archived", "{refused}");
+}
+
+/// A task admitted on a spec's ticket just before the spec was archived, and created
+/// after the archival was handled (here appended as a person's request would, past the
+/// admission that had found the spec executing), is cancelled as its creation passes.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_hand_made_task_created_after_its_specs_archival_is_cancelled() {
+    use omoi_domain::common::{Phase, Priority};
+    use omoi_domain::task::{Task, TaskCommand};
+    use omoi_store::{Actor, CommandContext};
+
+    let app = spawn_app().await;
+    let (organization, project) = app.organization_and_project().await;
+    let spec = executing_spec(&app, &project).await;
+    let approval = the_approval(&app).await;
+    app.must(
+        &format!("/api/v1/specs/{spec}/archive"),
+        json!({}),
+        StatusCode::OK,
+    )
+    .await;
+    app.caught_up().await;
+
+    let late = uuid::Uuid::now_v7();
+    let create = TaskCommand::CreateTask {
+        task_id: late,
+        organization_id: organization.parse().expect("an id"),
+        project_id: project.parse().expect("an id"),
+        ticket_id: created_id(&approval, "TKT-2"),
+        title: "Admitted just before".into(),
+        description: String::new(),
+        task_type: "implement".into(),
+        phase: Phase::default(),
+        priority: Priority::default(),
+        depends_on: Vec::new(),
+        required_capabilities: Vec::new(),
+        max_retries: None,
+        timeout_seconds: None,
+        discovery: None,
+        validation: None,
+        validates: None,
+        plan_key: None,
+        at: chrono::Utc::now(),
+    };
+    let context = CommandContext::new(Actor::User(uuid::Uuid::now_v7()), "a person's request");
+    app.second_bus()
+        .await
+        .execute::<Task>(&late.to_string(), create, &context)
+        .await
+        .expect("created");
+    app.caught_up().await;
+    let state = app.task_state(&late.to_string()).await;
+    assert_eq!(state["status"], "cancelled", "{state}");
+    let cancellation = log(&app)
+        .await
+        .into_iter()
+        .find(|e| e.aggregate_id == late.to_string() && e.event_type == "TaskCancelled")
+        .expect("the cancellation");
+    assert_eq!(
+        cancellation.metadata.actor(),
+        Some("system:spec_archival"),
+        "{cancellation:?}"
+    );
+    assert_eq!(
+        cancellation.metadata.causation_id(),
+        Some(format!("Task/{late}/1").as_str())
+    );
+}
+
 /// A plan's task created after its spec's archival was handled is cancelled when its
 /// creation passes: `plan_execution` read the approval before the archival committed and
 /// `spec_archival`, a build of its own, handled the archival first, finding no task to
@@ -1505,6 +1650,14 @@ async fn completing_an_executing_spec_by_hand_stops_its_open_work() {
         async move { app.get(account).await.1["usage"]["workflows_used"].clone() }
     };
     assert_eq!(used().await, 1, "work was done: counted");
+    let (status, refused) = app
+        .post(
+            "/api/v1/tasks",
+            json!({"ticket_id": id("TKT-2"), "title": "More", "task_type": "implement"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{refused}");
+    assert_eq!(refused["code"], "spec_completed", "{refused}");
 
     // Completed before any work: a completed spec's workflow stays counted all the same
     // (archived, it would be given back).

@@ -1,7 +1,9 @@
 //! Admission: whether new work may join the work that exists — the rules spanning
 //! aggregates that a person's request meets before its command is decided. New work joins
-//! only a project that is not archived; a task joins only a ticket that is not done; a task waits only for tasks of its own project, and
-//! never in a circle; a ticket names only a spec of its own project. Handlers load what
+//! only a project that is not archived; a task joins only a ticket that is not done and
+//! whose spec (if any) was not stopped; a task waits only for tasks of its own project,
+//! and never in a circle; a ticket names only a spec of its own project that was not
+//! stopped. A spec stopped meanwhile is `spec_archival`'s: it cancels what joined it. Handlers load what
 //! the caller may see (authorization is theirs) and translate a [`Refusal`] to HTTP; the
 //! rules themselves live here, beside the process managers that apply the others.
 
@@ -9,7 +11,7 @@ use std::collections::BTreeSet;
 
 use omoi_domain::common::{Scope, Scoped};
 use omoi_domain::project::Project;
-use omoi_domain::spec::Spec;
+use omoi_domain::spec::{Spec, SpecPhase};
 use omoi_domain::task::Task;
 use omoi_domain::ticket::{Ticket, TicketStatus};
 use omoi_store::{CommandBus, CommandError};
@@ -33,6 +35,10 @@ pub enum Refusal {
     SpecNotFound(Uuid),
     #[error("spec {0} belongs to another project")]
     SpecInOtherProject(Uuid),
+    #[error("spec {0} is archived; no new work can be added to it")]
+    SpecArchived(Uuid),
+    #[error("spec {0} is completed; no new work can be added to it")]
+    SpecCompleted(Uuid),
     #[error("circular dependency: {0}")]
     Cycle(String),
     #[error(
@@ -73,10 +79,31 @@ pub fn project_takes_work(project_id: Uuid, project: &Project) -> Result<(), Ref
     }
 }
 
-/// A task may join ticket `ticket_id` unless the ticket is done.
-pub fn ticket_takes_tasks(ticket_id: Uuid, ticket: &Ticket) -> Result<(), Refusal> {
-    match ticket.status {
-        TicketStatus::Done => Err(Refusal::TicketDone(ticket_id)),
+/// A task may join ticket `ticket_id` unless the ticket is done or its spec was stopped.
+pub async fn ticket_takes_tasks(
+    bus: &CommandBus,
+    ticket_id: Uuid,
+    ticket: &Ticket,
+) -> Result<(), AdmissionError> {
+    if ticket.status == TicketStatus::Done {
+        return Err(Refusal::TicketDone(ticket_id).into());
+    }
+    let Some(spec_id) = ticket.spec_id else {
+        return Ok(());
+    };
+    match bus.load::<Spec>(&spec_id.to_string()).await? {
+        Some((spec, _)) => Ok(spec_takes_work(spec_id, &spec)?),
+        None => Err(AdmissionError::Internal(format!(
+            "ticket {ticket_id} names spec {spec_id}, which does not exist"
+        ))),
+    }
+}
+
+/// New work may join spec `spec_id` unless it was stopped: archived or completed.
+fn spec_takes_work(spec_id: Uuid, spec: &Spec) -> Result<(), Refusal> {
+    match spec.phase {
+        SpecPhase::Archived => Err(Refusal::SpecArchived(spec_id)),
+        SpecPhase::Completed => Err(Refusal::SpecCompleted(spec_id)),
         _ => Ok(()),
     }
 }
@@ -121,7 +148,8 @@ pub async fn dependencies_in_project(
     Ok(())
 }
 
-/// A ticket of the referrer's project may name spec `spec_id` (or none).
+/// A ticket of the referrer's project may name spec `spec_id` (or none): a spec of the
+/// same project, not stopped.
 pub async fn spec_in_project(
     bus: &CommandBus,
     spec_id: Option<Uuid>,
@@ -132,10 +160,10 @@ pub async fn spec_in_project(
     };
     match bus.load::<Spec>(&spec_id.to_string()).await? {
         Some((spec, _)) if from.sees(spec.scope()) => {
-            match spec.project_id == from.project.project_id {
-                true => Ok(()),
-                false => Err(Refusal::SpecInOtherProject(spec_id).into()),
+            if spec.project_id != from.project.project_id {
+                return Err(Refusal::SpecInOtherProject(spec_id).into());
             }
+            Ok(spec_takes_work(spec_id, &spec)?)
         }
         _ => Err(Refusal::SpecNotFound(spec_id).into()),
     }

@@ -164,7 +164,7 @@ where
 
 /// Where a ticket's creation names its spec in the stored payload (the only event that
 /// does): read in SQL by [`specs_of_tickets`], so a test holds it to the event's type.
-const TICKET_SPEC: [&str; 2] = ["TicketCreated", "spec_id"];
+pub(crate) const TICKET_SPEC: [&str; 2] = ["TicketCreated", "spec_id"];
 
 /// The specs of `tickets`, as their creations name them, to read with the tickets'
 /// histories ([`histories_of`](omoi_store::log::histories_of)) instead of after them.

@@ -1,34 +1,40 @@
-//! `spec_archival`: archiving an executing spec, or completing it (a person may while its
-//! plan's work is open), stops its work: every open task of its plan is cancelled. A
-//! completed spec's workflow stays counted, closed as a finished one; an archived spec's is
-//! given back to the organization's billing account (its usage and any credits it took),
-//! as a workflow whose start failed is given back, unless agents worked on it before the
-//! archival (in the log's order, however late this manager reads it).
+//! `spec_archival`: a stopped spec — archived, or completed (a person may complete one
+//! while its work is open) — takes no more work. At the stop every open task on its
+//! tickets is cancelled: its plan's, and any discovered on them or added by hand. A task
+//! created on one of its tickets after the stop in the log's order (`plan_execution` read
+//! the approval before the stop committed; an agent's discovery or a person's request
+//! admitted just before it) is cancelled as its creation passes. Either way round, every
+//! such task is cancelled once, whichever of the two events this manager reads first.
 //!
-//! A plan's task that `plan_execution` creates after the spec stopped (it read the
-//! approval before the stop committed, and this build handled the stop first, finding the
-//! task not there) comes later in the stream: its creation, caused by the approval of a
-//! spec stopped by then, is cancelled when it passes. Either way round, every open task of
-//! a stopped spec's plan is cancelled once.
+//! A completed spec's workflow stays counted, closed as a finished one; an archived
+//! executing spec's is given back to the organization's billing account (its usage and
+//! any credits it took), as a workflow whose start failed is given back, unless agents
+//! worked on one of its tasks before the archival (in the log's order, however late this
+//! manager reads it).
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 
 use cqrs_es::Aggregate;
 use futures_util::future::BoxFuture;
 use omoi_domain::billing::{BillingAccount, BillingCommand};
 use omoi_domain::spec::{Spec, SpecPhase};
-use omoi_domain::task::{Task, TaskCommand};
+use omoi_domain::task::{Task, TaskCommand, TaskEvent};
+use omoi_domain::ticket::Ticket;
 use omoi_projections::ProjectionError;
-use omoi_store::log::{aggregate_history, fold_until};
+use omoi_store::log::{aggregate_history, fold_until, histories};
 use omoi_store::{Actor, CommandContext, StoredEvent};
 use sqlx::PgConnection;
 
-use crate::aggregates::{stops_specs_work, SPEC_ARCHIVED, SPEC_COMPLETED};
-use crate::execution::{created_by, last_approval};
-use crate::{effect, load, occurred_at, ProcessManager};
+use crate::aggregates::{
+    stops_specs_work, Aggregates, Effects, SPEC_ARCHIVED, SPEC_COMPLETED, TICKET_SPEC,
+};
+use crate::{occurred_at, ProcessManager};
 
 /// The process manager's name: its build in the catalog and its actor (`system:…`).
 pub const NAME: &str = "spec_archival";
+
+/// Where a task's creation names its ticket in the stored payload.
+const TASK_TICKET: [&str; 2] = ["TaskCreated", "ticket_id"];
 
 pub struct SpecArchival;
 
@@ -36,11 +42,11 @@ impl ProcessManager for SpecArchival {
     const NAME: &'static str = NAME;
 
     fn reacts_to(&self, event: &StoredEvent) -> bool {
-        stops_specs_work(event) || planned_spec(event).is_some()
+        stops_specs_work(event) || is_task_creation(event)
     }
 
-    /// The stops (archivals, completions) one by one; the plans' new tasks with
-    /// one read of which of their specs were stopped.
+    /// The stops (archivals, completions) one by one; the new tasks with one read of
+    /// which of their tickets' specs were stopped.
     fn react_all<'a>(
         &'a self,
         tx: &'a mut PgConnection,
@@ -52,59 +58,79 @@ impl ProcessManager for SpecArchival {
                 .into_iter()
                 .partition(|event| event.aggregate_type == Task::TYPE);
             for event in stops {
-                archived(tx, event).await?;
+                stopped(tx, event).await?;
             }
-            created_after_archival(tx, created).await
+            created_after_stop(tx, created).await
         })
     }
 }
 
-/// The spec whose plan's approval created the task `event` created: a task's creation by
-/// `plan_execution`, caused by a `Spec/<id>/<sequence>` event.
-fn planned_spec(event: &StoredEvent) -> Option<&str> {
-    if event.aggregate_type != Task::TYPE || event.sequence != 1 {
-        return None;
-    }
-    let by_plan_execution = Actor::System(crate::execution::NAME);
-    if !event
-        .metadata
-        .actor()
-        .is_some_and(|actor| by_plan_execution.wrote(actor))
-    {
-        return None;
-    }
-    let cause = event.metadata.causation_id()?;
-    let spec = cause.strip_prefix("Spec/")?.split('/').next()?;
-    Some(spec).filter(|spec| !spec.is_empty())
+fn is_task_creation(event: &StoredEvent) -> bool {
+    event.aggregate_type == Task::TYPE && event.sequence == 1
 }
 
-/// Cancels the tasks among `created` (plans' new tasks) whose spec was stopped (archived
-/// or completed): created after the stop was handled, they were not there to be cancelled
-/// with the rest.
-async fn created_after_archival(
+/// How a spec was stopped, as a cancelled task's reason says.
+fn stopped_as(stop_type: &str) -> &'static str {
+    match stop_type == SPEC_ARCHIVED {
+        true => "archived",
+        false => "completed",
+    }
+}
+
+fn cancellation(stop_type: &str, event: &StoredEvent) -> TaskCommand {
+    TaskCommand::CancelTask {
+        reason: Some(format!("its spec was {}", stopped_as(stop_type))),
+        at: occurred_at(event),
+    }
+}
+
+/// Cancels the tasks among `created` (task creations) whose ticket's spec was stopped
+/// (archived or completed): created after the stop was handled, they were not there to
+/// be cancelled with the rest.
+async fn created_after_stop(
     tx: &mut PgConnection,
     created: Vec<&StoredEvent>,
 ) -> Result<(), ProjectionError> {
-    let specs: Vec<&str> = created
-        .iter()
-        .filter_map(|event| planned_spec(event))
-        .collect::<BTreeSet<_>>()
-        .into_iter()
-        .collect();
-    if specs.is_empty() {
+    let mut tickets = BTreeMap::new();
+    for event in &created {
+        let TaskEvent::TaskCreated { ticket_id, .. } = event
+            .payload
+            .decode()
+            .map_err(|e| ProjectionError::payload(event, e))?
+        else {
+            return Err(ProjectionError::payload(
+                event,
+                "the first event is no creation",
+            ));
+        };
+        tickets.insert(event.aggregate_id.clone(), ticket_id.to_string());
+    }
+    if tickets.is_empty() {
         return Ok(());
     }
-    // Each spec looked up by the key; only the event that stopped it, not its history (a
-    // plan's text is most of it).
-    let stopped: BTreeSet<String> = sqlx::query_scalar(
-        "select e.aggregate_id from unnest($1::text[]) as wanted(id)
+    let (tasks, their_tickets): (Vec<String>, Vec<String>) = tickets.into_iter().unzip();
+    // Each ticket's creation and its spec's stop looked up by the key; of the spec only
+    // the stop, not its history (a plan's text is most of it). An archival after a
+    // completion is the stop that counts.
+    let stopped: BTreeMap<String, String> = sqlx::query_as(
+        "select created.task, stop.event_type
+           from unnest($1::text[], $2::text[]) as created(task, ticket)
            cross join lateral (
-               select aggregate_id from events
-                where aggregate_type = $2 and aggregate_id = wanted.id
-                  and event_type in ($3, $4)
-                limit 1) as e",
+               select payload #>> $4::text[] as spec from events
+                where aggregate_type = $3 and aggregate_id = created.ticket and sequence = 1
+           ) as ticket
+           cross join lateral (
+               select event_type from events
+                where aggregate_type = $5 and aggregate_id = ticket.spec
+                  and event_type in ($6, $7)
+                order by sequence desc
+                limit 1
+           ) as stop",
     )
-    .bind(&specs)
+    .bind(&tasks)
+    .bind(&their_tickets)
+    .bind(Ticket::TYPE)
+    .bind(&TICKET_SPEC[..])
     .bind(Spec::TYPE)
     .bind(SPEC_ARCHIVED)
     .bind(SPEC_COMPLETED)
@@ -112,132 +138,144 @@ async fn created_after_archival(
     .await?
     .into_iter()
     .collect();
+    let (Some(&first), false) = (created.first(), stopped.is_empty()) else {
+        return Ok(());
+    };
+    let mut known = Aggregates::<Task>::new();
+    known.read(tx, first, stopped.keys().cloned()).await?;
+    let mut effects = Effects::default();
     for event in created {
-        if !planned_spec(event).is_some_and(|spec| stopped.contains(spec)) {
+        let Some(stop_type) = stopped.get(&event.aggregate_id) else {
             continue;
-        }
-        let (task, _) = load::<Task>(tx, event, &event.aggregate_id).await?;
-        if task.status.is_final() {
-            continue;
-        }
-        let cancel = TaskCommand::CancelTask {
-            reason: Some("its spec was archived or completed".into()),
-            at: occurred_at(event),
         };
+        if known
+            .get(&event.aggregate_id)
+            .is_none_or(|task| task.status.is_final())
+        {
+            continue;
+        }
         let context = CommandContext::caused_by(Actor::System(NAME), event);
-        effect::<Task>(tx, event, &event.aggregate_id, cancel, &context).await?;
+        let cancel = cancellation(stop_type, event);
+        known
+            .decide(
+                &mut effects,
+                tx,
+                event,
+                &event.aggregate_id,
+                cancel,
+                &context,
+            )
+            .await?;
     }
-    Ok(())
+    effects.append(tx, first).await
 }
 
-/// A spec stopped by `event`: archived (only an executing one had work to stop), or
-/// completed (only an executing spec completes).
-async fn archived(tx: &mut PgConnection, event: &StoredEvent) -> Result<(), ProjectionError> {
-    let history = aggregate_history(&mut *tx, "Spec", &event.aggregate_id).await?;
+/// A spec stopped by `event` (its archival or its completion): every open task on its
+/// tickets created before the stop in the log's order is cancelled, and an executing
+/// spec's workflow settled.
+async fn stopped(tx: &mut PgConnection, event: &StoredEvent) -> Result<(), ProjectionError> {
+    let history = aggregate_history(&mut *tx, Spec::TYPE, &event.aggregate_id).await?;
     let spec: Spec = fold_until(&history, Some(event.sequence))
         .map_err(|e| ProjectionError::payload(event, e))?;
+    let (Some(spec_id), Some(organization_id), Some(project_id)) =
+        (spec.id, spec.organization_id, spec.project_id)
+    else {
+        return Ok(());
+    };
     let archival = event.event_type == SPEC_ARCHIVED;
-    let was_executing = !archival || spec.phase_before_archive == Some(SpecPhase::Executing);
-    let (true, Some(plan), Some(spec_id), Some(organization_id)) = (
-        was_executing,
-        spec.plan.as_ref(),
-        spec.id,
-        spec.organization_id,
-    ) else {
-        return Ok(());
-    };
-    let stopped = if archival { "archived" } else { "completed" };
-    let up_to_stop = history
-        .iter()
-        .position(|e| e.sequence > event.sequence)
-        .unwrap_or(history.len());
-    let Some(approval) = last_approval(&history[..up_to_stop]) else {
-        return Ok(());
-    };
-    let at = occurred_at(event);
+    // Only an executing spec has a workflow to settle (its plan's approval started it);
+    // only an executing spec completes.
+    let executing = !archival || spec.phase_before_archive == Some(SpecPhase::Executing);
+    let tasks = tasks_on_specs_tickets(tx, project_id, spec_id).await?;
+    let tasks = histories(&mut *tx, Task::TYPE, &tasks).await?;
     let context = CommandContext::caused_by(Actor::System(NAME), event);
+    let mut known = Aggregates::<Task>::new();
+    let mut effects = Effects::default();
     let mut worked = false;
-    for (_, planned) in plan.tasks() {
-        let id = created_by(&approval, &planned.key).to_string();
-        let history = aggregate_history(&mut *tx, Task::TYPE, &id).await?;
-        if history.is_empty() {
-            continue;
-        }
-        // Work done before the stop in the log's order: a start that came after it (the
-        // task was still open until this cancels it) does not decide, so that handling
-        // the stop at once or late decides the same.
+    for history in tasks.chunk_by(|a, b| a.aggregate_id == b.aggregate_id) {
+        // The task as it was at the stop in the log's order: a start that came after it
+        // (the task was still open until this cancels it) does not decide, so that
+        // handling the stop at once or late decides the same. A task created after it is
+        // cancelled as its creation passes.
         let before_stop = history
             .iter()
             .position(|e| e.cursor() > event.cursor())
             .unwrap_or(history.len());
+        if before_stop == 0 {
+            continue;
+        }
         let then: Task = fold_until(&history[..before_stop], None)
             .map_err(|e| ProjectionError::payload(event, e))?;
         worked |= did_work(&then);
-        let task: Task =
-            fold_until(&history, None).map_err(|e| ProjectionError::payload(event, e))?;
-        if task.status.is_final() {
-            continue;
+        known.know(event, history)?;
+        let id = &history[0].aggregate_id;
+        if known.get(id).is_some_and(|task| !task.status.is_final()) {
+            let cancel = cancellation(&event.event_type, event);
+            known
+                .decide(&mut effects, tx, event, id, cancel, &context)
+                .await?;
         }
-        let cancel = TaskCommand::CancelTask {
-            reason: Some(format!("its spec was {stopped}")),
-            at,
-        };
-        effect::<Task>(tx, event, &id, cancel, &context).await?;
     }
-    // A completed spec's workflow stays counted, as `spec_completion` closes it. An
-    // archived one is given back only when no agent worked on it: else archiving after
-    // the work was done would give every workflow back.
-    let settle = match archival && !worked {
-        false => BillingCommand::FinishWorkflow {
-            organization_id,
-            spec_id,
-            at,
-        },
-        true => BillingCommand::CancelWorkflow {
-            organization_id,
-            spec_id,
-            at,
-        },
-    };
-    let account = organization_id.to_string();
-    effect::<BillingAccount>(tx, event, &account, settle, &context).await?;
-    tracing::info!(spec = %spec_id, worked, stopped, "executing spec stopped: its work cancelled, its workflow given back unless work was done");
+    if executing {
+        // A completed spec's workflow stays counted, as `spec_completion` closes it. An
+        // archived one is given back only when no agent worked on it: else archiving
+        // after the work was done would give every workflow back.
+        let at = occurred_at(event);
+        let settle = match archival && !worked {
+            false => BillingCommand::FinishWorkflow {
+                organization_id,
+                spec_id,
+                at,
+            },
+            true => BillingCommand::CancelWorkflow {
+                organization_id,
+                spec_id,
+                at,
+            },
+        };
+        let account = organization_id.to_string();
+        Aggregates::<BillingAccount>::new()
+            .decide(&mut effects, tx, event, &account, settle, &context)
+            .await?;
+    }
+    effects.append(tx, event).await?;
+    tracing::info!(spec = %spec_id, worked, stopped = stopped_as(&event.event_type), "spec stopped: the open tasks on its tickets cancelled, its workflow given back unless work was done");
     Ok(())
+}
+
+/// Every task on a ticket of spec `spec_id` (its plan's, and any discovered on them or
+/// added by hand), from the creations in its project's log: what a stop cancels. Read
+/// through `events_by_project`, once per stop.
+async fn tasks_on_specs_tickets(
+    tx: &mut PgConnection,
+    project_id: uuid::Uuid,
+    spec_id: uuid::Uuid,
+) -> Result<Vec<String>, ProjectionError> {
+    let tasks = sqlx::query_scalar(
+        "with created as materialized (
+             select aggregate_type, aggregate_id, payload from events
+              where metadata ? 'project_id' and metadata ->> 'project_id' = $1
+                and sequence = 1 and aggregate_type in ($2, $3))
+         select task.aggregate_id from created as task
+          where task.aggregate_type = $3
+            and task.payload #>> $5::text[] in (
+                select ticket.aggregate_id from created as ticket
+                 where ticket.aggregate_type = $2 and ticket.payload #>> $4::text[] = $6)
+          order by task.aggregate_id",
+    )
+    .bind(project_id.to_string())
+    .bind(Ticket::TYPE)
+    .bind(Task::TYPE)
+    .bind(&TICKET_SPEC[..])
+    .bind(&TASK_TICKET[..])
+    .bind(spec_id.to_string())
+    .fetch_all(&mut *tx)
+    .await?;
+    Ok(tasks)
 }
 
 /// Whether an agent worked on `task`: one started it, in any attempt (also one a
 /// Guardian then took the task from).
 fn did_work(task: &Task) -> bool {
     task.starts > 0
-}
-
-#[cfg(test)]
-mod tests {
-    use super::planned_spec;
-    use omoi_store::StoredEvent;
-    use serde_json::json;
-
-    fn task_created(sequence: i64, metadata: serde_json::Value) -> StoredEvent {
-        StoredEvent {
-            aggregate_type: "Task".into(),
-            sequence,
-            ..crate::ticket_event("TaskCreated", json!({"TaskCreated": {}}), metadata)
-        }
-    }
-
-    /// Only a task's creation by `plan_execution` names the spec whose plan it came from.
-    #[test]
-    fn only_a_plans_task_creation_names_its_spec() {
-        let planned = json!({"actor": "system:plan_execution", "causation_id": "Spec/s1/7"});
-        assert_eq!(planned_spec(&task_created(1, planned.clone())), Some("s1"));
-        assert_eq!(planned_spec(&task_created(2, planned.clone())), None);
-        let by_hand = json!({"actor": "user:01a2", "causation_id": null});
-        assert_eq!(planned_spec(&task_created(1, by_hand)), None);
-        let spawned = json!({"actor": "system:phase_tasks", "causation_id": "Ticket/t1/1"});
-        assert_eq!(planned_spec(&task_created(1, spawned)), None);
-        let not_a_spec = json!({"actor": "system:plan_execution", "causation_id": "Ticket/t1/1"});
-        assert_eq!(planned_spec(&task_created(1, not_a_spec)), None);
-        let ticket = crate::ticket_event("TicketCreated", json!({}), planned);
-        assert_eq!(planned_spec(&ticket), None);
-    }
 }
