@@ -215,11 +215,13 @@ pub struct HashingSettings {
     pub max_wait_ms: u64,
 }
 
-/// Quotas of register, login and refresh.
+/// Quotas of register, login and refresh, and of refused credentials.
 #[derive(Debug, Clone, Deserialize)]
 pub struct RateLimitSettings {
     pub per_address: omoi_api::auth::guard::RateQuota,
     pub per_account: omoi_api::auth::guard::RateQuota,
+    /// Credentials refused after a database lookup (any route), per client address.
+    pub refused_credentials_per_address: omoi_api::auth::guard::RateQuota,
     /// The header a trusted reverse proxy names the client in; empty: the peer address.
     pub client_address_header: String,
 }
@@ -237,6 +239,7 @@ impl AuthSettings {
             hash_wait: std::time::Duration::from_millis(self.password_hashing.max_wait_ms),
             per_address: self.rate_limits.per_address,
             per_account: self.rate_limits.per_account,
+            refused_credentials_per_address: self.rate_limits.refused_credentials_per_address,
             client_address_header,
             secure_cookies: self.secure_cookies,
             prune_every: std::time::Duration::from_secs(self.prune_interval_seconds),

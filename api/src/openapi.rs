@@ -16,7 +16,7 @@
 //! | 413 | the body limit | operations with a body |
 //! | 415 | a body that is not `application/json` | operations with a JSON body |
 //! | 422 | a rule about the input's values (NUL characters, bounds) | operations with parameters or a JSON body |
-//! | 429 | bounded replays (`as_of`) | operations with an `as_of` parameter |
+//! | 429 | bounded replays (`as_of`); a credential from an address past its quota of refused credentials | operations with an `as_of` parameter; operations that require a credential |
 //! | 503 | the database cannot be reached | every operation but `/metrics` |
 //!
 //! Every error response is `application/problem+json` with the [`Problem`] schema, and
@@ -371,7 +371,7 @@ impl Shape {
         if self.has_json_body {
             statuses.push(415);
         }
-        if self.replays {
+        if self.replays || self.secured {
             statuses.push(429);
         }
         if path != "/metrics" {
@@ -482,10 +482,11 @@ mod tests {
     #[test]
     fn shared_statuses_follow_the_shape_of_the_operation() {
         let document = document();
-        // A command on one resource: input, credential, path, body.
+        // A command on one resource: input, credential (a 429 for an address past its
+        // refused credentials), path, body.
         assert_eq!(
             statuses(operation(&document, "patch", "/api/v1/tickets/{id}")),
-            ["200", "400", "401", "403", "404", "409", "413", "415", "422", "503"]
+            ["200", "400", "401", "403", "404", "409", "413", "415", "422", "429", "503"]
         );
         // No credential, no input.
         assert_eq!(

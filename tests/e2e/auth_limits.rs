@@ -525,3 +525,87 @@ async fn the_server_prunes_expired_credentials_periodically() {
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
 }
+
+/// A made-up API key costs the server a database lookup, and anyone can send one. Each
+/// credential refused after a lookup spends the client address's quota of refusals; past
+/// it the address gets no lookup at all (429, before the database: a valid key not in the
+/// cache is refused too, and another address is not). Accepted credentials spend nothing,
+/// however many one address holds, nor does a token refused by its signature alone.
+#[tokio::test(flavor = "multi_thread")]
+async fn refused_credentials_bar_their_address_from_lookups_and_accepted_ones_cost_nothing() {
+    use reqwest::Method;
+
+    let app = spawn_app_with_settings(|s| {
+        s.auth.rate_limits.refused_credentials_per_address = RateQuota {
+            burst: 3,
+            per_minute: 1,
+        };
+        s.auth.rate_limits.client_address_header = "x-forwarded-for".into();
+        // Every credential is looked up: nothing is remembered between requests.
+        s.auth.credential_cache_ms = 0;
+    })
+    .await;
+    let (organization, _) = app.organization_and_project().await;
+    let mut keys = Vec::new();
+    for n in 0..6 {
+        let (status, created) = app
+            .post(
+                "/api/v1/auth/api-keys",
+                json!({"name": format!("key {n}"), "organization_id": organization, "role": "viewer"}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{created}");
+        keys.push(created["key"].as_str().expect("the key").to_string());
+    }
+    let me = |credential: String, client: &'static str| {
+        let app = &app;
+        async move {
+            let request = app
+                .client
+                .request(Method::GET, format!("{}/api/v1/auth/me", app.address))
+                .bearer_auth(credential)
+                .header("x-forwarded-for", client);
+            let response = request.send().await.expect("the server answers");
+            let (status, headers) = (response.status(), response.headers().clone());
+            let body = response.json().await.unwrap_or(Value::Null);
+            Answer {
+                status,
+                headers,
+                body,
+            }
+        }
+    };
+    let made_up = |n: usize| format!("omoi_sk_{n:0>16}{}", "x".repeat(32));
+    let client = "198.51.100.7";
+
+    // Six valid keys, each looked up, and a token with a forged signature: none spends.
+    for key in &keys {
+        let answer = me(key.clone(), client).await;
+        assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
+    }
+    for _ in 0..5 {
+        let forged = me("eyJhbGciOiJIUzI1NiJ9.e30.c2lnbmF0dXJl".into(), client).await;
+        assert_eq!(forged.status, StatusCode::UNAUTHORIZED, "{}", forged.body);
+    }
+    // Three made-up keys are looked up and refused within the quota, the fourth past it
+    // (barring the address); the fifth is not looked up.
+    for n in 0..4 {
+        let refused = me(made_up(n), client).await;
+        assert_eq!(refused.status, StatusCode::UNAUTHORIZED, "{}", refused.body);
+    }
+    assert_too_many(&me(made_up(4), client).await, 60);
+    let valid_but_barred = me(keys[0].clone(), client).await;
+    assert_too_many(&valid_but_barred, 60);
+    assert!(
+        valid_but_barred.body["detail"]
+            .as_str()
+            .is_some_and(|detail| detail.contains("refused")),
+        "{}",
+        valid_but_barred.body
+    );
+    // Another address is not barred, and its own refusals are its own.
+    let elsewhere = me(keys[1].clone(), "198.51.100.8").await;
+    assert_eq!(elsewhere.status, StatusCode::OK, "{}", elsewhere.body);
+    let refused = me(made_up(5), "198.51.100.8").await;
+    assert_eq!(refused.status, StatusCode::UNAUTHORIZED, "{}", refused.body);
+}

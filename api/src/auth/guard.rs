@@ -1,4 +1,5 @@
-//! What the public auth routes (register, login, refresh) may cost, and the cookie policy.
+//! What unauthenticated requests may cost — the public auth routes (register, login,
+//! refresh) and credentials the server has to look up — and the cookie policy.
 //!
 //! Anyone can call those routes, and register and login each cost an argon2id hash
 //! (~19 MiB, tens of milliseconds of a core). Without bounds a stream of fresh emails ran
@@ -20,13 +21,23 @@
 //!   address is the peer's unless a trusted proxy's header is configured; then the header's
 //!   *last* entry (the one the proxy appended; anything before it the client could write).
 //!
+//! * **Refused credentials.** A request's credential not in the short-lived cache costs a
+//!   database lookup (an API key by its prefix, an access token's revocation), and anyone
+//!   can send made-up API keys. Each credential refused *after such a lookup* spends one of
+//!   the client address's quota of refusals; past it, the address gets no lookup until
+//!   the quota allows one more: **429** with `Retry-After`, before the database. Accepted
+//!   credentials spend nothing, so one address may hold any number of valid ones (a
+//!   worker's agents), and a token refused by its signature alone costs no lookup and
+//!   spends nothing either.
+//!
 //! The lockout (5 failures in 15 minutes) is a third, durable limit kept in PostgreSQL
 //! (`store::accounts::admit_login`).
 
+use std::collections::HashMap;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::num::NonZeroU32;
-use std::sync::{mpsc, Arc, Mutex};
-use std::time::Duration;
+use std::sync::{mpsc, Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use axum::extract::{ConnectInfo, FromRequestParts};
 use axum::http::request::Parts;
@@ -64,6 +75,8 @@ pub struct GuardConfig {
     pub hash_wait: Duration,
     pub per_address: RateQuota,
     pub per_account: RateQuota,
+    /// Credentials refused after a database lookup, per client address.
+    pub refused_credentials_per_address: RateQuota,
     /// The header in which a trusted reverse proxy names the client; `None`: the peer.
     pub client_address_header: Option<HeaderName>,
     /// Adds `Secure` to the cookies (clients reach the API over https).
@@ -86,6 +99,10 @@ impl Default for GuardConfig {
                 burst: 10,
                 per_minute: 5,
             },
+            refused_credentials_per_address: RateQuota {
+                burst: 20,
+                per_minute: 20,
+            },
             client_address_header: None,
             secure_cookies: false,
             prune_every: Duration::from_secs(600),
@@ -101,7 +118,14 @@ pub struct Guard {
     hashers: mpsc::Sender<Job>,
     addresses: DefaultKeyedRateLimiter<IpAddr>,
     accounts: DefaultKeyedRateLimiter<String>,
+    refusals: DefaultKeyedRateLimiter<IpAddr>,
+    /// The addresses past their quota of refusals, each until it allows one more lookup.
+    barred: Mutex<HashMap<IpAddr, Instant>>,
 }
+
+/// Barred addresses kept at most (about 4 MB): past it, expired ones are dropped, and a
+/// new one is barred only once there is room.
+const MAX_BARRED: usize = 100_000;
 
 impl Guard {
     pub fn new(config: GuardConfig) -> Self {
@@ -115,6 +139,10 @@ impl Guard {
             hashers,
             addresses: DefaultKeyedRateLimiter::keyed(config.per_address.quota()),
             accounts: DefaultKeyedRateLimiter::keyed(config.per_account.quota()),
+            refusals: DefaultKeyedRateLimiter::keyed(
+                config.refused_credentials_per_address.quota(),
+            ),
+            barred: Mutex::new(HashMap::new()),
             config,
         }
     }
@@ -127,6 +155,37 @@ impl Guard {
     /// Spends one request of the account's quota (`email` lower-cased).
     pub fn check_account(&self, email: &str) -> Result<(), ApiError> {
         check(&self.accounts, &email.to_string())
+    }
+
+    /// Whether a credential from `address` may be looked up in the database: 429 while
+    /// the address is past its quota of refused credentials.
+    pub fn check_lookup(&self, address: IpAddr) -> Result<(), ApiError> {
+        let barred = self.barred.lock().unwrap_or_else(PoisonError::into_inner);
+        match barred.get(&bucket(address)) {
+            Some(until) if *until > Instant::now() => Err(ApiError::TooManyRequests {
+                detail: "too many credentials from this address were refused; slow down",
+                retry_after_seconds: whole_seconds(until.saturating_duration_since(Instant::now())),
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    /// Counts a credential from `address` refused after a database lookup: past the
+    /// quota, the address is barred until the quota allows one more.
+    pub fn refused_lookup(&self, address: IpAddr) {
+        let key = bucket(address);
+        let Err(not_until) = self.refusals.check_key(&key) else {
+            return;
+        };
+        let until = Instant::now() + not_until.wait_time_from(self.refusals.clock().now());
+        let mut barred = self.barred.lock().unwrap_or_else(PoisonError::into_inner);
+        if barred.len() >= MAX_BARRED {
+            let now = Instant::now();
+            barred.retain(|_, until| *until > now);
+        }
+        if barred.len() < MAX_BARRED {
+            barred.insert(key, until);
+        }
     }
 
     /// Runs `work` (a hash or a verification) on a hashing thread once a slot is free,
@@ -160,9 +219,17 @@ impl Guard {
     /// Drops the rate-limit state of keys that are back at a full burst, so memory does
     /// not grow with every address and email ever seen.
     pub fn forget_idle_keys(&self) {
-        for limiter in [&self.addresses as &dyn Sweep, &self.accounts] {
+        for limiter in [
+            &self.addresses as &dyn Sweep,
+            &self.accounts,
+            &self.refusals,
+        ] {
             limiter.sweep();
         }
+        let now = Instant::now();
+        let mut barred = self.barred.lock().unwrap_or_else(PoisonError::into_inner);
+        barred.retain(|_, until| *until > now);
+        barred.shrink_to_fit();
     }
 }
 

@@ -24,6 +24,7 @@ pub mod tokens;
 
 use omoi_domain::access::Permission;
 use std::collections::HashMap;
+use std::net::IpAddr;
 
 use axum::extract::FromRequestParts;
 use axum::http::header::{AUTHORIZATION, COOKIE, HOST, ORIGIN};
@@ -365,20 +366,30 @@ impl FromRequestParts<AppState> for Caller {
 /// verifies it again: a claim waiting up to a minute, a WebSocket. Not `Debug`: it is a
 /// secret.
 #[derive(Clone, PartialEq, Eq)]
-pub struct Credential(String);
+pub struct Credential {
+    secret: String,
+    /// The client's address, whose quota of refused credentials a lookup that refuses it
+    /// spends ([`guard::Guard::refused_lookup`]).
+    client: IpAddr,
+}
 
 impl Credential {
-    pub fn new(credential: String) -> Self {
-        Self(credential)
+    pub fn new(secret: String, client: IpAddr) -> Self {
+        Self { secret, client }
+    }
+
+    /// The address the credential came from.
+    pub fn client(&self) -> IpAddr {
+        self.client
     }
 
     /// The caller it stands for now, exactly as the `Caller` extractor finds it (through
     /// the same short-lived cache): 401 once it was revoked, expired, or its creator left.
     pub async fn verify(&self, state: &AppState) -> Result<Caller, ApiError> {
-        if self.0.starts_with(keys::KEY_MARKER) {
-            api_key_caller(state, &self.0).await
+        if self.secret.starts_with(keys::KEY_MARKER) {
+            api_key_caller(state, &self.secret, self.client).await
         } else {
-            user_caller(state, &self.0).await
+            user_caller(state, &self.secret, self.client).await
         }
     }
 }
@@ -390,14 +401,16 @@ impl FromRequestParts<AppState> for Credential {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
+        let client =
+            guard::client_address(parts, state.guard.config.client_address_header.as_ref());
         if let Some(token) = bearer(parts) {
-            return Ok(Self(token));
+            return Ok(Self::new(token, client));
         }
         let token = cookie(parts, ACCESS_COOKIE).ok_or(ApiError::Unauthorized {
             detail: "authentication required: send `Authorization: Bearer <token or API key>`",
         })?;
         ensure_cookie_origin(parts, state)?;
-        Ok(Self(token))
+        Ok(Self::new(token, client))
     }
 }
 
@@ -405,7 +418,10 @@ const INVALID_TOKEN: ApiError = ApiError::Unauthorized {
     detail: "the token is invalid, expired or revoked",
 };
 
-async fn user_caller(state: &AppState, token: &str) -> Result<Caller, ApiError> {
+/// A token whose signature and expiry hold but is not in the cache is looked up (its
+/// revocation, its user's memberships); one refused then spends the client's quota of
+/// refused credentials ([`guard::Guard::refused_lookup`]).
+async fn user_caller(state: &AppState, token: &str, client: IpAddr) -> Result<Caller, ApiError> {
     let claims = state
         .tokens
         .verify(token, TokenType::Access)
@@ -414,13 +430,15 @@ async fn user_caller(state: &AppState, token: &str) -> Result<Caller, ApiError> 
     if let Some(caller) = state.credentials.get(&key) {
         return Ok(caller);
     }
+    state.guard.check_lookup(client)?;
     let read_at = state.credentials.generation();
-    let check = accounts::access_check(state.pool(), claims.sub, claims.jti)
-        .await?
-        .ok_or(INVALID_TOKEN)?;
-    if check.token_revoked || claims.issued_at() < check.user.tokens_valid_after {
+    let check = accounts::access_check(state.pool(), claims.sub, claims.jti).await?;
+    let Some(check) = check.filter(|check| {
+        !check.token_revoked && claims.issued_at() >= check.user.tokens_valid_after
+    }) else {
+        state.guard.refused_lookup(client);
         return Err(INVALID_TOKEN);
-    }
+    };
     let caller = Caller {
         identity: Identity::User {
             id: check.user.id,
@@ -436,25 +454,31 @@ async fn user_caller(state: &AppState, token: &str) -> Result<Caller, ApiError> 
 
 /// An API key acts with the lower of its own role and its creator's current role in its
 /// organization, both read by the one query that finds the key; a key whose creator is no
-/// longer a member (nor a super admin) is refused like a revoked one.
-async fn api_key_caller(state: &AppState, key: &str) -> Result<Caller, ApiError> {
-    let invalid = || ApiError::Unauthorized {
-        detail: "the API key is invalid or revoked, or its creator is no longer a member",
-    };
+/// longer a member (nor a super admin) is refused like a revoked one. A key not in the
+/// cache is looked up; one refused then spends the client's quota of refused credentials
+/// ([`guard::Guard::refused_lookup`]).
+async fn api_key_caller(state: &AppState, key: &str, client: IpAddr) -> Result<Caller, ApiError> {
     let digest = keys::sha256(key);
     let cache_key = CredentialKey::ApiKey(digest.clone());
     if let Some(caller) = state.credentials.get(&cache_key) {
         return Ok(caller);
     }
+    state.guard.check_lookup(client)?;
     let read_at = state.credentials.generation();
     let found = accounts::api_key_by_prefix(state.pool(), keys::prefix_of(key))
         .await?
         .filter(|found| {
             found.key.revoked_at.is_none() && keys::same_digest(&digest, &found.key.secret_sha256)
-        })
-        .ok_or_else(invalid)?;
-    let role = found.effective_role().ok_or_else(invalid)?;
-    let creator_role = found.creator_role().ok_or_else(invalid)?;
+        });
+    let Some((found, role, creator_role)) = found.and_then(|found| {
+        let (role, creator_role) = (found.effective_role()?, found.creator_role()?);
+        Some((found, role, creator_role))
+    }) else {
+        state.guard.refused_lookup(client);
+        return Err(ApiError::Unauthorized {
+            detail: "the API key is invalid or revoked, or its creator is no longer a member",
+        });
+    };
     let record = found.key;
     let caller = Caller {
         identity: Identity::ApiKey {

@@ -27,6 +27,7 @@ use super::sockets::{Principal, TooManySockets};
 use super::stream::Subscriptions;
 use super::upgrade::Upgrade;
 use super::LiveConfig;
+use crate::auth::guard::client_address;
 use crate::auth::{bearer, check_cookie_origin, cookie, Caller, Credential, ACCESS_COOKIE};
 use crate::error::{ApiError, ApiResult, Problem};
 use crate::extract::Query;
@@ -86,7 +87,8 @@ impl FromRequestParts<AppState> for WsCaller {
                 token
             }
         };
-        let credential = Credential::new(credential);
+        let client = client_address(parts, state.guard.config.client_address_header.as_ref());
+        let credential = Credential::new(credential, client);
         let caller = credential.verify(state).await?;
         Ok(Self { caller, credential })
     }

@@ -127,7 +127,12 @@ impl Link {
     /// token or API key) once it is verified and stands for the same principal — a token
     /// refreshed before the socket's expires. Refused, the socket keeps its credential.
     pub async fn authenticate(&self, request: Authenticate) -> Result<(), WsError> {
-        let fresh = Credential::new(request.token);
+        let client = self
+            .credential
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .client();
+        let fresh = Credential::new(request.token, client);
         let caller =
             match fresh.verify(&self.state).await {
                 Ok(caller) => caller,
