@@ -988,6 +988,54 @@ async fn a_stall_the_task_moved_past_before_the_policy_read_it_gets_no_restart()
     let _ = std::fs::remove_dir_all(directory);
 }
 
+/// A stall whose attempt ended before the policy read it — here the task completed in
+/// the same transaction; a lagging manager, or a new build of it going through the log,
+/// meets the same — gets no escalation: the ticket, open for its other work, is not
+/// blocked for finished work.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stall_of_an_attempt_that_ended_before_the_policy_read_it_escalates_nothing() {
+    use omoi_domain::task::{Task, TaskCommand};
+    use omoi_store::bus::RetryPolicy;
+    use omoi_store::{Actor, CommandBus, CommandContext};
+
+    let app = spawn_app().await;
+    let directory = scratch_dir();
+    let (ticket, task, _agent, worker, _clock) = stalling(&app, "escalate", &directory).await;
+    // The ticket has more to do: it stays open once the task completes.
+    app.task(&ticket, "Still to do", json!({})).await;
+    let state = app.task_state(&task).await;
+    let started: chrono::DateTime<chrono::Utc> =
+        serde_json::from_value(state["started_at"].clone()).expect("a start");
+    let bus = CommandBus::new(app.database.pool.clone(), RetryPolicy::default());
+    let context = CommandContext::new(Actor::System("test"), "stalled-then-completed");
+    let now = chrono::Utc::now();
+    let commands = [
+        TaskCommand::MarkStalled {
+            idle_since: started,
+            at: now,
+        },
+        TaskCommand::CompleteTask {
+            result: json!({"done": true}),
+            at: now,
+        },
+    ];
+    bus.execute_all::<Task>(&task, &commands, &context, &|_| Ok(()))
+        .await
+        .expect("stalled, then completed");
+    app.caught_up().await;
+    let events = history(&app, &format!("/api/v1/tasks/{task}")).await;
+    assert_eq!(count(&events, "TaskStalled"), 1, "{events:?}");
+    assert_eq!(app.task_state(&task).await["status"], "completed");
+    let ticket_events = history(&app, &format!("/api/v1/tickets/{ticket}")).await;
+    assert_eq!(
+        count(&ticket_events, "TicketBlocked"),
+        0,
+        "{ticket_events:?}"
+    );
+    worker.stop().await;
+    let _ = std::fs::remove_dir_all(directory);
+}
+
 /// A key limited to a project sees neither its organization's organization-wide agents
 /// nor their alerts in the project's overview, as in the agents list; the organization's
 /// members see both.

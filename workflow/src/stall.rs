@@ -8,14 +8,14 @@
 //! * `escalate`: its ticket is blocked `failing_checks` naming the task, for a person.
 //!
 //! A stall the task moved past (it progressed, ended, or another attempt runs) gets
-//! nothing: the task must still be stalled since the same moment, by the same agent, when
-//! the manager reads the stall — the manager may read it late (lag, a takeover, a new
+//! nothing: the task must still be running, stalled since the same moment, by the same
+//! agent, when the manager reads the stall — the manager may read it late (lag, a takeover, a new
 //! build of it going through the log), and a restart or a block would then fall on work
 //! that is not stalled. A refusal by the domain is skipped as well.
 
 use futures_util::future::BoxFuture;
 use omoi_domain::project::{Project, StallPolicy};
-use omoi_domain::task::{SteeringSource, Task, TaskCommand, TaskEvent};
+use omoi_domain::task::{SteeringSource, Task, TaskCommand, TaskEvent, TaskStatus};
 use omoi_domain::ticket::{BlockReason, Ticket, TicketCommand};
 use omoi_projections::ProjectionError;
 use omoi_store::{Actor, CommandContext, StoredEvent};
@@ -72,7 +72,13 @@ async fn stalled(tx: &mut PgConnection, event: &StoredEvent) -> Result<(), Proje
         return Ok(());
     };
     let (task, _) = load::<Task>(tx, event, &event.aggregate_id).await?;
-    if task.stalled_since != Some(idle_since) || task.assigned_agent_id != Some(agent_id) {
+    // Only a stall still standing: the attempt running, held by the same agent, without
+    // progress since. An attempt that ended (completed, failed, cancelled) keeps its
+    // `stalled_since`, and escalating it would block its ticket for finished work.
+    if task.status != TaskStatus::Running
+        || task.stalled_since != Some(idle_since)
+        || task.assigned_agent_id != Some(agent_id)
+    {
         return Ok(());
     }
     let (Some(project_id), Some(ticket_id)) = (task.project_id, task.ticket_id) else {
