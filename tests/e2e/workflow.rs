@@ -552,6 +552,47 @@ async fn work_started_after_an_archival_does_not_keep_its_workflow_counted() {
     assert_eq!(app.task_state(&task).await["status"], "cancelled");
 }
 
+/// `plan_execution` gives a plan's `implement` tasks validation by the project's
+/// `validation_required` as it was at the approval in the log's order, not as the manager
+/// finds it when it reads the approval: here it reads late (the log's readers held back by
+/// an open transaction), after the setting was turned off.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_plans_validation_follows_the_setting_at_its_approval_however_late_it_is_read() {
+    let app = spawn_app().await;
+    let (_, project) = app
+        .organization_and_project_with(
+            json!({"auto_spawn_tasks": false, "validation_required": true}),
+        )
+        .await;
+    let spec = planned_spec(&app, &project, two_ticket_plan()).await;
+    app.caught_up().await;
+
+    let horizon = held_transaction(&app.database.pool).await;
+    app.must(
+        &format!("/api/v1/specs/{spec}/approve-plan"),
+        json!({}),
+        StatusCode::OK,
+    )
+    .await;
+    app.project_settings(&project, json!({"validation_required": false}))
+        .await;
+    horizon.commit().await.expect("the readers let go");
+    app.caught_up().await;
+
+    let approval = the_approval(&app).await;
+    let id = |key: &str| created_id(&approval, key).to_string();
+    let form = app.task_state(&id("TSK-1")).await;
+    assert!(
+        form["validation"].is_object(),
+        "approved while validation was required: {form}"
+    );
+    let tests = app.task_state(&id("TSK-2")).await;
+    assert!(
+        tests["validation"].is_null(),
+        "not an implement task: {tests}"
+    );
+}
+
 /// Archiving an executing spec stops its work; work done keeps its workflow counted.
 #[tokio::test(flavor = "multi_thread")]
 async fn archiving_an_executing_spec_cancels_its_open_tasks_and_keeps_worked_workflows() {

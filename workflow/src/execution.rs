@@ -1,11 +1,13 @@
 //! `plan_execution`: on `SpecPlanApproved`, every ticket and task of the spec's plan is
 //! created — tickets with the spec's id, tasks in their ticket with their dependencies
 //! translated from keys to task ids — in plan order, dependencies first. Its `implement`
-//! tasks must pass validation unless the project's `validation_required` is off.
+//! tasks must pass validation unless the project's `validation_required` was off at the
+//! approval (in the log's order).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use chrono::{DateTime, Utc};
+use cqrs_es::Aggregate;
 use futures_util::future::BoxFuture;
 use omoi_domain::billing::{BillingAccount, BillingCommand};
 use omoi_domain::common::Phase;
@@ -108,31 +110,54 @@ async fn execute_all(
             .map_err(|e| ProjectionError::payload(event, e))?;
         approved.push((event, spec));
     }
-    let mut projects = Aggregates::<Project>::new();
-    projects
-        .read(
-            tx,
-            first,
-            approved
-                .iter()
-                .filter_map(|(_, spec)| spec.project_id)
-                .map(|id| id.to_string()),
-        )
-        .await?;
+    let project_ids: Vec<String> = approved
+        .iter()
+        .filter_map(|(_, spec)| spec.project_id)
+        .map(|id| id.to_string())
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let project_events = histories(&mut *tx, Project::TYPE, &project_ids).await?;
+    let project_histories: HashMap<&str, &[StoredEvent]> = project_events
+        .chunk_by(|a, b| a.aggregate_id == b.aggregate_id)
+        .filter_map(|history| Some((history.first()?.aggregate_id.as_str(), history)))
+        .collect();
     let mut effects = Effects::default();
     let mut accounts = Aggregates::<BillingAccount>::new();
     for (event, spec) in approved {
+        let Some(project_id) = spec.project_id else {
+            return Err(ProjectionError::payload(event, "a spec without a project"));
+        };
+        let history = project_histories
+            .get(project_id.to_string().as_str())
+            .copied()
+            .unwrap_or_default();
         // The approval checked that the project takes work; one archived since gets
         // nothing, and the workflow the approval counted is given back.
-        if let Some(project_id) = spec.project_id {
-            let project = projects.state(&project_id.to_string());
-            if let Err(refusal) = project_takes_work(project_id, &project) {
-                tracing::warn!(spec = %event.aggregate_id, %refusal, "plan approved in a project archived since: not executed");
-                give_back(tx, event, &spec, &mut accounts, &mut effects).await?;
-                continue;
-            }
+        let now: Project =
+            fold_until(history, None).map_err(|e| ProjectionError::payload(event, e))?;
+        if let Err(refusal) = project_takes_work(project_id, &now) {
+            tracing::warn!(spec = %event.aggregate_id, %refusal, "plan approved in a project archived since: not executed");
+            give_back(tx, event, &spec, &mut accounts, &mut effects).await?;
+            continue;
         }
-        execute(event, &spec, &projects, &mut effects).await?;
+        // The settings the plan was approved under: the project before the approval in
+        // the log's order (by transaction, then position), so that reading the approval
+        // late, or again in a replay, decides as reading it at once.
+        let then: Vec<StoredEvent> = history
+            .iter()
+            .filter(|e| e.cursor() <= event.cursor())
+            .cloned()
+            .collect();
+        let then: Project =
+            fold_until(&then, None).map_err(|e| ProjectionError::payload(event, e))?;
+        execute(
+            event,
+            &spec,
+            then.settings.validation_required,
+            &mut effects,
+        )
+        .await?;
     }
     effects.append(tx, first).await
 }
@@ -171,11 +196,11 @@ async fn give_back(
 }
 
 /// Decides the creations of the tickets and tasks of the plan `spec` had when `event`
-/// approved it.
+/// approved it, in a project whose `validation_required` was as given then.
 async fn execute(
     event: &StoredEvent,
     spec: &Spec,
-    projects: &Aggregates<Project>,
+    validation_required: bool,
     effects: &mut Effects,
 ) -> Result<(), ProjectionError> {
     let (Some(plan), Some(spec_id), Some(organization_id), Some(project_id)) = (
@@ -190,10 +215,6 @@ async fn execute(
         ));
     };
     let at = approved_at(event)?;
-    let validation_required = projects
-        .state(&project_id.to_string())
-        .settings
-        .validation_required;
     let validation = |task: &PlannedTask| {
         (validation_required && task.task_type == IMPLEMENT).then(ValidationPolicy::default)
     };
