@@ -357,11 +357,9 @@ fn entity_of(code: &'static str) -> &'static str {
 
 impl From<sqlx::Error> for ApiError {
     fn from(error: sqlx::Error) -> Self {
-        match error {
-            sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed => {
-                Self::Unavailable(error.to_string())
-            }
-            other => Self::Internal(other.to_string()),
+        match omoi_store::db::is_unavailable(&error) {
+            true => Self::Unavailable(error.to_string()),
+            false => Self::Internal(error.to_string()),
         }
     }
 }

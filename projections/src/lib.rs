@@ -88,14 +88,8 @@ impl ProjectionError {
         match self {
             Self::Transient(_) => true,
             Self::Database(error) => {
-                matches!(
-                    error,
-                    sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed
-                ) || error
-                    .as_database_error()
-                    .and_then(|e| e.code())
-                    // A serialization failure or a deadlock: the other transaction won.
-                    .is_some_and(|code| code == "40001" || code == "40P01")
+                omoi_store::db::is_unavailable(error)
+                    || omoi_store::db::lost_to_another_transaction(error)
             }
             Self::Payload { .. }
             | Self::ReplayTooLong { .. }

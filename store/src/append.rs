@@ -43,16 +43,17 @@ pub enum AppendError {
 }
 
 impl From<sqlx::Error> for AppendError {
+    /// A sequence taken by another writer is a conflict, and so is a deadlock with
+    /// another writer (two units taking the same aggregates' keys in opposite orders) or
+    /// a serialization failure: nothing was appended, and the command is decided again on
+    /// what is committed.
     fn from(error: sqlx::Error) -> Self {
         let duplicate = error
             .as_database_error()
             .is_some_and(|e| e.is_unique_violation());
-        if duplicate {
+        if duplicate || crate::db::lost_to_another_transaction(&error) {
             Self::Conflict
-        } else if matches!(
-            error,
-            sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed
-        ) {
+        } else if crate::db::is_unavailable(&error) {
             Self::Unavailable(error.to_string())
         } else {
             Self::Database(error)

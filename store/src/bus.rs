@@ -649,10 +649,7 @@ impl<E: std::error::Error> AttemptError<E> {
 
 /// A database error of a command: the database is away (503) or it failed (500).
 fn database_failure<E: std::error::Error>(error: sqlx::Error) -> CommandError<E> {
-    if matches!(
-        error,
-        sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed
-    ) {
+    if crate::db::is_unavailable(&error) {
         CommandError::Unavailable(error.to_string())
     } else {
         CommandError::Internal(error.to_string())

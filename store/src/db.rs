@@ -1,4 +1,5 @@
-//! Connecting to PostgreSQL and applying the migrations.
+//! Connecting to PostgreSQL and applying the migrations, and what a failed statement
+//! means for whoever sent it ([`is_unavailable`], [`lost_to_another_transaction`]).
 
 use std::time::Duration;
 
@@ -69,4 +70,32 @@ pub fn session(options: PgConnectOptions) -> PgConnectOptions {
 /// sqlx takes an advisory lock.
 pub async fn migrate(pool: &PgPool) -> Result<(), sqlx::migrate::MigrateError> {
     MIGRATOR.run(pool).await
+}
+
+/// Whether `error` says the database could not be reached or went away, so that trying
+/// again later may succeed (503 to a client): no connection from the pool in time, the
+/// connection broken (I/O, SQLSTATE class 08), or the server shutting down, crashed or
+/// not yet accepting connections (57P01, 57P02, 57P03). Whether a statement sent before
+/// it committed is then unknown.
+pub fn is_unavailable(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::Io(_)
+        | sqlx::Error::WorkerCrashed => true,
+        _ => sqlstate(error).is_some_and(|code| {
+            code.starts_with("08") || matches!(code.as_str(), "57P01" | "57P02" | "57P03")
+        }),
+    }
+}
+
+/// Whether `error` says another transaction won: a serialization failure (40001) or a
+/// deadlock (40P01). The transaction was rolled back whole, so running it again, on what
+/// is committed by then, may succeed.
+pub fn lost_to_another_transaction(error: &sqlx::Error) -> bool {
+    sqlstate(error).is_some_and(|code| matches!(code.as_str(), "40001" | "40P01"))
+}
+
+fn sqlstate(error: &sqlx::Error) -> Option<String> {
+    Some(error.as_database_error()?.code()?.into_owned())
 }

@@ -518,3 +518,73 @@ async fn an_append_is_never_ordered_before_the_event_it_follows() {
     .expect("the second account's events");
     assert_eq!(sequences, [1, 2, 3], "the log's order is the sequence's");
 }
+
+/// What a failed statement means is read from PostgreSQL's own errors: a deadlock with
+/// another writer is a conflict, which the bus decides again (the transaction was rolled
+/// back whole), and a connection the server ended is the database away (503), not an
+/// internal error (500).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_deadlock_is_a_conflict_and_an_ended_connection_is_the_database_away() {
+    use omoi_store::append::AppendError;
+    use omoi_store::db::{is_unavailable, lost_to_another_transaction};
+
+    let app = spawn_app().await;
+    let pool = &app.database.pool;
+    // Two transactions take two locks in opposite orders: the server ends one of them.
+    let (one, two) = (
+        Uuid::new_v4().as_u64_pair().0 as i64,
+        Uuid::new_v4().as_u64_pair().0 as i64,
+    );
+    let mut first = pool.begin().await.expect("a transaction");
+    let mut second = pool.begin().await.expect("a transaction");
+    let lock = "select pg_advisory_xact_lock($1)";
+    sqlx::query(lock)
+        .bind(one)
+        .execute(&mut *first)
+        .await
+        .expect("the first lock");
+    sqlx::query(lock)
+        .bind(two)
+        .execute(&mut *second)
+        .await
+        .expect("the second lock");
+    let (crossed_first, crossed_second) = tokio::join!(
+        sqlx::query(lock).bind(two).execute(&mut *first),
+        sqlx::query(lock).bind(one).execute(&mut *second),
+    );
+    let deadlock = [crossed_first.err(), crossed_second.err()]
+        .into_iter()
+        .flatten()
+        .next()
+        .expect("one transaction ended by the deadlock");
+    assert!(lost_to_another_transaction(&deadlock), "{deadlock}");
+    assert!(!is_unavailable(&deadlock), "{deadlock}");
+    assert!(
+        matches!(AppendError::from(deadlock), AppendError::Conflict),
+        "a deadlock on an append is a conflict"
+    );
+    drop((first, second));
+
+    // A connection the server ends (an administrator, a shutdown): the database is away.
+    let mut ended = pool.acquire().await.expect("a connection");
+    let pid: i32 = sqlx::query_scalar("select pg_backend_pid()")
+        .fetch_one(&mut *ended)
+        .await
+        .expect("its backend");
+    let terminated: bool = sqlx::query_scalar("select pg_terminate_backend($1, 10000)")
+        .bind(pid)
+        .fetch_one(pool)
+        .await
+        .expect("terminated");
+    assert!(terminated);
+    let away = sqlx::query("select 1")
+        .execute(&mut *ended)
+        .await
+        .expect_err("the connection was ended");
+    assert!(is_unavailable(&away), "{away:?}");
+    assert!(!lost_to_another_transaction(&away), "{away:?}");
+    assert!(
+        matches!(AppendError::from(away), AppendError::Unavailable(_)),
+        "an append on an ended connection: unavailable"
+    );
+}
