@@ -542,6 +542,7 @@ mod tests {
             feedback: None,
             last_progress_at: None,
             stalled: false,
+            progress_reports: 0,
             reassigned_from: None,
             open_discoveries: Default::default(),
         }

@@ -61,11 +61,25 @@ pub struct QueuedTask {
     pub last_progress_at: Option<DateTime<Utc>>,
     /// While running: marked stalled since its last progress.
     pub stalled: bool,
+    /// While running: the attempt's progress reports seen (`Task::progress_reports`).
+    pub progress_reports: u32,
     /// The agent a Guardian's reassignment took it from, until another agent has it
     /// (the task refuses that agent: `Task::reassigned_from`).
     pub reassigned_from: Option<Uuid>,
     /// The blocking discoveries it waits for (`Task::open_discoveries`).
     pub open_discoveries: BTreeSet<Uuid>,
+}
+
+/// A running task found without progress ([`Queue::stalled`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stall {
+    pub task_id: Uuid,
+    /// The agent seen running it.
+    pub agent_id: Uuid,
+    /// Its last progress: the attempt's start or its newest report.
+    pub idle_since: DateTime<Utc>,
+    /// The attempt's progress reports seen ([`QueuedTask::progress_reports`]).
+    pub progress_seen: u32,
 }
 
 impl QueuedTask {
@@ -320,6 +334,7 @@ impl Queue {
         let change = match event {
             TaskEvent::TaskProgressReported { .. } => {
                 task.last_progress_at = stored.occurred_at().or(task.last_progress_at);
+                task.progress_reports = task.progress_reports.saturating_add(1);
                 task.stalled = false;
                 Change::None
             }
@@ -406,6 +421,7 @@ impl Queue {
             TaskEvent::TaskStarted { at } => {
                 task.started_at = Some(at);
                 task.last_progress_at = Some(at);
+                task.progress_reports = 0;
                 task.stalled = false;
                 Change::Queue
             }
@@ -709,6 +725,7 @@ impl Queue {
                 feedback: None,
                 last_progress_at: None,
                 stalled: false,
+                progress_reports: 0,
                 reassigned_from: None,
                 open_discoveries: BTreeSet::new(),
             },
@@ -870,16 +887,21 @@ impl Queue {
     }
 
     /// Running tasks not marked stalled whose agent showed no progress for more than
-    /// `after_ms`: each with its agent and the instant of its last progress.
-    pub fn stalled(&self, now: DateTime<Utc>, after_ms: u64) -> Vec<(Uuid, Uuid, DateTime<Utc>)> {
+    /// `after_ms`: each as the sweep saw it.
+    pub fn stalled(&self, now: DateTime<Utc>, after_ms: u64) -> Vec<Stall> {
         let after = i64::try_from(after_ms).unwrap_or(i64::MAX);
         self.tasks
             .values()
             .filter(|t| t.status == TaskStatus::Running && !t.stalled)
             .filter_map(|t| {
-                let since = t.last_progress_at?;
+                let idle_since = t.last_progress_at?;
                 let agent_id = t.agent_id?;
-                ((now - since).num_milliseconds() > after).then_some((t.id, agent_id, since))
+                ((now - idle_since).num_milliseconds() > after).then_some(Stall {
+                    task_id: t.id,
+                    agent_id,
+                    idle_since,
+                    progress_seen: t.progress_reports,
+                })
             })
             .collect()
     }
@@ -1117,6 +1139,55 @@ mod tests {
         let queued = queue.task(task).expect("still queued");
         assert_eq!((queued.agent_id, queued.started_at), (None, None));
         assert!(queue.is_ready(queued, at));
+    }
+
+    /// A stall is found with the attempt's progress reports the queue saw, so that the
+    /// task can refuse it when more came since (`Task::progress_reports`).
+    #[test]
+    fn a_stall_is_found_with_the_attempts_progress_reports_seen() {
+        let mut queue = Queue::default();
+        let (task, agent) = (Uuid::from_u128(60), Uuid::from_u128(9));
+        let start = Utc::now() - Duration::seconds(60);
+        let meta = json!({});
+        queue.apply(&created(task, Priority::High, 0, vec![]));
+        let assigned = TaskEvent::TaskAssigned {
+            agent_id: agent,
+            at: start,
+        };
+        queue.apply(&stored(task, assigned, meta.clone()));
+        queue.apply(&stored(
+            task,
+            TaskEvent::TaskStarted { at: start },
+            meta.clone(),
+        ));
+        let now = start + Duration::seconds(30);
+        let stall = |queue: &Queue, idle_since, progress_seen| {
+            assert_eq!(
+                queue.stalled(now, 5_000),
+                vec![Stall {
+                    task_id: task,
+                    agent_id: agent,
+                    idle_since,
+                    progress_seen,
+                }]
+            );
+        };
+        stall(&queue, start, 0);
+        let reported_at = start + Duration::seconds(1);
+        let progress = TaskEvent::TaskProgressReported {
+            message: "halfway".into(),
+        };
+        let reported = json!({"occurred_at": reported_at});
+        queue.apply(&stored(task, progress.clone(), reported.clone()));
+        queue.apply(&stored(task, progress, reported));
+        stall(&queue, reported_at, 2);
+        let restarted = start + Duration::seconds(2);
+        queue.apply(&stored(
+            task,
+            TaskEvent::TaskStarted { at: restarted },
+            meta,
+        ));
+        stall(&queue, restarted, 0);
     }
 
     #[test]

@@ -1068,17 +1068,19 @@ impl Runtime {
             .queue
             .stalled(now, self.config.monitoring.stuck_after_ms);
         let context = context(Actor::System("monitor"), "stalled");
-        for (task_id, agent_id, idle_since) in stalled {
-            // As the agent seen running it: a task that went on to another meanwhile is
-            // not marked for the silence of the one before.
+        for stall in stalled {
+            // As the agent seen running it, with the progress seen: a task that went on
+            // to another agent meanwhile, or reported progress since the queue read it,
+            // is not marked for a silence that ended.
             let command = as_holder(
-                agent_id,
+                stall.agent_id,
                 TaskCommand::MarkStalled {
-                    idle_since,
+                    idle_since: stall.idle_since,
+                    progress_seen: stall.progress_seen,
                     at: now,
                 },
             );
-            self.task_command(task_id, command, &context).await;
+            self.task_command(stall.task_id, command, &context).await;
         }
     }
 

@@ -970,6 +970,7 @@ async fn a_stall_the_task_moved_past_before_the_policy_read_it_gets_no_restart()
     let commands = [
         TaskCommand::MarkStalled {
             idle_since: started,
+            progress_seen: 0,
             at: now,
         },
         TaskCommand::ReportProgress {
@@ -1012,6 +1013,7 @@ async fn a_stall_of_an_attempt_that_ended_before_the_policy_read_it_escalates_no
     let commands = [
         TaskCommand::MarkStalled {
             idle_since: started,
+            progress_seen: 0,
             at: now,
         },
         TaskCommand::CompleteTask {

@@ -190,6 +190,10 @@ pub struct Task {
     pub assigned_at: Option<DateTime<Utc>>,
     /// Set while the running attempt is stalled: since when it reported nothing.
     pub stalled_since: Option<DateTime<Utc>>,
+    /// Progress reports of the running attempt (none at its start): a stall decided on
+    /// fewer was decided before the newest ([`TaskCommand::MarkStalled`]).
+    #[serde(default)]
+    pub progress_reports: u32,
     /// Steering messages for the agent, not yet handed to it.
     pub pending_steering: Vec<Steering>,
     /// The newest steering ids recorded (pending or delivered), oldest first.
@@ -334,11 +338,23 @@ impl Task {
                     .map_err(|p| TaskError::text("message", p))?;
                 Ok(vec![TaskEvent::TaskProgressReported { message }])
             }
-            TaskCommand::MarkStalled { idle_since, at } => {
+            TaskCommand::MarkStalled {
+                idle_since,
+                progress_seen,
+                at,
+            } => {
                 self.ensure_in(&[TaskStatus::Running], "stall")?;
                 let agent_id = self.assigned_agent_id.ok_or(TaskError::NotAssigned)?;
                 if self.stalled_since.is_some() {
                     return Err(TaskError::AlreadyStalled);
+                }
+                // The sweep read the attempt before its newest progress report, which
+                // came after it looked (the report carries no time to compare with).
+                if self.progress_reports != progress_seen {
+                    return Err(TaskError::ProgressSinceStall {
+                        seen: progress_seen,
+                        reported: self.progress_reports,
+                    });
                 }
                 // Idle since before this attempt started: a sweep saw the attempt before
                 // (its queue a moment behind the log), not this one.
@@ -994,12 +1010,14 @@ impl Task {
                 self.started_at = Some(at);
                 self.starts = self.starts.saturating_add(1);
                 self.progress = None;
+                self.progress_reports = 0;
                 // A new attempt: what was said to the last one is moot.
                 self.stalled_since = None;
                 self.pending_steering.clear();
             }
             TaskEvent::TaskProgressReported { message } => {
                 self.progress = Some(message);
+                self.progress_reports = self.progress_reports.saturating_add(1);
                 self.stalled_since = None;
             }
             TaskEvent::TaskStalled { idle_since, .. } => self.stalled_since = Some(idle_since),

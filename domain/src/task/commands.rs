@@ -101,9 +101,12 @@ pub enum TaskCommand {
     ReportProgress {
         message: String,
     },
-    /// Supervision found the running task without progress since `idle_since`.
+    /// Supervision found the running task without progress since `idle_since`, having
+    /// seen `progress_seen` progress reports of the running attempt: refused when there
+    /// are more by now (progress came after the sweep looked).
     MarkStalled {
         idle_since: DateTime<Utc>,
+        progress_seen: u32,
         at: DateTime<Utc>,
     },
     /// A message for the agent running the task. An id already recorded records nothing.

@@ -84,6 +84,8 @@ pub enum TaskError {
     AssignmentSuperseded { current: String },
     #[error("the stall's idle time is before the running attempt's start")]
     StallBeforeStart,
+    #[error("the running attempt reported progress since the stall was found ({reported} reports, {seen} seen)")]
+    ProgressSinceStall { seen: u32, reported: u32 },
     #[error("{max} steering messages already wait for the agent")]
     TooMuchSteering { max: usize },
     #[error("the task reported {max} discoveries already, as many as a task may")]
@@ -173,6 +175,7 @@ impl DomainError for TaskError {
             | AssignmentMovedOn
             | AssignmentSuperseded { .. }
             | StallBeforeStart
+            | ProgressSinceStall { .. }
             | TooMuchSteering { .. }
             | TooManyDiscoveries { .. } => ErrorKind::Conflict,
         }
@@ -241,6 +244,7 @@ impl DomainError for TaskError {
             AssignmentMovedOn => "assignment_moved_on",
             AssignmentSuperseded { .. } => "assignment_superseded",
             StallBeforeStart => "stall_before_start",
+            ProgressSinceStall { .. } => "progress_since_stall",
             TooMuchSteering { .. } => "too_much_steering",
             TooManyDiscoveries { .. } => "too_many_discoveries",
         }

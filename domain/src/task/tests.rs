@@ -1945,6 +1945,7 @@ fn a_stall_idle_since_before_the_attempts_start_is_refused() {
     assert_eq!(running.started_at, Some(t(20)));
     let stall = |idle_since| TaskCommand::MarkStalled {
         idle_since,
+        progress_seen: 0,
         at: t(100),
     };
     let (unchanged, result) = handle(&running, stall(t(19)), &());
@@ -1953,4 +1954,47 @@ fn a_stall_idle_since_before_the_attempts_start_is_refused() {
     let (stalled, result) = handle(&running, stall(t(20)), &());
     assert!(result.is_ok(), "{result:?}");
     assert_eq!(stalled.stalled_since, Some(t(20)));
+}
+
+/// A sweep decides a stall on the attempt as its queue saw it: a progress report that came
+/// after it looked (a report carries no time) makes its stall refused; the count it saw
+/// is the attempt's own, from zero at each start.
+#[test]
+fn a_stall_decided_before_the_newest_progress_report_is_refused() {
+    let progressed: Task = fold(&with(
+        running_from(created()),
+        [TaskEvent::TaskProgressReported {
+            message: "halfway".into(),
+        }],
+    ));
+    assert_eq!(progressed.progress_reports, 1);
+    let stall = |progress_seen| TaskCommand::MarkStalled {
+        idle_since: t(20),
+        progress_seen,
+        at: t(100),
+    };
+    let (unchanged, result) = handle(&progressed, stall(0), &());
+    assert_eq!(
+        result,
+        Err(TaskError::ProgressSinceStall {
+            seen: 0,
+            reported: 1
+        })
+    );
+    assert_eq!(unchanged, progressed);
+    let (stalled, result) = handle(&progressed, stall(1), &());
+    assert!(result.is_ok(), "{result:?}");
+    assert_eq!(stalled.stalled_since, Some(t(20)));
+
+    // Started again, the new attempt counts its own reports.
+    let again: Task = fold(&with(
+        running_from(created()),
+        [
+            TaskEvent::TaskProgressReported {
+                message: "halfway".into(),
+            },
+            TaskEvent::TaskStarted { at: t(30) },
+        ],
+    ));
+    assert_eq!(again.progress_reports, 0);
 }
