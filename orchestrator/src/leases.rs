@@ -21,12 +21,17 @@ pub async fn renew(pool: &PgPool, agent_id: Uuid, organization_id: Uuid) -> sqlx
 
 /// Starts agent `agent_id`'s lease unless it has one: work given to it by someone else
 /// (a person's assignment) is reclaimed if it never beats, without making an agent that
-/// went silent look alive (which [`renew`], its own heartbeat, does).
+/// went silent look alive (which [`renew`], its own heartbeat, does). An expired lease is
+/// started anew: its agent was failed for that silence, and only an agent that takes work
+/// is given any — one released since (failed → quarantined → idle), whose silence counts
+/// from now. Kept expired, the sweep failed the work given to it at once, every time.
 pub async fn start(pool: &PgPool, agent_id: Uuid, organization_id: Uuid) -> sqlx::Result<()> {
     sqlx::query(
         "insert into agent_leases (agent_id, organization_id, heartbeat_at)
          values ($1, $2, now())
-         on conflict (agent_id) do nothing",
+         on conflict (agent_id) do update
+             set heartbeat_at = now(), expired_at = null, degraded_at = null
+           where agent_leases.expired_at is not null",
     )
     .bind(agent_id)
     .bind(organization_id)

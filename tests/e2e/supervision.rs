@@ -186,6 +186,66 @@ async fn silent_agents_are_degraded_then_failed_once_and_a_heartbeat_brings_one_
     let _ = std::fs::remove_dir_all(directory);
 }
 
+/// A failed agent a Guardian quarantined and then released takes work again, and its
+/// silence counts from the work given to it: the sweep does not fail that work at once for
+/// the silence the agent was failed for, and does once the agent is silent again.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_released_agent_given_work_is_not_failed_for_the_silence_before_its_release() {
+    let app = spawn_app().await;
+    let (organization, project) = app.organization_and_project().await;
+    let agent = app.register_agent(&organization).await;
+    agent.heartbeat(&app).await;
+    let directory = scratch_dir();
+    let clock = Clock::default();
+    let mut worker = Worker::stepped(app.database.pool.clone(), config(&clock, &directory));
+    let stale = i64::try_from(STALE_MS / 1000 + 1).expect("seconds");
+    backdate_heartbeat(&app, &agent.id, stale).await;
+    worker.step().await;
+    let changes = status_changes(&app, &agent.id).await;
+    assert_eq!(
+        changes.last().map(|(to, _)| to.as_str()),
+        Some("failed"),
+        "{changes:?}"
+    );
+    for to in ["quarantined", "idle"] {
+        app.must(
+            &format!("/api/v1/agents/{}/status", agent.id),
+            json!({"to": to, "reason": "looked into"}),
+            StatusCode::OK,
+        )
+        .await;
+    }
+
+    let ticket = app.ticket(&project, "Work").await;
+    let task = app.task(&ticket, "Given by hand", json!({})).await;
+    app.must(
+        &format!("/api/v1/tasks/{task}/assign"),
+        json!({"agent_id": agent.id}),
+        StatusCode::OK,
+    )
+    .await;
+    settled_step(&app, &mut worker).await;
+    settled_step(&app, &mut worker).await;
+    app.caught_up().await;
+    let state = app.task_state(&task).await;
+    assert_eq!(state["status"], "assigned", "{state}");
+    assert_eq!(state["last_error"], Value::Null, "{state}");
+
+    // Silent for a lease's length since: its work goes back.
+    backdate_heartbeat(&app, &agent.id, stale).await;
+    settled_step(&app, &mut worker).await;
+    settled_step(&app, &mut worker).await;
+    let state = app.until_task_status(&task, "retry_scheduled").await;
+    assert!(
+        state["last_error"]
+            .as_str()
+            .is_some_and(|error| error.contains("sent no heartbeat")),
+        "{state}"
+    );
+    worker.stop().await;
+    let _ = std::fs::remove_dir_all(directory);
+}
+
 /// A project with `policy`, a task of it started by an HTTP agent, and a stepped worker
 /// whose clock the test moves: (ticket, task, agent, worker, clock).
 async fn stalling(
