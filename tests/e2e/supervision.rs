@@ -1213,3 +1213,55 @@ async fn an_agent_a_person_failed_gives_its_task_back_however_it_heartbeats() {
     }
     let _ = std::fs::remove_dir_all(directory);
 }
+
+/// Coherence weighs the share of open tasks suspected duplicates: a task flagged against
+/// two older ones is one such task, not two (its pairs are two rows of the findings).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_task_flagged_against_two_older_ones_counts_as_one_duplicate() {
+    use omoi_domain::task::{Task, TaskCommand};
+    use omoi_projections::monitoring::{finding_counts, AlertScope};
+    use omoi_store::bus::RetryPolicy;
+    use omoi_store::{Actor, CommandBus, CommandContext};
+
+    let app = spawn_app().await;
+    let (organization, project) = app.organization_and_project().await;
+    let ticket = app.ticket(&project, "Work").await;
+    let older: Vec<String> = futures_util::future::join_all(
+        ["Write the login form", "Write the login form again"]
+            .map(|title| app.task(&ticket, title, json!({}))),
+    )
+    .await;
+    let newest = app
+        .task(&ticket, "Write the login form once more", json!({}))
+        .await;
+    let bus = CommandBus::new(app.database.pool.clone(), RetryPolicy::default());
+    let context = CommandContext::new(Actor::System("conductor"), "duplicates");
+    for duplicate_of in &older {
+        let flag = TaskCommand::FlagDuplicate {
+            duplicate_of: duplicate_of.parse().expect("an id"),
+            similarity: 0.9,
+            at: chrono::Utc::now(),
+        };
+        bus.execute::<Task>(&newest, flag, &context)
+            .await
+            .expect("flagged");
+    }
+    app.caught_up().await;
+    let (_, overview) = app
+        .get(&format!("/api/v1/monitoring/overview?project_id={project}"))
+        .await;
+    assert_eq!(
+        overview["duplicates"].as_array().map(Vec::len),
+        Some(2),
+        "two pairs: {overview}"
+    );
+    let scope = AlertScope {
+        organization_id: organization.parse().expect("an id"),
+        project_id: project.parse().expect("an id"),
+        organization_wide: true,
+    };
+    let counts = finding_counts(&app.database.pool, scope)
+        .await
+        .expect("the counts");
+    assert_eq!(counts.duplicates, 1, "one task is a duplicate");
+}

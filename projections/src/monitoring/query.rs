@@ -147,11 +147,13 @@ pub async fn overview(pool: &PgPool, project_id: Uuid, limit: i64) -> sqlx::Resu
 }
 
 /// How many findings of a project are open, each kind counted whole (the lists are
-/// bounded): stalled tasks, duplicate pairs, and the open alerts of its [`AlertScope`] —
-/// what the Conductor's coherence weighs.
+/// bounded): stalled tasks, tasks suspected duplicates, and the open alerts of its
+/// [`AlertScope`] — what the Conductor's coherence weighs.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct FindingCounts {
     pub stalled_tasks: i64,
+    /// Tasks flagged as duplicates of an older one, each once however many older ones
+    /// it resembles (coherence weighs their share of the open tasks).
     pub duplicates: i64,
     pub alerts: i64,
 }
@@ -160,7 +162,8 @@ pub struct FindingCounts {
 pub async fn finding_counts(pool: &PgPool, scope: AlertScope) -> sqlx::Result<FindingCounts> {
     let (stalled_tasks, duplicates, alerts) = sqlx::query_as(
         "select (select count(*) from monitoring_stalled where project_id = $2),
-                (select count(*) from monitoring_duplicates where project_id = $2),
+                (select count(distinct task_id) from monitoring_duplicates
+                  where project_id = $2),
                 (select count(*) from monitoring_alerts
                   where organization_id = $1
                     and (project_id = $2 or ($3 and project_id is null)))",
