@@ -13,8 +13,8 @@ use tokio::sync::watch;
 /// The channel commits are announced on.
 pub const CHANNEL: &str = "omoi_events";
 
-/// Bumps `wake` on every announcement of another process's commits, reconnecting when the
-/// connection is lost. A pool of its own, so that the listening connection does not take
+/// Bumps `wake` on every announcement of another process's commits, and when the
+/// connection was lost (announcements may have been missed), reconnecting. A pool of its own, so that the listening connection does not take
 /// one of the application's.
 pub async fn listen(options: PgConnectOptions, wake: watch::Sender<u64>) {
     loop {
@@ -24,7 +24,11 @@ pub async fn listen(options: PgConnectOptions, wake: watch::Sender<u64>) {
             let mut listener = PgListener::connect_with(&pool).await?;
             listener.listen(CHANNEL).await?;
             loop {
-                listener.recv().await?;
+                // `None`: the connection was lost, and is made again on the next call.
+                // What was announced meanwhile is lost with it: the readers are woken to
+                // look, as for an announcement. (`recv` reconnects without a word, so the
+                // wake-ups of that gap were lost until the readers' next poll.)
+                listener.try_recv().await?;
                 wake.send_modify(|n| *n = n.wrapping_add(1));
             }
         };

@@ -588,3 +588,61 @@ async fn a_deadlock_is_a_conflict_and_an_ended_connection_is_the_database_away()
         "an append on an ended connection: unavailable"
     );
 }
+
+/// A listener for other processes' commits whose connection the server ended wakes its
+/// readers when it connects again: what was announced in between is lost with the
+/// connection, and the readers must look rather than wait for their next poll.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_listener_that_lost_its_connection_wakes_its_readers_on_reconnecting() {
+    use omoi_store::wakeup::{listen, CHANNEL};
+
+    let app = spawn_app().await;
+    let (wake, mut woken) = tokio::sync::watch::channel(0_u64);
+    // Named, to tell its session from the server's own listeners.
+    let options = app
+        .database
+        .options
+        .clone()
+        .application_name("the test's listener");
+    let listener = tokio::spawn(listen(options, wake));
+    let listening = "select pid from pg_stat_activity
+                      where datname = current_database()
+                        and application_name = 'the test''s listener'
+                        and query ilike 'listen%'";
+    let mut pid: Option<i32> = None;
+    for _ in 0..100 {
+        pid = sqlx::query_scalar(listening)
+            .fetch_optional(&app.database.pool)
+            .await
+            .expect("the sessions");
+        if pid.is_some() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let pid = pid.expect("the listener's session");
+    // An announcement wakes the readers.
+    woken.mark_unchanged();
+    sqlx::query("select pg_notify($1, '')")
+        .bind(CHANNEL)
+        .execute(&app.database.pool)
+        .await
+        .expect("announced");
+    tokio::time::timeout(std::time::Duration::from_secs(10), woken.changed())
+        .await
+        .expect("woken by the announcement")
+        .expect("the listener runs");
+    // So does losing the connection, with no announcement at all.
+    woken.mark_unchanged();
+    let terminated: bool = sqlx::query_scalar("select pg_terminate_backend($1, 10000)")
+        .bind(pid)
+        .fetch_one(&app.database.pool)
+        .await
+        .expect("terminated");
+    assert!(terminated);
+    tokio::time::timeout(std::time::Duration::from_secs(10), woken.changed())
+        .await
+        .expect("woken on losing the connection")
+        .expect("the listener runs");
+    listener.abort();
+}
