@@ -287,10 +287,6 @@ impl From<AdmissionError> for ApiError {
                 code: "spec_archived",
                 detail,
             },
-            Refusal::SpecCompleted(_) => Self::Conflict {
-                code: "spec_completed",
-                detail,
-            },
             Refusal::DependencyInOtherProject(_) => Self::Conflict {
                 code: "dependency_in_other_project",
                 detail,

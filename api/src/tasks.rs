@@ -226,7 +226,7 @@ pub(crate) fn check_holder(
 }
 
 /// Creates a pending task for a ticket. The ticket must exist and not be done, its spec
-/// (if any) must not be archived or completed, and its project must be active; the task belongs to the ticket's organization and project.
+/// (if any) must not be archived, and its project must be active; the task belongs to the ticket's organization and project.
 /// Phase and priority default to the ticket's. Every dependency must be an existing
 /// task of the same project.
 #[utoipa::path(post, path = "/api/v1/tasks", tag = "tasks", request_body = CreateTask,
@@ -235,8 +235,7 @@ pub(crate) fn check_holder(
         (status = 404, body = Problem, description = "no such ticket"),
         (status = 409, body = Problem,
             description = "the ticket is done (`ticket_done`), its spec archived \
-                (`spec_archived`) or completed (`spec_completed`), or its project archived \
-                (`project_archived`)"),
+                (`spec_archived`), or its project archived (`project_archived`)"),
         (status = 422, body = Problem),
     ))]
 async fn create_task(

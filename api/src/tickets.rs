@@ -92,8 +92,7 @@ type TicketResponse = ApiResult<Json<Versioned<Ticket>>>;
         (status = 201, body = Versioned<Ticket>), (status = 400, body = Problem),
         (status = 404, body = Problem, description = "no such project"),
         (status = 409, body = Problem, description = "the project is archived \
-            (`project_archived`), or the spec named archived (`spec_archived`) or completed \
-            (`spec_completed`)"),
+            (`project_archived`), or the spec named archived (`spec_archived`)"),
         (status = 422, body = Problem),
     ))]
 async fn create_ticket(

@@ -656,10 +656,10 @@ async fn archiving_an_executing_spec_cancels_its_open_tasks_and_keeps_worked_wor
     assert_eq!(whole, history);
 }
 
-/// A stopped spec takes no more work: archiving it cancels every open task on its
-/// tickets — its plan's, one added by hand, one an agent discovered — and work on any of
-/// them keeps its workflow counted; its tickets then take no new task, and no new ticket
-/// names it.
+/// An archived spec takes no more work: archiving it cancels every open task on a ticket
+/// naming it — its plan's, one added by hand, one an agent discovered, one on a ticket a
+/// person made naming it — and work on any of them keeps its workflow counted; its
+/// tickets then take no new task, and no new ticket names it.
 #[tokio::test(flavor = "multi_thread")]
 async fn archiving_a_spec_cancels_every_open_task_on_its_tickets_and_takes_no_new_work() {
     let app = spawn_app().await;
@@ -669,6 +669,14 @@ async fn archiving_a_spec_cancels_every_open_task_on_its_tickets_and_takes_no_ne
     let id = |key: &str| created_id(&approval, key).to_string();
     let account = format!("/api/v1/billing/account?organization_id={organization}");
     // Work on a task added by hand, and a discovery of that work: none of the plan's own.
+    // And a ticket a person made naming the spec, with its work.
+    let follow_up = app
+        .create(
+            "/api/v1/tickets",
+            json!({"project_id": project, "title": "Follow-up", "spec_id": spec}),
+        )
+        .await;
+    let follow_up_task = app.task(&follow_up, "Docs", json!({})).await;
     let by_hand = app.task(&id("TKT-1"), "Hand-made", json!({})).await;
     let agent = worker(&app, &organization).await;
     assign(&app, &agent, &by_hand).await;
@@ -699,6 +707,10 @@ async fn archiving_a_spec_cancels_every_open_task_on_its_tickets_and_takes_no_ne
     for (task, what) in [
         (by_hand.as_str(), "added by hand, running"),
         (discovered.as_str(), "discovered"),
+        (
+            follow_up_task.as_str(),
+            "on a hand-made ticket naming the spec",
+        ),
     ]
     .into_iter()
     .chain(["TSK-1", "TSK-2", "TSK-3", "TSK-4"].map(|key| (key, "the plan's")))
@@ -1652,6 +1664,16 @@ async fn completing_an_executing_spec_by_hand_stops_its_open_work() {
         StatusCode::OK,
     )
     .await;
+    // Work added by hand to a ticket of the plan ends with the plan's; a ticket a person
+    // made naming the spec is not the plan's, and keeps its work.
+    let on_the_plan = app.task(&id("TKT-1"), "Polish", json!({})).await;
+    let follow_up = app
+        .create(
+            "/api/v1/tickets",
+            json!({"project_id": project, "title": "Follow-up", "spec_id": spec}),
+        )
+        .await;
+    let follow_up_task = app.task(&follow_up, "Docs", json!({})).await;
 
     let completed = app
         .must(
@@ -1671,6 +1693,8 @@ async fn completing_an_executing_spec_by_hand_stops_its_open_work() {
     for key in ["TSK-2", "TSK-3", "TSK-4"] {
         assert_eq!(status(key).await, "cancelled", "{key}");
     }
+    assert_eq!(app.task_state(&on_the_plan).await["status"], "cancelled");
+    assert_eq!(app.task_state(&follow_up_task).await["status"], "pending");
     let events = log(&app).await;
     let completion = events
         .iter()
@@ -1691,14 +1715,10 @@ async fn completing_an_executing_spec_by_hand_stops_its_open_work() {
         async move { app.get(account).await.1["usage"]["workflows_used"].clone() }
     };
     assert_eq!(used().await, 1, "work was done: counted");
-    let (status, refused) = app
-        .post(
-            "/api/v1/tasks",
-            json!({"ticket_id": id("TKT-2"), "title": "More", "task_type": "implement"}),
-        )
-        .await;
-    assert_eq!(status, StatusCode::CONFLICT, "{refused}");
-    assert_eq!(refused["code"], "spec_completed", "{refused}");
+    // A completed spec still takes a follow-up's work, and keeps it.
+    let more = app.task(&follow_up, "More docs", json!({})).await;
+    app.caught_up().await;
+    assert_eq!(app.task_state(&more).await["status"], "pending");
 
     // Completed before any work: a completed spec's workflow stays counted all the same
     // (archived, it would be given back).

@@ -1,9 +1,9 @@
 //! Admission: whether new work may join the work that exists — the rules spanning
 //! aggregates that a person's request meets before its command is decided. New work joins
 //! only a project that is not archived; a task joins only a ticket that is not done and
-//! whose spec (if any) was not stopped; a task waits only for tasks of its own project,
-//! and never in a circle; a ticket names only a spec of its own project that was not
-//! stopped. A spec stopped meanwhile is `spec_archival`'s: it cancels what joined it. Handlers load what
+//! whose spec (if any) is not archived; a task waits only for tasks of its own project,
+//! and never in a circle; a ticket names only a spec of its own project that is not
+//! archived. A spec archived meanwhile is `spec_archival`'s: it cancels what joined it. Handlers load what
 //! the caller may see (authorization is theirs) and translate a [`Refusal`] to HTTP; the
 //! rules themselves live here, beside the process managers that apply the others.
 
@@ -37,8 +37,6 @@ pub enum Refusal {
     SpecInOtherProject(Uuid),
     #[error("spec {0} is archived; no new work can be added to it")]
     SpecArchived(Uuid),
-    #[error("spec {0} is completed; no new work can be added to it")]
-    SpecCompleted(Uuid),
     #[error("circular dependency: {0}")]
     Cycle(String),
     #[error(
@@ -79,7 +77,7 @@ pub fn project_takes_work(project_id: Uuid, project: &Project) -> Result<(), Ref
     }
 }
 
-/// A task may join ticket `ticket_id` unless the ticket is done or its spec was stopped.
+/// A task may join ticket `ticket_id` unless the ticket is done or its spec archived.
 pub async fn ticket_takes_tasks(
     bus: &CommandBus,
     ticket_id: Uuid,
@@ -99,11 +97,11 @@ pub async fn ticket_takes_tasks(
     }
 }
 
-/// New work may join spec `spec_id` unless it was stopped: archived or completed.
+/// New work may join spec `spec_id` unless it is archived. A completed spec's plan is
+/// done, but a person may still add work it names (a follow-up).
 fn spec_takes_work(spec_id: Uuid, spec: &Spec) -> Result<(), Refusal> {
     match spec.phase {
         SpecPhase::Archived => Err(Refusal::SpecArchived(spec_id)),
-        SpecPhase::Completed => Err(Refusal::SpecCompleted(spec_id)),
         _ => Ok(()),
     }
 }
@@ -149,7 +147,7 @@ pub async fn dependencies_in_project(
 }
 
 /// A ticket of the referrer's project may name spec `spec_id` (or none): a spec of the
-/// same project, not stopped.
+/// same project, not archived.
 pub async fn spec_in_project(
     bus: &CommandBus,
     spec_id: Option<Uuid>,
