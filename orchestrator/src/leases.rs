@@ -24,7 +24,9 @@ pub async fn renew(pool: &PgPool, agent_id: Uuid, organization_id: Uuid) -> sqlx
 /// went silent look alive (which [`renew`], its own heartbeat, does). An expired lease is
 /// started anew: its agent was failed for that silence, and only an agent that takes work
 /// is given any — one released since (failed → quarantined → idle), whose silence counts
-/// from now. Kept expired, the sweep failed the work given to it at once, every time.
+/// from now. Kept expired, the sweep failed the work given to it at once, every time. (A
+/// sweep that claimed the lease and has not failed the agent yet meets a lease started
+/// anew: the agent is failed all the same, and its work goes back a lease later.)
 pub async fn start(pool: &PgPool, agent_id: Uuid, organization_id: Uuid) -> sqlx::Result<()> {
     sqlx::query(
         "insert into agent_leases (agent_id, organization_id, heartbeat_at)

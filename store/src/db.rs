@@ -74,9 +74,9 @@ pub async fn migrate(pool: &PgPool) -> Result<(), sqlx::migrate::MigrateError> {
 
 /// Whether `error` says the database could not be reached or went away, so that trying
 /// again later may succeed (503 to a client): no connection from the pool in time, the
-/// connection broken (I/O, SQLSTATE class 08), or the server shutting down, crashed or
-/// not yet accepting connections (57P01, 57P02, 57P03). Whether a statement sent before
-/// it committed is then unknown.
+/// connection broken (I/O, SQLSTATE class 08 but for 08P01, a protocol violation: ours),
+/// or the server shutting down, crashed or not yet accepting connections (57P01, 57P02,
+/// 57P03). Whether a statement sent before it committed is then unknown.
 pub fn is_unavailable(error: &sqlx::Error) -> bool {
     match error {
         sqlx::Error::PoolTimedOut
@@ -84,7 +84,8 @@ pub fn is_unavailable(error: &sqlx::Error) -> bool {
         | sqlx::Error::Io(_)
         | sqlx::Error::WorkerCrashed => true,
         _ => sqlstate(error).is_some_and(|code| {
-            code.starts_with("08") || matches!(code.as_str(), "57P01" | "57P02" | "57P03")
+            (code.starts_with("08") && code != "08P01")
+                || matches!(code.as_str(), "57P01" | "57P02" | "57P03")
         }),
     }
 }

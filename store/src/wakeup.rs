@@ -23,6 +23,9 @@ pub async fn listen(options: PgConnectOptions, wake: watch::Sender<u64>) {
             let pool = PgPool::connect_lazy_with(options.clone());
             let mut listener = PgListener::connect_with(&pool).await?;
             listener.listen(CHANNEL).await?;
+            // Listening (again, after a connection that failed here): what was announced
+            // while nobody listened is lost, so the readers look.
+            wake.send_modify(|n| *n = n.wrapping_add(1));
             loop {
                 // `None`: the connection was lost, and is made again on the next call.
                 // What was announced meanwhile is lost with it: the readers are woken to

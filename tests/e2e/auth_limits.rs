@@ -528,9 +528,11 @@ async fn the_server_prunes_expired_credentials_periodically() {
 
 /// A made-up API key costs the server a database lookup, and anyone can send one. Each
 /// credential refused after a lookup spends the client address's quota of refusals; past
-/// it the address gets no lookup at all (429, before the database: a valid key not in the
-/// cache is refused too, and another address is not). Accepted credentials spend nothing,
-/// however many one address holds, nor does a token refused by its signature alone.
+/// it the address gets no lookup for a credential not accepted lately (429, before the
+/// database: a valid key never used is refused too, and another address is not), while
+/// the keys a lookup accepted lately still work (the valid agents behind the address of a
+/// client sending revoked keys). Accepted credentials spend nothing, however many one
+/// address holds, nor does a token refused by its signature alone.
 #[tokio::test(flavor = "multi_thread")]
 async fn refused_credentials_bar_their_address_from_lookups_and_accepted_ones_cost_nothing() {
     use reqwest::Method;
@@ -547,7 +549,7 @@ async fn refused_credentials_bar_their_address_from_lookups_and_accepted_ones_co
     .await;
     let (organization, _) = app.organization_and_project().await;
     let mut keys = Vec::new();
-    for n in 0..6 {
+    for n in 0..7 {
         let (status, created) = app
             .post(
                 "/api/v1/auth/api-keys",
@@ -579,6 +581,7 @@ async fn refused_credentials_bar_their_address_from_lookups_and_accepted_ones_co
     let client = "198.51.100.7";
 
     // Six valid keys, each looked up, and a token with a forged signature: none spends.
+    let never_used = keys.pop().expect("a seventh key");
     for key in &keys {
         let answer = me(key.clone(), client).await;
         assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
@@ -594,8 +597,17 @@ async fn refused_credentials_bar_their_address_from_lookups_and_accepted_ones_co
         assert_eq!(refused.status, StatusCode::UNAUTHORIZED, "{}", refused.body);
     }
     assert_too_many(&me(made_up(4), client).await, 60);
-    let valid_but_barred = me(keys[0].clone(), client).await;
+    let valid_but_barred = me(never_used.clone(), client).await;
     assert_too_many(&valid_but_barred, 60);
+    for key in &keys {
+        let known = me(key.clone(), client).await;
+        assert_eq!(
+            known.status,
+            StatusCode::OK,
+            "accepted lately: {}",
+            known.body
+        );
+    }
     assert!(
         valid_but_barred.body["detail"]
             .as_str()
@@ -604,7 +616,7 @@ async fn refused_credentials_bar_their_address_from_lookups_and_accepted_ones_co
         valid_but_barred.body
     );
     // Another address is not barred, and its own refusals are its own.
-    let elsewhere = me(keys[1].clone(), "198.51.100.8").await;
+    let elsewhere = me(never_used, "198.51.100.8").await;
     assert_eq!(elsewhere.status, StatusCode::OK, "{}", elsewhere.body);
     let refused = me(made_up(5), "198.51.100.8").await;
     assert_eq!(refused.status, StatusCode::UNAUTHORIZED, "{}", refused.body);

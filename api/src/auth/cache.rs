@@ -10,7 +10,7 @@
 //! effect here within `ttl`. A `ttl` of zero disables the cache.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use uuid::Uuid;
@@ -19,6 +19,12 @@ use super::Caller;
 
 /// Entries beyond this are dropped (expired ones first) so memory stays bounded.
 const MAX_ENTRIES: usize = 10_000;
+
+/// How long a credential accepted by a lookup is known as one ([`CredentialCache::accepted_lately`]).
+const KNOWN_FOR: Duration = Duration::from_secs(3_600);
+
+/// Credentials known as accepted, at most (a few megabytes).
+const MAX_KNOWN: usize = 100_000;
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum CredentialKey {
@@ -31,6 +37,12 @@ pub enum CredentialKey {
 pub struct CredentialCache {
     ttl: Duration,
     entries: Mutex<Entries>,
+    /// Credentials a lookup accepted within [`KNOWN_FOR`] and no lookup refused since,
+    /// whatever `ttl` is: an address barred for refused credentials
+    /// (`guard::Guard::check_lookup`) still has these looked up, so that one client's
+    /// revoked or made-up keys do not stop the valid ones behind the same address (a
+    /// worker's agents, a NAT).
+    known: Mutex<HashMap<CredentialKey, Instant>>,
 }
 
 #[derive(Default)]
@@ -45,7 +57,32 @@ impl CredentialCache {
         Self {
             ttl,
             entries: Mutex::new(Entries::default()),
+            known: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Whether a lookup accepted `key` lately and none refused it since.
+    pub fn accepted_lately(&self, key: &CredentialKey) -> bool {
+        let known = self.known.lock().unwrap_or_else(PoisonError::into_inner);
+        known
+            .get(key)
+            .is_some_and(|accepted_at| accepted_at.elapsed() < KNOWN_FOR)
+    }
+
+    /// Records that a lookup accepted `key` (or, `false`, refused it).
+    pub fn looked_up(&self, key: &CredentialKey, accepted: bool) {
+        let mut known = self.known.lock().unwrap_or_else(PoisonError::into_inner);
+        if !accepted {
+            known.remove(key);
+            return;
+        }
+        if known.len() >= MAX_KNOWN && !known.contains_key(key) {
+            known.retain(|_, accepted_at| accepted_at.elapsed() < KNOWN_FOR);
+            if known.len() >= MAX_KNOWN {
+                return;
+            }
+        }
+        known.insert(key.clone(), Instant::now());
     }
 
     /// Taken before a credential is read from the database, and handed to [`Self::put`]:

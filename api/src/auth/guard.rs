@@ -25,7 +25,9 @@
 //!   database lookup (an API key by its prefix, an access token's revocation), and anyone
 //!   can send made-up API keys. Each credential refused *after such a lookup* spends one of
 //!   the client address's quota of refusals; past it, the address gets no lookup until
-//!   the quota allows one more: **429** with `Retry-After`, before the database. Accepted
+//!   the quota allows one more: **429** with `Retry-After`, before the database — but for a
+//!   credential a lookup accepted lately (`CredentialCache::accepted_lately`), so that the
+//!   valid agents behind the address of a client sending revoked keys go on. Accepted
 //!   credentials spend nothing, so one address may hold any number of valid ones (a
 //!   worker's agents), and a token refused by its signature alone costs no lookup and
 //!   spends nothing either.

@@ -420,7 +420,8 @@ const INVALID_TOKEN: ApiError = ApiError::Unauthorized {
 
 /// A token whose signature and expiry hold but is not in the cache is looked up (its
 /// revocation, its user's memberships); one refused then spends the client's quota of
-/// refused credentials ([`guard::Guard::refused_lookup`]).
+/// refused credentials ([`guard::Guard::refused_lookup`]). A barred address's token is
+/// looked up only if a lookup accepted it lately ([`cache::CredentialCache::accepted_lately`]).
 async fn user_caller(state: &AppState, token: &str, client: IpAddr) -> Result<Caller, ApiError> {
     let claims = state
         .tokens
@@ -430,15 +431,19 @@ async fn user_caller(state: &AppState, token: &str, client: IpAddr) -> Result<Ca
     if let Some(caller) = state.credentials.get(&key) {
         return Ok(caller);
     }
-    state.guard.check_lookup(client)?;
+    if !state.credentials.accepted_lately(&key) {
+        state.guard.check_lookup(client)?;
+    }
     let read_at = state.credentials.generation();
     let check = accounts::access_check(state.pool(), claims.sub, claims.jti).await?;
     let Some(check) = check.filter(|check| {
         !check.token_revoked && claims.issued_at() >= check.user.tokens_valid_after
     }) else {
+        state.credentials.looked_up(&key, false);
         state.guard.refused_lookup(client);
         return Err(INVALID_TOKEN);
     };
+    state.credentials.looked_up(&key, true);
     let caller = Caller {
         identity: Identity::User {
             id: check.user.id,
@@ -456,14 +461,17 @@ async fn user_caller(state: &AppState, token: &str, client: IpAddr) -> Result<Ca
 /// organization, both read by the one query that finds the key; a key whose creator is no
 /// longer a member (nor a super admin) is refused like a revoked one. A key not in the
 /// cache is looked up; one refused then spends the client's quota of refused credentials
-/// ([`guard::Guard::refused_lookup`]).
+/// ([`guard::Guard::refused_lookup`]). A barred address's key is looked up only if a
+/// lookup accepted it lately ([`cache::CredentialCache::accepted_lately`]).
 async fn api_key_caller(state: &AppState, key: &str, client: IpAddr) -> Result<Caller, ApiError> {
     let digest = keys::sha256(key);
     let cache_key = CredentialKey::ApiKey(digest.clone());
     if let Some(caller) = state.credentials.get(&cache_key) {
         return Ok(caller);
     }
-    state.guard.check_lookup(client)?;
+    if !state.credentials.accepted_lately(&cache_key) {
+        state.guard.check_lookup(client)?;
+    }
     let read_at = state.credentials.generation();
     let found = accounts::api_key_by_prefix(state.pool(), keys::prefix_of(key))
         .await?
@@ -474,11 +482,13 @@ async fn api_key_caller(state: &AppState, key: &str, client: IpAddr) -> Result<C
         let (role, creator_role) = (found.effective_role()?, found.creator_role()?);
         Some((found, role, creator_role))
     }) else {
+        state.credentials.looked_up(&cache_key, false);
         state.guard.refused_lookup(client);
         return Err(ApiError::Unauthorized {
             detail: "the API key is invalid or revoked, or its creator is no longer a member",
         });
     };
+    state.credentials.looked_up(&cache_key, true);
     let record = found.key;
     let caller = Caller {
         identity: Identity::ApiKey {

@@ -141,6 +141,9 @@ impl Link {
                     "the token is not valid (expired, revoked or unknown); the socket keeps its \
                      credential",
                 )),
+                Err(ApiError::TooManyRequests { detail, .. }) => {
+                    return Err(WsError::new("too_many_requests", detail))
+                }
                 Err(error) => {
                     tracing::warn!(?error, "live: could not verify a new credential");
                     return Err(WsError::new(
