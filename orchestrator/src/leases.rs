@@ -21,19 +21,14 @@ pub async fn renew(pool: &PgPool, agent_id: Uuid, organization_id: Uuid) -> sqlx
 
 /// Starts agent `agent_id`'s lease unless it has one: work given to it by someone else
 /// (a person's assignment) is reclaimed if it never beats, without making an agent that
-/// went silent look alive (which [`renew`], its own heartbeat, does). An expired lease is
-/// started anew: its agent was failed for that silence, and only an agent that takes work
-/// is given any — one released since (failed → quarantined → idle), whose silence counts
-/// from now. Kept expired, the sweep failed the work given to it at once, every time. (A
-/// sweep that claimed the lease and has not failed the agent yet meets a lease started
-/// anew: the agent is failed all the same, and its work goes back a lease later.)
+/// went silent look alive (which [`renew`], its own heartbeat, does). An agent failed for
+/// its silence takes no work until released, and its release starts its lease anew (the
+/// migration `release_restarts_lease`).
 pub async fn start(pool: &PgPool, agent_id: Uuid, organization_id: Uuid) -> sqlx::Result<()> {
     sqlx::query(
         "insert into agent_leases (agent_id, organization_id, heartbeat_at)
          values ($1, $2, now())
-         on conflict (agent_id) do update
-             set heartbeat_at = now(), expired_at = null, degraded_at = null
-           where agent_leases.expired_at is not null",
+         on conflict (agent_id) do nothing",
     )
     .bind(agent_id)
     .bind(organization_id)

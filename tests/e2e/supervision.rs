@@ -186,9 +186,10 @@ async fn silent_agents_are_degraded_then_failed_once_and_a_heartbeat_brings_one_
     let _ = std::fs::remove_dir_all(directory);
 }
 
-/// A failed agent a Guardian quarantined and then released takes work again, and its
-/// silence counts from the work given to it: the sweep does not fail that work at once for
-/// the silence the agent was failed for, and does once the agent is silent again.
+/// A failed agent a Guardian quarantined and then released is watched for silence anew
+/// from its release: the work given to it is not failed at once for the silence it was
+/// failed for, and once it is silent for a lease's length again it is failed again and its
+/// work goes back (before, its lapsed lease kept it `idle` for ever).
 #[tokio::test(flavor = "multi_thread")]
 async fn a_released_agent_given_work_is_not_failed_for_the_silence_before_its_release() {
     let app = spawn_app().await;
@@ -231,7 +232,7 @@ async fn a_released_agent_given_work_is_not_failed_for_the_silence_before_its_re
     assert_eq!(state["status"], "assigned", "{state}");
     assert_eq!(state["last_error"], Value::Null, "{state}");
 
-    // Silent for a lease's length since: its work goes back.
+    // Silent for a lease's length since: failed again, and its work goes back.
     backdate_heartbeat(&app, &agent.id, stale).await;
     settled_step(&app, &mut worker).await;
     settled_step(&app, &mut worker).await;
@@ -241,6 +242,28 @@ async fn a_released_agent_given_work_is_not_failed_for_the_silence_before_its_re
             .as_str()
             .is_some_and(|error| error.contains("sent no heartbeat")),
         "{state}"
+    );
+    let failures =
+        |changes: &[(String, String)]| changes.iter().filter(|(to, _)| to == "failed").count();
+    let changes = status_changes(&app, &agent.id).await;
+    assert_eq!(failures(&changes), 2, "failed again: {changes:?}");
+
+    // Released again and given nothing: silent, it is failed again all the same.
+    for to in ["quarantined", "idle"] {
+        app.must(
+            &format!("/api/v1/agents/{}/status", agent.id),
+            json!({"to": to, "reason": "looked into again"}),
+            StatusCode::OK,
+        )
+        .await;
+    }
+    backdate_heartbeat(&app, &agent.id, stale).await;
+    settled_step(&app, &mut worker).await;
+    let changes = status_changes(&app, &agent.id).await;
+    assert_eq!(
+        failures(&changes),
+        3,
+        "silent after its release: {changes:?}"
     );
     worker.stop().await;
     let _ = std::fs::remove_dir_all(directory);
