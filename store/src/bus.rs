@@ -225,7 +225,8 @@ pub struct CommandBus {
     retry: RetryPolicy,
     trust_kept: bool,
     stripes: Vec<Mutex<()>>,
-    /// Bumped after every commit that appended events: wakes projectors in this process.
+    /// Bumped after every commit that appended events (by the appender, which knows it
+    /// even when the caller is gone): wakes projectors in this process.
     commits: tokio::sync::watch::Sender<u64>,
     /// Aggregates as this process last committed or loaded them.
     cache: AggregateCache,
@@ -258,13 +259,14 @@ impl CommandBus {
     }
 
     pub fn configured(pool: PgPool, config: BusConfig) -> Self {
+        let commits = tokio::sync::watch::channel(0).0;
         Self {
-            appender: GroupCommit::new(pool.clone(), config.group),
+            appender: GroupCommit::new(pool.clone(), config.group, commits.clone()),
             pool,
             retry: config.retry,
             trust_kept: config.trust_kept,
             stripes: (0..LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
-            commits: tokio::sync::watch::channel(0).0,
+            commits,
             cache: AggregateCache::new(config.cached),
         }
     }
@@ -363,12 +365,8 @@ impl CommandBus {
                     return Err(CommandError::Conflict { attempts: attempt })
                 }
                 Err(AttemptError::Failed(error)) => return Err(error),
-                Ok(committed) => {
-                    if committed.appended > 0 {
-                        self.commits.send_modify(|n| *n = n.wrapping_add(1));
-                    }
-                    return Ok(committed);
-                }
+                // The appender announced the commit.
+                Ok(committed) => return Ok(committed),
             }
         }
     }
@@ -571,15 +569,12 @@ impl CommandBus {
                 .add_to(&mut rows, context)
                 .and_then(|()| two.add_to(&mut rows, context))
             {
-                Ok(()) if rows.is_empty() => Ok(false),
-                Ok(()) => self.appender.append(rows).await.map(|()| true),
+                // The appender announces the commit (nothing to append: no commit).
+                Ok(()) => self.appender.append(rows).await,
                 Err(error) => Err(error),
             };
             match appended {
-                Ok(appended) => {
-                    if appended {
-                        self.commits.send_modify(|n| *n = n.wrapping_add(1));
-                    }
+                Ok(()) => {
                     self.keep(&one);
                     self.keep(&two);
                     return Ok((one.committed(), two.committed()));

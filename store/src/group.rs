@@ -21,12 +21,17 @@
 //! makes each of them be appended again on its own, so only the failing one fails. A lost
 //! connection answers every member "unavailable": whether they committed is unknown, as for
 //! a single command.
+//!
+//! Every commit is announced here, where it is known ([`GroupCommit::new`]'s `commits`),
+//! not by the caller: a caller whose request was dropped while its rows were queued or
+//! written (its client hung up) still has them committed, and this process's readers
+//! learn of them at once rather than at their next poll.
 
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use sqlx::PgPool;
-use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 use tokio::time::Instant;
 
 use crate::append::{AppendError, Rows};
@@ -56,6 +61,8 @@ impl Default for GroupCommitConfig {
 /// The appends of one command bus.
 pub struct GroupCommit {
     pool: PgPool,
+    /// Bumped after every commit of appended events.
+    commits: watch::Sender<u64>,
     config: GroupCommitConfig,
     /// Started by the first append, on the runtime that makes it.
     queue: OnceLock<mpsc::Sender<Request>>,
@@ -67,9 +74,11 @@ struct Request {
 }
 
 impl GroupCommit {
-    pub fn new(pool: PgPool, config: GroupCommitConfig) -> Self {
+    /// Appends on `pool`, bumping `commits` after each commit.
+    pub fn new(pool: PgPool, config: GroupCommitConfig, commits: watch::Sender<u64>) -> Self {
         Self {
             pool,
+            commits,
             config,
             queue: OnceLock::new(),
         }
@@ -81,7 +90,11 @@ impl GroupCommit {
             return Ok(());
         }
         if self.config.max_commands <= 1 {
-            return rows.insert(&self.pool).await;
+            let inserted = rows.insert(&self.pool).await;
+            if inserted.is_ok() {
+                announce(&self.commits);
+            }
+            return inserted;
         }
         let queue = self.queue.get_or_init(|| self.start());
         let (answer, answered) = oneshot::channel();
@@ -96,13 +109,28 @@ impl GroupCommit {
 
     fn start(&self) -> mpsc::Sender<Request> {
         let (queue, requests) = mpsc::channel(self.config.max_commands.saturating_mul(4));
-        tokio::spawn(gather(requests, self.pool.clone(), self.config));
+        let writer = Writer {
+            pool: self.pool.clone(),
+            commits: self.commits.clone(),
+        };
+        tokio::spawn(gather(requests, writer, self.config));
         queue
     }
 }
 
+/// Where batches are written, and their commits announced.
+#[derive(Clone)]
+struct Writer {
+    pool: PgPool,
+    commits: watch::Sender<u64>,
+}
+
+fn announce(commits: &watch::Sender<u64>) {
+    commits.send_modify(|n| *n = n.wrapping_add(1));
+}
+
 /// Takes batches off the queue while a batch slot is free; ends with the bus.
-async fn gather(mut requests: mpsc::Receiver<Request>, pool: PgPool, config: GroupCommitConfig) {
+async fn gather(mut requests: mpsc::Receiver<Request>, writer: Writer, config: GroupCommitConfig) {
     let slots = Arc::new(Semaphore::new(config.in_flight.max(1)));
     loop {
         let Ok(slot) = slots.clone().acquire_owned().await else {
@@ -123,16 +151,17 @@ async fn gather(mut requests: mpsc::Receiver<Request>, pool: PgPool, config: Gro
                 },
             }
         }
-        let pool = pool.clone();
+        let writer = writer.clone();
         tokio::spawn(async move {
-            write(&pool, batch).await;
+            write(&writer, batch).await;
             drop(slot);
         });
     }
 }
 
 /// Appends a batch in one statement and answers each member.
-async fn write(pool: &PgPool, batch: Vec<Request>) {
+async fn write(writer: &Writer, batch: Vec<Request>) {
+    let pool = &writer.pool;
     let mut rows = Rows::new();
     let mut units = Vec::new();
     let mut starts = Vec::with_capacity(batch.len());
@@ -145,6 +174,9 @@ async fn write(pool: &PgPool, batch: Vec<Request>) {
     }
     match rows.insert_units(pool, &units).await {
         Ok(taken) => {
+            if taken.len() < answers.len() {
+                announce(&writer.commits);
+            }
             for (unit, answer) in (0_i32..).zip(answers) {
                 let outcome = match taken.contains(&unit) {
                     true => Err(AppendError::Conflict),
@@ -170,7 +202,11 @@ async fn write(pool: &PgPool, batch: Vec<Request>) {
                 alone.push(rows.split_off(start));
             }
             for (rows, answer) in alone.into_iter().rev().zip(answers) {
-                let _ = answer.send(rows.insert(pool).await);
+                let inserted = rows.insert(pool).await;
+                if inserted.is_ok() {
+                    announce(&writer.commits);
+                }
+                let _ = answer.send(inserted);
             }
         }
     }

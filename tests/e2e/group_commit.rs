@@ -316,3 +316,54 @@ fn assert_one_overtaken(by_ticket: &HashMap<String, Vec<(i64, i64)>>, ids: &[Str
     assert_eq!(numbers(&ids[1]), vec![1, 2]);
     assert_eq!(numbers(&ids[2]), vec![1, 2]);
 }
+
+/// A command whose caller is gone while its events wait to be written (its client hung
+/// up) still has them committed — and this process's readers are woken for them at once,
+/// by the appender, not at their next poll.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_commit_whose_caller_is_gone_still_wakes_the_readers() {
+    let database = TestDatabase::create().await.expect("a database");
+    let bus = Arc::new(CommandBus::configured(
+        database.pool.clone(),
+        BusConfig::default(),
+    ));
+    let mut commits = bus.commits();
+    // The append waits behind a lock on the log, held here.
+    let mut blocker = database.pool.begin().await.expect("a transaction");
+    sqlx::query("lock table events in share mode")
+        .execute(&mut *blocker)
+        .await
+        .expect("the log locked");
+    let caller = tokio::spawn({
+        let bus = bus.clone();
+        async move { create_ticket(&bus, Uuid::now_v7()).await }
+    });
+    let waiting = "select count(*) from pg_locks
+                    where not granted and relation = 'events'::regclass";
+    let mut waits = 0_i64;
+    for _ in 0..200 {
+        waits = sqlx::query_scalar(waiting)
+            .fetch_one(&database.pool)
+            .await
+            .expect("the locks");
+        if waits > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert_eq!(waits, 1, "the append waits for the lock");
+    caller.abort();
+    assert!(caller.await.is_err(), "the caller is gone");
+    commits.mark_unchanged();
+    blocker.rollback().await.expect("the log let go");
+
+    tokio::time::timeout(Duration::from_secs(10), commits.changed())
+        .await
+        .expect("woken for the commit")
+        .expect("the bus is there");
+    let created: i64 = sqlx::query_scalar("select count(*) from events")
+        .fetch_one(&database.pool)
+        .await
+        .expect("the log");
+    assert_eq!(created, 1, "the gone caller's ticket was committed");
+}
