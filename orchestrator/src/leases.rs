@@ -81,6 +81,16 @@ pub async fn unexpire(pool: &PgPool, agent_id: Uuid) -> sqlx::Result<()> {
     Ok(())
 }
 
+/// Gives back a degraded mark whose agent could not be degraded: the next
+/// [`degrade_silent`] claims it again.
+pub async fn undegrade(pool: &PgPool, agent_id: Uuid) -> sqlx::Result<()> {
+    sqlx::query("update agent_leases set degraded_at = null where agent_id = $1")
+        .bind(agent_id)
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
 /// Claims the leases silent for longer than `threshold_ms` and neither degraded nor
 /// expired yet: each is marked degraded by exactly one caller, which then degrades the
 /// agent. A heartbeat clears the mark.

@@ -1050,12 +1050,22 @@ impl Runtime {
                 guardian: false,
                 at: now,
             };
-            if let Err(error) = self
+            match self
                 .bus
                 .execute::<Agent>(&agent_id.to_string(), command, &context)
                 .await
             {
-                tracing::info!(%agent_id, %error, "worker: silent agent not degraded");
+                // Degraded, or refused for good (failed, spawning: no such move).
+                Ok(_) | Err(CommandError::Domain(_)) => {}
+                Err(error) => {
+                    // The mark goes back, so that a later sweep (this worker's or
+                    // another's) claims it again: kept, the agent was never degraded for
+                    // this silence.
+                    tracing::info!(%agent_id, %error, "worker: silent agent not degraded");
+                    if let Err(error) = leases::undegrade(&self.pool, agent_id).await {
+                        tracing::warn!(%agent_id, %error, "worker: a silent agent's mark not given back; it stays undegraded");
+                    }
+                }
             }
         }
     }

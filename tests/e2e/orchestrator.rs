@@ -1465,3 +1465,40 @@ async fn an_assignment_whose_commit_went_unanswered_is_read_back() {
         "stopped since: nothing to run"
     );
 }
+
+/// A silent agent whose degradation could not be recorded (here the first three tries
+/// are refused by a trigger) is degraded by a later sweep: the sweep's mark on its lease
+/// is given back. Before, the mark stayed and the agent was never degraded for that
+/// silence.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_silent_agent_whose_degradation_was_refused_is_degraded_by_a_later_sweep() {
+    let app = spawn_app().await;
+    let (organization, _) = app.organization_and_project().await;
+    let directory = scratch_dir();
+    let agent = app.register_agent(&organization).await;
+    agent.heartbeat(&app).await;
+    refuse_first(
+        &app,
+        3,
+        "new.event_type = 'AgentStatusChanged'
+         and new.payload -> 'AgentStatusChanged' ->> 'to' = 'degraded'",
+    )
+    .await;
+    let mut settings = config(command("true"), &directory);
+    // Degraded after 400 ms of silence, failed only after a minute.
+    settings.monitoring.heartbeat_interval_ms = 200;
+    settings.stale_after_ms = 60_000;
+    let worker = Worker::start(app.database.pool.clone(), settings);
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let (_, state) = app.get(&format!("/api/v1/agents/{}", agent.id)).await;
+        if state["state"]["status"] == "degraded" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never degraded: {state}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    worker.stop().await;
+    let tried = refusals_tried(&app).await;
+    assert!(tried > 3, "the fault was not reached: {tried}");
+}
