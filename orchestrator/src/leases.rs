@@ -23,7 +23,7 @@ pub async fn renew(pool: &PgPool, agent_id: Uuid, organization_id: Uuid) -> sqlx
 /// (a person's assignment) is reclaimed if it never beats, without making an agent that
 /// went silent look alive (which [`renew`], its own heartbeat, does). An agent failed for
 /// its silence takes no work until released, and its release starts its lease anew (the
-/// migration `release_restarts_lease`).
+/// migration `agent_status_effects`).
 pub async fn start(pool: &PgPool, agent_id: Uuid, organization_id: Uuid) -> sqlx::Result<()> {
     sqlx::query(
         "insert into agent_leases (agent_id, organization_id, heartbeat_at)

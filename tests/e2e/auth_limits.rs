@@ -18,6 +18,11 @@ async fn post(app: &TestApp, path: &str, body: Value, headers: &[(&str, &str)]) 
     for (name, value) in headers {
         request = request.header(*name, *value);
     }
+    answer(request).await
+}
+
+/// What the server answers `request`.
+async fn answer(request: reqwest::RequestBuilder) -> Answer {
     let response = request.send().await.expect("the server answers");
     let status = response.status();
     let headers = response.headers().clone();
@@ -535,8 +540,6 @@ async fn the_server_prunes_expired_credentials_periodically() {
 /// address holds, nor does a token refused by its signature alone.
 #[tokio::test(flavor = "multi_thread")]
 async fn refused_credentials_bar_their_address_from_lookups_and_accepted_ones_cost_nothing() {
-    use reqwest::Method;
-
     let app = spawn_app_with_settings(|s| {
         s.auth.rate_limits.refused_credentials_per_address = RateQuota {
             burst: 3,
@@ -560,22 +563,12 @@ async fn refused_credentials_bar_their_address_from_lookups_and_accepted_ones_co
         keys.push(created["key"].as_str().expect("the key").to_string());
     }
     let me = |credential: String, client: &'static str| {
-        let app = &app;
-        async move {
-            let request = app
-                .client
-                .request(Method::GET, format!("{}/api/v1/auth/me", app.address))
-                .bearer_auth(credential)
-                .header("x-forwarded-for", client);
-            let response = request.send().await.expect("the server answers");
-            let (status, headers) = (response.status(), response.headers().clone());
-            let body = response.json().await.unwrap_or(Value::Null);
-            Answer {
-                status,
-                headers,
-                body,
-            }
-        }
+        let request = app
+            .client
+            .get(format!("{}/api/v1/auth/me", app.address))
+            .bearer_auth(credential)
+            .header("x-forwarded-for", client);
+        answer(request)
     };
     let made_up = |n: usize| format!("omoi_sk_{n:0>16}{}", "x".repeat(32));
     let client = "198.51.100.7";

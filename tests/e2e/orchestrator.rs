@@ -476,6 +476,15 @@ async fn a_stale_agents_task_is_reassigned_and_completes() {
 /// log for ever.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_silent_agent_whose_failure_was_refused_is_failed_by_a_later_sweep() {
+    a_silent_agents_refused_move_is_made_by_a_later_sweep("failed", |_| {}).await;
+}
+
+/// A silent agent, whose first three moves to `status` the database refuses, watched by
+/// a worker with `settings` changed by `adjust`: some sweep after them makes the move.
+async fn a_silent_agents_refused_move_is_made_by_a_later_sweep(
+    status: &str,
+    adjust: impl FnOnce(&mut WorkerConfig),
+) {
     let app = spawn_app().await;
     let (organization, _) = app.organization_and_project().await;
     let directory = scratch_dir();
@@ -484,21 +493,22 @@ async fn a_silent_agent_whose_failure_was_refused_is_failed_by_a_later_sweep() {
     refuse_first(
         &app,
         3,
-        "new.event_type = 'AgentStatusChanged'
-         and new.payload -> 'AgentStatusChanged' ->> 'to' = 'failed'",
+        &format!(
+            "new.event_type = 'AgentStatusChanged'
+             and new.payload -> 'AgentStatusChanged' ->> 'to' = '{status}'"
+        ),
     )
     .await;
-    let worker = Worker::start(
-        app.database.pool.clone(),
-        config(command("true"), &directory),
-    );
+    let mut settings = config(command("true"), &directory);
+    adjust(&mut settings);
+    let worker = Worker::start(app.database.pool.clone(), settings);
     let deadline = Instant::now() + PATIENCE;
     loop {
         let (_, state) = app.get(&format!("/api/v1/agents/{}", agent.id)).await;
-        if state["state"]["status"] == "failed" {
+        if state["state"]["status"] == status {
             break;
         }
-        assert!(Instant::now() < deadline, "never failed: {state}");
+        assert!(Instant::now() < deadline, "never {status}: {state}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     worker.stop().await;
@@ -1472,33 +1482,10 @@ async fn an_assignment_whose_commit_went_unanswered_is_read_back() {
 /// silence.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_silent_agent_whose_degradation_was_refused_is_degraded_by_a_later_sweep() {
-    let app = spawn_app().await;
-    let (organization, _) = app.organization_and_project().await;
-    let directory = scratch_dir();
-    let agent = app.register_agent(&organization).await;
-    agent.heartbeat(&app).await;
-    refuse_first(
-        &app,
-        3,
-        "new.event_type = 'AgentStatusChanged'
-         and new.payload -> 'AgentStatusChanged' ->> 'to' = 'degraded'",
-    )
+    a_silent_agents_refused_move_is_made_by_a_later_sweep("degraded", |settings| {
+        // Degraded after 400 ms of silence, failed only after a minute.
+        settings.monitoring.heartbeat_interval_ms = 200;
+        settings.stale_after_ms = 60_000;
+    })
     .await;
-    let mut settings = config(command("true"), &directory);
-    // Degraded after 400 ms of silence, failed only after a minute.
-    settings.monitoring.heartbeat_interval_ms = 200;
-    settings.stale_after_ms = 60_000;
-    let worker = Worker::start(app.database.pool.clone(), settings);
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        let (_, state) = app.get(&format!("/api/v1/agents/{}", agent.id)).await;
-        if state["state"]["status"] == "degraded" {
-            break;
-        }
-        assert!(Instant::now() < deadline, "never degraded: {state}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    worker.stop().await;
-    let tried = refusals_tried(&app).await;
-    assert!(tried > 3, "the fault was not reached: {tried}");
 }

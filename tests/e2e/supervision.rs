@@ -186,6 +186,18 @@ async fn silent_agents_are_degraded_then_failed_once_and_a_heartbeat_brings_one_
     let _ = std::fs::remove_dir_all(directory);
 }
 
+/// Quarantines agent `agent` and releases it to `idle`, as a Guardian does.
+async fn quarantine_and_release(app: &TestApp, agent: &str) {
+    for to in ["quarantined", "idle"] {
+        app.must(
+            &format!("/api/v1/agents/{agent}/status"),
+            json!({"to": to, "reason": "looked into"}),
+            StatusCode::OK,
+        )
+        .await;
+    }
+}
+
 /// A failed agent a Guardian quarantined and then released is watched for silence anew
 /// from its release: the work given to it is not failed at once for the silence it was
 /// failed for, and once it is silent for a lease's length again it is failed again and its
@@ -208,14 +220,7 @@ async fn a_released_agent_given_work_is_not_failed_for_the_silence_before_its_re
         Some("failed"),
         "{changes:?}"
     );
-    for to in ["quarantined", "idle"] {
-        app.must(
-            &format!("/api/v1/agents/{}/status", agent.id),
-            json!({"to": to, "reason": "looked into"}),
-            StatusCode::OK,
-        )
-        .await;
-    }
+    quarantine_and_release(&app, &agent.id).await;
 
     let ticket = app.ticket(&project, "Work").await;
     let task = app.task(&ticket, "Given by hand", json!({})).await;
@@ -249,14 +254,7 @@ async fn a_released_agent_given_work_is_not_failed_for_the_silence_before_its_re
     assert_eq!(failures(&changes), 2, "failed again: {changes:?}");
 
     // Released again and given nothing: silent, it is failed again all the same.
-    for to in ["quarantined", "idle"] {
-        app.must(
-            &format!("/api/v1/agents/{}/status", agent.id),
-            json!({"to": to, "reason": "looked into again"}),
-            StatusCode::OK,
-        )
-        .await;
-    }
+    quarantine_and_release(&app, &agent.id).await;
     backdate_heartbeat(&app, &agent.id, stale).await;
     settled_step(&app, &mut worker).await;
     let changes = status_changes(&app, &agent.id).await;

@@ -746,82 +746,23 @@ async fn archiving_a_spec_cancels_every_open_task_on_its_tickets_and_takes_no_ne
     assert_eq!(refused["code"], "spec_archived", "{refused}");
 }
 
-/// A task admitted on a spec's ticket just before the spec was archived, and created
-/// after the archival was handled (here appended as a person's request would, past the
-/// admission that had found the spec executing), is cancelled as its creation passes.
-#[tokio::test(flavor = "multi_thread")]
-async fn a_hand_made_task_created_after_its_specs_archival_is_cancelled() {
-    use omoi_domain::common::{Phase, Priority};
-    use omoi_domain::task::{Task, TaskCommand};
-    use omoi_store::{Actor, CommandContext};
-
-    let app = spawn_app().await;
-    let (organization, project) = app.organization_and_project().await;
-    let spec = executing_spec(&app, &project).await;
-    let approval = the_approval(&app).await;
-    app.must(
-        &format!("/api/v1/specs/{spec}/archive"),
-        json!({}),
-        StatusCode::OK,
-    )
-    .await;
-    app.caught_up().await;
-
-    let late = uuid::Uuid::now_v7();
-    let create = TaskCommand::CreateTask {
-        task_id: late,
-        organization_id: organization.parse().expect("an id"),
-        project_id: project.parse().expect("an id"),
-        ticket_id: created_id(&approval, "TKT-2"),
-        title: "Admitted just before".into(),
-        description: String::new(),
-        task_type: "implement".into(),
-        phase: Phase::default(),
-        priority: Priority::default(),
-        depends_on: Vec::new(),
-        required_capabilities: Vec::new(),
-        max_retries: None,
-        timeout_seconds: None,
-        discovery: None,
-        validation: None,
-        validates: None,
-        plan_key: None,
-        at: chrono::Utc::now(),
-    };
-    let context = CommandContext::new(Actor::User(uuid::Uuid::now_v7()), "a person's request");
-    app.second_bus()
-        .await
-        .execute::<Task>(&late.to_string(), create, &context)
-        .await
-        .expect("created");
-    app.caught_up().await;
-    let state = app.task_state(&late.to_string()).await;
-    assert_eq!(state["status"], "cancelled", "{state}");
-    let cancellation = log(&app)
-        .await
-        .into_iter()
-        .find(|e| e.aggregate_id == late.to_string() && e.event_type == "TaskCancelled")
-        .expect("the cancellation");
-    assert_eq!(
-        cancellation.metadata.actor(),
-        Some("system:spec_archival"),
-        "{cancellation:?}"
-    );
-    assert_eq!(
-        cancellation.metadata.causation_id(),
-        Some(format!("Task/{late}/1").as_str())
-    );
+/// A late task on `ticket` of an archived spec: how it is created, and by whom.
+struct LateTask {
+    id: uuid::Uuid,
+    ticket: &'static str,
+    plan_key: Option<&'static str>,
+    /// The context of its creation, from the spec's plan approval.
+    context: fn(&StoredEvent) -> omoi_store::CommandContext,
 }
 
-/// A plan's task created after its spec's archival was handled is cancelled when its
-/// creation passes: `plan_execution` read the approval before the archival committed and
-/// `spec_archival`, a build of its own, handled the archival first, finding no task to
-/// cancel. The late creation is appended here as `plan_execution` would have.
-#[tokio::test(flavor = "multi_thread")]
-async fn a_plans_task_created_after_its_specs_archival_was_handled_is_cancelled() {
+/// Archives an executing spec and has the archival handled, then appends `late` as its
+/// creator would (past admission, which had found the spec executing), and checks that
+/// `spec_archival` cancels it as its creation passes, naming the creation as the cause.
+async fn a_task_created_after_the_archival_is_cancelled(
+    late: impl FnOnce(&StoredEvent) -> LateTask,
+) {
     use omoi_domain::common::{Phase, Priority};
     use omoi_domain::task::{Task, TaskCommand};
-    use omoi_store::{Actor, CommandContext};
 
     let app = spawn_app().await;
     let (organization, project) = app.organization_and_project().await;
@@ -835,12 +776,12 @@ async fn a_plans_task_created_after_its_specs_archival_was_handled_is_cancelled(
     .await;
     app.caught_up().await;
 
-    let late = created_id(&approval, "TSK-LATE");
+    let late = late(&approval);
     let create = TaskCommand::CreateTask {
-        task_id: late,
+        task_id: late.id,
         organization_id: organization.parse().expect("an id"),
         project_id: project.parse().expect("an id"),
-        ticket_id: created_id(&approval, "TKT-1"),
+        ticket_id: created_id(&approval, late.ticket),
         title: "Came late".into(),
         description: String::new(),
         task_type: "implement".into(),
@@ -853,22 +794,22 @@ async fn a_plans_task_created_after_its_specs_archival_was_handled_is_cancelled(
         discovery: None,
         validation: None,
         validates: None,
-        plan_key: Some("TSK-LATE".into()),
+        plan_key: late.plan_key.map(str::to_string),
         at: chrono::Utc::now(),
     };
-    let context = CommandContext::caused_by(Actor::System("plan_execution"), &approval);
+    let id = late.id.to_string();
     app.second_bus()
         .await
-        .execute::<Task>(&late.to_string(), create, &context)
+        .execute::<Task>(&id, create, &(late.context)(&approval))
         .await
         .expect("created");
     app.caught_up().await;
-    let state = app.task_state(&late.to_string()).await;
+    let state = app.task_state(&id).await;
     assert_eq!(state["status"], "cancelled", "{state}");
     let cancellation = log(&app)
         .await
         .into_iter()
-        .find(|e| e.aggregate_id == late.to_string() && e.event_type == "TaskCancelled")
+        .find(|e| e.aggregate_id == id && e.event_type == "TaskCancelled")
         .expect("the cancellation");
     assert_eq!(
         cancellation.metadata.actor(),
@@ -877,8 +818,43 @@ async fn a_plans_task_created_after_its_specs_archival_was_handled_is_cancelled(
     );
     assert_eq!(
         cancellation.metadata.causation_id(),
-        Some(format!("Task/{late}/1").as_str())
+        Some(format!("Task/{id}/1").as_str())
     );
+}
+
+/// A task admitted on a spec's ticket just before the spec was archived, and created
+/// after the archival was handled (here appended as a person's request would, past the
+/// admission that had found the spec executing), is cancelled as its creation passes.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_hand_made_task_created_after_its_specs_archival_is_cancelled() {
+    a_task_created_after_the_archival_is_cancelled(|_| LateTask {
+        id: uuid::Uuid::now_v7(),
+        ticket: "TKT-2",
+        plan_key: None,
+        context: |_| {
+            let person = omoi_store::Actor::User(uuid::Uuid::now_v7());
+            omoi_store::CommandContext::new(person, "a person's request")
+        },
+    })
+    .await;
+}
+
+/// A plan's task created after its spec's archival was handled is cancelled when its
+/// creation passes: `plan_execution` read the approval before the archival committed and
+/// `spec_archival`, a build of its own, handled the archival first, finding no task to
+/// cancel. The late creation is appended here as `plan_execution` would have.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_plans_task_created_after_its_specs_archival_was_handled_is_cancelled() {
+    a_task_created_after_the_archival_is_cancelled(|approval| LateTask {
+        id: created_id(approval, "TSK-LATE"),
+        ticket: "TKT-1",
+        plan_key: Some("TSK-LATE"),
+        context: |approval| {
+            let plan_execution = omoi_store::Actor::System("plan_execution");
+            omoi_store::CommandContext::caused_by(plan_execution, approval)
+        },
+    })
+    .await;
 }
 
 /// A spec archived before `plan_execution` read its plan's approval (the two process
